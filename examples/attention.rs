@@ -1,0 +1,372 @@
+//! The main job: builds FlashCore's attention kernel (written with `#[flash_kernel]`), runs it on
+//! the GPU, checks it against a float64 CPU reference, and times it with CUDA events.
+//! Without a GPU it says so, prints the PTX's ptxas resource report, and exits 0.
+//!
+//! `cargo run --release --example attention -- [--b 1 --h 8 --s 512 --d 64 --seed N]
+//!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use flashcore::kernels::attention;
+use flashcore::reference::{self, Problem, Rng};
+use flashcore::runtime::{Device, DeviceTensor};
+use flashcore::{f16, Config};
+
+/// Above this relative error a result is a bug (fp16 attention lands near 3e-4).
+const TOLERANCE: f64 = 2e-3;
+
+struct Options {
+    b: usize,
+    h: usize,
+    s: usize,
+    d: usize,
+    seed: u64,
+    iters: usize,
+    warmup: usize,
+    q: Option<PathBuf>,
+    k: Option<PathBuf>,
+    v: Option<PathBuf>,
+    out: Option<PathBuf>,
+    sweep: bool,
+    show_ptx: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        b: 1,
+        h: 8,
+        s: 512,
+        d: 64,
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+        iters: 100,
+        warmup: 20,
+        q: None,
+        k: None,
+        v: None,
+        out: None,
+        sweep: false,
+        show_ptx: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |s: String| {
+            s.parse::<usize>()
+                .map_err(|_| format!("{flag}: `{s}` is not a number"))
+        };
+        match flag.as_str() {
+            "--b" => o.b = number(value()?)?,
+            "--h" => o.h = number(value()?)?,
+            "--s" => o.s = number(value()?)?,
+            "--d" => o.d = number(value()?)?,
+            "--seed" => o.seed = number(value()?)? as u64,
+            "--iters" => o.iters = number(value()?)?.max(1),
+            "--warmup" => o.warmup = number(value()?)?,
+            "--q" => o.q = Some(value()?.into()),
+            "--k" => o.k = Some(value()?.into()),
+            "--v" => o.v = Some(value()?.into()),
+            "--out" => o.out = Some(value()?.into()),
+            "--sweep" => o.sweep = true,
+            "--ptx" => o.show_ptx = true,
+            "--help" | "-h" => {
+                println!(
+                    "{}",
+                    include_str!("attention.rs")
+                        .lines()
+                        .take(8)
+                        .map(|l| l.trim_start_matches("//! ").trim_start_matches("//!"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag `{other}` (try --help)")),
+        }
+    }
+    Ok(o)
+}
+
+fn config_for(d: usize) -> Config {
+    Config {
+        head_dim: d as u32,
+        ..attention::CONFIG
+    }
+}
+
+/// One problem's inputs on the host, rounded to f16 (the reference sees exactly what the GPU sees).
+struct Inputs {
+    shape: [usize; 4],
+    q: Vec<f16>,
+    k: Vec<f16>,
+    v: Vec<f16>,
+}
+
+fn random_inputs(shape: [usize; 4], rng: &mut Rng) -> Inputs {
+    let n: usize = shape.iter().product();
+    let mut gen = || {
+        (0..n)
+            .map(|_| f16::from_f64(rng.normal()))
+            .collect::<Vec<_>>()
+    };
+    Inputs {
+        shape,
+        q: gen(),
+        k: gen(),
+        v: gen(),
+    }
+}
+
+fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
+    let (Some(q), Some(k), Some(v)) = (&o.q, &o.k, &o.v) else {
+        if o.q.is_some() || o.k.is_some() || o.v.is_some() {
+            return Err("--q, --k and --v go together".into());
+        }
+        return Ok(None);
+    };
+    let read = |p: &PathBuf| flashcore::npy::read(p).map_err(|e| e.to_string());
+    let (q, k, v) = (read(q)?, read(k)?, read(v)?);
+    if q.shape.len() != 4 || q.shape != k.shape || q.shape != v.shape {
+        return Err(format!(
+            "q, k, v must share one [B, H, S, D] shape; got {:?}, {:?}, {:?}",
+            q.shape, k.shape, v.shape
+        ));
+    }
+    let to16 = |a: &flashcore::npy::Array| a.data.iter().map(|x| f16::from_f32(*x)).collect();
+    Ok(Some(Inputs {
+        shape: [q.shape[0], q.shape[1], q.shape[2], q.shape[3]],
+        q: to16(&q),
+        k: to16(&k),
+        v: to16(&v),
+    }))
+}
+
+struct Outcome {
+    err: reference::ErrorStats,
+    rows_checked: usize,
+    rows_total: usize,
+    median_us: f64,
+    tflops: f64,
+}
+
+/// Rows to check against the reference: all of them when that is cheap, else a fixed random
+/// sample that always includes the first and last row of every head.
+fn rows_to_check(shape: [usize; 4], rng: &mut Rng) -> Vec<usize> {
+    let [b, h, s, d] = shape;
+    let total = b * h * s;
+    let cost = (total as f64) * (s as f64) * (d as f64);
+    if cost <= 4e9 {
+        return (0..total).collect();
+    }
+    let mut rows: Vec<usize> = (0..b * h).flat_map(|bh| [bh * s, bh * s + s - 1]).collect();
+    let budget = (4e9 / (s as f64 * d as f64)) as usize;
+    while rows.len() < budget.max(rows.len() + 1).min(total) {
+        rows.push((rng.next_u64() % total as u64) as usize);
+    }
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
+
+fn run_one(
+    device: &Device,
+    inputs: &Inputs,
+    o: &Options,
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
+    let [b, h, s, d] = inputs.shape;
+    let cfg = config_for(d);
+    let e = |x: flashcore::Error| x.to_string();
+    let r = |x: flashcore::runtime::RuntimeError| x.to_string();
+    let shape = inputs.shape;
+    let (q, k, v) = (
+        device.upload(&inputs.q, &shape).map_err(r)?,
+        device.upload(&inputs.k, &shape).map_err(r)?,
+        device.upload(&inputs.v, &shape).map_err(r)?,
+    );
+    // Poison the output so that an element the kernel never writes fails the check.
+    let mut out = device.filled(&shape, f16::NAN).map_err(r)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    attention::launch(device, &cfg, &q, &k, &v, &mut out, scale).map_err(e)?;
+    device.synchronize().map_err(r)?;
+    let got = device.download(&out).map_err(r)?;
+    if let Some(path) = &o.out {
+        flashcore::npy::write_f16(path, &got, &shape).map_err(|x| x.to_string())?;
+    }
+
+    let widen = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+    let (qd, kd, vd) = (widen(&inputs.q), widen(&inputs.k), widen(&inputs.v));
+    let problem = Problem {
+        q: &qd,
+        k: &kd,
+        v: &vd,
+        b,
+        h,
+        s,
+        d,
+        scale: scale as f64,
+    };
+    let rows = rows_to_check(shape, rng);
+    let want = reference::attention_rows(&problem, &rows);
+    let got_rows: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| got[r * d..(r + 1) * d].iter().map(|x| x.to_f64()))
+        .collect();
+    let err = reference::compare(&got_rows, &want);
+
+    // Timing: rotate through enough input sets that L2 (50 MB on an H100) cannot hold them.
+    let set_bytes = 3 * shape.iter().product::<usize>() * 2;
+    let sets = (256usize << 20).div_ceil(set_bytes).clamp(1, 32);
+    let mut rotating: Vec<(DeviceTensor<f16>, DeviceTensor<f16>, DeviceTensor<f16>)> = vec![];
+    for _ in 0..sets.saturating_sub(1) {
+        let fresh = random_inputs(shape, rng);
+        rotating.push((
+            device.upload(&fresh.q, &shape).map_err(r)?,
+            device.upload(&fresh.k, &shape).map_err(r)?,
+            device.upload(&fresh.v, &shape).map_err(r)?,
+        ));
+    }
+    rotating.push((q, k, v));
+    let mut times = vec![];
+    for i in 0..o.warmup + o.iters {
+        let (q, k, v) = &rotating[i % rotating.len()];
+        let start = device.record().map_err(r)?;
+        attention::launch(device, &cfg, q, k, v, &mut out, scale).map_err(e)?;
+        let stop = device.record().map_err(r)?;
+        device.synchronize().map_err(r)?;
+        if i >= o.warmup {
+            times.push(start.elapsed_ms(&stop).map_err(r)? as f64 * 1e3);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median_us = times[times.len() / 2];
+    let flops = 4.0 * (b * h) as f64 * (s as f64).powi(2) * d as f64;
+    Ok(Outcome {
+        err,
+        rows_checked: rows.len(),
+        rows_total: b * h * s,
+        median_us,
+        tflops: flops / (median_us * 1e-6) / 1e12,
+    })
+}
+
+fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
+    println!("no GPU: {reason}");
+    println!("The attention kernel was compiled; here is what can be checked without a GPU.");
+    let cfg = config_for(o.d);
+    let ptx = match attention::ptx(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let compiled = attention::compile(&cfg).expect("compiled above");
+    println!(
+        "config: {cfg}; {} threads per CTA, {} bytes of dynamic shared memory; PTX: {} lines",
+        compiled.ptx.threads_per_cta,
+        compiled.ptx.shared_bytes,
+        ptx.lines().count()
+    );
+    if o.show_ptx {
+        println!("{ptx}");
+    }
+    match flashcore::ptxas::find() {
+        None => {
+            println!("ptxas not found (run scripts/test.sh once to install it): no resource report")
+        }
+        Some(path) => {
+            for arch in ["sm_89", "sm_90"] {
+                match flashcore::ptxas::assemble(&path, &ptx, arch) {
+                    Ok(r) => println!(
+                        "ptxas {arch}: {} registers, {} bytes spill stores, {} bytes spill loads, {} bytes stack",
+                        r.registers, r.spill_store_bytes, r.spill_load_bytes, r.stack_bytes
+                    ),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let device = match Device::new(0) {
+        Ok(d) => d,
+        Err(e) => return report_without_gpu(&e.to_string(), &o),
+    };
+    let info = device.info();
+    println!(
+        "device: {} (sm_{}{}, {} SMs); seed {}",
+        info.name, info.compute_capability.0, info.compute_capability.1, info.sm_count, o.seed
+    );
+    let mut rng = Rng::new(o.seed);
+    let problems: Vec<Inputs> = match npy_inputs(&o) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Ok(Some(inputs)) => vec![inputs],
+        Ok(None) if o.sweep => {
+            let mut v = vec![];
+            for d in [64, 128] {
+                for (b, h) in [(1, 8), (4, 16)] {
+                    for s in [128, 512, 1024, 4096] {
+                        v.push(random_inputs([b, h, s, d], &mut rng));
+                    }
+                }
+            }
+            v
+        }
+        Ok(None) => vec![random_inputs([o.b, o.h, o.s, o.d], &mut rng)],
+    };
+    println!(
+        "{:>4} {:>4} {:>6} {:>4}  {:>10} {:>10} {:>13}  {:>10} {:>9}",
+        "B", "H", "S", "D", "rel_err", "max_abs", "rows checked", "median_us", "TFLOP/s"
+    );
+    let mut failed = false;
+    for inputs in &problems {
+        let [b, h, s, d] = inputs.shape;
+        match run_one(&device, inputs, &o, &mut rng) {
+            Ok(r) => {
+                let ok = r.err.rel_l2 < TOLERANCE && r.err.non_finite == 0;
+                failed |= !ok;
+                println!(
+                    "{b:>4} {h:>4} {s:>6} {d:>4}  {:>10.3e} {:>10.3e} {:>6}/{:<6}  {:>10.2} {:>9.1}  {}",
+                    r.err.rel_l2,
+                    r.err.max_abs,
+                    r.rows_checked,
+                    r.rows_total,
+                    r.median_us,
+                    r.tflops,
+                    if ok { "ok" } else { "FAIL" }
+                );
+            }
+            Err(e) => {
+                failed = true;
+                println!("{b:>4} {h:>4} {s:>6} {d:>4}  error: {e}");
+            }
+        }
+    }
+    if failed {
+        eprintln!(
+            "FAILED: some results are above the {TOLERANCE:e} relative-error bound or errored"
+        );
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

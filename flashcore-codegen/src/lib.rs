@@ -1,0 +1,42 @@
+//! FlashCore's PTX back end: tile-level IR in, `sm_89` PTX text out. Pure: no I/O, no driver,
+//! deterministic names, so the same kernel and config always give the same text.
+
+mod emit;
+pub mod layout;
+pub mod smem;
+mod writer;
+
+use flashcore_ir::Kernel;
+
+pub use emit::SMEM_SYMBOL;
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum CodegenError {
+    #[error("the code generator does not support {0} yet")]
+    Unsupported(String),
+    #[error("code generator bug: {0}")]
+    Internal(String),
+}
+
+/// A generated kernel: the PTX text and what a launcher needs to know about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ptx {
+    pub text: String,
+    /// The `.entry` name.
+    pub entry: String,
+    /// Dynamic shared memory per CTA, in bytes.
+    pub shared_bytes: u32,
+    pub threads_per_cta: u32,
+}
+
+/// Generates PTX for a verified kernel.
+pub fn generate(kernel: &Kernel) -> Result<Ptx, CodegenError> {
+    let plan = smem::plan(kernel);
+    let text = emit::Emitter::new(kernel, &plan).emit()?;
+    Ok(Ptx {
+        text,
+        entry: kernel.name.clone(),
+        shared_bytes: plan.total_bytes,
+        threads_per_cta: kernel.config.threads(),
+    })
+}

@@ -1,0 +1,167 @@
+//! `PtxWriter`: accumulates the body of one PTX entry with indentation and comments, hands out
+//! deterministic virtual-register names (temporaries by class, value families by name), and
+//! assembles the final text with the register declarations in front.
+
+use std::fmt::Write;
+
+/// PTX register classes the generator uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegClass {
+    Pred,
+    /// 32-bit integers and packed f16x2.
+    B32,
+    B64,
+    F32,
+}
+
+impl RegClass {
+    fn decl(self) -> &'static str {
+        match self {
+            RegClass::Pred => ".pred",
+            RegClass::B32 => ".b32",
+            RegClass::B64 => ".b64",
+            RegClass::F32 => ".f32",
+        }
+    }
+
+    fn temp_prefix(self) -> &'static str {
+        match self {
+            RegClass::Pred => "%p",
+            RegClass::B32 => "%r",
+            RegClass::B64 => "%rd",
+            RegClass::F32 => "%f",
+        }
+    }
+}
+
+/// A named array of registers `{prefix}0 .. {prefix}{len-1}` declared as `{prefix}<len>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegFamily {
+    pub prefix: String,
+    pub len: usize,
+}
+
+impl RegFamily {
+    pub fn at(&self, i: usize) -> String {
+        debug_assert!(
+            i < self.len,
+            "{}{i} is past the family's {} registers",
+            self.prefix,
+            self.len
+        );
+        format!("{}{i}", self.prefix)
+    }
+}
+
+#[derive(Default)]
+pub struct PtxWriter {
+    body: String,
+    level: usize,
+    temps: [usize; 4],
+    families: Vec<(RegClass, RegFamily)>,
+    labels: usize,
+}
+
+fn class_index(c: RegClass) -> usize {
+    match c {
+        RegClass::Pred => 0,
+        RegClass::B32 => 1,
+        RegClass::B64 => 2,
+        RegClass::F32 => 3,
+    }
+}
+
+impl PtxWriter {
+    /// A fresh temporary register of `class`.
+    pub fn temp(&mut self, class: RegClass) -> String {
+        let slot = &mut self.temps[class_index(class)];
+        *slot += 1;
+        format!("{}{}", class.temp_prefix(), *slot - 1)
+    }
+
+    /// A named register family. Names must be unique; the caller's namer guarantees it.
+    pub fn family(&mut self, class: RegClass, prefix: String, len: usize) -> RegFamily {
+        let family = RegFamily { prefix, len };
+        self.families.push((class, family.clone()));
+        family
+    }
+
+    /// A single named register (a family of one, declared without the `<n>` form).
+    pub fn named(&mut self, class: RegClass, name: &str) -> String {
+        self.families.push((
+            class,
+            RegFamily {
+                prefix: name.to_string(),
+                len: 0,
+            },
+        ));
+        name.to_string()
+    }
+
+    pub fn label(&mut self, hint: &str) -> String {
+        self.labels += 1;
+        format!("$L_{hint}_{}", self.labels - 1)
+    }
+
+    pub fn indent(&mut self) {
+        self.level += 1;
+    }
+
+    pub fn dedent(&mut self) {
+        self.level = self.level.saturating_sub(1);
+    }
+
+    /// One instruction (the trailing `;` is added).
+    pub fn ins(&mut self, text: impl AsRef<str>) {
+        let _ = writeln!(
+            self.body,
+            "{}{};",
+            "\t".repeat(self.level + 1),
+            text.as_ref()
+        );
+    }
+
+    pub fn comment(&mut self, text: impl AsRef<str>) {
+        let _ = writeln!(
+            self.body,
+            "{}// {}",
+            "\t".repeat(self.level + 1),
+            text.as_ref()
+        );
+    }
+
+    pub fn place_label(&mut self, label: &str) {
+        let _ = writeln!(self.body, "{label}:");
+    }
+
+    pub fn blank(&mut self) {
+        self.body.push('\n');
+    }
+
+    /// The register declarations followed by the body.
+    pub fn finish(self) -> String {
+        let mut out = String::new();
+        for class in [RegClass::Pred, RegClass::B32, RegClass::B64, RegClass::F32] {
+            let n = self.temps[class_index(class)];
+            if n > 0 {
+                let _ = writeln!(out, "\t.reg {} {}<{n}>;", class.decl(), class.temp_prefix());
+            }
+        }
+        for (class, family) in &self.families {
+            if family.len == 0 {
+                let _ = writeln!(out, "\t.reg {} {};", class.decl(), family.prefix);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "\t.reg {} {}<{}>;",
+                    class.decl(),
+                    family.prefix,
+                    family.len
+                );
+            }
+        }
+        out.push('\n');
+        out.push_str(&self.body);
+        out
+    }
+}

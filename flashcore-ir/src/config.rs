@@ -1,0 +1,155 @@
+//! `Config`: the compile-time choices an autotuner varies (tile sizes, head dim, stages, warps),
+//! and the rules every valid configuration obeys.
+
+use std::fmt;
+
+use crate::error::ConfigError;
+
+/// Head dims the code generator supports today.
+pub const SUPPORTED_HEAD_DIMS: [u32; 2] = [64, 128];
+
+/// The shape of an `mma.sync.m16n8k16` instruction, which every tile must be a multiple of.
+pub const MMA_M: u32 = 16;
+pub const MMA_N: u32 = 8;
+pub const MMA_K: u32 = 16;
+
+/// One kernel configuration. `#[flash_kernel(..)]` declares the default one; any other can be
+/// passed at run time, and is validated before it reaches the code generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Rows of the Q/O tile one CTA owns (`TILE_M`).
+    pub tile_m: u32,
+    /// Rows of each K/V tile of the inner loop (`TILE_N`).
+    pub tile_n: u32,
+    /// Head dimension `D`, fixed at compile time.
+    pub head_dim: u32,
+    /// Shared-memory buffers per staged tile of the pipelined loop.
+    pub stages: u32,
+    /// Warps per CTA; every role runs on all of them (warp specialization comes with its pass).
+    pub warps: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tile_m: 64,
+            tile_n: 64,
+            head_dim: 64,
+            stages: 1,
+            warps: 4,
+        }
+    }
+}
+
+impl Config {
+    /// Rows of the Q tile each warp owns.
+    pub fn rows_per_warp(&self) -> u32 {
+        self.tile_m / self.warps
+    }
+
+    pub fn threads(&self) -> u32 {
+        self.warps * 32
+    }
+
+    /// Checks the rules that make a configuration compilable. Each error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, value: u32, why: String| {
+            Err(ConfigError::Invalid { field, value, why })
+        };
+        if !SUPPORTED_HEAD_DIMS.contains(&self.head_dim) {
+            return bad(
+                "head_dim",
+                self.head_dim,
+                format!("supported head dims are {SUPPORTED_HEAD_DIMS:?}"),
+            );
+        }
+        if self.warps == 0 || self.warps > 16 {
+            return bad("warps", self.warps, "must be between 1 and 16".into());
+        }
+        if self.tile_m == 0 || self.tile_m % (MMA_M * self.warps) != 0 {
+            return bad(
+                "tile_m",
+                self.tile_m,
+                format!(
+                    "must be a positive multiple of {} (the mma M of {MMA_M} rows times {} warps)",
+                    MMA_M * self.warps,
+                    self.warps
+                ),
+            );
+        }
+        if self.tile_m > 256 {
+            return bad("tile_m", self.tile_m, "must be at most 256".into());
+        }
+        if self.tile_n == 0 || self.tile_n % MMA_K != 0 || self.tile_n > 256 {
+            return bad(
+                "tile_n",
+                self.tile_n,
+                format!(
+                    "must be a positive multiple of {MMA_K} (the mma K that P·V consumes), at most 256"
+                ),
+            );
+        }
+        if self.stages != 1 {
+            return bad(
+                "stages",
+                self.stages,
+                "only 1 stage is implemented; multi-stage buffering is the pipeline pass's job"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}",
+            self.tile_m, self.tile_n, self.head_dim, self.stages, self.warps
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn tile_not_multiple_of_mma_names_the_field() {
+        let cfg = Config {
+            tile_m: 40,
+            ..Config::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("tile_m = 40"), "{err}");
+        assert!(err.contains("multiple of 64"), "{err}");
+        let cfg = Config {
+            tile_n: 24,
+            ..Config::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("tile_n = 24"));
+    }
+
+    #[test]
+    fn unsupported_head_dim_is_rejected() {
+        let cfg = Config {
+            head_dim: 96,
+            ..Config::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("head_dim = 96"));
+    }
+}

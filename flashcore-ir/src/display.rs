@@ -1,0 +1,205 @@
+//! The text form of the IR (`impl Display for Kernel`): what snapshots pin and what
+//! `--emit ir` prints. One instruction per line, values as `%name.id`, types after a colon,
+//! the role annotation (if any) as a leading `@role`.
+
+use std::fmt::{self, Write};
+
+use crate::kernel::*;
+use crate::source::{BinOp, DType, ReduceOp};
+
+impl fmt::Display for Type {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Type::Index { dim, tile } => match tile {
+                Some(t) => write!(f, "idx<dim{}/{}>", dim.0, t.symbol()),
+                None => write!(f, "idx<dim{}>", dim.0),
+            },
+            Type::Scalar => f.write_str("f32"),
+            Type::Smem {
+                rows,
+                cols,
+                transposed,
+            } => {
+                write!(f, "smem<f16>[{}, {}]", rows.symbol(), cols.symbol())?;
+                if transposed {
+                    f.write_str(".t")?;
+                }
+                Ok(())
+            }
+            Type::Frag { rows, cols, elem } => write!(
+                f,
+                "frag<{}>[{}, {}]",
+                match elem {
+                    Elem::F16 => "f16",
+                    Elem::F32 => "f32",
+                },
+                rows.symbol(),
+                cols.symbol()
+            ),
+            Type::Row { rows } => write!(f, "row<f32>[{}]", rows.symbol()),
+        }
+    }
+}
+
+struct Printer<'k> {
+    kernel: &'k Kernel,
+}
+
+impl Printer<'_> {
+    fn v(&self, v: Value) -> String {
+        format!("%{}.{}", self.kernel.value(v).name, v.0)
+    }
+
+    fn def(&self, v: Value) -> String {
+        format!("{}: {}", self.v(v), self.kernel.ty(v))
+    }
+
+    fn access(&self, a: &TileAccess) -> String {
+        let coords: Vec<String> = a.coords.iter().map(|c| self.v(*c)).collect();
+        format!(
+            "{}[{}]",
+            self.kernel.params[a.param].name(),
+            coords.join(", ")
+        )
+    }
+
+    fn extent(&self, e: &LoopExtent) -> String {
+        let dim = &self.kernel.dims[e.dim.0 as usize];
+        match e.per_tile {
+            Some(t) => format!("{dim}/{}", t.symbol()),
+            None => dim.clone(),
+        }
+    }
+
+    fn block(&self, out: &mut String, block: &Block, depth: usize) -> fmt::Result {
+        for inst in &block.insts {
+            let pad = "  ".repeat(depth);
+            let role = inst
+                .role
+                .map(|r| format!("@{} ", r.name()))
+                .unwrap_or_default();
+            let line = match &inst.op {
+                Op::ScalarParam { dst, param } => {
+                    format!(
+                        "{} = param {}",
+                        self.def(*dst),
+                        self.kernel.params[*param].name()
+                    )
+                }
+                Op::Const { dst, value } => format!("{} = const {value:?}", self.def(*dst)),
+                Op::Load { dst, src } => format!("{} = load {}", self.def(*dst), self.access(src)),
+                Op::Stage { dst, src } => {
+                    format!("{} = stage {}", self.def(*dst), self.access(src))
+                }
+                Op::Transpose { dst, src } => {
+                    format!("{} = transpose {}", self.def(*dst), self.v(*src))
+                }
+                Op::Mma { dst, a, b, acc } => format!(
+                    "{} = mma {}, {}{}",
+                    self.def(*dst),
+                    self.v(*a),
+                    self.v(*b),
+                    acc.map(|c| format!(", acc {}", self.v(c)))
+                        .unwrap_or_default()
+                ),
+                Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
+                Op::ToF16 { dst, src } => format!("{} = to_f16 {}", self.def(*dst), self.v(*src)),
+                Op::Reduce { dst, op, src } => format!(
+                    "{} = {} {}",
+                    self.def(*dst),
+                    match op {
+                        ReduceOp::Max => "row_max",
+                        ReduceOp::Sum => "row_sum",
+                    },
+                    self.v(*src)
+                ),
+                Op::Binary { dst, op, lhs, rhs } => {
+                    let name = match op {
+                        BinOp::Add => "add",
+                        BinOp::Sub => "sub",
+                        BinOp::Mul => "mul",
+                        BinOp::Div => "div",
+                        BinOp::Max => "max",
+                    };
+                    format!(
+                        "{} = {name} {}, {}",
+                        self.def(*dst),
+                        self.v(*lhs),
+                        self.v(*rhs)
+                    )
+                }
+                Op::Fill { dst, value } => format!("{} = fill {value:?}", self.def(*dst)),
+                Op::Assign { dst, src } => format!("{} <- {}", self.v(*dst), self.v(*src)),
+                Op::Store { dst, src } => format!("store {}, {}", self.access(dst), self.v(*src)),
+                Op::Tiles {
+                    vars,
+                    extents,
+                    body,
+                } => {
+                    let parts: Vec<String> = vars
+                        .iter()
+                        .zip(extents)
+                        .map(|(v, e)| format!("{} in {}", self.v(*v), self.extent(e)))
+                        .collect();
+                    writeln!(out, "{pad}{role}tiles {} {{", parts.join(", "))?;
+                    self.block(out, body, depth + 1)?;
+                    writeln!(out, "{pad}}}")?;
+                    continue;
+                }
+                Op::Pipeline { var, extent, body } => {
+                    writeln!(
+                        out,
+                        "{pad}{role}pipeline {} in 0..{} {{",
+                        self.v(*var),
+                        self.extent(extent)
+                    )?;
+                    self.block(out, body, depth + 1)?;
+                    writeln!(out, "{pad}}}")?;
+                    continue;
+                }
+            };
+            writeln!(out, "{pad}{role}{line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| match p {
+                Param::Tensor(t) => {
+                    let dims: Vec<&str> = t
+                        .dims
+                        .iter()
+                        .map(|d| self.dims[d.0 as usize].as_str())
+                        .collect();
+                    format!(
+                        "{}: {}{}[{}, D]",
+                        t.name,
+                        if t.writable { "mut " } else { "" },
+                        match t.dtype {
+                            DType::F16 => "f16",
+                        },
+                        dims.join(", ")
+                    )
+                }
+                Param::Scalar { name } => format!("{name}: f32"),
+            })
+            .collect();
+        let mut out = String::new();
+        writeln!(out, "kernel {}({})", self.name, params.join(", "))?;
+        let dims: Vec<String> = self
+            .dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("dim{i}={d}"))
+            .collect();
+        writeln!(out, "  dims {}", dims.join(" "))?;
+        writeln!(out, "  config {}", self.config)?;
+        Printer { kernel: self }.block(&mut out, &self.body, 1)?;
+        f.write_str(&out)
+    }
+}

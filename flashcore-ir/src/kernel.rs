@@ -1,0 +1,300 @@
+//! The tile-level IR: a kernel is an arena of typed values plus a structured body of
+//! instructions (ops and loops). Values are small `Value(u32)` handles into `Kernel::values`.
+//!
+//! Tiles carry their layout in their type: a [`Type::Frag`] lives in registers as mma fragments
+//! (f32 accumulator layout, or f16 A-operand layout), a [`Type::Smem`] lives in a shared-memory
+//! buffer, a [`Type::Row`] holds one f32 per tile row (quad-replicated, as online softmax needs).
+
+use crate::config::Config;
+use crate::source::{BinOp, DType, ReduceOp, Role, SpanId};
+
+/// Handle of a value in [`Kernel::values`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Value(pub u32);
+
+impl Value {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Handle of a runtime dimension (`B`, `H`, `S`) in [`Kernel::dims`]; each becomes a `u32`
+/// kernel parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RtDim(pub u32);
+
+/// Compile-time tile axes. Kept symbolic so that `mma` operands are matched by meaning
+/// (a `TILE_N` axis never meets a `D` axis even when both are 64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TileDim {
+    M,
+    N,
+    Head,
+}
+
+impl TileDim {
+    pub fn size(self, cfg: &Config) -> u32 {
+        match self {
+            TileDim::M => cfg.tile_m,
+            TileDim::N => cfg.tile_n,
+            TileDim::Head => cfg.head_dim,
+        }
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            TileDim::M => "TILE_M",
+            TileDim::N => "TILE_N",
+            TileDim::Head => "D",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Elem {
+    F16,
+    F32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Type {
+    /// A tile coordinate along runtime dim `dim`, counted in tiles of `tile` rows (or in single
+    /// rows when `tile` is `None`).
+    Index { dim: RtDim, tile: Option<TileDim> },
+    /// An f32 uniform across the CTA.
+    Scalar,
+    /// An f16 tile `[rows][cols]` in a shared-memory buffer; `transposed` marks the `.t()` view.
+    Smem {
+        rows: TileDim,
+        cols: TileDim,
+        transposed: bool,
+    },
+    /// A register tile `[rows][cols]` spread over the warps as mma fragments: f32 in the
+    /// accumulator (C) layout, f16 in the A-operand layout.
+    Frag {
+        rows: TileDim,
+        cols: TileDim,
+        elem: Elem,
+    },
+    /// One f32 per row of a `[rows][..]` tile.
+    Row { rows: TileDim },
+}
+
+impl Type {
+    /// The (rows, cols) a tile type presents to an mma (the transposed view swaps them).
+    pub fn matrix_dims(&self) -> Option<(TileDim, TileDim)> {
+        match *self {
+            Type::Smem {
+                rows,
+                cols,
+                transposed,
+            } => Some(if transposed {
+                (cols, rows)
+            } else {
+                (rows, cols)
+            }),
+            Type::Frag { rows, cols, .. } => Some((rows, cols)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueData {
+    pub ty: Type,
+    /// The user's name for it (or a synthesized one); the printers make it unique.
+    pub name: String,
+    /// Declared `let mut`: may be the target of [`Op::Assign`].
+    pub mutable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorParam {
+    pub name: String,
+    pub dtype: DType,
+    /// The three outer axes (`B, H, S`); the fourth is always the head dim.
+    pub dims: [RtDim; 3],
+    pub writable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Param {
+    Tensor(TensorParam),
+    Scalar { name: String },
+}
+
+impl Param {
+    pub fn name(&self) -> &str {
+        match self {
+            Param::Tensor(t) => &t.name,
+            Param::Scalar { name } => name,
+        }
+    }
+}
+
+/// The tile of tensor parameter `param` at `coords` (one index value per outer axis).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileAccess {
+    pub param: usize,
+    pub coords: Vec<Value>,
+}
+
+/// `dim` or `dim / tile`: the trip count of a loop.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoopExtent {
+    pub dim: RtDim,
+    pub per_tile: Option<TileDim>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Read scalar parameter `param`.
+    ScalarParam { dst: Value, param: usize },
+    /// An f32 constant (scalar).
+    Const { dst: Value, value: f32 },
+    /// Global tile to registers (A-operand fragments), staged through shared memory.
+    Load { dst: Value, src: TileAccess },
+    /// Global tile to a shared-memory stage with cp.async; waited for at its first use.
+    Stage { dst: Value, src: TileAccess },
+    /// The `.t()` view of a staged tile (no code).
+    Transpose { dst: Value, src: Value },
+    /// `dst = a · b (+ acc)`, f16 inputs, f32 accumulation.
+    Mma {
+        dst: Value,
+        a: Value,
+        b: Value,
+        acc: Option<Value>,
+    },
+    /// Elementwise `2^x`.
+    Exp2 { dst: Value, src: Value },
+    /// f32 accumulator fragments to f16 A-operand fragments.
+    ToF16 { dst: Value, src: Value },
+    /// Reduce each row of a fragment tile.
+    Reduce {
+        dst: Value,
+        op: ReduceOp,
+        src: Value,
+    },
+    /// Elementwise op; a `Row` or `Scalar` operand broadcasts along the other's rows.
+    Binary {
+        dst: Value,
+        op: BinOp,
+        lhs: Value,
+        rhs: Value,
+    },
+    /// A tile or row vector filled with one constant.
+    Fill { dst: Value, value: f32 },
+    /// Overwrite mutable `dst` with `src` (the online-softmax state carried across iterations).
+    Assign { dst: Value, src: Value },
+    /// The CTA work loop over output tiles.
+    Tiles {
+        vars: Vec<Value>,
+        extents: Vec<LoopExtent>,
+        body: Block,
+    },
+    /// The loop over K/V tiles whose stages the pipeline pass buffers.
+    Pipeline {
+        var: Value,
+        extent: LoopExtent,
+        body: Block,
+    },
+    /// Convert an f32 fragment tile to the tensor's dtype and write it to global memory.
+    Store { dst: TileAccess, src: Value },
+}
+
+impl Op {
+    /// The value this op defines, if any (`Assign` redefines an existing one and is not counted).
+    pub fn def(&self) -> Option<Value> {
+        match self {
+            Op::ScalarParam { dst, .. }
+            | Op::Const { dst, .. }
+            | Op::Load { dst, .. }
+            | Op::Stage { dst, .. }
+            | Op::Transpose { dst, .. }
+            | Op::Mma { dst, .. }
+            | Op::Exp2 { dst, .. }
+            | Op::ToF16 { dst, .. }
+            | Op::Reduce { dst, .. }
+            | Op::Binary { dst, .. }
+            | Op::Fill { dst, .. } => Some(*dst),
+            Op::Assign { .. } | Op::Tiles { .. } | Op::Pipeline { .. } | Op::Store { .. } => None,
+        }
+    }
+
+    /// Values this op reads (loop bodies excluded).
+    pub fn uses(&self) -> Vec<Value> {
+        match self {
+            Op::ScalarParam { .. } | Op::Const { .. } | Op::Fill { .. } => vec![],
+            Op::Load { src, .. } | Op::Stage { src, .. } => src.coords.clone(),
+            Op::Transpose { src, .. }
+            | Op::Exp2 { src, .. }
+            | Op::ToF16 { src, .. }
+            | Op::Reduce { src, .. } => vec![*src],
+            Op::Mma { a, b, acc, .. } => [Some(*a), Some(*b), *acc].into_iter().flatten().collect(),
+            Op::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
+            Op::Assign { dst, src } => vec![*dst, *src],
+            Op::Tiles { .. } | Op::Pipeline { .. } => vec![],
+            Op::Store { dst, src } => {
+                let mut v = dst.coords.clone();
+                v.push(*src);
+                v
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inst {
+    pub op: Op,
+    /// The role annotation the statement carried, if any.
+    pub role: Option<Role>,
+    pub span: SpanId,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Block {
+    pub insts: Vec<Inst>,
+}
+
+/// One kernel, lowered for one [`Config`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    pub name: String,
+    pub config: Config,
+    pub params: Vec<Param>,
+    /// Runtime dimension symbols, in order of first appearance in the parameters.
+    pub dims: Vec<String>,
+    pub values: Vec<ValueData>,
+    pub body: Block,
+}
+
+impl Kernel {
+    pub fn value(&self, v: Value) -> &ValueData {
+        &self.values[v.index()]
+    }
+
+    pub fn ty(&self, v: Value) -> Type {
+        self.values[v.index()].ty
+    }
+
+    pub fn tensor(&self, param: usize) -> Option<&TensorParam> {
+        match self.params.get(param) {
+            Some(Param::Tensor(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Visits every instruction, loop bodies included, in program order.
+    pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Inst)) {
+        fn go<'a>(block: &'a Block, f: &mut impl FnMut(&'a Inst)) {
+            for inst in &block.insts {
+                f(inst);
+                match &inst.op {
+                    Op::Tiles { body, .. } | Op::Pipeline { body, .. } => go(body, f),
+                    _ => {}
+                }
+            }
+        }
+        go(&self.body, f)
+    }
+}

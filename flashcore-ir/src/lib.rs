@@ -1,0 +1,18 @@
+//! FlashCore's tile-level IR: the [`source`] program the macro builds, its [`lower`]ing into a
+//! typed, arena-based [`Kernel`] for one [`Config`], the [`verify`]er, and the text form
+//! (`Display`) that snapshots pin.
+//!
+//! Invariant: this crate depends on neither `syn` nor `cudarc`; it is plain data and checks.
+
+pub mod config;
+mod display;
+pub mod error;
+pub mod kernel;
+pub mod lower;
+pub mod source;
+pub mod verify;
+
+pub use config::Config;
+pub use error::{ConfigError, IrError, LowerError, VerifyError};
+pub use kernel::{Kernel, Op, Type, Value};
+pub use lower::lower;

@@ -1,0 +1,937 @@
+//! Lowering: type-checks a [`Program`] against a [`Config`] and builds the tile-level
+//! [`Kernel`]. Every user mistake is a [`LowerError`] carrying the span of the offending source,
+//! so the macro reports it where the user wrote it.
+
+use std::collections::HashMap;
+
+use crate::config::Config;
+use crate::error::{IrError, LowerError};
+use crate::kernel::*;
+use crate::source::{
+    BinOp, Dim, Expr, ExprKind, Extent, ParamDecl, Program, ReduceOp, Role, ShapeAxis, SpanId,
+    Stmt, StmtKind, TileConst, TileRef,
+};
+
+/// Lowers `program` for `config`, then runs the verifier.
+pub fn lower(program: &Program, config: &Config) -> std::result::Result<Kernel, IrError> {
+    config.validate()?;
+    let mut lowerer = Lowerer::new(program, config)?;
+    let mut body = Block::default();
+    lowerer.block(&program.body, &mut body, Nesting::Top)?;
+    let kernel = Kernel {
+        name: program.name.clone(),
+        config: *config,
+        params: lowerer.params,
+        dims: lowerer.dims,
+        values: lowerer.values,
+        body,
+    };
+    crate::verify::verify(&kernel)?;
+    Ok(kernel)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Binding {
+    Value(Value),
+    Tensor(usize),
+    Scalar(usize),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Nesting {
+    Top,
+    Tiles,
+    Pipeline,
+}
+
+struct Lowerer {
+    params: Vec<Param>,
+    dims: Vec<String>,
+    /// The head-dim axis as the user spelled it (a symbol such as `D`, or a literal).
+    head_dim: Dim,
+    values: Vec<ValueData>,
+    scopes: Vec<HashMap<String, Binding>>,
+}
+
+type Result<T> = std::result::Result<T, LowerError>;
+
+fn err<T>(span: SpanId, message: impl Into<String>) -> Result<T> {
+    Err(LowerError::new(span, message))
+}
+
+fn describe(ty: &Type) -> String {
+    match *ty {
+        Type::Index { .. } => "a tile index".into(),
+        Type::Scalar => "an f32 scalar".into(),
+        Type::Smem {
+            rows,
+            cols,
+            transposed,
+        } => {
+            let (r, c) = if transposed {
+                (cols, rows)
+            } else {
+                (rows, cols)
+            };
+            format!(
+                "a staged shared-memory tile [{}, {}]{}",
+                r.symbol(),
+                c.symbol(),
+                if transposed { " (transposed view)" } else { "" }
+            )
+        }
+        Type::Frag { rows, cols, elem } => format!(
+            "a register tile [{}, {}] of {}",
+            rows.symbol(),
+            cols.symbol(),
+            match elem {
+                Elem::F16 => "f16",
+                Elem::F32 => "f32",
+            }
+        ),
+        Type::Row { rows } => format!("a row vector [{}]", rows.symbol()),
+    }
+}
+
+impl Lowerer {
+    fn new(program: &Program, config: &Config) -> Result<Self> {
+        let mut lowerer = Lowerer {
+            params: vec![],
+            dims: vec![],
+            head_dim: Dim::Lit(config.head_dim),
+            values: vec![],
+            scopes: vec![HashMap::new()],
+        };
+        let mut head: Option<(Dim, String)> = None;
+        for (index, decl) in program.params.iter().enumerate() {
+            if lowerer.scopes[0].contains_key(decl.name()) {
+                return err(
+                    span_of(decl),
+                    format!("parameter `{}` is declared twice", decl.name()),
+                );
+            }
+            match decl {
+                ParamDecl::Scalar { name, .. } => {
+                    lowerer.params.push(Param::Scalar { name: name.clone() });
+                    lowerer.scopes[0].insert(name.clone(), Binding::Scalar(index));
+                }
+                ParamDecl::Tensor {
+                    name,
+                    dtype,
+                    shape,
+                    writable,
+                    span,
+                } => {
+                    if shape.len() != 4 {
+                        return err(
+                            *span,
+                            format!(
+                                "tensor `{name}` must have 4 axes [batch, heads, sequence, head_dim], found {}",
+                                shape.len()
+                            ),
+                        );
+                    }
+                    let last = &shape[3];
+                    match &head {
+                        None => {
+                            if let Dim::Lit(d) = last {
+                                if *d != config.head_dim {
+                                    return err(
+                                        *span,
+                                        format!(
+                                            "tensor `{name}` has head dim {d} but the kernel's head_dim is {}",
+                                            config.head_dim
+                                        ),
+                                    );
+                                }
+                            }
+                            head = Some((last.clone(), name.clone()));
+                        }
+                        Some((first, first_name)) if first != last => {
+                            return err(
+                                *span,
+                                format!(
+                                    "head-dim mismatch: `{name}` has head dim `{}` but `{first_name}` has `{}`",
+                                    show_dim(last),
+                                    show_dim(first)
+                                ),
+                            );
+                        }
+                        Some(_) => {}
+                    }
+                    let mut dims = [RtDim(0); 3];
+                    for (axis, dim) in shape[..3].iter().enumerate() {
+                        let Dim::Sym(sym) = dim else {
+                            return err(
+                                *span,
+                                format!(
+                                    "axis {axis} of `{name}` must be a symbol (such as `S`), found a literal"
+                                ),
+                            );
+                        };
+                        dims[axis] = lowerer.rt_dim(sym);
+                    }
+                    lowerer.params.push(Param::Tensor(TensorParam {
+                        name: name.clone(),
+                        dtype: *dtype,
+                        dims,
+                        writable: *writable,
+                    }));
+                    lowerer.scopes[0].insert(name.clone(), Binding::Tensor(index));
+                }
+            }
+        }
+        if let Some((dim, _)) = head {
+            if let Dim::Sym(s) = &dim {
+                if lowerer.dims.contains(s) {
+                    return err(
+                        SpanId::NONE,
+                        format!("`{s}` names both the head dim and a runtime axis"),
+                    );
+                }
+            }
+            lowerer.head_dim = dim;
+        }
+        Ok(lowerer)
+    }
+
+    fn rt_dim(&mut self, sym: &str) -> RtDim {
+        match self.dims.iter().position(|d| d == sym) {
+            Some(i) => RtDim(i as u32),
+            None => {
+                self.dims.push(sym.to_string());
+                RtDim(self.dims.len() as u32 - 1)
+            }
+        }
+    }
+
+    fn new_value(&mut self, ty: Type, name: &str, mutable: bool) -> Value {
+        self.values.push(ValueData {
+            ty,
+            name: name.to_string(),
+            mutable,
+        });
+        Value(self.values.len() as u32 - 1)
+    }
+
+    fn lookup(&self, name: &str) -> Option<Binding> {
+        self.scopes.iter().rev().find_map(|s| s.get(name).copied())
+    }
+
+    fn bind(&mut self, name: &str, binding: Binding) {
+        self.scopes
+            .last_mut()
+            .expect("scope stack is never empty")
+            .insert(name.to_string(), binding);
+    }
+
+    fn ty(&self, v: Value) -> Type {
+        self.values[v.index()].ty
+    }
+
+    fn block(&mut self, stmts: &[Stmt], out: &mut Block, nesting: Nesting) -> Result<()> {
+        for stmt in stmts {
+            self.stmt(stmt, out, nesting)?;
+        }
+        Ok(())
+    }
+
+    fn stmt(&mut self, stmt: &Stmt, out: &mut Block, nesting: Nesting) -> Result<()> {
+        let role = stmt.role;
+        match &stmt.kind {
+            StmtKind::Let {
+                name,
+                mutable,
+                value,
+            } => {
+                if nesting == Nesting::Top {
+                    return err(
+                        stmt.span,
+                        "statements must be inside the `tiles(..)` work loop",
+                    );
+                }
+                let aliases_existing = matches!(value.kind, ExprKind::Var(_));
+                let v = self.expr(value, out, role, name)?;
+                if aliases_existing && (*mutable || self.values[v.index()].mutable) {
+                    // `let mut x = y;` (or `let x = y;` of a mutable `y`) copies, so that
+                    // assigning one never changes the other.
+                    let var = self.new_value(self.ty(v), name, *mutable);
+                    self.push(out, Op::Assign { dst: var, src: v }, role, stmt.span);
+                    self.bind(name, Binding::Value(var));
+                } else {
+                    if *mutable {
+                        self.values[v.index()].mutable = true;
+                    }
+                    self.bind(name, Binding::Value(v));
+                }
+            }
+            StmtKind::Assign { name, value } => {
+                let Some(Binding::Value(var)) = self.lookup(name) else {
+                    return err(
+                        stmt.span,
+                        format!("cannot assign to `{name}`: not a local variable"),
+                    );
+                };
+                if !self.values[var.index()].mutable {
+                    return err(
+                        stmt.span,
+                        format!(
+                            "cannot assign twice to immutable `{name}`; declare it with `let mut`"
+                        ),
+                    );
+                }
+                let v = self.expr(value, out, role, name)?;
+                let (want, got) = (self.ty(var), self.ty(v));
+                if want != got {
+                    return err(
+                        value.span,
+                        format!(
+                            "cannot assign {} to `{name}`, which is {}",
+                            describe(&got),
+                            describe(&want)
+                        ),
+                    );
+                }
+                out.insts.push(Inst {
+                    op: Op::Assign { dst: var, src: v },
+                    role,
+                    span: stmt.span,
+                });
+            }
+            StmtKind::Tiles {
+                vars,
+                extents,
+                body,
+            } => {
+                if nesting != Nesting::Top {
+                    return err(stmt.span, "`tiles(..)` must be the outermost loop");
+                }
+                if vars.len() != extents.len() {
+                    return err(
+                        stmt.span,
+                        format!(
+                            "`tiles` binds {} variables but has {} extents",
+                            vars.len(),
+                            extents.len()
+                        ),
+                    );
+                }
+                self.scopes.push(HashMap::new());
+                let mut values = vec![];
+                let mut loop_extents = vec![];
+                for (var, extent) in vars.iter().zip(extents) {
+                    let e = self.extent(extent)?;
+                    let v = self.new_value(
+                        Type::Index {
+                            dim: e.dim,
+                            tile: e.per_tile,
+                        },
+                        var,
+                        false,
+                    );
+                    self.bind(var, Binding::Value(v));
+                    values.push(v);
+                    loop_extents.push(e);
+                }
+                let mut inner = Block::default();
+                self.block(body, &mut inner, Nesting::Tiles)?;
+                self.scopes.pop();
+                out.insts.push(Inst {
+                    op: Op::Tiles {
+                        vars: values,
+                        extents: loop_extents,
+                        body: inner,
+                    },
+                    role,
+                    span: stmt.span,
+                });
+            }
+            StmtKind::Pipeline { var, extent, body } => {
+                if nesting != Nesting::Tiles {
+                    return err(
+                        stmt.span,
+                        "`pipeline(..)` must be directly inside the `tiles(..)` work loop",
+                    );
+                }
+                let e = self.extent(extent)?;
+                self.scopes.push(HashMap::new());
+                let v = self.new_value(
+                    Type::Index {
+                        dim: e.dim,
+                        tile: e.per_tile,
+                    },
+                    var,
+                    false,
+                );
+                self.bind(var, Binding::Value(v));
+                let mut inner = Block::default();
+                self.block(body, &mut inner, Nesting::Pipeline)?;
+                self.scopes.pop();
+                out.insts.push(Inst {
+                    op: Op::Pipeline {
+                        var: v,
+                        extent: e,
+                        body: inner,
+                    },
+                    role,
+                    span: stmt.span,
+                });
+            }
+            StmtKind::Store { target, value } => {
+                if nesting != Nesting::Tiles {
+                    return err(stmt.span, "`store` must be in the `tiles(..)` loop body");
+                }
+                let access = self.tile_access(target, true)?;
+                let src = self.expr(value, out, role, "out")?;
+                let want = Type::Frag {
+                    rows: TileDim::M,
+                    cols: TileDim::Head,
+                    elem: Elem::F32,
+                };
+                if self.ty(src) != want {
+                    return err(
+                        value.span,
+                        format!(
+                            "`store` writes {} but got {}",
+                            describe(&want),
+                            describe(&self.ty(src))
+                        ),
+                    );
+                }
+                self.check_rows(target, &access, TileDim::M)?;
+                out.insts.push(Inst {
+                    op: Op::Store { dst: access, src },
+                    role,
+                    span: stmt.span,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn extent(&mut self, extent: &Extent) -> Result<LoopExtent> {
+        let Some(index) = self.dims.iter().position(|d| *d == extent.dim) else {
+            return err(
+                extent.span,
+                format!(
+                    "`{}` is not an axis of any tensor parameter (known: {})",
+                    extent.dim,
+                    self.dims.join(", ")
+                ),
+            );
+        };
+        Ok(LoopExtent {
+            dim: RtDim(index as u32),
+            per_tile: extent.per_tile.map(tile_dim),
+        })
+    }
+
+    fn tile_access(&mut self, target: &TileRef, write: bool) -> Result<TileAccess> {
+        let param = match self.lookup(&target.tensor) {
+            Some(Binding::Tensor(p)) => p,
+            _ => {
+                return err(
+                    target.span,
+                    format!("`{}` is not a tensor parameter", target.tensor),
+                )
+            }
+        };
+        let Param::Tensor(tensor) = &self.params[param] else {
+            unreachable!("tensor bindings point at tensor params")
+        };
+        if write && !tensor.writable {
+            return err(
+                target.span,
+                format!(
+                    "`{}` is read-only; declare it as `TensorMut` to store into it",
+                    tensor.name
+                ),
+            );
+        }
+        if !write && tensor.writable {
+            return err(
+                target.span,
+                format!(
+                    "`{}` is an output (`TensorMut`); kernels only store into it",
+                    tensor.name
+                ),
+            );
+        }
+        if target.indices.len() != 3 {
+            return err(
+                target.span,
+                format!(
+                    "`{}[..]` takes 3 indices (batch, head, sequence tile), found {}",
+                    tensor.name,
+                    target.indices.len()
+                ),
+            );
+        }
+        let dims = tensor.dims;
+        let tensor_name = tensor.name.clone();
+        let mut coords = vec![];
+        for (axis, index) in target.indices.iter().enumerate() {
+            let Some(Binding::Value(v)) = self.lookup(index) else {
+                return err(target.span, format!("`{index}` is not a loop index"));
+            };
+            let Type::Index { dim, tile } = self.ty(v) else {
+                return err(target.span, format!("`{index}` is not a loop index"));
+            };
+            if dim != dims[axis] {
+                return err(
+                    target.span,
+                    format!(
+                        "index `{index}` walks `{}` but axis {axis} of `{tensor_name}` is `{}`",
+                        self.dims[dim.0 as usize], self.dims[dims[axis].0 as usize]
+                    ),
+                );
+            }
+            if axis < 2 && tile.is_some() {
+                return err(
+                    target.span,
+                    format!("index `{index}` walks tiles; axis {axis} of `{tensor_name}` takes a plain index"),
+                );
+            }
+            if axis == 2 && tile.is_none() {
+                return err(
+                    target.span,
+                    format!(
+                        "index `{index}` must walk tiles of the sequence axis (`{} / TILE_M` or `/ TILE_N`)",
+                        self.dims[dims[axis].0 as usize]
+                    ),
+                );
+            }
+            coords.push(v);
+        }
+        Ok(TileAccess { param, coords })
+    }
+
+    /// Rows of the tile that `access` selects (the tile size of its sequence index).
+    fn access_rows(&self, access: &TileAccess) -> TileDim {
+        match self.ty(access.coords[2]) {
+            Type::Index { tile: Some(t), .. } => t,
+            _ => unreachable!("tile_access checked the sequence index"),
+        }
+    }
+
+    fn check_rows(&self, target: &TileRef, access: &TileAccess, want: TileDim) -> Result<()> {
+        let rows = self.access_rows(access);
+        if rows != want {
+            return err(
+                target.span,
+                format!(
+                    "this tile has {} rows; registers tiles (load/store) must have {} rows",
+                    rows.symbol(),
+                    want.symbol()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, out: &mut Block, op: Op, role: Option<Role>, span: SpanId) {
+        out.insts.push(Inst { op, role, span });
+    }
+
+    /// Lowers an expression, returning the value that holds its result. `name` names the values
+    /// it creates (the `let` it initializes), so the text IR and the PTX read like the source.
+    fn expr(
+        &mut self,
+        expr: &Expr,
+        out: &mut Block,
+        role: Option<Role>,
+        name: &str,
+    ) -> Result<Value> {
+        let span = expr.span;
+        let value = match &expr.kind {
+            ExprKind::Var(var) => match self.lookup(var) {
+                Some(Binding::Value(v)) => v,
+                Some(Binding::Scalar(param)) => {
+                    let dst = self.new_value(Type::Scalar, var, false);
+                    self.push(out, Op::ScalarParam { dst, param }, role, span);
+                    dst
+                }
+                Some(Binding::Tensor(_)) => {
+                    return err(
+                        span,
+                        format!("tensor `{var}` must be indexed by tile, e.g. `{var}[b, h, t]`"),
+                    )
+                }
+                None => return err(span, format!("cannot find `{var}` in this scope")),
+            },
+            ExprKind::Lit(x) => {
+                let dst = self.new_value(Type::Scalar, name, false);
+                self.push(out, Op::Const { dst, value: *x }, role, span);
+                dst
+            }
+            ExprKind::Const(c) => {
+                let dst = self.new_value(Type::Scalar, name, false);
+                self.push(
+                    out,
+                    Op::Const {
+                        dst,
+                        value: c.value(),
+                    },
+                    role,
+                    span,
+                );
+                dst
+            }
+            ExprKind::Load(target) => {
+                let src = self.tile_access(target, false)?;
+                self.check_rows(target, &src, TileDim::M)?;
+                let dst = self.new_value(
+                    Type::Frag {
+                        rows: TileDim::M,
+                        cols: TileDim::Head,
+                        elem: Elem::F16,
+                    },
+                    name,
+                    false,
+                );
+                self.push(out, Op::Load { dst, src }, role, span);
+                dst
+            }
+            ExprKind::Stage(target) => {
+                let src = self.tile_access(target, false)?;
+                let rows = self.access_rows(&src);
+                let dst = self.new_value(
+                    Type::Smem {
+                        rows,
+                        cols: TileDim::Head,
+                        transposed: false,
+                    },
+                    name,
+                    false,
+                );
+                self.push(out, Op::Stage { dst, src }, role, span);
+                dst
+            }
+            ExprKind::Transpose(inner) => {
+                let src = self.expr(inner, out, role, name)?;
+                let Type::Smem {
+                    rows,
+                    cols,
+                    transposed,
+                } = self.ty(src)
+                else {
+                    return err(
+                        span,
+                        format!(
+                            "`.t()` applies to staged shared-memory tiles, not to {}",
+                            describe(&self.ty(src))
+                        ),
+                    );
+                };
+                let dst = self.new_value(
+                    Type::Smem {
+                        rows,
+                        cols,
+                        transposed: !transposed,
+                    },
+                    &format!("{name}_t"),
+                    false,
+                );
+                self.push(out, Op::Transpose { dst, src }, role, span);
+                dst
+            }
+            ExprKind::ToF16(inner) => {
+                let src = self.expr(inner, out, role, name)?;
+                let Type::Frag {
+                    rows,
+                    cols,
+                    elem: Elem::F32,
+                } = self.ty(src)
+                else {
+                    return err(
+                        span,
+                        format!(
+                            "`.to_f16()` converts f32 register tiles, not {}",
+                            describe(&self.ty(src))
+                        ),
+                    );
+                };
+                let dst = self.new_value(
+                    Type::Frag {
+                        rows,
+                        cols,
+                        elem: Elem::F16,
+                    },
+                    &format!("{name}_f16"),
+                    false,
+                );
+                self.push(out, Op::ToF16 { dst, src }, role, span);
+                dst
+            }
+            ExprKind::Mma { a, b, acc } => {
+                let av = self.expr(a, out, role, &format!("{name}_a"))?;
+                let bv = self.expr(b, out, role, &format!("{name}_b"))?;
+                let (a_rows, a_cols) = match self.ty(av) {
+                    Type::Frag {
+                        rows,
+                        cols,
+                        elem: Elem::F16,
+                    } => (rows, cols),
+                    Type::Frag {
+                        elem: Elem::F32, ..
+                    } => return err(
+                        a.span,
+                        "the A operand of `mma` must be f16; convert the f32 tile with `.to_f16()`",
+                    ),
+                    other => {
+                        return err(
+                            a.span,
+                            format!(
+                                "the A operand of `mma` must be an f16 register tile, not {}",
+                                describe(&other)
+                            ),
+                        )
+                    }
+                };
+                let bt = self.ty(bv);
+                let Type::Smem { .. } = bt else {
+                    return err(
+                        b.span,
+                        format!(
+                            "the B operand of `mma` must be a staged shared-memory tile, not {}",
+                            describe(&bt)
+                        ),
+                    );
+                };
+                let (b_rows, b_cols) = bt.matrix_dims().expect("smem tiles have matrix dims");
+                if a_cols != b_rows {
+                    return err(
+                        span,
+                        format!(
+                            "`mma` of incompatible tiles: A is [{}, {}] but B is [{}, {}]; the inner axes `{}` and `{}` differ{}",
+                            a_rows.symbol(),
+                            a_cols.symbol(),
+                            b_rows.symbol(),
+                            b_cols.symbol(),
+                            a_cols.symbol(),
+                            b_rows.symbol(),
+                            if a_cols == TileDim::Head { " (did you mean `.t()`?)" } else { "" }
+                        ),
+                    );
+                }
+                let result = Type::Frag {
+                    rows: a_rows,
+                    cols: b_cols,
+                    elem: Elem::F32,
+                };
+                let acc_value = match acc {
+                    None => None,
+                    Some(acc) => {
+                        let cv = self.expr(acc, out, role, &format!("{name}_acc"))?;
+                        if self.ty(cv) != result {
+                            return err(
+                                acc.span,
+                                format!(
+                                    "the accumulator of `mma` must be {}, not {}",
+                                    describe(&result),
+                                    describe(&self.ty(cv))
+                                ),
+                            );
+                        }
+                        Some(cv)
+                    }
+                };
+                let dst = self.new_value(result, name, false);
+                self.push(
+                    out,
+                    Op::Mma {
+                        dst,
+                        a: av,
+                        b: bv,
+                        acc: acc_value,
+                    },
+                    role,
+                    span,
+                );
+                dst
+            }
+            ExprKind::Exp2(inner) => {
+                let src = self.expr(inner, out, role, name)?;
+                match self.ty(src) {
+                    Type::Frag {
+                        elem: Elem::F32, ..
+                    }
+                    | Type::Row { .. }
+                    | Type::Scalar => {}
+                    other => {
+                        return err(
+                            span,
+                            format!(
+                                "`exp2` takes f32 tiles, rows or scalars, not {}",
+                                describe(&other)
+                            ),
+                        )
+                    }
+                }
+                let dst = self.new_value(self.ty(src), name, false);
+                self.push(out, Op::Exp2 { dst, src }, role, span);
+                dst
+            }
+            ExprKind::RowReduce(op, inner) => {
+                let src = self.expr(inner, out, role, name)?;
+                let Type::Frag {
+                    rows,
+                    elem: Elem::F32,
+                    ..
+                } = self.ty(src)
+                else {
+                    return err(
+                        span,
+                        format!(
+                            "`{}` reduces f32 register tiles, not {}",
+                            match op {
+                                ReduceOp::Max => "row_max",
+                                ReduceOp::Sum => "row_sum",
+                            },
+                            describe(&self.ty(src))
+                        ),
+                    );
+                };
+                let dst = self.new_value(Type::Row { rows }, name, false);
+                self.push(out, Op::Reduce { dst, op: *op, src }, role, span);
+                dst
+            }
+            ExprKind::Binary(op, lhs, rhs) => {
+                let l = self.expr(lhs, out, role, name)?;
+                let r = self.expr(rhs, out, role, name)?;
+                let (lt, rt) = (self.ty(l), self.ty(r));
+                // Scalars and rows broadcast on the right; for commutative ops, swap them there.
+                let commutative = matches!(op, BinOp::Add | BinOp::Mul | BinOp::Max);
+                let rank = |t: &Type| match t {
+                    Type::Scalar => 0,
+                    Type::Row { .. } => 1,
+                    _ => 2,
+                };
+                let (l, r, lt, rt) = if commutative && rank(&lt) < rank(&rt) {
+                    (r, l, rt, lt)
+                } else {
+                    (l, r, lt, rt)
+                };
+                let ok = match (lt, rt) {
+                    (Type::Scalar, Type::Scalar) => true,
+                    (Type::Row { rows: a }, Type::Row { rows: b }) => a == b,
+                    (Type::Row { .. }, Type::Scalar) => true,
+                    (
+                        Type::Frag {
+                            elem: Elem::F32, ..
+                        },
+                        Type::Scalar,
+                    ) => true,
+                    (
+                        Type::Frag {
+                            rows: a,
+                            elem: Elem::F32,
+                            ..
+                        },
+                        Type::Row { rows: b },
+                    ) => a == b,
+                    (
+                        Type::Frag {
+                            elem: Elem::F32, ..
+                        },
+                        Type::Frag {
+                            elem: Elem::F32, ..
+                        },
+                    ) => lt == rt,
+                    _ => false,
+                };
+                if !ok {
+                    return err(
+                        span,
+                        format!(
+                            "cannot {} {} and {}",
+                            op.name(),
+                            describe(&lt),
+                            describe(&rt)
+                        ),
+                    );
+                }
+                let dst = self.new_value(lt, name, false);
+                self.push(
+                    out,
+                    Op::Binary {
+                        dst,
+                        op: *op,
+                        lhs: l,
+                        rhs: r,
+                    },
+                    role,
+                    span,
+                );
+                dst
+            }
+            ExprKind::Fill { shape, value } => {
+                let fill = match &value.kind {
+                    ExprKind::Lit(x) => *x,
+                    ExprKind::Const(c) => c.value(),
+                    _ => {
+                        return err(
+                            value.span,
+                            "the fill value must be a constant (a literal or `NEG_INF`)",
+                        )
+                    }
+                };
+                let axes = shape
+                    .iter()
+                    .map(|a| self.shape_axis(a, span))
+                    .collect::<Result<Vec<_>>>()?;
+                let ty =
+                    match axes.as_slice() {
+                        [TileDim::M] => Type::Row { rows: TileDim::M },
+                        [TileDim::M, cols] => Type::Frag {
+                            rows: TileDim::M,
+                            cols: *cols,
+                            elem: Elem::F32,
+                        },
+                        _ => return err(
+                            span,
+                            "register tiles are `[TILE_M]` (one value per row) or `[TILE_M, cols]`",
+                        ),
+                    };
+                let dst = self.new_value(ty, name, false);
+                self.push(out, Op::Fill { dst, value: fill }, role, span);
+                dst
+            }
+        };
+        Ok(value)
+    }
+
+    fn shape_axis(&self, axis: &ShapeAxis, span: SpanId) -> Result<TileDim> {
+        match axis {
+            ShapeAxis::Tile(t) => Ok(tile_dim(*t)),
+            ShapeAxis::Dim(name) if Dim::Sym(name.clone()) == self.head_dim => Ok(TileDim::Head),
+            ShapeAxis::Dim(name) => err(
+                span,
+                format!(
+                    "`{name}` is not a tile axis; use `TILE_M`, `TILE_N` or the head dim `{}`",
+                    show_dim(&self.head_dim)
+                ),
+            ),
+        }
+    }
+}
+
+fn tile_dim(t: TileConst) -> TileDim {
+    match t {
+        TileConst::M => TileDim::M,
+        TileConst::N => TileDim::N,
+    }
+}
+
+fn show_dim(d: &Dim) -> String {
+    match d {
+        Dim::Sym(s) => s.clone(),
+        Dim::Lit(n) => n.to_string(),
+    }
+}
+
+fn span_of(decl: &ParamDecl) -> SpanId {
+    match decl {
+        ParamDecl::Tensor { span, .. } | ParamDecl::Scalar { span, .. } => *span,
+    }
+}

@@ -1,0 +1,231 @@
+//! The kernel as the user wrote it: a small, span-carrying AST that `#[flash_kernel]` builds
+//! from Rust syntax and that `lower` type-checks and turns into the tile-level IR.
+//!
+//! The macro constructs a [`Program`] at expansion time (to report errors at the user's spans)
+//! and embeds code that constructs the same `Program` at run time (to lower it for any
+//! `Config`). Nothing here depends on `syn`: spans are opaque [`SpanId`]s whose meaning (a
+//! `proc_macro2::Span`) lives in the macro's own parallel table.
+
+/// Index into the macro's span table; `SpanId::NONE` when the program was built by hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpanId(pub u32);
+
+impl SpanId {
+    pub const NONE: SpanId = SpanId(u32::MAX);
+}
+
+/// Element types a tensor parameter may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F16,
+}
+
+/// One axis of a tensor parameter's shape: a symbol (`S`, `D`) or a literal (`64`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Sym(String),
+    Lit(u32),
+}
+
+/// A kernel parameter as declared in the function signature.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamDecl {
+    /// `q: Tensor<f16, B, H, S, D>` (or `TensorMut` when `writable`).
+    Tensor {
+        name: String,
+        dtype: DType,
+        shape: Vec<Dim>,
+        writable: bool,
+        span: SpanId,
+    },
+    /// `scale: f32`.
+    Scalar { name: String, span: SpanId },
+}
+
+impl ParamDecl {
+    pub fn name(&self) -> &str {
+        match self {
+            ParamDecl::Tensor { name, .. } | ParamDecl::Scalar { name, .. } => name,
+        }
+    }
+}
+
+/// Which warps run a statement (`#[role(..)]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Load,
+    Compute,
+    Softmax,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Load, Role::Compute, Role::Softmax];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Load => "load",
+            Role::Compute => "compute",
+            Role::Softmax => "softmax",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// The compile-time tile constants a kernel body may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TileConst {
+    /// `TILE_M`: rows of the Q/O tile a CTA owns.
+    M,
+    /// `TILE_N`: rows of each K/V tile the inner loop walks.
+    N,
+}
+
+/// A loop extent: `B`, or `S / TILE_M`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Extent {
+    pub dim: String,
+    pub per_tile: Option<TileConst>,
+    pub span: SpanId,
+}
+
+/// `q[b, h, qt]`: the tile of a tensor that the index variables select.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileRef {
+    pub tensor: String,
+    pub indices: Vec<String>,
+    pub span: SpanId,
+}
+
+/// One axis of a `fill`/`zeros` shape: `TILE_M`, `TILE_N` or the head-dim symbol.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShapeAxis {
+    Tile(TileConst),
+    Dim(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+}
+
+impl BinOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            BinOp::Add => "add",
+            BinOp::Sub => "sub",
+            BinOp::Mul => "mul",
+            BinOp::Div => "div",
+            BinOp::Max => "max",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Max,
+    Sum,
+}
+
+/// Named floating-point constants (`NEG_INF`, `LOG2_E`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamedConst {
+    NegInf,
+    Log2E,
+}
+
+impl NamedConst {
+    pub fn value(self) -> f32 {
+        match self {
+            NamedConst::NegInf => f32::NEG_INFINITY,
+            NamedConst::Log2E => std::f32::consts::LOG2_E,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: SpanId,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    /// A local, a loop variable or a scalar parameter.
+    Var(String),
+    Lit(f32),
+    Const(NamedConst),
+    /// `load(q[b, h, qt])`: global memory to registers (an mma A operand).
+    Load(TileRef),
+    /// `stage(k[b, h, kt])`: global memory to a shared-memory stage (cp.async).
+    Stage(TileRef),
+    /// `x.t()`: the transposed view of a staged tile.
+    Transpose(Box<Expr>),
+    /// `x.to_f16()`.
+    ToF16(Box<Expr>),
+    /// `mma(a, b)` or `mma(a, b, acc)`.
+    Mma {
+        a: Box<Expr>,
+        b: Box<Expr>,
+        acc: Option<Box<Expr>>,
+    },
+    Exp2(Box<Expr>),
+    RowReduce(ReduceOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `fill([TILE_M], NEG_INF)`; `zeros([TILE_M, D])` is a fill with 0.
+    Fill {
+        shape: Vec<ShapeAxis>,
+        value: Box<Expr>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stmt {
+    pub kind: StmtKind,
+    pub role: Option<Role>,
+    pub span: SpanId,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StmtKind {
+    Let {
+        name: String,
+        mutable: bool,
+        value: Expr,
+    },
+    Assign {
+        name: String,
+        value: Expr,
+    },
+    /// `for (b, h, qt) in tiles(B, H, S / TILE_M) { .. }`: the CTA work loop.
+    Tiles {
+        vars: Vec<String>,
+        extents: Vec<Extent>,
+        body: Vec<Stmt>,
+    },
+    /// `for kt in pipeline(0..S / TILE_N) { .. }`: the loop whose stages the pipeline pass buffers.
+    Pipeline {
+        var: String,
+        extent: Extent,
+        body: Vec<Stmt>,
+    },
+    /// `store(o[b, h, qt], value)`.
+    Store {
+        target: TileRef,
+        value: Expr,
+    },
+}
+
+/// A whole `#[flash_kernel]` function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub name: String,
+    pub params: Vec<ParamDecl>,
+    pub body: Vec<Stmt>,
+}

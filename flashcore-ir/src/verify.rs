@@ -1,0 +1,200 @@
+//! The IR verifier: structural invariants every pass must keep. It runs after lowering and after
+//! every pass; a failure is a compiler bug, reported with the offending instruction.
+
+use std::collections::HashSet;
+
+use crate::error::VerifyError;
+use crate::kernel::*;
+
+pub fn verify(kernel: &Kernel) -> Result<(), VerifyError> {
+    let mut v = Verifier {
+        kernel,
+        defined: HashSet::new(),
+        scopes: vec![vec![]],
+        staged_unused: vec![],
+        used: HashSet::new(),
+    };
+    v.block(&kernel.body, Where::Top)?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Where {
+    Top,
+    Tiles,
+    Pipeline,
+}
+
+struct Verifier<'k> {
+    kernel: &'k Kernel,
+    /// Values visible at this point (defined earlier in an enclosing block).
+    defined: HashSet<Value>,
+    /// Values defined in each open block, removed from `defined` when it closes.
+    scopes: Vec<Vec<Value>>,
+    staged_unused: Vec<Value>,
+    used: HashSet<Value>,
+}
+
+fn fail<T>(msg: String) -> Result<T, VerifyError> {
+    Err(VerifyError(msg))
+}
+
+impl<'k> Verifier<'k> {
+    fn name(&self, v: Value) -> String {
+        match self.kernel.values.get(v.index()) {
+            Some(d) => format!("%{}.{}", d.name, v.0),
+            None => format!("%<invalid {}>", v.0),
+        }
+    }
+
+    fn define(&mut self, v: Value) -> Result<(), VerifyError> {
+        if v.index() >= self.kernel.values.len() {
+            return fail(format!("value {} is out of the arena", v.0));
+        }
+        if !self.defined.insert(v) {
+            return fail(format!("{} is defined twice", self.name(v)));
+        }
+        self.scopes.last_mut().expect("open scope").push(v);
+        Ok(())
+    }
+
+    fn block(&mut self, block: &Block, at: Where) -> Result<(), VerifyError> {
+        self.scopes.push(vec![]);
+        for inst in &block.insts {
+            self.inst(inst, at)?;
+        }
+        for v in self.scopes.pop().expect("open scope") {
+            self.defined.remove(&v);
+        }
+        Ok(())
+    }
+
+    fn inst(&mut self, inst: &Inst, at: Where) -> Result<(), VerifyError> {
+        for u in inst.op.uses() {
+            if !self.defined.contains(&u) {
+                return fail(format!(
+                    "{} is used before it is defined (or out of its scope)",
+                    self.name(u)
+                ));
+            }
+            self.used.insert(u);
+        }
+        let ty = |v: Value| self.kernel.ty(v);
+        match &inst.op {
+            Op::Tiles {
+                vars,
+                extents,
+                body,
+            } => {
+                if at != Where::Top || vars.len() != extents.len() {
+                    return fail(
+                        "a tiles loop must be top level with one extent per variable".into(),
+                    );
+                }
+                self.scopes.push(vec![]);
+                for v in vars {
+                    self.define(*v)?;
+                }
+                self.block(body, Where::Tiles)?;
+                for v in self.scopes.pop().expect("open scope") {
+                    self.defined.remove(&v);
+                }
+                return Ok(());
+            }
+            Op::Pipeline { var, body, .. } => {
+                if at != Where::Tiles {
+                    return fail("a pipeline loop must sit directly in the tiles loop".into());
+                }
+                self.scopes.push(vec![]);
+                self.define(*var)?;
+                let outer_staged = std::mem::take(&mut self.staged_unused);
+                self.block(body, Where::Pipeline)?;
+                let never_read: Vec<Value> = self
+                    .staged_unused
+                    .iter()
+                    .copied()
+                    .filter(|v| !self.used.contains(v))
+                    .collect();
+                if let Some(v) = never_read.first() {
+                    return fail(format!(
+                        "stage {} is filled every iteration but never read: its cp.async group would never be waited for",
+                        self.name(*v)
+                    ));
+                }
+                self.staged_unused = outer_staged;
+                for v in self.scopes.pop().expect("open scope") {
+                    self.defined.remove(&v);
+                }
+                return Ok(());
+            }
+            Op::Stage { dst, .. } => {
+                if at != Where::Pipeline {
+                    return fail(format!("stage {} outside a pipeline loop", self.name(*dst)));
+                }
+                self.staged_unused.push(*dst);
+            }
+            Op::Load { .. } | Op::Store { .. } if at != Where::Tiles => {
+                return fail("load/store must sit in the tiles loop body".into());
+            }
+            Op::Assign { dst, src } => {
+                if !self.kernel.value(*dst).mutable {
+                    return fail(format!("assignment to immutable {}", self.name(*dst)));
+                }
+                if ty(*dst) != ty(*src) {
+                    return fail(format!(
+                        "assignment changes the type of {}",
+                        self.name(*dst)
+                    ));
+                }
+            }
+            Op::Mma { dst, a, b, acc } => {
+                let (Some((ar, ak)), Some((bk, bn))) = (ty(*a).matrix_dims(), ty(*b).matrix_dims())
+                else {
+                    return fail(format!("mma {} has non-tile operands", self.name(*dst)));
+                };
+                let a_ok = matches!(
+                    ty(*a),
+                    Type::Frag {
+                        elem: Elem::F16,
+                        ..
+                    }
+                );
+                let b_ok = matches!(ty(*b), Type::Smem { .. });
+                let want = Type::Frag {
+                    rows: ar,
+                    cols: bn,
+                    elem: Elem::F32,
+                };
+                if !a_ok
+                    || !b_ok
+                    || ak != bk
+                    || ty(*dst) != want
+                    || acc.is_some_and(|c| ty(c) != want)
+                {
+                    return fail(format!(
+                        "mma {} has mismatched operand types",
+                        self.name(*dst)
+                    ));
+                }
+            }
+            Op::Binary { dst, lhs, rhs, .. } => {
+                let ok = match (ty(*lhs), ty(*rhs)) {
+                    (l, Type::Scalar) => !matches!(l, Type::Index { .. } | Type::Smem { .. }),
+                    (Type::Frag { rows, .. }, Type::Row { rows: r }) => rows == r,
+                    (l, r) => l == r && !matches!(l, Type::Index { .. } | Type::Smem { .. }),
+                };
+                if !ok || ty(*dst) != ty(*lhs) {
+                    return fail(format!(
+                        "binary {} has incompatible operands",
+                        self.name(*dst)
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if let Some(d) = inst.op.def() {
+            self.define(d)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,327 @@
+//! Code generation: the kernel type the macro expands to, with its `Program` rebuilt at run
+//! time (so any `Config` can be lowered) and a typed launcher in parameter order.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use flashcore_ir::source::*;
+use flashcore_ir::Config;
+
+use crate::parse::{KernelFn, RawType};
+
+fn span_id(s: SpanId) -> TokenStream {
+    let n = s.0;
+    quote!(::flashcore::ir::source::SpanId(#n))
+}
+
+fn string(s: &str) -> TokenStream {
+    quote!(::std::string::String::from(#s))
+}
+
+fn strings(v: &[String]) -> TokenStream {
+    let items = v.iter().map(|s| string(s));
+    quote!(::std::vec![#(#items),*])
+}
+
+fn tile_const(t: TileConst) -> TokenStream {
+    match t {
+        TileConst::M => quote!(::flashcore::ir::source::TileConst::M),
+        TileConst::N => quote!(::flashcore::ir::source::TileConst::N),
+    }
+}
+
+fn role(r: Option<Role>) -> TokenStream {
+    match r {
+        None => quote!(::std::option::Option::None),
+        Some(Role::Load) => quote!(::std::option::Option::Some(
+            ::flashcore::ir::source::Role::Load
+        )),
+        Some(Role::Compute) => quote!(::std::option::Option::Some(
+            ::flashcore::ir::source::Role::Compute
+        )),
+        Some(Role::Softmax) => quote!(::std::option::Option::Some(
+            ::flashcore::ir::source::Role::Softmax
+        )),
+    }
+}
+
+fn extent(e: &Extent) -> TokenStream {
+    let dim = string(&e.dim);
+    let per_tile = match e.per_tile {
+        None => quote!(::std::option::Option::None),
+        Some(t) => {
+            let t = tile_const(t);
+            quote!(::std::option::Option::Some(#t))
+        }
+    };
+    let span = span_id(e.span);
+    quote!(::flashcore::ir::source::Extent { dim: #dim, per_tile: #per_tile, span: #span })
+}
+
+fn tile_ref(t: &TileRef) -> TokenStream {
+    let tensor = string(&t.tensor);
+    let indices = strings(&t.indices);
+    let span = span_id(t.span);
+    quote!(::flashcore::ir::source::TileRef { tensor: #tensor, indices: #indices, span: #span })
+}
+
+fn expr(e: &Expr) -> TokenStream {
+    let span = span_id(e.span);
+    let b = |e: &Expr| {
+        let t = expr(e);
+        quote!(::std::boxed::Box::new(#t))
+    };
+    let p = quote!(::flashcore::ir::source);
+    let kind = match &e.kind {
+        ExprKind::Var(v) => {
+            let v = string(v);
+            quote!(#p::ExprKind::Var(#v))
+        }
+        ExprKind::Lit(x) => quote!(#p::ExprKind::Lit(#x)),
+        ExprKind::Const(NamedConst::NegInf) => quote!(#p::ExprKind::Const(#p::NamedConst::NegInf)),
+        ExprKind::Const(NamedConst::Log2E) => quote!(#p::ExprKind::Const(#p::NamedConst::Log2E)),
+        ExprKind::Load(t) => {
+            let t = tile_ref(t);
+            quote!(#p::ExprKind::Load(#t))
+        }
+        ExprKind::Stage(t) => {
+            let t = tile_ref(t);
+            quote!(#p::ExprKind::Stage(#t))
+        }
+        ExprKind::Transpose(x) => {
+            let x = b(x);
+            quote!(#p::ExprKind::Transpose(#x))
+        }
+        ExprKind::ToF16(x) => {
+            let x = b(x);
+            quote!(#p::ExprKind::ToF16(#x))
+        }
+        ExprKind::Mma { a, b: bb, acc } => {
+            let (a, bb) = (b(a), b(bb));
+            let acc = match acc {
+                None => quote!(::std::option::Option::None),
+                Some(c) => {
+                    let c = b(c);
+                    quote!(::std::option::Option::Some(#c))
+                }
+            };
+            quote!(#p::ExprKind::Mma { a: #a, b: #bb, acc: #acc })
+        }
+        ExprKind::Exp2(x) => {
+            let x = b(x);
+            quote!(#p::ExprKind::Exp2(#x))
+        }
+        ExprKind::RowReduce(op, x) => {
+            let op = match op {
+                ReduceOp::Max => quote!(#p::ReduceOp::Max),
+                ReduceOp::Sum => quote!(#p::ReduceOp::Sum),
+            };
+            let x = b(x);
+            quote!(#p::ExprKind::RowReduce(#op, #x))
+        }
+        ExprKind::Binary(op, l, r) => {
+            let op = match op {
+                BinOp::Add => quote!(#p::BinOp::Add),
+                BinOp::Sub => quote!(#p::BinOp::Sub),
+                BinOp::Mul => quote!(#p::BinOp::Mul),
+                BinOp::Div => quote!(#p::BinOp::Div),
+                BinOp::Max => quote!(#p::BinOp::Max),
+            };
+            let (l, r) = (b(l), b(r));
+            quote!(#p::ExprKind::Binary(#op, #l, #r))
+        }
+        ExprKind::Fill { shape, value } => {
+            let axes = shape.iter().map(|a| match a {
+                ShapeAxis::Tile(t) => {
+                    let t = tile_const(*t);
+                    quote!(#p::ShapeAxis::Tile(#t))
+                }
+                ShapeAxis::Dim(d) => {
+                    let d = string(d);
+                    quote!(#p::ShapeAxis::Dim(#d))
+                }
+            });
+            let value = b(value);
+            quote!(#p::ExprKind::Fill { shape: ::std::vec![#(#axes),*], value: #value })
+        }
+    };
+    quote!(#p::Expr { kind: #kind, span: #span })
+}
+
+fn stmts(s: &[Stmt]) -> TokenStream {
+    let items = s.iter().map(stmt);
+    quote!(::std::vec![#(#items),*])
+}
+
+fn stmt(s: &Stmt) -> TokenStream {
+    let p = quote!(::flashcore::ir::source);
+    let kind = match &s.kind {
+        StmtKind::Let {
+            name,
+            mutable,
+            value,
+        } => {
+            let (name, value) = (string(name), expr(value));
+            quote!(#p::StmtKind::Let { name: #name, mutable: #mutable, value: #value })
+        }
+        StmtKind::Assign { name, value } => {
+            let (name, value) = (string(name), expr(value));
+            quote!(#p::StmtKind::Assign { name: #name, value: #value })
+        }
+        StmtKind::Tiles {
+            vars,
+            extents,
+            body,
+        } => {
+            let vars = strings(vars);
+            let extents = extents.iter().map(extent);
+            let body = stmts(body);
+            quote!(#p::StmtKind::Tiles { vars: #vars, extents: ::std::vec![#(#extents),*], body: #body })
+        }
+        StmtKind::Pipeline {
+            var,
+            extent: e,
+            body,
+        } => {
+            let (var, e, body) = (string(var), extent(e), stmts(body));
+            quote!(#p::StmtKind::Pipeline { var: #var, extent: #e, body: #body })
+        }
+        StmtKind::Store { target, value } => {
+            let (target, value) = (tile_ref(target), expr(value));
+            quote!(#p::StmtKind::Store { target: #target, value: #value })
+        }
+    };
+    let (role, span) = (role(s.role), span_id(s.span));
+    quote!(#p::Stmt { kind: #kind, role: #role, span: #span })
+}
+
+fn program(prog: &Program) -> TokenStream {
+    let p = quote!(::flashcore::ir::source);
+    let name = string(&prog.name);
+    let params = prog.params.iter().map(|param| match param {
+        ParamDecl::Scalar { name, span } => {
+            let (name, span) = (string(name), span_id(*span));
+            quote!(#p::ParamDecl::Scalar { name: #name, span: #span })
+        }
+        ParamDecl::Tensor {
+            name,
+            dtype: DType::F16,
+            shape,
+            writable,
+            span,
+        } => {
+            let (name, span) = (string(name), span_id(*span));
+            let dims = shape.iter().map(|d| match d {
+                Dim::Sym(s) => {
+                    let s = string(s);
+                    quote!(#p::Dim::Sym(#s))
+                }
+                Dim::Lit(n) => quote!(#p::Dim::Lit(#n)),
+            });
+            quote!(#p::ParamDecl::Tensor {
+                name: #name,
+                dtype: #p::DType::F16,
+                shape: ::std::vec![#(#dims),*],
+                writable: #writable,
+                span: #span,
+            })
+        }
+    });
+    let body = stmts(&prog.body);
+    quote!(#p::Program { name: #name, params: ::std::vec![#(#params),*], body: #body })
+}
+
+fn config(c: &Config) -> TokenStream {
+    let Config {
+        tile_m,
+        tile_n,
+        head_dim,
+        stages,
+        warps,
+    } = *c;
+    quote!(::flashcore::Config { tile_m: #tile_m, tile_n: #tile_n, head_dim: #head_dim, stages: #stages, warps: #warps })
+}
+
+/// The expansion of a checked kernel.
+pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
+    let vis = &f.vis;
+    let name = &f.name;
+    let doc_attrs = f.attrs.iter().filter(|a| a.path().is_ident("doc"));
+    let program = program(prog);
+    let config = config(cfg);
+    let kernel_name = name.to_string();
+
+    let mut launch_params = vec![];
+    let mut launch_args = vec![];
+    for p in &f.params {
+        let ident = &p.name;
+        match &p.ty {
+            RawType::Tensor {
+                writable: false, ..
+            } => {
+                launch_params
+                    .push(quote!(#ident: &::flashcore::runtime::DeviceTensor<::flashcore::f16>));
+                launch_args.push(quote!(::flashcore::Arg::Tensor(#ident)));
+            }
+            RawType::Tensor { writable: true, .. } => {
+                launch_params.push(
+                    quote!(#ident: &mut ::flashcore::runtime::DeviceTensor<::flashcore::f16>),
+                );
+                launch_args.push(quote!(::flashcore::Arg::TensorMut(#ident)));
+            }
+            RawType::Scalar(_) => {
+                launch_params.push(quote!(#ident: f32));
+                launch_args.push(quote!(::flashcore::Arg::F32(#ident)));
+            }
+        }
+    }
+    let cache = format_ident!("__FLASHCORE_CACHE_{}", kernel_name.to_uppercase());
+
+    quote! {
+        #(#doc_attrs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, Default)]
+        #vis struct #name;
+
+        #[allow(non_upper_case_globals)]
+        static #cache: ::flashcore::KernelCache = ::flashcore::KernelCache::new();
+
+        impl #name {
+            /// The kernel's name (also its PTX `.entry`).
+            pub const NAME: &'static str = #kernel_name;
+
+            /// The configuration declared in `#[flash_kernel(..)]`, checked at compile time.
+            pub const CONFIG: ::flashcore::Config = #config;
+
+            /// The kernel as written, for lowering with any `Config`.
+            pub fn program() -> ::flashcore::ir::source::Program {
+                #program
+            }
+
+            /// The tile-level IR for `config`.
+            pub fn ir(config: &::flashcore::Config) -> ::std::result::Result<::flashcore::ir::Kernel, ::flashcore::Error> {
+                ::flashcore::lower(&Self::program(), config)
+            }
+
+            /// The PTX for `config`.
+            pub fn ptx(config: &::flashcore::Config) -> ::std::result::Result<::std::string::String, ::flashcore::Error> {
+                ::std::result::Result::Ok(Self::compile(config)?.ptx.text.clone())
+            }
+
+            /// Lowers and generates code for `config` (cached per config).
+            pub fn compile(config: &::flashcore::Config) -> ::std::result::Result<::std::sync::Arc<::flashcore::CompiledKernel>, ::flashcore::Error> {
+                #cache.get_or_compile(config, Self::program)
+            }
+
+            /// Runs the kernel on `device`, arguments in the order of the kernel's parameters.
+            pub fn launch(
+                device: &::flashcore::runtime::Device,
+                config: &::flashcore::Config,
+                #(#launch_params),*
+            ) -> ::std::result::Result<(), ::flashcore::Error> {
+                let kernel = Self::compile(config)?;
+                ::flashcore::launch(device, &kernel, &mut [#(#launch_args),*])
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! `#[flash_kernel]`: parses a kernel written as tiled Rust-like pseudocode, checks it (shapes,
+//! roles, mma operands, the declared config) at expansion time with errors at the user's spans,
+//! and expands it into a kernel type with `program`, `ir`, `ptx`, `compile` and a typed `launch`.
+
+mod error;
+mod generate;
+mod parse;
+
+use proc_macro::TokenStream;
+
+/// Declares a FlashCore kernel. See the crate `flashcore` for the DSL.
+#[proc_macro_attribute]
+pub fn flash_kernel(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(attr.into(), item.into()).into()
+}
+
+fn expand(
+    attr: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let f: parse::KernelFn = match syn::parse2(item) {
+        Ok(f) => f,
+        Err(e) => return error::fallback(e, None),
+    };
+    let attr: parse::KernelAttr = match syn::parse2(attr) {
+        Ok(a) => a,
+        Err(e) => return error::fallback(e, Some(&f)),
+    };
+    let mut spans = parse::SpanTable::default();
+    let program = match (parse::Converter { spans: &mut spans }).program(&f) {
+        Ok(p) => p,
+        Err(e) => return error::fallback(e, Some(&f)),
+    };
+    // Lower for the declared config now, so mistakes surface as compile errors with spans.
+    let kernel = match flashcore_ir::lower(&program, &attr.config) {
+        Ok(k) => k,
+        Err(e) => {
+            let err = error::to_syn_error(&e, &spans, &attr, f.name.span());
+            return error::fallback(err, Some(&f));
+        }
+    };
+    if let Err(e) = flashcore_codegen::generate(&kernel) {
+        let err = syn::Error::new(f.name.span(), format!("code generation failed: {e}"));
+        return error::fallback(err, Some(&f));
+    }
+    generate::kernel(&f, &program, &attr.config)
+}

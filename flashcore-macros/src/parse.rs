@@ -1,0 +1,645 @@
+//! Parsing: `#[flash_kernel(..)]` arguments into a `Config`, and the kernel function into the
+//! IR crate's `source::Program`, recording the span of every node in a side table so that
+//! errors found later (by `lower`) point at the user's code.
+
+use proc_macro2::Span;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{braced, parenthesized, Token};
+
+use flashcore_ir::source::*;
+use flashcore_ir::Config;
+
+/// Spans of the program's nodes, indexed by `SpanId`.
+#[derive(Default)]
+pub struct SpanTable {
+    spans: Vec<Span>,
+}
+
+impl SpanTable {
+    pub fn add(&mut self, span: Span) -> SpanId {
+        self.spans.push(span);
+        SpanId(self.spans.len() as u32 - 1)
+    }
+
+    pub fn get(&self, id: SpanId) -> Option<Span> {
+        self.spans.get(id.0 as usize).copied()
+    }
+}
+
+/// `#[flash_kernel(tile_m = 64, ...)]`: the declared config, and where each field was written.
+pub struct KernelAttr {
+    pub config: Config,
+    pub field_spans: Vec<(&'static str, Span)>,
+}
+
+impl Parse for KernelAttr {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut config = Config::default();
+        let mut field_spans = vec![];
+        let items = Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated(input)?;
+        for item in items {
+            let key = item
+                .path
+                .get_ident()
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            let value = match &item.value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Int(i),
+                    ..
+                }) => i.base10_parse::<u32>()?,
+                other => return Err(syn::Error::new_spanned(other, "expected an integer")),
+            };
+            let (field, slot): (&'static str, &mut u32) = match key.as_str() {
+                "tile_m" => ("tile_m", &mut config.tile_m),
+                "tile_n" => ("tile_n", &mut config.tile_n),
+                "head_dim" => ("head_dim", &mut config.head_dim),
+                "stages" => ("stages", &mut config.stages),
+                "warps" => ("warps", &mut config.warps),
+                _ => {
+                    return Err(syn::Error::new_spanned(
+                        &item.path,
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps"),
+                    ))
+                }
+            };
+            *slot = value;
+            field_spans.push((field, item.span()));
+        }
+        Ok(KernelAttr {
+            config,
+            field_spans,
+        })
+    }
+}
+
+/// The kernel function: signature parsed by hand (its parameter types are DSL types such as
+/// `Tensor<f16, B, H, S, D>`, whose meaning is the DSL's, not Rust's), body parsed as a Rust block.
+pub struct KernelFn {
+    pub vis: syn::Visibility,
+    pub name: syn::Ident,
+    pub params: Vec<RawParam>,
+    pub body: syn::Block,
+    pub attrs: Vec<syn::Attribute>,
+}
+
+pub enum RawType {
+    Tensor {
+        writable: bool,
+        dtype: syn::Ident,
+        dims: Vec<RawDim>,
+    },
+    Scalar(syn::Ident),
+}
+
+pub enum RawDim {
+    Sym(syn::Ident),
+    Lit(syn::LitInt),
+}
+
+pub struct RawParam {
+    pub name: syn::Ident,
+    pub ty: RawType,
+    pub span: Span,
+}
+
+impl Parse for RawParam {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let name: syn::Ident = input.parse()?;
+        input.parse::<Token![:]>()?;
+        let kind: syn::Ident = input.parse()?;
+        let ty = match kind.to_string().as_str() {
+            "Tensor" | "TensorMut" => {
+                input.parse::<Token![<]>()?;
+                let dtype: syn::Ident = input.parse()?;
+                let mut dims = vec![];
+                while input.peek(Token![,]) {
+                    input.parse::<Token![,]>()?;
+                    if input.peek(syn::LitInt) {
+                        dims.push(RawDim::Lit(input.parse()?));
+                    } else {
+                        dims.push(RawDim::Sym(input.parse()?));
+                    }
+                }
+                input.parse::<Token![>]>()?;
+                RawType::Tensor {
+                    writable: kind == "TensorMut",
+                    dtype,
+                    dims,
+                }
+            }
+            _ => RawType::Scalar(kind),
+        };
+        Ok(RawParam {
+            span: name.span(),
+            name,
+            ty,
+        })
+    }
+}
+
+impl Parse for KernelFn {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let attrs = input.call(syn::Attribute::parse_outer)?;
+        let vis: syn::Visibility = input.parse()?;
+        input.parse::<Token![fn]>()?;
+        let name: syn::Ident = input.parse()?;
+        let content;
+        parenthesized!(content in input);
+        let params = Punctuated::<RawParam, Token![,]>::parse_terminated(&content)?
+            .into_iter()
+            .collect();
+        let body_content;
+        let brace = braced!(body_content in input);
+        let stmts = body_content.call(syn::Block::parse_within)?;
+        Ok(KernelFn {
+            vis,
+            name,
+            params,
+            body: syn::Block {
+                brace_token: brace,
+                stmts,
+            },
+            attrs,
+        })
+    }
+}
+
+const FUNCTIONS: &str = "load, stage, mma, exp2, row_max, row_sum, max, fill, zeros";
+
+/// Converts the parsed function into a `Program`, filling `spans`.
+pub struct Converter<'s> {
+    pub spans: &'s mut SpanTable,
+}
+
+type R<T> = syn::Result<T>;
+
+fn error<T>(tokens: impl quote::ToTokens, msg: impl std::fmt::Display) -> R<T> {
+    Err(syn::Error::new_spanned(tokens, msg))
+}
+
+impl Converter<'_> {
+    pub fn program(&mut self, f: &KernelFn) -> R<Program> {
+        let mut params = vec![];
+        for p in &f.params {
+            let span = self.spans.add(p.span);
+            let name = p.name.to_string();
+            params.push(match &p.ty {
+                RawType::Scalar(ty) => {
+                    if ty != "f32" {
+                        return error(ty, format!("unsupported parameter type `{ty}`: scalars are `f32`, tensors `Tensor<f16, B, H, S, D>`"));
+                    }
+                    ParamDecl::Scalar { name, span }
+                }
+                RawType::Tensor {
+                    writable,
+                    dtype,
+                    dims,
+                } => {
+                    let dtype = match dtype.to_string().as_str() {
+                        "f16" => DType::F16,
+                        other => {
+                            return error(
+                                dtype,
+                                format!("unsupported dtype `{other}`: FlashCore kernels take `f16` tensors"),
+                            )
+                        }
+                    };
+                    let shape = dims
+                        .iter()
+                        .map(|d| match d {
+                            RawDim::Sym(i) => Ok(Dim::Sym(i.to_string())),
+                            RawDim::Lit(l) => Ok(Dim::Lit(l.base10_parse()?)),
+                        })
+                        .collect::<R<Vec<_>>>()?;
+                    ParamDecl::Tensor {
+                        name,
+                        dtype,
+                        shape,
+                        writable: *writable,
+                        span,
+                    }
+                }
+            });
+        }
+        let body = self.stmts(&f.body.stmts, None)?;
+        Ok(Program {
+            name: f.name.to_string(),
+            params,
+            body,
+        })
+    }
+
+    fn role(&mut self, attrs: &[syn::Attribute], outer: Option<Role>) -> R<Option<Role>> {
+        let mut role = outer;
+        for attr in attrs {
+            if !attr.path().is_ident("role") {
+                return error(
+                    attr,
+                    "only `#[role(..)]` annotations are allowed inside a kernel",
+                );
+            }
+            let ident: syn::Ident = attr.parse_args()?;
+            let Some(r) = Role::from_name(&ident.to_string()) else {
+                return error(
+                    &ident,
+                    format!("unknown role `{ident}`; expected one of `load`, `compute`, `softmax`"),
+                );
+            };
+            if outer.is_some_and(|o| o != r) {
+                return error(
+                    attr,
+                    format!(
+                        "`{}` statement inside a `{}` block",
+                        r.name(),
+                        outer.map(Role::name).unwrap_or("")
+                    ),
+                );
+            }
+            role = Some(r);
+        }
+        Ok(role)
+    }
+
+    fn stmts(&mut self, stmts: &[syn::Stmt], role: Option<Role>) -> R<Vec<Stmt>> {
+        let mut out = vec![];
+        for s in stmts {
+            self.stmt(s, role, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn stmt(&mut self, s: &syn::Stmt, outer: Option<Role>, out: &mut Vec<Stmt>) -> R<()> {
+        let span = self.spans.add(s.span());
+        match s {
+            syn::Stmt::Local(local) => {
+                let role = self.role(&local.attrs, outer)?;
+                let syn::Pat::Ident(pat) = &local.pat else {
+                    return error(&local.pat, "kernel `let`s bind a single name");
+                };
+                let Some(init) = &local.init else {
+                    return error(local, "kernel `let`s need an initializer");
+                };
+                out.push(Stmt {
+                    kind: StmtKind::Let {
+                        name: pat.ident.to_string(),
+                        mutable: pat.mutability.is_some(),
+                        value: self.expr(&init.expr)?,
+                    },
+                    role,
+                    span,
+                });
+            }
+            syn::Stmt::Expr(expr, _) => match expr {
+                syn::Expr::Block(b) => {
+                    let role = self.role(&b.attrs, outer)?;
+                    out.extend(self.stmts(&b.block.stmts, role)?);
+                }
+                syn::Expr::Assign(a) => {
+                    // `#[role(r)] x = ..;` attaches the attribute to the left-hand side.
+                    let mut attrs = a.attrs.clone();
+                    if let syn::Expr::Path(p) = &*a.left {
+                        attrs.extend(p.attrs.iter().cloned());
+                    }
+                    let role = self.role(&attrs, outer)?;
+                    let syn::Expr::Path(p) = &*a.left else {
+                        return error(&a.left, "only local variables can be assigned");
+                    };
+                    out.push(Stmt {
+                        kind: StmtKind::Assign {
+                            name: path_ident(p)?.to_string(),
+                            value: self.expr(&a.right)?,
+                        },
+                        role,
+                        span,
+                    });
+                }
+                syn::Expr::ForLoop(f) => {
+                    let role = self.role(&f.attrs, outer)?;
+                    out.push(self.for_loop(f, role, span)?);
+                }
+                syn::Expr::Call(c) if callee(c).as_deref() == Some("store") => {
+                    let role = self.role(&c.attrs, outer)?;
+                    if c.args.len() != 2 {
+                        return error(c, "`store(tensor.tile(..), value)` takes 2 arguments");
+                    }
+                    out.push(Stmt {
+                        kind: StmtKind::Store {
+                            target: self.tile_ref(&c.args[0])?,
+                            value: self.expr(&c.args[1])?,
+                        },
+                        role,
+                        span,
+                    });
+                }
+                other => return error(other, "expected `let`, an assignment, a `for` loop over `tiles(..)`/`pipeline(..)`, or `store(..)`"),
+            },
+            other => return error(other, "items and macros are not allowed inside a kernel"),
+        }
+        Ok(())
+    }
+
+    fn for_loop(&mut self, f: &syn::ExprForLoop, role: Option<Role>, span: SpanId) -> R<Stmt> {
+        let syn::Expr::Call(call) = &*f.expr else {
+            return error(
+                &f.expr,
+                "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`",
+            );
+        };
+        let kind = match callee(call).as_deref() {
+            Some("tiles") => {
+                let vars = match &*f.pat {
+                    syn::Pat::Tuple(t) => t.elems.iter().map(pat_ident).collect::<R<Vec<_>>>()?,
+                    p => vec![pat_ident(p)?],
+                };
+                let extents = call
+                    .args
+                    .iter()
+                    .map(|a| self.extent(a))
+                    .collect::<R<Vec<_>>>()?;
+                StmtKind::Tiles {
+                    vars,
+                    extents,
+                    body: self.stmts(&f.body.stmts, role)?,
+                }
+            }
+            Some("pipeline") => {
+                let var = pat_ident(&f.pat)?;
+                let [syn::Expr::Range(range)] = call.args.iter().collect::<Vec<_>>()[..] else {
+                    return error(
+                        call,
+                        "`pipeline` takes one range: `pipeline(0..S / TILE_N)`",
+                    );
+                };
+                let starts_at_zero = matches!(range.start.as_deref(), Some(syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. })) if i.base10_digits() == "0");
+                let (true, Some(end), syn::RangeLimits::HalfOpen(_)) =
+                    (starts_at_zero, &range.end, &range.limits)
+                else {
+                    return error(range, "`pipeline` loops run over `0..n`");
+                };
+                StmtKind::Pipeline {
+                    var,
+                    extent: self.extent(end)?,
+                    body: self.stmts(&f.body.stmts, role)?,
+                }
+            }
+            _ => {
+                return error(
+                    &f.expr,
+                    "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`",
+                )
+            }
+        };
+        Ok(Stmt { kind, role, span })
+    }
+
+    fn extent(&mut self, e: &syn::Expr) -> R<Extent> {
+        let span = self.spans.add(e.span());
+        match e {
+            syn::Expr::Path(p) => Ok(Extent {
+                dim: path_ident(p)?.to_string(),
+                per_tile: None,
+                span,
+            }),
+            syn::Expr::Binary(b) if matches!(b.op, syn::BinOp::Div(_)) => {
+                let (syn::Expr::Path(dim), syn::Expr::Path(tile)) = (&*b.left, &*b.right) else {
+                    return error(e, "extents are `DIM` or `DIM / TILE_M` / `DIM / TILE_N`");
+                };
+                let per_tile = match path_ident(tile)?.to_string().as_str() {
+                    "TILE_M" => TileConst::M,
+                    "TILE_N" => TileConst::N,
+                    _ => return error(tile, "extents divide by `TILE_M` or `TILE_N`"),
+                };
+                Ok(Extent {
+                    dim: path_ident(dim)?.to_string(),
+                    per_tile: Some(per_tile),
+                    span,
+                })
+            }
+            _ => error(e, "extents are `DIM` or `DIM / TILE_M` / `DIM / TILE_N`"),
+        }
+    }
+
+    fn tile_ref(&mut self, e: &syn::Expr) -> R<TileRef> {
+        let span = self.spans.add(e.span());
+        let syn::Expr::MethodCall(m) = e else {
+            return error(e, "expected a tile such as `q.tile(b, h, qt)`");
+        };
+        if m.method != "tile" {
+            return error(&m.method, "expected a tile such as `q.tile(b, h, qt)`");
+        }
+        let syn::Expr::Path(tensor) = &*m.receiver else {
+            return error(&m.receiver, "`.tile(..)` applies to a tensor parameter");
+        };
+        let indices = m
+            .args
+            .iter()
+            .map(|a| match a {
+                syn::Expr::Path(p) => Ok(path_ident(p)?.to_string()),
+                other => error(other, "tile indices are loop variables"),
+            })
+            .collect::<R<Vec<_>>>()?;
+        Ok(TileRef {
+            tensor: path_ident(tensor)?.to_string(),
+            indices,
+            span,
+        })
+    }
+
+    fn shape(&mut self, e: &syn::Expr) -> R<Vec<ShapeAxis>> {
+        let syn::Expr::Array(a) = e else {
+            return error(e, "a tile shape is written `[TILE_M]` or `[TILE_M, D]`");
+        };
+        a.elems
+            .iter()
+            .map(|el| {
+                let syn::Expr::Path(p) = el else {
+                    return error(el, "shape axes are `TILE_M`, `TILE_N` or the head dim");
+                };
+                let name = path_ident(p)?.to_string();
+                Ok(match name.as_str() {
+                    "TILE_M" => ShapeAxis::Tile(TileConst::M),
+                    "TILE_N" => ShapeAxis::Tile(TileConst::N),
+                    _ => ShapeAxis::Dim(name),
+                })
+            })
+            .collect()
+    }
+
+    fn expr(&mut self, e: &syn::Expr) -> R<Expr> {
+        let span = self.spans.add(e.span());
+        let boxed = |c: &mut Self, e: &syn::Expr| c.expr(e).map(Box::new);
+        let kind = match e {
+            syn::Expr::Paren(p) => return self.expr(&p.expr),
+            syn::Expr::Path(p) => {
+                let name = path_ident(p)?.to_string();
+                match name.as_str() {
+                    "NEG_INF" => ExprKind::Const(NamedConst::NegInf),
+                    "LOG2_E" => ExprKind::Const(NamedConst::Log2E),
+                    _ => ExprKind::Var(name),
+                }
+            }
+            syn::Expr::Lit(l) => ExprKind::Lit(lit_f32(&l.lit)?),
+            syn::Expr::Unary(syn::ExprUnary {
+                op: syn::UnOp::Neg(_),
+                expr,
+                ..
+            }) => match &**expr {
+                syn::Expr::Lit(l) => ExprKind::Lit(-lit_f32(&l.lit)?),
+                other => {
+                    return error(
+                        other,
+                        "only literals can be negated; use `NEG_INF` for -inf",
+                    )
+                }
+            },
+            syn::Expr::Binary(b) => {
+                let op = match b.op {
+                    syn::BinOp::Add(_) => BinOp::Add,
+                    syn::BinOp::Sub(_) => BinOp::Sub,
+                    syn::BinOp::Mul(_) => BinOp::Mul,
+                    syn::BinOp::Div(_) => BinOp::Div,
+                    _ => return error(b.op, "kernels use the operators + - * /"),
+                };
+                ExprKind::Binary(op, boxed(self, &b.left)?, boxed(self, &b.right)?)
+            }
+            syn::Expr::MethodCall(m) => {
+                if !m.args.is_empty() {
+                    return error(m, format!("`.{}()` takes no arguments", m.method));
+                }
+                match m.method.to_string().as_str() {
+                    "t" => ExprKind::Transpose(boxed(self, &m.receiver)?),
+                    "to_f16" => ExprKind::ToF16(boxed(self, &m.receiver)?),
+                    "tile" => return error(
+                        m,
+                        "a tile must be loaded first: `load(q.tile(..))` or `stage(k.tile(..))`",
+                    ),
+                    other => {
+                        return error(
+                            &m.method,
+                            format!("unknown method `.{other}()`; expected `.t()` or `.to_f16()`"),
+                        )
+                    }
+                }
+            }
+            syn::Expr::Call(c) => {
+                let Some(name) = callee(c) else {
+                    return error(&c.func, "expected a function name");
+                };
+                let args: Vec<&syn::Expr> = c.args.iter().collect();
+                let arity = |n: &[usize]| -> R<()> {
+                    if n.contains(&args.len()) {
+                        Ok(())
+                    } else {
+                        error(
+                            c,
+                            format!(
+                                "`{name}` takes {} argument(s), found {}",
+                                n.iter()
+                                    .map(|x| x.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(" or "),
+                                args.len()
+                            ),
+                        )
+                    }
+                };
+                match name.as_str() {
+                    "load" => {
+                        arity(&[1])?;
+                        ExprKind::Load(self.tile_ref(args[0])?)
+                    }
+                    "stage" => {
+                        arity(&[1])?;
+                        ExprKind::Stage(self.tile_ref(args[0])?)
+                    }
+                    "mma" => {
+                        arity(&[2, 3])?;
+                        ExprKind::Mma {
+                            a: boxed(self, args[0])?,
+                            b: boxed(self, args[1])?,
+                            acc: match args.get(2) {
+                                Some(a) => Some(boxed(self, a)?),
+                                None => None,
+                            },
+                        }
+                    }
+                    "exp2" => {
+                        arity(&[1])?;
+                        ExprKind::Exp2(boxed(self, args[0])?)
+                    }
+                    "row_max" | "row_sum" => {
+                        arity(&[1])?;
+                        let op = if name == "row_max" {
+                            ReduceOp::Max
+                        } else {
+                            ReduceOp::Sum
+                        };
+                        ExprKind::RowReduce(op, boxed(self, args[0])?)
+                    }
+                    "max" => {
+                        arity(&[2])?;
+                        ExprKind::Binary(BinOp::Max, boxed(self, args[0])?, boxed(self, args[1])?)
+                    }
+                    "fill" => {
+                        arity(&[2])?;
+                        ExprKind::Fill {
+                            shape: self.shape(args[0])?,
+                            value: boxed(self, args[1])?,
+                        }
+                    }
+                    "zeros" => {
+                        arity(&[1])?;
+                        let zero_span = self.spans.add(c.span());
+                        ExprKind::Fill {
+                            shape: self.shape(args[0])?,
+                            value: Box::new(Expr {
+                                kind: ExprKind::Lit(0.0),
+                                span: zero_span,
+                            }),
+                        }
+                    }
+                    "store" => return error(c, "`store(..)` is a statement, not a value"),
+                    _ => {
+                        return error(
+                            &c.func,
+                            format!("unknown function `{name}`; kernels can call {FUNCTIONS}"),
+                        )
+                    }
+                }
+            }
+            other => return error(other, "unsupported expression in a kernel"),
+        };
+        Ok(Expr { kind, span })
+    }
+}
+
+fn callee(c: &syn::ExprCall) -> Option<String> {
+    match &*c.func {
+        syn::Expr::Path(p) => p.path.get_ident().map(|i| i.to_string()),
+        _ => None,
+    }
+}
+
+fn path_ident(p: &syn::ExprPath) -> R<&syn::Ident> {
+    p.path
+        .get_ident()
+        .ok_or_else(|| syn::Error::new_spanned(p, "expected a plain name"))
+}
+
+fn pat_ident(p: &syn::Pat) -> R<String> {
+    match p {
+        syn::Pat::Ident(i) => Ok(i.ident.to_string()),
+        other => error(other, "expected a loop variable name"),
+    }
+}
+
+fn lit_f32(l: &syn::Lit) -> R<f32> {
+    match l {
+        syn::Lit::Float(f) => f.base10_parse(),
+        syn::Lit::Int(i) => Ok(i.base10_parse::<i64>()? as f32),
+        other => error(other, "expected a number"),
+    }
+}

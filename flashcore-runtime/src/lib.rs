@@ -1,0 +1,326 @@
+//! FlashCore's runtime: opens a CUDA device through the driver API (`cudarc`, loaded at run time
+//! so it builds and runs on machines without CUDA), JIT-loads generated PTX once per kernel
+//! configuration, sets its dynamic shared memory, and launches it on typed `f16` buffers.
+//! Every driver failure is a [`RuntimeError`] value, never a panic.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg,
+};
+
+pub use half::f16;
+
+/// How long `synchronize` waits for outstanding work before reporting a hang.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no CUDA driver: libcuda could not be loaded on this machine")]
+    NoDriver,
+    #[error("no CUDA device {ordinal}: the driver reports {count} device(s)")]
+    NoDevice { ordinal: usize, count: i32 },
+    #[error("CUDA driver call `{call}` failed: {message}")]
+    Driver { call: &'static str, message: String },
+    #[error("kernel `{kernel}` needs {requested} bytes of shared memory per CTA; this device allows {limit}")]
+    SharedMemory {
+        kernel: String,
+        requested: u32,
+        limit: u32,
+    },
+    #[error("kernel `{kernel}` needs {requested} threads per CTA; this device allows {limit}")]
+    Threads {
+        kernel: String,
+        requested: u32,
+        limit: u32,
+    },
+    #[error("the GPU did not finish within {seconds:.1} s (a hung kernel?): {context}")]
+    Timeout { seconds: f64, context: String },
+    #[error("buffer of {got} elements does not match shape {shape:?} ({expected} elements)")]
+    Length {
+        shape: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Wraps a driver call: its error becomes `RuntimeError::Driver` naming the call, and a panic
+/// inside cudarc (it panics when a driver symbol is missing) becomes one too.
+fn driver<T>(
+    call: &'static str,
+    f: impl FnOnce() -> std::result::Result<T, cudarc::driver::DriverError>,
+) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(RuntimeError::Driver {
+            call,
+            message: e.to_string(),
+        }),
+        Err(panic) => Err(RuntimeError::Driver {
+            call,
+            message: panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked inside the driver bindings".into()),
+        }),
+    }
+}
+
+/// What a launcher needs to know about the device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub sm_count: u32,
+    /// Largest dynamic shared memory a CTA may opt into, in bytes.
+    pub max_shared_per_block: u32,
+    pub max_threads_per_block: u32,
+}
+
+/// A generated kernel, ready to be loaded: `key` identifies it in the module cache.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelImage<'a> {
+    pub key: u64,
+    pub ptx: &'a str,
+    pub entry: &'a str,
+    pub shared_bytes: u32,
+    pub threads_per_cta: u32,
+}
+
+/// One kernel argument, in the entry's parameter order.
+pub enum LaunchArg<'a> {
+    Buffer(&'a DeviceTensor<f16>),
+    BufferMut(&'a mut DeviceTensor<f16>),
+    F32(f32),
+    U32(u32),
+}
+
+/// A device buffer with a logical shape (row-major, contiguous).
+pub struct DeviceTensor<T> {
+    data: CudaSlice<T>,
+    shape: Vec<usize>,
+}
+
+impl<T> DeviceTensor<T> {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct LoadedKernel {
+    function: CudaFunction,
+}
+
+/// An open CUDA device with one stream and a cache of loaded kernels.
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    info: DeviceInfo,
+    kernels: Mutex<HashMap<u64, Arc<LoadedKernel>>>,
+}
+
+/// A recorded point on the device's stream, for timing with CUDA events.
+pub struct Event(CudaEvent);
+
+impl Event {
+    /// Milliseconds between `self` and the later event `end` (both must have completed).
+    pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
+        driver("cuEventElapsedTime", || self.0.elapsed_ms(&end.0))
+    }
+}
+
+impl Device {
+    /// Opens device `ordinal`. Without a driver or without that device, a typed error.
+    pub fn new(ordinal: usize) -> Result<Device> {
+        // SAFETY: only probes whether the shared library can be opened.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(RuntimeError::NoDriver);
+        }
+        let count = driver("cuDeviceGetCount", CudaContext::device_count)?;
+        if ordinal as i64 >= count as i64 {
+            return Err(RuntimeError::NoDevice { ordinal, count });
+        }
+        let ctx = driver("cuDevicePrimaryCtxRetain", || CudaContext::new(ordinal))?;
+        // One stream, in order: cudarc's per-buffer event tracking is not needed.
+        // SAFETY: every buffer of this device is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let attr = |a: CUdevice_attribute| driver("cuDeviceGetAttribute", || ctx.attribute(a));
+        let info = DeviceInfo {
+            name: driver("cuDeviceGetName", || ctx.name())?,
+            compute_capability: driver("cuDeviceComputeCapability", || ctx.compute_capability())?,
+            sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+            max_shared_per_block: attr(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )? as u32,
+            max_threads_per_block: attr(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+            )? as u32,
+        };
+        Ok(Device {
+            ctx,
+            stream,
+            info,
+            kernels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Copies `data` to a new device tensor of `shape`.
+    pub fn upload(&self, data: &[f16], shape: &[usize]) -> Result<DeviceTensor<f16>> {
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(RuntimeError::Length {
+                shape: shape.to_vec(),
+                expected,
+                got: data.len(),
+            });
+        }
+        let buf = driver("cuMemcpyHtoD", || self.stream.clone_htod(data))?;
+        Ok(DeviceTensor {
+            data: buf,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A new device tensor of `shape` with every element set to `value` (use NaN to poison
+    /// outputs, so an element the kernel never writes cannot pass a check).
+    pub fn filled(&self, shape: &[usize], value: f16) -> Result<DeviceTensor<f16>> {
+        let n: usize = shape.iter().product();
+        self.upload(&vec![value; n], shape)
+    }
+
+    pub fn download(&self, tensor: &DeviceTensor<f16>) -> Result<Vec<f16>> {
+        driver("cuMemcpyDtoH", || self.stream.clone_dtoh(&tensor.data))
+    }
+
+    fn load(&self, image: &KernelImage) -> Result<Arc<LoadedKernel>> {
+        let mut cache = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cache.get(&image.key) {
+            return Ok(k.clone());
+        }
+        if image.shared_bytes > self.info.max_shared_per_block {
+            return Err(RuntimeError::SharedMemory {
+                kernel: image.entry.to_string(),
+                requested: image.shared_bytes,
+                limit: self.info.max_shared_per_block,
+            });
+        }
+        if image.threads_per_cta > self.info.max_threads_per_block {
+            return Err(RuntimeError::Threads {
+                kernel: image.entry.to_string(),
+                requested: image.threads_per_cta,
+                limit: self.info.max_threads_per_block,
+            });
+        }
+        let module = driver("cuModuleLoadData", || {
+            self.ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(image.ptx))
+        })?;
+        let function = driver("cuModuleGetFunction", || module.load_function(image.entry))?;
+        // Set once after load, not before every launch.
+        driver("cuFuncSetAttribute", || {
+            function.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                image.shared_bytes as i32,
+            )
+        })?;
+        let loaded = Arc::new(LoadedKernel { function });
+        cache.insert(image.key, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Enqueues `image` on `grid` CTAs. Asynchronous: call [`Device::synchronize`] to wait.
+    pub fn launch(&self, image: &KernelImage, grid: u32, args: &mut [LaunchArg]) -> Result<()> {
+        let kernel = self.load(image)?;
+        let mut pointers: Vec<u64> = Vec::with_capacity(args.len());
+        let mut floats: Vec<f32> = vec![];
+        let mut ints: Vec<u32> = vec![];
+        for a in args.iter() {
+            match a {
+                LaunchArg::Buffer(t) => pointers.push(t.data.device_ptr(&self.stream).0),
+                LaunchArg::BufferMut(t) => pointers.push(t.data.device_ptr(&self.stream).0),
+                LaunchArg::F32(x) => floats.push(*x),
+                LaunchArg::U32(x) => ints.push(*x),
+            }
+        }
+        let mut builder = self.stream.launch_builder(&kernel.function);
+        let (mut p, mut f, mut i) = (0, 0, 0);
+        for a in args.iter() {
+            match a {
+                LaunchArg::Buffer(_) | LaunchArg::BufferMut(_) => {
+                    builder.arg(&pointers[p]);
+                    p += 1;
+                }
+                LaunchArg::F32(_) => {
+                    builder.arg(&floats[f]);
+                    f += 1;
+                }
+                LaunchArg::U32(_) => {
+                    builder.arg(&ints[i]);
+                    i += 1;
+                }
+            }
+        }
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (image.threads_per_cta, 1, 1),
+            shared_mem_bytes: image.shared_bytes,
+        };
+        // SAFETY: the arguments match the entry's parameters in order and type: the caller
+        // (flashcore's launcher) derives both from the same IR.
+        driver("cuLaunchKernel", || {
+            unsafe { builder.launch(cfg) }.map(|_| ())
+        })
+    }
+
+    /// Records an event on the stream (for timing).
+    pub fn record(&self) -> Result<Event> {
+        driver("cuEventRecord", || {
+            self.stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        })
+        .map(Event)
+    }
+
+    /// Waits for all enqueued work, at most `timeout`; a hang becomes `RuntimeError::Timeout`
+    /// naming `context` instead of a stuck process.
+    pub fn synchronize_within(&self, timeout: Duration, context: &str) -> Result<()> {
+        let done = driver("cuEventRecord", || self.stream.record_event(None))?;
+        let start = Instant::now();
+        loop {
+            if driver("cuEventQuery", || done.try_is_complete())? {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(RuntimeError::Timeout {
+                    seconds: timeout.as_secs_f64(),
+                    context: context.to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.synchronize_within(DEFAULT_TIMEOUT, "synchronize")
+    }
+}

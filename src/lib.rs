@@ -1,0 +1,298 @@
+//! FlashCore: write fused attention kernels as tiled Rust-like pseudocode with
+//! `#[flash_kernel]`, compile them to `sm_89` PTX, and run them through the CUDA driver.
+//!
+//! This facade re-exports the four crates ([`ir`], [`codegen`], [`runtime`] and the macro) and
+//! holds what ties them together: compiling a program for a [`Config`] ([`compile`]), a
+//! per-kernel cache ([`KernelCache`]), binding launch arguments to the kernel's symbolic shapes
+//! ([`launch`]), a float64 CPU [`reference`], `.npy` I/O ([`npy`]) and a [`ptxas`] driver.
+
+extern crate self as flashcore;
+
+pub mod kernels;
+pub mod npy;
+pub mod ptxas;
+pub mod reference;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use flashcore_codegen as codegen;
+pub use flashcore_ir as ir;
+pub use flashcore_ir::Config;
+pub use flashcore_macros::flash_kernel;
+pub use flashcore_runtime as runtime;
+pub use half::f16;
+
+use flashcore_ir::kernel::{Op, Param};
+use runtime::{DeviceTensor, KernelImage, LaunchArg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Ir(#[from] ir::IrError),
+    #[error(transparent)]
+    Codegen(#[from] codegen::CodegenError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    /// A launch argument does not fit the kernel's signature.
+    #[error("kernel `{kernel}`, argument `{arg}`: {message}")]
+    Argument {
+        kernel: String,
+        arg: String,
+        message: String,
+    },
+}
+
+/// A kernel lowered and compiled for one config.
+#[derive(Debug)]
+pub struct CompiledKernel {
+    pub kernel: ir::Kernel,
+    pub ptx: codegen::Ptx,
+    /// Identifies the PTX in the device's module cache.
+    pub key: u64,
+}
+
+/// Lowers `program` for `config` (type checks, verifier).
+pub fn lower(program: &ir::source::Program, config: &Config) -> Result<ir::Kernel, Error> {
+    Ok(ir::lower(program, config)?)
+}
+
+/// Lowers and generates PTX.
+pub fn compile(program: &ir::source::Program, config: &Config) -> Result<CompiledKernel, Error> {
+    let kernel = lower(program, config)?;
+    let ptx = codegen::generate(&kernel)?;
+    let mut h = DefaultHasher::new();
+    ptx.entry.hash(&mut h);
+    ptx.text.hash(&mut h);
+    Ok(CompiledKernel {
+        kernel,
+        ptx,
+        key: h.finish(),
+    })
+}
+
+/// Compiled kernels per config, one cache per `#[flash_kernel]` (a `static` in its expansion).
+pub struct KernelCache {
+    inner: OnceLock<Mutex<HashMap<Config, Arc<CompiledKernel>>>>,
+}
+
+impl KernelCache {
+    pub const fn new() -> Self {
+        KernelCache {
+            inner: OnceLock::new(),
+        }
+    }
+
+    pub fn get_or_compile(
+        &self,
+        config: &Config,
+        program: impl FnOnce() -> ir::source::Program,
+    ) -> Result<Arc<CompiledKernel>, Error> {
+        let map = self.inner.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(k) = map.lock().unwrap_or_else(|p| p.into_inner()).get(config) {
+            return Ok(k.clone());
+        }
+        let compiled = Arc::new(compile(&program(), config)?);
+        map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*config, compiled.clone());
+        Ok(compiled)
+    }
+}
+
+impl Default for KernelCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A launch argument, in the order of the kernel's parameters.
+pub enum Arg<'a> {
+    Tensor(&'a DeviceTensor<f16>),
+    TensorMut(&'a mut DeviceTensor<f16>),
+    F32(f32),
+}
+
+/// The runtime sizes bound to a kernel's symbolic dims, and the CTA count they give.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    pub dims: Vec<u32>,
+    pub work_items: u64,
+}
+
+/// Checks `shapes` (one per tensor parameter, `None` for scalars) against the kernel's
+/// signature and binds its symbolic dims. Every mismatch is an `Error::Argument` naming the
+/// argument.
+pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<Binding, Error> {
+    let bad = |arg: &str, message: String| Error::Argument {
+        kernel: kernel.name.clone(),
+        arg: arg.to_string(),
+        message,
+    };
+    if shapes.len() != kernel.params.len() {
+        return Err(bad(
+            "(all)",
+            format!(
+                "expected {} arguments, got {}",
+                kernel.params.len(),
+                shapes.len()
+            ),
+        ));
+    }
+    let mut bound: Vec<Option<(u64, String)>> = vec![None; kernel.dims.len()];
+    for (param, shape) in kernel.params.iter().zip(shapes) {
+        let (Param::Tensor(t), Some(shape)) = (param, shape) else {
+            continue;
+        };
+        if shape.len() != 4 {
+            return Err(bad(
+                &t.name,
+                format!("expected 4 axes [B, H, S, D], got shape {shape:?}"),
+            ));
+        }
+        if shape[3] != kernel.config.head_dim as usize {
+            return Err(bad(
+                &t.name,
+                format!(
+                    "head dim is {} but the kernel was compiled for head_dim = {}",
+                    shape[3], kernel.config.head_dim
+                ),
+            ));
+        }
+        for axis in 0..3 {
+            let dim = t.dims[axis].0 as usize;
+            let size = shape[axis] as u64;
+            match &bound[dim] {
+                None => bound[dim] = Some((size, t.name.clone())),
+                Some((first, who)) if *first != size => {
+                    return Err(bad(
+                        &t.name,
+                        format!(
+                            "`{}` is {size} here but {first} in `{who}` (shape {shape:?})",
+                            kernel.dims[dim]
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let dims: Vec<u64> = bound
+        .iter()
+        .map(|b| b.as_ref().map(|(s, _)| *s).unwrap_or(0))
+        .collect();
+    // Every tensor's rows must be addressable with 32-bit row indices.
+    for param in &kernel.params {
+        if let Param::Tensor(t) = param {
+            let rows: u64 = t.dims.iter().map(|d| dims[d.0 as usize]).product();
+            if rows > u32::MAX as u64 {
+                return Err(bad(
+                    &t.name,
+                    format!("{rows} rows exceed the 32-bit row index"),
+                ));
+            }
+        }
+    }
+    let mut work_items = 1u64;
+    let mut failure = None;
+    kernel.walk(&mut |inst| {
+        let extents: Vec<ir::kernel::LoopExtent> = match &inst.op {
+            Op::Tiles { extents, .. } => extents.clone(),
+            Op::Pipeline { extent, .. } => vec![*extent],
+            _ => return,
+        };
+        for e in &extents {
+            let size = dims[e.dim.0 as usize];
+            if let Some(t) = e.per_tile {
+                let tile = t.size(&kernel.config) as u64;
+                if size % tile != 0 && failure.is_none() {
+                    failure = Some(format!(
+                        "`{}` = {size} is not a multiple of {} = {tile} (lengths that are not tile multiples are not supported yet)",
+                        kernel.dims[e.dim.0 as usize],
+                        t.symbol()
+                    ));
+                }
+            }
+        }
+        if let Op::Tiles { .. } = inst.op {
+            for e in &extents {
+                let size = dims[e.dim.0 as usize];
+                work_items *= size / e.per_tile.map_or(1, |t| t.size(&kernel.config) as u64);
+            }
+        }
+    });
+    if let Some(message) = failure {
+        return Err(bad("(shapes)", message));
+    }
+    Ok(Binding {
+        dims: dims.iter().map(|d| *d as u32).collect(),
+        work_items,
+    })
+}
+
+/// Binds `args` to `kernel`'s parameters and enqueues it: one CTA per work item of the
+/// `tiles(..)` loop. Asynchronous; `device.synchronize()` waits (with a timeout).
+pub fn launch(
+    device: &runtime::Device,
+    kernel: &CompiledKernel,
+    args: &mut [Arg],
+) -> Result<(), Error> {
+    let k = &kernel.kernel;
+    let bad = |arg: &str, message: &str| Error::Argument {
+        kernel: k.name.clone(),
+        arg: arg.to_string(),
+        message: message.to_string(),
+    };
+    if args.len() != k.params.len() {
+        return Err(bad(
+            "(all)",
+            &format!("expected {} arguments, got {}", k.params.len(), args.len()),
+        ));
+    }
+    for (param, arg) in k.params.iter().zip(args.iter()) {
+        match (param, arg) {
+            (Param::Tensor(t), Arg::Tensor(_)) if !t.writable => {}
+            (Param::Tensor(t), Arg::TensorMut(_)) if t.writable => {}
+            (Param::Tensor(t), _) if t.writable => {
+                return Err(bad(&t.name, "expected a mutable output tensor"))
+            }
+            (Param::Tensor(t), _) => return Err(bad(&t.name, "expected an input tensor")),
+            (Param::Scalar { .. }, Arg::F32(_)) => {}
+            (Param::Scalar { name }, _) => return Err(bad(name, "expected an f32 scalar")),
+        }
+    }
+    let shapes: Vec<Option<&[usize]>> = args
+        .iter()
+        .map(|a| match a {
+            Arg::Tensor(t) => Some(t.shape()),
+            Arg::TensorMut(t) => Some(t.shape()),
+            Arg::F32(_) => None,
+        })
+        .collect();
+    let binding = bind_shapes(k, &shapes)?;
+    if binding.work_items == 0 {
+        return Ok(());
+    }
+    let grid = u32::try_from(binding.work_items)
+        .map_err(|_| bad("(shapes)", "more work items than a 1-D grid can hold"))?;
+    let mut launch_args: Vec<LaunchArg> = args
+        .iter_mut()
+        .map(|a| match a {
+            Arg::Tensor(t) => LaunchArg::Buffer(t),
+            Arg::TensorMut(t) => LaunchArg::BufferMut(t),
+            Arg::F32(x) => LaunchArg::F32(*x),
+        })
+        .collect();
+    launch_args.extend(binding.dims.iter().map(|d| LaunchArg::U32(*d)));
+    let image = KernelImage {
+        key: kernel.key,
+        ptx: &kernel.ptx.text,
+        entry: &kernel.ptx.entry,
+        shared_bytes: kernel.ptx.shared_bytes,
+        threads_per_cta: kernel.ptx.threads_per_cta,
+    };
+    device.launch(&image, grid, &mut launch_args)?;
+    Ok(())
+}

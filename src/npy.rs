@@ -1,0 +1,193 @@
+//! Minimal `.npy` reading and writing (format versions 1 to 3, little-endian f2/f4/f8, C order),
+//! so numpy and PyTorch can feed the example and check its output.
+
+use std::path::Path;
+
+use half::f16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NpyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a .npy file we can read: {why}")]
+    Format { path: String, why: String },
+}
+
+/// An array read from a `.npy` file, converted to f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+fn header_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
+    let at = header.find(&format!("'{key}'"))?;
+    let rest = &header[at + key.len() + 2..];
+    let colon = rest.find(':')?;
+    Some(rest[colon + 1..].trim_start())
+}
+
+/// Parses the bytes of a `.npy` file; `path` only labels errors.
+pub fn parse(bytes: &[u8], path: &str) -> Result<Array, NpyError> {
+    let bad = |why: &str| NpyError::Format {
+        path: path.to_string(),
+        why: why.to_string(),
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the \\x93NUMPY magic"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(bad(&format!("unsupported format version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| bad("truncated or non-UTF-8 header"))?;
+    let descr = header_value(header, "descr").ok_or_else(|| bad("no 'descr' in header"))?;
+    let width = if descr.starts_with("'<f2'") {
+        2
+    } else if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f8'") {
+        8
+    } else {
+        return Err(bad(&format!(
+            "dtype {} is not little-endian f2/f4/f8",
+            descr.split(',').next().unwrap_or("")
+        )));
+    };
+    let fortran = header_value(header, "fortran_order").ok_or_else(|| bad("no 'fortran_order'"))?;
+    if !fortran.starts_with("False") {
+        return Err(bad(
+            "Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
+        ));
+    }
+    let shape_text = header_value(header, "shape").ok_or_else(|| bad("no 'shape'"))?;
+    let close = shape_text.find(')').ok_or_else(|| bad("malformed shape"))?;
+    let shape = shape_text[1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| bad("malformed shape")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let count: usize = shape.iter().product();
+    let body = &bytes[start + header_len..];
+    if body.len() != count * width {
+        return Err(bad(&format!(
+            "shape {shape:?} needs {} data bytes, file has {}",
+            count * width,
+            body.len()
+        )));
+    }
+    let data = body
+        .chunks_exact(width)
+        .map(|c| match width {
+            2 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            4 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            _ => f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32,
+        })
+        .collect();
+    Ok(Array { shape, data })
+}
+
+pub fn read(path: &Path) -> Result<Array, NpyError> {
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&bytes, &path.display().to_string())
+}
+
+/// Serializes f16 values as a version-1 `.npy` file with dtype `<f2`.
+pub fn to_bytes_f16(data: &[f16], shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // Pad so that the data starts on a 64-byte boundary, header ending in '\n'.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.div_ceil(64) * 64 - unpadded));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for x in data {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+pub fn write_f16(path: &Path, data: &[f16], shape: &[usize]) -> Result<(), NpyError> {
+    std::fs::write(path, to_bytes_f16(data, shape)).map_err(|source| NpyError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_round_trip() {
+        let data: Vec<f16> = (0..24)
+            .map(|i| f16::from_f32(i as f32 * 0.5 - 3.0))
+            .collect();
+        let bytes = to_bytes_f16(&data, &[2, 3, 4]);
+        assert_eq!(
+            (10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64,
+            0
+        );
+        let a = parse(&bytes, "mem").unwrap();
+        assert_eq!(a.shape, vec![2, 3, 4]);
+        assert_eq!(a.data, data.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn reads_numpy_f4_header() {
+        // What numpy 1.x writes for np.array([[1, 2]], dtype='<f4').
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }";
+        let mut h = header.to_string();
+        let pad = 64 - (10 + h.len() + 1) % 64;
+        h.push_str(&" ".repeat(pad));
+        h.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(h.as_bytes());
+        bytes.extend_from_slice(&1.0f32.to_le_bytes());
+        bytes.extend_from_slice(&2.0f32.to_le_bytes());
+        let a = parse(&bytes, "mem").unwrap();
+        assert_eq!(
+            a,
+            Array {
+                shape: vec![1, 2],
+                data: vec![1.0, 2.0]
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_files_with_reasons() {
+        assert!(parse(b"hello", "x")
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        let mut bytes = to_bytes_f16(&[f16::ONE; 4], &[4]);
+        bytes.pop();
+        assert!(parse(&bytes, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("data bytes"));
+    }
+}
