@@ -273,51 +273,9 @@ impl<'k> Emitter<'k> {
         Ok(())
     }
 
-    fn describe(&self, inst: &Inst) -> String {
-        let role = inst
-            .role
-            .map(|r| format!("@{} ", r.name()))
-            .unwrap_or_default();
-        let head = match &inst.op {
-            Op::Tiles { .. } => "tiles".to_string(),
-            Op::Pipeline { var, .. } => format!("pipeline {}", self.vname(*var)),
-            Op::Store { dst, src } => format!(
-                "store {}[..], {}",
-                self.kernel.params[dst.param].name(),
-                self.vname(*src)
-            ),
-            Op::Assign { dst, src } => format!("{} <- {}", self.vname(*dst), self.vname(*src)),
-            op => {
-                let dst = op.def().map(|d| self.vname(d)).unwrap_or_default();
-                let kind = match op {
-                    Op::ScalarParam { .. } => "param",
-                    Op::Const { .. } => "const",
-                    Op::Load { .. } => "load",
-                    Op::Stage { .. } => "stage",
-                    Op::Transpose { .. } => "transpose",
-                    Op::Mma { .. } => "mma",
-                    Op::Exp2 { .. } => "exp2",
-                    Op::ToF16 { .. } => "to_f16",
-                    Op::Reduce {
-                        op: ReduceOp::Max, ..
-                    } => "row_max",
-                    Op::Reduce {
-                        op: ReduceOp::Sum, ..
-                    } => "row_sum",
-                    Op::Binary { op, .. } => op.name(),
-                    Op::Fill { .. } => "fill",
-                    _ => "op",
-                };
-                let args: Vec<String> = op.uses().iter().map(|u| self.vname(*u)).collect();
-                format!("{dst} = {kind} {}", args.join(", "))
-            }
-        };
-        format!("{role}{head}")
-    }
-
     fn inst(&mut self, inst: &Inst) -> Result<(), CodegenError> {
-        let text = self.describe(inst);
-        self.w.comment(text);
+        let text = self.kernel.inst_text(inst);
+        self.w.comment(text.trim_end_matches(" {"));
         match &inst.op {
             Op::Tiles {
                 vars,

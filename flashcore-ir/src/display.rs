@@ -5,7 +5,7 @@
 use std::fmt::{self, Write};
 
 use crate::kernel::*;
-use crate::source::{BinOp, DType, ReduceOp};
+use crate::source::{DType, ReduceOp};
 
 impl fmt::Display for Type {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -71,96 +71,89 @@ impl Printer<'_> {
         }
     }
 
+    /// One instruction as a line of text; loops give their header (`tiles .. {`).
+    fn line(&self, inst: &Inst) -> String {
+        let role = inst
+            .role
+            .map(|r| format!("@{} ", r.name()))
+            .unwrap_or_default();
+        let text = match &inst.op {
+            Op::ScalarParam { dst, param } => {
+                format!(
+                    "{} = param {}",
+                    self.def(*dst),
+                    self.kernel.params[*param].name()
+                )
+            }
+            Op::Const { dst, value } => format!("{} = const {value:?}", self.def(*dst)),
+            Op::Load { dst, src } => format!("{} = load {}", self.def(*dst), self.access(src)),
+            Op::Stage { dst, src } => format!("{} = stage {}", self.def(*dst), self.access(src)),
+            Op::Transpose { dst, src } => {
+                format!("{} = transpose {}", self.def(*dst), self.v(*src))
+            }
+            Op::Mma { dst, a, b, acc } => format!(
+                "{} = mma {}, {}{}",
+                self.def(*dst),
+                self.v(*a),
+                self.v(*b),
+                acc.map(|c| format!(", acc {}", self.v(c)))
+                    .unwrap_or_default()
+            ),
+            Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
+            Op::ToF16 { dst, src } => format!("{} = to_f16 {}", self.def(*dst), self.v(*src)),
+            Op::Reduce { dst, op, src } => format!(
+                "{} = {} {}",
+                self.def(*dst),
+                match op {
+                    ReduceOp::Max => "row_max",
+                    ReduceOp::Sum => "row_sum",
+                },
+                self.v(*src)
+            ),
+            Op::Binary { dst, op, lhs, rhs } => {
+                format!(
+                    "{} = {} {}, {}",
+                    self.def(*dst),
+                    op.name(),
+                    self.v(*lhs),
+                    self.v(*rhs)
+                )
+            }
+            Op::Fill { dst, value } => format!("{} = fill {value:?}", self.def(*dst)),
+            Op::Assign { dst, src } => format!("{} <- {}", self.v(*dst), self.v(*src)),
+            Op::Store { dst, src } => format!("store {}, {}", self.access(dst), self.v(*src)),
+            Op::Tiles { vars, extents, .. } => {
+                let parts: Vec<String> = vars
+                    .iter()
+                    .zip(extents)
+                    .map(|(v, e)| format!("{} in {}", self.v(*v), self.extent(e)))
+                    .collect();
+                format!("tiles {} {{", parts.join(", "))
+            }
+            Op::Pipeline { var, extent, .. } => {
+                format!("pipeline {} in 0..{} {{", self.v(*var), self.extent(extent))
+            }
+        };
+        format!("{role}{text}")
+    }
+
     fn block(&self, out: &mut String, block: &Block, depth: usize) -> fmt::Result {
+        let pad = "  ".repeat(depth);
         for inst in &block.insts {
-            let pad = "  ".repeat(depth);
-            let role = inst
-                .role
-                .map(|r| format!("@{} ", r.name()))
-                .unwrap_or_default();
-            let line = match &inst.op {
-                Op::ScalarParam { dst, param } => {
-                    format!(
-                        "{} = param {}",
-                        self.def(*dst),
-                        self.kernel.params[*param].name()
-                    )
-                }
-                Op::Const { dst, value } => format!("{} = const {value:?}", self.def(*dst)),
-                Op::Load { dst, src } => format!("{} = load {}", self.def(*dst), self.access(src)),
-                Op::Stage { dst, src } => {
-                    format!("{} = stage {}", self.def(*dst), self.access(src))
-                }
-                Op::Transpose { dst, src } => {
-                    format!("{} = transpose {}", self.def(*dst), self.v(*src))
-                }
-                Op::Mma { dst, a, b, acc } => format!(
-                    "{} = mma {}, {}{}",
-                    self.def(*dst),
-                    self.v(*a),
-                    self.v(*b),
-                    acc.map(|c| format!(", acc {}", self.v(c)))
-                        .unwrap_or_default()
-                ),
-                Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
-                Op::ToF16 { dst, src } => format!("{} = to_f16 {}", self.def(*dst), self.v(*src)),
-                Op::Reduce { dst, op, src } => format!(
-                    "{} = {} {}",
-                    self.def(*dst),
-                    match op {
-                        ReduceOp::Max => "row_max",
-                        ReduceOp::Sum => "row_sum",
-                    },
-                    self.v(*src)
-                ),
-                Op::Binary { dst, op, lhs, rhs } => {
-                    let name = match op {
-                        BinOp::Add => "add",
-                        BinOp::Sub => "sub",
-                        BinOp::Mul => "mul",
-                        BinOp::Div => "div",
-                        BinOp::Max => "max",
-                    };
-                    format!(
-                        "{} = {name} {}, {}",
-                        self.def(*dst),
-                        self.v(*lhs),
-                        self.v(*rhs)
-                    )
-                }
-                Op::Fill { dst, value } => format!("{} = fill {value:?}", self.def(*dst)),
-                Op::Assign { dst, src } => format!("{} <- {}", self.v(*dst), self.v(*src)),
-                Op::Store { dst, src } => format!("store {}, {}", self.access(dst), self.v(*src)),
-                Op::Tiles {
-                    vars,
-                    extents,
-                    body,
-                } => {
-                    let parts: Vec<String> = vars
-                        .iter()
-                        .zip(extents)
-                        .map(|(v, e)| format!("{} in {}", self.v(*v), self.extent(e)))
-                        .collect();
-                    writeln!(out, "{pad}{role}tiles {} {{", parts.join(", "))?;
-                    self.block(out, body, depth + 1)?;
-                    writeln!(out, "{pad}}}")?;
-                    continue;
-                }
-                Op::Pipeline { var, extent, body } => {
-                    writeln!(
-                        out,
-                        "{pad}{role}pipeline {} in 0..{} {{",
-                        self.v(*var),
-                        self.extent(extent)
-                    )?;
-                    self.block(out, body, depth + 1)?;
-                    writeln!(out, "{pad}}}")?;
-                    continue;
-                }
-            };
-            writeln!(out, "{pad}{role}{line}")?;
+            writeln!(out, "{pad}{}", self.line(inst))?;
+            if let Op::Tiles { body, .. } | Op::Pipeline { body, .. } = &inst.op {
+                self.block(out, body, depth + 1)?;
+                writeln!(out, "{pad}}}")?;
+            }
         }
         Ok(())
+    }
+}
+
+impl Kernel {
+    /// The text form of one instruction (a loop's header only), as the IR dump prints it.
+    pub fn inst_text(&self, inst: &Inst) -> String {
+        Printer { kernel: self }.line(inst)
     }
 }
 

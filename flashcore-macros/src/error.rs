@@ -16,18 +16,12 @@ pub fn to_syn_error(
     fallback: Span,
 ) -> syn::Error {
     match err {
-        IrError::Lower(e) => {
-            let span = spans.get(e.span).unwrap_or(fallback);
-            syn::Error::new(span, &e.message)
-        }
+        IrError::Lower(e) => spans.error(e.span, fallback, &e.message),
         IrError::Config(ConfigError::Invalid { field, .. }) => {
-            let span = attr
-                .field_spans
-                .iter()
-                .find(|(f, _)| f == field)
-                .map(|(_, s)| *s)
-                .unwrap_or(fallback);
-            syn::Error::new(span, err.to_string())
+            match attr.field_spans.iter().find(|(f, _)| f == field) {
+                Some((_, tokens)) => syn::Error::new_spanned(tokens, err.to_string()),
+                None => syn::Error::new(fallback, err.to_string()),
+            }
         }
         IrError::Verify(_) => syn::Error::new(fallback, format!("internal compiler error: {err}")),
     }

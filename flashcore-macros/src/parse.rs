@@ -2,36 +2,41 @@
 //! IR crate's `source::Program`, recording the span of every node in a side table so that
 //! errors found later (by `lower`) point at the user's code.
 
-use proc_macro2::Span;
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{braced, parenthesized, Token};
 
 use flashcore_ir::source::*;
 use flashcore_ir::Config;
 
-/// Spans of the program's nodes, indexed by `SpanId`.
+/// The source tokens of the program's nodes, indexed by `SpanId`: an error built from them
+/// (`syn::Error::new_spanned`) underlines the whole node, first token to last, on stable Rust.
 #[derive(Default)]
 pub struct SpanTable {
-    spans: Vec<Span>,
+    nodes: Vec<TokenStream>,
 }
 
 impl SpanTable {
-    pub fn add(&mut self, span: Span) -> SpanId {
-        self.spans.push(span);
-        SpanId(self.spans.len() as u32 - 1)
+    pub fn add(&mut self, node: &impl ToTokens) -> SpanId {
+        self.nodes.push(node.to_token_stream());
+        SpanId(self.nodes.len() as u32 - 1)
     }
 
-    pub fn get(&self, id: SpanId) -> Option<Span> {
-        self.spans.get(id.0 as usize).copied()
+    /// An error underlining node `id` (or `fallback` for programs built without spans).
+    pub fn error(&self, id: SpanId, fallback: Span, message: &str) -> syn::Error {
+        match self.nodes.get(id.0 as usize) {
+            Some(tokens) if !tokens.is_empty() => syn::Error::new_spanned(tokens, message),
+            _ => syn::Error::new(fallback, message),
+        }
     }
 }
 
 /// `#[flash_kernel(tile_m = 64, ...)]`: the declared config, and where each field was written.
 pub struct KernelAttr {
     pub config: Config,
-    pub field_spans: Vec<(&'static str, Span)>,
+    pub field_spans: Vec<(&'static str, TokenStream)>,
 }
 
 impl Parse for KernelAttr {
@@ -66,7 +71,7 @@ impl Parse for KernelAttr {
                 }
             };
             *slot = value;
-            field_spans.push((field, item.span()));
+            field_spans.push((field, item.to_token_stream()));
         }
         Ok(KernelAttr {
             config,
@@ -102,7 +107,8 @@ pub enum RawDim {
 pub struct RawParam {
     pub name: syn::Ident,
     pub ty: RawType,
-    pub span: Span,
+    /// The parameter's first and last tokens (for errors that underline it).
+    pub tokens: TokenStream,
 }
 
 impl Parse for RawParam {
@@ -110,6 +116,7 @@ impl Parse for RawParam {
         let name: syn::Ident = input.parse()?;
         input.parse::<Token![:]>()?;
         let kind: syn::Ident = input.parse()?;
+        let mut last = kind.to_token_stream();
         let ty = match kind.to_string().as_str() {
             "Tensor" | "TensorMut" => {
                 input.parse::<Token![<]>()?;
@@ -123,7 +130,8 @@ impl Parse for RawParam {
                         dims.push(RawDim::Sym(input.parse()?));
                     }
                 }
-                input.parse::<Token![>]>()?;
+                let close = input.parse::<Token![>]>()?;
+                last = close.to_token_stream();
                 RawType::Tensor {
                     writable: kind == "TensorMut",
                     dtype,
@@ -133,7 +141,7 @@ impl Parse for RawParam {
             _ => RawType::Scalar(kind),
         };
         Ok(RawParam {
-            span: name.span(),
+            tokens: quote::quote!(#name #last),
             name,
             ty,
         })
@@ -184,7 +192,7 @@ impl Converter<'_> {
     pub fn program(&mut self, f: &KernelFn) -> R<Program> {
         let mut params = vec![];
         for p in &f.params {
-            let span = self.spans.add(p.span);
+            let span = self.spans.add(&p.tokens);
             let name = p.name.to_string();
             params.push(match &p.ty {
                 RawType::Scalar(ty) => {
@@ -272,7 +280,7 @@ impl Converter<'_> {
     }
 
     fn stmt(&mut self, s: &syn::Stmt, outer: Option<Role>, out: &mut Vec<Stmt>) -> R<()> {
-        let span = self.spans.add(s.span());
+        let span = self.spans.add(s);
         match s {
             syn::Stmt::Local(local) => {
                 let role = self.role(&local.attrs, outer)?;
@@ -396,7 +404,7 @@ impl Converter<'_> {
     }
 
     fn extent(&mut self, e: &syn::Expr) -> R<Extent> {
-        let span = self.spans.add(e.span());
+        let span = self.spans.add(e);
         match e {
             syn::Expr::Path(p) => Ok(Extent {
                 dim: path_ident(p)?.to_string(),
@@ -423,7 +431,7 @@ impl Converter<'_> {
     }
 
     fn tile_ref(&mut self, e: &syn::Expr) -> R<TileRef> {
-        let span = self.spans.add(e.span());
+        let span = self.spans.add(e);
         let syn::Expr::MethodCall(m) = e else {
             return error(e, "expected a tile such as `q.tile(b, h, qt)`");
         };
@@ -469,7 +477,7 @@ impl Converter<'_> {
     }
 
     fn expr(&mut self, e: &syn::Expr) -> R<Expr> {
-        let span = self.spans.add(e.span());
+        let span = self.spans.add(e);
         let boxed = |c: &mut Self, e: &syn::Expr| c.expr(e).map(Box::new);
         let kind = match e {
             syn::Expr::Paren(p) => return self.expr(&p.expr),
@@ -592,7 +600,7 @@ impl Converter<'_> {
                     }
                     "zeros" => {
                         arity(&[1])?;
-                        let zero_span = self.spans.add(c.span());
+                        let zero_span = self.spans.add(c);
                         ExprKind::Fill {
                             shape: self.shape(args[0])?,
                             value: Box::new(Expr {

@@ -134,6 +134,9 @@ pub struct Device {
     kernels: Mutex<HashMap<u64, Arc<LoadedKernel>>>,
 }
 
+/// Scratch memory written between timed launches (see [`Device::flush_l2`]).
+pub struct L2Flush(CudaSlice<u8>);
+
 /// A recorded point on the device's stream, for timing with CUDA events.
 pub struct Event(CudaEvent);
 
@@ -289,6 +292,20 @@ impl Device {
         // (flashcore's launcher) derives both from the same IR.
         driver("cuLaunchKernel", || {
             unsafe { builder.launch(cfg) }.map(|_| ())
+        })
+    }
+
+    /// A scratch buffer of `bytes` for [`Device::flush_l2`].
+    pub fn l2_flush_buffer(&self, bytes: usize) -> Result<L2Flush> {
+        driver("cuMemAlloc", || self.stream.alloc_zeros::<u8>(bytes)).map(L2Flush)
+    }
+
+    /// Overwrites the flush buffer on the stream: evicts the inputs of the last launch from L2
+    /// and, while the GPU is busy with it, lets the host enqueue the next timed launch, so an
+    /// event pair around that launch measures the kernel and not the host's launch latency.
+    pub fn flush_l2(&self, buffer: &mut L2Flush) -> Result<()> {
+        driver("cuMemsetD8Async", || {
+            self.stream.memset_zeros(&mut buffer.0)
         })
     }
 

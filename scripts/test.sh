@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh machine (ptxas from the
+# `nvidia-cuda-nvcc` PyPI wheel, into .cache/ptxas), then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NVCC_WHEEL_VERSION=13.5.37
+ptxas=.cache/ptxas/bin/ptxas
+if [ ! -x "$ptxas" ]; then
+  echo "installing ptxas (nvidia-cuda-nvcc==$NVCC_WHEEL_VERSION from PyPI) into .cache/ptxas"
+  mkdir -p .cache/wheels .cache/ptxas/bin
+  python3 -m pip download --quiet --no-deps --only-binary=:all: \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    "nvidia-cuda-nvcc==$NVCC_WHEEL_VERSION" -d .cache/wheels
+  python3 - <<'PY'
+import glob, os, zipfile
+wheel = sorted(glob.glob(".cache/wheels/nvidia_cuda_nvcc-*.whl"))[-1]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/bin/ptxas"))
+    with z.open(name) as src, open(".cache/ptxas/bin/ptxas", "wb") as dst:
+        dst.write(src.read())
+os.chmod(".cache/ptxas/bin/ptxas", 0o755)
+PY
+  rm -rf .cache/wheels
+fi
+export FLASHCORE_PTXAS="$PWD/$ptxas"
+"$FLASHCORE_PTXAS" --version | tail -1
+
+cargo fmt --all -- --check
+cargo test --workspace --all-targets
+cargo test --workspace --doc
+# The main job must also work (and say so) without a GPU.
+cargo run --quiet --release --example attention

@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests: the configurations every layer is checked at.
+
+use flashcore::Config;
+
+/// The configurations whose IR and PTX are pinned by snapshots and assembled by ptxas.
+pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
+    let base = flashcore::kernels::attention::CONFIG;
+    vec![
+        ("d64", base),
+        (
+            "d128",
+            Config {
+                head_dim: 128,
+                ..base
+            },
+        ),
+        (
+            "d64_m128_w8",
+            Config {
+                tile_m: 128,
+                warps: 8,
+                ..base
+            },
+        ),
+        (
+            "d64_m128_w4_n32",
+            Config {
+                tile_m: 128,
+                tile_n: 32,
+                warps: 4,
+                ..base
+            },
+        ),
+    ]
+}

@@ -1,0 +1,67 @@
+//! Every snapshot configuration assembles with ptxas for sm_89 (L4) and sm_90 (H100) with no
+//! spills, within the register and shared-memory budget. With `CI` set, a missing ptxas fails.
+
+mod common;
+
+use flashcore::kernels::attention;
+
+/// Largest dynamic shared memory per CTA on sm_89 (L4): 99 KiB.
+const SM89_SHARED_LIMIT: u32 = 99 * 1024;
+const REGISTER_LIMIT: u32 = 255;
+
+fn ptxas_or_skip() -> Option<std::path::PathBuf> {
+    match flashcore::ptxas::find() {
+        Some(p) => Some(p),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("ptxas is required in CI: run scripts/test.sh (it installs ptxas from PyPI)")
+        }
+        None => {
+            eprintln!("skipping: ptxas not found (scripts/test.sh installs it)");
+            None
+        }
+    }
+}
+
+#[test]
+fn snapshot_configs_assemble_without_spills_within_budget() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    for (name, config) in common::snapshot_configs() {
+        let compiled = attention::compile(&config).unwrap();
+        assert!(
+            compiled.ptx.shared_bytes <= SM89_SHARED_LIMIT,
+            "{name}: {} bytes of shared memory exceed sm_89's {SM89_SHARED_LIMIT}",
+            compiled.ptx.shared_bytes
+        );
+        for arch in ["sm_89", "sm_90"] {
+            let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
+                .unwrap_or_else(|e| panic!("{name} {arch}: {e}"));
+            eprintln!(
+                "{name} {arch}: {} registers, {} bytes smem",
+                report.registers, compiled.ptx.shared_bytes
+            );
+            assert_eq!(
+                (
+                    report.spill_store_bytes,
+                    report.spill_load_bytes,
+                    report.stack_bytes
+                ),
+                (0, 0, 0),
+                "{name} {arch} spills:\n{}",
+                report.text
+            );
+            assert!(
+                report.registers > 0 && report.registers <= REGISTER_LIMIT,
+                "{name} {arch}: {}",
+                report.text
+            );
+        }
+    }
+}
+
+#[test]
+fn broken_ptx_is_reported_not_ignored() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    let err = flashcore::ptxas::assemble(&ptxas, ".version 7.8\n.target sm_89\nnot ptx", "sm_89")
+        .unwrap_err();
+    assert!(err.to_string().contains("rejected"), "{err}");
+}

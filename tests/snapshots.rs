@@ -1,0 +1,63 @@
+//! Snapshot tests: the IR and the PTX of the example kernel at each snapshot configuration,
+//! pinned in `tests/snapshots/` and reviewed like code (`cargo insta review` after a change).
+
+mod common;
+
+use flashcore::kernels::attention;
+
+fn check_ir(name: &str, config: &flashcore::Config) {
+    let kernel = attention::ir(config).expect("snapshot configs lower");
+    insta::assert_snapshot!(format!("ir_{name}"), kernel.to_string());
+}
+
+fn check_ptx(name: &str, config: &flashcore::Config) {
+    let ptx = attention::ptx(config).expect("snapshot configs compile");
+    insta::assert_snapshot!(format!("ptx_{name}"), ptx);
+}
+
+#[test]
+fn ir_snapshots() {
+    for (name, config) in common::snapshot_configs() {
+        check_ir(name, &config);
+    }
+}
+
+#[test]
+fn ptx_snapshots() {
+    for (name, config) in common::snapshot_configs() {
+        check_ptx(name, &config);
+    }
+}
+
+#[test]
+fn ptx_is_deterministic_and_uses_the_promised_instructions() {
+    let config = attention::CONFIG;
+    let ptx = attention::ptx(&config).unwrap();
+    // Fresh compilation (not the cache) gives the same text.
+    let again = flashcore::compile(&attention::program(), &config)
+        .unwrap()
+        .ptx
+        .text;
+    assert_eq!(ptx, again);
+    for needle in [
+        ".version 7.8",
+        ".target sm_89",
+        "cp.async.cg.shared.global",
+        "cp.async.commit_group",
+        "cp.async.wait_group",
+        "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+        "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+        "ex2.approx.ftz.f32",
+        "shfl.sync.bfly.b32",
+        "cvt.rn.f16x2.f32",
+        "st.global.v4.b32",
+        "// @compute %s.11: frag<f32>[TILE_M, TILE_N] = mma",
+    ] {
+        assert!(ptx.contains(needle), "PTX lacks `{needle}`");
+    }
+    assert!(
+        !ptx.contains("%tid_"),
+        "no register may be named like a special register"
+    );
+}
