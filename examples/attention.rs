@@ -3,7 +3,8 @@
 //! Without a GPU it says so, prints the PTX's ptxas resource report, and exits 0.
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --s 512 --d 64 --seed N]
-//!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]`
+//!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
+//!  [--tile-m 64 --tile-n 64 --warps 4] [--ptx]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ struct Options {
     out: Option<PathBuf>,
     sweep: bool,
     show_ptx: bool,
+    tile_m: Option<u32>,
+    tile_n: Option<u32>,
+    warps: Option<u32>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -50,6 +54,9 @@ fn parse_args() -> Result<Options, String> {
         out: None,
         sweep: false,
         show_ptx: false,
+        tile_m: None,
+        tile_n: None,
+        warps: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -71,6 +78,9 @@ fn parse_args() -> Result<Options, String> {
             "--v" => o.v = Some(value()?.into()),
             "--out" => o.out = Some(value()?.into()),
             "--sweep" => o.sweep = true,
+            "--tile-m" => o.tile_m = Some(number(value()?)? as u32),
+            "--tile-n" => o.tile_n = Some(number(value()?)? as u32),
+            "--warps" => o.warps = Some(number(value()?)? as u32),
             "--ptx" => o.show_ptx = true,
             "--help" | "-h" => {
                 println!(
@@ -90,10 +100,15 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-fn config_for(d: usize) -> Config {
+/// The kernel's declared config at head dim `d`, with the tile flags applied.
+fn config_for(o: &Options, d: usize) -> Config {
+    let base = attention::CONFIG;
     Config {
         head_dim: d as u32,
-        ..attention::CONFIG
+        tile_m: o.tile_m.unwrap_or(base.tile_m),
+        tile_n: o.tile_n.unwrap_or(base.tile_n),
+        warps: o.warps.unwrap_or(base.warps),
+        ..base
     }
 }
 
@@ -178,7 +193,7 @@ fn run_one(
     rng: &mut Rng,
 ) -> Result<Outcome, String> {
     let [b, h, s, d] = inputs.shape;
-    let cfg = config_for(d);
+    let cfg = config_for(o, d);
     let e = |x: flashcore::Error| x.to_string();
     let r = |x: flashcore::runtime::RuntimeError| x.to_string();
     let shape = inputs.shape;
@@ -268,7 +283,7 @@ fn run_one(
 fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
     println!("no GPU: {reason}");
     println!("The attention kernel was compiled; here is what can be checked without a GPU.");
-    let cfg = config_for(o.d);
+    let cfg = config_for(o, o.d);
     let ptx = match attention::ptx(&cfg) {
         Ok(p) => p,
         Err(e) => {

@@ -13,3 +13,9 @@ echo "== headline shape B=1 H=8 S=512 D=64"
 echo "== .npy path checked by numpy"
 python3 scripts/npy_check.py "$bin" 2 4 256 64 2>&1 | tee "$out/npy.txt"
 python3 scripts/npy_check.py "$bin" 1 2 512 128 2>&1 | tee -a "$out/npy.txt"
+echo "== the other snapshot configurations, checked against float64"
+for cfg in "--tile-m 128 --warps 8" "--tile-m 128 --tile-n 32 --warps 4"; do
+  for d in 64 128; do
+    "$bin" $cfg --b 2 --h 4 --s 1024 --d $d --iters 20 --warmup 5 2>&1 | tee -a "$out/configs.txt"
+  done
+done

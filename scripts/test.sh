@@ -27,7 +27,11 @@ export FLASHCORE_PTXAS="$PWD/$ptxas"
 "$FLASHCORE_PTXAS" --version | tail -1
 
 cargo fmt --all -- --check
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+log=$(mktemp)
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+cargo test --workspace --doc 2>&1 | tee -a "$log"
 # The main job must also work (and say so) without a GPU.
 cargo run --quiet --release --example attention
+# One closing line over every test binary above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log"
