@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --s 512 --d 64 --seed N]
 //!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
-//!  [--tile-m 64 --tile-n 64 --warps 4] [--ptx]`
+//!  [--tile-m 64 --tile-n 64 --warps 4 --stages 1 --persistent] [--ptx]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,8 @@ struct Options {
     sweep: bool,
     show_ptx: bool,
     tile_m: Option<u32>,
+    stages: Option<u32>,
+    persistent: bool,
     tile_n: Option<u32>,
     warps: Option<u32>,
 }
@@ -55,16 +57,15 @@ fn parse_args() -> Result<Options, String> {
         sweep: false,
         show_ptx: false,
         tile_m: None,
+        stages: None,
+        persistent: false,
         tile_n: None,
         warps: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        let number = |s: String| {
-            s.parse::<usize>()
-                .map_err(|_| format!("{flag}: `{s}` is not a number"))
-        };
+        let number = |s: String| s.parse::<usize>().map_err(|_| format!("{flag}: `{s}` is not a number"));
         match flag.as_str() {
             "--b" => o.b = number(value()?)?,
             "--h" => o.h = number(value()?)?,
@@ -81,6 +82,8 @@ fn parse_args() -> Result<Options, String> {
             "--tile-m" => o.tile_m = Some(number(value()?)? as u32),
             "--tile-n" => o.tile_n = Some(number(value()?)? as u32),
             "--warps" => o.warps = Some(number(value()?)? as u32),
+            "--stages" => o.stages = Some(number(value()?)? as u32),
+            "--persistent" => o.persistent = true,
             "--ptx" => o.show_ptx = true,
             "--help" | "-h" => {
                 println!(
@@ -108,6 +111,8 @@ fn config_for(o: &Options, d: usize) -> Config {
         tile_m: o.tile_m.unwrap_or(base.tile_m),
         tile_n: o.tile_n.unwrap_or(base.tile_n),
         warps: o.warps.unwrap_or(base.warps),
+        stages: o.stages.unwrap_or(base.stages),
+        persistent: o.persistent || base.persistent,
         ..base
     }
 }
@@ -122,17 +127,8 @@ struct Inputs {
 
 fn random_inputs(shape: [usize; 4], rng: &mut Rng) -> Inputs {
     let n: usize = shape.iter().product();
-    let mut gen = || {
-        (0..n)
-            .map(|_| f16::from_f64(rng.normal()))
-            .collect::<Vec<_>>()
-    };
-    Inputs {
-        shape,
-        q: gen(),
-        k: gen(),
-        v: gen(),
-    }
+    let mut gen = || (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
+    Inputs { shape, q: gen(), k: gen(), v: gen() }
 }
 
 fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
@@ -186,12 +182,7 @@ fn rows_to_check(shape: [usize; 4], rng: &mut Rng) -> Vec<usize> {
     rows
 }
 
-fn run_one(
-    device: &Device,
-    inputs: &Inputs,
-    o: &Options,
-    rng: &mut Rng,
-) -> Result<Outcome, String> {
+fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Result<Outcome, String> {
     let [b, h, s, d] = inputs.shape;
     let cfg = config_for(o, d);
     let e = |x: flashcore::Error| x.to_string();
@@ -214,22 +205,11 @@ fn run_one(
 
     let widen = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     let (qd, kd, vd) = (widen(&inputs.q), widen(&inputs.k), widen(&inputs.v));
-    let problem = Problem {
-        q: &qd,
-        k: &kd,
-        v: &vd,
-        b,
-        h,
-        s,
-        d,
-        scale: scale as f64,
-    };
+    let problem = Problem { q: &qd, k: &kd, v: &vd, b, h, s, d, scale: scale as f64 };
     let rows = rows_to_check(shape, rng);
     let want = reference::attention_rows(&problem, &rows);
-    let got_rows: Vec<f64> = rows
-        .iter()
-        .flat_map(|r| got[r * d..(r + 1) * d].iter().map(|x| x.to_f64()))
-        .collect();
+    let got_rows: Vec<f64> =
+        rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().map(|x| x.to_f64())).collect();
     let err = reference::compare(&got_rows, &want);
 
     // Timing inputs: several sets, rotated, as well as the flush below.
@@ -389,9 +369,7 @@ fn main() -> ExitCode {
         }
     }
     if failed {
-        eprintln!(
-            "FAILED: some results are above the {TOLERANCE:e} relative-error bound or errored"
-        );
+        eprintln!("FAILED: some results are above the {TOLERANCE:e} relative-error bound or errored");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -38,11 +38,7 @@ pub enum Error {
     Runtime(#[from] runtime::RuntimeError),
     /// A launch argument does not fit the kernel's signature.
     #[error("kernel `{kernel}`, argument `{arg}`: {message}")]
-    Argument {
-        kernel: String,
-        arg: String,
-        message: String,
-    },
+    Argument { kernel: String, arg: String, message: String },
 }
 
 /// A kernel lowered and compiled for one config.
@@ -59,18 +55,23 @@ pub fn lower(program: &ir::source::Program, config: &Config) -> Result<ir::Kerne
     Ok(ir::lower(program, config)?)
 }
 
-/// Lowers and generates PTX.
-pub fn compile(program: &ir::source::Program, config: &Config) -> Result<CompiledKernel, Error> {
+/// The IR after lowering (`"lower"`) or after the named pass (`"pipeline"`, `"persist"`).
+pub fn ir_after(program: &ir::source::Program, config: &Config, stage: &str) -> Result<ir::Kernel, Error> {
     let kernel = lower(program, config)?;
+    if stage == "lower" {
+        return Ok(kernel);
+    }
+    Ok(ir::passes::run_until(kernel, Some(stage))?)
+}
+
+/// Lowers, runs every pass, and generates PTX.
+pub fn compile(program: &ir::source::Program, config: &Config) -> Result<CompiledKernel, Error> {
+    let kernel = ir::passes::run_all(lower(program, config)?)?;
     let ptx = codegen::generate(&kernel)?;
     let mut h = DefaultHasher::new();
     ptx.entry.hash(&mut h);
     ptx.text.hash(&mut h);
-    Ok(CompiledKernel {
-        kernel,
-        ptx,
-        key: h.finish(),
-    })
+    Ok(CompiledKernel { kernel, ptx, key: h.finish() })
 }
 
 /// Compiled kernels per config, one cache per `#[flash_kernel]` (a `static` in its expansion).
@@ -80,9 +81,7 @@ pub struct KernelCache {
 
 impl KernelCache {
     pub const fn new() -> Self {
-        KernelCache {
-            inner: OnceLock::new(),
-        }
+        KernelCache { inner: OnceLock::new() }
     }
 
     pub fn get_or_compile(
@@ -95,9 +94,7 @@ impl KernelCache {
             return Ok(k.clone());
         }
         let compiled = Arc::new(compile(&program(), config)?);
-        map.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*config, compiled.clone());
+        map.lock().unwrap_or_else(|p| p.into_inner()).insert(*config, compiled.clone());
         Ok(compiled)
     }
 }
@@ -134,11 +131,7 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
     if shapes.len() != kernel.params.len() {
         return Err(bad(
             "(all)",
-            format!(
-                "expected {} arguments, got {}",
-                kernel.params.len(),
-                shapes.len()
-            ),
+            format!("expected {} arguments, got {}", kernel.params.len(), shapes.len()),
         ));
     }
     let mut bound: Vec<Option<(u64, String)>> = vec![None; kernel.dims.len()];
@@ -147,10 +140,7 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
             continue;
         };
         if shape.len() != 4 {
-            return Err(bad(
-                &t.name,
-                format!("expected 4 axes [B, H, S, D], got shape {shape:?}"),
-            ));
+            return Err(bad(&t.name, format!("expected 4 axes [B, H, S, D], got shape {shape:?}")));
         }
         if shape[3] != kernel.config.head_dim as usize {
             return Err(bad(
@@ -179,19 +169,13 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
             }
         }
     }
-    let dims: Vec<u64> = bound
-        .iter()
-        .map(|b| b.as_ref().map(|(s, _)| *s).unwrap_or(0))
-        .collect();
+    let dims: Vec<u64> = bound.iter().map(|b| b.as_ref().map(|(s, _)| *s).unwrap_or(0)).collect();
     // Every tensor's rows must be addressable with 32-bit row indices.
     for param in &kernel.params {
         if let Param::Tensor(t) = param {
             let rows: u64 = t.dims.iter().map(|d| dims[d.0 as usize]).product();
             if rows > u32::MAX as u64 {
-                return Err(bad(
-                    &t.name,
-                    format!("{rows} rows exceed the 32-bit row index"),
-                ));
+                return Err(bad(&t.name, format!("{rows} rows exceed the 32-bit row index")));
             }
         }
     }
@@ -226,19 +210,12 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
     if let Some(message) = failure {
         return Err(bad("(shapes)", message));
     }
-    Ok(Binding {
-        dims: dims.iter().map(|d| *d as u32).collect(),
-        work_items,
-    })
+    Ok(Binding { dims: dims.iter().map(|d| *d as u32).collect(), work_items })
 }
 
 /// Binds `args` to `kernel`'s parameters and enqueues it: one CTA per work item of the
 /// `tiles(..)` loop. Asynchronous; `device.synchronize()` waits (with a timeout).
-pub fn launch(
-    device: &runtime::Device,
-    kernel: &CompiledKernel,
-    args: &mut [Arg],
-) -> Result<(), Error> {
+pub fn launch(device: &runtime::Device, kernel: &CompiledKernel, args: &mut [Arg]) -> Result<(), Error> {
     let k = &kernel.kernel;
     let bad = |arg: &str, message: &str| Error::Argument {
         kernel: k.name.clone(),
@@ -246,10 +223,7 @@ pub fn launch(
         message: message.to_string(),
     };
     if args.len() != k.params.len() {
-        return Err(bad(
-            "(all)",
-            &format!("expected {} arguments, got {}", k.params.len(), args.len()),
-        ));
+        return Err(bad("(all)", &format!("expected {} arguments, got {}", k.params.len(), args.len())));
     }
     for (param, arg) in k.params.iter().zip(args.iter()) {
         match (param, arg) {
@@ -275,8 +249,23 @@ pub fn launch(
     if binding.work_items == 0 {
         return Ok(());
     }
-    let grid = u32::try_from(binding.work_items)
-        .map_err(|_| bad("(shapes)", "more work items than a 1-D grid can hold"))?;
+    let image = KernelImage {
+        key: kernel.key,
+        ptx: &kernel.ptx.text,
+        entry: &kernel.ptx.entry,
+        shared_bytes: kernel.ptx.shared_bytes,
+        threads_per_cta: kernel.ptx.threads_per_cta,
+    };
+    let work_items = match ir::passes::persist::schedule(k) {
+        ir::kernel::TileSchedule::OnePerCta => binding.work_items,
+        // As many CTAs as the device holds at once, never more than there is work.
+        ir::kernel::TileSchedule::Persistent => {
+            let resident = device.ctas_per_sm(&image)?.max(1) as u64 * device.info().sm_count as u64;
+            binding.work_items.min(resident)
+        }
+    };
+    let grid =
+        u32::try_from(work_items).map_err(|_| bad("(shapes)", "more work items than a 1-D grid can hold"))?;
     let mut launch_args: Vec<LaunchArg> = args
         .iter_mut()
         .map(|a| match a {
@@ -286,13 +275,6 @@ pub fn launch(
         })
         .collect();
     launch_args.extend(binding.dims.iter().map(|d| LaunchArg::U32(*d)));
-    let image = KernelImage {
-        key: kernel.key,
-        ptx: &kernel.ptx.text,
-        entry: &kernel.ptx.entry,
-        shared_bytes: kernel.ptx.shared_bytes,
-        threads_per_cta: kernel.ptx.threads_per_cta,
-    };
     device.launch(&image, grid, &mut launch_args)?;
     Ok(())
 }

@@ -8,10 +8,7 @@ use half::f16;
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path}: not a .npy file we can read: {why}")]
     Format { path: String, why: String },
 }
@@ -32,19 +29,15 @@ fn header_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
 
 /// Parses the bytes of a `.npy` file; `path` only labels errors.
 pub fn parse(bytes: &[u8], path: &str) -> Result<Array, NpyError> {
-    let bad = |why: &str| NpyError::Format {
-        path: path.to_string(),
-        why: why.to_string(),
-    };
+    let bad = |why: &str| NpyError::Format { path: path.to_string(), why: why.to_string() };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("missing the \\x93NUMPY magic"));
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
         v => return Err(bad(&format!("unsupported format version {v}"))),
     };
     let header = bytes
@@ -66,9 +59,7 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Array, NpyError> {
     };
     let fortran = header_value(header, "fortran_order").ok_or_else(|| bad("no 'fortran_order'"))?;
     if !fortran.starts_with("False") {
-        return Err(bad(
-            "Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
-        ));
+        return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
     }
     let shape_text = header_value(header, "shape").ok_or_else(|| bad("no 'shape'"))?;
     let close = shape_text.find(')').ok_or_else(|| bad("malformed shape"))?;
@@ -99,21 +90,16 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Array, NpyError> {
 }
 
 pub fn read(path: &Path) -> Result<Array, NpyError> {
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| NpyError::Io { path: path.display().to_string(), source })?;
     parse(&bytes, &path.display().to_string())
 }
 
 /// Serializes f16 values as a version-1 `.npy` file with dtype `<f2`.
 pub fn to_bytes_f16(data: &[f16], shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
+    let shape_text =
+        if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let mut header = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Pad so that the data starts on a 64-byte boundary, header ending in '\n'.
     let unpadded = 10 + header.len() + 1;
@@ -129,10 +115,8 @@ pub fn to_bytes_f16(data: &[f16], shape: &[usize]) -> Vec<u8> {
 }
 
 pub fn write_f16(path: &Path, data: &[f16], shape: &[usize]) -> Result<(), NpyError> {
-    std::fs::write(path, to_bytes_f16(data, shape)).map_err(|source| NpyError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::write(path, to_bytes_f16(data, shape))
+        .map_err(|source| NpyError::Io { path: path.display().to_string(), source })
 }
 
 #[cfg(test)]
@@ -141,14 +125,9 @@ mod tests {
 
     #[test]
     fn f16_round_trip() {
-        let data: Vec<f16> = (0..24)
-            .map(|i| f16::from_f32(i as f32 * 0.5 - 3.0))
-            .collect();
+        let data: Vec<f16> = (0..24).map(|i| f16::from_f32(i as f32 * 0.5 - 3.0)).collect();
         let bytes = to_bytes_f16(&data, &[2, 3, 4]);
-        assert_eq!(
-            (10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64,
-            0
-        );
+        assert_eq!((10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64, 0);
         let a = parse(&bytes, "mem").unwrap();
         assert_eq!(a.shape, vec![2, 3, 4]);
         assert_eq!(a.data, data.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
@@ -168,26 +147,14 @@ mod tests {
         bytes.extend_from_slice(&1.0f32.to_le_bytes());
         bytes.extend_from_slice(&2.0f32.to_le_bytes());
         let a = parse(&bytes, "mem").unwrap();
-        assert_eq!(
-            a,
-            Array {
-                shape: vec![1, 2],
-                data: vec![1.0, 2.0]
-            }
-        );
+        assert_eq!(a, Array { shape: vec![1, 2], data: vec![1.0, 2.0] });
     }
 
     #[test]
     fn rejects_bad_files_with_reasons() {
-        assert!(parse(b"hello", "x")
-            .unwrap_err()
-            .to_string()
-            .contains("magic"));
+        assert!(parse(b"hello", "x").unwrap_err().to_string().contains("magic"));
         let mut bytes = to_bytes_f16(&[f16::ONE; 4], &[4]);
         bytes.pop();
-        assert!(parse(&bytes, "x")
-            .unwrap_err()
-            .to_string()
-            .contains("data bytes"));
+        assert!(parse(&bytes, "x").unwrap_err().to_string().contains("data bytes"));
     }
 }

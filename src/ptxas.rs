@@ -24,10 +24,7 @@ pub enum PtxasError {
     #[error("ptxas not found (set FLASHCORE_PTXAS, or run scripts/test.sh to install it)")]
     NotFound,
     #[error("could not run {path}: {source}")]
-    Run {
-        path: String,
-        source: std::io::Error,
-    },
+    Run { path: String, source: std::io::Error },
     #[error("ptxas rejected the PTX for {arch}:\n{stderr}")]
     Rejected { arch: String, stderr: String },
 }
@@ -75,10 +72,7 @@ pub fn parse_report(arch: &str, text: &str) -> Report {
 /// Assembles `ptx` for `arch` (e.g. `sm_89`) and returns the resource report.
 pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<Report, PtxasError> {
     let dir = std::env::temp_dir().join(format!("flashcore-ptxas-{}-{}", std::process::id(), arch));
-    let run_err = |source| PtxasError::Run {
-        path: ptxas.display().to_string(),
-        source,
-    };
+    let run_err = |source| PtxasError::Run { path: ptxas.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(run_err)?;
     let unique = format!("{:x}", {
         use std::hash::{Hash, Hasher};
@@ -103,15 +97,9 @@ pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<Report, PtxasErro
     let out = result?;
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     if !out.status.success() {
-        return Err(PtxasError::Rejected {
-            arch: arch.to_string(),
-            stderr,
-        });
+        return Err(PtxasError::Rejected { arch: arch.to_string(), stderr });
     }
-    let info: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.contains("Compile time"))
-        .collect();
+    let info: Vec<&str> = stderr.lines().filter(|l| !l.contains("Compile time")).collect();
     Ok(parse_report(arch, &info.join("\n")))
 }
 
@@ -123,14 +111,6 @@ mod tests {
     fn parses_a_ptxas_v_report() {
         let text = "ptxas info    : 0 bytes gmem\nptxas info    : Compiling entry function 'attention' for 'sm_89'\nptxas info    : Function properties for attention\n    0 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads\nptxas info    : Used 133 registers, used 1 barriers, 400 bytes cmem[0]";
         let r = parse_report("sm_89", text);
-        assert_eq!(
-            (
-                r.registers,
-                r.spill_store_bytes,
-                r.spill_load_bytes,
-                r.stack_bytes
-            ),
-            (133, 8, 12, 0)
-        );
+        assert_eq!((r.registers, r.spill_store_bytes, r.spill_load_bytes, r.stack_bytes), (133, 8, 12, 0));
     }
 }

@@ -46,9 +46,7 @@ fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) {
 pub fn attention_rows(p: &Problem, rows: &[usize]) -> Vec<f64> {
     let d = p.d;
     let mut out = vec![0.0; rows.len() * d];
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(64);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
     let per = rows.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         for (chunk_rows, chunk_out) in rows.chunks(per).zip(out.chunks_mut(per * d)) {
@@ -96,9 +94,7 @@ pub fn attention_naive(p: &Problem) -> Vec<f64> {
         }
         for i in 0..s {
             for x in 0..d {
-                out[base + i * d + x] = (0..s)
-                    .map(|j| probs[i * s + j] * p.v[base + j * d + x])
-                    .sum();
+                out[base + i * d + x] = (0..s).map(|j| probs[i * s + j] * p.v[base + j * d + x]).sum();
             }
         }
     }
@@ -128,11 +124,7 @@ pub fn compare(got: &[f64], want: &[f64]) -> ErrorStats {
         max_abs = max_abs.max((g - w).abs());
     }
     ErrorStats {
-        rel_l2: if non_finite > 0 {
-            f64::INFINITY
-        } else {
-            (diff2 / ref2.max(f64::MIN_POSITIVE)).sqrt()
-        },
+        rel_l2: if non_finite > 0 { f64::INFINITY } else { (diff2 / ref2.max(f64::MIN_POSITIVE)).sqrt() },
         max_abs,
         non_finite,
     }
@@ -180,21 +172,8 @@ mod tests {
         let mut rng = Rng::new(7);
         let (b, h, s, d) = (2, 3, 37, 16);
         let n = b * h * s * d;
-        let (q, k, v) = (
-            random(n, &mut rng),
-            random(n, &mut rng),
-            random(n, &mut rng),
-        );
-        let p = Problem {
-            q: &q,
-            k: &k,
-            v: &v,
-            b,
-            h,
-            s,
-            d,
-            scale: 0.25,
-        };
+        let (q, k, v) = (random(n, &mut rng), random(n, &mut rng), random(n, &mut rng));
+        let p = Problem { q: &q, k: &k, v: &v, b, h, s, d, scale: 0.25 };
         let fused = attention(&p);
         let naive = attention_naive(&p);
         let err = compare(&fused, &naive);
@@ -211,31 +190,13 @@ mod tests {
     fn one_key_gives_its_value_and_equal_scores_average() {
         // S = 1: the output is V itself.
         let (q, k, v) = (vec![0.3, -1.0], vec![2.0, 5.0], vec![7.0, -3.0]);
-        let p = Problem {
-            q: &q,
-            k: &k,
-            v: &v,
-            b: 1,
-            h: 1,
-            s: 1,
-            d: 2,
-            scale: 1.0,
-        };
+        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 1, d: 2, scale: 1.0 };
         assert_eq!(attention(&p), vec![7.0, -3.0]);
         // Zero queries: uniform weights, the mean of V's rows.
         let q = vec![0.0; 4];
         let k = vec![1.0, 2.0, 3.0, 4.0];
         let v = vec![1.0, 10.0, 3.0, 30.0];
-        let p = Problem {
-            q: &q,
-            k: &k,
-            v: &v,
-            b: 1,
-            h: 1,
-            s: 2,
-            d: 2,
-            scale: 1.0,
-        };
+        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 2, d: 2, scale: 1.0 };
         assert_eq!(attention(&p), vec![2.0, 20.0, 2.0, 20.0]);
     }
 

@@ -23,25 +23,14 @@ fn good_shapes_bind_dims_and_count_work_items() {
 fn bad_shapes_are_errors_that_name_the_argument() {
     let good: &[usize] = &[1, 8, 512, 64];
     let cases: [([&[usize]; 4], &str); 5] = [
-        (
-            [good, &[1, 8, 256, 64], good, good],
-            "`S` is 256 here but 512 in `q`",
-        ),
+        ([good, &[1, 8, 256, 64], good, good], "`S` is 256 here but 512 in `q`"),
         ([good, good, &[1, 8, 512, 128], good], "head dim is 128"),
         ([good, good, good, &[8, 512, 64]], "expected 4 axes"),
         (
-            [
-                &[1, 8, 100, 64],
-                &[1, 8, 100, 64],
-                &[1, 8, 100, 64],
-                &[1, 8, 100, 64],
-            ],
+            [&[1, 8, 100, 64], &[1, 8, 100, 64], &[1, 8, 100, 64], &[1, 8, 100, 64]],
             "not a multiple of TILE_M = 64",
         ),
-        (
-            [good, good, good, &[2, 8, 512, 64]],
-            "`B` is 2 here but 1 in `q`",
-        ),
+        ([good, good, good, &[2, 8, 512, 64]], "`B` is 2 here but 1 in `q`"),
     ];
     for (shapes, want) in cases {
         let err = bind(shapes).unwrap_err().to_string();
@@ -60,41 +49,11 @@ fn rows_past_32_bit_indexing_are_rejected() {
 #[test]
 fn invalid_run_time_configs_name_the_field() {
     for (config, want) in [
-        (
-            Config {
-                tile_m: 48,
-                ..attention::CONFIG
-            },
-            "tile_m = 48",
-        ),
-        (
-            Config {
-                tile_n: 8,
-                ..attention::CONFIG
-            },
-            "tile_n = 8",
-        ),
-        (
-            Config {
-                head_dim: 80,
-                ..attention::CONFIG
-            },
-            "head_dim = 80",
-        ),
-        (
-            Config {
-                warps: 0,
-                ..attention::CONFIG
-            },
-            "warps = 0",
-        ),
-        (
-            Config {
-                stages: 3,
-                ..attention::CONFIG
-            },
-            "stages = 3",
-        ),
+        (Config { tile_m: 48, ..attention::CONFIG }, "tile_m = 48"),
+        (Config { tile_n: 8, ..attention::CONFIG }, "tile_n = 8"),
+        (Config { head_dim: 80, ..attention::CONFIG }, "head_dim = 80"),
+        (Config { warps: 0, ..attention::CONFIG }, "warps = 0"),
+        (Config { stages: 3, ..attention::CONFIG }, "stages = 3"),
     ] {
         let err = attention::ptx(&config).unwrap_err().to_string();
         assert!(err.contains(want), "expected `{want}` in: {err}");
@@ -116,9 +75,6 @@ fn opening_a_device_never_panics() {
 #[test]
 fn ir_text_shows_roles_and_layouts() {
     let text = attention::ir(&attention::CONFIG).unwrap().to_string();
-    assert!(
-        text.contains("@load %ks.8: smem<f16>[TILE_N, D] = stage k[%b.0, %h.1, %kt.7]"),
-        "{text}"
-    );
+    assert!(text.contains("@load %ks.8: smem<f16>[TILE_N, D] = stage k[%b.0, %h.1, %kt.7]"), "{text}");
     assert!(text.contains("pipeline %kt.7 in 0..S/TILE_N {"), "{text}");
 }

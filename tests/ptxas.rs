@@ -40,11 +40,7 @@ fn snapshot_configs_assemble_without_spills_within_budget() {
                 report.registers, compiled.ptx.shared_bytes
             );
             assert_eq!(
-                (
-                    report.spill_store_bytes,
-                    report.spill_load_bytes,
-                    report.stack_bytes
-                ),
+                (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
                 (0, 0, 0),
                 "{name} {arch} spills:\n{}",
                 report.text
@@ -61,7 +57,7 @@ fn snapshot_configs_assemble_without_spills_within_budget() {
 #[test]
 fn broken_ptx_is_reported_not_ignored() {
     let Some(ptxas) = ptxas_or_skip() else { return };
-    let err = flashcore::ptxas::assemble(&ptxas, ".version 7.8\n.target sm_89\nnot ptx", "sm_89")
-        .unwrap_err();
+    let err =
+        flashcore::ptxas::assemble(&ptxas, ".version 7.8\n.target sm_89\nnot ptx", "sm_89").unwrap_err();
     assert!(err.to_string().contains("rejected"), "{err}");
 }

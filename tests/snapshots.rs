@@ -22,6 +22,20 @@ fn ir_snapshots() {
     }
 }
 
+/// The IR after lowering and after each pass, for one config per pipeline shape.
+#[test]
+fn ir_after_each_pass_snapshots() {
+    for (name, config) in common::snapshot_configs() {
+        if !matches!(name, "d64" | "d64_s2" | "d64_s3_persistent") {
+            continue;
+        }
+        for stage in ["lower", "pipeline", "persist"] {
+            let kernel = attention::ir_after(&config, stage).expect("snapshot configs lower");
+            insta::assert_snapshot!(format!("ir_{name}_after_{stage}"), kernel.to_string());
+        }
+    }
+}
+
 #[test]
 fn ptx_snapshots() {
     for (name, config) in common::snapshot_configs() {
@@ -34,10 +48,7 @@ fn ptx_is_deterministic_and_uses_the_promised_instructions() {
     let config = attention::CONFIG;
     let ptx = attention::ptx(&config).unwrap();
     // Fresh compilation (not the cache) gives the same text.
-    let again = flashcore::compile(&attention::program(), &config)
-        .unwrap()
-        .ptx
-        .text;
+    let again = flashcore::compile(&attention::program(), &config).unwrap().ptx.text;
     assert_eq!(ptx, again);
     for needle in [
         ".version 7.8",
@@ -56,8 +67,5 @@ fn ptx_is_deterministic_and_uses_the_promised_instructions() {
     ] {
         assert!(ptx.contains(needle), "PTX lacks `{needle}`");
     }
-    assert!(
-        !ptx.contains("%tid_"),
-        "no register may be named like a special register"
-    );
+    assert!(!ptx.contains("%tid_"), "no register may be named like a special register");
 }

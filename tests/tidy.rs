@@ -11,10 +11,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
         if path.is_dir() {
-            if !matches!(
-                name.as_str(),
-                "target" | "ui" | ".git" | ".cache" | ".device" | "snapshots"
-            ) {
+            if !matches!(name.as_str(), "target" | "ui" | ".git" | ".cache" | ".device" | "snapshots") {
                 rust_files(&path, out);
             }
         } else if name.ends_with(".rs") {
@@ -28,22 +25,11 @@ fn every_source_file_starts_with_a_module_doc() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![];
     rust_files(root, &mut files);
-    assert!(
-        files.len() > 20,
-        "found only {} files: wrong root?",
-        files.len()
-    );
+    assert!(files.len() > 20, "found only {} files: wrong root?", files.len());
     let missing: Vec<String> = files
         .iter()
-        .filter(|f| {
-            !std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .starts_with("//!")
-        })
+        .filter(|f| !std::fs::read_to_string(f).unwrap_or_default().starts_with("//!"))
         .map(|f| f.strip_prefix(root).unwrap_or(f).display().to_string())
         .collect();
-    assert!(
-        missing.is_empty(),
-        "files without a leading `//!` line: {missing:?}"
-    );
+    assert!(missing.is_empty(), "files without a leading `//!` line: {missing:?}");
 }

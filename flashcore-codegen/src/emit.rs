@@ -32,13 +32,12 @@ struct ThreadRegs {
     copy_chunk: String,
 }
 
-/// A staged tile: the shared-memory offset of its buffer and whether the value is the `.t()` view.
-#[derive(Clone, Copy)]
+/// A tile in shared memory: its byte offset from the shared window (an immediate or a
+/// register, for ring slots chosen at run time) and whether the value is the `.t()` view.
+#[derive(Clone)]
 struct SmemTile {
-    offset: u32,
+    offset: String,
     transposed: bool,
-    /// The `Stage` value that fills the buffer (for cp.async group tracking).
-    stage: Value,
 }
 
 pub struct Emitter<'k> {
@@ -51,8 +50,8 @@ pub struct Emitter<'k> {
     tensor_ptrs: Vec<Option<String>>,
     dim_regs: Vec<String>,
     t: Option<ThreadRegs>,
-    /// Staged values whose cp.async group is committed but not yet waited for, oldest first.
-    pending_groups: Vec<Value>,
+    /// Trip count register of the pipeline loop being emitted.
+    pipeline_count: Option<String>,
     /// True when some warp may still read the row-tile region (so the next writer must wait for
     /// a CTA barrier first).
     row_tile_in_use: bool,
@@ -63,15 +62,7 @@ fn f32_hex(x: f32) -> String {
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
 impl<'k> Emitter<'k> {
@@ -86,7 +77,7 @@ impl<'k> Emitter<'k> {
             tensor_ptrs: vec![],
             dim_regs: vec![],
             t: None,
-            pending_groups: vec![],
+            pipeline_count: None,
             row_tile_in_use: false,
         }
     }
@@ -107,9 +98,7 @@ impl<'k> Emitter<'k> {
         let ty = self.kernel.ty(v);
         let class = match ty {
             Type::Index { .. } => RegClass::B32,
-            Type::Frag {
-                elem: Elem::F16, ..
-            } => RegClass::B32,
+            Type::Frag { elem: Elem::F16, .. } => RegClass::B32,
             _ => RegClass::F32,
         };
         let len = layout::register_count(&self.cfg, &ty).expect("register-resident value");
@@ -141,12 +130,10 @@ impl<'k> Emitter<'k> {
             smem = self.plan.total_bytes
         ));
         out.push_str(".version 7.8\n.target sm_89\n.address_size 64\n\n");
-        out.push_str(&format!(
-            ".extern .shared .align 128 .b8 {SMEM_SYMBOL}[];\n\n"
-        ));
+        out.push_str(&format!(".extern .shared .align 128 .b8 {SMEM_SYMBOL}[];\n\n"));
         out.push_str(&format!(".visible .entry {name}(\n"));
         out.push_str(&params.join(",\n"));
-        out.push_str(&format!("\n)\n.maxntid {threads}, 1, 1\n{{\n"));
+        out.push_str(&format!("\n)\n.maxntid {threads}, 1, 1\n.minnctapersm 1\n{{\n"));
         out.push_str(&self.w.finish());
         out.push_str("}\n");
         Ok(out)
@@ -157,17 +144,14 @@ impl<'k> Emitter<'k> {
     fn prologue(&mut self) -> Vec<String> {
         let k = self.kernel;
         let mut decls = vec![];
-        self.w
-            .comment("prologue: parameters, thread coordinates, per-lane address parts");
+        self.w.comment("prologue: parameters, thread coordinates, per-lane address parts");
         for p in &k.params {
             match p {
                 Param::Tensor(t) => {
                     let pname = format!("{}_param_{}", k.name, t.name);
                     decls.push(format!("\t.param .u64 {pname}"));
                     let raw = self.w.temp(RegClass::B64);
-                    let ptr = self
-                        .w
-                        .named(RegClass::B64, &format!("%ptr_{}", sanitize(&t.name)));
+                    let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&t.name)));
                     self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
                     self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
                     self.tensor_ptrs.push(Some(ptr));
@@ -181,9 +165,7 @@ impl<'k> Emitter<'k> {
         for d in &k.dims {
             let pname = format!("{}_dim_{d}", k.name);
             decls.push(format!("\t.param .u32 {pname}"));
-            let reg = self
-                .w
-                .named(RegClass::B32, &format!("%dim_{}", sanitize(d)));
+            let reg = self.w.named(RegClass::B32, &format!("%dim_{}", sanitize(d)));
             self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
             self.dim_regs.push(reg);
         }
@@ -201,10 +183,7 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("shr.u32 {group}, {lane}, 2"));
         self.w.ins(format!("and.b32 {quad_lane}, {lane}, 3"));
         self.w.ins(format!("mov.u32 {smem}, {SMEM_SYMBOL}"));
-        self.w.ins(format!(
-            "mul.lo.u32 {warp_row0}, {warp}, {}",
-            self.cfg.rows_per_warp()
-        ));
+        self.w.ins(format!("mul.lo.u32 {warp_row0}, {warp}, {}", self.cfg.rows_per_warp()));
 
         let rb = row_bytes(&self.cfg);
         let lane7 = self.w.temp(RegClass::B32);
@@ -232,12 +211,8 @@ impl<'k> Emitter<'k> {
                     self.w.ins(format!("shr.u32 {bit}, {lane}, 4"));
                 }
             }
-            let off = self
-                .w
-                .named(RegClass::B32, &format!("%ldm_{}_row", p.name()));
-            let key = self
-                .w
-                .named(RegClass::B32, &format!("%ldm_{}_key", p.name()));
+            let off = self.w.named(RegClass::B32, &format!("%ldm_{}_row", p.name()));
+            let key = self.w.named(RegClass::B32, &format!("%ldm_{}_key", p.name()));
             self.w.ins(format!("mul.lo.u32 {off}, {row}, {rb}"));
             // Rows of every ldmatrix block start at a multiple of 8, so row % 8 == lane % 8.
             self.w.ins(format!("xor.b32 {key}, {bit}, {lane7}"));
@@ -250,16 +225,7 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("div.u32 {copy_row}, {thread}, {cpr}"));
         self.w.ins(format!("rem.u32 {copy_chunk}, {thread}, {cpr}"));
         self.w.blank();
-        self.t = Some(ThreadRegs {
-            lane,
-            group,
-            quad_lane,
-            smem,
-            warp_row0,
-            ldmatrix,
-            copy_row,
-            copy_chunk,
-        });
+        self.t = Some(ThreadRegs { lane, group, quad_lane, smem, warp_row0, ldmatrix, copy_row, copy_chunk });
         decls
     }
 
@@ -277,19 +243,34 @@ impl<'k> Emitter<'k> {
         let text = self.kernel.inst_text(inst);
         self.w.comment(text.trim_end_matches(" {"));
         match &inst.op {
-            Op::Tiles {
-                vars,
-                extents,
-                body,
-            } => self.tiles_loop(vars, extents, body),
-            Op::Pipeline { var, extent, body } => self.pipeline_loop(*var, extent, body),
+            Op::Tiles { vars, extents, body, .. } => self.tiles_loop(vars, extents, body),
+            Op::Pipeline { var, extent, stages, prologue, body, epilogue } => {
+                if *stages == 0 {
+                    return Err(CodegenError::Internal("the pipeline pass has not run".into()));
+                }
+                self.pipeline_loop(*var, extent, prologue, body, epilogue)
+            }
+            Op::Stage { .. } => {
+                Err(CodegenError::Internal("a `stage` reached codegen: the pipeline pass has not run".into()))
+            }
+            Op::StageView { dst, buffer, src } => self.stage_view(*dst, *buffer, src),
+            Op::AsyncCopy { buffer, src, ahead } => self.async_copy(*buffer, src, *ahead),
+            Op::CommitGroup => {
+                self.w.ins("cp.async.commit_group");
+                Ok(())
+            }
+            Op::WaitGroup { younger } => {
+                self.w.ins(format!("cp.async.wait_group {younger}"));
+                Ok(())
+            }
+            Op::Barrier { id } => {
+                self.w.ins(format!("bar.sync {id}"));
+                self.row_tile_in_use = false;
+                Ok(())
+            }
             Op::ScalarParam { dst, param } => {
                 let r = self.regs_of(*dst).at(0);
-                let name = format!(
-                    "{}_param_{}",
-                    self.kernel.name,
-                    self.kernel.params[*param].name()
-                );
+                let name = format!("{}_param_{}", self.kernel.name, self.kernel.params[*param].name());
                 self.w.ins(format!("ld.param.f32 {r}, [{name}]"));
                 Ok(())
             }
@@ -301,18 +282,14 @@ impl<'k> Emitter<'k> {
             Op::Fill { dst, value } => {
                 let fam = self.regs_of(*dst);
                 for i in 0..fam.len {
-                    self.w
-                        .ins(format!("mov.f32 {}, {}", fam.at(i), f32_hex(*value)));
+                    self.w.ins(format!("mov.f32 {}, {}", fam.at(i), f32_hex(*value)));
                 }
                 Ok(())
             }
             Op::Assign { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 let ty = match self.kernel.ty(*dst) {
-                    Type::Index { .. }
-                    | Type::Frag {
-                        elem: Elem::F16, ..
-                    } => "b32",
+                    Type::Index { .. } | Type::Frag { elem: Elem::F16, .. } => "b32",
                     _ => "f32",
                 };
                 for i in 0..d.len {
@@ -321,9 +298,8 @@ impl<'k> Emitter<'k> {
                 Ok(())
             }
             Op::Load { dst, src } => self.load_to_registers(*dst, src),
-            Op::Stage { dst, src } => self.stage(*dst, src),
             Op::Transpose { dst, src } => {
-                let mut tile = self.tiles[src];
+                let mut tile = self.tiles[src].clone();
                 tile.transposed = !tile.transposed;
                 self.tiles.insert(*dst, tile);
                 Ok(())
@@ -332,8 +308,7 @@ impl<'k> Emitter<'k> {
             Op::Exp2 { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in 0..d.len {
-                    self.w
-                        .ins(format!("ex2.approx.ftz.f32 {}, {}", d.at(i), s.at(i)));
+                    self.w.ins(format!("ex2.approx.ftz.f32 {}, {}", d.at(i), s.at(i)));
                 }
                 Ok(())
             }
@@ -350,8 +325,7 @@ impl<'k> Emitter<'k> {
             None => dim,
             Some(t) => {
                 let r = self.w.temp(RegClass::B32);
-                self.w
-                    .ins(format!("div.u32 {r}, {dim}, {}", t.size(&self.cfg)));
+                self.w.ins(format!("div.u32 {r}, {dim}, {}", t.size(&self.cfg)));
                 r
             }
         }
@@ -391,8 +365,7 @@ impl<'k> Emitter<'k> {
             }
         }
         self.block(body)?;
-        self.w
-            .comment("end of work item: every warp is done with shared memory");
+        self.w.comment("end of work item: every warp is done with shared memory");
         self.sync_cta();
         let grid = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {grid}, %nctaid.x"));
@@ -407,11 +380,16 @@ impl<'k> Emitter<'k> {
         &mut self,
         var: Value,
         extent: &LoopExtent,
+        prologue: &Block,
         body: &Block,
+        epilogue: &Block,
     ) -> Result<(), CodegenError> {
         let count = self.extent_reg(extent);
         let i = self.regs_of(var).at(0);
         self.w.ins(format!("mov.u32 {i}, 0"));
+        self.pipeline_count = Some(count.clone());
+        self.w.comment("pipeline prologue");
+        self.block(prologue)?;
         let (top, end) = (self.w.label("pipeline"), self.w.label("pipeline_end"));
         self.w.place_label(&top);
         self.w.indent();
@@ -419,54 +397,37 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("setp.ge.u32 {done}, {i}, {count}"));
         self.w.ins(format!("@{done} bra.uni {end}"));
         self.block(body)?;
-        if let Some(v) = self.pending_groups.first() {
-            return Err(CodegenError::Internal(format!(
-                "stage {} is committed but never waited for",
-                self.vname(*v)
-            )));
-        }
-        self.w
-            .comment("end of iteration: stage buffers are refilled next iteration");
-        self.sync_cta();
         self.w.ins(format!("add.u32 {i}, {i}, 1"));
         self.w.ins(format!("bra.uni {top}"));
         self.w.dedent();
         self.w.place_label(&end);
+        self.w.comment("pipeline epilogue");
+        self.block(epilogue)?;
+        self.pipeline_count = None;
         Ok(())
     }
 
     // ---------------------------------------------------------------------------------------
     // Memory
 
-    /// Global address (u64) of the first row of the tile that `access` selects.
-    fn tile_address(&mut self, access: &TileAccess, rows: u32) -> String {
-        let tensor = self
-            .kernel
-            .tensor(access.param)
-            .expect("tile access of a tensor")
-            .clone();
-        let c: Vec<String> = access
-            .coords
-            .iter()
-            .map(|v| self.regs_of(*v).at(0))
-            .collect();
+    /// Global address (u64) of the first row of the tile that `access` selects; `seq` replaces
+    /// its sequence-tile coordinate when given (copies for later iterations).
+    fn tile_address(&mut self, access: &TileAccess, rows: u32, seq: Option<&str>) -> String {
+        let tensor = self.kernel.tensor(access.param).expect("tile access of a tensor").clone();
+        let mut c: Vec<String> = access.coords.iter().map(|v| self.regs_of(*v).at(0)).collect();
+        if let Some(seq) = seq {
+            c[2] = seq.to_string();
+        }
         let d1 = self.dim_regs[tensor.dims[1].0 as usize].clone();
         let d2 = self.dim_regs[tensor.dims[2].0 as usize].clone();
         let row = self.w.temp(RegClass::B32);
-        self.w
-            .ins(format!("mad.lo.u32 {row}, {}, {d1}, {}", c[0], c[1]));
+        self.w.ins(format!("mad.lo.u32 {row}, {}, {d1}, {}", c[0], c[1]));
         self.w.ins(format!("mul.lo.u32 {row}, {row}, {d2}"));
-        self.w
-            .ins(format!("mad.lo.u32 {row}, {}, {rows}, {row}", c[2]));
+        self.w.ins(format!("mad.lo.u32 {row}, {}, {rows}, {row}", c[2]));
         let off = self.w.temp(RegClass::B64);
-        self.w.ins(format!(
-            "mul.wide.u32 {off}, {row}, {}",
-            row_bytes(&self.cfg)
-        ));
+        self.w.ins(format!("mul.wide.u32 {off}, {row}, {}", row_bytes(&self.cfg)));
         let addr = self.w.temp(RegClass::B64);
-        let ptr = self.tensor_ptrs[access.param]
-            .clone()
-            .expect("tensor pointer");
+        let ptr = self.tensor_ptrs[access.param].clone().expect("tensor pointer");
         self.w.ins(format!("add.u64 {addr}, {ptr}, {off}"));
         addr
     }
@@ -480,7 +441,7 @@ impl<'k> Emitter<'k> {
 
     /// All threads copy a `[rows][D]` tile from `global` into the buffer at `smem_offset` with
     /// 16-byte cp.async (the chunk index swizzled by row % 8).
-    fn copy_tile_async(&mut self, global: &str, smem_offset: u32, rows: u32) {
+    fn copy_tile_async(&mut self, global: &str, smem_offset: &str, rows: u32) {
         let cfg = self.cfg;
         let (cpr, rb, threads) = (chunks_per_row(&cfg), row_bytes(&cfg), cfg.threads());
         let rows_per_pass = threads / cpr;
@@ -490,14 +451,10 @@ impl<'k> Emitter<'k> {
             (t.copy_row.clone(), t.copy_chunk.clone(), t.smem.clone())
         };
         let chunk_bytes = self.w.temp(RegClass::B32);
-        self.w
-            .ins(format!("shl.b32 {chunk_bytes}, {copy_chunk}, 4"));
+        self.w.ins(format!("shl.b32 {chunk_bytes}, {copy_chunk}, 4"));
         for pass in 0..passes {
             let row = self.w.temp(RegClass::B32);
-            self.w.ins(format!(
-                "add.u32 {row}, {copy_row}, {}",
-                pass * rows_per_pass
-            ));
+            self.w.ins(format!("add.u32 {row}, {copy_row}, {}", pass * rows_per_pass));
             let guard = if (pass + 1) * rows_per_pass > rows {
                 let p = self.w.temp(RegClass::Pred);
                 self.w.ins(format!("setp.lt.u32 {p}, {row}, {rows}"));
@@ -507,8 +464,7 @@ impl<'k> Emitter<'k> {
             };
             // global: row * row_bytes + chunk * 16
             let goff = self.w.temp(RegClass::B32);
-            self.w
-                .ins(format!("mad.lo.u32 {goff}, {row}, {rb}, {chunk_bytes}"));
+            self.w.ins(format!("mad.lo.u32 {goff}, {row}, {rb}, {chunk_bytes}"));
             let gaddr = self.w.temp(RegClass::B64);
             self.w.ins(format!("cvt.u64.u32 {gaddr}, {goff}"));
             self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
@@ -518,12 +474,10 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("xor.b32 {swz}, {swz}, {copy_chunk}"));
             self.w.ins(format!("shl.b32 {swz}, {swz}, 4"));
             let saddr = self.w.temp(RegClass::B32);
-            self.w
-                .ins(format!("mad.lo.u32 {saddr}, {row}, {rb}, {swz}"));
+            self.w.ins(format!("mad.lo.u32 {saddr}, {row}, {rb}, {swz}"));
             self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem}"));
-            self.w.ins(format!(
-                "{guard}cp.async.cg.shared.global [{saddr}+{smem_offset}], [{gaddr}], 16"
-            ));
+            self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem_offset}"));
+            self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16"));
         }
     }
 
@@ -532,7 +486,7 @@ impl<'k> Emitter<'k> {
     fn ldmatrix_address(
         &mut self,
         pattern: LdmatrixPattern,
-        offset: u32,
+        offset: &str,
         row0: &str,
         chunk0: u32,
     ) -> String {
@@ -540,14 +494,13 @@ impl<'k> Emitter<'k> {
         let smem = self.th().smem.clone();
         let rb = row_bytes(&self.cfg);
         let addr = self.w.temp(RegClass::B32);
-        self.w
-            .ins(format!("mad.lo.u32 {addr}, {row0}, {rb}, {row_off}"));
+        self.w.ins(format!("mad.lo.u32 {addr}, {row0}, {rb}, {row_off}"));
         let chunk = self.w.temp(RegClass::B32);
         self.w.ins(format!("xor.b32 {chunk}, {key}, {chunk0}"));
         self.w.ins(format!("shl.b32 {chunk}, {chunk}, 4"));
         self.w.ins(format!("add.u32 {addr}, {addr}, {chunk}"));
         self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
-        if offset != 0 {
+        if offset != "0" {
             self.w.ins(format!("add.u32 {addr}, {addr}, {offset}"));
         }
         addr
@@ -555,16 +508,12 @@ impl<'k> Emitter<'k> {
 
     fn ldmatrix_x4(&mut self, pattern: LdmatrixPattern, dst: [String; 4], addr: &str) {
         let trans = if pattern.trans() { ".trans" } else { "" };
-        self.w.ins(format!(
-            "ldmatrix.sync.aligned.m8n8.x4{trans}.shared.b16 {{{}}}, [{addr}]",
-            dst.join(", ")
-        ));
+        self.w
+            .ins(format!("ldmatrix.sync.aligned.m8n8.x4{trans}.shared.b16 {{{}}}, [{addr}]", dst.join(", ")));
     }
 
     fn row_tile_offset(&self) -> Result<u32, CodegenError> {
-        self.plan
-            .row_tile_region
-            .ok_or_else(|| CodegenError::Internal("no row-tile region planned".into()))
+        self.plan.row_tile_region.ok_or_else(|| CodegenError::Internal("no row-tile region planned".into()))
     }
 
     /// Q tile to A-operand fragments: copy into the row-tile region, wait, then ldmatrix.
@@ -574,11 +523,11 @@ impl<'k> Emitter<'k> {
             self.sync_cta();
         }
         let rows = self.tile_rows(src);
-        let global = self.tile_address(src, rows);
-        self.copy_tile_async(&global, region, rows);
+        let global = self.tile_address(src, rows, None);
+        self.copy_tile_async(&global, &region.to_string(), rows);
         self.w.ins("cp.async.commit_group");
-        let pending = self.pending_groups.len();
-        self.w.ins(format!("cp.async.wait_group {pending}"));
+        // Register loads sit outside pipeline loops, whose epilogues drain every group.
+        self.w.ins("cp.async.wait_group 0");
         self.sync_cta();
         let fam = self.regs_of(dst);
         let Type::Frag { cols, elem, .. } = self.kernel.ty(dst) else {
@@ -588,10 +537,10 @@ impl<'k> Emitter<'k> {
         let warp_row0 = self.th().warp_row0.clone();
         for mf in 0..shape.mfrags {
             let row0 = self.w.temp(RegClass::B32);
-            self.w
-                .ins(format!("add.u32 {row0}, {warp_row0}, {}", mf * 16));
+            self.w.ins(format!("add.u32 {row0}, {warp_row0}, {}", mf * 16));
             for kk in 0..shape.col_blocks {
-                let addr = self.ldmatrix_address(LdmatrixPattern::A, region, &row0, 2 * kk as u32);
+                let addr =
+                    self.ldmatrix_address(LdmatrixPattern::A, &region.to_string(), &row0, 2 * kk as u32);
                 let regs = [0, 1, 2, 3].map(|i| fam.at(shape.a(mf, kk, i)));
                 self.ldmatrix_x4(LdmatrixPattern::A, regs, &addr);
             }
@@ -600,56 +549,72 @@ impl<'k> Emitter<'k> {
         Ok(())
     }
 
-    fn stage(&mut self, dst: Value, src: &TileAccess) -> Result<(), CodegenError> {
-        let offset =
-            *self.plan.stage_offsets.get(&dst).ok_or_else(|| {
-                CodegenError::Internal(format!("no buffer for {}", self.vname(dst)))
-            })?;
-        let rows = self.tile_rows(src);
-        let global = self.tile_address(src, rows);
-        self.copy_tile_async(&global, offset, rows);
-        self.w.ins("cp.async.commit_group");
-        self.pending_groups.push(dst);
-        self.tiles.insert(
-            dst,
-            SmemTile {
-                offset,
-                transposed: false,
-                stage: dst,
-            },
-        );
+    /// The slot of `buffer` that holds this iteration's tile: `(iteration % slots) * slot_bytes`
+    /// past the buffer's offset.
+    fn stage_view(&mut self, dst: Value, buffer: BufferId, src: &TileAccess) -> Result<(), CodegenError> {
+        let offset = self.slot_offset(buffer, src, 0);
+        self.tiles.insert(dst, SmemTile { offset, transposed: false });
         Ok(())
     }
 
-    /// Before reading a staged tile: wait until its cp.async group (and every older one) has
-    /// landed, then make every thread's copies visible to the CTA.
-    fn wait_for_stage(&mut self, stage: Value) {
-        if let Some(pos) = self.pending_groups.iter().position(|v| *v == stage) {
-            let younger = self.pending_groups.len() - pos - 1;
-            self.w.ins(format!("cp.async.wait_group {younger}"));
-            self.sync_cta();
-            self.pending_groups.drain(..=pos);
+    /// Byte offset (an operand) of the slot of `buffer` for the iteration `ahead` after `src`'s.
+    fn slot_offset(&mut self, buffer: BufferId, src: &TileAccess, ahead: u32) -> String {
+        let b = buffer.0 as usize;
+        let (base, slot_bytes) = (self.plan.buffer_offsets[b], self.plan.slot_bytes[b]);
+        let slots = self.kernel.buffers[b].slots;
+        if slots == 1 {
+            return base.to_string();
         }
+        let iteration = self.regs_of(src.coords[2]).at(0);
+        let slot = self.w.temp(RegClass::B32);
+        if ahead > 0 {
+            self.w.ins(format!("add.u32 {slot}, {iteration}, {ahead}"));
+            self.w.ins(format!("rem.u32 {slot}, {slot}, {slots}"));
+        } else {
+            self.w.ins(format!("rem.u32 {slot}, {iteration}, {slots}"));
+        }
+        self.w.ins(format!("mad.lo.u32 {slot}, {slot}, {slot_bytes}, {base}"));
+        slot
+    }
+
+    /// cp.async of the tile `ahead` iterations on into its slot, skipped (uniformly) past the
+    /// end of the loop. The group is committed by the following `CommitGroup` either way.
+    fn async_copy(&mut self, buffer: BufferId, src: &TileAccess, ahead: u32) -> Result<(), CodegenError> {
+        let count = self
+            .pipeline_count
+            .clone()
+            .ok_or_else(|| CodegenError::Internal("cp.async outside a pipeline loop".into()))?;
+        let iteration = self.regs_of(src.coords[2]).at(0);
+        let seq = if ahead > 0 {
+            let r = self.w.temp(RegClass::B32);
+            self.w.ins(format!("add.u32 {r}, {iteration}, {ahead}"));
+            r
+        } else {
+            iteration
+        };
+        let skip = self.w.label("copy_skip");
+        let past_end = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("setp.ge.u32 {past_end}, {seq}, {count}"));
+        self.w.ins(format!("@{past_end} bra.uni {skip}"));
+        let rows = self.tile_rows(src);
+        let global = self.tile_address(src, rows, Some(&seq));
+        let offset = self.slot_offset(buffer, src, ahead);
+        self.copy_tile_async(&global, &offset, rows);
+        self.w.place_label(&skip);
+        Ok(())
     }
 
     // ---------------------------------------------------------------------------------------
     // Tensor-core compute
 
-    fn mma(
-        &mut self,
-        dst: Value,
-        a: Value,
-        b: Value,
-        acc: Option<Value>,
-    ) -> Result<(), CodegenError> {
-        let tile = *self.tiles.get(&b).ok_or_else(|| {
-            CodegenError::Internal(format!("{} is not a staged tile", self.vname(b)))
-        })?;
-        self.wait_for_stage(tile.stage);
+    fn mma(&mut self, dst: Value, a: Value, b: Value, acc: Option<Value>) -> Result<(), CodegenError> {
+        let tile = self
+            .tiles
+            .get(&b)
+            .cloned()
+            .ok_or_else(|| CodegenError::Internal(format!("{} is not a staged tile", self.vname(b))))?;
         let Type::Frag { cols: n_dim, .. } = self.kernel.ty(dst) else {
-            return Err(CodegenError::Internal(
-                "mma result is not a fragment".into(),
-            ));
+            return Err(CodegenError::Internal("mma result is not a fragment".into()));
         };
         let Type::Frag { cols: k_dim, .. } = self.kernel.ty(a) else {
             return Err(CodegenError::Internal("mma A is not a fragment".into()));
@@ -670,35 +635,24 @@ impl<'k> Emitter<'k> {
                 }
             }
         }
-        let pattern = if tile.transposed {
-            LdmatrixPattern::BFromRowsN
-        } else {
-            LdmatrixPattern::BFromRowsK
-        };
+        let pattern = if tile.transposed { LdmatrixPattern::BFromRowsN } else { LdmatrixPattern::BFromRowsK };
         let k_slices = k_dim.size(&self.cfg) / 16;
         let n_pairs = n_dim.size(&self.cfg) / 16;
         for kk in 0..k_slices {
             for np in 0..n_pairs {
                 // K tile [n][k] (transposed view): rows are n, chunks are k.
                 // V tile [k][n]: rows are k, chunks are n.
-                let (row_block, chunk0) = if tile.transposed {
-                    (16 * np, 2 * kk)
-                } else {
-                    (16 * kk, 2 * np)
-                };
+                let (row_block, chunk0) = if tile.transposed { (16 * np, 2 * kk) } else { (16 * kk, 2 * np) };
                 let row0 = self.w.temp(RegClass::B32);
                 self.w.ins(format!("mov.u32 {row0}, {row_block}"));
-                let addr = self.ldmatrix_address(pattern, tile.offset, &row0, chunk0);
+                let addr = self.ldmatrix_address(pattern, &tile.offset, &row0, chunk0);
                 let b: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
                 self.ldmatrix_x4(pattern, b.clone(), &addr);
                 for mf in 0..d_shape.mfrags {
                     for half in 0..2 {
                         let nt = (2 * np + half) as usize;
-                        let dr: Vec<String> =
-                            (0..4).map(|i| d.at(d_shape.acc(mf, nt, i))).collect();
-                        let ar: Vec<String> = (0..4)
-                            .map(|i| af.at(a_shape.a(mf, kk as usize, i)))
-                            .collect();
+                        let dr: Vec<String> = (0..4).map(|i| d.at(d_shape.acc(mf, nt, i))).collect();
+                        let ar: Vec<String> = (0..4).map(|i| af.at(a_shape.a(mf, kk as usize, i))).collect();
                         self.w.ins(format!(
                             "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{{d}}}, {{{a}}}, {{{b0}, {b1}}}, {{{d}}}",
                             d = dr.join(", "),
@@ -724,19 +678,11 @@ impl<'k> Emitter<'k> {
         for mf in 0..ds.mfrags {
             for kk in 0..ds.col_blocks {
                 // (a register, source n-tile, source element pair)
-                for (i, nt, e) in [
-                    (0, 2 * kk, 0),
-                    (1, 2 * kk, 2),
-                    (2, 2 * kk + 1, 0),
-                    (3, 2 * kk + 1, 2),
-                ] {
+                for (i, nt, e) in [(0, 2 * kk, 0), (1, 2 * kk, 2), (2, 2 * kk + 1, 0), (3, 2 * kk + 1, 2)] {
                     let lo = s.at(cs.acc(mf, nt, e));
                     let hi = s.at(cs.acc(mf, nt, e + 1));
                     // cvt.rn.f16x2.f32 puts its first source in the upper half.
-                    self.w.ins(format!(
-                        "cvt.rn.f16x2.f32 {}, {hi}, {lo}",
-                        d.at(ds.a(mf, kk, i))
-                    ));
+                    self.w.ins(format!("cvt.rn.f16x2.f32 {}, {hi}, {lo}", d.at(ds.a(mf, kk, i))));
                 }
             }
         }
@@ -748,9 +694,7 @@ impl<'k> Emitter<'k> {
 
     fn row_reduce(&mut self, dst: Value, op: ReduceOp, src: Value) -> Result<(), CodegenError> {
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
-            return Err(CodegenError::Internal(
-                "row reduce of a non-fragment".into(),
-            ));
+            return Err(CodegenError::Internal("row reduce of a non-fragment".into()));
         };
         let (d, s) = (self.regs_of(dst), self.regs_of(src));
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
@@ -761,26 +705,17 @@ impl<'k> Emitter<'k> {
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let r = d.at(row_reg(mf, h));
-                self.w
-                    .ins(format!("mov.f32 {r}, {}", s.at(shape.acc(mf, 0, 2 * h))));
-                self.w.ins(format!(
-                    "{instr} {r}, {r}, {}",
-                    s.at(shape.acc(mf, 0, 2 * h + 1))
-                ));
+                self.w.ins(format!("mov.f32 {r}, {}", s.at(shape.acc(mf, 0, 2 * h))));
+                self.w.ins(format!("{instr} {r}, {r}, {}", s.at(shape.acc(mf, 0, 2 * h + 1))));
                 for nt in 1..shape.col_blocks {
                     for e in 0..2 {
-                        self.w.ins(format!(
-                            "{instr} {r}, {r}, {}",
-                            s.at(shape.acc(mf, nt, 2 * h + e))
-                        ));
+                        self.w.ins(format!("{instr} {r}, {r}, {}", s.at(shape.acc(mf, nt, 2 * h + e))));
                     }
                 }
                 // The four lanes of a quad hold the same row: combine them.
                 for lane_mask in [1, 2] {
                     let other = self.w.temp(RegClass::F32);
-                    self.w.ins(format!(
-                        "shfl.sync.bfly.b32 {other}, {r}, {lane_mask}, 0x1f, 0xffffffff"
-                    ));
+                    self.w.ins(format!("shfl.sync.bfly.b32 {other}, {r}, {lane_mask}, 0x1f, 0xffffffff"));
                     self.w.ins(format!("{instr} {r}, {r}, {other}"));
                 }
             }
@@ -788,20 +723,12 @@ impl<'k> Emitter<'k> {
         Ok(())
     }
 
-    fn binary(
-        &mut self,
-        dst: Value,
-        op: BinOp,
-        lhs: Value,
-        rhs: Value,
-    ) -> Result<(), CodegenError> {
+    fn binary(&mut self, dst: Value, op: BinOp, lhs: Value, rhs: Value) -> Result<(), CodegenError> {
         let (lt, rt) = (self.kernel.ty(lhs), self.kernel.ty(rhs));
         let (d, l, r) = (self.regs_of(dst), self.regs_of(lhs), self.regs_of(rhs));
         // Division by a broadcast operand: one reciprocal per row (or scalar), then multiply.
         let (instr, r) = if op == BinOp::Div && lt != rt {
-            let inv = self
-                .w
-                .family(RegClass::F32, format!("%inv_{}_", dst.0), r.len);
+            let inv = self.w.family(RegClass::F32, format!("%inv_{}_", dst.0), r.len);
             for i in 0..r.len {
                 self.w.ins(format!("rcp.rn.f32 {}, {}", inv.at(i), r.at(i)));
             }
@@ -822,9 +749,7 @@ impl<'k> Emitter<'k> {
                 (_, Type::Scalar) => 0,
                 (Type::Frag { .. }, Type::Row { .. }) => {
                     // Accumulator register i = ((mf * n_tiles + nt) * 4 + e); rows: e / 2.
-                    let Type::Frag { cols, .. } = lt else {
-                        unreachable!()
-                    };
+                    let Type::Frag { cols, .. } = lt else { unreachable!() };
                     let per_block = cols.size(&self.cfg) as usize / 8 * 4;
                     let (mf, e) = (i / per_block, i % 4);
                     row_reg(mf, e / 2)
@@ -833,12 +758,7 @@ impl<'k> Emitter<'k> {
             }
         };
         for i in 0..d.len {
-            self.w.ins(format!(
-                "{instr} {}, {}, {}",
-                d.at(i),
-                l.at(i),
-                r.at(rhs_index(i))
-            ));
+            self.w.ins(format!("{instr} {}, {}, {}", d.at(i), l.at(i), r.at(rhs_index(i))));
         }
         Ok(())
     }
@@ -849,15 +769,9 @@ impl<'k> Emitter<'k> {
     /// f32 fragments to f16, through this warp's rows of the row-tile region, then 16-byte
     /// coalesced stores. Only this warp touches those rows, so a warp barrier suffices.
     fn store(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
-        let tensor = self
-            .kernel
-            .tensor(dst.param)
-            .expect("store to a tensor")
-            .clone();
+        let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
         if tensor.dtype != DType::F16 {
-            return Err(CodegenError::Unsupported(
-                "stores of dtypes other than f16".into(),
-            ));
+            return Err(CodegenError::Unsupported("stores of dtypes other than f16".into()));
         }
         let region = self.row_tile_offset()?;
         if self.row_tile_in_use {
@@ -870,25 +784,18 @@ impl<'k> Emitter<'k> {
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
         let (rb, cpr) = (row_bytes(&self.cfg), chunks_per_row(&self.cfg));
         let t = self.t.as_ref().expect("prologue");
-        let (warp_row0, group, quad_lane, lane, smem) = (
-            t.warp_row0.clone(),
-            t.group.clone(),
-            t.quad_lane.clone(),
-            t.lane.clone(),
-            t.smem.clone(),
-        );
+        let (warp_row0, group, quad_lane, lane, smem) =
+            (t.warp_row0.clone(), t.group.clone(), t.quad_lane.clone(), t.lane.clone(), t.smem.clone());
         // Each thread writes f16 pairs: row (warp_row0 + 16 mf + g + 8 h), chunk nt, byte 4 t.
         let quad_bytes = self.w.temp(RegClass::B32);
         self.w.ins(format!("shl.b32 {quad_bytes}, {quad_lane}, 2"));
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let row = self.w.temp(RegClass::B32);
-                self.w
-                    .ins(format!("add.u32 {row}, {warp_row0}, {}", 16 * mf + 8 * h));
+                self.w.ins(format!("add.u32 {row}, {warp_row0}, {}", 16 * mf + 8 * h));
                 self.w.ins(format!("add.u32 {row}, {row}, {group}"));
                 let base = self.w.temp(RegClass::B32);
-                self.w
-                    .ins(format!("mad.lo.u32 {base}, {row}, {rb}, {quad_bytes}"));
+                self.w.ins(format!("mad.lo.u32 {base}, {row}, {rb}, {quad_bytes}"));
                 self.w.ins(format!("add.u32 {base}, {base}, {smem}"));
                 for nt in 0..shape.col_blocks {
                     let packed = self.w.temp(RegClass::B32);
@@ -902,14 +809,13 @@ impl<'k> Emitter<'k> {
                     self.w.ins(format!("xor.b32 {chunk}, {group}, {nt}"));
                     self.w.ins(format!("shl.b32 {chunk}, {chunk}, 4"));
                     self.w.ins(format!("add.u32 {chunk}, {chunk}, {base}"));
-                    self.w
-                        .ins(format!("st.shared.b32 [{chunk}+{region}], {packed}"));
+                    self.w.ins(format!("st.shared.b32 [{chunk}+{region}], {packed}"));
                 }
             }
         }
         self.w.ins("bar.warp.sync 0xffffffff");
         let rows = self.tile_rows(dst);
-        let global = self.tile_address(dst, rows);
+        let global = self.tile_address(dst, rows, None);
         let rows_per_warp = self.cfg.rows_per_warp();
         let chunks_per_lane = (rows_per_warp * cpr).div_ceil(32);
         for j in 0..chunks_per_lane {
@@ -918,8 +824,7 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("add.u32 {id}, {lane}, {}", 32 * j));
             let guard = if (j + 1) * 32 > rows_per_warp * cpr {
                 let p = self.w.temp(RegClass::Pred);
-                self.w
-                    .ins(format!("setp.lt.u32 {p}, {id}, {}", rows_per_warp * cpr));
+                self.w.ins(format!("setp.lt.u32 {p}, {id}, {}", rows_per_warp * cpr));
                 format!("@{p} ")
             } else {
                 String::new()
@@ -933,25 +838,17 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("xor.b32 {swz}, {swz}, {chunk}"));
             self.w.ins(format!("shl.b32 {swz}, {swz}, 4"));
             let saddr = self.w.temp(RegClass::B32);
-            self.w
-                .ins(format!("mad.lo.u32 {saddr}, {row}, {rb}, {swz}"));
+            self.w.ins(format!("mad.lo.u32 {saddr}, {row}, {rb}, {swz}"));
             self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem}"));
             let v: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
-            self.w.ins(format!(
-                "{guard}ld.shared.v4.b32 {{{}}}, [{saddr}+{region}]",
-                v.join(", ")
-            ));
+            self.w.ins(format!("{guard}ld.shared.v4.b32 {{{}}}, [{saddr}+{region}]", v.join(", ")));
             let goff = self.w.temp(RegClass::B32);
             self.w.ins(format!("shl.b32 {goff}, {chunk}, 4"));
-            self.w
-                .ins(format!("mad.lo.u32 {goff}, {row}, {rb}, {goff}"));
+            self.w.ins(format!("mad.lo.u32 {goff}, {row}, {rb}, {goff}"));
             let gaddr = self.w.temp(RegClass::B64);
             self.w.ins(format!("cvt.u64.u32 {gaddr}, {goff}"));
             self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
-            self.w.ins(format!(
-                "{guard}st.global.v4.b32 [{gaddr}], {{{}}}",
-                v.join(", ")
-            ));
+            self.w.ins(format!("{guard}st.global.v4.b32 [{gaddr}], {{{}}}", v.join(", ")));
         }
         self.row_tile_in_use = true;
         Ok(())

@@ -100,11 +100,8 @@ pub enum LdmatrixPattern {
 }
 
 impl LdmatrixPattern {
-    pub const ALL: [LdmatrixPattern; 3] = [
-        LdmatrixPattern::A,
-        LdmatrixPattern::BFromRowsN,
-        LdmatrixPattern::BFromRowsK,
-    ];
+    pub const ALL: [LdmatrixPattern; 3] =
+        [LdmatrixPattern::A, LdmatrixPattern::BFromRowsN, LdmatrixPattern::BFromRowsK];
 
     /// (row within the 16-row block, chunk bit) for `lane`: the CPU-side twin of the PTX that
     /// `emit` generates, used by tests.

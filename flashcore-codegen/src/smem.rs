@@ -1,9 +1,7 @@
 //! Shared-memory planning: which buffer each tile lives in, at which offset, and how many bytes
 //! the kernel needs in all (the dynamic shared memory the runtime requests at launch).
 
-use std::collections::HashMap;
-
-use flashcore_ir::kernel::{Kernel, Op, Value};
+use flashcore_ir::kernel::{Kernel, Op};
 
 use crate::layout::row_bytes;
 
@@ -16,8 +14,10 @@ pub struct SmemPlan {
     /// The `[TILE_M][D]` region that register loads (Q) and stores (O) pass through; their uses
     /// never overlap in time because each one ends before the next begins (see `emit`).
     pub row_tile_region: Option<u32>,
-    /// Buffer offset of each staged tile.
-    pub stage_offsets: HashMap<Value, u32>,
+    /// Offset of each ring buffer (slot `i` at `offset + i * slot_bytes`).
+    pub buffer_offsets: Vec<u32>,
+    /// Bytes of one slot of each ring buffer.
+    pub slot_bytes: Vec<u32>,
     pub total_bytes: u32,
 }
 
@@ -30,26 +30,14 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         offset
     };
     let mut needs_row_tile = false;
-    let mut stages = vec![];
-    kernel.walk(&mut |inst| match &inst.op {
-        Op::Load { .. } | Op::Store { .. } => needs_row_tile = true,
-        Op::Stage { dst, src } => {
-            let rows = match kernel.ty(src.coords[2]) {
-                flashcore_ir::Type::Index { tile: Some(t), .. } => t.size(cfg),
-                _ => 1,
-            };
-            stages.push((*dst, rows));
+    kernel.walk(&mut |inst| {
+        if matches!(inst.op, Op::Load { .. } | Op::Store { .. }) {
+            needs_row_tile = true;
         }
-        _ => {}
     });
     let row_tile_region = needs_row_tile.then(|| alloc(cfg.tile_m * row_bytes(cfg)));
-    let mut stage_offsets = HashMap::new();
-    for (value, rows) in stages {
-        stage_offsets.insert(value, alloc(rows * row_bytes(cfg) * cfg.stages));
-    }
-    SmemPlan {
-        row_tile_region,
-        stage_offsets,
-        total_bytes: next,
-    }
+    let slot_bytes: Vec<u32> = kernel.buffers.iter().map(|b| b.rows.size(cfg) * row_bytes(cfg)).collect();
+    let buffer_offsets =
+        kernel.buffers.iter().zip(&slot_bytes).map(|(b, bytes)| alloc(bytes * b.slots)).collect();
+    SmemPlan { row_tile_region, buffer_offsets, slot_bytes, total_bytes: next }
 }

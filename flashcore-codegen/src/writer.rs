@@ -43,12 +43,7 @@ pub struct RegFamily {
 
 impl RegFamily {
     pub fn at(&self, i: usize) -> String {
-        debug_assert!(
-            i < self.len,
-            "{}{i} is past the family's {} registers",
-            self.prefix,
-            self.len
-        );
+        debug_assert!(i < self.len, "{}{i} is past the family's {} registers", self.prefix, self.len);
         format!("{}{i}", self.prefix)
     }
 }
@@ -88,13 +83,7 @@ impl PtxWriter {
 
     /// A single named register (a family of one, declared without the `<n>` form).
     pub fn named(&mut self, class: RegClass, name: &str) -> String {
-        self.families.push((
-            class,
-            RegFamily {
-                prefix: name.to_string(),
-                len: 0,
-            },
-        ));
+        self.families.push((class, RegFamily { prefix: name.to_string(), len: 0 }));
         name.to_string()
     }
 
@@ -113,21 +102,11 @@ impl PtxWriter {
 
     /// One instruction (the trailing `;` is added).
     pub fn ins(&mut self, text: impl AsRef<str>) {
-        let _ = writeln!(
-            self.body,
-            "{}{};",
-            "\t".repeat(self.level + 1),
-            text.as_ref()
-        );
+        let _ = writeln!(self.body, "{}{};", "\t".repeat(self.level + 1), text.as_ref());
     }
 
     pub fn comment(&mut self, text: impl AsRef<str>) {
-        let _ = writeln!(
-            self.body,
-            "{}// {}",
-            "\t".repeat(self.level + 1),
-            text.as_ref()
-        );
+        let _ = writeln!(self.body, "{}// {}", "\t".repeat(self.level + 1), text.as_ref());
     }
 
     pub fn place_label(&mut self, label: &str) {
@@ -151,13 +130,7 @@ impl PtxWriter {
             if family.len == 0 {
                 let _ = writeln!(out, "\t.reg {} {};", class.decl(), family.prefix);
             } else {
-                let _ = writeln!(
-                    out,
-                    "\t.reg {} {}<{}>;",
-                    class.decl(),
-                    family.prefix,
-                    family.len
-                );
+                let _ = writeln!(out, "\t.reg {} {}<{}>;", class.decl(), family.prefix, family.len);
             }
         }
         out.push('\n');

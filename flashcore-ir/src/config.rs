@@ -13,6 +13,9 @@ pub const MMA_M: u32 = 16;
 pub const MMA_N: u32 = 8;
 pub const MMA_K: u32 = 16;
 
+/// Most shared-memory buffers per staged tile the pipeline pass allocates.
+pub const MAX_STAGES: u32 = 4;
+
 /// One kernel configuration. `#[flash_kernel(..)]` declares the default one; any other can be
 /// passed at run time, and is validated before it reaches the code generator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,17 +30,13 @@ pub struct Config {
     pub stages: u32,
     /// Warps per CTA; every role runs on all of them (warp specialization comes with its pass).
     pub warps: u32,
+    /// Persistent CTAs: as many as fit on the device at once, each looping over work items.
+    pub persistent: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            tile_m: 64,
-            tile_n: 64,
-            head_dim: 64,
-            stages: 1,
-            warps: 4,
-        }
+        Config { tile_m: 64, tile_n: 64, head_dim: 64, stages: 1, warps: 4, persistent: false }
     }
 }
 
@@ -53,9 +52,8 @@ impl Config {
 
     /// Checks the rules that make a configuration compilable. Each error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field: &'static str, value: u32, why: String| {
-            Err(ConfigError::Invalid { field, value, why })
-        };
+        let bad =
+            |field: &'static str, value: u32, why: String| Err(ConfigError::Invalid { field, value, why });
         if !SUPPORTED_HEAD_DIMS.contains(&self.head_dim) {
             return bad(
                 "head_dim",
@@ -84,18 +82,11 @@ impl Config {
             return bad(
                 "tile_n",
                 self.tile_n,
-                format!(
-                    "must be a positive multiple of {MMA_K} (the mma K that P·V consumes), at most 256"
-                ),
+                format!("must be a positive multiple of {MMA_K} (the mma K that P·V consumes), at most 256"),
             );
         }
-        if self.stages != 1 {
-            return bad(
-                "stages",
-                self.stages,
-                "only 1 stage is implemented; multi-stage buffering is the pipeline pass's job"
-                    .into(),
-            );
+        if !(1..=MAX_STAGES).contains(&self.stages) {
+            return bad("stages", self.stages, format!("must be between 1 and {MAX_STAGES}"));
         }
         Ok(())
     }
@@ -105,8 +96,13 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}",
-            self.tile_m, self.tile_n, self.head_dim, self.stages, self.warps
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}",
+            self.tile_m,
+            self.tile_n,
+            self.head_dim,
+            self.stages,
+            self.warps,
+            if self.persistent { " persistent" } else { "" }
         )
     }
 }
@@ -122,34 +118,17 @@ mod tests {
 
     #[test]
     fn tile_not_multiple_of_mma_names_the_field() {
-        let cfg = Config {
-            tile_m: 40,
-            ..Config::default()
-        };
+        let cfg = Config { tile_m: 40, ..Config::default() };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("tile_m = 40"), "{err}");
         assert!(err.contains("multiple of 64"), "{err}");
-        let cfg = Config {
-            tile_n: 24,
-            ..Config::default()
-        };
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("tile_n = 24"));
+        let cfg = Config { tile_n: 24, ..Config::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("tile_n = 24"));
     }
 
     #[test]
     fn unsupported_head_dim_is_rejected() {
-        let cfg = Config {
-            head_dim: 96,
-            ..Config::default()
-        };
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("head_dim = 96"));
+        let cfg = Config { head_dim: 96, ..Config::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("head_dim = 96"));
     }
 }

@@ -15,11 +15,7 @@ impl fmt::Display for Type {
                 None => write!(f, "idx<dim{}>", dim.0),
             },
             Type::Scalar => f.write_str("f32"),
-            Type::Smem {
-                rows,
-                cols,
-                transposed,
-            } => {
+            Type::Smem { rows, cols, transposed } => {
                 write!(f, "smem<f16>[{}, {}]", rows.symbol(), cols.symbol())?;
                 if transposed {
                     f.write_str(".t")?;
@@ -56,11 +52,7 @@ impl Printer<'_> {
 
     fn access(&self, a: &TileAccess) -> String {
         let coords: Vec<String> = a.coords.iter().map(|c| self.v(*c)).collect();
-        format!(
-            "{}[{}]",
-            self.kernel.params[a.param].name(),
-            coords.join(", ")
-        )
+        format!("{}[{}]", self.kernel.params[a.param].name(), coords.join(", "))
     }
 
     fn extent(&self, e: &LoopExtent) -> String {
@@ -73,21 +65,34 @@ impl Printer<'_> {
 
     /// One instruction as a line of text; loops give their header (`tiles .. {`).
     fn line(&self, inst: &Inst) -> String {
-        let role = inst
-            .role
-            .map(|r| format!("@{} ", r.name()))
-            .unwrap_or_default();
+        let role = inst.role.map(|r| format!("@{} ", r.name())).unwrap_or_default();
         let text = match &inst.op {
             Op::ScalarParam { dst, param } => {
-                format!(
-                    "{} = param {}",
-                    self.def(*dst),
-                    self.kernel.params[*param].name()
-                )
+                format!("{} = param {}", self.def(*dst), self.kernel.params[*param].name())
             }
             Op::Const { dst, value } => format!("{} = const {value:?}", self.def(*dst)),
             Op::Load { dst, src } => format!("{} = load {}", self.def(*dst), self.access(src)),
             Op::Stage { dst, src } => format!("{} = stage {}", self.def(*dst), self.access(src)),
+            Op::StageView { dst, buffer, src } => format!(
+                "{} = view {}[{} % {}] ({})",
+                self.def(*dst),
+                self.buffer(*buffer),
+                self.v(*src.coords.last().expect("tile coords")),
+                self.kernel.buffers[buffer.0 as usize].slots,
+                self.access(src)
+            ),
+            Op::AsyncCopy { buffer, src, ahead } => {
+                let iteration = self.v(*src.coords.last().expect("tile coords"));
+                format!(
+                    "cp.async {}[({iteration} + {ahead}) % {}] <- {} + {ahead}",
+                    self.buffer(*buffer),
+                    self.kernel.buffers[buffer.0 as usize].slots,
+                    self.access(src)
+                )
+            }
+            Op::CommitGroup => "commit_group".to_string(),
+            Op::WaitGroup { younger } => format!("wait_group {younger}"),
+            Op::Barrier { id } => format!("barrier {id}"),
             Op::Transpose { dst, src } => {
                 format!("{} = transpose {}", self.def(*dst), self.v(*src))
             }
@@ -96,8 +101,7 @@ impl Printer<'_> {
                 self.def(*dst),
                 self.v(*a),
                 self.v(*b),
-                acc.map(|c| format!(", acc {}", self.v(c)))
-                    .unwrap_or_default()
+                acc.map(|c| format!(", acc {}", self.v(c))).unwrap_or_default()
             ),
             Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
             Op::ToF16 { dst, src } => format!("{} = to_f16 {}", self.def(*dst), self.v(*src)),
@@ -111,40 +115,58 @@ impl Printer<'_> {
                 self.v(*src)
             ),
             Op::Binary { dst, op, lhs, rhs } => {
-                format!(
-                    "{} = {} {}, {}",
-                    self.def(*dst),
-                    op.name(),
-                    self.v(*lhs),
-                    self.v(*rhs)
-                )
+                format!("{} = {} {}, {}", self.def(*dst), op.name(), self.v(*lhs), self.v(*rhs))
             }
             Op::Fill { dst, value } => format!("{} = fill {value:?}", self.def(*dst)),
             Op::Assign { dst, src } => format!("{} <- {}", self.v(*dst), self.v(*src)),
             Op::Store { dst, src } => format!("store {}, {}", self.access(dst), self.v(*src)),
-            Op::Tiles { vars, extents, .. } => {
+            Op::Tiles { vars, extents, schedule, .. } => {
                 let parts: Vec<String> = vars
                     .iter()
                     .zip(extents)
                     .map(|(v, e)| format!("{} in {}", self.v(*v), self.extent(e)))
                     .collect();
-                format!("tiles {} {{", parts.join(", "))
+                let schedule = match schedule {
+                    TileSchedule::OnePerCta => "",
+                    TileSchedule::Persistent => " persistent",
+                };
+                format!("tiles {}{schedule} {{", parts.join(", "))
             }
-            Op::Pipeline { var, extent, .. } => {
-                format!("pipeline {} in 0..{} {{", self.v(*var), self.extent(extent))
+            Op::Pipeline { var, extent, stages, .. } => {
+                let stages = if *stages > 0 { format!(" stages {stages}") } else { String::new() };
+                format!("pipeline {} in 0..{}{stages} {{", self.v(*var), self.extent(extent))
             }
         };
         format!("{role}{text}")
+    }
+
+    fn buffer(&self, b: BufferId) -> String {
+        format!("@{}", self.kernel.buffers[b.0 as usize].name)
     }
 
     fn block(&self, out: &mut String, block: &Block, depth: usize) -> fmt::Result {
         let pad = "  ".repeat(depth);
         for inst in &block.insts {
             writeln!(out, "{pad}{}", self.line(inst))?;
-            if let Op::Tiles { body, .. } | Op::Pipeline { body, .. } = &inst.op {
-                self.block(out, body, depth + 1)?;
-                writeln!(out, "{pad}}}")?;
+            match &inst.op {
+                Op::Tiles { body, .. } => self.block(out, body, depth + 1)?,
+                Op::Pipeline { prologue, body, epilogue, .. } => {
+                    let inner = "  ".repeat(depth + 1);
+                    if !prologue.insts.is_empty() {
+                        writeln!(out, "{inner}prologue {{")?;
+                        self.block(out, prologue, depth + 2)?;
+                        writeln!(out, "{inner}}}")?;
+                    }
+                    self.block(out, body, depth + 1)?;
+                    if !epilogue.insts.is_empty() {
+                        writeln!(out, "{inner}epilogue {{")?;
+                        self.block(out, epilogue, depth + 2)?;
+                        writeln!(out, "{inner}}}")?;
+                    }
+                }
+                _ => continue,
             }
+            writeln!(out, "{pad}}}")?;
         }
         Ok(())
     }
@@ -164,11 +186,7 @@ impl fmt::Display for Kernel {
             .iter()
             .map(|p| match p {
                 Param::Tensor(t) => {
-                    let dims: Vec<&str> = t
-                        .dims
-                        .iter()
-                        .map(|d| self.dims[d.0 as usize].as_str())
-                        .collect();
+                    let dims: Vec<&str> = t.dims.iter().map(|d| self.dims[d.0 as usize].as_str()).collect();
                     format!(
                         "{}: {}{}[{}, D]",
                         t.name,
@@ -184,14 +202,12 @@ impl fmt::Display for Kernel {
             .collect();
         let mut out = String::new();
         writeln!(out, "kernel {}({})", self.name, params.join(", "))?;
-        let dims: Vec<String> = self
-            .dims
-            .iter()
-            .enumerate()
-            .map(|(i, d)| format!("dim{i}={d}"))
-            .collect();
+        let dims: Vec<String> = self.dims.iter().enumerate().map(|(i, d)| format!("dim{i}={d}")).collect();
         writeln!(out, "  dims {}", dims.join(" "))?;
         writeln!(out, "  config {}", self.config)?;
+        for b in &self.buffers {
+            writeln!(out, "  buffer @{}: smem<f16>[{}, D] x {}", b.name, b.rows.symbol(), b.slots)?;
+        }
         Printer { kernel: self }.block(&mut out, &self.body, 1)?;
         f.write_str(&out)
     }

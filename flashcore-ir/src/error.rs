@@ -6,11 +6,7 @@ use crate::source::SpanId;
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid config: {field} = {value}: {why}")]
-    Invalid {
-        field: &'static str,
-        value: u32,
-        why: String,
-    },
+    Invalid { field: &'static str, value: u32, why: String },
 }
 
 /// A problem in the user's kernel, found while lowering it. `span` points at the source.
@@ -23,10 +19,7 @@ pub struct LowerError {
 
 impl LowerError {
     pub fn new(span: SpanId, message: impl Into<String>) -> Self {
-        LowerError {
-            message: message.into(),
-            span,
-        }
+        LowerError { message: message.into(), span }
     }
 }
 
@@ -44,4 +37,6 @@ pub enum IrError {
     Lower(#[from] LowerError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error("no pass is named `{0}` (passes: pipeline, persist)")]
+    UnknownPass(String),
 }

@@ -64,18 +64,10 @@ pub enum Type {
     /// An f32 uniform across the CTA.
     Scalar,
     /// An f16 tile `[rows][cols]` in a shared-memory buffer; `transposed` marks the `.t()` view.
-    Smem {
-        rows: TileDim,
-        cols: TileDim,
-        transposed: bool,
-    },
+    Smem { rows: TileDim, cols: TileDim, transposed: bool },
     /// A register tile `[rows][cols]` spread over the warps as mma fragments: f32 in the
     /// accumulator (C) layout, f16 in the A-operand layout.
-    Frag {
-        rows: TileDim,
-        cols: TileDim,
-        elem: Elem,
-    },
+    Frag { rows: TileDim, cols: TileDim, elem: Elem },
     /// One f32 per row of a `[rows][..]` tile.
     Row { rows: TileDim },
 }
@@ -84,15 +76,9 @@ impl Type {
     /// The (rows, cols) a tile type presents to an mma (the transposed view swaps them).
     pub fn matrix_dims(&self) -> Option<(TileDim, TileDim)> {
         match *self {
-            Type::Smem {
-                rows,
-                cols,
-                transposed,
-            } => Some(if transposed {
-                (cols, rows)
-            } else {
-                (rows, cols)
-            }),
+            Type::Smem { rows, cols, transposed } => {
+                Some(if transposed { (cols, rows) } else { (rows, cols) })
+            }
             Type::Frag { rows, cols, .. } => Some((rows, cols)),
             _ => None,
         }
@@ -139,6 +125,27 @@ pub struct TileAccess {
     pub coords: Vec<Value>,
 }
 
+/// Handle of a shared-memory ring buffer in [`Kernel::buffers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufferId(pub u32);
+
+/// A ring of `slots` shared-memory tiles of `[rows][D]` f16, one per pipeline stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    pub name: String,
+    pub rows: TileDim,
+    pub slots: u32,
+}
+
+/// How work items of the `tiles` loop map onto CTAs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileSchedule {
+    /// One CTA per work item (the grid covers them all).
+    OnePerCta,
+    /// As many CTAs as fit on the device at once, each striding over the work items.
+    Persistent,
+}
+
 /// `dim` or `dim / tile`: the trip count of a loop.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoopExtent {
@@ -154,55 +161,58 @@ pub enum Op {
     Const { dst: Value, value: f32 },
     /// Global tile to registers (A-operand fragments), staged through shared memory.
     Load { dst: Value, src: TileAccess },
-    /// Global tile to a shared-memory stage with cp.async; waited for at its first use.
+    /// Global tile to a shared-memory stage (before the pipeline pass; it replaces each with
+    /// the explicit copies, groups and waits below).
     Stage { dst: Value, src: TileAccess },
+    /// After the pipeline pass: `dst` names the slot of `buffer` that holds this iteration's
+    /// tile (`src`, the tile it holds).
+    StageView { dst: Value, buffer: BufferId, src: TileAccess },
+    /// cp.async of the tile `ahead` iterations after the current one (`src` names the current
+    /// one) into its slot of `buffer`. Past the end of the loop nothing is copied, but the
+    /// group is still committed, so wait counts stay the same in every iteration.
+    AsyncCopy { buffer: BufferId, src: TileAccess, ahead: u32 },
+    /// Close the current cp.async group.
+    CommitGroup,
+    /// Wait until at most `younger` committed groups are still in flight.
+    WaitGroup { younger: u32 },
+    /// A barrier over the threads that run this code (`bar.sync id`).
+    Barrier { id: u32 },
     /// The `.t()` view of a staged tile (no code).
     Transpose { dst: Value, src: Value },
     /// `dst = a · b (+ acc)`, f16 inputs, f32 accumulation.
-    Mma {
-        dst: Value,
-        a: Value,
-        b: Value,
-        acc: Option<Value>,
-    },
+    Mma { dst: Value, a: Value, b: Value, acc: Option<Value> },
     /// Elementwise `2^x`.
     Exp2 { dst: Value, src: Value },
     /// f32 accumulator fragments to f16 A-operand fragments.
     ToF16 { dst: Value, src: Value },
     /// Reduce each row of a fragment tile.
-    Reduce {
-        dst: Value,
-        op: ReduceOp,
-        src: Value,
-    },
+    Reduce { dst: Value, op: ReduceOp, src: Value },
     /// Elementwise op; a `Row` or `Scalar` operand broadcasts along the other's rows.
-    Binary {
-        dst: Value,
-        op: BinOp,
-        lhs: Value,
-        rhs: Value,
-    },
+    Binary { dst: Value, op: BinOp, lhs: Value, rhs: Value },
     /// A tile or row vector filled with one constant.
     Fill { dst: Value, value: f32 },
     /// Overwrite mutable `dst` with `src` (the online-softmax state carried across iterations).
     Assign { dst: Value, src: Value },
     /// The CTA work loop over output tiles.
-    Tiles {
-        vars: Vec<Value>,
-        extents: Vec<LoopExtent>,
-        body: Block,
-    },
-    /// The loop over K/V tiles whose stages the pipeline pass buffers.
-    Pipeline {
-        var: Value,
-        extent: LoopExtent,
-        body: Block,
-    },
+    Tiles { vars: Vec<Value>, extents: Vec<LoopExtent>, schedule: TileSchedule, body: Block },
+    /// The loop over K/V tiles. `stages` is 0 until the pipeline pass has run; after it the
+    /// `prologue` (run once, with the loop variable at 0) fills the first stages and the
+    /// `epilogue` drains what is left in flight.
+    Pipeline { var: Value, extent: LoopExtent, stages: u32, prologue: Block, body: Block, epilogue: Block },
     /// Convert an f32 fragment tile to the tensor's dtype and write it to global memory.
     Store { dst: TileAccess, src: Value },
 }
 
 impl Op {
+    /// The blocks nested in this op, in execution order.
+    pub fn blocks(&self) -> Vec<&Block> {
+        match self {
+            Op::Tiles { body, .. } => vec![body],
+            Op::Pipeline { prologue, body, epilogue, .. } => vec![prologue, body, epilogue],
+            _ => vec![],
+        }
+    }
+
     /// The value this op defines, if any (`Assign` redefines an existing one and is not counted).
     pub fn def(&self) -> Option<Value> {
         match self {
@@ -210,6 +220,7 @@ impl Op {
             | Op::Const { dst, .. }
             | Op::Load { dst, .. }
             | Op::Stage { dst, .. }
+            | Op::StageView { dst, .. }
             | Op::Transpose { dst, .. }
             | Op::Mma { dst, .. }
             | Op::Exp2 { dst, .. }
@@ -217,15 +228,28 @@ impl Op {
             | Op::Reduce { dst, .. }
             | Op::Binary { dst, .. }
             | Op::Fill { dst, .. } => Some(*dst),
-            Op::Assign { .. } | Op::Tiles { .. } | Op::Pipeline { .. } | Op::Store { .. } => None,
+            Op::Assign { .. }
+            | Op::Tiles { .. }
+            | Op::Pipeline { .. }
+            | Op::Store { .. }
+            | Op::AsyncCopy { .. }
+            | Op::CommitGroup
+            | Op::WaitGroup { .. }
+            | Op::Barrier { .. } => None,
         }
     }
 
     /// Values this op reads (loop bodies excluded).
     pub fn uses(&self) -> Vec<Value> {
         match self {
-            Op::ScalarParam { .. } | Op::Const { .. } | Op::Fill { .. } => vec![],
-            Op::Load { src, .. } | Op::Stage { src, .. } => src.coords.clone(),
+            Op::ScalarParam { .. }
+            | Op::Const { .. }
+            | Op::Fill { .. }
+            | Op::CommitGroup
+            | Op::WaitGroup { .. }
+            | Op::Barrier { .. } => vec![],
+            Op::Load { src, .. } | Op::Stage { src, .. } | Op::StageView { src, .. } => src.coords.clone(),
+            Op::AsyncCopy { src, .. } => src.coords.clone(),
             Op::Transpose { src, .. }
             | Op::Exp2 { src, .. }
             | Op::ToF16 { src, .. }
@@ -265,6 +289,8 @@ pub struct Kernel {
     /// Runtime dimension symbols, in order of first appearance in the parameters.
     pub dims: Vec<String>,
     pub values: Vec<ValueData>,
+    /// Shared-memory ring buffers (allocated by the pipeline pass).
+    pub buffers: Vec<Buffer>,
     pub body: Block,
 }
 
@@ -284,14 +310,14 @@ impl Kernel {
         }
     }
 
-    /// Visits every instruction, loop bodies included, in program order.
+    /// Visits every instruction, loop bodies included, in program order (a pipeline's
+    /// prologue, body, epilogue).
     pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Inst)) {
         fn go<'a>(block: &'a Block, f: &mut impl FnMut(&'a Inst)) {
             for inst in &block.insts {
                 f(inst);
-                match &inst.op {
-                    Op::Tiles { body, .. } | Op::Pipeline { body, .. } => go(body, f),
-                    _ => {}
+                for inner in inst.op.blocks() {
+                    go(inner, f);
                 }
             }
         }

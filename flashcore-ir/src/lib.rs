@@ -9,6 +9,7 @@ mod display;
 pub mod error;
 pub mod kernel;
 pub mod lower;
+pub mod passes;
 pub mod source;
 pub mod verify;
 

@@ -8,8 +8,8 @@ use crate::config::Config;
 use crate::error::{IrError, LowerError};
 use crate::kernel::*;
 use crate::source::{
-    BinOp, Dim, Expr, ExprKind, Extent, ParamDecl, Program, ReduceOp, Role, ShapeAxis, SpanId,
-    Stmt, StmtKind, TileConst, TileRef,
+    BinOp, Dim, Expr, ExprKind, Extent, ParamDecl, Program, ReduceOp, Role, ShapeAxis, SpanId, Stmt,
+    StmtKind, TileConst, TileRef,
 };
 
 /// Lowers `program` for `config`, then runs the verifier.
@@ -24,6 +24,7 @@ pub fn lower(program: &Program, config: &Config) -> std::result::Result<Kernel, 
         params: lowerer.params,
         dims: lowerer.dims,
         values: lowerer.values,
+        buffers: vec![],
         body,
     };
     crate::verify::verify(&kernel)?;
@@ -63,16 +64,8 @@ fn describe(ty: &Type) -> String {
     match *ty {
         Type::Index { .. } => "a tile index".into(),
         Type::Scalar => "an f32 scalar".into(),
-        Type::Smem {
-            rows,
-            cols,
-            transposed,
-        } => {
-            let (r, c) = if transposed {
-                (cols, rows)
-            } else {
-                (rows, cols)
-            };
+        Type::Smem { rows, cols, transposed } => {
+            let (r, c) = if transposed { (cols, rows) } else { (rows, cols) };
             format!(
                 "a staged shared-memory tile [{}, {}]{}",
                 r.symbol(),
@@ -105,23 +98,14 @@ impl Lowerer {
         let mut head: Option<(Dim, String)> = None;
         for (index, decl) in program.params.iter().enumerate() {
             if lowerer.scopes[0].contains_key(decl.name()) {
-                return err(
-                    span_of(decl),
-                    format!("parameter `{}` is declared twice", decl.name()),
-                );
+                return err(span_of(decl), format!("parameter `{}` is declared twice", decl.name()));
             }
             match decl {
                 ParamDecl::Scalar { name, .. } => {
                     lowerer.params.push(Param::Scalar { name: name.clone() });
                     lowerer.scopes[0].insert(name.clone(), Binding::Scalar(index));
                 }
-                ParamDecl::Tensor {
-                    name,
-                    dtype,
-                    shape,
-                    writable,
-                    span,
-                } => {
+                ParamDecl::Tensor { name, dtype, shape, writable, span } => {
                     if shape.len() != 4 {
                         return err(
                             *span,
@@ -184,10 +168,7 @@ impl Lowerer {
         if let Some((dim, _)) = head {
             if let Dim::Sym(s) = &dim {
                 if lowerer.dims.contains(s) {
-                    return err(
-                        SpanId::NONE,
-                        format!("`{s}` names both the head dim and a runtime axis"),
-                    );
+                    return err(SpanId::NONE, format!("`{s}` names both the head dim and a runtime axis"));
                 }
             }
             lowerer.head_dim = dim;
@@ -206,11 +187,7 @@ impl Lowerer {
     }
 
     fn new_value(&mut self, ty: Type, name: &str, mutable: bool) -> Value {
-        self.values.push(ValueData {
-            ty,
-            name: name.to_string(),
-            mutable,
-        });
+        self.values.push(ValueData { ty, name: name.to_string(), mutable });
         Value(self.values.len() as u32 - 1)
     }
 
@@ -219,10 +196,7 @@ impl Lowerer {
     }
 
     fn bind(&mut self, name: &str, binding: Binding) {
-        self.scopes
-            .last_mut()
-            .expect("scope stack is never empty")
-            .insert(name.to_string(), binding);
+        self.scopes.last_mut().expect("scope stack is never empty").insert(name.to_string(), binding);
     }
 
     fn ty(&self, v: Value) -> Type {
@@ -239,16 +213,9 @@ impl Lowerer {
     fn stmt(&mut self, stmt: &Stmt, out: &mut Block, nesting: Nesting) -> Result<()> {
         let role = stmt.role;
         match &stmt.kind {
-            StmtKind::Let {
-                name,
-                mutable,
-                value,
-            } => {
+            StmtKind::Let { name, mutable, value } => {
                 if nesting == Nesting::Top {
-                    return err(
-                        stmt.span,
-                        "statements must be inside the `tiles(..)` work loop",
-                    );
+                    return err(stmt.span, "statements must be inside the `tiles(..)` work loop");
                 }
                 let aliases_existing = matches!(value.kind, ExprKind::Var(_));
                 let v = self.expr(value, out, role, name)?;
@@ -267,17 +234,12 @@ impl Lowerer {
             }
             StmtKind::Assign { name, value } => {
                 let Some(Binding::Value(var)) = self.lookup(name) else {
-                    return err(
-                        stmt.span,
-                        format!("cannot assign to `{name}`: not a local variable"),
-                    );
+                    return err(stmt.span, format!("cannot assign to `{name}`: not a local variable"));
                 };
                 if !self.values[var.index()].mutable {
                     return err(
                         stmt.span,
-                        format!(
-                            "cannot assign twice to immutable `{name}`; declare it with `let mut`"
-                        ),
+                        format!("cannot assign twice to immutable `{name}`; declare it with `let mut`"),
                     );
                 }
                 let v = self.expr(value, out, role, name)?;
@@ -285,35 +247,19 @@ impl Lowerer {
                 if want != got {
                     return err(
                         value.span,
-                        format!(
-                            "cannot assign {} to `{name}`, which is {}",
-                            describe(&got),
-                            describe(&want)
-                        ),
+                        format!("cannot assign {} to `{name}`, which is {}", describe(&got), describe(&want)),
                     );
                 }
-                out.insts.push(Inst {
-                    op: Op::Assign { dst: var, src: v },
-                    role,
-                    span: stmt.span,
-                });
+                out.insts.push(Inst { op: Op::Assign { dst: var, src: v }, role, span: stmt.span });
             }
-            StmtKind::Tiles {
-                vars,
-                extents,
-                body,
-            } => {
+            StmtKind::Tiles { vars, extents, body } => {
                 if nesting != Nesting::Top {
                     return err(stmt.span, "`tiles(..)` must be the outermost loop");
                 }
                 if vars.len() != extents.len() {
                     return err(
                         stmt.span,
-                        format!(
-                            "`tiles` binds {} variables but has {} extents",
-                            vars.len(),
-                            extents.len()
-                        ),
+                        format!("`tiles` binds {} variables but has {} extents", vars.len(), extents.len()),
                     );
                 }
                 self.scopes.push(HashMap::new());
@@ -321,14 +267,7 @@ impl Lowerer {
                 let mut loop_extents = vec![];
                 for (var, extent) in vars.iter().zip(extents) {
                     let e = self.extent(extent)?;
-                    let v = self.new_value(
-                        Type::Index {
-                            dim: e.dim,
-                            tile: e.per_tile,
-                        },
-                        var,
-                        false,
-                    );
+                    let v = self.new_value(Type::Index { dim: e.dim, tile: e.per_tile }, var, false);
                     self.bind(var, Binding::Value(v));
                     values.push(v);
                     loop_extents.push(e);
@@ -340,6 +279,7 @@ impl Lowerer {
                     op: Op::Tiles {
                         vars: values,
                         extents: loop_extents,
+                        schedule: TileSchedule::OnePerCta,
                         body: inner,
                     },
                     role,
@@ -355,14 +295,7 @@ impl Lowerer {
                 }
                 let e = self.extent(extent)?;
                 self.scopes.push(HashMap::new());
-                let v = self.new_value(
-                    Type::Index {
-                        dim: e.dim,
-                        tile: e.per_tile,
-                    },
-                    var,
-                    false,
-                );
+                let v = self.new_value(Type::Index { dim: e.dim, tile: e.per_tile }, var, false);
                 self.bind(var, Binding::Value(v));
                 let mut inner = Block::default();
                 self.block(body, &mut inner, Nesting::Pipeline)?;
@@ -371,7 +304,10 @@ impl Lowerer {
                     op: Op::Pipeline {
                         var: v,
                         extent: e,
+                        stages: 0,
+                        prologue: Block::default(),
                         body: inner,
+                        epilogue: Block::default(),
                     },
                     role,
                     span: stmt.span,
@@ -383,27 +319,15 @@ impl Lowerer {
                 }
                 let access = self.tile_access(target, true)?;
                 let src = self.expr(value, out, role, "out")?;
-                let want = Type::Frag {
-                    rows: TileDim::M,
-                    cols: TileDim::Head,
-                    elem: Elem::F32,
-                };
+                let want = Type::Frag { rows: TileDim::M, cols: TileDim::Head, elem: Elem::F32 };
                 if self.ty(src) != want {
                     return err(
                         value.span,
-                        format!(
-                            "`store` writes {} but got {}",
-                            describe(&want),
-                            describe(&self.ty(src))
-                        ),
+                        format!("`store` writes {} but got {}", describe(&want), describe(&self.ty(src))),
                     );
                 }
                 self.check_rows(target, &access, TileDim::M)?;
-                out.insts.push(Inst {
-                    op: Op::Store { dst: access, src },
-                    role,
-                    span: stmt.span,
-                });
+                out.insts.push(Inst { op: Op::Store { dst: access, src }, role, span: stmt.span });
             }
         }
         Ok(())
@@ -420,21 +344,13 @@ impl Lowerer {
                 ),
             );
         };
-        Ok(LoopExtent {
-            dim: RtDim(index as u32),
-            per_tile: extent.per_tile.map(tile_dim),
-        })
+        Ok(LoopExtent { dim: RtDim(index as u32), per_tile: extent.per_tile.map(tile_dim) })
     }
 
     fn tile_access(&mut self, target: &TileRef, write: bool) -> Result<TileAccess> {
         let param = match self.lookup(&target.tensor) {
             Some(Binding::Tensor(p)) => p,
-            _ => {
-                return err(
-                    target.span,
-                    format!("`{}` is not a tensor parameter", target.tensor),
-                )
-            }
+            _ => return err(target.span, format!("`{}` is not a tensor parameter", target.tensor)),
         };
         let Param::Tensor(tensor) = &self.params[param] else {
             unreachable!("tensor bindings point at tensor params")
@@ -442,19 +358,13 @@ impl Lowerer {
         if write && !tensor.writable {
             return err(
                 target.span,
-                format!(
-                    "`{}` is read-only; declare it as `TensorMut` to store into it",
-                    tensor.name
-                ),
+                format!("`{}` is read-only; declare it as `TensorMut` to store into it", tensor.name),
             );
         }
         if !write && tensor.writable {
             return err(
                 target.span,
-                format!(
-                    "`{}` is an output (`TensorMut`); kernels only store into it",
-                    tensor.name
-                ),
+                format!("`{}` is an output (`TensorMut`); kernels only store into it", tensor.name),
             );
         }
         if target.indices.len() != 3 {
@@ -489,7 +399,9 @@ impl Lowerer {
             if axis < 2 && tile.is_some() {
                 return err(
                     target.span,
-                    format!("index `{index}` walks tiles; axis {axis} of `{tensor_name}` takes a plain index"),
+                    format!(
+                        "index `{index}` walks tiles; axis {axis} of `{tensor_name}` takes a plain index"
+                    ),
                 );
             }
             if axis == 2 && tile.is_none() {
@@ -535,13 +447,7 @@ impl Lowerer {
 
     /// Lowers an expression, returning the value that holds its result. `name` names the values
     /// it creates (the `let` it initializes), so the text IR and the PTX read like the source.
-    fn expr(
-        &mut self,
-        expr: &Expr,
-        out: &mut Block,
-        role: Option<Role>,
-        name: &str,
-    ) -> Result<Value> {
+    fn expr(&mut self, expr: &Expr, out: &mut Block, role: Option<Role>, name: &str) -> Result<Value> {
         let span = expr.span;
         let value = match &expr.kind {
             ExprKind::Var(var) => match self.lookup(var) {
@@ -566,26 +472,14 @@ impl Lowerer {
             }
             ExprKind::Const(c) => {
                 let dst = self.new_value(Type::Scalar, name, false);
-                self.push(
-                    out,
-                    Op::Const {
-                        dst,
-                        value: c.value(),
-                    },
-                    role,
-                    span,
-                );
+                self.push(out, Op::Const { dst, value: c.value() }, role, span);
                 dst
             }
             ExprKind::Load(target) => {
                 let src = self.tile_access(target, false)?;
                 self.check_rows(target, &src, TileDim::M)?;
                 let dst = self.new_value(
-                    Type::Frag {
-                        rows: TileDim::M,
-                        cols: TileDim::Head,
-                        elem: Elem::F16,
-                    },
+                    Type::Frag { rows: TileDim::M, cols: TileDim::Head, elem: Elem::F16 },
                     name,
                     false,
                 );
@@ -595,26 +489,14 @@ impl Lowerer {
             ExprKind::Stage(target) => {
                 let src = self.tile_access(target, false)?;
                 let rows = self.access_rows(&src);
-                let dst = self.new_value(
-                    Type::Smem {
-                        rows,
-                        cols: TileDim::Head,
-                        transposed: false,
-                    },
-                    name,
-                    false,
-                );
+                let dst =
+                    self.new_value(Type::Smem { rows, cols: TileDim::Head, transposed: false }, name, false);
                 self.push(out, Op::Stage { dst, src }, role, span);
                 dst
             }
             ExprKind::Transpose(inner) => {
                 let src = self.expr(inner, out, role, name)?;
-                let Type::Smem {
-                    rows,
-                    cols,
-                    transposed,
-                } = self.ty(src)
-                else {
+                let Type::Smem { rows, cols, transposed } = self.ty(src) else {
                     return err(
                         span,
                         format!(
@@ -624,11 +506,7 @@ impl Lowerer {
                     );
                 };
                 let dst = self.new_value(
-                    Type::Smem {
-                        rows,
-                        cols,
-                        transposed: !transposed,
-                    },
+                    Type::Smem { rows, cols, transposed: !transposed },
                     &format!("{name}_t"),
                     false,
                 );
@@ -637,29 +515,14 @@ impl Lowerer {
             }
             ExprKind::ToF16(inner) => {
                 let src = self.expr(inner, out, role, name)?;
-                let Type::Frag {
-                    rows,
-                    cols,
-                    elem: Elem::F32,
-                } = self.ty(src)
-                else {
+                let Type::Frag { rows, cols, elem: Elem::F32 } = self.ty(src) else {
                     return err(
                         span,
-                        format!(
-                            "`.to_f16()` converts f32 register tiles, not {}",
-                            describe(&self.ty(src))
-                        ),
+                        format!("`.to_f16()` converts f32 register tiles, not {}", describe(&self.ty(src))),
                     );
                 };
-                let dst = self.new_value(
-                    Type::Frag {
-                        rows,
-                        cols,
-                        elem: Elem::F16,
-                    },
-                    &format!("{name}_f16"),
-                    false,
-                );
+                let dst =
+                    self.new_value(Type::Frag { rows, cols, elem: Elem::F16 }, &format!("{name}_f16"), false);
                 self.push(out, Op::ToF16 { dst, src }, role, span);
                 dst
             }
@@ -667,17 +530,13 @@ impl Lowerer {
                 let av = self.expr(a, out, role, &format!("{name}_a"))?;
                 let bv = self.expr(b, out, role, &format!("{name}_b"))?;
                 let (a_rows, a_cols) = match self.ty(av) {
-                    Type::Frag {
-                        rows,
-                        cols,
-                        elem: Elem::F16,
-                    } => (rows, cols),
-                    Type::Frag {
-                        elem: Elem::F32, ..
-                    } => return err(
-                        a.span,
-                        "the A operand of `mma` must be f16; convert the f32 tile with `.to_f16()`",
-                    ),
+                    Type::Frag { rows, cols, elem: Elem::F16 } => (rows, cols),
+                    Type::Frag { elem: Elem::F32, .. } => {
+                        return err(
+                            a.span,
+                            "the A operand of `mma` must be f16; convert the f32 tile with `.to_f16()`",
+                        )
+                    }
                     other => {
                         return err(
                             a.span,
@@ -714,11 +573,7 @@ impl Lowerer {
                         ),
                     );
                 }
-                let result = Type::Frag {
-                    rows: a_rows,
-                    cols: b_cols,
-                    elem: Elem::F32,
-                };
+                let result = Type::Frag { rows: a_rows, cols: b_cols, elem: Elem::F32 };
                 let acc_value = match acc {
                     None => None,
                     Some(acc) => {
@@ -737,34 +592,17 @@ impl Lowerer {
                     }
                 };
                 let dst = self.new_value(result, name, false);
-                self.push(
-                    out,
-                    Op::Mma {
-                        dst,
-                        a: av,
-                        b: bv,
-                        acc: acc_value,
-                    },
-                    role,
-                    span,
-                );
+                self.push(out, Op::Mma { dst, a: av, b: bv, acc: acc_value }, role, span);
                 dst
             }
             ExprKind::Exp2(inner) => {
                 let src = self.expr(inner, out, role, name)?;
                 match self.ty(src) {
-                    Type::Frag {
-                        elem: Elem::F32, ..
-                    }
-                    | Type::Row { .. }
-                    | Type::Scalar => {}
+                    Type::Frag { elem: Elem::F32, .. } | Type::Row { .. } | Type::Scalar => {}
                     other => {
                         return err(
                             span,
-                            format!(
-                                "`exp2` takes f32 tiles, rows or scalars, not {}",
-                                describe(&other)
-                            ),
+                            format!("`exp2` takes f32 tiles, rows or scalars, not {}", describe(&other)),
                         )
                     }
                 }
@@ -774,12 +612,7 @@ impl Lowerer {
             }
             ExprKind::RowReduce(op, inner) => {
                 let src = self.expr(inner, out, role, name)?;
-                let Type::Frag {
-                    rows,
-                    elem: Elem::F32,
-                    ..
-                } = self.ty(src)
-                else {
+                let Type::Frag { rows, elem: Elem::F32, .. } = self.ty(src) else {
                     return err(
                         span,
                         format!(
@@ -807,62 +640,25 @@ impl Lowerer {
                     Type::Row { .. } => 1,
                     _ => 2,
                 };
-                let (l, r, lt, rt) = if commutative && rank(&lt) < rank(&rt) {
-                    (r, l, rt, lt)
-                } else {
-                    (l, r, lt, rt)
-                };
+                let (l, r, lt, rt) =
+                    if commutative && rank(&lt) < rank(&rt) { (r, l, rt, lt) } else { (l, r, lt, rt) };
                 let ok = match (lt, rt) {
                     (Type::Scalar, Type::Scalar) => true,
                     (Type::Row { rows: a }, Type::Row { rows: b }) => a == b,
                     (Type::Row { .. }, Type::Scalar) => true,
-                    (
-                        Type::Frag {
-                            elem: Elem::F32, ..
-                        },
-                        Type::Scalar,
-                    ) => true,
-                    (
-                        Type::Frag {
-                            rows: a,
-                            elem: Elem::F32,
-                            ..
-                        },
-                        Type::Row { rows: b },
-                    ) => a == b,
-                    (
-                        Type::Frag {
-                            elem: Elem::F32, ..
-                        },
-                        Type::Frag {
-                            elem: Elem::F32, ..
-                        },
-                    ) => lt == rt,
+                    (Type::Frag { elem: Elem::F32, .. }, Type::Scalar) => true,
+                    (Type::Frag { rows: a, elem: Elem::F32, .. }, Type::Row { rows: b }) => a == b,
+                    (Type::Frag { elem: Elem::F32, .. }, Type::Frag { elem: Elem::F32, .. }) => lt == rt,
                     _ => false,
                 };
                 if !ok {
                     return err(
                         span,
-                        format!(
-                            "cannot {} {} and {}",
-                            op.name(),
-                            describe(&lt),
-                            describe(&rt)
-                        ),
+                        format!("cannot {} {} and {}", op.name(), describe(&lt), describe(&rt)),
                     );
                 }
                 let dst = self.new_value(lt, name, false);
-                self.push(
-                    out,
-                    Op::Binary {
-                        dst,
-                        op: *op,
-                        lhs: l,
-                        rhs: r,
-                    },
-                    role,
-                    span,
-                );
+                self.push(out, Op::Binary { dst, op: *op, lhs: l, rhs: r }, role, span);
                 dst
             }
             ExprKind::Fill { shape, value } => {
@@ -870,29 +666,20 @@ impl Lowerer {
                     ExprKind::Lit(x) => *x,
                     ExprKind::Const(c) => c.value(),
                     _ => {
+                        return err(value.span, "the fill value must be a constant (a literal or `NEG_INF`)")
+                    }
+                };
+                let axes = shape.iter().map(|a| self.shape_axis(a, span)).collect::<Result<Vec<_>>>()?;
+                let ty = match axes.as_slice() {
+                    [TileDim::M] => Type::Row { rows: TileDim::M },
+                    [TileDim::M, cols] => Type::Frag { rows: TileDim::M, cols: *cols, elem: Elem::F32 },
+                    _ => {
                         return err(
-                            value.span,
-                            "the fill value must be a constant (a literal or `NEG_INF`)",
+                            span,
+                            "register tiles are `[TILE_M]` (one value per row) or `[TILE_M, cols]`",
                         )
                     }
                 };
-                let axes = shape
-                    .iter()
-                    .map(|a| self.shape_axis(a, span))
-                    .collect::<Result<Vec<_>>>()?;
-                let ty =
-                    match axes.as_slice() {
-                        [TileDim::M] => Type::Row { rows: TileDim::M },
-                        [TileDim::M, cols] => Type::Frag {
-                            rows: TileDim::M,
-                            cols: *cols,
-                            elem: Elem::F32,
-                        },
-                        _ => return err(
-                            span,
-                            "register tiles are `[TILE_M]` (one value per row) or `[TILE_M, cols]`",
-                        ),
-                    };
                 let dst = self.new_value(ty, name, false);
                 self.push(out, Op::Fill { dst, value: fill }, role, span);
                 dst

@@ -31,13 +31,7 @@ pub enum Dim {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamDecl {
     /// `q: Tensor<f16, B, H, S, D>` (or `TensorMut` when `writable`).
-    Tensor {
-        name: String,
-        dtype: DType,
-        shape: Vec<Dim>,
-        writable: bool,
-        span: SpanId,
-    },
+    Tensor { name: String, dtype: DType, shape: Vec<Dim>, writable: bool, span: SpanId },
     /// `scale: f32`.
     Scalar { name: String, span: SpanId },
 }

@@ -13,6 +13,7 @@ pub fn verify(kernel: &Kernel) -> Result<(), VerifyError> {
         scopes: vec![vec![]],
         staged_unused: vec![],
         used: HashSet::new(),
+        pipelined: false,
     };
     v.block(&kernel.body, Where::Top)?;
     Ok(())
@@ -33,6 +34,8 @@ struct Verifier<'k> {
     scopes: Vec<Vec<Value>>,
     staged_unused: Vec<Value>,
     used: HashSet<Value>,
+    /// Whether the pipeline loop being checked has been through the pipeline pass.
+    pipelined: bool,
 }
 
 fn fail<T>(msg: String) -> Result<T, VerifyError> {
@@ -58,6 +61,13 @@ impl<'k> Verifier<'k> {
         Ok(())
     }
 
+    fn check_buffer(&self, b: BufferId) -> Result<(), VerifyError> {
+        match self.kernel.buffers.get(b.0 as usize) {
+            Some(buf) if buf.slots >= 1 => Ok(()),
+            _ => fail(format!("buffer {} does not exist", b.0)),
+        }
+    }
+
     fn block(&mut self, block: &Block, at: Where) -> Result<(), VerifyError> {
         self.scopes.push(vec![]);
         for inst in &block.insts {
@@ -72,24 +82,15 @@ impl<'k> Verifier<'k> {
     fn inst(&mut self, inst: &Inst, at: Where) -> Result<(), VerifyError> {
         for u in inst.op.uses() {
             if !self.defined.contains(&u) {
-                return fail(format!(
-                    "{} is used before it is defined (or out of its scope)",
-                    self.name(u)
-                ));
+                return fail(format!("{} is used before it is defined (or out of its scope)", self.name(u)));
             }
             self.used.insert(u);
         }
         let ty = |v: Value| self.kernel.ty(v);
         match &inst.op {
-            Op::Tiles {
-                vars,
-                extents,
-                body,
-            } => {
+            Op::Tiles { vars, extents, body, .. } => {
                 if at != Where::Top || vars.len() != extents.len() {
-                    return fail(
-                        "a tiles loop must be top level with one extent per variable".into(),
-                    );
+                    return fail("a tiles loop must be top level with one extent per variable".into());
                 }
                 self.scopes.push(vec![]);
                 for v in vars {
@@ -101,20 +102,22 @@ impl<'k> Verifier<'k> {
                 }
                 return Ok(());
             }
-            Op::Pipeline { var, body, .. } => {
+            Op::Pipeline { var, stages, prologue, body, epilogue, .. } => {
                 if at != Where::Tiles {
                     return fail("a pipeline loop must sit directly in the tiles loop".into());
                 }
+                if *stages == 0 && !(prologue.insts.is_empty() && epilogue.insts.is_empty()) {
+                    return fail("an unpipelined loop has no prologue or epilogue".into());
+                }
+                self.pipelined = *stages > 0;
                 self.scopes.push(vec![]);
                 self.define(*var)?;
                 let outer_staged = std::mem::take(&mut self.staged_unused);
+                self.block(prologue, Where::Pipeline)?;
                 self.block(body, Where::Pipeline)?;
-                let never_read: Vec<Value> = self
-                    .staged_unused
-                    .iter()
-                    .copied()
-                    .filter(|v| !self.used.contains(v))
-                    .collect();
+                self.block(epilogue, Where::Pipeline)?;
+                let never_read: Vec<Value> =
+                    self.staged_unused.iter().copied().filter(|v| !self.used.contains(v)).collect();
                 if let Some(v) = never_read.first() {
                     return fail(format!(
                         "stage {} is filled every iteration but never read: its cp.async group would never be waited for",
@@ -128,10 +131,26 @@ impl<'k> Verifier<'k> {
                 return Ok(());
             }
             Op::Stage { dst, .. } => {
-                if at != Where::Pipeline {
-                    return fail(format!("stage {} outside a pipeline loop", self.name(*dst)));
+                if at != Where::Pipeline || self.pipelined {
+                    return fail(format!("stage {} outside an unpipelined pipeline loop", self.name(*dst)));
                 }
                 self.staged_unused.push(*dst);
+            }
+            Op::StageView { dst, buffer, .. } => {
+                if at != Where::Pipeline || !self.pipelined {
+                    return fail(format!("view {} outside a pipelined loop", self.name(*dst)));
+                }
+                self.check_buffer(*buffer)?;
+                self.staged_unused.push(*dst);
+            }
+            Op::AsyncCopy { buffer, .. } => {
+                if at != Where::Pipeline || !self.pipelined {
+                    return fail("cp.async outside a pipelined loop".into());
+                }
+                self.check_buffer(*buffer)?;
+            }
+            Op::CommitGroup | Op::WaitGroup { .. } if at == Where::Top => {
+                return fail("cp.async group operations outside the work loop".into());
             }
             Op::Load { .. } | Op::Store { .. } if at != Where::Tiles => {
                 return fail("load/store must sit in the tiles loop body".into());
@@ -141,40 +160,18 @@ impl<'k> Verifier<'k> {
                     return fail(format!("assignment to immutable {}", self.name(*dst)));
                 }
                 if ty(*dst) != ty(*src) {
-                    return fail(format!(
-                        "assignment changes the type of {}",
-                        self.name(*dst)
-                    ));
+                    return fail(format!("assignment changes the type of {}", self.name(*dst)));
                 }
             }
             Op::Mma { dst, a, b, acc } => {
-                let (Some((ar, ak)), Some((bk, bn))) = (ty(*a).matrix_dims(), ty(*b).matrix_dims())
-                else {
+                let (Some((ar, ak)), Some((bk, bn))) = (ty(*a).matrix_dims(), ty(*b).matrix_dims()) else {
                     return fail(format!("mma {} has non-tile operands", self.name(*dst)));
                 };
-                let a_ok = matches!(
-                    ty(*a),
-                    Type::Frag {
-                        elem: Elem::F16,
-                        ..
-                    }
-                );
+                let a_ok = matches!(ty(*a), Type::Frag { elem: Elem::F16, .. });
                 let b_ok = matches!(ty(*b), Type::Smem { .. });
-                let want = Type::Frag {
-                    rows: ar,
-                    cols: bn,
-                    elem: Elem::F32,
-                };
-                if !a_ok
-                    || !b_ok
-                    || ak != bk
-                    || ty(*dst) != want
-                    || acc.is_some_and(|c| ty(c) != want)
-                {
-                    return fail(format!(
-                        "mma {} has mismatched operand types",
-                        self.name(*dst)
-                    ));
+                let want = Type::Frag { rows: ar, cols: bn, elem: Elem::F32 };
+                if !a_ok || !b_ok || ak != bk || ty(*dst) != want || acc.is_some_and(|c| ty(c) != want) {
+                    return fail(format!("mma {} has mismatched operand types", self.name(*dst)));
                 }
             }
             Op::Binary { dst, lhs, rhs, .. } => {
@@ -184,10 +181,7 @@ impl<'k> Verifier<'k> {
                     (l, r) => l == r && !matches!(l, Type::Index { .. } | Type::Smem { .. }),
                 };
                 if !ok || ty(*dst) != ty(*lhs) {
-                    return fail(format!(
-                        "binary {} has incompatible operands",
-                        self.name(*dst)
-                    ));
+                    return fail(format!("binary {} has incompatible operands", self.name(*dst)));
                 }
             }
             _ => {}

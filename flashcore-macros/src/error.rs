@@ -9,12 +9,7 @@ use flashcore_ir::{ConfigError, IrError};
 use crate::parse::{KernelAttr, KernelFn, SpanTable};
 
 /// Where an error found while lowering the declared config should point.
-pub fn to_syn_error(
-    err: &IrError,
-    spans: &SpanTable,
-    attr: &KernelAttr,
-    fallback: Span,
-) -> syn::Error {
+pub fn to_syn_error(err: &IrError, spans: &SpanTable, attr: &KernelAttr, fallback: Span) -> syn::Error {
     match err {
         IrError::Lower(e) => spans.error(e.span, fallback, &e.message),
         IrError::Config(ConfigError::Invalid { field, .. }) => {
@@ -23,7 +18,9 @@ pub fn to_syn_error(
                 None => syn::Error::new(fallback, err.to_string()),
             }
         }
-        IrError::Verify(_) => syn::Error::new(fallback, format!("internal compiler error: {err}")),
+        IrError::Verify(_) | IrError::UnknownPass(_) => {
+            syn::Error::new(fallback, format!("internal compiler error: {err}"))
+        }
     }
 }
 

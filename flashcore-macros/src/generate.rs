@@ -33,15 +33,9 @@ fn tile_const(t: TileConst) -> TokenStream {
 fn role(r: Option<Role>) -> TokenStream {
     match r {
         None => quote!(::std::option::Option::None),
-        Some(Role::Load) => quote!(::std::option::Option::Some(
-            ::flashcore::ir::source::Role::Load
-        )),
-        Some(Role::Compute) => quote!(::std::option::Option::Some(
-            ::flashcore::ir::source::Role::Compute
-        )),
-        Some(Role::Softmax) => quote!(::std::option::Option::Some(
-            ::flashcore::ir::source::Role::Softmax
-        )),
+        Some(Role::Load) => quote!(::std::option::Option::Some(::flashcore::ir::source::Role::Load)),
+        Some(Role::Compute) => quote!(::std::option::Option::Some(::flashcore::ir::source::Role::Compute)),
+        Some(Role::Softmax) => quote!(::std::option::Option::Some(::flashcore::ir::source::Role::Softmax)),
     }
 }
 
@@ -156,11 +150,7 @@ fn stmts(s: &[Stmt]) -> TokenStream {
 fn stmt(s: &Stmt) -> TokenStream {
     let p = quote!(::flashcore::ir::source);
     let kind = match &s.kind {
-        StmtKind::Let {
-            name,
-            mutable,
-            value,
-        } => {
+        StmtKind::Let { name, mutable, value } => {
             let (name, value) = (string(name), expr(value));
             quote!(#p::StmtKind::Let { name: #name, mutable: #mutable, value: #value })
         }
@@ -168,21 +158,13 @@ fn stmt(s: &Stmt) -> TokenStream {
             let (name, value) = (string(name), expr(value));
             quote!(#p::StmtKind::Assign { name: #name, value: #value })
         }
-        StmtKind::Tiles {
-            vars,
-            extents,
-            body,
-        } => {
+        StmtKind::Tiles { vars, extents, body } => {
             let vars = strings(vars);
             let extents = extents.iter().map(extent);
             let body = stmts(body);
             quote!(#p::StmtKind::Tiles { vars: #vars, extents: ::std::vec![#(#extents),*], body: #body })
         }
-        StmtKind::Pipeline {
-            var,
-            extent: e,
-            body,
-        } => {
+        StmtKind::Pipeline { var, extent: e, body } => {
             let (var, e, body) = (string(var), extent(e), stmts(body));
             quote!(#p::StmtKind::Pipeline { var: #var, extent: #e, body: #body })
         }
@@ -203,13 +185,7 @@ fn program(prog: &Program) -> TokenStream {
             let (name, span) = (string(name), span_id(*span));
             quote!(#p::ParamDecl::Scalar { name: #name, span: #span })
         }
-        ParamDecl::Tensor {
-            name,
-            dtype: DType::F16,
-            shape,
-            writable,
-            span,
-        } => {
+        ParamDecl::Tensor { name, dtype: DType::F16, shape, writable, span } => {
             let (name, span) = (string(name), span_id(*span));
             let dims = shape.iter().map(|d| match d {
                 Dim::Sym(s) => {
@@ -232,14 +208,15 @@ fn program(prog: &Program) -> TokenStream {
 }
 
 fn config(c: &Config) -> TokenStream {
-    let Config {
-        tile_m,
-        tile_n,
-        head_dim,
-        stages,
-        warps,
-    } = *c;
-    quote!(::flashcore::Config { tile_m: #tile_m, tile_n: #tile_n, head_dim: #head_dim, stages: #stages, warps: #warps })
+    let Config { tile_m, tile_n, head_dim, stages, warps, persistent } = *c;
+    quote!(::flashcore::Config {
+        tile_m: #tile_m,
+        tile_n: #tile_n,
+        head_dim: #head_dim,
+        stages: #stages,
+        warps: #warps,
+        persistent: #persistent,
+    })
 }
 
 /// The expansion of a checked kernel.
@@ -256,17 +233,12 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
     for p in &f.params {
         let ident = &p.name;
         match &p.ty {
-            RawType::Tensor {
-                writable: false, ..
-            } => {
-                launch_params
-                    .push(quote!(#ident: &::flashcore::runtime::DeviceTensor<::flashcore::f16>));
+            RawType::Tensor { writable: false, .. } => {
+                launch_params.push(quote!(#ident: &::flashcore::runtime::DeviceTensor<::flashcore::f16>));
                 launch_args.push(quote!(::flashcore::Arg::Tensor(#ident)));
             }
             RawType::Tensor { writable: true, .. } => {
-                launch_params.push(
-                    quote!(#ident: &mut ::flashcore::runtime::DeviceTensor<::flashcore::f16>),
-                );
+                launch_params.push(quote!(#ident: &mut ::flashcore::runtime::DeviceTensor<::flashcore::f16>));
                 launch_args.push(quote!(::flashcore::Arg::TensorMut(#ident)));
             }
             RawType::Scalar(_) => {
@@ -298,9 +270,14 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
                 #program
             }
 
-            /// The tile-level IR for `config`.
+            /// The tile-level IR for `config`, after every pass (what the code generator sees).
             pub fn ir(config: &::flashcore::Config) -> ::std::result::Result<::flashcore::ir::Kernel, ::flashcore::Error> {
-                ::flashcore::lower(&Self::program(), config)
+                ::std::result::Result::Ok(Self::compile(config)?.kernel.clone())
+            }
+
+            /// The IR after `stage`: `"lower"` or a pass name (`"pipeline"`, `"persist"`).
+            pub fn ir_after(config: &::flashcore::Config, stage: &str) -> ::std::result::Result<::flashcore::ir::Kernel, ::flashcore::Error> {
+                ::flashcore::ir_after(&Self::program(), config, stage)
             }
 
             /// The PTX for `config`.

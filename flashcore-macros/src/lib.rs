@@ -14,10 +14,7 @@ pub fn flash_kernel(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(attr.into(), item.into()).into()
 }
 
-fn expand(
-    attr: proc_macro2::TokenStream,
-    item: proc_macro2::TokenStream,
-) -> proc_macro2::TokenStream {
+fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
     let f: parse::KernelFn = match syn::parse2(item) {
         Ok(f) => f,
         Err(e) => return error::fallback(e, None),
@@ -32,7 +29,8 @@ fn expand(
         Err(e) => return error::fallback(e, Some(&f)),
     };
     // Lower for the declared config now, so mistakes surface as compile errors with spans.
-    let kernel = match flashcore_ir::lower(&program, &attr.config) {
+    let lowered = flashcore_ir::lower(&program, &attr.config).and_then(flashcore_ir::passes::run_all);
+    let kernel = match lowered {
         Ok(k) => k,
         Err(e) => {
             let err = error::to_syn_error(&e, &spans, &attr, f.name.span());

@@ -43,18 +43,31 @@ impl Parse for KernelAttr {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let mut config = Config::default();
         let mut field_spans = vec![];
-        let items = Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated(input)?;
+        let items = Punctuated::<syn::Meta, Token![,]>::parse_terminated(input)?;
         for item in items {
-            let key = item
-                .path
-                .get_ident()
-                .map(|i| i.to_string())
-                .unwrap_or_default();
+            let key = item.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
+            // `persistent` or `persistent = true/false`.
+            if key == "persistent" {
+                config.persistent = match &item {
+                    syn::Meta::Path(_) => true,
+                    syn::Meta::NameValue(syn::MetaNameValue {
+                        value: syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }),
+                        ..
+                    }) => b.value,
+                    other => {
+                        return Err(syn::Error::new_spanned(
+                            other,
+                            "expected `persistent` or `persistent = true|false`",
+                        ))
+                    }
+                };
+                continue;
+            }
+            let syn::Meta::NameValue(item) = item else {
+                return Err(syn::Error::new_spanned(item, "expected `name = value`"));
+            };
             let value = match &item.value {
-                syn::Expr::Lit(syn::ExprLit {
-                    lit: syn::Lit::Int(i),
-                    ..
-                }) => i.base10_parse::<u32>()?,
+                syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => i.base10_parse::<u32>()?,
                 other => return Err(syn::Error::new_spanned(other, "expected an integer")),
             };
             let (field, slot): (&'static str, &mut u32) = match key.as_str() {
@@ -66,17 +79,14 @@ impl Parse for KernelAttr {
                 _ => {
                     return Err(syn::Error::new_spanned(
                         &item.path,
-                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps"),
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, persistent"),
                     ))
                 }
             };
             *slot = value;
             field_spans.push((field, item.to_token_stream()));
         }
-        Ok(KernelAttr {
-            config,
-            field_spans,
-        })
+        Ok(KernelAttr { config, field_spans })
     }
 }
 
@@ -91,11 +101,7 @@ pub struct KernelFn {
 }
 
 pub enum RawType {
-    Tensor {
-        writable: bool,
-        dtype: syn::Ident,
-        dims: Vec<RawDim>,
-    },
+    Tensor { writable: bool, dtype: syn::Ident, dims: Vec<RawDim> },
     Scalar(syn::Ident),
 }
 
@@ -132,19 +138,11 @@ impl Parse for RawParam {
                 }
                 let close = input.parse::<Token![>]>()?;
                 last = close.to_token_stream();
-                RawType::Tensor {
-                    writable: kind == "TensorMut",
-                    dtype,
-                    dims,
-                }
+                RawType::Tensor { writable: kind == "TensorMut", dtype, dims }
             }
             _ => RawType::Scalar(kind),
         };
-        Ok(RawParam {
-            tokens: quote::quote!(#name #last),
-            name,
-            ty,
-        })
+        Ok(RawParam { tokens: quote::quote!(#name #last), name, ty })
     }
 }
 
@@ -156,22 +154,11 @@ impl Parse for KernelFn {
         let name: syn::Ident = input.parse()?;
         let content;
         parenthesized!(content in input);
-        let params = Punctuated::<RawParam, Token![,]>::parse_terminated(&content)?
-            .into_iter()
-            .collect();
+        let params = Punctuated::<RawParam, Token![,]>::parse_terminated(&content)?.into_iter().collect();
         let body_content;
         let brace = braced!(body_content in input);
         let stmts = body_content.call(syn::Block::parse_within)?;
-        Ok(KernelFn {
-            vis,
-            name,
-            params,
-            body: syn::Block {
-                brace_token: brace,
-                stmts,
-            },
-            attrs,
-        })
+        Ok(KernelFn { vis, name, params, body: syn::Block { brace_token: brace, stmts }, attrs })
     }
 }
 
@@ -233,21 +220,14 @@ impl Converter<'_> {
             });
         }
         let body = self.stmts(&f.body.stmts, None)?;
-        Ok(Program {
-            name: f.name.to_string(),
-            params,
-            body,
-        })
+        Ok(Program { name: f.name.to_string(), params, body })
     }
 
     fn role(&mut self, attrs: &[syn::Attribute], outer: Option<Role>) -> R<Option<Role>> {
         let mut role = outer;
         for attr in attrs {
             if !attr.path().is_ident("role") {
-                return error(
-                    attr,
-                    "only `#[role(..)]` annotations are allowed inside a kernel",
-                );
+                return error(attr, "only `#[role(..)]` annotations are allowed inside a kernel");
             }
             let ident: syn::Ident = attr.parse_args()?;
             let Some(r) = Role::from_name(&ident.to_string()) else {
@@ -351,10 +331,7 @@ impl Converter<'_> {
 
     fn for_loop(&mut self, f: &syn::ExprForLoop, role: Option<Role>, span: SpanId) -> R<Stmt> {
         let syn::Expr::Call(call) = &*f.expr else {
-            return error(
-                &f.expr,
-                "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`",
-            );
+            return error(&f.expr, "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`");
         };
         let kind = match callee(call).as_deref() {
             Some("tiles") => {
@@ -362,24 +339,13 @@ impl Converter<'_> {
                     syn::Pat::Tuple(t) => t.elems.iter().map(pat_ident).collect::<R<Vec<_>>>()?,
                     p => vec![pat_ident(p)?],
                 };
-                let extents = call
-                    .args
-                    .iter()
-                    .map(|a| self.extent(a))
-                    .collect::<R<Vec<_>>>()?;
-                StmtKind::Tiles {
-                    vars,
-                    extents,
-                    body: self.stmts(&f.body.stmts, role)?,
-                }
+                let extents = call.args.iter().map(|a| self.extent(a)).collect::<R<Vec<_>>>()?;
+                StmtKind::Tiles { vars, extents, body: self.stmts(&f.body.stmts, role)? }
             }
             Some("pipeline") => {
                 let var = pat_ident(&f.pat)?;
                 let [syn::Expr::Range(range)] = call.args.iter().collect::<Vec<_>>()[..] else {
-                    return error(
-                        call,
-                        "`pipeline` takes one range: `pipeline(0..S / TILE_N)`",
-                    );
+                    return error(call, "`pipeline` takes one range: `pipeline(0..S / TILE_N)`");
                 };
                 let starts_at_zero = matches!(range.start.as_deref(), Some(syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. })) if i.base10_digits() == "0");
                 let (true, Some(end), syn::RangeLimits::HalfOpen(_)) =
@@ -387,18 +353,9 @@ impl Converter<'_> {
                 else {
                     return error(range, "`pipeline` loops run over `0..n`");
                 };
-                StmtKind::Pipeline {
-                    var,
-                    extent: self.extent(end)?,
-                    body: self.stmts(&f.body.stmts, role)?,
-                }
+                StmtKind::Pipeline { var, extent: self.extent(end)?, body: self.stmts(&f.body.stmts, role)? }
             }
-            _ => {
-                return error(
-                    &f.expr,
-                    "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`",
-                )
-            }
+            _ => return error(&f.expr, "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`"),
         };
         Ok(Stmt { kind, role, span })
     }
@@ -406,11 +363,7 @@ impl Converter<'_> {
     fn extent(&mut self, e: &syn::Expr) -> R<Extent> {
         let span = self.spans.add(e);
         match e {
-            syn::Expr::Path(p) => Ok(Extent {
-                dim: path_ident(p)?.to_string(),
-                per_tile: None,
-                span,
-            }),
+            syn::Expr::Path(p) => Ok(Extent { dim: path_ident(p)?.to_string(), per_tile: None, span }),
             syn::Expr::Binary(b) if matches!(b.op, syn::BinOp::Div(_)) => {
                 let (syn::Expr::Path(dim), syn::Expr::Path(tile)) = (&*b.left, &*b.right) else {
                     return error(e, "extents are `DIM` or `DIM / TILE_M` / `DIM / TILE_N`");
@@ -420,11 +373,7 @@ impl Converter<'_> {
                     "TILE_N" => TileConst::N,
                     _ => return error(tile, "extents divide by `TILE_M` or `TILE_N`"),
                 };
-                Ok(Extent {
-                    dim: path_ident(dim)?.to_string(),
-                    per_tile: Some(per_tile),
-                    span,
-                })
+                Ok(Extent { dim: path_ident(dim)?.to_string(), per_tile: Some(per_tile), span })
             }
             _ => error(e, "extents are `DIM` or `DIM / TILE_M` / `DIM / TILE_N`"),
         }
@@ -449,11 +398,7 @@ impl Converter<'_> {
                 other => error(other, "tile indices are loop variables"),
             })
             .collect::<R<Vec<_>>>()?;
-        Ok(TileRef {
-            tensor: path_ident(tensor)?.to_string(),
-            indices,
-            span,
-        })
+        Ok(TileRef { tensor: path_ident(tensor)?.to_string(), indices, span })
     }
 
     fn shape(&mut self, e: &syn::Expr) -> R<Vec<ShapeAxis>> {
@@ -490,18 +435,9 @@ impl Converter<'_> {
                 }
             }
             syn::Expr::Lit(l) => ExprKind::Lit(lit_f32(&l.lit)?),
-            syn::Expr::Unary(syn::ExprUnary {
-                op: syn::UnOp::Neg(_),
-                expr,
-                ..
-            }) => match &**expr {
+            syn::Expr::Unary(syn::ExprUnary { op: syn::UnOp::Neg(_), expr, .. }) => match &**expr {
                 syn::Expr::Lit(l) => ExprKind::Lit(-lit_f32(&l.lit)?),
-                other => {
-                    return error(
-                        other,
-                        "only literals can be negated; use `NEG_INF` for -inf",
-                    )
-                }
+                other => return error(other, "only literals can be negated; use `NEG_INF` for -inf"),
             },
             syn::Expr::Binary(b) => {
                 let op = match b.op {
@@ -520,10 +456,12 @@ impl Converter<'_> {
                 match m.method.to_string().as_str() {
                     "t" => ExprKind::Transpose(boxed(self, &m.receiver)?),
                     "to_f16" => ExprKind::ToF16(boxed(self, &m.receiver)?),
-                    "tile" => return error(
-                        m,
-                        "a tile must be loaded first: `load(q.tile(..))` or `stage(k.tile(..))`",
-                    ),
+                    "tile" => {
+                        return error(
+                            m,
+                            "a tile must be loaded first: `load(q.tile(..))` or `stage(k.tile(..))`",
+                        )
+                    }
                     other => {
                         return error(
                             &m.method,
@@ -545,10 +483,7 @@ impl Converter<'_> {
                             c,
                             format!(
                                 "`{name}` takes {} argument(s), found {}",
-                                n.iter()
-                                    .map(|x| x.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(" or "),
+                                n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" or "),
                                 args.len()
                             ),
                         )
@@ -580,11 +515,7 @@ impl Converter<'_> {
                     }
                     "row_max" | "row_sum" => {
                         arity(&[1])?;
-                        let op = if name == "row_max" {
-                            ReduceOp::Max
-                        } else {
-                            ReduceOp::Sum
-                        };
+                        let op = if name == "row_max" { ReduceOp::Max } else { ReduceOp::Sum };
                         ExprKind::RowReduce(op, boxed(self, args[0])?)
                     }
                     "max" => {
@@ -593,20 +524,14 @@ impl Converter<'_> {
                     }
                     "fill" => {
                         arity(&[2])?;
-                        ExprKind::Fill {
-                            shape: self.shape(args[0])?,
-                            value: boxed(self, args[1])?,
-                        }
+                        ExprKind::Fill { shape: self.shape(args[0])?, value: boxed(self, args[1])? }
                     }
                     "zeros" => {
                         arity(&[1])?;
                         let zero_span = self.spans.add(c);
                         ExprKind::Fill {
                             shape: self.shape(args[0])?,
-                            value: Box::new(Expr {
-                                kind: ExprKind::Lit(0.0),
-                                span: zero_span,
-                            }),
+                            value: Box::new(Expr { kind: ExprKind::Lit(0.0), span: zero_span }),
                         }
                     }
                     "store" => return error(c, "`store(..)` is a statement, not a value"),
@@ -632,9 +557,7 @@ fn callee(c: &syn::ExprCall) -> Option<String> {
 }
 
 fn path_ident(p: &syn::ExprPath) -> R<&syn::Ident> {
-    p.path
-        .get_ident()
-        .ok_or_else(|| syn::Error::new_spanned(p, "expected a plain name"))
+    p.path.get_ident().ok_or_else(|| syn::Error::new_spanned(p, "expected a plain name"))
 }
 
 fn pat_ident(p: &syn::Pat) -> R<String> {

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
 
 pub use half::f16;
 
@@ -26,26 +24,14 @@ pub enum RuntimeError {
     NoDevice { ordinal: usize, count: i32 },
     #[error("CUDA driver call `{call}` failed: {message}")]
     Driver { call: &'static str, message: String },
-    #[error("kernel `{kernel}` needs {requested} bytes of shared memory per CTA; this device allows {limit}")]
-    SharedMemory {
-        kernel: String,
-        requested: u32,
-        limit: u32,
-    },
+    #[error("kernel `{kernel}` needs {requested} bytes of shared memory per CTA; this device allows {limit} ({} bytes over)", requested - limit)]
+    SharedMemory { kernel: String, requested: u32, limit: u32 },
     #[error("kernel `{kernel}` needs {requested} threads per CTA; this device allows {limit}")]
-    Threads {
-        kernel: String,
-        requested: u32,
-        limit: u32,
-    },
+    Threads { kernel: String, requested: u32, limit: u32 },
     #[error("the GPU did not finish within {seconds:.1} s (a hung kernel?): {context}")]
     Timeout { seconds: f64, context: String },
     #[error("buffer of {got} elements does not match shape {shape:?} ({expected} elements)")]
-    Length {
-        shape: Vec<usize>,
-        expected: usize,
-        got: usize,
-    },
+    Length { shape: Vec<usize>, expected: usize, got: usize },
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
@@ -58,10 +44,7 @@ fn driver<T>(
 ) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(RuntimeError::Driver {
-            call,
-            message: e.to_string(),
-        }),
+        Ok(Err(e)) => Err(RuntimeError::Driver { call, message: e.to_string() }),
         Err(panic) => Err(RuntimeError::Driver {
             call,
             message: panic
@@ -171,16 +154,10 @@ impl Device {
             max_shared_per_block: attr(
                 CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )? as u32,
-            max_threads_per_block: attr(
-                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
-            )? as u32,
+            max_threads_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?
+                as u32,
         };
-        Ok(Device {
-            ctx,
-            stream,
-            info,
-            kernels: Mutex::new(HashMap::new()),
-        })
+        Ok(Device { ctx, stream, info, kernels: Mutex::new(HashMap::new()) })
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -191,17 +168,10 @@ impl Device {
     pub fn upload(&self, data: &[f16], shape: &[usize]) -> Result<DeviceTensor<f16>> {
         let expected: usize = shape.iter().product();
         if expected != data.len() {
-            return Err(RuntimeError::Length {
-                shape: shape.to_vec(),
-                expected,
-                got: data.len(),
-            });
+            return Err(RuntimeError::Length { shape: shape.to_vec(), expected, got: data.len() });
         }
         let buf = driver("cuMemcpyHtoD", || self.stream.clone_htod(data))?;
-        Ok(DeviceTensor {
-            data: buf,
-            shape: shape.to_vec(),
-        })
+        Ok(DeviceTensor { data: buf, shape: shape.to_vec() })
     }
 
     /// A new device tensor of `shape` with every element set to `value` (use NaN to poison
@@ -234,10 +204,8 @@ impl Device {
                 limit: self.info.max_threads_per_block,
             });
         }
-        let module = driver("cuModuleLoadData", || {
-            self.ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(image.ptx))
-        })?;
+        let module =
+            driver("cuModuleLoadData", || self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(image.ptx)))?;
         let function = driver("cuModuleGetFunction", || module.load_function(image.entry))?;
         // Set once after load, not before every launch.
         driver("cuFuncSetAttribute", || {
@@ -249,6 +217,19 @@ impl Device {
         let loaded = Arc::new(LoadedKernel { function });
         cache.insert(image.key, loaded.clone());
         Ok(loaded)
+    }
+
+    /// How many CTAs of `image` fit on one SM at once, given its registers, threads and shared
+    /// memory (the driver's occupancy calculator).
+    pub fn ctas_per_sm(&self, image: &KernelImage) -> Result<u32> {
+        let kernel = self.load(image)?;
+        driver("cuOccupancyMaxActiveBlocksPerMultiprocessor", || {
+            kernel.function.occupancy_max_active_blocks_per_multiprocessor(
+                image.threads_per_cta,
+                image.shared_bytes as usize,
+                None,
+            )
+        })
     }
 
     /// Enqueues `image` on `grid` CTAs. Asynchronous: call [`Device::synchronize`] to wait.
@@ -290,9 +271,7 @@ impl Device {
         };
         // SAFETY: the arguments match the entry's parameters in order and type: the caller
         // (flashcore's launcher) derives both from the same IR.
-        driver("cuLaunchKernel", || {
-            unsafe { builder.launch(cfg) }.map(|_| ())
-        })
+        driver("cuLaunchKernel", || unsafe { builder.launch(cfg) }.map(|_| ()))
     }
 
     /// A scratch buffer of `bytes` for [`Device::flush_l2`].
@@ -304,18 +283,12 @@ impl Device {
     /// and, while the GPU is busy with it, lets the host enqueue the next timed launch, so an
     /// event pair around that launch measures the kernel and not the host's launch latency.
     pub fn flush_l2(&self, buffer: &mut L2Flush) -> Result<()> {
-        driver("cuMemsetD8Async", || {
-            self.stream.memset_zeros(&mut buffer.0)
-        })
+        driver("cuMemsetD8Async", || self.stream.memset_zeros(&mut buffer.0))
     }
 
     /// Records an event on the stream (for timing).
     pub fn record(&self) -> Result<Event> {
-        driver("cuEventRecord", || {
-            self.stream
-                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        })
-        .map(Event)
+        driver("cuEventRecord", || self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))).map(Event)
     }
 
     /// Waits for all enqueued work, at most `timeout`; a hang becomes `RuntimeError::Timeout`

@@ -7,29 +7,11 @@ pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
     let base = flashcore::kernels::attention::CONFIG;
     vec![
         ("d64", base),
-        (
-            "d128",
-            Config {
-                head_dim: 128,
-                ..base
-            },
-        ),
-        (
-            "d64_m128_w8",
-            Config {
-                tile_m: 128,
-                warps: 8,
-                ..base
-            },
-        ),
-        (
-            "d64_m128_w4_n32",
-            Config {
-                tile_m: 128,
-                tile_n: 32,
-                warps: 4,
-                ..base
-            },
-        ),
+        ("d128", Config { head_dim: 128, ..base }),
+        ("d64_m128_w8", Config { tile_m: 128, warps: 8, ..base }),
+        ("d64_m128_w4_n32", Config { tile_m: 128, tile_n: 32, warps: 4, ..base }),
+        ("d64_s2", Config { stages: 2, ..base }),
+        ("d64_s3_persistent", Config { stages: 3, persistent: true, ..base }),
+        ("d128_s2", Config { head_dim: 128, stages: 2, ..base }),
     ]
 }

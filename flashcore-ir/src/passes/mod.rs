@@ -1,0 +1,37 @@
+//! The IR passes and their driver. Each pass is one module with one entry function
+//! `run(Kernel) -> Result<Kernel, IrError>`; the driver runs them in order and verifies the IR
+//! after each one, so a pass that breaks an invariant is caught where it did.
+
+pub mod persist;
+pub mod pipeline;
+
+use crate::error::IrError;
+use crate::kernel::Kernel;
+use crate::verify::verify;
+
+type Pass = fn(Kernel) -> Result<Kernel, IrError>;
+
+/// The passes, in the order they run.
+pub const PASSES: [(&str, Pass); 2] = [("pipeline", pipeline::run), ("persist", persist::run)];
+
+/// Runs every pass up to and including `last` (all of them when `None`), verifying after each.
+pub fn run_until(mut kernel: Kernel, last: Option<&str>) -> Result<Kernel, IrError> {
+    if let Some(name) = last {
+        if !PASSES.iter().any(|(n, _)| *n == name) {
+            return Err(IrError::UnknownPass(name.to_string()));
+        }
+    }
+    for (name, pass) in PASSES {
+        kernel = pass(kernel)?;
+        verify(&kernel)?;
+        if Some(name) == last {
+            break;
+        }
+    }
+    Ok(kernel)
+}
+
+/// Runs all passes.
+pub fn run_all(kernel: Kernel) -> Result<Kernel, IrError> {
+    run_until(kernel, None)
+}
