@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --s 512 --d 64 --seed N]
 //!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
-//!  [--tile-m 64 --tile-n 64 --warps 4 --stages 1 --persistent] [--ptx]`
+//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --stages 1 --persistent] [--ptx]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,7 @@ struct Options {
     show_ptx: bool,
     tile_m: Option<u32>,
     stages: Option<u32>,
+    load_warps: Option<u32>,
     persistent: bool,
     tile_n: Option<u32>,
     warps: Option<u32>,
@@ -58,6 +59,7 @@ fn parse_args() -> Result<Options, String> {
         show_ptx: false,
         tile_m: None,
         stages: None,
+        load_warps: None,
         persistent: false,
         tile_n: None,
         warps: None,
@@ -84,6 +86,7 @@ fn parse_args() -> Result<Options, String> {
             "--warps" => o.warps = Some(number(value()?)? as u32),
             "--stages" => o.stages = Some(number(value()?)? as u32),
             "--persistent" => o.persistent = true,
+            "--load-warps" => o.load_warps = Some(number(value()?)? as u32),
             "--ptx" => o.show_ptx = true,
             "--help" | "-h" => {
                 println!(
@@ -112,6 +115,7 @@ fn config_for(o: &Options, d: usize) -> Config {
         tile_n: o.tile_n.unwrap_or(base.tile_n),
         warps: o.warps.unwrap_or(base.warps),
         stages: o.stages.unwrap_or(base.stages),
+        load_warps: o.load_warps.unwrap_or(base.load_warps),
         persistent: o.persistent || base.persistent,
         ..base
     }
@@ -340,6 +344,27 @@ fn main() -> ExitCode {
         }
         Ok(None) => vec![random_inputs([o.b, o.h, o.s, o.d], &mut rng)],
     };
+    let cfg = config_for(&o, o.d);
+    match attention::compile(&cfg).map_err(|e| e.to_string()).and_then(|k| {
+        let image = flashcore::runtime::KernelImage {
+            key: k.key,
+            ptx: &k.ptx.text,
+            entry: &k.ptx.entry,
+            shared_bytes: k.ptx.shared_bytes,
+            threads_per_cta: k.ptx.threads_per_cta,
+        };
+        device
+            .ctas_per_sm(&image)
+            .map(|n| (n, k.ptx.threads_per_cta, k.ptx.shared_bytes))
+            .map_err(|e| e.to_string())
+    }) {
+        Ok((n, threads, smem)) => {
+            println!(
+                "config: {cfg}; {threads} threads and {smem} bytes of shared memory per CTA, {n} CTAs per SM"
+            )
+        }
+        Err(e) => println!("config: {cfg}; error: {e}"),
+    }
     println!(
         "{:>4} {:>4} {:>6} {:>4}  {:>10} {:>10} {:>13}  {:>10} {:>9}",
         "B", "H", "S", "D", "rel_err", "max_abs", "rows checked", "median_us", "TFLOP/s"

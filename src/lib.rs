@@ -179,7 +179,7 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
             }
         }
     }
-    let mut work_items = 1u64;
+    let mut work_items: Option<u64> = None;
     let mut failure = None;
     kernel.walk(&mut |inst| {
         let extents: Vec<ir::kernel::LoopExtent> = match &inst.op {
@@ -200,17 +200,18 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
                 }
             }
         }
-        if let Op::Tiles { .. } = inst.op {
-            for e in &extents {
-                let size = dims[e.dim.0 as usize];
-                work_items *= size / e.per_tile.map_or(1, |t| t.size(&kernel.config) as u64);
-            }
+        // Every role group walks the same work items: count them once, from the first loop.
+        if let (Op::Tiles { .. }, None) = (&inst.op, work_items) {
+            let items = extents.iter().map(|e| {
+                dims[e.dim.0 as usize] / e.per_tile.map_or(1, |t| t.size(&kernel.config) as u64)
+            });
+            work_items = Some(items.product::<u64>());
         }
     });
     if let Some(message) = failure {
         return Err(bad("(shapes)", message));
     }
-    Ok(Binding { dims: dims.iter().map(|d| *d as u32).collect(), work_items })
+    Ok(Binding { dims: dims.iter().map(|d| *d as u32).collect(), work_items: work_items.unwrap_or(0) })
 }
 
 /// Binds `args` to `kernel`'s parameters and enqueues it: one CTA per work item of the

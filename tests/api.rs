@@ -53,7 +53,8 @@ fn invalid_run_time_configs_name_the_field() {
         (Config { tile_n: 8, ..attention::CONFIG }, "tile_n = 8"),
         (Config { head_dim: 80, ..attention::CONFIG }, "head_dim = 80"),
         (Config { warps: 0, ..attention::CONFIG }, "warps = 0"),
-        (Config { stages: 3, ..attention::CONFIG }, "stages = 3"),
+        (Config { stages: 5, ..attention::CONFIG }, "stages = 5"),
+        (Config { load_warps: 9, ..attention::CONFIG }, "load_warps = 9"),
     ] {
         let err = attention::ptx(&config).unwrap_err().to_string();
         assert!(err.contains(want), "expected `{want}` in: {err}");
@@ -74,7 +75,7 @@ fn opening_a_device_never_panics() {
 
 #[test]
 fn ir_text_shows_roles_and_layouts() {
-    let text = attention::ir(&attention::CONFIG).unwrap().to_string();
+    let text = attention::ir_after(&attention::CONFIG, "lower").unwrap().to_string();
     assert!(text.contains("@load %ks.8: smem<f16>[TILE_N, D] = stage k[%b.0, %h.1, %kt.7]"), "{text}");
     assert!(text.contains("pipeline %kt.7 in 0..S/TILE_N {"), "{text}");
 }

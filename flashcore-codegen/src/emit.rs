@@ -18,6 +18,7 @@ pub const SMEM_SYMBOL: &str = "flashcore_smem";
 
 /// Per-thread registers computed once in the prologue.
 struct ThreadRegs {
+    warp: String,
     lane: String,
     /// lane / 4 and lane % 4: a thread's row and column pair inside an mma fragment.
     group: String,
@@ -28,8 +29,14 @@ struct ThreadRegs {
     /// Per ldmatrix pattern: (byte offset of the lane's row, chunk bit ^ swizzle key).
     ldmatrix: HashMap<LdmatrixPattern, (String, String)>,
     /// Copy decomposition: this thread's first row and its chunk within a row.
-    copy_row: String,
-    copy_chunk: String,
+    thread: String,
+}
+
+/// The threads that share a copy: each thread's index among them, and how many there are.
+#[derive(Clone, Debug, Default)]
+struct Team {
+    index: String,
+    threads: u32,
 }
 
 /// A tile in shared memory: its byte offset from the shared window (an immediate or a
@@ -50,11 +57,11 @@ pub struct Emitter<'k> {
     tensor_ptrs: Vec<Option<String>>,
     dim_regs: Vec<String>,
     t: Option<ThreadRegs>,
+    /// The threads that copy ring tiles in the code being emitted (all of them, or the
+    /// producer warps of a warp-specialized kernel).
+    team: Team,
     /// Trip count register of the pipeline loop being emitted.
     pipeline_count: Option<String>,
-    /// True when some warp may still read the row-tile region (so the next writer must wait for
-    /// a CTA barrier first).
-    row_tile_in_use: bool,
 }
 
 fn f32_hex(x: f32) -> String {
@@ -78,7 +85,7 @@ impl<'k> Emitter<'k> {
             dim_regs: vec![],
             t: None,
             pipeline_count: None,
-            row_tile_in_use: false,
+            team: Team::default(),
         }
     }
 
@@ -97,7 +104,7 @@ impl<'k> Emitter<'k> {
         }
         let ty = self.kernel.ty(v);
         let class = match ty {
-            Type::Index { .. } => RegClass::B32,
+            Type::Index { .. } | Type::Counter => RegClass::B32,
             Type::Frag { elem: Elem::F16, .. } => RegClass::B32,
             _ => RegClass::F32,
         };
@@ -106,11 +113,6 @@ impl<'k> Emitter<'k> {
         let fam = self.w.family(class, prefix, len);
         self.regs.insert(v, fam.clone());
         fam
-    }
-
-    fn sync_cta(&mut self) {
-        self.w.ins("bar.sync 0");
-        self.row_tile_in_use = false;
     }
 
     // ---------------------------------------------------------------------------------------
@@ -219,13 +221,9 @@ impl<'k> Emitter<'k> {
             ldmatrix.insert(p, (off, key));
         }
 
-        let cpr = chunks_per_row(&self.cfg);
-        let copy_row = self.w.named(RegClass::B32, "%copy_row");
-        let copy_chunk = self.w.named(RegClass::B32, "%copy_chunk");
-        self.w.ins(format!("div.u32 {copy_row}, {thread}, {cpr}"));
-        self.w.ins(format!("rem.u32 {copy_chunk}, {thread}, {cpr}"));
         self.w.blank();
-        self.t = Some(ThreadRegs { lane, group, quad_lane, smem, warp_row0, ldmatrix, copy_row, copy_chunk });
+        self.t = Some(ThreadRegs { warp, thread, lane, group, quad_lane, smem, warp_row0, ldmatrix });
+        self.team = Team { index: self.th().thread.clone(), threads: self.cfg.threads() };
         decls
     }
 
@@ -253,8 +251,32 @@ impl<'k> Emitter<'k> {
             Op::Stage { .. } => {
                 Err(CodegenError::Internal("a `stage` reached codegen: the pipeline pass has not run".into()))
             }
-            Op::StageView { dst, buffer, src } => self.stage_view(*dst, *buffer, src),
-            Op::AsyncCopy { buffer, src, ahead } => self.async_copy(*buffer, src, *ahead),
+            Op::StageView { dst, buffer, slot, .. } => self.stage_view(*dst, *buffer, *slot),
+            Op::AsyncCopy { buffer, src, ahead, slot } => self.async_copy(*buffer, src, *ahead, *slot),
+            Op::InitBarriers => self.init_barriers(),
+            Op::Roles { groups } => self.role_groups(groups),
+            Op::CounterInit { dst } => {
+                let r = self.regs_of(*dst).at(0);
+                self.w.ins(format!("mov.u32 {r}, 0"));
+                Ok(())
+            }
+            Op::CounterNext { dst } => {
+                let r = self.regs_of(*dst).at(0);
+                self.w.ins(format!("add.u32 {r}, {r}, 1"));
+                Ok(())
+            }
+            Op::MbarWait { ring, iter, flip } => self.mbar_wait(*ring, *iter, *flip),
+            Op::MbarArrive { ring, iter } => {
+                let addr = self.mbar_address(*ring, *iter);
+                let state = self.w.temp(RegClass::B64);
+                self.w.ins(format!("mbarrier.arrive.shared.b64 {state}, [{addr}]"));
+                Ok(())
+            }
+            Op::MbarArriveAsync { ring, iter } => {
+                let addr = self.mbar_address(*ring, *iter);
+                self.w.ins(format!("cp.async.mbarrier.arrive.noinc.shared.b64 [{addr}]"));
+                Ok(())
+            }
             Op::CommitGroup => {
                 self.w.ins("cp.async.commit_group");
                 Ok(())
@@ -265,7 +287,6 @@ impl<'k> Emitter<'k> {
             }
             Op::Barrier { id } => {
                 self.w.ins(format!("bar.sync {id}"));
-                self.row_tile_in_use = false;
                 Ok(())
             }
             Op::ScalarParam { dst, param } => {
@@ -345,7 +366,7 @@ impl<'k> Emitter<'k> {
         for c in &counts {
             self.w.ins(format!("mul.lo.u32 {total}, {total}, {c}"));
         }
-        let work = self.w.named(RegClass::B32, "%work");
+        let work = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {work}, %ctaid.x"));
         let (top, end) = (self.w.label("tiles"), self.w.label("tiles_end"));
         self.w.place_label(&top);
@@ -365,8 +386,6 @@ impl<'k> Emitter<'k> {
             }
         }
         self.block(body)?;
-        self.w.comment("end of work item: every warp is done with shared memory");
-        self.sync_cta();
         let grid = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {grid}, %nctaid.x"));
         self.w.ins(format!("add.u32 {work}, {work}, {grid}"));
@@ -439,28 +458,45 @@ impl<'k> Emitter<'k> {
         }
     }
 
-    /// All threads copy a `[rows][D]` tile from `global` into the buffer at `smem_offset` with
-    /// 16-byte cp.async (the chunk index swizzled by row % 8).
-    fn copy_tile_async(&mut self, global: &str, smem_offset: &str, rows: u32) {
+    /// `team` copies rows `first_row .. first_row + rows` of a `[.][D]` tile from `global` (the
+    /// tile's first row) into the same rows of the buffer at `smem_offset`, with 16-byte
+    /// cp.async, the chunk index swizzled by row % 8.
+    fn copy_tile_async(
+        &mut self,
+        global: &str,
+        smem_offset: &str,
+        first_row: Option<&str>,
+        rows: u32,
+        team: &Team,
+    ) {
         let cfg = self.cfg;
-        let (cpr, rb, threads) = (chunks_per_row(&cfg), row_bytes(&cfg), cfg.threads());
-        let rows_per_pass = threads / cpr;
-        let passes = (rows * cpr).div_ceil(threads);
-        let (copy_row, copy_chunk, smem) = {
-            let t = self.th();
-            (t.copy_row.clone(), t.copy_chunk.clone(), t.smem.clone())
-        };
+        let (cpr, rb) = (chunks_per_row(&cfg), row_bytes(&cfg));
+        let rows_per_pass = team.threads / cpr;
+        let passes = (rows * cpr).div_ceil(team.threads);
+        let smem = self.th().smem.clone();
+        let (team_row, chunk) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("div.u32 {team_row}, {}, {cpr}", team.index));
+        self.w.ins(format!("rem.u32 {chunk}, {}, {cpr}", team.index));
         let chunk_bytes = self.w.temp(RegClass::B32);
-        self.w.ins(format!("shl.b32 {chunk_bytes}, {copy_chunk}, 4"));
+        self.w.ins(format!("shl.b32 {chunk_bytes}, {chunk}, 4"));
         for pass in 0..passes {
-            let row = self.w.temp(RegClass::B32);
-            self.w.ins(format!("add.u32 {row}, {copy_row}, {}", pass * rows_per_pass));
+            // Row within the copied range, then within the tile.
+            let local = self.w.temp(RegClass::B32);
+            self.w.ins(format!("add.u32 {local}, {team_row}, {}", pass * rows_per_pass));
             let guard = if (pass + 1) * rows_per_pass > rows {
                 let p = self.w.temp(RegClass::Pred);
-                self.w.ins(format!("setp.lt.u32 {p}, {row}, {rows}"));
+                self.w.ins(format!("setp.lt.u32 {p}, {local}, {rows}"));
                 format!("@{p} ")
             } else {
                 String::new()
+            };
+            let row = match first_row {
+                Some(first) => {
+                    let r = self.w.temp(RegClass::B32);
+                    self.w.ins(format!("add.u32 {r}, {local}, {first}"));
+                    r
+                }
+                None => local,
             };
             // global: row * row_bytes + chunk * 16
             let goff = self.w.temp(RegClass::B32);
@@ -471,7 +507,7 @@ impl<'k> Emitter<'k> {
             // shared: row * row_bytes + ((chunk ^ (row % 8)) * 16)
             let swz = self.w.temp(RegClass::B32);
             self.w.ins(format!("and.b32 {swz}, {row}, 7"));
-            self.w.ins(format!("xor.b32 {swz}, {swz}, {copy_chunk}"));
+            self.w.ins(format!("xor.b32 {swz}, {swz}, {chunk}"));
             self.w.ins(format!("shl.b32 {swz}, {swz}, 4"));
             let saddr = self.w.temp(RegClass::B32);
             self.w.ins(format!("mad.lo.u32 {saddr}, {row}, {rb}, {swz}"));
@@ -516,56 +552,54 @@ impl<'k> Emitter<'k> {
         self.plan.row_tile_region.ok_or_else(|| CodegenError::Internal("no row-tile region planned".into()))
     }
 
-    /// Q tile to A-operand fragments: copy into the row-tile region, wait, then ldmatrix.
+    /// Q tile to A-operand fragments. Each warp copies only the rows it owns into the row-tile
+    /// region, waits for its own copies, and loads its fragments: no other warp is involved, so
+    /// a warp barrier suffices.
     fn load_to_registers(&mut self, dst: Value, src: &TileAccess) -> Result<(), CodegenError> {
-        let region = self.row_tile_offset()?;
-        if self.row_tile_in_use {
-            self.sync_cta();
-        }
+        let region = self.row_tile_offset()?.to_string();
         let rows = self.tile_rows(src);
         let global = self.tile_address(src, rows, None);
-        self.copy_tile_async(&global, &region.to_string(), rows);
+        let (warp_row0, lane) = (self.th().warp_row0.clone(), self.th().lane.clone());
+        let lanes = Team { index: lane, threads: 32 };
+        self.copy_tile_async(&global, &region, Some(&warp_row0), self.cfg.rows_per_warp(), &lanes);
         self.w.ins("cp.async.commit_group");
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
         self.w.ins("cp.async.wait_group 0");
-        self.sync_cta();
+        self.w.ins("bar.warp.sync 0xffffffff");
         let fam = self.regs_of(dst);
         let Type::Frag { cols, elem, .. } = self.kernel.ty(dst) else {
             return Err(CodegenError::Internal("load into a non-fragment".into()));
         };
         let shape = frag_shape(&self.cfg, cols, elem);
-        let warp_row0 = self.th().warp_row0.clone();
         for mf in 0..shape.mfrags {
             let row0 = self.w.temp(RegClass::B32);
             self.w.ins(format!("add.u32 {row0}, {warp_row0}, {}", mf * 16));
             for kk in 0..shape.col_blocks {
-                let addr =
-                    self.ldmatrix_address(LdmatrixPattern::A, &region.to_string(), &row0, 2 * kk as u32);
+                let addr = self.ldmatrix_address(LdmatrixPattern::A, &region, &row0, 2 * kk as u32);
                 let regs = [0, 1, 2, 3].map(|i| fam.at(shape.a(mf, kk, i)));
                 self.ldmatrix_x4(LdmatrixPattern::A, regs, &addr);
             }
         }
-        self.row_tile_in_use = true;
         Ok(())
     }
 
     /// The slot of `buffer` that holds this iteration's tile: `(iteration % slots) * slot_bytes`
     /// past the buffer's offset.
-    fn stage_view(&mut self, dst: Value, buffer: BufferId, src: &TileAccess) -> Result<(), CodegenError> {
-        let offset = self.slot_offset(buffer, src, 0);
+    fn stage_view(&mut self, dst: Value, buffer: BufferId, slot: Value) -> Result<(), CodegenError> {
+        let offset = self.slot_offset(buffer, slot, 0);
         self.tiles.insert(dst, SmemTile { offset, transposed: false });
         Ok(())
     }
 
     /// Byte offset (an operand) of the slot of `buffer` for the iteration `ahead` after `src`'s.
-    fn slot_offset(&mut self, buffer: BufferId, src: &TileAccess, ahead: u32) -> String {
+    fn slot_offset(&mut self, buffer: BufferId, slot_counter: Value, ahead: u32) -> String {
         let b = buffer.0 as usize;
         let (base, slot_bytes) = (self.plan.buffer_offsets[b], self.plan.slot_bytes[b]);
         let slots = self.kernel.buffers[b].slots;
         if slots == 1 {
             return base.to_string();
         }
-        let iteration = self.regs_of(src.coords[2]).at(0);
+        let iteration = self.regs_of(slot_counter).at(0);
         let slot = self.w.temp(RegClass::B32);
         if ahead > 0 {
             self.w.ins(format!("add.u32 {slot}, {iteration}, {ahead}"));
@@ -577,9 +611,106 @@ impl<'k> Emitter<'k> {
         slot
     }
 
+    /// Shared address of mbarrier `ring[iter % slots]`.
+    fn mbar_address(&mut self, ring: MbarRingId, iter: Value) -> String {
+        let r = ring.0 as usize;
+        let (base, slots) = (self.plan.mbarrier_offsets[r], self.kernel.mbarriers[r].slots);
+        let it = self.regs_of(iter).at(0);
+        let smem = self.th().smem.clone();
+        let addr = self.w.temp(RegClass::B32);
+        self.w.ins(format!("rem.u32 {addr}, {it}, {slots}"));
+        self.w.ins(format!("mad.lo.u32 {addr}, {addr}, 8, {base}"));
+        self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
+        addr
+    }
+
+    /// Spin until the phase of `ring[iter % slots]` with parity `(iter / slots) & 1 (^ 1)` has
+    /// completed (`mbarrier.test_wait.parity`; `try_wait` is sm_90 only).
+    fn mbar_wait(&mut self, ring: MbarRingId, iter: Value, flip: bool) -> Result<(), CodegenError> {
+        let addr = self.mbar_address(ring, iter);
+        let slots = self.kernel.mbarriers[ring.0 as usize].slots;
+        let it = self.regs_of(iter).at(0);
+        let parity = self.w.temp(RegClass::B32);
+        self.w.ins(format!("div.u32 {parity}, {it}, {slots}"));
+        self.w.ins(format!("and.b32 {parity}, {parity}, 1"));
+        if flip {
+            self.w.ins(format!("xor.b32 {parity}, {parity}, 1"));
+        }
+        let done = self.w.temp(RegClass::Pred);
+        let spin = self.w.label("mbar_wait");
+        self.w.place_label(&spin);
+        self.w.ins(format!("mbarrier.test_wait.parity.shared.b64 {done}, [{addr}], {parity}"));
+        let ready = self.w.label("mbar_ready");
+        self.w.ins(format!("@{done} bra {ready}"));
+        // Back off so spinning warps leave issue slots to the warps doing the work.
+        self.w.ins("nanosleep.u32 20");
+        self.w.ins(format!("bra {spin}"));
+        self.w.place_label(&ready);
+        Ok(())
+    }
+
+    /// Thread 0 initializes every mbarrier with its expected arrival count; a CTA barrier makes
+    /// the initialization visible before any warp uses them.
+    fn init_barriers(&mut self) -> Result<(), CodegenError> {
+        let (thread, smem) = (self.th().thread.clone(), self.th().smem.clone());
+        let not_first = self.w.temp(RegClass::Pred);
+        let skip = self.w.label("init_done");
+        self.w.ins(format!("setp.ne.u32 {not_first}, {thread}, 0"));
+        self.w.ins(format!("@{not_first} bra {skip}"));
+        for (r, ring) in self.kernel.mbarriers.iter().enumerate() {
+            for slot in 0..ring.slots {
+                let addr = self.w.temp(RegClass::B32);
+                self.w.ins(format!("add.u32 {addr}, {smem}, {}", self.plan.mbarrier_offsets[r] + 8 * slot));
+                self.w.ins(format!("mbarrier.init.shared.b64 [{addr}], {}", ring.count));
+            }
+        }
+        self.w.place_label(&skip);
+        self.w.ins("bar.sync 0");
+        Ok(())
+    }
+
+    /// Each role group runs its body on its warps; the branch is warp-uniform. Inside a group,
+    /// ring copies are shared among the group's threads.
+    fn role_groups(&mut self, groups: &[RoleGroup]) -> Result<(), CodegenError> {
+        let (warp, thread) = (self.th().warp.clone(), self.th().thread.clone());
+        let end = self.w.label("roles_end");
+        for g in groups {
+            let roles: Vec<&str> = g.roles.iter().map(|r| r.name()).collect();
+            self.w.comment(format!(
+                "role group {}: warps {}..{}",
+                roles.join(" + "),
+                g.first_warp,
+                g.first_warp + g.warps
+            ));
+            let next = self.w.label("next_group");
+            let outside = self.w.temp(RegClass::Pred);
+            let rel = self.w.temp(RegClass::B32);
+            self.w.ins(format!("sub.u32 {rel}, {warp}, {}", g.first_warp));
+            self.w.ins(format!("setp.ge.u32 {outside}, {rel}, {}", g.warps));
+            self.w.ins(format!("@{outside} bra.uni {next}"));
+            self.w.indent();
+            let index = self.w.temp(RegClass::B32);
+            self.w.ins(format!("sub.u32 {index}, {thread}, {}", g.first_warp * 32));
+            let saved = std::mem::replace(&mut self.team, Team { index, threads: g.warps * 32 });
+            self.block(&g.body)?;
+            self.team = saved;
+            self.w.ins(format!("bra.uni {end}"));
+            self.w.dedent();
+            self.w.place_label(&next);
+        }
+        self.w.place_label(&end);
+        Ok(())
+    }
+
     /// cp.async of the tile `ahead` iterations on into its slot, skipped (uniformly) past the
     /// end of the loop. The group is committed by the following `CommitGroup` either way.
-    fn async_copy(&mut self, buffer: BufferId, src: &TileAccess, ahead: u32) -> Result<(), CodegenError> {
+    fn async_copy(
+        &mut self,
+        buffer: BufferId,
+        src: &TileAccess,
+        ahead: u32,
+        slot: Value,
+    ) -> Result<(), CodegenError> {
         let count = self
             .pipeline_count
             .clone()
@@ -598,8 +729,9 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("@{past_end} bra.uni {skip}"));
         let rows = self.tile_rows(src);
         let global = self.tile_address(src, rows, Some(&seq));
-        let offset = self.slot_offset(buffer, src, ahead);
-        self.copy_tile_async(&global, &offset, rows);
+        let offset = self.slot_offset(buffer, slot, ahead);
+        let team = self.team.clone();
+        self.copy_tile_async(&global, &offset, None, rows, &team);
         self.w.place_label(&skip);
         Ok(())
     }
@@ -774,9 +906,6 @@ impl<'k> Emitter<'k> {
             return Err(CodegenError::Unsupported("stores of dtypes other than f16".into()));
         }
         let region = self.row_tile_offset()?;
-        if self.row_tile_in_use {
-            self.sync_cta();
-        }
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("store of a non-fragment".into()));
         };
@@ -850,7 +979,6 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
             self.w.ins(format!("{guard}st.global.v4.b32 [{gaddr}], {{{}}}", v.join(", ")));
         }
-        self.row_tile_in_use = true;
         Ok(())
     }
 }

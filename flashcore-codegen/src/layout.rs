@@ -61,7 +61,7 @@ pub fn frag_shape(cfg: &Config, cols: TileDim, elem: Elem) -> FragShape {
 /// values that live outside registers (shared-memory tiles).
 pub fn register_count(cfg: &Config, ty: &Type) -> Option<usize> {
     match *ty {
-        Type::Index { .. } | Type::Scalar => Some(1),
+        Type::Index { .. } | Type::Scalar | Type::Counter => Some(1),
         Type::Row { .. } => Some(mfrags(cfg) * 2),
         Type::Frag { cols, elem, .. } => Some(frag_shape(cfg, cols, elem).regs()),
         Type::Smem { .. } => None,

@@ -18,6 +18,8 @@ pub struct SmemPlan {
     pub buffer_offsets: Vec<u32>,
     /// Bytes of one slot of each ring buffer.
     pub slot_bytes: Vec<u32>,
+    /// Offset of each mbarrier ring (8 bytes a barrier).
+    pub mbarrier_offsets: Vec<u32>,
     pub total_bytes: u32,
 }
 
@@ -29,6 +31,7 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         next = offset + bytes;
         offset
     };
+    let mbarrier_offsets = kernel.mbarriers.iter().map(|r| alloc(8 * r.slots)).collect();
     let mut needs_row_tile = false;
     kernel.walk(&mut |inst| {
         if matches!(inst.op, Op::Load { .. } | Op::Store { .. }) {
@@ -39,5 +42,5 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     let slot_bytes: Vec<u32> = kernel.buffers.iter().map(|b| b.rows.size(cfg) * row_bytes(cfg)).collect();
     let buffer_offsets =
         kernel.buffers.iter().zip(&slot_bytes).map(|(b, bytes)| alloc(bytes * b.slots)).collect();
-    SmemPlan { row_tile_region, buffer_offsets, slot_bytes, total_bytes: next }
+    SmemPlan { row_tile_region, buffer_offsets, slot_bytes, mbarrier_offsets, total_bytes: next }
 }

@@ -28,15 +28,19 @@ pub struct Config {
     pub head_dim: u32,
     /// Shared-memory buffers per staged tile of the pipelined loop.
     pub stages: u32,
-    /// Warps per CTA; every role runs on all of them (warp specialization comes with its pass).
+    /// Compute warps per CTA; each owns `tile_m / warps` rows of the Q/O tile.
     pub warps: u32,
     /// Persistent CTAs: as many as fit on the device at once, each looping over work items.
     pub persistent: bool,
+    /// Warps that only copy K/V tiles (producers, the `load` role). 0: every role runs on the
+    /// `warps` compute warps; otherwise the warp-specialize pass gives `load` statements to
+    /// these extra warps, synchronized with the compute warps through mbarriers.
+    pub load_warps: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { tile_m: 64, tile_n: 64, head_dim: 64, stages: 1, warps: 4, persistent: false }
+        Config { tile_m: 64, tile_n: 64, head_dim: 64, stages: 1, warps: 4, persistent: false, load_warps: 0 }
     }
 }
 
@@ -46,8 +50,9 @@ impl Config {
         self.tile_m / self.warps
     }
 
+    /// Threads per CTA: compute warps plus load warps.
     pub fn threads(&self) -> u32 {
-        self.warps * 32
+        (self.warps + self.load_warps) * 32
     }
 
     /// Checks the rules that make a configuration compilable. Each error names the field.
@@ -85,6 +90,9 @@ impl Config {
                 format!("must be a positive multiple of {MMA_K} (the mma K that P·V consumes), at most 256"),
             );
         }
+        if self.load_warps > 8 || self.warps + self.load_warps > 16 {
+            return bad("load_warps", self.load_warps, "at most 8, and at most 16 warps in all".into());
+        }
         if !(1..=MAX_STAGES).contains(&self.stages) {
             return bad("stages", self.stages, format!("must be between 1 and {MAX_STAGES}"));
         }
@@ -96,12 +104,13 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
             self.stages,
             self.warps,
+            if self.load_warps > 0 { format!(" load_warps={}", self.load_warps) } else { String::new() },
             if self.persistent { " persistent" } else { "" }
         )
     }

@@ -33,6 +33,7 @@ impl fmt::Display for Type {
                 cols.symbol()
             ),
             Type::Row { rows } => write!(f, "row<f32>[{}]", rows.symbol()),
+            Type::Counter => f.write_str("counter"),
         }
     }
 }
@@ -73,22 +74,35 @@ impl Printer<'_> {
             Op::Const { dst, value } => format!("{} = const {value:?}", self.def(*dst)),
             Op::Load { dst, src } => format!("{} = load {}", self.def(*dst), self.access(src)),
             Op::Stage { dst, src } => format!("{} = stage {}", self.def(*dst), self.access(src)),
-            Op::StageView { dst, buffer, src } => format!(
+            Op::StageView { dst, buffer, src, slot } => format!(
                 "{} = view {}[{} % {}] ({})",
                 self.def(*dst),
                 self.buffer(*buffer),
-                self.v(*src.coords.last().expect("tile coords")),
+                self.v(*slot),
                 self.kernel.buffers[buffer.0 as usize].slots,
                 self.access(src)
             ),
-            Op::AsyncCopy { buffer, src, ahead } => {
-                let iteration = self.v(*src.coords.last().expect("tile coords"));
-                format!(
-                    "cp.async {}[({iteration} + {ahead}) % {}] <- {} + {ahead}",
-                    self.buffer(*buffer),
-                    self.kernel.buffers[buffer.0 as usize].slots,
-                    self.access(src)
-                )
+            Op::AsyncCopy { buffer, src, ahead, slot } => format!(
+                "cp.async {}[({} + {ahead}) % {}] <- {} + {ahead}",
+                self.buffer(*buffer),
+                self.v(*slot),
+                self.kernel.buffers[buffer.0 as usize].slots,
+                self.access(src)
+            ),
+            Op::InitBarriers => "init_barriers".to_string(),
+            Op::Roles { .. } => "roles {".to_string(),
+            Op::CounterInit { dst } => format!("{} = counter 0", self.def(*dst)),
+            Op::CounterNext { dst } => format!("{} += 1", self.v(*dst)),
+            Op::MbarWait { ring, iter, flip } => format!(
+                "wait {} parity ({} / {}) & 1{}",
+                self.ring(*ring, *iter),
+                self.v(*iter),
+                self.kernel.mbarriers[ring.0 as usize].slots,
+                if *flip { " ^ 1" } else { "" }
+            ),
+            Op::MbarArrive { ring, iter } => format!("arrive {}", self.ring(*ring, *iter)),
+            Op::MbarArriveAsync { ring, iter } => {
+                format!("arrive {} when this thread's cp.async copies land", self.ring(*ring, *iter))
             }
             Op::CommitGroup => "commit_group".to_string(),
             Op::WaitGroup { younger } => format!("wait_group {younger}"),
@@ -140,6 +154,11 @@ impl Printer<'_> {
         format!("{role}{text}")
     }
 
+    fn ring(&self, r: MbarRingId, iter: Value) -> String {
+        let ring = &self.kernel.mbarriers[r.0 as usize];
+        format!("${}[{} % {}]", ring.name, self.v(iter), ring.slots)
+    }
+
     fn buffer(&self, b: BufferId) -> String {
         format!("@{}", self.kernel.buffers[b.0 as usize].name)
     }
@@ -150,6 +169,21 @@ impl Printer<'_> {
             writeln!(out, "{pad}{}", self.line(inst))?;
             match &inst.op {
                 Op::Tiles { body, .. } => self.block(out, body, depth + 1)?,
+                Op::Roles { groups } => {
+                    let inner = "  ".repeat(depth + 1);
+                    for g in groups {
+                        let roles: Vec<&str> = g.roles.iter().map(|r| r.name()).collect();
+                        writeln!(
+                            out,
+                            "{inner}group {} (warps {}..{}) {{",
+                            roles.join(" + "),
+                            g.first_warp,
+                            g.first_warp + g.warps
+                        )?;
+                        self.block(out, &g.body, depth + 2)?;
+                        writeln!(out, "{inner}}}")?;
+                    }
+                }
                 Op::Pipeline { prologue, body, epilogue, .. } => {
                     let inner = "  ".repeat(depth + 1);
                     if !prologue.insts.is_empty() {
@@ -205,6 +239,9 @@ impl fmt::Display for Kernel {
         let dims: Vec<String> = self.dims.iter().enumerate().map(|(i, d)| format!("dim{i}={d}")).collect();
         writeln!(out, "  dims {}", dims.join(" "))?;
         writeln!(out, "  config {}", self.config)?;
+        for r in &self.mbarriers {
+            writeln!(out, "  mbarrier ${}: x {}, {} arrivals per phase", r.name, r.slots, r.count)?;
+        }
         for b in &self.buffers {
             writeln!(out, "  buffer @{}: smem<f16>[{}, D] x {}", b.name, b.rows.symbol(), b.slots)?;
         }

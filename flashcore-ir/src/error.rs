@@ -37,6 +37,6 @@ pub enum IrError {
     Lower(#[from] LowerError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error("no pass is named `{0}` (passes: pipeline, persist)")]
+    #[error("no pass is named `{0}` (passes: pipeline, persist, warp_specialize)")]
     UnknownPass(String),
 }

@@ -70,6 +70,8 @@ pub enum Type {
     Frag { rows: TileDim, cols: TileDim, elem: Elem },
     /// One f32 per row of a `[rows][..]` tile.
     Row { rows: TileDim },
+    /// A u32 iteration counter, uniform across the warps of a role.
+    Counter,
 }
 
 impl Type {
@@ -137,6 +139,27 @@ pub struct Buffer {
     pub slots: u32,
 }
 
+/// Handle of a ring of mbarriers in [`Kernel::mbarriers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MbarRingId(pub u32);
+
+/// `slots` mbarriers, one per pipeline stage, each expecting `count` arrivals per phase.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MbarRing {
+    pub name: String,
+    pub slots: u32,
+    pub count: u32,
+}
+
+/// Warps `first_warp .. first_warp + warps`, running the statements of `roles`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoleGroup {
+    pub roles: Vec<Role>,
+    pub first_warp: u32,
+    pub warps: u32,
+    pub body: Block,
+}
+
 /// How work items of the `tiles` loop map onto CTAs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileSchedule {
@@ -164,13 +187,31 @@ pub enum Op {
     /// Global tile to a shared-memory stage (before the pipeline pass; it replaces each with
     /// the explicit copies, groups and waits below).
     Stage { dst: Value, src: TileAccess },
-    /// After the pipeline pass: `dst` names the slot of `buffer` that holds this iteration's
-    /// tile (`src`, the tile it holds).
-    StageView { dst: Value, buffer: BufferId, src: TileAccess },
+    /// After the pipeline pass: `dst` names the slot `slot % slots` of `buffer`, which holds
+    /// this iteration's tile (`src`). `slot` counts iterations (the loop variable, or a counter
+    /// that runs on across work items).
+    StageView { dst: Value, buffer: BufferId, src: TileAccess, slot: Value },
     /// cp.async of the tile `ahead` iterations after the current one (`src` names the current
-    /// one) into its slot of `buffer`. Past the end of the loop nothing is copied, but the
-    /// group is still committed, so wait counts stay the same in every iteration.
-    AsyncCopy { buffer: BufferId, src: TileAccess, ahead: u32 },
+    /// one) into slot `(slot + ahead) % slots` of `buffer`. Past the end of the loop nothing is
+    /// copied, but a following commit still closes a group, so wait counts stay the same.
+    AsyncCopy { buffer: BufferId, src: TileAccess, ahead: u32, slot: Value },
+    /// Initialize every mbarrier of [`Kernel::mbarriers`] (one thread), then a CTA barrier,
+    /// before the warps split into roles.
+    InitBarriers,
+    /// Warp specialization: each group of warps runs its own body.
+    Roles { groups: Vec<RoleGroup> },
+    /// `dst = 0`: a counter of pipeline iterations across work items (mutable).
+    CounterInit { dst: Value },
+    /// `dst += 1`.
+    CounterNext { dst: Value },
+    /// Spin until the phase of mbarrier `ring[iter % slots]` with parity
+    /// `(iter / slots) & 1`, flipped when `flip`, has completed.
+    MbarWait { ring: MbarRingId, iter: Value, flip: bool },
+    /// Every thread of the group arrives once on `ring[iter % slots]`.
+    MbarArrive { ring: MbarRingId, iter: Value },
+    /// Every thread's cp.async copies issued so far arrive on `ring[iter % slots]` when they
+    /// complete (`cp.async.mbarrier.arrive.noinc`: the arrival is one of the expected ones).
+    MbarArriveAsync { ring: MbarRingId, iter: Value },
     /// Close the current cp.async group.
     CommitGroup,
     /// Wait until at most `younger` committed groups are still in flight.
@@ -208,6 +249,7 @@ impl Op {
     pub fn blocks(&self) -> Vec<&Block> {
         match self {
             Op::Tiles { body, .. } => vec![body],
+            Op::Roles { groups } => groups.iter().map(|g| &g.body).collect(),
             Op::Pipeline { prologue, body, epilogue, .. } => vec![prologue, body, epilogue],
             _ => vec![],
         }
@@ -221,6 +263,7 @@ impl Op {
             | Op::Load { dst, .. }
             | Op::Stage { dst, .. }
             | Op::StageView { dst, .. }
+            | Op::CounterInit { dst }
             | Op::Transpose { dst, .. }
             | Op::Mma { dst, .. }
             | Op::Exp2 { dst, .. }
@@ -235,7 +278,13 @@ impl Op {
             | Op::AsyncCopy { .. }
             | Op::CommitGroup
             | Op::WaitGroup { .. }
-            | Op::Barrier { .. } => None,
+            | Op::Barrier { .. }
+            | Op::InitBarriers
+            | Op::Roles { .. }
+            | Op::CounterNext { .. }
+            | Op::MbarWait { .. }
+            | Op::MbarArrive { .. }
+            | Op::MbarArriveAsync { .. } => None,
         }
     }
 
@@ -247,9 +296,20 @@ impl Op {
             | Op::Fill { .. }
             | Op::CommitGroup
             | Op::WaitGroup { .. }
-            | Op::Barrier { .. } => vec![],
-            Op::Load { src, .. } | Op::Stage { src, .. } | Op::StageView { src, .. } => src.coords.clone(),
-            Op::AsyncCopy { src, .. } => src.coords.clone(),
+            | Op::Barrier { .. }
+            | Op::InitBarriers
+            | Op::Roles { .. }
+            | Op::CounterInit { .. } => vec![],
+            Op::CounterNext { dst } => vec![*dst],
+            Op::MbarWait { iter, .. } | Op::MbarArrive { iter, .. } | Op::MbarArriveAsync { iter, .. } => {
+                vec![*iter]
+            }
+            Op::Load { src, .. } | Op::Stage { src, .. } => src.coords.clone(),
+            Op::StageView { src, slot, .. } | Op::AsyncCopy { src, slot, .. } => {
+                let mut v = src.coords.clone();
+                v.push(*slot);
+                v
+            }
             Op::Transpose { src, .. }
             | Op::Exp2 { src, .. }
             | Op::ToF16 { src, .. }
@@ -291,6 +351,8 @@ pub struct Kernel {
     pub values: Vec<ValueData>,
     /// Shared-memory ring buffers (allocated by the pipeline pass).
     pub buffers: Vec<Buffer>,
+    /// mbarrier rings (allocated by the warp-specialize pass).
+    pub mbarriers: Vec<MbarRing>,
     pub body: Block,
 }
 
@@ -313,14 +375,16 @@ impl Kernel {
     /// Visits every instruction, loop bodies included, in program order (a pipeline's
     /// prologue, body, epilogue).
     pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Inst)) {
-        fn go<'a>(block: &'a Block, f: &mut impl FnMut(&'a Inst)) {
-            for inst in &block.insts {
-                f(inst);
-                for inner in inst.op.blocks() {
-                    go(inner, f);
-                }
+        self.walk_block(&self.body, f)
+    }
+
+    /// Visits every instruction of `block`, nested blocks included, in program order.
+    pub fn walk_block<'a>(&self, block: &'a Block, f: &mut impl FnMut(&'a Inst)) {
+        for inst in &block.insts {
+            f(inst);
+            for inner in inst.op.blocks() {
+                self.walk_block(inner, f);
             }
         }
-        go(&self.body, f)
     }
 }

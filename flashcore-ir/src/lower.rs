@@ -25,6 +25,7 @@ pub fn lower(program: &Program, config: &Config) -> std::result::Result<Kernel, 
         dims: lowerer.dims,
         values: lowerer.values,
         buffers: vec![],
+        mbarriers: vec![],
         body,
     };
     crate::verify::verify(&kernel)?;
@@ -83,6 +84,7 @@ fn describe(ty: &Type) -> String {
             }
         ),
         Type::Row { rows } => format!("a row vector [{}]", rows.symbol()),
+        Type::Counter => "an iteration counter".into(),
     }
 }
 

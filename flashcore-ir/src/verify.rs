@@ -130,6 +130,25 @@ impl<'k> Verifier<'k> {
                 }
                 return Ok(());
             }
+            Op::Roles { groups } => {
+                if at != Where::Top {
+                    return fail("warp roles split the kernel at the top level only".into());
+                }
+                let mut next_warp = 0;
+                for g in groups {
+                    if g.first_warp != next_warp || g.warps == 0 {
+                        return fail("role groups must cover consecutive, non-empty warp ranges".into());
+                    }
+                    next_warp += g.warps;
+                    self.block(&g.body, Where::Top)?;
+                }
+                return Ok(());
+            }
+            Op::MbarWait { ring, .. } | Op::MbarArrive { ring, .. } | Op::MbarArriveAsync { ring, .. } => {
+                if self.kernel.mbarriers.get(ring.0 as usize).is_none() {
+                    return fail(format!("mbarrier ring {} does not exist", ring.0));
+                }
+            }
             Op::Stage { dst, .. } => {
                 if at != Where::Pipeline || self.pipelined {
                     return fail(format!("stage {} outside an unpipelined pipeline loop", self.name(*dst)));
@@ -148,9 +167,6 @@ impl<'k> Verifier<'k> {
                     return fail("cp.async outside a pipelined loop".into());
                 }
                 self.check_buffer(*buffer)?;
-            }
-            Op::CommitGroup | Op::WaitGroup { .. } if at == Where::Top => {
-                return fail("cp.async group operations outside the work loop".into());
             }
             Op::Load { .. } | Op::Store { .. } if at != Where::Tiles => {
                 return fail("load/store must sit in the tiles loop body".into());

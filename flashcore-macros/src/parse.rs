@@ -63,13 +63,38 @@ impl Parse for KernelAttr {
                 };
                 continue;
             }
+            // `warps(compute = 4, load = 1)`.
+            if let (syn::Meta::List(list), "warps") = (&item, key.as_str()) {
+                let roles =
+                    list.parse_args_with(Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated)?;
+                for role in roles {
+                    let name = role.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+                    let value = int_value(&role.value)?;
+                    let (field, slot): (&'static str, &mut u32) = match name.as_str() {
+                        "compute" => ("warps", &mut config.warps),
+                        "load" => ("load_warps", &mut config.load_warps),
+                        "softmax" => {
+                            return Err(syn::Error::new_spanned(
+                                &role,
+                                "softmax on its own warps is not implemented yet; it runs fused into the compute warps, which own the rows",
+                            ))
+                        }
+                        _ => {
+                            return Err(syn::Error::new_spanned(
+                                &role.path,
+                                format!("unknown role `{name}` in `warps(..)`; expected `compute` or `load`"),
+                            ))
+                        }
+                    };
+                    *slot = value;
+                    field_spans.push((field, role.to_token_stream()));
+                }
+                continue;
+            }
             let syn::Meta::NameValue(item) = item else {
                 return Err(syn::Error::new_spanned(item, "expected `name = value`"));
             };
-            let value = match &item.value {
-                syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => i.base10_parse::<u32>()?,
-                other => return Err(syn::Error::new_spanned(other, "expected an integer")),
-            };
+            let value = int_value(&item.value)?;
             let (field, slot): (&'static str, &mut u32) = match key.as_str() {
                 "tile_m" => ("tile_m", &mut config.tile_m),
                 "tile_n" => ("tile_n", &mut config.tile_n),
@@ -159,6 +184,13 @@ impl Parse for KernelFn {
         let brace = braced!(body_content in input);
         let stmts = body_content.call(syn::Block::parse_within)?;
         Ok(KernelFn { vis, name, params, body: syn::Block { brace_token: brace, stmts }, attrs })
+    }
+}
+
+fn int_value(e: &syn::Expr) -> syn::Result<u32> {
+    match e {
+        syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => i.base10_parse::<u32>(),
+        other => Err(syn::Error::new_spanned(other, "expected an integer")),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod persist;
 pub mod pipeline;
+pub mod warp_specialize;
 
 use crate::error::IrError;
 use crate::kernel::Kernel;
@@ -12,7 +13,8 @@ use crate::verify::verify;
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 2] = [("pipeline", pipeline::run), ("persist", persist::run)];
+pub const PASSES: [(&str, Pass); 3] =
+    [("pipeline", pipeline::run), ("persist", persist::run), ("warp_specialize", warp_specialize::run)];
 
 /// Runs every pass up to and including `last` (all of them when `None`), verifying after each.
 pub fn run_until(mut kernel: Kernel, last: Option<&str>) -> Result<Kernel, IrError> {

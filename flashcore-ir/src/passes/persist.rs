@@ -19,13 +19,11 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
 
 /// The schedule of the kernel's work loop.
 pub fn schedule(kernel: &Kernel) -> TileSchedule {
-    kernel
-        .body
-        .insts
-        .iter()
-        .find_map(|i| match &i.op {
-            Op::Tiles { schedule, .. } => Some(*schedule),
-            _ => None,
-        })
-        .unwrap_or(TileSchedule::OnePerCta)
+    let mut found = TileSchedule::OnePerCta;
+    kernel.walk(&mut |i| {
+        if let Op::Tiles { schedule, .. } = &i.op {
+            found = *schedule;
+        }
+    });
+    found
 }

@@ -84,7 +84,11 @@ fn pipeline_loop(kernel: &mut Kernel, loop_inst: &mut Inst, stages: u32) -> Resu
     let copy = |t: &Staged, ahead: u32, span| {
         let role = t.role;
         [
-            inst(Op::AsyncCopy { buffer: t.buffer, src: t.src.clone(), ahead }, role, span),
+            inst(
+                Op::AsyncCopy { buffer: t.buffer, src: t.src.clone(), ahead, slot: t.src.coords[2] },
+                role,
+                span,
+            ),
             inst(Op::CommitGroup, role, span),
         ]
     };
@@ -116,7 +120,12 @@ fn pipeline_loop(kernel: &mut Kernel, loop_inst: &mut Inst, stages: u32) -> Resu
                     in_flight.push_back((t, 0));
                 }
                 new_body.push(inst(
-                    Op::StageView { dst: *dst, buffer: staged[t].buffer, src: src.clone() },
+                    Op::StageView {
+                        dst: *dst,
+                        buffer: staged[t].buffer,
+                        src: src.clone(),
+                        slot: src.coords[2],
+                    },
                     old.role,
                     old.span,
                 ));
@@ -175,7 +184,12 @@ fn pipeline_loop(kernel: &mut Kernel, loop_inst: &mut Inst, stages: u32) -> Resu
     }
     body.insts = new_body;
     prologue.insts = new_prologue;
+    // Drain the (empty) groups still in flight and let every warp finish with the slots before
+    // the next work item's prologue refills them.
     epilogue.insts = vec![inst(Op::WaitGroup { younger: 0 }, None, SpanId::NONE)];
+    if stages >= 2 {
+        epilogue.insts.push(inst(Op::Barrier { id: CTA_BARRIER }, None, SpanId::NONE));
+    }
     *loop_stages = stages;
     Ok(())
 }

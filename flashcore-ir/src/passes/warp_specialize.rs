@@ -1,0 +1,249 @@
+//! The warp-specialize pass: with `Config::load_warps > 0`, the `load` statements (the staged
+//! K/V copies) move to their own warps, which run ahead of the compute warps by up to
+//! `stages` iterations. Both sides walk the same sequence of (work item, KV tile) iterations,
+//! counted across work items, and hand ring slots to each other through two mbarrier rings:
+//!
+//! - `full[s]` expects one arrival per producer thread per phase; each producer thread arrives
+//!   with `cp.async.mbarrier.arrive.noinc` after issuing its copies of the slot, so the phase
+//!   completes when the data has landed. Consumers wait for phase parity `(it / S) & 1`.
+//! - `empty[s]` expects one arrival per consumer thread; consumers arrive after their last read
+//!   of the slot. Producers wait for parity `((it / S) & 1) ^ 1`, which a fresh mbarrier
+//!   reports as complete, so the first round of slots needs no arrival (ThunderKittens' trick).
+//!
+//! No CTA-wide barrier runs after the split: the Q/O row region is per warp, and the rings are
+//! handed over only through the mbarriers. Softmax stays fused into the compute warps, which
+//! own the rows (FlashAttention-2's layout).
+
+use std::collections::HashMap;
+
+use crate::error::{IrError, LowerError};
+use crate::kernel::*;
+use crate::source::{Role, SpanId};
+
+pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
+    let cfg = kernel.config;
+    if cfg.load_warps == 0 {
+        return Ok(kernel);
+    }
+    let body = std::mem::take(&mut kernel.body);
+    let [tiles_inst] = body.insts.as_slice() else {
+        return Err(LowerError::new(
+            SpanId::NONE,
+            "warp specialization needs the kernel to be one `tiles(..)` loop",
+        )
+        .into());
+    };
+    let Op::Tiles { vars, extents, schedule, body: tiles_body } = &tiles_inst.op else {
+        return Err(
+            LowerError::new(tiles_inst.span, "warp specialization needs a `tiles(..)` work loop").into()
+        );
+    };
+    // Only staged copies may run on load warps.
+    let mut misplaced = None;
+    kernel.walk_block(tiles_body, &mut |i| {
+        if i.role == Some(Role::Load)
+            && !matches!(i.op, Op::StageView { .. } | Op::AsyncCopy { .. } | Op::CommitGroup)
+        {
+            misplaced.get_or_insert(i.span);
+        }
+    });
+    if let Some(span) = misplaced {
+        return Err(LowerError::new(
+            span,
+            "only `stage(..)` can run on `load` warps: load warps copy tiles, compute warps own the rows",
+        )
+        .into());
+    }
+    let stages = cfg.stages;
+    kernel.mbarriers.push(MbarRing { name: "full".into(), slots: stages, count: cfg.load_warps * 32 });
+    kernel.mbarriers.push(MbarRing { name: "empty".into(), slots: stages, count: cfg.warps * 32 });
+    let (full, empty) = (MbarRingId(0), MbarRingId(1));
+
+    let consumer_it = new_value(&mut kernel, Type::Counter, "it");
+    let producer_it = new_value(&mut kernel, Type::Counter, "it_load");
+
+    // Consumers: the work loop without the copies; a wait on `full` before the first read of
+    // the ring, an arrival on `empty` after the last.
+    let mut consumer_body = Block::default();
+    for inst in &tiles_body.insts {
+        match &inst.op {
+            Op::Pipeline { var, extent, stages, body, .. } => {
+                let new_body = consumer_iteration(body, consumer_it, full, empty)?;
+                consumer_body.insts.push(Inst {
+                    op: Op::Pipeline {
+                        var: *var,
+                        extent: *extent,
+                        stages: *stages,
+                        prologue: Block::default(),
+                        body: new_body,
+                        epilogue: Block::default(),
+                    },
+                    role: inst.role,
+                    span: inst.span,
+                });
+            }
+            _ => consumer_body.insts.push(inst.clone()),
+        }
+    }
+
+    // Producers: the same work loop (fresh loop variables), with only the copies.
+    let mut rename: HashMap<Value, Value> = HashMap::new();
+    let producer_vars: Vec<Value> = vars
+        .iter()
+        .map(|v| {
+            let d = kernel.value(*v).clone();
+            let n = new_value(&mut kernel, d.ty, &format!("{}_load", d.name));
+            rename.insert(*v, n);
+            n
+        })
+        .collect();
+    let mut producer_tiles_body = Block::default();
+    for inst in &tiles_body.insts {
+        let Op::Pipeline { var, extent, stages: loop_stages, body, .. } = &inst.op else { continue };
+        let d = kernel.value(*var).clone();
+        let kt = new_value(&mut kernel, d.ty, &format!("{}_load", d.name));
+        rename.insert(*var, kt);
+        let mut copies = vec![Inst {
+            op: Op::MbarWait { ring: empty, iter: producer_it, flip: true },
+            role: Some(Role::Load),
+            span: inst.span,
+        }];
+        for i in &body.insts {
+            if let Op::StageView { buffer, src, .. } = &i.op {
+                let src =
+                    TileAccess { param: src.param, coords: src.coords.iter().map(|c| rename[c]).collect() };
+                copies.push(Inst {
+                    op: Op::AsyncCopy { buffer: *buffer, src, ahead: 0, slot: producer_it },
+                    role: Some(Role::Load),
+                    span: i.span,
+                });
+            }
+        }
+        copies.push(Inst {
+            op: Op::MbarArriveAsync { ring: full, iter: producer_it },
+            role: Some(Role::Load),
+            span: inst.span,
+        });
+        copies.push(Inst {
+            op: Op::CounterNext { dst: producer_it },
+            role: Some(Role::Load),
+            span: inst.span,
+        });
+        producer_tiles_body.insts.push(Inst {
+            op: Op::Pipeline {
+                var: kt,
+                extent: *extent,
+                stages: *loop_stages,
+                prologue: Block::default(),
+                body: Block { insts: copies },
+                epilogue: Block::default(),
+            },
+            role: Some(Role::Load),
+            span: inst.span,
+        });
+    }
+
+    let at = |op| Inst { op, role: None, span: tiles_inst.span };
+    let compute_group = RoleGroup {
+        roles: vec![Role::Compute, Role::Softmax],
+        first_warp: 0,
+        warps: cfg.warps,
+        body: Block {
+            insts: vec![
+                at(Op::CounterInit { dst: consumer_it }),
+                at(Op::Tiles {
+                    vars: vars.clone(),
+                    extents: extents.clone(),
+                    schedule: *schedule,
+                    body: consumer_body,
+                }),
+            ],
+        },
+    };
+    let load_group = RoleGroup {
+        roles: vec![Role::Load],
+        first_warp: cfg.warps,
+        warps: cfg.load_warps,
+        body: Block {
+            insts: vec![
+                at(Op::CounterInit { dst: producer_it }),
+                at(Op::Tiles {
+                    vars: producer_vars,
+                    extents: extents.clone(),
+                    schedule: *schedule,
+                    body: producer_tiles_body,
+                }),
+                // Nothing may be in flight when the producer warps exit: close the group of
+                // the copies issued since the last commit, then wait for every group.
+                at(Op::CommitGroup),
+                at(Op::WaitGroup { younger: 0 }),
+            ],
+        },
+    };
+    kernel.body = Block {
+        insts: vec![at(Op::InitBarriers), at(Op::Roles { groups: vec![compute_group, load_group] })],
+    };
+    Ok(kernel)
+}
+
+fn new_value(kernel: &mut Kernel, ty: Type, name: &str) -> Value {
+    kernel.values.push(ValueData { ty, name: name.to_string(), mutable: ty == Type::Counter });
+    Value(kernel.values.len() as u32 - 1)
+}
+
+/// One consumer iteration: the pipelined body without copies and group waits, the ring slot
+/// picked by the counter, `full` waited for before the first read, `empty` arrived on after
+/// the last read.
+fn consumer_iteration(
+    body: &Block,
+    it: Value,
+    full: MbarRingId,
+    empty: MbarRingId,
+) -> Result<Block, IrError> {
+    // Values that read the ring: the views and their transposes.
+    let mut reads_ring: Vec<Value> = vec![];
+    let mut kept: Vec<Inst> = vec![];
+    for inst in &body.insts {
+        match &inst.op {
+            Op::AsyncCopy { .. } | Op::CommitGroup | Op::WaitGroup { .. } | Op::Barrier { .. } => continue,
+            Op::StageView { dst, buffer, src, .. } => {
+                reads_ring.push(*dst);
+                kept.push(Inst {
+                    op: Op::StageView { dst: *dst, buffer: *buffer, src: src.clone(), slot: it },
+                    role: Some(Role::Compute),
+                    span: inst.span,
+                });
+                continue;
+            }
+            Op::Transpose { dst, src } if reads_ring.contains(src) => reads_ring.push(*dst),
+            _ => {}
+        }
+        kept.push(inst.clone());
+    }
+    let reads = |i: &Inst| {
+        i.op.uses().iter().any(|u| reads_ring.contains(u)) && !matches!(i.op, Op::Transpose { .. })
+    };
+    let (Some(first), Some(last)) = (kept.iter().position(reads), kept.iter().rposition(reads)) else {
+        let span = body.insts.first().map_or(SpanId::NONE, |i| i.span);
+        return Err(LowerError::new(span, "the pipeline loop stages tiles that no statement reads").into());
+    };
+    let span = kept[first].span;
+    let mut out = Vec::with_capacity(kept.len() + 3);
+    for (i, inst) in kept.into_iter().enumerate() {
+        if i == first {
+            out.push(Inst {
+                op: Op::MbarWait { ring: full, iter: it, flip: false },
+                role: Some(Role::Compute),
+                span,
+            });
+        }
+        let role = inst.role;
+        let span = inst.span;
+        out.push(inst);
+        if i == last {
+            out.push(Inst { op: Op::MbarArrive { ring: empty, iter: it }, role, span });
+        }
+    }
+    out.push(Inst { op: Op::CounterNext { dst: it }, role: Some(Role::Compute), span: SpanId::NONE });
+    Ok(Block { insts: out })
+}
