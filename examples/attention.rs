@@ -237,7 +237,7 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
         let (q, k, v) = &rotating[i % rotating.len()];
         device.flush_l2(&mut flush).map_err(r)?;
         let start = device.record().map_err(r)?;
-        attention::launch(device, &cfg, q, k, v, &mut out, scale).map_err(e)?;
+        attention::launch_async(device, &cfg, q, k, v, &mut out, scale).map_err(e)?;
         let stop = device.record().map_err(r)?;
         if i >= o.warmup {
             events.push((start, stop));

@@ -214,9 +214,24 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
     Ok(Binding { dims: dims.iter().map(|d| *d as u32).collect(), work_items: work_items.unwrap_or(0) })
 }
 
-/// Binds `args` to `kernel`'s parameters and enqueues it: one CTA per work item of the
-/// `tiles(..)` loop. Asynchronous; `device.synchronize()` waits (with a timeout).
+/// Binds `args` to `kernel`'s parameters, launches it and waits for it, at most
+/// `device.launch_timeout()`: a kernel that hangs becomes `RuntimeError::Timeout` naming the
+/// kernel and its config, never a stuck process.
 pub fn launch(device: &runtime::Device, kernel: &CompiledKernel, args: &mut [Arg]) -> Result<(), Error> {
+    launch_async(device, kernel, args)?;
+    let context = format!("kernel `{}` ({})", kernel.kernel.name, kernel.kernel.config);
+    device.synchronize_within(device.launch_timeout(), &context)?;
+    Ok(())
+}
+
+/// Like [`launch`] but returns once the kernel is enqueued (one CTA per work item, or as many as
+/// fit for persistent kernels). The caller must synchronize, with a timeout, before reading
+/// the outputs: `device.synchronize()`.
+pub fn launch_async(
+    device: &runtime::Device,
+    kernel: &CompiledKernel,
+    args: &mut [Arg],
+) -> Result<(), Error> {
     let k = &kernel.kernel;
     let bad = |arg: &str, message: &str| Error::Argument {
         kernel: k.name.clone(),

@@ -26,10 +26,10 @@ fn ir_snapshots() {
 #[test]
 fn ir_after_each_pass_snapshots() {
     for (name, config) in common::snapshot_configs() {
-        if !matches!(name, "d64" | "d64_s2" | "d64_s3_persistent") {
+        if !matches!(name, "d64" | "d64_s2" | "d64_s3_persistent" | "d64_s2_load1") {
             continue;
         }
-        for stage in ["lower", "pipeline", "persist"] {
+        for stage in ["lower", "pipeline", "persist", "warp_specialize"] {
             let kernel = attention::ir_after(&config, stage).expect("snapshot configs lower");
             insta::assert_snapshot!(format!("ir_{name}_after_{stage}"), kernel.to_string());
         }

@@ -37,6 +37,8 @@ pub enum IrError {
     Lower(#[from] LowerError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Protocol(#[from] crate::protocol::ProtocolError),
     #[error("no pass is named `{0}` (passes: pipeline, persist, warp_specialize)")]
     UnknownPass(String),
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod kernel;
 pub mod lower;
 pub mod passes;
+pub mod protocol;
 pub mod source;
 pub mod verify;
 

@@ -7,14 +7,7 @@ use crate::error::VerifyError;
 use crate::kernel::*;
 
 pub fn verify(kernel: &Kernel) -> Result<(), VerifyError> {
-    let mut v = Verifier {
-        kernel,
-        defined: HashSet::new(),
-        scopes: vec![vec![]],
-        staged_unused: vec![],
-        used: HashSet::new(),
-        pipelined: false,
-    };
+    let mut v = Verifier { kernel, defined: HashSet::new(), scopes: vec![vec![]], pipelined: false };
     v.block(&kernel.body, Where::Top)?;
     Ok(())
 }
@@ -32,8 +25,6 @@ struct Verifier<'k> {
     defined: HashSet<Value>,
     /// Values defined in each open block, removed from `defined` when it closes.
     scopes: Vec<Vec<Value>>,
-    staged_unused: Vec<Value>,
-    used: HashSet<Value>,
     /// Whether the pipeline loop being checked has been through the pipeline pass.
     pipelined: bool,
 }
@@ -84,7 +75,6 @@ impl<'k> Verifier<'k> {
             if !self.defined.contains(&u) {
                 return fail(format!("{} is used before it is defined (or out of its scope)", self.name(u)));
             }
-            self.used.insert(u);
         }
         let ty = |v: Value| self.kernel.ty(v);
         match &inst.op {
@@ -112,19 +102,9 @@ impl<'k> Verifier<'k> {
                 self.pipelined = *stages > 0;
                 self.scopes.push(vec![]);
                 self.define(*var)?;
-                let outer_staged = std::mem::take(&mut self.staged_unused);
                 self.block(prologue, Where::Pipeline)?;
                 self.block(body, Where::Pipeline)?;
                 self.block(epilogue, Where::Pipeline)?;
-                let never_read: Vec<Value> =
-                    self.staged_unused.iter().copied().filter(|v| !self.used.contains(v)).collect();
-                if let Some(v) = never_read.first() {
-                    return fail(format!(
-                        "stage {} is filled every iteration but never read: its cp.async group would never be waited for",
-                        self.name(*v)
-                    ));
-                }
-                self.staged_unused = outer_staged;
                 for v in self.scopes.pop().expect("open scope") {
                     self.defined.remove(&v);
                 }
@@ -153,14 +133,12 @@ impl<'k> Verifier<'k> {
                 if at != Where::Pipeline || self.pipelined {
                     return fail(format!("stage {} outside an unpipelined pipeline loop", self.name(*dst)));
                 }
-                self.staged_unused.push(*dst);
             }
             Op::StageView { dst, buffer, .. } => {
                 if at != Where::Pipeline || !self.pipelined {
                     return fail(format!("view {} outside a pipelined loop", self.name(*dst)));
                 }
                 self.check_buffer(*buffer)?;
-                self.staged_unused.push(*dst);
             }
             Op::AsyncCopy { buffer, .. } => {
                 if at != Where::Pipeline || !self.pipelined {

@@ -291,7 +291,18 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
                 #cache.get_or_compile(config, Self::program)
             }
 
-            /// Runs the kernel on `device`, arguments in the order of the kernel's parameters.
+            /// Enqueues the kernel on `device` without waiting (see `flashcore::launch_async`).
+            pub fn launch_async(
+                device: &::flashcore::runtime::Device,
+                config: &::flashcore::Config,
+                #(#launch_params),*
+            ) -> ::std::result::Result<(), ::flashcore::Error> {
+                let kernel = Self::compile(config)?;
+                ::flashcore::launch_async(device, &kernel, &mut [#(#launch_args),*])
+            }
+
+            /// Runs the kernel on `device` and waits for it (at most `device.launch_timeout()`),
+            /// arguments in the order of the kernel's parameters.
             pub fn launch(
                 device: &::flashcore::runtime::Device,
                 config: &::flashcore::Config,

@@ -13,8 +13,9 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream
 
 pub use half::f16;
 
-/// How long `synchronize` waits for outstanding work before reporting a hang.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `synchronize` and synchronous launches wait before reporting a hang (the default
+/// of [`Device::launch_timeout`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -28,7 +29,7 @@ pub enum RuntimeError {
     SharedMemory { kernel: String, requested: u32, limit: u32 },
     #[error("kernel `{kernel}` needs {requested} threads per CTA; this device allows {limit}")]
     Threads { kernel: String, requested: u32, limit: u32 },
-    #[error("the GPU did not finish within {seconds:.1} s (a hung kernel?): {context}")]
+    #[error("the GPU did not finish within {seconds:.1} s: {context} (a hung kernel; this device's context is unusable now)")]
     Timeout { seconds: f64, context: String },
     #[error("buffer of {got} elements does not match shape {shape:?} ({expected} elements)")]
     Length { shape: Vec<usize>, expected: usize, got: usize },
@@ -115,6 +116,7 @@ pub struct Device {
     stream: Arc<CudaStream>,
     info: DeviceInfo,
     kernels: Mutex<HashMap<u64, Arc<LoadedKernel>>>,
+    launch_timeout: Mutex<Duration>,
 }
 
 /// Scratch memory written between timed launches (see [`Device::flush_l2`]).
@@ -157,11 +159,26 @@ impl Device {
             max_threads_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?
                 as u32,
         };
-        Ok(Device { ctx, stream, info, kernels: Mutex::new(HashMap::new()) })
+        Ok(Device {
+            ctx,
+            stream,
+            info,
+            kernels: Mutex::new(HashMap::new()),
+            launch_timeout: Mutex::new(DEFAULT_TIMEOUT),
+        })
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// How long a synchronous launch waits for its kernel before reporting a hang.
+    pub fn launch_timeout(&self) -> Duration {
+        *self.launch_timeout.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_launch_timeout(&self, timeout: Duration) {
+        *self.launch_timeout.lock().unwrap_or_else(|p| p.into_inner()) = timeout;
     }
 
     /// Copies `data` to a new device tensor of `shape`.

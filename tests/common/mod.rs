@@ -13,5 +13,10 @@ pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
         ("d64_s2", Config { stages: 2, ..base }),
         ("d64_s3_persistent", Config { stages: 3, persistent: true, ..base }),
         ("d128_s2", Config { head_dim: 128, stages: 2, ..base }),
+        ("d64_s2_load1", Config { stages: 2, load_warps: 1, ..base }),
+        (
+            "d128_s2_load4_persistent",
+            Config { head_dim: 128, stages: 2, load_warps: 4, persistent: true, ..base },
+        ),
     ]
 }

@@ -33,7 +33,9 @@ pub fn run_until(mut kernel: Kernel, last: Option<&str>) -> Result<Kernel, IrErr
     Ok(kernel)
 }
 
-/// Runs all passes.
+/// Runs all passes, then the protocol check on the schedule they produced.
 pub fn run_all(kernel: Kernel) -> Result<Kernel, IrError> {
-    run_until(kernel, None)
+    let kernel = run_until(kernel, None)?;
+    crate::protocol::check(&crate::protocol::schedule_of(&kernel))?;
+    Ok(kernel)
 }

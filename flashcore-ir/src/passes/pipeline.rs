@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::error::{IrError, VerifyError};
+use crate::error::{IrError, LowerError, VerifyError};
 use crate::kernel::*;
 use crate::source::SpanId;
 
@@ -80,6 +80,8 @@ fn pipeline_loop(kernel: &mut Kernel, loop_inst: &mut Inst, stages: u32) -> Resu
             });
         }
     }
+    let body_spans: HashMap<Value, SpanId> =
+        body.insts.iter().filter_map(|i| i.op.def().map(|d| (d, i.span))).collect();
     let index_of: HashMap<Value, usize> = staged.iter().enumerate().map(|(i, s)| (s.value, i)).collect();
     let copy = |t: &Staged, ahead: u32, span| {
         let role = t.role;
@@ -165,10 +167,16 @@ fn pipeline_loop(kernel: &mut Kernel, loop_inst: &mut Inst, stages: u32) -> Resu
         new_body.push(old);
     }
     if let Some(t) = waited.iter().position(|w| !w) {
-        return Err(VerifyError(format!(
-            "stage {} is copied every iteration but never waited for",
-            kernel.values[staged[t].value.index()].name
-        ))
+        let stage = &staged[t];
+        let span = body_spans.get(&stage.value).copied().unwrap_or(SpanId::NONE);
+        return Err(LowerError::new(
+            span,
+            format!(
+                "stage `{name}` is filled every iteration but never read: role `{role}` would commit copies into ring @{name} that no role waits for (the seed kernel's hang); read it or remove it",
+                name = kernel.values[stage.value.index()].name,
+                role = stage.role.map_or("load", |r| r.name()),
+            ),
+        )
         .into());
     }
     if stages == 1 {
