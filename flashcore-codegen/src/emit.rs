@@ -13,6 +13,11 @@ use crate::smem::SmemPlan;
 use crate::writer::{PtxWriter, RegClass, RegFamily};
 use crate::CodegenError;
 
+/// A single mbarrier wait longer than this (10 s) traps: the kernel aborts instead of hanging
+/// the GPU (and, at exit, the process). The runtime's launch timeout (5 s by default) fires
+/// first and names the kernel.
+pub const WATCHDOG_NS: u64 = 10_000_000_000;
+
 /// The shared-memory symbol all buffers are carved from.
 pub const SMEM_SYMBOL: &str = "flashcore_smem";
 
@@ -637,6 +642,8 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("xor.b32 {parity}, {parity}, 1"));
         }
         let done = self.w.temp(RegClass::Pred);
+        let (start, now) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+        self.w.ins(format!("mov.u64 {start}, %globaltimer"));
         let spin = self.w.label("mbar_wait");
         self.w.place_label(&spin);
         self.w.ins(format!("mbarrier.test_wait.parity.shared.b64 {done}, [{addr}], {parity}"));
@@ -644,6 +651,12 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("@{done} bra {ready}"));
         // Back off so spinning warps leave issue slots to the warps doing the work.
         self.w.ins("nanosleep.u32 20");
+        // Watchdog: a wait this long is a hang; abort the kernel so the process can exit.
+        let expired = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("mov.u64 {now}, %globaltimer"));
+        self.w.ins(format!("sub.u64 {now}, {now}, {start}"));
+        self.w.ins(format!("setp.gt.u64 {expired}, {now}, {WATCHDOG_NS}"));
+        self.w.ins(format!("@{expired} trap"));
         self.w.ins(format!("bra {spin}"));
         self.w.place_label(&ready);
         Ok(())
