@@ -475,15 +475,12 @@ impl<'k> Emitter<'k> {
         team: &Team,
     ) {
         let cfg = self.cfg;
-        let (cpr, rb) = (chunks_per_row(&cfg), row_bytes(&cfg));
+        let cpr = chunks_per_row(&cfg);
         let rows_per_pass = team.threads / cpr;
         let passes = (rows * cpr).div_ceil(team.threads);
-        let smem = self.th().smem.clone();
         let (team_row, chunk) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
         self.w.ins(format!("div.u32 {team_row}, {}, {cpr}", team.index));
         self.w.ins(format!("rem.u32 {chunk}, {}, {cpr}", team.index));
-        let chunk_bytes = self.w.temp(RegClass::B32);
-        self.w.ins(format!("shl.b32 {chunk_bytes}, {chunk}, 4"));
         for pass in 0..passes {
             // Row within the copied range, then within the tile.
             let local = self.w.temp(RegClass::B32);
@@ -503,23 +500,34 @@ impl<'k> Emitter<'k> {
                 }
                 None => local,
             };
-            // global: row * row_bytes + chunk * 16
-            let goff = self.w.temp(RegClass::B32);
-            self.w.ins(format!("mad.lo.u32 {goff}, {row}, {rb}, {chunk_bytes}"));
-            let gaddr = self.w.temp(RegClass::B64);
-            self.w.ins(format!("cvt.u64.u32 {gaddr}, {goff}"));
-            self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
-            // shared: row * row_bytes + ((chunk ^ (row % 8)) * 16)
-            let swz = self.w.temp(RegClass::B32);
-            self.w.ins(format!("and.b32 {swz}, {row}, 7"));
-            self.w.ins(format!("xor.b32 {swz}, {swz}, {chunk}"));
-            self.w.ins(format!("shl.b32 {swz}, {swz}, 4"));
-            let saddr = self.w.temp(RegClass::B32);
-            self.w.ins(format!("mad.lo.u32 {saddr}, {row}, {rb}, {swz}"));
-            self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem}"));
-            self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem_offset}"));
+            let (gaddr, saddr) = self.chunk_addresses(global, smem_offset, &row, &chunk);
             self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16"));
         }
+    }
+
+    /// Addresses of 16-byte chunk `chunk` of tile row `row`: in global memory from the tile at
+    /// `global` (u64: row · row_bytes + chunk · 16), and in the shared buffer at `smem_base`
+    /// (u32, swizzled: row · row_bytes + (chunk ^ row % 8) · 16).
+    fn chunk_addresses(&mut self, global: &str, smem_base: &str, row: &str, chunk: &str) -> (String, String) {
+        let rb = row_bytes(&self.cfg);
+        let smem = self.th().smem.clone();
+        let goff = self.w.temp(RegClass::B32);
+        self.w.ins(format!("shl.b32 {goff}, {chunk}, 4"));
+        self.w.ins(format!("mad.lo.u32 {goff}, {row}, {rb}, {goff}"));
+        let gaddr = self.w.temp(RegClass::B64);
+        self.w.ins(format!("cvt.u64.u32 {gaddr}, {goff}"));
+        self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
+        let swz = self.w.temp(RegClass::B32);
+        self.w.ins(format!("and.b32 {swz}, {row}, 7"));
+        self.w.ins(format!("xor.b32 {swz}, {swz}, {chunk}"));
+        self.w.ins(format!("shl.b32 {swz}, {swz}, 4"));
+        let saddr = self.w.temp(RegClass::B32);
+        self.w.ins(format!("mad.lo.u32 {saddr}, {row}, {rb}, {swz}"));
+        self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem}"));
+        if smem_base != "0" {
+            self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem_base}"));
+        }
+        (gaddr, saddr)
     }
 
     /// Shared address of the ldmatrix source for this lane: block of 16 rows starting at
@@ -975,21 +983,9 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("div.u32 {row}, {id}, {cpr}"));
             self.w.ins(format!("rem.u32 {chunk}, {id}, {cpr}"));
             self.w.ins(format!("add.u32 {row}, {row}, {warp_row0}"));
-            let swz = self.w.temp(RegClass::B32);
-            self.w.ins(format!("and.b32 {swz}, {row}, 7"));
-            self.w.ins(format!("xor.b32 {swz}, {swz}, {chunk}"));
-            self.w.ins(format!("shl.b32 {swz}, {swz}, 4"));
-            let saddr = self.w.temp(RegClass::B32);
-            self.w.ins(format!("mad.lo.u32 {saddr}, {row}, {rb}, {swz}"));
-            self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem}"));
+            let (gaddr, saddr) = self.chunk_addresses(&global, &region.to_string(), &row, &chunk);
             let v: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
-            self.w.ins(format!("{guard}ld.shared.v4.b32 {{{}}}, [{saddr}+{region}]", v.join(", ")));
-            let goff = self.w.temp(RegClass::B32);
-            self.w.ins(format!("shl.b32 {goff}, {chunk}, 4"));
-            self.w.ins(format!("mad.lo.u32 {goff}, {row}, {rb}, {goff}"));
-            let gaddr = self.w.temp(RegClass::B64);
-            self.w.ins(format!("cvt.u64.u32 {gaddr}, {goff}"));
-            self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
+            self.w.ins(format!("{guard}ld.shared.v4.b32 {{{}}}, [{saddr}]", v.join(", ")));
             self.w.ins(format!("{guard}st.global.v4.b32 [{gaddr}], {{{}}}", v.join(", ")));
         }
         Ok(())
