@@ -6,7 +6,7 @@ use crate::flash_kernel;
 /// `TILE_M`-row tile of Q kept in registers, walks K/V in `TILE_N`-row tiles staged through
 /// shared memory, and keeps the softmax statistics online (in the exp2 domain, the scale
 /// folded into log2(e)).
-#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 1, warps = 4)]
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 pub fn attention(
     q: Tensor<f16, B, H, S, D>,
     k: Tensor<f16, B, H, S, D>,
