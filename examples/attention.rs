@@ -346,15 +346,8 @@ fn main() -> ExitCode {
     };
     let cfg = config_for(&o, o.d);
     match attention::compile(&cfg).map_err(|e| e.to_string()).and_then(|k| {
-        let image = flashcore::runtime::KernelImage {
-            key: k.key,
-            ptx: &k.ptx.text,
-            entry: &k.ptx.entry,
-            shared_bytes: k.ptx.shared_bytes,
-            threads_per_cta: k.ptx.threads_per_cta,
-        };
         device
-            .ctas_per_sm(&image)
+            .ctas_per_sm(&k.image())
             .map(|n| (n, k.ptx.threads_per_cta, k.ptx.shared_bytes))
             .map_err(|e| e.to_string())
     }) {

@@ -50,6 +50,19 @@ pub struct CompiledKernel {
     pub key: u64,
 }
 
+impl CompiledKernel {
+    /// What the runtime needs to load and launch this kernel.
+    pub fn image(&self) -> KernelImage<'_> {
+        KernelImage {
+            key: self.key,
+            ptx: &self.ptx.text,
+            entry: &self.ptx.entry,
+            shared_bytes: self.ptx.shared_bytes,
+            threads_per_cta: self.ptx.threads_per_cta,
+        }
+    }
+}
+
 /// Lowers `program` for `config` (type checks, verifier).
 pub fn lower(program: &ir::source::Program, config: &Config) -> Result<ir::Kernel, Error> {
     Ok(ir::lower(program, config)?)
@@ -265,13 +278,7 @@ pub fn launch_async(
     if binding.work_items == 0 {
         return Ok(());
     }
-    let image = KernelImage {
-        key: kernel.key,
-        ptx: &kernel.ptx.text,
-        entry: &kernel.ptx.entry,
-        shared_bytes: kernel.ptx.shared_bytes,
-        threads_per_cta: kernel.ptx.threads_per_cta,
-    };
+    let image = kernel.image();
     let work_items = match ir::passes::persist::schedule(k) {
         ir::kernel::TileSchedule::OnePerCta => binding.work_items,
         // As many CTAs as the device holds at once, never more than there is work.

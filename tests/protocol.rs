@@ -87,3 +87,22 @@ fn a_stage_no_one_reads_is_rejected_at_run_time_too() {
         assert!(err.contains("role `load`"), "{err}");
     }
 }
+
+#[test]
+fn a_cta_barrier_in_role_divergent_code_is_rejected() {
+    let config = Config { stages: 2, load_warps: 1, ..attention::CONFIG };
+    let mut kernel = attention::ir(&config).unwrap();
+    flashcore::ir::verify::verify(&kernel).unwrap();
+    for inst in &mut kernel.body.insts {
+        if let Op::Roles { groups } = &mut inst.op {
+            let barrier = flashcore::ir::kernel::Inst {
+                op: Op::Barrier { id: 0 },
+                role: None,
+                span: flashcore::ir::source::SpanId::NONE,
+            };
+            groups[1].body.insts.push(barrier);
+        }
+    }
+    let err = flashcore::ir::verify::verify(&kernel).unwrap_err().to_string();
+    assert!(err.contains("inside role-divergent code"), "{err}");
+}

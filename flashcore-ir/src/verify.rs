@@ -120,6 +120,12 @@ impl<'k> Verifier<'k> {
                         return fail("role groups must cover consecutive, non-empty warp ranges".into());
                     }
                     next_warp += g.warps;
+                    let mut cta_barrier = false;
+                    self.kernel
+                        .walk_block(&g.body, &mut |i| cta_barrier |= matches!(i.op, Op::Barrier { .. }));
+                    if cta_barrier {
+                        return fail("a CTA barrier (`bar.sync`) inside role-divergent code: roles synchronize through mbarriers".into());
+                    }
                     self.block(&g.body, Where::Top)?;
                 }
                 return Ok(());

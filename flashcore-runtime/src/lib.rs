@@ -108,6 +108,8 @@ impl<T> DeviceTensor<T> {
 
 struct LoadedKernel {
     function: CudaFunction,
+    /// CTAs of this kernel that fit on one SM (asked of the driver once).
+    ctas_per_sm: std::sync::OnceLock<u32>,
 }
 
 /// An open CUDA device with one stream and a cache of loaded kernels.
@@ -231,7 +233,7 @@ impl Device {
                 image.shared_bytes as i32,
             )
         })?;
-        let loaded = Arc::new(LoadedKernel { function });
+        let loaded = Arc::new(LoadedKernel { function, ctas_per_sm: std::sync::OnceLock::new() });
         cache.insert(image.key, loaded.clone());
         Ok(loaded)
     }
@@ -240,13 +242,17 @@ impl Device {
     /// memory (the driver's occupancy calculator).
     pub fn ctas_per_sm(&self, image: &KernelImage) -> Result<u32> {
         let kernel = self.load(image)?;
-        driver("cuOccupancyMaxActiveBlocksPerMultiprocessor", || {
+        if let Some(n) = kernel.ctas_per_sm.get() {
+            return Ok(*n);
+        }
+        let n = driver("cuOccupancyMaxActiveBlocksPerMultiprocessor", || {
             kernel.function.occupancy_max_active_blocks_per_multiprocessor(
                 image.threads_per_cta,
                 image.shared_bytes as usize,
                 None,
             )
-        })
+        })?;
+        Ok(*kernel.ctas_per_sm.get_or_init(|| n))
     }
 
     /// Enqueues `image` on `grid` CTAs. Asynchronous: call [`Device::synchronize`] to wait.
