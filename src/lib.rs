@@ -5,6 +5,28 @@
 //! holds what ties them together: compiling a program for a [`Config`] ([`compile`]), a
 //! per-kernel cache ([`KernelCache`]), binding launch arguments to the kernel's symbolic shapes
 //! ([`launch`]), a float64 CPU [`reference`], `.npy` I/O ([`npy`]) and a [`ptxas`] driver.
+//!
+//! Compiling a kernel needs no GPU: the IR after each pass and the PTX can be inspected for any
+//! [`Config`], and every config is checked before code is generated.
+//!
+//! ```
+//! use flashcore::kernels::attention;
+//! use flashcore::Config;
+//!
+//! // The declared config, and a warp-specialized variant chosen at run time.
+//! let declared = attention::CONFIG;
+//! let specialized = Config { stages: 3, load_warps: 1, persistent: true, ..declared };
+//! for config in [declared, specialized] {
+//!     let ptx = attention::ptx(&config).expect("valid configs compile");
+//!     assert!(ptx.contains(".target sm_89"));
+//! }
+//! // The pipeline pass made the cp.async protocol explicit in the IR.
+//! let ir = attention::ir_after(&specialized, "pipeline").unwrap().to_string();
+//! assert!(ir.contains("wait_group"));
+//! // Invalid configs are errors that name the field.
+//! let err = attention::ptx(&Config { tile_m: 40, ..declared }).unwrap_err();
+//! assert!(err.to_string().contains("tile_m = 40"));
+//! ```
 
 extern crate self as flashcore;
 
