@@ -23,6 +23,8 @@ pub const SMEM_SYMBOL: &str = "flashcore_smem";
 
 /// Per-thread registers computed once in the prologue.
 struct ThreadRegs {
+    /// %tid.x, its warp and its lane.
+    thread: String,
     warp: String,
     lane: String,
     /// lane / 4 and lane % 4: a thread's row and column pair inside an mma fragment.
@@ -33,8 +35,6 @@ struct ThreadRegs {
     warp_row0: String,
     /// Per ldmatrix pattern: (byte offset of the lane's row, chunk bit ^ swizzle key).
     ldmatrix: HashMap<LdmatrixPattern, (String, String)>,
-    /// Copy decomposition: this thread's first row and its chunk within a row.
-    thread: String,
 }
 
 /// The threads that share a copy: each thread's index among them, and how many there are.
