@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --s 512 --d 64 --seed N]
 //!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
-//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --stages 1 --persistent] [--ptx]`
+//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--ptx]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,7 @@ struct Options {
     tile_m: Option<u32>,
     stages: Option<u32>,
     load_warps: Option<u32>,
+    softmax_warps: Option<u32>,
     persistent: bool,
     tile_n: Option<u32>,
     warps: Option<u32>,
@@ -60,6 +61,7 @@ fn parse_args() -> Result<Options, String> {
         tile_m: None,
         stages: None,
         load_warps: None,
+        softmax_warps: None,
         persistent: false,
         tile_n: None,
         warps: None,
@@ -87,6 +89,7 @@ fn parse_args() -> Result<Options, String> {
             "--stages" => o.stages = Some(number(value()?)? as u32),
             "--persistent" => o.persistent = true,
             "--load-warps" => o.load_warps = Some(number(value()?)? as u32),
+            "--softmax-warps" => o.softmax_warps = Some(number(value()?)? as u32),
             "--ptx" => o.show_ptx = true,
             "--help" | "-h" => {
                 println!(
@@ -116,6 +119,7 @@ fn config_for(o: &Options, d: usize) -> Config {
         warps: o.warps.unwrap_or(base.warps),
         stages: o.stages.unwrap_or(base.stages),
         load_warps: o.load_warps.unwrap_or(base.load_warps),
+        softmax_warps: o.softmax_warps.unwrap_or(base.softmax_warps),
         persistent: o.persistent || base.persistent,
         ..base
     }

@@ -1,4 +1,5 @@
-//! The protocol check on real kernels: every layout the passes produce passes it, a broken IR
+//! The protocol check on real kernels: every layout the passes produce passes it (uniform,
+//! load warps, load and softmax warps), a broken IR
 //! schedule is rejected with a named diagnostic, and the seed kernel's bug (a stage no one waits
 //! for) is an error at run time through `compile` as it is at compile time through the macro
 //! (`tests/ui/stage_never_read.rs`).
@@ -12,9 +13,9 @@ use flashcore::Config;
 fn layouts() -> Vec<Config> {
     let mut v = vec![];
     for stages in 1..=3 {
-        for load_warps in [0, 1, 4] {
+        for (load_warps, softmax_warps) in [(0, 0), (1, 0), (4, 0), (1, 4)] {
             for persistent in [false, true] {
-                v.push(Config { stages, load_warps, persistent, ..attention::CONFIG });
+                v.push(Config { stages, load_warps, softmax_warps, persistent, ..attention::CONFIG });
             }
         }
     }

@@ -65,6 +65,8 @@ pub struct Emitter<'k> {
     /// The threads that copy ring tiles in the code being emitted (all of them, or the
     /// producer warps of a warp-specialized kernel).
     team: Team,
+    /// This warp's index within its role group.
+    group_warp: String,
     /// Trip count register of the pipeline loop being emitted.
     pipeline_count: Option<String>,
 }
@@ -91,6 +93,7 @@ impl<'k> Emitter<'k> {
             t: None,
             pipeline_count: None,
             team: Team::default(),
+            group_warp: String::new(),
         }
     }
 
@@ -271,6 +274,8 @@ impl<'k> Emitter<'k> {
                 Ok(())
             }
             Op::MbarWait { ring, iter, flip } => self.mbar_wait(*ring, *iter, *flip),
+            Op::ChanWrite { src, chan, .. } => self.channel(*src, *chan, true),
+            Op::ChanRead { dst, chan, .. } => self.channel(*dst, *chan, false),
             Op::MbarArrive { ring, iter } => {
                 let addr = self.mbar_address(*ring, *iter);
                 let state = self.w.temp(RegClass::B64);
@@ -670,6 +675,37 @@ impl<'k> Emitter<'k> {
         Ok(())
     }
 
+    /// Each thread writes (or reads back) its registers of `v` in channel `chan`: register `i` of
+    /// lane `l` of the group's warp `w` at `((w · regs + i) · 32 + l) · 4`, so the thread of the
+    /// same lane in the partner warp finds them, and a warp's 32 accesses hit 32 banks.
+    fn channel(&mut self, v: Value, chan: ChanId, write: bool) -> Result<(), CodegenError> {
+        let fam = self.regs_of(v);
+        let base = self.plan.channel_offsets[chan.0 as usize];
+        let (lane, smem) = (self.th().lane.clone(), self.th().smem.clone());
+        let warp = self.group_warp.clone();
+        if warp.is_empty() {
+            return Err(CodegenError::Internal("a channel outside role groups".into()));
+        }
+        let addr = self.w.temp(RegClass::B32);
+        self.w.ins(format!("mul.lo.u32 {addr}, {warp}, {}", fam.len * 32));
+        self.w.ins(format!("add.u32 {addr}, {addr}, {lane}"));
+        self.w.ins(format!("shl.b32 {addr}, {addr}, 2"));
+        self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
+        let ty = match self.kernel.ty(v) {
+            Type::Frag { elem: Elem::F16, .. } | Type::Index { .. } | Type::Counter => "b32",
+            _ => "f32",
+        };
+        for i in 0..fam.len {
+            let offset = base + (i as u32) * 128;
+            if write {
+                self.w.ins(format!("st.shared.{ty} [{addr}+{offset}], {}", fam.at(i)));
+            } else {
+                self.w.ins(format!("ld.shared.{ty} {}, [{addr}+{offset}]", fam.at(i)));
+            }
+        }
+        Ok(())
+    }
+
     /// Thread 0 initializes every mbarrier with its expected arrival count; a CTA barrier makes
     /// the initialization visible before any warp uses them.
     fn init_barriers(&mut self) -> Result<(), CodegenError> {
@@ -713,8 +749,10 @@ impl<'k> Emitter<'k> {
             let index = self.w.temp(RegClass::B32);
             self.w.ins(format!("sub.u32 {index}, {thread}, {}", g.first_warp * 32));
             let saved = std::mem::replace(&mut self.team, Team { index, threads: g.warps * 32 });
+            let saved_warp = std::mem::replace(&mut self.group_warp, rel);
             self.block(&g.body)?;
             self.team = saved;
+            self.group_warp = saved_warp;
             self.w.ins(format!("bra.uni {end}"));
             self.w.dedent();
             self.w.place_label(&next);

@@ -20,6 +20,8 @@ pub struct SmemPlan {
     pub slot_bytes: Vec<u32>,
     /// Offset of each mbarrier ring (8 bytes a barrier).
     pub mbarrier_offsets: Vec<u32>,
+    /// Offset of each channel: per sending warp, its registers, each 32 lanes × 4 bytes.
+    pub channel_offsets: Vec<u32>,
     pub total_bytes: u32,
 }
 
@@ -32,6 +34,11 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         offset
     };
     let mbarrier_offsets = kernel.mbarriers.iter().map(|r| alloc(8 * r.slots)).collect();
+    let channel_offsets = kernel
+        .channels
+        .iter()
+        .map(|c| alloc(cfg.warps * 128 * crate::layout::register_count(cfg, &c.ty).unwrap_or(0) as u32))
+        .collect();
     let mut needs_row_tile = false;
     kernel.walk(&mut |inst| {
         if matches!(inst.op, Op::Load { .. } | Op::Store { .. }) {
@@ -42,5 +49,12 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     let slot_bytes: Vec<u32> = kernel.buffers.iter().map(|b| b.rows.size(cfg) * row_bytes(cfg)).collect();
     let buffer_offsets =
         kernel.buffers.iter().zip(&slot_bytes).map(|(b, bytes)| alloc(bytes * b.slots)).collect();
-    SmemPlan { row_tile_region, buffer_offsets, slot_bytes, mbarrier_offsets, total_bytes: next }
+    SmemPlan {
+        row_tile_region,
+        buffer_offsets,
+        slot_bytes,
+        mbarrier_offsets,
+        channel_offsets,
+        total_bytes: next,
+    }
 }

@@ -36,11 +36,24 @@ pub struct Config {
     /// `warps` compute warps; otherwise the warp-specialize pass gives `load` statements to
     /// these extra warps, synchronized with the compute warps through mbarriers.
     pub load_warps: u32,
+    /// Warps that run the `softmax` statements apart from the compute warps: 0 (fused into the
+    /// compute warps, which own the rows) or `warps` (softmax warp `w` handles the rows of
+    /// compute warp `w`; scores, probabilities and row statistics travel through shared memory).
+    pub softmax_warps: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { tile_m: 64, tile_n: 64, head_dim: 64, stages: 1, warps: 4, persistent: false, load_warps: 0 }
+        Config {
+            tile_m: 64,
+            tile_n: 64,
+            head_dim: 64,
+            stages: 1,
+            warps: 4,
+            persistent: false,
+            load_warps: 0,
+            softmax_warps: 0,
+        }
     }
 }
 
@@ -52,7 +65,7 @@ impl Config {
 
     /// Threads per CTA: compute warps plus load warps.
     pub fn threads(&self) -> u32 {
-        (self.warps + self.load_warps) * 32
+        (self.warps + self.load_warps + self.softmax_warps) * 32
     }
 
     /// Checks the rules that make a configuration compilable. Each error names the field.
@@ -90,8 +103,18 @@ impl Config {
                 format!("must be a positive multiple of {MMA_K} (the mma K that P·V consumes), at most 256"),
             );
         }
-        if self.load_warps > 8 || self.warps + self.load_warps > 16 {
+        if self.load_warps > 8 || self.warps + self.load_warps + self.softmax_warps > 16 {
             return bad("load_warps", self.load_warps, "at most 8, and at most 16 warps in all".into());
+        }
+        if self.softmax_warps != 0 && (self.softmax_warps != self.warps || self.load_warps == 0) {
+            return bad(
+                "softmax_warps",
+                self.softmax_warps,
+                format!(
+                    "must be 0 (softmax fused into the compute warps) or equal to warps = {} with load warps (one softmax warp per compute warp's rows)",
+                    self.warps
+                ),
+            );
         }
         if !(1..=MAX_STAGES).contains(&self.stages) {
             return bad("stages", self.stages, format!("must be between 1 and {MAX_STAGES}"));
@@ -104,13 +127,18 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
             self.stages,
             self.warps,
             if self.load_warps > 0 { format!(" load_warps={}", self.load_warps) } else { String::new() },
+            if self.softmax_warps > 0 {
+                format!(" softmax_warps={}", self.softmax_warps)
+            } else {
+                String::new()
+            },
             if self.persistent { " persistent" } else { "" }
         )
     }

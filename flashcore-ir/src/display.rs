@@ -101,6 +101,20 @@ impl Printer<'_> {
                 if *flip { " ^ 1" } else { "" }
             ),
             Op::MbarArrive { ring, iter } => format!("arrive {}", self.ring(*ring, *iter)),
+            Op::ChanWrite { src, chan, iter } => {
+                format!(
+                    "send {} -> #{} ({})",
+                    self.v(*src),
+                    self.kernel.channels[chan.0 as usize].name,
+                    self.v(*iter)
+                )
+            }
+            Op::ChanRead { dst, chan, iter } => format!(
+                "{} = receive #{} ({})",
+                self.def(*dst),
+                self.kernel.channels[chan.0 as usize].name,
+                self.v(*iter)
+            ),
             Op::MbarArriveAsync { ring, iter } => {
                 format!("arrive {} when this thread's cp.async copies land", self.ring(*ring, *iter))
             }
@@ -241,6 +255,9 @@ impl fmt::Display for Kernel {
         writeln!(out, "  config {}", self.config)?;
         for r in &self.mbarriers {
             writeln!(out, "  mbarrier ${}: x {}, {} arrivals per phase", r.name, r.slots, r.count)?;
+        }
+        for c in &self.channels {
+            writeln!(out, "  channel #{}: {}", c.name, c.ty)?;
         }
         for b in &self.buffers {
             writeln!(out, "  buffer @{}: smem<f16>[{}, D] x {}", b.name, b.rows.symbol(), b.slots)?;

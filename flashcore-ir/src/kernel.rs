@@ -151,6 +151,21 @@ pub struct MbarRing {
     pub count: u32,
 }
 
+/// Handle of a channel in [`Kernel::channels`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChanId(pub u32);
+
+/// A register value handed from one role group to another through shared memory, guarded by
+/// mbarrier rings `full` (the sender arrives after writing) and `empty` (the receiver arrives
+/// after reading), one slot each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Channel {
+    pub name: String,
+    pub ty: Type,
+    pub full: MbarRingId,
+    pub empty: MbarRingId,
+}
+
 /// Warps `first_warp .. first_warp + warps`, running the statements of `roles`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoleGroup {
@@ -212,6 +227,11 @@ pub enum Op {
     /// Every thread's cp.async copies issued so far arrive on `ring[iter % slots]` when they
     /// complete (`cp.async.mbarrier.arrive.noinc`: the arrival is one of the expected ones).
     MbarArriveAsync { ring: MbarRingId, iter: Value },
+    /// Write register value `src` into channel `chan`'s shared memory, each thread its own
+    /// registers (the receiving warp's thread of the same lane reads them back).
+    ChanWrite { src: Value, chan: ChanId, iter: Value },
+    /// Read channel `chan` into `dst`, a value of the channel's type.
+    ChanRead { dst: Value, chan: ChanId, iter: Value },
     /// Close the current cp.async group.
     CommitGroup,
     /// Wait until at most `younger` committed groups are still in flight.
@@ -263,6 +283,7 @@ impl Op {
             | Op::Load { dst, .. }
             | Op::Stage { dst, .. }
             | Op::StageView { dst, .. }
+            | Op::ChanRead { dst, .. }
             | Op::CounterInit { dst }
             | Op::Transpose { dst, .. }
             | Op::Mma { dst, .. }
@@ -284,7 +305,8 @@ impl Op {
             | Op::CounterNext { .. }
             | Op::MbarWait { .. }
             | Op::MbarArrive { .. }
-            | Op::MbarArriveAsync { .. } => None,
+            | Op::MbarArriveAsync { .. }
+            | Op::ChanWrite { .. } => None,
         }
     }
 
@@ -301,9 +323,11 @@ impl Op {
             | Op::Roles { .. }
             | Op::CounterInit { .. } => vec![],
             Op::CounterNext { dst } => vec![*dst],
-            Op::MbarWait { iter, .. } | Op::MbarArrive { iter, .. } | Op::MbarArriveAsync { iter, .. } => {
-                vec![*iter]
-            }
+            Op::MbarWait { iter, .. }
+            | Op::MbarArrive { iter, .. }
+            | Op::MbarArriveAsync { iter, .. }
+            | Op::ChanRead { iter, .. } => vec![*iter],
+            Op::ChanWrite { src, iter, .. } => vec![*src, *iter],
             Op::Load { src, .. } | Op::Stage { src, .. } => src.coords.clone(),
             Op::StageView { src, slot, .. } | Op::AsyncCopy { src, slot, .. } => {
                 let mut v = src.coords.clone();
@@ -353,6 +377,8 @@ pub struct Kernel {
     pub buffers: Vec<Buffer>,
     /// mbarrier rings (allocated by the warp-specialize pass).
     pub mbarriers: Vec<MbarRing>,
+    /// Register values exchanged between role groups (softmax on its own warps).
+    pub channels: Vec<Channel>,
     pub body: Block,
 }
 

@@ -26,6 +26,7 @@ pub fn lower(program: &Program, config: &Config) -> std::result::Result<Kernel, 
         values: lowerer.values,
         buffers: vec![],
         mbarriers: vec![],
+        channels: vec![],
         body,
     };
     crate::verify::verify(&kernel)?;

@@ -39,6 +39,9 @@ pub struct Slot {
 pub enum Event {
     /// Issue an async copy of data `tag` into `slot` (lands later).
     Copy { slot: Slot, tag: u64 },
+    /// Write data `tag` into `slot` with ordinary stores (visible to others once the role
+    /// arrives on a barrier they wait for).
+    Write { slot: Slot, tag: u64 },
     /// Close the role's current cp.async group.
     Commit,
     /// Wait until at most `n` of the role's committed groups are in flight.
@@ -143,7 +146,7 @@ struct State {
     /// Per barrier: completed phases, arrivals in the current phase.
     barriers: Vec<(u32, u32)>,
     slots: BTreeMap<Slot, SlotState>,
-    /// Slots each role has read and not yet released (by an arrival or a CTA barrier).
+    /// Slots each role has read since they were last written.
     reading: Vec<BTreeSet<Slot>>,
     /// Slots whose reads were released by an arrival in (barrier, phase): whoever waits for that
     /// phase may overwrite them.
@@ -179,7 +182,7 @@ pub fn check(schedule: &Schedule) -> Result<(), ProtocolError> {
         .iter()
         .flat_map(|r| r.events.iter())
         .filter_map(|e| match e {
-            Event::Copy { slot, .. } | Event::Read { slot, .. } => Some(*slot),
+            Event::Copy { slot, .. } | Event::Write { slot, .. } | Event::Read { slot, .. } => Some(*slot),
             _ => None,
         })
         .collect();
@@ -261,22 +264,17 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
     s.pcs[role] += 1;
     let name = &trace.name;
     match event {
-        Event::Copy { slot, tag } => {
-            if let Some(other) = (0..s.reading.len()).find(|r| *r != role && s.reading[*r].contains(slot)) {
-                return Err(err(
-                    ProtocolErrorKind::OverwriteWhileRead,
-                    format!(
-                        "role `{name}` copies iteration {tag} into stage {} while role `{}` may still be reading it: no barrier orders the read before the copy",
-                        schedule.slot_name(*slot),
+        Event::Copy { slot, tag } | Event::Write { slot, tag } => {
+            if !s.writable[role].contains(slot) {
+                let why = match (0..s.reading.len()).find(|r| *r != role && s.reading[*r].contains(slot)) {
+                    Some(other) => format!(
+                        "role `{}` may still be reading it: no barrier phase it arrived on after the read has been waited for",
                         schedule.roles[other].name
                     ),
-                ));
-            }
-            if !s.writable[role].contains(slot) {
-                let why = if s.reading[role].contains(slot) {
-                    "other threads of the same role may still be reading it (no barrier since the read)"
-                } else {
-                    "its readers have not released it (no wait on the barrier phase they arrived on)"
+                    None if s.reading[role].contains(slot) => {
+                        "other threads of the same role may still be reading it (no barrier since the read)".into()
+                    }
+                    None => "what it holds has not been read yet, or its readers have not released it".into(),
                 };
                 return Err(err(
                     ProtocolErrorKind::OverwriteWhileRead,
@@ -295,8 +293,16 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                     ),
                 ));
             }
-            s.slots.insert(*slot, SlotState::InFlight { tag: *tag, role, group: u32::MAX });
-            s.writable[role].remove(slot);
+            let state = if matches!(event, Event::Write { .. }) {
+                SlotState::LandedLocal { tag: *tag, role }
+            } else {
+                SlotState::InFlight { tag: *tag, role, group: u32::MAX }
+            };
+            s.slots.insert(*slot, state);
+            // A new epoch of the slot: earlier reads and releases of it no longer count.
+            for set in s.reading.iter_mut().chain(s.writable.iter_mut()).chain(s.released.values_mut()) {
+                set.remove(slot);
+            }
         }
         Event::Commit => {
             let group = s.committed[role];
@@ -329,7 +335,6 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
             }
             // Every thread of the role is past its reads: the slots may be refilled.
             let done: Vec<Slot> = s.reading[role].iter().copied().collect();
-            s.reading[role].clear();
             s.writable[role].extend(done);
         }
         Event::Read { slot, tag } => {
@@ -392,9 +397,17 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                     }
                 }
             } else {
+                // Every read the role has made so far happens before this arrival.
                 let done: Vec<Slot> = s.reading[role].iter().copied().collect();
-                s.reading[role].clear();
                 s.released.entry(key).or_default().extend(done);
+                // The role's stores so far are ordered before this arrival (release).
+                for st in s.slots.values_mut() {
+                    if let SlotState::LandedLocal { tag, role: r } = *st {
+                        if r == role {
+                            *st = SlotState::Published { tag, barrier: *barrier, phase };
+                        }
+                    }
+                }
             }
             let arrivals = arrivals + trace.threads;
             s.barriers[b] = if arrivals == decl.count { (phase + 1, 0) } else { (phase, arrivals) };
@@ -451,7 +464,12 @@ pub fn schedule_of(kernel: &Kernel) -> Schedule {
                 (0..r.slots).map(move |i| BarrierDecl { name: format!("{}[{i}]", r.name), count: r.count })
             })
             .collect(),
-        rings: kernel.buffers.iter().map(|b| b.name.clone()).collect(),
+        rings: kernel
+            .buffers
+            .iter()
+            .map(|b| b.name.clone())
+            .chain(kernel.channels.iter().map(|c| format!("channel {}", c.name)))
+            .collect(),
     };
     let ring_base: Vec<u32> = kernel
         .mbarriers
@@ -584,6 +602,17 @@ impl Tracer<'_> {
             Op::MbarArriveAsync { ring, iter } => {
                 let (barrier, _) = self.barrier(*ring, *iter);
                 self.events.push(Event::AsyncArrive { barrier });
+            }
+            Op::ChanWrite { chan, iter, .. } => {
+                let slot = Slot { ring: self.kernel.buffers.len() as u32 + chan.0, index: 0 };
+                let tag = self.counters.get(iter).copied().unwrap_or(0) as u64;
+                self.events.push(Event::Write { slot, tag });
+            }
+            Op::ChanRead { dst, chan, iter } => {
+                let slot = Slot { ring: self.kernel.buffers.len() as u32 + chan.0, index: 0 };
+                let tag = self.counters.get(iter).copied().unwrap_or(0) as u64;
+                self.events.push(Event::Read { slot, tag });
+                let _ = dst;
             }
             op => {
                 for u in op.uses() {

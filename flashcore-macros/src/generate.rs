@@ -208,7 +208,7 @@ fn program(prog: &Program) -> TokenStream {
 }
 
 fn config(c: &Config) -> TokenStream {
-    let Config { tile_m, tile_n, head_dim, stages, warps, persistent, load_warps } = *c;
+    let Config { tile_m, tile_n, head_dim, stages, warps, persistent, load_warps, softmax_warps } = *c;
     quote!(::flashcore::Config {
         tile_m: #tile_m,
         tile_n: #tile_n,
@@ -217,6 +217,7 @@ fn config(c: &Config) -> TokenStream {
         warps: #warps,
         persistent: #persistent,
         load_warps: #load_warps,
+        softmax_warps: #softmax_warps,
     })
 }
 

@@ -73,16 +73,11 @@ impl Parse for KernelAttr {
                     let (field, slot): (&'static str, &mut u32) = match name.as_str() {
                         "compute" => ("warps", &mut config.warps),
                         "load" => ("load_warps", &mut config.load_warps),
-                        "softmax" => {
-                            return Err(syn::Error::new_spanned(
-                                &role,
-                                "softmax on its own warps is not implemented yet; it runs fused into the compute warps, which own the rows",
-                            ))
-                        }
+                        "softmax" => ("softmax_warps", &mut config.softmax_warps),
                         _ => {
                             return Err(syn::Error::new_spanned(
                                 &role.path,
-                                format!("unknown role `{name}` in `warps(..)`; expected `compute` or `load`"),
+                                format!("unknown role `{name}` in `warps(..)`; expected `compute`, `load` or `softmax`"),
                             ))
                         }
                     };

@@ -1,6 +1,6 @@
 use flashcore::flash_kernel;
 
-#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps(compute = 4, load = 1), persistent)]
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps(compute = 4, load = 1, softmax = 4), persistent)]
 fn attention(
     q: Tensor<f16, B, H, S, D>,
     k: Tensor<f16, B, H, S, D>,
@@ -39,7 +39,7 @@ fn attention(
 }
 
 fn main() {
-    assert_eq!((attention::CONFIG.warps, attention::CONFIG.load_warps), (4, 1));
+    assert_eq!((attention::CONFIG.warps, attention::CONFIG.load_warps, attention::CONFIG.softmax_warps), (4, 1, 4));
     assert!(attention::CONFIG.persistent);
     let ptx = attention::ptx(&attention::CONFIG).expect("the declared config compiles");
     assert!(ptx.contains("cp.async.mbarrier.arrive.noinc.shared.b64"));

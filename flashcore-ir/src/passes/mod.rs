@@ -4,6 +4,7 @@
 
 pub mod persist;
 pub mod pipeline;
+pub mod softmax_split;
 pub mod warp_specialize;
 
 use crate::error::IrError;

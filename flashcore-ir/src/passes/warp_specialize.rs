@@ -144,45 +144,56 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
     }
 
     let at = |op| Inst { op, role: None, span: tiles_inst.span };
-    let compute_group = RoleGroup {
-        roles: vec![Role::Compute, Role::Softmax],
-        first_warp: 0,
-        warps: cfg.warps,
-        body: Block {
-            insts: vec![
-                at(Op::CounterInit { dst: consumer_it }),
-                at(Op::Tiles {
-                    vars: vars.clone(),
-                    extents: extents.clone(),
-                    schedule: *schedule,
-                    body: consumer_body,
-                }),
-            ],
-        },
+    let tiles = |vars: Vec<Value>, body: Block| {
+        at(Op::Tiles { vars, extents: extents.clone(), schedule: *schedule, body })
     };
-    let load_group = RoleGroup {
+    let mut groups = vec![];
+    if cfg.softmax_warps > 0 {
+        let split = super::softmax_split::split(&mut kernel, vars, &consumer_body)?;
+        let mut compute = vec![at(Op::CounterInit { dst: consumer_it })];
+        compute.extend(split.compute_counters.iter().map(|c| at(Op::CounterInit { dst: *c })));
+        compute.push(tiles(vars.clone(), split.compute_body));
+        groups.push(RoleGroup {
+            roles: vec![Role::Compute],
+            first_warp: 0,
+            warps: cfg.warps,
+            body: Block { insts: compute },
+        });
+        let mut softmax: Vec<Inst> =
+            split.softmax_counters.iter().map(|c| at(Op::CounterInit { dst: *c })).collect();
+        softmax.push(tiles(split.softmax_vars, split.softmax_body));
+        groups.push(RoleGroup {
+            roles: vec![Role::Softmax],
+            first_warp: cfg.warps,
+            warps: cfg.softmax_warps,
+            body: Block { insts: softmax },
+        });
+    } else {
+        groups.push(RoleGroup {
+            roles: vec![Role::Compute, Role::Softmax],
+            first_warp: 0,
+            warps: cfg.warps,
+            body: Block {
+                insts: vec![at(Op::CounterInit { dst: consumer_it }), tiles(vars.clone(), consumer_body)],
+            },
+        });
+    }
+    groups.push(RoleGroup {
         roles: vec![Role::Load],
-        first_warp: cfg.warps,
+        first_warp: cfg.warps + cfg.softmax_warps,
         warps: cfg.load_warps,
         body: Block {
             insts: vec![
                 at(Op::CounterInit { dst: producer_it }),
-                at(Op::Tiles {
-                    vars: producer_vars,
-                    extents: extents.clone(),
-                    schedule: *schedule,
-                    body: producer_tiles_body,
-                }),
+                tiles(producer_vars, producer_tiles_body),
                 // Nothing may be in flight when the producer warps exit: close the group of
                 // the copies issued since the last commit, then wait for every group.
                 at(Op::CommitGroup),
                 at(Op::WaitGroup { younger: 0 }),
             ],
         },
-    };
-    kernel.body = Block {
-        insts: vec![at(Op::InitBarriers), at(Op::Roles { groups: vec![compute_group, load_group] })],
-    };
+    });
+    kernel.body = Block { insts: vec![at(Op::InitBarriers), at(Op::Roles { groups })] };
     Ok(kernel)
 }
 
