@@ -214,38 +214,17 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
             }
         }
     }
+    // Tiles cover each axis they walk; the last one may be partial (the kernel masks its tail).
     let mut work_items: Option<u64> = None;
-    let mut failure = None;
     kernel.walk(&mut |inst| {
-        let extents: Vec<ir::kernel::LoopExtent> = match &inst.op {
-            Op::Tiles { extents, .. } => extents.clone(),
-            Op::Pipeline { extent, .. } => vec![*extent],
-            _ => return,
-        };
-        for e in &extents {
-            let size = dims[e.dim.0 as usize];
-            if let Some(t) = e.per_tile {
-                let tile = t.size(&kernel.config) as u64;
-                if size % tile != 0 && failure.is_none() {
-                    failure = Some(format!(
-                        "`{}` = {size} is not a multiple of {} = {tile} (lengths that are not tile multiples are not supported yet)",
-                        kernel.dims[e.dim.0 as usize],
-                        t.symbol()
-                    ));
-                }
-            }
-        }
         // Every role group walks the same work items: count them once, from the first loop.
-        if let (Op::Tiles { .. }, None) = (&inst.op, work_items) {
+        if let (Op::Tiles { extents, .. }, None) = (&inst.op, work_items) {
             let items = extents.iter().map(|e| {
-                dims[e.dim.0 as usize] / e.per_tile.map_or(1, |t| t.size(&kernel.config) as u64)
+                dims[e.dim.0 as usize].div_ceil(e.per_tile.map_or(1, |t| t.size(&kernel.config) as u64))
             });
             work_items = Some(items.product::<u64>());
         }
     });
-    if let Some(message) = failure {
-        return Err(bad("(shapes)", message));
-    }
     Ok(Binding { dims: dims.iter().map(|d| *d as u32).collect(), work_items: work_items.unwrap_or(0) })
 }
 

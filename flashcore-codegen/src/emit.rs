@@ -336,6 +336,7 @@ impl<'k> Emitter<'k> {
                 Ok(())
             }
             Op::Mma { dst, a, b, acc } => self.mma(*dst, *a, *b, *acc),
+            Op::MaskColumns { dst, src, tile } => self.mask_columns(*dst, *src, tile),
             Op::Exp2 { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in 0..d.len {
@@ -355,8 +356,10 @@ impl<'k> Emitter<'k> {
         match e.per_tile {
             None => dim,
             Some(t) => {
-                let r = self.w.temp(RegClass::B32);
-                self.w.ins(format!("div.u32 {r}, {dim}, {}", t.size(&self.cfg)));
+                // Tiles cover the axis; the last one may be partial (its tail is masked).
+                let (size, r) = (t.size(&self.cfg), self.w.temp(RegClass::B32));
+                self.w.ins(format!("add.u32 {r}, {dim}, {}", size - 1));
+                self.w.ins(format!("div.u32 {r}, {r}, {size}"));
                 r
             }
         }
@@ -478,6 +481,7 @@ impl<'k> Emitter<'k> {
         first_row: Option<&str>,
         rows: u32,
         team: &Team,
+        valid_rows: &str,
     ) {
         let cfg = self.cfg;
         let cpr = chunks_per_row(&cfg);
@@ -505,20 +509,49 @@ impl<'k> Emitter<'k> {
                 }
                 None => local,
             };
-            let (gaddr, saddr) = self.chunk_addresses(global, smem_offset, &row, &chunk);
-            self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16"));
+            // Rows past the end of the sequence are zero-filled (source size 0, read from row 0).
+            let (inside, src_row, size) =
+                (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+            self.w.ins(format!("setp.lt.u32 {inside}, {row}, {valid_rows}"));
+            self.w.ins(format!("selp.b32 {src_row}, {row}, 0, {inside}"));
+            self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
+            let (gaddr, saddr) = self.chunk_addresses(global, smem_offset, &src_row, &row, &chunk);
+            self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16, {size}"));
         }
+    }
+
+    /// Rows of the tile `access` selects (its sequence coordinate replaced by `seq` if given)
+    /// that lie inside the sequence: `S - tile · rows` (more than the tile holds for all but
+    /// the last tile).
+    fn valid_rows(&mut self, access: &TileAccess, seq: Option<&str>) -> String {
+        let tensor = self.kernel.tensor(access.param).expect("tile access of a tensor").clone();
+        let len = self.dim_regs[tensor.dims[2].0 as usize].clone();
+        let tile = match seq {
+            Some(s) => s.to_string(),
+            None => self.regs_of(access.coords[2]).at(0),
+        };
+        let valid = self.w.temp(RegClass::B32);
+        self.w.ins(format!("mul.lo.u32 {valid}, {tile}, {}", self.tile_rows(access)));
+        self.w.ins(format!("sub.u32 {valid}, {len}, {valid}"));
+        valid
     }
 
     /// Addresses of 16-byte chunk `chunk` of tile row `row`: in global memory from the tile at
     /// `global` (u64: row · row_bytes + chunk · 16), and in the shared buffer at `smem_base`
     /// (u32, swizzled: row · row_bytes + (chunk ^ row % 8) · 16).
-    fn chunk_addresses(&mut self, global: &str, smem_base: &str, row: &str, chunk: &str) -> (String, String) {
+    fn chunk_addresses(
+        &mut self,
+        global: &str,
+        smem_base: &str,
+        global_row: &str,
+        row: &str,
+        chunk: &str,
+    ) -> (String, String) {
         let rb = row_bytes(&self.cfg);
         let smem = self.th().smem.clone();
         let goff = self.w.temp(RegClass::B32);
         self.w.ins(format!("shl.b32 {goff}, {chunk}, 4"));
-        self.w.ins(format!("mad.lo.u32 {goff}, {row}, {rb}, {goff}"));
+        self.w.ins(format!("mad.lo.u32 {goff}, {global_row}, {rb}, {goff}"));
         let gaddr = self.w.temp(RegClass::B64);
         self.w.ins(format!("cvt.u64.u32 {gaddr}, {goff}"));
         self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
@@ -579,7 +612,8 @@ impl<'k> Emitter<'k> {
         let global = self.tile_address(src, rows, None);
         let (warp_row0, lane) = (self.th().warp_row0.clone(), self.th().lane.clone());
         let lanes = Team { index: lane, threads: 32 };
-        self.copy_tile_async(&global, &region, Some(&warp_row0), self.cfg.rows_per_warp(), &lanes);
+        let valid = self.valid_rows(src, None);
+        self.copy_tile_async(&global, &region, Some(&warp_row0), self.cfg.rows_per_warp(), &lanes, &valid);
         self.w.ins("cp.async.commit_group");
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
         self.w.ins("cp.async.wait_group 0");
@@ -790,7 +824,8 @@ impl<'k> Emitter<'k> {
         let global = self.tile_address(src, rows, Some(&seq));
         let offset = self.slot_offset(buffer, slot, ahead);
         let team = self.team.clone();
-        self.copy_tile_async(&global, &offset, None, rows, &team);
+        let valid = self.valid_rows(src, Some(&seq));
+        self.copy_tile_async(&global, &offset, None, rows, &team, &valid);
         self.w.place_label(&skip);
         Ok(())
     }
@@ -855,6 +890,42 @@ impl<'k> Emitter<'k> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `dst = src`, then, in the last and partial tile only (a uniform branch skips full ones),
+    /// -inf in every column at or past the number of valid rows of `tile`.
+    fn mask_columns(&mut self, dst: Value, src: Value, tile: &TileAccess) -> Result<(), CodegenError> {
+        let Type::Frag { cols, .. } = self.kernel.ty(src) else {
+            return Err(CodegenError::Internal("mask of a non-fragment".into()));
+        };
+        let (d, s) = (self.regs_of(dst), self.regs_of(src));
+        for i in 0..d.len {
+            self.w.ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
+        }
+        let valid = self.valid_rows(tile, None);
+        let n = cols.size(&self.cfg);
+        let (full, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_done"));
+        self.w.ins(format!("setp.ge.u32 {full}, {valid}, {n}"));
+        self.w.ins(format!("@{full} bra.uni {skip}"));
+        let quad_lane = self.th().quad_lane.clone();
+        let base = self.w.temp(RegClass::B32);
+        self.w.ins(format!("shl.b32 {base}, {quad_lane}, 1"));
+        let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        for nt in 0..shape.col_blocks {
+            for odd in 0..2 {
+                // Accumulator element e holds column 8·nt + 2·(lane % 4) + (e % 2).
+                let (col, past) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
+                self.w.ins(format!("add.u32 {col}, {base}, {}", 8 * nt + odd));
+                self.w.ins(format!("setp.ge.u32 {past}, {col}, {valid}"));
+                for mf in 0..shape.mfrags {
+                    for e in [odd, odd + 2] {
+                        self.w.ins(format!("@{past} mov.f32 {}, 0fFF800000", d.at(shape.acc(mf, nt, e))));
+                    }
+                }
+            }
+        }
+        self.w.place_label(&skip);
         Ok(())
     }
 
@@ -1004,6 +1075,7 @@ impl<'k> Emitter<'k> {
         self.w.ins("bar.warp.sync 0xffffffff");
         let rows = self.tile_rows(dst);
         let global = self.tile_address(dst, rows, None);
+        let valid = self.valid_rows(dst, None);
         let rows_per_warp = self.cfg.rows_per_warp();
         let chunks_per_lane = (rows_per_warp * cpr).div_ceil(32);
         for j in 0..chunks_per_lane {
@@ -1021,10 +1093,16 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("div.u32 {row}, {id}, {cpr}"));
             self.w.ins(format!("rem.u32 {chunk}, {id}, {cpr}"));
             self.w.ins(format!("add.u32 {row}, {row}, {warp_row0}"));
-            let (gaddr, saddr) = self.chunk_addresses(&global, &region.to_string(), &row, &chunk);
+            let (gaddr, saddr) = self.chunk_addresses(&global, &region.to_string(), &row, &row, &chunk);
             let v: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
             self.w.ins(format!("{guard}ld.shared.v4.b32 {{{}}}, [{saddr}]", v.join(", ")));
-            self.w.ins(format!("{guard}st.global.v4.b32 [{gaddr}], {{{}}}", v.join(", ")));
+            // Rows past the end of the sequence are not written.
+            let inside = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.lt.u32 {inside}, {row}, {valid}"));
+            if let Some(p) = guard.strip_prefix('@').map(|g| g.trim().to_string()) {
+                self.w.ins(format!("and.pred {inside}, {inside}, {p}"));
+            }
+            self.w.ins(format!("@{inside} st.global.v4.b32 [{gaddr}], {{{}}}", v.join(", ")));
         }
         Ok(())
     }

@@ -132,6 +132,12 @@ impl Printer<'_> {
                 acc.map(|c| format!(", acc {}", self.v(c))).unwrap_or_default()
             ),
             Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
+            Op::MaskColumns { dst, src, tile } => format!(
+                "{} = mask_columns {} past the end of {}",
+                self.def(*dst),
+                self.v(*src),
+                self.access(tile)
+            ),
             Op::ToF16 { dst, src } => format!("{} = to_f16 {}", self.def(*dst), self.v(*src)),
             Op::Reduce { dst, op, src } => format!(
                 "{} = {} {}",

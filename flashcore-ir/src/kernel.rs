@@ -242,6 +242,10 @@ pub enum Op {
     Transpose { dst: Value, src: Value },
     /// `dst = a · b (+ acc)`, f16 inputs, f32 accumulation.
     Mma { dst: Value, a: Value, b: Value, acc: Option<Value> },
+    /// `dst = src` with the columns past the end of the sequence set to -inf: column `n`
+    /// stands for row `n` of the staged tile `tile`, which lies past the end when
+    /// `tile · rows + n ≥` the tensor's sequence length. Only the last, partial tile changes.
+    MaskColumns { dst: Value, src: Value, tile: TileAccess },
     /// Elementwise `2^x`.
     Exp2 { dst: Value, src: Value },
     /// f32 accumulator fragments to f16 A-operand fragments.
@@ -287,6 +291,7 @@ impl Op {
             | Op::CounterInit { dst }
             | Op::Transpose { dst, .. }
             | Op::Mma { dst, .. }
+            | Op::MaskColumns { dst, .. }
             | Op::Exp2 { dst, .. }
             | Op::ToF16 { dst, .. }
             | Op::Reduce { dst, .. }
@@ -339,6 +344,11 @@ impl Op {
             | Op::ToF16 { src, .. }
             | Op::Reduce { src, .. } => vec![*src],
             Op::Mma { a, b, acc, .. } => [Some(*a), Some(*b), *acc].into_iter().flatten().collect(),
+            Op::MaskColumns { src, tile, .. } => {
+                let mut v = tile.coords.clone();
+                v.push(*src);
+                v
+            }
             Op::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
             Op::Assign { dst, src } => vec![*dst, *src],
             Op::Tiles { .. } | Op::Pipeline { .. } => vec![],

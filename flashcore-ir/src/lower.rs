@@ -48,6 +48,8 @@ enum Nesting {
 }
 
 struct Lowerer {
+    /// The tile each staged value (and its `.t()` view) holds.
+    staged: HashMap<Value, TileAccess>,
     params: Vec<Param>,
     dims: Vec<String>,
     /// The head-dim axis as the user spelled it (a symbol such as `D`, or a literal).
@@ -92,6 +94,7 @@ fn describe(ty: &Type) -> String {
 impl Lowerer {
     fn new(program: &Program, config: &Config) -> Result<Self> {
         let mut lowerer = Lowerer {
+            staged: HashMap::new(),
             params: vec![],
             dims: vec![],
             head_dim: Dim::Lit(config.head_dim),
@@ -494,6 +497,7 @@ impl Lowerer {
                 let rows = self.access_rows(&src);
                 let dst =
                     self.new_value(Type::Smem { rows, cols: TileDim::Head, transposed: false }, name, false);
+                self.staged.insert(dst, src.clone());
                 self.push(out, Op::Stage { dst, src }, role, span);
                 dst
             }
@@ -513,6 +517,9 @@ impl Lowerer {
                     &format!("{name}_t"),
                     false,
                 );
+                if let Some(tile) = self.staged.get(&src).cloned() {
+                    self.staged.insert(dst, tile);
+                }
                 self.push(out, Op::Transpose { dst, src }, role, span);
                 dst
             }
@@ -596,7 +603,16 @@ impl Lowerer {
                 };
                 let dst = self.new_value(result, name, false);
                 self.push(out, Op::Mma { dst, a: av, b: bv, acc: acc_value }, role, span);
-                dst
+                // Q·Kᵀ: the columns are K's rows; those past the end of the sequence must not
+                // take part in the softmax.
+                match (self.staged.get(&bv).cloned(), bt) {
+                    (Some(tile), Type::Smem { transposed: true, .. }) => {
+                        let masked = self.new_value(result, name, false);
+                        self.push(out, Op::MaskColumns { dst: masked, src: dst, tile }, role, span);
+                        masked
+                    }
+                    _ => dst,
+                }
             }
             ExprKind::Exp2(inner) => {
                 let src = self.expr(inner, out, role, name)?;
