@@ -67,6 +67,8 @@ pub struct Emitter<'k> {
     team: Team,
     /// This warp's index within its role group.
     group_warp: String,
+    /// Set while emitting a streaming softmax group (see `stream.rs`).
+    pub(crate) stream: Option<crate::stream::RowStream>,
     /// Trip count register of the pipeline loop being emitted.
     pipeline_count: Option<String>,
 }
@@ -94,6 +96,7 @@ impl<'k> Emitter<'k> {
             pipeline_count: None,
             team: Team::default(),
             group_warp: String::new(),
+            stream: None,
         }
     }
 
@@ -239,10 +242,57 @@ impl<'k> Emitter<'k> {
     // Structure
 
     fn block(&mut self, block: &Block) -> Result<(), CodegenError> {
+        if self.stream.is_none() {
+            for inst in &block.insts {
+                self.inst(inst)?;
+            }
+            return Ok(());
+        }
+        // Streaming softmax warps: runs of row-local statements go row slot by row slot.
+        let mut run: Vec<&Inst> = vec![];
         for inst in &block.insts {
+            if crate::stream::is_row_op(&inst.op) {
+                self.w.comment(self.kernel.inst_text(inst));
+                run.push(inst);
+                continue;
+            }
+            if !run.is_empty() {
+                self.stream_run(&std::mem::take(&mut run))?;
+            }
             self.inst(inst)?;
         }
+        if !run.is_empty() {
+            self.stream_run(&run)?;
+        }
         Ok(())
+    }
+
+    pub(crate) fn w(&mut self) -> &mut PtxWriter {
+        &mut self.w
+    }
+
+    pub(crate) fn cfg(&self) -> Config {
+        self.cfg
+    }
+
+    pub(crate) fn kernel(&self) -> &'k Kernel {
+        self.kernel
+    }
+
+    pub(crate) fn plan(&self) -> &'k SmemPlan {
+        self.plan
+    }
+
+    pub(crate) fn lane_reg(&self) -> String {
+        self.th().lane.clone()
+    }
+
+    pub(crate) fn smem_reg(&self) -> String {
+        self.th().smem.clone()
+    }
+
+    pub(crate) fn group_warp_reg(&self) -> String {
+        self.group_warp.clone()
     }
 
     fn inst(&mut self, inst: &Inst) -> Result<(), CodegenError> {
@@ -784,7 +834,12 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("sub.u32 {index}, {thread}, {}", g.first_warp * 32));
             let saved = std::mem::replace(&mut self.team, Team { index, threads: g.warps * 32 });
             let saved_warp = std::mem::replace(&mut self.group_warp, rel);
+            let streaming = g.roles == [flashcore_ir::source::Role::Softmax] && g.warps < self.cfg.warps;
+            if streaming {
+                self.start_stream(g.warps);
+            }
             self.block(&g.body)?;
+            self.stream = None;
             self.team = saved;
             self.group_warp = saved_warp;
             self.w.ins(format!("bra.uni {end}"));

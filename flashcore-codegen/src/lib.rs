@@ -4,6 +4,7 @@
 mod emit;
 pub mod layout;
 pub mod smem;
+mod stream;
 mod writer;
 
 use flashcore_ir::Kernel;

@@ -106,12 +106,12 @@ impl Config {
         if self.load_warps > 8 || self.warps + self.load_warps + self.softmax_warps > 16 {
             return bad("load_warps", self.load_warps, "at most 8, and at most 16 warps in all".into());
         }
-        if self.softmax_warps != 0 && (self.softmax_warps != self.warps || self.load_warps == 0) {
+        if self.softmax_warps != 0 && (self.softmax_warps > self.warps || self.load_warps == 0) {
             return bad(
                 "softmax_warps",
                 self.softmax_warps,
                 format!(
-                    "must be 0 (softmax fused into the compute warps) or equal to warps = {} with load warps (one softmax warp per compute warp's rows)",
+                    "must be 0 (softmax fused into the compute warps) or at most warps = {}, with load warps: as many as compute warps mirror their rows, fewer stream the rows through shared memory",
                     self.warps
                 ),
             );

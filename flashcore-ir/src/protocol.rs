@@ -133,6 +133,13 @@ enum SlotState {
         barrier: u32,
         phase: u32,
     },
+    /// Stored by `role` with ordinary stores; `via` lists the mbarrier phases it arrived on
+    /// since, each of which makes the data visible to whoever waits for it.
+    Written {
+        tag: u64,
+        role: usize,
+        via: BTreeSet<(u32, u32)>,
+    },
     /// Visible to every thread of `role` (and to roles that waited on the publishing phase).
     Visible {
         tag: u64,
@@ -294,7 +301,7 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                 ));
             }
             let state = if matches!(event, Event::Write { .. }) {
-                SlotState::LandedLocal { tag: *tag, role }
+                SlotState::Written { tag: *tag, role, via: BTreeSet::new() }
             } else {
                 SlotState::InFlight { tag: *tag, role, group: u32::MAX }
             };
@@ -343,6 +350,9 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                 SlotState::Published { tag: t, barrier, phase } => {
                     t == tag && s.seen[role].contains(&(*barrier, *phase))
                 }
+                SlotState::Written { tag: t, via, .. } => {
+                    t == tag && via.iter().any(|k| s.seen[role].contains(k))
+                }
                 _ => false,
             };
             if !ok {
@@ -359,9 +369,13 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                         "role `{name}` did not wait for phase {phase} of mbarrier `{}`, which publishes it",
                         schedule.barrier_name(*barrier)
                     ),
-                    SlotState::Published { tag: t, .. } | SlotState::Visible { tag: t, .. } => {
-                        format!("it holds iteration {t}")
-                    }
+                    SlotState::Written { tag: t, role: r, .. } if t == tag => format!(
+                        "role `{name}` waited for no mbarrier phase that role `{}` arrived on after storing it",
+                        schedule.roles[*r].name
+                    ),
+                    SlotState::Published { tag: t, .. }
+                    | SlotState::Visible { tag: t, .. }
+                    | SlotState::Written { tag: t, .. } => format!("it holds iteration {t}"),
                 };
                 return Err(err(
                     ProtocolErrorKind::ReadBeforeFill,
@@ -402,9 +416,9 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                 s.released.entry(key).or_default().extend(done);
                 // The role's stores so far are ordered before this arrival (release).
                 for st in s.slots.values_mut() {
-                    if let SlotState::LandedLocal { tag, role: r } = *st {
-                        if r == role {
-                            *st = SlotState::Published { tag, barrier: *barrier, phase };
+                    if let SlotState::Written { role: r, via, .. } = st {
+                        if *r == role {
+                            via.insert(key);
                         }
                     }
                 }

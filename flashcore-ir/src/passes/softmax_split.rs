@@ -107,18 +107,26 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
     let mut channels: BTreeMap<Value, ChanSetup> = BTreeMap::new();
     let mut compute_counters = vec![];
     let mut softmax_counters = vec![];
-    let threads = kernel.config.warps * 32;
+    let threads = |side: Side| match side {
+        Side::Compute => kernel.config.warps * 32,
+        Side::Softmax => kernel.config.softmax_warps * 32,
+    };
+    let (compute_threads, softmax_threads) = (threads(Side::Compute), threads(Side::Softmax));
     let mut chan_for = |kernel: &mut Kernel, v: Value, from: Side| -> ChanSetup {
         if let Some(c) = channels.get(&v) {
             return *c;
         }
         let name = kernel.value(v).name.clone();
-        let ring = |kernel: &mut Kernel, suffix: &str| {
-            kernel.mbarriers.push(MbarRing { name: format!("{name}_{suffix}"), slots: 1, count: threads });
+        let (senders, receivers) = match from {
+            Side::Compute => (compute_threads, softmax_threads),
+            Side::Softmax => (softmax_threads, compute_threads),
+        };
+        let ring = |kernel: &mut Kernel, suffix: &str, count: u32| {
+            kernel.mbarriers.push(MbarRing { name: format!("{name}_{suffix}"), slots: 1, count });
             MbarRingId(kernel.mbarriers.len() as u32 - 1)
         };
-        let full = ring(kernel, "full");
-        let empty = ring(kernel, "empty");
+        let full = ring(kernel, "full", senders);
+        let empty = ring(kernel, "empty", receivers);
         kernel.channels.push(Channel { name: name.clone(), ty: kernel.ty(v), full, empty });
         let send_count = new_value(kernel, Type::Counter, &format!("{name}_sent"), true);
         let recv_count = new_value(kernel, Type::Counter, &format!("{name}_received"), true);
@@ -215,7 +223,11 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
                 )
             };
             compute_body.push(pipeline(std::mem::take(&mut compute_loop), *kt, None));
-            softmax_body.push(pipeline(std::mem::take(&mut softmax_loop), kt_softmax, Some(Role::Softmax)));
+            let mut softmax_iteration = std::mem::take(&mut softmax_loop);
+            if kernel.config.softmax_warps < kernel.config.warps {
+                softmax_iteration = waits_first_arrivals_last(softmax_iteration);
+            }
+            softmax_body.push(pipeline(softmax_iteration, kt_softmax, Some(Role::Softmax)));
             continue;
         }
         match &i.op {
@@ -243,6 +255,21 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         compute_counters,
         softmax_counters,
     })
+}
+
+/// Streaming softmax warps process their rows one after another, so the whole iteration must be
+/// one run of row-local statements: every wait first, every arrival (and counter step) last. The
+/// protocol check then verifies this order like any other.
+fn waits_first_arrivals_last(insts: Vec<Inst>) -> Vec<Inst> {
+    let (mut waits, mut work, mut arrivals) = (vec![], vec![], vec![]);
+    for i in insts {
+        match i.op {
+            Op::MbarWait { .. } => waits.push(i),
+            Op::MbarArrive { .. } | Op::CounterNext { .. } => arrivals.push(i),
+            _ => work.push(i),
+        }
+    }
+    waits.into_iter().chain(work).chain(arrivals).collect()
 }
 
 fn body_span(insts: &[Inst]) -> SpanId {
