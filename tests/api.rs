@@ -62,7 +62,8 @@ fn invalid_run_time_configs_name_the_field() {
         (Config { warps: 0, ..attention::CONFIG }, "warps = 0"),
         (Config { stages: 5, ..attention::CONFIG }, "stages = 5"),
         (Config { load_warps: 9, ..attention::CONFIG }, "load_warps = 9"),
-        (Config { load_warps: 1, softmax_warps: 1, ..attention::CONFIG }, "softmax_warps = 1"),
+        (Config { load_warps: 1, softmax_warps: 5, ..attention::CONFIG }, "softmax_warps = 5"),
+        (Config { softmax_warps: 1, ..attention::CONFIG }, "softmax_warps = 1"),
     ] {
         let err = attention::ptx(&config).unwrap_err().to_string();
         assert!(err.contains(want), "expected `{want}` in: {err}");

@@ -13,7 +13,7 @@ use flashcore::Config;
 fn layouts() -> Vec<Config> {
     let mut v = vec![];
     for stages in 1..=3 {
-        for (load_warps, softmax_warps) in [(0, 0), (1, 0), (4, 0), (1, 4)] {
+        for (load_warps, softmax_warps) in [(0, 0), (1, 0), (4, 0), (1, 4), (1, 1)] {
             for persistent in [false, true] {
                 v.push(Config { stages, load_warps, softmax_warps, persistent, ..attention::CONFIG });
             }
