@@ -617,16 +617,14 @@ impl Tracer<'_> {
                 let (barrier, _) = self.barrier(*ring, *iter);
                 self.events.push(Event::AsyncArrive { barrier });
             }
-            Op::ChanWrite { chan, iter, .. } => {
+            Op::ChanWrite { chan, iter, .. } | Op::ChanRead { chan, iter, .. } => {
+                // A channel is a one-slot ring after the staged buffers; its data is the use count.
                 let slot = Slot { ring: self.kernel.buffers.len() as u32 + chan.0, index: 0 };
                 let tag = self.counters.get(iter).copied().unwrap_or(0) as u64;
-                self.events.push(Event::Write { slot, tag });
-            }
-            Op::ChanRead { dst, chan, iter } => {
-                let slot = Slot { ring: self.kernel.buffers.len() as u32 + chan.0, index: 0 };
-                let tag = self.counters.get(iter).copied().unwrap_or(0) as u64;
-                self.events.push(Event::Read { slot, tag });
-                let _ = dst;
+                self.events.push(match inst.op {
+                    Op::ChanWrite { .. } => Event::Write { slot, tag },
+                    _ => Event::Read { slot, tag },
+                });
             }
             op => {
                 for u in op.uses() {
