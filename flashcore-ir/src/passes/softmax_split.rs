@@ -68,6 +68,8 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         |k: &Kernel, v: Value| matches!(k.ty(v), Type::Frag { cols: TileDim::Head, elem: Elem::F32, .. });
 
     // Sides of the loop body's statements, then of their values.
+    let side_of =
+        |v: Value, owner: &HashMap<Value, Side>| owner.get(&v).copied().unwrap_or_else(|| var_side(v));
     let mut owner: HashMap<Value, Side> = vars.iter().map(|v| (*v, Side::Compute)).collect();
     let mut sides: Vec<Side> = vec![];
     for i in &loop_body.insts {
@@ -77,9 +79,7 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
             _ => Side::Compute,
         };
         if side == Side::Softmax
-            && i.op.uses().iter().any(|u| {
-                is_accumulator(kernel, *u) && owner.get(u).copied().unwrap_or(var_side(*u)) == Side::Compute
-            })
+            && i.op.uses().iter().any(|u| is_accumulator(kernel, *u) && side_of(*u, &owner) == Side::Compute)
         {
             side = Side::Compute;
         }
@@ -88,8 +88,6 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         }
         sides.push(side);
     }
-    let side_of =
-        |v: Value, owner: &HashMap<Value, Side>| owner.get(&v).copied().unwrap_or_else(|| var_side(v));
 
     // Renamed loop variables for the softmax side.
     let mut rename: HashMap<Value, Value> = HashMap::new();
@@ -107,11 +105,7 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
     let mut channels: BTreeMap<Value, ChanSetup> = BTreeMap::new();
     let mut compute_counters = vec![];
     let mut softmax_counters = vec![];
-    let threads = |side: Side| match side {
-        Side::Compute => kernel.config.warps * 32,
-        Side::Softmax => kernel.config.softmax_warps * 32,
-    };
-    let (compute_threads, softmax_threads) = (threads(Side::Compute), threads(Side::Softmax));
+    let (compute_threads, softmax_threads) = (kernel.config.warps * 32, kernel.config.softmax_warps * 32);
     let mut chan_for = |kernel: &mut Kernel, v: Value, from: Side| -> ChanSetup {
         if let Some(c) = channels.get(&v) {
             return *c;
