@@ -252,9 +252,7 @@ pub fn launch_async(
         arg: arg.to_string(),
         message: message.to_string(),
     };
-    if args.len() != k.params.len() {
-        return Err(bad("(all)", &format!("expected {} arguments, got {}", k.params.len(), args.len())));
-    }
+    // The argument count is checked by `bind_shapes` below.
     for (param, arg) in k.params.iter().zip(args.iter()) {
         match (param, arg) {
             (Param::Tensor(t), Arg::Tensor(_)) if !t.writable => {}

@@ -73,6 +73,25 @@ pub struct Emitter<'k> {
     pipeline_count: Option<String>,
 }
 
+/// The f32 instruction of a row reduction step.
+pub(crate) fn reduce_instr(op: ReduceOp) -> &'static str {
+    match op {
+        ReduceOp::Max => "max.f32",
+        ReduceOp::Sum => "add.f32",
+    }
+}
+
+/// The f32 instruction of an elementwise binary op.
+pub(crate) fn binary_instr(op: BinOp) -> &'static str {
+    match op {
+        BinOp::Add => "add.f32",
+        BinOp::Sub => "sub.f32",
+        BinOp::Mul => "mul.f32",
+        BinOp::Div => "div.rn.f32",
+        BinOp::Max => "max.f32",
+    }
+}
+
 fn f32_hex(x: f32) -> String {
     format!("0f{:08X}", x.to_bits())
 }
@@ -1015,10 +1034,7 @@ impl<'k> Emitter<'k> {
         };
         let (d, s) = (self.regs_of(dst), self.regs_of(src));
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
-        let instr = match op {
-            ReduceOp::Max => "max.f32",
-            ReduceOp::Sum => "add.f32",
-        };
+        let instr = reduce_instr(op);
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let r = d.at(row_reg(mf, h));
@@ -1051,13 +1067,7 @@ impl<'k> Emitter<'k> {
             }
             ("mul.f32", inv)
         } else {
-            let instr = match op {
-                BinOp::Add => "add.f32",
-                BinOp::Sub => "sub.f32",
-                BinOp::Mul => "mul.f32",
-                BinOp::Div => "div.rn.f32",
-                BinOp::Max => "max.f32",
-            };
+            let instr = binary_instr(op);
             (instr, r)
         };
         // Which rhs register pairs with lhs register i.

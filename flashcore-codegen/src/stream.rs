@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 
 use flashcore_ir::kernel::*;
-use flashcore_ir::source::{BinOp, ReduceOp};
 
 use crate::emit::Emitter;
 use crate::layout::frag_shape;
@@ -118,10 +117,7 @@ impl Emitter<'_> {
             Op::Reduce { dst, op, src } => {
                 // The whole row is in this lane: no shuffles.
                 let (d, s) = (self.stream_regs(*dst, slot), self.stream_regs(*src, slot));
-                let instr = match op {
-                    ReduceOp::Max => "max.f32",
-                    ReduceOp::Sum => "add.f32",
-                };
+                let instr = crate::emit::reduce_instr(*op);
                 self.w().ins(format!("mov.f32 {}, {}", d.at(0), s.at(0)));
                 for i in 1..s.len {
                     self.w().ins(format!("{instr} {}, {}, {}", d.at(0), d.at(0), s.at(i)));
@@ -133,13 +129,7 @@ impl Emitter<'_> {
                     self.stream_regs(*lhs, slot),
                     self.stream_regs(*rhs, slot),
                 );
-                let instr = match op {
-                    BinOp::Add => "add.f32",
-                    BinOp::Sub => "sub.f32",
-                    BinOp::Mul => "mul.f32",
-                    BinOp::Div => "div.rn.f32",
-                    BinOp::Max => "max.f32",
-                };
+                let instr = crate::emit::binary_instr(*op);
                 for i in 0..d.len {
                     let ri = if r.len == 1 { 0 } else { i };
                     self.w().ins(format!("{instr} {}, {}, {}", d.at(i), l.at(i), r.at(ri)));

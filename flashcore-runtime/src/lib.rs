@@ -258,34 +258,28 @@ impl Device {
     /// Enqueues `image` on `grid` CTAs. Asynchronous: call [`Device::synchronize`] to wait.
     pub fn launch(&self, image: &KernelImage, grid: u32, args: &mut [LaunchArg]) -> Result<()> {
         let kernel = self.load(image)?;
-        let mut pointers: Vec<u64> = Vec::with_capacity(args.len());
-        let mut floats: Vec<f32> = vec![];
-        let mut ints: Vec<u32> = vec![];
-        for a in args.iter() {
-            match a {
-                LaunchArg::Buffer(t) => pointers.push(t.data.device_ptr(&self.stream).0),
-                LaunchArg::BufferMut(t) => pointers.push(t.data.device_ptr(&self.stream).0),
-                LaunchArg::F32(x) => floats.push(*x),
-                LaunchArg::U32(x) => ints.push(*x),
-            }
+        /// Argument values, kept alive until the launch has read them.
+        enum Value {
+            Pointer(u64),
+            F32(f32),
+            U32(u32),
         }
+        let values: Vec<Value> = args
+            .iter()
+            .map(|a| match a {
+                LaunchArg::Buffer(t) => Value::Pointer(t.data.device_ptr(&self.stream).0),
+                LaunchArg::BufferMut(t) => Value::Pointer(t.data.device_ptr(&self.stream).0),
+                LaunchArg::F32(x) => Value::F32(*x),
+                LaunchArg::U32(x) => Value::U32(*x),
+            })
+            .collect();
         let mut builder = self.stream.launch_builder(&kernel.function);
-        let (mut p, mut f, mut i) = (0, 0, 0);
-        for a in args.iter() {
-            match a {
-                LaunchArg::Buffer(_) | LaunchArg::BufferMut(_) => {
-                    builder.arg(&pointers[p]);
-                    p += 1;
-                }
-                LaunchArg::F32(_) => {
-                    builder.arg(&floats[f]);
-                    f += 1;
-                }
-                LaunchArg::U32(_) => {
-                    builder.arg(&ints[i]);
-                    i += 1;
-                }
-            }
+        for v in &values {
+            match v {
+                Value::Pointer(p) => builder.arg(p),
+                Value::F32(x) => builder.arg(x),
+                Value::U32(x) => builder.arg(x),
+            };
         }
         let cfg = cudarc::driver::LaunchConfig {
             grid_dim: (grid, 1, 1),
