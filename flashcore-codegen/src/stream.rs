@@ -33,6 +33,7 @@ pub fn is_row_op(op: &Op) -> bool {
             | Op::Reduce { .. }
             | Op::Binary { .. }
             | Op::Exp2 { .. }
+            | Op::ToF16 { .. }
             | Op::Assign { .. }
             | Op::ChanRead { .. }
             | Op::ChanWrite { .. }
@@ -62,6 +63,8 @@ impl Emitter<'_> {
         }
         let (len, class) = match self.kernel().ty(v) {
             Type::Frag { cols, elem: Elem::F32, .. } => (cols.size(&self.cfg()) as usize, RegClass::F32),
+            // f16 pairs (columns 2k, 2k+1, the lower in the low half).
+            Type::Frag { cols, elem: Elem::F16, .. } => (cols.size(&self.cfg()) as usize / 2, RegClass::B32),
             Type::Row { .. } | Type::Scalar => (1, RegClass::F32),
             other => panic!("streaming softmax warps hold no {other}"),
         };
@@ -106,6 +109,17 @@ impl Emitter<'_> {
                 let (d, s) = (self.stream_regs(*dst, slot), self.stream_regs(*src, slot));
                 for i in 0..d.len {
                     self.w().ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
+                }
+            }
+            Op::ToF16 { dst, src } => {
+                let (d, s) = (self.stream_regs(*dst, slot), self.stream_regs(*src, slot));
+                for k in 0..d.len {
+                    self.w().ins(format!(
+                        "cvt.rn.f16x2.f32 {}, {}, {}",
+                        d.at(k),
+                        s.at(2 * k + 1),
+                        s.at(2 * k)
+                    ));
                 }
             }
             Op::Exp2 { dst, src } => {
@@ -186,6 +200,11 @@ impl Emitter<'_> {
         let addr = self.w().temp(RegClass::B32);
         let reg_index = self.w().temp(RegClass::B32);
         match ty {
+            Type::Frag { cols, elem: Elem::F16, .. } => {
+                // A-operand layout: register (mf·k_slices + c/16)·4 + 2·((c%16)/8) + half.
+                let k_slices = frag_shape(&cfg, cols, Elem::F16).col_blocks as u32;
+                self.w().ins(format!("mad.lo.u32 {reg_index}, {mf}, {}, {half}", k_slices * 4));
+            }
             Type::Frag { cols, .. } => {
                 let n_tiles = frag_shape(&cfg, cols, Elem::F32).col_blocks as u32;
                 // register index of column 0: (mf·n_tiles)·4 + 2·half
@@ -204,6 +223,24 @@ impl Emitter<'_> {
         self.w().ins(format!("shl.b32 {addr}, {addr}, 2"));
         self.w().ins(format!("add.u32 {addr}, {addr}, {smem}"));
         match ty {
+            Type::Frag { elem: Elem::F16, .. } => {
+                for k in 0..fam.len as u32 {
+                    // Columns 2k, 2k+1: register (c/16)·4 + 2·((c%16)/8), lane offset (c%8)/2.
+                    let c = 2 * k;
+                    let offset = base + ((((c / 16) * 4 + 2 * ((c % 16) / 8)) * 32) + (c % 8) / 2) * 4;
+                    if write {
+                        self.w().ins(format!(
+                            "@{inside} st.shared.b32 [{addr}+{offset}], {}",
+                            fam.at(k as usize)
+                        ));
+                    } else {
+                        self.w().ins(format!(
+                            "@{inside} ld.shared.b32 {}, [{addr}+{offset}]",
+                            fam.at(k as usize)
+                        ));
+                    }
+                }
+            }
             Type::Frag { .. } => {
                 for c in 0..fam.len as u32 {
                     // Compile-time part: register (c/8)·4 + c%2, lane offset (c%8)/2.

@@ -9,7 +9,7 @@
 //! the compute side), except that a loop-carried variable lives on the side that assigns it (on
 //! the compute side if both do), and a statement that reads the O accumulator (a `[TILE_M, D]`
 //! tile) runs on the compute side: the big tile never moves, the scores, the probabilities and
-//! the row statistics do.
+//! the row statistics do. A conversion to f16 runs where its source lives, so P crosses as f16.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -75,6 +75,8 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
     for i in &loop_body.insts {
         let mut side = match &i.op {
             Op::Assign { dst, .. } => var_side(*dst),
+            // A conversion runs where its source lives: P crosses as f16, half the bytes.
+            Op::ToF16 { src, .. } => owner.get(src).copied().unwrap_or(Side::Compute),
             _ if i.role == Some(Role::Softmax) => Side::Softmax,
             _ => Side::Compute,
         };
