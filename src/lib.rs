@@ -4,7 +4,8 @@
 //! This facade re-exports the four crates ([`ir`], [`codegen`], [`runtime`] and the macro) and
 //! holds what ties them together: compiling a program for a [`Config`] ([`compile`]), a
 //! per-kernel cache ([`KernelCache`]), binding launch arguments to the kernel's symbolic shapes
-//! ([`launch`]), a float64 CPU [`reference`], `.npy` I/O ([`npy`]) and a [`ptxas`] driver.
+//! ([`launch`]), a float64 CPU [`reference`], `.npy` I/O ([`npy`]), a [`ptxas`] driver, and
+//! [`simulate`], which runs a compiled kernel in the PTX simulator when there is no GPU.
 //!
 //! Compiling a kernel needs no GPU: the IR after each pass and the PTX can be inspected for any
 //! [`Config`], and every config is checked before code is generated.
@@ -34,6 +35,7 @@ pub mod kernels;
 pub mod npy;
 pub mod ptxas;
 pub mod reference;
+pub mod simulate;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -58,6 +60,9 @@ pub enum Error {
     Codegen(#[from] codegen::CodegenError),
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    /// The PTX simulator found a bug in the kernel (or the kernel uses PTX it does not model).
+    #[error("simulator: {0}")]
+    Sim(#[from] flashcore_sim::SimError),
     /// A launch argument does not fit the kernel's signature.
     #[error("kernel `{kernel}`, argument `{arg}`: {message}")]
     Argument { kernel: String, arg: String, message: String },

@@ -1,0 +1,1491 @@
+//! Runs one CTA: warps as 32-lane vectors scheduled in a seeded random order, cp.async copies
+//! that complete at random times, named barriers and mbarriers, and the checks (races through
+//! vector clocks, reads of copies in flight, deadlock, barrier misuse, divergence, bounds).
+//!
+//! Happens-before: every warp is an agent, and so is each lane's stream of asynchronous copies
+//! (a copy's write belongs to its lane's copy agent, at that agent's clock when it completes).
+//! Edges come from `bar.sync` (all arrivals before all waiters leave), mbarrier phases (every
+//! arrival of a phase before a wait that observes it), `cp.async.wait_group` (the lane's copies in
+//! the waited groups before the warp) and `cp.async.mbarrier.arrive` (the lane's prior copies
+//! before the arrival). A warp is one agent: lanes of a warp are not checked against each other.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+
+use half::{bf16, f16};
+
+use crate::error::{At, SimError};
+use crate::memory::{Access, GlobalMemory, Shadow};
+use crate::parse::{
+    AddrBase, Address, Cmp, CmpType, FloatOp, HalfType, Inst, IntOp, IntType, Kernel, Op, Operand, ShflMode,
+    Space, Special,
+};
+
+pub const LANES: usize = 32;
+const EXITED: u32 = u32::MAX;
+
+/// What a launch gives each CTA.
+pub struct CtaSetup<'a> {
+    pub kernel: &'a Kernel,
+    pub params: &'a [u64],
+    pub cta: u32,
+    pub grid: u32,
+    pub threads: u32,
+    pub shared_bytes: u32,
+    pub seed: u64,
+    pub max_slice: u32,
+    pub step_limit: u64,
+}
+
+/// A small deterministic generator (xorshift64*), so a seed replays a schedule exactly.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WarpState {
+    Ready,
+    /// In `bar.sync` on this barrier id.
+    Bar(u32),
+    /// In `cp.async.wait_group n`.
+    WaitGroup(u32),
+    /// A `mbarrier.test_wait` (at PTX line `line`, for `parity`) failed: the warp spins until
+    /// this mbarrier completes a phase.
+    Parked {
+        addr: u32,
+        phases: u64,
+        parity: u64,
+        line: u32,
+    },
+    Exited,
+}
+
+/// A mbarrier arrival that fires when the lane's copies up to `after_seq` have completed.
+struct AsyncArrive {
+    after_seq: u64,
+    addr: u32,
+    noinc: bool,
+    vc: Rc<Vec<u32>>,
+    at: At,
+}
+
+#[derive(Default)]
+struct LaneAsync {
+    /// Copies in flight, oldest first (they complete in order).
+    queue: VecDeque<usize>,
+    issued: u64,
+    completed: u64,
+    /// Sequence number one past the last copy of each committed group.
+    group_ends: Vec<u64>,
+    /// Copy agent clock at which each completed copy landed, by sequence number.
+    clock_of: Vec<u32>,
+    arrivals: Vec<AsyncArrive>,
+}
+
+struct Copy {
+    warp: u32,
+    lane: u32,
+    dst: u32,
+    data: [u8; 16],
+    len: u32,
+    line: u32,
+}
+
+struct Warp {
+    regs: Vec<u64>,
+    pc: [u32; LANES],
+    state: WarpState,
+    vc: Vec<u32>,
+    lanes: Vec<LaneAsync>,
+    /// Per mbarrier: the last phase this warp observed complete.
+    seen: HashMap<u32, i64>,
+    /// First thread of the warp in the CTA.
+    thread0: u32,
+}
+
+struct NamedBar {
+    expected: u32,
+    arrived: u32,
+    warps: Vec<u32>,
+    accum: Vec<u32>,
+    line: u32,
+}
+
+struct Mbar {
+    expected: u32,
+    remaining: u32,
+    phases: u64,
+    arrived: HashSet<u32>,
+    accum: Vec<u32>,
+    completed_vc: Vec<u32>,
+}
+
+pub struct Cta<'a> {
+    s: CtaSetup<'a>,
+    global: &'a mut GlobalMemory,
+    warps: Vec<Warp>,
+    nwarps: usize,
+    shared: Vec<u8>,
+    shadow: Vec<Shadow>,
+    bars: HashMap<u32, NamedBar>,
+    mbars: HashMap<u32, Mbar>,
+    copies: Vec<Option<Copy>>,
+    in_flight: usize,
+    copy_clock: Vec<u32>,
+    rng: Rng,
+    pub steps: u64,
+    pub lane_steps: u64,
+}
+
+fn join(into: &mut [u32], from: &[u32]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        *a = (*a).max(*b);
+    }
+}
+
+fn f32_of(v: u64) -> f32 {
+    f32::from_bits(v as u32)
+}
+
+fn ftz(x: f32) -> f32 {
+    if x.is_subnormal() {
+        0.0f32.copysign(x)
+    } else {
+        x
+    }
+}
+
+impl<'a> Cta<'a> {
+    pub fn new(s: CtaSetup<'a>, global: &'a mut GlobalMemory) -> Cta<'a> {
+        let nwarps = s.threads.div_ceil(LANES as u32) as usize;
+        let agents = nwarps * (LANES + 1);
+        let nregs = s.kernel.registers.len();
+        let warps = (0..nwarps)
+            .map(|w| {
+                let mut pc = [0u32; LANES];
+                for (l, p) in pc.iter_mut().enumerate() {
+                    if (w * LANES + l) as u32 >= s.threads {
+                        *p = EXITED;
+                    }
+                }
+                // A warp's own clock starts at 1: an access at clock c is ordered before
+                // another agent only once that agent's clock for this warp reaches c.
+                let mut vc = vec![0; agents];
+                vc[w] = 1;
+                Warp {
+                    regs: vec![0; nregs * LANES],
+                    pc,
+                    state: WarpState::Ready,
+                    vc,
+                    lanes: (0..LANES).map(|_| LaneAsync::default()).collect(),
+                    seen: HashMap::new(),
+                    thread0: (w * LANES) as u32,
+                }
+            })
+            .collect();
+        let words = (s.shared_bytes as usize).div_ceil(4);
+        let mut rng = Rng::new(s.seed ^ ((s.cta as u64) << 32));
+        rng.next();
+        Cta {
+            warps,
+            nwarps,
+            shared: vec![0xA5; words * 4],
+            shadow: vec![Shadow::default(); words],
+            bars: HashMap::new(),
+            mbars: HashMap::new(),
+            copies: Vec::new(),
+            in_flight: 0,
+            copy_clock: vec![0; nwarps * LANES],
+            rng,
+            steps: 0,
+            lane_steps: 0,
+            global,
+            s,
+        }
+    }
+
+    fn agent_of_copies(&self, warp: u32, lane: u32) -> u32 {
+        self.nwarps as u32 + warp * LANES as u32 + lane
+    }
+
+    fn at(&self, w: usize, inst: &Inst) -> At {
+        At { cta: self.s.cta, warp: w as u32, line: inst.line, inst: inst.text.clone() }
+    }
+
+    /// Runs the CTA to completion or to the first error.
+    pub fn run(&mut self, step_budget: &mut u64) -> Result<(), SimError> {
+        loop {
+            self.complete_some_copies()?;
+            self.wake_waiters()?;
+            let ready: Vec<usize> =
+                (0..self.nwarps).filter(|&w| self.warps[w].state == WarpState::Ready).collect();
+            if ready.is_empty() {
+                if self.warps.iter().all(|w| w.state == WarpState::Exited) && self.in_flight == 0 {
+                    return Ok(());
+                }
+                if self.in_flight > 0 {
+                    self.complete_one_copy()?;
+                    continue;
+                }
+                if self.warps.iter().all(|w| w.state == WarpState::Exited) {
+                    return Ok(());
+                }
+                return Err(SimError::Deadlock { report: self.deadlock_report() });
+            }
+            let w = ready[self.rng.below(ready.len() as u64) as usize];
+            let slice = 1 + self.rng.below(self.s.max_slice.max(1) as u64);
+            for _ in 0..slice {
+                if self.warps[w].state != WarpState::Ready {
+                    break;
+                }
+                if *step_budget == 0 {
+                    return Err(SimError::StepLimit { limit: self.s.step_limit });
+                }
+                *step_budget -= 1;
+                self.step(w)?;
+            }
+        }
+    }
+
+    // ----- asynchronous copies -----
+
+    fn complete_some_copies(&mut self) -> Result<(), SimError> {
+        if self.in_flight == 0 {
+            return Ok(());
+        }
+        for w in 0..self.nwarps {
+            for l in 0..LANES {
+                if !self.warps[w].lanes[l].queue.is_empty() && self.rng.below(3) == 0 {
+                    self.complete_copy(w, l)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_one_copy(&mut self) -> Result<(), SimError> {
+        let busy: Vec<(usize, usize)> = (0..self.nwarps)
+            .flat_map(|w| (0..LANES).map(move |l| (w, l)))
+            .filter(|&(w, l)| !self.warps[w].lanes[l].queue.is_empty())
+            .collect();
+        let (w, l) = busy[self.rng.below(busy.len() as u64) as usize];
+        self.complete_copy(w, l)
+    }
+
+    fn complete_copy(&mut self, w: usize, l: usize) -> Result<(), SimError> {
+        let id = self.warps[w].lanes[l].queue.pop_front().expect("a copy in flight");
+        let copy = self.copies[id].take().expect("copy not yet completed");
+        self.in_flight -= 1;
+        let agent = self.agent_of_copies(copy.warp, copy.lane);
+        let slot = (copy.warp as usize) * LANES + copy.lane as usize;
+        self.copy_clock[slot] += 1;
+        let clock = self.copy_clock[slot];
+        let dst = copy.dst as usize;
+        self.shared[dst..dst + copy.len as usize].copy_from_slice(&copy.data[..copy.len as usize]);
+        for word in dst / 4..(dst + copy.len as usize) / 4 {
+            let sh = &mut self.shadow[word];
+            sh.pending_copy = 0;
+            sh.write = Some(Access { agent, clock, line: copy.line });
+            sh.reads.clear();
+        }
+        let lane = &mut self.warps[w].lanes[l];
+        lane.completed += 1;
+        lane.clock_of.push(clock);
+        // Arrivals whose copies have all landed fire now.
+        let completed = lane.completed;
+        let (fire, keep): (Vec<AsyncArrive>, Vec<AsyncArrive>) =
+            std::mem::take(&mut lane.arrivals).into_iter().partition(|a| a.after_seq <= completed);
+        lane.arrivals = keep;
+        for a in fire {
+            self.fire_async_arrive(w, l, a)?;
+        }
+        Ok(())
+    }
+
+    fn fire_async_arrive(&mut self, w: usize, l: usize, a: AsyncArrive) -> Result<(), SimError> {
+        let mut vc = (*a.vc).clone();
+        let lane = &self.warps[w].lanes[l];
+        if a.after_seq > 0 {
+            let agent = self.agent_of_copies(w as u32, l as u32) as usize;
+            vc[agent] = vc[agent].max(lane.clock_of[a.after_seq as usize - 1]);
+        }
+        let thread = self.warps[w].thread0 + l as u32;
+        self.mbar_arrive(a.addr, if a.noinc { Some(thread) } else { None }, &vc, &a.at)
+    }
+
+    /// Whether lane `l` of warp `w` satisfies `cp.async.wait_group n`, and the sequence number
+    /// up to which its copies are then known complete.
+    fn wait_group_done(&self, w: usize, l: usize, n: u32) -> (bool, u64) {
+        let lane = &self.warps[w].lanes[l];
+        let groups = lane.group_ends.len();
+        if groups <= n as usize {
+            return (true, 0);
+        }
+        let boundary = lane.group_ends[groups - 1 - n as usize];
+        (lane.completed >= boundary, boundary)
+    }
+
+    fn finish_wait_group(&mut self, w: usize, mask: u32, n: u32) -> bool {
+        let mut bounds = [0u64; LANES];
+        for (l, b) in bounds.iter_mut().enumerate() {
+            if mask & (1 << l) != 0 {
+                let (done, boundary) = self.wait_group_done(w, l, n);
+                if !done {
+                    return false;
+                }
+                *b = boundary;
+            }
+        }
+        for (l, b) in bounds.iter().enumerate() {
+            if *b > 0 {
+                let agent = self.agent_of_copies(w as u32, l as u32) as usize;
+                let clock = self.warps[w].lanes[l].clock_of[*b as usize - 1];
+                let vc = &mut self.warps[w].vc[agent];
+                *vc = (*vc).max(clock);
+            }
+        }
+        true
+    }
+
+    fn wake_waiters(&mut self) -> Result<(), SimError> {
+        for w in 0..self.nwarps {
+            match self.warps[w].state {
+                WarpState::WaitGroup(n) => {
+                    let mask = self.live_mask(w);
+                    if self.finish_wait_group(w, mask, n) {
+                        self.warps[w].state = WarpState::Ready;
+                    }
+                }
+                WarpState::Parked { addr, phases, .. } => {
+                    if self.mbars.get(&addr).map_or(true, |m| m.phases != phases) {
+                        self.warps[w].state = WarpState::Ready;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ----- barriers -----
+
+    fn mbar_arrive(&mut self, addr: u32, thread: Option<u32>, vc: &[u32], at: &At) -> Result<(), SimError> {
+        let Some(m) = self.mbars.get_mut(&addr) else {
+            return Err(SimError::BarrierMisuse {
+                at: at.clone(),
+                message: format!("arrive on shared address {addr:#x}, which holds no initialized mbarrier"),
+            });
+        };
+        if let Some(t) = thread {
+            if !m.arrived.insert(t) {
+                return Err(SimError::BarrierMisuse {
+                    at: at.clone(),
+                    message: format!(
+                        "thread {t} arrives twice on the mbarrier at {addr:#x} in phase {} (expected count {}, {} arrivals missing): re-arrival before the phase completed",
+                        m.phases, m.expected, m.remaining
+                    ),
+                });
+            }
+        }
+        join(&mut m.accum, vc);
+        m.remaining -= 1;
+        if m.remaining == 0 {
+            m.phases += 1;
+            m.remaining = m.expected;
+            m.arrived.clear();
+            m.completed_vc = std::mem::replace(&mut m.accum, vec![0; vc.len()]);
+        }
+        Ok(())
+    }
+
+    fn deadlock_report(&self) -> String {
+        let mut out = String::new();
+        for (w, warp) in self.warps.iter().enumerate() {
+            let pcs: Vec<u32> = warp.pc.iter().copied().filter(|&p| p != EXITED).collect();
+            let pc = pcs.iter().copied().min();
+            let where_ = match pc.and_then(|p| self.s.kernel.insts.get(p as usize)) {
+                Some(i) => format!("PTX line {} `{}`", i.line, i.text),
+                None => "past the end".into(),
+            };
+            let what = match warp.state {
+                WarpState::Exited => continue,
+                WarpState::Ready => format!("ready, at {where_}"),
+                WarpState::Bar(id) => format!("waits in bar.sync {id}, before {where_}"),
+                WarpState::WaitGroup(n) => format!("waits in cp.async.wait_group {n}, before {where_}"),
+                WarpState::Parked { addr, phases, parity, line } => format!(
+                    "spins in the mbarrier.test_wait at PTX line {line} on the mbarrier at {addr:#x}, waiting for parity {parity} (phases completed: {phases})"
+                ),
+            };
+            out += &format!(
+                "  CTA {} warp {w} (threads {}..{}): {what}\n",
+                self.s.cta,
+                warp.thread0,
+                warp.thread0 + LANES as u32 - 1
+            );
+        }
+        let mut bars: Vec<_> = self.bars.iter().collect();
+        bars.sort_by_key(|(id, _)| **id);
+        for (id, b) in bars {
+            out += &format!(
+                "  named barrier {id}: {} of {} threads arrived (warps {:?}; first at PTX line {})\n",
+                b.arrived, b.expected, b.warps, b.line
+            );
+        }
+        let mut mbars: Vec<_> = self.mbars.iter().collect();
+        mbars.sort_by_key(|(a, _)| **a);
+        for (addr, m) in mbars {
+            out += &format!(
+                "  mbarrier at {addr:#x}: phase {} in progress (parity {}), {} of {} arrivals\n",
+                m.phases,
+                m.phases % 2,
+                m.expected - m.remaining,
+                m.expected
+            );
+        }
+        out
+    }
+
+    // ----- lanes and operands -----
+
+    fn live_mask(&self, w: usize) -> u32 {
+        let mut m = 0;
+        for (l, p) in self.warps[w].pc.iter().enumerate() {
+            if *p != EXITED {
+                m |= 1 << l;
+            }
+        }
+        m
+    }
+
+    #[inline]
+    fn reg(&self, w: usize, r: u32, l: usize) -> u64 {
+        self.warps[w].regs[r as usize * LANES + l]
+    }
+
+    #[inline]
+    fn set(&mut self, w: usize, r: u32, l: usize, v: u64) {
+        self.warps[w].regs[r as usize * LANES + l] = v;
+    }
+
+    #[inline]
+    fn val(&self, w: usize, o: Operand, l: usize) -> u64 {
+        match o {
+            Operand::Reg(r) => self.reg(w, r, l),
+            Operand::Imm(v) => v,
+            Operand::SharedBase => 0,
+            Operand::Special(sp) => match sp {
+                Special::Tid(0) => (self.warps[w].thread0 + l as u32) as u64,
+                Special::Tid(_) => 0,
+                Special::Ntid(0) => self.s.threads as u64,
+                Special::Ntid(_) => 1,
+                Special::Ctaid(0) => self.s.cta as u64,
+                Special::Ctaid(_) => 0,
+                Special::Nctaid(0) => self.s.grid as u64,
+                Special::Nctaid(_) => 1,
+                Special::LaneId => l as u64,
+                Special::WarpId => w as u64,
+                // Simulated nanoseconds: one per warp instruction.
+                Special::GlobalTimer => self.steps,
+            },
+        }
+    }
+
+    fn address(&self, w: usize, a: &Address, l: usize) -> u64 {
+        let base = match a.base {
+            AddrBase::Reg(r) => self.reg(w, r, l),
+            AddrBase::Shared => 0,
+            AddrBase::Param(p) => p as u64,
+        };
+        base.wrapping_add(a.offset as u64)
+    }
+
+    fn shared_range(&self, at: &At, addr: u64, bytes: u32) -> Result<usize, SimError> {
+        if addr % bytes.min(16) as u64 != 0 {
+            return Err(SimError::Misaligned { at: at.clone(), space: "shared", addr, bytes });
+        }
+        if addr + bytes as u64 > self.s.shared_bytes as u64 {
+            return Err(SimError::OutOfBounds {
+                at: at.clone(),
+                message: format!(
+                    "shared access of {bytes} bytes at {addr:#x} is past the {} bytes of shared memory of this launch",
+                    self.s.shared_bytes
+                ),
+            });
+        }
+        Ok(addr as usize)
+    }
+
+    fn describe(&self, a: &Access, wrote: bool) -> String {
+        let nw = self.nwarps as u32;
+        let line = a.line;
+        if a.agent < nw {
+            format!("warp {} {} it at PTX line {line}", a.agent, if wrote { "wrote" } else { "read" })
+        } else {
+            let k = a.agent - nw;
+            format!(
+                "a cp.async of warp {} lane {} (PTX line {line}) wrote it",
+                k / LANES as u32,
+                k % LANES as u32
+            )
+        }
+    }
+
+    /// Race and in-flight checks for warp `w` reading (or writing) the words of `[addr, addr+bytes)`.
+    fn check_shared(
+        &mut self,
+        w: usize,
+        at: &At,
+        addr: usize,
+        bytes: usize,
+        write: bool,
+    ) -> Result<(), SimError> {
+        let me = w as u32;
+        let clock = self.warps[w].vc[w];
+        for word in addr / 4..(addr + bytes).div_ceil(4) {
+            let sh = &self.shadow[word];
+            if sh.pending_copy != 0 {
+                let c = self.copies[sh.pending_copy as usize - 1].as_ref().expect("copy in flight");
+                if write {
+                    return Err(SimError::Race {
+                        addr: (word * 4) as u32,
+                        now: at.clone(),
+                        now_kind: "writes",
+                        earlier: format!(
+                            "a cp.async of warp {} lane {} (PTX line {}) is still writing it",
+                            c.warp, c.lane, c.line
+                        ),
+                    });
+                }
+                return Err(SimError::AsyncRead {
+                    at: at.clone(),
+                    addr: (word * 4) as u32,
+                    warp: c.warp,
+                    lane: c.lane,
+                    issued_line: c.line,
+                });
+            }
+            let vc = &self.warps[w].vc;
+            // A write first answers for the reads since the last write (a stage refilled while
+            // it is still being read), then for the write itself.
+            if write {
+                if let Some(prev) =
+                    sh.reads.iter().find(|r| r.agent != me && r.clock > vc[r.agent as usize]).copied()
+                {
+                    return Err(SimError::Race {
+                        addr: (word * 4) as u32,
+                        now: at.clone(),
+                        now_kind: "writes",
+                        earlier: self.describe(&prev, false),
+                    });
+                }
+            }
+            if let Some(prev) = sh.write {
+                if prev.agent != me && prev.clock > vc[prev.agent as usize] {
+                    return Err(SimError::Race {
+                        addr: (word * 4) as u32,
+                        now: at.clone(),
+                        now_kind: if write { "writes" } else { "reads" },
+                        earlier: self.describe(&prev, true),
+                    });
+                }
+            }
+            let sh = &mut self.shadow[word];
+            let acc = Access { agent: me, clock, line: at.line };
+            if write {
+                sh.write = Some(acc);
+                sh.reads.clear();
+            } else if let Some(r) = sh.reads.iter_mut().find(|r| r.agent == me) {
+                *r = acc;
+            } else {
+                sh.reads.push(acc);
+            }
+        }
+        Ok(())
+    }
+
+    /// A warp performs a release (an arrival): later accesses are not ordered before it.
+    fn release(&mut self, w: usize) {
+        self.warps[w].vc[w] += 1;
+    }
+
+    // ----- one instruction -----
+
+    fn step(&mut self, w: usize) -> Result<(), SimError> {
+        let k = self.s.kernel;
+        self.steps += 1;
+        let warp = &self.warps[w];
+        let mut pc = EXITED;
+        for &p in &warp.pc {
+            pc = pc.min(p);
+        }
+        if pc == EXITED {
+            self.warps[w].state = WarpState::Exited;
+            return Ok(());
+        }
+        let mut active = 0u32;
+        for (l, &p) in warp.pc.iter().enumerate() {
+            if p == pc {
+                active |= 1 << l;
+            }
+        }
+        let Some(inst) = k.insts.get(pc as usize) else {
+            // Falling off the end of the kernel exits.
+            for l in 0..LANES {
+                if active & (1 << l) != 0 {
+                    self.warps[w].pc[l] = EXITED;
+                }
+            }
+            return Ok(());
+        };
+        let mut exec = active;
+        if let Some(g) = inst.guard {
+            for l in 0..LANES {
+                if active & (1 << l) != 0 && ((self.reg(w, g.reg, l) != 0) == g.negate) {
+                    exec &= !(1 << l);
+                }
+            }
+        }
+        self.lane_steps += exec.count_ones() as u64;
+        if inst.op.is_aligned() {
+            let live = self.live_mask(w);
+            if active != live || exec != active {
+                return Err(SimError::Divergence {
+                    at: self.at(w, inst),
+                    message: format!(
+                        "an .aligned/.sync instruction reached by lanes {active:#010x} (predicate true on {exec:#010x}) of the warp's live lanes {live:#010x}"
+                    ),
+                });
+            }
+        }
+        let next = pc + 1;
+        match &inst.op {
+            Op::Bra { target, uni } => {
+                if *uni && exec != 0 && exec != active {
+                    return Err(SimError::Divergence {
+                        at: self.at(w, inst),
+                        message: format!("bra.uni taken by lanes {exec:#010x} of {active:#010x}"),
+                    });
+                }
+                for l in 0..LANES {
+                    if active & (1 << l) != 0 {
+                        self.warps[w].pc[l] = if exec & (1 << l) != 0 { *target as u32 } else { next };
+                    }
+                }
+                return Ok(());
+            }
+            Op::Ret => {
+                for l in 0..LANES {
+                    if exec & (1 << l) != 0 {
+                        self.warps[w].pc[l] = EXITED;
+                    }
+                }
+                let rest = active & !exec;
+                for l in 0..LANES {
+                    if rest & (1 << l) != 0 {
+                        self.warps[w].pc[l] = next;
+                    }
+                }
+                if self.live_mask(w) == 0 {
+                    self.warps[w].state = WarpState::Exited;
+                }
+                return Ok(());
+            }
+            Op::Trap => {
+                if exec != 0 {
+                    return Err(SimError::Trap { at: self.at(w, inst), lane: exec.trailing_zeros() });
+                }
+            }
+            Op::Nanosleep => {}
+            Op::Mov { d, a } => self.lanes_map(w, exec, |c, l| (*d, c.val(w, *a, l))),
+            Op::Int { op, ty, d, a, b } => {
+                for l in lanes(exec) {
+                    let (x, y) = (self.val(w, *a, l), self.val(w, *b, l));
+                    let v = int_op(*op, *ty, x, y).ok_or_else(|| SimError::Arithmetic {
+                        at: self.at(w, inst),
+                        message: format!("integer division by zero (lane {l})"),
+                    })?;
+                    self.set(w, *d, l, v);
+                }
+            }
+            Op::Mad { ty, d, a, b, c } => self.lanes_map(w, exec, |s, l| {
+                let v = s.val(w, *a, l).wrapping_mul(s.val(w, *b, l)).wrapping_add(s.val(w, *c, l));
+                (*d, trunc(*ty, v))
+            }),
+            Op::MulWide { ty, d, a, b } => self.lanes_map(w, exec, |s, l| {
+                let (x, y) = (s.val(w, *a, l), s.val(w, *b, l));
+                let v = if ty.signed() {
+                    ((x as u32 as i32 as i64) * (y as u32 as i32 as i64)) as u64
+                } else {
+                    (x as u32 as u64) * (y as u32 as u64)
+                };
+                (*d, v)
+            }),
+            Op::Bfe { ty, d, a, b, c } => self.lanes_map(w, exec, |s, l| {
+                let (x, pos, len) = (s.val(w, *a, l), s.val(w, *b, l) & 0xff, s.val(w, *c, l) & 0xff);
+                let bits = ty.bits() as u64;
+                let v = if len == 0 || pos >= bits {
+                    0
+                } else {
+                    let x = trunc(*ty, x) >> pos;
+                    if len >= 64 {
+                        x
+                    } else {
+                        x & ((1u64 << len) - 1)
+                    }
+                };
+                (*d, trunc(*ty, v))
+            }),
+            Op::Not { ty, d, a } => self.lanes_map(w, exec, |s, l| (*d, trunc(*ty, !s.val(w, *a, l)))),
+            Op::CvtInt { dst, src, d, a } => self.lanes_map(w, exec, |s, l| {
+                let x = s.val(w, *a, l);
+                let wide = match src {
+                    IntType::U32 => x as u32 as u64,
+                    IntType::S32 => x as u32 as i32 as i64 as u64,
+                    _ => x,
+                };
+                (*d, trunc(*dst, wide))
+            }),
+            Op::CvtPack { ty, d, hi, lo } => self.lanes_map(w, exec, |s, l| {
+                let (h, lo) = (f32_of(s.val(w, *hi, l)), f32_of(s.val(w, *lo, l)));
+                let pack = |x: f32| match ty {
+                    HalfType::F16 => f16::from_f32(x).to_bits() as u64,
+                    HalfType::Bf16 => bf16::from_f32(x).to_bits() as u64,
+                };
+                (*d, (pack(h) << 16) | pack(lo))
+            }),
+            Op::Float { op, ftz: flush, d, a, b } => self.lanes_map(w, exec, |s, l| {
+                let (mut x, mut y) = (f32_of(s.val(w, *a, l)), f32_of(s.val(w, *b, l)));
+                if *flush {
+                    (x, y) = (ftz(x), ftz(y));
+                }
+                let mut r = match op {
+                    FloatOp::Add => x + y,
+                    FloatOp::Sub => x - y,
+                    FloatOp::Mul => x * y,
+                    FloatOp::Max => x.max(y),
+                    FloatOp::Min => x.min(y),
+                };
+                if *flush {
+                    r = ftz(r);
+                }
+                (*d, r.to_bits() as u64)
+            }),
+            Op::Fma { d, a, b, c } => self.lanes_map(w, exec, |s, l| {
+                let r = f32_of(s.val(w, *a, l)).mul_add(f32_of(s.val(w, *b, l)), f32_of(s.val(w, *c, l)));
+                (*d, r.to_bits() as u64)
+            }),
+            Op::Ex2 { ftz: flush, d, a } => self.lanes_map(w, exec, |s, l| {
+                let mut x = f32_of(s.val(w, *a, l));
+                if *flush {
+                    x = ftz(x);
+                }
+                let mut r = x.exp2();
+                if *flush {
+                    r = ftz(r);
+                }
+                (*d, r.to_bits() as u64)
+            }),
+            Op::Rcp { d, a } => {
+                self.lanes_map(w, exec, |s, l| (*d, (1.0 / f32_of(s.val(w, *a, l))).to_bits() as u64))
+            }
+            Op::Setp { cmp, ty, p, a, b } => self.lanes_map(w, exec, |s, l| {
+                let (x, y) = (s.val(w, *a, l), s.val(w, *b, l));
+                let r = match ty {
+                    CmpType::F32 => {
+                        let (x, y) = (f32_of(x), f32_of(y));
+                        match cmp {
+                            Cmp::Eq => x == y,
+                            Cmp::Ne => x != y && !x.is_nan() && !y.is_nan(),
+                            Cmp::Lt => x < y,
+                            Cmp::Le => x <= y,
+                            Cmp::Gt => x > y,
+                            Cmp::Ge => x >= y,
+                        }
+                    }
+                    CmpType::Int(t) => {
+                        let o = if t.signed() {
+                            sext(*t, x).cmp(&sext(*t, y))
+                        } else {
+                            trunc(*t, x).cmp(&trunc(*t, y))
+                        };
+                        match cmp {
+                            Cmp::Eq => o.is_eq(),
+                            Cmp::Ne => o.is_ne(),
+                            Cmp::Lt => o.is_lt(),
+                            Cmp::Le => o.is_le(),
+                            Cmp::Gt => o.is_gt(),
+                            Cmp::Ge => o.is_ge(),
+                        }
+                    }
+                };
+                (*p, r as u64)
+            }),
+            Op::Selp { d, a, b, p } => self.lanes_map(w, exec, |s, l| {
+                let v = if s.val(w, *p, l) != 0 { s.val(w, *a, l) } else { s.val(w, *b, l) };
+                (*d, v)
+            }),
+            Op::Ld { space, width, d, addr } => self.load(w, inst, exec, *space, *width, d, addr)?,
+            Op::St { space, width, addr, a } => self.store(w, inst, exec, *space, *width, addr, a)?,
+            Op::CpAsync { dst, src, size, src_size } => {
+                self.cp_async(w, inst, exec, dst, src, *size, *src_size)?
+            }
+            Op::CpAsyncCommit => {
+                for l in lanes(exec) {
+                    let lane = &mut self.warps[w].lanes[l];
+                    lane.group_ends.push(lane.issued);
+                }
+            }
+            Op::CpAsyncWait { n } => {
+                if !self.finish_wait_group(w, exec, *n) {
+                    self.warps[w].state = WarpState::WaitGroup(*n);
+                }
+            }
+            Op::CpAsyncMbarArrive { addr, noinc } => {
+                let at = self.at(w, inst);
+                let vc = Rc::new(self.warps[w].vc.clone());
+                for l in lanes(exec) {
+                    let a = self.address(w, addr, l);
+                    let a = self.shared_range(&at, a, 8)? as u32;
+                    self.check_mbar_init(w, &at, a)?;
+                    if !noinc {
+                        if let Some(m) = self.mbars.get_mut(&a) {
+                            m.remaining += 1;
+                        }
+                    }
+                    let lane = &mut self.warps[w].lanes[l];
+                    let arrive = AsyncArrive {
+                        after_seq: lane.issued,
+                        addr: a,
+                        noinc: *noinc,
+                        vc: vc.clone(),
+                        at: at.clone(),
+                    };
+                    if lane.completed >= lane.issued {
+                        self.fire_async_arrive(w, l, arrive)?;
+                    } else {
+                        lane.arrivals.push(arrive);
+                    }
+                }
+                self.release(w);
+            }
+            Op::Ldmatrix { count, trans, d, addr } => self.ldmatrix(w, inst, *count, *trans, d, addr)?,
+            Op::Mma { ty, d, a, b, c } => self.mma(w, *ty, d, a, b, c),
+            Op::Shfl { mode, d, a, b, c, mask } => {
+                let m = self.val(w, *mask, 0) as u32;
+                if m & exec != exec || m & !exec != 0 {
+                    return Err(SimError::Divergence {
+                        at: self.at(w, inst),
+                        message: format!("shfl.sync member mask {m:#010x} but lanes {exec:#010x} execute it"),
+                    });
+                }
+                let src: Vec<u64> = (0..LANES).map(|l| self.val(w, *a, l)).collect();
+                for l in lanes(exec) {
+                    let bval = (self.val(w, *b, l) & 31) as i64;
+                    let cval = self.val(w, *c, l) as u32;
+                    let segmask = ((cval >> 8) & 31) as i64;
+                    let max_lane = ((l as i64) & segmask) | ((cval & 31) as i64 & !segmask);
+                    let min_lane = (l as i64) & segmask;
+                    let (j, ok) = match mode {
+                        ShflMode::Bfly => {
+                            let j = (l as i64) ^ bval;
+                            (j, j <= max_lane)
+                        }
+                        ShflMode::Up => {
+                            let j = l as i64 - bval;
+                            (j, j >= min_lane)
+                        }
+                        ShflMode::Down => {
+                            let j = l as i64 + bval;
+                            (j, j <= max_lane)
+                        }
+                        ShflMode::Idx => {
+                            let j = min_lane | (bval & !segmask);
+                            (j, j <= max_lane)
+                        }
+                    };
+                    let j = if ok { j as usize } else { l };
+                    if exec & (1 << j) == 0 {
+                        return Err(SimError::Divergence {
+                            at: self.at(w, inst),
+                            message: format!("lane {l} shuffles from inactive lane {j}"),
+                        });
+                    }
+                    self.set(w, *d, l, src[j]);
+                }
+            }
+            Op::BarWarp { mask } => {
+                let m = self.val(w, *mask, 0) as u32;
+                let live = self.live_mask(w);
+                if m & live != exec {
+                    return Err(SimError::Divergence {
+                        at: self.at(w, inst),
+                        message: format!("bar.warp.sync {m:#010x} reached by lanes {exec:#010x}"),
+                    });
+                }
+            }
+            Op::Bar { wait, id, count } => {
+                let at = self.at(w, inst);
+                let id = self.val(w, *id, 0) as u32;
+                if id >= 16 {
+                    return Err(SimError::BarrierMisuse {
+                        at,
+                        message: format!("barrier id {id} is not in 0..16"),
+                    });
+                }
+                let expected = match count {
+                    Some(c) => self.val(w, *c, 0) as u32,
+                    None => (self.nwarps * LANES) as u32,
+                };
+                if expected == 0 || expected % LANES as u32 != 0 {
+                    return Err(SimError::BarrierMisuse {
+                        at,
+                        message: format!(
+                            "barrier {id} thread count {expected} is not a positive multiple of 32"
+                        ),
+                    });
+                }
+                let vc = self.warps[w].vc.clone();
+                let nagents = vc.len();
+                let bar = self.bars.entry(id).or_insert_with(|| NamedBar {
+                    expected,
+                    arrived: 0,
+                    warps: Vec::new(),
+                    accum: vec![0; nagents],
+                    line: inst.line,
+                });
+                if bar.arrived > 0 && bar.expected != expected {
+                    return Err(SimError::BarrierMisuse {
+                        at,
+                        message: format!(
+                            "barrier {id} counts {expected} threads here but {} at PTX line {}",
+                            bar.expected, bar.line
+                        ),
+                    });
+                }
+                if bar.warps.contains(&(w as u32)) {
+                    return Err(SimError::BarrierMisuse {
+                        at,
+                        message: format!(
+                            "warp {w} arrives at barrier {id} again before it completed ({} of {} threads arrived)",
+                            bar.arrived, bar.expected
+                        ),
+                    });
+                }
+                if bar.arrived == 0 {
+                    bar.expected = expected;
+                    bar.line = inst.line;
+                }
+                bar.arrived += LANES as u32;
+                bar.warps.push(w as u32);
+                join(&mut bar.accum, &vc);
+                if *wait {
+                    self.warps[w].state = WarpState::Bar(id);
+                }
+                if bar.arrived >= bar.expected {
+                    if bar.arrived > bar.expected {
+                        return Err(SimError::BarrierMisuse {
+                            at,
+                            message: format!(
+                                "barrier {id}: {} threads arrived, {} expected",
+                                bar.arrived, bar.expected
+                            ),
+                        });
+                    }
+                    let done = self.bars.remove(&id).expect("barrier");
+                    for v in 0..self.nwarps {
+                        if self.warps[v].state == WarpState::Bar(id) {
+                            join(&mut self.warps[v].vc, &done.accum);
+                            self.warps[v].state = WarpState::Ready;
+                        }
+                    }
+                }
+                self.release(w);
+            }
+            Op::MbarInit { addr, count } => {
+                let at = self.at(w, inst);
+                for l in lanes(exec) {
+                    let a = self.address(w, addr, l);
+                    let a = self.shared_range(&at, a, 8)?;
+                    self.check_shared(w, &at, a, 8, true)?;
+                    let expected = self.val(w, *count, l) as u32;
+                    if expected == 0 {
+                        return Err(SimError::BarrierMisuse {
+                            at,
+                            message: "mbarrier.init with count 0".into(),
+                        });
+                    }
+                    let n = self.warps[w].vc.len();
+                    self.mbars.insert(
+                        a as u32,
+                        Mbar {
+                            expected,
+                            remaining: expected,
+                            phases: 0,
+                            arrived: HashSet::new(),
+                            accum: vec![0; n],
+                            completed_vc: vec![0; n],
+                        },
+                    );
+                }
+            }
+            Op::MbarArrive { d, addr } => {
+                let at = self.at(w, inst);
+                let vc = self.warps[w].vc.clone();
+                for l in lanes(exec) {
+                    let a = self.address(w, addr, l);
+                    let a = self.shared_range(&at, a, 8)? as u32;
+                    self.check_mbar_init(w, &at, a)?;
+                    let state = self.mbars[&a].phases;
+                    self.mbar_arrive(a, Some(self.warps[w].thread0 + l as u32), &vc, &at)?;
+                    if let Some(d) = d {
+                        self.set(w, *d, l, state);
+                    }
+                }
+                self.release(w);
+            }
+            Op::MbarTestWait { p, addr, parity } => {
+                let at = self.at(w, inst);
+                let mut addr_of_warp = None;
+                let mut result = None;
+                let mut wanted = 0;
+                for l in lanes(exec) {
+                    let a = self.address(w, addr, l);
+                    let a = self.shared_range(&at, a, 8)? as u32;
+                    self.check_mbar_init(w, &at, a)?;
+                    let par = self.val(w, *parity, l) & 1;
+                    wanted = par;
+                    let r = self.test_wait(w, &at, a, par)?;
+                    if addr_of_warp.is_some_and(|x| x != a) || result.is_some_and(|x| x != r) {
+                        return Err(SimError::Divergence {
+                            at,
+                            message: "lanes of one warp wait on different mbarriers or parities".into(),
+                        });
+                    }
+                    addr_of_warp = Some(a);
+                    result = Some(r);
+                    self.set(w, *p, l, r as u64);
+                }
+                if let (Some(a), Some(false)) = (addr_of_warp, result) {
+                    // The spin loop around the wait cannot progress until the phase changes.
+                    self.warps[w].state = WarpState::Parked {
+                        addr: a,
+                        phases: self.mbars[&a].phases,
+                        parity: wanted,
+                        line: inst.line,
+                    };
+                } else if let (Some(a), Some(true)) = (addr_of_warp, result) {
+                    let vc = self.mbars[&a].completed_vc.clone();
+                    join(&mut self.warps[w].vc, &vc);
+                }
+            }
+        }
+        for l in 0..LANES {
+            if active & (1 << l) != 0 {
+                self.warps[w].pc[l] = next;
+            }
+        }
+        Ok(())
+    }
+
+    fn lanes_map(&mut self, w: usize, exec: u32, f: impl Fn(&Self, usize) -> (u32, u64)) {
+        for l in lanes(exec) {
+            let (d, v) = f(self, l);
+            self.set(w, d, l, v);
+        }
+    }
+
+    fn check_mbar_init(&mut self, w: usize, at: &At, a: u32) -> Result<(), SimError> {
+        if !self.mbars.contains_key(&a) {
+            return Err(SimError::BarrierMisuse {
+                at: at.clone(),
+                message: format!("shared address {a:#x} holds no initialized mbarrier"),
+            });
+        }
+        // The initialization must happen before any use.
+        let sh = &self.shadow[a as usize / 4];
+        if let Some(prev) = sh.write {
+            if prev.agent != w as u32 && prev.clock > self.warps[w].vc[prev.agent as usize] {
+                return Err(SimError::Race {
+                    addr: a,
+                    now: at.clone(),
+                    now_kind: "uses the mbarrier at",
+                    earlier: format!("{} (its mbarrier.init)", self.describe(&prev, true)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `mbarrier.test_wait.parity`: true once the phase with parity `par` before the current one
+    /// has completed. Also checks that the waiter observes phases one by one.
+    fn test_wait(&mut self, w: usize, at: &At, a: u32, par: u64) -> Result<bool, SimError> {
+        let m = &self.mbars[&a];
+        let done = m.phases % 2 != par;
+        let seen = self.warps[w].seen.get(&a).copied();
+        let completed = m.phases as i64; // phases 0..completed-1 are complete
+        if done {
+            let k = completed - 1;
+            let skipped = match seen {
+                Some(last) => k > last + 1,
+                None => k > 0,
+            };
+            if skipped {
+                return Err(SimError::BarrierMisuse {
+                    at: at.clone(),
+                    message: format!(
+                        "parity wait on the mbarrier at {a:#x} is more than one phase behind: it observes phase {k} (parity {par}) but last observed phase {}",
+                        seen.map_or("none".to_string(), |s| s.to_string())
+                    ),
+                });
+            }
+            self.warps[w].seen.insert(a, k);
+        } else if let Some(last) = seen {
+            if completed > last + 1 {
+                return Err(SimError::BarrierMisuse {
+                    at: at.clone(),
+                    message: format!(
+                        "parity wait on the mbarrier at {a:#x} waits for parity {par}, but the next phase it has not observed (phase {}, parity {}) already completed: parity off by one, or the waiter is more than one phase behind",
+                        last + 1,
+                        (last + 1).rem_euclid(2)
+                    ),
+                });
+            }
+        }
+        Ok(done)
+    }
+
+    fn load(
+        &mut self,
+        w: usize,
+        inst: &Inst,
+        exec: u32,
+        space: Space,
+        width: u32,
+        d: &[u32],
+        addr: &Address,
+    ) -> Result<(), SimError> {
+        let at = self.at(w, inst);
+        let bytes = width * d.len() as u32;
+        for l in lanes(exec) {
+            let a = self.address(w, addr, l);
+            let data: Vec<u8> = match space {
+                Space::Param => {
+                    let p = match addr.base {
+                        AddrBase::Param(p) => p as usize,
+                        _ => {
+                            return Err(SimError::OutOfBounds {
+                                at,
+                                message: "ld.param without a parameter".into(),
+                            })
+                        }
+                    };
+                    self.s.params[p].to_le_bytes()[..bytes as usize].to_vec()
+                }
+                Space::Shared => {
+                    let a = self.shared_range(&at, a, bytes)?;
+                    self.check_shared(w, &at, a, bytes as usize, false)?;
+                    self.shared[a..a + bytes as usize].to_vec()
+                }
+                Space::Global => {
+                    if a % bytes as u64 != 0 {
+                        return Err(SimError::Misaligned { at, space: "global", addr: a, bytes });
+                    }
+                    self.global
+                        .read(a, bytes as usize)
+                        .map_err(|message| SimError::OutOfBounds { at: at.clone(), message })?
+                        .to_vec()
+                }
+            };
+            for (k, r) in d.iter().enumerate() {
+                let mut v = [0u8; 8];
+                v[..width as usize].copy_from_slice(&data[k * width as usize..(k + 1) * width as usize]);
+                self.set(w, *r, l, u64::from_le_bytes(v));
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        w: usize,
+        inst: &Inst,
+        exec: u32,
+        space: Space,
+        width: u32,
+        addr: &Address,
+        src: &[Operand],
+    ) -> Result<(), SimError> {
+        let at = self.at(w, inst);
+        let bytes = width * src.len() as u32;
+        for l in lanes(exec) {
+            let a = self.address(w, addr, l);
+            let mut data = Vec::with_capacity(bytes as usize);
+            for o in src {
+                data.extend_from_slice(&self.val(w, *o, l).to_le_bytes()[..width as usize]);
+            }
+            match space {
+                Space::Param => {
+                    return Err(SimError::OutOfBounds {
+                        at,
+                        message: "st.param is not supported in kernels".into(),
+                    })
+                }
+                Space::Shared => {
+                    let a = self.shared_range(&at, a, bytes)?;
+                    self.check_shared(w, &at, a, bytes as usize, true)?;
+                    self.shared[a..a + bytes as usize].copy_from_slice(&data);
+                }
+                Space::Global => {
+                    if a % bytes as u64 != 0 {
+                        return Err(SimError::Misaligned { at, space: "global", addr: a, bytes });
+                    }
+                    self.global
+                        .write(a, &data)
+                        .map_err(|message| SimError::OutOfBounds { at: at.clone(), message })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cp_async(
+        &mut self,
+        w: usize,
+        inst: &Inst,
+        exec: u32,
+        dst: &Address,
+        src: &Address,
+        size: u32,
+        src_size: Option<Operand>,
+    ) -> Result<(), SimError> {
+        let at = self.at(w, inst);
+        for l in lanes(exec) {
+            let d = self.address(w, dst, l);
+            let d = self.shared_range(&at, d, size)?;
+            let s = self.address(w, src, l);
+            let n = src_size.map_or(size as u64, |o| self.val(w, o, l));
+            if n > size as u64 {
+                return Err(SimError::OutOfBounds {
+                    at,
+                    message: format!("cp.async source size {n} exceeds the copy size {size}"),
+                });
+            }
+            let mut data = [0u8; 16];
+            if n > 0 {
+                if s % size as u64 != 0 {
+                    return Err(SimError::Misaligned { at, space: "global", addr: s, bytes: size });
+                }
+                let bytes = self
+                    .global
+                    .read(s, n as usize)
+                    .map_err(|message| SimError::OutOfBounds { at: at.clone(), message })?;
+                data[..n as usize].copy_from_slice(bytes);
+            }
+            // The copy writes the destination: earlier accesses by other warps must be ordered
+            // before its issue.
+            self.check_shared(w, &at, d, size as usize, true)?;
+            let id = self.copies.len();
+            self.copies.push(Some(Copy {
+                warp: w as u32,
+                lane: l as u32,
+                dst: d as u32,
+                data,
+                len: size,
+                line: inst.line,
+            }));
+            for word in d / 4..(d + size as usize) / 4 {
+                self.shadow[word].pending_copy = id as u32 + 1;
+                self.shadow[word].write = None;
+            }
+            self.in_flight += 1;
+            let lane = &mut self.warps[w].lanes[l];
+            lane.queue.push_back(id);
+            lane.issued += 1;
+        }
+        Ok(())
+    }
+
+    fn ldmatrix(
+        &mut self,
+        w: usize,
+        inst: &Inst,
+        count: u32,
+        trans: bool,
+        d: &[u32],
+        addr: &Address,
+    ) -> Result<(), SimError> {
+        let at = self.at(w, inst);
+        // rows[m][r][c]: element (r, c) of matrix m, from the address lane 8m + r gives.
+        let mut rows = [[[0u16; 8]; 8]; 4];
+        for m in 0..count as usize {
+            for r in 0..8 {
+                let l = 8 * m + r;
+                let a = self.address(w, addr, l);
+                let a = self.shared_range(&at, a, 16)?;
+                self.check_shared(w, &at, a, 16, false)?;
+                for c in 0..8 {
+                    rows[m][r][c] = u16::from_le_bytes([self.shared[a + 2 * c], self.shared[a + 2 * c + 1]]);
+                }
+            }
+        }
+        for l in 0..LANES {
+            for (m, reg) in d.iter().enumerate() {
+                let (lo, hi) = if trans {
+                    (rows[m][2 * (l % 4)][l / 4], rows[m][2 * (l % 4) + 1][l / 4])
+                } else {
+                    (rows[m][l / 4][2 * (l % 4)], rows[m][l / 4][2 * (l % 4) + 1])
+                };
+                self.set(w, *reg, l, ((hi as u64) << 16) | lo as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// `mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32`, fragments as in the PTX ISA
+    /// (g = lane / 4, t = lane % 4): A reg i holds (row g + 8·(i%2), k 2t + 8·(i/2) + {0,1}), B reg i
+    /// holds (k 2t + 8i + {0,1}, n g), C/D reg i holds (row g + 8·(i/2), n 2t + i%2).
+    fn mma(
+        &mut self,
+        w: usize,
+        ty: HalfType,
+        d: &[u32; 4],
+        a: &[Operand; 4],
+        b: &[Operand; 2],
+        c: &[Operand; 4],
+    ) {
+        let half = |bits: u64| -> f32 {
+            match ty {
+                HalfType::F16 => f16::from_bits(bits as u16).to_f32(),
+                HalfType::Bf16 => bf16::from_bits(bits as u16).to_f32(),
+            }
+        };
+        let mut am = [[0f32; 16]; 16];
+        let mut bm = [[0f32; 8]; 16];
+        let mut cm = [[0f32; 8]; 16];
+        for l in 0..LANES {
+            let (g, t) = (l / 4, l % 4);
+            for (i, o) in a.iter().enumerate() {
+                let v = self.val(w, *o, l);
+                let (row, k) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
+                am[row][k] = half(v & 0xffff);
+                am[row][k + 1] = half((v >> 16) & 0xffff);
+            }
+            for (i, o) in b.iter().enumerate() {
+                let v = self.val(w, *o, l);
+                let k = 2 * t + 8 * i;
+                bm[k][g] = half(v & 0xffff);
+                bm[k + 1][g] = half((v >> 16) & 0xffff);
+            }
+            for (i, o) in c.iter().enumerate() {
+                cm[g + 8 * (i / 2)][2 * t + i % 2] = f32_of(self.val(w, *o, l));
+            }
+        }
+        for l in 0..LANES {
+            let (g, t) = (l / 4, l % 4);
+            for (i, reg) in d.iter().enumerate() {
+                let (row, col) = (g + 8 * (i / 2), 2 * t + i % 2);
+                let mut acc = cm[row][col];
+                for k in 0..16 {
+                    acc += am[row][k] * bm[k][col];
+                }
+                self.set(w, *reg, l, acc.to_bits() as u64);
+            }
+        }
+    }
+}
+
+fn lanes(mask: u32) -> impl Iterator<Item = usize> {
+    (0..LANES).filter(move |l| mask & (1 << l) != 0)
+}
+
+fn trunc(ty: IntType, v: u64) -> u64 {
+    if ty.bits() == 32 {
+        v & 0xffff_ffff
+    } else {
+        v
+    }
+}
+
+fn sext(ty: IntType, v: u64) -> i64 {
+    if ty.bits() == 32 {
+        v as u32 as i32 as i64
+    } else {
+        v as i64
+    }
+}
+
+fn int_op(op: IntOp, ty: IntType, x: u64, y: u64) -> Option<u64> {
+    let bits = ty.bits();
+    let (sx, sy) = (sext(ty, x), sext(ty, y));
+    let (ux, uy) = (trunc(ty, x), trunc(ty, y));
+    let v = match op {
+        IntOp::Add => ux.wrapping_add(uy),
+        IntOp::Sub => ux.wrapping_sub(uy),
+        IntOp::MulLo => ux.wrapping_mul(uy),
+        IntOp::MulHi => {
+            if ty.signed() {
+                ((sx as i128 * sy as i128) >> bits) as u64
+            } else {
+                ((ux as u128 * uy as u128) >> bits) as u64
+            }
+        }
+        IntOp::Div | IntOp::Rem if uy == 0 => return None,
+        IntOp::Div if ty.signed() => sx.wrapping_div(sy) as u64,
+        IntOp::Div => ux / uy,
+        IntOp::Rem if ty.signed() => sx.wrapping_rem(sy) as u64,
+        IntOp::Rem => ux % uy,
+        IntOp::Shl => {
+            if uy >= bits as u64 {
+                0
+            } else {
+                ux << uy
+            }
+        }
+        IntOp::Shr => {
+            let s = uy.min(bits as u64 - 1);
+            if ty.signed() {
+                (sx >> s) as u64
+            } else if uy >= bits as u64 {
+                0
+            } else {
+                ux >> uy
+            }
+        }
+        IntOp::And => ux & uy,
+        IntOp::Or => ux | uy,
+        IntOp::Xor => ux ^ uy,
+        IntOp::Min if ty.signed() => sx.min(sy) as u64,
+        IntOp::Min => ux.min(uy),
+        IntOp::Max if ty.signed() => sx.max(sy) as u64,
+        IntOp::Max => ux.max(uy),
+    };
+    Some(trunc(ty, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_ops_wrap_at_their_width() {
+        assert_eq!(int_op(IntOp::Add, IntType::U32, 0xffff_ffff, 1), Some(0));
+        assert_eq!(int_op(IntOp::Shr, IntType::S32, 0x8000_0000, 4), Some(0xf800_0000));
+        assert_eq!(int_op(IntOp::Div, IntType::U32, 7, 0), None);
+        assert_eq!(int_op(IntOp::MulHi, IntType::U32, 0x8000_0000, 4), Some(2));
+    }
+}

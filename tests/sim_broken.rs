@@ -1,0 +1,188 @@
+//! Generated attention kernels with one deliberate protocol bug each (planted by editing the PTX
+//! text), which the simulator must catch with the right diagnostic: a missing
+//! `cp.async.wait_group`, a missing barrier before a stage is refilled, mbarrier counts and
+//! parities off by one. The unedited kernels pass in `tests/sim.rs`.
+
+use flashcore::kernels::attention;
+use flashcore::simulate::{simulate, HostArg, Options, SimDevice};
+use flashcore::{f16, Config, Error};
+
+/// Runs `config`'s kernel with its PTX edited by `edit` at 1x1x256 (four KV tiles, so every
+/// stage is refilled), under `seeds` schedules; returns each run's error text.
+fn run_edited(config: Config, edit: impl Fn(&str) -> String, seeds: &[u64]) -> Vec<String> {
+    let mut compiled = flashcore::compile(&attention::program(), &config).unwrap();
+    let edited = edit(&compiled.ptx.text);
+    assert_ne!(edited, compiled.ptx.text, "the edit changed nothing");
+    compiled.ptx.text = edited;
+    let d = config.head_dim as usize;
+    let shape = [1, 1, 256, d];
+    let n = 256 * d;
+    let input: Vec<f16> = (0..n).map(|i| f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 50.0)).collect();
+    seeds
+        .iter()
+        .map(|&seed| {
+            let mut o = vec![f16::ZERO; n];
+            let device = SimDevice { sm_count: 2, options: Options { seed, ..Options::default() } };
+            let result = simulate(
+                &compiled,
+                &mut [
+                    HostArg::Tensor(&input, shape),
+                    HostArg::Tensor(&input, shape),
+                    HostArg::Tensor(&input, shape),
+                    HostArg::TensorMut(&mut o, shape),
+                    HostArg::F32(0.125),
+                ],
+                &device,
+            );
+            match result {
+                Err(Error::Sim(e)) => {
+                    eprintln!("seed {seed}: {e}");
+                    e.to_string()
+                }
+                Err(e) => panic!("expected a simulator error, got {e}"),
+                Ok(_) => panic!("seed {seed}: the broken kernel ran without a diagnostic"),
+            }
+        })
+        .collect()
+}
+
+const SEEDS: [u64; 3] = [1, 2, 3];
+
+/// Removes the first line containing `needle`.
+fn remove_first(ptx: &str, needle: &str) -> String {
+    let mut done = false;
+    ptx.lines()
+        .filter(|l| {
+            let hit = !done && l.contains(needle);
+            done |= hit;
+            !hit
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The `n`-th (0-based) line containing `needle`, replaced by `with`.
+fn replace_nth(ptx: &str, needle: &str, n: usize, with: impl Fn(&str) -> String) -> String {
+    let mut seen = 0;
+    ptx.lines()
+        .map(|l| {
+            let out = if l.contains(needle) {
+                seen += 1;
+                if seen == n + 1 {
+                    with(l)
+                } else {
+                    l.to_string()
+                }
+            } else {
+                l.to_string()
+            };
+            format!("{out}\n")
+        })
+        .collect()
+}
+
+fn uniform() -> Config {
+    Config { stages: 2, ..attention::CONFIG }
+}
+
+fn specialized() -> Config {
+    Config { stages: 2, load_warps: 1, ..attention::CONFIG }
+}
+
+#[test]
+fn a_missing_wait_group_is_a_read_of_a_copy_in_flight() {
+    // The main loop's `wait_group 1` before Q·Kᵀ: K may still be landing when it is read.
+    for err in run_edited(uniform(), |p| remove_first(p, "cp.async.wait_group 1;"), &SEEDS) {
+        assert!(
+            err.contains("while a cp.async into it")
+                || (err.contains("race") && err.contains("cp.async of warp")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_barrier_before_a_stage_is_refilled_is_a_race() {
+    // The `bar.sync 0` after `wait_group 1`: warps read K tiles other warps copied, unordered.
+    let edit = |p: &str| replace_nth(p, "bar.sync 0;", 1, |_| "\t\t\t// (barrier removed)".into());
+    for err in run_edited(uniform(), edit, &SEEDS) {
+        assert!(err.contains("race") || err.contains("while a cp.async into it"), "{err}");
+    }
+}
+
+#[test]
+fn a_producer_that_does_not_wait_for_the_empty_barrier_races_the_consumers() {
+    // The load warp's wait on `empty` always succeeds: it refills a stage still being read.
+    let edit = |p: &str| {
+        let last = p.matches("mbarrier.test_wait.parity").count() - 1;
+        replace_nth(p, "mbarrier.test_wait.parity", last, |l| {
+            let pred = l.split_whitespace().nth(1).unwrap().trim_end_matches(',');
+            format!("\t\t\t\tsetp.eq.u32 {pred}, 0, 0;")
+        })
+    };
+    for err in run_edited(specialized(), edit, &SEEDS) {
+        assert!(err.contains("race") || err.contains("while a cp.async into it"), "{err}");
+    }
+}
+
+#[test]
+fn a_producer_parity_off_by_one_deadlocks_and_the_report_says_where() {
+    // The load warp starts waiting on `empty` with parity 0 (not the flipped 1): it waits for a
+    // release no consumer will give before the first fill.
+    let edit = |p: &str| {
+        let last = p.matches("xor.b32").count();
+        let _ = last;
+        let wait = p.find("// @load wait $empty").expect("the load role's empty wait");
+        let (head, tail) = p.split_at(wait);
+        format!("{head}{}", remove_first(tail, "xor.b32"))
+    };
+    for err in run_edited(specialized(), edit, &SEEDS) {
+        assert!(err.starts_with("deadlock"), "{err}");
+        assert!(err.contains("on the mbarrier at 0x80, waiting for parity 0"), "{err}");
+        assert!(err.contains("on the mbarrier at 0x0, waiting for parity 0"), "{err}");
+    }
+}
+
+#[test]
+fn a_consumer_parity_off_by_one_reads_a_stage_before_it_is_filled() {
+    // The compute warps' first wait on `full` uses the wrong parity: it passes at once.
+    let edit = |p: &str| {
+        replace_nth(p, "mbarrier.test_wait.parity", 0, |l| {
+            let parity = l.trim().trim_end_matches(';').rsplit(", ").next().unwrap().to_string();
+            format!("\t\t\t\txor.b32 {parity}, {parity}, 1;\n{l}")
+        })
+    };
+    for err in run_edited(specialized(), edit, &SEEDS) {
+        assert!(
+            err.contains("while a cp.async into it")
+                || err.contains("race")
+                || err.contains("more than one phase behind"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn an_mbarrier_count_too_high_deadlocks() {
+    // `empty` expects 160 arrivals per phase; the four compute warps give 128.
+    let edit = |p: &str| replace_nth(p, "mbarrier.init.shared.b64", 2, |l| l.replace(", 128;", ", 160;"));
+    for err in run_edited(specialized(), edit, &SEEDS) {
+        assert!(err.starts_with("deadlock"), "{err}");
+        assert!(err.contains("of 160 arrivals"), "{err}");
+    }
+}
+
+#[test]
+fn an_mbarrier_count_too_low_lets_the_producer_run_ahead() {
+    // `empty` completes after 64 of the 128 releases: a phase completes before every consumer
+    // has released the stage.
+    let edit = |p: &str| replace_nth(p, "mbarrier.init.shared.b64", 2, |l| l.replace(", 128;", ", 64;"));
+    for err in run_edited(specialized(), edit, &SEEDS) {
+        assert!(
+            err.contains("race")
+                || err.contains("more than one phase behind")
+                || err.contains("while a cp.async"),
+            "{err}"
+        );
+    }
+}
