@@ -1,7 +1,7 @@
 //! FlashCore: write fused attention kernels as tiled Rust-like pseudocode with
 //! `#[flash_kernel]`, compile them to `sm_89` PTX, and run them through the CUDA driver.
 //!
-//! This facade re-exports the four crates ([`ir`], [`codegen`], [`runtime`] and the macro) and
+//! This facade re-exports the other crates ([`ir`], [`codegen`], [`runtime`], [`sim`] and the macro) and
 //! holds what ties them together: compiling a program for a [`Config`] ([`compile`]), a
 //! per-kernel cache ([`KernelCache`]), binding launch arguments to the kernel's symbolic shapes
 //! ([`launch`]), a float64 CPU [`reference`], `.npy` I/O ([`npy`]), a [`ptxas`] driver, and
@@ -47,6 +47,7 @@ pub use flashcore_ir as ir;
 pub use flashcore_ir::Config;
 pub use flashcore_macros::flash_kernel;
 pub use flashcore_runtime as runtime;
+pub use flashcore_sim as sim;
 pub use half::f16;
 
 use flashcore_ir::kernel::{Op, Param};

@@ -65,15 +65,15 @@ const MMA: &str = r#"
 }
 "#;
 
-#[test]
-fn mma_m16n8k16_matches_the_isa_fragment_layout() {
-    let module = parse(&format!("{HEADER}{MMA}")).unwrap();
+fn check_mma(ty: &str, to_bits: impl Fn(f32) -> [u8; 2]) {
+    let ptx = format!("{HEADER}{MMA}").replace(".f32.f16.f16.f32", &format!(".f32.{ty}.{ty}.f32"));
+    let module = parse(&ptx).unwrap();
     let mut gpu = machine(1);
     // Small integers: every product and sum is exact in f32, so the result must match exactly.
     let a: Vec<f32> = (0..256).map(|i| ((i * 7 + 3) % 11) as f32 - 5.0).collect();
     let bt: Vec<f32> = (0..128).map(|i| ((i * 5 + 1) % 9) as f32 - 4.0).collect();
     let c: Vec<f32> = (0..128).map(|i| (i % 13) as f32).collect();
-    let halves = |x: &[f32]| x.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect::<Vec<u8>>();
+    let halves = |x: &[f32]| x.iter().flat_map(|v| to_bits(*v)).collect::<Vec<u8>>();
     let floats = |x: &[f32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
     let (pa, pb, pc) = (gpu.alloc(halves(&a)), gpu.alloc(halves(&bt)), gpu.alloc(floats(&c)));
     let pd = gpu.alloc(vec![0xff; 512]);
@@ -89,9 +89,15 @@ fn mma_m16n8k16_matches_the_isa_fragment_layout() {
     for m in 0..16 {
         for n in 0..8 {
             let want = c[m * 8 + n] + (0..16).map(|k| a[m * 16 + k] * bt[n * 16 + k]).sum::<f32>();
-            assert_eq!(d[m * 8 + n], want, "D[{m}][{n}]");
+            assert_eq!(d[m * 8 + n], want, "{ty} D[{m}][{n}]");
         }
     }
+}
+
+#[test]
+fn mma_m16n8k16_matches_the_isa_fragment_layout() {
+    check_mma("f16", |x| f16::from_f32(x).to_le_bytes());
+    check_mma("bf16", |x| half::bf16::from_f32(x).to_le_bytes());
 }
 
 /// Shared memory holds four 8x8 b16 matrices, element (m, r, c) = 64m + 8r + c, row r of matrix
@@ -294,4 +300,47 @@ fn out_of_bounds_and_misaligned_accesses_are_reported() {
     let err =
         run_small("\tmov.u32 %r2, flashcore_smem;\n\tst.shared.b32 [%r2+64], %r0;", 32, 64).unwrap_err();
     assert!(matches!(err, SimError::OutOfBounds { .. }), "{err}");
+}
+
+#[test]
+fn a_parity_wait_more_than_one_phase_behind_is_misuse() {
+    // Two phases complete (the warp arrives twice with count 32), then the warp's first wait
+    // asks for parity 1: it would observe phase 1 without having observed phase 0.
+    let body = "\tmov.u32 %r2, flashcore_smem;\n\tmbarrier.init.shared.b64 [%r2], 32;\n\tbar.sync 0;\n\tmbarrier.arrive.shared.b64 %rd1, [%r2];\n\tmbarrier.arrive.shared.b64 %rd1, [%r2];\n\tmbarrier.test_wait.parity.shared.b64 %p0, [%r2], 1;";
+    let err = run_small(body, 32, 64).unwrap_err();
+    assert!(err.to_string().contains("more than one phase behind"), "{err}");
+}
+
+#[test]
+fn reading_a_cp_async_destination_before_wait_group_is_caught() {
+    // The copy lands at a random time: either the read finds it in flight, or it finds it landed
+    // but not ordered by a wait_group; both are reported, and some seed sees it in flight.
+    let body = "\tmov.u32 %r2, flashcore_smem;\n\tshl.b32 %r3, %r0, 4;\n\tadd.u32 %r2, %r2, %r3;\n\tcvt.u64.u32 %rd2, %r3;\n\tadd.u64 %rd3, %rd0, %rd2;\n\tcp.async.cg.shared.global [%r2], [%rd3], 16;\n\tcp.async.commit_group;\n\tld.shared.b32 %r4, [%r2];";
+    let mut in_flight = 0;
+    for seed in 0..8 {
+        let ptx = format!(
+            "{HEADER}.visible .entry k(\n\t.param .u64 pout\n)\n{{\n\t.reg .pred %p<4>;\n\t.reg .b32 %r<16>;\n\t.reg .b64 %rd<8>;\n\tld.param.u64 %rd0, [pout];\n\tmov.u32 %r0, %tid.x;\n{body}\n\tret;\n}}\n"
+        );
+        let module = parse(&ptx).unwrap();
+        let mut gpu = Machine::new(Options { seed, max_slice: 1, ..Options::default() });
+        let src = gpu.alloc(vec![7; 1024]);
+        let err = gpu
+            .launch(&module, "k", Launch { grid: 1, threads: 32, shared_bytes: 512 }, &[Arg::U64(src)])
+            .unwrap_err();
+        match err {
+            SimError::AsyncRead { .. } => in_flight += 1,
+            SimError::Race { .. } => assert!(err.to_string().contains("cp.async of warp 0"), "{err}"),
+            other => panic!("unexpected: {other}"),
+        }
+    }
+    assert!(in_flight > 0, "no seed read the copy in flight");
+    // With the wait the same read is fine.
+    let fixed = body.replace("\tld.shared", "\tcp.async.wait_group 0;\n\tld.shared");
+    let ptx = format!(
+        "{HEADER}.visible .entry k(\n\t.param .u64 pout\n)\n{{\n\t.reg .pred %p<4>;\n\t.reg .b32 %r<16>;\n\t.reg .b64 %rd<8>;\n\tld.param.u64 %rd0, [pout];\n\tmov.u32 %r0, %tid.x;\n{fixed}\n\tret;\n}}\n"
+    );
+    let module = parse(&ptx).unwrap();
+    let mut gpu = machine(5);
+    let src = gpu.alloc(vec![7; 1024]);
+    gpu.launch(&module, "k", Launch { grid: 1, threads: 32, shared_bytes: 512 }, &[Arg::U64(src)]).unwrap();
 }
