@@ -130,8 +130,6 @@ fn a_producer_parity_off_by_one_deadlocks_and_the_report_says_where() {
     // The load warp starts waiting on `empty` with parity 0 (not the flipped 1): it waits for a
     // release no consumer will give before the first fill.
     let edit = |p: &str| {
-        let last = p.matches("xor.b32").count();
-        let _ = last;
         let wait = p.find("// @load wait $empty").expect("the load role's empty wait");
         let (head, tail) = p.split_at(wait);
         format!("{head}{}", remove_first(tail, "xor.b32"))

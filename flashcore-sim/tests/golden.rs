@@ -242,14 +242,23 @@ fn cvt_pack_order_and_butterfly_shuffle() {
     }
 }
 
-fn run_small(body: &str, threads: u32, shared: u32) -> Result<(), SimError> {
-    let ptx = format!(
+/// A one-parameter kernel (`pout`, also in `%rd0`) around `body`, with `%r0` = thread index and
+/// `%r1` = warp index.
+fn small_kernel(body: &str) -> String {
+    format!(
         "{HEADER}.visible .entry k(\n\t.param .u64 pout\n)\n{{\n\t.reg .pred %p<4>;\n\t.reg .b32 %r<16>;\n\t.reg .b64 %rd<8>;\n\tld.param.u64 %rd0, [pout];\n\tmov.u32 %r0, %tid.x;\n\tshr.u32 %r1, %r0, 5;\n{body}\n\tret;\n}}\n"
-    );
-    let module = parse(&ptx).unwrap();
-    let mut gpu = machine(4);
-    let out = gpu.alloc(vec![0; 1024]);
+    )
+}
+
+fn run_small_with(body: &str, threads: u32, shared: u32, options: Options) -> Result<(), SimError> {
+    let module = parse(&small_kernel(body)).unwrap();
+    let mut gpu = Machine::new(options);
+    let out = gpu.alloc(vec![7; 1024]);
     gpu.launch(&module, "k", Launch { grid: 1, threads, shared_bytes: shared }, &[Arg::U64(out)]).map(|_| ())
+}
+
+fn run_small(body: &str, threads: u32, shared: u32) -> Result<(), SimError> {
+    run_small_with(body, threads, shared, Options { seed: 4, ..Options::default() })
 }
 
 #[test]
@@ -318,29 +327,14 @@ fn reading_a_cp_async_destination_before_wait_group_is_caught() {
     let body = "\tmov.u32 %r2, flashcore_smem;\n\tshl.b32 %r3, %r0, 4;\n\tadd.u32 %r2, %r2, %r3;\n\tcvt.u64.u32 %rd2, %r3;\n\tadd.u64 %rd3, %rd0, %rd2;\n\tcp.async.cg.shared.global [%r2], [%rd3], 16;\n\tcp.async.commit_group;\n\tld.shared.b32 %r4, [%r2];";
     let mut in_flight = 0;
     for seed in 0..8 {
-        let ptx = format!(
-            "{HEADER}.visible .entry k(\n\t.param .u64 pout\n)\n{{\n\t.reg .pred %p<4>;\n\t.reg .b32 %r<16>;\n\t.reg .b64 %rd<8>;\n\tld.param.u64 %rd0, [pout];\n\tmov.u32 %r0, %tid.x;\n{body}\n\tret;\n}}\n"
-        );
-        let module = parse(&ptx).unwrap();
-        let mut gpu = Machine::new(Options { seed, max_slice: 1, ..Options::default() });
-        let src = gpu.alloc(vec![7; 1024]);
-        let err = gpu
-            .launch(&module, "k", Launch { grid: 1, threads: 32, shared_bytes: 512 }, &[Arg::U64(src)])
-            .unwrap_err();
-        match err {
+        match run_small_with(body, 32, 512, Options { seed, max_slice: 1, ..Options::default() }).unwrap_err()
+        {
             SimError::AsyncRead { .. } => in_flight += 1,
-            SimError::Race { .. } => assert!(err.to_string().contains("cp.async of warp 0"), "{err}"),
+            err @ SimError::Race { .. } => assert!(err.to_string().contains("cp.async of warp 0"), "{err}"),
             other => panic!("unexpected: {other}"),
         }
     }
     assert!(in_flight > 0, "no seed read the copy in flight");
     // With the wait the same read is fine.
-    let fixed = body.replace("\tld.shared", "\tcp.async.wait_group 0;\n\tld.shared");
-    let ptx = format!(
-        "{HEADER}.visible .entry k(\n\t.param .u64 pout\n)\n{{\n\t.reg .pred %p<4>;\n\t.reg .b32 %r<16>;\n\t.reg .b64 %rd<8>;\n\tld.param.u64 %rd0, [pout];\n\tmov.u32 %r0, %tid.x;\n{fixed}\n\tret;\n}}\n"
-    );
-    let module = parse(&ptx).unwrap();
-    let mut gpu = machine(5);
-    let src = gpu.alloc(vec![7; 1024]);
-    gpu.launch(&module, "k", Launch { grid: 1, threads: 32, shared_bytes: 512 }, &[Arg::U64(src)]).unwrap();
+    run_small(&body.replace("\tld.shared", "\tcp.async.wait_group 0;\n\tld.shared"), 32, 512).unwrap();
 }
