@@ -3,7 +3,7 @@
 //! Without a GPU it says so, prints the PTX's ptxas resource report, runs the kernel in the PTX
 //! simulator at a small shape and checks it against float64 (exit 0 when correct).
 //!
-//! `cargo run --release --example attention -- [--b 1 --h 8 --s 512 --d 64 --seed N]
+//! `cargo run --release --example attention -- [--b 1 --h 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
 //!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--ptx]`
 
@@ -31,6 +31,9 @@ struct Options {
     v: Option<PathBuf>,
     out: Option<PathBuf>,
     sweep: bool,
+    /// K/V rows (cross-attention); `s` when not given.
+    sk: Option<usize>,
+    causal: bool,
     show_ptx: bool,
     tile_m: Option<u32>,
     stages: Option<u32>,
@@ -58,6 +61,8 @@ fn parse_args() -> Result<Options, String> {
         v: None,
         out: None,
         sweep: false,
+        sk: None,
+        causal: false,
         show_ptx: false,
         tile_m: None,
         stages: None,
@@ -84,6 +89,8 @@ fn parse_args() -> Result<Options, String> {
             "--v" => o.v = Some(value()?.into()),
             "--out" => o.out = Some(value()?.into()),
             "--sweep" => o.sweep = true,
+            "--sk" => o.sk = Some(number(value()?)?),
+            "--causal" => o.causal = true,
             "--tile-m" => o.tile_m = Some(number(value()?)? as u32),
             "--tile-n" => o.tile_n = Some(number(value()?)? as u32),
             "--warps" => o.warps = Some(number(value()?)? as u32),
@@ -122,22 +129,32 @@ fn config_for(o: &Options, d: usize) -> Config {
         load_warps: o.load_warps.unwrap_or(base.load_warps),
         softmax_warps: o.softmax_warps.unwrap_or(base.softmax_warps),
         persistent: o.persistent || base.persistent,
+        causal: o.causal || base.causal,
         ..base
     }
 }
 
 /// One problem's inputs on the host, rounded to f16 (the reference sees exactly what the GPU sees).
+/// `shape` is Q's (and O's) `[B, H, S, D]`; K and V have `sk` rows.
 struct Inputs {
     shape: [usize; 4],
+    sk: usize,
     q: Vec<f16>,
     k: Vec<f16>,
     v: Vec<f16>,
 }
 
-fn random_inputs(shape: [usize; 4], rng: &mut Rng) -> Inputs {
-    let n: usize = shape.iter().product();
-    let mut gen = || (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
-    Inputs { shape, q: gen(), k: gen(), v: gen() }
+impl Inputs {
+    fn kv_shape(&self) -> [usize; 4] {
+        [self.shape[0], self.shape[1], self.sk, self.shape[3]]
+    }
+}
+
+fn random_inputs(shape: [usize; 4], sk: usize, rng: &mut Rng) -> Inputs {
+    let [b, h, _, d] = shape;
+    let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
+    let (q, k, v) = (gen(shape.iter().product()), gen(b * h * sk * d), gen(b * h * sk * d));
+    Inputs { shape, sk, q, k, v }
 }
 
 fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
@@ -149,15 +166,19 @@ fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
     };
     let read = |p: &PathBuf| flashcore::npy::read(p).map_err(|e| e.to_string());
     let (q, k, v) = (read(q)?, read(k)?, read(v)?);
-    if q.shape.len() != 4 || q.shape != k.shape || q.shape != v.shape {
+    let same_heads = |a: &[usize], b: &[usize]| {
+        a.len() == 4 && b.len() == 4 && a[0] == b[0] && a[1] == b[1] && a[3] == b[3]
+    };
+    if !same_heads(&q.shape, &k.shape) || k.shape != v.shape {
         return Err(format!(
-            "q, k, v must share one [B, H, S, D] shape; got {:?}, {:?}, {:?}",
+            "q must be [B, H, S, D] and k, v one [B, H, SK, D] shape; got {:?}, {:?}, {:?}",
             q.shape, k.shape, v.shape
         ));
     }
     let to16 = |a: &flashcore::npy::Array| a.data.iter().map(|x| f16::from_f32(*x)).collect();
     Ok(Some(Inputs {
         shape: [q.shape[0], q.shape[1], q.shape[2], q.shape[3]],
+        sk: k.shape[2],
         q: to16(&q),
         k: to16(&k),
         v: to16(&v),
@@ -174,15 +195,15 @@ struct Outcome {
 
 /// Rows to check against the reference: all of them when that is cheap, else a fixed random
 /// sample that always includes the first and last row of every head.
-fn rows_to_check(shape: [usize; 4], rng: &mut Rng) -> Vec<usize> {
+fn rows_to_check(shape: [usize; 4], sk: usize, rng: &mut Rng) -> Vec<usize> {
     let [b, h, s, d] = shape;
     let total = b * h * s;
-    let cost = (total as f64) * (s as f64) * (d as f64);
+    let cost = (total as f64) * (sk as f64) * (d as f64);
     if cost <= 4e9 {
         return (0..total).collect();
     }
     let mut rows: Vec<usize> = (0..b * h).flat_map(|bh| [bh * s, bh * s + s - 1]).collect();
-    let budget = (4e9 / (s as f64 * d as f64)) as usize;
+    let budget = (4e9 / (sk as f64 * d as f64)) as usize;
     while rows.len() < budget.max(rows.len() + 1).min(total) {
         rows.push((rng.next_u64() % total as u64) as usize);
     }
@@ -196,11 +217,11 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
     let cfg = config_for(o, d);
     let e = |x: flashcore::Error| x.to_string();
     let r = |x: flashcore::runtime::RuntimeError| x.to_string();
-    let shape = inputs.shape;
+    let (shape, kv_shape) = (inputs.shape, inputs.kv_shape());
     let (q, k, v) = (
         device.upload(&inputs.q, &shape).map_err(r)?,
-        device.upload(&inputs.k, &shape).map_err(r)?,
-        device.upload(&inputs.v, &shape).map_err(r)?,
+        device.upload(&inputs.k, &kv_shape).map_err(r)?,
+        device.upload(&inputs.v, &kv_shape).map_err(r)?,
     );
     // Poison the output so that an element the kernel never writes fails the check.
     let mut out = device.filled(&shape, f16::NAN).map_err(r)?;
@@ -214,23 +235,24 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
 
     let widen = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     let (qd, kd, vd) = (widen(&inputs.q), widen(&inputs.k), widen(&inputs.v));
-    let problem = Problem { q: &qd, k: &kd, v: &vd, b, h, s, d, scale: scale as f64 };
-    let rows = rows_to_check(shape, rng);
+    let sk = inputs.sk;
+    let problem = Problem { q: &qd, k: &kd, v: &vd, b, h, s, sk, d, scale: scale as f64, causal: cfg.causal };
+    let rows = rows_to_check(shape, sk, rng);
     let want = reference::attention_rows(&problem, &rows);
     let got_rows: Vec<f64> =
         rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().map(|x| x.to_f64())).collect();
     let err = reference::compare(&got_rows, &want);
 
     // Timing inputs: several sets, rotated, as well as the flush below.
-    let set_bytes = 3 * shape.iter().product::<usize>() * 2;
+    let set_bytes = (shape.iter().product::<usize>() + 2 * kv_shape.iter().product::<usize>()) * 2;
     let sets = (64usize << 20).div_ceil(set_bytes).clamp(1, 8);
     let mut rotating: Vec<(DeviceTensor<f16>, DeviceTensor<f16>, DeviceTensor<f16>)> = vec![];
     for _ in 0..sets.saturating_sub(1) {
-        let fresh = random_inputs(shape, rng);
+        let fresh = random_inputs(shape, sk, rng);
         rotating.push((
             device.upload(&fresh.q, &shape).map_err(r)?,
-            device.upload(&fresh.k, &shape).map_err(r)?,
-            device.upload(&fresh.v, &shape).map_err(r)?,
+            device.upload(&fresh.k, &kv_shape).map_err(r)?,
+            device.upload(&fresh.v, &kv_shape).map_err(r)?,
         ));
     }
     rotating.push((q, k, v));
@@ -259,7 +281,9 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
         .map_err(r)?;
     times.sort_by(|a, b| a.total_cmp(b));
     let median_us = times[times.len() / 2];
-    let flops = 4.0 * (b * h) as f64 * (s as f64).powi(2) * d as f64;
+    // Useful work: 4·D flops per (query, key) pair a row attends to (about half when causal).
+    let pairs: usize = (0..s).map(|row| problem.keys_seen(row)).sum();
+    let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
     Ok(Outcome {
         err,
         rows_checked: rows.len(),
@@ -325,7 +349,7 @@ fn run_in_simulator(kernel: &flashcore::CompiledKernel, seed: u64) -> Result<Str
     use flashcore::simulate::{simulate, HostArg, Options, SimDevice};
     let d = kernel.kernel.config.head_dim as usize;
     let shape = [1, 2, 256, d];
-    let inputs = random_inputs(shape, &mut Rng::new(seed));
+    let inputs = random_inputs(shape, 256, &mut Rng::new(seed));
     let mut out = vec![f16::ZERO; shape.iter().product()];
     let scale = 1.0 / (d as f32).sqrt();
     let start = std::time::Instant::now();
@@ -345,8 +369,19 @@ fn run_in_simulator(kernel: &flashcore::CompiledKernel, seed: u64) -> Result<Str
     let secs = start.elapsed().as_secs_f64();
     let f64s = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
     let (q, k, v) = (f64s(&inputs.q), f64s(&inputs.k), f64s(&inputs.v));
-    let want =
-        reference::attention(&Problem { q: &q, k: &k, v: &v, b: 1, h: 2, s: 256, d, scale: scale as f64 });
+    let causal = kernel.kernel.config.causal;
+    let want = reference::attention(&Problem {
+        q: &q,
+        k: &k,
+        v: &v,
+        b: 1,
+        h: 2,
+        s: 256,
+        sk: 256,
+        d,
+        scale: scale as f64,
+        causal,
+    });
     let err = reference::compare(&f64s(&out), &want);
     let line = format!(
         "simulator (no GPU needed): 1x2x256x{d}, {} CTAs, {} warp instructions ({:.1} M lane instructions/s), rel err {:.3e} vs float64",
@@ -391,13 +426,13 @@ fn main() -> ExitCode {
             for d in [64, 128] {
                 for (b, h) in [(1, 8), (4, 16)] {
                     for s in [128, 512, 1024, 4096] {
-                        v.push(random_inputs([b, h, s, d], &mut rng));
+                        v.push(random_inputs([b, h, s, d], s, &mut rng));
                     }
                 }
             }
             v
         }
-        Ok(None) => vec![random_inputs([o.b, o.h, o.s, o.d], &mut rng)],
+        Ok(None) => vec![random_inputs([o.b, o.h, o.s, o.d], o.sk.unwrap_or(o.s), &mut rng)],
     };
     let cfg = config_for(&o, o.d);
     match attention::compile(&cfg).map_err(|e| e.to_string()).and_then(|k| {
@@ -412,6 +447,13 @@ fn main() -> ExitCode {
             )
         }
         Err(e) => println!("config: {cfg}; error: {e}"),
+    }
+    if o.sk.is_some_and(|sk| sk != o.s) || cfg.causal {
+        println!(
+            "K/V rows: SK = {}{}",
+            o.sk.unwrap_or(o.s),
+            if cfg.causal { "; causal (bottom-right)" } else { "" }
+        );
     }
     println!(
         "{:>4} {:>4} {:>6} {:>4}  {:>10} {:>10} {:>13}  {:>10} {:>9}",

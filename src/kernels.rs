@@ -5,12 +5,13 @@ use crate::flash_kernel;
 /// Fused attention forward, `O = softmax(Q·Kᵀ·scale)·V`, FlashAttention-2 style: each CTA owns a
 /// `TILE_M`-row tile of Q kept in registers, walks K/V in `TILE_N`-row tiles staged through
 /// shared memory, and keeps the softmax statistics online (in the exp2 domain, the scale
-/// folded into log2(e)).
+/// folded into log2(e)). Q has `S` rows and K/V `SK` (cross-attention when they differ); with
+/// `Config::causal` the mask is aligned to the bottom right.
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 pub fn attention(
     q: Tensor<f16, B, H, S, D>,
-    k: Tensor<f16, B, H, S, D>,
-    v: Tensor<f16, B, H, S, D>,
+    k: Tensor<f16, B, H, SK, D>,
+    v: Tensor<f16, B, H, SK, D>,
     o: TensorMut<f16, B, H, S, D>,
     scale: f32,
 ) {
@@ -20,7 +21,7 @@ pub fn attention(
         let mut m = fill([TILE_M], NEG_INF);
         let mut l = fill([TILE_M], 0.0);
         let mut acc = zeros([TILE_M, D]);
-        for kt in pipeline(0..S / TILE_N) {
+        for kt in pipeline(0..SK / TILE_N) {
             #[role(load)]
             {
                 let ks = stage(k.tile(b, h, kt));

@@ -2,27 +2,45 @@
 //! sample of rows, for checking large shapes) and a naive one that materializes
 //! softmax(Q·Kᵀ·scale) before multiplying by V (to check the first). Plus the error metrics.
 
-/// `[B, H, S, D]` row-major attention inputs, converted to f64.
+/// Row-major attention inputs, converted to f64: `q` is `[B, H, S, D]`, `k` and `v` are
+/// `[B, H, SK, D]`.
 pub struct Problem<'a> {
     pub q: &'a [f64],
     pub k: &'a [f64],
     pub v: &'a [f64],
     pub b: usize,
     pub h: usize,
+    /// Query rows.
     pub s: usize,
+    /// Key/value rows.
+    pub sk: usize,
     pub d: usize,
     pub scale: f64,
+    /// Causal, aligned to the bottom right (FlashAttention 2.1+): query row `i` sees keys
+    /// `j ≤ i + SK − S`. A row that sees no key has output 0.
+    pub causal: bool,
+}
+
+impl Problem<'_> {
+    /// Keys `0..n` that query row `row` attends to.
+    pub fn keys_seen(&self, row: usize) -> usize {
+        if self.causal {
+            (row as i64 + self.sk as i64 - self.s as i64 + 1).clamp(0, self.sk as i64) as usize
+        } else {
+            self.sk
+        }
+    }
 }
 
 /// One output row: softmax(q_row · Kᵀ · scale) · V for head `bh` and query row `row`.
 fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) {
-    let (s, d) = (p.s, p.d);
-    let base = bh * s * d;
-    let q = &p.q[base + row * d..base + (row + 1) * d];
-    let mut scores = vec![0.0f64; s];
+    let d = p.d;
+    let (qbase, kbase) = (bh * p.s * d, bh * p.sk * d);
+    let q = &p.q[qbase + row * d..qbase + (row + 1) * d];
+    let mut scores = vec![0.0f64; p.keys_seen(row)];
     let mut max = f64::NEG_INFINITY;
     for (j, score) in scores.iter_mut().enumerate() {
-        let k = &p.k[base + j * d..base + (j + 1) * d];
+        let k = &p.k[kbase + j * d..kbase + (j + 1) * d];
         *score = q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() * p.scale;
         max = max.max(*score);
     }
@@ -33,12 +51,14 @@ fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) {
     }
     out.iter_mut().for_each(|o| *o = 0.0);
     for (j, w) in scores.iter().enumerate() {
-        let v = &p.v[base + j * d..base + (j + 1) * d];
+        let v = &p.v[kbase + j * d..kbase + (j + 1) * d];
         for (o, x) in out.iter_mut().zip(v) {
             *o += w * x;
         }
     }
-    out.iter_mut().for_each(|o| *o /= sum);
+    if sum > 0.0 {
+        out.iter_mut().for_each(|o| *o /= sum);
+    }
 }
 
 /// The output rows `rows` (indices into the `B·H·S` rows) of attention, in float64, spread
@@ -66,22 +86,28 @@ pub fn attention(p: &Problem) -> Vec<f64> {
     attention_rows(p, &rows)
 }
 
-/// The textbook form, one head at a time: P = softmax(Q·Kᵀ·scale) as a full S×S matrix, then P·V.
+/// The textbook form, one head at a time: P = softmax(mask(Q·Kᵀ·scale)) as a full S×SK matrix
+/// (masked scores -inf), then P·V.
 pub fn attention_naive(p: &Problem) -> Vec<f64> {
-    let (s, d) = (p.s, p.d);
+    let (s, sk, d) = (p.s, p.sk, p.d);
     let mut out = vec![0.0; p.b * p.h * s * d];
     for bh in 0..p.b * p.h {
-        let base = bh * s * d;
-        let mut probs = vec![0.0f64; s * s];
+        let (base, kbase) = (bh * s * d, bh * sk * d);
+        let mut probs = vec![0.0f64; s * sk];
         for i in 0..s {
-            for j in 0..s {
+            for j in 0..sk {
                 let mut dot = 0.0;
                 for x in 0..d {
-                    dot += p.q[base + i * d + x] * p.k[base + j * d + x];
+                    dot += p.q[base + i * d + x] * p.k[kbase + j * d + x];
                 }
-                probs[i * s + j] = dot * p.scale;
+                let masked = p.causal && j as i64 > i as i64 + sk as i64 - s as i64;
+                probs[i * sk + j] = if masked { f64::NEG_INFINITY } else { dot * p.scale };
             }
-            let row = &mut probs[i * s..(i + 1) * s];
+            let row = &mut probs[i * sk..(i + 1) * sk];
+            if row.iter().all(|x| *x == f64::NEG_INFINITY) {
+                row.iter_mut().for_each(|x| *x = 0.0);
+                continue;
+            }
             let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = row
                 .iter_mut()
@@ -94,7 +120,7 @@ pub fn attention_naive(p: &Problem) -> Vec<f64> {
         }
         for i in 0..s {
             for x in 0..d {
-                out[base + i * d + x] = (0..s).map(|j| probs[i * s + j] * p.v[base + j * d + x]).sum();
+                out[base + i * d + x] = (0..sk).map(|j| probs[i * sk + j] * p.v[kbase + j * d + x]).sum();
             }
         }
     }
@@ -170,33 +196,54 @@ mod tests {
     #[test]
     fn fused_reference_matches_naive_softmax() {
         let mut rng = Rng::new(7);
-        let (b, h, s, d) = (2, 3, 37, 16);
-        let n = b * h * s * d;
-        let (q, k, v) = (random(n, &mut rng), random(n, &mut rng), random(n, &mut rng));
-        let p = Problem { q: &q, k: &k, v: &v, b, h, s, d, scale: 0.25 };
-        let fused = attention(&p);
-        let naive = attention_naive(&p);
-        let err = compare(&fused, &naive);
-        assert!(err.rel_l2 < 1e-13, "{err:?}");
-        // Sampled rows agree with the full computation.
-        let rows = [0, 5, s, b * h * s - 1];
-        let sampled = attention_rows(&p, &rows);
-        for (i, r) in rows.iter().enumerate() {
-            assert_eq!(&sampled[i * d..(i + 1) * d], &fused[r * d..(r + 1) * d]);
+        let (b, h, d) = (2, 3, 16);
+        // Self-attention, cross-attention both ways, each plain and causal (bottom-right; with
+        // S > SK the first S − SK rows see no key and give 0).
+        for (s, sk) in [(37, 37), (21, 50), (50, 21)] {
+            for causal in [false, true] {
+                let (q, k, v) = (
+                    random(b * h * s * d, &mut rng),
+                    random(b * h * sk * d, &mut rng),
+                    random(b * h * sk * d, &mut rng),
+                );
+                let p = Problem { q: &q, k: &k, v: &v, b, h, s, sk, d, scale: 0.25, causal };
+                let fused = attention(&p);
+                let naive = attention_naive(&p);
+                let err = compare(&fused, &naive);
+                assert!(err.rel_l2 < 1e-13, "{s}x{sk} causal={causal}: {err:?}");
+                // Sampled rows agree with the full computation.
+                let rows = [0, 5, s, b * h * s - 1];
+                let sampled = attention_rows(&p, &rows);
+                for (i, r) in rows.iter().enumerate() {
+                    assert_eq!(&sampled[i * d..(i + 1) * d], &fused[r * d..(r + 1) * d]);
+                }
+            }
         }
+    }
+
+    #[test]
+    fn causal_rows_see_the_keys_up_to_their_diagonal() {
+        let (q, k, v) = (vec![0.0; 3], vec![0.0; 5], vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        // S = 3, SK = 5, D = 1: row i sees keys 0..=i + 2, so the means of 1..=3, 1..=4, 1..=5.
+        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 3, sk: 5, d: 1, scale: 1.0, causal: true };
+        assert_eq!(attention(&p), vec![2.0, 2.5, 3.0]);
+        // S = 5, SK = 3: rows 0 and 1 see nothing (output 0), row i ≥ 2 sees keys 0..=i − 2.
+        let p = Problem { q: &v, k: &q, v: &q, b: 1, h: 1, s: 5, sk: 3, d: 1, scale: 1.0, causal: true };
+        assert_eq!(p.keys_seen(0), 0);
+        assert_eq!(p.keys_seen(4), 3);
     }
 
     #[test]
     fn one_key_gives_its_value_and_equal_scores_average() {
         // S = 1: the output is V itself.
         let (q, k, v) = (vec![0.3, -1.0], vec![2.0, 5.0], vec![7.0, -3.0]);
-        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 1, d: 2, scale: 1.0 };
+        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 1, sk: 1, d: 2, scale: 1.0, causal: false };
         assert_eq!(attention(&p), vec![7.0, -3.0]);
         // Zero queries: uniform weights, the mean of V's rows.
         let q = vec![0.0; 4];
         let k = vec![1.0, 2.0, 3.0, 4.0];
         let v = vec![1.0, 10.0, 3.0, 30.0];
-        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 2, d: 2, scale: 1.0 };
+        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 2, sk: 2, d: 2, scale: 1.0, causal: false };
         assert_eq!(attention(&p), vec![2.0, 20.0, 2.0, 20.0]);
     }
 

@@ -5,7 +5,11 @@ use flashcore::kernels::attention;
 use flashcore::{bind_shapes, Config, Error};
 
 fn bind(shapes: [&[usize]; 4]) -> Result<flashcore::Binding, Error> {
-    let kernel = attention::ir(&attention::CONFIG).unwrap();
+    bind_with(&attention::CONFIG, shapes)
+}
+
+fn bind_with(config: &Config, shapes: [&[usize]; 4]) -> Result<flashcore::Binding, Error> {
+    let kernel = attention::ir(config).unwrap();
     let mut all: Vec<Option<&[usize]>> = shapes.iter().map(|s| Some(*s)).collect();
     all.push(None); // scale
     bind_shapes(&kernel, &all)
@@ -15,15 +19,29 @@ fn bind(shapes: [&[usize]; 4]) -> Result<flashcore::Binding, Error> {
 fn good_shapes_bind_dims_and_count_work_items() {
     let s: &[usize] = &[2, 3, 256, 64];
     let b = bind([s, s, s, s]).unwrap();
-    assert_eq!(b.dims, vec![2, 3, 256]);
+    assert_eq!(b.dims, vec![2, 3, 256, 256]);
     assert_eq!(b.work_items, 2 * 3 * (256 / 64));
+    // Cross-attention: K/V have their own sequence length SK.
+    let kv: &[usize] = &[2, 3, 1000, 64];
+    let b = bind([s, kv, kv, s]).unwrap();
+    assert_eq!(b.dims, vec![2, 3, 256, 1000]);
+}
+
+#[test]
+fn causal_with_more_queries_than_keys_is_an_error_naming_q() {
+    let causal = Config { causal: true, ..attention::CONFIG };
+    let (q, kv): (&[usize], &[usize]) = (&[1, 2, 300, 64], &[1, 2, 200, 64]);
+    let err = bind_with(&causal, [q, kv, kv, q]).unwrap_err().to_string();
+    assert!(err.contains("argument `q`") && err.contains("the first 100 rows would see no key"), "{err}");
+    // The other way round (the bottom-right alignment of FlashAttention 2.1+) is fine.
+    bind_with(&causal, [kv, q, q, kv]).unwrap();
 }
 
 #[test]
 fn bad_shapes_are_errors_that_name_the_argument() {
     let good: &[usize] = &[1, 8, 512, 64];
     let cases: [([&[usize]; 4], &str); 4] = [
-        ([good, &[1, 8, 256, 64], good, good], "`S` is 256 here but 512 in `q`"),
+        ([good, &[1, 8, 256, 64], good, good], "`SK` is 512 here but 256 in `k`"),
         ([good, good, &[1, 8, 512, 128], good], "head dim is 128"),
         ([good, good, good, &[8, 512, 64]], "expected 4 axes"),
         ([good, good, good, &[2, 8, 512, 64]], "`B` is 2 here but 1 in `q`"),
@@ -86,5 +104,5 @@ fn opening_a_device_never_panics() {
 fn ir_text_shows_roles_and_layouts() {
     let text = attention::ir_after(&attention::CONFIG, "lower").unwrap().to_string();
     assert!(text.contains("@load %ks.8: smem<f16>[TILE_N, D] = stage k[%b.0, %h.1, %kt.7]"), "{text}");
-    assert!(text.contains("pipeline %kt.7 in 0..S/TILE_N {"), "{text}");
+    assert!(text.contains("pipeline %kt.7 in 0..SK/TILE_N {"), "{text}");
 }

@@ -12,59 +12,59 @@ use flashcore::simulate::{simulate, HostArg, Options, SimDevice};
 /// Above this relative error a result is a bug (fp16 attention lands near 3e-4).
 const TOLERANCE: f64 = 2e-3;
 
+/// Runs `config`'s kernel at `[b, h, s, d]` queries and `sk` keys in the simulator and checks
+/// it against float64; returns the lane instructions simulated and the seconds it took.
 fn run_case(
     name: &str,
     config: &flashcore::Config,
-    (b, h, s): (usize, usize, usize),
+    (b, h, s, sk): (usize, usize, usize, usize),
     seed: u64,
     max_slice: u32,
 ) -> (u64, f64) {
     let d = config.head_dim as usize;
     let compiled = attention::compile(config).unwrap();
     let mut rng = Rng::new(seed ^ 0x5eed);
-    let n = b * h * s * d;
-    let mut gen = || (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
-    let (q, k, v) = (gen(), gen(), gen());
-    let mut o = vec![f16::ZERO; n];
+    let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
+    let (q, k, v) = (gen(b * h * s * d), gen(b * h * sk * d), gen(b * h * sk * d));
+    let mut o = vec![f16::ZERO; b * h * s * d];
     let scale = 1.0 / (d as f32).sqrt();
-    let shape = [b, h, s, d];
+    let (shape, kv_shape) = ([b, h, s, d], [b, h, sk, d]);
     let device = SimDevice { sm_count: 2, options: Options { seed, max_slice, ..Options::default() } };
+    let what = format!("{name} {b}x{h}x{s}x{d} (SK {sk}) seed {seed}");
     let start = std::time::Instant::now();
     let stats = simulate(
         &compiled,
         &mut [
             HostArg::Tensor(&q, shape),
-            HostArg::Tensor(&k, shape),
-            HostArg::Tensor(&v, shape),
+            HostArg::Tensor(&k, kv_shape),
+            HostArg::Tensor(&v, kv_shape),
             HostArg::TensorMut(&mut o, shape),
             HostArg::F32(scale),
         ],
         &device,
     )
-    .unwrap_or_else(|e| panic!("{name} {b}x{h}x{s}x{d} seed {seed}: {e}"));
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
     let sim_secs = start.elapsed().as_secs_f64();
     let f64s = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
     let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
-    let want = reference::attention(&Problem { q: &qd, k: &kd, v: &vd, b, h, s, d, scale: scale as f64 });
-    let err = reference::compare(&f64s(&o), &want);
+    let problem =
+        Problem { q: &qd, k: &kd, v: &vd, b, h, s, sk, d, scale: scale as f64, causal: config.causal };
+    let err = reference::compare(&f64s(&o), &reference::attention(&problem));
     assert!(
         err.rel_l2 < TOLERANCE,
-        "{name} {b}x{h}x{s}x{d} seed {seed}: relative error {:e} ({} non-finite)",
+        "{what}: relative error {:e} ({} non-finite)",
         err.rel_l2,
         err.non_finite
     );
-    eprintln!(
-        "{name} {b}x{h}x{s}x{d} seed {seed}: rel err {:.3e}, {} warp instructions",
-        err.rel_l2, stats.warp_instructions
-    );
+    eprintln!("{what}: rel err {:.3e}, {} warp instructions", err.rel_l2, stats.warp_instructions);
     (stats.lane_instructions, sim_secs)
 }
 
 /// Shapes and schedules each configuration runs at: a tail shape over two heads (S = 100 is not
 /// a multiple of any tile), four KV tiles with a warp switch after every instruction, and two
 /// batches of one KV tile.
-const CASES: [((usize, usize, usize), u64, u32); 3] =
-    [((1, 2, 100), 1, 64), ((1, 1, 256), 2, 1), ((2, 1, 64), 3, 16)];
+const CASES: [((usize, usize, usize, usize), u64, u32); 3] =
+    [((1, 2, 100, 100), 1, 64), ((1, 1, 256, 256), 2, 1), ((2, 1, 64, 64), 3, 16)];
 
 #[test]
 fn every_snapshot_config_runs_correctly_in_the_simulator() {
@@ -111,6 +111,32 @@ fn the_seed_layout_and_deeper_pipelines_run_correctly_in_the_simulator() {
         ),
     ];
     for (name, config) in configs {
-        run_case(name, &config, (1, 3, 200), 4, 32);
+        run_case(name, &config, (1, 3, 200, 200), 4, 32);
+    }
+}
+
+/// Cross-attention (S ≠ SK, tails on both) and causal attention (bottom-right aligned, with tiles
+/// past the diagonal skipped), on the uniform, warp-specialized and softmax-warp schedules.
+#[test]
+fn cross_and_causal_attention_run_correctly_in_the_simulator() {
+    let base = attention::CONFIG;
+    let configs = [
+        ("d64", base),
+        ("d64_s3_load1_persistent", flashcore::Config { stages: 3, load_warps: 1, persistent: true, ..base }),
+        ("d128_m128_w8", flashcore::Config { head_dim: 128, tile_m: 128, warps: 8, ..base }),
+        ("d64_n32_load1_softmax4", flashcore::Config { tile_n: 32, load_warps: 1, softmax_warps: 4, ..base }),
+        ("d64_load1_softmax1", flashcore::Config { load_warps: 1, softmax_warps: 1, ..base }),
+    ];
+    for (name, config) in configs {
+        for causal in [false, true] {
+            let config = flashcore::Config { causal, ..config };
+            let name = format!("{name}{}", if causal { "_causal" } else { "" });
+            for (shape, seed) in [((1, 2, 77, 200), 5), ((2, 1, 192, 192), 6), ((1, 1, 17, 17), 7)] {
+                run_case(&name, &config, shape, seed, 32);
+            }
+            if !causal {
+                run_case(&name, &config, (1, 1, 150, 40), 8, 32);
+            }
+        }
     }
 }

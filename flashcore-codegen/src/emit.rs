@@ -405,7 +405,9 @@ impl<'k> Emitter<'k> {
                 Ok(())
             }
             Op::Mma { dst, a, b, acc } => self.mma(*dst, *a, *b, *acc),
-            Op::MaskColumns { dst, src, tile } => self.mask_columns(*dst, *src, tile),
+            Op::MaskColumns { dst, src, tile, causal } => {
+                self.mask_columns(*dst, *src, tile, causal.as_ref())
+            }
             Op::Exp2 { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in 0..d.len {
@@ -422,16 +424,29 @@ impl<'k> Emitter<'k> {
 
     fn extent_reg(&mut self, e: &LoopExtent) -> String {
         let dim = self.dim_regs[e.dim.0 as usize].clone();
-        match e.per_tile {
-            None => dim,
-            Some(t) => {
-                // Tiles cover the axis; the last one may be partial (its tail is masked).
-                let (size, r) = (t.size(&self.cfg), self.w.temp(RegClass::B32));
-                self.w.ins(format!("add.u32 {r}, {dim}, {}", size - 1));
-                self.w.ins(format!("div.u32 {r}, {r}, {size}"));
-                r
-            }
+        let Some(t) = e.per_tile else { return dim };
+        // Tiles cover the axis; the last one may be partial (its tail is masked).
+        let (size, r) = (t.size(&self.cfg), self.w.temp(RegClass::B32));
+        self.w.ins(format!("add.u32 {r}, {dim}, {}", size - 1));
+        self.w.ins(format!("div.u32 {r}, {r}, {size}"));
+        if let Some(c) = e.causal {
+            // Causal: stop after the tile holding key (q_tile + 1)·TILE_M − 1 + SK − S, the last
+            // one the Q tile's bottom row sees (the runtime ensures S ≤ SK).
+            self.w.comment("causal: skip the K/V tiles past this Q tile's diagonal");
+            let q_tile = self.regs_of(c.q_tile).at(0);
+            let q_len = self.dim_regs[c.q_dim.0 as usize].clone();
+            let last = self.w.temp(RegClass::B32);
+            self.w.ins(format!(
+                "mad.lo.u32 {last}, {q_tile}, {}, {}",
+                self.cfg.tile_m,
+                self.cfg.tile_m + size - 1
+            ));
+            self.w.ins(format!("add.u32 {last}, {last}, {dim}"));
+            self.w.ins(format!("sub.u32 {last}, {last}, {q_len}"));
+            self.w.ins(format!("div.u32 {last}, {last}, {size}"));
+            self.w.ins(format!("min.u32 {r}, {r}, {last}"));
         }
+        r
     }
 
     /// The work loop: CTA `c` takes work items c, c + gridDim.x, ...; each item is decomposed
@@ -969,7 +984,13 @@ impl<'k> Emitter<'k> {
 
     /// `dst = src`, then, in the last and partial tile only (a uniform branch skips full ones),
     /// -inf in every column at or past the number of valid rows of `tile`.
-    fn mask_columns(&mut self, dst: Value, src: Value, tile: &TileAccess) -> Result<(), CodegenError> {
+    fn mask_columns(
+        &mut self,
+        dst: Value,
+        src: Value,
+        tile: &TileAccess,
+        causal: Option<&Causal>,
+    ) -> Result<(), CodegenError> {
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("mask of a non-fragment".into()));
         };
@@ -979,9 +1000,29 @@ impl<'k> Emitter<'k> {
         }
         let valid = self.valid_rows(tile, None);
         let n = cols.size(&self.cfg);
-        let (full, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_done"));
-        self.w.ins(format!("setp.ge.u32 {full}, {valid}, {n}"));
-        self.w.ins(format!("@{full} bra.uni {skip}"));
+        let (need, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_done"));
+        self.w.ins(format!("setp.lt.u32 {need}, {valid}, {n}"));
+        // Causal: this warp's row r sees columns up to r + SK − S (`diag` holds its first row's
+        // limit); a tile whose last column is within it needs no causal mask.
+        let diag = causal.map(|c| {
+            let kv_len =
+                self.dim_regs[self.kernel.tensor(tile.param).expect("K tile").dims[2].0 as usize].clone();
+            let q_len = self.dim_regs[c.q_dim.0 as usize].clone();
+            let (q_tile, kt) = (self.regs_of(c.q_tile).at(0), self.regs_of(tile.coords[2]).at(0));
+            let warp_row0 = self.th().warp_row0.clone();
+            let diag = self.w.temp(RegClass::B32);
+            self.w.ins(format!("mad.lo.u32 {diag}, {q_tile}, {}, {warp_row0}", self.cfg.tile_m));
+            self.w.ins(format!("add.u32 {diag}, {diag}, {kv_len}"));
+            self.w.ins(format!("sub.u32 {diag}, {diag}, {q_len}"));
+            let (first_col, last_col, crosses) =
+                (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
+            self.w.ins(format!("mul.lo.u32 {first_col}, {kt}, {}", self.tile_rows(tile)));
+            self.w.ins(format!("add.u32 {last_col}, {first_col}, {}", n - 1));
+            self.w.ins(format!("setp.gt.u32 {crosses}, {last_col}, {diag}"));
+            self.w.ins(format!("or.pred {need}, {need}, {crosses}"));
+            (diag, first_col)
+        });
+        self.w.ins(format!("@!{need} bra.uni {skip}"));
         let quad_lane = self.th().quad_lane.clone();
         let base = self.w.temp(RegClass::B32);
         self.w.ins(format!("shl.b32 {base}, {quad_lane}, 1"));
@@ -995,6 +1036,35 @@ impl<'k> Emitter<'k> {
                 for mf in 0..shape.mfrags {
                     for e in [odd, odd + 2] {
                         self.w.ins(format!("@{past} mov.f32 {}, 0fFF800000", d.at(shape.acc(mf, nt, e))));
+                    }
+                }
+            }
+        }
+        if let Some((diag, first_col)) = diag {
+            // Element (mf, nt, e) is row 16·mf + 8·(e / 2) + g of the warp's rows and column
+            // 8·nt + 2·(lane % 4) + e % 2 of the tile: masked when its column is past the row's limit.
+            let group = self.th().group.clone();
+            let mut limits = vec![];
+            for mf in 0..shape.mfrags {
+                for h in 0..2 {
+                    let limit = self.w.temp(RegClass::B32);
+                    self.w.ins(format!("add.u32 {limit}, {diag}, {group}"));
+                    self.w.ins(format!("add.u32 {limit}, {limit}, {}", 16 * mf + 8 * h));
+                    limits.push(limit);
+                }
+            }
+            let (col, past) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
+            for nt in 0..shape.col_blocks {
+                for odd in 0..2 {
+                    self.w.ins(format!("add.u32 {col}, {first_col}, {base}"));
+                    self.w.ins(format!("add.u32 {col}, {col}, {}", 8 * nt + odd));
+                    for mf in 0..shape.mfrags {
+                        for h in 0..2 {
+                            self.w
+                                .ins(format!("setp.gt.u32 {past}, {col}, {}", limits[(mf * 2 + h) as usize]));
+                            let e = odd + 2 * h;
+                            self.w.ins(format!("@{past} mov.f32 {}, 0fFF800000", d.at(shape.acc(mf, nt, e))));
+                        }
                     }
                 }
             }

@@ -40,6 +40,9 @@ pub struct Config {
     /// compute warps, which own the rows) or `warps` (softmax warp `w` handles the rows of
     /// compute warp `w`; scores, probabilities and row statistics travel through shared memory).
     pub softmax_warps: u32,
+    /// Causal attention, aligned to the bottom right: query row `i` sees keys `j ≤ i + SK − S`.
+    /// K/V tiles past a Q tile's diagonal are skipped, so causal costs about half.
+    pub causal: bool,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             persistent: false,
             load_warps: 0,
             softmax_warps: 0,
+            causal: false,
         }
     }
 }
@@ -127,7 +131,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -139,7 +143,8 @@ impl fmt::Display for Config {
             } else {
                 String::new()
             },
-            if self.persistent { " persistent" } else { "" }
+            if self.persistent { " persistent" } else { "" },
+            if self.causal { " causal" } else { "" }
         )
     }
 }

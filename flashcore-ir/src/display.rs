@@ -58,10 +58,18 @@ impl Printer<'_> {
 
     fn extent(&self, e: &LoopExtent) -> String {
         let dim = &self.kernel.dims[e.dim.0 as usize];
-        match e.per_tile {
+        let extent = match e.per_tile {
             Some(t) => format!("{dim}/{}", t.symbol()),
             None => dim.clone(),
+        };
+        match e.causal {
+            Some(c) => format!("{extent} causal({})", self.causal(&c)),
+            None => extent,
         }
+    }
+
+    fn causal(&self, c: &Causal) -> String {
+        format!("{} of {}", self.v(c.q_tile), self.kernel.dims[c.q_dim.0 as usize])
     }
 
     /// One instruction as a line of text; loops give their header (`tiles .. {`).
@@ -132,11 +140,12 @@ impl Printer<'_> {
                 acc.map(|c| format!(", acc {}", self.v(c))).unwrap_or_default()
             ),
             Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
-            Op::MaskColumns { dst, src, tile } => format!(
-                "{} = mask_columns {} past the end of {}",
+            Op::MaskColumns { dst, src, tile, causal } => format!(
+                "{} = mask_columns {} past the end of {}{}",
                 self.def(*dst),
                 self.v(*src),
-                self.access(tile)
+                self.access(tile),
+                causal.map(|c| format!(" and past the diagonal of {}", self.causal(&c))).unwrap_or_default()
             ),
             Op::ToF16 { dst, src } => format!("{} = to_f16 {}", self.def(*dst), self.v(*src)),
             Op::Reduce { dst, op, src } => format!(

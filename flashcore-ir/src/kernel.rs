@@ -184,11 +184,29 @@ pub enum TileSchedule {
     Persistent,
 }
 
-/// `dim` or `dim / tile`: the trip count of a loop.
+/// `dim` or `dim / tile`: the trip count of a loop. With `causal`, the K/V loop of a Q tile
+/// stops after the last K/V tile any of its rows may see.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoopExtent {
     pub dim: RtDim,
     pub per_tile: Option<TileDim>,
+    pub causal: Option<Causal>,
+}
+
+impl LoopExtent {
+    /// The extent with its Q-tile index renamed (loop copies of other role groups).
+    pub fn map_values(self, f: &dyn Fn(Value) -> Value) -> LoopExtent {
+        LoopExtent { causal: self.causal.map(|c| Causal { q_tile: f(c.q_tile), ..c }), ..self }
+    }
+}
+
+/// Causal masking aligned to the bottom right (FlashAttention 2.1+): query row `i` sees key `j`
+/// iff `j ≤ i + SK − S`, where `S` is `q_dim` and `SK` the K/V sequence axis. `q_tile` is the
+/// work loop's index of the `TILE_M`-row Q tile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Causal {
+    pub q_tile: Value,
+    pub q_dim: RtDim,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -244,8 +262,10 @@ pub enum Op {
     Mma { dst: Value, a: Value, b: Value, acc: Option<Value> },
     /// `dst = src` with the columns past the end of the sequence set to -inf: column `n`
     /// stands for row `n` of the staged tile `tile`, which lies past the end when
-    /// `tile · rows + n ≥` the tensor's sequence length. Only the last, partial tile changes.
-    MaskColumns { dst: Value, src: Value, tile: TileAccess },
+    /// `tile · rows + n ≥` the tensor's sequence length. With `causal`, also the columns past
+    /// each row's diagonal. Tiles that need neither (all but the last and the diagonal ones)
+    /// skip the masking code.
+    MaskColumns { dst: Value, src: Value, tile: TileAccess, causal: Option<Causal> },
     /// Elementwise `2^x`.
     Exp2 { dst: Value, src: Value },
     /// f32 accumulator fragments to f16 A-operand fragments.
@@ -344,9 +364,10 @@ impl Op {
             | Op::ToF16 { src, .. }
             | Op::Reduce { src, .. } => vec![*src],
             Op::Mma { a, b, acc, .. } => [Some(*a), Some(*b), *acc].into_iter().flatten().collect(),
-            Op::MaskColumns { src, tile, .. } => {
+            Op::MaskColumns { src, tile, causal, .. } => {
                 let mut v = tile.coords.clone();
                 v.push(*src);
+                v.extend(causal.map(|c| c.q_tile));
                 v
             }
             Op::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],

@@ -50,6 +50,10 @@ enum Nesting {
 struct Lowerer {
     /// The tile each staged value (and its `.t()` view) holds.
     staged: HashMap<Value, TileAccess>,
+    /// With `Config::causal`: the work loop's Q-tile index (the `tiles` axis walked in
+    /// `TILE_M` tiles), once the work loop is entered.
+    causal: Option<Causal>,
+    causal_config: bool,
     params: Vec<Param>,
     dims: Vec<String>,
     /// The head-dim axis as the user spelled it (a symbol such as `D`, or a literal).
@@ -95,6 +99,8 @@ impl Lowerer {
     fn new(program: &Program, config: &Config) -> Result<Self> {
         let mut lowerer = Lowerer {
             staged: HashMap::new(),
+            causal: None,
+            causal_config: config.causal,
             params: vec![],
             dims: vec![],
             head_dim: Dim::Lit(config.head_dim),
@@ -277,6 +283,9 @@ impl Lowerer {
                     self.bind(var, Binding::Value(v));
                     values.push(v);
                     loop_extents.push(e);
+                    if self.causal_config && e.per_tile == Some(TileDim::M) {
+                        self.causal = Some(Causal { q_tile: v, q_dim: e.dim });
+                    }
                 }
                 let mut inner = Block::default();
                 self.block(body, &mut inner, Nesting::Tiles)?;
@@ -299,7 +308,16 @@ impl Lowerer {
                         "`pipeline(..)` must be directly inside the `tiles(..)` work loop",
                     );
                 }
-                let e = self.extent(extent)?;
+                let mut e = self.extent(extent)?;
+                if self.causal_config {
+                    if self.causal.is_none() {
+                        return err(
+                            stmt.span,
+                            "a causal kernel needs a `tiles(..)` axis walked in TILE_M tiles (the Q tiles whose rows the mask compares)",
+                        );
+                    }
+                    e.causal = self.causal;
+                }
                 self.scopes.push(HashMap::new());
                 let v = self.new_value(Type::Index { dim: e.dim, tile: e.per_tile }, var, false);
                 self.bind(var, Binding::Value(v));
@@ -350,7 +368,7 @@ impl Lowerer {
                 ),
             );
         };
-        Ok(LoopExtent { dim: RtDim(index as u32), per_tile: extent.per_tile.map(tile_dim) })
+        Ok(LoopExtent { dim: RtDim(index as u32), per_tile: extent.per_tile.map(tile_dim), causal: None })
     }
 
     fn tile_access(&mut self, target: &TileRef, write: bool) -> Result<TileAccess> {
@@ -608,7 +626,8 @@ impl Lowerer {
                 match (self.staged.get(&bv).cloned(), bt) {
                     (Some(tile), Type::Smem { transposed: true, .. }) => {
                         let masked = self.new_value(result, name, false);
-                        self.push(out, Op::MaskColumns { dst: masked, src: dst, tile }, role, span);
+                        let causal = self.causal;
+                        self.push(out, Op::MaskColumns { dst: masked, src: dst, tile, causal }, role, span);
                         masked
                     }
                     _ => dst,

@@ -208,7 +208,8 @@ fn program(prog: &Program) -> TokenStream {
 }
 
 fn config(c: &Config) -> TokenStream {
-    let Config { tile_m, tile_n, head_dim, stages, warps, persistent, load_warps, softmax_warps } = *c;
+    let Config { tile_m, tile_n, head_dim, stages, warps, persistent, load_warps, softmax_warps, causal } =
+        *c;
     quote!(::flashcore::Config {
         tile_m: #tile_m,
         tile_n: #tile_n,
@@ -218,6 +219,7 @@ fn config(c: &Config) -> TokenStream {
         persistent: #persistent,
         load_warps: #load_warps,
         softmax_warps: #softmax_warps,
+        causal: #causal,
     })
 }
 

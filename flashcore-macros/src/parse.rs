@@ -46,9 +46,10 @@ impl Parse for KernelAttr {
         let items = Punctuated::<syn::Meta, Token![,]>::parse_terminated(input)?;
         for item in items {
             let key = item.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
-            // `persistent` or `persistent = true/false`.
-            if key == "persistent" {
-                config.persistent = match &item {
+            // `persistent`, `causal`, or `<flag> = true/false`.
+            if key == "persistent" || key == "causal" {
+                let flag = if key == "persistent" { &mut config.persistent } else { &mut config.causal };
+                *flag = match &item {
                     syn::Meta::Path(_) => true,
                     syn::Meta::NameValue(syn::MetaNameValue {
                         value: syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }),
@@ -57,7 +58,7 @@ impl Parse for KernelAttr {
                     other => {
                         return Err(syn::Error::new_spanned(
                             other,
-                            "expected `persistent` or `persistent = true|false`",
+                            format!("expected `{key}` or `{key} = true|false`"),
                         ))
                     }
                 };
@@ -99,7 +100,7 @@ impl Parse for KernelAttr {
                 _ => {
                     return Err(syn::Error::new_spanned(
                         &item.path,
-                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, persistent"),
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, persistent, causal"),
                     ))
                 }
             };

@@ -738,7 +738,11 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             }
         }
         "add" | "sub" | "mul" | "div" | "rem" | "shl" | "shr" | "and" | "or" | "xor" | "min" | "max" => {
-            let ty = last_int().ok_or(Decode::Unsupported)?;
+            // `and/or/xor.pred` combine predicates, which hold 0 or 1.
+            let ty = match mods.last() {
+                Some(&"pred") if matches!(base, "and" | "or" | "xor") => IntType::U32,
+                _ => last_int().ok_or(Decode::Unsupported)?,
+            };
             if base == "mul" && has("wide") {
                 Op::MulWide { ty, d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)?, b: ctx.operand(n(2)?)? }
             } else {

@@ -204,11 +204,11 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
     let mut softmax_body = vec![];
     for (idx, i) in body.insts.iter().enumerate() {
         if idx == pipeline_at {
-            let pipeline = |body: Vec<Inst>, var: Value, role| {
+            let pipeline = |body: Vec<Inst>, var: Value, role, extent: LoopExtent| {
                 inst(
                     Op::Pipeline {
                         var,
-                        extent: *extent,
+                        extent,
                         stages: *stages,
                         prologue: Block::default(),
                         body: Block { insts: body },
@@ -218,12 +218,13 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
                     body_span(&loop_body.insts),
                 )
             };
-            compute_body.push(pipeline(std::mem::take(&mut compute_loop), *kt, None));
+            compute_body.push(pipeline(std::mem::take(&mut compute_loop), *kt, None, *extent));
             let mut softmax_iteration = std::mem::take(&mut softmax_loop);
             if kernel.config.softmax_warps < kernel.config.warps {
                 softmax_iteration = waits_first_arrivals_last(softmax_iteration);
             }
-            softmax_body.push(pipeline(softmax_iteration, kt_softmax, Some(Role::Softmax)));
+            let softmax_extent = extent.map_values(&|v| rename.get(&v).copied().unwrap_or(v));
+            softmax_body.push(pipeline(softmax_iteration, kt_softmax, Some(Role::Softmax), softmax_extent));
             continue;
         }
         match &i.op {
@@ -311,7 +312,12 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
         Op::Transpose { dst, src } => Op::Transpose { dst, src: f(src) },
         Op::Mma { dst, a, b, acc } => Op::Mma { dst, a: f(a), b: f(b), acc: acc.map(f) },
         Op::Exp2 { dst, src } => Op::Exp2 { dst, src: f(src) },
-        Op::MaskColumns { dst, src, tile } => Op::MaskColumns { dst, src: f(src), tile: access(tile) },
+        Op::MaskColumns { dst, src, tile, causal } => Op::MaskColumns {
+            dst,
+            src: f(src),
+            tile: access(tile),
+            causal: causal.map(|c| Causal { q_tile: f(c.q_tile), ..c }),
+        },
         Op::ToF16 { dst, src } => Op::ToF16 { dst, src: f(src) },
         Op::Reduce { dst, op, src } => Op::Reduce { dst, op, src: f(src) },
         Op::Binary { dst, op, lhs, rhs } => Op::Binary { dst, op, lhs: f(lhs), rhs: f(rhs) },

@@ -132,7 +132,7 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
         producer_tiles_body.insts.push(Inst {
             op: Op::Pipeline {
                 var: kt,
-                extent: *extent,
+                extent: extent.map_values(&|v| rename.get(&v).copied().unwrap_or(v)),
                 stages: *loop_stages,
                 prologue: Block::default(),
                 body: Block { insts: copies },

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine: cross-attention (S != SK) and causal attention over lengths with
+# tails, D in {64, 128}, checked against float64 and timed; then causal against non-causal at
+# 2x16x8192x{64,128} (issue 5 asks causal to be at least 1.7x faster).
+set -uo pipefail
+bin=${1:-.device/bin/attention}
+for d in 64 128; do
+  for causal in "" "--causal"; do
+    for lens in "1 1" "17 17" "77 77" "4097 4097" "77 200" "1000 4097" "200 77"; do
+      set -- $lens
+      if [ -n "$causal" ] && [ "$1" -gt "$2" ]; then continue; fi
+      row=$(timeout 120 "$bin" --b 2 --h 4 --s $1 --sk $2 --d $d $causal --iters 30 --warmup 5 2>&1 | tail -1)
+      printf 'S=%-5s SK=%-5s D=%-3s %-8s :: %s\n' "$1" "$2" "$d" "${causal:-full}" "$row"
+    done
+  done
+done
+for d in 64 128; do
+  for causal in "" "--causal"; do
+    row=$(timeout 300 "$bin" --b 2 --h 16 --s 8192 --d $d $causal --iters 50 --warmup 10 2>&1 | tail -1)
+    printf '2x16x8192 D=%-3s %-8s :: %s\n' "$d" "${causal:-full}" "$row"
+  done
+done
