@@ -3,7 +3,7 @@
 //! Without a GPU it says so, prints the PTX's ptxas resource report, runs the kernel in the PTX
 //! simulator at a small shape and checks it against float64 (exit 0 when correct).
 //!
-//! `cargo run --release --example attention -- [--b 1 --h 8 --s 512 --sk 512 --d 64 --causal --seed N]
+//! `cargo run --release --example attention -- [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
 //!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--ptx]`
 
@@ -33,6 +33,8 @@ struct Options {
     sweep: bool,
     /// K/V rows (cross-attention); `s` when not given.
     sk: Option<usize>,
+    /// K/V heads (grouped-query attention); `h` when not given.
+    hkv: Option<usize>,
     causal: bool,
     show_ptx: bool,
     tile_m: Option<u32>,
@@ -62,6 +64,7 @@ fn parse_args() -> Result<Options, String> {
         out: None,
         sweep: false,
         sk: None,
+        hkv: None,
         causal: false,
         show_ptx: false,
         tile_m: None,
@@ -90,6 +93,7 @@ fn parse_args() -> Result<Options, String> {
             "--out" => o.out = Some(value()?.into()),
             "--sweep" => o.sweep = true,
             "--sk" => o.sk = Some(number(value()?)?),
+            "--hkv" => o.hkv = Some(number(value()?)?),
             "--causal" => o.causal = true,
             "--tile-m" => o.tile_m = Some(number(value()?)? as u32),
             "--tile-n" => o.tile_n = Some(number(value()?)? as u32),
@@ -135,9 +139,10 @@ fn config_for(o: &Options, d: usize) -> Config {
 }
 
 /// One problem's inputs on the host, rounded to f16 (the reference sees exactly what the GPU sees).
-/// `shape` is Q's (and O's) `[B, H, S, D]`; K and V have `sk` rows.
+/// `shape` is Q's (and O's) `[B, H, S, D]`; K and V are `[B, hk, sk, D]`.
 struct Inputs {
     shape: [usize; 4],
+    hk: usize,
     sk: usize,
     q: Vec<f16>,
     k: Vec<f16>,
@@ -146,15 +151,15 @@ struct Inputs {
 
 impl Inputs {
     fn kv_shape(&self) -> [usize; 4] {
-        [self.shape[0], self.shape[1], self.sk, self.shape[3]]
+        [self.shape[0], self.hk, self.sk, self.shape[3]]
     }
 }
 
-fn random_inputs(shape: [usize; 4], sk: usize, rng: &mut Rng) -> Inputs {
-    let [b, h, _, d] = shape;
+fn random_inputs(shape: [usize; 4], hk: usize, sk: usize, rng: &mut Rng) -> Inputs {
+    let [b, _, _, d] = shape;
     let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
-    let (q, k, v) = (gen(shape.iter().product()), gen(b * h * sk * d), gen(b * h * sk * d));
-    Inputs { shape, sk, q, k, v }
+    let (q, k, v) = (gen(shape.iter().product()), gen(b * hk * sk * d), gen(b * hk * sk * d));
+    Inputs { shape, hk, sk, q, k, v }
 }
 
 fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
@@ -166,18 +171,17 @@ fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
     };
     let read = |p: &PathBuf| flashcore::npy::read(p).map_err(|e| e.to_string());
     let (q, k, v) = (read(q)?, read(k)?, read(v)?);
-    let same_heads = |a: &[usize], b: &[usize]| {
-        a.len() == 4 && b.len() == 4 && a[0] == b[0] && a[1] == b[1] && a[3] == b[3]
-    };
-    if !same_heads(&q.shape, &k.shape) || k.shape != v.shape {
+    // The kernel's argument checks name any disagreement in B, H/HKV or D; here only the rank.
+    if q.shape.len() != 4 || k.shape.len() != 4 || k.shape != v.shape {
         return Err(format!(
-            "q must be [B, H, S, D] and k, v one [B, H, SK, D] shape; got {:?}, {:?}, {:?}",
+            "q must be [B, H, S, D] and k, v one [B, HKV, SK, D] shape; got {:?}, {:?}, {:?}",
             q.shape, k.shape, v.shape
         ));
     }
     let to16 = |a: &flashcore::npy::Array| a.data.iter().map(|x| f16::from_f32(*x)).collect();
     Ok(Some(Inputs {
         shape: [q.shape[0], q.shape[1], q.shape[2], q.shape[3]],
+        hk: k.shape[1],
         sk: k.shape[2],
         q: to16(&q),
         k: to16(&k),
@@ -235,8 +239,9 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
 
     let widen = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     let (qd, kd, vd) = (widen(&inputs.q), widen(&inputs.k), widen(&inputs.v));
-    let sk = inputs.sk;
-    let problem = Problem { q: &qd, k: &kd, v: &vd, b, h, s, sk, d, scale: scale as f64, causal: cfg.causal };
+    let (hk, sk) = (inputs.hk, inputs.sk);
+    let problem =
+        Problem { q: &qd, k: &kd, v: &vd, b, h, hk, s, sk, d, scale: scale as f64, causal: cfg.causal };
     let rows = rows_to_check(shape, sk, rng);
     let want = reference::attention_rows(&problem, &rows);
     let got_rows: Vec<f64> =
@@ -248,7 +253,7 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
     let sets = (64usize << 20).div_ceil(set_bytes).clamp(1, 8);
     let mut rotating: Vec<(DeviceTensor<f16>, DeviceTensor<f16>, DeviceTensor<f16>)> = vec![];
     for _ in 0..sets.saturating_sub(1) {
-        let fresh = random_inputs(shape, sk, rng);
+        let fresh = random_inputs(shape, hk, sk, rng);
         rotating.push((
             device.upload(&fresh.q, &shape).map_err(r)?,
             device.upload(&fresh.k, &kv_shape).map_err(r)?,
@@ -349,7 +354,7 @@ fn run_in_simulator(kernel: &flashcore::CompiledKernel, seed: u64) -> Result<Str
     use flashcore::simulate::{simulate, HostArg, Options, SimDevice};
     let d = kernel.kernel.config.head_dim as usize;
     let shape = [1, 2, 256, d];
-    let inputs = random_inputs(shape, 256, &mut Rng::new(seed));
+    let inputs = random_inputs(shape, 2, 256, &mut Rng::new(seed));
     let mut out = vec![f16::ZERO; shape.iter().product()];
     let scale = 1.0 / (d as f32).sqrt();
     let start = std::time::Instant::now();
@@ -376,6 +381,7 @@ fn run_in_simulator(kernel: &flashcore::CompiledKernel, seed: u64) -> Result<Str
         v: &v,
         b: 1,
         h: 2,
+        hk: 2,
         s: 256,
         sk: 256,
         d,
@@ -426,13 +432,15 @@ fn main() -> ExitCode {
             for d in [64, 128] {
                 for (b, h) in [(1, 8), (4, 16)] {
                     for s in [128, 512, 1024, 4096] {
-                        v.push(random_inputs([b, h, s, d], s, &mut rng));
+                        v.push(random_inputs([b, h, s, d], h, s, &mut rng));
                     }
                 }
             }
             v
         }
-        Ok(None) => vec![random_inputs([o.b, o.h, o.s, o.d], o.sk.unwrap_or(o.s), &mut rng)],
+        Ok(None) => {
+            vec![random_inputs([o.b, o.h, o.s, o.d], o.hkv.unwrap_or(o.h), o.sk.unwrap_or(o.s), &mut rng)]
+        }
     };
     let cfg = config_for(&o, o.d);
     match attention::compile(&cfg).map_err(|e| e.to_string()).and_then(|k| {

@@ -6,12 +6,14 @@ use crate::flash_kernel;
 /// `TILE_M`-row tile of Q kept in registers, walks K/V in `TILE_N`-row tiles staged through
 /// shared memory, and keeps the softmax statistics online (in the exp2 domain, the scale
 /// folded into log2(e)). Q has `S` rows and K/V `SK` (cross-attention when they differ); with
-/// `Config::causal` the mask is aligned to the bottom right.
+/// `Config::causal` the mask is aligned to the bottom right. K/V have `HKV` heads, each shared
+/// by `H / HKV` query heads (grouped-query attention; multi-query with `HKV = 1`, plain
+/// multi-head with `HKV = H`), read in place.
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 pub fn attention(
     q: Tensor<f16, B, H, S, D>,
-    k: Tensor<f16, B, H, SK, D>,
-    v: Tensor<f16, B, H, SK, D>,
+    k: Tensor<f16, B, HKV, SK, D>,
+    v: Tensor<f16, B, HKV, SK, D>,
     o: TensorMut<f16, B, H, S, D>,
     scale: f32,
 ) {
@@ -24,8 +26,8 @@ pub fn attention(
         for kt in pipeline(0..SK / TILE_N) {
             #[role(load)]
             {
-                let ks = stage(k.tile(b, h, kt));
-                let vs = stage(v.tile(b, h, kt));
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
             }
             #[role(compute)]
             let s = mma(qf, ks.t()) * (scale * LOG2_E);

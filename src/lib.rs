@@ -211,6 +211,35 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
         }
     }
     let dims: Vec<u64> = bound.iter().map(|b| b.as_ref().map(|(s, _)| *s).unwrap_or(0)).collect();
+    // Grouped K/V heads: `to` (HKV) must divide `of` (H).
+    let mut groups = vec![];
+    kernel.walk(&mut |inst| {
+        let access = match &inst.op {
+            Op::Load { src, .. }
+            | Op::Stage { src, .. }
+            | Op::StageView { src, .. }
+            | Op::AsyncCopy { src, .. } => src,
+            Op::Store { dst, .. } => dst,
+            _ => return,
+        };
+        for axis in 0..access.coords.len() {
+            if let Some(g) = access.group(axis) {
+                groups.push((access.param, g));
+            }
+        }
+    });
+    for (param, g) in groups {
+        let (of, to) = (dims[g.of.0 as usize], dims[g.to.0 as usize]);
+        if to == 0 || of % to != 0 {
+            return Err(bad(
+                kernel.params[param].name(),
+                format!(
+                    "`{}` = {of} query heads are not a multiple of `{}` = {to} K/V heads",
+                    kernel.dims[g.of.0 as usize], kernel.dims[g.to.0 as usize]
+                ),
+            ));
+        }
+    }
     // Causal with more query rows than keys would leave the first S − SK rows with no key.
     let mut causal_dims = None;
     kernel.walk(&mut |inst| {

@@ -3,13 +3,15 @@
 //! softmax(Q·Kᵀ·scale) before multiplying by V (to check the first). Plus the error metrics.
 
 /// Row-major attention inputs, converted to f64: `q` is `[B, H, S, D]`, `k` and `v` are
-/// `[B, H, SK, D]`.
+/// `[B, HK, SK, D]` (query head `h` reads K/V head `h / (H / HK)`).
 pub struct Problem<'a> {
     pub q: &'a [f64],
     pub k: &'a [f64],
     pub v: &'a [f64],
     pub b: usize,
     pub h: usize,
+    /// K/V heads (a divisor of `h`).
+    pub hk: usize,
     /// Query rows.
     pub s: usize,
     /// Key/value rows.
@@ -35,7 +37,8 @@ impl Problem<'_> {
 /// One output row: softmax(q_row · Kᵀ · scale) · V for head `bh` and query row `row`.
 fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) {
     let d = p.d;
-    let (qbase, kbase) = (bh * p.s * d, bh * p.sk * d);
+    let kv_head = (bh / p.h) * p.hk + (bh % p.h) / (p.h / p.hk);
+    let (qbase, kbase) = (bh * p.s * d, kv_head * p.sk * d);
     let q = &p.q[qbase + row * d..qbase + (row + 1) * d];
     let mut scores = vec![0.0f64; p.keys_seen(row)];
     let mut max = f64::NEG_INFINITY;
@@ -92,7 +95,8 @@ pub fn attention_naive(p: &Problem) -> Vec<f64> {
     let (s, sk, d) = (p.s, p.sk, p.d);
     let mut out = vec![0.0; p.b * p.h * s * d];
     for bh in 0..p.b * p.h {
-        let (base, kbase) = (bh * s * d, bh * sk * d);
+        let kv_head = (bh / p.h) * p.hk + (bh % p.h) / (p.h / p.hk);
+        let (base, kbase) = (bh * s * d, kv_head * sk * d);
         let mut probs = vec![0.0f64; s * sk];
         for i in 0..s {
             for j in 0..sk {
@@ -197,20 +201,17 @@ mod tests {
     fn fused_reference_matches_naive_softmax() {
         let mut rng = Rng::new(7);
         let (b, h, d) = (2, 3, 16);
-        // Self-attention, cross-attention both ways, each plain and causal (bottom-right; with
-        // S > SK the first S − SK rows see no key and give 0).
-        for (s, sk) in [(37, 37), (21, 50), (50, 21)] {
+        // Self-attention, cross-attention both ways, grouped K/V heads, each plain and causal
+        // (bottom-right; with S > SK the first S − SK rows see no key and give 0).
+        for (s, sk, hk) in [(37, 37, 3), (21, 50, 3), (50, 21, 3), (37, 37, 1)] {
             for causal in [false, true] {
-                let (q, k, v) = (
-                    random(b * h * s * d, &mut rng),
-                    random(b * h * sk * d, &mut rng),
-                    random(b * h * sk * d, &mut rng),
-                );
-                let p = Problem { q: &q, k: &k, v: &v, b, h, s, sk, d, scale: 0.25, causal };
+                let kv = b * hk * sk * d;
+                let (q, k, v) = (random(b * h * s * d, &mut rng), random(kv, &mut rng), random(kv, &mut rng));
+                let p = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale: 0.25, causal };
                 let fused = attention(&p);
                 let naive = attention_naive(&p);
                 let err = compare(&fused, &naive);
-                assert!(err.rel_l2 < 1e-13, "{s}x{sk} causal={causal}: {err:?}");
+                assert!(err.rel_l2 < 1e-13, "{s}x{sk} hk={hk} causal={causal}: {err:?}");
                 // Sampled rows agree with the full computation.
                 let rows = [0, 5, s, b * h * s - 1];
                 let sampled = attention_rows(&p, &rows);
@@ -222,13 +223,36 @@ mod tests {
     }
 
     #[test]
+    fn grouped_heads_equal_multi_head_attention_on_repeated_k_v() {
+        let mut rng = Rng::new(9);
+        let (b, h, hk, s, d) = (2, 4, 2, 9, 8);
+        let q = random(b * h * s * d, &mut rng);
+        let (k, v) = (random(b * hk * s * d, &mut rng), random(b * hk * s * d, &mut rng));
+        // Query head j of batch i reads K/V head j / 2: repeat each K/V head twice.
+        let repeat = |x: &[f64]| -> Vec<f64> {
+            (0..b * h)
+                .flat_map(|bh| {
+                    let head = (bh / h) * hk + (bh % h) / (h / hk);
+                    x[head * s * d..(head + 1) * s * d].to_vec()
+                })
+                .collect()
+        };
+        let (kr, vr) = (repeat(&k), repeat(&v));
+        let grouped = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk: s, d, scale: 0.3, causal: false };
+        let full = Problem { q: &q, k: &kr, v: &vr, b, h, hk: h, s, sk: s, d, scale: 0.3, causal: false };
+        assert_eq!(attention(&grouped), attention(&full));
+    }
+
+    #[test]
     fn causal_rows_see_the_keys_up_to_their_diagonal() {
         let (q, k, v) = (vec![0.0; 3], vec![0.0; 5], vec![1.0, 2.0, 3.0, 4.0, 5.0]);
         // S = 3, SK = 5, D = 1: row i sees keys 0..=i + 2, so the means of 1..=3, 1..=4, 1..=5.
-        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 3, sk: 5, d: 1, scale: 1.0, causal: true };
+        let p =
+            Problem { q: &q, k: &k, v: &v, b: 1, h: 1, hk: 1, s: 3, sk: 5, d: 1, scale: 1.0, causal: true };
         assert_eq!(attention(&p), vec![2.0, 2.5, 3.0]);
         // S = 5, SK = 3: rows 0 and 1 see nothing (output 0), row i ≥ 2 sees keys 0..=i − 2.
-        let p = Problem { q: &v, k: &q, v: &q, b: 1, h: 1, s: 5, sk: 3, d: 1, scale: 1.0, causal: true };
+        let p =
+            Problem { q: &v, k: &q, v: &q, b: 1, h: 1, hk: 1, s: 5, sk: 3, d: 1, scale: 1.0, causal: true };
         assert_eq!(p.keys_seen(0), 0);
         assert_eq!(p.keys_seen(4), 3);
     }
@@ -237,13 +261,15 @@ mod tests {
     fn one_key_gives_its_value_and_equal_scores_average() {
         // S = 1: the output is V itself.
         let (q, k, v) = (vec![0.3, -1.0], vec![2.0, 5.0], vec![7.0, -3.0]);
-        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 1, sk: 1, d: 2, scale: 1.0, causal: false };
+        let p =
+            Problem { q: &q, k: &k, v: &v, b: 1, h: 1, hk: 1, s: 1, sk: 1, d: 2, scale: 1.0, causal: false };
         assert_eq!(attention(&p), vec![7.0, -3.0]);
         // Zero queries: uniform weights, the mean of V's rows.
         let q = vec![0.0; 4];
         let k = vec![1.0, 2.0, 3.0, 4.0];
         let v = vec![1.0, 10.0, 3.0, 30.0];
-        let p = Problem { q: &q, k: &k, v: &v, b: 1, h: 1, s: 2, sk: 2, d: 2, scale: 1.0, causal: false };
+        let p =
+            Problem { q: &q, k: &k, v: &v, b: 1, h: 1, hk: 1, s: 2, sk: 2, d: 2, scale: 1.0, causal: false };
         assert_eq!(attention(&p), vec![2.0, 20.0, 2.0, 20.0]);
     }
 

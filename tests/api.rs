@@ -19,12 +19,25 @@ fn bind_with(config: &Config, shapes: [&[usize]; 4]) -> Result<flashcore::Bindin
 fn good_shapes_bind_dims_and_count_work_items() {
     let s: &[usize] = &[2, 3, 256, 64];
     let b = bind([s, s, s, s]).unwrap();
-    assert_eq!(b.dims, vec![2, 3, 256, 256]);
+    assert_eq!(b.dims, vec![2, 3, 256, 3, 256]);
     assert_eq!(b.work_items, 2 * 3 * (256 / 64));
     // Cross-attention: K/V have their own sequence length SK.
     let kv: &[usize] = &[2, 3, 1000, 64];
     let b = bind([s, kv, kv, s]).unwrap();
-    assert_eq!(b.dims, vec![2, 3, 256, 1000]);
+    assert_eq!(b.dims, vec![2, 3, 256, 3, 1000]);
+    // Grouped-query attention: 3 query heads share 1 K/V head.
+    let kv: &[usize] = &[2, 1, 256, 64];
+    assert_eq!(bind([s, kv, kv, s]).unwrap().dims, vec![2, 3, 256, 1, 256]);
+}
+
+#[test]
+fn query_heads_that_are_not_a_multiple_of_kv_heads_are_an_error_naming_k() {
+    let (q, kv): (&[usize], &[usize]) = (&[1, 6, 128, 64], &[1, 4, 128, 64]);
+    let err = bind([q, kv, kv, q]).unwrap_err().to_string();
+    assert!(
+        err.contains("argument `k`") && err.contains("`H` = 6 query heads are not a multiple of `HKV` = 4"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -103,6 +116,9 @@ fn opening_a_device_never_panics() {
 #[test]
 fn ir_text_shows_roles_and_layouts() {
     let text = attention::ir_after(&attention::CONFIG, "lower").unwrap().to_string();
-    assert!(text.contains("@load %ks.8: smem<f16>[TILE_N, D] = stage k[%b.0, %h.1, %kt.7]"), "{text}");
+    assert!(
+        text.contains("@load %ks.8: smem<f16>[TILE_N, D] = stage k[%b.0, %h.1 / (H/HKV), %kt.7]"),
+        "{text}"
+    );
     assert!(text.contains("pipeline %kt.7 in 0..SK/TILE_N {"), "{text}");
 }

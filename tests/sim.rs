@@ -18,6 +18,7 @@ fn run_case(
     name: &str,
     config: &flashcore::Config,
     (b, h, s, sk): (usize, usize, usize, usize),
+    hk: usize,
     seed: u64,
     max_slice: u32,
 ) -> (u64, f64) {
@@ -25,12 +26,12 @@ fn run_case(
     let compiled = attention::compile(config).unwrap();
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
-    let (q, k, v) = (gen(b * h * s * d), gen(b * h * sk * d), gen(b * h * sk * d));
+    let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
     let mut o = vec![f16::ZERO; b * h * s * d];
     let scale = 1.0 / (d as f32).sqrt();
-    let (shape, kv_shape) = ([b, h, s, d], [b, h, sk, d]);
+    let (shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
     let device = SimDevice { sm_count: 2, options: Options { seed, max_slice, ..Options::default() } };
-    let what = format!("{name} {b}x{h}x{s}x{d} (SK {sk}) seed {seed}");
+    let what = format!("{name} {b}x{h}x{s}x{d} (SK {sk}, HKV {hk}) seed {seed}");
     let start = std::time::Instant::now();
     let stats = simulate(
         &compiled,
@@ -48,7 +49,7 @@ fn run_case(
     let f64s = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
     let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
     let problem =
-        Problem { q: &qd, k: &kd, v: &vd, b, h, s, sk, d, scale: scale as f64, causal: config.causal };
+        Problem { q: &qd, k: &kd, v: &vd, b, h, hk, s, sk, d, scale: scale as f64, causal: config.causal };
     let err = reference::compare(&f64s(&o), &reference::attention(&problem));
     assert!(
         err.rel_l2 < TOLERANCE,
@@ -71,7 +72,7 @@ fn every_snapshot_config_runs_correctly_in_the_simulator() {
     let (mut lane_instructions, mut secs) = (0, 0.0);
     for (name, config) in common::snapshot_configs() {
         for (shape, seed, slice) in CASES {
-            let (n, t) = run_case(name, &config, shape, seed, slice);
+            let (n, t) = run_case(name, &config, shape, shape.1, seed, slice);
             lane_instructions += n;
             secs += t;
         }
@@ -111,14 +112,15 @@ fn the_seed_layout_and_deeper_pipelines_run_correctly_in_the_simulator() {
         ),
     ];
     for (name, config) in configs {
-        run_case(name, &config, (1, 3, 200, 200), 4, 32);
+        run_case(name, &config, (1, 3, 200, 200), 3, 4, 32);
     }
 }
 
-/// Cross-attention (S ≠ SK, tails on both) and causal attention (bottom-right aligned, with tiles
-/// past the diagonal skipped), on the uniform, warp-specialized and softmax-warp schedules.
+/// Cross-attention (S ≠ SK, tails on both), grouped-query and multi-query heads, and causal
+/// attention (bottom-right aligned, with tiles past the diagonal skipped), on the uniform,
+/// warp-specialized and softmax-warp schedules.
 #[test]
-fn cross_and_causal_attention_run_correctly_in_the_simulator() {
+fn cross_grouped_and_causal_attention_run_correctly_in_the_simulator() {
     let base = attention::CONFIG;
     let configs = [
         ("d64", base),
@@ -131,11 +133,15 @@ fn cross_and_causal_attention_run_correctly_in_the_simulator() {
         for causal in [false, true] {
             let config = flashcore::Config { causal, ..config };
             let name = format!("{name}{}", if causal { "_causal" } else { "" });
-            for (shape, seed) in [((1, 2, 77, 200), 5), ((2, 1, 192, 192), 6), ((1, 1, 17, 17), 7)] {
-                run_case(&name, &config, shape, seed, 32);
+            // Cross-attention over grouped heads (4 query heads per K/V head), multi-query over
+            // two batches, and a short self-attention.
+            for (shape, hk, seed) in
+                [((1, 4, 77, 200), 1, 5), ((2, 4, 192, 192), 2, 6), ((1, 1, 17, 17), 1, 7)]
+            {
+                run_case(&name, &config, shape, hk, seed, 32);
             }
             if !causal {
-                run_case(&name, &config, (1, 1, 150, 40), 8, 32);
+                run_case(&name, &config, (1, 1, 150, 40), 1, 8, 32);
             }
         }
     }

@@ -451,6 +451,8 @@ impl<'k> Emitter<'k> {
 
     /// The work loop: CTA `c` takes work items c, c + gridDim.x, ...; each item is decomposed
     /// into one index per loop variable (the last varies fastest, so neighbouring CTAs share K/V).
+    /// Causal kernels walk Q tiles from the last: those see the most K/V tiles, and starting
+    /// them first keeps the long CTAs from running alone at the end.
     fn tiles_loop(
         &mut self,
         vars: &[Value],
@@ -480,6 +482,11 @@ impl<'k> Emitter<'k> {
             } else {
                 self.w.ins(format!("rem.u32 {r}, {rest}, {}", counts[i]));
                 self.w.ins(format!("div.u32 {rest}, {rest}, {}", counts[i]));
+            }
+            if self.cfg.causal && extents[i].per_tile == Some(TileDim::M) {
+                self.w.comment("causal: the longest Q tiles first");
+                self.w.ins(format!("sub.u32 {r}, {}, {r}", counts[i]));
+                self.w.ins(format!("sub.u32 {r}, {r}, 1"));
             }
         }
         self.block(body)?;
@@ -533,6 +540,17 @@ impl<'k> Emitter<'k> {
         let mut c: Vec<String> = access.coords.iter().map(|v| self.regs_of(*v).at(0)).collect();
         if let Some(seq) = seq {
             c[2] = seq.to_string();
+        }
+        for (axis, coord) in c.iter_mut().enumerate() {
+            if let Some(g) = access.group(axis) {
+                // Grouped-query attention: K/V head = h / (H / HKV).
+                let (of, to) =
+                    (self.dim_regs[g.of.0 as usize].clone(), self.dim_regs[g.to.0 as usize].clone());
+                let head = self.w.temp(RegClass::B32);
+                self.w.ins(format!("div.u32 {head}, {of}, {to}"));
+                self.w.ins(format!("div.u32 {head}, {coord}, {head}"));
+                *coord = head;
+            }
         }
         let d1 = self.dim_regs[tensor.dims[1].0 as usize].clone();
         let d2 = self.dim_regs[tensor.dims[2].0 as usize].clone();

@@ -52,7 +52,20 @@ impl Printer<'_> {
     }
 
     fn access(&self, a: &TileAccess) -> String {
-        let coords: Vec<String> = a.coords.iter().map(|c| self.v(*c)).collect();
+        let coords: Vec<String> = a
+            .coords
+            .iter()
+            .enumerate()
+            .map(|(axis, c)| match a.group(axis) {
+                Some(g) => format!(
+                    "{} / ({}/{})",
+                    self.v(*c),
+                    self.kernel.dims[g.of.0 as usize],
+                    self.kernel.dims[g.to.0 as usize]
+                ),
+                None => self.v(*c),
+            })
+            .collect();
         format!("{}[{}]", self.kernel.params[a.param].name(), coords.join(", "))
     }
 

@@ -125,6 +125,32 @@ impl Param {
 pub struct TileAccess {
     pub param: usize,
     pub coords: Vec<Value>,
+    /// Per coordinate (empty: none): `Some(group)` when the tensor's axis is indexed by the
+    /// coordinate divided by `dims[group.of] / dims[group.to]`.
+    pub groups: Vec<Option<HeadGroup>>,
+}
+
+impl TileAccess {
+    /// The same tile with its index values renamed (copies for other role groups).
+    pub fn map_values(&self, f: &dyn Fn(Value) -> Value) -> TileAccess {
+        TileAccess {
+            param: self.param,
+            coords: self.coords.iter().map(|c| f(*c)).collect(),
+            groups: self.groups.clone(),
+        }
+    }
+
+    pub fn group(&self, axis: usize) -> Option<HeadGroup> {
+        self.groups.get(axis).copied().flatten()
+    }
+}
+
+/// Grouped-query attention: query head `h` (walking `of`, e.g. `H`) reads K/V head
+/// `h / (of / to)` (of the `to` axis, e.g. `HKV`); the runtime checks that `to` divides `of`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadGroup {
+    pub of: RtDim,
+    pub to: RtDim,
 }
 
 /// Handle of a shared-memory ring buffer in [`Kernel::buffers`].

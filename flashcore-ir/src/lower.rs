@@ -404,13 +404,42 @@ impl Lowerer {
         let dims = tensor.dims;
         let tensor_name = tensor.name.clone();
         let mut coords = vec![];
+        let mut groups = vec![];
         for (axis, index) in target.indices.iter().enumerate() {
             let Some(Binding::Value(v)) = self.lookup(index) else {
                 return err(target.span, format!("`{index}` is not a loop index"));
             };
-            let Type::Index { dim, tile } = self.ty(v) else {
+            let Type::Index { dim: walked, tile } = self.ty(v) else {
                 return err(target.span, format!("`{index}` is not a loop index"));
             };
+            // `h / (H / HKV)`: `h` walks `H`, the quotient walks `HKV`.
+            let mut dim = walked;
+            let group = match target.groups.get(axis).cloned().flatten() {
+                None => None,
+                Some((of, to)) => {
+                    let axis_of = |name: &str| -> Result<RtDim> {
+                        match self.dims.iter().position(|d| d == name) {
+                            Some(i) => Ok(RtDim(i as u32)),
+                            None => {
+                                err(target.span, format!("`{name}` is not an axis of any tensor parameter"))
+                            }
+                        }
+                    };
+                    let (of, to) = (axis_of(&of)?, axis_of(&to)?);
+                    if walked != of || tile.is_some() {
+                        return err(
+                            target.span,
+                            format!(
+                                "`{index} / ({} / {})` needs `{index}` to walk `{}`",
+                                self.dims[of.0 as usize], self.dims[to.0 as usize], self.dims[of.0 as usize]
+                            ),
+                        );
+                    }
+                    dim = to;
+                    Some(HeadGroup { of, to })
+                }
+            };
+            groups.push(group);
             if dim != dims[axis] {
                 return err(
                     target.span,
@@ -439,7 +468,10 @@ impl Lowerer {
             }
             coords.push(v);
         }
-        Ok(TileAccess { param, coords })
+        if groups.iter().all(Option::is_none) {
+            groups.clear();
+        }
+        Ok(TileAccess { param, coords, groups })
     }
 
     /// Rows of the tile that `access` selects (the tile size of its sequence index).

@@ -90,6 +90,9 @@ pub struct Extent {
 pub struct TileRef {
     pub tensor: String,
     pub indices: Vec<String>,
+    /// Per index: `Some((H, HKV))` for `h / (H / HKV)` (grouped-query attention: query head `h`
+    /// reads K/V head `h / (H / HKV)`), `None` for the plain index. Empty means all plain.
+    pub groups: Vec<Option<(String, String)>>,
     pub span: SpanId,
 }
 

@@ -55,8 +55,15 @@ fn extent(e: &Extent) -> TokenStream {
 fn tile_ref(t: &TileRef) -> TokenStream {
     let tensor = string(&t.tensor);
     let indices = strings(&t.indices);
+    let groups = t.groups.iter().map(|g| match g {
+        None => quote!(::std::option::Option::None),
+        Some((of, to)) => {
+            let (of, to) = (string(of), string(to));
+            quote!(::std::option::Option::Some((#of, #to)))
+        }
+    });
     let span = span_id(t.span);
-    quote!(::flashcore::ir::source::TileRef { tensor: #tensor, indices: #indices, span: #span })
+    quote!(::flashcore::ir::source::TileRef { tensor: #tensor, indices: #indices, groups: ::std::vec![#(#groups),*], span: #span })
 }
 
 fn expr(e: &Expr) -> TokenStream {

@@ -418,15 +418,17 @@ impl Converter<'_> {
         let syn::Expr::Path(tensor) = &*m.receiver else {
             return error(&m.receiver, "`.tile(..)` applies to a tensor parameter");
         };
-        let indices = m
-            .args
-            .iter()
-            .map(|a| match a {
-                syn::Expr::Path(p) => Ok(path_ident(p)?.to_string()),
-                other => error(other, "tile indices are loop variables"),
-            })
-            .collect::<R<Vec<_>>>()?;
-        Ok(TileRef { tensor: path_ident(tensor)?.to_string(), indices, span })
+        let mut indices = vec![];
+        let mut groups = vec![];
+        for a in &m.args {
+            let (index, group) = tile_index(a)?;
+            indices.push(index);
+            groups.push(group);
+        }
+        if groups.iter().all(Option::is_none) {
+            groups.clear();
+        }
+        Ok(TileRef { tensor: path_ident(tensor)?.to_string(), indices, groups, span })
     }
 
     fn shape(&mut self, e: &syn::Expr) -> R<Vec<ShapeAxis>> {
@@ -581,6 +583,31 @@ fn callee(c: &syn::ExprCall) -> Option<String> {
     match &*c.func {
         syn::Expr::Path(p) => p.path.get_ident().map(|i| i.to_string()),
         _ => None,
+    }
+}
+
+/// A tile index: a loop variable `h`, or `h / (H / HKV)` (the K/V head of query head `h` under
+/// grouped-query attention).
+fn tile_index(e: &syn::Expr) -> R<(String, Option<(String, String)>)> {
+    const HINT: &str = "tile indices are loop variables, or `h / (H / HKV)` for grouped K/V heads";
+    let name = |e: &syn::Expr| match e {
+        syn::Expr::Path(p) => Ok(path_ident(p)?.to_string()),
+        other => error(other, HINT),
+    };
+    match e {
+        syn::Expr::Binary(b) if matches!(b.op, syn::BinOp::Div(_)) => {
+            let ratio = match &*b.right {
+                syn::Expr::Paren(p) => &*p.expr,
+                other => other,
+            };
+            match ratio {
+                syn::Expr::Binary(r) if matches!(r.op, syn::BinOp::Div(_)) => {
+                    Ok((name(&b.left)?, Some((name(&r.left)?, name(&r.right)?))))
+                }
+                other => error(other, HINT),
+            }
+        }
+        other => Ok((name(other)?, None)),
     }
 }
 

@@ -307,7 +307,7 @@ impl ChanSetup {
 }
 
 fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
-    let access = |a: TileAccess| TileAccess { param: a.param, coords: a.coords.into_iter().map(f).collect() };
+    let access = |a: TileAccess| a.map_values(f);
     match op {
         Op::Transpose { dst, src } => Op::Transpose { dst, src: f(src) },
         Op::Mma { dst, a, b, acc } => Op::Mma { dst, a: f(a), b: f(b), acc: acc.map(f) },

@@ -110,8 +110,7 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
         }];
         for i in &body.insts {
             if let Op::StageView { buffer, src, .. } = &i.op {
-                let src =
-                    TileAccess { param: src.param, coords: src.coords.iter().map(|c| rename[c]).collect() };
+                let src = src.map_values(&|c| rename[&c]);
                 copies.push(Inst {
                     op: Op::AsyncCopy { buffer: *buffer, src, ahead: 0, slot: producer_it },
                     role: Some(Role::Load),
