@@ -20,3 +20,12 @@ for d in 64 128; do
     printf '2x16x8192 D=%-3s %-8s :: %s\n' "$d" "${causal:-full}" "$row"
   done
 done
+# Grouped-query (8 query heads per K/V head) and multi-query attention, plain and causal.
+for d in 64 128; do
+  for hk in 2 1; do
+    for causal in "" "--causal"; do
+      row=$(timeout 120 "$bin" --b 2 --h 16 --hkv $hk --s 2048 --sk 2048 --d $d $causal --iters 30 --warmup 5 2>&1 | tail -1)
+      printf 'GQA H=16 HKV=%-2s S=2048 D=%-3s %-8s :: %s\n' "$hk" "$d" "${causal:-full}" "$row"
+    done
+  done
+done
