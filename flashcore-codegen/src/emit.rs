@@ -71,6 +71,8 @@ pub struct Emitter<'k> {
     pub(crate) stream: Option<crate::stream::RowStream>,
     /// Trip count register of the pipeline loop being emitted.
     pipeline_count: Option<String>,
+    /// Grouped K/V head indices (`h / (H / HKV)`), computed once per work item.
+    grouped: HashMap<(Value, HeadGroup), String>,
 }
 
 /// The f32 instruction of a row reduction step.
@@ -113,6 +115,7 @@ impl<'k> Emitter<'k> {
             dim_regs: vec![],
             t: None,
             pipeline_count: None,
+            grouped: HashMap::new(),
             team: Team::default(),
             group_warp: String::new(),
             stream: None,
@@ -449,6 +452,15 @@ impl<'k> Emitter<'k> {
         r
     }
 
+    /// Grouped-query attention: the K/V head `h / (H / HKV)` of query head register `h`.
+    fn head_group(&mut self, h: &str, g: HeadGroup) -> String {
+        let (of, to) = (self.dim_regs[g.of.0 as usize].clone(), self.dim_regs[g.to.0 as usize].clone());
+        let head = self.w.temp(RegClass::B32);
+        self.w.ins(format!("div.u32 {head}, {of}, {to}"));
+        self.w.ins(format!("div.u32 {head}, {h}, {head}"));
+        head
+    }
+
     /// The work loop: CTA `c` takes work items c, c + gridDim.x, ...; each item is decomposed
     /// into one index per loop variable (the last varies fastest, so neighbouring CTAs share K/V).
     /// Causal kernels walk Q tiles from the last: those see the most K/V tiles, and starting
@@ -487,6 +499,17 @@ impl<'k> Emitter<'k> {
                 self.w.comment("causal: the longest Q tiles first");
                 self.w.ins(format!("sub.u32 {r}, {}, {r}", counts[i]));
                 self.w.ins(format!("sub.u32 {r}, {r}, 1"));
+            }
+        }
+        // Grouped K/V heads of this work item, once (not at every copy of the K/V loop).
+        let mut groups = vec![];
+        collect_head_groups(body, &mut groups);
+        for (v, g) in groups {
+            if vars.contains(&v) && !self.grouped.contains_key(&(v, g)) {
+                self.w.comment("grouped-query attention: this work item's K/V head");
+                let h = self.regs_of(v).at(0);
+                let head = self.head_group(&h, g);
+                self.grouped.insert((v, g), head);
             }
         }
         self.block(body)?;
@@ -541,15 +564,12 @@ impl<'k> Emitter<'k> {
         if let Some(seq) = seq {
             c[2] = seq.to_string();
         }
-        for (axis, coord) in c.iter_mut().enumerate() {
+        for axis in 0..c.len() {
             if let Some(g) = access.group(axis) {
-                // Grouped-query attention: K/V head = h / (H / HKV).
-                let (of, to) =
-                    (self.dim_regs[g.of.0 as usize].clone(), self.dim_regs[g.to.0 as usize].clone());
-                let head = self.w.temp(RegClass::B32);
-                self.w.ins(format!("div.u32 {head}, {of}, {to}"));
-                self.w.ins(format!("div.u32 {head}, {coord}, {head}"));
-                *coord = head;
+                c[axis] = match self.grouped.get(&(access.coords[axis], g)) {
+                    Some(head) => head.clone(),
+                    None => self.head_group(&c[axis], g),
+                };
             }
         }
         let d1 = self.dim_regs[tensor.dims[1].0 as usize].clone();
@@ -1258,5 +1278,32 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("@{inside} st.global.v4.b32 [{gaddr}], {{{}}}", v.join(", ")));
         }
         Ok(())
+    }
+}
+
+/// Every (index value, head group) that the tile accesses in `block` use.
+fn collect_head_groups(block: &Block, out: &mut Vec<(Value, HeadGroup)>) {
+    for inst in &block.insts {
+        let access = match &inst.op {
+            Op::Load { src, .. }
+            | Op::Stage { src, .. }
+            | Op::StageView { src, .. }
+            | Op::AsyncCopy { src, .. } => Some(src),
+            Op::MaskColumns { tile, .. } => Some(tile),
+            Op::Store { dst, .. } => Some(dst),
+            _ => None,
+        };
+        if let Some(a) = access {
+            for axis in 0..a.coords.len() {
+                if let Some(g) = a.group(axis) {
+                    if !out.contains(&(a.coords[axis], g)) {
+                        out.push((a.coords[axis], g));
+                    }
+                }
+            }
+        }
+        for b in inst.op.blocks() {
+            collect_head_groups(b, out);
+        }
     }
 }

@@ -147,7 +147,7 @@ impl TileAccess {
 
 /// Grouped-query attention: query head `h` (walking `of`, e.g. `H`) reads K/V head
 /// `h / (of / to)` (of the `to` axis, e.g. `HKV`); the runtime checks that `to` divides `of`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HeadGroup {
     pub of: RtDim,
     pub to: RtDim,
