@@ -341,7 +341,7 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
     match run_in_simulator(&compiled, o.seed) {
         Ok(line) => println!("{line}"),
         Err(e) => {
-            eprintln!("error: simulator: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     }

@@ -29,3 +29,10 @@ for d in 64 128; do
     done
   done
 done
+# Head dims 32 and 96 (swizzle in groups of 4 chunks; 12-chunk rows copied 2 rows per warp pass).
+for d in 32 96; do
+  for cfg in "--s 77 --sk 77" "--s 4097 --sk 4097" "--s 4097 --sk 4097 --causal" "--s 1000 --sk 4097" "--s 4097 --sk 4097 --load-warps 1 --stages 3" "--s 4097 --sk 4097 --tile-m 128 --warps 8"; do
+    row=$(timeout 120 "$bin" --b 2 --h 4 --d $d $cfg --iters 30 --warmup 5 2>&1 | tail -1)
+    printf 'D=%-3s %-45s :: %s\n' "$d" "$cfg" "$row"
+  done
+done

@@ -146,3 +146,24 @@ fn cross_grouped_and_causal_attention_run_correctly_in_the_simulator() {
         }
     }
 }
+
+/// Head dims 32 and 96 (rows of 4 and 12 sixteen-byte chunks: the swizzle works in groups of 4,
+/// and with 12 chunks a warp's 32 threads copy 2 whole rows per pass, 8 of them sitting out).
+#[test]
+fn head_dims_32_and_96_run_correctly_in_the_simulator() {
+    let base = attention::CONFIG;
+    for head_dim in [32, 96] {
+        let configs = [
+            ("uniform", flashcore::Config { head_dim, ..base }),
+            ("m128_w8_s3", flashcore::Config { head_dim, tile_m: 128, warps: 8, stages: 3, ..base }),
+            ("load4_persistent", flashcore::Config { head_dim, load_warps: 4, persistent: true, ..base }),
+            (
+                "load1_softmax4_causal",
+                flashcore::Config { head_dim, load_warps: 1, softmax_warps: 4, causal: true, ..base },
+            ),
+        ];
+        for (name, config) in configs {
+            run_case(&format!("d{head_dim}_{name}"), &config, (1, 2, 150, 150), 2, 9, 16);
+        }
+    }
+}

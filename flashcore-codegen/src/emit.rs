@@ -8,7 +8,7 @@ use flashcore_ir::kernel::*;
 use flashcore_ir::source::{BinOp, DType, ReduceOp};
 use flashcore_ir::Config;
 
-use crate::layout::{self, chunks_per_row, frag_shape, row_bytes, row_reg, LdmatrixPattern};
+use crate::layout::{self, chunks_per_row, frag_shape, row_bytes, row_reg, swizzle_period, LdmatrixPattern};
 use crate::smem::SmemPlan;
 use crate::writer::{PtxWriter, RegClass, RegFamily};
 use crate::CodegenError;
@@ -223,6 +223,15 @@ impl<'k> Emitter<'k> {
         let rb = row_bytes(&self.cfg);
         let lane7 = self.w.temp(RegClass::B32);
         self.w.ins(format!("and.b32 {lane7}, {lane}, 7"));
+        // The swizzle key: row % P (rows of an ldmatrix block start at a multiple of 8).
+        let period = swizzle_period(&self.cfg);
+        let lane_key = if period == 8 {
+            lane7.clone()
+        } else {
+            let k = self.w.temp(RegClass::B32);
+            self.w.ins(format!("and.b32 {k}, {lane}, {}", period - 1));
+            k
+        };
         let mut ldmatrix = HashMap::new();
         for p in LdmatrixPattern::ALL {
             // Mirrors LdmatrixPattern::lane_source.
@@ -249,8 +258,8 @@ impl<'k> Emitter<'k> {
             let off = self.w.named(RegClass::B32, &format!("%ldm_{}_row", p.name()));
             let key = self.w.named(RegClass::B32, &format!("%ldm_{}_key", p.name()));
             self.w.ins(format!("mul.lo.u32 {off}, {row}, {rb}"));
-            // Rows of every ldmatrix block start at a multiple of 8, so row % 8 == lane % 8.
-            self.w.ins(format!("xor.b32 {key}, {bit}, {lane7}"));
+            // Rows of every ldmatrix block start at a multiple of 8, so row % P == lane % P.
+            self.w.ins(format!("xor.b32 {key}, {bit}, {lane_key}"));
             ldmatrix.insert(p, (off, key));
         }
 
@@ -607,21 +616,33 @@ impl<'k> Emitter<'k> {
     ) {
         let cfg = self.cfg;
         let cpr = chunks_per_row(&cfg);
+        // Each pass copies `rows_per_pass` whole rows; when the team is not a multiple of the
+        // chunks of a row (D = 96: 12 chunks), the threads past the last whole row sit out.
         let rows_per_pass = team.threads / cpr;
-        let passes = (rows * cpr).div_ceil(team.threads);
+        let passes = rows.div_ceil(rows_per_pass);
         let (team_row, chunk) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
         self.w.ins(format!("div.u32 {team_row}, {}, {cpr}", team.index));
         self.w.ins(format!("rem.u32 {chunk}, {}, {cpr}", team.index));
+        let active = (team.threads % cpr != 0).then(|| {
+            let p = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.lt.u32 {p}, {}, {}", team.index, rows_per_pass * cpr));
+            p
+        });
         for pass in 0..passes {
             // Row within the copied range, then within the tile.
             let local = self.w.temp(RegClass::B32);
             self.w.ins(format!("add.u32 {local}, {team_row}, {}", pass * rows_per_pass));
-            let guard = if (pass + 1) * rows_per_pass > rows {
-                let p = self.w.temp(RegClass::Pred);
-                self.w.ins(format!("setp.lt.u32 {p}, {local}, {rows}"));
-                format!("@{p} ")
-            } else {
-                String::new()
+            let guard = match ((pass + 1) * rows_per_pass > rows, &active) {
+                (false, None) => String::new(),
+                (false, Some(a)) => format!("@{a} "),
+                (true, active) => {
+                    let p = self.w.temp(RegClass::Pred);
+                    self.w.ins(format!("setp.lt.u32 {p}, {local}, {rows}"));
+                    if let Some(a) = active {
+                        self.w.ins(format!("and.pred {p}, {p}, {a}"));
+                    }
+                    format!("@{p} ")
+                }
             };
             let row = match first_row {
                 Some(first) => {
@@ -660,7 +681,7 @@ impl<'k> Emitter<'k> {
 
     /// Addresses of 16-byte chunk `chunk` of tile row `row`: in global memory from the tile at
     /// `global` (u64: row · row_bytes + chunk · 16), and in the shared buffer at `smem_base`
-    /// (u32, swizzled: row · row_bytes + (chunk ^ row % 8) · 16).
+    /// (u32, swizzled: row · row_bytes + (chunk ^ row % P) · 16).
     fn chunk_addresses(
         &mut self,
         global: &str,
@@ -678,7 +699,7 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("cvt.u64.u32 {gaddr}, {goff}"));
         self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
         let swz = self.w.temp(RegClass::B32);
-        self.w.ins(format!("and.b32 {swz}, {row}, 7"));
+        self.w.ins(format!("and.b32 {swz}, {row}, {}", swizzle_period(&self.cfg) - 1));
         self.w.ins(format!("xor.b32 {swz}, {swz}, {chunk}"));
         self.w.ins(format!("shl.b32 {swz}, {swz}, 4"));
         let saddr = self.w.temp(RegClass::B32);
@@ -1221,6 +1242,15 @@ impl<'k> Emitter<'k> {
         // Each thread writes f16 pairs: row (warp_row0 + 16 mf + g + 8 h), chunk nt, byte 4 t.
         let quad_bytes = self.w.temp(RegClass::B32);
         self.w.ins(format!("shl.b32 {quad_bytes}, {quad_lane}, 2"));
+        // The swizzle key of rows 16 mf + 8 h + g: g % P (warp_row0 is a multiple of 16).
+        let period = swizzle_period(&self.cfg);
+        let row_key = if period == 8 {
+            group.clone()
+        } else {
+            let k = self.w.temp(RegClass::B32);
+            self.w.ins(format!("and.b32 {k}, {group}, {}", period - 1));
+            k
+        };
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let row = self.w.temp(RegClass::B32);
@@ -1236,9 +1266,9 @@ impl<'k> Emitter<'k> {
                         s.at(shape.acc(mf, nt, 2 * h + 1)),
                         s.at(shape.acc(mf, nt, 2 * h))
                     ));
-                    // physical chunk = nt ^ (row % 8) = nt ^ g
+                    // physical chunk = nt ^ (row % P)
                     let chunk = self.w.temp(RegClass::B32);
-                    self.w.ins(format!("xor.b32 {chunk}, {group}, {nt}"));
+                    self.w.ins(format!("xor.b32 {chunk}, {row_key}, {nt}"));
                     self.w.ins(format!("shl.b32 {chunk}, {chunk}, 4"));
                     self.w.ins(format!("add.u32 {chunk}, {chunk}, {base}"));
                     self.w.ins(format!("st.shared.b32 [{chunk}+{region}], {packed}"));

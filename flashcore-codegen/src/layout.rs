@@ -69,11 +69,19 @@ pub fn register_count(cfg: &Config, ty: &Type) -> Option<usize> {
 }
 
 /// Shared-memory tiles are `[rows][D]` f16, row-major, `2·D` bytes a row, in 16-byte chunks;
-/// chunk `c` of row `r` is stored at chunk `c ^ (r % 8)` (the low three bits of the chunk index
-/// are swizzled), so the 8 row addresses of an `ldmatrix` phase and the 8 chunks that a copy
-/// writes per row both fall into 8 different bank groups.
+/// chunk `c` of row `r` is stored at chunk `c ^ (r % P)` with `P` = [`swizzle_period`] (8 when
+/// the row has a multiple of 8 chunks: D = 64, 128), so the 8 row addresses of an `ldmatrix`
+/// phase and the 8 chunks that a copy writes per row fall into 8 different bank groups. Rows of
+/// 4 or 12 chunks (D = 32, 96) swizzle within aligned groups of 4 chunks (`P` = 4), which keeps
+/// every chunk inside its row at the price of 2-way bank conflicts.
 pub fn row_bytes(cfg: &Config) -> u32 {
     cfg.head_dim * 2
+}
+
+/// The swizzle period `P`: the largest power of two up to 8 that divides the chunks of a row.
+pub fn swizzle_period(cfg: &Config) -> u32 {
+    let chunks = chunks_per_row(cfg);
+    [8, 4, 2, 1].into_iter().find(|p| chunks % p == 0).expect("1 divides everything")
 }
 
 /// 16-byte chunks per tile row.
@@ -153,12 +161,19 @@ mod tests {
 
     #[test]
     fn swizzle_spreads_ldmatrix_rows_over_bank_groups() {
-        // 8 consecutive rows reading logical chunk c land in 8 distinct physical chunks.
-        for c in 0..8u32 {
-            let mut seen: Vec<u32> = (0..8u32).map(|r| c ^ r).collect();
-            seen.sort();
-            seen.dedup();
-            assert_eq!(seen.len(), 8);
+        for d in flashcore_ir::config::SUPPORTED_HEAD_DIMS {
+            let cfg = Config { head_dim: d, ..Config::default() };
+            let (p, chunks) = (swizzle_period(&cfg), chunks_per_row(&cfg));
+            assert_eq!(p, if chunks % 8 == 0 { 8 } else { 4 }, "D = {d}");
+            for c in 0..chunks {
+                // The physical chunk stays in the row, and P consecutive rows reading logical
+                // chunk c land in P distinct physical chunks.
+                let mut seen: Vec<u32> = (0..p).map(|r| c ^ (r % p)).collect();
+                assert!(seen.iter().all(|x| *x < chunks), "D = {d}, chunk {c}");
+                seen.sort();
+                seen.dedup();
+                assert_eq!(seen.len() as u32, p);
+            }
         }
     }
 }

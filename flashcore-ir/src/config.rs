@@ -6,7 +6,7 @@ use std::fmt;
 use crate::error::ConfigError;
 
 /// Head dims the code generator supports today.
-pub const SUPPORTED_HEAD_DIMS: [u32; 2] = [64, 128];
+pub const SUPPORTED_HEAD_DIMS: [u32; 4] = [32, 64, 96, 128];
 
 /// The shape of an `mma.sync.m16n8k16` instruction, which every tile must be a multiple of.
 pub const MMA_M: u32 = 16;
@@ -170,7 +170,8 @@ mod tests {
 
     #[test]
     fn unsupported_head_dim_is_rejected() {
-        let cfg = Config { head_dim: 96, ..Config::default() };
-        assert!(cfg.validate().unwrap_err().to_string().contains("head_dim = 96"));
+        let cfg = Config { head_dim: 256, ..Config::default() };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("head_dim = 256") && err.contains("[32, 64, 96, 128]"), "{err}");
     }
 }

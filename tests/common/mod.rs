@@ -14,6 +14,8 @@ pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
         ("d64_s3_persistent", Config { stages: 3, persistent: true, ..base }),
         ("d128_s2", Config { head_dim: 128, stages: 2, ..base }),
         ("d64_s2_load1", Config { stages: 2, load_warps: 1, ..base }),
+        ("d32", Config { head_dim: 32, ..base }),
+        ("d96_s3_load1", Config { head_dim: 96, stages: 3, load_warps: 1, ..base }),
         ("d64_causal", Config { causal: true, ..base }),
         ("d64_s2_load1_causal", Config { stages: 2, load_warps: 1, causal: true, ..base }),
         ("d64_s2_load1_softmax4", Config { stages: 2, load_warps: 1, softmax_warps: 4, ..base }),
