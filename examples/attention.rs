@@ -300,7 +300,6 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
 
 fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
     println!("no GPU: {reason}");
-    println!("The attention kernel was compiled; here is what can be checked without a GPU.");
     let cfg = config_for(o, o.d);
     let ptx = match attention::ptx(&cfg) {
         Ok(p) => p,
@@ -309,6 +308,7 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    println!("The attention kernel was compiled; here is what can be checked without a GPU.");
     let compiled = attention::compile(&cfg).expect("compiled above");
     println!(
         "config: {cfg}; {} threads per CTA, {} bytes of dynamic shared memory; PTX: {} lines",
