@@ -240,29 +240,6 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
             ));
         }
     }
-    // Causal with more query rows than keys would leave the first S − SK rows with no key.
-    let mut causal_dims = None;
-    kernel.walk(&mut |inst| {
-        if let Op::Pipeline { extent: ir::kernel::LoopExtent { dim, causal: Some(c), .. }, .. } = &inst.op {
-            causal_dims = Some((c.q_dim.0 as usize, dim.0 as usize));
-        }
-    });
-    if let Some((q, kv)) = causal_dims {
-        if dims[q] > dims[kv] {
-            let who = bound[q].as_ref().map_or("q".to_string(), |(_, name)| name.clone());
-            return Err(bad(
-                &who,
-                format!(
-                    "causal attention with `{}` = {} query rows but `{}` = {} keys: the first {} rows would see no key (not supported)",
-                    kernel.dims[q],
-                    dims[q],
-                    kernel.dims[kv],
-                    dims[kv],
-                    dims[q] - dims[kv]
-                ),
-            ));
-        }
-    }
     // Every tensor's rows must be addressable with 32-bit row indices.
     for param in &kernel.params {
         if let Param::Tensor(t) = param {

@@ -140,9 +140,8 @@ fn cross_grouped_and_causal_attention_run_correctly_in_the_simulator() {
             {
                 run_case(&name, &config, shape, hk, seed, 32);
             }
-            if !causal {
-                run_case(&name, &config, (1, 1, 150, 40), 1, 8, 32);
-            }
+            // More queries than keys: causal rows 0..110 see no key and give 0.
+            run_case(&name, &config, (1, 1, 150, 40), 1, 8, 32);
         }
     }
 }

@@ -443,7 +443,7 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("div.u32 {r}, {r}, {size}"));
         if let Some(c) = e.causal {
             // Causal: stop after the tile holding key (q_tile + 1)·TILE_M − 1 + SK − S, the last
-            // one the Q tile's bottom row sees (the runtime ensures S ≤ SK).
+            // one the Q tile's bottom row sees (signed: with S > SK a Q tile may see none).
             self.w.comment("causal: skip the K/V tiles past this Q tile's diagonal");
             let q_tile = self.regs_of(c.q_tile).at(0);
             let q_len = self.dim_regs[c.q_dim.0 as usize].clone();
@@ -455,6 +455,7 @@ impl<'k> Emitter<'k> {
             ));
             self.w.ins(format!("add.u32 {last}, {last}, {dim}"));
             self.w.ins(format!("sub.u32 {last}, {last}, {q_len}"));
+            self.w.ins(format!("max.s32 {last}, {last}, 0"));
             self.w.ins(format!("div.u32 {last}, {last}, {size}"));
             self.w.ins(format!("min.u32 {r}, {r}, {last}"));
         }
@@ -1062,7 +1063,8 @@ impl<'k> Emitter<'k> {
         let (need, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_done"));
         self.w.ins(format!("setp.lt.u32 {need}, {valid}, {n}"));
         // Causal: this warp's row r sees columns up to r + SK − S (`diag` holds its first row's
-        // limit); a tile whose last column is within it needs no causal mask.
+        // limit, signed: negative when S > SK); a tile whose last column is within it needs no
+        // causal mask.
         let diag = causal.map(|c| {
             let kv_len =
                 self.dim_regs[self.kernel.tensor(tile.param).expect("K tile").dims[2].0 as usize].clone();
@@ -1077,7 +1079,7 @@ impl<'k> Emitter<'k> {
                 (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
             self.w.ins(format!("mul.lo.u32 {first_col}, {kt}, {}", self.tile_rows(tile)));
             self.w.ins(format!("add.u32 {last_col}, {first_col}, {}", n - 1));
-            self.w.ins(format!("setp.gt.u32 {crosses}, {last_col}, {diag}"));
+            self.w.ins(format!("setp.gt.s32 {crosses}, {last_col}, {diag}"));
             self.w.ins(format!("or.pred {need}, {need}, {crosses}"));
             (diag, first_col)
         });
@@ -1120,7 +1122,7 @@ impl<'k> Emitter<'k> {
                     for mf in 0..shape.mfrags {
                         for h in 0..2 {
                             self.w
-                                .ins(format!("setp.gt.u32 {past}, {col}, {}", limits[(mf * 2 + h) as usize]));
+                                .ins(format!("setp.gt.s32 {past}, {col}, {}", limits[(mf * 2 + h) as usize]));
                             let e = odd + 2 * h;
                             self.w.ins(format!("@{past} mov.f32 {}, 0fFF800000", d.at(shape.acc(mf, nt, e))));
                         }
@@ -1187,12 +1189,19 @@ impl<'k> Emitter<'k> {
 
     fn binary(&mut self, dst: Value, op: BinOp, lhs: Value, rhs: Value) -> Result<(), CodegenError> {
         let (lt, rt) = (self.kernel.ty(lhs), self.kernel.ty(rhs));
-        let (d, l, r) = (self.regs_of(dst), self.regs_of(lhs), self.regs_of(rhs));
+        let (d, l, mut r) = (self.regs_of(dst), self.regs_of(lhs), self.regs_of(rhs));
+        if op == BinOp::Sub && matches!(rt, Type::Row { .. }) {
+            r = self.neg_inf_rows_as_zero(dst, &r);
+        }
         // Division by a broadcast operand: one reciprocal per row (or scalar), then multiply.
         let (instr, r) = if op == BinOp::Div && lt != rt {
             let inv = self.w.family(RegClass::F32, format!("%inv_{}_", dst.0), r.len);
+            let zero = self.w.temp(RegClass::Pred);
             for i in 0..r.len {
+                // A row that saw no key has sum 0: its output is 0, not 0 / 0.
                 self.w.ins(format!("rcp.rn.f32 {}, {}", inv.at(i), r.at(i)));
+                self.w.ins(format!("setp.eq.f32 {zero}, {}, 0f00000000", r.at(i)));
+                self.w.ins(format!("selp.f32 {}, 0f00000000, {}, {zero}", inv.at(i), inv.at(i)));
             }
             ("mul.f32", inv)
         } else {
@@ -1217,6 +1226,18 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("{instr} {}, {}, {}", d.at(i), l.at(i), r.at(rhs_index(i))));
         }
         Ok(())
+    }
+
+    /// A copy of row registers `r` with -inf replaced by 0 (FlashAttention's check for rows that
+    /// have seen no key yet: `x − max` stays -inf instead of becoming NaN).
+    pub(crate) fn neg_inf_rows_as_zero(&mut self, dst: Value, r: &RegFamily) -> RegFamily {
+        let safe = self.w.fresh_family(RegClass::F32, &format!("%safe_{}_", dst.0), r.len);
+        let inf = self.w.temp(RegClass::Pred);
+        for i in 0..r.len {
+            self.w.ins(format!("setp.eq.f32 {inf}, {}, 0fFF800000", r.at(i)));
+            self.w.ins(format!("selp.f32 {}, 0f00000000, {}, {inf}", safe.at(i), r.at(i)));
+        }
+        safe
     }
 
     // ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use flashcore_ir::kernel::*;
+use flashcore_ir::source::BinOp;
 
 use crate::emit::Emitter;
 use crate::layout::frag_shape;
@@ -138,11 +139,14 @@ impl Emitter<'_> {
                 }
             }
             Op::Binary { dst, op, lhs, rhs } => {
-                let (d, l, r) = (
+                let (d, l, mut r) = (
                     self.stream_regs(*dst, slot),
                     self.stream_regs(*lhs, slot),
                     self.stream_regs(*rhs, slot),
                 );
+                if *op == BinOp::Sub && matches!(self.kernel().ty(*rhs), Type::Row { .. }) {
+                    r = self.neg_inf_rows_as_zero(*dst, &r);
+                }
                 let instr = crate::emit::binary_instr(*op);
                 for i in 0..d.len {
                     let ri = if r.len == 1 { 0 } else { i };

@@ -81,6 +81,13 @@ impl PtxWriter {
         family
     }
 
+    /// A register family named `stem` plus a number no other family has (for code emitted more
+    /// than once for the same value, e.g. per row slot of a streaming group).
+    pub fn fresh_family(&mut self, class: RegClass, stem: &str, len: usize) -> RegFamily {
+        let prefix = format!("{stem}{}_", self.families.len());
+        self.family(class, prefix, len)
+    }
+
     /// A single named register (a family of one, declared without the `<n>` form).
     pub fn named(&mut self, class: RegClass, name: &str) -> String {
         self.families.push((class, RegFamily { prefix: name.to_string(), len: 0 }));

@@ -502,9 +502,13 @@ fn declare_registers(
     parts.next().ok_or("a `.reg` without a type")?;
     let rest: String = parts.collect::<Vec<_>>().join(" ");
     for name in rest.split(',').map(str::trim) {
-        let mut add = |n: String| {
-            index.insert(n.clone(), registers.len() as u32);
+        let mut add = |n: String| -> Result<(), String> {
+            // As ptxas: a register declared twice is an error, not a silent alias.
+            if index.insert(n.clone(), registers.len() as u32).is_some() {
+                return Err(format!("duplicate definition of register `{n}`"));
+            }
             registers.push(n);
+            Ok(())
         };
         if let Some(open) = name.find('<') {
             let count: u32 = name[open + 1..]
@@ -512,10 +516,10 @@ fn declare_registers(
                 .parse()
                 .map_err(|_| format!("cannot read the register count in `{name}`"))?;
             for k in 0..count {
-                add(format!("{}{k}", &name[..open]));
+                add(format!("{}{k}", &name[..open]))?;
             }
         } else {
-            add(name.to_string());
+            add(name.to_string())?;
         }
     }
     Ok(())
