@@ -351,52 +351,19 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
 /// Runs the kernel in FlashCore's PTX simulator at a small shape (two heads, four KV tiles) and
 /// checks it against the float64 reference, so the generated code is seen to work without a GPU.
 fn run_in_simulator(kernel: &flashcore::CompiledKernel, seed: u64) -> Result<String, String> {
-    use flashcore::simulate::{simulate, HostArg, Options, SimDevice};
-    let d = kernel.kernel.config.head_dim as usize;
-    let shape = [1, 2, 256, d];
-    let inputs = random_inputs(shape, 2, 256, &mut Rng::new(seed));
-    let mut out = vec![f16::ZERO; shape.iter().product()];
-    let scale = 1.0 / (d as f32).sqrt();
-    let start = std::time::Instant::now();
+    use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
+    let d = kernel.kernel.config.head_dim;
     let device = SimDevice { sm_count: 2, options: Options { seed, ..Options::default() } };
-    let stats = simulate(
-        kernel,
-        &mut [
-            HostArg::Tensor(&inputs.q, shape),
-            HostArg::Tensor(&inputs.k, shape),
-            HostArg::Tensor(&inputs.v, shape),
-            HostArg::TensorMut(&mut out, shape),
-            HostArg::F32(scale),
-        ],
-        &device,
-    )
-    .map_err(|e| e.to_string())?;
-    let secs = start.elapsed().as_secs_f64();
-    let f64s = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
-    let (q, k, v) = (f64s(&inputs.q), f64s(&inputs.k), f64s(&inputs.v));
-    let causal = kernel.kernel.config.causal;
-    let want = reference::attention(&Problem {
-        q: &q,
-        k: &k,
-        v: &v,
-        b: 1,
-        h: 2,
-        hk: 2,
-        s: 256,
-        sk: 256,
-        d,
-        scale: scale as f64,
-        causal,
-    });
-    let err = reference::compare(&f64s(&out), &want);
+    let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 };
+    let check = check_attention(kernel, shape, seed, &device).map_err(|e| e.to_string())?;
     let line = format!(
         "simulator (no GPU needed): 1x2x256x{d}, {} CTAs, {} warp instructions ({:.1} M lane instructions/s), rel err {:.3e} vs float64",
-        stats.ctas,
-        stats.warp_instructions,
-        stats.lane_instructions as f64 / secs / 1e6,
-        err.rel_l2
+        check.stats.ctas,
+        check.stats.warp_instructions,
+        check.stats.lane_instructions as f64 / check.seconds / 1e6,
+        check.err.rel_l2
     );
-    if err.rel_l2 < TOLERANCE {
+    if check.err.rel_l2 < TOLERANCE {
         Ok(format!("{line}  ok"))
     } else {
         Err(format!("{line}: above the {TOLERANCE:e} bound"))

@@ -214,18 +214,8 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
     // Grouped K/V heads: `to` (HKV) must divide `of` (H).
     let mut groups = vec![];
     kernel.walk(&mut |inst| {
-        let access = match &inst.op {
-            Op::Load { src, .. }
-            | Op::Stage { src, .. }
-            | Op::StageView { src, .. }
-            | Op::AsyncCopy { src, .. } => src,
-            Op::Store { dst, .. } => dst,
-            _ => return,
-        };
-        for axis in 0..access.coords.len() {
-            if let Some(g) = access.group(axis) {
-                groups.push((access.param, g));
-            }
+        if let Some(access) = inst.op.tile_access() {
+            groups.extend(access.head_groups().map(|(_, g)| (access.param, g)));
         }
     });
     for (param, g) in groups {
@@ -263,6 +253,55 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
     Ok(Binding { dims: dims.iter().map(|d| *d as u32).collect(), work_items: work_items.unwrap_or(0) })
 }
 
+/// What a launch argument is, as far as the kernel's signature cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ArgKind {
+    Input,
+    Output,
+    Scalar,
+}
+
+/// Checks that each argument is the kind of its parameter (input tensor, output tensor, f32).
+/// The argument count is `bind_shapes`'s to check.
+pub(crate) fn check_arg_kinds(
+    kernel: &ir::Kernel,
+    kinds: impl Iterator<Item = ArgKind>,
+) -> Result<(), Error> {
+    for (param, kind) in kernel.params.iter().zip(kinds) {
+        let want = match param {
+            Param::Tensor(t) if t.writable => (ArgKind::Output, "expected a mutable output tensor"),
+            Param::Tensor(_) => (ArgKind::Input, "expected an input tensor"),
+            Param::Scalar { .. } => (ArgKind::Scalar, "expected an f32 scalar"),
+        };
+        if kind != want.0 {
+            return Err(Error::Argument {
+                kernel: kernel.name.clone(),
+                arg: param.name().to_string(),
+                message: want.1.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// CTAs to launch for `work_items`: one per item, or for a persistent kernel as many as the
+/// device holds at once (`resident`), never more than there is work.
+pub(crate) fn grid_size(
+    kernel: &ir::Kernel,
+    work_items: u64,
+    resident: impl FnOnce() -> Result<u64, Error>,
+) -> Result<u32, Error> {
+    let ctas = match ir::passes::persist::schedule(kernel) {
+        ir::kernel::TileSchedule::OnePerCta => work_items,
+        ir::kernel::TileSchedule::Persistent => work_items.min(resident()?),
+    };
+    u32::try_from(ctas).map_err(|_| Error::Argument {
+        kernel: kernel.name.clone(),
+        arg: "(shapes)".into(),
+        message: "more work items than a 1-D grid can hold".into(),
+    })
+}
+
 /// Binds `args` to `kernel`'s parameters, launches it and waits for it, at most
 /// `device.launch_timeout()`: a kernel that hangs becomes `RuntimeError::Timeout` naming the
 /// kernel and its config, never a stuck process.
@@ -282,24 +321,14 @@ pub fn launch_async(
     args: &mut [Arg],
 ) -> Result<(), Error> {
     let k = &kernel.kernel;
-    let bad = |arg: &str, message: &str| Error::Argument {
-        kernel: k.name.clone(),
-        arg: arg.to_string(),
-        message: message.to_string(),
-    };
-    // The argument count is checked by `bind_shapes` below.
-    for (param, arg) in k.params.iter().zip(args.iter()) {
-        match (param, arg) {
-            (Param::Tensor(t), Arg::Tensor(_)) if !t.writable => {}
-            (Param::Tensor(t), Arg::TensorMut(_)) if t.writable => {}
-            (Param::Tensor(t), _) if t.writable => {
-                return Err(bad(&t.name, "expected a mutable output tensor"))
-            }
-            (Param::Tensor(t), _) => return Err(bad(&t.name, "expected an input tensor")),
-            (Param::Scalar { .. }, Arg::F32(_)) => {}
-            (Param::Scalar { name }, _) => return Err(bad(name, "expected an f32 scalar")),
-        }
-    }
+    check_arg_kinds(
+        k,
+        args.iter().map(|a| match a {
+            Arg::Tensor(_) => ArgKind::Input,
+            Arg::TensorMut(_) => ArgKind::Output,
+            Arg::F32(_) => ArgKind::Scalar,
+        }),
+    )?;
     let shapes: Vec<Option<&[usize]>> = args
         .iter()
         .map(|a| match a {
@@ -313,16 +342,9 @@ pub fn launch_async(
         return Ok(());
     }
     let image = kernel.image();
-    let work_items = match ir::passes::persist::schedule(k) {
-        ir::kernel::TileSchedule::OnePerCta => binding.work_items,
-        // As many CTAs as the device holds at once, never more than there is work.
-        ir::kernel::TileSchedule::Persistent => {
-            let resident = device.ctas_per_sm(&image)?.max(1) as u64 * device.info().sm_count as u64;
-            binding.work_items.min(resident)
-        }
-    };
-    let grid =
-        u32::try_from(work_items).map_err(|_| bad("(shapes)", "more work items than a 1-D grid can hold"))?;
+    let grid = grid_size(k, binding.work_items, || {
+        Ok(device.ctas_per_sm(&image)?.max(1) as u64 * device.info().sm_count as u64)
+    })?;
     let mut launch_args: Vec<LaunchArg> = args
         .iter_mut()
         .map(|a| match a {

@@ -32,13 +32,18 @@ impl Problem<'_> {
             self.sk
         }
     }
+
+    /// Index of the first K/V element that query head `bh` (batch · H + head) reads.
+    fn kv_base(&self, bh: usize) -> usize {
+        let kv_head = (bh / self.h) * self.hk + (bh % self.h) / (self.h / self.hk);
+        kv_head * self.sk * self.d
+    }
 }
 
 /// One output row: softmax(q_row · Kᵀ · scale) · V for head `bh` and query row `row`.
 fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) {
     let d = p.d;
-    let kv_head = (bh / p.h) * p.hk + (bh % p.h) / (p.h / p.hk);
-    let (qbase, kbase) = (bh * p.s * d, kv_head * p.sk * d);
+    let (qbase, kbase) = (bh * p.s * d, p.kv_base(bh));
     let q = &p.q[qbase + row * d..qbase + (row + 1) * d];
     let mut scores = vec![0.0f64; p.keys_seen(row)];
     let mut max = f64::NEG_INFINITY;
@@ -95,8 +100,7 @@ pub fn attention_naive(p: &Problem) -> Vec<f64> {
     let (s, sk, d) = (p.s, p.sk, p.d);
     let mut out = vec![0.0; p.b * p.h * s * d];
     for bh in 0..p.b * p.h {
-        let kv_head = (bh / p.h) * p.hk + (bh % p.h) / (p.h / p.hk);
-        let (base, kbase) = (bh * s * d, kv_head * sk * d);
+        let (base, kbase) = (bh * s * d, p.kv_base(bh));
         let mut probs = vec![0.0f64; s * sk];
         for i in 0..s {
             for j in 0..sk {

@@ -2,12 +2,11 @@
 //! PTX text and the same argument binding as [`crate::launch`], host slices instead of device
 //! tensors. This is how CI executes every generated kernel without a GPU.
 
-use flashcore_ir::kernel::{Param, TileSchedule};
 use half::f16;
 
 pub use flashcore_sim::{Options, SimError, Stats};
 
-use crate::{bind_shapes, CompiledKernel, Error};
+use crate::{bind_shapes, check_arg_kinds, grid_size, ArgKind, CompiledKernel, Error};
 
 /// A launch argument for the simulator, in the order of the kernel's parameters.
 pub enum HostArg<'a> {
@@ -41,24 +40,30 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
         arg: arg.to_string(),
         message,
     };
+    check_arg_kinds(
+        k,
+        args.iter().map(|a| match a {
+            HostArg::Tensor(..) => ArgKind::Input,
+            HostArg::TensorMut(..) => ArgKind::Output,
+            HostArg::F32(_) => ArgKind::Scalar,
+        }),
+    )?;
     let mut shapes: Vec<Option<&[usize]>> = Vec::with_capacity(args.len());
     for (param, arg) in k.params.iter().zip(args.iter()) {
-        let (name, shape, len) = match (param, arg) {
-            (Param::Tensor(t), HostArg::Tensor(data, shape)) if !t.writable => (&t.name, shape, data.len()),
-            (Param::Tensor(t), HostArg::TensorMut(data, shape)) if t.writable => (&t.name, shape, data.len()),
-            (Param::Tensor(t), _) if t.writable => {
-                return Err(bad(&t.name, "expected a mutable output tensor".into()))
-            }
-            (Param::Tensor(t), _) => return Err(bad(&t.name, "expected an input tensor".into())),
-            (Param::Scalar { .. }, HostArg::F32(_)) => {
+        let (shape, len) = match arg {
+            HostArg::Tensor(data, shape) => (shape, data.len()),
+            HostArg::TensorMut(data, shape) => (shape, data.len()),
+            HostArg::F32(_) => {
                 shapes.push(None);
                 continue;
             }
-            (Param::Scalar { name }, _) => return Err(bad(name, "expected an f32 scalar".into())),
         };
         let elems: usize = shape.iter().product();
         if elems != len {
-            return Err(bad(name, format!("shape {shape:?} holds {elems} elements but the slice has {len}")));
+            return Err(bad(
+                param.name(),
+                format!("shape {shape:?} holds {elems} elements but the slice has {len}"),
+            ));
         }
         shapes.push(Some(&shape[..]));
     }
@@ -67,10 +72,7 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
     if binding.work_items == 0 {
         return Ok(Stats::default());
     }
-    let grid = match flashcore_ir::passes::persist::schedule(k) {
-        TileSchedule::OnePerCta => binding.work_items,
-        TileSchedule::Persistent => binding.work_items.min(device.sm_count.max(1) as u64),
-    };
+    let grid = grid_size(k, binding.work_items, || Ok(device.sm_count.max(1) as u64))?;
     let mut machine = flashcore_sim::Machine::new(device.options);
     let mut sim_args = Vec::with_capacity(args.len() + binding.dims.len());
     let mut outputs = Vec::new();
@@ -88,8 +90,7 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
     }
     sim_args.extend(binding.dims.iter().map(|d| flashcore_sim::Arg::U32(*d)));
     let launch = flashcore_sim::Launch {
-        grid: u32::try_from(grid)
-            .map_err(|_| bad("(shapes)", "more work items than a 1-D grid can hold".into()))?,
+        grid,
         threads: kernel.ptx.threads_per_cta,
         shared_bytes: kernel.ptx.shared_bytes,
     };
@@ -108,4 +109,62 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
 
 fn bytes_of(data: &[f16]) -> Vec<u8> {
     data.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The shape of an attention problem: `[b, h, s, d]` queries, `[b, hk, sk, d]` keys and values.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    pub b: usize,
+    pub h: usize,
+    pub hk: usize,
+    pub s: usize,
+    pub sk: usize,
+}
+
+/// What [`check_attention`] found.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionCheck {
+    pub err: crate::reference::ErrorStats,
+    pub stats: Stats,
+    /// Seconds spent in the simulator (not in the reference).
+    pub seconds: f64,
+}
+
+/// Runs an attention kernel with the standard signature `(q, k, v, o, scale)` in the simulator
+/// on random inputs (from `seed`) of `shape`, scale 1/√D, and compares its output with the
+/// float64 reference (causal when the kernel's config is).
+pub fn check_attention(
+    kernel: &CompiledKernel,
+    shape: AttentionShape,
+    seed: u64,
+    device: &SimDevice,
+) -> Result<AttentionCheck, Error> {
+    use crate::reference::{self, Problem, Rng};
+    let AttentionShape { b, h, hk, s, sk } = shape;
+    let d = kernel.kernel.config.head_dim as usize;
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
+    let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
+    let mut o = vec![f16::ZERO; b * h * s * d];
+    let scale = 1.0 / (d as f32).sqrt();
+    let (q_shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
+    let start = std::time::Instant::now();
+    let stats = simulate(
+        kernel,
+        &mut [
+            HostArg::Tensor(&q, q_shape),
+            HostArg::Tensor(&k, kv_shape),
+            HostArg::Tensor(&v, kv_shape),
+            HostArg::TensorMut(&mut o, q_shape),
+            HostArg::F32(scale),
+        ],
+        device,
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    let f64s = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
+    let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
+    let causal = kernel.kernel.config.causal;
+    let problem = Problem { q: &qd, k: &kd, v: &vd, b, h, hk, s, sk, d, scale: scale as f64, causal };
+    let err = reference::compare(&f64s(&o), &reference::attention(&problem));
+    Ok(AttentionCheck { err, stats, seconds })
 }

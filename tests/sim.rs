@@ -4,16 +4,14 @@
 
 mod common;
 
-use flashcore::f16;
 use flashcore::kernels::attention;
-use flashcore::reference::{self, Problem, Rng};
-use flashcore::simulate::{simulate, HostArg, Options, SimDevice};
+use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
 
 /// Above this relative error a result is a bug (fp16 attention lands near 3e-4).
 const TOLERANCE: f64 = 2e-3;
 
-/// Runs `config`'s kernel at `[b, h, s, d]` queries and `sk` keys in the simulator and checks
-/// it against float64; returns the lane instructions simulated and the seconds it took.
+/// Runs `config`'s kernel at `[b, h, s, d]` queries and `[b, hk, sk, d]` keys in the simulator
+/// and checks it against float64; returns the lane instructions simulated and the seconds it took.
 fn run_case(
     name: &str,
     config: &flashcore::Config,
@@ -22,43 +20,20 @@ fn run_case(
     seed: u64,
     max_slice: u32,
 ) -> (u64, f64) {
-    let d = config.head_dim as usize;
     let compiled = attention::compile(config).unwrap();
-    let mut rng = Rng::new(seed ^ 0x5eed);
-    let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
-    let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
-    let mut o = vec![f16::ZERO; b * h * s * d];
-    let scale = 1.0 / (d as f32).sqrt();
-    let (shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
     let device = SimDevice { sm_count: 2, options: Options { seed, max_slice, ..Options::default() } };
-    let what = format!("{name} {b}x{h}x{s}x{d} (SK {sk}, HKV {hk}) seed {seed}");
-    let start = std::time::Instant::now();
-    let stats = simulate(
-        &compiled,
-        &mut [
-            HostArg::Tensor(&q, shape),
-            HostArg::Tensor(&k, kv_shape),
-            HostArg::Tensor(&v, kv_shape),
-            HostArg::TensorMut(&mut o, shape),
-            HostArg::F32(scale),
-        ],
-        &device,
-    )
-    .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let sim_secs = start.elapsed().as_secs_f64();
-    let f64s = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
-    let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
-    let problem =
-        Problem { q: &qd, k: &kd, v: &vd, b, h, hk, s, sk, d, scale: scale as f64, causal: config.causal };
-    let err = reference::compare(&f64s(&o), &reference::attention(&problem));
+    let what = format!("{name} {b}x{h}x{s}x{} (SK {sk}, HKV {hk}) seed {seed}", config.head_dim);
+    let check = check_attention(&compiled, AttentionShape { b, h, hk, s, sk }, seed, &device)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let err = check.err;
     assert!(
         err.rel_l2 < TOLERANCE,
         "{what}: relative error {:e} ({} non-finite)",
         err.rel_l2,
         err.non_finite
     );
-    eprintln!("{what}: rel err {:.3e}, {} warp instructions", err.rel_l2, stats.warp_instructions);
-    (stats.lane_instructions, sim_secs)
+    eprintln!("{what}: rel err {:.3e}, {} warp instructions", err.rel_l2, check.stats.warp_instructions);
+    (check.stats.lane_instructions, check.seconds)
 }
 
 /// Shapes and schedules each configuration runs at: a tail shape over two heads (S = 100 is not

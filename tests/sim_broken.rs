@@ -4,8 +4,8 @@
 //! parities off by one. The unedited kernels pass in `tests/sim.rs`.
 
 use flashcore::kernels::attention;
-use flashcore::simulate::{simulate, HostArg, Options, SimDevice};
-use flashcore::{f16, Config, Error};
+use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
+use flashcore::{Config, Error};
 
 /// Runs `config`'s kernel with its PTX edited by `edit` at 1x1x256 (four KV tiles, so every
 /// stage is refilled), under `seeds` schedules; returns each run's error text.
@@ -14,27 +14,12 @@ fn run_edited(config: Config, edit: impl Fn(&str) -> String, seeds: &[u64]) -> V
     let edited = edit(&compiled.ptx.text);
     assert_ne!(edited, compiled.ptx.text, "the edit changed nothing");
     compiled.ptx.text = edited;
-    let d = config.head_dim as usize;
-    let shape = [1, 1, 256, d];
-    let n = 256 * d;
-    let input: Vec<f16> = (0..n).map(|i| f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 50.0)).collect();
+    let shape = AttentionShape { b: 1, h: 1, hk: 1, s: 256, sk: 256 };
     seeds
         .iter()
         .map(|&seed| {
-            let mut o = vec![f16::ZERO; n];
             let device = SimDevice { sm_count: 2, options: Options { seed, ..Options::default() } };
-            let result = simulate(
-                &compiled,
-                &mut [
-                    HostArg::Tensor(&input, shape),
-                    HostArg::Tensor(&input, shape),
-                    HostArg::Tensor(&input, shape),
-                    HostArg::TensorMut(&mut o, shape),
-                    HostArg::F32(0.125),
-                ],
-                &device,
-            );
-            match result {
+            match check_attention(&compiled, shape, seed, &device) {
                 Err(Error::Sim(e)) => {
                     eprintln!("seed {seed}: {e}");
                     e.to_string()

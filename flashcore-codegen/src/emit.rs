@@ -224,14 +224,7 @@ impl<'k> Emitter<'k> {
         let lane7 = self.w.temp(RegClass::B32);
         self.w.ins(format!("and.b32 {lane7}, {lane}, 7"));
         // The swizzle key: row % P (rows of an ldmatrix block start at a multiple of 8).
-        let period = swizzle_period(&self.cfg);
-        let lane_key = if period == 8 {
-            lane7.clone()
-        } else {
-            let k = self.w.temp(RegClass::B32);
-            self.w.ins(format!("and.b32 {k}, {lane}, {}", period - 1));
-            k
-        };
+        let lane_key = self.swizzle_key(&lane7);
         let mut ldmatrix = HashMap::new();
         for p in LdmatrixPattern::ALL {
             // Mirrors LdmatrixPattern::lane_source.
@@ -460,6 +453,18 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("min.u32 {r}, {r}, {last}"));
         }
         r
+    }
+
+    /// The swizzle key `row % P` from `row8` = row % 8 (itself when the period is 8).
+    fn swizzle_key(&mut self, row8: &str) -> String {
+        match swizzle_period(&self.cfg) {
+            8 => row8.to_string(),
+            period => {
+                let key = self.w.temp(RegClass::B32);
+                self.w.ins(format!("and.b32 {key}, {row8}, {}", period - 1));
+                key
+            }
+        }
     }
 
     /// Grouped-query attention: the K/V head `h / (H / HKV)` of query head register `h`.
@@ -1264,14 +1269,7 @@ impl<'k> Emitter<'k> {
         let quad_bytes = self.w.temp(RegClass::B32);
         self.w.ins(format!("shl.b32 {quad_bytes}, {quad_lane}, 2"));
         // The swizzle key of rows 16 mf + 8 h + g: g % P (warp_row0 is a multiple of 16).
-        let period = swizzle_period(&self.cfg);
-        let row_key = if period == 8 {
-            group.clone()
-        } else {
-            let k = self.w.temp(RegClass::B32);
-            self.w.ins(format!("and.b32 {k}, {group}, {}", period - 1));
-            k
-        };
+        let row_key = self.swizzle_key(&group);
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let row = self.w.temp(RegClass::B32);
@@ -1335,22 +1333,9 @@ impl<'k> Emitter<'k> {
 /// Every (index value, head group) that the tile accesses in `block` use.
 fn collect_head_groups(block: &Block, out: &mut Vec<(Value, HeadGroup)>) {
     for inst in &block.insts {
-        let access = match &inst.op {
-            Op::Load { src, .. }
-            | Op::Stage { src, .. }
-            | Op::StageView { src, .. }
-            | Op::AsyncCopy { src, .. } => Some(src),
-            Op::MaskColumns { tile, .. } => Some(tile),
-            Op::Store { dst, .. } => Some(dst),
-            _ => None,
-        };
-        if let Some(a) = access {
-            for axis in 0..a.coords.len() {
-                if let Some(g) = a.group(axis) {
-                    if !out.contains(&(a.coords[axis], g)) {
-                        out.push((a.coords[axis], g));
-                    }
-                }
+        for group in inst.op.tile_access().into_iter().flat_map(TileAccess::head_groups) {
+            if !out.contains(&group) {
+                out.push(group);
             }
         }
         for b in inst.op.blocks() {

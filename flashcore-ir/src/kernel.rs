@@ -143,6 +143,11 @@ impl TileAccess {
     pub fn group(&self, axis: usize) -> Option<HeadGroup> {
         self.groups.get(axis).copied().flatten()
     }
+
+    /// The grouped coordinates: (index value, its head group).
+    pub fn head_groups(&self) -> impl Iterator<Item = (Value, HeadGroup)> + '_ {
+        self.coords.iter().enumerate().filter_map(|(axis, c)| self.group(axis).map(|g| (*c, g)))
+    }
 }
 
 /// Grouped-query attention: query head `h` (walking `of`, e.g. `H`) reads K/V head
@@ -222,7 +227,7 @@ pub struct LoopExtent {
 impl LoopExtent {
     /// The extent with its Q-tile index renamed (loop copies of other role groups).
     pub fn map_values(self, f: &dyn Fn(Value) -> Value) -> LoopExtent {
-        LoopExtent { causal: self.causal.map(|c| Causal { q_tile: f(c.q_tile), ..c }), ..self }
+        LoopExtent { causal: self.causal.map(|c| c.map_values(f)), ..self }
     }
 }
 
@@ -233,6 +238,13 @@ impl LoopExtent {
 pub struct Causal {
     pub q_tile: Value,
     pub q_dim: RtDim,
+}
+
+impl Causal {
+    /// The same mask with its Q-tile index renamed.
+    pub fn map_values(self, f: &dyn Fn(Value) -> Value) -> Causal {
+        Causal { q_tile: f(self.q_tile), ..self }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -315,6 +327,19 @@ pub enum Op {
 }
 
 impl Op {
+    /// The global tile this op reads or writes, if any.
+    pub fn tile_access(&self) -> Option<&TileAccess> {
+        match self {
+            Op::Load { src, .. }
+            | Op::Stage { src, .. }
+            | Op::StageView { src, .. }
+            | Op::AsyncCopy { src, .. } => Some(src),
+            Op::MaskColumns { tile, .. } => Some(tile),
+            Op::Store { dst, .. } => Some(dst),
+            _ => None,
+        }
+    }
+
     /// The blocks nested in this op, in execution order.
     pub fn blocks(&self) -> Vec<&Block> {
         match self {

@@ -74,16 +74,16 @@ enum WarpState {
 }
 
 /// A mbarrier arrival that fires when the lane's copies up to `after_seq` have completed.
-struct AsyncArrive {
+struct AsyncArrive<'a> {
     after_seq: u64,
     addr: u32,
     noinc: bool,
     vc: Rc<Vec<u32>>,
-    at: At,
+    site: Site<'a>,
 }
 
 #[derive(Default)]
-struct LaneAsync {
+struct LaneAsync<'a> {
     /// Copies in flight, oldest first (they complete in order).
     queue: VecDeque<usize>,
     issued: u64,
@@ -92,7 +92,7 @@ struct LaneAsync {
     group_ends: Vec<u64>,
     /// Copy agent clock at which each completed copy landed, by sequence number.
     clock_of: Vec<u32>,
-    arrivals: Vec<AsyncArrive>,
+    arrivals: Vec<AsyncArrive<'a>>,
 }
 
 struct Copy {
@@ -104,12 +104,12 @@ struct Copy {
     line: u32,
 }
 
-struct Warp {
+struct Warp<'a> {
     regs: Vec<u64>,
     pc: [u32; LANES],
     state: WarpState,
     vc: Vec<u32>,
-    lanes: Vec<LaneAsync>,
+    lanes: Vec<LaneAsync<'a>>,
     /// Per mbarrier: the last phase this warp observed complete.
     seen: HashMap<u32, i64>,
     /// First thread of the warp in the CTA.
@@ -133,10 +133,25 @@ struct Mbar {
     completed_vc: Vec<u32>,
 }
 
+/// Where an instruction runs: enough to name it in an error, turned into an [`At`] (which copies
+/// the instruction's text) only when there is one.
+#[derive(Clone, Copy)]
+struct Site<'a> {
+    cta: u32,
+    warp: u32,
+    inst: &'a Inst,
+}
+
+impl Site<'_> {
+    fn at(self) -> At {
+        At { cta: self.cta, warp: self.warp, line: self.inst.line, inst: self.inst.text.clone() }
+    }
+}
+
 pub struct Cta<'a> {
     s: CtaSetup<'a>,
     global: &'a mut GlobalMemory,
-    warps: Vec<Warp>,
+    warps: Vec<Warp<'a>>,
     nwarps: usize,
     shared: Vec<u8>,
     shadow: Vec<Shadow>,
@@ -148,6 +163,20 @@ pub struct Cta<'a> {
     rng: Rng,
     pub steps: u64,
     pub lane_steps: u64,
+}
+
+/// A global access of `bytes` at `addr` must be aligned to its size.
+fn global_aligned(site: Site, addr: u64, bytes: u32) -> Result<(), SimError> {
+    if addr % bytes as u64 != 0 {
+        return Err(SimError::Misaligned { at: site.at(), space: "global", addr, bytes });
+    }
+    Ok(())
+}
+
+/// Whether access `a` happens before the current point of agent `me`, whose vector clock is
+/// `vc` (an agent's own accesses are in program order).
+fn ordered(vc: &[u32], me: u32, a: &Access) -> bool {
+    a.agent == me || a.clock <= vc[a.agent as usize]
 }
 
 fn join(into: &mut [u32], from: &[u32]) {
@@ -219,6 +248,10 @@ impl<'a> Cta<'a> {
 
     fn agent_of_copies(&self, warp: u32, lane: u32) -> u32 {
         self.nwarps as u32 + warp * LANES as u32 + lane
+    }
+
+    fn site(&self, w: usize, inst: &'a Inst) -> Site<'a> {
+        Site { cta: self.s.cta, warp: w as u32, inst }
     }
 
     fn at(&self, w: usize, inst: &Inst) -> At {
@@ -315,7 +348,7 @@ impl<'a> Cta<'a> {
         Ok(())
     }
 
-    fn fire_async_arrive(&mut self, w: usize, l: usize, a: AsyncArrive) -> Result<(), SimError> {
+    fn fire_async_arrive(&mut self, w: usize, l: usize, a: AsyncArrive<'a>) -> Result<(), SimError> {
         let mut vc = (*a.vc).clone();
         let lane = &self.warps[w].lanes[l];
         if a.after_seq > 0 {
@@ -323,7 +356,7 @@ impl<'a> Cta<'a> {
             vc[agent] = vc[agent].max(lane.clock_of[a.after_seq as usize - 1]);
         }
         let thread = self.warps[w].thread0 + l as u32;
-        self.mbar_arrive(a.addr, if a.noinc { Some(thread) } else { None }, &vc, &a.at)
+        self.mbar_arrive(a.addr, if a.noinc { Some(thread) } else { None }, &vc, a.site)
     }
 
     /// Whether lane `l` of warp `w` satisfies `cp.async.wait_group n`, and the sequence number
@@ -382,17 +415,23 @@ impl<'a> Cta<'a> {
 
     // ----- barriers -----
 
-    fn mbar_arrive(&mut self, addr: u32, thread: Option<u32>, vc: &[u32], at: &At) -> Result<(), SimError> {
+    fn mbar_arrive(
+        &mut self,
+        addr: u32,
+        thread: Option<u32>,
+        vc: &[u32],
+        site: Site<'a>,
+    ) -> Result<(), SimError> {
         let Some(m) = self.mbars.get_mut(&addr) else {
             return Err(SimError::BarrierMisuse {
-                at: at.clone(),
+                at: site.at(),
                 message: format!("arrive on shared address {addr:#x}, which holds no initialized mbarrier"),
             });
         };
         if let Some(t) = thread {
             if !m.arrived.insert(t) {
                 return Err(SimError::BarrierMisuse {
-                    at: at.clone(),
+                    at: site.at(),
                     message: format!(
                         "thread {t} arrives twice on the mbarrier at {addr:#x} in phase {} (expected count {}, {} arrivals missing): re-arrival before the phase completed",
                         m.phases, m.expected, m.remaining
@@ -512,13 +551,13 @@ impl<'a> Cta<'a> {
         base.wrapping_add(a.offset as u64)
     }
 
-    fn shared_range(&self, at: &At, addr: u64, bytes: u32) -> Result<usize, SimError> {
+    fn shared_range(&self, site: Site<'a>, addr: u64, bytes: u32) -> Result<usize, SimError> {
         if addr % bytes.min(16) as u64 != 0 {
-            return Err(SimError::Misaligned { at: at.clone(), space: "shared", addr, bytes });
+            return Err(SimError::Misaligned { at: site.at(), space: "shared", addr, bytes });
         }
         if addr + bytes as u64 > self.s.shared_bytes as u64 {
             return Err(SimError::OutOfBounds {
-                at: at.clone(),
+                at: site.at(),
                 message: format!(
                     "shared access of {bytes} bytes at {addr:#x} is past the {} bytes of shared memory of this launch",
                     self.s.shared_bytes
@@ -547,7 +586,7 @@ impl<'a> Cta<'a> {
     fn check_shared(
         &mut self,
         w: usize,
-        at: &At,
+        site: Site<'a>,
         addr: usize,
         bytes: usize,
         write: bool,
@@ -561,7 +600,7 @@ impl<'a> Cta<'a> {
                 if write {
                     return Err(SimError::Race {
                         addr: (word * 4) as u32,
-                        now: at.clone(),
+                        now: site.at(),
                         now_kind: "writes",
                         earlier: format!(
                             "a cp.async of warp {} lane {} (PTX line {}) is still writing it",
@@ -570,7 +609,7 @@ impl<'a> Cta<'a> {
                     });
                 }
                 return Err(SimError::AsyncRead {
-                    at: at.clone(),
+                    at: site.at(),
                     addr: (word * 4) as u32,
                     warp: c.warp,
                     lane: c.lane,
@@ -581,29 +620,27 @@ impl<'a> Cta<'a> {
             // A write first answers for the reads since the last write (a stage refilled while
             // it is still being read), then for the write itself.
             if write {
-                if let Some(prev) =
-                    sh.reads.iter().find(|r| r.agent != me && r.clock > vc[r.agent as usize]).copied()
-                {
+                if let Some(prev) = sh.reads.iter().find(|r| !ordered(vc, me, r)).copied() {
                     return Err(SimError::Race {
                         addr: (word * 4) as u32,
-                        now: at.clone(),
+                        now: site.at(),
                         now_kind: "writes",
                         earlier: self.describe(&prev, false),
                     });
                 }
             }
             if let Some(prev) = sh.write {
-                if prev.agent != me && prev.clock > vc[prev.agent as usize] {
+                if !ordered(vc, me, &prev) {
                     return Err(SimError::Race {
                         addr: (word * 4) as u32,
-                        now: at.clone(),
+                        now: site.at(),
                         now_kind: if write { "writes" } else { "reads" },
                         earlier: self.describe(&prev, true),
                     });
                 }
             }
             let sh = &mut self.shadow[word];
-            let acc = Access { agent: me, clock, line: at.line };
+            let acc = Access { agent: me, clock, line: site.inst.line };
             if write {
                 sh.write = Some(acc);
                 sh.reads.clear();
@@ -854,25 +891,20 @@ impl<'a> Cta<'a> {
                 }
             }
             Op::CpAsyncMbarArrive { addr, noinc } => {
-                let at = self.at(w, inst);
+                let site = self.site(w, inst);
                 let vc = Rc::new(self.warps[w].vc.clone());
                 for l in lanes(exec) {
                     let a = self.address(w, addr, l);
-                    let a = self.shared_range(&at, a, 8)? as u32;
-                    self.check_mbar_init(w, &at, a)?;
+                    let a = self.shared_range(site, a, 8)? as u32;
+                    self.check_mbar_init(w, site, a)?;
                     if !noinc {
                         if let Some(m) = self.mbars.get_mut(&a) {
                             m.remaining += 1;
                         }
                     }
                     let lane = &mut self.warps[w].lanes[l];
-                    let arrive = AsyncArrive {
-                        after_seq: lane.issued,
-                        addr: a,
-                        noinc: *noinc,
-                        vc: vc.clone(),
-                        at: at.clone(),
-                    };
+                    let arrive =
+                        AsyncArrive { after_seq: lane.issued, addr: a, noinc: *noinc, vc: vc.clone(), site };
                     if lane.completed >= lane.issued {
                         self.fire_async_arrive(w, l, arrive)?;
                     } else {
@@ -937,11 +969,11 @@ impl<'a> Cta<'a> {
                 }
             }
             Op::Bar { wait, id, count } => {
-                let at = self.at(w, inst);
+                let site = self.site(w, inst);
                 let id = self.val(w, *id, 0) as u32;
                 if id >= 16 {
                     return Err(SimError::BarrierMisuse {
-                        at,
+                        at: site.at(),
                         message: format!("barrier id {id} is not in 0..16"),
                     });
                 }
@@ -951,7 +983,7 @@ impl<'a> Cta<'a> {
                 };
                 if expected == 0 || expected % LANES as u32 != 0 {
                     return Err(SimError::BarrierMisuse {
-                        at,
+                        at: site.at(),
                         message: format!(
                             "barrier {id} thread count {expected} is not a positive multiple of 32"
                         ),
@@ -968,7 +1000,7 @@ impl<'a> Cta<'a> {
                 });
                 if bar.arrived > 0 && bar.expected != expected {
                     return Err(SimError::BarrierMisuse {
-                        at,
+                        at: site.at(),
                         message: format!(
                             "barrier {id} counts {expected} threads here but {} at PTX line {}",
                             bar.expected, bar.line
@@ -977,7 +1009,7 @@ impl<'a> Cta<'a> {
                 }
                 if bar.warps.contains(&(w as u32)) {
                     return Err(SimError::BarrierMisuse {
-                        at,
+                        at: site.at(),
                         message: format!(
                             "warp {w} arrives at barrier {id} again before it completed ({} of {} threads arrived)",
                             bar.arrived, bar.expected
@@ -997,7 +1029,7 @@ impl<'a> Cta<'a> {
                 if bar.arrived >= bar.expected {
                     if bar.arrived > bar.expected {
                         return Err(SimError::BarrierMisuse {
-                            at,
+                            at: site.at(),
                             message: format!(
                                 "barrier {id}: {} threads arrived, {} expected",
                                 bar.arrived, bar.expected
@@ -1015,15 +1047,15 @@ impl<'a> Cta<'a> {
                 self.release(w);
             }
             Op::MbarInit { addr, count } => {
-                let at = self.at(w, inst);
+                let site = self.site(w, inst);
                 for l in lanes(exec) {
                     let a = self.address(w, addr, l);
-                    let a = self.shared_range(&at, a, 8)?;
-                    self.check_shared(w, &at, a, 8, true)?;
+                    let a = self.shared_range(site, a, 8)?;
+                    self.check_shared(w, site, a, 8, true)?;
                     let expected = self.val(w, *count, l) as u32;
                     if expected == 0 {
                         return Err(SimError::BarrierMisuse {
-                            at,
+                            at: site.at(),
                             message: "mbarrier.init with count 0".into(),
                         });
                     }
@@ -1042,14 +1074,14 @@ impl<'a> Cta<'a> {
                 }
             }
             Op::MbarArrive { d, addr } => {
-                let at = self.at(w, inst);
+                let site = self.site(w, inst);
                 let vc = self.warps[w].vc.clone();
                 for l in lanes(exec) {
                     let a = self.address(w, addr, l);
-                    let a = self.shared_range(&at, a, 8)? as u32;
-                    self.check_mbar_init(w, &at, a)?;
+                    let a = self.shared_range(site, a, 8)? as u32;
+                    self.check_mbar_init(w, site, a)?;
                     let state = self.mbars[&a].phases;
-                    self.mbar_arrive(a, Some(self.warps[w].thread0 + l as u32), &vc, &at)?;
+                    self.mbar_arrive(a, Some(self.warps[w].thread0 + l as u32), &vc, site)?;
                     if let Some(d) = d {
                         self.set(w, *d, l, state);
                     }
@@ -1057,20 +1089,20 @@ impl<'a> Cta<'a> {
                 self.release(w);
             }
             Op::MbarTestWait { p, addr, parity } => {
-                let at = self.at(w, inst);
+                let site = self.site(w, inst);
                 let mut addr_of_warp = None;
                 let mut result = None;
                 let mut wanted = 0;
                 for l in lanes(exec) {
                     let a = self.address(w, addr, l);
-                    let a = self.shared_range(&at, a, 8)? as u32;
-                    self.check_mbar_init(w, &at, a)?;
+                    let a = self.shared_range(site, a, 8)? as u32;
+                    self.check_mbar_init(w, site, a)?;
                     let par = self.val(w, *parity, l) & 1;
                     wanted = par;
-                    let r = self.test_wait(w, &at, a, par)?;
+                    let r = self.test_wait(w, site, a, par)?;
                     if addr_of_warp.is_some_and(|x| x != a) || result.is_some_and(|x| x != r) {
                         return Err(SimError::Divergence {
-                            at,
+                            at: site.at(),
                             message: "lanes of one warp wait on different mbarriers or parities".into(),
                         });
                     }
@@ -1100,6 +1132,14 @@ impl<'a> Cta<'a> {
         Ok(())
     }
 
+    /// `bytes` of global memory at `addr`, which must be aligned to `align`.
+    fn global_read(&self, site: Site<'a>, addr: u64, bytes: u32, align: u32) -> Result<&[u8], SimError> {
+        global_aligned(site, addr, align)?;
+        self.global
+            .read(addr, bytes as usize)
+            .map_err(|message| SimError::OutOfBounds { at: site.at(), message })
+    }
+
     fn lanes_map(&mut self, w: usize, exec: u32, f: impl Fn(&Self, usize) -> (u32, u64)) {
         for l in lanes(exec) {
             let (d, v) = f(self, l);
@@ -1107,20 +1147,20 @@ impl<'a> Cta<'a> {
         }
     }
 
-    fn check_mbar_init(&mut self, w: usize, at: &At, a: u32) -> Result<(), SimError> {
+    fn check_mbar_init(&mut self, w: usize, site: Site<'a>, a: u32) -> Result<(), SimError> {
         if !self.mbars.contains_key(&a) {
             return Err(SimError::BarrierMisuse {
-                at: at.clone(),
+                at: site.at(),
                 message: format!("shared address {a:#x} holds no initialized mbarrier"),
             });
         }
         // The initialization must happen before any use.
         let sh = &self.shadow[a as usize / 4];
         if let Some(prev) = sh.write {
-            if prev.agent != w as u32 && prev.clock > self.warps[w].vc[prev.agent as usize] {
+            if !ordered(&self.warps[w].vc, w as u32, &prev) {
                 return Err(SimError::Race {
                     addr: a,
-                    now: at.clone(),
+                    now: site.at(),
                     now_kind: "uses the mbarrier at",
                     earlier: format!("{} (its mbarrier.init)", self.describe(&prev, true)),
                 });
@@ -1131,7 +1171,7 @@ impl<'a> Cta<'a> {
 
     /// `mbarrier.test_wait.parity`: true once the phase with parity `par` before the current one
     /// has completed. Also checks that the waiter observes phases one by one.
-    fn test_wait(&mut self, w: usize, at: &At, a: u32, par: u64) -> Result<bool, SimError> {
+    fn test_wait(&mut self, w: usize, site: Site<'a>, a: u32, par: u64) -> Result<bool, SimError> {
         let m = &self.mbars[&a];
         let done = m.phases % 2 != par;
         let seen = self.warps[w].seen.get(&a).copied();
@@ -1144,7 +1184,7 @@ impl<'a> Cta<'a> {
             };
             if skipped {
                 return Err(SimError::BarrierMisuse {
-                    at: at.clone(),
+                    at: site.at(),
                     message: format!(
                         "parity wait on the mbarrier at {a:#x} is more than one phase behind: it observes phase {k} (parity {par}) but last observed phase {}",
                         seen.map_or("none".to_string(), |s| s.to_string())
@@ -1155,7 +1195,7 @@ impl<'a> Cta<'a> {
         } else if let Some(last) = seen {
             if completed > last + 1 {
                 return Err(SimError::BarrierMisuse {
-                    at: at.clone(),
+                    at: site.at(),
                     message: format!(
                         "parity wait on the mbarrier at {a:#x} waits for parity {par}, but the next phase it has not observed (phase {}, parity {}) already completed: parity off by one, or the waiter is more than one phase behind",
                         last + 1,
@@ -1170,45 +1210,39 @@ impl<'a> Cta<'a> {
     fn load(
         &mut self,
         w: usize,
-        inst: &Inst,
+        inst: &'a Inst,
         exec: u32,
         space: Space,
         width: u32,
         d: &[u32],
         addr: &Address,
     ) -> Result<(), SimError> {
-        let at = self.at(w, inst);
+        let site = self.site(w, inst);
         let bytes = width * d.len() as u32;
+        let mut data = [0u8; 32];
         for l in lanes(exec) {
             let a = self.address(w, addr, l);
-            let data: Vec<u8> = match space {
+            let data = &mut data[..bytes as usize];
+            match space {
                 Space::Param => {
                     let p = match addr.base {
                         AddrBase::Param(p) => p as usize,
                         _ => {
                             return Err(SimError::OutOfBounds {
-                                at,
+                                at: site.at(),
                                 message: "ld.param without a parameter".into(),
                             })
                         }
                     };
-                    self.s.params[p].to_le_bytes()[..bytes as usize].to_vec()
+                    data.copy_from_slice(&self.s.params[p].to_le_bytes()[..bytes as usize]);
                 }
                 Space::Shared => {
-                    let a = self.shared_range(&at, a, bytes)?;
-                    self.check_shared(w, &at, a, bytes as usize, false)?;
-                    self.shared[a..a + bytes as usize].to_vec()
+                    let a = self.shared_range(site, a, bytes)?;
+                    self.check_shared(w, site, a, bytes as usize, false)?;
+                    data.copy_from_slice(&self.shared[a..a + bytes as usize]);
                 }
-                Space::Global => {
-                    if a % bytes as u64 != 0 {
-                        return Err(SimError::Misaligned { at, space: "global", addr: a, bytes });
-                    }
-                    self.global
-                        .read(a, bytes as usize)
-                        .map_err(|message| SimError::OutOfBounds { at: at.clone(), message })?
-                        .to_vec()
-                }
-            };
+                Space::Global => data.copy_from_slice(self.global_read(site, a, bytes, bytes)?),
+            }
             for (k, r) in d.iter().enumerate() {
                 let mut v = [0u8; 8];
                 v[..width as usize].copy_from_slice(&data[k * width as usize..(k + 1) * width as usize]);
@@ -1222,40 +1256,41 @@ impl<'a> Cta<'a> {
     fn store(
         &mut self,
         w: usize,
-        inst: &Inst,
+        inst: &'a Inst,
         exec: u32,
         space: Space,
         width: u32,
         addr: &Address,
         src: &[Operand],
     ) -> Result<(), SimError> {
-        let at = self.at(w, inst);
+        let site = self.site(w, inst);
         let bytes = width * src.len() as u32;
+        let mut data = [0u8; 32];
         for l in lanes(exec) {
             let a = self.address(w, addr, l);
-            let mut data = Vec::with_capacity(bytes as usize);
-            for o in src {
-                data.extend_from_slice(&self.val(w, *o, l).to_le_bytes()[..width as usize]);
+            for (k, o) in src.iter().enumerate() {
+                let at = k * width as usize;
+                data[at..at + width as usize]
+                    .copy_from_slice(&self.val(w, *o, l).to_le_bytes()[..width as usize]);
             }
+            let data = &data[..bytes as usize];
             match space {
                 Space::Param => {
                     return Err(SimError::OutOfBounds {
-                        at,
+                        at: site.at(),
                         message: "st.param is not supported in kernels".into(),
                     })
                 }
                 Space::Shared => {
-                    let a = self.shared_range(&at, a, bytes)?;
-                    self.check_shared(w, &at, a, bytes as usize, true)?;
-                    self.shared[a..a + bytes as usize].copy_from_slice(&data);
+                    let a = self.shared_range(site, a, bytes)?;
+                    self.check_shared(w, site, a, bytes as usize, true)?;
+                    self.shared[a..a + bytes as usize].copy_from_slice(data);
                 }
                 Space::Global => {
-                    if a % bytes as u64 != 0 {
-                        return Err(SimError::Misaligned { at, space: "global", addr: a, bytes });
-                    }
+                    global_aligned(site, a, bytes)?;
                     self.global
-                        .write(a, &data)
-                        .map_err(|message| SimError::OutOfBounds { at: at.clone(), message })?;
+                        .write(a, data)
+                        .map_err(|message| SimError::OutOfBounds { at: site.at(), message })?;
                 }
             }
         }
@@ -1266,39 +1301,32 @@ impl<'a> Cta<'a> {
     fn cp_async(
         &mut self,
         w: usize,
-        inst: &Inst,
+        inst: &'a Inst,
         exec: u32,
         dst: &Address,
         src: &Address,
         size: u32,
         src_size: Option<Operand>,
     ) -> Result<(), SimError> {
-        let at = self.at(w, inst);
+        let site = self.site(w, inst);
         for l in lanes(exec) {
             let d = self.address(w, dst, l);
-            let d = self.shared_range(&at, d, size)?;
+            let d = self.shared_range(site, d, size)?;
             let s = self.address(w, src, l);
             let n = src_size.map_or(size as u64, |o| self.val(w, o, l));
             if n > size as u64 {
                 return Err(SimError::OutOfBounds {
-                    at,
+                    at: site.at(),
                     message: format!("cp.async source size {n} exceeds the copy size {size}"),
                 });
             }
             let mut data = [0u8; 16];
             if n > 0 {
-                if s % size as u64 != 0 {
-                    return Err(SimError::Misaligned { at, space: "global", addr: s, bytes: size });
-                }
-                let bytes = self
-                    .global
-                    .read(s, n as usize)
-                    .map_err(|message| SimError::OutOfBounds { at: at.clone(), message })?;
-                data[..n as usize].copy_from_slice(bytes);
+                data[..n as usize].copy_from_slice(self.global_read(site, s, n as u32, size)?);
             }
             // The copy writes the destination: earlier accesses by other warps must be ordered
             // before its issue.
-            self.check_shared(w, &at, d, size as usize, true)?;
+            self.check_shared(w, site, d, size as usize, true)?;
             let id = self.copies.len();
             self.copies.push(Some(Copy {
                 warp: w as u32,
@@ -1323,21 +1351,21 @@ impl<'a> Cta<'a> {
     fn ldmatrix(
         &mut self,
         w: usize,
-        inst: &Inst,
+        inst: &'a Inst,
         count: u32,
         trans: bool,
         d: &[u32],
         addr: &Address,
     ) -> Result<(), SimError> {
-        let at = self.at(w, inst);
+        let site = self.site(w, inst);
         // rows[m][r][c]: element (r, c) of matrix m, from the address lane 8m + r gives.
         let mut rows = [[[0u16; 8]; 8]; 4];
         for m in 0..count as usize {
             for r in 0..8 {
                 let l = 8 * m + r;
                 let a = self.address(w, addr, l);
-                let a = self.shared_range(&at, a, 16)?;
-                self.check_shared(w, &at, a, 16, false)?;
+                let a = self.shared_range(site, a, 16)?;
+                self.check_shared(w, site, a, 16, false)?;
                 for c in 0..8 {
                     rows[m][r][c] = u16::from_le_bytes([self.shared[a + 2 * c], self.shared[a + 2 * c + 1]]);
                 }

@@ -312,12 +312,9 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
         Op::Transpose { dst, src } => Op::Transpose { dst, src: f(src) },
         Op::Mma { dst, a, b, acc } => Op::Mma { dst, a: f(a), b: f(b), acc: acc.map(f) },
         Op::Exp2 { dst, src } => Op::Exp2 { dst, src: f(src) },
-        Op::MaskColumns { dst, src, tile, causal } => Op::MaskColumns {
-            dst,
-            src: f(src),
-            tile: access(tile),
-            causal: causal.map(|c| Causal { q_tile: f(c.q_tile), ..c }),
-        },
+        Op::MaskColumns { dst, src, tile, causal } => {
+            Op::MaskColumns { dst, src: f(src), tile: access(tile), causal: causal.map(|c| c.map_values(f)) }
+        }
         Op::ToF16 { dst, src } => Op::ToF16 { dst, src: f(src) },
         Op::Reduce { dst, op, src } => Op::Reduce { dst, op, src: f(src) },
         Op::Binary { dst, op, lhs, rhs } => Op::Binary { dst, op, lhs: f(lhs), rhs: f(rhs) },
