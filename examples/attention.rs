@@ -4,7 +4,7 @@
 //! simulator at a small shape and checks it against float64 (exit 0 when correct).
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
-//!  [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
+//!  [--layout bhsd|bshd] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
 //!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--ptx]`
 
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
-use flashcore::{f16, Config};
+use flashcore::{f16, Config, Layout};
 
 /// Above this relative error a result is a bug (fp16 attention lands near 3e-4).
 const TOLERANCE: f64 = 2e-3;
@@ -36,6 +36,8 @@ struct Options {
     /// K/V heads (grouped-query attention); `h` when not given.
     hkv: Option<usize>,
     causal: bool,
+    /// How q, k, v and o are laid out in memory (and in the `.npy` files).
+    layout: Layout,
     show_ptx: bool,
     tile_m: Option<u32>,
     stages: Option<u32>,
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Options, String> {
         sk: None,
         hkv: None,
         causal: false,
+        layout: Layout::Bhsd,
         show_ptx: false,
         tile_m: None,
         stages: None,
@@ -95,6 +98,7 @@ fn parse_args() -> Result<Options, String> {
             "--sk" => o.sk = Some(number(value()?)?),
             "--hkv" => o.hkv = Some(number(value()?)?),
             "--causal" => o.causal = true,
+            "--layout" => o.layout = value()?.parse()?,
             "--tile-m" => o.tile_m = Some(number(value()?)? as u32),
             "--tile-n" => o.tile_n = Some(number(value()?)? as u32),
             "--warps" => o.warps = Some(number(value()?)? as u32),
@@ -178,15 +182,18 @@ fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
             q.shape, k.shape, v.shape
         ));
     }
-    let to16 = |a: &flashcore::npy::Array| a.data.iter().map(|x| f16::from_f32(*x)).collect();
-    Ok(Some(Inputs {
-        shape: [q.shape[0], q.shape[1], q.shape[2], q.shape[3]],
-        hk: k.shape[1],
-        sk: k.shape[2],
-        q: to16(&q),
-        k: to16(&k),
-        v: to16(&v),
-    }))
+    // The files hold the layout's storage order: [B, S, H, D] for BSHD.
+    let logical = |a: &flashcore::npy::Array| {
+        let [b, x, y, d] = [a.shape[0], a.shape[1], a.shape[2], a.shape[3]];
+        let shape = match o.layout {
+            Layout::Bhsd => [b, x, y, d],
+            Layout::Bshd => [b, y, x, d],
+        };
+        let data: Vec<f16> = a.data.iter().map(|x| f16::from_f32(*x)).collect();
+        (shape, o.layout.load(&data, shape))
+    };
+    let ((shape, q), (kv_shape, k), (_, v)) = (logical(&q), logical(&k), logical(&v));
+    Ok(Some(Inputs { shape, hk: kv_shape[1], sk: kv_shape[2], q, k, v }))
 }
 
 struct Outcome {
@@ -222,20 +229,22 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
     let e = |x: flashcore::Error| x.to_string();
     let r = |x: flashcore::runtime::RuntimeError| x.to_string();
     let (shape, kv_shape) = (inputs.shape, inputs.kv_shape());
-    let (q, k, v) = (
-        device.upload(&inputs.q, &shape).map_err(r)?,
-        device.upload(&inputs.k, &kv_shape).map_err(r)?,
-        device.upload(&inputs.v, &kv_shape).map_err(r)?,
-    );
+    // Tensors live on the device in the chosen layout; the kernel gets their strides.
+    let layout = o.layout;
+    let upload = |data: &[f16], shape: [usize; 4]| {
+        device.upload_strided(&layout.store(data, shape), &shape, &layout.strides(shape)).map_err(r)
+    };
+    let (q, k, v) = (upload(&inputs.q, shape)?, upload(&inputs.k, kv_shape)?, upload(&inputs.v, kv_shape)?);
     // Poison the output so that an element the kernel never writes fails the check.
-    let mut out = device.filled(&shape, f16::NAN).map_err(r)?;
+    let mut out = upload(&vec![f16::NAN; shape.iter().product()], shape)?;
     let scale = 1.0 / (d as f32).sqrt();
     attention::launch(device, &cfg, &q, &k, &v, &mut out, scale).map_err(e)?;
     device.synchronize().map_err(r)?;
-    let got = device.download(&out).map_err(r)?;
+    let stored = device.download(&out).map_err(r)?;
     if let Some(path) = &o.out {
-        flashcore::npy::write_f16(path, &got, &shape).map_err(|x| x.to_string())?;
+        flashcore::npy::write_f16(path, &stored, &layout.storage_shape(shape)).map_err(|x| x.to_string())?;
     }
+    let got = layout.load(&stored, shape);
 
     let widen = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     let (qd, kd, vd) = (widen(&inputs.q), widen(&inputs.k), widen(&inputs.v));
@@ -254,11 +263,7 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
     let mut rotating: Vec<(DeviceTensor<f16>, DeviceTensor<f16>, DeviceTensor<f16>)> = vec![];
     for _ in 0..sets.saturating_sub(1) {
         let fresh = random_inputs(shape, hk, sk, rng);
-        rotating.push((
-            device.upload(&fresh.q, &shape).map_err(r)?,
-            device.upload(&fresh.k, &kv_shape).map_err(r)?,
-            device.upload(&fresh.v, &kv_shape).map_err(r)?,
-        ));
+        rotating.push((upload(&fresh.q, shape)?, upload(&fresh.k, kv_shape)?, upload(&fresh.v, kv_shape)?));
     }
     rotating.push((q, k, v));
     // Each timed launch follows an L2 flush (a 256 MB memset, ~0.1 ms of GPU work) so the host
@@ -338,7 +343,7 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
             }
         }
     }
-    match run_in_simulator(&compiled, o.seed) {
+    match run_in_simulator(&compiled, o.layout, o.seed) {
         Ok(line) => println!("{line}"),
         Err(e) => {
             eprintln!("error: {e}");
@@ -350,14 +355,14 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
 
 /// Runs the kernel in FlashCore's PTX simulator at a small shape (two heads, four KV tiles) and
 /// checks it against the float64 reference, so the generated code is seen to work without a GPU.
-fn run_in_simulator(kernel: &flashcore::CompiledKernel, seed: u64) -> Result<String, String> {
+fn run_in_simulator(kernel: &flashcore::CompiledKernel, layout: Layout, seed: u64) -> Result<String, String> {
     use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
     let d = kernel.kernel.config.head_dim;
     let device = SimDevice { sm_count: 2, options: Options { seed, ..Options::default() } };
     let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 };
-    let check = check_attention(kernel, shape, seed, &device).map_err(|e| e.to_string())?;
+    let check = check_attention(kernel, shape, layout, seed, &device).map_err(|e| e.to_string())?;
     let line = format!(
-        "simulator (no GPU needed): 1x2x256x{d}, {} CTAs, {} warp instructions ({:.1} M lane instructions/s), rel err {:.3e} vs float64",
+        "simulator (no GPU needed): 1x2x256x{d} {layout}, {} CTAs, {} warp instructions ({:.1} M lane instructions/s), rel err {:.3e} vs float64",
         check.stats.ctas,
         check.stats.warp_instructions,
         check.stats.lane_instructions as f64 / check.seconds / 1e6,
@@ -422,6 +427,9 @@ fn main() -> ExitCode {
             )
         }
         Err(e) => println!("config: {cfg}; error: {e}"),
+    }
+    if o.layout != Layout::Bhsd {
+        println!("layout: {} (q, k, v and o stored as [B, S, H, D], passed as strides)", o.layout);
     }
     if o.sk.is_some_and(|sk| sk != o.s) || cfg.causal {
         println!(

@@ -32,6 +32,7 @@
 extern crate self as flashcore;
 
 pub mod kernels;
+pub mod layout;
 pub mod npy;
 pub mod ptxas;
 pub mod reference;
@@ -49,9 +50,10 @@ pub use flashcore_macros::flash_kernel;
 pub use flashcore_runtime as runtime;
 pub use flashcore_sim as sim;
 pub use half::f16;
+pub use layout::Layout;
 
 use flashcore_ir::kernel::{Op, Param};
-use runtime::{DeviceTensor, KernelImage, LaunchArg};
+use runtime::{KernelImage, LaunchArg, TensorArg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -148,38 +150,63 @@ impl Default for KernelCache {
 
 /// A launch argument, in the order of the kernel's parameters.
 pub enum Arg<'a> {
-    Tensor(&'a DeviceTensor<f16>),
-    TensorMut(&'a mut DeviceTensor<f16>),
+    Tensor(&'a dyn TensorArg),
+    TensorMut(&'a mut dyn TensorArg),
     F32(f32),
 }
 
-/// The runtime sizes bound to a kernel's symbolic dims, and the CTA count they give.
+/// A tensor argument as the launcher checks it: element type, logical shape `[B, H, S, D]`,
+/// strides in elements, and how many elements its buffer holds.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    pub dtype: &'static str,
+    pub shape: &'a [usize],
+    pub strides: &'a [usize],
+    pub buffer_len: usize,
+}
+
+impl<'a> TensorView<'a> {
+    pub fn of(t: &'a dyn TensorArg) -> TensorView<'a> {
+        TensorView { dtype: t.dtype(), shape: t.shape(), strides: t.strides(), buffer_len: t.buffer_len() }
+    }
+}
+
+/// The runtime sizes bound to a kernel's symbolic dims, the CTA count they give, and the
+/// stride arguments (for each tensor, its `B, H, S` strides in elements).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
     pub dims: Vec<u32>,
     pub work_items: u64,
+    pub strides: Vec<u32>,
 }
 
-/// Checks `shapes` (one per tensor parameter, `None` for scalars) against the kernel's
-/// signature and binds its symbolic dims. Every mismatch is an `Error::Argument` naming the
-/// argument.
-pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<Binding, Error> {
+/// Checks `tensors` (one per parameter, `None` for scalars) against the kernel's signature
+/// and binds its symbolic dims. Every mismatch is an `Error::Argument` naming the argument.
+pub fn bind_shapes(kernel: &ir::Kernel, tensors: &[Option<TensorView>]) -> Result<Binding, Error> {
     let bad = |arg: &str, message: String| Error::Argument {
         kernel: kernel.name.clone(),
         arg: arg.to_string(),
         message,
     };
-    if shapes.len() != kernel.params.len() {
+    if tensors.len() != kernel.params.len() {
         return Err(bad(
             "(all)",
-            format!("expected {} arguments, got {}", kernel.params.len(), shapes.len()),
+            format!("expected {} arguments, got {}", kernel.params.len(), tensors.len()),
         ));
     }
     let mut bound: Vec<Option<(u64, String)>> = vec![None; kernel.dims.len()];
-    for (param, shape) in kernel.params.iter().zip(shapes) {
-        let (Param::Tensor(t), Some(shape)) = (param, shape) else {
+    let mut strides = vec![];
+    for (param, view) in kernel.params.iter().zip(tensors) {
+        let (Param::Tensor(t), Some(view)) = (param, view) else {
             continue;
         };
+        let shape = view.shape;
+        let want = match t.dtype {
+            ir::source::DType::F16 => "f16",
+        };
+        if view.dtype != want {
+            return Err(bad(&t.name, format!("expected a {want} tensor, got {}", view.dtype)));
+        }
         if shape.len() != 4 {
             return Err(bad(&t.name, format!("expected 4 axes [B, H, S, D], got shape {shape:?}")));
         }
@@ -192,6 +219,8 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
                 ),
             ));
         }
+        check_tensor_strides(view, t.writable).map_err(|m| bad(&t.name, m))?;
+        strides.extend(view.strides[..3].iter().map(|s| *s as u32));
         for axis in 0..3 {
             let dim = t.dims[axis].0 as usize;
             let size = shape[axis] as u64;
@@ -211,6 +240,9 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
         }
     }
     let dims: Vec<u64> = bound.iter().map(|b| b.as_ref().map(|(s, _)| *s).unwrap_or(0)).collect();
+    if let Some((i, d)) = dims.iter().enumerate().find(|(_, d)| **d > u32::MAX as u64) {
+        return Err(bad("(shapes)", format!("`{}` = {d} does not fit in 32 bits", kernel.dims[i])));
+    }
     // Grouped K/V heads: `to` (HKV) must divide `of` (H).
     let mut groups = vec![];
     kernel.walk(&mut |inst| {
@@ -230,15 +262,6 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
             ));
         }
     }
-    // Every tensor's rows must be addressable with 32-bit row indices.
-    for param in &kernel.params {
-        if let Param::Tensor(t) = param {
-            let rows: u64 = t.dims.iter().map(|d| dims[d.0 as usize]).product();
-            if rows > u32::MAX as u64 {
-                return Err(bad(&t.name, format!("{rows} rows exceed the 32-bit row index")));
-            }
-        }
-    }
     // Tiles cover each axis they walk; the last one may be partial (the kernel masks its tail).
     let mut work_items: Option<u64> = None;
     kernel.walk(&mut |inst| {
@@ -250,7 +273,51 @@ pub fn bind_shapes(kernel: &ir::Kernel, shapes: &[Option<&[usize]>]) -> Result<B
             work_items = Some(items.product::<u64>());
         }
     });
-    Ok(Binding { dims: dims.iter().map(|d| *d as u32).collect(), work_items: work_items.unwrap_or(0) })
+    Ok(Binding {
+        dims: dims.iter().map(|d| *d as u32).collect(),
+        work_items: work_items.unwrap_or(0),
+        strides,
+    })
+}
+
+/// The layout rules of a `[B, H, S, D]` tensor argument: the head dim contiguous, every other
+/// stride a multiple of 8 elements (16-byte copies), each stride in bytes within 32 bits, the
+/// strides inside the buffer, and for an output no two elements at one address.
+fn check_tensor_strides(view: &TensorView, output: bool) -> Result<(), String> {
+    let (shape, strides) = (view.shape, view.strides);
+    if strides.len() != shape.len() {
+        return Err(format!("{} strides for shape {shape:?}", strides.len()));
+    }
+    if strides[3] != 1 && shape[3] > 1 {
+        return Err(format!("the head dim must be contiguous (stride 1), got strides {strides:?}"));
+    }
+    for (axis, name) in ["B", "H", "S"].iter().enumerate() {
+        let stride = strides[axis];
+        if stride % 8 != 0 {
+            return Err(format!(
+                "stride of axis {name} is {stride} elements, not a multiple of 8 (16 bytes): the kernel copies 16-byte chunks (strides {strides:?})"
+            ));
+        }
+        if stride as u64 * 2 > u32::MAX as u64 {
+            return Err(format!("stride of axis {name} is {stride} elements, over 4 GiB"));
+        }
+    }
+    runtime::check_strides(shape, strides, view.buffer_len).map_err(|e| e.to_string())?;
+    if output && !shape.contains(&0) {
+        // Walk the axes from the smallest stride: each must step past everything inside it.
+        let mut axes: Vec<usize> = (0..4).filter(|a| shape[*a] > 1).collect();
+        axes.sort_by_key(|a| strides[*a]);
+        let mut extent = 1usize;
+        for a in axes {
+            if strides[a] < extent {
+                return Err(format!(
+                    "output strides {strides:?} make different elements of shape {shape:?} share an address"
+                ));
+            }
+            extent = strides[a] * shape[a];
+        }
+    }
+    Ok(())
 }
 
 /// What a launch argument is, as far as the kernel's signature cares.
@@ -329,15 +396,15 @@ pub fn launch_async(
             Arg::F32(_) => ArgKind::Scalar,
         }),
     )?;
-    let shapes: Vec<Option<&[usize]>> = args
+    let views: Vec<Option<TensorView>> = args
         .iter()
         .map(|a| match a {
-            Arg::Tensor(t) => Some(t.shape()),
-            Arg::TensorMut(t) => Some(t.shape()),
+            Arg::Tensor(t) => Some(TensorView::of(*t)),
+            Arg::TensorMut(t) => Some(TensorView::of(&**t)),
             Arg::F32(_) => None,
         })
         .collect();
-    let binding = bind_shapes(k, &shapes)?;
+    let binding = bind_shapes(k, &views)?;
     if binding.work_items == 0 {
         return Ok(());
     }
@@ -348,12 +415,13 @@ pub fn launch_async(
     let mut launch_args: Vec<LaunchArg> = args
         .iter_mut()
         .map(|a| match a {
-            Arg::Tensor(t) => LaunchArg::Buffer(t),
-            Arg::TensorMut(t) => LaunchArg::BufferMut(t),
+            Arg::Tensor(t) => LaunchArg::Buffer(*t),
+            Arg::TensorMut(t) => LaunchArg::BufferMut(&mut **t),
             Arg::F32(x) => LaunchArg::F32(*x),
         })
         .collect();
     launch_args.extend(binding.dims.iter().map(|d| LaunchArg::U32(*d)));
+    launch_args.extend(binding.strides.iter().map(|s| LaunchArg::U32(*s)));
     device.launch(&image, grid, &mut launch_args)?;
     Ok(())
 }

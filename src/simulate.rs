@@ -6,15 +6,37 @@ use half::f16;
 
 pub use flashcore_sim::{Options, SimError, Stats};
 
-use crate::{bind_shapes, check_arg_kinds, grid_size, ArgKind, CompiledKernel, Error};
+use crate::{bind_shapes, check_arg_kinds, grid_size, ArgKind, CompiledKernel, Error, TensorView};
 
 /// A launch argument for the simulator, in the order of the kernel's parameters.
 pub enum HostArg<'a> {
-    /// An input tensor and its `[B, H, S, D]` shape.
-    Tensor(&'a [f16], [usize; 4]),
-    /// An output tensor: read back after the launch.
-    TensorMut(&'a mut [f16], [usize; 4]),
+    /// An input tensor: its buffer and how the kernel sees it.
+    Tensor(&'a [f16], HostView),
+    /// An output tensor: the buffer is copied in (as a GPU buffer holds what it held) and the
+    /// whole of it read back after the launch, so elements outside the view keep their values.
+    TensorMut(&'a mut [f16], HostView),
     F32(f32),
+}
+
+/// A `[B, H, S, D]` view of a host buffer: shape and strides in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostView {
+    pub shape: [usize; 4],
+    pub strides: [usize; 4],
+}
+
+impl HostView {
+    pub fn strided(shape: [usize; 4], strides: [usize; 4]) -> HostView {
+        HostView { shape, strides }
+    }
+}
+
+/// A contiguous, row-major view.
+impl From<[usize; 4]> for HostView {
+    fn from(shape: [usize; 4]) -> HostView {
+        let s = crate::runtime::contiguous_strides(&shape);
+        HostView { shape, strides: [s[0], s[1], s[2], s[3]] }
+    }
 }
 
 /// The simulated device: how many SMs a persistent kernel's grid is sized for (one CTA each),
@@ -35,11 +57,6 @@ impl Default for SimDevice {
 /// checks them; the outputs are written back into the `TensorMut` slices.
 pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevice) -> Result<Stats, Error> {
     let k = &kernel.kernel;
-    let bad = |arg: &str, message: String| Error::Argument {
-        kernel: k.name.clone(),
-        arg: arg.to_string(),
-        message,
-    };
     check_arg_kinds(
         k,
         args.iter().map(|a| match a {
@@ -48,27 +65,18 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
             HostArg::F32(_) => ArgKind::Scalar,
         }),
     )?;
-    let mut shapes: Vec<Option<&[usize]>> = Vec::with_capacity(args.len());
-    for (param, arg) in k.params.iter().zip(args.iter()) {
-        let (shape, len) = match arg {
-            HostArg::Tensor(data, shape) => (shape, data.len()),
-            HostArg::TensorMut(data, shape) => (shape, data.len()),
-            HostArg::F32(_) => {
-                shapes.push(None);
-                continue;
-            }
-        };
-        let elems: usize = shape.iter().product();
-        if elems != len {
-            return Err(bad(
-                param.name(),
-                format!("shape {shape:?} holds {elems} elements but the slice has {len}"),
-            ));
-        }
-        shapes.push(Some(&shape[..]));
-    }
-    shapes.extend(args.iter().skip(k.params.len()).map(|_| None));
-    let binding = bind_shapes(k, &shapes)?;
+    let views: Vec<Option<TensorView>> = args
+        .iter()
+        .map(|arg| {
+            let (view, len) = match arg {
+                HostArg::Tensor(data, view) => (view, data.len()),
+                HostArg::TensorMut(data, view) => (view, data.len()),
+                HostArg::F32(_) => return None,
+            };
+            Some(TensorView { dtype: "f16", shape: &view.shape, strides: &view.strides, buffer_len: len })
+        })
+        .collect();
+    let binding = bind_shapes(k, &views)?;
     if binding.work_items == 0 {
         return Ok(Stats::default());
     }
@@ -80,8 +88,7 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
         sim_args.push(match arg {
             HostArg::Tensor(data, _) => flashcore_sim::Arg::U64(machine.alloc(bytes_of(data))),
             HostArg::TensorMut(data, _) => {
-                // Poisoned with NaN: a row the kernel forgets to write shows up in the check.
-                let addr = machine.alloc(bytes_of(&vec![f16::NAN; data.len()]));
+                let addr = machine.alloc(bytes_of(data));
                 outputs.push((i, addr));
                 flashcore_sim::Arg::U64(addr)
             }
@@ -89,6 +96,7 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
         });
     }
     sim_args.extend(binding.dims.iter().map(|d| flashcore_sim::Arg::U32(*d)));
+    sim_args.extend(binding.strides.iter().map(|s| flashcore_sim::Arg::U32(*s)));
     let launch = flashcore_sim::Launch {
         grid,
         threads: kernel.ptx.threads_per_cta,
@@ -131,11 +139,13 @@ pub struct AttentionCheck {
 }
 
 /// Runs an attention kernel with the standard signature `(q, k, v, o, scale)` in the simulator
-/// on random inputs (from `seed`) of `shape`, scale 1/√D, and compares its output with the
-/// float64 reference (causal when the kernel's config is).
+/// on random inputs (from `seed`) of `shape` stored in `layout`, scale 1/√D, and compares its
+/// output with the float64 reference (causal when the kernel's config is). The output buffer
+/// is poisoned with NaN first, so a row the kernel forgets to write fails the check.
 pub fn check_attention(
     kernel: &CompiledKernel,
     shape: AttentionShape,
+    layout: crate::Layout,
     seed: u64,
     device: &SimDevice,
 ) -> Result<AttentionCheck, Error> {
@@ -145,22 +155,24 @@ pub fn check_attention(
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
-    let mut o = vec![f16::ZERO; b * h * s * d];
     let scale = 1.0 / (d as f32).sqrt();
     let (q_shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
+    let view = |shape| HostView::strided(shape, layout.strides(shape));
+    let mut o = vec![f16::NAN; b * h * s * d];
     let start = std::time::Instant::now();
     let stats = simulate(
         kernel,
         &mut [
-            HostArg::Tensor(&q, q_shape),
-            HostArg::Tensor(&k, kv_shape),
-            HostArg::Tensor(&v, kv_shape),
-            HostArg::TensorMut(&mut o, q_shape),
+            HostArg::Tensor(&layout.store(&q, q_shape), view(q_shape)),
+            HostArg::Tensor(&layout.store(&k, kv_shape), view(kv_shape)),
+            HostArg::Tensor(&layout.store(&v, kv_shape), view(kv_shape)),
+            HostArg::TensorMut(&mut o, view(q_shape)),
             HostArg::F32(scale),
         ],
         device,
     )?;
     let seconds = start.elapsed().as_secs_f64();
+    let o = layout.load(&o, q_shape);
     let f64s = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
     let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
     let causal = kernel.kernel.config.causal;

@@ -2,15 +2,28 @@
 //! no-driver case. Each bad input must be a typed error naming what is wrong, never a panic.
 
 use flashcore::kernels::attention;
-use flashcore::{bind_shapes, Config, Error};
+use flashcore::runtime::contiguous_strides;
+use flashcore::{bind_shapes, Config, Error, Layout, TensorView};
 
+/// Binds contiguous f16 tensors of `shapes` (q, k, v, o) and the scale.
 fn bind(shapes: [&[usize]; 4]) -> Result<flashcore::Binding, Error> {
-    bind_with(&attention::CONFIG, shapes)
+    let strides: Vec<Vec<usize>> = shapes.iter().map(|s| contiguous_strides(s)).collect();
+    let views: Vec<TensorView> = shapes
+        .iter()
+        .zip(&strides)
+        .map(|(shape, strides)| TensorView {
+            dtype: "f16",
+            shape,
+            strides,
+            buffer_len: shape.iter().product(),
+        })
+        .collect();
+    bind_views(&attention::CONFIG, views.try_into().ok().unwrap())
 }
 
-fn bind_with(config: &Config, shapes: [&[usize]; 4]) -> Result<flashcore::Binding, Error> {
+fn bind_views(config: &Config, views: [TensorView; 4]) -> Result<flashcore::Binding, Error> {
     let kernel = attention::ir(config).unwrap();
-    let mut all: Vec<Option<&[usize]>> = shapes.iter().map(|s| Some(*s)).collect();
+    let mut all: Vec<Option<TensorView>> = views.into_iter().map(Some).collect();
     all.push(None); // scale
     bind_shapes(&kernel, &all)
 }
@@ -68,10 +81,73 @@ fn lengths_that_are_not_tile_multiples_round_the_work_up() {
 }
 
 #[test]
-fn rows_past_32_bit_indexing_are_rejected() {
-    let huge: &[usize] = &[1 << 12, 1 << 12, 1 << 10, 64];
+fn strides_over_4_gib_are_rejected() {
+    let huge: &[usize] = &[2, 1 << 16, 1 << 12, 64];
     let err = bind([huge, huge, huge, huge]).unwrap_err().to_string();
-    assert!(err.contains("32-bit row index"), "{err}");
+    assert!(
+        err.contains("argument `q`") && err.contains("stride of axis B") && err.contains("over 4 GiB"),
+        "{err}"
+    );
+}
+
+/// BSHD tensors (PyTorch's `(B, S, H, D)`, seen as BHSD) bind, and their strides go to the kernel.
+#[test]
+fn bshd_strides_bind_and_are_passed_in_parameter_order() {
+    let shape = [2, 3, 100, 64];
+    let st = Layout::Bshd.strides(shape);
+    let v = TensorView { dtype: "f16", shape: &shape, strides: &st, buffer_len: 2 * 3 * 100 * 64 };
+    let b = bind_views(&attention::CONFIG, [v, v, v, v]).unwrap();
+    assert_eq!(st, [100 * 3 * 64, 64, 3 * 64, 1]);
+    assert_eq!(
+        b.strides,
+        [st[..3].to_vec(), st[..3].to_vec(), st[..3].to_vec(), st[..3].to_vec()]
+            .concat()
+            .iter()
+            .map(|x| *x as u32)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(b.dims, vec![2, 3, 100, 3, 100]);
+}
+
+/// Each layout rule is a typed error naming the argument and the rule.
+#[test]
+fn bad_strides_dtypes_and_buffers_are_errors_that_name_the_argument() {
+    let shape = [1, 2, 64, 64];
+    let good = contiguous_strides(&shape);
+    let n = 2 * 64 * 64;
+    let ok = TensorView { dtype: "f16", shape: &shape, strides: &good, buffer_len: n };
+    let padded_s = [2 * 64 * 72, 64 * 72, 72, 1];
+    let cases: [(TensorView, usize, &str); 6] = [
+        (TensorView { strides: &[8192, 4096, 64, 2], ..ok }, 0, "head dim must be contiguous"),
+        (
+            TensorView { strides: &[8192, 4096, 68, 1], buffer_len: 1 << 20, ..ok },
+            1,
+            "stride of axis S is 68 elements, not a multiple of 8",
+        ),
+        (TensorView { buffer_len: n - 1, ..ok }, 2, "reach element 8191 but the buffer holds 8191"),
+        (TensorView { dtype: "bf16", ..ok }, 1, "expected a f16 tensor, got bf16"),
+        (TensorView { strides: &[0, 0, 64, 1], ..ok }, 3, "share an address"),
+        // Padded rows are fine for inputs and outputs alike, as long as the buffer holds them.
+        (TensorView { strides: &padded_s, buffer_len: 2 * 64 * 72 - 8, ..ok }, 3, ""),
+    ];
+    let names = ["q", "k", "v", "o"];
+    for (view, at, want) in cases {
+        let mut views = [ok, ok, ok, ok];
+        views[at] = view;
+        let result = bind_views(&attention::CONFIG, views);
+        if want.is_empty() {
+            result.unwrap();
+            continue;
+        }
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("argument `{}`", names[at])) && err.contains(want),
+            "expected `{want}` in: {err}"
+        );
+    }
+    // Broadcast inputs (stride 0 over heads) are allowed: only outputs must not alias.
+    let bcast = TensorView { strides: &[0, 0, 64, 1], buffer_len: 64 * 64, ..ok };
+    bind_views(&attention::CONFIG, [ok, bcast, bcast, ok]).unwrap();
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod common;
 
 use flashcore::kernels::attention;
 use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
+use flashcore::Layout;
 
 /// Above this relative error a result is a bug (fp16 attention lands near 3e-4).
 const TOLERANCE: f64 = 2e-3;
@@ -17,13 +18,14 @@ fn run_case(
     config: &flashcore::Config,
     (b, h, s, sk): (usize, usize, usize, usize),
     hk: usize,
+    layout: Layout,
     seed: u64,
     max_slice: u32,
 ) -> (u64, f64) {
     let compiled = attention::compile(config).unwrap();
     let device = SimDevice { sm_count: 2, options: Options { seed, max_slice, ..Options::default() } };
-    let what = format!("{name} {b}x{h}x{s}x{} (SK {sk}, HKV {hk}) seed {seed}", config.head_dim);
-    let check = check_attention(&compiled, AttentionShape { b, h, hk, s, sk }, seed, &device)
+    let what = format!("{name} {b}x{h}x{s}x{} (SK {sk}, HKV {hk}, {layout}) seed {seed}", config.head_dim);
+    let check = check_attention(&compiled, AttentionShape { b, h, hk, s, sk }, layout, seed, &device)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     let err = check.err;
     assert!(
@@ -47,7 +49,7 @@ fn every_snapshot_config_runs_correctly_in_the_simulator() {
     let (mut lane_instructions, mut secs) = (0, 0.0);
     for (name, config) in common::snapshot_configs() {
         for (shape, seed, slice) in CASES {
-            let (n, t) = run_case(name, &config, shape, shape.1, seed, slice);
+            let (n, t) = run_case(name, &config, shape, shape.1, Layout::Bhsd, seed, slice);
             lane_instructions += n;
             secs += t;
         }
@@ -87,7 +89,7 @@ fn the_seed_layout_and_deeper_pipelines_run_correctly_in_the_simulator() {
         ),
     ];
     for (name, config) in configs {
-        run_case(name, &config, (1, 3, 200, 200), 3, 4, 32);
+        run_case(name, &config, (1, 3, 200, 200), 3, Layout::Bhsd, 4, 32);
     }
 }
 
@@ -113,10 +115,10 @@ fn cross_grouped_and_causal_attention_run_correctly_in_the_simulator() {
             for (shape, hk, seed) in
                 [((1, 4, 77, 200), 1, 5), ((2, 4, 192, 192), 2, 6), ((1, 1, 17, 17), 1, 7)]
             {
-                run_case(&name, &config, shape, hk, seed, 32);
+                run_case(&name, &config, shape, hk, Layout::Bhsd, seed, 32);
             }
             // More queries than keys: causal rows 0..110 see no key and give 0.
-            run_case(&name, &config, (1, 1, 150, 40), 1, 8, 32);
+            run_case(&name, &config, (1, 1, 150, 40), 1, Layout::Bhsd, 8, 32);
         }
     }
 }
@@ -137,7 +139,37 @@ fn head_dims_32_and_96_run_correctly_in_the_simulator() {
             ),
         ];
         for (name, config) in configs {
-            run_case(&format!("d{head_dim}_{name}"), &config, (1, 2, 150, 150), 2, 9, 16);
+            run_case(&format!("d{head_dim}_{name}"), &config, (1, 2, 150, 150), 2, Layout::Bhsd, 9, 16);
         }
+    }
+}
+
+/// BSHD tensors (heads interleaved within each sequence position, as PyTorch's `(B, S, H, D)`
+/// tensors are): the same kernels read and write through the strides they are launched with.
+#[test]
+fn bshd_layout_runs_correctly_in_the_simulator() {
+    let base = attention::CONFIG;
+    let configs = [
+        ("d64", base),
+        (
+            "d128_s3_load1_persistent",
+            flashcore::Config { head_dim: 128, stages: 3, load_warps: 1, persistent: true, ..base },
+        ),
+        (
+            "d96_n32_load1_softmax4_causal",
+            flashcore::Config {
+                head_dim: 96,
+                tile_n: 32,
+                load_warps: 1,
+                softmax_warps: 4,
+                causal: true,
+                ..base
+            },
+        ),
+    ];
+    for (name, config) in configs {
+        // Grouped heads with a tail, and cross-attention over two batches.
+        run_case(name, &config, (1, 4, 100, 100), 2, Layout::Bshd, 10, 32);
+        run_case(name, &config, (2, 2, 64, 150), 2, Layout::Bshd, 11, 32);
     }
 }

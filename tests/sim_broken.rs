@@ -19,7 +19,7 @@ fn run_edited(config: Config, edit: impl Fn(&str) -> String, seeds: &[u64]) -> V
         .iter()
         .map(|&seed| {
             let device = SimDevice { sm_count: 2, options: Options { seed, ..Options::default() } };
-            match check_attention(&compiled, shape, seed, &device) {
+            match check_attention(&compiled, shape, flashcore::Layout::Bhsd, seed, &device) {
                 Err(Error::Sim(e)) => {
                     eprintln!("seed {seed}: {e}");
                     e.to_string()

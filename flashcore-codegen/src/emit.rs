@@ -52,6 +52,22 @@ struct SmemTile {
     transposed: bool,
 }
 
+/// A tensor parameter in global memory: its base pointer and the byte strides of its outer
+/// axes (registers).
+#[derive(Clone, Debug)]
+struct GlobalTensor {
+    ptr: String,
+    /// One per outer axis (`B, H, S`); the head dim is contiguous.
+    strides: Vec<String>,
+}
+
+/// The first row of a tile in global memory and the byte step between its rows.
+#[derive(Clone, Debug)]
+struct GlobalTile {
+    addr: String,
+    row_stride: String,
+}
+
 pub struct Emitter<'k> {
     kernel: &'k Kernel,
     cfg: Config,
@@ -59,7 +75,8 @@ pub struct Emitter<'k> {
     w: PtxWriter,
     regs: HashMap<Value, RegFamily>,
     tiles: HashMap<Value, SmemTile>,
-    tensor_ptrs: Vec<Option<String>>,
+    /// Per parameter: the tensor's global base and strides (`None` for scalars).
+    tensors: Vec<Option<GlobalTensor>>,
     dim_regs: Vec<String>,
     t: Option<ThreadRegs>,
     /// The threads that copy ring tiles in the code being emitted (all of them, or the
@@ -111,7 +128,7 @@ impl<'k> Emitter<'k> {
             w: PtxWriter::default(),
             regs: HashMap::new(),
             tiles: HashMap::new(),
-            tensor_ptrs: vec![],
+            tensors: vec![],
             dim_regs: vec![],
             t: None,
             pipeline_count: None,
@@ -189,11 +206,11 @@ impl<'k> Emitter<'k> {
                     let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&t.name)));
                     self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
                     self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
-                    self.tensor_ptrs.push(Some(ptr));
+                    self.tensors.push(Some(GlobalTensor { ptr, strides: Default::default() }));
                 }
                 Param::Scalar { name } => {
                     decls.push(format!("\t.param .f32 {}_param_{name}", k.name));
-                    self.tensor_ptrs.push(None);
+                    self.tensors.push(None);
                 }
             }
         }
@@ -203,6 +220,22 @@ impl<'k> Emitter<'k> {
             let reg = self.w.named(RegClass::B32, &format!("%dim_{}", sanitize(d)));
             self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
             self.dim_regs.push(reg);
+        }
+        // Strides of every tensor's outer axes, in elements (the innermost axis is contiguous),
+        // kept in bytes.
+        for (i, p) in k.params.iter().enumerate() {
+            let Param::Tensor(t) = p else { continue };
+            for dim in &t.dims {
+                let name = format!("{}_{}", sanitize(&t.name), sanitize(&k.dims[dim.0 as usize]));
+                let pname = format!("{}_stride_{name}", k.name);
+                decls.push(format!("\t.param .u32 {pname}"));
+                let reg = self.w.named(RegClass::B32, &format!("%stride_{name}"));
+                self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
+                self.w.ins(format!("shl.b32 {reg}, {reg}, 1"));
+                if let Some(g) = self.tensors[i].as_mut() {
+                    g.strides.push(reg);
+                }
+            }
         }
 
         let thread = self.w.named(RegClass::B32, "%thread");
@@ -571,10 +604,16 @@ impl<'k> Emitter<'k> {
     // ---------------------------------------------------------------------------------------
     // Memory
 
-    /// Global address (u64) of the first row of the tile that `access` selects; `seq` replaces
-    /// its sequence-tile coordinate when given (copies for later iterations).
-    fn tile_address(&mut self, access: &TileAccess, rows: u32, seq: Option<&str>) -> String {
-        let tensor = self.kernel.tensor(access.param).expect("tile access of a tensor").clone();
+    /// Global address (u64) of the first row of the tile that `access` selects, and the byte
+    /// step from one of its rows to the next; `seq` replaces its sequence-tile coordinate when
+    /// given (copies for later iterations). Offsets are 64-bit: `b·stride_b + h·stride_h +
+    /// row·stride_s`, each stride in bytes.
+    fn tile_address(
+        &mut self,
+        access: &TileAccess,
+        rows: u32,
+        seq: Option<&str>,
+    ) -> Result<GlobalTile, CodegenError> {
         let mut c: Vec<String> = access.coords.iter().map(|v| self.regs_of(*v).at(0)).collect();
         if let Some(seq) = seq {
             c[2] = seq.to_string();
@@ -587,18 +626,24 @@ impl<'k> Emitter<'k> {
                 };
             }
         }
-        let d1 = self.dim_regs[tensor.dims[1].0 as usize].clone();
-        let d2 = self.dim_regs[tensor.dims[2].0 as usize].clone();
-        let row = self.w.temp(RegClass::B32);
-        self.w.ins(format!("mad.lo.u32 {row}, {}, {d1}, {}", c[0], c[1]));
-        self.w.ins(format!("mul.lo.u32 {row}, {row}, {d2}"));
-        self.w.ins(format!("mad.lo.u32 {row}, {}, {rows}, {row}", c[2]));
-        let off = self.w.temp(RegClass::B64);
-        self.w.ins(format!("mul.wide.u32 {off}, {row}, {}", row_bytes(&self.cfg)));
+        let tensor = self.tensors[access.param].clone();
+        let Some([stride_b, stride_h, stride_s]) = tensor.as_ref().map(|t| &t.strides[..]) else {
+            return Err(CodegenError::Internal(
+                "a tile of something other than a [B, H, S, D] tensor".into(),
+            ));
+        };
+        let first_row = self.w.temp(RegClass::B32);
+        self.w.ins(format!("mul.lo.u32 {first_row}, {}, {rows}", c[2]));
+        let (off, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+        self.w.ins(format!("mul.wide.u32 {off}, {}, {stride_b}", c[0]));
+        self.w.ins(format!("mul.wide.u32 {part}, {}, {stride_h}", c[1]));
+        self.w.ins(format!("add.u64 {off}, {off}, {part}"));
+        self.w.ins(format!("mul.wide.u32 {part}, {first_row}, {stride_s}"));
+        self.w.ins(format!("add.u64 {off}, {off}, {part}"));
         let addr = self.w.temp(RegClass::B64);
-        let ptr = self.tensor_ptrs[access.param].clone().expect("tensor pointer");
+        let ptr = tensor.as_ref().map_or("", |t| &t.ptr);
         self.w.ins(format!("add.u64 {addr}, {ptr}, {off}"));
-        addr
+        Ok(GlobalTile { addr, row_stride: stride_s.clone() })
     }
 
     fn tile_rows(&self, access: &TileAccess) -> u32 {
@@ -613,7 +658,7 @@ impl<'k> Emitter<'k> {
     /// cp.async, the chunk index swizzled by row % 8.
     fn copy_tile_async(
         &mut self,
-        global: &str,
+        global: &GlobalTile,
         smem_offset: &str,
         first_row: Option<&str>,
         rows: u32,
@@ -685,12 +730,12 @@ impl<'k> Emitter<'k> {
         valid
     }
 
-    /// Addresses of 16-byte chunk `chunk` of tile row `row`: in global memory from the tile at
-    /// `global` (u64: row · row_bytes + chunk · 16), and in the shared buffer at `smem_base`
+    /// Addresses of 16-byte chunk `chunk` of tile row `row`: in global memory from the tile
+    /// `global` (u64: row · row_stride + chunk · 16), and in the shared buffer at `smem_base`
     /// (u32, swizzled: row · row_bytes + (chunk ^ row % P) · 16).
     fn chunk_addresses(
         &mut self,
-        global: &str,
+        global: &GlobalTile,
         smem_base: &str,
         global_row: &str,
         row: &str,
@@ -698,12 +743,13 @@ impl<'k> Emitter<'k> {
     ) -> (String, String) {
         let rb = row_bytes(&self.cfg);
         let smem = self.th().smem.clone();
-        let goff = self.w.temp(RegClass::B32);
-        self.w.ins(format!("shl.b32 {goff}, {chunk}, 4"));
-        self.w.ins(format!("mad.lo.u32 {goff}, {global_row}, {rb}, {goff}"));
-        let gaddr = self.w.temp(RegClass::B64);
-        self.w.ins(format!("cvt.u64.u32 {gaddr}, {goff}"));
-        self.w.ins(format!("add.u64 {gaddr}, {global}, {gaddr}"));
+        let chunk_bytes = self.w.temp(RegClass::B32);
+        self.w.ins(format!("shl.b32 {chunk_bytes}, {chunk}, 4"));
+        let (gaddr, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+        self.w.ins(format!("mul.wide.u32 {gaddr}, {global_row}, {}", global.row_stride));
+        self.w.ins(format!("cvt.u64.u32 {part}, {chunk_bytes}"));
+        self.w.ins(format!("add.u64 {gaddr}, {gaddr}, {part}"));
+        self.w.ins(format!("add.u64 {gaddr}, {}, {gaddr}", global.addr));
         let swz = self.w.temp(RegClass::B32);
         self.w.ins(format!("and.b32 {swz}, {row}, {}", swizzle_period(&self.cfg) - 1));
         self.w.ins(format!("xor.b32 {swz}, {swz}, {chunk}"));
@@ -758,7 +804,7 @@ impl<'k> Emitter<'k> {
     fn load_to_registers(&mut self, dst: Value, src: &TileAccess) -> Result<(), CodegenError> {
         let region = self.row_tile_offset()?.to_string();
         let rows = self.tile_rows(src);
-        let global = self.tile_address(src, rows, None);
+        let global = self.tile_address(src, rows, None)?;
         let (warp_row0, lane) = (self.th().warp_row0.clone(), self.th().lane.clone());
         let lanes = Team { index: lane, threads: 32 };
         let valid = self.valid_rows(src, None);
@@ -975,7 +1021,7 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("setp.ge.u32 {past_end}, {seq}, {count}"));
         self.w.ins(format!("@{past_end} bra.uni {skip}"));
         let rows = self.tile_rows(src);
-        let global = self.tile_address(src, rows, Some(&seq));
+        let global = self.tile_address(src, rows, Some(&seq))?;
         let offset = self.slot_offset(buffer, slot, ahead);
         let team = self.team.clone();
         let valid = self.valid_rows(src, Some(&seq));
@@ -1296,7 +1342,7 @@ impl<'k> Emitter<'k> {
         }
         self.w.ins("bar.warp.sync 0xffffffff");
         let rows = self.tile_rows(dst);
-        let global = self.tile_address(dst, rows, None);
+        let global = self.tile_address(dst, rows, None)?;
         let valid = self.valid_rows(dst, None);
         let rows_per_warp = self.cfg.rows_per_warp();
         let chunks_per_lane = (rows_per_warp * cpr).div_ceil(32);

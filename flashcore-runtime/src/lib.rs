@@ -1,6 +1,7 @@
 //! FlashCore's runtime: opens a CUDA device through the driver API (`cudarc`, loaded at run time
 //! so it builds and runs on machines without CUDA), JIT-loads generated PTX once per kernel
-//! configuration, sets its dynamic shared memory, and launches it on typed `f16` buffers.
+//! configuration, sets its dynamic shared memory, and launches it on typed, strided buffers
+//! (`f16`, `bf16`, `f32`).
 //! Every driver failure is a [`RuntimeError`] value, never a panic.
 
 use std::collections::HashMap;
@@ -9,9 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, PushKernelArg,
+    ValidAsZeroBits,
+};
 
-pub use half::f16;
+pub use half::{bf16, f16};
 
 /// How long `synchronize` and synchronous launches wait before reporting a hang (the default
 /// of [`Device::launch_timeout`]).
@@ -33,6 +37,10 @@ pub enum RuntimeError {
     Timeout { seconds: f64, context: String },
     #[error("buffer of {got} elements does not match shape {shape:?} ({expected} elements)")]
     Length { shape: Vec<usize>, expected: usize, got: usize },
+    #[error("shape {shape:?} with strides {strides:?}: {why}")]
+    Strides { shape: Vec<usize>, strides: Vec<usize>, why: String },
+    #[error("argument {index}: device pointer {ptr:#x} is not 16-byte aligned (the kernels copy 16 bytes at a time)")]
+    Misaligned { index: usize, ptr: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
@@ -80,16 +88,37 @@ pub struct KernelImage<'a> {
 
 /// One kernel argument, in the entry's parameter order.
 pub enum LaunchArg<'a> {
-    Buffer(&'a DeviceTensor<f16>),
-    BufferMut(&'a mut DeviceTensor<f16>),
+    Buffer(&'a dyn TensorArg),
+    BufferMut(&'a mut dyn TensorArg),
     F32(f32),
     U32(u32),
 }
 
-/// A device buffer with a logical shape (row-major, contiguous).
+/// Element types a device tensor holds.
+pub trait Element: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + 'static {
+    /// The type's name in the DSL and in error messages.
+    const NAME: &'static str;
+}
+
+impl Element for f16 {
+    const NAME: &'static str = "f16";
+}
+
+impl Element for bf16 {
+    const NAME: &'static str = "bf16";
+}
+
+impl Element for f32 {
+    const NAME: &'static str = "f32";
+}
+
+/// A device buffer with a logical shape and strides (in elements). Tensors from
+/// [`Device::upload`] are contiguous and row-major; [`Device::upload_strided`] takes any
+/// strides that stay inside the buffer (a BSHD buffer viewed as `[B, H, S, D]`, for example).
 pub struct DeviceTensor<T> {
     data: CudaSlice<T>,
     shape: Vec<usize>,
+    strides: Vec<usize>,
 }
 
 impl<T> DeviceTensor<T> {
@@ -97,6 +126,12 @@ impl<T> DeviceTensor<T> {
         &self.shape
     }
 
+    /// Elements between neighbours along each axis.
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    /// Elements in the logical shape.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
@@ -104,6 +139,66 @@ impl<T> DeviceTensor<T> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A device tensor of any element type, as the launcher sees it.
+pub trait TensorArg {
+    fn dtype(&self) -> &'static str;
+    fn shape(&self) -> &[usize];
+    fn strides(&self) -> &[usize];
+    /// Elements the underlying buffer holds (at least what the strides reach).
+    fn buffer_len(&self) -> usize;
+    fn device_ptr(&self, stream: &Arc<CudaStream>) -> u64;
+}
+
+impl<T: Element> TensorArg for DeviceTensor<T> {
+    fn dtype(&self) -> &'static str {
+        T::NAME
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    fn buffer_len(&self) -> usize {
+        self.data.len()
+    }
+    fn device_ptr(&self, stream: &Arc<CudaStream>) -> u64 {
+        self.data.device_ptr(stream).0
+    }
+}
+
+/// Row-major strides of `shape`, in elements.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+/// Checks that `strides` fit `shape` and stay inside a buffer of `len` elements.
+pub fn check_strides(shape: &[usize], strides: &[usize], len: usize) -> Result<()> {
+    let bad =
+        |why: String| Err(RuntimeError::Strides { shape: shape.to_vec(), strides: strides.to_vec(), why });
+    if strides.len() != shape.len() {
+        return bad(format!("{} strides for {} axes", strides.len(), shape.len()));
+    }
+    if shape.contains(&0) {
+        return Ok(());
+    }
+    let mut last = 0usize;
+    for (n, s) in shape.iter().zip(strides) {
+        match (n - 1).checked_mul(*s).and_then(|x| x.checked_add(last)) {
+            Some(x) => last = x,
+            None => return bad("the strides overflow".into()),
+        }
+    }
+    if last >= len {
+        return bad(format!("they reach element {last} but the buffer holds {len}"));
+    }
+    Ok(())
 }
 
 struct LoadedKernel {
@@ -183,25 +278,48 @@ impl Device {
         *self.launch_timeout.lock().unwrap_or_else(|p| p.into_inner()) = timeout;
     }
 
-    /// Copies `data` to a new device tensor of `shape`.
-    pub fn upload(&self, data: &[f16], shape: &[usize]) -> Result<DeviceTensor<f16>> {
+    /// Copies `data` to a new contiguous device tensor of `shape`.
+    pub fn upload<T: Element>(&self, data: &[T], shape: &[usize]) -> Result<DeviceTensor<T>> {
         let expected: usize = shape.iter().product();
         if expected != data.len() {
             return Err(RuntimeError::Length { shape: shape.to_vec(), expected, got: data.len() });
         }
-        let buf = driver("cuMemcpyHtoD", || self.stream.clone_htod(data))?;
-        Ok(DeviceTensor { data: buf, shape: shape.to_vec() })
+        self.upload_strided(data, shape, &contiguous_strides(shape))
     }
 
-    /// A new device tensor of `shape` with every element set to `value` (use NaN to poison
-    /// outputs, so an element the kernel never writes cannot pass a check).
-    pub fn filled(&self, shape: &[usize], value: f16) -> Result<DeviceTensor<f16>> {
+    /// Copies the buffer `data` to the device and views it as `shape` with `strides` (in
+    /// elements), which must stay inside it.
+    pub fn upload_strided<T: Element>(
+        &self,
+        data: &[T],
+        shape: &[usize],
+        strides: &[usize],
+    ) -> Result<DeviceTensor<T>> {
+        check_strides(shape, strides, data.len())?;
+        // A zero-length allocation is not a valid device pointer: keep one element.
+        let buf = if data.is_empty() {
+            driver("cuMemAlloc", || self.stream.alloc_zeros::<T>(1))?
+        } else {
+            driver("cuMemcpyHtoD", || self.stream.clone_htod(data))?
+        };
+        Ok(DeviceTensor { data: buf, shape: shape.to_vec(), strides: strides.to_vec() })
+    }
+
+    /// A new contiguous device tensor of `shape` with every element set to `value` (use NaN to
+    /// poison outputs, so an element the kernel never writes cannot pass a check).
+    pub fn filled<T: Element>(&self, shape: &[usize], value: T) -> Result<DeviceTensor<T>> {
         let n: usize = shape.iter().product();
         self.upload(&vec![value; n], shape)
     }
 
-    pub fn download(&self, tensor: &DeviceTensor<f16>) -> Result<Vec<f16>> {
-        driver("cuMemcpyDtoH", || self.stream.clone_dtoh(&tensor.data))
+    /// The tensor's whole buffer, in storage order (for a strided tensor, what the strides
+    /// index into).
+    pub fn download<T: Element>(&self, tensor: &DeviceTensor<T>) -> Result<Vec<T>> {
+        let mut all = driver("cuMemcpyDtoH", || self.stream.clone_dtoh(&tensor.data))?;
+        if tensor.shape.contains(&0) {
+            all.clear();
+        }
+        Ok(all)
     }
 
     fn load(&self, image: &KernelImage) -> Result<Arc<LoadedKernel>> {
@@ -264,15 +382,20 @@ impl Device {
             F32(f32),
             U32(u32),
         }
-        let values: Vec<Value> = args
-            .iter()
-            .map(|a| match a {
-                LaunchArg::Buffer(t) => Value::Pointer(t.data.device_ptr(&self.stream).0),
-                LaunchArg::BufferMut(t) => Value::Pointer(t.data.device_ptr(&self.stream).0),
+        let mut values: Vec<Value> = Vec::with_capacity(args.len());
+        for (index, a) in args.iter().enumerate() {
+            values.push(match a {
+                LaunchArg::Buffer(t) => Value::Pointer(t.device_ptr(&self.stream)),
+                LaunchArg::BufferMut(t) => Value::Pointer(t.device_ptr(&self.stream)),
                 LaunchArg::F32(x) => Value::F32(*x),
                 LaunchArg::U32(x) => Value::U32(*x),
-            })
-            .collect();
+            });
+            if let Some(Value::Pointer(ptr)) = values.last() {
+                if ptr % 16 != 0 {
+                    return Err(RuntimeError::Misaligned { index, ptr: *ptr });
+                }
+            }
+        }
         let mut builder = self.stream.launch_builder(&kernel.function);
         for v in &values {
             match v {
