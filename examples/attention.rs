@@ -4,7 +4,7 @@
 //! simulator at a small shape and checks it against float64 (exit 0 when correct).
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
-//!  [--layout bhsd|bshd] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
+//!  [--layout bhsd|bshd] [--dtype f16|bf16] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
 //!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--ptx]`
 
 use std::path::PathBuf;
@@ -13,10 +13,7 @@ use std::process::ExitCode;
 use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
-use flashcore::{f16, Config, Layout};
-
-/// Above this relative error a result is a bug (fp16 attention lands near 3e-4).
-const TOLERANCE: f64 = 2e-3;
+use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat, Layout};
 
 struct Options {
     b: usize,
@@ -38,6 +35,8 @@ struct Options {
     causal: bool,
     /// How q, k, v and o are laid out in memory (and in the `.npy` files).
     layout: Layout,
+    /// The element type of q, k, v and o (the kernel's `T`).
+    dtype: DType,
     show_ptx: bool,
     tile_m: Option<u32>,
     stages: Option<u32>,
@@ -69,6 +68,7 @@ fn parse_args() -> Result<Options, String> {
         hkv: None,
         causal: false,
         layout: Layout::Bhsd,
+        dtype: DType::F16,
         show_ptx: false,
         tile_m: None,
         stages: None,
@@ -99,6 +99,11 @@ fn parse_args() -> Result<Options, String> {
             "--hkv" => o.hkv = Some(number(value()?)?),
             "--causal" => o.causal = true,
             "--layout" => o.layout = value()?.parse()?,
+            "--dtype" => {
+                let name = value()?;
+                o.dtype = DType::from_name(&name)
+                    .ok_or_else(|| format!("--dtype: `{name}` is not a supported dtype (f16, bf16)"))?
+            }
             "--tile-m" => o.tile_m = Some(number(value()?)? as u32),
             "--tile-n" => o.tile_n = Some(number(value()?)? as u32),
             "--warps" => o.warps = Some(number(value()?)? as u32),
@@ -138,19 +143,29 @@ fn config_for(o: &Options, d: usize) -> Config {
         softmax_warps: o.softmax_warps.unwrap_or(base.softmax_warps),
         persistent: o.persistent || base.persistent,
         causal: o.causal || base.causal,
+        dtype: o.dtype,
         ..base
     }
 }
 
-/// One problem's inputs on the host, rounded to f16 (the reference sees exactly what the GPU sees).
-/// `shape` is Q's (and O's) `[B, H, S, D]`; K and V are `[B, hk, sk, D]`.
+/// One problem's inputs on the host in logical BHSD order, each value rounded to the dtype (the
+/// reference sees exactly what the GPU sees). `shape` is Q's (and O's) `[B, H, S, D]`; K and V
+/// are `[B, hk, sk, D]`.
 struct Inputs {
     shape: [usize; 4],
     hk: usize,
     sk: usize,
-    q: Vec<f16>,
-    k: Vec<f16>,
-    v: Vec<f16>,
+    q: Vec<f64>,
+    k: Vec<f64>,
+    v: Vec<f64>,
+}
+
+/// `x` rounded to the nearest value of `dtype`.
+fn round_to(dtype: DType, x: f64) -> f64 {
+    match dtype {
+        DType::F16 => f16::from_f64(x).to_f64(),
+        DType::Bf16 => bf16::from_f64(x).to_f64(),
+    }
 }
 
 impl Inputs {
@@ -159,9 +174,9 @@ impl Inputs {
     }
 }
 
-fn random_inputs(shape: [usize; 4], hk: usize, sk: usize, rng: &mut Rng) -> Inputs {
+fn random_inputs(shape: [usize; 4], hk: usize, sk: usize, dtype: DType, rng: &mut Rng) -> Inputs {
     let [b, _, _, d] = shape;
-    let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
+    let mut gen = |n: usize| (0..n).map(|_| round_to(dtype, rng.normal())).collect::<Vec<_>>();
     let (q, k, v) = (gen(shape.iter().product()), gen(b * hk * sk * d), gen(b * hk * sk * d));
     Inputs { shape, hk, sk, q, k, v }
 }
@@ -189,7 +204,7 @@ fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
             Layout::Bhsd => [b, x, y, d],
             Layout::Bshd => [b, y, x, d],
         };
-        let data: Vec<f16> = a.data.iter().map(|x| f16::from_f32(*x)).collect();
+        let data: Vec<f64> = a.data.iter().map(|x| round_to(o.dtype, *x as f64)).collect();
         (shape, o.layout.load(&data, shape))
     };
     let ((shape, q), (kv_shape, k), (_, v)) = (logical(&q), logical(&k), logical(&v));
@@ -224,6 +239,18 @@ fn rows_to_check(shape: [usize; 4], sk: usize, rng: &mut Rng) -> Vec<usize> {
 }
 
 fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Result<Outcome, String> {
+    match o.dtype {
+        DType::F16 => run_typed::<f16>(device, inputs, o, rng),
+        DType::Bf16 => run_typed::<bf16>(device, inputs, o, rng),
+    }
+}
+
+fn run_typed<T: HalfFloat>(
+    device: &Device,
+    inputs: &Inputs,
+    o: &Options,
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
     let [b, h, s, d] = inputs.shape;
     let cfg = config_for(o, d);
     let e = |x: flashcore::Error| x.to_string();
@@ -231,38 +258,49 @@ fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Resu
     let (shape, kv_shape) = (inputs.shape, inputs.kv_shape());
     // Tensors live on the device in the chosen layout; the kernel gets their strides.
     let layout = o.layout;
-    let upload = |data: &[f16], shape: [usize; 4]| {
-        device.upload_strided(&layout.store(data, shape), &shape, &layout.strides(shape)).map_err(r)
+    let upload = |data: &[f64], shape: [usize; 4]| {
+        let typed: Vec<T> = data.iter().map(|x| T::from_f64(*x)).collect();
+        device.upload_strided(&layout.store(&typed, shape), &shape, &layout.strides(shape)).map_err(r)
     };
     let (q, k, v) = (upload(&inputs.q, shape)?, upload(&inputs.k, kv_shape)?, upload(&inputs.v, kv_shape)?);
     // Poison the output so that an element the kernel never writes fails the check.
-    let mut out = upload(&vec![f16::NAN; shape.iter().product()], shape)?;
+    let mut out = upload(&vec![f64::NAN; shape.iter().product()], shape)?;
     let scale = 1.0 / (d as f32).sqrt();
     attention::launch(device, &cfg, &q, &k, &v, &mut out, scale).map_err(e)?;
     device.synchronize().map_err(r)?;
     let stored = device.download(&out).map_err(r)?;
     if let Some(path) = &o.out {
-        flashcore::npy::write_f16(path, &stored, &layout.storage_shape(shape)).map_err(|x| x.to_string())?;
+        // numpy has no bf16: bf16 results are written as (exact) f32.
+        let storage_shape = layout.storage_shape(shape);
+        let written = match T::DTYPE {
+            DType::F16 => {
+                let halves: Vec<f16> = stored.iter().map(|x| f16::from_f64(x.to_f64())).collect();
+                flashcore::npy::write_f16(path, &halves, &storage_shape)
+            }
+            DType::Bf16 => {
+                let floats: Vec<f32> = stored.iter().map(|x| x.to_f64() as f32).collect();
+                flashcore::npy::write_f32(path, &floats, &storage_shape)
+            }
+        };
+        written.map_err(|x| x.to_string())?;
     }
-    let got = layout.load(&stored, shape);
+    let got: Vec<f64> = layout.load(&stored, shape).iter().map(|x| x.to_f64()).collect();
 
-    let widen = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
-    let (qd, kd, vd) = (widen(&inputs.q), widen(&inputs.k), widen(&inputs.v));
+    let (qd, kd, vd) = (&inputs.q, &inputs.k, &inputs.v);
     let (hk, sk) = (inputs.hk, inputs.sk);
     let problem =
-        Problem { q: &qd, k: &kd, v: &vd, b, h, hk, s, sk, d, scale: scale as f64, causal: cfg.causal };
+        Problem { q: qd, k: kd, v: vd, b, h, hk, s, sk, d, scale: scale as f64, causal: cfg.causal };
     let rows = rows_to_check(shape, sk, rng);
     let want = reference::attention_rows(&problem, &rows);
-    let got_rows: Vec<f64> =
-        rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().map(|x| x.to_f64())).collect();
+    let got_rows: Vec<f64> = rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().copied()).collect();
     let err = reference::compare(&got_rows, &want);
 
     // Timing inputs: several sets, rotated, as well as the flush below.
     let set_bytes = (shape.iter().product::<usize>() + 2 * kv_shape.iter().product::<usize>()) * 2;
     let sets = (64usize << 20).div_ceil(set_bytes).clamp(1, 8);
-    let mut rotating: Vec<(DeviceTensor<f16>, DeviceTensor<f16>, DeviceTensor<f16>)> = vec![];
+    let mut rotating: Vec<(DeviceTensor<T>, DeviceTensor<T>, DeviceTensor<T>)> = vec![];
     for _ in 0..sets.saturating_sub(1) {
-        let fresh = random_inputs(shape, hk, sk, rng);
+        let fresh = random_inputs(shape, hk, sk, T::DTYPE, rng);
         rotating.push((upload(&fresh.q, shape)?, upload(&fresh.k, kv_shape)?, upload(&fresh.v, kv_shape)?));
     }
     rotating.push((q, k, v));
@@ -368,10 +406,11 @@ fn run_in_simulator(kernel: &flashcore::CompiledKernel, layout: Layout, seed: u6
         check.stats.lane_instructions as f64 / check.seconds / 1e6,
         check.err.rel_l2
     );
-    if check.err.rel_l2 < TOLERANCE {
+    let bound = tolerance(kernel.kernel.config.dtype);
+    if check.err.rel_l2 < bound && check.err.non_finite == 0 {
         Ok(format!("{line}  ok"))
     } else {
-        Err(format!("{line}: above the {TOLERANCE:e} bound"))
+        Err(format!("{line}: above the {bound:e} bound"))
     }
 }
 
@@ -404,14 +443,20 @@ fn main() -> ExitCode {
             for d in [64, 128] {
                 for (b, h) in [(1, 8), (4, 16)] {
                     for s in [128, 512, 1024, 4096] {
-                        v.push(random_inputs([b, h, s, d], h, s, &mut rng));
+                        v.push(random_inputs([b, h, s, d], h, s, o.dtype, &mut rng));
                     }
                 }
             }
             v
         }
         Ok(None) => {
-            vec![random_inputs([o.b, o.h, o.s, o.d], o.hkv.unwrap_or(o.h), o.sk.unwrap_or(o.s), &mut rng)]
+            vec![random_inputs(
+                [o.b, o.h, o.s, o.d],
+                o.hkv.unwrap_or(o.h),
+                o.sk.unwrap_or(o.s),
+                o.dtype,
+                &mut rng,
+            )]
         }
     };
     let cfg = config_for(&o, o.d);
@@ -428,6 +473,9 @@ fn main() -> ExitCode {
         }
         Err(e) => println!("config: {cfg}; error: {e}"),
     }
+    if o.dtype != DType::F16 {
+        println!("dtype: {} (q, k, v and o; f32 accumulation)", o.dtype.name());
+    }
     if o.layout != Layout::Bhsd {
         println!("layout: {} (q, k, v and o stored as [B, S, H, D], passed as strides)", o.layout);
     }
@@ -442,12 +490,13 @@ fn main() -> ExitCode {
         "{:>4} {:>4} {:>6} {:>4}  {:>10} {:>10} {:>13}  {:>10} {:>9}",
         "B", "H", "S", "D", "rel_err", "max_abs", "rows checked", "median_us", "TFLOP/s"
     );
+    let bound = tolerance(o.dtype);
     let mut failed = false;
     for inputs in &problems {
         let [b, h, s, d] = inputs.shape;
         match run_one(&device, inputs, &o, &mut rng) {
             Ok(r) => {
-                let ok = r.err.rel_l2 < TOLERANCE && r.err.non_finite == 0;
+                let ok = r.err.rel_l2 < bound && r.err.non_finite == 0;
                 failed |= !ok;
                 println!(
                     "{b:>4} {h:>4} {s:>6} {d:>4}  {:>10.3e} {:>10.3e} {:>6}/{:<6}  {:>10.2} {:>9.1}  {}",
@@ -467,7 +516,7 @@ fn main() -> ExitCode {
         }
     }
     if failed {
-        eprintln!("FAILED: some results are above the {TOLERANCE:e} relative-error bound or errored");
+        eprintln!("FAILED: some results are above the {bound:e} relative-error bound or errored");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -1,7 +1,11 @@
 """Checks the example's .npy path from the numpy side: writes q/k/v with numpy, runs the
 example on them, reads its output back with numpy and compares with a float64 numpy reference.
 
-usage: python3 scripts/npy_check.py path/to/attention-binary [B H S D]
+usage: python3 scripts/npy_check.py path/to/attention-binary [B H S D [bhsd|bshd [f16|bf16]]]
+
+With bshd the files hold (B, S, H, D) arrays (PyTorch's layout) and so does the output. With
+bf16 the inputs are float32 arrays that the example rounds to bf16 (numpy has no bf16); the
+reference uses the same rounded values, and the output comes back as float32.
 """
 import subprocess
 import sys
@@ -10,29 +14,48 @@ import tempfile
 import numpy as np
 
 
+def round_to_bf16(x):
+    """float32 -> the nearest bf16 (round to nearest even), kept as float32."""
+    bits = x.astype(np.float32).view(np.uint32)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
+
+
 def main():
     binary = sys.argv[1]
     b, h, s, d = (int(x) for x in sys.argv[2:6]) if len(sys.argv) >= 6 else (2, 4, 256, 64)
+    layout = sys.argv[6] if len(sys.argv) >= 7 else "bhsd"
+    dtype = sys.argv[7] if len(sys.argv) >= 8 else "f16"
+    stored_shape = (b, h, s, d) if layout == "bhsd" else (b, s, h, d)
     rng = np.random.default_rng()
     with tempfile.TemporaryDirectory() as tmp:
         arrays = {}
         for name in "qkv":
-            arrays[name] = rng.standard_normal((b, h, s, d)).astype(np.float16)
+            x = rng.standard_normal(stored_shape)
+            arrays[name] = x.astype(np.float16) if dtype == "f16" else round_to_bf16(x)
             np.save(f"{tmp}/{name}.npy", arrays[name])
         cmd = [binary, "--q", f"{tmp}/q.npy", "--k", f"{tmp}/k.npy", "--v", f"{tmp}/v.npy",
-               "--out", f"{tmp}/o.npy", "--iters", "3", "--warmup", "1"]
+               "--out", f"{tmp}/o.npy", "--layout", layout, "--dtype", dtype,
+               "--iters", "3", "--warmup", "1"]
         subprocess.run(cmd, check=True)
         out = np.load(f"{tmp}/o.npy")
-    q, k, v = (arrays[n].astype(np.float64) for n in "qkv")
+    # To logical (B, H, S, D) for the reference.
+    logical = (lambda a: a) if layout == "bhsd" else (lambda a: np.swapaxes(a, 1, 2))
+    q, k, v = (logical(arrays[n].astype(np.float64)) for n in "qkv")
     scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(d)
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
     want = p @ v
-    assert out.shape == want.shape and out.dtype == np.float16, (out.shape, out.dtype)
-    rel = np.linalg.norm(out.astype(np.float64) - want) / np.linalg.norm(want)
-    print(f"npy check: shape {out.shape} dtype {out.dtype}, numpy float64 reference rel_err {rel:.3e}")
-    sys.exit(0 if rel < 2e-3 else 1)
+    got = logical(out.astype(np.float64))
+    want_dtype = np.float16 if dtype == "f16" else np.float32
+    assert out.shape == stored_shape and out.dtype == want_dtype, (out.shape, out.dtype)
+    if dtype == "bf16":
+        assert np.array_equal(round_to_bf16(out), out), "bf16 output values are not bf16"
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    bound = 2e-3 if dtype == "f16" else 1.6e-2
+    print(f"npy check: {layout} {dtype} shape {out.shape} dtype {out.dtype}, numpy float64 reference rel_err {rel:.3e}")
+    sys.exit(0 if rel < bound else 1)
 
 
 if __name__ == "__main__":

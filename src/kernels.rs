@@ -8,13 +8,14 @@ use crate::flash_kernel;
 /// folded into log2(e)). Q has `S` rows and K/V `SK` (cross-attention when they differ); with
 /// `Config::causal` the mask is aligned to the bottom right. K/V have `HKV` heads, each shared
 /// by `H / HKV` query heads (grouped-query attention; multi-query with `HKV = 1`, plain
-/// multi-head with `HKV = H`), read in place.
+/// multi-head with `HKV = H`), read in place. `T` is `Config::dtype`: `f16` or `bf16`, the
+/// output in the same type, accumulation in f32.
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
-pub fn attention(
-    q: Tensor<f16, B, H, S, D>,
-    k: Tensor<f16, B, HKV, SK, D>,
-    v: Tensor<f16, B, HKV, SK, D>,
-    o: TensorMut<f16, B, H, S, D>,
+pub fn attention<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
     scale: f32,
 ) {
     for (b, h, qt) in tiles(B, H, S / TILE_M) {
@@ -41,7 +42,7 @@ pub fn attention(
                 m = m_new;
             }
             #[role(compute)]
-            acc = mma(p.to_f16(), vs, acc);
+            acc = mma(p.to::<T>(), vs, acc);
         }
         store(o.tile(b, h, qt), acc / l);
     }

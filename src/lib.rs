@@ -49,7 +49,8 @@ pub use flashcore_ir::Config;
 pub use flashcore_macros::flash_kernel;
 pub use flashcore_runtime as runtime;
 pub use flashcore_sim as sim;
-pub use half::f16;
+pub use half::{bf16, f16};
+pub use ir::source::DType;
 pub use layout::Layout;
 
 use flashcore_ir::kernel::{Op, Param};
@@ -148,6 +149,51 @@ impl Default for KernelCache {
     }
 }
 
+/// The 16-bit float types a kernel computes in, with what the host side needs of them.
+pub trait HalfFloat: runtime::Element + PartialEq + std::fmt::Debug {
+    const DTYPE: DType;
+    const NAN: Self;
+    /// Rounds to nearest even.
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn to_le_bytes(self) -> [u8; 2];
+    fn from_le_bytes(bytes: [u8; 2]) -> Self;
+}
+
+macro_rules! half_float {
+    ($t:ty, $dtype:expr) => {
+        impl HalfFloat for $t {
+            const DTYPE: DType = $dtype;
+            const NAN: Self = <$t>::NAN;
+            fn from_f64(x: f64) -> Self {
+                <$t>::from_f64(x)
+            }
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            fn to_le_bytes(self) -> [u8; 2] {
+                <$t>::to_le_bytes(self)
+            }
+            fn from_le_bytes(bytes: [u8; 2]) -> Self {
+                <$t>::from_le_bytes(bytes)
+            }
+        }
+    };
+}
+
+half_float!(f16, DType::F16);
+half_float!(bf16, DType::Bf16);
+
+/// The relative L2 error above which an attention result in `dtype` is a bug: 2e-3 for f16
+/// (which lands near 3e-4), scaled by the unit roundoff for bf16 (2⁻⁸ against f16's 2⁻¹¹: 8×,
+/// so 1.6e-2; bf16 lands near 2.5e-3, mostly from rounding P and the output).
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 2e-3,
+        DType::Bf16 => 1.6e-2,
+    }
+}
+
 /// A launch argument, in the order of the kernel's parameters.
 pub enum Arg<'a> {
     Tensor(&'a dyn TensorArg),
@@ -201,9 +247,7 @@ pub fn bind_shapes(kernel: &ir::Kernel, tensors: &[Option<TensorView>]) -> Resul
             continue;
         };
         let shape = view.shape;
-        let want = match t.dtype {
-            ir::source::DType::F16 => "f16",
-        };
+        let want = t.dtype.name();
         if view.dtype != want {
             return Err(bad(&t.name, format!("expected a {want} tensor, got {}", view.dtype)));
         }

@@ -97,10 +97,20 @@ pub fn read(path: &Path) -> Result<Array, NpyError> {
 
 /// Serializes f16 values as a version-1 `.npy` file with dtype `<f2`.
 pub fn to_bytes_f16(data: &[f16], shape: &[usize]) -> Vec<u8> {
+    to_bytes("<f2", data.iter().flat_map(|x| x.to_le_bytes()), shape)
+}
+
+/// Serializes f32 values as a version-1 `.npy` file with dtype `<f4` (how bf16 results are
+/// written: numpy has no bf16, and every bf16 value is exact in f32).
+pub fn to_bytes_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
+    to_bytes("<f4", data.iter().flat_map(|x| x.to_le_bytes()), shape)
+}
+
+fn to_bytes(descr: &str, data: impl Iterator<Item = u8>, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text =
         if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Pad so that the data starts on a 64-byte boundary, header ending in '\n'.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.div_ceil(64) * 64 - unpadded));
@@ -108,14 +118,17 @@ pub fn to_bytes_f16(data: &[f16], shape: &[usize]) -> Vec<u8> {
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for x in data {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
+    out.extend(data);
     out
 }
 
 pub fn write_f16(path: &Path, data: &[f16], shape: &[usize]) -> Result<(), NpyError> {
     std::fs::write(path, to_bytes_f16(data, shape))
+        .map_err(|source| NpyError::Io { path: path.display().to_string(), source })
+}
+
+pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> Result<(), NpyError> {
+    std::fs::write(path, to_bytes_f32(data, shape))
         .map_err(|source| NpyError::Io { path: path.display().to_string(), source })
 }
 
@@ -131,6 +144,13 @@ mod tests {
         let a = parse(&bytes, "mem").unwrap();
         assert_eq!(a.shape, vec![2, 3, 4]);
         assert_eq!(a.data, data.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn f32_round_trip() {
+        let data: Vec<f32> = (0..6).map(|i| i as f32 * 0.25 - 1.0).collect();
+        let a = parse(&to_bytes_f32(&data, &[2, 3]), "mem").unwrap();
+        assert_eq!(a, Array { shape: vec![2, 3], data });
     }
 
     #[test]

@@ -2,19 +2,21 @@
 //! PTX text and the same argument binding as [`crate::launch`], host slices instead of device
 //! tensors. This is how CI executes every generated kernel without a GPU.
 
-use half::f16;
-
 pub use flashcore_sim::{Options, SimError, Stats};
 
-use crate::{bind_shapes, check_arg_kinds, grid_size, ArgKind, CompiledKernel, Error, TensorView};
+use crate::{
+    bind_shapes, check_arg_kinds, grid_size, ArgKind, CompiledKernel, DType, Error, HalfFloat, TensorView,
+};
+use half::{bf16, f16};
 
-/// A launch argument for the simulator, in the order of the kernel's parameters.
-pub enum HostArg<'a> {
+/// A launch argument for the simulator, in the order of the kernel's parameters; `T` is the
+/// kernel's element type (`Config::dtype`).
+pub enum HostArg<'a, T> {
     /// An input tensor: its buffer and how the kernel sees it.
-    Tensor(&'a [f16], HostView),
+    Tensor(&'a [T], HostView),
     /// An output tensor: the buffer is copied in (as a GPU buffer holds what it held) and the
     /// whole of it read back after the launch, so elements outside the view keep their values.
-    TensorMut(&'a mut [f16], HostView),
+    TensorMut(&'a mut [T], HostView),
     F32(f32),
 }
 
@@ -55,7 +57,11 @@ impl Default for SimDevice {
 
 /// Runs `kernel` on `args` in the simulator. Arguments are checked exactly as [`crate::launch`]
 /// checks them; the outputs are written back into the `TensorMut` slices.
-pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevice) -> Result<Stats, Error> {
+pub fn simulate<T: HalfFloat>(
+    kernel: &CompiledKernel,
+    args: &mut [HostArg<T>],
+    device: &SimDevice,
+) -> Result<Stats, Error> {
     let k = &kernel.kernel;
     check_arg_kinds(
         k,
@@ -73,7 +79,7 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
                 HostArg::TensorMut(data, view) => (view, data.len()),
                 HostArg::F32(_) => return None,
             };
-            Some(TensorView { dtype: "f16", shape: &view.shape, strides: &view.strides, buffer_len: len })
+            Some(TensorView { dtype: T::NAME, shape: &view.shape, strides: &view.strides, buffer_len: len })
         })
         .collect();
     let binding = bind_shapes(k, &views)?;
@@ -108,14 +114,14 @@ pub fn simulate(kernel: &CompiledKernel, args: &mut [HostArg], device: &SimDevic
         if let HostArg::TensorMut(data, _) = &mut args[i] {
             let bytes = machine.read(addr, data.len() * 2)?;
             for (x, b) in data.iter_mut().zip(bytes.chunks_exact(2)) {
-                *x = f16::from_le_bytes([b[0], b[1]]);
+                *x = T::from_le_bytes([b[0], b[1]]);
             }
         }
     }
     Ok(stats)
 }
 
-fn bytes_of(data: &[f16]) -> Vec<u8> {
+fn bytes_of<T: HalfFloat>(data: &[T]) -> Vec<u8> {
     data.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -149,16 +155,29 @@ pub fn check_attention(
     seed: u64,
     device: &SimDevice,
 ) -> Result<AttentionCheck, Error> {
+    match kernel.kernel.config.dtype {
+        DType::F16 => check_typed::<f16>(kernel, shape, layout, seed, device),
+        DType::Bf16 => check_typed::<bf16>(kernel, shape, layout, seed, device),
+    }
+}
+
+fn check_typed<T: HalfFloat>(
+    kernel: &CompiledKernel,
+    shape: AttentionShape,
+    layout: crate::Layout,
+    seed: u64,
+    device: &SimDevice,
+) -> Result<AttentionCheck, Error> {
     use crate::reference::{self, Problem, Rng};
     let AttentionShape { b, h, hk, s, sk } = shape;
     let d = kernel.kernel.config.head_dim as usize;
     let mut rng = Rng::new(seed ^ 0x5eed);
-    let mut gen = |n: usize| (0..n).map(|_| f16::from_f64(rng.normal())).collect::<Vec<_>>();
+    let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal())).collect::<Vec<_>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
     let scale = 1.0 / (d as f32).sqrt();
     let (q_shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
     let view = |shape| HostView::strided(shape, layout.strides(shape));
-    let mut o = vec![f16::NAN; b * h * s * d];
+    let mut o = vec![T::NAN; b * h * s * d];
     let start = std::time::Instant::now();
     let stats = simulate(
         kernel,
@@ -173,7 +192,7 @@ pub fn check_attention(
     )?;
     let seconds = start.elapsed().as_secs_f64();
     let o = layout.load(&o, q_shape);
-    let f64s = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
+    let f64s = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
     let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
     let causal = kernel.kernel.config.causal;
     let problem = Problem { q: &qd, k: &kd, v: &vd, b, h, hk, s, sk, d, scale: scale as f64, causal };

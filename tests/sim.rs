@@ -8,9 +8,6 @@ use flashcore::kernels::attention;
 use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
 use flashcore::Layout;
 
-/// Above this relative error a result is a bug (fp16 attention lands near 3e-4).
-const TOLERANCE: f64 = 2e-3;
-
 /// Runs `config`'s kernel at `[b, h, s, d]` queries and `[b, hk, sk, d]` keys in the simulator
 /// and checks it against float64; returns the lane instructions simulated and the seconds it took.
 fn run_case(
@@ -29,7 +26,7 @@ fn run_case(
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     let err = check.err;
     assert!(
-        err.rel_l2 < TOLERANCE,
+        err.rel_l2 < flashcore::tolerance(config.dtype) && err.non_finite == 0,
         "{what}: relative error {:e} ({} non-finite)",
         err.rel_l2,
         err.non_finite
@@ -171,5 +168,27 @@ fn bshd_layout_runs_correctly_in_the_simulator() {
         // Grouped heads with a tail, and cross-attention over two batches.
         run_case(name, &config, (1, 4, 100, 100), 2, Layout::Bshd, 10, 32);
         run_case(name, &config, (2, 2, 64, 150), 2, Layout::Bshd, 11, 32);
+    }
+}
+
+/// bf16 (mma `.bf16`, conversions `cvt.rn.bf16x2.f32`, output in bf16) on the uniform,
+/// warp-specialized and softmax-warp schedules, with grouped heads, causal masks and BSHD.
+#[test]
+fn bf16_runs_correctly_in_the_simulator() {
+    let base = flashcore::Config { dtype: flashcore::DType::Bf16, ..attention::CONFIG };
+    let configs = [
+        ("bf16_d64_causal", flashcore::Config { causal: true, ..base }),
+        (
+            "bf16_d96_n32_load1_softmax4",
+            flashcore::Config { head_dim: 96, tile_n: 32, load_warps: 1, softmax_warps: 4, ..base },
+        ),
+        (
+            "bf16_d128_s3_load2_persistent",
+            flashcore::Config { head_dim: 128, stages: 3, load_warps: 2, persistent: true, ..base },
+        ),
+    ];
+    for (name, config) in configs {
+        run_case(name, &config, (1, 4, 100, 150), 2, Layout::Bhsd, 12, 32);
+        run_case(name, &config, (2, 2, 77, 77), 1, Layout::Bshd, 13, 32);
     }
 }

@@ -1,5 +1,6 @@
 //! Tidy checks over the source tree: every Rust file opens with a `//!` line saying what it is
-//! for (the DSL samples under `tests/ui/` are user code and exempt).
+//! for (the DSL samples under `tests/ui/` are user code and exempt), and the README shows the
+//! kernel the example runs.
 
 use std::path::{Path, PathBuf};
 
@@ -32,4 +33,16 @@ fn every_source_file_starts_with_a_module_doc() {
         .map(|f| f.strip_prefix(root).unwrap_or(f).display().to_string())
         .collect();
     assert!(missing.is_empty(), "files without a leading `//!` line: {missing:?}");
+}
+
+/// The README's DSL guide shows the kernel the example runs: it must be that kernel, verbatim.
+#[test]
+fn the_readme_kernel_is_the_standard_kernel() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kernels = std::fs::read_to_string(root.join("src/kernels.rs")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let kernel = &kernels[kernels.find("#[flash_kernel(").expect("a kernel in src/kernels.rs")..];
+    let start = readme.find("```rust\n#[flash_kernel(").expect("a kernel in README.md") + "```rust\n".len();
+    let end = start + readme[start..].find("```").expect("closing fence");
+    assert_eq!(readme[start..end].trim(), kernel.trim(), "README.md's kernel differs from src/kernels.rs");
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use flashcore_ir::kernel::*;
-use flashcore_ir::source::{BinOp, DType, ReduceOp};
+use flashcore_ir::source::{BinOp, ReduceOp};
 use flashcore_ir::Config;
 
 use crate::layout::{self, chunks_per_row, frag_shape, row_bytes, row_reg, swizzle_period, LdmatrixPattern};
@@ -155,7 +155,7 @@ impl<'k> Emitter<'k> {
         let ty = self.kernel.ty(v);
         let class = match ty {
             Type::Index { .. } | Type::Counter => RegClass::B32,
-            Type::Frag { elem: Elem::F16, .. } => RegClass::B32,
+            Type::Frag { elem: Elem::F16 | Elem::Bf16, .. } => RegClass::B32,
             _ => RegClass::F32,
         };
         let len = layout::register_count(&self.cfg, &ty).expect("register-resident value");
@@ -427,7 +427,7 @@ impl<'k> Emitter<'k> {
             Op::Assign { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 let ty = match self.kernel.ty(*dst) {
-                    Type::Index { .. } | Type::Frag { elem: Elem::F16, .. } => "b32",
+                    Type::Index { .. } | Type::Frag { elem: Elem::F16 | Elem::Bf16, .. } => "b32",
                     _ => "f32",
                 };
                 for i in 0..d.len {
@@ -453,7 +453,7 @@ impl<'k> Emitter<'k> {
                 }
                 Ok(())
             }
-            Op::ToF16 { dst, src } => self.to_f16(*dst, *src),
+            Op::ToHalf { dst, src } => self.to_half(*dst, *src),
             Op::Reduce { dst, op, src } => self.row_reduce(*dst, *op, *src),
             Op::Binary { dst, op, lhs, rhs } => self.binary(*dst, *op, *lhs, *rhs),
             Op::Store { dst, src } => self.store(dst, *src),
@@ -921,7 +921,7 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("shl.b32 {addr}, {addr}, 2"));
         self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
         let ty = match self.kernel.ty(v) {
-            Type::Frag { elem: Elem::F16, .. } | Type::Index { .. } | Type::Counter => "b32",
+            Type::Frag { elem: Elem::F16 | Elem::Bf16, .. } | Type::Index { .. } | Type::Counter => "b32",
             _ => "f32",
         };
         for i in 0..fam.len {
@@ -1046,6 +1046,7 @@ impl<'k> Emitter<'k> {
             return Err(CodegenError::Internal("mma A is not a fragment".into()));
         };
         let (d, af) = (self.regs_of(dst), self.regs_of(a));
+        let operand = self.cfg.dtype.name();
         let d_shape = frag_shape(&self.cfg, n_dim, Elem::F32);
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);
         match acc {
@@ -1080,7 +1081,7 @@ impl<'k> Emitter<'k> {
                         let dr: Vec<String> = (0..4).map(|i| d.at(d_shape.acc(mf, nt, i))).collect();
                         let ar: Vec<String> = (0..4).map(|i| af.at(a_shape.a(mf, kk as usize, i))).collect();
                         self.w.ins(format!(
-                            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{{d}}}, {{{a}}}, {{{b0}, {b1}}}, {{{d}}}",
+                            "mma.sync.aligned.m16n8k16.row.col.f32.{operand}.{operand}.f32 {{{d}}}, {{{a}}}, {{{b0}, {b1}}}, {{{d}}}",
                             d = dr.join(", "),
                             a = ar.join(", "),
                             b0 = b[2 * half as usize],
@@ -1186,10 +1187,11 @@ impl<'k> Emitter<'k> {
     }
 
     /// Accumulator fragments of n-tiles 2j, 2j+1 become the A fragment of k-slice j.
-    fn to_f16(&mut self, dst: Value, src: Value) -> Result<(), CodegenError> {
+    fn to_half(&mut self, dst: Value, src: Value) -> Result<(), CodegenError> {
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
-            return Err(CodegenError::Internal("to_f16 of a non-fragment".into()));
+            return Err(CodegenError::Internal("to_half of a non-fragment".into()));
         };
+        let half = self.cfg.dtype.name();
         let (d, s) = (self.regs_of(dst), self.regs_of(src));
         let cs = frag_shape(&self.cfg, cols, Elem::F32);
         let ds = frag_shape(&self.cfg, cols, Elem::F16);
@@ -1199,8 +1201,8 @@ impl<'k> Emitter<'k> {
                 for (i, nt, e) in [(0, 2 * kk, 0), (1, 2 * kk, 2), (2, 2 * kk + 1, 0), (3, 2 * kk + 1, 2)] {
                     let lo = s.at(cs.acc(mf, nt, e));
                     let hi = s.at(cs.acc(mf, nt, e + 1));
-                    // cvt.rn.f16x2.f32 puts its first source in the upper half.
-                    self.w.ins(format!("cvt.rn.f16x2.f32 {}, {hi}, {lo}", d.at(ds.a(mf, kk, i))));
+                    // cvt.rn.{f16,bf16}x2.f32 puts its first source in the upper half.
+                    self.w.ins(format!("cvt.rn.{half}x2.f32 {}, {hi}, {lo}", d.at(ds.a(mf, kk, i))));
                 }
             }
         }
@@ -1298,9 +1300,8 @@ impl<'k> Emitter<'k> {
     /// coalesced stores. Only this warp touches those rows, so a warp barrier suffices.
     fn store(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
         let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
-        if tensor.dtype != DType::F16 {
-            return Err(CodegenError::Unsupported("stores of dtypes other than f16".into()));
-        }
+        // The output is written in the tensor's own 16-bit type.
+        let half = tensor.dtype.name();
         let region = self.row_tile_offset()?;
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("store of a non-fragment".into()));
@@ -1327,7 +1328,7 @@ impl<'k> Emitter<'k> {
                 for nt in 0..shape.col_blocks {
                     let packed = self.w.temp(RegClass::B32);
                     self.w.ins(format!(
-                        "cvt.rn.f16x2.f32 {packed}, {}, {}",
+                        "cvt.rn.{half}x2.f32 {packed}, {}, {}",
                         s.at(shape.acc(mf, nt, 2 * h + 1)),
                         s.at(shape.acc(mf, nt, 2 * h))
                     ));

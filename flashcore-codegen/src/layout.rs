@@ -52,7 +52,7 @@ pub fn frag_shape(cfg: &Config, cols: TileDim, elem: Elem) -> FragShape {
         mfrags: mfrags(cfg),
         col_blocks: match elem {
             Elem::F32 => c / 8,
-            Elem::F16 => c / 16,
+            Elem::F16 | Elem::Bf16 => c / 16,
         },
     }
 }

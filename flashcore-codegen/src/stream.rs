@@ -34,7 +34,7 @@ pub fn is_row_op(op: &Op) -> bool {
             | Op::Reduce { .. }
             | Op::Binary { .. }
             | Op::Exp2 { .. }
-            | Op::ToF16 { .. }
+            | Op::ToHalf { .. }
             | Op::Assign { .. }
             | Op::ChanRead { .. }
             | Op::ChanWrite { .. }
@@ -65,7 +65,9 @@ impl Emitter<'_> {
         let (len, class) = match self.kernel().ty(v) {
             Type::Frag { cols, elem: Elem::F32, .. } => (cols.size(&self.cfg()) as usize, RegClass::F32),
             // f16 pairs (columns 2k, 2k+1, the lower in the low half).
-            Type::Frag { cols, elem: Elem::F16, .. } => (cols.size(&self.cfg()) as usize / 2, RegClass::B32),
+            Type::Frag { cols, elem: Elem::F16 | Elem::Bf16, .. } => {
+                (cols.size(&self.cfg()) as usize / 2, RegClass::B32)
+            }
             Type::Row { .. } | Type::Scalar => (1, RegClass::F32),
             other => panic!("streaming softmax warps hold no {other}"),
         };
@@ -112,11 +114,12 @@ impl Emitter<'_> {
                     self.w().ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
                 }
             }
-            Op::ToF16 { dst, src } => {
+            Op::ToHalf { dst, src } => {
                 let (d, s) = (self.stream_regs(*dst, slot), self.stream_regs(*src, slot));
+                let half = self.cfg().dtype.name();
                 for k in 0..d.len {
                     self.w().ins(format!(
-                        "cvt.rn.f16x2.f32 {}, {}, {}",
+                        "cvt.rn.{half}x2.f32 {}, {}, {}",
                         d.at(k),
                         s.at(2 * k + 1),
                         s.at(2 * k)
@@ -204,7 +207,7 @@ impl Emitter<'_> {
         let addr = self.w().temp(RegClass::B32);
         let reg_index = self.w().temp(RegClass::B32);
         match ty {
-            Type::Frag { cols, elem: Elem::F16, .. } => {
+            Type::Frag { cols, elem: Elem::F16 | Elem::Bf16, .. } => {
                 // A-operand layout: register (mf·k_slices + c/16)·4 + 2·((c%16)/8) + half.
                 let k_slices = frag_shape(&cfg, cols, Elem::F16).col_blocks as u32;
                 self.w().ins(format!("mad.lo.u32 {reg_index}, {mf}, {}, {half}", k_slices * 4));
@@ -227,7 +230,7 @@ impl Emitter<'_> {
         self.w().ins(format!("shl.b32 {addr}, {addr}, 2"));
         self.w().ins(format!("add.u32 {addr}, {addr}, {smem}"));
         match ty {
-            Type::Frag { elem: Elem::F16, .. } => {
+            Type::Frag { elem: Elem::F16 | Elem::Bf16, .. } => {
                 for k in 0..fam.len as u32 {
                     // Columns 2k, 2k+1: register (c/16)·4 + 2·((c%16)/8), lane offset (c%8)/2.
                     let c = 2 * k;

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::error::ConfigError;
+use crate::source::DType;
 
 /// Head dims the code generator supports today.
 pub const SUPPORTED_HEAD_DIMS: [u32; 4] = [32, 64, 96, 128];
@@ -43,6 +44,9 @@ pub struct Config {
     /// Causal attention, aligned to the bottom right: query row `i` sees keys `j ≤ i + SK − S`.
     /// K/V tiles past a Q tile's diagonal are skipped, so causal costs about half.
     pub causal: bool,
+    /// The element type bound to the kernel's generic tensors (`fn k<T>(q: Tensor<T, ..>)`) and
+    /// of every mma operand: `f16` or `bf16` (f32 accumulation either way).
+    pub dtype: DType,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             load_warps: 0,
             softmax_warps: 0,
             causal: false,
+            dtype: DType::F16,
         }
     }
 }
@@ -131,7 +136,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -144,7 +149,8 @@ impl fmt::Display for Config {
                 String::new()
             },
             if self.persistent { " persistent" } else { "" },
-            if self.causal { " causal" } else { "" }
+            if self.causal { " causal" } else { "" },
+            if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() }
         )
     }
 }

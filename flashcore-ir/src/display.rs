@@ -5,7 +5,7 @@
 use std::fmt::{self, Write};
 
 use crate::kernel::*;
-use crate::source::{DType, ReduceOp};
+use crate::source::ReduceOp;
 
 impl fmt::Display for Type {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -15,23 +15,16 @@ impl fmt::Display for Type {
                 None => write!(f, "idx<dim{}>", dim.0),
             },
             Type::Scalar => f.write_str("f32"),
-            Type::Smem { rows, cols, transposed } => {
-                write!(f, "smem<f16>[{}, {}]", rows.symbol(), cols.symbol())?;
+            Type::Smem { rows, cols, transposed, elem } => {
+                write!(f, "smem<{}>[{}, {}]", elem.name(), rows.symbol(), cols.symbol())?;
                 if transposed {
                     f.write_str(".t")?;
                 }
                 Ok(())
             }
-            Type::Frag { rows, cols, elem } => write!(
-                f,
-                "frag<{}>[{}, {}]",
-                match elem {
-                    Elem::F16 => "f16",
-                    Elem::F32 => "f32",
-                },
-                rows.symbol(),
-                cols.symbol()
-            ),
+            Type::Frag { rows, cols, elem } => {
+                write!(f, "frag<{}>[{}, {}]", elem.name(), rows.symbol(), cols.symbol())
+            }
             Type::Row { rows } => write!(f, "row<f32>[{}]", rows.symbol()),
             Type::Counter => f.write_str("counter"),
         }
@@ -160,7 +153,13 @@ impl Printer<'_> {
                 self.access(tile),
                 causal.map(|c| format!(" and past the diagonal of {}", self.causal(&c))).unwrap_or_default()
             ),
-            Op::ToF16 { dst, src } => format!("{} = to_f16 {}", self.def(*dst), self.v(*src)),
+            Op::ToHalf { dst, src } => {
+                let elem = match self.kernel.ty(*dst) {
+                    Type::Frag { elem, .. } => elem.name(),
+                    _ => "?",
+                };
+                format!("{} = to_{elem} {}", self.def(*dst), self.v(*src))
+            }
             Op::Reduce { dst, op, src } => format!(
                 "{} = {} {}",
                 self.def(*dst),
@@ -267,9 +266,7 @@ impl fmt::Display for Kernel {
                         "{}: {}{}[{}, D]",
                         t.name,
                         if t.writable { "mut " } else { "" },
-                        match t.dtype {
-                            DType::F16 => "f16",
-                        },
+                        t.dtype.name(),
                         dims.join(", ")
                     )
                 }
@@ -288,7 +285,14 @@ impl fmt::Display for Kernel {
             writeln!(out, "  channel #{}: {}", c.name, c.ty)?;
         }
         for b in &self.buffers {
-            writeln!(out, "  buffer @{}: smem<f16>[{}, D] x {}", b.name, b.rows.symbol(), b.slots)?;
+            writeln!(
+                out,
+                "  buffer @{}: smem<{}>[{}, D] x {}",
+                b.name,
+                self.config.dtype.name(),
+                b.rows.symbol(),
+                b.slots
+            )?;
         }
         Printer { kernel: self }.block(&mut out, &self.body, 1)?;
         f.write_str(&out)

@@ -53,7 +53,31 @@ impl TileDim {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Elem {
     F16,
+    Bf16,
     F32,
+}
+
+impl Elem {
+    /// The 16-bit element of `dtype`.
+    pub fn half(dtype: DType) -> Elem {
+        match dtype {
+            DType::F16 => Elem::F16,
+            DType::Bf16 => Elem::Bf16,
+        }
+    }
+
+    /// Packed two to a 32-bit register (mma A/B operands) rather than one f32 each.
+    pub fn is_half(self) -> bool {
+        matches!(self, Elem::F16 | Elem::Bf16)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Elem::F16 => "f16",
+            Elem::Bf16 => "bf16",
+            Elem::F32 => "f32",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,10 +87,10 @@ pub enum Type {
     Index { dim: RtDim, tile: Option<TileDim> },
     /// An f32 uniform across the CTA.
     Scalar,
-    /// An f16 tile `[rows][cols]` in a shared-memory buffer; `transposed` marks the `.t()` view.
-    Smem { rows: TileDim, cols: TileDim, transposed: bool },
+    /// A 16-bit tile `[rows][cols]` in a shared-memory buffer; `transposed` marks the `.t()` view.
+    Smem { rows: TileDim, cols: TileDim, transposed: bool, elem: Elem },
     /// A register tile `[rows][cols]` spread over the warps as mma fragments: f32 in the
-    /// accumulator (C) layout, f16 in the A-operand layout.
+    /// accumulator (C) layout, 16-bit in the A-operand layout.
     Frag { rows: TileDim, cols: TileDim, elem: Elem },
     /// One f32 per row of a `[rows][..]` tile.
     Row { rows: TileDim },
@@ -78,7 +102,7 @@ impl Type {
     /// The (rows, cols) a tile type presents to an mma (the transposed view swaps them).
     pub fn matrix_dims(&self) -> Option<(TileDim, TileDim)> {
         match *self {
-            Type::Smem { rows, cols, transposed } => {
+            Type::Smem { rows, cols, transposed, .. } => {
                 Some(if transposed { (cols, rows) } else { (rows, cols) })
             }
             Type::Frag { rows, cols, .. } => Some((rows, cols)),
@@ -306,8 +330,8 @@ pub enum Op {
     MaskColumns { dst: Value, src: Value, tile: TileAccess, causal: Option<Causal> },
     /// Elementwise `2^x`.
     Exp2 { dst: Value, src: Value },
-    /// f32 accumulator fragments to f16 A-operand fragments.
-    ToF16 { dst: Value, src: Value },
+    /// f32 accumulator fragments to 16-bit A-operand fragments (of `dst`'s element type).
+    ToHalf { dst: Value, src: Value },
     /// Reduce each row of a fragment tile.
     Reduce { dst: Value, op: ReduceOp, src: Value },
     /// Elementwise op; a `Row` or `Scalar` operand broadcasts along the other's rows.
@@ -364,7 +388,7 @@ impl Op {
             | Op::Mma { dst, .. }
             | Op::MaskColumns { dst, .. }
             | Op::Exp2 { dst, .. }
-            | Op::ToF16 { dst, .. }
+            | Op::ToHalf { dst, .. }
             | Op::Reduce { dst, .. }
             | Op::Binary { dst, .. }
             | Op::Fill { dst, .. } => Some(*dst),
@@ -412,7 +436,7 @@ impl Op {
             }
             Op::Transpose { src, .. }
             | Op::Exp2 { src, .. }
-            | Op::ToF16 { src, .. }
+            | Op::ToHalf { src, .. }
             | Op::Reduce { src, .. } => vec![*src],
             Op::Mma { a, b, acc, .. } => [Some(*a), Some(*b), *acc].into_iter().flatten().collect(),
             Op::MaskColumns { src, tile, causal, .. } => {

@@ -8,8 +8,8 @@ use crate::config::Config;
 use crate::error::{IrError, LowerError};
 use crate::kernel::*;
 use crate::source::{
-    BinOp, Dim, Expr, ExprKind, Extent, ParamDecl, Program, ReduceOp, Role, ShapeAxis, SpanId, Stmt,
-    StmtKind, TileConst, TileRef,
+    BinOp, DType, Dim, ElemDecl, Expr, ExprKind, Extent, ParamDecl, Program, ReduceOp, Role, ShapeAxis,
+    SpanId, Stmt, StmtKind, TileConst, TileRef,
 };
 
 /// Lowers `program` for `config`, then runs the verifier.
@@ -54,6 +54,8 @@ struct Lowerer {
     /// `TILE_M` tiles), once the work loop is entered.
     causal: Option<Causal>,
     causal_config: bool,
+    /// `Config::dtype`: the kernel's generic element type.
+    dtype: DType,
     params: Vec<Param>,
     dims: Vec<String>,
     /// The head-dim axis as the user spelled it (a symbol such as `D`, or a literal).
@@ -72,7 +74,7 @@ fn describe(ty: &Type) -> String {
     match *ty {
         Type::Index { .. } => "a tile index".into(),
         Type::Scalar => "an f32 scalar".into(),
-        Type::Smem { rows, cols, transposed } => {
+        Type::Smem { rows, cols, transposed, .. } => {
             let (r, c) = if transposed { (cols, rows) } else { (rows, cols) };
             format!(
                 "a staged shared-memory tile [{}, {}]{}",
@@ -81,26 +83,38 @@ fn describe(ty: &Type) -> String {
                 if transposed { " (transposed view)" } else { "" }
             )
         }
-        Type::Frag { rows, cols, elem } => format!(
-            "a register tile [{}, {}] of {}",
-            rows.symbol(),
-            cols.symbol(),
-            match elem {
-                Elem::F16 => "f16",
-                Elem::F32 => "f32",
-            }
-        ),
+        Type::Frag { rows, cols, elem } => {
+            format!("a register tile [{}, {}] of {}", rows.symbol(), cols.symbol(), elem.name())
+        }
         Type::Row { rows } => format!("a row vector [{}]", rows.symbol()),
         Type::Counter => "an iteration counter".into(),
     }
 }
 
 impl Lowerer {
+    /// The element type `decl` names for this config: the generic one is `Config::dtype`; a
+    /// fixed one must agree with it (a kernel computes in one 16-bit type).
+    fn resolve_elem(&self, decl: &ElemDecl, span: SpanId, what: &str) -> Result<DType> {
+        match decl {
+            ElemDecl::Generic(_) => Ok(self.dtype),
+            ElemDecl::Fixed(d) if *d == self.dtype => Ok(*d),
+            ElemDecl::Fixed(d) => err(
+                span,
+                format!(
+                    "{what} is {} but the config's dtype is {}: declare the kernel generic (`fn k<T>(q: Tensor<T, ..>)`, `.to::<T>()`) to run it in either",
+                    d.name(),
+                    self.dtype.name()
+                ),
+            ),
+        }
+    }
+
     fn new(program: &Program, config: &Config) -> Result<Self> {
         let mut lowerer = Lowerer {
             staged: HashMap::new(),
             causal: None,
             causal_config: config.causal,
+            dtype: config.dtype,
             params: vec![],
             dims: vec![],
             head_dim: Dim::Lit(config.head_dim),
@@ -118,6 +132,7 @@ impl Lowerer {
                     lowerer.scopes[0].insert(name.clone(), Binding::Scalar(index));
                 }
                 ParamDecl::Tensor { name, dtype, shape, writable, span } => {
+                    let dtype = lowerer.resolve_elem(dtype, *span, &format!("tensor `{name}`"))?;
                     if shape.len() != 4 {
                         return err(
                             *span,
@@ -169,7 +184,7 @@ impl Lowerer {
                     }
                     lowerer.params.push(Param::Tensor(TensorParam {
                         name: name.clone(),
-                        dtype: *dtype,
+                        dtype,
                         dims,
                         writable: *writable,
                     }));
@@ -534,26 +549,28 @@ impl Lowerer {
             ExprKind::Load(target) => {
                 let src = self.tile_access(target, false)?;
                 self.check_rows(target, &src, TileDim::M)?;
-                let dst = self.new_value(
-                    Type::Frag { rows: TileDim::M, cols: TileDim::Head, elem: Elem::F16 },
-                    name,
-                    false,
-                );
+                let elem = Elem::half(self.dtype);
+                let dst =
+                    self.new_value(Type::Frag { rows: TileDim::M, cols: TileDim::Head, elem }, name, false);
                 self.push(out, Op::Load { dst, src }, role, span);
                 dst
             }
             ExprKind::Stage(target) => {
                 let src = self.tile_access(target, false)?;
                 let rows = self.access_rows(&src);
-                let dst =
-                    self.new_value(Type::Smem { rows, cols: TileDim::Head, transposed: false }, name, false);
+                let elem = Elem::half(self.dtype);
+                let dst = self.new_value(
+                    Type::Smem { rows, cols: TileDim::Head, transposed: false, elem },
+                    name,
+                    false,
+                );
                 self.staged.insert(dst, src.clone());
                 self.push(out, Op::Stage { dst, src }, role, span);
                 dst
             }
             ExprKind::Transpose(inner) => {
                 let src = self.expr(inner, out, role, name)?;
-                let Type::Smem { rows, cols, transposed } = self.ty(src) else {
+                let Type::Smem { rows, cols, transposed, elem } = self.ty(src) else {
                     return err(
                         span,
                         format!(
@@ -563,7 +580,7 @@ impl Lowerer {
                     );
                 };
                 let dst = self.new_value(
-                    Type::Smem { rows, cols, transposed: !transposed },
+                    Type::Smem { rows, cols, transposed: !transposed, elem },
                     &format!("{name}_t"),
                     false,
                 );
@@ -573,35 +590,47 @@ impl Lowerer {
                 self.push(out, Op::Transpose { dst, src }, role, span);
                 dst
             }
-            ExprKind::ToF16(inner) => {
+            ExprKind::ToHalf(inner, target) => {
+                let dtype = self.resolve_elem(target, span, "the conversion")?;
                 let src = self.expr(inner, out, role, name)?;
                 let Type::Frag { rows, cols, elem: Elem::F32 } = self.ty(src) else {
                     return err(
                         span,
-                        format!("`.to_f16()` converts f32 register tiles, not {}", describe(&self.ty(src))),
+                        format!(
+                            "`.to::<{}>()` converts f32 register tiles, not {}",
+                            dtype.name(),
+                            describe(&self.ty(src))
+                        ),
                     );
                 };
-                let dst =
-                    self.new_value(Type::Frag { rows, cols, elem: Elem::F16 }, &format!("{name}_f16"), false);
-                self.push(out, Op::ToF16 { dst, src }, role, span);
+                let elem = Elem::half(dtype);
+                let dst = self.new_value(
+                    Type::Frag { rows, cols, elem },
+                    &format!("{name}_{}", dtype.name()),
+                    false,
+                );
+                self.push(out, Op::ToHalf { dst, src }, role, span);
                 dst
             }
             ExprKind::Mma { a, b, acc } => {
                 let av = self.expr(a, out, role, &format!("{name}_a"))?;
                 let bv = self.expr(b, out, role, &format!("{name}_b"))?;
                 let (a_rows, a_cols) = match self.ty(av) {
-                    Type::Frag { rows, cols, elem: Elem::F16 } => (rows, cols),
+                    Type::Frag { rows, cols, elem } if elem.is_half() => (rows, cols),
                     Type::Frag { elem: Elem::F32, .. } => {
                         return err(
                             a.span,
-                            "the A operand of `mma` must be f16; convert the f32 tile with `.to_f16()`",
+                            format!(
+                            "the A operand of `mma` must be {0}; convert the f32 tile with `.to::<{0}>()`",
+                            self.dtype.name()
+                        ),
                         )
                     }
                     other => {
                         return err(
                             a.span,
                             format!(
-                                "the A operand of `mma` must be an f16 register tile, not {}",
+                                "the A operand of `mma` must be a 16-bit register tile, not {}",
                                 describe(&other)
                             ),
                         )

@@ -14,10 +14,37 @@ impl SpanId {
     pub const NONE: SpanId = SpanId(u32::MAX);
 }
 
-/// Element types a tensor parameter may have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The 16-bit float types of tensors and mma operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum DType {
+    #[default]
     F16,
+    Bf16,
+}
+
+impl DType {
+    pub const ALL: [DType; 2] = [DType::F16, DType::Bf16];
+
+    /// The name in the DSL, in PTX type suffixes and in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+/// A tensor's element type or a conversion's target as written: a concrete type, or the
+/// kernel's generic element type (`fn attention<T>(q: Tensor<T, ..>)`), which each `Config`
+/// binds (`Config::dtype`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ElemDecl {
+    Fixed(DType),
+    Generic(String),
 }
 
 /// One axis of a tensor parameter's shape: a symbol (`S`, `D`) or a literal (`64`).
@@ -31,7 +58,7 @@ pub enum Dim {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamDecl {
     /// `q: Tensor<f16, B, H, S, D>` (or `TensorMut` when `writable`).
-    Tensor { name: String, dtype: DType, shape: Vec<Dim>, writable: bool, span: SpanId },
+    Tensor { name: String, dtype: ElemDecl, shape: Vec<Dim>, writable: bool, span: SpanId },
     /// `scale: f32`.
     Scalar { name: String, span: SpanId },
 }
@@ -164,8 +191,8 @@ pub enum ExprKind {
     Stage(TileRef),
     /// `x.t()`: the transposed view of a staged tile.
     Transpose(Box<Expr>),
-    /// `x.to_f16()`.
-    ToF16(Box<Expr>),
+    /// `x.to::<T>()` (or `x.to_f16()`, `x.to_bf16()`): f32 register tile to 16-bit.
+    ToHalf(Box<Expr>, ElemDecl),
     /// `mma(a, b)` or `mma(a, b, acc)`.
     Mma {
         a: Box<Expr>,

@@ -167,7 +167,7 @@ impl<'k> Verifier<'k> {
                 let (Some((ar, ak)), Some((bk, bn))) = (ty(*a).matrix_dims(), ty(*b).matrix_dims()) else {
                     return fail(format!("mma {} has non-tile operands", self.name(*dst)));
                 };
-                let a_ok = matches!(ty(*a), Type::Frag { elem: Elem::F16, .. });
+                let a_ok = matches!(ty(*a), Type::Frag { elem, .. } if elem.is_half());
                 let b_ok = matches!(ty(*b), Type::Smem { .. });
                 let want = Type::Frag { rows: ar, cols: bn, elem: Elem::F32 };
                 if !a_ok || !b_ok || ak != bk || ty(*dst) != want || acc.is_some_and(|c| ty(c) != want) {

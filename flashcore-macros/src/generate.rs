@@ -93,9 +93,9 @@ fn expr(e: &Expr) -> TokenStream {
             let x = b(x);
             quote!(#p::ExprKind::Transpose(#x))
         }
-        ExprKind::ToF16(x) => {
-            let x = b(x);
-            quote!(#p::ExprKind::ToF16(#x))
+        ExprKind::ToHalf(x, target) => {
+            let (x, target) = (b(x), elem_decl(target));
+            quote!(#p::ExprKind::ToHalf(#x, #target))
         }
         ExprKind::Mma { a, b: bb, acc } => {
             let (a, bb) = (b(a), b(bb));
@@ -192,7 +192,8 @@ fn program(prog: &Program) -> TokenStream {
             let (name, span) = (string(name), span_id(*span));
             quote!(#p::ParamDecl::Scalar { name: #name, span: #span })
         }
-        ParamDecl::Tensor { name, dtype: DType::F16, shape, writable, span } => {
+        ParamDecl::Tensor { name, dtype, shape, writable, span } => {
+            let dtype = elem_decl(dtype);
             let (name, span) = (string(name), span_id(*span));
             let dims = shape.iter().map(|d| match d {
                 Dim::Sym(s) => {
@@ -203,7 +204,7 @@ fn program(prog: &Program) -> TokenStream {
             });
             quote!(#p::ParamDecl::Tensor {
                 name: #name,
-                dtype: #p::DType::F16,
+                dtype: #dtype,
                 shape: ::std::vec![#(#dims),*],
                 writable: #writable,
                 span: #span,
@@ -214,9 +215,41 @@ fn program(prog: &Program) -> TokenStream {
     quote!(#p::Program { name: #name, params: ::std::vec![#(#params),*], body: #body })
 }
 
+fn dtype(d: DType) -> TokenStream {
+    match d {
+        DType::F16 => quote!(::flashcore::ir::source::DType::F16),
+        DType::Bf16 => quote!(::flashcore::ir::source::DType::Bf16),
+    }
+}
+
+fn elem_decl(e: &ElemDecl) -> TokenStream {
+    let p = quote!(::flashcore::ir::source);
+    match e {
+        ElemDecl::Fixed(d) => {
+            let d = dtype(*d);
+            quote!(#p::ElemDecl::Fixed(#d))
+        }
+        ElemDecl::Generic(name) => {
+            let name = string(name);
+            quote!(#p::ElemDecl::Generic(#name))
+        }
+    }
+}
+
 fn config(c: &Config) -> TokenStream {
-    let Config { tile_m, tile_n, head_dim, stages, warps, persistent, load_warps, softmax_warps, causal } =
-        *c;
+    let Config {
+        tile_m,
+        tile_n,
+        head_dim,
+        stages,
+        warps,
+        persistent,
+        load_warps,
+        softmax_warps,
+        causal,
+        dtype: elem,
+    } = *c;
+    let elem = dtype(elem);
     quote!(::flashcore::Config {
         tile_m: #tile_m,
         tile_n: #tile_n,
@@ -227,6 +260,7 @@ fn config(c: &Config) -> TokenStream {
         load_warps: #load_warps,
         softmax_warps: #softmax_warps,
         causal: #causal,
+        dtype: #elem,
     })
 }
 
@@ -241,15 +275,23 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
 
     let mut launch_params = vec![];
     let mut launch_args = vec![];
+    // Tensors of the generic element type take `DeviceTensor<T>` for any element type `T`
+    // (checked against the config's dtype at launch); fixed ones their own type.
+    let elem_type = |dtype: &syn::Ident| match &f.elem_param {
+        Some(t) if t == dtype => quote!(#t),
+        _ => quote!(::flashcore::runtime::#dtype),
+    };
     for p in &f.params {
         let ident = &p.name;
         match &p.ty {
-            RawType::Tensor { writable: false, .. } => {
-                launch_params.push(quote!(#ident: &::flashcore::runtime::DeviceTensor<::flashcore::f16>));
+            RawType::Tensor { writable: false, dtype, .. } => {
+                let t = elem_type(dtype);
+                launch_params.push(quote!(#ident: &::flashcore::runtime::DeviceTensor<#t>));
                 launch_args.push(quote!(::flashcore::Arg::Tensor(#ident)));
             }
-            RawType::Tensor { writable: true, .. } => {
-                launch_params.push(quote!(#ident: &mut ::flashcore::runtime::DeviceTensor<::flashcore::f16>));
+            RawType::Tensor { writable: true, dtype, .. } => {
+                let t = elem_type(dtype);
+                launch_params.push(quote!(#ident: &mut ::flashcore::runtime::DeviceTensor<#t>));
                 launch_args.push(quote!(::flashcore::Arg::TensorMut(#ident)));
             }
             RawType::Scalar(_) => {
@@ -259,6 +301,10 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
         }
     }
     let cache = format_ident!("__FLASHCORE_CACHE_{}", kernel_name.to_uppercase());
+    let generics = match &f.elem_param {
+        Some(t) => quote!(<#t: ::flashcore::runtime::Element>),
+        None => quote!(),
+    };
 
     quote! {
         #(#doc_attrs)*
@@ -302,7 +348,7 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
             }
 
             /// Enqueues the kernel on `device` without waiting (see `flashcore::launch_async`).
-            pub fn launch_async(
+            pub fn launch_async #generics (
                 device: &::flashcore::runtime::Device,
                 config: &::flashcore::Config,
                 #(#launch_params),*
@@ -313,7 +359,7 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
 
             /// Runs the kernel on `device` and waits for it (at most `device.launch_timeout()`),
             /// arguments in the order of the kernel's parameters.
-            pub fn launch(
+            pub fn launch #generics (
                 device: &::flashcore::runtime::Device,
                 config: &::flashcore::Config,
                 #(#launch_params),*

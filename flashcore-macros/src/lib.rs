@@ -24,7 +24,8 @@ fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> pro
         Err(e) => return error::fallback(e, Some(&f)),
     };
     let mut spans = parse::SpanTable::default();
-    let program = match (parse::Converter { spans: &mut spans }).program(&f) {
+    let program = match (parse::Converter { spans: &mut spans, elem_param: f.elem_param.clone() }).program(&f)
+    {
         Ok(p) => p,
         Err(e) => return error::fallback(e, Some(&f)),
     };

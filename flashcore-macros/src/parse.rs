@@ -90,6 +90,18 @@ impl Parse for KernelAttr {
             let syn::Meta::NameValue(item) = item else {
                 return Err(syn::Error::new_spanned(item, "expected `name = value`"));
             };
+            // `dtype = f16 | bf16`: what a generic kernel's `T` is in the declared config.
+            if key == "dtype" {
+                let name = match &item.value {
+                    syn::Expr::Path(p) => p.path.get_ident().map(|i| i.to_string()),
+                    _ => None,
+                };
+                config.dtype = name.as_deref().and_then(DType::from_name).ok_or_else(|| {
+                    syn::Error::new_spanned(&item.value, "expected `dtype = f16` or `dtype = bf16`")
+                })?;
+                field_spans.push(("dtype", item.to_token_stream()));
+                continue;
+            }
             let value = int_value(&item.value)?;
             let (field, slot): (&'static str, &mut u32) = match key.as_str() {
                 "tile_m" => ("tile_m", &mut config.tile_m),
@@ -116,6 +128,8 @@ impl Parse for KernelAttr {
 pub struct KernelFn {
     pub vis: syn::Visibility,
     pub name: syn::Ident,
+    /// The generic element type, `T` in `fn attention<T>(..)`: bound to `Config::dtype`.
+    pub elem_param: Option<syn::Ident>,
     pub params: Vec<RawParam>,
     pub body: syn::Block,
     pub attrs: Vec<syn::Attribute>,
@@ -173,13 +187,28 @@ impl Parse for KernelFn {
         let vis: syn::Visibility = input.parse()?;
         input.parse::<Token![fn]>()?;
         let name: syn::Ident = input.parse()?;
+        let generics: syn::Generics = input.parse()?;
+        let mut elem_param = None;
+        for param in &generics.params {
+            match param {
+                syn::GenericParam::Type(t) if t.bounds.is_empty() && elem_param.is_none() => {
+                    elem_param = Some(t.ident.clone())
+                }
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        other,
+                        "a kernel takes at most one generic parameter, its element type (`fn attention<T>(..)`), with no bounds",
+                    ))
+                }
+            }
+        }
         let content;
         parenthesized!(content in input);
         let params = Punctuated::<RawParam, Token![,]>::parse_terminated(&content)?.into_iter().collect();
         let body_content;
         let brace = braced!(body_content in input);
         let stmts = body_content.call(syn::Block::parse_within)?;
-        Ok(KernelFn { vis, name, params, body: syn::Block { brace_token: brace, stmts }, attrs })
+        Ok(KernelFn { vis, name, elem_param, params, body: syn::Block { brace_token: brace, stmts }, attrs })
     }
 }
 
@@ -195,6 +224,8 @@ const FUNCTIONS: &str = "load, stage, mma, exp2, row_max, row_sum, max, fill, ze
 /// Converts the parsed function into a `Program`, filling `spans`.
 pub struct Converter<'s> {
     pub spans: &'s mut SpanTable,
+    /// The kernel's generic element type, if it has one.
+    pub elem_param: Option<syn::Ident>,
 }
 
 type R<T> = syn::Result<T>;
@@ -204,6 +235,22 @@ fn error<T>(tokens: impl quote::ToTokens, msg: impl std::fmt::Display) -> R<T> {
 }
 
 impl Converter<'_> {
+    /// An element type as written: `f16`, `bf16`, or the kernel's generic parameter.
+    fn elem(&self, ident: &syn::Ident) -> R<ElemDecl> {
+        if self.elem_param.as_ref() == Some(ident) {
+            return Ok(ElemDecl::Generic(ident.to_string()));
+        }
+        match DType::from_name(&ident.to_string()) {
+            Some(d) => Ok(ElemDecl::Fixed(d)),
+            None => error(
+                ident,
+                format!(
+                    "unsupported dtype `{ident}`: tensors are `f16`, `bf16`, or the kernel's generic element type (`fn attention<T>(q: Tensor<T, ..>)`)"
+                ),
+            ),
+        }
+    }
+
     pub fn program(&mut self, f: &KernelFn) -> R<Program> {
         let mut params = vec![];
         for p in &f.params {
@@ -221,15 +268,7 @@ impl Converter<'_> {
                     dtype,
                     dims,
                 } => {
-                    let dtype = match dtype.to_string().as_str() {
-                        "f16" => DType::F16,
-                        other => {
-                            return error(
-                                dtype,
-                                format!("unsupported dtype `{other}`: FlashCore kernels take `f16` tensors"),
-                            )
-                        }
-                    };
+                    let dtype = self.elem(dtype)?;
                     let shape = dims
                         .iter()
                         .map(|d| match d {
@@ -485,7 +524,24 @@ impl Converter<'_> {
                 }
                 match m.method.to_string().as_str() {
                     "t" => ExprKind::Transpose(boxed(self, &m.receiver)?),
-                    "to_f16" => ExprKind::ToF16(boxed(self, &m.receiver)?),
+                    "to_f16" => ExprKind::ToHalf(boxed(self, &m.receiver)?, ElemDecl::Fixed(DType::F16)),
+                    "to_bf16" => ExprKind::ToHalf(boxed(self, &m.receiver)?, ElemDecl::Fixed(DType::Bf16)),
+                    "to" => {
+                        let target = match m.turbofish.as_ref().map(|t| t.args.iter().collect::<Vec<_>>()) {
+                            Some(args) => match args[..] {
+                                [syn::GenericArgument::Type(syn::Type::Path(p))]
+                                    if p.path.get_ident().is_some() =>
+                                {
+                                    self.elem(p.path.get_ident().expect("checked"))?
+                                }
+                                _ => return error(m, "`.to::<T>()` takes one element type"),
+                            },
+                            None => {
+                                return error(m, "`.to()` needs its target: `.to::<T>()`, `.to::<f16>()`")
+                            }
+                        };
+                        ExprKind::ToHalf(boxed(self, &m.receiver)?, target)
+                    }
                     "tile" => {
                         return error(
                             m,
@@ -495,7 +551,7 @@ impl Converter<'_> {
                     other => {
                         return error(
                             &m.method,
-                            format!("unknown method `.{other}()`; expected `.t()` or `.to_f16()`"),
+                            format!("unknown method `.{other}()`; expected `.t()` or `.to::<T>()`"),
                         )
                     }
                 }

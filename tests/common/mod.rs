@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: the configurations every layer is checked at.
 
-use flashcore::Config;
+use flashcore::{Config, DType};
 
 /// The configurations whose IR and PTX are pinned by snapshots and assembled by ptxas.
 pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
@@ -23,6 +23,11 @@ pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
         (
             "d128_s2_load4_persistent",
             Config { head_dim: 128, stages: 2, load_warps: 4, persistent: true, ..base },
+        ),
+        ("d64_bf16", Config { dtype: DType::Bf16, ..base }),
+        (
+            "d128_s2_load1_bf16",
+            Config { head_dim: 128, stages: 2, load_warps: 1, dtype: DType::Bf16, ..base },
         ),
     ]
 }

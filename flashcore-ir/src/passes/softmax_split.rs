@@ -76,7 +76,7 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         let mut side = match &i.op {
             Op::Assign { dst, .. } => var_side(*dst),
             // A conversion runs where its source lives: P crosses as f16, half the bytes.
-            Op::ToF16 { src, .. } => owner.get(src).copied().unwrap_or(Side::Compute),
+            Op::ToHalf { src, .. } => owner.get(src).copied().unwrap_or(Side::Compute),
             _ if i.role == Some(Role::Softmax) => Side::Softmax,
             _ => Side::Compute,
         };
@@ -315,7 +315,7 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
         Op::MaskColumns { dst, src, tile, causal } => {
             Op::MaskColumns { dst, src: f(src), tile: access(tile), causal: causal.map(|c| c.map_values(f)) }
         }
-        Op::ToF16 { dst, src } => Op::ToF16 { dst, src: f(src) },
+        Op::ToHalf { dst, src } => Op::ToHalf { dst, src: f(src) },
         Op::Reduce { dst, op, src } => Op::Reduce { dst, op, src: f(src) },
         Op::Binary { dst, op, lhs, rhs } => Op::Binary { dst, op, lhs: f(lhs), rhs: f(rhs) },
         Op::Assign { dst, src } => Op::Assign { dst, src: f(src) },
