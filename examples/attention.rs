@@ -132,9 +132,9 @@ fn parse_args() -> Result<Options, String> {
 
 /// The kernel's declared config at head dim `d`, with the tile flags applied.
 fn config_for(o: &Options, d: usize) -> Config {
-    let base = attention::CONFIG;
+    // The declared config with the tiles this head dim needs (smaller K/V tiles at D = 256).
+    let base = attention::CONFIG.with_head_dim(d as u32);
     Config {
-        head_dim: d as u32,
         tile_m: o.tile_m.unwrap_or(base.tile_m),
         tile_n: o.tile_n.unwrap_or(base.tile_n),
         warps: o.warps.unwrap_or(base.warps),

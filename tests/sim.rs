@@ -192,3 +192,20 @@ fn bf16_runs_correctly_in_the_simulator() {
         run_case(name, &config, (2, 2, 77, 77), 1, Layout::Bshd, 13, 32);
     }
 }
+
+/// Head dim 256 (32-row K/V tiles: the O accumulator alone is 128 registers a thread) with a
+/// load warp, causal masking and bf16.
+#[test]
+fn head_dim_256_runs_correctly_in_the_simulator() {
+    let base = attention::CONFIG.with_head_dim(256);
+    let configs = [
+        ("d256_s3_load1_causal", flashcore::Config { stages: 3, load_warps: 1, causal: true, ..base }),
+        (
+            "d256_bf16_persistent",
+            flashcore::Config { dtype: flashcore::DType::Bf16, persistent: true, ..base },
+        ),
+    ];
+    for (name, config) in configs {
+        run_case(name, &config, (1, 2, 100, 100), 1, Layout::Bshd, 14, 32);
+    }
+}

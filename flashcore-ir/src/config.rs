@@ -7,7 +7,7 @@ use crate::error::ConfigError;
 use crate::source::DType;
 
 /// Head dims the code generator supports today.
-pub const SUPPORTED_HEAD_DIMS: [u32; 4] = [32, 64, 96, 128];
+pub const SUPPORTED_HEAD_DIMS: [u32; 5] = [32, 64, 96, 128, 256];
 
 /// The shape of an `mma.sync.m16n8k16` instruction, which every tile must be a multiple of.
 pub const MMA_M: u32 = 16;
@@ -67,6 +67,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// This config at head dim `head_dim`, with the tiles a head dim needs: at D = 256 a warp's
+    /// O accumulator alone is 128 registers a thread (16 rows × 256 columns of f32 over 32
+    /// lanes) and its Q fragments 64 more, so K/V tiles shrink to 32 rows (S and P fragments
+    /// of 16 and 8 registers), which ptxas fits in 255 registers without spilling; 64-row tiles
+    /// spill. Smaller head dims keep the tiles as they are.
+    pub fn with_head_dim(self, head_dim: u32) -> Config {
+        let tile_n = if head_dim > 128 { self.tile_n.min(32) } else { self.tile_n };
+        Config { head_dim, tile_n, ..self }
+    }
+
     /// Rows of the Q tile each warp owns.
     pub fn rows_per_warp(&self) -> u32 {
         self.tile_m / self.warps
@@ -176,8 +186,11 @@ mod tests {
 
     #[test]
     fn unsupported_head_dim_is_rejected() {
-        let cfg = Config { head_dim: 256, ..Config::default() };
+        let cfg = Config { head_dim: 80, ..Config::default() };
         let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("head_dim = 256") && err.contains("[32, 64, 96, 128]"), "{err}");
+        assert!(err.contains("head_dim = 80") && err.contains("[32, 64, 96, 128, 256]"), "{err}");
+        Config::default().with_head_dim(256).validate().unwrap();
+        assert_eq!(Config::default().with_head_dim(256).tile_n, 32);
+        assert_eq!(Config::default().with_head_dim(128).tile_n, 64);
     }
 }

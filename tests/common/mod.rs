@@ -25,6 +25,7 @@ pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
             Config { head_dim: 128, stages: 2, load_warps: 4, persistent: true, ..base },
         ),
         ("d64_bf16", Config { dtype: DType::Bf16, ..base }),
+        ("d256", base.with_head_dim(256)),
         (
             "d128_s2_load1_bf16",
             Config { head_dim: 128, stages: 2, load_warps: 1, dtype: DType::Bf16, ..base },
