@@ -6,7 +6,7 @@ set -uo pipefail
 bin=${1:-.device/bin/attention}
 for d in 64 128; do
   for causal in "" "--causal"; do
-    for lens in "1 1" "17 17" "77 77" "4097 4097" "77 200" "1000 4097" "200 77"; do
+    for lens in "1 1" "17 17" "77 77" "4097 4097" "77 200" "1000 4097" "200 77" "77 0" "0 77"; do
       set -- $lens
       row=$(timeout 120 "$bin" --b 2 --h 4 --s $1 --sk $2 --d $d $causal --iters 30 --warmup 5 2>&1 | tail -1)
       printf 'S=%-5s SK=%-5s D=%-3s %-8s :: %s\n' "$1" "$2" "$d" "${causal:-full}" "$row"
@@ -28,10 +28,15 @@ for d in 64 128; do
     done
   done
 done
-# Head dims 32 and 96 (swizzle in groups of 4 chunks; 12-chunk rows copied 2 rows per warp pass).
-for d in 32 96; do
+# Head dims 32 and 96 (swizzle in groups of 4 chunks; 12-chunk rows copied 2 rows per warp pass)
+# and 256 (32-row K/V tiles, from Config::with_head_dim).
+for d in 32 96 256; do
   for cfg in "--s 77 --sk 77" "--s 4097 --sk 4097" "--s 4097 --sk 4097 --causal" "--s 1000 --sk 4097" "--s 4097 --sk 4097 --load-warps 1 --stages 3" "--s 4097 --sk 4097 --tile-m 128 --warps 8"; do
     row=$(timeout 120 "$bin" --b 2 --h 4 --d $d $cfg --iters 30 --warmup 5 2>&1 | tail -1)
     printf 'D=%-3s %-45s :: %s\n' "$d" "$cfg" "$row"
   done
+done
+# The .npy path in BSHD and bf16, written and checked by numpy.
+for args in "2 4 256 64 bshd f16" "1 2 512 128 bshd bf16" "2 4 77 64 bhsd bf16"; do
+  printf 'npy %-22s :: %s\n' "$args" "$(python3 scripts/npy_check.py "$bin" $args 2>&1 | tail -1)"
 done

@@ -209,3 +209,25 @@ fn head_dim_256_runs_correctly_in_the_simulator() {
         run_case(name, &config, (1, 2, 100, 100), 1, Layout::Bshd, 14, 32);
     }
 }
+
+/// Empty problems are answers, not crashes: no keys (every row attends to nothing and is 0, as
+/// a causal row with no visible key is), and no queries, heads or batches (nothing to launch).
+#[test]
+fn empty_tensors_give_clear_answers_in_the_simulator() {
+    let config = flashcore::Config { load_warps: 1, ..attention::CONFIG };
+    let compiled = attention::compile(&config).unwrap();
+    let device = SimDevice::default();
+    for (b, h, s, sk) in [(1, 2, 70, 0), (1, 2, 0, 64), (0, 2, 64, 64)] {
+        let shape = AttentionShape { b, h, hk: h, s, sk };
+        let check = check_attention(&compiled, shape, Layout::Bhsd, 15, &device)
+            .unwrap_or_else(|e| panic!("{b}x{h}x{s} SK {sk}: {e}"));
+        assert_eq!(check.err.non_finite, 0, "{b}x{h}x{s} SK {sk}: {:?}", check.err);
+        if s * b > 0 {
+            // Rows with no keys are exactly 0 (the reference says so too).
+            assert_eq!(check.err.max_abs, 0.0, "{b}x{h}x{s} SK {sk}: {:?}", check.err);
+            assert!(check.stats.ctas > 0);
+        } else {
+            assert_eq!(check.stats.ctas, 0, "nothing to launch");
+        }
+    }
+}
