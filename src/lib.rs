@@ -186,7 +186,7 @@ half_float!(bf16, DType::Bf16);
 
 /// The relative L2 error above which an attention result in `dtype` is a bug: 2e-3 for f16
 /// (which lands near 3e-4), scaled by the unit roundoff for bf16 (2⁻⁸ against f16's 2⁻¹¹: 8×,
-/// so 1.6e-2; bf16 lands near 2.5e-3, mostly from rounding P and the output).
+/// so 1.6e-2; bf16 lands near 2.2e-3, mostly the rounding of the output to bf16).
 pub fn tolerance(dtype: DType) -> f64 {
     match dtype {
         DType::F16 => 2e-3,
