@@ -4,7 +4,7 @@
 //! simulator at a small shape and checks it against float64 (exit 0 when correct).
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
-//!  [--layout bhsd|bshd] [--dtype f16|bf16] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
+//!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
 //!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--ptx]`
 
 use std::path::PathBuf;
@@ -14,6 +14,10 @@ use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat, Layout};
+
+/// Largest difference from float64 a log-sum-exp may have (f32 statistics of the same scores:
+/// about 1e-6 · |LSE| in practice).
+const LSE_TOLERANCE: f64 = 1e-3;
 
 struct Options {
     b: usize,
@@ -27,6 +31,8 @@ struct Options {
     k: Option<PathBuf>,
     v: Option<PathBuf>,
     out: Option<PathBuf>,
+    /// Write the log-sum-exp output `[B, H, S]` here (and time launches that produce it).
+    lse: Option<PathBuf>,
     sweep: bool,
     /// K/V rows (cross-attention); `s` when not given.
     sk: Option<usize>,
@@ -63,6 +69,7 @@ fn parse_args() -> Result<Options, String> {
         k: None,
         v: None,
         out: None,
+        lse: None,
         sweep: false,
         sk: None,
         hkv: None,
@@ -94,6 +101,7 @@ fn parse_args() -> Result<Options, String> {
             "--k" => o.k = Some(value()?.into()),
             "--v" => o.v = Some(value()?.into()),
             "--out" => o.out = Some(value()?.into()),
+            "--lse" => o.lse = Some(value()?.into()),
             "--sweep" => o.sweep = true,
             "--sk" => o.sk = Some(number(value()?)?),
             "--hkv" => o.hkv = Some(number(value()?)?),
@@ -213,6 +221,7 @@ fn npy_inputs(o: &Options) -> Result<Option<Inputs>, String> {
 
 struct Outcome {
     err: reference::ErrorStats,
+    lse_ok: bool,
     rows_checked: usize,
     rows_total: usize,
     median_us: f64,
@@ -265,10 +274,16 @@ fn run_typed<T: HalfFloat>(
     let (q, k, v) = (upload(&inputs.q, shape)?, upload(&inputs.k, kv_shape)?, upload(&inputs.v, kv_shape)?);
     // Poison the output so that an element the kernel never writes fails the check.
     let mut out = upload(&vec![f64::NAN; shape.iter().product()], shape)?;
+    // The log-sum-exp of every row, checked on the correctness launch (poisoned likewise).
+    let mut lse = device.filled(&[b, h, s], f32::NAN).map_err(r)?;
     let scale = 1.0 / (d as f32).sqrt();
-    attention::launch(device, &cfg, &q, &k, &v, &mut out, scale).map_err(e)?;
+    attention::launch(device, &cfg, &q, &k, &v, &mut out, Some(&mut lse), scale).map_err(e)?;
     device.synchronize().map_err(r)?;
     let stored = device.download(&out).map_err(r)?;
+    let got_lse = device.download(&lse).map_err(r)?;
+    if let Some(path) = &o.lse {
+        flashcore::npy::write_f32(path, &got_lse, &[b, h, s]).map_err(|x| x.to_string())?;
+    }
     if let Some(path) = &o.out {
         // numpy has no bf16: bf16 results are written as (exact) f32.
         let storage_shape = layout.storage_shape(shape);
@@ -291,9 +306,17 @@ fn run_typed<T: HalfFloat>(
     let problem =
         Problem { q: qd, k: kd, v: vd, b, h, hk, s, sk, d, scale: scale as f64, causal: cfg.causal };
     let rows = rows_to_check(shape, sk, rng);
-    let want = reference::attention_rows(&problem, &rows);
+    let (want, want_lse) = reference::attention_rows_lse(&problem, &rows);
     let got_rows: Vec<f64> = rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().copied()).collect();
     let err = reference::compare(&got_rows, &want);
+    let lse_rows: Vec<f64> = rows.iter().map(|r| got_lse[*r] as f64).collect();
+    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&lse_rows, &want_lse);
+    let lse_ok = lse_max_abs < LSE_TOLERANCE && lse_mismatched == 0;
+    println!(
+        "log-sum-exp: max abs err {lse_max_abs:.3e} vs float64 over {} rows, {lse_mismatched} infinite where float64 is not (or back){}",
+        rows.len(),
+        if lse_ok { "" } else { "  FAIL" }
+    );
 
     // Timing inputs: several sets, rotated, as well as the flush below.
     let set_bytes = (shape.iter().product::<usize>() + 2 * kv_shape.iter().product::<usize>()) * 2;
@@ -312,7 +335,8 @@ fn run_typed<T: HalfFloat>(
         let (q, k, v) = &rotating[i % rotating.len()];
         device.flush_l2(&mut flush).map_err(r)?;
         let start = device.record().map_err(r)?;
-        attention::launch_async(device, &cfg, q, k, v, &mut out, scale).map_err(e)?;
+        let lse = o.lse.is_some().then_some(&mut lse);
+        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale).map_err(e)?;
         let stop = device.record().map_err(r)?;
         if i >= o.warmup {
             events.push((start, stop));
@@ -334,6 +358,7 @@ fn run_typed<T: HalfFloat>(
     let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
     Ok(Outcome {
         err,
+        lse_ok,
         rows_checked: rows.len(),
         rows_total: b * h * s,
         median_us,
@@ -400,14 +425,16 @@ fn run_in_simulator(kernel: &flashcore::CompiledKernel, layout: Layout, seed: u6
     let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 };
     let check = check_attention(kernel, shape, layout, seed, &device).map_err(|e| e.to_string())?;
     let line = format!(
-        "simulator (no GPU needed): 1x2x256x{d} {layout}, {} CTAs, {} warp instructions ({:.1} M lane instructions/s), rel err {:.3e} vs float64",
+        "simulator (no GPU needed): 1x2x256x{d} {layout}, {} CTAs, {} warp instructions ({:.1} M lane instructions/s), rel err {:.3e} vs float64, log-sum-exp max abs err {:.1e}",
         check.stats.ctas,
         check.stats.warp_instructions,
         check.stats.lane_instructions as f64 / check.seconds / 1e6,
-        check.err.rel_l2
+        check.err.rel_l2,
+        check.lse_max_abs
     );
     let bound = tolerance(kernel.kernel.config.dtype);
-    if check.err.rel_l2 < bound && check.err.non_finite == 0 {
+    let lse_ok = check.lse_max_abs < LSE_TOLERANCE && check.lse_mismatched == 0;
+    if check.err.rel_l2 < bound && check.err.non_finite == 0 && lse_ok {
         Ok(format!("{line}  ok"))
     } else {
         Err(format!("{line}: above the {bound:e} bound"))
@@ -496,7 +523,7 @@ fn main() -> ExitCode {
         let [b, h, s, d] = inputs.shape;
         match run_one(&device, inputs, &o, &mut rng) {
             Ok(r) => {
-                let ok = r.err.rel_l2 < bound && r.err.non_finite == 0;
+                let ok = r.err.rel_l2 < bound && r.err.non_finite == 0 && r.lse_ok;
                 failed |= !ok;
                 println!(
                     "{b:>4} {h:>4} {s:>6} {d:>4}  {:>10.3e} {:>10.3e} {:>6}/{:<6}  {:>10.2} {:>9.1}  {}",

@@ -9,13 +9,16 @@ use crate::flash_kernel;
 /// `Config::causal` the mask is aligned to the bottom right. K/V have `HKV` heads, each shared
 /// by `H / HKV` query heads (grouped-query attention; multi-query with `HKV = 1`, plain
 /// multi-head with `HKV = H`), read in place. `T` is `Config::dtype`: `f16` or `bf16`, the
-/// output in the same type, accumulation in f32.
+/// output in the same type, accumulation in f32. `lse`, when given, receives each row's
+/// log-sum-exp `ln Σ exp(q·k·scale)` (+inf for a row that sees no key), as FlashAttention
+/// returns it for the backward pass.
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 pub fn attention<T>(
     q: Tensor<T, B, H, S, D>,
     k: Tensor<T, B, HKV, SK, D>,
     v: Tensor<T, B, HKV, SK, D>,
     o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
     scale: f32,
 ) {
     for (b, h, qt) in tiles(B, H, S / TILE_M) {
@@ -44,6 +47,8 @@ pub fn attention<T>(
             #[role(compute)]
             acc = mma(p.to::<T>(), vs, acc);
         }
+        // The row statistics first: `m` is dead before the O store needs registers.
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
         store(o.tile(b, h, qt), acc / l);
     }
 }

@@ -198,6 +198,8 @@ pub fn tolerance(dtype: DType) -> f64 {
 pub enum Arg<'a> {
     Tensor(&'a dyn TensorArg),
     TensorMut(&'a mut dyn TensorArg),
+    /// No tensor, for an optional output (`Option<TensorMut<..>>`): its stores are skipped.
+    Absent,
     F32(f32),
 }
 
@@ -243,18 +245,30 @@ pub fn bind_shapes(kernel: &ir::Kernel, tensors: &[Option<TensorView>]) -> Resul
     let mut bound: Vec<Option<(u64, String)>> = vec![None; kernel.dims.len()];
     let mut strides = vec![];
     for (param, view) in kernel.params.iter().zip(tensors) {
-        let (Param::Tensor(t), Some(view)) = (param, view) else {
+        let Param::Tensor(t) = param else {
+            continue;
+        };
+        let Some(view) = view else {
+            // Left out: allowed for optional outputs, which get a null pointer and no strides.
+            if !t.optional {
+                return Err(bad(&t.name, "missing: this tensor is required".into()));
+            }
+            strides.extend([0; 3]);
             continue;
         };
         let shape = view.shape;
-        let want = t.dtype.name();
+        let want = t.elem.name();
         if view.dtype != want {
             return Err(bad(&t.name, format!("expected a {want} tensor, got {}", view.dtype)));
         }
-        if shape.len() != 4 {
-            return Err(bad(&t.name, format!("expected 4 axes [B, H, S, D], got shape {shape:?}")));
+        let axes = if t.is_rows() { "[B, H, S]" } else { "[B, H, S, D]" };
+        if shape.len() != axes.split(',').count() {
+            return Err(bad(
+                &t.name,
+                format!("expected {} axes {axes}, got shape {shape:?}", axes.split(',').count()),
+            ));
         }
-        if shape[3] != kernel.config.head_dim as usize {
+        if !t.is_rows() && shape[3] != kernel.config.head_dim as usize {
             return Err(bad(
                 &t.name,
                 format!(
@@ -263,7 +277,7 @@ pub fn bind_shapes(kernel: &ir::Kernel, tensors: &[Option<TensorView>]) -> Resul
                 ),
             ));
         }
-        check_tensor_strides(view, t.writable).map_err(|m| bad(&t.name, m))?;
+        check_tensor_strides(view, t.is_rows(), t.writable).map_err(|m| bad(&t.name, m))?;
         strides.extend(view.strides[..3].iter().map(|s| *s as u32));
         for axis in 0..3 {
             let dim = t.dims[axis].0 as usize;
@@ -324,32 +338,34 @@ pub fn bind_shapes(kernel: &ir::Kernel, tensors: &[Option<TensorView>]) -> Resul
     })
 }
 
-/// The layout rules of a `[B, H, S, D]` tensor argument: the head dim contiguous, every other
-/// stride a multiple of 8 elements (16-byte copies), each stride in bytes within 32 bits, the
+/// The layout rules of a tensor argument: for `[B, H, S, D]` tensors the head dim contiguous and
+/// every other stride a multiple of 8 elements (16-byte copies); for per-row `[B, H, S]` f32
+/// tensors any strides (4-byte stores); for both each stride in bytes within 32 bits, the
 /// strides inside the buffer, and for an output no two elements at one address.
-fn check_tensor_strides(view: &TensorView, output: bool) -> Result<(), String> {
+fn check_tensor_strides(view: &TensorView, rows: bool, output: bool) -> Result<(), String> {
     let (shape, strides) = (view.shape, view.strides);
     if strides.len() != shape.len() {
         return Err(format!("{} strides for shape {shape:?}", strides.len()));
     }
-    if strides[3] != 1 && shape[3] > 1 {
+    if !rows && strides[3] != 1 && shape[3] > 1 {
         return Err(format!("the head dim must be contiguous (stride 1), got strides {strides:?}"));
     }
+    let elem_bytes = if rows { 4 } else { 2 };
     for (axis, name) in ["B", "H", "S"].iter().enumerate() {
         let stride = strides[axis];
-        if stride % 8 != 0 {
+        if stride as u64 * elem_bytes > u32::MAX as u64 {
+            return Err(format!("stride of axis {name} is {stride} elements, over 4 GiB"));
+        }
+        if !rows && stride % 8 != 0 {
             return Err(format!(
                 "stride of axis {name} is {stride} elements, not a multiple of 8 (16 bytes): the kernel copies 16-byte chunks (strides {strides:?})"
             ));
-        }
-        if stride as u64 * 2 > u32::MAX as u64 {
-            return Err(format!("stride of axis {name} is {stride} elements, over 4 GiB"));
         }
     }
     runtime::check_strides(shape, strides, view.buffer_len).map_err(|e| e.to_string())?;
     if output && !shape.contains(&0) {
         // Walk the axes from the smallest stride: each must step past everything inside it.
-        let mut axes: Vec<usize> = (0..4).filter(|a| shape[*a] > 1).collect();
+        let mut axes: Vec<usize> = (0..shape.len()).filter(|a| shape[*a] > 1).collect();
         axes.sort_by_key(|a| strides[*a]);
         let mut extent = 1usize;
         for a in axes {
@@ -369,6 +385,7 @@ fn check_tensor_strides(view: &TensorView, output: bool) -> Result<(), String> {
 pub(crate) enum ArgKind {
     Input,
     Output,
+    Absent,
     Scalar,
 }
 
@@ -380,6 +397,7 @@ pub(crate) fn check_arg_kinds(
 ) -> Result<(), Error> {
     for (param, kind) in kernel.params.iter().zip(kinds) {
         let want = match param {
+            Param::Tensor(t) if t.optional && kind == ArgKind::Absent => continue,
             Param::Tensor(t) if t.writable => (ArgKind::Output, "expected a mutable output tensor"),
             Param::Tensor(_) => (ArgKind::Input, "expected an input tensor"),
             Param::Scalar { .. } => (ArgKind::Scalar, "expected an f32 scalar"),
@@ -437,6 +455,7 @@ pub fn launch_async(
         args.iter().map(|a| match a {
             Arg::Tensor(_) => ArgKind::Input,
             Arg::TensorMut(_) => ArgKind::Output,
+            Arg::Absent => ArgKind::Absent,
             Arg::F32(_) => ArgKind::Scalar,
         }),
     )?;
@@ -445,7 +464,7 @@ pub fn launch_async(
         .map(|a| match a {
             Arg::Tensor(t) => Some(TensorView::of(*t)),
             Arg::TensorMut(t) => Some(TensorView::of(&**t)),
-            Arg::F32(_) => None,
+            Arg::Absent | Arg::F32(_) => None,
         })
         .collect();
     let binding = bind_shapes(k, &views)?;
@@ -461,6 +480,7 @@ pub fn launch_async(
         .map(|a| match a {
             Arg::Tensor(t) => LaunchArg::Buffer(*t),
             Arg::TensorMut(t) => LaunchArg::BufferMut(&mut **t),
+            Arg::Absent => LaunchArg::Null,
             Arg::F32(x) => LaunchArg::F32(*x),
         })
         .collect();

@@ -40,8 +40,9 @@ impl Problem<'_> {
     }
 }
 
-/// One output row: softmax(q_row · Kᵀ · scale) · V for head `bh` and query row `row`.
-fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) {
+/// One output row: softmax(q_row · Kᵀ · scale) · V for head `bh` and query row `row`. Returns
+/// the row's log-sum-exp, ln Σ exp(q·k·scale), +inf for a row that sees no key.
+fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) -> f64 {
     let d = p.d;
     let (qbase, kbase) = (bh * p.s * d, p.kv_base(bh));
     let q = &p.q[qbase + row * d..qbase + (row + 1) * d];
@@ -66,26 +67,51 @@ fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) {
     }
     if sum > 0.0 {
         out.iter_mut().for_each(|o| *o /= sum);
+        max + sum.ln()
+    } else {
+        f64::INFINITY
     }
 }
 
 /// The output rows `rows` (indices into the `B·H·S` rows) of attention, in float64, spread
 /// over the machine's cores. Returns them in the order given, `D` values each.
 pub fn attention_rows(p: &Problem, rows: &[usize]) -> Vec<f64> {
+    attention_rows_lse(p, rows).0
+}
+
+/// Like [`attention_rows`], with each row's log-sum-exp (+inf for a row that sees no key).
+pub fn attention_rows_lse(p: &Problem, rows: &[usize]) -> (Vec<f64>, Vec<f64>) {
     let d = p.d;
     let mut out = vec![0.0; rows.len() * d];
+    let mut lse = vec![0.0; rows.len()];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
     let per = rows.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
-        for (chunk_rows, chunk_out) in rows.chunks(per).zip(out.chunks_mut(per * d)) {
+        for ((chunk_rows, chunk_out), chunk_lse) in
+            rows.chunks(per).zip(out.chunks_mut(per * d)).zip(lse.chunks_mut(per))
+        {
             scope.spawn(move || {
-                for (r, o) in chunk_rows.iter().zip(chunk_out.chunks_mut(d)) {
-                    fused_row(p, r / p.s, r % p.s, o);
+                for ((r, o), l) in chunk_rows.iter().zip(chunk_out.chunks_mut(d)).zip(chunk_lse) {
+                    *l = fused_row(p, r / p.s, r % p.s, o);
                 }
             });
         }
     });
-    out
+    (out, lse)
+}
+
+/// Largest difference between log-sum-exp values (+inf must match +inf exactly), and how many
+/// are not equal where one is infinite or NaN.
+pub fn compare_lse(got: &[f64], want: &[f64]) -> (f64, usize) {
+    let (mut max_abs, mut mismatched) = (0.0f64, 0);
+    for (g, w) in got.iter().zip(want) {
+        if g.is_finite() && w.is_finite() {
+            max_abs = max_abs.max((g - w).abs());
+        } else if g != w {
+            mismatched += 1;
+        }
+    }
+    (max_abs, mismatched)
 }
 
 /// All output rows of attention in float64.
@@ -222,6 +248,40 @@ mod tests {
                 for (i, r) in rows.iter().enumerate() {
                     assert_eq!(&sampled[i * d..(i + 1) * d], &fused[r * d..(r + 1) * d]);
                 }
+            }
+        }
+    }
+
+    /// The fused log-sum-exp against ln Σ exp of the textbook masked score matrix.
+    #[test]
+    fn fused_log_sum_exp_matches_the_definition() {
+        let mut rng = Rng::new(8);
+        let (b, h, hk, d) = (1, 2, 1, 8);
+        for (s, sk, causal) in [(9, 9, false), (12, 5, true), (4, 11, true)] {
+            let kv = b * hk * sk * d;
+            let (q, k, v) = (random(b * h * s * d, &mut rng), random(kv, &mut rng), random(kv, &mut rng));
+            let p = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale: 0.3, causal };
+            let rows: Vec<usize> = (0..b * h * s).collect();
+            let (_, lse) = attention_rows_lse(&p, &rows);
+            for r in rows {
+                let (bh, i) = (r / s, r % s);
+                let kb = p.kv_base(bh);
+                let exps: f64 = (0..p.keys_seen(i))
+                    .map(|j| {
+                        let dot: f64 = (0..d).map(|x| q[r * d + x] * k[kb + j * d + x]).sum();
+                        (dot * p.scale).exp()
+                    })
+                    .sum();
+                let want = if exps > 0.0 { exps.ln() } else { f64::INFINITY };
+                assert!(
+                    lse[r] == want || (lse[r] - want).abs() < 1e-12,
+                    "{s}x{sk} row {r}: {} vs {want}",
+                    lse[r]
+                );
+            }
+            // With S > SK some causal rows see no key: their LSE is +inf.
+            if s > sk {
+                assert_eq!(lse[0], f64::INFINITY);
             }
         }
     }

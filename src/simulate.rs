@@ -17,6 +17,11 @@ pub enum HostArg<'a, T> {
     /// An output tensor: the buffer is copied in (as a GPU buffer holds what it held) and the
     /// whole of it read back after the launch, so elements outside the view keep their values.
     TensorMut(&'a mut [T], HostView),
+    /// A per-row f32 output `[B, H, S]` (the log-sum-exp), copied in and read back likewise:
+    /// the buffer, its shape and its strides in elements.
+    RowsMut(&'a mut [f32], [usize; 3], [usize; 3]),
+    /// An optional output left out.
+    Absent,
     F32(f32),
 }
 
@@ -67,7 +72,8 @@ pub fn simulate<T: HalfFloat>(
         k,
         args.iter().map(|a| match a {
             HostArg::Tensor(..) => ArgKind::Input,
-            HostArg::TensorMut(..) => ArgKind::Output,
+            HostArg::TensorMut(..) | HostArg::RowsMut(..) => ArgKind::Output,
+            HostArg::Absent => ArgKind::Absent,
             HostArg::F32(_) => ArgKind::Scalar,
         }),
     )?;
@@ -77,7 +83,10 @@ pub fn simulate<T: HalfFloat>(
             let (view, len) = match arg {
                 HostArg::Tensor(data, view) => (view, data.len()),
                 HostArg::TensorMut(data, view) => (view, data.len()),
-                HostArg::F32(_) => return None,
+                HostArg::RowsMut(data, shape, strides) => {
+                    return Some(TensorView { dtype: "f32", shape, strides, buffer_len: data.len() })
+                }
+                HostArg::Absent | HostArg::F32(_) => return None,
             };
             Some(TensorView { dtype: T::NAME, shape: &view.shape, strides: &view.strides, buffer_len: len })
         })
@@ -98,6 +107,12 @@ pub fn simulate<T: HalfFloat>(
                 outputs.push((i, addr));
                 flashcore_sim::Arg::U64(addr)
             }
+            HostArg::RowsMut(data, ..) => {
+                let addr = machine.alloc(data.iter().flat_map(|x| x.to_le_bytes()).collect());
+                outputs.push((i, addr));
+                flashcore_sim::Arg::U64(addr)
+            }
+            HostArg::Absent => flashcore_sim::Arg::U64(0),
             HostArg::F32(x) => flashcore_sim::Arg::F32(*x),
         });
     }
@@ -111,11 +126,20 @@ pub fn simulate<T: HalfFloat>(
     let stats =
         machine.launch(&flashcore_sim::parse(&kernel.ptx.text)?, &kernel.ptx.entry, launch, &sim_args)?;
     for (i, addr) in outputs {
-        if let HostArg::TensorMut(data, _) = &mut args[i] {
-            let bytes = machine.read(addr, data.len() * 2)?;
-            for (x, b) in data.iter_mut().zip(bytes.chunks_exact(2)) {
-                *x = T::from_le_bytes([b[0], b[1]]);
+        match &mut args[i] {
+            HostArg::TensorMut(data, _) => {
+                let bytes = machine.read(addr, data.len() * 2)?;
+                for (x, b) in data.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *x = T::from_le_bytes([b[0], b[1]]);
+                }
             }
+            HostArg::RowsMut(data, ..) => {
+                let bytes = machine.read(addr, data.len() * 4)?;
+                for (x, b) in data.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            _ => {}
         }
     }
     Ok(stats)
@@ -139,12 +163,16 @@ pub struct AttentionShape {
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionCheck {
     pub err: crate::reference::ErrorStats,
+    /// The log-sum-exp output against float64: the largest difference, and the rows where one
+    /// side is infinite (or NaN) and the other is not.
+    pub lse_max_abs: f64,
+    pub lse_mismatched: usize,
     pub stats: Stats,
     /// Seconds spent in the simulator (not in the reference).
     pub seconds: f64,
 }
 
-/// Runs an attention kernel with the standard signature `(q, k, v, o, scale)` in the simulator
+/// Runs an attention kernel with the standard signature `(q, k, v, o, lse, scale)` in the simulator
 /// on random inputs (from `seed`) of `shape` stored in `layout`, scale 1/√D, and compares its
 /// output with the float64 reference (causal when the kernel's config is). The output buffer
 /// is poisoned with NaN first, so a row the kernel forgets to write fails the check.
@@ -178,6 +206,7 @@ fn check_typed<T: HalfFloat>(
     let (q_shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
     let view = |shape| HostView::strided(shape, layout.strides(shape));
     let mut o = vec![T::NAN; b * h * s * d];
+    let mut lse = vec![f32::NAN; b * h * s];
     let start = std::time::Instant::now();
     let stats = simulate(
         kernel,
@@ -186,6 +215,7 @@ fn check_typed<T: HalfFloat>(
             HostArg::Tensor(&layout.store(&k, kv_shape), view(kv_shape)),
             HostArg::Tensor(&layout.store(&v, kv_shape), view(kv_shape)),
             HostArg::TensorMut(&mut o, view(q_shape)),
+            HostArg::RowsMut(&mut lse, [b, h, s], [h * s, s, 1]),
             HostArg::F32(scale),
         ],
         device,
@@ -196,6 +226,10 @@ fn check_typed<T: HalfFloat>(
     let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
     let causal = kernel.kernel.config.causal;
     let problem = Problem { q: &qd, k: &kd, v: &vd, b, h, hk, s, sk, d, scale: scale as f64, causal };
-    let err = reference::compare(&f64s(&o), &reference::attention(&problem));
-    Ok(AttentionCheck { err, stats, seconds })
+    let rows: Vec<usize> = (0..b * h * s).collect();
+    let (want, want_lse) = reference::attention_rows_lse(&problem, &rows);
+    let err = reference::compare(&f64s(&o), &want);
+    let got_lse: Vec<f64> = lse.iter().map(|x| *x as f64).collect();
+    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&got_lse, &want_lse);
+    Ok(AttentionCheck { err, lse_max_abs, lse_mismatched, stats, seconds })
 }

@@ -21,11 +21,11 @@ fn bind(shapes: [&[usize]; 4]) -> Result<flashcore::Binding, Error> {
     bind_views(&attention::CONFIG, views.try_into().ok().unwrap())
 }
 
+/// Binds q, k, v, o, no log-sum-exp output, and the scale.
 fn bind_views(config: &Config, views: [TensorView; 4]) -> Result<flashcore::Binding, Error> {
-    let kernel = attention::ir(config).unwrap();
     let mut all: Vec<Option<TensorView>> = views.into_iter().map(Some).collect();
-    all.push(None); // scale
-    bind_shapes(&kernel, &all)
+    all.extend([None, None]); // lse (left out), scale
+    bind_shapes(&attention::ir(config).unwrap(), &all)
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn bshd_strides_bind_and_are_passed_in_parameter_order() {
     assert_eq!(st, [100 * 3 * 64, 64, 3 * 64, 1]);
     assert_eq!(
         b.strides,
-        [st[..3].to_vec(), st[..3].to_vec(), st[..3].to_vec(), st[..3].to_vec()]
+        [st[..3].to_vec(), st[..3].to_vec(), st[..3].to_vec(), st[..3].to_vec(), vec![0; 3]]
             .concat()
             .iter()
             .map(|x| *x as u32)
@@ -187,4 +187,40 @@ fn ir_text_shows_roles_and_layouts() {
         "{text}"
     );
     assert!(text.contains("pipeline %kt.7 in 0..SK/TILE_N {"), "{text}");
+}
+
+/// The optional log-sum-exp output: left out it gets zero strides (and a null pointer); given,
+/// it is a `[B, H, S]` f32 tensor whose strides go to the kernel after the others'.
+#[test]
+fn the_log_sum_exp_output_is_optional_and_checked_when_given() {
+    let shape = [2, 3, 100, 64];
+    let st = contiguous_strides(&shape);
+    let n = 2 * 3 * 100 * 64;
+    let t = TensorView { dtype: "f16", shape: &shape, strides: &st, buffer_len: n };
+    let kernel = attention::ir(&attention::CONFIG).unwrap();
+    let absent = bind_shapes(&kernel, &[Some(t), Some(t), Some(t), Some(t), None, None]).unwrap();
+    assert_eq!(absent.strides[12..], [0, 0, 0]);
+    let (rows, row_strides) = ([2, 3, 100], [300, 100, 1]);
+    let lse = TensorView { dtype: "f32", shape: &rows, strides: &row_strides, buffer_len: 600 };
+    let given = bind_shapes(&kernel, &[Some(t), Some(t), Some(t), Some(t), Some(lse), None]).unwrap();
+    assert_eq!(given.strides[12..], [300, 100, 1]);
+    let bad_rows = [2, 3, 99];
+    let cases = [
+        (
+            TensorView { shape: &bad_rows, strides: &[297, 99, 1], buffer_len: 594, ..lse },
+            "`S` is 99 here but 100 in `q`",
+        ),
+        (TensorView { dtype: "f16", ..lse }, "expected a f32 tensor, got f16"),
+        (TensorView { shape: &shape, strides: &st, ..lse }, "expected 3 axes [B, H, S]"),
+        (TensorView { strides: &[0, 0, 1], buffer_len: 100, ..lse }, "share an address"),
+    ];
+    for (view, want) in cases {
+        let err = bind_shapes(&kernel, &[Some(t), Some(t), Some(t), Some(t), Some(view), None])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("argument `lse`") && err.contains(want), "expected `{want}` in: {err}");
+    }
+    // A required tensor cannot be left out.
+    let err = bind_shapes(&kernel, &[Some(t), None, Some(t), Some(t), None, None]).unwrap_err().to_string();
+    assert!(err.contains("argument `k`") && err.contains("required"), "{err}");
 }

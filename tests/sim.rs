@@ -26,12 +26,21 @@ fn run_case(
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     let err = check.err;
     assert!(
+        check.lse_max_abs < 1e-3 && check.lse_mismatched == 0,
+        "{what}: log-sum-exp off by {:e} ({} infinite mismatches)",
+        check.lse_max_abs,
+        check.lse_mismatched
+    );
+    assert!(
         err.rel_l2 < flashcore::tolerance(config.dtype) && err.non_finite == 0,
         "{what}: relative error {:e} ({} non-finite)",
         err.rel_l2,
         err.non_finite
     );
-    eprintln!("{what}: rel err {:.3e}, {} warp instructions", err.rel_l2, check.stats.warp_instructions);
+    eprintln!(
+        "{what}: rel err {:.3e}, log-sum-exp {:.1e}, {} warp instructions",
+        err.rel_l2, check.lse_max_abs, check.stats.warp_instructions
+    );
     (check.stats.lane_instructions, check.seconds)
 }
 

@@ -231,7 +231,8 @@ impl<'k> Emitter<'k> {
                 decls.push(format!("\t.param .u32 {pname}"));
                 let reg = self.w.named(RegClass::B32, &format!("%stride_{name}"));
                 self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
-                self.w.ins(format!("shl.b32 {reg}, {reg}, 1"));
+                let elem_shift = if t.is_rows() { 2 } else { 1 };
+                self.w.ins(format!("shl.b32 {reg}, {reg}, {elem_shift}"));
                 if let Some(g) = self.tensors[i].as_mut() {
                     g.strides.push(reg);
                 }
@@ -450,6 +451,19 @@ impl<'k> Emitter<'k> {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in 0..d.len {
                     self.w.ins(format!("ex2.approx.ftz.f32 {}, {}", d.at(i), s.at(i)));
+                }
+                Ok(())
+            }
+            Op::LogSumExp { dst, max, sum } => {
+                let (d, m, l) = (self.regs_of(*dst), self.regs_of(*max), self.regs_of(*sum));
+                let empty = self.w.temp(RegClass::Pred);
+                for i in 0..d.len {
+                    // (m + log2 l) · ln 2; a row with no key (l = 0) reports +inf.
+                    self.w.ins(format!("lg2.approx.f32 {}, {}", d.at(i), l.at(i)));
+                    self.w.ins(format!("add.f32 {0}, {0}, {1}", d.at(i), m.at(i)));
+                    self.w.ins(format!("mul.f32 {0}, {0}, {1}", d.at(i), f32_hex(std::f32::consts::LN_2)));
+                    self.w.ins(format!("setp.eq.f32 {empty}, {}, 0f00000000", l.at(i)));
+                    self.w.ins(format!("selp.f32 {0}, 0f7F800000, {0}, {empty}", d.at(i)));
                 }
                 Ok(())
             }
@@ -1296,12 +1310,64 @@ impl<'k> Emitter<'k> {
     // ---------------------------------------------------------------------------------------
     // Output
 
-    /// f32 fragments to f16, through this warp's rows of the row-tile region, then 16-byte
-    /// coalesced stores. Only this warp touches those rows, so a warp barrier suffices.
+    /// `store(t.tile(..), value)`: a register tile into a `[B, H, S, D]` tensor, or a row
+    /// vector into a per-row `[B, H, S]` one.
     fn store(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
         let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
+        // An optional output the caller did not pass (a null pointer) is skipped, uniformly.
+        let skip = tensor.optional.then(|| {
+            let (skip, absent) = (self.w.label("store_skip"), self.w.temp(RegClass::Pred));
+            let ptr = self.tensors[dst.param].as_ref().map_or(String::new(), |t| t.ptr.clone());
+            self.w.ins(format!("setp.eq.u64 {absent}, {ptr}, 0"));
+            self.w.ins(format!("@{absent} bra.uni {skip}"));
+            skip
+        });
+        if tensor.is_rows() {
+            self.store_rows(dst, src)?;
+        } else {
+            self.store_tile(dst, src)?;
+        }
+        if let Some(skip) = skip {
+            self.w.place_label(&skip);
+        }
+        Ok(())
+    }
+
+    /// One f32 per row: lane 0 of each quad (the four lanes hold the same row value) writes the
+    /// rows of its warp that lie inside the sequence.
+    fn store_rows(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
+        let s = self.regs_of(src);
+        let t = self.t.as_ref().expect("prologue");
+        let (warp_row0, group, quad_lane) = (t.warp_row0.clone(), t.group.clone(), t.quad_lane.clone());
+        let rows = self.tile_rows(dst);
+        let global = self.tile_address(dst, rows, None)?;
+        let valid = self.valid_rows(dst, None);
+        let lead = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("setp.eq.u32 {lead}, {quad_lane}, 0"));
+        for mf in 0..self.cfg.rows_per_warp() as usize / 16 {
+            for h in 0..2 {
+                let row = self.w.temp(RegClass::B32);
+                self.w.ins(format!("add.u32 {row}, {warp_row0}, {}", 16 * mf + 8 * h));
+                self.w.ins(format!("add.u32 {row}, {row}, {group}"));
+                let write = self.w.temp(RegClass::Pred);
+                self.w.ins(format!("setp.lt.u32 {write}, {row}, {valid}"));
+                self.w.ins(format!("and.pred {write}, {write}, {lead}"));
+                let addr = self.w.temp(RegClass::B64);
+                self.w.ins(format!("mul.wide.u32 {addr}, {row}, {}", global.row_stride));
+                self.w.ins(format!("add.u64 {addr}, {}, {addr}", global.addr));
+                self.w.ins(format!("@{write} st.global.f32 [{addr}], {}", s.at(row_reg(mf, h))));
+            }
+        }
+        Ok(())
+    }
+
+    /// f32 fragments to the tensor's 16-bit type, through this warp's rows of the row-tile
+    /// region, then 16-byte coalesced stores. Only this warp touches those rows, so a warp
+    /// barrier suffices.
+    fn store_tile(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
+        let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
         // The output is written in the tensor's own 16-bit type.
-        let half = tensor.dtype.name();
+        let half = tensor.elem.name();
         let region = self.row_tile_offset()?;
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("store of a non-fragment".into()));

@@ -146,6 +146,9 @@ impl Printer<'_> {
                 acc.map(|c| format!(", acc {}", self.v(c))).unwrap_or_default()
             ),
             Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
+            Op::LogSumExp { dst, max, sum } => {
+                format!("{} = log_sum_exp {}, {}", self.def(*dst), self.v(*max), self.v(*sum))
+            }
             Op::MaskColumns { dst, src, tile, causal } => format!(
                 "{} = mask_columns {} past the end of {}{}",
                 self.def(*dst),
@@ -263,11 +266,13 @@ impl fmt::Display for Kernel {
                 Param::Tensor(t) => {
                     let dims: Vec<&str> = t.dims.iter().map(|d| self.dims[d.0 as usize].as_str()).collect();
                     format!(
-                        "{}: {}{}[{}, D]",
+                        "{}: {}{}{}[{}{}]",
                         t.name,
+                        if t.optional { "optional " } else { "" },
                         if t.writable { "mut " } else { "" },
-                        t.dtype.name(),
-                        dims.join(", ")
+                        t.elem.name(),
+                        dims.join(", "),
+                        if t.is_rows() { "" } else { ", D" }
                     )
                 }
                 Param::Scalar { name } => format!("{name}: f32"),

@@ -123,10 +123,20 @@ pub struct ValueData {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorParam {
     pub name: String,
-    pub dtype: DType,
-    /// The three outer axes (`B, H, S`); the fourth is always the head dim.
+    /// `F16`/`Bf16`: a `[B, H, S, D]` tensor; `F32`: a per-row `[B, H, S]` tensor.
+    pub elem: Elem,
+    /// The three outer axes (`B, H, S`); the fourth, for 16-bit tensors, is the head dim.
     pub dims: [RtDim; 3],
     pub writable: bool,
+    /// The caller may pass no tensor (a null pointer); stores to it are skipped.
+    pub optional: bool,
+}
+
+impl TensorParam {
+    /// A per-row `[B, H, S]` f32 tensor rather than a `[B, H, S, D]` one.
+    pub fn is_rows(&self) -> bool {
+        self.elem == Elem::F32
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -330,6 +340,8 @@ pub enum Op {
     MaskColumns { dst: Value, src: Value, tile: TileAccess, causal: Option<Causal> },
     /// Elementwise `2^x`.
     Exp2 { dst: Value, src: Value },
+    /// `dst = (max + log2 sum) · ln 2` per row, +inf where `sum` is 0.
+    LogSumExp { dst: Value, max: Value, sum: Value },
     /// f32 accumulator fragments to 16-bit A-operand fragments (of `dst`'s element type).
     ToHalf { dst: Value, src: Value },
     /// Reduce each row of a fragment tile.
@@ -388,6 +400,7 @@ impl Op {
             | Op::Mma { dst, .. }
             | Op::MaskColumns { dst, .. }
             | Op::Exp2 { dst, .. }
+            | Op::LogSumExp { dst, .. }
             | Op::ToHalf { dst, .. }
             | Op::Reduce { dst, .. }
             | Op::Binary { dst, .. }
@@ -446,6 +459,7 @@ impl Op {
                 v
             }
             Op::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
+            Op::LogSumExp { max, sum, .. } => vec![*max, *sum],
             Op::Assign { dst, src } => vec![*dst, *src],
             Op::Tiles { .. } | Op::Pipeline { .. } => vec![],
             Op::Store { dst, src } => {

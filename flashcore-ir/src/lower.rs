@@ -97,6 +97,7 @@ impl Lowerer {
     fn resolve_elem(&self, decl: &ElemDecl, span: SpanId, what: &str) -> Result<DType> {
         match decl {
             ElemDecl::Generic(_) => Ok(self.dtype),
+            ElemDecl::F32 => err(span, format!("{what} must be a 16-bit type (f16, bf16 or the generic one)")),
             ElemDecl::Fixed(d) if *d == self.dtype => Ok(*d),
             ElemDecl::Fixed(d) => err(
                 span,
@@ -107,6 +108,21 @@ impl Lowerer {
                 ),
             ),
         }
+    }
+
+    /// The runtime dims of a tensor's `B, H, S` axes, each of which must be a symbol.
+    fn outer_dims(&mut self, name: &str, axes: &[Dim], span: SpanId) -> Result<[RtDim; 3]> {
+        let mut dims = [RtDim(0); 3];
+        for (axis, dim) in axes.iter().enumerate() {
+            let Dim::Sym(sym) = dim else {
+                return err(
+                    span,
+                    format!("axis {axis} of `{name}` must be a symbol (such as `S`), found a literal"),
+                );
+            };
+            dims[axis] = self.rt_dim(sym);
+        }
+        Ok(dims)
     }
 
     fn new(program: &Program, config: &Config) -> Result<Self> {
@@ -131,8 +147,29 @@ impl Lowerer {
                     lowerer.params.push(Param::Scalar { name: name.clone() });
                     lowerer.scopes[0].insert(name.clone(), Binding::Scalar(index));
                 }
-                ParamDecl::Tensor { name, dtype, shape, writable, span } => {
+                ParamDecl::Tensor { name, dtype: ElemDecl::F32, shape, writable, optional, span } => {
+                    // A per-row f32 output, `[B, H, S]` (the log-sum-exp).
+                    if !writable || shape.len() != 3 {
+                        return err(
+                            *span,
+                            format!("f32 tensor `{name}` must be a per-row output `TensorMut<f32, B, H, S>`"),
+                        );
+                    }
+                    let dims = lowerer.outer_dims(name, &shape[..3], *span)?;
+                    lowerer.params.push(Param::Tensor(TensorParam {
+                        name: name.clone(),
+                        elem: Elem::F32,
+                        dims,
+                        writable: true,
+                        optional: *optional,
+                    }));
+                    lowerer.scopes[0].insert(name.clone(), Binding::Tensor(index));
+                }
+                ParamDecl::Tensor { name, dtype, shape, writable, optional, span } => {
                     let dtype = lowerer.resolve_elem(dtype, *span, &format!("tensor `{name}`"))?;
+                    if *optional && !writable {
+                        return err(*span, format!("only outputs may be optional; `{name}` is an input"));
+                    }
                     if shape.len() != 4 {
                         return err(
                             *span,
@@ -170,23 +207,13 @@ impl Lowerer {
                         }
                         Some(_) => {}
                     }
-                    let mut dims = [RtDim(0); 3];
-                    for (axis, dim) in shape[..3].iter().enumerate() {
-                        let Dim::Sym(sym) = dim else {
-                            return err(
-                                *span,
-                                format!(
-                                    "axis {axis} of `{name}` must be a symbol (such as `S`), found a literal"
-                                ),
-                            );
-                        };
-                        dims[axis] = lowerer.rt_dim(sym);
-                    }
+                    let dims = lowerer.outer_dims(name, &shape[..3], *span)?;
                     lowerer.params.push(Param::Tensor(TensorParam {
                         name: name.clone(),
-                        dtype,
+                        elem: Elem::half(dtype),
                         dims,
                         writable: *writable,
+                        optional: *optional,
                     }));
                     lowerer.scopes[0].insert(name.clone(), Binding::Tensor(index));
                 }
@@ -358,7 +385,12 @@ impl Lowerer {
                 }
                 let access = self.tile_access(target, true)?;
                 let src = self.expr(value, out, role, "out")?;
-                let want = Type::Frag { rows: TileDim::M, cols: TileDim::Head, elem: Elem::F32 };
+                let rows_tensor = matches!(&self.params[access.param], Param::Tensor(t) if t.is_rows());
+                let want = if rows_tensor {
+                    Type::Row { rows: TileDim::M }
+                } else {
+                    Type::Frag { rows: TileDim::M, cols: TileDim::Head, elem: Elem::F32 }
+                };
                 if self.ty(src) != want {
                     return err(
                         value.span,
@@ -693,6 +725,24 @@ impl Lowerer {
                     }
                     _ => dst,
                 }
+            }
+            ExprKind::LogSumExp(max, sum) => {
+                let m = self.expr(max, out, role, &format!("{name}_max"))?;
+                let l = self.expr(sum, out, role, &format!("{name}_sum"))?;
+                for (v, e) in [(m, max), (l, sum)] {
+                    if !matches!(self.ty(v), Type::Row { rows: TileDim::M }) {
+                        return err(
+                            e.span,
+                            format!(
+                                "`log_sum_exp(m, l)` takes row vectors [TILE_M], not {}",
+                                describe(&self.ty(v))
+                            ),
+                        );
+                    }
+                }
+                let dst = self.new_value(Type::Row { rows: TileDim::M }, name, false);
+                self.push(out, Op::LogSumExp { dst, max: m, sum: l }, role, span);
+                dst
             }
             ExprKind::Exp2(inner) => {
                 let src = self.expr(inner, out, role, name)?;

@@ -45,6 +45,8 @@ impl DType {
 pub enum ElemDecl {
     Fixed(DType),
     Generic(String),
+    /// `f32`: a per-row tensor `[B, H, S]` (the log-sum-exp output).
+    F32,
 }
 
 /// One axis of a tensor parameter's shape: a symbol (`S`, `D`) or a literal (`64`).
@@ -58,7 +60,9 @@ pub enum Dim {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamDecl {
     /// `q: Tensor<f16, B, H, S, D>` (or `TensorMut` when `writable`).
-    Tensor { name: String, dtype: ElemDecl, shape: Vec<Dim>, writable: bool, span: SpanId },
+    /// `Option<TensorMut<..>>` is `optional`: the caller may pass none, and stores to it are
+    /// skipped.
+    Tensor { name: String, dtype: ElemDecl, shape: Vec<Dim>, writable: bool, optional: bool, span: SpanId },
     /// `scale: f32`.
     Scalar { name: String, span: SpanId },
 }
@@ -200,6 +204,9 @@ pub enum ExprKind {
         acc: Option<Box<Expr>>,
     },
     Exp2(Box<Expr>),
+    /// `log_sum_exp(m, l)`: the natural log-sum-exp of each row from its exp2-domain running
+    /// max `m` and sum `l`, `(m + log2 l) · ln 2`, +inf for a row with no key (`l = 0`).
+    LogSumExp(Box<Expr>, Box<Expr>),
     RowReduce(ReduceOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `fill([TILE_M], NEG_INF)`; `zeros([TILE_M, D])` is a fill with 0.

@@ -97,6 +97,10 @@ fn expr(e: &Expr) -> TokenStream {
             let (x, target) = (b(x), elem_decl(target));
             quote!(#p::ExprKind::ToHalf(#x, #target))
         }
+        ExprKind::LogSumExp(m, l) => {
+            let (m, l) = (b(m), b(l));
+            quote!(#p::ExprKind::LogSumExp(#m, #l))
+        }
         ExprKind::Mma { a, b: bb, acc } => {
             let (a, bb) = (b(a), b(bb));
             let acc = match acc {
@@ -192,7 +196,7 @@ fn program(prog: &Program) -> TokenStream {
             let (name, span) = (string(name), span_id(*span));
             quote!(#p::ParamDecl::Scalar { name: #name, span: #span })
         }
-        ParamDecl::Tensor { name, dtype, shape, writable, span } => {
+        ParamDecl::Tensor { name, dtype, shape, writable, optional, span } => {
             let dtype = elem_decl(dtype);
             let (name, span) = (string(name), span_id(*span));
             let dims = shape.iter().map(|d| match d {
@@ -207,6 +211,7 @@ fn program(prog: &Program) -> TokenStream {
                 dtype: #dtype,
                 shape: ::std::vec![#(#dims),*],
                 writable: #writable,
+                optional: #optional,
                 span: #span,
             })
         }
@@ -233,6 +238,7 @@ fn elem_decl(e: &ElemDecl) -> TokenStream {
             let name = string(name);
             quote!(#p::ElemDecl::Generic(#name))
         }
+        ElemDecl::F32 => quote!(#p::ElemDecl::F32),
     }
 }
 
@@ -279,6 +285,7 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
     // (checked against the config's dtype at launch); fixed ones their own type.
     let elem_type = |dtype: &syn::Ident| match &f.elem_param {
         Some(t) if t == dtype => quote!(#t),
+        _ if dtype == "f32" => quote!(f32),
         _ => quote!(::flashcore::runtime::#dtype),
     };
     for p in &f.params {
@@ -289,10 +296,19 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
                 launch_params.push(quote!(#ident: &::flashcore::runtime::DeviceTensor<#t>));
                 launch_args.push(quote!(::flashcore::Arg::Tensor(#ident)));
             }
-            RawType::Tensor { writable: true, dtype, .. } => {
+            RawType::Tensor { writable: true, optional: false, dtype, .. } => {
                 let t = elem_type(dtype);
                 launch_params.push(quote!(#ident: &mut ::flashcore::runtime::DeviceTensor<#t>));
                 launch_args.push(quote!(::flashcore::Arg::TensorMut(#ident)));
+            }
+            RawType::Tensor { writable: true, optional: true, dtype, .. } => {
+                let t = elem_type(dtype);
+                launch_params
+                    .push(quote!(#ident: ::std::option::Option<&mut ::flashcore::runtime::DeviceTensor<#t>>));
+                launch_args.push(quote!(match #ident {
+                    ::std::option::Option::Some(t) => ::flashcore::Arg::TensorMut(t),
+                    ::std::option::Option::None => ::flashcore::Arg::Absent,
+                }));
             }
             RawType::Scalar(_) => {
                 launch_params.push(quote!(#ident: f32));

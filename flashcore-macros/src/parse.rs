@@ -136,7 +136,13 @@ pub struct KernelFn {
 }
 
 pub enum RawType {
-    Tensor { writable: bool, dtype: syn::Ident, dims: Vec<RawDim> },
+    /// `Tensor<..>`, `TensorMut<..>`, or `Option<TensorMut<..>>` (`optional`).
+    Tensor {
+        writable: bool,
+        optional: bool,
+        dtype: syn::Ident,
+        dims: Vec<RawDim>,
+    },
     Scalar(syn::Ident),
 }
 
@@ -156,7 +162,19 @@ impl Parse for RawParam {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let name: syn::Ident = input.parse()?;
         input.parse::<Token![:]>()?;
-        let kind: syn::Ident = input.parse()?;
+        let mut kind: syn::Ident = input.parse()?;
+        // `Option<TensorMut<..>>`: an output the caller may leave out.
+        let optional = kind == "Option" && input.peek(Token![<]);
+        if optional {
+            input.parse::<Token![<]>()?;
+            kind = input.parse()?;
+            if kind != "TensorMut" {
+                return Err(syn::Error::new_spanned(
+                    &kind,
+                    "only outputs may be optional: `Option<TensorMut<..>>`",
+                ));
+            }
+        }
         let mut last = kind.to_token_stream();
         let ty = match kind.to_string().as_str() {
             "Tensor" | "TensorMut" => {
@@ -171,9 +189,12 @@ impl Parse for RawParam {
                         dims.push(RawDim::Sym(input.parse()?));
                     }
                 }
-                let close = input.parse::<Token![>]>()?;
+                let mut close = input.parse::<Token![>]>()?;
+                if optional {
+                    close = input.parse::<Token![>]>()?;
+                }
                 last = close.to_token_stream();
-                RawType::Tensor { writable: kind == "TensorMut", dtype, dims }
+                RawType::Tensor { writable: kind == "TensorMut", optional, dtype, dims }
             }
             _ => RawType::Scalar(kind),
         };
@@ -219,7 +240,7 @@ fn int_value(e: &syn::Expr) -> syn::Result<u32> {
     }
 }
 
-const FUNCTIONS: &str = "load, stage, mma, exp2, row_max, row_sum, max, fill, zeros";
+const FUNCTIONS: &str = "load, stage, mma, exp2, row_max, row_sum, max, log_sum_exp, fill, zeros";
 
 /// Converts the parsed function into a `Program`, filling `spans`.
 pub struct Converter<'s> {
@@ -263,12 +284,8 @@ impl Converter<'_> {
                     }
                     ParamDecl::Scalar { name, span }
                 }
-                RawType::Tensor {
-                    writable,
-                    dtype,
-                    dims,
-                } => {
-                    let dtype = self.elem(dtype)?;
+                RawType::Tensor { writable, optional, dtype, dims } => {
+                    let dtype = if dtype == "f32" { ElemDecl::F32 } else { self.elem(dtype)? };
                     let shape = dims
                         .iter()
                         .map(|d| match d {
@@ -281,6 +298,7 @@ impl Converter<'_> {
                         dtype,
                         shape,
                         writable: *writable,
+                        optional: *optional,
                         span,
                     }
                 }
@@ -598,6 +616,10 @@ impl Converter<'_> {
                     "exp2" => {
                         arity(&[1])?;
                         ExprKind::Exp2(boxed(self, args[0])?)
+                    }
+                    "log_sum_exp" => {
+                        arity(&[2])?;
+                        ExprKind::LogSumExp(boxed(self, args[0])?, boxed(self, args[1])?)
                     }
                     "row_max" | "row_sum" => {
                         arity(&[1])?;

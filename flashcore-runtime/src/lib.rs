@@ -90,6 +90,8 @@ pub struct KernelImage<'a> {
 pub enum LaunchArg<'a> {
     Buffer(&'a dyn TensorArg),
     BufferMut(&'a mut dyn TensorArg),
+    /// A null pointer (an optional output left out).
+    Null,
     F32(f32),
     U32(u32),
 }
@@ -376,9 +378,11 @@ impl Device {
     /// Enqueues `image` on `grid` CTAs. Asynchronous: call [`Device::synchronize`] to wait.
     pub fn launch(&self, image: &KernelImage, grid: u32, args: &mut [LaunchArg]) -> Result<()> {
         let kernel = self.load(image)?;
+        const NULL: u64 = 0;
         /// Argument values, kept alive until the launch has read them.
         enum Value {
             Pointer(u64),
+            Null,
             F32(f32),
             U32(u32),
         }
@@ -387,6 +391,7 @@ impl Device {
             values.push(match a {
                 LaunchArg::Buffer(t) => Value::Pointer(t.device_ptr(&self.stream)),
                 LaunchArg::BufferMut(t) => Value::Pointer(t.device_ptr(&self.stream)),
+                LaunchArg::Null => Value::Null,
                 LaunchArg::F32(x) => Value::F32(*x),
                 LaunchArg::U32(x) => Value::U32(*x),
             });
@@ -400,6 +405,7 @@ impl Device {
         for v in &values {
             match v {
                 Value::Pointer(p) => builder.arg(p),
+                Value::Null => builder.arg(&NULL),
                 Value::F32(x) => builder.arg(x),
                 Value::U32(x) => builder.arg(x),
             };

@@ -835,6 +835,13 @@ impl<'a> Cta<'a> {
                 }
                 (*d, r.to_bits() as u64)
             }),
+            Op::Lg2 { ftz: flush, d, a } => self.lanes_map(w, exec, |s, l| {
+                let mut x = f32_of(s.val(w, *a, l));
+                if *flush {
+                    x = ftz(x);
+                }
+                (*d, x.log2().to_bits() as u64)
+            }),
             Op::Rcp { d, a } => {
                 self.lanes_map(w, exec, |s, l| (*d, (1.0 / f32_of(s.val(w, *a, l))).to_bits() as u64))
             }

@@ -252,6 +252,12 @@ pub enum Op {
         d: u32,
         a: Operand,
     },
+    /// `lg2.approx.f32`: log2 (−inf at ±0, NaN below 0).
+    Lg2 {
+        ftz: bool,
+        d: u32,
+        a: Operand,
+    },
     Rcp {
         d: u32,
         a: Operand,
@@ -817,6 +823,9 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
         }
         "ex2" if has("approx") && mods.last() == Some(&"f32") => {
             Op::Ex2 { ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
+        }
+        "lg2" if has("approx") && mods.last() == Some(&"f32") => {
+            Op::Lg2 { ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
         }
         "rcp" if has("rn") && mods.last() == Some(&"f32") => {
             Op::Rcp { d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }

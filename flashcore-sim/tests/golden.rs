@@ -242,6 +242,39 @@ fn cvt_pack_order_and_butterfly_shuffle() {
     }
 }
 
+/// `lg2.approx.f32` per the ISA: log2, −inf for ±0, NaN for negative inputs.
+#[test]
+fn lg2_of_positive_zero_and_negative_inputs() {
+    let ptx = small_kernel(
+        r#"	.reg .f32 %f<4>;
+	mov.f32 %f0, 0f41000000;
+	lg2.approx.f32 %f1, %f0;
+	mov.f32 %f0, 0f00000000;
+	lg2.approx.f32 %f2, %f0;
+	mov.f32 %f0, 0fBF800000;
+	lg2.approx.f32 %f3, %f0;
+	shl.b32 %r3, %r0, 4;
+	cvt.u64.u32 %rd1, %r3;
+	add.u64 %rd2, %rd0, %rd1;
+	st.global.f32 [%rd2], %f1;
+	st.global.f32 [%rd2+4], %f2;
+	st.global.f32 [%rd2+8], %f3;
+"#,
+    );
+    let module = parse(&ptx).unwrap();
+    let mut gpu = machine(4);
+    let out = gpu.alloc(vec![0; 32 * 16]);
+    gpu.launch(&module, "k", Launch { grid: 1, threads: 32, shared_bytes: 0 }, &[Arg::U64(out)]).unwrap();
+    let bytes = gpu.read(out, 32 * 16).unwrap();
+    let f =
+        |i: usize| f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
+    for l in 0..32 {
+        assert_eq!(f(4 * l), 3.0, "lane {l}: lg2(8)");
+        assert_eq!(f(4 * l + 1), f32::NEG_INFINITY, "lane {l}: lg2(0)");
+        assert!(f(4 * l + 2).is_nan(), "lane {l}: lg2(-1)");
+    }
+}
+
 /// A one-parameter kernel (`pout`, also in `%rd0`) around `body`, with `%r0` = thread index and
 /// `%r1` = warp index.
 fn small_kernel(body: &str) -> String {

@@ -4,7 +4,7 @@ use flashcore::flash_kernel;
 fn attention(
     q: Tensor<f16, B, H, S, D>,
     k: Tensor<f16, B, H, S, D>,
-    v: Tensor<f32, B, H, S, D>,
+    v: Tensor<f64, B, H, S, D>,
     o: TensorMut<f16, B, H, S, D>,
     scale: f32,
 ) {
