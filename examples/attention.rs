@@ -276,7 +276,7 @@ fn run_typed<T: HalfFloat>(
     let mut out = upload(&vec![f64::NAN; shape.iter().product()], shape)?;
     // The log-sum-exp of every row, checked on the correctness launch (poisoned likewise).
     let mut lse = device.filled(&[b, h, s], f32::NAN).map_err(r)?;
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = cfg.default_scale();
     attention::launch(device, &cfg, &q, &k, &v, &mut out, Some(&mut lse), scale).map_err(e)?;
     device.synchronize().map_err(r)?;
     let stored = device.download(&out).map_err(r)?;

@@ -202,7 +202,7 @@ fn check_typed<T: HalfFloat>(
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal())).collect::<Vec<_>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = kernel.kernel.config.default_scale();
     let (q_shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
     let view = |shape| HostView::strided(shape, layout.strides(shape));
     let mut o = vec![T::NAN; b * h * s * d];

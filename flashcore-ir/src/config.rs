@@ -77,6 +77,11 @@ impl Config {
         Config { head_dim, tile_n, ..self }
     }
 
+    /// The softmax scale attention uses unless told otherwise: 1/√D.
+    pub fn default_scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
     /// Rows of the Q tile each warp owns.
     pub fn rows_per_warp(&self) -> u32 {
         self.tile_m / self.warps
@@ -192,5 +197,6 @@ mod tests {
         Config::default().with_head_dim(256).validate().unwrap();
         assert_eq!(Config::default().with_head_dim(256).tile_n, 32);
         assert_eq!(Config::default().with_head_dim(128).tile_n, 64);
+        assert_eq!(Config::default().with_head_dim(256).default_scale(), 0.0625);
     }
 }
