@@ -1315,13 +1315,18 @@ impl<'k> Emitter<'k> {
     fn store(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
         let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
         // An optional output the caller did not pass (a null pointer) is skipped, uniformly.
-        let skip = tensor.optional.then(|| {
+        let skip = if tensor.optional {
+            let ptr = self.tensors[dst.param]
+                .as_ref()
+                .map(|t| t.ptr.clone())
+                .ok_or_else(|| CodegenError::Internal(format!("`{}` has no pointer", tensor.name)))?;
             let (skip, absent) = (self.w.label("store_skip"), self.w.temp(RegClass::Pred));
-            let ptr = self.tensors[dst.param].as_ref().map_or(String::new(), |t| t.ptr.clone());
             self.w.ins(format!("setp.eq.u64 {absent}, {ptr}, 0"));
             self.w.ins(format!("@{absent} bra.uni {skip}"));
-            skip
-        });
+            Some(skip)
+        } else {
+            None
+        };
         if tensor.is_rows() {
             self.store_rows(dst, src)?;
         } else {
