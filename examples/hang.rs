@@ -60,7 +60,14 @@ fn main() -> ExitCode {
     let result = flashcore::launch(
         &device,
         &compiled,
-        &mut [Arg::Tensor(&q), Arg::Tensor(&k), Arg::Tensor(&v), Arg::TensorMut(&mut o), Arg::F32(0.125)],
+        &mut [
+            Arg::Tensor(&q),
+            Arg::Tensor(&k),
+            Arg::Tensor(&v),
+            Arg::TensorMut(&mut o),
+            Arg::Absent,
+            Arg::F32(0.125),
+        ],
     );
     match result {
         Err(Error::Runtime(e @ RuntimeError::Timeout { .. })) => {

@@ -688,6 +688,8 @@ impl<'k> Emitter<'k> {
         let (team_row, chunk) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
         self.w.ins(format!("div.u32 {team_row}, {}, {cpr}", team.index));
         self.w.ins(format!("rem.u32 {chunk}, {}, {cpr}", team.index));
+        // This thread's chunk in row 0 of the tile; each pass adds only its row's offset.
+        let chunk_base = self.global_chunk_base(global, &chunk);
         let active = (team.threads % cpr != 0).then(|| {
             let p = self.w.temp(RegClass::Pred);
             self.w.ins(format!("setp.lt.u32 {p}, {}, {}", team.index, rows_per_pass * cpr));
@@ -723,7 +725,10 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("setp.lt.u32 {inside}, {row}, {valid_rows}"));
             self.w.ins(format!("selp.b32 {src_row}, {row}, 0, {inside}"));
             self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
-            let (gaddr, saddr) = self.chunk_addresses(global, smem_offset, &src_row, &row, &chunk);
+            let gaddr = self.w.temp(RegClass::B64);
+            self.w.ins(format!("mul.wide.u32 {gaddr}, {src_row}, {}", global.row_stride));
+            self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
+            let saddr = self.shared_chunk_address(smem_offset, &row, &chunk);
             self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16, {size}"));
         }
     }
@@ -744,26 +749,20 @@ impl<'k> Emitter<'k> {
         valid
     }
 
-    /// Addresses of 16-byte chunk `chunk` of tile row `row`: in global memory from the tile
-    /// `global` (u64: row · row_stride + chunk · 16), and in the shared buffer at `smem_base`
-    /// (u32, swizzled: row · row_bytes + (chunk ^ row % P) · 16).
-    fn chunk_addresses(
-        &mut self,
-        global: &GlobalTile,
-        smem_base: &str,
-        global_row: &str,
-        row: &str,
-        chunk: &str,
-    ) -> (String, String) {
+    /// Global address (u64) of 16-byte chunk `chunk` in the first row of the tile `global`.
+    fn global_chunk_base(&mut self, global: &GlobalTile, chunk: &str) -> String {
+        let (chunk_bytes, base) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B64));
+        self.w.ins(format!("shl.b32 {chunk_bytes}, {chunk}, 4"));
+        self.w.ins(format!("cvt.u64.u32 {base}, {chunk_bytes}"));
+        self.w.ins(format!("add.u64 {base}, {}, {base}", global.addr));
+        base
+    }
+
+    /// Shared address (u32) of 16-byte chunk `chunk` of row `row` in the buffer at `smem_base`,
+    /// swizzled: row · row_bytes + (chunk ^ row % P) · 16.
+    fn shared_chunk_address(&mut self, smem_base: &str, row: &str, chunk: &str) -> String {
         let rb = row_bytes(&self.cfg);
         let smem = self.th().smem.clone();
-        let chunk_bytes = self.w.temp(RegClass::B32);
-        self.w.ins(format!("shl.b32 {chunk_bytes}, {chunk}, 4"));
-        let (gaddr, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
-        self.w.ins(format!("mul.wide.u32 {gaddr}, {global_row}, {}", global.row_stride));
-        self.w.ins(format!("cvt.u64.u32 {part}, {chunk_bytes}"));
-        self.w.ins(format!("add.u64 {gaddr}, {gaddr}, {part}"));
-        self.w.ins(format!("add.u64 {gaddr}, {}, {gaddr}", global.addr));
         let swz = self.w.temp(RegClass::B32);
         self.w.ins(format!("and.b32 {swz}, {row}, {}", swizzle_period(&self.cfg) - 1));
         self.w.ins(format!("xor.b32 {swz}, {swz}, {chunk}"));
@@ -774,7 +773,7 @@ impl<'k> Emitter<'k> {
         if smem_base != "0" {
             self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem_base}"));
         }
-        (gaddr, saddr)
+        saddr
     }
 
     /// Shared address of the ldmatrix source for this lane: block of 16 rows starting at
@@ -1433,7 +1432,11 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("div.u32 {row}, {id}, {cpr}"));
             self.w.ins(format!("rem.u32 {chunk}, {id}, {cpr}"));
             self.w.ins(format!("add.u32 {row}, {row}, {warp_row0}"));
-            let (gaddr, saddr) = self.chunk_addresses(&global, &region.to_string(), &row, &row, &chunk);
+            let gaddr = self.global_chunk_base(&global, &chunk);
+            let row_offset = self.w.temp(RegClass::B64);
+            self.w.ins(format!("mul.wide.u32 {row_offset}, {row}, {}", global.row_stride));
+            self.w.ins(format!("add.u64 {gaddr}, {gaddr}, {row_offset}"));
+            let saddr = self.shared_chunk_address(&region.to_string(), &row, &chunk);
             let v: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
             self.w.ins(format!("{guard}ld.shared.v4.b32 {{{}}}, [{saddr}]", v.join(", ")));
             // Rows past the end of the sequence are not written.
