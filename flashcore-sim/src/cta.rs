@@ -17,8 +17,8 @@ use half::{bf16, f16};
 use crate::error::{At, SimError};
 use crate::memory::{Access, GlobalMemory, Shadow};
 use crate::parse::{
-    AddrBase, Address, Cmp, CmpType, FloatOp, HalfType, Inst, IntOp, IntType, Kernel, Op, Operand, ShflMode,
-    Space, Special,
+    AddrBase, Address, ApproxFn, Cmp, CmpType, FloatOp, HalfType, Inst, IntOp, IntType, Kernel, Op, Operand,
+    ShflMode, Space, Special,
 };
 
 pub const LANES: usize = 32;
@@ -824,23 +824,20 @@ impl<'a> Cta<'a> {
                 let r = f32_of(s.val(w, *a, l)).mul_add(f32_of(s.val(w, *b, l)), f32_of(s.val(w, *c, l)));
                 (*d, r.to_bits() as u64)
             }),
-            Op::Ex2 { ftz: flush, d, a } => self.lanes_map(w, exec, |s, l| {
+            Op::Approx { func, ftz: flush, d, a } => self.lanes_map(w, exec, |s, l| {
+                // `.ftz` flushes subnormal inputs and results to zero.
                 let mut x = f32_of(s.val(w, *a, l));
                 if *flush {
                     x = ftz(x);
                 }
-                let mut r = x.exp2();
+                let mut r = match func {
+                    ApproxFn::Ex2 => x.exp2(),
+                    ApproxFn::Lg2 => x.log2(),
+                };
                 if *flush {
                     r = ftz(r);
                 }
                 (*d, r.to_bits() as u64)
-            }),
-            Op::Lg2 { ftz: flush, d, a } => self.lanes_map(w, exec, |s, l| {
-                let mut x = f32_of(s.val(w, *a, l));
-                if *flush {
-                    x = ftz(x);
-                }
-                (*d, x.log2().to_bits() as u64)
             }),
             Op::Rcp { d, a } => {
                 self.lanes_map(w, exec, |s, l| (*d, (1.0 / f32_of(s.val(w, *a, l))).to_bits() as u64))

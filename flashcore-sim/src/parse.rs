@@ -98,6 +98,15 @@ pub enum AddrBase {
 }
 
 /// Integer types (`.b*` behave as unsigned).
+/// The special functions of `*.approx.f32` (the simulator computes them exactly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApproxFn {
+    /// 2^x.
+    Ex2,
+    /// log2 x: −inf at ±0, NaN below 0.
+    Lg2,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntType {
     U32,
@@ -247,13 +256,9 @@ pub enum Op {
         b: Operand,
         c: Operand,
     },
-    Ex2 {
-        ftz: bool,
-        d: u32,
-        a: Operand,
-    },
-    /// `lg2.approx.f32`: log2 (−inf at ±0, NaN below 0).
-    Lg2 {
+    /// `ex2.approx[.ftz].f32` and `lg2.approx[.ftz].f32`.
+    Approx {
+        func: ApproxFn,
         ftz: bool,
         d: u32,
         a: Operand,
@@ -822,10 +827,10 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             }
         }
         "ex2" if has("approx") && mods.last() == Some(&"f32") => {
-            Op::Ex2 { ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
+            Op::Approx { func: ApproxFn::Ex2, ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
         }
         "lg2" if has("approx") && mods.last() == Some(&"f32") => {
-            Op::Lg2 { ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
+            Op::Approx { func: ApproxFn::Lg2, ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
         }
         "rcp" if has("rn") && mods.last() == Some(&"f32") => {
             Op::Rcp { d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
