@@ -4,7 +4,7 @@
 //! simulator at a small shape and checks it against float64 (exit 0 when correct).
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
-//!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
+//!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--varlen 1,17,77 [--varlen-k 5,300,0]] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
 //!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--ptx]`
 
 use std::path::PathBuf;
@@ -39,6 +39,10 @@ struct Options {
     /// K/V heads (grouped-query attention); `h` when not given.
     hkv: Option<usize>,
     causal: bool,
+    /// A variable-length batch: each sequence's query rows (packed `[TOTAL, H, D]`).
+    varlen: Option<Vec<usize>>,
+    /// Each sequence's key rows; the query lengths when not given.
+    varlen_k: Option<Vec<usize>>,
     /// How q, k, v and o are laid out in memory (and in the `.npy` files).
     layout: Layout,
     /// The element type of q, k, v and o (the kernel's `T`).
@@ -51,6 +55,13 @@ struct Options {
     persistent: bool,
     tile_n: Option<u32>,
     warps: Option<u32>,
+}
+
+/// `17,77,4097`: one length per sequence.
+fn lengths(flag: &str, list: String) -> Result<Vec<usize>, String> {
+    list.split(',')
+        .map(|x| x.trim().parse::<usize>().map_err(|_| format!("{flag}: `{x}` is not a length")))
+        .collect()
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -74,6 +85,8 @@ fn parse_args() -> Result<Options, String> {
         sk: None,
         hkv: None,
         causal: false,
+        varlen: None,
+        varlen_k: None,
         layout: Layout::Bhsd,
         dtype: DType::F16,
         show_ptx: false,
@@ -106,6 +119,8 @@ fn parse_args() -> Result<Options, String> {
             "--sk" => o.sk = Some(number(value()?)?),
             "--hkv" => o.hkv = Some(number(value()?)?),
             "--causal" => o.causal = true,
+            "--varlen" => o.varlen = Some(lengths(&flag, value()?)?),
+            "--varlen-k" => o.varlen_k = Some(lengths(&flag, value()?)?),
             "--layout" => o.layout = value()?.parse()?,
             "--dtype" => {
                 let name = value()?;
@@ -134,6 +149,15 @@ fn parse_args() -> Result<Options, String> {
             }
             other => return Err(format!("unknown flag `{other}` (try --help)")),
         }
+    }
+    if o.varlen_k.is_some() && o.varlen.is_none() {
+        return Err("--varlen-k needs --varlen (the query lengths)".into());
+    }
+    if o.varlen.is_some() && (o.q.is_some() || o.sweep || o.layout != Layout::Bhsd) {
+        return Err(
+            "--varlen runs packed [TOTAL, H, D] random inputs: not with --q/--k/--v, --sweep or --layout"
+                .into(),
+        );
     }
     Ok(o)
 }
@@ -277,7 +301,7 @@ fn run_typed<T: HalfFloat>(
     // The log-sum-exp of every row, checked on the correctness launch (poisoned likewise).
     let mut lse = device.filled(&[b, h, s], f32::NAN).map_err(r)?;
     let scale = cfg.default_scale();
-    attention::launch(device, &cfg, &q, &k, &v, &mut out, Some(&mut lse), scale).map_err(e)?;
+    attention::launch(device, &cfg, &q, &k, &v, &mut out, Some(&mut lse), scale, None, None).map_err(e)?;
     device.synchronize().map_err(r)?;
     let stored = device.download(&out).map_err(r)?;
     let got_lse = device.download(&lse).map_err(r)?;
@@ -327,16 +351,40 @@ fn run_typed<T: HalfFloat>(
         rotating.push((upload(&fresh.q, shape)?, upload(&fresh.k, kv_shape)?, upload(&fresh.v, kv_shape)?));
     }
     rotating.push((q, k, v));
-    // Each timed launch follows an L2 flush (a 256 MB memset, ~0.1 ms of GPU work) so the host
-    // enqueues the launch while the GPU is still busy: the events then bracket the kernel only.
+    let median_us = median_launch_us(device, o, |i| {
+        let (q, k, v) = &rotating[i % rotating.len()];
+        let lse = o.lse.is_some().then_some(&mut lse);
+        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale, None, None).map_err(e)
+    })?;
+    // Useful work: 4·D flops per (query, key) pair a row attends to (about half when causal).
+    let pairs: usize = (0..s).map(|row| problem.keys_seen(row)).sum();
+    let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
+    Ok(Outcome {
+        err,
+        lse_ok,
+        rows_checked: rows.len(),
+        rows_total: b * h * s,
+        median_us,
+        tflops: flops / (median_us * 1e-6) / 1e12,
+    })
+}
+
+/// The median time in µs of `o.iters` launches after `o.warmup`, with CUDA events. Each timed
+/// launch follows an L2 flush (a 256 MB memset, ~0.1 ms of GPU work) so the host enqueues the
+/// launch while the GPU is still busy: the events then bracket the kernel only. `launch(i)`
+/// enqueues launch `i` (rotating its inputs).
+fn median_launch_us(
+    device: &Device,
+    o: &Options,
+    mut launch: impl FnMut(usize) -> Result<(), String>,
+) -> Result<f64, String> {
+    let r = |x: flashcore::runtime::RuntimeError| x.to_string();
     let mut flush = device.l2_flush_buffer(256 << 20).map_err(r)?;
     let mut events = vec![];
     for i in 0..o.warmup + o.iters {
-        let (q, k, v) = &rotating[i % rotating.len()];
         device.flush_l2(&mut flush).map_err(r)?;
         let start = device.record().map_err(r)?;
-        let lse = o.lse.is_some().then_some(&mut lse);
-        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale).map_err(e)?;
+        launch(i)?;
         let stop = device.record().map_err(r)?;
         if i >= o.warmup {
             events.push((start, stop));
@@ -352,15 +400,124 @@ fn run_typed<T: HalfFloat>(
         .collect::<Result<Vec<f64>, _>>()
         .map_err(r)?;
     times.sort_by(|a, b| a.total_cmp(b));
-    let median_us = times[times.len() / 2];
-    // Useful work: 4·D flops per (query, key) pair a row attends to (about half when causal).
-    let pairs: usize = (0..s).map(|row| problem.keys_seen(row)).sum();
-    let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
+    Ok(times[times.len() / 2])
+}
+
+/// A variable-length batch (`--varlen`): packed `[TOTAL, H, D]` random inputs, sequence offsets
+/// on the device, every output row (and log-sum-exp, `[H, TOTAL_Q]`) checked against float64
+/// per sequence, then timed like the dense problems.
+fn run_varlen<T: HalfFloat>(
+    device: &Device,
+    o: &Options,
+    (lens_q, lens_k): (&[usize], &[usize]),
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
+    let (h, hk, d) = (o.h, o.hkv.unwrap_or(o.h), o.d);
+    let cfg = config_for(o, d);
+    let e = |x: flashcore::Error| x.to_string();
+    let r = |x: flashcore::runtime::RuntimeError| x.to_string();
+    let cu_q = flashcore::SeqOffsets::from_lengths(lens_q).map_err(e)?;
+    let cu_k = flashcore::SeqOffsets::from_lengths(lens_k).map_err(e)?;
+    let (tq, tk) = (cu_q.total(), cu_k.total());
+    let (dev_q_offsets, dev_k_offsets) = (cu_q.upload(device).map_err(e)?, cu_k.upload(device).map_err(e)?);
+    let mut gen = |n: usize| (0..n).map(|_| round_to(o.dtype, rng.normal())).collect::<Vec<f64>>();
+    let upload = |data: &[f64], shape: &[usize]| {
+        let typed: Vec<T> = data.iter().map(|x| T::from_f64(*x)).collect();
+        device.upload(&typed, shape).map_err(r)
+    };
+    let (q_shape, kv_shape) = ([tq, h, d], [tk, hk, d]);
+    let mut sets = vec![];
+    // Rotating input sets (about 64 MB in all), as for the dense problems.
+    let set_bytes = (tq * h + 2 * tk * hk) * d * 2;
+    for _ in 0..(64usize << 20).div_ceil(set_bytes.max(1)).clamp(1, 8) {
+        let (q, k, v) = (gen(tq * h * d), gen(tk * hk * d), gen(tk * hk * d));
+        let dev = (upload(&q, &q_shape)?, upload(&k, &kv_shape)?, upload(&v, &kv_shape)?);
+        sets.push(((q, k, v), dev));
+    }
+    let mut out = upload(&vec![f64::NAN; tq * h * d], &q_shape)?;
+    let mut lse = device.filled(&[h, tq], f32::NAN).map_err(r)?;
+    let scale = cfg.default_scale();
+    let ((qd, kd, vd), (q, k, v)) = &sets[0];
+    let offsets = (Some(&dev_q_offsets), Some(&dev_k_offsets));
+    attention::launch(device, &cfg, q, k, v, &mut out, Some(&mut lse), scale, offsets.0, offsets.1)
+        .map_err(e)?;
+    let got: Vec<f64> = device.download(&out).map_err(r)?.iter().map(|x| x.to_f64()).collect();
+    let got_lse = device.download(&lse).map_err(r)?;
+    if let Some(path) = &o.lse {
+        flashcore::npy::write_f32(path, &got_lse, &[h, tq]).map_err(|x| x.to_string())?;
+    }
+    let problem = reference::VarlenProblem {
+        q: qd,
+        k: kd,
+        v: vd,
+        cu_q: cu_q.as_slice(),
+        cu_k: cu_k.as_slice(),
+        h,
+        hk,
+        d,
+        scale: scale as f64,
+        causal: cfg.causal,
+    };
+    // Rows t · H + head; a sample of them when checking all would be slow.
+    let pairs = |i: usize| {
+        let (sq, sk) = (lens_q[i], lens_k[i]);
+        let dense = Problem {
+            q: &[],
+            k: &[],
+            v: &[],
+            b: 1,
+            h: 1,
+            hk: 1,
+            s: sq,
+            sk,
+            d,
+            scale: 0.0,
+            causal: cfg.causal,
+        };
+        (0..sq).map(|row| dense.keys_seen(row)).sum::<usize>()
+    };
+    let all_pairs: usize = (0..lens_q.len()).map(pairs).sum();
+    let total_rows = tq * h;
+    // All rows when that is cheap, else the first and last row of every sequence and head plus
+    // a random sample (the budget is about 4e9 multiply-adds, as for the dense problems).
+    let keys_per_row = all_pairs as f64 / tq.max(1) as f64;
+    let budget = (4e9 / (keys_per_row.max(1.0) * d as f64)) as usize;
+    let rows: Vec<usize> = if total_rows <= budget {
+        (0..total_rows).collect()
+    } else {
+        let ends = (0..lens_q.len())
+            .filter(|i| lens_q[*i] > 0)
+            .flat_map(|i| [cu_q.range(i).start, cu_q.range(i).end - 1]);
+        let mut rows: Vec<usize> = ends.flat_map(|t| (0..h).map(move |head| t * h + head)).collect();
+        while rows.len() < budget {
+            rows.push((rng.next_u64() % total_rows as u64) as usize);
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        rows
+    };
+    let (want, want_lse) = reference::varlen_rows_lse(&problem, &rows);
+    let got_rows: Vec<f64> = rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().copied()).collect();
+    let err = reference::compare(&got_rows, &want);
+    let lse_rows: Vec<f64> = rows.iter().map(|r| got_lse[(r % h) * tq + r / h] as f64).collect();
+    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&lse_rows, &want_lse);
+    let lse_ok = lse_max_abs < LSE_TOLERANCE && lse_mismatched == 0;
+    println!(
+        "log-sum-exp: max abs err {lse_max_abs:.3e} vs float64 over {} rows, {lse_mismatched} infinite where float64 is not (or back){}",
+        rows.len(),
+        if lse_ok { "" } else { "  FAIL" }
+    );
+    let median_us = median_launch_us(device, o, |i| {
+        let (_, (q, k, v)) = &sets[i % sets.len()];
+        let lse = o.lse.is_some().then_some(&mut lse);
+        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale, offsets.0, offsets.1).map_err(e)
+    })?;
+    let flops = 4.0 * h as f64 * all_pairs as f64 * d as f64;
     Ok(Outcome {
         err,
         lse_ok,
         rows_checked: rows.len(),
-        rows_total: b * h * s,
+        rows_total: total_rows,
         median_us,
         tflops: flops / (median_us * 1e-6) / 1e12,
     })
@@ -406,7 +563,7 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
             }
         }
     }
-    match run_in_simulator(&compiled, o.layout, o.seed) {
+    match run_in_simulator(&compiled, o) {
         Ok(line) => println!("{line}"),
         Err(e) => {
             eprintln!("error: {e}");
@@ -416,16 +573,28 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Runs the kernel in FlashCore's PTX simulator at a small shape (two heads, four KV tiles) and
-/// checks it against the float64 reference, so the generated code is seen to work without a GPU.
-fn run_in_simulator(kernel: &flashcore::CompiledKernel, layout: Layout, seed: u64) -> Result<String, String> {
-    use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
+/// Runs the kernel in FlashCore's PTX simulator at a small shape (two heads, four KV tiles; with
+/// `--varlen`, those sequence lengths) and checks it against the float64 reference, so the
+/// generated code is seen to work without a GPU.
+fn run_in_simulator(kernel: &flashcore::CompiledKernel, o: &Options) -> Result<String, String> {
+    use flashcore::simulate::{check_attention, check_varlen_attention, AttentionShape, Options, SimDevice};
     let d = kernel.kernel.config.head_dim;
-    let device = SimDevice { sm_count: 2, options: Options { seed, ..Options::default() } };
-    let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 };
-    let check = check_attention(kernel, shape, layout, seed, &device).map_err(|e| e.to_string())?;
+    let device = SimDevice { sm_count: 2, options: Options { seed: o.seed, ..Options::default() } };
+    let (check, what) = match &o.varlen {
+        Some(lens_q) => {
+            let lens_k = o.varlen_k.as_deref().unwrap_or(lens_q);
+            let (h, hk) = (2, 2);
+            let check = check_varlen_attention(kernel, lens_q, lens_k, (h, hk), o.seed, &device);
+            (check, format!("varlen {lens_q:?} x {lens_k:?} x{h}x{d}"))
+        }
+        None => {
+            let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 };
+            (check_attention(kernel, shape, o.layout, o.seed, &device), format!("1x2x256x{d} {}", o.layout))
+        }
+    };
+    let check = check.map_err(|e| e.to_string())?;
     let line = format!(
-        "simulator (no GPU needed): 1x2x256x{d} {layout}, {} CTAs, {} warp instructions ({:.1} M lane instructions/s), rel err {:.3e} vs float64, log-sum-exp max abs err {:.1e}",
+        "simulator (no GPU needed): {what}, {} CTAs, {} warp instructions ({:.1} M lane instructions/s), rel err {:.3e} vs float64, log-sum-exp max abs err {:.1e}",
         check.stats.ctas,
         check.stats.warp_instructions,
         check.stats.lane_instructions as f64 / check.seconds / 1e6,
@@ -438,6 +607,31 @@ fn run_in_simulator(kernel: &flashcore::CompiledKernel, layout: Layout, seed: u6
         Ok(format!("{line}  ok"))
     } else {
         Err(format!("{line}: above the {bound:e} bound"))
+    }
+}
+
+/// Prints one row of the results table (`S` is the longest sequence of a varlen batch); true
+/// when the result is within `bound` of float64.
+fn print_outcome([b, h, s, d]: [usize; 4], result: Result<Outcome, String>, bound: f64) -> bool {
+    match result {
+        Ok(r) => {
+            let ok = r.err.rel_l2 < bound && r.err.non_finite == 0 && r.lse_ok;
+            println!(
+                "{b:>4} {h:>4} {s:>6} {d:>4}  {:>10.3e} {:>10.3e} {:>6}/{:<6}  {:>10.2} {:>9.1}  {}",
+                r.err.rel_l2,
+                r.err.max_abs,
+                r.rows_checked,
+                r.rows_total,
+                r.median_us,
+                r.tflops,
+                if ok { "ok" } else { "FAIL" }
+            );
+            ok
+        }
+        Err(e) => {
+            println!("{b:>4} {h:>4} {s:>6} {d:>4}  error: {e}");
+            false
+        }
     }
 }
 
@@ -465,6 +659,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Ok(Some(inputs)) => vec![inputs],
+        Ok(None) if o.varlen.is_some() => vec![],
         Ok(None) if o.sweep => {
             let mut v = vec![];
             for d in [64, 128] {
@@ -519,28 +714,26 @@ fn main() -> ExitCode {
     );
     let bound = tolerance(o.dtype);
     let mut failed = false;
-    for inputs in &problems {
-        let [b, h, s, d] = inputs.shape;
-        match run_one(&device, inputs, &o, &mut rng) {
-            Ok(r) => {
-                let ok = r.err.rel_l2 < bound && r.err.non_finite == 0 && r.lse_ok;
-                failed |= !ok;
-                println!(
-                    "{b:>4} {h:>4} {s:>6} {d:>4}  {:>10.3e} {:>10.3e} {:>6}/{:<6}  {:>10.2} {:>9.1}  {}",
-                    r.err.rel_l2,
-                    r.err.max_abs,
-                    r.rows_checked,
-                    r.rows_total,
-                    r.median_us,
-                    r.tflops,
-                    if ok { "ok" } else { "FAIL" }
-                );
-            }
-            Err(e) => {
-                failed = true;
-                println!("{b:>4} {h:>4} {s:>6} {d:>4}  error: {e}");
-            }
+    if let Some(lens_q) = &o.varlen {
+        let lens_k = o.varlen_k.as_deref().unwrap_or(lens_q);
+        if lens_k.len() != lens_q.len() {
+            eprintln!("error: --varlen gives {} sequences but --varlen-k {}", lens_q.len(), lens_k.len());
+            return ExitCode::from(2);
         }
+        println!(
+            "varlen: {} sequences of {lens_q:?} query and {lens_k:?} key rows, packed [TOTAL, H, D]",
+            lens_q.len()
+        );
+        let result = match o.dtype {
+            DType::F16 => run_varlen::<f16>(&device, &o, (lens_q, lens_k), &mut rng),
+            DType::Bf16 => run_varlen::<bf16>(&device, &o, (lens_q, lens_k), &mut rng),
+        };
+        let (b, s) = (lens_q.len(), lens_q.iter().max().copied().unwrap_or(0));
+        failed |= !print_outcome([b, o.h, s, o.d], result, bound);
+    }
+    for inputs in &problems {
+        let result = run_one(&device, inputs, &o, &mut rng);
+        failed |= !print_outcome(inputs.shape, result, bound);
     }
     if failed {
         eprintln!("FAILED: some results are above the {bound:e} relative-error bound or errored");

@@ -11,7 +11,10 @@ use crate::flash_kernel;
 /// multi-head with `HKV = H`), read in place. `T` is `Config::dtype`: `f16` or `bf16`, the
 /// output in the same type, accumulation in f32. `lse`, when given, receives each row's
 /// log-sum-exp `ln Σ exp(q·k·scale)` (+inf for a row that sees no key), as FlashAttention
-/// returns it for the backward pass.
+/// returns it for the backward pass. `cu_q`/`cu_k`, when given, make the batch variable-length
+/// (FlashAttention's varlen API): sequence `b` is rows `cu_q[b] .. cu_q[b + 1]` of a packed
+/// `[TOTAL_Q, H, D]` Q/O (`[H, TOTAL_Q]` log-sum-exp) and likewise for K/V, `S`/`SK` are the
+/// longest lengths, and each work item reads its sequence's bounds once.
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 pub fn attention<T>(
     q: Tensor<T, B, H, S, D>,
@@ -20,6 +23,8 @@ pub fn attention<T>(
     o: TensorMut<T, B, H, S, D>,
     lse: Option<TensorMut<f32, B, H, S>>,
     scale: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
 ) {
     for (b, h, qt) in tiles(B, H, S / TILE_M) {
         #[role(compute)]

@@ -37,6 +37,7 @@ pub mod npy;
 pub mod ptxas;
 pub mod reference;
 pub mod simulate;
+pub mod varlen;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -52,6 +53,7 @@ pub use flashcore_sim as sim;
 pub use half::{bf16, f16};
 pub use ir::source::DType;
 pub use layout::Layout;
+pub use varlen::{DeviceSeqOffsets, SeqOffsets};
 
 use flashcore_ir::kernel::{Op, Param};
 use runtime::{KernelImage, LaunchArg, TensorArg};
@@ -67,6 +69,9 @@ pub enum Error {
     /// The PTX simulator found a bug in the kernel (or the kernel uses PTX it does not model).
     #[error("simulator: {0}")]
     Sim(#[from] flashcore_sim::SimError),
+    /// Sequence offsets that are not cumulative lengths.
+    #[error("sequence offsets: {0}")]
+    Offsets(String),
     /// A launch argument does not fit the kernel's signature.
     #[error("kernel `{kernel}`, argument `{arg}`: {message}")]
     Argument { kernel: String, arg: String, message: String },
@@ -198,7 +203,10 @@ pub fn tolerance(dtype: DType) -> f64 {
 pub enum Arg<'a> {
     Tensor(&'a dyn TensorArg),
     TensorMut(&'a mut dyn TensorArg),
-    /// No tensor, for an optional output (`Option<TensorMut<..>>`): its stores are skipped.
+    /// Sequence offsets (`SeqOffsets<B, S>`): a variable-length batch.
+    Offsets(&'a DeviceSeqOffsets),
+    /// Nothing, for an optional parameter: an output whose stores are skipped
+    /// (`Option<TensorMut<..>>`) or offsets that leave the batch dense (`Option<SeqOffsets<..>>`).
     Absent,
     F32(f32),
 }
@@ -219,6 +227,15 @@ impl<'a> TensorView<'a> {
     }
 }
 
+/// A launch argument as [`bind_shapes`] checks it.
+#[derive(Clone, Copy, Debug)]
+pub enum ArgView<'a> {
+    Tensor(TensorView<'a>),
+    Offsets(&'a SeqOffsets),
+    /// An optional parameter left out, or a scalar.
+    None,
+}
+
 /// The runtime sizes bound to a kernel's symbolic dims, the CTA count they give, and the
 /// stride arguments (for each tensor, its `B, H, S` strides in elements).
 #[derive(Clone, Debug, PartialEq)]
@@ -228,27 +245,58 @@ pub struct Binding {
     pub strides: Vec<u32>,
 }
 
-/// Checks `tensors` (one per parameter, `None` for scalars) against the kernel's signature
-/// and binds its symbolic dims. Every mismatch is an `Error::Argument` naming the argument.
-pub fn bind_shapes(kernel: &ir::Kernel, tensors: &[Option<TensorView>]) -> Result<Binding, Error> {
+/// Checks `args` (one per parameter) against the kernel's signature and binds its symbolic
+/// dims. Every mismatch is an `Error::Argument` naming the argument.
+///
+/// Sequence offsets bind their batch dim to the number of sequences and their sequence dim to
+/// the longest one; a tensor whose sequence axis they make ragged is packed: `[TOTAL, H, D]`
+/// (`[H, TOTAL]` per row, as FlashAttention's varlen log-sum-exp), `TOTAL` the offsets' end,
+/// passed to the kernel with batch stride 0.
+pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Error> {
     let bad = |arg: &str, message: String| Error::Argument {
         kernel: kernel.name.clone(),
         arg: arg.to_string(),
         message,
     };
-    if tensors.len() != kernel.params.len() {
-        return Err(bad(
-            "(all)",
-            format!("expected {} arguments, got {}", kernel.params.len(), tensors.len()),
-        ));
+    if args.len() != kernel.params.len() {
+        return Err(bad("(all)", format!("expected {} arguments, got {}", kernel.params.len(), args.len())));
     }
     let mut bound: Vec<Option<(u64, String)>> = vec![None; kernel.dims.len()];
+    let mut bind = |dim: ir::kernel::RtDim, size: u64, who: &str, context: String| -> Result<(), Error> {
+        let dim = dim.0 as usize;
+        match &bound[dim] {
+            None => bound[dim] = Some((size, who.to_string())),
+            Some((first, first_who)) if *first != size => {
+                return Err(bad(
+                    who,
+                    format!("`{}` is {size} here but {first} in `{first_who}`{context}", kernel.dims[dim]),
+                ))
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    };
+    // Offsets first: they bind the dims of the ragged axes.
+    let mut ragged: HashMap<ir::kernel::RtDim, (&SeqOffsets, &str)> = HashMap::new();
+    for (param, arg) in kernel.params.iter().zip(args) {
+        let Param::Offsets(o) = param else { continue };
+        match arg {
+            ArgView::Offsets(offsets) => {
+                let context = format!(" ({} sequences, the longest {})", offsets.batch(), offsets.max_len());
+                bind(o.batch, offsets.batch() as u64, &o.name, context.clone())?;
+                bind(o.seq, offsets.max_len() as u64, &o.name, context)?;
+                ragged.insert(o.seq, (offsets, &o.name));
+            }
+            _ if o.optional => {}
+            _ => return Err(bad(&o.name, "missing: these sequence offsets are required".into())),
+        }
+    }
     let mut strides = vec![];
-    for (param, view) in kernel.params.iter().zip(tensors) {
+    for (param, arg) in kernel.params.iter().zip(args) {
         let Param::Tensor(t) = param else {
             continue;
         };
-        let Some(view) = view else {
+        let ArgView::Tensor(view) = arg else {
             // Left out: allowed for optional outputs, which get a null pointer and no strides.
             if !t.optional {
                 return Err(bad(&t.name, "missing: this tensor is required".into()));
@@ -256,18 +304,53 @@ pub fn bind_shapes(kernel: &ir::Kernel, tensors: &[Option<TensorView>]) -> Resul
             strides.extend([0; 3]);
             continue;
         };
-        let shape = view.shape;
         let want = t.elem.name();
         if view.dtype != want {
             return Err(bad(&t.name, format!("expected a {want} tensor, got {}", view.dtype)));
         }
-        let axes = if t.is_rows() { "[B, H, S]" } else { "[B, H, S, D]" };
-        if shape.len() != axes.split(',').count() {
-            return Err(bad(
-                &t.name,
-                format!("expected {} axes {axes}, got shape {shape:?}", axes.split(',').count()),
-            ));
+        let packed = ragged.get(&t.dims[2]).copied();
+        let axes = match (packed.is_some(), t.is_rows()) {
+            (false, false) => "[B, H, S, D]",
+            (false, true) => "[B, H, S]",
+            (true, false) => "[TOTAL, H, D]",
+            (true, true) => "[H, TOTAL]",
+        };
+        let rank = axes.split(',').count();
+        if view.shape.len() != rank {
+            return Err(bad(&t.name, format!("expected {rank} axes {axes}, got shape {:?}", view.shape)));
         }
+        // The logical [B, H, S(, D)] view: a packed tensor is one batch of TOTAL rows.
+        let (shape, view_strides): (Vec<usize>, Vec<usize>) = match (packed, t.is_rows()) {
+            (None, _) => (view.shape.to_vec(), view.strides.to_vec()),
+            (Some((offsets, name)), rows) => {
+                let (h, total) = if rows { (0, 1) } else { (1, 0) };
+                if view.shape[total] != offsets.total() {
+                    return Err(bad(
+                        &t.name,
+                        format!(
+                            "packs {} rows (shape {:?}) but the offsets `{name}` end at row {}",
+                            view.shape[total],
+                            view.shape,
+                            offsets.total()
+                        ),
+                    ));
+                }
+                if view.strides.len() != view.shape.len() {
+                    return Err(bad(
+                        &t.name,
+                        format!("{} strides for shape {:?}", view.strides.len(), view.shape),
+                    ));
+                }
+                // One batch of TOTAL rows: [1, H, TOTAL(, D)] with batch stride 0.
+                let mut shape = vec![1, view.shape[h], view.shape[total]];
+                let mut st = vec![0, view.strides[h], view.strides[total]];
+                if !rows {
+                    shape.push(view.shape[2]);
+                    st.push(view.strides[2]);
+                }
+                (shape, st)
+            }
+        };
         if !t.is_rows() && shape[3] != kernel.config.head_dim as usize {
             return Err(bad(
                 &t.name,
@@ -277,24 +360,13 @@ pub fn bind_shapes(kernel: &ir::Kernel, tensors: &[Option<TensorView>]) -> Resul
                 ),
             ));
         }
-        check_tensor_strides(view, t.is_rows(), t.writable).map_err(|m| bad(&t.name, m))?;
-        strides.extend(view.strides[..3].iter().map(|s| *s as u32));
-        for axis in 0..3 {
-            let dim = t.dims[axis].0 as usize;
-            let size = shape[axis] as u64;
-            match &bound[dim] {
-                None => bound[dim] = Some((size, t.name.clone())),
-                Some((first, who)) if *first != size => {
-                    return Err(bad(
-                        &t.name,
-                        format!(
-                            "`{}` is {size} here but {first} in `{who}` (shape {shape:?})",
-                            kernel.dims[dim]
-                        ),
-                    ))
-                }
-                Some(_) => {}
-            }
+        let logical = TensorView { shape: &shape, strides: &view_strides, ..*view };
+        check_tensor_strides(&logical, t.is_rows(), t.writable).map_err(|m| bad(&t.name, m))?;
+        strides.extend(view_strides[..3].iter().map(|s| *s as u32));
+        // A packed tensor's batch and sequence dims are the offsets' to bind.
+        let axes: &[usize] = if packed.is_some() { &[1] } else { &[0, 1, 2] };
+        for &axis in axes {
+            bind(t.dims[axis], shape[axis] as u64, &t.name, format!(" (shape {:?})", view.shape))?;
         }
     }
     let dims: Vec<u64> = bound.iter().map(|b| b.as_ref().map(|(s, _)| *s).unwrap_or(0)).collect();
@@ -385,6 +457,7 @@ fn check_tensor_strides(view: &TensorView, rows: bool, output: bool) -> Result<(
 pub(crate) enum ArgKind {
     Input,
     Output,
+    Offsets,
     Absent,
     Scalar,
 }
@@ -398,6 +471,8 @@ pub(crate) fn check_arg_kinds(
     for (param, kind) in kernel.params.iter().zip(kinds) {
         let want = match param {
             Param::Tensor(t) if t.optional && kind == ArgKind::Absent => continue,
+            Param::Offsets(o) if o.optional && kind == ArgKind::Absent => continue,
+            Param::Offsets(_) => (ArgKind::Offsets, "expected sequence offsets (`DeviceSeqOffsets`)"),
             Param::Tensor(t) if t.writable => (ArgKind::Output, "expected a mutable output tensor"),
             Param::Tensor(_) => (ArgKind::Input, "expected an input tensor"),
             Param::Scalar { .. } => (ArgKind::Scalar, "expected an f32 scalar"),
@@ -455,16 +530,18 @@ pub fn launch_async(
         args.iter().map(|a| match a {
             Arg::Tensor(_) => ArgKind::Input,
             Arg::TensorMut(_) => ArgKind::Output,
+            Arg::Offsets(_) => ArgKind::Offsets,
             Arg::Absent => ArgKind::Absent,
             Arg::F32(_) => ArgKind::Scalar,
         }),
     )?;
-    let views: Vec<Option<TensorView>> = args
+    let views: Vec<ArgView> = args
         .iter()
         .map(|a| match a {
-            Arg::Tensor(t) => Some(TensorView::of(*t)),
-            Arg::TensorMut(t) => Some(TensorView::of(&**t)),
-            Arg::Absent | Arg::F32(_) => None,
+            Arg::Tensor(t) => ArgView::Tensor(TensorView::of(*t)),
+            Arg::TensorMut(t) => ArgView::Tensor(TensorView::of(&**t)),
+            Arg::Offsets(o) => ArgView::Offsets(o.host()),
+            Arg::Absent | Arg::F32(_) => ArgView::None,
         })
         .collect();
     let binding = bind_shapes(k, &views)?;
@@ -480,6 +557,7 @@ pub fn launch_async(
         .map(|a| match a {
             Arg::Tensor(t) => LaunchArg::Buffer(*t),
             Arg::TensorMut(t) => LaunchArg::BufferMut(&mut **t),
+            Arg::Offsets(o) => LaunchArg::Buffer(o.buffer()),
             Arg::Absent => LaunchArg::Null,
             Arg::F32(x) => LaunchArg::F32(*x),
         })

@@ -100,6 +100,94 @@ pub fn attention_rows_lse(p: &Problem, rows: &[usize]) -> (Vec<f64>, Vec<f64>) {
     (out, lse)
 }
 
+/// A variable-length batch packed as FlashAttention's varlen API takes it (row-major, f64):
+/// `q` is `[TOTAL_Q, H, D]`, `k` and `v` are `[TOTAL_K, HK, D]`, and sequence `i` is rows
+/// `cu_q[i] .. cu_q[i + 1]` of `q` and `cu_k[i] .. cu_k[i + 1]` of `k`, `v`.
+pub struct VarlenProblem<'a> {
+    pub q: &'a [f64],
+    pub k: &'a [f64],
+    pub v: &'a [f64],
+    pub cu_q: &'a [u32],
+    pub cu_k: &'a [u32],
+    pub h: usize,
+    pub hk: usize,
+    pub d: usize,
+    pub scale: f64,
+    /// Causal within each sequence, aligned to its bottom right.
+    pub causal: bool,
+}
+
+impl VarlenProblem<'_> {
+    /// Sequence `i` as a dense one-batch problem `[1, H, len, D]` (copied out of the packing).
+    pub fn sequence(&self, i: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, usize, usize) {
+        let (q0, q1) = (self.cu_q[i] as usize, self.cu_q[i + 1] as usize);
+        let (k0, k1) = (self.cu_k[i] as usize, self.cu_k[i + 1] as usize);
+        // Packed [len, heads, D] to [heads, len, D].
+        let unpack = |x: &[f64], first: usize, len: usize, heads: usize| {
+            let mut out = vec![0.0; len * heads * self.d];
+            for t in 0..len {
+                for hh in 0..heads {
+                    let src = ((first + t) * heads + hh) * self.d;
+                    let dst = (hh * len + t) * self.d;
+                    out[dst..dst + self.d].copy_from_slice(&x[src..src + self.d]);
+                }
+            }
+            out
+        };
+        let (s, sk) = (q1 - q0, k1 - k0);
+        (
+            unpack(self.q, q0, s, self.h),
+            unpack(self.k, k0, sk, self.hk),
+            unpack(self.v, k0, sk, self.hk),
+            s,
+            sk,
+        )
+    }
+}
+
+/// Output rows and log-sum-exps of packed query rows `rows` (indices `t · H + head` into the
+/// `[TOTAL_Q, H]` rows, `t` the packed row), each computed as the dense problem of its
+/// sequence. Returns them in the order given, `D` values per row.
+pub fn varlen_rows_lse(p: &VarlenProblem, rows: &[usize]) -> (Vec<f64>, Vec<f64>) {
+    let (d, batch) = (p.d, p.cu_q.len() - 1);
+    let mut out = vec![0.0; rows.len() * d];
+    let mut lse = vec![0.0; rows.len()];
+    for i in 0..batch {
+        let (q0, q1) = (p.cu_q[i] as usize, p.cu_q[i + 1] as usize);
+        // The requested rows of this sequence: (position in `rows`, dense row head · len + t).
+        let mine: Vec<(usize, usize)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| (q0..q1).contains(&(*r / p.h)))
+            .map(|(at, r)| (at, (r % p.h) * (q1 - q0) + (r / p.h - q0)))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let (q, k, v, s, sk) = p.sequence(i);
+        let dense = Problem {
+            q: &q,
+            k: &k,
+            v: &v,
+            b: 1,
+            h: p.h,
+            hk: p.hk,
+            s,
+            sk,
+            d,
+            scale: p.scale,
+            causal: p.causal,
+        };
+        let dense_rows: Vec<usize> = mine.iter().map(|(_, r)| *r).collect();
+        let (o, l) = attention_rows_lse(&dense, &dense_rows);
+        for (j, (at, _)) in mine.iter().enumerate() {
+            out[at * d..(at + 1) * d].copy_from_slice(&o[j * d..(j + 1) * d]);
+            lse[*at] = l[j];
+        }
+    }
+    (out, lse)
+}
+
 /// Largest difference between log-sum-exp values (+inf must match +inf exactly), and how many
 /// are not equal where one is infinite or NaN.
 pub fn compare_lse(got: &[f64], want: &[f64]) -> (f64, usize) {

@@ -5,7 +5,8 @@
 pub use flashcore_sim::{Options, SimError, Stats};
 
 use crate::{
-    bind_shapes, check_arg_kinds, grid_size, ArgKind, CompiledKernel, DType, Error, HalfFloat, TensorView,
+    bind_shapes, check_arg_kinds, grid_size, ArgKind, ArgView, CompiledKernel, DType, Error, HalfFloat,
+    SeqOffsets, TensorView,
 };
 use half::{bf16, f16};
 
@@ -17,32 +18,39 @@ pub enum HostArg<'a, T> {
     /// An output tensor: the buffer is copied in (as a GPU buffer holds what it held) and the
     /// whole of it read back after the launch, so elements outside the view keep their values.
     TensorMut(&'a mut [T], HostView),
-    /// A per-row f32 output `[B, H, S]` (the log-sum-exp), copied in and read back likewise:
-    /// the buffer, its shape and its strides in elements.
-    RowsMut(&'a mut [f32], [usize; 3], [usize; 3]),
-    /// An optional output left out.
+    /// A per-row f32 output `[B, H, S]` (the log-sum-exp), copied in and read back likewise.
+    RowsMut(&'a mut [f32], HostView),
+    /// Sequence offsets (a variable-length batch).
+    Offsets(&'a SeqOffsets),
+    /// An optional parameter left out.
     Absent,
     F32(f32),
 }
 
-/// A `[B, H, S, D]` view of a host buffer: shape and strides in elements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A view of a host buffer as the kernel sees it: shape and strides in elements (`[B, H, S, D]`,
+/// `[B, H, S]` per row, or packed `[TOTAL, H, D]` / `[H, TOTAL]` under sequence offsets).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostView {
-    pub shape: [usize; 4],
-    pub strides: [usize; 4],
+    shape: Vec<usize>,
+    strides: Vec<usize>,
 }
 
 impl HostView {
-    pub fn strided(shape: [usize; 4], strides: [usize; 4]) -> HostView {
-        HostView { shape, strides }
+    pub fn strided(shape: &[usize], strides: &[usize]) -> HostView {
+        HostView { shape: shape.to_vec(), strides: strides.to_vec() }
     }
-}
 
-/// A contiguous, row-major view.
-impl From<[usize; 4]> for HostView {
-    fn from(shape: [usize; 4]) -> HostView {
-        let s = crate::runtime::contiguous_strides(&shape);
-        HostView { shape, strides: [s[0], s[1], s[2], s[3]] }
+    /// A contiguous, row-major view.
+    pub fn contiguous(shape: &[usize]) -> HostView {
+        HostView { shape: shape.to_vec(), strides: crate::runtime::contiguous_strides(shape) }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
     }
 }
 
@@ -73,22 +81,31 @@ pub fn simulate<T: HalfFloat>(
         args.iter().map(|a| match a {
             HostArg::Tensor(..) => ArgKind::Input,
             HostArg::TensorMut(..) | HostArg::RowsMut(..) => ArgKind::Output,
+            HostArg::Offsets(_) => ArgKind::Offsets,
             HostArg::Absent => ArgKind::Absent,
             HostArg::F32(_) => ArgKind::Scalar,
         }),
     )?;
-    let views: Vec<Option<TensorView>> = args
+    let views: Vec<ArgView> = args
         .iter()
         .map(|arg| {
             let (view, len) = match arg {
                 HostArg::Tensor(data, view) => (view, data.len()),
                 HostArg::TensorMut(data, view) => (view, data.len()),
-                HostArg::RowsMut(data, shape, strides) => {
-                    return Some(TensorView { dtype: "f32", shape, strides, buffer_len: data.len() })
+                HostArg::RowsMut(data, view) => {
+                    let (shape, strides) = (view.shape(), view.strides());
+                    return ArgView::Tensor(TensorView {
+                        dtype: "f32",
+                        shape,
+                        strides,
+                        buffer_len: data.len(),
+                    });
                 }
-                HostArg::Absent | HostArg::F32(_) => return None,
+                HostArg::Offsets(o) => return ArgView::Offsets(o),
+                HostArg::Absent | HostArg::F32(_) => return ArgView::None,
             };
-            Some(TensorView { dtype: T::NAME, shape: &view.shape, strides: &view.strides, buffer_len: len })
+            let (shape, strides) = (view.shape(), view.strides());
+            ArgView::Tensor(TensorView { dtype: T::NAME, shape, strides, buffer_len: len })
         })
         .collect();
     let binding = bind_shapes(k, &views)?;
@@ -112,6 +129,9 @@ pub fn simulate<T: HalfFloat>(
                 outputs.push((i, addr));
                 flashcore_sim::Arg::U64(addr)
             }
+            HostArg::Offsets(o) => flashcore_sim::Arg::U64(
+                machine.alloc(o.as_slice().iter().flat_map(|x| x.to_le_bytes()).collect()),
+            ),
             HostArg::Absent => flashcore_sim::Arg::U64(0),
             HostArg::F32(x) => flashcore_sim::Arg::F32(*x),
         });
@@ -172,8 +192,8 @@ pub struct AttentionCheck {
     pub seconds: f64,
 }
 
-/// Runs an attention kernel with the standard signature `(q, k, v, o, lse, scale)` in the simulator
-/// on random inputs (from `seed`) of `shape` stored in `layout`, scale 1/√D, and compares its
+/// Runs an attention kernel with the standard signature `(q, k, v, o, lse, scale, cu_q, cu_k)`
+/// (a dense batch: no offsets) in the simulator on random inputs (from `seed`) of `shape` stored in `layout`, scale 1/√D, and compares its
 /// output with the float64 reference (causal when the kernel's config is). The output buffer
 /// is poisoned with NaN first, so a row the kernel forgets to write fails the check.
 pub fn check_attention(
@@ -204,7 +224,7 @@ fn check_typed<T: HalfFloat>(
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
     let scale = kernel.kernel.config.default_scale();
     let (q_shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
-    let view = |shape| HostView::strided(shape, layout.strides(shape));
+    let view = |shape: [usize; 4]| HostView::strided(&shape, &layout.strides(shape));
     let mut o = vec![T::NAN; b * h * s * d];
     let mut lse = vec![f32::NAN; b * h * s];
     let start = std::time::Instant::now();
@@ -215,8 +235,10 @@ fn check_typed<T: HalfFloat>(
             HostArg::Tensor(&layout.store(&k, kv_shape), view(kv_shape)),
             HostArg::Tensor(&layout.store(&v, kv_shape), view(kv_shape)),
             HostArg::TensorMut(&mut o, view(q_shape)),
-            HostArg::RowsMut(&mut lse, [b, h, s], [h * s, s, 1]),
+            HostArg::RowsMut(&mut lse, HostView::contiguous(&[b, h, s])),
             HostArg::F32(scale),
+            HostArg::Absent,
+            HostArg::Absent,
         ],
         device,
     )?;
@@ -230,6 +252,80 @@ fn check_typed<T: HalfFloat>(
     let (want, want_lse) = reference::attention_rows_lse(&problem, &rows);
     let err = reference::compare(&f64s(&o), &want);
     let got_lse: Vec<f64> = lse.iter().map(|x| *x as f64).collect();
+    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&got_lse, &want_lse);
+    Ok(AttentionCheck { err, lse_max_abs, lse_mismatched, stats, seconds })
+}
+
+/// Like [`check_attention`] for a variable-length batch: sequence `i` has `lens_q[i]` query and
+/// `lens_k[i]` key rows, packed `[TOTAL, H, D]` as FlashAttention's varlen API takes them, with
+/// `h` query and `hk` K/V heads; every row (and its log-sum-exp, `[H, TOTAL_Q]`) is compared.
+pub fn check_varlen_attention(
+    kernel: &CompiledKernel,
+    lens_q: &[usize],
+    lens_k: &[usize],
+    (h, hk): (usize, usize),
+    seed: u64,
+    device: &SimDevice,
+) -> Result<AttentionCheck, Error> {
+    match kernel.kernel.config.dtype {
+        DType::F16 => check_varlen_typed::<f16>(kernel, lens_q, lens_k, (h, hk), seed, device),
+        DType::Bf16 => check_varlen_typed::<bf16>(kernel, lens_q, lens_k, (h, hk), seed, device),
+    }
+}
+
+fn check_varlen_typed<T: HalfFloat>(
+    kernel: &CompiledKernel,
+    lens_q: &[usize],
+    lens_k: &[usize],
+    (h, hk): (usize, usize),
+    seed: u64,
+    device: &SimDevice,
+) -> Result<AttentionCheck, Error> {
+    use crate::reference::{self, Rng, VarlenProblem};
+    let (cu_q, cu_k) = (SeqOffsets::from_lengths(lens_q)?, SeqOffsets::from_lengths(lens_k)?);
+    let (tq, tk) = (cu_q.total(), cu_k.total());
+    let d = kernel.kernel.config.head_dim as usize;
+    let mut rng = Rng::new(seed ^ 0x7a51e4);
+    let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal())).collect::<Vec<_>>();
+    let (q, k, v) = (gen(tq * h * d), gen(tk * hk * d), gen(tk * hk * d));
+    let scale = kernel.kernel.config.default_scale();
+    let mut o = vec![T::NAN; tq * h * d];
+    let mut lse = vec![f32::NAN; h * tq];
+    let start = std::time::Instant::now();
+    let stats = simulate(
+        kernel,
+        &mut [
+            HostArg::Tensor(&q, HostView::contiguous(&[tq, h, d])),
+            HostArg::Tensor(&k, HostView::contiguous(&[tk, hk, d])),
+            HostArg::Tensor(&v, HostView::contiguous(&[tk, hk, d])),
+            HostArg::TensorMut(&mut o, HostView::contiguous(&[tq, h, d])),
+            HostArg::RowsMut(&mut lse, HostView::contiguous(&[h, tq])),
+            HostArg::F32(scale),
+            HostArg::Offsets(&cu_q),
+            HostArg::Offsets(&cu_k),
+        ],
+        device,
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    let f64s = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
+    let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
+    let problem = VarlenProblem {
+        q: &qd,
+        k: &kd,
+        v: &vd,
+        cu_q: cu_q.as_slice(),
+        cu_k: cu_k.as_slice(),
+        h,
+        hk,
+        d,
+        scale: scale as f64,
+        causal: kernel.kernel.config.causal,
+    };
+    let rows: Vec<usize> = (0..tq * h).collect();
+    let (want, want_lse) = reference::varlen_rows_lse(&problem, &rows);
+    let err = reference::compare(&f64s(&o), &want);
+    // The log-sum-exp is [H, TOTAL_Q]; the rows above are t · H + head.
+    let got_lse: Vec<f64> = rows.iter().map(|r| lse[(r % h) * tq + r / h] as f64).collect();
     let (lse_max_abs, lse_mismatched) = reference::compare_lse(&got_lse, &want_lse);
     Ok(AttentionCheck { err, lse_max_abs, lse_mismatched, stats, seconds })
 }

@@ -3,7 +3,7 @@
 
 use flashcore::kernels::attention;
 use flashcore::runtime::contiguous_strides;
-use flashcore::{bind_shapes, Config, Error, Layout, TensorView};
+use flashcore::{bind_shapes, ArgView, Config, Error, Layout, SeqOffsets, TensorView};
 
 /// Binds contiguous f16 tensors of `shapes` (q, k, v, o) and the scale.
 fn bind(shapes: [&[usize]; 4]) -> Result<flashcore::Binding, Error> {
@@ -23,8 +23,8 @@ fn bind(shapes: [&[usize]; 4]) -> Result<flashcore::Binding, Error> {
 
 /// Binds q, k, v, o, no log-sum-exp output, and the scale.
 fn bind_views(config: &Config, views: [TensorView; 4]) -> Result<flashcore::Binding, Error> {
-    let mut all: Vec<Option<TensorView>> = views.into_iter().map(Some).collect();
-    all.extend([None, None]); // lse (left out), scale
+    let mut all: Vec<ArgView> = views.into_iter().map(ArgView::Tensor).collect();
+    all.extend([ArgView::None; 4]); // lse (left out), scale, cu_q and cu_k (dense)
     bind_shapes(&attention::ir(config).unwrap(), &all)
 }
 
@@ -198,11 +198,12 @@ fn the_log_sum_exp_output_is_optional_and_checked_when_given() {
     let n = 2 * 3 * 100 * 64;
     let t = TensorView { dtype: "f16", shape: &shape, strides: &st, buffer_len: n };
     let kernel = attention::ir(&attention::CONFIG).unwrap();
-    let absent = bind_shapes(&kernel, &[Some(t), Some(t), Some(t), Some(t), None, None]).unwrap();
+    use ArgView::{None as N, Tensor as T};
+    let absent = bind_shapes(&kernel, &[T(t), T(t), T(t), T(t), N, N, N, N]).unwrap();
     assert_eq!(absent.strides[12..], [0, 0, 0]);
     let (rows, row_strides) = ([2, 3, 100], [300, 100, 1]);
     let lse = TensorView { dtype: "f32", shape: &rows, strides: &row_strides, buffer_len: 600 };
-    let given = bind_shapes(&kernel, &[Some(t), Some(t), Some(t), Some(t), Some(lse), None]).unwrap();
+    let given = bind_shapes(&kernel, &[T(t), T(t), T(t), T(t), T(lse), N, N, N]).unwrap();
     assert_eq!(given.strides[12..], [300, 100, 1]);
     let bad_rows = [2, 3, 99];
     let cases = [
@@ -215,12 +216,91 @@ fn the_log_sum_exp_output_is_optional_and_checked_when_given() {
         (TensorView { strides: &[0, 0, 1], buffer_len: 100, ..lse }, "share an address"),
     ];
     for (view, want) in cases {
-        let err = bind_shapes(&kernel, &[Some(t), Some(t), Some(t), Some(t), Some(view), None])
-            .unwrap_err()
-            .to_string();
+        let err = bind_shapes(&kernel, &[T(t), T(t), T(t), T(t), T(view), N, N, N]).unwrap_err().to_string();
         assert!(err.contains("argument `lse`") && err.contains(want), "expected `{want}` in: {err}");
     }
     // A required tensor cannot be left out.
-    let err = bind_shapes(&kernel, &[Some(t), None, Some(t), Some(t), None, None]).unwrap_err().to_string();
+    let err = bind_shapes(&kernel, &[T(t), N, T(t), T(t), N, N, N, N]).unwrap_err().to_string();
     assert!(err.contains("argument `k`") && err.contains("required"), "{err}");
+}
+
+/// Sequence offsets must be cumulative lengths starting at 0; anything else is refused when they
+/// are made, before any launch could read past a tensor.
+#[test]
+fn sequence_offsets_that_are_not_cumulative_lengths_are_errors() {
+    let ok = SeqOffsets::from_lengths(&[3, 0, 100]).unwrap();
+    assert_eq!((ok.as_slice(), ok.batch(), ok.total(), ok.max_len()), (&[0, 3, 3, 103][..], 3, 103, 100));
+    assert_eq!(ok.range(2), 3..103);
+    for (offsets, want) in [
+        (vec![], "no offsets"),
+        (vec![1, 5], "the first offset is 1, not 0"),
+        (vec![0, 5, 4], "offsets decrease at sequence 1: 5 then 4"),
+    ] {
+        let err = SeqOffsets::new(offsets).unwrap_err().to_string();
+        assert!(err.starts_with("sequence offsets: ") && err.contains(want), "{err}");
+    }
+    let err = SeqOffsets::from_lengths(&[u32::MAX as usize, 1]).unwrap_err().to_string();
+    assert!(err.contains("do not fit in 32 bits"), "{err}");
+}
+
+/// Varlen binding: the offsets bind `B` (sequences) and `S`/`SK` (the longest); packed tensors
+/// are `[TOTAL, H, D]` passed with batch stride 0, the log-sum-exp `[H, TOTAL]`; a tensor whose
+/// rows disagree with the offsets, or that is not packed, is an error naming it.
+#[test]
+fn variable_length_batches_bind_packed_tensors_and_check_them() {
+    use ArgView::{None as N, Offsets as Off, Tensor as T};
+    let kernel = attention::ir(&attention::CONFIG).unwrap();
+    let (cu_q, cu_k) =
+        (SeqOffsets::from_lengths(&[1, 77, 20]).unwrap(), SeqOffsets::from_lengths(&[5, 300, 0]).unwrap());
+    let view = |shape: &'static [usize], strides: &'static [usize]| TensorView {
+        dtype: "f16",
+        shape,
+        strides,
+        buffer_len: shape.iter().product(),
+    };
+    let q = view(&[98, 4, 64], &[256, 64, 1]);
+    let kv = view(&[305, 2, 64], &[128, 64, 1]);
+    let lse_shape = [4, 98];
+    let lse = TensorView { dtype: "f32", shape: &lse_shape, strides: &[98, 1], buffer_len: 4 * 98 };
+    let b = bind_shapes(&kernel, &[T(q), T(kv), T(kv), T(q), T(lse), N, Off(&cu_q), Off(&cu_k)]).unwrap();
+    // dims B, H, S, HKV, SK: 3 sequences, the longest 77 queries and 300 keys.
+    assert_eq!(b.dims, vec![3, 4, 77, 2, 300]);
+    assert_eq!(b.work_items, 3 * 4 * 77u64.div_ceil(64));
+    assert_eq!(b.strides, vec![0, 64, 256, 0, 64, 128, 0, 64, 128, 0, 64, 256, 0, 98, 1]);
+    // Queries packed, keys dense [B, HKV, SK, D] (B must still match the offsets).
+    let dense_kv = view(&[3, 2, 300, 64], &[38400, 19200, 64, 1]);
+    let b = bind_shapes(&kernel, &[T(q), T(dense_kv), T(dense_kv), T(q), N, N, Off(&cu_q), N]).unwrap();
+    assert_eq!(b.dims, vec![3, 4, 77, 2, 300]);
+    let short_q = view(&[97, 4, 64], &[256, 64, 1]);
+    let two = SeqOffsets::from_lengths(&[5, 300]).unwrap();
+    let cases: [([ArgView; 8], &str, &str); 5] = [
+        (
+            [T(short_q), T(kv), T(kv), T(q), N, N, Off(&cu_q), Off(&cu_k)],
+            "q",
+            "packs 97 rows (shape [97, 4, 64]) but the offsets `cu_q` end at row 98",
+        ),
+        (
+            [T(q), T(kv), T(kv), T(dense_kv), N, N, Off(&cu_q), Off(&cu_k)],
+            "o",
+            "expected 3 axes [TOTAL, H, D]",
+        ),
+        ([T(q), T(kv), T(kv), T(q), N, N, Off(&cu_q), Off(&two)], "cu_k", "`B` is 2 here but 3 in `cu_q`"),
+        (
+            [T(q), T(kv), T(kv), T(q), T(view(&[4, 98, 1], &[98, 1, 1])), N, Off(&cu_q), Off(&cu_k)],
+            "lse",
+            "expected a f32 tensor",
+        ),
+        (
+            [T(q), T(dense_kv), T(dense_kv), T(q), N, N, Off(&cu_q), Off(&cu_k)],
+            "k",
+            "expected 3 axes [TOTAL, H, D]",
+        ),
+    ];
+    for (args, arg, want) in cases {
+        let err = bind_shapes(&kernel, &args).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("argument `{arg}`")) && err.contains(want),
+            "expected `{want}` naming `{arg}` in: {err}"
+        );
+    }
 }

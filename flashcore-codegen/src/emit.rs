@@ -90,6 +90,13 @@ pub struct Emitter<'k> {
     pipeline_count: Option<String>,
     /// Grouped K/V head indices (`h / (H / HKV)`), computed once per work item.
     grouped: HashMap<(Value, HeadGroup), String>,
+    /// Per sequence-offsets parameter: its pointer register.
+    offsets_ptrs: HashMap<usize, String>,
+    /// Inside the work loop, per ragged dim: this work item's sequence (first packed row,
+    /// length). Every use of the dim's length inside the loop reads the length from here.
+    sequences: HashMap<RtDim, (String, String)>,
+    /// The (start, length) registers of each ragged dim, declared once for every work loop.
+    sequence_regs: HashMap<RtDim, (String, String)>,
 }
 
 /// The f32 instruction of a row reduction step.
@@ -133,6 +140,9 @@ impl<'k> Emitter<'k> {
             t: None,
             pipeline_count: None,
             grouped: HashMap::new(),
+            offsets_ptrs: HashMap::new(),
+            sequences: HashMap::new(),
+            sequence_regs: HashMap::new(),
             team: Team::default(),
             group_warp: String::new(),
             stream: None,
@@ -210,6 +220,16 @@ impl<'k> Emitter<'k> {
                 }
                 Param::Scalar { name } => {
                     decls.push(format!("\t.param .f32 {}_param_{name}", k.name));
+                    self.tensors.push(None);
+                }
+                Param::Offsets(o) => {
+                    let pname = format!("{}_param_{}", k.name, o.name);
+                    decls.push(format!("\t.param .u64 {pname}"));
+                    let raw = self.w.temp(RegClass::B64);
+                    let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&o.name)));
+                    self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
+                    self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
+                    self.offsets_ptrs.insert(self.tensors.len(), ptr);
                     self.tensors.push(None);
                 }
             }
@@ -474,8 +494,17 @@ impl<'k> Emitter<'k> {
         }
     }
 
+    /// The length of runtime dim `d`: inside the work loop, this work item's sequence length
+    /// for a ragged dim; otherwise the dim's parameter.
+    fn dim_reg(&self, d: RtDim) -> String {
+        match self.sequences.get(&d) {
+            Some((_, len)) => len.clone(),
+            None => self.dim_regs[d.0 as usize].clone(),
+        }
+    }
+
     fn extent_reg(&mut self, e: &LoopExtent) -> String {
-        let dim = self.dim_regs[e.dim.0 as usize].clone();
+        let dim = self.dim_reg(e.dim);
         let Some(t) = e.per_tile else { return dim };
         // Tiles cover the axis; the last one may be partial (its tail is masked).
         let (size, r) = (t.size(&self.cfg), self.w.temp(RegClass::B32));
@@ -486,7 +515,7 @@ impl<'k> Emitter<'k> {
             // one the Q tile's bottom row sees (signed: with S > SK a Q tile may see none).
             self.w.comment("causal: skip the K/V tiles past this Q tile's diagonal");
             let q_tile = self.regs_of(c.q_tile).at(0);
-            let q_len = self.dim_regs[c.q_dim.0 as usize].clone();
+            let q_len = self.dim_reg(c.q_dim);
             let last = self.w.temp(RegClass::B32);
             self.w.ins(format!(
                 "mad.lo.u32 {last}, {q_tile}, {}, {}",
@@ -563,6 +592,8 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("sub.u32 {r}, {r}, 1"));
             }
         }
+        let next = self.w.label("tiles_next");
+        self.work_item_sequences(vars, extents, &next);
         // Grouped K/V heads of this work item, once (not at every copy of the K/V loop).
         let mut groups = vec![];
         collect_head_groups(body, &mut groups);
@@ -575,6 +606,8 @@ impl<'k> Emitter<'k> {
             }
         }
         self.block(body)?;
+        self.sequences.clear();
+        self.w.place_label(&next);
         let grid = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {grid}, %nctaid.x"));
         self.w.ins(format!("add.u32 {work}, {work}, {grid}"));
@@ -582,6 +615,67 @@ impl<'k> Emitter<'k> {
         self.w.dedent();
         self.w.place_label(&end);
         Ok(())
+    }
+
+    /// Variable-length batches: for each ragged dim, this work item's sequence (its first row in
+    /// the packed tensors and its length) from the offsets of its batch index, loaded once. A
+    /// work item whose tile starts past the end of its sequence branches to `next` (uniformly:
+    /// every warp of every role computes the same answer, so counters and barriers stay in step).
+    /// Optional offsets that were not given leave the dense batch: start 0, length the dim.
+    fn work_item_sequences(&mut self, vars: &[Value], extents: &[LoopExtent], next: &str) {
+        let ragged: Vec<(usize, RtDim, RtDim, bool, String)> =
+            self.kernel.offsets().map(|(i, o)| (i, o.batch, o.seq, o.optional, o.name.clone())).collect();
+        for (param, batch, seq, optional, name) in ragged {
+            let Some(b) = vars.iter().zip(extents).find(|(_, e)| e.dim == batch && e.per_tile.is_none())
+            else {
+                continue; // lowering requires the work loop to walk the batch
+            };
+            let (k, var) = (self.kernel, self.kernel.values[b.0.index()].name.clone());
+            let b = self.regs_of(*b.0).at(0);
+            let (batch_name, seq_name) = (&k.dims[batch.0 as usize], &k.dims[seq.0 as usize]);
+            self.w.comment(format!(
+                "varlen ({name} given): `{seq_name}` of sequence {var} (walking `{batch_name}`) is packed rows {name}[{var}] .. {name}[{var} + 1]"
+            ));
+            let (start, len) = match self.sequence_regs.get(&seq) {
+                Some(regs) => regs.clone(),
+                None => {
+                    let start = self.w.named(RegClass::B32, &format!("%seq_start_{}", sanitize(seq_name)));
+                    let len = self.w.named(RegClass::B32, &format!("%seq_len_{}", sanitize(seq_name)));
+                    self.sequence_regs.insert(seq, (start.clone(), len.clone()));
+                    (start, len)
+                }
+            };
+            let ptr = self.offsets_ptrs[&param].clone();
+            let dense = optional.then(|| {
+                let (dense, absent) = (self.w.label("dense_batch"), self.w.temp(RegClass::Pred));
+                self.w.ins(format!("mov.u32 {start}, 0"));
+                self.w.ins(format!("mov.u32 {len}, {}", self.dim_regs[seq.0 as usize]));
+                self.w.ins(format!("setp.eq.u64 {absent}, {ptr}, 0"));
+                self.w.ins(format!("@{absent} bra.uni {dense}"));
+                dense
+            });
+            let (addr, end) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B32));
+            self.w.ins(format!("mul.wide.u32 {addr}, {b}, 4"));
+            self.w.ins(format!("add.u64 {addr}, {ptr}, {addr}"));
+            self.w.ins(format!("ld.global.nc.u32 {start}, [{addr}]"));
+            self.w.ins(format!("ld.global.nc.u32 {end}, [{addr}+4]"));
+            self.w.ins(format!("sub.u32 {len}, {end}, {start}"));
+            if let Some(dense) = dense {
+                self.w.place_label(&dense);
+            }
+            self.sequences.insert(seq, (start, len));
+        }
+        for (v, e) in vars.iter().zip(extents) {
+            let (Some(t), Some((_, len))) = (e.per_tile, self.sequences.get(&e.dim).cloned()) else {
+                continue;
+            };
+            self.w.comment("varlen: this tile starts past the end of its sequence");
+            let (first, past) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
+            let tile = self.regs_of(*v).at(0);
+            self.w.ins(format!("mul.lo.u32 {first}, {tile}, {}", t.size(&self.cfg)));
+            self.w.ins(format!("setp.ge.u32 {past}, {first}, {len}"));
+            self.w.ins(format!("@{past} bra.uni {next}"));
+        }
     }
 
     fn pipeline_loop(
@@ -647,7 +741,12 @@ impl<'k> Emitter<'k> {
             ));
         };
         let first_row = self.w.temp(RegClass::B32);
-        self.w.ins(format!("mul.lo.u32 {first_row}, {}, {rows}", c[2]));
+        let dims = self.kernel.tensor(access.param).map(|t| t.dims);
+        match dims.and_then(|d| self.sequences.get(&d[2])) {
+            // A ragged sequence starts at its first packed row (the batch stride is 0).
+            Some((start, _)) => self.w.ins(format!("mad.lo.u32 {first_row}, {}, {rows}, {start}", c[2])),
+            None => self.w.ins(format!("mul.lo.u32 {first_row}, {}, {rows}", c[2])),
+        }
         let (off, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
         self.w.ins(format!("mul.wide.u32 {off}, {}, {stride_b}", c[0]));
         self.w.ins(format!("mul.wide.u32 {part}, {}, {stride_h}", c[1]));
@@ -738,7 +837,7 @@ impl<'k> Emitter<'k> {
     /// the last tile).
     fn valid_rows(&mut self, access: &TileAccess, seq: Option<&str>) -> String {
         let tensor = self.kernel.tensor(access.param).expect("tile access of a tensor").clone();
-        let len = self.dim_regs[tensor.dims[2].0 as usize].clone();
+        let len = self.dim_reg(tensor.dims[2]);
         let tile = match seq {
             Some(s) => s.to_string(),
             None => self.regs_of(access.coords[2]).at(0),
@@ -1131,9 +1230,8 @@ impl<'k> Emitter<'k> {
         // limit, signed: negative when S > SK); a tile whose last column is within it needs no
         // causal mask.
         let diag = causal.map(|c| {
-            let kv_len =
-                self.dim_regs[self.kernel.tensor(tile.param).expect("K tile").dims[2].0 as usize].clone();
-            let q_len = self.dim_regs[c.q_dim.0 as usize].clone();
+            let kv_len = self.dim_reg(self.kernel.tensor(tile.param).expect("K tile").dims[2]);
+            let q_len = self.dim_reg(c.q_dim);
             let (q_tile, kt) = (self.regs_of(c.q_tile).at(0), self.regs_of(tile.coords[2]).at(0));
             let warp_row0 = self.th().warp_row0.clone();
             let diag = self.w.temp(RegClass::B32);

@@ -276,6 +276,13 @@ impl fmt::Display for Kernel {
                     )
                 }
                 Param::Scalar { name } => format!("{name}: f32"),
+                Param::Offsets(o) => format!(
+                    "{}: {}seq_offsets[{} + 1] ragged {}",
+                    o.name,
+                    if o.optional { "optional " } else { "" },
+                    self.dims[o.batch.0 as usize],
+                    self.dims[o.seq.0 as usize]
+                ),
             })
             .collect();
         let mut out = String::new();

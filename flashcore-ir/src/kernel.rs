@@ -139,10 +139,25 @@ impl TensorParam {
     }
 }
 
+/// Cumulative sequence offsets (`u32[batch + 1]`, FlashAttention's `cu_seqlens`): when given,
+/// axis `seq` is ragged over axis `batch`. Every tensor whose sequence axis is `seq` then packs
+/// its batch into that axis (batch stride 0): sequence `b` is its rows `offsets[b] ..
+/// offsets[b + 1]`, and the runtime dim `seq` is the longest length (it sizes the work loop).
+/// Each work item loads its sequence's start and length once; Q tiles past the end are skipped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OffsetsParam {
+    pub name: String,
+    pub batch: RtDim,
+    pub seq: RtDim,
+    /// The caller may pass none (a null pointer): the batch is then dense.
+    pub optional: bool,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Param {
     Tensor(TensorParam),
     Scalar { name: String },
+    Offsets(OffsetsParam),
 }
 
 impl Param {
@@ -150,6 +165,7 @@ impl Param {
         match self {
             Param::Tensor(t) => &t.name,
             Param::Scalar { name } => name,
+            Param::Offsets(o) => &o.name,
         }
     }
 }
@@ -516,6 +532,22 @@ impl Kernel {
             Some(Param::Tensor(t)) => Some(t),
             _ => None,
         }
+    }
+
+    /// The sequence offsets that make runtime dim `seq` ragged, with their parameter index.
+    pub fn offsets_of(&self, seq: RtDim) -> Option<(usize, &OffsetsParam)> {
+        self.params.iter().enumerate().find_map(|(i, p)| match p {
+            Param::Offsets(o) if o.seq == seq => Some((i, o)),
+            _ => None,
+        })
+    }
+
+    /// Every sequence-offsets parameter, with its index.
+    pub fn offsets(&self) -> impl Iterator<Item = (usize, &OffsetsParam)> {
+        self.params.iter().enumerate().filter_map(|(i, p)| match p {
+            Param::Offsets(o) => Some((i, o)),
+            _ => None,
+        })
     }
 
     /// Visits every instruction, loop bodies included, in program order (a pipeline's

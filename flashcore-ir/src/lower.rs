@@ -38,6 +38,8 @@ enum Binding {
     Value(Value),
     Tensor(usize),
     Scalar(usize),
+    /// Sequence offsets: read by the work loop, not by the body.
+    Offsets,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -147,6 +149,18 @@ impl Lowerer {
                     lowerer.params.push(Param::Scalar { name: name.clone() });
                     lowerer.scopes[0].insert(name.clone(), Binding::Scalar(index));
                 }
+                ParamDecl::Offsets { name, batch, seq, optional, span } => {
+                    if batch == seq {
+                        return err(
+                            *span,
+                            format!("`{name}: SeqOffsets<{batch}, {seq}>` needs two different axes: the batch, then the sequence it makes ragged"),
+                        );
+                    }
+                    let (batch, seq) = (lowerer.rt_dim(batch), lowerer.rt_dim(seq));
+                    let param = OffsetsParam { name: name.clone(), batch, seq, optional: *optional };
+                    lowerer.params.push(Param::Offsets(param));
+                    lowerer.scopes[0].insert(name.clone(), Binding::Offsets);
+                }
                 ParamDecl::Tensor { name, dtype: ElemDecl::F32, shape, writable, optional, span } => {
                     // A per-row f32 output, `[B, H, S]` (the log-sum-exp).
                     if !writable || shape.len() != 3 {
@@ -219,6 +233,7 @@ impl Lowerer {
                 }
             }
         }
+        lowerer.check_offsets(program)?;
         if let Some((dim, _)) = head {
             if let Dim::Sym(s) = &dim {
                 if lowerer.dims.contains(s) {
@@ -228,6 +243,63 @@ impl Lowerer {
             lowerer.head_dim = dim;
         }
         Ok(lowerer)
+    }
+
+    /// Sequence offsets make a sequence axis ragged over a batch axis: `seq` must be the
+    /// sequence axis (and only that) of some tensor, `batch` only ever a batch axis, and no
+    /// sequence axis may have two sets of offsets.
+    fn check_offsets(&self, program: &Program) -> Result<()> {
+        for (decl, param) in program.params.iter().zip(&self.params) {
+            let Param::Offsets(o) = param else { continue };
+            let (batch, seq) = (&self.dims[o.batch.0 as usize], &self.dims[o.seq.0 as usize]);
+            let span = span_of(decl);
+            let tensors = || {
+                self.params.iter().filter_map(|p| match p {
+                    Param::Tensor(t) => Some(t),
+                    _ => None,
+                })
+            };
+            if !tensors().any(|t| t.dims[2] == o.seq) {
+                return err(
+                    span,
+                    format!(
+                        "`{seq}` is not the sequence axis of any tensor, so `{}` has nothing to make ragged",
+                        o.name
+                    ),
+                );
+            }
+            for t in tensors() {
+                for (axis, d) in t.dims.iter().enumerate() {
+                    let (role, want) = if *d == o.seq {
+                        ("sequence", 2)
+                    } else if *d == o.batch {
+                        ("batch", 0)
+                    } else {
+                        continue;
+                    };
+                    if axis != want {
+                        return err(
+                            span,
+                            format!(
+                                "`{}` makes `{seq}` ragged over `{batch}`, but axis {axis} of `{}` is `{}`, not its {role} axis",
+                                o.name, t.name, self.dims[d.0 as usize]
+                            ),
+                        );
+                    }
+                }
+            }
+            let first = self.params.iter().find_map(|p| match p {
+                Param::Offsets(other) if other.seq == o.seq => Some(&other.name),
+                _ => None,
+            });
+            if first != Some(&o.name) {
+                return err(
+                    span,
+                    format!("`{seq}` already has sequence offsets (`{}`)", first.unwrap_or(&o.name)),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn rt_dim(&mut self, sym: &str) -> RtDim {
@@ -327,6 +399,24 @@ impl Lowerer {
                     loop_extents.push(e);
                     if self.causal_config && e.per_tile == Some(TileDim::M) {
                         self.causal = Some(Causal { q_tile: v, q_dim: e.dim });
+                    }
+                }
+                for o in self.params.iter().filter_map(|p| match p {
+                    Param::Offsets(o) => Some(o),
+                    _ => None,
+                }) {
+                    let walks_batch =
+                        loop_extents.iter().filter(|e| e.dim == o.batch && e.per_tile.is_none()).count();
+                    if walks_batch != 1 {
+                        let batch = &self.dims[o.batch.0 as usize];
+                        return err(
+                            stmt.span,
+                            format!(
+                                "`{}` makes `{}` ragged over `{batch}`: the work loop must walk `{batch}` once, one sequence at a time (`tiles({batch}, ..)`)",
+                                o.name,
+                                self.dims[o.seq.0 as usize]
+                            ),
+                        );
                     }
                 }
                 let mut inner = Block::default();
@@ -564,6 +654,14 @@ impl Lowerer {
                     return err(
                         span,
                         format!("tensor `{var}` must be indexed by tile, e.g. `{var}[b, h, t]`"),
+                    )
+                }
+                Some(Binding::Offsets) => {
+                    return err(
+                        span,
+                        format!(
+                        "`{var}` holds sequence offsets, which the work loop reads; the body cannot use them"
+                    ),
                     )
                 }
                 None => return err(span, format!("cannot find `{var}` in this scope")),
@@ -868,6 +966,8 @@ fn show_dim(d: &Dim) -> String {
 
 fn span_of(decl: &ParamDecl) -> SpanId {
     match decl {
-        ParamDecl::Tensor { span, .. } | ParamDecl::Scalar { span, .. } => *span,
+        ParamDecl::Tensor { span, .. } | ParamDecl::Scalar { span, .. } | ParamDecl::Offsets { span, .. } => {
+            *span
+        }
     }
 }

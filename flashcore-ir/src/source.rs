@@ -65,12 +65,19 @@ pub enum ParamDecl {
     Tensor { name: String, dtype: ElemDecl, shape: Vec<Dim>, writable: bool, optional: bool, span: SpanId },
     /// `scale: f32`.
     Scalar { name: String, span: SpanId },
+    /// `cu_q: SeqOffsets<B, S>` (or `Option<SeqOffsets<B, S>>` when `optional`): cumulative
+    /// sequence offsets that make the `seq` axis ragged over the `batch` axis, as
+    /// FlashAttention's varlen API does. Sequence `b` is rows `cu_q[b] .. cu_q[b + 1]` of
+    /// tensors whose batch is packed into their sequence axis; `S` is then the longest length.
+    Offsets { name: String, batch: String, seq: String, optional: bool, span: SpanId },
 }
 
 impl ParamDecl {
     pub fn name(&self) -> &str {
         match self {
-            ParamDecl::Tensor { name, .. } | ParamDecl::Scalar { name, .. } => name,
+            ParamDecl::Tensor { name, .. }
+            | ParamDecl::Scalar { name, .. }
+            | ParamDecl::Offsets { name, .. } => name,
         }
     }
 }

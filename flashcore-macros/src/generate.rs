@@ -196,6 +196,10 @@ fn program(prog: &Program) -> TokenStream {
             let (name, span) = (string(name), span_id(*span));
             quote!(#p::ParamDecl::Scalar { name: #name, span: #span })
         }
+        ParamDecl::Offsets { name, batch, seq, optional, span } => {
+            let (name, batch, seq, span) = (string(name), string(batch), string(seq), span_id(*span));
+            quote!(#p::ParamDecl::Offsets { name: #name, batch: #batch, seq: #seq, optional: #optional, span: #span })
+        }
         ParamDecl::Tensor { name, dtype, shape, writable, optional, span } => {
             let dtype = elem_decl(dtype);
             let (name, span) = (string(name), span_id(*span));
@@ -307,6 +311,17 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
                     .push(quote!(#ident: ::std::option::Option<&mut ::flashcore::runtime::DeviceTensor<#t>>));
                 launch_args.push(quote!(match #ident {
                     ::std::option::Option::Some(t) => ::flashcore::Arg::TensorMut(t),
+                    ::std::option::Option::None => ::flashcore::Arg::Absent,
+                }));
+            }
+            RawType::Offsets { optional: false, .. } => {
+                launch_params.push(quote!(#ident: &::flashcore::DeviceSeqOffsets));
+                launch_args.push(quote!(::flashcore::Arg::Offsets(#ident)));
+            }
+            RawType::Offsets { optional: true, .. } => {
+                launch_params.push(quote!(#ident: ::std::option::Option<&::flashcore::DeviceSeqOffsets>));
+                launch_args.push(quote!(match #ident {
+                    ::std::option::Option::Some(o) => ::flashcore::Arg::Offsets(o),
                     ::std::option::Option::None => ::flashcore::Arg::Absent,
                 }));
             }

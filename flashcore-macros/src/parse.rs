@@ -143,6 +143,12 @@ pub enum RawType {
         dtype: syn::Ident,
         dims: Vec<RawDim>,
     },
+    /// `SeqOffsets<B, S>`, or `Option<SeqOffsets<B, S>>` (`optional`).
+    Offsets {
+        optional: bool,
+        batch: syn::Ident,
+        seq: syn::Ident,
+    },
     Scalar(syn::Ident),
 }
 
@@ -163,15 +169,16 @@ impl Parse for RawParam {
         let name: syn::Ident = input.parse()?;
         input.parse::<Token![:]>()?;
         let mut kind: syn::Ident = input.parse()?;
-        // `Option<TensorMut<..>>`: an output the caller may leave out.
+        // `Option<TensorMut<..>>`: an output the caller may leave out; `Option<SeqOffsets<..>>`:
+        // offsets the caller may leave out (a dense batch).
         let optional = kind == "Option" && input.peek(Token![<]);
         if optional {
             input.parse::<Token![<]>()?;
             kind = input.parse()?;
-            if kind != "TensorMut" {
+            if kind != "TensorMut" && kind != "SeqOffsets" {
                 return Err(syn::Error::new_spanned(
                     &kind,
-                    "only outputs may be optional: `Option<TensorMut<..>>`",
+                    "only outputs and sequence offsets may be optional: `Option<TensorMut<..>>`, `Option<SeqOffsets<B, S>>`",
                 ));
             }
         }
@@ -195,6 +202,18 @@ impl Parse for RawParam {
                 }
                 last = close.to_token_stream();
                 RawType::Tensor { writable: kind == "TensorMut", optional, dtype, dims }
+            }
+            "SeqOffsets" => {
+                input.parse::<Token![<]>()?;
+                let batch: syn::Ident = input.parse()?;
+                input.parse::<Token![,]>()?;
+                let seq: syn::Ident = input.parse()?;
+                let mut close = input.parse::<Token![>]>()?;
+                if optional {
+                    close = input.parse::<Token![>]>()?;
+                }
+                last = close.to_token_stream();
+                RawType::Offsets { optional, batch, seq }
             }
             _ => RawType::Scalar(kind),
         };
@@ -284,6 +303,13 @@ impl Converter<'_> {
                     }
                     ParamDecl::Scalar { name, span }
                 }
+                RawType::Offsets { optional, batch, seq } => ParamDecl::Offsets {
+                    name,
+                    batch: batch.to_string(),
+                    seq: seq.to_string(),
+                    optional: *optional,
+                    span,
+                },
                 RawType::Tensor { writable, optional, dtype, dims } => {
                     let dtype = if dtype == "f32" { ElemDecl::F32 } else { self.elem(dtype)? };
                     let shape = dims

@@ -114,6 +114,11 @@ impl Element for f32 {
     const NAME: &'static str = "f32";
 }
 
+/// Sequence offsets (`cu_seqlens`).
+impl Element for u32 {
+    const NAME: &'static str = "u32";
+}
+
 /// A device buffer with a logical shape and strides (in elements). Tensors from
 /// [`Device::upload`] are contiguous and row-major; [`Device::upload_strided`] takes any
 /// strides that stay inside the buffer (a BSHD buffer viewed as `[B, H, S, D]`, for example).

@@ -1,0 +1,102 @@
+//! Variable-length batches: cumulative sequence offsets (FlashAttention's `cu_seqlens`), checked
+//! once on the host so that a launch can trust them, and their device copy.
+
+use crate::runtime::{Device, DeviceTensor};
+use crate::Error;
+
+/// Cumulative offsets of a batch of sequences packed one after another: sequence `b` is rows
+/// `offsets[b] .. offsets[b + 1]` of a packed tensor (`[TOTAL, H, D]`, or `[H, TOTAL]` per
+/// row). Construction checks that they start at 0 and never decrease, so a kernel reading them
+/// stays inside a tensor of `total()` rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeqOffsets {
+    offsets: Vec<u32>,
+    max_len: u32,
+}
+
+impl SeqOffsets {
+    /// `offsets` has one entry per sequence plus the end: `[0, len0, len0 + len1, ..]`.
+    pub fn new(offsets: Vec<u32>) -> Result<SeqOffsets, Error> {
+        let bad = |message: String| Err(Error::Offsets(message));
+        match offsets.first() {
+            None => {
+                return bad("no offsets: a batch of B sequences needs B + 1 of them, starting at 0".into())
+            }
+            Some(&first) if first != 0 => return bad(format!("the first offset is {first}, not 0")),
+            Some(_) => {}
+        }
+        let mut max_len = 0;
+        for (b, pair) in offsets.windows(2).enumerate() {
+            if pair[1] < pair[0] {
+                return bad(format!(
+                    "offsets decrease at sequence {b}: {} then {} (they are cumulative lengths)",
+                    pair[0], pair[1]
+                ));
+            }
+            max_len = max_len.max(pair[1] - pair[0]);
+        }
+        Ok(SeqOffsets { offsets, max_len })
+    }
+
+    /// The offsets of sequences of `lengths`.
+    pub fn from_lengths(lengths: &[usize]) -> Result<SeqOffsets, Error> {
+        let mut offsets = Vec::with_capacity(lengths.len() + 1);
+        let mut total = 0u64;
+        offsets.push(0);
+        for len in lengths {
+            total += *len as u64;
+            let Ok(end) = u32::try_from(total) else {
+                return Err(Error::Offsets(format!("{total} rows in all do not fit in 32 bits")));
+            };
+            offsets.push(end);
+        }
+        SeqOffsets::new(offsets)
+    }
+
+    /// Sequences in the batch.
+    pub fn batch(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Rows of the packed tensors.
+    pub fn total(&self) -> usize {
+        *self.offsets.last().expect("at least one offset") as usize
+    }
+
+    /// The longest sequence (the kernel's sequence dim: it sizes the work loop).
+    pub fn max_len(&self) -> usize {
+        self.max_len as usize
+    }
+
+    /// The packed rows of sequence `b`.
+    pub fn range(&self, b: usize) -> std::ops::Range<usize> {
+        self.offsets[b] as usize..self.offsets[b + 1] as usize
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.offsets
+    }
+
+    /// Copies the offsets to `device`.
+    pub fn upload(&self, device: &Device) -> Result<DeviceSeqOffsets, Error> {
+        let buffer = device.upload(&self.offsets, &[self.offsets.len()])?;
+        Ok(DeviceSeqOffsets { host: self.clone(), buffer })
+    }
+}
+
+/// Checked sequence offsets on the device, with the host copy the launcher binds shapes from
+/// (no device-to-host copy at launch).
+pub struct DeviceSeqOffsets {
+    host: SeqOffsets,
+    buffer: DeviceTensor<u32>,
+}
+
+impl DeviceSeqOffsets {
+    pub fn host(&self) -> &SeqOffsets {
+        &self.host
+    }
+
+    pub fn buffer(&self) -> &DeviceTensor<u32> {
+        &self.buffer
+    }
+}
