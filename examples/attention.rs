@@ -176,6 +176,7 @@ fn config_for(o: &Options, d: usize) -> Config {
         persistent: o.persistent || base.persistent,
         causal: o.causal || base.causal,
         dtype: o.dtype,
+        varlen: o.varlen.is_some(),
         ..base
     }
 }

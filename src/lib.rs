@@ -281,6 +281,15 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
     for (param, arg) in kernel.params.iter().zip(args) {
         let Param::Offsets(o) = param else { continue };
         match arg {
+            ArgView::Offsets(_) if !kernel.config.varlen => {
+                return Err(bad(
+                    &o.name,
+                    format!(
+                        "sequence offsets given to a kernel compiled without the variable-length path ({}): compile it with `Config {{ varlen: true, .. }}` (the typed `launch` does so when offsets are passed)",
+                        kernel.config
+                    ),
+                ))
+            }
             ArgView::Offsets(offsets) => {
                 let context = format!(" ({} sequences, the longest {})", offsets.batch(), offsets.max_len());
                 bind(o.batch, offsets.batch() as u64, &o.name, context.clone())?;

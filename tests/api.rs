@@ -249,7 +249,7 @@ fn sequence_offsets_that_are_not_cumulative_lengths_are_errors() {
 #[test]
 fn variable_length_batches_bind_packed_tensors_and_check_them() {
     use ArgView::{None as N, Offsets as Off, Tensor as T};
-    let kernel = attention::ir(&attention::CONFIG).unwrap();
+    let kernel = attention::ir(&Config { varlen: true, ..attention::CONFIG }).unwrap();
     let (cu_q, cu_k) =
         (SeqOffsets::from_lengths(&[1, 77, 20]).unwrap(), SeqOffsets::from_lengths(&[5, 300, 0]).unwrap());
     let view = |shape: &'static [usize], strides: &'static [usize]| TensorView {
@@ -303,4 +303,9 @@ fn variable_length_batches_bind_packed_tensors_and_check_them() {
             "expected `{want}` naming `{arg}` in: {err}"
         );
     }
+    // The dense variant has no variable-length path: offsets are refused, not ignored.
+    let dense = attention::ir(&attention::CONFIG).unwrap();
+    let args = [T(q), T(kv), T(kv), T(q), N, N, Off(&cu_q), Off(&cu_k)];
+    let err = bind_shapes(&dense, &args).unwrap_err().to_string();
+    assert!(err.contains("argument `cu_q`") && err.contains("varlen: true"), "{err}");
 }

@@ -263,7 +263,7 @@ fn variable_length_batches_run_correctly_in_the_simulator() {
     let lens_k = [40, 17, 200, 64, 5];
     for (name, config) in configs {
         for causal in [false, true] {
-            let config = flashcore::Config { causal, ..config };
+            let config = flashcore::Config { causal, varlen: true, ..config };
             let compiled = attention::compile(&config).unwrap();
             let device =
                 SimDevice { sm_count: 2, options: Options { seed: 16, max_slice: 32, ..Options::default() } };

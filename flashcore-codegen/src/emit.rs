@@ -225,12 +225,15 @@ impl<'k> Emitter<'k> {
                 Param::Offsets(o) => {
                     let pname = format!("{}_param_{}", k.name, o.name);
                     decls.push(format!("\t.param .u64 {pname}"));
+                    self.tensors.push(None);
+                    if !self.cfg.varlen {
+                        continue; // the dense variant never reads them
+                    }
                     let raw = self.w.temp(RegClass::B64);
                     let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&o.name)));
                     self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
                     self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
-                    self.offsets_ptrs.insert(self.tensors.len(), ptr);
-                    self.tensors.push(None);
+                    self.offsets_ptrs.insert(self.tensors.len() - 1, ptr);
                 }
             }
         }
@@ -592,8 +595,11 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("sub.u32 {r}, {r}, 1"));
             }
         }
-        let next = self.w.label("tiles_next");
-        self.work_item_sequences(vars, extents, &next);
+        // Variable-length batches skip work items past their sequence's end, to `next`.
+        let next = self.cfg.varlen.then(|| self.w.label("tiles_next"));
+        if let Some(next) = &next {
+            self.work_item_sequences(vars, extents, next);
+        }
         // Grouped K/V heads of this work item, once (not at every copy of the K/V loop).
         let mut groups = vec![];
         collect_head_groups(body, &mut groups);
@@ -607,7 +613,9 @@ impl<'k> Emitter<'k> {
         }
         self.block(body)?;
         self.sequences.clear();
-        self.w.place_label(&next);
+        if let Some(next) = &next {
+            self.w.place_label(next);
+        }
         let grid = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {grid}, %nctaid.x"));
         self.w.ins(format!("add.u32 {work}, {work}, {grid}"));

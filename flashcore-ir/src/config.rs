@@ -47,6 +47,11 @@ pub struct Config {
     /// The element type bound to the kernel's generic tensors (`fn k<T>(q: Tensor<T, ..>)`) and
     /// of every mma operand: `f16` or `bf16` (f32 accumulation either way).
     pub dtype: DType,
+    /// The variable-length path: each work item reads its sequence's bounds from the kernel's
+    /// sequence offsets (`SeqOffsets<B, S>`) when they are given. Off, the kernel carries no
+    /// trace of them and refuses them; the typed launchers switch it on when offsets are passed,
+    /// so a dense launch runs the dense code.
+    pub varlen: bool,
 }
 
 impl Default for Config {
@@ -62,6 +67,7 @@ impl Default for Config {
             softmax_warps: 0,
             causal: false,
             dtype: DType::F16,
+            varlen: false,
         }
     }
 }
@@ -151,7 +157,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -165,6 +171,7 @@ impl fmt::Display for Config {
             },
             if self.persistent { " persistent" } else { "" },
             if self.causal { " causal" } else { "" },
+            if self.varlen { " varlen" } else { "" },
             if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() }
         )
     }

@@ -258,6 +258,7 @@ fn config(c: &Config) -> TokenStream {
         softmax_warps,
         causal,
         dtype: elem,
+        varlen,
     } = *c;
     let elem = dtype(elem);
     quote!(::flashcore::Config {
@@ -271,6 +272,7 @@ fn config(c: &Config) -> TokenStream {
         softmax_warps: #softmax_warps,
         causal: #causal,
         dtype: #elem,
+        varlen: #varlen,
     })
 }
 
@@ -285,6 +287,8 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
 
     let mut launch_params = vec![];
     let mut launch_args = vec![];
+    // Whether sequence offsets were passed: they select the config's variable-length variant.
+    let mut offsets_given = vec![];
     // Tensors of the generic element type take `DeviceTensor<T>` for any element type `T`
     // (checked against the config's dtype at launch); fixed ones their own type.
     let elem_type = |dtype: &syn::Ident| match &f.elem_param {
@@ -315,10 +319,12 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
                 }));
             }
             RawType::Offsets { optional: false, .. } => {
+                offsets_given.push(quote!(true));
                 launch_params.push(quote!(#ident: &::flashcore::DeviceSeqOffsets));
                 launch_args.push(quote!(::flashcore::Arg::Offsets(#ident)));
             }
             RawType::Offsets { optional: true, .. } => {
+                offsets_given.push(quote!(#ident.is_some()));
                 launch_params.push(quote!(#ident: ::std::option::Option<&::flashcore::DeviceSeqOffsets>));
                 launch_args.push(quote!(match #ident {
                     ::std::option::Option::Some(o) => ::flashcore::Arg::Offsets(o),
@@ -379,22 +385,27 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
             }
 
             /// Enqueues the kernel on `device` without waiting (see `flashcore::launch_async`).
+            /// Sequence offsets, when passed, select `config`'s variable-length variant
+            /// (`Config::varlen`).
             pub fn launch_async #generics (
                 device: &::flashcore::runtime::Device,
                 config: &::flashcore::Config,
                 #(#launch_params),*
             ) -> ::std::result::Result<(), ::flashcore::Error> {
+                let config = &::flashcore::Config { varlen: config.varlen #(|| #offsets_given)*, ..*config };
                 let kernel = Self::compile(config)?;
                 ::flashcore::launch_async(device, &kernel, &mut [#(#launch_args),*])
             }
 
             /// Runs the kernel on `device` and waits for it (at most `device.launch_timeout()`),
-            /// arguments in the order of the kernel's parameters.
+            /// arguments in the order of the kernel's parameters. Sequence offsets, when passed,
+            /// select `config`'s variable-length variant (`Config::varlen`).
             pub fn launch #generics (
                 device: &::flashcore::runtime::Device,
                 config: &::flashcore::Config,
                 #(#launch_params),*
             ) -> ::std::result::Result<(), ::flashcore::Error> {
+                let config = &::flashcore::Config { varlen: config.varlen #(|| #offsets_given)*, ..*config };
                 let kernel = Self::compile(config)?;
                 ::flashcore::launch(device, &kernel, &mut [#(#launch_args),*])
             }

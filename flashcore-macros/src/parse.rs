@@ -47,8 +47,12 @@ impl Parse for KernelAttr {
         for item in items {
             let key = item.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
             // `persistent`, `causal`, or `<flag> = true/false`.
-            if key == "persistent" || key == "causal" {
-                let flag = if key == "persistent" { &mut config.persistent } else { &mut config.causal };
+            if key == "persistent" || key == "causal" || key == "varlen" {
+                let flag = match key.as_str() {
+                    "persistent" => &mut config.persistent,
+                    "causal" => &mut config.causal,
+                    _ => &mut config.varlen,
+                };
                 *flag = match &item {
                     syn::Meta::Path(_) => true,
                     syn::Meta::NameValue(syn::MetaNameValue {
@@ -112,7 +116,7 @@ impl Parse for KernelAttr {
                 _ => {
                     return Err(syn::Error::new_spanned(
                         &item.path,
-                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, persistent, causal"),
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, persistent, causal, varlen"),
                     ))
                 }
             };

@@ -30,5 +30,10 @@ pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
             "d128_s2_load1_bf16",
             Config { head_dim: 128, stages: 2, load_warps: 1, dtype: DType::Bf16, ..base },
         ),
+        ("d64_varlen_causal", Config { causal: true, varlen: true, ..base }),
+        (
+            "d128_s2_load1_persistent_varlen",
+            Config { head_dim: 128, stages: 2, load_warps: 1, persistent: true, varlen: true, ..base },
+        ),
     ]
 }
