@@ -331,17 +331,8 @@ fn run_typed<T: HalfFloat>(
     let problem =
         Problem { q: qd, k: kd, v: vd, b, h, hk, s, sk, d, scale: scale as f64, causal: cfg.causal };
     let rows = rows_to_check(shape, sk, rng);
-    let (want, want_lse) = reference::attention_rows_lse(&problem, &rows);
-    let got_rows: Vec<f64> = rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().copied()).collect();
-    let err = reference::compare(&got_rows, &want);
-    let lse_rows: Vec<f64> = rows.iter().map(|r| got_lse[*r] as f64).collect();
-    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&lse_rows, &want_lse);
-    let lse_ok = lse_max_abs < LSE_TOLERANCE && lse_mismatched == 0;
-    println!(
-        "log-sum-exp: max abs err {lse_max_abs:.3e} vs float64 over {} rows, {lse_mismatched} infinite where float64 is not (or back){}",
-        rows.len(),
-        if lse_ok { "" } else { "  FAIL" }
-    );
+    let want = reference::attention_rows_lse(&problem, &rows);
+    let (err, lse_ok) = compare_rows(&got, |r| got_lse[r], &rows, want, d);
 
     // Timing inputs: several sets, rotated, as well as the flush below.
     let set_bytes = (shape.iter().product::<usize>() + 2 * kv_shape.iter().product::<usize>()) * 2;
@@ -368,6 +359,29 @@ fn run_typed<T: HalfFloat>(
         median_us,
         tflops: flops / (median_us * 1e-6) / 1e12,
     })
+}
+
+/// Compares output rows `rows` of `got` (`d` values each) and their log-sum-exps (`lse_of(row)`)
+/// with the float64 `want` (rows, log-sum-exps) and prints the log-sum-exp line. Returns the
+/// output's error and whether every log-sum-exp is within `LSE_TOLERANCE`.
+fn compare_rows(
+    got: &[f64],
+    lse_of: impl Fn(usize) -> f32,
+    rows: &[usize],
+    (want, want_lse): (Vec<f64>, Vec<f64>),
+    d: usize,
+) -> (reference::ErrorStats, bool) {
+    let got_rows: Vec<f64> = rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().copied()).collect();
+    let err = reference::compare(&got_rows, &want);
+    let lse_rows: Vec<f64> = rows.iter().map(|r| lse_of(*r) as f64).collect();
+    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&lse_rows, &want_lse);
+    let lse_ok = lse_max_abs < LSE_TOLERANCE && lse_mismatched == 0;
+    println!(
+        "log-sum-exp: max abs err {lse_max_abs:.3e} vs float64 over {} rows, {lse_mismatched} infinite where float64 is not (or back){}",
+        rows.len(),
+        if lse_ok { "" } else { "  FAIL" }
+    );
+    (err, lse_ok)
 }
 
 /// The median time in µs of `o.iters` launches after `o.warmup`, with CUDA events. Each timed
@@ -497,17 +511,9 @@ fn run_varlen<T: HalfFloat>(
         rows.dedup();
         rows
     };
-    let (want, want_lse) = reference::varlen_rows_lse(&problem, &rows);
-    let got_rows: Vec<f64> = rows.iter().flat_map(|r| got[r * d..(r + 1) * d].iter().copied()).collect();
-    let err = reference::compare(&got_rows, &want);
-    let lse_rows: Vec<f64> = rows.iter().map(|r| got_lse[(r % h) * tq + r / h] as f64).collect();
-    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&lse_rows, &want_lse);
-    let lse_ok = lse_max_abs < LSE_TOLERANCE && lse_mismatched == 0;
-    println!(
-        "log-sum-exp: max abs err {lse_max_abs:.3e} vs float64 over {} rows, {lse_mismatched} infinite where float64 is not (or back){}",
-        rows.len(),
-        if lse_ok { "" } else { "  FAIL" }
-    );
+    let want = reference::varlen_rows_lse(&problem, &rows);
+    // The log-sum-exp is [H, TOTAL_Q]; the rows are t · H + head.
+    let (err, lse_ok) = compare_rows(&got, |r| got_lse[(r % h) * tq + r / h], &rows, want, d);
     let median_us = median_launch_us(device, o, |i| {
         let (_, (q, k, v)) = &sets[i % sets.len()];
         let lse = o.lse.is_some().then_some(&mut lse);

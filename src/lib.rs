@@ -318,13 +318,12 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
             return Err(bad(&t.name, format!("expected a {want} tensor, got {}", view.dtype)));
         }
         let packed = ragged.get(&t.dims[2]).copied();
-        let axes = match (packed.is_some(), t.is_rows()) {
-            (false, false) => "[B, H, S, D]",
-            (false, true) => "[B, H, S]",
-            (true, false) => "[TOTAL, H, D]",
-            (true, true) => "[H, TOTAL]",
+        let (axes, rank) = match (packed.is_some(), t.is_rows()) {
+            (false, false) => ("[B, H, S, D]", 4),
+            (false, true) => ("[B, H, S]", 3),
+            (true, false) => ("[TOTAL, H, D]", 3),
+            (true, true) => ("[H, TOTAL]", 2),
         };
-        let rank = axes.split(',').count();
         if view.shape.len() != rank {
             return Err(bad(&t.name, format!("expected {rank} axes {axes}, got shape {:?}", view.shape)));
         }
