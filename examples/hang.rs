@@ -65,8 +65,10 @@ fn main() -> ExitCode {
             Arg::Tensor(&k),
             Arg::Tensor(&v),
             Arg::TensorMut(&mut o),
-            Arg::Absent,
+            Arg::Absent, // lse
             Arg::F32(0.125),
+            Arg::Absent, // cu_q: a dense batch
+            Arg::Absent, // cu_k
         ],
     );
     match result {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): the example binary built here is carried in
-# .device/bin. Correctness sweep, headline shape, and the .npy round trip through numpy.
+# .device/bin. Correctness sweep, headline shape, the .npy round trip through numpy, the other
+# snapshot configurations, and the hang example (its binary next to the attention one).
 set -uo pipefail
 bin=${1:-.device/bin/attention}
 out=${OUT:-/tmp/flashcore-out}
@@ -19,3 +20,10 @@ for cfg in "--tile-m 128 --warps 8" "--tile-m 128 --tile-n 32 --warps 4"; do
     "$bin" $cfg --b 2 --h 4 --s 1024 --d $d --iters 20 --warmup 5 2>&1 | tee -a "$out/configs.txt"
   done
 done
+echo "== a kernel that would hang: rejected by the protocol check, and with the check bypassed a timeout, not a stuck process"
+hang_bin="$(dirname "$bin")/hang"
+if [ -x "$hang_bin" ]; then
+  timeout 60 "$hang_bin" 2>&1 | tee "$out/hang.txt"
+else
+  echo "no $hang_bin: build it with cargo build --release --examples and copy it next to $bin"
+fi
