@@ -5,7 +5,7 @@
 mod common;
 
 use flashcore::kernels::attention;
-use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
+use flashcore::simulate::{check_attention, AttentionCheck, AttentionShape, Options, SimDevice};
 use flashcore::Layout;
 
 /// Runs `config`'s kernel at `[b, h, s, d]` queries and `[b, hk, sk, d]` keys in the simulator
@@ -24,6 +24,13 @@ fn run_case(
     let what = format!("{name} {b}x{h}x{s}x{} (SK {sk}, HKV {hk}, {layout}) seed {seed}", config.head_dim);
     let check = check_attention(&compiled, AttentionShape { b, h, hk, s, sk }, layout, seed, &device)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_within_bounds(&what, config, &check);
+    (check.stats.lane_instructions, check.seconds)
+}
+
+/// The output within the dtype's bound of float64 (and finite), the log-sum-exp within 1e-3
+/// (and infinite exactly where float64 is).
+fn assert_within_bounds(what: &str, config: &flashcore::Config, check: &AttentionCheck) {
     let err = check.err;
     assert!(
         check.lse_max_abs < 1e-3 && check.lse_mismatched == 0,
@@ -38,10 +45,9 @@ fn run_case(
         err.non_finite
     );
     eprintln!(
-        "{what}: rel err {:.3e}, log-sum-exp {:.1e}, {} warp instructions",
-        err.rel_l2, check.lse_max_abs, check.stats.warp_instructions
+        "{what}: rel err {:.3e}, log-sum-exp {:.1e}, {} CTAs, {} warp instructions",
+        err.rel_l2, check.lse_max_abs, check.stats.ctas, check.stats.warp_instructions
     );
-    (check.stats.lane_instructions, check.seconds)
 }
 
 /// Shapes and schedules each configuration runs at: a tail shape over two heads (S = 100 is not
@@ -271,19 +277,7 @@ fn variable_length_batches_run_correctly_in_the_simulator() {
                 let what = format!("{name} causal {causal} varlen q {lens_q:?} k {lens_k:?} H {h} HKV {hk}");
                 let check = check_varlen_attention(&compiled, &lens_q, lens_k, (h, hk), 16, &device)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
-                assert!(
-                    check.err.rel_l2 < flashcore::tolerance(config.dtype) && check.err.non_finite == 0,
-                    "{what}: relative error {:e} ({} non-finite)",
-                    check.err.rel_l2,
-                    check.err.non_finite
-                );
-                assert!(
-                    check.lse_max_abs < 1e-3 && check.lse_mismatched == 0,
-                    "{what}: log-sum-exp off by {:e} ({} infinite mismatches)",
-                    check.lse_max_abs,
-                    check.lse_mismatched
-                );
-                eprintln!("{what}: rel err {:.3e}, {} CTAs", check.err.rel_l2, check.stats.ctas);
+                assert_within_bounds(&what, &config, &check);
             }
         }
     }

@@ -90,13 +90,24 @@ pub struct Emitter<'k> {
     pipeline_count: Option<String>,
     /// Grouped K/V head indices (`h / (H / HKV)`), computed once per work item.
     grouped: HashMap<(Value, HeadGroup), String>,
-    /// Per sequence-offsets parameter: its pointer register.
-    offsets_ptrs: HashMap<usize, String>,
-    /// Inside the work loop, per ragged dim: this work item's sequence (first packed row,
-    /// length). Every use of the dim's length inside the loop reads the length from here.
-    sequences: HashMap<RtDim, (String, String)>,
-    /// The (start, length) registers of each ragged dim, declared once for every work loop.
-    sequence_regs: HashMap<RtDim, (String, String)>,
+    /// The varlen variant's ragged dims, one per sequence-offsets parameter (empty otherwise).
+    ragged: Vec<RaggedDim>,
+    /// Set while a work loop's body is emitted: the ragged dims' registers then hold this work
+    /// item's sequence, and every use of such a dim's length reads its `len` register.
+    in_work_item: bool,
+}
+
+/// A sequence dim made ragged by offsets: their pointer, and the registers that hold the
+/// current work item's sequence (first packed row, length).
+#[derive(Clone, Debug)]
+struct RaggedDim {
+    offsets: String,
+    batch: RtDim,
+    seq: RtDim,
+    optional: bool,
+    ptr: String,
+    start: String,
+    len: String,
 }
 
 /// The f32 instruction of a row reduction step.
@@ -140,9 +151,8 @@ impl<'k> Emitter<'k> {
             t: None,
             pipeline_count: None,
             grouped: HashMap::new(),
-            offsets_ptrs: HashMap::new(),
-            sequences: HashMap::new(),
-            sequence_regs: HashMap::new(),
+            ragged: vec![],
+            in_work_item: false,
             team: Team::default(),
             group_warp: String::new(),
             stream: None,
@@ -233,7 +243,16 @@ impl<'k> Emitter<'k> {
                     let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&o.name)));
                     self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
                     self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
-                    self.offsets_ptrs.insert(self.tensors.len() - 1, ptr);
+                    let seq_name = sanitize(&k.dims[o.seq.0 as usize]);
+                    self.ragged.push(RaggedDim {
+                        offsets: o.name.clone(),
+                        batch: o.batch,
+                        seq: o.seq,
+                        optional: o.optional,
+                        ptr,
+                        start: self.w.named(RegClass::B32, &format!("%seq_start_{seq_name}")),
+                        len: self.w.named(RegClass::B32, &format!("%seq_len_{seq_name}")),
+                    });
                 }
             }
         }
@@ -500,10 +519,15 @@ impl<'k> Emitter<'k> {
     /// The length of runtime dim `d`: inside the work loop, this work item's sequence length
     /// for a ragged dim; otherwise the dim's parameter.
     fn dim_reg(&self, d: RtDim) -> String {
-        match self.sequences.get(&d) {
-            Some((_, len)) => len.clone(),
+        match self.sequence_of(d) {
+            Some(r) => r.len.clone(),
             None => self.dim_regs[d.0 as usize].clone(),
         }
+    }
+
+    /// Inside a work loop, the ragged dim `d`'s registers for this work item's sequence.
+    fn sequence_of(&self, d: RtDim) -> Option<&RaggedDim> {
+        self.ragged.iter().find(|r| self.in_work_item && r.seq == d)
     }
 
     fn extent_reg(&mut self, e: &LoopExtent) -> String {
@@ -611,8 +635,9 @@ impl<'k> Emitter<'k> {
                 self.grouped.insert((v, g), head);
             }
         }
+        self.in_work_item = next.is_some();
         self.block(body)?;
-        self.sequences.clear();
+        self.in_work_item = false;
         if let Some(next) = &next {
             self.w.place_label(next);
         }
@@ -631,33 +656,23 @@ impl<'k> Emitter<'k> {
     /// every warp of every role computes the same answer, so counters and barriers stay in step).
     /// Optional offsets that were not given leave the dense batch: start 0, length the dim.
     fn work_item_sequences(&mut self, vars: &[Value], extents: &[LoopExtent], next: &str) {
-        let ragged: Vec<(usize, RtDim, RtDim, bool, String)> =
-            self.kernel.offsets().map(|(i, o)| (i, o.batch, o.seq, o.optional, o.name.clone())).collect();
-        for (param, batch, seq, optional, name) in ragged {
-            let Some(b) = vars.iter().zip(extents).find(|(_, e)| e.dim == batch && e.per_tile.is_none())
+        for r in self.ragged.clone() {
+            let Some(b) = vars.iter().zip(extents).find(|(_, e)| e.dim == r.batch && e.per_tile.is_none())
             else {
                 continue; // lowering requires the work loop to walk the batch
             };
             let (k, var) = (self.kernel, self.kernel.values[b.0.index()].name.clone());
             let b = self.regs_of(*b.0).at(0);
-            let (batch_name, seq_name) = (&k.dims[batch.0 as usize], &k.dims[seq.0 as usize]);
+            let (name, batch_name, seq_name) =
+                (&r.offsets, &k.dims[r.batch.0 as usize], &k.dims[r.seq.0 as usize]);
             self.w.comment(format!(
                 "varlen ({name} given): `{seq_name}` of sequence {var} (walking `{batch_name}`) is packed rows {name}[{var}] .. {name}[{var} + 1]"
             ));
-            let (start, len) = match self.sequence_regs.get(&seq) {
-                Some(regs) => regs.clone(),
-                None => {
-                    let start = self.w.named(RegClass::B32, &format!("%seq_start_{}", sanitize(seq_name)));
-                    let len = self.w.named(RegClass::B32, &format!("%seq_len_{}", sanitize(seq_name)));
-                    self.sequence_regs.insert(seq, (start.clone(), len.clone()));
-                    (start, len)
-                }
-            };
-            let ptr = self.offsets_ptrs[&param].clone();
-            let dense = optional.then(|| {
+            let RaggedDim { ptr, start, len, .. } = &r;
+            let dense = r.optional.then(|| {
                 let (dense, absent) = (self.w.label("dense_batch"), self.w.temp(RegClass::Pred));
                 self.w.ins(format!("mov.u32 {start}, 0"));
-                self.w.ins(format!("mov.u32 {len}, {}", self.dim_regs[seq.0 as usize]));
+                self.w.ins(format!("mov.u32 {len}, {}", self.dim_regs[r.seq.0 as usize]));
                 self.w.ins(format!("setp.eq.u64 {absent}, {ptr}, 0"));
                 self.w.ins(format!("@{absent} bra.uni {dense}"));
                 dense
@@ -671,12 +686,12 @@ impl<'k> Emitter<'k> {
             if let Some(dense) = dense {
                 self.w.place_label(&dense);
             }
-            self.sequences.insert(seq, (start, len));
         }
         for (v, e) in vars.iter().zip(extents) {
-            let (Some(t), Some((_, len))) = (e.per_tile, self.sequences.get(&e.dim).cloned()) else {
+            let (Some(t), Some(r)) = (e.per_tile, self.ragged.iter().find(|r| r.seq == e.dim)) else {
                 continue;
             };
+            let len = r.len.clone();
             self.w.comment("varlen: this tile starts past the end of its sequence");
             let (first, past) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
             let tile = self.regs_of(*v).at(0);
@@ -750,9 +765,9 @@ impl<'k> Emitter<'k> {
         };
         let first_row = self.w.temp(RegClass::B32);
         let dims = self.kernel.tensor(access.param).map(|t| t.dims);
-        match dims.and_then(|d| self.sequences.get(&d[2])) {
+        match dims.and_then(|d| self.sequence_of(d[2])).map(|r| r.start.clone()) {
             // A ragged sequence starts at its first packed row (the batch stride is 0).
-            Some((start, _)) => self.w.ins(format!("mad.lo.u32 {first_row}, {}, {rows}, {start}", c[2])),
+            Some(start) => self.w.ins(format!("mad.lo.u32 {first_row}, {}, {rows}, {start}", c[2])),
             None => self.w.ins(format!("mul.lo.u32 {first_row}, {}, {rows}", c[2])),
         }
         let (off, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
