@@ -5,7 +5,12 @@
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--varlen 1,17,77 [--varlen-k 5,300,0]] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
-//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--ptx]`
+//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--declared] [--ptx] [--plan plan.json]`
+//!
+//! The config is the tuning table's entry for this GPU and shape (`tuning/attention.json`, or the
+//! file `FLASHCORE_TUNING` names), the kernel's declared one with `--declared` or where no
+//! entry fits, or the declared one with the tile flags applied. `--plan` writes the launch as
+//! JSON (PTX, grid, parameters) for `scripts/bench.py` and runs nothing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +18,7 @@ use std::process::ExitCode;
 use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
+use flashcore::tuning::{Source, Table};
 use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat, Layout};
 
 /// Largest difference from float64 a log-sum-exp may have (f32 statistics of the same scores:
@@ -55,6 +61,14 @@ struct Options {
     persistent: bool,
     tile_n: Option<u32>,
     warps: Option<u32>,
+    /// The kernel's declared config, not the tuning table's.
+    declared: bool,
+    /// Write the launch plan here and exit.
+    plan: Option<PathBuf>,
+    /// The tuning table (`FLASHCORE_TUNING` or the builtin one).
+    table: Table,
+    /// The device's name, once a GPU is found: the table's key.
+    gpu: Option<String>,
 }
 
 /// `17,77,4097`: one length per sequence.
@@ -97,6 +111,10 @@ fn parse_args() -> Result<Options, String> {
         persistent: false,
         tile_n: None,
         warps: None,
+        declared: false,
+        plan: None,
+        table: Table::active().map_err(|e| format!("FLASHCORE_TUNING: {e}"))?,
+        gpu: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -135,12 +153,14 @@ fn parse_args() -> Result<Options, String> {
             "--load-warps" => o.load_warps = Some(number(value()?)? as u32),
             "--softmax-warps" => o.softmax_warps = Some(number(value()?)? as u32),
             "--ptx" => o.show_ptx = true,
+            "--declared" => o.declared = true,
+            "--plan" => o.plan = Some(value()?.into()),
             "--help" | "-h" => {
                 println!(
                     "{}",
                     include_str!("attention.rs")
                         .lines()
-                        .take(8)
+                        .take(13)
                         .map(|l| l.trim_start_matches("//! ").trim_start_matches("//!"))
                         .collect::<Vec<_>>()
                         .join("\n")
@@ -162,22 +182,40 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-/// The kernel's declared config at head dim `d`, with the tile flags applied.
-fn config_for(o: &Options, d: usize) -> Config {
+/// The config for a `[b, h, s, d]` problem with `sk` keys, and where it came from: the tile
+/// flags applied to the declared config, else the tuning table's entry for this GPU and shape,
+/// else (or with `--declared`) the declared config at this head dim.
+fn config_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String) {
     // The declared config with the tiles this head dim needs (smaller K/V tiles at D = 256).
-    let base = attention::CONFIG.with_head_dim(d as u32);
-    Config {
-        tile_m: o.tile_m.unwrap_or(base.tile_m),
-        tile_n: o.tile_n.unwrap_or(base.tile_n),
-        warps: o.warps.unwrap_or(base.warps),
-        stages: o.stages.unwrap_or(base.stages),
-        load_warps: o.load_warps.unwrap_or(base.load_warps),
-        softmax_warps: o.softmax_warps.unwrap_or(base.softmax_warps),
-        persistent: o.persistent || base.persistent,
-        causal: o.causal || base.causal,
+    let base = Config {
+        causal: o.causal || attention::CONFIG.causal,
         dtype: o.dtype,
         varlen: o.varlen.is_some(),
-        ..base
+        ..attention::CONFIG.with_head_dim(d as u32)
+    };
+    let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps];
+    if flags.iter().any(Option::is_some) || o.persistent {
+        let cfg = Config {
+            tile_m: o.tile_m.unwrap_or(base.tile_m),
+            tile_n: o.tile_n.unwrap_or(base.tile_n),
+            warps: o.warps.unwrap_or(base.warps),
+            stages: o.stages.unwrap_or(base.stages),
+            load_warps: o.load_warps.unwrap_or(base.load_warps),
+            softmax_warps: o.softmax_warps.unwrap_or(base.softmax_warps),
+            persistent: o.persistent || base.persistent,
+            ..base
+        };
+        return (cfg, "the declared config with the tile flags applied".into());
+    }
+    match (&o.gpu, o.declared) {
+        (Some(gpu), false) => match o.table.pick("attention", gpu, base, [b, h, s, sk]) {
+            (cfg, Source::Tuned(key)) => (cfg, format!("the tuning table's entry for {key}")),
+            (cfg, Source::Declared) => {
+                (cfg, "declared (no tuning table entry for this GPU and shape)".into())
+            }
+        },
+        (Some(_), true) => (base, "declared (--declared)".into()),
+        (None, _) => (base, "declared (no GPU to look up in the tuning table)".into()),
     }
 }
 
@@ -286,7 +324,7 @@ fn run_typed<T: HalfFloat>(
     rng: &mut Rng,
 ) -> Result<Outcome, String> {
     let [b, h, s, d] = inputs.shape;
-    let cfg = config_for(o, d);
+    let (cfg, _) = config_for(o, inputs.shape, inputs.sk);
     let e = |x: flashcore::Error| x.to_string();
     let r = |x: flashcore::runtime::RuntimeError| x.to_string();
     let (shape, kv_shape) = (inputs.shape, inputs.kv_shape());
@@ -384,38 +422,22 @@ fn compare_rows(
     (err, lse_ok)
 }
 
-/// The median time in µs of `o.iters` launches after `o.warmup`, with CUDA events. Each timed
-/// launch follows an L2 flush (a 256 MB memset, ~0.1 ms of GPU work) so the host enqueues the
-/// launch while the GPU is still busy: the events then bracket the kernel only. `launch(i)`
-/// enqueues launch `i` (rotating its inputs).
+/// The median time in µs of `o.iters` launches after `o.warmup` (see
+/// [`flashcore::timing::median_launch_us`]).
 fn median_launch_us(
     device: &Device,
     o: &Options,
-    mut launch: impl FnMut(usize) -> Result<(), String>,
+    launch: impl FnMut(usize) -> Result<(), String>,
 ) -> Result<f64, String> {
-    let r = |x: flashcore::runtime::RuntimeError| x.to_string();
-    let mut flush = device.l2_flush_buffer(256 << 20).map_err(r)?;
-    let mut events = vec![];
-    for i in 0..o.warmup + o.iters {
-        device.flush_l2(&mut flush).map_err(r)?;
-        let start = device.record().map_err(r)?;
-        launch(i)?;
-        let stop = device.record().map_err(r)?;
-        if i >= o.warmup {
-            events.push((start, stop));
-        }
-        if i % 64 == 63 {
-            device.synchronize().map_err(r)?;
+    struct Failed(String);
+    impl From<flashcore::runtime::RuntimeError> for Failed {
+        fn from(e: flashcore::runtime::RuntimeError) -> Failed {
+            Failed(e.to_string())
         }
     }
-    device.synchronize().map_err(r)?;
-    let mut times = events
-        .iter()
-        .map(|(a, b)| a.elapsed_ms(b).map(|ms| ms as f64 * 1e3))
-        .collect::<Result<Vec<f64>, _>>()
-        .map_err(r)?;
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
+    let mut launch = launch;
+    flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| launch(i).map_err(Failed))
+        .map_err(|Failed(e)| e)
 }
 
 /// A variable-length batch (`--varlen`): packed `[TOTAL, H, D]` random inputs, sequence offsets
@@ -428,7 +450,8 @@ fn run_varlen<T: HalfFloat>(
     rng: &mut Rng,
 ) -> Result<Outcome, String> {
     let (h, hk, d) = (o.h, o.hkv.unwrap_or(o.h), o.d);
-    let cfg = config_for(o, d);
+    let longest = |lens: &[usize]| lens.iter().copied().max().unwrap_or(0);
+    let (cfg, _) = config_for(o, [lens_q.len(), h, longest(lens_q), d], longest(lens_k));
     let e = |x: flashcore::Error| x.to_string();
     let r = |x: flashcore::runtime::RuntimeError| x.to_string();
     let cu_q = flashcore::SeqOffsets::from_lengths(lens_q).map_err(e)?;
@@ -532,7 +555,7 @@ fn run_varlen<T: HalfFloat>(
 
 fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
     println!("no GPU: {reason}");
-    let cfg = config_for(o, o.d);
+    let (cfg, _) = config_for(o, [o.b, o.h, o.s, o.d], o.sk.unwrap_or(o.s));
     let ptx = match attention::ptx(&cfg) {
         Ok(p) => p,
         Err(e) => {
@@ -642,8 +665,44 @@ fn print_outcome([b, h, s, d]: [usize; 4], result: Result<Outcome, String>, boun
     }
 }
 
+/// Writes the launch plan of `o`'s problem (dense, contiguous `[B, H, S, D]`, no log-sum-exp) to
+/// `path` for `scripts/bench.py`; returns what to print.
+fn write_plan(o: &Options, path: &PathBuf) -> Result<String, String> {
+    use flashcore::plan::{launch_plan, PlanArg};
+    use flashcore::TensorView;
+    if o.varlen.is_some() || o.q.is_some() || o.sweep {
+        return Err(
+            "--plan describes one dense random problem: not with --varlen, --q/--k/--v or --sweep".into()
+        );
+    }
+    let (hk, sk) = (o.hkv.unwrap_or(o.h), o.sk.unwrap_or(o.s));
+    let (cfg, source) = config_for(o, [o.b, o.h, o.s, o.d], sk);
+    let compiled = attention::compile(&cfg).map_err(|e| e.to_string())?;
+    let shapes = [[o.b, o.h, o.s, o.d], [o.b, hk, sk, o.d]];
+    let strides = shapes.map(|s| flashcore::runtime::contiguous_strides(&s));
+    let view = |i: usize| TensorView {
+        dtype: o.dtype.name(),
+        shape: &shapes[i],
+        strides: &strides[i],
+        buffer_len: shapes[i].iter().product(),
+    };
+    let args = [
+        PlanArg::Tensor(view(0)),
+        PlanArg::Tensor(view(1)),
+        PlanArg::Tensor(view(1)),
+        PlanArg::TensorMut(view(0)),
+        PlanArg::Absent,
+        PlanArg::F32(cfg.default_scale()),
+        PlanArg::Absent,
+        PlanArg::Absent,
+    ];
+    let plan = launch_plan(&compiled, &args).map_err(|e| e.to_string())?;
+    std::fs::write(path, plan.to_json()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(format!("plan: {} ({cfg}; {source})", path.display()))
+}
+
 fn main() -> ExitCode {
-    let o = match parse_args() {
+    let mut o = match parse_args() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
@@ -655,6 +714,19 @@ fn main() -> ExitCode {
         Err(e) => return report_without_gpu(&e.to_string(), &o),
     };
     let info = device.info();
+    o.gpu = Some(info.name.clone());
+    if let Some(path) = &o.plan {
+        return match write_plan(&o, path) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     println!(
         "device: {} (sm_{}{}, {} SMs); seed {}",
         info.name, info.compute_capability.0, info.compute_capability.1, info.sm_count, o.seed
@@ -688,7 +760,8 @@ fn main() -> ExitCode {
             )]
         }
     };
-    let cfg = config_for(&o, o.d);
+    let (cfg, source) = config_for(&o, [o.b, o.h, o.s, o.d], o.sk.unwrap_or(o.s));
+    println!("config source: {source}");
     match attention::compile(&cfg).map_err(|e| e.to_string()).and_then(|k| {
         device
             .ctas_per_sm(&k.image())

@@ -34,9 +34,12 @@ extern crate self as flashcore;
 pub mod kernels;
 pub mod layout;
 pub mod npy;
+pub mod plan;
 pub mod ptxas;
 pub mod reference;
 pub mod simulate;
+pub mod timing;
+pub mod tuning;
 pub mod varlen;
 
 use std::collections::hash_map::DefaultHasher;
@@ -72,6 +75,9 @@ pub enum Error {
     /// Sequence offsets that are not cumulative lengths.
     #[error("sequence offsets: {0}")]
     Offsets(String),
+    /// A tuning table that cannot be read or holds an invalid config.
+    #[error("tuning table: {0}")]
+    Tuning(String),
     /// A launch argument does not fit the kernel's signature.
     #[error("kernel `{kernel}`, argument `{arg}`: {message}")]
     Argument { kernel: String, arg: String, message: String },

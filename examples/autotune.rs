@@ -1,0 +1,483 @@
+//! The autotuner: searches the attention kernel's schedule (tiles, warps per role, stages,
+//! persistence, softmax placement) on the GPU, checks every candidate against float64 before
+//! timing it, and writes the fastest per (GPU, dtype, head dim, causal, size class) into the
+//! tuning table that launches read by default (`tuning/attention.json`, see `flashcore::tuning`).
+//!
+//! `cargo run --release --example autotune -- [--out tuning/attention.json]
+//!  [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes] [--classes small,medium,large]
+//!  [--dtype f16] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
+//!
+//! The search runs in three rounds per key, each over the best of the last: tiles (`tile_m`,
+//! compute warps, `tile_n`), then the pipeline (stages, load warps, persistent CTAs) for the two
+//! best tilings, then softmax placement (softmax warps) for the best warp-specialized one.
+//! Candidates whose PTX spills registers (ptxas, when found) or whose shared memory is over
+//! the device's limit are skipped before they run. Every trial is appended to the progress file
+//! as it finishes; a rerun reads it and skips what it holds (resume), and `--seconds` stops
+//! cleanly before the next candidate once the time is spent.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use flashcore::kernels::attention;
+use flashcore::reference::{self, Problem, Rng};
+use flashcore::runtime::{Device, DeviceTensor};
+use flashcore::tuning::{Entry, Key, Measured, Schedule, SizeClass, Table};
+use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat};
+
+struct Options {
+    out: PathBuf,
+    progress: PathBuf,
+    head_dims: Vec<u32>,
+    causal: Vec<bool>,
+    classes: Vec<SizeClass>,
+    dtype: DType,
+    iters: usize,
+    warmup: usize,
+    seconds: Option<f64>,
+    seed: u64,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        out: "tuning/attention.json".into(),
+        progress: "autotune-progress.jsonl".into(),
+        head_dims: vec![64, 128],
+        causal: vec![false, true],
+        classes: SizeClass::ALL.to_vec(),
+        dtype: DType::F16,
+        iters: 20,
+        warmup: 5,
+        seconds: None,
+        seed: 7,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        let list = |v: String| v.split(',').map(str::to_string).collect::<Vec<_>>();
+        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: `{v}` is not a number"));
+        match flag.as_str() {
+            "--out" => o.out = value()?.into(),
+            "--progress" => o.progress = value()?.into(),
+            "--d" => {
+                o.head_dims = list(value()?)
+                    .into_iter()
+                    .map(|d| d.parse().map_err(|_| format!("--d: `{d}` is not a head dim")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--causal" => {
+                o.causal = list(value()?)
+                    .iter()
+                    .map(|c| match c.as_str() {
+                        "no" => Ok(false),
+                        "yes" => Ok(true),
+                        _ => Err(format!("--causal: `{c}` is not `no` or `yes`")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--classes" => {
+                o.classes = list(value()?)
+                    .iter()
+                    .map(|c| {
+                        SizeClass::ALL
+                            .into_iter()
+                            .find(|k| k.name() == c)
+                            .ok_or_else(|| format!("--classes: `{c}` is not small, medium or large"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--dtype" => {
+                let name = value()?;
+                o.dtype =
+                    DType::from_name(&name).ok_or_else(|| format!("--dtype: `{name}` is not f16 or bf16"))?
+            }
+            "--iters" => o.iters = number(value()?)?.max(1) as usize,
+            "--warmup" => o.warmup = number(value()?)? as usize,
+            "--seconds" => o.seconds = Some(number(value()?)? as f64),
+            "--seed" => o.seed = number(value()?)?,
+            "--help" | "-h" => {
+                println!("{}", include_str!("autotune.rs").lines().take(17).collect::<Vec<_>>().join("\n"));
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown flag {flag} (try --help)")),
+        }
+    }
+    Ok(o)
+}
+
+/// The shape each size class is tuned at: the benchmark's representative of the class.
+fn representative(class: SizeClass) -> [usize; 4] {
+    match class {
+        SizeClass::Small => [1, 8, 512, 512],
+        SizeClass::Medium => [4, 16, 2048, 2048],
+        SizeClass::Large => [2, 16, 8192, 8192],
+    }
+}
+
+/// One candidate's outcome, a line of the progress file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Trial {
+    key: Key,
+    schedule: Schedule,
+    /// `ok`, `wrong` (failed the float64 check: a bug), `spills`, `smem` (over the device's
+    /// limit) or `error`.
+    status: String,
+    median_us: f64,
+    rel_err: f64,
+    note: String,
+}
+
+/// Round 1: the tilings.
+fn tiling_candidates(declared: Config) -> Vec<Config> {
+    let mut out = vec![];
+    for (tile_m, warps) in [(32, 2), (64, 4), (64, 2), (128, 8), (128, 4)] {
+        for tile_n in [32, 64, 128] {
+            out.push(Config {
+                tile_m,
+                warps,
+                tile_n,
+                stages: 2,
+                load_warps: 0,
+                softmax_warps: 0,
+                persistent: false,
+                ..declared
+            });
+        }
+    }
+    out
+}
+
+/// Round 2: the pipeline around one tiling.
+fn pipeline_candidates(tiling: Config) -> Vec<Config> {
+    let mut out = vec![];
+    for stages in [1, 2, 3] {
+        for load_warps in [0, 1, 2] {
+            for persistent in [false, true] {
+                out.push(Config { stages, load_warps, persistent, softmax_warps: 0, ..tiling });
+            }
+        }
+    }
+    out
+}
+
+/// Round 3: softmax on warps of its own (a warp-specialized config only).
+fn softmax_candidates(best: Config) -> Vec<Config> {
+    if best.load_warps == 0 {
+        return vec![];
+    }
+    vec![Config { softmax_warps: best.warps, ..best }]
+}
+
+/// A key's problem: inputs (several sets, rotated while timing), the rows checked and their
+/// float64 values.
+struct Bench<T: HalfFloat> {
+    shape: [usize; 4],
+    sets: Vec<(DeviceTensor<T>, DeviceTensor<T>, DeviceTensor<T>)>,
+    out: DeviceTensor<T>,
+    rows: Vec<usize>,
+    want: Vec<f64>,
+    flops: f64,
+}
+
+fn prepare<T: HalfFloat>(
+    device: &Device,
+    declared: Config,
+    shape: [usize; 4],
+    rng: &mut Rng,
+) -> Result<Bench<T>, String> {
+    let [b, h, s, d] = shape;
+    let r = |x: flashcore::runtime::RuntimeError| x.to_string();
+    let n = b * h * s * d;
+    let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal()).to_f64()).collect::<Vec<f64>>();
+    let (q, k, v) = (gen(n), gen(n), gen(n));
+    let upload = |x: &[f64]| {
+        let typed: Vec<T> = x.iter().map(|x| T::from_f64(*x)).collect();
+        device.upload(&typed, &shape).map_err(r)
+    };
+    let mut sets = vec![(upload(&q)?, upload(&k)?, upload(&v)?)];
+    // About 64 MB of inputs in all, so L2 does not hold the next launch's.
+    let extra = (64usize << 20).div_ceil(3 * n * 2).clamp(1, 8) - 1;
+    for _ in 0..extra {
+        sets.push((upload(&gen(n))?, upload(&gen(n))?, upload(&gen(n))?));
+    }
+    let scale = declared.default_scale() as f64;
+    let problem = Problem { q: &q, k: &k, v: &v, b, h, hk: h, s, sk: s, d, scale, causal: declared.causal };
+    // The first and last row of the first and last head, the tile boundaries around them, and
+    // a random sample: 64 rows, each checked over every key.
+    let total = b * h * s;
+    let mut rows = vec![0, 63, 64, s - 1, total - s, total - 1];
+    while rows.len() < 64 {
+        rows.push((rng.next_u64() % total as u64) as usize);
+    }
+    rows.sort_unstable();
+    rows.dedup();
+    let want = reference::attention_rows(&problem, &rows);
+    let pairs: usize = (0..s).map(|row| problem.keys_seen(row)).sum();
+    let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
+    let out = device.filled(&shape, T::NAN).map_err(r)?;
+    Ok(Bench { shape, sets, out, rows, want, flops })
+}
+
+/// Checks `cfg` against float64 on a poisoned output, then times it. `Ok((median_us, rel_err))`,
+/// or the trial's status and why.
+fn try_candidate<T: HalfFloat>(
+    device: &Device,
+    bench: &mut Bench<T>,
+    cfg: &Config,
+    iters: (usize, usize),
+) -> Result<(f64, f64), (&'static str, String)> {
+    let fail = |status: &'static str| move |e: String| (status, e);
+    let compiled = attention::compile(cfg).map_err(|e| ("error", e.to_string()))?;
+    if compiled.ptx.shared_bytes > device.info().max_shared_per_block {
+        return Err(("smem", format!("{} bytes of shared memory", compiled.ptx.shared_bytes)));
+    }
+    if let Some(ptxas) = flashcore::ptxas::find() {
+        let arch = format!("sm_{}{}", device.info().compute_capability.0, device.info().compute_capability.1);
+        let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, &arch)
+            .map_err(|e| ("error", e.to_string()))?;
+        if report.spill_store_bytes > 0 || report.spill_load_bytes > 0 {
+            return Err((
+                "spills",
+                format!("{} registers, {} bytes spilled", report.registers, report.spill_store_bytes),
+            ));
+        }
+    }
+    let e = |x: flashcore::Error| x.to_string();
+    let r = |x: flashcore::runtime::RuntimeError| x.to_string();
+    let scale = cfg.default_scale();
+    let poison: Vec<T> = vec![T::NAN; bench.shape.iter().product()];
+    bench.out = device.upload(&poison, &bench.shape).map_err(r).map_err(fail("error"))?;
+    let (q, k, v) = &bench.sets[0];
+    attention::launch(device, cfg, q, k, v, &mut bench.out, None, scale, None, None)
+        .map_err(e)
+        .map_err(fail("error"))?;
+    let stored = device.download(&bench.out).map_err(r).map_err(fail("error"))?;
+    let d = bench.shape[3];
+    let got: Vec<f64> =
+        bench.rows.iter().flat_map(|row| stored[row * d..(row + 1) * d].iter().map(|x| x.to_f64())).collect();
+    let err = reference::compare(&got, &bench.want);
+    if err.rel_l2.is_nan() || err.rel_l2 > tolerance(cfg.dtype) {
+        return Err(("wrong", format!("rel err {:.3e}, {} non-finite", err.rel_l2, err.non_finite)));
+    }
+    let (warmup, iters) = iters;
+    let Bench { sets, out, .. } = bench;
+    let median = flashcore::timing::median_launch_us(device, warmup, iters, |i| {
+        let (q, k, v) = &sets[i % sets.len()];
+        attention::launch_async(device, cfg, q, k, v, out, None, scale, None, None)
+    })
+    .map_err(e)
+    .map_err(fail("error"))?;
+    Ok((median, err.rel_l2))
+}
+
+/// The progress file's trials, by key and schedule.
+fn read_progress(path: &PathBuf) -> Result<HashMap<(Key, Schedule), Trial>, String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(HashMap::new()) };
+    let mut done = HashMap::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let trial: Trial =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        done.insert((trial.key.clone(), trial.schedule), trial);
+    }
+    Ok(done)
+}
+
+struct Tuner<'a> {
+    device: &'a Device,
+    o: &'a Options,
+    done: HashMap<(Key, Schedule), Trial>,
+    progress: std::fs::File,
+    started: Instant,
+}
+
+impl Tuner<'_> {
+    fn out_of_time(&self) -> bool {
+        self.o.seconds.is_some_and(|s| self.started.elapsed().as_secs_f64() > s)
+    }
+
+    /// Runs (or recalls) each of `candidates`, printing progress; returns the ok ones.
+    fn round<T: HalfFloat>(
+        &mut self,
+        bench: &mut Bench<T>,
+        key: &Key,
+        label: &str,
+        candidates: Vec<Config>,
+    ) -> Result<Vec<(Config, Trial)>, String> {
+        let valid: Vec<Config> = candidates.into_iter().filter(|c| c.validate().is_ok()).collect();
+        let mut ok = vec![];
+        for (i, cfg) in valid.iter().enumerate() {
+            let schedule = Schedule::of(cfg);
+            let trial = match self.done.get(&(key.clone(), schedule)) {
+                Some(t) => t.clone(),
+                None => {
+                    if self.out_of_time() {
+                        return Err("time is up".into());
+                    }
+                    let (status, median_us, rel_err, note) =
+                        match try_candidate(self.device, bench, cfg, (self.o.warmup, self.o.iters)) {
+                            Ok((us, rel)) => ("ok", us, rel, String::new()),
+                            Err((status, why)) => (status, f64::NAN, f64::NAN, why),
+                        };
+                    let trial =
+                        Trial { key: key.clone(), schedule, status: status.into(), median_us, rel_err, note };
+                    let line = serde_json::to_string(&trial).map_err(|e| e.to_string())?;
+                    writeln!(self.progress, "{line}").map_err(|e| e.to_string())?;
+                    self.done.insert((key.clone(), schedule), trial.clone());
+                    trial
+                }
+            };
+            let what = if trial.status == "ok" {
+                format!(
+                    "{:>9.2} us {:>6.1} TF/s  rel err {:.2e}",
+                    trial.median_us,
+                    bench.flops / trial.median_us / 1e6,
+                    trial.rel_err
+                )
+            } else {
+                format!("{}: {}", trial.status, trial.note)
+            };
+            println!("  {label} {}/{}: {cfg:<78} {what}", i + 1, valid.len());
+            if trial.status == "wrong" {
+                eprintln!("  BUG: {cfg} gives wrong results ({}); it is left out of the search", trial.note);
+            }
+            if trial.status == "ok" {
+                ok.push((*cfg, trial));
+            }
+        }
+        ok.sort_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us));
+        Ok(ok)
+    }
+
+    /// Tunes one key; returns its table entry.
+    fn tune<T: HalfFloat>(
+        &mut self,
+        key: &Key,
+        declared: Config,
+        class: SizeClass,
+        rng: &mut Rng,
+    ) -> Result<Option<Entry>, String> {
+        let shape = representative(class);
+        let [b, h, s, d] = [shape[0], shape[1], shape[2], declared.head_dim as usize];
+        let mut bench = prepare::<T>(self.device, declared, [b, h, s, d], rng)?;
+        let declared_trial = self.round(&mut bench, key, "declared", vec![declared])?;
+        let tilings = self.round(&mut bench, key, "tiles", tiling_candidates(declared))?;
+        let mut all = tilings.clone();
+        for (tiling, _) in tilings.iter().take(2) {
+            all.extend(self.round(&mut bench, key, "pipeline", pipeline_candidates(*tiling))?);
+        }
+        all.sort_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us));
+        if let Some((best, _)) = all.first().cloned() {
+            all.extend(self.round(&mut bench, key, "softmax", softmax_candidates(best))?);
+        }
+        all.extend(declared_trial.iter().cloned());
+        all.sort_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us));
+        let Some((best, trial)) = all.first() else { return Ok(None) };
+        let declared_us = declared_trial.first().map_or(f64::NAN, |(_, t)| t.median_us);
+        let candidates = self.done.keys().filter(|(k, _)| k == key).count();
+        println!(
+            "  best: {best}: {:.2} us, {:.1} TF/s ({:.2}x the declared config's {declared_us:.2} us) of {candidates} candidates",
+            trial.median_us,
+            bench.flops / trial.median_us / 1e6,
+            declared_us / trial.median_us
+        );
+        Ok(Some(Entry {
+            key: key.clone(),
+            schedule: Schedule::of(best),
+            measured: Measured {
+                shape: [b, h, s, s],
+                median_us: trial.median_us,
+                tflops: bench.flops / trial.median_us / 1e6,
+                rel_err: trial.rel_err,
+                candidates,
+                declared_us,
+            },
+        }))
+    }
+}
+
+fn run(o: &Options) -> Result<(), String> {
+    let device = match Device::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("no GPU: {e}\nThe autotuner times candidates on a GPU; nothing to do here.");
+            return Ok(());
+        }
+    };
+    let gpu = device.info().name.clone();
+    let mut table =
+        if o.out.exists() { Table::load(&o.out).map_err(|e| e.to_string())? } else { Table::empty() };
+    let done = read_progress(&o.progress)?;
+    let progress = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&o.progress)
+        .map_err(|e| format!("{}: {e}", o.progress.display()))?;
+    println!(
+        "autotune on {gpu}: {} trials already in {} (resuming); table {}; ptxas {}",
+        done.len(),
+        o.progress.display(),
+        o.out.display(),
+        flashcore::ptxas::find()
+            .map_or("not found: spilling candidates are timed too".into(), |p| p.display().to_string())
+    );
+    let mut tuner = Tuner { device: &device, o, done, progress, started: Instant::now() };
+    let mut rng = Rng::new(o.seed);
+    let mut keys = vec![];
+    for &d in &o.head_dims {
+        for &causal in &o.causal {
+            for &class in &o.classes {
+                keys.push((d, causal, class));
+            }
+        }
+    }
+    for (i, &(d, causal, class)) in keys.iter().enumerate() {
+        let declared = Config { dtype: o.dtype, causal, ..attention::CONFIG.with_head_dim(d) };
+        declared.validate().map_err(|e| e.to_string())?;
+        let key = Key::new("attention", &gpu, o.dtype, d, causal, class);
+        let [b, h, s, _] = representative(class);
+        println!("[{}/{}] {key}: tuned at {b}x{h}x{s}x{d}", i + 1, keys.len());
+        let result = match o.dtype {
+            DType::F16 => tuner.tune::<f16>(&key, declared, class, &mut rng),
+            DType::Bf16 => tuner.tune::<bf16>(&key, declared, class, &mut rng),
+        };
+        match result {
+            Ok(Some(entry)) => {
+                table.insert(entry);
+                table.save(&o.out).map_err(|e| e.to_string())?;
+            }
+            Ok(None) => println!("  no candidate ran correctly: no entry"),
+            Err(e) if e == "time is up" => {
+                println!(
+                    "stopped: --seconds {} spent; rerun to resume from {}",
+                    o.seconds.unwrap_or(0.0),
+                    o.progress.display()
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    println!("done: {} entries in {}", table.entries.len(), o.out.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&o) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

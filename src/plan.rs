@@ -1,0 +1,213 @@
+//! A launch written down as JSON: the PTX, its entry, the CTA size and shared memory, and every
+//! kernel parameter's value or role, so that a program outside Rust (the Python benchmark,
+//! `scripts/bench.py`) can launch a FlashCore kernel through the CUDA driver on its own tensors.
+//!
+//! The values come from the same [`bind_shapes`] a Rust launch uses, so the plan checks the
+//! shapes as a launch would and its dims and strides are the ones a launch passes.
+
+use serde::Serialize;
+
+use crate::ir::kernel::Param;
+use crate::{bind_shapes, check_arg_kinds, ArgKind, ArgView, CompiledKernel, Error, TensorView};
+
+/// One entry parameter, in order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PlanParam {
+    /// A device pointer the caller supplies: the tensor the kernel parameter `name` names, with
+    /// the shape and element strides the plan was made for.
+    Pointer {
+        name: String,
+        output: bool,
+        dtype: String,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+    },
+    /// A null pointer: an optional parameter left out.
+    Null {
+        name: String,
+    },
+    F32 {
+        name: String,
+        value: f32,
+    },
+    U32 {
+        name: String,
+        value: u32,
+    },
+}
+
+/// Everything needed to launch one compiled kernel on one problem shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct LaunchPlan {
+    pub kernel: String,
+    /// The config, as `Config`'s `Display` writes it.
+    pub config: String,
+    pub entry: String,
+    pub threads_per_cta: u32,
+    pub shared_bytes: u32,
+    /// CTAs of a one-per-work-item launch; a persistent kernel launches
+    /// `min(work_items, CTAs per SM × SMs)` (the driver's occupancy calculator).
+    pub work_items: u64,
+    pub persistent: bool,
+    pub params: Vec<PlanParam>,
+    pub ptx: String,
+}
+
+/// A launch argument as a plan takes it: shapes without memory.
+#[derive(Clone, Copy, Debug)]
+pub enum PlanArg<'a> {
+    Tensor(TensorView<'a>),
+    TensorMut(TensorView<'a>),
+    Absent,
+    F32(f32),
+}
+
+/// The plan for launching `kernel` on `args` (one per parameter, as [`crate::launch`] takes
+/// them). Variable-length launches are not planned: their offsets live in device memory the plan
+/// cannot describe.
+pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPlan, Error> {
+    let k = &kernel.kernel;
+    check_arg_kinds(
+        k,
+        args.iter().map(|a| match a {
+            PlanArg::Tensor(_) => ArgKind::Input,
+            PlanArg::TensorMut(_) => ArgKind::Output,
+            PlanArg::Absent => ArgKind::Absent,
+            PlanArg::F32(_) => ArgKind::Scalar,
+        }),
+    )?;
+    let views: Vec<ArgView> = args
+        .iter()
+        .map(|a| match a {
+            PlanArg::Tensor(t) | PlanArg::TensorMut(t) => ArgView::Tensor(*t),
+            PlanArg::Absent | PlanArg::F32(_) => ArgView::None,
+        })
+        .collect();
+    let binding = bind_shapes(k, &views)?;
+    let mut params: Vec<PlanParam> = k
+        .params
+        .iter()
+        .zip(args)
+        .map(|(param, arg)| {
+            let name = param.name().to_string();
+            match arg {
+                PlanArg::Tensor(t) | PlanArg::TensorMut(t) => PlanParam::Pointer {
+                    name,
+                    output: matches!(param, Param::Tensor(p) if p.writable),
+                    dtype: t.dtype.to_string(),
+                    shape: t.shape.to_vec(),
+                    strides: t.strides.to_vec(),
+                },
+                PlanArg::Absent => PlanParam::Null { name },
+                PlanArg::F32(value) => PlanParam::F32 { name, value: *value },
+            }
+        })
+        .collect();
+    params.extend(
+        k.dims
+            .iter()
+            .zip(&binding.dims)
+            .map(|(dim, value)| PlanParam::U32 { name: format!("dim_{dim}"), value: *value }),
+    );
+    let tensors = k.params.iter().filter_map(|p| if let Param::Tensor(t) = p { Some(t) } else { None });
+    for (tensor, strides) in tensors.zip(binding.strides.chunks(3)) {
+        for (dim, value) in tensor.dims.iter().zip(strides) {
+            let axis = &k.dims[dim.0 as usize];
+            params.push(PlanParam::U32 { name: format!("stride_{}_{axis}", tensor.name), value: *value });
+        }
+    }
+    Ok(LaunchPlan {
+        kernel: k.name.clone(),
+        config: k.config.to_string(),
+        entry: kernel.ptx.entry.clone(),
+        threads_per_cta: kernel.ptx.threads_per_cta,
+        shared_bytes: kernel.ptx.shared_bytes,
+        work_items: binding.work_items,
+        persistent: matches!(
+            crate::ir::passes::persist::schedule(k),
+            crate::ir::kernel::TileSchedule::Persistent
+        ),
+        params,
+        ptx: kernel.ptx.text.clone(),
+    })
+}
+
+impl LaunchPlan {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::attention;
+
+    fn view<'a>(shape: &'a [usize], strides: &'a [usize], dtype: &'static str) -> TensorView<'a> {
+        TensorView { dtype, shape, strides, buffer_len: shape.iter().product() }
+    }
+
+    #[test]
+    fn a_plan_lists_pointers_scalars_dims_and_strides_in_entry_order() {
+        let compiled = attention::compile(&attention::CONFIG).unwrap();
+        let (shape, strides) = ([1, 8, 512, 64], [262144, 32768, 64, 1]);
+        let rows = ([1, 8, 512], [4096, 512, 1]);
+        let t = view(&shape, &strides, "f16");
+        let args = [
+            PlanArg::Tensor(t),
+            PlanArg::Tensor(t),
+            PlanArg::Tensor(t),
+            PlanArg::TensorMut(t),
+            PlanArg::TensorMut(view(&rows.0, &rows.1, "f32")),
+            PlanArg::F32(0.125),
+            PlanArg::Absent,
+            PlanArg::Absent,
+        ];
+        let plan = launch_plan(&compiled, &args).unwrap();
+        // The entry's .param names, in order: `attention_param_q`, `attention_dim_B`, ...
+        let declared: Vec<String> = plan
+            .ptx
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".param ."))
+            .map(|l| l.split_whitespace().nth(1).unwrap().trim_end_matches(',').to_string())
+            .collect();
+        let named: Vec<String> = plan
+            .params
+            .iter()
+            .map(|p| match p {
+                PlanParam::Pointer { name, .. } | PlanParam::Null { name } | PlanParam::F32 { name, .. } => {
+                    format!("attention_param_{name}")
+                }
+                PlanParam::U32 { name, .. } => format!("attention_{name}"),
+            })
+            .collect();
+        assert_eq!(named, declared);
+        assert!(matches!(&plan.params[3], PlanParam::Pointer { name, output: true, .. } if name == "o"));
+        assert!(matches!(&plan.params[6], PlanParam::Null { name } if name == "cu_q"));
+        let u32s: Vec<u32> = plan
+            .params
+            .iter()
+            .filter_map(|p| if let PlanParam::U32 { value, .. } = p { Some(*value) } else { None })
+            .collect();
+        assert_eq!(u32s[..5], [1, 8, 512, 8, 512], "B, H, S, HKV, SK");
+        assert_eq!(u32s[5..8], [262144, 32768, 64], "q's B, H, S strides");
+        assert_eq!(u32s[u32s.len() - 3..], [4096, 512, 1], "the lse strides come last");
+        assert_eq!(plan.work_items, 8 * 512 / 64);
+        assert!(plan.to_json().contains("\"kind\": \"pointer\""));
+        // A plan checks shapes as a launch does.
+        let wrong = [1, 8, 512, 128];
+        let bad = [
+            PlanArg::Tensor(view(&wrong, &strides, "f16")),
+            args[1],
+            args[2],
+            args[3],
+            args[4],
+            args[5],
+            args[6],
+            args[7],
+        ];
+        let err = launch_plan(&compiled, &bad).unwrap_err().to_string();
+        assert!(err.contains("head dim is 128"), "{err}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The autotuner's results: a versioned JSON table of the fastest config per (kernel, GPU,
+//! dtype, head dim, causal, size class), and how a launch picks its config from it by default.
+//!
+//! `tuning/attention.json` is compiled in ([`Table::builtin`]); `FLASHCORE_TUNING=path` points
+//! the runtime at another file ([`Table::active`]). `examples/autotune.rs` writes it. A shape no
+//! entry covers (another GPU, an untuned head dim) gets the kernel's declared config.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Config, DType, Error};
+
+/// The table format this build reads and writes; a file of another version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The format tag every table file starts with.
+pub const FORMAT_NAME: &str = "flashcore-tuning";
+
+/// The table compiled into the library.
+const BUILTIN: &str = include_str!("../tuning/attention.json");
+
+/// How much work a launch is, in the classes the tuner keys on: the best tiles for a
+/// launch-bound problem (a few hundred CTAs' worth of work) are not those for a long one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SizeClass {
+    /// Under 2²⁶ (query, key) pairs over all heads: launch- and latency-bound (the headline
+    /// 1x8x512x512 is 2²¹).
+    Small,
+    /// Under 2³⁰ pairs: a few waves of CTAs (4x16x2048², 16x32x1024²).
+    Medium,
+    /// 2³⁰ pairs and up: tensor-core-bound (2x16x8192², 1x32x16384²).
+    Large,
+}
+
+impl SizeClass {
+    pub const ALL: [SizeClass; 3] = [SizeClass::Small, SizeClass::Medium, SizeClass::Large];
+
+    /// The class of a `b × h` heads, `s` query rows × `sk` key rows problem.
+    pub fn of(b: usize, h: usize, s: usize, sk: usize) -> SizeClass {
+        let pairs = (b as u128) * (h as u128) * (s as u128) * (sk as u128);
+        if pairs < 1 << 26 {
+            SizeClass::Small
+        } else if pairs < 1 << 30 {
+            SizeClass::Medium
+        } else {
+            SizeClass::Large
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SizeClass::Small => "small",
+            SizeClass::Medium => "medium",
+            SizeClass::Large => "large",
+        }
+    }
+}
+
+/// What a table entry is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Key {
+    /// The `#[flash_kernel]` function's name.
+    pub kernel: String,
+    /// The device name as the driver reports it (`NVIDIA H100 80GB HBM3`).
+    pub gpu: String,
+    /// `f16` or `bf16`.
+    pub dtype: String,
+    pub head_dim: u32,
+    pub causal: bool,
+    pub size_class: SizeClass,
+}
+
+impl Key {
+    pub fn new(kernel: &str, gpu: &str, dtype: DType, head_dim: u32, causal: bool, class: SizeClass) -> Key {
+        Key {
+            kernel: kernel.to_string(),
+            gpu: gpu.to_string(),
+            dtype: dtype.name().to_string(),
+            head_dim,
+            causal,
+            size_class: class,
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} on {}, {} D={}{} {}",
+            self.kernel,
+            self.gpu,
+            self.dtype,
+            self.head_dim,
+            if self.causal { " causal" } else { "" },
+            self.size_class.name()
+        )
+    }
+}
+
+/// The schedule fields of a [`Config`] the tuner chooses; head dim, dtype, causal and varlen
+/// come from the launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Schedule {
+    pub tile_m: u32,
+    pub tile_n: u32,
+    pub warps: u32,
+    pub stages: u32,
+    pub load_warps: u32,
+    pub softmax_warps: u32,
+    pub persistent: bool,
+}
+
+impl Schedule {
+    pub fn of(config: &Config) -> Schedule {
+        Schedule {
+            tile_m: config.tile_m,
+            tile_n: config.tile_n,
+            warps: config.warps,
+            stages: config.stages,
+            load_warps: config.load_warps,
+            softmax_warps: config.softmax_warps,
+            persistent: config.persistent,
+        }
+    }
+
+    /// `base` with this schedule.
+    pub fn apply(&self, base: Config) -> Config {
+        Config {
+            tile_m: self.tile_m,
+            tile_n: self.tile_n,
+            warps: self.warps,
+            stages: self.stages,
+            load_warps: self.load_warps,
+            softmax_warps: self.softmax_warps,
+            persistent: self.persistent,
+            ..base
+        }
+    }
+}
+
+/// How the winner did when it was tuned: enough to notice a regression.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    /// The shape it was timed at: `[B, H, S, SK]`.
+    pub shape: [usize; 4],
+    pub median_us: f64,
+    pub tflops: f64,
+    /// Relative L2 error against float64 on the check that preceded the timing.
+    pub rel_err: f64,
+    /// How many candidates were timed for this key.
+    pub candidates: usize,
+    /// The declared config's time at the same shape, in the same run.
+    pub declared_us: f64,
+}
+
+/// One winner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub key: Key,
+    pub schedule: Schedule,
+    pub measured: Measured,
+}
+
+/// The file: a format tag, its version, and the winners.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    pub format: String,
+    pub version: u32,
+    pub entries: Vec<Entry>,
+}
+
+/// Where a launch's config came from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// The table's entry for this key.
+    Tuned(Key),
+    /// No entry covers the launch: the kernel's declared config (at this head dim).
+    Declared,
+}
+
+impl Table {
+    pub fn empty() -> Table {
+        Table { format: FORMAT_NAME.to_string(), version: FORMAT_VERSION, entries: vec![] }
+    }
+
+    /// Parses and checks a table: its format and version, and that every entry's schedule is a
+    /// valid config at its head dim.
+    pub fn from_json(text: &str) -> Result<Table, Error> {
+        let table: Table = serde_json::from_str(text).map_err(|e| Error::Tuning(e.to_string()))?;
+        if table.format != FORMAT_NAME || table.version != FORMAT_VERSION {
+            return Err(Error::Tuning(format!(
+                "format `{}` version {}, this build reads `{FORMAT_NAME}` version {FORMAT_VERSION}",
+                table.format, table.version
+            )));
+        }
+        for entry in &table.entries {
+            let dtype = DType::from_name(&entry.key.dtype)
+                .ok_or_else(|| Error::Tuning(format!("{}: unknown dtype", entry.key)))?;
+            let config = entry.config(Config { dtype, ..Config::default() });
+            config.validate().map_err(|e| Error::Tuning(format!("{}: {e}", entry.key)))?;
+        }
+        Ok(table)
+    }
+
+    /// The table compiled into the library.
+    pub fn builtin() -> Table {
+        // A test pins that the builtin file parses; should it not, no entry is better than a panic.
+        Table::from_json(BUILTIN).unwrap_or_else(|_| Table::empty())
+    }
+
+    pub fn load(path: &Path) -> Result<Table, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Tuning(format!("reading {}: {e}", path.display())))?;
+        Table::from_json(&text).map_err(|e| Error::Tuning(format!("{}: {e}", path.display())))
+    }
+
+    /// The table launches use: the file `FLASHCORE_TUNING` names, else the builtin one.
+    pub fn active() -> Result<Table, Error> {
+        match std::env::var_os("FLASHCORE_TUNING") {
+            Some(path) => Table::load(Path::new(&path)),
+            None => Ok(Table::builtin()),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("a table always serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Writes the table, sorted by key so that a re-tune's diff shows what changed.
+    pub fn save(&mut self, path: &Path) -> Result<(), Error> {
+        self.entries.sort_by(|a, b| {
+            let k = |e: &Entry| {
+                (e.key.kernel.clone(), e.key.gpu.clone(), e.key.dtype.clone(), e.key.head_dim, e.key.causal)
+            };
+            k(a).cmp(&k(b)).then(a.key.size_class.name().cmp(b.key.size_class.name()))
+        });
+        std::fs::write(path, self.to_json())
+            .map_err(|e| Error::Tuning(format!("writing {}: {e}", path.display())))
+    }
+
+    pub fn lookup(&self, key: &Key) -> Option<&Entry> {
+        self.entries.iter().find(|e| &e.key == key)
+    }
+
+    /// Adds `entry`, replacing the one with its key.
+    pub fn insert(&mut self, entry: Entry) {
+        self.entries.retain(|e| e.key != entry.key);
+        self.entries.push(entry);
+    }
+
+    /// The config to launch `declared` (the kernel's declared config, already at the launch's
+    /// head dim, dtype and causal) with on `gpu` for a `[b, h, s, sk]` problem: the tuned
+    /// schedule when the table has this key; for bf16 without an entry of its own, the f16
+    /// entry's (the two run the same instructions but for the conversions, and time alike: see
+    /// docs/measurements); else `declared`.
+    pub fn pick(
+        &self,
+        kernel: &str,
+        gpu: &str,
+        declared: Config,
+        [b, h, s, sk]: [usize; 4],
+    ) -> (Config, Source) {
+        let class = SizeClass::of(b, h, s, sk);
+        let key = |dtype| Key::new(kernel, gpu, dtype, declared.head_dim, declared.causal, class);
+        let found = self.lookup(&key(declared.dtype)).or_else(|| match declared.dtype {
+            DType::Bf16 => self.lookup(&key(DType::F16)),
+            DType::F16 => None,
+        });
+        match found {
+            Some(entry) => (entry.config(declared), Source::Tuned(entry.key.clone())),
+            None => (declared, Source::Declared),
+        }
+    }
+}
+
+impl Entry {
+    /// `base` (the launch's head dim, dtype, causal, varlen) with this entry's schedule.
+    pub fn config(&self, base: Config) -> Config {
+        self.schedule.apply(Config { head_dim: self.key.head_dim, causal: self.key.causal, ..base })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(class: SizeClass, tile_m: u32) -> Entry {
+        let declared = Config::default();
+        Entry {
+            key: Key::new("attention", "GPU X", DType::F16, 64, false, class),
+            schedule: Schedule { tile_m, warps: 4, ..Schedule::of(&declared) },
+            measured: Measured {
+                shape: [1, 8, 512, 512],
+                median_us: 10.0,
+                tflops: 50.0,
+                rel_err: 2.7e-4,
+                candidates: 12,
+                declared_us: 12.0,
+            },
+        }
+    }
+
+    #[test]
+    fn size_classes_split_at_powers_of_two() {
+        assert_eq!(SizeClass::of(1, 8, 512, 512), SizeClass::Small);
+        assert_eq!(SizeClass::of(1, 8, 1024, 1024), SizeClass::Small);
+        assert_eq!(SizeClass::of(4, 16, 2048, 2048), SizeClass::Medium);
+        assert_eq!(SizeClass::of(16, 32, 1024, 1024), SizeClass::Medium);
+        assert_eq!(SizeClass::of(2, 16, 8192, 8192), SizeClass::Large);
+        assert_eq!(SizeClass::of(1, 32, 16384, 16384), SizeClass::Large);
+        assert_eq!(SizeClass::of(0, 8, 512, 512), SizeClass::Small);
+    }
+
+    #[test]
+    fn a_table_round_trips_and_picks_by_key() {
+        let mut table = Table::empty();
+        table.insert(entry(SizeClass::Small, 64));
+        table.insert(entry(SizeClass::Large, 128));
+        table.insert(entry(SizeClass::Large, 128));
+        assert_eq!(table.entries.len(), 2, "insert replaces an entry with the same key");
+        let back = Table::from_json(&table.to_json()).unwrap();
+        assert_eq!(back, table);
+        let declared = Config { tile_m: 32, warps: 2, ..Config::default() };
+        let (cfg, source) = back.pick("attention", "GPU X", declared, [2, 16, 8192, 8192]);
+        assert_eq!((cfg.tile_m, cfg.warps), (128, 4));
+        assert!(matches!(source, Source::Tuned(ref k) if k.size_class == SizeClass::Large));
+        // bf16 without entries of its own takes f16's, and says so.
+        let bf16 = Config { dtype: DType::Bf16, ..declared };
+        let (cfg, source) = back.pick("attention", "GPU X", bf16, [2, 16, 8192, 8192]);
+        assert_eq!((cfg.tile_m, cfg.dtype), (128, DType::Bf16));
+        assert!(matches!(source, Source::Tuned(ref k) if k.dtype == "f16"));
+        // Another GPU, head dim or causal flag: the declared config.
+        for (gpu, d, causal) in [("GPU Y", 64, false), ("GPU X", 128, false), ("GPU X", 64, true)] {
+            let declared = Config { head_dim: d, causal, ..declared };
+            assert_eq!(
+                back.pick("attention", gpu, declared, [2, 16, 8192, 8192]),
+                (declared, Source::Declared)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_tables_are_errors_that_say_why() {
+        let mut table = Table::empty();
+        table.version = FORMAT_VERSION + 1;
+        let err = Table::from_json(&table.to_json()).unwrap_err().to_string();
+        assert!(err.contains("version 2"), "{err}");
+        let mut table = Table::empty();
+        table.insert(entry(SizeClass::Small, 40));
+        let err = Table::from_json(&table.to_json()).unwrap_err().to_string();
+        assert!(err.contains("tile_m = 40"), "{err}");
+        assert!(Table::from_json("{").is_err());
+    }
+
+    #[test]
+    fn the_builtin_table_parses_and_is_valid() {
+        let table = Table::from_json(BUILTIN).unwrap();
+        for entry in &table.entries {
+            assert_eq!(entry.key.kernel, "attention");
+            assert!(entry.measured.rel_err < 2e-3, "{}: {}", entry.key, entry.measured.rel_err);
+        }
+    }
+}
