@@ -21,12 +21,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
-use flashcore::tuning::{Entry, Key, Measured, Schedule, SizeClass, Table};
+use flashcore::tuning::{Entry, Key, Measured, Schedule, SizeClass, Table, Trial};
 use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat};
 
 struct Options {
@@ -118,24 +116,11 @@ fn representative(class: SizeClass) -> [usize; 4] {
     }
 }
 
-/// One candidate's outcome, a line of the progress file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Trial {
-    key: Key,
-    schedule: Schedule,
-    /// `ok`, `wrong` (failed the float64 check: a bug), `spills`, `smem` (over the device's
-    /// limit) or `error`.
-    status: String,
-    median_us: f64,
-    rel_err: f64,
-    note: String,
-}
-
 /// Round 1: the tilings.
 fn tiling_candidates(declared: Config) -> Vec<Config> {
     let mut out = vec![];
-    for (tile_m, warps) in [(32, 2), (64, 4), (64, 2), (128, 8), (128, 4)] {
-        for tile_n in [32, 64, 128] {
+    for (tile_m, warps) in [(16, 1), (32, 2), (64, 4), (64, 2), (128, 8), (128, 4)] {
+        for tile_n in [32, 64, 128, 256] {
             out.push(Config {
                 tile_m,
                 warps,
@@ -274,16 +259,13 @@ fn try_candidate<T: HalfFloat>(
     Ok((median, err.rel_l2))
 }
 
-/// The progress file's trials, by key and schedule.
+/// The progress file's trials, by key and schedule (none when there is no file yet).
 fn read_progress(path: &PathBuf) -> Result<HashMap<(Key, Schedule), Trial>, String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(HashMap::new()) };
-    let mut done = HashMap::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let trial: Trial =
-            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-        done.insert((trial.key.clone(), trial.schedule), trial);
+    match std::fs::read_to_string(path) {
+        Ok(text) => Trial::parse_lines(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
-    Ok(done)
 }
 
 struct Tuner<'a> {
@@ -324,8 +306,7 @@ impl Tuner<'_> {
                         };
                     let trial =
                         Trial { key: key.clone(), schedule, status: status.into(), median_us, rel_err, note };
-                    let line = serde_json::to_string(&trial).map_err(|e| e.to_string())?;
-                    writeln!(self.progress, "{line}").map_err(|e| e.to_string())?;
+                    writeln!(self.progress, "{}", trial.to_line()).map_err(|e| e.to_string())?;
                     self.done.insert((key.clone(), schedule), trial.clone());
                     trial
                 }

@@ -21,7 +21,9 @@ case "$mode" in
     [ -f "$tune/attention.json" ] || cp tuning/attention.json "$tune/attention.json"
     "$bins/autotune" --out "$tune/attention.json" --progress "$tune/progress.jsonl" --seconds "$seconds" "$@" 2>&1 \
       | tee "$out/autotune.txt"
+    status=${PIPESTATUS[0]}
     mkdir -p "$out/tune" && cp "$tune"/* "$out/tune/"
+    exit "$status"
     ;;
   bench)
     if [ -f "$tune/attention.json" ]; then export FLASHCORE_TUNING="$tune/attention.json"; fi

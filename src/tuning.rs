@@ -5,9 +5,10 @@
 //! the runtime at another file ([`Table::active`]). `examples/autotune.rs` writes it. A shape no
 //! entry covers (another GPU, an untuned head dim) gets the kernel's declared config.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{Config, DType, Error};
 
@@ -141,6 +142,11 @@ impl Schedule {
     }
 }
 
+/// JSON has no NaN: serde_json writes it as `null`, which reads back as NaN here.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// How the winner did when it was tuned: enough to notice a regression.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measured {
@@ -152,8 +158,45 @@ pub struct Measured {
     pub rel_err: f64,
     /// How many candidates were timed for this key.
     pub candidates: usize,
-    /// The declared config's time at the same shape, in the same run.
+    /// The declared config's time at the same shape, in the same run (NaN if it failed).
+    #[serde(deserialize_with = "nan_if_null")]
     pub declared_us: f64,
+}
+
+/// One autotuner candidate's outcome: a line of its progress file (JSON lines), which a rerun
+/// reads to skip what was done (resume).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    pub key: Key,
+    pub schedule: Schedule,
+    /// `ok`, `wrong` (failed the float64 check: a bug), `spills`, `smem` (over the device's
+    /// limit) or `error`.
+    pub status: String,
+    /// NaN unless `ok`.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub median_us: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub rel_err: f64,
+    /// Why a trial that is not `ok` failed.
+    pub note: String,
+}
+
+impl Trial {
+    /// The trial as one line of the progress file.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("a trial always serializes")
+    }
+
+    /// The trials of a progress file's text, by key and schedule (a later line wins).
+    pub fn parse_lines(text: &str) -> Result<HashMap<(Key, Schedule), Trial>, Error> {
+        let mut done = HashMap::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let trial: Trial = serde_json::from_str(line)
+                .map_err(|e| Error::Tuning(format!("progress line {}: {e}", i + 1)))?;
+            done.insert((trial.key.clone(), trial.schedule), trial);
+        }
+        Ok(done)
+    }
 }
 
 /// One winner.
@@ -343,6 +386,40 @@ mod tests {
                 (declared, Source::Declared)
             );
         }
+    }
+
+    #[test]
+    fn trials_round_trip_through_the_progress_file_failed_ones_too() {
+        let ok = Trial {
+            key: entry(SizeClass::Small, 64).key,
+            schedule: Schedule::of(&Config::default()),
+            status: "ok".into(),
+            median_us: 10.5,
+            rel_err: 2.7e-4,
+            note: String::new(),
+        };
+        let spilled = Trial {
+            schedule: Schedule { tile_m: 128, ..ok.schedule },
+            status: "spills".into(),
+            median_us: f64::NAN,
+            rel_err: f64::NAN,
+            note: "255 registers, 380 bytes spilled".into(),
+            ..ok.clone()
+        };
+        let text = format!("{}\n{}\n\n", ok.to_line(), spilled.to_line());
+        let done = Trial::parse_lines(&text).unwrap();
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[&(ok.key.clone(), ok.schedule)], ok);
+        let back = &done[&(spilled.key.clone(), spilled.schedule)];
+        assert!(back.median_us.is_nan() && back.rel_err.is_nan() && back.status == "spills");
+        let err = Trial::parse_lines("{}").unwrap_err().to_string();
+        assert!(err.contains("progress line 1"), "{err}");
+        // A winner whose declared config failed (NaN) still reads back.
+        let mut table = Table::empty();
+        let mut winner = entry(SizeClass::Small, 64);
+        winner.measured.declared_us = f64::NAN;
+        table.insert(winner);
+        assert!(Table::from_json(&table.to_json()).unwrap().entries[0].measured.declared_us.is_nan());
     }
 
     #[test]
