@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release --example attention -- [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--varlen 1,17,77 [--varlen-k 5,300,0]] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
-//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent] [--declared] [--ptx] [--plan plan.json]`
+//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem] [--declared] [--ptx] [--plan plan.json]`
 //!
 //! The config is the tuning table's entry for this GPU and shape (`tuning/attention.json`, or the
 //! file `FLASHCORE_TUNING` names), the kernel's declared one with `--declared` or where no
@@ -61,6 +61,8 @@ struct Options {
     persistent: bool,
     tile_n: Option<u32>,
     warps: Option<u32>,
+    /// Keep Q in shared memory (`Config::a_in_smem`).
+    a_in_smem: bool,
     /// The kernel's declared config, not the tuning table's.
     declared: bool,
     /// Write the launch plan here and exit.
@@ -111,6 +113,7 @@ fn parse_args() -> Result<Options, String> {
         persistent: false,
         tile_n: None,
         warps: None,
+        a_in_smem: false,
         declared: false,
         plan: None,
         table: Table::active().map_err(|e| format!("FLASHCORE_TUNING: {e}"))?,
@@ -154,6 +157,7 @@ fn parse_args() -> Result<Options, String> {
             "--softmax-warps" => o.softmax_warps = Some(number(value()?)? as u32),
             "--ptx" => o.show_ptx = true,
             "--declared" => o.declared = true,
+            "--a-in-smem" => o.a_in_smem = true,
             "--plan" => o.plan = Some(value()?.into()),
             "--help" | "-h" => {
                 println!(
@@ -194,7 +198,7 @@ fn config_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, Stri
         ..attention::CONFIG.with_head_dim(d as u32)
     };
     let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps];
-    if flags.iter().any(Option::is_some) || o.persistent {
+    if flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem {
         let cfg = Config {
             tile_m: o.tile_m.unwrap_or(base.tile_m),
             tile_n: o.tile_n.unwrap_or(base.tile_n),
@@ -203,6 +207,7 @@ fn config_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, Stri
             load_warps: o.load_warps.unwrap_or(base.load_warps),
             softmax_warps: o.softmax_warps.unwrap_or(base.softmax_warps),
             persistent: o.persistent || base.persistent,
+            a_in_smem: o.a_in_smem || base.a_in_smem,
             ..base
         };
         return (cfg, "the declared config with the tile flags applied".into());

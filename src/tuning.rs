@@ -112,6 +112,9 @@ pub struct Schedule {
     pub load_warps: u32,
     pub softmax_warps: u32,
     pub persistent: bool,
+    /// `Config::a_in_smem` (absent in tables written before it existed: false).
+    #[serde(default)]
+    pub a_in_smem: bool,
 }
 
 impl Schedule {
@@ -124,6 +127,7 @@ impl Schedule {
             load_warps: config.load_warps,
             softmax_warps: config.softmax_warps,
             persistent: config.persistent,
+            a_in_smem: config.a_in_smem,
         }
     }
 
@@ -137,6 +141,7 @@ impl Schedule {
             load_warps: self.load_warps,
             softmax_warps: self.softmax_warps,
             persistent: self.persistent,
+            a_in_smem: self.a_in_smem,
             ..base
         }
     }
@@ -433,6 +438,15 @@ mod tests {
         let err = Table::from_json(&table.to_json()).unwrap_err().to_string();
         assert!(err.contains("tile_m = 40"), "{err}");
         assert!(Table::from_json("{").is_err());
+    }
+
+    #[test]
+    fn a_schedule_written_before_a_in_smem_existed_reads_as_without_it() {
+        let old = r#"{"tile_m":128,"tile_n":64,"warps":4,"stages":2,"load_warps":0,"softmax_warps":0,"persistent":true}"#;
+        let schedule: Schedule = serde_json::from_str(old).unwrap();
+        assert!(!schedule.a_in_smem && schedule.persistent);
+        let applied = Schedule { a_in_smem: true, ..schedule }.apply(Config::default());
+        assert!(applied.a_in_smem && applied.tile_m == 128);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! mma.sync, register-resident online-softmax arithmetic with quad shuffles, and the staged,
 //! 16-byte-vectorized output store. Every expanded op is preceded by a comment naming it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use flashcore_ir::kernel::*;
 use flashcore_ir::source::{BinOp, ReduceOp};
@@ -75,6 +75,9 @@ pub struct Emitter<'k> {
     w: PtxWriter,
     regs: HashMap<Value, RegFamily>,
     tiles: HashMap<Value, SmemTile>,
+    /// Loaded A operands left in the row-tile region (`Config::a_in_smem`): each mma reads
+    /// their fragments with ldmatrix where it needs them.
+    smem_a: HashSet<Value>,
     /// Per parameter: the tensor's global base and strides (`None` for scalars).
     tensors: Vec<Option<GlobalTensor>>,
     dim_regs: Vec<String>,
@@ -146,6 +149,7 @@ impl<'k> Emitter<'k> {
             w: PtxWriter::default(),
             regs: HashMap::new(),
             tiles: HashMap::new(),
+            smem_a: HashSet::new(),
             tensors: vec![],
             dim_regs: vec![],
             t: None,
@@ -948,6 +952,13 @@ impl<'k> Emitter<'k> {
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
         self.w.ins("cp.async.wait_group 0");
         self.w.ins("bar.warp.sync 0xffffffff");
+        if self.cfg.a_in_smem && self.only_an_mma_a_operand(dst) {
+            // The tile stays where it landed; each mma loads the fragments it needs. No other
+            // warp writes these rows, and the region is next written by this warp's O store.
+            self.w.comment(format!("{}: A operand kept in shared memory (a_in_smem)", self.vname(dst)));
+            self.smem_a.insert(dst);
+            return Ok(());
+        }
         let fam = self.regs_of(dst);
         let Type::Frag { cols, elem, .. } = self.kernel.ty(dst) else {
             return Err(CodegenError::Internal("load into a non-fragment".into()));
@@ -963,6 +974,18 @@ impl<'k> Emitter<'k> {
             }
         }
         Ok(())
+    }
+
+    /// Whether every use of `v` is as the A operand of an mma (so it can stay in shared memory).
+    fn only_an_mma_a_operand(&self, v: Value) -> bool {
+        let mut only_a = true;
+        self.kernel.walk(&mut |inst| {
+            if inst.op.uses().contains(&v) {
+                only_a &=
+                    matches!(&inst.op, Op::Mma { a, b, acc, .. } if *a == v && *b != v && *acc != Some(v));
+            }
+        });
+        only_a
     }
 
     /// The slot of `buffer` that holds this iteration's tile: `(iteration % slots) * slot_bytes`
@@ -1180,7 +1203,10 @@ impl<'k> Emitter<'k> {
         let Type::Frag { cols: k_dim, .. } = self.kernel.ty(a) else {
             return Err(CodegenError::Internal("mma A is not a fragment".into()));
         };
-        let (d, af) = (self.regs_of(dst), self.regs_of(a));
+        let d = self.regs_of(dst);
+        // A in registers, or (a_in_smem) in the row-tile region, loaded per k-slice below.
+        let a_in_smem = self.smem_a.contains(&a);
+        let af = (!a_in_smem).then(|| self.regs_of(a));
         let operand = self.cfg.dtype.name();
         let d_shape = frag_shape(&self.cfg, n_dim, Elem::F32);
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);
@@ -1201,6 +1227,22 @@ impl<'k> Emitter<'k> {
         let k_slices = k_dim.size(&self.cfg) / 16;
         let n_pairs = n_dim.size(&self.cfg) / 16;
         for kk in 0..k_slices {
+            // This k-slice's A fragments: registers of `a`, or four ldmatrix'd registers per
+            // 16-row block of the warp's rows.
+            let a_regs: Vec<Vec<String>> = (0..d_shape.mfrags)
+                .map(|mf| match &af {
+                    Some(af) => (0..4).map(|i| af.at(a_shape.a(mf, kk as usize, i))).collect(),
+                    None => {
+                        let region = self.plan.row_tile_region.unwrap_or(0).to_string();
+                        let row0 = self.w.temp(RegClass::B32);
+                        self.w.ins(format!("add.u32 {row0}, {}, {}", self.th().warp_row0, mf * 16));
+                        let addr = self.ldmatrix_address(LdmatrixPattern::A, &region, &row0, 2 * kk);
+                        let regs: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
+                        self.ldmatrix_x4(LdmatrixPattern::A, regs.clone(), &addr);
+                        regs.to_vec()
+                    }
+                })
+                .collect();
             for np in 0..n_pairs {
                 // K tile [n][k] (transposed view): rows are n, chunks are k.
                 // V tile [k][n]: rows are k, chunks are n.
@@ -1214,7 +1256,7 @@ impl<'k> Emitter<'k> {
                     for half in 0..2 {
                         let nt = (2 * np + half) as usize;
                         let dr: Vec<String> = (0..4).map(|i| d.at(d_shape.acc(mf, nt, i))).collect();
-                        let ar: Vec<String> = (0..4).map(|i| af.at(a_shape.a(mf, kk as usize, i))).collect();
+                        let ar = &a_regs[mf];
                         self.w.ins(format!(
                             "mma.sync.aligned.m16n8k16.row.col.f32.{operand}.{operand}.f32 {{{d}}}, {{{a}}}, {{{b0}, {b1}}}, {{{d}}}",
                             d = dr.join(", "),

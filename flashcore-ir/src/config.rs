@@ -52,6 +52,12 @@ pub struct Config {
     /// trace of them and refuses them; the typed launchers switch it on when offsets are passed,
     /// so a dense launch runs the dense code.
     pub varlen: bool,
+    /// mma A operands that come from a `load` (Q) stay in shared memory, where the load put
+    /// them, and each mma re-reads them with ldmatrix instead of holding them in registers
+    /// (FlashAttention-2's choice). Frees `rows_per_warp × D / 64` registers a thread, which lets
+    /// a warp own 32 rows at D = 128 without spilling, so each K/V fragment read from shared
+    /// memory feeds two mma row blocks instead of one.
+    pub a_in_smem: bool,
 }
 
 impl Default for Config {
@@ -68,6 +74,7 @@ impl Default for Config {
             causal: false,
             dtype: DType::F16,
             varlen: false,
+            a_in_smem: false,
         }
     }
 }
@@ -157,7 +164,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -172,6 +179,7 @@ impl fmt::Display for Config {
             if self.persistent { " persistent" } else { "" },
             if self.causal { " causal" } else { "" },
             if self.varlen { " varlen" } else { "" },
+            if self.a_in_smem { " a_in_smem" } else { "" },
             if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() }
         )
     }

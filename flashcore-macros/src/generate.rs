@@ -259,6 +259,7 @@ fn config(c: &Config) -> TokenStream {
         causal,
         dtype: elem,
         varlen,
+        a_in_smem,
     } = *c;
     let elem = dtype(elem);
     quote!(::flashcore::Config {
@@ -273,6 +274,7 @@ fn config(c: &Config) -> TokenStream {
         causal: #causal,
         dtype: #elem,
         varlen: #varlen,
+        a_in_smem: #a_in_smem,
     })
 }
 

@@ -47,11 +47,12 @@ impl Parse for KernelAttr {
         for item in items {
             let key = item.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
             // `persistent`, `causal`, or `<flag> = true/false`.
-            if key == "persistent" || key == "causal" || key == "varlen" {
+            if key == "persistent" || key == "causal" || key == "varlen" || key == "a_in_smem" {
                 let flag = match key.as_str() {
                     "persistent" => &mut config.persistent,
                     "causal" => &mut config.causal,
-                    _ => &mut config.varlen,
+                    "varlen" => &mut config.varlen,
+                    _ => &mut config.a_in_smem,
                 };
                 *flag = match &item {
                     syn::Meta::Path(_) => true,
@@ -116,7 +117,7 @@ impl Parse for KernelAttr {
                 _ => {
                     return Err(syn::Error::new_spanned(
                         &item.path,
-                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, persistent, causal, varlen"),
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, persistent, causal, varlen, a_in_smem"),
                     ))
                 }
             };

@@ -31,6 +31,19 @@ pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
             Config { head_dim: 128, stages: 2, load_warps: 1, dtype: DType::Bf16, ..base },
         ),
         ("d64_varlen_causal", Config { causal: true, varlen: true, ..base }),
+        ("d64_m128_w4_a_in_smem", Config { tile_m: 128, warps: 4, a_in_smem: true, ..base }),
+        (
+            "d64_m64_w2_s3_load1_persistent_a_in_smem",
+            Config {
+                tile_m: 64,
+                warps: 2,
+                stages: 3,
+                load_warps: 1,
+                persistent: true,
+                a_in_smem: true,
+                ..base
+            },
+        ),
         (
             "d128_s2_load1_persistent_varlen",
             Config { head_dim: 128, stages: 2, load_warps: 1, persistent: true, varlen: true, ..base },
