@@ -185,37 +185,34 @@ LOOP:
 """
 
 
+def median_seconds(launch, runs=10, warmup=3):
+    """Median event time of `launch()` over `runs` runs after `warmup`, each waited for."""
+    times = []
+    for i in range(warmup + runs):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        launch()
+        stop.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(stop) * 1e-3)
+    return statistics.median(times)
+
+
 def mma_peak_tflops(driver, sm_count):
     func = driver.load(MMA_PEAK_PTX, "mma_peak", 0)
     grid, threads, iters = sm_count * 8, 256, 2048
     out = torch.empty(grid * threads, dtype=torch.float32, device="cuda")
     args = lambda: [ctypes.c_uint64(out.data_ptr()), ctypes.c_uint32(iters)]
-    times = []
-    for i in range(13):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        driver.launch(func, grid, threads, 0, args())
-        stop.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            times.append(start.elapsed_time(stop) * 1e-3)
+    seconds = median_seconds(lambda: driver.launch(func, grid, threads, 0, args()))
     flops = grid * threads / 32 * iters * 8 * (2 * 16 * 8 * 16)
-    return flops / statistics.median(times) / 1e12
+    return flops / seconds / 1e12
 
 
 def copy_bandwidth_tbs():
     n = 1 << 30
     src, dst = torch.empty(n, dtype=torch.uint8, device="cuda"), torch.empty(n, dtype=torch.uint8, device="cuda")
-    times = []
-    for i in range(13):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        stop.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            times.append(start.elapsed_time(stop) * 1e-3)
-    return 2 * n / statistics.median(times) / 1e12
+    return 2 * n / median_seconds(lambda: dst.copy_(src)) / 1e12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,8 +582,11 @@ def write_outputs(data, out):
     open(os.path.join(out, "bench.txt"), "w").write(header + text)
     wrote = f"wrote {out}/bench.txt, bench.json"
     if any(r.get("series") for r in results):
-        plot(results, impls, os.path.join(out, "bench.png"), ceilings["mma_sync_tflops"], data["device"])
-        wrote += ", bench.png"
+        try:
+            plot(results, impls, os.path.join(out, "bench.png"), ceilings["mma_sync_tflops"], data["device"])
+            wrote += ", bench.png"
+        except ImportError:
+            wrote += " (no plot: matplotlib is not installed)"
     return text + "\n" + wrote
 
 
