@@ -68,6 +68,13 @@ struct GlobalTile {
     row_stride: String,
 }
 
+/// Where an mma's A fragments are: in registers, or (`Config::a_in_smem`) in the row-tile
+/// region at `region`, ldmatrix-ed one k-slice at a time.
+enum AOperand {
+    Registers(RegFamily),
+    Shared { region: String },
+}
+
 pub struct Emitter<'k> {
     kernel: &'k Kernel,
     cfg: Config,
@@ -1204,9 +1211,11 @@ impl<'k> Emitter<'k> {
             return Err(CodegenError::Internal("mma A is not a fragment".into()));
         };
         let d = self.regs_of(dst);
-        // A in registers, or (a_in_smem) in the row-tile region, loaded per k-slice below.
-        let a_in_smem = self.smem_a.contains(&a);
-        let af = (!a_in_smem).then(|| self.regs_of(a));
+        let af = if self.smem_a.contains(&a) {
+            AOperand::Shared { region: self.row_tile_offset()?.to_string() }
+        } else {
+            AOperand::Registers(self.regs_of(a))
+        };
         let operand = self.cfg.dtype.name();
         let d_shape = frag_shape(&self.cfg, n_dim, Elem::F32);
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);
@@ -1231,12 +1240,11 @@ impl<'k> Emitter<'k> {
             // 16-row block of the warp's rows.
             let a_regs: Vec<Vec<String>> = (0..d_shape.mfrags)
                 .map(|mf| match &af {
-                    Some(af) => (0..4).map(|i| af.at(a_shape.a(mf, kk as usize, i))).collect(),
-                    None => {
-                        let region = self.plan.row_tile_region.unwrap_or(0).to_string();
+                    AOperand::Registers(af) => (0..4).map(|i| af.at(a_shape.a(mf, kk as usize, i))).collect(),
+                    AOperand::Shared { region } => {
                         let row0 = self.w.temp(RegClass::B32);
                         self.w.ins(format!("add.u32 {row0}, {}, {}", self.th().warp_row0, mf * 16));
-                        let addr = self.ldmatrix_address(LdmatrixPattern::A, &region, &row0, 2 * kk);
+                        let addr = self.ldmatrix_address(LdmatrixPattern::A, region, &row0, 2 * kk);
                         let regs: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
                         self.ldmatrix_x4(LdmatrixPattern::A, regs.clone(), &addr);
                         regs.to_vec()
