@@ -386,11 +386,12 @@ fn run_typed<T: HalfFloat>(
         rotating.push((upload(&fresh.q, shape)?, upload(&fresh.k, kv_shape)?, upload(&fresh.v, kv_shape)?));
     }
     rotating.push((q, k, v));
-    let median_us = median_launch_us(device, o, |i| {
+    let median_us = flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
         let (q, k, v) = &rotating[i % rotating.len()];
         let lse = o.lse.is_some().then_some(&mut lse);
-        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale, None, None).map_err(e)
-    })?;
+        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale, None, None)
+    })
+    .map_err(e)?;
     // Useful work: 4·D flops per (query, key) pair a row attends to (about half when causal).
     let pairs: usize = (0..s).map(|row| problem.keys_seen(row)).sum();
     let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
@@ -425,24 +426,6 @@ fn compare_rows(
         if lse_ok { "" } else { "  FAIL" }
     );
     (err, lse_ok)
-}
-
-/// The median time in µs of `o.iters` launches after `o.warmup` (see
-/// [`flashcore::timing::median_launch_us`]).
-fn median_launch_us(
-    device: &Device,
-    o: &Options,
-    launch: impl FnMut(usize) -> Result<(), String>,
-) -> Result<f64, String> {
-    struct Failed(String);
-    impl From<flashcore::runtime::RuntimeError> for Failed {
-        fn from(e: flashcore::runtime::RuntimeError) -> Failed {
-            Failed(e.to_string())
-        }
-    }
-    let mut launch = launch;
-    flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| launch(i).map_err(Failed))
-        .map_err(|Failed(e)| e)
 }
 
 /// A variable-length batch (`--varlen`): packed `[TOTAL, H, D]` random inputs, sequence offsets
@@ -542,11 +525,12 @@ fn run_varlen<T: HalfFloat>(
     let want = reference::varlen_rows_lse(&problem, &rows);
     // The log-sum-exp is [H, TOTAL_Q]; the rows are t · H + head.
     let (err, lse_ok) = compare_rows(&got, |r| got_lse[(r % h) * tq + r / h], &rows, want, d);
-    let median_us = median_launch_us(device, o, |i| {
+    let median_us = flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
         let (_, (q, k, v)) = &sets[i % sets.len()];
         let lse = o.lse.is_some().then_some(&mut lse);
-        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale, offsets.0, offsets.1).map_err(e)
-    })?;
+        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale, offsets.0, offsets.1)
+    })
+    .map_err(e)?;
     let flops = 4.0 * h as f64 * all_pairs as f64 * d as f64;
     Ok(Outcome {
         err,
