@@ -63,6 +63,8 @@ struct Options {
     warps: Option<u32>,
     /// Keep Q in shared memory (`Config::a_in_smem`).
     a_in_smem: bool,
+    /// Split each K/V tile's keys over this many groups of compute warps (`Config::kv_splits`).
+    kv_splits: Option<u32>,
     /// The kernel's declared config, not the tuning table's.
     declared: bool,
     /// Write the launch plan here and exit.
@@ -114,6 +116,7 @@ fn parse_args() -> Result<Options, String> {
         tile_n: None,
         warps: None,
         a_in_smem: false,
+        kv_splits: None,
         declared: false,
         plan: None,
         table: Table::active().map_err(|e| format!("FLASHCORE_TUNING: {e}"))?,
@@ -158,6 +161,7 @@ fn parse_args() -> Result<Options, String> {
             "--ptx" => o.show_ptx = true,
             "--declared" => o.declared = true,
             "--a-in-smem" => o.a_in_smem = true,
+            "--kv-splits" => o.kv_splits = Some(number(value()?)? as u32),
             "--plan" => o.plan = Some(value()?.into()),
             "--help" | "-h" => {
                 println!(
@@ -197,7 +201,7 @@ fn config_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, Stri
         varlen: o.varlen.is_some(),
         ..attention::CONFIG.with_head_dim(d as u32)
     };
-    let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps];
+    let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps, o.kv_splits];
     if flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem {
         let cfg = Config {
             tile_m: o.tile_m.unwrap_or(base.tile_m),
@@ -208,6 +212,7 @@ fn config_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, Stri
             softmax_warps: o.softmax_warps.unwrap_or(base.softmax_warps),
             persistent: o.persistent || base.persistent,
             a_in_smem: o.a_in_smem || base.a_in_smem,
+            kv_splits: o.kv_splits.unwrap_or(base.kv_splits),
             ..base
         };
         return (cfg, "the declared config with the tile flags applied".into());

@@ -117,6 +117,11 @@ fn cross_grouped_and_causal_attention_run_correctly_in_the_simulator() {
         ("d128_m128_w8", flashcore::Config { head_dim: 128, tile_m: 128, warps: 8, ..base }),
         ("d64_n32_load1_softmax4", flashcore::Config { tile_n: 32, load_warps: 1, softmax_warps: 4, ..base }),
         ("d64_load1_softmax1", flashcore::Config { load_warps: 1, softmax_warps: 1, ..base }),
+        (
+            "d64_m32_n128_w4_load2_split2",
+            flashcore::Config { tile_m: 32, tile_n: 128, warps: 4, load_warps: 2, kv_splits: 2, ..base },
+        ),
+        ("d64_m16_w4_split4", flashcore::Config { tile_m: 16, warps: 4, kv_splits: 4, ..base }),
     ];
     for (name, config) in configs {
         for causal in [false, true] {

@@ -26,11 +26,23 @@ fn ir_snapshots() {
 #[test]
 fn ir_after_each_pass_snapshots() {
     for (name, config) in common::snapshot_configs() {
-        if !matches!(name, "d64" | "d64_s2" | "d64_s3_persistent" | "d64_s2_load1" | "d64_s2_load1_softmax4")
-        {
+        if !matches!(
+            name,
+            "d64"
+                | "d64_s2"
+                | "d64_s3_persistent"
+                | "d64_s2_load1"
+                | "d64_s2_load1_softmax4"
+                | "d64_m32_n128_w4_s2_load2_split2"
+        ) {
             continue;
         }
-        for stage in ["lower", "pipeline", "persist", "warp_specialize"] {
+        let stages: &[&str] = if config.kv_splits > 1 {
+            &["lower", "pipeline", "split_kv", "persist", "warp_specialize"]
+        } else {
+            &["lower", "pipeline", "persist", "warp_specialize"]
+        };
+        for stage in stages {
             let kernel = attention::ir_after(&config, stage).expect("snapshot configs lower");
             insta::assert_snapshot!(format!("ir_{name}_after_{stage}"), kernel.to_string());
         }

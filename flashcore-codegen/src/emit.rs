@@ -33,9 +33,25 @@ struct ThreadRegs {
     smem: String,
     /// First row of the `TILE_M` tile this warp owns.
     warp_row0: String,
+    /// Split-KV (`Config::kv_splits > 1`): this warp's group and where its keys start.
+    split: Option<SplitRegs>,
     /// Per ldmatrix pattern: (byte offset of the lane's row, chunk bit ^ swizzle key).
     ldmatrix: HashMap<LdmatrixPattern, (String, String)>,
 }
+
+/// A compute warp's place in split-KV: its group `index` (0 stores the output), the first key
+/// of each K/V tile its fragments cover (`index · TILE_N / kv_splits`), and its group's
+/// row-tile region (an offset in the shared window, when the kernel has one).
+#[derive(Clone, Debug)]
+struct SplitRegs {
+    index: String,
+    key0: String,
+    row_tile: Option<String>,
+}
+
+/// The named barrier (`bar.sync 1, compute threads`) of `merge_kv_splits`; `bar.sync 0` is
+/// the CTA barrier of the pipelined loop.
+pub const MERGE_BARRIER: u32 = 1;
 
 /// The threads that share a copy: each thread's index among them, and how many there are.
 #[derive(Clone, Debug, Default)]
@@ -305,7 +321,28 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("shr.u32 {group}, {lane}, 2"));
         self.w.ins(format!("and.b32 {quad_lane}, {lane}, 3"));
         self.w.ins(format!("mov.u32 {smem}, {SMEM_SYMBOL}"));
-        self.w.ins(format!("mul.lo.u32 {warp_row0}, {warp}, {}", self.cfg.rows_per_warp()));
+        let split = (self.cfg.kv_splits > 1).then(|| {
+            // Split-KV: warp w is row block w % warps_per_split of group w / warps_per_split.
+            let wps = self.cfg.warps_per_split();
+            let (index, key0, block) = (
+                self.w.named(RegClass::B32, "%kv_split"),
+                self.w.named(RegClass::B32, "%kv_split_key0"),
+                self.w.temp(RegClass::B32),
+            );
+            self.w.ins(format!("div.u32 {index}, {warp}, {wps}"));
+            self.w.ins(format!("rem.u32 {block}, {warp}, {wps}"));
+            self.w.ins(format!("mul.lo.u32 {warp_row0}, {block}, {}", self.cfg.rows_per_warp()));
+            self.w.ins(format!("mul.lo.u32 {key0}, {index}, {}", self.cfg.keys_per_warp()));
+            let row_tile = self.plan.row_tile_region.map(|region| {
+                let r = self.w.named(RegClass::B32, "%kv_split_row_tile");
+                self.w.ins(format!("mad.lo.u32 {r}, {index}, {}, {region}", self.plan.row_tile_bytes));
+                r
+            });
+            SplitRegs { index, key0, row_tile }
+        });
+        if split.is_none() {
+            self.w.ins(format!("mul.lo.u32 {warp_row0}, {warp}, {}", self.cfg.rows_per_warp()));
+        }
 
         let rb = row_bytes(&self.cfg);
         let lane7 = self.w.temp(RegClass::B32);
@@ -344,7 +381,7 @@ impl<'k> Emitter<'k> {
         }
 
         self.w.blank();
-        self.t = Some(ThreadRegs { warp, thread, lane, group, quad_lane, smem, warp_row0, ldmatrix });
+        self.t = Some(ThreadRegs { warp, thread, lane, group, quad_lane, smem, warp_row0, split, ldmatrix });
         self.team = Team { index: self.th().thread.clone(), threads: self.cfg.threads() };
         decls
     }
@@ -524,6 +561,7 @@ impl<'k> Emitter<'k> {
             Op::Reduce { dst, op, src } => self.row_reduce(*dst, *op, *src),
             Op::Binary { dst, op, lhs, rhs } => self.binary(*dst, *op, *lhs, *rhs),
             Op::Store { dst, src } => self.store(dst, *src),
+            Op::MergeSplits { max, sum, acc } => self.merge_splits(*max, *sum, *acc),
         }
     }
 
@@ -944,11 +982,20 @@ impl<'k> Emitter<'k> {
         self.plan.row_tile_region.ok_or_else(|| CodegenError::Internal("no row-tile region planned".into()))
     }
 
+    /// This warp's row-tile region: the kernel's, or with split-KV its group's (a register).
+    fn own_row_tile(&self) -> Result<String, CodegenError> {
+        let region = self.row_tile_offset()?;
+        Ok(match self.th().split.as_ref().and_then(|s| s.row_tile.clone()) {
+            Some(reg) => reg,
+            None => region.to_string(),
+        })
+    }
+
     /// Q tile to A-operand fragments. Each warp copies only the rows it owns into the row-tile
     /// region, waits for its own copies, and loads its fragments: no other warp is involved, so
     /// a warp barrier suffices.
     fn load_to_registers(&mut self, dst: Value, src: &TileAccess) -> Result<(), CodegenError> {
-        let region = self.row_tile_offset()?.to_string();
+        let region = self.own_row_tile()?;
         let rows = self.tile_rows(src);
         let global = self.tile_address(src, rows, None)?;
         let (warp_row0, lane) = (self.th().warp_row0.clone(), self.th().lane.clone());
@@ -1212,7 +1259,7 @@ impl<'k> Emitter<'k> {
         };
         let d = self.regs_of(dst);
         let af = if self.smem_a.contains(&a) {
-            AOperand::Shared { region: self.row_tile_offset()?.to_string() }
+            AOperand::Shared { region: self.own_row_tile()? }
         } else {
             AOperand::Registers(self.regs_of(a))
         };
@@ -1233,8 +1280,15 @@ impl<'k> Emitter<'k> {
             }
         }
         let pattern = if tile.transposed { LdmatrixPattern::BFromRowsN } else { LdmatrixPattern::BFromRowsK };
-        let k_slices = k_dim.size(&self.cfg) / 16;
-        let n_pairs = n_dim.size(&self.cfg) / 16;
+        let k_slices = k_dim.per_warp(&self.cfg) / 16;
+        let n_pairs = n_dim.per_warp(&self.cfg) / 16;
+        // The tile's rows are n (Kᵀ) or k (V); when they are keys, split-KV starts this warp's
+        // rows at its group's first key.
+        let row_dim = if tile.transposed { n_dim } else { k_dim };
+        let key0 = match (&self.th().split, row_dim) {
+            (Some(split), TileDim::N) => Some(split.key0.clone()),
+            _ => None,
+        };
         for kk in 0..k_slices {
             // This k-slice's A fragments: registers of `a`, or four ldmatrix'd registers per
             // 16-row block of the warp's rows.
@@ -1256,7 +1310,10 @@ impl<'k> Emitter<'k> {
                 // V tile [k][n]: rows are k, chunks are n.
                 let (row_block, chunk0) = if tile.transposed { (16 * np, 2 * kk) } else { (16 * kk, 2 * np) };
                 let row0 = self.w.temp(RegClass::B32);
-                self.w.ins(format!("mov.u32 {row0}, {row_block}"));
+                match &key0 {
+                    Some(key0) => self.w.ins(format!("add.u32 {row0}, {key0}, {row_block}")),
+                    None => self.w.ins(format!("mov.u32 {row0}, {row_block}")),
+                }
                 let addr = self.ldmatrix_address(pattern, &tile.offset, &row0, chunk0);
                 let b: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
                 self.ldmatrix_x4(pattern, b.clone(), &addr);
@@ -1296,7 +1353,13 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
         }
         let valid = self.valid_rows(tile, None);
-        let n = cols.size(&self.cfg);
+        // `n` columns in the tile; this warp's fragments hold `n_warp` of them, from `key0` on
+        // (split-KV), so a column index c of the fragment is key `key0 + c` of the tile.
+        let (n, n_warp) = (cols.size(&self.cfg), cols.per_warp(&self.cfg));
+        let key0 = match (&self.th().split, cols) {
+            (Some(split), TileDim::N) => Some(split.key0.clone()),
+            _ => None,
+        };
         let (need, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_done"));
         self.w.ins(format!("setp.lt.u32 {need}, {valid}, {n}"));
         // Causal: this warp's row r sees columns up to r + SK − S (`diag` holds its first row's
@@ -1314,7 +1377,10 @@ impl<'k> Emitter<'k> {
             let (first_col, last_col, crosses) =
                 (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
             self.w.ins(format!("mul.lo.u32 {first_col}, {kt}, {}", self.tile_rows(tile)));
-            self.w.ins(format!("add.u32 {last_col}, {first_col}, {}", n - 1));
+            if let Some(key0) = &key0 {
+                self.w.ins(format!("add.u32 {first_col}, {first_col}, {key0}"));
+            }
+            self.w.ins(format!("add.u32 {last_col}, {first_col}, {}", n_warp - 1));
             self.w.ins(format!("setp.gt.s32 {crosses}, {last_col}, {diag}"));
             self.w.ins(format!("or.pred {need}, {need}, {crosses}"));
             (diag, first_col)
@@ -1324,12 +1390,22 @@ impl<'k> Emitter<'k> {
         let base = self.w.temp(RegClass::B32);
         self.w.ins(format!("shl.b32 {base}, {quad_lane}, 1"));
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        // Columns of this warp's fragments still inside the sequence: signed, since a group's
+        // keys may start past the end.
+        let (valid, compare) = match &key0 {
+            Some(key0) => {
+                let own = self.w.temp(RegClass::B32);
+                self.w.ins(format!("sub.u32 {own}, {valid}, {key0}"));
+                (own, "s32")
+            }
+            None => (valid, "u32"),
+        };
         for nt in 0..shape.col_blocks {
             for odd in 0..2 {
                 // Accumulator element e holds column 8·nt + 2·(lane % 4) + (e % 2).
                 let (col, past) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
                 self.w.ins(format!("add.u32 {col}, {base}, {}", 8 * nt + odd));
-                self.w.ins(format!("setp.ge.u32 {past}, {col}, {valid}"));
+                self.w.ins(format!("setp.ge.{compare} {past}, {col}, {valid}"));
                 for mf in 0..shape.mfrags {
                     for e in [odd, odd + 2] {
                         self.w.ins(format!("@{past} mov.f32 {}, 0fFF800000", d.at(shape.acc(mf, nt, e))));
@@ -1452,7 +1528,7 @@ impl<'k> Emitter<'k> {
                 (Type::Frag { .. }, Type::Row { .. }) => {
                     // Accumulator register i = ((mf * n_tiles + nt) * 4 + e); rows: e / 2.
                     let Type::Frag { cols, .. } = lt else { unreachable!() };
-                    let per_block = cols.size(&self.cfg) as usize / 8 * 4;
+                    let per_block = cols.per_warp(&self.cfg) as usize / 8 * 4;
                     let (mf, e) = (i / per_block, i % 4);
                     row_reg(mf, e / 2)
                 }
@@ -1478,25 +1554,133 @@ impl<'k> Emitter<'k> {
     }
 
     // ---------------------------------------------------------------------------------------
+    // Split-KV
+
+    /// `merge_kv_splits`: groups 1.. of the compute warps publish their (m, l, acc) registers
+    /// in the merge region (register r of lane L of warp w at `((w − wps)·R + r)·128 + 4L`,
+    /// conflict-free), a named barrier over the compute warps, then each group-0 warp folds in
+    /// the states of the warps with its rows in the other groups, a row at a time:
+    /// `m' = max(m, mᵢ)`, `α = 2^(m − m')`, `β = 2^(mᵢ − m')` (a row still at −inf counts as 0),
+    /// `l' = α·l + β·lᵢ`, `acc' = α·acc + β·accᵢ`. A second barrier keeps the region from being
+    /// rewritten (next work item) before group 0 has read it.
+    fn merge_splits(&mut self, max: Value, sum: Value, acc: Value) -> Result<(), CodegenError> {
+        let split = self
+            .th()
+            .split
+            .clone()
+            .ok_or_else(|| CodegenError::Internal("merge_kv_splits without kv_splits > 1".into()))?;
+        let region =
+            self.plan.merge_region.ok_or_else(|| CodegenError::Internal("no merge region planned".into()))?;
+        let (m, l, a) = (self.regs_of(max), self.regs_of(sum), self.regs_of(acc));
+        let Type::Frag { cols, .. } = self.kernel.ty(acc) else {
+            return Err(CodegenError::Internal("merge of a non-fragment accumulator".into()));
+        };
+        let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        let published: Vec<String> = (0..m.len)
+            .map(|i| m.at(i))
+            .chain((0..l.len).map(|i| l.at(i)))
+            .chain((0..a.len).map(|i| a.at(i)))
+            .collect();
+        let regs = published.len() as u32;
+        if regs != self.plan.merge_regs {
+            return Err(CodegenError::Internal("merge region sized for another state".into()));
+        }
+        let (wps, compute_threads) = (self.cfg.warps_per_split(), self.cfg.warps * 32);
+        let (warp, lane, smem) = (self.th().warp.clone(), self.th().lane.clone(), self.th().smem.clone());
+        // This lane's address for register 0 of warp slot `slot` (a register).
+        let lane_base = |e: &mut Self, slot: &str| {
+            let base = e.w.temp(RegClass::B32);
+            e.w.ins(format!("mul.lo.u32 {base}, {slot}, {}", regs * 128));
+            e.w.ins(format!("mad.lo.u32 {base}, {lane}, 4, {base}"));
+            e.w.ins(format!("add.u32 {base}, {base}, {smem}"));
+            e.w.ins(format!("add.u32 {base}, {base}, {region}"));
+            base
+        };
+        let (partner, published_done, merged) =
+            (self.w.temp(RegClass::Pred), self.w.label("merge_published"), self.w.label("merge_done"));
+        self.w.ins(format!("setp.ne.u32 {partner}, {}, 0", split.index));
+        self.w.ins(format!("@!{partner} bra.uni {published_done}"));
+        let slot = self.w.temp(RegClass::B32);
+        self.w.ins(format!("sub.u32 {slot}, {warp}, {wps}"));
+        let base = lane_base(self, &slot);
+        for (r, reg) in published.iter().enumerate() {
+            self.w.ins(format!("st.shared.f32 [{base}+{}], {reg}", r * 128));
+        }
+        self.w.place_label(&published_done);
+        self.w.ins(format!("bar.sync {MERGE_BARRIER}, {compute_threads}"));
+        self.w.ins(format!("@{partner} bra.uni {merged}"));
+        for g in 1..self.cfg.kv_splits {
+            self.w.comment(format!("fold in group {g}"));
+            let slot = self.w.temp(RegClass::B32);
+            self.w.ins(format!("add.u32 {slot}, {warp}, {}", (g - 1) * wps));
+            let base = lane_base(self, &slot);
+            let load = |e: &mut Self, r: usize| {
+                let x = e.w.temp(RegClass::F32);
+                e.w.ins(format!("ld.shared.f32 {x}, [{base}+{}]", r * 128));
+                x
+            };
+            for row in 0..m.len {
+                let (m_other, l_other) = (load(self, row), load(self, m.len + row));
+                let (m_new, safe, alpha, beta) = (
+                    self.w.temp(RegClass::F32),
+                    self.w.temp(RegClass::F32),
+                    self.w.temp(RegClass::F32),
+                    self.w.temp(RegClass::F32),
+                );
+                let inf = self.w.temp(RegClass::Pred);
+                self.w.ins(format!("max.f32 {m_new}, {}, {m_other}", m.at(row)));
+                self.w.ins(format!("setp.eq.f32 {inf}, {m_new}, 0fFF800000"));
+                self.w.ins(format!("selp.f32 {safe}, 0f00000000, {m_new}, {inf}"));
+                self.w.ins(format!("sub.f32 {alpha}, {}, {safe}", m.at(row)));
+                self.w.ins(format!("ex2.approx.ftz.f32 {alpha}, {alpha}"));
+                self.w.ins(format!("sub.f32 {beta}, {m_other}, {safe}"));
+                self.w.ins(format!("ex2.approx.ftz.f32 {beta}, {beta}"));
+                self.w.ins(format!("mov.f32 {}, {m_new}", m.at(row)));
+                self.w.ins(format!("mul.f32 {0}, {0}, {alpha}", l.at(row)));
+                self.w.ins(format!("fma.rn.f32 {0}, {l_other}, {beta}, {0}", l.at(row)));
+                // Accumulator elements of this row: block mf = row / 2, elements 2h, 2h + 1.
+                let (mf, h) = (row / 2, row % 2);
+                for nt in 0..shape.col_blocks {
+                    for e in [2 * h, 2 * h + 1] {
+                        let i = shape.acc(mf, nt, e);
+                        let other = load(self, 2 * m.len + i);
+                        self.w.ins(format!("mul.f32 {0}, {0}, {alpha}", a.at(i)));
+                        self.w.ins(format!("fma.rn.f32 {0}, {other}, {beta}, {0}", a.at(i)));
+                    }
+                }
+            }
+        }
+        self.w.place_label(&merged);
+        self.w.ins(format!("bar.sync {MERGE_BARRIER}, {compute_threads}"));
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
     // Output
 
     /// `store(t.tile(..), value)`: a register tile into a `[B, H, S, D]` tensor, or a row
     /// vector into a per-row `[B, H, S]` one.
     fn store(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
         let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
+        let mut skip = None;
         // An optional output the caller did not pass (a null pointer) is skipped, uniformly.
-        let skip = if tensor.optional {
+        if tensor.optional {
             let ptr = self.tensors[dst.param]
                 .as_ref()
                 .map(|t| t.ptr.clone())
                 .ok_or_else(|| CodegenError::Internal(format!("`{}` has no pointer", tensor.name)))?;
-            let (skip, absent) = (self.w.label("store_skip"), self.w.temp(RegClass::Pred));
+            let (label, absent) = (self.w.label("store_skip"), self.w.temp(RegClass::Pred));
             self.w.ins(format!("setp.eq.u64 {absent}, {ptr}, 0"));
-            self.w.ins(format!("@{absent} bra.uni {skip}"));
-            Some(skip)
-        } else {
-            None
-        };
+            self.w.ins(format!("@{absent} bra.uni {label}"));
+            skip = Some(label);
+        }
+        // Split-KV: after the merge only group 0 holds the rows' result (uniform per warp).
+        if let Some(split) = self.th().split.clone() {
+            let label = skip.get_or_insert_with(|| self.w.label("store_skip")).clone();
+            let partner = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.ne.u32 {partner}, {}, 0", split.index));
+            self.w.ins(format!("@{partner} bra.uni {label}"));
+        }
         if tensor.is_rows() {
             self.store_rows(dst, src)?;
         } else {

@@ -46,8 +46,10 @@ pub fn mfrags(cfg: &Config) -> usize {
     (cfg.rows_per_warp() / 16) as usize
 }
 
+/// The per-thread shape of a `[rows, cols]` fragment tile of one warp: its rows are the warp's
+/// `rows_per_warp`, its columns `cols.per_warp` (split-KV gives a warp a slice of the keys).
 pub fn frag_shape(cfg: &Config, cols: TileDim, elem: Elem) -> FragShape {
-    let c = cols.size(cfg) as usize;
+    let c = cols.per_warp(cfg) as usize;
     FragShape {
         mfrags: mfrags(cfg),
         col_blocks: match elem {

@@ -12,8 +12,17 @@ pub const BUFFER_ALIGN: u32 = 128;
 #[derive(Clone, Debug, PartialEq)]
 pub struct SmemPlan {
     /// The `[TILE_M][D]` region that register loads (Q) and stores (O) pass through; their uses
-    /// never overlap in time because each one ends before the next begins (see `emit`).
+    /// never overlap in time because each one ends before the next begins (see `emit`). With
+    /// split-KV, one such region per group of compute warps (group `g`'s at
+    /// `offset + g · row_tile_bytes`), since every group loads all rows of the Q tile.
     pub row_tile_region: Option<u32>,
+    /// Bytes of one group's row-tile region: `TILE_M · D · 2`.
+    pub row_tile_bytes: u32,
+    /// Split-KV: where groups 1.. leave their online-softmax states for group 0
+    /// (`merge_kv_splits`): per warp of those groups, `merge_regs` registers of 32 lanes × 4 bytes.
+    pub merge_region: Option<u32>,
+    /// Registers a warp publishes for the merge: its row max, row sum and accumulator.
+    pub merge_regs: u32,
     /// Offset of each ring buffer (slot `i` at `offset + i * slot_bytes`).
     pub buffer_offsets: Vec<u32>,
     /// Bytes of one slot of each ring buffer.
@@ -45,12 +54,27 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
             needs_row_tile = true;
         }
     });
-    let row_tile_region = needs_row_tile.then(|| alloc(cfg.tile_m * row_bytes(cfg)));
+    let row_tile_bytes = cfg.tile_m * row_bytes(cfg);
+    let row_tile_region = needs_row_tile.then(|| alloc(cfg.kv_splits.max(1) * row_tile_bytes));
+    let mut merge_regs = 0;
+    kernel.walk(&mut |inst| {
+        if let Op::MergeSplits { max, sum, acc } = inst.op {
+            merge_regs = [max, sum, acc]
+                .iter()
+                .map(|v| crate::layout::register_count(cfg, &kernel.ty(*v)).unwrap_or(0) as u32)
+                .sum();
+        }
+    });
+    let partner_warps = cfg.warps - cfg.warps_per_split();
+    let merge_region = (merge_regs > 0).then(|| alloc(partner_warps * merge_regs * 128));
     let slot_bytes: Vec<u32> = kernel.buffers.iter().map(|b| b.rows.size(cfg) * row_bytes(cfg)).collect();
     let buffer_offsets =
         kernel.buffers.iter().zip(&slot_bytes).map(|(b, bytes)| alloc(bytes * b.slots)).collect();
     SmemPlan {
         row_tile_region,
+        row_tile_bytes,
+        merge_region,
+        merge_regs,
         buffer_offsets,
         slot_bytes,
         mbarrier_offsets,

@@ -58,6 +58,14 @@ pub struct Config {
     /// a warp own 32 rows at D = 128 without spilling, so each K/V fragment read from shared
     /// memory feeds two mma row blocks instead of one.
     pub a_in_smem: bool,
+    /// Split-KV inside the CTA: the compute warps form `kv_splits` groups of `warps / kv_splits`
+    /// warps; every group covers all `TILE_M` rows, and group `g` takes keys
+    /// `g·TILE_N/kv_splits ..` of each staged K/V tile, with its own running max, sum and
+    /// accumulator. After the K/V loop the groups merge by log-sum-exp through shared memory
+    /// (the `split_kv` pass inserts the merge) and group 0 stores. Each warp's chain of mma
+    /// over the keys is `kv_splits` times shorter, which is what a grid too small to fill the
+    /// GPU (small B·H·S, the headline shape) is bound by. 1: off.
+    pub kv_splits: u32,
 }
 
 impl Default for Config {
@@ -75,6 +83,7 @@ impl Default for Config {
             dtype: DType::F16,
             varlen: false,
             a_in_smem: false,
+            kv_splits: 1,
         }
     }
 }
@@ -95,9 +104,19 @@ impl Config {
         1.0 / (self.head_dim as f32).sqrt()
     }
 
-    /// Rows of the Q tile each warp owns.
+    /// Rows of the Q tile each warp owns (with split-KV, each group of warps covers them all).
     pub fn rows_per_warp(&self) -> u32 {
-        self.tile_m / self.warps
+        self.tile_m / self.warps_per_split()
+    }
+
+    /// Compute warps in one split-KV group (all of them without split-KV).
+    pub fn warps_per_split(&self) -> u32 {
+        self.warps / self.kv_splits.max(1)
+    }
+
+    /// Keys of each K/V tile one warp's fragments cover: `TILE_N / kv_splits`.
+    pub fn keys_per_warp(&self) -> u32 {
+        self.tile_n / self.kv_splits.max(1)
     }
 
     /// Threads per CTA: compute warps plus load warps.
@@ -119,14 +138,25 @@ impl Config {
         if self.warps == 0 || self.warps > 16 {
             return bad("warps", self.warps, "must be between 1 and 16".into());
         }
-        if self.tile_m == 0 || self.tile_m % (MMA_M * self.warps) != 0 {
+        if self.kv_splits == 0 || self.warps % self.kv_splits != 0 {
+            return bad(
+                "kv_splits",
+                self.kv_splits,
+                format!(
+                    "must be a positive divisor of warps = {} (each split is a group of warps)",
+                    self.warps
+                ),
+            );
+        }
+        let row_warps = self.warps_per_split();
+        if self.tile_m == 0 || self.tile_m % (MMA_M * row_warps) != 0 {
             return bad(
                 "tile_m",
                 self.tile_m,
                 format!(
-                    "must be a positive multiple of {} (the mma M of {MMA_M} rows times {} warps)",
-                    MMA_M * self.warps,
-                    self.warps
+                    "must be a positive multiple of {} (the mma M of {MMA_M} rows times {row_warps} warps{})",
+                    MMA_M * row_warps,
+                    if self.kv_splits > 1 { " per split" } else { "" }
                 ),
             );
         }
@@ -153,6 +183,24 @@ impl Config {
                 ),
             );
         }
+        if self.kv_splits > 1 && self.tile_n % (MMA_K * self.kv_splits) != 0 {
+            return bad(
+                "kv_splits",
+                self.kv_splits,
+                format!(
+                    "splits tile_n = {} into slices of {} keys, which must be a multiple of {MMA_K} (the mma K that P·V consumes)",
+                    self.tile_n,
+                    self.tile_n / self.kv_splits
+                ),
+            );
+        }
+        if self.kv_splits > 1 && self.softmax_warps > 0 {
+            return bad(
+                "kv_splits",
+                self.kv_splits,
+                "does not combine with softmax warps (they mirror one compute warp's rows each)".into(),
+            );
+        }
         if !(1..=MAX_STAGES).contains(&self.stages) {
             return bad("stages", self.stages, format!("must be between 1 and {MAX_STAGES}"));
         }
@@ -164,7 +212,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -180,6 +228,7 @@ impl fmt::Display for Config {
             if self.causal { " causal" } else { "" },
             if self.varlen { " varlen" } else { "" },
             if self.a_in_smem { " a_in_smem" } else { "" },
+            if self.kv_splits > 1 { format!(" kv_splits={}", self.kv_splits) } else { String::new() },
             if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() }
         )
     }
@@ -202,6 +251,23 @@ mod tests {
         assert!(err.contains("multiple of 64"), "{err}");
         let cfg = Config { tile_n: 24, ..Config::default() };
         assert!(cfg.validate().unwrap_err().to_string().contains("tile_n = 24"));
+    }
+
+    #[test]
+    fn kv_splits_must_divide_the_warps_and_the_key_tile() {
+        let split = Config { tile_m: 32, tile_n: 128, warps: 4, kv_splits: 2, ..Config::default() };
+        split.validate().unwrap();
+        assert_eq!((split.rows_per_warp(), split.keys_per_warp(), split.warps_per_split()), (16, 64, 2));
+        assert!(split.to_string().ends_with(" kv_splits=2"), "{split}");
+        let err = Config { kv_splits: 3, ..split }.validate().unwrap_err().to_string();
+        assert!(err.contains("kv_splits = 3") && err.contains("divisor of warps = 4"), "{err}");
+        let err = Config { tile_n: 16, ..split }.validate().unwrap_err().to_string();
+        assert!(err.contains("kv_splits = 2") && err.contains("multiple of 16"), "{err}");
+        let err = Config { tile_m: 16, ..split }.validate().unwrap_err().to_string();
+        assert!(err.contains("tile_m = 16") && err.contains("per split"), "{err}");
+        let err = Config { load_warps: 1, softmax_warps: 1, ..split }.validate().unwrap_err().to_string();
+        assert!(err.contains("softmax warps"), "{err}");
+        assert!(Config { kv_splits: 0, ..split }.validate().is_err());
     }
 
     #[test]

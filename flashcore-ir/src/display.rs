@@ -135,6 +135,13 @@ impl Printer<'_> {
             Op::CommitGroup => "commit_group".to_string(),
             Op::WaitGroup { younger } => format!("wait_group {younger}"),
             Op::Barrier { id } => format!("barrier {id}"),
+            Op::MergeSplits { max, sum, acc } => format!(
+                "merge_kv_splits {}, {}, {} ({} groups of compute warps, by log-sum-exp)",
+                self.v(*max),
+                self.v(*sum),
+                self.v(*acc),
+                self.kernel.config.kv_splits
+            ),
             Op::Transpose { dst, src } => {
                 format!("{} = transpose {}", self.def(*dst), self.v(*src))
             }

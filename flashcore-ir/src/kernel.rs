@@ -41,6 +41,15 @@ impl TileDim {
         }
     }
 
+    /// The columns of this axis one warp's fragments hold: split-KV gives each group of
+    /// compute warps `TILE_N / kv_splits` of a K/V tile's keys.
+    pub fn per_warp(self, cfg: &Config) -> u32 {
+        match self {
+            TileDim::N => cfg.keys_per_warp(),
+            other => other.size(cfg),
+        }
+    }
+
     pub fn symbol(self) -> &'static str {
         match self {
             TileDim::M => "TILE_M",
@@ -376,6 +385,13 @@ pub enum Op {
     Pipeline { var: Value, extent: LoopExtent, stages: u32, prologue: Block, body: Block, epilogue: Block },
     /// Convert an f32 fragment tile to the tensor's dtype and write it to global memory.
     Store { dst: TileAccess, src: Value },
+    /// Split-KV (`Config::kv_splits > 1`): the compute warps' groups merge their online-softmax
+    /// states, which cover disjoint keys of the same rows, by log-sum-exp. Groups 1.. write
+    /// `max`, `sum` and `acc` to shared memory, a barrier over the compute warps, group 0 reads
+    /// them and updates its own in place (`m = max mᵢ`, `l = Σ 2^(mᵢ−m)·lᵢ`,
+    /// `acc = Σ 2^(mᵢ−m)·accᵢ`), a second barrier frees the buffer; stores then run on group 0
+    /// only. The protocol check sees the two barriers (over the role's warps).
+    MergeSplits { max: Value, sum: Value, acc: Value },
 }
 
 impl Op {
@@ -435,7 +451,8 @@ impl Op {
             | Op::MbarWait { .. }
             | Op::MbarArrive { .. }
             | Op::MbarArriveAsync { .. }
-            | Op::ChanWrite { .. } => None,
+            | Op::ChanWrite { .. }
+            | Op::MergeSplits { .. } => None,
         }
     }
 
@@ -477,6 +494,7 @@ impl Op {
             Op::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
             Op::LogSumExp { max, sum, .. } => vec![*max, *sum],
             Op::Assign { dst, src } => vec![*dst, *src],
+            Op::MergeSplits { max, sum, acc } => vec![*max, *sum, *acc],
             Op::Tiles { .. } | Op::Pipeline { .. } => vec![],
             Op::Store { dst, src } => {
                 let mut v = dst.coords.clone();

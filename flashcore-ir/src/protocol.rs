@@ -601,6 +601,9 @@ impl Tracer<'_> {
             Op::CommitGroup => self.events.push(Event::Commit),
             Op::WaitGroup { younger } => self.events.push(Event::WaitGroup(*younger)),
             Op::Barrier { .. } | Op::InitBarriers => self.events.push(Event::CtaBarrier),
+            // Two barriers over the compute warps: after the groups' states are written, and
+            // after group 0 has read them.
+            Op::MergeSplits { .. } => self.events.extend([Event::CtaBarrier, Event::CtaBarrier]),
             Op::CounterInit { dst } => {
                 self.counters.insert(*dst, 0);
             }

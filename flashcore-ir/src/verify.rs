@@ -163,6 +163,22 @@ impl<'k> Verifier<'k> {
                     return fail(format!("assignment changes the type of {}", self.name(*dst)));
                 }
             }
+            Op::MergeSplits { max, sum, acc } => {
+                if at != Where::Tiles || self.kernel.config.kv_splits < 2 {
+                    return fail(
+                        "merge_kv_splits belongs in the work loop of a kernel with kv_splits > 1".into(),
+                    );
+                }
+                let row = matches!(ty(*max), Type::Row { rows: TileDim::M }) && ty(*sum) == ty(*max);
+                let frag = matches!(ty(*acc), Type::Frag { rows: TileDim::M, elem: Elem::F32, .. });
+                let mutable = [max, sum, acc].iter().all(|v| self.kernel.value(**v).mutable);
+                if !row || !frag || !mutable {
+                    return fail(
+                        "merge_kv_splits needs mutable row statistics and an f32 accumulator of the Q tile"
+                            .into(),
+                    );
+                }
+            }
             Op::Mma { dst, a, b, acc } => {
                 let (Some((ar, ak)), Some((bk, bn))) = (ty(*a).matrix_dims(), ty(*b).matrix_dims()) else {
                     return fail(format!("mma {} has non-tile operands", self.name(*dst)));

@@ -260,6 +260,7 @@ fn config(c: &Config) -> TokenStream {
         dtype: elem,
         varlen,
         a_in_smem,
+        kv_splits,
     } = *c;
     let elem = dtype(elem);
     quote!(::flashcore::Config {
@@ -275,6 +276,7 @@ fn config(c: &Config) -> TokenStream {
         dtype: #elem,
         varlen: #varlen,
         a_in_smem: #a_in_smem,
+        kv_splits: #kv_splits,
     })
 }
 

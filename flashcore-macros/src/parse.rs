@@ -114,10 +114,11 @@ impl Parse for KernelAttr {
                 "head_dim" => ("head_dim", &mut config.head_dim),
                 "stages" => ("stages", &mut config.stages),
                 "warps" => ("warps", &mut config.warps),
+                "kv_splits" => ("kv_splits", &mut config.kv_splits),
                 _ => {
                     return Err(syn::Error::new_spanned(
                         &item.path,
-                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, persistent, causal, varlen, a_in_smem"),
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, kv_splits, persistent, causal, varlen, a_in_smem"),
                     ))
                 }
             };

@@ -44,6 +44,29 @@ pub fn snapshot_configs() -> Vec<(&'static str, Config)> {
                 ..base
             },
         ),
+        // Split-KV: the headline shape's schedule (2 row blocks × 2 key halves, load warps),
+        // D = 128 with Q in shared memory and causal masking, and 4 splits of 16 keys, persistent.
+        (
+            "d64_m32_n128_w4_s2_load2_split2",
+            Config { tile_m: 32, tile_n: 128, warps: 4, stages: 2, load_warps: 2, kv_splits: 2, ..base },
+        ),
+        (
+            "d128_m64_w8_s1_split2_a_in_smem_causal",
+            Config {
+                head_dim: 128,
+                tile_m: 64,
+                warps: 8,
+                stages: 1,
+                kv_splits: 2,
+                a_in_smem: true,
+                causal: true,
+                ..base
+            },
+        ),
+        (
+            "d64_m16_w4_split4_persistent",
+            Config { tile_m: 16, warps: 4, kv_splits: 4, persistent: true, ..base },
+        ),
         (
             "d128_s2_load1_persistent_varlen",
             Config { head_dim: 128, stages: 2, load_warps: 1, persistent: true, varlen: true, ..base },

@@ -5,6 +5,7 @@
 pub mod persist;
 pub mod pipeline;
 pub mod softmax_split;
+pub mod split_kv;
 pub mod warp_specialize;
 
 use crate::error::IrError;
@@ -14,8 +15,12 @@ use crate::verify::verify;
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 3] =
-    [("pipeline", pipeline::run), ("persist", persist::run), ("warp_specialize", warp_specialize::run)];
+pub const PASSES: [(&str, Pass); 4] = [
+    ("pipeline", pipeline::run),
+    ("split_kv", split_kv::run),
+    ("persist", persist::run),
+    ("warp_specialize", warp_specialize::run),
+];
 
 /// Runs every pass up to and including `last` (all of them when `None`), verifying after each.
 pub fn run_until(mut kernel: Kernel, last: Option<&str>) -> Result<Kernel, IrError> {
