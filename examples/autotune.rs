@@ -4,12 +4,14 @@
 //! tuning table that launches read by default (`tuning/attention.json`, see `flashcore::tuning`).
 //!
 //! `cargo run --release --example autotune -- [--out tuning/attention.json]
-//!  [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes] [--classes small,medium,large]
+//!  [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes] [--classes tiny,small,medium,large]
 //!  [--dtype f16] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
 //!
-//! The search runs in three rounds per key, each over the best of the last: tiles (`tile_m`,
+//! The search runs in four rounds per key, each over the best of the last: tiles (`tile_m`,
 //! compute warps, `tile_n`), then the pipeline (stages, load warps, persistent CTAs) for the two
-//! best tilings, then softmax placement (softmax warps) for the best warp-specialized one.
+//! best tilings, then split-KV (`kv_splits` groups of warps sharing each K/V tile, merged by
+//! log-sum-exp) for the two best so far where the grid is smaller than twice the SMs, then
+//! softmax placement (softmax warps) for the best warp-specialized one.
 //! Candidates whose PTX spills registers (ptxas, when found) or whose shared memory is over
 //! the device's limit are skipped before they run. Every trial is appended to the progress file
 //! as it finishes; a rerun reads it and skips what it holds (resume), and `--seconds` stops
@@ -84,7 +86,7 @@ fn parse_args() -> Result<Options, String> {
                         SizeClass::ALL
                             .into_iter()
                             .find(|k| k.name() == c)
-                            .ok_or_else(|| format!("--classes: `{c}` is not small, medium or large"))
+                            .ok_or_else(|| format!("--classes: `{c}` is not tiny, small, medium or large"))
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -98,7 +100,7 @@ fn parse_args() -> Result<Options, String> {
             "--seconds" => o.seconds = Some(number(value()?)? as f64),
             "--seed" => o.seed = number(value()?)?,
             "--help" | "-h" => {
-                println!("{}", include_str!("autotune.rs").lines().take(17).collect::<Vec<_>>().join("\n"));
+                println!("{}", include_str!("autotune.rs").lines().take(18).collect::<Vec<_>>().join("\n"));
                 std::process::exit(0);
             }
             _ => return Err(format!("unknown flag {flag} (try --help)")),
@@ -110,7 +112,8 @@ fn parse_args() -> Result<Options, String> {
 /// The shape each size class is tuned at: the benchmark's representative of the class.
 fn representative(class: SizeClass) -> [usize; 4] {
     match class {
-        SizeClass::Small => [1, 8, 512, 512],
+        SizeClass::Tiny => [1, 8, 512, 512],
+        SizeClass::Small => [1, 8, 1024, 1024],
         SizeClass::Medium => [4, 16, 2048, 2048],
         SizeClass::Large => [2, 16, 8192, 8192],
     }
@@ -158,9 +161,26 @@ fn pipeline_candidates(tiling: Config) -> Vec<Config> {
     out
 }
 
-/// Round 3: softmax on warps of its own (a warp-specialized config only).
+/// Round 3, where the grid is small (fewer work items than twice the SMs: small B·H·S): split-KV
+/// around one config. `kv_splits` groups of warps, each with the config's rows per warp, split
+/// every K/V tile (of the same or twice the size) so that a warp's chain of mma shrinks.
+fn split_candidates(best: Config, work_items: usize, sms: usize) -> Vec<Config> {
+    if work_items >= 2 * sms || best.softmax_warps > 0 {
+        return vec![];
+    }
+    let mut out = vec![];
+    for kv_splits in [2, 4] {
+        for tile_n in [best.tile_n, 2 * best.tile_n] {
+            out.push(Config { warps: best.warps * kv_splits, kv_splits, tile_n, ..best });
+        }
+    }
+    out.retain(|c| c.tile_n <= 256 && c.threads() <= 512);
+    out
+}
+
+/// Round 4: softmax on warps of its own (a warp-specialized config only).
 fn softmax_candidates(best: Config) -> Vec<Config> {
-    if best.load_warps == 0 {
+    if best.load_warps == 0 || best.kv_splits > 1 {
         return vec![];
     }
     vec![Config { softmax_warps: best.warps, ..best }]
@@ -359,6 +379,13 @@ impl Tuner<'_> {
         let mut all = tilings.clone();
         for (tiling, _) in tilings.iter().take(2) {
             all.extend(self.round(&mut bench, key, "pipeline", pipeline_candidates(*tiling))?);
+        }
+        all.sort_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us));
+        let sms = self.device.info().sm_count as usize;
+        let leaders: Vec<Config> = all.iter().take(2).map(|(c, _)| *c).collect();
+        for leader in leaders {
+            let work_items = b * h * s.div_ceil(leader.tile_m as usize);
+            all.extend(self.round(&mut bench, key, "split-kv", split_candidates(leader, work_items, sms))?);
         }
         all.sort_by(|a, b| a.1.median_us.total_cmp(&b.1.median_us));
         if let Some((best, _)) = all.first().cloned() {

@@ -251,7 +251,7 @@ def flops_of(shape):
 
 def launch_bound(shape):
     b, h, s, _, _, _ = shape
-    return b * h * s * s < 1 << 26  # FlashCore's "small" size class
+    return b * h * s * s < 1 << 26  # FlashCore's "tiny" and "small" size classes
 
 
 def reference_rows(q, k, v, rows, causal):

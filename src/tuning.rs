@@ -26,8 +26,10 @@ const BUILTIN: &str = include_str!("../tuning/attention.json");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SizeClass {
-    /// Under 2²⁶ (query, key) pairs over all heads: launch- and latency-bound (the headline
-    /// 1x8x512x512 is 2²¹).
+    /// Under 2²² (query, key) pairs over all heads: one wave of small CTAs or less, latency-
+    /// bound (the headline 1x8x512x512 is 2²¹): where split-KV pays.
+    Tiny,
+    /// Under 2²⁶ pairs: launch- and latency-bound, a wave or two (1x8x1024², 2²³).
     Small,
     /// Under 2³⁰ pairs: a few waves of CTAs (4x16x2048², 16x32x1024²).
     Medium,
@@ -36,12 +38,14 @@ pub enum SizeClass {
 }
 
 impl SizeClass {
-    pub const ALL: [SizeClass; 3] = [SizeClass::Small, SizeClass::Medium, SizeClass::Large];
+    pub const ALL: [SizeClass; 4] = [SizeClass::Tiny, SizeClass::Small, SizeClass::Medium, SizeClass::Large];
 
     /// The class of a `b × h` heads, `s` query rows × `sk` key rows problem.
     pub fn of(b: usize, h: usize, s: usize, sk: usize) -> SizeClass {
         let pairs = (b as u128) * (h as u128) * (s as u128) * (sk as u128);
-        if pairs < 1 << 26 {
+        if pairs < 1 << 22 {
+            SizeClass::Tiny
+        } else if pairs < 1 << 26 {
             SizeClass::Small
         } else if pairs < 1 << 30 {
             SizeClass::Medium
@@ -52,6 +56,7 @@ impl SizeClass {
 
     pub fn name(self) -> &'static str {
         match self {
+            SizeClass::Tiny => "tiny",
             SizeClass::Small => "small",
             SizeClass::Medium => "medium",
             SizeClass::Large => "large",
@@ -115,6 +120,13 @@ pub struct Schedule {
     /// `Config::a_in_smem` (absent in tables written before it existed: false).
     #[serde(default)]
     pub a_in_smem: bool,
+    /// `Config::kv_splits` (absent in tables written before split-KV existed: 1).
+    #[serde(default = "one")]
+    pub kv_splits: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Schedule {
@@ -128,6 +140,7 @@ impl Schedule {
             softmax_warps: config.softmax_warps,
             persistent: config.persistent,
             a_in_smem: config.a_in_smem,
+            kv_splits: config.kv_splits,
         }
     }
 
@@ -142,6 +155,7 @@ impl Schedule {
             softmax_warps: self.softmax_warps,
             persistent: self.persistent,
             a_in_smem: self.a_in_smem,
+            kv_splits: self.kv_splits,
             ..base
         }
     }
@@ -356,13 +370,14 @@ mod tests {
 
     #[test]
     fn size_classes_split_at_powers_of_two() {
-        assert_eq!(SizeClass::of(1, 8, 512, 512), SizeClass::Small);
+        assert_eq!(SizeClass::of(1, 8, 512, 512), SizeClass::Tiny);
         assert_eq!(SizeClass::of(1, 8, 1024, 1024), SizeClass::Small);
         assert_eq!(SizeClass::of(4, 16, 2048, 2048), SizeClass::Medium);
         assert_eq!(SizeClass::of(16, 32, 1024, 1024), SizeClass::Medium);
         assert_eq!(SizeClass::of(2, 16, 8192, 8192), SizeClass::Large);
         assert_eq!(SizeClass::of(1, 32, 16384, 16384), SizeClass::Large);
-        assert_eq!(SizeClass::of(0, 8, 512, 512), SizeClass::Small);
+        assert_eq!(SizeClass::of(0, 8, 512, 512), SizeClass::Tiny);
+        assert_eq!(SizeClass::of(1, 8, 2048, 2048), SizeClass::Small);
     }
 
     #[test]
@@ -441,12 +456,16 @@ mod tests {
     }
 
     #[test]
-    fn a_schedule_written_before_a_in_smem_existed_reads_as_without_it() {
+    fn a_schedule_written_before_a_in_smem_and_split_kv_existed_reads_as_without_them() {
         let old = r#"{"tile_m":128,"tile_n":64,"warps":4,"stages":2,"load_warps":0,"softmax_warps":0,"persistent":true}"#;
         let schedule: Schedule = serde_json::from_str(old).unwrap();
-        assert!(!schedule.a_in_smem && schedule.persistent);
+        assert!(!schedule.a_in_smem && schedule.persistent && schedule.kv_splits == 1);
         let applied = Schedule { a_in_smem: true, ..schedule }.apply(Config::default());
-        assert!(applied.a_in_smem && applied.tile_m == 128);
+        assert!(applied.a_in_smem && applied.tile_m == 128 && applied.kv_splits == 1);
+        let split = Schedule { tile_m: 32, warps: 4, kv_splits: 2, ..schedule };
+        let applied = split.apply(Config::default());
+        assert_eq!((applied.kv_splits, applied.rows_per_warp()), (2, 16));
+        assert_eq!(Schedule::of(&applied), split);
     }
 
     #[test]
