@@ -384,7 +384,7 @@ fn run_typed<T: HalfFloat>(
 
     // Timing inputs: several sets, rotated, as well as the flush below.
     let set_bytes = (shape.iter().product::<usize>() + 2 * kv_shape.iter().product::<usize>()) * 2;
-    let sets = (64usize << 20).div_ceil(set_bytes).clamp(1, 8);
+    let sets = flashcore::timing::rotating_sets(set_bytes);
     let mut rotating: Vec<(DeviceTensor<T>, DeviceTensor<T>, DeviceTensor<T>)> = vec![];
     for _ in 0..sets.saturating_sub(1) {
         let fresh = random_inputs(shape, hk, sk, T::DTYPE, rng);
@@ -398,7 +398,7 @@ fn run_typed<T: HalfFloat>(
     })
     .map_err(e)?;
     // Useful work: 4·D flops per (query, key) pair a row attends to (about half when causal).
-    let pairs: usize = (0..s).map(|row| problem.keys_seen(row)).sum();
+    let pairs = reference::attended_pairs(s, sk, cfg.causal);
     let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
     Ok(Outcome {
         err,
@@ -460,12 +460,12 @@ fn run_varlen<T: HalfFloat>(
     let mut sets = vec![];
     // Rotating input sets (about 64 MB in all), as for the dense problems.
     let set_bytes = (tq * h + 2 * tk * hk) * d * 2;
-    for _ in 0..(64usize << 20).div_ceil(set_bytes.max(1)).clamp(1, 8) {
+    for _ in 0..flashcore::timing::rotating_sets(set_bytes) {
         let (q, k, v) = (gen(tq * h * d), gen(tk * hk * d), gen(tk * hk * d));
         let dev = (upload(&q, &q_shape)?, upload(&k, &kv_shape)?, upload(&v, &kv_shape)?);
         sets.push(((q, k, v), dev));
     }
-    let mut out = upload(&vec![f64::NAN; tq * h * d], &q_shape)?;
+    let mut out = device.filled(&q_shape, T::NAN).map_err(r)?;
     let mut lse = device.filled(&[h, tq], f32::NAN).map_err(r)?;
     let scale = cfg.default_scale();
     let ((qd, kd, vd), (q, k, v)) = &sets[0];
@@ -490,24 +490,8 @@ fn run_varlen<T: HalfFloat>(
         causal: cfg.causal,
     };
     // Rows t · H + head; a sample of them when checking all would be slow.
-    let pairs = |i: usize| {
-        let (sq, sk) = (lens_q[i], lens_k[i]);
-        let dense = Problem {
-            q: &[],
-            k: &[],
-            v: &[],
-            b: 1,
-            h: 1,
-            hk: 1,
-            s: sq,
-            sk,
-            d,
-            scale: 0.0,
-            causal: cfg.causal,
-        };
-        (0..sq).map(|row| dense.keys_seen(row)).sum::<usize>()
-    };
-    let all_pairs: usize = (0..lens_q.len()).map(pairs).sum();
+    let all_pairs: usize =
+        lens_q.iter().zip(lens_k).map(|(sq, sk)| reference::attended_pairs(*sq, *sk, cfg.causal)).sum();
     let total_rows = tq * h;
     // All rows when that is cheap, else the first and last row of every sequence and head plus
     // a random sample (the budget is about 4e9 multiply-adds, as for the dense problems).

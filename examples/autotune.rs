@@ -214,7 +214,7 @@ fn prepare<T: HalfFloat>(
     };
     let mut sets = vec![(upload(&q)?, upload(&k)?, upload(&v)?)];
     // About 64 MB of inputs in all, so L2 does not hold the next launch's.
-    let extra = (64usize << 20).div_ceil(3 * n * 2).clamp(1, 8) - 1;
+    let extra = flashcore::timing::rotating_sets(3 * n * 2) - 1;
     for _ in 0..extra {
         sets.push((upload(&gen(n))?, upload(&gen(n))?, upload(&gen(n))?));
     }
@@ -230,7 +230,7 @@ fn prepare<T: HalfFloat>(
     rows.sort_unstable();
     rows.dedup();
     let want = reference::attention_rows(&problem, &rows);
-    let pairs: usize = (0..s).map(|row| problem.keys_seen(row)).sum();
+    let pairs = reference::attended_pairs(s, s, declared.causal);
     let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
     let out = device.filled(&shape, T::NAN).map_err(r)?;
     Ok(Bench { shape, sets, out, rows, want, flops })
@@ -264,8 +264,7 @@ fn try_candidate<T: HalfFloat>(
     let e = |x: flashcore::Error| x.to_string();
     let r = |x: flashcore::runtime::RuntimeError| x.to_string();
     let scale = cfg.default_scale();
-    let poison: Vec<T> = vec![T::NAN; bench.shape.iter().product()];
-    bench.out = device.upload(&poison, &bench.shape).map_err(r).map_err(fail("error"))?;
+    bench.out = device.filled(&bench.shape, T::NAN).map_err(r).map_err(fail("error"))?;
     let (q, k, v) = &bench.sets[0];
     attention::launch(device, cfg, q, k, v, &mut bench.out, None, scale, None, None)
         .map_err(e)

@@ -23,14 +23,25 @@ pub struct Problem<'a> {
     pub causal: bool,
 }
 
+/// Keys `0..n` that query row `row` of `s` attends to among `sk` (bottom-right causal or not).
+pub fn keys_seen(row: usize, s: usize, sk: usize, causal: bool) -> usize {
+    if causal {
+        (row as i64 + sk as i64 - s as i64 + 1).clamp(0, sk as i64) as usize
+    } else {
+        sk
+    }
+}
+
+/// The (query, key) pairs one head of `s` queries and `sk` keys attends to: its useful work is
+/// `4 · D` flops a pair.
+pub fn attended_pairs(s: usize, sk: usize, causal: bool) -> usize {
+    (0..s).map(|row| keys_seen(row, s, sk, causal)).sum()
+}
+
 impl Problem<'_> {
     /// Keys `0..n` that query row `row` attends to.
     pub fn keys_seen(&self, row: usize) -> usize {
-        if self.causal {
-            (row as i64 + self.sk as i64 - self.s as i64 + 1).clamp(0, self.sk as i64) as usize
-        } else {
-            self.sk
-        }
+        keys_seen(row, self.s, self.sk, self.causal)
     }
 
     /// Index of the first K/V element that query head `bh` (batch · H + head) reads.

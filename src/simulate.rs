@@ -89,23 +89,19 @@ pub fn simulate<T: HalfFloat>(
     let views: Vec<ArgView> = args
         .iter()
         .map(|arg| {
-            let (view, len) = match arg {
-                HostArg::Tensor(data, view) => (view, data.len()),
-                HostArg::TensorMut(data, view) => (view, data.len()),
-                HostArg::RowsMut(data, view) => {
-                    let (shape, strides) = (view.shape(), view.strides());
-                    return ArgView::Tensor(TensorView {
-                        dtype: "f32",
-                        shape,
-                        strides,
-                        buffer_len: data.len(),
-                    });
-                }
+            let (view, len, dtype) = match arg {
+                HostArg::Tensor(data, view) => (view, data.len(), T::NAME),
+                HostArg::TensorMut(data, view) => (view, data.len(), T::NAME),
+                HostArg::RowsMut(data, view) => (view, data.len(), "f32"),
                 HostArg::Offsets(o) => return ArgView::Offsets(o),
                 HostArg::Absent | HostArg::F32(_) => return ArgView::None,
             };
-            let (shape, strides) = (view.shape(), view.strides());
-            ArgView::Tensor(TensorView { dtype: T::NAME, shape, strides, buffer_len: len })
+            ArgView::Tensor(TensorView {
+                dtype,
+                shape: view.shape(),
+                strides: view.strides(),
+                buffer_len: len,
+            })
         })
         .collect();
     let binding = bind_shapes(k, &views)?;

@@ -3,6 +3,12 @@
 
 use crate::runtime::{Device, RuntimeError};
 
+/// How many input sets to rotate through while timing, each `set_bytes` large: enough for about
+/// 64 MB in all (more than the L2 holds, so a launch does not find its inputs cached), 1 to 8.
+pub fn rotating_sets(set_bytes: usize) -> usize {
+    (64usize << 20).div_ceil(set_bytes.max(1)).clamp(1, 8)
+}
+
 /// The median time in µs of `iters` launches after `warmup`, with CUDA events. Each timed
 /// launch follows an L2 flush (a 256 MB memset, ~0.1 ms of GPU work) so that the host enqueues
 /// the launch while the GPU is still busy: the events then bracket the kernel only. `launch(i)`

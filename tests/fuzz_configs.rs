@@ -3,8 +3,6 @@
 //! accepts must assemble with ptxas for sm_89. Nothing may panic: a rejected config is a typed
 //! error that names a field.
 
-mod common;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use flashcore::kernels::attention;

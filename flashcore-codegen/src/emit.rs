@@ -982,6 +982,15 @@ impl<'k> Emitter<'k> {
         self.plan.row_tile_region.ok_or_else(|| CodegenError::Internal("no row-tile region planned".into()))
     }
 
+    /// Split-KV: the first key of each K/V tile this warp's fragments cover, when `dim` (a
+    /// fragment's axis, or a staged tile's rows) is the key axis `TILE_N`.
+    fn split_key0(&self, dim: TileDim) -> Option<String> {
+        match (&self.th().split, dim) {
+            (Some(split), TileDim::N) => Some(split.key0.clone()),
+            _ => None,
+        }
+    }
+
     /// This warp's row-tile region: the kernel's, or with split-KV its group's (a register).
     fn own_row_tile(&self) -> Result<String, CodegenError> {
         let region = self.row_tile_offset()?;
@@ -1284,11 +1293,7 @@ impl<'k> Emitter<'k> {
         let n_pairs = n_dim.per_warp(&self.cfg) / 16;
         // The tile's rows are n (Kᵀ) or k (V); when they are keys, split-KV starts this warp's
         // rows at its group's first key.
-        let row_dim = if tile.transposed { n_dim } else { k_dim };
-        let key0 = match (&self.th().split, row_dim) {
-            (Some(split), TileDim::N) => Some(split.key0.clone()),
-            _ => None,
-        };
+        let key0 = self.split_key0(if tile.transposed { n_dim } else { k_dim });
         for kk in 0..k_slices {
             // This k-slice's A fragments: registers of `a`, or four ldmatrix'd registers per
             // 16-row block of the warp's rows.
@@ -1356,10 +1361,7 @@ impl<'k> Emitter<'k> {
         // `n` columns in the tile; this warp's fragments hold `n_warp` of them, from `key0` on
         // (split-KV), so a column index c of the fragment is key `key0 + c` of the tile.
         let (n, n_warp) = (cols.size(&self.cfg), cols.per_warp(&self.cfg));
-        let key0 = match (&self.th().split, cols) {
-            (Some(split), TileDim::N) => Some(split.key0.clone()),
-            _ => None,
-        };
+        let key0 = self.split_key0(cols);
         let (need, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_done"));
         self.w.ins(format!("setp.lt.u32 {need}, {valid}, {n}"));
         // Causal: this warp's row r sees columns up to r + SK − S (`diag` holds its first row's
@@ -1643,7 +1645,7 @@ impl<'k> Emitter<'k> {
                 for nt in 0..shape.col_blocks {
                     for e in [2 * h, 2 * h + 1] {
                         let i = shape.acc(mf, nt, e);
-                        let other = load(self, 2 * m.len + i);
+                        let other = load(self, m.len + l.len + i);
                         self.w.ins(format!("mul.f32 {0}, {0}, {alpha}", a.at(i)));
                         self.w.ins(format!("fma.rn.f32 {0}, {other}, {beta}, {0}", a.at(i)));
                     }

@@ -552,22 +552,6 @@ impl Kernel {
         }
     }
 
-    /// The sequence offsets that make runtime dim `seq` ragged, with their parameter index.
-    pub fn offsets_of(&self, seq: RtDim) -> Option<(usize, &OffsetsParam)> {
-        self.params.iter().enumerate().find_map(|(i, p)| match p {
-            Param::Offsets(o) if o.seq == seq => Some((i, o)),
-            _ => None,
-        })
-    }
-
-    /// Every sequence-offsets parameter, with its index.
-    pub fn offsets(&self) -> impl Iterator<Item = (usize, &OffsetsParam)> {
-        self.params.iter().enumerate().filter_map(|(i, p)| match p {
-            Param::Offsets(o) => Some((i, o)),
-            _ => None,
-        })
-    }
-
     /// Visits every instruction, loop bodies included, in program order (a pipeline's
     /// prologue, body, epilogue).
     pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Inst)) {
