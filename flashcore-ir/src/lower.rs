@@ -64,6 +64,8 @@ struct Lowerer {
     head_dim: Dim,
     values: Vec<ValueData>,
     scopes: Vec<HashMap<String, Binding>>,
+    /// Where the statement being lowered sits.
+    nesting: Nesting,
 }
 
 type Result<T> = std::result::Result<T, LowerError>;
@@ -138,6 +140,7 @@ impl Lowerer {
             head_dim: Dim::Lit(config.head_dim),
             values: vec![],
             scopes: vec![HashMap::new()],
+            nesting: Nesting::Top,
         };
         let mut head: Option<(Dim, String)> = None;
         for (index, decl) in program.params.iter().enumerate() {
@@ -338,6 +341,7 @@ impl Lowerer {
 
     fn stmt(&mut self, stmt: &Stmt, out: &mut Block, nesting: Nesting) -> Result<()> {
         let role = stmt.role;
+        self.nesting = nesting;
         match &stmt.kind {
             StmtKind::Let { name, mutable, value } => {
                 if nesting == Nesting::Top {
@@ -421,6 +425,7 @@ impl Lowerer {
                 }
                 let mut inner = Block::default();
                 self.block(body, &mut inner, Nesting::Tiles)?;
+                self.nesting = nesting;
                 self.scopes.pop();
                 out.insts.push(Inst {
                     op: Op::Tiles {
@@ -455,6 +460,7 @@ impl Lowerer {
                 self.bind(var, Binding::Value(v));
                 let mut inner = Block::default();
                 self.block(body, &mut inner, Nesting::Pipeline)?;
+                self.nesting = nesting;
                 self.scopes.pop();
                 out.insts.push(Inst {
                     op: Op::Pipeline {
@@ -677,6 +683,12 @@ impl Lowerer {
                 dst
             }
             ExprKind::Load(target) => {
+                if self.nesting != Nesting::Tiles {
+                    return err(
+                        span,
+                        "`load` reads a tile into registers once per work item: put it in the `tiles(..)` loop body, not in `pipeline(..)` (tiles read every iteration are staged with `stage(..)`)",
+                    );
+                }
                 let src = self.tile_access(target, false)?;
                 self.check_rows(target, &src, TileDim::M)?;
                 let elem = Elem::half(self.dtype);

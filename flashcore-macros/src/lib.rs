@@ -3,6 +3,8 @@
 //! and expands it into a kernel type with `program`, `ir`, `ptx`, `compile` and a typed `launch`.
 
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod generate;
 mod parse;
 

@@ -88,6 +88,21 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         if let Some(d) = i.op.def() {
             owner.insert(d, side);
         }
+        // The softmax warps hold row statistics, scores and probabilities in registers; the
+        // staged K/V tiles and the tensor-core work are the compute warps'.
+        if side == Side::Softmax {
+            let reads_stage = i.op.uses().iter().any(|u| matches!(kernel.ty(*u), Type::Smem { .. }));
+            if reads_stage || matches!(i.op, Op::Mma { .. }) {
+                return Err(LowerError::new(
+                    i.span,
+                    format!(
+                        "this statement runs on the softmax warps (`#[role(softmax)]` with softmax_warps = {}), which neither read staged tiles nor run `mma`: give it `#[role(compute)]`",
+                        kernel.config.softmax_warps
+                    ),
+                )
+                .into());
+            }
+        }
         sides.push(side);
     }
 
