@@ -1010,6 +1010,9 @@ impl<'k> Emitter<'k> {
         let (warp_row0, lane) = (self.th().warp_row0.clone(), self.th().lane.clone());
         let lanes = Team { index: lane, threads: 32 };
         let valid = self.valid_rows(src, None);
+        // Lanes may still be reading these rows (the previous work item's O store) when others
+        // start copying into them: the warp converges first.
+        self.w.ins("bar.warp.sync 0xffffffff");
         self.copy_tile_async(&global, &region, Some(&warp_row0), self.cfg.rows_per_warp(), &lanes, &valid);
         self.w.ins("cp.async.commit_group");
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
@@ -1744,6 +1747,9 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("shl.b32 {quad_bytes}, {quad_lane}, 2"));
         // The swizzle key of rows 16 mf + 8 h + g: g % P (warp_row0 is a multiple of 16).
         let row_key = self.swizzle_key(&group);
+        // The warp read these rows before (its Q fragments, by ldmatrix); every lane's reads
+        // are done before any lane overwrites them (racecheck flags it otherwise).
+        self.w.ins("bar.warp.sync 0xffffffff");
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let row = self.w.temp(RegClass::B32);
