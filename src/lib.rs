@@ -34,6 +34,7 @@ extern crate self as flashcore;
 pub mod kernels;
 pub mod layout;
 pub mod npy;
+pub mod numerics;
 pub mod plan;
 pub mod ptxas;
 pub mod reference;
@@ -202,6 +203,14 @@ pub fn tolerance(dtype: DType) -> f64 {
     match dtype {
         DType::F16 => 2e-3,
         DType::Bf16 => 1.6e-2,
+    }
+}
+
+/// `x` rounded to the nearest value of `dtype` (ties to even).
+pub fn round_to(dtype: DType, x: f64) -> f64 {
+    match dtype {
+        DType::F16 => f16::from_f64(x).to_f64(),
+        DType::Bf16 => bf16::from_f64(x).to_f64(),
     }
 }
 
@@ -384,8 +393,13 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
         }
     }
     let dims: Vec<u64> = bound.iter().map(|b| b.as_ref().map(|(s, _)| *s).unwrap_or(0)).collect();
-    if let Some((i, d)) = dims.iter().enumerate().find(|(_, d)| **d > u32::MAX as u64) {
-        return Err(bad("(shapes)", format!("`{}` = {d} does not fit in 32 bits", kernel.dims[i])));
+    // The kernel indexes rows and work items in 32-bit registers, a tile past the last row
+    // included: sizes up to 2³¹ - 1 leave that headroom.
+    if let Some((i, d)) = dims.iter().enumerate().find(|(_, d)| **d > i32::MAX as u64) {
+        return Err(bad(
+            "(shapes)",
+            format!("`{}` = {d} is over 2^31 - 1, the largest size 32-bit indexing allows", kernel.dims[i]),
+        ));
     }
     // Grouped K/V heads: `to` (HKV) must divide `of` (H).
     let mut groups = vec![];
@@ -417,6 +431,15 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
             work_items = Some(items.product::<u64>());
         }
     });
+    if work_items.is_some_and(|w| w > i32::MAX as u64) {
+        return Err(bad(
+            "(shapes)",
+            format!(
+                "{} work items (B · H · S / TILE_M tiles) is over 2^31 - 1, the most 32-bit indexing allows",
+                work_items.unwrap_or(0)
+            ),
+        ));
+    }
     Ok(Binding {
         dims: dims.iter().map(|d| *d as u32).collect(),
         work_items: work_items.unwrap_or(0),

@@ -161,10 +161,70 @@ fn invalid_run_time_configs_name_the_field() {
         (Config { load_warps: 9, ..attention::CONFIG }, "load_warps = 9"),
         (Config { load_warps: 1, softmax_warps: 5, ..attention::CONFIG }, "softmax_warps = 5"),
         (Config { softmax_warps: 1, ..attention::CONFIG }, "softmax_warps = 1"),
+        // 64 rows of D = 256 per warp: 512 accumulator registers a thread.
+        (Config { warps: 1, ..attention::CONFIG.with_head_dim(256) }, "over the 255 a thread has"),
     ] {
         let err = attention::ptx(&config).unwrap_err().to_string();
         assert!(err.contains(want), "expected `{want}` in: {err}");
     }
+}
+
+/// Sizes the kernel's 32-bit row and work-item indexing cannot hold are errors, not wrapped
+/// offsets (no buffer is needed to see it: binding checks the shapes alone).
+#[test]
+fn sizes_past_32_bit_indexing_are_rejected() {
+    let long: &[usize] = &[1, 1, 1 << 31, 64];
+    let views = |shape: &'static [usize], strides: &'static [usize]| TensorView {
+        dtype: "f16",
+        shape,
+        strides,
+        buffer_len: usize::MAX,
+    };
+    let v = views(long, &[0, 0, 64, 1]);
+    let err = bind_views(&attention::CONFIG, [v, v, v, v]).unwrap_err().to_string();
+    assert!(err.contains("`S` = 2147483648 is over 2^31 - 1"), "{err}");
+    // Every size and stride fits, but B · H · S/64 = 2^31 work items do not.
+    let wide: &[usize] = &[1 << 13, 1 << 8, 1 << 16, 64];
+    let v = views(wide, &[1 << 30, 1 << 22, 64, 1]);
+    let err = bind_views(&attention::CONFIG, [v, v, v, v]).unwrap_err().to_string();
+    assert!(err.contains("2147483648 work items") && err.contains("over 2^31 - 1"), "{err}");
+}
+
+/// Arguments of the wrong kind or number, through the same checks as `launch` (here the
+/// simulator's entry, which needs no GPU).
+#[test]
+fn arguments_of_the_wrong_kind_or_number_are_errors_naming_them() {
+    use flashcore::simulate::{simulate, HostArg, HostView, SimDevice};
+    let kernel = attention::compile(&attention::CONFIG).unwrap();
+    let shape = [1, 1, 64, 64];
+    let data = vec![flashcore::f16::ZERO; 64 * 64];
+    let mut out = data.clone();
+    let view = || HostView::contiguous(&shape);
+    let err = simulate(
+        &kernel,
+        &mut [
+            HostArg::Tensor(&data, view()),
+            HostArg::Tensor(&data, view()),
+            HostArg::Tensor(&data, view()),
+            HostArg::Tensor(&data, view()),
+            HostArg::Absent,
+            HostArg::F32(0.125),
+            HostArg::Absent,
+            HostArg::Absent,
+        ],
+        &SimDevice::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("argument `o`: expected a mutable output tensor"), "{err}");
+    let err = simulate(
+        &kernel,
+        &mut [HostArg::Tensor(&data, view()), HostArg::TensorMut(&mut out, view())],
+        &SimDevice::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("expected 8 arguments, got 2") || err.contains("argument `k`"), "{err}");
 }
 
 #[test]

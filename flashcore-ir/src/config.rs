@@ -14,6 +14,9 @@ pub const MMA_M: u32 = 16;
 pub const MMA_N: u32 = 8;
 pub const MMA_K: u32 = 16;
 
+/// Registers a thread may use on sm_80 and later.
+pub const MAX_REGISTERS: u32 = 255;
+
 /// Most shared-memory buffers per staged tile the pipeline pass allocates.
 pub const MAX_STAGES: u32 = 4;
 
@@ -203,6 +206,21 @@ impl Config {
         }
         if !(1..=MAX_STAGES).contains(&self.stages) {
             return bad("stages", self.stages, format!("must be between 1 and {MAX_STAGES}"));
+        }
+        // A warp's O accumulator and score tile are f32 fragments live at once, spread over its
+        // 32 lanes; past the 255 registers a thread has, every access would go to local memory.
+        let (o_regs, s_regs) =
+            (self.rows_per_warp() * self.head_dim / 32, self.rows_per_warp() * self.keys_per_warp() / 32);
+        if o_regs + s_regs > MAX_REGISTERS {
+            return bad(
+                "tile_m",
+                self.tile_m,
+                format!(
+                    "gives each warp {} rows, whose O accumulator ({o_regs}) and scores ({s_regs}) need {} f32 registers a thread, over the {MAX_REGISTERS} a thread has: use more warps, a smaller tile_m or a smaller tile_n",
+                    self.rows_per_warp(),
+                    o_regs + s_regs
+                ),
+            );
         }
         Ok(())
     }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, PushKernelArg, ValidAsZeroBits,
 };
 
+/// The stream a [`TensorArg`] is asked for its pointer on (for tensors from other libraries).
+pub use cudarc::driver::CudaStream;
 pub use half::{bf16, f16};
 
 /// How long `synchronize` and synchronous launches wait before reporting a hang (the default
