@@ -19,7 +19,7 @@ use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::tuning::{Source, Table};
-use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat, Layout};
+use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, Layout};
 
 /// Largest difference from float64 a log-sum-exp may have (f32 statistics of the same scores:
 /// about 1e-6 · |LSE| in practice).
@@ -239,14 +239,6 @@ struct Inputs {
     q: Vec<f64>,
     k: Vec<f64>,
     v: Vec<f64>,
-}
-
-/// `x` rounded to the nearest value of `dtype`.
-fn round_to(dtype: DType, x: f64) -> f64 {
-    match dtype {
-        DType::F16 => f16::from_f64(x).to_f64(),
-        DType::Bf16 => bf16::from_f64(x).to_f64(),
-    }
 }
 
 impl Inputs {

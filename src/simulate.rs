@@ -216,20 +216,65 @@ fn check_typed<T: HalfFloat>(
     let AttentionShape { b, h, hk, s, sk } = shape;
     let d = kernel.kernel.config.head_dim as usize;
     let mut rng = Rng::new(seed ^ 0x5eed);
-    let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal())).collect::<Vec<_>>();
+    let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal()).to_f64()).collect::<Vec<_>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
+    let start = std::time::Instant::now();
+    let run = run_typed::<T>(kernel, shape, layout, [&q, &k, &v], device)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let causal = kernel.kernel.config.causal;
+    let scale = kernel.kernel.config.default_scale() as f64;
+    let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal };
+    let rows: Vec<usize> = (0..b * h * s).collect();
+    let (want, want_lse) = reference::attention_rows_lse(&problem, &rows);
+    let err = reference::compare(&run.out, &want);
+    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&run.lse, &want_lse);
+    Ok(AttentionCheck { err, lse_max_abs, lse_mismatched, stats: run.stats, seconds })
+}
+
+/// What [`run_attention`] returns: the output `[B, H, S, D]` and log-sum-exp `[B, H, S]`.
+pub struct AttentionRun {
+    pub out: Vec<f64>,
+    pub lse: Vec<f64>,
+    pub stats: Stats,
+}
+
+/// Runs an attention kernel with the standard signature on the given inputs (logical
+/// `[B, H, S, D]` / `[B, HKV, SK, D]`, converted to the kernel's element type and stored in
+/// `layout`), scale 1/√D, outputs poisoned with NaN first.
+pub fn run_attention(
+    kernel: &CompiledKernel,
+    shape: AttentionShape,
+    layout: crate::Layout,
+    inputs: [&[f64]; 3],
+    device: &SimDevice,
+) -> Result<AttentionRun, Error> {
+    match kernel.kernel.config.dtype {
+        DType::F16 => run_typed::<f16>(kernel, shape, layout, inputs, device),
+        DType::Bf16 => run_typed::<bf16>(kernel, shape, layout, inputs, device),
+    }
+}
+
+fn run_typed<T: HalfFloat>(
+    kernel: &CompiledKernel,
+    shape: AttentionShape,
+    layout: crate::Layout,
+    [q, k, v]: [&[f64]; 3],
+    device: &SimDevice,
+) -> Result<AttentionRun, Error> {
+    let AttentionShape { b, h, hk, s, sk } = shape;
+    let d = kernel.kernel.config.head_dim as usize;
+    let typed = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
     let scale = kernel.kernel.config.default_scale();
     let (q_shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
     let view = |shape: [usize; 4]| HostView::strided(&shape, &layout.strides(shape));
     let mut o = vec![T::NAN; b * h * s * d];
     let mut lse = vec![f32::NAN; b * h * s];
-    let start = std::time::Instant::now();
     let stats = simulate(
         kernel,
         &mut [
-            HostArg::Tensor(&layout.store(&q, q_shape), view(q_shape)),
-            HostArg::Tensor(&layout.store(&k, kv_shape), view(kv_shape)),
-            HostArg::Tensor(&layout.store(&v, kv_shape), view(kv_shape)),
+            HostArg::Tensor(&layout.store(&typed(q), q_shape), view(q_shape)),
+            HostArg::Tensor(&layout.store(&typed(k), kv_shape), view(kv_shape)),
+            HostArg::Tensor(&layout.store(&typed(v), kv_shape), view(kv_shape)),
             HostArg::TensorMut(&mut o, view(q_shape)),
             HostArg::RowsMut(&mut lse, HostView::contiguous(&[b, h, s])),
             HostArg::F32(scale),
@@ -238,18 +283,8 @@ fn check_typed<T: HalfFloat>(
         ],
         device,
     )?;
-    let seconds = start.elapsed().as_secs_f64();
-    let o = layout.load(&o, q_shape);
-    let f64s = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
-    let (qd, kd, vd) = (f64s(&q), f64s(&k), f64s(&v));
-    let causal = kernel.kernel.config.causal;
-    let problem = Problem { q: &qd, k: &kd, v: &vd, b, h, hk, s, sk, d, scale: scale as f64, causal };
-    let rows: Vec<usize> = (0..b * h * s).collect();
-    let (want, want_lse) = reference::attention_rows_lse(&problem, &rows);
-    let err = reference::compare(&f64s(&o), &want);
-    let got_lse: Vec<f64> = lse.iter().map(|x| *x as f64).collect();
-    let (lse_max_abs, lse_mismatched) = reference::compare_lse(&got_lse, &want_lse);
-    Ok(AttentionCheck { err, lse_max_abs, lse_mismatched, stats, seconds })
+    let out = layout.load(&o, q_shape).iter().map(|x| x.to_f64()).collect();
+    Ok(AttentionRun { out, lse: lse.iter().map(|x| *x as f64).collect(), stats })
 }
 
 /// Like [`check_attention`] for a variable-length batch: sequence `i` has `lens_q[i]` query and

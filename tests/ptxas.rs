@@ -1,8 +1,6 @@
 //! Every snapshot configuration assembles with ptxas for sm_89 (L4) and sm_90 (H100) with no
 //! spills, within the register and shared-memory budget. With `CI` set, a missing ptxas fails.
 
-mod common;
-
 use flashcore::kernels::attention;
 
 /// Largest dynamic shared memory per CTA on sm_89 (L4): 99 KiB.
@@ -25,7 +23,7 @@ fn ptxas_or_skip() -> Option<std::path::PathBuf> {
 #[test]
 fn snapshot_configs_assemble_without_spills_within_budget() {
     let Some(ptxas) = ptxas_or_skip() else { return };
-    for (name, config) in common::snapshot_configs() {
+    for (name, config) in flashcore::kernels::reference_configs() {
         let compiled = attention::compile(&config).unwrap();
         assert!(
             compiled.ptx.shared_bytes <= SM89_SHARED_LIMIT,

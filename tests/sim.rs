@@ -2,8 +2,6 @@
 //! shapes (one to a few CTAs, S from 64 to 256 with a tail) under several schedules, and checked
 //! against the float64 reference.
 
-mod common;
-
 use flashcore::kernels::attention;
 use flashcore::simulate::{check_attention, AttentionCheck, AttentionShape, Options, SimDevice};
 use flashcore::Layout;
@@ -59,7 +57,7 @@ const CASES: [((usize, usize, usize, usize), u64, u32); 3] =
 #[test]
 fn every_snapshot_config_runs_correctly_in_the_simulator() {
     let (mut lane_instructions, mut secs) = (0, 0.0);
-    for (name, config) in common::snapshot_configs() {
+    for (name, config) in flashcore::kernels::reference_configs() {
         for (shape, seed, slice) in CASES {
             let (n, t) = run_case(name, &config, shape, shape.1, Layout::Bhsd, seed, slice);
             lane_instructions += n;

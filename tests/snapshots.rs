@@ -1,8 +1,6 @@
 //! Snapshot tests: the IR and the PTX of the example kernel at each snapshot configuration,
 //! pinned in `tests/snapshots/` and reviewed like code (`cargo insta review` after a change).
 
-mod common;
-
 use flashcore::kernels::attention;
 
 fn check_ir(name: &str, config: &flashcore::Config) {
@@ -17,7 +15,7 @@ fn check_ptx(name: &str, config: &flashcore::Config) {
 
 #[test]
 fn ir_snapshots() {
-    for (name, config) in common::snapshot_configs() {
+    for (name, config) in flashcore::kernels::reference_configs() {
         check_ir(name, &config);
     }
 }
@@ -25,7 +23,7 @@ fn ir_snapshots() {
 /// The IR after lowering and after each pass, for one config per pipeline shape.
 #[test]
 fn ir_after_each_pass_snapshots() {
-    for (name, config) in common::snapshot_configs() {
+    for (name, config) in flashcore::kernels::reference_configs() {
         if !matches!(
             name,
             "d64"
@@ -51,7 +49,7 @@ fn ir_after_each_pass_snapshots() {
 
 #[test]
 fn ptx_snapshots() {
-    for (name, config) in common::snapshot_configs() {
+    for (name, config) in flashcore::kernels::reference_configs() {
         check_ptx(name, &config);
     }
 }

@@ -42,6 +42,8 @@ fn the_readme_kernel_is_the_standard_kernel() {
     let kernels = std::fs::read_to_string(root.join("src/kernels.rs")).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let kernel = &kernels[kernels.find("#[flash_kernel(").expect("a kernel in src/kernels.rs")..];
+    // The kernel function ends at its first closing brace in column 0.
+    let kernel = &kernel[..kernel.find("\n}\n").expect("the kernel's closing brace") + 2];
     let start = readme.find("```rust\n#[flash_kernel(").expect("a kernel in README.md") + "```rust\n".len();
     let end = start + readme[start..].find("```").expect("closing fence");
     assert_eq!(readme[start..end].trim(), kernel.trim(), "README.md's kernel differs from src/kernels.rs");
