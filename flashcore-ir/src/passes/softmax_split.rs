@@ -10,6 +10,8 @@
 //! the compute side if both do), and a statement that reads the O accumulator (a `[TILE_M, D]`
 //! tile) runs on the compute side: the big tile never moves, the scores, the probabilities and
 //! the row statistics do. A conversion to f16 runs where its source lives, so P crosses as f16.
+//! A statement left on the softmax side that runs an `mma` or reads a staged tile is an error at
+//! its span: the softmax warps hold neither the stages nor the tensor-core work.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
