@@ -733,9 +733,14 @@ fn pat_ident(p: &syn::Pat) -> R<String> {
 }
 
 fn lit_f32(l: &syn::Lit) -> R<f32> {
-    match l {
-        syn::Lit::Float(f) => f.base10_parse(),
-        syn::Lit::Int(i) => Ok(i.base10_parse::<i64>()? as f32),
-        other => error(other, "expected a number"),
+    let value = match l {
+        syn::Lit::Float(f) => f.base10_parse::<f32>()?,
+        syn::Lit::Int(i) => i.base10_parse::<i64>()? as f32,
+        other => return error(other, "expected a number"),
+    };
+    // Constants are f32 in the kernel (and f32 literals in the expansion, which must be finite).
+    if !value.is_finite() {
+        return error(l, "this constant is out of the range of f32 (at most about 3.4e38)");
     }
+    Ok(value)
 }
