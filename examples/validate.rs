@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::process::ExitCode;
 
-use flashcore::kernels::{attention, reference_configs};
+use flashcore::kernels::{attention, reference_config, reference_configs};
 use flashcore::reference::{self, Problem, Rng, VarlenProblem};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, SeqOffsets};
@@ -137,7 +137,7 @@ fn launch_once<T: HalfFloat>(device: &Device, cfg: &Config, t: &mut OnDevice<T>)
 }
 
 fn config_named(name: &str) -> Result<Config, String> {
-    reference_configs().into_iter().find(|(n, _)| *n == name).map(|(_, c)| c).ok_or_else(|| {
+    reference_config(name).ok_or_else(|| {
         let names: Vec<_> = reference_configs().iter().map(|(n, _)| *n).collect();
         format!("no reference config `{name}`; they are: {}", names.join(", "))
     })

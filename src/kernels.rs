@@ -133,3 +133,8 @@ pub fn reference_configs() -> Vec<(&'static str, Config)> {
         ),
     ]
 }
+
+/// The reference configuration called `name` (see [`reference_configs`]).
+pub fn reference_config(name: &str) -> Option<Config> {
+    reference_configs().into_iter().find(|(n, _)| *n == name).map(|(_, c)| c)
+}
