@@ -79,6 +79,11 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
             Op::Assign { dst, .. } => var_side(*dst),
             // A conversion runs where its source lives: P crosses as f16, half the bytes.
             Op::ToHalf { src, .. } => owner.get(src).copied().unwrap_or(Side::Compute),
+            // The stage ring's views, waits, releases and counter are the compute warps', even
+            // when the pipeline pass gave a release the role of the statement it follows.
+            Op::StageView { .. } | Op::MbarWait { .. } | Op::MbarArrive { .. } | Op::CounterNext { .. } => {
+                Side::Compute
+            }
             _ if i.role == Some(Role::Softmax) => Side::Softmax,
             _ => Side::Compute,
         };
@@ -106,6 +111,16 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
             }
         }
         sides.push(side);
+    }
+    if !sides.contains(&Side::Softmax) {
+        return Err(LowerError::new(
+            body.insts[pipeline_at].span,
+            format!(
+                "softmax_warps = {} but no statement of this loop runs on them: give the softmax (row max, exp2, row sum) `#[role(softmax)]`",
+                kernel.config.softmax_warps
+            ),
+        )
+        .into());
     }
 
     // Renamed loop variables for the softmax side.
