@@ -6,7 +6,8 @@
 //!
 //! CI runs `CASES_IN_CI` inputs; `FLASHCORE_FUZZ_MACRO=N cargo test --release -p flashcore-macros
 //! fuzz -- --nocapture` runs a campaign of N (spread over threads; each thread parses its own
-//! seeds because proc-macro2's span table is per thread).
+//! seeds because proc-macro2's span table is per thread); `FLASHCORE_FUZZ_SEED=S` draws another
+//! stream of inputs.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -587,8 +588,12 @@ fn the_macro_never_panics_and_every_error_is_spanned() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let started = std::time::Instant::now();
     // Batches of at most 5,000 per thread: each thread's span table grows with what it parses.
-    let batches: Vec<(u64, usize)> =
-        (0..total.div_ceil(5000)).map(|i| (0xF1A5_0000 + i as u64, 5000.min(total - i * 5000))).collect();
+    // FLASHCORE_FUZZ_SEED picks another stream of inputs (the default is CI's).
+    let seed: u64 =
+        std::env::var("FLASHCORE_FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(0xF1A5_0000);
+    let batches: Vec<(u64, usize)> = (0..total.div_ceil(5000))
+        .map(|i| (seed.wrapping_add(i as u64), 5000.min(total - i * 5000)))
+        .collect();
     let mut sum = Tally::default();
     for chunk in batches.chunks(threads) {
         let handles: Vec<_> =
@@ -603,7 +608,7 @@ fn the_macro_never_panics_and_every_error_is_spanned() {
         }
     }
     eprintln!(
-        "macro fuzz: {} inputs ({} distinct): {} expanded into kernels, {} compile errors at the user's tokens, {} at the attribute; 0 panics, 0 internal errors ({:.0} s)",
+        "macro fuzz (seed {seed}): {} inputs ({} distinct): {} expanded into kernels, {} compile errors at the user's tokens, {} at the attribute; 0 panics, 0 internal errors ({:.0} s)",
         sum.cases,
         sum.distinct,
         sum.expanded,
