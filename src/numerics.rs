@@ -28,9 +28,9 @@ pub enum Expected {
     Nan,
     Inf(f64),
     /// Finite in exact arithmetic, but a NaN or Inf sits in a key the causal mask hides from
-    /// this row: SDPA's math backend spreads it (its mask is added to the scores, and P·V
-    /// multiplies it by 0), FlashAttention and FlashCore do within the key tile they process
-    /// (0 · NaN in the P·V mma) and not beyond. Either is accepted; a finite value must be close.
+    /// this row: PyTorch SDPA spreads it to every row (P·V multiplies it by 0), FlashCore to the
+    /// rows whose Q tile processes that key's tile (0 · NaN in the P·V mma), not beyond. Either
+    /// is accepted; a finite value must be close.
     Either(f64),
 }
 
