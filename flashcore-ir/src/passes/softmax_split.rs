@@ -76,7 +76,9 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
     let mut sides: Vec<Side> = vec![];
     for i in &loop_body.insts {
         let mut side = match &i.op {
-            Op::Assign { dst, .. } => var_side(*dst),
+            // A variable declared inside the loop lives where its declaration runs; one carried
+            // across iterations, on the side that assigns it.
+            Op::Assign { dst, .. } => owner.get(dst).copied().unwrap_or_else(|| var_side(*dst)),
             // A conversion runs where its source lives: P crosses as f16, half the bytes.
             Op::ToHalf { src, .. } => owner.get(src).copied().unwrap_or(Side::Compute),
             // The stage ring's views, waits, releases and counter are the compute warps', even
@@ -91,6 +93,22 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
             && i.op.uses().iter().any(|u| is_accumulator(kernel, *u) && side_of(*u, &owner) == Side::Compute)
         {
             side = Side::Compute;
+        }
+        // An assignment runs where its variable lives; one that must move (it reads the O
+        // accumulator, which stays on the compute warps) would split the variable in two.
+        if let Op::Assign { dst, .. } = &i.op {
+            let lives = owner.get(dst).copied().unwrap_or_else(|| var_side(*dst));
+            if side != lives {
+                return Err(LowerError::new(
+                    i.span,
+                    format!(
+                        "`{}` lives on the {} warps, but this assignment reads the O accumulator, which stays on the compute warps: declare `{0}` outside `#[role(softmax)]`",
+                        kernel.value(*dst).name,
+                        if lives == Side::Softmax { "softmax" } else { "compute" },
+                    ),
+                )
+                .into());
+            }
         }
         if let Some(d) = i.op.def() {
             owner.insert(d, side);
