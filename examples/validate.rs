@@ -95,12 +95,12 @@ impl Inputs {
     }
 }
 
-/// The inputs on the device, and the output (poisoned with NaN before each launch).
+/// The inputs on the device, and the shape of q and the output.
 struct OnDevice<T: HalfFloat> {
     q: DeviceTensor<T>,
     k: DeviceTensor<T>,
     v: DeviceTensor<T>,
-    out: DeviceTensor<T>,
+    shape: Vec<usize>,
     offsets: Option<flashcore::DeviceSeqOffsets>,
 }
 
@@ -116,24 +116,18 @@ fn to_device<T: HalfFloat>(device: &Device, inputs: &Inputs) -> Result<OnDevice<
             Some(o.upload(device).map_err(|e| e.to_string())?)
         }
     };
-    Ok(OnDevice {
-        q: up(&inputs.q)?,
-        k: up(&inputs.k)?,
-        v: up(&inputs.v)?,
-        out: device.filled(&shape, T::NAN).map_err(r)?,
-        offsets,
-    })
+    Ok(OnDevice { q: up(&inputs.q)?, k: up(&inputs.k)?, v: up(&inputs.v)?, shape, offsets })
 }
 
-/// Poisons the output, launches once, waits, and returns the output's raw values.
-fn launch_once<T: HalfFloat>(device: &Device, cfg: &Config, t: &mut OnDevice<T>) -> Result<Vec<T>, String> {
+/// Launches once into a fresh output poisoned with NaN, waits, and returns its raw values.
+fn launch_once<T: HalfFloat>(device: &Device, cfg: &Config, t: &OnDevice<T>) -> Result<Vec<T>, String> {
     let r = |e: flashcore::runtime::RuntimeError| e.to_string();
-    t.out = device.filled(t.out.shape(), T::NAN).map_err(r)?;
+    let mut out = device.filled(&t.shape, T::NAN).map_err(r)?;
     let scale = cfg.default_scale();
     let offsets = t.offsets.as_ref();
-    attention::launch(device, cfg, &t.q, &t.k, &t.v, &mut t.out, None, scale, offsets, offsets)
+    attention::launch(device, cfg, &t.q, &t.k, &t.v, &mut out, None, scale, offsets, offsets)
         .map_err(|e| e.to_string())?;
-    device.download(&t.out).map_err(r)
+    device.download(&out).map_err(r)
 }
 
 fn config_named(name: &str) -> Result<Config, String> {
@@ -152,8 +146,8 @@ fn run<T: HalfFloat>(
     seed: u64,
 ) -> Result<String, String> {
     let inputs = Inputs::random(cfg, dims, seed);
-    let mut t = to_device::<T>(device, &inputs)?;
-    let got: Vec<f64> = launch_once(device, cfg, &mut t)?.iter().map(|x| x.to_f64()).collect();
+    let t = to_device::<T>(device, &inputs)?;
+    let got: Vec<f64> = launch_once(device, cfg, &t)?.iter().map(|x| x.to_f64()).collect();
     let err = reference::compare(&got, &inputs.reference(cfg));
     let line = format!(
         "{name} {:?}: rel err {:.3e}, {} non-finite",
@@ -189,17 +183,17 @@ fn determinism<T: HalfFloat>(
     runs: usize,
 ) -> Result<String, String> {
     let inputs = Inputs::random(cfg, dims, 0xD5 ^ dims.2 as u64);
-    let mut t = to_device::<T>(device, &inputs)?;
-    let first = launch_once(device, cfg, &mut t)?;
+    let t = to_device::<T>(device, &inputs)?;
+    let first = launch_once(device, cfg, &t)?;
     let hash = hash_of(&first);
     let mut differing = 0;
     for _ in 1..runs {
-        if hash_of(&launch_once(device, cfg, &mut t)?) != hash {
+        if hash_of(&launch_once(device, cfg, &t)?) != hash {
             differing += 1;
         }
     }
     let twin = Config { persistent: !cfg.persistent, ..*cfg };
-    let other = launch_once(device, &twin, &mut t)?;
+    let other = launch_once(device, &twin, &t)?;
     let twin_bitwise = hash_of(&other) == hash;
     let max_diff = first.iter().zip(&other).map(|(a, b)| (a.to_f64() - b.to_f64()).abs()).fold(0.0, f64::max);
     let err =
@@ -237,8 +231,8 @@ fn numerics(device: &Device, name: &str, cfg: &Config, dir: &Path) -> Result<Vec
     for case in flashcore::numerics::cases([b, h, s, d], s, cfg.dtype, 0xED6E) {
         let inputs =
             Inputs { b, h, s, d, lens: None, q: case.q.clone(), k: case.k.clone(), v: case.v.clone() };
-        let mut t = to_device::<f16>(device, &inputs)?;
-        let got: Vec<f64> = launch_once(device, cfg, &mut t)?.iter().map(|x| x.to_f64()).collect();
+        let t = to_device::<f16>(device, &inputs)?;
+        let got: Vec<f64> = launch_once(device, cfg, &t)?.iter().map(|x| x.to_f64()).collect();
         let want = flashcore::numerics::expected(&case, cfg.default_scale() as f64, cfg.causal);
         let c = flashcore::numerics::compare(&got, &want);
         let ok = c.wrong_kind == 0 && c.finite_rel_err < tolerance(cfg.dtype);

@@ -216,7 +216,7 @@ fn check_typed<T: HalfFloat>(
     let AttentionShape { b, h, hk, s, sk } = shape;
     let d = kernel.kernel.config.head_dim as usize;
     let mut rng = Rng::new(seed ^ 0x5eed);
-    let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal()).to_f64()).collect::<Vec<_>>();
+    let mut gen = |n: usize| (0..n).map(|_| crate::round_to(T::DTYPE, rng.normal())).collect::<Vec<_>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
     let start = std::time::Instant::now();
     let run = run_typed::<T>(kernel, shape, layout, [&q, &k, &v], device)?;

@@ -174,18 +174,18 @@ fn invalid_run_time_configs_name_the_field() {
 #[test]
 fn sizes_past_32_bit_indexing_are_rejected() {
     let long: &[usize] = &[1, 1, 1 << 31, 64];
-    let views = |shape: &'static [usize], strides: &'static [usize]| TensorView {
+    let view = |shape: &'static [usize], strides: &'static [usize]| TensorView {
         dtype: "f16",
         shape,
         strides,
         buffer_len: usize::MAX,
     };
-    let v = views(long, &[0, 0, 64, 1]);
+    let v = view(long, &[0, 0, 64, 1]);
     let err = bind_views(&attention::CONFIG, [v, v, v, v]).unwrap_err().to_string();
     assert!(err.contains("`S` = 2147483648 is over 2^31 - 1"), "{err}");
     // Every size and stride fits, but B · H · S/64 = 2^31 work items do not.
     let wide: &[usize] = &[1 << 13, 1 << 8, 1 << 16, 64];
-    let v = views(wide, &[1 << 30, 1 << 22, 64, 1]);
+    let v = view(wide, &[1 << 30, 1 << 22, 64, 1]);
     let err = bind_views(&attention::CONFIG, [v, v, v, v]).unwrap_err().to_string();
     assert!(err.contains("2147483648 work items") && err.contains("over 2^31 - 1"), "{err}");
 }

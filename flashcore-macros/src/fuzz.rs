@@ -64,15 +64,10 @@ fn seeds() -> Vec<Input> {
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let file = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for item in file.items {
-            let syn::Item::Fn(mut f) = item else { continue };
-            let Some(at) = f.attrs.iter().position(|a| a.path().is_ident("flash_kernel")) else { continue };
-            let attr = match &f.attrs.remove(at).meta {
-                syn::Meta::List(list) => list.tokens.clone(),
-                _ => TokenStream::new(),
-            };
-            seeds.push(Input { attr, item: f.to_token_stream() });
-        }
+        seeds.extend(file.items.into_iter().filter_map(|item| match item {
+            syn::Item::Fn(f) => macro_input(f),
+            _ => None,
+        }));
     }
     assert!(seeds.len() >= 15, "expected the repository's kernels as seeds, found {}", seeds.len());
     seeds
@@ -491,15 +486,21 @@ fn random_kernel(rng: &mut Rng) -> String {
     )
 }
 
-/// Splits `#[flash_kernel(ATTR)] fn ..` source into the macro's two inputs.
-fn split_input(source: &str) -> Input {
-    let f: syn::ItemFn = syn::parse_str(source).unwrap_or_else(|e| panic!("generated kernel: {e}\n{source}"));
-    let mut f = f;
-    let attr = match &f.attrs.remove(0).meta {
+/// The macro's two inputs for a function with a `#[flash_kernel(..)]` attribute: the
+/// attribute's arguments and the function without it.
+fn macro_input(mut f: syn::ItemFn) -> Option<Input> {
+    let at = f.attrs.iter().position(|a| a.path().is_ident("flash_kernel"))?;
+    let attr = match &f.attrs.remove(at).meta {
         syn::Meta::List(list) => list.tokens.clone(),
         _ => TokenStream::new(),
     };
-    Input { attr, item: f.to_token_stream() }
+    Some(Input { attr, item: f.to_token_stream() })
+}
+
+/// Splits generated `#[flash_kernel(ATTR)] fn ..` source into the macro's two inputs.
+fn split_input(source: &str) -> Input {
+    let f: syn::ItemFn = syn::parse_str(source).unwrap_or_else(|e| panic!("generated kernel: {e}\n{source}"));
+    macro_input(f).expect("generated kernels carry #[flash_kernel]")
 }
 
 /// What one input did.
@@ -510,6 +511,16 @@ struct Tally {
     expanded: usize,
     error_at_user_tokens: usize,
     error_at_attribute: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.cases += other.cases;
+        self.distinct += other.distinct;
+        self.expanded += other.expanded;
+        self.error_at_user_tokens += other.error_at_user_tokens;
+        self.error_at_attribute += other.error_at_attribute;
+    }
 }
 
 /// Finds the `compile_error` of an expansion, if it has one.
@@ -599,12 +610,7 @@ fn the_macro_never_panics_and_every_error_is_spanned() {
         let handles: Vec<_> =
             chunk.iter().map(|&(seed, n)| std::thread::spawn(move || run_cases(seed, n))).collect();
         for h in handles {
-            let t = h.join().expect("a fuzz thread failed (its input is printed above)");
-            sum.cases += t.cases;
-            sum.distinct += t.distinct;
-            sum.expanded += t.expanded;
-            sum.error_at_user_tokens += t.error_at_user_tokens;
-            sum.error_at_attribute += t.error_at_attribute;
+            sum.add(h.join().expect("a fuzz thread failed (its input is printed above)"));
         }
     }
     eprintln!(

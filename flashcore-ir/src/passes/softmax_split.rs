@@ -78,7 +78,7 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         let mut side = match &i.op {
             // A variable declared inside the loop lives where its declaration runs; one carried
             // across iterations, on the side that assigns it.
-            Op::Assign { dst, .. } => owner.get(dst).copied().unwrap_or_else(|| var_side(*dst)),
+            Op::Assign { dst, .. } => side_of(*dst, &owner),
             // A conversion runs where its source lives: P crosses as f16, half the bytes.
             Op::ToHalf { src, .. } => owner.get(src).copied().unwrap_or(Side::Compute),
             // The stage ring's views, waits, releases and counter are the compute warps', even
@@ -97,7 +97,7 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         // An assignment runs where its variable lives; one that must move (it reads the O
         // accumulator, which stays on the compute warps) would split the variable in two.
         if let Op::Assign { dst, .. } = &i.op {
-            let lives = owner.get(dst).copied().unwrap_or_else(|| var_side(*dst));
+            let lives = side_of(*dst, &owner);
             if side != lives {
                 return Err(LowerError::new(
                     i.span,
