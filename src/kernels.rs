@@ -2,9 +2,10 @@
 
 use crate::{flash_kernel, Config, DType};
 
-/// Fused attention forward, `O = softmax(Q·Kᵀ·scale)·V`, FlashAttention-2 style: each CTA owns a
-/// `TILE_M`-row tile of Q kept in registers, walks K/V in `TILE_N`-row tiles staged through
-/// shared memory, and keeps the softmax statistics online (in the exp2 domain, the scale
+/// Fused attention forward, `O = softmax(Q·Kᵀ·scale)·V`, FlashAttention-2 style.
+///
+/// Each CTA owns a `TILE_M`-row tile of Q kept in registers, walks K/V in `TILE_N`-row tiles
+/// staged through shared memory, and keeps the softmax statistics online (in the exp2 domain, the scale
 /// folded into log2(e)). Q has `S` rows and K/V `SK` (cross-attention when they differ); with
 /// `Config::causal` the mask is aligned to the bottom right. K/V have `HKV` heads, each shared
 /// by `H / HKV` query heads (grouped-query attention; multi-query with `HKV = 1`, plain

@@ -31,13 +31,17 @@
 
 extern crate self as flashcore;
 
+pub mod cli;
 pub mod kernels;
 pub mod layout;
 pub mod npy;
 pub mod numerics;
+pub mod occupancy;
 pub mod plan;
 pub mod ptxas;
 pub mod reference;
+pub mod registry;
+pub mod schedule;
 pub mod simulate;
 pub mod timing;
 pub mod tuning;
@@ -58,6 +62,10 @@ pub use half::{bf16, f16};
 pub use ir::source::DType;
 pub use layout::Layout;
 pub use varlen::{DeviceSeqOffsets, SeqOffsets};
+
+/// What the macro's expansion names: not part of the API.
+#[doc(hidden)]
+pub use inventory as __inventory;
 
 use flashcore_ir::kernel::{Op, Param};
 use runtime::{KernelImage, LaunchArg, TensorArg};

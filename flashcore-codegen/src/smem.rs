@@ -31,6 +31,8 @@ pub struct SmemPlan {
     pub mbarrier_offsets: Vec<u32>,
     /// Offset of each channel: per sending warp, its registers, each 32 lanes × 4 bytes.
     pub channel_offsets: Vec<u32>,
+    /// Bytes of each channel.
+    pub channel_bytes: Vec<u32>,
     pub total_bytes: u32,
 }
 
@@ -43,11 +45,12 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         offset
     };
     let mbarrier_offsets = kernel.mbarriers.iter().map(|r| alloc(8 * r.slots)).collect();
-    let channel_offsets = kernel
+    let channel_bytes: Vec<u32> = kernel
         .channels
         .iter()
-        .map(|c| alloc(cfg.warps * 128 * crate::layout::register_count(cfg, &c.ty).unwrap_or(0) as u32))
+        .map(|c| cfg.warps * 128 * crate::layout::register_count(cfg, &c.ty).unwrap_or(0) as u32)
         .collect();
+    let channel_offsets = channel_bytes.iter().map(|bytes| alloc(*bytes)).collect();
     let mut needs_row_tile = false;
     kernel.walk(&mut |inst| {
         if matches!(inst.op, Op::Load { .. } | Op::Store { .. }) {
@@ -79,6 +82,7 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         slot_bytes,
         mbarrier_offsets,
         channel_offsets,
+        channel_bytes,
         total_bytes: next,
     }
 }

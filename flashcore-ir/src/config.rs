@@ -226,6 +226,68 @@ impl Config {
     }
 }
 
+impl Config {
+    /// This config with `settings` applied: `name=value` pairs and flags, separated by spaces or
+    /// commas, in the form [`Config`]'s `Display` writes (`tile_m=128 warps=8 persistent bf16`),
+    /// so a printed config reads back as itself. `load_warps` and `softmax_warps` set the
+    /// role warps, a flag alone (`causal`) sets it and `causal=false` clears it, and `f16` or
+    /// `bf16` (or `dtype=..`) picks the element type. The result is not validated: see
+    /// [`Config::validate`].
+    pub fn with_settings(self, settings: &str) -> Result<Config, ConfigError> {
+        let mut config = self;
+        let bad = |setting: &str, why: String| ConfigError::Setting { setting: setting.to_string(), why };
+        for setting in settings.split([' ', ',']).filter(|s| !s.is_empty()) {
+            let (name, value) = match setting.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (setting, None),
+            };
+            if let Some(dtype) = DType::from_name(name).filter(|_| value.is_none()) {
+                config.dtype = dtype;
+                continue;
+            }
+            let flag = match name {
+                "persistent" => Some(&mut config.persistent),
+                "causal" => Some(&mut config.causal),
+                "varlen" => Some(&mut config.varlen),
+                "a_in_smem" => Some(&mut config.a_in_smem),
+                _ => None,
+            };
+            if let Some(flag) = flag {
+                *flag = match value {
+                    None | Some("true") => true,
+                    Some("false") => false,
+                    Some(_) => return Err(bad(setting, format!("expected `{name}` or `{name}=true|false`"))),
+                };
+                continue;
+            }
+            let Some(value) = value else {
+                return Err(bad(setting, format!("expected `name=value` or a flag; {SETTINGS}")));
+            };
+            if name == "dtype" {
+                config.dtype = DType::from_name(value)
+                    .ok_or_else(|| bad(setting, "expected `dtype=f16` or `dtype=bf16`".into()))?;
+                continue;
+            }
+            let field = match name {
+                "tile_m" => &mut config.tile_m,
+                "tile_n" => &mut config.tile_n,
+                "head_dim" => &mut config.head_dim,
+                "stages" => &mut config.stages,
+                "warps" => &mut config.warps,
+                "load_warps" => &mut config.load_warps,
+                "softmax_warps" => &mut config.softmax_warps,
+                "kv_splits" => &mut config.kv_splits,
+                _ => return Err(bad(setting, format!("unknown setting `{name}`; {SETTINGS}"))),
+            };
+            *field = value.parse().map_err(|_| bad(setting, format!("`{value}` is not a whole number")))?;
+        }
+        Ok(config)
+    }
+}
+
+/// What [`Config::with_settings`] accepts, for its errors.
+const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem (flags, or =true|false), and f16, bf16 (or dtype=..)";
+
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -286,6 +348,39 @@ mod tests {
         let err = Config { load_warps: 1, softmax_warps: 1, ..split }.validate().unwrap_err().to_string();
         assert!(err.contains("softmax warps"), "{err}");
         assert!(Config { kv_splits: 0, ..split }.validate().is_err());
+    }
+
+    #[test]
+    fn settings_read_back_what_display_writes() {
+        let configs = [
+            Config::default(),
+            Config { tile_m: 128, warps: 8, load_warps: 1, softmax_warps: 8, stages: 3, ..Config::default() },
+            Config {
+                persistent: true,
+                causal: true,
+                varlen: true,
+                a_in_smem: true,
+                kv_splits: 2,
+                ..Config::default()
+            },
+            Config { dtype: DType::Bf16, head_dim: 256, tile_n: 32, ..Config::default() },
+        ];
+        for c in configs {
+            assert_eq!(Config::default().with_settings(&c.to_string()), Ok(c), "{c}");
+        }
+        let c = Config::default().with_settings("stages=3, persistent,causal=false dtype=bf16").unwrap();
+        assert_eq!((c.stages, c.persistent, c.causal, c.dtype), (3, true, false, DType::Bf16));
+    }
+
+    #[test]
+    fn bad_settings_say_what_is_wrong() {
+        let err = |s: &str| Config::default().with_settings(s).unwrap_err().to_string();
+        assert!(err("tiles=3").contains("unknown setting `tiles`"), "{}", err("tiles=3"));
+        assert!(err("tiles=3").contains("tile_m, tile_n"), "{}", err("tiles=3"));
+        assert!(err("stages=two").contains("`two` is not a whole number"), "{}", err("stages=two"));
+        assert!(err("persistent=yes").contains("`persistent=true|false`"), "{}", err("persistent=yes"));
+        assert!(err("dtype=f32").contains("dtype=bf16"), "{}", err("dtype=f32"));
+        assert!(err("stages").contains("expected `name=value`"), "{}", err("stages"));
     }
 
     #[test]

@@ -7,6 +7,9 @@ use crate::source::SpanId;
 pub enum ConfigError {
     #[error("invalid config: {field} = {value}: {why}")]
     Invalid { field: &'static str, value: u32, why: String },
+    /// A setting of [`crate::Config::with_settings`] that does not name a field or value.
+    #[error("config setting `{setting}`: {why}")]
+    Setting { setting: String, why: String },
 }
 
 /// A problem in the user's kernel, found while lowering it. `span` points at the source.

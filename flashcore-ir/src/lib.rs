@@ -12,6 +12,7 @@ pub mod lower;
 pub mod passes;
 pub mod protocol;
 pub mod source;
+pub mod timeline;
 pub mod verify;
 
 pub use config::Config;

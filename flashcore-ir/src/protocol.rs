@@ -167,12 +167,14 @@ struct State {
 }
 
 impl Schedule {
-    fn slot_name(&self, s: Slot) -> String {
+    /// A slot as messages name it: `ks[1]`, `channel s[0]`.
+    pub fn slot_name(&self, s: Slot) -> String {
         let ring = self.rings.get(s.ring as usize).cloned().unwrap_or_else(|| format!("ring{}", s.ring));
         format!("{ring}[{}]", s.index)
     }
 
-    fn barrier_name(&self, b: u32) -> String {
+    /// An mbarrier as messages name it: `full[0]`.
+    pub fn barrier_name(&self, b: u32) -> String {
         self.barriers.get(b as usize).map_or_else(|| format!("barrier{b}"), |d| d.name.clone())
     }
 }
@@ -464,9 +466,37 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
     Ok(Some(s))
 }
 
+/// Where in the kernel an event of a [`Schedule`] comes from: which of the two traced work
+/// items, and which part of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Place {
+    pub work: u32,
+    pub part: Part,
+}
+
+/// The parts of a work item, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    /// Before the pipelined loop: barrier set-up, the Q tile.
+    Setup,
+    /// The pipeline's prologue: the first `stages - 1` fills.
+    Prologue,
+    /// Iteration `kt` of the pipelined loop's body (the steady state).
+    Steady(u32),
+    /// The pipeline's epilogue.
+    Epilogue,
+    /// After the loop: merges and stores.
+    Finish,
+}
+
 /// Reduces a kernel (after the passes) to its synchronization schedule: one role per role group
 /// (or one for the uniform schedule), two work items of `2·stages + 1` pipeline iterations.
 pub fn schedule_of(kernel: &Kernel) -> Schedule {
+    traced_schedule(kernel).0
+}
+
+/// [`schedule_of`], with the [`Place`] of every event (per role, in event order).
+pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
     let cfg = &kernel.config;
     let iterations = 2 * cfg.stages.max(1) + 1;
     let mut schedule = Schedule {
@@ -506,6 +536,7 @@ pub fn schedule_of(kernel: &Kernel) -> Schedule {
     if groups.is_empty() {
         groups.push(("all".into(), cfg.threads(), &kernel.body));
     }
+    let mut places = vec![];
     for (name, threads, body) in groups {
         let mut t = Tracer {
             kernel,
@@ -516,11 +547,14 @@ pub fn schedule_of(kernel: &Kernel) -> Schedule {
             views: BTreeMap::new(),
             kt: 0,
             work: 0,
+            part: Part::Setup,
+            places: vec![],
         };
         t.block(body);
         schedule.roles.push(RoleTrace { name, threads, events: t.events });
+        places.push(t.places);
     }
-    schedule
+    (schedule, places)
 }
 
 struct Tracer<'k> {
@@ -533,6 +567,9 @@ struct Tracer<'k> {
     views: BTreeMap<Value, (Slot, u64)>,
     kt: u32,
     work: u32,
+    /// Where the tracer is, and where each event in `events` came from.
+    part: Part,
+    places: Vec<Place>,
 }
 
 impl Tracer<'_> {
@@ -559,6 +596,8 @@ impl Tracer<'_> {
     fn block(&mut self, block: &Block) {
         for inst in &block.insts {
             self.inst(inst);
+            let place = Place { work: self.work, part: self.part };
+            self.places.resize(self.events.len(), place);
         }
     }
 
@@ -567,17 +606,22 @@ impl Tracer<'_> {
             Op::Tiles { body, .. } => {
                 for w in 0..2 {
                     self.work = w;
+                    self.part = Part::Setup;
                     self.block(body);
                 }
             }
             Op::Pipeline { prologue, body, epilogue, .. } => {
                 self.kt = 0;
+                self.part = Part::Prologue;
                 self.block(prologue);
                 for kt in 0..self.iterations {
                     self.kt = kt;
+                    self.part = Part::Steady(kt);
                     self.block(body);
                 }
+                self.part = Part::Epilogue;
                 self.block(epilogue);
+                self.part = Part::Finish;
             }
             Op::Load { .. } => {
                 self.events.push(Event::Commit);

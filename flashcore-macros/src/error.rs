@@ -18,7 +18,9 @@ pub fn to_syn_error(err: &IrError, spans: &SpanTable, attr: &KernelAttr, fallbac
                 None => syn::Error::new(fallback, err.to_string()),
             }
         }
-        IrError::Protocol(_) => syn::Error::new(fallback, err.to_string()),
+        IrError::Protocol(_) | IrError::Config(ConfigError::Setting { .. }) => {
+            syn::Error::new(fallback, err.to_string())
+        }
         IrError::Verify(_) | IrError::UnknownPass(_) => {
             syn::Error::new(fallback, format!("internal compiler error: {err}"))
         }

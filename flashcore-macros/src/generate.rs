@@ -342,6 +342,24 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
         }
     }
     let cache = format_ident!("__FLASHCORE_CACHE_{}", kernel_name.to_uppercase());
+    // The doc comment's first sentence, for kernel lists.
+    let doc: Vec<String> = f
+        .attrs
+        .iter()
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                path,
+                value: syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }),
+                ..
+            }) if path.is_ident("doc") => Some(s.value().trim().to_string()),
+            _ => None,
+        })
+        .collect();
+    let paragraph = doc.iter().take_while(|l| !l.is_empty()).cloned().collect::<Vec<_>>().join(" ");
+    let summary = match paragraph.find(". ") {
+        Some(end) => &paragraph[..=end],
+        None => paragraph.as_str(),
+    };
     let generics = match &f.elem_param {
         Some(t) => quote!(<#t: ::flashcore::runtime::Element>),
         None => quote!(),
@@ -355,6 +373,17 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
 
         #[allow(non_upper_case_globals)]
         static #cache: ::flashcore::KernelCache = ::flashcore::KernelCache::new();
+
+        // Found by name in `flashcore::registry` (and so by the `flashcore` command).
+        ::flashcore::__inventory::submit! {
+            ::flashcore::registry::KernelEntry {
+                name: #kernel_name,
+                summary: #summary,
+                module: ::std::module_path!(),
+                config: #config,
+                program: #name::program,
+            }
+        }
 
         impl #name {
             /// The kernel's name (also its PTX `.entry`).

@@ -114,11 +114,13 @@ impl Parse for KernelAttr {
                 "head_dim" => ("head_dim", &mut config.head_dim),
                 "stages" => ("stages", &mut config.stages),
                 "warps" => ("warps", &mut config.warps),
+                "load_warps" => ("load_warps", &mut config.load_warps),
+                "softmax_warps" => ("softmax_warps", &mut config.softmax_warps),
                 "kv_splits" => ("kv_splits", &mut config.kv_splits),
                 _ => {
                     return Err(syn::Error::new_spanned(
                         &item.path,
-                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, kv_splits, persistent, causal, varlen, a_in_smem"),
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits, persistent, causal, varlen, a_in_smem, dtype, or warps(compute = .., load = .., softmax = ..)"),
                     ))
                 }
             };

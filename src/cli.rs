@@ -1,0 +1,536 @@
+//! The `flashcore` command: shows what the compiler did with a kernel, for any config.
+//!
+//! `flashcore list` names the kernels linked into the program (every `#[flash_kernel]` registers
+//! itself in [`crate::registry`]); `emit` prints the IR after any pass, or the PTX; `check`
+//! gives the protocol check's verdict, the shared-memory budget, ptxas's resource report and the
+//! occupancy they allow on the L4 (sm_89) and the H100 (sm_90); `schedule` draws the
+//! warp-specialized schedule, as text or SVG.
+//!
+//! The `flashcore` binary sees the crate's own kernels. A crate with kernels of its own gets the
+//! same command over them with a binary of one line:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     flashcore::cli::main()
+//! }
+//! ```
+//!
+//! [`run`] is the command without the process around it:
+//!
+//! ```
+//! let mut out = Vec::new();
+//! flashcore::cli::run(&["emit", "attention", "--config", "stages=3", "--after", "pipeline"], &mut out)?;
+//! assert!(String::from_utf8(out).unwrap().contains("wait_group"));
+//! # Ok::<(), flashcore::cli::CliError>(())
+//! ```
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::occupancy::{occupancy, Arch, Limit, H100, L4};
+use crate::registry::{self, KernelEntry};
+use crate::{ir, ptxas, Config};
+
+const USAGE: &str = "\
+flashcore: see what the FlashCore compiler does with a kernel
+
+Usage: flashcore <command> [<kernel>] [options]
+
+Commands:
+  list                     the kernels this program knows, and the named configs
+  emit <kernel>            the IR after every pass (or after one, --after PASS), or the PTX (--ptx)
+  check <kernel>           protocol verdict, shared memory, ptxas registers and spills, occupancy
+  schedule <kernel>        the warp-specialized schedule as text, or as SVG (--svg FILE)
+  help [<command>]         this text, or a command's
+
+Every command that takes a kernel takes --config SETTINGS (see `flashcore help emit`).
+Exit status: 0 done, 1 the kernel does not compile or check, 2 the command line is wrong.
+";
+
+const CONFIG_HELP: &str = "\
+  --config SETTINGS   the config to compile for, starting from the kernel's declared one:
+                      settings as the config prints them, separated by commas or spaces:
+                      tile_m=128, tile_n=, head_dim=, stages=, warps=, load_warps=,
+                      softmax_warps=, kv_splits=; the flags persistent, causal, varlen,
+                      a_in_smem (or flag=false); f16 or bf16. A reference config's name
+                      (`flashcore list`) stands for all of its settings. May be repeated.";
+
+fn command_help(command: &str) -> Option<String> {
+    let text = match command {
+        "list" => "\
+Usage: flashcore list
+
+The kernels linked into this program (each `#[flash_kernel]` registers itself), with their
+declared configs, and the reference configs --config accepts by name."
+            .to_string(),
+        "emit" => format!(
+            "\
+Usage: flashcore emit <kernel> [--config SETTINGS] [--after PASS | --ptx]
+
+Prints the kernel's tile-level IR after every pass (what the code generator sees), or after
+one pass, or its PTX.
+
+Options:
+{CONFIG_HELP}
+  --after PASS        stop after PASS: lower, {passes}
+  --ptx               print the PTX (sm_89) instead of the IR
+
+Examples:
+  flashcore emit attention --after pipeline
+  flashcore emit attention --config stages=3,load_warps=1 --ptx",
+            passes = pass_names().join(", ")
+        ),
+        "check" => format!(
+            "\
+Usage: flashcore check <kernel> [--config SETTINGS] [--no-ptxas]
+
+Compiles the kernel and reports: the protocol check's verdict (no deadlock, no read of a stage
+before its copy lands, no overwrite of a stage being read, matching mbarrier arrivals and
+phases, over every interleaving of the roles); the shared memory a CTA needs, buffer by buffer,
+against the L4's and H100's limits; ptxas's registers, spills and stack for sm_89 and sm_90;
+and the CTAs an SM holds on each, with what limits them. ptxas comes from FLASHCORE_PTXAS, the
+project's cache (scripts/test.sh installs it), PATH or /usr/local/cuda/bin. Fails (exit 1) if
+the kernel does not compile, ptxas rejects it, or a CTA does not fit on the L4.
+
+Options:
+{CONFIG_HELP}
+  --no-ptxas          skip ptxas (occupancy from threads and shared memory alone)
+
+Example:
+  flashcore check attention --config d128_s2,persistent"
+        ),
+        "schedule" => format!(
+            "\
+Usage: flashcore schedule <kernel> [--config SETTINGS] [--svg FILE]
+
+Plays the kernel's synchronization schedule (the events the protocol check reasons about:
+stage fills and their landing, reads, channel writes, cp.async commits and waits, barriers,
+mbarrier arrivals and waits) for two work items, one role per lane, in logical steps (every
+event takes one step; a copy lands {latency} steps after it is issued), and prints it with time
+flowing down. With --svg it also draws it, time flowing right, with arrows from each
+mbarrier phase's arrivals to the waits it releases (`--svg -` prints the SVG instead).
+
+Options:
+{CONFIG_HELP}
+  --svg FILE          write the picture to FILE (`-`: standard output)
+
+Example (the seed kernel's 4 load + 11 compute + 1 softmax warps):
+  flashcore schedule attention --config tile_m=176,warps=11,load_warps=4,softmax_warps=1,persistent --svg seed.svg",
+            latency = ir::timeline::COPY_LATENCY
+        ),
+        "help" => "Usage: flashcore help [<command>]".to_string(),
+        _ => return None,
+    };
+    Some(text + "\n")
+}
+
+/// Why the command failed: its exit status is 2 for a usage error, 1 otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line is wrong; the message says how, and what would be right.
+    #[error("{0}")]
+    Usage(String),
+    /// The kernel does not compile or does not pass `check`.
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Failed(_) | CliError::Io(_) => 1,
+        }
+    }
+}
+
+/// The `flashcore` command on this process's arguments: output on stdout, errors on stderr.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let stdout = std::io::stdout();
+    match run(&args, &mut stdout.lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`flashcore emit .. | head`) is not an error worth a message.
+            if !matches!(&e, CliError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Runs the command `args` (without the program name), writing what it prints to `out`.
+pub fn run<S: AsRef<str>>(args: &[S], out: &mut dyn Write) -> Result<(), CliError> {
+    let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+    let Some((&command, rest)) = args.split_first() else {
+        return Err(CliError::Usage(format!("no command given\n\n{USAGE}")));
+    };
+    match command {
+        "-h" | "--help" => return Ok(out.write_all(USAGE.as_bytes())?),
+        "-V" | "--version" => return Ok(writeln!(out, "flashcore {}", env!("CARGO_PKG_VERSION"))?),
+        "help" => {
+            let text = match rest {
+                [] => USAGE.to_string(),
+                [c] => command_help(c).ok_or_else(|| unknown_command(c))?,
+                _ => return Err(CliError::Usage("`help` takes at most one command".into())),
+            };
+            return Ok(out.write_all(text.as_bytes())?);
+        }
+        _ => {}
+    }
+    let help = command_help(command).ok_or_else(|| unknown_command(command))?;
+    if rest.iter().any(|a| *a == "-h" || *a == "--help") {
+        return Ok(out.write_all(help.as_bytes())?);
+    }
+    let opts = Options::parse(command, rest)?;
+    match command {
+        "list" => list(out),
+        "emit" => emit(&opts, out),
+        "check" => check(&opts, out),
+        _ => schedule(&opts, out),
+    }
+}
+
+fn unknown_command(command: &str) -> CliError {
+    CliError::Usage(format!("unknown command `{command}`\n\n{USAGE}"))
+}
+
+fn pass_names() -> Vec<&'static str> {
+    ir::passes::PASSES.iter().map(|(name, _)| *name).collect()
+}
+
+/// A command's parsed arguments.
+struct Options {
+    kernel: Option<&'static KernelEntry>,
+    config: Config,
+    after: Option<String>,
+    ptx: bool,
+    no_ptxas: bool,
+    svg: Option<String>,
+}
+
+impl Options {
+    fn parse(command: &str, args: &[&str]) -> Result<Options, CliError> {
+        let command: &'static str = match command {
+            "list" => "list",
+            "emit" => "emit",
+            "check" => "check",
+            _ => "schedule",
+        };
+        let usage = |message: String| {
+            CliError::Usage(format!("{message}\n(`flashcore {command} --help` shows the options)"))
+        };
+        // (flag, takes a value, allowed for this command)
+        let flags: &[(&str, bool, &[&str])] = &[
+            ("--config", true, &["emit", "check", "schedule"]),
+            ("--after", true, &["emit"]),
+            ("--ptx", false, &["emit"]),
+            ("--no-ptxas", false, &["check"]),
+            ("--svg", true, &["schedule"]),
+        ];
+        let mut kernel_name: Option<&str> = None;
+        let mut settings: Vec<&str> = vec![];
+        let mut opts = Options {
+            kernel: None,
+            config: Config::default(),
+            after: None,
+            ptx: false,
+            no_ptxas: false,
+            svg: None,
+        };
+        let mut i = 0;
+        while i < args.len() {
+            let arg = args[i];
+            i += 1;
+            if !arg.starts_with("--") || arg == "-" {
+                if command == "list" {
+                    return Err(usage(format!("`list` takes no arguments, got `{arg}`")));
+                }
+                if let Some(first) = kernel_name {
+                    return Err(usage(format!("one kernel at a time: got `{first}` and `{arg}`")));
+                }
+                kernel_name = Some(arg);
+                continue;
+            }
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f, Some(v)),
+                None => (arg, None),
+            };
+            let Some((_, takes_value, commands)) = flags.iter().find(|(f, ..)| *f == flag) else {
+                return Err(usage(format!("unknown option `{flag}` for `{command}`")));
+            };
+            if !commands.contains(&command) {
+                return Err(usage(format!(
+                    "`{flag}` is an option of `{}`, not of `{command}`",
+                    commands.join("`, `")
+                )));
+            }
+            let value = match (takes_value, inline) {
+                (false, None) => None,
+                (false, Some(_)) => return Err(usage(format!("`{flag}` takes no value"))),
+                (true, Some(v)) => Some(v),
+                (true, None) => {
+                    let v = args.get(i).ok_or_else(|| usage(format!("`{flag}` needs a value")))?;
+                    i += 1;
+                    Some(*v)
+                }
+            };
+            match (flag, value) {
+                ("--config", Some(v)) => settings.push(v),
+                ("--after", Some(v)) => opts.after = Some(v.to_string()),
+                ("--svg", Some(v)) => opts.svg = Some(v.to_string()),
+                ("--ptx", _) => opts.ptx = true,
+                _ => opts.no_ptxas = true,
+            }
+        }
+        if command == "list" {
+            return Ok(opts);
+        }
+        let Some(name) = kernel_name else {
+            return Err(usage(format!("`{command}` needs a kernel: {}", known_kernels())));
+        };
+        let kernel = registry::find(name)
+            .ok_or_else(|| usage(format!("no kernel `{name}` in this program: {}", known_kernels())))?;
+        opts.kernel = Some(kernel);
+        opts.config = config_from(kernel.config, &settings).map_err(usage)?;
+        if opts.ptx && opts.after.is_some() {
+            return Err(usage("`--ptx` prints the code after every pass: leave out `--after`".into()));
+        }
+        if let Some(after) = &opts.after {
+            if after != "lower" && !pass_names().contains(&after.as_str()) {
+                return Err(usage(format!(
+                    "no pass is named `{after}`: passes are lower, {}",
+                    pass_names().join(", ")
+                )));
+            }
+        }
+        Ok(opts)
+    }
+
+    fn kernel(&self) -> &'static KernelEntry {
+        self.kernel.expect("every command but `list` has a kernel")
+    }
+}
+
+fn known_kernels() -> String {
+    let names: Vec<String> =
+        registry::kernels().iter().map(|k| format!("{}::{}", k.module, k.name)).collect();
+    if names.is_empty() {
+        "this program has no kernels (each #[flash_kernel] linked into it registers itself)".into()
+    } else {
+        format!("kernels are {} (`flashcore list`)", names.join(", "))
+    }
+}
+
+/// `declared` with each `--config` applied in order, validated.
+fn config_from(declared: Config, settings: &[&str]) -> Result<Config, String> {
+    let mut config = declared;
+    for setting in settings.iter().flat_map(|s| s.split([',', ' '])).filter(|s| !s.is_empty()) {
+        config = match crate::kernels::reference_config(setting) {
+            Some(named) => named,
+            None => config.with_settings(setting).map_err(|e| e.to_string())?,
+        };
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn list(out: &mut dyn Write) -> Result<(), CliError> {
+    let kernels = registry::kernels();
+    writeln!(out, "kernels ({}):", kernels.len())?;
+    for k in &kernels {
+        writeln!(out, "  {:<20} {}::{}", k.name, k.module, k.name)?;
+        if !k.summary.is_empty() {
+            writeln!(out, "  {:<20} {}", "", k.summary)?;
+        }
+        writeln!(out, "  {:<20} declared: {}", "", k.config)?;
+    }
+    writeln!(out, "\nreference configs (--config NAME):")?;
+    for (name, config) in crate::kernels::reference_configs() {
+        writeln!(out, "  {name:<42} {config}")?;
+    }
+    Ok(())
+}
+
+fn failed(kernel: &KernelEntry, config: &Config, e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(format!("kernel `{}` ({config}): {e}", kernel.name))
+}
+
+fn emit(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
+    let (kernel, config) = (opts.kernel(), &opts.config);
+    let program = (kernel.program)();
+    let text = match (&opts.after, opts.ptx) {
+        (Some(after), _) => crate::ir_after(&program, config, after).map(|k| k.to_string()),
+        (None, true) => crate::compile(&program, config).map(|k| k.ptx.text),
+        (None, false) => crate::compile(&program, config).map(|k| k.kernel.to_string()),
+    }
+    .map_err(|e| failed(kernel, config, e))?;
+    out.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
+    let (entry, config) = (opts.kernel(), &opts.config);
+    writeln!(out, "kernel     {} ({}::{})", entry.name, entry.module, entry.name)?;
+    writeln!(out, "config     {config}")?;
+    let roles = [(config.warps, "compute"), (config.load_warps, "load"), (config.softmax_warps, "softmax")];
+    let roles: Vec<String> = roles.iter().filter(|(w, _)| *w > 0).map(|(w, r)| format!("{w} {r}")).collect();
+    writeln!(out, "threads    {} a CTA: {} warps", config.threads(), roles.join(" + "))?;
+    // Lower and run the passes, then the protocol check on its own, so its verdict has a line.
+    let program = (entry.program)();
+    let kernel = crate::lower(&program, config)
+        .and_then(|k| Ok(ir::passes::run_until(k, None)?))
+        .map_err(|e| failed(entry, config, e))?;
+    let schedule = ir::protocol::schedule_of(&kernel);
+    let iterations = 2 * config.stages.max(1) + 1;
+    let roles: Vec<String> =
+        schedule.roles.iter().map(|r| format!("{} ({} threads)", r.name, r.threads)).collect();
+    match ir::protocol::check(&schedule) {
+        Ok(()) => writeln!(
+            out,
+            "protocol   ok: {} role{} [{}], {} mbarriers; no deadlock, no read before a copy lands, no overwrite of a stage being read, arrivals and phases match, in every interleaving of 2 work items × {iterations} iterations",
+            schedule.roles.len(),
+            if schedule.roles.len() == 1 { "" } else { "s" },
+            roles.join(", "),
+            schedule.barriers.len()
+        )?,
+        Err(e) => {
+            writeln!(out, "protocol   FAILED: {e}")?;
+            return Err(failed(entry, config, "the protocol check failed"));
+        }
+    }
+    let ptx = crate::codegen::generate(&kernel).map_err(|e| failed(entry, config, e))?;
+    shared_memory(&kernel, ptx.shared_bytes, out)?;
+    // ptxas, for the L4's architecture and the H100's.
+    let reports: Vec<(Arch, Option<ptxas::Report>)> = match (opts.no_ptxas, ptxas::find()) {
+        (false, Some(path)) => {
+            let mut reports = vec![];
+            for arch in [L4, H100] {
+                let report =
+                    ptxas::assemble(&path, &ptx.text, arch.sm).map_err(|e| failed(entry, config, e))?;
+                writeln!(
+                    out,
+                    "ptxas      {}: {} registers, {} B spill stores, {} B spill loads, {} B stack{}",
+                    arch.sm,
+                    report.registers,
+                    report.spill_store_bytes,
+                    report.spill_load_bytes,
+                    report.stack_bytes,
+                    if report.spill_store_bytes + report.spill_load_bytes > 0 {
+                        "  (spills: registers go to local memory)"
+                    } else {
+                        ""
+                    }
+                )?;
+                reports.push((arch, Some(report)));
+            }
+            reports
+        }
+        (skipped, _) => {
+            let why = if skipped {
+                "skipped (--no-ptxas)".to_string()
+            } else {
+                ptxas::PtxasError::NotFound.to_string()
+            };
+            writeln!(out, "ptxas      {why}: registers not counted in the occupancy below")?;
+            vec![(L4, None), (H100, None)]
+        }
+    };
+    writeln!(out, "occupancy  (CTAs resident on one SM)")?;
+    let mut fits_l4 = true;
+    for (arch, report) in &reports {
+        let registers = report.as_ref().map_or(0, |r| r.registers);
+        let shared = ptx.shared_bytes + report.as_ref().map_or(0, |r| r.static_shared_bytes);
+        let occ = occupancy(arch, config.threads(), registers, shared);
+        if matches!(occ.limit, Limit::DoesNotFit { .. }) {
+            fits_l4 &= arch.sm != L4.sm;
+            writeln!(out, "  {} {:<5} does not fit: {}", arch.sm, arch.gpu, occ.limit)?;
+            continue;
+        }
+        writeln!(
+            out,
+            "  {} {:<5} {} CTA{} × {} warps = {} of {} warps ({:.0}%), limited by {}",
+            arch.sm,
+            arch.gpu,
+            occ.ctas,
+            if occ.ctas == 1 { "" } else { "s" },
+            config.threads() / 32,
+            occ.warps,
+            arch.max_warps_per_sm,
+            occ.fraction * 100.0,
+            occ.limit
+        )?;
+    }
+    if !fits_l4 {
+        return Err(failed(entry, config, "a CTA does not fit on the L4 (sm_89)"));
+    }
+    Ok(())
+}
+
+/// The shared-memory budget, buffer by buffer, against each GPU's limit for one CTA.
+fn shared_memory(kernel: &ir::Kernel, total: u32, out: &mut dyn Write) -> Result<(), CliError> {
+    let plan = crate::codegen::smem::plan(kernel);
+    writeln!(out, "shared     {total} B a CTA ({:.1} KiB)", total as f64 / 1024.0)?;
+    for (i, buffer) in kernel.buffers.iter().enumerate() {
+        writeln!(
+            out,
+            "  {:<22} {} slots × {} B = {} B",
+            buffer.name,
+            buffer.slots,
+            plan.slot_bytes[i],
+            buffer.slots * plan.slot_bytes[i]
+        )?;
+    }
+    if plan.row_tile_region.is_some() {
+        let groups = kernel.config.kv_splits.max(1);
+        writeln!(
+            out,
+            "  {:<22} {} × {} B (the Q tile in, the O tile out)",
+            "row tile", groups, plan.row_tile_bytes
+        )?;
+    }
+    if plan.merge_region.is_some() {
+        let warps = kernel.config.warps - kernel.config.warps_per_split();
+        writeln!(out, "  {:<22} {} B (split-KV states)", "merge", warps * plan.merge_regs * 128)?;
+    }
+    for (channel, bytes) in kernel.channels.iter().zip(&plan.channel_bytes) {
+        writeln!(out, "  {:<22} {bytes} B (channel to the softmax warps and back)", channel.name)?;
+    }
+    let barriers: u32 = kernel.mbarriers.iter().map(|r| r.slots).sum();
+    if barriers > 0 {
+        writeln!(out, "  {:<22} {} × 8 B", "mbarriers", barriers)?;
+    }
+    for arch in [L4, H100] {
+        let verdict = if total <= arch.shared_bytes_per_cta { "fits" } else { "OVER" };
+        writeln!(
+            out,
+            "  {} {:<5} {verdict}: at most {} B a CTA",
+            arch.sm, arch.gpu, arch.shared_bytes_per_cta
+        )?;
+    }
+    Ok(())
+}
+
+fn schedule(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
+    let (entry, config) = (opts.kernel(), &opts.config);
+    let compiled = crate::compile(&(entry.program)(), config).map_err(|e| failed(entry, config, e))?;
+    let picture = crate::schedule::Picture::of(&compiled.kernel);
+    match opts.svg.as_deref() {
+        Some("-") => out.write_all(picture.svg().as_bytes())?,
+        Some(path) => {
+            std::fs::write(path, picture.svg())
+                .map_err(|e| CliError::Failed(format!("cannot write the SVG to `{path}`: {e}")))?;
+            out.write_all(picture.text().as_bytes())?;
+            writeln!(out, "wrote {path}")?;
+        }
+        None => out.write_all(picture.text().as_bytes())?,
+    }
+    Ok(())
+}
