@@ -30,6 +30,8 @@ cargo fmt --all -- --check
 log=$(mktemp)
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 cargo test --workspace --doc 2>&1 | tee -a "$log"
+# Every public item documented, every intra-doc link resolved.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 # The main job must also work (and say so) without a GPU.
 cargo run --quiet --release --example attention
 # One closing line over every test binary above.

@@ -133,6 +133,7 @@ pub enum CliError {
     /// The kernel does not compile or does not pass `check`.
     #[error("{0}")]
     Failed(String),
+    /// Writing the output failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -1,4 +1,14 @@
 //! The standard kernels, written in the DSL: what the example runs and the snapshots pin.
+//!
+//! ```
+//! use flashcore::kernels::{attention, reference_config};
+//!
+//! // The kernel compiles for any valid config; the reference configs have names.
+//! let config = reference_config("d64_s2_load1").expect("a reference config");
+//! let compiled = attention::compile(&config)?;
+//! assert_eq!(compiled.ptx.threads_per_cta, (4 + 1) * 32);
+//! # Ok::<(), flashcore::Error>(())
+//! ```
 
 use crate::{flash_kernel, Config, DType};
 

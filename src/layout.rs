@@ -1,6 +1,16 @@
 //! Memory layouts of `[B, H, S, D]` attention tensors: the strides a launch is given, and the
 //! permutations between a layout's storage order and the logical BHSD order (for tests, the
 //! example and `.npy` files).
+//!
+//! ```
+//! use flashcore::Layout;
+//!
+//! // [B, H, S, D] = [1, 2, 3, 4] stored as BSHD: a position's heads are adjacent.
+//! assert_eq!(Layout::Bshd.strides([1, 2, 3, 4]), [24, 4, 8, 1]);
+//! let logical: Vec<u32> = (0..24).collect();
+//! let stored = Layout::Bshd.store(&logical, [1, 2, 3, 4]);
+//! assert_eq!(Layout::Bshd.load(&stored, [1, 2, 3, 4]), logical);
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,6 +27,7 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// Every layout, for tests and sweeps.
     pub const ALL: [Layout; 2] = [Layout::Bhsd, Layout::Bshd];
 
     /// Strides in elements of the logical axes `[B, H, S, D]` of a tensor of logical `shape`.

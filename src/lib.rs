@@ -4,7 +4,7 @@
 //! This facade re-exports the other crates ([`ir`], [`codegen`], [`runtime`], [`sim`] and the macro) and
 //! holds what ties them together: compiling a program for a [`Config`] ([`compile`]), a
 //! per-kernel cache ([`KernelCache`]), binding launch arguments to the kernel's symbolic shapes
-//! ([`launch`]), a float64 CPU [`reference`], `.npy` I/O ([`npy`]), a [`ptxas`] driver, and
+//! ([`launch`]), a float64 CPU [`reference`](mod@reference), `.npy` I/O ([`npy`]), a [`ptxas`] driver, and
 //! [`simulate`], which runs a compiled kernel in the PTX simulator when there is no GPU.
 //!
 //! Compiling a kernel needs no GPU: the IR after each pass and the PTX can be inspected for any
@@ -28,6 +28,8 @@
 //! let err = attention::ptx(&Config { tile_m: 40, ..declared }).unwrap_err();
 //! assert!(err.to_string().contains("tile_m = 40"));
 //! ```
+
+#![warn(missing_docs)]
 
 extern crate self as flashcore;
 
@@ -70,12 +72,16 @@ pub use inventory as __inventory;
 use flashcore_ir::kernel::{Op, Param};
 use runtime::{KernelImage, LaunchArg, TensorArg};
 
+/// Everything that can go wrong compiling, binding or launching a kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The kernel does not lower for this config (type error, invalid config, protocol check).
     #[error(transparent)]
     Ir(#[from] ir::IrError),
+    /// Code generation failed.
     #[error(transparent)]
     Codegen(#[from] codegen::CodegenError),
+    /// The CUDA driver, or the device, refused something (no GPU, launch failure, timeout).
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
     /// The PTX simulator found a bug in the kernel (or the kernel uses PTX it does not model).
@@ -89,13 +95,22 @@ pub enum Error {
     Tuning(String),
     /// A launch argument does not fit the kernel's signature.
     #[error("kernel `{kernel}`, argument `{arg}`: {message}")]
-    Argument { kernel: String, arg: String, message: String },
+    Argument {
+        /// The kernel's name.
+        kernel: String,
+        /// The parameter, or `(all)` / `(shapes)` for the argument list as a whole.
+        arg: String,
+        /// What is wrong, and what was expected.
+        message: String,
+    },
 }
 
 /// A kernel lowered and compiled for one config.
 #[derive(Debug)]
 pub struct CompiledKernel {
+    /// The IR after every pass.
     pub kernel: ir::Kernel,
+    /// The generated PTX, its entry, CTA size and shared memory.
     pub ptx: codegen::Ptx,
     /// Identifies the PTX in the device's module cache.
     pub key: u64,
@@ -144,10 +159,12 @@ pub struct KernelCache {
 }
 
 impl KernelCache {
+    /// An empty cache (a `const fn`, so it can be a `static`).
     pub const fn new() -> Self {
         KernelCache { inner: OnceLock::new() }
     }
 
+    /// The kernel compiled for `config`: from the cache, or compiled from `program()` and kept.
     pub fn get_or_compile(
         &self,
         config: &Config,
@@ -171,12 +188,17 @@ impl Default for KernelCache {
 
 /// The 16-bit float types a kernel computes in, with what the host side needs of them.
 pub trait HalfFloat: runtime::Element + PartialEq + std::fmt::Debug {
+    /// The type's name in a `Config`.
     const DTYPE: DType;
+    /// A quiet NaN, to poison outputs with.
     const NAN: Self;
     /// Rounds to nearest even.
     fn from_f64(x: f64) -> Self;
+    /// Exact widening.
     fn to_f64(self) -> f64;
+    /// The little-endian bytes (as a `.npy` file or a device buffer holds them).
     fn to_le_bytes(self) -> [u8; 2];
+    /// The value of little-endian `bytes`.
     fn from_le_bytes(bytes: [u8; 2]) -> Self;
 }
 
@@ -224,13 +246,16 @@ pub fn round_to(dtype: DType, x: f64) -> f64 {
 
 /// A launch argument, in the order of the kernel's parameters.
 pub enum Arg<'a> {
+    /// An input tensor.
     Tensor(&'a dyn TensorArg),
+    /// An output tensor.
     TensorMut(&'a mut dyn TensorArg),
     /// Sequence offsets (`SeqOffsets<B, S>`): a variable-length batch.
     Offsets(&'a DeviceSeqOffsets),
     /// Nothing, for an optional parameter: an output whose stores are skipped
     /// (`Option<TensorMut<..>>`) or offsets that leave the batch dense (`Option<SeqOffsets<..>>`).
     Absent,
+    /// An `f32` scalar (`scale`).
     F32(f32),
 }
 
@@ -238,13 +263,18 @@ pub enum Arg<'a> {
 /// strides in elements, and how many elements its buffer holds.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorView<'a> {
+    /// Element type name: `f16`, `bf16`, `f32`, `u32`.
     pub dtype: &'static str,
+    /// The logical shape.
     pub shape: &'a [usize],
+    /// Strides in elements, one per axis of `shape`.
     pub strides: &'a [usize],
+    /// Elements the buffer holds.
     pub buffer_len: usize,
 }
 
 impl<'a> TensorView<'a> {
+    /// The view of a device (or foreign) tensor.
     pub fn of(t: &'a dyn TensorArg) -> TensorView<'a> {
         TensorView { dtype: t.dtype(), shape: t.shape(), strides: t.strides(), buffer_len: t.buffer_len() }
     }
@@ -253,7 +283,9 @@ impl<'a> TensorView<'a> {
 /// A launch argument as [`bind_shapes`] checks it.
 #[derive(Clone, Copy, Debug)]
 pub enum ArgView<'a> {
+    /// A tensor argument.
     Tensor(TensorView<'a>),
+    /// Sequence offsets (a variable-length batch).
     Offsets(&'a SeqOffsets),
     /// An optional parameter left out, or a scalar.
     None,
@@ -263,8 +295,11 @@ pub enum ArgView<'a> {
 /// stride arguments (for each tensor, its `B, H, S` strides in elements).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
+    /// The size bound to each of the kernel's symbolic dims (`kernel.dims`), in order.
     pub dims: Vec<u32>,
+    /// Work items (`B · H · ⌈S / TILE_M⌉` tiles): CTAs of a one-per-item launch.
     pub work_items: u64,
+    /// Per tensor parameter, its `B, H, S` strides in elements (0 for one left out).
     pub strides: Vec<u32>,
 }
 

@@ -1,22 +1,44 @@
 //! Minimal `.npy` reading and writing (format versions 1 to 3, little-endian f2/f4/f8, C order),
 //! so numpy and PyTorch can feed the example and check its output.
+//!
+//! ```
+//! let bytes = flashcore::npy::to_bytes_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+//! let array = flashcore::npy::parse(&bytes, "in memory")?;
+//! assert_eq!((array.shape, array.data[5]), (vec![2, 3], 6.0));
+//! # Ok::<(), flashcore::npy::NpyError>(())
+//! ```
 
 use std::path::Path;
 
 use half::f16;
 
+/// Why a `.npy` file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
+    /// The file could not be opened, read or written.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not a `.npy` array this reader handles.
     #[error("{path}: not a .npy file we can read: {why}")]
-    Format { path: String, why: String },
+    Format {
+        /// The file.
+        path: String,
+        /// What in it is not supported.
+        why: String,
+    },
 }
 
 /// An array read from a `.npy` file, converted to f32.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Array {
+    /// The array's shape (C order).
     pub shape: Vec<usize>,
+    /// The elements, in C order, converted to f32.
     pub data: Vec<f32>,
 }
 
@@ -89,6 +111,7 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Array, NpyError> {
     Ok(Array { shape, data })
 }
 
+/// Reads a `.npy` file of f2, f4 or f8 elements (little-endian, C order) as f32.
 pub fn read(path: &Path) -> Result<Array, NpyError> {
     let bytes =
         std::fs::read(path).map_err(|source| NpyError::Io { path: path.display().to_string(), source })?;
@@ -122,11 +145,13 @@ fn to_bytes(descr: &str, data: impl Iterator<Item = u8>, shape: &[usize]) -> Vec
     out
 }
 
+/// Writes `data` (C order) as an f2 `.npy` file of `shape`.
 pub fn write_f16(path: &Path, data: &[f16], shape: &[usize]) -> Result<(), NpyError> {
     std::fs::write(path, to_bytes_f16(data, shape))
         .map_err(|source| NpyError::Io { path: path.display().to_string(), source })
 }
 
+/// Writes `data` (C order) as an f4 `.npy` file of `shape`.
 pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> Result<(), NpyError> {
     std::fs::write(path, to_bytes_f32(data, shape))
         .map_err(|source| NpyError::Io { path: path.display().to_string(), source })

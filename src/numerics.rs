@@ -6,6 +6,22 @@
 //! infinite score makes its row NaN (`inf - inf`), an infinite value in V makes its column
 //! infinite. `tests/numerics.rs` checks the kernels against these rules in the simulator, and
 //! `examples/validate.rs numerics` (with `scripts/sdpa_numerics.py`) against SDPA on the GPU.
+//!
+//! ```
+//! use flashcore::numerics::{cases, compare, expected, Expected};
+//! use flashcore::DType;
+//!
+//! let all = cases([1, 1, 16, 16], 16, DType::F16, 7);
+//! let nan_in_q = all.iter().find(|c| c.name.contains("nan_in_q")).expect("a NaN-in-Q case");
+//! let want = expected(nan_in_q, 0.25, false);
+//! assert!(want.iter().any(|e| *e == Expected::Nan));
+//! // The expectation compared with itself: nothing of the wrong kind.
+//! let exact: Vec<f64> = want.iter().map(|e| match e {
+//!     Expected::Finite(x) | Expected::Inf(x) => *x,
+//!     _ => f64::NAN,
+//! }).collect();
+//! assert_eq!(compare(&exact, &want).wrong_kind, 0);
+//! ```
 
 use crate::reference::{keys_seen, Rng};
 use crate::DType;
@@ -13,19 +29,28 @@ use crate::DType;
 /// One case: inputs `[B, H, S, D]` (K/V with `sk` rows and the same heads), already rounded to
 /// the element type.
 pub struct Case {
+    /// What the case stresses, e.g. `nan_in_v`.
     pub name: &'static str,
+    /// `[B, H, S, D]` of Q and O.
     pub shape: [usize; 4],
+    /// Rows of K and V.
     pub sk: usize,
+    /// Q, `[B, H, S, D]`, row-major.
     pub q: Vec<f64>,
+    /// K, `[B, H, SK, D]`, row-major.
     pub k: Vec<f64>,
+    /// V, `[B, H, SK, D]`, row-major.
     pub v: Vec<f64>,
 }
 
 /// What an output element must be.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Expected {
+    /// A finite value, compared within the dtype's tolerance.
     Finite(f64),
+    /// NaN.
     Nan,
+    /// An infinity of this sign.
     Inf(f64),
     /// Finite in exact arithmetic, but a NaN or Inf sits in a key the causal mask hides from
     /// this row: PyTorch SDPA spreads it to every row (P·V multiplies it by 0), FlashCore to the
@@ -162,13 +187,19 @@ pub fn expected(case: &Case, scale: f64, causal: bool) -> Vec<Expected> {
 /// where NaN is, ...), and the largest difference of the finite ones relative to the largest
 /// finite expected magnitude (a case's values can be near 6·10⁴).
 pub struct Comparison {
+    /// Elements of the wrong kind.
     pub wrong_kind: usize,
+    /// The first of them: index, what was due, what came.
     pub first_wrong: Option<(usize, Expected, f64)>,
+    /// Largest finite difference over the largest finite expected magnitude.
     pub finite_rel_err: f64,
+    /// NaN elements in `got`.
     pub nan: usize,
+    /// Infinite elements in `got`.
     pub inf: usize,
 }
 
+/// Compares an output with what the IEEE rule expects of each element.
 pub fn compare(got: &[f64], want: &[Expected]) -> Comparison {
     let mut c = Comparison { wrong_kind: 0, first_wrong: None, finite_rel_err: 0.0, nan: 0, inf: 0 };
     let scale = want

@@ -18,10 +18,13 @@ pub struct Arch {
     pub sm: &'static str,
     /// The GPU FlashCore targets with it.
     pub gpu: &'static str,
+    /// 32-bit registers in an SM's register file.
     pub registers_per_sm: u32,
     /// Registers are allocated per warp in units of this many.
     pub register_unit: u32,
+    /// The most registers one thread may use.
     pub max_registers_per_thread: u32,
+    /// Shared memory an SM has for CTAs (the largest carveout).
     pub shared_bytes_per_sm: u32,
     /// The most shared memory one CTA may opt in to.
     pub shared_bytes_per_cta: u32,
@@ -29,8 +32,11 @@ pub struct Arch {
     pub reserved_shared_bytes_per_cta: u32,
     /// Shared memory is allocated in units of this many bytes.
     pub shared_unit: u32,
+    /// Warps resident on one SM at most.
     pub max_warps_per_sm: u32,
+    /// CTAs resident on one SM at most.
     pub max_ctas_per_sm: u32,
+    /// Threads one CTA may have.
     pub max_threads_per_cta: u32,
 }
 
@@ -69,12 +75,17 @@ pub const H100: Arch = Arch {
 /// What bounds the CTAs an SM holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
+    /// The register file.
     Registers,
+    /// Shared memory.
     SharedMemory,
+    /// Warps per SM.
     Warps,
+    /// CTAs per SM.
     Ctas,
     /// The CTA cannot launch at all: `why` says which resource one CTA alone exceeds.
     DoesNotFit {
+        /// The resource: `threads`, `registers` or `shared memory`.
         why: &'static str,
     },
 }
@@ -82,10 +93,13 @@ pub enum Limit {
 /// CTAs of one kernel resident on an SM, the warps they make, and the binding limit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Occupancy {
+    /// CTAs resident on one SM.
     pub ctas: u32,
+    /// The warps they make.
     pub warps: u32,
     /// `warps` over the SM's most.
     pub fraction: f64,
+    /// What stops one more CTA.
     pub limit: Limit,
 }
 

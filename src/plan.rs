@@ -4,6 +4,22 @@
 //!
 //! The values come from the same [`bind_shapes`] a Rust launch uses, so the plan checks the
 //! shapes as a launch would and its dims and strides are the ones a launch passes.
+//!
+//! ```
+//! use flashcore::kernels::attention;
+//! use flashcore::plan::{launch_plan, PlanArg};
+//! use flashcore::TensorView;
+//!
+//! let kernel = attention::compile(&attention::CONFIG)?;
+//! let (shape, strides) = ([1, 2, 128, 64], [16384, 8192, 64, 1]);
+//! let t = TensorView { dtype: "f16", shape: &shape, strides: &strides, buffer_len: 16384 };
+//! let args = [PlanArg::Tensor(t), PlanArg::Tensor(t), PlanArg::Tensor(t), PlanArg::TensorMut(t),
+//!             PlanArg::Absent, PlanArg::F32(0.125), PlanArg::Absent, PlanArg::Absent];
+//! let plan = launch_plan(&kernel, &args)?;
+//! assert_eq!(plan.work_items, 2 * 128 / 64);
+//! assert!(plan.to_json().contains("\"entry\": \"attention\""));
+//! # Ok::<(), flashcore::Error>(())
+//! ```
 
 use serde::Serialize;
 
@@ -17,22 +33,34 @@ pub enum PlanParam {
     /// A device pointer the caller supplies: the tensor the kernel parameter `name` names, with
     /// the shape and element strides the plan was made for.
     Pointer {
+        /// The kernel parameter.
         name: String,
+        /// Whether the kernel writes it.
         output: bool,
+        /// Element type name.
         dtype: String,
+        /// The logical shape the plan was made for.
         shape: Vec<usize>,
+        /// Its strides in elements.
         strides: Vec<usize>,
     },
     /// A null pointer: an optional parameter left out.
     Null {
+        /// The kernel parameter.
         name: String,
     },
+    /// An f32 scalar argument.
     F32 {
+        /// The kernel parameter.
         name: String,
+        /// Its value.
         value: f32,
     },
+    /// A u32 the launcher adds: a bound dim or a stride.
     U32 {
+        /// What it is, e.g. `dim S` or `q stride H`.
         name: String,
+        /// Its value.
         value: u32,
     },
 }
@@ -40,26 +68,37 @@ pub enum PlanParam {
 /// Everything needed to launch one compiled kernel on one problem shape.
 #[derive(Clone, Debug, Serialize)]
 pub struct LaunchPlan {
+    /// The kernel's name.
     pub kernel: String,
     /// The config, as `Config`'s `Display` writes it.
     pub config: String,
+    /// The PTX `.entry` to launch.
     pub entry: String,
+    /// Threads per CTA.
     pub threads_per_cta: u32,
+    /// Dynamic shared memory per CTA, in bytes.
     pub shared_bytes: u32,
     /// CTAs of a one-per-work-item launch; a persistent kernel launches
     /// `min(work_items, CTAs per SM × SMs)` (the driver's occupancy calculator).
     pub work_items: u64,
+    /// Whether the grid is sized by occupancy (persistent CTAs) rather than work items.
     pub persistent: bool,
+    /// Every entry parameter, in order.
     pub params: Vec<PlanParam>,
+    /// The PTX text.
     pub ptx: String,
 }
 
 /// A launch argument as a plan takes it: shapes without memory.
 #[derive(Clone, Copy, Debug)]
 pub enum PlanArg<'a> {
+    /// An input tensor's shape and strides.
     Tensor(TensorView<'a>),
+    /// An output tensor's shape and strides.
     TensorMut(TensorView<'a>),
+    /// An optional parameter left out.
     Absent,
+    /// An f32 scalar.
     F32(f32),
 }
 
@@ -134,6 +173,7 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
 }
 
 impl LaunchPlan {
+    /// The plan as pretty-printed JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a plan always serializes")
     }

@@ -1,6 +1,17 @@
 //! Runs NVIDIA's `ptxas` on generated PTX and reads its `-v` resource report (registers, spills,
 //! shared memory). ptxas is found through `FLASHCORE_PTXAS`, the project's cache
 //! (`.cache/ptxas/bin/ptxas`, filled by `scripts/test.sh`), `PATH`, or `/usr/local/cuda/bin`.
+//!
+//! ```
+//! use flashcore::kernels::attention;
+//!
+//! // ptxas is optional: without it there is no report, and nothing else changes.
+//! if let Some(ptxas) = flashcore::ptxas::find() {
+//!     let report = flashcore::ptxas::assemble(&ptxas, &attention::ptx(&attention::CONFIG)?, "sm_89")?;
+//!     assert!(report.registers > 0 && report.spill_store_bytes == 0);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,10 +19,15 @@ use std::process::Command;
 /// The resource report of one assembled entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
+    /// The architecture it was assembled for, e.g. `sm_89`.
     pub arch: String,
+    /// Registers a thread.
     pub registers: u32,
+    /// Bytes a thread spills to local memory.
     pub spill_store_bytes: u32,
+    /// Bytes a thread reloads from local memory.
     pub spill_load_bytes: u32,
+    /// Stack frame bytes a thread.
     pub stack_bytes: u32,
     /// Static shared memory (FlashCore's is dynamic, so usually 0).
     pub static_shared_bytes: u32,
@@ -19,14 +35,28 @@ pub struct Report {
     pub text: String,
 }
 
+/// Why ptxas gave no report.
 #[derive(Debug, thiserror::Error)]
 pub enum PtxasError {
+    /// No ptxas was found.
     #[error("ptxas not found (set FLASHCORE_PTXAS, or run scripts/test.sh to install it)")]
     NotFound,
+    /// ptxas could not be started (or its files written).
     #[error("could not run {path}: {source}")]
-    Run { path: String, source: std::io::Error },
+    Run {
+        /// The ptxas it tried.
+        path: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// ptxas refused the PTX.
     #[error("ptxas rejected the PTX for {arch}:\n{stderr}")]
-    Rejected { arch: String, stderr: String },
+    Rejected {
+        /// The architecture.
+        arch: String,
+        /// What ptxas said.
+        stderr: String,
+    },
 }
 
 /// Where ptxas is, if anywhere.

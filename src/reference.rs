@@ -1,14 +1,30 @@
 //! Float64 CPU references for attention: a fused per-row one (multithreaded, optionally on a
 //! sample of rows, for checking large shapes) and a naive one that materializes
 //! softmax(Q·Kᵀ·scale) before multiplying by V (to check the first). Plus the error metrics.
+//!
+//! ```
+//! use flashcore::reference::{attention, attention_naive, compare, Problem, Rng};
+//!
+//! let (b, h, s, d) = (1, 2, 8, 4);
+//! let mut rng = Rng::new(1);
+//! let mut gen = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
+//! let (q, k, v) = (gen(b * h * s * d), gen(b * h * s * d), gen(b * h * s * d));
+//! let p = Problem { q: &q, k: &k, v: &v, b, h, hk: h, s, sk: s, d, scale: 0.5, causal: true };
+//! assert!(compare(&attention(&p), &attention_naive(&p)).rel_l2 < 1e-12);
+//! ```
 
 /// Row-major attention inputs, converted to f64: `q` is `[B, H, S, D]`, `k` and `v` are
 /// `[B, HK, SK, D]` (query head `h` reads K/V head `h / (H / HK)`).
 pub struct Problem<'a> {
+    /// Q, `[B, H, S, D]`.
     pub q: &'a [f64],
+    /// K, `[B, HK, SK, D]`.
     pub k: &'a [f64],
+    /// V, `[B, HK, SK, D]`.
     pub v: &'a [f64],
+    /// Batch.
     pub b: usize,
+    /// Query heads.
     pub h: usize,
     /// K/V heads (a divisor of `h`).
     pub hk: usize,
@@ -16,7 +32,9 @@ pub struct Problem<'a> {
     pub s: usize,
     /// Key/value rows.
     pub sk: usize,
+    /// Head dim.
     pub d: usize,
+    /// The softmax scale (usually 1/√D).
     pub scale: f64,
     /// Causal, aligned to the bottom right (FlashAttention 2.1+): query row `i` sees keys
     /// `j ≤ i + SK − S`. A row that sees no key has output 0.
@@ -115,14 +133,23 @@ pub fn attention_rows_lse(p: &Problem, rows: &[usize]) -> (Vec<f64>, Vec<f64>) {
 /// `q` is `[TOTAL_Q, H, D]`, `k` and `v` are `[TOTAL_K, HK, D]`, and sequence `i` is rows
 /// `cu_q[i] .. cu_q[i + 1]` of `q` and `cu_k[i] .. cu_k[i + 1]` of `k`, `v`.
 pub struct VarlenProblem<'a> {
+    /// Q, `[TOTAL_Q, H, D]`.
     pub q: &'a [f64],
+    /// K, `[TOTAL_K, HK, D]`.
     pub k: &'a [f64],
+    /// V, `[TOTAL_K, HK, D]`.
     pub v: &'a [f64],
+    /// Query offsets: `B + 1` cumulative lengths from 0.
     pub cu_q: &'a [u32],
+    /// Key offsets, likewise.
     pub cu_k: &'a [u32],
+    /// Query heads.
     pub h: usize,
+    /// K/V heads (a divisor of `h`).
     pub hk: usize,
+    /// Head dim.
     pub d: usize,
+    /// The softmax scale.
     pub scale: f64,
     /// Causal within each sequence, aligned to its bottom right.
     pub causal: bool,
@@ -265,11 +292,13 @@ pub fn attention_naive(p: &Problem) -> Vec<f64> {
 pub struct ErrorStats {
     /// ‖got − want‖₂ / ‖want‖₂: the figure the acceptance thresholds use.
     pub rel_l2: f64,
+    /// The largest absolute difference of finite elements.
     pub max_abs: f64,
     /// Elements of `got` that are NaN or infinite (a poisoned output left unwritten shows here).
     pub non_finite: usize,
 }
 
+/// How far `got` is from `want` (same length).
 pub fn compare(got: &[f64], want: &[f64]) -> ErrorStats {
     assert_eq!(got.len(), want.len(), "compare: lengths differ");
     let (mut diff2, mut ref2, mut max_abs, mut non_finite) = (0.0, 0.0, 0.0f64, 0);
@@ -293,10 +322,12 @@ pub fn compare(got: &[f64], want: &[f64]) -> ErrorStats {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -24,8 +24,11 @@ use ir::timeline::{Mark, Timeline, COPY_LATENCY};
 
 /// A kernel's schedule, played once.
 pub struct Picture {
+    /// The kernel and its config.
     pub title: String,
+    /// The roles' events, as the protocol check sees them.
     pub schedule: Schedule,
+    /// When each event ran.
     pub timeline: Timeline,
     /// Pipeline iterations traced per work item.
     pub iterations: u32,

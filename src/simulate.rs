@@ -1,6 +1,18 @@
 //! Runs a compiled kernel in the PTX simulator (`flashcore-sim`) instead of on a GPU: the same
 //! PTX text and the same argument binding as [`crate::launch`], host slices instead of device
 //! tensors. This is how CI executes every generated kernel without a GPU.
+//!
+//! ```
+//! use flashcore::kernels::attention;
+//! use flashcore::simulate::{check_attention, AttentionShape, SimDevice};
+//!
+//! // One launch of the declared kernel in the simulator, checked against float64.
+//! let kernel = attention::compile(&attention::CONFIG)?;
+//! let shape = AttentionShape { b: 1, h: 1, hk: 1, s: 64, sk: 64 };
+//! let check = check_attention(&kernel, shape, flashcore::Layout::Bhsd, 1, &SimDevice::default())?;
+//! assert!(check.err.rel_l2 < flashcore::tolerance(flashcore::DType::F16));
+//! # Ok::<(), flashcore::Error>(())
+//! ```
 
 pub use flashcore_sim::{Options, SimError, Stats};
 
@@ -24,6 +36,7 @@ pub enum HostArg<'a, T> {
     Offsets(&'a SeqOffsets),
     /// An optional parameter left out.
     Absent,
+    /// An f32 scalar.
     F32(f32),
 }
 
@@ -36,6 +49,7 @@ pub struct HostView {
 }
 
 impl HostView {
+    /// A view with explicit strides (in elements).
     pub fn strided(shape: &[usize], strides: &[usize]) -> HostView {
         HostView { shape: shape.to_vec(), strides: strides.to_vec() }
     }
@@ -45,10 +59,12 @@ impl HostView {
         HostView { shape: shape.to_vec(), strides: crate::runtime::contiguous_strides(shape) }
     }
 
+    /// The logical shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The strides in elements.
     pub fn strides(&self) -> &[usize] {
         &self.strides
     }
@@ -58,7 +74,9 @@ impl HostView {
 /// and the scheduler's options.
 #[derive(Clone, Copy, Debug)]
 pub struct SimDevice {
+    /// SMs a persistent grid is sized for.
     pub sm_count: u32,
+    /// The simulator's scheduling options (seed, slice length, limits).
     pub options: Options,
 }
 
@@ -168,21 +186,29 @@ fn bytes_of<T: HalfFloat>(data: &[T]) -> Vec<u8> {
 /// The shape of an attention problem: `[b, h, s, d]` queries, `[b, hk, sk, d]` keys and values.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionShape {
+    /// Batch.
     pub b: usize,
+    /// Query heads.
     pub h: usize,
+    /// K/V heads.
     pub hk: usize,
+    /// Query rows.
     pub s: usize,
+    /// Key rows.
     pub sk: usize,
 }
 
 /// What [`check_attention`] found.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionCheck {
+    /// The output against float64.
     pub err: crate::reference::ErrorStats,
     /// The log-sum-exp output against float64: the largest difference, and the rows where one
     /// side is infinite (or NaN) and the other is not.
     pub lse_max_abs: f64,
+    /// Rows where one log-sum-exp is finite and the other not.
     pub lse_mismatched: usize,
+    /// What the simulator counted.
     pub stats: Stats,
     /// Seconds spent in the simulator (not in the reference).
     pub seconds: f64,
@@ -233,8 +259,11 @@ fn check_typed<T: HalfFloat>(
 
 /// What [`run_attention`] returns: the output `[B, H, S, D]` and log-sum-exp `[B, H, S]`.
 pub struct AttentionRun {
+    /// The output, `[B, H, S, D]`.
     pub out: Vec<f64>,
+    /// The log-sum-exp, `[B, H, S]`.
     pub lse: Vec<f64>,
+    /// What the simulator counted.
     pub stats: Stats,
 }
 

@@ -1,5 +1,22 @@
 //! Timing kernels with CUDA events: the median of many launches after a warm-up, each after an
 //! L2 flush, shared by the example, the autotuner and anything else that reports a time.
+//!
+//! ```no_run
+//! use flashcore::kernels::attention;
+//! use flashcore::runtime::Device;
+//!
+//! // Needs a GPU: the median of 50 timed launches after 5 warm-up ones.
+//! let device = Device::new(0)?;
+//! let shape = [1, 8, 512, 64];
+//! let (q, k, v) = (device.filled(&shape, flashcore::f16::ONE)?, device.filled(&shape, flashcore::f16::ONE)?,
+//!                  device.filled(&shape, flashcore::f16::ONE)?);
+//! let mut out = device.filled(&shape, flashcore::f16::NAN)?;
+//! let us = flashcore::timing::median_launch_us::<flashcore::Error>(&device, 5, 50, |_| {
+//!     attention::launch_async(&device, &attention::CONFIG, &q, &k, &v, &mut out, None, 0.125, None, None)
+//! })?;
+//! println!("{us:.2} µs");
+//! # Ok::<(), flashcore::Error>(())
+//! ```
 
 use crate::runtime::{Device, RuntimeError};
 

@@ -4,6 +4,15 @@
 //! `tuning/attention.json` is compiled in ([`Table::builtin`]); `FLASHCORE_TUNING=path` points
 //! the runtime at another file ([`Table::active`]). `examples/autotune.rs` writes it. A shape no
 //! entry covers (another GPU, an untuned head dim) gets the kernel's declared config.
+//!
+//! ```
+//! use flashcore::kernels::attention;
+//! use flashcore::tuning::{Source, Table};
+//!
+//! // A GPU the table has no entry for gets the declared config.
+//! let (config, source) = Table::builtin().pick("attention", "no such GPU", attention::CONFIG, [1, 8, 512, 512]);
+//! assert_eq!((config, source), (attention::CONFIG, Source::Declared));
+//! ```
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,6 +47,7 @@ pub enum SizeClass {
 }
 
 impl SizeClass {
+    /// Every class, smallest first.
     pub const ALL: [SizeClass; 4] = [SizeClass::Tiny, SizeClass::Small, SizeClass::Medium, SizeClass::Large];
 
     /// The class of a `b × h` heads, `s` query rows × `sk` key rows problem.
@@ -54,6 +64,7 @@ impl SizeClass {
         }
     }
 
+    /// The name tables use: `tiny`, `small`, `medium`, `large`.
     pub fn name(self) -> &'static str {
         match self {
             SizeClass::Tiny => "tiny",
@@ -73,12 +84,16 @@ pub struct Key {
     pub gpu: String,
     /// `f16` or `bf16`.
     pub dtype: String,
+    /// The head dim.
     pub head_dim: u32,
+    /// Causal or not.
     pub causal: bool,
+    /// How much work the launch is.
     pub size_class: SizeClass,
 }
 
 impl Key {
+    /// The key of a launch.
     pub fn new(kernel: &str, gpu: &str, dtype: DType, head_dim: u32, causal: bool, class: SizeClass) -> Key {
         Key {
             kernel: kernel.to_string(),
@@ -110,12 +125,19 @@ impl std::fmt::Display for Key {
 /// come from the launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Schedule {
+    /// `Config::tile_m`.
     pub tile_m: u32,
+    /// `Config::tile_n`.
     pub tile_n: u32,
+    /// `Config::warps`.
     pub warps: u32,
+    /// `Config::stages`.
     pub stages: u32,
+    /// `Config::load_warps`.
     pub load_warps: u32,
+    /// `Config::softmax_warps`.
     pub softmax_warps: u32,
+    /// `Config::persistent`.
     pub persistent: bool,
     /// `Config::a_in_smem` (absent in tables written before it existed: false).
     #[serde(default)]
@@ -130,6 +152,7 @@ fn one() -> u32 {
 }
 
 impl Schedule {
+    /// The schedule fields of `config`.
     pub fn of(config: &Config) -> Schedule {
         Schedule {
             tile_m: config.tile_m,
@@ -171,7 +194,10 @@ fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 pub struct Measured {
     /// The shape it was timed at: `[B, H, S, SK]`.
     pub shape: [usize; 4],
+    /// Median time of one launch, in microseconds.
     pub median_us: f64,
+    /// Attention FLOPs (4·D per (query, key) pair a row attends to, over B·H heads) over that
+    /// time, in TFLOP/s.
     pub tflops: f64,
     /// Relative L2 error against float64 on the check that preceded the timing.
     pub rel_err: f64,
@@ -186,7 +212,9 @@ pub struct Measured {
 /// reads to skip what was done (resume).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
+    /// What was tuned.
     pub key: Key,
+    /// The candidate.
     pub schedule: Schedule,
     /// `ok`, `wrong` (failed the float64 check: a bug), `spills`, `smem` (over the device's
     /// limit) or `error`.
@@ -194,6 +222,7 @@ pub struct Trial {
     /// NaN unless `ok`.
     #[serde(deserialize_with = "nan_if_null")]
     pub median_us: f64,
+    /// Relative L2 error against float64 (NaN unless checked).
     #[serde(deserialize_with = "nan_if_null")]
     pub rel_err: f64,
     /// Why a trial that is not `ok` failed.
@@ -221,17 +250,23 @@ impl Trial {
 /// One winner.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    /// What it won for.
     #[serde(flatten)]
     pub key: Key,
+    /// The winning schedule.
     pub schedule: Schedule,
+    /// How it did.
     pub measured: Measured,
 }
 
 /// The file: a format tag, its version, and the winners.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Table {
+    /// Always `flashcore-tuning`.
     pub format: String,
+    /// [`FORMAT_VERSION`] when written by this build.
     pub version: u32,
+    /// The winners, one per key.
     pub entries: Vec<Entry>,
 }
 
@@ -245,6 +280,7 @@ pub enum Source {
 }
 
 impl Table {
+    /// A table with no entries.
     pub fn empty() -> Table {
         Table { format: FORMAT_NAME.to_string(), version: FORMAT_VERSION, entries: vec![] }
     }
@@ -274,6 +310,7 @@ impl Table {
         Table::from_json(BUILTIN).unwrap_or_else(|_| Table::empty())
     }
 
+    /// Reads a table file.
     pub fn load(path: &Path) -> Result<Table, Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Tuning(format!("reading {}: {e}", path.display())))?;
@@ -288,6 +325,7 @@ impl Table {
         }
     }
 
+    /// The table as pretty-printed JSON.
     pub fn to_json(&self) -> String {
         let mut text = serde_json::to_string_pretty(self).expect("a table always serializes");
         text.push('\n');
@@ -306,6 +344,7 @@ impl Table {
             .map_err(|e| Error::Tuning(format!("writing {}: {e}", path.display())))
     }
 
+    /// The winner for `key`, if the table has one.
     pub fn lookup(&self, key: &Key) -> Option<&Entry> {
         self.entries.iter().find(|e| &e.key == key)
     }

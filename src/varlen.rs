@@ -1,5 +1,16 @@
 //! Variable-length batches: cumulative sequence offsets (FlashAttention's `cu_seqlens`), checked
 //! once on the host so that a launch can trust them, and their device copy.
+//!
+//! ```
+//! use flashcore::SeqOffsets;
+//!
+//! let offsets = SeqOffsets::from_lengths(&[3, 0, 5])?;
+//! assert_eq!(offsets.as_slice(), &[0, 3, 3, 8]);
+//! assert_eq!((offsets.batch(), offsets.total(), offsets.max_len()), (3, 8, 5));
+//! assert_eq!(offsets.range(2), 3..8);
+//! assert!(SeqOffsets::new(vec![0, 4, 2]).is_err());
+//! # Ok::<(), flashcore::Error>(())
+//! ```
 
 use crate::runtime::{Device, DeviceTensor};
 use crate::Error;
@@ -73,6 +84,7 @@ impl SeqOffsets {
         self.offsets[b] as usize..self.offsets[b + 1] as usize
     }
 
+    /// The offsets: `batch() + 1` cumulative lengths from 0.
     pub fn as_slice(&self) -> &[u32] {
         &self.offsets
     }
@@ -92,10 +104,12 @@ pub struct DeviceSeqOffsets {
 }
 
 impl DeviceSeqOffsets {
+    /// The host copy the launcher binds shapes from.
     pub fn host(&self) -> &SeqOffsets {
         &self.host
     }
 
+    /// The device buffer the kernel reads.
     pub fn buffer(&self) -> &DeviceTensor<u32> {
         &self.buffer
     }

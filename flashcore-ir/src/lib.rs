@@ -1,4 +1,4 @@
-//! FlashCore's tile-level IR: the [`source`] program the macro builds, its [`lower`]ing into a
+//! FlashCore's tile-level IR: the [`source`] program the macro builds, its [`lower`](fn@lower)ing into a
 //! typed, arena-based [`Kernel`] for one [`Config`], the [`verify`]er, and the text form
 //! (`Display`) that snapshots pin.
 //!
