@@ -344,11 +344,11 @@ fn list(out: &mut dyn Write) -> Result<(), CliError> {
     let kernels = registry::kernels();
     writeln!(out, "kernels ({}):", kernels.len())?;
     for k in &kernels {
-        writeln!(out, "  {:<20} {}::{}", k.name, k.module, k.name)?;
+        writeln!(out, "  {}  ({}::{})", k.name, k.module, k.name)?;
         if !k.summary.is_empty() {
-            writeln!(out, "  {:<20} {}", "", k.summary)?;
+            writeln!(out, "      {}", k.summary)?;
         }
-        writeln!(out, "  {:<20} declared: {}", "", k.config)?;
+        writeln!(out, "      declared: {}", k.config)?;
     }
     writeln!(out, "\nreference configs (--config NAME):")?;
     for (name, config) in crate::kernels::reference_configs() {
