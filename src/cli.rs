@@ -216,12 +216,6 @@ struct Options {
 
 impl Options {
     fn parse(command: &str, args: &[&str]) -> Result<Options, CliError> {
-        let command: &'static str = match command {
-            "list" => "list",
-            "emit" => "emit",
-            "check" => "check",
-            _ => "schedule",
-        };
         let usage = |message: String| {
             CliError::Usage(format!("{message}\n(`flashcore {command} --help` shows the options)"))
         };
@@ -390,7 +384,7 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
         .and_then(|k| Ok(ir::passes::run_until(k, None)?))
         .map_err(|e| failed(entry, config, e))?;
     let schedule = ir::protocol::schedule_of(&kernel);
-    let iterations = 2 * config.stages.max(1) + 1;
+    let iterations = ir::protocol::traced_iterations(config);
     let roles: Vec<String> =
         schedule.roles.iter().map(|r| format!("{} ({} threads)", r.name, r.threads)).collect();
     match ir::protocol::check(&schedule) {
@@ -521,8 +515,11 @@ fn shared_memory(kernel: &ir::Kernel, total: u32, out: &mut dyn Write) -> Result
 
 fn schedule(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
     let (entry, config) = (opts.kernel(), &opts.config);
-    let compiled = crate::compile(&(entry.program)(), config).map_err(|e| failed(entry, config, e))?;
-    let picture = crate::schedule::Picture::of(&compiled.kernel);
+    // The passes and the protocol check; no code is generated.
+    let kernel = crate::lower(&(entry.program)(), config)
+        .and_then(|k| Ok(ir::passes::run_all(k)?))
+        .map_err(|e| failed(entry, config, e))?;
+    let picture = crate::schedule::Picture::of(&kernel);
     match opts.svg.as_deref() {
         Some("-") => out.write_all(picture.svg().as_bytes())?,
         Some(path) => {

@@ -22,6 +22,9 @@ use crate::ir;
 use ir::protocol::{Event, Part, Place, Schedule};
 use ir::timeline::{Mark, Timeline, COPY_LATENCY};
 
+/// Pixels a step of logical time takes in the SVG.
+const STEP: f64 = 9.0;
+
 /// A kernel's schedule, played once.
 pub struct Picture {
     /// The kernel and its config.
@@ -43,7 +46,7 @@ impl Picture {
             title: format!("{} ({})", kernel.name, kernel.config),
             schedule,
             timeline,
-            iterations: 2 * kernel.config.stages.max(1) + 1,
+            iterations: ir::protocol::traced_iterations(&kernel.config),
         }
     }
 
@@ -100,9 +103,7 @@ impl Picture {
             let mut last_place: Option<Place> = None;
             for m in &lane.marks {
                 let mut cell = String::new();
-                if last_place != Some(m.place) && last_place.map(|p| p.part) != Some(m.place.part)
-                    || last_place.map(|p| p.work) != Some(m.place.work)
-                {
+                if last_place != Some(m.place) {
                     let _ = write!(cell, "[{}] ", place_name(m.place));
                 }
                 last_place = Some(m.place);
@@ -162,7 +163,6 @@ impl Picture {
     /// while blocked), arrivals triangles, and grey arrows join an mbarrier phase's arrivals to
     /// the waits it releases. Every mark has a tooltip.
     pub fn svg(&self) -> String {
-        const STEP: f64 = 9.0;
         const LEFT: f64 = 170.0;
         const TOP: f64 = 64.0;
         const LANE: f64 = 76.0;
@@ -277,7 +277,6 @@ impl Picture {
     }
 
     fn svg_mark(&self, svg: &mut String, m: &Mark, top: f64, x: &dyn Fn(u32) -> f64) {
-        const STEP: f64 = 9.0;
         let tip = xml(&format!(
             "step {}{}: {} [{}]",
             m.start,

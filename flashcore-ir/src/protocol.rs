@@ -495,10 +495,16 @@ pub fn schedule_of(kernel: &Kernel) -> Schedule {
     traced_schedule(kernel).0
 }
 
+/// Pipeline iterations a schedule traces per work item: `2·stages + 1`, enough for every slot
+/// to be reused twice.
+pub fn traced_iterations(config: &crate::Config) -> u32 {
+    2 * config.stages.max(1) + 1
+}
+
 /// [`schedule_of`], with the [`Place`] of every event (per role, in event order).
 pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
     let cfg = &kernel.config;
-    let iterations = 2 * cfg.stages.max(1) + 1;
+    let iterations = traced_iterations(cfg);
     let mut schedule = Schedule {
         roles: vec![],
         barriers: kernel
