@@ -47,7 +47,8 @@ Every command that takes a kernel takes --config SETTINGS (see `flashcore help e
 Exit status: 0 done, 1 the kernel does not compile or check, 2 the command line is wrong.
 ";
 
-const CONFIG_HELP: &str = "  --config SETTINGS   the config to compile for, starting from the kernel's declared one:
+const CONFIG_HELP: &str =
+    "  --config SETTINGS   the config to compile for, starting from the kernel's declared one:
                       settings as the config prints them, separated by commas or spaces:
                       tile_m=128, tile_n=, head_dim=, stages=, warps=, load_warps=,
                       softmax_warps=, kv_splits=; the flags persistent, causal, varlen,
