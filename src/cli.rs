@@ -375,9 +375,9 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
     let (entry, config) = (opts.kernel(), &opts.config);
     writeln!(out, "kernel     {} ({}::{})", entry.name, entry.module, entry.name)?;
     writeln!(out, "config     {config}")?;
-    let roles = [(config.warps, "compute"), (config.load_warps, "load"), (config.softmax_warps, "softmax")];
-    let roles: Vec<String> = roles.iter().filter(|(w, _)| *w > 0).map(|(w, r)| format!("{w} {r}")).collect();
-    writeln!(out, "threads    {} a CTA: {} warps", config.threads(), roles.join(" + "))?;
+    let warps = [(config.warps, "compute"), (config.load_warps, "load"), (config.softmax_warps, "softmax")];
+    let warps: Vec<String> = warps.iter().filter(|(w, _)| *w > 0).map(|(w, r)| format!("{w} {r}")).collect();
+    writeln!(out, "threads    {} a CTA: {} warps", config.threads(), warps.join(" + "))?;
     // Lower and run the passes, then the protocol check on its own, so its verdict has a line.
     let program = (entry.program)();
     let kernel = crate::lower(&program, config)

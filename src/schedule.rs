@@ -98,8 +98,8 @@ impl Picture {
         );
         // Per lane: the cell text at each step it acts, and when its copies land.
         let mut cells: Vec<std::collections::BTreeMap<u32, String>> = vec![Default::default(); lanes.len()];
-        let mut landings: Vec<Vec<(u32, String)>> = vec![vec![]; lanes.len()];
         for (i, lane) in lanes.iter().enumerate() {
+            let mut landings: Vec<(u32, String)> = vec![];
             let mut last_place: Option<Place> = None;
             for m in &lane.marks {
                 let mut cell = String::new();
@@ -113,13 +113,13 @@ impl Picture {
                 }
                 cells[i].insert(m.start, cell);
                 if let Event::Copy { slot, .. } = m.event {
-                    landings[i].push((
+                    landings.push((
                         m.start + COPY_LATENCY,
                         format!("↳ {} landed", self.schedule.slot_name(slot)),
                     ));
                 }
             }
-            for (step, note) in landings[i].drain(..) {
+            for (step, note) in landings {
                 let cell = cells[i].entry(step).or_default();
                 let sep = if cell.is_empty() { "" } else { "  " };
                 *cell = format!("{cell}{sep}{note}");

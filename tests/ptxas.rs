@@ -4,7 +4,7 @@
 use flashcore::kernels::attention;
 
 /// Largest dynamic shared memory per CTA on sm_89 (L4): 99 KiB.
-const SM89_SHARED_LIMIT: u32 = 99 * 1024;
+const SM89_SHARED_LIMIT: u32 = flashcore::occupancy::L4.shared_bytes_per_cta;
 const REGISTER_LIMIT: u32 = 255;
 
 fn ptxas_or_skip() -> Option<std::path::PathBuf> {

@@ -224,9 +224,34 @@ impl Config {
         }
         Ok(())
     }
-}
 
-impl Config {
+    /// The whole-number field called `name` (`tile_m`, .., `kv_splits`), with its name, for
+    /// the parsers of configs (`with_settings`, the `#[flash_kernel(..)]` attribute).
+    pub fn number_field(&mut self, name: &str) -> Option<(&'static str, &mut u32)> {
+        Some(match name {
+            "tile_m" => ("tile_m", &mut self.tile_m),
+            "tile_n" => ("tile_n", &mut self.tile_n),
+            "head_dim" => ("head_dim", &mut self.head_dim),
+            "stages" => ("stages", &mut self.stages),
+            "warps" => ("warps", &mut self.warps),
+            "load_warps" => ("load_warps", &mut self.load_warps),
+            "softmax_warps" => ("softmax_warps", &mut self.softmax_warps),
+            "kv_splits" => ("kv_splits", &mut self.kv_splits),
+            _ => return None,
+        })
+    }
+
+    /// The on/off field called `name` (`persistent`, `causal`, `varlen`, `a_in_smem`).
+    pub fn flag_field(&mut self, name: &str) -> Option<&mut bool> {
+        match name {
+            "persistent" => Some(&mut self.persistent),
+            "causal" => Some(&mut self.causal),
+            "varlen" => Some(&mut self.varlen),
+            "a_in_smem" => Some(&mut self.a_in_smem),
+            _ => None,
+        }
+    }
+
     /// This config with `settings` applied: `name=value` pairs and flags, separated by spaces or
     /// commas, in the form [`Config`]'s `Display` writes (`tile_m=128 warps=8 persistent bf16`),
     /// so a printed config reads back as itself. `load_warps` and `softmax_warps` set the
@@ -245,14 +270,7 @@ impl Config {
                 config.dtype = dtype;
                 continue;
             }
-            let flag = match name {
-                "persistent" => Some(&mut config.persistent),
-                "causal" => Some(&mut config.causal),
-                "varlen" => Some(&mut config.varlen),
-                "a_in_smem" => Some(&mut config.a_in_smem),
-                _ => None,
-            };
-            if let Some(flag) = flag {
+            if let Some(flag) = config.flag_field(name) {
                 *flag = match value {
                     None | Some("true") => true,
                     Some("false") => false,
@@ -268,16 +286,8 @@ impl Config {
                     .ok_or_else(|| bad(setting, "expected `dtype=f16` or `dtype=bf16`".into()))?;
                 continue;
             }
-            let field = match name {
-                "tile_m" => &mut config.tile_m,
-                "tile_n" => &mut config.tile_n,
-                "head_dim" => &mut config.head_dim,
-                "stages" => &mut config.stages,
-                "warps" => &mut config.warps,
-                "load_warps" => &mut config.load_warps,
-                "softmax_warps" => &mut config.softmax_warps,
-                "kv_splits" => &mut config.kv_splits,
-                _ => return Err(bad(setting, format!("unknown setting `{name}`; {SETTINGS}"))),
+            let Some((_, field)) = config.number_field(name) else {
+                return Err(bad(setting, format!("unknown setting `{name}`; {SETTINGS}")));
             };
             *field = value.parse().map_err(|_| bad(setting, format!("`{value}` is not a whole number")))?;
         }

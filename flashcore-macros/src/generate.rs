@@ -284,7 +284,7 @@ fn config(c: &Config) -> TokenStream {
 pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
     let vis = &f.vis;
     let name = &f.name;
-    let doc_attrs = f.attrs.iter().filter(|a| a.path().is_ident("doc"));
+    let doc_attrs: Vec<&syn::Attribute> = f.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
     let program = program(prog);
     let config = config(cfg);
     let kernel_name = name.to_string();
@@ -343,15 +343,13 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
     }
     let cache = format_ident!("__FLASHCORE_CACHE_{}", kernel_name.to_uppercase());
     // The doc comment's first sentence, for kernel lists.
-    let doc: Vec<String> = f
-        .attrs
+    let doc: Vec<String> = doc_attrs
         .iter()
         .filter_map(|a| match &a.meta {
             syn::Meta::NameValue(syn::MetaNameValue {
-                path,
                 value: syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }),
                 ..
-            }) if path.is_ident("doc") => Some(s.value().trim().to_string()),
+            }) => Some(s.value().trim().to_string()),
             _ => None,
         })
         .collect();

@@ -47,13 +47,7 @@ impl Parse for KernelAttr {
         for item in items {
             let key = item.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
             // `persistent`, `causal`, or `<flag> = true/false`.
-            if key == "persistent" || key == "causal" || key == "varlen" || key == "a_in_smem" {
-                let flag = match key.as_str() {
-                    "persistent" => &mut config.persistent,
-                    "causal" => &mut config.causal,
-                    "varlen" => &mut config.varlen,
-                    _ => &mut config.a_in_smem,
-                };
+            if let Some(flag) = config.flag_field(&key) {
                 *flag = match &item {
                     syn::Meta::Path(_) => true,
                     syn::Meta::NameValue(syn::MetaNameValue {
@@ -108,21 +102,11 @@ impl Parse for KernelAttr {
                 continue;
             }
             let value = int_value(&item.value)?;
-            let (field, slot): (&'static str, &mut u32) = match key.as_str() {
-                "tile_m" => ("tile_m", &mut config.tile_m),
-                "tile_n" => ("tile_n", &mut config.tile_n),
-                "head_dim" => ("head_dim", &mut config.head_dim),
-                "stages" => ("stages", &mut config.stages),
-                "warps" => ("warps", &mut config.warps),
-                "load_warps" => ("load_warps", &mut config.load_warps),
-                "softmax_warps" => ("softmax_warps", &mut config.softmax_warps),
-                "kv_splits" => ("kv_splits", &mut config.kv_splits),
-                _ => {
-                    return Err(syn::Error::new_spanned(
+            let Some((field, slot)) = config.number_field(&key) else {
+                return Err(syn::Error::new_spanned(
                         &item.path,
                         format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits, persistent, causal, varlen, a_in_smem, dtype, or warps(compute = .., load = .., softmax = ..)"),
-                    ))
-                }
+                ));
             };
             *slot = value;
             field_spans.push((field, item.to_token_stream()));
