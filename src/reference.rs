@@ -69,18 +69,65 @@ impl Problem<'_> {
     }
 }
 
-/// One output row: softmax(q_row · Kᵀ · scale) · V for head `bh` and query row `row`. Returns
-/// the row's log-sum-exp, ln Σ exp(q·k·scale), +inf for a row that sees no key.
-fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64]) -> f64 {
+/// An attention variant in float64, as PyTorch's FlexAttention states one: `score(b, h, i, j,
+/// x)` rewrites the scaled score `x = q_i·k_j·scale` of query row `i` and key `j` (FlexAttention's
+/// `score_mod`), and `keep(b, h, i, j)` says whether that score exists (`mask_mod`); the mask
+/// applies after the score modification. `i` and `j` count from the start of each sequence.
+///
+/// ```
+/// use flashcore::reference::{attention_variant, attention, compare, Problem, Rng, Variant};
+///
+/// let (b, h, s, d) = (1, 1, 6, 4);
+/// let mut rng = Rng::new(3);
+/// let mut gen = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
+/// let (q, k, v) = (gen(b * h * s * d), gen(b * h * s * d), gen(b * h * s * d));
+/// let plain = Problem { q: &q, k: &k, v: &v, b, h, hk: h, s, sk: s, d, scale: 0.5, causal: false };
+/// // Causal, written as a mask: the same as the causal flag.
+/// let causal = Variant { score: &|_, _, _, _, x| x, keep: &|_, _, i, j| j <= i };
+/// let want = attention(&Problem { causal: true, ..plain });
+/// assert!(compare(&attention_variant(&plain, &causal).0, &want).rel_l2 < 1e-12);
+/// ```
+pub struct Variant<'a> {
+    /// `score(b, h, i, j, x)`: the modified score.
+    pub score: &'a (dyn Fn(usize, usize, usize, usize, f64) -> f64 + Sync),
+    /// `keep(b, h, i, j)`: whether the score of query `i` and key `j` exists.
+    pub keep: &'a (dyn Fn(usize, usize, usize, usize) -> bool + Sync),
+}
+
+impl Variant<'static> {
+    /// Plain attention: scores unchanged, every key kept.
+    pub const PLAIN: Variant<'static> = Variant { score: &|_, _, _, _, x| x, keep: &|_, _, _, _| true };
+}
+
+/// Every output row and log-sum-exp of attention variant `variant` (on top of `p`'s causal
+/// flag), in float64.
+pub fn attention_variant(p: &Problem, variant: &Variant) -> (Vec<f64>, Vec<f64>) {
+    let rows: Vec<usize> = (0..p.b * p.h * p.s).collect();
+    rows_lse(p, &rows, variant)
+}
+
+/// One output row: softmax(score(q_row · Kᵀ · scale), masked) · V for head `bh` and query row
+/// `row`. Returns the row's log-sum-exp, ln Σ exp(score), +inf for a row that sees no key.
+fn fused_row(p: &Problem, bh: usize, row: usize, out: &mut [f64], variant: &Variant) -> f64 {
     let d = p.d;
     let (qbase, kbase) = (bh * p.s * d, p.kv_base(bh));
+    let (batch, head) = (bh / p.h, bh % p.h);
     let q = &p.q[qbase + row * d..qbase + (row + 1) * d];
     let mut scores = vec![0.0f64; p.keys_seen(row)];
     let mut max = f64::NEG_INFINITY;
     for (j, score) in scores.iter_mut().enumerate() {
         let k = &p.k[kbase + j * d..kbase + (j + 1) * d];
-        *score = q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() * p.scale;
+        let x = q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() * p.scale;
+        *score = if (variant.keep)(batch, head, row, j) {
+            (variant.score)(batch, head, row, j, x)
+        } else {
+            f64::NEG_INFINITY
+        };
         max = max.max(*score);
+    }
+    if max == f64::NEG_INFINITY {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return f64::INFINITY;
     }
     let mut sum = 0.0;
     for score in scores.iter_mut() {
@@ -110,6 +157,10 @@ pub fn attention_rows(p: &Problem, rows: &[usize]) -> Vec<f64> {
 
 /// Like [`attention_rows`], with each row's log-sum-exp (+inf for a row that sees no key).
 pub fn attention_rows_lse(p: &Problem, rows: &[usize]) -> (Vec<f64>, Vec<f64>) {
+    rows_lse(p, rows, &Variant::PLAIN)
+}
+
+fn rows_lse(p: &Problem, rows: &[usize], variant: &Variant) -> (Vec<f64>, Vec<f64>) {
     let d = p.d;
     let mut out = vec![0.0; rows.len() * d];
     let mut lse = vec![0.0; rows.len()];
@@ -121,7 +172,7 @@ pub fn attention_rows_lse(p: &Problem, rows: &[usize]) -> (Vec<f64>, Vec<f64>) {
         {
             scope.spawn(move || {
                 for ((r, o), l) in chunk_rows.iter().zip(chunk_out.chunks_mut(d)).zip(chunk_lse) {
-                    *l = fused_row(p, r / p.s, r % p.s, o);
+                    *l = fused_row(p, r / p.s, r % p.s, o, variant);
                 }
             });
         }

@@ -225,9 +225,25 @@ pub fn check_attention(
     seed: u64,
     device: &SimDevice,
 ) -> Result<AttentionCheck, Error> {
+    check_variant(kernel, shape, layout, seed, device, &[], &crate::reference::Variant::PLAIN)
+}
+
+/// Like [`check_attention`] for an attention variant: a kernel with the standard signature plus
+/// the f32 scalars `scalars` after `scale` (`(q, k, v, o, lse, scale, scalars.., cu_q, cu_k)`),
+/// checked against the float64 reference of `variant` (FlexAttention's score and mask
+/// functions, written out independently of the kernel).
+pub fn check_variant(
+    kernel: &CompiledKernel,
+    shape: AttentionShape,
+    layout: crate::Layout,
+    seed: u64,
+    device: &SimDevice,
+    scalars: &[f32],
+    variant: &crate::reference::Variant,
+) -> Result<AttentionCheck, Error> {
     match kernel.kernel.config.dtype {
-        DType::F16 => check_typed::<f16>(kernel, shape, layout, seed, device),
-        DType::Bf16 => check_typed::<bf16>(kernel, shape, layout, seed, device),
+        DType::F16 => check_typed::<f16>(kernel, shape, layout, seed, device, scalars, variant),
+        DType::Bf16 => check_typed::<bf16>(kernel, shape, layout, seed, device, scalars, variant),
     }
 }
 
@@ -237,6 +253,8 @@ fn check_typed<T: HalfFloat>(
     layout: crate::Layout,
     seed: u64,
     device: &SimDevice,
+    scalars: &[f32],
+    variant: &crate::reference::Variant,
 ) -> Result<AttentionCheck, Error> {
     use crate::reference::{self, Problem, Rng};
     let AttentionShape { b, h, hk, s, sk } = shape;
@@ -245,13 +263,12 @@ fn check_typed<T: HalfFloat>(
     let mut gen = |n: usize| (0..n).map(|_| crate::round_to(T::DTYPE, rng.normal())).collect::<Vec<_>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
     let start = std::time::Instant::now();
-    let run = run_typed::<T>(kernel, shape, layout, [&q, &k, &v], device)?;
+    let run = run_typed::<T>(kernel, shape, layout, [&q, &k, &v], scalars, device)?;
     let seconds = start.elapsed().as_secs_f64();
     let causal = kernel.kernel.config.causal;
     let scale = kernel.kernel.config.default_scale() as f64;
     let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal };
-    let rows: Vec<usize> = (0..b * h * s).collect();
-    let (want, want_lse) = reference::attention_rows_lse(&problem, &rows);
+    let (want, want_lse) = reference::attention_variant(&problem, variant);
     let err = reference::compare(&run.out, &want);
     let (lse_max_abs, lse_mismatched) = reference::compare_lse(&run.lse, &want_lse);
     Ok(AttentionCheck { err, lse_max_abs, lse_mismatched, stats: run.stats, seconds })
@@ -278,8 +295,8 @@ pub fn run_attention(
     device: &SimDevice,
 ) -> Result<AttentionRun, Error> {
     match kernel.kernel.config.dtype {
-        DType::F16 => run_typed::<f16>(kernel, shape, layout, inputs, device),
-        DType::Bf16 => run_typed::<bf16>(kernel, shape, layout, inputs, device),
+        DType::F16 => run_typed::<f16>(kernel, shape, layout, inputs, &[], device),
+        DType::Bf16 => run_typed::<bf16>(kernel, shape, layout, inputs, &[], device),
     }
 }
 
@@ -288,6 +305,7 @@ fn run_typed<T: HalfFloat>(
     shape: AttentionShape,
     layout: crate::Layout,
     [q, k, v]: [&[f64]; 3],
+    scalars: &[f32],
     device: &SimDevice,
 ) -> Result<AttentionRun, Error> {
     let AttentionShape { b, h, hk, s, sk } = shape;
@@ -298,20 +316,22 @@ fn run_typed<T: HalfFloat>(
     let view = |shape: [usize; 4]| HostView::strided(&shape, &layout.strides(shape));
     let mut o = vec![T::NAN; b * h * s * d];
     let mut lse = vec![f32::NAN; b * h * s];
-    let stats = simulate(
-        kernel,
-        &mut [
-            HostArg::Tensor(&layout.store(&typed(q), q_shape), view(q_shape)),
-            HostArg::Tensor(&layout.store(&typed(k), kv_shape), view(kv_shape)),
-            HostArg::Tensor(&layout.store(&typed(v), kv_shape), view(kv_shape)),
-            HostArg::TensorMut(&mut o, view(q_shape)),
-            HostArg::RowsMut(&mut lse, HostView::contiguous(&[b, h, s])),
-            HostArg::F32(scale),
-            HostArg::Absent,
-            HostArg::Absent,
-        ],
-        device,
-    )?;
+    let (qs, ks, vs) = (
+        layout.store(&typed(q), q_shape),
+        layout.store(&typed(k), kv_shape),
+        layout.store(&typed(v), kv_shape),
+    );
+    let mut args = vec![
+        HostArg::Tensor(&qs, view(q_shape)),
+        HostArg::Tensor(&ks, view(kv_shape)),
+        HostArg::Tensor(&vs, view(kv_shape)),
+        HostArg::TensorMut(&mut o, view(q_shape)),
+        HostArg::RowsMut(&mut lse, HostView::contiguous(&[b, h, s])),
+        HostArg::F32(scale),
+    ];
+    args.extend(scalars.iter().map(|x| HostArg::F32(*x)));
+    args.extend([HostArg::Absent, HostArg::Absent]);
+    let stats = simulate(kernel, &mut args, device)?;
     let out = layout.load(&o, q_shape).iter().map(|x| x.to_f64()).collect();
     Ok(AttentionRun { out, lse: lse.iter().map(|x| *x as f64).collect(), stats })
 }

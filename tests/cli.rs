@@ -142,7 +142,7 @@ fn mistakes_are_usage_errors_that_say_what_to_do() {
         (&[], "no command given"),
         (&["frob"], "unknown command `frob`"),
         (&["help", "frob"], "unknown command `frob`"),
-        (&["emit"], "`emit` needs a kernel: kernels are flashcore::kernels::attention"),
+        (&["emit"], "`emit` needs a kernel: kernels are flashcore::kernels::variants::alibi_attention, flashcore::kernels::attention,"),
         (&["emit", "nope"], "no kernel `nope` in this program"),
         (&["emit", "attention", "extra"], "one kernel at a time"),
         (&["emit", "attention", "--after"], "`--after` needs a value"),

@@ -59,3 +59,35 @@ fn broken_ptx_is_reported_not_ignored() {
         flashcore::ptxas::assemble(&ptxas, ".version 7.8\n.target sm_89\nnot ptx", "sm_89").unwrap_err();
     assert!(err.to_string().contains("rejected"), "{err}");
 }
+
+/// Every attention variant assembles for sm_89 and sm_90 with no spills, at its declared config
+/// and at D = 128, causal and not, f16 and bf16.
+#[test]
+fn variants_assemble_without_spills() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    let variants: Vec<_> =
+        flashcore::registry::kernels().into_iter().filter(|e| e.module.ends_with("variants")).collect();
+    assert!(variants.len() >= 5, "the variants are registered");
+    for entry in variants {
+        let declared = entry.config;
+        for config in [
+            declared,
+            flashcore::Config { causal: true, dtype: flashcore::DType::Bf16, ..declared },
+            flashcore::Config { causal: true, ..declared.with_head_dim(128) },
+        ] {
+            let compiled = flashcore::compile(&(entry.program)(), &config).unwrap();
+            for arch in ["sm_89", "sm_90"] {
+                let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
+                    .unwrap_or_else(|e| panic!("{} {config} {arch}: {e}", entry.name));
+                eprintln!("{} {config} {arch}: {} registers", entry.name, report.registers);
+                assert_eq!(
+                    (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
+                    (0, 0, 0),
+                    "{} {config} {arch} spills:\n{}",
+                    entry.name,
+                    report.text
+                );
+            }
+        }
+    }
+}

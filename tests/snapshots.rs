@@ -80,3 +80,20 @@ fn ptx_is_deterministic_and_uses_the_promised_instructions() {
     }
     assert!(!ptx.contains("%tid_"), "no register may be named like a special register");
 }
+
+/// The variants' IR and PTX at their declared configs, causal: the score code between the mma
+/// and the softmax, and the masks after it.
+#[test]
+fn variant_snapshots() {
+    for entry in flashcore::registry::kernels() {
+        if !entry.module.ends_with("variants") {
+            continue;
+        }
+        let config = flashcore::Config { causal: true, ..entry.config };
+        let program = (entry.program)();
+        let kernel = flashcore::ir::lower(&program, &config).expect("variants lower");
+        insta::assert_snapshot!(format!("variant_ir_{}", entry.name), kernel.to_string());
+        let ptx = flashcore::compile(&program, &config).expect("variants compile").ptx.text.clone();
+        insta::assert_snapshot!(format!("variant_ptx_{}", entry.name), ptx);
+    }
+}

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use flashcore_ir::kernel::*;
-use flashcore_ir::source::{BinOp, ReduceOp};
+use flashcore_ir::source::{BinOp, ReduceOp, UnaryOp};
 use flashcore_ir::Config;
 
 use crate::layout::{self, chunks_per_row, frag_shape, row_bytes, row_reg, swizzle_period, LdmatrixPattern};
@@ -121,6 +121,8 @@ pub struct Emitter<'k> {
     /// Set while a work loop's body is emitted: the ragged dims' registers then hold this work
     /// item's sequence, and every use of such a dim's length reads its `len` register.
     in_work_item: bool,
+    /// How many ops read each value (a value read once may be overwritten in place).
+    use_counts: HashMap<Value, usize>,
 }
 
 /// A sequence dim made ragged by offsets: their pointer, and the registers that hold the
@@ -144,15 +146,35 @@ pub(crate) fn reduce_instr(op: ReduceOp) -> &'static str {
     }
 }
 
-/// The f32 instruction of an elementwise binary op.
-pub(crate) fn binary_instr(op: BinOp) -> &'static str {
-    match op {
-        BinOp::Add => "add.f32",
-        BinOp::Sub => "sub.f32",
-        BinOp::Mul => "mul.f32",
-        BinOp::Div => "div.rn.f32",
-        BinOp::Max => "max.f32",
-    }
+/// The instruction of an elementwise binary op on operands of element type `elem` (f32, i32
+/// or bool). Float `!=` is unordered (true when either side is NaN), as in Rust.
+pub(crate) fn binary_instr(op: BinOp, elem: Elem) -> String {
+    let ty = match elem {
+        Elem::I32 => "s32",
+        Elem::Bool => "pred",
+        _ => "f32",
+    };
+    let name = match op {
+        BinOp::Add => "add",
+        BinOp::Sub => "sub",
+        BinOp::Mul if elem == Elem::I32 => "mul.lo",
+        BinOp::Mul => "mul",
+        BinOp::Div if elem == Elem::I32 => "div",
+        BinOp::Div => "div.rn",
+        BinOp::Rem => "rem",
+        BinOp::Max => "max",
+        BinOp::Min => "min",
+        BinOp::Lt => "setp.lt",
+        BinOp::Le => "setp.le",
+        BinOp::Gt => "setp.gt",
+        BinOp::Ge => "setp.ge",
+        BinOp::Eq => "setp.eq",
+        BinOp::Ne if elem == Elem::F32 => "setp.neu",
+        BinOp::Ne => "setp.ne",
+        BinOp::And => "and",
+        BinOp::Or => "or",
+    };
+    format!("{name}.{ty}")
 }
 
 fn f32_hex(x: f32) -> String {
@@ -180,6 +202,15 @@ impl<'k> Emitter<'k> {
             grouped: HashMap::new(),
             ragged: vec![],
             in_work_item: false,
+            use_counts: {
+                let mut counts = HashMap::new();
+                kernel.walk(&mut |inst| {
+                    for v in inst.op.uses() {
+                        *counts.entry(v).or_insert(0) += 1;
+                    }
+                });
+                counts
+            },
             team: Team::default(),
             group_warp: String::new(),
             stream: None,
@@ -200,9 +231,10 @@ impl<'k> Emitter<'k> {
             return f.clone();
         }
         let ty = self.kernel.ty(v);
-        let class = match ty {
-            Type::Index { .. } | Type::Counter => RegClass::B32,
-            Type::Frag { elem: Elem::F16 | Elem::Bf16, .. } => RegClass::B32,
+        let class = match ty.elem() {
+            _ if matches!(ty, Type::Counter) => RegClass::B32,
+            Some(Elem::F16 | Elem::Bf16 | Elem::I32) => RegClass::B32,
+            Some(Elem::Bool) => RegClass::Pred,
             _ => RegClass::F32,
         };
         let len = layout::register_count(&self.cfg, &ty).expect("register-resident value");
@@ -508,6 +540,42 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("mov.f32 {r}, {}", f32_hex(*value)));
                 Ok(())
             }
+            Op::IntConst { dst, value } => {
+                let r = self.regs_of(*dst).at(0);
+                self.w.ins(format!("mov.s32 {r}, {value}"));
+                Ok(())
+            }
+            Op::DimLen { dst, dim } => {
+                let r = self.regs_of(*dst).at(0);
+                let len = self.dim_reg(*dim);
+                self.w.ins(format!("mov.b32 {r}, {len}"));
+                Ok(())
+            }
+            Op::Position { dst, axis, index } => self.position(*dst, *axis, *index),
+            Op::Unary { dst, op, src } => self.unary(*dst, *op, *src),
+            Op::Convert { dst, src } => {
+                let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
+                for i in 0..d.len {
+                    self.w.ins(format!("cvt.rn.f32.s32 {}, {}", d.at(i), s.at(i)));
+                }
+                Ok(())
+            }
+            Op::Select { dst, cond, then, otherwise } => {
+                let dst_ty = self.kernel.ty(*dst);
+                let ty = if dst_ty.elem() == Some(Elem::I32) { "s32" } else { "f32" };
+                let (d, c, a, b) =
+                    (self.regs_of(*dst), self.regs_of(*cond), self.regs_of(*then), self.regs_of(*otherwise));
+                let (ct, at, bt) = (self.kernel.ty(*cond), self.kernel.ty(*then), self.kernel.ty(*otherwise));
+                for i in 0..d.len {
+                    let (ci, ai, bi) = (
+                        self.operand_index(ct, dst_ty, i),
+                        self.operand_index(at, dst_ty, i),
+                        self.operand_index(bt, dst_ty, i),
+                    );
+                    self.w.ins(format!("selp.{ty} {}, {}, {}, {}", d.at(i), a.at(ai), b.at(bi), c.at(ci)));
+                }
+                Ok(())
+            }
             Op::Fill { dst, value } => {
                 let fam = self.regs_of(*dst);
                 for i in 0..fam.len {
@@ -517,8 +585,9 @@ impl<'k> Emitter<'k> {
             }
             Op::Assign { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
-                let ty = match self.kernel.ty(*dst) {
-                    Type::Index { .. } | Type::Frag { elem: Elem::F16 | Elem::Bf16, .. } => "b32",
+                let ty = match self.kernel.ty(*dst).elem() {
+                    Some(Elem::F16 | Elem::Bf16 | Elem::I32) => "b32",
+                    Some(Elem::Bool) => "pred",
                     _ => "f32",
                 };
                 for i in 0..d.len {
@@ -1356,10 +1425,19 @@ impl<'k> Emitter<'k> {
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("mask of a non-fragment".into()));
         };
-        let (d, s) = (self.regs_of(dst), self.regs_of(src));
-        for i in 0..d.len {
-            self.w.ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
-        }
+        // Masked in place when nothing else reads the scores (the usual case: the last score
+        // op's result); otherwise into a copy.
+        let s = self.regs_of(src);
+        let d = if self.use_counts.get(&src) == Some(&1) && !self.regs.contains_key(&dst) {
+            self.regs.insert(dst, s.clone());
+            s
+        } else {
+            let d = self.regs_of(dst);
+            for i in 0..d.len {
+                self.w.ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
+            }
+            d
+        };
         let valid = self.valid_rows(tile, None);
         // `n` columns in the tile; this warp's fragments hold `n_warp` of them, from `key0` on
         // (split-KV), so a column index c of the fragment is key `key0 + c` of the tile.
@@ -1506,42 +1584,136 @@ impl<'k> Emitter<'k> {
     }
 
     fn binary(&mut self, dst: Value, op: BinOp, lhs: Value, rhs: Value) -> Result<(), CodegenError> {
-        let (lt, rt) = (self.kernel.ty(lhs), self.kernel.ty(rhs));
+        let (lt, rt, dt) = (self.kernel.ty(lhs), self.kernel.ty(rhs), self.kernel.ty(dst));
         let (d, l, mut r) = (self.regs_of(dst), self.regs_of(lhs), self.regs_of(rhs));
-        if op == BinOp::Sub && matches!(rt, Type::Row { .. }) {
+        let elem = lt.elem().unwrap_or(Elem::F32);
+        if elem == Elem::F32 && op == BinOp::Sub && matches!(rt, Type::Row { .. }) {
             r = self.neg_inf_rows_as_zero(dst, &r);
         }
-        // Division by a broadcast operand: one reciprocal per row (or scalar), then multiply.
-        let (instr, r) = if op == BinOp::Div && lt != rt {
-            let inv = self.w.family(RegClass::F32, format!("%inv_{}_", dst.0), r.len);
-            let zero = self.w.temp(RegClass::Pred);
-            for i in 0..r.len {
-                // A row that saw no key has sum 0: its output is 0, not 0 / 0.
-                self.w.ins(format!("rcp.rn.f32 {}, {}", inv.at(i), r.at(i)));
-                self.w.ins(format!("setp.eq.f32 {zero}, {}, 0f00000000", r.at(i)));
-                self.w.ins(format!("selp.f32 {}, 0f00000000, {}, {zero}", inv.at(i), inv.at(i)));
-            }
-            ("mul.f32", inv)
-        } else {
-            let instr = binary_instr(op);
-            (instr, r)
-        };
-        // Which rhs register pairs with lhs register i.
-        let rhs_index = |i: usize| -> usize {
-            match (lt, rt) {
-                (_, Type::Scalar) => 0,
-                (Type::Frag { .. }, Type::Row { .. }) => {
-                    // Accumulator register i = ((mf * n_tiles + nt) * 4 + e); rows: e / 2.
-                    let Type::Frag { cols, .. } = lt else { unreachable!() };
-                    let per_block = cols.per_warp(&self.cfg) as usize / 8 * 4;
-                    let (mf, e) = (i / per_block, i % 4);
-                    row_reg(mf, e / 2)
+        // Division of a tile or row by a row or scalar: one reciprocal per row (or scalar), then
+        // multiply; a zero divisor gives 0 (a row that saw no key: its output is 0, not 0 / 0).
+        let broadcast_divisor =
+            rt.is_uniform() || matches!(rt, Type::Row { .. }) && !matches!(lt, Type::Row { .. });
+        let (instr, r) =
+            if elem == Elem::F32 && op == BinOp::Div && lt != rt && broadcast_divisor && !lt.is_uniform() {
+                let inv = self.w.family(RegClass::F32, format!("%inv_{}_", dst.0), r.len);
+                let zero = self.w.temp(RegClass::Pred);
+                for i in 0..r.len {
+                    self.w.ins(format!("rcp.rn.f32 {}, {}", inv.at(i), r.at(i)));
+                    self.w.ins(format!("setp.eq.f32 {zero}, {}, 0f00000000", r.at(i)));
+                    self.w.ins(format!("selp.f32 {}, 0f00000000, {}, {zero}", inv.at(i), inv.at(i)));
                 }
-                _ => i,
-            }
-        };
+                ("mul.f32".to_string(), inv)
+            } else {
+                (binary_instr(op, elem), r)
+            };
         for i in 0..d.len {
-            self.w.ins(format!("{instr} {}, {}, {}", d.at(i), l.at(i), r.at(rhs_index(i))));
+            let (li, ri) = (self.operand_index(lt, dt, i), self.operand_index(rt, dt, i));
+            self.w.ins(format!("{instr} {}, {}, {}", d.at(i), l.at(li), r.at(ri)));
+        }
+        Ok(())
+    }
+
+    /// Which register of an operand of type `operand` pairs with register `i` of an elementwise
+    /// result of type `result`: uniforms broadcast (register 0), a row vector along the rows of
+    /// a fragment tile, same-shaped operands register by register.
+    fn operand_index(&self, operand: Type, result: Type, i: usize) -> usize {
+        match (operand, result) {
+            (o, _) if o.is_uniform() => 0,
+            (Type::Row { .. }, Type::Frag { cols, .. }) => {
+                // Accumulator register i = ((mf * n_tiles + nt) * 4 + e); rows: e / 2.
+                let per_block = cols.per_warp(&self.cfg) as usize / 8 * 4;
+                let (mf, e) = (i / per_block, i % 4);
+                row_reg(mf, e / 2)
+            }
+            _ => i,
+        }
+    }
+
+    fn unary(&mut self, dst: Value, op: UnaryOp, src: Value) -> Result<(), CodegenError> {
+        let (d, s) = (self.regs_of(dst), self.regs_of(src));
+        let elem = self.kernel.ty(src).elem();
+        for i in 0..d.len {
+            let (x, y) = (d.at(i), s.at(i));
+            match (op, elem) {
+                (UnaryOp::Not, _) => self.w.ins(format!("not.pred {x}, {y}")),
+                (UnaryOp::Neg, Some(Elem::I32)) => self.w.ins(format!("neg.s32 {x}, {y}")),
+                (UnaryOp::Abs, Some(Elem::I32)) => self.w.ins(format!("abs.s32 {x}, {y}")),
+                (UnaryOp::Neg, _) => self.w.ins(format!("neg.f32 {x}, {y}")),
+                (UnaryOp::Abs, _) => self.w.ins(format!("abs.f32 {x}, {y}")),
+                (UnaryOp::Sqrt, _) => self.w.ins(format!("sqrt.rn.f32 {x}, {y}")),
+                (UnaryOp::Exp, _) => {
+                    self.w.ins(format!("mul.f32 {x}, {y}, {}", f32_hex(std::f32::consts::LOG2_E)));
+                    self.w.ins(format!("ex2.approx.ftz.f32 {x}, {x}"));
+                }
+                (UnaryOp::Log, _) => {
+                    self.w.ins(format!("lg2.approx.f32 {x}, {y}"));
+                    self.w.ins(format!("mul.f32 {x}, {x}, {}", f32_hex(std::f32::consts::LN_2)));
+                }
+                (UnaryOp::Tanh, _) => {
+                    // tanh y = 1 − 2 / (e^{2y} + 1): accurate to a few ulp of 1 in absolute terms
+                    // (tanh.approx.f32 errs by 2^-11 relative, too coarse for scores); ±inf give
+                    // ±1 and NaN stays NaN.
+                    self.w.ins(format!("mul.f32 {x}, {y}, {}", f32_hex(2.0 * std::f32::consts::LOG2_E)));
+                    self.w.ins(format!("ex2.approx.ftz.f32 {x}, {x}"));
+                    self.w.ins(format!("add.f32 {x}, {x}, 0f3F800000"));
+                    self.w.ins(format!("rcp.approx.ftz.f32 {x}, {x}"));
+                    self.w.ins(format!("fma.rn.f32 {x}, {x}, 0fC0000000, 0f3F800000"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `dst[r][c]` = `index · tile + r` (rows) or `+ c` (columns): element (mf, nt, e) of a
+    /// fragment tile is row `warp_row0 + 16·mf + 8·(e / 2) + lane / 4` and column
+    /// `key0 + 8·nt + 2·(lane % 4) + e % 2` (key0: the split-KV group's first key).
+    fn position(&mut self, dst: Value, axis: TileAxis, index: Value) -> Result<(), CodegenError> {
+        let (Type::Frag { cols, .. }, Type::Index { tile: Some(tile), .. }) =
+            (self.kernel.ty(dst), self.kernel.ty(index))
+        else {
+            return Err(CodegenError::Internal("position of a non-fragment".into()));
+        };
+        let d = self.regs_of(dst);
+        let idx = self.regs_of(index).at(0);
+        let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        let base = self.w.temp(RegClass::B32);
+        match axis {
+            TileAxis::Rows => {
+                let (row0, group) = (self.th().warp_row0.clone(), self.th().group.clone());
+                self.w.ins(format!("mad.lo.u32 {base}, {idx}, {}, {row0}", tile.size(&self.cfg)));
+                self.w.ins(format!("add.u32 {base}, {base}, {group}"));
+                for mf in 0..shape.mfrags {
+                    for nt in 0..shape.col_blocks {
+                        for e in 0..4 {
+                            self.w.ins(format!(
+                                "add.u32 {}, {base}, {}",
+                                d.at(shape.acc(mf, nt, e)),
+                                16 * mf + 8 * (e / 2)
+                            ));
+                        }
+                    }
+                }
+            }
+            TileAxis::Cols => {
+                let quad_lane = self.th().quad_lane.clone();
+                self.w.ins(format!("shl.b32 {base}, {quad_lane}, 1"));
+                self.w.ins(format!("mad.lo.u32 {base}, {idx}, {}, {base}", tile.size(&self.cfg)));
+                if let Some(key0) = self.split_key0(cols) {
+                    self.w.ins(format!("add.u32 {base}, {base}, {key0}"));
+                }
+                for mf in 0..shape.mfrags {
+                    for nt in 0..shape.col_blocks {
+                        for e in 0..4 {
+                            self.w.ins(format!(
+                                "add.u32 {}, {base}, {}",
+                                d.at(shape.acc(mf, nt, e)),
+                                8 * nt + e % 2
+                            ));
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -53,7 +53,8 @@ pub fn frag_shape(cfg: &Config, cols: TileDim, elem: Elem) -> FragShape {
     FragShape {
         mfrags: mfrags(cfg),
         col_blocks: match elem {
-            Elem::F32 => c / 8,
+            // One register per element: the accumulator layout.
+            Elem::F32 | Elem::I32 | Elem::Bool => c / 8,
             Elem::F16 | Elem::Bf16 => c / 16,
         },
     }
@@ -63,7 +64,7 @@ pub fn frag_shape(cfg: &Config, cols: TileDim, elem: Elem) -> FragShape {
 /// values that live outside registers (shared-memory tiles).
 pub fn register_count(cfg: &Config, ty: &Type) -> Option<usize> {
     match *ty {
-        Type::Index { .. } | Type::Scalar | Type::Counter => Some(1),
+        Type::Index { .. } | Type::Scalar | Type::Int | Type::Bool | Type::Counter => Some(1),
         Type::Row { .. } => Some(mfrags(cfg) * 2),
         Type::Frag { cols, elem, .. } => Some(frag_shape(cfg, cols, elem).regs()),
         Type::Smem { .. } => None,

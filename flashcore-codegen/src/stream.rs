@@ -150,7 +150,13 @@ impl Emitter<'_> {
                 if *op == BinOp::Sub && matches!(self.kernel().ty(*rhs), Type::Row { .. }) {
                     r = self.neg_inf_rows_as_zero(*dst, &r);
                 }
-                let instr = crate::emit::binary_instr(*op);
+                let lt = self.kernel().ty(*lhs);
+                if lt.elem() != Some(Elem::F32) || lt != self.kernel().ty(*dst) {
+                    return Err(CodegenError::Unsupported(
+                        "integer, boolean or left-broadcast arithmetic on streaming softmax warps".into(),
+                    ));
+                }
+                let instr = crate::emit::binary_instr(*op, Elem::F32);
                 for i in 0..d.len {
                     let ri = if r.len == 1 { 0 } else { i };
                     self.w().ins(format!("{instr} {}, {}, {}", d.at(i), l.at(i), r.at(ri)));

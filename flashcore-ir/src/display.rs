@@ -15,6 +15,8 @@ impl fmt::Display for Type {
                 None => write!(f, "idx<dim{}>", dim.0),
             },
             Type::Scalar => f.write_str("f32"),
+            Type::Int => f.write_str("i32"),
+            Type::Bool => f.write_str("bool"),
             Type::Smem { rows, cols, transposed, elem } => {
                 write!(f, "smem<{}>[{}, {}]", elem.name(), rows.symbol(), cols.symbol())?;
                 if transposed {
@@ -86,6 +88,28 @@ impl Printer<'_> {
                 format!("{} = param {}", self.def(*dst), self.kernel.params[*param].name())
             }
             Op::Const { dst, value } => format!("{} = const {value:?}", self.def(*dst)),
+            Op::IntConst { dst, value } => format!("{} = const {value}", self.def(*dst)),
+            Op::DimLen { dst, dim } => {
+                format!("{} = len {}", self.def(*dst), self.kernel.dims[dim.0 as usize])
+            }
+            Op::Position { dst, axis, index } => format!(
+                "{} = position of {} along {}",
+                self.def(*dst),
+                match axis {
+                    TileAxis::Rows => "rows",
+                    TileAxis::Cols => "cols",
+                },
+                self.v(*index)
+            ),
+            Op::Unary { dst, op, src } => format!("{} = {} {}", self.def(*dst), op.name(), self.v(*src)),
+            Op::Convert { dst, src } => format!("{} = convert {}", self.def(*dst), self.v(*src)),
+            Op::Select { dst, cond, then, otherwise } => format!(
+                "{} = select {}, {}, {}",
+                self.def(*dst),
+                self.v(*cond),
+                self.v(*then),
+                self.v(*otherwise)
+            ),
             Op::Load { dst, src } => format!("{} = load {}", self.def(*dst), self.access(src)),
             Op::Stage { dst, src } => format!("{} = stage {}", self.def(*dst), self.access(src)),
             Op::StageView { dst, buffer, src, slot } => format!(

@@ -6,7 +6,7 @@
 //! buffer, a [`Type::Row`] holds one f32 per tile row (quad-replicated, as online softmax needs).
 
 use crate::config::Config;
-use crate::source::{BinOp, DType, ReduceOp, Role, SpanId};
+use crate::source::{BinOp, DType, ReduceOp, Role, SpanId, UnaryOp};
 
 /// Handle of a value in [`Kernel::values`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,6 +64,10 @@ pub enum Elem {
     F16,
     Bf16,
     F32,
+    /// A 32-bit signed integer (positions, lengths, tile indices in arithmetic).
+    I32,
+    /// A boolean (comparisons, masks); a predicate register in PTX.
+    Bool,
 }
 
 impl Elem {
@@ -85,6 +89,8 @@ impl Elem {
             Elem::F16 => "f16",
             Elem::Bf16 => "bf16",
             Elem::F32 => "f32",
+            Elem::I32 => "i32",
+            Elem::Bool => "bool",
         }
     }
 }
@@ -96,6 +102,10 @@ pub enum Type {
     Index { dim: RtDim, tile: Option<TileDim> },
     /// An f32 uniform across the CTA.
     Scalar,
+    /// An i32 uniform across the CTA (a runtime length, a constant, arithmetic on indices).
+    Int,
+    /// A boolean uniform across the CTA.
+    Bool,
     /// A 16-bit tile `[rows][cols]` in a shared-memory buffer; `transposed` marks the `.t()` view.
     Smem { rows: TileDim, cols: TileDim, transposed: bool, elem: Elem },
     /// A register tile `[rows][cols]` spread over the warps as mma fragments: f32 in the
@@ -108,6 +118,65 @@ pub enum Type {
 }
 
 impl Type {
+    /// The element type of an elementwise operand: scalars, tile indices, row vectors and
+    /// register tiles (`None` for shared-memory tiles and counters).
+    pub fn elem(&self) -> Option<Elem> {
+        match *self {
+            Type::Scalar | Type::Row { .. } => Some(Elem::F32),
+            Type::Int | Type::Index { .. } => Some(Elem::I32),
+            Type::Bool => Some(Elem::Bool),
+            Type::Frag { elem, .. } => Some(elem),
+            Type::Smem { .. } | Type::Counter => None,
+        }
+    }
+
+    /// Uniform across the CTA (one register, the same in every thread).
+    pub fn is_uniform(&self) -> bool {
+        matches!(self, Type::Scalar | Type::Int | Type::Bool | Type::Index { .. })
+    }
+
+    /// The same shape with element type `elem` (`None` where that shape cannot hold it: row
+    /// vectors are f32 only).
+    pub fn with_elem(&self, elem: Elem) -> Option<Type> {
+        Some(match *self {
+            Type::Scalar | Type::Int | Type::Bool | Type::Index { .. } => match elem {
+                Elem::F32 => Type::Scalar,
+                Elem::I32 => Type::Int,
+                Elem::Bool => Type::Bool,
+                Elem::F16 | Elem::Bf16 => return None,
+            },
+            Type::Row { .. } if elem == Elem::F32 => *self,
+            Type::Frag { rows, cols, .. } => Type::Frag { rows, cols, elem },
+            _ => return None,
+        })
+    }
+
+    /// The shape two elementwise operands broadcast to, element type aside (that of the
+    /// higher-ranked one): uniforms broadcast over rows and tiles, rows over tiles of as many
+    /// rows; tiles must agree.
+    pub fn broadcast(a: Type, b: Type) -> Option<Type> {
+        let rank = |t: &Type| match t {
+            t if t.is_uniform() => 0,
+            Type::Row { .. } => 1,
+            Type::Frag { .. } => 2,
+            _ => 3,
+        };
+        let (hi, lo) = if rank(&a) >= rank(&b) { (a, b) } else { (b, a) };
+        match (hi, lo) {
+            (h, l) if h.is_uniform() && l.is_uniform() => Some(h),
+            (Type::Row { .. }, l) if l.is_uniform() => Some(hi),
+            (Type::Row { rows: x }, Type::Row { rows: y }) if x == y => Some(hi),
+            (Type::Frag { .. }, l) if l.is_uniform() => Some(hi),
+            (Type::Frag { rows: x, .. }, Type::Row { rows: y }) if x == y => Some(hi),
+            (Type::Frag { rows: r1, cols: c1, .. }, Type::Frag { rows: r2, cols: c2, .. })
+                if r1 == r2 && c1 == c2 =>
+            {
+                Some(hi)
+            }
+            _ => None,
+        }
+    }
+
     /// The (rows, cols) a tile type presents to an mma (the transposed view swaps them).
     pub fn matrix_dims(&self) -> Option<(TileDim, TileDim)> {
         match *self {
@@ -265,6 +334,13 @@ pub struct RoleGroup {
     pub body: Block,
 }
 
+/// Which axis of a register tile a [`Op::Position`] counts along.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TileAxis {
+    Rows,
+    Cols,
+}
+
 /// How work items of the `tiles` loop map onto CTAs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileSchedule {
@@ -312,6 +388,15 @@ pub enum Op {
     ScalarParam { dst: Value, param: usize },
     /// An f32 constant (scalar).
     Const { dst: Value, value: f32 },
+    /// An i32 constant (scalar).
+    IntConst { dst: Value, value: i32 },
+    /// The length of runtime axis `dim` (i32; with sequence offsets, the work item's own
+    /// sequence length).
+    DimLen { dst: Value, dim: RtDim },
+    /// `dst[r][c]` = the position of element (r, c) of register tile `dst` along the tensor
+    /// axis that `axis` walks: `index · tile_rows + r` (or `+ c`), where `index` is a tile
+    /// index whose `Type::Index::tile` gives `tile_rows`. Sequence-local under varlen.
+    Position { dst: Value, axis: TileAxis, index: Value },
     /// Global tile to registers (A-operand fragments), staged through shared memory.
     Load { dst: Value, src: TileAccess },
     /// Global tile to a shared-memory stage (before the pipeline pass; it replaces each with
@@ -371,8 +456,15 @@ pub enum Op {
     ToHalf { dst: Value, src: Value },
     /// Reduce each row of a fragment tile.
     Reduce { dst: Value, op: ReduceOp, src: Value },
-    /// Elementwise op; a `Row` or `Scalar` operand broadcasts along the other's rows.
+    /// Elementwise op; a `Row` or uniform operand broadcasts along the other's rows. Both
+    /// operands have one element type (f32, i32 or bool); comparisons give bools.
     Binary { dst: Value, op: BinOp, lhs: Value, rhs: Value },
+    /// Elementwise function of one operand.
+    Unary { dst: Value, op: UnaryOp, src: Value },
+    /// i32 to f32, elementwise (round to nearest).
+    Convert { dst: Value, src: Value },
+    /// `dst = cond ? then : otherwise`, elementwise; uniform operands broadcast.
+    Select { dst: Value, cond: Value, then: Value, otherwise: Value },
     /// A tile or row vector filled with one constant.
     Fill { dst: Value, value: f32 },
     /// Overwrite mutable `dst` with `src` (the online-softmax state carried across iterations).
@@ -423,6 +515,12 @@ impl Op {
         match self {
             Op::ScalarParam { dst, .. }
             | Op::Const { dst, .. }
+            | Op::IntConst { dst, .. }
+            | Op::DimLen { dst, .. }
+            | Op::Position { dst, .. }
+            | Op::Unary { dst, .. }
+            | Op::Convert { dst, .. }
+            | Op::Select { dst, .. }
             | Op::Load { dst, .. }
             | Op::Stage { dst, .. }
             | Op::StageView { dst, .. }
@@ -461,6 +559,8 @@ impl Op {
         match self {
             Op::ScalarParam { .. }
             | Op::Const { .. }
+            | Op::IntConst { .. }
+            | Op::DimLen { .. }
             | Op::Fill { .. }
             | Op::CommitGroup
             | Op::WaitGroup { .. }
@@ -480,7 +580,11 @@ impl Op {
                 v.push(*slot);
                 v
             }
+            Op::Position { index, .. } => vec![*index],
+            Op::Select { cond, then, otherwise, .. } => vec![*cond, *then, *otherwise],
             Op::Transpose { src, .. }
+            | Op::Unary { src, .. }
+            | Op::Convert { src, .. }
             | Op::Exp2 { src, .. }
             | Op::ToHalf { src, .. }
             | Op::Reduce { src, .. } => vec![*src],

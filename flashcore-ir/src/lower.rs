@@ -9,7 +9,7 @@ use crate::error::{IrError, LowerError};
 use crate::kernel::*;
 use crate::source::{
     BinOp, DType, Dim, ElemDecl, Expr, ExprKind, Extent, ParamDecl, Program, ReduceOp, Role, ShapeAxis,
-    SpanId, Stmt, StmtKind, TileConst, TileRef,
+    SpanId, Stmt, StmtKind, TileConst, TileRef, UnaryOp,
 };
 
 /// Lowers `program` for `config`, then runs the verifier.
@@ -62,10 +62,59 @@ struct Lowerer {
     dims: Vec<String>,
     /// The head-dim axis as the user spelled it (a symbol such as `D`, or a literal).
     head_dim: Dim,
+    /// `Config::tile_m`, `tile_n` and `head_dim`: the values of `TILE_M`, `TILE_N` and `D`.
+    tile_m: u32,
+    tile_n: u32,
+    head_dim_size: u32,
     values: Vec<ValueData>,
     scopes: Vec<HashMap<String, Binding>>,
     /// Where the statement being lowered sits.
     nesting: Nesting,
+    /// Score tiles between their `mma` and the softmax, not yet masked (see [`Raw`]).
+    raw: HashMap<Value, Raw>,
+    /// Raw score values already masked: the masked value (each is masked once).
+    masked_of: HashMap<Value, Value>,
+    /// Values past the mask: masked scores (-inf where masked) and probabilities (0 there).
+    state: HashMap<Value, Masked>,
+    /// Per register tile: the tile index that each of its axes walks (for `.index(DIM)`).
+    axes: HashMap<Value, TileAxes>,
+}
+
+/// A score tile of the score code: the arithmetic between a `Q·Kᵀ` mma (or a `mask(..)`) and
+/// the first exponential, reduction or row operation. Its masks are not applied yet; they are
+/// applied once, after all of the score code, when the value leaves it ([`Lowerer::materialize`]).
+/// So whatever the score code does to finite scores, a masked score is -inf when the softmax
+/// sees it: FlexAttention's order (`score_mod`, then `mask_mod`), made structural.
+#[derive(Clone, Debug)]
+struct Raw {
+    /// The value holding the scores (a `mask(..)` result is a handle with no code of its own:
+    /// its numbers are those of the tile it masks).
+    numbers: Value,
+    /// The columns past the end of the K/V sequence (and, with `Config::causal`, past the
+    /// diagonal): the compiler's own mask, from the staged tile of the mma.
+    tail: Option<(TileAccess, Option<Causal>)>,
+    /// The user's `mask(..)` conditions (bool tiles or uniforms): a score exists where all hold.
+    keeps: Vec<Value>,
+    /// Role and span of the score code's last op: the mask runs with them.
+    role: Option<Role>,
+    span: SpanId,
+}
+
+/// Where a value past the mask stands: what arithmetic on it keeps masked scores masked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Masked {
+    /// -inf where masked: row max, subtracting a row vector, exponentials.
+    Scores,
+    /// 0 where masked (exponentials of masked scores): row sums, scaling by rows or scalars,
+    /// conversion to the mma operand type.
+    Probabilities,
+}
+
+/// The tile indices walked by the rows and the columns of a register tile, where known.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct TileAxes {
+    rows: Option<Value>,
+    cols: Option<Value>,
 }
 
 type Result<T> = std::result::Result<T, LowerError>;
@@ -78,6 +127,8 @@ fn describe(ty: &Type) -> String {
     match *ty {
         Type::Index { .. } => "a tile index".into(),
         Type::Scalar => "an f32 scalar".into(),
+        Type::Int => "an i32 scalar".into(),
+        Type::Bool => "a bool scalar".into(),
         Type::Smem { rows, cols, transposed, .. } => {
             let (r, c) = if transposed { (cols, rows) } else { (rows, cols) };
             format!(
@@ -138,9 +189,16 @@ impl Lowerer {
             params: vec![],
             dims: vec![],
             head_dim: Dim::Lit(config.head_dim),
+            tile_m: config.tile_m,
+            tile_n: config.tile_n,
+            head_dim_size: config.head_dim,
             values: vec![],
             scopes: vec![HashMap::new()],
             nesting: Nesting::Top,
+            raw: HashMap::new(),
+            masked_of: HashMap::new(),
+            state: HashMap::new(),
+            axes: HashMap::new(),
         };
         let mut head: Option<(Dim, String)> = None;
         for (index, decl) in program.params.iter().enumerate() {
@@ -348,7 +406,13 @@ impl Lowerer {
                     return err(stmt.span, "statements must be inside the `tiles(..)` work loop");
                 }
                 let aliases_existing = matches!(value.kind, ExprKind::Var(_));
-                let v = self.expr(value, out, role, name)?;
+                // A `let` may name score code (it stays unmasked until it leaves the score
+                // code); a mutable one is carried across statements and is masked first.
+                let v = if *mutable {
+                    self.expr(value, out, role, name)?
+                } else {
+                    self.expr_raw(value, out, role, name)?
+                };
                 if aliases_existing && (*mutable || self.values[v.index()].mutable) {
                     // `let mut x = y;` (or `let x = y;` of a mutable `y`) copies, so that
                     // assigning one never changes the other.
@@ -644,9 +708,144 @@ impl Lowerer {
         out.insts.push(Inst { op, role, span });
     }
 
-    /// Lowers an expression, returning the value that holds its result. `name` names the values
-    /// it creates (the `let` it initializes), so the text IR and the PTX read like the source.
+    /// Lowers an expression, returning the value that holds its result, masked if it is score
+    /// code (the value leaves the score code here). `name` names the values it creates (the
+    /// `let` it initializes), so the text IR and the PTX read like the source.
     fn expr(&mut self, expr: &Expr, out: &mut Block, role: Option<Role>, name: &str) -> Result<Value> {
+        let v = self.expr_raw(expr, out, role, name)?;
+        Ok(self.materialize(v, out))
+    }
+
+    /// Applies the masks of score value `v` (if it is one): the user's conditions as a select
+    /// with -inf, then the compiler's tail and causal mask. Memoized: each score value is masked
+    /// once, where it first leaves the score code, with the role of its last score op.
+    fn materialize(&mut self, v: Value, out: &mut Block) -> Value {
+        let Some(raw) = self.raw.get(&v).cloned() else { return v };
+        if let Some(done) = self.masked_of.get(&v) {
+            return *done;
+        }
+        let (role, span) = (raw.role, raw.span);
+        let name = self.values[raw.numbers.index()].name.clone();
+        let ty = self.ty(raw.numbers);
+        let mut current = raw.numbers;
+        if let Some((&first, rest)) = raw.keeps.split_first() {
+            let mut keep = first;
+            for &k in rest {
+                let kt = Type::broadcast(self.ty(keep), self.ty(k)).unwrap_or(self.ty(keep));
+                let both = self.new_value(kt, &format!("{name}_keep"), false);
+                self.push(out, Op::Binary { dst: both, op: BinOp::And, lhs: keep, rhs: k }, role, span);
+                keep = both;
+            }
+            let neg_inf = self.new_value(Type::Scalar, "neg_inf", false);
+            self.push(out, Op::Const { dst: neg_inf, value: f32::NEG_INFINITY }, role, span);
+            let selected = self.new_value(ty, &format!("{name}_masked"), false);
+            self.push(
+                out,
+                Op::Select { dst: selected, cond: keep, then: current, otherwise: neg_inf },
+                role,
+                span,
+            );
+            current = selected;
+        }
+        if let Some((tile, causal)) = raw.tail {
+            let masked = self.new_value(ty, &name, false);
+            self.push(out, Op::MaskColumns { dst: masked, src: current, tile, causal }, role, span);
+            current = masked;
+        }
+        if let Some(axes) = self.axes.get(&v).copied() {
+            self.axes.insert(current, axes);
+        }
+        self.state.insert(current, Masked::Scores);
+        self.masked_of.insert(v, current);
+        current
+    }
+
+    /// The numbers of score value `v` (itself unless it is a `mask(..)` handle).
+    fn numbers(&self, v: Value) -> Value {
+        self.raw.get(&v).map_or(v, |r| r.numbers)
+    }
+
+    /// Merges the score state of the operands of a score-code op into its result `dst`.
+    fn merge_raw(&mut self, dst: Value, operands: &[Value], role: Option<Role>, span: SpanId) -> Result<()> {
+        let mut merged: Option<Raw> = None;
+        for v in operands {
+            let Some(r) = self.raw.get(v) else { continue };
+            match &mut merged {
+                None => merged = Some(Raw { numbers: dst, role, span, ..r.clone() }),
+                Some(m) => {
+                    match (&m.tail, &r.tail) {
+                        (Some(a), Some(b)) if a != b => {
+                            return err(
+                                span,
+                                "these scores come from different K/V tiles; combine scores of one tile",
+                            )
+                        }
+                        (None, Some(_)) => m.tail = r.tail.clone(),
+                        _ => {}
+                    }
+                    for k in &r.keeps {
+                        if !m.keeps.contains(k) {
+                            m.keeps.push(*k);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(m) = merged {
+            self.raw.insert(dst, m);
+        }
+        Ok(())
+    }
+
+    /// The axes of the first operand that has them, for an elementwise result.
+    fn inherit_axes(&mut self, dst: Value, operands: &[Value]) {
+        if !matches!(self.ty(dst), Type::Frag { .. }) {
+            return;
+        }
+        if let Some(a) = operands.iter().find_map(|v| self.axes.get(v).copied()) {
+            self.axes.insert(dst, a);
+        }
+    }
+
+    /// `v` as f32 (an i32 value is converted; an f32 one returned as is).
+    fn promote_to_f32(&mut self, v: Value, out: &mut Block, role: Option<Role>, span: SpanId) -> Value {
+        if self.ty(v).elem() != Some(Elem::I32) {
+            return v;
+        }
+        let ty = self.ty(v).with_elem(Elem::F32).expect("i32 shapes hold f32");
+        let name = format!("{}_f32", self.values[v.index()].name);
+        let dst = self.new_value(ty, &name, false);
+        self.push(out, Op::Convert { dst, src: v }, role, span);
+        if let Some(a) = self.axes.get(&v).copied() {
+            self.axes.insert(dst, a);
+        }
+        dst
+    }
+
+    /// Rejects arithmetic that could bring masked scores back (see [`Masked`]).
+    fn check_masked(&self, v: Value, allowed: &[Masked], what: &str, span: SpanId) -> Result<()> {
+        match self.state.get(&v) {
+            Some(s) if !allowed.contains(s) => err(
+                span,
+                format!(
+                    "{what} on {} could un-mask them (masked ones are {}); arithmetic on scores belongs before the softmax, in the score code between the `mma` and the first `row_max`, exponential or row operation, where the compiler applies masks after it",
+                    match s {
+                        Masked::Scores => "masked scores",
+                        Masked::Probabilities => "probabilities of masked scores",
+                    },
+                    match s {
+                        Masked::Scores => "-inf",
+                        Masked::Probabilities => "0",
+                    }
+                ),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Lowers an expression that may be score code: a score value comes back unmasked (the
+    /// caller either continues the score code or calls [`Lowerer::materialize`]).
+    fn expr_raw(&mut self, expr: &Expr, out: &mut Block, role: Option<Role>, name: &str) -> Result<Value> {
         let span = expr.span;
         let value = match &expr.kind {
             ExprKind::Var(var) => match self.lookup(var) {
@@ -670,8 +869,16 @@ impl Lowerer {
                     ),
                     )
                 }
-                None => return err(span, format!("cannot find `{var}` in this scope")),
+                None => self.named_int(var, out, role, span)?,
             },
+            ExprKind::Int(x) => {
+                let Ok(value) = i32::try_from(*x) else {
+                    return err(span, "this integer is out of the range of i32");
+                };
+                let dst = self.new_value(Type::Int, name, false);
+                self.push(out, Op::IntConst { dst, value }, role, span);
+                dst
+            }
             ExprKind::Lit(x) => {
                 let dst = self.new_value(Type::Scalar, name, false);
                 self.push(out, Op::Const { dst, value: *x }, role, span);
@@ -694,6 +901,7 @@ impl Lowerer {
                 let elem = Elem::half(self.dtype);
                 let dst =
                     self.new_value(Type::Frag { rows: TileDim::M, cols: TileDim::Head, elem }, name, false);
+                self.axes.insert(dst, TileAxes { rows: Some(src.coords[2]), cols: None });
                 self.push(out, Op::Load { dst, src }, role, span);
                 dst
             }
@@ -707,6 +915,7 @@ impl Lowerer {
                     false,
                 );
                 self.staged.insert(dst, src.clone());
+                self.axes.insert(dst, TileAxes { rows: Some(src.coords[2]), cols: None });
                 self.push(out, Op::Stage { dst, src }, role, span);
                 dst
             }
@@ -729,12 +938,16 @@ impl Lowerer {
                 if let Some(tile) = self.staged.get(&src).cloned() {
                     self.staged.insert(dst, tile);
                 }
+                if let Some(a) = self.axes.get(&src).copied() {
+                    self.axes.insert(dst, TileAxes { rows: a.cols, cols: a.rows });
+                }
                 self.push(out, Op::Transpose { dst, src }, role, span);
                 dst
             }
             ExprKind::ToHalf(inner, target) => {
                 let dtype = self.resolve_elem(target, span, "the conversion")?;
                 let src = self.expr(inner, out, role, name)?;
+                self.check_masked(src, &[Masked::Probabilities], "conversion to 16 bits", span)?;
                 let Type::Frag { rows, cols, elem: Elem::F32 } = self.ty(src) else {
                     return err(
                         span,
@@ -822,19 +1035,26 @@ impl Lowerer {
                         Some(cv)
                     }
                 };
+                if let Some(acc) = acc_value {
+                    self.check_masked(acc, &[], "an mma accumulating", span)?;
+                }
                 let dst = self.new_value(result, name, false);
                 self.push(out, Op::Mma { dst, a: av, b: bv, acc: acc_value }, role, span);
-                // Q·Kᵀ: the columns are K's rows; those past the end of the sequence must not
-                // take part in the softmax.
-                match (self.staged.get(&bv).cloned(), bt) {
-                    (Some(tile), Type::Smem { transposed: true, .. }) => {
-                        let masked = self.new_value(result, name, false);
-                        let causal = self.causal;
-                        self.push(out, Op::MaskColumns { dst: masked, src: dst, tile, causal }, role, span);
-                        masked
-                    }
-                    _ => dst,
+                let axes = TileAxes {
+                    rows: self.axes.get(&av).and_then(|a| a.rows),
+                    cols: self.axes.get(&bv).and_then(|b| b.cols),
+                };
+                self.axes.insert(dst, axes);
+                // Q·Kᵀ: the columns are K's rows; those past the end of the sequence (and, when
+                // causal, past the diagonal) must not take part in the softmax. The scores
+                // are score code until they leave it; the mask is applied then.
+                if let (Some(tile), Type::Smem { transposed: true, .. }) = (self.staged.get(&bv).cloned(), bt)
+                {
+                    let causal = self.causal;
+                    let raw = Raw { numbers: dst, tail: Some((tile, causal)), keeps: vec![], role, span };
+                    self.raw.insert(dst, raw);
                 }
+                dst
             }
             ExprKind::LogSumExp(max, sum) => {
                 let m = self.expr(max, out, role, &format!("{name}_max"))?;
@@ -856,6 +1076,8 @@ impl Lowerer {
             }
             ExprKind::Exp2(inner) => {
                 let src = self.expr(inner, out, role, name)?;
+                self.check_masked(src, &[Masked::Scores], "`exp2`", span)?;
+                let src = self.promote_to_f32(src, out, role, span);
                 match self.ty(src) {
                     Type::Frag { elem: Elem::F32, .. } | Type::Row { .. } | Type::Scalar => {}
                     other => {
@@ -867,10 +1089,18 @@ impl Lowerer {
                 }
                 let dst = self.new_value(self.ty(src), name, false);
                 self.push(out, Op::Exp2 { dst, src }, role, span);
+                if self.state.contains_key(&src) {
+                    self.state.insert(dst, Masked::Probabilities);
+                }
+                self.inherit_axes(dst, &[src]);
                 dst
             }
             ExprKind::RowReduce(op, inner) => {
                 let src = self.expr(inner, out, role, name)?;
+                match op {
+                    ReduceOp::Max => {}
+                    ReduceOp::Sum => self.check_masked(src, &[Masked::Probabilities], "`row_sum`", span)?,
+                }
                 let Type::Frag { rows, elem: Elem::F32, .. } = self.ty(src) else {
                     return err(
                         span,
@@ -889,40 +1119,33 @@ impl Lowerer {
                 dst
             }
             ExprKind::Binary(op, lhs, rhs) => {
-                let l = self.expr(lhs, out, role, name)?;
-                let r = self.expr(rhs, out, role, name)?;
-                let (lt, rt) = (self.ty(l), self.ty(r));
-                // Scalars and rows broadcast on the right; for commutative ops, swap them there.
-                let commutative = matches!(op, BinOp::Add | BinOp::Mul | BinOp::Max);
-                let rank = |t: &Type| match t {
-                    Type::Scalar => 0,
-                    Type::Row { .. } => 1,
-                    _ => 2,
-                };
-                let (l, r, lt, rt) =
-                    if commutative && rank(&lt) < rank(&rt) { (r, l, rt, lt) } else { (l, r, lt, rt) };
-                let ok = match (lt, rt) {
-                    (Type::Scalar, Type::Scalar) => true,
-                    (Type::Row { rows: a }, Type::Row { rows: b }) => a == b,
-                    (Type::Row { .. }, Type::Scalar) => true,
-                    (Type::Frag { elem: Elem::F32, .. }, Type::Scalar) => true,
-                    (Type::Frag { rows: a, elem: Elem::F32, .. }, Type::Row { rows: b }) => a == b,
-                    (Type::Frag { elem: Elem::F32, .. }, Type::Frag { elem: Elem::F32, .. }) => lt == rt,
-                    _ => false,
-                };
-                if !ok {
-                    return err(
-                        span,
-                        format!("cannot {} {} and {}", op.name(), describe(&lt), describe(&rt)),
-                    );
-                }
-                let dst = self.new_value(lt, name, false);
-                self.push(out, Op::Binary { dst, op: *op, lhs: l, rhs: r }, role, span);
-                dst
+                let l = self.expr_raw(lhs, out, role, name)?;
+                let r = self.expr_raw(rhs, out, role, name)?;
+                self.binary(*op, l, r, out, role, span, name)?
+            }
+            ExprKind::Unary(op, inner) => {
+                let src = self.expr_raw(inner, out, role, name)?;
+                self.unary(*op, src, out, role, span, name)?
+            }
+            ExprKind::Select { cond, then, otherwise } => {
+                let c = self.expr(cond, out, role, name)?;
+                let a = self.expr_raw(then, out, role, name)?;
+                let b = self.expr_raw(otherwise, out, role, name)?;
+                self.select(c, a, b, out, role, span, name, [cond.span, then.span])?
+            }
+            ExprKind::Position { tile, dim } => {
+                let t = self.expr_raw(tile, out, role, name)?;
+                self.position(t, dim, out, role, span, name)?
+            }
+            ExprKind::Mask { scores, keep } => {
+                let s = self.expr_raw(scores, out, role, name)?;
+                let k = self.expr(keep, out, role, &format!("{name}_keep"))?;
+                self.mask(s, k, span, keep.span, role)?
             }
             ExprKind::Fill { shape, value } => {
                 let fill = match &value.kind {
                     ExprKind::Lit(x) => *x,
+                    ExprKind::Int(x) => *x as f32,
                     ExprKind::Const(c) => c.value(),
                     _ => {
                         return err(value.span, "the fill value must be a constant (a literal or `NEG_INF`)")
@@ -945,6 +1168,366 @@ impl Lowerer {
             }
         };
         Ok(value)
+    }
+
+    /// A name that is no local: `TILE_M`, `TILE_N`, the head dim (i32 constants) or a runtime
+    /// axis such as `S` (its length, i32).
+    fn named_int(&mut self, var: &str, out: &mut Block, role: Option<Role>, span: SpanId) -> Result<Value> {
+        let constant = match var {
+            "TILE_M" => Some(self.tile_m),
+            "TILE_N" => Some(self.tile_n),
+            _ if Dim::Sym(var.to_string()) == self.head_dim => Some(self.head_dim_size),
+            _ => None,
+        };
+        if let Some(value) = constant {
+            let dst = self.new_value(Type::Int, var, false);
+            self.push(out, Op::IntConst { dst, value: value as i32 }, role, span);
+            return Ok(dst);
+        }
+        match self.dims.iter().position(|d| d == var) {
+            Some(i) => {
+                let dst = self.new_value(Type::Int, var, false);
+                self.push(out, Op::DimLen { dst, dim: RtDim(i as u32) }, role, span);
+                Ok(dst)
+            }
+            None => err(span, format!("cannot find `{var}` in this scope")),
+        }
+    }
+
+    /// An elementwise binary op: integers meeting floats become floats; uniforms and rows
+    /// broadcast; score code stays score code; nothing may un-mask a masked score.
+    #[allow(clippy::too_many_arguments)]
+    fn binary(
+        &mut self,
+        op: BinOp,
+        l: Value,
+        r: Value,
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+        name: &str,
+    ) -> Result<Value> {
+        // A row operand (a reduction's result) means the softmax has begun: scores are masked.
+        let with_row = matches!(self.ty(l), Type::Row { .. }) || matches!(self.ty(r), Type::Row { .. });
+        let (l, r) = if with_row { (self.materialize(l, out), self.materialize(r, out)) } else { (l, r) };
+        let (ls, rs) = (self.state.get(&l).copied(), self.state.get(&r).copied());
+        let broadcast = |t: Type| t.is_uniform() || matches!(t, Type::Row { .. });
+        let state = match (ls, rs) {
+            (None, None) => None,
+            (Some(Masked::Scores), None) if op == BinOp::Sub && matches!(self.ty(r), Type::Row { .. }) => {
+                Some(Masked::Scores)
+            }
+            (Some(Masked::Probabilities), None)
+                if matches!(op, BinOp::Mul | BinOp::Div) && broadcast(self.ty(r)) =>
+            {
+                Some(Masked::Probabilities)
+            }
+            (None, Some(Masked::Probabilities)) if op == BinOp::Mul && broadcast(self.ty(l)) => {
+                Some(Masked::Probabilities)
+            }
+            (Some(_), _) => {
+                self.check_masked(l, &[], &format!("`{}`", op.symbol()), span)?;
+                unreachable!("check_masked rejects every state with nothing allowed")
+            }
+            (None, Some(_)) => {
+                self.check_masked(r, &[], &format!("`{}`", op.symbol()), span)?;
+                unreachable!("check_masked rejects every state with nothing allowed")
+            }
+        };
+        let (nl, nr) = (self.numbers(l), self.numbers(r));
+        let (lt, rt) = (self.ty(nl), self.ty(nr));
+        let bad = || err(span, format!("cannot {} {} and {}", op.name(), describe(&lt), describe(&rt)));
+        let (Some(le), Some(re)) = (lt.elem(), rt.elem()) else { return bad() };
+        if le.is_half() || re.is_half() {
+            return bad();
+        }
+        // Integers meeting floats become floats (exact below 2^24).
+        let (nl, nr, elem) = match (le, re) {
+            (a, b) if a == b => (nl, nr, a),
+            (Elem::I32, Elem::F32) => (self.promote_to_f32(nl, out, role, span), nr, Elem::F32),
+            (Elem::F32, Elem::I32) => (nl, self.promote_to_f32(nr, out, role, span), Elem::F32),
+            _ => {
+                return err(
+                    span,
+                    format!(
+                        "`{}` of {} and {}: booleans combine only with `&&` and `||` (and `select` picks numbers by them)",
+                        op.symbol(),
+                        describe(&lt),
+                        describe(&rt)
+                    ),
+                )
+            }
+        };
+        let valid = match elem {
+            Elem::Bool => op.is_logic(),
+            Elem::I32 => !op.is_logic(),
+            Elem::F32 => !op.is_logic() && op != BinOp::Rem,
+            _ => false,
+        };
+        if !valid {
+            let what = match elem {
+                Elem::Bool => "booleans",
+                Elem::I32 => "integers",
+                _ => "floats",
+            };
+            return err(
+                span,
+                format!(
+                    "`{}` does not apply to {what} ({} and {})",
+                    op.symbol(),
+                    describe(&lt),
+                    describe(&rt)
+                ),
+            );
+        }
+        let (lt, rt) = (self.ty(nl), self.ty(nr));
+        let Some(shape) = Type::broadcast(lt, rt) else { return bad() };
+        let result_elem = if op.is_comparison() { Elem::Bool } else { elem };
+        let Some(result) = shape.with_elem(result_elem) else {
+            return err(
+                span,
+                format!(
+                    "row vectors hold f32; `{}` of {} and {} would not",
+                    op.symbol(),
+                    describe(&lt),
+                    describe(&rt)
+                ),
+            );
+        };
+        // Uniforms and rows broadcast on the right; commutative ops (and comparisons, mirrored)
+        // swap them there.
+        let rank = |t: &Type| match t {
+            t if t.is_uniform() => 0,
+            Type::Row { .. } => 1,
+            _ => 2,
+        };
+        let swappable = op.is_commutative() || op.is_comparison();
+        let (op, nl, nr) =
+            if swappable && rank(&lt) < rank(&rt) { (op.swapped(), nr, nl) } else { (op, nl, nr) };
+        let dst = self.new_value(result, name, false);
+        self.push(out, Op::Binary { dst, op, lhs: nl, rhs: nr }, role, span);
+        if !op.is_comparison() && !op.is_logic() {
+            self.merge_raw(dst, &[l, r], role, span)?;
+        }
+        if let Some(st) = state {
+            self.state.insert(dst, st);
+        }
+        self.inherit_axes(dst, &[nl, nr, l, r]);
+        Ok(dst)
+    }
+
+    fn unary(
+        &mut self,
+        op: UnaryOp,
+        src: Value,
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+        name: &str,
+    ) -> Result<Value> {
+        // `exp` starts the softmax, like `exp2`: its operand is masked first.
+        let src = if op == UnaryOp::Exp { self.materialize(src, out) } else { src };
+        let allowed: &[Masked] = if op == UnaryOp::Exp { &[Masked::Scores] } else { &[] };
+        self.check_masked(src, allowed, &format!("`{}`", op.name()), span)?;
+        let n = self.numbers(src);
+        let ty = self.ty(n);
+        let elem = ty.elem().filter(|e| !e.is_half());
+        let n = match (op, elem) {
+            (UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Tanh, Some(Elem::I32)) => {
+                self.promote_to_f32(n, out, role, span)
+            }
+            _ => n,
+        };
+        let ok = match (op, self.ty(n).elem()) {
+            (UnaryOp::Not, Some(Elem::Bool)) => true,
+            (UnaryOp::Neg | UnaryOp::Abs, Some(Elem::F32 | Elem::I32)) => true,
+            (_, Some(Elem::F32)) => op != UnaryOp::Not,
+            _ => false,
+        };
+        if !ok {
+            let verb = match op {
+                UnaryOp::Neg => "negate".to_string(),
+                UnaryOp::Not => "apply `!` to".to_string(),
+                other => format!("take `{}` of", other.name()),
+            };
+            return err(span, format!("cannot {verb} {}", describe(&ty)));
+        }
+        let dst = self.new_value(self.ty(n), name, false);
+        self.push(out, Op::Unary { dst, op, src: n }, role, span);
+        if op == UnaryOp::Exp && self.state.contains_key(&src) {
+            self.state.insert(dst, Masked::Probabilities);
+        }
+        if op != UnaryOp::Exp {
+            self.merge_raw(dst, &[src], role, span)?;
+        }
+        self.inherit_axes(dst, &[n, src]);
+        Ok(dst)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn select(
+        &mut self,
+        cond: Value,
+        a: Value,
+        b: Value,
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+        name: &str,
+        [cond_span, then_span]: [SpanId; 2],
+    ) -> Result<Value> {
+        for v in [a, b] {
+            self.check_masked(v, &[], "`select`", span)?;
+        }
+        let ct = self.ty(cond);
+        if ct.elem() != Some(Elem::Bool) {
+            return err(
+                cond_span,
+                format!("the condition of `select` must be a bool (a comparison), not {}", describe(&ct)),
+            );
+        }
+        let (na, nb) = (self.numbers(a), self.numbers(b));
+        let (at, bt) = (self.ty(na), self.ty(nb));
+        let (na, nb, elem) = match (at.elem(), bt.elem()) {
+            (Some(x), Some(y)) if x == y && matches!(x, Elem::F32 | Elem::I32) => (na, nb, x),
+            (Some(Elem::I32), Some(Elem::F32)) => (self.promote_to_f32(na, out, role, span), nb, Elem::F32),
+            (Some(Elem::F32), Some(Elem::I32)) => (na, self.promote_to_f32(nb, out, role, span), Elem::F32),
+            _ => {
+                return err(
+                    then_span,
+                    format!(
+                        "`select` picks between numbers (f32 or i32), not {} and {}; combine booleans with `&&` and `||`",
+                        describe(&at),
+                        describe(&bt)
+                    ),
+                )
+            }
+        };
+        let shape = Type::broadcast(self.ty(na), self.ty(nb))
+            .and_then(|t| Type::broadcast(t, ct))
+            .and_then(|t| t.with_elem(elem));
+        let Some(result) = shape else {
+            return err(
+                span,
+                format!(
+                    "`select` of {}, {} and {}: the shapes do not match",
+                    describe(&ct),
+                    describe(&at),
+                    describe(&bt)
+                ),
+            );
+        };
+        let dst = self.new_value(result, name, false);
+        self.push(out, Op::Select { dst, cond, then: na, otherwise: nb }, role, span);
+        self.merge_raw(dst, &[a, b], role, span)?;
+        self.inherit_axes(dst, &[na, nb, cond, a, b]);
+        Ok(dst)
+    }
+
+    /// `t.index(DIM)`: the position along `dim` of each element of register tile `t`.
+    fn position(
+        &mut self,
+        t: Value,
+        dim: &str,
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+        name: &str,
+    ) -> Result<Value> {
+        let ty = self.ty(self.numbers(t));
+        let Type::Frag { rows, cols, .. } = ty else {
+            return err(
+                span,
+                format!("`.index({dim})` gives positions in a register tile, not in {}", describe(&ty)),
+            );
+        };
+        let Some(d) = self.dims.iter().position(|x| x == dim).map(|i| RtDim(i as u32)) else {
+            return err(
+                span,
+                format!("`{dim}` is not an axis of any tensor parameter (known: {})", self.dims.join(", ")),
+            );
+        };
+        let axes = self.axes.get(&t).copied().unwrap_or_default();
+        let walks = |v: Option<Value>| {
+            v.filter(|v| matches!(self.ty(*v), Type::Index { dim, tile: Some(_) } if dim == d))
+        };
+        let (on_rows, on_cols) = (walks(axes.rows), walks(axes.cols));
+        let axis_name = |v: Option<Value>| match v.map(|v| self.ty(v)) {
+            Some(Type::Index { dim, .. }) => format!("`{}`", self.dims[dim.0 as usize]),
+            _ => "no sequence axis".to_string(),
+        };
+        let (axis, index) = match (on_rows, on_cols) {
+            (Some(i), None) => (TileAxis::Rows, i),
+            (None, Some(i)) => (TileAxis::Cols, i),
+            (Some(_), Some(_)) => {
+                return err(
+                    span,
+                    format!("both axes of this tile walk `{dim}`, so its positions are ambiguous; give the K/V tensors their own sequence axis (e.g. `SK`)"),
+                )
+            }
+            (None, None) => {
+                return err(
+                    span,
+                    format!(
+                        "no axis of this tile walks `{dim}`: its rows walk {} and its columns {}",
+                        axis_name(axes.rows),
+                        axis_name(axes.cols)
+                    ),
+                )
+            }
+        };
+        let dst = self.new_value(Type::Frag { rows, cols, elem: Elem::I32 }, name, false);
+        self.push(out, Op::Position { dst, axis, index }, role, span);
+        self.axes.insert(dst, axes);
+        Ok(dst)
+    }
+
+    /// `mask(s, keep)`: a handle on the scores of `s` with one more condition; no code until
+    /// the scores leave the score code ([`Lowerer::materialize`]).
+    fn mask(
+        &mut self,
+        s: Value,
+        keep: Value,
+        span: SpanId,
+        keep_span: SpanId,
+        role: Option<Role>,
+    ) -> Result<Value> {
+        self.check_masked(s, &[], "`mask`", span)?;
+        let ty = self.ty(self.numbers(s));
+        let Type::Frag { rows, cols, elem: Elem::F32 } = ty else {
+            return err(span, format!("`mask` applies to f32 score tiles, not to {}", describe(&ty)));
+        };
+        let kt = self.ty(keep);
+        let fits = match kt {
+            Type::Bool => true,
+            Type::Frag { rows: r, cols: c, elem: Elem::Bool } => r == rows && c == cols,
+            _ => false,
+        };
+        if !fits {
+            return err(
+                keep_span,
+                format!(
+                    "the condition of `mask` must be a bool tile [{}, {}] (a comparison of positions such as `s.index(SK) <= s.index(S)`) or a bool, not {}",
+                    rows.symbol(),
+                    cols.symbol(),
+                    describe(&kt)
+                ),
+            );
+        }
+        let name = format!("{}_mask", self.values[self.numbers(s).index()].name);
+        let handle = self.new_value(ty, &name, false);
+        let mut raw = match self.raw.get(&s) {
+            Some(r) => r.clone(),
+            None => Raw { numbers: s, tail: None, keeps: vec![], role, span },
+        };
+        raw.keeps.push(keep);
+        raw.role = role;
+        raw.span = span;
+        self.raw.insert(handle, raw);
+        if let Some(a) = self.axes.get(&s).copied() {
+            self.axes.insert(handle, a);
+        }
+        Ok(handle)
     }
 
     fn shape_axis(&self, axis: &ShapeAxis, span: SpanId) -> Result<TileDim> {

@@ -141,13 +141,28 @@ pub enum ShapeAxis {
     Dim(String),
 }
 
+/// Elementwise binary operators: arithmetic on floats and integers, comparisons (a boolean
+/// result) and the boolean connectives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinOp {
     Add,
     Sub,
     Mul,
     Div,
+    /// `%`: the remainder of an integer division (integers only).
+    Rem,
     Max,
+    Min,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    /// `&&` on booleans.
+    And,
+    /// `||` on booleans.
+    Or,
 }
 
 impl BinOp {
@@ -157,8 +172,115 @@ impl BinOp {
             BinOp::Sub => "sub",
             BinOp::Mul => "mul",
             BinOp::Div => "div",
+            BinOp::Rem => "rem",
             BinOp::Max => "max",
+            BinOp::Min => "min",
+            BinOp::Lt => "lt",
+            BinOp::Le => "le",
+            BinOp::Gt => "gt",
+            BinOp::Ge => "ge",
+            BinOp::Eq => "eq",
+            BinOp::Ne => "ne",
+            BinOp::And => "and",
+            BinOp::Or => "or",
         }
+    }
+
+    /// How the operator is written in the DSL (for error messages).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Rem => "%",
+            BinOp::Max => "max",
+            BinOp::Min => "min",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::And => "&&",
+            BinOp::Or => "||",
+        }
+    }
+
+    /// A comparison: numbers in, a boolean out.
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne)
+    }
+
+    /// `&&` or `||`: booleans in and out.
+    pub fn is_logic(self) -> bool {
+        matches!(self, BinOp::And | BinOp::Or)
+    }
+
+    pub fn is_commutative(self) -> bool {
+        matches!(
+            self,
+            BinOp::Add
+                | BinOp::Mul
+                | BinOp::Max
+                | BinOp::Min
+                | BinOp::Eq
+                | BinOp::Ne
+                | BinOp::And
+                | BinOp::Or
+        )
+    }
+
+    /// The comparison that gives the same result with its operands swapped (`a < b` is `b > a`).
+    pub fn swapped(self) -> BinOp {
+        match self {
+            BinOp::Lt => BinOp::Gt,
+            BinOp::Le => BinOp::Ge,
+            BinOp::Gt => BinOp::Lt,
+            BinOp::Ge => BinOp::Le,
+            other => other,
+        }
+    }
+}
+
+/// Elementwise functions of one operand (`exp2` has its own op, the softmax's exponential).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    /// `-x` (floats and integers).
+    Neg,
+    /// `!x` (booleans).
+    Not,
+    /// `abs(x)` (floats and integers).
+    Abs,
+    /// `exp(x)`, the natural exponential.
+    Exp,
+    /// `log(x)`, the natural logarithm.
+    Log,
+    /// `sqrt(x)`.
+    Sqrt,
+    /// `tanh(x)`.
+    Tanh,
+}
+
+impl UnaryOp {
+    pub const FUNCTIONS: [UnaryOp; 5] =
+        [UnaryOp::Abs, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Tanh];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Not => "not",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Tanh => "tanh",
+        }
+    }
+
+    /// The function called `name` in the DSL (`abs`, `exp`, `log`, `sqrt`, `tanh`).
+    pub fn function(name: &str) -> Option<UnaryOp> {
+        UnaryOp::FUNCTIONS.into_iter().find(|f| f.name() == name)
     }
 }
 
@@ -194,7 +316,10 @@ pub struct Expr {
 pub enum ExprKind {
     /// A local, a loop variable or a scalar parameter.
     Var(String),
+    /// A float literal (`0.5`), or an integer literal used where a float is expected.
     Lit(f32),
+    /// An integer literal (`1`): an i32 where it meets integers, an f32 where it meets floats.
+    Int(i64),
     Const(NamedConst),
     /// `load(q[b, h, qt])`: global memory to registers (an mma A operand).
     Load(TileRef),
@@ -216,6 +341,28 @@ pub enum ExprKind {
     LogSumExp(Box<Expr>, Box<Expr>),
     RowReduce(ReduceOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `-x`, `!x`, `abs(x)`, `exp(x)`, `log(x)`, `sqrt(x)`, `tanh(x)`.
+    Unary(UnaryOp, Box<Expr>),
+    /// `select(cond, a, b)`: `a` where `cond` holds, else `b`, elementwise.
+    Select {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
+    /// `s.index(S)`: the position along runtime axis `dim` (a sequence axis) of every element
+    /// of register tile `s`, counted from the start of the sequence: the global query row or
+    /// key column, whichever of the tile's axes walks `dim`.
+    Position {
+        tile: Box<Expr>,
+        dim: String,
+    },
+    /// `mask(s, keep)`: the scores of `s` where `keep` is false do not exist. The compiler
+    /// sets them to -inf after all of the kernel's score code, wherever `mask` is written, so
+    /// no arithmetic on the scores can bring a masked one back.
+    Mask {
+        scores: Box<Expr>,
+        keep: Box<Expr>,
+    },
     /// `fill([TILE_M], NEG_INF)`; `zeros([TILE_M, D])` is a fill with 0.
     Fill {
         shape: Vec<ShapeAxis>,

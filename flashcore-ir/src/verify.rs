@@ -190,14 +190,43 @@ impl<'k> Verifier<'k> {
                     return fail(format!("mma {} has mismatched operand types", self.name(*dst)));
                 }
             }
-            Op::Binary { dst, lhs, rhs, .. } => {
-                let ok = match (ty(*lhs), ty(*rhs)) {
-                    (l, Type::Scalar) => !matches!(l, Type::Index { .. } | Type::Smem { .. }),
-                    (Type::Frag { rows, .. }, Type::Row { rows: r }) => rows == r,
-                    (l, r) => l == r && !matches!(l, Type::Index { .. } | Type::Smem { .. }),
-                };
-                if !ok || ty(*dst) != ty(*lhs) {
+            Op::Binary { dst, op, lhs, rhs } => {
+                let (l, r) = (ty(*lhs), ty(*rhs));
+                let same_elem =
+                    l.elem().is_some() && l.elem() == r.elem() && !l.elem().is_some_and(|e| e.is_half());
+                let want = Type::broadcast(l, r).and_then(|t| {
+                    t.with_elem(if op.is_comparison() { Elem::Bool } else { l.elem().unwrap_or(Elem::F32) })
+                });
+                if !same_elem || want != Some(ty(*dst)) {
                     return fail(format!("binary {} has incompatible operands", self.name(*dst)));
+                }
+            }
+            Op::Unary { dst, src, .. } | Op::Convert { dst, src } => {
+                let want = match inst.op {
+                    Op::Convert { .. } => {
+                        ty(*src).with_elem(Elem::F32).filter(|_| ty(*src).elem() == Some(Elem::I32))
+                    }
+                    _ => Some(ty(*src)),
+                };
+                if want != Some(ty(*dst)) {
+                    return fail(format!("{} has the wrong type for its operand", self.name(*dst)));
+                }
+            }
+            Op::Select { dst, cond, then, otherwise } => {
+                let shape =
+                    Type::broadcast(ty(*then), ty(*otherwise)).and_then(|t| Type::broadcast(t, ty(*cond)));
+                let ok = ty(*cond).elem() == Some(Elem::Bool)
+                    && ty(*then).elem() == ty(*otherwise).elem()
+                    && shape.and_then(|t| t.with_elem(ty(*then).elem()?)) == Some(ty(*dst));
+                if !ok {
+                    return fail(format!("select {} has incompatible operands", self.name(*dst)));
+                }
+            }
+            Op::Position { dst, index, .. } => {
+                let ok = matches!(ty(*index), Type::Index { tile: Some(_), .. })
+                    && matches!(ty(*dst), Type::Frag { elem: Elem::I32, .. });
+                if !ok {
+                    return fail(format!("position {} needs a tile index and an i32 tile", self.name(*dst)));
                 }
             }
             _ => {}

@@ -79,6 +79,24 @@ fn expr(e: &Expr) -> TokenStream {
             quote!(#p::ExprKind::Var(#v))
         }
         ExprKind::Lit(x) => quote!(#p::ExprKind::Lit(#x)),
+        ExprKind::Int(x) => quote!(#p::ExprKind::Int(#x)),
+        ExprKind::Unary(op, x) => {
+            let op = format_ident!("{}", format!("{op:?}"));
+            let x = b(x);
+            quote!(#p::ExprKind::Unary(#p::UnaryOp::#op, #x))
+        }
+        ExprKind::Select { cond, then, otherwise } => {
+            let (c, t, o) = (b(cond), b(then), b(otherwise));
+            quote!(#p::ExprKind::Select { cond: #c, then: #t, otherwise: #o })
+        }
+        ExprKind::Position { tile, dim } => {
+            let (t, d) = (b(tile), string(dim));
+            quote!(#p::ExprKind::Position { tile: #t, dim: #d })
+        }
+        ExprKind::Mask { scores, keep } => {
+            let (s, k) = (b(scores), b(keep));
+            quote!(#p::ExprKind::Mask { scores: #s, keep: #k })
+        }
         ExprKind::Const(NamedConst::NegInf) => quote!(#p::ExprKind::Const(#p::NamedConst::NegInf)),
         ExprKind::Const(NamedConst::Log2E) => quote!(#p::ExprKind::Const(#p::NamedConst::Log2E)),
         ExprKind::Load(t) => {
@@ -125,13 +143,8 @@ fn expr(e: &Expr) -> TokenStream {
             quote!(#p::ExprKind::RowReduce(#op, #x))
         }
         ExprKind::Binary(op, l, r) => {
-            let op = match op {
-                BinOp::Add => quote!(#p::BinOp::Add),
-                BinOp::Sub => quote!(#p::BinOp::Sub),
-                BinOp::Mul => quote!(#p::BinOp::Mul),
-                BinOp::Div => quote!(#p::BinOp::Div),
-                BinOp::Max => quote!(#p::BinOp::Max),
-            };
+            let op = format_ident!("{}", format!("{op:?}"));
+            let op = quote!(#p::BinOp::#op);
             let (l, r) = (b(l), b(r));
             quote!(#p::ExprKind::Binary(#op, #l, #r))
         }

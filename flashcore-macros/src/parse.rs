@@ -251,7 +251,7 @@ fn int_value(e: &syn::Expr) -> syn::Result<u32> {
     }
 }
 
-const FUNCTIONS: &str = "load, stage, mma, exp2, row_max, row_sum, max, log_sum_exp, fill, zeros";
+const FUNCTIONS: &str = "load, stage, mma, exp2, exp, log, sqrt, tanh, abs, max, min, select, mask, row_max, row_sum, log_sum_exp, fill, zeros";
 
 /// Converts the parsed function into a `Program`, filling `spans`.
 pub struct Converter<'s> {
@@ -539,20 +539,46 @@ impl Converter<'_> {
                     _ => ExprKind::Var(name),
                 }
             }
+            syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => ExprKind::Int(lit_int(i)?),
             syn::Expr::Lit(l) => ExprKind::Lit(lit_f32(&l.lit)?),
             syn::Expr::Unary(syn::ExprUnary { op: syn::UnOp::Neg(_), expr, .. }) => match &**expr {
+                syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => ExprKind::Int(-lit_int(i)?),
                 syn::Expr::Lit(l) => ExprKind::Lit(-lit_f32(&l.lit)?),
-                other => return error(other, "only literals can be negated; use `NEG_INF` for -inf"),
+                other => ExprKind::Unary(UnaryOp::Neg, boxed(self, other)?),
             },
+            syn::Expr::Unary(syn::ExprUnary { op: syn::UnOp::Not(_), expr, .. }) => {
+                ExprKind::Unary(UnaryOp::Not, boxed(self, expr)?)
+            }
             syn::Expr::Binary(b) => {
-                let op = match b.op {
-                    syn::BinOp::Add(_) => BinOp::Add,
-                    syn::BinOp::Sub(_) => BinOp::Sub,
-                    syn::BinOp::Mul(_) => BinOp::Mul,
-                    syn::BinOp::Div(_) => BinOp::Div,
-                    _ => return error(b.op, "kernels use the operators + - * /"),
-                };
+                let op =
+                    match b.op {
+                        syn::BinOp::Add(_) => BinOp::Add,
+                        syn::BinOp::Sub(_) => BinOp::Sub,
+                        syn::BinOp::Mul(_) => BinOp::Mul,
+                        syn::BinOp::Div(_) => BinOp::Div,
+                        syn::BinOp::Rem(_) => BinOp::Rem,
+                        syn::BinOp::Lt(_) => BinOp::Lt,
+                        syn::BinOp::Le(_) => BinOp::Le,
+                        syn::BinOp::Gt(_) => BinOp::Gt,
+                        syn::BinOp::Ge(_) => BinOp::Ge,
+                        syn::BinOp::Eq(_) => BinOp::Eq,
+                        syn::BinOp::Ne(_) => BinOp::Ne,
+                        syn::BinOp::And(_) => BinOp::And,
+                        syn::BinOp::Or(_) => BinOp::Or,
+                        _ => return error(
+                            b.op,
+                            "kernels use the operators + - * / %, the comparisons < <= > >= == != and && ||",
+                        ),
+                    };
                 ExprKind::Binary(op, boxed(self, &b.left)?, boxed(self, &b.right)?)
+            }
+            syn::Expr::MethodCall(m) if m.method == "index" => {
+                // `s.index(S)`: positions along axis `S`.
+                let dim = match m.args.iter().collect::<Vec<_>>()[..] {
+                    [syn::Expr::Path(p)] => path_ident(p)?.to_string(),
+                    _ => return error(m, "`.index(..)` takes one axis name, e.g. `s.index(S)`"),
+                };
+                ExprKind::Position { tile: boxed(self, &m.receiver)?, dim }
             }
             syn::Expr::MethodCall(m) => {
                 if !m.args.is_empty() {
@@ -584,12 +610,12 @@ impl Converter<'_> {
                             "a tile must be loaded first: `load(q.tile(..))` or `stage(k.tile(..))`",
                         )
                     }
-                    other => {
-                        return error(
-                            &m.method,
-                            format!("unknown method `.{other}()`; expected `.t()` or `.to::<T>()`"),
-                        )
-                    }
+                    other => return error(
+                        &m.method,
+                        format!(
+                            "unknown method `.{other}()`; expected `.t()`, `.to::<T>()` or `.index(AXIS)`"
+                        ),
+                    ),
                 }
             }
             syn::Expr::Call(c) => {
@@ -644,9 +670,26 @@ impl Converter<'_> {
                         let op = if name == "row_max" { ReduceOp::Max } else { ReduceOp::Sum };
                         ExprKind::RowReduce(op, boxed(self, args[0])?)
                     }
-                    "max" => {
+                    "max" | "min" => {
                         arity(&[2])?;
-                        ExprKind::Binary(BinOp::Max, boxed(self, args[0])?, boxed(self, args[1])?)
+                        let op = if name == "max" { BinOp::Max } else { BinOp::Min };
+                        ExprKind::Binary(op, boxed(self, args[0])?, boxed(self, args[1])?)
+                    }
+                    "select" => {
+                        arity(&[3])?;
+                        ExprKind::Select {
+                            cond: boxed(self, args[0])?,
+                            then: boxed(self, args[1])?,
+                            otherwise: boxed(self, args[2])?,
+                        }
+                    }
+                    "mask" => {
+                        arity(&[2])?;
+                        ExprKind::Mask { scores: boxed(self, args[0])?, keep: boxed(self, args[1])? }
+                    }
+                    f if UnaryOp::function(f).is_some() => {
+                        arity(&[1])?;
+                        ExprKind::Unary(UnaryOp::function(f).expect("checked"), boxed(self, args[0])?)
                     }
                     "fill" => {
                         arity(&[2])?;
@@ -715,6 +758,13 @@ fn pat_ident(p: &syn::Pat) -> R<String> {
     match p {
         syn::Pat::Ident(i) => Ok(i.ident.to_string()),
         other => error(other, "expected a loop variable name"),
+    }
+}
+
+fn lit_int(i: &syn::LitInt) -> R<i64> {
+    match i.base10_parse::<i64>() {
+        Ok(v) if i32::try_from(v).is_ok() || i32::try_from(-v).is_ok() => Ok(v),
+        _ => error(i, "this integer is out of the range of i32"),
     }
 }
 

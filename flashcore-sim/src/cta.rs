@@ -17,8 +17,8 @@ use half::{bf16, f16};
 use crate::error::{At, SimError};
 use crate::memory::{Access, GlobalMemory, Shadow};
 use crate::parse::{
-    AddrBase, Address, ApproxFn, Cmp, CmpType, FloatOp, HalfType, Inst, IntOp, IntType, Kernel, Op, Operand,
-    ShflMode, Space, Special,
+    AddrBase, Address, ApproxFn, Cmp, CmpType, FloatFn, FloatOp, HalfType, Inst, IntFn, IntOp, IntType,
+    Kernel, Op, Operand, ShflMode, Space, Special,
 };
 
 pub const LANES: usize = 32;
@@ -814,6 +814,7 @@ impl<'a> Cta<'a> {
                     FloatOp::Mul => x * y,
                     FloatOp::Max => x.max(y),
                     FloatOp::Min => x.min(y),
+                    FloatOp::Div => x / y,
                 };
                 if *flush {
                     r = ftz(r);
@@ -842,6 +843,28 @@ impl<'a> Cta<'a> {
             Op::Rcp { d, a } => {
                 self.lanes_map(w, exec, |s, l| (*d, (1.0 / f32_of(s.val(w, *a, l))).to_bits() as u64))
             }
+            Op::FloatUnary { func, d, a } => self.lanes_map(w, exec, |s, l| {
+                let x = f32_of(s.val(w, *a, l));
+                let r = match func {
+                    FloatFn::Neg => -x,
+                    FloatFn::Abs => x.abs(),
+                    FloatFn::Sqrt => x.sqrt(),
+                };
+                (*d, r.to_bits() as u64)
+            }),
+            Op::IntUnary { func, ty, d, a } => self.lanes_map(w, exec, |s, l| {
+                let x = sext(*ty, s.val(w, *a, l));
+                let r = match func {
+                    IntFn::Neg => x.wrapping_neg(),
+                    IntFn::Abs => x.wrapping_abs(),
+                };
+                (*d, trunc(*ty, r as u64))
+            }),
+            Op::CvtFloat { src, d, a } => self.lanes_map(w, exec, |s, l| {
+                let v = s.val(w, *a, l);
+                let r = if src.signed() { sext(*src, v) as f32 } else { trunc(*src, v) as f32 };
+                (*d, r.to_bits() as u64)
+            }),
             Op::Setp { cmp, ty, p, a, b } => self.lanes_map(w, exec, |s, l| {
                 let (x, y) = (s.val(w, *a, l), s.val(w, *b, l));
                 let r = match ty {
@@ -850,6 +873,7 @@ impl<'a> Cta<'a> {
                         match cmp {
                             Cmp::Eq => x == y,
                             Cmp::Ne => x != y && !x.is_nan() && !y.is_nan(),
+                            Cmp::Neu => x != y,
                             Cmp::Lt => x < y,
                             Cmp::Le => x <= y,
                             Cmp::Gt => x > y,
@@ -864,7 +888,7 @@ impl<'a> Cta<'a> {
                         };
                         match cmp {
                             Cmp::Eq => o.is_eq(),
-                            Cmp::Ne => o.is_ne(),
+                            Cmp::Ne | Cmp::Neu => o.is_ne(),
                             Cmp::Lt => o.is_lt(),
                             Cmp::Le => o.is_le(),
                             Cmp::Gt => o.is_gt(),

@@ -151,12 +151,31 @@ pub enum FloatOp {
     Mul,
     Max,
     Min,
+    /// `div.rn.f32`: IEEE division, rounded to nearest.
+    Div,
+}
+
+/// Float functions of one operand computed exactly: `neg.f32`, `abs.f32`, `sqrt.rn.f32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatFn {
+    Neg,
+    Abs,
+    Sqrt,
+}
+
+/// Integer functions of one operand: `neg.s32`, `abs.s32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntFn {
+    Neg,
+    Abs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cmp {
     Eq,
     Ne,
+    /// Not equal, or unordered (either side NaN): `setp.neu.f32`.
+    Neu,
     Lt,
     Le,
     Gt,
@@ -263,7 +282,25 @@ pub enum Op {
         d: u32,
         a: Operand,
     },
+    /// `rcp.rn.f32` and `rcp.approx[.ftz].f32` (computed exactly).
     Rcp {
+        d: u32,
+        a: Operand,
+    },
+    FloatUnary {
+        func: FloatFn,
+        d: u32,
+        a: Operand,
+    },
+    IntUnary {
+        func: IntFn,
+        ty: IntType,
+        d: u32,
+        a: Operand,
+    },
+    /// `cvt.rn.f32.s32` (and `.u32`): integer to the nearest f32.
+    CvtFloat {
+        src: IntType,
         d: u32,
         a: Operand,
     },
@@ -742,6 +779,7 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
                 "mul" => FloatOp::Mul,
                 "max" => FloatOp::Max,
                 "min" => FloatOp::Min,
+                "div" if has("rn") => FloatOp::Div,
                 _ => return Err(Decode::Unsupported),
             };
             Op::Float {
@@ -780,6 +818,29 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
                 Op::Int { op, ty, d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)?, b: ctx.operand(n(2)?)? }
             }
         }
+        // `not.pred`: predicates hold 0 or 1.
+        "not" if mods.last() == Some(&"pred") => Op::Int {
+            op: IntOp::Xor,
+            ty: IntType::U32,
+            d: ctx.dest(n(0)?)?,
+            a: ctx.operand(n(1)?)?,
+            b: Operand::Imm(1),
+        },
+        "neg" | "abs" | "sqrt" if mods.last() == Some(&"f32") => {
+            let func = match base {
+                "neg" => FloatFn::Neg,
+                "abs" => FloatFn::Abs,
+                _ if has("rn") => FloatFn::Sqrt,
+                _ => return Err(Decode::Unsupported),
+            };
+            Op::FloatUnary { func, d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
+        }
+        "neg" | "abs" => Op::IntUnary {
+            func: if base == "neg" { IntFn::Neg } else { IntFn::Abs },
+            ty: last_int().ok_or(Decode::Unsupported)?,
+            d: ctx.dest(n(0)?)?,
+            a: ctx.operand(n(1)?)?,
+        },
         "not" => Op::Not {
             ty: last_int().ok_or(Decode::Unsupported)?,
             d: ctx.dest(n(0)?)?,
@@ -811,6 +872,11 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             b: ctx.operand(n(2)?)?,
             c: ctx.operand(n(3)?)?,
         },
+        "cvt" if mods.len() == 3 && mods[0] == "rn" && mods[1] == "f32" => Op::CvtFloat {
+            src: int_type(mods[2]).ok_or(Decode::Unsupported)?,
+            d: ctx.dest(n(0)?)?,
+            a: ctx.operand(n(1)?)?,
+        },
         "cvt" => {
             if (has("f16x2") || has("bf16x2")) && mods.last() == Some(&"f32") {
                 if !has("rn") {
@@ -832,13 +898,14 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
         "lg2" if has("approx") && mods.last() == Some(&"f32") => {
             Op::Approx { func: ApproxFn::Lg2, ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
         }
-        "rcp" if has("rn") && mods.last() == Some(&"f32") => {
+        "rcp" if (has("rn") || has("approx")) && mods.last() == Some(&"f32") => {
             Op::Rcp { d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
         }
         "setp" => {
             let cmp = match mods.first().copied() {
                 Some("eq") => Cmp::Eq,
                 Some("ne") => Cmp::Ne,
+                Some("neu") => Cmp::Neu,
                 Some("lt") => Cmp::Lt,
                 Some("le") => Cmp::Le,
                 Some("gt") => Cmp::Gt,

@@ -191,13 +191,13 @@ fn cvt_pack_order_and_butterfly_shuffle() {
 	.reg .b64 %rd<4>;
 	ld.param.u64 %rd0, [pout];
 	mov.u32 %r0, %tid.x;
-	cvt.rn.f32.u32 %f0, %r0;
+	cvt.rzi.s32.f32 %r1, %f0;
 }
 "#
     );
-    // `cvt.rn.f32.u32` is outside the subset: a clear error, not a silent skip.
+    // `cvt.rzi.s32.f32` is outside the subset: a clear error, not a silent skip.
     match parse(&ptx) {
-        Err(SimError::Unsupported { text, .. }) => assert!(text.contains("cvt.rn.f32.u32"), "{text}"),
+        Err(SimError::Unsupported { text, .. }) => assert!(text.contains("cvt.rzi.s32.f32"), "{text}"),
         other => panic!("expected an unsupported-instruction error, got {other:?}"),
     }
     let ptx = format!(

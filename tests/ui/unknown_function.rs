@@ -25,7 +25,7 @@ fn attention(
             #[role(softmax)]
             {
                 let m_new = max(m, row_max(s));
-                let p = exp(s - m_new);
+                let p = softplus(s - m_new);
                 let alpha = exp2(m - m_new);
                 l = l * alpha + row_sum(p);
                 acc = acc * alpha;

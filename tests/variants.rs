@@ -1,0 +1,148 @@
+//! The attention variants of `flashcore::kernels::variants` against float64 references of their
+//! formulas (FlexAttention's `score_mod`/`mask_mod`, written out in `reference::Variant`), in the
+//! PTX simulator: at tails (S, SK not multiples of the tiles), S ≠ SK, causal and not where it
+//! applies, f16 and bf16, grouped K/V heads, and schedules with load warps and split-KV.
+
+use flashcore::kernels::variants::*;
+use flashcore::reference::Variant;
+use flashcore::simulate::{check_variant, AttentionShape, SimDevice};
+use flashcore::{CompiledKernel, Config, DType, Layout};
+
+/// Configs each variant runs under: the declared one, bf16, causal, load warps with 3 stages,
+/// and split-KV over two groups of warps.
+fn configs(declared: Config) -> Vec<Config> {
+    vec![
+        declared,
+        Config { dtype: DType::Bf16, ..declared },
+        Config { causal: true, ..declared },
+        Config { stages: 3, load_warps: 1, causal: true, ..declared },
+        Config { tile_m: 32, tile_n: 128, warps: 4, kv_splits: 2, ..declared },
+    ]
+}
+
+/// Shapes with tails: S ≠ SK, neither a multiple of 64, and grouped K/V heads.
+const SHAPES: [AttentionShape; 2] = [
+    AttentionShape { b: 1, h: 2, hk: 1, s: 77, sk: 150 },
+    AttentionShape { b: 2, h: 2, hk: 2, s: 130, sk: 100 },
+];
+
+/// Runs `compile(config)` in the simulator against `variant(shape)` for every config and shape.
+fn check(
+    name: &str,
+    declared: Config,
+    compile: fn(&Config) -> Result<std::sync::Arc<CompiledKernel>, flashcore::Error>,
+    scalars: &[f32],
+    variant: &dyn Fn(AttentionShape) -> Variant<'static>,
+) {
+    for config in configs(declared) {
+        let kernel = compile(&config).unwrap_or_else(|e| panic!("{name} {config}: {e}"));
+        for (i, shape) in SHAPES.into_iter().enumerate() {
+            let variant = &variant(shape);
+            let got = check_variant(
+                &kernel,
+                shape,
+                Layout::Bhsd,
+                17 + i as u64,
+                &SimDevice::default(),
+                scalars,
+                variant,
+            )
+            .unwrap_or_else(|e| panic!("{name} {config} {shape:?}: {e}"));
+            let bound = match config.dtype {
+                DType::F16 => 2e-3,
+                DType::Bf16 => 1.6e-2,
+            };
+            assert!(got.err.rel_l2 < bound, "{name} {config} {shape:?}: {:?}", got.err);
+            println!(
+                "{name:<24} {:<70} s={:<4} sk={:<4} rel_l2 {:.2e}",
+                config.to_string(),
+                shape.s,
+                shape.sk,
+                got.err.rel_l2
+            );
+            assert!(
+                got.lse_max_abs < 1e-2 && got.lse_mismatched == 0,
+                "{name} {config} {shape:?}: lse {got:?}"
+            );
+        }
+    }
+}
+
+/// A variant whose closures live as long as the test (leaked: a few bytes per shape).
+fn leak(
+    score: impl Fn(usize, usize, usize, usize, f64) -> f64 + Sync + 'static,
+    keep: impl Fn(usize, usize, usize, usize) -> bool + Sync + 'static,
+) -> Variant<'static> {
+    Variant { score: Box::leak(Box::new(score)), keep: Box::leak(Box::new(keep)) }
+}
+
+/// Query row `i`'s key position under bottom-right alignment: `i + SK − S`.
+fn diag(shape: AttentionShape, i: usize) -> i64 {
+    i as i64 + shape.sk as i64 - shape.s as i64
+}
+
+const CAP: f64 = 2.0;
+const WINDOW: (i64, i64) = (20, 5);
+
+fn softcap(x: f64) -> f64 {
+    CAP * (x / CAP).tanh()
+}
+
+fn in_window(shape: AttentionShape, i: usize, j: usize) -> bool {
+    let d = diag(shape, i);
+    (d - WINDOW.0..=d + WINDOW.1).contains(&(j as i64))
+}
+
+#[test]
+fn softcap_matches_its_formula() {
+    let variant = |_| leak(|_, _, _, _, x| softcap(x), |_, _, _, _| true);
+    check("softcap", softcap_attention::CONFIG, softcap_attention::compile, &[CAP as f32], &variant);
+}
+
+#[test]
+fn sliding_window_matches_its_formula() {
+    let variant = |shape| leak(|_, _, _, _, x| x, move |_, _, i, j| in_window(shape, i, j));
+    let window = [WINDOW.0 as f32, WINDOW.1 as f32];
+    check(
+        "sliding_window",
+        sliding_window_attention::CONFIG,
+        sliding_window_attention::compile,
+        &window,
+        &variant,
+    );
+}
+
+#[test]
+fn alibi_matches_its_formula() {
+    let variant = |shape: AttentionShape| {
+        let heads = shape.h as f64;
+        leak(
+            move |_, h, i, j, x| {
+                x + (-8.0 * (h as f64 + 1.0) / heads).exp2() * (j as i64 - diag(shape, i)) as f64
+            },
+            |_, _, _, _| true,
+        )
+    };
+    check("alibi", alibi_attention::CONFIG, alibi_attention::compile, &[], &variant);
+}
+
+#[test]
+fn prefix_lm_matches_its_formula() {
+    let prefix = 40;
+    let variant =
+        move |shape| leak(|_, _, _, _, x| x, move |_, _, i, j| j as i64 <= diag(shape, i) || j < prefix);
+    check("prefix_lm", prefix_lm_attention::CONFIG, prefix_lm_attention::compile, &[prefix as f32], &variant);
+}
+
+#[test]
+fn sliding_window_with_softcap_matches_its_formula() {
+    let variant = |shape| leak(|_, _, _, _, x| softcap(x), move |_, _, i, j| in_window(shape, i, j));
+    let scalars = [CAP as f32, WINDOW.0 as f32, WINDOW.1 as f32];
+    check(
+        "sliding_window_softcap",
+        sliding_window_softcap_attention::CONFIG,
+        sliding_window_softcap_attention::compile,
+        &scalars,
+        &variant,
+    );
+}
