@@ -13,6 +13,8 @@ use crate::smem::SmemPlan;
 use crate::writer::{PtxWriter, RegClass, RegFamily};
 use crate::CodegenError;
 
+mod mask;
+
 /// A single mbarrier wait longer than this (10 s) traps: the kernel aborts instead of hanging
 /// the GPU (and, at exit, the process). The runtime's launch timeout (5 s by default) fires
 /// first and names the kernel.
@@ -123,6 +125,13 @@ pub struct Emitter<'k> {
     in_work_item: bool,
     /// How many ops read each value (a value read once may be overwritten in place).
     use_counts: HashMap<Value, usize>,
+    /// The index values of the work loop being emitted, and of its K/V loop.
+    work_vars: Vec<Value>,
+    pipeline_var: Option<Value>,
+    /// Uniform parts of a mask, computed once while its per-element code is emitted.
+    uniform_cache: Option<HashMap<String, mask::Range>>,
+    /// The parts of a mask at one element's position, while that element's code is emitted.
+    element_cache: Option<HashMap<String, mask::Range>>,
 }
 
 /// A sequence dim made ragged by offsets: their pointer, and the registers that hold the
@@ -211,6 +220,10 @@ impl<'k> Emitter<'k> {
                 });
                 counts
             },
+            work_vars: vec![],
+            pipeline_var: None,
+            uniform_cache: None,
+            element_cache: None,
             team: Team::default(),
             group_warp: String::new(),
             stream: None,
@@ -553,6 +566,7 @@ impl<'k> Emitter<'k> {
             }
             Op::Position { dst, axis, index } => self.position(*dst, *axis, *index),
             Op::Unary { dst, op, src } => self.unary(*dst, *op, *src),
+            Op::MaskWhere { dst, src, keep, mask } => self.mask_where(*dst, *src, *keep, *mask),
             Op::Convert { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in 0..d.len {
@@ -707,6 +721,7 @@ impl<'k> Emitter<'k> {
         extents: &[LoopExtent],
         body: &Block,
     ) -> Result<(), CodegenError> {
+        self.work_vars = vars.to_vec();
         let counts: Vec<String> = extents.iter().map(|e| self.extent_reg(e)).collect();
         let total = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {total}, 1"));
@@ -829,7 +844,14 @@ impl<'k> Emitter<'k> {
     ) -> Result<(), CodegenError> {
         let count = self.extent_reg(extent);
         let i = self.regs_of(var).at(0);
-        self.w.ins(format!("mov.u32 {i}, 0"));
+        self.pipeline_var = Some(var);
+        match extent.skip {
+            Some(mask) => {
+                let first = self.mask_loop_bounds(mask, &count)?;
+                self.w.ins(format!("mov.u32 {i}, {first}"));
+            }
+            None => self.w.ins(format!("mov.u32 {i}, 0")),
+        }
         self.pipeline_count = Some(count.clone());
         self.w.comment("pipeline prologue");
         self.block(prologue)?;

@@ -5,7 +5,7 @@
 use std::fmt::{self, Write};
 
 use crate::kernel::*;
-use crate::source::ReduceOp;
+use crate::source::{ReduceOp, UnaryOp};
 
 impl fmt::Display for Type {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,9 +70,32 @@ impl Printer<'_> {
             Some(t) => format!("{dim}/{}", t.symbol()),
             None => dim.clone(),
         };
-        match e.causal {
+        let extent = match e.causal {
             Some(c) => format!("{extent} causal({})", self.causal(&c)),
             None => extent,
+        };
+        match e.skip {
+            Some(m) => format!("{extent} skipping tiles that mask #{} empties", m.0),
+            None => extent,
+        }
+    }
+
+    /// A mask expression, with parameters and axes by name.
+    fn mask_expr(&self, e: &MaskExpr) -> String {
+        match e {
+            MaskExpr::RowPos(i) => format!("row_pos(work index {i})"),
+            MaskExpr::ColPos => "col_pos".to_string(),
+            MaskExpr::WorkIndex(i) => format!("work_index{i}"),
+            MaskExpr::Param(p) => self.kernel.params[*p].name().to_string(),
+            MaskExpr::Len(d) => format!("len({})", self.kernel.dims[d.0 as usize]),
+            MaskExpr::Int(x) => x.to_string(),
+            MaskExpr::Float(x) => format!("{x:?}"),
+            MaskExpr::Binary(op, a, b) => {
+                format!("({} {} {})", self.mask_expr(a), op.symbol(), self.mask_expr(b))
+            }
+            MaskExpr::Unary(UnaryOp::Not, a) => format!("!{}", self.mask_expr(a)),
+            MaskExpr::Unary(op, a) => format!("{}({})", op.name(), self.mask_expr(a)),
+            MaskExpr::ToFloat(a) => format!("f32({})", self.mask_expr(a)),
         }
     }
 
@@ -102,6 +125,13 @@ impl Printer<'_> {
                 self.v(*index)
             ),
             Op::Unary { dst, op, src } => format!("{} = {} {}", self.def(*dst), op.name(), self.v(*src)),
+            Op::MaskWhere { dst, src, keep, mask } => format!(
+                "{} = mask {} where {}{}",
+                self.def(*dst),
+                self.v(*src),
+                self.v(*keep),
+                mask.map(|m| format!(" (mask #{}: full tiles skip it)", m.0)).unwrap_or_default()
+            ),
             Op::Convert { dst, src } => format!("{} = convert {}", self.def(*dst), self.v(*src)),
             Op::Select { dst, cond, then, otherwise } => format!(
                 "{} = select {}, {}, {}",
@@ -321,6 +351,9 @@ impl fmt::Display for Kernel {
         let dims: Vec<String> = self.dims.iter().enumerate().map(|(i, d)| format!("dim{i}={d}")).collect();
         writeln!(out, "  dims {}", dims.join(" "))?;
         writeln!(out, "  config {}", self.config)?;
+        for (i, m) in self.masks.iter().enumerate() {
+            writeln!(out, "  mask #{i}: keep {}", Printer { kernel: self }.mask_expr(&m.keep))?;
+        }
         for r in &self.mbarriers {
             writeln!(out, "  mbarrier ${}: x {}, {} arrivals per phase", r.name, r.slots, r.count)?;
         }

@@ -341,6 +341,72 @@ pub enum TileAxis {
     Cols,
 }
 
+/// Handle of a mask in [`Kernel::masks`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaskId(pub u32);
+
+/// A score mask that is a function of positions (FlexAttention's `mask_mod`), kept as an
+/// expression so that the code generator can tell, per tile, whether every score of it is kept
+/// (a full tile: the per-element mask is skipped), none is (an empty tile: the K/V loop skips
+/// it) or some are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileMask {
+    /// The condition under which a score exists (a bool).
+    pub keep: MaskExpr,
+}
+
+/// An expression over the positions of a score tile and values uniform over a work item.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskExpr {
+    /// The position of a score's row along the sequence axis that work-loop index number
+    /// `.0` (of the enclosing `tiles` loop) walks in `TILE_M` tiles (the query row).
+    RowPos(usize),
+    /// The position of a score's column along the axis the enclosing K/V loop walks in
+    /// `TILE_N` tiles (the key).
+    ColPos,
+    /// Work-loop index number `.0` (`b`, `h`, `qt`), an i32.
+    WorkIndex(usize),
+    /// f32 scalar parameter number `.0`.
+    Param(usize),
+    /// The length of a runtime axis (per sequence under sequence offsets), an i32.
+    Len(RtDim),
+    Int(i32),
+    Float(f32),
+    /// Comparisons, arithmetic (add, sub, mul, min, max) and `&&`, `||`.
+    Binary(BinOp, Box<MaskExpr>, Box<MaskExpr>),
+    /// `-x` or `!x`.
+    Unary(UnaryOp, Box<MaskExpr>),
+    /// i32 to f32.
+    ToFloat(Box<MaskExpr>),
+}
+
+impl MaskExpr {
+    /// Whether the expression reads a position (otherwise it is uniform over a work item).
+    pub fn mentions_positions(&self) -> bool {
+        match self {
+            MaskExpr::RowPos(_) | MaskExpr::ColPos => true,
+            MaskExpr::Binary(_, a, b) => a.mentions_positions() || b.mentions_positions(),
+            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.mentions_positions(),
+            _ => false,
+        }
+    }
+
+    /// The element type of the expression's value.
+    pub fn elem(&self) -> Elem {
+        match self {
+            MaskExpr::RowPos(_)
+            | MaskExpr::ColPos
+            | MaskExpr::WorkIndex(_)
+            | MaskExpr::Len(_)
+            | MaskExpr::Int(_) => Elem::I32,
+            MaskExpr::Param(_) | MaskExpr::Float(_) | MaskExpr::ToFloat(_) => Elem::F32,
+            MaskExpr::Binary(op, a, _) if !op.is_comparison() && !op.is_logic() => a.elem(),
+            MaskExpr::Binary(..) => Elem::Bool,
+            MaskExpr::Unary(_, a) => a.elem(),
+        }
+    }
+}
+
 /// How work items of the `tiles` loop map onto CTAs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileSchedule {
@@ -357,6 +423,10 @@ pub struct LoopExtent {
     pub dim: RtDim,
     pub per_tile: Option<TileDim>,
     pub causal: Option<Causal>,
+    /// Block-sparse skipping: the loop walks only the K/V tiles from the first to the last that
+    /// this mask keeps any score of, for the work item's Q tile (tiles it masks entirely add
+    /// nothing to the online softmax).
+    pub skip: Option<MaskId>,
 }
 
 impl LoopExtent {
@@ -461,6 +531,10 @@ pub enum Op {
     Binary { dst: Value, op: BinOp, lhs: Value, rhs: Value },
     /// Elementwise function of one operand.
     Unary { dst: Value, op: UnaryOp, src: Value },
+    /// `dst = keep ? src : -inf`, elementwise: the user's masks applied to a score tile. With
+    /// `mask`, `keep` is also that expression of positions: tiles where it holds everywhere
+    /// skip the per-element code, and the rest evaluate it per element.
+    MaskWhere { dst: Value, src: Value, keep: Value, mask: Option<MaskId> },
     /// i32 to f32, elementwise (round to nearest).
     Convert { dst: Value, src: Value },
     /// `dst = cond ? then : otherwise`, elementwise; uniform operands broadcast.
@@ -519,6 +593,7 @@ impl Op {
             | Op::DimLen { dst, .. }
             | Op::Position { dst, .. }
             | Op::Unary { dst, .. }
+            | Op::MaskWhere { dst, .. }
             | Op::Convert { dst, .. }
             | Op::Select { dst, .. }
             | Op::Load { dst, .. }
@@ -582,6 +657,7 @@ impl Op {
             }
             Op::Position { index, .. } => vec![*index],
             Op::Select { cond, then, otherwise, .. } => vec![*cond, *then, *otherwise],
+            Op::MaskWhere { src, keep, .. } => vec![*src, *keep],
             Op::Transpose { src, .. }
             | Op::Unary { src, .. }
             | Op::Convert { src, .. }
@@ -637,6 +713,8 @@ pub struct Kernel {
     pub mbarriers: Vec<MbarRing>,
     /// Register values exchanged between role groups (softmax on its own warps).
     pub channels: Vec<Channel>,
+    /// Score masks that are functions of positions ([`Op::MaskWhere`], [`LoopExtent::skip`]).
+    pub masks: Vec<TileMask>,
     pub body: Block,
 }
 

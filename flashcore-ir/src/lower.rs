@@ -27,6 +27,7 @@ pub fn lower(program: &Program, config: &Config) -> std::result::Result<Kernel, 
         buffers: vec![],
         mbarriers: vec![],
         channels: vec![],
+        masks: lowerer.masks,
         body,
     };
     crate::verify::verify(&kernel)?;
@@ -78,6 +79,14 @@ struct Lowerer {
     state: HashMap<Value, Masked>,
     /// Per register tile: the tile index that each of its axes walks (for `.index(DIM)`).
     axes: HashMap<Value, TileAxes>,
+    /// Values that are functions of score positions and work-item uniforms, as expressions:
+    /// masks built from them can be decided per tile ([`TileMask`]).
+    sym: HashMap<Value, MaskExpr>,
+    /// The work loop's index values, once it is entered.
+    work_vars: Vec<Value>,
+    /// The K/V loop's index, inside it.
+    pipeline_var: Option<Value>,
+    masks: Vec<TileMask>,
 }
 
 /// A score tile of the score code: the arithmetic between a `Q·Kᵀ` mma (or a `mask(..)`) and
@@ -199,6 +208,10 @@ impl Lowerer {
             masked_of: HashMap::new(),
             state: HashMap::new(),
             axes: HashMap::new(),
+            sym: HashMap::new(),
+            work_vars: vec![],
+            pipeline_var: None,
+            masks: vec![],
         };
         let mut head: Option<(Dim, String)> = None;
         for (index, decl) in program.params.iter().enumerate() {
@@ -487,6 +500,7 @@ impl Lowerer {
                         );
                     }
                 }
+                self.work_vars = values.clone();
                 let mut inner = Block::default();
                 self.block(body, &mut inner, Nesting::Tiles)?;
                 self.nesting = nesting;
@@ -522,10 +536,13 @@ impl Lowerer {
                 self.scopes.push(HashMap::new());
                 let v = self.new_value(Type::Index { dim: e.dim, tile: e.per_tile }, var, false);
                 self.bind(var, Binding::Value(v));
+                self.pipeline_var = Some(v);
                 let mut inner = Block::default();
                 self.block(body, &mut inner, Nesting::Pipeline)?;
+                self.pipeline_var = None;
                 self.nesting = nesting;
                 self.scopes.pop();
+                e.skip = skippable_mask(self, &inner);
                 out.insts.push(Inst {
                     op: Op::Pipeline {
                         var: v,
@@ -575,7 +592,12 @@ impl Lowerer {
                 ),
             );
         };
-        Ok(LoopExtent { dim: RtDim(index as u32), per_tile: extent.per_tile.map(tile_dim), causal: None })
+        Ok(LoopExtent {
+            dim: RtDim(index as u32),
+            per_tile: extent.per_tile.map(tile_dim),
+            causal: None,
+            skip: None,
+        })
     }
 
     fn tile_access(&mut self, target: &TileRef, write: bool) -> Result<TileAccess> {
@@ -736,15 +758,18 @@ impl Lowerer {
                 self.push(out, Op::Binary { dst: both, op: BinOp::And, lhs: keep, rhs: k }, role, span);
                 keep = both;
             }
-            let neg_inf = self.new_value(Type::Scalar, "neg_inf", false);
-            self.push(out, Op::Const { dst: neg_inf, value: f32::NEG_INFINITY }, role, span);
+            // A condition on positions and work-item values is kept as an expression too.
+            let syms: Option<Vec<MaskExpr>> = raw.keeps.iter().map(|k| self.sym_of(*k)).collect();
+            let mask = syms.and_then(|syms| {
+                let all =
+                    syms.into_iter().reduce(|a, b| MaskExpr::Binary(BinOp::And, Box::new(a), Box::new(b)))?;
+                all.mentions_positions().then(|| {
+                    self.masks.push(TileMask { keep: all });
+                    MaskId(self.masks.len() as u32 - 1)
+                })
+            });
             let selected = self.new_value(ty, &format!("{name}_masked"), false);
-            self.push(
-                out,
-                Op::Select { dst: selected, cond: keep, then: current, otherwise: neg_inf },
-                role,
-                span,
-            );
+            self.push(out, Op::MaskWhere { dst: selected, src: current, keep, mask }, role, span);
             current = selected;
         }
         if let Some((tile, causal)) = raw.tail {
@@ -758,6 +783,14 @@ impl Lowerer {
         self.state.insert(current, Masked::Scores);
         self.masked_of.insert(v, current);
         current
+    }
+
+    /// `v` as an expression of positions and work-item values, if it is one.
+    fn sym_of(&self, v: Value) -> Option<MaskExpr> {
+        if let Some(e) = self.sym.get(&v) {
+            return Some(e.clone());
+        }
+        self.work_vars.iter().position(|w| *w == v).map(MaskExpr::WorkIndex)
     }
 
     /// The numbers of score value `v` (itself unless it is a `mask(..)` handle).
@@ -816,6 +849,9 @@ impl Lowerer {
         let name = format!("{}_f32", self.values[v.index()].name);
         let dst = self.new_value(ty, &name, false);
         self.push(out, Op::Convert { dst, src: v }, role, span);
+        if let Some(e) = self.sym_of(v) {
+            self.sym.insert(dst, MaskExpr::ToFloat(Box::new(e)));
+        }
         if let Some(a) = self.axes.get(&v).copied() {
             self.axes.insert(dst, a);
         }
@@ -853,6 +889,7 @@ impl Lowerer {
                 Some(Binding::Scalar(param)) => {
                     let dst = self.new_value(Type::Scalar, var, false);
                     self.push(out, Op::ScalarParam { dst, param }, role, span);
+                    self.sym.insert(dst, MaskExpr::Param(param));
                     dst
                 }
                 Some(Binding::Tensor(_)) => {
@@ -877,16 +914,19 @@ impl Lowerer {
                 };
                 let dst = self.new_value(Type::Int, name, false);
                 self.push(out, Op::IntConst { dst, value }, role, span);
+                self.sym.insert(dst, MaskExpr::Int(value));
                 dst
             }
             ExprKind::Lit(x) => {
                 let dst = self.new_value(Type::Scalar, name, false);
                 self.push(out, Op::Const { dst, value: *x }, role, span);
+                self.sym.insert(dst, MaskExpr::Float(*x));
                 dst
             }
             ExprKind::Const(c) => {
                 let dst = self.new_value(Type::Scalar, name, false);
                 self.push(out, Op::Const { dst, value: c.value() }, role, span);
+                self.sym.insert(dst, MaskExpr::Float(c.value()));
                 dst
             }
             ExprKind::Load(target) => {
@@ -1182,12 +1222,14 @@ impl Lowerer {
         if let Some(value) = constant {
             let dst = self.new_value(Type::Int, var, false);
             self.push(out, Op::IntConst { dst, value: value as i32 }, role, span);
+            self.sym.insert(dst, MaskExpr::Int(value as i32));
             return Ok(dst);
         }
         match self.dims.iter().position(|d| d == var) {
             Some(i) => {
                 let dst = self.new_value(Type::Int, var, false);
                 self.push(out, Op::DimLen { dst, dim: RtDim(i as u32) }, role, span);
+                self.sym.insert(dst, MaskExpr::Len(RtDim(i as u32)));
                 Ok(dst)
             }
             None => err(span, format!("cannot find `{var}` in this scope")),
@@ -1306,6 +1348,10 @@ impl Lowerer {
             if swappable && rank(&lt) < rank(&rt) { (op.swapped(), nr, nl) } else { (op, nl, nr) };
         let dst = self.new_value(result, name, false);
         self.push(out, Op::Binary { dst, op, lhs: nl, rhs: nr }, role, span);
+        let bounded = !matches!(op, BinOp::Div | BinOp::Rem);
+        if let (true, Some(a), Some(b)) = (bounded, self.sym_of(nl), self.sym_of(nr)) {
+            self.sym.insert(dst, MaskExpr::Binary(op, Box::new(a), Box::new(b)));
+        }
         if !op.is_comparison() && !op.is_logic() {
             self.merge_raw(dst, &[l, r], role, span)?;
         }
@@ -1354,6 +1400,9 @@ impl Lowerer {
         }
         let dst = self.new_value(self.ty(n), name, false);
         self.push(out, Op::Unary { dst, op, src: n }, role, span);
+        if let (UnaryOp::Neg | UnaryOp::Not, Some(e)) = (op, self.sym_of(n)) {
+            self.sym.insert(dst, MaskExpr::Unary(op, Box::new(e)));
+        }
         if op == UnaryOp::Exp && self.state.contains_key(&src) {
             self.state.insert(dst, Masked::Probabilities);
         }
@@ -1479,6 +1528,19 @@ impl Lowerer {
         let dst = self.new_value(Type::Frag { rows, cols, elem: Elem::I32 }, name, false);
         self.push(out, Op::Position { dst, axis, index }, role, span);
         self.axes.insert(dst, axes);
+        // Positions along the work loop's Q tiles (rows) and the K/V loop's tiles (columns) can
+        // be bounded per tile.
+        let work_row = self.work_vars.iter().position(|w| *w == index);
+        let sym = match (axis, rows, cols) {
+            (TileAxis::Rows, TileDim::M, TileDim::N) => work_row.map(MaskExpr::RowPos),
+            (TileAxis::Cols, TileDim::M, TileDim::N) if self.pipeline_var == Some(index) => {
+                Some(MaskExpr::ColPos)
+            }
+            _ => None,
+        };
+        if let Some(sym) = sym {
+            self.sym.insert(dst, sym);
+        }
         Ok(dst)
     }
 
@@ -1565,4 +1627,33 @@ fn span_of(decl: &ParamDecl) -> SpanId {
             *span
         }
     }
+}
+
+/// The mask whose empty tiles the K/V loop `body` may skip: its one mask of positions, when the
+/// loop has one Q·Kᵀ score tile and carries exactly the online-softmax recurrence (a K/V tile
+/// whose scores are all masked then leaves the running max, sum and accumulator unchanged).
+fn skippable_mask(lowerer: &Lowerer, body: &Block) -> Option<MaskId> {
+    let mut masks = vec![];
+    let mut score_tiles = 0;
+    for inst in &body.insts {
+        match &inst.op {
+            Op::MaskWhere { mask, .. } => masks.push(*mask),
+            Op::MaskColumns { .. } => score_tiles += 1,
+            _ => {}
+        }
+    }
+    let (&[Some(mask)], 1) = (&masks[..], score_tiles) else { return None };
+    let probe = Kernel {
+        name: String::new(),
+        config: Config::default(),
+        params: vec![],
+        dims: vec![],
+        values: lowerer.values.clone(),
+        buffers: vec![],
+        mbarriers: vec![],
+        channels: vec![],
+        masks: vec![],
+        body: Block::default(),
+    };
+    crate::passes::split_kv::online_softmax_state(&probe, body).map(|_| mask)
 }

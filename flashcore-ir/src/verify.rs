@@ -222,6 +222,17 @@ impl<'k> Verifier<'k> {
                     return fail(format!("select {} has incompatible operands", self.name(*dst)));
                 }
             }
+            Op::MaskWhere { dst, src, keep, mask } => {
+                let scores = matches!(ty(*src), Type::Frag { elem: Elem::F32, .. }) && ty(*dst) == ty(*src);
+                let cond = ty(*keep).elem() == Some(Elem::Bool);
+                let known = mask.is_none_or(|m| (m.0 as usize) < self.kernel.masks.len());
+                if !scores || !cond || !known {
+                    return fail(format!(
+                        "mask {} needs f32 scores, a bool condition and a known mask",
+                        self.name(*dst)
+                    ));
+                }
+            }
             Op::Position { dst, index, .. } => {
                 let ok = matches!(ty(*index), Type::Index { tile: Some(_), .. })
                     && matches!(ty(*dst), Type::Frag { elem: Elem::I32, .. });

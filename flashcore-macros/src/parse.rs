@@ -610,12 +610,14 @@ impl Converter<'_> {
                             "a tile must be loaded first: `load(q.tile(..))` or `stage(k.tile(..))`",
                         )
                     }
-                    other => return error(
-                        &m.method,
-                        format!(
+                    other => {
+                        return error(
+                            &m.method,
+                            format!(
                             "unknown method `.{other}()`; expected `.t()`, `.to::<T>()` or `.index(AXIS)`"
                         ),
-                    ),
+                        )
+                    }
                 }
             }
             syn::Expr::Call(c) => {

@@ -369,6 +369,13 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
         Op::ToHalf { dst, src } => Op::ToHalf { dst, src: f(src) },
         Op::Reduce { dst, op, src } => Op::Reduce { dst, op, src: f(src) },
         Op::Binary { dst, op, lhs, rhs } => Op::Binary { dst, op, lhs: f(lhs), rhs: f(rhs) },
+        Op::Unary { dst, op, src } => Op::Unary { dst, op, src: f(src) },
+        Op::Convert { dst, src } => Op::Convert { dst, src: f(src) },
+        Op::Select { dst, cond, then, otherwise } => {
+            Op::Select { dst, cond: f(cond), then: f(then), otherwise: f(otherwise) }
+        }
+        Op::Position { dst, axis, index } => Op::Position { dst, axis, index: f(index) },
+        Op::MaskWhere { dst, src, keep, mask } => Op::MaskWhere { dst, src: f(src), keep: f(keep), mask },
         Op::Assign { dst, src } => Op::Assign { dst, src: f(src) },
         Op::Store { dst, src } => Op::Store { dst: access(dst), src: f(src) },
         Op::Load { dst, src } => Op::Load { dst, src: access(src) },

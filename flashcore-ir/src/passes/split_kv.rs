@@ -51,7 +51,7 @@ fn insert_merge(kernel: &Kernel, body: &mut Block) -> Result<(), IrError> {
 const NOT_ONLINE_SOFTMAX: &str = "kv_splits > 1 merges the K/V loop's online-softmax states by log-sum-exp, so the loop must carry a running max `m = max(m, row_max(s))`, a sum `l = l * exp2(m - m_new) + row_sum(p)` and an accumulator rescaled by the same factor and updated by `mma(.., acc)`";
 
 /// The loop's `(m, l, acc)`, if its assignments are exactly the online-softmax recurrence.
-fn online_softmax_state(kernel: &Kernel, body: &Block) -> Option<(Value, Value, Value)> {
+pub(crate) fn online_softmax_state(kernel: &Kernel, body: &Block) -> Option<(Value, Value, Value)> {
     let defs: HashMap<Value, &Op> =
         body.insts.iter().filter_map(|i| i.op.def().map(|d| (d, &i.op))).collect();
     let def = |v: Value| defs.get(&v).copied();

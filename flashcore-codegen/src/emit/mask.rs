@@ -1,0 +1,391 @@
+//! Masks that are functions of positions ([`TileMask`]), decided per tile. Interval arithmetic
+//! over a box of (row, column) positions tells whether a mask keeps every score in it (a full
+//! tile: the per-element code is skipped), none (an empty tile: the K/V loop does not visit it)
+//! or some; evaluated on a single position it is the mask itself, which masks partial tiles.
+//!
+//! All of it is uniform over a warp (work-loop indices, the K/V tile index, parameters, a
+//! warp's rows), so the branches it takes are `bra.uni`, except in the bounds scan, where each
+//! lane tries its own K/V tiles.
+
+use super::*;
+
+/// A mask expression's value over a box of positions: a number's range (`lo == hi`, the same
+/// register, when it is exact), or whether a condition can hold and whether it can fail.
+#[derive(Clone, Debug)]
+pub(super) enum Range {
+    Num { lo: String, hi: String, float: bool },
+    Bool { can_hold: String, can_fail: String },
+}
+
+/// A box of positions: inclusive (first, last) rows and columns, in registers.
+struct Region {
+    rows: (String, String),
+    cols: (String, String),
+}
+
+impl Emitter<'_> {
+    fn mask_of(&self, id: MaskId) -> Result<MaskExpr, CodegenError> {
+        self.kernel
+            .masks
+            .get(id.0 as usize)
+            .map(|m| m.keep.clone())
+            .ok_or_else(|| CodegenError::Internal(format!("mask #{} is not in the kernel", id.0)))
+    }
+
+    /// The register of work-loop index number `i` of the enclosing work loop.
+    fn work_index(&mut self, i: usize) -> Result<String, CodegenError> {
+        let v = *self.work_vars.get(i).ok_or_else(|| {
+            CodegenError::Internal(format!("a mask reads work index {i} outside the work loop"))
+        })?;
+        Ok(self.regs_of(v).at(0))
+    }
+
+    /// The work-loop index whose Q tiles a mask's rows walk (`None`: it reads no row).
+    fn row_var(e: &MaskExpr) -> Option<usize> {
+        match e {
+            MaskExpr::RowPos(i) => Some(*i),
+            MaskExpr::Binary(_, a, b) => Self::row_var(a).or_else(|| Self::row_var(b)),
+            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => Self::row_var(a),
+            _ => None,
+        }
+    }
+
+    /// `[tile · size + first, tile · size + first + n − 1]`.
+    fn span_of_tile(&mut self, tile: &str, size: u32, first: Option<&str>, n: u32) -> (String, String) {
+        let (lo, hi) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("mul.lo.u32 {lo}, {tile}, {size}"));
+        if let Some(first) = first {
+            self.w.ins(format!("add.u32 {lo}, {lo}, {first}"));
+        }
+        self.w.ins(format!("add.u32 {hi}, {lo}, {}", n - 1));
+        (lo, hi)
+    }
+
+    /// The range of `e` over `r`. Subexpressions without positions are uniform over a work
+    /// item: while `uniform_cache` is on (one mask's per-element code) each is computed once.
+    fn mask_range(&mut self, e: &MaskExpr, r: &Region) -> Result<Range, CodegenError> {
+        // One element's position-dependent parts, computed once for that element.
+        let key = format!("{e:?}");
+        if e.mentions_positions() {
+            if let Some(Some(hit)) = self.element_cache.as_ref().map(|c| c.get(&key)) {
+                return Ok(hit.clone());
+            }
+            let range = self.mask_range_uncached(e, r)?;
+            if let Some(cache) = self.element_cache.as_mut() {
+                cache.insert(key, range.clone());
+            }
+            return Ok(range);
+        }
+        if let Some(Some(hit)) = self.uniform_cache.as_ref().map(|c| c.get(&key)) {
+            return Ok(hit.clone());
+        }
+        let range = self.mask_range_uncached(e, r)?;
+        if let Some(cache) = self.uniform_cache.as_mut() {
+            cache.insert(key, range.clone());
+        }
+        Ok(range)
+    }
+
+    fn mask_range_uncached(&mut self, e: &MaskExpr, r: &Region) -> Result<Range, CodegenError> {
+        let num = |lo: String, hi: String, float: bool| Range::Num { lo, hi, float };
+        let exact = |x: String, float: bool| Range::Num { lo: x.clone(), hi: x, float };
+        Ok(match e {
+            MaskExpr::RowPos(_) => num(r.rows.0.clone(), r.rows.1.clone(), false),
+            MaskExpr::ColPos => num(r.cols.0.clone(), r.cols.1.clone(), false),
+            MaskExpr::WorkIndex(i) => exact(self.work_index(*i)?, false),
+            MaskExpr::Len(d) => exact(self.dim_reg(*d), false),
+            MaskExpr::Param(p) => {
+                let x = self.w.temp(RegClass::F32);
+                let name = format!("{}_param_{}", self.kernel.name, self.kernel.params[*p].name());
+                self.w.ins(format!("ld.param.f32 {x}, [{name}]"));
+                exact(x, true)
+            }
+            MaskExpr::Int(v) => {
+                let x = self.w.temp(RegClass::B32);
+                self.w.ins(format!("mov.s32 {x}, {v}"));
+                exact(x, false)
+            }
+            MaskExpr::Float(v) => {
+                let x = self.w.temp(RegClass::F32);
+                self.w.ins(format!("mov.f32 {x}, {}", f32_hex(*v)));
+                exact(x, true)
+            }
+            MaskExpr::ToFloat(a) => {
+                let Range::Num { lo, hi, .. } = self.mask_range(a, r)? else {
+                    return Err(CodegenError::Internal("a mask converts a condition to f32".into()));
+                };
+                let f_lo = self.w.temp(RegClass::F32);
+                self.w.ins(format!("cvt.rn.f32.s32 {f_lo}, {lo}"));
+                if lo == hi {
+                    exact(f_lo, true)
+                } else {
+                    let f_hi = self.w.temp(RegClass::F32);
+                    self.w.ins(format!("cvt.rn.f32.s32 {f_hi}, {hi}"));
+                    num(f_lo, f_hi, true)
+                }
+            }
+            MaskExpr::Unary(op, a) => match (op, self.mask_range(a, r)?) {
+                (UnaryOp::Not, Range::Bool { can_hold, can_fail }) => {
+                    Range::Bool { can_hold: can_fail, can_fail: can_hold }
+                }
+                (UnaryOp::Neg, Range::Num { lo, hi, float }) => {
+                    let ty = if float { "f32" } else { "s32" };
+                    let class = if float { RegClass::F32 } else { RegClass::B32 };
+                    let n_hi = self.w.temp(class);
+                    self.w.ins(format!("neg.{ty} {n_hi}, {lo}"));
+                    if lo == hi {
+                        exact(n_hi, float)
+                    } else {
+                        let n_lo = self.w.temp(class);
+                        self.w.ins(format!("neg.{ty} {n_lo}, {hi}"));
+                        num(n_lo, n_hi, float)
+                    }
+                }
+                _ => return Err(CodegenError::Internal(format!("mask op {op:?} on the wrong type"))),
+            },
+            MaskExpr::Binary(op, a, b) => {
+                let (a, b) = (self.mask_range(a, r)?, self.mask_range(b, r)?);
+                self.binary_range(*op, a, b)?
+            }
+        })
+    }
+
+    fn binary_range(&mut self, op: BinOp, a: Range, b: Range) -> Result<Range, CodegenError> {
+        let pred = |this: &mut Self| this.w.temp(RegClass::Pred);
+        if let (Range::Bool { can_hold: at, can_fail: af }, Range::Bool { can_hold: bt, can_fail: bf }) =
+            (&a, &b)
+        {
+            let (t, f) = (pred(self), pred(self));
+            let (hold, fail) = match op {
+                BinOp::And => ("and", "or"),
+                BinOp::Or => ("or", "and"),
+                _ => return Err(CodegenError::Internal(format!("mask op {op:?} on conditions"))),
+            };
+            self.w.ins(format!("{hold}.pred {t}, {at}, {bt}"));
+            self.w.ins(format!("{fail}.pred {f}, {af}, {bf}"));
+            return Ok(Range::Bool { can_hold: t, can_fail: f });
+        }
+        let (Range::Num { lo: al, hi: ah, float }, Range::Num { lo: bl, hi: bh, .. }) = (a, b) else {
+            return Err(CodegenError::Internal(format!("mask op {op:?} mixes numbers and conditions")));
+        };
+        let (ty, class) = if float { ("f32", RegClass::F32) } else { ("s32", RegClass::B32) };
+        let exact = al == ah && bl == bh;
+        let emit = |this: &mut Self, instr: &str, x: &str, y: &str| {
+            let d = this.w.temp(class);
+            this.w.ins(format!("{instr}.{ty} {d}, {x}, {y}"));
+            d
+        };
+        let num = |lo: String, hi: String| Range::Num { lo, hi, float };
+        Ok(match op {
+            BinOp::Add | BinOp::Min | BinOp::Max => {
+                let instr = match op {
+                    BinOp::Add => "add",
+                    BinOp::Min => "min",
+                    _ => "max",
+                };
+                let lo = emit(self, instr, &al, &bl);
+                let hi = if exact { lo.clone() } else { emit(self, instr, &ah, &bh) };
+                num(lo, hi)
+            }
+            BinOp::Sub => {
+                let lo = emit(self, "sub", &al, &bh);
+                let hi = if exact { lo.clone() } else { emit(self, "sub", &ah, &bl) };
+                num(lo, hi)
+            }
+            BinOp::Mul => {
+                let mul = if float { "mul" } else { "mul.lo" };
+                if exact {
+                    let x = emit(self, mul, &al, &bl);
+                    num(x.clone(), x)
+                } else {
+                    let products: Vec<String> = [(&al, &bl), (&al, &bh), (&ah, &bl), (&ah, &bh)]
+                        .iter()
+                        .map(|(x, y)| emit(self, mul, x, y))
+                        .collect();
+                    let lo = emit(self, "min", &products[0], &products[1]);
+                    let lo = emit(self, "min", &lo, &products[2]);
+                    let lo = emit(self, "min", &lo, &products[3]);
+                    let hi = emit(self, "max", &products[0], &products[1]);
+                    let hi = emit(self, "max", &hi, &products[2]);
+                    let hi = emit(self, "max", &hi, &products[3]);
+                    num(lo, hi)
+                }
+            }
+            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+                // x < y can hold when min x < max y and fail when max x ≥ min y (NaN: neither).
+                let ((xl, xh), (yl, yh), strict) = match op {
+                    BinOp::Lt => ((&al, &ah), (&bl, &bh), true),
+                    BinOp::Le => ((&al, &ah), (&bl, &bh), false),
+                    BinOp::Gt => ((&bl, &bh), (&al, &ah), true),
+                    _ => ((&bl, &bh), (&al, &ah), false),
+                };
+                let (hold, fail) = if strict { ("lt", "ge") } else { ("le", "gt") };
+                let (t, f) = (pred(self), pred(self));
+                self.w.ins(format!("setp.{hold}.{ty} {t}, {xl}, {yh}"));
+                self.w.ins(format!("setp.{fail}.{ty} {f}, {xh}, {yl}"));
+                Range::Bool { can_hold: t, can_fail: f }
+            }
+            BinOp::Eq | BinOp::Ne => {
+                // Equal can hold when the ranges overlap, and fail unless both are one value.
+                let (overlap, t2, same) = (pred(self), pred(self), pred(self));
+                self.w.ins(format!("setp.le.{ty} {overlap}, {al}, {bh}"));
+                self.w.ins(format!("setp.le.{ty} {t2}, {bl}, {ah}"));
+                self.w.ins(format!("and.pred {overlap}, {overlap}, {t2}"));
+                self.w.ins(format!("setp.eq.{ty} {same}, {al}, {ah}"));
+                self.w.ins(format!("setp.eq.{ty} {t2}, {bl}, {bh}"));
+                self.w.ins(format!("and.pred {same}, {same}, {t2}"));
+                self.w.ins(format!("setp.eq.{ty} {t2}, {al}, {bl}"));
+                self.w.ins(format!("and.pred {same}, {same}, {t2}"));
+                let differ = pred(self);
+                self.w.ins(format!("not.pred {differ}, {same}"));
+                if op == BinOp::Eq {
+                    Range::Bool { can_hold: overlap, can_fail: differ }
+                } else {
+                    Range::Bool { can_hold: differ, can_fail: overlap }
+                }
+            }
+            other => return Err(CodegenError::Internal(format!("mask op {other:?} is not bounded"))),
+        })
+    }
+
+    /// The condition's (can hold, can fail) predicates over `region`.
+    fn mask_bounds(&mut self, e: &MaskExpr, region: &Region) -> Result<(String, String), CodegenError> {
+        match self.mask_range(e, region)? {
+            Range::Bool { can_hold, can_fail } => Ok((can_hold, can_fail)),
+            Range::Num { .. } => Err(CodegenError::Internal("a mask that is not a condition".into())),
+        }
+    }
+
+    /// `dst = keep ? src : -inf`. With a mask of positions: a warp whose rows and keys the mask
+    /// keeps entirely skips the per-element code (a uniform branch); the others evaluate the
+    /// mask at each element's position.
+    pub(super) fn mask_where(
+        &mut self,
+        dst: Value,
+        src: Value,
+        keep: Value,
+        mask: Option<MaskId>,
+    ) -> Result<(), CodegenError> {
+        let Type::Frag { cols, .. } = self.kernel.ty(src) else {
+            return Err(CodegenError::Internal("mask of a non-fragment".into()));
+        };
+        // In place when nothing else reads the scores; otherwise into a copy.
+        let s = self.regs_of(src);
+        let d = if self.use_counts.get(&src) == Some(&1) && !self.regs.contains_key(&dst) {
+            self.regs.insert(dst, s.clone());
+            s
+        } else {
+            let d = self.regs_of(dst);
+            for i in 0..d.len {
+                self.w.ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
+            }
+            d
+        };
+        let Some(id) = mask else {
+            let (kt, dt) = (self.kernel.ty(keep), self.kernel.ty(dst));
+            let k = self.regs_of(keep);
+            for i in 0..d.len {
+                let ki = self.operand_index(kt, dt, i);
+                self.w.ins(format!("@!{} mov.f32 {}, 0fFF800000", k.at(ki), d.at(i)));
+            }
+            return Ok(());
+        };
+        let expr = self.mask_of(id)?;
+        let kv = self
+            .pipeline_var
+            .ok_or_else(|| CodegenError::Internal("a tile mask outside the K/V loop".into()))?;
+        let kt = self.regs_of(kv).at(0);
+        let key0 = self.split_key0(cols);
+        let (rows_per_warp, keys_per_warp) = (self.cfg.rows_per_warp(), cols.per_warp(&self.cfg));
+        let row0 = self.th().warp_row0.clone();
+        let row_tile = match Self::row_var(&expr) {
+            Some(i) => self.work_index(i)?,
+            None => row0.clone(),
+        };
+        // This warp's box: its rows of the Q tile, its keys of the K/V tile.
+        let rows = self.span_of_tile(&row_tile, self.cfg.tile_m, Some(&row0), rows_per_warp);
+        let cols_box = self.span_of_tile(&kt, self.cfg.tile_n, key0.as_deref(), keys_per_warp);
+        self.w.comment(format!("mask #{}: a warp whose scores it keeps everywhere skips it", id.0));
+        let (can_hold, can_fail) =
+            self.mask_bounds(&expr, &Region { rows: rows.clone(), cols: cols_box.clone() })?;
+        let (full, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_full"));
+        self.w.ins(format!("not.pred {full}, {can_fail}"));
+        self.w.ins(format!("and.pred {full}, {full}, {can_hold}"));
+        self.w.ins(format!("@{full} bra.uni {skip}"));
+        self.uniform_cache = Some(HashMap::new());
+        let (group, quad_lane) = (self.th().group.clone(), self.th().quad_lane.clone());
+        let (row_base, col_base) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("add.u32 {row_base}, {}, {group}", rows.0));
+        self.w.ins(format!("shl.b32 {col_base}, {quad_lane}, 1"));
+        self.w.ins(format!("add.u32 {col_base}, {col_base}, {}", cols_box.0));
+        let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        for mf in 0..shape.mfrags {
+            for nt in 0..shape.col_blocks {
+                for e in 0..4 {
+                    let (row, col) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+                    self.w.ins(format!("add.u32 {row}, {row_base}, {}", 16 * mf + 8 * (e / 2)));
+                    self.w.ins(format!("add.u32 {col}, {col_base}, {}", 8 * nt + e % 2));
+                    let region = Region { rows: (row.clone(), row), cols: (col.clone(), col) };
+                    self.element_cache = Some(HashMap::new());
+                    let (keep, _) = self.mask_bounds(&expr, &region)?;
+                    self.w.ins(format!("@!{keep} mov.f32 {}, 0fFF800000", d.at(shape.acc(mf, nt, e))));
+                }
+            }
+        }
+        self.uniform_cache = None;
+        self.element_cache = None;
+        self.w.place_label(&skip);
+        Ok(())
+    }
+
+    /// Block-sparse K/V loop bounds: the first and one past the last K/V tile (below `count`)
+    /// that `mask` keeps any score of for this work item's Q tile. Each lane tries tiles
+    /// `lane, lane + 32, ..`; a butterfly takes the warp's min and max. `count` is lowered to
+    /// the end; the returned register is the first tile (at most `count`).
+    pub(super) fn mask_loop_bounds(&mut self, id: MaskId, count: &str) -> Result<String, CodegenError> {
+        let expr = self.mask_of(id)?;
+        self.w
+            .comment(format!("block-sparse: visit only the K/V tiles that mask #{} keeps a score of", id.0));
+        let lane = self.th().lane.clone();
+        let rows = match Self::row_var(&expr) {
+            Some(i) => {
+                let q_tile = self.work_index(i)?;
+                self.span_of_tile(&q_tile, self.cfg.tile_m, None, self.cfg.tile_m)
+            }
+            None => {
+                let zero = self.w.temp(RegClass::B32);
+                self.w.ins(format!("mov.u32 {zero}, 0"));
+                (zero.clone(), zero)
+            }
+        };
+        let (first, end, t) =
+            (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("mov.s32 {first}, 2147483647"));
+        self.w.ins(format!("mov.s32 {end}, 0"));
+        self.w.ins(format!("mov.u32 {t}, {lane}"));
+        let (top, done) = (self.w.label("mask_scan"), self.w.label("mask_scan_done"));
+        self.w.place_label(&top);
+        let past = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("setp.ge.u32 {past}, {t}, {count}"));
+        self.w.ins(format!("@{past} bra {done}"));
+        let cols = self.span_of_tile(&t, self.cfg.tile_n, None, self.cfg.tile_n);
+        let (can_hold, _) = self.mask_bounds(&expr, &Region { rows, cols })?;
+        let next = self.w.temp(RegClass::B32);
+        self.w.ins(format!("add.u32 {next}, {t}, 1"));
+        self.w.ins(format!("@{can_hold} min.s32 {first}, {first}, {t}"));
+        self.w.ins(format!("@{can_hold} max.s32 {end}, {end}, {next}"));
+        self.w.ins(format!("add.u32 {t}, {t}, 32"));
+        self.w.ins(format!("bra {top}"));
+        self.w.place_label(&done);
+        for lanes in [16, 8, 4, 2, 1] {
+            let other = self.w.temp(RegClass::B32);
+            self.w.ins(format!("shfl.sync.bfly.b32 {other}, {first}, {lanes}, 0x1f, 0xffffffff"));
+            self.w.ins(format!("min.s32 {first}, {first}, {other}"));
+            self.w.ins(format!("shfl.sync.bfly.b32 {other}, {end}, {lanes}, 0x1f, 0xffffffff"));
+            self.w.ins(format!("max.s32 {end}, {end}, {other}"));
+        }
+        self.w.ins(format!("min.u32 {count}, {count}, {end}"));
+        self.w.ins(format!("min.u32 {first}, {first}, {count}"));
+        Ok(first)
+    }
+}
