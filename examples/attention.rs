@@ -3,7 +3,8 @@
 //! Without a GPU it says so, prints the PTX's ptxas resource report, runs the kernel in the PTX
 //! simulator at a small shape and checks it against float64 (exit 0 when correct).
 //!
-//! `cargo run --release --example attention -- [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
+//! `cargo run --release --example attention -- [--kernel NAME [--softcap 30] [--window 1024,0] [--prefix 2048] [--param NAME=VALUE]]
+//!  [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--varlen 1,17,77 [--varlen-k 5,300,0]] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
 //!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem] [--declared] [--ptx] [--plan plan.json]`
 //!
@@ -11,21 +12,35 @@
 //! file `FLASHCORE_TUNING` names), the kernel's declared one with `--declared` or where no
 //! entry fits, or the declared one with the tile flags applied. `--plan` writes the launch as
 //! JSON (PTX, grid, parameters) for `scripts/bench.py` and runs nothing.
+//!
+//! `--kernel NAME` runs another registered kernel with the standard signature
+//! (`q, k, v, o, lse, scale, <f32 parameters>, cu_q, cu_k`): the variants of
+//! `flashcore::kernels::variants`, each checked against the float64 reference of its formula
+//! (`variants::reference`). Their f32 parameters come from `--softcap`, `--window LEFT,RIGHT`,
+//! `--prefix` or `--param NAME=VALUE`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use flashcore::kernels::attention;
+use flashcore::ir::source::ParamDecl;
+use flashcore::kernels::{attention, variants};
 use flashcore::reference::{self, Problem, Rng};
+use flashcore::registry::KernelEntry;
+use flashcore::runtime::TensorArg;
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::tuning::{Source, Table};
 use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, Layout};
+use flashcore::{Arg, CompiledKernel};
 
 /// Largest difference from float64 a log-sum-exp may have (f32 statistics of the same scores:
 /// about 1e-6 · |LSE| in practice).
 const LSE_TOLERANCE: f64 = 1e-3;
 
 struct Options {
+    /// The registered kernel to run (`attention` unless `--kernel`).
+    kernel: String,
+    /// Values of the kernel's f32 parameters after `scale`, by name.
+    params: Vec<(String, f32)>,
     b: usize,
     h: usize,
     s: usize,
@@ -75,6 +90,97 @@ struct Options {
     gpu: Option<String>,
 }
 
+/// A number for an f32 kernel parameter.
+fn float(flag: &str, text: String) -> Result<f32, String> {
+    text.trim().parse::<f32>().map_err(|_| format!("{flag}: `{text}` is not a number"))
+}
+
+/// The kernel `--kernel` names, checked to have the standard signature, and the values of its
+/// f32 parameters after `scale` (in order).
+struct Chosen {
+    entry: &'static KernelEntry,
+    scalars: Vec<f32>,
+    /// Their names, for the reference.
+    names: Vec<String>,
+}
+
+impl Chosen {
+    fn new(o: &Options) -> Result<Chosen, String> {
+        let entry = flashcore::registry::find(&o.kernel).ok_or_else(|| {
+            let names: Vec<&str> = flashcore::registry::kernels().iter().map(|k| k.name).collect();
+            format!("--kernel: no kernel `{}`; kernels are {}", o.kernel, names.join(", "))
+        })?;
+        let params = (entry.program)().params;
+        let kinds: Vec<&str> = params
+            .iter()
+            .map(|p| match p {
+                ParamDecl::Tensor { writable: false, .. } => "in",
+                ParamDecl::Tensor { optional: true, .. } => "opt",
+                ParamDecl::Tensor { .. } => "out",
+                ParamDecl::Scalar { .. } => "f32",
+                ParamDecl::Offsets { .. } => "offsets",
+            })
+            .collect();
+        let n = kinds.len();
+        let standard = n >= 8
+            && kinds[..6] == ["in", "in", "in", "out", "opt", "f32"]
+            && kinds[n - 2..] == ["offsets", "offsets"]
+            && kinds[6..n - 2].iter().all(|k| *k == "f32");
+        if !standard {
+            return Err(format!(
+                "--kernel {}: the example runs kernels with the standard signature (q, k, v, o, lse, scale, f32 parameters.., cu_q, cu_k)",
+                entry.name
+            ));
+        }
+        let names: Vec<String> = params[6..n - 2].iter().map(|p| p.name().to_string()).collect();
+        let scalars = names
+            .iter()
+            .map(|name| {
+                o.params.iter().rev().find(|(n, _)| n == name).map(|(_, x)| *x).ok_or_else(|| {
+                    format!("--kernel {}: give its parameter `{name}` (--param {name}=VALUE)", entry.name)
+                })
+            })
+            .collect::<Result<Vec<f32>, String>>()?;
+        for (name, _) in &o.params {
+            if !names.contains(name) {
+                return Err(format!(
+                    "--kernel {} has no parameter `{name}` (it has: {})",
+                    entry.name,
+                    names.join(", ")
+                ));
+            }
+        }
+        Ok(Chosen { entry, scalars, names })
+    }
+
+    fn compile(&self, cfg: &Config) -> Result<std::sync::Arc<CompiledKernel>, String> {
+        flashcore::compile(&(self.entry.program)(), cfg).map(std::sync::Arc::new).map_err(|e| e.to_string())
+    }
+
+    /// The float64 reference of this kernel's formula.
+    fn reference(&self, h: usize, s: usize, sk: usize) -> Result<reference::Variant, String> {
+        let scalar = |name: &str| self.names.iter().position(|n| n == name).map(|i| self.scalars[i]);
+        variants::reference(self.entry.name, &scalar, h, s, sk)
+    }
+
+    /// The launch arguments in the standard order.
+    fn args<'a>(
+        &self,
+        [q, k, v]: [&'a dyn TensorArg; 3],
+        out: &'a mut dyn TensorArg,
+        lse: Option<&'a mut dyn TensorArg>,
+        scale: f32,
+        offsets: [Option<&'a flashcore::DeviceSeqOffsets>; 2],
+    ) -> Vec<Arg<'a>> {
+        let mut args = vec![Arg::Tensor(q), Arg::Tensor(k), Arg::Tensor(v), Arg::TensorMut(out)];
+        args.push(lse.map_or(Arg::Absent, Arg::TensorMut));
+        args.push(Arg::F32(scale));
+        args.extend(self.scalars.iter().map(|x| Arg::F32(*x)));
+        args.extend(offsets.map(|c| c.map_or(Arg::Absent, Arg::Offsets)));
+        args
+    }
+}
+
 /// `17,77,4097`: one length per sequence.
 fn lengths(flag: &str, list: String) -> Result<Vec<usize>, String> {
     list.split(',')
@@ -84,6 +190,8 @@ fn lengths(flag: &str, list: String) -> Result<Vec<usize>, String> {
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
+        kernel: "attention".into(),
+        params: vec![],
         b: 1,
         h: 8,
         s: 512,
@@ -127,6 +235,23 @@ fn parse_args() -> Result<Options, String> {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         let number = |s: String| s.parse::<usize>().map_err(|_| format!("{flag}: `{s}` is not a number"));
         match flag.as_str() {
+            "--kernel" => o.kernel = value()?,
+            "--softcap" => o.params.push(("softcap".into(), float(&flag, value()?)?)),
+            "--prefix" => o.params.push(("prefix".into(), float(&flag, value()?)?)),
+            "--window" => {
+                let v = value()?;
+                let (left, right) = v.split_once(',').ok_or_else(|| {
+                    format!("--window takes LEFT,RIGHT (keys before and after the diagonal), got `{v}`")
+                })?;
+                o.params.push(("window_left".into(), float(&flag, left.into())?));
+                o.params.push(("window_right".into(), float(&flag, right.into())?));
+            }
+            "--param" => {
+                let v = value()?;
+                let (name, x) =
+                    v.split_once('=').ok_or_else(|| format!("--param takes NAME=VALUE, got `{v}`"))?;
+                o.params.push((name.into(), float(&flag, x.into())?));
+            }
             "--b" => o.b = number(value()?)?,
             "--h" => o.h = number(value()?)?,
             "--s" => o.s = number(value()?)?,
@@ -194,12 +319,13 @@ fn parse_args() -> Result<Options, String> {
 /// flags applied to the declared config, else the tuning table's entry for this GPU and shape,
 /// else (or with `--declared`) the declared config at this head dim.
 fn config_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String) {
+    let declared = flashcore::registry::find(&o.kernel).map_or(attention::CONFIG, |k| k.config);
     // The declared config with the tiles this head dim needs (smaller K/V tiles at D = 256).
     let base = Config {
-        causal: o.causal || attention::CONFIG.causal,
+        causal: o.causal || declared.causal,
         dtype: o.dtype,
         varlen: o.varlen.is_some(),
-        ..attention::CONFIG.with_head_dim(d as u32)
+        ..declared.with_head_dim(d as u32)
     };
     let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps, o.kv_splits];
     if flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem {
@@ -218,8 +344,20 @@ fn config_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, Stri
         return (cfg, "the declared config with the tile flags applied".into());
     }
     match (&o.gpu, o.declared) {
-        (Some(gpu), false) => match o.table.pick("attention", gpu, base, [b, h, s, sk]) {
+        (Some(gpu), false) => match o.table.pick(&o.kernel, gpu, base, [b, h, s, sk]) {
             (cfg, Source::Tuned(key)) => (cfg, format!("the tuning table's entry for {key}")),
+            // A variant with no entry of its own runs the plain kernel's schedule: the same loop
+            // with a little more score code.
+            (_, Source::Declared) if o.kernel != "attention" => {
+                match o.table.pick("attention", gpu, base, [b, h, s, sk]) {
+                    (cfg, Source::Tuned(key)) => {
+                        (cfg, format!("the tuning table's entry for {key} (no entry for {})", o.kernel))
+                    }
+                    (cfg, Source::Declared) => {
+                        (cfg, "declared (no tuning table entry for this GPU and shape)".into())
+                    }
+                }
+            }
             (cfg, Source::Declared) => {
                 (cfg, "declared (no tuning table entry for this GPU and shape)".into())
             }
@@ -312,21 +450,29 @@ fn rows_to_check(shape: [usize; 4], sk: usize, rng: &mut Rng) -> Vec<usize> {
     rows
 }
 
-fn run_one(device: &Device, inputs: &Inputs, o: &Options, rng: &mut Rng) -> Result<Outcome, String> {
+fn run_one(
+    device: &Device,
+    chosen: &Chosen,
+    inputs: &Inputs,
+    o: &Options,
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
     match o.dtype {
-        DType::F16 => run_typed::<f16>(device, inputs, o, rng),
-        DType::Bf16 => run_typed::<bf16>(device, inputs, o, rng),
+        DType::F16 => run_typed::<f16>(device, chosen, inputs, o, rng),
+        DType::Bf16 => run_typed::<bf16>(device, chosen, inputs, o, rng),
     }
 }
 
 fn run_typed<T: HalfFloat>(
     device: &Device,
+    chosen: &Chosen,
     inputs: &Inputs,
     o: &Options,
     rng: &mut Rng,
 ) -> Result<Outcome, String> {
     let [b, h, s, d] = inputs.shape;
     let (cfg, _) = config_for(o, inputs.shape, inputs.sk);
+    let compiled = chosen.compile(&cfg)?;
     let e = |x: flashcore::Error| x.to_string();
     let r = |x: flashcore::runtime::RuntimeError| x.to_string();
     let (shape, kv_shape) = (inputs.shape, inputs.kv_shape());
@@ -342,7 +488,8 @@ fn run_typed<T: HalfFloat>(
     // The log-sum-exp of every row, checked on the correctness launch (poisoned likewise).
     let mut lse = device.filled(&[b, h, s], f32::NAN).map_err(r)?;
     let scale = cfg.default_scale();
-    attention::launch(device, &cfg, &q, &k, &v, &mut out, Some(&mut lse), scale, None, None).map_err(e)?;
+    let mut args = chosen.args([&q, &k, &v], &mut out, Some(&mut lse), scale, [None, None]);
+    flashcore::launch(device, &compiled, &mut args).map_err(e)?;
     device.synchronize().map_err(r)?;
     let stored = device.download(&out).map_err(r)?;
     let got_lse = device.download(&lse).map_err(r)?;
@@ -371,7 +518,8 @@ fn run_typed<T: HalfFloat>(
     let problem =
         Problem { q: qd, k: kd, v: vd, b, h, hk, s, sk, d, scale: scale as f64, causal: cfg.causal };
     let rows = rows_to_check(shape, sk, rng);
-    let want = reference::attention_rows_lse(&problem, &rows);
+    let variant = chosen.reference(h, s, sk)?;
+    let want = reference::variant_rows_lse(&problem, &rows, &variant);
     let (err, lse_ok) = compare_rows(&got, |r| got_lse[r], &rows, want, d);
 
     // Timing inputs: several sets, rotated, as well as the flush below.
@@ -385,12 +533,27 @@ fn run_typed<T: HalfFloat>(
     rotating.push((q, k, v));
     let median_us = flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
         let (q, k, v) = &rotating[i % rotating.len()];
-        let lse = o.lse.is_some().then_some(&mut lse);
-        attention::launch_async(device, &cfg, q, k, v, &mut out, lse, scale, None, None)
+        let lse = o.lse.is_some().then_some(&mut lse as &mut dyn TensorArg);
+        flashcore::launch_async(
+            device,
+            &compiled,
+            &mut chosen.args([q, k, v], &mut out, lse, scale, [None, None]),
+        )
     })
     .map_err(e)?;
-    // Useful work: 4·D flops per (query, key) pair a row attends to (about half when causal).
-    let pairs = reference::attended_pairs(s, sk, cfg.causal);
+    // Useful work: 4·D flops per (query, key) pair a row attends to (about half when causal,
+    // and what the variant's mask keeps).
+    let pairs = if chosen.entry.name == "attention" {
+        reference::attended_pairs(s, sk, cfg.causal)
+    } else {
+        (0..s)
+            .map(|i| {
+                (0..reference::keys_seen(i, s, sk, cfg.causal))
+                    .filter(|j| (variant.keep)(0, 0, i, *j))
+                    .count()
+            })
+            .sum()
+    };
     let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
     Ok(Outcome {
         err,
@@ -523,18 +686,18 @@ fn run_varlen<T: HalfFloat>(
     })
 }
 
-fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
+fn report_without_gpu(reason: &str, o: &Options, chosen: &Chosen) -> ExitCode {
     println!("no GPU: {reason}");
     let (cfg, _) = config_for(o, [o.b, o.h, o.s, o.d], o.sk.unwrap_or(o.s));
-    let ptx = match attention::ptx(&cfg) {
-        Ok(p) => p,
+    let compiled = match chosen.compile(&cfg) {
+        Ok(k) => k,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    println!("The attention kernel was compiled; here is what can be checked without a GPU.");
-    let compiled = attention::compile(&cfg).expect("compiled above");
+    let ptx = compiled.ptx.text.clone();
+    println!("The {} kernel was compiled; here is what can be checked without a GPU.", chosen.entry.name);
     println!(
         "config: {cfg}; {} threads per CTA, {} bytes of dynamic shared memory; PTX: {} lines",
         compiled.ptx.threads_per_cta,
@@ -563,7 +726,7 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
             }
         }
     }
-    match run_in_simulator(&compiled, o) {
+    match run_in_simulator(&compiled, o, chosen) {
         Ok(line) => println!("{line}"),
         Err(e) => {
             eprintln!("error: {e}");
@@ -576,8 +739,12 @@ fn report_without_gpu(reason: &str, o: &Options) -> ExitCode {
 /// Runs the kernel in FlashCore's PTX simulator at a small shape (two heads, four KV tiles; with
 /// `--varlen`, those sequence lengths) and checks it against the float64 reference, so the
 /// generated code is seen to work without a GPU.
-fn run_in_simulator(kernel: &flashcore::CompiledKernel, o: &Options) -> Result<String, String> {
-    use flashcore::simulate::{check_attention, check_varlen_attention, AttentionShape, Options, SimDevice};
+fn run_in_simulator(
+    kernel: &flashcore::CompiledKernel,
+    o: &Options,
+    chosen: &Chosen,
+) -> Result<String, String> {
+    use flashcore::simulate::{check_variant, check_varlen_attention, AttentionShape, Options, SimDevice};
     let d = kernel.kernel.config.head_dim;
     let device = SimDevice { sm_count: 2, options: Options { seed: o.seed, ..Options::default() } };
     let (check, what) = match &o.varlen {
@@ -589,7 +756,9 @@ fn run_in_simulator(kernel: &flashcore::CompiledKernel, o: &Options) -> Result<S
         }
         None => {
             let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 };
-            (check_attention(kernel, shape, o.layout, o.seed, &device), format!("1x2x256x{d} {}", o.layout))
+            let variant = chosen.reference(shape.h, shape.s, shape.sk)?;
+            let check = check_variant(kernel, shape, o.layout, o.seed, &device, &chosen.scalars, &variant);
+            (check, format!("1x2x256x{d} {}", o.layout))
         }
     };
     let check = check.map_err(|e| e.to_string())?;
@@ -637,7 +806,7 @@ fn print_outcome([b, h, s, d]: [usize; 4], result: Result<Outcome, String>, boun
 
 /// Writes the launch plan of `o`'s problem (dense, contiguous `[B, H, S, D]`, no log-sum-exp) to
 /// `path` for `scripts/bench.py`; returns what to print.
-fn write_plan(o: &Options, path: &PathBuf) -> Result<String, String> {
+fn write_plan(o: &Options, chosen: &Chosen, path: &PathBuf) -> Result<String, String> {
     use flashcore::plan::{launch_plan, PlanArg};
     use flashcore::TensorView;
     if o.varlen.is_some() || o.q.is_some() || o.sweep {
@@ -647,7 +816,7 @@ fn write_plan(o: &Options, path: &PathBuf) -> Result<String, String> {
     }
     let (hk, sk) = (o.hkv.unwrap_or(o.h), o.sk.unwrap_or(o.s));
     let (cfg, source) = config_for(o, [o.b, o.h, o.s, o.d], sk);
-    let compiled = attention::compile(&cfg).map_err(|e| e.to_string())?;
+    let compiled = chosen.compile(&cfg)?;
     let shapes = [[o.b, o.h, o.s, o.d], [o.b, hk, sk, o.d]];
     let strides = shapes.map(|s| flashcore::runtime::contiguous_strides(&s));
     let view = |i: usize| TensorView {
@@ -656,16 +825,16 @@ fn write_plan(o: &Options, path: &PathBuf) -> Result<String, String> {
         strides: &strides[i],
         buffer_len: shapes[i].iter().product(),
     };
-    let args = [
+    let mut args = vec![
         PlanArg::Tensor(view(0)),
         PlanArg::Tensor(view(1)),
         PlanArg::Tensor(view(1)),
         PlanArg::TensorMut(view(0)),
         PlanArg::Absent,
         PlanArg::F32(cfg.default_scale()),
-        PlanArg::Absent,
-        PlanArg::Absent,
     ];
+    args.extend(chosen.scalars.iter().map(|x| PlanArg::F32(*x)));
+    args.extend([PlanArg::Absent, PlanArg::Absent]);
     let plan = launch_plan(&compiled, &args).map_err(|e| e.to_string())?;
     std::fs::write(path, plan.to_json()).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(format!("plan: {} ({cfg}; {source})", path.display()))
@@ -679,14 +848,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let chosen = match Chosen::new(&o) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if o.varlen.is_some() && o.kernel != "attention" {
+        eprintln!("error: --varlen runs the plain `attention` kernel (its reference is the varlen one)");
+        return ExitCode::from(2);
+    }
     let device = match Device::new(0) {
         Ok(d) => d,
-        Err(e) => return report_without_gpu(&e.to_string(), &o),
+        Err(e) => return report_without_gpu(&e.to_string(), &o, &chosen),
     };
     let info = device.info();
     o.gpu = Some(info.name.clone());
     if let Some(path) = &o.plan {
-        return match write_plan(&o, path) {
+        return match write_plan(&o, &chosen, path) {
             Ok(line) => {
                 println!("{line}");
                 ExitCode::SUCCESS
@@ -732,7 +912,10 @@ fn main() -> ExitCode {
     };
     let (cfg, source) = config_for(&o, [o.b, o.h, o.s, o.d], o.sk.unwrap_or(o.s));
     println!("config source: {source}");
-    match attention::compile(&cfg).map_err(|e| e.to_string()).and_then(|k| {
+    if o.kernel != "attention" {
+        println!("kernel: {} ({})", chosen.entry.name, chosen.entry.summary);
+    }
+    match chosen.compile(&cfg).and_then(|k| {
         device
             .ctas_per_sm(&k.image())
             .map(|n| (n, k.ptx.threads_per_cta, k.ptx.shared_bytes))
@@ -782,7 +965,7 @@ fn main() -> ExitCode {
         failed |= !print_outcome([b, o.h, s, o.d], result, bound);
     }
     for inputs in &problems {
-        let result = run_one(&device, inputs, &o, &mut rng);
+        let result = run_one(&device, &chosen, inputs, &o, &mut rng);
         failed |= !print_outcome(inputs.shape, result, bound);
     }
     if failed {

@@ -4,6 +4,9 @@
 #       in .device/tune (carried back and forth), copied to $OUT/tune; stops cleanly after SECONDS.
 #   scripts/gpu-bench.sh bench [bench.py flags]  the side-by-side benchmark, with the table the
 #       tuner wrote (.device/tune/attention.json) when there is one, else the builtin table.
+#   scripts/gpu-bench.sh variants [bench_variants.py flags]  every attention variant checked against
+#       float64 on the GPU (the example, at tails, causal and not, f16 and bf16), then timed next to
+#       FlexAttention and SDPA (scripts/bench_variants.py).
 #   scripts/gpu-bench.sh profile [SHAPE]  Nsight Compute on one shape (default 2x16x8192x128):
 #       FlashCore's kernel and SDPA's flash backend (FlashAttention-2, the mma.sync competitor).
 set -uo pipefail
@@ -30,6 +33,28 @@ case "$mode" in
     echo "tuning table: ${FLASHCORE_TUNING:-builtin (tuning/attention.json compiled in)}"
     python3 scripts/bench.py --flashcore "$bins/attention" --out "$out" "$@" 2>&1 | tee "$out/bench-log.txt"
     ;;
+  variants)
+    fails=0
+    while read -r kernel flags; do
+      for shape in "--b 2 --h 4 --s 1000 --sk 1300 --d 128" "--b 1 --h 8 --hkv 2 --s 4097 --d 64 --causal" "--b 2 --h 4 --s 777 --d 64 --dtype bf16 --causal"; do
+        # shellcheck disable=SC2086
+        line=$("$bins/attention" --kernel "$kernel" $flags $shape --iters 3 --warmup 1 2>&1 | tail -1)
+        echo "$kernel $flags $shape: $line" | tee -a "$out/variants-check.txt"
+        case "$line" in *" ok") ;; *) fails=$((fails + 1)) ;; esac
+      done
+    done <<'LIST'
+attention
+softcap_attention --softcap 30
+sliding_window_attention --window 256,0
+sliding_window_attention --window 100,37
+alibi_attention
+prefix_lm_attention --prefix 300
+sliding_window_softcap_attention --window 256,0 --softcap 20
+LIST
+    echo "variant checks: $fails failed" | tee -a "$out/variants-check.txt"
+    python3 scripts/bench_variants.py --flashcore "$bins/attention" --out "$out" "$@" 2>&1 | tee "$out/variants-log.txt"
+    exit "$fails"
+    ;;
   profile)
     shape=${1:-2x16x8192x128}
     if [ -f "$tune/attention.json" ]; then export FLASHCORE_TUNING="$tune/attention.json"; fi
@@ -43,7 +68,7 @@ case "$mode" in
     done
     ;;
   *)
-    echo "usage: scripts/gpu-bench.sh tune [SECONDS] | bench [flags] | profile [SHAPE]" >&2
+    echo "usage: scripts/gpu-bench.sh tune [SECONDS] | bench [flags] | variants [flags] | profile [SHAPE]" >&2
     exit 2
     ;;
 esac

@@ -83,27 +83,42 @@ impl Problem<'_> {
 /// let (q, k, v) = (gen(b * h * s * d), gen(b * h * s * d), gen(b * h * s * d));
 /// let plain = Problem { q: &q, k: &k, v: &v, b, h, hk: h, s, sk: s, d, scale: 0.5, causal: false };
 /// // Causal, written as a mask: the same as the causal flag.
-/// let causal = Variant { score: &|_, _, _, _, x| x, keep: &|_, _, i, j| j <= i };
+/// let causal = Variant::new(|_, _, _, _, x| x, |_, _, i, j| j <= i);
 /// let want = attention(&Problem { causal: true, ..plain });
 /// assert!(compare(&attention_variant(&plain, &causal).0, &want).rel_l2 < 1e-12);
 /// ```
-pub struct Variant<'a> {
+pub struct Variant {
     /// `score(b, h, i, j, x)`: the modified score.
-    pub score: &'a (dyn Fn(usize, usize, usize, usize, f64) -> f64 + Sync),
+    pub score: Box<ScoreFn>,
     /// `keep(b, h, i, j)`: whether the score of query `i` and key `j` exists.
-    pub keep: &'a (dyn Fn(usize, usize, usize, usize) -> bool + Sync),
+    pub keep: Box<KeepFn>,
 }
 
-impl Variant<'static> {
+/// `score(b, h, i, j, x)` of a [`Variant`].
+pub type ScoreFn = dyn Fn(usize, usize, usize, usize, f64) -> f64 + Send + Sync;
+/// `keep(b, h, i, j)` of a [`Variant`].
+pub type KeepFn = dyn Fn(usize, usize, usize, usize) -> bool + Send + Sync;
+
+impl Variant {
+    /// The variant with these score and mask functions.
+    pub fn new(
+        score: impl Fn(usize, usize, usize, usize, f64) -> f64 + Send + Sync + 'static,
+        keep: impl Fn(usize, usize, usize, usize) -> bool + Send + Sync + 'static,
+    ) -> Variant {
+        Variant { score: Box::new(score), keep: Box::new(keep) }
+    }
+
     /// Plain attention: scores unchanged, every key kept.
-    pub const PLAIN: Variant<'static> = Variant { score: &|_, _, _, _, x| x, keep: &|_, _, _, _| true };
+    pub fn plain() -> Variant {
+        Variant::new(|_, _, _, _, x| x, |_, _, _, _| true)
+    }
 }
 
 /// Every output row and log-sum-exp of attention variant `variant` (on top of `p`'s causal
 /// flag), in float64.
 pub fn attention_variant(p: &Problem, variant: &Variant) -> (Vec<f64>, Vec<f64>) {
     let rows: Vec<usize> = (0..p.b * p.h * p.s).collect();
-    rows_lse(p, &rows, variant)
+    variant_rows_lse(p, &rows, variant)
 }
 
 /// One output row: softmax(score(q_row · Kᵀ · scale), masked) · V for head `bh` and query row
@@ -157,10 +172,11 @@ pub fn attention_rows(p: &Problem, rows: &[usize]) -> Vec<f64> {
 
 /// Like [`attention_rows`], with each row's log-sum-exp (+inf for a row that sees no key).
 pub fn attention_rows_lse(p: &Problem, rows: &[usize]) -> (Vec<f64>, Vec<f64>) {
-    rows_lse(p, rows, &Variant::PLAIN)
+    variant_rows_lse(p, rows, &Variant::plain())
 }
 
-fn rows_lse(p: &Problem, rows: &[usize], variant: &Variant) -> (Vec<f64>, Vec<f64>) {
+/// Like [`attention_rows_lse`] for attention variant `variant`.
+pub fn variant_rows_lse(p: &Problem, rows: &[usize], variant: &Variant) -> (Vec<f64>, Vec<f64>) {
     let d = p.d;
     let mut out = vec![0.0; rows.len() * d];
     let mut lse = vec![0.0; rows.len()];

@@ -225,7 +225,7 @@ pub fn check_attention(
     seed: u64,
     device: &SimDevice,
 ) -> Result<AttentionCheck, Error> {
-    check_variant(kernel, shape, layout, seed, device, &[], &crate::reference::Variant::PLAIN)
+    check_variant(kernel, shape, layout, seed, device, &[], &crate::reference::Variant::plain())
 }
 
 /// Like [`check_attention`] for an attention variant: a kernel with the standard signature plus

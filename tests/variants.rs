@@ -32,7 +32,7 @@ fn check(
     declared: Config,
     compile: fn(&Config) -> Result<std::sync::Arc<CompiledKernel>, flashcore::Error>,
     scalars: &[f32],
-    variant: &dyn Fn(AttentionShape) -> Variant<'static>,
+    variant: &dyn Fn(AttentionShape) -> Variant,
 ) {
     for config in configs(declared) {
         let kernel = compile(&config).unwrap_or_else(|e| panic!("{name} {config}: {e}"));
@@ -68,14 +68,6 @@ fn check(
     }
 }
 
-/// A variant whose closures live as long as the test (leaked: a few bytes per shape).
-fn leak(
-    score: impl Fn(usize, usize, usize, usize, f64) -> f64 + Sync + 'static,
-    keep: impl Fn(usize, usize, usize, usize) -> bool + Sync + 'static,
-) -> Variant<'static> {
-    Variant { score: Box::leak(Box::new(score)), keep: Box::leak(Box::new(keep)) }
-}
-
 /// Query row `i`'s key position under bottom-right alignment: `i + SK − S`.
 fn diag(shape: AttentionShape, i: usize) -> i64 {
     i as i64 + shape.sk as i64 - shape.s as i64
@@ -95,13 +87,13 @@ fn in_window(shape: AttentionShape, i: usize, j: usize) -> bool {
 
 #[test]
 fn softcap_matches_its_formula() {
-    let variant = |_| leak(|_, _, _, _, x| softcap(x), |_, _, _, _| true);
+    let variant = |_| Variant::new(|_, _, _, _, x| softcap(x), |_, _, _, _| true);
     check("softcap", softcap_attention::CONFIG, softcap_attention::compile, &[CAP as f32], &variant);
 }
 
 #[test]
 fn sliding_window_matches_its_formula() {
-    let variant = |shape| leak(|_, _, _, _, x| x, move |_, _, i, j| in_window(shape, i, j));
+    let variant = |shape| Variant::new(|_, _, _, _, x| x, move |_, _, i, j| in_window(shape, i, j));
     let window = [WINDOW.0 as f32, WINDOW.1 as f32];
     check(
         "sliding_window",
@@ -116,7 +108,7 @@ fn sliding_window_matches_its_formula() {
 fn alibi_matches_its_formula() {
     let variant = |shape: AttentionShape| {
         let heads = shape.h as f64;
-        leak(
+        Variant::new(
             move |_, h, i, j, x| {
                 x + (-8.0 * (h as f64 + 1.0) / heads).exp2() * (j as i64 - diag(shape, i)) as f64
             },
@@ -129,14 +121,15 @@ fn alibi_matches_its_formula() {
 #[test]
 fn prefix_lm_matches_its_formula() {
     let prefix = 40;
-    let variant =
-        move |shape| leak(|_, _, _, _, x| x, move |_, _, i, j| j as i64 <= diag(shape, i) || j < prefix);
+    let variant = move |shape| {
+        Variant::new(|_, _, _, _, x| x, move |_, _, i, j| j as i64 <= diag(shape, i) || j < prefix)
+    };
     check("prefix_lm", prefix_lm_attention::CONFIG, prefix_lm_attention::compile, &[prefix as f32], &variant);
 }
 
 #[test]
 fn sliding_window_with_softcap_matches_its_formula() {
-    let variant = |shape| leak(|_, _, _, _, x| softcap(x), move |_, _, i, j| in_window(shape, i, j));
+    let variant = |shape| Variant::new(|_, _, _, _, x| softcap(x), move |_, _, i, j| in_window(shape, i, j));
     let scalars = [CAP as f32, WINDOW.0 as f32, WINDOW.1 as f32];
     check(
         "sliding_window_softcap",
@@ -158,7 +151,7 @@ fn sliding_window_skips_the_tiles_outside_the_window() {
     let kernel = sliding_window_attention::compile(&config).unwrap();
     let mut instructions = vec![];
     for window in [128usize, 100_000] {
-        let variant = leak(|_, _, _, _, x| x, move |_, _, i, j| j <= i && i - j <= window);
+        let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| j <= i && i - j <= window);
         let scalars = [window as f32, 0.0];
         let got = check_variant(&kernel, shape, Layout::Bhsd, 3, &SimDevice::default(), &scalars, &variant)
             .unwrap();

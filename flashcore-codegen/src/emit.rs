@@ -1672,6 +1672,7 @@ impl<'k> Emitter<'k> {
                     self.w.ins(format!("lg2.approx.f32 {x}, {y}"));
                     self.w.ins(format!("mul.f32 {x}, {x}, {}", f32_hex(std::f32::consts::LN_2)));
                 }
+                (UnaryOp::FastTanh, _) => self.w.ins(format!("tanh.approx.f32 {x}, {y}")),
                 (UnaryOp::Tanh, _) => {
                     // tanh y = 1 − 2 / (e^{2y} + 1): accurate to a few ulp of 1 in absolute terms
                     // (tanh.approx.f32 errs by 2^-11 relative, too coarse for scores); ±inf give

@@ -1379,9 +1379,10 @@ impl Lowerer {
         let ty = self.ty(n);
         let elem = ty.elem().filter(|e| !e.is_half());
         let n = match (op, elem) {
-            (UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Tanh, Some(Elem::I32)) => {
-                self.promote_to_f32(n, out, role, span)
-            }
+            (
+                UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Tanh | UnaryOp::FastTanh,
+                Some(Elem::I32),
+            ) => self.promote_to_f32(n, out, role, span),
             _ => n,
         };
         let ok = match (op, self.ty(n).elem()) {

@@ -260,11 +260,14 @@ pub enum UnaryOp {
     Sqrt,
     /// `tanh(x)`.
     Tanh,
+    /// `fast_tanh(x)`: `tanh.approx.f32`, one special-function op (`tanh` takes two), within
+    /// 2^-11 relative error; FlashAttention-3's soft-capping uses it.
+    FastTanh,
 }
 
 impl UnaryOp {
-    pub const FUNCTIONS: [UnaryOp; 5] =
-        [UnaryOp::Abs, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Tanh];
+    pub const FUNCTIONS: [UnaryOp; 6] =
+        [UnaryOp::Abs, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Tanh, UnaryOp::FastTanh];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -275,6 +278,7 @@ impl UnaryOp {
             UnaryOp::Log => "log",
             UnaryOp::Sqrt => "sqrt",
             UnaryOp::Tanh => "tanh",
+            UnaryOp::FastTanh => "fast_tanh",
         }
     }
 

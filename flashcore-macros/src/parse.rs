@@ -251,7 +251,7 @@ fn int_value(e: &syn::Expr) -> syn::Result<u32> {
     }
 }
 
-const FUNCTIONS: &str = "load, stage, mma, exp2, exp, log, sqrt, tanh, abs, max, min, select, mask, row_max, row_sum, log_sum_exp, fill, zeros";
+const FUNCTIONS: &str = "load, stage, mma, exp2, exp, log, sqrt, tanh, fast_tanh, abs, max, min, select, mask, row_max, row_sum, log_sum_exp, fill, zeros";
 
 /// Converts the parsed function into a `Program`, filling `spans`.
 pub struct Converter<'s> {

@@ -834,6 +834,7 @@ impl<'a> Cta<'a> {
                 let mut r = match func {
                     ApproxFn::Ex2 => x.exp2(),
                     ApproxFn::Lg2 => x.log2(),
+                    ApproxFn::Tanh => x.tanh(),
                 };
                 if *flush {
                     r = ftz(r);

@@ -105,6 +105,8 @@ pub enum ApproxFn {
     Ex2,
     /// log2 x: −inf at ±0, NaN below 0.
     Lg2,
+    /// tanh x.
+    Tanh,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -897,6 +899,9 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
         }
         "lg2" if has("approx") && mods.last() == Some(&"f32") => {
             Op::Approx { func: ApproxFn::Lg2, ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
+        }
+        "tanh" if has("approx") && mods.last() == Some(&"f32") => {
+            Op::Approx { func: ApproxFn::Tanh, ftz: has("ftz"), d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
         }
         "rcp" if (has("rn") || has("approx")) && mods.last() == Some(&"f32") => {
             Op::Rcp { d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }

@@ -371,3 +371,64 @@ fn reading_a_cp_async_destination_before_wait_group_is_caught() {
     // With the wait the same read is fine.
     run_small(&body.replace("\tld.shared", "\tcp.async.wait_group 0;\n\tld.shared"), 32, 512).unwrap();
 }
+
+/// The instructions score code compiles to, each against Rust's IEEE arithmetic: float division,
+/// negation, absolute value, square root, tanh (approximated on the GPU, exact here, like ex2),
+/// reciprocal, signed integer conversion, negation and absolute value, `setp.neu` (true for
+/// NaN, unlike `setp.ne`) and `not.pred`.
+#[test]
+fn score_code_instructions() {
+    let ptx = small_kernel(
+        r#"	.reg .f32 %f<16>;
+	mov.f32 %f0, 0f40E00000;
+	mov.f32 %f1, 0fC0000000;
+	div.rn.f32 %f2, %f0, %f1;
+	neg.f32 %f3, %f0;
+	abs.f32 %f4, %f1;
+	sqrt.rn.f32 %f5, %f0;
+	tanh.approx.f32 %f6, %f1;
+	rcp.approx.ftz.f32 %f7, %f1;
+	mov.s32 %r2, -5;
+	cvt.rn.f32.s32 %f8, %r2;
+	neg.s32 %r3, %r2;
+	abs.s32 %r4, %r2;
+	cvt.rn.f32.s32 %f9, %r3;
+	cvt.rn.f32.s32 %f10, %r4;
+	mov.f32 %f11, 0f7FC00000;
+	setp.neu.f32 %p0, %f11, %f11;
+	setp.ne.f32 %p1, %f11, %f11;
+	not.pred %p2, %p1;
+	selp.f32 %f12, 0f3F800000, 0f00000000, %p0;
+	selp.f32 %f13, 0f3F800000, 0f00000000, %p1;
+	selp.f32 %f14, 0f3F800000, 0f00000000, %p2;
+	mul.lo.u32 %r5, %r0, 64;
+	cvt.u64.u32 %rd1, %r5;
+	add.u64 %rd2, %rd0, %rd1;
+	st.global.f32 [%rd2], %f2;
+	st.global.f32 [%rd2+4], %f3;
+	st.global.f32 [%rd2+8], %f4;
+	st.global.f32 [%rd2+12], %f5;
+	st.global.f32 [%rd2+16], %f6;
+	st.global.f32 [%rd2+20], %f7;
+	st.global.f32 [%rd2+24], %f8;
+	st.global.f32 [%rd2+28], %f9;
+	st.global.f32 [%rd2+32], %f10;
+	st.global.f32 [%rd2+36], %f12;
+	st.global.f32 [%rd2+40], %f13;
+	st.global.f32 [%rd2+44], %f14;
+"#,
+    );
+    let module = parse(&ptx).unwrap();
+    let mut gpu = machine(5);
+    let out = gpu.alloc(vec![0; 32 * 64]);
+    gpu.launch(&module, "k", Launch { grid: 1, threads: 32, shared_bytes: 0 }, &[Arg::U64(out)]).unwrap();
+    let bytes = gpu.read(out, 32 * 64).unwrap();
+    let f =
+        |i: usize| f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
+    for l in 0..32 {
+        let want = [-3.5, -7.0, 2.0, 7f32.sqrt(), (-2f32).tanh(), -0.5, -5.0, 5.0, 5.0, 1.0, 0.0, 1.0];
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(f(16 * l + i), *w, "lane {l}, value {i}");
+        }
+    }
+}

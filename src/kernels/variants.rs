@@ -13,10 +13,13 @@
 //! ```
 
 use crate::flash_kernel;
+use crate::reference::Variant;
 
 /// Logit soft-capping (Gemma 2): each score `x = q·k·scale` becomes `cap · tanh(x / cap)`
 /// before the softmax, so no score exceeds `±cap`. `softcap` is `cap` (e.g. 30 or 50); causal
-/// masking (`Config::causal`) applies after the cap.
+/// masking (`Config::causal`) applies after the cap. `fast_tanh` (`tanh.approx.f32`, as
+/// FlashAttention-3) rather than the exact `tanh`: on the H200 at 2x16x8192x128 it took 3831 µs
+/// against 4334, with the same error against float64 (2.8e-4).
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 pub fn softcap_attention<T>(
     q: Tensor<T, B, H, S, D>,
@@ -45,7 +48,7 @@ pub fn softcap_attention<T>(
             let s = mma(qf, ks.t()) * scale;
             // cap · tanh(s / cap), in the exp2 domain of the softmax below.
             #[role(compute)]
-            let s = softcap * tanh(s / softcap) * LOG2_E;
+            let s = softcap * fast_tanh(s / softcap) * LOG2_E;
             #[role(softmax)]
             {
                 let m_new = max(m, row_max(s));
@@ -213,7 +216,7 @@ pub fn prefix_lm_attention<T>(
 
 /// Gemma 2's local layers: logit soft-capping and a sliding window together. The window is
 /// written before the cap on purpose: masks apply after all score code wherever they are
-/// written, so the capped `tanh` never sees a masked score come back finite.
+/// written, so the cap's `tanh` never brings a masked score back finite.
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 pub fn sliding_window_softcap_attention<T>(
     q: Tensor<T, B, H, S, D>,
@@ -247,7 +250,7 @@ pub fn sliding_window_softcap_attention<T>(
             #[role(compute)]
             let s = mask(s, s.index(SK) >= diag - window_left && s.index(SK) <= diag + window_right);
             #[role(compute)]
-            let s = softcap * tanh(s / softcap) * LOG2_E;
+            let s = softcap * fast_tanh(s / softcap) * LOG2_E;
             #[role(softmax)]
             {
                 let m_new = max(m, row_max(s));
@@ -263,4 +266,65 @@ pub fn sliding_window_softcap_attention<T>(
         store(lse.tile(b, h, qt), log_sum_exp(m, l));
         store(o.tile(b, h, qt), acc / l);
     }
+}
+
+/// The float64 reference of library kernel `kernel` (`attention` or one of this module's), as
+/// FlexAttention would state it: its score modification and mask, from the scalar parameters
+/// `scalar(name)` gives, for `heads` query heads, `s` query and `sk` key rows (positions are
+/// aligned to the bottom right, as the kernels align them). Written from each variant's formula,
+/// not from its DSL source. The example checks every run against it.
+pub fn reference(
+    kernel: &str,
+    scalar: &dyn Fn(&str) -> Option<f32>,
+    heads: usize,
+    s: usize,
+    sk: usize,
+) -> Result<Variant, String> {
+    let get = |name: &str| {
+        scalar(name)
+            .map(f64::from)
+            .ok_or_else(|| format!("`{kernel}` needs a value for its parameter `{name}`"))
+    };
+    // Query row i sits at key position i + SK − S.
+    let shift = sk as i64 - s as i64;
+    let diag = move |i: usize| i as i64 + shift;
+    Ok(match kernel {
+        "attention" => Variant::plain(),
+        "softcap_attention" => {
+            let cap = get("softcap")?;
+            Variant::new(move |_, _, _, _, x| cap * (x / cap).tanh(), |_, _, _, _| true)
+        }
+        "sliding_window_attention" => {
+            let (left, right) = (get("window_left")?, get("window_right")?);
+            Variant::new(
+                |_, _, _, _, x| x,
+                move |_, _, i, j| {
+                    (j as f64) >= (diag(i) as f64) - left && (j as f64) <= (diag(i) as f64) + right
+                },
+            )
+        }
+        "alibi_attention" => {
+            let heads = heads as f64;
+            Variant::new(
+                move |_, h, i, j, x| {
+                    x + (-8.0 * (h as f64 + 1.0) / heads).exp2() * (j as i64 - diag(i)) as f64
+                },
+                |_, _, _, _| true,
+            )
+        }
+        "prefix_lm_attention" => {
+            let prefix = get("prefix")?;
+            Variant::new(|_, _, _, _, x| x, move |_, _, i, j| j as i64 <= diag(i) || (j as f64) < prefix)
+        }
+        "sliding_window_softcap_attention" => {
+            let (cap, left, right) = (get("softcap")?, get("window_left")?, get("window_right")?);
+            Variant::new(
+                move |_, _, _, _, x| cap * (x / cap).tanh(),
+                move |_, _, i, j| {
+                    (j as f64) >= (diag(i) as f64) - left && (j as f64) <= (diag(i) as f64) + right
+                },
+            )
+        }
+        other => return Err(format!("no float64 reference for kernel `{other}`")),
+    })
 }
