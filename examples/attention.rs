@@ -22,12 +22,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use flashcore::ir::source::ParamDecl;
+use flashcore::ir::source::{Dim, ElemDecl, ParamDecl};
 use flashcore::kernels::{attention, variants};
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::registry::KernelEntry;
 use flashcore::runtime::TensorArg;
 use flashcore::runtime::{Device, DeviceTensor};
+use flashcore::simulate::ExtraArg;
 use flashcore::tuning::{Source, Table};
 use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, Layout};
 use flashcore::{Arg, CompiledKernel};
@@ -41,6 +42,8 @@ struct Options {
     kernel: String,
     /// Values of the kernel's f32 parameters after `scale`, by name.
     params: Vec<(String, f32)>,
+    /// Tokens per document in the document ids an `i32` table gets (`--doc-len`).
+    doc_len: usize,
     b: usize,
     h: usize,
     s: usize,
@@ -95,13 +98,30 @@ fn float(flag: &str, text: String) -> Result<f32, String> {
     text.trim().parse::<f32>().map_err(|_| format!("{flag}: `{text}` is not a number"))
 }
 
-/// The kernel `--kernel` names, checked to have the standard signature, and the values of its
-/// f32 parameters after `scale` (in order).
+/// The kernel `--kernel` names, checked to have the standard signature, and its parameters after
+/// `scale`: f32 values from the flags, and input tables made for each problem.
 struct Chosen {
     entry: &'static KernelEntry,
-    scalars: Vec<f32>,
-    /// Their names, for the reference.
-    names: Vec<String>,
+    extras: Vec<(String, Extra)>,
+    /// Tokens per document for `i32` tables (document ids: token `i` is in document `i / len`).
+    doc_len: usize,
+}
+
+/// A parameter after `scale`.
+enum Extra {
+    F32(f32),
+    /// A table over these axes: `i32` ones hold document ids, `f32` ones random values (a bias).
+    Table {
+        int: bool,
+        axes: Vec<String>,
+    },
+}
+
+/// A table on the device.
+enum DeviceExtra {
+    F32(f32),
+    F32Table(DeviceTensor<f32>),
+    I32Table(DeviceTensor<i32>),
 }
 
 impl Chosen {
@@ -114,6 +134,7 @@ impl Chosen {
         let kinds: Vec<&str> = params
             .iter()
             .map(|p| match p {
+                ParamDecl::Tensor { dtype: ElemDecl::F32 | ElemDecl::I32, writable: false, .. } => "table",
                 ParamDecl::Tensor { writable: false, .. } => "in",
                 ParamDecl::Tensor { optional: true, .. } => "opt",
                 ParamDecl::Tensor { .. } => "out",
@@ -125,60 +146,146 @@ impl Chosen {
         let standard = n >= 8
             && kinds[..6] == ["in", "in", "in", "out", "opt", "f32"]
             && kinds[n - 2..] == ["offsets", "offsets"]
-            && kinds[6..n - 2].iter().all(|k| *k == "f32");
+            && kinds[6..n - 2].iter().all(|k| matches!(*k, "f32" | "table"));
         if !standard {
             return Err(format!(
-                "--kernel {}: the example runs kernels with the standard signature (q, k, v, o, lse, scale, f32 parameters.., cu_q, cu_k)",
+                "--kernel {}: the example runs kernels with the standard signature (q, k, v, o, lse, scale, f32 parameters and tables.., cu_q, cu_k)",
                 entry.name
             ));
         }
-        let names: Vec<String> = params[6..n - 2].iter().map(|p| p.name().to_string()).collect();
-        let scalars = names
-            .iter()
-            .map(|name| {
-                o.params.iter().rev().find(|(n, _)| n == name).map(|(_, x)| *x).ok_or_else(|| {
-                    format!("--kernel {}: give its parameter `{name}` (--param {name}=VALUE)", entry.name)
-                })
-            })
-            .collect::<Result<Vec<f32>, String>>()?;
+        let mut extras = vec![];
+        for p in &params[6..n - 2] {
+            let name = p.name().to_string();
+            let extra = match p {
+                ParamDecl::Tensor { dtype, shape, .. } => Extra::Table {
+                    int: *dtype == ElemDecl::I32,
+                    axes: shape
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Sym(s) => s.clone(),
+                            Dim::Lit(n) => n.to_string(),
+                        })
+                        .collect(),
+                },
+                _ => Extra::F32(
+                    o.params.iter().rev().find(|(n, _)| *n == name).map(|(_, x)| *x).ok_or_else(|| {
+                        format!("--kernel {}: give its parameter `{name}` (--param {name}=VALUE)", entry.name)
+                    })?,
+                ),
+            };
+            extras.push((name, extra));
+        }
         for (name, _) in &o.params {
-            if !names.contains(name) {
+            if !extras.iter().any(|(n, e)| n == name && matches!(e, Extra::F32(_))) {
+                let names: Vec<&str> = extras.iter().map(|(n, _)| n.as_str()).collect();
                 return Err(format!(
-                    "--kernel {} has no parameter `{name}` (it has: {})",
+                    "--kernel {} has no f32 parameter `{name}` (it has: {})",
                     entry.name,
                     names.join(", ")
                 ));
             }
         }
-        Ok(Chosen { entry, scalars, names })
+        Ok(Chosen { entry, extras, doc_len: o.doc_len })
     }
 
     fn compile(&self, cfg: &Config) -> Result<std::sync::Arc<CompiledKernel>, String> {
         flashcore::compile(&(self.entry.program)(), cfg).map(std::sync::Arc::new).map_err(|e| e.to_string())
     }
 
+    /// The parameters after `scale` for a problem with these axis sizes (`B`, `H`, `HKV`, `S`,
+    /// `SK`): document ids `i / doc_len` along a table's last axis, random f32 tables.
+    fn problem_extras(
+        &self,
+        sizes: &[(&str, usize)],
+        rng: &mut Rng,
+    ) -> Result<Vec<(String, ExtraArg)>, String> {
+        self.extras
+            .iter()
+            .map(|(name, e)| {
+                let arg = match e {
+                    Extra::F32(x) => ExtraArg::F32(*x),
+                    Extra::Table { int, axes } => {
+                        let shape = axes
+                            .iter()
+                            .map(|a| {
+                                sizes.iter().find(|(n, _)| n == a).map(|(_, s)| *s).ok_or_else(|| {
+                                    format!("table `{name}`'s axis `{a}` is not one of the problem's")
+                                })
+                            })
+                            .collect::<Result<Vec<usize>, String>>()?;
+                        let count: usize = shape.iter().product();
+                        let last = *shape.last().unwrap_or(&1);
+                        if *int {
+                            let data = (0..count)
+                                .map(|i| ((i % last.max(1)) / self.doc_len.max(1)) as i32)
+                                .collect();
+                            ExtraArg::I32Table { data, shape }
+                        } else {
+                            let data = (0..count).map(|_| rng.normal() as f32).collect();
+                            ExtraArg::F32Table { data, shape }
+                        }
+                    }
+                };
+                Ok((name.clone(), arg))
+            })
+            .collect()
+    }
+
     /// The float64 reference of this kernel's formula.
-    fn reference(&self, h: usize, s: usize, sk: usize) -> Result<reference::Variant, String> {
-        let scalar = |name: &str| self.names.iter().position(|n| n == name).map(|i| self.scalars[i]);
-        variants::reference(self.entry.name, &scalar, h, s, sk)
+    fn reference(
+        &self,
+        extras: &[(String, ExtraArg)],
+        h: usize,
+        s: usize,
+        sk: usize,
+    ) -> Result<reference::Variant, String> {
+        variants::reference(self.entry.name, extras, h, s, sk)
+    }
+
+    /// The extras on the device.
+    fn upload(device: &Device, extras: &[(String, ExtraArg)]) -> Result<Vec<DeviceExtra>, String> {
+        let r = |x: flashcore::runtime::RuntimeError| x.to_string();
+        extras
+            .iter()
+            .map(|(_, e)| {
+                Ok(match e {
+                    ExtraArg::F32(x) => DeviceExtra::F32(*x),
+                    ExtraArg::F32Table { data, shape } => {
+                        DeviceExtra::F32Table(device.upload(data, shape).map_err(r)?)
+                    }
+                    ExtraArg::I32Table { data, shape } => {
+                        DeviceExtra::I32Table(device.upload(data, shape).map_err(r)?)
+                    }
+                })
+            })
+            .collect()
     }
 
     /// The launch arguments in the standard order.
     fn args<'a>(
-        &self,
         [q, k, v]: [&'a dyn TensorArg; 3],
         out: &'a mut dyn TensorArg,
         lse: Option<&'a mut dyn TensorArg>,
         scale: f32,
+        extras: &'a [DeviceExtra],
         offsets: [Option<&'a flashcore::DeviceSeqOffsets>; 2],
     ) -> Vec<Arg<'a>> {
         let mut args = vec![Arg::Tensor(q), Arg::Tensor(k), Arg::Tensor(v), Arg::TensorMut(out)];
         args.push(lse.map_or(Arg::Absent, Arg::TensorMut));
         args.push(Arg::F32(scale));
-        args.extend(self.scalars.iter().map(|x| Arg::F32(*x)));
+        args.extend(extras.iter().map(|e| match e {
+            DeviceExtra::F32(x) => Arg::F32(*x),
+            DeviceExtra::F32Table(t) => Arg::Tensor(t),
+            DeviceExtra::I32Table(t) => Arg::Tensor(t),
+        }));
         args.extend(offsets.map(|c| c.map_or(Arg::Absent, Arg::Offsets)));
         args
     }
+}
+
+/// The sizes of the axes a problem's tables may name.
+fn axis_sizes([b, h, s, _]: [usize; 4], hk: usize, sk: usize) -> Vec<(&'static str, usize)> {
+    vec![("B", b), ("H", h), ("HKV", hk), ("S", s), ("SK", sk)]
 }
 
 /// `17,77,4097`: one length per sequence.
@@ -192,6 +299,7 @@ fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         kernel: "attention".into(),
         params: vec![],
+        doc_len: 1000,
         b: 1,
         h: 8,
         s: 512,
@@ -236,6 +344,7 @@ fn parse_args() -> Result<Options, String> {
         let number = |s: String| s.parse::<usize>().map_err(|_| format!("{flag}: `{s}` is not a number"));
         match flag.as_str() {
             "--kernel" => o.kernel = value()?,
+            "--doc-len" => o.doc_len = number(value()?)?.max(1),
             "--softcap" => o.params.push(("softcap".into(), float(&flag, value()?)?)),
             "--prefix" => o.params.push(("prefix".into(), float(&flag, value()?)?)),
             "--window" => {
@@ -488,7 +597,9 @@ fn run_typed<T: HalfFloat>(
     // The log-sum-exp of every row, checked on the correctness launch (poisoned likewise).
     let mut lse = device.filled(&[b, h, s], f32::NAN).map_err(r)?;
     let scale = cfg.default_scale();
-    let mut args = chosen.args([&q, &k, &v], &mut out, Some(&mut lse), scale, [None, None]);
+    let extras = chosen.problem_extras(&axis_sizes(shape, inputs.hk, inputs.sk), rng)?;
+    let device_extras = Chosen::upload(device, &extras)?;
+    let mut args = Chosen::args([&q, &k, &v], &mut out, Some(&mut lse), scale, &device_extras, [None, None]);
     flashcore::launch(device, &compiled, &mut args).map_err(e)?;
     device.synchronize().map_err(r)?;
     let stored = device.download(&out).map_err(r)?;
@@ -518,7 +629,7 @@ fn run_typed<T: HalfFloat>(
     let problem =
         Problem { q: qd, k: kd, v: vd, b, h, hk, s, sk, d, scale: scale as f64, causal: cfg.causal };
     let rows = rows_to_check(shape, sk, rng);
-    let variant = chosen.reference(h, s, sk)?;
+    let variant = chosen.reference(&extras, h, s, sk)?;
     let want = reference::variant_rows_lse(&problem, &rows, &variant);
     let (err, lse_ok) = compare_rows(&got, |r| got_lse[r], &rows, want, d);
 
@@ -537,7 +648,7 @@ fn run_typed<T: HalfFloat>(
         flashcore::launch_async(
             device,
             &compiled,
-            &mut chosen.args([q, k, v], &mut out, lse, scale, [None, None]),
+            &mut Chosen::args([q, k, v], &mut out, lse, scale, &device_extras, [None, None]),
         )
     })
     .map_err(e)?;
@@ -756,8 +867,11 @@ fn run_in_simulator(
         }
         None => {
             let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 };
-            let variant = chosen.reference(shape.h, shape.s, shape.sk)?;
-            let check = check_variant(kernel, shape, o.layout, o.seed, &device, &chosen.scalars, &variant);
+            let sizes = axis_sizes([shape.b, shape.h, shape.s, d as usize], shape.hk, shape.sk);
+            let extras = chosen.problem_extras(&sizes, &mut Rng::new(o.seed))?;
+            let variant = chosen.reference(&extras, shape.h, shape.s, shape.sk)?;
+            let args: Vec<ExtraArg> = extras.into_iter().map(|(_, e)| e).collect();
+            let check = check_variant(kernel, shape, o.layout, o.seed, &device, &args, &variant);
             (check, format!("1x2x256x{d} {}", o.layout))
         }
     };
@@ -833,7 +947,26 @@ fn write_plan(o: &Options, chosen: &Chosen, path: &PathBuf) -> Result<String, St
         PlanArg::Absent,
         PlanArg::F32(cfg.default_scale()),
     ];
-    args.extend(chosen.scalars.iter().map(|x| PlanArg::F32(*x)));
+    // Tables are the caller's: the plan names their shape (contiguous) and dtype.
+    let extras = chosen.problem_extras(&axis_sizes(shapes[0], hk, sk), &mut Rng::new(1))?;
+    let table_strides: Vec<Vec<usize>> = extras
+        .iter()
+        .map(|(_, e)| match e {
+            ExtraArg::F32Table { shape, .. } | ExtraArg::I32Table { shape, .. } => {
+                flashcore::runtime::contiguous_strides(shape)
+            }
+            ExtraArg::F32(_) => vec![],
+        })
+        .collect();
+    args.extend(extras.iter().zip(&table_strides).map(|((_, e), strides)| match e {
+        ExtraArg::F32(x) => PlanArg::F32(*x),
+        ExtraArg::F32Table { data, shape } => {
+            PlanArg::Tensor(TensorView { dtype: "f32", shape, strides, buffer_len: data.len() })
+        }
+        ExtraArg::I32Table { data, shape } => {
+            PlanArg::Tensor(TensorView { dtype: "i32", shape, strides, buffer_len: data.len() })
+        }
+    }));
     args.extend([PlanArg::Absent, PlanArg::Absent]);
     let plan = launch_plan(&compiled, &args).map_err(|e| e.to_string())?;
     std::fs::write(path, plan.to_json()).map_err(|e| format!("{}: {e}", path.display()))?;

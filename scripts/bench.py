@@ -121,7 +121,8 @@ class FlashCore:
             if p["kind"] == "pointer":
                 t = tensors[p["name"]]
                 want = (p["dtype"], list(p["shape"]), list(p["strides"]))
-                got = (str(t.dtype).replace("torch.float16", "f16").replace("torch.bfloat16", "bf16"),
+                names = {"torch.float16": "f16", "torch.bfloat16": "bf16", "torch.float32": "f32", "torch.int32": "i32"}
+                got = (names.get(str(t.dtype), str(t.dtype)),
                        list(t.shape), list(t.stride()))
                 if got != want:
                     raise ValueError(f"{p['name']}: the plan wants {want}, got {got}")

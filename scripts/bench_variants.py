@@ -41,7 +41,7 @@ CONFIG_FLAGS = {
     128: ["--tile-m", "128", "--tile-n", "64", "--warps", "4", "--stages", "1", "--a-in-smem"],
 }
 
-WINDOW, CAP, PREFIX = 1024, 30.0, 2048
+WINDOW, CAP, PREFIX, DOC = 1024, 30.0, 2048, 1000
 
 
 def alibi_slopes(h):
@@ -50,7 +50,7 @@ def alibi_slopes(h):
 
 # name -> (flashcore kernel, its flags, score(x, b, h, q, kv, H) in float64 or None,
 #          keep(b, h, q, kv) or None, FlexAttention score_mod or None, mask_mod or None, sdpa causal or None)
-def variants(h):
+def variants(h, s):
     slopes = alibi_slopes(h)
     slopes32 = slopes.float()
     causal = lambda b, hh, q, kv: kv <= q  # noqa: E731
@@ -59,6 +59,9 @@ def variants(h):
     softcap = lambda x, b, hh, q, kv: CAP * torch.tanh(x / CAP)  # noqa: E731
     alibi_ref = lambda x, b, hh, q, kv: x + slopes[hh] * (kv - q)  # noqa: E731
     alibi_flex = lambda x, b, hh, q, kv: x + slopes32[hh] * (kv - q)  # noqa: E731
+    # Documents of DOC tokens, packed (the ids FlashCore's example makes for `--doc-len`).
+    doc = torch.arange(s, device="cuda") // DOC
+    document = lambda b, hh, q, kv: (kv <= q) & (doc[q] == doc[kv])  # noqa: E731
     return {
         "full": ("attention", [], None, None, None, None, False),
         "causal": ("attention", ["--causal"], None, causal, None, causal, True),
@@ -69,6 +72,8 @@ def variants(h):
             "softcap_attention", ["--causal", "--softcap", f"{CAP}"], softcap, causal, softcap, causal, None),
         "alibi + causal": ("alibi_attention", ["--causal"], alibi_ref, causal, alibi_flex, causal, None),
         f"prefix-LM {PREFIX}": ("prefix_lm_attention", ["--prefix", f"{PREFIX}"], None, prefix, None, prefix, None),
+        f"document mask ({DOC}-token documents) + causal": (
+            "document_attention", ["--causal", "--doc-len", str(DOC)], None, document, None, document, None),
         f"sliding window {WINDOW} + softcap {CAP:g} + causal": (
             "sliding_window_softcap_attention", ["--causal", "--window", f"{WINDOW},0", "--softcap", f"{CAP}"],
             softcap, window, softcap, window, None),
@@ -114,8 +119,13 @@ def flashcore_impl(args, driver, sm_count, shape, kernel, flags, workdir, facts)
     fc = bench.FlashCore(driver, plan, sm_count)
     facts.setdefault(f"{kernel} {plan['config']}", bench.sass_facts(plan, workdir))
 
+    # The tables the kernel takes: document ids [B, S] (token i in document i // DOC).
+    tables = {}
+    if kernel == "document_attention":
+        tables["doc"] = (torch.arange(s, device="cuda", dtype=torch.int32) // DOC).expand(b, s).contiguous()
+
     def run(q, k, v, o):
-        fc({"q": q, "k": k, "v": v, "o": o})
+        fc({"q": q, "k": k, "v": v, "o": o} | tables)
     return run, f"{plan['config']}, grid {fc.grid}"
 
 
@@ -227,7 +237,7 @@ def main():
     workdir = tempfile.mkdtemp()  # plans and SASS scratch: not in --out
     for text in args.shapes.split(","):
         shape = tuple(int(x) for x in text.split("x"))
-        for name, spec in variants(shape[1]).items():
+        for name, spec in variants(shape[1], shape[2]).items():
             if args.only and args.only not in name:
                 continue
             r = bench_variant(args, driver, sm_count, timer, shape, name, spec, workdir, facts)

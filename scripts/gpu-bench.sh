@@ -50,6 +50,8 @@ sliding_window_attention --window 100,37
 alibi_attention
 prefix_lm_attention --prefix 300
 sliding_window_softcap_attention --window 256,0 --softcap 20
+document_attention --doc-len 300
+bias_attention
 LIST
     echo "variant checks: $fails failed" | tee -a "$out/variants-check.txt"
     python3 scripts/bench_variants.py --flashcore "$bins/attention" --out "$out" "$@" 2>&1 | tee "$out/variants-log.txt"

@@ -360,6 +360,16 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
     }
     let mut strides = vec![];
     for (param, arg) in kernel.params.iter().zip(args) {
+        if let Param::Table(t) = param {
+            let ArgView::Tensor(view) = arg else {
+                return Err(bad(&t.name, "missing: this table is required".into()));
+            };
+            bind_table(t, view, &mut strides).map_err(|m| bad(&t.name, m))?;
+            for (axis, dim) in t.dims.iter().enumerate() {
+                bind(*dim, view.shape[axis] as u64, &t.name, format!(" (shape {:?})", view.shape))?;
+            }
+            continue;
+        }
         let Param::Tensor(t) = param else {
             continue;
         };
@@ -494,6 +504,30 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
 /// every other stride a multiple of 8 elements (16-byte copies); for per-row `[B, H, S]` f32
 /// tensors any strides (4-byte stores); for both each stride in bytes within 32 bits, the
 /// strides inside the buffer, and for an output no two elements at one address.
+/// Checks a table's argument (element type, rank, strides inside its buffer, each stride in bytes
+/// within 32 bits) and appends its strides, one per axis, to the entry's stride arguments.
+fn bind_table(t: &ir::kernel::TableParam, view: &TensorView, strides: &mut Vec<u32>) -> Result<(), String> {
+    if view.dtype != t.elem.name() {
+        return Err(format!("expected a {} table, got {}", t.elem.name(), view.dtype));
+    }
+    if view.shape.len() != t.dims.len() || view.strides.len() != view.shape.len() {
+        return Err(format!(
+            "expected {} axes, got shape {:?} (strides {:?})",
+            t.dims.len(),
+            view.shape,
+            view.strides
+        ));
+    }
+    for (axis, stride) in view.strides.iter().enumerate() {
+        if *stride as u64 * 4 > u32::MAX as u64 {
+            return Err(format!("stride of axis {axis} is {stride} elements, over 4 GiB"));
+        }
+    }
+    runtime::check_strides(view.shape, view.strides, view.buffer_len).map_err(|e| e.to_string())?;
+    strides.extend(view.strides.iter().map(|s| *s as u32));
+    Ok(())
+}
+
 fn check_tensor_strides(view: &TensorView, rows: bool, output: bool) -> Result<(), String> {
     let (shape, strides) = (view.shape, view.strides);
     if strides.len() != shape.len() {
@@ -555,6 +589,7 @@ pub(crate) fn check_arg_kinds(
             Param::Offsets(_) => (ArgKind::Offsets, "expected sequence offsets (`DeviceSeqOffsets`)"),
             Param::Tensor(t) if t.writable => (ArgKind::Output, "expected a mutable output tensor"),
             Param::Tensor(_) => (ArgKind::Input, "expected an input tensor"),
+            Param::Table(_) => (ArgKind::Input, "expected an input tensor (a table read with `.at(..)`)"),
             Param::Scalar { .. } => (ArgKind::Scalar, "expected an f32 scalar"),
         };
         if kind != want.0 {

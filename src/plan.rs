@@ -149,11 +149,16 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             .zip(&binding.dims)
             .map(|(dim, value)| PlanParam::U32 { name: format!("dim_{dim}"), value: *value }),
     );
-    let tensors = k.params.iter().filter_map(|p| if let Param::Tensor(t) = p { Some(t) } else { None });
-    for (tensor, strides) in tensors.zip(binding.strides.chunks(3)) {
-        for (dim, value) in tensor.dims.iter().zip(strides) {
+    // Each tensor's and table's strides, in parameter order, one per axis named.
+    let mut strides = binding.strides.iter();
+    for (name, dims) in k.params.iter().filter_map(|p| match p {
+        Param::Tensor(t) => Some((&t.name, &t.dims[..])),
+        Param::Table(t) => Some((&t.name, &t.dims[..])),
+        _ => None,
+    }) {
+        for (dim, value) in dims.iter().zip(strides.by_ref()) {
             let axis = &k.dims[dim.0 as usize];
-            params.push(PlanParam::U32 { name: format!("stride_{}_{axis}", tensor.name), value: *value });
+            params.push(PlanParam::U32 { name: format!("stride_{name}_{axis}"), value: *value });
         }
     }
     Ok(LaunchPlan {

@@ -38,6 +38,10 @@ pub enum HostArg<'a, T> {
     Absent,
     /// An f32 scalar.
     F32(f32),
+    /// An input table of f32 (`Tensor<f32, ..>` read with `.at(..)`).
+    F32Table(&'a [f32], HostView),
+    /// An input table of i32 (`Tensor<i32, ..>`: document ids).
+    I32Table(&'a [i32], HostView),
 }
 
 /// A view of a host buffer as the kernel sees it: shape and strides in elements (`[B, H, S, D]`,
@@ -97,7 +101,7 @@ pub fn simulate<T: HalfFloat>(
     check_arg_kinds(
         k,
         args.iter().map(|a| match a {
-            HostArg::Tensor(..) => ArgKind::Input,
+            HostArg::Tensor(..) | HostArg::F32Table(..) | HostArg::I32Table(..) => ArgKind::Input,
             HostArg::TensorMut(..) | HostArg::RowsMut(..) => ArgKind::Output,
             HostArg::Offsets(_) => ArgKind::Offsets,
             HostArg::Absent => ArgKind::Absent,
@@ -111,6 +115,8 @@ pub fn simulate<T: HalfFloat>(
                 HostArg::Tensor(data, view) => (view, data.len(), T::NAME),
                 HostArg::TensorMut(data, view) => (view, data.len(), T::NAME),
                 HostArg::RowsMut(data, view) => (view, data.len(), "f32"),
+                HostArg::F32Table(data, view) => (view, data.len(), "f32"),
+                HostArg::I32Table(data, view) => (view, data.len(), "i32"),
                 HostArg::Offsets(o) => return ArgView::Offsets(o),
                 HostArg::Absent | HostArg::F32(_) => return ArgView::None,
             };
@@ -148,6 +154,12 @@ pub fn simulate<T: HalfFloat>(
             ),
             HostArg::Absent => flashcore_sim::Arg::U64(0),
             HostArg::F32(x) => flashcore_sim::Arg::F32(*x),
+            HostArg::F32Table(data, _) => {
+                flashcore_sim::Arg::U64(machine.alloc(data.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            }
+            HostArg::I32Table(data, _) => {
+                flashcore_sim::Arg::U64(machine.alloc(data.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            }
         });
     }
     sim_args.extend(binding.dims.iter().map(|d| flashcore_sim::Arg::U32(*d)));
@@ -181,6 +193,28 @@ pub fn simulate<T: HalfFloat>(
 
 fn bytes_of<T: HalfFloat>(data: &[T]) -> Vec<u8> {
     data.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A parameter of an attention variant after `scale`: an f32 scalar, or an input table
+/// (row-major, contiguous).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExtraArg {
+    /// An f32 parameter (`softcap`).
+    F32(f32),
+    /// A `Tensor<f32, ..>` table (a bias).
+    F32Table {
+        /// The elements, row-major.
+        data: Vec<f32>,
+        /// The table's shape.
+        shape: Vec<usize>,
+    },
+    /// A `Tensor<i32, ..>` table (document ids).
+    I32Table {
+        /// The elements, row-major.
+        data: Vec<i32>,
+        /// The table's shape.
+        shape: Vec<usize>,
+    },
 }
 
 /// The shape of an attention problem: `[b, h, s, d]` queries, `[b, hk, sk, d]` keys and values.
@@ -229,7 +263,8 @@ pub fn check_attention(
 }
 
 /// Like [`check_attention`] for an attention variant: a kernel with the standard signature plus
-/// the f32 scalars `scalars` after `scale` (`(q, k, v, o, lse, scale, scalars.., cu_q, cu_k)`),
+/// the parameters `extras` after `scale` (`(q, k, v, o, lse, scale, extras.., cu_q, cu_k)`: f32
+/// scalars and input tables),
 /// checked against the float64 reference of `variant` (FlexAttention's score and mask
 /// functions, written out independently of the kernel).
 pub fn check_variant(
@@ -238,12 +273,12 @@ pub fn check_variant(
     layout: crate::Layout,
     seed: u64,
     device: &SimDevice,
-    scalars: &[f32],
+    extras: &[ExtraArg],
     variant: &crate::reference::Variant,
 ) -> Result<AttentionCheck, Error> {
     match kernel.kernel.config.dtype {
-        DType::F16 => check_typed::<f16>(kernel, shape, layout, seed, device, scalars, variant),
-        DType::Bf16 => check_typed::<bf16>(kernel, shape, layout, seed, device, scalars, variant),
+        DType::F16 => check_typed::<f16>(kernel, shape, layout, seed, device, extras, variant),
+        DType::Bf16 => check_typed::<bf16>(kernel, shape, layout, seed, device, extras, variant),
     }
 }
 
@@ -253,7 +288,7 @@ fn check_typed<T: HalfFloat>(
     layout: crate::Layout,
     seed: u64,
     device: &SimDevice,
-    scalars: &[f32],
+    extras: &[ExtraArg],
     variant: &crate::reference::Variant,
 ) -> Result<AttentionCheck, Error> {
     use crate::reference::{self, Problem, Rng};
@@ -263,7 +298,7 @@ fn check_typed<T: HalfFloat>(
     let mut gen = |n: usize| (0..n).map(|_| crate::round_to(T::DTYPE, rng.normal())).collect::<Vec<_>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
     let start = std::time::Instant::now();
-    let run = run_typed::<T>(kernel, shape, layout, [&q, &k, &v], scalars, device)?;
+    let run = run_typed::<T>(kernel, shape, layout, [&q, &k, &v], extras, device)?;
     let seconds = start.elapsed().as_secs_f64();
     let causal = kernel.kernel.config.causal;
     let scale = kernel.kernel.config.default_scale() as f64;
@@ -305,7 +340,7 @@ fn run_typed<T: HalfFloat>(
     shape: AttentionShape,
     layout: crate::Layout,
     [q, k, v]: [&[f64]; 3],
-    scalars: &[f32],
+    extras: &[ExtraArg],
     device: &SimDevice,
 ) -> Result<AttentionRun, Error> {
     let AttentionShape { b, h, hk, s, sk } = shape;
@@ -329,7 +364,20 @@ fn run_typed<T: HalfFloat>(
         HostArg::RowsMut(&mut lse, HostView::contiguous(&[b, h, s])),
         HostArg::F32(scale),
     ];
-    args.extend(scalars.iter().map(|x| HostArg::F32(*x)));
+    let views: Vec<HostView> = extras
+        .iter()
+        .map(|e| match e {
+            ExtraArg::F32Table { shape, .. } | ExtraArg::I32Table { shape, .. } => {
+                HostView::contiguous(shape)
+            }
+            ExtraArg::F32(_) => HostView::contiguous(&[]),
+        })
+        .collect();
+    args.extend(extras.iter().zip(&views).map(|(e, view)| match e {
+        ExtraArg::F32(x) => HostArg::F32(*x),
+        ExtraArg::F32Table { data, .. } => HostArg::F32Table(data, view.clone()),
+        ExtraArg::I32Table { data, .. } => HostArg::I32Table(data, view.clone()),
+    }));
     args.extend([HostArg::Absent, HostArg::Absent]);
     let stats = simulate(kernel, &mut args, device)?;
     let out = layout.load(&o, q_shape).iter().map(|x| x.to_f64()).collect();

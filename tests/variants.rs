@@ -5,7 +5,7 @@
 
 use flashcore::kernels::variants::*;
 use flashcore::reference::Variant;
-use flashcore::simulate::{check_variant, AttentionShape, SimDevice};
+use flashcore::simulate::{check_variant, AttentionShape, ExtraArg, SimDevice};
 use flashcore::{CompiledKernel, Config, DType, Layout};
 
 /// Configs each variant runs under: the declared one, bf16, causal, load warps with 3 stages,
@@ -26,25 +26,27 @@ const SHAPES: [AttentionShape; 2] = [
     AttentionShape { b: 2, h: 2, hk: 2, s: 130, sk: 100 },
 ];
 
-/// Runs `compile(config)` in the simulator against `variant(shape)` for every config and shape.
+/// Runs `compile(config)` in the simulator, with the parameters `extras(shape)` after `scale`,
+/// against `variant(shape, extras)` for every config and shape.
 fn check(
     name: &str,
     declared: Config,
     compile: fn(&Config) -> Result<std::sync::Arc<CompiledKernel>, flashcore::Error>,
-    scalars: &[f32],
-    variant: &dyn Fn(AttentionShape) -> Variant,
+    extras: &dyn Fn(AttentionShape) -> Vec<ExtraArg>,
+    variant: &dyn Fn(AttentionShape, &[ExtraArg]) -> Variant,
 ) {
     for config in configs(declared) {
         let kernel = compile(&config).unwrap_or_else(|e| panic!("{name} {config}: {e}"));
         for (i, shape) in SHAPES.into_iter().enumerate() {
-            let variant = &variant(shape);
+            let extras = &extras(shape);
+            let variant = &variant(shape, extras);
             let got = check_variant(
                 &kernel,
                 shape,
                 Layout::Bhsd,
                 17 + i as u64,
                 &SimDevice::default(),
-                scalars,
+                extras,
                 variant,
             )
             .unwrap_or_else(|e| panic!("{name} {config} {shape:?}: {e}"));
@@ -87,14 +89,16 @@ fn in_window(shape: AttentionShape, i: usize, j: usize) -> bool {
 
 #[test]
 fn softcap_matches_its_formula() {
-    let variant = |_| Variant::new(|_, _, _, _, x| softcap(x), |_, _, _, _| true);
-    check("softcap", softcap_attention::CONFIG, softcap_attention::compile, &[CAP as f32], &variant);
+    let variant = |_, _: &[ExtraArg]| Variant::new(|_, _, _, _, x| softcap(x), |_, _, _, _| true);
+    let extras = |_| vec![ExtraArg::F32(CAP as f32)];
+    check("softcap", softcap_attention::CONFIG, softcap_attention::compile, &extras, &variant);
 }
 
 #[test]
 fn sliding_window_matches_its_formula() {
-    let variant = |shape| Variant::new(|_, _, _, _, x| x, move |_, _, i, j| in_window(shape, i, j));
-    let window = [WINDOW.0 as f32, WINDOW.1 as f32];
+    let variant =
+        |shape, _: &[ExtraArg]| Variant::new(|_, _, _, _, x| x, move |_, _, i, j| in_window(shape, i, j));
+    let window = |_| vec![ExtraArg::F32(WINDOW.0 as f32), ExtraArg::F32(WINDOW.1 as f32)];
     check(
         "sliding_window",
         sliding_window_attention::CONFIG,
@@ -106,7 +110,7 @@ fn sliding_window_matches_its_formula() {
 
 #[test]
 fn alibi_matches_its_formula() {
-    let variant = |shape: AttentionShape| {
+    let variant = |shape: AttentionShape, _: &[ExtraArg]| {
         let heads = shape.h as f64;
         Variant::new(
             move |_, h, i, j, x| {
@@ -115,22 +119,26 @@ fn alibi_matches_its_formula() {
             |_, _, _, _| true,
         )
     };
-    check("alibi", alibi_attention::CONFIG, alibi_attention::compile, &[], &variant);
+    check("alibi", alibi_attention::CONFIG, alibi_attention::compile, &|_| vec![], &variant);
 }
 
 #[test]
 fn prefix_lm_matches_its_formula() {
     let prefix = 40;
-    let variant = move |shape| {
+    let variant = move |shape, _: &[ExtraArg]| {
         Variant::new(|_, _, _, _, x| x, move |_, _, i, j| j as i64 <= diag(shape, i) || j < prefix)
     };
-    check("prefix_lm", prefix_lm_attention::CONFIG, prefix_lm_attention::compile, &[prefix as f32], &variant);
+    let extras = |_| vec![ExtraArg::F32(prefix as f32)];
+    check("prefix_lm", prefix_lm_attention::CONFIG, prefix_lm_attention::compile, &extras, &variant);
 }
 
 #[test]
 fn sliding_window_with_softcap_matches_its_formula() {
-    let variant = |shape| Variant::new(|_, _, _, _, x| softcap(x), move |_, _, i, j| in_window(shape, i, j));
-    let scalars = [CAP as f32, WINDOW.0 as f32, WINDOW.1 as f32];
+    let variant = |shape, _: &[ExtraArg]| {
+        Variant::new(|_, _, _, _, x| softcap(x), move |_, _, i, j| in_window(shape, i, j))
+    };
+    let scalars =
+        |_| vec![ExtraArg::F32(CAP as f32), ExtraArg::F32(WINDOW.0 as f32), ExtraArg::F32(WINDOW.1 as f32)];
     check(
         "sliding_window_softcap",
         sliding_window_softcap_attention::CONFIG,
@@ -138,6 +146,64 @@ fn sliding_window_with_softcap_matches_its_formula() {
         &scalars,
         &variant,
     );
+}
+
+/// Document ids for a packed batch: sequence `b`'s tokens in documents of `len` tokens, the
+/// first one shorter by `b` (so documents start at different places in each sequence).
+fn document_ids(shape: AttentionShape, len: usize) -> Vec<i32> {
+    (0..shape.b).flat_map(|b| (0..shape.s).map(move |i| ((i + b * 7) / len) as i32)).collect()
+}
+
+#[test]
+fn document_mask_matches_its_formula() {
+    // Self-attention: K/V are the same tokens.
+    let shapes = |shape: AttentionShape| AttentionShape { sk: shape.s, ..shape };
+    let extras = move |shape| {
+        let shape = shapes(shape);
+        vec![ExtraArg::I32Table { data: document_ids(shape, 30), shape: vec![shape.b, shape.s] }]
+    };
+    let variant = |_, extras: &[ExtraArg]| {
+        let [ExtraArg::I32Table { data, shape }] = extras else { unreachable!("one i32 table") };
+        let (data, s) = (data.clone(), shape[1]);
+        Variant::new(|_, _, _, _, x| x, move |b, _, i, j| data[b * s + i] == data[b * s + j])
+    };
+    for config in configs(document_attention::CONFIG) {
+        let kernel = document_attention::compile(&config).unwrap();
+        for shape in SHAPES.map(shapes) {
+            let extras = extras(shape);
+            let got = check_variant(
+                &kernel,
+                shape,
+                Layout::Bhsd,
+                9,
+                &SimDevice::default(),
+                &extras,
+                &variant(shape, &extras),
+            )
+            .unwrap_or_else(|e| panic!("{config} {shape:?}: {e}"));
+            let bound = if config.dtype == DType::F16 { 2e-3 } else { 1.6e-2 };
+            assert!(got.err.rel_l2 < bound, "{config} {shape:?}: {:?}", got.err);
+        }
+    }
+}
+
+#[test]
+fn additive_bias_matches_its_formula() {
+    let extras = |shape: AttentionShape| {
+        let n = shape.b * shape.h * shape.s * shape.sk;
+        let mut rng = flashcore::reference::Rng::new(n as u64);
+        let data = (0..n).map(|_| rng.normal() as f32).collect();
+        vec![ExtraArg::F32Table { data, shape: vec![shape.b, shape.h, shape.s, shape.sk] }]
+    };
+    let variant = |_, extras: &[ExtraArg]| {
+        let [ExtraArg::F32Table { data, shape }] = extras else { unreachable!("one f32 table") };
+        let (data, [h, s, sk]) = (data.clone(), [shape[1], shape[2], shape[3]]);
+        Variant::new(
+            move |b, hh, i, j, x| x + data[((b * h + hh) * s + i) * sk + j] as f64,
+            |_, _, _, _| true,
+        )
+    };
+    check("bias", bias_attention::CONFIG, bias_attention::compile, &extras, &variant);
 }
 
 /// Block-sparse skipping: with a 128-key causal window at S = 1024 each Q tile visits at most 3
@@ -152,7 +218,7 @@ fn sliding_window_skips_the_tiles_outside_the_window() {
     let mut instructions = vec![];
     for window in [128usize, 100_000] {
         let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| j <= i && i - j <= window);
-        let scalars = [window as f32, 0.0];
+        let scalars = [ExtraArg::F32(window as f32), ExtraArg::F32(0.0)];
         let got = check_variant(&kernel, shape, Layout::Bhsd, 3, &SimDevice::default(), &scalars, &variant)
             .unwrap();
         assert!(got.err.rel_l2 < 2e-3, "window {window}: {:?}", got.err);

@@ -304,6 +304,15 @@ impl<'k> Emitter<'k> {
                     decls.push(format!("\t.param .f32 {}_param_{name}", k.name));
                     self.tensors.push(None);
                 }
+                Param::Table(t) => {
+                    let pname = format!("{}_param_{}", k.name, t.name);
+                    decls.push(format!("\t.param .u64 {pname}"));
+                    let raw = self.w.temp(RegClass::B64);
+                    let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&t.name)));
+                    self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
+                    self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
+                    self.tensors.push(Some(GlobalTensor { ptr, strides: Default::default() }));
+                }
                 Param::Offsets(o) => {
                     let pname = format!("{}_param_{}", k.name, o.name);
                     decls.push(format!("\t.param .u64 {pname}"));
@@ -337,15 +346,19 @@ impl<'k> Emitter<'k> {
         }
         // Strides of every tensor's outer axes, in elements (the innermost axis is contiguous),
         // kept in bytes.
+        // Tables follow, one stride per axis, in the same parameter order.
         for (i, p) in k.params.iter().enumerate() {
-            let Param::Tensor(t) = p else { continue };
-            for dim in &t.dims {
-                let name = format!("{}_{}", sanitize(&t.name), sanitize(&k.dims[dim.0 as usize]));
+            let (tensor, dims, elem_shift) = match p {
+                Param::Tensor(t) => (&t.name, &t.dims[..], if t.is_rows() { 2 } else { 1 }),
+                Param::Table(t) => (&t.name, &t.dims[..], 2),
+                _ => continue,
+            };
+            for dim in dims {
+                let name = format!("{}_{}", sanitize(tensor), sanitize(&k.dims[dim.0 as usize]));
                 let pname = format!("{}_stride_{name}", k.name);
                 decls.push(format!("\t.param .u32 {pname}"));
                 let reg = self.w.named(RegClass::B32, &format!("%stride_{name}"));
                 self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
-                let elem_shift = if t.is_rows() { 2 } else { 1 };
                 self.w.ins(format!("shl.b32 {reg}, {reg}, {elem_shift}"));
                 if let Some(g) = self.tensors[i].as_mut() {
                     g.strides.push(reg);
@@ -567,6 +580,7 @@ impl<'k> Emitter<'k> {
             Op::Position { dst, axis, index } => self.position(*dst, *axis, *index),
             Op::Unary { dst, op, src } => self.unary(*dst, *op, *src),
             Op::MaskWhere { dst, src, keep, mask } => self.mask_where(*dst, *src, *keep, *mask),
+            Op::Gather { dst, param, indices } => self.gather(*dst, *param, indices),
             Op::Convert { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in 0..d.len {
@@ -1684,6 +1698,47 @@ impl<'k> Emitter<'k> {
                     self.w.ins(format!("fma.rn.f32 {x}, {x}, 0fC0000000, 0f3F800000"));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `dst = table[indices..]`: each index clamped into its axis (`[0, len − 1]`), the byte
+    /// offsets summed in 64 bits, one `ld.global` per element (uniform indices broadcast).
+    fn gather(&mut self, dst: Value, param: usize, indices: &[Value]) -> Result<(), CodegenError> {
+        let Some(Param::Table(table)) = self.kernel.params.get(param) else {
+            return Err(CodegenError::Internal("gather from a parameter that is not a table".into()));
+        };
+        let dims = table.dims.clone();
+        let ty = if table.elem == Elem::I32 { "s32" } else { "f32" };
+        let global = self.tensors[param]
+            .clone()
+            .ok_or_else(|| CodegenError::Internal("table without a pointer".into()))?;
+        let dt = self.kernel.ty(dst);
+        let d = self.regs_of(dst);
+        let regs: Vec<RegFamily> = indices.iter().map(|i| self.regs_of(*i)).collect();
+        let tys: Vec<Type> = indices.iter().map(|i| self.kernel.ty(*i)).collect();
+        // Each axis's last index, once.
+        let last: Vec<String> = dims
+            .iter()
+            .map(|dim| {
+                let len = self.dim_reg(*dim);
+                let r = self.w.temp(RegClass::B32);
+                self.w.ins(format!("sub.s32 {r}, {len}, 1"));
+                r
+            })
+            .collect();
+        for i in 0..d.len {
+            let addr = self.w.temp(RegClass::B64);
+            self.w.ins(format!("mov.b64 {addr}, {}", global.ptr));
+            for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
+                let idx = self.w.temp(RegClass::B32);
+                self.w.ins(format!("max.s32 {idx}, {}, 0", r.at(self.operand_index(*t, dt, i))));
+                self.w.ins(format!("min.s32 {idx}, {idx}, {}", last[axis]));
+                let offset = self.w.temp(RegClass::B64);
+                self.w.ins(format!("mul.wide.u32 {offset}, {idx}, {}", global.strides[axis]));
+                self.w.ins(format!("add.u64 {addr}, {addr}, {offset}"));
+            }
+            self.w.ins(format!("ld.global.{ty} {}, [{addr}]", d.at(i)));
         }
         Ok(())
     }

@@ -125,6 +125,12 @@ impl Printer<'_> {
                 self.v(*index)
             ),
             Op::Unary { dst, op, src } => format!("{} = {} {}", self.def(*dst), op.name(), self.v(*src)),
+            Op::Gather { dst, param, indices } => format!(
+                "{} = {}.at({})",
+                self.def(*dst),
+                self.kernel.params[*param].name(),
+                indices.iter().map(|i| self.v(*i)).collect::<Vec<_>>().join(", ")
+            ),
             Op::MaskWhere { dst, src, keep, mask } => format!(
                 "{} = mask {} where {}{}",
                 self.def(*dst),
@@ -337,6 +343,10 @@ impl fmt::Display for Kernel {
                     )
                 }
                 Param::Scalar { name } => format!("{name}: f32"),
+                Param::Table(t) => {
+                    let dims: Vec<&str> = t.dims.iter().map(|d| self.dims[d.0 as usize].as_str()).collect();
+                    format!("{}: table {}[{}]", t.name, t.elem.name(), dims.join(", "))
+                }
                 Param::Offsets(o) => format!(
                     "{}: {}seq_offsets[{} + 1] ragged {}",
                     o.name,

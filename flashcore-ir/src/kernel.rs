@@ -231,9 +231,20 @@ pub struct OffsetsParam {
     pub optional: bool,
 }
 
+/// An input table: an f32 or i32 tensor of any rank over runtime axes, read element by element
+/// (`t.at(..)`, [`Op::Gather`]): per-head slopes, document ids per token, a bias `[B, H, S, SK]`.
+/// Its strides (one per axis, in elements) follow the tensors' in the entry ABI.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableParam {
+    pub name: String,
+    pub elem: Elem,
+    pub dims: Vec<RtDim>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Param {
     Tensor(TensorParam),
+    Table(TableParam),
     Scalar { name: String },
     Offsets(OffsetsParam),
 }
@@ -244,6 +255,7 @@ impl Param {
             Param::Tensor(t) => &t.name,
             Param::Scalar { name } => name,
             Param::Offsets(o) => &o.name,
+            Param::Table(t) => &t.name,
         }
     }
 }
@@ -535,6 +547,9 @@ pub enum Op {
     /// `mask`, `keep` is also that expression of positions: tiles where it holds everywhere
     /// skip the per-element code, and the rest evaluate it per element.
     MaskWhere { dst: Value, src: Value, keep: Value, mask: Option<MaskId> },
+    /// `dst = table[indices..]`, elementwise over the indices (uniform i32s or i32 tiles, which
+    /// broadcast); each index is clamped into its axis.
+    Gather { dst: Value, param: usize, indices: Vec<Value> },
     /// i32 to f32, elementwise (round to nearest).
     Convert { dst: Value, src: Value },
     /// `dst = cond ? then : otherwise`, elementwise; uniform operands broadcast.
@@ -594,6 +609,7 @@ impl Op {
             | Op::Position { dst, .. }
             | Op::Unary { dst, .. }
             | Op::MaskWhere { dst, .. }
+            | Op::Gather { dst, .. }
             | Op::Convert { dst, .. }
             | Op::Select { dst, .. }
             | Op::Load { dst, .. }
@@ -658,6 +674,7 @@ impl Op {
             Op::Position { index, .. } => vec![*index],
             Op::Select { cond, then, otherwise, .. } => vec![*cond, *then, *otherwise],
             Op::MaskWhere { src, keep, .. } => vec![*src, *keep],
+            Op::Gather { indices, .. } => indices.clone(),
             Op::Transpose { src, .. }
             | Op::Unary { src, .. }
             | Op::Convert { src, .. }

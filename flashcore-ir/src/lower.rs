@@ -161,7 +161,9 @@ impl Lowerer {
     fn resolve_elem(&self, decl: &ElemDecl, span: SpanId, what: &str) -> Result<DType> {
         match decl {
             ElemDecl::Generic(_) => Ok(self.dtype),
-            ElemDecl::F32 => err(span, format!("{what} must be a 16-bit type (f16, bf16 or the generic one)")),
+            ElemDecl::F32 | ElemDecl::I32 => {
+                err(span, format!("{what} must be a 16-bit type (f16, bf16 or the generic one)"))
+            }
             ElemDecl::Fixed(d) if *d == self.dtype => Ok(*d),
             ElemDecl::Fixed(d) => err(
                 span,
@@ -234,6 +236,43 @@ impl Lowerer {
                     let param = OffsetsParam { name: name.clone(), batch, seq, optional: *optional };
                     lowerer.params.push(Param::Offsets(param));
                     lowerer.scopes[0].insert(name.clone(), Binding::Offsets);
+                }
+                ParamDecl::Tensor {
+                    name,
+                    dtype: dtype @ (ElemDecl::F32 | ElemDecl::I32),
+                    shape,
+                    writable: false,
+                    optional,
+                    span,
+                } => {
+                    // An input table, read element by element with `.at(..)`.
+                    if *optional {
+                        return err(*span, format!("only outputs may be optional; `{name}` is an input"));
+                    }
+                    let mut dims = vec![];
+                    for (axis, dim) in shape.iter().enumerate() {
+                        let Dim::Sym(sym) = dim else {
+                            return err(
+                                *span,
+                                format!("axis {axis} of table `{name}` must be a symbol (such as `S`), found a literal"),
+                            );
+                        };
+                        dims.push(lowerer.rt_dim(sym));
+                    }
+                    if dims.is_empty() {
+                        return err(
+                            *span,
+                            format!(
+                                "table `{name}` needs at least one axis; a single value is an f32 parameter"
+                            ),
+                        );
+                    }
+                    let elem = if *dtype == ElemDecl::I32 { Elem::I32 } else { Elem::F32 };
+                    lowerer.params.push(Param::Table(TableParam { name: name.clone(), elem, dims }));
+                    lowerer.scopes[0].insert(name.clone(), Binding::Tensor(index));
+                }
+                ParamDecl::Tensor { name, dtype: ElemDecl::I32, span, .. } => {
+                    return err(*span, format!("i32 tensor `{name}` must be an input table `Tensor<i32, ..>`, read with `.at(..)`"));
                 }
                 ParamDecl::Tensor { name, dtype: ElemDecl::F32, shape, writable, optional, span } => {
                     // A per-row f32 output, `[B, H, S]` (the log-sum-exp).
@@ -1177,6 +1216,7 @@ impl Lowerer {
                 let t = self.expr_raw(tile, out, role, name)?;
                 self.position(t, dim, out, role, span, name)?
             }
+            ExprKind::At { table, indices } => self.gather(table, indices, out, role, span, name)?,
             ExprKind::Mask { scores, keep } => {
                 let s = self.expr_raw(scores, out, role, name)?;
                 let k = self.expr(keep, out, role, &format!("{name}_keep"))?;
@@ -1471,6 +1511,65 @@ impl Lowerer {
         self.push(out, Op::Select { dst, cond, then: na, otherwise: nb }, role, span);
         self.merge_raw(dst, &[a, b], role, span)?;
         self.inherit_axes(dst, &[na, nb, cond, a, b]);
+        Ok(dst)
+    }
+
+    /// `t.at(i, ..)`: elements of input table `t`, one i32 index per axis (uniform or a tile).
+    fn gather(
+        &mut self,
+        table: &str,
+        indices: &[Expr],
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+        name: &str,
+    ) -> Result<Value> {
+        let param = match self.lookup(table) {
+            Some(Binding::Tensor(p)) => p,
+            _ => {
+                return err(
+                    span,
+                    format!("`{table}` is not a table parameter (`{table}: Tensor<f32 or i32, ..>`)"),
+                )
+            }
+        };
+        let Param::Table(t) = &self.params[param] else {
+            return err(
+                span,
+                format!("`{table}` is read by tiles (`load`, `stage`); `.at(..)` reads input tables `Tensor<f32, ..>` or `Tensor<i32, ..>`"),
+            );
+        };
+        let (elem, rank) = (t.elem, t.dims.len());
+        if indices.len() != rank {
+            return err(
+                span,
+                format!("`{table}.at(..)` takes {rank} indices, one per axis, found {}", indices.len()),
+            );
+        }
+        let mut values = vec![];
+        let mut shape = Type::Int;
+        for index in indices {
+            let v = self.expr(index, out, role, &format!("{name}_index"))?;
+            let ty = self.ty(v);
+            if ty.elem() != Some(Elem::I32) || matches!(ty, Type::Row { .. }) {
+                return err(
+                    index.span,
+                    format!("table indices are integers (loop indices, positions `s.index(S)`, i32 arithmetic), not {}", describe(&ty)),
+                );
+            }
+            let Some(s) = Type::broadcast(shape, ty) else {
+                return err(
+                    index.span,
+                    format!("the indices of `{table}.at(..)` have different tile shapes"),
+                );
+            };
+            shape = s;
+            values.push(v);
+        }
+        let result = shape.with_elem(elem).expect("uniforms and tiles hold f32 and i32");
+        let dst = self.new_value(result, name, false);
+        self.push(out, Op::Gather { dst, param, indices: values.clone() }, role, span);
+        self.inherit_axes(dst, &values);
         Ok(dst)
     }
 

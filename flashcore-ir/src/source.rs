@@ -45,8 +45,11 @@ impl DType {
 pub enum ElemDecl {
     Fixed(DType),
     Generic(String),
-    /// `f32`: a per-row tensor `[B, H, S]` (the log-sum-exp output).
+    /// `f32`: a per-row output `[B, H, S]` (the log-sum-exp), or an input table read with
+    /// `.at(..)`.
     F32,
+    /// `i32`: an input table read with `.at(..)` (document ids, lengths).
+    I32,
 }
 
 /// One axis of a tensor parameter's shape: a symbol (`S`, `D`) or a literal (`64`).
@@ -359,6 +362,13 @@ pub enum ExprKind {
     Position {
         tile: Box<Expr>,
         dim: String,
+    },
+    /// `t.at(i, j, ..)`: elements of input table `t` (an f32 or i32 tensor of any rank), one
+    /// index per axis: uniform integers or i32 tiles (positions); an index past its axis reads
+    /// the axis's last element (the scores it could belong to are masked as the sequence's tail).
+    At {
+        table: String,
+        indices: Vec<Expr>,
     },
     /// `mask(s, keep)`: the scores of `s` where `keep` is false do not exist. The compiler
     /// sets them to -inf after all of the kernel's score code, wherever `mask` is written, so

@@ -93,6 +93,11 @@ fn expr(e: &Expr) -> TokenStream {
             let (t, d) = (b(tile), string(dim));
             quote!(#p::ExprKind::Position { tile: #t, dim: #d })
         }
+        ExprKind::At { table, indices } => {
+            let t = string(table);
+            let indices: Vec<TokenStream> = indices.iter().map(expr).collect();
+            quote!(#p::ExprKind::At { table: #t, indices: ::std::vec![#(#indices),*] })
+        }
         ExprKind::Mask { scores, keep } => {
             let (s, k) = (b(scores), b(keep));
             quote!(#p::ExprKind::Mask { scores: #s, keep: #k })
@@ -256,6 +261,7 @@ fn elem_decl(e: &ElemDecl) -> TokenStream {
             quote!(#p::ElemDecl::Generic(#name))
         }
         ElemDecl::F32 => quote!(#p::ElemDecl::F32),
+        ElemDecl::I32 => quote!(#p::ElemDecl::I32),
     }
 }
 
@@ -311,6 +317,7 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
     let elem_type = |dtype: &syn::Ident| match &f.elem_param {
         Some(t) if t == dtype => quote!(#t),
         _ if dtype == "f32" => quote!(f32),
+        _ if dtype == "i32" => quote!(i32),
         _ => quote!(::flashcore::runtime::#dtype),
     };
     for p in &f.params {

@@ -303,7 +303,11 @@ impl Converter<'_> {
                     span,
                 },
                 RawType::Tensor { writable, optional, dtype, dims } => {
-                    let dtype = if dtype == "f32" { ElemDecl::F32 } else { self.elem(dtype)? };
+                    let dtype = match dtype.to_string().as_str() {
+                        "f32" => ElemDecl::F32,
+                        "i32" => ElemDecl::I32,
+                        _ => self.elem(dtype)?,
+                    };
                     let shape = dims
                         .iter()
                         .map(|d| match d {
@@ -572,6 +576,15 @@ impl Converter<'_> {
                     };
                 ExprKind::Binary(op, boxed(self, &b.left)?, boxed(self, &b.right)?)
             }
+            syn::Expr::MethodCall(m) if m.method == "at" => {
+                // `doc.at(b, s.index(S))`: elements of an input table.
+                let table = match &*m.receiver {
+                    syn::Expr::Path(p) => path_ident(p)?.to_string(),
+                    other => return error(other, "`.at(..)` reads a table parameter: `doc.at(b, i)`"),
+                };
+                let indices = m.args.iter().map(|a| self.expr(a)).collect::<R<Vec<_>>>()?;
+                ExprKind::At { table, indices }
+            }
             syn::Expr::MethodCall(m) if m.method == "index" => {
                 // `s.index(S)`: positions along axis `S`.
                 let dim = match m.args.iter().collect::<Vec<_>>()[..] {
@@ -614,7 +627,7 @@ impl Converter<'_> {
                         return error(
                             &m.method,
                             format!(
-                            "unknown method `.{other}()`; expected `.t()`, `.to::<T>()` or `.index(AXIS)`"
+                            "unknown method `.{other}()`; expected `.t()`, `.to::<T>()`, `.index(AXIS)` or `.at(..)`"
                         ),
                         )
                     }

@@ -115,6 +115,11 @@ impl Element for f32 {
     const NAME: &'static str = "f32";
 }
 
+/// Input tables of integers (document ids).
+impl Element for i32 {
+    const NAME: &'static str = "i32";
+}
+
 /// Sequence offsets (`cu_seqlens`).
 impl Element for u32 {
     const NAME: &'static str = "u32";

@@ -14,6 +14,7 @@
 
 use crate::flash_kernel;
 use crate::reference::Variant;
+use crate::simulate::ExtraArg;
 
 /// Logit soft-capping (Gemma 2): each score `x = q·k·scale` becomes `cap · tanh(x / cap)`
 /// before the softmax, so no score exceeds `±cap`. `softcap` is `cap` (e.g. 30 or 50); causal
@@ -268,22 +269,124 @@ pub fn sliding_window_softcap_attention<T>(
     }
 }
 
+/// Document masking over a packed batch (FlexAttention's `document_mask`): each sequence of the
+/// batch packs several documents, token `i` of sequence `b` belongs to document `doc[b, i]`, and
+/// a query sees only the keys of its own document (with `Config::causal`, only those before it).
+/// Self-attention: the keys are the same tokens (`SK = S`).
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn document_attention<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    doc: Tensor<i32, B, S>,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            #[role(compute)]
+            let s = mask(s, doc.at(b, s.index(S)) == doc.at(b, s.index(SK)));
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
+/// An additive bias (relative-position biases, T5 and Swin): each score `x = q·k·scale` becomes
+/// `x + bias[b, h, i, j]`, read from a `[B, H, S, SK]` f32 tensor element by element.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn bias_attention<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    bias: Tensor<f32, B, H, S, SK>,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * scale;
+            #[role(compute)]
+            let s = (s + bias.at(b, h, s.index(S), s.index(SK))) * LOG2_E;
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
 /// The float64 reference of library kernel `kernel` (`attention` or one of this module's), as
-/// FlexAttention would state it: its score modification and mask, from the scalar parameters
-/// `scalar(name)` gives, for `heads` query heads, `s` query and `sk` key rows (positions are
-/// aligned to the bottom right, as the kernels align them). Written from each variant's formula,
-/// not from its DSL source. The example checks every run against it.
+/// FlexAttention would state it: its score modification and mask, from the values of its
+/// parameters after `scale` (`extras`, by name), for `heads` query heads, `s` query and `sk` key
+/// rows (positions are aligned to the bottom right, as the kernels align them). Written from
+/// each variant's formula, not from its DSL source. The example checks every run against it.
 pub fn reference(
     kernel: &str,
-    scalar: &dyn Fn(&str) -> Option<f32>,
+    extras: &[(String, ExtraArg)],
     heads: usize,
     s: usize,
     sk: usize,
 ) -> Result<Variant, String> {
-    let get = |name: &str| {
-        scalar(name)
-            .map(f64::from)
+    let find = |name: &str| {
+        extras
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, e)| e.clone())
             .ok_or_else(|| format!("`{kernel}` needs a value for its parameter `{name}`"))
+    };
+    let get = |name: &str| match find(name)? {
+        ExtraArg::F32(x) => Ok(x as f64),
+        _ => Err(format!("`{kernel}`'s parameter `{name}` is an f32, not a table")),
     };
     // Query row i sits at key position i + SK − S.
     let shift = sk as i64 - s as i64;
@@ -323,6 +426,27 @@ pub fn reference(
                 move |_, _, i, j| {
                     (j as f64) >= (diag(i) as f64) - left && (j as f64) <= (diag(i) as f64) + right
                 },
+            )
+        }
+        "document_attention" => {
+            let ExtraArg::I32Table { data, shape } = find("doc")? else {
+                return Err("`document_attention`'s `doc` is an i32 table [B, S]".into());
+            };
+            // Positions past the table read its last element, as the kernel's `.at` does.
+            let len = shape[1];
+            let doc = move |b: usize, i: usize| data[b * len + i.min(len - 1)];
+            Variant::new(|_, _, _, _, x| x, move |b, _, i, j| doc(b, i) == doc(b, j))
+        }
+        "bias_attention" => {
+            let ExtraArg::F32Table { data, shape } = find("bias")? else {
+                return Err("`bias_attention`'s `bias` is an f32 table [B, H, S, SK]".into());
+            };
+            let [_, h, rows, cols] = shape[..] else {
+                return Err("`bias_attention`'s `bias` is [B, H, S, SK]".into());
+            };
+            Variant::new(
+                move |b, hh, i, j, x| x + data[((b * h + hh) * rows + i) * cols + j] as f64,
+                |_, _, _, _| true,
             )
         }
         other => return Err(format!("no float64 reference for kernel `{other}`")),

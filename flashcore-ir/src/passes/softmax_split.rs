@@ -375,6 +375,9 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
             Op::Select { dst, cond: f(cond), then: f(then), otherwise: f(otherwise) }
         }
         Op::Position { dst, axis, index } => Op::Position { dst, axis, index: f(index) },
+        Op::Gather { dst, param, indices } => {
+            Op::Gather { dst, param, indices: indices.into_iter().map(f).collect() }
+        }
         Op::MaskWhere { dst, src, keep, mask } => Op::MaskWhere { dst, src: f(src), keep: f(keep), mask },
         Op::Assign { dst, src } => Op::Assign { dst, src: f(src) },
         Op::Store { dst, src } => Op::Store { dst: access(dst), src: f(src) },
