@@ -18,6 +18,13 @@ pub fn lower(program: &Program, config: &Config) -> std::result::Result<Kernel, 
     let mut lowerer = Lowerer::new(program, config)?;
     let mut body = Block::default();
     lowerer.block(&program.body, &mut body, Nesting::Top)?;
+    if let Some((name, span)) = program.outputs_never_stored().into_iter().next() {
+        return Err(LowerError::new(
+            span,
+            format!("output `{name}` is never stored: the kernel would leave it unwritten; `store` into it (`store({name}.tile(..), ..)`) or remove it"),
+        )
+        .into());
+    }
     let kernel = Kernel {
         name: program.name.clone(),
         config: *config,

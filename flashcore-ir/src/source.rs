@@ -428,3 +428,141 @@ pub struct Program {
     pub params: Vec<ParamDecl>,
     pub body: Vec<Stmt>,
 }
+
+impl Program {
+    /// Every name the body reads: variables, the tensors of tile references and tables.
+    fn names_read(&self) -> std::collections::HashSet<String> {
+        fn expr(e: &Expr, out: &mut std::collections::HashSet<String>) {
+            match &e.kind {
+                ExprKind::Var(v) => {
+                    out.insert(v.clone());
+                }
+                ExprKind::Load(t) | ExprKind::Stage(t) => {
+                    out.insert(t.tensor.clone());
+                }
+                ExprKind::At { table, indices } => {
+                    out.insert(table.clone());
+                    indices.iter().for_each(|i| expr(i, out));
+                }
+                ExprKind::Lit(_) | ExprKind::Int(_) | ExprKind::Const(_) => {}
+                ExprKind::Transpose(a)
+                | ExprKind::ToHalf(a, _)
+                | ExprKind::Exp2(a)
+                | ExprKind::Unary(_, a) => expr(a, out),
+                ExprKind::RowReduce(_, a) | ExprKind::Position { tile: a, .. } => expr(a, out),
+                ExprKind::Mma { a, b, acc } => {
+                    expr(a, out);
+                    expr(b, out);
+                    if let Some(c) = acc {
+                        expr(c, out);
+                    }
+                }
+                ExprKind::LogSumExp(a, b)
+                | ExprKind::Binary(_, a, b)
+                | ExprKind::Mask { scores: a, keep: b } => {
+                    expr(a, out);
+                    expr(b, out);
+                }
+                ExprKind::Select { cond, then, otherwise } => {
+                    expr(cond, out);
+                    expr(then, out);
+                    expr(otherwise, out);
+                }
+                ExprKind::Fill { value, .. } => expr(value, out),
+            }
+        }
+        fn stmts(body: &[Stmt], out: &mut std::collections::HashSet<String>) {
+            for s in body {
+                match &s.kind {
+                    StmtKind::Let { value, .. } | StmtKind::Assign { value, .. } => expr(value, out),
+                    StmtKind::Store { value, .. } => expr(value, out),
+                    StmtKind::Tiles { body, .. } | StmtKind::Pipeline { body, .. } => stmts(body, out),
+                }
+            }
+        }
+        let mut out = std::collections::HashSet::new();
+        stmts(&self.body, &mut out);
+        out
+    }
+
+    /// Inputs (tensors, tables, scalars) that the body never reads: a kernel that ignores an
+    /// argument its caller passes probably does not compute what its author meant (the macro
+    /// warns at the parameter). Sequence offsets are read by the work loop, not the body.
+    pub fn unread_inputs(&self) -> Vec<(String, SpanId)> {
+        let read = self.names_read();
+        self.params
+            .iter()
+            .filter_map(|p| match p {
+                ParamDecl::Tensor { name, writable: false, span, .. } | ParamDecl::Scalar { name, span } => {
+                    (!read.contains(name)).then(|| (name.clone(), *span))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Outputs that no `store` writes: the kernel would promise a result it never produces.
+    pub fn outputs_never_stored(&self) -> Vec<(String, SpanId)> {
+        fn stored(body: &[Stmt], out: &mut std::collections::HashSet<String>) {
+            for s in body {
+                match &s.kind {
+                    StmtKind::Store { target, .. } => {
+                        out.insert(target.tensor.clone());
+                    }
+                    StmtKind::Tiles { body, .. } | StmtKind::Pipeline { body, .. } => stored(body, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut written = std::collections::HashSet::new();
+        stored(&self.body, &mut written);
+        self.params
+            .iter()
+            .filter_map(|p| match p {
+                ParamDecl::Tensor { name, writable: true, span, .. } => {
+                    (!written.contains(name)).then(|| (name.clone(), *span))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(name: &str, writable: bool) -> ParamDecl {
+        let shape = ["B", "H", "S", "D"].iter().map(|d| Dim::Sym(d.to_string())).collect();
+        ParamDecl::Tensor {
+            name: name.into(),
+            dtype: ElemDecl::Fixed(DType::F16),
+            shape,
+            writable,
+            optional: false,
+            span: SpanId(0),
+        }
+    }
+
+    #[test]
+    fn unread_inputs_and_unstored_outputs_are_found() {
+        let var = |v: &str| Expr { kind: ExprKind::Var(v.into()), span: SpanId::NONE };
+        let program = Program {
+            name: "k".into(),
+            params: vec![
+                tensor("q", false),
+                tensor("o", true),
+                ParamDecl::Scalar { name: "scale".into(), span: SpanId(1) },
+                ParamDecl::Scalar { name: "unused".into(), span: SpanId(2) },
+            ],
+            body: vec![Stmt {
+                kind: StmtKind::Let { name: "x".into(), mutable: false, value: var("scale") },
+                role: None,
+                span: SpanId::NONE,
+            }],
+        };
+        let names = |v: Vec<(String, SpanId)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(program.unread_inputs()), ["q", "unused"]);
+        assert_eq!(names(program.outputs_never_stored()), ["o"]);
+    }
+}

@@ -44,5 +44,27 @@ fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> pro
         let err = syn::Error::new(f.name.span(), format!("code generation failed: {e}"));
         return error::fallback(err, Some(&f));
     }
-    generate::kernel(&f, &program, &attr.config)
+    let expansion = generate::kernel(&f, &program, &attr.config);
+    let warnings = program.unread_inputs().into_iter().map(|(name, id)| {
+        let span = spans.span(id).unwrap_or_else(|| f.name.span());
+        unread_input_warning(&name, &f.name.to_string(), span)
+    });
+    quote::quote!(#expansion #(#warnings)*)
+}
+
+/// A compiler warning at `span` that kernel input `name` is never read. Stable Rust gives
+/// procedural macros no warnings of their own: this uses a deprecated item, whose note rustc
+/// prints where it is used.
+fn unread_input_warning(name: &str, kernel: &str, span: proc_macro2::Span) -> proc_macro2::TokenStream {
+    let note = format!(
+        "input `{name}` of kernel `{kernel}` is never read: the kernel ignores what the caller passes for it"
+    );
+    quote::quote_spanned! {span=>
+        const _: () = {
+            #[deprecated(note = #note)]
+            #[allow(non_camel_case_types)]
+            struct flashcore_unread_input;
+            let _ = flashcore_unread_input;
+        };
+    }
 }

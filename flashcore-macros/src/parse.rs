@@ -24,6 +24,11 @@ impl SpanTable {
         SpanId(self.nodes.len() as u32 - 1)
     }
 
+    /// The span of node `id`'s first token.
+    pub fn span(&self, id: SpanId) -> Option<Span> {
+        self.nodes.get(id.0 as usize).and_then(|t| t.clone().into_iter().next()).map(|t| t.span())
+    }
+
     /// An error underlining node `id` (or `fallback` for programs built without spans).
     pub fn error(&self, id: SpanId, fallback: Span, message: &str) -> syn::Error {
         match self.nodes.get(id.0 as usize) {
