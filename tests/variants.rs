@@ -228,3 +228,80 @@ fn sliding_window_skips_the_tiles_outside_the_window() {
     println!("window 128 / window past the sequence, warp instructions: {ratio:.3}");
     assert!(ratio < 0.5, "the window visits too many tiles: {ratio:.3} of the full window's instructions");
 }
+
+/// A backward's dV-like product on transposed scores: the work loop walks the keys, each score
+/// tile is `K·Qᵀ` (rows are keys), and the causal mask is written with positions. Its
+/// orientation comes from the tile's axes, not from how the kernel is laid out, so key `j`
+/// gathers exactly the queries `i` with `j ≤ i + SK − S`.
+#[flashcore::flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn keys_gather_queries<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, H, SK, D>,
+    d_out: Tensor<T, B, H, S, D>,
+    dv: TensorMut<T, B, H, SK, D>,
+    scale: f32,
+) {
+    for (b, h, kt) in tiles(B, H, SK / TILE_M) {
+        #[role(compute)]
+        let kf = load(k.tile(b, h, kt));
+        let mut acc = zeros([TILE_M, D]);
+        for qt in pipeline(0..S / TILE_N) {
+            #[role(load)]
+            {
+                let qs = stage(q.tile(b, h, qt));
+                let ds = stage(d_out.tile(b, h, qt));
+            }
+            #[role(compute)]
+            let s = mma(kf, qs.t()) * scale;
+            #[role(compute)]
+            let s = mask(s, s.index(SK) <= s.index(S) + (SK - S));
+            #[role(compute)]
+            acc = mma(exp(s).to::<T>(), ds, acc);
+        }
+        store(dv.tile(b, h, kt), acc);
+    }
+}
+
+#[test]
+fn transposed_scores_mask_in_their_own_orientation() {
+    use flashcore::simulate::{simulate, HostArg, HostView};
+    let (b, h, s, sk, d) = (1, 2, 150, 77, 64);
+    let mut rng = flashcore::reference::Rng::new(11);
+    let mut gen =
+        |n: usize| (0..n).map(|_| flashcore::round_to(DType::F16, rng.normal() * 0.5)).collect::<Vec<f64>>();
+    let (q, k, g) = (gen(b * h * s * d), gen(b * h * sk * d), gen(b * h * s * d));
+    let scale = 0.125f32;
+    let half = |x: &[f64]| x.iter().map(|v| flashcore::f16::from_f64(*v)).collect::<Vec<_>>();
+    let (qh, kh, gh) = (half(&q), half(&k), half(&g));
+    let mut out = vec![flashcore::f16::NAN; b * h * sk * d];
+    let (qv, kv) = (HostView::contiguous(&[b, h, s, d]), HostView::contiguous(&[b, h, sk, d]));
+    for config in [keys_gather_queries::CONFIG, Config { load_warps: 1, ..keys_gather_queries::CONFIG }] {
+        let kernel = keys_gather_queries::compile(&config).unwrap();
+        let mut args = [
+            HostArg::Tensor(&qh, qv.clone()),
+            HostArg::Tensor(&kh, kv.clone()),
+            HostArg::Tensor(&gh, qv.clone()),
+            HostArg::TensorMut(&mut out, kv.clone()),
+            HostArg::F32(scale),
+        ];
+        simulate(&kernel, &mut args, &SimDevice::default()).unwrap();
+        let mut want = vec![0.0; b * h * sk * d];
+        for bh in 0..b * h {
+            for j in 0..sk {
+                for i in 0..s {
+                    if j as i64 > i as i64 + sk as i64 - s as i64 {
+                        continue;
+                    }
+                    let dot: f64 = (0..d).map(|x| k[(bh * sk + j) * d + x] * q[(bh * s + i) * d + x]).sum();
+                    let p = flashcore::round_to(DType::F16, (dot * scale as f64).exp());
+                    for x in 0..d {
+                        want[(bh * sk + j) * d + x] += p * g[(bh * s + i) * d + x];
+                    }
+                }
+            }
+        }
+        let got: Vec<f64> = out.iter().map(|x| x.to_f64()).collect();
+        let err = flashcore::reference::compare(&got, &want);
+        assert!(err.rel_l2 < 2e-3, "{config}: {err:?}");
+    }
+}

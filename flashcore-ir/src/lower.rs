@@ -525,6 +525,28 @@ impl Lowerer {
                     values.push(v);
                     loop_extents.push(e);
                     if self.causal_config && e.per_tile == Some(TileDim::M) {
+                        // The causal flag masks in the forward orientation: the work loop's
+                        // tiles are the queries, the sequence axis of the first tensor (`q`).
+                        // A kernel whose work loop walks another axis (the keys of a backward's
+                        // dK/dV) would be masked the wrong way round.
+                        let queries = self.params.iter().find_map(|p| match p {
+                            Param::Tensor(t) if !t.is_rows() => Some(t.dims[2]),
+                            _ => None,
+                        });
+                        if let Some(q_dim) = queries.filter(|q| *q != e.dim) {
+                            return err(
+                                extent.span,
+                                format!(
+                                    "the `causal` flag masks score tiles whose rows are the queries (the sequence axis `{}` of the first tensor), but this work loop walks `{}`: write the mask with positions instead, e.g. `mask(s, s.index({}) <= s.index({}) + ({} - {}))`",
+                                    self.dims[q_dim.0 as usize],
+                                    self.dims[e.dim.0 as usize],
+                                    self.dims[e.dim.0 as usize],
+                                    self.dims[q_dim.0 as usize],
+                                    self.dims[e.dim.0 as usize],
+                                    self.dims[q_dim.0 as usize],
+                                ),
+                            );
+                        }
                         self.causal = Some(Causal { q_tile: v, q_dim: e.dim });
                     }
                 }

@@ -52,7 +52,11 @@ struct Input {
 /// passing and failing kernels, the hang example), parsed on this thread.
 fn seeds() -> Vec<Input> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files = vec![root.join("src/kernels.rs"), root.join("examples/hang.rs")];
+    let mut files = vec![
+        root.join("src/kernels.rs"),
+        root.join("src/kernels/variants.rs"),
+        root.join("examples/hang.rs"),
+    ];
     let mut ui: Vec<_> = std::fs::read_dir(root.join("tests/ui"))
         .expect("tests/ui")
         .map(|e| e.expect("a directory entry").path())
@@ -84,6 +88,15 @@ const IDENTS: &[&str] = &[
     "row_max",
     "row_sum",
     "exp2",
+    "exp",
+    "tanh",
+    "fast_tanh",
+    "select",
+    "mask",
+    "min",
+    "index",
+    "at",
+    "i32",
     "store",
     "log_sum_exp",
     "tiles",
@@ -205,6 +218,15 @@ const SNIPPETS: &[&str] = &[
     "acc = mma(p, vs, acc);",
     "let m_new = max(m, row_max(s));",
     "let p = exp2(s - m_new);",
+    "let s = mask(s, s.index(SK) <= s.index(S) + (SK - S));",
+    "let s = mask(s, doc.at(b, s.index(S)) == doc.at(b, s.index(SK)));",
+    "let s = cap * tanh(s / cap);",
+    "let s = select(s.index(S) < 7, s, s * 2.0);",
+    "let s = (s + bias.at(b, h, s.index(S), s.index(SK))) * LOG2_E;",
+    "let p = exp2(s - m_new) + 1.0;",
+    "doc: Tensor<i32, B, S>,",
+    "bias: Tensor<f32, B, H, S, SK>,",
+    "!(s.index(S) % 3 == 1) || h > 2",
     "l = l * alpha + row_sum(p);",
     "store(o.tile(b, h, qt), acc / l);",
     "store(lse.tile(b, h, qt), log_sum_exp(m, l));",
