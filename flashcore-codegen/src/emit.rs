@@ -291,24 +291,16 @@ impl<'k> Emitter<'k> {
         self.w.comment("prologue: parameters, thread coordinates, per-lane address parts");
         for p in &k.params {
             match p {
-                Param::Tensor(t) => {
-                    let pname = format!("{}_param_{}", k.name, t.name);
-                    decls.push(format!("\t.param .u64 {pname}"));
-                    let raw = self.w.temp(RegClass::B64);
-                    let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&t.name)));
-                    self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
-                    self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
-                    self.tensors.push(Some(GlobalTensor { ptr, strides: Default::default() }));
-                }
                 Param::Scalar { name } => {
                     decls.push(format!("\t.param .f32 {}_param_{name}", k.name));
                     self.tensors.push(None);
                 }
-                Param::Table(t) => {
-                    let pname = format!("{}_param_{}", k.name, t.name);
+                Param::Tensor(TensorParam { name, .. }) | Param::Table(TableParam { name, .. }) => {
+                    // A global pointer: its strides follow the dims (below).
+                    let pname = format!("{}_param_{name}", k.name);
                     decls.push(format!("\t.param .u64 {pname}"));
                     let raw = self.w.temp(RegClass::B64);
-                    let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&t.name)));
+                    let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(name)));
                     self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
                     self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
                     self.tensors.push(Some(GlobalTensor { ptr, strides: Default::default() }));
@@ -1461,19 +1453,7 @@ impl<'k> Emitter<'k> {
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("mask of a non-fragment".into()));
         };
-        // Masked in place when nothing else reads the scores (the usual case: the last score
-        // op's result); otherwise into a copy.
-        let s = self.regs_of(src);
-        let d = if self.use_counts.get(&src) == Some(&1) && !self.regs.contains_key(&dst) {
-            self.regs.insert(dst, s.clone());
-            s
-        } else {
-            let d = self.regs_of(dst);
-            for i in 0..d.len {
-                self.w.ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
-            }
-            d
-        };
+        let d = self.scores_in_place(dst, src);
         let valid = self.valid_rows(tile, None);
         // `n` columns in the tile; this warp's fragments hold `n_warp` of them, from `key0` on
         // (split-KV), so a column index c of the fragment is key `key0 + c` of the tile.
@@ -1563,6 +1543,21 @@ impl<'k> Emitter<'k> {
         }
         self.w.place_label(&skip);
         Ok(())
+    }
+
+    /// The registers a mask of `src` writes `dst` into: `src`'s own when nothing else reads them
+    /// (the usual case: the last score op's result), else a copy.
+    pub(crate) fn scores_in_place(&mut self, dst: Value, src: Value) -> RegFamily {
+        let s = self.regs_of(src);
+        if self.use_counts.get(&src) == Some(&1) && !self.regs.contains_key(&dst) {
+            self.regs.insert(dst, s.clone());
+            return s;
+        }
+        let d = self.regs_of(dst);
+        for i in 0..d.len {
+            self.w.ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
+        }
+        d
     }
 
     /// Accumulator fragments of n-tiles 2j, 2j+1 become the A fragment of k-slice j.

@@ -269,18 +269,7 @@ impl Emitter<'_> {
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("mask of a non-fragment".into()));
         };
-        // In place when nothing else reads the scores; otherwise into a copy.
-        let s = self.regs_of(src);
-        let d = if self.use_counts.get(&src) == Some(&1) && !self.regs.contains_key(&dst) {
-            self.regs.insert(dst, s.clone());
-            s
-        } else {
-            let d = self.regs_of(dst);
-            for i in 0..d.len {
-                self.w.ins(format!("mov.f32 {}, {}", d.at(i), s.at(i)));
-            }
-            d
-        };
+        let d = self.scores_in_place(dst, src);
         let Some(id) = mask else {
             let (kt, dt) = (self.kernel.ty(keep), self.kernel.ty(dst));
             let k = self.regs_of(keep);
