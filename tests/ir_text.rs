@@ -1,0 +1,84 @@
+//! The text IR reads back: every registered kernel, lowered for several configs, prints, parses
+//! (`flashcore::ir::parse_kernel`) and prints the same text, and the passes give the same result
+//! on the parsed kernel as on the original. Plus file tests (`tests/filetests/*.ir`): a lowered
+//! kernel written as text, a pass, and the pinned text after it.
+
+use flashcore::ir::{parse_kernel, passes};
+use flashcore::{Config, DType};
+
+fn configs(declared: Config) -> Vec<Config> {
+    vec![
+        declared,
+        Config { causal: true, dtype: DType::Bf16, ..declared },
+        Config { stages: 3, load_warps: 1, persistent: true, ..declared },
+        Config { tile_m: 32, tile_n: 128, kv_splits: 2, varlen: true, ..declared },
+    ]
+}
+
+#[test]
+fn every_kernel_round_trips_through_the_text_ir() {
+    let mut checked = 0;
+    for entry in flashcore::registry::kernels() {
+        for config in configs(entry.config) {
+            let lowered = flashcore::ir::lower(&(entry.program)(), &config).unwrap();
+            let text = lowered.to_string();
+            let parsed =
+                parse_kernel(&text).unwrap_or_else(|e| panic!("{} {config}: {e}\n{text}", entry.name));
+            assert_eq!(parsed.to_string(), text, "{} {config}", entry.name);
+            let (a, b) = (passes::run_all(lowered).unwrap(), passes::run_all(parsed).unwrap());
+            assert_eq!(
+                a.to_string(),
+                b.to_string(),
+                "{} {config}: the passes differ on the parsed IR",
+                entry.name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4 * 8, "{checked} kernel configs checked");
+}
+
+#[test]
+fn malformed_text_is_an_error_with_its_line() {
+    let text = flashcore::kernels::attention::ir_after(&flashcore::kernels::attention::CONFIG, "lower")
+        .unwrap()
+        .to_string();
+    let broken = text.replacen("row_max", "row_median", 1);
+    let err = parse_kernel(&broken).unwrap_err();
+    let line = broken.lines().position(|l| l.contains("row_median")).unwrap() + 1;
+    assert_eq!(err.line, line, "{err}");
+    assert!(err.to_string().contains("row_median"), "{err}");
+    let undefined = text.replacen("= mma %qf.3", "= mma %qf.999", 1);
+    assert!(parse_kernel(&undefined).unwrap_err().to_string().contains("used before it is defined"));
+}
+
+/// `tests/filetests/*.ir`: `; run until: PASS`, a lowered kernel as text, then `; expect:` and
+/// the kernel's text after the passes up to PASS. `FLASHCORE_BLESS=1` rewrites the expectation.
+#[test]
+fn filetests() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "ir"));
+    files.sort();
+    assert!(!files.is_empty(), "no file tests in {}", dir.display());
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (input, expected) = text.split_once("; expect:\n").unwrap_or((&text, ""));
+        let pass = input
+            .lines()
+            .find_map(|l| l.strip_prefix("; run until: "))
+            .unwrap_or_else(|| panic!("{}: no `; run until: PASS` line", path.display()));
+        let kernel = parse_kernel(input).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let after = passes::run_until(kernel, Some(pass.trim())).unwrap().to_string();
+        if std::env::var_os("FLASHCORE_BLESS").is_some() {
+            std::fs::write(&path, format!("{input}; expect:\n{after}")).unwrap();
+            continue;
+        }
+        assert_eq!(
+            after,
+            expected,
+            "{}: the IR after `{pass}` differs (FLASHCORE_BLESS=1 rewrites it)",
+            path.display()
+        );
+    }
+}
