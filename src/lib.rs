@@ -299,7 +299,8 @@ pub struct Binding {
     pub dims: Vec<u32>,
     /// Work items (`B · H · ⌈S / TILE_M⌉` tiles): CTAs of a one-per-item launch.
     pub work_items: u64,
-    /// Per tensor parameter, its `B, H, S` strides in elements (0 for one left out).
+    /// The stride arguments, in the entry ABI's order (`Kernel::entry_abi`): each tensor's
+    /// `B, H, S` strides in elements (0 for one left out), each table's every axis.
     pub strides: Vec<u32>,
 }
 
@@ -358,13 +359,14 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
             _ => return Err(bad(&o.name, "missing: these sequence offsets are required".into())),
         }
     }
-    let mut strides = vec![];
-    for (param, arg) in kernel.params.iter().zip(args) {
+    // Each tensor's and table's strides, by parameter; ordered by the entry ABI at the end.
+    let mut param_strides: Vec<Vec<u32>> = vec![vec![]; kernel.params.len()];
+    for ((param, arg), strides) in kernel.params.iter().zip(args).zip(param_strides.iter_mut()) {
         if let Param::Table(t) = param {
             let ArgView::Tensor(view) = arg else {
                 return Err(bad(&t.name, "missing: this table is required".into()));
             };
-            bind_table(t, view, &mut strides).map_err(|m| bad(&t.name, m))?;
+            bind_table(t, view, strides).map_err(|m| bad(&t.name, m))?;
             for (axis, dim) in t.dims.iter().enumerate() {
                 bind(*dim, view.shape[axis] as u64, &t.name, format!(" (shape {:?})", view.shape))?;
             }
@@ -493,6 +495,14 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
             ),
         ));
     }
+    let strides = kernel
+        .entry_abi()
+        .into_iter()
+        .filter_map(|e| match e {
+            ir::abi::EntryParam::Stride { param, axis, .. } => Some(param_strides[param][axis]),
+            _ => None,
+        })
+        .collect();
     Ok(Binding {
         dims: dims.iter().map(|d| *d as u32).collect(),
         work_items: work_items.unwrap_or(0),
@@ -504,6 +514,15 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
 /// every other stride a multiple of 8 elements (16-byte copies); for per-row `[B, H, S]` f32
 /// tensors any strides (4-byte stores); for both each stride in bytes within 32 bits, the
 /// strides inside the buffer, and for an output no two elements at one address.
+/// The arguments do not fill the entry ABI (a bug: `bind_shapes` checked their count).
+fn abi_mismatch(kernel: &ir::Kernel) -> Error {
+    Error::Argument {
+        kernel: kernel.name.clone(),
+        arg: "(all)".into(),
+        message: "the arguments do not match the kernel's entry parameters".into(),
+    }
+}
+
 /// Checks a table's argument (element type, rank, strides inside its buffer, each stride in bytes
 /// within 32 bits) and appends its strides, one per axis, to the entry's stride arguments.
 fn bind_table(t: &ir::kernel::TableParam, view: &TensorView, strides: &mut Vec<u32>) -> Result<(), String> {
@@ -667,18 +686,31 @@ pub fn launch_async(
     let grid = grid_size(k, binding.work_items, || {
         Ok(device.ctas_per_sm(&image)?.max(1) as u64 * device.info().sm_count as u64)
     })?;
-    let mut launch_args: Vec<LaunchArg> = args
+    let mut per_param: Vec<Option<LaunchArg>> = args
         .iter_mut()
-        .map(|a| match a {
-            Arg::Tensor(t) => LaunchArg::Buffer(*t),
-            Arg::TensorMut(t) => LaunchArg::BufferMut(&mut **t),
-            Arg::Offsets(o) => LaunchArg::Buffer(o.buffer()),
-            Arg::Absent => LaunchArg::Null,
-            Arg::F32(x) => LaunchArg::F32(*x),
+        .map(|a| {
+            Some(match a {
+                Arg::Tensor(t) => LaunchArg::Buffer(*t),
+                Arg::TensorMut(t) => LaunchArg::BufferMut(&mut **t),
+                Arg::Offsets(o) => LaunchArg::Buffer(o.buffer()),
+                Arg::Absent => LaunchArg::Null,
+                Arg::F32(x) => LaunchArg::F32(*x),
+            })
         })
         .collect();
-    launch_args.extend(binding.dims.iter().map(|d| LaunchArg::U32(*d)));
-    launch_args.extend(binding.strides.iter().map(|s| LaunchArg::U32(*s)));
+    let mut strides = binding.strides.iter();
+    let mut launch_args: Vec<LaunchArg> = vec![];
+    for entry in k.entry_abi() {
+        launch_args.push(match entry {
+            ir::abi::EntryParam::Pointer { param } | ir::abi::EntryParam::F32 { param } => {
+                per_param[param].take().ok_or_else(|| abi_mismatch(k))?
+            }
+            ir::abi::EntryParam::Dim { dim } => LaunchArg::U32(binding.dims[dim.0 as usize]),
+            ir::abi::EntryParam::Stride { .. } => {
+                LaunchArg::U32(*strides.next().ok_or_else(|| abi_mismatch(k))?)
+            }
+        });
+    }
     device.launch(&image, grid, &mut launch_args)?;
     Ok(())
 }

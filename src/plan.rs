@@ -23,6 +23,7 @@
 
 use serde::Serialize;
 
+use crate::ir::abi::EntryParam;
 use crate::ir::kernel::Param;
 use crate::{bind_shapes, check_arg_kinds, ArgKind, ArgView, CompiledKernel, Error, TensorView};
 
@@ -124,7 +125,7 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
         })
         .collect();
     let binding = bind_shapes(k, &views)?;
-    let mut params: Vec<PlanParam> = k
+    let per_param: Vec<PlanParam> = k
         .params
         .iter()
         .zip(args)
@@ -143,24 +144,24 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             }
         })
         .collect();
-    params.extend(
-        k.dims
-            .iter()
-            .zip(&binding.dims)
-            .map(|(dim, value)| PlanParam::U32 { name: format!("dim_{dim}"), value: *value }),
-    );
-    // Each tensor's and table's strides, in parameter order, one per axis named.
+    // The entry parameters in the order `Kernel::entry_abi` states, named as the PTX names them
+    // (less the kernel's name).
     let mut strides = binding.strides.iter();
-    for (name, dims) in k.params.iter().filter_map(|p| match p {
-        Param::Tensor(t) => Some((&t.name, &t.dims[..])),
-        Param::Table(t) => Some((&t.name, &t.dims[..])),
-        _ => None,
-    }) {
-        for (dim, value) in dims.iter().zip(strides.by_ref()) {
-            let axis = &k.dims[dim.0 as usize];
-            params.push(PlanParam::U32 { name: format!("stride_{name}_{axis}"), value: *value });
-        }
-    }
+    let params: Vec<PlanParam> = k
+        .entry_abi()
+        .into_iter()
+        .map(|entry| match entry {
+            EntryParam::Pointer { param } | EntryParam::F32 { param } => per_param[param].clone(),
+            EntryParam::Dim { dim } => PlanParam::U32 {
+                name: format!("dim_{}", k.dims[dim.0 as usize]),
+                value: binding.dims[dim.0 as usize],
+            },
+            EntryParam::Stride { param, dim, .. } => PlanParam::U32 {
+                name: format!("stride_{}_{}", k.params[param].name(), k.dims[dim.0 as usize]),
+                value: strides.next().copied().unwrap_or(0),
+            },
+        })
+        .collect();
     Ok(LaunchPlan {
         kernel: k.name.clone(),
         config: k.config.to_string(),

@@ -16,6 +16,7 @@
 
 pub use flashcore_sim::{Options, SimError, Stats};
 
+use crate::ir::abi::EntryParam;
 use crate::{
     bind_shapes, check_arg_kinds, grid_size, ArgKind, ArgView, CompiledKernel, DType, Error, HalfFloat,
     SeqOffsets, TensorView,
@@ -134,10 +135,10 @@ pub fn simulate<T: HalfFloat>(
     }
     let grid = grid_size(k, binding.work_items, || Ok(device.sm_count.max(1) as u64))?;
     let mut machine = flashcore_sim::Machine::new(device.options);
-    let mut sim_args = Vec::with_capacity(args.len() + binding.dims.len());
+    let mut per_param = Vec::with_capacity(args.len());
     let mut outputs = Vec::new();
     for (i, arg) in args.iter().enumerate() {
-        sim_args.push(match arg {
+        per_param.push(match arg {
             HostArg::Tensor(data, _) => flashcore_sim::Arg::U64(machine.alloc(bytes_of(data))),
             HostArg::TensorMut(data, _) => {
                 let addr = machine.alloc(bytes_of(data));
@@ -162,8 +163,17 @@ pub fn simulate<T: HalfFloat>(
             }
         });
     }
-    sim_args.extend(binding.dims.iter().map(|d| flashcore_sim::Arg::U32(*d)));
-    sim_args.extend(binding.strides.iter().map(|s| flashcore_sim::Arg::U32(*s)));
+    // The entry parameters in the order `Kernel::entry_abi` states.
+    let mut strides = binding.strides.iter();
+    let sim_args: Vec<flashcore_sim::Arg> = k
+        .entry_abi()
+        .into_iter()
+        .map(|entry| match entry {
+            EntryParam::Pointer { param } | EntryParam::F32 { param } => per_param[param],
+            EntryParam::Dim { dim } => flashcore_sim::Arg::U32(binding.dims[dim.0 as usize]),
+            EntryParam::Stride { .. } => flashcore_sim::Arg::U32(strides.next().copied().unwrap_or(0)),
+        })
+        .collect();
     let launch = flashcore_sim::Launch {
         grid,
         threads: kernel.ptx.threads_per_cta,

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use flashcore_ir::abi::EntryParam;
 use flashcore_ir::kernel::*;
 use flashcore_ir::source::{BinOp, ReduceOp, UnaryOp};
 use flashcore_ir::Config;
@@ -289,71 +290,62 @@ impl<'k> Emitter<'k> {
         let k = self.kernel;
         let mut decls = vec![];
         self.w.comment("prologue: parameters, thread coordinates, per-lane address parts");
-        for p in &k.params {
-            match p {
-                Param::Scalar { name } => {
-                    decls.push(format!("\t.param .f32 {}_param_{name}", k.name));
-                    self.tensors.push(None);
-                }
-                Param::Tensor(TensorParam { name, .. }) | Param::Table(TableParam { name, .. }) => {
-                    // A global pointer: its strides follow the dims (below).
-                    let pname = format!("{}_param_{name}", k.name);
-                    decls.push(format!("\t.param .u64 {pname}"));
-                    let raw = self.w.temp(RegClass::B64);
-                    let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(name)));
-                    self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
-                    self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
-                    self.tensors.push(Some(GlobalTensor { ptr, strides: Default::default() }));
-                }
-                Param::Offsets(o) => {
-                    let pname = format!("{}_param_{}", k.name, o.name);
-                    decls.push(format!("\t.param .u64 {pname}"));
-                    self.tensors.push(None);
-                    if !self.cfg.varlen {
-                        continue; // the dense variant never reads them
+        // The entry parameters, in the one order `Kernel::entry_abi` states.
+        for entry in k.entry_abi() {
+            let pname = entry.ptx_name(k);
+            decls.push(format!("\t.param {} {pname}", entry.ptx_type()));
+            match entry {
+                EntryParam::F32 { .. } => self.tensors.push(None),
+                EntryParam::Pointer { param } => match &k.params[param] {
+                    Param::Offsets(o) => {
+                        self.tensors.push(None);
+                        if !self.cfg.varlen {
+                            continue; // the dense variant never reads them
+                        }
+                        let raw = self.w.temp(RegClass::B64);
+                        let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&o.name)));
+                        self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
+                        self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
+                        let seq_name = sanitize(&k.dims[o.seq.0 as usize]);
+                        self.ragged.push(RaggedDim {
+                            offsets: o.name.clone(),
+                            batch: o.batch,
+                            seq: o.seq,
+                            optional: o.optional,
+                            ptr,
+                            start: self.w.named(RegClass::B32, &format!("%seq_start_{seq_name}")),
+                            len: self.w.named(RegClass::B32, &format!("%seq_len_{seq_name}")),
+                        });
                     }
-                    let raw = self.w.temp(RegClass::B64);
-                    let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&o.name)));
-                    self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
-                    self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
-                    let seq_name = sanitize(&k.dims[o.seq.0 as usize]);
-                    self.ragged.push(RaggedDim {
-                        offsets: o.name.clone(),
-                        batch: o.batch,
-                        seq: o.seq,
-                        optional: o.optional,
-                        ptr,
-                        start: self.w.named(RegClass::B32, &format!("%seq_start_{seq_name}")),
-                        len: self.w.named(RegClass::B32, &format!("%seq_len_{seq_name}")),
-                    });
+                    p => {
+                        // A tensor's or table's global pointer; its strides come after the dims.
+                        let raw = self.w.temp(RegClass::B64);
+                        let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(p.name())));
+                        self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
+                        self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
+                        self.tensors.push(Some(GlobalTensor { ptr, strides: Default::default() }));
+                    }
+                },
+                EntryParam::Dim { dim } => {
+                    let reg =
+                        self.w.named(RegClass::B32, &format!("%dim_{}", sanitize(&k.dims[dim.0 as usize])));
+                    self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
+                    self.dim_regs.push(reg);
                 }
-            }
-        }
-        for d in &k.dims {
-            let pname = format!("{}_dim_{d}", k.name);
-            decls.push(format!("\t.param .u32 {pname}"));
-            let reg = self.w.named(RegClass::B32, &format!("%dim_{}", sanitize(d)));
-            self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
-            self.dim_regs.push(reg);
-        }
-        // Strides of every tensor's outer axes, in elements (the innermost axis is contiguous),
-        // kept in bytes.
-        // Tables follow, one stride per axis, in the same parameter order.
-        for (i, p) in k.params.iter().enumerate() {
-            let (tensor, dims, elem_shift) = match p {
-                Param::Tensor(t) => (&t.name, &t.dims[..], if t.is_rows() { 2 } else { 1 }),
-                Param::Table(t) => (&t.name, &t.dims[..], 2),
-                _ => continue,
-            };
-            for dim in dims {
-                let name = format!("{}_{}", sanitize(tensor), sanitize(&k.dims[dim.0 as usize]));
-                let pname = format!("{}_stride_{name}", k.name);
-                decls.push(format!("\t.param .u32 {pname}"));
-                let reg = self.w.named(RegClass::B32, &format!("%stride_{name}"));
-                self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
-                self.w.ins(format!("shl.b32 {reg}, {reg}, {elem_shift}"));
-                if let Some(g) = self.tensors[i].as_mut() {
-                    g.strides.push(reg);
+                EntryParam::Stride { param, dim, .. } => {
+                    // In elements; kept in bytes (f32 rows and tables: 4, 16-bit tensors: 2).
+                    let elem_shift = match &k.params[param] {
+                        Param::Tensor(t) if !t.is_rows() => 1,
+                        _ => 2,
+                    };
+                    let name =
+                        format!("{}_{}", sanitize(k.params[param].name()), sanitize(&k.dims[dim.0 as usize]));
+                    let reg = self.w.named(RegClass::B32, &format!("%stride_{name}"));
+                    self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
+                    self.w.ins(format!("shl.b32 {reg}, {reg}, {elem_shift}"));
+                    if let Some(g) = self.tensors[param].as_mut() {
+                        g.strides.push(reg);
+                    }
                 }
             }
         }

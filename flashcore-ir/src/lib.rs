@@ -4,6 +4,7 @@
 //!
 //! Invariant: this crate depends on neither `syn` nor `cudarc`; it is plain data and checks.
 
+pub mod abi;
 pub mod config;
 mod display;
 pub mod error;
