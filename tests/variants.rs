@@ -9,7 +9,7 @@ use flashcore::simulate::{check_variant, AttentionShape, ExtraArg, SimDevice};
 use flashcore::{CompiledKernel, Config, DType, Layout};
 
 /// Configs each variant runs under: the declared one, bf16, causal, load warps with 3 stages,
-/// and split-KV over two groups of warps.
+/// split-KV over two groups of warps, and softmax on its own warps.
 fn configs(declared: Config) -> Vec<Config> {
     vec![
         declared,
@@ -17,6 +17,7 @@ fn configs(declared: Config) -> Vec<Config> {
         Config { causal: true, ..declared },
         Config { stages: 3, load_warps: 1, causal: true, ..declared },
         Config { tile_m: 32, tile_n: 128, warps: 4, kv_splits: 2, ..declared },
+        Config { load_warps: 1, softmax_warps: 4, causal: true, ..declared },
     ]
 }
 
