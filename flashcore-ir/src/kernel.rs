@@ -151,17 +151,22 @@ impl Type {
         })
     }
 
-    /// The shape two elementwise operands broadcast to, element type aside (that of the
-    /// higher-ranked one): uniforms broadcast over rows and tiles, rows over tiles of as many
-    /// rows; tiles must agree.
-    pub fn broadcast(a: Type, b: Type) -> Option<Type> {
-        let rank = |t: &Type| match t {
+    /// How far an elementwise operand spreads: uniforms 0, row vectors 1, register tiles 2
+    /// (shared-memory tiles and counters 3: they take no part in elementwise ops).
+    pub fn rank(&self) -> u8 {
+        match self {
             t if t.is_uniform() => 0,
             Type::Row { .. } => 1,
             Type::Frag { .. } => 2,
             _ => 3,
-        };
-        let (hi, lo) = if rank(&a) >= rank(&b) { (a, b) } else { (b, a) };
+        }
+    }
+
+    /// The shape two elementwise operands broadcast to, element type aside (that of the
+    /// higher-ranked one): uniforms broadcast over rows and tiles, rows over tiles of as many
+    /// rows; tiles must agree.
+    pub fn broadcast(a: Type, b: Type) -> Option<Type> {
+        let (hi, lo) = if a.rank() >= b.rank() { (a, b) } else { (b, a) };
         match (hi, lo) {
             (h, l) if h.is_uniform() && l.is_uniform() => Some(h),
             (Type::Row { .. }, l) if l.is_uniform() => Some(hi),

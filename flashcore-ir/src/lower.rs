@@ -70,10 +70,8 @@ struct Lowerer {
     dims: Vec<String>,
     /// The head-dim axis as the user spelled it (a symbol such as `D`, or a literal).
     head_dim: Dim,
-    /// `Config::tile_m`, `tile_n` and `head_dim`: the values of `TILE_M`, `TILE_N` and `D`.
-    tile_m: u32,
-    tile_n: u32,
-    head_dim_size: u32,
+    /// The config lowered for (`TILE_M`, `TILE_N` and the head dim are its values).
+    config: Config,
     values: Vec<ValueData>,
     scopes: Vec<HashMap<String, Binding>>,
     /// Where the statement being lowered sits.
@@ -207,9 +205,7 @@ impl Lowerer {
             params: vec![],
             dims: vec![],
             head_dim: Dim::Lit(config.head_dim),
-            tile_m: config.tile_m,
-            tile_n: config.tile_n,
-            head_dim_size: config.head_dim,
+            config: *config,
             values: vec![],
             scopes: vec![HashMap::new()],
             nesting: Nesting::Top,
@@ -610,7 +606,7 @@ impl Lowerer {
                 self.pipeline_var = None;
                 self.nesting = nesting;
                 self.scopes.pop();
-                e.skip = skippable_mask(self, &inner);
+                e.skip = skippable_mask(&self.values, &inner);
                 out.insts.push(Inst {
                     op: Op::Pipeline {
                         var: v,
@@ -929,20 +925,7 @@ impl Lowerer {
     /// Rejects arithmetic that could bring masked scores back (see [`Masked`]).
     fn check_masked(&self, v: Value, allowed: &[Masked], what: &str, span: SpanId) -> Result<()> {
         match self.state.get(&v) {
-            Some(s) if !allowed.contains(s) => err(
-                span,
-                format!(
-                    "{what} on {} could un-mask them (masked ones are {}); arithmetic on scores belongs before the softmax, in the score code between the `mma` and the first `row_max`, exponential or row operation, where the compiler applies masks after it",
-                    match s {
-                        Masked::Scores => "masked scores",
-                        Masked::Probabilities => "probabilities of masked scores",
-                    },
-                    match s {
-                        Masked::Scores => "-inf",
-                        Masked::Probabilities => "0",
-                    }
-                ),
-            ),
+            Some(s) if !allowed.contains(s) => Err(masked_error(*s, what, span)),
             _ => Ok(()),
         }
     }
@@ -1283,9 +1266,9 @@ impl Lowerer {
     /// axis such as `S` (its length, i32).
     fn named_int(&mut self, var: &str, out: &mut Block, role: Option<Role>, span: SpanId) -> Result<Value> {
         let constant = match var {
-            "TILE_M" => Some(self.tile_m),
-            "TILE_N" => Some(self.tile_n),
-            _ if Dim::Sym(var.to_string()) == self.head_dim => Some(self.head_dim_size),
+            "TILE_M" => Some(self.config.tile_m),
+            "TILE_N" => Some(self.config.tile_n),
+            _ if Dim::Sym(var.to_string()) == self.head_dim => Some(self.config.head_dim),
             _ => None,
         };
         if let Some(value) = constant {
@@ -1336,13 +1319,8 @@ impl Lowerer {
             (None, Some(Masked::Probabilities)) if op == BinOp::Mul && broadcast(self.ty(l)) => {
                 Some(Masked::Probabilities)
             }
-            (Some(_), _) => {
-                self.check_masked(l, &[], &format!("`{}`", op.symbol()), span)?;
-                unreachable!("check_masked rejects every state with nothing allowed")
-            }
-            (None, Some(_)) => {
-                self.check_masked(r, &[], &format!("`{}`", op.symbol()), span)?;
-                unreachable!("check_masked rejects every state with nothing allowed")
+            (Some(s), _) | (None, Some(s)) => {
+                return Err(masked_error(s, &format!("`{}`", op.symbol()), span))
             }
         };
         let (nl, nr) = (self.numbers(l), self.numbers(r));
@@ -1407,14 +1385,9 @@ impl Lowerer {
         };
         // Uniforms and rows broadcast on the right; commutative ops (and comparisons, mirrored)
         // swap them there.
-        let rank = |t: &Type| match t {
-            t if t.is_uniform() => 0,
-            Type::Row { .. } => 1,
-            _ => 2,
-        };
         let swappable = op.is_commutative() || op.is_comparison();
         let (op, nl, nr) =
-            if swappable && rank(&lt) < rank(&rt) { (op.swapped(), nr, nl) } else { (op, nl, nr) };
+            if swappable && lt.rank() < rt.rank() { (op.swapped(), nr, nl) } else { (op, nl, nr) };
         let dst = self.new_value(result, name, false);
         self.push(out, Op::Binary { dst, op, lhs: nl, rhs: nr }, role, span);
         let bounded = !matches!(op, BinOp::Div | BinOp::Rem);
@@ -1758,10 +1731,24 @@ fn span_of(decl: &ParamDecl) -> SpanId {
     }
 }
 
+/// `what` applied to values in state `s` (past the mask) could un-mask them.
+fn masked_error(s: Masked, what: &str, span: SpanId) -> LowerError {
+    let (values, masked_as) = match s {
+        Masked::Scores => ("masked scores", "-inf"),
+        Masked::Probabilities => ("probabilities of masked scores", "0"),
+    };
+    LowerError::new(
+        span,
+        format!(
+            "{what} on {values} could un-mask them (masked ones are {masked_as}); arithmetic on scores belongs before the softmax, in the score code between the `mma` and the first `row_max`, exponential or row operation, where the compiler applies masks after it"
+        ),
+    )
+}
+
 /// The mask whose empty tiles the K/V loop `body` may skip: its one mask of positions, when the
 /// loop has one Q·Kᵀ score tile and carries exactly the online-softmax recurrence (a K/V tile
 /// whose scores are all masked then leaves the running max, sum and accumulator unchanged).
-fn skippable_mask(lowerer: &Lowerer, body: &Block) -> Option<MaskId> {
+fn skippable_mask(values: &[ValueData], body: &Block) -> Option<MaskId> {
     let mut masks = vec![];
     let mut score_tiles = 0;
     for inst in &body.insts {
@@ -1772,17 +1759,5 @@ fn skippable_mask(lowerer: &Lowerer, body: &Block) -> Option<MaskId> {
         }
     }
     let (&[Some(mask)], 1) = (&masks[..], score_tiles) else { return None };
-    let probe = Kernel {
-        name: String::new(),
-        config: Config::default(),
-        params: vec![],
-        dims: vec![],
-        values: lowerer.values.clone(),
-        buffers: vec![],
-        mbarriers: vec![],
-        channels: vec![],
-        masks: vec![],
-        body: Block::default(),
-    };
-    crate::passes::split_kv::online_softmax_state(&probe, body).map(|_| mask)
+    crate::passes::split_kv::online_softmax_state(values, body).map(|_| mask)
 }

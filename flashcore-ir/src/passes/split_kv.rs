@@ -41,8 +41,8 @@ fn insert_merge(kernel: &Kernel, body: &mut Block) -> Result<(), IrError> {
     };
     let Op::Pipeline { body: loop_body, .. } = &work.insts[at].op else { unreachable!() };
     let span = work.insts[at].span;
-    let (max, sum, acc) =
-        online_softmax_state(kernel, loop_body).ok_or_else(|| LowerError::new(span, NOT_ONLINE_SOFTMAX))?;
+    let (max, sum, acc) = online_softmax_state(&kernel.values, loop_body)
+        .ok_or_else(|| LowerError::new(span, NOT_ONLINE_SOFTMAX))?;
     work.insts
         .insert(at + 1, Inst { op: Op::MergeSplits { max, sum, acc }, role: Some(Role::Compute), span });
     Ok(())
@@ -51,7 +51,7 @@ fn insert_merge(kernel: &Kernel, body: &mut Block) -> Result<(), IrError> {
 const NOT_ONLINE_SOFTMAX: &str = "kv_splits > 1 merges the K/V loop's online-softmax states by log-sum-exp, so the loop must carry a running max `m = max(m, row_max(s))`, a sum `l = l * exp2(m - m_new) + row_sum(p)` and an accumulator rescaled by the same factor and updated by `mma(.., acc)`";
 
 /// The loop's `(m, l, acc)`, if its assignments are exactly the online-softmax recurrence.
-pub(crate) fn online_softmax_state(kernel: &Kernel, body: &Block) -> Option<(Value, Value, Value)> {
+pub(crate) fn online_softmax_state(values: &[ValueData], body: &Block) -> Option<(Value, Value, Value)> {
     let defs: HashMap<Value, &Op> =
         body.insts.iter().filter_map(|i| i.op.def().map(|d| (d, &i.op))).collect();
     let def = |v: Value| defs.get(&v).copied();
@@ -116,6 +116,6 @@ pub(crate) fn online_softmax_state(kernel: &Kernel, body: &Block) -> Option<(Val
     let [acc] = accs[..] else { return None };
     // Every other loop-carried value would be left unmerged.
     let carried = assigns.iter().all(|&(dst, _)| dst == m || dst == l || dst == acc);
-    let typed = matches!(kernel.ty(acc), Type::Frag { rows: TileDim::M, elem: Elem::F32, .. });
+    let typed = matches!(values[acc.index()].ty, Type::Frag { rows: TileDim::M, elem: Elem::F32, .. });
     (carried && typed).then_some((m, l, acc))
 }
