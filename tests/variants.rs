@@ -306,3 +306,66 @@ fn transposed_scores_mask_in_their_own_orientation() {
         assert!(err.rel_l2 < 2e-3, "{config}: {err:?}");
     }
 }
+
+/// A mask on a tile the softmax never reads (here a tile of zeros, masked everywhere) must not
+/// let the K/V loop skip the softmax's tiles: the kernel is plain attention, and computes it.
+#[flashcore::flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn mask_beside_the_softmax<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            #[role(compute)]
+            let decoy = mask(zeros([TILE_M, TILE_N]), s.index(SK) < 0);
+            #[role(compute)]
+            let ignored = row_max(decoy);
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
+#[test]
+fn a_mask_beside_the_softmax_skips_nothing() {
+    let config = mask_beside_the_softmax::CONFIG;
+    let lowered = mask_beside_the_softmax::ir_after(&config, "lower").unwrap().to_string();
+    assert!(lowered.contains("mask #0"), "the decoy is a mask of positions:\\n{lowered}");
+    assert!(!lowered.contains("skipping tiles"), "the K/V loop must not skip:\\n{lowered}");
+    let kernel = mask_beside_the_softmax::compile(&config).unwrap();
+    for shape in SHAPES {
+        let got =
+            check_variant(&kernel, shape, Layout::Bhsd, 4, &SimDevice::default(), &[], &Variant::plain())
+                .unwrap();
+        assert!(got.err.rel_l2 < 2e-3, "{shape:?}: {:?}", got.err);
+    }
+}

@@ -1745,19 +1745,52 @@ fn masked_error(s: Masked, what: &str, span: SpanId) -> LowerError {
     )
 }
 
-/// The mask whose empty tiles the K/V loop `body` may skip: its one mask of positions, when the
-/// loop has one Q·Kᵀ score tile and carries exactly the online-softmax recurrence (a K/V tile
-/// whose scores are all masked then leaves the running max, sum and accumulator unchanged).
+/// The mask whose empty tiles the K/V loop `body` may skip, when skipping them changes nothing:
+/// the loop has one score tile, masked by one mask of positions (`MaskWhere`) and then by the
+/// compiler's own (`MaskColumns`); every row max reads those scores, every row sum and every
+/// accumulating mma reads their exponentials `exp2(scores − row)`; and the loop carries exactly
+/// the online-softmax recurrence. A K/V tile whose scores are all masked then leaves the running
+/// max, sum and accumulator as they were.
 fn skippable_mask(values: &[ValueData], body: &Block) -> Option<MaskId> {
-    let mut masks = vec![];
-    let mut score_tiles = 0;
-    for inst in &body.insts {
-        match &inst.op {
-            Op::MaskWhere { mask, .. } => masks.push(*mask),
-            Op::MaskColumns { .. } => score_tiles += 1,
-            _ => {}
-        }
+    let defs: HashMap<Value, &Op> =
+        body.insts.iter().filter_map(|i| i.op.def().map(|d| (d, &i.op))).collect();
+    let wheres: Vec<(Value, Option<MaskId>)> = body
+        .insts
+        .iter()
+        .filter_map(|i| match i.op {
+            Op::MaskWhere { dst, mask, .. } => Some((dst, mask)),
+            _ => None,
+        })
+        .collect();
+    let columns: Vec<(Value, Value)> = body
+        .insts
+        .iter()
+        .filter_map(|i| match i.op {
+            Op::MaskColumns { dst, src, .. } => Some((dst, src)),
+            _ => None,
+        })
+        .collect();
+    let (&[(masked, Some(mask))], &[(scores, src)]) = (&wheres[..], &columns[..]) else { return None };
+    if src != masked {
+        return None;
     }
-    let (&[Some(mask)], 1) = (&masks[..], score_tiles) else { return None };
+    // exp2(scores − row): zero wherever a score is masked.
+    let probabilities = |v: &Value| match defs.get(v) {
+        Some(Op::Exp2 { src, .. }) => {
+            matches!(defs.get(src), Some(Op::Binary { op: BinOp::Sub, lhs, .. }) if *lhs == scores)
+        }
+        _ => false,
+    };
+    let reads_scores = body.insts.iter().all(|i| match &i.op {
+        Op::Reduce { op: ReduceOp::Max, src, .. } => *src == scores,
+        Op::Reduce { op: ReduceOp::Sum, src, .. } => probabilities(src),
+        Op::Mma { a, acc: Some(_), .. } => {
+            matches!(defs.get(a), Some(Op::ToHalf { src, .. }) if probabilities(src))
+        }
+        _ => true,
+    });
+    if !reads_scores {
+        return None;
+    }
     crate::passes::split_kv::online_softmax_state(values, body).map(|_| mask)
 }
