@@ -541,7 +541,7 @@ impl<'k> Emitter<'k> {
             }
             Op::ScalarParam { dst, param } => {
                 let r = self.regs_of(*dst).at(0);
-                let name = format!("{}_param_{}", self.kernel.name, self.kernel.params[*param].name());
+                let name = EntryParam::F32 { param: *param }.ptx_name(self.kernel);
                 self.w.ins(format!("ld.param.f32 {r}, [{name}]"));
                 Ok(())
             }
@@ -1748,16 +1748,8 @@ impl<'k> Emitter<'k> {
                 let (row0, group) = (self.th().warp_row0.clone(), self.th().group.clone());
                 self.w.ins(format!("mad.lo.u32 {base}, {idx}, {}, {row0}", tile.size(&self.cfg)));
                 self.w.ins(format!("add.u32 {base}, {base}, {group}"));
-                for mf in 0..shape.mfrags {
-                    for nt in 0..shape.col_blocks {
-                        for e in 0..4 {
-                            self.w.ins(format!(
-                                "add.u32 {}, {base}, {}",
-                                d.at(shape.acc(mf, nt, e)),
-                                16 * mf + 8 * (e / 2)
-                            ));
-                        }
-                    }
+                for (reg, row_offset, _) in shape.acc_elements() {
+                    self.w.ins(format!("add.u32 {}, {base}, {row_offset}", d.at(reg)));
                 }
             }
             TileAxis::Cols => {
@@ -1767,16 +1759,8 @@ impl<'k> Emitter<'k> {
                 if let Some(key0) = self.split_key0(cols) {
                     self.w.ins(format!("add.u32 {base}, {base}, {key0}"));
                 }
-                for mf in 0..shape.mfrags {
-                    for nt in 0..shape.col_blocks {
-                        for e in 0..4 {
-                            self.w.ins(format!(
-                                "add.u32 {}, {base}, {}",
-                                d.at(shape.acc(mf, nt, e)),
-                                8 * nt + e % 2
-                            ));
-                        }
-                    }
+                for (reg, _, col_offset) in shape.acc_elements() {
+                    self.w.ins(format!("add.u32 {}, {base}, {col_offset}", d.at(reg)));
                 }
             }
         }

@@ -27,6 +27,17 @@ impl FragShape {
         (mf * self.col_blocks + nt) * 4 + i
     }
 
+    /// Every accumulator element in register order, with the row and column it holds relative
+    /// to the thread's first (row `lane / 4` of the warp's rows, column `2·(lane % 4)`): element
+    /// `e` of n-tile `nt` in block `mf` is row `16·mf + 8·(e / 2)`, column `8·nt + e % 2`.
+    pub fn acc_elements(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.mfrags).flat_map(move |mf| {
+            (0..self.col_blocks).flat_map(move |nt| {
+                (0..4).map(move |e| (self.acc(mf, nt, e), 16 * mf + 8 * (e / 2), 8 * nt + e % 2))
+            })
+        })
+    }
+
     /// Register index of A-operand register `i` (0..4) of k-slice `kk` in block `mf`.
     pub fn a(&self, mf: usize, kk: usize, i: usize) -> usize {
         (mf * self.col_blocks + kk) * 4 + i

@@ -105,7 +105,7 @@ impl Emitter<'_> {
             }
             Op::ScalarParam { dst, param } => {
                 let d = self.stream_regs(*dst, slot);
-                let name = format!("{}_param_{}", self.kernel().name, self.kernel().params[*param].name());
+                let name = flashcore_ir::abi::EntryParam::F32 { param: *param }.ptx_name(self.kernel());
                 self.w().ins(format!("ld.param.f32 {}, [{name}]", d.at(0)));
             }
             Op::Assign { dst, src } => {

@@ -64,26 +64,27 @@ impl Emitter<'_> {
     /// The range of `e` over `r`. Subexpressions without positions are uniform over a work
     /// item: while `uniform_cache` is on (one mask's per-element code) each is computed once.
     fn mask_range(&mut self, e: &MaskExpr, r: &Region) -> Result<Range, CodegenError> {
-        // One element's position-dependent parts, computed once for that element.
+        // Parts that read a position are computed once per element (`element_cache`), the
+        // others once per mask (`uniform_cache`), while those caches are on.
         let key = format!("{e:?}");
-        if e.mentions_positions() {
-            if let Some(Some(hit)) = self.element_cache.as_ref().map(|c| c.get(&key)) {
-                return Ok(hit.clone());
-            }
-            let range = self.mask_range_uncached(e, r)?;
-            if let Some(cache) = self.element_cache.as_mut() {
-                cache.insert(key, range.clone());
-            }
-            return Ok(range);
-        }
-        if let Some(Some(hit)) = self.uniform_cache.as_ref().map(|c| c.get(&key)) {
+        let positional = e.mentions_positions();
+        if let Some(hit) = self.mask_cache(positional).as_ref().and_then(|c| c.get(&key)) {
             return Ok(hit.clone());
         }
         let range = self.mask_range_uncached(e, r)?;
-        if let Some(cache) = self.uniform_cache.as_mut() {
-            cache.insert(key, range.clone());
+        if let Some(c) = self.mask_cache(positional).as_mut() {
+            c.insert(key, range.clone());
         }
         Ok(range)
+    }
+
+    /// The cache for mask parts that read a position, or for those that do not.
+    fn mask_cache(&mut self, positional: bool) -> &mut Option<HashMap<String, Range>> {
+        if positional {
+            &mut self.element_cache
+        } else {
+            &mut self.uniform_cache
+        }
     }
 
     fn mask_range_uncached(&mut self, e: &MaskExpr, r: &Region) -> Result<Range, CodegenError> {
@@ -96,7 +97,7 @@ impl Emitter<'_> {
             MaskExpr::Len(d) => exact(self.dim_reg(*d), false),
             MaskExpr::Param(p) => {
                 let x = self.w.temp(RegClass::F32);
-                let name = format!("{}_param_{}", self.kernel.name, self.kernel.params[*p].name());
+                let name = EntryParam::F32 { param: *p }.ptx_name(self.kernel);
                 self.w.ins(format!("ld.param.f32 {x}, [{name}]"));
                 exact(x, true)
             }
@@ -308,18 +309,14 @@ impl Emitter<'_> {
         self.w.ins(format!("shl.b32 {col_base}, {quad_lane}, 1"));
         self.w.ins(format!("add.u32 {col_base}, {col_base}, {}", cols_box.0));
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
-        for mf in 0..shape.mfrags {
-            for nt in 0..shape.col_blocks {
-                for e in 0..4 {
-                    let (row, col) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
-                    self.w.ins(format!("add.u32 {row}, {row_base}, {}", 16 * mf + 8 * (e / 2)));
-                    self.w.ins(format!("add.u32 {col}, {col_base}, {}", 8 * nt + e % 2));
-                    let region = Region { rows: (row.clone(), row), cols: (col.clone(), col) };
-                    self.element_cache = Some(HashMap::new());
-                    let (keep, _) = self.mask_bounds(&expr, &region)?;
-                    self.w.ins(format!("@!{keep} mov.f32 {}, 0fFF800000", d.at(shape.acc(mf, nt, e))));
-                }
-            }
+        for (reg, row_offset, col_offset) in shape.acc_elements() {
+            let (row, col) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+            self.w.ins(format!("add.u32 {row}, {row_base}, {row_offset}"));
+            self.w.ins(format!("add.u32 {col}, {col_base}, {col_offset}"));
+            let region = Region { rows: (row.clone(), row), cols: (col.clone(), col) };
+            self.element_cache = Some(HashMap::new());
+            let (keep, _) = self.mask_bounds(&expr, &region)?;
+            self.w.ins(format!("@!{keep} mov.f32 {}, 0fFF800000", d.at(reg)));
         }
         self.uniform_cache = None;
         self.element_cache = None;
