@@ -1695,7 +1695,7 @@ impl<'k> Emitter<'k> {
         let Some(Param::Table(table)) = self.kernel.params.get(param) else {
             return Err(CodegenError::Internal("gather from a parameter that is not a table".into()));
         };
-        let dims = table.dims.clone();
+        let dims = &table.dims;
         let ty = if table.elem == Elem::I32 { "s32" } else { "f32" };
         let global = self.tensors[param]
             .clone()
@@ -1714,16 +1714,32 @@ impl<'k> Emitter<'k> {
                 r
             })
             .collect();
+        // An axis's byte offset for index register `idx`, clamped into `[0, len − 1]`.
+        let offset = |this: &mut Self, axis: usize, idx: &str| {
+            let clamped = this.w.temp(RegClass::B32);
+            this.w.ins(format!("max.s32 {clamped}, {idx}, 0"));
+            this.w.ins(format!("min.s32 {clamped}, {clamped}, {}", last[axis]));
+            let bytes = this.w.temp(RegClass::B64);
+            this.w.ins(format!("mul.wide.u32 {bytes}, {clamped}, {}", global.strides[axis]));
+            bytes
+        };
+        // Uniform indices (a batch, a head) address once; the others per element.
+        let base = self.w.temp(RegClass::B64);
+        self.w.ins(format!("mov.b64 {base}, {}", global.ptr));
+        for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
+            if t.is_uniform() {
+                let bytes = offset(self, axis, &r.at(0));
+                self.w.ins(format!("add.u64 {base}, {base}, {bytes}"));
+            }
+        }
         for i in 0..d.len {
             let addr = self.w.temp(RegClass::B64);
-            self.w.ins(format!("mov.b64 {addr}, {}", global.ptr));
+            self.w.ins(format!("mov.b64 {addr}, {base}"));
             for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
-                let idx = self.w.temp(RegClass::B32);
-                self.w.ins(format!("max.s32 {idx}, {}, 0", r.at(self.operand_index(*t, dt, i))));
-                self.w.ins(format!("min.s32 {idx}, {idx}, {}", last[axis]));
-                let offset = self.w.temp(RegClass::B64);
-                self.w.ins(format!("mul.wide.u32 {offset}, {idx}, {}", global.strides[axis]));
-                self.w.ins(format!("add.u64 {addr}, {addr}, {offset}"));
+                if !t.is_uniform() {
+                    let bytes = offset(self, axis, &r.at(self.operand_index(*t, dt, i)));
+                    self.w.ins(format!("add.u64 {addr}, {addr}, {bytes}"));
+                }
             }
             self.w.ins(format!("ld.global.{ty} {}, [{addr}]", d.at(i)));
         }
