@@ -98,18 +98,6 @@ fn float(s: &str) -> R<f32> {
     }
 }
 
-fn binop(name: &str) -> Option<BinOp> {
-    use BinOp::*;
-    [Add, Sub, Mul, Div, Rem, Max, Min, Lt, Le, Gt, Ge, Eq, Ne, And, Or]
-        .into_iter()
-        .find(|o| o.name() == name)
-}
-
-fn unop(name: &str) -> Option<UnaryOp> {
-    use UnaryOp::*;
-    [Neg, Not, Abs, Exp, Log, Sqrt, Tanh, FastTanh].into_iter().find(|o| o.name() == name)
-}
-
 impl Parser<'_> {
     fn next(&mut self) -> R<&str> {
         let (n, line) = *self.lines.get(self.at).ok_or("unexpected end of the IR")?;
@@ -258,24 +246,10 @@ impl Parser<'_> {
         if let Some(inner) = s.strip_prefix('(').and_then(|x| x.strip_suffix(')')) {
             let parts = split_outside(inner, " ", "(", ")");
             if parts.len() == 3 {
-                let op = [
-                    BinOp::Add,
-                    BinOp::Sub,
-                    BinOp::Mul,
-                    BinOp::Min,
-                    BinOp::Max,
-                    BinOp::Lt,
-                    BinOp::Le,
-                    BinOp::Gt,
-                    BinOp::Ge,
-                    BinOp::Eq,
-                    BinOp::Ne,
-                    BinOp::And,
-                    BinOp::Or,
-                ]
-                .into_iter()
-                .find(|o| o.symbol() == parts[1])
-                .ok_or_else(|| format!("unknown mask operator `{}`", parts[1]))?;
+                let op = BinOp::ALL
+                    .into_iter()
+                    .find(|o| o.symbol() == parts[1])
+                    .ok_or_else(|| format!("unknown mask operator `{}`", parts[1]))?;
                 return Ok(MaskExpr::Binary(
                     op,
                     b(self.mask_expr(&parts[0])?),
@@ -606,14 +580,14 @@ impl Parser<'_> {
                     _ => Op::ToHalf { dst, src },
                 })
             }
-            other if binop(other).is_some() => {
-                let op = binop(other).expect("checked");
+            other if BinOp::from_name(other).is_some() => {
+                let op = BinOp::from_name(other).expect("the guard found it");
                 let v = vals(self, args)?;
                 let [lhs, rhs] = v[..] else { return Err(format!("`{other}` takes two operands")) };
                 Box::new(move |dst| Op::Binary { dst, op, lhs, rhs })
             }
-            other if unop(other).is_some() => {
-                let op = unop(other).expect("checked");
+            other if UnaryOp::from_name(other).is_some() => {
+                let op = UnaryOp::from_name(other).expect("the guard found it");
                 let src = self.value(args, None)?;
                 Box::new(move |dst| Op::Unary { dst, op, src })
             }

@@ -169,6 +169,29 @@ pub enum BinOp {
 }
 
 impl BinOp {
+    pub const ALL: [BinOp; 15] = [
+        BinOp::Add,
+        BinOp::Sub,
+        BinOp::Mul,
+        BinOp::Div,
+        BinOp::Rem,
+        BinOp::Max,
+        BinOp::Min,
+        BinOp::Lt,
+        BinOp::Le,
+        BinOp::Gt,
+        BinOp::Ge,
+        BinOp::Eq,
+        BinOp::Ne,
+        BinOp::And,
+        BinOp::Or,
+    ];
+
+    /// The op printed as `name` in the text IR.
+    pub fn from_name(name: &str) -> Option<BinOp> {
+        BinOp::ALL.into_iter().find(|o| o.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             BinOp::Add => "add",
@@ -271,6 +294,22 @@ pub enum UnaryOp {
 impl UnaryOp {
     pub const FUNCTIONS: [UnaryOp; 6] =
         [UnaryOp::Abs, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Tanh, UnaryOp::FastTanh];
+
+    pub const ALL: [UnaryOp; 8] = [
+        UnaryOp::Neg,
+        UnaryOp::Not,
+        UnaryOp::Abs,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Tanh,
+        UnaryOp::FastTanh,
+    ];
+
+    /// The op printed as `name` in the text IR.
+    pub fn from_name(name: &str) -> Option<UnaryOp> {
+        UnaryOp::ALL.into_iter().find(|o| o.name() == name)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -430,6 +469,19 @@ pub struct Program {
 }
 
 impl Program {
+    /// Visits every statement, loop bodies included, in program order.
+    pub fn each_stmt(&self, f: &mut impl FnMut(&Stmt)) {
+        fn walk(body: &[Stmt], f: &mut impl FnMut(&Stmt)) {
+            for s in body {
+                f(s);
+                if let StmtKind::Tiles { body, .. } | StmtKind::Pipeline { body, .. } = &s.kind {
+                    walk(body, f);
+                }
+            }
+        }
+        walk(&self.body, f)
+    }
+
     /// Every name the body reads: variables, the tensors of tile references and tables.
     fn names_read(&self) -> std::collections::HashSet<String> {
         fn expr(e: &Expr, out: &mut std::collections::HashSet<String>) {
@@ -471,17 +523,13 @@ impl Program {
                 ExprKind::Fill { value, .. } => expr(value, out),
             }
         }
-        fn stmts(body: &[Stmt], out: &mut std::collections::HashSet<String>) {
-            for s in body {
-                match &s.kind {
-                    StmtKind::Let { value, .. } | StmtKind::Assign { value, .. } => expr(value, out),
-                    StmtKind::Store { value, .. } => expr(value, out),
-                    StmtKind::Tiles { body, .. } | StmtKind::Pipeline { body, .. } => stmts(body, out),
-                }
-            }
-        }
         let mut out = std::collections::HashSet::new();
-        stmts(&self.body, &mut out);
+        self.each_stmt(&mut |s| match &s.kind {
+            StmtKind::Let { value, .. } | StmtKind::Assign { value, .. } | StmtKind::Store { value, .. } => {
+                expr(value, &mut out)
+            }
+            StmtKind::Tiles { .. } | StmtKind::Pipeline { .. } => {}
+        });
         out
     }
 
@@ -503,19 +551,12 @@ impl Program {
 
     /// Outputs that no `store` writes: the kernel would promise a result it never produces.
     pub fn outputs_never_stored(&self) -> Vec<(String, SpanId)> {
-        fn stored(body: &[Stmt], out: &mut std::collections::HashSet<String>) {
-            for s in body {
-                match &s.kind {
-                    StmtKind::Store { target, .. } => {
-                        out.insert(target.tensor.clone());
-                    }
-                    StmtKind::Tiles { body, .. } | StmtKind::Pipeline { body, .. } => stored(body, out),
-                    _ => {}
-                }
-            }
-        }
         let mut written = std::collections::HashSet::new();
-        stored(&self.body, &mut written);
+        self.each_stmt(&mut |s| {
+            if let StmtKind::Store { target, .. } = &s.kind {
+                written.insert(target.tensor.clone());
+            }
+        });
         self.params
             .iter()
             .filter_map(|p| match p {
