@@ -205,14 +205,7 @@ impl Chosen {
                 let arg = match e {
                     Extra::F32(x) => ExtraArg::F32(*x),
                     Extra::Table { int, axes } => {
-                        let shape = axes
-                            .iter()
-                            .map(|a| {
-                                sizes.iter().find(|(n, _)| n == a).map(|(_, s)| *s).ok_or_else(|| {
-                                    format!("table `{name}`'s axis `{a}` is not one of the problem's")
-                                })
-                            })
-                            .collect::<Result<Vec<usize>, String>>()?;
+                        let shape = table_shape(name, axes, sizes)?;
                         let count: usize = shape.iter().product();
                         let last = *shape.last().unwrap_or(&1);
                         if *int {
@@ -281,6 +274,19 @@ impl Chosen {
         args.extend(offsets.map(|c| c.map_or(Arg::Absent, Arg::Offsets)));
         args
     }
+}
+
+/// The shape of table `name` over `axes` for a problem with these axis sizes.
+fn table_shape(name: &str, axes: &[String], sizes: &[(&str, usize)]) -> Result<Vec<usize>, String> {
+    axes.iter()
+        .map(|a| {
+            sizes
+                .iter()
+                .find(|(n, _)| n == a)
+                .map(|(_, s)| *s)
+                .ok_or_else(|| format!("table `{name}`'s axis `{a}` is not one of the problem's"))
+        })
+        .collect()
 }
 
 /// The sizes of the axes a problem's tables may name.
@@ -947,26 +953,29 @@ fn write_plan(o: &Options, chosen: &Chosen, path: &PathBuf) -> Result<String, St
         PlanArg::Absent,
         PlanArg::F32(cfg.default_scale()),
     ];
-    // Tables are the caller's: the plan names their shape (contiguous) and dtype.
-    let extras = chosen.problem_extras(&axis_sizes(shapes[0], hk, sk), &mut Rng::new(1))?;
-    let table_strides: Vec<Vec<usize>> = extras
+    // Tables are the caller's: the plan names their shape (contiguous) and dtype, no data.
+    let sizes = axis_sizes(shapes[0], hk, sk);
+    let table_shapes: Vec<Vec<usize>> = chosen
+        .extras
         .iter()
-        .map(|(_, e)| match e {
-            ExtraArg::F32Table { shape, .. } | ExtraArg::I32Table { shape, .. } => {
-                flashcore::runtime::contiguous_strides(shape)
-            }
-            ExtraArg::F32(_) => vec![],
+        .map(|(name, e)| match e {
+            Extra::Table { axes, .. } => table_shape(name, axes, &sizes),
+            Extra::F32(_) => Ok(vec![]),
         })
-        .collect();
-    args.extend(extras.iter().zip(&table_strides).map(|((_, e), strides)| match e {
-        ExtraArg::F32(x) => PlanArg::F32(*x),
-        ExtraArg::F32Table { data, shape } => {
-            PlanArg::Tensor(TensorView { dtype: "f32", shape, strides, buffer_len: data.len() })
-        }
-        ExtraArg::I32Table { data, shape } => {
-            PlanArg::Tensor(TensorView { dtype: "i32", shape, strides, buffer_len: data.len() })
-        }
-    }));
+        .collect::<Result<_, String>>()?;
+    let table_strides: Vec<Vec<usize>> =
+        table_shapes.iter().map(|s| flashcore::runtime::contiguous_strides(s)).collect();
+    args.extend(chosen.extras.iter().zip(table_shapes.iter().zip(&table_strides)).map(
+        |((_, e), (shape, strides))| match e {
+            Extra::F32(x) => PlanArg::F32(*x),
+            Extra::Table { int, .. } => PlanArg::Tensor(TensorView {
+                dtype: if *int { "i32" } else { "f32" },
+                shape,
+                strides,
+                buffer_len: shape.iter().product(),
+            }),
+        },
+    ));
     args.extend([PlanArg::Absent, PlanArg::Absent]);
     let plan = launch_plan(&compiled, &args).map_err(|e| e.to_string())?;
     std::fs::write(path, plan.to_json()).map_err(|e| format!("{}: {e}", path.display()))?;
