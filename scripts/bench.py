@@ -326,6 +326,22 @@ class Timer:
         return times
 
 
+def time_in_rounds(timer, runnable, call, iters, rounds, warmup):
+    """Event times (s) per implementation: `warmup` launches each, then `rounds` rounds whose
+    order of implementations rotates, about `iters` launches each in all. `call(fn, i)` launches
+    implementation `fn` on input set `i`."""
+    names = list(runnable)
+    for name in names:
+        timer.launches(lambda i, fn=runnable[name]: call(fn, i), warmup)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % max(1, len(names))
+        for name in names[shift:] + names[:shift]:
+            fn = runnable[name]
+            times[name] += timer.launches(lambda i: call(fn, i), max(1, iters // rounds))
+    return times
+
+
 def make_impls(args, driver, sm_count, shape, workdir, facts):
     """name -> (fn(q, k, v, o, causal) that launches, note)."""
     b, h, s, d, causal, dtype = shape
@@ -412,17 +428,9 @@ def bench_shape(args, driver, sm_count, timer, shape, workdir, facts):
             runnable[name] = fn
         except Exception as e:  # a backend that does not support the shape
             entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-    # Warm-up, then rounds with the order of implementations rotated.
     names = list(runnable)
-    for name in names:
-        timer.launches(lambda i, fn=runnable[name]: fn(*sets[i % n_sets], outs[i % n_sets], causal), 5)
-    times = {name: [] for name in names}
-    rounds = 5
-    for r in range(rounds):
-        for name in names[r % max(1, len(names)):] + names[:r % max(1, len(names))]:
-            fn = runnable[name]
-            times[name] += timer.launches(lambda i: fn(*sets[i % n_sets], outs[i % n_sets], causal),
-                                          max(1, args.iters // rounds))
+    times = time_in_rounds(timer, runnable, lambda fn, i: fn(*sets[i % n_sets], outs[i % n_sets], causal),
+                           args.iters, rounds=5, warmup=5)
     for name in names:
         entry = result["impls"][name]
         entry["us"] = statistics.median(times[name]) * 1e6

@@ -180,14 +180,8 @@ def bench_variant(args, driver, sm_count, timer, shape, name, spec, workdir, fac
         except Exception as e:
             entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     names = list(runnable)
-    for impl in names:
-        timer.launches(lambda i, fn=runnable[impl]: fn(*sets[i % n_sets], outs[i % n_sets]), 3)
-    times = {impl: [] for impl in names}
-    rounds = 3
-    for r in range(rounds):
-        for impl in names[r % max(1, len(names)):] + names[:r % max(1, len(names))]:
-            fn = runnable[impl]
-            times[impl] += timer.launches(lambda i: fn(*sets[i % n_sets], outs[i % n_sets]), max(1, args.iters // rounds))
+    times = bench.time_in_rounds(timer, runnable, lambda fn, i: fn(*sets[i % n_sets], outs[i % n_sets]),
+                                 args.iters, rounds=3, warmup=3)
     for impl in names:
         entry = result["impls"][impl]
         entry["us"] = statistics.median(times[impl]) * 1e6
