@@ -288,12 +288,15 @@ impl Emitter<'_> {
         let key0 = self.split_key0(cols);
         let (rows_per_warp, keys_per_warp) = (self.cfg.rows_per_warp(), cols.per_warp(&self.cfg));
         let row0 = self.th().warp_row0.clone();
-        let row_tile = match Self::row_var(&expr) {
-            Some(i) => self.work_index(i)?,
-            None => row0.clone(),
+        // This warp's box: its rows of the Q tile (unused by a mask that reads no row), its keys
+        // of the K/V tile.
+        let rows = match Self::row_var(&expr) {
+            Some(i) => {
+                let q_tile = self.work_index(i)?;
+                self.span_of_tile(&q_tile, self.cfg.tile_m, Some(&row0), rows_per_warp)
+            }
+            None => (row0.clone(), row0.clone()),
         };
-        // This warp's box: its rows of the Q tile, its keys of the K/V tile.
-        let rows = self.span_of_tile(&row_tile, self.cfg.tile_m, Some(&row0), rows_per_warp);
         let cols_box = self.span_of_tile(&kt, self.cfg.tile_n, key0.as_deref(), keys_per_warp);
         self.w.comment(format!("mask #{}: a warp whose scores it keeps everywhere skips it", id.0));
         let (can_hold, can_fail) =
