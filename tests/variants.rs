@@ -356,3 +356,64 @@ fn a_mask_beside_the_softmax_skips_nothing() {
         assert!(got.err.rel_l2 < 2e-3, "{shape:?}: {:?}", got.err);
     }
 }
+
+/// Causal masking written with i32 products: a product can wrap, which no interval of its
+/// operands bounds, so the mask is applied element by element (no tile skipping) and still
+/// matches float64.
+#[flashcore::flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn causal_with_products<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            #[role(compute)]
+            let s = mask(s, s.index(SK) * 2 <= (s.index(S) + (SK - S)) * 2);
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
+#[test]
+fn a_mask_with_integer_products_is_applied_per_element() {
+    let config = causal_with_products::CONFIG;
+    let lowered = causal_with_products::ir_after(&config, "lower").unwrap().to_string();
+    assert!(!lowered.contains("mask #0"), "an i32 product is not bounded by intervals:\n{lowered}");
+    let kernel = causal_with_products::compile(&config).unwrap();
+    for shape in SHAPES {
+        let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| j as i64 <= diag(shape, i));
+        let got =
+            check_variant(&kernel, shape, Layout::Bhsd, 6, &SimDevice::default(), &[], &variant).unwrap();
+        assert!(got.err.rel_l2 < 2e-3, "{shape:?}: {:?}", got.err);
+    }
+}

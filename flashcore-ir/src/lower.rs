@@ -1390,7 +1390,9 @@ impl Lowerer {
             if swappable && lt.rank() < rt.rank() { (op.swapped(), nr, nl) } else { (op, nl, nr) };
         let dst = self.new_value(result, name, false);
         self.push(out, Op::Binary { dst, op, lhs: nl, rhs: nr }, role, span);
-        let bounded = !matches!(op, BinOp::Div | BinOp::Rem);
+        // Interval arithmetic bounds these ops exactly; an i32 product can wrap, which no
+        // interval of the operands bounds, so a mask with one is applied element by element.
+        let bounded = !matches!(op, BinOp::Div | BinOp::Rem) && !(op == BinOp::Mul && elem == Elem::I32);
         if let (true, Some(a), Some(b)) = (bounded, self.sym_of(nl), self.sym_of(nr)) {
             self.sym.insert(dst, MaskExpr::Binary(op, Box::new(a), Box::new(b)));
         }
