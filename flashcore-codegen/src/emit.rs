@@ -131,8 +131,13 @@ pub struct Emitter<'k> {
     pipeline_var: Option<Value>,
     /// Uniform parts of a mask, computed once while its per-element code is emitted.
     uniform_cache: Option<HashMap<String, mask::Range>>,
-    /// The parts of a mask at one element's position, while that element's code is emitted.
+    /// The parts of a mask that read positions, per position register, while one mask's
+    /// per-element code is emitted.
     element_cache: Option<HashMap<String, mask::Range>>,
+    /// The parts of a mask that read no key position, computed before the bounds scan's loop.
+    invariant_cache: Option<HashMap<String, mask::Range>>,
+    /// Whether a mask's table runs are read by the whole (converged) warp together.
+    cooperative_tables: bool,
 }
 
 /// A sequence dim made ragged by offsets: their pointer, and the registers that hold the
@@ -225,6 +230,8 @@ impl<'k> Emitter<'k> {
             pipeline_var: None,
             uniform_cache: None,
             element_cache: None,
+            invariant_cache: None,
+            cooperative_tables: false,
             team: Team::default(),
             group_warp: String::new(),
             stream: None,

@@ -96,6 +96,11 @@ impl Printer<'_> {
             MaskExpr::Unary(UnaryOp::Not, a) => format!("!{}", self.mask_expr(a)),
             MaskExpr::Unary(op, a) => format!("{}({})", op.name(), self.mask_expr(a)),
             MaskExpr::ToFloat(a) => format!("f32({})", self.mask_expr(a)),
+            MaskExpr::Table { param, indices } => format!(
+                "{}.at({})",
+                self.kernel.params[*param].name(),
+                indices.iter().map(|i| self.mask_expr(i)).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 

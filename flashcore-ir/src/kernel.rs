@@ -395,6 +395,14 @@ pub enum MaskExpr {
     Unary(UnaryOp, Box<MaskExpr>),
     /// i32 to f32.
     ToFloat(Box<MaskExpr>),
+    /// Element `indices` of i32 input table `param` (each index clamped into its axis, as
+    /// [`Op::Gather`] reads it): document ids per token, sequence lengths. Over a box of
+    /// positions its range is the exact minimum and maximum of the elements the box can read,
+    /// found by reading them, so at most one index may vary with the position.
+    Table {
+        param: usize,
+        indices: Vec<MaskExpr>,
+    },
 }
 
 impl MaskExpr {
@@ -404,6 +412,30 @@ impl MaskExpr {
             MaskExpr::RowPos(_) | MaskExpr::ColPos => true,
             MaskExpr::Binary(_, a, b) => a.mentions_positions() || b.mentions_positions(),
             MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.mentions_positions(),
+            MaskExpr::Table { indices, .. } => indices.iter().any(MaskExpr::mentions_positions),
+            _ => false,
+        }
+    }
+
+    /// Whether the expression reads a query position.
+    pub fn mentions_rows(&self) -> bool {
+        match self {
+            MaskExpr::RowPos(_) => true,
+            MaskExpr::Binary(_, a, b) => a.mentions_rows() || b.mentions_rows(),
+            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.mentions_rows(),
+            MaskExpr::Table { indices, .. } => indices.iter().any(MaskExpr::mentions_rows),
+            _ => false,
+        }
+    }
+
+    /// Whether the expression reads a key position (otherwise it is the same for every K/V
+    /// tile of a work item).
+    pub fn mentions_cols(&self) -> bool {
+        match self {
+            MaskExpr::ColPos => true,
+            MaskExpr::Binary(_, a, b) => a.mentions_cols() || b.mentions_cols(),
+            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.mentions_cols(),
+            MaskExpr::Table { indices, .. } => indices.iter().any(MaskExpr::mentions_cols),
             _ => false,
         }
     }
@@ -415,7 +447,8 @@ impl MaskExpr {
             | MaskExpr::ColPos
             | MaskExpr::WorkIndex(_)
             | MaskExpr::Len(_)
-            | MaskExpr::Int(_) => Elem::I32,
+            | MaskExpr::Int(_)
+            | MaskExpr::Table { .. } => Elem::I32,
             MaskExpr::Param(_) | MaskExpr::Float(_) | MaskExpr::ToFloat(_) => Elem::F32,
             MaskExpr::Binary(op, a, _) if !op.is_comparison() && !op.is_logic() => a.elem(),
             MaskExpr::Binary(..) => Elem::Bool,

@@ -1573,6 +1573,15 @@ impl Lowerer {
         let result = shape.with_elem(elem).expect("uniforms and tiles hold f32 and i32");
         let dst = self.new_value(result, name, false);
         self.push(out, Op::Gather { dst, param, indices: values.clone() }, role, span);
+        // An i32 table read whose indices are expressions of positions is one too, so a mask
+        // on it (document ids) can be decided per tile; at most one index may vary with the
+        // position, which keeps its range over a tile one run of elements.
+        let syms: Option<Vec<MaskExpr>> = values.iter().map(|v| self.sym_of(*v)).collect();
+        if let Some(indices) = syms {
+            if elem == Elem::I32 && indices.iter().filter(|i| i.mentions_positions()).count() <= 1 {
+                self.sym.insert(dst, MaskExpr::Table { param, indices });
+            }
+        }
         self.inherit_axes(dst, &values);
         Ok(dst)
     }

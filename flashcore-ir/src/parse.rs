@@ -276,6 +276,13 @@ impl Parser<'_> {
         if let Some(x) = call("neg") {
             return Ok(MaskExpr::Unary(UnaryOp::Neg, b(self.mask_expr(x)?)));
         }
+        if let Some((table, args)) = s.strip_suffix(')').and_then(|x| x.split_once(".at(")) {
+            let indices = split_outside(args, ",", "(", ")")
+                .iter()
+                .map(|i| self.mask_expr(i))
+                .collect::<R<Vec<_>>>()?;
+            return Ok(MaskExpr::Table { param: self.param(table)?, indices });
+        }
         if s == "col_pos" {
             return Ok(MaskExpr::ColPos);
         }

@@ -46,6 +46,7 @@ impl Emitter<'_> {
             MaskExpr::RowPos(i) => Some(*i),
             MaskExpr::Binary(_, a, b) => Self::row_var(a).or_else(|| Self::row_var(b)),
             MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => Self::row_var(a),
+            MaskExpr::Table { indices, .. } => indices.iter().find_map(Self::row_var),
             _ => None,
         }
     }
@@ -64,26 +65,54 @@ impl Emitter<'_> {
     /// The range of `e` over `r`. Subexpressions without positions are uniform over a work
     /// item: while `uniform_cache` is on (one mask's per-element code) each is computed once.
     fn mask_range(&mut self, e: &MaskExpr, r: &Region) -> Result<Range, CodegenError> {
-        // Parts that read a position are computed once per element (`element_cache`), the
-        // others once per mask (`uniform_cache`), while those caches are on.
-        let key = format!("{e:?}");
-        let positional = e.mentions_positions();
-        if let Some(hit) = self.mask_cache(positional).as_ref().and_then(|c| c.get(&key)) {
+        // While the caches are on, each part is computed once: per row or key position it
+        // reads (`element_cache`, keyed by the position registers), per mask when it reads
+        // none (`uniform_cache`), or per work item when it reads no key (`invariant_cache`,
+        // the bounds scan's).
+        let mut key = format!("{e:?}");
+        if e.mentions_rows() {
+            key += &format!(" @rows {}..{}", r.rows.0, r.rows.1);
+        }
+        if e.mentions_cols() {
+            key += &format!(" @cols {}..{}", r.cols.0, r.cols.1);
+        }
+        if let Some(hit) = self.mask_cache(e).as_ref().and_then(|c| c.get(&key)) {
             return Ok(hit.clone());
         }
         let range = self.mask_range_uncached(e, r)?;
-        if let Some(c) = self.mask_cache(positional).as_mut() {
+        if let Some(c) = self.mask_cache(e).as_mut() {
             c.insert(key, range.clone());
         }
         Ok(range)
     }
 
-    /// The cache for mask parts that read a position, or for those that do not.
-    fn mask_cache(&mut self, positional: bool) -> &mut Option<HashMap<String, Range>> {
-        if positional {
+    /// The cache that holds `e`'s range (see [`Emitter::mask_range`]).
+    fn mask_cache(&mut self, e: &MaskExpr) -> &mut Option<HashMap<String, Range>> {
+        if self.invariant_cache.is_some() && !e.mentions_cols() {
+            &mut self.invariant_cache
+        } else if e.mentions_positions() {
             &mut self.element_cache
         } else {
             &mut self.uniform_cache
+        }
+    }
+
+    /// Computes the parts of `e` that read no key position into `invariant_cache` (which must
+    /// be on), so that a loop over K/V tiles emitted after this finds them there.
+    fn hoist_key_invariant(&mut self, e: &MaskExpr, r: &Region) -> Result<(), CodegenError> {
+        if !e.mentions_cols() {
+            return self.mask_range(e, r).map(|_| ());
+        }
+        match e {
+            MaskExpr::Binary(_, a, b) => {
+                self.hoist_key_invariant(a, r)?;
+                self.hoist_key_invariant(b, r)
+            }
+            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => self.hoist_key_invariant(a, r),
+            MaskExpr::Table { indices, .. } => {
+                indices.iter().try_for_each(|i| self.hoist_key_invariant(i, r))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -148,7 +177,110 @@ impl Emitter<'_> {
                 let (a, b) = (self.mask_range(a, r)?, self.mask_range(b, r)?);
                 self.binary_range(*op, a, b)?
             }
+            MaskExpr::Table { param, indices } => {
+                let ranges = indices.iter().map(|i| self.mask_range(i, r)).collect::<Result<Vec<_>, _>>()?;
+                self.table_range(*param, &ranges)?
+            }
         })
+    }
+
+    /// The range of i32 table `param` read at index ranges `indices` (each clamped into its
+    /// axis, as `t.at(..)` reads): one load when every index is exact; otherwise the minimum
+    /// and maximum of the run of elements along the one index that varies. Each lane reads the
+    /// run itself (8 loads in flight a step), or, with `cooperative_tables` on (a converged
+    /// warp with one run for all its lanes), lane `l` reads elements `l, l + 32, ..` and a
+    /// butterfly combines them.
+    fn table_range(&mut self, param: usize, indices: &[Range]) -> Result<Range, CodegenError> {
+        let Some(Param::Table(table)) = self.kernel.params.get(param) else {
+            return Err(CodegenError::Internal("a mask reads a parameter that is not a table".into()));
+        };
+        if table.elem != Elem::I32 || table.dims.len() != indices.len() {
+            return Err(CodegenError::Internal("a mask reads a table that is not i32 at its rank".into()));
+        }
+        let dims = table.dims.clone();
+        let global = self.tensors[param]
+            .clone()
+            .ok_or_else(|| CodegenError::Internal("table without a pointer".into()))?;
+        let clamp = |this: &mut Self, axis: usize, idx: &str| {
+            let last = this.w.temp(RegClass::B32);
+            this.w.ins(format!("sub.s32 {last}, {}, 1", this.dim_reg(dims[axis])));
+            let clamped = this.w.temp(RegClass::B32);
+            this.w.ins(format!("max.s32 {clamped}, {idx}, 0"));
+            this.w.ins(format!("min.s32 {clamped}, {clamped}, {last}"));
+            clamped
+        };
+        let base = self.w.temp(RegClass::B64);
+        self.w.ins(format!("mov.b64 {base}, {}", global.ptr));
+        let mut varying = None;
+        for (axis, index) in indices.iter().enumerate() {
+            let Range::Num { lo, hi, float: false } = index else {
+                return Err(CodegenError::Internal("a table index that is not an i32".into()));
+            };
+            if lo != hi {
+                if varying.is_some() {
+                    return Err(CodegenError::Internal("a mask's table read varies along two axes".into()));
+                }
+                varying = Some((axis, lo.clone(), hi.clone()));
+                continue;
+            }
+            let clamped = clamp(self, axis, lo);
+            let bytes = self.w.temp(RegClass::B64);
+            self.w.ins(format!("mul.wide.u32 {bytes}, {clamped}, {}", global.strides[axis]));
+            self.w.ins(format!("add.u64 {base}, {base}, {bytes}"));
+        }
+        let Some((axis, lo, hi)) = varying else {
+            let x = self.w.temp(RegClass::B32);
+            self.w.ins(format!("ld.global.s32 {x}, [{base}]"));
+            return Ok(Range::Num { lo: x.clone(), hi: x, float: false });
+        };
+        let (first, last) = (clamp(self, axis, &lo), clamp(self, axis, &hi));
+        let stride = global.strides[axis].clone();
+        let (min, max, j) =
+            (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("mov.s32 {min}, 2147483647"));
+        self.w.ins(format!("mov.s32 {max}, -2147483648"));
+        let cooperative = self.cooperative_tables;
+        let (step, unroll) = if cooperative { (32, 1) } else { (8, 8) };
+        if cooperative {
+            self.w.ins(format!("add.s32 {j}, {first}, {}", self.th().lane));
+        } else {
+            self.w.ins(format!("mov.s32 {j}, {first}"));
+        }
+        let (top, done) = (self.w.label("table_run"), self.w.label("table_run_done"));
+        let past = self.w.temp(RegClass::Pred);
+        self.w.place_label(&top);
+        self.w.ins(format!("setp.gt.s32 {past}, {j}, {last}"));
+        self.w.ins(format!("@{past} bra {done}"));
+        for u in 0..unroll {
+            // Past the run's end a step rereads its last element, which leaves min and max as
+            // they are.
+            let (idx, bytes, addr, x) = (
+                self.w.temp(RegClass::B32),
+                self.w.temp(RegClass::B64),
+                self.w.temp(RegClass::B64),
+                self.w.temp(RegClass::B32),
+            );
+            self.w.ins(format!("add.s32 {idx}, {j}, {u}"));
+            self.w.ins(format!("min.s32 {idx}, {idx}, {last}"));
+            self.w.ins(format!("mul.wide.u32 {bytes}, {idx}, {stride}"));
+            self.w.ins(format!("add.u64 {addr}, {base}, {bytes}"));
+            self.w.ins(format!("ld.global.s32 {x}, [{addr}]"));
+            self.w.ins(format!("min.s32 {min}, {min}, {x}"));
+            self.w.ins(format!("max.s32 {max}, {max}, {x}"));
+        }
+        self.w.ins(format!("add.s32 {j}, {j}, {step}"));
+        self.w.ins(format!("bra {top}"));
+        self.w.place_label(&done);
+        if cooperative {
+            for lanes in [16, 8, 4, 2, 1] {
+                let other = self.w.temp(RegClass::B32);
+                self.w.ins(format!("shfl.sync.bfly.b32 {other}, {min}, {lanes}, 0x1f, 0xffffffff"));
+                self.w.ins(format!("min.s32 {min}, {min}, {other}"));
+                self.w.ins(format!("shfl.sync.bfly.b32 {other}, {max}, {lanes}, 0x1f, 0xffffffff"));
+                self.w.ins(format!("max.s32 {max}, {max}, {other}"));
+            }
+        }
+        Ok(Range::Num { lo: min, hi: max, float: false })
     }
 
     fn binary_range(&mut self, op: BinOp, a: Range, b: Range) -> Result<Range, CodegenError> {
@@ -299,25 +431,44 @@ impl Emitter<'_> {
         };
         let cols_box = self.span_of_tile(&kt, self.cfg.tile_n, key0.as_deref(), keys_per_warp);
         self.w.comment(format!("mask #{}: a warp whose scores it keeps everywhere skips it", id.0));
-        let (can_hold, can_fail) =
-            self.mask_bounds(&expr, &Region { rows: rows.clone(), cols: cols_box.clone() })?;
+        // The caches stay on through the per-element code, which the check dominates.
+        self.uniform_cache = Some(HashMap::new());
+        self.element_cache = Some(HashMap::new());
+        self.cooperative_tables = true;
+        let bounds = self.mask_bounds(&expr, &Region { rows: rows.clone(), cols: cols_box.clone() });
+        self.cooperative_tables = false;
+        let (can_hold, can_fail) = bounds?;
         let (full, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_full"));
         self.w.ins(format!("not.pred {full}, {can_fail}"));
         self.w.ins(format!("and.pred {full}, {full}, {can_hold}"));
         self.w.ins(format!("@{full} bra.uni {skip}"));
-        self.uniform_cache = Some(HashMap::new());
         let (group, quad_lane) = (self.th().group.clone(), self.th().quad_lane.clone());
         let (row_base, col_base) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
         self.w.ins(format!("add.u32 {row_base}, {}, {group}", rows.0));
         self.w.ins(format!("shl.b32 {col_base}, {quad_lane}, 1"));
         self.w.ins(format!("add.u32 {col_base}, {col_base}, {}", cols_box.0));
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        // One register per row and per key position, so that the parts of the mask that read
+        // only the row (or only the key) are computed once per row (or key), not per element.
+        let (mut row_regs, mut col_regs) = (HashMap::new(), HashMap::new());
         for (reg, row_offset, col_offset) in shape.acc_elements() {
-            let (row, col) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
-            self.w.ins(format!("add.u32 {row}, {row_base}, {row_offset}"));
-            self.w.ins(format!("add.u32 {col}, {col_base}, {col_offset}"));
+            let row = row_regs
+                .entry(row_offset)
+                .or_insert_with(|| {
+                    let row = self.w.temp(RegClass::B32);
+                    self.w.ins(format!("add.u32 {row}, {row_base}, {row_offset}"));
+                    row
+                })
+                .clone();
+            let col = col_regs
+                .entry(col_offset)
+                .or_insert_with(|| {
+                    let col = self.w.temp(RegClass::B32);
+                    self.w.ins(format!("add.u32 {col}, {col_base}, {col_offset}"));
+                    col
+                })
+                .clone();
             let region = Region { rows: (row.clone(), row), cols: (col.clone(), col) };
-            self.element_cache = Some(HashMap::new());
             let (keep, _) = self.mask_bounds(&expr, &region)?;
             self.w.ins(format!("@!{keep} mov.f32 {}, 0fFF800000", d.at(reg)));
         }
@@ -347,6 +498,16 @@ impl Emitter<'_> {
                 (zero.clone(), zero)
             }
         };
+        // The parts of the mask that read no key (a Q tile's document ids) are computed once,
+        // before the scan, by the whole warp.
+        self.invariant_cache = Some(HashMap::new());
+        self.cooperative_tables = true;
+        let hoisted = self.hoist_key_invariant(&expr, &Region { rows: rows.clone(), cols: rows.clone() });
+        self.cooperative_tables = false;
+        if let Err(e) = hoisted {
+            self.invariant_cache = None;
+            return Err(e);
+        }
         let (first, end, t) =
             (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
         self.w.ins(format!("mov.s32 {first}, 2147483647"));
@@ -358,7 +519,10 @@ impl Emitter<'_> {
         self.w.ins(format!("setp.ge.u32 {past}, {t}, {count}"));
         self.w.ins(format!("@{past} bra {done}"));
         let cols = self.span_of_tile(&t, self.cfg.tile_n, None, self.cfg.tile_n);
-        let (can_hold, _) = self.mask_bounds(&expr, &Region { rows, cols })?;
+        self.element_cache = Some(HashMap::new());
+        let bounds = self.mask_bounds(&expr, &Region { rows, cols });
+        (self.invariant_cache, self.element_cache) = (None, None);
+        let (can_hold, _) = bounds?;
         let next = self.w.temp(RegClass::B32);
         self.w.ins(format!("add.u32 {next}, {t}, 1"));
         self.w.ins(format!("@{can_hold} min.s32 {first}, {first}, {t}"));
