@@ -138,6 +138,9 @@ pub struct Emitter<'k> {
     invariant_cache: Option<HashMap<String, mask::Range>>,
     /// Whether a mask's table runs are read by the whole (converged) warp together.
     cooperative_tables: bool,
+    /// While a K/V loop is emitted: per mask, the warp's rows box and the ranges of its table
+    /// reads on them, computed before the loop.
+    hoisted_rows: HashMap<MaskId, ((String, String), HashMap<String, mask::Range>)>,
 }
 
 /// A sequence dim made ragged by offsets: their pointer, and the registers that hold the
@@ -232,6 +235,7 @@ impl<'k> Emitter<'k> {
             element_cache: None,
             invariant_cache: None,
             cooperative_tables: false,
+            hoisted_rows: HashMap::new(),
             team: Team::default(),
             group_warp: String::new(),
             stream: None,
@@ -857,6 +861,7 @@ impl<'k> Emitter<'k> {
             }
             None => self.w.ins(format!("mov.u32 {i}, 0")),
         }
+        self.hoist_mask_tables(body)?;
         self.pipeline_count = Some(count.clone());
         self.w.comment("pipeline prologue");
         self.block(prologue)?;
@@ -874,6 +879,7 @@ impl<'k> Emitter<'k> {
         self.w.comment("pipeline epilogue");
         self.block(epilogue)?;
         self.pipeline_count = None;
+        self.hoisted_rows.clear();
         Ok(())
     }
 

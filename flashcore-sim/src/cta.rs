@@ -944,6 +944,21 @@ impl<'a> Cta<'a> {
             }
             Op::Ldmatrix { count, trans, d, addr } => self.ldmatrix(w, inst, *count, *trans, d, addr)?,
             Op::Mma { ty, d, a, b, c } => self.mma(w, *ty, d, a, b, c),
+            Op::Redux { op, ty, d, a, mask } => {
+                let m = self.val(w, *mask, 0) as u32;
+                if m != exec {
+                    return Err(SimError::Divergence {
+                        at: self.at(w, inst),
+                        message: format!("redux.sync member mask {m:#010x} but lanes {exec:#010x} execute it"),
+                    });
+                }
+                let mut all = lanes(exec).map(|l| self.val(w, *a, l));
+                let first = all.next().unwrap_or(0);
+                let total = all.fold(first, |acc, x| int_op(*op, *ty, acc, x).unwrap_or(acc));
+                for l in lanes(exec) {
+                    self.set(w, *d, l, total);
+                }
+            }
             Op::Shfl { mode, d, a, b, c, mask } => {
                 let m = self.val(w, *mask, 0) as u32;
                 if m & exec != exec || m & !exec != 0 {

@@ -358,6 +358,14 @@ pub enum Op {
         b: [Operand; 2],
         c: [Operand; 4],
     },
+    /// `redux.sync.{min,max}.{s32,u32}`: every executing lane gets the reduction over them.
+    Redux {
+        op: IntOp,
+        ty: IntType,
+        d: u32,
+        a: Operand,
+        mask: Operand,
+    },
     Shfl {
         mode: ShflMode,
         d: u32,
@@ -403,7 +411,12 @@ impl Op {
     pub fn is_aligned(&self) -> bool {
         matches!(
             self,
-            Op::Ldmatrix { .. } | Op::Mma { .. } | Op::Shfl { .. } | Op::Bar { .. } | Op::BarWarp { .. }
+            Op::Ldmatrix { .. }
+                | Op::Mma { .. }
+                | Op::Shfl { .. }
+                | Op::Redux { .. }
+                | Op::Bar { .. }
+                | Op::BarWarp { .. }
         )
     }
 }
@@ -1024,6 +1037,14 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
                 return bad("m16n8k16 takes 4 D, 4 A, 2 B and 4 C registers");
             };
             Op::Mma { ty, d, a, b, c }
+        }
+        "redux" if has("sync") && (has("min") || has("max")) => {
+            let ty = last_int().ok_or(Decode::Unsupported)?;
+            if ops.len() != 3 {
+                return Err(Decode::Unsupported);
+            }
+            let op = if has("min") { IntOp::Min } else { IntOp::Max };
+            Op::Redux { op, ty, d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)?, mask: ctx.operand(n(2)?)? }
         }
         "shfl" if has("sync") && has("b32") => {
             let mode = if has("bfly") {

@@ -97,23 +97,67 @@ impl Emitter<'_> {
         }
     }
 
-    /// Computes the parts of `e` that read no key position into `invariant_cache` (which must
-    /// be on), so that a loop over K/V tiles emitted after this finds them there.
-    fn hoist_key_invariant(&mut self, e: &MaskExpr, r: &Region) -> Result<(), CodegenError> {
-        if !e.mentions_cols() {
+    /// Computes the parts of `e` that read no key position (with `tables_only`, just those
+    /// that read a table) into `invariant_cache` (which must be on), so that a loop over K/V
+    /// tiles emitted after this finds them there.
+    fn hoist_key_invariant(&mut self, e: &MaskExpr, r: &Region, tables_only: bool) -> Result<(), CodegenError> {
+        if !e.mentions_cols() && (!tables_only || reads_table(e)) {
             return self.mask_range(e, r).map(|_| ());
         }
         match e {
             MaskExpr::Binary(_, a, b) => {
-                self.hoist_key_invariant(a, r)?;
-                self.hoist_key_invariant(b, r)
+                self.hoist_key_invariant(a, r, tables_only)?;
+                self.hoist_key_invariant(b, r, tables_only)
             }
-            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => self.hoist_key_invariant(a, r),
+            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => self.hoist_key_invariant(a, r, tables_only),
             MaskExpr::Table { indices, .. } => {
-                indices.iter().try_for_each(|i| self.hoist_key_invariant(i, r))
+                indices.iter().try_for_each(|i| self.hoist_key_invariant(i, r, tables_only))
             }
             _ => Ok(()),
         }
+    }
+
+    /// This warp's rows of the Q tile as a box of positions (unused by a mask that reads no
+    /// row).
+    fn warp_rows(&mut self, expr: &MaskExpr) -> Result<(String, String), CodegenError> {
+        let row0 = self.th().warp_row0.clone();
+        Ok(match Self::row_var(expr) {
+            Some(i) => {
+                let q_tile = self.work_index(i)?;
+                self.span_of_tile(&q_tile, self.cfg.tile_m, Some(&row0), self.cfg.rows_per_warp())
+            }
+            None => (row0.clone(), row0),
+        })
+    }
+
+    /// Before K/V loop `body`: the table reads of its masks that read no key (a warp's
+    /// document ids) are the same for every K/V tile of a work item, so their ranges over the
+    /// warp's rows are read once here, not per tile (see [`Emitter::mask_where`]).
+    pub(super) fn hoist_mask_tables(&mut self, body: &Block) -> Result<(), CodegenError> {
+        let mut ids = vec![];
+        self.kernel.walk_block(body, &mut |inst| {
+            if let Op::MaskWhere { mask: Some(id), .. } = inst.op {
+                ids.push(id);
+            }
+        });
+        ids.dedup();
+        for id in ids {
+            let expr = self.mask_of(id)?;
+            if !reads_table(&expr) || self.hoisted_rows.contains_key(&id) {
+                continue;
+            }
+            self.w.comment(format!("mask #{}: this warp's rows' table reads, once per work item", id.0));
+            let rows = self.warp_rows(&expr)?;
+            self.invariant_cache = Some(HashMap::new());
+            self.cooperative_tables = true;
+            let hoisted =
+                self.hoist_key_invariant(&expr, &Region { rows: rows.clone(), cols: rows.clone() }, true);
+            self.cooperative_tables = false;
+            let cache = self.invariant_cache.take().unwrap_or_default();
+            hoisted?;
+            self.hoisted_rows.insert(id, (rows, cache));
+        }
+        Ok(())
     }
 
     fn mask_range_uncached(&mut self, e: &MaskExpr, r: &Region) -> Result<Range, CodegenError> {
@@ -188,8 +232,8 @@ impl Emitter<'_> {
     /// axis, as `t.at(..)` reads): one load when every index is exact; otherwise the minimum
     /// and maximum of the run of elements along the one index that varies. Each lane reads the
     /// run itself (8 loads in flight a step), or, with `cooperative_tables` on (a converged
-    /// warp with one run for all its lanes), lane `l` reads elements `l, l + 32, ..` and a
-    /// butterfly combines them.
+    /// warp with one run for all its lanes), lane `l` reads elements `l, l + 32, ..` (2 loads
+    /// in flight a step) and `redux.sync` combines the lanes.
     fn table_range(&mut self, param: usize, indices: &[Range]) -> Result<Range, CodegenError> {
         let Some(Param::Table(table)) = self.kernel.params.get(param) else {
             return Err(CodegenError::Internal("a mask reads a parameter that is not a table".into()));
@@ -240,7 +284,8 @@ impl Emitter<'_> {
         self.w.ins(format!("mov.s32 {min}, 2147483647"));
         self.w.ins(format!("mov.s32 {max}, -2147483648"));
         let cooperative = self.cooperative_tables;
-        let (step, unroll) = if cooperative { (32, 1) } else { (8, 8) };
+        // Lanes apart, loads a step.
+        let (apart, unroll) = if cooperative { (32, 2) } else { (1, 8) };
         if cooperative {
             self.w.ins(format!("add.s32 {j}, {first}, {}", self.th().lane));
         } else {
@@ -260,7 +305,7 @@ impl Emitter<'_> {
                 self.w.temp(RegClass::B64),
                 self.w.temp(RegClass::B32),
             );
-            self.w.ins(format!("add.s32 {idx}, {j}, {u}"));
+            self.w.ins(format!("add.s32 {idx}, {j}, {}", u * apart));
             self.w.ins(format!("min.s32 {idx}, {idx}, {last}"));
             self.w.ins(format!("mul.wide.u32 {bytes}, {idx}, {stride}"));
             self.w.ins(format!("add.u64 {addr}, {base}, {bytes}"));
@@ -268,17 +313,12 @@ impl Emitter<'_> {
             self.w.ins(format!("min.s32 {min}, {min}, {x}"));
             self.w.ins(format!("max.s32 {max}, {max}, {x}"));
         }
-        self.w.ins(format!("add.s32 {j}, {j}, {step}"));
+        self.w.ins(format!("add.s32 {j}, {j}, {}", apart * unroll));
         self.w.ins(format!("bra {top}"));
         self.w.place_label(&done);
         if cooperative {
-            for lanes in [16, 8, 4, 2, 1] {
-                let other = self.w.temp(RegClass::B32);
-                self.w.ins(format!("shfl.sync.bfly.b32 {other}, {min}, {lanes}, 0x1f, 0xffffffff"));
-                self.w.ins(format!("min.s32 {min}, {min}, {other}"));
-                self.w.ins(format!("shfl.sync.bfly.b32 {other}, {max}, {lanes}, 0x1f, 0xffffffff"));
-                self.w.ins(format!("max.s32 {max}, {max}, {other}"));
-            }
+            self.w.ins(format!("redux.sync.min.s32 {min}, {min}, 0xffffffff"));
+            self.w.ins(format!("redux.sync.max.s32 {max}, {max}, 0xffffffff"));
         }
         Ok(Range::Num { lo: min, hi: max, float: false })
     }
@@ -418,16 +458,12 @@ impl Emitter<'_> {
             .ok_or_else(|| CodegenError::Internal("a tile mask outside the K/V loop".into()))?;
         let kt = self.regs_of(kv).at(0);
         let key0 = self.split_key0(cols);
-        let (rows_per_warp, keys_per_warp) = (self.cfg.rows_per_warp(), cols.per_warp(&self.cfg));
-        let row0 = self.th().warp_row0.clone();
-        // This warp's box: its rows of the Q tile (unused by a mask that reads no row), its keys
-        // of the K/V tile.
-        let rows = match Self::row_var(&expr) {
-            Some(i) => {
-                let q_tile = self.work_index(i)?;
-                self.span_of_tile(&q_tile, self.cfg.tile_m, Some(&row0), rows_per_warp)
-            }
-            None => (row0.clone(), row0.clone()),
+        let keys_per_warp = cols.per_warp(&self.cfg);
+        // This warp's box: its rows of the Q tile (with the table reads on them, when they were
+        // hoisted out of the K/V loop), its keys of the K/V tile.
+        let (rows, hoisted) = match self.hoisted_rows.get(&id).cloned() {
+            Some((rows, cache)) => (rows, Some(cache)),
+            None => (self.warp_rows(&expr)?, None),
         };
         let cols_box = self.span_of_tile(&kt, self.cfg.tile_n, key0.as_deref(), keys_per_warp);
         self.w.comment(format!("mask #{}: a warp whose scores it keeps everywhere skips it", id.0));
@@ -435,8 +471,9 @@ impl Emitter<'_> {
         self.uniform_cache = Some(HashMap::new());
         self.element_cache = Some(HashMap::new());
         self.cooperative_tables = true;
+        self.invariant_cache = hoisted;
         let bounds = self.mask_bounds(&expr, &Region { rows: rows.clone(), cols: cols_box.clone() });
-        self.cooperative_tables = false;
+        (self.cooperative_tables, self.invariant_cache) = (false, None);
         let (can_hold, can_fail) = bounds?;
         let (full, skip) = (self.w.temp(RegClass::Pred), self.w.label("mask_full"));
         self.w.ins(format!("not.pred {full}, {can_fail}"));
@@ -502,7 +539,8 @@ impl Emitter<'_> {
         // before the scan, by the whole warp.
         self.invariant_cache = Some(HashMap::new());
         self.cooperative_tables = true;
-        let hoisted = self.hoist_key_invariant(&expr, &Region { rows: rows.clone(), cols: rows.clone() });
+        let hoisted =
+            self.hoist_key_invariant(&expr, &Region { rows: rows.clone(), cols: rows.clone() }, false);
         self.cooperative_tables = false;
         if let Err(e) = hoisted {
             self.invariant_cache = None;
@@ -540,5 +578,15 @@ impl Emitter<'_> {
         self.w.ins(format!("min.u32 {count}, {count}, {end}"));
         self.w.ins(format!("min.u32 {first}, {first}, {count}"));
         Ok(first)
+    }
+}
+
+/// Whether a mask expression reads an input table.
+fn reads_table(e: &MaskExpr) -> bool {
+    match e {
+        MaskExpr::Table { .. } => true,
+        MaskExpr::Binary(_, a, b) => reads_table(a) || reads_table(b),
+        MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => reads_table(a),
+        _ => false,
     }
 }
