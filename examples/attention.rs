@@ -193,7 +193,8 @@ impl Chosen {
     }
 
     /// The parameters after `scale` for a problem with these axis sizes (`B`, `H`, `HKV`, `S`,
-    /// `SK`): document ids `i / doc_len` along a table's last axis, random f32 tables.
+    /// `SK`): documents of `doc_len` tokens along an i32 table's last axis (see
+    /// [`document_table`]), random f32 tables.
     fn problem_extras(
         &self,
         sizes: &[(&str, usize)],
@@ -210,7 +211,7 @@ impl Chosen {
                         let last = *shape.last().unwrap_or(&1);
                         if *int {
                             let data = (0..count)
-                                .map(|i| ((i % last.max(1)) / self.doc_len.max(1)) as i32)
+                                .map(|i| document_table(name, i % last.max(1), self.doc_len.max(1), last))
                                 .collect();
                             ExtraArg::I32Table { data, shape }
                         } else {
@@ -1115,5 +1116,17 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Element `i` (of `len`) of an i32 table over packed documents of `doc_len` tokens: the first
+/// token of `i`'s document for a table named `doc_start`, one past its last for `doc_end`, the
+/// document's number (its id) for any other.
+fn document_table(name: &str, i: usize, doc_len: usize, len: usize) -> i32 {
+    let doc = i / doc_len;
+    match name {
+        "doc_start" => (doc * doc_len) as i32,
+        "doc_end" => ((doc + 1) * doc_len).min(len) as i32,
+        _ => doc as i32,
     }
 }

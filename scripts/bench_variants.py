@@ -74,6 +74,8 @@ def variants(h, s):
         f"prefix-LM {PREFIX}": ("prefix_lm_attention", ["--prefix", f"{PREFIX}"], None, prefix, None, prefix, None),
         f"document mask ({DOC}-token documents) + causal": (
             "document_attention", ["--causal", "--doc-len", str(DOC)], None, document, None, document, None),
+        f"document bounds ({DOC}-token documents) + causal": (
+            "document_bounds_attention", ["--causal", "--doc-len", str(DOC)], None, document, None, document, None),
         f"sliding window {WINDOW} + softcap {CAP:g} + causal": (
             "sliding_window_softcap_attention", ["--causal", "--window", f"{WINDOW},0", "--softcap", f"{CAP}"],
             softcap, window, softcap, window, None),
@@ -123,6 +125,11 @@ def flashcore_impl(args, driver, sm_count, shape, kernel, flags, workdir, facts)
     tables = {}
     if kernel == "document_attention":
         tables["doc"] = (torch.arange(s, device="cuda", dtype=torch.int32) // DOC).expand(b, s).contiguous()
+    # The same documents as each token's bounds: [first token, one past the last).
+    if kernel == "document_bounds_attention":
+        start = torch.arange(s, device="cuda", dtype=torch.int32) // DOC * DOC
+        tables["doc_start"] = start.expand(b, s).contiguous()
+        tables["doc_end"] = (start + DOC).clamp(max=s).expand(b, s).contiguous()
 
     def run(q, k, v, o):
         fc({"q": q, "k": k, "v": v, "o": o} | tables)

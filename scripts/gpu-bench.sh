@@ -51,6 +51,7 @@ alibi_attention
 prefix_lm_attention --prefix 300
 sliding_window_softcap_attention --window 256,0 --softcap 20
 document_attention --doc-len 300
+document_bounds_attention --doc-len 300
 bias_attention
 LIST
     echo "variant checks: $fails failed" | tee -a "$out/variants-check.txt"

@@ -175,6 +175,51 @@ fn document_mask_matches_its_formula() {
     check("document", document_attention::CONFIG, document_attention::compile, &shapes, &extras, &variant);
 }
 
+/// Per-token document bounds for [`document_ids`]: the first token of each token's document
+/// and one past its last.
+fn document_bounds(shape: AttentionShape, len: usize) -> [Vec<i32>; 2] {
+    let ids = document_ids(shape, len);
+    let (mut start, mut end) = (vec![0; ids.len()], vec![0; ids.len()]);
+    for b in 0..shape.b {
+        let row = &ids[b * shape.s..(b + 1) * shape.s];
+        for i in 0..shape.s {
+            start[b * shape.s + i] = row.iter().position(|&d| d == row[i]).unwrap() as i32;
+            end[b * shape.s + i] = row.iter().rposition(|&d| d == row[i]).unwrap() as i32 + 1;
+        }
+    }
+    [start, end]
+}
+
+#[test]
+fn document_bounds_match_their_formula() {
+    let shapes = |shape: AttentionShape| AttentionShape { sk: shape.s, ..shape };
+    let extras = move |shape| {
+        let shape = shapes(shape);
+        let [start, end] = document_bounds(shape, 30);
+        let table = |data| ExtraArg::I32Table { data, shape: vec![shape.b, shape.s] };
+        vec![table(start), table(end)]
+    };
+    let variant = |_, extras: &[ExtraArg]| {
+        let [ExtraArg::I32Table { data: start, shape }, ExtraArg::I32Table { data: end, .. }] = extras else {
+            unreachable!("two i32 tables")
+        };
+        let (start, end, s) = (start.clone(), end.clone(), shape[1]);
+        Variant::new(
+            |_, _, _, _, x| x,
+            move |b, _, i, j| start[b * s + i] as usize <= j && j < end[b * s + i] as usize,
+        )
+    };
+    let shapes = SHAPES.map(shapes);
+    check(
+        "document bounds",
+        document_bounds_attention::CONFIG,
+        document_bounds_attention::compile,
+        &shapes,
+        &extras,
+        &variant,
+    );
+}
+
 #[test]
 fn additive_bias_matches_its_formula() {
     let extras = |shape: AttentionShape| {
@@ -250,6 +295,36 @@ fn document_mask_skips_the_tiles_of_other_documents() {
         }
         let ratio = instructions[0] / instructions[1];
         println!("{config}: 40-token documents / one document, warp instructions: {ratio:.3}");
+        assert!(ratio < 0.5, "{config}: the documents visit too many tiles: {ratio:.3}");
+    }
+}
+
+/// Document bounds skip like document ids: 40-token documents at S = 1024 run in under half the
+/// simulated instructions of one document, and match float64.
+#[test]
+fn document_bounds_skip_the_tiles_of_other_documents() {
+    let shape = AttentionShape { b: 1, h: 1, hk: 1, s: 1024, sk: 1024 };
+    for config in
+        [document_bounds_attention::CONFIG, Config { causal: true, ..document_bounds_attention::CONFIG }]
+    {
+        let kernel = document_bounds_attention::compile(&config).unwrap();
+        let mut instructions = vec![];
+        for len in [40, 1024] {
+            let [start, end] = document_bounds(shape, len);
+            let (s0, e0) = (start.clone(), end.clone());
+            let variant = Variant::new(
+                |_, _, _, _, x| x,
+                move |_, _, i, j| s0[i] as usize <= j && j < e0[i] as usize,
+            );
+            let table = |data| ExtraArg::I32Table { data, shape: vec![1, shape.s] };
+            let extras = [table(start), table(end)];
+            let got = check_variant(&kernel, shape, Layout::Bhsd, 8, &SimDevice::default(), &extras, &variant)
+                .unwrap_or_else(|e| panic!("{config} {len}: {e}"));
+            assert!(got.err.rel_l2 < 2e-3, "{config} {len}: {:?}", got.err);
+            instructions.push(got.stats.warp_instructions as f64);
+        }
+        let ratio = instructions[0] / instructions[1];
+        println!("{config}: 40-token documents as bounds / one document, warp instructions: {ratio:.3}");
         assert!(ratio < 0.5, "{config}: the documents visit too many tiles: {ratio:.3}");
     }
 }

@@ -269,6 +269,60 @@ pub fn sliding_window_softcap_attention<T>(
     }
 }
 
+/// Document masking with each token's document given as its bounds: token `i` of sequence `b`
+/// belongs to the document of tokens `doc_start[b, i] .. doc_end[b, i]` (what `cu_seqlens`
+/// says, per token; the host makes it from document ids in one pass). The mask reads only the
+/// query's row of the tables, so a Q tile's document bounds are read once per work item and
+/// the K/V loop's bounds follow from interval arithmetic on key positions, as for a sliding
+/// window; `document_attention` (ids) decides each K/V tile by reading its ids.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn document_bounds_attention<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    doc_start: Tensor<i32, B, S>,
+    doc_end: Tensor<i32, B, S>,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            #[role(compute)]
+            let q_pos = s.index(S);
+            #[role(compute)]
+            let s = mask(s, s.index(SK) >= doc_start.at(b, q_pos) && s.index(SK) < doc_end.at(b, q_pos));
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
 /// Document masking over a packed batch (FlexAttention's `document_mask`): each sequence of the
 /// batch packs several documents, token `i` of sequence `b` belongs to document `doc[b, i]`, and
 /// a query sees only the keys of its own document (with `Config::causal`, only those before it).
@@ -436,6 +490,19 @@ pub fn reference(
             let len = shape[1];
             let doc = move |b: usize, i: usize| data[b * len + i.min(len - 1)];
             Variant::new(|_, _, _, _, x| x, move |b, _, i, j| doc(b, i) == doc(b, j))
+        }
+        "document_bounds_attention" => {
+            let (ExtraArg::I32Table { data: start, shape }, ExtraArg::I32Table { data: end, .. }) =
+                (find("doc_start")?, find("doc_end")?)
+            else {
+                return Err("`document_bounds_attention`'s `doc_start`, `doc_end` are i32 tables [B, S]".into());
+            };
+            let len = shape[1];
+            let at = move |t: &[i32], b: usize, i: usize| t[b * len + i.min(len - 1)] as i64;
+            Variant::new(
+                |_, _, _, _, x| x,
+                move |b, _, i, j| at(&start, b, i) <= j as i64 && (j as i64) < at(&end, b, i),
+            )
         }
         "bias_attention" => {
             let ExtraArg::F32Table { data, shape } = find("bias")? else {
