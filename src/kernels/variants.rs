@@ -45,11 +45,12 @@ pub fn softcap_attention<T>(
                 let ks = stage(k.tile(b, h / (H / HKV), kt));
                 let vs = stage(v.tile(b, h / (H / HKV), kt));
             }
+            // cap · tanh(x / cap) for x = q·k·scale, in the exp2 domain of the softmax below;
+            // the uniform factors are multiplied once, not once per score.
             #[role(compute)]
-            let s = mma(qf, ks.t()) * scale;
-            // cap · tanh(s / cap), in the exp2 domain of the softmax below.
+            let s = mma(qf, ks.t()) * (scale / softcap);
             #[role(compute)]
-            let s = softcap * fast_tanh(s / softcap) * LOG2_E;
+            let s = fast_tanh(s) * (softcap * LOG2_E);
             #[role(softmax)]
             {
                 let m_new = max(m, row_max(s));
@@ -245,13 +246,13 @@ pub fn sliding_window_softcap_attention<T>(
                 let vs = stage(v.tile(b, h / (H / HKV), kt));
             }
             #[role(compute)]
-            let s = mma(qf, ks.t()) * scale;
+            let s = mma(qf, ks.t()) * (scale / softcap);
             #[role(compute)]
             let diag = s.index(S) + (SK - S);
             #[role(compute)]
             let s = mask(s, s.index(SK) >= diag - window_left && s.index(SK) <= diag + window_right);
             #[role(compute)]
-            let s = softcap * fast_tanh(s / softcap) * LOG2_E;
+            let s = fast_tanh(s) * (softcap * LOG2_E);
             #[role(softmax)]
             {
                 let m_new = max(m, row_max(s));
@@ -270,8 +271,9 @@ pub fn sliding_window_softcap_attention<T>(
 }
 
 /// Document masking with each token's document given as its bounds: token `i` of sequence `b`
-/// belongs to the document of tokens `doc_start[b, i] .. doc_end[b, i]` (what `cu_seqlens`
-/// says, per token; the host makes it from document ids in one pass). The mask reads only the
+/// belongs to the document that runs from token `doc_start[b, i]` up to, not including, token
+/// `doc_end[b, i]` (what `cu_seqlens` says, per token; the host makes it from document ids in
+/// one pass). The mask reads only the
 /// query's row of the tables, so a Q tile's document bounds are read once per work item and
 /// the K/V loop's bounds follow from interval arithmetic on key positions, as for a sliding
 /// window; `document_attention` (ids) decides each K/V tile by reading its ids.
