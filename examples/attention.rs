@@ -19,19 +19,20 @@
 //! (`variants::reference`). Their f32 parameters come from `--softcap`, `--window LEFT,RIGHT`,
 //! `--prefix` or `--param NAME=VALUE`.
 
+#[path = "shared/variant.rs"]
+mod variant;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use flashcore::ir::source::{Dim, ElemDecl, ParamDecl};
-use flashcore::kernels::{attention, variants};
+use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
-use flashcore::registry::KernelEntry;
 use flashcore::runtime::TensorArg;
 use flashcore::runtime::{Device, DeviceTensor};
-use flashcore::simulate::ExtraArg;
 use flashcore::tuning::{Source, Table};
 use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, Layout};
-use flashcore::{Arg, CompiledKernel};
+use flashcore::simulate::ExtraArg;
+use variant::{axis_sizes, table_shape, Chosen, Extra};
 
 /// Largest difference from float64 a log-sum-exp may have (f32 statistics of the same scores:
 /// about 1e-6 · |LSE| in practice).
@@ -93,208 +94,6 @@ struct Options {
     gpu: Option<String>,
 }
 
-/// A number for an f32 kernel parameter.
-fn float(flag: &str, text: String) -> Result<f32, String> {
-    text.trim().parse::<f32>().map_err(|_| format!("{flag}: `{text}` is not a number"))
-}
-
-/// The kernel `--kernel` names, checked to have the standard signature, and its parameters after
-/// `scale`: f32 values from the flags, and input tables made for each problem.
-struct Chosen {
-    entry: &'static KernelEntry,
-    extras: Vec<(String, Extra)>,
-    /// Tokens per document for `i32` tables (document ids: token `i` is in document `i / len`).
-    doc_len: usize,
-}
-
-/// A parameter after `scale`.
-enum Extra {
-    F32(f32),
-    /// A table over these axes: `i32` ones hold document ids, `f32` ones random values (a bias).
-    Table {
-        int: bool,
-        axes: Vec<String>,
-    },
-}
-
-/// A table on the device.
-enum DeviceExtra {
-    F32(f32),
-    F32Table(DeviceTensor<f32>),
-    I32Table(DeviceTensor<i32>),
-}
-
-impl Chosen {
-    fn new(o: &Options) -> Result<Chosen, String> {
-        let entry = flashcore::registry::find(&o.kernel).ok_or_else(|| {
-            let names: Vec<&str> = flashcore::registry::kernels().iter().map(|k| k.name).collect();
-            format!("--kernel: no kernel `{}`; kernels are {}", o.kernel, names.join(", "))
-        })?;
-        let params = (entry.program)().params;
-        let kinds: Vec<&str> = params
-            .iter()
-            .map(|p| match p {
-                ParamDecl::Tensor { dtype: ElemDecl::F32 | ElemDecl::I32, writable: false, .. } => "table",
-                ParamDecl::Tensor { writable: false, .. } => "in",
-                ParamDecl::Tensor { optional: true, .. } => "opt",
-                ParamDecl::Tensor { .. } => "out",
-                ParamDecl::Scalar { .. } => "f32",
-                ParamDecl::Offsets { .. } => "offsets",
-            })
-            .collect();
-        let n = kinds.len();
-        let standard = n >= 8
-            && kinds[..6] == ["in", "in", "in", "out", "opt", "f32"]
-            && kinds[n - 2..] == ["offsets", "offsets"]
-            && kinds[6..n - 2].iter().all(|k| matches!(*k, "f32" | "table"));
-        if !standard {
-            return Err(format!(
-                "--kernel {}: the example runs kernels with the standard signature (q, k, v, o, lse, scale, f32 parameters and tables.., cu_q, cu_k)",
-                entry.name
-            ));
-        }
-        let mut extras = vec![];
-        for p in &params[6..n - 2] {
-            let name = p.name().to_string();
-            let extra = match p {
-                ParamDecl::Tensor { dtype, shape, .. } => Extra::Table {
-                    int: *dtype == ElemDecl::I32,
-                    axes: shape
-                        .iter()
-                        .map(|d| match d {
-                            Dim::Sym(s) => s.clone(),
-                            Dim::Lit(n) => n.to_string(),
-                        })
-                        .collect(),
-                },
-                _ => Extra::F32(
-                    o.params.iter().rev().find(|(n, _)| *n == name).map(|(_, x)| *x).ok_or_else(|| {
-                        format!("--kernel {}: give its parameter `{name}` (--param {name}=VALUE)", entry.name)
-                    })?,
-                ),
-            };
-            extras.push((name, extra));
-        }
-        for (name, _) in &o.params {
-            if !extras.iter().any(|(n, e)| n == name && matches!(e, Extra::F32(_))) {
-                let names: Vec<&str> = extras.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(format!(
-                    "--kernel {} has no f32 parameter `{name}` (it has: {})",
-                    entry.name,
-                    names.join(", ")
-                ));
-            }
-        }
-        Ok(Chosen { entry, extras, doc_len: o.doc_len })
-    }
-
-    fn compile(&self, cfg: &Config) -> Result<std::sync::Arc<CompiledKernel>, String> {
-        flashcore::compile(&(self.entry.program)(), cfg).map(std::sync::Arc::new).map_err(|e| e.to_string())
-    }
-
-    /// The parameters after `scale` for a problem with these axis sizes (`B`, `H`, `HKV`, `S`,
-    /// `SK`): documents of `doc_len` tokens along an i32 table's last axis (see
-    /// [`document_table`]), random f32 tables.
-    fn problem_extras(
-        &self,
-        sizes: &[(&str, usize)],
-        rng: &mut Rng,
-    ) -> Result<Vec<(String, ExtraArg)>, String> {
-        self.extras
-            .iter()
-            .map(|(name, e)| {
-                let arg = match e {
-                    Extra::F32(x) => ExtraArg::F32(*x),
-                    Extra::Table { int, axes } => {
-                        let shape = table_shape(name, axes, sizes)?;
-                        let count: usize = shape.iter().product();
-                        let last = *shape.last().unwrap_or(&1);
-                        if *int {
-                            let data = (0..count)
-                                .map(|i| document_table(name, i % last.max(1), self.doc_len.max(1), last))
-                                .collect();
-                            ExtraArg::I32Table { data, shape }
-                        } else {
-                            let data = (0..count).map(|_| rng.normal() as f32).collect();
-                            ExtraArg::F32Table { data, shape }
-                        }
-                    }
-                };
-                Ok((name.clone(), arg))
-            })
-            .collect()
-    }
-
-    /// The float64 reference of this kernel's formula.
-    fn reference(
-        &self,
-        extras: &[(String, ExtraArg)],
-        h: usize,
-        s: usize,
-        sk: usize,
-    ) -> Result<reference::Variant, String> {
-        variants::reference(self.entry.name, extras, h, s, sk)
-    }
-
-    /// The extras on the device.
-    fn upload(device: &Device, extras: &[(String, ExtraArg)]) -> Result<Vec<DeviceExtra>, String> {
-        let r = |x: flashcore::runtime::RuntimeError| x.to_string();
-        extras
-            .iter()
-            .map(|(_, e)| {
-                Ok(match e {
-                    ExtraArg::F32(x) => DeviceExtra::F32(*x),
-                    ExtraArg::F32Table { data, shape } => {
-                        DeviceExtra::F32Table(device.upload(data, shape).map_err(r)?)
-                    }
-                    ExtraArg::I32Table { data, shape } => {
-                        DeviceExtra::I32Table(device.upload(data, shape).map_err(r)?)
-                    }
-                })
-            })
-            .collect()
-    }
-
-    /// The launch arguments in the standard order.
-    fn args<'a>(
-        [q, k, v]: [&'a dyn TensorArg; 3],
-        out: &'a mut dyn TensorArg,
-        lse: Option<&'a mut dyn TensorArg>,
-        scale: f32,
-        extras: &'a [DeviceExtra],
-        offsets: [Option<&'a flashcore::DeviceSeqOffsets>; 2],
-    ) -> Vec<Arg<'a>> {
-        let mut args = vec![Arg::Tensor(q), Arg::Tensor(k), Arg::Tensor(v), Arg::TensorMut(out)];
-        args.push(lse.map_or(Arg::Absent, Arg::TensorMut));
-        args.push(Arg::F32(scale));
-        args.extend(extras.iter().map(|e| match e {
-            DeviceExtra::F32(x) => Arg::F32(*x),
-            DeviceExtra::F32Table(t) => Arg::Tensor(t),
-            DeviceExtra::I32Table(t) => Arg::Tensor(t),
-        }));
-        args.extend(offsets.map(|c| c.map_or(Arg::Absent, Arg::Offsets)));
-        args
-    }
-}
-
-/// The shape of table `name` over `axes` for a problem with these axis sizes.
-fn table_shape(name: &str, axes: &[String], sizes: &[(&str, usize)]) -> Result<Vec<usize>, String> {
-    axes.iter()
-        .map(|a| {
-            sizes
-                .iter()
-                .find(|(n, _)| n == a)
-                .map(|(_, s)| *s)
-                .ok_or_else(|| format!("table `{name}`'s axis `{a}` is not one of the problem's"))
-        })
-        .collect()
-}
-
-/// The sizes of the axes a problem's tables may name.
-fn axis_sizes([b, h, s, _]: [usize; 4], hk: usize, sk: usize) -> Vec<(&'static str, usize)> {
-    vec![("B", b), ("H", h), ("HKV", hk), ("S", s), ("SK", sk)]
-}
-
 /// `17,77,4097`: one length per sequence.
 fn lengths(flag: &str, list: String) -> Result<Vec<usize>, String> {
     list.split(',')
@@ -352,21 +151,9 @@ fn parse_args() -> Result<Options, String> {
         match flag.as_str() {
             "--kernel" => o.kernel = value()?,
             "--doc-len" => o.doc_len = number(value()?)?.max(1),
-            "--softcap" => o.params.push(("softcap".into(), float(&flag, value()?)?)),
-            "--prefix" => o.params.push(("prefix".into(), float(&flag, value()?)?)),
-            "--window" => {
-                let v = value()?;
-                let (left, right) = v.split_once(',').ok_or_else(|| {
-                    format!("--window takes LEFT,RIGHT (keys before and after the diagonal), got `{v}`")
-                })?;
-                o.params.push(("window_left".into(), float(&flag, left.into())?));
-                o.params.push(("window_right".into(), float(&flag, right.into())?));
-            }
-            "--param" => {
-                let v = value()?;
-                let (name, x) =
-                    v.split_once('=').ok_or_else(|| format!("--param takes NAME=VALUE, got `{v}`"))?;
-                o.params.push((name.into(), float(&flag, x.into())?));
+            "--softcap" | "--prefix" | "--window" | "--param" => {
+                let params = variant::param_flag(&flag, &mut value).unwrap_or_else(|| Ok(vec![]))?;
+                o.params.extend(params);
             }
             "--b" => o.b = number(value()?)?,
             "--h" => o.h = number(value()?)?,
@@ -991,7 +778,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let chosen = match Chosen::new(&o) {
+    let chosen = match Chosen::new(&o.kernel, &o.params, o.doc_len) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -1116,17 +903,5 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-/// Element `i` (of `len`) of an i32 table over packed documents of `doc_len` tokens: the first
-/// token of `i`'s document for a table named `doc_start`, one past its last for `doc_end`, the
-/// document's number (its id) for any other.
-fn document_table(name: &str, i: usize, doc_len: usize, len: usize) -> i32 {
-    let doc = i / doc_len;
-    match name {
-        "doc_start" => (doc * doc_len) as i32,
-        "doc_end" => ((doc + 1) * doc_len).min(len) as i32,
-        _ => doc as i32,
     }
 }

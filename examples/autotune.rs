@@ -1,11 +1,16 @@
-//! The autotuner: searches the attention kernel's schedule (tiles, warps per role, stages,
-//! persistence, softmax placement) on the GPU, checks every candidate against float64 before
-//! timing it, and writes the fastest per (GPU, dtype, head dim, causal, size class) into the
-//! tuning table that launches read by default (`tuning/attention.json`, see `flashcore::tuning`).
+//! The autotuner: searches a kernel's schedule (tiles, warps per role, stages, persistence,
+//! softmax placement) on the GPU, checks every candidate against float64 before timing it, and
+//! writes the fastest per (kernel, GPU, dtype, head dim, causal, size class) into the tuning
+//! table that launches read by default (`tuning/attention.json`, see `flashcore::tuning`).
 //!
-//! `cargo run --release --example autotune -- [--out tuning/attention.json]
-//!  [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes] [--classes tiny,small,medium,large]
-//!  [--dtype f16] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
+//! `cargo run --release --example autotune -- [--kernel NAME [--softcap 30] [--window 1024,0] [--prefix 2048] [--param NAME=VALUE] [--doc-len 1000]]
+//!  [--out tuning/attention.json] [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes]
+//!  [--classes tiny,small,medium,large] [--dtype f16] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
+//!
+//! `--kernel` tunes another registered kernel with the standard signature (the variants of
+//! `flashcore::kernels::variants`, default `attention`), with its parameters given as the
+//! `attention` example takes them; each candidate is checked against the float64 reference of
+//! the variant's formula, and its entries are keyed by the kernel's name.
 //!
 //! The search runs in four rounds per key, each over the best of the last: tiles (`tile_m`,
 //! compute warps, `tile_n`), then the pipeline (stages, load warps, persistent CTAs) for the two
@@ -17,19 +22,26 @@
 //! as it finishes; a rerun reads it and skips what it holds (resume), and `--seconds` stops
 //! cleanly before the next candidate once the time is spent.
 
+#[path = "shared/variant.rs"]
+mod variant;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::tuning::{Entry, Key, Measured, Schedule, SizeClass, Table, Trial};
 use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat};
+use variant::{axis_sizes, Chosen, DeviceExtra};
 
 struct Options {
+    /// The registered kernel to tune, its f32 parameters and documents' length (`--kernel`).
+    kernel: String,
+    params: Vec<(String, f32)>,
+    doc_len: usize,
     out: PathBuf,
     progress: PathBuf,
     head_dims: Vec<u32>,
@@ -44,6 +56,9 @@ struct Options {
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
+        kernel: "attention".into(),
+        params: vec![],
+        doc_len: 1000,
         out: "tuning/attention.json".into(),
         progress: "autotune-progress.jsonl".into(),
         head_dims: vec![64, 128],
@@ -60,7 +75,13 @@ fn parse_args() -> Result<Options, String> {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         let list = |v: String| v.split(',').map(str::to_string).collect::<Vec<_>>();
         let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: `{v}` is not a number"));
+        if let Some(params) = variant::param_flag(&flag, &mut value) {
+            o.params.extend(params?);
+            continue;
+        }
         match flag.as_str() {
+            "--kernel" => o.kernel = value()?,
+            "--doc-len" => o.doc_len = number(value()?)?.max(1) as usize,
             "--out" => o.out = value()?.into(),
             "--progress" => o.progress = value()?.into(),
             "--d" => {
@@ -100,7 +121,7 @@ fn parse_args() -> Result<Options, String> {
             "--seconds" => o.seconds = Some(number(value()?)? as f64),
             "--seed" => o.seed = number(value()?)?,
             "--help" | "-h" => {
-                println!("{}", include_str!("autotune.rs").lines().take(18).collect::<Vec<_>>().join("\n"));
+                println!("{}", include_str!("autotune.rs").lines().take(23).collect::<Vec<_>>().join("\n"));
                 std::process::exit(0);
             }
             _ => return Err(format!("unknown flag {flag} (try --help)")),
@@ -191,6 +212,8 @@ fn softmax_candidates(best: Config) -> Vec<Config> {
 struct Bench<T: HalfFloat> {
     shape: [usize; 4],
     sets: Vec<(DeviceTensor<T>, DeviceTensor<T>, DeviceTensor<T>)>,
+    /// The kernel's parameters after `scale`, on the device.
+    extras: Vec<DeviceExtra>,
     out: DeviceTensor<T>,
     rows: Vec<usize>,
     want: Vec<f64>,
@@ -199,6 +222,7 @@ struct Bench<T: HalfFloat> {
 
 fn prepare<T: HalfFloat>(
     device: &Device,
+    chosen: &Chosen,
     declared: Config,
     shape: [usize; 4],
     rng: &mut Rng,
@@ -229,23 +253,36 @@ fn prepare<T: HalfFloat>(
     }
     rows.sort_unstable();
     rows.dedup();
-    let want = reference::attention_rows(&problem, &rows);
-    let pairs = reference::attended_pairs(s, s, declared.causal);
+    let extras = chosen.problem_extras(&axis_sizes(shape, h, s), rng)?;
+    let variant = chosen.reference(&extras, h, s, s)?;
+    let (want, _) = reference::variant_rows_lse(&problem, &rows, &variant);
+    let extras = Chosen::upload(device, &extras)?;
+    // Useful work: the (query, key) pairs the variant keeps.
+    let pairs = if chosen.entry.name == "attention" {
+        reference::attended_pairs(s, s, declared.causal)
+    } else {
+        (0..s)
+            .map(|i| {
+                (0..reference::keys_seen(i, s, s, declared.causal)).filter(|j| (variant.keep)(0, 0, i, *j)).count()
+            })
+            .sum()
+    };
     let flops = 4.0 * (b * h) as f64 * pairs as f64 * d as f64;
     let out = device.filled(&shape, T::NAN).map_err(r)?;
-    Ok(Bench { shape, sets, out, rows, want, flops })
+    Ok(Bench { shape, sets, extras, out, rows, want, flops })
 }
 
 /// Checks `cfg` against float64 on a poisoned output, then times it. `Ok((median_us, rel_err))`,
 /// or the trial's status and why.
 fn try_candidate<T: HalfFloat>(
     device: &Device,
+    chosen: &Chosen,
     bench: &mut Bench<T>,
     cfg: &Config,
     iters: (usize, usize),
 ) -> Result<(f64, f64), (&'static str, String)> {
     let fail = |status: &'static str| move |e: String| (status, e);
-    let compiled = attention::compile(cfg).map_err(|e| ("error", e.to_string()))?;
+    let compiled = chosen.compile(cfg).map_err(|e| ("error", e))?;
     if compiled.ptx.shared_bytes > device.info().max_shared_per_block {
         return Err(("smem", format!("{} bytes of shared memory", compiled.ptx.shared_bytes)));
     }
@@ -266,9 +303,8 @@ fn try_candidate<T: HalfFloat>(
     let scale = cfg.default_scale();
     bench.out = device.filled(&bench.shape, T::NAN).map_err(r).map_err(fail("error"))?;
     let (q, k, v) = &bench.sets[0];
-    attention::launch(device, cfg, q, k, v, &mut bench.out, None, scale, None, None)
-        .map_err(e)
-        .map_err(fail("error"))?;
+    let mut args = Chosen::args([q, k, v], &mut bench.out, None, scale, &bench.extras, [None, None]);
+    flashcore::launch(device, &compiled, &mut args).map_err(e).map_err(fail("error"))?;
     let stored = device.download(&bench.out).map_err(r).map_err(fail("error"))?;
     let d = bench.shape[3];
     let got: Vec<f64> =
@@ -278,10 +314,10 @@ fn try_candidate<T: HalfFloat>(
         return Err(("wrong", format!("rel err {:.3e}, {} non-finite", err.rel_l2, err.non_finite)));
     }
     let (warmup, iters) = iters;
-    let Bench { sets, out, .. } = bench;
+    let Bench { sets, out, extras, .. } = bench;
     let median = flashcore::timing::median_launch_us(device, warmup, iters, |i| {
         let (q, k, v) = &sets[i % sets.len()];
-        attention::launch_async(device, cfg, q, k, v, out, None, scale, None, None)
+        flashcore::launch_async(device, &compiled, &mut Chosen::args([q, k, v], out, None, scale, extras, [None, None]))
     })
     .map_err(e)
     .map_err(fail("error"))?;
@@ -299,6 +335,7 @@ fn read_progress(path: &PathBuf) -> Result<HashMap<(Key, Schedule), Trial>, Stri
 
 struct Tuner<'a> {
     device: &'a Device,
+    chosen: &'a Chosen,
     o: &'a Options,
     done: HashMap<(Key, Schedule), Trial>,
     progress: std::fs::File,
@@ -329,7 +366,7 @@ impl Tuner<'_> {
                         return Err("time is up".into());
                     }
                     let (status, median_us, rel_err, note) =
-                        match try_candidate(self.device, bench, cfg, (self.o.warmup, self.o.iters)) {
+                        match try_candidate(self.device, self.chosen, bench, cfg, (self.o.warmup, self.o.iters)) {
                             Ok((us, rel)) => ("ok", us, rel, String::new()),
                             Err((status, why)) => (status, f64::NAN, f64::NAN, why),
                         };
@@ -372,7 +409,7 @@ impl Tuner<'_> {
     ) -> Result<Option<Entry>, String> {
         let shape = representative(class);
         let [b, h, s, d] = [shape[0], shape[1], shape[2], declared.head_dim as usize];
-        let mut bench = prepare::<T>(self.device, declared, [b, h, s, d], rng)?;
+        let mut bench = prepare::<T>(self.device, self.chosen, declared, [b, h, s, d], rng)?;
         let declared_trial = self.round(&mut bench, key, "declared", vec![declared])?;
         let tilings = self.round(&mut bench, key, "tiles", tiling_candidates(declared))?;
         let mut all = tilings.clone();
@@ -417,6 +454,7 @@ impl Tuner<'_> {
 }
 
 fn run(o: &Options) -> Result<(), String> {
+    let chosen = Chosen::new(&o.kernel, &o.params, o.doc_len)?;
     let device = match Device::new(0) {
         Ok(d) => d,
         Err(e) => {
@@ -441,7 +479,7 @@ fn run(o: &Options) -> Result<(), String> {
         flashcore::ptxas::find()
             .map_or("not found: spilling candidates are timed too".into(), |p| p.display().to_string())
     );
-    let mut tuner = Tuner { device: &device, o, done, progress, started: Instant::now() };
+    let mut tuner = Tuner { device: &device, chosen: &chosen, o, done, progress, started: Instant::now() };
     let mut rng = Rng::new(o.seed);
     let mut keys = vec![];
     for &d in &o.head_dims {
@@ -452,9 +490,9 @@ fn run(o: &Options) -> Result<(), String> {
         }
     }
     for (i, &(d, causal, class)) in keys.iter().enumerate() {
-        let declared = Config { dtype: o.dtype, causal, ..attention::CONFIG.with_head_dim(d) };
+        let declared = Config { dtype: o.dtype, causal, ..chosen.entry.config.with_head_dim(d) };
         declared.validate().map_err(|e| e.to_string())?;
-        let key = Key::new("attention", &gpu, o.dtype, d, causal, class);
+        let key = Key::new(chosen.entry.name, &gpu, o.dtype, d, causal, class);
         let [b, h, s, _] = representative(class);
         println!("[{}/{}] {key}: tuned at {b}x{h}x{s}x{d}", i + 1, keys.len());
         let result = match o.dtype {
