@@ -29,9 +29,9 @@ use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::TensorArg;
 use flashcore::runtime::{Device, DeviceTensor};
+use flashcore::simulate::ExtraArg;
 use flashcore::tuning::{Source, Table};
 use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, Layout};
-use flashcore::simulate::ExtraArg;
 use variant::{axis_sizes, table_shape, Chosen, Extra};
 
 /// Largest difference from float64 a log-sum-exp may have (f32 statistics of the same scores:

@@ -263,7 +263,9 @@ fn prepare<T: HalfFloat>(
     } else {
         (0..s)
             .map(|i| {
-                (0..reference::keys_seen(i, s, s, declared.causal)).filter(|j| (variant.keep)(0, 0, i, *j)).count()
+                (0..reference::keys_seen(i, s, s, declared.causal))
+                    .filter(|j| (variant.keep)(0, 0, i, *j))
+                    .count()
             })
             .sum()
     };
@@ -317,7 +319,11 @@ fn try_candidate<T: HalfFloat>(
     let Bench { sets, out, extras, .. } = bench;
     let median = flashcore::timing::median_launch_us(device, warmup, iters, |i| {
         let (q, k, v) = &sets[i % sets.len()];
-        flashcore::launch_async(device, &compiled, &mut Chosen::args([q, k, v], out, None, scale, extras, [None, None]))
+        flashcore::launch_async(
+            device,
+            &compiled,
+            &mut Chosen::args([q, k, v], out, None, scale, extras, [None, None]),
+        )
     })
     .map_err(e)
     .map_err(fail("error"))?;
@@ -365,11 +371,16 @@ impl Tuner<'_> {
                     if self.out_of_time() {
                         return Err("time is up".into());
                     }
-                    let (status, median_us, rel_err, note) =
-                        match try_candidate(self.device, self.chosen, bench, cfg, (self.o.warmup, self.o.iters)) {
-                            Ok((us, rel)) => ("ok", us, rel, String::new()),
-                            Err((status, why)) => (status, f64::NAN, f64::NAN, why),
-                        };
+                    let (status, median_us, rel_err, note) = match try_candidate(
+                        self.device,
+                        self.chosen,
+                        bench,
+                        cfg,
+                        (self.o.warmup, self.o.iters),
+                    ) {
+                        Ok((us, rel)) => ("ok", us, rel, String::new()),
+                        Err((status, why)) => (status, f64::NAN, f64::NAN, why),
+                    };
                     let trial =
                         Trial { key: key.clone(), schedule, status: status.into(), median_us, rel_err, note };
                     writeln!(self.progress, "{}", trial.to_line()).map_err(|e| e.to_string())?;

@@ -239,6 +239,21 @@ fn additive_bias_matches_its_formula() {
     check("bias", bias_attention::CONFIG, bias_attention::compile, &SHAPES, &extras, &variant);
 }
 
+/// Runs `kernel` at `shape` in the simulator with parameters `extras`, checks it against
+/// `variant` in float64 (`what` names the case), and returns the warp instructions it executed.
+fn simulated_instructions(
+    kernel: &CompiledKernel,
+    shape: AttentionShape,
+    extras: &[ExtraArg],
+    variant: &Variant,
+    what: &str,
+) -> f64 {
+    let got = check_variant(kernel, shape, Layout::Bhsd, 5, &SimDevice::default(), extras, variant)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(got.err.rel_l2 < 2e-3, "{what}: {:?}", got.err);
+    got.stats.warp_instructions as f64
+}
+
 /// Block-sparse skipping: with a 128-key causal window at S = 1024 each Q tile visits at most 3
 /// K/V tiles (45 visits in all) where a window wider than the sequence visits every tile up to
 /// the diagonal (136): the simulator executes under half the instructions, and both match
@@ -252,10 +267,13 @@ fn sliding_window_skips_the_tiles_outside_the_window() {
     for window in [128usize, 100_000] {
         let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| j <= i && i - j <= window);
         let scalars = [ExtraArg::F32(window as f32), ExtraArg::F32(0.0)];
-        let got = check_variant(&kernel, shape, Layout::Bhsd, 3, &SimDevice::default(), &scalars, &variant)
-            .unwrap();
-        assert!(got.err.rel_l2 < 2e-3, "window {window}: {:?}", got.err);
-        instructions.push(got.stats.warp_instructions as f64);
+        instructions.push(simulated_instructions(
+            &kernel,
+            shape,
+            &scalars,
+            &variant,
+            &format!("window {window}"),
+        ));
     }
     let ratio = instructions[0] / instructions[1];
     println!("window 128 / window past the sequence, warp instructions: {ratio:.3}");
@@ -287,11 +305,8 @@ fn document_mask_skips_the_tiles_of_other_documents() {
             let doc = ids.clone();
             let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| doc[i] == doc[j]);
             let extras = [ExtraArg::I32Table { data: ids, shape: vec![1, shape.s] }];
-            let got =
-                check_variant(&kernel, shape, Layout::Bhsd, 5, &SimDevice::default(), &extras, &variant)
-                    .unwrap_or_else(|e| panic!("{config} {name}: {e}"));
-            assert!(got.err.rel_l2 < 2e-3, "{config} {name}: {:?}", got.err);
-            instructions.push(got.stats.warp_instructions as f64);
+            let what = format!("{config} {name}");
+            instructions.push(simulated_instructions(&kernel, shape, &extras, &variant, &what));
         }
         let ratio = instructions[0] / instructions[1];
         println!("{config}: 40-token documents / one document, warp instructions: {ratio:.3}");
@@ -312,16 +327,12 @@ fn document_bounds_skip_the_tiles_of_other_documents() {
         for len in [40, 1024] {
             let [start, end] = document_bounds(shape, len);
             let (s0, e0) = (start.clone(), end.clone());
-            let variant = Variant::new(
-                |_, _, _, _, x| x,
-                move |_, _, i, j| s0[i] as usize <= j && j < e0[i] as usize,
-            );
+            let variant =
+                Variant::new(|_, _, _, _, x| x, move |_, _, i, j| s0[i] as usize <= j && j < e0[i] as usize);
             let table = |data| ExtraArg::I32Table { data, shape: vec![1, shape.s] };
             let extras = [table(start), table(end)];
-            let got = check_variant(&kernel, shape, Layout::Bhsd, 8, &SimDevice::default(), &extras, &variant)
-                .unwrap_or_else(|e| panic!("{config} {len}: {e}"));
-            assert!(got.err.rel_l2 < 2e-3, "{config} {len}: {:?}", got.err);
-            instructions.push(got.stats.warp_instructions as f64);
+            let what = format!("{config} {len}-token documents");
+            instructions.push(simulated_instructions(&kernel, shape, &extras, &variant, &what));
         }
         let ratio = instructions[0] / instructions[1];
         println!("{config}: 40-token documents as bounds / one document, warp instructions: {ratio:.3}");

@@ -32,7 +32,8 @@ pub fn param_flag(
             ])
         }),
         "--param" => value().and_then(|v| {
-            let (name, x) = v.split_once('=').ok_or_else(|| format!("--param takes NAME=VALUE, got `{v}`"))?;
+            let (name, x) =
+                v.split_once('=').ok_or_else(|| format!("--param takes NAME=VALUE, got `{v}`"))?;
             Ok(vec![(name.to_string(), float(flag, x.into())?)])
         }),
         _ => return None,
@@ -115,11 +116,9 @@ impl Chosen {
                         })
                         .collect(),
                 },
-                _ => Extra::F32(
-                    values.iter().rev().find(|(n, _)| *n == name).map(|(_, x)| *x).ok_or_else(|| {
-                        format!("--kernel {}: give its parameter `{name}` (--param {name}=VALUE)", entry.name)
-                    })?,
-                ),
+                _ => Extra::F32(values.iter().rev().find(|(n, _)| *n == name).map(|(_, x)| *x).ok_or_else(
+                    || format!("--kernel {}: give its parameter `{name}` (--param {name}=VALUE)", entry.name),
+                )?),
             };
             extras.push((name, extra));
         }
@@ -254,4 +253,3 @@ pub fn document_table(name: &str, i: usize, doc_len: usize, len: usize) -> i32 {
         _ => doc as i32,
     }
 }
-

@@ -949,7 +949,9 @@ impl<'a> Cta<'a> {
                 if m != exec {
                     return Err(SimError::Divergence {
                         at: self.at(w, inst),
-                        message: format!("redux.sync member mask {m:#010x} but lanes {exec:#010x} execute it"),
+                        message: format!(
+                            "redux.sync member mask {m:#010x} but lanes {exec:#010x} execute it"
+                        ),
                     });
                 }
                 let mut all = lanes(exec).map(|l| self.val(w, *a, l));

@@ -497,7 +497,9 @@ pub fn reference(
             let (ExtraArg::I32Table { data: start, shape }, ExtraArg::I32Table { data: end, .. }) =
                 (find("doc_start")?, find("doc_end")?)
             else {
-                return Err("`document_bounds_attention`'s `doc_start`, `doc_end` are i32 tables [B, S]".into());
+                return Err(
+                    "`document_bounds_attention`'s `doc_start`, `doc_end` are i32 tables [B, S]".into()
+                );
             };
             let len = shape[1];
             let at = move |t: &[i32], b: usize, i: usize| t[b * len + i.min(len - 1)] as i64;

@@ -100,7 +100,12 @@ impl Emitter<'_> {
     /// Computes the parts of `e` that read no key position (with `tables_only`, just those
     /// that read a table) into `invariant_cache` (which must be on), so that a loop over K/V
     /// tiles emitted after this finds them there.
-    fn hoist_key_invariant(&mut self, e: &MaskExpr, r: &Region, tables_only: bool) -> Result<(), CodegenError> {
+    fn hoist_key_invariant(
+        &mut self,
+        e: &MaskExpr,
+        r: &Region,
+        tables_only: bool,
+    ) -> Result<(), CodegenError> {
         if !e.mentions_cols() && (!tables_only || reads_table(e)) {
             return self.mask_range(e, r).map(|_| ());
         }
