@@ -44,13 +44,25 @@ CONFIG_FLAGS = {
 WINDOW, CAP, PREFIX, DOC = 1024, 30.0, 2048, 1000
 
 
+_BIAS = {}
+
+
+def bias_table(b, h, s):
+    """The additive bias [B, H, S, S] (f32, random), made once per shape: 8.6 GB at 2x16x8192."""
+    if (b, h, s) not in _BIAS:
+        _BIAS.clear()
+        torch.manual_seed(1234)
+        _BIAS[(b, h, s)] = torch.randn(b, h, s, s, device="cuda", dtype=torch.float32)
+    return _BIAS[(b, h, s)]
+
+
 def alibi_slopes(h):
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)], device="cuda", dtype=torch.float64)
 
 
 # name -> (flashcore kernel, its flags, score(x, b, h, q, kv, H) in float64 or None,
 #          keep(b, h, q, kv) or None, FlexAttention score_mod or None, mask_mod or None, sdpa causal or None)
-def variants(h, s):
+def variants(b, h, s, with_bias=True):
     slopes = alibi_slopes(h)
     slopes32 = slopes.float()
     causal = lambda b, hh, q, kv: kv <= q  # noqa: E731
@@ -62,6 +74,10 @@ def variants(h, s):
     # Documents of DOC tokens, packed (the ids FlashCore's example makes for `--doc-len`).
     doc = torch.arange(s, device="cuda") // DOC
     document = lambda b, hh, q, kv: (kv <= q) & (doc[q] == doc[kv])  # noqa: E731
+    # An additive bias tensor, read by each implementation from the same [B, H, S, S] f32 table.
+    bias = bias_table(b, h, s) if with_bias else None
+    bias_ref = lambda x, bb, hh, q, kv: x + bias[bb, hh, q, kv].double()  # noqa: E731
+    bias_flex = lambda x, bb, hh, q, kv: x + bias[bb, hh, q, kv]  # noqa: E731
     return {
         "full": ("attention", [], None, None, None, None, False),
         "causal": ("attention", ["--causal"], None, causal, None, causal, True),
@@ -76,6 +92,7 @@ def variants(h, s):
             "document_attention", ["--causal", "--doc-len", str(DOC)], None, document, None, document, None),
         f"document bounds ({DOC}-token documents) + causal": (
             "document_bounds_attention", ["--causal", "--doc-len", str(DOC)], None, document, None, document, None),
+        "additive bias [B, H, S, S] f32": ("bias_attention", [], bias_ref, None, bias_flex, None, None),
         f"sliding window {WINDOW} + softcap {CAP:g} + causal": (
             "sliding_window_softcap_attention", ["--causal", "--window", f"{WINDOW},0", "--softcap", f"{CAP}"],
             softcap, window, softcap, window, None),
@@ -130,6 +147,8 @@ def flashcore_impl(args, driver, sm_count, shape, kernel, flags, workdir, facts)
         start = torch.arange(s, device="cuda", dtype=torch.int32) // DOC * DOC
         tables["doc_start"] = start.expand(b, s).contiguous()
         tables["doc_end"] = (start + DOC).clamp(max=s).expand(b, s).contiguous()
+    if kernel == "bias_attention":
+        tables["bias"] = bias_table(b, h, s)
 
     def run(q, k, v, o):
         fc({"q": q, "k": k, "v": v, "o": o} | tables)
@@ -238,7 +257,7 @@ def main():
     workdir = tempfile.mkdtemp()  # plans and SASS scratch: not in --out
     for text in args.shapes.split(","):
         shape = tuple(int(x) for x in text.split("x"))
-        for name, spec in variants(shape[1], shape[2]).items():
+        for name, spec in variants(shape[0], shape[1], shape[2], with_bias=args.only in "additive bias [B, H, S, S] f32").items():
             if args.only and args.only not in name:
                 continue
             r = bench_variant(args, driver, sm_count, timer, shape, name, spec, workdir, facts)
