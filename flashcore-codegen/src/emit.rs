@@ -14,6 +14,7 @@ use crate::smem::SmemPlan;
 use crate::writer::{PtxWriter, RegClass, RegFamily};
 use crate::CodegenError;
 
+mod axes;
 mod mask;
 
 /// A single mbarrier wait longer than this (10 s) traps: the kernel aborts instead of hanging
@@ -126,6 +127,9 @@ pub struct Emitter<'k> {
     in_work_item: bool,
     /// How many ops read each value (a value read once may be overwritten in place).
     use_counts: HashMap<Value, usize>,
+    /// Fragment values that vary along one tile axis only, which share registers along the
+    /// other ([`axes`]).
+    one_axis: HashMap<Value, TileAxis>,
     /// The index values of the work loop being emitted, and of its K/V loop.
     work_vars: Vec<Value>,
     pipeline_var: Option<Value>,
@@ -229,6 +233,7 @@ impl<'k> Emitter<'k> {
                 });
                 counts
             },
+            one_axis: axes::one_axis_values(kernel),
             work_vars: vec![],
             pipeline_var: None,
             uniform_cache: None,
@@ -264,7 +269,11 @@ impl<'k> Emitter<'k> {
         };
         let len = layout::register_count(&self.cfg, &ty).expect("register-resident value");
         let prefix = format!("%v_{}_{}_", sanitize(&self.kernel.value(v).name), v.0);
-        let fam = self.w.family(class, prefix, len);
+        let slots = self.one_axis.get(&v).and_then(|axis| self.one_axis_slots(ty, *axis));
+        let fam = match slots {
+            Some(slots) => self.w.shared_family(class, prefix, slots),
+            None => self.w.family(class, prefix, len),
+        };
         self.regs.insert(v, fam.clone());
         fam
     }
@@ -578,7 +587,7 @@ impl<'k> Emitter<'k> {
             Op::Gather { dst, param, indices } => self.gather(*dst, *param, indices),
             Op::Convert { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
-                for i in 0..d.len {
+                for i in d.written() {
                     self.w.ins(format!("cvt.rn.f32.s32 {}, {}", d.at(i), s.at(i)));
                 }
                 Ok(())
@@ -589,7 +598,7 @@ impl<'k> Emitter<'k> {
                 let (d, c, a, b) =
                     (self.regs_of(*dst), self.regs_of(*cond), self.regs_of(*then), self.regs_of(*otherwise));
                 let (ct, at, bt) = (self.kernel.ty(*cond), self.kernel.ty(*then), self.kernel.ty(*otherwise));
-                for i in 0..d.len {
+                for i in d.written() {
                     let (ci, ai, bi) = (
                         self.operand_index(ct, dst_ty, i),
                         self.operand_index(at, dst_ty, i),
@@ -631,7 +640,7 @@ impl<'k> Emitter<'k> {
             }
             Op::Exp2 { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
-                for i in 0..d.len {
+                for i in d.written() {
                     self.w.ins(format!("ex2.approx.ftz.f32 {}, {}", d.at(i), s.at(i)));
                 }
                 Ok(())
@@ -1554,7 +1563,8 @@ impl<'k> Emitter<'k> {
     /// (the usual case: the last score op's result), else a copy.
     pub(crate) fn scores_in_place(&mut self, dst: Value, src: Value) -> RegFamily {
         let s = self.regs_of(src);
-        if self.use_counts.get(&src) == Some(&1) && !self.regs.contains_key(&dst) {
+        // (Registers shared along an axis cannot take per-element results.)
+        if self.use_counts.get(&src) == Some(&1) && !self.regs.contains_key(&dst) && s.slots.is_none() {
             self.regs.insert(dst, s.clone());
             return s;
         }
@@ -1643,7 +1653,7 @@ impl<'k> Emitter<'k> {
             } else {
                 (binary_instr(op, elem), r)
             };
-        for i in 0..d.len {
+        for i in d.written() {
             let (li, ri) = (self.operand_index(lt, dt, i), self.operand_index(rt, dt, i));
             self.w.ins(format!("{instr} {}, {}, {}", d.at(i), l.at(li), r.at(ri)));
         }
@@ -1669,7 +1679,7 @@ impl<'k> Emitter<'k> {
     fn unary(&mut self, dst: Value, op: UnaryOp, src: Value) -> Result<(), CodegenError> {
         let (d, s) = (self.regs_of(dst), self.regs_of(src));
         let elem = self.kernel.ty(src).elem();
-        for i in 0..d.len {
+        for i in d.written() {
             let (x, y) = (d.at(i), s.at(i));
             match (op, elem) {
                 (UnaryOp::Not, _) => self.w.ins(format!("not.pred {x}, {y}")),
@@ -1745,7 +1755,7 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("add.u64 {base}, {base}, {bytes}"));
             }
         }
-        for i in 0..d.len {
+        for i in d.written() {
             let addr = self.w.temp(RegClass::B64);
             self.w.ins(format!("mov.b64 {addr}, {base}"));
             for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
@@ -1769,15 +1779,17 @@ impl<'k> Emitter<'k> {
             return Err(CodegenError::Internal("position of a non-fragment".into()));
         };
         let d = self.regs_of(dst);
+        let written: HashSet<usize> = d.written().into_iter().collect();
         let idx = self.regs_of(index).at(0);
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        let elements: Vec<_> = shape.acc_elements().filter(|(reg, _, _)| written.contains(reg)).collect();
         let base = self.w.temp(RegClass::B32);
         match axis {
             TileAxis::Rows => {
                 let (row0, group) = (self.th().warp_row0.clone(), self.th().group.clone());
                 self.w.ins(format!("mad.lo.u32 {base}, {idx}, {}, {row0}", tile.size(&self.cfg)));
                 self.w.ins(format!("add.u32 {base}, {base}, {group}"));
-                for (reg, row_offset, _) in shape.acc_elements() {
+                for &(reg, row_offset, _) in &elements {
                     self.w.ins(format!("add.u32 {}, {base}, {row_offset}", d.at(reg)));
                 }
             }
@@ -1788,7 +1800,7 @@ impl<'k> Emitter<'k> {
                 if let Some(key0) = self.split_key0(cols) {
                     self.w.ins(format!("add.u32 {base}, {base}, {key0}"));
                 }
-                for (reg, _, col_offset) in shape.acc_elements() {
+                for &(reg, _, col_offset) in &elements {
                     self.w.ins(format!("add.u32 {}, {base}, {col_offset}", d.at(reg)));
                 }
             }

@@ -34,17 +34,45 @@ impl RegClass {
     }
 }
 
-/// A named array of registers `{prefix}0 .. {prefix}{len-1}` declared as `{prefix}<len>`.
+/// A named array of registers `{prefix}0 .. {prefix}{len-1}` declared as `{prefix}<len>`: one
+/// register per element of a value. A value that is the same along one axis of its tile (a row
+/// position, anything computed from row positions and uniforms) has `slots`: element `i` lives
+/// in register `slots[i]`, shared with the other elements of its row (or column), and only
+/// `max(slots) + 1` registers are declared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RegFamily {
     pub prefix: String,
     pub len: usize,
+    pub slots: Option<std::sync::Arc<Vec<usize>>>,
 }
 
 impl RegFamily {
     pub fn at(&self, i: usize) -> String {
         debug_assert!(i < self.len, "{}{i} is past the family's {} registers", self.prefix, self.len);
-        format!("{}{i}", self.prefix)
+        match &self.slots {
+            Some(slots) => format!("{}{}", self.prefix, slots[i]),
+            None => format!("{}{i}", self.prefix),
+        }
+    }
+
+    /// The elements whose registers an elementwise op writes: every element, or with shared
+    /// registers the first element of each.
+    pub fn written(&self) -> Vec<usize> {
+        match &self.slots {
+            None => (0..self.len).collect(),
+            Some(slots) => {
+                let mut seen = vec![false; self.declared()];
+                (0..self.len).filter(|&i| !std::mem::replace(&mut seen[slots[i]], true)).collect()
+            }
+        }
+    }
+
+    /// How many registers the family declares.
+    pub fn declared(&self) -> usize {
+        match &self.slots {
+            Some(slots) => slots.iter().max().map_or(0, |m| m + 1),
+            None => self.len,
+        }
     }
 }
 
@@ -76,13 +104,20 @@ impl PtxWriter {
 
     /// A named register family. Names must be unique; the caller's namer guarantees it.
     pub fn family(&mut self, class: RegClass, prefix: String, len: usize) -> RegFamily {
-        let family = RegFamily { prefix, len };
+        let family = RegFamily { prefix, len, slots: None };
         self.families.push((class, family.clone()));
         family
     }
 
     /// A register family named `stem` plus a number no other family has (for code emitted more
     /// than once for the same value, e.g. per row slot of a streaming group).
+    /// A family of `slots.len()` elements in shared registers (see [`RegFamily`]).
+    pub fn shared_family(&mut self, class: RegClass, prefix: String, slots: Vec<usize>) -> RegFamily {
+        let family = RegFamily { prefix, len: slots.len(), slots: Some(std::sync::Arc::new(slots)) };
+        self.families.push((class, family.clone()));
+        family
+    }
+
     pub fn fresh_family(&mut self, class: RegClass, stem: &str, len: usize) -> RegFamily {
         let prefix = format!("{stem}{}_", self.families.len());
         self.family(class, prefix, len)
@@ -90,7 +125,7 @@ impl PtxWriter {
 
     /// A single named register (a family of one, declared without the `<n>` form).
     pub fn named(&mut self, class: RegClass, name: &str) -> String {
-        self.families.push((class, RegFamily { prefix: name.to_string(), len: 0 }));
+        self.families.push((class, RegFamily { prefix: name.to_string(), len: 0, slots: None }));
         name.to_string()
     }
 
@@ -137,7 +172,7 @@ impl PtxWriter {
             if family.len == 0 {
                 let _ = writeln!(out, "\t.reg {} {};", class.decl(), family.prefix);
             } else {
-                let _ = writeln!(out, "\t.reg {} {}<{}>;", class.decl(), family.prefix, family.len);
+                let _ = writeln!(out, "\t.reg {} {}<{}>;", class.decl(), family.prefix, family.declared());
             }
         }
         out.push('\n');

@@ -146,12 +146,14 @@ pub fn alibi_attention<T>(
                 let ks = stage(k.tile(b, h / (H / HKV), kt));
                 let vs = stage(v.tile(b, h / (H / HKV), kt));
             }
+            // In the exp2 domain of the softmax below: (x + slope · (j − i)) · log2 e, with the
+            // uniform factors multiplied once and i + (SK − S) computed once per row.
             #[role(compute)]
-            let s = mma(qf, ks.t()) * scale;
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
             #[role(compute)]
-            let slope = exp2(-8.0 * (h + 1) / H);
+            let slope = exp2(-8.0 * (h + 1) / H) * LOG2_E;
             #[role(compute)]
-            let s = (s + slope * (s.index(SK) - s.index(S) - (SK - S))) * LOG2_E;
+            let s = s + slope * (s.index(SK) - (s.index(S) + (SK - S)));
             #[role(softmax)]
             {
                 let m_new = max(m, row_max(s));
