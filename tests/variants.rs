@@ -608,3 +608,82 @@ fn a_mask_with_integer_products_is_applied_per_element() {
         assert!(got.err.rel_l2 < 2e-3, "{shape:?}: {:?}", got.err);
     }
 }
+
+/// A K/V loop over part of the keys, written as the loop's range: batch `b` walks K/V tiles
+/// `first[b] ..= last[b]` only (`pipeline(from..min(to, SK / TILE_N))`), with no mask, so its
+/// result is attention over exactly the keys of those tiles. Were the range ignored, every key
+/// would count.
+#[flashcore::flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn key_tile_range<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    first: Tensor<i32, B>,
+    last: Tensor<i32, B>,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(first.at(b)..min(last.at(b) + 1, SK / TILE_N)) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
+#[test]
+fn a_pipeline_range_walks_only_its_tiles() {
+    let lowered = key_tile_range::ir_after(&key_tile_range::CONFIG, "lower").unwrap().to_string();
+    assert!(lowered.contains("from bound #0 to bound #1"), "{lowered}");
+    assert!(lowered.contains("bound #1: (last.at(work_index0) + 1)"), "{lowered}");
+    let parsed = flashcore::ir::parse_kernel(&lowered).unwrap_or_else(|e| panic!("{e}\n{lowered}"));
+    assert_eq!(parsed.to_string(), lowered, "the bounds read back from the text IR");
+    let shape = AttentionShape { b: 3, h: 2, hk: 1, s: 130, sk: 300 };
+    // Batch 0: tiles 1 ..= 2; batch 1: from before the start to past the end (clamped: all);
+    // batch 2: an empty range (no key: the output is 0, the log-sum-exp -inf).
+    let (first, last) = (vec![1, -3, 3], vec![2, 99, 1]);
+    for config in configs(key_tile_range::CONFIG) {
+        let kernel = key_tile_range::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let tile_n = config.tile_n as i64;
+        let (f, l) = (first.clone(), last.clone());
+        let variant = Variant::new(
+            |_, _, _, _, x| x,
+            move |b, _, _, j| (j as i64) >= f[b] as i64 * tile_n && (j as i64) < (l[b] as i64 + 1) * tile_n,
+        );
+        let extras = [
+            ExtraArg::I32Table { data: first.clone(), shape: vec![3] },
+            ExtraArg::I32Table { data: last.clone(), shape: vec![3] },
+        ];
+        let got = check_variant(&kernel, shape, Layout::Bhsd, 9, &SimDevice::default(), &extras, &variant)
+            .unwrap_or_else(|e| panic!("{config}: {e}"));
+        let bound = if config.dtype == DType::F16 { 2e-3 } else { 1.6e-2 };
+        assert!(got.err.rel_l2 < bound, "{config}: {:?}", got.err);
+        assert!(got.lse_mismatched == 0, "{config}: {got:?}");
+    }
+}

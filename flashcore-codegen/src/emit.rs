@@ -863,12 +863,23 @@ impl<'k> Emitter<'k> {
         let count = self.extent_reg(extent);
         let i = self.regs_of(var).at(0);
         self.pipeline_var = Some(var);
+        if let Some(to) = extent.to {
+            self.w.comment(format!("the source's range: tiles before bound #{}", to.0));
+            let end = self.loop_bound(to)?;
+            self.w.ins(format!("max.s32 {end}, {end}, 0"));
+            self.w.ins(format!("min.u32 {count}, {count}, {end}"));
+        }
         match extent.skip {
             Some(mask) => {
                 let first = self.mask_loop_bounds(mask, &count)?;
                 self.w.ins(format!("mov.u32 {i}, {first}"));
             }
             None => self.w.ins(format!("mov.u32 {i}, 0")),
+        }
+        if let Some(from) = extent.from {
+            self.w.comment(format!("the source's range: tiles from bound #{}", from.0));
+            let start = self.loop_bound(from)?;
+            self.w.ins(format!("max.s32 {i}, {i}, {start}"));
         }
         self.hoist_mask_tables(body)?;
         self.pipeline_count = Some(count.clone());

@@ -74,8 +74,16 @@ impl Printer<'_> {
             Some(c) => format!("{extent} causal({})", self.causal(&c)),
             None => extent,
         };
-        match e.skip {
+        let extent = match e.skip {
             Some(m) => format!("{extent} skipping tiles that mask #{} empties", m.0),
+            None => extent,
+        };
+        let extent = match e.from {
+            Some(b) => format!("{extent} from bound #{}", b.0),
+            None => extent,
+        };
+        match e.to {
+            Some(b) => format!("{extent} to bound #{}", b.0),
             None => extent,
         }
     }
@@ -368,6 +376,9 @@ impl fmt::Display for Kernel {
         writeln!(out, "  config {}", self.config)?;
         for (i, m) in self.masks.iter().enumerate() {
             writeln!(out, "  mask #{i}: keep {}", Printer { kernel: self }.mask_expr(&m.keep))?;
+        }
+        for (i, b) in self.bounds.iter().enumerate() {
+            writeln!(out, "  bound #{i}: {}", Printer { kernel: self }.mask_expr(b))?;
         }
         for r in &self.mbarriers {
             writeln!(out, "  mbarrier ${}: x {}, {} arrivals per phase", r.name, r.slots, r.count)?;

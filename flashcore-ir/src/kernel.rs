@@ -477,7 +477,16 @@ pub struct LoopExtent {
     /// this mask keeps any score of, for the work item's Q tile (tiles it masks entirely add
     /// nothing to the online softmax).
     pub skip: Option<MaskId>,
+    /// The source's own range, `pipeline(from..min(to, DIM / TILE))`: the loop walks tiles
+    /// `max(from, 0) .. min(to, trip count)` ([`Kernel::bounds`], i32 expressions of the work
+    /// item).
+    pub from: Option<BoundId>,
+    pub to: Option<BoundId>,
 }
+
+/// Handle of a loop bound in [`Kernel::bounds`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BoundId(pub u32);
 
 impl LoopExtent {
     /// The extent with its Q-tile index renamed (loop copies of other role groups).
@@ -770,6 +779,9 @@ pub struct Kernel {
     pub channels: Vec<Channel>,
     /// Score masks that are functions of positions ([`Op::MaskWhere`], [`LoopExtent::skip`]).
     pub masks: Vec<TileMask>,
+    /// Loop bounds written in the source ([`LoopExtent::from`], [`LoopExtent::to`]): i32
+    /// expressions of work-loop indices, lengths, constants, parameters and table reads.
+    pub bounds: Vec<MaskExpr>,
     pub body: Block,
 }
 

@@ -35,6 +35,7 @@ pub fn lower(program: &Program, config: &Config) -> std::result::Result<Kernel, 
         mbarriers: vec![],
         channels: vec![],
         masks: lowerer.masks,
+        bounds: lowerer.bounds,
         body,
     };
     crate::verify::verify(&kernel)?;
@@ -92,6 +93,8 @@ struct Lowerer {
     /// The K/V loop's index, inside it.
     pipeline_var: Option<Value>,
     masks: Vec<TileMask>,
+    /// Loop bounds written in the source ([`Kernel::bounds`]).
+    bounds: Vec<MaskExpr>,
 }
 
 /// A score tile of the score code: the arithmetic between a `Q·Kᵀ` mma (or a `mask(..)`) and
@@ -217,6 +220,7 @@ impl Lowerer {
             work_vars: vec![],
             pipeline_var: None,
             masks: vec![],
+            bounds: vec![],
         };
         let mut head: Option<(Dim, String)> = None;
         for (index, decl) in program.params.iter().enumerate() {
@@ -580,7 +584,7 @@ impl Lowerer {
                     span: stmt.span,
                 });
             }
-            StmtKind::Pipeline { var, extent, body } => {
+            StmtKind::Pipeline { var, from, extent, to, body } => {
                 if nesting != Nesting::Tiles {
                     return err(
                         stmt.span,
@@ -588,6 +592,8 @@ impl Lowerer {
                     );
                 }
                 let mut e = self.extent(extent)?;
+                e.from = from.as_ref().map(|b| self.loop_bound(b, "from")).transpose()?;
+                e.to = to.as_ref().map(|b| self.loop_bound(b, "to")).transpose()?;
                 if self.causal_config {
                     if self.causal.is_none() {
                         return err(
@@ -661,7 +667,33 @@ impl Lowerer {
             per_tile: extent.per_tile.map(tile_dim),
             causal: None,
             skip: None,
+            from: None,
+            to: None,
         })
+    }
+
+    /// A bound of a `pipeline(from..min(to, DIM / TILE))` range: an i32 expression of the work
+    /// item, kept as an expression that every role evaluates at its copy of the loop.
+    fn loop_bound(&mut self, bound: &Expr, name: &str) -> Result<BoundId> {
+        let mut scratch = Block::default();
+        let v = self.expr(bound, &mut scratch, None, name)?;
+        let ty = self.ty(v);
+        if ty != Type::Int {
+            return err(
+                bound.span,
+                format!("a `pipeline` bound is an i32 tile index, not {}", describe(&ty)),
+            );
+        }
+        match self.sym_of(v) {
+            Some(e) if !e.mentions_positions() => {
+                self.bounds.push(e);
+                Ok(BoundId(self.bounds.len() as u32 - 1))
+            }
+            _ => err(
+                bound.span,
+                "a `pipeline` bound is computed from the work loop's indices, lengths, TILE_M / TILE_N / D, integer constants and i32 tables read at those (`+ - * / % min max`)",
+            ),
+        }
     }
 
     fn tile_access(&mut self, target: &TileRef, write: bool) -> Result<TileAccess> {
@@ -1392,9 +1424,14 @@ impl Lowerer {
         self.push(out, Op::Binary { dst, op, lhs: nl, rhs: nr }, role, span);
         // Interval arithmetic bounds these ops exactly; an i32 product can wrap, which no
         // interval of the operands bounds, so a mask with one is applied element by element.
+        // Uniform operands (no positions) have exact values, so there an i32 product, quotient
+        // and remainder are kept too (loop bounds, `qt * TILE_M`).
         let bounded = !matches!(op, BinOp::Div | BinOp::Rem) && !(op == BinOp::Mul && elem == Elem::I32);
-        if let (true, Some(a), Some(b)) = (bounded, self.sym_of(nl), self.sym_of(nr)) {
-            self.sym.insert(dst, MaskExpr::Binary(op, Box::new(a), Box::new(b)));
+        let exact = matches!(op, BinOp::Mul | BinOp::Div | BinOp::Rem) && elem == Elem::I32;
+        if let (Some(a), Some(b)) = (self.sym_of(nl), self.sym_of(nr)) {
+            if bounded || exact && !a.mentions_positions() && !b.mentions_positions() {
+                self.sym.insert(dst, MaskExpr::Binary(op, Box::new(a), Box::new(b)));
+            }
         }
         if !op.is_comparison() && !op.is_logic() {
             self.merge_raw(dst, &[l, r], role, span)?;

@@ -221,6 +221,17 @@ impl Parser<'_> {
 
     fn extent(&mut self, s: &str) -> R<LoopExtent> {
         let mut s = s.trim();
+        let bound = |n: &str| n.trim().parse().map(BoundId).map_err(|_| "bad bound number");
+        let mut to = None;
+        if let Some((head, n)) = s.split_once(" to bound #") {
+            to = Some(bound(n)?);
+            s = head;
+        }
+        let mut from = None;
+        if let Some((head, n)) = s.split_once(" from bound #") {
+            from = Some(bound(n)?);
+            s = head;
+        }
         let mut skip = None;
         if let Some((head, m)) = s.split_once(" skipping tiles that mask #") {
             let n = m.trim_end_matches(" empties").parse().map_err(|_| "bad mask number")?;
@@ -237,7 +248,7 @@ impl Parser<'_> {
             Some((d, t)) => (self.dim(d)?, Some(tile_dim(t)?)),
             None => (self.dim(s)?, None),
         };
-        Ok(LoopExtent { dim, per_tile, causal, skip })
+        Ok(LoopExtent { dim, per_tile, causal, skip, from, to })
     }
 
     fn mask_expr(&self, s: &str) -> R<MaskExpr> {
@@ -323,6 +334,7 @@ impl Parser<'_> {
             mbarriers: vec![],
             channels: vec![],
             masks: vec![],
+            bounds: vec![],
             body: Block::default(),
         });
         for p in split_top(&params, ", ") {
@@ -368,6 +380,14 @@ impl Parser<'_> {
             self.current = self.lines[self.at].0;
             let keep = self.mask_expr(keep)?;
             self.kernel.as_mut().expect("made above").masks.push(TileMask { keep });
+            self.at += 1;
+        }
+        while let Some((_, line)) = self.lines.get(self.at) {
+            let Some(rest) = line.strip_prefix("bound #") else { break };
+            let (_, bound) = rest.split_once(": ").ok_or("expected `bound #N: ..`")?;
+            self.current = self.lines[self.at].0;
+            let bound = self.mask_expr(bound)?;
+            self.kernel.as_mut().expect("made above").bounds.push(bound);
             self.at += 1;
         }
         Ok(())

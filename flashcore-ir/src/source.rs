@@ -448,9 +448,12 @@ pub enum StmtKind {
         body: Vec<Stmt>,
     },
     /// `for kt in pipeline(0..S / TILE_N) { .. }`: the loop whose stages the pipeline pass buffers.
+    /// `pipeline(from..min(to, S / TILE_N))` walks only tiles `from..to` of the extent.
     Pipeline {
         var: String,
+        from: Option<Expr>,
         extent: Extent,
+        to: Option<Expr>,
         body: Vec<Stmt>,
     },
     /// `store(o[b, h, qt], value)`.
@@ -528,7 +531,8 @@ impl Program {
             StmtKind::Let { value, .. } | StmtKind::Assign { value, .. } | StmtKind::Store { value, .. } => {
                 expr(value, &mut out)
             }
-            StmtKind::Tiles { .. } | StmtKind::Pipeline { .. } => {}
+            StmtKind::Pipeline { from, to, .. } => from.iter().chain(to).for_each(|b| expr(b, &mut out)),
+            StmtKind::Tiles { .. } => {}
         });
         out
     }

@@ -193,9 +193,17 @@ fn stmt(s: &Stmt) -> TokenStream {
             let body = stmts(body);
             quote!(#p::StmtKind::Tiles { vars: #vars, extents: ::std::vec![#(#extents),*], body: #body })
         }
-        StmtKind::Pipeline { var, extent: e, body } => {
+        StmtKind::Pipeline { var, from, extent: e, to, body } => {
             let (var, e, body) = (string(var), extent(e), stmts(body));
-            quote!(#p::StmtKind::Pipeline { var: #var, extent: #e, body: #body })
+            let bound = |b: &Option<Expr>| match b {
+                Some(b) => {
+                    let b = expr(b);
+                    quote!(::std::option::Option::Some(#b))
+                }
+                None => quote!(::std::option::Option::None),
+            };
+            let (from, to) = (bound(from), bound(to));
+            quote!(#p::StmtKind::Pipeline { var: #var, from: #from, extent: #e, to: #to, body: #body })
         }
         StmtKind::Store { target, value } => {
             let (target, value) = (tile_ref(target), expr(value));

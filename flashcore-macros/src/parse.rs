@@ -459,13 +459,28 @@ impl Converter<'_> {
                 let [syn::Expr::Range(range)] = call.args.iter().collect::<Vec<_>>()[..] else {
                     return error(call, "`pipeline` takes one range: `pipeline(0..S / TILE_N)`");
                 };
-                let starts_at_zero = matches!(range.start.as_deref(), Some(syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. })) if i.base10_digits() == "0");
-                let (true, Some(end), syn::RangeLimits::HalfOpen(_)) =
-                    (starts_at_zero, &range.end, &range.limits)
+                const RANGE: &str = "`pipeline` loops run over `0..DIM / TILE`, or over part of it: `from..min(to, DIM / TILE)`";
+                let (Some(start), Some(end), syn::RangeLimits::HalfOpen(_)) =
+                    (&range.start, &range.end, &range.limits)
                 else {
-                    return error(range, "`pipeline` loops run over `0..n`");
+                    return error(range, RANGE);
                 };
-                StmtKind::Pipeline { var, extent: self.extent(end)?, body: self.stmts(&f.body.stmts, role)? }
+                let starts_at_zero = matches!(&**start, syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) if i.base10_digits() == "0");
+                let from = if starts_at_zero { None } else { Some(self.expr(start)?) };
+                // The end: the extent itself, or `min(to, extent)` (either order).
+                let (extent, to) = match &**end {
+                    syn::Expr::Call(min) if callee(min).as_deref() == Some("min") && min.args.len() == 2 => {
+                        let (a, b) = (&min.args[0], &min.args[1]);
+                        let is_extent = |e: &syn::Expr| matches!(e, syn::Expr::Binary(b) if matches!(b.op, syn::BinOp::Div(_)) && matches!(&*b.right, syn::Expr::Path(p) if p.path.is_ident("TILE_N") || p.path.is_ident("TILE_M")));
+                        match (is_extent(a), is_extent(b)) {
+                            (_, true) => (self.extent(b)?, Some(self.expr(a)?)),
+                            (true, false) => (self.extent(a)?, Some(self.expr(b)?)),
+                            _ => return error(end, RANGE),
+                        }
+                    }
+                    _ => (self.extent(end)?, None),
+                };
+                StmtKind::Pipeline { var, from, extent, to, body: self.stmts(&f.body.stmts, role)? }
             }
             _ => return error(&f.expr, "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`"),
         };

@@ -422,6 +422,11 @@ impl Emitter<'_> {
                     Range::Bool { can_hold: differ, can_fail: overlap }
                 }
             }
+            BinOp::Div | BinOp::Rem if exact && !float => {
+                let instr = if op == BinOp::Div { "div" } else { "rem" };
+                let x = emit(self, instr, &al, &bl);
+                num(x.clone(), x)
+            }
             other => return Err(CodegenError::Internal(format!("mask op {other:?} is not bounded"))),
         })
     }
@@ -518,6 +523,27 @@ impl Emitter<'_> {
         self.element_cache = None;
         self.w.place_label(&skip);
         Ok(())
+    }
+
+    /// The value of loop bound `id` (an i32 expression of the work item), in a register of its
+    /// own.
+    pub(super) fn loop_bound(&mut self, id: BoundId) -> Result<String, CodegenError> {
+        let expr =
+            self.kernel.bounds.get(id.0 as usize).cloned().ok_or_else(|| {
+                CodegenError::Internal(format!("loop bound #{} is not in the kernel", id.0))
+            })?;
+        let zero = self.w.temp(RegClass::B32);
+        self.w.ins(format!("mov.u32 {zero}, 0"));
+        let nowhere = Region { rows: (zero.clone(), zero.clone()), cols: (zero.clone(), zero) };
+        let Range::Num { lo, hi, float: false } = self.mask_range(&expr, &nowhere)? else {
+            return Err(CodegenError::Internal(format!("loop bound #{} is not an i32", id.0)));
+        };
+        if lo != hi {
+            return Err(CodegenError::Internal(format!("loop bound #{} depends on positions", id.0)));
+        }
+        let value = self.w.temp(RegClass::B32);
+        self.w.ins(format!("mov.b32 {value}, {lo}"));
+        Ok(value)
     }
 
     /// Block-sparse K/V loop bounds: the first and one past the last K/V tile (below `count`)
