@@ -1766,14 +1766,27 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("add.u64 {base}, {base}, {bytes}"));
             }
         }
+        // The address is built axis by axis, and each partial address is kept by the index
+        // registers it used: an index register shared by a row's (or key's) elements is
+        // clamped and scaled once, and a row's partial address serves all its elements.
+        let mut partial: HashMap<Vec<String>, String> = HashMap::new();
         for i in d.written() {
-            let addr = self.w.temp(RegClass::B64);
-            self.w.ins(format!("mov.b64 {addr}, {base}"));
+            let (mut addr, mut key) = (base.clone(), vec![]);
             for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
-                if !t.is_uniform() {
-                    let bytes = offset(self, axis, &r.at(self.operand_index(*t, dt, i)));
-                    self.w.ins(format!("add.u64 {addr}, {addr}, {bytes}"));
+                if t.is_uniform() {
+                    continue;
                 }
+                key.push(r.at(self.operand_index(*t, dt, i)));
+                addr = match partial.get(&key) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let bytes = offset(self, axis, key.last().expect("pushed above"));
+                        let next = self.w.temp(RegClass::B64);
+                        self.w.ins(format!("add.u64 {next}, {addr}, {bytes}"));
+                        partial.insert(key.clone(), next.clone());
+                        next
+                    }
+                };
             }
             self.w.ins(format!("ld.global.{ty} {}, [{addr}]", d.at(i)));
         }
