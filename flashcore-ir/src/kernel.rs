@@ -406,38 +406,31 @@ pub enum MaskExpr {
 }
 
 impl MaskExpr {
+    /// Whether `pred` holds for the expression or any part of it.
+    pub fn any(&self, pred: &impl Fn(&MaskExpr) -> bool) -> bool {
+        pred(self)
+            || match self {
+                MaskExpr::Binary(_, a, b) => a.any(pred) || b.any(pred),
+                MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.any(pred),
+                MaskExpr::Table { indices, .. } => indices.iter().any(|i| i.any(pred)),
+                _ => false,
+            }
+    }
+
     /// Whether the expression reads a position (otherwise it is uniform over a work item).
     pub fn mentions_positions(&self) -> bool {
-        match self {
-            MaskExpr::RowPos(_) | MaskExpr::ColPos => true,
-            MaskExpr::Binary(_, a, b) => a.mentions_positions() || b.mentions_positions(),
-            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.mentions_positions(),
-            MaskExpr::Table { indices, .. } => indices.iter().any(MaskExpr::mentions_positions),
-            _ => false,
-        }
+        self.any(&|e| matches!(e, MaskExpr::RowPos(_) | MaskExpr::ColPos))
     }
 
     /// Whether the expression reads a query position.
     pub fn mentions_rows(&self) -> bool {
-        match self {
-            MaskExpr::RowPos(_) => true,
-            MaskExpr::Binary(_, a, b) => a.mentions_rows() || b.mentions_rows(),
-            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.mentions_rows(),
-            MaskExpr::Table { indices, .. } => indices.iter().any(MaskExpr::mentions_rows),
-            _ => false,
-        }
+        self.any(&|e| matches!(e, MaskExpr::RowPos(_)))
     }
 
     /// Whether the expression reads a key position (otherwise it is the same for every K/V
     /// tile of a work item).
     pub fn mentions_cols(&self) -> bool {
-        match self {
-            MaskExpr::ColPos => true,
-            MaskExpr::Binary(_, a, b) => a.mentions_cols() || b.mentions_cols(),
-            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.mentions_cols(),
-            MaskExpr::Table { indices, .. } => indices.iter().any(MaskExpr::mentions_cols),
-            _ => false,
-        }
+        self.any(&|e| matches!(e, MaskExpr::ColPos))
     }
 
     /// The element type of the expression's value.

@@ -498,23 +498,19 @@ impl Emitter<'_> {
         // One register per row and per key position, so that the parts of the mask that read
         // only the row (or only the key) are computed once per row (or key), not per element.
         let (mut row_regs, mut col_regs) = (HashMap::new(), HashMap::new());
+        // The register holding `base + offset`, made on first use.
+        let position = |this: &mut Self, regs: &mut HashMap<usize, String>, base: &str, offset: usize| {
+            regs.entry(offset)
+                .or_insert_with(|| {
+                    let r = this.w.temp(RegClass::B32);
+                    this.w.ins(format!("add.u32 {r}, {base}, {offset}"));
+                    r
+                })
+                .clone()
+        };
         for (reg, row_offset, col_offset) in shape.acc_elements() {
-            let row = row_regs
-                .entry(row_offset)
-                .or_insert_with(|| {
-                    let row = self.w.temp(RegClass::B32);
-                    self.w.ins(format!("add.u32 {row}, {row_base}, {row_offset}"));
-                    row
-                })
-                .clone();
-            let col = col_regs
-                .entry(col_offset)
-                .or_insert_with(|| {
-                    let col = self.w.temp(RegClass::B32);
-                    self.w.ins(format!("add.u32 {col}, {col_base}, {col_offset}"));
-                    col
-                })
-                .clone();
+            let row = position(self, &mut row_regs, &row_base, row_offset);
+            let col = position(self, &mut col_regs, &col_base, col_offset);
             let region = Region { rows: (row.clone(), row), cols: (col.clone(), col) };
             let (keep, _) = self.mask_bounds(&expr, &region)?;
             self.w.ins(format!("@!{keep} mov.f32 {}, 0fFF800000", d.at(reg)));
@@ -614,10 +610,5 @@ impl Emitter<'_> {
 
 /// Whether a mask expression reads an input table.
 fn reads_table(e: &MaskExpr) -> bool {
-    match e {
-        MaskExpr::Table { .. } => true,
-        MaskExpr::Binary(_, a, b) => reads_table(a) || reads_table(b),
-        MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => reads_table(a),
-        _ => false,
-    }
+    e.any(&|e| matches!(e, MaskExpr::Table { .. }))
 }
