@@ -17,12 +17,17 @@ const EVERYWHERE: Varies = Varies { rows: true, cols: true };
 
 /// The fragment values that vary along one axis only, with that axis. Elementwise ops
 /// (`Binary`, `Unary`, `Convert`, `Select`, `Gather`, `Exp2`) vary where their operands do;
-/// every other op's result, and every mutable value, varies everywhere.
+/// every other op's result, every mutable value and every value defined more than once (a
+/// channel's copy in another role) varies everywhere.
 pub(super) fn one_axis_values(kernel: &Kernel) -> HashMap<Value, TileAxis> {
     let mut varies: HashMap<Value, Varies> = HashMap::new();
     kernel.walk(&mut |inst| {
         let Some(dst) = inst.op.def() else { return };
         if !matches!(kernel.ty(dst), Type::Frag { .. }) || kernel.value(dst).mutable {
+            return;
+        }
+        if varies.contains_key(&dst) {
+            varies.insert(dst, EVERYWHERE);
             return;
         }
         let of = |v: Value| match kernel.ty(v) {
