@@ -180,3 +180,21 @@ impl PtxWriter {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_registers_are_declared_and_written_once() {
+        let mut w = PtxWriter::default();
+        // Four elements, two rows of two: elements 0, 1 share register 0, elements 2, 3 share 1.
+        let rows = w.shared_family(RegClass::B32, "%row_".into(), vec![0, 0, 1, 1]);
+        assert_eq!((rows.at(1), rows.at(2)), ("%row_0".to_string(), "%row_1".to_string()));
+        assert_eq!((rows.written(), rows.declared(), rows.len), (vec![0, 2], 2, 4));
+        let plain = w.family(RegClass::F32, "%x_".into(), 3);
+        assert_eq!((plain.written(), plain.declared()), (vec![0, 1, 2], 3));
+        let text = w.finish();
+        assert!(text.contains(".reg .b32 %row_<2>;") && text.contains(".reg .f32 %x_<3>;"), "{text}");
+    }
+}
