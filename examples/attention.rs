@@ -3,7 +3,8 @@
 //! Without a GPU it says so, prints the PTX's ptxas resource report, runs the kernel in the PTX
 //! simulator at a small shape and checks it against float64 (exit 0 when correct).
 //!
-//! `cargo run --release --example attention -- [--kernel NAME [--softcap 30] [--window 1024,0] [--prefix 2048] [--param NAME=VALUE]]
+//! `cargo run --release --example attention -- [--kernel NAME [--softcap 30] [--window 1024,0] [--prefix 2048] [--param NAME=VALUE]
+//!  [--doc-len 1000] [--table NAME=FILE.npy] [--bias bias.npy] [--doc-ids ids.npy]]
 //!  [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--varlen 1,17,77 [--varlen-k 5,300,0]] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
 //!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem] [--declared] [--ptx] [--plan plan.json]`
@@ -17,7 +18,12 @@
 //! (`q, k, v, o, lse, scale, <f32 parameters>, cu_q, cu_k`): the variants of
 //! `flashcore::kernels::variants`, each checked against the float64 reference of its formula
 //! (`variants::reference`). Their f32 parameters come from `--softcap`, `--window LEFT,RIGHT`,
-//! `--prefix` or `--param NAME=VALUE`.
+//! `--prefix` or `--param NAME=VALUE`. Their tables are made per problem (document ids of
+//! `--doc-len` tokens, a random bias) unless read from `.npy` files: `--table NAME=FILE` (f32 or
+//! i32 by the table's type), `--bias FILE` (`--table bias=FILE`), `--doc-ids FILE` (document ids
+//! `[B, S]`, i4 or i8: the `doc` table, or `doc_start` and `doc_end` made from its runs). A file's
+//! shape must be the table's for the problem the flags give; without a GPU the simulator then
+//! runs that problem.
 
 #[path = "shared/variant.rs"]
 mod variant;
@@ -45,6 +51,10 @@ struct Options {
     params: Vec<(String, f32)>,
     /// Tokens per document in the document ids an `i32` table gets (`--doc-len`).
     doc_len: usize,
+    /// Tables read from `.npy` files (`--table NAME=FILE`, `--bias FILE`).
+    tables: Vec<(String, PathBuf)>,
+    /// Document ids `[B, S]` from a `.npy` file (`--doc-ids FILE`).
+    doc_ids: Option<PathBuf>,
     b: usize,
     h: usize,
     s: usize,
@@ -106,6 +116,8 @@ fn parse_args() -> Result<Options, String> {
         kernel: "attention".into(),
         params: vec![],
         doc_len: 1000,
+        tables: vec![],
+        doc_ids: None,
         b: 1,
         h: 8,
         s: 512,
@@ -151,6 +163,14 @@ fn parse_args() -> Result<Options, String> {
         match flag.as_str() {
             "--kernel" => o.kernel = value()?,
             "--doc-len" => o.doc_len = number(value()?)?.max(1),
+            "--table" => {
+                let v = value()?;
+                let (name, file) =
+                    v.split_once('=').ok_or_else(|| format!("--table takes NAME=FILE.npy, got `{v}`"))?;
+                o.tables.push((name.to_string(), file.into()));
+            }
+            "--bias" => o.tables.push(("bias".to_string(), value()?.into())),
+            "--doc-ids" => o.doc_ids = Some(value()?.into()),
             "--softcap" | "--prefix" | "--window" | "--param" => {
                 let params = variant::param_flag(&flag, &mut value).unwrap_or_else(|| Ok(vec![]))?;
                 o.params.extend(params);
@@ -196,7 +216,7 @@ fn parse_args() -> Result<Options, String> {
                     "{}",
                     include_str!("attention.rs")
                         .lines()
-                        .take(13)
+                        .take_while(|l| l.starts_with("//!"))
                         .map(|l| l.trim_start_matches("//! ").trim_start_matches("//!"))
                         .collect::<Vec<_>>()
                         .join("\n")
@@ -214,6 +234,9 @@ fn parse_args() -> Result<Options, String> {
             "--varlen runs packed [TOTAL, H, D] random inputs: not with --q/--k/--v, --sweep or --layout"
                 .into(),
         );
+    }
+    if (!o.tables.is_empty() || o.doc_ids.is_some()) && (o.varlen.is_some() || o.sweep || o.plan.is_some()) {
+        return Err("tables from files (--table, --bias, --doc-ids) fix one problem's shape: not with --varlen, --sweep or --plan".into());
     }
     Ok(o)
 }
@@ -660,13 +683,31 @@ fn run_in_simulator(
             (check, format!("varlen {lens_q:?} x {lens_k:?} x{h}x{d}"))
         }
         None => {
-            let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 };
+            // Tables from files fix the problem's shape: the flags' (kept small).
+            let shape = if chosen.reads_files() {
+                let shape = AttentionShape {
+                    b: o.b,
+                    h: o.h,
+                    hk: o.hkv.unwrap_or(o.h),
+                    s: o.s,
+                    sk: o.sk.unwrap_or(o.s),
+                };
+                if shape.b * shape.h * shape.s * shape.sk > 1 << 22 {
+                    return Err(format!(
+                        "tables from files set the simulator's problem to {}x{}x{}x{d} (SK {}): over 2^22 (query, key) pairs, too slow to simulate; use a smaller one, or a GPU",
+                        shape.b, shape.h, shape.s, shape.sk
+                    ));
+                }
+                shape
+            } else {
+                AttentionShape { b: 1, h: 2, hk: 2, s: 256, sk: 256 }
+            };
             let sizes = axis_sizes([shape.b, shape.h, shape.s, d as usize], shape.hk, shape.sk);
             let extras = chosen.problem_extras(&sizes, &mut Rng::new(o.seed))?;
             let variant = chosen.reference(&extras, shape.h, shape.s, shape.sk)?;
             let args: Vec<ExtraArg> = extras.into_iter().map(|(_, e)| e).collect();
             let check = check_variant(kernel, shape, o.layout, o.seed, &device, &args, &variant);
-            (check, format!("1x2x256x{d} {}", o.layout))
+            (check, format!("{}x{}x{}x{d} {}", shape.b, shape.h, shape.s, o.layout))
         }
     };
     let check = check.map_err(|e| e.to_string())?;
@@ -778,7 +819,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let chosen = match Chosen::new(&o.kernel, &o.params, o.doc_len) {
+    let chosen = match Chosen::new(&o.kernel, &o.params, o.doc_len)
+        .and_then(|c| c.with_files(o.tables.clone(), o.doc_ids.clone()))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

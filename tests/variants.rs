@@ -176,16 +176,19 @@ fn document_mask_matches_its_formula() {
 }
 
 /// Per-token document bounds for [`document_ids`]: the first token of each token's document
-/// and one past its last.
+/// and one past its last (`variants::document_bounds`, checked here against the first and
+/// last occurrence of each id, which they are for packed documents).
 fn document_bounds(shape: AttentionShape, len: usize) -> [Vec<i32>; 2] {
     let ids = document_ids(shape, len);
-    let (mut start, mut end) = (vec![0; ids.len()], vec![0; ids.len()]);
-    for b in 0..shape.b {
-        let row = &ids[b * shape.s..(b + 1) * shape.s];
+    let (mut start, mut end) = (vec![], vec![]);
+    for row in ids.chunks(shape.s) {
+        let (s, e) = flashcore::kernels::variants::document_bounds(row);
         for i in 0..shape.s {
-            start[b * shape.s + i] = row.iter().position(|&d| d == row[i]).unwrap() as i32;
-            end[b * shape.s + i] = row.iter().rposition(|&d| d == row[i]).unwrap() as i32 + 1;
+            assert_eq!(s[i] as usize, row.iter().position(|&d| d == row[i]).unwrap());
+            assert_eq!(e[i] as usize, row.iter().rposition(|&d| d == row[i]).unwrap() + 1);
         }
+        start.extend(s);
+        end.extend(e);
     }
     [start, end]
 }

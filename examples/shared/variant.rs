@@ -10,6 +10,7 @@ use flashcore::registry::KernelEntry;
 use flashcore::runtime::{Device, DeviceTensor, TensorArg};
 use flashcore::simulate::ExtraArg;
 use flashcore::{Arg, CompiledKernel, Config};
+use std::path::{Path, PathBuf};
 
 /// The kernel parameter flags both examples take: `--softcap X`, `--prefix X`,
 /// `--window LEFT,RIGHT` and `--param NAME=VALUE`. `Some` (the parameters it sets, or why not)
@@ -47,13 +48,22 @@ pub fn float(flag: &str, text: String) -> Result<f32, String> {
 }
 
 /// The kernel `--kernel` names, checked to have the standard signature, and its parameters after
-/// `scale`: f32 values from the flags, and input tables made for each problem.
+/// `scale`: f32 values from the flags, and input tables made for each problem or read from
+/// `.npy` files.
 pub struct Chosen {
     pub entry: &'static KernelEntry,
     pub extras: Vec<(String, Extra)>,
     /// Tokens per document for `i32` tables (document ids: token `i` is in document `i / len`).
     pub doc_len: usize,
+    /// Tables read from files (`--table NAME=FILE`, `--bias FILE`), by name.
+    pub files: Vec<(String, PathBuf)>,
+    /// Document ids `[B, S]` from a file (`--doc-ids FILE`): the `doc` table, or the `doc_start`
+    /// and `doc_end` tables made from it.
+    pub doc_ids: Option<PathBuf>,
 }
+
+/// The tables document ids give (see [`Chosen::doc_ids`]).
+const DOCUMENT_TABLES: [&str; 3] = ["doc", "doc_start", "doc_end"];
 
 /// A parameter after `scale`.
 pub enum Extra {
@@ -132,7 +142,44 @@ impl Chosen {
                 ));
             }
         }
-        Ok(Chosen { entry, extras, doc_len })
+        Ok(Chosen { entry, extras, doc_len, files: vec![], doc_ids: None })
+    }
+
+    /// Tables from `.npy` files: `files` by name, and `doc_ids` for the document tables; each
+    /// must name a table of the kernel.
+    pub fn with_files(
+        mut self,
+        files: Vec<(String, PathBuf)>,
+        doc_ids: Option<PathBuf>,
+    ) -> Result<Chosen, String> {
+        let tables: Vec<&str> = self
+            .extras
+            .iter()
+            .filter(|(_, e)| matches!(e, Extra::Table { .. }))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        for (name, _) in &files {
+            if !tables.contains(&name.as_str()) {
+                return Err(format!(
+                    "--table {name}: kernel {} has no table `{name}` (its tables: {})",
+                    self.entry.name,
+                    if tables.is_empty() { "none".to_string() } else { tables.join(", ") }
+                ));
+            }
+        }
+        if doc_ids.is_some() && !tables.iter().any(|t| DOCUMENT_TABLES.contains(t)) {
+            return Err(format!(
+                "--doc-ids: kernel {} has no document table (`doc`, or `doc_start` and `doc_end`)",
+                self.entry.name
+            ));
+        }
+        (self.files, self.doc_ids) = (files, doc_ids);
+        Ok(self)
+    }
+
+    /// Whether some table comes from a file (the problem's shape is then the files').
+    pub fn reads_files(&self) -> bool {
+        !self.files.is_empty() || self.doc_ids.is_some()
     }
 
     pub fn compile(&self, cfg: &Config) -> Result<std::sync::Arc<CompiledKernel>, String> {
@@ -154,6 +201,9 @@ impl Chosen {
                     Extra::F32(x) => ExtraArg::F32(*x),
                     Extra::Table { int, axes } => {
                         let shape = table_shape(name, axes, sizes)?;
+                        if let Some(arg) = self.table_from_file(name, *int, &shape)? {
+                            return Ok((name.clone(), arg));
+                        }
                         let count: usize = shape.iter().product();
                         let last = *shape.last().unwrap_or(&1);
                         if *int {
@@ -170,6 +220,49 @@ impl Chosen {
                 Ok((name.clone(), arg))
             })
             .collect()
+    }
+
+    /// Table `name` (i32 when `int`) of `shape` from its file, if it has one: `--table`, or the
+    /// document ids of `--doc-ids` (as they are for `doc`, as each token's document's first token
+    /// and one past its last for `doc_start` and `doc_end`: a document is a run of equal ids).
+    fn table_from_file(&self, name: &str, int: bool, shape: &[usize]) -> Result<Option<ExtraArg>, String> {
+        let check = |path: &Path, got: &[usize]| {
+            if got == shape {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: shape {got:?}, but table `{name}` of kernel {} is {shape:?} for this problem",
+                    path.display(),
+                    self.entry.name
+                ))
+            }
+        };
+        if let Some((_, path)) = self.files.iter().rev().find(|(n, _)| n == name) {
+            return Ok(Some(if int {
+                let a = flashcore::npy::read_i32(path).map_err(|e| e.to_string())?;
+                check(path, &a.shape)?;
+                ExtraArg::I32Table { data: a.data, shape: a.shape }
+            } else {
+                let a = flashcore::npy::read(path).map_err(|e| e.to_string())?;
+                check(path, &a.shape)?;
+                ExtraArg::F32Table { data: a.data, shape: a.shape }
+            }));
+        }
+        let (Some(path), true, true) = (&self.doc_ids, int, DOCUMENT_TABLES.contains(&name)) else {
+            return Ok(None);
+        };
+        let ids = flashcore::npy::read_i32(path).map_err(|e| e.to_string())?;
+        check(path, &ids.shape)?;
+        let len = *shape.last().unwrap_or(&1);
+        let data = match name {
+            "doc" => ids.data,
+            _ => ids
+                .data
+                .chunks(len.max(1))
+                .flat_map(|row| document_bounds(row, name == "doc_start"))
+                .collect(),
+        };
+        Ok(Some(ExtraArg::I32Table { data, shape: shape.to_vec() }))
     }
 
     /// The float64 reference of this kernel's formula.
@@ -252,4 +345,21 @@ pub fn document_table(name: &str, i: usize, doc_len: usize, len: usize) -> i32 {
         "doc_end" => ((doc + 1) * doc_len).min(len) as i32,
         _ => doc as i32,
     }
+}
+
+/// For each token of a row of document ids, its document's first token (`start`) or one past
+/// its last: a document is a run of equal ids.
+pub fn document_bounds(ids: &[i32], start: bool) -> Vec<i32> {
+    let n = ids.len();
+    let mut out = vec![0i32; n];
+    if start {
+        for i in 0..n {
+            out[i] = if i > 0 && ids[i] == ids[i - 1] { out[i - 1] } else { i as i32 };
+        }
+    } else {
+        for i in (0..n).rev() {
+            out[i] = if i + 1 < n && ids[i] == ids[i + 1] { out[i + 1] } else { i as i32 + 1 };
+        }
+    }
+    out
 }

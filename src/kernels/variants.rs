@@ -423,6 +423,26 @@ pub fn bias_attention<T>(
     }
 }
 
+/// `document_bounds_attention`'s tables from a row of document ids: for each token, its
+/// document's first token and one past its last, a document being a run of equal ids (packed
+/// documents).
+///
+/// ```
+/// let (start, end) = flashcore::kernels::variants::document_bounds(&[4, 4, 9, 9, 9, 4]);
+/// assert_eq!((start, end), (vec![0, 0, 2, 2, 2, 5], vec![2, 2, 5, 5, 5, 6]));
+/// ```
+pub fn document_bounds(ids: &[i32]) -> (Vec<i32>, Vec<i32>) {
+    let n = ids.len();
+    let (mut start, mut end) = (vec![0i32; n], vec![0i32; n]);
+    for i in 0..n {
+        start[i] = if i > 0 && ids[i] == ids[i - 1] { start[i - 1] } else { i as i32 };
+    }
+    for i in (0..n).rev() {
+        end[i] = if i + 1 < n && ids[i] == ids[i + 1] { end[i + 1] } else { i as i32 + 1 };
+    }
+    (start, end)
+}
+
 /// The float64 reference of library kernel `kernel` (`attention` or one of this module's), as
 /// FlexAttention would state it: its score modification and mask, from the values of its
 /// parameters after `scale` (`extras`, by name), for `heads` query heads, `s` query and `sk` key
