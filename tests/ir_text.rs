@@ -1,4 +1,5 @@
-//! The text IR reads back: every registered kernel, lowered for several configs, prints, parses
+//! The text IR reads back: every registered kernel, lowered for several configs and after each
+//! pass, prints, parses
 //! (`flashcore::ir::parse_kernel`) and prints the same text, and the passes give the same result
 //! on the parsed kernel as on the original. Plus file tests (`tests/filetests/*.ir`): a lowered
 //! kernel written as text, a pass, and the pinned text after it.
@@ -52,8 +53,10 @@ fn malformed_text_is_an_error_with_its_line() {
     assert!(parse_kernel(&undefined).unwrap_err().to_string().contains("used before it is defined"));
 }
 
-/// `tests/filetests/*.ir`: `; run until: PASS`, a lowered kernel as text, then `; expect:` and
-/// the kernel's text after the passes up to PASS. `FLASHCORE_BLESS=1` rewrites the expectation.
+/// `tests/filetests/*.ir`: `; run until: PASS` and a lowered kernel as text, or `; run: PASS` and
+/// a kernel's text at any point (after earlier passes too); then `; expect:` and the kernel's
+/// text after the passes up to PASS, or after PASS alone. `FLASHCORE_BLESS=1` rewrites the
+/// expectation.
 #[test]
 fn filetests() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests");
@@ -64,12 +67,21 @@ fn filetests() {
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let (input, expected) = text.split_once("; expect:\n").unwrap_or((&text, ""));
-        let pass = input
-            .lines()
-            .find_map(|l| l.strip_prefix("; run until: "))
-            .unwrap_or_else(|| panic!("{}: no `; run until: PASS` line", path.display()));
         let kernel = parse_kernel(input).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let after = passes::run_until(kernel, Some(pass.trim())).unwrap().to_string();
+        let until = input.lines().find_map(|l| l.strip_prefix("; run until: "));
+        let one = input.lines().find_map(|l| l.strip_prefix("; run: "));
+        let (pass, after) = match (until, one) {
+            (Some(pass), None) => (pass, passes::run_until(kernel, Some(pass.trim())).unwrap()),
+            (None, Some(pass)) => {
+                let (_, run) = passes::PASSES
+                    .iter()
+                    .find(|(n, _)| *n == pass.trim())
+                    .unwrap_or_else(|| panic!("{}: no pass `{pass}`", path.display()));
+                (pass, run(kernel).unwrap())
+            }
+            _ => panic!("{}: needs one `; run until: PASS` or `; run: PASS` line", path.display()),
+        };
+        let after = after.to_string();
         if std::env::var_os("FLASHCORE_BLESS").is_some() {
             std::fs::write(&path, format!("{input}; expect:\n{after}")).unwrap();
             continue;
@@ -81,4 +93,49 @@ fn filetests() {
             path.display()
         );
     }
+}
+
+/// Configs whose passes add every kind of post-pass IR: stage buffers and copies, load warps
+/// (mbarrier rings, role groups), softmax warps (channels), split-KV merges, persistent CTAs.
+fn pass_configs(declared: Config) -> Vec<Config> {
+    vec![
+        declared,
+        Config { stages: 3, load_warps: 1, persistent: true, causal: true, ..declared },
+        Config { stages: 2, load_warps: 1, softmax_warps: 4, ..declared },
+        Config { tile_m: 32, tile_n: 128, warps: 4, kv_splits: 2, varlen: true, ..declared },
+    ]
+}
+
+/// The text IR reads back after every pass too: each registered kernel's IR after each pass
+/// prints, parses and prints the same text, and the passes that follow give the same result on
+/// the parsed kernel as on the original.
+#[test]
+fn every_kernel_round_trips_after_every_pass() {
+    let mut checked = 0;
+    for entry in flashcore::registry::kernels() {
+        for config in pass_configs(entry.config) {
+            let mut kernel = flashcore::ir::lower(&(entry.program)(), &config).unwrap();
+            for (i, (name, pass)) in passes::PASSES.iter().enumerate() {
+                kernel = pass(kernel).unwrap();
+                let text = kernel.to_string();
+                let parsed = parse_kernel(&text)
+                    .unwrap_or_else(|e| panic!("{} {config} after {name}: {e}\n{text}", entry.name));
+                assert_eq!(parsed.to_string(), text, "{} {config} after {name}", entry.name);
+                let rest = |mut k: flashcore::ir::Kernel| {
+                    for (_, later) in &passes::PASSES[i + 1..] {
+                        k = later(k).unwrap();
+                    }
+                    k.to_string()
+                };
+                assert_eq!(
+                    rest(parsed),
+                    rest(kernel.clone()),
+                    "{} {config}: the passes after {name} differ on the parsed IR",
+                    entry.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 9 * 4 * 4, "{checked} kernel configs and passes checked");
 }

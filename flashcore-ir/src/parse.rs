@@ -1,6 +1,8 @@
-//! The text IR read back: `parse_kernel` turns what `impl Display for Kernel` prints for a
-//! lowered kernel (before the passes) into the same `Kernel`, so passes can be tested on IR
-//! written or edited by hand, without the macro (Cranelift's filetests are the model).
+//! The text IR read back: `parse_kernel` turns what `impl Display for Kernel` prints, lowered
+//! or after any pass (stage buffers and copies, mbarrier rings, channels, role groups), into
+//! the same `Kernel`, so passes can be tested on IR written or edited by hand, without the macro
+//! (Cranelift's filetests are the model). A channel's rings are the ones named `NAME_full` and
+//! `NAME_empty`, as the softmax split names them.
 //! Value ids are kept (`%s.11` is `Value(11)`); ids the text never names are filled with
 //! placeholders that no instruction uses.
 
@@ -20,7 +22,7 @@ pub struct ParseError {
 
 type R<T> = Result<T, String>;
 
-/// Parses a lowered kernel's text IR (what `Kernel`'s `Display` prints before the passes).
+/// Parses a kernel's text IR (what `Kernel`'s `Display` prints, before or after the passes).
 pub fn parse_kernel(text: &str) -> Result<Kernel, ParseError> {
     let lines: Vec<(usize, &str)> = text
         .lines()
@@ -118,6 +120,43 @@ impl Parser<'_> {
             .position(|d| d == name)
             .map(|i| RtDim(i as u32))
             .ok_or_else(|| format!("`{name}` is not one of the kernel's dims"))
+    }
+
+    fn ring_id(&self, name: &str) -> R<MbarRingId> {
+        let name = name.trim().trim_start_matches('$');
+        self.k()
+            .mbarriers
+            .iter()
+            .position(|r| r.name == name)
+            .map(|i| MbarRingId(i as u32))
+            .ok_or_else(|| format!("no mbarrier ring `${name}`"))
+    }
+
+    fn buffer_id(&self, name: &str) -> R<BufferId> {
+        let name = name.trim().trim_start_matches('@');
+        self.k()
+            .buffers
+            .iter()
+            .position(|b| b.name == name)
+            .map(|i| BufferId(i as u32))
+            .ok_or_else(|| format!("no buffer `@{name}`"))
+    }
+
+    fn chan_id(&self, name: &str) -> R<ChanId> {
+        let name = name.trim().trim_start_matches('#');
+        self.k()
+            .channels
+            .iter()
+            .position(|c| c.name == name)
+            .map(|i| ChanId(i as u32))
+            .ok_or_else(|| format!("no channel `#{name}`"))
+    }
+
+    /// `$ring[%iter % N]`: the ring and the iteration value.
+    fn ring_at(&mut self, s: &str) -> R<(MbarRingId, Value)> {
+        let (ring, rest) = s.trim().split_once('[').ok_or("expected `$ring[%i % N]`")?;
+        let (iter, _) = rest.split_once(" % ").ok_or("expected `[%i % N]`")?;
+        Ok((self.ring_id(ring)?, self.value(iter, None)?))
     }
 
     fn param(&self, name: &str) -> R<usize> {
@@ -390,6 +429,51 @@ impl Parser<'_> {
             self.kernel.as_mut().expect("made above").bounds.push(bound);
             self.at += 1;
         }
+        // What the passes add: mbarrier rings, channels (their rings are `NAME_full` and
+        // `NAME_empty`), shared-memory stage buffers.
+        while let Some(&(n, line)) = self.lines.get(self.at) {
+            self.current = n;
+            if let Some(rest) = line.strip_prefix("mbarrier $") {
+                let (name, rest) = rest.split_once(": x ").ok_or("expected `mbarrier $NAME: x SLOTS, ..`")?;
+                let (slots, count) = rest
+                    .strip_suffix(" arrivals per phase")
+                    .and_then(|r| r.split_once(", "))
+                    .ok_or("expected `x SLOTS, COUNT arrivals per phase`")?;
+                let ring = MbarRing {
+                    name: name.into(),
+                    slots: slots.parse().map_err(|_| "bad slot count")?,
+                    count: count.parse().map_err(|_| "bad arrival count")?,
+                };
+                self.kernel.as_mut().expect("made above").mbarriers.push(ring);
+            } else if let Some(rest) = line.strip_prefix("channel #") {
+                let (name, ty) = rest.split_once(": ").ok_or("expected `channel #NAME: TYPE`")?;
+                let ty = self.ty(ty)?;
+                let (full, empty) =
+                    (self.ring_id(&format!("{name}_full"))?, self.ring_id(&format!("{name}_empty"))?);
+                self.kernel.as_mut().expect("made above").channels.push(Channel {
+                    name: name.into(),
+                    ty,
+                    full,
+                    empty,
+                });
+            } else if let Some(rest) = line.strip_prefix("buffer @") {
+                let (name, rest) =
+                    rest.split_once(": smem<").ok_or("expected `buffer @NAME: smem<..>[ROWS, D] x N`")?;
+                let (rows, slots) = rest
+                    .split_once(">[")
+                    .and_then(|(_, r)| r.split_once(", D] x "))
+                    .ok_or("expected `[ROWS, D] x SLOTS`")?;
+                let buffer = Buffer {
+                    name: name.into(),
+                    rows: tile_dim(rows)?,
+                    slots: slots.parse().map_err(|_| "bad slot count")?,
+                };
+                self.kernel.as_mut().expect("made above").buffers.push(buffer);
+            } else {
+                break;
+            }
+            self.at += 1;
+        }
         Ok(())
     }
 
@@ -476,24 +560,110 @@ impl Parser<'_> {
         }
         if let Some(rest) = text.strip_prefix("pipeline ") {
             let head = rest.strip_suffix(" {").ok_or("expected `{`")?;
-            if head.contains(" stages ") {
-                return Err(
-                    "the text parser reads lowered IR: this pipeline has been through the pipeline pass"
-                        .into(),
-                );
-            }
+            let (head, stages) = match head.rsplit_once(" stages ") {
+                Some((h, n)) => (h, n.parse().map_err(|_| "bad stage count")?),
+                None => (head, 0),
+            };
             let (v, e) = head.split_once(" in 0..").ok_or("expected `%v in 0..EXTENT`")?;
             let extent = self.extent(e)?;
             let var = self.value(v, Some(Type::Index { dim: extent.dim, tile: extent.per_tile }))?;
-            let body = self.block(false)?;
-            return Ok(Op::Pipeline {
-                var,
-                extent,
-                stages: 0,
-                prologue: Block::default(),
-                body,
-                epilogue: Block::default(),
+            // `prologue { .. }`, the body, `epilogue { .. }`, then the pipeline's `}`.
+            let mut prologue = Block::default();
+            if self.lines.get(self.at).map(|l| l.1) == Some("prologue {") {
+                self.at += 1;
+                prologue = self.block(false)?;
+            }
+            let mut body = Block::default();
+            let mut epilogue = Block::default();
+            loop {
+                let &(n, line) = self.lines.get(self.at).ok_or("a pipeline is not closed")?;
+                self.current = n;
+                self.at += 1;
+                match line {
+                    "}" => break,
+                    "epilogue {" => epilogue = self.block(false)?,
+                    _ => body.insts.push(self.inst(line)?),
+                }
+            }
+            return Ok(Op::Pipeline { var, extent, stages, prologue, body, epilogue });
+        }
+        if text == "roles {" {
+            let mut groups = vec![];
+            loop {
+                let &(n, line) = self.lines.get(self.at).ok_or("a `roles` block is not closed")?;
+                self.current = n;
+                self.at += 1;
+                if line == "}" {
+                    break;
+                }
+                let rest = line.strip_prefix("group ").and_then(|r| r.strip_suffix(") {"));
+                let (roles, warps) = rest
+                    .and_then(|r| r.split_once(" (warps "))
+                    .ok_or("expected `group ROLE + .. (warps A..B) {`")?;
+                let (first, end) = warps.split_once("..").ok_or("expected `A..B`")?;
+                let roles = roles
+                    .split(" + ")
+                    .map(|r| Role::from_name(r).ok_or_else(|| format!("unknown role `{r}`")))
+                    .collect::<R<Vec<_>>>()?;
+                let first_warp: u32 = first.parse().map_err(|_| "bad warp")?;
+                let end: u32 = end.parse().map_err(|_| "bad warp")?;
+                let body = self.block(false)?;
+                groups.push(RoleGroup { roles, first_warp, warps: end - first_warp, body });
+            }
+            return Ok(Op::Roles { groups });
+        }
+        match text {
+            "init_barriers" => return Ok(Op::InitBarriers),
+            "commit_group" => return Ok(Op::CommitGroup),
+            _ => {}
+        }
+        if let Some(n) = text.strip_prefix("wait_group ") {
+            return Ok(Op::WaitGroup { younger: n.parse().map_err(|_| "bad group count")? });
+        }
+        if let Some(n) = text.strip_prefix("barrier ") {
+            return Ok(Op::Barrier { id: n.parse().map_err(|_| "bad barrier id")? });
+        }
+        if let Some(rest) = text.strip_prefix("wait ") {
+            let (ring, parity) = rest.split_once(" parity ").ok_or("expected `wait $r[..] parity ..`")?;
+            let (ring, iter) = self.ring_at(ring)?;
+            return Ok(Op::MbarWait { ring, iter, flip: parity.ends_with(" ^ 1") });
+        }
+        if let Some(rest) = text.strip_prefix("arrive ") {
+            return Ok(match rest.strip_suffix(" when this thread's cp.async copies land") {
+                Some(r) => {
+                    let (ring, iter) = self.ring_at(r)?;
+                    Op::MbarArriveAsync { ring, iter }
+                }
+                None => {
+                    let (ring, iter) = self.ring_at(rest)?;
+                    Op::MbarArrive { ring, iter }
+                }
             });
+        }
+        if let Some(rest) = text.strip_prefix("send ") {
+            let (src, rest) = rest.split_once(" -> ").ok_or("expected `send %v -> #chan (%i)`")?;
+            let (chan, iter) = rest.split_once(" (").ok_or("expected `#chan (%i)`")?;
+            let (src, chan) = (self.value(src, None)?, self.chan_id(chan)?);
+            return Ok(Op::ChanWrite { src, chan, iter: self.value(iter.trim_end_matches(')'), None)? });
+        }
+        if let Some(rest) = text.strip_prefix("cp.async ") {
+            let (dst, src) = rest.split_once(" <- ").ok_or("expected `cp.async @buf[..] <- ACCESS + A`")?;
+            let (buffer, slot) = dst.split_once("[(").ok_or("expected `@buf[(%slot + A) % N]`")?;
+            let (slot, _) = slot.split_once(" + ").ok_or("expected `(%slot + A)`")?;
+            let (access, ahead) = src.rsplit_once(" + ").ok_or("expected `ACCESS + A`")?;
+            let (buffer, slot) = (self.buffer_id(buffer)?, self.value(slot, None)?);
+            let ahead = ahead.parse().map_err(|_| "bad lookahead")?;
+            return Ok(Op::AsyncCopy { buffer, src: self.access(access)?, ahead, slot });
+        }
+        if let Some(rest) = text.strip_prefix("merge_kv_splits ") {
+            let (vals, _) = rest.split_once(" (").ok_or("expected `merge_kv_splits %m, %l, %acc (..)`")?;
+            let v = split_top(vals, ", ");
+            let [m, l, a] = &v[..] else { return Err("merge_kv_splits takes three operands".into()) };
+            let (max, sum, acc) = (self.value(m, None)?, self.value(l, None)?, self.value(a, None)?);
+            return Ok(Op::MergeSplits { max, sum, acc });
+        }
+        if let Some(v) = text.strip_suffix(" += 1") {
+            return Ok(Op::CounterNext { dst: self.value(v, None)? });
         }
         if let Some(rest) = text.strip_prefix("store ") {
             let (access, v) = rest.rsplit_once(", ").ok_or("expected `store ACCESS, %v`")?;
@@ -538,6 +708,21 @@ impl Parser<'_> {
             "stage" => {
                 let src = self.access(args)?;
                 Box::new(move |dst| Op::Stage { dst, src })
+            }
+            "view" => {
+                let (buffer, rest) =
+                    args.split_once('[').ok_or("expected `view @buf[%slot % N] (ACCESS)`")?;
+                let (slot, rest) = rest.split_once(" % ").ok_or("expected `[%slot % N]`")?;
+                let (_, access) = rest.split_once("] (").ok_or("expected `] (ACCESS)`")?;
+                let (buffer, slot) = (self.buffer_id(buffer)?, self.value(slot, None)?);
+                let src = self.access(access.strip_suffix(')').ok_or("expected `)`")?)?;
+                Box::new(move |dst| Op::StageView { dst, buffer, src, slot })
+            }
+            "counter" if args == "0" => Box::new(|dst| Op::CounterInit { dst }),
+            "receive" => {
+                let (chan, iter) = args.split_once(" (").ok_or("expected `receive #chan (%i)`")?;
+                let (chan, iter) = (self.chan_id(chan)?, self.value(iter.trim_end_matches(')'), None)?);
+                Box::new(move |dst| Op::ChanRead { dst, chan, iter })
             }
             "position" => {
                 let (axis, index) = args
@@ -624,7 +809,7 @@ impl Parser<'_> {
                 let indices = vals(self, idx.trim_end_matches(')'))?;
                 Box::new(move |dst| Op::Gather { dst, param, indices })
             }
-            other => return Err(format!("`{other}` is not an op of lowered IR the text parser reads")),
+            other => return Err(format!("`{other}` is not an op the text parser reads")),
         };
         let dst = self.value(v, Some(ty))?;
         Ok(op_of(dst))
