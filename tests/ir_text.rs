@@ -1,8 +1,7 @@
 //! The text IR reads back: every registered kernel, lowered for several configs and after each
-//! pass, prints, parses
-//! (`flashcore::ir::parse_kernel`) and prints the same text, and the passes give the same result
-//! on the parsed kernel as on the original. Plus file tests (`tests/filetests/*.ir`): a lowered
-//! kernel written as text, a pass, and the pinned text after it.
+//! pass, prints, parses (`flashcore::ir::parse_kernel`) and prints the same text, and the passes
+//! give the same result on the parsed kernel as on the original. Plus file tests
+//! (`tests/filetests/*.ir`): a kernel written as text, a pass, and the pinned text after it.
 
 use flashcore::ir::{parse_kernel, passes};
 use flashcore::{Config, DType};
