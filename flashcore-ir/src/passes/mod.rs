@@ -8,9 +8,31 @@ pub mod softmax_split;
 pub mod split_kv;
 pub mod warp_specialize;
 
-use crate::error::IrError;
-use crate::kernel::Kernel;
+use crate::error::{IrError, LowerError};
+use crate::kernel::{Block, Kernel, Op};
+use crate::source::SpanId;
 use crate::verify::verify;
+
+/// Where the kernel's work loop (its one `tiles(..)` instruction) stands among `body`'s
+/// top-level instructions: passes find it by what it is, not by where it is.
+pub(crate) fn work_loop(body: &Block, pass: &str) -> Result<usize, IrError> {
+    let found: Vec<usize> = body
+        .insts
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| matches!(i.op, Op::Tiles { .. }))
+        .map(|(at, _)| at)
+        .collect();
+    match found[..] {
+        [at] => Ok(at),
+        [] => Err(LowerError::new(SpanId::NONE, format!("{pass} needs a `tiles(..)` work loop")).into()),
+        _ => Err(LowerError::new(
+            body.insts[found[1]].span,
+            format!("{pass} needs one `tiles(..)` work loop, found {}", found.len()),
+        )
+        .into()),
+    }
+}
 
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 

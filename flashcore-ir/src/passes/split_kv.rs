@@ -27,10 +27,9 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
 }
 
 fn insert_merge(kernel: &Kernel, body: &mut Block) -> Result<(), IrError> {
-    let Some(Op::Tiles { body: work, .. }) = body.insts.iter_mut().map(|i| &mut i.op).next() else {
-        return Err(
-            LowerError::new(SpanId::NONE, "split-KV needs the kernel to be one `tiles(..)` loop").into()
-        );
+    let work_at = super::work_loop(body, "split-KV")?;
+    let Op::Tiles { body: work, .. } = &mut body.insts[work_at].op else {
+        return Err(LowerError::new(SpanId::NONE, "split-KV needs a `tiles(..)` work loop").into());
     };
     let loops: Vec<usize> =
         (0..work.insts.len()).filter(|&i| matches!(work.insts[i].op, Op::Pipeline { .. })).collect();

@@ -26,13 +26,8 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
         return Ok(kernel);
     }
     let body = std::mem::take(&mut kernel.body);
-    let [tiles_inst] = body.insts.as_slice() else {
-        return Err(LowerError::new(
-            SpanId::NONE,
-            "warp specialization needs the kernel to be one `tiles(..)` loop",
-        )
-        .into());
-    };
+    let work_at = super::work_loop(&body, "warp specialization")?;
+    let tiles_inst = &body.insts[work_at];
     let Op::Tiles { vars, extents, schedule, body: tiles_body } = &tiles_inst.op else {
         return Err(
             LowerError::new(tiles_inst.span, "warp specialization needs a `tiles(..)` work loop").into()
@@ -192,7 +187,11 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
             ],
         },
     });
-    kernel.body = Block { insts: vec![at(Op::InitBarriers), at(Op::Roles { groups })] };
+    // What stands around the work loop stays around the role groups, run by every warp.
+    let mut insts = body.insts[..work_at].to_vec();
+    insts.extend([at(Op::InitBarriers), at(Op::Roles { groups })]);
+    insts.extend(body.insts[work_at + 1..].iter().cloned());
+    kernel.body = Block { insts };
     Ok(kernel)
 }
 
