@@ -690,3 +690,91 @@ fn a_pipeline_range_walks_only_its_tiles() {
         assert!(got.lse_mismatched == 0, "{config}: {got:?}");
     }
 }
+
+/// A source range and a skippable mask together: the K/V loop walks the tiles both allow (the
+/// range clamps the mask's bounds scan, and the mask's first tile is raised to the range's).
+#[flashcore::flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn documents_within_a_range<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    doc_start: Tensor<i32, B, S>,
+    doc_end: Tensor<i32, B, S>,
+    first: Tensor<i32, B>,
+    last: Tensor<i32, B>,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(first.at(b)..min(last.at(b) + 1, SK / TILE_N)) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            #[role(compute)]
+            let q_pos = s.index(S);
+            #[role(compute)]
+            let s = mask(s, s.index(SK) >= doc_start.at(b, q_pos) && s.index(SK) < doc_end.at(b, q_pos));
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
+#[test]
+fn a_range_and_a_skippable_mask_intersect() {
+    let lowered =
+        documents_within_a_range::ir_after(&documents_within_a_range::CONFIG, "lower").unwrap().to_string();
+    assert!(lowered.contains("skipping tiles that mask #0 empties from bound #0 to bound #1"), "{lowered}");
+    let shape = AttentionShape { b: 2, h: 2, hk: 2, s: 300, sk: 300 };
+    // 70-token documents, shifted per sequence; batch 0 keeps key tiles 1..=3, batch 1 tiles 0..=2.
+    let [start, end] = document_bounds(shape, 70);
+    let (first, last) = (vec![1, 0], vec![3, 2]);
+    for config in configs(documents_within_a_range::CONFIG) {
+        let kernel = documents_within_a_range::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let tile_n = config.tile_n as usize;
+        let (s0, e0, f, l) = (start.clone(), end.clone(), first.clone(), last.clone());
+        let variant = Variant::new(
+            |_, _, _, _, x| x,
+            move |b, _, i, j| {
+                let row = b * shape.s + i;
+                (s0[row] as usize..e0[row] as usize).contains(&j)
+                    && (f[b] as usize * tile_n..(l[b] as usize + 1) * tile_n).contains(&j)
+            },
+        );
+        let table = |data: &Vec<i32>, shape: Vec<usize>| ExtraArg::I32Table { data: data.clone(), shape };
+        let extras = [
+            table(&start, vec![shape.b, shape.s]),
+            table(&end, vec![shape.b, shape.s]),
+            table(&first, vec![shape.b]),
+            table(&last, vec![shape.b]),
+        ];
+        let got = check_variant(&kernel, shape, Layout::Bhsd, 10, &SimDevice::default(), &extras, &variant)
+            .unwrap_or_else(|e| panic!("{config}: {e}"));
+        let bound = if config.dtype == DType::F16 { 2e-3 } else { 1.6e-2 };
+        assert!(got.err.rel_l2 < bound, "{config}: {:?}", got.err);
+        assert!(got.lse_mismatched == 0, "{config}: {got:?}");
+    }
+}
