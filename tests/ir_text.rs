@@ -50,6 +50,19 @@ fn malformed_text_is_an_error_with_its_line() {
     assert!(err.to_string().contains("row_median"), "{err}");
     let undefined = text.replacen("= mma %qf.3", "= mma %qf.999", 1);
     assert!(parse_kernel(&undefined).unwrap_err().to_string().contains("used before it is defined"));
+    // After the passes: a ring, buffer or channel that the header does not declare.
+    let config = Config { load_warps: 1, softmax_warps: 4, ..flashcore::kernels::attention::CONFIG };
+    let specialized =
+        flashcore::kernels::attention::ir_after(&config, "warp_specialize").unwrap().to_string();
+    for (from, to, why) in [
+        ("wait $full[", "wait $fulll[", "no mbarrier ring `$fulll`"),
+        ("cp.async @ks[", "cp.async @kss[", "no buffer `@kss`"),
+        ("receive #s ", "receive #ss ", "no channel `#ss`"),
+    ] {
+        assert!(specialized.contains(from), "{from}\n{specialized}");
+        let err = parse_kernel(&specialized.replacen(from, to, 1)).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
 }
 
 /// `tests/filetests/*.ir`: `; run until: PASS` and a lowered kernel as text, or `; run: PASS` and

@@ -71,6 +71,13 @@ fn split_outside(s: &str, sep: &str, open: &str, close: &str) -> Vec<String> {
     out.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
+/// The index of `name` (written with its `sigil`: `$ring`, `@buffer`, `#channel`) among `names`.
+fn position_of<'a>(names: impl Iterator<Item = &'a str>, name: &str, sigil: char, what: &str) -> R<u32> {
+    let name = name.trim().trim_start_matches(sigil);
+    let mut names = names;
+    names.position(|n| n == name).map(|i| i as u32).ok_or_else(|| format!("no {what} `{sigil}{name}`"))
+}
+
 fn tile_dim(s: &str) -> R<TileDim> {
     match s.trim() {
         "TILE_M" => Ok(TileDim::M),
@@ -123,33 +130,16 @@ impl Parser<'_> {
     }
 
     fn ring_id(&self, name: &str) -> R<MbarRingId> {
-        let name = name.trim().trim_start_matches('$');
-        self.k()
-            .mbarriers
-            .iter()
-            .position(|r| r.name == name)
-            .map(|i| MbarRingId(i as u32))
-            .ok_or_else(|| format!("no mbarrier ring `${name}`"))
+        position_of(self.k().mbarriers.iter().map(|r| r.name.as_str()), name, '$', "mbarrier ring")
+            .map(MbarRingId)
     }
 
     fn buffer_id(&self, name: &str) -> R<BufferId> {
-        let name = name.trim().trim_start_matches('@');
-        self.k()
-            .buffers
-            .iter()
-            .position(|b| b.name == name)
-            .map(|i| BufferId(i as u32))
-            .ok_or_else(|| format!("no buffer `@{name}`"))
+        position_of(self.k().buffers.iter().map(|b| b.name.as_str()), name, '@', "buffer").map(BufferId)
     }
 
     fn chan_id(&self, name: &str) -> R<ChanId> {
-        let name = name.trim().trim_start_matches('#');
-        self.k()
-            .channels
-            .iter()
-            .position(|c| c.name == name)
-            .map(|i| ChanId(i as u32))
-            .ok_or_else(|| format!("no channel `#{name}`"))
+        position_of(self.k().channels.iter().map(|c| c.name.as_str()), name, '#', "channel").map(ChanId)
     }
 
     /// `$ring[%iter % N]`: the ring and the iteration value.
