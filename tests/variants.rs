@@ -243,18 +243,19 @@ fn additive_bias_matches_its_formula() {
 }
 
 /// Runs `kernel` at `shape` in the simulator with parameters `extras`, checks it against
-/// `variant` in float64 (`what` names the case), and returns the warp instructions it executed.
+/// `variant` in float64 (`what` names the case), and returns the warp instructions it issued
+/// and the lane instructions it executed.
 fn simulated_instructions(
     kernel: &CompiledKernel,
     shape: AttentionShape,
     extras: &[ExtraArg],
     variant: &Variant,
     what: &str,
-) -> f64 {
+) -> (f64, f64) {
     let got = check_variant(kernel, shape, Layout::Bhsd, 5, &SimDevice::default(), extras, variant)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(got.err.rel_l2 < 2e-3, "{what}: {:?}", got.err);
-    got.stats.warp_instructions as f64
+    (got.stats.warp_instructions as f64, got.stats.lane_instructions as f64)
 }
 
 /// Block-sparse skipping: with a 128-key causal window at S = 1024 each Q tile visits at most 3
@@ -270,13 +271,8 @@ fn sliding_window_skips_the_tiles_outside_the_window() {
     for window in [128usize, 100_000] {
         let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| j <= i && i - j <= window);
         let scalars = [ExtraArg::F32(window as f32), ExtraArg::F32(0.0)];
-        instructions.push(simulated_instructions(
-            &kernel,
-            shape,
-            &scalars,
-            &variant,
-            &format!("window {window}"),
-        ));
+        instructions
+            .push(simulated_instructions(&kernel, shape, &scalars, &variant, &format!("window {window}")).0);
     }
     let ratio = instructions[0] / instructions[1];
     println!("window 128 / window past the sequence, warp instructions: {ratio:.3}");
@@ -309,7 +305,7 @@ fn document_mask_skips_the_tiles_of_other_documents() {
             let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| doc[i] == doc[j]);
             let extras = [ExtraArg::I32Table { data: ids, shape: vec![1, shape.s] }];
             let what = format!("{config} {name}");
-            instructions.push(simulated_instructions(&kernel, shape, &extras, &variant, &what));
+            instructions.push(simulated_instructions(&kernel, shape, &extras, &variant, &what).0);
         }
         let ratio = instructions[0] / instructions[1];
         println!("{config}: 40-token documents / one document, warp instructions: {ratio:.3}");
@@ -335,7 +331,7 @@ fn document_bounds_skip_the_tiles_of_other_documents() {
             let table = |data| ExtraArg::I32Table { data, shape: vec![1, shape.s] };
             let extras = [table(start), table(end)];
             let what = format!("{config} {len}-token documents");
-            instructions.push(simulated_instructions(&kernel, shape, &extras, &variant, &what));
+            instructions.push(simulated_instructions(&kernel, shape, &extras, &variant, &what).0);
         }
         let ratio = instructions[0] / instructions[1];
         println!("{config}: 40-token documents as bounds / one document, warp instructions: {ratio:.3}");
@@ -777,4 +773,128 @@ fn a_range_and_a_skippable_mask_intersect() {
         assert!(got.err.rel_l2 < bound, "{config}: {:?}", got.err);
         assert!(got.lse_mismatched == 0, "{config}: {got:?}");
     }
+}
+
+/// A block mask computed on the host, as an input: per Q tile, the K/V tiles its documents can
+/// reach (`kv_first[b, qt] .. kv_end[b, qt]`, made from the document ids for the config's tile
+/// sizes), given as the loop's range; the document mask stays for the scores inside it. The
+/// compiler's own scan then starts at the range, so it reads fewer ids.
+#[flashcore::flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn documents_with_host_ranges<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    doc: Tensor<i32, B, S>,
+    kv_first: Tensor<i32, B, QT>,
+    kv_end: Tensor<i32, B, QT>,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(kv_first.at(b, qt)..min(kv_end.at(b, qt), SK / TILE_N)) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            #[role(compute)]
+            let s = mask(s, doc.at(b, s.index(S)) == doc.at(b, s.index(SK)));
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
+/// Per (sequence, Q tile): the first K/V tile and one past the last that the tile's documents
+/// reach (`ids` `[B, S]`, packed documents), for tiles of `tile_m` queries and `tile_n` keys.
+fn host_tile_ranges(ids: &[i32], s: usize, tile_m: usize, tile_n: usize) -> (Vec<i32>, Vec<i32>, usize) {
+    let q_tiles = s.div_ceil(tile_m);
+    let (mut first, mut end) = (vec![], vec![]);
+    for row in ids.chunks(s) {
+        let (start, stop) = flashcore::kernels::variants::document_bounds(row);
+        for qt in 0..q_tiles {
+            let rows = qt * tile_m..((qt + 1) * tile_m).min(s);
+            first.push(rows.clone().map(|r| start[r]).min().unwrap() / tile_n as i32);
+            end.push((rows.map(|r| stop[r]).max().unwrap() as usize).div_ceil(tile_n) as i32);
+        }
+    }
+    (first, end, q_tiles)
+}
+
+#[test]
+fn a_block_mask_from_the_host_is_an_input() {
+    let shape = AttentionShape { b: 2, h: 2, hk: 2, s: 300, sk: 300 };
+    let ids = document_ids(shape, 70);
+    for config in configs(documents_with_host_ranges::CONFIG) {
+        let kernel = documents_with_host_ranges::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let (first, end, q_tiles) =
+            host_tile_ranges(&ids, shape.s, config.tile_m as usize, config.tile_n as usize);
+        let doc = ids.clone();
+        let variant = Variant::new(|_, _, _, _, x| x, move |b, _, i, j| doc[b * 300 + i] == doc[b * 300 + j]);
+        let extras = [
+            ExtraArg::I32Table { data: ids.clone(), shape: vec![shape.b, shape.s] },
+            ExtraArg::I32Table { data: first, shape: vec![shape.b, q_tiles] },
+            ExtraArg::I32Table { data: end, shape: vec![shape.b, q_tiles] },
+        ];
+        let got = check_variant(&kernel, shape, Layout::Bhsd, 11, &SimDevice::default(), &extras, &variant)
+            .unwrap_or_else(|e| panic!("{config}: {e}"));
+        let bound = if config.dtype == DType::F16 { 2e-3 } else { 1.6e-2 };
+        assert!(got.err.rel_l2 < bound, "{config}: {:?}", got.err);
+        assert!(got.lse_mismatched == 0, "{config}: {got:?}");
+    }
+    // The same documents without the host's ranges: the compiler's scan reads every tile's ids.
+    let shape = AttentionShape { b: 1, h: 1, hk: 1, s: 2048, sk: 2048 };
+    let ids: Vec<i32> = (0..shape.s).map(|i| (i / 100) as i32).collect();
+    let config = documents_with_host_ranges::CONFIG;
+    let (first, end, q_tiles) =
+        host_tile_ranges(&ids, shape.s, config.tile_m as usize, config.tile_n as usize);
+    let doc = ids.clone();
+    let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| doc[i] == doc[j]);
+    let ranged = simulated_instructions(
+        &documents_with_host_ranges::compile(&config).unwrap(),
+        shape,
+        &[
+            ExtraArg::I32Table { data: ids.clone(), shape: vec![1, shape.s] },
+            ExtraArg::I32Table { data: first, shape: vec![1, q_tiles] },
+            ExtraArg::I32Table { data: end, shape: vec![1, q_tiles] },
+        ],
+        &variant,
+        "host ranges",
+    );
+    let scanned = simulated_instructions(
+        &document_attention::compile(&document_attention::CONFIG).unwrap(),
+        shape,
+        &[ExtraArg::I32Table { data: ids, shape: vec![1, shape.s] }],
+        &variant,
+        "compiler scan only",
+    );
+    // One pass of the scan covers these 32 K/V tiles, so warps issue as much either way; the
+    // lanes whose tiles lie below the range stop at once, and execute less.
+    println!(
+        "host ranges / compiler scan only: warp instructions {:.3}, lane instructions {:.3}",
+        ranged.0 / scanned.0,
+        ranged.1 / scanned.1
+    );
+    assert!(ranged.1 < scanned.1, "the host's ranges save the scan below them: {ranged:?} vs {scanned:?}");
 }

@@ -869,17 +869,24 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("max.s32 {end}, {end}, 0"));
             self.w.ins(format!("min.u32 {count}, {count}, {end}"));
         }
+        let start = match extent.from {
+            Some(from) => {
+                self.w.comment(format!("the source's range: tiles from bound #{}", from.0));
+                let start = self.loop_bound(from)?;
+                self.w.ins(format!("max.s32 {start}, {start}, 0"));
+                Some(start)
+            }
+            None => None,
+        };
         match extent.skip {
             Some(mask) => {
-                let first = self.mask_loop_bounds(mask, &count)?;
+                let first = self.mask_loop_bounds(mask, start.as_deref(), &count)?;
                 self.w.ins(format!("mov.u32 {i}, {first}"));
             }
             None => self.w.ins(format!("mov.u32 {i}, 0")),
         }
-        if let Some(from) = extent.from {
-            self.w.comment(format!("the source's range: tiles from bound #{}", from.0));
-            let start = self.loop_bound(from)?;
-            self.w.ins(format!("max.s32 {i}, {i}, {start}"));
+        if let Some(start) = &start {
+            self.w.ins(format!("max.u32 {i}, {i}, {start}"));
         }
         self.hoist_mask_tables(body)?;
         self.pipeline_count = Some(count.clone());

@@ -542,11 +542,17 @@ impl Emitter<'_> {
         Ok(value)
     }
 
-    /// Block-sparse K/V loop bounds: the first and one past the last K/V tile (below `count`)
-    /// that `mask` keeps any score of for this work item's Q tile. Each lane tries tiles
-    /// `lane, lane + 32, ..`; a butterfly takes the warp's min and max. `count` is lowered to
-    /// the end; the returned register is the first tile (at most `count`).
-    pub(super) fn mask_loop_bounds(&mut self, id: MaskId, count: &str) -> Result<String, CodegenError> {
+    /// Block-sparse K/V loop bounds: the first and one past the last K/V tile (from `start`,
+    /// the source's range, or 0, and below `count`) that `mask` keeps any score of for this
+    /// work item's Q tile. Each lane tries tiles `start + lane, start + lane + 32, ..`; a
+    /// butterfly takes the warp's min and max. `count` is lowered to the end; the returned
+    /// register is the first tile (at most `count`).
+    pub(super) fn mask_loop_bounds(
+        &mut self,
+        id: MaskId,
+        start: Option<&str>,
+        count: &str,
+    ) -> Result<String, CodegenError> {
         let expr = self.mask_of(id)?;
         self.w
             .comment(format!("block-sparse: visit only the K/V tiles that mask #{} keeps a score of", id.0));
@@ -577,7 +583,11 @@ impl Emitter<'_> {
             (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
         self.w.ins(format!("mov.s32 {first}, 2147483647"));
         self.w.ins(format!("mov.s32 {end}, 0"));
-        self.w.ins(format!("mov.u32 {t}, {lane}"));
+        match start {
+            // The source's range starts later: the scan need not look before it.
+            Some(start) => self.w.ins(format!("add.u32 {t}, {start}, {lane}")),
+            None => self.w.ins(format!("mov.u32 {t}, {lane}")),
+        }
         let (top, done) = (self.w.label("mask_scan"), self.w.label("mask_scan_done"));
         self.w.place_label(&top);
         let past = self.w.temp(RegClass::Pred);
