@@ -52,10 +52,7 @@ fn check(
                 variant,
             )
             .unwrap_or_else(|e| panic!("{name} {config} {shape:?}: {e}"));
-            let bound = match config.dtype {
-                DType::F16 => 2e-3,
-                DType::Bf16 => 1.6e-2,
-            };
+            let bound = flashcore::tolerance(config.dtype);
             assert!(got.err.rel_l2 < bound, "{name} {config} {shape:?}: {:?}", got.err);
             println!(
                 "{name:<24} {:<70} s={:<4} sk={:<4} rel_l2 {:.2e}",
@@ -681,7 +678,7 @@ fn a_pipeline_range_walks_only_its_tiles() {
         ];
         let got = check_variant(&kernel, shape, Layout::Bhsd, 9, &SimDevice::default(), &extras, &variant)
             .unwrap_or_else(|e| panic!("{config}: {e}"));
-        let bound = if config.dtype == DType::F16 { 2e-3 } else { 1.6e-2 };
+        let bound = flashcore::tolerance(config.dtype);
         assert!(got.err.rel_l2 < bound, "{config}: {:?}", got.err);
         assert!(got.lse_mismatched == 0, "{config}: {got:?}");
     }
@@ -769,7 +766,7 @@ fn a_range_and_a_skippable_mask_intersect() {
         ];
         let got = check_variant(&kernel, shape, Layout::Bhsd, 10, &SimDevice::default(), &extras, &variant)
             .unwrap_or_else(|e| panic!("{config}: {e}"));
-        let bound = if config.dtype == DType::F16 { 2e-3 } else { 1.6e-2 };
+        let bound = flashcore::tolerance(config.dtype);
         assert!(got.err.rel_l2 < bound, "{config}: {:?}", got.err);
         assert!(got.lse_mismatched == 0, "{config}: {got:?}");
     }
@@ -859,7 +856,7 @@ fn a_block_mask_from_the_host_is_an_input() {
         ];
         let got = check_variant(&kernel, shape, Layout::Bhsd, 11, &SimDevice::default(), &extras, &variant)
             .unwrap_or_else(|e| panic!("{config}: {e}"));
-        let bound = if config.dtype == DType::F16 { 2e-3 } else { 1.6e-2 };
+        let bound = flashcore::tolerance(config.dtype);
         assert!(got.err.rel_l2 < bound, "{config}: {:?}", got.err);
         assert!(got.lse_mismatched == 0, "{config}: {got:?}");
     }

@@ -1757,12 +1757,8 @@ impl<'k> Emitter<'k> {
             .collect();
         // An axis's byte offset for index register `idx`, clamped into `[0, len − 1]`.
         let offset = |this: &mut Self, axis: usize, idx: &str| {
-            let clamped = this.w.temp(RegClass::B32);
-            this.w.ins(format!("max.s32 {clamped}, {idx}, 0"));
-            this.w.ins(format!("min.s32 {clamped}, {clamped}, {}", last[axis]));
-            let bytes = this.w.temp(RegClass::B64);
-            this.w.ins(format!("mul.wide.u32 {bytes}, {clamped}, {}", global.strides[axis]));
-            bytes
+            let clamped = this.clamp_index(idx, &last[axis]);
+            this.axis_offset(&clamped, &global.strides[axis])
         };
         // Uniform indices (a batch, a head) address once; the others per element.
         let base = self.w.temp(RegClass::B64);
@@ -1798,6 +1794,22 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("ld.global.{ty} {}, [{addr}]", d.at(i)));
         }
         Ok(())
+    }
+
+    /// Table index `idx` clamped into `[0, last]`, as `t.at(..)` reads (gathers and the ranges
+    /// masks take of tables).
+    pub(super) fn clamp_index(&mut self, idx: &str, last: &str) -> String {
+        let clamped = self.w.temp(RegClass::B32);
+        self.w.ins(format!("max.s32 {clamped}, {idx}, 0"));
+        self.w.ins(format!("min.s32 {clamped}, {clamped}, {last}"));
+        clamped
+    }
+
+    /// The byte offset (64-bit) of element `idx` along an axis whose stride is `stride` bytes.
+    pub(super) fn axis_offset(&mut self, idx: &str, stride: &str) -> String {
+        let bytes = self.w.temp(RegClass::B64);
+        self.w.ins(format!("mul.wide.u32 {bytes}, {idx}, {stride}"));
+        bytes
     }
 
     /// `dst[r][c]` = `index · tile + r` (rows) or `+ c` (columns): element (mf, nt, e) of a

@@ -406,15 +406,19 @@ pub enum MaskExpr {
 }
 
 impl MaskExpr {
+    /// The expression's operands (a table read's indices), in order.
+    pub fn children(&self) -> Vec<&MaskExpr> {
+        match self {
+            MaskExpr::Binary(_, a, b) => vec![a, b],
+            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => vec![a],
+            MaskExpr::Table { indices, .. } => indices.iter().collect(),
+            _ => vec![],
+        }
+    }
+
     /// Whether `pred` holds for the expression or any part of it.
     pub fn any(&self, pred: &impl Fn(&MaskExpr) -> bool) -> bool {
-        pred(self)
-            || match self {
-                MaskExpr::Binary(_, a, b) => a.any(pred) || b.any(pred),
-                MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => a.any(pred),
-                MaskExpr::Table { indices, .. } => indices.iter().any(|i| i.any(pred)),
-                _ => false,
-            }
+        pred(self) || self.children().into_iter().any(|c| c.any(pred))
     }
 
     /// Whether the expression reads a position (otherwise it is uniform over a work item).

@@ -44,10 +44,7 @@ impl Emitter<'_> {
     fn row_var(e: &MaskExpr) -> Option<usize> {
         match e {
             MaskExpr::RowPos(i) => Some(*i),
-            MaskExpr::Binary(_, a, b) => Self::row_var(a).or_else(|| Self::row_var(b)),
-            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => Self::row_var(a),
-            MaskExpr::Table { indices, .. } => indices.iter().find_map(Self::row_var),
-            _ => None,
+            _ => e.children().into_iter().find_map(Self::row_var),
         }
     }
 
@@ -109,17 +106,7 @@ impl Emitter<'_> {
         if !e.mentions_cols() && (!tables_only || reads_table(e)) {
             return self.mask_range(e, r).map(|_| ());
         }
-        match e {
-            MaskExpr::Binary(_, a, b) => {
-                self.hoist_key_invariant(a, r, tables_only)?;
-                self.hoist_key_invariant(b, r, tables_only)
-            }
-            MaskExpr::Unary(_, a) | MaskExpr::ToFloat(a) => self.hoist_key_invariant(a, r, tables_only),
-            MaskExpr::Table { indices, .. } => {
-                indices.iter().try_for_each(|i| self.hoist_key_invariant(i, r, tables_only))
-            }
-            _ => Ok(()),
-        }
+        e.children().into_iter().try_for_each(|c| self.hoist_key_invariant(c, r, tables_only))
     }
 
     /// This warp's rows of the Q tile as a box of positions (unused by a mask that reads no
@@ -253,10 +240,7 @@ impl Emitter<'_> {
         let clamp = |this: &mut Self, axis: usize, idx: &str| {
             let last = this.w.temp(RegClass::B32);
             this.w.ins(format!("sub.s32 {last}, {}, 1", this.dim_reg(dims[axis])));
-            let clamped = this.w.temp(RegClass::B32);
-            this.w.ins(format!("max.s32 {clamped}, {idx}, 0"));
-            this.w.ins(format!("min.s32 {clamped}, {clamped}, {last}"));
-            clamped
+            this.clamp_index(idx, &last)
         };
         let base = self.w.temp(RegClass::B64);
         self.w.ins(format!("mov.b64 {base}, {}", global.ptr));
@@ -273,8 +257,7 @@ impl Emitter<'_> {
                 continue;
             }
             let clamped = clamp(self, axis, lo);
-            let bytes = self.w.temp(RegClass::B64);
-            self.w.ins(format!("mul.wide.u32 {bytes}, {clamped}, {}", global.strides[axis]));
+            let bytes = self.axis_offset(&clamped, &global.strides[axis]);
             self.w.ins(format!("add.u64 {base}, {base}, {bytes}"));
         }
         let Some((axis, lo, hi)) = varying else {
@@ -348,6 +331,13 @@ impl Emitter<'_> {
         };
         let (ty, class) = if float { ("f32", RegClass::F32) } else { ("s32", RegClass::B32) };
         let exact = al == ah && bl == bh;
+        // Exact operands: the op itself, as the elementwise code computes it.
+        if exact && !op.is_comparison() && !op.is_logic() {
+            let x = self.w.temp(class);
+            let instr = binary_instr(op, if float { Elem::F32 } else { Elem::I32 });
+            self.w.ins(format!("{instr} {x}, {al}, {bl}"));
+            return Ok(Range::Num { lo: x.clone(), hi: x, float });
+        }
         let emit = |this: &mut Self, instr: &str, x: &str, y: &str| {
             let d = this.w.temp(class);
             this.w.ins(format!("{instr}.{ty} {d}, {x}, {y}"));
@@ -362,32 +352,27 @@ impl Emitter<'_> {
                     _ => "max",
                 };
                 let lo = emit(self, instr, &al, &bl);
-                let hi = if exact { lo.clone() } else { emit(self, instr, &ah, &bh) };
+                let hi = emit(self, instr, &ah, &bh);
                 num(lo, hi)
             }
             BinOp::Sub => {
                 let lo = emit(self, "sub", &al, &bh);
-                let hi = if exact { lo.clone() } else { emit(self, "sub", &ah, &bl) };
+                let hi = emit(self, "sub", &ah, &bl);
                 num(lo, hi)
             }
             BinOp::Mul => {
                 let mul = if float { "mul" } else { "mul.lo" };
-                if exact {
-                    let x = emit(self, mul, &al, &bl);
-                    num(x.clone(), x)
-                } else {
-                    let products: Vec<String> = [(&al, &bl), (&al, &bh), (&ah, &bl), (&ah, &bh)]
-                        .iter()
-                        .map(|(x, y)| emit(self, mul, x, y))
-                        .collect();
-                    let lo = emit(self, "min", &products[0], &products[1]);
-                    let lo = emit(self, "min", &lo, &products[2]);
-                    let lo = emit(self, "min", &lo, &products[3]);
-                    let hi = emit(self, "max", &products[0], &products[1]);
-                    let hi = emit(self, "max", &hi, &products[2]);
-                    let hi = emit(self, "max", &hi, &products[3]);
-                    num(lo, hi)
-                }
+                let products: Vec<String> = [(&al, &bl), (&al, &bh), (&ah, &bl), (&ah, &bh)]
+                    .iter()
+                    .map(|(x, y)| emit(self, mul, x, y))
+                    .collect();
+                let lo = emit(self, "min", &products[0], &products[1]);
+                let lo = emit(self, "min", &lo, &products[2]);
+                let lo = emit(self, "min", &lo, &products[3]);
+                let hi = emit(self, "max", &products[0], &products[1]);
+                let hi = emit(self, "max", &hi, &products[2]);
+                let hi = emit(self, "max", &hi, &products[3]);
+                num(lo, hi)
             }
             BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
                 // x < y can hold when min x < max y and fail when max x ≥ min y (NaN: neither).
@@ -421,11 +406,6 @@ impl Emitter<'_> {
                 } else {
                     Range::Bool { can_hold: differ, can_fail: overlap }
                 }
-            }
-            BinOp::Div | BinOp::Rem if exact && !float => {
-                let instr = if op == BinOp::Div { "div" } else { "rem" };
-                let x = emit(self, instr, &al, &bl);
-                num(x.clone(), x)
             }
             other => return Err(CodegenError::Internal(format!("mask op {other:?} is not bounded"))),
         })
