@@ -188,7 +188,7 @@ impl Chosen {
 
     /// The parameters after `scale` for a problem with these axis sizes (`B`, `H`, `HKV`, `S`,
     /// `SK`): documents of `doc_len` tokens along an i32 table's last axis (see
-    /// [`document_table`]), random f32 tables.
+    /// [`document_rows`]), random f32 tables.
     pub fn problem_extras(
         &self,
         sizes: &[(&str, usize)],
@@ -207,10 +207,10 @@ impl Chosen {
                         let count: usize = shape.iter().product();
                         let last = *shape.last().unwrap_or(&1);
                         if *int {
-                            let data = (0..count)
-                                .map(|i| document_table(name, i % last.max(1), self.doc_len.max(1), last))
+                            let ids: Vec<i32> = (0..count)
+                                .map(|i| ((i % last.max(1)) / self.doc_len.max(1)) as i32)
                                 .collect();
-                            ExtraArg::I32Table { data, shape }
+                            ExtraArg::I32Table { data: document_rows(name, &ids, last), shape }
                         } else {
                             let data = (0..count).map(|_| rng.normal() as f32).collect();
                             ExtraArg::F32Table { data, shape }
@@ -253,15 +253,7 @@ impl Chosen {
         };
         let ids = flashcore::npy::read_i32(path).map_err(|e| e.to_string())?;
         check(path, &ids.shape)?;
-        let len = *shape.last().unwrap_or(&1);
-        let data = match name {
-            "doc" => ids.data,
-            _ => ids
-                .data
-                .chunks(len.max(1))
-                .flat_map(|row| document_bounds(row, name == "doc_start"))
-                .collect(),
-        };
+        let data = document_rows(name, &ids.data, *shape.last().unwrap_or(&1));
         Ok(Some(ExtraArg::I32Table { data, shape: shape.to_vec() }))
     }
 
@@ -335,31 +327,18 @@ pub fn axis_sizes([b, h, s, _]: [usize; 4], hk: usize, sk: usize) -> Vec<(&'stat
     vec![("B", b), ("H", h), ("HKV", hk), ("S", s), ("SK", sk)]
 }
 
-/// Element `i` (of `len`) of an i32 table over packed documents of `doc_len` tokens: the first
-/// token of `i`'s document for a table named `doc_start`, one past its last for `doc_end`, the
-/// document's number (its id) for any other.
-pub fn document_table(name: &str, i: usize, doc_len: usize, len: usize) -> i32 {
-    let doc = i / doc_len;
-    match name {
-        "doc_start" => (doc * doc_len) as i32,
-        "doc_end" => ((doc + 1) * doc_len).min(len) as i32,
-        _ => doc as i32,
-    }
-}
-
-/// For each token of a row of document ids, its document's first token (`start`) or one past
-/// its last: a document is a run of equal ids.
-pub fn document_bounds(ids: &[i32], start: bool) -> Vec<i32> {
-    let n = ids.len();
-    let mut out = vec![0i32; n];
-    if start {
-        for i in 0..n {
-            out[i] = if i > 0 && ids[i] == ids[i - 1] { out[i - 1] } else { i as i32 };
-        }
-    } else {
-        for i in (0..n).rev() {
-            out[i] = if i + 1 < n && ids[i] == ids[i + 1] { out[i + 1] } else { i as i32 + 1 };
-        }
-    }
-    out
+/// i32 table `name` from document ids in rows of `len` (a run of equal ids is a document): each
+/// token's document's first token for `doc_start`, one past its last for `doc_end`
+/// (`variants::document_bounds`), the ids themselves for any other table.
+pub fn document_rows(name: &str, ids: &[i32], len: usize) -> Vec<i32> {
+    ids.chunks(len.max(1))
+        .flat_map(|row| {
+            let (start, end) = variants::document_bounds(row);
+            match name {
+                "doc_start" => start,
+                "doc_end" => end,
+                _ => row.to_vec(),
+            }
+        })
+        .collect()
 }
