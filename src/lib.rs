@@ -698,19 +698,14 @@ pub fn launch_async(
             })
         })
         .collect();
-    let mut strides = binding.strides.iter();
-    let mut launch_args: Vec<LaunchArg> = vec![];
-    for entry in k.entry_abi() {
-        launch_args.push(match entry {
-            ir::abi::EntryParam::Pointer { param } | ir::abi::EntryParam::F32 { param } => {
-                per_param[param].take().ok_or_else(|| abi_mismatch(k))?
-            }
-            ir::abi::EntryParam::Dim { dim } => LaunchArg::U32(binding.dims[dim.0 as usize]),
-            ir::abi::EntryParam::Stride { .. } => {
-                LaunchArg::U32(*strides.next().ok_or_else(|| abi_mismatch(k))?)
-            }
-        });
-    }
+    let mut launch_args = k
+        .entry_args(
+            |p| per_param.get_mut(p)?.take(),
+            |d| LaunchArg::U32(binding.dims[d.0 as usize]),
+            &binding.strides,
+            |_, v| LaunchArg::U32(v),
+        )
+        .ok_or_else(|| abi_mismatch(k))?;
     device.launch(&image, grid, &mut launch_args)?;
     Ok(())
 }

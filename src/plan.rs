@@ -146,22 +146,21 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
         .collect();
     // The entry parameters in the order `Kernel::entry_abi` states, named as the PTX names them
     // (less the kernel's name).
-    let mut strides = binding.strides.iter();
+    let short = |entry: EntryParam| {
+        let name = entry.ptx_name(k);
+        name.strip_prefix(&format!("{}_", k.name)).map_or(name.clone(), str::to_string)
+    };
     let params: Vec<PlanParam> = k
-        .entry_abi()
-        .into_iter()
-        .map(|entry| match entry {
-            EntryParam::Pointer { param } | EntryParam::F32 { param } => per_param[param].clone(),
-            EntryParam::Dim { dim } => PlanParam::U32 {
-                name: format!("dim_{}", k.dims[dim.0 as usize]),
+        .entry_args(
+            |p| per_param.get(p).cloned(),
+            |dim| PlanParam::U32 {
+                name: short(EntryParam::Dim { dim }),
                 value: binding.dims[dim.0 as usize],
             },
-            EntryParam::Stride { param, dim, .. } => PlanParam::U32 {
-                name: format!("stride_{}_{}", k.params[param].name(), k.dims[dim.0 as usize]),
-                value: strides.next().copied().unwrap_or(0),
-            },
-        })
-        .collect();
+            &binding.strides,
+            |entry, value| PlanParam::U32 { name: short(entry), value },
+        )
+        .ok_or_else(|| crate::abi_mismatch(k))?;
     Ok(LaunchPlan {
         kernel: k.name.clone(),
         config: k.config.to_string(),

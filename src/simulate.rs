@@ -16,7 +16,6 @@
 
 pub use flashcore_sim::{Options, SimError, Stats};
 
-use crate::ir::abi::EntryParam;
 use crate::{
     bind_shapes, check_arg_kinds, grid_size, ArgKind, ArgView, CompiledKernel, DType, Error, HalfFloat,
     SeqOffsets, TensorView,
@@ -164,16 +163,14 @@ pub fn simulate<T: HalfFloat>(
         });
     }
     // The entry parameters in the order `Kernel::entry_abi` states.
-    let mut strides = binding.strides.iter();
-    let sim_args: Vec<flashcore_sim::Arg> = k
-        .entry_abi()
-        .into_iter()
-        .map(|entry| match entry {
-            EntryParam::Pointer { param } | EntryParam::F32 { param } => per_param[param],
-            EntryParam::Dim { dim } => flashcore_sim::Arg::U32(binding.dims[dim.0 as usize]),
-            EntryParam::Stride { .. } => flashcore_sim::Arg::U32(strides.next().copied().unwrap_or(0)),
-        })
-        .collect();
+    let sim_args = k
+        .entry_args(
+            |p| per_param.get(p).copied(),
+            |d| flashcore_sim::Arg::U32(binding.dims[d.0 as usize]),
+            &binding.strides,
+            |_, v| flashcore_sim::Arg::U32(v),
+        )
+        .ok_or_else(|| crate::abi_mismatch(k))?;
     let launch = flashcore_sim::Launch {
         grid,
         threads: kernel.ptx.threads_per_cta,

@@ -49,6 +49,28 @@ impl EntryParam {
 }
 
 impl Kernel {
+    /// The entry arguments in the ABI's order, from the caller's values: `param(i)` for
+    /// parameter `i`'s pointer or scalar, `dim(d)` for runtime dim `d`'s length, `stride(entry,
+    /// value)` for each stride, whose values `strides` lists in the ABI's order. `None` when a
+    /// value is missing (the launcher, the simulator and launch plans share this one walk).
+    pub fn entry_args<T>(
+        &self,
+        mut param: impl FnMut(usize) -> Option<T>,
+        mut dim: impl FnMut(RtDim) -> T,
+        strides: &[u32],
+        mut stride: impl FnMut(EntryParam, u32) -> T,
+    ) -> Option<Vec<T>> {
+        let mut strides = strides.iter();
+        self.entry_abi()
+            .into_iter()
+            .map(|entry| match entry {
+                EntryParam::Pointer { param: p } | EntryParam::F32 { param: p } => param(p),
+                EntryParam::Dim { dim: d } => Some(dim(d)),
+                EntryParam::Stride { .. } => strides.next().map(|v| stride(entry, *v)),
+            })
+            .collect()
+    }
+
     /// The entry parameters, in order (see the module documentation).
     pub fn entry_abi(&self) -> Vec<EntryParam> {
         let mut abi: Vec<EntryParam> = self
