@@ -585,6 +585,9 @@ impl<'k> Emitter<'k> {
             Op::Unary { dst, op, src } => self.unary(*dst, *op, *src),
             Op::MaskWhere { dst, src, keep, mask } => self.mask_where(*dst, *src, *keep, *mask),
             Op::Gather { dst, param, indices } => self.gather(*dst, *param, indices),
+            Op::Convert { dst, src } if self.kernel.ty(*src).elem().is_some_and(|e| e.is_half()) => {
+                self.widen(*dst, *src)
+            }
             Op::Convert { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in d.written() {
@@ -635,8 +638,8 @@ impl<'k> Emitter<'k> {
                 Ok(())
             }
             Op::Mma { dst, a, b, acc } => self.mma(*dst, *a, *b, *acc),
-            Op::MaskColumns { dst, src, tile, causal } => {
-                self.mask_columns(*dst, *src, tile, causal.as_ref())
+            Op::MaskColumns { dst, src, tile, causal, fill } => {
+                self.mask_columns(*dst, *src, tile, causal.as_ref(), *fill)
             }
             Op::Exp2 { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
@@ -1481,9 +1484,14 @@ impl<'k> Emitter<'k> {
         src: Value,
         tile: &TileAccess,
         causal: Option<&Causal>,
+        fill: ColumnFill,
     ) -> Result<(), CodegenError> {
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("mask of a non-fragment".into()));
+        };
+        let fill = match fill {
+            ColumnFill::NegInf => "0fFF800000",
+            ColumnFill::Zero => "0f00000000",
         };
         let d = self.scores_in_place(dst, src);
         let valid = self.valid_rows(tile, None);
@@ -1539,7 +1547,7 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("setp.ge.{compare} {past}, {col}, {valid}"));
                 for mf in 0..shape.mfrags {
                     for e in [odd, odd + 2] {
-                        self.w.ins(format!("@{past} mov.f32 {}, 0fFF800000", d.at(shape.acc(mf, nt, e))));
+                        self.w.ins(format!("@{past} mov.f32 {}, {fill}", d.at(shape.acc(mf, nt, e))));
                     }
                 }
             }
@@ -1610,6 +1618,38 @@ impl<'k> Emitter<'k> {
                     let hi = s.at(cs.acc(mf, nt, e + 1));
                     // cvt.rn.{f16,bf16}x2.f32 puts its first source in the upper half.
                     self.w.ins(format!("cvt.rn.{half}x2.f32 {}, {hi}, {lo}", d.at(ds.a(mf, kk, i))));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The inverse of [`Self::to_half`]: the A fragment of k-slice j becomes the accumulator
+    /// fragments of n-tiles 2j, 2j+1, each half of a register widened exactly to f32.
+    fn widen(&mut self, dst: Value, src: Value) -> Result<(), CodegenError> {
+        let Type::Frag { cols, elem, .. } = self.kernel.ty(src) else {
+            return Err(CodegenError::Internal("widening of a non-fragment".into()));
+        };
+        let (d, s) = (self.regs_of(dst), self.regs_of(src));
+        let cs = frag_shape(&self.cfg, cols, Elem::F32);
+        let hs = frag_shape(&self.cfg, cols, Elem::F16);
+        self.w.comment("widen the 16-bit tile to f32 (its A fragments are accumulator pairs)");
+        for mf in 0..hs.mfrags {
+            for kk in 0..hs.col_blocks {
+                for (i, nt, e) in [(0, 2 * kk, 0), (1, 2 * kk, 2), (2, 2 * kk + 1, 0), (3, 2 * kk + 1, 2)] {
+                    let pair = s.at(hs.a(mf, kk, i));
+                    let (lo, hi) = (d.at(cs.acc(mf, nt, e)), d.at(cs.acc(mf, nt, e + 1)));
+                    if elem == Elem::Bf16 {
+                        // A bf16 is the upper half of the f32 with the same bits.
+                        self.w.ins(format!("shl.b32 {lo}, {pair}, 16"));
+                        self.w.ins(format!("and.b32 {hi}, {pair}, 0xffff0000"));
+                    } else {
+                        // cvt reads the lower 16 bits of a wider register.
+                        let upper = self.w.temp(RegClass::B32);
+                        self.w.ins(format!("cvt.f32.f16 {lo}, {pair}"));
+                        self.w.ins(format!("shr.b32 {upper}, {pair}, 16"));
+                        self.w.ins(format!("cvt.f32.f16 {hi}, {upper}"));
+                    }
                 }
             }
         }

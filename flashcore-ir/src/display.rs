@@ -229,9 +229,13 @@ impl Printer<'_> {
             Op::LogSumExp { dst, max, sum } => {
                 format!("{} = log_sum_exp {}, {}", self.def(*dst), self.v(*max), self.v(*sum))
             }
-            Op::MaskColumns { dst, src, tile, causal } => format!(
-                "{} = mask_columns {} past the end of {}{}",
+            Op::MaskColumns { dst, src, tile, causal, fill } => format!(
+                "{} = {} {} past the end of {}{}",
                 self.def(*dst),
+                match fill {
+                    ColumnFill::NegInf => "mask_columns",
+                    ColumnFill::Zero => "zero_columns",
+                },
                 self.v(*src),
                 self.access(tile),
                 causal.map(|c| format!(" and past the diagonal of {}", self.causal(&c))).unwrap_or_default()

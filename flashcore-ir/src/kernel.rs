@@ -508,6 +508,16 @@ impl Causal {
     }
 }
 
+/// What [`Op::MaskColumns`] writes into the columns past the end of a sequence: the identity
+/// of what reads them next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnFill {
+    /// -inf: scores entering the softmax (a row max ignores them, their exponentials are 0).
+    NegInf,
+    /// 0: a tile entering a row sum, or the A operand of an mma that contracts over its columns.
+    Zero,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// Read scalar parameter `param`.
@@ -568,12 +578,12 @@ pub enum Op {
     Transpose { dst: Value, src: Value },
     /// `dst = a · b (+ acc)`, f16 inputs, f32 accumulation.
     Mma { dst: Value, a: Value, b: Value, acc: Option<Value> },
-    /// `dst = src` with the columns past the end of the sequence set to -inf: column `n`
+    /// `dst = src` with the columns past the end of the sequence set to `fill`: column `n`
     /// stands for row `n` of the staged tile `tile`, which lies past the end when
-    /// `tile · rows + n ≥` the tensor's sequence length. With `causal`, also the columns past
-    /// each row's diagonal. Tiles that need neither (all but the last and the diagonal ones)
-    /// skip the masking code.
-    MaskColumns { dst: Value, src: Value, tile: TileAccess, causal: Option<Causal> },
+    /// `tile · rows + n ≥` the tensor's sequence length. With `causal` (only with
+    /// [`ColumnFill::NegInf`]), also the columns past each row's diagonal. Tiles that need
+    /// neither (all but the last and the diagonal ones) skip the masking code.
+    MaskColumns { dst: Value, src: Value, tile: TileAccess, causal: Option<Causal>, fill: ColumnFill },
     /// Elementwise `2^x`.
     Exp2 { dst: Value, src: Value },
     /// `dst = (max + log2 sum) · ln 2` per row, +inf where `sum` is 0.
@@ -594,7 +604,7 @@ pub enum Op {
     /// `dst = table[indices..]`, elementwise over the indices (uniform i32s or i32 tiles, which
     /// broadcast); each index is clamped into its axis.
     Gather { dst: Value, param: usize, indices: Vec<Value> },
-    /// i32 to f32, elementwise (round to nearest).
+    /// To f32, elementwise: i32 (round to nearest), or a 16-bit register tile (exactly).
     Convert { dst: Value, src: Value },
     /// `dst = cond ? then : otherwise`, elementwise; uniform operands broadcast.
     Select { dst: Value, cond: Value, then: Value, otherwise: Value },

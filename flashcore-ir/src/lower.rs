@@ -83,6 +83,10 @@ struct Lowerer {
     masked_of: HashMap<Value, Value>,
     /// Values past the mask: masked scores (-inf where masked) and probabilities (0 there).
     state: HashMap<Value, Masked>,
+    /// Tiles whose columns past the end of the sequence hold unspecified numbers (see
+    /// [`Leaving::Data`]), with the staged tile those columns stand for: a row reduction or a
+    /// conversion to an mma operand masks them first, with the identity of what reads them.
+    tails: HashMap<Value, TileAccess>,
     /// Per register tile: the tile index that each of its axes walks (for `.index(DIM)`).
     axes: HashMap<Value, TileAxes>,
     /// Values that are functions of score positions and work-item uniforms, as expressions:
@@ -115,6 +119,20 @@ struct Raw {
     /// Role and span of the score code's last op: the mask runs with them.
     role: Option<Role>,
     span: SpanId,
+}
+
+/// Where a score value goes when it leaves the score code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaving {
+    /// Into the softmax (`exp`, `exp2`, `row_max`, or a row operand): its masks apply, with -inf.
+    Softmax,
+    /// Anywhere else. A value that only the compiler's sequence tail masks (no `mask(..)`) is
+    /// then plain data, such as the backward's `dP = dO·Vᵀ`: the tail is not part of what the
+    /// kernel says (those columns do not exist), so it is masked where it is read along the
+    /// columns ([`Lowerer::tails`]), not with -inf, which `P ∘ dP` would turn into NaN. The
+    /// `causal` flag masks the scores the softmax reads, so it does not apply to such data
+    /// (its probabilities are 0 there). A value with user masks leaves as masked scores.
+    Data,
 }
 
 /// Where a value past the mask stands: what arithmetic on it keeps masked scores masked.
@@ -214,6 +232,7 @@ impl Lowerer {
             nesting: Nesting::Top,
             raw: HashMap::new(),
             masked_of: HashMap::new(),
+            tails: HashMap::new(),
             state: HashMap::new(),
             axes: HashMap::new(),
             sym: HashMap::new(),
@@ -831,14 +850,26 @@ impl Lowerer {
     /// `let` it initializes), so the text IR and the PTX read like the source.
     fn expr(&mut self, expr: &Expr, out: &mut Block, role: Option<Role>, name: &str) -> Result<Value> {
         let v = self.expr_raw(expr, out, role, name)?;
-        Ok(self.materialize(v, out))
+        Ok(self.materialize(v, out, Leaving::Data))
+    }
+
+    /// [`Lowerer::expr`] for an operand of the softmax (masked with -inf).
+    fn softmax_operand(&mut self, expr: &Expr, out: &mut Block, role: Option<Role>, name: &str) -> Result<Value> {
+        let v = self.expr_raw(expr, out, role, name)?;
+        Ok(self.materialize(v, out, Leaving::Softmax))
     }
 
     /// Applies the masks of score value `v` (if it is one): the user's conditions as a select
     /// with -inf, then the compiler's tail and causal mask. Memoized: each score value is masked
     /// once, where it first leaves the score code, with the role of its last score op.
-    fn materialize(&mut self, v: Value, out: &mut Block) -> Value {
+    fn materialize(&mut self, v: Value, out: &mut Block, leaving: Leaving) -> Value {
         let Some(raw) = self.raw.get(&v).cloned() else { return v };
+        if leaving == Leaving::Data && raw.keeps.is_empty() {
+            if let Some((tile, _)) = &raw.tail {
+                self.tails.insert(raw.numbers, tile.clone());
+            }
+            return raw.numbers;
+        }
         if let Some(done) = self.masked_of.get(&v) {
             return *done;
         }
@@ -870,7 +901,8 @@ impl Lowerer {
         }
         if let Some((tile, causal)) = raw.tail {
             let masked = self.new_value(ty, &name, false);
-            self.push(out, Op::MaskColumns { dst: masked, src: current, tile, causal }, role, span);
+            let fill = ColumnFill::NegInf;
+            self.push(out, Op::MaskColumns { dst: masked, src: current, tile, causal, fill }, role, span);
             current = masked;
         }
         if let Some(axes) = self.axes.get(&v).copied() {
@@ -926,6 +958,43 @@ impl Lowerer {
         Ok(())
     }
 
+    /// A score operand of an op on rows: masked if the user masks it or a row max read it
+    /// masked; otherwise still score code.
+    fn enter_row_op(&mut self, v: Value, out: &mut Block) -> Value {
+        match self.raw.get(&v) {
+            Some(raw) if !raw.keeps.is_empty() || self.masked_of.contains_key(&v) => {
+                self.materialize(v, out, Leaving::Softmax)
+            }
+            _ => v,
+        }
+    }
+
+    /// The unspecified columns of the first operand that has them, for an elementwise result.
+    fn inherit_tail(&mut self, dst: Value, operands: &[Value]) {
+        if !matches!(self.ty(dst), Type::Frag { .. }) {
+            return;
+        }
+        if let Some(t) = operands.iter().find_map(|v| self.tails.get(v).cloned()) {
+            self.tails.insert(dst, t);
+        }
+    }
+
+    /// `v` with its unspecified columns (if any) set to `fill`, ready for a reduction along its
+    /// rows or a contraction over its columns.
+    fn mask_tail(&mut self, v: Value, fill: ColumnFill, out: &mut Block, role: Option<Role>, span: SpanId) -> Value {
+        let Some(tile) = self.tails.get(&v).cloned() else { return v };
+        let name = self.values[v.index()].name.clone();
+        let dst = self.new_value(self.ty(v), &format!("{name}_in_sequence"), false);
+        self.push(out, Op::MaskColumns { dst, src: v, tile, causal: None, fill }, role, span);
+        if let Some(a) = self.axes.get(&v).copied() {
+            self.axes.insert(dst, a);
+        }
+        if let Some(s) = self.state.get(&v).copied() {
+            self.state.insert(dst, s);
+        }
+        dst
+    }
+
     /// The axes of the first operand that has them, for an elementwise result.
     fn inherit_axes(&mut self, dst: Value, operands: &[Value]) {
         if !matches!(self.ty(dst), Type::Frag { .. }) {
@@ -951,6 +1020,7 @@ impl Lowerer {
         if let Some(a) = self.axes.get(&v).copied() {
             self.axes.insert(dst, a);
         }
+        self.inherit_tail(dst, &[v]);
         dst
     }
 
@@ -1067,10 +1137,28 @@ impl Lowerer {
                 self.push(out, Op::Transpose { dst, src }, role, span);
                 dst
             }
-            ExprKind::ToHalf(inner, target) => {
+            ExprKind::To(inner, ElemDecl::F32) => {
+                let src = self.expr(inner, out, role, name)?;
+                let Type::Frag { rows, cols, elem } = self.ty(src) else {
+                    return err(
+                        span,
+                        format!("`.to::<f32>()` widens 16-bit register tiles, not {}", describe(&self.ty(src))),
+                    );
+                };
+                if !elem.is_half() {
+                    return err(span, format!("this is already {}", describe(&self.ty(src))));
+                }
+                let dst = self.new_value(Type::Frag { rows, cols, elem: Elem::F32 }, &format!("{name}_f32"), false);
+                self.push(out, Op::Convert { dst, src }, role, span);
+                self.inherit_axes(dst, &[src]);
+                dst
+            }
+            ExprKind::To(inner, target) => {
                 let dtype = self.resolve_elem(target, span, "the conversion")?;
                 let src = self.expr(inner, out, role, name)?;
                 self.check_masked(src, &[Masked::Probabilities], "conversion to 16 bits", span)?;
+                // A 16-bit tile is an mma A operand, which contracts over its columns.
+                let src = self.mask_tail(src, ColumnFill::Zero, out, role, span);
                 let Type::Frag { rows, cols, elem: Elem::F32 } = self.ty(src) else {
                     return err(
                         span,
@@ -1198,7 +1286,7 @@ impl Lowerer {
                 dst
             }
             ExprKind::Exp2(inner) => {
-                let src = self.expr(inner, out, role, name)?;
+                let src = self.softmax_operand(inner, out, role, name)?;
                 self.check_masked(src, &[Masked::Scores], "`exp2`", span)?;
                 let src = self.promote_to_f32(src, out, role, span);
                 match self.ty(src) {
@@ -1216,10 +1304,14 @@ impl Lowerer {
                     self.state.insert(dst, Masked::Probabilities);
                 }
                 self.inherit_axes(dst, &[src]);
+                self.inherit_tail(dst, &[src]);
                 dst
             }
             ExprKind::RowReduce(op, inner) => {
-                let src = self.expr(inner, out, role, name)?;
+                let src = match op {
+                    ReduceOp::Max => self.softmax_operand(inner, out, role, name)?,
+                    ReduceOp::Sum => self.expr(inner, out, role, name)?,
+                };
                 match op {
                     ReduceOp::Max => {}
                     ReduceOp::Sum => self.check_masked(src, &[Masked::Probabilities], "`row_sum`", span)?,
@@ -1237,6 +1329,11 @@ impl Lowerer {
                         ),
                     );
                 };
+                let fill = match op {
+                    ReduceOp::Max => ColumnFill::NegInf,
+                    ReduceOp::Sum => ColumnFill::Zero,
+                };
+                let src = self.mask_tail(src, fill, out, role, span);
                 let dst = self.new_value(Type::Row { rows }, name, false);
                 self.push(out, Op::Reduce { dst, op: *op, src }, role, span);
                 dst
@@ -1333,10 +1430,20 @@ impl Lowerer {
         span: SpanId,
         name: &str,
     ) -> Result<Value> {
-        // A row operand (a reduction's result) means the softmax has begun: scores are masked.
+        // A row operand (a reduction's result) means the softmax has begun: scores with masks
+        // of the user's, or already masked for a row max, are masked. (Scores that only the
+        // sequence tail masks stay score code: they may be data, such as `dP − Δ`.)
         let with_row = matches!(self.ty(l), Type::Row { .. }) || matches!(self.ty(r), Type::Row { .. });
-        let (l, r) = if with_row { (self.materialize(l, out), self.materialize(r, out)) } else { (l, r) };
+        let (l, r) = if with_row { (self.enter_row_op(l, out), self.enter_row_op(r, out)) } else { (l, r) };
+        // Past the mask, a score operand leaves the score code as data (`P ∘ dP`).
+        let past_mask = self.state.contains_key(&l) || self.state.contains_key(&r);
+        let (l, r) = if past_mask {
+            (self.materialize(l, out, Leaving::Data), self.materialize(r, out, Leaving::Data))
+        } else {
+            (l, r)
+        };
         let (ls, rs) = (self.state.get(&l).copied(), self.state.get(&r).copied());
+        let is_data = |t: Type| matches!(t, Type::Frag { elem: Elem::F32, .. });
         let broadcast = |t: Type| t.is_uniform() || matches!(t, Type::Row { .. });
         let state = match (ls, rs) {
             (None, None) => None,
@@ -1349,6 +1456,14 @@ impl Lowerer {
                 Some(Masked::Probabilities)
             }
             (None, Some(Masked::Probabilities)) if op == BinOp::Mul && broadcast(self.ty(l)) => {
+                Some(Masked::Probabilities)
+            }
+            // Probabilities times data (`P ∘ (dP − Δ)`): 0 wherever a score is masked, for
+            // any finite data.
+            (Some(Masked::Probabilities), None) if op == BinOp::Mul && is_data(self.ty(r)) => {
+                Some(Masked::Probabilities)
+            }
+            (None, Some(Masked::Probabilities)) if op == BinOp::Mul && is_data(self.ty(l)) => {
                 Some(Masked::Probabilities)
             }
             (Some(s), _) | (None, Some(s)) => {
@@ -1440,6 +1555,7 @@ impl Lowerer {
             self.state.insert(dst, st);
         }
         self.inherit_axes(dst, &[nl, nr, l, r]);
+        self.inherit_tail(dst, &[nl, nr]);
         Ok(dst)
     }
 
@@ -1453,7 +1569,7 @@ impl Lowerer {
         name: &str,
     ) -> Result<Value> {
         // `exp` starts the softmax, like `exp2`: its operand is masked first.
-        let src = if op == UnaryOp::Exp { self.materialize(src, out) } else { src };
+        let src = if op == UnaryOp::Exp { self.materialize(src, out, Leaving::Softmax) } else { src };
         let allowed: &[Masked] = if op == UnaryOp::Exp { &[Masked::Scores] } else { &[] };
         self.check_masked(src, allowed, &format!("`{}`", op.name()), span)?;
         let n = self.numbers(src);
@@ -1492,6 +1608,7 @@ impl Lowerer {
             self.merge_raw(dst, &[src], role, span)?;
         }
         self.inherit_axes(dst, &[n, src]);
+        self.inherit_tail(dst, &[n]);
         Ok(dst)
     }
 
@@ -1552,6 +1669,7 @@ impl Lowerer {
         self.push(out, Op::Select { dst, cond, then: na, otherwise: nb }, role, span);
         self.merge_raw(dst, &[a, b], role, span)?;
         self.inherit_axes(dst, &[na, nb, cond, a, b]);
+        self.inherit_tail(dst, &[na, nb]);
         Ok(dst)
     }
 
@@ -1730,7 +1848,7 @@ impl Lowerer {
         let handle = self.new_value(ty, &name, false);
         let mut raw = match self.raw.get(&s) {
             Some(r) => r.clone(),
-            None => Raw { numbers: s, tail: None, keeps: vec![], role, span },
+            None => Raw { numbers: s, tail: self.tails.get(&s).map(|t| (t.clone(), None)), keeps: vec![], role, span },
         };
         raw.keeps.push(keep);
         raw.role = role;

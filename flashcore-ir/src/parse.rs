@@ -723,10 +723,11 @@ impl Parser<'_> {
                 let index = self.value(index, None)?;
                 Box::new(move |dst| Op::Position { dst, axis, index })
             }
-            "mask_columns" => {
+            "mask_columns" | "zero_columns" => {
+                let fill = if name == "mask_columns" { ColumnFill::NegInf } else { ColumnFill::Zero };
                 let (src, rest) = args
                     .split_once(" past the end of ")
-                    .ok_or("expected `mask_columns %v past the end of ..`")?;
+                    .ok_or(format!("expected `{name} %v past the end of ..`"))?;
                 let src = self.value(src, None)?;
                 let (tile, causal) = match rest.split_once(" and past the diagonal of ") {
                     Some((t, c)) => {
@@ -736,7 +737,10 @@ impl Parser<'_> {
                     None => (rest, None),
                 };
                 let tile = self.access(tile)?;
-                Box::new(move |dst| Op::MaskColumns { dst, src, tile, causal })
+                if causal.is_some() && fill == ColumnFill::Zero {
+                    return Err("`zero_columns` takes no diagonal".into());
+                }
+                Box::new(move |dst| Op::MaskColumns { dst, src, tile, causal, fill })
             }
             "mask" => {
                 let (src, rest) = args.split_once(" where ").ok_or("expected `mask %s where %k`")?;

@@ -373,8 +373,9 @@ pub enum ExprKind {
     Stage(TileRef),
     /// `x.t()`: the transposed view of a staged tile.
     Transpose(Box<Expr>),
-    /// `x.to::<T>()` (or `x.to_f16()`, `x.to_bf16()`): f32 register tile to 16-bit.
-    ToHalf(Box<Expr>, ElemDecl),
+    /// `x.to::<T>()` (or `x.to_f16()`, `x.to_bf16()`): an f32 register tile to 16 bits (an mma
+    /// A operand); `x.to::<f32>()`: a 16-bit register tile (a loaded one) to f32, exactly.
+    To(Box<Expr>, ElemDecl),
     /// `mma(a, b)` or `mma(a, b, acc)`.
     Mma {
         a: Box<Expr>,
@@ -501,7 +502,7 @@ impl Program {
                 }
                 ExprKind::Lit(_) | ExprKind::Int(_) | ExprKind::Const(_) => {}
                 ExprKind::Transpose(a)
-                | ExprKind::ToHalf(a, _)
+                | ExprKind::To(a, _)
                 | ExprKind::Exp2(a)
                 | ExprKind::Unary(_, a) => expr(a, out),
                 ExprKind::RowReduce(_, a) | ExprKind::Position { tile: a, .. } => expr(a, out),

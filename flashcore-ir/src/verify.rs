@@ -203,9 +203,12 @@ impl<'k> Verifier<'k> {
             }
             Op::Unary { dst, src, .. } | Op::Convert { dst, src } => {
                 let want = match inst.op {
-                    Op::Convert { .. } => {
-                        ty(*src).with_elem(Elem::F32).filter(|_| ty(*src).elem() == Some(Elem::I32))
-                    }
+                    Op::Convert { .. } => match ty(*src) {
+                        Type::Frag { rows, cols, elem } if elem.is_half() => {
+                            Some(Type::Frag { rows, cols, elem: Elem::F32 })
+                        }
+                        t => t.with_elem(Elem::F32).filter(|_| t.elem() == Some(Elem::I32)),
+                    },
                     _ => Some(ty(*src)),
                 };
                 if want != Some(ty(*dst)) {

@@ -116,9 +116,9 @@ fn expr(e: &Expr) -> TokenStream {
             let x = b(x);
             quote!(#p::ExprKind::Transpose(#x))
         }
-        ExprKind::ToHalf(x, target) => {
+        ExprKind::To(x, target) => {
             let (x, target) = (b(x), elem_decl(target));
-            quote!(#p::ExprKind::ToHalf(#x, #target))
+            quote!(#p::ExprKind::To(#x, #target))
         }
         ExprKind::LogSumExp(m, l) => {
             let (m, l) = (b(m), b(l));

@@ -619,11 +619,14 @@ impl Converter<'_> {
                 }
                 match m.method.to_string().as_str() {
                     "t" => ExprKind::Transpose(boxed(self, &m.receiver)?),
-                    "to_f16" => ExprKind::ToHalf(boxed(self, &m.receiver)?, ElemDecl::Fixed(DType::F16)),
-                    "to_bf16" => ExprKind::ToHalf(boxed(self, &m.receiver)?, ElemDecl::Fixed(DType::Bf16)),
+                    "to_f16" => ExprKind::To(boxed(self, &m.receiver)?, ElemDecl::Fixed(DType::F16)),
+                    "to_bf16" => ExprKind::To(boxed(self, &m.receiver)?, ElemDecl::Fixed(DType::Bf16)),
                     "to" => {
                         let target = match m.turbofish.as_ref().map(|t| t.args.iter().collect::<Vec<_>>()) {
                             Some(args) => match args[..] {
+                                [syn::GenericArgument::Type(syn::Type::Path(p))] if p.path.is_ident("f32") => {
+                                    ElemDecl::F32
+                                }
                                 [syn::GenericArgument::Type(syn::Type::Path(p))]
                                     if p.path.get_ident().is_some() =>
                                 {
@@ -635,7 +638,7 @@ impl Converter<'_> {
                                 return error(m, "`.to()` needs its target: `.to::<T>()`, `.to::<f16>()`")
                             }
                         };
-                        ExprKind::ToHalf(boxed(self, &m.receiver)?, target)
+                        ExprKind::To(boxed(self, &m.receiver)?, target)
                     }
                     "tile" => {
                         return error(

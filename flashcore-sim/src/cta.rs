@@ -861,6 +861,10 @@ impl<'a> Cta<'a> {
                 };
                 (*d, trunc(*ty, r as u64))
             }),
+            Op::CvtFromHalf { d, a } => self.lanes_map(w, exec, |s, l| {
+                let half = f16::from_bits(s.val(w, *a, l) as u16);
+                (*d, half.to_f32().to_bits() as u64)
+            }),
             Op::CvtFloat { src, d, a } => self.lanes_map(w, exec, |s, l| {
                 let v = s.val(w, *a, l);
                 let r = if src.signed() { sext(*src, v) as f32 } else { trunc(*src, v) as f32 };

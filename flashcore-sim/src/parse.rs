@@ -300,6 +300,11 @@ pub enum Op {
         d: u32,
         a: Operand,
     },
+    /// `cvt.f32.f16 d, a`: the f16 in the lower 16 bits of `a` to f32 (exact).
+    CvtFromHalf {
+        d: u32,
+        a: Operand,
+    },
     /// `cvt.rn.f32.s32` (and `.u32`): integer to the nearest f32.
     CvtFloat {
         src: IntType,
@@ -887,6 +892,7 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             b: ctx.operand(n(2)?)?,
             c: ctx.operand(n(3)?)?,
         },
+        "cvt" if mods == ["f32", "f16"] => Op::CvtFromHalf { d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? },
         "cvt" if mods.len() == 3 && mods[0] == "rn" && mods[1] == "f32" => Op::CvtFloat {
             src: int_type(mods[2]).ok_or(Decode::Unsupported)?,
             d: ctx.dest(n(0)?)?,

@@ -363,9 +363,13 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
         Op::Mma { dst, a, b, acc } => Op::Mma { dst, a: f(a), b: f(b), acc: acc.map(f) },
         Op::Exp2 { dst, src } => Op::Exp2 { dst, src: f(src) },
         Op::LogSumExp { dst, max, sum } => Op::LogSumExp { dst, max: f(max), sum: f(sum) },
-        Op::MaskColumns { dst, src, tile, causal } => {
-            Op::MaskColumns { dst, src: f(src), tile: access(tile), causal: causal.map(|c| c.map_values(f)) }
-        }
+        Op::MaskColumns { dst, src, tile, causal, fill } => Op::MaskColumns {
+            dst,
+            src: f(src),
+            tile: access(tile),
+            causal: causal.map(|c| c.map_values(f)),
+            fill,
+        },
         Op::ToHalf { dst, src } => Op::ToHalf { dst, src: f(src) },
         Op::Reduce { dst, op, src } => Op::Reduce { dst, op, src: f(src) },
         Op::Binary { dst, op, lhs, rhs } => Op::Binary { dst, op, lhs: f(lhs), rhs: f(rhs) },
