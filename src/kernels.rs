@@ -12,6 +12,7 @@
 
 use crate::{flash_kernel, Config, DType};
 
+pub mod backward;
 pub mod variants;
 
 /// Fused attention forward, `O = softmax(Q·Kᵀ·scale)·V`, FlashAttention-2 style.

@@ -1174,16 +1174,18 @@ impl<'k> Emitter<'k> {
         Ok(())
     }
 
-    /// Whether every use of `v` is as the A operand of an mma (so it can stay in shared memory).
+    /// Whether every use of `v` is as the A operand of an mma, and no other load reuses the
+    /// row-tile region it sits in (so it can stay in shared memory).
     fn only_an_mma_a_operand(&self, v: Value) -> bool {
-        let mut only_a = true;
+        let (mut only_a, mut loads) = (true, 0);
         self.kernel.walk(&mut |inst| {
+            loads += matches!(inst.op, Op::Load { .. }) as u32;
             if inst.op.uses().contains(&v) {
                 only_a &=
                     matches!(&inst.op, Op::Mma { a, b, acc, .. } if *a == v && *b != v && *acc != Some(v));
             }
         });
-        only_a
+        only_a && loads == 1
     }
 
     /// The slot of `buffer` that holds this iteration's tile: `(iteration % slots) * slot_bytes`

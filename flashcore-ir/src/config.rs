@@ -59,7 +59,9 @@ pub struct Config {
     /// them, and each mma re-reads them with ldmatrix instead of holding them in registers
     /// (FlashAttention-2's choice). Frees `rows_per_warp × D / 64` registers a thread, which lets
     /// a warp own 32 rows at D = 128 without spilling, so each K/V fragment read from shared
-    /// memory feeds two mma row blocks instead of one.
+    /// memory feeds two mma row blocks instead of one. The loaded tiles share one region, so
+    /// only a kernel with a single `load` keeps it there (a backward kernel loads several: they
+    /// stay in registers, as without the flag).
     pub a_in_smem: bool,
     /// Split-KV inside the CTA: the compute warps form `kv_splits` groups of `warps / kv_splits`
     /// warps; every group covers all `TILE_M` rows, and group `g` takes keys

@@ -1,0 +1,151 @@
+//! The attention backward pass (FlashAttention-2's), written in the DSL as two kernels that
+//! recompute the probabilities from the forward's log-sum-exp: one walks the queries and gives
+//! `dQ` (and `Δ`), one walks the keys and gives `dK` and `dV`. Neither writes what the other
+//! reads, so each gradient is computed once, without atomics: run to run, bitwise identical.
+//!
+//! With `P = softmax(scale · Q·Kᵀ)`, `O = P·V` and the output's gradient `dO`:
+//! `Δ = rowsum(dO ∘ O)`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − Δ)`, and then
+//! `dQ = scale · dS·K`, `dK = scale · dSᵀ·Q`, `dV = Pᵀ·dO`. Run [`attention_backward_dq`]
+//! first (it writes `Δ`), then [`attention_backward_dkdv`] (or its causal twin).
+//!
+//! ```
+//! use flashcore::kernels::backward::{attention_backward_dkdv, attention_backward_dq};
+//!
+//! let dq = attention_backward_dq::compile(&attention_backward_dq::CONFIG)?;
+//! let dkdv = attention_backward_dkdv::compile(&attention_backward_dkdv::CONFIG)?;
+//! assert!(dq.ptx.text.contains("mma.sync") && dkdv.ptx.text.contains("mma.sync"));
+//! # Ok::<(), flashcore::Error>(())
+//! ```
+
+use crate::flash_kernel;
+
+/// The backward's query side: per Q tile, `Δ = rowsum(dO ∘ O)` (stored in `delta` for
+/// [`attention_backward_dkdv`]) and `dQ = scale · Σ dS·K` over the K/V tiles, with `P`
+/// recomputed from `lse`, the forward's log-sum-exp (natural log). `Config::causal` masks as
+/// the forward does (and skips the K/V tiles past the diagonal). K/V may have fewer heads
+/// (`HKV`) than Q, as in the forward.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn attention_backward_dq<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: Tensor<T, B, H, S, D>,
+    d_out: Tensor<T, B, H, S, D>,
+    lse: Tensor<f32, B, H, S>,
+    dq: TensorMut<T, B, H, S, D>,
+    delta: TensorMut<f32, B, H, S>,
+    scale: f32,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let dof = load(d_out.tile(b, h, qt));
+        let of = load(o.tile(b, h, qt));
+        let dd = row_sum(dof.to::<f32>() * of.to::<f32>());
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            {
+                let s = mma(qf, ks.t());
+                let p = exp2(s * (scale * LOG2_E) - lse.at(b, h, s.index(S)) * LOG2_E);
+                let dp = mma(dof, vs.t());
+                let ds = p * (dp - dd);
+                acc = mma(ds.to::<T>(), ks, acc);
+            }
+        }
+        store(delta.tile(b, h, qt), dd);
+        store(dq.tile(b, h, qt), acc * scale);
+    }
+}
+
+/// The backward's key side: per K/V tile, `dV = Σ Pᵀ·dO` and `dK = scale · Σ dSᵀ·Q` over the
+/// Q tiles, with `Pᵀ` recomputed from `K·Qᵀ` and `lse`, and `Δ` from
+/// [`attention_backward_dq`]. The score tiles are transposed (rows are keys), so `lse` and `Δ`
+/// are read at each column's query. `dk`/`dv` have a head per query head: with fewer K/V heads
+/// (`HKV < H`), a K/V head's gradient is the sum over its `H / HKV` query heads.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn attention_backward_dkdv<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    d_out: Tensor<T, B, H, S, D>,
+    lse: Tensor<f32, B, H, S>,
+    delta: Tensor<f32, B, H, S>,
+    dk: TensorMut<T, B, H, SK, D>,
+    dv: TensorMut<T, B, H, SK, D>,
+    scale: f32,
+) {
+    for (b, h, kt) in tiles(B, H, SK / TILE_M) {
+        #[role(compute)]
+        let kf = load(k.tile(b, h / (H / HKV), kt));
+        let vf = load(v.tile(b, h / (H / HKV), kt));
+        let mut dk_acc = zeros([TILE_M, D]);
+        let mut dv_acc = zeros([TILE_M, D]);
+        for qt in pipeline(0..S / TILE_N) {
+            #[role(load)]
+            {
+                let qs = stage(q.tile(b, h, qt));
+                let dos = stage(d_out.tile(b, h, qt));
+            }
+            #[role(compute)]
+            {
+                let st = mma(kf, qs.t());
+                let pt = exp2(st * (scale * LOG2_E) - lse.at(b, h, st.index(S)) * LOG2_E);
+                dv_acc = mma(pt.to::<T>(), dos, dv_acc);
+                let dpt = mma(vf, dos.t());
+                let dst = pt * (dpt - delta.at(b, h, st.index(S)));
+                dk_acc = mma(dst.to::<T>(), qs, dk_acc);
+            }
+        }
+        store(dk.tile(b, h, kt), dk_acc * scale);
+        store(dv.tile(b, h, kt), dv_acc);
+    }
+}
+
+/// [`attention_backward_dkdv`] under the causal mask aligned to the bottom right (query `i`
+/// sees key `j` iff `j ≤ i + SK − S`), written with positions, since the score tiles are
+/// transposed. The Q loop starts at the first tile whose last query sees the tile's first key.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn attention_backward_dkdv_causal<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    d_out: Tensor<T, B, H, S, D>,
+    lse: Tensor<f32, B, H, S>,
+    delta: Tensor<f32, B, H, S>,
+    dk: TensorMut<T, B, H, SK, D>,
+    dv: TensorMut<T, B, H, SK, D>,
+    scale: f32,
+) {
+    for (b, h, kt) in tiles(B, H, SK / TILE_M) {
+        #[role(compute)]
+        let kf = load(k.tile(b, h / (H / HKV), kt));
+        let vf = load(v.tile(b, h / (H / HKV), kt));
+        let mut dk_acc = zeros([TILE_M, D]);
+        let mut dv_acc = zeros([TILE_M, D]);
+        for qt in pipeline(max(kt * TILE_M - (SK - S), 0) / TILE_N..S / TILE_N) {
+            #[role(load)]
+            {
+                let qs = stage(q.tile(b, h, qt));
+                let dos = stage(d_out.tile(b, h, qt));
+            }
+            #[role(compute)]
+            {
+                let st = mma(kf, qs.t());
+                let st = mask(st, st.index(SK) <= st.index(S) + (SK - S));
+                let pt = exp2(st * (scale * LOG2_E) - lse.at(b, h, st.index(S)) * LOG2_E);
+                dv_acc = mma(pt.to::<T>(), dos, dv_acc);
+                let dpt = mma(vf, dos.t());
+                let dst = pt * (dpt - delta.at(b, h, st.index(S)));
+                dk_acc = mma(dst.to::<T>(), qs, dk_acc);
+            }
+        }
+        store(dk.tile(b, h, kt), dk_acc * scale);
+        store(dv.tile(b, h, kt), dv_acc);
+    }
+}
