@@ -485,9 +485,14 @@ fn shared_memory(kernel: &ir::Kernel, total: u32, out: &mut dyn Write) -> Result
     }
     if plan.row_tile_region.is_some() {
         let groups = kernel.config.kv_splits.max(1);
+        let regions = if plan.row_tile_slots > 1 {
+            format!("{} regions × ", plan.row_tile_slots)
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "  {:<22} {} × {} B (the Q tile in, the O tile out)",
+            "  {:<22} {regions}{} × {} B (the Q tile in, the O tile out)",
             "row tile", groups, plan.row_tile_bytes
         )?;
     }

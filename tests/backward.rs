@@ -171,6 +171,20 @@ fn check_all<T: HalfFloat>() {
     }
 }
 
+/// D = 128 under `backward_config`: K and V (Q in the dQ kernel) each stay in a shared-memory
+/// region of their own, re-read by every mma, with 16-wide score tiles.
+#[test]
+fn backward_at_d128_keeps_its_operands_in_shared_memory() {
+    let config = backward_config(128);
+    assert!(config.a_in_smem && config.tile_n == 16, "{config}");
+    for (i, causal) in [false, true].into_iter().enumerate() {
+        let shape = (1, 2, 1, 77, 100, 128);
+        let [dq, dk, dv, delta] = check::<flashcore::f16>(config, shape, causal, 40 + i as u64);
+        println!("{config} {shape:?} causal {causal}: dq {dq:.2e} dk {dk:.2e} dv {dv:.2e} delta {delta:.1e}");
+        assert!(dq < 2e-3 && dk < 2e-3 && dv < 2e-3 && delta < 1e-5, "causal {causal}");
+    }
+}
+
 #[test]
 fn backward_f16_matches_float64() {
     check_all::<flashcore::f16>();

@@ -91,3 +91,37 @@ fn variants_assemble_without_spills() {
         }
     }
 }
+
+/// The backward kernels assemble for sm_89 and sm_90 without spills at their declared config,
+/// bf16, and `backward_config` at D = 96, 128 (the dK/dV kernel holds two [16, D] f32
+/// accumulators a warp: 128 registers a thread at D = 128).
+#[test]
+fn backward_kernels_assemble_without_spills() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    let kernels: Vec<_> =
+        flashcore::registry::kernels().into_iter().filter(|e| e.module.ends_with("backward")).collect();
+    assert_eq!(kernels.len(), 3, "the backward kernels are registered");
+    for entry in kernels {
+        let declared = entry.config;
+        for config in [
+            declared,
+            flashcore::Config { dtype: flashcore::DType::Bf16, ..declared },
+            flashcore::kernels::backward::backward_config(96),
+            flashcore::kernels::backward::backward_config(128),
+        ] {
+            let compiled = flashcore::compile(&(entry.program)(), &config).unwrap();
+            for arch in ["sm_89", "sm_90"] {
+                let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
+                    .unwrap_or_else(|e| panic!("{} {config} {arch}: {e}", entry.name));
+                eprintln!("{} {config} {arch}: {} registers", entry.name, report.registers);
+                assert_eq!(
+                    (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
+                    (0, 0, 0),
+                    "{} {config} {arch} spills:\n{}",
+                    entry.name,
+                    report.text
+                );
+            }
+        }
+    }
+}

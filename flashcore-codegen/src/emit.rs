@@ -102,9 +102,9 @@ pub struct Emitter<'k> {
     w: PtxWriter,
     regs: HashMap<Value, RegFamily>,
     tiles: HashMap<Value, SmemTile>,
-    /// Loaded A operands left in the row-tile region (`Config::a_in_smem`): each mma reads
-    /// their fragments with ldmatrix where it needs them.
-    smem_a: HashSet<Value>,
+    /// Loaded A operands left in their row-tile region (`Config::a_in_smem`), with the
+    /// region's offset: each mma reads their fragments with ldmatrix where it needs them.
+    smem_a: HashMap<Value, String>,
     /// Per parameter: the tensor's global base and strides (`None` for scalars).
     tensors: Vec<Option<GlobalTensor>>,
     dim_regs: Vec<String>,
@@ -216,7 +216,7 @@ impl<'k> Emitter<'k> {
             w: PtxWriter::default(),
             regs: HashMap::new(),
             tiles: HashMap::new(),
-            smem_a: HashSet::new(),
+            smem_a: HashMap::new(),
             tensors: vec![],
             dim_regs: vec![],
             t: None,
@@ -1137,6 +1137,15 @@ impl<'k> Emitter<'k> {
     /// a warp barrier suffices.
     fn load_to_registers(&mut self, dst: Value, src: &TileAccess) -> Result<(), CodegenError> {
         let region = self.own_row_tile()?;
+        let slot = self.plan.load_slots.get(&dst).copied().unwrap_or(0);
+        let region = if slot == 0 {
+            region
+        } else {
+            let r = self.w.temp(RegClass::B32);
+            let groups = self.cfg.kv_splits.max(1);
+            self.w.ins(format!("add.u32 {r}, {region}, {}", slot * groups * self.plan.row_tile_bytes));
+            r
+        };
         let rows = self.tile_rows(src);
         let global = self.tile_address(src, rows, None)?;
         let (warp_row0, lane) = (self.th().warp_row0.clone(), self.th().lane.clone());
@@ -1150,11 +1159,12 @@ impl<'k> Emitter<'k> {
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
         self.w.ins("cp.async.wait_group 0");
         self.w.ins("bar.warp.sync 0xffffffff");
-        if self.cfg.a_in_smem && self.only_an_mma_a_operand(dst) {
+        if self.plan.kept_a.contains(&dst) {
             // The tile stays where it landed; each mma loads the fragments it needs. No other
-            // warp writes these rows, and the region is next written by this warp's O store.
+            // warp writes these rows, no other load this region, and the region is next
+            // written by this warp's stores (after the last mma).
             self.w.comment(format!("{}: A operand kept in shared memory (a_in_smem)", self.vname(dst)));
-            self.smem_a.insert(dst);
+            self.smem_a.insert(dst, region);
             return Ok(());
         }
         let fam = self.regs_of(dst);
@@ -1172,20 +1182,6 @@ impl<'k> Emitter<'k> {
             }
         }
         Ok(())
-    }
-
-    /// Whether every use of `v` is as the A operand of an mma, and no other load reuses the
-    /// row-tile region it sits in (so it can stay in shared memory).
-    fn only_an_mma_a_operand(&self, v: Value) -> bool {
-        let (mut only_a, mut loads) = (true, 0);
-        self.kernel.walk(&mut |inst| {
-            loads += matches!(inst.op, Op::Load { .. }) as u32;
-            if inst.op.uses().contains(&v) {
-                only_a &=
-                    matches!(&inst.op, Op::Mma { a, b, acc, .. } if *a == v && *b != v && *acc != Some(v));
-            }
-        });
-        only_a && loads == 1
     }
 
     /// The slot of `buffer` that holds this iteration's tile: `(iteration % slots) * slot_bytes`
@@ -1404,8 +1400,8 @@ impl<'k> Emitter<'k> {
             return Err(CodegenError::Internal("mma A is not a fragment".into()));
         };
         let d = self.regs_of(dst);
-        let af = if self.smem_a.contains(&a) {
-            AOperand::Shared { region: self.own_row_tile()? }
+        let af = if let Some(region) = self.smem_a.get(&a) {
+            AOperand::Shared { region: region.clone() }
         } else {
             AOperand::Registers(self.regs_of(a))
         };

@@ -1,7 +1,9 @@
 //! Shared-memory planning: which buffer each tile lives in, at which offset, and how many bytes
 //! the kernel needs in all (the dynamic shared memory the runtime requests at launch).
 
-use flashcore_ir::kernel::{Kernel, Op};
+use std::collections::HashMap;
+
+use flashcore_ir::kernel::{Kernel, Op, Value};
 
 use crate::layout::row_bytes;
 
@@ -18,6 +20,15 @@ pub struct SmemPlan {
     pub row_tile_region: Option<u32>,
     /// Bytes of one group's row-tile region: `TILE_M · D · 2`.
     pub row_tile_bytes: u32,
+    /// How many row-tile regions there are (each `kv_splits` groups' worth): one per loaded
+    /// tile that stays in shared memory ([`kept_a_operands`]), and one more that the other
+    /// loads pass through when there are such loads; stores pass through the first. Region
+    /// `r` of group `g` is at `row_tile_region + (r · groups + g) · row_tile_bytes`.
+    pub row_tile_slots: u32,
+    /// The region of each `load` result: kept ones their own, the rest the shared one.
+    pub load_slots: HashMap<Value, u32>,
+    /// The loaded tiles that stay in shared memory ([`kept_a_operands`]).
+    pub kept_a: Vec<Value>,
     /// Split-KV: where groups 1.. leave their online-softmax states for group 0
     /// (`merge_kv_splits`): per warp of those groups, `merge_regs` registers of 32 lanes × 4 bytes.
     pub merge_region: Option<u32>,
@@ -58,7 +69,17 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         }
     });
     let row_tile_bytes = cfg.tile_m * row_bytes(cfg);
-    let row_tile_region = needs_row_tile.then(|| alloc(cfg.kv_splits.max(1) * row_tile_bytes));
+    let kept = kept_a_operands(kernel);
+    let mut load_slots = HashMap::new();
+    kernel.walk(&mut |inst| {
+        if let Op::Load { dst, .. } = inst.op {
+            let slot = kept.iter().position(|k| *k == dst).unwrap_or(kept.len());
+            load_slots.insert(dst, slot as u32);
+        }
+    });
+    let row_tile_slots = load_slots.values().map(|s| s + 1).max().unwrap_or(1);
+    let row_tile_region =
+        needs_row_tile.then(|| alloc(row_tile_slots * cfg.kv_splits.max(1) * row_tile_bytes));
     let mut merge_regs = 0;
     kernel.walk(&mut |inst| {
         if let Op::MergeSplits { max, sum, acc } = inst.op {
@@ -76,6 +97,9 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     SmemPlan {
         row_tile_region,
         row_tile_bytes,
+        row_tile_slots,
+        load_slots,
+        kept_a: kept,
         merge_region,
         merge_regs,
         buffer_offsets,
@@ -85,4 +109,29 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         channel_bytes,
         total_bytes: next,
     }
+}
+
+/// With `Config::a_in_smem`, the `load` results that stay in shared memory, where the load put
+/// them, in program order: those whose every use is as the A operand of an mma (each mma
+/// re-reads its fragments with ldmatrix).
+pub fn kept_a_operands(kernel: &Kernel) -> Vec<Value> {
+    if !kernel.config.a_in_smem {
+        return vec![];
+    }
+    let mut loads = vec![];
+    kernel.walk(&mut |inst| {
+        if let Op::Load { dst, .. } = inst.op {
+            loads.push(dst);
+        }
+    });
+    loads.retain(|v| {
+        let mut only_a = true;
+        kernel.walk(&mut |inst| {
+            if inst.op.uses().contains(v) {
+                only_a &= matches!(&inst.op, Op::Mma { a, b, acc, .. } if a == v && b != v && *acc != Some(*v));
+            }
+        });
+        only_a
+    });
+    loads
 }

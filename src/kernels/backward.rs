@@ -17,7 +17,20 @@
 //! # Ok::<(), flashcore::Error>(())
 //! ```
 
-use crate::flash_kernel;
+use crate::{flash_kernel, Config};
+
+/// A schedule for all three backward kernels at head dim `head_dim` that assembles without
+/// spills for sm_89 and sm_90 (`tests/ptxas.rs`): the declared one up to D = 64; above it the
+/// tiles the kernels load (K and V, or Q) stay in shared memory (`a_in_smem`) and each score
+/// tile is 16 keys (queries) wide, since a warp's two `[16, D]` f32 accumulators alone take
+/// 128 registers a thread at D = 128.
+pub fn backward_config(head_dim: u32) -> Config {
+    let declared = attention_backward_dq::CONFIG.with_head_dim(head_dim);
+    match head_dim {
+        0..=64 => declared,
+        _ => Config { tile_n: 16, a_in_smem: true, ..declared },
+    }
+}
 
 /// The backward's query side: per Q tile, `Δ = rowsum(dO ∘ O)` (stored in `delta` for
 /// [`attention_backward_dkdv`]) and `dQ = scale · Σ dS·K` over the K/V tiles, with `P`
