@@ -196,6 +196,160 @@ pub fn variant_rows_lse(p: &Problem, rows: &[usize], variant: &Variant) -> (Vec<
     (out, lse)
 }
 
+/// The gradients of attention (`softmax(scale · Q·Kᵀ) · V`, `p`'s causal flag) for an output
+/// gradient `dO`, in float64, at the rows asked for: what FlashAttention-2's backward computes.
+/// `dk`, `dv` are per query head (`[B, H, SK, D]`; with grouped K/V heads, a K/V head's gradient
+/// is the sum over its query heads). A row that sees no key has P = 0 (its log-sum-exp +inf).
+pub struct Gradients {
+    /// `dQ` rows, `D` each, of `query_rows`.
+    pub dq: Vec<f64>,
+    /// `Δ = rowsum(dO ∘ O)` of `query_rows`.
+    pub delta: Vec<f64>,
+    /// The forward's log-sum-exp (natural log) of `query_rows`.
+    pub lse: Vec<f64>,
+    /// `O` rows of `query_rows`.
+    pub o: Vec<f64>,
+    /// `dK` rows, `D` each, of `key_rows` (indices into `[B, H, SK]`).
+    pub dk: Vec<f64>,
+    /// `dV` rows of `key_rows`.
+    pub dv: Vec<f64>,
+}
+
+/// [`Gradients`] of `p` for `d_out` (`[B, H, S, D]`) at `query_rows` (indices into `[B, H, S]`)
+/// and `key_rows` (indices into `[B, H, SK]`, per query head). A head with key rows asked for
+/// has all its query rows computed (each key's gradient sums over them); rows are spread over
+/// the machine's threads.
+///
+/// ```
+/// use flashcore::reference::{attention_backward_rows, Problem, Rng};
+///
+/// let (b, h, s, d) = (1, 1, 5, 4);
+/// let mut rng = Rng::new(7);
+/// let mut gen = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
+/// let (q, k, v, g) = (gen(s * d), gen(s * d), gen(s * d), gen(s * d));
+/// let p = Problem { q: &q, k: &k, v: &v, b, h, hk: h, s, sk: s, d, scale: 0.5, causal: true };
+/// let all: Vec<usize> = (0..s).collect();
+/// let grads = attention_backward_rows(&p, &g, &all, &all);
+/// // The last key is seen only by the last query, with dV = P·dO there.
+/// let p_last = 1.0 / grads.lse[s - 1].exp() * (0.5 * (0..d).map(|x| q[(s - 1) * d + x] * k[(s - 1) * d + x]).sum::<f64>()).exp();
+/// assert!((grads.dv[(s - 1) * d] - p_last * g[(s - 1) * d]).abs() < 1e-12);
+/// ```
+pub fn attention_backward_rows(p: &Problem, d_out: &[f64], query_rows: &[usize], key_rows: &[usize]) -> Gradients {
+    let (d, s, sk) = (p.d, p.s, p.sk);
+    let mut g = Gradients {
+        dq: vec![0.0; query_rows.len() * d],
+        delta: vec![0.0; query_rows.len()],
+        lse: vec![0.0; query_rows.len()],
+        o: vec![0.0; query_rows.len() * d],
+        dk: vec![0.0; key_rows.len() * d],
+        dv: vec![0.0; key_rows.len() * d],
+    };
+    let mut heads: Vec<usize> = query_rows.iter().map(|r| r / s).chain(key_rows.iter().map(|r| r / sk)).collect();
+    heads.sort_unstable();
+    heads.dedup();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
+    for bh in heads {
+        // This head's keys asked for (position in `key_rows`, key), and its query rows: all of
+        // them when a key is asked for.
+        let keys: Vec<(usize, usize)> =
+            key_rows.iter().enumerate().filter(|(_, r)| *r / sk == bh).map(|(n, r)| (n, r % sk)).collect();
+        let asked: Vec<(usize, usize)> =
+            query_rows.iter().enumerate().filter(|(_, r)| *r / s == bh).map(|(n, r)| (n, r % s)).collect();
+        let rows: Vec<usize> = if keys.is_empty() { asked.iter().map(|(_, i)| *i).collect() } else { (0..s).collect() };
+        let per = rows.len().div_ceil(threads).max(1);
+        // Per thread: (row, dq, Δ, lse, O) of the asked rows it computed, and its dK/dV sums.
+        let parts: Vec<(Vec<(usize, Vec<f64>, f64, f64, Vec<f64>)>, Vec<f64>, Vec<f64>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = rows
+                .chunks(per)
+                .map(|chunk| {
+                    let (keys, asked) = (&keys, &asked);
+                    scope.spawn(move || {
+                        let (mut dk, mut dv) = (vec![0.0; keys.len() * d], vec![0.0; keys.len() * d]);
+                        let mut out = vec![];
+                        for &i in chunk {
+                            let row = backward_row(p, d_out, bh, i);
+                            for (n, &(_, j)) in keys.iter().enumerate() {
+                                let (pij, ds) = (row.p[j], row.ds[j]);
+                                if pij == 0.0 {
+                                    continue;
+                                }
+                                for x in 0..d {
+                                    dk[n * d + x] += p.scale * ds * p.q[(bh * s + i) * d + x];
+                                    dv[n * d + x] += pij * d_out[(bh * s + i) * d + x];
+                                }
+                            }
+                            if asked.iter().any(|(_, a)| *a == i) {
+                                out.push((i, row.dq, row.delta, row.lse, row.o));
+                            }
+                        }
+                        (out, dk, dv)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("a reference thread panicked")).collect()
+        });
+        for (out, dk, dv) in parts {
+            for (i, dq, delta, lse, o) in out {
+                for &(n, _) in asked.iter().filter(|(_, a)| *a == i) {
+                    g.dq[n * d..(n + 1) * d].copy_from_slice(&dq);
+                    g.o[n * d..(n + 1) * d].copy_from_slice(&o);
+                    g.delta[n] = delta;
+                    g.lse[n] = lse;
+                }
+            }
+            for (m, &(n, _)) in keys.iter().enumerate() {
+                for x in 0..d {
+                    g.dk[n * d + x] += dk[m * d + x];
+                    g.dv[n * d + x] += dv[m * d + x];
+                }
+            }
+        }
+    }
+    g
+}
+
+/// One query row's share of the backward: its probabilities `P[i, ..]`, `dS[i, ..]`, and its
+/// `dQ`, `Δ`, log-sum-exp and `O` row.
+struct BackwardRow {
+    p: Vec<f64>,
+    ds: Vec<f64>,
+    dq: Vec<f64>,
+    delta: f64,
+    lse: f64,
+    o: Vec<f64>,
+}
+
+fn backward_row(p: &Problem, d_out: &[f64], bh: usize, i: usize) -> BackwardRow {
+    let (d, s, sk) = (p.d, p.s, p.sk);
+    let (qi, kv, gi) = (&p.q[(bh * s + i) * d..][..d], p.kv_base(bh), &d_out[(bh * s + i) * d..][..d]);
+    let seen = p.keys_seen(i);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let scores: Vec<f64> = (0..seen).map(|j| p.scale * dot(qi, &p.k[kv + j * d..][..d])).collect();
+    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+    let mut probs = vec![0.0; sk];
+    for (j, x) in scores.iter().enumerate() {
+        probs[j] = (x - m).exp() / sum;
+    }
+    let mut o = vec![0.0; d];
+    for (j, pj) in probs.iter().enumerate().take(seen) {
+        for (x, ox) in o.iter_mut().enumerate() {
+            *ox += pj * p.v[kv + j * d + x];
+        }
+    }
+    let delta = dot(gi, &o);
+    let mut ds = vec![0.0; sk];
+    let mut dq = vec![0.0; d];
+    for j in 0..seen {
+        ds[j] = probs[j] * (dot(gi, &p.v[kv + j * d..][..d]) - delta);
+        for (x, dqx) in dq.iter_mut().enumerate() {
+            *dqx += p.scale * ds[j] * p.k[kv + j * d + x];
+        }
+    }
+    let lse = if seen == 0 { f64::INFINITY } else { m + sum.ln() };
+    BackwardRow { p: probs, ds, dq, delta, lse, o }
+}
+
 /// A variable-length batch packed as FlashAttention's varlen API takes it (row-major, f64):
 /// `q` is `[TOTAL_Q, H, D]`, `k` and `v` are `[TOTAL_K, HK, D]`, and sequence `i` is rows
 /// `cu_q[i] .. cu_q[i + 1]` of `q` and `cu_k[i] .. cu_k[i + 1]` of `k`, `v`.
