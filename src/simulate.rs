@@ -464,3 +464,102 @@ fn check_varlen_typed<T: HalfFloat>(
     let (lse_max_abs, lse_mismatched) = reference::compare_lse(&got_lse, &want_lse);
     Ok(AttentionCheck { err, lse_max_abs, lse_mismatched, stats, seconds })
 }
+
+/// What [`check_backward`] found: each gradient (and `Δ`) against float64.
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardCheck {
+    /// dQ, `[B, H, S, D]`.
+    pub dq: crate::reference::ErrorStats,
+    /// dK per query head, `[B, H, SK, D]`.
+    pub dk: crate::reference::ErrorStats,
+    /// dV per query head.
+    pub dv: crate::reference::ErrorStats,
+    /// `Δ = rowsum(dO ∘ O)`, `[B, H, S]`.
+    pub delta: crate::reference::ErrorStats,
+}
+
+impl BackwardCheck {
+    /// Whether every gradient is finite and within `crate::tolerance` of float64 (Δ too: the
+    /// kernels read O rounded to their type, which moves Δ by about that rounding).
+    pub fn passes(&self, dtype: crate::DType) -> bool {
+        let bound = crate::tolerance(dtype);
+        [self.dq, self.dk, self.dv, self.delta].iter().all(|e| e.non_finite == 0 && e.rel_l2 < bound)
+    }
+}
+
+/// Runs the backward (`kernels::backward`: the dQ kernel, then the dK/dV kernel, its causal
+/// twin when `causal`) under `config` in the simulator, on fresh random inputs (from `seed`)
+/// of `shape` and head dim `config.head_dim`, with O and the log-sum-exp from the float64
+/// forward (O rounded to `T`), outputs poisoned with NaN; compares dQ, dK, dV (per query head)
+/// and Δ with [`crate::reference::attention_backward_rows`]. Scale 1/√D.
+pub fn check_backward<T: HalfFloat>(
+    config: crate::Config,
+    shape: AttentionShape,
+    causal: bool,
+    seed: u64,
+) -> Result<BackwardCheck, Error> {
+    use crate::kernels::backward::*;
+    let AttentionShape { b, h, hk, s, sk } = shape;
+    let (d, dtype) = (config.head_dim as usize, T::DTYPE);
+    let mut rng = crate::reference::Rng::new(seed);
+    let mut gen = |n: usize| (0..n).map(|_| crate::round_to(dtype, rng.normal())).collect::<Vec<f64>>();
+    let (q, k, v, g) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d), gen(b * h * s * d));
+    let scale = 1.0 / (d as f64).sqrt();
+    let problem = crate::reference::Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal };
+    let (all_q, all_k): (Vec<usize>, Vec<usize>) = ((0..b * h * s).collect(), (0..b * h * sk).collect());
+    let want = crate::reference::attention_backward_rows(&problem, &g, &all_q, &all_k);
+    let half = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
+    let (qh, kh, vh, gh, oh) = (half(&q), half(&k), half(&v), half(&g), half(&want.o));
+    let lse: Vec<f32> = want.lse.iter().map(|x| *x as f32).collect();
+    let (qv, kv, gv, rows) = (
+        HostView::contiguous(&[b, h, s, d]),
+        HostView::contiguous(&[b, hk, sk, d]),
+        HostView::contiguous(&[b, h, sk, d]),
+        HostView::contiguous(&[b, h, s]),
+    );
+    let device = SimDevice::default();
+    let dq_kernel = attention_backward_dq::compile(&crate::Config { dtype, causal, ..config })?;
+    let (mut dq, mut delta) = (vec![T::NAN; b * h * s * d], vec![f32::NAN; b * h * s]);
+    simulate(
+        &dq_kernel,
+        &mut [
+            HostArg::Tensor(&qh, qv.clone()),
+            HostArg::Tensor(&kh, kv.clone()),
+            HostArg::Tensor(&vh, kv.clone()),
+            HostArg::Tensor(&oh, qv.clone()),
+            HostArg::Tensor(&gh, qv.clone()),
+            HostArg::F32Table(&lse, rows.clone()),
+            HostArg::TensorMut(&mut dq, qv.clone()),
+            HostArg::RowsMut(&mut delta, rows.clone()),
+            HostArg::F32(scale as f32),
+        ],
+        &device,
+    )?;
+    let compile = if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile };
+    let dkdv = compile(&crate::Config { dtype, causal: false, ..config })?;
+    let (mut dk, mut dv) = (vec![T::NAN; b * h * sk * d], vec![T::NAN; b * h * sk * d]);
+    simulate(
+        &dkdv,
+        &mut [
+            HostArg::Tensor(&qh, qv.clone()),
+            HostArg::Tensor(&kh, kv.clone()),
+            HostArg::Tensor(&vh, kv),
+            HostArg::Tensor(&gh, qv),
+            HostArg::F32Table(&lse, rows.clone()),
+            HostArg::F32Table(&delta, rows),
+            HostArg::TensorMut(&mut dk, gv.clone()),
+            HostArg::TensorMut(&mut dv, gv),
+            HostArg::F32(scale as f32),
+        ],
+        &device,
+    )?;
+    let f = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+    let delta: Vec<f64> = delta.iter().map(|x| *x as f64).collect();
+    let compare = crate::reference::compare;
+    Ok(BackwardCheck {
+        dq: compare(&f(&dq), &want.dq),
+        dk: compare(&f(&dk), &want.dk),
+        dv: compare(&f(&dv), &want.dv),
+        delta: compare(&delta, &want.delta),
+    })
+}

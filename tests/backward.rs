@@ -4,78 +4,20 @@
 //! a product's columns past the end of the sequence count in no reduction.
 
 use flashcore::kernels::backward::*;
-use flashcore::simulate::{simulate, HostArg, HostView, SimDevice};
-use flashcore::reference::{attention_backward_rows, Problem};
+use flashcore::simulate::{check_backward, simulate, AttentionShape, HostArg, HostView, SimDevice};
 use flashcore::{Config, DType, HalfFloat};
 
 /// `[B, H, HKV, S, SK, D]`.
 type Shape = (usize, usize, usize, usize, usize, usize);
 
-/// Runs the dQ kernel and then the dK/dV kernel (the causal one when `causal`) under
-/// `config` on fresh random inputs, against float64; returns the relative errors of
-/// dQ, dK, dV and Δ. The reference is the exact gradient; the kernels read O rounded to
-/// their type, which moves Δ by about that rounding.
+/// [`check_backward`] of `shape` (`[B, H, HKV, S, SK, D]`) under `config`: the relative errors
+/// of dQ, dK, dV and Δ, all finite.
 fn check<T: HalfFloat>(config: Config, shape: Shape, causal: bool, seed: u64) -> [f64; 4] {
     let (b, h, hk, s, sk, d) = shape;
-    let dtype = T::DTYPE;
-    let mut rng = flashcore::reference::Rng::new(seed);
-    let mut gen = |n: usize| (0..n).map(|_| flashcore::round_to(dtype, rng.normal())).collect::<Vec<f64>>();
-    let (q, k, v, g) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d), gen(b * h * s * d));
-    let scale = 1.0 / (d as f64).sqrt();
-    let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal };
-    let (all_q, all_k): (Vec<usize>, Vec<usize>) = ((0..b * h * s).collect(), (0..b * h * sk).collect());
-    let want = attention_backward_rows(&problem, &g, &all_q, &all_k);
-    let half = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
-    // O and the log-sum-exp as a forward in this type gives them.
-    let (qh, kh, vh, gh, oh) = (half(&q), half(&k), half(&v), half(&g), half(&want.o));
-    let lse: Vec<f32> = want.lse.iter().map(|x| *x as f32).collect();
-    let (qv, kv, gv, rows) = (
-        HostView::contiguous(&[b, h, s, d]),
-        HostView::contiguous(&[b, hk, sk, d]),
-        HostView::contiguous(&[b, h, sk, d]),
-        HostView::contiguous(&[b, h, s]),
-    );
-    let device = SimDevice::default();
-    let dq_config = Config { dtype, causal, ..config };
-    let dq_kernel = attention_backward_dq::compile(&dq_config).unwrap_or_else(|e| panic!("{dq_config}: {e}"));
-    let (mut dq, mut delta) = (vec![T::NAN; b * h * s * d], vec![f32::NAN; b * h * s]);
-    let mut args = [
-        HostArg::Tensor(&qh, qv.clone()),
-        HostArg::Tensor(&kh, kv.clone()),
-        HostArg::Tensor(&vh, kv.clone()),
-        HostArg::Tensor(&oh, qv.clone()),
-        HostArg::Tensor(&gh, qv.clone()),
-        HostArg::F32Table(&lse, rows.clone()),
-        HostArg::TensorMut(&mut dq, qv.clone()),
-        HostArg::RowsMut(&mut delta, rows.clone()),
-        HostArg::F32(scale as f32),
-    ];
-    simulate(&dq_kernel, &mut args, &device).unwrap();
-    let dkdv_config = Config { dtype, ..config };
-    let compile = if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile };
-    let dkdv = compile(&dkdv_config).unwrap_or_else(|e| panic!("{dkdv_config}: {e}"));
-    let (mut dk, mut dv) = (vec![T::NAN; b * h * sk * d], vec![T::NAN; b * h * sk * d]);
-    let mut args = [
-        HostArg::Tensor(&qh, qv.clone()),
-        HostArg::Tensor(&kh, kv.clone()),
-        HostArg::Tensor(&vh, kv.clone()),
-        HostArg::Tensor(&gh, qv.clone()),
-        HostArg::F32Table(&lse, rows.clone()),
-        HostArg::F32Table(&delta, rows.clone()),
-        HostArg::TensorMut(&mut dk, gv.clone()),
-        HostArg::TensorMut(&mut dv, gv.clone()),
-        HostArg::F32(scale as f32),
-    ];
-    simulate(&dkdv, &mut args, &device).unwrap();
-    let f = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
-    let delta: Vec<f64> = delta.iter().map(|x| *x as f64).collect();
-    let compare = flashcore::reference::compare;
-    let errs = [
-        compare(&f(&dq), &want.dq),
-        compare(&f(&dk), &want.dk),
-        compare(&f(&dv), &want.dv),
-        compare(&delta, &want.delta),
-    ];
+    let config = Config { head_dim: d as u32, ..config };
+    let got = check_backward::<T>(config, AttentionShape { b, h, hk, s, sk }, causal, seed)
+        .unwrap_or_else(|e| panic!("{config} {shape:?}: {e}"));
+    let errs = [got.dq, got.dk, got.dv, got.delta];
     for e in &errs {
         assert_eq!(e.non_finite, 0, "{config} {shape:?} causal {causal}: {errs:?}");
     }
