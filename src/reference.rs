@@ -234,7 +234,12 @@ pub struct Gradients {
 /// let p_last = 1.0 / grads.lse[s - 1].exp() * (0.5 * (0..d).map(|x| q[(s - 1) * d + x] * k[(s - 1) * d + x]).sum::<f64>()).exp();
 /// assert!((grads.dv[(s - 1) * d] - p_last * g[(s - 1) * d]).abs() < 1e-12);
 /// ```
-pub fn attention_backward_rows(p: &Problem, d_out: &[f64], query_rows: &[usize], key_rows: &[usize]) -> Gradients {
+pub fn attention_backward_rows(
+    p: &Problem,
+    d_out: &[f64],
+    query_rows: &[usize],
+    key_rows: &[usize],
+) -> Gradients {
     let (d, s, sk) = (p.d, p.s, p.sk);
     let mut g = Gradients {
         dq: vec![0.0; query_rows.len() * d],
@@ -244,7 +249,8 @@ pub fn attention_backward_rows(p: &Problem, d_out: &[f64], query_rows: &[usize],
         dk: vec![0.0; key_rows.len() * d],
         dv: vec![0.0; key_rows.len() * d],
     };
-    let mut heads: Vec<usize> = query_rows.iter().map(|r| r / s).chain(key_rows.iter().map(|r| r / sk)).collect();
+    let mut heads: Vec<usize> =
+        query_rows.iter().map(|r| r / s).chain(key_rows.iter().map(|r| r / sk)).collect();
     heads.sort_unstable();
     heads.dedup();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
@@ -255,39 +261,41 @@ pub fn attention_backward_rows(p: &Problem, d_out: &[f64], query_rows: &[usize],
             key_rows.iter().enumerate().filter(|(_, r)| *r / sk == bh).map(|(n, r)| (n, r % sk)).collect();
         let asked: Vec<(usize, usize)> =
             query_rows.iter().enumerate().filter(|(_, r)| *r / s == bh).map(|(n, r)| (n, r % s)).collect();
-        let rows: Vec<usize> = if keys.is_empty() { asked.iter().map(|(_, i)| *i).collect() } else { (0..s).collect() };
+        let rows: Vec<usize> =
+            if keys.is_empty() { asked.iter().map(|(_, i)| *i).collect() } else { (0..s).collect() };
         let per = rows.len().div_ceil(threads).max(1);
         // Per thread: (row, dq, Δ, lse, O) of the asked rows it computed, and its dK/dV sums.
-        let parts: Vec<(Vec<(usize, Vec<f64>, f64, f64, Vec<f64>)>, Vec<f64>, Vec<f64>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = rows
-                .chunks(per)
-                .map(|chunk| {
-                    let (keys, asked) = (&keys, &asked);
-                    scope.spawn(move || {
-                        let (mut dk, mut dv) = (vec![0.0; keys.len() * d], vec![0.0; keys.len() * d]);
-                        let mut out = vec![];
-                        for &i in chunk {
-                            let row = backward_row(p, d_out, bh, i);
-                            for (n, &(_, j)) in keys.iter().enumerate() {
-                                let (pij, ds) = (row.p[j], row.ds[j]);
-                                if pij == 0.0 {
-                                    continue;
+        let parts: Vec<(Vec<(usize, Vec<f64>, f64, f64, Vec<f64>)>, Vec<f64>, Vec<f64>)> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = rows
+                    .chunks(per)
+                    .map(|chunk| {
+                        let (keys, asked) = (&keys, &asked);
+                        scope.spawn(move || {
+                            let (mut dk, mut dv) = (vec![0.0; keys.len() * d], vec![0.0; keys.len() * d]);
+                            let mut out = vec![];
+                            for &i in chunk {
+                                let row = backward_row(p, d_out, bh, i);
+                                for (n, &(_, j)) in keys.iter().enumerate() {
+                                    let (pij, ds) = (row.p[j], row.ds[j]);
+                                    if pij == 0.0 {
+                                        continue;
+                                    }
+                                    for x in 0..d {
+                                        dk[n * d + x] += p.scale * ds * p.q[(bh * s + i) * d + x];
+                                        dv[n * d + x] += pij * d_out[(bh * s + i) * d + x];
+                                    }
                                 }
-                                for x in 0..d {
-                                    dk[n * d + x] += p.scale * ds * p.q[(bh * s + i) * d + x];
-                                    dv[n * d + x] += pij * d_out[(bh * s + i) * d + x];
+                                if asked.iter().any(|(_, a)| *a == i) {
+                                    out.push((i, row.dq, row.delta, row.lse, row.o));
                                 }
                             }
-                            if asked.iter().any(|(_, a)| *a == i) {
-                                out.push((i, row.dq, row.delta, row.lse, row.o));
-                            }
-                        }
-                        (out, dk, dv)
+                            (out, dk, dv)
+                        })
                     })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("a reference thread panicked")).collect()
-        });
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("a reference thread panicked")).collect()
+            });
         for (out, dk, dv) in parts {
             for (i, dq, delta, lse, o) in out {
                 for &(n, _) in asked.iter().filter(|(_, a)| *a == i) {

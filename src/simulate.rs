@@ -535,7 +535,8 @@ pub fn check_backward<T: HalfFloat>(
         ],
         &device,
     )?;
-    let compile = if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile };
+    let compile =
+        if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile };
     let dkdv = compile(&crate::Config { dtype, causal: false, ..config })?;
     let (mut dk, mut dv) = (vec![T::NAN; b * h * sk * d], vec![T::NAN; b * h * sk * d]);
     simulate(

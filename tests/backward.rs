@@ -44,7 +44,8 @@ fn check_all<T: HalfFloat>() {
     for (c, config) in configs().into_iter().enumerate() {
         for (i, &shape) in SHAPES.iter().enumerate() {
             for causal in [false, true] {
-                let [dq, dk, dv, delta] = check::<T>(config, shape, causal, (10 * c + 2 * i) as u64 + causal as u64);
+                let [dq, dk, dv, delta] =
+                    check::<T>(config, shape, causal, (10 * c + 2 * i) as u64 + causal as u64);
                 println!(
                     "{:<5} {config:<60} {shape:?} causal {causal:<5} dq {dq:.2e} dk {dk:.2e} dv {dv:.2e} delta {delta:.1e}",
                     T::DTYPE.name()
@@ -113,7 +114,8 @@ fn product_row_stats<T>(
 fn data_tails_count_in_no_reduction() {
     let (b, h, s, sk, d) = (1, 2, 70, 77, 64);
     let mut rng = flashcore::reference::Rng::new(9);
-    let mut gen = |n: usize| (0..n).map(|_| flashcore::round_to(DType::F16, rng.normal() * 0.3)).collect::<Vec<f64>>();
+    let mut gen =
+        |n: usize| (0..n).map(|_| flashcore::round_to(DType::F16, rng.normal() * 0.3)).collect::<Vec<f64>>();
     let (q, k) = (gen(b * h * s * d), gen(b * h * sk * d));
     let half = |x: &[f64]| x.iter().map(|v| flashcore::f16::from_f64(*v)).collect::<Vec<_>>();
     let (qh, kh) = (half(&q), half(&k));
@@ -138,8 +140,10 @@ fn data_tails_count_in_no_reduction() {
         }
     }
     let f = |x: &[f32]| x.iter().map(|v| *v as f64).collect::<Vec<f64>>();
-    let (serr, merr) =
-        (flashcore::reference::compare(&f(&sums), &want_sums), flashcore::reference::compare(&f(&maxes), &want_maxes));
+    let (serr, merr) = (
+        flashcore::reference::compare(&f(&sums), &want_sums),
+        flashcore::reference::compare(&f(&maxes), &want_maxes),
+    );
     println!("sums {serr:?}\nmaxes {merr:?}");
     assert!(serr.rel_l2 < 1e-5 && merr.rel_l2 < 1e-6, "{serr:?} {merr:?}");
 }

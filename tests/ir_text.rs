@@ -18,7 +18,10 @@ fn configs(declared: Config) -> Vec<Config> {
 /// `entry` lowered for `config`, or `None` where lowering or a pass refuses a config other
 /// than the kernel's declared one (the backward kernels have no `causal` flag on transposed
 /// scores, and no online softmax to split over `kv_splits` or give to softmax warps).
-fn lower_if_accepted(entry: &flashcore::registry::KernelEntry, config: &Config) -> Option<flashcore::ir::Kernel> {
+fn lower_if_accepted(
+    entry: &flashcore::registry::KernelEntry,
+    config: &Config,
+) -> Option<flashcore::ir::Kernel> {
     let lowered = flashcore::ir::lower(&(entry.program)(), config);
     match lowered.and_then(|k| passes::run_all(k.clone()).map(|_| k)) {
         Ok(k) => Some(k),

@@ -128,7 +128,8 @@ pub fn kept_a_operands(kernel: &Kernel) -> Vec<Value> {
         let mut only_a = true;
         kernel.walk(&mut |inst| {
             if inst.op.uses().contains(v) {
-                only_a &= matches!(&inst.op, Op::Mma { a, b, acc, .. } if a == v && b != v && *acc != Some(*v));
+                only_a &=
+                    matches!(&inst.op, Op::Mma { a, b, acc, .. } if a == v && b != v && *acc != Some(*v));
             }
         });
         only_a

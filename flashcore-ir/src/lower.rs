@@ -854,7 +854,13 @@ impl Lowerer {
     }
 
     /// [`Lowerer::expr`] for an operand of the softmax (masked with -inf).
-    fn softmax_operand(&mut self, expr: &Expr, out: &mut Block, role: Option<Role>, name: &str) -> Result<Value> {
+    fn softmax_operand(
+        &mut self,
+        expr: &Expr,
+        out: &mut Block,
+        role: Option<Role>,
+        name: &str,
+    ) -> Result<Value> {
         let v = self.expr_raw(expr, out, role, name)?;
         Ok(self.materialize(v, out, Leaving::Softmax))
     }
@@ -981,7 +987,14 @@ impl Lowerer {
 
     /// `v` with its unspecified columns (if any) set to `fill`, ready for a reduction along its
     /// rows or a contraction over its columns.
-    fn mask_tail(&mut self, v: Value, fill: ColumnFill, out: &mut Block, role: Option<Role>, span: SpanId) -> Value {
+    fn mask_tail(
+        &mut self,
+        v: Value,
+        fill: ColumnFill,
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+    ) -> Value {
         let Some(tile) = self.tails.get(&v).cloned() else { return v };
         let name = self.values[v.index()].name.clone();
         let dst = self.new_value(self.ty(v), &format!("{name}_in_sequence"), false);
@@ -1142,13 +1155,17 @@ impl Lowerer {
                 let Type::Frag { rows, cols, elem } = self.ty(src) else {
                     return err(
                         span,
-                        format!("`.to::<f32>()` widens 16-bit register tiles, not {}", describe(&self.ty(src))),
+                        format!(
+                            "`.to::<f32>()` widens 16-bit register tiles, not {}",
+                            describe(&self.ty(src))
+                        ),
                     );
                 };
                 if !elem.is_half() {
                     return err(span, format!("this is already {}", describe(&self.ty(src))));
                 }
-                let dst = self.new_value(Type::Frag { rows, cols, elem: Elem::F32 }, &format!("{name}_f32"), false);
+                let dst =
+                    self.new_value(Type::Frag { rows, cols, elem: Elem::F32 }, &format!("{name}_f32"), false);
                 self.push(out, Op::Convert { dst, src }, role, span);
                 self.inherit_axes(dst, &[src]);
                 dst
@@ -1848,7 +1865,13 @@ impl Lowerer {
         let handle = self.new_value(ty, &name, false);
         let mut raw = match self.raw.get(&s) {
             Some(r) => r.clone(),
-            None => Raw { numbers: s, tail: self.tails.get(&s).map(|t| (t.clone(), None)), keeps: vec![], role, span },
+            None => Raw {
+                numbers: s,
+                tail: self.tails.get(&s).map(|t| (t.clone(), None)),
+                keeps: vec![],
+                role,
+                span,
+            },
         };
         raw.keeps.push(keep);
         raw.role = role;

@@ -501,10 +501,9 @@ impl Program {
                     indices.iter().for_each(|i| expr(i, out));
                 }
                 ExprKind::Lit(_) | ExprKind::Int(_) | ExprKind::Const(_) => {}
-                ExprKind::Transpose(a)
-                | ExprKind::To(a, _)
-                | ExprKind::Exp2(a)
-                | ExprKind::Unary(_, a) => expr(a, out),
+                ExprKind::Transpose(a) | ExprKind::To(a, _) | ExprKind::Exp2(a) | ExprKind::Unary(_, a) => {
+                    expr(a, out)
+                }
                 ExprKind::RowReduce(_, a) | ExprKind::Position { tile: a, .. } => expr(a, out),
                 ExprKind::Mma { a, b, acc } => {
                     expr(a, out);

@@ -1,0 +1,524 @@
+//! The attention backward on the GPU: FlashCore's forward (`kernels::attention`, which saves
+//! the log-sum-exp), then the two backward kernels written in the DSL (`kernels::backward`:
+//! dQ and Δ, then dK and dV), checked against float64 on sampled rows and timed with CUDA
+//! events. Without a GPU it says so and runs the backward in the PTX simulator at a small shape
+//! against float64 (exit 0 when correct).
+//!
+//! `cargo run --release --example attention_backward -- [--b 2 --h 16 --hkv 16 --s 8192 --sk S
+//!  --d 128 --causal --dtype f16|bf16 --seed N --iters 30 --warmup 5]
+//!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq dq.npy --dk dk.npy --dv dv.npy]
+//!  [--plan DIR]`
+//!
+//! The backward kernels run `kernels::backward::backward_config(D)` unless tile flags are given
+//! (they apply to both). dK/dV come out per query head (`[B, H, SK, D]`); with `--hkv` below
+//! `--h` a K/V head's gradient is the sum over its group. `--plan DIR` writes the launch plans
+//! of the three kernels at this shape (`forward.json`, `dq.json`, `dkdv.json`) for
+//! `scripts/bench_backward.py`, which times them next to SDPA's backward in one process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use flashcore::kernels::{attention, backward};
+use flashcore::reference::{self, Problem, Rng};
+use flashcore::runtime::{Device, DeviceTensor};
+use flashcore::simulate::AttentionShape;
+use flashcore::{bf16, f16, round_to, tolerance, Arg, Config, DType, HalfFloat};
+
+struct Options {
+    b: usize,
+    h: usize,
+    hkv: Option<usize>,
+    s: usize,
+    sk: Option<usize>,
+    d: usize,
+    causal: bool,
+    dtype: DType,
+    seed: u64,
+    iters: usize,
+    warmup: usize,
+    tile_m: Option<u32>,
+    tile_n: Option<u32>,
+    warps: Option<u32>,
+    stages: Option<u32>,
+    a_in_smem: bool,
+    outputs: [Option<PathBuf>; 3],
+    plan: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        b: 1,
+        h: 8,
+        hkv: None,
+        s: 1024,
+        sk: None,
+        d: 64,
+        causal: false,
+        dtype: DType::F16,
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+        iters: 30,
+        warmup: 5,
+        tile_m: None,
+        tile_n: None,
+        warps: None,
+        stages: None,
+        a_in_smem: false,
+        outputs: [None, None, None],
+        plan: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|_| format!("{flag}: `{v}` is not a number"));
+        match flag.as_str() {
+            "--b" => o.b = number(value()?)?,
+            "--h" => o.h = number(value()?)?,
+            "--hkv" => o.hkv = Some(number(value()?)?),
+            "--s" => o.s = number(value()?)?,
+            "--sk" => o.sk = Some(number(value()?)?),
+            "--d" => o.d = number(value()?)?,
+            "--seed" => o.seed = number(value()?)? as u64,
+            "--iters" => o.iters = number(value()?)?,
+            "--warmup" => o.warmup = number(value()?)?,
+            "--tile-m" => o.tile_m = Some(number(value()?)? as u32),
+            "--tile-n" => o.tile_n = Some(number(value()?)? as u32),
+            "--warps" => o.warps = Some(number(value()?)? as u32),
+            "--stages" => o.stages = Some(number(value()?)? as u32),
+            "--a-in-smem" => o.a_in_smem = true,
+            "--causal" => o.causal = true,
+            "--dtype" => {
+                let v = value()?;
+                o.dtype = DType::from_name(&v).ok_or(format!("--dtype: `{v}` is not f16 or bf16"))?;
+            }
+            "--dq" => o.outputs[0] = Some(value()?.into()),
+            "--dk" => o.outputs[1] = Some(value()?.into()),
+            "--dv" => o.outputs[2] = Some(value()?.into()),
+            "--plan" => o.plan = Some(value()?.into()),
+            "--help" | "-h" => {
+                println!(
+                    "{}",
+                    include_str!("attention_backward.rs")
+                        .lines()
+                        .take(16)
+                        .map(|l| l.trim_start_matches("//!").trim_start())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag `{other}` (see --help)")),
+        }
+    }
+    let hkv = o.hkv.unwrap_or(o.h);
+    if hkv == 0 || o.h % hkv != 0 {
+        return Err(format!("--hkv {hkv} must divide --h {}", o.h));
+    }
+    Ok(o)
+}
+
+impl Options {
+    /// The backward kernels' config: `backward_config(D)` with the tile flags applied.
+    fn backward_config(&self) -> Config {
+        let base = backward::backward_config(self.d as u32);
+        Config {
+            dtype: self.dtype,
+            tile_m: self.tile_m.unwrap_or(base.tile_m),
+            tile_n: self.tile_n.unwrap_or(base.tile_n),
+            warps: self.warps.unwrap_or(base.warps),
+            stages: self.stages.unwrap_or(base.stages),
+            a_in_smem: self.a_in_smem || base.a_in_smem,
+            ..base
+        }
+    }
+
+    /// The forward's config: the standard kernel's declared one at this head dim.
+    fn forward_config(&self) -> Config {
+        Config { dtype: self.dtype, causal: self.causal, ..attention::CONFIG.with_head_dim(self.d as u32) }
+    }
+
+    fn shape(&self) -> AttentionShape {
+        AttentionShape {
+            b: self.b,
+            h: self.h,
+            hk: self.hkv.unwrap_or(self.h),
+            s: self.s,
+            sk: self.sk.unwrap_or(self.s),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match Device::new(0) {
+        Err(e) => without_gpu(&e.to_string(), &o),
+        Ok(device) => match o.dtype {
+            DType::F16 => on_gpu::<f16>(&device, &o),
+            DType::Bf16 => on_gpu::<bf16>(&device, &o),
+        },
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// No GPU: the backward kernels compile, and run in the simulator at a small shape with tails.
+fn without_gpu(reason: &str, o: &Options) -> Result<bool, String> {
+    println!("no GPU: {reason}");
+    let config = Config { head_dim: o.d as u32, ..o.backward_config() };
+    let shape = AttentionShape { b: 1, h: 2, hk: 1, s: 77, sk: 100 };
+    println!(
+        "The backward kernels compiled ({config}); running them in the PTX simulator at {shape:?}, D = {}.",
+        o.d
+    );
+    let check = match o.dtype {
+        DType::F16 => flashcore::simulate::check_backward::<f16>(config, shape, o.causal, o.seed),
+        DType::Bf16 => flashcore::simulate::check_backward::<bf16>(config, shape, o.causal, o.seed),
+    }
+    .map_err(|e| e.to_string())?;
+    let ok = check.passes(o.dtype);
+    println!(
+        "simulator vs float64: dq {:.2e}, dk {:.2e}, dv {:.2e}, delta {:.2e} (rel l2; bound {:.1e}): {}",
+        check.dq.rel_l2,
+        check.dk.rel_l2,
+        check.dv.rel_l2,
+        check.delta.rel_l2,
+        tolerance(o.dtype),
+        if ok { "OK" } else { "FAIL" }
+    );
+    Ok(ok)
+}
+
+/// One set of backward inputs and outputs on the device.
+struct Set<T: HalfFloat> {
+    q: DeviceTensor<T>,
+    k: DeviceTensor<T>,
+    v: DeviceTensor<T>,
+    g: DeviceTensor<T>,
+    o: DeviceTensor<T>,
+    lse: DeviceTensor<f32>,
+}
+
+fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
+    let AttentionShape { b, h, hk, s, sk } = o.shape();
+    let d = o.d;
+    let (e, r) = (|x: flashcore::Error| x.to_string(), |x: flashcore::runtime::RuntimeError| x.to_string());
+    let (fwd_cfg, bwd_cfg) = (o.forward_config(), o.backward_config());
+    let forward = attention::compile(&fwd_cfg).map_err(e)?;
+    let dq_kernel =
+        backward::attention_backward_dq::compile(&Config { causal: o.causal, ..bwd_cfg }).map_err(e)?;
+    let dkdv_kernel = if o.causal {
+        backward::attention_backward_dkdv_causal::compile(&bwd_cfg)
+    } else {
+        backward::attention_backward_dkdv::compile(&bwd_cfg)
+    }
+    .map_err(e)?;
+    println!(
+        "{} [{b}, {h}, {s}, {d}], K/V [{b}, {hk}, {sk}, {d}], {}causal, {}",
+        device.info().name,
+        if o.causal { "" } else { "not " },
+        T::DTYPE.name()
+    );
+    println!("forward {fwd_cfg}; backward {bwd_cfg}");
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut rng = Rng::new(o.seed);
+    let (q_shape, kv_shape, grad_shape, rows_shape) =
+        ([b, h, s, d], [b, hk, sk, d], [b, h, sk, d], [b, h, s]);
+    let mut gen = |n: usize| (0..n).map(|_| round_to(T::DTYPE, rng.normal())).collect::<Vec<f64>>();
+    // Random inputs per set: several sets are rotated while timing (more than the L2 holds).
+    let set_bytes = 2 * (3 * b * h * s * d + 2 * b * hk * sk * d);
+    let sets = flashcore::timing::rotating_sets(set_bytes);
+    let upload = |x: &[f64], shape: &[usize]| {
+        device.upload(&x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>(), shape).map_err(r)
+    };
+    let mut host = None;
+    let mut device_sets: Vec<Set<T>> = vec![];
+    for i in 0..sets {
+        let (q, k, v, g) =
+            (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d), gen(b * h * s * d));
+        let mut set = Set {
+            q: upload(&q, &q_shape)?,
+            k: upload(&k, &kv_shape)?,
+            v: upload(&v, &kv_shape)?,
+            g: upload(&g, &q_shape)?,
+            o: upload(&vec![f64::NAN; b * h * s * d], &q_shape)?,
+            lse: device.filled(&rows_shape, f32::NAN).map_err(r)?,
+        };
+        // The forward gives O and the log-sum-exp the backward reads.
+        let mut args = [
+            Arg::Tensor(&set.q),
+            Arg::Tensor(&set.k),
+            Arg::Tensor(&set.v),
+            Arg::TensorMut(&mut set.o),
+            Arg::TensorMut(&mut set.lse),
+            Arg::F32(scale),
+            Arg::Absent,
+            Arg::Absent,
+        ];
+        flashcore::launch(device, &forward, &mut args).map_err(e)?;
+        if i == 0 {
+            host = Some((q, k, v, g));
+        }
+        device_sets.push(set);
+    }
+    // Outputs, poisoned so that an element never written fails the check.
+    let mut dq = upload(&vec![f64::NAN; b * h * s * d], &q_shape)?;
+    let mut delta = device.filled(&rows_shape, f32::NAN).map_err(r)?;
+    let mut dk = upload(&vec![f64::NAN; b * h * sk * d], &grad_shape)?;
+    let mut dv = upload(&vec![f64::NAN; b * h * sk * d], &grad_shape)?;
+    macro_rules! dq_args {
+        ($set:expr) => {
+            [
+                Arg::Tensor(&$set.q),
+                Arg::Tensor(&$set.k),
+                Arg::Tensor(&$set.v),
+                Arg::Tensor(&$set.o),
+                Arg::Tensor(&$set.g),
+                Arg::Tensor(&$set.lse),
+                Arg::TensorMut(&mut dq),
+                Arg::TensorMut(&mut delta),
+                Arg::F32(scale),
+            ]
+        };
+    }
+    macro_rules! dkdv_args {
+        ($set:expr, $delta:expr) => {
+            [
+                Arg::Tensor(&$set.q),
+                Arg::Tensor(&$set.k),
+                Arg::Tensor(&$set.v),
+                Arg::Tensor(&$set.g),
+                Arg::Tensor(&$set.lse),
+                Arg::Tensor($delta),
+                Arg::TensorMut(&mut dk),
+                Arg::TensorMut(&mut dv),
+                Arg::F32(scale),
+            ]
+        };
+    }
+    if let Some(dir) = &o.plan {
+        return write_plans(dir, o, [&forward, &dq_kernel, &dkdv_kernel]).map(|_| true);
+    }
+    let first = &device_sets[0];
+    flashcore::launch(device, &dq_kernel, &mut dq_args!(first)).map_err(e)?;
+    let delta_copy = device.upload(&device.download(&delta).map_err(r)?, &rows_shape).map_err(r)?;
+    flashcore::launch(device, &dkdv_kernel, &mut dkdv_args!(first, &delta_copy)).map_err(e)?;
+    let f = |x: Vec<T>| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+    let (got_dq, got_dk, got_dv) = (
+        f(device.download(&dq).map_err(r)?),
+        f(device.download(&dk).map_err(r)?),
+        f(device.download(&dv).map_err(r)?),
+    );
+    let got_delta = device.download(&delta).map_err(r)?;
+    write_outputs(o, [&got_dq, &got_dk, &got_dv], [q_shape, grad_shape, grad_shape])?;
+
+    // Against float64 on sampled rows: every head's first and last query row and random ones,
+    // and 64 random keys of one random head (whose gradients sum over all its queries).
+    let (q, k, v, g) = host.expect("the first set was kept");
+    let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale: scale as f64, causal: o.causal };
+    let budget = ((4e9 / (sk as f64 * d as f64 * 3.0)) as usize).clamp(2 * b * h, b * h * s);
+    let mut query_rows: Vec<usize> = (0..b * h).flat_map(|bh| [bh * s, bh * s + s - 1]).collect();
+    while query_rows.len() < budget {
+        query_rows.push((rng.next_u64() % (b * h * s) as u64) as usize);
+    }
+    query_rows.sort_unstable();
+    query_rows.dedup();
+    let head = (rng.next_u64() % (b * h) as u64) as usize;
+    let mut key_rows: Vec<usize> =
+        (0..64.min(sk)).map(|_| head * sk + (rng.next_u64() % sk as u64) as usize).collect();
+    key_rows.extend([head * sk, head * sk + sk - 1]);
+    key_rows.sort_unstable();
+    key_rows.dedup();
+    let started = std::time::Instant::now();
+    let want = reference::attention_backward_rows(&problem, &g, &query_rows, &key_rows);
+    let pick = |x: &[f64], rows: &[usize]| {
+        rows.iter().flat_map(|r| x[r * d..(r + 1) * d].iter().copied()).collect::<Vec<f64>>()
+    };
+    let errs = [
+        ("dq", reference::compare(&pick(&got_dq, &query_rows), &want.dq)),
+        ("dk", reference::compare(&pick(&got_dk, &key_rows), &want.dk)),
+        ("dv", reference::compare(&pick(&got_dv, &key_rows), &want.dv)),
+        (
+            "delta",
+            reference::compare(
+                &query_rows.iter().map(|r| got_delta[*r] as f64).collect::<Vec<_>>(),
+                &want.delta,
+            ),
+        ),
+    ];
+    let bound = tolerance(T::DTYPE);
+    let mut ok = true;
+    for (name, err) in &errs {
+        let pass = err.non_finite == 0 && err.rel_l2 < bound;
+        ok &= pass;
+        println!(
+            "{name:<5} vs float64: rel l2 {:.2e}, max abs {:.2e}, {} non-finite ({} rows checked){}",
+            err.rel_l2,
+            err.max_abs,
+            err.non_finite,
+            if *name == "dk" || *name == "dv" { key_rows.len() } else { query_rows.len() },
+            if pass { "" } else { "  FAIL" }
+        );
+    }
+    println!("(float64 reference: {:.1} s)", started.elapsed().as_secs_f64());
+
+    // Timing: each kernel's median over rotating sets, after an L2 flush each launch.
+    let time = |what: &str, us: Result<f64, flashcore::Error>| us.map_err(|x| format!("{what}: {x}"));
+    let fwd_us = time(
+        "forward",
+        flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
+            let set = &mut device_sets[i % sets];
+            flashcore::launch_async(
+                device,
+                &forward,
+                &mut [
+                    Arg::Tensor(&set.q),
+                    Arg::Tensor(&set.k),
+                    Arg::Tensor(&set.v),
+                    Arg::TensorMut(&mut set.o),
+                    Arg::TensorMut(&mut set.lse),
+                    Arg::F32(scale),
+                    Arg::Absent,
+                    Arg::Absent,
+                ],
+            )
+        }),
+    )?;
+    // The forward above rewrote every set's O and log-sum-exp with the same values.
+    let dq_us = time(
+        "dq",
+        flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
+            flashcore::launch_async(device, &dq_kernel, &mut dq_args!(device_sets[i % sets]))
+        }),
+    )?;
+    let dkdv_us = time(
+        "dkdv",
+        flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
+            flashcore::launch_async(device, &dkdv_kernel, &mut dkdv_args!(device_sets[i % sets], &delta_copy))
+        }),
+    )?;
+    // FlashAttention's count: the forward is 4·D flops per attended (query, key) pair, the
+    // backward 2.5 times that.
+    let pairs = (b * h) as f64 * reference::attended_pairs(s, sk, o.causal) as f64;
+    let fwd_flops = 4.0 * pairs * d as f64;
+    let tflops = |flops: f64, us: f64| flops / (us * 1e-6) / 1e12;
+    println!("forward   {fwd_us:>9.1} µs  {:>6.1} TFLOP/s", tflops(fwd_flops, fwd_us));
+    println!("dq        {dq_us:>9.1} µs");
+    println!("dkdv      {dkdv_us:>9.1} µs");
+    println!(
+        "backward  {:>9.1} µs  {:>6.1} TFLOP/s (dq + dkdv; median of {} each)",
+        dq_us + dkdv_us,
+        tflops(2.5 * fwd_flops, dq_us + dkdv_us),
+        o.iters
+    );
+    Ok(ok)
+}
+
+fn write_outputs(o: &Options, grads: [&[f64]; 3], shapes: [[usize; 4]; 3]) -> Result<(), String> {
+    for ((path, data), shape) in o.outputs.iter().zip(grads).zip(shapes) {
+        let Some(path) = path else { continue };
+        // numpy has no bf16: bf16 gradients are written as (exact) f32.
+        let written = match o.dtype {
+            DType::F16 => flashcore::npy::write_f16(
+                path,
+                &data.iter().map(|x| f16::from_f64(*x)).collect::<Vec<_>>(),
+                &shape,
+            ),
+            DType::Bf16 => {
+                flashcore::npy::write_f32(path, &data.iter().map(|x| *x as f32).collect::<Vec<_>>(), &shape)
+            }
+        };
+        written.map_err(|x| x.to_string())?;
+    }
+    Ok(())
+}
+
+/// Writes the launch plans of the forward, dQ and dK/dV kernels at this shape into `dir`.
+fn write_plans(
+    dir: &std::path::Path,
+    o: &Options,
+    kernels: [&flashcore::CompiledKernel; 3],
+) -> Result<(), String> {
+    use flashcore::plan::{launch_plan, PlanArg};
+    use flashcore::TensorView;
+    let AttentionShape { b, h, hk, s, sk } = o.shape();
+    let d = o.d;
+    let half = o.dtype.name();
+    let contiguous = |shape: &[usize]| -> Vec<usize> {
+        (0..shape.len()).map(|i| shape[i + 1..].iter().product()).collect()
+    };
+    let shapes: [Vec<usize>; 4] = [vec![b, h, s, d], vec![b, hk, sk, d], vec![b, h, sk, d], vec![b, h, s]];
+    let strides: Vec<Vec<usize>> = shapes.iter().map(|x| contiguous(x)).collect();
+    let view = |i: usize, dtype: &'static str| TensorView {
+        dtype,
+        shape: &shapes[i],
+        strides: &strides[i],
+        buffer_len: shapes[i].iter().product(),
+    };
+    let scale = 1.0 / (d as f32).sqrt();
+    let (q, kv, grad, rows) = (view(0, half), view(1, half), view(2, half), view(3, "f32"));
+    let plans: [(&str, Vec<PlanArg>); 3] = [
+        (
+            "forward",
+            vec![
+                PlanArg::Tensor(q),
+                PlanArg::Tensor(kv),
+                PlanArg::Tensor(kv),
+                PlanArg::TensorMut(q),
+                PlanArg::TensorMut(rows),
+                PlanArg::F32(scale),
+                PlanArg::Absent,
+                PlanArg::Absent,
+            ],
+        ),
+        (
+            "dq",
+            vec![
+                PlanArg::Tensor(q),
+                PlanArg::Tensor(kv),
+                PlanArg::Tensor(kv),
+                PlanArg::Tensor(q),
+                PlanArg::Tensor(q),
+                PlanArg::Tensor(rows),
+                PlanArg::TensorMut(q),
+                PlanArg::TensorMut(rows),
+                PlanArg::F32(scale),
+            ],
+        ),
+        (
+            "dkdv",
+            vec![
+                PlanArg::Tensor(q),
+                PlanArg::Tensor(kv),
+                PlanArg::Tensor(kv),
+                PlanArg::Tensor(q),
+                PlanArg::Tensor(rows),
+                PlanArg::Tensor(rows),
+                PlanArg::TensorMut(grad),
+                PlanArg::TensorMut(grad),
+                PlanArg::F32(scale),
+            ],
+        ),
+    ];
+    std::fs::create_dir_all(dir).map_err(|x| format!("{}: {x}", dir.display()))?;
+    for ((name, args), kernel) in plans.iter().zip(kernels) {
+        let plan = launch_plan(kernel, args).map_err(|x| x.to_string())?;
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, plan.to_json()).map_err(|x| format!("{}: {x}", path.display()))?;
+    }
+    println!("plans written to {}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine: the attention backward (kernels::backward) checked against float64
+# at the training shapes and tails (examples/attention_backward.rs, which also times
+# FlashCore's forward, dQ and dK/dV kernels), then timed next to SDPA's flash and cuDNN backward
+# in one process (scripts/bench_backward.py). Logs under $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/flashcore-out}
+mkdir -p "$OUT"
+B=${BINS:-.device/bin}/attention_backward
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 128 --causal" \
+             "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 128" \
+             "--b 1 --h 4 --hkv 2 --s 1000 --sk 1537 --d 64 --causal" "--b 2 --h 2 --s 777 --d 128 --dtype bf16 --causal"; do
+  echo "== attention_backward $shape"
+  timeout 300 $B $shape --iters 30 --warmup 5 2>&1
+  echo "exit $?"
+done > "$OUT/check.txt" 2>&1
+timeout 400 python3 scripts/bench_backward.py --flashcore "$B" --out "$OUT/bench" --iters 30 > "$OUT/bench.txt" 2>&1
+echo "bench exit $?" >> "$OUT/bench.txt"
+echo done
