@@ -9,8 +9,8 @@
 //!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq dq.npy --dk dk.npy --dv dv.npy]
 //!  [--plan DIR]`
 //!
-//! The backward kernels run `kernels::backward::backward_config(D)` unless tile flags are given
-//! (they apply to both). dK/dV come out per query head (`[B, H, SK, D]`); with `--hkv` below
+//! The backward kernels run `kernels::backward::backward_configs(D)`, with the tile flags
+//! applied to both. dK/dV come out per query head (`[B, H, SK, D]`); with `--hkv` below
 //! `--h` a K/V head's gradient is the sum over its group. `--plan DIR` writes the launch plans
 //! of the three kernels at this shape (`forward.json`, `dq.json`, `dkdv.json`) for
 //! `scripts/bench_backward.py`, which times them next to SDPA's backward in one process.
@@ -120,9 +120,14 @@ fn parse_args() -> Result<Options, String> {
 }
 
 impl Options {
-    /// The backward kernels' config: `backward_config(D)` with the tile flags applied.
-    fn backward_config(&self) -> Config {
-        let base = backward::backward_config(self.d as u32);
+    /// The dQ and dK/dV kernels' configs: `backward_configs(D)` with the tile flags applied.
+    fn backward_configs(&self) -> (Config, Config) {
+        let tuned = backward::backward_configs(self.d as u32);
+        let dkdv = if self.causal { tuned.dkdv_causal } else { tuned.dkdv };
+        (Config { causal: self.causal, ..self.with_flags(tuned.dq) }, self.with_flags(dkdv))
+    }
+
+    fn with_flags(&self, base: Config) -> Config {
         Config {
             dtype: self.dtype,
             tile_m: self.tile_m.unwrap_or(base.tile_m),
@@ -178,7 +183,8 @@ fn main() -> ExitCode {
 /// No GPU: the backward kernels compile, and run in the simulator at a small shape with tails.
 fn without_gpu(reason: &str, o: &Options) -> Result<bool, String> {
     println!("no GPU: {reason}");
-    let config = Config { head_dim: o.d as u32, ..o.backward_config() };
+    // The simulator check runs both kernels under one config: the dK/dV kernel's.
+    let config = o.backward_configs().1;
     let shape = AttentionShape { b: 1, h: 2, hk: 1, s: 77, sk: 100 };
     println!(
         "The backward kernels compiled ({config}); running them in the PTX simulator at {shape:?}, D = {}.",
@@ -216,14 +222,13 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let AttentionShape { b, h, hk, s, sk } = o.shape();
     let d = o.d;
     let (e, r) = (|x: flashcore::Error| x.to_string(), |x: flashcore::runtime::RuntimeError| x.to_string());
-    let (fwd_cfg, bwd_cfg) = (o.forward_config(), o.backward_config());
+    let (fwd_cfg, (dq_cfg, dkdv_cfg)) = (o.forward_config(), o.backward_configs());
     let forward = attention::compile(&fwd_cfg).map_err(e)?;
-    let dq_kernel =
-        backward::attention_backward_dq::compile(&Config { causal: o.causal, ..bwd_cfg }).map_err(e)?;
+    let dq_kernel = backward::attention_backward_dq::compile(&dq_cfg).map_err(e)?;
     let dkdv_kernel = if o.causal {
-        backward::attention_backward_dkdv_causal::compile(&bwd_cfg)
+        backward::attention_backward_dkdv_causal::compile(&dkdv_cfg)
     } else {
-        backward::attention_backward_dkdv::compile(&bwd_cfg)
+        backward::attention_backward_dkdv::compile(&dkdv_cfg)
     }
     .map_err(e)?;
     println!(
@@ -232,7 +237,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
         if o.causal { "" } else { "not " },
         T::DTYPE.name()
     );
-    println!("forward {fwd_cfg}; backward {bwd_cfg}");
+    println!("forward {fwd_cfg}; dq {dq_cfg}; dkdv {dkdv_cfg}");
     let scale = 1.0 / (d as f32).sqrt();
     let mut rng = Rng::new(o.seed);
     let (q_shape, kv_shape, grad_shape, rows_shape) =

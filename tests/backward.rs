@@ -57,13 +57,18 @@ fn check_all<T: HalfFloat>() {
     }
 }
 
-/// D = 128 under `backward_config`: K and V (Q in the dQ kernel) each stay in a shared-memory
-/// region of their own, re-read by every mma, with 16-wide score tiles.
+/// D = 128 under `backward_configs`: K and V (Q in the dQ kernel) each stay in a shared-memory
+/// region of their own, re-read by every mma, with 32-wide score tiles (the dQ kernel's and the
+/// dK/dV kernel's schedules differ; `check` runs both kernels under one, so each is tried).
 #[test]
 fn backward_at_d128_keeps_its_operands_in_shared_memory() {
-    let config = backward_config(128);
-    assert!(config.a_in_smem && config.tile_n == 16, "{config}");
-    for (i, causal) in [false, true].into_iter().enumerate() {
+    let configs = backward_configs(128);
+    assert!(configs.dkdv.a_in_smem && configs.dkdv.tile_n == 32, "{configs:?}");
+    for (i, (config, causal)) in
+        [(configs.dq, false), (configs.dkdv, false), (configs.dq, true), (configs.dkdv_causal, true)]
+            .into_iter()
+            .enumerate()
+    {
         let shape = (1, 2, 1, 77, 100, 128);
         let [dq, dk, dv, delta] = check::<flashcore::f16>(config, shape, causal, 40 + i as u64);
         println!("{config} {shape:?} causal {causal}: dq {dq:.2e} dk {dk:.2e} dv {dv:.2e} delta {delta:.1e}");

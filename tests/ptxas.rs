@@ -93,7 +93,7 @@ fn variants_assemble_without_spills() {
 }
 
 /// The backward kernels assemble for sm_89 and sm_90 without spills at their declared config,
-/// bf16, and `backward_config` at D = 96, 128 (the dK/dV kernel holds two [16, D] f32
+/// bf16, and their `backward_configs` at D = 96, 128 (the dK/dV kernel holds two [16, D] f32
 /// accumulators a warp: 128 registers a thread at D = 128).
 #[test]
 fn backward_kernels_assemble_without_spills() {
@@ -103,12 +103,17 @@ fn backward_kernels_assemble_without_spills() {
     assert_eq!(kernels.len(), 3, "the backward kernels are registered");
     for entry in kernels {
         let declared = entry.config;
-        for config in [
-            declared,
-            flashcore::Config { dtype: flashcore::DType::Bf16, ..declared },
-            flashcore::kernels::backward::backward_config(96),
-            flashcore::kernels::backward::backward_config(128),
-        ] {
+        let tuned = |d| {
+            let c = flashcore::kernels::backward::backward_configs(d);
+            match entry.name {
+                "attention_backward_dq" => flashcore::Config { causal: true, ..c.dq },
+                "attention_backward_dkdv" => c.dkdv,
+                _ => c.dkdv_causal,
+            }
+        };
+        for config in
+            [declared, flashcore::Config { dtype: flashcore::DType::Bf16, ..declared }, tuned(96), tuned(128)]
+        {
             let compiled = flashcore::compile(&(entry.program)(), &config).unwrap();
             for arch in ["sm_89", "sm_90"] {
                 let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)

@@ -19,16 +19,33 @@
 
 use crate::{flash_kernel, Config};
 
-/// A schedule for all three backward kernels at head dim `head_dim` that assembles without
-/// spills for sm_89 and sm_90 (`tests/ptxas.rs`): the declared one up to D = 64; above it the
-/// tiles the kernels load (K and V, or Q) stay in shared memory (`a_in_smem`) and each score
-/// tile is 16 keys (queries) wide, since a warp's two `[16, D]` f32 accumulators alone take
-/// 128 registers a thread at D = 128.
-pub fn backward_config(head_dim: u32) -> Config {
+/// The schedule of each backward kernel at one head dim: see [`backward_configs`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackwardConfigs {
+    /// For [`attention_backward_dq`] (its `causal` flag set by the caller).
+    pub dq: Config,
+    /// For [`attention_backward_dkdv`].
+    pub dkdv: Config,
+    /// For [`attention_backward_dkdv_causal`].
+    pub dkdv_causal: Config,
+}
+
+/// Schedules for the three backward kernels at head dim `head_dim` that assemble without
+/// spills for sm_89 and sm_90 (`tests/ptxas.rs`), the fastest such measured on the H200
+/// (`docs/measurements/2026-12-01-h200-backward.txt`). Up to D = 64, the declared one. Above,
+/// the tiles the kernels load (K and V, or Q) stay in shared memory (`a_in_smem`) and the
+/// dK/dV kernels' score tiles are 32 queries wide, one stage deep without the causal mask: a
+/// warp's two `[16, D]` f32 accumulators alone take 128 registers a thread at D = 128.
+pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
     let declared = attention_backward_dq::CONFIG.with_head_dim(head_dim);
-    match head_dim {
-        0..=64 => declared,
-        _ => Config { tile_n: 16, a_in_smem: true, ..declared },
+    if head_dim <= 64 {
+        return BackwardConfigs { dq: declared, dkdv: declared, dkdv_causal: declared };
+    }
+    let narrow = Config { tile_n: 32, a_in_smem: true, ..declared };
+    BackwardConfigs {
+        dq: if head_dim <= 96 { Config { a_in_smem: true, ..declared } } else { narrow },
+        dkdv: Config { stages: 1, ..narrow },
+        dkdv_causal: narrow,
     }
 }
 
