@@ -97,3 +97,20 @@ fn variant_snapshots() {
         insta::assert_snapshot!(format!("variant_ptx_{}", entry.name), ptx);
     }
 }
+
+/// The backward kernels' IR and PTX at their declared configs: the widening of dO and O, the
+/// transposed score tiles, and `zero_columns` where dS (data with a sequence tail) becomes an
+/// mma operand.
+#[test]
+fn backward_snapshots() {
+    for entry in flashcore::registry::kernels() {
+        if !entry.module.ends_with("backward") {
+            continue;
+        }
+        let program = (entry.program)();
+        let kernel = flashcore::ir::lower(&program, &entry.config).expect("the backward lowers");
+        insta::assert_snapshot!(format!("backward_ir_{}", entry.name), kernel.to_string());
+        let ptx = flashcore::compile(&program, &entry.config).expect("the backward compiles").ptx.text.clone();
+        insta::assert_snapshot!(format!("backward_ptx_{}", entry.name), ptx);
+    }
+}
