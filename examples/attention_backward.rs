@@ -7,7 +7,7 @@
 //! `cargo run --release --example attention_backward -- [--b 2 --h 16 --hkv 16 --s 8192 --sk S
 //!  --d 128 --causal --dtype f16|bf16 --seed N --iters 30 --warmup 5]
 //!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq dq.npy --dk dk.npy --dv dv.npy]
-//!  [--plan DIR]`
+//!  [--repeat 20] [--plan DIR]`
 //!
 //! The backward kernels run `kernels::backward::backward_configs(D)`, with the tile flags
 //! applied to both. dK/dV come out per query head (`[B, H, SK, D]`); with `--hkv` below
@@ -43,6 +43,8 @@ struct Options {
     a_in_smem: bool,
     outputs: [Option<PathBuf>; 3],
     plan: Option<PathBuf>,
+    /// Runs of the backward whose outputs are hashed and compared bitwise (`--repeat`).
+    repeat: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -68,6 +70,7 @@ fn parse_args() -> Result<Options, String> {
         a_in_smem: false,
         outputs: [None, None, None],
         plan: None,
+        repeat: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -97,12 +100,13 @@ fn parse_args() -> Result<Options, String> {
             "--dk" => o.outputs[1] = Some(value()?.into()),
             "--dv" => o.outputs[2] = Some(value()?.into()),
             "--plan" => o.plan = Some(value()?.into()),
+            "--repeat" => o.repeat = number(value()?)?,
             "--help" | "-h" => {
                 println!(
                     "{}",
                     include_str!("attention_backward.rs")
                         .lines()
-                        .take(16)
+                        .take_while(|l| l.starts_with("//!"))
                         .map(|l| l.trim_start_matches("//!").trim_start())
                         .collect::<Vec<_>>()
                         .join("\n")
@@ -379,6 +383,33 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
         );
     }
     println!("(float64 reference: {:.1} s)", started.elapsed().as_secs_f64());
+
+    // Determinism: the same inputs `--repeat` times, every gradient's bytes hashed. No kernel
+    // reduces across CTAs (no atomics), so every run must give the same bits.
+    if o.repeat > 0 {
+        let mut hashes = std::collections::BTreeSet::new();
+        for _ in 0..o.repeat {
+            flashcore::launch(device, &dq_kernel, &mut dq_args!(first)).map_err(e)?;
+            flashcore::launch(device, &dkdv_kernel, &mut dkdv_args!(first, &delta)).map_err(e)?;
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for grad in [&dq, &dk, &dv] {
+                for x in device.download(grad).map_err(r)? {
+                    std::hash::Hash::hash(&x.to_le_bytes(), &mut hasher);
+                }
+            }
+            hashes.insert(std::hash::Hasher::finish(&hasher));
+        }
+        let same = hashes.len() == 1;
+        ok &= same;
+        println!(
+            "determinism: {} runs, {} distinct hash{} of dq, dk, dv: {:016x}{}",
+            o.repeat,
+            hashes.len(),
+            if same { "" } else { "es" },
+            hashes.first().copied().unwrap_or(0),
+            if same { "" } else { "  FAIL" }
+        );
+    }
 
     // Timing: each kernel's median over rotating sets, after an L2 flush each launch.
     let time = |what: &str, us: Result<f64, flashcore::Error>| us.map_err(|x| format!("{what}: {x}"));

@@ -110,7 +110,8 @@ fn backward_snapshots() {
         let program = (entry.program)();
         let kernel = flashcore::ir::lower(&program, &entry.config).expect("the backward lowers");
         insta::assert_snapshot!(format!("backward_ir_{}", entry.name), kernel.to_string());
-        let ptx = flashcore::compile(&program, &entry.config).expect("the backward compiles").ptx.text.clone();
+        let ptx =
+            flashcore::compile(&program, &entry.config).expect("the backward compiles").ptx.text.clone();
         insta::assert_snapshot!(format!("backward_ptx_{}", entry.name), ptx);
     }
 }
