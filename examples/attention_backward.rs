@@ -222,6 +222,22 @@ struct Set<T: HalfFloat> {
     lse: DeviceTensor<f32>,
 }
 
+impl<T: HalfFloat> Set<T> {
+    /// The forward's arguments: it writes this set's O and log-sum-exp.
+    fn forward_args(&mut self, scale: f32) -> [Arg<'_>; 8] {
+        [
+            Arg::Tensor(&self.q),
+            Arg::Tensor(&self.k),
+            Arg::Tensor(&self.v),
+            Arg::TensorMut(&mut self.o),
+            Arg::TensorMut(&mut self.lse),
+            Arg::F32(scale),
+            Arg::Absent,
+            Arg::Absent,
+        ]
+    }
+}
+
 fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let AttentionShape { b, h, hk, s, sk } = o.shape();
     let d = o.d;
@@ -267,17 +283,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
             lse: device.filled(&rows_shape, f32::NAN).map_err(r)?,
         };
         // The forward gives O and the log-sum-exp the backward reads.
-        let mut args = [
-            Arg::Tensor(&set.q),
-            Arg::Tensor(&set.k),
-            Arg::Tensor(&set.v),
-            Arg::TensorMut(&mut set.o),
-            Arg::TensorMut(&mut set.lse),
-            Arg::F32(scale),
-            Arg::Absent,
-            Arg::Absent,
-        ];
-        flashcore::launch(device, &forward, &mut args).map_err(e)?;
+        flashcore::launch(device, &forward, &mut set.forward_args(scale)).map_err(e)?;
         if i == 0 {
             host = Some((q, k, v, g));
         }
@@ -416,21 +422,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let fwd_us = time(
         "forward",
         flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
-            let set = &mut device_sets[i % sets];
-            flashcore::launch_async(
-                device,
-                &forward,
-                &mut [
-                    Arg::Tensor(&set.q),
-                    Arg::Tensor(&set.k),
-                    Arg::Tensor(&set.v),
-                    Arg::TensorMut(&mut set.o),
-                    Arg::TensorMut(&mut set.lse),
-                    Arg::F32(scale),
-                    Arg::Absent,
-                    Arg::Absent,
-                ],
-            )
+            flashcore::launch_async(device, &forward, &mut device_sets[i % sets].forward_args(scale))
         }),
     )?;
     // The forward above rewrote every set's O and log-sum-exp with the same values.

@@ -75,19 +75,7 @@ fn variants_assemble_without_spills() {
             flashcore::Config { causal: true, dtype: flashcore::DType::Bf16, ..declared },
             flashcore::Config { causal: true, ..declared.with_head_dim(128) },
         ] {
-            let compiled = flashcore::compile(&(entry.program)(), &config).unwrap();
-            for arch in ["sm_89", "sm_90"] {
-                let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
-                    .unwrap_or_else(|e| panic!("{} {config} {arch}: {e}", entry.name));
-                eprintln!("{} {config} {arch}: {} registers", entry.name, report.registers);
-                assert_eq!(
-                    (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
-                    (0, 0, 0),
-                    "{} {config} {arch} spills:\n{}",
-                    entry.name,
-                    report.text
-                );
-            }
+            assert_no_spills(&ptxas, entry, &config);
         }
     }
 }
@@ -114,19 +102,28 @@ fn backward_kernels_assemble_without_spills() {
         for config in
             [declared, flashcore::Config { dtype: flashcore::DType::Bf16, ..declared }, tuned(96), tuned(128)]
         {
-            let compiled = flashcore::compile(&(entry.program)(), &config).unwrap();
-            for arch in ["sm_89", "sm_90"] {
-                let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
-                    .unwrap_or_else(|e| panic!("{} {config} {arch}: {e}", entry.name));
-                eprintln!("{} {config} {arch}: {} registers", entry.name, report.registers);
-                assert_eq!(
-                    (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
-                    (0, 0, 0),
-                    "{} {config} {arch} spills:\n{}",
-                    entry.name,
-                    report.text
-                );
-            }
+            assert_no_spills(&ptxas, entry, &config);
         }
+    }
+}
+
+/// `entry` compiled for `config` assembles for sm_89 and sm_90 with no spill and no stack.
+fn assert_no_spills(
+    ptxas: &std::path::Path,
+    entry: &flashcore::registry::KernelEntry,
+    config: &flashcore::Config,
+) {
+    let compiled = flashcore::compile(&(entry.program)(), config).unwrap();
+    for arch in ["sm_89", "sm_90"] {
+        let report = flashcore::ptxas::assemble(ptxas, &compiled.ptx.text, arch)
+            .unwrap_or_else(|e| panic!("{} {config} {arch}: {e}", entry.name));
+        eprintln!("{} {config} {arch}: {} registers", entry.name, report.registers);
+        assert_eq!(
+            (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
+            (0, 0, 0),
+            "{} {config} {arch} spills:\n{}",
+            entry.name,
+            report.text
+        );
     }
 }
