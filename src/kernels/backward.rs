@@ -17,7 +17,8 @@
 //! # Ok::<(), flashcore::Error>(())
 //! ```
 
-use crate::{flash_kernel, Config};
+use crate::runtime::{Device, DeviceTensor};
+use crate::{flash_kernel, Config, Error};
 
 /// The schedule of each backward kernel at one head dim: see [`backward_configs`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -177,5 +178,93 @@ pub fn attention_backward_dkdv_causal<T>(
         }
         store(dk.tile(b, h, kt), dk_acc * scale);
         store(dv.tile(b, h, kt), dv_acc);
+    }
+}
+
+/// What the backward reads: the forward's inputs `q` `[B, H, S, D]`, `k`, `v` `[B, HKV, SK, D]`,
+/// its output `o` and log-sum-exp `lse` `[B, H, S]` (f32, natural log, as the forward's `lse`
+/// output gives it), and the output's gradient `d_out` `[B, H, S, D]`.
+pub struct BackwardInputs<'a, T: crate::runtime::Element> {
+    /// Q, `[B, H, S, D]`.
+    pub q: &'a DeviceTensor<T>,
+    /// K, `[B, HKV, SK, D]`.
+    pub k: &'a DeviceTensor<T>,
+    /// V, `[B, HKV, SK, D]`.
+    pub v: &'a DeviceTensor<T>,
+    /// The forward's output O, `[B, H, S, D]`.
+    pub o: &'a DeviceTensor<T>,
+    /// The forward's log-sum-exp, `[B, H, S]`.
+    pub lse: &'a DeviceTensor<f32>,
+    /// The gradient of the loss with respect to O, `[B, H, S, D]`.
+    pub d_out: &'a DeviceTensor<T>,
+}
+
+/// What the backward writes: `dq` `[B, H, S, D]`; `dk`, `dv` per query head `[B, H, SK, D]`
+/// (with `HKV < H`, sum each group's heads for the K/V heads' gradients); and `delta`
+/// `[B, H, S]` f32, `Δ = rowsum(dO ∘ O)`, which the dK/dV kernel reads.
+pub struct BackwardOutputs<'a, T: crate::runtime::Element> {
+    /// dQ, `[B, H, S, D]`.
+    pub dq: &'a mut DeviceTensor<T>,
+    /// dK per query head, `[B, H, SK, D]`.
+    pub dk: &'a mut DeviceTensor<T>,
+    /// dV per query head, `[B, H, SK, D]`.
+    pub dv: &'a mut DeviceTensor<T>,
+    /// Δ, `[B, H, S]`: a workspace the dK/dV kernel reads.
+    pub delta: &'a mut DeviceTensor<f32>,
+}
+
+/// The backward of `kernels::attention` on `device`: the dQ kernel, then the dK/dV kernel (its
+/// causal twin when `causal`), each with its schedule from [`backward_configs`] for the head
+/// dim of `q` and the element type `T`; returns when both are enqueued (synchronize before
+/// reading the outputs). Every argument is checked as the typed launchers check them: a wrong
+/// shape, dtype or stride is an `Error::Argument` naming it.
+///
+/// ```no_run
+/// use flashcore::kernels::backward::{launch_backward_async, BackwardInputs, BackwardOutputs};
+/// use flashcore::runtime::Device;
+/// use flashcore::f16;
+///
+/// let device = Device::new(0)?;
+/// let (shape, rows) = ([1, 8, 512, 64], [1, 8, 512]);
+/// let t = |x: f32| device.filled(&shape, f16::from_f32(x));
+/// let (q, k, v, o, d_out) = (t(0.1)?, t(0.2)?, t(0.3)?, t(0.3)?, t(1.0)?);
+/// let lse = device.filled(&rows, 7.0f32)?;
+/// let (mut dq, mut dk, mut dv) = (t(f32::NAN)?, t(f32::NAN)?, t(f32::NAN)?);
+/// let mut delta = device.filled(&rows, f32::NAN)?;
+/// let inputs = BackwardInputs { q: &q, k: &k, v: &v, o: &o, lse: &lse, d_out: &d_out };
+/// let outputs = BackwardOutputs { dq: &mut dq, dk: &mut dk, dv: &mut dv, delta: &mut delta };
+/// launch_backward_async(&device, inputs, outputs, 0.125, true)?;
+/// device.synchronize()?;
+/// # Ok::<(), flashcore::Error>(())
+/// ```
+pub fn launch_backward_async<T: crate::HalfFloat>(
+    device: &Device,
+    inputs: BackwardInputs<'_, T>,
+    outputs: BackwardOutputs<'_, T>,
+    scale: f32,
+    causal: bool,
+) -> Result<(), Error> {
+    let BackwardInputs { q, k, v, o, lse, d_out } = inputs;
+    let BackwardOutputs { dq, dk, dv, delta } = outputs;
+    let head_dim = match q.shape() {
+        [_, _, _, d] => *d as u32,
+        other => {
+            return Err(Error::Argument {
+                kernel: "attention_backward_dq".into(),
+                arg: "q".into(),
+                message: format!("expected a [B, H, S, D] tensor, got shape {other:?}"),
+            })
+        }
+    };
+    let configs = backward_configs(head_dim);
+    let dtype = |c: Config| Config { dtype: T::DTYPE, ..c };
+    let dq_config = Config { causal, ..dtype(configs.dq) };
+    attention_backward_dq::launch_async(device, &dq_config, q, k, v, o, d_out, lse, dq, delta, scale)?;
+    if causal {
+        let config = dtype(configs.dkdv_causal);
+        attention_backward_dkdv_causal::launch_async(device, &config, q, k, v, d_out, lse, delta, dk, dv, scale)
+    } else {
+        let config = dtype(configs.dkdv);
+        attention_backward_dkdv::launch_async(device, &config, q, k, v, d_out, lse, delta, dk, dv, scale)
     }
 }
