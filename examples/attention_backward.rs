@@ -7,7 +7,11 @@
 //! `cargo run --release --example attention_backward -- [--b 2 --h 16 --hkv 16 --s 8192 --sk S
 //!  --d 128 --causal --dtype f16|bf16 --seed N --iters 30 --warmup 5]
 //!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq dq.npy --dk dk.npy --dv dv.npy]
-//!  [--repeat 20] [--plan DIR]`
+//!  [--repeat 20] [--plan DIR] [--train 6]`
+//!
+//! `--train N` is the training check instead: an attention layer whose Q, K and V are the
+//! parameters, loss `½‖O − target‖²`, takes N gradient-descent steps with the forward and
+//! `kernels::backward::launch_backward_async` on the GPU; the loss must fall at every step.
 //!
 //! The backward kernels run `kernels::backward::backward_configs(D)`, with the tile flags
 //! applied to both. dK/dV come out per query head (`[B, H, SK, D]`); with `--hkv` below
@@ -45,6 +49,8 @@ struct Options {
     plan: Option<PathBuf>,
     /// Runs of the backward whose outputs are hashed and compared bitwise (`--repeat`).
     repeat: usize,
+    /// Gradient-descent steps of the training check (`--train`), instead of the check and timing.
+    train: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -71,6 +77,7 @@ fn parse_args() -> Result<Options, String> {
         outputs: [None, None, None],
         plan: None,
         repeat: 0,
+        train: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -101,6 +108,7 @@ fn parse_args() -> Result<Options, String> {
             "--dv" => o.outputs[2] = Some(value()?.into()),
             "--plan" => o.plan = Some(value()?.into()),
             "--repeat" => o.repeat = number(value()?)?,
+            "--train" => o.train = number(value()?)?,
             "--help" | "-h" => {
                 println!(
                     "{}",
@@ -169,6 +177,10 @@ fn main() -> ExitCode {
     };
     let result = match Device::new(0) {
         Err(e) => without_gpu(&e.to_string(), &o),
+        Ok(device) if o.train > 0 => match o.dtype {
+            DType::F16 => train::<f16>(&device, &o),
+            DType::Bf16 => train::<bf16>(&device, &o),
+        },
         Ok(device) => match o.dtype {
             DType::F16 => on_gpu::<f16>(&device, &o),
             DType::Bf16 => on_gpu::<bf16>(&device, &o),
@@ -549,4 +561,69 @@ fn write_plans(
     }
     println!("plans written to {}", dir.display());
     Ok(())
+}
+
+/// `--train N`: gradient descent on an attention layer's Q, K, V (the parameters, kept in f64 on
+/// the host) with loss `½‖O − target‖²`: each step runs the forward, `dO = O − target`, and
+/// `launch_backward_async`, then moves each parameter against its gradient. Succeeds when the
+/// loss falls at every step.
+fn train<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
+    use backward::{launch_backward_async, BackwardInputs, BackwardOutputs};
+    let AttentionShape { b, h, hk, s, sk } = o.shape();
+    if hk != h || sk != s {
+        return Err("--train runs self-attention: leave out --hkv and --sk".into());
+    }
+    let (d, n) = (o.d, b * h * s * o.d);
+    let (e, r) = (|x: flashcore::Error| x.to_string(), |x: flashcore::runtime::RuntimeError| x.to_string());
+    let forward = attention::compile(&o.forward_config()).map_err(e)?;
+    let mut rng = Rng::new(o.seed);
+    let mut gen = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
+    let (mut q, mut k, mut v, target) = (gen(n), gen(n), gen(n), gen(n));
+    let (shape, rows) = ([b, h, s, d], [b, h, s]);
+    let upload =
+        |x: &[f64]| device.upload(&x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>(), &shape).map_err(r);
+    let scale = 1.0 / (d as f32).sqrt();
+    let rate = 0.5;
+    let mut losses = vec![];
+    for _ in 0..o.train {
+        let (qd, kd, vd) = (upload(&q)?, upload(&k)?, upload(&v)?);
+        let mut out = upload(&vec![f64::NAN; n])?;
+        let mut lse = device.filled(&rows, f32::NAN).map_err(r)?;
+        let mut args = [
+            Arg::Tensor(&qd),
+            Arg::Tensor(&kd),
+            Arg::Tensor(&vd),
+            Arg::TensorMut(&mut out),
+            Arg::TensorMut(&mut lse),
+            Arg::F32(scale),
+            Arg::Absent,
+            Arg::Absent,
+        ];
+        flashcore::launch(device, &forward, &mut args).map_err(e)?;
+        let got: Vec<f64> = device.download(&out).map_err(r)?.iter().map(|x| x.to_f64()).collect();
+        let grad_out: Vec<f64> = got.iter().zip(&target).map(|(o, t)| o - t).collect();
+        losses.push(0.5 * grad_out.iter().map(|g| g * g).sum::<f64>());
+        let d_out = upload(&grad_out)?;
+        let poison = || upload(&vec![f64::NAN; n]);
+        let (mut dq, mut dk, mut dv) = (poison()?, poison()?, poison()?);
+        let mut delta = device.filled(&rows, f32::NAN).map_err(r)?;
+        let inputs = BackwardInputs { q: &qd, k: &kd, v: &vd, o: &out, lse: &lse, d_out: &d_out };
+        let outputs = BackwardOutputs { dq: &mut dq, dk: &mut dk, dv: &mut dv, delta: &mut delta };
+        launch_backward_async(device, inputs, outputs, scale, o.causal).map_err(e)?;
+        device.synchronize_within(device.launch_timeout(), "the backward").map_err(r)?;
+        for (param, grad) in [(&mut q, &dq), (&mut k, &dk), (&mut v, &dv)] {
+            for (x, g) in param.iter_mut().zip(device.download(grad).map_err(r)?) {
+                *x -= rate * g.to_f64();
+            }
+        }
+    }
+    let falls = losses.windows(2).all(|w| w[1] < w[0]);
+    println!(
+        "training: {} steps of gradient descent on Q, K, V ([{b}, {h}, {s}, {d}], {}causal), loss {}{}",
+        o.train,
+        if o.causal { "" } else { "not " },
+        losses.iter().map(|l| format!("{l:.1}")).collect::<Vec<_>>().join(" → "),
+        if falls { "" } else { "  FAIL: the loss must fall at every step" }
+    );
+    Ok(falls)
 }

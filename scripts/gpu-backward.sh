@@ -2,7 +2,7 @@
 # Runs on the GPU machine: the attention backward (kernels::backward) checked against float64
 # at the issue's training shapes and tails (examples/attention_backward.rs, which also times
 # FlashCore's forward, dQ and dK/dV kernels), then timed next to SDPA's flash and cuDNN backward
-# in one process (scripts/bench_backward.py). Logs under $OUT.
+# in one process (scripts/bench_backward.py), and the training check (--train). Logs under $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/flashcore-out}
 mkdir -p "$OUT"
@@ -15,6 +15,13 @@ for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 128 --ca
   timeout 300 $B $shape --iters 30 --warmup 5 --repeat 20 2>&1
   echo "exit $?"
 done > "$OUT/check.txt" 2>&1
+# The training check: gradient descent on an attention layer's Q, K, V through the one-call
+# backward (launch_backward_async); the loss must fall at every step.
+for shape in "--b 1 --h 4 --s 512 --d 64" "--b 1 --h 4 --s 500 --d 128 --causal" "--b 1 --h 2 --s 300 --d 64 --dtype bf16"; do
+  echo "== attention_backward $shape --train 8"
+  timeout 120 $B $shape --train 8 2>&1
+  echo "exit $?"
+done > "$OUT/train.txt" 2>&1
 timeout 400 python3 scripts/bench_backward.py --flashcore "$B" --out "$OUT/bench" --iters 30 > "$OUT/bench.txt" 2>&1
 echo "bench exit $?" >> "$OUT/bench.txt"
 echo done

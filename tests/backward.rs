@@ -4,8 +4,8 @@
 //! a product's columns past the end of the sequence count in no reduction.
 
 use flashcore::kernels::backward::*;
-use flashcore::simulate::{check_backward, simulate, AttentionShape, HostArg, HostView, SimDevice};
 use flashcore::reference::{attention_backward_rows, Problem};
+use flashcore::simulate::{check_backward, simulate, AttentionShape, HostArg, HostView, SimDevice};
 use flashcore::{Config, DType, HalfFloat};
 
 /// `[B, H, HKV, S, SK, D]`.
@@ -225,7 +225,19 @@ fn gradient_descent_with_the_forward_and_backward_lowers_the_loss() {
         if step == 0 {
             // The gradients of this step's inputs (as f16 holds them), in float64.
             let (q16, k16, v16, g16) = (wide(&qh), wide(&kh), wide(&vh), wide(&gh));
-            let p = Problem { q: &q16, k: &k16, v: &v16, b, h, hk: h, s, sk: s, d, scale: scale as f64, causal: false };
+            let p = Problem {
+                q: &q16,
+                k: &k16,
+                v: &v16,
+                b,
+                h,
+                hk: h,
+                s,
+                sk: s,
+                d,
+                scale: scale as f64,
+                causal: false,
+            };
             let all: Vec<usize> = (0..b * h * s).collect();
             let want = attention_backward_rows(&p, &g16, &all, &all);
             for (name, got, want) in [("dq", &dq, &want.dq), ("dk", &dk, &want.dk), ("dv", &dv, &want.dv)] {

@@ -262,7 +262,9 @@ pub fn launch_backward_async<T: crate::HalfFloat>(
     attention_backward_dq::launch_async(device, &dq_config, q, k, v, o, d_out, lse, dq, delta, scale)?;
     if causal {
         let config = dtype(configs.dkdv_causal);
-        attention_backward_dkdv_causal::launch_async(device, &config, q, k, v, d_out, lse, delta, dk, dv, scale)
+        attention_backward_dkdv_causal::launch_async(
+            device, &config, q, k, v, d_out, lse, delta, dk, dv, scale,
+        )
     } else {
         let config = dtype(configs.dkdv);
         attention_backward_dkdv::launch_async(device, &config, q, k, v, d_out, lse, delta, dk, dv, scale)
