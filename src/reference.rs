@@ -240,6 +240,23 @@ pub fn attention_backward_rows(
     query_rows: &[usize],
     key_rows: &[usize],
 ) -> Gradients {
+    attention_backward_rows_with(p, d_out, query_rows, key_rows, &|x| (x, 1.0))
+}
+
+/// A score modification with its derivative: `x ↦ (f(x), f'(x))` for the scaled score
+/// `x = q·k·scale` (softcap: `(cap · tanh(x / cap), 1 − tanh²(x / cap))`).
+pub type ScoreWithGrad = dyn Fn(f64) -> (f64, f64) + Sync;
+
+/// [`attention_backward_rows`] of `softmax(f(scale · Q·Kᵀ)) · V` for a score modification `f`
+/// given with its derivative: the gradients flow through `f'` (`dS` at a score is
+/// `P ∘ (dP − Δ) · f'(x)`).
+pub fn attention_backward_rows_with(
+    p: &Problem,
+    d_out: &[f64],
+    query_rows: &[usize],
+    key_rows: &[usize],
+    score: &ScoreWithGrad,
+) -> Gradients {
     let (d, s, sk) = (p.d, p.s, p.sk);
     let mut g = Gradients {
         dq: vec![0.0; query_rows.len() * d],
@@ -275,7 +292,7 @@ pub fn attention_backward_rows(
                             let (mut dk, mut dv) = (vec![0.0; keys.len() * d], vec![0.0; keys.len() * d]);
                             let mut out = vec![];
                             for &i in chunk {
-                                let row = backward_row(p, d_out, bh, i);
+                                let row = backward_row(p, d_out, bh, i, score);
                                 for (n, &(_, j)) in keys.iter().enumerate() {
                                     let (pij, ds) = (row.p[j], row.ds[j]);
                                     if pij == 0.0 {
@@ -316,7 +333,8 @@ pub fn attention_backward_rows(
     g
 }
 
-/// One query row's share of the backward: its probabilities `P[i, ..]`, `dS[i, ..]`, and its
+/// One query row's share of the backward: its probabilities `P[i, ..]`, `dS[i, ..]` (with
+/// respect to the scaled scores, through the score modification), and its
 /// `dQ`, `Δ`, log-sum-exp and `O` row.
 struct BackwardRow {
     p: Vec<f64>,
@@ -327,12 +345,13 @@ struct BackwardRow {
     o: Vec<f64>,
 }
 
-fn backward_row(p: &Problem, d_out: &[f64], bh: usize, i: usize) -> BackwardRow {
+fn backward_row(p: &Problem, d_out: &[f64], bh: usize, i: usize, score: &ScoreWithGrad) -> BackwardRow {
     let (d, s, sk) = (p.d, p.s, p.sk);
     let (qi, kv, gi) = (&p.q[(bh * s + i) * d..][..d], p.kv_base(bh), &d_out[(bh * s + i) * d..][..d]);
     let seen = p.keys_seen(i);
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-    let scores: Vec<f64> = (0..seen).map(|j| p.scale * dot(qi, &p.k[kv + j * d..][..d])).collect();
+    let (scores, grads): (Vec<f64>, Vec<f64>) =
+        (0..seen).map(|j| score(p.scale * dot(qi, &p.k[kv + j * d..][..d]))).unzip();
     let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = scores.iter().map(|x| (x - m).exp()).sum();
     let mut probs = vec![0.0; sk];
@@ -349,7 +368,7 @@ fn backward_row(p: &Problem, d_out: &[f64], bh: usize, i: usize) -> BackwardRow 
     let mut ds = vec![0.0; sk];
     let mut dq = vec![0.0; d];
     for j in 0..seen {
-        ds[j] = probs[j] * (dot(gi, &p.v[kv + j * d..][..d]) - delta);
+        ds[j] = probs[j] * (dot(gi, &p.v[kv + j * d..][..d]) - delta) * grads[j];
         for (x, dqx) in dq.iter_mut().enumerate() {
             *dqx += p.scale * ds[j] * p.k[kv + j * d + x];
         }

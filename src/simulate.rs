@@ -499,6 +499,35 @@ pub fn check_backward<T: HalfFloat>(
     seed: u64,
 ) -> Result<BackwardCheck, Error> {
     use crate::kernels::backward::*;
+    let pair = BackwardPair {
+        dq: attention_backward_dq::compile,
+        dkdv: if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile },
+        scalars: vec![],
+    };
+    check_backward_pair::<T>(&pair, config, shape, causal, seed, &|x| (x, 1.0))
+}
+
+/// A backward written as a dQ kernel and a dK/dV kernel with the signatures of
+/// `kernels::backward`'s, plus f32 parameters after `scale` (softcap's `softcap`).
+pub struct BackwardPair {
+    /// Compiles the dQ kernel.
+    pub dq: fn(&crate::Config) -> Result<std::sync::Arc<CompiledKernel>, Error>,
+    /// Compiles the dK/dV kernel (the causal one for a causal check).
+    pub dkdv: fn(&crate::Config) -> Result<std::sync::Arc<CompiledKernel>, Error>,
+    /// The f32 parameters after `scale`, in order.
+    pub scalars: Vec<f32>,
+}
+
+/// [`check_backward`] of any [`BackwardPair`], against the float64 gradients of
+/// `softmax(f(scale · Q·Kᵀ)) · V` for the score modification `score` (`x ↦ (f(x), f'(x))`).
+pub fn check_backward_pair<T: HalfFloat>(
+    pair: &BackwardPair,
+    config: crate::Config,
+    shape: AttentionShape,
+    causal: bool,
+    seed: u64,
+    score: &crate::reference::ScoreWithGrad,
+) -> Result<BackwardCheck, Error> {
     let AttentionShape { b, h, hk, s, sk } = shape;
     let (d, dtype) = (config.head_dim as usize, T::DTYPE);
     let mut rng = crate::reference::Rng::new(seed);
@@ -507,7 +536,7 @@ pub fn check_backward<T: HalfFloat>(
     let scale = 1.0 / (d as f64).sqrt();
     let problem = crate::reference::Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal };
     let (all_q, all_k): (Vec<usize>, Vec<usize>) = ((0..b * h * s).collect(), (0..b * h * sk).collect());
-    let want = crate::reference::attention_backward_rows(&problem, &g, &all_q, &all_k);
+    let want = crate::reference::attention_backward_rows_with(&problem, &g, &all_q, &all_k, score);
     let half = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
     let (qh, kh, vh, gh, oh) = (half(&q), half(&k), half(&v), half(&g), half(&want.o));
     let lse: Vec<f32> = want.lse.iter().map(|x| *x as f32).collect();
@@ -518,42 +547,38 @@ pub fn check_backward<T: HalfFloat>(
         HostView::contiguous(&[b, h, s]),
     );
     let device = SimDevice::default();
-    let dq_kernel = attention_backward_dq::compile(&crate::Config { dtype, causal, ..config })?;
+    let dq_kernel = (pair.dq)(&crate::Config { dtype, causal, ..config })?;
     let (mut dq, mut delta) = (vec![T::NAN; b * h * s * d], vec![f32::NAN; b * h * s]);
-    simulate(
-        &dq_kernel,
-        &mut [
-            HostArg::Tensor(&qh, qv.clone()),
-            HostArg::Tensor(&kh, kv.clone()),
-            HostArg::Tensor(&vh, kv.clone()),
-            HostArg::Tensor(&oh, qv.clone()),
-            HostArg::Tensor(&gh, qv.clone()),
-            HostArg::F32Table(&lse, rows.clone()),
-            HostArg::TensorMut(&mut dq, qv.clone()),
-            HostArg::RowsMut(&mut delta, rows.clone()),
-            HostArg::F32(scale as f32),
-        ],
-        &device,
-    )?;
-    let compile =
-        if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile };
-    let dkdv = compile(&crate::Config { dtype, causal: false, ..config })?;
+    let mut args = vec![
+        HostArg::Tensor(&qh, qv.clone()),
+        HostArg::Tensor(&kh, kv.clone()),
+        HostArg::Tensor(&vh, kv.clone()),
+        HostArg::Tensor(&oh, qv.clone()),
+        HostArg::Tensor(&gh, qv.clone()),
+        HostArg::F32Table(&lse, rows.clone()),
+        HostArg::TensorMut(&mut dq, qv.clone()),
+        HostArg::RowsMut(&mut delta, rows.clone()),
+        HostArg::F32(scale as f32),
+    ];
+    args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));
+    simulate(&dq_kernel, &mut args, &device)?;
+    drop(args);
+    let dkdv = (pair.dkdv)(&crate::Config { dtype, causal: false, ..config })?;
     let (mut dk, mut dv) = (vec![T::NAN; b * h * sk * d], vec![T::NAN; b * h * sk * d]);
-    simulate(
-        &dkdv,
-        &mut [
-            HostArg::Tensor(&qh, qv.clone()),
-            HostArg::Tensor(&kh, kv.clone()),
-            HostArg::Tensor(&vh, kv),
-            HostArg::Tensor(&gh, qv),
-            HostArg::F32Table(&lse, rows.clone()),
-            HostArg::F32Table(&delta, rows),
-            HostArg::TensorMut(&mut dk, gv.clone()),
-            HostArg::TensorMut(&mut dv, gv),
-            HostArg::F32(scale as f32),
-        ],
-        &device,
-    )?;
+    let mut args = vec![
+        HostArg::Tensor(&qh, qv.clone()),
+        HostArg::Tensor(&kh, kv.clone()),
+        HostArg::Tensor(&vh, kv),
+        HostArg::Tensor(&gh, qv),
+        HostArg::F32Table(&lse, rows.clone()),
+        HostArg::F32Table(&delta, rows),
+        HostArg::TensorMut(&mut dk, gv.clone()),
+        HostArg::TensorMut(&mut dv, gv),
+        HostArg::F32(scale as f32),
+    ];
+    args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));
+    simulate(&dkdv, &mut args, &device)?;
+    drop(args);
     let f = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     let delta: Vec<f64> = delta.iter().map(|x| *x as f64).collect();
     let compare = crate::reference::compare;

@@ -255,3 +255,42 @@ fn gradient_descent_with_the_forward_and_backward_lowers_the_loss() {
     assert!(losses.windows(2).all(|w| w[1] < w[0]), "the loss must fall at every step: {losses:?}");
     assert!(losses[5] < 0.9 * losses[0], "six steps must cut the loss by 10% at least: {losses:?}");
 }
+
+/// Softcap's backward (Gemma 2's `cap · tanh(x / cap)`), written in the DSL next to the plain
+/// one, against float64 gradients through `f'(x) = 1 − tanh²(x / cap)`: at tails, GQA, f16 and
+/// bf16. The dQ kernel runs causal too (its `causal` flag), with the plain dK/dV pair's check
+/// left to the causal kernels above.
+#[test]
+fn softcap_backward_matches_float64() {
+    use flashcore::simulate::{check_backward_pair, BackwardPair};
+    let cap = 2.0f64;
+    let pair = BackwardPair {
+        dq: softcap_attention_backward_dq::compile,
+        dkdv: softcap_attention_backward_dkdv::compile,
+        scalars: vec![cap as f32],
+    };
+    let score = move |x: f64| {
+        let t = (x / cap).tanh();
+        (cap * t, 1.0 - t * t)
+    };
+    for (i, &(b, h, hk, s, sk, d)) in SHAPES.iter().enumerate() {
+        let shape = AttentionShape { b, h, hk, s, sk };
+        for dtype in [DType::F16, DType::Bf16] {
+            let config = Config { head_dim: d as u32, ..softcap_attention_backward_dq::CONFIG };
+            let got = match dtype {
+                DType::F16 => {
+                    check_backward_pair::<flashcore::f16>(&pair, config, shape, false, 60 + i as u64, &score)
+                }
+                DType::Bf16 => {
+                    check_backward_pair::<flashcore::bf16>(&pair, config, shape, false, 60 + i as u64, &score)
+                }
+            }
+            .unwrap();
+            println!(
+                "softcap {dtype:?} {shape:?}: dq {:.2e} dk {:.2e} dv {:.2e} delta {:.2e}",
+                got.dq.rel_l2, got.dk.rel_l2, got.dv.rel_l2, got.delta.rel_l2
+            );
+            assert!(got.passes(dtype), "{dtype:?} {shape:?}: {got:?}");
+        }
+    }
+}

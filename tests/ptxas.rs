@@ -88,15 +88,15 @@ fn backward_kernels_assemble_without_spills() {
     let Some(ptxas) = ptxas_or_skip() else { return };
     let kernels: Vec<_> =
         flashcore::registry::kernels().into_iter().filter(|e| e.module.ends_with("backward")).collect();
-    assert_eq!(kernels.len(), 3, "the backward kernels are registered");
+    assert!(kernels.len() >= 5, "the backward kernels are registered");
     for entry in kernels {
         let declared = entry.config;
         let tuned = |d| {
             let c = flashcore::kernels::backward::backward_configs(d);
             match entry.name {
-                "attention_backward_dq" => flashcore::Config { causal: true, ..c.dq },
-                "attention_backward_dkdv" => c.dkdv,
-                _ => c.dkdv_causal,
+                name if name.ends_with("_dq") => flashcore::Config { causal: true, ..c.dq },
+                name if name.ends_with("_causal") => c.dkdv_causal,
+                _ => c.dkdv,
             }
         };
         for config in

@@ -941,7 +941,7 @@ impl Lowerer {
                 None => merged = Some(Raw { numbers: dst, role, span, ..r.clone() }),
                 Some(m) => {
                     match (&m.tail, &r.tail) {
-                        (Some(a), Some(b)) if a != b => {
+                        (Some(a), Some(b)) if !(self.same_extent(&a.0, &b.0) && a.1 == b.1) => {
                             return err(
                                 span,
                                 "these scores come from different K/V tiles; combine scores of one tile",
@@ -972,6 +972,28 @@ impl Lowerer {
                 self.materialize(v, out, Leaving::Softmax)
             }
             _ => v,
+        }
+    }
+
+    /// Whether the rows of two staged tiles end at the same place: the same tile of the same
+    /// sequence axis for the same batch (the K and the V tile of one step).
+    fn same_extent(&self, a: &TileAccess, b: &TileAccess) -> bool {
+        let seq = |t: &TileAccess| match &self.params[t.param] {
+            Param::Tensor(p) => Some(p.dims[2]),
+            _ => None,
+        };
+        a.coords[0] == b.coords[0] && a.coords[2] == b.coords[2] && seq(a) == seq(b)
+    }
+
+    /// Elementwise operands whose columns end at different places cannot meet.
+    fn check_tails(&self, operands: &[Value], span: SpanId) -> Result<()> {
+        let tails: Vec<&TileAccess> = operands.iter().filter_map(|v| self.tails.get(v)).collect();
+        match tails[..] {
+            [a, b] if !self.same_extent(a, b) => err(
+                span,
+                "these products come from tiles of different sequences; combine products of one tile",
+            ),
+            _ => Ok(()),
         }
     }
 
@@ -1565,13 +1587,15 @@ impl Lowerer {
                 self.sym.insert(dst, MaskExpr::Binary(op, Box::new(a), Box::new(b)));
             }
         }
-        if !op.is_comparison() && !op.is_logic() {
+        // Past the mask the operands left the score code: the result is not score code.
+        if !op.is_comparison() && !op.is_logic() && !past_mask {
             self.merge_raw(dst, &[l, r], role, span)?;
         }
         if let Some(st) = state {
             self.state.insert(dst, st);
         }
         self.inherit_axes(dst, &[nl, nr, l, r]);
+        self.check_tails(&[nl, nr], span)?;
         self.inherit_tail(dst, &[nl, nr]);
         Ok(dst)
     }
@@ -1686,6 +1710,7 @@ impl Lowerer {
         self.push(out, Op::Select { dst, cond, then: na, otherwise: nb }, role, span);
         self.merge_raw(dst, &[a, b], role, span)?;
         self.inherit_axes(dst, &[na, nb, cond, a, b]);
+        self.check_tails(&[na, nb], span)?;
         self.inherit_tail(dst, &[na, nb]);
         Ok(dst)
     }
