@@ -7,7 +7,10 @@
 //! `cargo run --release --example attention_backward -- [--b 2 --h 16 --hkv 16 --s 8192 --sk S
 //!  --d 128 --causal --dtype f16|bf16 --seed N --iters 30 --warmup 5]
 //!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq dq.npy --dk dk.npy --dv dv.npy]
-//!  [--repeat 20] [--plan DIR] [--train 6]`
+//!  [--repeat 20] [--plan DIR] [--train 6] [--softcap 30]`
+//!
+//! `--softcap CAP` runs softcap's forward and backward (`softcap_attention`,
+//! `softcap_attention_backward_*`), checked against the float64 gradients of `cap · tanh(x / cap)`.
 //!
 //! `--train N` is the training check instead: an attention layer whose Q, K and V are the
 //! parameters, loss `½‖O − target‖²`, takes N gradient-descent steps with the forward and
@@ -25,7 +28,7 @@ use std::process::ExitCode;
 use flashcore::kernels::{attention, backward};
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
-use flashcore::simulate::AttentionShape;
+use flashcore::simulate::{check_backward_pair, AttentionShape, BackwardPair};
 use flashcore::{bf16, f16, round_to, tolerance, Arg, Config, DType, HalfFloat};
 
 struct Options {
@@ -51,6 +54,8 @@ struct Options {
     repeat: usize,
     /// Gradient-descent steps of the training check (`--train`), instead of the check and timing.
     train: usize,
+    /// Softcap's forward and backward (`--softcap CAP`) instead of plain attention's.
+    softcap: Option<f32>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -78,6 +83,7 @@ fn parse_args() -> Result<Options, String> {
         plan: None,
         repeat: 0,
         train: 0,
+        softcap: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -109,6 +115,10 @@ fn parse_args() -> Result<Options, String> {
             "--plan" => o.plan = Some(value()?.into()),
             "--repeat" => o.repeat = number(value()?)?,
             "--train" => o.train = number(value()?)?,
+            "--softcap" => {
+                let v = value()?;
+                o.softcap = Some(v.parse().map_err(|_| format!("--softcap: `{v}` is not a number"))?);
+            }
             "--help" | "-h" => {
                 println!(
                     "{}",
@@ -124,6 +134,9 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown flag `{other}` (see --help)")),
         }
     }
+    if o.softcap.is_some() && (o.causal || o.train > 0) {
+        return Err("--softcap runs softcap's backward without the causal mask (its causal dK/dV kernel is not written yet), and not --train".into());
+    }
     let hkv = o.hkv.unwrap_or(o.h);
     if hkv == 0 || o.h % hkv != 0 {
         return Err(format!("--hkv {hkv} must divide --h {}", o.h));
@@ -131,7 +144,54 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
+/// The kernels of one run: the forward, the dQ and the dK/dV kernel, and the f32 parameters
+/// the three take after `scale`.
+struct Kernels {
+    forward: std::sync::Arc<flashcore::CompiledKernel>,
+    dq: std::sync::Arc<flashcore::CompiledKernel>,
+    dkdv: std::sync::Arc<flashcore::CompiledKernel>,
+    extra: Vec<f32>,
+}
+
 impl Options {
+    /// Compiles the run's kernels: plain attention's or softcap's.
+    fn kernels(&self) -> Result<Kernels, flashcore::Error> {
+        use flashcore::kernels::variants::softcap_attention;
+        let (fwd, (dq, dkdv)) = (self.forward_config(), self.backward_configs());
+        Ok(match self.softcap {
+            Some(cap) => Kernels {
+                forward: softcap_attention::compile(&fwd)?,
+                dq: backward::softcap_attention_backward_dq::compile(&dq)?,
+                dkdv: backward::softcap_attention_backward_dkdv::compile(&dkdv)?,
+                extra: vec![cap],
+            },
+            None => Kernels {
+                forward: attention::compile(&fwd)?,
+                dq: backward::attention_backward_dq::compile(&dq)?,
+                dkdv: if self.causal {
+                    backward::attention_backward_dkdv_causal::compile(&dkdv)?
+                } else {
+                    backward::attention_backward_dkdv::compile(&dkdv)?
+                },
+                extra: vec![],
+            },
+        })
+    }
+
+    /// The score modification and its derivative, for the float64 reference.
+    fn score(&self) -> Box<reference::ScoreWithGrad> {
+        match self.softcap {
+            Some(cap) => {
+                let cap = cap as f64;
+                Box::new(move |x: f64| {
+                    let t = (x / cap).tanh();
+                    (cap * t, 1.0 - t * t)
+                })
+            }
+            None => Box::new(|x| (x, 1.0)),
+        }
+    }
+
     /// The dQ and dK/dV kernels' configs: `backward_configs(D)` with the tile flags applied.
     fn backward_configs(&self) -> (Config, Config) {
         let tuned = backward::backward_configs(self.d as u32);
@@ -206,9 +266,26 @@ fn without_gpu(reason: &str, o: &Options) -> Result<bool, String> {
         "The backward kernels compiled ({config}); running them in the PTX simulator at {shape:?}, D = {}.",
         o.d
     );
+    let pair = match o.softcap {
+        Some(cap) => BackwardPair {
+            dq: backward::softcap_attention_backward_dq::compile,
+            dkdv: backward::softcap_attention_backward_dkdv::compile,
+            scalars: vec![cap],
+        },
+        None => BackwardPair {
+            dq: backward::attention_backward_dq::compile,
+            dkdv: if o.causal {
+                backward::attention_backward_dkdv_causal::compile
+            } else {
+                backward::attention_backward_dkdv::compile
+            },
+            scalars: vec![],
+        },
+    };
+    let score = o.score();
     let check = match o.dtype {
-        DType::F16 => flashcore::simulate::check_backward::<f16>(config, shape, o.causal, o.seed),
-        DType::Bf16 => flashcore::simulate::check_backward::<bf16>(config, shape, o.causal, o.seed),
+        DType::F16 => check_backward_pair::<f16>(&pair, config, shape, o.causal, o.seed, &*score),
+        DType::Bf16 => check_backward_pair::<bf16>(&pair, config, shape, o.causal, o.seed, &*score),
     }
     .map_err(|e| e.to_string())?;
     let ok = check.passes(o.dtype);
@@ -235,18 +312,19 @@ struct Set<T: HalfFloat> {
 }
 
 impl<T: HalfFloat> Set<T> {
-    /// The forward's arguments: it writes this set's O and log-sum-exp.
-    fn forward_args(&mut self, scale: f32) -> [Arg<'_>; 8] {
-        [
+    /// The forward's arguments (`extra` after `scale`): it writes this set's O and log-sum-exp.
+    fn forward_args(&mut self, scale: f32, extra: &[f32]) -> Vec<Arg<'_>> {
+        let mut args = vec![
             Arg::Tensor(&self.q),
             Arg::Tensor(&self.k),
             Arg::Tensor(&self.v),
             Arg::TensorMut(&mut self.o),
             Arg::TensorMut(&mut self.lse),
             Arg::F32(scale),
-            Arg::Absent,
-            Arg::Absent,
-        ]
+        ];
+        args.extend(extra.iter().map(|x| Arg::F32(*x)));
+        args.extend([Arg::Absent, Arg::Absent]);
+        args
     }
 }
 
@@ -255,14 +333,8 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let d = o.d;
     let (e, r) = (|x: flashcore::Error| x.to_string(), |x: flashcore::runtime::RuntimeError| x.to_string());
     let (fwd_cfg, (dq_cfg, dkdv_cfg)) = (o.forward_config(), o.backward_configs());
-    let forward = attention::compile(&fwd_cfg).map_err(e)?;
-    let dq_kernel = backward::attention_backward_dq::compile(&dq_cfg).map_err(e)?;
-    let dkdv_kernel = if o.causal {
-        backward::attention_backward_dkdv_causal::compile(&dkdv_cfg)
-    } else {
-        backward::attention_backward_dkdv::compile(&dkdv_cfg)
-    }
-    .map_err(e)?;
+    let Kernels { forward, dq: dq_kernel, dkdv: dkdv_kernel, extra } = o.kernels().map_err(e)?;
+    let extra = &extra[..];
     println!(
         "{} [{b}, {h}, {s}, {d}], K/V [{b}, {hk}, {sk}, {d}], {}causal, {}",
         device.info().name,
@@ -295,7 +367,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
             lse: device.filled(&rows_shape, f32::NAN).map_err(r)?,
         };
         // The forward gives O and the log-sum-exp the backward reads.
-        flashcore::launch(device, &forward, &mut set.forward_args(scale)).map_err(e)?;
+        flashcore::launch(device, &forward, &mut set.forward_args(scale, extra)).map_err(e)?;
         if i == 0 {
             host = Some((q, k, v, g));
         }
@@ -319,6 +391,9 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
                 Arg::TensorMut(&mut delta),
                 Arg::F32(scale),
             ]
+            .into_iter()
+            .chain(extra.iter().map(|x| Arg::F32(*x)))
+            .collect::<Vec<_>>()
         };
     }
     macro_rules! dkdv_args {
@@ -334,6 +409,9 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
                 Arg::TensorMut(&mut dv),
                 Arg::F32(scale),
             ]
+            .into_iter()
+            .chain(extra.iter().map(|x| Arg::F32(*x)))
+            .collect::<Vec<_>>()
         };
     }
     if let Some(dir) = &o.plan {
@@ -370,7 +448,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     key_rows.sort_unstable();
     key_rows.dedup();
     let started = std::time::Instant::now();
-    let want = reference::attention_backward_rows(&problem, &g, &query_rows, &key_rows);
+    let want = reference::attention_backward_rows_with(&problem, &g, &query_rows, &key_rows, &*o.score());
     let pick = |x: &[f64], rows: &[usize]| {
         rows.iter().flat_map(|r| x[r * d..(r + 1) * d].iter().copied()).collect::<Vec<f64>>()
     };
@@ -434,7 +512,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let fwd_us = time(
         "forward",
         flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
-            flashcore::launch_async(device, &forward, &mut device_sets[i % sets].forward_args(scale))
+            flashcore::launch_async(device, &forward, &mut device_sets[i % sets].forward_args(scale, extra))
         }),
     )?;
     // The forward above rewrote every set's O and log-sum-exp with the same values.
@@ -554,8 +632,11 @@ fn write_plans(
         ),
     ];
     std::fs::create_dir_all(dir).map_err(|x| format!("{}: {x}", dir.display()))?;
-    for ((name, args), kernel) in plans.iter().zip(kernels) {
-        let plan = launch_plan(kernel, args).map_err(|x| x.to_string())?;
+    for ((name, mut args), kernel) in plans.into_iter().zip(kernels) {
+        // The variant's parameters follow `scale` (the forward's optional offsets stay last).
+        let at = args.iter().position(|a| matches!(a, PlanArg::F32(_))).expect("every plan has a scale") + 1;
+        args.splice(at..at, o.softcap.map(PlanArg::F32));
+        let plan = launch_plan(kernel, &args).map_err(|x| x.to_string())?;
         let path = dir.join(format!("{name}.json"));
         std::fs::write(&path, plan.to_json()).map_err(|x| format!("{}: {x}", path.display()))?;
     }
