@@ -1961,10 +1961,14 @@ fn masked_error(s: Masked, what: &str, span: SpanId) -> LowerError {
 
 /// The mask whose empty tiles the K/V loop `body` may skip, when skipping them changes nothing:
 /// the loop has one score tile, masked by one mask of positions (`MaskWhere`) and then by the
-/// compiler's own (`MaskColumns`); every row max reads those scores, every row sum and every
-/// accumulating mma reads their exponentials `exp2(scores − row)`; and the loop carries exactly
-/// the online-softmax recurrence. A K/V tile whose scores are all masked then leaves the running
-/// max, sum and accumulator as they were.
+/// compiler's own (`MaskColumns` with -inf), and either
+/// - every row max reads those scores, every row sum and every accumulating mma reads their
+///   exponentials `exp2(scores − row)`, and the loop carries exactly the online-softmax
+///   recurrence (the forward): a K/V tile whose scores are all masked leaves the running max,
+///   sum and accumulator as they were; or
+/// - the loop carries nothing but accumulators, each updated by an mma whose A operand is 0
+///   wherever a score is masked: an exponential of the scores, or a product with one (the
+///   backward's `Pᵀ·dO` and `(P ∘ (dP − Δ))ᵀ·Q`), so a tile whose scores are all masked adds 0.
 fn skippable_mask(values: &[ValueData], body: &Block) -> Option<MaskId> {
     let defs: HashMap<Value, &Op> =
         body.insts.iter().filter_map(|i| i.op.def().map(|d| (d, &i.op))).collect();
@@ -1980,7 +1984,7 @@ fn skippable_mask(values: &[ValueData], body: &Block) -> Option<MaskId> {
         .insts
         .iter()
         .filter_map(|i| match i.op {
-            Op::MaskColumns { dst, src, .. } => Some((dst, src)),
+            Op::MaskColumns { dst, src, fill: ColumnFill::NegInf, .. } => Some((dst, src)),
             _ => None,
         })
         .collect();
@@ -2003,8 +2007,40 @@ fn skippable_mask(values: &[ValueData], body: &Block) -> Option<MaskId> {
         }
         _ => true,
     });
-    if !reads_scores {
-        return None;
+    if reads_scores && crate::passes::split_kv::online_softmax_state(values, body).is_some() {
+        return Some(mask);
     }
-    crate::passes::split_kv::online_softmax_state(values, body).map(|_| mask)
+    accumulates_masked_products(body, &defs, scores).then_some(mask)
+}
+
+/// Whether every value loop `body` carries is an accumulator updated by an mma whose A operand
+/// is 0 wherever `scores` is masked (-inf), and nothing in it stores or reduces: then an
+/// iteration whose scores are all masked changes nothing.
+fn accumulates_masked_products(body: &Block, defs: &HashMap<Value, &Op>, scores: Value) -> bool {
+    fn zero_where_masked(v: Value, defs: &HashMap<Value, &Op>, scores: Value) -> bool {
+        match defs.get(&v) {
+            Some(Op::Exp2 { src, .. }) => {
+                *src == scores
+                    || matches!(defs.get(src), Some(Op::Binary { op: BinOp::Sub, lhs, .. }) if *lhs == scores)
+            }
+            Some(Op::Binary { op: BinOp::Mul, lhs, rhs, .. }) => {
+                zero_where_masked(*lhs, defs, scores) || zero_where_masked(*rhs, defs, scores)
+            }
+            Some(Op::MaskColumns { src, fill: ColumnFill::Zero, .. }) => {
+                zero_where_masked(*src, defs, scores)
+            }
+            _ => false,
+        }
+    }
+    let mut assigns = 0;
+    let carried_safely = body.insts.iter().all(|i| match &i.op {
+        Op::Assign { dst, src } => {
+            assigns += 1;
+            matches!(defs.get(src), Some(Op::Mma { a, acc: Some(acc), .. })
+                if acc == dst && matches!(defs.get(a), Some(Op::ToHalf { src, .. }) if zero_where_masked(*src, defs, scores)))
+        }
+        Op::Store { .. } | Op::Reduce { .. } | Op::MergeSplits { .. } => false,
+        _ => true,
+    });
+    carried_safely && assigns > 0
 }

@@ -140,7 +140,9 @@ pub fn attention_backward_dkdv<T>(
 
 /// [`attention_backward_dkdv`] under the causal mask aligned to the bottom right (query `i`
 /// sees key `j` iff `j ≤ i + SK − S`), written with positions, since the score tiles are
-/// transposed. The Q loop starts at the first tile whose last query sees the tile's first key.
+/// transposed. The compiler skips the Q tiles the mask empties (the loop adds only products
+/// of probabilities, which are 0 there): the loop starts at the first tile whose last query
+/// sees the tile's first key.
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 pub fn attention_backward_dkdv_causal<T>(
     q: Tensor<T, B, H, S, D>,
@@ -159,7 +161,7 @@ pub fn attention_backward_dkdv_causal<T>(
         let vf = load(v.tile(b, h / (H / HKV), kt));
         let mut dk_acc = zeros([TILE_M, D]);
         let mut dv_acc = zeros([TILE_M, D]);
-        for qt in pipeline(max(kt * TILE_M - (SK - S), 0) / TILE_N..S / TILE_N) {
+        for qt in pipeline(0..S / TILE_N) {
             #[role(load)]
             {
                 let qs = stage(q.tile(b, h, qt));
