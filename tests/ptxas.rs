@@ -80,9 +80,11 @@ fn variants_assemble_without_spills() {
     }
 }
 
-/// The backward kernels assemble for sm_89 and sm_90 without spills at their declared config,
-/// bf16, and their `backward_configs` at D = 96, 128 (the dK/dV kernel holds two [16, D] f32
-/// accumulators a warp: 128 registers a thread at D = 128).
+/// The backward kernels assemble for sm_89 and sm_90 without spills at their declared config
+/// and bf16; their `backward_configs` at D = 96, 128 without spills for sm_89 and with at most
+/// 128 bytes for sm_90, the autotuner's rule (the dK/dV kernel holds two [16, D] f32
+/// accumulators a warp: 128 registers a thread at D = 128; the measured fastest schedules
+/// spill a few bytes on sm_90).
 #[test]
 fn backward_kernels_assemble_without_spills() {
     let Some(ptxas) = ptxas_or_skip() else { return };
@@ -99,10 +101,21 @@ fn backward_kernels_assemble_without_spills() {
                 _ => c.dkdv,
             }
         };
-        for config in
-            [declared, flashcore::Config { dtype: flashcore::DType::Bf16, ..declared }, tuned(96), tuned(128)]
-        {
+        for config in [declared, flashcore::Config { dtype: flashcore::DType::Bf16, ..declared }] {
             assert_no_spills(&ptxas, entry, &config);
+        }
+        for config in [tuned(96), tuned(128)] {
+            let compiled = flashcore::compile(&(entry.program)(), &config).unwrap();
+            for (arch, limit) in [("sm_89", 0), ("sm_90", 128)] {
+                let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch).unwrap();
+                eprintln!("{} {config} {arch}: {} registers", entry.name, report.registers);
+                assert!(
+                    report.spill_store_bytes.max(report.spill_load_bytes) <= limit,
+                    "{} {config} {arch} spills over {limit} bytes:\n{}",
+                    entry.name,
+                    report.text
+                );
+            }
         }
     }
 }
