@@ -183,12 +183,12 @@ impl Options {
         match self.softcap {
             Some(cap) => {
                 let cap = cap as f64;
-                Box::new(move |x: f64| {
+                Box::new(move |_, _, x: f64| {
                     let t = (x / cap).tanh();
                     (cap * t, 1.0 - t * t)
                 })
             }
-            None => Box::new(|x| (x, 1.0)),
+            None => Box::new(|_, _, x| (x, 1.0)),
         }
     }
 

@@ -240,12 +240,13 @@ pub fn attention_backward_rows(
     query_rows: &[usize],
     key_rows: &[usize],
 ) -> Gradients {
-    attention_backward_rows_with(p, d_out, query_rows, key_rows, &|x| (x, 1.0))
+    attention_backward_rows_with(p, d_out, query_rows, key_rows, &|_, _, x| (x, 1.0))
 }
 
-/// A score modification with its derivative: `x ↦ (f(x), f'(x))` for the scaled score
-/// `x = q·k·scale` (softcap: `(cap · tanh(x / cap), 1 − tanh²(x / cap))`).
-pub type ScoreWithGrad = dyn Fn(f64) -> (f64, f64) + Sync;
+/// A score modification with its derivative: `(i, j, x) ↦ (f(x), f'(x))` for the scaled score
+/// `x = q·k·scale` of query row `i` and key `j` (softcap: `(cap · tanh(x / cap),
+/// 1 − tanh²(x / cap))`); a masked score is `f = −inf` (a sliding window outside it).
+pub type ScoreWithGrad = dyn Fn(usize, usize, f64) -> (f64, f64) + Sync;
 
 /// [`attention_backward_rows`] of `softmax(f(scale · Q·Kᵀ)) · V` for a score modification `f`
 /// given with its derivative: the gradients flow through `f'` (`dS` at a score is
@@ -351,12 +352,14 @@ fn backward_row(p: &Problem, d_out: &[f64], bh: usize, i: usize, score: &ScoreWi
     let seen = p.keys_seen(i);
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
     let (scores, grads): (Vec<f64>, Vec<f64>) =
-        (0..seen).map(|j| score(p.scale * dot(qi, &p.k[kv + j * d..][..d]))).unzip();
+        (0..seen).map(|j| score(i, j, p.scale * dot(qi, &p.k[kv + j * d..][..d]))).unzip();
     let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+    let sum: f64 = if m == f64::NEG_INFINITY { 0.0 } else { scores.iter().map(|x| (x - m).exp()).sum() };
     let mut probs = vec![0.0; sk];
     for (j, x) in scores.iter().enumerate() {
-        probs[j] = (x - m).exp() / sum;
+        if m > f64::NEG_INFINITY {
+            probs[j] = (x - m).exp() / sum;
+        }
     }
     let mut o = vec![0.0; d];
     for (j, pj) in probs.iter().enumerate().take(seen) {
@@ -373,7 +376,7 @@ fn backward_row(p: &Problem, d_out: &[f64], bh: usize, i: usize, score: &ScoreWi
             *dqx += p.scale * ds[j] * p.k[kv + j * d + x];
         }
     }
-    let lse = if seen == 0 { f64::INFINITY } else { m + sum.ln() };
+    let lse = if m == f64::NEG_INFINITY { f64::INFINITY } else { m + sum.ln() };
     BackwardRow { p: probs, ds, dq, delta, lse, o }
 }
 

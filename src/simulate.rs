@@ -504,7 +504,7 @@ pub fn check_backward<T: HalfFloat>(
         dkdv: if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile },
         scalars: vec![],
     };
-    check_backward_pair::<T>(&pair, config, shape, causal, seed, &|x| (x, 1.0))
+    check_backward_pair::<T>(&pair, config, shape, causal, seed, &|_, _, x| (x, 1.0))
 }
 
 /// A backward written as a dQ kernel and a dK/dV kernel with the signatures of
@@ -519,7 +519,8 @@ pub struct BackwardPair {
 }
 
 /// [`check_backward`] of any [`BackwardPair`], against the float64 gradients of
-/// `softmax(f(scale · Q·Kᵀ)) · V` for the score modification `score` (`x ↦ (f(x), f'(x))`).
+/// `softmax(f(scale · Q·Kᵀ)) · V` for the score modification `score` (`(i, j, x) ↦ (f(x),
+/// f'(x))`, −inf where masked).
 pub fn check_backward_pair<T: HalfFloat>(
     pair: &BackwardPair,
     config: crate::Config,

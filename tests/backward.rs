@@ -269,7 +269,7 @@ fn softcap_backward_matches_float64() {
         dkdv: softcap_attention_backward_dkdv::compile,
         scalars: vec![cap as f32],
     };
-    let score = move |x: f64| {
+    let score = move |_, _, x: f64| {
         let t = (x / cap).tanh();
         (cap * t, 1.0 - t * t)
     };
@@ -295,10 +295,12 @@ fn softcap_backward_matches_float64() {
     }
 }
 
-/// Warp instructions the dK/dV kernel `compile` simulates at `[1, 2, s, s, 64]`.
+/// Warp instructions the dK/dV kernel `compile` simulates at `[1, 2, s, s, 64]`, with `extra`
+/// f32 parameters after `scale`.
 fn dkdv_instructions(
     compile: fn(&Config) -> Result<std::sync::Arc<flashcore::CompiledKernel>, flashcore::Error>,
     s: usize,
+    extra: &[f32],
 ) -> u64 {
     let (b, h, d) = (1, 2, 64);
     let n = b * h * s * d;
@@ -308,7 +310,7 @@ fn dkdv_instructions(
     let (view, rows) = (HostView::contiguous(&[b, h, s, d]), HostView::contiguous(&[b, h, s]));
     let (mut dk, mut dv) = (vec![flashcore::f16::NAN; n], vec![flashcore::f16::NAN; n]);
     let kernel = compile(&attention_backward_dkdv::CONFIG).unwrap();
-    let mut args = [
+    let mut args = vec![
         HostArg::Tensor(&x, view.clone()),
         HostArg::Tensor(&x, view.clone()),
         HostArg::Tensor(&x, view.clone()),
@@ -319,6 +321,7 @@ fn dkdv_instructions(
         HostArg::TensorMut(&mut dv, view),
         HostArg::F32(0.125),
     ];
+    args.extend(extra.iter().map(|x| HostArg::F32(*x)));
     simulate(&kernel, &mut args, &SimDevice::default()).unwrap().warp_instructions
 }
 
@@ -331,10 +334,58 @@ fn dkdv_instructions(
 fn the_causal_backward_skips_the_tiles_its_mask_empties() {
     let s = 512;
     let (full, causal) = (
-        dkdv_instructions(attention_backward_dkdv::compile, s),
-        dkdv_instructions(attention_backward_dkdv_causal::compile, s),
+        dkdv_instructions(attention_backward_dkdv::compile, s, &[]),
+        dkdv_instructions(attention_backward_dkdv_causal::compile, s, &[]),
     );
     let ratio = causal as f64 / full as f64;
     println!("dK/dV warp instructions at S = {s}: causal {causal}, full {full}, ratio {ratio:.3}");
     assert!(ratio < 0.66, "causal / full = {ratio:.3}: the masked tiles are not skipped");
+}
+
+/// Sliding window's backward against float64 gradients with the window as the mask, at tails,
+/// GQA, f16 and bf16, causal window (right 0) and two-sided; and the compiler skipping the
+/// tiles outside the window: at S = 1024 with a 64-key window both kernels run far fewer warp
+/// instructions than the plain backward.
+#[test]
+fn sliding_window_backward_matches_float64_and_skips_outside_the_window() {
+    use flashcore::simulate::{check_backward_pair, BackwardPair};
+    for (i, &(b, h, hk, s, sk, d)) in SHAPES.iter().enumerate() {
+        for (left, right) in [(20i64, 0i64), (20, 5)] {
+            let pair = BackwardPair {
+                dq: sliding_window_attention_backward_dq::compile,
+                dkdv: sliding_window_attention_backward_dkdv::compile,
+                scalars: vec![left as f32, right as f32],
+            };
+            let score = move |q: usize, j: usize, x: f64| {
+                let diag = q as i64 + sk as i64 - s as i64;
+                let inside = (diag - left..=diag + right).contains(&(j as i64));
+                (if inside { x } else { f64::NEG_INFINITY }, 1.0)
+            };
+            let shape = AttentionShape { b, h, hk, s, sk };
+            let config = Config { head_dim: d as u32, ..sliding_window_attention_backward_dq::CONFIG };
+            let f16 =
+                check_backward_pair::<flashcore::f16>(&pair, config, shape, false, 80 + i as u64, &score)
+                    .unwrap();
+            let bf16 =
+                check_backward_pair::<flashcore::bf16>(&pair, config, shape, false, 90 + i as u64, &score)
+                    .unwrap();
+            println!(
+                "window ({left}, {right}) {shape:?}: f16 dq {:.2e} dk {:.2e} dv {:.2e}; bf16 dq {:.2e}",
+                f16.dq.rel_l2, f16.dk.rel_l2, f16.dv.rel_l2, bf16.dq.rel_l2
+            );
+            assert!(f16.passes(DType::F16), "({left}, {right}) {shape:?}: {f16:?}");
+            assert!(bf16.passes(DType::Bf16), "({left}, {right}) {shape:?}: {bf16:?}");
+        }
+    }
+    let s = 1024;
+    let (full, windowed) = (
+        dkdv_instructions(attention_backward_dkdv::compile, s, &[]),
+        dkdv_instructions(sliding_window_attention_backward_dkdv::compile, s, &[64.0, 0.0]),
+    );
+    let ratio = windowed as f64 / full as f64;
+    println!(
+        "dK/dV warp instructions at S = {s}, window (64, 0): {windowed} against {full}, ratio {ratio:.3}"
+    );
+    // Each 64-key tile meets at most 3 of the 16 query tiles its window reaches.
+    assert!(ratio < 0.3, "windowed / full = {ratio:.3}: the tiles outside the window are not skipped");
 }

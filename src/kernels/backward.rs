@@ -275,6 +275,100 @@ pub fn softcap_attention_backward_dkdv<T>(
     }
 }
 
+/// Sliding window's backward (`kernels::variants::sliding_window_attention`: query row `i`,
+/// aligned to the bottom right at key `i + SK − S`, sees the keys `i + SK − S − left ..=
+/// i + SK − S + right`): [`attention_backward_dq`] with the window written as a mask. The
+/// compiler skips the K/V tiles outside it, as in the forward. `window_right = 0` is Mistral's
+/// causal sliding window; the `causal` flag works too.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn sliding_window_attention_backward_dq<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: Tensor<T, B, H, S, D>,
+    d_out: Tensor<T, B, H, S, D>,
+    lse: Tensor<f32, B, H, S>,
+    dq: TensorMut<T, B, H, S, D>,
+    delta: TensorMut<f32, B, H, S>,
+    scale: f32,
+    window_left: f32,
+    window_right: f32,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let dof = load(d_out.tile(b, h, qt));
+        let of = load(o.tile(b, h, qt));
+        let dd = row_sum(dof.to::<f32>() * of.to::<f32>());
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k.tile(b, h / (H / HKV), kt));
+                let vs = stage(v.tile(b, h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            {
+                let s = mma(qf, ks.t());
+                let diag = s.index(S) + (SK - S);
+                let s = mask(s, s.index(SK) >= diag - window_left && s.index(SK) <= diag + window_right);
+                let p = exp2(s * (scale * LOG2_E) - lse.at(b, h, s.index(S)) * LOG2_E);
+                let dp = mma(dof, vs.t());
+                let ds = p * (dp - dd);
+                acc = mma(ds.to::<T>(), ks, acc);
+            }
+        }
+        store(delta.tile(b, h, qt), dd);
+        store(dq.tile(b, h, qt), acc * scale);
+    }
+}
+
+/// Sliding window's backward, key side: [`attention_backward_dkdv`] with the window as a mask
+/// on the transposed scores (positions follow the tile's axes, so it reads as in the forward).
+/// The compiler skips the Q tiles outside the window.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn sliding_window_attention_backward_dkdv<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    d_out: Tensor<T, B, H, S, D>,
+    lse: Tensor<f32, B, H, S>,
+    delta: Tensor<f32, B, H, S>,
+    dk: TensorMut<T, B, H, SK, D>,
+    dv: TensorMut<T, B, H, SK, D>,
+    scale: f32,
+    window_left: f32,
+    window_right: f32,
+) {
+    for (b, h, kt) in tiles(B, H, SK / TILE_M) {
+        #[role(compute)]
+        let kf = load(k.tile(b, h / (H / HKV), kt));
+        let vf = load(v.tile(b, h / (H / HKV), kt));
+        let mut dk_acc = zeros([TILE_M, D]);
+        let mut dv_acc = zeros([TILE_M, D]);
+        for qt in pipeline(0..S / TILE_N) {
+            #[role(load)]
+            {
+                let qs = stage(q.tile(b, h, qt));
+                let dos = stage(d_out.tile(b, h, qt));
+            }
+            #[role(compute)]
+            {
+                let st = mma(kf, qs.t());
+                let diag = st.index(S) + (SK - S);
+                let st = mask(st, st.index(SK) >= diag - window_left && st.index(SK) <= diag + window_right);
+                let pt = exp2(st * (scale * LOG2_E) - lse.at(b, h, st.index(S)) * LOG2_E);
+                dv_acc = mma(pt.to::<T>(), dos, dv_acc);
+                let dpt = mma(vf, dos.t());
+                let dst = pt * (dpt - delta.at(b, h, st.index(S)));
+                dk_acc = mma(dst.to::<T>(), qs, dk_acc);
+            }
+        }
+        store(dk.tile(b, h, kt), dk_acc * scale);
+        store(dv.tile(b, h, kt), dv_acc);
+    }
+}
+
 /// What the backward reads: the forward's inputs `q` `[B, H, S, D]`, `k`, `v` `[B, HKV, SK, D]`,
 /// its output `o` and log-sum-exp `lse` `[B, H, S]` (f32, natural log, as the forward's `lse`
 /// output gives it), and the output's gradient `d_out` `[B, H, S, D]`.
