@@ -7,10 +7,12 @@
 //! `cargo run --release --example attention_backward -- [--b 2 --h 16 --hkv 16 --s 8192 --sk S
 //!  --d 128 --causal --dtype f16|bf16 --seed N --iters 30 --warmup 5]
 //!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq dq.npy --dk dk.npy --dv dv.npy]
-//!  [--repeat 20] [--plan DIR] [--train 6] [--softcap 30]`
+//!  [--repeat 20] [--plan DIR] [--train 6] [--softcap 30 | --window 1024,0]`
 //!
 //! `--softcap CAP` runs softcap's forward and backward (`softcap_attention`,
-//! `softcap_attention_backward_*`), checked against the float64 gradients of `cap · tanh(x / cap)`.
+//! `softcap_attention_backward_*`), checked against the float64 gradients of `cap · tanh(x / cap)`;
+//! `--window LEFT,RIGHT` sliding window's (`sliding_window_attention`,
+//! `sliding_window_attention_backward_*`), the window as the mask (`LEFT,0`: causal window).
 //!
 //! `--train N` is the training check instead: an attention layer whose Q, K and V are the
 //! parameters, loss `½‖O − target‖²`, takes N gradient-descent steps with the forward and
@@ -56,6 +58,8 @@ struct Options {
     train: usize,
     /// Softcap's forward and backward (`--softcap CAP`) instead of plain attention's.
     softcap: Option<f32>,
+    /// Sliding window's forward and backward (`--window LEFT,RIGHT`) instead of plain attention's.
+    window: Option<(f32, f32)>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -84,6 +88,7 @@ fn parse_args() -> Result<Options, String> {
         repeat: 0,
         train: 0,
         softcap: None,
+        window: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -115,6 +120,12 @@ fn parse_args() -> Result<Options, String> {
             "--plan" => o.plan = Some(value()?.into()),
             "--repeat" => o.repeat = number(value()?)?,
             "--train" => o.train = number(value()?)?,
+            "--window" => {
+                let v = value()?;
+                let bad = || format!("--window: `{v}` is not LEFT,RIGHT (key counts)");
+                let (l, r) = v.split_once(',').ok_or_else(bad)?;
+                o.window = Some((l.parse().map_err(|_| bad())?, r.parse().map_err(|_| bad())?));
+            }
             "--softcap" => {
                 let v = value()?;
                 o.softcap = Some(v.parse().map_err(|_| format!("--softcap: `{v}` is not a number"))?);
@@ -137,6 +148,9 @@ fn parse_args() -> Result<Options, String> {
     if o.softcap.is_some() && (o.causal || o.train > 0) {
         return Err("--softcap runs softcap's backward without the causal mask (its causal dK/dV kernel is not written yet), and not --train".into());
     }
+    if o.window.is_some() && (o.causal || o.train > 0 || o.softcap.is_some()) {
+        return Err("--window is its own mask: for a causal window give --window LEFT,0 instead of --causal (and not --train or --softcap)".into());
+    }
     let hkv = o.hkv.unwrap_or(o.h);
     if hkv == 0 || o.h % hkv != 0 {
         return Err(format!("--hkv {hkv} must divide --h {}", o.h));
@@ -154,10 +168,18 @@ struct Kernels {
 }
 
 impl Options {
-    /// Compiles the run's kernels: plain attention's or softcap's.
+    /// Compiles the run's kernels: plain attention's, softcap's or sliding window's.
     fn kernels(&self) -> Result<Kernels, flashcore::Error> {
-        use flashcore::kernels::variants::softcap_attention;
+        use flashcore::kernels::variants::{sliding_window_attention, softcap_attention};
         let (fwd, (dq, dkdv)) = (self.forward_config(), self.backward_configs());
+        if let Some((left, right)) = self.window {
+            return Ok(Kernels {
+                forward: sliding_window_attention::compile(&fwd)?,
+                dq: backward::sliding_window_attention_backward_dq::compile(&dq)?,
+                dkdv: backward::sliding_window_attention_backward_dkdv::compile(&dkdv)?,
+                extra: vec![left, right],
+            });
+        }
         Ok(match self.softcap {
             Some(cap) => Kernels {
                 forward: softcap_attention::compile(&fwd)?,
@@ -178,8 +200,52 @@ impl Options {
         })
     }
 
-    /// The score modification and its derivative, for the float64 reference.
-    fn score(&self) -> Box<reference::ScoreWithGrad> {
+    /// The backward's kernels for the simulator check.
+    fn pair(&self) -> BackwardPair {
+        if let Some((left, right)) = self.window {
+            return BackwardPair {
+                dq: backward::sliding_window_attention_backward_dq::compile,
+                dkdv: backward::sliding_window_attention_backward_dkdv::compile,
+                scalars: vec![left, right],
+            };
+        }
+        match self.softcap {
+            Some(cap) => BackwardPair {
+                dq: backward::softcap_attention_backward_dq::compile,
+                dkdv: backward::softcap_attention_backward_dkdv::compile,
+                scalars: vec![cap],
+            },
+            None => BackwardPair {
+                dq: backward::attention_backward_dq::compile,
+                dkdv: if self.causal {
+                    backward::attention_backward_dkdv_causal::compile
+                } else {
+                    backward::attention_backward_dkdv::compile
+                },
+                scalars: vec![],
+            },
+        }
+    }
+
+    /// Whether query row `i` sees key `j` under `--window` (of `s` queries and `sk` keys).
+    fn in_window(&self, s: usize, sk: usize) -> impl Fn(usize, usize) -> bool + Sync + Send + 'static {
+        let window = self.window.map(|(l, r)| (l as i64, r as i64));
+        move |i, j| match window {
+            Some((left, right)) => {
+                let diag = i as i64 + sk as i64 - s as i64;
+                (diag - left..=diag + right).contains(&(j as i64))
+            }
+            None => true,
+        }
+    }
+
+    /// The score modification and its derivative (−inf outside the window), for the float64
+    /// reference of a problem of `s` queries and `sk` keys.
+    fn score(&self, s: usize, sk: usize) -> Box<reference::ScoreWithGrad> {
+        if self.window.is_some() {
+            let inside = self.in_window(s, sk);
+            return Box::new(move |i, j, x| (if inside(i, j) { x } else { f64::NEG_INFINITY }, 1.0));
+        }
         match self.softcap {
             Some(cap) => {
                 let cap = cap as f64;
@@ -266,23 +332,8 @@ fn without_gpu(reason: &str, o: &Options) -> Result<bool, String> {
         "The backward kernels compiled ({config}); running them in the PTX simulator at {shape:?}, D = {}.",
         o.d
     );
-    let pair = match o.softcap {
-        Some(cap) => BackwardPair {
-            dq: backward::softcap_attention_backward_dq::compile,
-            dkdv: backward::softcap_attention_backward_dkdv::compile,
-            scalars: vec![cap],
-        },
-        None => BackwardPair {
-            dq: backward::attention_backward_dq::compile,
-            dkdv: if o.causal {
-                backward::attention_backward_dkdv_causal::compile
-            } else {
-                backward::attention_backward_dkdv::compile
-            },
-            scalars: vec![],
-        },
-    };
-    let score = o.score();
+    let pair = o.pair();
+    let score = o.score(shape.s, shape.sk);
     let check = match o.dtype {
         DType::F16 => check_backward_pair::<f16>(&pair, config, shape, o.causal, o.seed, &*score),
         DType::Bf16 => check_backward_pair::<bf16>(&pair, config, shape, o.causal, o.seed, &*score),
@@ -448,7 +499,8 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     key_rows.sort_unstable();
     key_rows.dedup();
     let started = std::time::Instant::now();
-    let want = reference::attention_backward_rows_with(&problem, &g, &query_rows, &key_rows, &*o.score());
+    let want =
+        reference::attention_backward_rows_with(&problem, &g, &query_rows, &key_rows, &*o.score(s, sk));
     let pick = |x: &[f64], rows: &[usize]| {
         rows.iter().flat_map(|r| x[r * d..(r + 1) * d].iter().copied()).collect::<Vec<f64>>()
     };
@@ -530,7 +582,9 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     )?;
     // FlashAttention's count: the forward is 4·D flops per attended (query, key) pair, the
     // backward 2.5 times that.
-    let pairs = (b * h) as f64 * reference::attended_pairs(s, sk, o.causal) as f64;
+    let inside = o.in_window(s, sk);
+    let seen = |i: usize| (0..reference::keys_seen(i, s, sk, o.causal)).filter(|j| inside(i, *j)).count();
+    let pairs = (b * h) as f64 * (0..s).map(seen).sum::<usize>() as f64;
     let fwd_flops = 4.0 * pairs * d as f64;
     let tflops = |flops: f64, us: f64| flops / (us * 1e-6) / 1e12;
     println!("forward   {fwd_us:>9.1} µs  {:>6.1} TFLOP/s", tflops(fwd_flops, fwd_us));
@@ -635,7 +689,8 @@ fn write_plans(
     for ((name, mut args), kernel) in plans.into_iter().zip(kernels) {
         // The variant's parameters follow `scale` (the forward's optional offsets stay last).
         let at = args.iter().position(|a| matches!(a, PlanArg::F32(_))).expect("every plan has a scale") + 1;
-        args.splice(at..at, o.softcap.map(PlanArg::F32));
+        let extra = o.window.map_or(o.softcap.into_iter().collect(), |(l, r)| vec![l, r]);
+        args.splice(at..at, extra.into_iter().map(PlanArg::F32));
         let plan = launch_plan(kernel, &args).map_err(|x| x.to_string())?;
         let path = dir.join(format!("{name}.json"));
         std::fs::write(&path, plan.to_json()).map_err(|x| format!("{}: {x}", path.display()))?;

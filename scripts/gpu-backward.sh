@@ -12,7 +12,8 @@ for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 128 --ca
              "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 128" \
              "--b 1 --h 4 --hkv 2 --s 1000 --sk 1537 --d 64 --causal" "--b 2 --h 2 --s 777 --d 128 --dtype bf16 --causal" \
              "--b 2 --h 16 --s 8192 --d 128 --softcap 30" "--b 4 --h 16 --s 2048 --d 64 --softcap 2" \
-             "--b 1 --h 4 --hkv 2 --s 1000 --sk 1537 --d 128 --softcap 2 --dtype bf16"; do
+             "--b 1 --h 4 --hkv 2 --s 1000 --sk 1537 --d 128 --softcap 2 --dtype bf16" \
+             "--b 2 --h 16 --s 8192 --d 128 --window 1024,0" "--b 1 --h 4 --hkv 2 --s 1000 --sk 1537 --d 64 --window 100,20"; do
   echo "== attention_backward $shape"
   timeout 300 $B $shape --iters 30 --warmup 5 --repeat 20 2>&1
   echo "exit $?"
