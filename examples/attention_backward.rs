@@ -168,39 +168,21 @@ struct Kernels {
 }
 
 impl Options {
-    /// Compiles the run's kernels: plain attention's, softcap's or sliding window's.
+    /// Compiles the run's kernels: plain attention's, softcap's or sliding window's forward, and
+    /// the backward pair of [`Options::pair`].
     fn kernels(&self) -> Result<Kernels, flashcore::Error> {
         use flashcore::kernels::variants::{sliding_window_attention, softcap_attention};
         let (fwd, (dq, dkdv)) = (self.forward_config(), self.backward_configs());
-        if let Some((left, right)) = self.window {
-            return Ok(Kernels {
-                forward: sliding_window_attention::compile(&fwd)?,
-                dq: backward::sliding_window_attention_backward_dq::compile(&dq)?,
-                dkdv: backward::sliding_window_attention_backward_dkdv::compile(&dkdv)?,
-                extra: vec![left, right],
-            });
-        }
-        Ok(match self.softcap {
-            Some(cap) => Kernels {
-                forward: softcap_attention::compile(&fwd)?,
-                dq: backward::softcap_attention_backward_dq::compile(&dq)?,
-                dkdv: backward::softcap_attention_backward_dkdv::compile(&dkdv)?,
-                extra: vec![cap],
-            },
-            None => Kernels {
-                forward: attention::compile(&fwd)?,
-                dq: backward::attention_backward_dq::compile(&dq)?,
-                dkdv: if self.causal {
-                    backward::attention_backward_dkdv_causal::compile(&dkdv)?
-                } else {
-                    backward::attention_backward_dkdv::compile(&dkdv)?
-                },
-                extra: vec![],
-            },
-        })
+        let forward = match (self.window, self.softcap) {
+            (Some(_), _) => sliding_window_attention::compile(&fwd)?,
+            (None, Some(_)) => softcap_attention::compile(&fwd)?,
+            (None, None) => attention::compile(&fwd)?,
+        };
+        let pair = self.pair();
+        Ok(Kernels { forward, dq: (pair.dq)(&dq)?, dkdv: (pair.dkdv)(&dkdv)?, extra: pair.scalars })
     }
 
-    /// The backward's kernels for the simulator check.
+    /// The run's backward kernels and the f32 parameters they (and the forward) take after `scale`.
     fn pair(&self) -> BackwardPair {
         if let Some((left, right)) = self.window {
             return BackwardPair {
@@ -470,8 +452,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     }
     let first = &device_sets[0];
     flashcore::launch(device, &dq_kernel, &mut dq_args!(first)).map_err(e)?;
-    let delta_copy = device.upload(&device.download(&delta).map_err(r)?, &rows_shape).map_err(r)?;
-    flashcore::launch(device, &dkdv_kernel, &mut dkdv_args!(first, &delta_copy)).map_err(e)?;
+    flashcore::launch(device, &dkdv_kernel, &mut dkdv_args!(first, &delta)).map_err(e)?;
     let f = |x: Vec<T>| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     let (got_dq, got_dk, got_dv) = (
         f(device.download(&dq).map_err(r)?),
@@ -577,7 +558,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let dkdv_us = time(
         "dkdv",
         flashcore::timing::median_launch_us(device, o.warmup, o.iters, |i| {
-            flashcore::launch_async(device, &dkdv_kernel, &mut dkdv_args!(device_sets[i % sets], &delta_copy))
+            flashcore::launch_async(device, &dkdv_kernel, &mut dkdv_args!(device_sets[i % sets], &delta))
         }),
     )?;
     // FlashAttention's count: the forward is 4·D flops per attended (query, key) pair, the
@@ -723,28 +704,24 @@ fn train<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let rate = 0.2;
     let mut losses = vec![];
     for _ in 0..o.train {
-        let (qd, kd, vd) = (upload(&q)?, upload(&k)?, upload(&v)?);
-        let mut out = upload(&vec![f64::NAN; n])?;
-        let mut lse = device.filled(&rows, f32::NAN).map_err(r)?;
-        let mut args = [
-            Arg::Tensor(&qd),
-            Arg::Tensor(&kd),
-            Arg::Tensor(&vd),
-            Arg::TensorMut(&mut out),
-            Arg::TensorMut(&mut lse),
-            Arg::F32(scale),
-            Arg::Absent,
-            Arg::Absent,
-        ];
-        flashcore::launch(device, &forward, &mut args).map_err(e)?;
-        let got: Vec<f64> = device.download(&out).map_err(r)?.iter().map(|x| x.to_f64()).collect();
+        let poison = || upload(&vec![f64::NAN; n]);
+        let mut set = Set {
+            q: upload(&q)?,
+            k: upload(&k)?,
+            v: upload(&v)?,
+            g: poison()?,
+            o: poison()?,
+            lse: device.filled(&rows, f32::NAN).map_err(r)?,
+        };
+        flashcore::launch(device, &forward, &mut set.forward_args(scale, &[])).map_err(e)?;
+        let got: Vec<f64> = device.download(&set.o).map_err(r)?.iter().map(|x| x.to_f64()).collect();
         let grad_out: Vec<f64> = got.iter().zip(&target).map(|(o, t)| o - t).collect();
         losses.push(0.5 * grad_out.iter().map(|g| g * g).sum::<f64>());
-        let d_out = upload(&grad_out)?;
-        let poison = || upload(&vec![f64::NAN; n]);
+        set.g = upload(&grad_out)?;
         let (mut dq, mut dk, mut dv) = (poison()?, poison()?, poison()?);
         let mut delta = device.filled(&rows, f32::NAN).map_err(r)?;
-        let inputs = BackwardInputs { q: &qd, k: &kd, v: &vd, o: &out, lse: &lse, d_out: &d_out };
+        let inputs =
+            BackwardInputs { q: &set.q, k: &set.k, v: &set.v, o: &set.o, lse: &set.lse, d_out: &set.g };
         let outputs = BackwardOutputs { dq: &mut dq, dk: &mut dk, dv: &mut dv, delta: &mut delta };
         launch_backward_async(device, inputs, outputs, scale, o.causal).map_err(e)?;
         device.synchronize_within(device.launch_timeout(), "the backward").map_err(r)?;
