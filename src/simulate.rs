@@ -541,45 +541,10 @@ pub fn check_backward_pair<T: HalfFloat>(
     let half = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
     let (qh, kh, vh, gh, oh) = (half(&q), half(&k), half(&v), half(&g), half(&want.o));
     let lse: Vec<f32> = want.lse.iter().map(|x| *x as f32).collect();
-    let (qv, kv, gv, rows) = (
-        HostView::contiguous(&[b, h, s, d]),
-        HostView::contiguous(&[b, hk, sk, d]),
-        HostView::contiguous(&[b, h, sk, d]),
-        HostView::contiguous(&[b, h, s]),
-    );
-    let device = SimDevice::default();
-    let dq_kernel = (pair.dq)(&crate::Config { dtype, causal, ..config })?;
-    let (mut dq, mut delta) = (vec![T::NAN; b * h * s * d], vec![f32::NAN; b * h * s]);
-    let mut args = vec![
-        HostArg::Tensor(&qh, qv.clone()),
-        HostArg::Tensor(&kh, kv.clone()),
-        HostArg::Tensor(&vh, kv.clone()),
-        HostArg::Tensor(&oh, qv.clone()),
-        HostArg::Tensor(&gh, qv.clone()),
-        HostArg::F32Table(&lse, rows.clone()),
-        HostArg::TensorMut(&mut dq, qv.clone()),
-        HostArg::RowsMut(&mut delta, rows.clone()),
-        HostArg::F32(scale as f32),
-    ];
-    args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));
-    simulate(&dq_kernel, &mut args, &device)?;
-    drop(args);
-    let dkdv = (pair.dkdv)(&crate::Config { dtype, causal: false, ..config })?;
-    let (mut dk, mut dv) = (vec![T::NAN; b * h * sk * d], vec![T::NAN; b * h * sk * d]);
-    let mut args = vec![
-        HostArg::Tensor(&qh, qv.clone()),
-        HostArg::Tensor(&kh, kv.clone()),
-        HostArg::Tensor(&vh, kv),
-        HostArg::Tensor(&gh, qv),
-        HostArg::F32Table(&lse, rows.clone()),
-        HostArg::F32Table(&delta, rows),
-        HostArg::TensorMut(&mut dk, gv.clone()),
-        HostArg::TensorMut(&mut dv, gv),
-        HostArg::F32(scale as f32),
-    ];
-    args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));
-    simulate(&dkdv, &mut args, &device)?;
-    drop(args);
+    let configs =
+        (crate::Config { dtype, causal, ..config }, crate::Config { dtype, causal: false, ..config });
+    let BackwardResult { dq, delta, dk, dv } =
+        simulate_backward(pair, configs, shape, [&qh, &kh, &vh, &oh, &gh], &lse, scale as f32)?;
     let f = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     let delta: Vec<f64> = delta.iter().map(|x| *x as f64).collect();
     let compare = crate::reference::compare;
@@ -589,4 +554,72 @@ pub fn check_backward_pair<T: HalfFloat>(
         dv: compare(&f(&dv), &want.dv),
         delta: compare(&delta, &want.delta),
     })
+}
+
+/// What a backward pair wrote: dQ and Δ (`[B, H, S, ..]`), dK and dV per query head.
+pub struct BackwardResult<T> {
+    /// dQ, `[B, H, S, D]`.
+    pub dq: Vec<T>,
+    /// Δ, `[B, H, S]`.
+    pub delta: Vec<f32>,
+    /// dK, `[B, H, SK, D]`.
+    pub dk: Vec<T>,
+    /// dV, `[B, H, SK, D]`.
+    pub dv: Vec<T>,
+}
+
+/// Runs `pair` in the simulator: its dQ kernel under `configs.0`, then its dK/dV kernel under
+/// `configs.1` (head dim from the config), on contiguous host inputs `[q, k, v, o, d_out]` of
+/// `shape` and the forward's log-sum-exp `lse`, with `pair.scalars` after `scale`; every output
+/// poisoned with NaN first.
+pub fn simulate_backward<T: HalfFloat>(
+    pair: &BackwardPair,
+    configs: (crate::Config, crate::Config),
+    shape: AttentionShape,
+    [q, k, v, o, d_out]: [&[T]; 5],
+    lse: &[f32],
+    scale: f32,
+) -> Result<BackwardResult<T>, Error> {
+    let AttentionShape { b, h, hk, s, sk } = shape;
+    let d = configs.0.head_dim as usize;
+    let (qv, kv, gv, rows) = (
+        HostView::contiguous(&[b, h, s, d]),
+        HostView::contiguous(&[b, hk, sk, d]),
+        HostView::contiguous(&[b, h, sk, d]),
+        HostView::contiguous(&[b, h, s]),
+    );
+    let device = SimDevice::default();
+    let dq_kernel = (pair.dq)(&configs.0)?;
+    let (mut dq, mut delta) = (vec![T::NAN; b * h * s * d], vec![f32::NAN; b * h * s]);
+    let mut args = vec![
+        HostArg::Tensor(q, qv.clone()),
+        HostArg::Tensor(k, kv.clone()),
+        HostArg::Tensor(v, kv.clone()),
+        HostArg::Tensor(o, qv.clone()),
+        HostArg::Tensor(d_out, qv.clone()),
+        HostArg::F32Table(lse, rows.clone()),
+        HostArg::TensorMut(&mut dq, qv.clone()),
+        HostArg::RowsMut(&mut delta, rows.clone()),
+        HostArg::F32(scale),
+    ];
+    args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));
+    simulate(&dq_kernel, &mut args, &device)?;
+    drop(args);
+    let dkdv = (pair.dkdv)(&configs.1)?;
+    let (mut dk, mut dv) = (vec![T::NAN; b * h * sk * d], vec![T::NAN; b * h * sk * d]);
+    let mut args = vec![
+        HostArg::Tensor(q, qv.clone()),
+        HostArg::Tensor(k, kv.clone()),
+        HostArg::Tensor(v, kv),
+        HostArg::Tensor(d_out, qv),
+        HostArg::F32Table(lse, rows.clone()),
+        HostArg::F32Table(&delta, rows),
+        HostArg::TensorMut(&mut dk, gv.clone()),
+        HostArg::TensorMut(&mut dv, gv),
+        HostArg::F32(scale),
+    ];
+    args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));
+    simulate(&dkdv, &mut args, &device)?;
+    drop(args);
+    Ok(BackwardResult { dq, delta, dk, dv })
 }

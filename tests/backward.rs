@@ -5,7 +5,10 @@
 
 use flashcore::kernels::backward::*;
 use flashcore::reference::{attention_backward_rows, Problem};
-use flashcore::simulate::{check_backward, simulate, AttentionShape, HostArg, HostView, SimDevice};
+use flashcore::simulate::{
+    check_backward, simulate, simulate_backward, AttentionShape, BackwardPair, BackwardResult, HostArg,
+    HostView, SimDevice,
+};
 use flashcore::{Config, DType, HalfFloat};
 
 /// `[B, H, HKV, S, SK, D]`.
@@ -172,8 +175,6 @@ fn gradient_descent_with_the_forward_and_backward_lowers_the_loss() {
     let device = SimDevice::default();
     let forward = attention::compile(&attention::CONFIG).unwrap();
     let configs = backward_configs(d as u32);
-    let dq_kernel = attention_backward_dq::compile(&configs.dq).unwrap();
-    let dkdv_kernel = attention_backward_dkdv::compile(&configs.dkdv).unwrap();
     let half = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<f16>>();
     let wide = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     let (rate, mut losses) = (0.5, vec![]);
@@ -195,32 +196,21 @@ fn gradient_descent_with_the_forward_and_backward_lowers_the_loss() {
         let grad_out: Vec<f64> = out.iter().zip(&target).map(|(o, t)| o - t).collect();
         losses.push(0.5 * grad_out.iter().map(|g| g * g).sum::<f64>());
         let gh = half(&grad_out);
-        let (mut dq, mut delta) = (vec![f16::NAN; n], vec![f32::NAN; b * h * s]);
-        let mut args = [
-            HostArg::Tensor(&qh, view.clone()),
-            HostArg::Tensor(&kh, view.clone()),
-            HostArg::Tensor(&vh, view.clone()),
-            HostArg::Tensor(&o, view.clone()),
-            HostArg::Tensor(&gh, view.clone()),
-            HostArg::F32Table(&lse, rows.clone()),
-            HostArg::TensorMut(&mut dq, view.clone()),
-            HostArg::RowsMut(&mut delta, rows.clone()),
-            HostArg::F32(scale),
-        ];
-        simulate(&dq_kernel, &mut args, &device).unwrap();
-        let (mut dk, mut dv) = (vec![f16::NAN; n], vec![f16::NAN; n]);
-        let mut args = [
-            HostArg::Tensor(&qh, view.clone()),
-            HostArg::Tensor(&kh, view.clone()),
-            HostArg::Tensor(&vh, view.clone()),
-            HostArg::Tensor(&gh, view.clone()),
-            HostArg::F32Table(&lse, rows.clone()),
-            HostArg::F32Table(&delta, rows.clone()),
-            HostArg::TensorMut(&mut dk, view.clone()),
-            HostArg::TensorMut(&mut dv, view.clone()),
-            HostArg::F32(scale),
-        ];
-        simulate(&dkdv_kernel, &mut args, &device).unwrap();
+        let pair = BackwardPair {
+            dq: attention_backward_dq::compile,
+            dkdv: attention_backward_dkdv::compile,
+            scalars: vec![],
+        };
+        let shape = AttentionShape { b, h, hk: h, s, sk: s };
+        let BackwardResult { dq, dk, dv, .. } = simulate_backward(
+            &pair,
+            (configs.dq, configs.dkdv),
+            shape,
+            [&qh, &kh, &vh, &o, &gh],
+            &lse,
+            scale,
+        )
+        .unwrap();
         let (dq, dk, dv) = (wide(&dq), wide(&dk), wide(&dv));
         if step == 0 {
             // The gradients of this step's inputs (as f16 holds them), in float64.
