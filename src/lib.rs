@@ -364,6 +364,11 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
     for ((param, arg), strides) in kernel.params.iter().zip(args).zip(param_strides.iter_mut()) {
         if let Param::Table(t) = param {
             let ArgView::Tensor(view) = arg else {
+                if t.optional {
+                    // Left out: a null pointer, zero strides, and the kernel skips its stores.
+                    strides.extend(t.dims.iter().map(|_| 0));
+                    continue;
+                }
                 return Err(bad(&t.name, "missing: this table is required".into()));
             };
             bind_table(t, view, strides).map_err(|m| bad(&t.name, m))?;
@@ -543,7 +548,30 @@ fn bind_table(t: &ir::kernel::TableParam, view: &TensorView, strides: &mut Vec<u
         }
     }
     runtime::check_strides(view.shape, view.strides, view.buffer_len).map_err(|e| e.to_string())?;
+    if t.writable {
+        check_distinct_addresses(view.shape, view.strides)?;
+    }
     strides.extend(view.strides.iter().map(|s| *s as u32));
+    Ok(())
+}
+
+/// An output's strides must give every element of `shape` its own address.
+fn check_distinct_addresses(shape: &[usize], strides: &[usize]) -> Result<(), String> {
+    if shape.contains(&0) {
+        return Ok(());
+    }
+    // Walk the axes from the smallest stride: each must step past everything inside it.
+    let mut axes: Vec<usize> = (0..shape.len()).filter(|a| shape[*a] > 1).collect();
+    axes.sort_by_key(|a| strides[*a]);
+    let mut extent = 1usize;
+    for a in axes {
+        if strides[a] < extent {
+            return Err(format!(
+                "output strides {strides:?} make different elements of shape {shape:?} share an address"
+            ));
+        }
+        extent = strides[a] * shape[a];
+    }
     Ok(())
 }
 
@@ -568,19 +596,8 @@ fn check_tensor_strides(view: &TensorView, rows: bool, output: bool) -> Result<(
         }
     }
     runtime::check_strides(shape, strides, view.buffer_len).map_err(|e| e.to_string())?;
-    if output && !shape.contains(&0) {
-        // Walk the axes from the smallest stride: each must step past everything inside it.
-        let mut axes: Vec<usize> = (0..shape.len()).filter(|a| shape[*a] > 1).collect();
-        axes.sort_by_key(|a| strides[*a]);
-        let mut extent = 1usize;
-        for a in axes {
-            if strides[a] < extent {
-                return Err(format!(
-                    "output strides {strides:?} make different elements of shape {shape:?} share an address"
-                ));
-            }
-            extent = strides[a] * shape[a];
-        }
+    if output {
+        check_distinct_addresses(shape, strides)?;
     }
     Ok(())
 }
@@ -608,6 +625,11 @@ pub(crate) fn check_arg_kinds(
             Param::Offsets(_) => (ArgKind::Offsets, "expected sequence offsets (`DeviceSeqOffsets`)"),
             Param::Tensor(t) if t.writable => (ArgKind::Output, "expected a mutable output tensor"),
             Param::Tensor(_) => (ArgKind::Input, "expected an input tensor"),
+            Param::Table(t) if t.optional && kind == ArgKind::Absent => continue,
+            Param::Table(t) if t.writable => (
+                ArgKind::Output,
+                "expected a mutable output tensor (a table written with `store(t.at(..), ..)`)",
+            ),
             Param::Table(_) => (ArgKind::Input, "expected an input tensor (a table read with `.at(..)`)"),
             Param::Scalar { .. } => (ArgKind::Scalar, "expected an f32 scalar"),
         };

@@ -42,6 +42,9 @@ pub enum HostArg<'a, T> {
     F32Table(&'a [f32], HostView),
     /// An input table of i32 (`Tensor<i32, ..>`: document ids).
     I32Table(&'a [i32], HostView),
+    /// An output table of f32 (`TensorMut<f32, ..>` written with `store(t.at(..), ..)`), copied
+    /// in and read back as an output tensor is.
+    F32TableMut(&'a mut [f32], HostView),
 }
 
 /// A view of a host buffer as the kernel sees it: shape and strides in elements (`[B, H, S, D]`,
@@ -102,7 +105,7 @@ pub fn simulate<T: HalfFloat>(
         k,
         args.iter().map(|a| match a {
             HostArg::Tensor(..) | HostArg::F32Table(..) | HostArg::I32Table(..) => ArgKind::Input,
-            HostArg::TensorMut(..) | HostArg::RowsMut(..) => ArgKind::Output,
+            HostArg::TensorMut(..) | HostArg::RowsMut(..) | HostArg::F32TableMut(..) => ArgKind::Output,
             HostArg::Offsets(_) => ArgKind::Offsets,
             HostArg::Absent => ArgKind::Absent,
             HostArg::F32(_) => ArgKind::Scalar,
@@ -114,7 +117,7 @@ pub fn simulate<T: HalfFloat>(
             let (view, len, dtype) = match arg {
                 HostArg::Tensor(data, view) => (view, data.len(), T::NAME),
                 HostArg::TensorMut(data, view) => (view, data.len(), T::NAME),
-                HostArg::RowsMut(data, view) => (view, data.len(), "f32"),
+                HostArg::RowsMut(data, view) | HostArg::F32TableMut(data, view) => (view, data.len(), "f32"),
                 HostArg::F32Table(data, view) => (view, data.len(), "f32"),
                 HostArg::I32Table(data, view) => (view, data.len(), "i32"),
                 HostArg::Offsets(o) => return ArgView::Offsets(o),
@@ -144,7 +147,7 @@ pub fn simulate<T: HalfFloat>(
                 outputs.push((i, addr));
                 flashcore_sim::Arg::U64(addr)
             }
-            HostArg::RowsMut(data, ..) => {
+            HostArg::RowsMut(data, ..) | HostArg::F32TableMut(data, ..) => {
                 let addr = machine.alloc(data.iter().flat_map(|x| x.to_le_bytes()).collect());
                 outputs.push((i, addr));
                 flashcore_sim::Arg::U64(addr)
@@ -186,7 +189,7 @@ pub fn simulate<T: HalfFloat>(
                     *x = T::from_le_bytes([b[0], b[1]]);
                 }
             }
-            HostArg::RowsMut(data, ..) => {
+            HostArg::RowsMut(data, ..) | HostArg::F32TableMut(data, ..) => {
                 let bytes = machine.read(addr, data.len() * 4)?;
                 for (x, b) in data.iter_mut().zip(bytes.chunks_exact(4)) {
                     *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);

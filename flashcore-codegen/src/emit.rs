@@ -125,6 +125,8 @@ pub struct Emitter<'k> {
     /// Set while a work loop's body is emitted: the ragged dims' registers then hold this work
     /// item's sequence, and every use of such a dim's length reads its `len` register.
     in_work_item: bool,
+    /// Split-KV: the code after [`Op::MergeSplits`] (only group 0 holds the merged rows).
+    after_merge: bool,
     /// How many ops read each value (a value read once may be overwritten in place).
     use_counts: HashMap<Value, usize>,
     /// Fragment values that vary along one tile axis only, which share registers along the
@@ -224,6 +226,7 @@ impl<'k> Emitter<'k> {
             grouped: HashMap::new(),
             ragged: vec![],
             in_work_item: false,
+            after_merge: false,
             use_counts: {
                 let mut counts = HashMap::new();
                 kernel.walk(&mut |inst| {
@@ -665,6 +668,7 @@ impl<'k> Emitter<'k> {
             Op::Reduce { dst, op, src } => self.row_reduce(*dst, *op, *src),
             Op::Binary { dst, op, lhs, rhs } => self.binary(*dst, *op, *lhs, *rhs),
             Op::Store { dst, src } => self.store(dst, *src),
+            Op::Scatter { param, indices, src, keep } => self.scatter(*param, indices, *src, *keep),
             Op::MergeSplits { max, sum, acc } => self.merge_splits(*max, *sum, *acc),
         }
     }
@@ -1834,6 +1838,113 @@ impl<'k> Emitter<'k> {
         Ok(())
     }
 
+    /// `table[indices..] = src` element by element: each thread writes the elements of its
+    /// fragments whose indices all lie inside their axes (one unsigned compare each, so negative
+    /// indices fail too) and whose `keep` holds. Elements that share their address and value
+    /// (operands the same along a row) are written once.
+    fn scatter(
+        &mut self,
+        param: usize,
+        indices: &[Value],
+        src: Value,
+        keep: Option<Value>,
+    ) -> Result<(), CodegenError> {
+        let Some(Param::Table(table)) = self.kernel.params.get(param) else {
+            return Err(CodegenError::Internal("scatter into a parameter that is not a table".into()));
+        };
+        let (dims, optional) = (table.dims.clone(), table.optional);
+        let global = self.tensors[param]
+            .clone()
+            .ok_or_else(|| CodegenError::Internal("table without a pointer".into()))?;
+        let operands: Vec<Value> = indices.iter().copied().chain([src]).chain(keep).collect();
+        let shape = operands
+            .iter()
+            .map(|v| self.kernel.ty(*v))
+            .try_fold(Type::Int, Type::broadcast)
+            .ok_or_else(|| CodegenError::Internal("scatter operands of different shapes".into()))?;
+        let count = layout::register_count(&self.cfg, &shape)
+            .ok_or_else(|| CodegenError::Internal("scatter of a value that is not in registers".into()))?;
+        let skip = self.w.label("scatter_skip");
+        if optional {
+            // A table the caller did not pass (a null pointer): nothing to write.
+            let absent = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.eq.u64 {absent}, {}, 0", global.ptr));
+            self.w.ins(format!("@{absent} bra.uni {skip}"));
+        }
+        // Split-KV: inside the K/V loop each group writes its own keys; after the merge only
+        // group 0 holds the rows' result (uniform per warp).
+        if let Some(split) = self.th().split.clone().filter(|_| self.after_merge) {
+            let partner = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.ne.u32 {partner}, {}, 0", split.index));
+            self.w.ins(format!("@{partner} bra.uni {skip}"));
+        }
+        let regs: Vec<RegFamily> = indices.iter().map(|i| self.regs_of(*i)).collect();
+        let tys: Vec<Type> = indices.iter().map(|i| self.kernel.ty(*i)).collect();
+        let (s, s_ty) = (self.regs_of(src), self.kernel.ty(src));
+        let k = keep.map(|k| (self.regs_of(k), self.kernel.ty(k)));
+        // Uniform indices (a batch, a head): checked and addressed once; a uniform index outside
+        // its axis skips the whole store.
+        let base = self.w.temp(RegClass::B64);
+        self.w.ins(format!("mov.b64 {base}, {}", global.ptr));
+        for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
+            if t.is_uniform() {
+                let len = self.dim_reg(dims[axis]);
+                let outside = self.w.temp(RegClass::Pred);
+                self.w.ins(format!("setp.ge.u32 {outside}, {}, {len}", r.at(0)));
+                self.w.ins(format!("@{outside} bra.uni {skip}"));
+                let bytes = self.axis_offset(&r.at(0), &global.strides[axis]);
+                self.w.ins(format!("add.u64 {base}, {base}, {bytes}"));
+            }
+        }
+        // Per element: the address and the in-bounds test, axis by axis, each partial result
+        // kept by the index registers it used (a row's elements share their row's part).
+        let mut partial: HashMap<Vec<String>, (String, Option<String>)> = HashMap::new();
+        let mut written: HashSet<(String, String, Option<String>)> = HashSet::new();
+        for i in 0..count {
+            let (mut addr, mut inside, mut key) = (base.clone(), None::<String>, vec![]);
+            for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
+                if t.is_uniform() {
+                    continue;
+                }
+                key.push(r.at(self.operand_index(*t, shape, i)));
+                (addr, inside) = match partial.get(&key) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let idx = key.last().expect("pushed above").clone();
+                        let len = self.dim_reg(dims[axis]);
+                        let ok = self.w.temp(RegClass::Pred);
+                        self.w.ins(format!("setp.lt.u32 {ok}, {idx}, {len}"));
+                        if let Some(prev) = &inside {
+                            self.w.ins(format!("and.pred {ok}, {ok}, {prev}"));
+                        }
+                        let bytes = self.axis_offset(&idx, &global.strides[axis]);
+                        let next = self.w.temp(RegClass::B64);
+                        self.w.ins(format!("add.u64 {next}, {addr}, {bytes}"));
+                        partial.insert(key.clone(), (next.clone(), Some(ok.clone())));
+                        (next, Some(ok))
+                    }
+                };
+            }
+            let value = s.at(self.operand_index(s_ty, shape, i));
+            let kept = k.as_ref().map(|(f, t)| f.at(self.operand_index(*t, shape, i)));
+            if !written.insert((addr.clone(), value.clone(), kept.clone())) {
+                continue;
+            }
+            let guard = match (inside, kept) {
+                (None, None) => String::new(),
+                (Some(p), None) | (None, Some(p)) => format!("@{p} "),
+                (Some(a), Some(b)) => {
+                    let both = self.w.temp(RegClass::Pred);
+                    self.w.ins(format!("and.pred {both}, {a}, {b}"));
+                    format!("@{both} ")
+                }
+            };
+            self.w.ins(format!("{guard}st.global.f32 [{addr}], {value}"));
+        }
+        self.w.place_label(&skip);
+        Ok(())
+    }
+
     /// Table index `idx` clamped into `[0, last]`, as `t.at(..)` reads (gathers and the ranges
     /// masks take of tables).
     pub(super) fn clamp_index(&mut self, idx: &str, last: &str) -> String {
@@ -1912,6 +2023,7 @@ impl<'k> Emitter<'k> {
     /// `l' = α·l + β·lᵢ`, `acc' = α·acc + β·accᵢ`. A second barrier keeps the region from being
     /// rewritten (next work item) before group 0 has read it.
     fn merge_splits(&mut self, max: Value, sum: Value, acc: Value) -> Result<(), CodegenError> {
+        self.after_merge = true;
         let split = self
             .th()
             .split

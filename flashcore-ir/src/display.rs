@@ -262,6 +262,13 @@ impl Printer<'_> {
             Op::Fill { dst, value } => format!("{} = fill {value:?}", self.def(*dst)),
             Op::Assign { dst, src } => format!("{} <- {}", self.v(*dst), self.v(*src)),
             Op::Store { dst, src } => format!("store {}, {}", self.access(dst), self.v(*src)),
+            Op::Scatter { param, indices, src, keep } => format!(
+                "store {}.at({}), {}{}",
+                self.kernel.params[*param].name(),
+                indices.iter().map(|i| self.v(*i)).collect::<Vec<_>>().join(", "),
+                self.v(*src),
+                keep.map(|k| format!(" where {}", self.v(k))).unwrap_or_default()
+            ),
             Op::Tiles { vars, extents, schedule, .. } => {
                 let parts: Vec<String> = vars
                     .iter()
@@ -362,7 +369,14 @@ impl fmt::Display for Kernel {
                 Param::Scalar { name } => format!("{name}: f32"),
                 Param::Table(t) => {
                     let dims: Vec<&str> = t.dims.iter().map(|d| self.dims[d.0 as usize].as_str()).collect();
-                    format!("{}: table {}[{}]", t.name, t.elem.name(), dims.join(", "))
+                    format!(
+                        "{}: {}{}table {}[{}]",
+                        t.name,
+                        if t.optional { "optional " } else { "" },
+                        if t.writable { "mut " } else { "" },
+                        t.elem.name(),
+                        dims.join(", ")
+                    )
                 }
                 Param::Offsets(o) => format!(
                     "{}: {}seq_offsets[{} + 1] ragged {}",

@@ -236,14 +236,21 @@ pub struct OffsetsParam {
     pub optional: bool,
 }
 
-/// An input table: an f32 or i32 tensor of any rank over runtime axes, read element by element
-/// (`t.at(..)`, [`Op::Gather`]): per-head slopes, document ids per token, a bias `[B, H, S, SK]`.
+/// A table: an f32 or i32 tensor of any rank over runtime axes, read element by element
+/// (`t.at(..)`, [`Op::Gather`]): per-head slopes, document ids per token, a bias `[B, H, S, SK]`;
+/// or an f32 output written element by element ([`Op::Scatter`]): a `[B, H, S, SK]` tile of
+/// scores, a product `A·Bᵀ`.
 /// Its strides (one per axis, in elements) follow the tensors' in the entry ABI.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableParam {
     pub name: String,
     pub elem: Elem,
     pub dims: Vec<RtDim>,
+    /// An output table (`TensorMut<f32, ..>`), written element by element with
+    /// `store(t.at(..), value)` ([`Op::Scatter`]) and never read.
+    pub writable: bool,
+    /// The caller may pass no table (a null pointer): its stores are skipped.
+    pub optional: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -604,6 +611,11 @@ pub enum Op {
     /// `dst = table[indices..]`, elementwise over the indices (uniform i32s or i32 tiles, which
     /// broadcast); each index is clamped into its axis.
     Gather { dst: Value, param: usize, indices: Vec<Value> },
+    /// `table[indices..] = src`, elementwise over the register tile that the indices (uniform
+    /// i32s or i32 tiles), `src` and `keep` broadcast to: an element is written only where every
+    /// index lies inside its axis and `keep` (if any: the element's row and column lie inside
+    /// their sequences) holds.
+    Scatter { param: usize, indices: Vec<Value>, src: Value, keep: Option<Value> },
     /// To f32, elementwise: i32 (round to nearest), or a 16-bit register tile (exactly).
     Convert { dst: Value, src: Value },
     /// `dst = cond ? then : otherwise`, elementwise; uniform operands broadcast.
@@ -695,6 +707,7 @@ impl Op {
             | Op::MbarArrive { .. }
             | Op::MbarArriveAsync { .. }
             | Op::ChanWrite { .. }
+            | Op::Scatter { .. }
             | Op::MergeSplits { .. } => None,
         }
     }
@@ -729,6 +742,9 @@ impl Op {
             Op::Select { cond, then, otherwise, .. } => vec![*cond, *then, *otherwise],
             Op::MaskWhere { src, keep, .. } => vec![*src, *keep],
             Op::Gather { indices, .. } => indices.clone(),
+            Op::Scatter { indices, src, keep, .. } => {
+                indices.iter().copied().chain([*src]).chain(*keep).collect()
+            }
             Op::Transpose { src, .. }
             | Op::Unary { src, .. }
             | Op::Convert { src, .. }

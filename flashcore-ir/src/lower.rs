@@ -2,7 +2,7 @@
 //! [`Kernel`]. Every user mistake is a [`LowerError`] carrying the span of the offending source,
 //! so the macro reports it where the user wrote it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::Config;
 use crate::error::{IrError, LowerError};
@@ -202,6 +202,27 @@ impl Lowerer {
         }
     }
 
+    /// The runtime dims of a table's axes, each of which must be a symbol, at least one.
+    fn table_dims(&mut self, name: &str, shape: &[Dim], span: SpanId) -> Result<Vec<RtDim>> {
+        let mut dims = vec![];
+        for (axis, dim) in shape.iter().enumerate() {
+            let Dim::Sym(sym) = dim else {
+                return err(
+                    span,
+                    format!("axis {axis} of table `{name}` must be a symbol (such as `S`), found a literal"),
+                );
+            };
+            dims.push(self.rt_dim(sym));
+        }
+        if dims.is_empty() {
+            return err(
+                span,
+                format!("table `{name}` needs at least one axis; a single value is an f32 parameter"),
+            );
+        }
+        Ok(dims)
+    }
+
     /// The runtime dims of a tensor's `B, H, S` axes, each of which must be a symbol.
     fn outer_dims(&mut self, name: &str, axes: &[Dim], span: SpanId) -> Result<[RtDim; 3]> {
         let mut dims = [RtDim(0); 3];
@@ -242,6 +263,13 @@ impl Lowerer {
             bounds: vec![],
         };
         let mut head: Option<(Dim, String)> = None;
+        // Outputs written element by element (`store(t.at(..), ..)`) are output tables.
+        let mut stored_at = HashSet::new();
+        program.each_stmt(&mut |s| {
+            if let StmtKind::StoreAt { table, .. } = &s.kind {
+                stored_at.insert(table.clone());
+            }
+        });
         for (index, decl) in program.params.iter().enumerate() {
             if lowerer.scopes[0].contains_key(decl.name()) {
                 return err(span_of(decl), format!("parameter `{}` is declared twice", decl.name()));
@@ -263,6 +291,21 @@ impl Lowerer {
                     lowerer.params.push(Param::Offsets(param));
                     lowerer.scopes[0].insert(name.clone(), Binding::Offsets);
                 }
+                ParamDecl::Tensor { name, dtype: ElemDecl::F32, writable: true, optional, shape, span }
+                    if stored_at.contains(name) =>
+                {
+                    // An output table, written element by element with `store(t.at(..), ..)`.
+                    let dims = lowerer.table_dims(name, shape, *span)?;
+                    let table = TableParam {
+                        name: name.clone(),
+                        elem: Elem::F32,
+                        dims,
+                        writable: true,
+                        optional: *optional,
+                    };
+                    lowerer.params.push(Param::Table(table));
+                    lowerer.scopes[0].insert(name.clone(), Binding::Tensor(index));
+                }
                 ParamDecl::Tensor {
                     name,
                     dtype: dtype @ (ElemDecl::F32 | ElemDecl::I32),
@@ -275,26 +318,11 @@ impl Lowerer {
                     if *optional {
                         return err(*span, format!("only outputs may be optional; `{name}` is an input"));
                     }
-                    let mut dims = vec![];
-                    for (axis, dim) in shape.iter().enumerate() {
-                        let Dim::Sym(sym) = dim else {
-                            return err(
-                                *span,
-                                format!("axis {axis} of table `{name}` must be a symbol (such as `S`), found a literal"),
-                            );
-                        };
-                        dims.push(lowerer.rt_dim(sym));
-                    }
-                    if dims.is_empty() {
-                        return err(
-                            *span,
-                            format!(
-                                "table `{name}` needs at least one axis; a single value is an f32 parameter"
-                            ),
-                        );
-                    }
+                    let dims = lowerer.table_dims(name, shape, *span)?;
                     let elem = if *dtype == ElemDecl::I32 { Elem::I32 } else { Elem::F32 };
-                    lowerer.params.push(Param::Table(TableParam { name: name.clone(), elem, dims }));
+                    let table =
+                        TableParam { name: name.clone(), elem, dims, writable: false, optional: false };
+                    lowerer.params.push(Param::Table(table));
                     lowerer.scopes[0].insert(name.clone(), Binding::Tensor(index));
                 }
                 ParamDecl::Tensor { name, dtype: ElemDecl::I32, span, .. } => {
@@ -305,7 +333,7 @@ impl Lowerer {
                     if !writable || shape.len() != 3 {
                         return err(
                             *span,
-                            format!("f32 tensor `{name}` must be a per-row output `TensorMut<f32, B, H, S>`"),
+                            format!("f32 tensor `{name}` must be a per-row output `TensorMut<f32, B, H, S>` (stored with `store({name}.tile(b, h, qt), rows)`), or an output table `TensorMut<f32, ..>` written element by element (`store({name}.at(..), tile)`)"),
                         );
                     }
                     let dims = lowerer.outer_dims(name, &shape[..3], *span)?;
@@ -631,7 +659,13 @@ impl Lowerer {
                 self.pipeline_var = None;
                 self.nesting = nesting;
                 self.scopes.pop();
-                e.skip = skippable_mask(&self.values, &inner);
+                // A loop that stores element by element writes every tile it walks: it skips
+                // none (the tiles a mask or the causal flag empties hold -inf scores to store).
+                if inner.insts.iter().any(|i| matches!(i.op, Op::Scatter { .. })) {
+                    e.causal = None;
+                } else {
+                    e.skip = skippable_mask(&self.values, &inner);
+                }
                 out.insts.push(Inst {
                     op: Op::Pipeline {
                         var: v,
@@ -644,6 +678,12 @@ impl Lowerer {
                     role,
                     span: stmt.span,
                 });
+            }
+            StmtKind::StoreAt { table, indices, value } => {
+                if nesting == Nesting::Top {
+                    return err(stmt.span, "statements must be inside the `tiles(..)` work loop");
+                }
+                self.store_at(table, indices, value, out, role, stmt.span)?;
             }
             StmtKind::Store { target, value } => {
                 if nesting != Nesting::Tiles {
@@ -667,6 +707,121 @@ impl Lowerer {
                 out.insts.push(Inst { op: Op::Store { dst: access, src }, role, span: stmt.span });
             }
         }
+        Ok(())
+    }
+
+    /// `store(t.at(i, j, ..), value)`: element by element into output table `t`.
+    fn store_at(
+        &mut self,
+        table: &str,
+        indices: &[Expr],
+        value: &Expr,
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+    ) -> Result<()> {
+        let param = match self.lookup(table) {
+            Some(Binding::Tensor(p)) => p,
+            _ => return err(span, format!("`{table}` is not a tensor parameter")),
+        };
+        let (rank, elem) = match &self.params[param] {
+            Param::Table(t) if t.writable => (t.dims.len(), t.elem),
+            Param::Table(_) => {
+                return err(
+                    span,
+                    format!("`{table}` is an input table; declare it as `TensorMut<f32, ..>` to store into it"),
+                )
+            }
+            _ => {
+                return err(
+                    span,
+                    format!("`{table}` is written by tiles (`store({table}.tile(..), ..)`); `store(t.at(..), ..)` writes f32 output tables `TensorMut<f32, ..>` element by element"),
+                )
+            }
+        };
+        if indices.len() != rank {
+            return err(
+                span,
+                format!("`{table}.at(..)` takes {rank} indices, one per axis, found {}", indices.len()),
+            );
+        }
+        let src = self.expr(value, out, role, &format!("{table}_value"))?;
+        let src_ty = self.ty(src);
+        if src_ty.elem() != Some(elem) || matches!(src_ty, Type::Smem { .. } | Type::Counter) {
+            return err(
+                value.span,
+                format!(
+                    "`{table}` holds {}, so `store({table}.at(..), ..)` takes {} values, not {}",
+                    elem.name(),
+                    elem.name(),
+                    describe(&src_ty)
+                ),
+            );
+        }
+        let mut shape = src_ty;
+        let mut values = vec![];
+        for index in indices {
+            let v = self.expr(index, out, role, &format!("{table}_index"))?;
+            let ty = self.ty(v);
+            if ty.elem() != Some(Elem::I32) || matches!(ty, Type::Row { .. }) {
+                return err(
+                    index.span,
+                    format!("table indices are integers (loop indices, positions `s.index(S)`, i32 arithmetic), not {}", describe(&ty)),
+                );
+            }
+            shape = Type::broadcast(shape, ty).ok_or_else(|| {
+                LowerError::new(
+                    index.span,
+                    format!(
+                        "the indices of `{table}.at(..)` and the value stored have different tile shapes"
+                    ),
+                )
+            })?;
+            values.push(v);
+        }
+        let Type::Frag { rows, cols, .. } = shape else {
+            return err(
+                span,
+                format!("`store({table}.at(..), ..)` writes a register tile element by element, but the value and the indices are {}: index it with positions (`s.index(S)`)", describe(&shape)),
+            );
+        };
+        // The elements that exist: rows and columns inside their sequences.
+        let mut axes = TileAxes::default();
+        for v in values.iter().chain([&src]) {
+            if let Some(a) = self.axes.get(v) {
+                axes.rows = axes.rows.or(a.rows);
+                axes.cols = axes.cols.or(a.cols);
+            }
+        }
+        let mut keep: Option<Value> = None;
+        for (axis, index) in [(TileAxis::Rows, axes.rows), (TileAxis::Cols, axes.cols)] {
+            let Some(index) = index else { continue };
+            let Type::Index { dim, tile: Some(_) } = self.ty(index) else { continue };
+            let pos =
+                self.new_value(Type::Frag { rows, cols, elem: Elem::I32 }, &format!("{table}_pos"), false);
+            self.push(out, Op::Position { dst: pos, axis, index }, role, span);
+            let len = self.new_value(Type::Int, &format!("{table}_len"), false);
+            self.push(out, Op::DimLen { dst: len, dim }, role, span);
+            let inside = self.new_value(
+                Type::Frag { rows, cols, elem: Elem::Bool },
+                &format!("{table}_exists"),
+                false,
+            );
+            self.push(out, Op::Binary { dst: inside, op: BinOp::Lt, lhs: pos, rhs: len }, role, span);
+            keep = Some(match keep {
+                None => inside,
+                Some(k) => {
+                    let both = self.new_value(
+                        Type::Frag { rows, cols, elem: Elem::Bool },
+                        &format!("{table}_exists"),
+                        false,
+                    );
+                    self.push(out, Op::Binary { dst: both, op: BinOp::And, lhs: k, rhs: inside }, role, span);
+                    both
+                }
+            });
+        }
+        self.push(out, Op::Scatter { param, indices: values, src, keep }, role, span);
         Ok(())
     }
 
@@ -1740,6 +1895,12 @@ impl Lowerer {
                 format!("`{table}` is read by tiles (`load`, `stage`); `.at(..)` reads input tables `Tensor<f32, ..>` or `Tensor<i32, ..>`"),
             );
         };
+        if t.writable {
+            return err(
+                span,
+                format!("`{table}` is an output table (`TensorMut`); kernels only store into it (`store({table}.at(..), value)`)"),
+            );
+        }
         let (elem, rank) = (t.elem, t.dims.len());
         if indices.len() != rank {
             return err(

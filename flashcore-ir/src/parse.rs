@@ -370,10 +370,11 @@ impl Parser<'_> {
             let (pname, ty) = p.split_once(": ").ok_or_else(|| format!("bad parameter `{p}`"))?;
             let param = if ty == "f32" {
                 Param::Scalar { name: pname.into() }
-            } else if let Some(t) = ty.strip_prefix("table ") {
+            } else if let Some((mods, t)) = ty.split_once("table ") {
+                let (optional, writable) = (mods.contains("optional "), mods.contains("mut "));
                 let (e, axes) = t.split_once('[').ok_or("expected `table e[..]`")?;
                 let dims = axes.trim_end_matches(']').split(", ").map(|d| self.dim(d)).collect::<R<_>>()?;
-                Param::Table(TableParam { name: pname.into(), elem: elem(e)?, dims })
+                Param::Table(TableParam { name: pname.into(), elem: elem(e)?, dims, writable, optional })
             } else if ty.contains("seq_offsets") {
                 let optional = ty.starts_with("optional ");
                 let (batch, seq) = ty
@@ -654,6 +655,20 @@ impl Parser<'_> {
         }
         if let Some(v) = text.strip_suffix(" += 1") {
             return Ok(Op::CounterNext { dst: self.value(v, None)? });
+        }
+        if let Some(rest) =
+            text.strip_prefix("store ").filter(|r| r.split(", ").next().is_some_and(|t| t.contains(".at(")))
+        {
+            // `store t.at(%i, %j), %v` or `.. where %keep`.
+            let (target, rest) = rest.split_once("), ").ok_or("expected `store t.at(..), %v`")?;
+            let (table, idx) = target.split_once(".at(").ok_or("expected `t.at(..)`")?;
+            let param = self.param(table)?;
+            let indices = split_top(idx, ", ").iter().map(|i| self.value(i, None)).collect::<R<Vec<_>>>()?;
+            let (src, keep) = match rest.split_once(" where ") {
+                Some((v, k)) => (self.value(v, None)?, Some(self.value(k, None)?)),
+                None => (self.value(rest, None)?, None),
+            };
+            return Ok(Op::Scatter { param, indices, src, keep });
         }
         if let Some(rest) = text.strip_prefix("store ") {
             let (access, v) = rest.rsplit_once(", ").ok_or("expected `store ACCESS, %v`")?;

@@ -462,6 +462,16 @@ pub enum StmtKind {
         target: TileRef,
         value: Expr,
     },
+    /// `store(t.at(i, j, ..), value)`: element by element into output table `t` (an f32
+    /// `TensorMut` of any rank), one index per axis as `.at(..)` reads: each element of the
+    /// register tile that the indices and the value broadcast to is written at its indices,
+    /// unless an index lies outside its axis or the element's row or column lies past the end of
+    /// its sequence.
+    StoreAt {
+        table: String,
+        indices: Vec<Expr>,
+        value: Expr,
+    },
 }
 
 /// A whole `#[flash_kernel]` function.
@@ -531,6 +541,9 @@ impl Program {
             StmtKind::Let { value, .. } | StmtKind::Assign { value, .. } | StmtKind::Store { value, .. } => {
                 expr(value, &mut out)
             }
+            StmtKind::StoreAt { indices, value, .. } => {
+                indices.iter().chain([value]).for_each(|e| expr(e, &mut out))
+            }
             StmtKind::Pipeline { from, to, .. } => from.iter().chain(to).for_each(|b| expr(b, &mut out)),
             StmtKind::Tiles { .. } => {}
         });
@@ -556,10 +569,14 @@ impl Program {
     /// Outputs that no `store` writes: the kernel would promise a result it never produces.
     pub fn outputs_never_stored(&self) -> Vec<(String, SpanId)> {
         let mut written = std::collections::HashSet::new();
-        self.each_stmt(&mut |s| {
-            if let StmtKind::Store { target, .. } = &s.kind {
+        self.each_stmt(&mut |s| match &s.kind {
+            StmtKind::Store { target, .. } => {
                 written.insert(target.tensor.clone());
             }
+            StmtKind::StoreAt { table, .. } => {
+                written.insert(table.clone());
+            }
+            _ => {}
         });
         self.params
             .iter()

@@ -209,6 +209,11 @@ fn stmt(s: &Stmt) -> TokenStream {
             let (target, value) = (tile_ref(target), expr(value));
             quote!(#p::StmtKind::Store { target: #target, value: #value })
         }
+        StmtKind::StoreAt { table, indices, value } => {
+            let (table, value) = (string(table), expr(value));
+            let indices: Vec<TokenStream> = indices.iter().map(expr).collect();
+            quote!(#p::StmtKind::StoreAt { table: #table, indices: ::std::vec![#(#indices),*], value: #value })
+        }
     };
     let (role, span) = (role(s.role), span_id(s.span));
     quote!(#p::Stmt { kind: #kind, role: #role, span: #span })

@@ -425,14 +425,21 @@ impl Converter<'_> {
                     if c.args.len() != 2 {
                         return error(c, "`store(tensor.tile(..), value)` takes 2 arguments");
                     }
-                    out.push(Stmt {
-                        kind: StmtKind::Store {
-                            target: self.tile_ref(&c.args[0])?,
-                            value: self.expr(&c.args[1])?,
-                        },
-                        role,
-                        span,
-                    });
+                    let kind = match &c.args[0] {
+                        // `store(t.at(i, j), value)`: element by element into an output table.
+                        syn::Expr::MethodCall(m) if m.method == "at" => {
+                            let syn::Expr::Path(table) = &*m.receiver else {
+                                return error(&m.receiver, "`.at(..)` names a table parameter: `store(t.at(i, j), value)`");
+                            };
+                            StmtKind::StoreAt {
+                                table: path_ident(table)?.to_string(),
+                                indices: m.args.iter().map(|a| self.expr(a)).collect::<R<Vec<_>>>()?,
+                                value: self.expr(&c.args[1])?,
+                            }
+                        }
+                        target => StmtKind::Store { target: self.tile_ref(target)?, value: self.expr(&c.args[1])? },
+                    };
+                    out.push(Stmt { kind, role, span });
                 }
                 other => return error(other, "expected `let`, an assignment, a `for` loop over `tiles(..)`/`pipeline(..)`, or `store(..)`"),
             },

@@ -385,6 +385,12 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
         Op::MaskWhere { dst, src, keep, mask } => Op::MaskWhere { dst, src: f(src), keep: f(keep), mask },
         Op::Assign { dst, src } => Op::Assign { dst, src: f(src) },
         Op::Store { dst, src } => Op::Store { dst: access(dst), src: f(src) },
+        Op::Scatter { param, indices, src, keep } => Op::Scatter {
+            param,
+            indices: indices.into_iter().map(f).collect(),
+            src: f(src),
+            keep: keep.map(f),
+        },
         Op::Load { dst, src } => Op::Load { dst, src: access(src) },
         Op::StageView { dst, buffer, src, slot } => Op::StageView { dst, buffer, src: access(src), slot },
         other => other,
