@@ -1,6 +1,7 @@
 //! Stores of register tiles of any shape, element by element (`store(t.at(..), value)` into
-//! f32 output tables): a tiled product `A·Bᵀ` and an attention kernel that also writes its
-//! masked scores, run in the PTX simulator against float64 at tails (rows and columns that are
+//! f32 output tables), and reductions along the column axis: a tiled product `A·Bᵀ`, its
+//! per-tile column sums and maxima, and an attention kernel that also writes its masked scores
+//! and their column maxima, run in the PTX simulator against float64 at tails (rows and columns that are
 //! not multiples of the tiles), f16 and bf16, under schedules with load warps, softmax warps,
 //! split-KV and persistent CTAs. Outputs are poisoned with NaN first, so an element the kernel
 //! forgets to write fails, and guard cells around the output catch writes past its end.
@@ -24,6 +25,27 @@ fn matmul_bt<T>(a: Tensor<T, B, H, M, D>, bt: Tensor<T, B, H, N, D>, c: TensorMu
     }
 }
 
+/// Per `TILE_M` rows of `c = a · bᵀ`, each column's sum and maximum (`[B, H, MT, N]`, with
+/// `MT` the number of row tiles): column reductions of a register tile, stored element by
+/// element.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn matmul_bt_columns<T>(
+    a: Tensor<T, B, H, M, D>,
+    bt: Tensor<T, B, H, N, D>,
+    col_sums: TensorMut<f32, B, H, MT, N>,
+    col_maxes: TensorMut<f32, B, H, MT, N>,
+) {
+    for (b, h, mt) in tiles(B, H, M / TILE_M) {
+        let af = load(a.tile(b, h, mt));
+        for nt in pipeline(0..N / TILE_N) {
+            let bs = stage(bt.tile(b, h, nt));
+            let x = mma(af, bs.t());
+            store(col_sums.at(b, h, mt, x.index(N)), col_sum(x));
+            store(col_maxes.at(b, h, mt, x.index(N)), col_max(x));
+        }
+    }
+}
+
 /// `matmul_bt` into a padded output `[B, H, MP, NP]` (`MP ≥ M`, `NP ≥ N`): the elements of
 /// rows past `M` and columns past `N` do not exist, so they are not stored, although the
 /// table has room for them.
@@ -42,7 +64,8 @@ fn matmul_bt_padded<T>(a: Tensor<T, B, H, M, D>, bt: Tensor<T, B, H, N, D>, c: T
 /// Sliding-window attention that also writes the scores its softmax sees (in its exp2 domain):
 /// `scale · log2(e) · q·k`, or
 /// -inf where the window (keys within `window` of the query's diagonal, both sides) or, with
-/// `Config::causal`, the diagonal masks a key.
+/// `Config::causal`, the diagonal masks a key; and per Q tile, each key's largest score
+/// (`[B, H, QT, SK]`, `QT` the number of Q tiles).
 #[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
 fn attention_with_scores<T>(
     q: Tensor<T, B, H, S, D>,
@@ -50,6 +73,7 @@ fn attention_with_scores<T>(
     v: Tensor<T, B, HKV, SK, D>,
     o: TensorMut<T, B, H, S, D>,
     scores: Option<TensorMut<f32, B, H, S, SK>>,
+    key_maxes: Option<TensorMut<f32, B, H, QT, SK>>,
     scale: f32,
     window: f32,
 ) {
@@ -72,6 +96,7 @@ fn attention_with_scores<T>(
             #[role(compute)]
             let s = mask(s, s.index(SK) >= diagonal - window && s.index(SK) <= diagonal + window);
             store(scores.at(b, h, s.index(S), s.index(SK)), s);
+            store(key_maxes.at(b, h, qt, s.index(SK)), col_max(s));
             #[role(softmax)]
             {
                 let m_new = max(m, row_max(s));
@@ -195,6 +220,8 @@ struct ScoresRun {
     want_out: Vec<f64>,
     scores: Option<Vec<f32>>,
     want_scores: Vec<f64>,
+    key_maxes: Option<Vec<f32>>,
+    want_key_maxes: Vec<f64>,
 }
 
 fn run_scores<T: HalfFloat>(
@@ -213,6 +240,8 @@ fn run_scores<T: HalfFloat>(
     let (qh, kh, vh) = (typed::<T>(&q), typed::<T>(&k), typed::<T>(&v));
     let mut o = vec![T::NAN; b * h * s * d];
     let mut scores = poisoned(b * h * s * sk);
+    let (tm, qt) = (config.tile_m as usize, s.div_ceil(config.tile_m as usize));
+    let mut key_maxes = poisoned(b * h * qt * sk);
     let scale = config.default_scale();
     let view = |x: &[usize]| HostView::contiguous(x);
     let mut args = vec![
@@ -221,6 +250,11 @@ fn run_scores<T: HalfFloat>(
         HostArg::Tensor(&vh, view(&[b, hk, sk, d])),
         HostArg::TensorMut(&mut o, view(&[b, h, s, d])),
         if with_scores { HostArg::F32TableMut(&mut scores, view(&[b, h, s, sk])) } else { HostArg::Absent },
+        if with_scores {
+            HostArg::F32TableMut(&mut key_maxes, view(&[b, h, qt, sk]))
+        } else {
+            HostArg::Absent
+        },
         HostArg::F32(scale),
         HostArg::F32(window as f32),
     ];
@@ -246,11 +280,22 @@ fn run_scores<T: HalfFloat>(
             }
         }
     }
+    let mut want_key_maxes = vec![f64::NEG_INFINITY; b * h * qt * sk];
+    for bh_ in 0..b * h {
+        for i in 0..s {
+            for j in 0..sk {
+                let at = (bh_ * qt + i / tm) * sk + j;
+                want_key_maxes[at] = want_key_maxes[at].max(want_scores[(bh_ * s + i) * sk + j]);
+            }
+        }
+    }
     ScoresRun {
         out: o.iter().map(|x| x.to_f64()).collect(),
         want_out,
         scores: with_scores.then_some(scores),
         want_scores,
+        key_maxes: with_scores.then_some(key_maxes),
+        want_key_maxes,
     }
 }
 
@@ -274,6 +319,9 @@ fn masked_scores_are_stored_from_inside_the_kv_loop() {
                 assert!(err.rel_l2 < flashcore::tolerance(config.dtype), "{what}: output {err:?}");
                 if let Some(scores) = &run.scores {
                     assert_matches(&format!("scores {what}"), scores, &run.want_scores, 1e-5);
+                }
+                if let Some(maxes) = &run.key_maxes {
+                    assert_matches(&format!("key maxima {what}"), maxes, &run.want_key_maxes, 1e-5);
                 }
             }
         }
@@ -322,9 +370,11 @@ fn elements_past_the_end_of_their_sequences_are_not_stored() {
 fn store_kernels() -> Vec<&'static flashcore::registry::KernelEntry> {
     let kernels: Vec<_> = flashcore::registry::kernels()
         .into_iter()
-        .filter(|e| ["matmul_bt", "matmul_bt_padded", "attention_with_scores"].contains(&e.name))
+        .filter(|e| {
+            ["matmul_bt", "matmul_bt_padded", "matmul_bt_columns", "attention_with_scores"].contains(&e.name)
+        })
         .collect();
-    assert_eq!(kernels.len(), 3);
+    assert_eq!(kernels.len(), 4);
     kernels
 }
 
@@ -437,9 +487,15 @@ fn element_stores_run_on_the_gpu() {
         let vd = device.upload(&f16(&v), &[b, hk, sk, d]).unwrap();
         let mut od = device.filled(&[b, h, s, d], flashcore::f16::NAN).unwrap();
         let mut sd = device.filled(&[b, h, s, sk], f32::NAN).unwrap();
-        attention_with_scores::launch(&device, &config, &qd, &kd, &vd, &mut od, Some(&mut sd), scale, window)
-            .unwrap();
+        let (tm, qt) = (config.tile_m as usize, s.div_ceil(config.tile_m as usize));
+        let mut md = device.filled(&[b, h, qt, sk], f32::NAN).unwrap();
+        let (scores_out, maxes_out) = (Some(&mut sd), Some(&mut md));
+        attention_with_scores::launch(
+            &device, &config, &qd, &kd, &vd, &mut od, scores_out, maxes_out, scale, window,
+        )
+        .unwrap();
         let (o, scores) = (device.download(&od).unwrap(), device.download(&sd).unwrap());
+        let key_maxes = device.download(&md).unwrap();
         let shift = sk as i64 - s as i64;
         let in_window = move |i: usize, j: usize| (j as i64 - i as i64 - shift).abs() <= window as i64;
         let variant = Variant::new(|_, _, _, _, x| x, move |_, _, i, j| in_window(i, j));
@@ -462,5 +518,76 @@ fn element_stores_run_on_the_gpu() {
         guarded.extend([f32::NAN; NAN_GUARD]);
         println!("GPU attention_with_scores {config}: output rel_l2 {:.2e}", err.rel_l2);
         assert_matches(&format!("GPU scores {config}"), &guarded, &want_scores, 1e-5);
+        let mut want_maxes = vec![f64::NEG_INFINITY; b * h * qt * sk];
+        for hi in 0..h {
+            for i in 0..s {
+                for j in 0..sk {
+                    let at = (hi * qt + i / tm) * sk + j;
+                    want_maxes[at] = want_maxes[at].max(want_scores[(hi * s + i) * sk + j]);
+                }
+            }
+        }
+        let mut guarded = key_maxes.clone();
+        guarded.extend([f32::NAN; NAN_GUARD]);
+        assert_matches(&format!("GPU key maxima {config}"), &guarded, &want_maxes, 1e-5);
+    }
+}
+
+#[test]
+fn column_reductions_cover_every_row_of_the_tile_and_no_row_past_its_end() {
+    for config in configs(matmul_bt_columns::CONFIG) {
+        let kernel = matmul_bt_columns::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let tm = config.tile_m as usize;
+        for (i, (b, h, m, n)) in
+            [(1usize, 2usize, 77usize, 150usize), (2, 1, 130, 100), (1, 1, 64, 64)].into_iter().enumerate()
+        {
+            let d = config.head_dim as usize;
+            let mt = m.div_ceil(tm);
+            let mut rng = Rng::new(40 + i as u64);
+            let (a, bt) = (
+                inputs(&mut rng, config.dtype, b * h * m * d),
+                inputs(&mut rng, config.dtype, b * h * n * d),
+            );
+            let (mut sums, mut maxes) = (poisoned(b * h * mt * n), poisoned(b * h * mt * n));
+            let view = |x: &[usize]| HostView::contiguous(x);
+            match config.dtype {
+                DType::F16 => {
+                    let (ah, bh) = (typed::<flashcore::f16>(&a), typed::<flashcore::f16>(&bt));
+                    let mut args = vec![
+                        HostArg::Tensor(&ah, view(&[b, h, m, d])),
+                        HostArg::Tensor(&bh, view(&[b, h, n, d])),
+                        HostArg::F32TableMut(&mut sums, view(&[b, h, mt, n])),
+                        HostArg::F32TableMut(&mut maxes, view(&[b, h, mt, n])),
+                    ];
+                    simulate(&kernel, &mut args, &SimDevice::default()).unwrap();
+                }
+                DType::Bf16 => {
+                    let (ah, bh) = (typed::<flashcore::bf16>(&a), typed::<flashcore::bf16>(&bt));
+                    let mut args = vec![
+                        HostArg::Tensor(&ah, view(&[b, h, m, d])),
+                        HostArg::Tensor(&bh, view(&[b, h, n, d])),
+                        HostArg::F32TableMut(&mut sums, view(&[b, h, mt, n])),
+                        HostArg::F32TableMut(&mut maxes, view(&[b, h, mt, n])),
+                    ];
+                    simulate(&kernel, &mut args, &SimDevice::default()).unwrap();
+                }
+            }
+            let (mut want_sums, mut want_maxes) =
+                (vec![0.0; b * h * mt * n], vec![f64::NEG_INFINITY; b * h * mt * n]);
+            for bh_ in 0..b * h {
+                for row in 0..m {
+                    for j in 0..n {
+                        let c: f64 =
+                            (0..d).map(|x| a[(bh_ * m + row) * d + x] * bt[(bh_ * n + j) * d + x]).sum();
+                        let at = (bh_ * mt + row / tm) * n + j;
+                        want_sums[at] += c;
+                        want_maxes[at] = want_maxes[at].max(c);
+                    }
+                }
+            }
+            let what = format!("{config} {:?}", (b, h, m, n));
+            assert_matches(&format!("column sums {what}"), &sums, &want_sums, 1e-5);
+            assert_matches(&format!("column maxima {what}"), &maxes, &want_maxes, 1e-6);
+        }
     }
 }

@@ -57,6 +57,9 @@ struct SplitRegs {
 /// the CTA barrier of the pipelined loop.
 pub const MERGE_BARRIER: u32 = 1;
 
+/// The named barrier (`bar.sync 2, compute threads`) of column reductions.
+pub const COLUMN_BARRIER: u32 = 2;
+
 /// The threads that share a copy: each thread's index among them, and how many there are.
 #[derive(Clone, Debug, Default)]
 struct Team {
@@ -666,6 +669,7 @@ impl<'k> Emitter<'k> {
             }
             Op::ToHalf { dst, src } => self.to_half(*dst, *src),
             Op::Reduce { dst, op, src } => self.row_reduce(*dst, *op, *src),
+            Op::ColReduce { dst, op, src } => self.col_reduce(*dst, *op, *src),
             Op::Binary { dst, op, lhs, rhs } => self.binary(*dst, *op, *lhs, *rhs),
             Op::Store { dst, src } => self.store(dst, *src),
             Op::Scatter { param, indices, src, keep } => self.scatter(*param, indices, *src, *keep),
@@ -1689,6 +1693,93 @@ impl<'k> Emitter<'k> {
         Ok(())
     }
 
+    /// Each column of a fragment tile reduced over all the rows of the warp's compute group:
+    /// over the thread's two rows per 16-row block, then the 8 lane groups (butterfly shuffles
+    /// over lane bits 2..4), then, with more than one warp in the group, through shared memory:
+    /// lanes 0..3 of each warp publish the warp's columns, a barrier over the compute warps,
+    /// every thread folds the group's warps in warp order (so every warp holds the same bits),
+    /// and a second barrier before the region is written again.
+    fn col_reduce(&mut self, dst: Value, op: ReduceOp, src: Value) -> Result<(), CodegenError> {
+        let Type::Frag { cols, .. } = self.kernel.ty(src) else {
+            return Err(CodegenError::Internal("column reduce of a non-fragment".into()));
+        };
+        let (d, s) = (self.regs_of(dst), self.regs_of(src));
+        let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        let instr = reduce_instr(op);
+        for nt in 0..shape.col_blocks {
+            for e in 0..2 {
+                let r = d.at(2 * nt + e);
+                self.w.ins(format!("mov.f32 {r}, {}", s.at(shape.acc(0, nt, e))));
+                self.w.ins(format!("{instr} {r}, {r}, {}", s.at(shape.acc(0, nt, 2 + e))));
+                for mf in 1..shape.mfrags {
+                    for h in 0..2 {
+                        self.w.ins(format!("{instr} {r}, {r}, {}", s.at(shape.acc(mf, nt, 2 * h + e))));
+                    }
+                }
+                // The 8 lane groups hold the column's other rows.
+                for lane_mask in [4, 8, 16] {
+                    let other = self.w.temp(RegClass::F32);
+                    self.w.ins(format!("shfl.sync.bfly.b32 {other}, {r}, {lane_mask}, 0x1f, 0xffffffff"));
+                    self.w.ins(format!("{instr} {r}, {r}, {other}"));
+                }
+            }
+        }
+        let wps = self.cfg.warps_per_split();
+        if wps == 1 {
+            return Ok(());
+        }
+        let region =
+            self.plan.col_region.ok_or_else(|| CodegenError::Internal("no column region planned".into()))?;
+        let stride = self.plan.col_region_cols * 4;
+        let compute_threads = self.cfg.warps * 32;
+        let (warp, group, quad_lane, smem) = (
+            self.th().warp.clone(),
+            self.th().group.clone(),
+            self.th().quad_lane.clone(),
+            self.th().smem.clone(),
+        );
+        // This lane's columns in warp slot `slot`'s row of the region.
+        let lane_base = |e: &mut Self, slot: &str| {
+            let base = e.w.temp(RegClass::B32);
+            e.w.ins(format!("mul.lo.u32 {base}, {slot}, {stride}"));
+            e.w.ins(format!("mad.lo.u32 {base}, {quad_lane}, 8, {base}"));
+            e.w.ins(format!("add.u32 {base}, {base}, {smem}"));
+            e.w.ins(format!("add.u32 {base}, {base}, {region}"));
+            base
+        };
+        let (lead, published) = (self.w.temp(RegClass::Pred), self.w.label("columns_published"));
+        self.w.ins(format!("setp.ne.u32 {lead}, {group}, 0"));
+        self.w.ins(format!("@{lead} bra {published}"));
+        let base = lane_base(self, &warp);
+        for i in 0..d.len {
+            let (nt, e) = (i / 2, i % 2);
+            self.w.ins(format!("st.shared.f32 [{base}+{}], {}", 4 * (8 * nt + e), d.at(i)));
+        }
+        self.w.place_label(&published);
+        self.w.ins(format!("bar.sync {COLUMN_BARRIER}, {compute_threads}"));
+        let first = self.w.temp(RegClass::B32);
+        self.w.ins(format!("div.u32 {first}, {warp}, {wps}"));
+        self.w.ins(format!("mul.lo.u32 {first}, {first}, {wps}"));
+        for j in 0..wps {
+            let slot = self.w.temp(RegClass::B32);
+            self.w.ins(format!("add.u32 {slot}, {first}, {j}"));
+            let base = lane_base(self, &slot);
+            for i in 0..d.len {
+                let (nt, e) = (i / 2, i % 2);
+                let at = format!("[{base}+{}]", 4 * (8 * nt + e));
+                if j == 0 {
+                    self.w.ins(format!("ld.shared.f32 {}, {at}", d.at(i)));
+                } else {
+                    let x = self.w.temp(RegClass::F32);
+                    self.w.ins(format!("ld.shared.f32 {x}, {at}"));
+                    self.w.ins(format!("{instr} {0}, {0}, {x}", d.at(i)));
+                }
+            }
+        }
+        self.w.ins(format!("bar.sync {COLUMN_BARRIER}, {compute_threads}"));
+        Ok(())
+    }
+
     fn binary(&mut self, dst: Value, op: BinOp, lhs: Value, rhs: Value) -> Result<(), CodegenError> {
         let (lt, rt, dt) = (self.kernel.ty(lhs), self.kernel.ty(rhs), self.kernel.ty(dst));
         let (d, l, mut r) = (self.regs_of(dst), self.regs_of(lhs), self.regs_of(rhs));
@@ -1731,6 +1822,12 @@ impl<'k> Emitter<'k> {
                 let per_block = cols.per_warp(&self.cfg) as usize / 8 * 4;
                 let (mf, e) = (i / per_block, i % 4);
                 row_reg(mf, e / 2)
+            }
+            (Type::Col { .. }, Type::Frag { cols, .. }) => {
+                // Accumulator register i = ((mf * n_tiles + nt) * 4 + e); columns: nt, e % 2.
+                let per_block = cols.per_warp(&self.cfg) as usize / 8 * 4;
+                let (nt, e) = (i % per_block / 4, i % 4);
+                2 * nt + e % 2
             }
             _ => i,
         }

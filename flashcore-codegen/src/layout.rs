@@ -77,6 +77,8 @@ pub fn register_count(cfg: &Config, ty: &Type) -> Option<usize> {
     match *ty {
         Type::Index { .. } | Type::Scalar | Type::Int | Type::Bool | Type::Counter => Some(1),
         Type::Row { .. } => Some(mfrags(cfg) * 2),
+        // Two columns per 8-column block of the warp's fragments (`2·(lane % 4) + e`).
+        Type::Col { cols } => Some(cols.per_warp(cfg) as usize / 8 * 2),
         Type::Frag { cols, elem, .. } => Some(frag_shape(cfg, cols, elem).regs()),
         Type::Smem { .. } => None,
     }

@@ -34,6 +34,11 @@ pub struct SmemPlan {
     pub merge_region: Option<u32>,
     /// Registers a warp publishes for the merge: its row max, row sum and accumulator.
     pub merge_regs: u32,
+    /// Column reductions: each compute warp's partial columns, `warps × col_region_cols` f32s
+    /// (warp `w`'s column `c` at `col_region + 4·(w · col_region_cols + c)`).
+    pub col_region: Option<u32>,
+    /// The most columns one warp's fragments hold among the column reductions.
+    pub col_region_cols: u32,
     /// Offset of each ring buffer (slot `i` at `offset + i * slot_bytes`).
     pub buffer_offsets: Vec<u32>,
     /// Bytes of one slot of each ring buffer.
@@ -91,6 +96,15 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     });
     let partner_warps = cfg.warps - cfg.warps_per_split();
     let merge_region = (merge_regs > 0).then(|| alloc(partner_warps * merge_regs * 128));
+    let mut col_region_cols = 0;
+    kernel.walk(&mut |inst| {
+        if let Op::ColReduce { src, .. } = inst.op {
+            if let flashcore_ir::kernel::Type::Frag { cols, .. } = kernel.ty(src) {
+                col_region_cols = col_region_cols.max(cols.per_warp(cfg));
+            }
+        }
+    });
+    let col_region = (col_region_cols > 0).then(|| alloc(cfg.warps * col_region_cols * 4));
     let slot_bytes: Vec<u32> = kernel.buffers.iter().map(|b| b.rows.size(cfg) * row_bytes(cfg)).collect();
     let buffer_offsets =
         kernel.buffers.iter().zip(&slot_bytes).map(|(b, bytes)| alloc(bytes * b.slots)).collect();
@@ -102,6 +116,8 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         kept_a: kept,
         merge_region,
         merge_regs,
+        col_region,
+        col_region_cols,
         buffer_offsets,
         slot_bytes,
         mbarrier_offsets,

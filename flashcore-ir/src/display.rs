@@ -28,6 +28,7 @@ impl fmt::Display for Type {
                 write!(f, "frag<{}>[{}, {}]", elem.name(), rows.symbol(), cols.symbol())
             }
             Type::Row { rows } => write!(f, "row<f32>[{}]", rows.symbol()),
+            Type::Col { cols } => write!(f, "col<f32>[{}]", cols.symbol()),
             Type::Counter => f.write_str("counter"),
         }
     }
@@ -253,6 +254,15 @@ impl Printer<'_> {
                 match op {
                     ReduceOp::Max => "row_max",
                     ReduceOp::Sum => "row_sum",
+                },
+                self.v(*src)
+            ),
+            Op::ColReduce { dst, op, src } => format!(
+                "{} = {} {}",
+                self.def(*dst),
+                match op {
+                    ReduceOp::Max => "col_max",
+                    ReduceOp::Sum => "col_sum",
                 },
                 self.v(*src)
             ),

@@ -113,6 +113,9 @@ pub enum Type {
     Frag { rows: TileDim, cols: TileDim, elem: Elem },
     /// One f32 per row of a `[rows][..]` tile.
     Row { rows: TileDim },
+    /// One f32 per column of a `[..][cols]` tile (a column reduction): each thread holds its
+    /// fragments' columns, the same in every lane group and every warp of its compute group.
+    Col { cols: TileDim },
     /// A u32 iteration counter, uniform across the warps of a role.
     Counter,
 }
@@ -122,7 +125,7 @@ impl Type {
     /// register tiles (`None` for shared-memory tiles and counters).
     pub fn elem(&self) -> Option<Elem> {
         match *self {
-            Type::Scalar | Type::Row { .. } => Some(Elem::F32),
+            Type::Scalar | Type::Row { .. } | Type::Col { .. } => Some(Elem::F32),
             Type::Int | Type::Index { .. } => Some(Elem::I32),
             Type::Bool => Some(Elem::Bool),
             Type::Frag { elem, .. } => Some(elem),
@@ -145,7 +148,7 @@ impl Type {
                 Elem::Bool => Type::Bool,
                 Elem::F16 | Elem::Bf16 => return None,
             },
-            Type::Row { .. } if elem == Elem::F32 => *self,
+            Type::Row { .. } | Type::Col { .. } if elem == Elem::F32 => *self,
             Type::Frag { rows, cols, .. } => Type::Frag { rows, cols, elem },
             _ => return None,
         })
@@ -156,7 +159,7 @@ impl Type {
     pub fn rank(&self) -> u8 {
         match self {
             t if t.is_uniform() => 0,
-            Type::Row { .. } => 1,
+            Type::Row { .. } | Type::Col { .. } => 1,
             Type::Frag { .. } => 2,
             _ => 3,
         }
@@ -171,6 +174,9 @@ impl Type {
             (h, l) if h.is_uniform() && l.is_uniform() => Some(h),
             (Type::Row { .. }, l) if l.is_uniform() => Some(hi),
             (Type::Row { rows: x }, Type::Row { rows: y }) if x == y => Some(hi),
+            (Type::Col { .. }, l) if l.is_uniform() => Some(hi),
+            (Type::Col { cols: x }, Type::Col { cols: y }) if x == y => Some(hi),
+            (Type::Frag { cols: x, .. }, Type::Col { cols: y }) if x == y => Some(hi),
             (Type::Frag { .. }, l) if l.is_uniform() => Some(hi),
             (Type::Frag { rows: x, .. }, Type::Row { rows: y }) if x == y => Some(hi),
             (Type::Frag { rows: r1, cols: c1, .. }, Type::Frag { rows: r2, cols: c2, .. })
@@ -599,6 +605,9 @@ pub enum Op {
     ToHalf { dst: Value, src: Value },
     /// Reduce each row of a fragment tile.
     Reduce { dst: Value, op: ReduceOp, src: Value },
+    /// Reduce each column of an f32 fragment tile over all its rows, across the warps of a
+    /// compute group (through shared memory, between two barriers over the compute warps).
+    ColReduce { dst: Value, op: ReduceOp, src: Value },
     /// Elementwise op; a `Row` or uniform operand broadcasts along the other's rows. Both
     /// operands have one element type (f32, i32 or bool); comparisons give bools.
     Binary { dst: Value, op: BinOp, lhs: Value, rhs: Value },
@@ -690,6 +699,7 @@ impl Op {
             | Op::LogSumExp { dst, .. }
             | Op::ToHalf { dst, .. }
             | Op::Reduce { dst, .. }
+            | Op::ColReduce { dst, .. }
             | Op::Binary { dst, .. }
             | Op::Fill { dst, .. } => Some(*dst),
             Op::Assign { .. }
@@ -750,7 +760,8 @@ impl Op {
             | Op::Convert { src, .. }
             | Op::Exp2 { src, .. }
             | Op::ToHalf { src, .. }
-            | Op::Reduce { src, .. } => vec![*src],
+            | Op::Reduce { src, .. }
+            | Op::ColReduce { src, .. } => vec![*src],
             Op::Mma { a, b, acc, .. } => [Some(*a), Some(*b), *acc].into_iter().flatten().collect(),
             Op::MaskColumns { src, tile, causal, .. } => {
                 let mut v = tile.coords.clone();

@@ -177,6 +177,7 @@ fn describe(ty: &Type) -> String {
             format!("a register tile [{}, {}] of {}", rows.symbol(), cols.symbol(), elem.name())
         }
         Type::Row { rows } => format!("a row vector [{}]", rows.symbol()),
+        Type::Col { cols } => format!("a column vector [{}]", cols.symbol()),
         Type::Counter => "an iteration counter".into(),
     }
 }
@@ -1154,7 +1155,7 @@ impl Lowerer {
 
     /// The unspecified columns of the first operand that has them, for an elementwise result.
     fn inherit_tail(&mut self, dst: Value, operands: &[Value]) {
-        if !matches!(self.ty(dst), Type::Frag { .. }) {
+        if !matches!(self.ty(dst), Type::Frag { .. } | Type::Col { .. }) {
             return;
         }
         if let Some(t) = operands.iter().find_map(|v| self.tails.get(v).cloned()) {
@@ -1185,9 +1186,73 @@ impl Lowerer {
         dst
     }
 
+    /// `col_max(x)` / `col_sum(x)`: each column of f32 register tile `x` reduced over its rows.
+    /// Rows past the end of their sequence (a Q tile's tail) count as the reduction's identity;
+    /// the columns keep the tile's own tail, if any (they are masked where they are read).
+    fn col_reduce(
+        &mut self,
+        op: ReduceOp,
+        inner: &Expr,
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+        name: &str,
+    ) -> Result<Value> {
+        let what = match op {
+            ReduceOp::Max => "`col_max`",
+            ReduceOp::Sum => "`col_sum`",
+        };
+        let src = self.expr(inner, out, role, name)?;
+        if op == ReduceOp::Sum {
+            self.check_masked(src, &[Masked::Probabilities], what, span)?;
+        }
+        let ty = self.ty(src);
+        let Type::Frag { rows, cols, elem: Elem::F32 } = ty else {
+            return err(span, format!("{what} reduces f32 register tiles, not {}", describe(&ty)));
+        };
+        let axes = self.axes.get(&src).copied().unwrap_or_default();
+        let mut operand = src;
+        if let Some(index) = axes.rows {
+            if let Type::Index { dim, tile: Some(_) } = self.ty(index) {
+                let identity = match op {
+                    ReduceOp::Max => f32::NEG_INFINITY,
+                    ReduceOp::Sum => 0.0,
+                };
+                let pos =
+                    self.new_value(Type::Frag { rows, cols, elem: Elem::I32 }, &format!("{name}_row"), false);
+                self.push(out, Op::Position { dst: pos, axis: TileAxis::Rows, index }, role, span);
+                let len = self.new_value(Type::Int, &format!("{name}_rows"), false);
+                self.push(out, Op::DimLen { dst: len, dim }, role, span);
+                let inside = self.new_value(
+                    Type::Frag { rows, cols, elem: Elem::Bool },
+                    &format!("{name}_row_exists"),
+                    false,
+                );
+                self.push(out, Op::Binary { dst: inside, op: BinOp::Lt, lhs: pos, rhs: len }, role, span);
+                let fill = self.new_value(Type::Scalar, &format!("{name}_identity"), false);
+                self.push(out, Op::Const { dst: fill, value: identity }, role, span);
+                let rows_in = self.new_value(ty, &format!("{name}_rows_in_sequence"), false);
+                self.push(
+                    out,
+                    Op::Select { dst: rows_in, cond: inside, then: src, otherwise: fill },
+                    role,
+                    span,
+                );
+                operand = rows_in;
+            }
+        }
+        let dst = self.new_value(Type::Col { cols }, name, false);
+        self.push(out, Op::ColReduce { dst, op, src: operand }, role, span);
+        self.axes.insert(dst, TileAxes { rows: None, cols: axes.cols });
+        if let Some(t) = self.tails.get(&src).cloned() {
+            self.tails.insert(dst, t);
+        }
+        Ok(dst)
+    }
+
     /// The axes of the first operand that has them, for an elementwise result.
     fn inherit_axes(&mut self, dst: Value, operands: &[Value]) {
-        if !matches!(self.ty(dst), Type::Frag { .. }) {
+        if !matches!(self.ty(dst), Type::Frag { .. } | Type::Col { .. }) {
             return;
         }
         if let Some(a) = operands.iter().find_map(|v| self.axes.get(v).copied()) {
@@ -1532,6 +1597,7 @@ impl Lowerer {
                 self.push(out, Op::Reduce { dst, op: *op, src }, role, span);
                 dst
             }
+            ExprKind::ColReduce(op, inner) => self.col_reduce(*op, inner, out, role, span, name)?,
             ExprKind::Binary(op, lhs, rhs) => {
                 let l = self.expr_raw(lhs, out, role, name)?;
                 let r = self.expr_raw(rhs, out, role, name)?;

@@ -190,6 +190,9 @@ impl Parser<'_> {
                         return Err("a staged tile is [rows, cols]".into());
                     };
                     Type::Smem { rows, cols, transposed: rest.ends_with(".t"), elem: elem(e)? }
+                } else if let Some((_, rest)) = bracketed("col<") {
+                    let [cols] = shape(rest)?[..] else { return Err("a column vector is [cols]".into()) };
+                    Type::Col { cols }
                 } else if let Some((_, rest)) = bracketed("row<") {
                     let [rows] = shape(rest)?[..] else { return Err("a row vector is [rows]".into()) };
                     Type::Row { rows }
@@ -789,7 +792,8 @@ impl Parser<'_> {
                 let [max, sum] = v[..] else { return Err("log_sum_exp takes two operands".into()) };
                 Box::new(move |dst| Op::LogSumExp { dst, max, sum })
             }
-            "transpose" | "exp2" | "convert" | "to_f16" | "to_bf16" | "row_max" | "row_sum" => {
+            "transpose" | "exp2" | "convert" | "to_f16" | "to_bf16" | "row_max" | "row_sum" | "col_max"
+            | "col_sum" => {
                 let src = self.value(args, None)?;
                 let name = name.to_string();
                 Box::new(move |dst| match name.as_str() {
@@ -798,6 +802,8 @@ impl Parser<'_> {
                     "convert" => Op::Convert { dst, src },
                     "row_max" => Op::Reduce { dst, op: ReduceOp::Max, src },
                     "row_sum" => Op::Reduce { dst, op: ReduceOp::Sum, src },
+                    "col_max" => Op::ColReduce { dst, op: ReduceOp::Max, src },
+                    "col_sum" => Op::ColReduce { dst, op: ReduceOp::Sum, src },
                     _ => Op::ToHalf { dst, src },
                 })
             }

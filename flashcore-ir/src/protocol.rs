@@ -654,6 +654,9 @@ impl Tracer<'_> {
             // Two barriers over the compute warps: after the groups' states are written, and
             // after group 0 has read them.
             Op::MergeSplits { .. } => self.events.extend([Event::CtaBarrier, Event::CtaBarrier]),
+            // A column reduction: two barriers over the compute warps, after the warps' partial
+            // columns are written and after they are read.
+            Op::ColReduce { .. } => self.events.extend([Event::CtaBarrier, Event::CtaBarrier]),
             Op::CounterInit { dst } => {
                 self.counters.insert(*dst, 0);
             }

@@ -387,6 +387,9 @@ pub enum ExprKind {
     /// max `m` and sum `l`, `(m + log2 l) · ln 2`, +inf for a row with no key (`l = 0`).
     LogSumExp(Box<Expr>, Box<Expr>),
     RowReduce(ReduceOp, Box<Expr>),
+    /// `col_max(x)`, `col_sum(x)`: a `[cols]` vector reducing each column of an f32 register
+    /// tile over all of its rows.
+    ColReduce(ReduceOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `-x`, `!x`, `abs(x)`, `exp(x)`, `log(x)`, `sqrt(x)`, `tanh(x)`.
     Unary(UnaryOp, Box<Expr>),
@@ -514,7 +517,9 @@ impl Program {
                 ExprKind::Transpose(a) | ExprKind::To(a, _) | ExprKind::Exp2(a) | ExprKind::Unary(_, a) => {
                     expr(a, out)
                 }
-                ExprKind::RowReduce(_, a) | ExprKind::Position { tile: a, .. } => expr(a, out),
+                ExprKind::RowReduce(_, a)
+                | ExprKind::ColReduce(_, a)
+                | ExprKind::Position { tile: a, .. } => expr(a, out),
                 ExprKind::Mma { a, b, acc } => {
                     expr(a, out);
                     expr(b, out);

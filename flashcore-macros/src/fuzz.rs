@@ -48,13 +48,16 @@ struct Input {
     item: TokenStream,
 }
 
-/// Every `#[flash_kernel]` function in the repository (the library's kernels, the UI tests'
-/// passing and failing kernels, the hang example), parsed on this thread.
+/// Every `#[flash_kernel]` function in the repository (the library's kernels, the backward's,
+/// the element-store test kernels, the UI tests' passing and failing kernels, the hang
+/// example), parsed on this thread.
 fn seeds() -> Vec<Input> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = vec![
         root.join("src/kernels.rs"),
         root.join("src/kernels/variants.rs"),
+        root.join("src/kernels/backward.rs"),
+        root.join("tests/stores.rs"),
         root.join("examples/hang.rs"),
     ];
     let mut ui: Vec<_> = std::fs::read_dir(root.join("tests/ui"))
@@ -87,6 +90,8 @@ const IDENTS: &[&str] = &[
     "max",
     "row_max",
     "row_sum",
+    "col_max",
+    "col_sum",
     "exp2",
     "exp",
     "tanh",
@@ -230,6 +235,9 @@ const SNIPPETS: &[&str] = &[
     "l = l * alpha + row_sum(p);",
     "store(o.tile(b, h, qt), acc / l);",
     "store(lse.tile(b, h, qt), log_sum_exp(m, l));",
+    "store(scores.at(b, h, s.index(S), s.index(SK)), s);",
+    "store(key_maxes.at(b, h, qt, s.index(SK)), col_max(s));",
+    "scores: TensorMut<f32, B, H, S, SK>,",
     "let mut acc = zeros([TILE_M, D]);",
     "let mut m = fill([TILE_M], NEG_INF);",
     "for kt in pipeline(0..SK / TILE_N) { let ks = stage(k.tile(b, h, kt)); }",

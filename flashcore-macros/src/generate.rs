@@ -147,6 +147,14 @@ fn expr(e: &Expr) -> TokenStream {
             let x = b(x);
             quote!(#p::ExprKind::RowReduce(#op, #x))
         }
+        ExprKind::ColReduce(op, x) => {
+            let op = match op {
+                ReduceOp::Max => quote!(#p::ReduceOp::Max),
+                ReduceOp::Sum => quote!(#p::ReduceOp::Sum),
+            };
+            let x = b(x);
+            quote!(#p::ExprKind::ColReduce(#op, #x))
+        }
         ExprKind::Binary(op, l, r) => {
             let op = format_ident!("{}", format!("{op:?}"));
             let op = quote!(#p::BinOp::#op);

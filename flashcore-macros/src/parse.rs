@@ -256,7 +256,7 @@ fn int_value(e: &syn::Expr) -> syn::Result<u32> {
     }
 }
 
-const FUNCTIONS: &str = "load, stage, mma, exp2, exp, log, sqrt, tanh, fast_tanh, abs, max, min, select, mask, row_max, row_sum, log_sum_exp, fill, zeros";
+const FUNCTIONS: &str = "load, stage, mma, exp2, exp, log, sqrt, tanh, fast_tanh, abs, max, min, select, mask, row_max, row_sum, col_max, col_sum, log_sum_exp, fill, zeros";
 
 /// Converts the parsed function into a `Program`, filling `spans`.
 pub struct Converter<'s> {
@@ -714,6 +714,11 @@ impl Converter<'_> {
                         arity(&[1])?;
                         let op = if name == "row_max" { ReduceOp::Max } else { ReduceOp::Sum };
                         ExprKind::RowReduce(op, boxed(self, args[0])?)
+                    }
+                    "col_max" | "col_sum" => {
+                        arity(&[1])?;
+                        let op = if name == "col_max" { ReduceOp::Max } else { ReduceOp::Sum };
+                        ExprKind::ColReduce(op, boxed(self, args[0])?)
                     }
                     "max" | "min" => {
                         arity(&[2])?;

@@ -117,6 +117,13 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         // staged K/V tiles and the tensor-core work are the compute warps'.
         if side == Side::Softmax {
             let reads_stage = i.op.uses().iter().any(|u| matches!(kernel.ty(*u), Type::Smem { .. }));
+            if matches!(i.op, Op::ColReduce { .. }) {
+                return Err(LowerError::new(
+                    i.span,
+                    "a column reduction combines the rows of every compute warp through shared memory, so it runs on the compute warps: give it `#[role(compute)]`",
+                )
+                .into());
+            }
             if reads_stage || matches!(i.op, Op::Mma { .. }) {
                 return Err(LowerError::new(
                     i.span,
@@ -372,6 +379,7 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
         },
         Op::ToHalf { dst, src } => Op::ToHalf { dst, src: f(src) },
         Op::Reduce { dst, op, src } => Op::Reduce { dst, op, src: f(src) },
+        Op::ColReduce { dst, op, src } => Op::ColReduce { dst, op, src: f(src) },
         Op::Binary { dst, op, lhs, rhs } => Op::Binary { dst, op, lhs: f(lhs), rhs: f(rhs) },
         Op::Unary { dst, op, src } => Op::Unary { dst, op, src: f(src) },
         Op::Convert { dst, src } => Op::Convert { dst, src: f(src) },
