@@ -796,19 +796,10 @@ impl Lowerer {
         }
         let mut keep: Option<Value> = None;
         for (axis, index) in [(TileAxis::Rows, axes.rows), (TileAxis::Cols, axes.cols)] {
-            let Some(index) = index else { continue };
-            let Type::Index { dim, tile: Some(_) } = self.ty(index) else { continue };
-            let pos =
-                self.new_value(Type::Frag { rows, cols, elem: Elem::I32 }, &format!("{table}_pos"), false);
-            self.push(out, Op::Position { dst: pos, axis, index }, role, span);
-            let len = self.new_value(Type::Int, &format!("{table}_len"), false);
-            self.push(out, Op::DimLen { dst: len, dim }, role, span);
-            let inside = self.new_value(
-                Type::Frag { rows, cols, elem: Elem::Bool },
-                &format!("{table}_exists"),
-                false,
-            );
-            self.push(out, Op::Binary { dst: inside, op: BinOp::Lt, lhs: pos, rhs: len }, role, span);
+            let name = format!("{table}_exists");
+            let Some(inside) = self.in_sequence(axis, index, (rows, cols), &name, out, role, span) else {
+                continue;
+            };
             keep = Some(match keep {
                 None => inside,
                 Some(k) => {
@@ -1186,6 +1177,31 @@ impl Lowerer {
         dst
     }
 
+    /// Whether each element of a `[rows, cols]` register tile lies inside its sequence along
+    /// `axis`, whose tile index is `index` (a bool tile: its position below the sequence's
+    /// length); `None` when that axis walks no sequence in tiles (it has no tail).
+    #[allow(clippy::too_many_arguments)]
+    fn in_sequence(
+        &mut self,
+        axis: TileAxis,
+        index: Option<Value>,
+        (rows, cols): (TileDim, TileDim),
+        name: &str,
+        out: &mut Block,
+        role: Option<Role>,
+        span: SpanId,
+    ) -> Option<Value> {
+        let index = index?;
+        let Type::Index { dim, tile: Some(_) } = self.ty(index) else { return None };
+        let pos = self.new_value(Type::Frag { rows, cols, elem: Elem::I32 }, &format!("{name}_pos"), false);
+        self.push(out, Op::Position { dst: pos, axis, index }, role, span);
+        let len = self.new_value(Type::Int, &format!("{name}_len"), false);
+        self.push(out, Op::DimLen { dst: len, dim }, role, span);
+        let inside = self.new_value(Type::Frag { rows, cols, elem: Elem::Bool }, name, false);
+        self.push(out, Op::Binary { dst: inside, op: BinOp::Lt, lhs: pos, rhs: len }, role, span);
+        Some(inside)
+    }
+
     /// `col_max(x)` / `col_sum(x)`: each column of f32 register tile `x` reduced over its rows.
     /// Rows past the end of their sequence (a Q tile's tail) count as the reduction's identity;
     /// the columns keep the tile's own tail, if any (they are masked where they are read).
@@ -1212,34 +1228,19 @@ impl Lowerer {
         };
         let axes = self.axes.get(&src).copied().unwrap_or_default();
         let mut operand = src;
-        if let Some(index) = axes.rows {
-            if let Type::Index { dim, tile: Some(_) } = self.ty(index) {
-                let identity = match op {
-                    ReduceOp::Max => f32::NEG_INFINITY,
-                    ReduceOp::Sum => 0.0,
-                };
-                let pos =
-                    self.new_value(Type::Frag { rows, cols, elem: Elem::I32 }, &format!("{name}_row"), false);
-                self.push(out, Op::Position { dst: pos, axis: TileAxis::Rows, index }, role, span);
-                let len = self.new_value(Type::Int, &format!("{name}_rows"), false);
-                self.push(out, Op::DimLen { dst: len, dim }, role, span);
-                let inside = self.new_value(
-                    Type::Frag { rows, cols, elem: Elem::Bool },
-                    &format!("{name}_row_exists"),
-                    false,
-                );
-                self.push(out, Op::Binary { dst: inside, op: BinOp::Lt, lhs: pos, rhs: len }, role, span);
-                let fill = self.new_value(Type::Scalar, &format!("{name}_identity"), false);
-                self.push(out, Op::Const { dst: fill, value: identity }, role, span);
-                let rows_in = self.new_value(ty, &format!("{name}_rows_in_sequence"), false);
-                self.push(
-                    out,
-                    Op::Select { dst: rows_in, cond: inside, then: src, otherwise: fill },
-                    role,
-                    span,
-                );
-                operand = rows_in;
-            }
+        let row_exists = format!("{name}_row_exists");
+        if let Some(inside) =
+            self.in_sequence(TileAxis::Rows, axes.rows, (rows, cols), &row_exists, out, role, span)
+        {
+            let identity = match op {
+                ReduceOp::Max => f32::NEG_INFINITY,
+                ReduceOp::Sum => 0.0,
+            };
+            let fill = self.new_value(Type::Scalar, &format!("{name}_identity"), false);
+            self.push(out, Op::Const { dst: fill, value: identity }, role, span);
+            let rows_in = self.new_value(ty, &format!("{name}_rows_in_sequence"), false);
+            self.push(out, Op::Select { dst: rows_in, cond: inside, then: src, otherwise: fill }, role, span);
+            operand = rows_in;
         }
         let dst = self.new_value(Type::Col { cols }, name, false);
         self.push(out, Op::ColReduce { dst, op, src: operand }, role, span);

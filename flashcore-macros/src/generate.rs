@@ -66,6 +66,14 @@ fn tile_ref(t: &TileRef) -> TokenStream {
     quote!(::flashcore::ir::source::TileRef { tensor: #tensor, indices: #indices, groups: ::std::vec![#(#groups),*], span: #span })
 }
 
+fn reduce_op(op: ReduceOp) -> TokenStream {
+    let p = quote!(::flashcore::ir::source);
+    match op {
+        ReduceOp::Max => quote!(#p::ReduceOp::Max),
+        ReduceOp::Sum => quote!(#p::ReduceOp::Sum),
+    }
+}
+
 fn expr(e: &Expr) -> TokenStream {
     let span = span_id(e.span);
     let b = |e: &Expr| {
@@ -140,19 +148,11 @@ fn expr(e: &Expr) -> TokenStream {
             quote!(#p::ExprKind::Exp2(#x))
         }
         ExprKind::RowReduce(op, x) => {
-            let op = match op {
-                ReduceOp::Max => quote!(#p::ReduceOp::Max),
-                ReduceOp::Sum => quote!(#p::ReduceOp::Sum),
-            };
-            let x = b(x);
+            let (op, x) = (reduce_op(*op), b(x));
             quote!(#p::ExprKind::RowReduce(#op, #x))
         }
         ExprKind::ColReduce(op, x) => {
-            let op = match op {
-                ReduceOp::Max => quote!(#p::ReduceOp::Max),
-                ReduceOp::Sum => quote!(#p::ReduceOp::Sum),
-            };
-            let x = b(x);
+            let (op, x) = (reduce_op(*op), b(x));
             quote!(#p::ExprKind::ColReduce(#op, #x))
         }
         ExprKind::Binary(op, l, r) => {
