@@ -379,3 +379,118 @@ fn sliding_window_backward_matches_float64_and_skips_outside_the_window() {
     // Each 64-key tile meets at most 3 of the 16 query tiles its window reaches.
     assert!(ratio < 0.3, "windowed / full = {ratio:.3}: the tiles outside the window are not skipped");
 }
+
+/// `attention_backward_dkdv_grouped`, whose range loop walks a K/V head's query heads, against
+/// float64 summed over each group, at tails and group sizes 1, 2 and 4, under the declared
+/// schedule, load warps (whose copies compute the query head themselves), 3 stages with
+/// persistent CTAs, and bf16.
+#[test]
+fn grouped_dkdv_sums_the_query_heads_of_each_kv_head_in_the_kernel() {
+    let declared = attention_backward_dkdv_grouped::CONFIG;
+    let configs = [
+        declared,
+        Config { load_warps: 1, stages: 3, ..declared },
+        Config { persistent: true, stages: 3, tile_n: 32, ..declared },
+        Config { dtype: DType::Bf16, ..declared },
+    ];
+    for config in configs {
+        let kernel =
+            attention_backward_dkdv_grouped::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        for (i, (b, h, hk, s, sk)) in
+            [(1, 4, 2, 77, 150), (2, 2, 2, 130, 100), (1, 4, 1, 64, 64)].into_iter().enumerate()
+        {
+            let d = config.head_dim as usize;
+            let mut rng = flashcore::reference::Rng::new(90 + i as u64);
+            let mut gen = |n: usize| {
+                (0..n).map(|_| flashcore::round_to(config.dtype, rng.normal())).collect::<Vec<f64>>()
+            };
+            let (q, k, v, g) =
+                (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d), gen(b * h * s * d));
+            let scale = 1.0 / (d as f64).sqrt();
+            let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal: false };
+            let all_q: Vec<usize> = (0..b * h * s).collect();
+            let all_k: Vec<usize> = (0..b * h * sk).collect();
+            let want = attention_backward_rows(&problem, &g, &all_q, &all_k);
+            // Per K/V head: the sum over its query heads.
+            let group = h / hk;
+            let mut want_dk = vec![0.0; b * hk * sk * d];
+            let mut want_dv = vec![0.0; b * hk * sk * d];
+            for bi in 0..b {
+                for hi in 0..h {
+                    for r in 0..sk * d {
+                        let (from, to) =
+                            (((bi * h + hi) * sk) * d + r, ((bi * hk + hi / group) * sk) * d + r);
+                        want_dk[to] += want.dk[from];
+                        want_dv[to] += want.dv[from];
+                    }
+                }
+            }
+            let lse: Vec<f32> = want.lse.iter().map(|x| *x as f32).collect();
+            let delta: Vec<f32> = want.delta.iter().map(|x| *x as f32).collect();
+            let (dk, dv) = match config.dtype {
+                DType::F16 => grouped::<flashcore::f16>(
+                    &kernel,
+                    (b, h, hk, s, sk, d),
+                    [&q, &k, &v, &g],
+                    &lse,
+                    &delta,
+                    scale,
+                ),
+                DType::Bf16 => grouped::<flashcore::bf16>(
+                    &kernel,
+                    (b, h, hk, s, sk, d),
+                    [&q, &k, &v, &g],
+                    &lse,
+                    &delta,
+                    scale,
+                ),
+            };
+            let bound = flashcore::tolerance(config.dtype);
+            for (what, got, want) in [("dk", &dk, &want_dk), ("dv", &dv, &want_dv)] {
+                let err = flashcore::reference::compare(got, want);
+                assert!(
+                    err.non_finite == 0 && err.rel_l2 < bound,
+                    "{config} {:?} {what}: {err:?}",
+                    (b, h, hk, s, sk)
+                );
+                println!("grouped {config} {:?} {what}: rel_l2 {:.2e}", (b, h, hk, s, sk), err.rel_l2);
+            }
+        }
+    }
+}
+
+/// Runs the grouped dK/dV kernel on `[q, k, v, d_out]` (float64, rounded to `T`), outputs
+/// poisoned with NaN: dK and dV per K/V head.
+fn grouped<T: HalfFloat>(
+    kernel: &flashcore::CompiledKernel,
+    (b, h, hk, s, sk, d): Shape,
+    [q, k, v, g]: [&[f64]; 4],
+    lse: &[f32],
+    delta: &[f32],
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let half = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
+    let (qh, kh, vh, gh) = (half(q), half(k), half(v), half(g));
+    let (mut dk, mut dv) = (vec![T::NAN; b * hk * sk * d], vec![T::NAN; b * hk * sk * d]);
+    let (qv, kv, rows) = (
+        HostView::contiguous(&[b, h, s, d]),
+        HostView::contiguous(&[b, hk, sk, d]),
+        HostView::contiguous(&[b, h, s]),
+    );
+    let mut args = vec![
+        HostArg::Tensor(&qh, qv.clone()),
+        HostArg::Tensor(&kh, kv.clone()),
+        HostArg::Tensor(&vh, kv.clone()),
+        HostArg::Tensor(&gh, qv),
+        HostArg::F32Table(lse, rows.clone()),
+        HostArg::F32Table(delta, rows),
+        HostArg::TensorMut(&mut dk, kv.clone()),
+        HostArg::TensorMut(&mut dv, kv),
+        HostArg::F32(scale as f32),
+    ];
+    simulate(kernel, &mut args, &SimDevice::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", kernel.kernel.config));
+    drop(args);
+    let f = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+    (f(&dk), f(&dv))
+}

@@ -516,6 +516,7 @@ impl<'k> Emitter<'k> {
         self.w.comment(text.trim_end_matches(" {"));
         match &inst.op {
             Op::Tiles { vars, extents, body, .. } => self.tiles_loop(vars, extents, body),
+            Op::Loop { var, from, to, body } => self.range_loop(*var, *from, *to, body),
             Op::Pipeline { var, extent, stages, prologue, body, epilogue } => {
                 if *stages == 0 {
                     return Err(CodegenError::Internal("the pipeline pass has not run".into()));
@@ -863,6 +864,32 @@ impl<'k> Emitter<'k> {
         }
     }
 
+    /// A range loop: `var` from bound `from` while below bound `to`, one uniform branch a turn.
+    fn range_loop(
+        &mut self,
+        var: Value,
+        from: BoundId,
+        to: BoundId,
+        body: &Block,
+    ) -> Result<(), CodegenError> {
+        let g = self.regs_of(var).at(0);
+        let start = self.loop_bound(from)?;
+        let end = self.loop_bound(to)?;
+        self.w.ins(format!("mov.b32 {g}, {start}"));
+        let (top, done_label) = (self.w.label("range"), self.w.label("range_end"));
+        self.w.place_label(&top);
+        self.w.indent();
+        let done = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("setp.ge.s32 {done}, {g}, {end}"));
+        self.w.ins(format!("@{done} bra.uni {done_label}"));
+        self.block(body)?;
+        self.w.ins(format!("add.s32 {g}, {g}, 1"));
+        self.w.ins(format!("bra.uni {top}"));
+        self.w.dedent();
+        self.w.place_label(&done_label);
+        Ok(())
+    }
+
     fn pipeline_loop(
         &mut self,
         var: Value,
@@ -1057,6 +1084,16 @@ impl<'k> Emitter<'k> {
         let valid = self.w.temp(RegClass::B32);
         self.w.ins(format!("mul.lo.u32 {valid}, {tile}, {}", self.tile_rows(access)));
         self.w.ins(format!("sub.u32 {valid}, {len}, {valid}"));
+        // A computed batch or head index outside its axis: the tile has no rows (it reads as
+        // zeros and is not stored).
+        for axis in 0..2 {
+            if self.kernel.ty(access.coords[axis]) == Type::Int {
+                let (index, dim) = (self.regs_of(access.coords[axis]).at(0), self.dim_reg(tensor.dims[axis]));
+                let outside = self.w.temp(RegClass::Pred);
+                self.w.ins(format!("setp.ge.u32 {outside}, {index}, {dim}"));
+                self.w.ins(format!("selp.b32 {valid}, 0, {valid}, {outside}"));
+            }
+        }
         valid
     }
 

@@ -295,6 +295,9 @@ impl Printer<'_> {
                 let stages = if *stages > 0 { format!(" stages {stages}") } else { String::new() };
                 format!("pipeline {} in 0..{}{stages} {{", self.v(*var), self.extent(extent))
             }
+            Op::Loop { var, from, to, .. } => {
+                format!("loop {} in bound #{}..bound #{} {{", self.v(*var), from.0, to.0)
+            }
         };
         format!("{role}{text}")
     }
@@ -313,7 +316,7 @@ impl Printer<'_> {
         for inst in &block.insts {
             writeln!(out, "{pad}{}", self.line(inst))?;
             match &inst.op {
-                Op::Tiles { body, .. } => self.block(out, body, depth + 1)?,
+                Op::Tiles { body, .. } | Op::Loop { body, .. } => self.block(out, body, depth + 1)?,
                 Op::Roles { groups } => {
                     let inner = "  ".repeat(depth + 1);
                     for g in groups {

@@ -639,6 +639,10 @@ pub enum Op {
     /// `prologue` (run once, with the loop variable at 0) fills the first stages and the
     /// `epilogue` drains what is left in flight.
     Pipeline { var: Value, extent: LoopExtent, stages: u32, prologue: Block, body: Block, epilogue: Block },
+    /// A sequential loop in the work loop's body: `var` (an i32, uniform) runs over
+    /// `from..to` ([`Kernel::bounds`], expressions of the work item); the body may hold the
+    /// K/V loop, which then runs once per iteration.
+    Loop { var: Value, from: BoundId, to: BoundId, body: Block },
     /// Convert an f32 fragment tile to the tensor's dtype and write it to global memory.
     Store { dst: TileAccess, src: Value },
     /// Split-KV (`Config::kv_splits > 1`): the compute warps' groups merge their online-softmax
@@ -667,7 +671,7 @@ impl Op {
     /// The blocks nested in this op, in execution order.
     pub fn blocks(&self) -> Vec<&Block> {
         match self {
-            Op::Tiles { body, .. } => vec![body],
+            Op::Tiles { body, .. } | Op::Loop { body, .. } => vec![body],
             Op::Roles { groups } => groups.iter().map(|g| &g.body).collect(),
             Op::Pipeline { prologue, body, epilogue, .. } => vec![prologue, body, epilogue],
             _ => vec![],
@@ -703,6 +707,7 @@ impl Op {
             | Op::Binary { dst, .. }
             | Op::Fill { dst, .. } => Some(*dst),
             Op::Assign { .. }
+            | Op::Loop { .. }
             | Op::Tiles { .. }
             | Op::Pipeline { .. }
             | Op::Store { .. }
@@ -773,7 +778,7 @@ impl Op {
             Op::LogSumExp { max, sum, .. } => vec![*max, *sum],
             Op::Assign { dst, src } => vec![*dst, *src],
             Op::MergeSplits { max, sum, acc } => vec![*max, *sum, *acc],
-            Op::Tiles { .. } | Op::Pipeline { .. } => vec![],
+            Op::Tiles { .. } | Op::Pipeline { .. } | Op::Loop { .. } => vec![],
             Op::Store { dst, src } => {
                 let mut v = dst.coords.clone();
                 v.push(*src);

@@ -96,6 +96,8 @@ struct Lowerer {
     work_vars: Vec<Value>,
     /// The K/V loop's index, inside it.
     pipeline_var: Option<Value>,
+    /// Inside a range loop (`for g in from..to`), which may not nest another.
+    in_range_loop: bool,
     masks: Vec<TileMask>,
     /// Loop bounds written in the source ([`Kernel::bounds`]).
     bounds: Vec<MaskExpr>,
@@ -260,6 +262,7 @@ impl Lowerer {
             sym: HashMap::new(),
             work_vars: vec![],
             pipeline_var: None,
+            in_range_loop: false,
             masks: vec![],
             bounds: vec![],
         };
@@ -640,8 +643,9 @@ impl Lowerer {
                     );
                 }
                 let mut e = self.extent(extent)?;
-                e.from = from.as_ref().map(|b| self.loop_bound(b, "from")).transpose()?;
-                e.to = to.as_ref().map(|b| self.loop_bound(b, "to")).transpose()?;
+                let what = "a `pipeline` bound is an i32 tile index";
+                e.from = from.as_ref().map(|b| self.loop_bound(b, "from", what)).transpose()?;
+                e.to = to.as_ref().map(|b| self.loop_bound(b, "to", what)).transpose()?;
                 if self.causal_config {
                     if self.causal.is_none() {
                         return err(
@@ -676,6 +680,30 @@ impl Lowerer {
                         body: inner,
                         epilogue: Block::default(),
                     },
+                    role,
+                    span: stmt.span,
+                });
+            }
+            StmtKind::Loop { var, from, to, body } => {
+                if nesting != Nesting::Tiles || self.in_range_loop {
+                    return err(
+                        stmt.span,
+                        "a range loop `for g in from..to` must be directly inside the `tiles(..)` work loop, not inside another loop",
+                    );
+                }
+                let what = "a loop bound is an i32";
+                let (from, to) = (self.loop_bound(from, "from", what)?, self.loop_bound(to, "to", what)?);
+                self.scopes.push(HashMap::new());
+                let v = self.new_value(Type::Int, var, false);
+                self.bind(var, Binding::Value(v));
+                self.in_range_loop = true;
+                let mut inner = Block::default();
+                self.block(body, &mut inner, Nesting::Tiles)?;
+                self.in_range_loop = false;
+                self.nesting = nesting;
+                self.scopes.pop();
+                out.insts.push(Inst {
+                    op: Op::Loop { var: v, from, to, body: inner },
                     role,
                     span: stmt.span,
                 });
@@ -840,15 +868,12 @@ impl Lowerer {
 
     /// A bound of a `pipeline(from..min(to, DIM / TILE))` range: an i32 expression of the work
     /// item, kept as an expression that every role evaluates at its copy of the loop.
-    fn loop_bound(&mut self, bound: &Expr, name: &str) -> Result<BoundId> {
+    fn loop_bound(&mut self, bound: &Expr, name: &str, what: &str) -> Result<BoundId> {
         let mut scratch = Block::default();
         let v = self.expr(bound, &mut scratch, None, name)?;
         let ty = self.ty(v);
         if ty != Type::Int {
-            return err(
-                bound.span,
-                format!("a `pipeline` bound is an i32 tile index, not {}", describe(&ty)),
-            );
+            return err(bound.span, format!("{what}, not {}", describe(&ty)));
         }
         match self.sym_of(v) {
             Some(e) if !e.mentions_positions() => {
@@ -900,8 +925,18 @@ impl Lowerer {
             let Some(Binding::Value(v)) = self.lookup(index) else {
                 return err(target.span, format!("`{index}` is not a loop index"));
             };
+            // A computed batch or head index (an i32, such as `hk * (H / HKV) + g`): a tile
+            // whose index lies outside its axis reads as zeros and is not stored.
+            if self.ty(v) == Type::Int && axis < 2 && target.groups.get(axis).cloned().flatten().is_none() {
+                groups.push(None);
+                coords.push(v);
+                continue;
+            }
             let Type::Index { dim: walked, tile } = self.ty(v) else {
-                return err(target.span, format!("`{index}` is not a loop index"));
+                return err(
+                    target.span,
+                    format!("`{index}` is not a loop index (a batch or head index may also be an i32 computed from them)"),
+                );
             };
             // `h / (H / HKV)`: `h` walks `H`, the quotient walks `HKV`.
             let mut dim = walked;

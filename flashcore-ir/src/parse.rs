@@ -552,6 +552,16 @@ impl Parser<'_> {
             let body = self.block(false)?;
             return Ok(Op::Tiles { vars, extents, schedule, body });
         }
+        if let Some(rest) = text.strip_prefix("loop ") {
+            let head = rest.strip_suffix(" {").ok_or("expected `{`")?;
+            let (v, range) = head.split_once(" in bound #").ok_or("expected `%v in bound #A..bound #B`")?;
+            let (from, to) = range.split_once("..bound #").ok_or("expected `bound #A..bound #B`")?;
+            let bound = |b: &str| b.parse().map(BoundId).map_err(|_| format!("bad bound `{b}`"));
+            let (from, to) = (bound(from)?, bound(to)?);
+            let var = self.value(v, Some(Type::Int))?;
+            let body = self.block(false)?;
+            return Ok(Op::Loop { var, from, to, body });
+        }
         if let Some(rest) = text.strip_prefix("pipeline ") {
             let head = rest.strip_suffix(" {").ok_or("expected `{`")?;
             let (head, stages) = match head.rsplit_once(" stages ") {

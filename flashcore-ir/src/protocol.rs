@@ -543,6 +543,9 @@ pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
         groups.push(("all".into(), cfg.threads(), &kernel.body));
     }
     let mut places = vec![];
+    let mut has_range_loop = false;
+    kernel.walk(&mut |i| has_range_loop |= matches!(i.op, Op::Loop { .. }));
+    let range_iterations = if has_range_loop { RANGE_ITERATIONS } else { 1 };
     for (name, threads, body) in groups {
         let mut t = Tracer {
             kernel,
@@ -553,6 +556,8 @@ pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
             views: BTreeMap::new(),
             kt: 0,
             work: 0,
+            outer: 0,
+            range_iterations,
             part: Part::Setup,
             places: vec![],
         };
@@ -562,6 +567,10 @@ pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
     }
     (schedule, places)
 }
+
+/// Iterations traced of a range loop around the K/V loop: two, so that the second run of the
+/// K/V loop meets the ring as the first left it.
+const RANGE_ITERATIONS: u32 = 2;
 
 struct Tracer<'k> {
     kernel: &'k Kernel,
@@ -573,6 +582,11 @@ struct Tracer<'k> {
     views: BTreeMap<Value, (Slot, u64)>,
     kt: u32,
     work: u32,
+    /// The iteration of the range loop (if any) around the K/V loop.
+    outer: u32,
+    /// How many iterations of a range loop are traced: [`RANGE_ITERATIONS`] when the kernel
+    /// has one, else 1 (the tags, which the schedule prints, count iterations as before).
+    range_iterations: u32,
     /// Where the tracer is, and where each event in `events` came from.
     part: Part,
     places: Vec<Place>,
@@ -580,7 +594,7 @@ struct Tracer<'k> {
 
 impl Tracer<'_> {
     fn tag(&self, ahead: u32) -> u64 {
-        (self.work * self.iterations + self.kt + ahead) as u64
+        ((self.work * self.range_iterations + self.outer) * self.iterations + self.kt + ahead) as u64
     }
 
     fn slot_of(&self, buffer: BufferId, counter: Value, ahead: u32, is_loop_var: bool) -> Slot {
@@ -615,6 +629,13 @@ impl Tracer<'_> {
                     self.part = Part::Setup;
                     self.block(body);
                 }
+            }
+            Op::Loop { body, .. } => {
+                for o in 0..self.range_iterations {
+                    self.outer = o;
+                    self.block(body);
+                }
+                self.outer = 0;
             }
             Op::Pipeline { prologue, body, epilogue, .. } => {
                 self.kt = 0;

@@ -460,6 +460,14 @@ pub enum StmtKind {
         to: Option<Expr>,
         body: Vec<Stmt>,
     },
+    /// `for g in from..to { .. }`: a sequential loop over the i32s `from..to` (expressions of
+    /// the work item), directly in the `tiles` body; its body may hold a `pipeline` loop.
+    Loop {
+        var: String,
+        from: Expr,
+        to: Expr,
+        body: Vec<Stmt>,
+    },
     /// `store(o[b, h, qt], value)`.
     Store {
         target: TileRef,
@@ -491,7 +499,10 @@ impl Program {
         fn walk(body: &[Stmt], f: &mut impl FnMut(&Stmt)) {
             for s in body {
                 f(s);
-                if let StmtKind::Tiles { body, .. } | StmtKind::Pipeline { body, .. } = &s.kind {
+                if let StmtKind::Tiles { body, .. }
+                | StmtKind::Pipeline { body, .. }
+                | StmtKind::Loop { body, .. } = &s.kind
+                {
                     walk(body, f);
                 }
             }
@@ -550,6 +561,7 @@ impl Program {
                 indices.iter().chain([value]).for_each(|e| expr(e, &mut out))
             }
             StmtKind::Pipeline { from, to, .. } => from.iter().chain(to).for_each(|b| expr(b, &mut out)),
+            StmtKind::Loop { from, to, .. } => [from, to].into_iter().for_each(|b| expr(b, &mut out)),
             StmtKind::Tiles { .. } => {}
         });
         out

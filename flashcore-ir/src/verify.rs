@@ -110,6 +110,18 @@ impl<'k> Verifier<'k> {
                 }
                 return Ok(());
             }
+            Op::Loop { var, body, .. } => {
+                if at != Where::Tiles {
+                    return fail("a range loop must sit directly in the tiles loop".into());
+                }
+                self.scopes.push(vec![]);
+                self.define(*var)?;
+                self.block(body, Where::Tiles)?;
+                for v in self.scopes.pop().expect("open scope") {
+                    self.defined.remove(&v);
+                }
+                return Ok(());
+            }
             Op::Roles { groups } => {
                 if at != Where::Top {
                     return fail("warp roles split the kernel at the top level only".into());

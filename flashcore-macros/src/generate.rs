@@ -213,6 +213,10 @@ fn stmt(s: &Stmt) -> TokenStream {
             let (from, to) = (bound(from), bound(to));
             quote!(#p::StmtKind::Pipeline { var: #var, from: #from, extent: #e, to: #to, body: #body })
         }
+        StmtKind::Loop { var, from, to, body } => {
+            let (var, from, to, body) = (string(var), expr(from), expr(to), stmts(body));
+            quote!(#p::StmtKind::Loop { var: #var, from: #from, to: #to, body: #body })
+        }
         StmtKind::Store { target, value } => {
             let (target, value) = (tile_ref(target), expr(value));
             quote!(#p::StmtKind::Store { target: #target, value: #value })

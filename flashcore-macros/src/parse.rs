@@ -449,8 +449,22 @@ impl Converter<'_> {
     }
 
     fn for_loop(&mut self, f: &syn::ExprForLoop, role: Option<Role>, span: SpanId) -> R<Stmt> {
+        if let syn::Expr::Range(range) = &*f.expr {
+            // `for g in from..to`: a sequential loop over i32s.
+            let (Some(from), Some(to), syn::RangeLimits::HalfOpen(_)) =
+                (&range.start, &range.end, &range.limits)
+            else {
+                return error(range, "a range loop runs over `from..to`, both ends written");
+            };
+            let (from, to) = (self.expr(from)?, self.expr(to)?);
+            let body = self.stmts(&f.body.stmts, role)?;
+            return Ok(Stmt { kind: StmtKind::Loop { var: pat_ident(&f.pat)?, from, to, body }, role, span });
+        }
         let syn::Expr::Call(call) = &*f.expr else {
-            return error(&f.expr, "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`");
+            return error(
+                &f.expr,
+                "kernel loops iterate over `tiles(..)`, `pipeline(0..n)` or a range of i32s `from..to`",
+            );
         };
         let kind = match callee(call).as_deref() {
             Some("tiles") => {
@@ -489,7 +503,12 @@ impl Converter<'_> {
                 };
                 StmtKind::Pipeline { var, from, extent, to, body: self.stmts(&f.body.stmts, role)? }
             }
-            _ => return error(&f.expr, "kernel loops iterate over `tiles(..)` or `pipeline(0..n)`"),
+            _ => {
+                return error(
+                    &f.expr,
+                    "kernel loops iterate over `tiles(..)`, `pipeline(0..n)` or a range of i32s `from..to`",
+                )
+            }
         };
         Ok(Stmt { kind, role, span })
     }

@@ -187,6 +187,53 @@ pub fn attention_backward_dkdv_causal<T>(
     }
 }
 
+/// [`attention_backward_dkdv`] with grouped K/V heads (`HKV < H`, GQA/MQA) summed in the
+/// kernel: a work item is a K/V tile of a K/V head, and a range loop walks the `H / HKV` query
+/// heads that read it, each through the whole Q loop, accumulating into one `dK`/`dV`, so
+/// `dk`/`dv` come out per K/V head (no sum on the host, and K/V are read once per group).
+/// Deterministic: the heads are summed in a fixed order.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+pub fn attention_backward_dkdv_grouped<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    d_out: Tensor<T, B, H, S, D>,
+    lse: Tensor<f32, B, H, S>,
+    delta: Tensor<f32, B, H, S>,
+    dk: TensorMut<T, B, HKV, SK, D>,
+    dv: TensorMut<T, B, HKV, SK, D>,
+    scale: f32,
+) {
+    for (b, hk, kt) in tiles(B, HKV, SK / TILE_M) {
+        #[role(compute)]
+        let kf = load(k.tile(b, hk, kt));
+        let vf = load(v.tile(b, hk, kt));
+        let mut dk_acc = zeros([TILE_M, D]);
+        let mut dv_acc = zeros([TILE_M, D]);
+        for g in 0..H / HKV {
+            let h = hk * (H / HKV) + g;
+            for qt in pipeline(0..S / TILE_N) {
+                #[role(load)]
+                {
+                    let qs = stage(q.tile(b, h, qt));
+                    let dos = stage(d_out.tile(b, h, qt));
+                }
+                #[role(compute)]
+                {
+                    let st = mma(kf, qs.t());
+                    let pt = exp2(st * (scale * LOG2_E) - lse.at(b, h, st.index(S)) * LOG2_E);
+                    dv_acc = mma(pt.to::<T>(), dos, dv_acc);
+                    let dpt = mma(vf, dos.t());
+                    let dst = pt * (dpt - delta.at(b, h, st.index(S)));
+                    dk_acc = mma(dst.to::<T>(), qs, dk_acc);
+                }
+            }
+        }
+        store(dk.tile(b, hk, kt), dk_acc * scale);
+        store(dv.tile(b, hk, kt), dv_acc);
+    }
+}
+
 /// Softcap's backward (`kernels::variants::softcap_attention`, Gemma 2): the scores are
 /// `s = cap · t`, `t = tanh(x / cap)` for `x = q·k·scale`, so the gradient reaching `x` is
 /// `dS · (1 − t²)`. [`attention_backward_dq`] with that one factor more, `t` recomputed with the

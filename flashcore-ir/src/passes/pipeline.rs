@@ -29,8 +29,17 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
     for inst in &mut body.insts {
         if let Op::Tiles { body: tiles_body, .. } = &mut inst.op {
             for inner in &mut tiles_body.insts {
-                if let Op::Pipeline { .. } = inner.op {
-                    pipeline_loop(&mut kernel, inner, stages)?;
+                match &mut inner.op {
+                    Op::Pipeline { .. } => pipeline_loop(&mut kernel, inner, stages)?,
+                    // A range loop's K/V loop runs once per iteration: prologue to epilogue.
+                    Op::Loop { body, .. } => {
+                        for nested in &mut body.insts {
+                            if let Op::Pipeline { .. } = nested.op {
+                                pipeline_loop(&mut kernel, nested, stages)?;
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

@@ -50,7 +50,12 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
         .insts
         .iter()
         .position(|i| matches!(i.op, Op::Pipeline { .. }))
-        .ok_or_else(|| LowerError::new(SpanId::NONE, "softmax warps need a `pipeline(..)` loop"))?;
+        .ok_or_else(|| {
+            LowerError::new(
+                SpanId::NONE,
+                "softmax warps need a `pipeline(..)` loop directly in the work loop (not inside a range loop)",
+            )
+        })?;
     let Op::Pipeline { var: kt, extent, stages, body: loop_body, .. } = &body.insts[pipeline_at].op else {
         unreachable!("found above")
     };
@@ -407,6 +412,11 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
 
 fn replace_use(op: Op, from: Value, to: Value) -> Op {
     map_values(op, &|v| if v == from { to } else { v })
+}
+
+/// `op` with the values that `rename` maps replaced in its operands (its definition kept).
+pub(crate) fn rename_uses(op: Op, rename: &HashMap<Value, Value>) -> Op {
+    map_values(op, &|v| rename.get(&v).copied().unwrap_or(v))
 }
 
 fn rename_loop_vars(op: Op, rename: &HashMap<Value, Value>) -> Op {

@@ -34,9 +34,11 @@ fn insert_merge(kernel: &Kernel, body: &mut Block) -> Result<(), IrError> {
     let loops: Vec<usize> =
         (0..work.insts.len()).filter(|&i| matches!(work.insts[i].op, Op::Pipeline { .. })).collect();
     let [at] = loops[..] else {
-        return Err(
-            LowerError::new(SpanId::NONE, "split-KV needs exactly one K/V loop in the work loop").into()
-        );
+        return Err(LowerError::new(
+            SpanId::NONE,
+            "split-KV needs exactly one K/V loop directly in the work loop (not inside a range loop)",
+        )
+        .into());
     };
     let Op::Pipeline { body: loop_body, .. } = &work.insts[at].op else { unreachable!() };
     let span = work.insts[at].span;

@@ -59,27 +59,7 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
 
     // Consumers: the work loop without the copies; a wait on `full` before the first read of
     // the ring, an arrival on `empty` after the last.
-    let mut consumer_body = Block::default();
-    for inst in &tiles_body.insts {
-        match &inst.op {
-            Op::Pipeline { var, extent, stages, body, .. } => {
-                let new_body = consumer_iteration(body, consumer_it, full, empty)?;
-                consumer_body.insts.push(Inst {
-                    op: Op::Pipeline {
-                        var: *var,
-                        extent: *extent,
-                        stages: *stages,
-                        prologue: Block::default(),
-                        body: new_body,
-                        epilogue: Block::default(),
-                    },
-                    role: inst.role,
-                    span: inst.span,
-                });
-            }
-            _ => consumer_body.insts.push(inst.clone()),
-        }
-    }
+    let consumer_body = consumer_block(tiles_body, consumer_it, full, empty)?;
 
     // Producers: the same work loop (fresh loop variables), with only the copies.
     let mut rename: HashMap<Value, Value> = HashMap::new();
@@ -92,50 +72,14 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
             n
         })
         .collect();
-    let mut producer_tiles_body = Block::default();
-    for inst in &tiles_body.insts {
-        let Op::Pipeline { var, extent, stages: loop_stages, body, .. } = &inst.op else { continue };
-        let d = kernel.value(*var).clone();
-        let kt = new_value(&mut kernel, d.ty, &format!("{}_load", d.name));
-        rename.insert(*var, kt);
-        let mut copies = vec![Inst {
-            op: Op::MbarWait { ring: empty, iter: producer_it, flip: true },
-            role: Some(Role::Load),
-            span: inst.span,
-        }];
-        for i in &body.insts {
-            if let Op::StageView { buffer, src, .. } = &i.op {
-                let src = src.map_values(&|c| rename[&c]);
-                copies.push(Inst {
-                    op: Op::AsyncCopy { buffer: *buffer, src, ahead: 0, slot: producer_it },
-                    role: Some(Role::Load),
-                    span: i.span,
-                });
-            }
+    let mut needed: std::collections::HashSet<Value> = std::collections::HashSet::new();
+    kernel.walk_block(tiles_body, &mut |i| {
+        if let Op::StageView { src, .. } = &i.op {
+            needed.extend(src.coords.iter().copied());
         }
-        copies.push(Inst {
-            op: Op::MbarArriveAsync { ring: full, iter: producer_it },
-            role: Some(Role::Load),
-            span: inst.span,
-        });
-        copies.push(Inst {
-            op: Op::CounterNext { dst: producer_it },
-            role: Some(Role::Load),
-            span: inst.span,
-        });
-        producer_tiles_body.insts.push(Inst {
-            op: Op::Pipeline {
-                var: kt,
-                extent: extent.map_values(&|v| rename.get(&v).copied().unwrap_or(v)),
-                stages: *loop_stages,
-                prologue: Block::default(),
-                body: Block { insts: copies },
-                epilogue: Block::default(),
-            },
-            role: Some(Role::Load),
-            span: inst.span,
-        });
-    }
+    });
+    let rings = Rings { full, empty, it: producer_it };
+    let producer_tiles_body = producer_block(&mut kernel, tiles_body, &mut needed, &mut rename, rings);
 
     let at = |op| Inst { op, role: None, span: tiles_inst.span };
     let tiles = |vars: Vec<Value>, body: Block| {
@@ -193,6 +137,126 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
     insts.extend(body.insts[work_at + 1..].iter().cloned());
     kernel.body = Block { insts };
     Ok(kernel)
+}
+
+/// The consumer's copy of a work-loop body (or of a range loop's body in it): each K/V loop
+/// without its copies ([`consumer_iteration`]), the rest as it is.
+fn consumer_block(block: &Block, it: Value, full: MbarRingId, empty: MbarRingId) -> Result<Block, IrError> {
+    let mut out = Block::default();
+    for inst in &block.insts {
+        let op = match &inst.op {
+            Op::Pipeline { var, extent, stages, body, .. } => Op::Pipeline {
+                var: *var,
+                extent: *extent,
+                stages: *stages,
+                prologue: Block::default(),
+                body: consumer_iteration(body, it, full, empty)?,
+                epilogue: Block::default(),
+            },
+            Op::Loop { var, from, to, body } => {
+                Op::Loop { var: *var, from: *from, to: *to, body: consumer_block(body, it, full, empty)? }
+            }
+            other => other.clone(),
+        };
+        out.insts.push(Inst { op, role: inst.role, span: inst.span });
+    }
+    Ok(out)
+}
+
+/// Which instructions of `block` the producer keeps, walking back from the copies: the K/V
+/// loops, the range loops that hold one, and each instruction that defines a `needed` value,
+/// whose operands are then needed in turn (inner blocks first, so that what a range loop's
+/// body needs from around it is kept too).
+fn producer_slice(block: &Block, needed: &mut std::collections::HashSet<Value>) -> Vec<bool> {
+    let mut keep = vec![false; block.insts.len()];
+    for (i, inst) in block.insts.iter().enumerate().rev() {
+        keep[i] = match &inst.op {
+            Op::Pipeline { .. } => true,
+            Op::Loop { body, .. } => {
+                let inner = producer_slice(body, needed);
+                body.insts.iter().zip(inner).any(|(i, k)| k && matches!(i.op, Op::Pipeline { .. }))
+            }
+            op if op.def().is_some_and(|d| needed.contains(&d)) => {
+                needed.extend(op.uses());
+                true
+            }
+            _ => false,
+        };
+    }
+    keep
+}
+
+/// The producer's rings and its iteration counter.
+#[derive(Clone, Copy)]
+struct Rings {
+    full: MbarRingId,
+    empty: MbarRingId,
+    it: Value,
+}
+
+/// The producer's copy of a work-loop body (or of a range loop's body in it): each K/V loop
+/// with only its copies (fresh loop variables, `rename`d), the range loops around them, and
+/// the arithmetic that computes the copied tiles' indices (`needed`: the values those indices
+/// read), which the producer evaluates itself.
+fn producer_block(
+    kernel: &mut Kernel,
+    block: &Block,
+    needed: &mut std::collections::HashSet<Value>,
+    rename: &mut HashMap<Value, Value>,
+    rings: Rings,
+) -> Block {
+    let keep = producer_slice(block, needed);
+    let mut out = Block::default();
+    for (inst, _) in block.insts.iter().zip(&keep).filter(|(_, k)| **k) {
+        let op = match &inst.op {
+            Op::Pipeline { var, extent, stages, body, .. } => {
+                let d = kernel.value(*var).clone();
+                let kt = new_value(kernel, d.ty, &format!("{}_load", d.name));
+                rename.insert(*var, kt);
+                let mut copies = vec![Inst {
+                    op: Op::MbarWait { ring: rings.empty, iter: rings.it, flip: true },
+                    role: Some(Role::Load),
+                    span: inst.span,
+                }];
+                for i in &body.insts {
+                    if let Op::StageView { buffer, src, .. } = &i.op {
+                        let src = src.map_values(&|c| rename.get(&c).copied().unwrap_or(c));
+                        copies.push(Inst {
+                            op: Op::AsyncCopy { buffer: *buffer, src, ahead: 0, slot: rings.it },
+                            role: Some(Role::Load),
+                            span: i.span,
+                        });
+                    }
+                }
+                copies.push(Inst {
+                    op: Op::MbarArriveAsync { ring: rings.full, iter: rings.it },
+                    role: Some(Role::Load),
+                    span: inst.span,
+                });
+                copies.push(Inst {
+                    op: Op::CounterNext { dst: rings.it },
+                    role: Some(Role::Load),
+                    span: inst.span,
+                });
+                Op::Pipeline {
+                    var: kt,
+                    extent: extent.map_values(&|v| rename.get(&v).copied().unwrap_or(v)),
+                    stages: *stages,
+                    prologue: Block::default(),
+                    body: Block { insts: copies },
+                    epilogue: Block::default(),
+                }
+            }
+            Op::Loop { var, from, to, body } => {
+                let body = producer_block(kernel, body, needed, rename, rings);
+                Op::Loop { var: *var, from: *from, to: *to, body }
+            }
+            // Index arithmetic, evaluated by the producer too (registers are per thread).
+            other => super::softmax_split::rename_uses(other.clone(), rename),
+        };
+        out.insts.push(Inst { op, role: Some(Role::Load), span: inst.span });
+    }
+    out
 }
 
 fn new_value(kernel: &mut Kernel, ty: Type, name: &str) -> Value {
