@@ -494,3 +494,114 @@ fn grouped<T: HalfFloat>(
     let f = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
     (f(&dk), f(&dv))
 }
+
+/// On a GPU (skipped with a message without one): the grouped dK/dV kernel through its typed
+/// launcher at 1x8(2)x1000x1100, D = 64 and 128, against float64 summed over each group, with
+/// 5 runs bitwise identical; then timed at 2x32(8)x4096x128 next to the per-query-head kernel
+/// (the same flops; it writes 4x the gradients and reads each K/V tile 4 times).
+/// `scripts/gpu-stores.sh` runs this binary on the GPU machine.
+#[test]
+fn grouped_dkdv_runs_on_the_gpu() {
+    use flashcore::runtime::Device;
+    let device = match Device::new(0) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("skipping the GPU check: {e}"),
+    };
+    type F = flashcore::f16;
+    for d in [64usize, 128] {
+        let (b, h, hk, s, sk) = (1, 8, 2, 1000, 1100);
+        let config = Config { dtype: DType::F16, ..backward_configs(d as u32).dkdv };
+        let mut rng = flashcore::reference::Rng::new(5 + d as u64);
+        let mut gen =
+            |n: usize| (0..n).map(|_| flashcore::round_to(DType::F16, rng.normal())).collect::<Vec<f64>>();
+        let (q, k, v, g) =
+            (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d), gen(b * h * s * d));
+        let scale = 1.0 / (d as f64).sqrt();
+        let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal: false };
+        let want = attention_backward_rows(
+            &problem,
+            &g,
+            &(0..b * h * s).collect::<Vec<_>>(),
+            &(0..b * h * sk).collect::<Vec<_>>(),
+        );
+        let group = h / hk;
+        let (mut want_dk, mut want_dv) = (vec![0.0; b * hk * sk * d], vec![0.0; b * hk * sk * d]);
+        for hi in 0..h {
+            for r in 0..sk * d {
+                want_dk[(hi / group) * sk * d + r] += want.dk[hi * sk * d + r];
+                want_dv[(hi / group) * sk * d + r] += want.dv[hi * sk * d + r];
+            }
+        }
+        let half = |x: &[f64]| x.iter().map(|v| F::from_f64(*v)).collect::<Vec<F>>();
+        let up = |x: &[f64], shape: &[usize]| device.upload(&half(x), shape).unwrap();
+        let (qd, kd, vd, gd) =
+            (up(&q, &[b, h, s, d]), up(&k, &[b, hk, sk, d]), up(&v, &[b, hk, sk, d]), up(&g, &[b, h, s, d]));
+        let lse: Vec<f32> = want.lse.iter().map(|x| *x as f32).collect();
+        let delta: Vec<f32> = want.delta.iter().map(|x| *x as f32).collect();
+        let (lsed, deltad) =
+            (device.upload(&lse, &[b, h, s]).unwrap(), device.upload(&delta, &[b, h, s]).unwrap());
+        let mut hashes = std::collections::HashSet::new();
+        for run in 0..5 {
+            let mut dk = device.filled(&[b, hk, sk, d], F::NAN).unwrap();
+            let mut dv = device.filled(&[b, hk, sk, d], F::NAN).unwrap();
+            attention_backward_dkdv_grouped::launch(
+                &device,
+                &config,
+                &qd,
+                &kd,
+                &vd,
+                &gd,
+                &lsed,
+                &deltad,
+                &mut dk,
+                &mut dv,
+                scale as f32,
+            )
+            .unwrap();
+            let (dk, dv) = (device.download(&dk).unwrap(), device.download(&dv).unwrap());
+            hashes.insert(dk.iter().chain(&dv).map(|x| x.to_bits()).collect::<Vec<u16>>());
+            if run == 0 {
+                for (what, got, want) in [("dk", &dk, &want_dk), ("dv", &dv, &want_dv)] {
+                    let got: Vec<f64> = got.iter().map(|x| x.to_f64()).collect();
+                    let err = flashcore::reference::compare(&got, want);
+                    println!(
+                        "GPU grouped dK/dV {config} D={d} {what}: rel_l2 {:.2e}, max abs {:.2e}",
+                        err.rel_l2, err.max_abs
+                    );
+                    assert!(
+                        err.non_finite == 0 && err.rel_l2 < flashcore::tolerance(DType::F16),
+                        "{what}: {err:?}"
+                    );
+                }
+            }
+        }
+        println!("GPU grouped dK/dV D={d}: 5 runs, {} distinct outputs", hashes.len());
+        assert_eq!(hashes.len(), 1);
+    }
+    // Time: 2x32(8)x4096x128, the tuned dK/dV schedule, next to the per-query-head kernel.
+    let (b, h, hk, s, d) = (2, 32, 8, 4096, 128);
+    let config = Config { dtype: DType::F16, ..backward_configs(d as u32).dkdv };
+    let t = |shape: &[usize], x: f32| device.filled(shape, F::from_f32(x)).unwrap();
+    let (qd, kd, vd, gd) =
+        (t(&[b, h, s, d], 0.01), t(&[b, hk, s, d], 0.02), t(&[b, hk, s, d], 0.03), t(&[b, h, s, d], 0.5));
+    let (lsed, deltad) =
+        (device.filled(&[b, h, s], 8.0f32).unwrap(), device.filled(&[b, h, s], 0.1f32).unwrap());
+    let (mut dk_g, mut dv_g) = (t(&[b, hk, s, d], 0.0), t(&[b, hk, s, d], 0.0));
+    let (mut dk_h, mut dv_h) = (t(&[b, h, s, d], 0.0), t(&[b, h, s, d], 0.0));
+    let grouped_us = flashcore::timing::median_launch_us::<flashcore::Error>(&device, 3, 20, |_| {
+        attention_backward_dkdv_grouped::launch_async(
+            &device, &config, &qd, &kd, &vd, &gd, &lsed, &deltad, &mut dk_g, &mut dv_g, 0.088,
+        )
+    })
+    .unwrap();
+    let per_head_us = flashcore::timing::median_launch_us::<flashcore::Error>(&device, 3, 20, |_| {
+        attention_backward_dkdv::launch_async(
+            &device, &config, &qd, &kd, &vd, &gd, &lsed, &deltad, &mut dk_h, &mut dv_h, 0.088,
+        )
+    })
+    .unwrap();
+    println!(
+        "GPU dK/dV at {:?} ({config}): grouped {grouped_us:.1} µs, per query head {per_head_us:.1} µs (without the host's sum over groups)",
+        (b, h, hk, s, d)
+    );
+}

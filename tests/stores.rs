@@ -46,6 +46,41 @@ fn matmul_bt_columns<T>(
     }
 }
 
+/// Attention of query head `h + 1` over key head `h` into output head `h`: a computed head
+/// index. The last head's query tile lies past its axis, so it reads as zeros (uniform
+/// attention: the mean of V); a store at a head past the axis (`h + H`) writes nothing.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn next_head_attention<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, H, SK, D>,
+    v: Tensor<T, B, H, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    scale: f32,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        let next = h + 1;
+        let qf = load(q.tile(b, next, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            let ks = stage(k.tile(b, h, kt));
+            let vs = stage(v.tile(b, h, kt));
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            let m_new = max(m, row_max(s));
+            let p = exp2(s - m_new);
+            let alpha = exp2(m - m_new);
+            l = l * alpha + row_sum(p);
+            acc = acc * alpha;
+            m = m_new;
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(o.tile(b, h, qt), acc / l);
+        let past = h + H;
+        store(o.tile(b, past, qt), acc * 0.0);
+    }
+}
+
 /// `matmul_bt` into a padded output `[B, H, MP, NP]` (`MP ≥ M`, `NP ≥ N`): the elements of
 /// rows past `M` and columns past `N` do not exist, so they are not stored, although the
 /// table has room for them.
@@ -589,5 +624,50 @@ fn column_reductions_cover_every_row_of_the_tile_and_no_row_past_its_end() {
             assert_matches(&format!("column sums {what}"), &sums, &want_sums, 1e-5);
             assert_matches(&format!("column maxima {what}"), &maxes, &want_maxes, 1e-6);
         }
+    }
+}
+
+#[test]
+fn computed_head_indices_past_their_axis_read_zeros_and_store_nothing() {
+    let (b, h, s, sk, d) = (2, 3, 77, 100, 64);
+    for config in
+        [next_head_attention::CONFIG, Config { load_warps: 1, stages: 3, ..next_head_attention::CONFIG }]
+    {
+        let kernel = next_head_attention::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let mut rng = Rng::new(77);
+        let (q, k, v) = (
+            inputs(&mut rng, DType::F16, b * h * s * d),
+            inputs(&mut rng, DType::F16, b * h * sk * d),
+            inputs(&mut rng, DType::F16, b * h * sk * d),
+        );
+        let (qh, kh, vh) =
+            (typed::<flashcore::f16>(&q), typed::<flashcore::f16>(&k), typed::<flashcore::f16>(&v));
+        let mut o = vec![flashcore::f16::NAN; b * h * s * d];
+        let view = |x: &[usize]| HostView::contiguous(x);
+        let scale = config.default_scale();
+        let mut args = vec![
+            HostArg::Tensor(&qh, view(&[b, h, s, d])),
+            HostArg::Tensor(&kh, view(&[b, h, sk, d])),
+            HostArg::Tensor(&vh, view(&[b, h, sk, d])),
+            HostArg::TensorMut(&mut o, view(&[b, h, s, d])),
+            HostArg::F32(scale),
+        ];
+        simulate(&kernel, &mut args, &SimDevice::default()).unwrap_or_else(|e| panic!("{config}: {e}"));
+        drop(args);
+        // Query head h + 1 (zeros past the last head) attends over key head h.
+        let mut shifted = vec![0.0; b * h * s * d];
+        for bi in 0..b {
+            for hi in 0..h - 1 {
+                let (to, from) = ((bi * h + hi) * s * d, (bi * h + hi + 1) * s * d);
+                shifted[to..to + s * d].copy_from_slice(&q[from..from + s * d]);
+            }
+        }
+        let problem =
+            Problem { q: &shifted, k: &k, v: &v, b, h, hk: h, s, sk, d, scale: scale as f64, causal: false };
+        let want = reference::attention(&problem);
+        let got: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
+        let err = reference::compare(&got, &want);
+        assert!(err.non_finite == 0 && err.rel_l2 < flashcore::tolerance(DType::F16), "{config}: {err:?}");
+        println!("next_head_attention {config}: rel_l2 {:.2e}", err.rel_l2);
     }
 }
