@@ -19,8 +19,10 @@
 //! `kernels::backward::launch_backward_async` on the GPU; the loss must fall at every step.
 //!
 //! The backward kernels run `kernels::backward::backward_configs(D)`, with the tile flags
-//! applied to both. dK/dV come out per query head (`[B, H, SK, D]`); with `--hkv` below
-//! `--h` a K/V head's gradient is the sum over its group. `--plan DIR` writes the launch plans
+//! applied to both. The example's dK/dV kernels write per query head (`[B, H, SK, D]`, checked
+//! per head); with `--hkv` below `--h` a K/V head's gradient is the sum over its group, which
+//! `attention_backward_dkdv_grouped` (what `launch_backward_async` runs then) computes in the
+//! kernel (`tests/backward.rs`, `grouped_dkdv_runs_on_the_gpu`). `--plan DIR` writes the launch plans
 //! of the three kernels at this shape (`forward.json`, `dq.json`, `dkdv.json`) for
 //! `scripts/bench_backward.py`, which times them next to SDPA's backward in one process.
 

@@ -380,8 +380,9 @@ fn sliding_window_backward_matches_float64_and_skips_outside_the_window() {
     assert!(ratio < 0.3, "windowed / full = {ratio:.3}: the tiles outside the window are not skipped");
 }
 
-/// `attention_backward_dkdv_grouped`, whose range loop walks a K/V head's query heads, against
-/// float64 summed over each group, at tails and group sizes 1, 2 and 4, under the declared
+/// `attention_backward_dkdv_grouped` (and its causal twin), whose range loop walks a K/V head's
+/// query heads, against float64 summed over each group, at tails and group sizes 1, 2 and 4,
+/// causal and not, under the declared
 /// schedule, load warps (whose copies compute the query head themselves), 3 stages with
 /// persistent CTAs, and bf16.
 #[test]
@@ -393,9 +394,13 @@ fn grouped_dkdv_sums_the_query_heads_of_each_kv_head_in_the_kernel() {
         Config { persistent: true, stages: 3, tile_n: 32, ..declared },
         Config { dtype: DType::Bf16, ..declared },
     ];
-    for config in configs {
-        let kernel =
-            attention_backward_dkdv_grouped::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+    for (config, causal) in configs.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+        let compile = if causal {
+            attention_backward_dkdv_grouped_causal::compile
+        } else {
+            attention_backward_dkdv_grouped::compile
+        };
+        let kernel = compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
         for (i, (b, h, hk, s, sk)) in
             [(1, 4, 2, 77, 150), (2, 2, 2, 130, 100), (1, 4, 1, 64, 64)].into_iter().enumerate()
         {
@@ -407,7 +412,7 @@ fn grouped_dkdv_sums_the_query_heads_of_each_kv_head_in_the_kernel() {
             let (q, k, v, g) =
                 (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d), gen(b * h * s * d));
             let scale = 1.0 / (d as f64).sqrt();
-            let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal: false };
+            let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal };
             let all_q: Vec<usize> = (0..b * h * s).collect();
             let all_k: Vec<usize> = (0..b * h * sk).collect();
             let want = attention_backward_rows(&problem, &g, &all_q, &all_k);
@@ -450,10 +455,14 @@ fn grouped_dkdv_sums_the_query_heads_of_each_kv_head_in_the_kernel() {
                 let err = flashcore::reference::compare(got, want);
                 assert!(
                     err.non_finite == 0 && err.rel_l2 < bound,
-                    "{config} {:?} {what}: {err:?}",
+                    "{config} causal {causal} {:?} {what}: {err:?}",
                     (b, h, hk, s, sk)
                 );
-                println!("grouped {config} {:?} {what}: rel_l2 {:.2e}", (b, h, hk, s, sk), err.rel_l2);
+                println!(
+                    "grouped {config} causal {causal} {:?} {what}: rel_l2 {:.2e}",
+                    (b, h, hk, s, sk),
+                    err.rel_l2
+                );
             }
         }
     }
@@ -577,6 +586,29 @@ fn grouped_dkdv_runs_on_the_gpu() {
         }
         println!("GPU grouped dK/dV D={d}: 5 runs, {} distinct outputs", hashes.len());
         assert_eq!(hashes.len(), 1);
+        // The whole backward through `launch_backward_async`: dQ, and dK/dV per K/V head.
+        let od = up(&want.o, &[b, h, s, d]);
+        let (mut dq, mut dk, mut dv) = (
+            device.filled(&[b, h, s, d], F::NAN).unwrap(),
+            device.filled(&[b, hk, sk, d], F::NAN).unwrap(),
+            device.filled(&[b, hk, sk, d], F::NAN).unwrap(),
+        );
+        let mut delta_out = device.filled(&[b, h, s], f32::NAN).unwrap();
+        let inputs = BackwardInputs { q: &qd, k: &kd, v: &vd, o: &od, lse: &lsed, d_out: &gd };
+        let outputs = BackwardOutputs { dq: &mut dq, dk: &mut dk, dv: &mut dv, delta: &mut delta_out };
+        launch_backward_async(&device, inputs, outputs, scale as f32, false).unwrap();
+        device.synchronize().unwrap();
+        let f = |x: Vec<F>| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+        let (dq, dk, dv) = (
+            f(device.download(&dq).unwrap()),
+            f(device.download(&dk).unwrap()),
+            f(device.download(&dv).unwrap()),
+        );
+        for (what, got, want) in [("dq", &dq, &want.dq), ("dk", &dk, &want_dk), ("dv", &dv, &want_dv)] {
+            let err = flashcore::reference::compare(got, want);
+            println!("GPU launch_backward_async D={d} {what}: rel_l2 {:.2e}", err.rel_l2);
+            assert!(err.non_finite == 0 && err.rel_l2 < flashcore::tolerance(DType::F16), "{what}: {err:?}");
+        }
     }
     // Time: 2x32(8)x4096x128, the tuned dK/dV schedule, next to the per-query-head kernel.
     let (b, h, hk, s, d) = (2, 32, 8, 4096, 128);

@@ -191,8 +191,10 @@ pub fn attention_backward_dkdv_causal<T>(
 /// kernel: a work item is a K/V tile of a K/V head, and a range loop walks the `H / HKV` query
 /// heads that read it, each through the whole Q loop, accumulating into one `dK`/`dV`, so
 /// `dk`/`dv` come out per K/V head (no sum on the host, and K/V are read once per group).
-/// Deterministic: the heads are summed in a fixed order.
-#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+/// Deterministic: the heads are summed in a fixed order. K and V stay in shared memory
+/// (`a_in_smem`): they serve every query head of the group, and the causal twin's mask scan
+/// needs the registers (without it, 4 bytes spill on sm_90).
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4, a_in_smem)]
 pub fn attention_backward_dkdv_grouped<T>(
     q: Tensor<T, B, H, S, D>,
     k: Tensor<T, B, HKV, SK, D>,
@@ -221,6 +223,52 @@ pub fn attention_backward_dkdv_grouped<T>(
                 #[role(compute)]
                 {
                     let st = mma(kf, qs.t());
+                    let pt = exp2(st * (scale * LOG2_E) - lse.at(b, h, st.index(S)) * LOG2_E);
+                    dv_acc = mma(pt.to::<T>(), dos, dv_acc);
+                    let dpt = mma(vf, dos.t());
+                    let dst = pt * (dpt - delta.at(b, h, st.index(S)));
+                    dk_acc = mma(dst.to::<T>(), qs, dk_acc);
+                }
+            }
+        }
+        store(dk.tile(b, hk, kt), dk_acc * scale);
+        store(dv.tile(b, hk, kt), dv_acc);
+    }
+}
+
+/// [`attention_backward_dkdv_grouped`] under the causal mask aligned to the bottom right,
+/// written with positions as in [`attention_backward_dkdv_causal`]: each query head's Q loop
+/// skips the tiles the mask empties.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4, a_in_smem)]
+pub fn attention_backward_dkdv_grouped_causal<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    d_out: Tensor<T, B, H, S, D>,
+    lse: Tensor<f32, B, H, S>,
+    delta: Tensor<f32, B, H, S>,
+    dk: TensorMut<T, B, HKV, SK, D>,
+    dv: TensorMut<T, B, HKV, SK, D>,
+    scale: f32,
+) {
+    for (b, hk, kt) in tiles(B, HKV, SK / TILE_M) {
+        #[role(compute)]
+        let kf = load(k.tile(b, hk, kt));
+        let vf = load(v.tile(b, hk, kt));
+        let mut dk_acc = zeros([TILE_M, D]);
+        let mut dv_acc = zeros([TILE_M, D]);
+        for g in 0..H / HKV {
+            let h = hk * (H / HKV) + g;
+            for qt in pipeline(0..S / TILE_N) {
+                #[role(load)]
+                {
+                    let qs = stage(q.tile(b, h, qt));
+                    let dos = stage(d_out.tile(b, h, qt));
+                }
+                #[role(compute)]
+                {
+                    let st = mma(kf, qs.t());
+                    let st = mask(st, st.index(SK) <= st.index(S) + (SK - S));
                     let pt = exp2(st * (scale * LOG2_E) - lse.at(b, h, st.index(S)) * LOG2_E);
                     dv_acc = mma(pt.to::<T>(), dos, dv_acc);
                     let dpt = mma(vf, dos.t());
@@ -416,6 +464,21 @@ pub fn sliding_window_attention_backward_dkdv<T>(
     }
 }
 
+/// A grouped dK/dV kernel's `launch_async`.
+type DkdvLaunch<T> = fn(
+    &Device,
+    &Config,
+    &DeviceTensor<T>,
+    &DeviceTensor<T>,
+    &DeviceTensor<T>,
+    &DeviceTensor<T>,
+    &DeviceTensor<f32>,
+    &DeviceTensor<f32>,
+    &mut DeviceTensor<T>,
+    &mut DeviceTensor<T>,
+    f32,
+) -> Result<(), Error>;
+
 /// What the backward reads: the forward's inputs `q` `[B, H, S, D]`, `k`, `v` `[B, HKV, SK, D]`,
 /// its output `o` and log-sum-exp `lse` `[B, H, S]` (f32, natural log, as the forward's `lse`
 /// output gives it), and the output's gradient `d_out` `[B, H, S, D]`.
@@ -434,22 +497,24 @@ pub struct BackwardInputs<'a, T: crate::runtime::Element> {
     pub d_out: &'a DeviceTensor<T>,
 }
 
-/// What the backward writes: `dq` `[B, H, S, D]`; `dk`, `dv` per query head `[B, H, SK, D]`
-/// (with `HKV < H`, sum each group's heads for the K/V heads' gradients); and `delta`
-/// `[B, H, S]` f32, `Δ = rowsum(dO ∘ O)`, which the dK/dV kernel reads.
+/// What the backward writes: `dq` `[B, H, S, D]`; `dk`, `dv` `[B, HKV, SK, D]`, the gradients
+/// of K and V (with `HKV < H`, each summed over its group's query heads in the kernel,
+/// [`attention_backward_dkdv_grouped`]); and `delta` `[B, H, S]` f32, `Δ = rowsum(dO ∘ O)`,
+/// which the dK/dV kernel reads.
 pub struct BackwardOutputs<'a, T: crate::runtime::Element> {
     /// dQ, `[B, H, S, D]`.
     pub dq: &'a mut DeviceTensor<T>,
-    /// dK per query head, `[B, H, SK, D]`.
+    /// dK, `[B, HKV, SK, D]`.
     pub dk: &'a mut DeviceTensor<T>,
-    /// dV per query head, `[B, H, SK, D]`.
+    /// dV, `[B, HKV, SK, D]`.
     pub dv: &'a mut DeviceTensor<T>,
     /// Δ, `[B, H, S]`: a workspace the dK/dV kernel reads.
     pub delta: &'a mut DeviceTensor<f32>,
 }
 
 /// The backward of `kernels::attention` on `device`: the dQ kernel, then the dK/dV kernel (its
-/// causal twin when `causal`), each with its schedule from [`backward_configs`] for the head
+/// causal twin when `causal`; with fewer K/V heads than query heads, the grouped one, which
+/// sums each group in the kernel), each with its schedule from [`backward_configs`] for the head
 /// dim of `q` and the element type `T`; returns when both are enqueued (synchronize before
 /// reading the outputs). Every argument is checked as the typed launchers check them: a wrong
 /// shape, dtype or stride is an `Error::Argument` naming it.
@@ -495,6 +560,21 @@ pub fn launch_backward_async<T: crate::HalfFloat>(
     let dtype = |c: Config| Config { dtype: T::DTYPE, ..c };
     let dq_config = Config { causal, ..dtype(configs.dq) };
     attention_backward_dq::launch_async(device, &dq_config, q, k, v, o, d_out, lse, dq, delta, scale)?;
+    // Grouped K/V heads: the kernels that sum each group's query heads (dK/dV per K/V head).
+    let grouped = q.shape().get(1) != k.shape().get(1);
+    if grouped {
+        let (config, launch) = if causal {
+            (
+                dtype(configs.dkdv_causal),
+                attention_backward_dkdv_grouped_causal::launch_async::<T> as DkdvLaunch<T>,
+            )
+        } else {
+            (dtype(configs.dkdv), attention_backward_dkdv_grouped::launch_async::<T> as DkdvLaunch<T>)
+        };
+        // K and V stay in shared memory for the whole group (see the kernels' declarations).
+        let config = Config { a_in_smem: true, ..config };
+        return launch(device, &config, q, k, v, d_out, lse, delta, dk, dv, scale);
+    }
     if causal {
         let config = dtype(configs.dkdv_causal);
         attention_backward_dkdv_causal::launch_async(
