@@ -10,7 +10,7 @@
 //!  [--repeat 20] [--plan DIR] [--train 6] [--softcap 30 | --window 1024,0]`
 //!
 //! `--softcap CAP` runs softcap's forward and backward (`softcap_attention`,
-//! `softcap_attention_backward_*`), checked against the float64 gradients of `cap · tanh(x / cap)`;
+//! `softcap_attention_backward_*`, causal or not), checked against the float64 gradients of `cap · tanh(x / cap)`;
 //! `--window LEFT,RIGHT` sliding window's (`sliding_window_attention`,
 //! `sliding_window_attention_backward_*`), the window as the mask (`LEFT,0`: causal window).
 //!
@@ -147,8 +147,8 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown flag `{other}` (see --help)")),
         }
     }
-    if o.softcap.is_some() && (o.causal || o.train > 0) {
-        return Err("--softcap runs softcap's backward without the causal mask (its causal dK/dV kernel is not written yet), and not --train".into());
+    if o.softcap.is_some() && o.train > 0 {
+        return Err("--softcap runs softcap's backward, not --train (which trains plain attention)".into());
     }
     if o.window.is_some() && (o.causal || o.train > 0 || o.softcap.is_some()) {
         return Err("--window is its own mask: for a causal window give --window LEFT,0 instead of --causal (and not --train or --softcap)".into());
@@ -196,7 +196,11 @@ impl Options {
         match self.softcap {
             Some(cap) => BackwardPair {
                 dq: backward::softcap_attention_backward_dq::compile,
-                dkdv: backward::softcap_attention_backward_dkdv::compile,
+                dkdv: if self.causal {
+                    backward::softcap_attention_backward_dkdv_causal::compile
+                } else {
+                    backward::softcap_attention_backward_dkdv::compile
+                },
                 scalars: vec![cap],
             },
             None => BackwardPair {
@@ -245,7 +249,12 @@ impl Options {
     /// The dQ and dK/dV kernels' configs: `backward_configs(D)` with the tile flags applied.
     fn backward_configs(&self) -> (Config, Config) {
         let tuned = backward::backward_configs(self.d as u32);
-        let dkdv = if self.causal { tuned.dkdv_causal } else { tuned.dkdv };
+        let dkdv = match (self.causal, self.softcap) {
+            // Softcap's causal dK/dV kernel keeps K and V in shared memory (its declaration).
+            (true, Some(_)) => Config { a_in_smem: true, ..tuned.dkdv_causal },
+            (true, None) => tuned.dkdv_causal,
+            (false, _) => tuned.dkdv,
+        };
         (Config { causal: self.causal, ..self.with_flags(tuned.dq) }, self.with_flags(dkdv))
     }
 

@@ -254,30 +254,41 @@ fn gradient_descent_with_the_forward_and_backward_lowers_the_loss() {
 fn softcap_backward_matches_float64() {
     use flashcore::simulate::{check_backward_pair, BackwardPair};
     let cap = 2.0f64;
-    let pair = BackwardPair {
-        dq: softcap_attention_backward_dq::compile,
-        dkdv: softcap_attention_backward_dkdv::compile,
-        scalars: vec![cap as f32],
-    };
     let score = move |_, _, x: f64| {
         let t = (x / cap).tanh();
         (cap * t, 1.0 - t * t)
     };
-    for (i, &(b, h, hk, s, sk, d)) in SHAPES.iter().enumerate() {
+    for ((i, &(b, h, hk, s, sk, d)), causal) in
+        SHAPES.iter().enumerate().flat_map(|s| [(s, false), (s, true)])
+    {
+        let pair = BackwardPair {
+            dq: softcap_attention_backward_dq::compile,
+            dkdv: if causal {
+                softcap_attention_backward_dkdv_causal::compile
+            } else {
+                softcap_attention_backward_dkdv::compile
+            },
+            scalars: vec![cap as f32],
+        };
         let shape = AttentionShape { b, h, hk, s, sk };
         for dtype in [DType::F16, DType::Bf16] {
             let config = Config { head_dim: d as u32, ..softcap_attention_backward_dq::CONFIG };
             let got = match dtype {
                 DType::F16 => {
-                    check_backward_pair::<flashcore::f16>(&pair, config, shape, false, 60 + i as u64, &score)
+                    check_backward_pair::<flashcore::f16>(&pair, config, shape, causal, 60 + i as u64, &score)
                 }
-                DType::Bf16 => {
-                    check_backward_pair::<flashcore::bf16>(&pair, config, shape, false, 60 + i as u64, &score)
-                }
+                DType::Bf16 => check_backward_pair::<flashcore::bf16>(
+                    &pair,
+                    config,
+                    shape,
+                    causal,
+                    60 + i as u64,
+                    &score,
+                ),
             }
             .unwrap();
             println!(
-                "softcap {dtype:?} {shape:?}: dq {:.2e} dk {:.2e} dv {:.2e} delta {:.2e}",
+                "softcap {dtype:?} {shape:?} causal {causal}: dq {:.2e} dk {:.2e} dv {:.2e} delta {:.2e}",
                 got.dq.rel_l2, got.dk.rel_l2, got.dv.rel_l2, got.delta.rel_l2
             );
             assert!(got.passes(dtype), "{dtype:?} {shape:?}: {got:?}");
