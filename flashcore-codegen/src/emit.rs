@@ -876,14 +876,27 @@ impl<'k> Emitter<'k> {
         let start = self.loop_bound(from)?;
         let end = self.loop_bound(to)?;
         self.w.ins(format!("mov.b32 {g}, {start}"));
-        let (top, done_label) = (self.w.label("range"), self.w.label("range_end"));
+        self.counted_loop("range", &g, &end, "s32", body)
+    }
+
+    /// `while counter < end { body; counter += 1 }`, one uniform branch a turn (`ty`: the
+    /// comparison's type, `u32` or `s32`); labels named after `name`.
+    fn counted_loop(
+        &mut self,
+        name: &str,
+        counter: &str,
+        end: &str,
+        ty: &str,
+        body: &Block,
+    ) -> Result<(), CodegenError> {
+        let (top, done_label) = (self.w.label(name), self.w.label(&format!("{name}_end")));
         self.w.place_label(&top);
         self.w.indent();
         let done = self.w.temp(RegClass::Pred);
-        self.w.ins(format!("setp.ge.s32 {done}, {g}, {end}"));
+        self.w.ins(format!("setp.ge.{ty} {done}, {counter}, {end}"));
         self.w.ins(format!("@{done} bra.uni {done_label}"));
         self.block(body)?;
-        self.w.ins(format!("add.s32 {g}, {g}, 1"));
+        self.w.ins(format!("add.{ty} {counter}, {counter}, 1"));
         self.w.ins(format!("bra.uni {top}"));
         self.w.dedent();
         self.w.place_label(&done_label);
@@ -930,17 +943,7 @@ impl<'k> Emitter<'k> {
         self.pipeline_count = Some(count.clone());
         self.w.comment("pipeline prologue");
         self.block(prologue)?;
-        let (top, end) = (self.w.label("pipeline"), self.w.label("pipeline_end"));
-        self.w.place_label(&top);
-        self.w.indent();
-        let done = self.w.temp(RegClass::Pred);
-        self.w.ins(format!("setp.ge.u32 {done}, {i}, {count}"));
-        self.w.ins(format!("@{done} bra.uni {end}"));
-        self.block(body)?;
-        self.w.ins(format!("add.u32 {i}, {i}, 1"));
-        self.w.ins(format!("bra.uni {top}"));
-        self.w.dedent();
-        self.w.place_label(&end);
+        self.counted_loop("pipeline", &i, &count, "u32", body)?;
         self.w.comment("pipeline epilogue");
         self.block(epilogue)?;
         self.pipeline_count = None;
