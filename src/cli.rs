@@ -385,12 +385,16 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
         .map_err(|e| failed(entry, config, e))?;
     let schedule = ir::protocol::schedule_of(&kernel);
     let iterations = ir::protocol::traced_iterations(config);
+    let range = match ir::protocol::traced_range_iterations(&kernel) {
+        1 => String::new(),
+        n => format!(" (× {n} of the range loop around them)"),
+    };
     let roles: Vec<String> =
         schedule.roles.iter().map(|r| format!("{} ({} threads)", r.name, r.threads)).collect();
     match ir::protocol::check(&schedule) {
         Ok(()) => writeln!(
             out,
-            "protocol   ok: {} role{} [{}], {} mbarriers; no deadlock, no read before a copy lands, no overwrite of a stage being read, arrivals and phases match, in every interleaving of 2 work items × {iterations} iterations",
+            "protocol   ok: {} role{} [{}], {} mbarriers; no deadlock, no read before a copy lands, no overwrite of a stage being read, arrivals and phases match, in every interleaving of 2 work items × {iterations} iterations{range}",
             schedule.roles.len(),
             if schedule.roles.len() == 1 { "" } else { "s" },
             roles.join(", "),

@@ -1,5 +1,5 @@
 //! The protocol check on real kernels: every layout the passes produce passes it (uniform,
-//! load warps, load and softmax warps), a broken IR
+//! load warps, load and softmax warps; a K/V loop inside a range loop), a broken IR
 //! schedule is rejected with a named diagnostic, and the seed kernel's bug (a stage no one waits
 //! for) is an error at run time through `compile` as it is at compile time through the macro
 //! (`tests/ui/stage_never_read.rs`).
@@ -36,7 +36,7 @@ fn remove_ops(block: &mut Block, pred: &dyn Fn(&Op) -> bool) {
     block.insts.retain(|i| !pred(&i.op));
     for inst in &mut block.insts {
         match &mut inst.op {
-            Op::Tiles { body, .. } => remove_ops(body, pred),
+            Op::Tiles { body, .. } | Op::Loop { body, .. } => remove_ops(body, pred),
             Op::Pipeline { prologue, body, epilogue, .. } => {
                 remove_ops(prologue, pred);
                 remove_ops(body, pred);
@@ -106,4 +106,29 @@ fn a_cta_barrier_in_role_divergent_code_is_rejected() {
     }
     let err = flashcore::ir::verify::verify(&kernel).unwrap_err().to_string();
     assert!(err.contains("inside role-divergent code"), "{err}");
+}
+
+/// A kernel whose K/V loop runs inside a range loop (the grouped dK/dV kernel: one Q loop per
+/// query head of a K/V head) passes the check in every layout it accepts, traced over two
+/// iterations of the range loop; the same plants as above are caught there.
+#[test]
+fn a_kv_loop_inside_a_range_loop_passes_and_its_plants_are_caught() {
+    use flashcore::kernels::backward::attention_backward_dkdv_grouped as grouped;
+    for stages in 1..=3 {
+        for load_warps in [0, 1, 4] {
+            for persistent in [false, true] {
+                let config = Config { stages, load_warps, persistent, ..grouped::CONFIG };
+                let kernel = grouped::ir(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+                check(&schedule_of(&kernel)).unwrap_or_else(|e| panic!("{config}: {e}"));
+            }
+        }
+    }
+    let mut kernel = grouped::ir(&Config { stages: 2, load_warps: 1, ..grouped::CONFIG }).unwrap();
+    remove_ops(&mut kernel.body, &|op| matches!(op, Op::MbarArrive { .. }));
+    let err = check(&schedule_of(&kernel)).unwrap_err();
+    assert_eq!(err.kind, ProtocolErrorKind::Deadlock, "{err}");
+    let mut kernel = grouped::ir(&Config { stages: 2, ..grouped::CONFIG }).unwrap();
+    remove_ops(&mut kernel.body, &|op| matches!(op, Op::Barrier { .. }));
+    let err = check(&schedule_of(&kernel)).unwrap_err();
+    assert_eq!(err.kind, ProtocolErrorKind::ReadBeforeFill, "{err}");
 }

@@ -543,9 +543,7 @@ pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
         groups.push(("all".into(), cfg.threads(), &kernel.body));
     }
     let mut places = vec![];
-    let mut has_range_loop = false;
-    kernel.walk(&mut |i| has_range_loop |= matches!(i.op, Op::Loop { .. }));
-    let range_iterations = if has_range_loop { RANGE_ITERATIONS } else { 1 };
+    let range_iterations = traced_range_iterations(kernel);
     for (name, threads, body) in groups {
         let mut t = Tracer {
             kernel,
@@ -571,6 +569,18 @@ pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
 /// Iterations traced of a range loop around the K/V loop: two, so that the second run of the
 /// K/V loop meets the ring as the first left it.
 const RANGE_ITERATIONS: u32 = 2;
+
+/// Iterations a schedule traces of the range loop around the K/V loop: [`RANGE_ITERATIONS`]
+/// when the kernel has one, else 1.
+pub fn traced_range_iterations(kernel: &Kernel) -> u32 {
+    let mut has_range_loop = false;
+    kernel.walk(&mut |i| has_range_loop |= matches!(i.op, Op::Loop { .. }));
+    if has_range_loop {
+        RANGE_ITERATIONS
+    } else {
+        1
+    }
+}
 
 struct Tracer<'k> {
     kernel: &'k Kernel,
