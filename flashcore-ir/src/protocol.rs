@@ -570,8 +570,8 @@ pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
 /// K/V loop meets the ring as the first left it.
 const RANGE_ITERATIONS: u32 = 2;
 
-/// Iterations a schedule traces of the range loop around the K/V loop: [`RANGE_ITERATIONS`]
-/// when the kernel has one, else 1.
+/// Iterations a schedule traces of the range loop around the K/V loop: two when the kernel has
+/// one, else 1.
 pub fn traced_range_iterations(kernel: &Kernel) -> u32 {
     let mut has_range_loop = false;
     kernel.walk(&mut |i| has_range_loop |= matches!(i.op, Op::Loop { .. }));
