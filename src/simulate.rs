@@ -30,8 +30,10 @@ pub enum HostArg<'a, T> {
     /// An output tensor: the buffer is copied in (as a GPU buffer holds what it held) and the
     /// whole of it read back after the launch, so elements outside the view keep their values.
     TensorMut(&'a mut [T], HostView),
-    /// A per-row f32 output `[B, H, S]` (the log-sum-exp), copied in and read back likewise.
-    RowsMut(&'a mut [f32], HostView),
+    /// An f32 output, copied in and read back likewise: a per-row `[B, H, S]` tensor (the
+    /// log-sum-exp, the backward's Δ) or an output table (`TensorMut<f32, ..>` written with
+    /// `store(t.at(..), ..)`).
+    F32Mut(&'a mut [f32], HostView),
     /// Sequence offsets (a variable-length batch).
     Offsets(&'a SeqOffsets),
     /// An optional parameter left out.
@@ -42,9 +44,6 @@ pub enum HostArg<'a, T> {
     F32Table(&'a [f32], HostView),
     /// An input table of i32 (`Tensor<i32, ..>`: document ids).
     I32Table(&'a [i32], HostView),
-    /// An output table of f32 (`TensorMut<f32, ..>` written with `store(t.at(..), ..)`), copied
-    /// in and read back as an output tensor is.
-    F32TableMut(&'a mut [f32], HostView),
 }
 
 /// A view of a host buffer as the kernel sees it: shape and strides in elements (`[B, H, S, D]`,
@@ -105,7 +104,7 @@ pub fn simulate<T: HalfFloat>(
         k,
         args.iter().map(|a| match a {
             HostArg::Tensor(..) | HostArg::F32Table(..) | HostArg::I32Table(..) => ArgKind::Input,
-            HostArg::TensorMut(..) | HostArg::RowsMut(..) | HostArg::F32TableMut(..) => ArgKind::Output,
+            HostArg::TensorMut(..) | HostArg::F32Mut(..) => ArgKind::Output,
             HostArg::Offsets(_) => ArgKind::Offsets,
             HostArg::Absent => ArgKind::Absent,
             HostArg::F32(_) => ArgKind::Scalar,
@@ -117,7 +116,7 @@ pub fn simulate<T: HalfFloat>(
             let (view, len, dtype) = match arg {
                 HostArg::Tensor(data, view) => (view, data.len(), T::NAME),
                 HostArg::TensorMut(data, view) => (view, data.len(), T::NAME),
-                HostArg::RowsMut(data, view) | HostArg::F32TableMut(data, view) => (view, data.len(), "f32"),
+                HostArg::F32Mut(data, view) => (view, data.len(), "f32"),
                 HostArg::F32Table(data, view) => (view, data.len(), "f32"),
                 HostArg::I32Table(data, view) => (view, data.len(), "i32"),
                 HostArg::Offsets(o) => return ArgView::Offsets(o),
@@ -147,7 +146,7 @@ pub fn simulate<T: HalfFloat>(
                 outputs.push((i, addr));
                 flashcore_sim::Arg::U64(addr)
             }
-            HostArg::RowsMut(data, ..) | HostArg::F32TableMut(data, ..) => {
+            HostArg::F32Mut(data, ..) => {
                 let addr = machine.alloc(data.iter().flat_map(|x| x.to_le_bytes()).collect());
                 outputs.push((i, addr));
                 flashcore_sim::Arg::U64(addr)
@@ -189,7 +188,7 @@ pub fn simulate<T: HalfFloat>(
                     *x = T::from_le_bytes([b[0], b[1]]);
                 }
             }
-            HostArg::RowsMut(data, ..) | HostArg::F32TableMut(data, ..) => {
+            HostArg::F32Mut(data, ..) => {
                 let bytes = machine.read(addr, data.len() * 4)?;
                 for (x, b) in data.iter_mut().zip(bytes.chunks_exact(4)) {
                     *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -371,7 +370,7 @@ fn run_typed<T: HalfFloat>(
         HostArg::Tensor(&ks, view(kv_shape)),
         HostArg::Tensor(&vs, view(kv_shape)),
         HostArg::TensorMut(&mut o, view(q_shape)),
-        HostArg::RowsMut(&mut lse, HostView::contiguous(&[b, h, s])),
+        HostArg::F32Mut(&mut lse, HostView::contiguous(&[b, h, s])),
         HostArg::F32(scale),
     ];
     let views: Vec<HostView> = extras
@@ -437,7 +436,7 @@ fn check_varlen_typed<T: HalfFloat>(
             HostArg::Tensor(&k, HostView::contiguous(&[tk, hk, d])),
             HostArg::Tensor(&v, HostView::contiguous(&[tk, hk, d])),
             HostArg::TensorMut(&mut o, HostView::contiguous(&[tq, h, d])),
-            HostArg::RowsMut(&mut lse, HostView::contiguous(&[h, tq])),
+            HostArg::F32Mut(&mut lse, HostView::contiguous(&[h, tq])),
             HostArg::F32(scale),
             HostArg::Offsets(&cu_q),
             HostArg::Offsets(&cu_k),
@@ -602,7 +601,7 @@ pub fn simulate_backward<T: HalfFloat>(
         HostArg::Tensor(d_out, qv.clone()),
         HostArg::F32Table(lse, rows.clone()),
         HostArg::TensorMut(&mut dq, qv.clone()),
-        HostArg::RowsMut(&mut delta, rows.clone()),
+        HostArg::F32Mut(&mut delta, rows.clone()),
         HostArg::F32(scale),
     ];
     args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));

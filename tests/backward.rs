@@ -134,8 +134,8 @@ fn data_tails_count_in_no_reduction() {
     let mut args = [
         HostArg::Tensor(&qh, HostView::contiguous(&[b, h, s, d])),
         HostArg::Tensor(&kh, HostView::contiguous(&[b, h, sk, d])),
-        HostArg::RowsMut(&mut sums, rows.clone()),
-        HostArg::RowsMut(&mut maxes, rows),
+        HostArg::F32Mut(&mut sums, rows.clone()),
+        HostArg::F32Mut(&mut maxes, rows),
     ];
     simulate(&kernel, &mut args, &SimDevice::default()).unwrap();
     let (mut want_sums, mut want_maxes) = (vec![], vec![]);
@@ -186,7 +186,7 @@ fn gradient_descent_with_the_forward_and_backward_lowers_the_loss() {
             HostArg::Tensor(&kh, view.clone()),
             HostArg::Tensor(&vh, view.clone()),
             HostArg::TensorMut(&mut o, view.clone()),
-            HostArg::RowsMut(&mut lse, rows.clone()),
+            HostArg::F32Mut(&mut lse, rows.clone()),
             HostArg::F32(scale),
             HostArg::Absent,
             HostArg::Absent,

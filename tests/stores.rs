@@ -180,7 +180,7 @@ fn run_matmul<T: HalfFloat>(
     let mut args = vec![
         HostArg::Tensor(&ah, view(&[b, h, m, d])),
         HostArg::Tensor(&bh, view(&[b, h, n, d])),
-        HostArg::F32TableMut(&mut c, view(&[b, h, m, n])),
+        HostArg::F32Mut(&mut c, view(&[b, h, m, n])),
     ];
     simulate(kernel, &mut args, &SimDevice::default())
         .unwrap_or_else(|e| panic!("{}: {e}", kernel.kernel.config));
@@ -284,12 +284,8 @@ fn run_scores<T: HalfFloat>(
         HostArg::Tensor(&kh, view(&[b, hk, sk, d])),
         HostArg::Tensor(&vh, view(&[b, hk, sk, d])),
         HostArg::TensorMut(&mut o, view(&[b, h, s, d])),
-        if with_scores { HostArg::F32TableMut(&mut scores, view(&[b, h, s, sk])) } else { HostArg::Absent },
-        if with_scores {
-            HostArg::F32TableMut(&mut key_maxes, view(&[b, h, qt, sk]))
-        } else {
-            HostArg::Absent
-        },
+        if with_scores { HostArg::F32Mut(&mut scores, view(&[b, h, s, sk])) } else { HostArg::Absent },
+        if with_scores { HostArg::F32Mut(&mut key_maxes, view(&[b, h, qt, sk])) } else { HostArg::Absent },
         HostArg::F32(scale),
         HostArg::F32(window as f32),
     ];
@@ -378,7 +374,7 @@ fn elements_past_the_end_of_their_sequences_are_not_stored() {
         let mut args = vec![
             HostArg::Tensor(&ah, view(&[b, h, m, d])),
             HostArg::Tensor(&bh, view(&[b, h, n, d])),
-            HostArg::F32TableMut(&mut c, view(&[b, h, mp, np])),
+            HostArg::F32Mut(&mut c, view(&[b, h, mp, np])),
         ];
         simulate(&kernel, &mut args, &SimDevice::default()).unwrap_or_else(|e| panic!("{config}: {e}"));
         for i in 0..mp {
@@ -591,8 +587,8 @@ fn column_reductions_cover_every_row_of_the_tile_and_no_row_past_its_end() {
                     let mut args = vec![
                         HostArg::Tensor(&ah, view(&[b, h, m, d])),
                         HostArg::Tensor(&bh, view(&[b, h, n, d])),
-                        HostArg::F32TableMut(&mut sums, view(&[b, h, mt, n])),
-                        HostArg::F32TableMut(&mut maxes, view(&[b, h, mt, n])),
+                        HostArg::F32Mut(&mut sums, view(&[b, h, mt, n])),
+                        HostArg::F32Mut(&mut maxes, view(&[b, h, mt, n])),
                     ];
                     simulate(&kernel, &mut args, &SimDevice::default()).unwrap();
                 }
@@ -601,8 +597,8 @@ fn column_reductions_cover_every_row_of_the_tile_and_no_row_past_its_end() {
                     let mut args = vec![
                         HostArg::Tensor(&ah, view(&[b, h, m, d])),
                         HostArg::Tensor(&bh, view(&[b, h, n, d])),
-                        HostArg::F32TableMut(&mut sums, view(&[b, h, mt, n])),
-                        HostArg::F32TableMut(&mut maxes, view(&[b, h, mt, n])),
+                        HostArg::F32Mut(&mut sums, view(&[b, h, mt, n])),
+                        HostArg::F32Mut(&mut maxes, view(&[b, h, mt, n])),
                     ];
                     simulate(&kernel, &mut args, &SimDevice::default()).unwrap();
                 }

@@ -128,8 +128,6 @@ pub struct Emitter<'k> {
     /// Set while a work loop's body is emitted: the ragged dims' registers then hold this work
     /// item's sequence, and every use of such a dim's length reads its `len` register.
     in_work_item: bool,
-    /// Split-KV: the code after [`Op::MergeSplits`] (only group 0 holds the merged rows).
-    after_merge: bool,
     /// How many ops read each value (a value read once may be overwritten in place).
     use_counts: HashMap<Value, usize>,
     /// Fragment values that vary along one tile axis only, which share registers along the
@@ -229,7 +227,6 @@ impl<'k> Emitter<'k> {
             grouped: HashMap::new(),
             ragged: vec![],
             in_work_item: false,
-            after_merge: false,
             use_counts: {
                 let mut counts = HashMap::new();
                 kernel.walk(&mut |inst| {
@@ -2001,20 +1998,9 @@ impl<'k> Emitter<'k> {
             .ok_or_else(|| CodegenError::Internal("scatter operands of different shapes".into()))?;
         let count = layout::register_count(&self.cfg, &shape)
             .ok_or_else(|| CodegenError::Internal("scatter of a value that is not in registers".into()))?;
-        let skip = self.w.label("scatter_skip");
-        if optional {
-            // A table the caller did not pass (a null pointer): nothing to write.
-            let absent = self.w.temp(RegClass::Pred);
-            self.w.ins(format!("setp.eq.u64 {absent}, {}, 0", global.ptr));
-            self.w.ins(format!("@{absent} bra.uni {skip}"));
-        }
-        // Split-KV: inside the K/V loop each group writes its own keys; after the merge only
-        // group 0 holds the rows' result (uniform per warp).
-        if let Some(split) = self.th().split.clone().filter(|_| self.after_merge) {
-            let partner = self.w.temp(RegClass::Pred);
-            self.w.ins(format!("setp.ne.u32 {partner}, {}, 0", split.index));
-            self.w.ins(format!("@{partner} bra.uni {skip}"));
-        }
+        let mut skip = Some(self.w.label("scatter_skip"));
+        self.skip_store(&mut skip, "scatter_skip", param, optional)?;
+        let skip = skip.expect("made above");
         let regs: Vec<RegFamily> = indices.iter().map(|i| self.regs_of(*i)).collect();
         let tys: Vec<Type> = indices.iter().map(|i| self.kernel.ty(*i)).collect();
         let (s, s_ty) = (self.regs_of(src), self.kernel.ty(src));
@@ -2160,7 +2146,6 @@ impl<'k> Emitter<'k> {
     /// `l' = α·l + β·lᵢ`, `acc' = α·acc + β·accᵢ`. A second barrier keeps the region from being
     /// rewritten (next work item) before group 0 has read it.
     fn merge_splits(&mut self, max: Value, sum: Value, acc: Value) -> Result<(), CodegenError> {
-        self.after_merge = true;
         let split = self
             .th()
             .split
@@ -2260,24 +2245,7 @@ impl<'k> Emitter<'k> {
     fn store(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
         let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
         let mut skip = None;
-        // An optional output the caller did not pass (a null pointer) is skipped, uniformly.
-        if tensor.optional {
-            let ptr = self.tensors[dst.param]
-                .as_ref()
-                .map(|t| t.ptr.clone())
-                .ok_or_else(|| CodegenError::Internal(format!("`{}` has no pointer", tensor.name)))?;
-            let (label, absent) = (self.w.label("store_skip"), self.w.temp(RegClass::Pred));
-            self.w.ins(format!("setp.eq.u64 {absent}, {ptr}, 0"));
-            self.w.ins(format!("@{absent} bra.uni {label}"));
-            skip = Some(label);
-        }
-        // Split-KV: after the merge only group 0 holds the rows' result (uniform per warp).
-        if let Some(split) = self.th().split.clone() {
-            let label = skip.get_or_insert_with(|| self.w.label("store_skip")).clone();
-            let partner = self.w.temp(RegClass::Pred);
-            self.w.ins(format!("setp.ne.u32 {partner}, {}, 0", split.index));
-            self.w.ins(format!("@{partner} bra.uni {label}"));
-        }
+        self.skip_store(&mut skip, "store_skip", dst.param, tensor.optional)?;
         if tensor.is_rows() {
             self.store_rows(dst, src)?;
         } else {
@@ -2285,6 +2253,35 @@ impl<'k> Emitter<'k> {
         }
         if let Some(skip) = skip {
             self.w.place_label(&skip);
+        }
+        Ok(())
+    }
+
+    /// The branches past a store to `param` (to `skip`, a label named `hint`, made when first
+    /// needed), both uniform: an optional output the caller did not pass (a null pointer); and,
+    /// with split-KV, outside the K/V loop, every group but 0 (before the merge the groups hold
+    /// the same rows, after it only group 0 holds them; inside the loop each writes its own keys).
+    fn skip_store(
+        &mut self,
+        skip: &mut Option<String>,
+        hint: &str,
+        param: usize,
+        optional: bool,
+    ) -> Result<(), CodegenError> {
+        if optional {
+            let ptr = self.tensors[param].as_ref().map(|t| t.ptr.clone()).ok_or_else(|| {
+                CodegenError::Internal(format!("`{}` has no pointer", self.kernel.params[param].name()))
+            })?;
+            let label = skip.get_or_insert_with(|| self.w.label(hint)).clone();
+            let absent = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.eq.u64 {absent}, {ptr}, 0"));
+            self.w.ins(format!("@{absent} bra.uni {label}"));
+        }
+        if let Some(split) = self.th().split.clone().filter(|_| self.pipeline_count.is_none()) {
+            let label = skip.get_or_insert_with(|| self.w.label(hint)).clone();
+            let partner = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.ne.u32 {partner}, {}, 0", split.index));
+            self.w.ins(format!("@{partner} bra.uni {label}"));
         }
         Ok(())
     }

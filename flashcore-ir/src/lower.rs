@@ -739,6 +739,34 @@ impl Lowerer {
         Ok(())
     }
 
+    /// The indices of a `t.at(..)` (a read or a store): each an i32, uniform or a tile; and the
+    /// shape they broadcast to together with `shape` (`mismatch` when they cannot). Their values
+    /// are named after `name`.
+    fn table_indices(
+        &mut self,
+        indices: &[Expr],
+        mut shape: Type,
+        mismatch: &str,
+        out: &mut Block,
+        role: Option<Role>,
+        name: &str,
+    ) -> Result<(Vec<Value>, Type)> {
+        let mut values = vec![];
+        for index in indices {
+            let v = self.expr(index, out, role, &format!("{name}_index"))?;
+            let ty = self.ty(v);
+            if ty.elem() != Some(Elem::I32) || matches!(ty, Type::Row { .. }) {
+                return err(
+                    index.span,
+                    format!("table indices are integers (loop indices, positions `s.index(S)`, i32 arithmetic), not {}", describe(&ty)),
+                );
+            }
+            shape = Type::broadcast(shape, ty).ok_or_else(|| LowerError::new(index.span, mismatch))?;
+            values.push(v);
+        }
+        Ok((values, shape))
+    }
+
     /// `store(t.at(i, j, ..), value)`: element by element into output table `t`.
     fn store_at(
         &mut self,
@@ -787,27 +815,9 @@ impl Lowerer {
                 ),
             );
         }
-        let mut shape = src_ty;
-        let mut values = vec![];
-        for index in indices {
-            let v = self.expr(index, out, role, &format!("{table}_index"))?;
-            let ty = self.ty(v);
-            if ty.elem() != Some(Elem::I32) || matches!(ty, Type::Row { .. }) {
-                return err(
-                    index.span,
-                    format!("table indices are integers (loop indices, positions `s.index(S)`, i32 arithmetic), not {}", describe(&ty)),
-                );
-            }
-            shape = Type::broadcast(shape, ty).ok_or_else(|| {
-                LowerError::new(
-                    index.span,
-                    format!(
-                        "the indices of `{table}.at(..)` and the value stored have different tile shapes"
-                    ),
-                )
-            })?;
-            values.push(v);
-        }
+        let mismatch =
+            format!("the indices of `{table}.at(..)` and the value stored have different tile shapes");
+        let (values, shape) = self.table_indices(indices, src_ty, &mismatch, out, role, table)?;
         let Type::Frag { rows, cols, .. } = shape else {
             return err(
                 span,
@@ -2010,26 +2020,8 @@ impl Lowerer {
                 format!("`{table}.at(..)` takes {rank} indices, one per axis, found {}", indices.len()),
             );
         }
-        let mut values = vec![];
-        let mut shape = Type::Int;
-        for index in indices {
-            let v = self.expr(index, out, role, &format!("{name}_index"))?;
-            let ty = self.ty(v);
-            if ty.elem() != Some(Elem::I32) || matches!(ty, Type::Row { .. }) {
-                return err(
-                    index.span,
-                    format!("table indices are integers (loop indices, positions `s.index(S)`, i32 arithmetic), not {}", describe(&ty)),
-                );
-            }
-            let Some(s) = Type::broadcast(shape, ty) else {
-                return err(
-                    index.span,
-                    format!("the indices of `{table}.at(..)` have different tile shapes"),
-                );
-            };
-            shape = s;
-            values.push(v);
-        }
+        let mismatch = format!("the indices of `{table}.at(..)` have different tile shapes");
+        let (values, shape) = self.table_indices(indices, Type::Int, &mismatch, out, role, name)?;
         let result = shape.with_elem(elem).expect("uniforms and tiles hold f32 and i32");
         let dst = self.new_value(result, name, false);
         self.push(out, Op::Gather { dst, param, indices: values.clone() }, role, span);
