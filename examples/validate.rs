@@ -130,6 +130,16 @@ fn launch_once<T: HalfFloat>(device: &Device, cfg: &Config, t: &OnDevice<T>) -> 
     device.download(&out).map_err(r)
 }
 
+/// Why this device cannot load `cfg`'s PTX (sm_90a needs compute capability 9.0), if it cannot.
+fn cannot_run(device: &Device, cfg: &Config) -> Option<String> {
+    let (major, minor) = device.info().compute_capability;
+    let runs = match cfg.target {
+        flashcore::Target::Sm89 => (major, minor) >= (8, 9),
+        flashcore::Target::Sm90a => (major, minor) == (9, 0),
+    };
+    (!runs).then(|| format!("{} PTX does not load on compute capability {major}.{minor}", cfg.target))
+}
+
 fn config_named(name: &str) -> Result<Config, String> {
     reference_config(name).ok_or_else(|| {
         let names: Vec<_> = reference_configs().iter().map(|(n, _)| *n).collect();
@@ -322,6 +332,10 @@ fn real_main() -> Result<(), String> {
             let s: usize =
                 args.get(2).and_then(|s| s.parse().ok()).ok_or("run NAME S: S must be a number")?;
             let cfg = config_named(name)?;
+            if let Some(why) = cannot_run(&device, &cfg) {
+                println!("{name}: skipped: {why}");
+                return Ok(());
+            }
             let dims = (flag(&args, "--b", 2)?, flag(&args, "--h", 2)?, s);
             let seed = flag(&args, "--seed", 7)? as u64;
             let line = match cfg.dtype {
@@ -337,6 +351,10 @@ fn real_main() -> Result<(), String> {
             println!("|---|---|---|---|---|---|---|---|---|");
             let mut failures = 0;
             for (name, cfg) in reference_configs() {
+                if let Some(why) = cannot_run(&device, &cfg) {
+                    println!("| {name} | skipped: {why} | | | | | | | |");
+                    continue;
+                }
                 for dims in [(1, 8, 512), (2, 3, 333)] {
                     let line = match cfg.dtype {
                         DType::F16 => determinism::<f16>(&device, name, &cfg, dims, runs),

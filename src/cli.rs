@@ -27,7 +27,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::occupancy::{occupancy, Arch, Limit, H100, L4};
+use crate::occupancy::{archs_for, occupancy, Arch, Limit, L4};
 use crate::registry::{self, KernelEntry};
 use crate::{ir, ptxas, Config};
 
@@ -52,8 +52,11 @@ const CONFIG_HELP: &str =
                       settings as the config prints them, separated by commas or spaces:
                       tile_m=128, tile_n=, head_dim=, stages=, warps=, load_warps=,
                       softmax_warps=, kv_splits=; the flags persistent, causal, varlen,
-                      a_in_smem (or flag=false); f16 or bf16. A reference config's name
-                      (`flashcore list`) stands for all of its settings. May be repeated.";
+                      a_in_smem (or flag=false); f16 or bf16; sm_89 or sm_90a (the PTX
+                      target). A reference config's name (`flashcore list`) stands for all
+                      of its settings. May be repeated.
+  --target TARGET     the PTX target, sm_89 or sm_90a (the same as the setting; sm_90a
+                      refuses, with the reason, what it cannot compile yet)";
 
 fn command_help(command: &str) -> Option<String> {
     let text = match command {
@@ -73,7 +76,7 @@ one pass, or its PTX.
 Options:
 {CONFIG_HELP}
   --after PASS        stop after PASS: lower, {passes}
-  --ptx               print the PTX (sm_89) instead of the IR
+  --ptx               print the PTX (for the config's target) instead of the IR
 
 Examples:
   flashcore emit attention --after pipeline
@@ -87,8 +90,9 @@ Usage: flashcore check <kernel> [--config SETTINGS] [--no-ptxas]
 Compiles the kernel and reports: the protocol check's verdict (no deadlock, no read of a stage
 before its copy lands, no overwrite of a stage being read, matching mbarrier arrivals and
 phases, over every interleaving of the roles); the shared memory a CTA needs, buffer by buffer,
-against the L4's and H100's limits; ptxas's registers, spills and stack for sm_89 and sm_90;
-and the CTAs an SM holds on each, with what limits them. ptxas comes from FLASHCORE_PTXAS, the
+against the limits of the GPUs its target runs on (sm_89 PTX: the L4 and the H100; sm_90a PTX:
+the H100); ptxas's registers, spills and stack for each (sm_89 and sm_90, or sm_90a); and the
+CTAs an SM holds on each, with what limits them. ptxas comes from FLASHCORE_PTXAS, the
 project's cache (scripts/test.sh installs it), PATH or /usr/local/cuda/bin. Fails (exit 1) if
 the kernel does not compile, ptxas rejects it, or a CTA does not fit on the L4.
 
@@ -222,6 +226,7 @@ impl Options {
         // (flag, takes a value, allowed for this command)
         let flags: &[(&str, bool, &[&str])] = &[
             ("--config", true, &["emit", "check", "schedule"]),
+            ("--target", true, &["emit", "check", "schedule"]),
             ("--after", true, &["emit"]),
             ("--ptx", false, &["emit"]),
             ("--no-ptxas", false, &["check"]),
@@ -229,6 +234,7 @@ impl Options {
         ];
         let mut kernel_name: Option<&str> = None;
         let mut settings: Vec<&str> = vec![];
+        let mut target: Option<&str> = None;
         let mut opts = Options {
             kernel: None,
             config: Config::default(),
@@ -276,6 +282,11 @@ impl Options {
             };
             match (flag, value) {
                 ("--config", Some(v)) => settings.push(v),
+                ("--target", Some(v)) => match crate::Target::from_name(v) {
+                    // A bare target name is a setting; later settings win.
+                    Some(_) => target = Some(v),
+                    None => return Err(usage(format!("--target: `{v}` is not a target: sm_89 or sm_90a"))),
+                },
                 ("--after", Some(v)) => opts.after = Some(v.to_string()),
                 ("--svg", Some(v)) => opts.svg = Some(v.to_string()),
                 ("--ptx", _) => opts.ptx = true,
@@ -291,6 +302,7 @@ impl Options {
         let kernel = registry::find(name)
             .ok_or_else(|| usage(format!("no kernel `{name}` in this program: {}", known_kernels())))?;
         opts.kernel = Some(kernel);
+        settings.extend(target);
         opts.config = config_from(kernel.config, &settings).map_err(usage)?;
         if opts.ptx && opts.after.is_some() {
             return Err(usage("`--ptx` prints the code after every pass: leave out `--after`".into()));
@@ -411,7 +423,7 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
     let reports: Vec<(Arch, Option<ptxas::Report>)> = match (opts.no_ptxas, ptxas::find()) {
         (false, Some(path)) => {
             let mut reports = vec![];
-            for arch in [L4, H100] {
+            for arch in archs_for(config.target).iter().copied() {
                 let report =
                     ptxas::assemble(&path, &ptx.text, arch.sm).map_err(|e| failed(entry, config, e))?;
                 writeln!(
@@ -439,7 +451,7 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
                 ptxas::PtxasError::NotFound.to_string()
             };
             writeln!(out, "ptxas      {why}: registers not counted in the occupancy below")?;
-            vec![(L4, None), (H100, None)]
+            archs_for(config.target).iter().map(|a| (*a, None)).collect()
         }
     };
     writeln!(out, "occupancy  (CTAs resident on one SM)")?;
@@ -511,7 +523,7 @@ fn shared_memory(kernel: &ir::Kernel, total: u32, out: &mut dyn Write) -> Result
     if barriers > 0 {
         writeln!(out, "  {:<22} {} × 8 B", "mbarriers", barriers)?;
     }
-    for arch in [L4, H100] {
+    for arch in archs_for(kernel.config.target) {
         let verdict = if total <= arch.shared_bytes_per_cta { "fits" } else { "OVER" };
         writeln!(
             out,

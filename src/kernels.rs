@@ -10,7 +10,7 @@
 //! # Ok::<(), flashcore::Error>(())
 //! ```
 
-use crate::{flash_kernel, Config, DType};
+use crate::{flash_kernel, Config, DType, Target};
 
 pub mod backward;
 pub mod variants;
@@ -74,7 +74,7 @@ pub fn attention<T>(
 
 /// The reference configurations of `attention`, by name: one per schedule the compiler can
 /// emit (pipeline depths, load/softmax warps, persistent CTAs, split-KV, Q in shared memory,
-/// head dims, dtypes, causal, variable length). Their IR and PTX are pinned by snapshots,
+/// head dims, dtypes, causal, variable length), for both targets (`sm90a_*`: wgmma). Their IR and PTX are pinned by snapshots,
 /// assembled by ptxas, run in the simulator, and run under compute-sanitizer and the
 /// determinism check on the GPU (`examples/validate.rs`).
 pub fn reference_configs() -> Vec<(&'static str, Config)> {
@@ -147,6 +147,30 @@ pub fn reference_configs() -> Vec<(&'static str, Config)> {
         (
             "d128_s2_load1_persistent_varlen",
             Config { head_dim: 128, stages: 2, load_warps: 1, persistent: true, varlen: true, ..base },
+        ),
+        // sm_90a (wgmma; H100/H200 only): the declared schedule, the large-shape one (two
+        // warpgroups, 128-key tiles: 160 KiB of shared memory, over the L4's 99), D = 256,
+        // and causal bf16 persistent, variable-length.
+        ("sm90a_d64", Config { target: Target::Sm90a, ..base }),
+        (
+            "sm90a_d128_m128_w8_n128",
+            Config { head_dim: 128, tile_m: 128, warps: 8, tile_n: 128, target: Target::Sm90a, ..base },
+        ),
+        ("sm90a_d256", Config { target: Target::Sm90a, ..base.with_head_dim(256) }),
+        (
+            "sm90a_d128_causal_bf16_persistent",
+            Config {
+                head_dim: 128,
+                causal: true,
+                dtype: DType::Bf16,
+                persistent: true,
+                target: Target::Sm90a,
+                ..base
+            },
+        ),
+        (
+            "sm90a_d64_m128_w8_varlen",
+            Config { tile_m: 128, warps: 8, varlen: true, target: Target::Sm90a, ..base },
         ),
     ]
 }

@@ -45,6 +45,7 @@ pub mod reference;
 pub mod registry;
 pub mod schedule;
 pub mod simulate;
+pub mod target;
 pub mod timing;
 pub mod tuning;
 pub mod varlen;
@@ -56,7 +57,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use flashcore_codegen as codegen;
 pub use flashcore_ir as ir;
-pub use flashcore_ir::Config;
+pub use flashcore_ir::{Config, Target};
 pub use flashcore_macros::flash_kernel;
 pub use flashcore_runtime as runtime;
 pub use flashcore_sim as sim;

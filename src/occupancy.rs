@@ -72,6 +72,18 @@ pub const H100: Arch = Arch {
     max_threads_per_cta: 1024,
 };
 
+/// Hopper through its own instructions (`sm_90a` PTX: wgmma): the H100's limits.
+pub const H100_SM90A: Arch = Arch { sm: "sm_90a", ..H100 };
+
+/// The architectures a config's PTX is assembled and sized for: `sm_89` PTX runs on the L4 and
+/// (JIT-compiled) on the H100; `sm_90a` PTX on the H100 only.
+pub fn archs_for(target: crate::Target) -> &'static [Arch] {
+    match target {
+        crate::Target::Sm89 => &[L4, H100],
+        crate::Target::Sm90a => &[H100_SM90A],
+    }
+}
+
 /// What bounds the CTAs an SM holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {

@@ -96,6 +96,26 @@ fn check_runs_ptxas_for_both_gpus_when_it_is_there() {
 }
 
 #[test]
+fn the_target_flag_picks_sm_90a_and_says_what_it_cannot_compile() {
+    // `--target sm_90a` is the setting `sm_90a`: the same PTX, wgmma inside.
+    let ptx = ok(&["emit", "attention", "--ptx", "--target", "sm_90a"]);
+    let setting = ok(&["emit", "attention", "--ptx", "--config", "sm_90a"]);
+    assert_eq!(ptx, setting);
+    assert!(ptx.contains(".target sm_90a") && ptx.contains("wgmma.mma_async"), "{ptx}");
+    // check sizes sm_90a PTX for the H100 only.
+    let text = ok(&["check", "attention", "--target", "sm_90a", "--no-ptxas"]);
+    assert!(text.contains("sm_90a H100") && !text.contains("sm_89 L4"), "{text}");
+    // What sm_90a cannot express is an error that says why.
+    let err = output(&["check", "attention", "--target", "sm_90a", "--config", "load_warps=1", "--no-ptxas"])
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.to_string().contains("sm_90a cannot compile this kernel: role warps"), "{err}");
+    let err = output(&["emit", "attention", "--target", "sm_80"]).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("`sm_80` is not a target"), "{err}");
+}
+
+#[test]
 fn schedule_draws_the_roles_as_text_and_svg() {
     insta::assert_snapshot!("schedule_load1", ok(&["schedule", "attention", "--config", "d64_s2_load1"]));
     insta::assert_snapshot!("schedule_seed", ok(&["schedule", "attention", "--config", SEED]));

@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use flashcore::kernels::attention;
 use flashcore::reference::Rng;
-use flashcore::{Config, DType};
+use flashcore::{Config, DType, Target};
 
 /// How many random configs CI draws (about half compile, about 0.8 s of ptxas each);
 /// `FLASHCORE_FUZZ_CONFIGS=N` runs a longer campaign.
@@ -39,6 +39,7 @@ fn random_config(rng: &mut Rng) -> Config {
         varlen: flag(rng),
         a_in_smem: flag(rng),
         kv_splits: pick(rng, &[1, 1, 1, 2, 3, 4, 0]),
+        target: pick(rng, &[Target::Sm89, Target::Sm89, Target::Sm90a]),
     }
 }
 
@@ -63,6 +64,7 @@ fn random_valid_config(rng: &mut Rng) -> Config {
         varlen: flag(rng),
         a_in_smem: flag(rng),
         kv_splits,
+        target: pick(rng, &[Target::Sm89, Target::Sm89, Target::Sm90a]),
     }
 }
 
@@ -100,7 +102,7 @@ fn random_configs_compile_or_are_rejected_and_what_compiles_assembles() {
             (Ok(()), Ok(kernel)) => {
                 compiled += 1;
                 if let Some(ptxas) = &ptxas {
-                    flashcore::ptxas::assemble(ptxas, &kernel.ptx.text, "sm_89")
+                    flashcore::ptxas::assemble(ptxas, &kernel.ptx.text, cfg.target.name())
                         .unwrap_or_else(|e| panic!("{cfg}: the PTX does not assemble: {e}"));
                     assembled += 1;
                 }
@@ -108,7 +110,7 @@ fn random_configs_compile_or_are_rejected_and_what_compiles_assembles() {
         }
     }
     eprintln!(
-        "config fuzz: {} distinct configs: {rejected} rejected with typed errors, {compiled} compiled, {assembled} assembled by ptxas for sm_89 ({:.0} s)",
+        "config fuzz: {} distinct configs: {rejected} rejected with typed errors, {compiled} compiled, {assembled} assembled by ptxas for their target ({:.0} s)",
         seen.len(),
         started.elapsed().as_secs_f64()
     );

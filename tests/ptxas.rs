@@ -1,5 +1,6 @@
-//! Every snapshot configuration assembles with ptxas for sm_89 (L4) and sm_90 (H100) with no
-//! spills, within the register and shared-memory budget. With `CI` set, a missing ptxas fails.
+//! Every snapshot configuration assembles with ptxas for its target's GPUs (sm_89 PTX for the L4
+//! and the H100, sm_90a PTX for the H100) with no spills and no ignored `setmaxnreg` (C7508),
+//! within the register and shared-memory budget. With `CI` set, a missing ptxas fails.
 
 use flashcore::kernels::attention;
 
@@ -25,14 +26,23 @@ fn snapshot_configs_assemble_without_spills_within_budget() {
     let Some(ptxas) = ptxas_or_skip() else { return };
     for (name, config) in flashcore::kernels::reference_configs() {
         let compiled = attention::compile(&config).unwrap();
-        assert!(
-            compiled.ptx.shared_bytes <= SM89_SHARED_LIMIT,
-            "{name}: {} bytes of shared memory exceed sm_89's {SM89_SHARED_LIMIT}",
-            compiled.ptx.shared_bytes
-        );
-        for arch in ["sm_89", "sm_90"] {
+        // sm_89 PTX must fit the L4 (and runs on the H100 too); sm_90a PTX the H100.
+        for arch in flashcore::occupancy::archs_for(config.target) {
+            assert!(
+                compiled.ptx.shared_bytes <= arch.shared_bytes_per_cta,
+                "{name}: {} bytes of shared memory exceed {}'s {}",
+                compiled.ptx.shared_bytes,
+                arch.gpu,
+                arch.shared_bytes_per_cta
+            );
+        }
+        if config.target == flashcore::Target::Sm89 {
+            assert!(compiled.ptx.shared_bytes <= SM89_SHARED_LIMIT, "{name}");
+        }
+        for arch in flashcore::occupancy::archs_for(config.target).iter().map(|a| a.sm) {
             let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
                 .unwrap_or_else(|e| panic!("{name} {arch}: {e}"));
+            assert!(!report.text.contains("C7508"), "{name} {arch}: setmaxnreg ignored:\n{}", report.text);
             eprintln!(
                 "{name} {arch}: {} registers, {} bytes smem",
                 report.registers, compiled.ptx.shared_bytes

@@ -1,7 +1,8 @@
 //! Generated attention kernels with one deliberate protocol bug each (planted by editing the PTX
 //! text), which the simulator must catch with the right diagnostic: a missing
 //! `cp.async.wait_group`, a missing barrier before a stage is refilled, mbarrier counts and
-//! parities off by one. The unedited kernels pass in `tests/sim.rs`.
+//! parities off by one; on sm_90a, an accumulator read before its `wgmma.wait_group`, a missing
+//! `fence.proxy.async` and a missing `wgmma.fence`. The unedited kernels pass in `tests/sim.rs`.
 
 use flashcore::kernels::attention;
 use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
@@ -167,5 +168,40 @@ fn an_mbarrier_count_too_low_lets_the_producer_run_ahead() {
                 || err.contains("while a cp.async"),
             "{err}"
         );
+    }
+}
+
+/// The sm_90a kernel at D = 128 (two column blocks of the wgmma layout): Q kept in shared
+/// memory, wgmma reading Q, K and V through descriptors.
+fn hopper() -> Config {
+    Config { head_dim: 128, target: flashcore::Target::Sm90a, ..attention::CONFIG }
+}
+
+#[test]
+fn an_accumulator_read_before_its_wgmma_wait_group_is_caught() {
+    // Q·Kᵀ's `wgmma.wait_group 0`: the score scaling then reads accumulators still in flight.
+    for err in run_edited(hopper(), |p| remove_first(p, "wgmma.wait_group.sync.aligned 0;"), &SEEDS) {
+        assert!(err.contains("while a wgmma that writes it is in flight"), "{err}");
+    }
+}
+
+#[test]
+fn shared_memory_read_by_wgmma_without_the_proxy_fence_is_caught() {
+    // The fence after the main loop's `cp.async.wait_group 1`: wgmma (the async proxy) reads
+    // K, which cp.async wrote through the generic proxy, with nothing ordering the two.
+    let edit =
+        |p: &str| replace_nth(p, "fence.proxy.async.shared::cta;", 1, |_| "\t\t\t// (fence removed)".into());
+    for err in run_edited(hopper(), edit, &SEEDS) {
+        assert!(err.contains("no fence.proxy.async since orders the two"), "{err}");
+    }
+}
+
+#[test]
+fn a_missing_wgmma_fence_is_caught() {
+    // P·V's `wgmma.fence`: its accumulators were just written by the softmax rescaling.
+    let edit =
+        |p: &str| replace_nth(p, "wgmma.fence.sync.aligned;", 1, |_| "\t\t\t// (wgmma.fence removed)".into());
+    for err in run_edited(hopper(), edit, &SEEDS) {
+        assert!(err.contains("written after the last wgmma.fence"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use flashcore_ir::abi::EntryParam;
 use flashcore_ir::kernel::*;
 use flashcore_ir::source::{BinOp, ReduceOp, UnaryOp};
-use flashcore_ir::Config;
+use flashcore_ir::{Config, Target};
 
 use crate::layout::{self, chunks_per_row, frag_shape, row_bytes, row_reg, swizzle_period, LdmatrixPattern};
 use crate::smem::SmemPlan;
@@ -16,6 +16,7 @@ use crate::CodegenError;
 
 mod axes;
 mod mask;
+mod wgmma;
 
 /// A single mbarrier wait longer than this (10 s) traps: the kernel aborts instead of hanging
 /// the GPU (and, at exit, the process). The runtime's launch timeout (5 s by default) fires
@@ -41,6 +42,8 @@ struct ThreadRegs {
     split: Option<SplitRegs>,
     /// Per ldmatrix pattern: (byte offset of the lane's row, chunk bit ^ swizzle key).
     ldmatrix: HashMap<LdmatrixPattern, (String, String)>,
+    /// sm_90a: a predicate that is always true, wgmma's `scale-d` (accumulate into D).
+    scale_d: Option<String>,
 }
 
 /// A compute warp's place in split-KV: its group `index` (0 stores the output), the first key
@@ -60,6 +63,10 @@ pub const MERGE_BARRIER: u32 = 1;
 /// The named barrier (`bar.sync 2, compute threads`) of column reductions.
 pub const COLUMN_BARRIER: u32 = 2;
 
+/// sm_90a: warpgroup `g`'s barrier (`bar.sync 4 + g, 128`), where its four warps meet after
+/// copying a tile that their wgmmas read from shared memory.
+pub const WARPGROUP_BARRIER: u32 = 4;
+
 /// The threads that share a copy: each thread's index among them, and how many there are.
 #[derive(Clone, Debug, Default)]
 struct Team {
@@ -68,10 +75,12 @@ struct Team {
 }
 
 /// A tile in shared memory: its byte offset from the shared window (an immediate or a
-/// register, for ring slots chosen at run time) and whether the value is the `.t()` view.
+/// register, for ring slots chosen at run time), its rows (the ring buffer's) and whether the
+/// value is the `.t()` view.
 #[derive(Clone)]
 struct SmemTile {
     offset: String,
+    rows: u32,
     transposed: bool,
 }
 
@@ -297,8 +306,13 @@ impl<'k> Emitter<'k> {
             cfg = self.cfg,
             smem = self.plan.total_bytes
         ));
-        out.push_str(".version 7.8\n.target sm_89\n.address_size 64\n\n");
-        out.push_str(&format!(".extern .shared .align 128 .b8 {SMEM_SYMBOL}[];\n\n"));
+        let (version, align) = match self.cfg.target {
+            Target::Sm89 => ("7.8", crate::smem::BUFFER_ALIGN),
+            // wgmma's 128-byte swizzle reads address bits 7-9: tiles start on 1024 bytes.
+            Target::Sm90a => ("8.0", wgmma::GROUP_BYTES),
+        };
+        out.push_str(&format!(".version {version}\n.target {}\n.address_size 64\n\n", self.cfg.target));
+        out.push_str(&format!(".extern .shared .align {align} .b8 {SMEM_SYMBOL}[];\n\n"));
         out.push_str(&format!(".visible .entry {name}(\n"));
         out.push_str(&params.join(",\n"));
         out.push_str(&format!("\n)\n.maxntid {threads}, 1, 1\n.minnctapersm 1\n{{\n"));
@@ -445,8 +459,25 @@ impl<'k> Emitter<'k> {
             ldmatrix.insert(p, (off, key));
         }
 
+        let scale_d = (self.cfg.target == Target::Sm90a).then(|| {
+            let p = self.w.named(RegClass::Pred, "%wgmma_scale_d");
+            self.w.ins(format!("setp.eq.u32 {p}, {lane}, {lane}"));
+            p
+        });
+
         self.w.blank();
-        self.t = Some(ThreadRegs { warp, thread, lane, group, quad_lane, smem, warp_row0, split, ldmatrix });
+        self.t = Some(ThreadRegs {
+            warp,
+            thread,
+            lane,
+            group,
+            quad_lane,
+            smem,
+            warp_row0,
+            split,
+            ldmatrix,
+            scale_d,
+        });
         self.team = Team { index: self.th().thread.clone(), threads: self.cfg.threads() };
         decls
     }
@@ -557,6 +588,11 @@ impl<'k> Emitter<'k> {
             }
             Op::WaitGroup { younger } => {
                 self.w.ins(format!("cp.async.wait_group {younger}"));
+                if self.cfg.target == Target::Sm90a {
+                    // The copies landed through the generic proxy; wgmma reads through the
+                    // async proxy, which sees them only after this fence (and the barrier).
+                    self.w.ins("fence.proxy.async.shared::cta");
+                }
                 Ok(())
             }
             Op::Barrier { id } => {
@@ -1016,8 +1052,12 @@ impl<'k> Emitter<'k> {
         rows: u32,
         team: &Team,
         valid_rows: &str,
+        wgmma_rows: Option<u32>,
     ) {
         let cfg = self.cfg;
+        // Tiles that wgmma reads (`wgmma_rows`: the whole tile's rows) take its column-block
+        // layout on sm_90a when wider than one block (at D = 64 the sm_89 layout is the same).
+        let blocks = wgmma_rows.filter(|_| cfg.target == Target::Sm90a && chunks_per_row(&cfg) > 8);
         let cpr = chunks_per_row(&cfg);
         // Each pass copies `rows_per_pass` whole rows; when the team is not a multiple of the
         // chunks of a row (D = 96: 12 chunks), the threads past the last whole row sit out.
@@ -1066,7 +1106,10 @@ impl<'k> Emitter<'k> {
             let gaddr = self.w.temp(RegClass::B64);
             self.w.ins(format!("mul.wide.u32 {gaddr}, {src_row}, {}", global.row_stride));
             self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
-            let saddr = self.shared_chunk_address(smem_offset, &row, &chunk);
+            let saddr = match blocks {
+                Some(tile_rows) => self.block_chunk_address(smem_offset, &row, &chunk, tile_rows),
+                None => self.shared_chunk_address(smem_offset, &row, &chunk),
+            };
             self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16, {size}"));
         }
     }
@@ -1199,12 +1242,29 @@ impl<'k> Emitter<'k> {
         // Lanes may still be reading these rows (the previous work item's O store) when others
         // start copying into them: the warp converges first.
         self.w.ins("bar.warp.sync 0xffffffff");
-        self.copy_tile_async(&global, &region, Some(&warp_row0), self.cfg.rows_per_warp(), &lanes, &valid);
+        let kept = self.plan.kept_a.contains(&dst);
+        let wgmma_rows = (kept && self.cfg.target == Target::Sm90a).then_some(self.cfg.tile_m);
+        self.copy_tile_async(
+            &global,
+            &region,
+            Some(&warp_row0),
+            self.cfg.rows_per_warp(),
+            &lanes,
+            &valid,
+            wgmma_rows,
+        );
         self.w.ins("cp.async.commit_group");
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
         self.w.ins("cp.async.wait_group 0");
-        self.w.ins("bar.warp.sync 0xffffffff");
-        if self.plan.kept_a.contains(&dst) {
+        if wgmma_rows.is_some() {
+            // A wgmma reads its warpgroup's 64 rows, which four warps copied: each fences its
+            // copies into the async proxy, then the warpgroup meets at its barrier.
+            self.w.ins("fence.proxy.async.shared::cta");
+            self.warpgroup_barrier();
+        } else {
+            self.w.ins("bar.warp.sync 0xffffffff");
+        }
+        if kept {
             // The tile stays where it landed; each mma loads the fragments it needs. No other
             // warp writes these rows, no other load this region, and the region is next
             // written by this warp's stores (after the last mma).
@@ -1233,7 +1293,8 @@ impl<'k> Emitter<'k> {
     /// past the buffer's offset.
     fn stage_view(&mut self, dst: Value, buffer: BufferId, slot: Value) -> Result<(), CodegenError> {
         let offset = self.slot_offset(buffer, slot, 0);
-        self.tiles.insert(dst, SmemTile { offset, transposed: false });
+        let rows = self.kernel.buffers[buffer.0 as usize].rows.size(&self.cfg);
+        self.tiles.insert(dst, SmemTile { offset, rows, transposed: false });
         Ok(())
     }
 
@@ -1424,7 +1485,8 @@ impl<'k> Emitter<'k> {
         let offset = self.slot_offset(buffer, slot, ahead);
         let team = self.team.clone();
         let valid = self.valid_rows(src, Some(&seq));
-        self.copy_tile_async(&global, &offset, None, rows, &team, &valid);
+        let buffer_rows = self.kernel.buffers[buffer.0 as usize].rows.size(&self.cfg);
+        self.copy_tile_async(&global, &offset, None, rows, &team, &valid, Some(buffer_rows));
         self.w.place_label(&skip);
         Ok(())
     }
@@ -1450,6 +1512,9 @@ impl<'k> Emitter<'k> {
         } else {
             AOperand::Registers(self.regs_of(a))
         };
+        if self.cfg.target == Target::Sm90a {
+            return self.wgmma(dst, &af, &tile, acc, n_dim, k_dim);
+        }
         let operand = self.cfg.dtype.name();
         let d_shape = frag_shape(&self.cfg, n_dim, Elem::F32);
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);
@@ -2328,6 +2393,10 @@ impl<'k> Emitter<'k> {
         let s = self.regs_of(src);
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
         let (rb, cpr) = (row_bytes(&self.cfg), chunks_per_row(&self.cfg));
+        // sm_90a keeps loaded A tiles in this region in wgmma's column-block layout; the O tile
+        // passes through in the same layout, so each warp's rows are the same bytes in both.
+        let blocks = (self.cfg.target == Target::Sm90a && cpr > 8).then_some(self.cfg.tile_m);
+        let rb = if blocks.is_some() { wgmma::BLOCK_ROW_BYTES } else { rb };
         let t = self.t.as_ref().expect("prologue");
         let (warp_row0, group, quad_lane, lane, smem) =
             (t.warp_row0.clone(), t.group.clone(), t.quad_lane.clone(), t.lane.clone(), t.smem.clone());
@@ -2337,7 +2406,9 @@ impl<'k> Emitter<'k> {
         // The swizzle key of rows 16 mf + 8 h + g: g % P (warp_row0 is a multiple of 16).
         let row_key = self.swizzle_key(&group);
         // The warp read these rows before (its Q fragments, by ldmatrix); every lane's reads
-        // are done before any lane overwrites them (racecheck flags it otherwise).
+        // are done before any lane overwrites them (racecheck flags it otherwise). On sm_90a the
+        // warpgroup's wgmmas read every warp's rows of a Q kept here; the K/V loop's epilogue
+        // barrier (over the CTA) already orders the last of them before this store.
         self.w.ins("bar.warp.sync 0xffffffff");
         for mf in 0..shape.mfrags {
             for h in 0..2 {
@@ -2354,12 +2425,16 @@ impl<'k> Emitter<'k> {
                         s.at(shape.acc(mf, nt, 2 * h + 1)),
                         s.at(shape.acc(mf, nt, 2 * h))
                     ));
-                    // physical chunk = nt ^ (row % P)
+                    // physical chunk = nt ^ (row % P); in column blocks, chunk nt % 8 of block nt / 8
+                    let (block, in_row) = match blocks {
+                        Some(rows) => ((nt as u32 / 8) * rows * wgmma::BLOCK_ROW_BYTES, nt % 8),
+                        None => (0, nt),
+                    };
                     let chunk = self.w.temp(RegClass::B32);
-                    self.w.ins(format!("xor.b32 {chunk}, {row_key}, {nt}"));
+                    self.w.ins(format!("xor.b32 {chunk}, {row_key}, {in_row}"));
                     self.w.ins(format!("shl.b32 {chunk}, {chunk}, 4"));
                     self.w.ins(format!("add.u32 {chunk}, {chunk}, {base}"));
-                    self.w.ins(format!("st.shared.b32 [{chunk}+{region}], {packed}"));
+                    self.w.ins(format!("st.shared.b32 [{chunk}+{}], {packed}", region + block));
                 }
             }
         }
@@ -2388,7 +2463,10 @@ impl<'k> Emitter<'k> {
             let row_offset = self.w.temp(RegClass::B64);
             self.w.ins(format!("mul.wide.u32 {row_offset}, {row}, {}", global.row_stride));
             self.w.ins(format!("add.u64 {gaddr}, {gaddr}, {row_offset}"));
-            let saddr = self.shared_chunk_address(&region.to_string(), &row, &chunk);
+            let saddr = match blocks {
+                Some(rows) => self.block_chunk_address(&region.to_string(), &row, &chunk, rows),
+                None => self.shared_chunk_address(&region.to_string(), &row, &chunk),
+            };
             let v: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
             self.w.ins(format!("{guard}ld.shared.v4.b32 {{{}}}, [{saddr}]", v.join(", ")));
             // Rows past the end of the sequence are not written.

@@ -1,10 +1,11 @@
-//! FlashCore's PTX back end: tile-level IR in, `sm_89` PTX text out. Pure: no I/O, no driver,
+//! FlashCore's PTX back end: tile-level IR in, `sm_89` or `sm_90a` PTX text out. Pure: no I/O, no driver,
 //! deterministic names, so the same kernel and config always give the same text.
 
 mod emit;
 pub mod layout;
 pub mod smem;
 mod stream;
+pub mod target;
 mod writer;
 
 use flashcore_ir::Kernel;
@@ -17,6 +18,9 @@ pub enum CodegenError {
     Unsupported(String),
     #[error("code generator bug: {0}")]
     Internal(String),
+    /// The config asks for a target that cannot express this kernel (see [`target::support`]).
+    #[error("{target} cannot compile this kernel: {why}")]
+    Target { target: flashcore_ir::Target, why: String },
 }
 
 /// A generated kernel: the PTX text and what a launcher needs to know about it.
@@ -30,8 +34,10 @@ pub struct Ptx {
     pub threads_per_cta: u32,
 }
 
-/// Generates PTX for a verified kernel.
+/// Generates PTX for a verified kernel, for the target its config names.
 pub fn generate(kernel: &Kernel) -> Result<Ptx, CodegenError> {
+    let target = kernel.config.target;
+    target::support(kernel, target).map_err(|why| CodegenError::Target { target, why })?;
     let plan = smem::plan(kernel);
     let text = emit::Emitter::new(kernel, &plan).emit()?;
     Ok(Ptx {

@@ -55,18 +55,18 @@ pub struct SmemPlan {
 pub fn plan(kernel: &Kernel) -> SmemPlan {
     let cfg = &kernel.config;
     let mut next = 0u32;
-    let mut alloc = |bytes: u32| {
-        let offset = next.div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;
+    let mut alloc = |bytes: u32, align: u32| {
+        let offset = next.div_ceil(align) * align;
         next = offset + bytes;
         offset
     };
-    let mbarrier_offsets = kernel.mbarriers.iter().map(|r| alloc(8 * r.slots)).collect();
+    let mbarrier_offsets = kernel.mbarriers.iter().map(|r| alloc(8 * r.slots, BUFFER_ALIGN)).collect();
     let channel_bytes: Vec<u32> = kernel
         .channels
         .iter()
         .map(|c| cfg.warps * 128 * crate::layout::register_count(cfg, &c.ty).unwrap_or(0) as u32)
         .collect();
-    let channel_offsets = channel_bytes.iter().map(|bytes| alloc(*bytes)).collect();
+    let channel_offsets = channel_bytes.iter().map(|bytes| alloc(*bytes, BUFFER_ALIGN)).collect();
     let mut needs_row_tile = false;
     kernel.walk(&mut |inst| {
         if matches!(inst.op, Op::Load { .. } | Op::Store { .. }) {
@@ -83,8 +83,14 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         }
     });
     let row_tile_slots = load_slots.values().map(|s| s + 1).max().unwrap_or(1);
+    // sm_90a: wgmma reads the kept tiles (and ring tiles) in the 128-byte swizzle, whose pattern
+    // repeats every 1024 bytes of address (regions and slots are whole multiples of it).
+    let wgmma_align = match cfg.target {
+        flashcore_ir::Target::Sm89 => BUFFER_ALIGN,
+        flashcore_ir::Target::Sm90a => 1024,
+    };
     let row_tile_region =
-        needs_row_tile.then(|| alloc(row_tile_slots * cfg.kv_splits.max(1) * row_tile_bytes));
+        needs_row_tile.then(|| alloc(row_tile_slots * cfg.kv_splits.max(1) * row_tile_bytes, wgmma_align));
     let mut merge_regs = 0;
     kernel.walk(&mut |inst| {
         if let Op::MergeSplits { max, sum, acc } = inst.op {
@@ -95,7 +101,7 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         }
     });
     let partner_warps = cfg.warps - cfg.warps_per_split();
-    let merge_region = (merge_regs > 0).then(|| alloc(partner_warps * merge_regs * 128));
+    let merge_region = (merge_regs > 0).then(|| alloc(partner_warps * merge_regs * 128, BUFFER_ALIGN));
     let mut col_region_cols = 0;
     kernel.walk(&mut |inst| {
         if let Op::ColReduce { src, .. } = inst.op {
@@ -104,10 +110,14 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
             }
         }
     });
-    let col_region = (col_region_cols > 0).then(|| alloc(cfg.warps * col_region_cols * 4));
+    let col_region = (col_region_cols > 0).then(|| alloc(cfg.warps * col_region_cols * 4, BUFFER_ALIGN));
     let slot_bytes: Vec<u32> = kernel.buffers.iter().map(|b| b.rows.size(cfg) * row_bytes(cfg)).collect();
-    let buffer_offsets =
-        kernel.buffers.iter().zip(&slot_bytes).map(|(b, bytes)| alloc(bytes * b.slots)).collect();
+    let buffer_offsets = kernel
+        .buffers
+        .iter()
+        .zip(&slot_bytes)
+        .map(|(b, bytes)| alloc(bytes * b.slots, wgmma_align))
+        .collect();
     SmemPlan {
         row_tile_region,
         row_tile_bytes,
@@ -127,11 +137,11 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     }
 }
 
-/// With `Config::a_in_smem`, the `load` results that stay in shared memory, where the load put
-/// them, in program order: those whose every use is as the A operand of an mma (each mma
-/// re-reads its fragments with ldmatrix).
+/// With `Config::a_in_smem` or on sm_90a, the `load` results that stay in shared memory, where
+/// the load put them, in program order: those whose every use is as the A operand of an mma
+/// (each mma re-reads its fragments with ldmatrix; a wgmma reads them through a descriptor).
 pub fn kept_a_operands(kernel: &Kernel) -> Vec<Value> {
-    if !kernel.config.a_in_smem {
+    if !kernel.config.a_in_smem && kernel.config.target != flashcore_ir::Target::Sm90a {
         return vec![];
     }
     let mut loads = vec![];

@@ -20,6 +20,51 @@ pub const MAX_REGISTERS: u32 = 255;
 /// Most shared-memory buffers per staged tile the pipeline pass allocates.
 pub const MAX_STAGES: u32 = 4;
 
+/// The PTX a kernel compiles to. Both run on Hopper; only `Sm90a` uses its own instructions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// `.target sm_89`: cp.async, ldmatrix and mma.sync, for the L4 and every GPU from sm_89 on
+    /// (the driver JIT-compiles it for newer ones).
+    #[default]
+    Sm89,
+    /// `.target sm_90a`: the matmuls are warpgroup `wgmma.mma_async`, reading K and V straight
+    /// from shared memory (128-byte swizzled, in column blocks of 64 elements). Loads only on
+    /// compute capability 9.0 (H100, H200).
+    Sm90a,
+}
+
+impl Target {
+    pub const ALL: [Target; 2] = [Target::Sm89, Target::Sm90a];
+
+    /// The name PTX (`.target`), ptxas (`--gpu-name`) and settings use: `sm_89`, `sm_90a`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Sm89 => "sm_89",
+            Target::Sm90a => "sm_90a",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The target a device of compute capability `major.minor` runs best: `sm_90a` on 9.0
+    /// exactly (the `a` features exist on no other chip), `sm_89` elsewhere.
+    pub fn for_compute_capability(major: i32, minor: i32) -> Target {
+        if (major, minor) == (9, 0) {
+            Target::Sm90a
+        } else {
+            Target::Sm89
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One kernel configuration. `#[flash_kernel(..)]` declares the default one; any other can be
 /// passed at run time, and is validated before it reaches the code generator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,6 +116,9 @@ pub struct Config {
     /// over the keys is `kv_splits` times shorter, which is what a grid too small to fill the
     /// GPU (small B·H·S, the headline shape) is bound by. 1: off.
     pub kv_splits: u32,
+    /// The PTX target (see [`Target`]). `sm_90a` needs warpgroups of compute warps: see
+    /// `flashcore_codegen::sm90a_support` for what it expresses today.
+    pub target: Target,
 }
 
 impl Default for Config {
@@ -89,6 +137,7 @@ impl Default for Config {
             varlen: false,
             a_in_smem: false,
             kv_splits: 1,
+            target: Target::Sm89,
         }
     }
 }
@@ -272,6 +321,10 @@ impl Config {
                 config.dtype = dtype;
                 continue;
             }
+            if let Some(target) = Target::from_name(name).filter(|_| value.is_none()) {
+                config.target = target;
+                continue;
+            }
             if let Some(flag) = config.flag_field(name) {
                 *flag = match value {
                     None | Some("true") => true,
@@ -283,6 +336,11 @@ impl Config {
             let Some(value) = value else {
                 return Err(bad(setting, format!("expected `name=value` or a flag; {SETTINGS}")));
             };
+            if name == "target" {
+                config.target = Target::from_name(value)
+                    .ok_or_else(|| bad(setting, "expected `target=sm_89` or `target=sm_90a`".into()))?;
+                continue;
+            }
             if name == "dtype" {
                 config.dtype = DType::from_name(value)
                     .ok_or_else(|| bad(setting, "expected `dtype=f16` or `dtype=bf16`".into()))?;
@@ -298,13 +356,13 @@ impl Config {
 }
 
 /// What [`Config::with_settings`] accepts, for its errors.
-const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem (flags, or =true|false), and f16, bf16 (or dtype=..)";
+const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -321,7 +379,8 @@ impl fmt::Display for Config {
             if self.varlen { " varlen" } else { "" },
             if self.a_in_smem { " a_in_smem" } else { "" },
             if self.kv_splits > 1 { format!(" kv_splits={}", self.kv_splits) } else { String::new() },
-            if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() }
+            if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() },
+            if self.target != Target::Sm89 { format!(" {}", self.target) } else { String::new() }
         )
     }
 }
@@ -376,12 +435,14 @@ mod tests {
                 ..Config::default()
             },
             Config { dtype: DType::Bf16, head_dim: 256, tile_n: 32, ..Config::default() },
+            Config { tile_m: 128, warps: 8, target: Target::Sm90a, ..Config::default() },
         ];
         for c in configs {
             assert_eq!(Config::default().with_settings(&c.to_string()), Ok(c), "{c}");
         }
         let c = Config::default().with_settings("stages=3, persistent,causal=false dtype=bf16").unwrap();
         assert_eq!((c.stages, c.persistent, c.causal, c.dtype), (3, true, false, DType::Bf16));
+        assert_eq!(Config::default().with_settings("target=sm_90a").unwrap().target, Target::Sm90a);
     }
 
     #[test]
@@ -393,6 +454,7 @@ mod tests {
         assert!(err("persistent=yes").contains("`persistent=true|false`"), "{}", err("persistent=yes"));
         assert!(err("dtype=f32").contains("dtype=bf16"), "{}", err("dtype=f32"));
         assert!(err("stages").contains("expected `name=value`"), "{}", err("stages"));
+        assert!(err("target=sm_80").contains("target=sm_90a"), "{}", err("target=sm_80"));
     }
 
     #[test]

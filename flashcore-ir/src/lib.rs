@@ -17,7 +17,7 @@ pub mod source;
 pub mod timeline;
 pub mod verify;
 
-pub use config::Config;
+pub use config::{Config, Target};
 pub use error::{ConfigError, IrError, LowerError, VerifyError};
 pub use kernel::{Kernel, Op, Type, Value};
 pub use lower::lower;

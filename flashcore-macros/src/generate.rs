@@ -305,8 +305,13 @@ fn config(c: &Config) -> TokenStream {
         varlen,
         a_in_smem,
         kv_splits,
+        target,
     } = *c;
     let elem = dtype(elem);
+    let target = match target {
+        flashcore_ir::Target::Sm89 => quote!(::flashcore::Target::Sm89),
+        flashcore_ir::Target::Sm90a => quote!(::flashcore::Target::Sm90a),
+    };
     quote!(::flashcore::Config {
         tile_m: #tile_m,
         tile_n: #tile_n,
@@ -321,6 +326,7 @@ fn config(c: &Config) -> TokenStream {
         varlen: #varlen,
         a_in_smem: #a_in_smem,
         kv_splits: #kv_splits,
+        target: #target,
     })
 }
 

@@ -18,7 +18,7 @@ use crate::error::{At, SimError};
 use crate::memory::{Access, GlobalMemory, Shadow};
 use crate::parse::{
     AddrBase, Address, ApproxFn, Cmp, CmpType, FloatFn, FloatOp, HalfType, Inst, IntFn, IntOp, IntType,
-    Kernel, Op, Operand, ShflMode, Space, Special,
+    Kernel, Op, Operand, ShflMode, Space, Special, WgmmaA,
 };
 
 pub const LANES: usize = 32;
@@ -114,6 +114,32 @@ struct Warp<'a> {
     seen: HashMap<u32, i64>,
     /// First thread of the warp in the CTA.
     thread0: u32,
+    /// wgmma state (kernels that use wgmma only): per register, how many issued and not yet
+    /// waited-for wgmmas write it; the registers of the open (uncommitted) group and of each
+    /// committed group in flight, oldest first; each register's last write by an ordinary
+    /// instruction and the last `wgmma.fence`, in steps.
+    wgmma: WarpWgmma,
+}
+
+impl Warp<'_> {
+    /// Lane `l`'s value of a register or immediate operand, without the in-flight check (the
+    /// wgmma reading its own accumulators and operands).
+    fn regs_of(&self, o: Operand, l: usize) -> u64 {
+        match o {
+            Operand::Reg(r) => self.regs[r as usize * LANES + l],
+            Operand::Imm(v) => v,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct WarpWgmma {
+    in_flight: Vec<u16>,
+    open: Vec<u32>,
+    groups: VecDeque<Vec<u32>>,
+    written_at: Vec<u64>,
+    fence_step: u64,
 }
 
 struct NamedBar {
@@ -163,6 +189,15 @@ pub struct Cta<'a> {
     rng: Rng,
     pub steps: u64,
     pub lane_steps: u64,
+    /// Whether the kernel uses wgmma: only then are register accesses checked against the
+    /// accumulators in flight and the register writes before a `wgmma.fence` tracked.
+    track_wgmma: bool,
+    /// A register access of an ordinary instruction to a wgmma accumulator in flight (warp,
+    /// register), found while the instruction ran and reported after it.
+    wgmma_violation: std::cell::Cell<Option<(usize, u32)>>,
+    /// Per agent: the clock up to which its shared-memory writes are ordered before the async
+    /// proxy by some thread's `fence.proxy.async` (wgmma reads need it).
+    proxy_fenced: Vec<u32>,
 }
 
 /// A global access of `bytes` at `addr` must be aligned to its size.
@@ -222,9 +257,15 @@ impl<'a> Cta<'a> {
                     lanes: (0..LANES).map(|_| LaneAsync::default()).collect(),
                     seen: HashMap::new(),
                     thread0: (w * LANES) as u32,
+                    wgmma: WarpWgmma {
+                        in_flight: vec![0; nregs],
+                        written_at: vec![0; nregs],
+                        ..WarpWgmma::default()
+                    },
                 }
             })
             .collect();
+        let track_wgmma = s.kernel.insts.iter().any(|i| matches!(i.op, Op::Wgmma { .. }));
         let words = (s.shared_bytes as usize).div_ceil(4);
         let mut rng = Rng::new(s.seed ^ ((s.cta as u64) << 32));
         rng.next();
@@ -241,6 +282,9 @@ impl<'a> Cta<'a> {
             rng,
             steps: 0,
             lane_steps: 0,
+            track_wgmma,
+            wgmma_violation: std::cell::Cell::new(None),
+            proxy_fenced: vec![0; agents],
             global,
             s,
         }
@@ -511,11 +555,21 @@ impl<'a> Cta<'a> {
 
     #[inline]
     fn reg(&self, w: usize, r: u32, l: usize) -> u64 {
+        if self.track_wgmma && self.warps[w].wgmma.in_flight[r as usize] != 0 {
+            self.wgmma_violation.set(Some((w, r)));
+        }
         self.warps[w].regs[r as usize * LANES + l]
     }
 
     #[inline]
     fn set(&mut self, w: usize, r: u32, l: usize, v: u64) {
+        if self.track_wgmma {
+            let wg = &mut self.warps[w].wgmma;
+            if wg.in_flight[r as usize] != 0 {
+                self.wgmma_violation.set(Some((w, r)));
+            }
+            wg.written_at[r as usize] = self.steps;
+        }
         self.warps[w].regs[r as usize * LANES + l] = v;
     }
 
@@ -661,6 +715,27 @@ impl<'a> Cta<'a> {
     // ----- one instruction -----
 
     fn step(&mut self, w: usize) -> Result<(), SimError> {
+        if !self.track_wgmma {
+            return self.step_inner(w);
+        }
+        let pc = self.warps[w].pc.iter().copied().min().unwrap_or(EXITED);
+        self.step_inner(w)?;
+        match self.wgmma_violation.take() {
+            None => Ok(()),
+            Some((warp, r)) => {
+                let inst = &self.s.kernel.insts[pc as usize];
+                Err(SimError::Wgmma {
+                    at: self.at(warp, inst),
+                    message: format!(
+                        "touches register {} while a wgmma that writes it is in flight: a missing or too weak wgmma.wait_group",
+                        self.s.kernel.registers[r as usize]
+                    ),
+                })
+            }
+        }
+    }
+
+    fn step_inner(&mut self, w: usize) -> Result<(), SimError> {
         let k = self.s.kernel;
         self.steps += 1;
         let warp = &self.warps[w];
@@ -948,6 +1023,29 @@ impl<'a> Cta<'a> {
             }
             Op::Ldmatrix { count, trans, d, addr } => self.ldmatrix(w, inst, *count, *trans, d, addr)?,
             Op::Mma { ty, d, a, b, c } => self.mma(w, *ty, d, a, b, c),
+            Op::Wgmma { ty, n, d, a, desc, scale_d, trans_b } => {
+                self.wgmma(w, inst, *ty, *n, d, a, *desc, *scale_d, *trans_b)?
+            }
+            Op::WgmmaFence => self.warps[w].wgmma.fence_step = self.steps,
+            Op::WgmmaCommit => {
+                let open = std::mem::take(&mut self.warps[w].wgmma.open);
+                self.warps[w].wgmma.groups.push_back(open);
+            }
+            Op::WgmmaWait { n } => {
+                let wg = &mut self.warps[w].wgmma;
+                while wg.groups.len() > *n as usize {
+                    for r in wg.groups.pop_front().expect("a group") {
+                        wg.in_flight[r as usize] -= 1;
+                    }
+                }
+            }
+            Op::FenceProxyAsync => {
+                for (fenced, seen) in self.proxy_fenced.iter_mut().zip(&self.warps[w].vc) {
+                    *fenced = (*fenced).max(*seen);
+                }
+                // The warp's later writes are not covered by this fence.
+                self.release(w);
+            }
             Op::Redux { op, ty, d, a, mask } => {
                 let m = self.val(w, *mask, 0) as u32;
                 if m != exec {
@@ -1434,6 +1532,152 @@ impl<'a> Cta<'a> {
         Ok(())
     }
 
+    /// `wgmma.mma_async.sync.aligned.m64n{n}k16` with A in registers, run for this warp's 16
+    /// rows of the warpgroup's 64 (its A registers and accumulators have the layouts of
+    /// `mma.m16n8k16`, per 8 columns: see `mma`), B read from shared memory through the
+    /// descriptor. The result is in the registers at once, but they count as in flight until a
+    /// `wgmma.wait_group` retires the group: an ordinary instruction touching them is an error.
+    /// Also checked: `wgmma.fence` after the last ordinary write of any register the wgmma
+    /// reads, and each shared word it reads: written before it (happens-before) and fenced
+    /// into the async proxy.
+    #[allow(clippy::too_many_arguments)]
+    fn wgmma(
+        &mut self,
+        w: usize,
+        inst: &'a Inst,
+        ty: HalfType,
+        n: u32,
+        d: &[u32],
+        a: &WgmmaA,
+        desc: Operand,
+        scale_d: Operand,
+        trans_b: bool,
+    ) -> Result<(), SimError> {
+        let site = self.site(w, inst);
+        let fail = |message: String| SimError::Wgmma { at: site.at(), message };
+        let fence = self.warps[w].wgmma.fence_step;
+        let a_operands: &[Operand] = match a {
+            WgmmaA::Registers(regs) => regs,
+            WgmmaA::Descriptor(_) => &[],
+        };
+        let a_regs = a_operands.iter().filter_map(|o| match o {
+            Operand::Reg(r) => Some(*r),
+            _ => None,
+        });
+        for r in d.iter().copied().chain(a_regs) {
+            if self.warps[w].wgmma.written_at[r as usize] > fence {
+                return Err(fail(format!(
+                    "reads register {}, written after the last wgmma.fence (or with none): a missing wgmma.fence",
+                    self.s.kernel.registers[r as usize]
+                )));
+            }
+        }
+        let uniform = |o: Operand| {
+            let bits = self.warps[w].regs_of(o, 0);
+            match (0..LANES).all(|l| self.warps[w].regs_of(o, l) == bits) {
+                true => Descriptor::decode(bits).map_err(fail),
+                false => Err(fail("the lanes pass different descriptors".into())),
+            }
+        };
+        let descriptor = uniform(desc)?;
+        let a_descriptor = match a {
+            WgmmaA::Descriptor(o) => Some(uniform(*o)?),
+            WgmmaA::Registers(_) => None,
+        };
+        let half = |bits: u64| -> f32 {
+            match ty {
+                HalfType::F16 => f16::from_bits(bits as u16).to_f32(),
+                HalfType::Bf16 => bf16::from_bits(bits as u16).to_f32(),
+            }
+        };
+        // B[k][n], read a 4-byte word (two elements adjacent along the row) at a time.
+        let cols = n as usize;
+        let mut bm = vec![[0f32; 16]; cols];
+        for k in 0..16u64 {
+            for c in 0..cols as u64 {
+                let (kk, cc, pair) = if trans_b { (k, c & !1, c % 2) } else { (k & !1, c, k % 2) };
+                let addr = descriptor.element(trans_b, kk, cc);
+                let addr = self.shared_range(site, addr, 4)?;
+                if pair == 0 {
+                    self.check_shared(w, site, addr, 4, false)?;
+                    self.check_async_proxy(site, addr)?;
+                }
+                let at = addr + 2 * pair as usize;
+                bm[c as usize][k as usize] =
+                    half(u16::from_le_bytes([self.shared[at], self.shared[at + 1]]) as u64);
+            }
+        }
+        let mut am = [[0f32; 16]; 16];
+        match a_descriptor {
+            // K-major: rows are m, k along a row. The warpgroup's operation reads all 64 rows
+            // (checked as this warp's reads: the hardware gives no order among the four
+            // warps' parts); this warp's 16 rows are its A.
+            Some(ad) => {
+                let own = 16 * (w % 4);
+                for m in 0..64usize {
+                    for k in (0..16u64).step_by(2) {
+                        let addr = self.shared_range(site, ad.element(false, k, m as u64), 4)?;
+                        self.check_shared(w, site, addr, 4, false)?;
+                        self.check_async_proxy(site, addr)?;
+                        if (own..own + 16).contains(&m) {
+                            for (j, at) in [addr, addr + 2].into_iter().enumerate() {
+                                am[m - own][k as usize + j] =
+                                    half(u16::from_le_bytes([self.shared[at], self.shared[at + 1]]) as u64);
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                for l in 0..LANES {
+                    let (g, t) = (l / 4, l % 4);
+                    for (i, o) in a_operands.iter().enumerate() {
+                        let v = self.warps[w].regs_of(*o, l);
+                        let (row, k) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
+                        am[row][k] = half(v & 0xffff);
+                        am[row][k + 1] = half((v >> 16) & 0xffff);
+                    }
+                }
+            }
+        }
+        let accumulate = self.warps[w].regs_of(scale_d, 0) != 0;
+        for l in 0..LANES {
+            let (g, t) = (l / 4, l % 4);
+            for (i, reg) in d.iter().enumerate() {
+                let (nt, e) = (i / 4, i % 4);
+                let (row, col) = (g + 8 * (e / 2), 8 * nt + 2 * t + e % 2);
+                let slot = *reg as usize * LANES + l;
+                let mut acc = if accumulate { f32_of(self.warps[w].regs[slot]) } else { 0.0 };
+                for k in 0..16 {
+                    acc += am[row][k] * bm[col][k];
+                }
+                self.warps[w].regs[slot] = acc.to_bits() as u64;
+            }
+        }
+        let wg = &mut self.warps[w].wgmma;
+        for r in d {
+            wg.in_flight[*r as usize] += 1;
+            wg.open.push(*r);
+        }
+        Ok(())
+    }
+
+    /// A wgmma (async proxy) reading the shared word at `addr`: its last write must be fenced
+    /// into the async proxy by a `fence.proxy.async` that saw it.
+    fn check_async_proxy(&self, site: Site<'a>, addr: usize) -> Result<(), SimError> {
+        let Some(write) = self.shadow[addr / 4].write else { return Ok(()) };
+        if write.clock <= self.proxy_fenced[write.agent as usize] {
+            return Ok(());
+        }
+        Err(SimError::Wgmma {
+            at: site.at(),
+            message: format!(
+                "reads shared address {addr:#x} through the async proxy, but {} through the generic proxy and no fence.proxy.async since orders the two",
+                self.describe(&write, true)
+            ),
+        })
+    }
+
     /// `mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32`, fragments as in the PTX ISA
     /// (g = lane / 4, t = lane % 4): A reg i holds (row g + 8·(i%2), k 2t + 8·(i/2) + {0,1}), B reg i
     /// holds (k 2t + 8i + {0,1}, n g), C/D reg i holds (row g + 8·(i/2), n 2t + i%2).
@@ -1484,6 +1728,41 @@ impl<'a> Cta<'a> {
                 self.set(w, *reg, l, acc.to_bits() as u64);
             }
         }
+    }
+}
+
+/// A wgmma shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start
+/// address, leading and stride byte offsets (bits 0-13, 16-29, 32-45, each in 16-byte units),
+/// base offset (49-51) and swizzle mode (62-63).
+struct Descriptor {
+    start: u64,
+    leading: u64,
+    stride: u64,
+}
+
+impl Descriptor {
+    fn decode(bits: u64) -> Result<Descriptor, String> {
+        let field = |shift: u32| ((bits >> shift) & 0x3fff) << 4;
+        let (base_offset, swizzle) = ((bits >> 49) & 7, bits >> 62);
+        if swizzle != 1 || base_offset != 0 {
+            return Err(format!(
+                "descriptor {bits:#018x}: swizzle mode {swizzle} with base offset {base_offset} (the simulator models the 128-byte swizzle, mode 1, on 1024-byte aligned tiles)"
+            ));
+        }
+        Ok(Descriptor { start: field(0), leading: field(16), stride: field(32) })
+    }
+
+    /// Shared address of element (k, n) of B (16-bit elements): K-major rows are n (8-row
+    /// groups `stride` apart, 128-byte rows, k along a row); MN-major (`trans_b`) rows are k
+    /// (8-row groups `stride` apart), n along a row in 64-element blocks `leading` apart. The
+    /// 128-byte swizzle then XORs address bits 4-6 with bits 7-9.
+    fn element(&self, trans_b: bool, k: u64, n: u64) -> u64 {
+        let logical = if trans_b {
+            self.start + (n / 64) * self.leading + (k / 8) * self.stride + (k % 8) * 128 + (n % 64) * 2
+        } else {
+            self.start + (n / 8) * self.stride + (n % 8) * 128 + k * 2
+        };
+        logical ^ (((logical >> 7) & 7) << 4)
     }
 }
 

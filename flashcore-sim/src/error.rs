@@ -46,6 +46,11 @@ pub enum SimError {
     Trap { at: At, lane: u32 },
     #[error("{at}: {message}")]
     Arithmetic { at: At, message: String },
+    /// A wgmma protocol error: an accumulator touched before its `wgmma.wait_group`, a register
+    /// written after the last `wgmma.fence`, shared memory read without `fence.proxy.async`
+    /// after its generic-proxy write, or a descriptor the simulator does not model.
+    #[error("{at}: wgmma: {message}")]
+    Wgmma { at: At, message: String },
     #[error("the launch ran more than {limit} warp instructions without finishing (an infinite loop?)")]
     StepLimit { limit: u64 },
 }

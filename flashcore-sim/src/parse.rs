@@ -97,6 +97,15 @@ pub enum AddrBase {
     Shared,
 }
 
+/// Where a wgmma's A operand comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WgmmaA {
+    /// Four registers of f16/bf16 pairs, the `mma.m16n8k16` A fragment of the warp's rows.
+    Registers([Operand; 4]),
+    /// A shared-memory descriptor (K-major, not transposed).
+    Descriptor(Operand),
+}
+
 /// Integer types (`.b*` behave as unsigned).
 /// The special functions of `*.approx.f32` (the simulator computes them exactly).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,6 +372,30 @@ pub enum Op {
         b: [Operand; 2],
         c: [Operand; 4],
     },
+    /// `wgmma.fence.sync.aligned`: orders the warp's register writes before the wgmmas that
+    /// follow read them.
+    WgmmaFence,
+    /// `wgmma.commit_group.sync.aligned`: closes the group of wgmmas issued since the last one.
+    WgmmaCommit,
+    /// `wgmma.wait_group.sync.aligned n`: until at most `n` committed groups are in flight.
+    WgmmaWait {
+        n: u32,
+    },
+    /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{f16,bf16}.{f16,bf16} d, a, b-desc,
+    /// scale-d, 1, 1, [0,] trans-b`: A from registers (`{a0..a3}`) or a K-major shared-memory
+    /// descriptor, B through a shared-memory descriptor.
+    Wgmma {
+        ty: HalfType,
+        n: u32,
+        d: Vec<u32>,
+        a: WgmmaA,
+        desc: Operand,
+        scale_d: Operand,
+        trans_b: bool,
+    },
+    /// `fence.proxy.async[.shared::cta]`: the thread's generic-proxy accesses before it are
+    /// ordered with async-proxy (wgmma, TMA) accesses after it.
+    FenceProxyAsync,
     /// `redux.sync.{min,max}.{s32,u32}`: every executing lane gets the reduction over them.
     Redux {
         op: IntOp,
@@ -418,6 +451,10 @@ impl Op {
             self,
             Op::Ldmatrix { .. }
                 | Op::Mma { .. }
+                | Op::WgmmaFence
+                | Op::WgmmaCommit
+                | Op::WgmmaWait { .. }
+                | Op::Wgmma { .. }
                 | Op::Shfl { .. }
                 | Op::Redux { .. }
                 | Op::Bar { .. }
@@ -1044,6 +1081,51 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             };
             Op::Mma { ty, d, a, b, c }
         }
+        "wgmma" if has("fence") && has("sync") && has("aligned") => Op::WgmmaFence,
+        "wgmma" if has("commit_group") && has("sync") && has("aligned") => Op::WgmmaCommit,
+        "wgmma" if has("wait_group") && has("sync") && has("aligned") => match ctx.operand(n(0)?)? {
+            Operand::Imm(v) => Op::WgmmaWait { n: v as u32 },
+            _ => return bad("wgmma.wait_group needs an immediate"),
+        },
+        "wgmma" if has("mma_async") && has("sync") && has("aligned") => {
+            let ty = match mods.get(4..) {
+                Some(["f32", "f16", "f16"]) => HalfType::F16,
+                Some(["f32", "bf16", "bf16"]) => HalfType::Bf16,
+                _ => return Err(Decode::Unsupported),
+            };
+            let cols = mods
+                .get(3)
+                .and_then(|shape| shape.strip_prefix("m64n"))
+                .and_then(|x| x.strip_suffix("k16"))
+                .and_then(|x| x.parse::<u32>().ok())
+                .filter(|n| n % 8 == 0 && (8..=256).contains(n))
+                .ok_or(Decode::Unsupported)?;
+            // Register A: 7 operands; descriptor A: 8 (with imm-trans-a, which must be 0).
+            let a = match ops.len() {
+                7 => match <[Operand; 4]>::try_from(ctx.operand_vector(n(1)?)?) {
+                    Ok(regs) => WgmmaA::Registers(regs),
+                    Err(_) => return bad("a register A of m64nNk16 is 4 registers"),
+                },
+                8 if n(6)?.trim() == "0" => WgmmaA::Descriptor(ctx.operand(n(1)?)?),
+                _ => return Err(Decode::Unsupported),
+            };
+            let d = ctx.dest_vector(n(0)?)?;
+            if d.len() != (cols / 2) as usize {
+                return bad("m64nNk16 with f32 accumulators takes N/2 D registers");
+            }
+            for (k, want) in [(4, "1"), (5, "1")] {
+                if n(k)?.trim() != want {
+                    return Err(Decode::Unsupported); // negated A or B
+                }
+            }
+            let trans_b = match n(ops.len() - 1)?.trim() {
+                "0" => false,
+                "1" => true,
+                _ => return bad("imm-trans-b is 0 or 1"),
+            };
+            Op::Wgmma { ty, n: cols, d, a, desc: ctx.operand(n(2)?)?, scale_d: ctx.operand(n(3)?)?, trans_b }
+        }
+        "fence" if has("proxy") && has("async") => Op::FenceProxyAsync,
         "redux" if has("sync") && (has("min") || has("max")) => {
             let ty = last_int().ok_or(Decode::Unsupported)?;
             if ops.len() != 3 {
