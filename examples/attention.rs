@@ -7,12 +7,15 @@
 //!  [--doc-len 1000] [--table NAME=FILE.npy] [--bias bias.npy] [--doc-ids ids.npy]]
 //!  [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--varlen 1,17,77 [--varlen-k 5,300,0]] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
-//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem] [--declared] [--ptx] [--plan plan.json]`
+//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem] [--declared]
+//!  [--target sm_89|sm_90a|auto] [--ptx] [--plan plan.json]`
 //!
 //! The config is the tuning table's entry for this GPU and shape (`tuning/attention.json`, or the
 //! file `FLASHCORE_TUNING` names), the kernel's declared one with `--declared` or where no
 //! entry fits, or the declared one with the tile flags applied. `--plan` writes the launch as
-//! JSON (PTX, grid, parameters) for `scripts/bench.py` and runs nothing.
+//! JSON (PTX, grid, parameters) for `scripts/bench.py` and runs nothing. The PTX target is
+//! `--target`'s, else `FLASHCORE_TARGET`'s, else the device's (`sm_90a` on compute capability
+//! 9.0 when the config compiles for it, `sm_89` otherwise: the output says which and why).
 //!
 //! `--kernel NAME` runs another registered kernel with the standard signature
 //! (`q, k, v, o, lse, scale, <f32 parameters>, cu_q, cu_k`): the variants of
@@ -37,7 +40,7 @@ use flashcore::runtime::TensorArg;
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::simulate::ExtraArg;
 use flashcore::tuning::{Source, Table};
-use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, Layout};
+use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, Layout, Target};
 use variant::{axis_sizes, table_shape, Chosen, Extra};
 
 /// Largest difference from float64 a log-sum-exp may have (f32 statistics of the same scores:
@@ -102,6 +105,10 @@ struct Options {
     table: Table,
     /// The device's name, once a GPU is found: the table's key.
     gpu: Option<String>,
+    /// The device's compute capability, once a GPU is found: it picks the PTX target.
+    compute_capability: Option<(i32, i32)>,
+    /// The PTX target asked for (`--target`, else `FLASHCORE_TARGET`); `None`: the device's.
+    target: Option<Target>,
 }
 
 /// `17,77,4097`: one length per sequence.
@@ -155,6 +162,8 @@ fn parse_args() -> Result<Options, String> {
         plan: None,
         table: Table::active().map_err(|e| format!("FLASHCORE_TUNING: {e}"))?,
         gpu: None,
+        compute_capability: None,
+        target: flashcore::target::requested().map_err(|e| e.to_string())?,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -211,6 +220,9 @@ fn parse_args() -> Result<Options, String> {
             "--a-in-smem" => o.a_in_smem = true,
             "--kv-splits" => o.kv_splits = Some(number(value()?)? as u32),
             "--plan" => o.plan = Some(value()?.into()),
+            "--target" => {
+                o.target = flashcore::target::parse(&value()?).map_err(|e| format!("--target: {e}"))?
+            }
             "--help" | "-h" => {
                 println!(
                     "{}",
@@ -244,7 +256,15 @@ fn parse_args() -> Result<Options, String> {
 /// The config for a `[b, h, s, d]` problem with `sk` keys, and where it came from: the tile
 /// flags applied to the declared config, else the tuning table's entry for this GPU and shape,
 /// else (or with `--declared`) the declared config at this head dim.
-fn config_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String) {
+fn config_for(o: &Options, shape: [usize; 4], sk: usize) -> (Config, String) {
+    let (config, source) = schedule_for(o, shape, sk);
+    let program = flashcore::registry::find(&o.kernel).map_or_else(attention::program, |k| (k.program)());
+    let (config, target) = flashcore::target::choose(&program, config, o.compute_capability, o.target);
+    (config, format!("{source}; target {target}"))
+}
+
+/// The schedule half of [`config_for`]: everything but the target.
+fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String) {
     let declared = flashcore::registry::find(&o.kernel).map_or(attention::CONFIG, |k| k.config);
     // The declared config with the tiles this head dim needs (smaller K/V tiles at D = 256).
     let base = Config {
@@ -640,7 +660,7 @@ fn report_without_gpu(reason: &str, o: &Options, chosen: &Chosen) -> ExitCode {
             println!("ptxas not found (run scripts/test.sh once to install it): no resource report")
         }
         Some(path) => {
-            for arch in ["sm_89", "sm_90"] {
+            for arch in flashcore::occupancy::archs_for(compiled.kernel.config.target).iter().map(|a| a.sm) {
                 match flashcore::ptxas::assemble(&path, &ptx, arch) {
                     Ok(r) => println!(
                         "ptxas {arch}: {} registers, {} bytes spill stores, {} bytes spill loads, {} bytes stack",
@@ -838,6 +858,7 @@ fn main() -> ExitCode {
     };
     let info = device.info();
     o.gpu = Some(info.name.clone());
+    o.compute_capability = Some(info.compute_capability);
     if let Some(path) = &o.plan {
         return match write_plan(&o, &chosen, path) {
             Ok(line) => {

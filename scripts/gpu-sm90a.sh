@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (binaries built here, carried in .device/bin): the attention example
+# with `--target sm_90a` (wgmma) against float64 at tails, causal, GQA, S != SK, bf16, BSHD,
+# varlen and D = 64/128/256, then the same shapes' timing with `--target sm_89` and
+# `--target sm_90a` side by side (same binary, same run). Logs go to $OUT.
+#   scripts/gpu-sm90a.sh [check|time|all]   (default all)
+set -uo pipefail
+bins=${BINS:-.device/bin}
+out=${OUT:-/tmp/flashcore-out}
+mkdir -p "$out"
+mode=${1:-all}
+status=0
+run() {
+  echo "+ attention $*" | tee -a "$out/sm90a.txt"
+  "$bins/attention" "$@" 2>&1 | tee -a "$out/sm90a.txt"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || { echo "EXIT $rc" | tee -a "$out/sm90a.txt"; status=1; }
+}
+if [ "$mode" = check ] || [ "$mode" = all ]; then
+  t="--target sm_90a --iters 3 --warmup 1"
+  run $t --b 2 --h 4 --s 1000 --d 64
+  run $t --b 2 --h 4 --s 1000 --d 64 --causal
+  run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128
+  run $t --b 2 --h 4 --s 777 --d 128 --causal --dtype bf16
+  run $t --b 2 --h 4 --s 517 --d 128 --layout bshd
+  run $t --b 1 --h 4 --s 300 --d 256
+  run $t --b 1 --h 4 --s 64 --d 128 --tile-m 128 --warps 8 --tile-n 128 --stages 2
+  run $t --b 1 --h 4 --s 1000 --d 128 --tile-m 128 --warps 8 --tile-n 128 --stages 2 --causal
+  run $t --h 4 --d 128 --varlen 1,17,300,1000 --tile-m 128 --warps 8
+  run $t --b 2 --h 4 --s 1000 --d 64 --tile-m 128 --warps 8 --persistent --causal
+  run $t --b 2 --h 4 --s 1000 --d 64 --tile-n 128 --stages 3
+fi
+if [ "$mode" = time ] || [ "$mode" = all ]; then
+  for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 64" "--b 1 --h 8 --s 512 --d 64"; do
+    for cfg in "--tile-m 64 --warps 4 --stages 2" "--tile-m 128 --warps 8 --stages 2" "--tile-m 128 --warps 8 --tile-n 128 --stages 2"; do
+      for target in sm_89 sm_90a; do
+        run $shape $cfg --target $target --iters 30 --warmup 5
+      done
+    done
+  done
+fi
+if [ "$mode" = bench ]; then
+  FLASHCORE_TARGET=sm_90a python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/bench-sm90a" \
+    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 --impls flashcore,sdpa-flash,sdpa-cudnn \
+    --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+echo "status $status" | tee -a "$out/sm90a.txt"
+exit $status
