@@ -531,6 +531,20 @@ pub fn check_backward_pair<T: HalfFloat>(
     seed: u64,
     score: &crate::reference::ScoreWithGrad,
 ) -> Result<BackwardCheck, Error> {
+    check_backward_split::<T>(pair, (config, config), shape, causal, seed, score)
+}
+
+/// [`check_backward_pair`] with a config of its own for each kernel (dQ, dK/dV): their tiles
+/// or targets may differ (the dK/dV kernel compiles for sm_90a where the dQ kernel cannot).
+/// Both take the dtype and head dim of the first.
+pub fn check_backward_split<T: HalfFloat>(
+    pair: &BackwardPair,
+    (config, dkdv_config): (crate::Config, crate::Config),
+    shape: AttentionShape,
+    causal: bool,
+    seed: u64,
+    score: &crate::reference::ScoreWithGrad,
+) -> Result<BackwardCheck, Error> {
     let AttentionShape { b, h, hk, s, sk } = shape;
     let (d, dtype) = (config.head_dim as usize, T::DTYPE);
     let mut rng = crate::reference::Rng::new(seed);
@@ -543,8 +557,10 @@ pub fn check_backward_pair<T: HalfFloat>(
     let half = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
     let (qh, kh, vh, gh, oh) = (half(&q), half(&k), half(&v), half(&g), half(&want.o));
     let lse: Vec<f32> = want.lse.iter().map(|x| *x as f32).collect();
-    let configs =
-        (crate::Config { dtype, causal, ..config }, crate::Config { dtype, causal: false, ..config });
+    let configs = (
+        crate::Config { dtype, causal, ..config },
+        crate::Config { dtype, causal: false, head_dim: config.head_dim, ..dkdv_config },
+    );
     let BackwardResult { dq, delta, dk, dv } =
         simulate_backward(pair, configs, shape, [&qh, &kh, &vh, &oh, &gh], &lse, scale as f32)?;
     let f = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();

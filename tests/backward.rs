@@ -61,6 +61,49 @@ fn check_all<T: HalfFloat>() {
     }
 }
 
+/// The dK/dV kernels on sm_90a (wgmma; each matmul's transposed operand read through a
+/// descriptor), next to the dQ kernel on sm_89 (its dO is both an mma operand and a register
+/// operand, which sm_90a refuses), at D = 64 and 128, causal and not, with tails and grouped
+/// heads.
+#[test]
+fn dkdv_on_sm90a_matches_float64() {
+    use flashcore::simulate::check_backward_split;
+    let bound = flashcore::tolerance(DType::F16);
+    for (i, &(b, h, hk, s, sk, d)) in [(1, 2, 1, 77, 150, 64), (2, 2, 2, 130, 100, 128)].iter().enumerate() {
+        let dq = Config { head_dim: d as u32, ..attention_backward_dq::CONFIG };
+        let dkdv = Config { target: flashcore::Target::Sm90a, ..dq };
+        for causal in [false, true] {
+            let pair = BackwardPair {
+                dq: attention_backward_dq::compile,
+                dkdv: if causal {
+                    attention_backward_dkdv_causal::compile
+                } else {
+                    attention_backward_dkdv::compile
+                },
+                scalars: vec![],
+            };
+            let shape = AttentionShape { b, h, hk, s, sk };
+            let got = check_backward_split::<flashcore::f16>(
+                &pair,
+                (dq, dkdv),
+                shape,
+                causal,
+                40 + i as u64,
+                &|_, _, x| (x, 1.0),
+            )
+            .unwrap_or_else(|e| panic!("{dkdv} {shape:?}: {e}"));
+            println!(
+                "sm_90a dK/dV D={d} causal {causal}: dq {:.2e} dk {:.2e} dv {:.2e}",
+                got.dq.rel_l2, got.dk.rel_l2, got.dv.rel_l2
+            );
+            assert!(
+                got.dq.rel_l2 < bound && got.dk.rel_l2 < bound && got.dv.rel_l2 < bound,
+                "{dkdv} {shape:?} causal {causal}: {got:?}"
+            );
+        }
+    }
+}
+
 /// D = 128 under `backward_configs`: K and V (Q in the dQ kernel) each stay in a shared-memory
 /// region of their own, re-read by every mma, with 32-wide score tiles (the dQ kernel's and the
 /// dK/dV kernel's schedules differ; `check` runs both kernels under one, so each is tried).

@@ -6,10 +6,11 @@
 use flashcore::kernels::variants::*;
 use flashcore::reference::Variant;
 use flashcore::simulate::{check_variant, AttentionShape, ExtraArg, SimDevice};
-use flashcore::{CompiledKernel, Config, DType, Layout};
+use flashcore::{CompiledKernel, Config, DType, Layout, Target};
 
 /// Configs each variant runs under: the declared one, bf16, causal, load warps with 3 stages,
-/// split-KV over two groups of warps, and softmax on its own warps.
+/// split-KV over two groups of warps, softmax on its own warps, and sm_90a (wgmma) at D = 128
+/// and causal.
 fn configs(declared: Config) -> Vec<Config> {
     vec![
         declared,
@@ -18,6 +19,8 @@ fn configs(declared: Config) -> Vec<Config> {
         Config { stages: 3, load_warps: 1, causal: true, ..declared },
         Config { tile_m: 32, tile_n: 128, warps: 4, kv_splits: 2, ..declared },
         Config { load_warps: 1, softmax_warps: 4, causal: true, ..declared },
+        Config { target: Target::Sm90a, ..declared.with_head_dim(128) },
+        Config { target: Target::Sm90a, causal: true, ..declared },
     ]
 }
 
