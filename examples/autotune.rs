@@ -5,7 +5,11 @@
 //!
 //! `cargo run --release --example autotune -- [--kernel NAME [--softcap 30] [--window 1024,0] [--prefix 2048] [--param NAME=VALUE] [--doc-len 1000]]
 //!  [--out tuning/attention.json] [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes]
-//!  [--classes tiny,small,medium,large] [--dtype f16] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
+//!  [--classes tiny,small,medium,large] [--dtype f16] [--target sm_89|sm_90a] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
+//!
+//! `--target sm_90a` searches the sm_90a (wgmma) space: whole warpgroups (tile_m = 16 · warps,
+//! up to 16 warps), the same K/V tiles and pipelines; candidates sm_90a cannot compile (load
+//! warps, split-KV, softmax warps) fail fast with the reason. Entries record their target.
 //!
 //! `--kernel` tunes another registered kernel with the standard signature (the variants of
 //! `flashcore::kernels::variants`, default `attention`), with its parameters given as the
@@ -37,7 +41,7 @@ use std::time::Instant;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::tuning::{Entry, Key, Measured, Schedule, SizeClass, Table, Trial};
-use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat};
+use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat, Target};
 use variant::{axis_sizes, Chosen, DeviceExtra};
 
 struct Options {
@@ -55,6 +59,8 @@ struct Options {
     warmup: usize,
     seconds: Option<f64>,
     seed: u64,
+    /// The PTX target the candidates compile for (`--target`, default sm_89).
+    target: Target,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -72,6 +78,7 @@ fn parse_args() -> Result<Options, String> {
         warmup: 5,
         seconds: None,
         seed: 7,
+        target: Target::Sm89,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -119,6 +126,11 @@ fn parse_args() -> Result<Options, String> {
                 o.dtype =
                     DType::from_name(&name).ok_or_else(|| format!("--dtype: `{name}` is not f16 or bf16"))?
             }
+            "--target" => {
+                let name = value()?;
+                o.target = Target::from_name(&name)
+                    .ok_or_else(|| format!("--target: `{name}` is not a target (sm_89, sm_90a)"))?
+            }
             "--iters" => o.iters = number(value()?)?.max(1) as usize,
             "--warmup" => o.warmup = number(value()?)? as usize,
             "--seconds" => o.seconds = Some(number(value()?)? as f64),
@@ -157,7 +169,12 @@ const MAX_SPILL_BYTES: u32 = 128;
 /// Round 1: the tilings (with Q kept in shared memory where a warp owns 32 rows or more).
 fn tiling_candidates(declared: Config) -> Vec<Config> {
     let mut out = vec![];
-    for (tile_m, warps) in [(16, 1), (32, 2), (64, 4), (64, 2), (128, 8), (128, 4)] {
+    // sm_90a: whole warpgroups of 16-row warps (the others would not compile for it).
+    let tilings: &[(u32, u32)] = match declared.target {
+        Target::Sm89 => &[(16, 1), (32, 2), (64, 4), (64, 2), (128, 8), (128, 4)],
+        Target::Sm90a => &[(64, 4), (128, 8), (192, 12), (256, 16)],
+    };
+    for &(tile_m, warps) in tilings {
         for tile_n in [32, 64, 128, 256] {
             for a_in_smem in [false, true] {
                 if a_in_smem && tile_m / warps < 32 {
@@ -300,7 +317,12 @@ fn try_candidate<T: HalfFloat>(
         return Err(("smem", format!("{} bytes of shared memory", compiled.ptx.shared_bytes)));
     }
     if let Some(ptxas) = flashcore::ptxas::find() {
-        let arch = format!("sm_{}{}", device.info().compute_capability.0, device.info().compute_capability.1);
+        let arch = match cfg.target {
+            flashcore::Target::Sm89 => {
+                format!("sm_{}{}", device.info().compute_capability.0, device.info().compute_capability.1)
+            }
+            target => target.name().to_string(),
+        };
         let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, &arch)
             .map_err(|e| ("error", e.to_string()))?;
         // A few spilled bytes can be a cold path: time those; skip the heavy spillers.
@@ -512,7 +534,8 @@ fn run(o: &Options) -> Result<(), String> {
         }
     }
     for (i, &(d, causal, class)) in keys.iter().enumerate() {
-        let declared = Config { dtype: o.dtype, causal, ..chosen.entry.config.with_head_dim(d) };
+        let declared =
+            Config { dtype: o.dtype, causal, target: o.target, ..chosen.entry.config.with_head_dim(d) };
         declared.validate().map_err(|e| e.to_string())?;
         let key = Key::new(chosen.entry.name, &gpu, o.dtype, d, causal, class);
         let [b, h, s, _] = representative(class);

@@ -45,5 +45,15 @@ if [ "$mode" = bench ]; then
     --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
+if [ "$mode" = tune ]; then
+  cp tuning/attention.json "$out/attention.json"
+  "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
+    --d 64,128 --causal no --classes tiny,medium,large --seconds 150 2>&1 | tee "$out/autotune.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" \
+    --out "$out/bench-tuned" --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
+    --impls flashcore,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 echo "status $status" | tee -a "$out/sm90a.txt"
 exit $status

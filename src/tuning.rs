@@ -19,7 +19,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{Config, DType, Error};
+use crate::{Config, DType, Error, Target};
 
 /// The table format this build reads and writes; a file of another version is refused.
 pub const FORMAT_VERSION: u32 = 1;
@@ -145,10 +145,30 @@ pub struct Schedule {
     /// `Config::kv_splits` (absent in tables written before split-KV existed: 1).
     #[serde(default = "one")]
     pub kv_splits: u32,
+    /// `Config::target`, as its name (absent in tables written before sm_90a existed: sm_89).
+    /// A launch from a tuned entry runs the target it was timed on.
+    #[serde(default, with = "target_name")]
+    pub target: Target,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// A [`Target`] in JSON: its name (`"sm_89"`, `"sm_90a"`).
+mod target_name {
+    use super::Target;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(target: &Target, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(target.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Target, D::Error> {
+        let name = String::deserialize(d)?;
+        Target::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{name}` is not a target (sm_89, sm_90a)")))
+    }
 }
 
 impl Schedule {
@@ -164,6 +184,7 @@ impl Schedule {
             persistent: config.persistent,
             a_in_smem: config.a_in_smem,
             kv_splits: config.kv_splits,
+            target: config.target,
         }
     }
 
@@ -179,6 +200,7 @@ impl Schedule {
             persistent: self.persistent,
             a_in_smem: self.a_in_smem,
             kv_splits: self.kv_splits,
+            target: self.target,
             ..base
         }
     }
@@ -505,6 +527,20 @@ mod tests {
         let applied = split.apply(Config::default());
         assert_eq!((applied.kv_splits, applied.rows_per_warp()), (2, 16));
         assert_eq!(Schedule::of(&applied), split);
+        assert_eq!(schedule.target, Target::Sm89);
+    }
+
+    #[test]
+    fn a_schedule_keeps_its_target_by_name() {
+        let hopper =
+            Schedule::of(&Config { tile_m: 128, warps: 8, target: Target::Sm90a, ..Config::default() });
+        let json = serde_json::to_string(&hopper).unwrap();
+        assert!(json.contains(r#""target":"sm_90a""#), "{json}");
+        assert_eq!(serde_json::from_str::<Schedule>(&json).unwrap(), hopper);
+        assert_eq!(hopper.apply(Config::default()).target, Target::Sm90a);
+        let bad = json.replace("sm_90a", "sm_99");
+        let err = serde_json::from_str::<Schedule>(&bad).unwrap_err().to_string();
+        assert!(err.contains("`sm_99` is not a target"), "{err}");
     }
 
     #[test]
