@@ -373,9 +373,11 @@ def make_impls(args, driver, sm_count, shape, workdir, facts):
 
 
 def sass_facts(plan, workdir):
-    """ptxas -v resources and SASS instruction counts of a plan's PTX, compiled for this GPU."""
+    """ptxas -v resources and SASS instruction counts of a plan's PTX, compiled for this GPU
+    (HGMMA counts the sm_90a kernels' wgmma)."""
     major, minor = torch.cuda.get_device_capability()
-    arch = f"sm_{major}{minor}"
+    # sm_90a PTX (wgmma) assembles only for sm_90a; sm_89 PTX for the device's own arch.
+    arch = "sm_90a" if ".target sm_90a" in plan["ptx"] else f"sm_{major}{minor}"
     ptx = os.path.join(workdir, "kernel.ptx")
     cubin = os.path.join(workdir, "kernel.cubin")
     open(ptx, "w").write(plan["ptx"])
@@ -387,7 +389,7 @@ def sass_facts(plan, workdir):
         m = re.search(pattern, report)
         facts[key] = int(m.group(1)) if m else None
     sass = subprocess.run([f"{CUDA_BIN}/cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
-    for op in ["HMMA", "LDGSTS", "LDSM", "LDS", "STS", "LDG", "STG", "BAR", "SYNCS", "MUFU.EX2", "SHFL"]:
+    for op in ["HMMA", "HGMMA", "LDGSTS", "LDSM", "LDS", "STS", "LDG", "STG", "BAR", "SYNCS", "MUFU.EX2", "SHFL"]:
         facts[op] = len(re.findall(r"\b" + re.escape(op) + r"[\.\s]", sass))
     facts["sass_lines"] = sass.count("\n")
     return facts
