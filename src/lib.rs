@@ -673,6 +673,21 @@ pub fn launch(device: &runtime::Device, kernel: &CompiledKernel, args: &mut [Arg
     Ok(())
 }
 
+/// A kernel compiled for sm_90a loads only on compute capability 9.0 (its `a` features exist on
+/// no other chip): anywhere else, an error that names the fix instead of the driver's refusal.
+fn check_target(k: &ir::Kernel, (major, minor): (i32, i32)) -> Result<(), Error> {
+    match k.config.target {
+        ir::Target::Sm90a if (major, minor) != (9, 0) => Err(Error::Argument {
+            kernel: k.name.clone(),
+            arg: "(config)".into(),
+            message: format!(
+                "compiled for sm_90a (wgmma), which runs only on compute capability 9.0 (H100, H200); this device is {major}.{minor}: compile for sm_89 (Config::target, FLASHCORE_TARGET=sm_89)"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Like [`launch`] but returns once the kernel is enqueued (one CTA per work item, or as many as
 /// fit for persistent kernels). The caller must synchronize, with a timeout, before reading
 /// the outputs: `device.synchronize()`.
@@ -702,6 +717,7 @@ pub fn launch_async(
         })
         .collect();
     let binding = bind_shapes(k, &views)?;
+    check_target(k, device.info().compute_capability)?;
     if binding.work_items == 0 {
         return Ok(());
     }
@@ -731,4 +747,25 @@ pub fn launch_async(
         .ok_or_else(|| abi_mismatch(k))?;
     device.launch(&image, grid, &mut launch_args)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sm90a_kernels_refuse_devices_other_than_compute_capability_9_0() {
+        let hopper = Config { target: Target::Sm90a, ..kernels::attention::CONFIG };
+        let kernel = kernels::attention::compile(&hopper).unwrap();
+        check_target(&kernel.kernel, (9, 0)).unwrap();
+        for cc in [(8, 9), (10, 0), (12, 0)] {
+            let err = check_target(&kernel.kernel, cc).unwrap_err().to_string();
+            assert!(err.contains(&format!("this device is {}.{}", cc.0, cc.1)), "{err}");
+            assert!(err.contains("FLASHCORE_TARGET=sm_89"), "{err}");
+        }
+        let ada = kernels::attention::compile(&kernels::attention::CONFIG).unwrap();
+        for cc in [(8, 9), (9, 0), (12, 0)] {
+            check_target(&ada.kernel, cc).unwrap();
+        }
+    }
 }
