@@ -257,17 +257,15 @@ fn parse_args() -> Result<Options, String> {
 /// flags applied to the declared config, else the tuning table's entry for this GPU and shape,
 /// else (or with `--declared`) the declared config at this head dim.
 fn config_for(o: &Options, shape: [usize; 4], sk: usize) -> (Config, String) {
-    let (config, source, tuned) = schedule_for(o, shape, sk);
+    let (config, source) = schedule_for(o, shape, sk);
     let program = flashcore::registry::find(&o.kernel).map_or_else(attention::program, |k| (k.program)());
-    // A tuned entry runs the target it was timed on, unless one is asked for.
-    let requested = o.target.or(tuned.then_some(config.target));
-    let (config, target) = flashcore::target::choose(&program, config, o.compute_capability, requested);
+    // A tuned entry runs the target it was timed on (its config names it), unless one is asked for.
+    let (config, target) = flashcore::target::choose(&program, config, o.compute_capability, o.target);
     (config, format!("{source}; target {target}"))
 }
 
-/// The schedule half of [`config_for`]: everything but the target, and whether it is a tuned
-/// table entry.
-fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String, bool) {
+/// The schedule half of [`config_for`]: everything but the target (a tuned entry names its own).
+fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String) {
     let declared = flashcore::registry::find(&o.kernel).map_or(attention::CONFIG, |k| k.config);
     // The declared config with the tiles this head dim needs (smaller K/V tiles at D = 256).
     let base = Config {
@@ -290,29 +288,29 @@ fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, St
             kv_splits: o.kv_splits.unwrap_or(base.kv_splits),
             ..base
         };
-        return (cfg, "the declared config with the tile flags applied".into(), false);
+        return (cfg, "the declared config with the tile flags applied".into());
     }
     match (&o.gpu, o.declared) {
         (Some(gpu), false) => match o.table.pick(&o.kernel, gpu, base, [b, h, s, sk]) {
-            (cfg, Source::Tuned(key)) => (cfg, format!("the tuning table's entry for {key}"), true),
+            (cfg, Source::Tuned(key)) => (cfg, format!("the tuning table's entry for {key}")),
             // A variant with no entry of its own runs the plain kernel's schedule: the same loop
             // with a little more score code.
             (_, Source::Declared) if o.kernel != "attention" => {
                 match o.table.pick("attention", gpu, base, [b, h, s, sk]) {
                     (cfg, Source::Tuned(key)) => {
-                        (cfg, format!("the tuning table's entry for {key} (no entry for {})", o.kernel), true)
+                        (cfg, format!("the tuning table's entry for {key} (no entry for {})", o.kernel))
                     }
                     (cfg, Source::Declared) => {
-                        (cfg, "declared (no tuning table entry for this GPU and shape)".into(), false)
+                        (cfg, "declared (no tuning table entry for this GPU and shape)".into())
                     }
                 }
             }
             (cfg, Source::Declared) => {
-                (cfg, "declared (no tuning table entry for this GPU and shape)".into(), false)
+                (cfg, "declared (no tuning table entry for this GPU and shape)".into())
             }
         },
-        (Some(_), true) => (base, "declared (--declared)".into(), false),
-        (None, _) => (base, "declared (no GPU to look up in the tuning table)".into(), false),
+        (Some(_), true) => (base, "declared (--declared)".into()),
+        (None, _) => (base, "declared (no GPU to look up in the tuning table)".into()),
     }
 }
 

@@ -129,6 +129,7 @@ fn parse_args() -> Result<Options, String> {
             "--target" => {
                 let name = value()?;
                 o.target = Target::from_name(&name)
+                    .filter(|t| *t != Target::Auto)
                     .ok_or_else(|| format!("--target: `{name}` is not a target (sm_89, sm_90a)"))?
             }
             "--iters" => o.iters = number(value()?)?.max(1) as usize,
@@ -171,7 +172,7 @@ fn tiling_candidates(declared: Config) -> Vec<Config> {
     let mut out = vec![];
     // sm_90a: whole warpgroups of 16-row warps (the others would not compile for it).
     let tilings: &[(u32, u32)] = match declared.target {
-        Target::Sm89 => &[(16, 1), (32, 2), (64, 4), (64, 2), (128, 8), (128, 4)],
+        Target::Sm89 | Target::Auto => &[(16, 1), (32, 2), (64, 4), (64, 2), (128, 8), (128, 4)],
         Target::Sm90a => &[(64, 4), (128, 8), (192, 12), (256, 16)],
     };
     for &(tile_m, warps) in tilings {
@@ -318,7 +319,7 @@ fn try_candidate<T: HalfFloat>(
     }
     if let Some(ptxas) = flashcore::ptxas::find() {
         let arch = match cfg.target {
-            flashcore::Target::Sm89 => {
+            flashcore::Target::Sm89 | flashcore::Target::Auto => {
                 format!("sm_{}{}", device.info().compute_capability.0, device.info().compute_capability.1)
             }
             target => target.name().to_string(),

@@ -134,7 +134,7 @@ fn launch_once<T: HalfFloat>(device: &Device, cfg: &Config, t: &OnDevice<T>) -> 
 fn cannot_run(device: &Device, cfg: &Config) -> Option<String> {
     let (major, minor) = device.info().compute_capability;
     let runs = match cfg.target {
-        flashcore::Target::Sm89 => (major, minor) >= (8, 9),
+        flashcore::Target::Sm89 | flashcore::Target::Auto => (major, minor) >= (8, 9),
         flashcore::Target::Sm90a => (major, minor) == (9, 0),
     };
     (!runs).then(|| format!("{} PTX does not load on compute capability {major}.{minor}", cfg.target))

@@ -157,12 +157,45 @@ pub fn compile(program: &ir::source::Program, config: &Config) -> Result<Compile
 /// Compiled kernels per config, one cache per `#[flash_kernel]` (a `static` in its expansion).
 pub struct KernelCache {
     inner: OnceLock<Mutex<HashMap<Config, Arc<CompiledKernel>>>>,
+    /// `Target::Auto` configs resolved per compute capability (choosing lowers the kernel).
+    targets: OnceLock<Mutex<HashMap<(Config, (i32, i32)), Config>>>,
 }
 
 impl KernelCache {
     /// An empty cache (a `const fn`, so it can be a `static`).
     pub const fn new() -> Self {
-        KernelCache { inner: OnceLock::new() }
+        KernelCache { inner: OnceLock::new(), targets: OnceLock::new() }
+    }
+
+    /// The kernel compiled for `config` on a device of `compute_capability`: a config whose
+    /// target is `Target::Auto` takes `FLASHCORE_TARGET`'s, else the device's
+    /// ([`target::choose`]: sm_90a on 9.0 where the kernel compiles for it, sm_89 elsewhere);
+    /// any other target stays as the config names it.
+    pub fn get_or_compile_on(
+        &self,
+        compute_capability: (i32, i32),
+        config: &Config,
+        program: fn() -> ir::source::Program,
+    ) -> Result<Arc<CompiledKernel>, Error> {
+        let resolved = match (config.target, target::requested()?) {
+            (Target::Auto, Some(target)) => Config { target, ..*config },
+            (Target::Auto, None) => {
+                let map = self.targets.get_or_init(|| Mutex::new(HashMap::new()));
+                let key = (*config, compute_capability);
+                let known = map.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+                match known {
+                    Some(resolved) => resolved,
+                    None => {
+                        let (resolved, _) =
+                            target::choose(&program(), *config, Some(compute_capability), None);
+                        map.lock().unwrap_or_else(|p| p.into_inner()).insert(key, resolved);
+                        resolved
+                    }
+                }
+            }
+            _ => *config,
+        };
+        self.get_or_compile(&resolved, program)
     }
 
     /// The kernel compiled for `config`: from the cache, or compiled from `program()` and kept.
@@ -767,5 +800,25 @@ mod tests {
         for cc in [(8, 9), (9, 0), (12, 0)] {
             check_target(&ada.kernel, cc).unwrap();
         }
+    }
+
+    /// What a typed launcher compiles for each device (FLASHCORE_TARGET unset in the tests).
+    #[test]
+    fn auto_configs_resolve_per_device_and_named_targets_stay() {
+        if target::requested().ok().flatten().is_some() {
+            return; // the environment forces a target
+        }
+        let cache = KernelCache::new();
+        let program = kernels::attention::program;
+        let declared = kernels::attention::CONFIG;
+        assert_eq!(declared.target, Target::Auto);
+        let on =
+            |cc, config: &Config| cache.get_or_compile_on(cc, config, program).unwrap().kernel.config.target;
+        assert_eq!(on((9, 0), &declared), Target::Sm90a);
+        assert_eq!(on((8, 9), &declared), Target::Sm89);
+        assert_eq!(on((10, 0), &declared), Target::Sm89);
+        assert_eq!(on((9, 0), &Config { target: Target::Sm89, ..declared }), Target::Sm89);
+        // What sm_90a cannot express runs sm_89 on 9.0 too.
+        assert_eq!(on((9, 0), &Config { load_warps: 1, ..declared }), Target::Sm89);
     }
 }

@@ -75,11 +75,11 @@ pub const H100: Arch = Arch {
 /// Hopper through its own instructions (`sm_90a` PTX: wgmma): the H100's limits.
 pub const H100_SM90A: Arch = Arch { sm: "sm_90a", ..H100 };
 
-/// The architectures a config's PTX is assembled and sized for: `sm_89` PTX runs on the L4 and
-/// (JIT-compiled) on the H100; `sm_90a` PTX on the H100 only.
+/// The architectures a config's PTX is assembled and sized for: `sm_89` PTX (and `auto`'s,
+/// without a device) runs on the L4 and (JIT-compiled) on the H100; `sm_90a` PTX on the H100.
 pub fn archs_for(target: crate::Target) -> &'static [Arch] {
     match target {
-        crate::Target::Sm89 => &[L4, H100],
+        crate::Target::Sm89 | crate::Target::Auto => &[L4, H100],
         crate::Target::Sm90a => &[H100_SM90A],
     }
 }

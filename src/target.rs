@@ -23,7 +23,8 @@ use crate::{Config, Error, Target};
 /// The environment variable that forces a target: `sm_89`, `sm_90a`, or `auto` (the default).
 pub const TARGET_VARIABLE: &str = "FLASHCORE_TARGET";
 
-/// The target `FLASHCORE_TARGET` asks for: `None` when unset, empty or `auto`.
+/// The target `FLASHCORE_TARGET` asks for: `None` when unset, empty or `auto`. It overrides a
+/// config's `Target::Auto` at launch (a target set in the config itself stays).
 pub fn requested() -> Result<Option<Target>, Error> {
     match std::env::var(TARGET_VARIABLE) {
         Err(_) => Ok(None),
@@ -41,10 +42,11 @@ pub fn parse(name: &str) -> Result<Option<Target>, String> {
     }
 }
 
-/// `config` with its target chosen, and why. `requested` wins (compiling then fails with a
-/// typed error if that target cannot express the kernel). Otherwise a device of compute
-/// capability 9.0 gets `sm_90a` when the kernel compiles for it, and `sm_89` (with the reason
-/// it does not) when not; every other device, or none, gets `sm_89`.
+/// `config` with its target chosen, and why. `requested` (a flag or `FLASHCORE_TARGET`) wins,
+/// then a target the config names (a tuned entry's, or one set in code); compiling then fails
+/// with a typed error if that target cannot express the kernel. For `Target::Auto` a device of
+/// compute capability 9.0 gets `sm_90a` when the kernel compiles for it, and `sm_89` (with the
+/// reason it does not) when not; every other device, or none, gets `sm_89`.
 pub fn choose(
     program: &Program,
     config: Config,
@@ -53,6 +55,9 @@ pub fn choose(
 ) -> (Config, String) {
     if let Some(target) = requested {
         return (Config { target, ..config }, format!("{target} (requested)"));
+    }
+    if config.target != Target::Auto {
+        return (config, format!("{} (the config's)", config.target));
     }
     let Some((major, minor)) = compute_capability else {
         return (Config { target: Target::Sm89, ..config }, "sm_89 (no device)".into());

@@ -147,12 +147,16 @@ pub struct Schedule {
     pub kv_splits: u32,
     /// `Config::target`, as its name (absent in tables written before sm_90a existed: sm_89).
     /// A launch from a tuned entry runs the target it was timed on.
-    #[serde(default, with = "target_name")]
+    #[serde(default = "sm_89", with = "target_name")]
     pub target: Target,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn sm_89() -> Target {
+    Target::Sm89
 }
 
 /// A [`Target`] in JSON: its name (`"sm_89"`, `"sm_90a"`).

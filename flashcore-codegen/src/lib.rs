@@ -36,7 +36,7 @@ pub struct Ptx {
 
 /// Generates PTX for a verified kernel, for the target its config names.
 pub fn generate(kernel: &Kernel) -> Result<Ptx, CodegenError> {
-    let target = kernel.config.target;
+    let target = kernel.config.target.ptx();
     target::support(kernel, target).map_err(|why| CodegenError::Target { target, why })?;
     let plan = smem::plan(kernel);
     let text = emit::Emitter::new(kernel, &plan).emit()?;

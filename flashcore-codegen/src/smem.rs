@@ -85,9 +85,9 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     let row_tile_slots = load_slots.values().map(|s| s + 1).max().unwrap_or(1);
     // sm_90a: wgmma reads the kept tiles (and ring tiles) in the 128-byte swizzle, whose pattern
     // repeats every 1024 bytes of address (regions and slots are whole multiples of it).
-    let wgmma_align = match cfg.target {
-        flashcore_ir::Target::Sm89 => BUFFER_ALIGN,
+    let wgmma_align = match cfg.target.ptx() {
         flashcore_ir::Target::Sm90a => 1024,
+        _ => BUFFER_ALIGN,
     };
     let row_tile_region =
         needs_row_tile.then(|| alloc(row_tile_slots * cfg.kv_splits.max(1) * row_tile_bytes, wgmma_align));

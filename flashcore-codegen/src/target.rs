@@ -7,7 +7,7 @@ use flashcore_ir::Target;
 /// Why `kernel` (with its config) cannot be compiled for `target`, or `Ok` when it can.
 pub fn support(kernel: &Kernel, target: Target) -> Result<(), String> {
     match target {
-        Target::Sm89 => Ok(()),
+        Target::Sm89 | Target::Auto => Ok(()),
         Target::Sm90a => sm90a_support(kernel),
     }
 }

@@ -23,9 +23,13 @@ pub const MAX_STAGES: u32 = 4;
 /// The PTX a kernel compiles to. Both run on Hopper; only `Sm90a` uses its own instructions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Target {
+    /// The device's (the default): resolved when a kernel is launched on a device, to `Sm90a`
+    /// on compute capability 9.0 where the kernel compiles for it and `Sm89` elsewhere
+    /// (`flashcore::target::choose`); compiled without a device, `Sm89` ([`Target::ptx`]).
+    #[default]
+    Auto,
     /// `.target sm_89`: cp.async, ldmatrix and mma.sync, for the L4 and every GPU from sm_89 on
     /// (the driver JIT-compiles it for newer ones).
-    #[default]
     Sm89,
     /// `.target sm_90a`: the matmuls are warpgroup `wgmma.mma_async`, reading K and V straight
     /// from shared memory (128-byte swizzled, in column blocks of 64 elements). Loads only on
@@ -34,18 +38,31 @@ pub enum Target {
 }
 
 impl Target {
+    /// The PTX targets (every target but `Auto`).
     pub const ALL: [Target; 2] = [Target::Sm89, Target::Sm90a];
 
-    /// The name PTX (`.target`), ptxas (`--gpu-name`) and settings use: `sm_89`, `sm_90a`.
+    /// The name PTX (`.target`), ptxas (`--gpu-name`) and settings use: `sm_89`, `sm_90a`; and
+    /// `auto`.
     pub fn name(self) -> &'static str {
         match self {
+            Target::Auto => "auto",
             Target::Sm89 => "sm_89",
             Target::Sm90a => "sm_90a",
         }
     }
 
+    /// `sm_89`, `sm_90a` or `auto`.
     pub fn from_name(name: &str) -> Option<Target> {
-        Target::ALL.into_iter().find(|t| t.name() == name)
+        Target::ALL.into_iter().chain([Target::Auto]).find(|t| t.name() == name)
+    }
+
+    /// The PTX target code is generated for: `Auto` not resolved by a device is `Sm89`, which
+    /// runs everywhere.
+    pub fn ptx(self) -> Target {
+        match self {
+            Target::Auto => Target::Sm89,
+            target => target,
+        }
     }
 
     /// The target a device of compute capability `major.minor` runs best: `sm_90a` on 9.0
@@ -116,8 +133,8 @@ pub struct Config {
     /// over the keys is `kv_splits` times shorter, which is what a grid too small to fill the
     /// GPU (small B·H·S, the headline shape) is bound by. 1: off.
     pub kv_splits: u32,
-    /// The PTX target (see [`Target`]). `sm_90a` needs warpgroups of compute warps: see
-    /// `flashcore_codegen::sm90a_support` for what it expresses today.
+    /// The PTX target (see [`Target`]; `Auto`, the default, is the device's). `sm_90a` needs
+    /// warpgroups of compute warps: see `flashcore_codegen::target` for what it expresses today.
     pub target: Target,
 }
 
@@ -137,7 +154,7 @@ impl Default for Config {
             varlen: false,
             a_in_smem: false,
             kv_splits: 1,
-            target: Target::Sm89,
+            target: Target::Auto,
         }
     }
 }
@@ -337,8 +354,9 @@ impl Config {
                 return Err(bad(setting, format!("expected `name=value` or a flag; {SETTINGS}")));
             };
             if name == "target" {
-                config.target = Target::from_name(value)
-                    .ok_or_else(|| bad(setting, "expected `target=sm_89` or `target=sm_90a`".into()))?;
+                config.target = Target::from_name(value).ok_or_else(|| {
+                    bad(setting, "expected `target=sm_89`, `target=sm_90a` or `target=auto`".into())
+                })?;
                 continue;
             }
             if name == "dtype" {
@@ -380,7 +398,7 @@ impl fmt::Display for Config {
             if self.a_in_smem { " a_in_smem" } else { "" },
             if self.kv_splits > 1 { format!(" kv_splits={}", self.kv_splits) } else { String::new() },
             if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() },
-            if self.target != Target::Sm89 { format!(" {}", self.target) } else { String::new() }
+            if self.target != Target::Auto { format!(" {}", self.target) } else { String::new() }
         )
     }
 }
@@ -436,6 +454,7 @@ mod tests {
             },
             Config { dtype: DType::Bf16, head_dim: 256, tile_n: 32, ..Config::default() },
             Config { tile_m: 128, warps: 8, target: Target::Sm90a, ..Config::default() },
+            Config { target: Target::Sm89, ..Config::default() },
         ];
         for c in configs {
             assert_eq!(Config::default().with_settings(&c.to_string()), Ok(c), "{c}");

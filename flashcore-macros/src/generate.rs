@@ -309,6 +309,7 @@ fn config(c: &Config) -> TokenStream {
     } = *c;
     let elem = dtype(elem);
     let target = match target {
+        flashcore_ir::Target::Auto => quote!(::flashcore::Target::Auto),
         flashcore_ir::Target::Sm89 => quote!(::flashcore::Target::Sm89),
         flashcore_ir::Target::Sm90a => quote!(::flashcore::Target::Sm90a),
     };
@@ -468,27 +469,29 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
 
             /// Enqueues the kernel on `device` without waiting (see `flashcore::launch_async`).
             /// Sequence offsets, when passed, select `config`'s variable-length variant
-            /// (`Config::varlen`).
+            /// (`Config::varlen`); a `Target::Auto` config runs the device's target
+            /// (`flashcore::KernelCache::get_or_compile_on`).
             pub fn launch_async #generics (
                 device: &::flashcore::runtime::Device,
                 config: &::flashcore::Config,
                 #(#launch_params),*
             ) -> ::std::result::Result<(), ::flashcore::Error> {
                 let config = &::flashcore::Config { varlen: config.varlen #(|| #offsets_given)*, ..*config };
-                let kernel = Self::compile(config)?;
+                let kernel = #cache.get_or_compile_on(device.info().compute_capability, config, Self::program)?;
                 ::flashcore::launch_async(device, &kernel, &mut [#(#launch_args),*])
             }
 
             /// Runs the kernel on `device` and waits for it (at most `device.launch_timeout()`),
             /// arguments in the order of the kernel's parameters. Sequence offsets, when passed,
-            /// select `config`'s variable-length variant (`Config::varlen`).
+            /// select `config`'s variable-length variant (`Config::varlen`); a `Target::Auto`
+            /// config runs the device's target.
             pub fn launch #generics (
                 device: &::flashcore::runtime::Device,
                 config: &::flashcore::Config,
                 #(#launch_params),*
             ) -> ::std::result::Result<(), ::flashcore::Error> {
                 let config = &::flashcore::Config { varlen: config.varlen #(|| #offsets_given)*, ..*config };
-                let kernel = Self::compile(config)?;
+                let kernel = #cache.get_or_compile_on(device.info().compute_capability, config, Self::program)?;
                 ::flashcore::launch(device, &kernel, &mut [#(#launch_args),*])
             }
         }
