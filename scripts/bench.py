@@ -1,11 +1,14 @@
 """FlashCore against what users would pick instead, timed side by side in one process on the GPU.
 
     python3 scripts/bench.py --flashcore .device/bin/attention --out DIR [--quick] [--only 2x16x8192x128]
-        [--impls flashcore,sdpa-flash,sdpa-cudnn,sdpa-efficient,triton] [--iters 60] [--no-ceilings]
+        [--impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn,sdpa-efficient,triton]
+        [--iters 60] [--no-ceilings]
 
-Implementations: FlashCore with the config its tuning table picks (the Rust example writes the
-launch plan, `attention --plan`, and this script launches that PTX through the CUDA driver with
-ctypes, on torch's stream and tensors), PyTorch SDPA forced to each of its flash, cuDNN and
+Implementations: FlashCore with the config and target its tuning table picks (the Rust example
+writes the launch plan, `attention --plan`, and this script launches that PTX through the CUDA
+driver with ctypes, on torch's stream and tensors), and forced to one target
+(`flashcore-sm89`, `flashcore-sm90a`: `attention --target`, the separate columns of the two
+targets), PyTorch SDPA forced to each of its flash, cuDNN and
 memory-efficient backends, and the Triton flash-attention forward in scripts/triton_fa.py.
 
 Method, the same for every implementation:
@@ -346,28 +349,34 @@ def make_impls(args, driver, sm_count, shape, workdir, facts):
     """name -> (fn(q, k, v, o, causal) that launches, note)."""
     b, h, s, d, causal, dtype = shape
     impls = {}
-    if "flashcore" in args.impls:
-        plan_path = os.path.join(workdir, f"plan-{b}x{h}x{s}x{d}-{int(causal)}-{dtype}.json")
+    wanted = args.impls.split(",")
+    # FlashCore as a user gets it (the tuning table's config and target), and forced to each
+    # target (with the table's schedule for that key where it has one, else the declared one).
+    for name, flags in [("flashcore", []), ("flashcore-sm89", ["--target", "sm_89"]),
+                        ("flashcore-sm90a", ["--target", "sm_90a"])]:
+        if name not in wanted:
+            continue
+        plan_path = os.path.join(workdir, f"plan-{name}-{b}x{h}x{s}x{d}-{int(causal)}-{dtype}.json")
         cmd = [args.flashcore, "--b", str(b), "--h", str(h), "--s", str(s), "--d", str(d), "--dtype", dtype,
-               "--plan", plan_path] + (["--causal"] if causal else [])
+               "--plan", plan_path] + (["--causal"] if causal else []) + flags
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            impls["flashcore"] = (None, f"plan failed: {res.stderr.strip() or res.stdout.strip()}")
-        else:
-            plan = json.load(open(plan_path))
-            kernel = FlashCore(driver, plan, sm_count)
-            source = res.stdout.strip().split("; ", 1)[-1].rstrip(")")
-            facts.setdefault(plan["config"], sass_facts(plan, workdir))
-            impls["flashcore"] = (lambda q, k, v, o, c: kernel({"q": q, "k": k, "v": v, "o": o}),
-                                  f"{plan['config']} ({source}), grid {kernel.grid}, {kernel.ctas_per_sm} CTA/SM")
+            impls[name] = (None, f"plan failed: {res.stderr.strip() or res.stdout.strip()}")
+            continue
+        plan = json.load(open(plan_path))
+        kernel = FlashCore(driver, plan, sm_count)
+        source = res.stdout.strip().split("; ", 1)[-1].rstrip(")")
+        facts.setdefault(plan["config"], sass_facts(plan, workdir))
+        impls[name] = (lambda q, k, v, o, c, kernel=kernel: kernel({"q": q, "k": k, "v": v, "o": o}),
+                       f"{plan['config']} ({source}), grid {kernel.grid}, {kernel.ctas_per_sm} CTA/SM")
     for name, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
                           ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]:
-        if name in args.impls:
+        if name in wanted:
             def run(q, k, v, o, c, backend=backend):
                 with sdpa_kernel([backend]):
                     return F.scaled_dot_product_attention(q, k, v, is_causal=c)
             impls[name] = (run, "")
-    if "triton" in args.impls:
+    if "triton" in wanted:
         impls["triton"] = (lambda q, k, v, o, c: triton_fa.attention(q, k, v, causal=c, out=o), "")
     return impls
 
