@@ -133,11 +133,9 @@ fn launch_once<T: HalfFloat>(device: &Device, cfg: &Config, t: &OnDevice<T>) -> 
 /// Why this device cannot load `cfg`'s PTX (sm_90a needs compute capability 9.0), if it cannot.
 fn cannot_run(device: &Device, cfg: &Config) -> Option<String> {
     let (major, minor) = device.info().compute_capability;
-    let runs = match cfg.target {
-        flashcore::Target::Sm89 | flashcore::Target::Auto => (major, minor) >= (8, 9),
-        flashcore::Target::Sm90a => (major, minor) == (9, 0),
-    };
-    (!runs).then(|| format!("{} PTX does not load on compute capability {major}.{minor}", cfg.target))
+    let target = cfg.target.ptx();
+    (!target.runs_on(major, minor))
+        .then(|| format!("{target} PTX does not load on compute capability {major}.{minor}"))
 }
 
 fn config_named(name: &str) -> Result<Config, String> {

@@ -157,45 +157,43 @@ pub fn compile(program: &ir::source::Program, config: &Config) -> Result<Compile
 /// Compiled kernels per config, one cache per `#[flash_kernel]` (a `static` in its expansion).
 pub struct KernelCache {
     inner: OnceLock<Mutex<HashMap<Config, Arc<CompiledKernel>>>>,
-    /// `Target::Auto` configs resolved per compute capability (choosing lowers the kernel).
-    targets: OnceLock<Mutex<HashMap<(Config, (i32, i32)), Config>>>,
+    /// `Target::Auto` configs per compute capability: the kernel compiled for the target chosen
+    /// at the first launch (choosing lowers the kernel, so it is done once).
+    on_device: OnceLock<Mutex<HashMap<(Config, (i32, i32)), Arc<CompiledKernel>>>>,
 }
 
 impl KernelCache {
     /// An empty cache (a `const fn`, so it can be a `static`).
     pub const fn new() -> Self {
-        KernelCache { inner: OnceLock::new(), targets: OnceLock::new() }
+        KernelCache { inner: OnceLock::new(), on_device: OnceLock::new() }
     }
 
     /// The kernel compiled for `config` on a device of `compute_capability`: a config whose
     /// target is `Target::Auto` takes `FLASHCORE_TARGET`'s, else the device's
-    /// ([`target::choose`]: sm_90a on 9.0 where the kernel compiles for it, sm_89 elsewhere);
-    /// any other target stays as the config names it.
+    /// ([`target::choose`]: sm_90a on 9.0 where the kernel compiles for it, sm_89 elsewhere),
+    /// decided at its first launch on such a device; any other target stays as the config
+    /// names it.
     pub fn get_or_compile_on(
         &self,
         compute_capability: (i32, i32),
         config: &Config,
         program: fn() -> ir::source::Program,
     ) -> Result<Arc<CompiledKernel>, Error> {
-        let resolved = match (config.target, target::requested()?) {
-            (Target::Auto, Some(target)) => Config { target, ..*config },
-            (Target::Auto, None) => {
-                let map = self.targets.get_or_init(|| Mutex::new(HashMap::new()));
-                let key = (*config, compute_capability);
-                let known = map.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
-                match known {
-                    Some(resolved) => resolved,
-                    None => {
-                        let (resolved, _) =
-                            target::choose(&program(), *config, Some(compute_capability), None);
-                        map.lock().unwrap_or_else(|p| p.into_inner()).insert(key, resolved);
-                        resolved
-                    }
-                }
-            }
-            _ => *config,
+        if config.target != Target::Auto {
+            return self.get_or_compile(config, program);
+        }
+        let map = self.on_device.get_or_init(|| Mutex::new(HashMap::new()));
+        let key = (*config, compute_capability);
+        if let Some(k) = map.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(k.clone());
+        }
+        let resolved = match target::requested()? {
+            Some(target) => Config { target, ..*config },
+            None => target::choose(&program(), *config, Some(compute_capability), None).0,
         };
-        self.get_or_compile(&resolved, program)
+        let compiled = self.get_or_compile(&resolved, program)?;
+        map.lock().unwrap_or_else(|p| p.into_inner()).insert(key, compiled.clone());
+        Ok(compiled)
     }
 
     /// The kernel compiled for `config`: from the cache, or compiled from `program()` and kept.
@@ -710,7 +708,7 @@ pub fn launch(device: &runtime::Device, kernel: &CompiledKernel, args: &mut [Arg
 /// no other chip): anywhere else, an error that names the fix instead of the driver's refusal.
 fn check_target(k: &ir::Kernel, (major, minor): (i32, i32)) -> Result<(), Error> {
     match k.config.target {
-        ir::Target::Sm90a if (major, minor) != (9, 0) => Err(Error::Argument {
+        ir::Target::Sm90a if !ir::Target::Sm90a.runs_on(major, minor) => Err(Error::Argument {
             kernel: k.name.clone(),
             arg: "(config)".into(),
             message: format!(

@@ -24,7 +24,8 @@ use crate::{Config, Error, Target};
 pub const TARGET_VARIABLE: &str = "FLASHCORE_TARGET";
 
 /// The target `FLASHCORE_TARGET` asks for: `None` when unset, empty or `auto`. It overrides a
-/// config's `Target::Auto` at launch (a target set in the config itself stays).
+/// config's `Target::Auto` (a target set in the config itself stays); the typed launchers read
+/// it at a config's first launch on a device.
 pub fn requested() -> Result<Option<Target>, Error> {
     match std::env::var(TARGET_VARIABLE) {
         Err(_) => Ok(None),

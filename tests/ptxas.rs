@@ -4,8 +4,6 @@
 
 use flashcore::kernels::attention;
 
-/// Largest dynamic shared memory per CTA on sm_89 (L4): 99 KiB.
-const SM89_SHARED_LIMIT: u32 = flashcore::occupancy::L4.shared_bytes_per_cta;
 const REGISTER_LIMIT: u32 = 255;
 
 fn ptxas_or_skip() -> Option<std::path::PathBuf> {
@@ -35,9 +33,6 @@ fn snapshot_configs_assemble_without_spills_within_budget() {
                 arch.gpu,
                 arch.shared_bytes_per_cta
             );
-        }
-        if config.target.ptx() == flashcore::Target::Sm89 {
-            assert!(compiled.ptx.shared_bytes <= SM89_SHARED_LIMIT, "{name}");
         }
         for arch in flashcore::occupancy::archs_for(config.target).iter().map(|a| a.sm) {
             let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)

@@ -42,8 +42,8 @@ struct ThreadRegs {
     split: Option<SplitRegs>,
     /// Per ldmatrix pattern: (byte offset of the lane's row, chunk bit ^ swizzle key).
     ldmatrix: HashMap<LdmatrixPattern, (String, String)>,
-    /// sm_90a: a predicate that is always true, wgmma's `scale-d` (accumulate into D).
-    scale_d: Option<String>,
+    /// sm_90a: the registers its wgmmas and warpgroup barriers share.
+    wgmma: Option<wgmma::WgmmaRegs>,
 }
 
 /// A compute warp's place in split-KV: its group `index` (0 stores the output), the first key
@@ -307,12 +307,9 @@ impl<'k> Emitter<'k> {
             cfg = self.kernel.config,
             smem = self.plan.total_bytes
         ));
-        let (version, align) = match self.cfg.target {
-            Target::Sm89 | Target::Auto => ("7.8", crate::smem::BUFFER_ALIGN),
-            // wgmma's 128-byte swizzle reads address bits 7-9: tiles start on 1024 bytes.
-            Target::Sm90a => ("8.0", wgmma::GROUP_BYTES),
-        };
+        let version = if self.cfg.target == Target::Sm90a { "8.0" } else { "7.8" };
         out.push_str(&format!(".version {version}\n.target {}\n.address_size 64\n\n", self.cfg.target));
+        let align = crate::smem::tile_align(&self.cfg);
         out.push_str(&format!(".extern .shared .align {align} .b8 {SMEM_SYMBOL}[];\n\n"));
         out.push_str(&format!(".visible .entry {name}(\n"));
         out.push_str(&params.join(",\n"));
@@ -460,11 +457,8 @@ impl<'k> Emitter<'k> {
             ldmatrix.insert(p, (off, key));
         }
 
-        let scale_d = (self.cfg.target == Target::Sm90a).then(|| {
-            let p = self.w.named(RegClass::Pred, "%wgmma_scale_d");
-            self.w.ins(format!("setp.eq.u32 {p}, {lane}, {lane}"));
-            p
-        });
+        let wgmma =
+            (self.cfg.target == Target::Sm90a).then(|| wgmma::WgmmaRegs::new(&mut self.w, &warp, &lane));
 
         self.w.blank();
         self.t = Some(ThreadRegs {
@@ -477,7 +471,7 @@ impl<'k> Emitter<'k> {
             warp_row0,
             split,
             ldmatrix,
-            scale_d,
+            wgmma,
         });
         self.team = Team { index: self.th().thread.clone(), threads: self.cfg.threads() };
         decls
@@ -1056,9 +1050,7 @@ impl<'k> Emitter<'k> {
         wgmma_rows: Option<u32>,
     ) {
         let cfg = self.cfg;
-        // Tiles that wgmma reads (`wgmma_rows`: the whole tile's rows) take its column-block
-        // layout on sm_90a when wider than one block (at D = 64 the sm_89 layout is the same).
-        let blocks = wgmma_rows.filter(|_| cfg.target == Target::Sm90a && chunks_per_row(&cfg) > 8);
+        let blocks = self.column_blocks(wgmma_rows);
         let cpr = chunks_per_row(&cfg);
         // Each pass copies `rows_per_pass` whole rows; when the team is not a multiple of the
         // chunks of a row (D = 96: 12 chunks), the threads past the last whole row sit out.
@@ -1107,10 +1099,7 @@ impl<'k> Emitter<'k> {
             let gaddr = self.w.temp(RegClass::B64);
             self.w.ins(format!("mul.wide.u32 {gaddr}, {src_row}, {}", global.row_stride));
             self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
-            let saddr = match blocks {
-                Some(tile_rows) => self.block_chunk_address(smem_offset, &row, &chunk, tile_rows),
-                None => self.shared_chunk_address(smem_offset, &row, &chunk),
-            };
+            let saddr = self.tile_chunk_address(smem_offset, &row, &chunk, blocks);
             self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16, {size}"));
         }
     }
@@ -1166,6 +1155,16 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("add.u32 {saddr}, {saddr}, {smem_base}"));
         }
         saddr
+    }
+
+    /// Shared address (u32) of 16-byte chunk `chunk` of row `row` in the tile at `smem_base`: in
+    /// wgmma's column blocks of a `rows`-row tile ([`Emitter::column_blocks`]), else swizzled
+    /// rows.
+    fn tile_chunk_address(&mut self, smem_base: &str, row: &str, chunk: &str, blocks: Option<u32>) -> String {
+        match blocks {
+            Some(rows) => self.block_chunk_address(smem_base, row, chunk, rows),
+            None => self.shared_chunk_address(smem_base, row, chunk),
+        }
     }
 
     /// Shared address of the ldmatrix source for this lane: block of 16 rows starting at
@@ -1261,7 +1260,7 @@ impl<'k> Emitter<'k> {
             // A wgmma reads its warpgroup's 64 rows, which four warps copied: each fences its
             // copies into the async proxy, then the warpgroup meets at its barrier.
             self.w.ins("fence.proxy.async.shared::cta");
-            self.warpgroup_barrier();
+            self.warpgroup_barrier()?;
         } else {
             self.w.ins("bar.warp.sync 0xffffffff");
         }
@@ -2396,7 +2395,7 @@ impl<'k> Emitter<'k> {
         let (rb, cpr) = (row_bytes(&self.cfg), chunks_per_row(&self.cfg));
         // sm_90a keeps loaded A tiles in this region in wgmma's column-block layout; the O tile
         // passes through in the same layout, so each warp's rows are the same bytes in both.
-        let blocks = (self.cfg.target == Target::Sm90a && cpr > 8).then_some(self.cfg.tile_m);
+        let blocks = self.column_blocks(Some(self.cfg.tile_m));
         let rb = if blocks.is_some() { wgmma::BLOCK_ROW_BYTES } else { rb };
         let t = self.t.as_ref().expect("prologue");
         let (warp_row0, group, quad_lane, lane, smem) =
@@ -2464,10 +2463,7 @@ impl<'k> Emitter<'k> {
             let row_offset = self.w.temp(RegClass::B64);
             self.w.ins(format!("mul.wide.u32 {row_offset}, {row}, {}", global.row_stride));
             self.w.ins(format!("add.u64 {gaddr}, {gaddr}, {row_offset}"));
-            let saddr = match blocks {
-                Some(rows) => self.block_chunk_address(&region.to_string(), &row, &chunk, rows),
-                None => self.shared_chunk_address(&region.to_string(), &row, &chunk),
-            };
+            let saddr = self.tile_chunk_address(&region.to_string(), &row, &chunk, blocks);
             let v: [String; 4] = std::array::from_fn(|_| self.w.temp(RegClass::B32));
             self.w.ins(format!("{guard}ld.shared.v4.b32 {{{}}}, [{saddr}]", v.join(", ")));
             // Rows past the end of the sequence are not written.

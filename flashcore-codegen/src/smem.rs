@@ -83,12 +83,7 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         }
     });
     let row_tile_slots = load_slots.values().map(|s| s + 1).max().unwrap_or(1);
-    // sm_90a: wgmma reads the kept tiles (and ring tiles) in the 128-byte swizzle, whose pattern
-    // repeats every 1024 bytes of address (regions and slots are whole multiples of it).
-    let wgmma_align = match cfg.target.ptx() {
-        flashcore_ir::Target::Sm90a => 1024,
-        _ => BUFFER_ALIGN,
-    };
+    let wgmma_align = tile_align(cfg);
     let row_tile_region =
         needs_row_tile.then(|| alloc(row_tile_slots * cfg.kv_splits.max(1) * row_tile_bytes, wgmma_align));
     let mut merge_regs = 0;
@@ -134,6 +129,17 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         channel_offsets,
         channel_bytes,
         total_bytes: next,
+    }
+}
+
+/// The alignment of the tiles an mma reads from shared memory (the ring buffers and the row-tile
+/// region), and of the shared window itself: [`BUFFER_ALIGN`]; on sm_90a 1024 bytes, since
+/// wgmma's 128-byte swizzle repeats every 1024 bytes of address (regions and slots are whole
+/// multiples of it).
+pub fn tile_align(cfg: &flashcore_ir::Config) -> u32 {
+    match cfg.target.ptx() {
+        flashcore_ir::Target::Sm90a => 1024,
+        _ => BUFFER_ALIGN,
     }
 }
 

@@ -65,6 +65,15 @@ impl Target {
         }
     }
 
+    /// Whether a device of compute capability `major.minor` loads this target's PTX: sm_89 (and
+    /// `Auto` compiled without a device) from 8.9 on, sm_90a on 9.0 only.
+    pub fn runs_on(self, major: i32, minor: i32) -> bool {
+        match self.ptx() {
+            Target::Sm90a => (major, minor) == (9, 0),
+            _ => (major, minor) >= (8, 9),
+        }
+    }
+
     /// The target a device of compute capability `major.minor` runs best: `sm_90a` on 9.0
     /// exactly (the `a` features exist on no other chip), `sm_89` elsewhere.
     pub fn for_compute_capability(major: i32, minor: i32) -> Target {

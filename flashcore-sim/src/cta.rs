@@ -1584,62 +1584,46 @@ impl<'a> Cta<'a> {
             WgmmaA::Descriptor(o) => Some(uniform(*o)?),
             WgmmaA::Registers(_) => None,
         };
-        let half = |bits: u64| -> f32 {
-            match ty {
-                HalfType::F16 => f16::from_bits(bits as u16).to_f32(),
-                HalfType::Bf16 => bf16::from_bits(bits as u16).to_f32(),
-            }
-        };
-        // B[k][n], read a 4-byte word (two elements adjacent along the row) at a time.
-        let cols = n as usize;
-        let mut bm = vec![[0f32; 16]; cols];
+        // B[n][k], a 4-byte word (two elements adjacent along a row) at a time: K-major rows
+        // hold k, MN-major rows hold n.
+        let cols = n as u64;
+        let mut bm = vec![[0f32; 16]; cols as usize];
         for k in 0..16u64 {
-            for c in 0..cols as u64 {
-                let (kk, cc, pair) = if trans_b { (k, c & !1, c % 2) } else { (k & !1, c, k % 2) };
-                let addr = descriptor.element(trans_b, kk, cc);
-                let addr = self.shared_range(site, addr, 4)?;
-                if pair == 0 {
-                    self.check_shared(w, site, addr, 4, false)?;
-                    self.check_async_proxy(site, addr)?;
+            for c in 0..cols {
+                let pair = if trans_b { c % 2 } else { k % 2 };
+                if pair == 1 {
+                    continue;
                 }
-                let at = addr + 2 * pair as usize;
-                bm[c as usize][k as usize] =
-                    half(u16::from_le_bytes([self.shared[at], self.shared[at + 1]]) as u64);
+                let words = self.read_async_pair(w, site, descriptor.element(trans_b, k, c))?;
+                let [lo, hi] = words.map(|bits| half_to_f32(ty, bits));
+                let (c, k) = (c as usize, k as usize);
+                bm[c][k] = lo;
+                if trans_b {
+                    bm[c + 1][k] = hi;
+                } else {
+                    bm[c][k + 1] = hi;
+                }
             }
         }
-        let mut am = [[0f32; 16]; 16];
-        match a_descriptor {
+        let am = match a_descriptor {
             // K-major: rows are m, k along a row. The warpgroup's operation reads all 64 rows
             // (checked as this warp's reads: the hardware gives no order among the four
             // warps' parts); this warp's 16 rows are its A.
             Some(ad) => {
-                let own = 16 * (w % 4);
+                let (own, mut am) = (16 * (w % 4), [[0f32; 16]; 16]);
                 for m in 0..64usize {
                     for k in (0..16u64).step_by(2) {
-                        let addr = self.shared_range(site, ad.element(false, k, m as u64), 4)?;
-                        self.check_shared(w, site, addr, 4, false)?;
-                        self.check_async_proxy(site, addr)?;
+                        let words = self.read_async_pair(w, site, ad.element(false, k, m as u64))?;
                         if (own..own + 16).contains(&m) {
-                            for (j, at) in [addr, addr + 2].into_iter().enumerate() {
-                                am[m - own][k as usize + j] =
-                                    half(u16::from_le_bytes([self.shared[at], self.shared[at + 1]]) as u64);
-                            }
+                            let k = k as usize;
+                            [am[m - own][k], am[m - own][k + 1]] = words.map(|bits| half_to_f32(ty, bits));
                         }
                     }
                 }
+                am
             }
-            None => {
-                for l in 0..LANES {
-                    let (g, t) = (l / 4, l % 4);
-                    for (i, o) in a_operands.iter().enumerate() {
-                        let v = self.warps[w].regs_of(*o, l);
-                        let (row, k) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
-                        am[row][k] = half(v & 0xffff);
-                        am[row][k + 1] = half((v >> 16) & 0xffff);
-                    }
-                }
-            }
-        }
+            None => a_fragment(ty, |l, i| self.warps[w].regs_of(a_operands[i], l)),
+        };
         let accumulate = self.warps[w].regs_of(scale_d, 0) != 0;
         for l in 0..LANES {
             let (g, t) = (l / 4, l % 4);
@@ -1660,6 +1644,16 @@ impl<'a> Cta<'a> {
             wg.open.push(*r);
         }
         Ok(())
+    }
+
+    /// A wgmma's read of the two 16-bit elements at shared address `addr` (a word): in bounds,
+    /// race-checked as warp `w`'s read, and fenced into the async proxy.
+    fn read_async_pair(&mut self, w: usize, site: Site<'a>, addr: u64) -> Result<[u64; 2], SimError> {
+        let addr = self.shared_range(site, addr, 4)?;
+        self.check_shared(w, site, addr, 4, false)?;
+        self.check_async_proxy(site, addr)?;
+        let element = |at: usize| u16::from_le_bytes([self.shared[at], self.shared[at + 1]]) as u64;
+        Ok([element(addr), element(addr + 2)])
     }
 
     /// A wgmma (async proxy) reading the shared word at `addr`: its last write must be fenced
@@ -1690,23 +1684,12 @@ impl<'a> Cta<'a> {
         b: &[Operand; 2],
         c: &[Operand; 4],
     ) {
-        let half = |bits: u64| -> f32 {
-            match ty {
-                HalfType::F16 => f16::from_bits(bits as u16).to_f32(),
-                HalfType::Bf16 => bf16::from_bits(bits as u16).to_f32(),
-            }
-        };
-        let mut am = [[0f32; 16]; 16];
+        let half = |bits: u64| half_to_f32(ty, bits);
+        let am = a_fragment(ty, |l, i| self.val(w, a[i], l));
         let mut bm = [[0f32; 8]; 16];
         let mut cm = [[0f32; 8]; 16];
         for l in 0..LANES {
             let (g, t) = (l / 4, l % 4);
-            for (i, o) in a.iter().enumerate() {
-                let v = self.val(w, *o, l);
-                let (row, k) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
-                am[row][k] = half(v & 0xffff);
-                am[row][k + 1] = half((v >> 16) & 0xffff);
-            }
             for (i, o) in b.iter().enumerate() {
                 let v = self.val(w, *o, l);
                 let k = 2 * t + 8 * i;
@@ -1764,6 +1747,31 @@ impl Descriptor {
         };
         logical ^ (((logical >> 7) & 7) << 4)
     }
+}
+
+/// A 16-bit float (the low 16 bits of `bits`) of type `ty`, exactly.
+fn half_to_f32(ty: HalfType, bits: u64) -> f32 {
+    match ty {
+        HalfType::F16 => f16::from_bits(bits as u16).to_f32(),
+        HalfType::Bf16 => bf16::from_bits(bits as u16).to_f32(),
+    }
+}
+
+/// The warp's `[16][16]` A matrix of an `mma.m16n8k16` (or a warp's share of a wgmma) from its
+/// four fragment registers, `reg(lane, i)`: register i of lane (g = lane / 4, t = lane % 4)
+/// holds row g + 8·(i % 2), columns 2t + 8·(i / 2) and the one after (low half first).
+fn a_fragment(ty: HalfType, reg: impl Fn(usize, usize) -> u64) -> [[f32; 16]; 16] {
+    let mut am = [[0f32; 16]; 16];
+    for l in 0..LANES {
+        let (g, t) = (l / 4, l % 4);
+        for i in 0..4 {
+            let v = reg(l, i);
+            let (row, k) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
+            am[row][k] = half_to_f32(ty, v & 0xffff);
+            am[row][k + 1] = half_to_f32(ty, (v >> 16) & 0xffff);
+        }
+    }
+    am
 }
 
 fn lanes(mask: u32) -> impl Iterator<Item = usize> {

@@ -53,6 +53,36 @@ pub fn k_slice(transposed: bool, rows: u32, kk: u32) -> (u32, u64) {
     }
 }
 
+/// Per-thread registers of an sm_90a kernel, set in the prologue.
+pub(super) struct WgmmaRegs {
+    /// Always true: wgmma's `scale-d` (accumulate into D).
+    scale_d: String,
+    /// This warp's warpgroup `g`: its barrier id `4 + g`, and the byte offset of its 64 rows in
+    /// a kept tile's column block (`g · 64 · 128`).
+    barrier: String,
+    rows: String,
+}
+
+impl WgmmaRegs {
+    pub(super) fn new(w: &mut PtxWriter, warp: &str, lane: &str) -> WgmmaRegs {
+        let scale_d = w.named(RegClass::Pred, "%wgmma_scale_d");
+        w.ins(format!("setp.eq.u32 {scale_d}, {lane}, {lane}"));
+        let group = w.temp(RegClass::B32);
+        w.ins(format!("shr.u32 {group}, {warp}, 2"));
+        let barrier = w.named(RegClass::B32, "%warpgroup_barrier");
+        w.ins(format!("add.u32 {barrier}, {group}, {WARPGROUP_BARRIER}"));
+        let rows = w.named(RegClass::B32, "%warpgroup_rows");
+        w.ins(format!("mul.lo.u32 {rows}, {group}, {}", 8 * GROUP_BYTES));
+        WgmmaRegs { scale_d, barrier, rows }
+    }
+}
+
+/// A wgmma's A operand as emitted: fragment registers, or a descriptor base.
+enum WgmmaA<'f> {
+    Registers(&'f RegFamily),
+    Descriptor(String),
+}
+
 impl Emitter<'_> {
     /// `dst = a · b (+ acc)` on sm_90a: accumulators set (copied from `acc`, or zeroed: every
     /// register a wgmma reads is written first), `wgmma.fence`, one `wgmma.mma_async` per
@@ -76,63 +106,35 @@ impl Emitter<'_> {
                 None => self.w.ins(format!("mov.f32 {}, 0f00000000", d.at(i))),
             }
         }
-        // Descriptor of the tile's first byte: (shared address >> 4) in bits 0-13.
-        let smem = self.th().smem.clone();
-        let addr = self.w.temp(RegClass::B32);
-        if tile.offset == "0" {
-            self.w.ins(format!("mov.u32 {addr}, {smem}"));
-        } else {
-            self.w.ins(format!("add.u32 {addr}, {smem}, {}", tile.offset));
-        }
-        let base = self.w.temp(RegClass::B64);
-        self.w.ins(format!("cvt.u64.u32 {base}, {addr}"));
-        self.w.ins(format!("shr.u64 {base}, {base}, 4"));
-        // A in shared memory (a loaded tile kept there): this warpgroup's 64 rows of the
-        // `TILE_M`-row tile, K-major like K.
-        let a_base = match a {
-            AOperand::Registers(_) => None,
+        // B's descriptor base: the tile's first byte; A's (a loaded tile kept in shared memory):
+        // this warpgroup's 64 rows of the `TILE_M`-row tile, K-major like K.
+        let b_base = self.descriptor_base(&tile.offset, None);
+        let a = match a {
+            AOperand::Registers(af) => WgmmaA::Registers(af),
             AOperand::Shared { region } => {
-                let (group, addr) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
-                self.w.ins(format!("shr.u32 {group}, {}, 2", self.th().warp));
-                self.w.ins(format!("mad.lo.u32 {addr}, {group}, {}, {smem}", 8 * GROUP_BYTES));
-                if region != "0" {
-                    self.w.ins(format!("add.u32 {addr}, {addr}, {region}"));
-                }
-                let base = self.w.temp(RegClass::B64);
-                self.w.ins(format!("cvt.u64.u32 {base}, {addr}"));
-                self.w.ins(format!("shr.u64 {base}, {base}, 4"));
-                Some(base)
+                let rows = self.wgmma_regs()?.rows.clone();
+                WgmmaA::Descriptor(self.descriptor_base(region, Some(&rows)))
             }
         };
         let operand = self.cfg.dtype.name();
         let trans = u32::from(!tile.transposed);
         let d_list = (0..d.len).map(|i| d.at(i)).collect::<Vec<_>>().join(", ");
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);
-        let scale_d =
-            self.th().scale_d.clone().ok_or_else(|| CodegenError::Internal("no scale-d predicate".into()))?;
+        let scale_d = self.wgmma_regs()?.scale_d.clone();
         self.w.ins("wgmma.fence.sync.aligned");
         for kk in 0..k / 16 {
-            let (offset, constant) = k_slice(tile.transposed, tile.rows, kk);
-            let desc = self.w.temp(RegClass::B64);
-            self.w.ins(format!("add.s64 {desc}, {base}, {}", offset >> 4));
-            self.w.ins(format!("or.b64 {desc}, {desc}, {constant:#x}"));
-            let a_operand = match (a, &a_base) {
-                (AOperand::Registers(af), _) => {
+            let b_desc = self.descriptor(&b_base, k_slice(tile.transposed, tile.rows, kk));
+            let (a_operand, trans_a) = match &a {
+                WgmmaA::Registers(af) => {
                     let regs = (0..4).map(|i| af.at(a_shape.a(0, kk as usize, i))).collect::<Vec<_>>();
-                    format!("{{{}}}", regs.join(", "))
+                    (format!("{{{}}}", regs.join(", ")), "")
                 }
-                (AOperand::Shared { .. }, Some(a_base)) => {
-                    let (offset, constant) = k_slice(true, self.cfg.tile_m, kk);
-                    let a_desc = self.w.temp(RegClass::B64);
-                    self.w.ins(format!("add.s64 {a_desc}, {a_base}, {}", offset >> 4));
-                    self.w.ins(format!("or.b64 {a_desc}, {a_desc}, {constant:#x}"));
-                    a_desc
+                WgmmaA::Descriptor(a_base) => {
+                    (self.descriptor(a_base, k_slice(true, self.cfg.tile_m, kk)), "0, ")
                 }
-                (AOperand::Shared { .. }, None) => unreachable!("a shared A has its base"),
             };
-            let trans_a = if a_base.is_some() { "0, " } else { "" };
             self.w.ins(format!(
-                "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{operand}.{operand} {{{d_list}}}, {a_operand}, {desc}, {scale_d}, 1, 1, {trans_a}{trans}"
+                "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{operand}.{operand} {{{d_list}}}, {a_operand}, {b_desc}, {scale_d}, 1, 1, {trans_a}{trans}"
             ));
         }
         self.w.ins("wgmma.commit_group.sync.aligned");
@@ -140,12 +142,52 @@ impl Emitter<'_> {
         Ok(())
     }
 
+    fn wgmma_regs(&self) -> Result<&WgmmaRegs, CodegenError> {
+        self.th()
+            .wgmma
+            .as_ref()
+            .ok_or_else(|| CodegenError::Internal("wgmma outside an sm_90a kernel".into()))
+    }
+
+    /// `(shared address of the window + offset [+ extra]) >> 4`: a descriptor's start address
+    /// field (bits 0-13), as a u64 register.
+    fn descriptor_base(&mut self, offset: &str, extra: Option<&str>) -> String {
+        let addr = self.w.temp(RegClass::B32);
+        let smem = self.th().smem.clone();
+        if offset == "0" {
+            self.w.ins(format!("mov.u32 {addr}, {smem}"));
+        } else {
+            self.w.ins(format!("add.u32 {addr}, {smem}, {offset}"));
+        }
+        if let Some(extra) = extra {
+            self.w.ins(format!("add.u32 {addr}, {addr}, {extra}"));
+        }
+        let base = self.w.temp(RegClass::B64);
+        self.w.ins(format!("cvt.u64.u32 {base}, {addr}"));
+        self.w.ins(format!("shr.u64 {base}, {base}, 4"));
+        base
+    }
+
+    /// The descriptor of a k-slice: `base` advanced by the slice's byte `offset`, with the
+    /// `constant` part ([`k_slice`]).
+    fn descriptor(&mut self, base: &str, (offset, constant): (u32, u64)) -> String {
+        let desc = self.w.temp(RegClass::B64);
+        self.w.ins(format!("add.s64 {desc}, {base}, {}", offset >> 4));
+        self.w.ins(format!("or.b64 {desc}, {desc}, {constant:#x}"));
+        desc
+    }
+
     /// `bar.sync 4 + g, 128`: the four warps of this warp's warpgroup `g` meet.
-    pub(super) fn warpgroup_barrier(&mut self) {
-        let (group, id) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
-        self.w.ins(format!("shr.u32 {group}, {}, 2", self.th().warp));
-        self.w.ins(format!("add.u32 {id}, {group}, {WARPGROUP_BARRIER}"));
+    pub(super) fn warpgroup_barrier(&mut self) -> Result<(), CodegenError> {
+        let id = self.wgmma_regs()?.barrier.clone();
         self.w.ins(format!("bar.sync {id}, 128"));
+        Ok(())
+    }
+
+    /// The column-block layout's rows (`wgmma_rows`, a tile that wgmma reads) where it applies:
+    /// on sm_90a, for rows wider than one block (at D = 64 it is the sm_89 layout).
+    pub(super) fn column_blocks(&self, wgmma_rows: Option<u32>) -> Option<u32> {
+        wgmma_rows.filter(|_| self.cfg.target == Target::Sm90a && chunks_per_row(&self.cfg) > 8)
     }
 
     /// Shared address (u32) of 16-byte chunk `chunk` of row `row` in a ring tile of `rows` rows
