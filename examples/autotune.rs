@@ -8,8 +8,9 @@
 //!  [--classes tiny,small,medium,large] [--dtype f16] [--target sm_89|sm_90a] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
 //!
 //! `--target sm_90a` searches the sm_90a (wgmma) space: whole warpgroups (tile_m = 16 · warps,
-//! up to 16 warps), the same K/V tiles and pipelines; candidates sm_90a cannot compile (load
-//! warps, split-KV, softmax warps) fail fast with the reason. Entries record their target.
+//! up to 16 warps), each with and without a producer warpgroup (4 load warps that give their
+//! registers to the compute warpgroups), then stages 1 to 4; candidates sm_90a cannot compile
+//! (split-KV, softmax warps) fail fast with the reason. Entries record their target.
 //!
 //! `--kernel` tunes another registered kernel with the standard signature (the variants of
 //! `flashcore::kernels::variants`, default `attention`), with its parameters given as the
@@ -181,28 +182,45 @@ fn tiling_candidates(declared: Config) -> Vec<Config> {
                 if a_in_smem && tile_m / warps < 32 {
                     continue;
                 }
-                out.push(Config {
-                    tile_m,
-                    warps,
-                    tile_n,
-                    stages: 2,
-                    load_warps: 0,
-                    softmax_warps: 0,
-                    persistent: false,
-                    a_in_smem,
-                    ..declared
-                });
+                for &load_warps in round1_load_warps(declared.target) {
+                    out.push(Config {
+                        tile_m,
+                        warps,
+                        tile_n,
+                        stages: 2,
+                        load_warps,
+                        softmax_warps: 0,
+                        persistent: false,
+                        a_in_smem,
+                        ..declared
+                    });
+                }
             }
         }
     }
     out
 }
 
-/// Round 2: the pipeline around one tiling.
+/// Load warps of the round-1 tilings: none on sm_89 (round 2 adds them); on sm_90a the
+/// producer warpgroup changes which tiling wins (its registers go to the compute warpgroups),
+/// so each tiling is measured with and without it.
+fn round1_load_warps(target: Target) -> &'static [u32] {
+    match target {
+        Target::Sm89 | Target::Auto => &[0],
+        Target::Sm90a => &[0, 4],
+    }
+}
+
+/// Round 2: the pipeline around one tiling (sm_90a: the producer warpgroup or none, and deeper
+/// rings, which its 227 KiB of shared memory holds).
 fn pipeline_candidates(tiling: Config) -> Vec<Config> {
     let mut out = vec![];
-    for stages in [1, 2, 3] {
-        for load_warps in [0, 1, 2] {
+    let (stage_counts, load_counts): (&[u32], &[u32]) = match tiling.target {
+        Target::Sm89 | Target::Auto => (&[1, 2, 3], &[0, 1, 2]),
+        Target::Sm90a => (&[1, 2, 3, 4], &[0, 4]),
+    };
+    for &stages in stage_counts {
+        for &load_warps in load_counts {
             for persistent in [false, true] {
                 out.push(Config { stages, load_warps, persistent, softmax_warps: 0, ..tiling });
             }

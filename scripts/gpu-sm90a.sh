@@ -4,6 +4,11 @@
 # varlen and D = 64/128/256, then the same shapes' timing with `--target sm_89` and
 # `--target sm_90a` side by side (same binary, same run). Logs go to $OUT.
 #   scripts/gpu-sm90a.sh [check|time|all]   (default all)
+#   scripts/gpu-sm90a.sh bench | tune         the benchmark (tuned table or a fresh sm_90a tuning)
+#   scripts/gpu-sm90a.sh profile              Nsight Compute (--clock-control none) of the tuned sm_90a
+#                                             schedules at the large shapes: pipes, issue and stall reasons
+#   scripts/gpu-sm90a.sh validate             compute-sanitizer over the sm_90a reference configs, and
+#                                             20-run determinism of every config (scripts/gpu-validate.sh)
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -54,6 +59,21 @@ if [ "$mode" = tune ]; then
     --out "$out/bench-tuned" --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
     --impls flashcore,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if [ "$mode" = profile ]; then
+  m=sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed.sum,gpu__time_duration.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,launch__occupancy_limit_shared_mem
+  for st in math_pipe_throttle mio_throttle short_scoreboard long_scoreboard barrier wait not_selected selected dispatch_stall lg_throttle no_instruction branch_resolving membar sleeping math_pipe_throttle; do m=$m,smsp__average_warps_issue_stalled_${st}_per_issue_active.ratio; done
+  ncu=(/usr/local/cuda/bin/ncu --clock-control none --launch-skip 2 --launch-count 1 --metrics "$m" -k regex:'^attention$')
+  "${ncu[@]}" "$bins/attention" --target sm_90a --b 2 --h 16 --s 8192 --d 128 --iters 3 --warmup 1 >"$out/p-sm90a-d128.txt" 2>&1
+  "${ncu[@]}" "$bins/attention" --target sm_90a --b 2 --h 16 --s 8192 --d 64 --iters 3 --warmup 1 >"$out/p-sm90a-d64.txt" 2>&1
+  "${ncu[@]}" "$bins/attention" --target sm_90a --b 2 --h 16 --s 8192 --d 128 --causal --iters 3 --warmup 1 >"$out/p-sm90a-d128-causal.txt" 2>&1
+  grep -hE "attention|pct|ratio|sum|registers|occupancy|==ERR|error" "$out"/p-sm90a-*.txt | tee -a "$out/sm90a.txt"
+fi
+if [ "$mode" = validate ]; then
+  first=$("$bins/validate" list | awk '{print NR-1, $1}' | grep -m1 sm90a | cut -d' ' -f1)
+  last=$("$bins/validate" list | awk '{print NR-1, $1}' | grep sm90a | tail -1 | cut -d' ' -f1)
+  BIN=$bins scripts/gpu-validate.sh sanitize "$first" "$last" || status=1
+  BIN=$bins scripts/gpu-validate.sh determinism || status=1
 fi
 echo "status $status" | tee -a "$out/sm90a.txt"
 exit $status

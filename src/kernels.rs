@@ -172,6 +172,34 @@ pub fn reference_configs() -> Vec<(&'static str, Config)> {
             "sm90a_d64_m128_w8_varlen",
             Config { tile_m: 128, warps: 8, varlen: true, target: Target::Sm90a, ..base },
         ),
+        // The producer warpgroup: four load warps copy K/V through the mbarrier ring and give
+        // their registers to the two wgmma warpgroups (setmaxnreg); causal with GQA-ready
+        // addressing, and variable-length.
+        (
+            "sm90a_d128_m128_w8_n128_load4",
+            Config {
+                head_dim: 128,
+                tile_m: 128,
+                warps: 8,
+                tile_n: 128,
+                load_warps: 4,
+                target: Target::Sm90a,
+                ..base
+            },
+        ),
+        (
+            "sm90a_d64_m128_w8_s3_load4_causal_varlen",
+            Config {
+                tile_m: 128,
+                warps: 8,
+                stages: 3,
+                load_warps: 4,
+                causal: true,
+                varlen: true,
+                target: Target::Sm90a,
+                ..base
+            },
+        ),
     ]
 }
 

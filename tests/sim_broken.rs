@@ -2,7 +2,9 @@
 //! text), which the simulator must catch with the right diagnostic: a missing
 //! `cp.async.wait_group`, a missing barrier before a stage is refilled, mbarrier counts and
 //! parities off by one; on sm_90a, an accumulator read before its `wgmma.wait_group`, a missing
-//! `fence.proxy.async` and a missing `wgmma.fence`. The unedited kernels pass in `tests/sim.rs`.
+//! `fence.proxy.async` and a missing `wgmma.fence`; with a producer warpgroup, a consumer without
+//! the fence after its full wait and `setmaxnreg` totals that cannot fit (a deadlock). The
+//! unedited kernels pass in `tests/sim.rs`.
 
 use flashcore::kernels::attention;
 use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
@@ -203,5 +205,55 @@ fn a_missing_wgmma_fence_is_caught() {
         |p: &str| replace_nth(p, "wgmma.fence.sync.aligned;", 1, |_| "\t\t\t// (wgmma.fence removed)".into());
     for err in run_edited(hopper(), edit, &SEEDS) {
         assert!(err.contains("written after the last wgmma.fence"), "{err}");
+    }
+}
+
+/// sm_90a with a producer warpgroup: four load warps fill the mbarrier ring with cp.async and
+/// give their registers to the two wgmma warpgroups (`setmaxnreg`).
+fn hopper_producer() -> Config {
+    Config {
+        head_dim: 128,
+        tile_m: 128,
+        warps: 8,
+        tile_n: 128,
+        load_warps: 4,
+        target: flashcore::Target::Sm90a,
+        ..attention::CONFIG
+    }
+}
+
+#[test]
+fn a_consumer_without_the_proxy_fence_after_its_full_wait_is_caught() {
+    // The fence after the consumers' wait on the full barrier: the producer's cp.async copies
+    // are visible to the waiting thread, but not to its wgmmas (the async proxy).
+    let edit = |p: &str| {
+        let at = p.find("mbarrier.try_wait").expect("the consumers' full wait comes first");
+        let (head, tail) = p.split_at(at);
+        format!(
+            "{head}{}",
+            replace_nth(tail, "fence.proxy.async.shared::cta;", 0, |_| "\t\t\t// (fence removed)".into())
+        )
+    };
+    for err in run_edited(hopper_producer(), edit, &SEEDS) {
+        assert!(err.contains("no fence.proxy.async since orders the two"), "{err}");
+    }
+}
+
+#[test]
+fn a_producer_that_keeps_its_registers_starves_the_consumers_and_the_report_says_so() {
+    // Without the producer's `setmaxnreg.dec`, the consumers' `setmaxnreg.inc` never finds its
+    // registers: every consumer warp waits there and the producer waits for an empty slot.
+    let edit = |p: &str| remove_first(p, "setmaxnreg.dec");
+    for err in run_edited(hopper_producer(), edit, &SEEDS) {
+        assert!(err.contains("deadlock") || err.contains("Deadlock"), "{err}");
+        assert!(err.contains("waits in setmaxnreg.inc for 232 registers"), "{err}");
+    }
+}
+
+#[test]
+fn a_setmaxnreg_count_outside_the_rules_is_caught() {
+    let edit = |p: &str| replace_nth(p, "setmaxnreg.dec", 0, |l| l.replace(" 40;", " 44;"));
+    for err in run_edited(hopper_producer(), edit, &SEEDS[..1]) {
+        assert!(err.contains("a multiple of 8 from 24 to 256"), "{err}");
     }
 }

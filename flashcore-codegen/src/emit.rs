@@ -66,6 +66,9 @@ pub const COLUMN_BARRIER: u32 = 2;
 /// sm_90a: warpgroup `g`'s barrier (`bar.sync 4 + g, 128`), where its four warps meet after
 /// copying a tile that their wgmmas read from shared memory.
 pub const WARPGROUP_BARRIER: u32 = 4;
+/// sm_90a pingpong: warpgroup `g` waits at `bar.sync 8 + g, 256` for its turn to issue wgmmas
+/// and passes it on with `bar.arrive 8 + (g + 1) % G, 256` (`target::pingpong_groups`).
+pub const PINGPONG_BARRIER: u32 = 8;
 
 /// The threads that share a copy: each thread's index among them, and how many there are.
 #[derive(Clone, Debug, Default)]
@@ -145,6 +148,9 @@ pub struct Emitter<'k> {
     /// The index values of the work loop being emitted, and of its K/V loop.
     work_vars: Vec<Value>,
     pipeline_var: Option<Value>,
+    /// sm_90a pingpong inside the compute warpgroups' K/V loop: the mma whose issue passes the
+    /// turn on (Q·Kᵀ of tile j + 1) and the one that waits for it (P·V of tile j).
+    pingpong_mmas: Option<(Value, Value)>,
     /// Uniform parts of a mask, computed once while its per-element code is emitted.
     uniform_cache: Option<HashMap<String, mask::Range>>,
     /// The parts of a mask that read positions, per position register, while one mask's
@@ -249,6 +255,7 @@ impl<'k> Emitter<'k> {
             one_axis: axes::one_axis_values(kernel),
             work_vars: vec![],
             pipeline_var: None,
+            pingpong_mmas: None,
             uniform_cache: None,
             element_cache: None,
             invariant_cache: None,
@@ -457,8 +464,8 @@ impl<'k> Emitter<'k> {
             ldmatrix.insert(p, (off, key));
         }
 
-        let wgmma =
-            (self.cfg.target == Target::Sm90a).then(|| wgmma::WgmmaRegs::new(&mut self.w, &warp, &lane));
+        let wgmma = (self.cfg.target == Target::Sm90a)
+            .then(|| wgmma::WgmmaRegs::new(&mut self.w, &self.cfg, &warp, &lane));
 
         self.w.blank();
         self.t = Some(ThreadRegs {
@@ -563,7 +570,16 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("add.u32 {r}, {r}, 1"));
                 Ok(())
             }
-            Op::MbarWait { ring, iter, flip } => self.mbar_wait(*ring, *iter, *flip),
+            Op::MbarWait { ring, iter, flip } => {
+                self.mbar_wait(*ring, *iter, *flip)?;
+                if !*flip && self.cfg.target == Target::Sm90a {
+                    // A full slot: the load warps' cp.async copies landed through the generic
+                    // proxy and the wait made them visible to this thread; its wgmmas read them
+                    // through the async proxy, which sees them only after this fence.
+                    self.w.ins("fence.proxy.async.shared::cta");
+                }
+                Ok(())
+            }
             Op::ChanWrite { src, chan, .. } => self.channel(*src, *chan, true),
             Op::ChanRead { dst, chan, .. } => self.channel(*dst, *chan, false),
             Op::MbarArrive { ring, iter } => {
@@ -971,7 +987,11 @@ impl<'k> Emitter<'k> {
         self.pipeline_count = Some(count.clone());
         self.w.comment("pipeline prologue");
         self.block(prologue)?;
+        let turns = self.pingpong_loop(body)?;
         self.counted_loop("pipeline", &i, &count, "u32", body)?;
+        if turns {
+            self.pingpong_loop_end()?;
+        }
         self.w.comment("pipeline epilogue");
         self.block(epilogue)?;
         self.pipeline_count = None;
@@ -1332,7 +1352,7 @@ impl<'k> Emitter<'k> {
     }
 
     /// Spin until the phase of `ring[iter % slots]` with parity `(iter / slots) & 1 (^ 1)` has
-    /// completed (`mbarrier.test_wait.parity`; `try_wait` is sm_90 only).
+    /// completed (`mbarrier.test_wait.parity` with a back-off on sm_89, `try_wait` on sm_90a).
     fn mbar_wait(&mut self, ring: MbarRingId, iter: Value, flip: bool) -> Result<(), CodegenError> {
         let addr = self.mbar_address(ring, iter);
         let slots = self.kernel.mbarriers[ring.0 as usize].slots;
@@ -1348,11 +1368,18 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("mov.u64 {start}, %globaltimer"));
         let spin = self.w.label("mbar_wait");
         self.w.place_label(&spin);
-        self.w.ins(format!("mbarrier.test_wait.parity.shared.b64 {done}, [{addr}], {parity}"));
         let ready = self.w.label("mbar_ready");
-        self.w.ins(format!("@{done} bra {ready}"));
-        // Back off so spinning warps leave issue slots to the warps doing the work.
-        self.w.ins("nanosleep.u32 20");
+        if self.cfg.target == Target::Sm90a {
+            // try_wait suspends the warp in hardware until the phase completes or a time limit
+            // passes: no issue slots spent spinning, and no sleep between the phase and the wake.
+            self.w.ins(format!("mbarrier.try_wait.parity.shared::cta.b64 {done}, [{addr}], {parity}"));
+            self.w.ins(format!("@{done} bra {ready}"));
+        } else {
+            self.w.ins(format!("mbarrier.test_wait.parity.shared.b64 {done}, [{addr}], {parity}"));
+            self.w.ins(format!("@{done} bra {ready}"));
+            // Back off so spinning warps leave issue slots to the warps doing the work.
+            self.w.ins("nanosleep.u32 20");
+        }
         // Watchdog: a wait this long is a hang; abort the kernel so the process can exit.
         let expired = self.w.temp(RegClass::Pred);
         self.w.ins(format!("mov.u64 {now}, %globaltimer"));
@@ -1439,11 +1466,27 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("sub.u32 {index}, {thread}, {}", g.first_warp * 32));
             let saved = std::mem::replace(&mut self.team, Team { index, threads: g.warps * 32 });
             let saved_warp = std::mem::replace(&mut self.group_warp, rel);
+            if let Some(split) = crate::target::register_split(&self.cfg) {
+                let loads = g.roles.contains(&flashcore_ir::source::Role::Load);
+                let (dir, count) = if loads { ("dec", split.load) } else { ("inc", split.compute) };
+                self.w.comment(format!(
+                    "registers a thread: {} at entry, {count} in this warpgroup (the producer gives its registers to the wgmma warpgroups)",
+                    crate::target::entry_registers(self.cfg.warps + self.cfg.load_warps)
+                ));
+                self.w.ins(format!("setmaxnreg.{dir}.sync.aligned.u32 {count}"));
+            }
+            let computes = g.roles.contains(&flashcore_ir::source::Role::Compute);
+            if computes {
+                self.pingpong_start()?;
+            }
             let streaming = g.roles == [flashcore_ir::source::Role::Softmax] && g.warps < self.cfg.warps;
             if streaming {
                 self.start_stream(g.warps);
             }
             self.block(&g.body)?;
+            if computes {
+                self.pingpong_end()?;
+            }
             self.stream = None;
             self.team = saved;
             self.group_warp = saved_warp;
@@ -2407,9 +2450,14 @@ impl<'k> Emitter<'k> {
         let row_key = self.swizzle_key(&group);
         // The warp read these rows before (its Q fragments, by ldmatrix); every lane's reads
         // are done before any lane overwrites them (racecheck flags it otherwise). On sm_90a the
-        // warpgroup's wgmmas read every warp's rows of a Q kept here; the K/V loop's epilogue
-        // barrier (over the CTA) already orders the last of them before this store.
-        self.w.ins("bar.warp.sync 0xffffffff");
+        // warpgroup's wgmmas read every warp's rows of a Q kept here: the warpgroup meets first,
+        // so no warp overwrites rows another's last wgmma may still read (with a producer
+        // warpgroup no CTA barrier ends the K/V loop).
+        if self.cfg.target == Target::Sm90a && !self.plan.kept_a.is_empty() {
+            self.warpgroup_barrier()?;
+        } else {
+            self.w.ins("bar.warp.sync 0xffffffff");
+        }
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let row = self.w.temp(RegClass::B32);

@@ -18,10 +18,16 @@ pub fn support(kernel: &Kernel, target: Target) -> Result<(), String> {
 /// falls back to sm_89 with this reason.
 pub fn sm90a_support(kernel: &Kernel) -> Result<(), String> {
     let cfg = &kernel.config;
-    if cfg.load_warps > 0 || cfg.softmax_warps > 0 {
+    if cfg.softmax_warps > 0 {
         return Err(format!(
-            "role warps (load_warps = {}, softmax_warps = {}): sm_90a runs the uniform layout (every warp computes) so far",
-            cfg.load_warps, cfg.softmax_warps
+            "softmax_warps = {}: a softmax role apart from the wgmma warpgroups is not compiled for sm_90a yet",
+            cfg.softmax_warps
+        ));
+    }
+    if cfg.load_warps > 0 && (cfg.load_warps % 4 != 0 || cfg.warps % 4 != 0) {
+        return Err(format!(
+            "load_warps = {}: on sm_90a the load role is a producer warpgroup (load_warps a multiple of 4), which gives its registers to the compute warpgroups (setmaxnreg)",
+            cfg.load_warps
         ));
     }
     if cfg.kv_splits > 1 {
@@ -69,4 +75,93 @@ pub fn sm90a_support(kernel: &Kernel) -> Result<(), String> {
         return Err("column reductions are not compiled for sm_90a yet".into());
     }
     Ok(())
+}
+
+/// Registers a thread, as `setmaxnreg` counts them: (load warps', compute warps').
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegisterSplit {
+    pub load: u32,
+    pub compute: u32,
+}
+
+/// The registers each load (producer) thread keeps: addresses, the tile counters and the loop.
+pub const PRODUCER_REGISTERS: u32 = 40;
+/// The most a compute thread asks for (ptxas's own limit is 255; `setmaxnreg` takes multiples of 8).
+pub const CONSUMER_REGISTERS_MAX: u32 = 240;
+/// Registers on one SM sub-partition (a quarter of the 64K register file); warp `w` of a CTA
+/// runs on sub-partition `w % 4`, so each holds one warp of every warpgroup.
+const REGISTERS_PER_SUBPARTITION: u32 = 16384;
+
+/// The registers ptxas gives every thread at entry of a kernel of `warps` warps, one CTA an SM
+/// (`.maxntid`, `.minnctapersm 1`): the busiest sub-partition's share, a multiple of 8.
+pub fn entry_registers(warps: u32) -> u32 {
+    let per_subpartition = warps.div_ceil(4).max(1);
+    (REGISTERS_PER_SUBPARTITION / (per_subpartition * 32) / 8 * 8).min(255)
+}
+
+/// On sm_90a with a producer warpgroup, its threads drop to [`PRODUCER_REGISTERS`]
+/// (`setmaxnreg.dec`) and the compute warpgroups take what that frees (`setmaxnreg.inc`), as
+/// much as fits every sub-partition. `None` when there is no producer warpgroup or the compute
+/// warps would gain nothing (the entry count is already the most they ask for).
+pub fn register_split(cfg: &flashcore_ir::Config) -> Option<RegisterSplit> {
+    if cfg.target != Target::Sm90a || cfg.load_warps == 0 || cfg.load_warps % 4 != 0 || cfg.warps % 4 != 0 {
+        return None;
+    }
+    if cfg.softmax_warps > 0 {
+        return None;
+    }
+    let entry = entry_registers(cfg.warps + cfg.load_warps);
+    let (load_groups, compute_groups) = (cfg.load_warps / 4, cfg.warps / 4);
+    let per_thread_budget = REGISTERS_PER_SUBPARTITION / 32;
+    let left = per_thread_budget - load_groups * PRODUCER_REGISTERS;
+    let compute = (left / compute_groups / 8 * 8).min(CONSUMER_REGISTERS_MAX);
+    (compute > entry).then_some(RegisterSplit { load: PRODUCER_REGISTERS, compute })
+}
+
+/// Pingpong between the compute warpgroups (sm_90a with a producer warpgroup and at least two
+/// compute warpgroups): each takes a turn to issue its wgmmas, passing the turn round the ring
+/// of warpgroups, so one's softmax runs while the next one's matmuls keep the tensor cores busy.
+/// The number of warpgroups in the ring, or `None`.
+pub fn pingpong_groups(cfg: &flashcore_ir::Config) -> Option<u32> {
+    let groups = cfg.warps / 4;
+    let on = std::env::var("FLASHCORE_PINGPONG").map_or(true, |v| v != "0");
+    (on && register_split(cfg).is_some() && groups >= 2).then_some(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashcore_ir::Config;
+
+    fn hopper(warps: u32, load_warps: u32) -> Config {
+        Config { tile_m: 16 * warps, warps, load_warps, target: Target::Sm90a, ..Config::default() }
+    }
+
+    #[test]
+    fn entry_registers_are_the_busiest_subpartitions_share() {
+        assert_eq!(entry_registers(4), 255);
+        assert_eq!(entry_registers(8), 255);
+        assert_eq!(entry_registers(9), 168);
+        assert_eq!(entry_registers(12), 168);
+        assert_eq!(entry_registers(16), 128);
+    }
+
+    #[test]
+    fn a_producer_warpgroup_gives_its_registers_to_the_compute_warpgroups() {
+        // Two compute warpgroups: 168 at entry; 40 + 2 · 232 = 504 of 512 a sub-partition lane.
+        assert_eq!(register_split(&hopper(8, 4)), Some(RegisterSplit { load: 40, compute: 232 }));
+        // Three: 128 at entry; 40 + 3 · 152 = 496.
+        assert_eq!(register_split(&hopper(12, 4)), Some(RegisterSplit { load: 40, compute: 152 }));
+        // One: 255 at entry already, nothing to gain.
+        assert_eq!(register_split(&hopper(4, 4)), None);
+        // No producer warpgroup, or sm_89.
+        assert_eq!(register_split(&hopper(8, 0)), None);
+        assert_eq!(register_split(&Config { target: Target::Sm89, ..hopper(8, 4) }), None);
+        for (warps, load) in [(8, 4), (12, 4), (8, 8)] {
+            if let Some(split) = register_split(&hopper(warps, load)) {
+                let per_lane = (load / 4) * split.load + (warps / 4) * split.compute;
+                assert!(per_lane <= 512, "{warps}+{load}: {per_lane}");
+            }
+        }
+    }
 }

@@ -70,6 +70,9 @@ enum WarpState {
         parity: u64,
         line: u32,
     },
+    /// In `setmaxnreg.inc` to this many registers a thread, which its sub-partition does not
+    /// have free yet.
+    Registers(u32),
     Exited,
 }
 
@@ -114,6 +117,8 @@ struct Warp<'a> {
     seen: HashMap<u32, i64>,
     /// First thread of the warp in the CTA.
     thread0: u32,
+    /// Registers a thread: the entry count, then what `setmaxnreg` set.
+    registers: u32,
     /// wgmma state (kernels that use wgmma only): per register, how many issued and not yet
     /// waited-for wgmmas write it; the registers of the open (uncommitted) group and of each
     /// committed group in flight, oldest first; each register's last write by an ordinary
@@ -200,6 +205,15 @@ pub struct Cta<'a> {
     proxy_fenced: Vec<u32>,
 }
 
+/// Registers one SM sub-partition holds a thread of each of its warps (16K registers, 32 lanes).
+const SUBPARTITION_REGISTERS_PER_LANE: u32 = 512;
+
+/// The registers a thread that ptxas gives a kernel of `warps` warps at one CTA an SM: the
+/// busiest sub-partition's share (warp `w` runs on sub-partition `w % 4`), a multiple of 8.
+fn entry_registers(warps: u32) -> u32 {
+    (SUBPARTITION_REGISTERS_PER_LANE / warps.div_ceil(4).max(1) / 8 * 8).min(255)
+}
+
 /// A global access of `bytes` at `addr` must be aligned to its size.
 fn global_aligned(site: Site, addr: u64, bytes: u32) -> Result<(), SimError> {
     if addr % bytes as u64 != 0 {
@@ -257,6 +271,7 @@ impl<'a> Cta<'a> {
                     lanes: (0..LANES).map(|_| LaneAsync::default()).collect(),
                     seen: HashMap::new(),
                     thread0: (w * LANES) as u32,
+                    registers: entry_registers(nwarps as u32),
                     wgmma: WarpWgmma {
                         in_flight: vec![0; nregs],
                         written_at: vec![0; nregs],
@@ -451,6 +466,12 @@ impl<'a> Cta<'a> {
                         self.warps[w].state = WarpState::Ready;
                     }
                 }
+                WarpState::Registers(count) => {
+                    if self.registers_fit(w, count) {
+                        self.warps[w].registers = count;
+                        self.warps[w].state = WarpState::Ready;
+                    }
+                }
                 _ => {}
             }
         }
@@ -508,6 +529,10 @@ impl<'a> Cta<'a> {
                 WarpState::Ready => format!("ready, at {where_}"),
                 WarpState::Bar(id) => format!("waits in bar.sync {id}, before {where_}"),
                 WarpState::WaitGroup(n) => format!("waits in cp.async.wait_group {n}, before {where_}"),
+                WarpState::Registers(count) => format!(
+                    "waits in setmaxnreg.inc for {count} registers a thread, before {where_}: the other warps of its sub-partition hold {} of {SUBPARTITION_REGISTERS_PER_LANE}",
+                    self.subpartition_registers(w)
+                ),
                 WarpState::Parked { addr, phases, parity, line } => format!(
                     "spins in the mbarrier.test_wait at PTX line {line} on the mbarrier at {addr:#x}, waiting for parity {parity} (phases completed: {phases})"
                 ),
@@ -705,6 +730,16 @@ impl<'a> Cta<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Registers a thread that the warps sharing warp `w`'s sub-partition hold, `w` excluded.
+    fn subpartition_registers(&self, w: usize) -> u32 {
+        (0..self.nwarps).filter(|&o| o != w && o % 4 == w % 4).map(|o| self.warps[o].registers).sum()
+    }
+
+    /// Whether warp `w` can hold `count` registers a thread next to its sub-partition's others.
+    fn registers_fit(&self, w: usize, count: u32) -> bool {
+        self.subpartition_registers(w) + count <= SUBPARTITION_REGISTERS_PER_LANE
     }
 
     /// A warp performs a release (an arrival): later accesses are not ordered before it.
@@ -1037,6 +1072,27 @@ impl<'a> Cta<'a> {
                     for r in wg.groups.pop_front().expect("a group") {
                         wg.in_flight[r as usize] -= 1;
                     }
+                }
+            }
+            Op::SetMaxNReg { inc, count } => {
+                let (inc, count) = (*inc, *count);
+                let now = self.warps[w].registers;
+                let why = if count % 8 != 0 || !(24..=256).contains(&count) {
+                    Some(format!("{count} registers: the count is a multiple of 8 from 24 to 256"))
+                } else if inc && count < now {
+                    Some(format!("inc to {count} from {now} registers lowers the count"))
+                } else if !inc && count > now {
+                    Some(format!("dec to {count} from {now} registers raises the count"))
+                } else {
+                    None
+                };
+                if let Some(message) = why {
+                    return Err(SimError::Registers { at: self.at(w, inst), message });
+                }
+                if !inc || self.registers_fit(w, count) {
+                    self.warps[w].registers = count;
+                } else {
+                    self.warps[w].state = WarpState::Registers(count);
                 }
             }
             Op::FenceProxyAsync => {

@@ -51,6 +51,10 @@ pub enum SimError {
     /// after its generic-proxy write, or a descriptor the simulator does not model.
     #[error("{at}: wgmma: {message}")]
     Wgmma { at: At, message: String },
+    /// A `setmaxnreg` outside its rules: a count not a multiple of 8 in 24..=256, a decrease
+    /// that raises or an increase that lowers the count.
+    #[error("{at}: setmaxnreg: {message}")]
+    Registers { at: At, message: String },
     #[error("the launch ran more than {limit} warp instructions without finishing (an infinite loop?)")]
     StepLimit { limit: u64 },
 }

@@ -396,6 +396,12 @@ pub enum Op {
     /// `fence.proxy.async[.shared::cta]`: the thread's generic-proxy accesses before it are
     /// ordered with async-proxy (wgmma, TMA) accesses after it.
     FenceProxyAsync,
+    /// `setmaxnreg.{inc,dec}.sync.aligned.u32 count`: the warp's registers a thread become
+    /// `count`; an increase waits until the SM sub-partition's register file has them.
+    SetMaxNReg {
+        inc: bool,
+        count: u32,
+    },
     /// `redux.sync.{min,max}.{s32,u32}`: every executing lane gets the reduction over them.
     Redux {
         op: IntOp,
@@ -459,6 +465,7 @@ impl Op {
                 | Op::Redux { .. }
                 | Op::Bar { .. }
                 | Op::BarWarp { .. }
+                | Op::SetMaxNReg { .. }
         )
     }
 }
@@ -1126,6 +1133,10 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             Op::Wgmma { ty, n: cols, d, a, desc: ctx.operand(n(2)?)?, scale_d: ctx.operand(n(3)?)?, trans_b }
         }
         "fence" if has("proxy") && has("async") => Op::FenceProxyAsync,
+        "setmaxnreg" if has("sync") && has("aligned") && (has("inc") || has("dec")) => {
+            let count = n(0)?.trim().parse().map_err(|_| Decode::Unsupported)?;
+            Op::SetMaxNReg { inc: has("inc"), count }
+        }
         "redux" if has("sync") && (has("min") || has("max")) => {
             let ty = last_int().ok_or(Decode::Unsupported)?;
             if ops.len() != 3 {
@@ -1178,7 +1189,11 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
                 return Err(Decode::Unsupported);
             }
         }
-        "mbarrier" if (has("test_wait") || has("try_wait")) && has("parity") && has("shared") => {
+        "mbarrier"
+            if (has("test_wait") || has("try_wait"))
+                && has("parity")
+                && (has("shared") || has("shared::cta")) =>
+        {
             Op::MbarTestWait { p: ctx.dest(n(0)?)?, addr: ctx.address(n(1)?)?, parity: ctx.operand(n(2)?)? }
         }
         "bra" => Op::Bra { target: ctx.label(n(0)?)?, uni: has("uni") },
