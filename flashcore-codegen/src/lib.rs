@@ -40,6 +40,11 @@ pub fn generate(kernel: &Kernel) -> Result<Ptx, CodegenError> {
     target::support(kernel, target).map_err(|why| CodegenError::Target { target, why })?;
     let plan = smem::plan(kernel);
     let text = emit::Emitter::new(kernel, &plan).emit()?;
+    // The driver's JIT refuses PTX with any byte past ASCII (CUDA_ERROR_INVALID_PTX), comments
+    // included; comments are transliterated (`PtxWriter::comment`), so this never fires.
+    if let Some((line, _)) = text.lines().enumerate().find(|(_, l)| !l.is_ascii()) {
+        return Err(CodegenError::Internal(format!("PTX line {} is not ASCII", line + 1)));
+    }
     Ok(Ptx {
         text,
         entry: kernel.name.clone(),

@@ -147,8 +147,10 @@ impl PtxWriter {
         let _ = writeln!(self.body, "{}{};", "\t".repeat(self.level + 1), text.as_ref());
     }
 
+    /// A `//` comment line, in ASCII: the driver's PTX JIT refuses any other byte, even in a
+    /// comment (IR text and user names may hold `·`, `ᵀ`, `≥` or any identifier).
     pub fn comment(&mut self, text: impl AsRef<str>) {
-        let _ = writeln!(self.body, "{}// {}", "\t".repeat(self.level + 1), text.as_ref());
+        let _ = writeln!(self.body, "{}// {}", "\t".repeat(self.level + 1), ascii(text.as_ref()));
     }
 
     pub fn place_label(&mut self, label: &str) {
@@ -197,4 +199,26 @@ mod tests {
         let text = w.finish();
         assert!(text.contains(".reg .b32 %row_<2>;") && text.contains(".reg .f32 %x_<3>;"), "{text}");
     }
+}
+
+/// `text` with each non-ASCII character spelled in ASCII: the math signs the compiler's own
+/// comments use by name, anything else as `?`.
+pub fn ascii(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            c if c.is_ascii() => out.push(c),
+            '·' | '×' => out.push('*'),
+            'ᵀ' => out.push_str("^T"),
+            '≥' => out.push_str(">="),
+            '≤' => out.push_str("<="),
+            '≠' => out.push_str("!="),
+            '→' => out.push_str("->"),
+            '√' => out.push_str("sqrt"),
+            '∞' => out.push_str("inf"),
+            '—' | '–' => out.push('-'),
+            _ => out.push('?'),
+        }
+    }
+    out
 }

@@ -196,7 +196,7 @@ impl Emitter<'_> {
         });
         let [open, close] = mmas[..] else { return Ok(false) };
         self.pingpong_mmas = Some((open, close));
-        self.w.comment("pingpong: this warpgroup's turn for the first tile's Q·Kᵀ");
+        self.w.comment("pingpong: this warpgroup's turn for the first tile's Q K^T");
         self.w.ins(format!("bar.sync {mine}, 256"));
         Ok(true)
     }
