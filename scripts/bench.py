@@ -349,7 +349,7 @@ def make_impls(args, driver, sm_count, shape, workdir, facts):
     """name -> (fn(q, k, v, o, causal) that launches, note)."""
     b, h, s, d, causal, dtype = shape
     impls = {}
-    wanted = args.impls.split(",")
+    wanted = args.impls  # split into names by main()
     # FlashCore as a user gets it (the tuning table's config and target), and forced to each
     # target (with the table's schedule for that key where it has one, else the declared one).
     for name, flags in [("flashcore", []), ("flashcore-sm89", ["--target", "sm_89"]),

@@ -3,9 +3,7 @@
 # uniform layout (every warp copies and computes), same binary, same run: float64 checks at tails,
 # then timings of each schedule at the large shapes. Logs go to $OUT/producer.txt.
 #   scripts/gpu-producer.sh [check|time|all]   (default all)
-#   scripts/gpu-producer.sh pingpong           pingpong between the compute warpgroups off and on
-#   scripts/gpu-producer.sh final              a shorter pingpong A/B, the sm_90a tuning of the large
-#                                              shapes, then the benchmark with the tuned table
+#   scripts/gpu-producer.sh tune | bench       the sm_90a tuning of the large shapes; the benchmark
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -41,33 +39,20 @@ if [ "$mode" = time ] || [ "$mode" = all ]; then
     done
   done
 fi
-if [ "$mode" = final ]; then
-  # Pingpong off and on (same binary, same run), then the sm_90a tuning of the large shapes and
-  # the benchmark against SDPA's FlashAttention-2 and cuDNN with the tuned table.
-  for sc in "--b 2 --h 16 --s 8192 --d 128|$P128 --stages 2 --persistent" \
-            "--b 2 --h 16 --s 8192 --d 64|--tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2"; do
-    for pp in 0 1; do
-      echo "FLASHCORE_PINGPONG=$pp" | tee -a "$out/producer.txt"
-      FLASHCORE_PINGPONG=$pp run ${sc%%|*} ${sc##*|} --target sm_90a --iters 20 --warmup 5
-    done
-  done
+if [ "$mode" = bench ]; then
+  # The benchmark against SDPA's FlashAttention-2 and cuDNN, with the table in $FLASHCORE_TUNING
+  # (default: the committed one).
+  python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/bench" \
+    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
+    --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/producer.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if [ "$mode" = tune ]; then
+  # The sm_90a tuning of the large shapes (D 128 first), written over a copy of the table.
   cp tuning/attention.json "$out/attention.json"
   "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
-    --d 64,128 --causal no,yes --classes large --seconds ${TUNE_SECONDS:-240} 2>&1 | tee "$out/autotune.txt"
-  FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" \
-    --out "$out/bench-tuned" --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
-    --impls flashcore,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/producer.txt"
-fi
-if [ "$mode" = pingpong ]; then
-  # The same producer schedules with the compute warpgroups' pingpong off and on.
-  for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 128 --causal" "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 64"; do
-    for cfg in "$P128 --stages 2 --persistent" "$P128 --stages 3" "--tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2"; do
-      for pp in 0 1; do
-        echo "FLASHCORE_PINGPONG=$pp" | tee -a "$out/producer.txt"
-        FLASHCORE_PINGPONG=$pp run $shape $cfg --target sm_90a --iters 30 --warmup 5
-      done
-    done
-  done
+    --d 128,64 --causal no,yes --classes large --seconds ${TUNE_SECONDS:-240} 2>&1 | tee "$out/autotune.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 echo "status $status" | tee -a "$out/producer.txt"
 exit $status

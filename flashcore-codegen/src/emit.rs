@@ -66,9 +66,6 @@ pub const COLUMN_BARRIER: u32 = 2;
 /// sm_90a: warpgroup `g`'s barrier (`bar.sync 4 + g, 128`), where its four warps meet after
 /// copying a tile that their wgmmas read from shared memory.
 pub const WARPGROUP_BARRIER: u32 = 4;
-/// sm_90a pingpong: warpgroup `g` waits at `bar.sync 8 + g, 256` for its turn to issue wgmmas
-/// and passes it on with `bar.arrive 8 + (g + 1) % G, 256` (`target::pingpong_groups`).
-pub const PINGPONG_BARRIER: u32 = 8;
 
 /// The threads that share a copy: each thread's index among them, and how many there are.
 #[derive(Clone, Debug, Default)]
@@ -148,9 +145,6 @@ pub struct Emitter<'k> {
     /// The index values of the work loop being emitted, and of its K/V loop.
     work_vars: Vec<Value>,
     pipeline_var: Option<Value>,
-    /// sm_90a pingpong inside the compute warpgroups' K/V loop: the mma whose issue passes the
-    /// turn on (Q·Kᵀ of tile j + 1) and the one that waits for it (P·V of tile j).
-    pingpong_mmas: Option<(Value, Value)>,
     /// Uniform parts of a mask, computed once while its per-element code is emitted.
     uniform_cache: Option<HashMap<String, mask::Range>>,
     /// The parts of a mask that read positions, per position register, while one mask's
@@ -255,7 +249,6 @@ impl<'k> Emitter<'k> {
             one_axis: axes::one_axis_values(kernel),
             work_vars: vec![],
             pipeline_var: None,
-            pingpong_mmas: None,
             uniform_cache: None,
             element_cache: None,
             invariant_cache: None,
@@ -465,7 +458,7 @@ impl<'k> Emitter<'k> {
         }
 
         let wgmma = (self.cfg.target == Target::Sm90a)
-            .then(|| wgmma::WgmmaRegs::new(&mut self.w, &self.cfg, &warp, &lane));
+            .then(|| wgmma::WgmmaRegs::new(&mut self.w, &warp, &lane));
 
         self.w.blank();
         self.t = Some(ThreadRegs {
@@ -987,11 +980,7 @@ impl<'k> Emitter<'k> {
         self.pipeline_count = Some(count.clone());
         self.w.comment("pipeline prologue");
         self.block(prologue)?;
-        let turns = self.pingpong_loop(body)?;
         self.counted_loop("pipeline", &i, &count, "u32", body)?;
-        if turns {
-            self.pingpong_loop_end()?;
-        }
         self.w.comment("pipeline epilogue");
         self.block(epilogue)?;
         self.pipeline_count = None;
@@ -1475,18 +1464,11 @@ impl<'k> Emitter<'k> {
                 ));
                 self.w.ins(format!("setmaxnreg.{dir}.sync.aligned.u32 {count}"));
             }
-            let computes = g.roles.contains(&flashcore_ir::source::Role::Compute);
-            if computes {
-                self.pingpong_start()?;
-            }
             let streaming = g.roles == [flashcore_ir::source::Role::Softmax] && g.warps < self.cfg.warps;
             if streaming {
                 self.start_stream(g.warps);
             }
             self.block(&g.body)?;
-            if computes {
-                self.pingpong_end()?;
-            }
             self.stream = None;
             self.team = saved;
             self.group_warp = saved_warp;

@@ -118,16 +118,6 @@ pub fn register_split(cfg: &flashcore_ir::Config) -> Option<RegisterSplit> {
     (compute > entry).then_some(RegisterSplit { load: PRODUCER_REGISTERS, compute })
 }
 
-/// Pingpong between the compute warpgroups (sm_90a with a producer warpgroup and at least two
-/// compute warpgroups): each takes a turn to issue its wgmmas, passing the turn round the ring
-/// of warpgroups, so one's softmax runs while the next one's matmuls keep the tensor cores busy.
-/// The number of warpgroups in the ring, or `None`.
-pub fn pingpong_groups(cfg: &flashcore_ir::Config) -> Option<u32> {
-    let groups = cfg.warps / 4;
-    let on = std::env::var("FLASHCORE_PINGPONG").map_or(true, |v| v != "0");
-    (on && register_split(cfg).is_some() && groups >= 2).then_some(groups)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

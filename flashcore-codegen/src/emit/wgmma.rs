@@ -61,20 +61,10 @@ pub(super) struct WgmmaRegs {
     /// a kept tile's column block (`g · 64 · 128`).
     barrier: String,
     rows: String,
-    /// Pingpong (`target::pingpong_groups`): the barrier where this warpgroup waits for its turn,
-    /// the one where it passes the turn on, and whether it is the last of the ring.
-    turn: Option<Turn>,
-}
-
-pub(super) struct Turn {
-    mine: String,
-    next: String,
-    last: String,
-    first: String,
 }
 
 impl WgmmaRegs {
-    pub(super) fn new(w: &mut PtxWriter, cfg: &flashcore_ir::Config, warp: &str, lane: &str) -> WgmmaRegs {
+    pub(super) fn new(w: &mut PtxWriter, warp: &str, lane: &str) -> WgmmaRegs {
         let scale_d = w.named(RegClass::Pred, "%wgmma_scale_d");
         w.ins(format!("setp.eq.u32 {scale_d}, {lane}, {lane}"));
         let group = w.temp(RegClass::B32);
@@ -83,20 +73,7 @@ impl WgmmaRegs {
         w.ins(format!("add.u32 {barrier}, {group}, {WARPGROUP_BARRIER}"));
         let rows = w.named(RegClass::B32, "%warpgroup_rows");
         w.ins(format!("mul.lo.u32 {rows}, {group}, {}", 8 * GROUP_BYTES));
-        let turn = crate::target::pingpong_groups(cfg).map(|groups| {
-            let mine = w.named(RegClass::B32, "%pingpong_mine");
-            w.ins(format!("add.u32 {mine}, {group}, {PINGPONG_BARRIER}"));
-            let next = w.named(RegClass::B32, "%pingpong_next");
-            w.ins(format!("add.u32 {next}, {group}, 1"));
-            w.ins(format!("rem.u32 {next}, {next}, {groups}"));
-            w.ins(format!("add.u32 {next}, {next}, {PINGPONG_BARRIER}"));
-            let last = w.named(RegClass::Pred, "%pingpong_last");
-            w.ins(format!("setp.eq.u32 {last}, {group}, {}", groups - 1));
-            let first = w.named(RegClass::Pred, "%pingpong_first");
-            w.ins(format!("setp.eq.u32 {first}, {group}, 0"));
-            Turn { mine, next, last, first }
-        });
-        WgmmaRegs { scale_d, barrier, rows, turn }
+        WgmmaRegs { scale_d, barrier, rows }
     }
 }
 
@@ -144,16 +121,6 @@ impl Emitter<'_> {
         let d_list = (0..d.len).map(|i| d.at(i)).collect::<Vec<_>>().join(", ");
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);
         let scale_d = self.wgmma_regs()?.scale_d.clone();
-        let (opens, closes) = match self.pingpong_mmas {
-            Some((open, close)) => (dst == open, dst == close),
-            None => (false, false),
-        };
-        if closes {
-            // P·V of tile j opens this warpgroup's turn: its softmax is done, and the other
-            // warpgroup's matmuls (issued in its turn) run while it waited.
-            let mine = self.wgmma_regs()?.turn.as_ref().expect("pingpong").mine.clone();
-            self.w.ins(format!("bar.sync {mine}, 256"));
-        }
         self.w.ins("wgmma.fence.sync.aligned");
         for kk in 0..k / 16 {
             let b_desc = self.descriptor(&b_base, k_slice(tile.transposed, tile.rows, kk));
@@ -171,66 +138,7 @@ impl Emitter<'_> {
             ));
         }
         self.w.ins("wgmma.commit_group.sync.aligned");
-        if opens {
-            // Q·Kᵀ of tile j + 1 issued closes the turn: the next warpgroup's P·V and Q·Kᵀ
-            // queue behind it on the tensor cores while this one waits and runs its softmax.
-            let next = self.wgmma_regs()?.turn.as_ref().expect("pingpong").next.clone();
-            self.w.ins(format!("bar.arrive {next}, 256"));
-        }
         self.w.ins("wgmma.wait_group.sync.aligned 0");
-        Ok(())
-    }
-
-    /// A K/V loop of the compute warpgroups with pingpong: its two mmas (Q·Kᵀ, then P·V) and a
-    /// turn taken before the loop for the first Q·Kᵀ. Each turn is then P·V of tile j with
-    /// Q·Kᵀ of tile j + 1, back to back; the loop's end passes the last turn on. Whether the
-    /// loop takes turns (other loops, or other mma counts, do not).
-    pub(super) fn pingpong_loop(&mut self, body: &Block) -> Result<bool, CodegenError> {
-        let Some(turn) = self.th().wgmma.as_ref().and_then(|r| r.turn.as_ref()) else { return Ok(false) };
-        let mine = turn.mine.clone();
-        let mut mmas = vec![];
-        self.kernel.walk_block(body, &mut |inst| {
-            if let Op::Mma { dst, .. } = inst.op {
-                mmas.push(dst);
-            }
-        });
-        let [open, close] = mmas[..] else { return Ok(false) };
-        self.pingpong_mmas = Some((open, close));
-        self.w.comment("pingpong: this warpgroup's turn for the first tile's Q K^T");
-        self.w.ins(format!("bar.sync {mine}, 256"));
-        Ok(true)
-    }
-
-    /// After a pingpong loop: the turn its last P·V took passes on.
-    pub(super) fn pingpong_loop_end(&mut self) -> Result<(), CodegenError> {
-        self.pingpong_mmas = None;
-        let next = self.wgmma_regs()?.turn.as_ref().expect("pingpong").next.clone();
-        self.w.ins(format!("bar.arrive {next}, 256"));
-        Ok(())
-    }
-
-    /// Pingpong's first turn goes to warpgroup 0: the last warpgroup passes it as if it had
-    /// just had its own.
-    pub(super) fn pingpong_start(&mut self) -> Result<(), CodegenError> {
-        let Some(turn) = self.th().wgmma.as_ref().and_then(|r| r.turn.as_ref()) else { return Ok(()) };
-        let last = turn.last.clone();
-        self.w.comment("pingpong: warpgroup 0 has the first turn to issue wgmmas");
-        let skip = self.w.label("pingpong_started");
-        self.w.ins(format!("@!{last} bra.uni {skip}"));
-        self.w.ins(format!("bar.arrive {PINGPONG_BARRIER}, 256"));
-        self.w.place_label(&skip);
-        Ok(())
-    }
-
-    /// Every warpgroup issued as many wgmmas (the same loops), so the turn the last one passed
-    /// is still open at warpgroup 0's barrier: warpgroup 0 takes it, leaving every barrier idle.
-    pub(super) fn pingpong_end(&mut self) -> Result<(), CodegenError> {
-        let Some(turn) = self.th().wgmma.as_ref().and_then(|r| r.turn.as_ref()) else { return Ok(()) };
-        let first = turn.first.clone();
-        let skip = self.w.label("pingpong_ended");
-        self.w.ins(format!("@!{first} bra.uni {skip}"));
-        self.w.ins(format!("bar.sync {PINGPONG_BARRIER}, 256"));
-        self.w.place_label(&skip);
         Ok(())
     }
 
