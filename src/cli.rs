@@ -390,6 +390,21 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
     let warps = [(config.warps, "compute"), (config.load_warps, "load"), (config.softmax_warps, "softmax")];
     let warps: Vec<String> = warps.iter().filter(|(w, _)| *w > 0).map(|(w, r)| format!("{w} {r}")).collect();
     writeln!(out, "threads    {} a CTA: {} warps", config.threads(), warps.join(" + "))?;
+    let resolved = crate::Config { target: config.target.ptx(), ..*config };
+    if let Some(split) = crate::codegen::target::register_split(&resolved) {
+        let (loads, computes) = (config.load_warps / 4, config.warps / 4);
+        writeln!(
+            out,
+            "registers  {} a thread at entry; setmaxnreg: {} in the producer warpgroup{}, {} in the {} compute warpgroup{} ({} of 512 a sub-partition lane)",
+            crate::codegen::target::entry_registers(config.warps + config.load_warps),
+            split.load,
+            if loads == 1 { "" } else { "s" },
+            split.compute,
+            computes,
+            if computes == 1 { "" } else { "s" },
+            loads * split.load + computes * split.compute
+        )?;
+    }
     // Lower and run the passes, then the protocol check on its own, so its verdict has a line.
     let program = (entry.program)();
     let kernel = crate::lower(&program, config)

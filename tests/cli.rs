@@ -109,7 +109,24 @@ fn the_target_flag_picks_sm_90a_and_says_what_it_cannot_compile() {
     let err = output(&["check", "attention", "--target", "sm_90a", "--config", "load_warps=1", "--no-ptxas"])
         .unwrap_err();
     assert_eq!(err.exit_code(), 1);
-    assert!(err.to_string().contains("sm_90a cannot compile this kernel: role warps"), "{err}");
+    assert!(
+        err.to_string().contains("sm_90a cannot compile this kernel: load_warps = 1: on sm_90a the load role is a producer warpgroup"),
+        "{err}"
+    );
+    // A producer warpgroup: its registers go to the compute warpgroups, and check says how many.
+    let text = ok(&[
+        "check",
+        "attention",
+        "--target",
+        "sm_90a",
+        "--config",
+        "tile_m=128,warps=8,tile_n=128,head_dim=128,load_warps=4",
+        "--no-ptxas",
+    ]);
+    assert!(
+        text.contains("registers  168 a thread at entry; setmaxnreg: 40 in the producer warpgroup, 232 in the 2 compute warpgroups (504 of 512"),
+        "{text}"
+    );
     let err = output(&["emit", "attention", "--target", "sm_80"]).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("`sm_80` is not a target"), "{err}");

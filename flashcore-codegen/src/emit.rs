@@ -457,8 +457,8 @@ impl<'k> Emitter<'k> {
             ldmatrix.insert(p, (off, key));
         }
 
-        let wgmma = (self.cfg.target == Target::Sm90a)
-            .then(|| wgmma::WgmmaRegs::new(&mut self.w, &warp, &lane));
+        let wgmma =
+            (self.cfg.target == Target::Sm90a).then(|| wgmma::WgmmaRegs::new(&mut self.w, &warp, &lane));
 
         self.w.blank();
         self.t = Some(ThreadRegs {
