@@ -39,7 +39,7 @@ use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::TensorArg;
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::simulate::ExtraArg;
-use flashcore::tuning::{Source, Table};
+use flashcore::tuning::{Gpu, Source, Table};
 use flashcore::{bf16, f16, round_to, tolerance, Config, DType, HalfFloat, Layout, Target};
 use variant::{axis_sizes, table_shape, Chosen, Extra};
 
@@ -103,8 +103,8 @@ struct Options {
     plan: Option<PathBuf>,
     /// The tuning table (`FLASHCORE_TUNING` or the builtin one).
     table: Table,
-    /// The device's name, once a GPU is found: the table's key.
-    gpu: Option<String>,
+    /// The device, once a GPU is found: what the tuning table is searched for.
+    gpu: Option<Gpu>,
     /// The device's compute capability, once a GPU is found: it picks the PTX target.
     compute_capability: Option<(i32, i32)>,
     /// The PTX target asked for (`--target`, else `FLASHCORE_TARGET`); `None`: the device's.
@@ -291,27 +291,54 @@ fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, St
         return (cfg, "the declared config with the tile flags applied".into());
     }
     match (&o.gpu, o.declared) {
-        (Some(gpu), false) => match o.table.pick(&o.kernel, gpu, base, [b, h, s, sk]) {
-            (cfg, Source::Tuned(key)) => (cfg, format!("the tuning table's entry for {key}")),
-            // A variant with no entry of its own runs the plain kernel's schedule: the same loop
-            // with a little more score code.
-            (_, Source::Declared) if o.kernel != "attention" => {
-                match o.table.pick("attention", gpu, base, [b, h, s, sk]) {
-                    (cfg, Source::Tuned(key)) => {
-                        (cfg, format!("the tuning table's entry for {key} (no entry for {})", o.kernel))
-                    }
-                    (cfg, Source::Declared) => {
-                        (cfg, "declared (no tuning table entry for this GPU and shape)".into())
+        (Some(gpu), false) => {
+            let program =
+                flashcore::registry::find(&o.kernel).map_or_else(attention::program, |k| (k.program)());
+            let fits = |cfg: &Config| fits_device(o, &program, gpu, cfg);
+            match o.table.pick(&o.kernel, gpu, base, [b, h, s, sk], &fits) {
+                // A variant with no entry of its own runs the plain kernel's schedule: the same
+                // loop with a little more score code.
+                (_, Source::Declared | Source::Shrunk { .. }) if o.kernel != "attention" => {
+                    match o.table.pick("attention", gpu, base, [b, h, s, sk], &fits) {
+                        (cfg, source @ Source::Tuned(..)) => {
+                            (cfg, format!("{source} (no entry for {})", o.kernel))
+                        }
+                        (cfg, source) => (cfg, source.to_string()),
                     }
                 }
+                (cfg, source) => (cfg, source.to_string()),
             }
-            (cfg, Source::Declared) => {
-                (cfg, "declared (no tuning table entry for this GPU and shape)".into())
-            }
-        },
+        }
         (Some(_), true) => (base, "declared (--declared)".into()),
         (None, _) => (base, "declared (no GPU to look up in the tuning table)".into()),
     }
+}
+
+/// Whether `cfg` can run on `gpu`: the target it resolves to loads there, and its CTA's shared
+/// memory and threads are within the device's limits.
+fn fits_device(
+    o: &Options,
+    program: &flashcore::ir::source::Program,
+    gpu: &Gpu,
+    cfg: &Config,
+) -> Result<(), String> {
+    let (cfg, _) = flashcore::target::choose(program, *cfg, Some(gpu.props.capability()), o.target);
+    let (major, minor) = gpu.props.capability();
+    if !cfg.target.runs_on(major, minor) {
+        return Err(format!("{} PTX does not load on compute capability {major}.{minor}", cfg.target));
+    }
+    let kernel = flashcore::compile(program, &cfg).map_err(|e| e.to_string())?;
+    let (shared, threads) = (kernel.ptx.shared_bytes, kernel.ptx.threads_per_cta);
+    if shared > gpu.props.shared_per_block {
+        return Err(format!(
+            "{shared} B of shared memory a CTA, the device allows {}",
+            gpu.props.shared_per_block
+        ));
+    }
+    if threads > 1024 {
+        return Err(format!("{threads} threads a CTA"));
+    }
+    Ok(())
 }
 
 /// One problem's inputs on the host in logical BHSD order, each value rounded to the dtype (the
@@ -858,7 +885,7 @@ fn main() -> ExitCode {
         Err(e) => return report_without_gpu(&e.to_string(), &o, &chosen),
     };
     let info = device.info();
-    o.gpu = Some(info.name.clone());
+    o.gpu = Some(Gpu::of(info));
     o.compute_capability = Some(info.compute_capability);
     if let Some(path) = &o.plan {
         return match write_plan(&o, &chosen, path) {

@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
-use flashcore::tuning::{Entry, Key, Measured, Schedule, SizeClass, Table, Trial};
+use flashcore::tuning::{Entry, Gpu, Key, Measured, Schedule, SizeClass, Table, Trial};
 use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat, Target};
 use variant::{axis_sizes, Chosen, DeviceExtra};
 
@@ -503,6 +503,8 @@ impl Tuner<'_> {
         );
         Ok(Some(Entry {
             key: key.clone(),
+            // Recorded so that the entry also serves GPUs of the same kind (Table::pick).
+            device: Some(Gpu::of(self.device.info()).props),
             schedule: Schedule::of(best),
             measured: Measured {
                 shape: [b, h, s, s],

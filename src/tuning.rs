@@ -2,15 +2,22 @@
 //! dtype, head dim, causal, size class), and how a launch picks its config from it by default.
 //!
 //! `tuning/attention.json` is compiled in ([`Table::builtin`]); `FLASHCORE_TUNING=path` points
-//! the runtime at another file ([`Table::active`]). `examples/autotune.rs` writes it. A shape no
-//! entry covers (another GPU, an untuned head dim) gets the kernel's declared config.
+//! the runtime at another file ([`Table::active`]). `examples/autotune.rs` writes it.
+//!
+//! Entries record the GPU they were tuned on by name and by its properties ([`GpuProps`]), so
+//! that tuning carries across GPUs ([`Table::pick`]): a launch takes the entry of this GPU, else
+//! one of a GPU with the same compute capability and limits (an H200 takes an H100's), else one
+//! of the same compute capability; never one that does not fit the device. A shape no entry
+//! covers (an untuned head dim, another architecture) gets the kernel's declared config, or the
+//! nearest smaller pipeline of it that fits.
 //!
 //! ```
 //! use flashcore::kernels::attention;
-//! use flashcore::tuning::{Source, Table};
+//! use flashcore::tuning::{Gpu, GpuProps, Source, Table};
 //!
-//! // A GPU the table has no entry for gets the declared config.
-//! let (config, source) = Table::builtin().pick("attention", "no such GPU", attention::CONFIG, [1, 8, 512, 512]);
+//! // A GPU of an architecture the table has no entry for gets the declared config.
+//! let gpu = Gpu { name: "no such GPU".into(), props: GpuProps::L4 };
+//! let (config, source) = Table::builtin().pick("attention", &gpu, attention::CONFIG, [1, 8, 512, 512], &|_| Ok(()));
 //! assert_eq!((config, source), (attention::CONFIG, Source::Declared));
 //! ```
 
@@ -273,12 +280,97 @@ impl Trial {
     }
 }
 
+/// What decides which configs fit a GPU and how they run: recorded with each entry, so that an
+/// entry tuned on one GPU serves another of the same kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GpuProps {
+    /// `[major, minor]`.
+    pub compute_capability: [u32; 2],
+    /// Streaming multiprocessors.
+    pub sms: u32,
+    /// The most dynamic shared memory one CTA may opt in to, in bytes.
+    pub shared_per_block: u32,
+    /// Shared memory of one SM, in bytes.
+    pub shared_per_sm: u32,
+    /// 32-bit registers of one SM.
+    pub registers_per_sm: u32,
+}
+
+impl GpuProps {
+    /// The NVIDIA L4 (Ada, compute capability 8.9): 58 SMs, 99 KiB a CTA, 100 KiB an SM.
+    pub const L4: GpuProps = GpuProps {
+        compute_capability: [8, 9],
+        sms: 58,
+        shared_per_block: 99 * 1024,
+        shared_per_sm: 100 * 1024,
+        registers_per_sm: 65536,
+    };
+    /// The H100 SXM and the H200 (Hopper, compute capability 9.0): 132 SMs, 227 KiB a CTA,
+    /// 228 KiB an SM.
+    pub const HOPPER_SXM: GpuProps = GpuProps {
+        compute_capability: [9, 0],
+        sms: 132,
+        shared_per_block: 227 * 1024,
+        shared_per_sm: 228 * 1024,
+        registers_per_sm: 65536,
+    };
+
+    /// `(major, minor)` as the driver reports it.
+    pub fn capability(&self) -> (i32, i32) {
+        (self.compute_capability[0] as i32, self.compute_capability[1] as i32)
+    }
+}
+
+impl std::fmt::Display for GpuProps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [major, minor] = self.compute_capability;
+        write!(
+            f,
+            "compute capability {major}.{minor}, {} SMs, {} KiB shared a CTA, {} KiB an SM, {}K registers an SM",
+            self.sms,
+            self.shared_per_block / 1024,
+            self.shared_per_sm / 1024,
+            self.registers_per_sm / 1024
+        )
+    }
+}
+
+/// The GPU a launch runs on: its name (an exact entry's key) and properties.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gpu {
+    /// The device name as the driver reports it.
+    pub name: String,
+    /// Its properties.
+    pub props: GpuProps,
+}
+
+impl Gpu {
+    /// The GPU the driver describes.
+    pub fn of(info: &crate::runtime::DeviceInfo) -> Gpu {
+        let (major, minor) = info.compute_capability;
+        Gpu {
+            name: info.name.clone(),
+            props: GpuProps {
+                compute_capability: [major.max(0) as u32, minor.max(0) as u32],
+                sms: info.sm_count,
+                shared_per_block: info.max_shared_per_block,
+                shared_per_sm: info.shared_per_sm,
+                registers_per_sm: info.registers_per_sm,
+            },
+        }
+    }
+}
+
 /// One winner.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// What it won for.
     #[serde(flatten)]
     pub key: Key,
+    /// The properties of the GPU it was tuned on (absent in tables written before they were
+    /// recorded: such an entry serves its own GPU only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<GpuProps>,
     /// The winning schedule.
     pub schedule: Schedule,
     /// How it did.
@@ -296,13 +388,62 @@ pub struct Table {
     pub entries: Vec<Entry>,
 }
 
+/// Which rule of [`Table::pick`] found an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// Tuned on this GPU (by name).
+    ThisGpu,
+    /// Tuned on a GPU with the same compute capability, SM count, shared memory and registers.
+    SameLimits,
+    /// Tuned on a GPU with the same compute capability (other limits).
+    SameCapability,
+}
+
+impl Match {
+    const ALL: [Match; 3] = [Match::ThisGpu, Match::SameLimits, Match::SameCapability];
+
+    /// Whether an entry tuned on `name` with `props` serves `gpu` under this rule.
+    fn admits(self, name: &str, props: Option<&GpuProps>, gpu: &Gpu) -> bool {
+        match self {
+            Match::ThisGpu => name == gpu.name,
+            Match::SameLimits => props == Some(&gpu.props),
+            Match::SameCapability => {
+                props.is_some_and(|p| p.compute_capability == gpu.props.compute_capability)
+            }
+        }
+    }
+}
+
 /// Where a launch's config came from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
-    /// The table's entry for this key.
-    Tuned(Key),
-    /// No entry covers the launch: the kernel's declared config (at this head dim).
+    /// The table's entry for this key, found by this rule.
+    Tuned(Key, Match),
+    /// No entry covers the launch (or none that fits): the kernel's declared config (at this
+    /// head dim).
     Declared,
+    /// The declared config does not fit the device either: this smaller pipeline of it does.
+    Shrunk {
+        /// What did not fit, and what does.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Tuned(key, Match::ThisGpu) => write!(f, "the tuning table's entry for {key}"),
+            Source::Tuned(key, Match::SameLimits) => write!(
+                f,
+                "the tuning table's entry for {key} (a GPU with the same compute capability and limits)"
+            ),
+            Source::Tuned(key, Match::SameCapability) => {
+                write!(f, "the tuning table's entry for {key} (a GPU of the same compute capability)")
+            }
+            Source::Declared => write!(f, "declared (no tuning table entry for this GPU's kind and shape)"),
+            Source::Shrunk { why } => write!(f, "declared, made to fit: {why}"),
+        }
+    }
 }
 
 impl Table {
@@ -382,28 +523,76 @@ impl Table {
     }
 
     /// The config to launch `declared` (the kernel's declared config, already at the launch's
-    /// head dim, dtype and causal) with on `gpu` for a `[b, h, s, sk]` problem: the tuned
-    /// schedule when the table has this key; for bf16 without an entry of its own, the f16
-    /// entry's (the two run the same instructions but for the conversions, and time alike: see
-    /// docs/measurements); else `declared`.
+    /// head dim, dtype and causal) with on `gpu` for a `[b, h, s, sk]` problem. The first rule
+    /// of [`Match`] with an entry for this kernel, head dim, causal flag and size class that
+    /// `fits` the device wins; within a rule an entry of the launch's dtype comes first, then
+    /// for bf16 the f16 entry (the two run the same instructions but for the conversions, and
+    /// time alike: see docs/measurements), then the GPU with the nearest SM count. With no such
+    /// entry, `declared`; should it not fit, the nearest smaller pipeline that does
+    /// ([`Source::Shrunk`]). `fits` says why a config cannot run on the device (shared memory,
+    /// threads, a target the device cannot load).
     pub fn pick(
         &self,
         kernel: &str,
-        gpu: &str,
+        gpu: &Gpu,
         declared: Config,
         [b, h, s, sk]: [usize; 4],
+        fits: &dyn Fn(&Config) -> Result<(), String>,
     ) -> (Config, Source) {
         let class = SizeClass::of(b, h, s, sk);
-        let key = |dtype| Key::new(kernel, gpu, dtype, declared.head_dim, declared.causal, class);
-        let found = self.lookup(&key(declared.dtype)).or_else(|| match declared.dtype {
-            DType::Bf16 => self.lookup(&key(DType::F16)),
-            DType::F16 => None,
-        });
-        match found {
-            Some(entry) => (entry.config(declared), Source::Tuned(entry.key.clone())),
-            None => (declared, Source::Declared),
+        let dtypes: &[DType] = match declared.dtype {
+            DType::Bf16 => &[DType::Bf16, DType::F16],
+            DType::F16 => &[DType::F16],
+        };
+        for rule in Match::ALL {
+            for &dtype in dtypes {
+                let mut found: Vec<&Entry> = self
+                    .entries
+                    .iter()
+                    .filter(|e| {
+                        e.key.kernel == kernel
+                            && e.key.dtype == dtype.name()
+                            && e.key.head_dim == declared.head_dim
+                            && e.key.causal == declared.causal
+                            && e.key.size_class == class
+                            && rule.admits(&e.key.gpu, e.device.as_ref(), gpu)
+                    })
+                    .collect();
+                found.sort_by_key(|e| {
+                    (e.device.map_or(0, |p| p.sms.abs_diff(gpu.props.sms)), e.key.gpu.clone())
+                });
+                for entry in found {
+                    let config = entry.config(declared);
+                    if fits(&config).is_ok() {
+                        return (config, Source::Tuned(entry.key.clone(), rule));
+                    }
+                }
+            }
         }
+        shrink_to_fit(declared, fits)
     }
+}
+
+/// `declared` if it fits, else the first of fewer stages, then smaller K/V tiles, that does.
+fn shrink_to_fit(declared: Config, fits: &dyn Fn(&Config) -> Result<(), String>) -> (Config, Source) {
+    let why = match fits(&declared) {
+        Ok(()) => return (declared, Source::Declared),
+        Err(why) => why,
+    };
+    let mut tile_n = declared.tile_n;
+    while tile_n >= 16 {
+        for stages in (1..=declared.stages).rev() {
+            let smaller = Config { tile_n, stages, ..declared };
+            if smaller != declared && smaller.validate().is_ok() && fits(&smaller).is_ok() {
+                let why =
+                    format!("the declared config does not fit ({why}); stages {stages}, tile_n {tile_n} do");
+                return (smaller, Source::Shrunk { why });
+            }
+        }
+        tile_n /= 2;
+    }
+    // Nothing smaller fits either: the launch reports why.
+    (declared, Source::Declared)
 }
 
 impl Entry {
@@ -421,6 +610,7 @@ mod tests {
         let declared = Config::default();
         Entry {
             key: Key::new("attention", "GPU X", DType::F16, 64, false, class),
+            device: Some(GpuProps::HOPPER_SXM),
             schedule: Schedule { tile_m, warps: 4, ..Schedule::of(&declared) },
             measured: Measured {
                 shape: [1, 8, 512, 512],
@@ -445,6 +635,15 @@ mod tests {
         assert_eq!(SizeClass::of(1, 8, 2048, 2048), SizeClass::Small);
     }
 
+    fn gpu(name: &str, props: GpuProps) -> Gpu {
+        Gpu { name: name.into(), props }
+    }
+
+    /// Every config fits.
+    fn anything(_: &Config) -> Result<(), String> {
+        Ok(())
+    }
+
     #[test]
     fn a_table_round_trips_and_picks_by_key() {
         let mut table = Table::empty();
@@ -454,23 +653,98 @@ mod tests {
         assert_eq!(table.entries.len(), 2, "insert replaces an entry with the same key");
         let back = Table::from_json(&table.to_json()).unwrap();
         assert_eq!(back, table);
+        let x = gpu("GPU X", GpuProps::HOPPER_SXM);
         let declared = Config { tile_m: 32, warps: 2, ..Config::default() };
-        let (cfg, source) = back.pick("attention", "GPU X", declared, [2, 16, 8192, 8192]);
+        let (cfg, source) = back.pick("attention", &x, declared, [2, 16, 8192, 8192], &anything);
         assert_eq!((cfg.tile_m, cfg.warps), (128, 4));
-        assert!(matches!(source, Source::Tuned(ref k) if k.size_class == SizeClass::Large));
+        assert!(matches!(source, Source::Tuned(ref k, Match::ThisGpu) if k.size_class == SizeClass::Large));
         // bf16 without entries of its own takes f16's, and says so.
         let bf16 = Config { dtype: DType::Bf16, ..declared };
-        let (cfg, source) = back.pick("attention", "GPU X", bf16, [2, 16, 8192, 8192]);
+        let (cfg, source) = back.pick("attention", &x, bf16, [2, 16, 8192, 8192], &anything);
         assert_eq!((cfg.tile_m, cfg.dtype), (128, DType::Bf16));
-        assert!(matches!(source, Source::Tuned(ref k) if k.dtype == "f16"));
-        // Another GPU, head dim or causal flag: the declared config.
-        for (gpu, d, causal) in [("GPU Y", 64, false), ("GPU X", 128, false), ("GPU X", 64, true)] {
+        assert!(matches!(source, Source::Tuned(ref k, _) if k.dtype == "f16"));
+        // Another architecture, head dim or causal flag: the declared config.
+        let l4 = gpu("NVIDIA L4", GpuProps::L4);
+        for (g, d, causal) in [(&l4, 64, false), (&x, 128, false), (&x, 64, true)] {
             let declared = Config { head_dim: d, causal, ..declared };
             assert_eq!(
-                back.pick("attention", gpu, declared, [2, 16, 8192, 8192]),
+                back.pick("attention", g, declared, [2, 16, 8192, 8192], &anything),
                 (declared, Source::Declared)
             );
         }
+    }
+
+    #[test]
+    fn tuning_carries_to_gpus_of_the_same_kind_in_order_and_never_past_the_limits() {
+        let shape = [2, 16, 8192, 8192];
+        let at = |gpu_name: &str, device: Option<GpuProps>, tile_m: u32| Entry {
+            key: Key::new("attention", gpu_name, DType::F16, 64, false, SizeClass::Large),
+            device,
+            ..entry(SizeClass::Large, tile_m)
+        };
+        let pcie = GpuProps { sms: 114, shared_per_block: 227 * 1024, ..GpuProps::HOPPER_SXM };
+        let mut table = Table::empty();
+        table.insert(at("NVIDIA H100 80GB HBM3", Some(GpuProps::HOPPER_SXM), 128));
+        table.insert(at("NVIDIA H100 PCIe", Some(pcie), 64));
+        table.insert(at("an old entry", None, 32));
+        let declared = Config { tile_m: 16, warps: 1, ..Config::default() };
+        let pick = |g: &Gpu, fits: &dyn Fn(&Config) -> Result<(), String>| {
+            let (cfg, source) = table.pick("attention", g, declared, shape, fits);
+            (cfg.tile_m, source)
+        };
+        // This GPU's own entry first, even where another has the same limits.
+        let (m, source) = pick(&gpu("NVIDIA H100 PCIe", pcie), &anything);
+        assert!(m == 64 && matches!(source, Source::Tuned(_, Match::ThisGpu)), "{source:?}");
+        // An H200: the H100 SXM's limits exactly.
+        let h200 = gpu("NVIDIA H200", GpuProps::HOPPER_SXM);
+        let (m, source) = pick(&h200, &anything);
+        assert!(
+            m == 128
+                && matches!(source, Source::Tuned(ref k, Match::SameLimits) if k.gpu == "NVIDIA H100 80GB HBM3")
+        );
+        assert!(source.to_string().contains("same compute capability and limits"), "{source}");
+        // A Hopper with other limits: the same capability, the nearest SM count first.
+        let other = gpu("H100 NVL", GpuProps { sms: 120, ..pcie });
+        let (m, source) = pick(&other, &anything);
+        assert!(m == 64 && matches!(source, Source::Tuned(_, Match::SameCapability)), "{source:?}");
+        // An entry that does not fit is passed over, by every rule.
+        let no_m128 =
+            |c: &Config| if c.tile_m == 128 { Err("too much shared memory".to_string()) } else { Ok(()) };
+        let (m, source) = pick(&h200, &no_m128);
+        assert!(m == 64 && matches!(source, Source::Tuned(_, Match::SameCapability)), "{source:?}");
+        // An entry without properties serves its own GPU only.
+        assert_eq!(pick(&gpu("an old entry", GpuProps::L4), &anything).0, 32);
+        assert_eq!(pick(&gpu("another", GpuProps::L4), &anything), (16, Source::Declared));
+    }
+
+    #[test]
+    fn a_declared_config_that_does_not_fit_shrinks_its_pipeline_until_it_does() {
+        let declared = Config { tile_n: 128, stages: 3, ..Config::default() };
+        let small = |c: &Config| {
+            let bytes = c.tile_n * c.stages;
+            if bytes <= 128 {
+                Ok(())
+            } else {
+                Err(format!("{bytes} > 128"))
+            }
+        };
+        let gpu = gpu("tiny", GpuProps::L4);
+        let (cfg, source) = Table::empty().pick("attention", &gpu, declared, [1, 8, 512, 512], &small);
+        assert_eq!((cfg.tile_n, cfg.stages), (128, 1));
+        assert!(source.to_string().contains("does not fit (384 > 128)"), "{source}");
+        // Nothing fits: the declared config, whose launch then says why.
+        let (cfg, source) =
+            Table::empty().pick("attention", &gpu, declared, [1, 8, 512, 512], &|_| Err("no".into()));
+        assert_eq!((cfg, source), (declared, Source::Declared));
+    }
+
+    #[test]
+    fn an_entry_without_device_properties_reads_and_writes_without_them() {
+        let mut table = Table::empty();
+        table.insert(Entry { device: None, ..entry(SizeClass::Small, 64) });
+        let json = table.to_json();
+        assert!(!json.contains("\"device\""), "{json}");
+        assert_eq!(Table::from_json(&json).unwrap(), table);
     }
 
     #[test]
@@ -553,6 +827,8 @@ mod tests {
         for entry in &table.entries {
             assert_eq!(entry.key.kernel, "attention");
             assert!(entry.measured.rel_err < 2e-3, "{}: {}", entry.key, entry.measured.rel_err);
+            // Every shipped entry records its GPU's properties, so it serves GPUs of its kind.
+            assert_eq!(entry.device, Some(GpuProps::HOPPER_SXM), "{}", entry.key);
         }
     }
 }

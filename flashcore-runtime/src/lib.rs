@@ -75,6 +75,10 @@ pub struct DeviceInfo {
     /// Largest dynamic shared memory a CTA may opt into, in bytes.
     pub max_shared_per_block: u32,
     pub max_threads_per_block: u32,
+    /// Shared memory of one SM, in bytes.
+    pub shared_per_sm: u32,
+    /// 32-bit registers of one SM.
+    pub registers_per_sm: u32,
 }
 
 /// A generated kernel, ready to be loaded: `key` identifies it in the module cache.
@@ -267,6 +271,10 @@ impl Device {
                 CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )? as u32,
             max_threads_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?
+                as u32,
+            shared_per_sm: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?
+                as u32,
+            registers_per_sm: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR)?
                 as u32,
         };
         Ok(Device {
