@@ -4,13 +4,17 @@
 //! table that launches read by default (`tuning/attention.json`, see `flashcore::tuning`).
 //!
 //! `cargo run --release --example autotune -- [--kernel NAME [--softcap 30] [--window 1024,0] [--prefix 2048] [--param NAME=VALUE] [--doc-len 1000]]
-//!  [--out tuning/attention.json] [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes]
+//!  [--out tuning/attention.json | --cache] [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes]
 //!  [--classes tiny,small,medium,large] [--dtype f16] [--target sm_89|sm_90a] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
 //!
 //! `--target sm_90a` searches the sm_90a (wgmma) space: whole warpgroups (tile_m = 16 · warps,
 //! up to 16 warps), each with and without a producer warpgroup (4 load warps that give their
 //! registers to the compute warpgroups), then stages 1 to 4; candidates sm_90a cannot compile
 //! (split-KV, softmax warps) fail fast with the reason. Entries record their target.
+//!
+//! `--cache` stores each winner in the user's tuning cache (`flashcore::tuning_cache`:
+//! `$XDG_CACHE_HOME/flashcore/tuning-<version>.json`) instead of `--out`; every later launch
+//! of this FlashCore version on this machine then finds it (`Table::active`).
 //!
 //! `--kernel` tunes another registered kernel with the standard signature (the variants of
 //! `flashcore::kernels::variants`, default `attention`), with its parameters given as the
@@ -42,6 +46,7 @@ use std::time::Instant;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::tuning::{Entry, Gpu, Key, Measured, Schedule, SizeClass, Table, Trial};
+use flashcore::tuning_cache::TuningCache;
 use flashcore::{bf16, f16, tolerance, Config, DType, HalfFloat, Target};
 use variant::{axis_sizes, Chosen, DeviceExtra};
 
@@ -51,6 +56,8 @@ struct Options {
     params: Vec<(String, f32)>,
     doc_len: usize,
     out: PathBuf,
+    /// Store winners in the user's tuning cache (`--cache`) instead of `out`.
+    cache: bool,
     progress: PathBuf,
     head_dims: Vec<u32>,
     causal: Vec<bool>,
@@ -70,6 +77,7 @@ fn parse_args() -> Result<Options, String> {
         params: vec![],
         doc_len: 1000,
         out: "tuning/attention.json".into(),
+        cache: false,
         progress: "autotune-progress.jsonl".into(),
         head_dims: vec![64, 128],
         causal: vec![false, true],
@@ -94,6 +102,7 @@ fn parse_args() -> Result<Options, String> {
             "--kernel" => o.kernel = value()?,
             "--doc-len" => o.doc_len = number(value()?)?.max(1) as usize,
             "--out" => o.out = value()?.into(),
+            "--cache" => o.cache = true,
             "--progress" => o.progress = value()?.into(),
             "--d" => {
                 o.head_dims = list(value()?)
@@ -528,6 +537,13 @@ fn run(o: &Options) -> Result<(), String> {
         }
     };
     let gpu = device.info().name.clone();
+    let cache = match o.cache {
+        true => Some(
+            TuningCache::user()
+                .ok_or("--cache: no cache directory (set FLASHCORE_CACHE_DIR, XDG_CACHE_HOME or HOME)")?,
+        ),
+        false => None,
+    };
     let mut table =
         if o.out.exists() { Table::load(&o.out).map_err(|e| e.to_string())? } else { Table::empty() };
     let done = read_progress(&o.progress)?;
@@ -566,10 +582,18 @@ fn run(o: &Options) -> Result<(), String> {
             DType::Bf16 => tuner.tune::<bf16>(&key, declared, class, &mut rng),
         };
         match result {
-            Ok(Some(entry)) => {
-                table.insert(entry);
-                table.save(&o.out).map_err(|e| e.to_string())?;
-            }
+            Ok(Some(entry)) => match &cache {
+                Some(cache) => {
+                    if let Some(why) = cache.insert(entry).map_err(|e| e.to_string())? {
+                        println!("  replaced an unusable cache file: {why}");
+                    }
+                    println!("  cached in {}", cache.path().display());
+                }
+                None => {
+                    table.insert(entry);
+                    table.save(&o.out).map_err(|e| e.to_string())?;
+                }
+            },
             Ok(None) => println!("  no candidate ran correctly: no entry"),
             Err(e) if e == "time is up" => {
                 println!(
@@ -582,7 +606,10 @@ fn run(o: &Options) -> Result<(), String> {
             Err(e) => return Err(e),
         }
     }
-    println!("done: {} entries in {}", table.entries.len(), o.out.display());
+    match &cache {
+        Some(cache) => println!("done: winners cached in {}", cache.path().display()),
+        None => println!("done: {} entries in {}", table.entries.len(), o.out.display()),
+    }
     Ok(())
 }
 

@@ -48,6 +48,7 @@ pub mod simulate;
 pub mod target;
 pub mod timing;
 pub mod tuning;
+pub mod tuning_cache;
 pub mod varlen;
 
 use std::collections::hash_map::DefaultHasher;

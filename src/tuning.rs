@@ -484,11 +484,29 @@ impl Table {
         Table::from_json(&text).map_err(|e| Error::Tuning(format!("{}: {e}", path.display())))
     }
 
-    /// The table launches use: the file `FLASHCORE_TUNING` names, else the builtin one.
+    /// The table launches use: the file `FLASHCORE_TUNING` names, else the builtin one with
+    /// the user's tuning cache ([`crate::tuning_cache`]) over it (a cached entry replaces the
+    /// builtin one of its key). A cache file that cannot be used is reported on stderr and
+    /// ignored.
     pub fn active() -> Result<Table, Error> {
-        match std::env::var_os("FLASHCORE_TUNING") {
-            Some(path) => Table::load(Path::new(&path)),
-            None => Ok(Table::builtin()),
+        if let Some(path) = std::env::var_os("FLASHCORE_TUNING") {
+            return Table::load(Path::new(&path));
+        }
+        let mut table = Table::builtin();
+        if let Some(cache) = crate::tuning_cache::TuningCache::user() {
+            let (cached, report) = cache.load();
+            if let Some(why) = report {
+                eprintln!("flashcore: the tuning cache {why}");
+            }
+            table.merge(cached);
+        }
+        Ok(table)
+    }
+
+    /// Adds every entry of `other`, each replacing the entry of its key.
+    pub fn merge(&mut self, other: Table) {
+        for entry in other.entries {
+            self.insert(entry);
         }
     }
 
@@ -501,14 +519,24 @@ impl Table {
 
     /// Writes the table, sorted by key so that a re-tune's diff shows what changed.
     pub fn save(&mut self, path: &Path) -> Result<(), Error> {
+        self.sort();
+        std::fs::write(path, self.to_json())
+            .map_err(|e| Error::Tuning(format!("writing {}: {e}", path.display())))
+    }
+
+    /// The table sorted by key (kernel, GPU, dtype, head dim, causal, size class).
+    pub fn sorted(mut self) -> Table {
+        self.sort();
+        self
+    }
+
+    fn sort(&mut self) {
         self.entries.sort_by(|a, b| {
             let k = |e: &Entry| {
                 (e.key.kernel.clone(), e.key.gpu.clone(), e.key.dtype.clone(), e.key.head_dim, e.key.causal)
             };
             k(a).cmp(&k(b)).then(a.key.size_class.name().cmp(b.key.size_class.name()))
         });
-        std::fs::write(path, self.to_json())
-            .map_err(|e| Error::Tuning(format!("writing {}: {e}", path.display())))
     }
 
     /// The winner for `key`, if the table has one.
