@@ -294,12 +294,11 @@ fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, St
         (Some(gpu), false) => {
             let program =
                 flashcore::registry::find(&o.kernel).map_or_else(attention::program, |k| (k.program)());
-            let fits = |cfg: &Config| fits_device(o, &program, gpu, cfg);
-            match o.table.pick(&o.kernel, gpu, base, [b, h, s, sk], &fits) {
+            match o.table.pick_for(&program, &o.kernel, gpu, base, [b, h, s, sk], o.target) {
                 // A variant with no entry of its own runs the plain kernel's schedule: the same
                 // loop with a little more score code.
                 (_, Source::Declared | Source::Shrunk { .. }) if o.kernel != "attention" => {
-                    match o.table.pick("attention", gpu, base, [b, h, s, sk], &fits) {
+                    match o.table.pick_for(&program, "attention", gpu, base, [b, h, s, sk], o.target) {
                         (cfg, source @ Source::Tuned(..)) => {
                             (cfg, format!("{source} (no entry for {})", o.kernel))
                         }
@@ -312,33 +311,6 @@ fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, St
         (Some(_), true) => (base, "declared (--declared)".into()),
         (None, _) => (base, "declared (no GPU to look up in the tuning table)".into()),
     }
-}
-
-/// Whether `cfg` can run on `gpu`: the target it resolves to loads there, and its CTA's shared
-/// memory and threads are within the device's limits.
-fn fits_device(
-    o: &Options,
-    program: &flashcore::ir::source::Program,
-    gpu: &Gpu,
-    cfg: &Config,
-) -> Result<(), String> {
-    let (cfg, _) = flashcore::target::choose(program, *cfg, Some(gpu.props.capability()), o.target);
-    let (major, minor) = gpu.props.capability();
-    if !cfg.target.runs_on(major, minor) {
-        return Err(format!("{} PTX does not load on compute capability {major}.{minor}", cfg.target));
-    }
-    let kernel = flashcore::compile(program, &cfg).map_err(|e| e.to_string())?;
-    let (shared, threads) = (kernel.ptx.shared_bytes, kernel.ptx.threads_per_cta);
-    if shared > gpu.props.shared_per_block {
-        return Err(format!(
-            "{shared} B of shared memory a CTA, the device allows {}",
-            gpu.props.shared_per_block
-        ));
-    }
-    if threads > 1024 {
-        return Err(format!("{threads} threads a CTA"));
-    }
-    Ok(())
 }
 
 /// One problem's inputs on the host in logical BHSD order, each value rounded to the dtype (the

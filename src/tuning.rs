@@ -601,6 +601,53 @@ impl Table {
     }
 }
 
+impl Table {
+    /// [`Table::pick`] for `program` on `gpu`, with the fit check every launch needs
+    /// ([`fits_device`]): the config's target (`requested`, else its own, else the device's:
+    /// [`crate::target::choose`]) loads on the device, and its CTA's shared memory and threads
+    /// are within the device's limits.
+    pub fn pick_for(
+        &self,
+        program: &crate::ir::source::Program,
+        kernel: &str,
+        gpu: &Gpu,
+        declared: Config,
+        shape: [usize; 4],
+        requested: Option<Target>,
+    ) -> (Config, Source) {
+        let fits = |cfg: &Config| fits_device(program, gpu, cfg, requested);
+        self.pick(kernel, gpu, declared, shape, &fits)
+    }
+}
+
+/// Whether `cfg` can run `program` on `gpu`: the target it resolves to (`requested`, else its
+/// own, else the device's) loads there, and its CTA's shared memory and threads are within the
+/// device's limits; else why not.
+pub fn fits_device(
+    program: &crate::ir::source::Program,
+    gpu: &Gpu,
+    cfg: &Config,
+    requested: Option<Target>,
+) -> Result<(), String> {
+    let (major, minor) = gpu.props.capability();
+    let (cfg, _) = crate::target::choose(program, *cfg, Some((major, minor)), requested);
+    if !cfg.target.runs_on(major, minor) {
+        return Err(format!("{} PTX does not load on compute capability {major}.{minor}", cfg.target));
+    }
+    let kernel = crate::compile(program, &cfg).map_err(|e| e.to_string())?;
+    let (shared, threads) = (kernel.ptx.shared_bytes, kernel.ptx.threads_per_cta);
+    if shared > gpu.props.shared_per_block {
+        return Err(format!(
+            "{shared} B of shared memory a CTA, the device allows {}",
+            gpu.props.shared_per_block
+        ));
+    }
+    if threads > 1024 {
+        return Err(format!("{threads} threads a CTA, the device allows 1024"));
+    }
+    Ok(())
+}
+
 /// `declared` if it fits, else the first of fewer stages, then smaller K/V tiles, that does.
 fn shrink_to_fit(declared: Config, fits: &dyn Fn(&Config) -> Result<(), String>) -> (Config, Source) {
     let why = match fits(&declared) {
@@ -764,6 +811,47 @@ mod tests {
         let (cfg, source) =
             Table::empty().pick("attention", &gpu, declared, [1, 8, 512, 512], &|_| Err("no".into()));
         assert_eq!((cfg, source), (declared, Source::Declared));
+    }
+
+    #[test]
+    fn the_device_fit_check_compiles_the_config_for_the_device() {
+        use crate::kernels::attention;
+        let program = attention::program();
+        let hopper = gpu("NVIDIA H200", GpuProps::HOPPER_SXM);
+        let l4 = gpu("NVIDIA L4", GpuProps::L4);
+        let big =
+            Config { head_dim: 128, tile_m: 128, tile_n: 128, warps: 8, stages: 3, ..attention::CONFIG };
+        // 128 · 128 · 2 B a K or V tile, three stages of both, and the Q tile: over the L4's 99 KiB.
+        let err = fits_device(&program, &l4, &big, None).unwrap_err();
+        assert!(err.contains("B of shared memory a CTA, the device allows 101376"), "{err}");
+        assert_eq!(fits_device(&program, &hopper, &big, None), Ok(()));
+        // sm_90a PTX loads on compute capability 9.0 only.
+        let wgmma = Config { target: Target::Sm90a, ..attention::CONFIG };
+        let err = fits_device(&program, &l4, &wgmma, None).unwrap_err();
+        assert!(err.contains("sm_90a PTX does not load on compute capability 8.9"), "{err}");
+        assert_eq!(fits_device(&program, &l4, &wgmma, Some(Target::Sm89)), Ok(()));
+        // An entry too big for a GPU of its capability and other limits is passed over, and so
+        // is the declared config (80 KiB at two stages): one stage of it fits.
+        let mut table = Table::empty();
+        table.insert(Entry {
+            key: Key::new("attention", "NVIDIA H100 80GB HBM3", DType::F16, 128, false, SizeClass::Large),
+            device: Some(GpuProps::HOPPER_SXM),
+            schedule: Schedule::of(&big),
+            ..entry(SizeClass::Large, 64)
+        });
+        let small_hopper =
+            gpu("a Hopper with 64 KiB", GpuProps { shared_per_block: 64 * 1024, ..GpuProps::HOPPER_SXM });
+        let declared = attention::CONFIG.with_head_dim(128);
+        let shape = [2, 16, 8192, 8192];
+        let (cfg, source) = table.pick_for(&program, "attention", &small_hopper, declared, shape, None);
+        assert_eq!(cfg, Config { stages: 1, ..declared });
+        assert!(
+            source.to_string().contains("81920 B of shared memory a CTA, the device allows 65536"),
+            "{source}"
+        );
+        let (cfg, source) = table.pick_for(&program, "attention", &hopper, declared, shape, None);
+        assert_eq!(cfg.tile_n, 128);
+        assert!(matches!(source, Source::Tuned(_, Match::SameLimits)), "{source:?}");
     }
 
     #[test]
