@@ -208,18 +208,10 @@ fn a_missing_wgmma_fence_is_caught() {
     }
 }
 
-/// sm_90a with a producer warpgroup: four load warps fill the mbarrier ring with cp.async and
-/// give their registers to the two wgmma warpgroups (`setmaxnreg`).
+/// sm_90a with a producer warpgroup (the reference config): four load warps fill the mbarrier
+/// ring with cp.async and give their registers to the two wgmma warpgroups (`setmaxnreg`).
 fn hopper_producer() -> Config {
-    Config {
-        head_dim: 128,
-        tile_m: 128,
-        warps: 8,
-        tile_n: 128,
-        load_warps: 4,
-        target: flashcore::Target::Sm90a,
-        ..attention::CONFIG
-    }
+    flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4").expect("a reference config")
 }
 
 #[test]
