@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh machine (ptxas from the
-# `nvidia-cuda-nvcc` PyPI wheel, into .cache/ptxas), then runs every test of the workspace.
+# `nvidia-cuda-nvcc` PyPI wheel, into .cache/ptxas), then runs every test of the workspace and of
+# the downstream crate (tests/downstream), the publish dry-run and the MSRV check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,9 +28,17 @@ export FLASHCORE_PTXAS="$PWD/$ptxas"
 "$FLASHCORE_PTXAS" --version | tail -1
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path tests/downstream/Cargo.toml -- --check
 log=$(mktemp)
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 cargo test --workspace --doc 2>&1 | tee -a "$log"
+# A user's crate outside the workspace: its own kernels, PTX snapshots, simulator checks and CLI
+# (sharing the workspace's target directory, so the dependencies built above are reused).
+CARGO_TARGET_DIR="$PWD/target" cargo test --locked --manifest-path tests/downstream/Cargo.toml 2>&1 | tee -a "$log"
+# Publishable: every crate packages and builds from its package alone, in dependency order.
+cargo publish --workspace --dry-run --allow-dirty --quiet
+# The declared rust-version against the dependencies' and std's (scripts/msrv.py).
+python3 scripts/msrv.py
 # Every public item documented, every intra-doc link resolved.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 # The main job must also work (and say so) without a GPU.
