@@ -294,18 +294,14 @@ fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, St
         (Some(gpu), false) => {
             let program =
                 flashcore::registry::find(&o.kernel).map_or_else(attention::program, |k| (k.program)());
-            match o.table.pick_for(&program, &o.kernel, gpu, base, [b, h, s, sk], o.target) {
+            let (cfg, source) = o.table.pick_kernel(&program, &o.kernel, gpu, base, [b, h, s, sk], o.target);
+            match source {
                 // A variant with no entry of its own runs the plain kernel's schedule: the same
                 // loop with a little more score code.
-                (_, Source::Declared | Source::Shrunk { .. }) if o.kernel != "attention" => {
-                    match o.table.pick_for(&program, "attention", gpu, base, [b, h, s, sk], o.target) {
-                        (cfg, source @ Source::Tuned(..)) => {
-                            (cfg, format!("{source} (no entry for {})", o.kernel))
-                        }
-                        (cfg, source) => (cfg, source.to_string()),
-                    }
+                Source::Tuned(ref key, _) if key.kernel != o.kernel => {
+                    (cfg, format!("{source} (no entry for {})", o.kernel))
                 }
-                (cfg, source) => (cfg, source.to_string()),
+                source => (cfg, source.to_string()),
             }
         }
         (Some(_), true) => (base, "declared (--declared)".into()),

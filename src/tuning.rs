@@ -618,6 +618,61 @@ impl Table {
         let fits = |cfg: &Config| fits_device(program, gpu, cfg, requested);
         self.pick(kernel, gpu, declared, shape, &fits)
     }
+
+    /// [`Table::pick_for`] for the kernel `kernel` (its `program`); a variant without an entry of
+    /// its own takes the plain `attention` kernel's, whose loop it shares but for a little score
+    /// code (the source's key then names `attention`).
+    pub fn pick_kernel(
+        &self,
+        program: &crate::ir::source::Program,
+        kernel: &str,
+        gpu: &Gpu,
+        declared: Config,
+        shape: [usize; 4],
+        requested: Option<Target>,
+    ) -> (Config, Source) {
+        let picked = self.pick_for(program, kernel, gpu, declared, shape, requested);
+        if kernel != "attention" && !matches!(picked.1, Source::Tuned(..)) {
+            let plain = self.pick_for(program, "attention", gpu, declared, shape, requested);
+            if matches!(plain.1, Source::Tuned(..)) {
+                return plain;
+            }
+        }
+        picked
+    }
+}
+
+/// The config to launch the registered kernel `kernel` with on `device` for a `[b, h, s, sk]`
+/// problem, and where it came from: [`Table::pick_for`] over the active table ([`Table::active`],
+/// read once a process: the shipped entries, the user's tuning cache, or `FLASHCORE_TUNING`).
+/// `base` is the launch's config before tuning: the kernel's declared one at the launch's head
+/// dim, dtype, causal flag and target (`Target::Auto`: the device's). A variant without entries of
+/// its own takes the plain `attention` kernel's schedule, as the example does.
+///
+/// ```no_run
+/// use flashcore::kernels::attention;
+/// use flashcore::runtime::Device;
+///
+/// let device = Device::new(0)?;
+/// let base = attention::CONFIG.with_head_dim(128);
+/// let (config, source) = flashcore::tuning::tuned_config(&device, "attention", base, [2, 16, 8192, 8192])?;
+/// println!("{config} ({source})");
+/// # Ok::<(), flashcore::Error>(())
+/// ```
+pub fn tuned_config(
+    device: &crate::runtime::Device,
+    kernel: &str,
+    base: Config,
+    shape: [usize; 4],
+) -> Result<(Config, Source), Error> {
+    static ACTIVE: std::sync::OnceLock<Result<Table, String>> = std::sync::OnceLock::new();
+    let table = ACTIVE
+        .get_or_init(|| Table::active().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Tuning(e.clone()))?;
+    let entry = crate::registry::find(kernel)
+        .ok_or_else(|| Error::Tuning(format!("no kernel `{kernel}` is registered (`flashcore list`)")))?;
+    Ok(table.pick_kernel(&(entry.program)(), kernel, &Gpu::of(device.info()), base, shape, None))
 }
 
 /// Whether `cfg` can run `program` on `gpu`: the target it resolves to (`requested`, else its
@@ -852,6 +907,35 @@ mod tests {
         let (cfg, source) = table.pick_for(&program, "attention", &hopper, declared, shape, None);
         assert_eq!(cfg.tile_n, 128);
         assert!(matches!(source, Source::Tuned(_, Match::SameLimits)), "{source:?}");
+    }
+
+    #[test]
+    fn a_variant_without_entries_takes_the_plain_kernels() {
+        use crate::kernels::variants::softcap_attention;
+        let program = softcap_attention::program();
+        let hopper = gpu("NVIDIA H200", GpuProps::HOPPER_SXM);
+        let mut table = Table::empty();
+        table.insert(Entry {
+            key: Key::new("attention", "NVIDIA H200", DType::F16, 64, false, SizeClass::Large),
+            ..entry(SizeClass::Large, 128)
+        });
+        let declared = softcap_attention::CONFIG;
+        let (cfg, source) =
+            table.pick_kernel(&program, "softcap_attention", &hopper, declared, [2, 16, 8192, 8192], None);
+        assert_eq!(cfg.tile_m, 128);
+        assert!(
+            matches!(source, Source::Tuned(ref k, Match::ThisGpu) if k.kernel == "attention"),
+            "{source:?}"
+        );
+        // Its own entry first.
+        table.insert(Entry {
+            key: Key::new("softcap_attention", "NVIDIA H200", DType::F16, 64, false, SizeClass::Large),
+            ..entry(SizeClass::Large, 64)
+        });
+        let (cfg, source) =
+            table.pick_kernel(&program, "softcap_attention", &hopper, declared, [2, 16, 8192, 8192], None);
+        assert_eq!(cfg.tile_m, 64);
+        assert!(matches!(source, Source::Tuned(ref k, _) if k.kernel == "softcap_attention"), "{source:?}");
     }
 
     #[test]
