@@ -4,7 +4,8 @@
 //! itself in [`crate::registry`]); `emit` prints the IR after any pass, or the PTX; `check`
 //! gives the protocol check's verdict, the shared-memory budget, ptxas's resource report and the
 //! occupancy they allow on the L4 (sm_89) and the H100 (sm_90); `schedule` draws the
-//! warp-specialized schedule, as text or SVG.
+//! warp-specialized schedule, as text or SVG; `tuned` says which config a launch takes on a GPU
+//! for a shape, and which rule of the tuning table picked it.
 //!
 //! The `flashcore` binary sees the crate's own kernels. A crate with kernels of its own gets the
 //! same command over them with a binary of one line:
@@ -41,6 +42,7 @@ Commands:
   emit <kernel>            the IR after every pass (or after one, --after PASS), or the PTX (--ptx)
   check <kernel>           protocol verdict, shared memory, ptxas registers and spills, occupancy
   schedule <kernel>        the warp-specialized schedule as text, or as SVG (--svg FILE)
+  tuned <kernel>           the config a launch takes on a GPU for a shape (--gpu, --shape), and why
   help [<command>]         this text, or a command's
 
 Every command that takes a kernel takes --config SETTINGS (see `flashcore help emit`).
@@ -122,6 +124,26 @@ Example (the seed kernel's 4 load + 11 compute + 1 softmax warps):
   flashcore schedule attention --config tile_m=176,warps=11,load_warps=4,softmax_warps=1,persistent --svg seed.svg",
             latency = ir::timeline::COPY_LATENCY
         ),
+        "tuned" => format!(
+            "\
+Usage: flashcore tuned <kernel> --gpu GPU --shape BxHxSxD [--config SETTINGS]
+
+The config a launch of the kernel takes on GPU for a [B, H, S, D] problem (keys: S), and the rule
+that picked it: the tuning table's entry for this GPU, else one of a GPU with the same compute
+capability and limits, else of the same capability, never one that does not fit; else the
+declared config, made to fit. The table is the active one (FLASHCORE_TUNING, else the shipped
+entries with the user's tuning cache over them). --config sets what the launch fixes (dtype,
+causal, target) before tuning.
+
+Options:
+  --gpu GPU           {gpus}, or its name as the driver reports it
+  --shape BxHxSxD     e.g. 2x16x8192x128
+{CONFIG_HELP}
+
+Example:
+  flashcore tuned attention --gpu h200 --shape 2x16x8192x128 --config causal",
+            gpus = GPUS.iter().map(|(alias, ..)| *alias).collect::<Vec<_>>().join(", ")
+        ),
         "help" => "Usage: flashcore help [<command>]".to_string(),
         _ => return None,
     };
@@ -196,6 +218,7 @@ pub fn run<S: AsRef<str>>(args: &[S], out: &mut dyn Write) -> Result<(), CliErro
         "list" => list(out),
         "emit" => emit(&opts, out),
         "check" => check(&opts, out),
+        "tuned" => tuned(&opts, out),
         _ => schedule(&opts, out),
     }
 }
@@ -216,6 +239,8 @@ struct Options {
     ptx: bool,
     no_ptxas: bool,
     svg: Option<String>,
+    gpu: Option<crate::tuning::Gpu>,
+    shape: Option<[usize; 4]>,
 }
 
 impl Options {
@@ -225,8 +250,10 @@ impl Options {
         };
         // (flag, takes a value, allowed for this command)
         let flags: &[(&str, bool, &[&str])] = &[
-            ("--config", true, &["emit", "check", "schedule"]),
-            ("--target", true, &["emit", "check", "schedule"]),
+            ("--config", true, &["emit", "check", "schedule", "tuned"]),
+            ("--target", true, &["emit", "check", "schedule", "tuned"]),
+            ("--gpu", true, &["tuned"]),
+            ("--shape", true, &["tuned"]),
             ("--after", true, &["emit"]),
             ("--ptx", false, &["emit"]),
             ("--no-ptxas", false, &["check"]),
@@ -242,6 +269,8 @@ impl Options {
             ptx: false,
             no_ptxas: false,
             svg: None,
+            gpu: None,
+            shape: None,
         };
         let mut i = 0;
         while i < args.len() {
@@ -289,6 +318,14 @@ impl Options {
                 },
                 ("--after", Some(v)) => opts.after = Some(v.to_string()),
                 ("--svg", Some(v)) => opts.svg = Some(v.to_string()),
+                ("--gpu", Some(v)) => opts.gpu = Some(gpu_named(v).map_err(usage)?),
+                ("--shape", Some(v)) => {
+                    let dims: Vec<usize> = v.split('x').filter_map(|d| d.parse().ok()).collect();
+                    let [b, h, s, d] = dims[..] else {
+                        return Err(usage(format!("--shape: `{v}` is not BxHxSxD, e.g. 2x16x8192x128")));
+                    };
+                    opts.shape = Some([b, h, s, d]);
+                }
                 ("--ptx", _) => opts.ptx = true,
                 _ => opts.no_ptxas = true,
             }
@@ -304,6 +341,14 @@ impl Options {
         opts.kernel = Some(kernel);
         settings.extend(target);
         opts.config = config_from(kernel.config, &settings).map_err(usage)?;
+        if command == "tuned" {
+            let (Some(_), Some([.., d])) = (&opts.gpu, opts.shape) else {
+                return Err(usage("`tuned` needs --gpu and --shape".into()));
+            };
+            // The launch's head dim, then what --config fixes.
+            let declared = kernel.config.with_head_dim(d as u32);
+            opts.config = config_from(declared, &settings).map_err(usage)?;
+        }
         if opts.ptx && opts.after.is_some() {
             return Err(usage("`--ptx` prints the code after every pass: leave out `--after`".into()));
         }
@@ -321,6 +366,43 @@ impl Options {
     fn kernel(&self) -> &'static KernelEntry {
         self.kernel.expect("every command but `list` has a kernel")
     }
+}
+
+/// GPUs `tuned --gpu` knows by a short name: (alias, the driver's name, properties).
+const GPUS: &[(&str, &str, crate::tuning::GpuProps)] = &[
+    ("h200", "NVIDIA H200", crate::tuning::GpuProps::HOPPER_SXM),
+    ("h100", "NVIDIA H100 80GB HBM3", crate::tuning::GpuProps::HOPPER_SXM),
+    ("l4", "NVIDIA L4", crate::tuning::GpuProps::L4),
+];
+
+fn gpu_named(name: &str) -> Result<crate::tuning::Gpu, String> {
+    GPUS.iter()
+        .find(|(alias, full, _)| alias.eq_ignore_ascii_case(name) || *full == name)
+        .map(|(_, full, props)| crate::tuning::Gpu { name: full.to_string(), props: *props })
+        .ok_or_else(|| {
+            let known: Vec<String> = GPUS.iter().map(|(a, f, _)| format!("{a} ({f})")).collect();
+            format!("--gpu: `{name}` is not a GPU this command knows: {}", known.join(", "))
+        })
+}
+
+/// `flashcore tuned`: the config a launch takes, and the rule that picked it.
+fn tuned(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
+    let entry = opts.kernel();
+    let (gpu, [b, h, s, _]) = (opts.gpu.as_ref().expect("parsed"), opts.shape.expect("parsed"));
+    let table = crate::tuning::Table::active().map_err(|e| CliError::Failed(e.to_string()))?;
+    let requested = (opts.config.target != crate::Target::Auto).then_some(opts.config.target);
+    let program = (entry.program)();
+    let (config, source) = table.pick_kernel(&program, entry.name, gpu, opts.config, [b, h, s, s], requested);
+    writeln!(out, "gpu        {} ({})", gpu.name, gpu.props)?;
+    writeln!(
+        out,
+        "shape      {b}x{h}x{s}x{} ({})",
+        config.head_dim,
+        crate::tuning::SizeClass::of(b, h, s, s).name()
+    )?;
+    writeln!(out, "config     {config}")?;
+    writeln!(out, "source     {source}")?;
+    Ok(())
 }
 
 fn known_kernels() -> String {

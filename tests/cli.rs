@@ -24,10 +24,46 @@ fn ok(args: &[&str]) -> String {
 #[test]
 fn help_is_pinned() {
     insta::assert_snapshot!("help", ok(&["--help"]));
-    for command in ["list", "emit", "check", "schedule"] {
+    for command in ["list", "emit", "check", "schedule", "tuned"] {
         let text = ok(&["help", command]);
         assert_eq!(text, ok(&[command, "--help"]), "`help {command}` and `{command} --help` agree");
         insta::assert_snapshot!(format!("help_{command}"), text);
+    }
+}
+
+#[test]
+fn tuned_says_which_config_a_launch_takes_and_why() {
+    // The shipped table (a user's tuning cache could add to it; CI machines have none).
+    let h200 = ok(&["tuned", "attention", "--gpu", "h200", "--shape", "2x16x8192x128"]);
+    assert!(
+        h200.contains("source     the tuning table's entry for attention on NVIDIA H200, f16 D=128 large"),
+        "{h200}"
+    );
+    assert!(h200.contains("sm_90a"), "{h200}");
+    // No H200 entry at this size class: the H100's, whose limits are the H200's.
+    let small =
+        ok(&["tuned", "attention", "--gpu", "NVIDIA H200", "--shape", "1x8x1024x64", "--config", "causal"]);
+    assert!(
+        small.contains("on NVIDIA H100 80GB HBM3") && small.contains("same compute capability and limits"),
+        "{small}"
+    );
+    // An L4 has no entries of its kind: the declared config, which fits its 99 KiB.
+    let l4 = ok(&["tuned", "attention", "--gpu", "l4", "--shape", "2x16x8192x128"]);
+    assert!(
+        l4.contains("config     tile_m=64 tile_n=64 head_dim=128") && l4.contains("source     declared"),
+        "{l4}"
+    );
+    for (args, says) in [
+        (
+            &["tuned", "attention", "--gpu", "a100", "--shape", "1x1x64x64"][..],
+            "`a100` is not a GPU this command knows",
+        ),
+        (&["tuned", "attention", "--gpu", "l4", "--shape", "1x64x64"][..], "is not BxHxSxD"),
+        (&["tuned", "attention", "--gpu", "l4"][..], "`tuned` needs --gpu and --shape"),
+    ] {
+        let err = output(args).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{args:?}");
+        assert!(err.to_string().contains(says), "{args:?}: {err}");
     }
 }
 
