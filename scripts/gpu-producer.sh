@@ -4,6 +4,7 @@
 # then timings of each schedule at the large shapes. Logs go to $OUT/producer.txt.
 #   scripts/gpu-producer.sh [check|time|all]   (default all)
 #   scripts/gpu-producer.sh tune | bench       the sm_90a tuning of the large shapes; the benchmark
+#   scripts/gpu-producer.sh next               sanitizer on the producer configs, tuning, benchmark
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -52,6 +53,22 @@ if [ "$mode" = tune ]; then
   cp tuning/attention.json "$out/attention.json"
   "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
     --d 128,64 --causal no,yes --classes large --seconds ${TUNE_SECONDS:-240} 2>&1 | tee "$out/autotune.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if [ "$mode" = next ]; then
+  # What this session left for the GPU, in one call (about 8 minutes): compute-sanitizer over the
+  # two producer reference configs, the sm_90a tuning of the large and medium shapes with the
+  # producer in the space (into $OUT/attention.json), and the benchmark with that table, both
+  # targets as columns.
+  mapfile -t producer < <("$bins/validate" list | awk '{print NR-1, $1}' | grep ' sm90a.*load4' | cut -d' ' -f1)
+  BIN=$bins scripts/gpu-validate.sh sanitize "${producer[0]}" "${producer[-1]}" || status=1
+  cp tuning/attention.json "$out/attention.json"
+  "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
+    --d 128,64 --causal no,yes --classes large,medium --seconds ${TUNE_SECONDS:-300} 2>&1 | tee "$out/autotune.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/bench-next" \
+    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
+    --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/producer.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 echo "status $status" | tee -a "$out/producer.txt"
