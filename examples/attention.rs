@@ -34,6 +34,7 @@ mod variant;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use flashcore::ir::source::Program;
 use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::TensorArg;
@@ -257,15 +258,15 @@ fn parse_args() -> Result<Options, String> {
 /// flags applied to the declared config, else the tuning table's entry for this GPU and shape,
 /// else (or with `--declared`) the declared config at this head dim.
 fn config_for(o: &Options, shape: [usize; 4], sk: usize) -> (Config, String) {
-    let (config, source) = schedule_for(o, shape, sk);
     let program = flashcore::registry::find(&o.kernel).map_or_else(attention::program, |k| (k.program)());
+    let (config, source) = schedule_for(o, &program, shape, sk);
     // A tuned entry runs the target it was timed on (its config names it), unless one is asked for.
     let (config, target) = flashcore::target::choose(&program, config, o.compute_capability, o.target);
     (config, format!("{source}; target {target}"))
 }
 
 /// The schedule half of [`config_for`]: everything but the target (a tuned entry names its own).
-fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String) {
+fn schedule_for(o: &Options, program: &Program, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String) {
     let declared = flashcore::registry::find(&o.kernel).map_or(attention::CONFIG, |k| k.config);
     // The declared config with the tiles this head dim needs (smaller K/V tiles at D = 256).
     let base = Config {
@@ -292,9 +293,7 @@ fn schedule_for(o: &Options, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, St
     }
     match (&o.gpu, o.declared) {
         (Some(gpu), false) => {
-            let program =
-                flashcore::registry::find(&o.kernel).map_or_else(attention::program, |k| (k.program)());
-            let (cfg, source) = o.table.pick_kernel(&program, &o.kernel, gpu, base, [b, h, s, sk], o.target);
+            let (cfg, source) = o.table.pick_kernel(program, &o.kernel, gpu, base, [b, h, s, sk], o.target);
             match source {
                 // A variant with no entry of its own runs the plain kernel's schedule: the same
                 // loop with a little more score code.

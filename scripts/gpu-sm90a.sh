@@ -9,6 +9,12 @@
 #                                             schedules at the large shapes: pipes, issue and stall reasons
 #   scripts/gpu-sm90a.sh validate             compute-sanitizer over the sm_90a reference configs, and
 #                                             20-run determinism of every config (scripts/gpu-validate.sh)
+#   scripts/gpu-sm90a.sh producer             the producer warpgroup (load_warps = 4, setmaxnreg): float64
+#                                             checks at tails, then its schedules timed against the
+#                                             uniform layout's at the large shapes (same binary, same run)
+#   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
+#                                             tuning of the large and medium shapes with the producer in
+#                                             the space (into $OUT/attention.json), the benchmark with it
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -74,6 +80,39 @@ if [ "$mode" = validate ]; then
   last=$("$bins/validate" list | awk '{print NR-1, $1}' | grep sm90a | tail -1 | cut -d' ' -f1)
   BIN=$bins scripts/gpu-validate.sh sanitize "$first" "$last" || status=1
   BIN=$bins scripts/gpu-validate.sh determinism || status=1
+fi
+if [ "$mode" = producer ]; then
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
+  t="--target sm_90a --iters 3 --warmup 1"
+  run $t --b 2 --h 4 --s 1000 --d 128 $p --stages 2
+  run $t --b 2 --h 4 --s 777 --d 128 $p --stages 3 --causal --dtype bf16
+  run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128 $p --stages 2
+  run $t --b 2 --h 4 --s 1000 --d 64 $p --stages 3 --causal
+  run $t --b 2 --h 4 --s 517 --d 64 $p --stages 2 --layout bshd --persistent
+  run $t --h 4 --d 128 --varlen 1,17,300,1000 $p --stages 2
+  # The first schedule of each shape is the uniform layout's (the tuned one, or the large-shape one).
+  for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 128 --causal"; do
+    for cfg in "--tile-m 128 --warps 8 --tile-n 128 --stages 2" "$p --stages 2" "$p --stages 3" "$p --stages 2 --persistent" "$p --stages 3 --persistent"; do
+      run $shape $cfg --target sm_90a --iters 30 --warmup 5
+    done
+  done
+  for shape in "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 64"; do
+    for cfg in "--tile-m 64 --warps 4 --tile-n 128 --stages 1 --persistent" "$p --stages 2" "$p --stages 3" "$p --stages 4" "--tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2"; do
+      run $shape $cfg --target sm_90a --iters 30 --warmup 5
+    done
+  done
+fi
+if [ "$mode" = next ]; then
+  mapfile -t producer < <("$bins/validate" list | awk '{print NR-1, $1}' | grep ' sm90a.*load4' | cut -d' ' -f1)
+  BIN=$bins scripts/gpu-validate.sh sanitize "${producer[0]}" "${producer[-1]}" || status=1
+  cp tuning/attention.json "$out/attention.json"
+  "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
+    --d 128,64 --causal no,yes --classes large,medium --seconds ${TUNE_SECONDS:-300} 2>&1 | tee "$out/autotune.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/bench-next" \
+    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
+    --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 echo "status $status" | tee -a "$out/sm90a.txt"
 exit $status

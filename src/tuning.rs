@@ -297,23 +297,22 @@ pub struct GpuProps {
 }
 
 impl GpuProps {
-    /// The NVIDIA L4 (Ada, compute capability 8.9): 58 SMs, 99 KiB a CTA, 100 KiB an SM.
-    pub const L4: GpuProps = GpuProps {
-        compute_capability: [8, 9],
-        sms: 58,
-        shared_per_block: 99 * 1024,
-        shared_per_sm: 100 * 1024,
-        registers_per_sm: 65536,
-    };
-    /// The H100 SXM and the H200 (Hopper, compute capability 9.0): 132 SMs, 227 KiB a CTA,
-    /// 228 KiB an SM.
-    pub const HOPPER_SXM: GpuProps = GpuProps {
-        compute_capability: [9, 0],
-        sms: 132,
-        shared_per_block: 227 * 1024,
-        shared_per_sm: 228 * 1024,
-        registers_per_sm: 65536,
-    };
+    /// The NVIDIA L4 (Ada, compute capability 8.9): 58 SMs, the limits of [`crate::occupancy::L4`].
+    pub const L4: GpuProps = GpuProps::of_arch(&crate::occupancy::L4, [8, 9], 58);
+    /// The H100 SXM and the H200 (Hopper, compute capability 9.0): 132 SMs, the limits of
+    /// [`crate::occupancy::H100`].
+    pub const HOPPER_SXM: GpuProps = GpuProps::of_arch(&crate::occupancy::H100, [9, 0], 132);
+
+    /// A GPU with the per-SM limits of the occupancy model's `arch`.
+    const fn of_arch(arch: &crate::occupancy::Arch, compute_capability: [u32; 2], sms: u32) -> GpuProps {
+        GpuProps {
+            compute_capability,
+            sms,
+            shared_per_block: arch.shared_bytes_per_cta,
+            shared_per_sm: arch.shared_bytes_per_sm,
+            registers_per_sm: arch.registers_per_sm,
+        }
+    }
 
     /// `(major, minor)` as the driver reports it.
     pub fn capability(&self) -> (i32, i32) {
@@ -539,11 +538,6 @@ impl Table {
         });
     }
 
-    /// The winner for `key`, if the table has one.
-    pub fn lookup(&self, key: &Key) -> Option<&Entry> {
-        self.entries.iter().find(|e| &e.key == key)
-    }
-
     /// Adds `entry`, replacing the one with its key.
     pub fn insert(&mut self, entry: Entry) {
         self.entries.retain(|e| e.key != entry.key);
@@ -602,26 +596,12 @@ impl Table {
 }
 
 impl Table {
-    /// [`Table::pick`] for `program` on `gpu`, with the fit check every launch needs
-    /// ([`fits_device`]): the config's target (`requested`, else its own, else the device's:
-    /// [`crate::target::choose`]) loads on the device, and its CTA's shared memory and threads
-    /// are within the device's limits.
-    pub fn pick_for(
-        &self,
-        program: &crate::ir::source::Program,
-        kernel: &str,
-        gpu: &Gpu,
-        declared: Config,
-        shape: [usize; 4],
-        requested: Option<Target>,
-    ) -> (Config, Source) {
-        let fits = |cfg: &Config| fits_device(program, gpu, cfg, requested);
-        self.pick(kernel, gpu, declared, shape, &fits)
-    }
-
-    /// [`Table::pick_for`] for the kernel `kernel` (its `program`); a variant without an entry of
-    /// its own takes the plain `attention` kernel's, whose loop it shares but for a little score
-    /// code (the source's key then names `attention`).
+    /// [`Table::pick`] for the kernel `kernel` (its `program`) on `gpu`, with the fit check
+    /// every launch needs ([`fits_device`]: the config's target, `requested` else its own else
+    /// the device's, loads there, and its shared memory and threads are within the device's
+    /// limits). A variant without an entry of its own takes the plain `attention` kernel's,
+    /// whose loop it shares but for a little score code (the source's key then names
+    /// `attention`).
     pub fn pick_kernel(
         &self,
         program: &crate::ir::source::Program,
@@ -631,9 +611,10 @@ impl Table {
         shape: [usize; 4],
         requested: Option<Target>,
     ) -> (Config, Source) {
-        let picked = self.pick_for(program, kernel, gpu, declared, shape, requested);
+        let fits = |cfg: &Config| fits_device(program, gpu, cfg, requested);
+        let picked = self.pick(kernel, gpu, declared, shape, &fits);
         if kernel != "attention" && !matches!(picked.1, Source::Tuned(..)) {
-            let plain = self.pick_for(program, "attention", gpu, declared, shape, requested);
+            let plain = self.pick("attention", gpu, declared, shape, &fits);
             if matches!(plain.1, Source::Tuned(..)) {
                 return plain;
             }
@@ -643,7 +624,7 @@ impl Table {
 }
 
 /// The config to launch the registered kernel `kernel` with on `device` for a `[b, h, s, sk]`
-/// problem, and where it came from: [`Table::pick_for`] over the active table ([`Table::active`],
+/// problem, and where it came from: [`Table::pick_kernel`] over the active table ([`Table::active`],
 /// read once a process: the shipped entries, the user's tuning cache, or `FLASHCORE_TUNING`).
 /// `base` is the launch's config before tuning: the kernel's declared one at the launch's head
 /// dim, dtype, causal flag and target (`Target::Auto`: the device's). A variant without entries of
@@ -898,13 +879,13 @@ mod tests {
             gpu("a Hopper with 64 KiB", GpuProps { shared_per_block: 64 * 1024, ..GpuProps::HOPPER_SXM });
         let declared = attention::CONFIG.with_head_dim(128);
         let shape = [2, 16, 8192, 8192];
-        let (cfg, source) = table.pick_for(&program, "attention", &small_hopper, declared, shape, None);
+        let (cfg, source) = table.pick_kernel(&program, "attention", &small_hopper, declared, shape, None);
         assert_eq!(cfg, Config { stages: 1, ..declared });
         assert!(
             source.to_string().contains("81920 B of shared memory a CTA, the device allows 65536"),
             "{source}"
         );
-        let (cfg, source) = table.pick_for(&program, "attention", &hopper, declared, shape, None);
+        let (cfg, source) = table.pick_kernel(&program, "attention", &hopper, declared, shape, None);
         assert_eq!(cfg.tile_n, 128);
         assert!(matches!(source, Source::Tuned(_, Match::SameLimits)), "{source:?}");
     }

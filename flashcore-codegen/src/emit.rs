@@ -565,11 +565,9 @@ impl<'k> Emitter<'k> {
             }
             Op::MbarWait { ring, iter, flip } => {
                 self.mbar_wait(*ring, *iter, *flip)?;
-                if !*flip && self.cfg.target == Target::Sm90a {
-                    // A full slot: the load warps' cp.async copies landed through the generic
-                    // proxy and the wait made them visible to this thread; its wgmmas read them
-                    // through the async proxy, which sees them only after this fence.
-                    self.w.ins("fence.proxy.async.shared::cta");
+                if !*flip {
+                    // A full slot: the load warps' copies are visible to this thread now.
+                    self.fence_copies_for_wgmma();
                 }
                 Ok(())
             }
@@ -592,11 +590,7 @@ impl<'k> Emitter<'k> {
             }
             Op::WaitGroup { younger } => {
                 self.w.ins(format!("cp.async.wait_group {younger}"));
-                if self.cfg.target == Target::Sm90a {
-                    // The copies landed through the generic proxy; wgmma reads through the
-                    // async proxy, which sees them only after this fence (and the barrier).
-                    self.w.ins("fence.proxy.async.shared::cta");
-                }
+                self.fence_copies_for_wgmma();
                 Ok(())
             }
             Op::Barrier { id } => {
@@ -1268,7 +1262,7 @@ impl<'k> Emitter<'k> {
         if wgmma_rows.is_some() {
             // A wgmma reads its warpgroup's 64 rows, which four warps copied: each fences its
             // copies into the async proxy, then the warpgroup meets at its barrier.
-            self.w.ins("fence.proxy.async.shared::cta");
+            self.fence_copies_for_wgmma();
             self.warpgroup_barrier()?;
         } else {
             self.w.ins("bar.warp.sync 0xffffffff");
@@ -1340,6 +1334,15 @@ impl<'k> Emitter<'k> {
         addr
     }
 
+    /// sm_90a: copies that this thread knows have landed (a `wait_group`, a full-slot wait) went
+    /// through the generic proxy; wgmma reads through the async proxy, which sees them only after
+    /// `fence.proxy.async` (and, for other threads' copies, the barrier or wait that follows).
+    fn fence_copies_for_wgmma(&mut self) {
+        if self.cfg.target == Target::Sm90a {
+            self.w.ins("fence.proxy.async.shared::cta");
+        }
+    }
+
     /// Spin until the phase of `ring[iter % slots]` with parity `(iter / slots) & 1 (^ 1)` has
     /// completed (`mbarrier.test_wait.parity` with a back-off on sm_89, `try_wait` on sm_90a).
     fn mbar_wait(&mut self, ring: MbarRingId, iter: Value, flip: bool) -> Result<(), CodegenError> {
@@ -1358,14 +1361,13 @@ impl<'k> Emitter<'k> {
         let spin = self.w.label("mbar_wait");
         self.w.place_label(&spin);
         let ready = self.w.label("mbar_ready");
-        if self.cfg.target == Target::Sm90a {
-            // try_wait suspends the warp in hardware until the phase completes or a time limit
-            // passes: no issue slots spent spinning, and no sleep between the phase and the wake.
-            self.w.ins(format!("mbarrier.try_wait.parity.shared::cta.b64 {done}, [{addr}], {parity}"));
-            self.w.ins(format!("@{done} bra {ready}"));
-        } else {
-            self.w.ins(format!("mbarrier.test_wait.parity.shared.b64 {done}, [{addr}], {parity}"));
-            self.w.ins(format!("@{done} bra {ready}"));
+        // sm_90a: try_wait suspends the warp in hardware until the phase completes or a time
+        // limit passes: no issue slots spent spinning, and no sleep between the phase and the wake.
+        let hopper = self.cfg.target == Target::Sm90a;
+        let wait = if hopper { "try_wait.parity.shared::cta" } else { "test_wait.parity.shared" };
+        self.w.ins(format!("mbarrier.{wait}.b64 {done}, [{addr}], {parity}"));
+        self.w.ins(format!("@{done} bra {ready}"));
+        if !hopper {
             // Back off so spinning warps leave issue slots to the warps doing the work.
             self.w.ins("nanosleep.u32 20");
         }

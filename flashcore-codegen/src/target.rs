@@ -24,7 +24,7 @@ pub fn sm90a_support(kernel: &Kernel) -> Result<(), String> {
             cfg.softmax_warps
         ));
     }
-    if cfg.load_warps > 0 && (cfg.load_warps % 4 != 0 || cfg.warps % 4 != 0) {
+    if cfg.load_warps % 4 != 0 {
         return Err(format!(
             "load_warps = {}: on sm_90a the load role is a producer warpgroup (load_warps a multiple of 4), which gives its registers to the compute warpgroups (setmaxnreg)",
             cfg.load_warps
