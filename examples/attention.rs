@@ -34,6 +34,7 @@ mod variant;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use flashcore::autotune::FirstUse;
 use flashcore::ir::source::Program;
 use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
@@ -267,16 +268,8 @@ fn config_for(o: &Options, shape: [usize; 4], sk: usize) -> (Config, String) {
 
 /// The schedule half of [`config_for`]: everything but the target (a tuned entry names its own).
 fn schedule_for(o: &Options, program: &Program, [b, h, s, d]: [usize; 4], sk: usize) -> (Config, String) {
-    let declared = flashcore::registry::find(&o.kernel).map_or(attention::CONFIG, |k| k.config);
-    // The declared config with the tiles this head dim needs (smaller K/V tiles at D = 256).
-    let base = Config {
-        causal: o.causal || declared.causal,
-        dtype: o.dtype,
-        varlen: o.varlen.is_some(),
-        ..declared.with_head_dim(d as u32)
-    };
-    let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps, o.kv_splits];
-    if flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem {
+    let base = base_config(o, d);
+    if tile_flags_given(o) {
         let cfg = Config {
             tile_m: o.tile_m.unwrap_or(base.tile_m),
             tile_n: o.tile_n.unwrap_or(base.tile_n),
@@ -306,6 +299,24 @@ fn schedule_for(o: &Options, program: &Program, [b, h, s, d]: [usize; 4], sk: us
         (Some(_), true) => (base, "declared (--declared)".into()),
         (None, _) => (base, "declared (no GPU to look up in the tuning table)".into()),
     }
+}
+
+/// The kernel's declared config at head dim `d` with the flags' dtype, causal and varlen: what the
+/// tuning table's entries apply to (`with_head_dim`: smaller K/V tiles at D = 256).
+fn base_config(o: &Options, d: usize) -> Config {
+    let declared = flashcore::registry::find(&o.kernel).map_or(attention::CONFIG, |k| k.config);
+    Config {
+        causal: o.causal || declared.causal,
+        dtype: o.dtype,
+        varlen: o.varlen.is_some(),
+        ..declared.with_head_dim(d as u32)
+    }
+}
+
+/// Whether a tile flag sets the schedule (the tuning table is then not read).
+fn tile_flags_given(o: &Options) -> bool {
+    let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps, o.kv_splits];
+    flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem
 }
 
 /// One problem's inputs on the host in logical BHSD order, each value rounded to the dtype (the
@@ -854,6 +865,24 @@ fn main() -> ExitCode {
     let info = device.info();
     o.gpu = Some(Gpu::of(info));
     o.compute_capability = Some(info.compute_capability);
+    // Tuning on first use (FLASHCORE_AUTOTUNE=1): the run's shape, unless its schedule is given.
+    if !o.declared && !tile_flags_given(&o) {
+        let tuner = match FirstUse::from_env() {
+            Ok(tuner) => tuner,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some(tuner) = tuner {
+            let (base, shape) = (base_config(&o, o.d), [o.b, o.h, o.s, o.sk.unwrap_or(o.s)]);
+            let kernel = o.kernel.clone();
+            if let Err(e) = tuner.config(&device, &mut o.table, &kernel, base, shape, o.target) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Some(path) = &o.plan {
         return match write_plan(&o, &chosen, path) {
             Ok(line) => {

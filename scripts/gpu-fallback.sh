@@ -3,13 +3,22 @@
 # carries across GPUs", measured in one run. The benchmark with the shipped table (this GPU's own
 # entries), then with a table holding only the H100's entries (what a GPU without entries of its
 # own gets: the same-limits rule), then with an empty table (the declared config). Each
-# FlashCore row says which rule picked its config. Logs and JSON go to $OUT/fallback-*.
-#   scripts/gpu-fallback.sh [bench.py --only list]
+# FlashCore row says which rule picked its config. Then first-use tuning: the H100-only table
+# with FLASHCORE_AUTOTUNE=1 and a fresh cache directory, so each shape's first process tunes its
+# key (default budget 60 s) and the benchmark's later processes read the cache; then a second
+# process at the largest shape, timed, which must find its key cached and not tune. Logs and
+# JSON go to $OUT/fallback-* and $OUT/first-use*.
+#   scripts/gpu-fallback.sh [bench.py --only list [first-use --only list]]
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
 mkdir -p "$out"
 only=${1:-1x8x512x64,4x16x2048x64,2x16x8192x64,4x16x2048x128,2x16x8192x128}
+first_use_only=${2:-1x8x512x64,4x16x2048x64,2x16x8192x128}
+# The cache goes over every table (Table::active): an empty one keeps it out of these runs.
+export FLASHCORE_CACHE_DIR=$out/cache-none
+mkdir -p "$FLASHCORE_CACHE_DIR"
+since() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.1f}')" "$(date +%s.%N)" "$1"; }
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
@@ -27,8 +36,27 @@ for which in shipped h100-only empty; do
   esac
   echo "== table: $which ($table)" | tee -a "$out/fallback.txt"
   FLASHCORE_TUNING=$table python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/fallback-$which" \
-    --only "$only" --impls flashcore,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/fallback.txt"
+    --only "$only" --impls flashcore,sdpa-flash,sdpa-cudnn --iters 30 --no-ceilings 2>&1 | tee -a "$out/fallback.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+done
+echo "== first-use tuning: table H100 only, FLASHCORE_AUTOTUNE=1, cache $out/cache-first-use" | tee -a "$out/first-use.txt"
+start=$(date +%s.%N)
+FLASHCORE_CACHE_DIR=$out/cache-first-use FLASHCORE_AUTOTUNE=1 FLASHCORE_TUNING=$out/table-h100-only.json \
+  python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/first-use" --only "$first_use_only" \
+  --impls flashcore,sdpa-flash,sdpa-cudnn --iters 30 --no-ceilings 2>&1 | tee -a "$out/first-use.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+echo "benchmark with first-use tuning: $(since "$start") s" | tee -a "$out/first-use.txt"
+# bench.py keeps the plan processes' stderr only on failure: the tuning reports are in the cache.
+python3 -c "import json,sys; [print('cached:', e['kernel'], e['gpu'], e['dtype'], e['head_dim'], e['causal'], e['size_class'], e['schedule'], e['measured']) for e in json.load(open(sys.argv[1]))['entries']]" \
+  "$out"/cache-first-use/tuning-*.json 2>&1 | tee -a "$out/first-use.txt"
+for run in first second; do
+  # A fresh cache for the first run at a key the benchmark did not tune; the second reads it.
+  [ $run = first ] && rm -rf "$out/cache-two"
+  start=$(date +%s.%N)
+  FLASHCORE_CACHE_DIR=$out/cache-two FLASHCORE_AUTOTUNE=1 FLASHCORE_TUNING=$out/table-h100-only.json \
+    "$bins/attention" --b 2 --h 16 --s 8192 --d 64 --causal --iters 10 --warmup 3 >"$out/first-use-$run.txt" 2>&1 || status=1
+  echo "$run process (2x16x8192x64 causal): $(since "$start") s wall" | tee -a "$out/first-use.txt"
+  grep -E "flashcore: tuned|config source|^ +2 +16" "$out/first-use-$run.txt" | tee -a "$out/first-use.txt"
 done
 echo "status $status" | tee -a "$out/fallback.txt"
 exit $status

@@ -33,6 +33,7 @@
 
 extern crate self as flashcore;
 
+pub mod autotune;
 pub mod cli;
 pub mod kernels;
 pub mod layout;

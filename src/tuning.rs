@@ -2,7 +2,8 @@
 //! dtype, head dim, causal, size class), and how a launch picks its config from it by default.
 //!
 //! `tuning/attention.json` is compiled in ([`Table::builtin`]); `FLASHCORE_TUNING=path` points
-//! the runtime at another file ([`Table::active`]). `examples/autotune.rs` writes it.
+//! the runtime at another file; the user's tuning cache goes over either ([`Table::active`]).
+//! `examples/autotune.rs` writes both, and [`crate::autotune::FirstUse`] the cache.
 //!
 //! Entries record the GPU they were tuned on by name and by its properties ([`GpuProps`]), so
 //! that tuning carries across GPUs ([`Table::pick`]): a launch takes the entry of this GPU, else
@@ -483,15 +484,15 @@ impl Table {
         Table::from_json(&text).map_err(|e| Error::Tuning(format!("{}: {e}", path.display())))
     }
 
-    /// The table launches use: the file `FLASHCORE_TUNING` names, else the builtin one with
+    /// The table launches use: the file `FLASHCORE_TUNING` names, else the builtin one, with
     /// the user's tuning cache ([`crate::tuning_cache`]) over it (a cached entry replaces the
-    /// builtin one of its key). A cache file that cannot be used is reported on stderr and
-    /// ignored.
+    /// table's of its key; `FLASHCORE_CACHE_DIR` pointing at an empty directory leaves the cache
+    /// out). A cache file that cannot be used is reported on stderr and ignored.
     pub fn active() -> Result<Table, Error> {
-        if let Some(path) = std::env::var_os("FLASHCORE_TUNING") {
-            return Table::load(Path::new(&path));
-        }
-        let mut table = Table::builtin();
+        let mut table = match std::env::var_os("FLASHCORE_TUNING") {
+            Some(path) => Table::load(Path::new(&path))?,
+            None => Table::builtin(),
+        };
         if let Some(cache) = crate::tuning_cache::TuningCache::user() {
             let (cached, report) = cache.load();
             if let Some(why) = report {
@@ -623,12 +624,36 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The schedules other GPUs of `gpu`'s compute capability won `key` with (its kernel, dtype,
+    /// head dim, causal flag and size class), applied to `base`: where a search for `gpu` starts
+    /// (what carries across GPUs is a good first guess, and a search that is not exhaustive can
+    /// miss it).
+    pub fn seeds(&self, key: &Key, gpu: &Gpu, base: Config) -> Vec<Config> {
+        let mut seeds: Vec<Config> = self
+            .entries
+            .iter()
+            .filter(|e| {
+                e.key.gpu != key.gpu
+                    && Key { gpu: key.gpu.clone(), ..e.key.clone() } == *key
+                    && Match::SameCapability.admits(&e.key.gpu, e.device.as_ref(), gpu)
+            })
+            .map(|e| e.config(base))
+            .collect();
+        seeds.dedup();
+        seeds
+    }
+}
+
 /// The config to launch the registered kernel `kernel` with on `device` for a `[b, h, s, sk]`
 /// problem, and where it came from: [`Table::pick_kernel`] over the active table ([`Table::active`],
 /// read once a process: the shipped entries, the user's tuning cache, or `FLASHCORE_TUNING`).
 /// `base` is the launch's config before tuning: the kernel's declared one at the launch's head
 /// dim, dtype, causal flag and target (`Target::Auto`: the device's). A variant without entries of
-/// its own takes the plain `attention` kernel's schedule, as the example does.
+/// its own takes the plain `attention` kernel's schedule, as the example does. With
+/// `FLASHCORE_AUTOTUNE=1`, a key with no entry tuned on this GPU is tuned first
+/// ([`crate::autotune::FirstUse`]: within `FLASHCORE_AUTOTUNE_SECONDS`, default 60, the winner
+/// kept in the user's tuning cache for the next process).
 ///
 /// ```no_run
 /// use flashcore::kernels::attention;
@@ -646,11 +671,16 @@ pub fn tuned_config(
     base: Config,
     shape: [usize; 4],
 ) -> Result<(Config, Source), Error> {
-    static ACTIVE: std::sync::OnceLock<Result<Table, String>> = std::sync::OnceLock::new();
-    let table = ACTIVE
-        .get_or_init(|| Table::active().map_err(|e| e.to_string()))
+    static ACTIVE: std::sync::OnceLock<Result<std::sync::Mutex<Table>, String>> = std::sync::OnceLock::new();
+    let mut table = ACTIVE
+        .get_or_init(|| Table::active().map(std::sync::Mutex::new).map_err(|e| e.to_string()))
         .as_ref()
-        .map_err(|e| Error::Tuning(e.clone()))?;
+        .map_err(|e| Error::Tuning(e.clone()))?
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(tuner) = crate::autotune::FirstUse::from_env()? {
+        return tuner.config(device, &mut table, kernel, base, shape, None);
+    }
     let entry = crate::registry::find(kernel)
         .ok_or_else(|| Error::Tuning(format!("no kernel `{kernel}` is registered (`flashcore list`)")))?;
     Ok(table.pick_kernel(&(entry.program)(), kernel, &Gpu::of(device.info()), base, shape, None))
@@ -783,6 +813,31 @@ mod tests {
                 (declared, Source::Declared)
             );
         }
+    }
+
+    #[test]
+    fn a_search_starts_from_other_gpus_of_the_same_capability() {
+        let mut table = Table::empty();
+        let on = |name: &str, props: Option<GpuProps>, class: SizeClass, tile_m: u32| Entry {
+            key: Key::new("attention", name, DType::F16, 64, false, class),
+            device: props,
+            ..entry(class, tile_m)
+        };
+        table.insert(on("GPU X", Some(GpuProps::HOPPER_SXM), SizeClass::Tiny, 32));
+        table.insert(on("GPU Y", Some(GpuProps { sms: 114, ..GpuProps::HOPPER_SXM }), SizeClass::Tiny, 64));
+        table.insert(on("GPU Y", Some(GpuProps::HOPPER_SXM), SizeClass::Large, 128));
+        table.insert(on("an L4", Some(GpuProps::L4), SizeClass::Tiny, 16));
+        table.insert(on("an old entry", None, SizeClass::Tiny, 16));
+        let h200 = gpu("GPU Z", GpuProps::HOPPER_SXM);
+        let key = Key::new("attention", "GPU Z", DType::F16, 64, false, SizeClass::Tiny);
+        let seeds: Vec<u32> = table.seeds(&key, &h200, Config::default()).iter().map(|c| c.tile_m).collect();
+        // X and Y (same capability, any limits); not the L4, not an entry without properties,
+        // not another size class.
+        assert_eq!(seeds, [32, 64]);
+        // A GPU's own entry is not a seed for itself.
+        let x = Key { gpu: "GPU X".into(), ..key };
+        let seeds: Vec<u32> = table.seeds(&x, &h200, Config::default()).iter().map(|c| c.tile_m).collect();
+        assert_eq!(seeds, [64]);
     }
 
     #[test]

@@ -176,3 +176,43 @@ fn launches_see_the_cache_over_the_shipped_table_and_survive_a_bad_one() {
     assert!(stderr.contains("flashcore: the tuning cache") && stderr.contains("ignored"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// First-use tuning on the GPU (skipped without one): a key with no entry for this GPU is tuned
+/// within its budget, the winner lands in the cache, and a second lookup with the cache merged
+/// in (what the next process does) takes it without tuning again.
+#[test]
+fn first_use_tunes_a_key_once_within_its_budget_then_reads_the_cache() {
+    use flashcore::autotune::FirstUse;
+    use flashcore::tuning::{Match, Source, Table};
+    use std::time::{Duration, Instant};
+    let device = match flashcore::runtime::Device::new(0) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("skipping the GPU check: {e}"),
+    };
+    let dir = fresh_dir("first-use");
+    let budget = Duration::from_secs(20);
+    let tuner = FirstUse { budget, cache: Some(TuningCache::in_dir(&dir)), progress: true };
+    let base = flashcore::kernels::attention::CONFIG.with_head_dim(64);
+    let shape = [1, 8, 512, 512];
+    let started = Instant::now();
+    let (config, source) =
+        tuner.config(&device, &mut Table::empty(), "attention", base, shape, None).unwrap();
+    let first = started.elapsed();
+    // The budget bounds when the last candidate may start; one candidate at this shape takes
+    // well under a second.
+    assert!(first < budget + Duration::from_secs(10), "tuning took {first:?} of a {budget:?} budget");
+    let Source::Tuned(key, Match::ThisGpu) = &source else { panic!("first use gave {source}") };
+    let (cached, report) = TuningCache::in_dir(&dir).load();
+    assert!(report.is_none(), "{report:?}");
+    let entry = cached.entries.iter().find(|e| &e.key == key).expect("the winner is in the cache");
+    assert_eq!(entry.config(base), config);
+    assert!(entry.measured.rel_err < flashcore::tolerance(DType::F16) && entry.measured.median_us > 0.0);
+    let mut next_process = Table::empty();
+    next_process.merge(cached);
+    let started = Instant::now();
+    let again = tuner.config(&device, &mut next_process, "attention", base, shape, None).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "the cached key was tuned again");
+    assert_eq!(again, (config, source));
+    eprintln!("first use: tuned in {first:?}, then read from the cache in {:?}", started.elapsed());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -7,7 +7,7 @@ use flashcore::ir::source::{Dim, ElemDecl, ParamDecl};
 use flashcore::kernels::variants;
 use flashcore::reference::{self, Rng};
 use flashcore::registry::KernelEntry;
-use flashcore::runtime::{Device, DeviceTensor, TensorArg};
+use flashcore::runtime::{Device, TensorArg};
 use flashcore::simulate::ExtraArg;
 use flashcore::{Arg, CompiledKernel, Config};
 use std::path::{Path, PathBuf};
@@ -75,12 +75,7 @@ pub enum Extra {
     },
 }
 
-/// A table on the device.
-pub enum DeviceExtra {
-    F32(f32),
-    F32Table(DeviceTensor<f32>),
-    I32Table(DeviceTensor<i32>),
-}
+pub use flashcore::autotune::DeviceExtra;
 
 impl Chosen {
     /// The registered kernel `kernel`, its f32 parameters from `values` (a later value wins).
@@ -289,23 +284,14 @@ impl Chosen {
 
     /// The launch arguments in the standard order.
     pub fn args<'a>(
-        [q, k, v]: [&'a dyn TensorArg; 3],
+        qkv: [&'a dyn TensorArg; 3],
         out: &'a mut dyn TensorArg,
         lse: Option<&'a mut dyn TensorArg>,
         scale: f32,
         extras: &'a [DeviceExtra],
         offsets: [Option<&'a flashcore::DeviceSeqOffsets>; 2],
     ) -> Vec<Arg<'a>> {
-        let mut args = vec![Arg::Tensor(q), Arg::Tensor(k), Arg::Tensor(v), Arg::TensorMut(out)];
-        args.push(lse.map_or(Arg::Absent, Arg::TensorMut));
-        args.push(Arg::F32(scale));
-        args.extend(extras.iter().map(|e| match e {
-            DeviceExtra::F32(x) => Arg::F32(*x),
-            DeviceExtra::F32Table(t) => Arg::Tensor(t),
-            DeviceExtra::I32Table(t) => Arg::Tensor(t),
-        }));
-        args.extend(offsets.map(|c| c.map_or(Arg::Absent, Arg::Offsets)));
-        args
+        flashcore::autotune::standard_args(qkv, out, lse, scale, extras, offsets)
     }
 }
 
