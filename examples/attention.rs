@@ -290,7 +290,7 @@ fn schedule_for(o: &Options, program: &Program, [b, h, s, d]: [usize; 4], sk: us
             match source {
                 // A variant with no entry of its own runs the plain kernel's schedule: the same
                 // loop with a little more score code.
-                Source::Tuned(ref key, _) if key.kernel != o.kernel => {
+                Source::Tuned(ref key, _) | Source::Modeled(ref key, _) if key.kernel != o.kernel => {
                     (cfg, format!("{source} (no entry for {})", o.kernel))
                 }
                 source => (cfg, source.to_string()),

@@ -5,12 +5,16 @@
 //!
 //! `cargo run --release --example autotune -- [--kernel NAME [--softcap 30] [--window 1024,0] [--prefix 2048] [--param NAME=VALUE] [--doc-len 1000]]
 //!  [--out tuning/attention.json | --cache] [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes]
-//!  [--classes tiny,small,medium,large] [--dtype f16] [--target sm_89|sm_90a] [--iters 20 --warmup 5] [--seconds N] [--seed N]`
+//!  [--classes tiny,small,medium,large] [--dtype f16] [--target sm_89|sm_90a] [--iters 20 --warmup 5] [--seconds N] [--seed N] [--model l4|h100]`
 //!
 //! `--target sm_90a` searches the sm_90a (wgmma) space: whole warpgroups (tile_m = 16 · warps,
 //! up to 16 warps), each with and without a producer warpgroup (4 load warps that give their
 //! registers to the compute warpgroups), then stages 1 to 4; candidates sm_90a cannot compile
 //! (split-KV, softmax warps) fail fast with the reason. Entries record their target.
+//!
+//! `--model l4|h100` chooses each key's entry by the occupancy model for that GPU's limits
+//! instead (`flashcore::model`: no GPU, no timing; ptxas gives the registers), marked as not
+//! timed: how the shipped table's L4 section is made.
 //!
 //! `--cache` stores each winner in the user's tuning cache (`flashcore::tuning_cache`:
 //! `$XDG_CACHE_HOME/flashcore/tuning-<version>.json`) instead of `--out`; every later launch
@@ -66,6 +70,8 @@ struct Options {
     seed: u64,
     /// The PTX target the candidates compile for (`--target`, default sm_89).
     target: Target,
+    /// Choose by the occupancy model for this GPU's limits instead of timing (`--model`).
+    model: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -85,6 +91,7 @@ fn parse_args() -> Result<Options, String> {
         seconds: None,
         seed: 7,
         target: Target::Sm89,
+        model: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -133,6 +140,7 @@ fn parse_args() -> Result<Options, String> {
                 o.dtype =
                     DType::from_name(&name).ok_or_else(|| format!("--dtype: `{name}` is not f16 or bf16"))?
             }
+            "--model" => o.model = Some(value()?),
             "--target" => {
                 let name = value()?;
                 o.target = Target::from_name(&name)
@@ -170,8 +178,65 @@ fn read_progress(path: &PathBuf) -> Result<HashMap<(Key, Schedule), Trial>, Stri
     }
 }
 
+/// `--model GPU`: each key's entry chosen by the occupancy model for the GPU's limits
+/// (`flashcore::model`), from ptxas's register counts, with no GPU and no timing.
+fn run_model(o: &Options, chosen: &Chosen, gpu: &str) -> Result<(), String> {
+    use flashcore::occupancy;
+    use flashcore::tuning::{Gpu, GpuProps};
+    let (gpu, arch) = match gpu.to_ascii_lowercase().as_str() {
+        "l4" => (Gpu { name: "NVIDIA L4".into(), props: GpuProps::L4 }, occupancy::L4),
+        "h100" => {
+            (Gpu { name: "NVIDIA H100 80GB HBM3".into(), props: GpuProps::HOPPER_SXM }, occupancy::H100)
+        }
+        other => return Err(format!("--model: `{other}` is not l4 or h100")),
+    };
+    let ptxas =
+        flashcore::ptxas::find().ok_or("--model needs ptxas (FLASHCORE_PTXAS) for register counts")?;
+    let mut table =
+        if o.out.exists() { Table::load(&o.out).map_err(|e| e.to_string())? } else { Table::empty() };
+    let mut model = flashcore::model::Model::new((chosen.entry.program)(), &arch, &gpu, &ptxas);
+    println!("occupancy model of {} ({}), ptxas {}", gpu.name, gpu.props, ptxas.display());
+    for &d in &o.head_dims {
+        for &causal in &o.causal {
+            for &class in &o.classes {
+                let declared = Config {
+                    dtype: o.dtype,
+                    causal,
+                    target: Target::Sm89,
+                    ..chosen.entry.config.with_head_dim(d)
+                };
+                match model.entry(chosen.entry.name, declared, class) {
+                    Some((entry, score, occ)) => {
+                        println!(
+                            "  {}: {} score {score:.3}, {} CTAs x {} warps resident ({} limits), {} candidates scored",
+                            entry.key,
+                            entry.config(declared),
+                            occ.ctas,
+                            occ.warps / occ.ctas.max(1),
+                            occ.limit,
+                            entry.measured.candidates
+                        );
+                        table.insert(entry);
+                    }
+                    None => println!(
+                        "  {} D={d} causal={causal} {}: no candidate qualifies",
+                        chosen.entry.name,
+                        class.name()
+                    ),
+                }
+            }
+        }
+    }
+    table.save(&o.out).map_err(|e| e.to_string())?;
+    println!("done: {} entries in {}", table.entries.len(), o.out.display());
+    Ok(())
+}
+
 fn run(o: &Options) -> Result<(), String> {
     let chosen = Chosen::new(&o.kernel, &o.params, o.doc_len)?;
+    if let Some(gpu) = &o.model {
+        return run_model(o, &chosen, gpu);
+    }
     let device = match Device::new(0) {
         Ok(d) => d,
         Err(e) => {

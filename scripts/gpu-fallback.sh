@@ -9,10 +9,28 @@
 # process at the largest shape, timed, which must find its key cached and not tune. Logs and
 # JSON go to $OUT/fallback-* and $OUT/first-use*.
 #   scripts/gpu-fallback.sh [bench.py --only list [first-use --only list]]
+#   scripts/gpu-fallback.sh model TABLE   the occupancy model's picks for the H100's limits (TABLE, from
+#       `autotune --model h100`) against the timed H100 entries, both as sm_89 PTX on this GPU, with
+#       FlashAttention-2 in the same run: how good the model that chose the L4 section is.
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
 mkdir -p "$out"
+if [ "${1:-}" = model ]; then
+  export FLASHCORE_CACHE_DIR=$out/cache-none
+  mkdir -p "$FLASHCORE_CACHE_DIR"
+  python3 -c "import json; t = json.load(open('tuning/attention.json')); t['entries'] = [e for e in t['entries'] if e['gpu'] == 'NVIDIA H100 80GB HBM3']; json.dump(t, open('$out/table-h100-only.json', 'w'))"
+  status=0
+  for which in model timed; do
+    table=$2; [ $which = timed ] && table=$out/table-h100-only.json
+    echo "== sm_89, table: $which ($table)" | tee -a "$out/model.txt"
+    FLASHCORE_TUNING=$table python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/model-$which" \
+      --only 1x8x512x64,4x16x2048x64,2x16x8192x64,4x16x2048x128,2x16x8192x128 --impls flashcore-sm89,sdpa-flash \
+      --iters 30 --no-ceilings 2>&1 | tee -a "$out/model.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  done
+  exit $status
+fi
 only=${1:-1x8x512x64,4x16x2048x64,2x16x8192x64,4x16x2048x128,2x16x8192x128}
 first_use_only=${2:-1x8x512x64,4x16x2048x64,2x16x8192x128}
 # The cache goes over every table (Table::active): an empty one keeps it out of these runs.

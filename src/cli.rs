@@ -128,8 +128,9 @@ Example (the seed kernel's 4 load + 11 compute + 1 softmax warps):
             "\
 Usage: flashcore tuned <kernel> --gpu GPU --shape BxHxSxD [--config SETTINGS]
 
-The config a launch of the kernel takes on GPU for a [B, H, S, D] problem (keys: S), and the rule
-that picked it: the tuning table's entry for this GPU, else one of a GPU with the same compute
+The config a launch of the kernel takes on GPU for a [B, H, S, D] problem (keys: S), the rule
+that picked it, and its occupancy there: the tuning table's entry for this GPU (timed, or chosen
+by the occupancy model and marked so: the L4's), else one of a GPU with the same compute
 capability and limits, else of the same capability, never one that does not fit; else the
 declared config, made to fit. The table is the active one (FLASHCORE_TUNING, else the shipped
 entries with the user's tuning cache over them). --config sets what the launch fixes (dtype,
@@ -372,6 +373,7 @@ impl Options {
 const GPUS: &[(&str, &str, crate::tuning::GpuProps)] = &[
     ("h200", "NVIDIA H200", crate::tuning::GpuProps::HOPPER_SXM),
     ("h100", "NVIDIA H100 80GB HBM3", crate::tuning::GpuProps::HOPPER_SXM),
+    ("gh200", "NVIDIA GH200 480GB", crate::tuning::GpuProps::HOPPER_SXM),
     ("l4", "NVIDIA L4", crate::tuning::GpuProps::L4),
 ];
 
@@ -402,7 +404,43 @@ fn tuned(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
     )?;
     writeln!(out, "config     {config}")?;
     writeln!(out, "source     {source}")?;
+    // The occupancy on this GPU's kind, with ptxas's registers where it is found.
+    let (resolved, _) = crate::target::choose(&program, config, Some(gpu.props.capability()), requested);
+    let arch = match (gpu.props.capability(), resolved.target) {
+        ((8, 9), _) => Some(L4),
+        ((9, 0), crate::Target::Sm90a) => Some(crate::occupancy::H100_SM90A),
+        ((9, 0), _) => Some(crate::occupancy::H100),
+        _ => None,
+    };
+    if let (Some(arch), Ok(kernel)) = (arch, crate::compile(&program, &resolved)) {
+        let report = ptxas::find().and_then(|p| ptxas::assemble(&p, &kernel.ptx.text, arch.sm).ok());
+        let registers = report.as_ref().map_or(0, |r| r.registers);
+        let shared = kernel.ptx.shared_bytes + report.as_ref().map_or(0, |r| r.static_shared_bytes);
+        let occ = occupancy(&arch, resolved.threads(), registers, shared);
+        let counted = match &report {
+            Some(_) => format!("{registers} registers (ptxas {}), {shared} B shared", arch.sm),
+            None => format!("{shared} B shared; registers not counted (no ptxas)"),
+        };
+        writeln!(out, "occupancy  {}; {counted}", resident(&arch, &resolved, &occ))?;
+    }
     Ok(())
+}
+
+/// One line of occupancy: the CTAs and warps resident on an SM of `arch`, and the limit.
+fn resident(arch: &Arch, config: &Config, occ: &crate::occupancy::Occupancy) -> String {
+    if let Limit::DoesNotFit { .. } = occ.limit {
+        return format!("does not fit: {}", occ.limit);
+    }
+    format!(
+        "{} CTA{} × {} warps = {} of {} warps ({:.0}%), limited by {}",
+        occ.ctas,
+        if occ.ctas == 1 { "" } else { "s" },
+        config.threads() / 32,
+        occ.warps,
+        arch.max_warps_per_sm,
+        occ.fraction * 100.0,
+        occ.limit
+    )
 }
 
 fn known_kernels() -> String {
@@ -562,19 +600,7 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
             writeln!(out, "  {} {:<5} does not fit: {}", arch.sm, arch.gpu, occ.limit)?;
             continue;
         }
-        writeln!(
-            out,
-            "  {} {:<5} {} CTA{} × {} warps = {} of {} warps ({:.0}%), limited by {}",
-            arch.sm,
-            arch.gpu,
-            occ.ctas,
-            if occ.ctas == 1 { "" } else { "s" },
-            config.threads() / 32,
-            occ.warps,
-            arch.max_warps_per_sm,
-            occ.fraction * 100.0,
-            occ.limit
-        )?;
+        writeln!(out, "  {} {:<5} {}", arch.sm, arch.gpu, resident(arch, &config, &occ))?;
     }
     if !fits_l4 {
         return Err(failed(entry, config, "a CTA does not fit on the L4 (sm_89)"));

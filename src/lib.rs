@@ -37,6 +37,7 @@ pub mod autotune;
 pub mod cli;
 pub mod kernels;
 pub mod layout;
+pub mod model;
 pub mod npy;
 pub mod numerics;
 pub mod occupancy;

@@ -228,18 +228,41 @@ fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 pub struct Measured {
     /// The shape it was timed at: `[B, H, S, SK]`.
     pub shape: [usize; 4],
-    /// Median time of one launch, in microseconds.
+    /// Median time of one launch, in microseconds (NaN: not timed, [`Measured::not_timed`]).
+    #[serde(deserialize_with = "nan_if_null")]
     pub median_us: f64,
     /// Attention FLOPs (4·D per (query, key) pair a row attends to, over B·H heads) over that
     /// time, in TFLOP/s.
+    #[serde(deserialize_with = "nan_if_null")]
     pub tflops: f64,
     /// Relative L2 error against float64 on the check that preceded the timing.
+    #[serde(deserialize_with = "nan_if_null")]
     pub rel_err: f64,
     /// How many candidates were timed for this key.
     pub candidates: usize,
     /// The declared config's time at the same shape, in the same run (NaN if it failed).
     #[serde(deserialize_with = "nan_if_null")]
     pub declared_us: f64,
+}
+
+impl Measured {
+    /// What an entry chosen without timing records ([`crate::model`]): the shape it was chosen
+    /// for and the candidates scored; NaN times (JSON null).
+    pub fn not_timed(shape: [usize; 4], candidates: usize) -> Measured {
+        Measured {
+            shape,
+            median_us: f64::NAN,
+            tflops: f64::NAN,
+            rel_err: f64::NAN,
+            candidates,
+            declared_us: f64::NAN,
+        }
+    }
+
+    /// Whether the entry's schedule was timed on its GPU (not chosen by the occupancy model).
+    pub fn timed(&self) -> bool {
+        self.median_us.is_finite()
+    }
 }
 
 /// One autotuner candidate's outcome: a line of its progress file (JSON lines), which a rerun
@@ -419,6 +442,9 @@ impl Match {
 pub enum Source {
     /// The table's entry for this key, found by this rule.
     Tuned(Key, Match),
+    /// The table's entry for this key, found by this rule, chosen by the occupancy model for
+    /// its GPU's limits and never timed ([`crate::model`]).
+    Modeled(Key, Match),
     /// No entry covers the launch (or none that fits): the kernel's declared config (at this
     /// head dim).
     Declared,
@@ -439,6 +465,17 @@ impl std::fmt::Display for Source {
             ),
             Source::Tuned(key, Match::SameCapability) => {
                 write!(f, "the tuning table's entry for {key} (a GPU of the same compute capability)")
+            }
+            Source::Modeled(key, rule) => {
+                let kind = match rule {
+                    Match::ThisGpu => "",
+                    Match::SameLimits => " (a GPU with the same compute capability and limits)",
+                    Match::SameCapability => " (a GPU of the same compute capability)",
+                };
+                write!(
+                    f,
+                    "the tuning table's entry for {key}{kind}, chosen by the occupancy model (not timed)"
+                )
             }
             Source::Declared => write!(f, "declared (no tuning table entry for this GPU's kind and shape)"),
             Source::Shrunk { why } => write!(f, "declared, made to fit: {why}"),
@@ -550,7 +587,8 @@ impl Table {
     /// of [`Match`] with an entry for this kernel, head dim, causal flag and size class that
     /// `fits` the device wins; within a rule an entry of the launch's dtype comes first, then
     /// for bf16 the f16 entry (the two run the same instructions but for the conversions, and
-    /// time alike: see docs/measurements), then the GPU with the nearest SM count. With no such
+    /// time alike: see docs/measurements), then the GPU with the nearest SM count, then the
+    /// fastest measured. With no such
     /// entry, `declared`; should it not fit, the nearest smaller pipeline that does
     /// ([`Source::Shrunk`]). `fits` says why a config cannot run on the device (shared memory,
     /// threads, a target the device cannot load).
@@ -581,13 +619,25 @@ impl Table {
                             && rule.admits(&e.key.gpu, e.device.as_ref(), gpu)
                     })
                     .collect();
-                found.sort_by_key(|e| {
-                    (e.device.map_or(0, |p| p.sms.abs_diff(gpu.props.sms)), e.key.gpu.clone())
+                // The nearest SM count, then the fastest measured (all were timed at the size
+                // class's representative shape), then by name for a stable order.
+                let sms_off = |e: &Entry| e.device.map_or(0, |p| p.sms.abs_diff(gpu.props.sms));
+                found.sort_by(|a, b| {
+                    sms_off(a)
+                        .cmp(&sms_off(b))
+                        .then(a.measured.median_us.total_cmp(&b.measured.median_us))
+                        .then(a.key.gpu.cmp(&b.key.gpu))
                 });
                 for entry in found {
                     let config = entry.config(declared);
                     if fits(&config).is_ok() {
-                        return (config, Source::Tuned(entry.key.clone(), rule));
+                        let key = entry.key.clone();
+                        let source = if entry.measured.timed() {
+                            Source::Tuned(key, rule)
+                        } else {
+                            Source::Modeled(key, rule)
+                        };
+                        return (config, source);
                     }
                 }
             }
@@ -600,7 +650,8 @@ impl Table {
     /// [`Table::pick`] for the kernel `kernel` (its `program`) on `gpu`, with the fit check
     /// every launch needs ([`fits_device`]: the config's target, `requested` else its own else
     /// the device's, loads there, and its shared memory and threads are within the device's
-    /// limits). A variant without an entry of its own takes the plain `attention` kernel's,
+    /// limits; with `requested`, no entry timed for the other target). A variant without an
+    /// entry of its own takes the plain `attention` kernel's,
     /// whose loop it shares but for a little score code (the source's key then names
     /// `attention`).
     pub fn pick_kernel(
@@ -612,11 +663,18 @@ impl Table {
         shape: [usize; 4],
         requested: Option<Target>,
     ) -> (Config, Source) {
-        let fits = |cfg: &Config| fits_device(program, gpu, cfg, requested);
+        // With a target asked for, an entry timed for the other one is not a pick: its schedule
+        // won with other instructions (the H200's sm_90a winners spill as sm_89).
+        let fits = |cfg: &Config| match requested {
+            Some(t) if cfg.target != Target::Auto && cfg.target != t => {
+                Err(format!("tuned for {}, {t} asked for", cfg.target))
+            }
+            _ => fits_device(program, gpu, cfg, requested),
+        };
         let picked = self.pick(kernel, gpu, declared, shape, &fits);
-        if kernel != "attention" && !matches!(picked.1, Source::Tuned(..)) {
+        if kernel != "attention" && !matches!(picked.1, Source::Tuned(..) | Source::Modeled(..)) {
             let plain = self.pick("attention", gpu, declared, shape, &fits);
-            if matches!(plain.1, Source::Tuned(..)) {
+            if matches!(plain.1, Source::Tuned(..) | Source::Modeled(..)) {
                 return plain;
             }
         }
@@ -1015,6 +1073,19 @@ mod tests {
         winner.measured.declared_us = f64::NAN;
         table.insert(winner);
         assert!(Table::from_json(&table.to_json()).unwrap().entries[0].measured.declared_us.is_nan());
+        // An entry the occupancy model chose: every time null, read back as not timed, and a
+        // pick of it says so.
+        let mut table = Table::empty();
+        table.insert(Entry {
+            measured: Measured::not_timed([1, 8, 512, 512], 40),
+            ..entry(SizeClass::Tiny, 64)
+        });
+        let back = Table::from_json(&table.to_json()).unwrap();
+        assert!(!back.entries[0].measured.timed());
+        let x = gpu("GPU X", GpuProps::HOPPER_SXM);
+        let (_, source) = back.pick("attention", &x, Config::default(), [1, 8, 512, 512], &anything);
+        assert!(matches!(source, Source::Modeled(_, Match::ThisGpu)), "{source:?}");
+        assert!(source.to_string().contains("chosen by the occupancy model (not timed)"), "{source}");
     }
 
     #[test]

@@ -40,19 +40,27 @@ fn tuned_says_which_config_a_launch_takes_and_why() {
         "{h200}"
     );
     assert!(h200.contains("sm_90a"), "{h200}");
-    // No H200 entry at this size class: the H100's, whose limits are the H200's.
-    let small =
-        ok(&["tuned", "attention", "--gpu", "NVIDIA H200", "--shape", "1x8x1024x64", "--config", "causal"]);
+    // A GH200 has no entries of its own: those of the GPUs with its limits, the fastest measured
+    // (the H200's sm_90a one, not the H100's sm_89 one).
+    let gh200 =
+        ok(&["tuned", "attention", "--gpu", "gh200", "--shape", "2x16x8192x128", "--config", "causal"]);
     assert!(
-        small.contains("on NVIDIA H100 80GB HBM3") && small.contains("same compute capability and limits"),
-        "{small}"
+        gh200.contains("on NVIDIA H200, f16 D=128 causal large")
+            && gh200.contains("same compute capability and limits"),
+        "{gh200}"
     );
-    // An L4 has no entries of its kind: the declared config, which fits its 99 KiB.
+    // The L4's entries were chosen by the occupancy model (no L4 to time them on), and say so;
+    // the occupancy line shows it fits the L4's 99 KiB.
     let l4 = ok(&["tuned", "attention", "--gpu", "l4", "--shape", "2x16x8192x128"]);
     assert!(
-        l4.contains("config     tile_m=64 tile_n=64 head_dim=128") && l4.contains("source     declared"),
+        l4.contains("on NVIDIA L4, f16 D=128 large, chosen by the occupancy model (not timed)")
+            && l4.contains("occupancy  1 CTA × 8 warps"),
         "{l4}"
     );
+    // A GPU of a kind with no entries (an Ada GPU with other limits would take the L4's): an
+    // sm_89 shape the table does not cover, D = 256, gets the declared config.
+    let d256 = ok(&["tuned", "attention", "--gpu", "l4", "--shape", "2x16x8192x256"]);
+    assert!(d256.contains("source     declared") || d256.contains("made to fit"), "{d256}");
     for (args, says) in [
         (
             &["tuned", "attention", "--gpu", "a100", "--shape", "1x1x64x64"][..],
