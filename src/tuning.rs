@@ -16,10 +16,17 @@
 //! use flashcore::kernels::attention;
 //! use flashcore::tuning::{Gpu, GpuProps, Source, Table};
 //!
-//! // A GPU of an architecture the table has no entry for gets the declared config.
-//! let gpu = Gpu { name: "no such GPU".into(), props: GpuProps::L4 };
+//! // A GPU of an architecture the table has no entry for (compute capability 8.0, an A100's)
+//! // gets the declared config.
+//! let a100 = GpuProps { compute_capability: [8, 0], sms: 108, ..GpuProps::L4 };
+//! let gpu = Gpu { name: "no such GPU".into(), props: a100 };
 //! let (config, source) = Table::builtin().pick("attention", &gpu, attention::CONFIG, [1, 8, 512, 512], &|_| Ok(()));
 //! assert_eq!((config, source), (attention::CONFIG, Source::Declared));
+//! // Another Ada GPU (compute capability 8.9) takes the L4's entries, chosen by the occupancy
+//! // model, and says so.
+//! let ada = Gpu { name: "an Ada GPU".into(), props: GpuProps { sms: 128, ..GpuProps::L4 } };
+//! let (_, source) = Table::builtin().pick("attention", &ada, attention::CONFIG, [1, 8, 512, 512], &|_| Ok(()));
+//! assert!(matches!(source, Source::Modeled(ref key, _) if key.gpu == "NVIDIA L4"));
 //! ```
 
 use std::collections::HashMap;
@@ -572,13 +579,17 @@ impl Table {
             let k = |e: &Entry| {
                 (e.key.kernel.clone(), e.key.gpu.clone(), e.key.dtype.clone(), e.key.head_dim, e.key.causal)
             };
-            k(a).cmp(&k(b)).then(a.key.size_class.name().cmp(b.key.size_class.name()))
+            k(a).cmp(&k(b))
+                .then(a.key.size_class.name().cmp(b.key.size_class.name()))
+                .then(a.schedule.target.name().cmp(b.schedule.target.name()))
         });
     }
 
-    /// Adds `entry`, replacing the one with its key.
+    /// Adds `entry`, replacing the one with its key and target: a GPU that runs both targets
+    /// keeps a winner for each (a launch that asks for one takes its own; one that does not,
+    /// the faster).
     pub fn insert(&mut self, entry: Entry) {
-        self.entries.retain(|e| e.key != entry.key);
+        self.entries.retain(|e| e.key != entry.key || e.schedule.target != entry.schedule.target);
         self.entries.push(entry);
     }
 
@@ -874,6 +885,31 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_keeps_a_winner_per_target_and_a_launch_takes_the_faster() {
+        let timed = |target: Target, median_us: f64| {
+            let mut e = entry(SizeClass::Large, if target == Target::Sm90a { 128 } else { 64 });
+            e.schedule.target = target;
+            e.measured.median_us = median_us;
+            e
+        };
+        let mut table = Table::empty();
+        table.insert(timed(Target::Sm89, 3400.0));
+        table.insert(timed(Target::Sm90a, 2300.0));
+        table.insert(timed(Target::Sm90a, 2200.0));
+        assert_eq!(table.entries.len(), 2, "one entry per key and target");
+        let x = gpu("GPU X", GpuProps::HOPPER_SXM);
+        let shape = [2, 16, 8192, 8192];
+        let (cfg, _) = table.pick("attention", &x, Config::default(), shape, &anything);
+        assert_eq!((cfg.target, cfg.tile_m), (Target::Sm90a, 128), "the faster target's");
+        // Asking for sm_89 (the fit check refuses the other target's): its own entry.
+        let sm89_only =
+            |c: &Config| if c.target == Target::Sm90a { Err("sm_90a".to_string()) } else { Ok(()) };
+        let (cfg, source) = table.pick("attention", &x, Config::default(), shape, &sm89_only);
+        assert_eq!((cfg.target, cfg.tile_m), (Target::Sm89, 64));
+        assert!(matches!(source, Source::Tuned(_, Match::ThisGpu)));
+    }
+
+    #[test]
     fn a_search_starts_from_other_gpus_of_the_same_capability() {
         let mut table = Table::empty();
         let on = |name: &str, props: Option<GpuProps>, class: SizeClass, tile_m: u32| Entry {
@@ -1131,11 +1167,21 @@ mod tests {
     #[test]
     fn the_builtin_table_parses_and_is_valid() {
         let table = Table::from_json(BUILTIN).unwrap();
+        let mut modeled = 0;
         for entry in &table.entries {
             assert_eq!(entry.key.kernel, "attention");
-            assert!(entry.measured.rel_err < 2e-3, "{}: {}", entry.key, entry.measured.rel_err);
             // Every shipped entry records its GPU's properties, so it serves GPUs of its kind.
-            assert_eq!(entry.device, Some(GpuProps::HOPPER_SXM), "{}", entry.key);
+            let props = entry.device.unwrap_or_else(|| panic!("{}: no GPU properties", entry.key));
+            if entry.measured.timed() {
+                assert!(entry.measured.rel_err < 2e-3, "{}: {}", entry.key, entry.measured.rel_err);
+                assert_eq!(props, GpuProps::HOPPER_SXM, "{}", entry.key);
+            } else {
+                // The L4 section: chosen by the occupancy model, sm_89, for the L4's limits.
+                assert_eq!((props, entry.schedule.target), (GpuProps::L4, Target::Sm89), "{}", entry.key);
+                assert!(entry.measured.candidates > 0, "{}", entry.key);
+                modeled += 1;
+            }
         }
+        assert_eq!(modeled, 16, "the L4 section: D 64 and 128, causal or not, four size classes");
     }
 }
