@@ -635,15 +635,31 @@ impl FirstUse {
         let program = (entry.program)();
         let gpu = Gpu::of(device.info());
         let picked = table.pick_kernel(&program, kernel, &gpu, base, shape, requested);
-        // Entries are keyed without a target (one per GPU and key), so only the device's own
-        // target is tuned: a forced target launches what the table has for it.
-        let forced = requested.is_some() || crate::target::requested()?.is_some();
-        if forced || matches!(picked.1, Source::Tuned(_, crate::tuning::Match::ThisGpu)) {
+        // Timed on this GPU already, for the kernel or for the `attention` key it falls back on.
+        let this_gpu = |source: &Source| matches!(source, Source::Tuned(_, crate::tuning::Match::ThisGpu));
+        let plain = crate::kernels::attention::program();
+        if this_gpu(&picked.1)
+            || this_gpu(&table.pick_kernel(&plain, "attention", &gpu, base, shape, requested).1)
+        {
             return Ok(picked);
         }
         let [b, h, s, sk] = shape;
         let class = SizeClass::of(b, h, s, sk);
-        match self.tune_attention(device, table, base, class) {
+        let target = match requested {
+            Some(t) => t,
+            None => self.target_of(device, base)?,
+        };
+        // A key is tuned at most once a process, whatever came of it.
+        static TRIED: std::sync::Mutex<Vec<(Key, Target)>> = std::sync::Mutex::new(vec![]);
+        let key = Key::new("attention", &gpu.name, base.dtype, base.head_dim, base.causal, class);
+        {
+            let mut tried = TRIED.lock().unwrap_or_else(|p| p.into_inner());
+            if tried.contains(&(key.clone(), target)) {
+                return Ok(picked);
+            }
+            tried.push((key, target));
+        }
+        match self.tune_attention(device, table, Config { target, ..base }, class) {
             Ok(Some(tuned)) => {
                 table.insert(tuned);
                 Ok(table.pick_kernel(&program, kernel, &gpu, base, shape, requested))
@@ -656,10 +672,25 @@ impl FirstUse {
         }
     }
 
-    /// Tunes the plain `attention` kernel's key for `base`'s head dim, dtype and causal flag and
-    /// `class` on `device`, within the budget, starting from `table`'s entries for the key on
-    /// other GPUs of this kind ([`Table::seeds`]); stores the winner in the cache and returns it
-    /// (`None`: no candidate ran correctly within the budget).
+    /// The target a launch of `base` takes on `device` with none asked for: `base`'s own, else
+    /// (`Target::Auto`) `FLASHCORE_TARGET`'s, else the device's (sm_90a on 9.0, sm_89 elsewhere),
+    /// as `KernelCache::get_or_compile_on` resolves it.
+    fn target_of(&self, device: &Device, base: Config) -> Result<Target, Error> {
+        if base.target != Target::Auto {
+            return Ok(base.target);
+        }
+        if let Some(t) = crate::target::requested()? {
+            return Ok(t);
+        }
+        let program = crate::kernels::attention::program();
+        Ok(crate::target::choose(&program, base, Some(device.info().compute_capability), None).0.target)
+    }
+
+    /// Tunes the plain `attention` kernel's key for `base`'s head dim, dtype, causal flag and
+    /// target (`Target::Auto`: the device's) and `class` on `device`, within the budget,
+    /// starting from `table`'s entries for the key on other GPUs of this kind
+    /// ([`Table::seeds`]); stores the winner in the cache and returns it (`None`: no candidate
+    /// ran correctly within the budget).
     pub fn tune_attention(
         &self,
         device: &Device,
@@ -673,15 +704,7 @@ impl FirstUse {
             causal: base.causal,
             ..crate::kernels::attention::CONFIG.with_head_dim(base.head_dim)
         };
-        // The device's own target (first use tunes no forced one: see `FirstUse::config`).
-        let target = match base.target {
-            Target::Auto => {
-                crate::target::choose(&program, declared, Some(device.info().compute_capability), None)
-                    .0
-                    .target
-            }
-            target => target,
-        };
+        let target = self.target_of(device, base).map_err(|e| e.to_string())?;
         let declared = Config { target, ..declared };
         declared.validate().map_err(|e| e.to_string())?;
         let key = Key::new(
@@ -700,7 +723,10 @@ impl FirstUse {
         search.observe = Box::new(move |event| bar.show(event, started.elapsed()));
         let shape = representative(class);
         let shape = [shape[0], shape[1], shape[2], declared.head_dim as usize];
-        let mut rng = Rng::new(started.elapsed().as_nanos() as u64 ^ std::process::id() as u64);
+        // Fresh inputs every time.
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let mut rng = Rng::new(nanos as u64 ^ u64::from(std::process::id()));
         let seeds = table.seeds(&key, &Gpu::of(device.info()), declared);
         let entry = match declared.dtype {
             DType::F16 => search.tune(
@@ -788,14 +814,14 @@ impl ProgressBar {
         let fraction = (elapsed.as_secs_f64() / self.budget.as_secs_f64()).min(1.0);
         let filled = (fraction * 24.0).round() as usize;
         let line = format!(
-            "flashcore: {} [{}{}] {:.0}/{:.0} s, {} candidates, best {:.1} us ({round})",
+            "flashcore: {} [{}{}] {:.0}/{:.0} s, {} candidates, best {} ({round})",
             self.title,
             "#".repeat(filled),
             ".".repeat(24 - filled),
             elapsed.as_secs_f64(),
             self.budget.as_secs_f64(),
             self.ran,
-            self.best_us,
+            if self.best_us.is_finite() { format!("{:.1} us", self.best_us) } else { "none yet".into() },
         );
         let mut err = std::io::stderr().lock();
         if self.terminal {
