@@ -34,7 +34,7 @@ mod variant;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use flashcore::autotune::FirstUse;
+use flashcore::autotune::{standard_args, FirstUse};
 use flashcore::ir::source::Program;
 use flashcore::kernels::attention;
 use flashcore::reference::{self, Problem, Rng};
@@ -442,7 +442,7 @@ fn run_typed<T: HalfFloat>(
     let scale = cfg.default_scale();
     let extras = chosen.problem_extras(&axis_sizes(shape, inputs.hk, inputs.sk), rng)?;
     let device_extras = Chosen::upload(device, &extras)?;
-    let mut args = Chosen::args([&q, &k, &v], &mut out, Some(&mut lse), scale, &device_extras, [None, None]);
+    let mut args = standard_args([&q, &k, &v], &mut out, Some(&mut lse), scale, &device_extras, [None, None]);
     flashcore::launch(device, &compiled, &mut args).map_err(e)?;
     device.synchronize().map_err(r)?;
     let stored = device.download(&out).map_err(r)?;
@@ -491,7 +491,7 @@ fn run_typed<T: HalfFloat>(
         flashcore::launch_async(
             device,
             &compiled,
-            &mut Chosen::args([q, k, v], &mut out, lse, scale, &device_extras, [None, None]),
+            &mut standard_args([q, k, v], &mut out, lse, scale, &device_extras, [None, None]),
         )
     })
     .map_err(e)?;

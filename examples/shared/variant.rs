@@ -7,9 +7,9 @@ use flashcore::ir::source::{Dim, ElemDecl, ParamDecl};
 use flashcore::kernels::variants;
 use flashcore::reference::{self, Rng};
 use flashcore::registry::KernelEntry;
-use flashcore::runtime::{Device, TensorArg};
+use flashcore::runtime::Device;
 use flashcore::simulate::ExtraArg;
-use flashcore::{Arg, CompiledKernel, Config};
+use flashcore::{CompiledKernel, Config};
 use std::path::{Path, PathBuf};
 
 /// The kernel parameter flags both examples take: `--softcap X`, `--prefix X`,
@@ -280,18 +280,6 @@ impl Chosen {
                 })
             })
             .collect()
-    }
-
-    /// The launch arguments in the standard order.
-    pub fn args<'a>(
-        qkv: [&'a dyn TensorArg; 3],
-        out: &'a mut dyn TensorArg,
-        lse: Option<&'a mut dyn TensorArg>,
-        scale: f32,
-        extras: &'a [DeviceExtra],
-        offsets: [Option<&'a flashcore::DeviceSeqOffsets>; 2],
-    ) -> Vec<Arg<'a>> {
-        flashcore::autotune::standard_args(qkv, out, lse, scale, extras, offsets)
     }
 }
 
