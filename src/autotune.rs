@@ -632,9 +632,23 @@ impl FirstUse {
     ) -> Result<(Config, Source), Error> {
         let entry = crate::registry::find(kernel)
             .ok_or_else(|| Error::Tuning(format!("no kernel `{kernel}` is registered (`flashcore list`)")))?;
-        let program = (entry.program)();
+        self.config_of(device, table, kernel, &(entry.program)(), base, shape, requested)
+    }
+
+    /// [`FirstUse::config`] for the kernel `kernel` whose source is `program`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn config_of(
+        &self,
+        device: &Device,
+        table: &mut Table,
+        kernel: &str,
+        program: &crate::ir::source::Program,
+        base: Config,
+        shape: [usize; 4],
+        requested: Option<Target>,
+    ) -> Result<(Config, Source), Error> {
         let gpu = Gpu::of(device.info());
-        let picked = table.pick_kernel(&program, kernel, &gpu, base, shape, requested);
+        let picked = table.pick_kernel(program, kernel, &gpu, base, shape, requested);
         // Timed on this GPU already, for the kernel or for the `attention` key it falls back on.
         let this_gpu = |source: &Source| matches!(source, Source::Tuned(_, crate::tuning::Match::ThisGpu));
         let plain = crate::kernels::attention::program();
@@ -662,7 +676,7 @@ impl FirstUse {
         match self.tune_attention(device, table, Config { target, ..base }, class) {
             Ok(Some(tuned)) => {
                 table.insert(tuned);
-                Ok(table.pick_kernel(&program, kernel, &gpu, base, shape, requested))
+                Ok(table.pick_kernel(program, kernel, &gpu, base, shape, requested))
             }
             Ok(None) => Ok(picked),
             Err(why) => {

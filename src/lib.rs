@@ -697,6 +697,58 @@ pub(crate) fn grid_size(
     })
 }
 
+/// What the shape binding sees of each launch argument.
+fn views_of<'a>(args: &'a [Arg]) -> Vec<ArgView<'a>> {
+    args.iter()
+        .map(|a| match a {
+            Arg::Tensor(t) => ArgView::Tensor(TensorView::of(*t)),
+            Arg::TensorMut(t) => ArgView::Tensor(TensorView::of(&**t)),
+            Arg::Offsets(o) => ArgView::Offsets(o.host()),
+            Arg::Absent | Arg::F32(_) => ArgView::None,
+        })
+        .collect()
+}
+
+/// The `[B, H, S, SK]` a launch of `kernel` with `args` binds (SK = S for a kernel without
+/// one): what the tuning table is keyed by. An error names the dim a kernel lacks, or what is
+/// wrong with the arguments.
+pub fn problem_shape(kernel: &CompiledKernel, args: &[Arg]) -> Result<[usize; 4], Error> {
+    let k = &kernel.kernel;
+    let binding = bind_shapes(k, &views_of(args))?;
+    let dim = |name: &str| k.dims.iter().position(|d| d == name).map(|i| binding.dims[i] as usize);
+    let need = |name: &str| {
+        dim(name).ok_or_else(|| Error::Argument {
+            kernel: k.name.clone(),
+            arg: "(shapes)".into(),
+            message: format!("a tuned launch needs the dims B, H and S (the tuning table's keys); the kernel has no `{name}`"),
+        })
+    };
+    let s = need("S")?;
+    Ok([need("B")?, need("H")?, s, dim("SK").unwrap_or(s)])
+}
+
+/// Launches `program` (the registered kernel `name`) with the config the tuning table gives for
+/// this GPU and the arguments' shape ([`tuning::tuned_config`]: with `FLASHCORE_AUTOTUNE=1`, a
+/// key with no entry tuned on this GPU is tuned first) and waits for it; returns the config and
+/// where it came from. `base` fixes what tuning keeps (dtype, head dim, causal, varlen, target).
+/// The generated `launch_tuned` of each kernel calls this.
+pub fn launch_tuned(
+    device: &runtime::Device,
+    name: &str,
+    program: fn() -> ir::source::Program,
+    cache: &KernelCache,
+    base: &Config,
+    args: &mut [Arg],
+) -> Result<(Config, tuning::Source), Error> {
+    let cc = device.info().compute_capability;
+    let declared = cache.get_or_compile_on(cc, base, program)?;
+    let shape = problem_shape(&declared, args)?;
+    let (config, source) = tuning::tuned_config_of(device, name, &program(), *base, shape)?;
+    let kernel = cache.get_or_compile_on(cc, &config, program)?;
+    launch(device, &kernel, args)?;
+    Ok((config, source))
+}
+
 /// Binds `args` to `kernel`'s parameters, launches it and waits for it, at most
 /// `device.launch_timeout()`: a kernel that hangs becomes `RuntimeError::Timeout` naming the
 /// kernel and its config, never a stuck process.
@@ -741,16 +793,7 @@ pub fn launch_async(
             Arg::F32(_) => ArgKind::Scalar,
         }),
     )?;
-    let views: Vec<ArgView> = args
-        .iter()
-        .map(|a| match a {
-            Arg::Tensor(t) => ArgView::Tensor(TensorView::of(*t)),
-            Arg::TensorMut(t) => ArgView::Tensor(TensorView::of(&**t)),
-            Arg::Offsets(o) => ArgView::Offsets(o.host()),
-            Arg::Absent | Arg::F32(_) => ArgView::None,
-        })
-        .collect();
-    let binding = bind_shapes(k, &views)?;
+    let binding = bind_shapes(k, &views_of(args))?;
     check_target(k, device.info().compute_capability)?;
     if binding.work_items == 0 {
         return Ok(());

@@ -740,6 +740,20 @@ pub fn tuned_config(
     base: Config,
     shape: [usize; 4],
 ) -> Result<(Config, Source), Error> {
+    let entry = crate::registry::find(kernel)
+        .ok_or_else(|| Error::Tuning(format!("no kernel `{kernel}` is registered (`flashcore list`)")))?;
+    tuned_config_of(device, kernel, &(entry.program)(), base, shape)
+}
+
+/// [`tuned_config`] for the kernel `kernel` whose source is `program` (two modules may
+/// register kernels of one name; the typed launchers know their own).
+pub fn tuned_config_of(
+    device: &crate::runtime::Device,
+    kernel: &str,
+    program: &crate::ir::source::Program,
+    base: Config,
+    shape: [usize; 4],
+) -> Result<(Config, Source), Error> {
     static ACTIVE: std::sync::OnceLock<Result<std::sync::Mutex<Table>, String>> = std::sync::OnceLock::new();
     let mut table = ACTIVE
         .get_or_init(|| Table::active().map(std::sync::Mutex::new).map_err(|e| e.to_string()))
@@ -748,11 +762,9 @@ pub fn tuned_config(
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     if let Some(tuner) = crate::autotune::FirstUse::from_env()? {
-        return tuner.config(device, &mut table, kernel, base, shape, None);
+        return tuner.config_of(device, &mut table, kernel, program, base, shape, None);
     }
-    let entry = crate::registry::find(kernel)
-        .ok_or_else(|| Error::Tuning(format!("no kernel `{kernel}` is registered (`flashcore list`)")))?;
-    Ok(table.pick_kernel(&(entry.program)(), kernel, &Gpu::of(device.info()), base, shape, None))
+    Ok(table.pick_kernel(program, kernel, &Gpu::of(device.info()), base, shape, None))
 }
 
 /// Whether `cfg` can run `program` on `gpu`: the target it resolves to (`requested`, else its

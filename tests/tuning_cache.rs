@@ -216,3 +216,36 @@ fn first_use_tunes_a_key_once_within_its_budget_then_reads_the_cache() {
     eprintln!("first use: tuned in {first:?}, then read from the cache in {:?}", started.elapsed());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The typed `launch_tuned` on the GPU (skipped without one): the table's config for this GPU
+/// and the arguments' shape, checked against float64 on a poisoned output.
+#[test]
+fn launch_tuned_takes_the_tables_config_and_computes_attention() {
+    use flashcore::kernels::attention;
+    use flashcore::reference::{attention_rows, compare, Problem, Rng};
+    let device = match flashcore::runtime::Device::new(0) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("skipping the GPU check: {e}"),
+    };
+    type F = flashcore::f16;
+    let (b, h, s, d) = (1, 8, 600, 64);
+    let mut rng = Rng::new(std::process::id() as u64);
+    let mut gen =
+        |n: usize| (0..n).map(|_| flashcore::round_to(DType::F16, rng.normal())).collect::<Vec<f64>>();
+    let (q, k, v) = (gen(b * h * s * d), gen(b * h * s * d), gen(b * h * s * d));
+    let up = |x: &[f64]| {
+        device.upload(&x.iter().map(|x| F::from_f64(*x)).collect::<Vec<F>>(), &[b, h, s, d]).unwrap()
+    };
+    let (qd, kd, vd) = (up(&q), up(&k), up(&v));
+    let mut o = device.filled(&[b, h, s, d], F::NAN).unwrap();
+    let base = attention::CONFIG.with_head_dim(d as u32);
+    let scale = base.default_scale();
+    let (config, source) =
+        attention::launch_tuned(&device, &base, &qd, &kd, &vd, &mut o, None, scale, None, None).unwrap();
+    eprintln!("launch_tuned: {config} ({source})");
+    let got: Vec<f64> = device.download(&o).unwrap().iter().map(|x| x.to_f64()).collect();
+    let rows: Vec<usize> = (0..b * h * s).collect();
+    let p = Problem { q: &q, k: &k, v: &v, b, h, hk: h, s, sk: s, d, scale: scale as f64, causal: false };
+    let err = compare(&got, &attention_rows(&p, &rows));
+    assert!(err.rel_l2 < 2e-3 && err.non_finite == 0, "{err:?}");
+}

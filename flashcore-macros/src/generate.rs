@@ -481,6 +481,20 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
                 ::flashcore::launch_async(device, &kernel, &mut [#(#launch_args),*])
             }
 
+            /// Runs the kernel on `device` with the tuning table's config for this GPU and the
+            /// arguments' shape (`flashcore::launch_tuned`; with `FLASHCORE_AUTOTUNE=1` a key
+            /// this GPU has no timed entry for is tuned first) and waits for it. `base` fixes
+            /// what tuning keeps: dtype, head dim, causal, target. Returns the config and where
+            /// it came from.
+            pub fn launch_tuned #generics (
+                device: &::flashcore::runtime::Device,
+                base: &::flashcore::Config,
+                #(#launch_params),*
+            ) -> ::std::result::Result<(::flashcore::Config, ::flashcore::tuning::Source), ::flashcore::Error> {
+                let base = &::flashcore::Config { varlen: base.varlen #(|| #offsets_given)*, ..*base };
+                ::flashcore::launch_tuned(device, Self::NAME, Self::program, &#cache, base, &mut [#(#launch_args),*])
+            }
+
             /// Runs the kernel on `device` and waits for it (at most `device.launch_timeout()`),
             /// arguments in the order of the kernel's parameters. Sequence offsets, when passed,
             /// select `config`'s variable-length variant (`Config::varlen`); a `Target::Auto`
