@@ -12,10 +12,18 @@
 #   scripts/gpu-fallback.sh model TABLE   the occupancy model's picks for the H100's limits (TABLE, from
 #       `autotune --model h100`) against the timed H100 entries, both as sm_89 PTX on this GPU, with
 #       FlashAttention-2 in the same run: how good the model that chose the L4 section is.
+#   scripts/gpu-fallback.sh tests         the GPU tests of tests/tuning_cache.rs (first-use tuning within its
+#       budget then the cache, launch_tuned against float64): build them with
+#       `cargo test --release --test tuning_cache --no-run` and copy the binary to $BINS/tuning_cache.
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
 mkdir -p "$out"
+if [ "${1:-}" = tests ]; then
+  bin=$(realpath "$bins/tuning_cache")
+  (cd /tmp && FLASHCORE_CACHE_DIR=$out/cache-tests timeout 300 "$bin" --nocapture --test-threads 1) 2>&1 | tee "$out/tests.txt"
+  exit "${PIPESTATUS[0]}"
+fi
 if [ "${1:-}" = model ]; then
   export FLASHCORE_CACHE_DIR=$out/cache-none
   mkdir -p "$FLASHCORE_CACHE_DIR"
