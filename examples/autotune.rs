@@ -5,14 +5,14 @@
 //!
 //! `cargo run --release --example autotune -- [--kernel NAME [--softcap 30] [--window 1024,0] [--prefix 2048] [--param NAME=VALUE] [--doc-len 1000]]
 //!  [--out tuning/attention.json | --cache] [--progress autotune-progress.jsonl] [--d 64,128] [--causal no,yes]
-//!  [--classes tiny,small,medium,large] [--dtype f16] [--target sm_89|sm_90a] [--iters 20 --warmup 5] [--seconds N] [--seed N] [--model l4|h100]`
+//!  [--classes tiny,small,medium,large] [--dtype f16] [--target sm_89|sm_90a] [--iters 20 --warmup 5] [--seconds N] [--seed N] [--model l4|h100|h200|gh200]`
 //!
 //! `--target sm_90a` searches the sm_90a (wgmma) space: whole warpgroups (tile_m = 16 · warps,
 //! up to 16 warps), each with and without a producer warpgroup (4 load warps that give their
 //! registers to the compute warpgroups), then stages 1 to 4; candidates sm_90a cannot compile
 //! (split-KV, softmax warps) fail fast with the reason. Entries record their target.
 //!
-//! `--model l4|h100` chooses each key's entry by the occupancy model for that GPU's limits
+//! `--model l4|h100|h200|gh200` chooses each key's entry by the occupancy model for that GPU's limits
 //! instead (`flashcore::model`: no GPU, no timing; ptxas gives the registers), marked as not
 //! timed: how the shipped table's L4 section is made.
 //!
@@ -181,15 +181,12 @@ fn read_progress(path: &PathBuf) -> Result<HashMap<(Key, Schedule), Trial>, Stri
 /// `--model GPU`: each key's entry chosen by the occupancy model for the GPU's limits
 /// (`flashcore::model`), from ptxas's register counts, with no GPU and no timing.
 fn run_model(o: &Options, chosen: &Chosen, gpu: &str) -> Result<(), String> {
-    use flashcore::occupancy;
-    use flashcore::tuning::{Gpu, GpuProps};
-    let (gpu, arch) = match gpu.to_ascii_lowercase().as_str() {
-        "l4" => (Gpu { name: "NVIDIA L4".into(), props: GpuProps::L4 }, occupancy::L4),
-        "h100" => {
-            (Gpu { name: "NVIDIA H100 80GB HBM3".into(), props: GpuProps::HOPPER_SXM }, occupancy::H100)
-        }
-        other => return Err(format!("--model: `{other}` is not l4 or h100")),
-    };
+    use flashcore::tuning::{Gpu, KNOWN_GPUS};
+    let known = || KNOWN_GPUS.iter().map(|(alias, _, _)| *alias).collect::<Vec<_>>().join(", ");
+    let gpu = Gpu::named(gpu).ok_or_else(|| format!("--model: `{gpu}` is not one of {}", known()))?;
+    // The candidates are sm_89 PTX, sized for the GPU that runs them.
+    let arch = flashcore::occupancy::arch_of(gpu.props.capability(), Target::Sm89)
+        .ok_or_else(|| format!("--model: no occupancy model of {}", gpu.name))?;
     let ptxas =
         flashcore::ptxas::find().ok_or("--model needs ptxas (FLASHCORE_PTXAS) for register counts")?;
     let mut table =

@@ -651,10 +651,11 @@ impl FirstUse {
         let picked = table.pick_kernel(program, kernel, &gpu, base, shape, requested);
         // Timed on this GPU already, for the kernel or for the `attention` key it falls back on.
         let this_gpu = |source: &Source| matches!(source, Source::Tuned(_, crate::tuning::Match::ThisGpu));
-        let plain = crate::kernels::attention::program();
-        if this_gpu(&picked.1)
-            || this_gpu(&table.pick_kernel(&plain, "attention", &gpu, base, shape, requested).1)
-        {
+        let attention_timed = || {
+            let plain = crate::kernels::attention::program();
+            this_gpu(&table.pick_kernel(&plain, "attention", &gpu, base, shape, requested).1)
+        };
+        if this_gpu(&picked.1) || (kernel != "attention" && attention_timed()) {
             return Ok(picked);
         }
         let [b, h, s, sk] = shape;

@@ -143,7 +143,7 @@ Options:
 
 Example:
   flashcore tuned attention --gpu h200 --shape 2x16x8192x128 --config causal",
-            gpus = GPUS.iter().map(|(alias, ..)| *alias).collect::<Vec<_>>().join(", ")
+            gpus = crate::tuning::KNOWN_GPUS.iter().map(|(alias, ..)| *alias).collect::<Vec<_>>().join(", ")
         ),
         "help" => "Usage: flashcore help [<command>]".to_string(),
         _ => return None,
@@ -369,22 +369,12 @@ impl Options {
     }
 }
 
-/// GPUs `tuned --gpu` knows by a short name: (alias, the driver's name, properties).
-const GPUS: &[(&str, &str, crate::tuning::GpuProps)] = &[
-    ("h200", "NVIDIA H200", crate::tuning::GpuProps::HOPPER_SXM),
-    ("h100", "NVIDIA H100 80GB HBM3", crate::tuning::GpuProps::HOPPER_SXM),
-    ("gh200", "NVIDIA GH200 480GB", crate::tuning::GpuProps::HOPPER_SXM),
-    ("l4", "NVIDIA L4", crate::tuning::GpuProps::L4),
-];
-
 fn gpu_named(name: &str) -> Result<crate::tuning::Gpu, String> {
-    GPUS.iter()
-        .find(|(alias, full, _)| alias.eq_ignore_ascii_case(name) || *full == name)
-        .map(|(_, full, props)| crate::tuning::Gpu { name: full.to_string(), props: *props })
-        .ok_or_else(|| {
-            let known: Vec<String> = GPUS.iter().map(|(a, f, _)| format!("{a} ({f})")).collect();
-            format!("--gpu: `{name}` is not a GPU this command knows: {}", known.join(", "))
-        })
+    crate::tuning::Gpu::named(name).ok_or_else(|| {
+        let known: Vec<String> =
+            crate::tuning::KNOWN_GPUS.iter().map(|(a, f, _)| format!("{a} ({f})")).collect();
+        format!("--gpu: `{name}` is not a GPU this command knows: {}", known.join(", "))
+    })
 }
 
 /// `flashcore tuned`: the config a launch takes, and the rule that picked it.
@@ -406,12 +396,7 @@ fn tuned(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
     writeln!(out, "source     {source}")?;
     // The occupancy on this GPU's kind, with ptxas's registers where it is found.
     let (resolved, _) = crate::target::choose(&program, config, Some(gpu.props.capability()), requested);
-    let arch = match (gpu.props.capability(), resolved.target) {
-        ((8, 9), _) => Some(L4),
-        ((9, 0), crate::Target::Sm90a) => Some(crate::occupancy::H100_SM90A),
-        ((9, 0), _) => Some(crate::occupancy::H100),
-        _ => None,
-    };
+    let arch = crate::occupancy::arch_of(gpu.props.capability(), resolved.target);
     if let (Some(arch), Ok(kernel)) = (arch, crate::compile(&program, &resolved)) {
         let report = ptxas::find().and_then(|p| ptxas::assemble(&p, &kernel.ptx.text, arch.sm).ok());
         let registers = report.as_ref().map_or(0, |r| r.registers);

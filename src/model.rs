@@ -164,9 +164,9 @@ impl<'a> Model<'a> {
             };
             scored += 1;
             // Higher score, then fewer registers, then less shared memory.
+            // Scores within 1e-9 are a tie.
             let better = best.as_ref().is_none_or(|(s, regs, smem, _, _)| {
-                (score - s).abs() > 1e-9 && score > *s
-                    || (score - s).abs() <= 1e-9 && (r.registers, r.shared) < (*regs, *smem)
+                score > s + 1e-9 || score >= s - 1e-9 && (r.registers, r.shared) < (*regs, *smem)
             });
             if better {
                 best = Some((score, r.registers, r.shared, cfg, occ));

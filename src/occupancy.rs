@@ -84,6 +84,17 @@ pub fn archs_for(target: crate::Target) -> &'static [Arch] {
     }
 }
 
+/// The model of a GPU of compute capability `(major, minor)` running `target`'s PTX: the L4's
+/// for 8.9, the H100's for 9.0 (its sm_90a variant for sm_90a PTX); `None` for the others.
+pub fn arch_of(compute_capability: (i32, i32), target: crate::Target) -> Option<Arch> {
+    match (compute_capability, target) {
+        ((8, 9), _) => Some(L4),
+        ((9, 0), crate::Target::Sm90a) => Some(H100_SM90A),
+        ((9, 0), _) => Some(H100),
+        _ => None,
+    }
+}
+
 /// What bounds the CTAs an SM holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {

@@ -374,7 +374,25 @@ pub struct Gpu {
     pub props: GpuProps,
 }
 
+/// GPUs known by a short name, for tools run without them (`flashcore tuned --gpu`,
+/// `autotune --model`): (alias, the driver's name, properties).
+pub const KNOWN_GPUS: &[(&str, &str, GpuProps)] = &[
+    ("h200", "NVIDIA H200", GpuProps::HOPPER_SXM),
+    ("h100", "NVIDIA H100 80GB HBM3", GpuProps::HOPPER_SXM),
+    ("gh200", "NVIDIA GH200 480GB", GpuProps::HOPPER_SXM),
+    ("l4", "NVIDIA L4", GpuProps::L4),
+];
+
 impl Gpu {
+    /// The known GPU `name` (its alias, any case, or the driver's name), if it is one of
+    /// [`KNOWN_GPUS`].
+    pub fn named(name: &str) -> Option<Gpu> {
+        KNOWN_GPUS
+            .iter()
+            .find(|(alias, full, _)| alias.eq_ignore_ascii_case(name) || *full == name)
+            .map(|(_, full, props)| Gpu { name: full.to_string(), props: *props })
+    }
+
     /// The GPU the driver describes.
     pub fn of(info: &crate::runtime::DeviceInfo) -> Gpu {
         let (major, minor) = info.compute_capability;
@@ -462,28 +480,26 @@ pub enum Source {
     },
 }
 
+impl Match {
+    /// What a source adds to say which rule found its entry (nothing for this GPU's own).
+    fn describe(self) -> &'static str {
+        match self {
+            Match::ThisGpu => "",
+            Match::SameLimits => " (a GPU with the same compute capability and limits)",
+            Match::SameCapability => " (a GPU of the same compute capability)",
+        }
+    }
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Tuned(key, Match::ThisGpu) => write!(f, "the tuning table's entry for {key}"),
-            Source::Tuned(key, Match::SameLimits) => write!(
+            Source::Tuned(key, rule) => write!(f, "the tuning table's entry for {key}{}", rule.describe()),
+            Source::Modeled(key, rule) => write!(
                 f,
-                "the tuning table's entry for {key} (a GPU with the same compute capability and limits)"
+                "the tuning table's entry for {key}{}, chosen by the occupancy model (not timed)",
+                rule.describe()
             ),
-            Source::Tuned(key, Match::SameCapability) => {
-                write!(f, "the tuning table's entry for {key} (a GPU of the same compute capability)")
-            }
-            Source::Modeled(key, rule) => {
-                let kind = match rule {
-                    Match::ThisGpu => "",
-                    Match::SameLimits => " (a GPU with the same compute capability and limits)",
-                    Match::SameCapability => " (a GPU of the same compute capability)",
-                };
-                write!(
-                    f,
-                    "the tuning table's entry for {key}{kind}, chosen by the occupancy model (not timed)"
-                )
-            }
             Source::Declared => write!(f, "declared (no tuning table entry for this GPU's kind and shape)"),
             Source::Shrunk { why } => write!(f, "declared, made to fit: {why}"),
         }
@@ -754,17 +770,39 @@ pub fn tuned_config_of(
     base: Config,
     shape: [usize; 4],
 ) -> Result<(Config, Source), Error> {
-    static ACTIVE: std::sync::OnceLock<Result<std::sync::Mutex<Table>, String>> = std::sync::OnceLock::new();
-    let mut table = ACTIVE
-        .get_or_init(|| Table::active().map(std::sync::Mutex::new).map_err(|e| e.to_string()))
+    /// The active table, and the picks made from it this process: a pick compiles each
+    /// candidate to check that it fits, too slow to repeat at every launch.
+    struct Active {
+        table: Table,
+        picks: Vec<((String, crate::ir::source::Program, Config, SizeClass), (Config, Source))>,
+    }
+    static ACTIVE: std::sync::OnceLock<Result<std::sync::Mutex<Active>, String>> = std::sync::OnceLock::new();
+    let mut active = ACTIVE
+        .get_or_init(|| {
+            Table::active()
+                .map(|table| std::sync::Mutex::new(Active { table, picks: vec![] }))
+                .map_err(|e| e.to_string())
+        })
         .as_ref()
         .map_err(|e| Error::Tuning(e.clone()))?
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(tuner) = crate::autotune::FirstUse::from_env()? {
-        return tuner.config_of(device, &mut table, kernel, program, base, shape, None);
+    let [b, h, s, sk] = shape;
+    let key = (kernel.to_string(), program.clone(), base, SizeClass::of(b, h, s, sk));
+    if let Some((_, picked)) = active.picks.iter().find(|(k, _)| *k == key) {
+        return Ok(picked.clone());
     }
-    Ok(table.pick_kernel(program, kernel, &Gpu::of(device.info()), base, shape, None))
+    let entries = active.table.entries.len();
+    let picked = match crate::autotune::FirstUse::from_env()? {
+        Some(tuner) => tuner.config_of(device, &mut active.table, kernel, program, base, shape, None)?,
+        None => active.table.pick_kernel(program, kernel, &Gpu::of(device.info()), base, shape, None),
+    };
+    if active.table.entries.len() != entries {
+        // First use tuned a key: earlier picks may take its entry now.
+        active.picks.clear();
+    }
+    active.picks.push((key, picked.clone()));
+    Ok(picked)
 }
 
 /// Whether `cfg` can run `program` on `gpu`: the target it resolves to (`requested`, else its
