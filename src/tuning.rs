@@ -788,20 +788,34 @@ pub fn tuned_config_of(
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let [b, h, s, sk] = shape;
-    let key = (kernel.to_string(), program.clone(), base, SizeClass::of(b, h, s, sk));
-    if let Some((_, picked)) = active.picks.iter().find(|(k, _)| *k == key) {
+    let class = SizeClass::of(b, h, s, sk);
+    // The cheap fields first: comparing programs walks them.
+    let same = |(name, prog, cfg, cls): &(String, crate::ir::source::Program, Config, SizeClass)| {
+        name == kernel && *cfg == base && *cls == class && prog == program
+    };
+    if let Some((_, picked)) = active.picks.iter().find(|(k, _)| same(k)) {
         return Ok(picked.clone());
     }
-    let entries = active.table.entries.len();
-    let picked = match crate::autotune::FirstUse::from_env()? {
-        Some(tuner) => tuner.config_of(device, &mut active.table, kernel, program, base, shape, None)?,
-        None => active.table.pick_kernel(program, kernel, &Gpu::of(device.info()), base, shape, None),
+    // A target `base` names, else FLASHCORE_TARGET's, is kept: an entry timed for the other
+    // one is no pick (its schedule applied would name its own target).
+    let requested = match base.target {
+        Target::Auto => crate::target::requested()?,
+        named => Some(named),
     };
+    let entries = active.table.entries.len();
+    let (mut config, source) = match crate::autotune::FirstUse::from_env()? {
+        Some(tuner) => tuner.config_of(device, &mut active.table, kernel, program, base, shape, requested)?,
+        None => active.table.pick_kernel(program, kernel, &Gpu::of(device.info()), base, shape, requested),
+    };
+    if let Some(target) = requested {
+        config.target = target;
+    }
+    let picked = (config, source);
     if active.table.entries.len() != entries {
         // First use tuned a key: earlier picks may take its entry now.
         active.picks.clear();
     }
-    active.picks.push((key, picked.clone()));
+    active.picks.push(((kernel.to_string(), program.clone(), base, class), picked.clone()));
     Ok(picked)
 }
 

@@ -248,4 +248,10 @@ fn launch_tuned_takes_the_tables_config_and_computes_attention() {
     let p = Problem { q: &q, k: &k, v: &v, b, h, hk: h, s, sk: s, d, scale: scale as f64, causal: false };
     let err = compare(&got, &attention_rows(&p, &rows));
     assert!(err.rel_l2 < 2e-3 && err.non_finite == 0, "{err:?}");
+    // A target the base config names is kept, whatever target the table's entries were timed on.
+    let sm89 = Config { target: flashcore::Target::Sm89, ..base };
+    let (config, source) =
+        attention::launch_tuned(&device, &sm89, &qd, &kd, &vd, &mut o, None, scale, None, None).unwrap();
+    eprintln!("launch_tuned, sm_89 asked for: {config} ({source})");
+    assert_eq!(config.target, flashcore::Target::Sm89);
 }
