@@ -35,6 +35,7 @@ extern crate self as flashcore;
 
 pub mod autotune;
 pub mod cli;
+pub mod interop;
 pub mod kernels;
 pub mod layout;
 pub mod model;
@@ -782,6 +783,27 @@ pub fn launch_async(
     kernel: &CompiledKernel,
     args: &mut [Arg],
 ) -> Result<(), Error> {
+    enqueue(device, kernel, args, None)
+}
+
+/// Like [`launch_async`] but on a stream another library owns (PyTorch's current stream, with
+/// tensors it allocated as [`runtime::ForeignTensor`]s): ordered with that library's work, the
+/// caller synchronizes that stream.
+pub fn launch_on_stream(
+    device: &runtime::Device,
+    kernel: &CompiledKernel,
+    args: &mut [Arg],
+    stream: runtime::ForeignStream,
+) -> Result<(), Error> {
+    enqueue(device, kernel, args, Some(stream))
+}
+
+fn enqueue(
+    device: &runtime::Device,
+    kernel: &CompiledKernel,
+    args: &mut [Arg],
+    stream: Option<runtime::ForeignStream>,
+) -> Result<(), Error> {
     let k = &kernel.kernel;
     check_arg_kinds(
         k,
@@ -822,7 +844,10 @@ pub fn launch_async(
             |_, v| LaunchArg::U32(v),
         )
         .ok_or_else(|| abi_mismatch(k))?;
-    device.launch(&image, grid, &mut launch_args)?;
+    match stream {
+        Some(stream) => device.launch_on(&image, grid, &mut launch_args, stream)?,
+        None => device.launch(&image, grid, &mut launch_args)?,
+    }
     Ok(())
 }
 

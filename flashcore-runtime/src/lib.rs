@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits,
 };
 
 /// The stream a [`TensorArg`] is asked for its pointer on (for tensors from other libraries).
@@ -183,6 +183,99 @@ impl<T: Element> TensorArg for DeviceTensor<T> {
     }
     fn device_ptr(&self, stream: &Arc<CudaStream>) -> u64 {
         self.data.device_ptr(stream).0
+    }
+}
+
+/// A tensor in device memory that another library allocated and owns (a PyTorch tensor, say),
+/// launched on in place: its pointer, element type, logical shape and strides in elements.
+#[derive(Clone, Debug)]
+pub struct ForeignTensor {
+    ptr: u64,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    reach: usize,
+}
+
+impl ForeignTensor {
+    /// The tensor at device address `ptr` of `dtype` (`f16`, `bf16`, `f32`, `i32`, `u32`) with
+    /// `shape` and `strides` (in elements). The launcher checks shapes and strides against the
+    /// kernel as for its own tensors; the elements the strides reach are taken to be the buffer.
+    ///
+    /// # Safety
+    /// `ptr` must be memory of this process's primary context on the device it is launched on,
+    /// holding every element `shape` and `strides` reach, and stay allocated until the launches
+    /// that read or write it have finished.
+    pub unsafe fn new(ptr: u64, dtype: &str, shape: &[usize], strides: &[usize]) -> Result<ForeignTensor> {
+        let dtype = match dtype {
+            "f16" => "f16",
+            "bf16" => "bf16",
+            "f32" => "f32",
+            "i32" => "i32",
+            "u32" => "u32",
+            other => {
+                return Err(RuntimeError::Strides {
+                    shape: shape.to_vec(),
+                    strides: strides.to_vec(),
+                    why: format!("element type `{other}` is not one of f16, bf16, f32, i32, u32"),
+                })
+            }
+        };
+        if shape.len() != strides.len() {
+            return Err(RuntimeError::Strides {
+                shape: shape.to_vec(),
+                strides: strides.to_vec(),
+                why: "one stride per axis is needed".into(),
+            });
+        }
+        let reach = if shape.contains(&0) {
+            0
+        } else {
+            1 + shape.iter().zip(strides).map(|(n, s)| (n - 1) * s).sum::<usize>()
+        };
+        Ok(ForeignTensor { ptr, dtype, shape: shape.to_vec(), strides: strides.to_vec(), reach })
+    }
+
+    /// The device address of the first element.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+impl TensorArg for ForeignTensor {
+    fn dtype(&self) -> &'static str {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    fn buffer_len(&self) -> usize {
+        self.reach
+    }
+    fn device_ptr(&self, _stream: &Arc<CudaStream>) -> u64 {
+        self.ptr
+    }
+}
+
+/// A CUDA stream another library owns (`torch.cuda.current_stream().cuda_stream`), for
+/// [`Device::launch_on`].
+#[derive(Clone, Copy, Debug)]
+pub struct ForeignStream(cudarc::driver::sys::CUstream);
+
+// SAFETY: a CUstream handle may be used from any thread of the process (the driver serializes).
+unsafe impl Send for ForeignStream {}
+unsafe impl Sync for ForeignStream {}
+
+impl ForeignStream {
+    /// The stream whose driver handle is `handle` (0: the legacy default stream).
+    ///
+    /// # Safety
+    /// `handle` must be a stream of the context the launches go to, alive until they finish.
+    pub unsafe fn from_raw(handle: u64) -> ForeignStream {
+        ForeignStream(handle as usize as cudarc::driver::sys::CUstream)
     }
 }
 
@@ -394,14 +487,36 @@ impl Device {
         Ok(*kernel.ctas_per_sm.get_or_init(|| n))
     }
 
-    /// Enqueues `image` on `grid` CTAs. Asynchronous: call [`Device::synchronize`] to wait.
+    /// Enqueues `image` on `grid` CTAs on the device's stream. Asynchronous: call
+    /// [`Device::synchronize`] to wait.
     pub fn launch(&self, image: &KernelImage, grid: u32, args: &mut [LaunchArg]) -> Result<()> {
+        self.launch_raw(image, grid, args, self.stream.cu_stream())
+    }
+
+    /// Enqueues `image` on `grid` CTAs on a stream another library owns (PyTorch's current
+    /// stream, say), ordered with that library's work on it. Asynchronous: the caller
+    /// synchronizes that stream.
+    pub fn launch_on(
+        &self,
+        image: &KernelImage,
+        grid: u32,
+        args: &mut [LaunchArg],
+        stream: ForeignStream,
+    ) -> Result<()> {
+        self.launch_raw(image, grid, args, stream.0)
+    }
+
+    fn launch_raw(
+        &self,
+        image: &KernelImage,
+        grid: u32,
+        args: &mut [LaunchArg],
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<()> {
         let kernel = self.load(image)?;
-        const NULL: u64 = 0;
-        /// Argument values, kept alive until the launch has read them.
+        /// Argument values, kept alive (and in place) until the launch has read them.
         enum Value {
             Pointer(u64),
-            Null,
             F32(f32),
             U32(u32),
         }
@@ -410,7 +525,7 @@ impl Device {
             values.push(match a {
                 LaunchArg::Buffer(t) => Value::Pointer(t.device_ptr(&self.stream)),
                 LaunchArg::BufferMut(t) => Value::Pointer(t.device_ptr(&self.stream)),
-                LaunchArg::Null => Value::Null,
+                LaunchArg::Null => Value::Pointer(0),
                 LaunchArg::F32(x) => Value::F32(*x),
                 LaunchArg::U32(x) => Value::U32(*x),
             });
@@ -420,23 +535,28 @@ impl Device {
                 }
             }
         }
-        let mut builder = self.stream.launch_builder(&kernel.function);
-        for v in &values {
-            match v {
-                Value::Pointer(p) => builder.arg(p),
-                Value::Null => builder.arg(&NULL),
-                Value::F32(x) => builder.arg(x),
-                Value::U32(x) => builder.arg(x),
-            };
-        }
-        let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: (grid, 1, 1),
-            block_dim: (image.threads_per_cta, 1, 1),
-            shared_mem_bytes: image.shared_bytes,
-        };
+        let mut params: Vec<*mut std::ffi::c_void> = values
+            .iter_mut()
+            .map(|v| match v {
+                Value::Pointer(p) => p as *mut u64 as *mut std::ffi::c_void,
+                Value::F32(x) => x as *mut f32 as *mut std::ffi::c_void,
+                Value::U32(x) => x as *mut u32 as *mut std::ffi::c_void,
+            })
+            .collect();
+        driver("cuCtxSetCurrent", || self.ctx.bind_to_thread())?;
         // SAFETY: the arguments match the entry's parameters in order and type: the caller
-        // (flashcore's launcher) derives both from the same IR.
-        driver("cuLaunchKernel", || unsafe { builder.launch(cfg) }.map(|_| ()))
+        // (flashcore's launcher) derives both from the same IR; `params` points into `values`,
+        // alive until the call returns (the driver copies them at launch).
+        driver("cuLaunchKernel", || unsafe {
+            cudarc::driver::result::launch_kernel(
+                kernel.function.cu_function(),
+                (grid, 1, 1),
+                (image.threads_per_cta, 1, 1),
+                image.shared_bytes,
+                stream,
+                &mut params,
+            )
+        })
     }
 
     /// A scratch buffer of `bytes` for [`Device::flush_l2`].
