@@ -1,15 +1,18 @@
 """FlashCore against what users would pick instead, timed side by side in one process on the GPU.
 
     python3 scripts/bench.py --flashcore .device/bin/attention --out DIR [--quick] [--only 2x16x8192x128]
-        [--impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn,sdpa-efficient,triton]
+        [--impls flashcore,flashcore-plan,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn,sdpa-efficient,triton]
         [--iters 60] [--no-ceilings]
 
-Implementations: FlashCore with the config and target its tuning table picks (the Rust example
-writes the launch plan, `attention --plan`, and this script launches that PTX through the CUDA
-driver with ctypes, on torch's stream and tensors), and forced to one target
-(`flashcore-sm89`, `flashcore-sm90a`: `attention --target`, the separate columns of the two
-targets), PyTorch SDPA forced to each of its flash, cuDNN and
-memory-efficient backends, and the Triton flash-attention forward in scripts/triton_fa.py.
+Implementations: FlashCore as a PyTorch user calls it, `flashcore.attention(q, k, v, causal=...)`
+from the Python package (python/; installed from its wheel), with the config and target its
+tuning table picks, and forced to one target (`flashcore-sm89`, `flashcore-sm90a`: `target=`,
+the separate columns of the two targets); `flashcore-plan`, the same kernel without the package:
+the Rust example writes the launch plan (`attention --plan`) and this script launches that PTX
+through the CUDA driver with ctypes, on torch's stream and tensors (without the package
+installed, every FlashCore column takes this path); PyTorch SDPA forced to each of its flash,
+cuDNN and memory-efficient backends, and the Triton flash-attention forward in
+scripts/triton_fa.py.
 
 Method, the same for every implementation:
 - every output is first checked against a float64 reference (on the GPU, over a sample of rows,
@@ -49,6 +52,10 @@ try:
     import triton_fa
 except ImportError:  # --render needs neither
     torch = None
+try:
+    import flashcore
+except ImportError:  # the plan path still works
+    flashcore = None
 
 CUDA_BIN = "/usr/local/cuda/bin"
 
@@ -352,9 +359,22 @@ def make_impls(args, driver, sm_count, shape, workdir, facts):
     wanted = args.impls  # split into names by main()
     # FlashCore as a user gets it (the tuning table's config and target), and forced to each
     # target (with the table's schedule for that key where it has one, else the declared one).
-    for name, flags in [("flashcore", []), ("flashcore-sm89", ["--target", "sm_89"]),
+    targets = {"flashcore": None, "flashcore-sm89": "sm_89", "flashcore-sm90a": "sm_90a"}
+    for name, target in targets.items():
+        if name not in wanted or flashcore is None:
+            continue
+        def run(q, k, v, o, c, target=target):
+            return flashcore.attention(q, k, v, causal=c, target=target)
+        try:
+            q = torch.randn(b, h, s, d, device="cuda", dtype=DTYPES[dtype])
+            run(q, q, q, None, causal)
+            config, source = flashcore.last_config()
+            impls[name] = (run, f"{config} ({source}; through the Python package {flashcore.__version__})")
+        except Exception as e:
+            impls[name] = (None, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    for name, flags in [("flashcore-plan", []), ("flashcore", []), ("flashcore-sm89", ["--target", "sm_89"]),
                         ("flashcore-sm90a", ["--target", "sm_90a"])]:
-        if name not in wanted:
+        if name not in wanted or name in impls:
             continue
         plan_path = os.path.join(workdir, f"plan-{name}-{b}x{h}x{s}x{d}-{int(causal)}-{dtype}.json")
         cmd = [args.flashcore, "--b", str(b), "--h", str(h), "--s", str(s), "--d", str(d), "--dtype", dtype,
@@ -528,7 +548,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flashcore", default=".device/bin/attention")
     ap.add_argument("--out", default="bench-out")
-    ap.add_argument("--impls", default="flashcore,sdpa-flash,sdpa-cudnn,sdpa-efficient,triton")
+    ap.add_argument("--impls", default="flashcore,flashcore-plan,sdpa-flash,sdpa-cudnn,sdpa-efficient,triton")
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--only", default=None, help="shape names, comma-separated (e.g. 2x16x8192x128)")
     ap.add_argument("--quick", action="store_true", help="the issue's shapes only, no plot series")

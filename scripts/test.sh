@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh machine (ptxas from the
-# `nvidia-cuda-nvcc` PyPI wheel, into .cache/ptxas), then runs every test of the workspace and of
-# the downstream crate (tests/downstream), the publish dry-run and the MSRV check.
+# `nvidia-cuda-nvcc` PyPI wheel, into .cache/ptxas), then runs every test of the workspace, of
+# the downstream crate (tests/downstream) and of the Python package (python/, with torch from
+# PyPI in .cache/pyenv), the publish dry-run and the MSRV check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,9 @@ cargo test --workspace --doc 2>&1 | tee -a "$log"
 # A user's crate outside the workspace: its own kernels, PTX snapshots, simulator checks and CLI
 # (sharing the workspace's target directory, so the dependencies built above are reused).
 CARGO_TARGET_DIR="$PWD/target" cargo test --locked --manifest-path tests/downstream/Cargo.toml 2>&1 | tee -a "$log"
+# The Python package (python/): built into a virtual environment with torch from PyPI, its
+# simulator-path tests run (scripts/test-python.sh).
+./scripts/test-python.sh 2>&1 | tee -a "$log"
 # Publishable: every crate packages and builds from its package alone, in dependency order.
 cargo publish --workspace --dry-run --allow-dirty --quiet
 # The declared rust-version against the dependencies' and std's (scripts/msrv.py).

@@ -1,0 +1,143 @@
+"""FlashCore's fused attention on PyTorch tensors.
+
+    import flashcore
+    o = flashcore.attention(q, k, v, causal=True)                 # q, k, v: CUDA, [B, H, S, D]
+    o, lse = flashcore.attention(q, k, v, layout="bshd", return_lse=True)
+
+The kernel is FlashCore's `attention` (written in its Rust DSL, compiled to sm_89 or sm_90a PTX)
+with the config its tuning table gives for this GPU and shape. It is launched on torch's current
+stream, on the tensors in place (no copies), and registered as the custom op
+`torch.ops.flashcore.attention`, so `torch.compile` traces it (its fake implementation gives the
+shapes). CPU tensors are refused; `flashcore.simulate.attention` runs the same generated PTX in
+FlashCore's simulator on small CPU tensors.
+
+Errors carry FlashCore's own message: a bad argument is a `ValueError`, anything else a
+`flashcore.FlashCoreError` (a `RuntimeError`).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import _native
+from ._native import FlashCoreError
+
+__all__ = ["attention", "last_config", "FlashCoreError", "simulate", "__version__"]
+__version__ = _native.__version__
+
+_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
+_LAYOUTS = ("bhsd", "bshd")
+_last_config = None
+
+
+def last_config() -> Optional[Tuple[str, str]]:
+    """The config of this process's latest GPU launch and where it came from (the tuning
+    table's entry for this GPU, another GPU's, the declared config, ...), or None before one."""
+    return _last_config
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout is {layout!r}: 'bhsd' ([B, H, S, D], SDPA's) or 'bshd' ([B, S, H, D], FlashAttention's)")
+
+
+def _bhsd(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """`t` seen as [B, H, S, D] (a view, no copy)."""
+    return t.transpose(1, 2) if layout == "bshd" else t
+
+
+def _spec(name: str, t: torch.Tensor) -> tuple:
+    if t.dtype not in _DTYPES:
+        raise ValueError(f"{name}: element type is {t.dtype}; attention takes torch.float16 or torch.bfloat16")
+    return (t.data_ptr(), _DTYPES[t.dtype], list(t.shape), list(t.stride()))
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} is a {type(t).__name__}, not a torch.Tensor")
+        if t.dim() != 4:
+            raise ValueError(f"{name} has {t.dim()} dimensions; attention takes [B, H, S, D] or [B, S, H, D] tensors")
+    for name, t in (("k", k), ("v", v)):
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} and q on {q.device}: every tensor must be on one device")
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} is {t.dtype} and q {q.dtype}: every tensor must have one element type")
+
+
+def _launch(q, k, v, causal, scale, layout, return_lse, target):
+    """The op's CUDA implementation: O allocated like q, the kernel enqueued on the current stream."""
+    o = torch.empty_like(q)
+    qh = _bhsd(q, layout)
+    b, h, s, _ = qh.shape
+    lse = torch.empty((b, h, s) if return_lse else (0,), device=q.device, dtype=torch.float32)
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    global _last_config
+    _last_config = _native.attention(
+        q.device.index if q.device.index is not None else torch.cuda.current_device(), stream,
+        _spec("q", qh), _spec("k", _bhsd(k, layout)), _spec("v", _bhsd(v, layout)), _spec("o", _bhsd(o, layout)),
+        (lse.data_ptr(), "f32", list(lse.shape), list(lse.stride())) if return_lse else None,
+        causal, scale, target)
+    return o, lse
+
+
+def _not_cuda(q):
+    return ValueError(
+        f"flashcore.attention runs on CUDA tensors and q is on {q.device}: move the tensors to the GPU "
+        "(q.cuda()), or run FlashCore's simulator on small CPU tensors with flashcore.simulate.attention(...)")
+
+
+@torch.library.custom_op("flashcore::attention", mutates_args=())
+def _attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: Optional[float], layout: str,
+    return_lse: bool, target: Optional[str],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_inputs(q, k, v)
+    if q.device.type != "cuda":
+        raise _not_cuda(q)
+    return _launch(q, k, v, causal, scale, layout, return_lse, target)
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, causal, scale, layout, return_lse, target):
+    qh = _bhsd(q, layout)
+    b, h, s, _ = qh.shape
+    return torch.empty_like(q), q.new_empty((b, h, s) if return_lse else (0,), dtype=torch.float32)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+    layout: str = "bhsd",
+    target: Optional[str] = None,
+):
+    """softmax(Q·Kᵀ·scale)·V on CUDA tensors, FlashCore's fused kernel.
+
+    q: [B, H, S, D]; k, v: [B, HKV, SK, D] (H a multiple of HKV: grouped-query attention), or
+    [B, S, H, D] / [B, SK, HKV, D] with layout="bshd"; float16 or bfloat16; D in 32, 64, 96, 128,
+    256; any strides with the last dimension contiguous and 16-byte aligned rows. causal masks
+    aligned to the bottom right when S != SK (as FlashAttention's). scale defaults to 1/sqrt(D).
+    Returns O in q's layout and, with return_lse=True, (O, LSE) where LSE is the float32
+    [B, H, S] log-sum-exp of each row's scaled scores (+inf for a row that sees no key).
+    target forces the PTX target ("sm_89" or "sm_90a"); by default the tuning table's.
+    """
+    _check_layout(layout)
+    _check_inputs(q, k, v)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError(
+            "flashcore.attention has no backward pass in the Python package yet: call it under torch.no_grad() "
+            "or torch.inference_mode(), or on detached tensors")
+    if q.device.type == "cuda" and not torch.compiler.is_compiling():
+        # Eager: the op's own implementation, without the ~80 us of torch.library's Python
+        # dispatch; traced code and other devices go through the registered op.
+        o, lse = _launch(q, k, v, causal, scale, layout, return_lse, target)
+    else:
+        o, lse = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, return_lse, target)
+    return (o, lse) if return_lse else o
+
+
+from . import simulate  # noqa: E402  (needs _check_layout and friends above)
