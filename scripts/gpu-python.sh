@@ -9,7 +9,8 @@
 #   3. the host's cost of a call (back-to-back launches of a small shape, no timing events);
 #   4. compute-sanitizer memcheck over package launches (tails, causal, GQA, BSHD);
 #   5. scripts/bench.py: the package's column next to the launch-plan path, SDPA flash and cuDNN.
-#   scripts/gpu-python.sh [SHAPES]   SHAPES: bench.py --only names (default: six of the issue's)
+#   scripts/gpu-python.sh [SHAPES]   SHAPES: bench.py --only names (default: six of the issue's;
+#                                    `all`: every shape of bench.py --quick)
 set -uo pipefail
 out=${OUT:-/tmp/flashcore-out}
 mkdir -p "$out"
@@ -57,5 +58,7 @@ PY
 echo "sanitizer exit: ${PIPESTATUS[0]}" | tee -a "$out/sanitizer.txt"
 
 echo "== bench" | tee "$out/bench-log.txt"
-timeout 400 python3 scripts/bench.py --flashcore .device/bin/attention --out "$out/bench" --only "$shapes" --no-ceilings \
+only=(--only "$shapes")
+[ "$shapes" = all ] && only=()
+timeout 400 python3 scripts/bench.py --flashcore .device/bin/attention --out "$out/bench" --quick "${only[@]}" --no-ceilings \
   --impls flashcore,flashcore-plan,sdpa-flash,sdpa-cudnn 2>&1 | tee -a "$out/bench-log.txt"
