@@ -16,6 +16,8 @@
 //! # Ok::<(), flashcore::Error>(())
 //! ```
 
+use crate::ir::kernel::Param;
+use crate::ir::source::Program;
 use crate::kernels::attention;
 use crate::runtime::{Device, ForeignStream, ForeignTensor, TensorArg};
 use crate::simulate::{simulate, HostArg, HostView, SimDevice};
@@ -34,38 +36,91 @@ pub struct AttentionOptions {
     pub target: Option<Target>,
 }
 
-/// The kernels compiled for foreign launches, per config.
-static KERNELS: KernelCache = KernelCache::new();
-
-/// `attention`'s source, built once (a launch would otherwise rebuild it for the tuning lookup).
-fn program() -> &'static crate::ir::source::Program {
-    static PROGRAM: std::sync::OnceLock<crate::ir::source::Program> = std::sync::OnceLock::new();
-    PROGRAM.get_or_init(attention::program)
+/// A kernel of the library the interop launches: `attention` or one of its variants
+/// ([`crate::kernels::variants`]), all with attention's signature `(q, k, v, o, lse, scale,
+/// extras.., cu_q, cu_k)`.
+struct LibraryKernel {
+    name: &'static str,
+    program: fn() -> Program,
+    config: Config,
 }
 
-fn argument(arg: &str, message: String) -> Error {
-    Error::Argument { kernel: "attention".into(), arg: arg.into(), message }
+macro_rules! library_kernels {
+    ($($path:path),* $(,)?) => {
+        [$({
+            use $path as k;
+            LibraryKernel { name: k::NAME, program: k::program, config: k::CONFIG }
+        }),*]
+    };
 }
 
-/// `attention`'s declared config for `q`'s element type and head dim (`[B, H, S, D]`) and the
+/// The kernels [`kernel_on_stream`] and [`simulate_kernel`] take, by name.
+static LIBRARY: std::sync::LazyLock<[LibraryKernel; 9]> = std::sync::LazyLock::new(|| {
+    use crate::kernels::variants;
+    library_kernels![
+        attention,
+        variants::softcap_attention,
+        variants::sliding_window_attention,
+        variants::alibi_attention,
+        variants::prefix_lm_attention,
+        variants::sliding_window_softcap_attention,
+        variants::document_bounds_attention,
+        variants::document_attention,
+        variants::bias_attention,
+    ]
+});
+
+/// The names of the kernels the interop launches: `attention` and its variants.
+pub fn kernel_names() -> Vec<&'static str> {
+    LIBRARY.iter().map(|k| k.name).collect()
+}
+
+/// Each library kernel's compiled configs, and its source built once (a launch would otherwise
+/// rebuild it for the tuning lookup).
+static CACHES: [KernelCache; 9] = [const { KernelCache::new() }; 9];
+static PROGRAMS: [std::sync::OnceLock<Program>; 9] = [const { std::sync::OnceLock::new() }; 9];
+
+/// The library kernel `name`: its index, entry and source.
+fn library_kernel(name: &str) -> Result<(usize, &'static LibraryKernel, &'static Program), Error> {
+    let Some(index) = LIBRARY.iter().position(|k| k.name == name) else {
+        return Err(Error::Argument {
+            kernel: name.into(),
+            arg: "(kernel)".into(),
+            message: format!("no such library kernel: the interop launches {}", kernel_names().join(", ")),
+        });
+    };
+    let kernel = &LIBRARY[index];
+    Ok((index, kernel, PROGRAMS[index].get_or_init(kernel.program)))
+}
+
+fn argument(kernel: &str, arg: &str, message: String) -> Error {
+    Error::Argument { kernel: kernel.into(), arg: arg.into(), message }
+}
+
+/// A kernel's declared config for `q`'s element type and head dim (`[B, H, S, D]`) and the
 /// options: what tuning keeps fixed.
 fn base_config(
+    kernel: &LibraryKernel,
     dtype: &str,
     q_shape: &[usize],
     options: &AttentionOptions,
     simulator: bool,
 ) -> Result<Config, Error> {
+    let name = kernel.name;
     let dtype = match dtype {
         "f16" => DType::F16,
         "bf16" => DType::Bf16,
-        other => return Err(argument("q", format!("element type is {other}; attention takes f16 or bf16"))),
+        other => {
+            return Err(argument(name, "q", format!("element type is {other}; attention takes f16 or bf16")))
+        }
     };
     let [.., d] = q_shape else {
-        return Err(argument("q", format!("shape {q_shape:?}: a [B, H, S, D] tensor is needed")));
+        return Err(argument(name, "q", format!("shape {q_shape:?}: a [B, H, S, D] tensor is needed")));
     };
     let head_dim = u32::try_from(*d).unwrap_or(u32::MAX);
     if !crate::ir::config::SUPPORTED_HEAD_DIMS.contains(&head_dim) {
         return Err(argument(
+            name,
             "q",
             format!(
                 "head dim {d} is not supported: attention takes {:?}",
@@ -78,7 +133,81 @@ fn base_config(
         None if simulator => Target::Sm89,
         None => Target::Auto,
     };
-    Ok(Config { dtype, causal: options.causal, target, ..attention::CONFIG.with_head_dim(head_dim) })
+    Ok(Config { dtype, causal: options.causal, target, ..kernel.config.with_head_dim(head_dim) })
+}
+
+/// The parameters of `kernel` between `scale` and the sequence offsets, filled from `scalars`
+/// (its f32 parameters, in order) and `tables` (its tensor parameters, in order): a count that
+/// does not match is an error naming what the kernel takes.
+fn extras<'a, T>(
+    kernel: &crate::ir::Kernel,
+    scalars: &[f32],
+    tables: &'a [T],
+    table_arg: impl Fn(&'a T) -> Result<Arg<'a>, Error>,
+) -> Result<Vec<Arg<'a>>, Error> {
+    let params = &kernel.params;
+    let standard = params.len() >= 8
+        && params[..6].iter().map(|p| p.name()).eq(["q", "k", "v", "o", "lse", "scale"])
+        && params[params.len() - 2..].iter().all(|p| matches!(p, Param::Offsets(_)));
+    if !standard {
+        return Err(argument(
+            &kernel.name,
+            "(kernel)",
+            "not attention's signature `(q, k, v, o, lse, scale, .., cu_q, cu_k)`".into(),
+        ));
+    }
+    let wanted = &params[6..params.len() - 2];
+    let describe = || {
+        let list: Vec<String> = wanted
+            .iter()
+            .map(|p| match p {
+                Param::Scalar { name } => format!("{name} (f32)"),
+                other => format!("{} (tensor)", other.name()),
+            })
+            .collect();
+        if list.is_empty() {
+            "nothing".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    let scalars_wanted = wanted.iter().filter(|p| matches!(p, Param::Scalar { .. })).count();
+    if scalars_wanted != scalars.len() || wanted.len() - scalars_wanted != tables.len() {
+        return Err(argument(
+            &kernel.name,
+            "(extras)",
+            format!(
+                "it takes {} after scale; got {} scalar(s) and {} tensor(s)",
+                describe(),
+                scalars.len(),
+                tables.len()
+            ),
+        ));
+    }
+    let (mut scalars, mut tables) = (scalars.iter(), tables.iter());
+    wanted
+        .iter()
+        .map(|p| match p {
+            Param::Scalar { .. } => Ok(Arg::F32(*scalars.next().expect("counted"))),
+            _ => table_arg(tables.next().expect("counted")),
+        })
+        .collect()
+}
+
+fn check_aligned(kernel: &str, tensors: &[(&str, &ForeignTensor)]) -> Result<(), Error> {
+    for (name, t) in tensors {
+        if t.ptr() % 16 != 0 {
+            return Err(argument(
+                kernel,
+                name,
+                format!(
+                    "data pointer {:#x} is not 16-byte aligned (the kernels copy 16 bytes at a time): a view that starts inside its storage, e.g. a slice; pass a contiguous copy",
+                    t.ptr()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `attention` on CUDA tensors another library owns, enqueued on its `stream` (nothing is
@@ -99,22 +228,38 @@ pub fn attention_on_stream(
     options: &AttentionOptions,
     stream: ForeignStream,
 ) -> Result<(Config, Source), Error> {
-    let base = base_config(q.dtype(), q.shape(), options, false)?;
-    for (name, t) in
-        [("q", &*q), ("k", k), ("v", v), ("o", &*o)].into_iter().chain(lse.as_deref().map(|l| ("lse", l)))
-    {
-        if t.ptr() % 16 != 0 {
-            return Err(argument(
-                name,
-                format!(
-                    "data pointer {:#x} is not 16-byte aligned (the kernels copy 16 bytes at a time): a view that starts inside its storage, e.g. a slice; pass a contiguous copy",
-                    t.ptr()
-                ),
-            ));
-        }
-    }
+    kernel_on_stream(device, attention::NAME, q, k, v, o, lse, &[], &[], options, stream)
+}
+
+/// [`attention_on_stream`] for the library kernel `kernel` (`attention` or a variant of
+/// [`crate::kernels::variants`], [`kernel_names`]), its parameters after `scale` given as
+/// `scalars` (its f32 parameters in order, e.g. `softcap`) and `tables` (its tensor parameters in
+/// order, e.g. `bias` `[B, H, S, SK]` f32, `doc` `[B, S]` i32). A variant without tuning entries
+/// of its own takes `attention`'s.
+#[allow(clippy::too_many_arguments)]
+pub fn kernel_on_stream(
+    device: &Device,
+    kernel: &str,
+    q: &ForeignTensor,
+    k: &ForeignTensor,
+    v: &ForeignTensor,
+    o: &mut ForeignTensor,
+    lse: Option<&mut ForeignTensor>,
+    scalars: &[f32],
+    tables: &[&ForeignTensor],
+    options: &AttentionOptions,
+    stream: ForeignStream,
+) -> Result<(Config, Source), Error> {
+    let (index, entry, program) = library_kernel(kernel)?;
+    let base = base_config(entry, q.dtype(), q.shape(), options, false)?;
+    let mut named = vec![("q", q), ("k", k), ("v", v), ("o", &*o)];
+    named.extend(lse.as_deref().map(|l| ("lse", l)));
+    named.extend(tables.iter().map(|t| ("(table)", *t)));
+    check_aligned(entry.name, &named)?;
+    let cc = device.info().compute_capability;
+    let declared = CACHES[index].get_or_compile_on(cc, &base, entry.program)?;
     let scale = options.scale.unwrap_or_else(|| base.default_scale());
-    let mut args = [
+    let mut args = vec![
         Arg::Tensor(q),
         Arg::Tensor(k),
         Arg::Tensor(v),
@@ -124,15 +269,13 @@ pub fn attention_on_stream(
             None => Arg::Absent,
         },
         Arg::F32(scale),
-        Arg::Absent,
-        Arg::Absent,
     ];
-    let cc = device.info().compute_capability;
-    let declared = KERNELS.get_or_compile_on(cc, &base, attention::program)?;
+    args.extend(extras(&declared.kernel, scalars, tables, |t| Ok(Arg::Tensor(*t)))?);
+    args.extend([Arg::Absent, Arg::Absent]);
     let shape = crate::problem_shape(&declared, &args)?;
-    let (config, source) = crate::tuning::tuned_config_of(device, attention::NAME, program(), base, shape)?;
-    let kernel = KERNELS.get_or_compile_on(cc, &config, attention::program)?;
-    crate::launch_on_stream(device, &kernel, &mut args, stream)?;
+    let (config, source) = crate::tuning::tuned_config_of(device, entry.name, program, base, shape)?;
+    let compiled = CACHES[index].get_or_compile_on(cc, &config, entry.program)?;
+    crate::launch_on_stream(device, &compiled, &mut args, stream)?;
     Ok((config, source))
 }
 
@@ -153,6 +296,16 @@ impl<'a, T> HostTensor<'a, T> {
     }
 }
 
+/// A tensor parameter of a variant for [`simulate_kernel`]: an f32 table (a bias) or an i32
+/// one (document ids or bounds).
+#[derive(Clone, Debug)]
+pub enum HostTable<'a> {
+    /// `Tensor<f32, ..>`.
+    F32(HostTensor<'a, f32>),
+    /// `Tensor<i32, ..>`.
+    I32(HostTensor<'a, i32>),
+}
+
 /// Runs `attention` in the simulator (every lane of the generated PTX, on the CPU; small shapes
 /// only) on host tensors laid out as [`attention_on_stream`] takes them. Returns `O` as a
 /// row-major `[B, H, S, D]` buffer and the log-sum-exp as `[B, H, S]`.
@@ -162,26 +315,56 @@ pub fn simulate_attention<T: HalfFloat>(
     v: HostTensor<T>,
     options: &AttentionOptions,
 ) -> Result<(Vec<T>, Vec<f32>), Error> {
-    let base = base_config(T::NAME, q.view.shape(), options, true)?;
-    let kernel = KERNELS.get_or_compile(&base, attention::program)?;
+    simulate_kernel(attention::NAME, q, k, v, &[], &[], options)
+}
+
+/// [`simulate_attention`] for the library kernel `kernel`, with its parameters after `scale` as
+/// [`kernel_on_stream`] takes them.
+pub fn simulate_kernel<T: HalfFloat>(
+    kernel: &str,
+    q: HostTensor<T>,
+    k: HostTensor<T>,
+    v: HostTensor<T>,
+    scalars: &[f32],
+    tables: &[HostTable],
+    options: &AttentionOptions,
+) -> Result<(Vec<T>, Vec<f32>), Error> {
+    let (index, entry, _) = library_kernel(kernel)?;
+    let base = base_config(entry, T::NAME, q.view.shape(), options, true)?;
+    let compiled = CACHES[index].get_or_compile(&base, entry.program)?;
     let [b, h, s, d] = q.view.shape() else {
-        return Err(argument("q", format!("shape {:?}: a [B, H, S, D] tensor is needed", q.view.shape())));
+        return Err(argument(
+            entry.name,
+            "q",
+            format!("shape {:?}: a [B, H, S, D] tensor is needed", q.view.shape()),
+        ));
     };
     let o_shape = [*b, *h, *s, *d];
     let mut o = vec![T::NAN; o_shape.iter().product()];
     let mut lse = vec![f32::NAN; b * h * s];
     let scale = options.scale.unwrap_or_else(|| base.default_scale());
-    let mut args = [
+    // The same check and order as a launch; the simulator takes host buffers.
+    let order = extras(&compiled.kernel, scalars, tables, |_| Ok(Arg::Absent))?;
+    let mut args = vec![
         HostArg::Tensor(q.data, q.view.clone()),
         HostArg::Tensor(k.data, k.view.clone()),
         HostArg::Tensor(v.data, v.view.clone()),
         HostArg::TensorMut(&mut o, HostView::contiguous(&o_shape)),
         HostArg::F32Mut(&mut lse, HostView::contiguous(&o_shape[..3])),
         HostArg::F32(scale),
-        HostArg::Absent,
-        HostArg::Absent,
     ];
-    simulate(&kernel, &mut args, &SimDevice::default())?;
+    let mut tables = tables.iter();
+    for arg in order {
+        args.push(match arg {
+            Arg::F32(x) => HostArg::F32(x),
+            _ => match tables.next().expect("counted") {
+                HostTable::F32(t) => HostArg::F32Table(t.data, t.view.clone()),
+                HostTable::I32(t) => HostArg::I32Table(t.data, t.view.clone()),
+            },
+        });
+    }
+    args.extend([HostArg::Absent, HostArg::Absent]);
+    simulate(&compiled, &mut args, &SimDevice::default())?;
     Ok((o, lse))
 }
 
@@ -241,6 +424,95 @@ mod tests {
         check::<f16>(false, 1);
         check::<f16>(true, 2);
         check::<bf16>(true, 3);
+    }
+
+    /// Variants through the same path: their parameters after `scale` placed by the kernel's
+    /// signature (a scalar, a table), against the float64 reference of their formulas.
+    #[test]
+    fn simulated_variants_take_their_parameters_in_signature_order() {
+        use crate::kernels::variants;
+        use crate::simulate::ExtraArg;
+        let (b, h, s, d) = (1, 2, 45, 64);
+        let mut rng = Rng::new(7);
+        let (q, k, v) = (
+            random::<f16>(&mut rng, b * h * s * d),
+            random(&mut rng, b * h * s * d),
+            random(&mut rng, b * h * s * d),
+        );
+        let bias: Vec<f32> = (0..b * h * s * s).map(|_| rng.normal() as f32).collect();
+        let shape = [b, h, s, d];
+        let to64 = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+        let (q64, k64, v64) = (to64(&q), to64(&k), to64(&v));
+        let cases: [(&str, Vec<f32>, Vec<(String, ExtraArg)>); 2] = [
+            ("softcap_attention", vec![5.0], vec![("softcap".into(), ExtraArg::F32(5.0))]),
+            (
+                "bias_attention",
+                vec![],
+                vec![("bias".into(), ExtraArg::F32Table { data: bias.clone(), shape: vec![b, h, s, s] })],
+            ),
+        ];
+        for (kernel, scalars, named) in cases {
+            let tables: Vec<HostTable> = if kernel == "bias_attention" {
+                vec![HostTable::F32(HostTensor::contiguous(&bias, &[b, h, s, s]))]
+            } else {
+                vec![]
+            };
+            let (o, _) = simulate_kernel(
+                kernel,
+                HostTensor::contiguous(&q, &shape),
+                HostTensor::contiguous(&k, &shape),
+                HostTensor::contiguous(&v, &shape),
+                &scalars,
+                &tables,
+                &AttentionOptions { causal: true, ..AttentionOptions::default() },
+            )
+            .unwrap();
+            let variant = variants::reference(kernel, &named, h, s, s).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let problem =
+                Problem { q: &q64, k: &k64, v: &v64, b, h, hk: h, s, sk: s, d, scale, causal: true };
+            let (want, _) = reference::attention_variant(&problem, &variant);
+            let err = reference::compare(&o.iter().map(|x| x.to_f64()).collect::<Vec<_>>(), &want);
+            assert!(err.rel_l2 < 2e-3, "{kernel}: {err:?}");
+        }
+        // A parameter missing, and one too many: the error says what the kernel takes.
+        let t = HostTensor::contiguous(&q, &[b, h, s, d]);
+        let err = simulate_kernel(
+            "softcap_attention",
+            t.clone(),
+            t.clone(),
+            t.clone(),
+            &[],
+            &[],
+            &AttentionOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("softcap (f32)") && err.contains("got 0 scalar(s)"), "{err}");
+        let err = simulate_kernel(
+            "attention",
+            t.clone(),
+            t.clone(),
+            t.clone(),
+            &[1.0],
+            &[],
+            &AttentionOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("takes nothing after scale"), "{err}");
+        let err = simulate_kernel(
+            "flex_attention",
+            t.clone(),
+            t.clone(),
+            t,
+            &[],
+            &[],
+            &AttentionOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("softcap_attention") && err.contains("bias_attention"), "{err}");
     }
 
     #[test]

@@ -3,29 +3,30 @@
     import flashcore
     o = flashcore.attention(q, k, v, causal=True)                 # q, k, v: CUDA, [B, H, S, D]
     o, lse = flashcore.attention(q, k, v, layout="bshd", return_lse=True)
+    o = flashcore.attention(q, k, v, causal=True, softcap=30.0, window=(4096, 0))   # a variant
 
-The kernel is FlashCore's `attention` (written in its Rust DSL, compiled to sm_89 or sm_90a PTX)
-with the config its tuning table gives for this GPU and shape. It is launched on torch's current
-stream, on the tensors in place (no copies), and registered as the custom op
-`torch.ops.flashcore.attention`, so `torch.compile` traces it (its fake implementation gives the
-shapes). CPU tensors are refused; `flashcore.simulate.attention` runs the same generated PTX in
-FlashCore's simulator on small CPU tensors.
+The kernels are FlashCore's `attention` and its variants (written in its Rust DSL, compiled to
+sm_89 or sm_90a PTX) with the config its tuning table gives for this GPU and shape. They are
+launched on torch's current stream, on the tensors in place (no copies), through the custom op
+`torch.ops.flashcore.attention`, so `torch.compile` and `torch.export` trace them (its fake
+implementation gives the shapes). CPU tensors are refused; `flashcore.simulate.attention` runs
+the same generated PTX in FlashCore's simulator on small CPU tensors.
 
 Errors carry FlashCore's own message: a bad argument is a `ValueError`, anything else a
 `flashcore.FlashCoreError` (a `RuntimeError`).
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
 from . import _native
 from ._native import FlashCoreError
 
-__all__ = ["attention", "last_config", "FlashCoreError", "simulate", "__version__"]
+__all__ = ["attention", "last_config", "kernels", "FlashCoreError", "simulate", "__version__"]
 __version__ = _native.__version__
 
-_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
+_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32", torch.int32: "i32"}
 _LAYOUTS = ("bhsd", "bshd")
 _last_config = None
 
@@ -34,6 +35,11 @@ def last_config() -> Optional[Tuple[str, str]]:
     """The config of this process's latest GPU launch and where it came from (the tuning
     table's entry for this GPU, another GPU's, the declared config, ...), or None before one."""
     return _last_config
+
+
+def kernels() -> List[str]:
+    """The library kernels the package launches: `attention` and its variants."""
+    return list(_native.KERNELS)
 
 
 def _check_layout(layout: str) -> None:
@@ -65,7 +71,39 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             raise ValueError(f"{name} is {t.dtype} and q {q.dtype}: every tensor must have one element type")
 
 
-def _launch(q, k, v, causal, scale, layout, return_lse, target):
+def _variant(q, k, softcap, window, alibi, prefix, bias, document, layout):
+    """The library kernel for the options asked for, its f32 parameters and its tensor ones."""
+    asked = [name for name, on in (("softcap", softcap is not None), ("window", window is not None), ("alibi", alibi),
+                                   ("prefix", prefix is not None), ("bias", bias is not None),
+                                   ("document", document is not None)) if on]
+    if not asked:
+        return "attention", [], []
+    keys = _bhsd(k, layout).shape[2]
+    if "window" in asked:
+        if not (isinstance(window, (tuple, list)) and len(window) == 2 and all(isinstance(w, int) for w in window)):
+            raise ValueError(f"window is {window!r}: (left, right) keys a query sees before and after it, -1 for no bound")
+        # -1: no bound (FlashAttention's convention); more keys than there are is the same.
+        left, right = (float(keys + _bhsd(q, layout).shape[2] if w < 0 else w) for w in window)
+    if sorted(asked) == ["softcap", "window"]:
+        return "sliding_window_softcap_attention", [float(softcap), left, right], []
+    if len(asked) > 1:
+        raise ValueError(
+            f"{' and '.join(asked)} together: the library has softcap with window, and each option alone; "
+            "write the combination as a kernel in FlashCore's DSL")
+    if softcap is not None:
+        return "softcap_attention", [float(softcap)], []
+    if window is not None:
+        return "sliding_window_attention", [left, right], []
+    if alibi:
+        return "alibi_attention", [], []
+    if prefix is not None:
+        return "prefix_lm_attention", [float(prefix)], []
+    if bias is not None:
+        return "bias_attention", [], [bias]
+    return "document_attention", [], [document]
+
+
+def _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables):
     """The op's CUDA implementation: O allocated like q, the kernel enqueued on the current stream."""
     o = torch.empty_like(q)
     qh = _bhsd(q, layout)
@@ -74,11 +112,19 @@ def _launch(q, k, v, causal, scale, layout, return_lse, target):
     stream = torch.cuda.current_stream(q.device).cuda_stream
     global _last_config
     _last_config = _native.attention(
-        q.device.index if q.device.index is not None else torch.cuda.current_device(), stream,
+        kernel, q.device.index if q.device.index is not None else torch.cuda.current_device(), stream,
         _spec("q", qh), _spec("k", _bhsd(k, layout)), _spec("v", _bhsd(v, layout)), _spec("o", _bhsd(o, layout)),
         (lse.data_ptr(), "f32", list(lse.shape), list(lse.stride())) if return_lse else None,
-        causal, scale, target)
+        [float(x) for x in scalars], [_table_spec(t, q.device) for t in tables], causal, scale, target)
     return o, lse
+
+
+def _table_spec(t: torch.Tensor, device) -> tuple:
+    if t.device != device:
+        raise ValueError(f"a {list(t.shape)} table is on {t.device} and q on {device}: every tensor must be on one device")
+    if t.dtype not in (torch.float32, torch.int32):
+        raise ValueError(f"a {list(t.shape)} table is {t.dtype}: bias is torch.float32, document ids torch.int32")
+    return _spec("table", t)
 
 
 def _not_cuda(q):
@@ -90,16 +136,16 @@ def _not_cuda(q):
 @torch.library.custom_op("flashcore::attention", mutates_args=())
 def _attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: Optional[float], layout: str,
-    return_lse: bool, target: Optional[str],
+    return_lse: bool, target: Optional[str], kernel: str, scalars: List[float], tables: List[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     _check_inputs(q, k, v)
     if q.device.type != "cuda":
         raise _not_cuda(q)
-    return _launch(q, k, v, causal, scale, layout, return_lse, target)
+    return _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables)
 
 
 @_attention_op.register_fake
-def _attention_fake(q, k, v, causal, scale, layout, return_lse, target):
+def _attention_fake(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables):
     qh = _bhsd(q, layout)
     b, h, s, _ = qh.shape
     return torch.empty_like(q), q.new_empty((b, h, s) if return_lse else (0,), dtype=torch.float32)
@@ -114,6 +160,13 @@ def attention(
     return_lse: bool = False,
     layout: str = "bhsd",
     target: Optional[str] = None,
+    *,
+    softcap: Optional[float] = None,
+    window: Optional[Tuple[int, int]] = None,
+    alibi: bool = False,
+    prefix: Optional[int] = None,
+    bias: Optional[torch.Tensor] = None,
+    document: Optional[torch.Tensor] = None,
 ):
     """softmax(Q·Kᵀ·scale)·V on CUDA tensors, FlashCore's fused kernel.
 
@@ -124,6 +177,14 @@ def attention(
     Returns O in q's layout and, with return_lse=True, (O, LSE) where LSE is the float32
     [B, H, S] log-sum-exp of each row's scaled scores (+inf for a row that sees no key).
     target forces the PTX target ("sm_89" or "sm_90a"); by default the tuning table's.
+
+    The variants (each a kernel of FlashCore's library, `flashcore.kernels()`):
+    softcap=cap: scores become cap·tanh(score/cap) (Gemma 2); window=(left, right): query i sees
+    keys i-left ..= i+right (FlashAttention's window_size, -1 for no bound; with softcap, Gemma 2's
+    local layers); alibi=True: ALiBi's linear bias by distance, head h's slope 2^(-8(h+1)/H);
+    prefix=n: the first n keys seen by every query, the rest causally (prefix LM);
+    bias: a float32 [B, H, S, SK] tensor added to the scores; document: int32 [B, S] document
+    ids of a packed batch, a query seeing only its document's keys (self-attention, SK = S).
     """
     _check_layout(layout)
     _check_inputs(q, k, v)
@@ -131,13 +192,15 @@ def attention(
         raise ValueError(
             "flashcore.attention has no backward pass in the Python package yet: call it under torch.no_grad() "
             "or torch.inference_mode(), or on detached tensors")
+    kernel, scalars, tables = _variant(q, k, softcap, window, alibi, prefix, bias, document, layout)
     if q.device.type == "cuda" and not torch.compiler.is_compiling():
         # Eager: the op's own implementation, without the ~80 us of torch.library's Python
         # dispatch; traced code and other devices go through the registered op.
-        o, lse = _launch(q, k, v, causal, scale, layout, return_lse, target)
+        o, lse = _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables)
     else:
-        o, lse = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, return_lse, target)
+        o, lse = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, return_lse, target, kernel,
+                                               scalars, tables)
     return (o, lse) if return_lse else o
 
 
-from . import simulate  # noqa: E402  (needs _check_layout and friends above)
+from . import simulate  # noqa: E402  (needs _variant and friends above)

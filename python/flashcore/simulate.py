@@ -5,23 +5,33 @@ second). How the binding is tested on machines without a GPU.
     o = flashcore.simulate.attention(q, k, v, causal=True)        # q, k, v: CPU, float16/bfloat16
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
 from . import _native
-from . import _DTYPES, _bhsd, _check_inputs, _check_layout
+from . import _DTYPES, _bhsd, _check_inputs, _check_layout, _variant
 
 __all__ = ["attention"]
+
+
+def _storage_bytes(t: torch.Tensor, word) -> bytes:
+    storage = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage())
+    return storage.view(word).numpy().tobytes()
 
 
 def _host(name: str, t: torch.Tensor) -> tuple:
     """The tensor's whole storage as bytes, its offset, shape and strides: the view as it is."""
     if t.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"{name}: element type is {t.dtype}; attention takes torch.float16 or torch.bfloat16")
-    storage = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage())
-    raw = storage.view(torch.int16).numpy().tobytes()
-    return (raw, t.storage_offset(), list(t.shape), list(t.stride()))
+    return (_storage_bytes(t, torch.int16), t.storage_offset(), list(t.shape), list(t.stride()))
+
+
+def _table(t: torch.Tensor) -> tuple:
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.int32):
+        raise ValueError(f"a {list(t.shape)} table is {t.dtype} on {t.device}: the simulator takes CPU tables, "
+                         "bias torch.float32, document ids torch.int32")
+    return (_storage_bytes(t, torch.int32), t.storage_offset(), list(t.shape), list(t.stride()), _DTYPES[t.dtype])
 
 
 def attention(
@@ -33,17 +43,25 @@ def attention(
     return_lse: bool = False,
     layout: str = "bhsd",
     target: Optional[str] = None,
+    *,
+    softcap: Optional[float] = None,
+    window: Optional[Tuple[int, int]] = None,
+    alibi: bool = False,
+    prefix: Optional[int] = None,
+    bias: Optional[torch.Tensor] = None,
+    document: Optional[torch.Tensor] = None,
 ):
-    """`flashcore.attention` run in FlashCore's simulator on CPU tensors (same arguments and
-    results; target defaults to sm_89)."""
+    """`flashcore.attention` run in FlashCore's simulator on CPU tensors (same arguments, variants
+    and results; target defaults to sm_89)."""
     _check_layout(layout)
     _check_inputs(q, k, v)
     if q.device.type != "cpu":
         raise ValueError(f"the simulator takes CPU tensors and q is on {q.device}: use flashcore.attention on the GPU")
     qh = _bhsd(q, layout)
+    kernel, scalars, tables = _variant(q, k, softcap, window, alibi, prefix, bias, document, layout)
     raw, lse = _native.simulate_attention(
-        _DTYPES[q.dtype] if q.dtype in _DTYPES else str(q.dtype), _host("q", qh), _host("k", _bhsd(k, layout)),
-        _host("v", _bhsd(v, layout)), causal, scale, target)
+        kernel, _DTYPES[q.dtype] if q.dtype in _DTYPES else str(q.dtype), _host("q", qh), _host("k", _bhsd(k, layout)),
+        _host("v", _bhsd(v, layout)), [float(x) for x in scalars], [_table(t) for t in tables], causal, scale, target)
     b, h, s, d = qh.shape
     o = torch.frombuffer(bytearray(raw), dtype=torch.int16).view(q.dtype).reshape(b, h, s, d)
     o = o.transpose(1, 2).contiguous() if layout == "bshd" else o

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use flashcore::interop::{self, AttentionOptions, HostTensor};
+use flashcore::interop::{self, AttentionOptions, HostTable, HostTensor};
 use flashcore::runtime::{Device, ForeignStream, ForeignTensor};
 use flashcore::simulate::HostView;
 use flashcore::{bf16, f16, HalfFloat};
@@ -67,13 +67,16 @@ fn foreign(name: &str, (ptr, dtype, shape, strides): CudaSpec) -> PyResult<Forei
         .map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
-/// Enqueues attention on the CUDA stream `stream` of device `ordinal`; returns the config's text
-/// and where it came from (the tuning table's entry, the declared config, ...).
+/// Enqueues the library kernel `kernel` (`attention` or a variant) on the CUDA stream `stream`
+/// of device `ordinal`, its parameters after `scale` as `scalars` and `tables` (each in the
+/// kernel's order); returns the config's text and where it came from (the tuning table's entry,
+/// the declared config, ...).
 #[pyfunction]
-#[pyo3(signature = (ordinal, stream, q, k, v, o, lse, causal, scale, target_name))]
+#[pyo3(signature = (kernel, ordinal, stream, q, k, v, o, lse, scalars, tables, causal, scale, target_name))]
 #[allow(clippy::too_many_arguments)]
 fn attention(
     py: Python<'_>,
+    kernel: &str,
     ordinal: usize,
     stream: u64,
     q: CudaSpec,
@@ -81,6 +84,8 @@ fn attention(
     v: CudaSpec,
     o: CudaSpec,
     lse: Option<CudaSpec>,
+    scalars: Vec<f32>,
+    tables: Vec<CudaSpec>,
     causal: bool,
     scale: Option<f32>,
     target_name: Option<&str>,
@@ -89,20 +94,50 @@ fn attention(
     let (q, k, v) = (foreign("q", q)?, foreign("k", k)?, foreign("v", v)?);
     let mut o = foreign("o", o)?;
     let mut lse = lse.map(|l| foreign("lse", l)).transpose()?;
+    let tables = tables.into_iter().map(|t| foreign("table", t)).collect::<PyResult<Vec<_>>>()?;
+    let table_refs: Vec<&ForeignTensor> = tables.iter().collect();
     let device = device(ordinal)?;
     // SAFETY: `stream` is torch's current stream on this device (its primary context).
     let stream = unsafe { ForeignStream::from_raw(stream) };
     let (config, source) = py
-        .detach(|| interop::attention_on_stream(&device, &q, &k, &v, &mut o, lse.as_mut(), &options, stream))
+        .detach(|| {
+            interop::kernel_on_stream(
+                &device,
+                kernel,
+                &q,
+                &k,
+                &v,
+                &mut o,
+                lse.as_mut(),
+                &scalars,
+                &table_refs,
+                &options,
+                stream,
+            )
+        })
         .map_err(to_py)?;
     Ok((config.to_string(), source.to_string()))
 }
 
-fn host<'a, T: HalfFloat>(
+/// A host table for the simulator: its storage's bytes, offset, shape, strides (elements) and
+/// element type (`f32` or `i32`).
+type HostTableSpec = (Vec<u8>, usize, Vec<usize>, Vec<usize>, String);
+
+fn in_range(name: &str, offset: usize, len: usize) -> PyResult<()> {
+    if offset > len {
+        return Err(PyValueError::new_err(format!(
+            "{name}: storage offset {offset} is past its {len} elements"
+        )));
+    }
+    Ok(())
+}
+
+/// A q, k or v storage decoded from its bytes; its view.
+fn decode16<T: HalfFloat>(
     name: &str,
     (bytes, offset, shape, strides): &HostSpec,
-    buffer: &'a mut Vec<T>,
-) -> PyResult<HostTensor<'a, T>> {
+    buffer: &mut Vec<T>,
+) -> PyResult<HostView> {
     if bytes.len() % 2 != 0 {
         return Err(PyValueError::new_err(format!(
             "{name}: {} bytes is not a whole number of 16-bit elements",
@@ -110,49 +145,101 @@ fn host<'a, T: HalfFloat>(
         )));
     }
     *buffer = bytes.chunks_exact(2).map(|c| T::from_le_bytes([c[0], c[1]])).collect();
-    let data = buffer.get(*offset..).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "{name}: storage offset {offset} is past its {} elements",
-            buffer.len()
-        ))
-    })?;
-    Ok(HostTensor { data, view: HostView::strided(shape, strides) })
+    in_range(name, *offset, buffer.len())?;
+    Ok(HostView::strided(shape, strides))
+}
+
+/// A host table decoded: its f32 or i32 storage, offset and view.
+enum Decoded {
+    F32(Vec<f32>, usize, HostView),
+    I32(Vec<i32>, usize, HostView),
+}
+
+fn decode_table((bytes, offset, shape, strides, dtype): &HostTableSpec) -> PyResult<Decoded> {
+    if bytes.len() % 4 != 0 {
+        return Err(PyValueError::new_err(format!(
+            "table: {} bytes is not a whole number of 32-bit elements",
+            bytes.len()
+        )));
+    }
+    let words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+    let view = HostView::strided(shape, strides);
+    let (decoded, len) = match dtype.as_str() {
+        "f32" => {
+            let d: Vec<f32> = words.map(f32::from_le_bytes).collect();
+            let len = d.len();
+            (Decoded::F32(d, *offset, view), len)
+        }
+        "i32" => {
+            let d: Vec<i32> = words.map(i32::from_le_bytes).collect();
+            let len = d.len();
+            (Decoded::I32(d, *offset, view), len)
+        }
+        other => {
+            return Err(PyValueError::new_err(format!("table: element type {other}; tables are f32 or i32")))
+        }
+    };
+    in_range("table", *offset, len)?;
+    Ok(decoded)
 }
 
 fn simulate_typed<T: HalfFloat>(
     py: Python<'_>,
+    kernel: &str,
     specs: [HostSpec; 3],
+    scalars: &[f32],
+    tables: &[HostTableSpec],
     options: &AttentionOptions,
 ) -> PyResult<(Py<PyBytes>, Vec<f32>)> {
     let mut buffers: [Vec<T>; 3] = Default::default();
-    let [bq, bk, bv] = &mut buffers;
-    let q = host("q", &specs[0], bq)?;
-    let k = host("k", &specs[1], bk)?;
-    let v = host("v", &specs[2], bv)?;
-    let (o, lse) = py.detach(|| interop::simulate_attention(q, k, v, options)).map_err(to_py)?;
+    let mut views = Vec::new();
+    for ((name, spec), buffer) in ["q", "k", "v"].iter().zip(&specs).zip(buffers.iter_mut()) {
+        views.push(decode16(name, spec, buffer)?);
+    }
+    let decoded = tables.iter().map(decode_table).collect::<PyResult<Vec<_>>>()?;
+    let host_tables: Vec<HostTable> = decoded
+        .iter()
+        .map(|t| match t {
+            Decoded::F32(d, offset, view) => {
+                HostTable::F32(HostTensor { data: &d[*offset..], view: view.clone() })
+            }
+            Decoded::I32(d, offset, view) => {
+                HostTable::I32(HostTensor { data: &d[*offset..], view: view.clone() })
+            }
+        })
+        .collect();
+    let tensor = |i: usize| HostTensor { data: &buffers[i][specs[i].1..], view: views[i].clone() };
+    let (q, k, v) = (tensor(0), tensor(1), tensor(2));
+    let (o, lse) = py
+        .detach(|| interop::simulate_kernel(kernel, q, k, v, scalars, &host_tables, options))
+        .map_err(to_py)?;
     let bytes: Vec<u8> = o.iter().flat_map(|x| x.to_le_bytes()).collect();
     Ok((PyBytes::new(py, &bytes).unbind(), lse))
 }
 
-/// Runs attention in the simulator on host tensors of `dtype` (`f16` or `bf16`); returns O's
-/// bytes (row-major `[B, H, S, D]`) and the log-sum-exp (`[B, H, S]`, row-major).
+/// Runs the library kernel `kernel` in the simulator on host tensors of `dtype` (`f16` or
+/// `bf16`), its parameters after `scale` as `scalars` and `tables`; returns O's bytes
+/// (row-major `[B, H, S, D]`) and the log-sum-exp (`[B, H, S]`, row-major).
 #[pyfunction]
-#[pyo3(signature = (dtype, q, k, v, causal, scale, target_name))]
+#[pyo3(signature = (kernel, dtype, q, k, v, scalars, tables, causal, scale, target_name))]
 #[allow(clippy::too_many_arguments)]
 fn simulate_attention(
     py: Python<'_>,
+    kernel: &str,
     dtype: &str,
     q: HostSpec,
     k: HostSpec,
     v: HostSpec,
+    scalars: Vec<f32>,
+    tables: Vec<HostTableSpec>,
     causal: bool,
     scale: Option<f32>,
     target_name: Option<&str>,
 ) -> PyResult<(Py<PyBytes>, Vec<f32>)> {
     let options = AttentionOptions { causal, scale, target: target(target_name)? };
     match dtype {
-        "f16" => simulate_typed::<f16>(py, [q, k, v], &options),
-        "bf16" => simulate_typed::<bf16>(py, [q, k, v], &options),
+        "f16" => simulate_typed::<f16>(py, kernel, [q, k, v], &scalars, &tables, &options),
+        "bf16" => simulate_typed::<bf16>(py, kernel, [q, k, v], &scalars, &tables, &options),
         other => {
             Err(PyValueError::new_err(format!("q: element type is {other}; attention takes f16 or bf16")))
         }
@@ -165,5 +252,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_attention, m)?)?;
+    m.add("KERNELS", interop::kernel_names())?;
     Ok(())
 }

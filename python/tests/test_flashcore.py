@@ -20,21 +20,49 @@ GPU = torch.cuda.is_available()
 NO_GPU = "no CUDA GPU on this machine: the GPU path is checked by scripts/gpu-python.sh"
 
 
-def reference(q, k, v, causal, scale=None, layout="bhsd"):
-    """softmax(q·kᵀ·scale)·v and the log-sum-exp in float64, GQA by repeating K/V heads, the
-    causal mask aligned to the bottom right."""
+def reference(q, k, v, causal, scale=None, layout="bhsd", score=None, mask=None):
+    """softmax(q·kᵀ·scale)·v and the log-sum-exp in float64, GQA by repeating K/V heads, query
+    row i at key position i + SK - S (aligned to the bottom right). `score(s, h, i, j)` modifies
+    the scores and `mask(b, i, j)` keeps keys, FlexAttention's way: written from each variant's
+    formula, independently of FlashCore."""
     if layout == "bshd":
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     q, k, v = (x.double().cpu() for x in (q, k, v))
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     s = q @ k.transpose(-1, -2) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    rows, keys = q.shape[2], k.shape[2]
+    i = torch.arange(rows)[:, None] + (keys - rows)
+    j = torch.arange(keys)[None, :]
+    h = torch.arange(q.shape[1])[:, None, None]
+    if score is not None:
+        s = score(s, h, i, j)
+    keep = torch.ones(q.shape[0], 1, rows, keys, dtype=torch.bool)
     if causal:
-        rows, keys = q.shape[2], k.shape[2]
-        s = s.masked_fill(~torch.ones(rows, keys, dtype=torch.bool).tril(keys - rows), float("-inf"))
+        keep &= j <= i
+    if mask is not None:
+        keep &= mask(torch.arange(q.shape[0])[:, None, None, None], i, j)
+    s = s.masked_fill(~keep, float("-inf"))
     o, lse = torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
     o = torch.nan_to_num(o)  # a row that sees no key: FlashCore writes 0
     return (o.transpose(1, 2) if layout == "bshd" else o), lse
+
+
+def variants(b, s, heads):
+    """Each variant's options and its reference's score and mask functions (self-attention)."""
+    g = torch.Generator().manual_seed(5)
+    bias = torch.randn(b, heads, s, s, generator=g)
+    doc = torch.sort(torch.randint(0, 3, (b, s), generator=g, dtype=torch.int32), dim=1).values
+    slope = 2.0 ** (-8.0 * (torch.arange(heads, dtype=torch.float64) + 1) / heads)
+    return [
+        ({"softcap": 3.0}, lambda x, h, i, j: 3.0 * torch.tanh(x / 3.0), None),
+        ({"window": (20, 5)}, None, lambda b_, i, j: (j >= i - 20) & (j <= i + 5)),
+        ({"softcap": 2.0, "window": (-1, 0)}, lambda x, h, i, j: 2.0 * torch.tanh(x / 2.0), lambda b_, i, j: j <= i),
+        ({"alibi": True}, lambda x, h, i, j: x + slope[h] * (j - i), None),
+        ({"prefix": 9}, None, lambda b_, i, j: (j < 9) | (j <= i)),
+        ({"bias": bias}, lambda x, h, i, j: x + bias.double(), None),
+        ({"document": doc}, None, lambda b_, i, j: (doc.long()[b_[:, 0], i] == doc.long()[b_[:, 0], j]).unsqueeze(1)),
+    ]
 
 
 def rel_err(got, want):
@@ -87,6 +115,31 @@ class Simulator(unittest.TestCase):
         self.assertFalse(q.is_contiguous())
         o = flashcore.simulate.attention(q, k, v, causal=True, layout="bshd")
         self.assertLessEqual(rel_err(o, reference(q, k, v, True, layout="bshd")[0]), 2e-3)
+
+    def test_every_variant_against_its_formula(self):
+        b, h, s, d = 2, 4, 45, 64
+        q, k, v = inputs(b, h, h, s, s, d, torch.float16, "bhsd", seed=3)
+        for options, score, mask in variants(b, s, h):
+            for causal in (False, True):
+                if "prefix" in options and causal:
+                    continue  # prefix-LM is its own mask
+                o = flashcore.simulate.attention(q, k, v, causal=causal, **options)
+                want = reference(q, k, v, causal, score=score, mask=mask)[0]
+                err = rel_err(o, want)
+                self.assertLessEqual(err, 2e-3, f"{list(options)} causal={causal}: {err}")
+
+    def test_variant_options_that_do_not_combine_are_refused(self):
+        q, k, v = inputs(1, 2, 2, 16, 16, 64, torch.float16, "bhsd")
+        for options, message in [({"softcap": 1.0, "alibi": True}, "softcap and alibi together"),
+                                 ({"window": 5}, "(left, right)"),
+                                 ({"bias": torch.zeros(1, 2, 16, 16, dtype=torch.float16)}, "torch.float32")]:
+            with self.assertRaises(ValueError) as caught:
+                flashcore.simulate.attention(q, k, v, **options)
+            self.assertIn(message, str(caught.exception))
+        with self.assertRaises(ValueError) as caught:  # FlashCore's own check of the table's shape
+            flashcore.simulate.attention(q, k, v, bias=torch.zeros(1, 2, 16, 15))
+        self.assertIn("bias", str(caught.exception))
+        self.assertIn("softcap_attention", flashcore.kernels())
 
     def test_bad_arguments_are_value_errors_with_flashcores_message(self):
         q, k, v = inputs(1, 2, 2, 16, 16, 64, torch.float16, "bhsd")
@@ -170,8 +223,20 @@ class Gpu(unittest.TestCase):
     def test_eager_calls_and_the_registered_op_compute_the_same(self):
         q, k, v = inputs(2, 8, 2, 700, 900, 64, torch.float16, "bhsd", device="cuda")
         eager = flashcore.attention(q, k, v, causal=True)
-        op, _ = torch.ops.flashcore.attention(q, k, v, True, None, "bhsd", False, None)
+        op, _ = torch.ops.flashcore.attention(q, k, v, True, None, "bhsd", False, None, "attention", [], [])
         self.assertTrue(torch.equal(eager, op))
+
+    def test_variants_against_their_formulas(self):
+        b, h, s, d = 2, 8, 700, 128
+        q, k, v = inputs(b, h, h, s, s, d, torch.float16, "bhsd", device="cuda", seed=4)
+        for options, score, mask in variants(b, s, h):
+            options = {n: (x.cuda() if isinstance(x, torch.Tensor) else x) for n, x in options.items()}
+            causal = "prefix" not in options
+            o = flashcore.attention(q, k, v, causal=causal, **options)
+            err = rel_err(o, reference(q, k, v, causal, score=score, mask=mask)[0])
+            self.assertLessEqual(err, 2e-3, f"{list(options)}: {err}")
+            print(f"    gpu variant {list(options)} causal={causal}: {flashcore.last_config()[0]}: rel err {err:.2e}",
+                  file=sys.stderr)
 
     def test_torch_compile(self):
         @torch.compile(fullgraph=True)
