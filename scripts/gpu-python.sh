@@ -5,9 +5,11 @@
 # launch-plan path the benchmark compares the package with). In one call:
 #   1. installs the wheel (no index, no dependencies: torch is the machine's);
 #   2. python/tests/test_flashcore.py: the simulator tests and the GPU ones (float64 checks at
-#      tails, causal, GQA, BSHD, bf16, both targets; torch.compile; a side stream; misalignment);
+#      tails, causal, GQA, BSHD, bf16, both targets, every variant; the backward against torch
+#      autograd in float64; torch.compile, a compiled training loop; a side stream; misalignment);
 #   3. the host's cost of a call (back-to-back launches of a small shape, no timing events);
-#   4. compute-sanitizer memcheck over package launches (tails, causal, GQA, BSHD);
+#   4. compute-sanitizer memcheck over package launches, forward and backward (tails, causal,
+#      GQA, BSHD);
 #   5. scripts/bench.py: the package's column next to the launch-plan path, SDPA flash and cuDNN.
 #   scripts/gpu-python.sh [SHAPES]   SHAPES: bench.py --only names (default: six of the issue's;
 #                                    `all`: every shape of bench.py --quick)
@@ -37,8 +39,14 @@ def per_call(fn, n=3000):
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / n * 1e6
+o = torch.empty_like(q)
+stream = torch.cuda.current_stream().cuda_stream
+spec = lambda t: (t.data_ptr(), "f16", list(t.shape), list(t.stride()))
+native = lambda: flashcore._native.attention("attention", 0, stream, spec(q), spec(k), spec(v), spec(o), None, [], [], False, None, None)
 for name, fn in [("flashcore.attention", lambda: flashcore.attention(q, k, v)),
-                 ("torch.ops.flashcore.attention", lambda: torch.ops.flashcore.attention(q, k, v, False, None, "bhsd", False, None)),
+                 ("  its _launch (no argument checks)", lambda: flashcore._launch(q, k, v, False, None, "bhsd", False, None, "attention", [], [])),
+                 ("  its native call (Rust: pick, bind, launch)", native),
+                 ("torch.ops.flashcore.attention", lambda: torch.ops.flashcore.attention(q, k, v, False, None, "bhsd", False, None, "attention", [], [])),
                  ("SDPA (default backend)", lambda: F.scaled_dot_product_attention(q, k, v))]:
     print(f"{name:<32} {per_call(fn):7.2f} us a call, back to back (1x8x512x64: host-bound)")
 print("config:", flashcore.last_config())
@@ -54,6 +62,10 @@ for (b, h, hk, s, sk, d, causal, layout) in [(1, 4, 2, 77, 131, 64, True, "bhsd"
     o, lse = flashcore.attention(q, k, v, causal=causal, layout=layout, return_lse=True)
     torch.cuda.synchronize()
     print(b, h, hk, s, sk, d, causal, layout, flashcore.last_config()[0], "finite:", bool(torch.isfinite(o).all()))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    grads = torch.autograd.grad(flashcore.attention(q, k, v, causal=causal, layout=layout), (q, k, v), torch.randn_like(q))
+    torch.cuda.synchronize()
+    print("  backward finite:", all(bool(torch.isfinite(g).all()) for g in grads))
 PY
 echo "sanitizer exit: ${PIPESTATUS[0]}" | tee -a "$out/sanitizer.txt"
 

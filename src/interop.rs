@@ -18,7 +18,7 @@
 
 use crate::ir::kernel::Param;
 use crate::ir::source::Program;
-use crate::kernels::attention;
+use crate::kernels::{attention, backward};
 use crate::runtime::{Device, ForeignStream, ForeignTensor, TensorArg};
 use crate::simulate::{simulate, HostArg, HostView, SimDevice};
 use crate::tuning::Source;
@@ -368,6 +368,209 @@ pub fn simulate_kernel<T: HalfFloat>(
     Ok((o, lse))
 }
 
+/// The backward's kernels for foreign launches: dQ, then dK/dV (plain, causal, grouped,
+/// grouped causal), each with its compiled configs.
+static BACKWARD_CACHES: [KernelCache; 5] = [const { KernelCache::new() }; 5];
+
+/// The two launches of the backward of `attention` at `q`'s head dim and element type: each
+/// kernel's cache index, config and source (as [`backward::launch_backward_async`] picks them).
+fn backward_plan(
+    dtype: &str,
+    q_shape: &[usize],
+    k_shape: &[usize],
+    causal: bool,
+    target: Option<Target>,
+) -> Result<[(usize, Config, fn() -> Program); 2], Error> {
+    use backward::*;
+    let kernel = attention_backward_dq::NAME;
+    let dtype = match dtype {
+        "f16" => DType::F16,
+        "bf16" => DType::Bf16,
+        other => {
+            return Err(argument(
+                kernel,
+                "q",
+                format!("element type is {other}; attention takes f16 or bf16"),
+            ))
+        }
+    };
+    let (Some(&d), Some(&h), Some(&hk)) = (q_shape.get(3), q_shape.get(1), k_shape.get(1)) else {
+        return Err(argument(
+            kernel,
+            "q",
+            format!("shapes {q_shape:?}, {k_shape:?}: [B, H, S, D] tensors are needed"),
+        ));
+    };
+    let head_dim = u32::try_from(d).unwrap_or(u32::MAX);
+    if !crate::ir::config::SUPPORTED_HEAD_DIMS.contains(&head_dim) {
+        return Err(argument(
+            kernel,
+            "q",
+            format!(
+                "head dim {d} is not supported: the backward takes {:?}",
+                crate::ir::config::SUPPORTED_HEAD_DIMS
+            ),
+        ));
+    }
+    let configs = backward_configs(head_dim);
+    let set = |c: Config| Config { dtype, target: target.unwrap_or(c.target), ..c };
+    let dq = (0, Config { causal, ..set(configs.dq) }, attention_backward_dq::program as fn() -> Program);
+    // Grouped K/V heads: the kernels that sum each group's query heads, K and V kept in shared
+    // memory for the whole group.
+    let (index, config, program): (usize, Config, fn() -> Program) = match (h != hk, causal) {
+        (false, false) => (1, set(configs.dkdv), attention_backward_dkdv::program),
+        (false, true) => (2, set(configs.dkdv_causal), attention_backward_dkdv_causal::program),
+        (true, false) => {
+            (3, Config { a_in_smem: true, ..set(configs.dkdv) }, attention_backward_dkdv_grouped::program)
+        }
+        (true, true) => (
+            4,
+            Config { a_in_smem: true, ..set(configs.dkdv_causal) },
+            attention_backward_dkdv_grouped_causal::program,
+        ),
+    };
+    let dkdv = (index, config, program);
+    Ok([dq, dkdv])
+}
+
+/// What the backward of `attention` reads and writes, as tensors another library owns: the
+/// forward's `q` `[B, H, S, D]`, `k`, `v` `[B, HKV, SK, D]`, its output `o` and log-sum-exp `lse`
+/// `[B, H, S]` f32, the output's gradient `d_out`; it writes `dq`, `dk`, `dv` (shaped as `q`, `k`,
+/// `v`) and `delta` `[B, H, S]` f32, a workspace (`rowsum(dO ∘ O)`).
+pub struct BackwardTensors<'a> {
+    /// Q.
+    pub q: &'a ForeignTensor,
+    /// K.
+    pub k: &'a ForeignTensor,
+    /// V.
+    pub v: &'a ForeignTensor,
+    /// The forward's output.
+    pub o: &'a ForeignTensor,
+    /// The forward's log-sum-exp.
+    pub lse: &'a ForeignTensor,
+    /// The gradient of the loss with respect to O.
+    pub d_out: &'a ForeignTensor,
+    /// dQ, written.
+    pub dq: &'a mut ForeignTensor,
+    /// dK, written (with fewer K/V heads, each summed over its group's query heads).
+    pub dk: &'a mut ForeignTensor,
+    /// dV, written likewise.
+    pub dv: &'a mut ForeignTensor,
+    /// Δ, a workspace.
+    pub delta: &'a mut ForeignTensor,
+}
+
+/// The backward of [`attention_on_stream`] (dQ, dK, dV; causal and GQA as the forward), its two
+/// kernels enqueued on `stream`; `options` as the forward's (the same causal flag and scale).
+pub fn attention_backward_on_stream(
+    device: &Device,
+    t: BackwardTensors,
+    options: &AttentionOptions,
+    stream: ForeignStream,
+) -> Result<(), Error> {
+    let BackwardTensors { q, k, v, o, lse, d_out, dq, dk, dv, delta } = t;
+    let plan = backward_plan(q.dtype(), q.shape(), k.shape(), options.causal, options.target)?;
+    check_aligned(
+        backward::attention_backward_dq::NAME,
+        &[
+            ("q", q),
+            ("k", k),
+            ("v", v),
+            ("o", o),
+            ("lse", lse),
+            ("d_out", d_out),
+            ("dq", dq),
+            ("dk", dk),
+            ("dv", dv),
+            ("delta", delta),
+        ],
+    )?;
+    let scale = options.scale.unwrap_or_else(|| plan[0].1.default_scale());
+    let cc = device.info().compute_capability;
+    let [(dq_index, dq_config, dq_program), (dkdv_index, dkdv_config, dkdv_program)] = plan;
+    let dq_kernel = BACKWARD_CACHES[dq_index].get_or_compile_on(cc, &dq_config, dq_program)?;
+    let dkdv_kernel = BACKWARD_CACHES[dkdv_index].get_or_compile_on(cc, &dkdv_config, dkdv_program)?;
+    {
+        let mut args = [
+            Arg::Tensor(q),
+            Arg::Tensor(k),
+            Arg::Tensor(v),
+            Arg::Tensor(o),
+            Arg::Tensor(d_out),
+            Arg::Tensor(lse),
+            Arg::TensorMut(&mut *dq),
+            Arg::TensorMut(&mut *delta),
+            Arg::F32(scale),
+        ];
+        crate::launch_on_stream(device, &dq_kernel, &mut args, stream)?;
+    }
+    let mut args = [
+        Arg::Tensor(q),
+        Arg::Tensor(k),
+        Arg::Tensor(v),
+        Arg::Tensor(d_out),
+        Arg::Tensor(lse),
+        Arg::Tensor(&*delta),
+        Arg::TensorMut(dk),
+        Arg::TensorMut(dv),
+        Arg::F32(scale),
+    ];
+    crate::launch_on_stream(device, &dkdv_kernel, &mut args, stream)?;
+    Ok(())
+}
+
+/// [`attention_backward_on_stream`] in the simulator on host tensors: `[q, k, v, o, d_out]` and
+/// `lse` as the forward took and gave them; returns dQ, dK, dV row-major, shaped as `q`, `k`,
+/// `v`.
+#[allow(clippy::type_complexity)]
+pub fn simulate_attention_backward<T: HalfFloat>(
+    [q, k, v, o, d_out]: [HostTensor<T>; 5],
+    lse: HostTensor<f32>,
+    options: &AttentionOptions,
+) -> Result<(Vec<T>, Vec<T>, Vec<T>), Error> {
+    let options = AttentionOptions { target: Some(options.target.unwrap_or(Target::Sm89)), ..*options };
+    let plan = backward_plan(T::NAME, q.view.shape(), k.view.shape(), options.causal, options.target)?;
+    let scale = options.scale.unwrap_or_else(|| plan[0].1.default_scale());
+    let [(dq_index, dq_config, dq_program), (dkdv_index, dkdv_config, dkdv_program)] = plan;
+    let dq_kernel = BACKWARD_CACHES[dq_index].get_or_compile(&dq_config, dq_program)?;
+    let dkdv_kernel = BACKWARD_CACHES[dkdv_index].get_or_compile(&dkdv_config, dkdv_program)?;
+    let shape_of = |t: &HostTensor<T>| t.view.shape().to_vec();
+    let (q_shape, k_shape) = (shape_of(&q), shape_of(&k));
+    let rows = &q_shape[..3.min(q_shape.len())];
+    let mut dq = vec![T::NAN; q_shape.iter().product()];
+    let mut dk = vec![T::NAN; k_shape.iter().product()];
+    let mut dv = vec![T::NAN; k_shape.iter().product()];
+    let mut delta = vec![f32::NAN; rows.iter().product()];
+    let device = SimDevice::default();
+    let mut args = vec![
+        HostArg::Tensor(q.data, q.view.clone()),
+        HostArg::Tensor(k.data, k.view.clone()),
+        HostArg::Tensor(v.data, v.view.clone()),
+        HostArg::Tensor(o.data, o.view.clone()),
+        HostArg::Tensor(d_out.data, d_out.view.clone()),
+        HostArg::F32Table(lse.data, lse.view.clone()),
+        HostArg::TensorMut(&mut dq, HostView::contiguous(&q_shape)),
+        HostArg::F32Mut(&mut delta, HostView::contiguous(rows)),
+        HostArg::F32(scale),
+    ];
+    simulate(&dq_kernel, &mut args, &device)?;
+    drop(args);
+    let mut args = vec![
+        HostArg::Tensor(q.data, q.view.clone()),
+        HostArg::Tensor(k.data, k.view.clone()),
+        HostArg::Tensor(v.data, v.view.clone()),
+        HostArg::Tensor(d_out.data, d_out.view.clone()),
+        HostArg::F32Table(lse.data, lse.view.clone()),
+        HostArg::F32Table(&delta, HostView::contiguous(rows)),
+        HostArg::TensorMut(&mut dk, HostView::contiguous(&k_shape)),
+        HostArg::TensorMut(&mut dv, HostView::contiguous(&k_shape)),
+        HostArg::F32(scale),
+    ];
+    simulate(&dkdv_kernel, &mut args, &device)?;
+    drop(args);
+    Ok((dq, dk, dv))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,6 +716,56 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("softcap_attention") && err.contains("bias_attention"), "{err}");
+    }
+
+    /// The backward through the interop: the forward's O and log-sum-exp from the simulator,
+    /// then dQ, dK, dV against float64 (causal, tails, S != SK).
+    #[test]
+    fn simulated_backward_matches_float64() {
+        use crate::reference::attention_backward_rows;
+        let (b, h, s, sk, d) = (1, 2, 37, 50, 64);
+        let mut rng = Rng::new(11);
+        let (q, k, v, g) = (
+            random::<f16>(&mut rng, b * h * s * d),
+            random::<f16>(&mut rng, b * h * sk * d),
+            random::<f16>(&mut rng, b * h * sk * d),
+            random::<f16>(&mut rng, b * h * s * d),
+        );
+        let (qs, ks) = ([b, h, s, d], [b, h, sk, d]);
+        let options = AttentionOptions { causal: true, ..AttentionOptions::default() };
+        let (o, lse) = simulate_attention(
+            HostTensor::contiguous(&q, &qs),
+            HostTensor::contiguous(&k, &ks),
+            HostTensor::contiguous(&v, &ks),
+            &options,
+        )
+        .unwrap();
+        let (dq, dk, dv) = simulate_attention_backward(
+            [
+                HostTensor::contiguous(&q, &qs),
+                HostTensor::contiguous(&k, &ks),
+                HostTensor::contiguous(&v, &ks),
+                HostTensor::contiguous(&o, &qs),
+                HostTensor::contiguous(&g, &qs),
+            ],
+            HostTensor::contiguous(&lse, &[b, h, s]),
+            &options,
+        )
+        .unwrap();
+        let to64 = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+        let (q64, k64, v64, g64) = (to64(&q), to64(&k), to64(&v), to64(&g));
+        let scale = 1.0 / (d as f64).sqrt();
+        let p = Problem { q: &q64, k: &k64, v: &v64, b, h, hk: h, s, sk, d, scale, causal: true };
+        let want = attention_backward_rows(
+            &p,
+            &g64,
+            &(0..b * h * s).collect::<Vec<_>>(),
+            &(0..b * h * sk).collect::<Vec<_>>(),
+        );
+        for (name, got, want) in [("dq", &dq, &want.dq), ("dk", &dk, &want.dk), ("dv", &dv, &want.dv)] {
+            let err = reference::compare(&to64(got), want);
+            assert!(err.rel_l2 < 2e-3 && err.non_finite == 0, "{name}: {err:?}");
+        }
     }
 
     #[test]

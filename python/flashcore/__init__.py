@@ -151,6 +151,66 @@ def _attention_fake(q, k, v, causal, scale, layout, return_lse, target, kernel, 
     return torch.empty_like(q), q.new_empty((b, h, s) if return_lse else (0,), dtype=torch.float32)
 
 
+def _backward_launch(d_out, q, k, v, o, lse, causal, scale, layout, target):
+    """The backward op's CUDA implementation: dQ, dK, dV allocated like q, k, v."""
+    # The kernels read dO with a contiguous last dimension and 16-byte aligned rows; a gradient
+    # torch made by broadcasting (stride 0) is copied.
+    if d_out.stride(-1) != 1 or d_out.data_ptr() % 16 or any(st % 8 for st in d_out.stride()[:-1]):
+        d_out = d_out.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    qh = _bhsd(q, layout)
+    b, h, s, _ = qh.shape
+    delta = torch.empty((b, h, s), device=q.device, dtype=torch.float32)
+    f32 = lambda t: (t.data_ptr(), "f32", list(t.shape), list(t.stride()))  # noqa: E731
+    _native.attention_backward(
+        q.device.index if q.device.index is not None else torch.cuda.current_device(),
+        torch.cuda.current_stream(q.device).cuda_stream,
+        _spec("q", qh), _spec("k", _bhsd(k, layout)), _spec("v", _bhsd(v, layout)), _spec("o", _bhsd(o, layout)),
+        f32(lse), _spec("d_out", _bhsd(d_out, layout)), _spec("dq", _bhsd(dq, layout)), _spec("dk", _bhsd(dk, layout)),
+        _spec("dv", _bhsd(dv, layout)), f32(delta), causal, scale, target)
+    return dq, dk, dv
+
+
+@torch.library.custom_op("flashcore::attention_backward", mutates_args=())
+def _attention_backward_op(
+    d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+    causal: bool, scale: Optional[float], layout: str, target: Optional[str],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if q.device.type != "cuda":
+        raise _not_cuda(q)
+    return _backward_launch(d_out, q, k, v, o, lse, causal, scale, layout, target)
+
+
+@_attention_backward_op.register_fake
+def _attention_backward_fake(d_out, q, k, v, o, lse, causal, scale, layout, target):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.options = (causal, scale, layout, target, kernel, return_lse)
+    ctx.extras = (len(scalars), len(tables))
+
+
+def _backward(ctx, grad_o, grad_lse):
+    causal, scale, layout, target, kernel, return_lse = ctx.options
+    if kernel != "attention" or not return_lse:
+        # flashcore.attention refuses these before the forward when gradients are wanted; a
+        # direct call of the op reaches here.
+        raise ValueError(f"no backward through the package for {kernel}" if kernel != "attention" else
+                         "the backward needs the forward's log-sum-exp: call the op with return_lse=True")
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.flashcore.attention_backward(grad_o, q, k, v, o, lse, causal, scale, layout, target)
+    # One gradient per input, lists for the list inputs (none flows to any of them).
+    n_scalars, n_tables = ctx.extras
+    return dq, dk, dv, None, None, None, None, None, None, [None] * n_scalars, [None] * n_tables
+
+
+torch.library.register_autograd("flashcore::attention", _backward, setup_context=_setup_context)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -177,6 +237,8 @@ def attention(
     Returns O in q's layout and, with return_lse=True, (O, LSE) where LSE is the float32
     [B, H, S] log-sum-exp of each row's scaled scores (+inf for a row that sees no key).
     target forces the PTX target ("sm_89" or "sm_90a"); by default the tuning table's.
+    Differentiable (plain attention, causal or not, GQA, both layouts): inputs that need
+    gradients get dQ, dK, dV from FlashCore's backward kernels.
 
     The variants (each a kernel of FlashCore's library, `flashcore.kernels()`):
     softcap=cap: scores become cap·tanh(score/cap) (Gemma 2); window=(left, right): query i sees
@@ -188,11 +250,19 @@ def attention(
     """
     _check_layout(layout)
     _check_inputs(q, k, v)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError(
-            "flashcore.attention has no backward pass in the Python package yet: call it under torch.no_grad() "
-            "or torch.inference_mode(), or on detached tensors")
     kernel, scalars, tables = _variant(q, k, softcap, window, alibi, prefix, bias, document, layout)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        # Training: through the op, whose autograd formula runs FlashCore's backward kernels
+        # on the log-sum-exp the forward saves.
+        if kernel != "attention":
+            raise ValueError(
+                f"{kernel} has no backward through the package yet (plain attention, causal or not, has): "
+                "call it under torch.no_grad(), or on detached tensors")
+        if return_lse:
+            raise ValueError("gradients through the returned log-sum-exp are not computed: with inputs that "
+                             "need gradients, call without return_lse=True (or detach the inputs)")
+        o, _ = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, True, target, kernel, scalars, tables)
+        return o
     if q.device.type == "cuda" and not torch.compiler.is_compiling():
         # Eager: the op's own implementation, without the ~80 us of torch.library's Python
         # dispatch; traced code and other devices go through the registered op.

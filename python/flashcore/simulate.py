@@ -67,3 +67,37 @@ def attention(
     o = o.transpose(1, 2).contiguous() if layout == "bshd" else o
     lse = torch.tensor(lse, dtype=torch.float32).reshape(b, h, s)
     return (o, lse) if return_lse else o
+
+
+def attention_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    d_out: torch.Tensor,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    layout: str = "bhsd",
+    target: Optional[str] = None,
+):
+    """The backward of `attention` in FlashCore's simulator, the kernels the package's autograd
+    runs on the GPU: from the forward's inputs, its output `o` and log-sum-exp `lse` (from
+    `attention(..., return_lse=True)`) and the output's gradient `d_out`, returns (dQ, dK, dV)
+    shaped as q, k and v."""
+    _check_layout(layout)
+    _check_inputs(q, k, v)
+    if q.device.type != "cpu":
+        raise ValueError(f"the simulator takes CPU tensors and q is on {q.device}")
+    qh, kh = _bhsd(q, layout), _bhsd(k, layout)
+    lse_spec = (_storage_bytes(lse.float(), torch.int32), lse.storage_offset() if lse.dtype == torch.float32 else 0,
+                list(lse.shape), list(lse.float().stride()), "f32")
+    raw = _native.simulate_attention_backward(
+        _DTYPES.get(q.dtype, str(q.dtype)), _host("q", qh), _host("k", kh), _host("v", _bhsd(v, layout)),
+        _host("o", _bhsd(o, layout)), _host("d_out", _bhsd(d_out, layout)), lse_spec, causal, scale, target)
+
+    def tensor(data, shape):
+        t = torch.frombuffer(bytearray(data), dtype=torch.int16).view(q.dtype).reshape(shape)
+        return t.transpose(1, 2).contiguous() if layout == "bshd" else t
+
+    return tensor(raw[0], qh.shape), tensor(raw[1], kh.shape), tensor(raw[2], kh.shape)

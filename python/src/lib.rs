@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use flashcore::interop::{self, AttentionOptions, HostTable, HostTensor};
+use flashcore::interop::{self, AttentionOptions, BackwardTensors, HostTable, HostTensor};
 use flashcore::runtime::{Device, ForeignStream, ForeignTensor};
 use flashcore::simulate::HostView;
 use flashcore::{bf16, f16, HalfFloat};
@@ -246,12 +246,119 @@ fn simulate_attention(
     }
 }
 
+/// Enqueues the backward of `attention` (dQ, then dK/dV) on the CUDA stream `stream` of device
+/// `ordinal`: reads `q`, `k`, `v`, the forward's `o` and `lse`, and `d_out`; writes `dq`, `dk`,
+/// `dv` and the workspace `delta`.
+#[pyfunction]
+#[pyo3(signature = (ordinal, stream, q, k, v, o, lse, d_out, dq, dk, dv, delta, causal, scale, target_name))]
+#[allow(clippy::too_many_arguments)]
+fn attention_backward(
+    py: Python<'_>,
+    ordinal: usize,
+    stream: u64,
+    q: CudaSpec,
+    k: CudaSpec,
+    v: CudaSpec,
+    o: CudaSpec,
+    lse: CudaSpec,
+    d_out: CudaSpec,
+    dq: CudaSpec,
+    dk: CudaSpec,
+    dv: CudaSpec,
+    delta: CudaSpec,
+    causal: bool,
+    scale: Option<f32>,
+    target_name: Option<&str>,
+) -> PyResult<()> {
+    let options = AttentionOptions { causal, scale, target: target(target_name)? };
+    let (q, k, v, o, lse, d_out) = (
+        foreign("q", q)?,
+        foreign("k", k)?,
+        foreign("v", v)?,
+        foreign("o", o)?,
+        foreign("lse", lse)?,
+        foreign("d_out", d_out)?,
+    );
+    let (mut dq, mut dk, mut dv, mut delta) =
+        (foreign("dq", dq)?, foreign("dk", dk)?, foreign("dv", dv)?, foreign("delta", delta)?);
+    let device = device(ordinal)?;
+    // SAFETY: `stream` is torch's current stream on this device (its primary context).
+    let stream = unsafe { ForeignStream::from_raw(stream) };
+    let tensors = BackwardTensors {
+        q: &q,
+        k: &k,
+        v: &v,
+        o: &o,
+        lse: &lse,
+        d_out: &d_out,
+        dq: &mut dq,
+        dk: &mut dk,
+        dv: &mut dv,
+        delta: &mut delta,
+    };
+    py.detach(|| interop::attention_backward_on_stream(&device, tensors, &options, stream)).map_err(to_py)
+}
+
+fn simulate_backward_typed<T: HalfFloat>(
+    py: Python<'_>,
+    specs: [HostSpec; 5],
+    lse: &HostTableSpec,
+    options: &AttentionOptions,
+) -> PyResult<[Py<PyBytes>; 3]> {
+    let mut buffers: [Vec<T>; 5] = Default::default();
+    let mut views = Vec::new();
+    for ((name, spec), buffer) in ["q", "k", "v", "o", "d_out"].iter().zip(&specs).zip(buffers.iter_mut()) {
+        views.push(decode16(name, spec, buffer)?);
+    }
+    let Decoded::F32(lse_data, lse_offset, lse_view) = decode_table(lse)? else {
+        return Err(PyValueError::new_err("lse: a float32 tensor is needed"));
+    };
+    let tensor = |i: usize| HostTensor { data: &buffers[i][specs[i].1..], view: views[i].clone() };
+    let inputs = [tensor(0), tensor(1), tensor(2), tensor(3), tensor(4)];
+    let lse = HostTensor { data: &lse_data[lse_offset..], view: lse_view };
+    let (dq, dk, dv) =
+        py.detach(|| interop::simulate_attention_backward(inputs, lse, options)).map_err(to_py)?;
+    let bytes =
+        |x: &[T]| PyBytes::new(py, &x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unbind();
+    Ok([bytes(&dq), bytes(&dk), bytes(&dv)])
+}
+
+/// The backward in the simulator on host tensors of `dtype`: returns dQ's, dK's and dV's bytes,
+/// row-major, shaped as q, k and v.
+#[pyfunction]
+#[pyo3(signature = (dtype, q, k, v, o, d_out, lse, causal, scale, target_name))]
+#[allow(clippy::too_many_arguments)]
+fn simulate_attention_backward(
+    py: Python<'_>,
+    dtype: &str,
+    q: HostSpec,
+    k: HostSpec,
+    v: HostSpec,
+    o: HostSpec,
+    d_out: HostSpec,
+    lse: HostTableSpec,
+    causal: bool,
+    scale: Option<f32>,
+    target_name: Option<&str>,
+) -> PyResult<[Py<PyBytes>; 3]> {
+    let options = AttentionOptions { causal, scale, target: target(target_name)? };
+    match dtype {
+        "f16" => simulate_backward_typed::<f16>(py, [q, k, v, o, d_out], &lse, &options),
+        "bf16" => simulate_backward_typed::<bf16>(py, [q, k, v, o, d_out], &lse, &options),
+        other => {
+            Err(PyValueError::new_err(format!("q: element type is {other}; attention takes f16 or bf16")))
+        }
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FlashCoreError", m.py().get_type::<FlashCoreError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_attention, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate_attention_backward, m)?)?;
     m.add("KERNELS", interop::kernel_names())?;
     Ok(())
 }

@@ -48,6 +48,20 @@ def reference(q, k, v, causal, scale=None, layout="bhsd", score=None, mask=None)
     return (o.transpose(1, 2) if layout == "bshd" else o), lse
 
 
+def reference_autograd(q, k, v, causal, layout):
+    """The float64 forward as differentiable torch operations (for the gradients)."""
+    if layout == "bshd":
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        rows, keys = q.shape[2], k.shape[2]
+        s = s.masked_fill(~torch.ones(rows, keys, dtype=torch.bool).tril(keys - rows), float("-inf"))
+    o = torch.nan_to_num(torch.softmax(s, -1)) @ v
+    return o.transpose(1, 2) if layout == "bshd" else o
+
+
 def variants(b, s, heads):
     """Each variant's options and its reference's score and mask functions (self-attention)."""
     g = torch.Generator().manual_seed(5)
@@ -157,11 +171,28 @@ class Simulator(unittest.TestCase):
                 flashcore.simulate.attention(*args, **kwargs)
             self.assertIn(message, str(caught.exception))
 
-    def test_inputs_that_need_gradients_are_refused_until_there_is_a_backward(self):
+    def test_backward_against_torch_autograd_in_float64(self):
+        for (b, h, hk, s, sk, d, causal, layout) in [(1, 2, 2, 37, 50, 64, True, "bhsd"), (2, 4, 2, 45, 45, 64, False, "bshd"),
+                                                     (1, 4, 1, 33, 33, 128, True, "bhsd")]:
+            q, k, v = inputs(b, h, hk, s, sk, d, torch.float16, layout, seed=9)
+            g = torch.randn(q.shape).half()
+            o, lse = flashcore.simulate.attention(q, k, v, causal=causal, return_lse=True, layout=layout)
+            got = flashcore.simulate.attention_backward(q, k, v, o, lse, g, causal=causal, layout=layout)
+            q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+            want_o = reference_autograd(q64, k64, v64, causal, layout)
+            want = torch.autograd.grad(want_o, (q64, k64, v64), g.double())
+            for name, x, y in zip(("dq", "dk", "dv"), got, want):
+                self.assertEqual(x.shape, y.shape)
+                self.assertLessEqual(rel_err(x, y.detach()), 2e-3, f"{name} {b}x{h}/{hk}x{s}/{sk}x{d} causal={causal} {layout}")
+
+    def test_gradients_the_package_cannot_give_are_refused_before_the_forward(self):
         q, k, v = inputs(1, 2, 2, 16, 16, 64, torch.float16, "bhsd")
-        with self.assertRaises(ValueError) as caught:
-            flashcore.attention(q.requires_grad_(), k, v)
-        self.assertIn("torch.no_grad()", str(caught.exception))
+        q.requires_grad_()
+        for options, message in [({"softcap": 5.0}, "softcap_attention has no backward"),
+                                 ({"return_lse": True}, "log-sum-exp are not computed")]:
+            with self.assertRaises(ValueError) as caught:
+                flashcore.attention(q, k, v, **options)
+            self.assertIn(message, str(caught.exception))
 
     def test_cpu_tensors_on_the_gpu_path_name_the_simulator(self):
         q, k, v = inputs(1, 2, 2, 16, 16, 64, torch.float16, "bhsd")
@@ -181,6 +212,15 @@ class CustomOp(unittest.TestCase):
         q = torch.empty(2, 100, 8, 64, dtype=torch.bfloat16, device="meta")
         o, lse = flashcore.attention(q, q, q, layout="bshd", return_lse=True)
         self.assertEqual((o.shape, lse.shape), ((2, 100, 8, 64), (2, 8, 100)))
+
+    def test_autograd_runs_the_backward_op_on_fake_tensors(self):
+        # The autograd wiring without a GPU: on meta tensors both ops run their fake
+        # implementations, so the gradients' shapes and the backward's structure are checked.
+        q = torch.empty(2, 100, 8, 64, dtype=torch.float16, device="meta", requires_grad=True)
+        k, v = (torch.empty(2, 300, 2, 64, dtype=torch.float16, device="meta", requires_grad=True) for _ in range(2))
+        o = flashcore.attention(q, k, v, causal=True, layout="bshd")
+        dq, dk, dv = torch.autograd.grad(o, (q, k, v), torch.empty_like(o))
+        self.assertEqual((dq.shape, dk.shape, dv.shape), (q.shape, k.shape, v.shape))
 
     def test_export_traces_the_op_into_the_graph(self):
         class Layer(torch.nn.Module):
@@ -237,6 +277,58 @@ class Gpu(unittest.TestCase):
             self.assertLessEqual(err, 2e-3, f"{list(options)}: {err}")
             print(f"    gpu variant {list(options)} causal={causal}: {flashcore.last_config()[0]}: rel err {err:.2e}",
                   file=sys.stderr)
+
+    def test_backward_against_torch_autograd_in_float64(self):
+        for (b, h, hk, s, sk, d, causal, layout, dtype) in [
+                (2, 8, 8, 1000, 1000, 64, True, "bhsd", torch.float16), (1, 8, 2, 777, 1024, 128, True, "bshd", torch.float16),
+                (2, 4, 1, 513, 513, 64, False, "bhsd", torch.bfloat16), (1, 4, 4, 300, 300, 128, False, "bshd", torch.float16)]:
+            q, k, v = (x.requires_grad_() for x in inputs(b, h, hk, s, sk, d, dtype, layout, device="cuda", seed=6))
+            g = torch.randn(q.shape, device="cuda", dtype=dtype)
+            o = flashcore.attention(q, k, v, causal=causal, layout=layout)
+            got = torch.autograd.grad(o, (q, k, v), g)
+            q64, k64, v64 = (x.detach().double().cpu().requires_grad_() for x in (q, k, v))
+            want = torch.autograd.grad(reference_autograd(q64, k64, v64, causal, layout), (q64, k64, v64),
+                                       g.double().cpu())
+            for name, x, y in zip(("dq", "dk", "dv"), got, want):
+                err = rel_err(x, y.cpu())
+                self.assertLessEqual(err, LIMIT[dtype], f"{name} {b}x{h}/{hk}x{s}/{sk}x{d} causal={causal} {layout}")
+                print(f"    gpu backward {name} {b}x{h}/{hk}x{s}/{sk}x{d} {str(dtype)[6:]} causal={causal} {layout}: "
+                      f"rel err {err:.2e}", file=sys.stderr)
+
+    def test_a_compiled_training_loop_lowers_its_loss_as_sdpa_does(self):
+        # A float32 layer whose Q, K, V go through attention in float16, trained to shrink its
+        # output: the same steps with SDPA (its flash backward) must give the same losses.
+        dim, heads = 256, 4
+        x = torch.randn(4, 128, dim, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+        init = torch.nn.Linear(dim, 3 * dim, bias=False).cuda().state_dict()
+
+        def train(attend):
+            layer = torch.nn.Linear(dim, 3 * dim, bias=False).cuda()
+            layer.load_state_dict(init)
+
+            @torch.compile
+            def loss_of(x):
+                q, k, v = layer(x).half().unflatten(-1, (3, heads, dim // heads)).unbind(-3)
+                return (attend(q, k, v).flatten(-2).float() ** 2).mean()
+
+            opt = torch.optim.SGD(layer.parameters(), lr=5.0)
+            losses = []
+            for _ in range(8):
+                opt.zero_grad()
+                loss = loss_of(x)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            return losses
+
+        ours = train(lambda q, k, v: flashcore.attention(q, k, v, causal=True, layout="bshd"))
+        sdpa = train(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2))
+        print(f"    gpu training loop losses: flashcore {[round(l, 5) for l in ours]}, SDPA {[round(l, 5) for l in sdpa]}",
+              file=sys.stderr)
+        self.assertLess(ours[-1], 0.8 * ours[0])
+        for a, b in zip(ours, sdpa):
+            self.assertLess(abs(a - b) / b, 1e-2)
 
     def test_torch_compile(self):
         @torch.compile(fullgraph=True)
