@@ -79,6 +79,10 @@ def variants(b, s, heads):
     ]
 
 
+def _bhsd_of(t, layout):
+    return t.transpose(1, 2) if layout == "bshd" else t
+
+
 def rel_err(got, want):
     return ((got.double().cpu() - want).norm() / want.norm()).item()
 
@@ -247,7 +251,16 @@ class Gpu(unittest.TestCase):
         finite = torch.isfinite(want_lse)
         self.assertTrue(torch.equal(torch.isfinite(lse.cpu()), finite))
         self.assertLess((lse.double().cpu() - want_lse)[finite].abs().max().item(), 1e-3)
-        print(f"    gpu {b}x{h}/{hk}x{s}/{sk}x{d} {str(dtype)[6:]} causal={causal} {layout} {kw}: rel err {err:.2e}", file=sys.stderr)
+        # And PyTorch's own SDPA in float64 (its math backend), the causal mask given explicitly
+        # bottom-right aligned (SDPA's is_causal aligns it top-left when S != SK).
+        q64, k64, v64 = (_bhsd_of(x, layout).double() for x in (q, k, v))
+        keep = torch.ones(s, sk, dtype=torch.bool, device="cuda").tril(sk - s) if causal else None
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q64, k64, v64, attn_mask=keep, enable_gqa=hk != h)
+        sdpa = torch.nan_to_num(sdpa).cpu()
+        sdpa_err = rel_err(_bhsd_of(o, layout), sdpa)
+        self.assertLessEqual(sdpa_err, LIMIT[dtype])
+        print(f"    gpu {b}x{h}/{hk}x{s}/{sk}x{d} {str(dtype)[6:]} causal={causal} {layout} {kw}: rel err {err:.2e} "
+              f"(against SDPA in float64: {sdpa_err:.2e})", file=sys.stderr)
 
     def test_against_float64(self):
         self.check(2, 8, 8, 1000, 1000, 64)
