@@ -680,41 +680,24 @@ mod tests {
         }
         // A parameter missing, and one too many: the error says what the kernel takes.
         let t = HostTensor::contiguous(&q, &[b, h, s, d]);
-        let err = simulate_kernel(
-            "softcap_attention",
-            t.clone(),
-            t.clone(),
-            t.clone(),
-            &[],
-            &[],
-            &AttentionOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let refused = |kernel: &str, scalars: &[f32]| {
+            simulate_kernel(
+                kernel,
+                t.clone(),
+                t.clone(),
+                t.clone(),
+                scalars,
+                &[],
+                &AttentionOptions::default(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let err = refused("softcap_attention", &[]);
         assert!(err.contains("softcap (f32)") && err.contains("got 0 scalar(s)"), "{err}");
-        let err = simulate_kernel(
-            "attention",
-            t.clone(),
-            t.clone(),
-            t.clone(),
-            &[1.0],
-            &[],
-            &AttentionOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = refused("attention", &[1.0]);
         assert!(err.contains("takes nothing after scale"), "{err}");
-        let err = simulate_kernel(
-            "flex_attention",
-            t.clone(),
-            t.clone(),
-            t,
-            &[],
-            &[],
-            &AttentionOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = refused("flex_attention", &[]);
         assert!(err.contains("softcap_attention") && err.contains("bias_attention"), "{err}");
     }
 
