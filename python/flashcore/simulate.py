@@ -27,6 +27,13 @@ def _host(name: str, t: torch.Tensor) -> tuple:
     return (_storage_bytes(t, torch.int16), t.storage_offset(), list(t.shape), list(t.stride()))
 
 
+def _from_bytes(raw: bytes, dtype, shape) -> torch.Tensor:
+    """A tensor of `shape` from its row-major 16-bit elements (none for an empty shape)."""
+    if not raw:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(raw), dtype=torch.int16).view(dtype).reshape(shape)
+
+
 def _table(t: torch.Tensor) -> tuple:
     if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.int32):
         raise ValueError(f"a {list(t.shape)} table is {t.dtype} on {t.device}: the simulator takes CPU tables, "
@@ -63,7 +70,7 @@ def attention(
         kernel, _DTYPES[q.dtype] if q.dtype in _DTYPES else str(q.dtype), _host("q", qh), _host("k", _bhsd(k, layout)),
         _host("v", _bhsd(v, layout)), [float(x) for x in scalars], [_table(t) for t in tables], causal, scale, target)
     b, h, s, d = qh.shape
-    o = torch.frombuffer(bytearray(raw), dtype=torch.int16).view(q.dtype).reshape(b, h, s, d)
+    o = _from_bytes(raw, q.dtype, (b, h, s, d))
     o = o.transpose(1, 2).contiguous() if layout == "bshd" else o
     lse = torch.tensor(lse, dtype=torch.float32).reshape(b, h, s)
     return (o, lse) if return_lse else o
@@ -97,7 +104,7 @@ def attention_backward(
         _host("o", _bhsd(o, layout)), _host("d_out", _bhsd(d_out, layout)), lse_spec, causal, scale, target)
 
     def tensor(data, shape):
-        t = torch.frombuffer(bytearray(data), dtype=torch.int16).view(q.dtype).reshape(shape)
+        t = _from_bytes(data, q.dtype, shape)
         return t.transpose(1, 2).contiguous() if layout == "bshd" else t
 
     return tensor(raw[0], qh.shape), tensor(raw[1], kh.shape), tensor(raw[2], kh.shape)

@@ -198,6 +198,12 @@ class Simulator(unittest.TestCase):
                 flashcore.attention(q, k, v, **options)
             self.assertIn(message, str(caught.exception))
 
+    def test_empty_batches_and_sequences_give_empty_outputs(self):
+        q = torch.randn(1, 2, 16, 64).half()
+        for args in [(q[:, :, :0], q, q), (q[:0], q[:0], q[:0])]:
+            o, lse = flashcore.simulate.attention(*args, return_lse=True)
+            self.assertEqual((o.shape, lse.shape), (args[0].shape, args[0].shape[:3]))
+
     def test_cpu_tensors_on_the_gpu_path_name_the_simulator(self):
         q, k, v = inputs(1, 2, 2, 16, 16, 64, torch.float16, "bhsd")
         with self.assertRaises(ValueError) as caught:
@@ -366,6 +372,12 @@ class Gpu(unittest.TestCase):
         side.synchronize()
         self.assertTrue(torch.equal(o, o2))
         self.assertLessEqual(rel_err(o[:, :2, :64], reference(q[:, :2, :64], k[:, :2], v[:, :2], False)[0]), 2e-3)
+
+    def test_empty_batches_and_sequences_give_empty_outputs(self):
+        q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float16)
+        for args in [(q[:, :, :0], q, q), (q[:0], q[:0], q[:0])]:
+            o, lse = flashcore.attention(*args, return_lse=True)
+            self.assertEqual((o.shape, lse.shape), (args[0].shape, args[0].shape[:3]))
 
     def test_misaligned_views_are_refused(self):
         q = torch.randn(1, 2, 64, 65, device="cuda", dtype=torch.float16)[..., 1:]
