@@ -36,6 +36,9 @@ cargo test --workspace --doc 2>&1 | tee -a "$log"
 # A user's crate outside the workspace: its own kernels, PTX snapshots, simulator checks and CLI
 # (sharing the workspace's target directory, so the dependencies built above are reused).
 CARGO_TARGET_DIR="$PWD/target" cargo test --locked --manifest-path tests/downstream/Cargo.toml 2>&1 | tee -a "$log"
+# FlashCore next to a crate that makes cudarc link CUDA (as candle-core's `cuda` feature does):
+# type-checked only, linking needs libcuda.
+CARGO_TARGET_DIR="$PWD/target" cargo check --quiet --locked --manifest-path tests/linked-cuda/Cargo.toml
 # The Python package (python/): built into a virtual environment with torch from PyPI, its
 # simulator-path tests run (scripts/test-python.sh).
 ./scripts/test-python.sh 2>&1 | tee -a "$log"
