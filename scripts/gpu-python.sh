@@ -42,11 +42,11 @@ def per_call(fn, n=3000):
 o = torch.empty_like(q)
 stream = torch.cuda.current_stream().cuda_stream
 spec = lambda t: (t.data_ptr(), "f16", list(t.shape), list(t.stride()))
-native = lambda: flashcore._native.attention("attention", 0, stream, spec(q), spec(k), spec(v), spec(o), None, [], [], False, None, None)
+native = lambda: flashcore._native.attention("attention", 0, stream, spec(q), spec(k), spec(v), spec(o), None, [], [], None, False, None, None)
 for name, fn in [("flashcore.attention", lambda: flashcore.attention(q, k, v)),
                  ("  its _launch (no argument checks)", lambda: flashcore._launch(q, k, v, False, None, "bhsd", False, None, "attention", [], [])),
                  ("  its native call (Rust: pick, bind, launch)", native),
-                 ("torch.ops.flashcore.attention", lambda: torch.ops.flashcore.attention(q, k, v, False, None, "bhsd", False, None, "attention", [], [])),
+                 ("torch.ops.flashcore.attention", lambda: torch.ops.flashcore.attention(q, k, v, False, None, "bhsd", False, None, "attention", [], [], None, None)),
                  ("SDPA (default backend)", lambda: F.scaled_dot_product_attention(q, k, v))]:
     print(f"{name:<32} {per_call(fn):7.2f} us a call, back to back (1x8x512x64: host-bound)")
 print("config:", flashcore.last_config())

@@ -228,14 +228,16 @@ pub fn attention_on_stream(
     options: &AttentionOptions,
     stream: ForeignStream,
 ) -> Result<(Config, Source), Error> {
-    kernel_on_stream(device, attention::NAME, q, k, v, o, lse, &[], &[], options, stream)
+    kernel_on_stream(device, attention::NAME, q, k, v, o, lse, &[], &[], None, options, stream)
 }
 
 /// [`attention_on_stream`] for the library kernel `kernel` (`attention` or a variant of
 /// [`crate::kernels::variants`], [`kernel_names`]), its parameters after `scale` given as
 /// `scalars` (its f32 parameters in order, e.g. `softcap`) and `tables` (its tensor parameters in
 /// order, e.g. `bias` `[B, H, S, SK]` f32, `doc` `[B, S]` i32). A variant without tuning entries
-/// of its own takes `attention`'s.
+/// of its own takes `attention`'s. With `offsets` (`cu_seqlens` of Q and of K/V), the batch is
+/// variable-length: `q`, `o` are packed `[TOTAL_Q, H, D]`, `k`, `v` `[TOTAL_K, HKV, D]`, `lse`
+/// `[H, TOTAL_Q]` (FlashAttention's varlen layout).
 #[allow(clippy::too_many_arguments)]
 pub fn kernel_on_stream(
     device: &Device,
@@ -247,11 +249,13 @@ pub fn kernel_on_stream(
     lse: Option<&mut ForeignTensor>,
     scalars: &[f32],
     tables: &[&ForeignTensor],
+    offsets: Option<[&crate::DeviceSeqOffsets; 2]>,
     options: &AttentionOptions,
     stream: ForeignStream,
 ) -> Result<(Config, Source), Error> {
     let (index, entry, program) = library_kernel(kernel)?;
-    let base = base_config(entry, q.dtype(), q.shape(), options, false)?;
+    let base =
+        Config { varlen: offsets.is_some(), ..base_config(entry, q.dtype(), q.shape(), options, false)? };
     let mut named = vec![("q", q), ("k", k), ("v", v), ("o", &*o)];
     named.extend(lse.as_deref().map(|l| ("lse", l)));
     named.extend(tables.iter().map(|t| ("(table)", *t)));
@@ -271,7 +275,10 @@ pub fn kernel_on_stream(
         Arg::F32(scale),
     ];
     args.extend(extras(&declared.kernel, scalars, tables, |t| Ok(Arg::Tensor(*t)))?);
-    args.extend([Arg::Absent, Arg::Absent]);
+    match offsets {
+        Some([cu_q, cu_k]) => args.extend([Arg::Offsets(cu_q), Arg::Offsets(cu_k)]),
+        None => args.extend([Arg::Absent, Arg::Absent]),
+    }
     let shape = crate::problem_shape(&declared, &args)?;
     let (config, source) = crate::tuning::tuned_config_of(device, entry.name, program, base, shape)?;
     let compiled = CACHES[index].get_or_compile_on(cc, &config, entry.program)?;
@@ -315,11 +322,14 @@ pub fn simulate_attention<T: HalfFloat>(
     v: HostTensor<T>,
     options: &AttentionOptions,
 ) -> Result<(Vec<T>, Vec<f32>), Error> {
-    simulate_kernel(attention::NAME, q, k, v, &[], &[], options)
+    simulate_kernel(attention::NAME, q, k, v, &[], &[], None, options)
 }
 
-/// [`simulate_attention`] for the library kernel `kernel`, with its parameters after `scale` as
-/// [`kernel_on_stream`] takes them.
+/// [`simulate_attention`] for the library kernel `kernel`, with its parameters after `scale` and
+/// its sequence offsets as [`kernel_on_stream`] takes them. Returns O row-major in `q`'s logical
+/// shape (`[B, H, S, D]`, or packed `[TOTAL_Q, H, D]` with offsets) and the log-sum-exp
+/// (`[B, H, S]`, or `[H, TOTAL_Q]`).
+#[allow(clippy::too_many_arguments)]
 pub fn simulate_kernel<T: HalfFloat>(
     kernel: &str,
     q: HostTensor<T>,
@@ -327,21 +337,23 @@ pub fn simulate_kernel<T: HalfFloat>(
     v: HostTensor<T>,
     scalars: &[f32],
     tables: &[HostTable],
+    offsets: Option<[&crate::SeqOffsets; 2]>,
     options: &AttentionOptions,
 ) -> Result<(Vec<T>, Vec<f32>), Error> {
     let (index, entry, _) = library_kernel(kernel)?;
-    let base = base_config(entry, T::NAME, q.view.shape(), options, true)?;
+    let base =
+        Config { varlen: offsets.is_some(), ..base_config(entry, T::NAME, q.view.shape(), options, true)? };
     let compiled = CACHES[index].get_or_compile(&base, entry.program)?;
-    let [b, h, s, d] = q.view.shape() else {
-        return Err(argument(
-            entry.name,
-            "q",
-            format!("shape {:?}: a [B, H, S, D] tensor is needed", q.view.shape()),
-        ));
+    let (o_shape, lse_shape) = match (q.view.shape(), offsets) {
+        ([b, h, s, d], None) => (vec![*b, *h, *s, *d], vec![*b, *h, *s]),
+        ([total, h, d], Some(_)) => (vec![*total, *h, *d], vec![*h, *total]),
+        (shape, _) => {
+            let want = if offsets.is_some() { "a packed [TOTAL, H, D]" } else { "a [B, H, S, D]" };
+            return Err(argument(entry.name, "q", format!("shape {shape:?}: {want} tensor is needed")));
+        }
     };
-    let o_shape = [*b, *h, *s, *d];
     let mut o = vec![T::NAN; o_shape.iter().product()];
-    let mut lse = vec![f32::NAN; b * h * s];
+    let mut lse = vec![f32::NAN; lse_shape.iter().product()];
     let scale = options.scale.unwrap_or_else(|| base.default_scale());
     // The same check and order as a launch; the simulator takes host buffers.
     let order = extras(&compiled.kernel, scalars, tables, |_| Ok(Arg::Absent))?;
@@ -350,7 +362,7 @@ pub fn simulate_kernel<T: HalfFloat>(
         HostArg::Tensor(k.data, k.view.clone()),
         HostArg::Tensor(v.data, v.view.clone()),
         HostArg::TensorMut(&mut o, HostView::contiguous(&o_shape)),
-        HostArg::F32Mut(&mut lse, HostView::contiguous(&o_shape[..3])),
+        HostArg::F32Mut(&mut lse, HostView::contiguous(&lse_shape)),
         HostArg::F32(scale),
     ];
     let mut tables = tables.iter();
@@ -363,7 +375,10 @@ pub fn simulate_kernel<T: HalfFloat>(
             },
         });
     }
-    args.extend([HostArg::Absent, HostArg::Absent]);
+    match offsets {
+        Some([cu_q, cu_k]) => args.extend([HostArg::Offsets(cu_q), HostArg::Offsets(cu_k)]),
+        None => args.extend([HostArg::Absent, HostArg::Absent]),
+    }
     simulate(&compiled, &mut args, &SimDevice::default())?;
     Ok((o, lse))
 }
@@ -667,6 +682,7 @@ mod tests {
                 HostTensor::contiguous(&v, &shape),
                 &scalars,
                 &tables,
+                None,
                 &AttentionOptions { causal: true, ..AttentionOptions::default() },
             )
             .unwrap();
@@ -688,6 +704,7 @@ mod tests {
                 t.clone(),
                 scalars,
                 &[],
+                None,
                 &AttentionOptions::default(),
             )
             .unwrap_err()
@@ -748,6 +765,62 @@ mod tests {
         for (name, got, want) in [("dq", &dq, &want.dq), ("dk", &dk, &want.dk), ("dv", &dv, &want.dv)] {
             let err = reference::compare(&to64(got), want);
             assert!(err.rel_l2 < 2e-3 && err.non_finite == 0, "{name}: {err:?}");
+        }
+    }
+
+    /// A variable-length batch through the interop: packed `[TOTAL, H, D]` tensors and offsets,
+    /// each sequence (an empty one among them) against float64, causal bottom-right, GQA.
+    #[test]
+    fn simulated_varlen_batches_match_float64_per_sequence() {
+        use crate::SeqOffsets;
+        let (h, hk, d) = (4, 2, 64);
+        let (lens_q, lens_k) = ([5usize, 0, 37], [9usize, 3, 50]);
+        let (cu_q, cu_k) =
+            (SeqOffsets::from_lengths(&lens_q).unwrap(), SeqOffsets::from_lengths(&lens_k).unwrap());
+        let (tq, tk) = (cu_q.total(), cu_k.total());
+        let mut rng = Rng::new(13);
+        let (q, k, v) = (
+            random::<f16>(&mut rng, tq * h * d),
+            random::<f16>(&mut rng, tk * hk * d),
+            random::<f16>(&mut rng, tk * hk * d),
+        );
+        let options = AttentionOptions { causal: true, ..AttentionOptions::default() };
+        let (o, lse) = simulate_kernel(
+            "attention",
+            HostTensor::contiguous(&q, &[tq, h, d]),
+            HostTensor::contiguous(&k, &[tk, hk, d]),
+            HostTensor::contiguous(&v, &[tk, hk, d]),
+            &[],
+            &[],
+            Some([&cu_q, &cu_k]),
+            &options,
+        )
+        .unwrap();
+        assert_eq!((o.len(), lse.len()), (tq * h * d, h * tq));
+        // Each sequence on its own, BHSD with B = 1, against the reference.
+        let bhsd = |x: &[f16], range: std::ops::Range<usize>, heads: usize| {
+            let rows = range.len();
+            let mut out = vec![0.0; heads * rows * d];
+            for (hi, r, di) in
+                (0..heads).flat_map(|hi| (0..rows).flat_map(move |r| (0..d).map(move |di| (hi, r, di))))
+            {
+                out[(hi * rows + r) * d + di] = x[((range.start + r) * heads + hi) * d + di].to_f64();
+            }
+            out
+        };
+        for b in 0..lens_q.len() {
+            let (rq, rk) = (cu_q.range(b), cu_k.range(b));
+            if rq.is_empty() {
+                continue;
+            }
+            let (s, sk) = (rq.len(), rk.len());
+            let (qb, kb, vb) = (bhsd(&q, rq.clone(), h), bhsd(&k, rk.clone(), hk), bhsd(&v, rk, hk));
+            let scale = 1.0 / (d as f64).sqrt();
+            let p = Problem { q: &qb, k: &kb, v: &vb, b: 1, h, hk, s, sk, d, scale, causal: true };
+            let (want, _) = reference::attention_variant(&p, &reference::Variant::plain());
+            let got = bhsd(&o, rq, h);
+            let err = reference::compare(&got, &want);
+            assert!(err.rel_l2 < 2e-3 && err.non_finite == 0, "sequence {b}: {err:?}");
         }
     }
 

@@ -12,7 +12,7 @@
 //! # Ok::<(), flashcore::Error>(())
 //! ```
 
-use crate::runtime::{Device, DeviceTensor};
+use crate::runtime::{Device, DeviceTensor, ForeignTensor, TensorArg};
 use crate::Error;
 
 /// Cumulative offsets of a batch of sequences packed one after another: sequence `b` is rows
@@ -92,7 +92,7 @@ impl SeqOffsets {
     /// Copies the offsets to `device`.
     pub fn upload(&self, device: &Device) -> Result<DeviceSeqOffsets, Error> {
         let buffer = device.upload(&self.offsets, &[self.offsets.len()])?;
-        Ok(DeviceSeqOffsets { host: self.clone(), buffer })
+        Ok(DeviceSeqOffsets { host: self.clone(), buffer: OffsetsBuffer::Owned(buffer) })
     }
 }
 
@@ -100,17 +100,45 @@ impl SeqOffsets {
 /// (no device-to-host copy at launch).
 pub struct DeviceSeqOffsets {
     host: SeqOffsets,
-    buffer: DeviceTensor<u32>,
+    buffer: OffsetsBuffer,
+}
+
+/// Where the device copy of the offsets lives.
+enum OffsetsBuffer {
+    /// Uploaded by [`SeqOffsets::upload`].
+    Owned(DeviceTensor<u32>),
+    /// Another library's tensor ([`DeviceSeqOffsets::foreign`]).
+    Foreign(ForeignTensor),
 }
 
 impl DeviceSeqOffsets {
+    /// Offsets another library already holds on the device (PyTorch's `cu_seqlens`, `int32`):
+    /// `buffer` must hold exactly `host`'s values, `host.batch() + 1` 32-bit integers, which the
+    /// launcher trusts for the bounds of every read and write (`host` was checked when it was
+    /// made). A buffer of another length or element type is an error.
+    pub fn foreign(host: SeqOffsets, buffer: ForeignTensor) -> Result<DeviceSeqOffsets, Error> {
+        let want = host.as_slice().len();
+        if !matches!(buffer.dtype(), "i32" | "u32") || buffer.shape() != [want] || buffer.strides() != [1] {
+            return Err(Error::Offsets(format!(
+                "the device offsets are {} {:?} with strides {:?}; {want} contiguous 32-bit integers are needed",
+                buffer.dtype(),
+                buffer.shape(),
+                buffer.strides()
+            )));
+        }
+        Ok(DeviceSeqOffsets { host, buffer: OffsetsBuffer::Foreign(buffer) })
+    }
+
     /// The host copy the launcher binds shapes from.
     pub fn host(&self) -> &SeqOffsets {
         &self.host
     }
 
     /// The device buffer the kernel reads.
-    pub fn buffer(&self) -> &DeviceTensor<u32> {
-        &self.buffer
+    pub fn buffer(&self) -> &dyn TensorArg {
+        match &self.buffer {
+            OffsetsBuffer::Owned(t) => t,
+            OffsetsBuffer::Foreign(t) => t,
+        }
     }
 }

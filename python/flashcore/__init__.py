@@ -23,11 +23,13 @@ import torch
 from . import _native
 from ._native import FlashCoreError
 
-__all__ = ["attention", "last_config", "kernels", "FlashCoreError", "simulate", "__version__"]
+__all__ = ["attention", "attention_varlen", "last_config", "kernels", "FlashCoreError", "simulate", "__version__"]
 __version__ = _native.__version__
 
 _DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32", torch.int32: "i32"}
 _LAYOUTS = ("bhsd", "bshd")
+# A variable-length batch: packed [TOTAL, H, D] tensors and cu_seqlens (internal layout name).
+_PACKED = "thd"
 _last_config = None
 
 
@@ -48,7 +50,7 @@ def _check_layout(layout: str) -> None:
 
 
 def _bhsd(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """`t` seen as [B, H, S, D] (a view, no copy)."""
+    """`t` seen as [B, H, S, D] (a view, no copy); packed [TOTAL, H, D] stays as it is."""
     return t.transpose(1, 2) if layout == "bshd" else t
 
 
@@ -58,11 +60,13 @@ def _spec(name: str, t: torch.Tensor) -> tuple:
     return (t.data_ptr(), _DTYPES[t.dtype], list(t.shape), list(t.stride()))
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: bool = False) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} is a {type(t).__name__}, not a torch.Tensor")
-        if t.dim() != 4:
+        if packed and t.dim() != 3:
+            raise ValueError(f"{name} has {t.dim()} dimensions; attention_varlen takes packed [TOTAL, H, D] tensors")
+        if not packed and t.dim() != 4:
             raise ValueError(f"{name} has {t.dim()} dimensions; attention takes [B, H, S, D] or [B, S, H, D] tensors")
     for name, t in (("k", k), ("v", v)):
         if t.device != q.device:
@@ -71,19 +75,20 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             raise ValueError(f"{name} is {t.dtype} and q {q.dtype}: every tensor must have one element type")
 
 
-def _variant(q, k, softcap, window, alibi, prefix, bias, document, layout):
+def _variant(q, k, softcap=None, window=None, alibi=False, prefix=None, bias=None, document=None, layout="bhsd"):
     """The library kernel for the options asked for, its f32 parameters and its tensor ones."""
     asked = [name for name, on in (("softcap", softcap is not None), ("window", window is not None), ("alibi", alibi),
                                    ("prefix", prefix is not None), ("bias", bias is not None),
                                    ("document", document is not None)) if on]
     if not asked:
         return "attention", [], []
-    keys = _bhsd(k, layout).shape[2]
+    keys = k.shape[0] if layout == _PACKED else _bhsd(k, layout).shape[2]
     if "window" in asked:
         if not (isinstance(window, (tuple, list)) and len(window) == 2 and all(isinstance(w, int) for w in window)):
             raise ValueError(f"window is {window!r}: (left, right) keys a query sees before and after it, -1 for no bound")
         # -1: no bound (FlashAttention's convention); more keys than there are is the same.
-        left, right = (float(keys + _bhsd(q, layout).shape[2] if w < 0 else w) for w in window)
+        rows = q.shape[0] if layout == _PACKED else _bhsd(q, layout).shape[2]
+        left, right = (float(keys + rows if w < 0 else w) for w in window)
     if sorted(asked) == ["softcap", "window"]:
         return "sliding_window_softcap_attention", [float(softcap), left, right], []
     if len(asked) > 1:
@@ -103,19 +108,37 @@ def _variant(q, k, softcap, window, alibi, prefix, bias, document, layout):
     return "document_attention", [], [document]
 
 
-def _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables):
+def _lse_shape(q, layout):
+    """The log-sum-exp's shape: [B, H, S], or [H, TOTAL_Q] for a packed batch."""
+    if layout == _PACKED:
+        return (q.shape[1], q.shape[0])
+    return tuple(_bhsd(q, layout).shape[:3])
+
+
+def _offsets(name: str, cu: torch.Tensor, device) -> tuple:
+    """cu_seqlens as FlashCore checks them (host values, read back: one synchronization) and as the
+    kernel reads them (the tensor itself)."""
+    if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1 or cu.device != device:
+        raise ValueError(f"{name} must be a 1-D torch.int32 tensor on {device} (B + 1 cumulative lengths from 0)")
+    cu = cu.contiguous()
+    return ([int(x) for x in cu.tolist()], (cu.data_ptr(), "i32", [cu.shape[0]], [1]))
+
+
+def _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables, cu_q=None, cu_k=None):
     """The op's CUDA implementation: O allocated like q, the kernel enqueued on the current stream."""
     o = torch.empty_like(q)
     qh = _bhsd(q, layout)
-    b, h, s, _ = qh.shape
-    lse = torch.empty((b, h, s) if return_lse else (0,), device=q.device, dtype=torch.float32)
+    lse = torch.empty(_lse_shape(q, layout) if return_lse else (0,), device=q.device, dtype=torch.float32)
+    offsets = None
+    if layout == _PACKED:
+        offsets = [_offsets("cu_seqlens_q", cu_q, q.device), _offsets("cu_seqlens_k", cu_k, q.device)]
     stream = torch.cuda.current_stream(q.device).cuda_stream
     global _last_config
     _last_config = _native.attention(
         kernel, q.device.index if q.device.index is not None else torch.cuda.current_device(), stream,
         _spec("q", qh), _spec("k", _bhsd(k, layout)), _spec("v", _bhsd(v, layout)), _spec("o", _bhsd(o, layout)),
         (lse.data_ptr(), "f32", list(lse.shape), list(lse.stride())) if return_lse else None,
-        [float(x) for x in scalars], [_table_spec(t, q.device) for t in tables], causal, scale, target)
+        [float(x) for x in scalars], [_table_spec(t, q.device) for t in tables], offsets, causal, scale, target)
     return o, lse
 
 
@@ -137,18 +160,19 @@ def _not_cuda(q):
 def _attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: Optional[float], layout: str,
     return_lse: bool, target: Optional[str], kernel: str, scalars: List[float], tables: List[torch.Tensor],
+    cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    _check_inputs(q, k, v)
+    _check_inputs(q, k, v, packed=layout == _PACKED)
     if q.device.type != "cuda":
         raise _not_cuda(q)
-    return _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables)
+    return _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables, cu_seqlens_q,
+                   cu_seqlens_k)
 
 
 @_attention_op.register_fake
-def _attention_fake(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables):
-    qh = _bhsd(q, layout)
-    b, h, s, _ = qh.shape
-    return torch.empty_like(q), q.new_empty((b, h, s) if return_lse else (0,), dtype=torch.float32)
+def _attention_fake(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables, cu_seqlens_q,
+                    cu_seqlens_k):
+    return torch.empty_like(q), q.new_empty(_lse_shape(q, layout) if return_lse else (0,), dtype=torch.float32)
 
 
 def _backward_launch(d_out, q, k, v, o, lse, causal, scale, layout, target):
@@ -187,7 +211,7 @@ def _attention_backward_fake(d_out, q, k, v, o, lse, causal, scale, layout, targ
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables = inputs
+    q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables, _, _ = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
     ctx.options = (causal, scale, layout, target, kernel, return_lse)
@@ -196,6 +220,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_o, grad_lse):
     causal, scale, layout, target, kernel, return_lse = ctx.options
+    if layout == _PACKED:
+        raise ValueError("no backward through the package for a variable-length batch (the backward kernels take "
+                         "no sequence offsets)")
     if kernel != "attention" or not return_lse:
         # flashcore.attention refuses these before the forward when gradients are wanted; a
         # direct call of the op reaches here.
@@ -205,7 +232,7 @@ def _backward(ctx, grad_o, grad_lse):
     dq, dk, dv = torch.ops.flashcore.attention_backward(grad_o, q, k, v, o, lse, causal, scale, layout, target)
     # One gradient per input, lists for the list inputs (none flows to any of them).
     n_scalars, n_tables = ctx.extras
-    return dq, dk, dv, None, None, None, None, None, None, [None] * n_scalars, [None] * n_tables
+    return dq, dk, dv, None, None, None, None, None, None, [None] * n_scalars, [None] * n_tables, None, None
 
 
 torch.library.register_autograd("flashcore::attention", _backward, setup_context=_setup_context)
@@ -261,7 +288,8 @@ def attention(
         if return_lse:
             raise ValueError("gradients through the returned log-sum-exp are not computed: with inputs that "
                              "need gradients, call without return_lse=True (or detach the inputs)")
-        o, _ = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, True, target, kernel, scalars, tables)
+        o, _ = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, True, target, kernel, scalars, tables,
+                                             None, None)
         return o
     if q.device.type == "cuda" and not torch.compiler.is_compiling():
         # Eager: the op's own implementation, without the ~80 us of torch.library's Python
@@ -269,8 +297,49 @@ def attention(
         o, lse = _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables)
     else:
         o, lse = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, return_lse, target, kernel,
-                                               scalars, tables)
+                                               scalars, tables, None, None)
     return (o, lse) if return_lse else o
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+    target: Optional[str] = None,
+    **variant,
+):
+    """`attention` over a variable-length batch, FlashAttention's varlen layout: q [TOTAL_Q, H, D]
+    and k, v [TOTAL_K, HKV, D] pack the sequences, sequence b being rows
+    cu_seqlens_q[b] .. cu_seqlens_q[b + 1] of q (cu_seqlens_k likewise for k and v); the offsets
+    are int32 CUDA tensors of B + 1 cumulative lengths from 0. FlashCore reads them back to check
+    every sequence lies inside the packed tensors (one synchronization a call). Returns O
+    [TOTAL_Q, H, D] and, with return_lse=True, the float32 log-sum-exp [H, TOTAL_Q]. The variants'
+    keyword arguments as `attention`'s (tables by token: their S axis is the packed one)."""
+    _check_inputs(q, k, v, packed=True)
+    kernel, scalars, tables = _variant(q, k, layout=_PACKED, **_variant_options(variant))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError("attention_varlen has no backward through the package (the backward kernels take no sequence "
+                         "offsets): call it under torch.no_grad(), or on detached tensors")
+    if q.device.type == "cuda" and not torch.compiler.is_compiling():
+        o, lse = _launch(q, k, v, causal, scale, _PACKED, return_lse, target, kernel, scalars, tables, cu_seqlens_q,
+                         cu_seqlens_k)
+    else:
+        o, lse = torch.ops.flashcore.attention(q, k, v, causal, scale, _PACKED, return_lse, target, kernel, scalars,
+                                               tables, cu_seqlens_q, cu_seqlens_k)
+    return (o, lse) if return_lse else o
+
+
+def _variant_options(options: dict) -> dict:
+    known = ("softcap", "window", "alibi", "prefix", "bias", "document")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}: the variants are {list(known)}")
+    return {"softcap": None, "window": None, "alibi": False, "prefix": None, "bias": None, "document": None, **options}
 
 
 from . import simulate  # noqa: E402  (needs _variant and friends above)

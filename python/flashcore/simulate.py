@@ -10,9 +10,9 @@ from typing import Optional, Tuple
 import torch
 
 from . import _native
-from . import _DTYPES, _bhsd, _check_inputs, _check_layout, _variant
+from . import _DTYPES, _PACKED, _bhsd, _check_inputs, _check_layout, _variant, _variant_options
 
-__all__ = ["attention"]
+__all__ = ["attention", "attention_varlen", "attention_backward"]
 
 
 def _storage_bytes(t: torch.Tensor, word) -> bytes:
@@ -68,7 +68,8 @@ def attention(
     kernel, scalars, tables = _variant(q, k, softcap, window, alibi, prefix, bias, document, layout)
     raw, lse = _native.simulate_attention(
         kernel, _DTYPES[q.dtype] if q.dtype in _DTYPES else str(q.dtype), _host("q", qh), _host("k", _bhsd(k, layout)),
-        _host("v", _bhsd(v, layout)), [float(x) for x in scalars], [_table(t) for t in tables], causal, scale, target)
+        _host("v", _bhsd(v, layout)), [float(x) for x in scalars], [_table(t) for t in tables], None, causal, scale,
+        target)
     b, h, s, d = qh.shape
     o = _from_bytes(raw, q.dtype, (b, h, s, d))
     o = o.transpose(1, 2).contiguous() if layout == "bshd" else o
@@ -108,3 +109,31 @@ def attention_backward(
         return t.transpose(1, 2).contiguous() if layout == "bshd" else t
 
     return tensor(raw[0], qh.shape), tensor(raw[1], kh.shape), tensor(raw[2], kh.shape)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+    target: Optional[str] = None,
+    **variant,
+):
+    """`flashcore.attention_varlen` in FlashCore's simulator on CPU tensors (cu_seqlens: CPU int32
+    tensors)."""
+    _check_inputs(q, k, v, packed=True)
+    if q.device.type != "cpu":
+        raise ValueError(f"the simulator takes CPU tensors and q is on {q.device}: use flashcore.attention_varlen")
+    kernel, scalars, tables = _variant(q, k, layout=_PACKED, **_variant_options(variant))
+    offsets = [[int(x) for x in torch.as_tensor(cu).tolist()] for cu in (cu_seqlens_q, cu_seqlens_k)]
+    raw, lse = _native.simulate_attention(
+        kernel, _DTYPES.get(q.dtype, str(q.dtype)), _host("q", q), _host("k", k), _host("v", v),
+        [float(x) for x in scalars], [_table(t) for t in tables], offsets, causal, scale, target)
+    total, h, d = q.shape
+    o = _from_bytes(raw, q.dtype, (total, h, d))
+    lse = torch.tensor(lse, dtype=torch.float32).reshape(h, total)
+    return (o, lse) if return_lse else o

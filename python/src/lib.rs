@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use flashcore::interop::{self, AttentionOptions, BackwardTensors, HostTable, HostTensor};
 use flashcore::runtime::{Device, ForeignStream, ForeignTensor};
 use flashcore::simulate::HostView;
-use flashcore::{bf16, f16, HalfFloat};
+use flashcore::{bf16, f16, DeviceSeqOffsets, HalfFloat, SeqOffsets};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -72,7 +72,7 @@ fn foreign(name: &str, (ptr, dtype, shape, strides): CudaSpec) -> PyResult<Forei
 /// kernel's order); returns the config's text and where it came from (the tuning table's entry,
 /// the declared config, ...).
 #[pyfunction]
-#[pyo3(signature = (kernel, ordinal, stream, q, k, v, o, lse, scalars, tables, causal, scale, target_name))]
+#[pyo3(signature = (kernel, ordinal, stream, q, k, v, o, lse, scalars, tables, cu_seqlens, causal, scale, target_name))]
 #[allow(clippy::too_many_arguments)]
 fn attention(
     py: Python<'_>,
@@ -86,6 +86,7 @@ fn attention(
     lse: Option<CudaSpec>,
     scalars: Vec<f32>,
     tables: Vec<CudaSpec>,
+    cu_seqlens: Option<[(Vec<u32>, CudaSpec); 2]>,
     causal: bool,
     scale: Option<f32>,
     target_name: Option<&str>,
@@ -96,6 +97,12 @@ fn attention(
     let mut lse = lse.map(|l| foreign("lse", l)).transpose()?;
     let tables = tables.into_iter().map(|t| foreign("table", t)).collect::<PyResult<Vec<_>>>()?;
     let table_refs: Vec<&ForeignTensor> = tables.iter().collect();
+    let offsets = match cu_seqlens {
+        Some([cu_q, cu_k]) => {
+            Some([device_offsets("cu_seqlens_q", cu_q)?, device_offsets("cu_seqlens_k", cu_k)?])
+        }
+        None => None,
+    };
     let device = device(ordinal)?;
     // SAFETY: `stream` is torch's current stream on this device (its primary context).
     let stream = unsafe { ForeignStream::from_raw(stream) };
@@ -111,12 +118,20 @@ fn attention(
                 lse.as_mut(),
                 &scalars,
                 &table_refs,
+                offsets.as_ref().map(|[q, k]| [q, k]),
                 &options,
                 stream,
             )
         })
         .map_err(to_py)?;
     Ok((config.to_string(), source.to_string()))
+}
+
+/// Sequence offsets from their host values (checked) and the device tensor holding the same.
+fn device_offsets(name: &str, (host, spec): (Vec<u32>, CudaSpec)) -> PyResult<DeviceSeqOffsets> {
+    let host = SeqOffsets::new(host).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))?;
+    DeviceSeqOffsets::foreign(host, foreign(name, spec)?)
+        .map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
 /// A host table for the simulator: its storage's bytes, offset, shape, strides (elements) and
@@ -189,8 +204,18 @@ fn simulate_typed<T: HalfFloat>(
     specs: [HostSpec; 3],
     scalars: &[f32],
     tables: &[HostTableSpec],
+    cu_seqlens: Option<[Vec<u32>; 2]>,
     options: &AttentionOptions,
 ) -> PyResult<(Py<PyBytes>, Vec<f32>)> {
+    let offsets = match cu_seqlens {
+        Some([cu_q, cu_k]) => {
+            let check = |name: &str, o: Vec<u32>| {
+                SeqOffsets::new(o).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
+            };
+            Some([check("cu_seqlens_q", cu_q)?, check("cu_seqlens_k", cu_k)?])
+        }
+        None => None,
+    };
     let mut buffers: [Vec<T>; 3] = Default::default();
     let mut views = Vec::new();
     for ((name, spec), buffer) in ["q", "k", "v"].iter().zip(&specs).zip(buffers.iter_mut()) {
@@ -211,7 +236,18 @@ fn simulate_typed<T: HalfFloat>(
     let tensor = |i: usize| HostTensor { data: &buffers[i][specs[i].1..], view: views[i].clone() };
     let (q, k, v) = (tensor(0), tensor(1), tensor(2));
     let (o, lse) = py
-        .detach(|| interop::simulate_kernel(kernel, q, k, v, scalars, &host_tables, options))
+        .detach(|| {
+            interop::simulate_kernel(
+                kernel,
+                q,
+                k,
+                v,
+                scalars,
+                &host_tables,
+                offsets.as_ref().map(|[q, k]| [q, k]),
+                options,
+            )
+        })
         .map_err(to_py)?;
     let bytes: Vec<u8> = o.iter().flat_map(|x| x.to_le_bytes()).collect();
     Ok((PyBytes::new(py, &bytes).unbind(), lse))
@@ -221,7 +257,7 @@ fn simulate_typed<T: HalfFloat>(
 /// `bf16`), its parameters after `scale` as `scalars` and `tables`; returns O's bytes
 /// (row-major `[B, H, S, D]`) and the log-sum-exp (`[B, H, S]`, row-major).
 #[pyfunction]
-#[pyo3(signature = (kernel, dtype, q, k, v, scalars, tables, causal, scale, target_name))]
+#[pyo3(signature = (kernel, dtype, q, k, v, scalars, tables, cu_seqlens, causal, scale, target_name))]
 #[allow(clippy::too_many_arguments)]
 fn simulate_attention(
     py: Python<'_>,
@@ -232,14 +268,15 @@ fn simulate_attention(
     v: HostSpec,
     scalars: Vec<f32>,
     tables: Vec<HostTableSpec>,
+    cu_seqlens: Option<[Vec<u32>; 2]>,
     causal: bool,
     scale: Option<f32>,
     target_name: Option<&str>,
 ) -> PyResult<(Py<PyBytes>, Vec<f32>)> {
     let options = AttentionOptions { causal, scale, target: target(target_name)? };
     match dtype {
-        "f16" => simulate_typed::<f16>(py, kernel, [q, k, v], &scalars, &tables, &options),
-        "bf16" => simulate_typed::<bf16>(py, kernel, [q, k, v], &scalars, &tables, &options),
+        "f16" => simulate_typed::<f16>(py, kernel, [q, k, v], &scalars, &tables, cu_seqlens, &options),
+        "bf16" => simulate_typed::<bf16>(py, kernel, [q, k, v], &scalars, &tables, cu_seqlens, &options),
         other => {
             Err(PyValueError::new_err(format!("q: element type is {other}; attention takes f16 or bf16")))
         }

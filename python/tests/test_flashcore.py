@@ -62,6 +62,32 @@ def reference_autograd(q, k, v, causal, layout):
     return o.transpose(1, 2) if layout == "bshd" else o
 
 
+def varlen_inputs(lens_q, lens_k, h, hk, d, dtype, device="cpu", seed=0):
+    """Packed [TOTAL, H, D] q, k, v and int32 cu_seqlens for sequences of the given lengths."""
+    g = torch.Generator().manual_seed(seed)
+    cu = [torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()), dtype=torch.int32, device=device)
+          for lens in (lens_q, lens_k)]
+    q = torch.randn(sum(lens_q), h, d, generator=g).to(dtype=dtype, device=device)
+    k, v = (torch.randn(sum(lens_k), hk, d, generator=g).to(dtype=dtype, device=device) for _ in range(2))
+    return q, k, v, cu[0], cu[1]
+
+
+def check_varlen(test, o, lse, q, k, v, cu_q, cu_k, causal, limit):
+    """Each sequence of a packed batch against the dense float64 reference."""
+    bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
+    for b in range(len(bounds_q) - 1):
+        (q0, q1), (k0, k1) = bounds_q[b:b + 2], bounds_k[b:b + 2]
+        if q1 == q0:
+            continue
+        seq = lambda x, a, z: x[a:z].transpose(0, 1).unsqueeze(0)  # noqa: E731  [1, H, S, D]
+        want, want_lse = reference(seq(q, q0, q1), seq(k, k0, k1), seq(v, k0, k1), causal)
+        test.assertLessEqual(rel_err(seq(o, q0, q1), want), limit, f"sequence {b}")
+        finite = torch.isfinite(want_lse[0])
+        got_lse = lse[:, q0:q1].double().cpu()
+        test.assertTrue(torch.equal(torch.isfinite(got_lse), finite))
+        test.assertLess((got_lse - want_lse[0])[finite].abs().max().item(), 1e-3)
+
+
 def variants(b, s, heads):
     """Each variant's options and its reference's score and mask functions (self-attention)."""
     g = torch.Generator().manual_seed(5)
@@ -159,6 +185,19 @@ class Simulator(unittest.TestCase):
         self.assertIn("bias", str(caught.exception))
         self.assertIn("softcap_attention", flashcore.kernels())
 
+    def test_a_variable_length_batch_matches_float64_per_sequence(self):
+        q, k, v, cu_q, cu_k = varlen_inputs([5, 0, 37, 20], [9, 3, 50, 20], 4, 2, 64, torch.float16)
+        for causal in (False, True):
+            o, lse = flashcore.simulate.attention_varlen(q, k, v, cu_q, cu_k, causal=causal, return_lse=True)
+            self.assertEqual((o.shape, lse.shape), (q.shape, (4, q.shape[0])))
+            check_varlen(self, o, lse, q, k, v, cu_q, cu_k, causal, 2e-3)
+        with self.assertRaises(ValueError) as caught:  # offsets beyond the packed rows
+            flashcore.simulate.attention_varlen(q, k, v, cu_q, torch.tensor([0, 9, 12, 62, 90], dtype=torch.int32))
+        self.assertIn("`k`", str(caught.exception))
+        with self.assertRaises(ValueError) as caught:
+            flashcore.simulate.attention_varlen(q, k, v, cu_q, torch.tensor([0, 9, 5, 62, 82], dtype=torch.int32))
+        self.assertIn("offsets decrease", str(caught.exception))
+
     def test_bad_arguments_are_value_errors_with_flashcores_message(self):
         q, k, v = inputs(1, 2, 2, 16, 16, 64, torch.float16, "bhsd")
         cases = [
@@ -232,6 +271,13 @@ class CustomOp(unittest.TestCase):
         dq, dk, dv = torch.autograd.grad(o, (q, k, v), torch.empty_like(o))
         self.assertEqual((dq.shape, dk.shape, dv.shape), (q.shape, k.shape, v.shape))
 
+    def test_fake_implementation_of_a_variable_length_batch(self):
+        q = torch.empty(300, 8, 64, dtype=torch.float16, device="meta")
+        k = torch.empty(500, 2, 64, dtype=torch.float16, device="meta")
+        cu = torch.empty(5, dtype=torch.int32, device="meta")
+        o, lse = torch.ops.flashcore.attention(q, k, k, True, None, "thd", True, None, "attention", [], [], cu, cu)
+        self.assertEqual((o.shape, lse.shape), ((300, 8, 64), (8, 300)))
+
     def test_export_traces_the_op_into_the_graph(self):
         class Layer(torch.nn.Module):
             def forward(self, q, k, v):
@@ -282,7 +328,7 @@ class Gpu(unittest.TestCase):
     def test_eager_calls_and_the_registered_op_compute_the_same(self):
         q, k, v = inputs(2, 8, 2, 700, 900, 64, torch.float16, "bhsd", device="cuda")
         eager = flashcore.attention(q, k, v, causal=True)
-        op, _ = torch.ops.flashcore.attention(q, k, v, True, None, "bhsd", False, None, "attention", [], [])
+        op, _ = torch.ops.flashcore.attention(q, k, v, True, None, "bhsd", False, None, "attention", [], [], None, None)
         self.assertTrue(torch.equal(eager, op))
 
     def test_variants_against_their_formulas(self):
@@ -378,6 +424,15 @@ class Gpu(unittest.TestCase):
         for args in [(q[:, :, :0], q, q), (q[:0], q[:0], q[:0])]:
             o, lse = flashcore.attention(*args, return_lse=True)
             self.assertEqual((o.shape, lse.shape), (args[0].shape, args[0].shape[:3]))
+
+    def test_a_variable_length_batch_matches_float64_per_sequence(self):
+        lens_q, lens_k = [1, 700, 0, 333, 64], [1000, 700, 17, 333, 64]
+        for dtype, causal in ((torch.float16, True), (torch.bfloat16, False)):
+            q, k, v, cu_q, cu_k = varlen_inputs(lens_q, lens_k, 8, 2, 128, dtype, device="cuda", seed=2)
+            o, lse = flashcore.attention_varlen(q, k, v, cu_q, cu_k, causal=causal, return_lse=True)
+            check_varlen(self, o, lse, q, k, v, cu_q, cu_k, causal, LIMIT[dtype])
+            print(f"    gpu varlen {lens_q}/{lens_k} {str(dtype)[6:]} causal={causal}: {flashcore.last_config()[0]}",
+                  file=sys.stderr)
 
     def test_misaligned_views_are_refused(self):
         q = torch.randn(1, 2, 64, 65, device="cuda", dtype=torch.float16)[..., 1:]
