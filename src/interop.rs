@@ -97,6 +97,31 @@ fn argument(kernel: &str, arg: &str, message: String) -> Error {
     Error::Argument { kernel: kernel.into(), arg: arg.into(), message }
 }
 
+/// `q`'s element type and head dim as a config takes them; an error naming `q` for any other.
+fn element_and_head_dim(kernel: &str, dtype: &str, d: usize) -> Result<(DType, u32), Error> {
+    let dtype = match dtype {
+        "f16" => DType::F16,
+        "bf16" => DType::Bf16,
+        other => {
+            return Err(argument(
+                kernel,
+                "q",
+                format!("element type is {other}; attention takes f16 or bf16"),
+            ))
+        }
+    };
+    let head_dim = u32::try_from(d).unwrap_or(u32::MAX);
+    if !crate::ir::config::SUPPORTED_HEAD_DIMS.contains(&head_dim) {
+        let supported = crate::ir::config::SUPPORTED_HEAD_DIMS;
+        return Err(argument(
+            kernel,
+            "q",
+            format!("head dim {d} is not supported: attention takes {supported:?}"),
+        ));
+    }
+    Ok((dtype, head_dim))
+}
+
 /// A kernel's declared config for `q`'s element type and head dim (`[B, H, S, D]`) and the
 /// options: what tuning keeps fixed.
 fn base_config(
@@ -107,27 +132,10 @@ fn base_config(
     simulator: bool,
 ) -> Result<Config, Error> {
     let name = kernel.name;
-    let dtype = match dtype {
-        "f16" => DType::F16,
-        "bf16" => DType::Bf16,
-        other => {
-            return Err(argument(name, "q", format!("element type is {other}; attention takes f16 or bf16")))
-        }
-    };
     let [.., d] = q_shape else {
         return Err(argument(name, "q", format!("shape {q_shape:?}: a [B, H, S, D] tensor is needed")));
     };
-    let head_dim = u32::try_from(*d).unwrap_or(u32::MAX);
-    if !crate::ir::config::SUPPORTED_HEAD_DIMS.contains(&head_dim) {
-        return Err(argument(
-            name,
-            "q",
-            format!(
-                "head dim {d} is not supported: attention takes {:?}",
-                crate::ir::config::SUPPORTED_HEAD_DIMS
-            ),
-        ));
-    }
+    let (dtype, head_dim) = element_and_head_dim(name, dtype, *d)?;
     let target = match options.target {
         Some(t) => t,
         None if simulator => Target::Sm89,
@@ -398,17 +406,6 @@ fn backward_plan(
 ) -> Result<[(usize, Config, fn() -> Program); 2], Error> {
     use backward::*;
     let kernel = attention_backward_dq::NAME;
-    let dtype = match dtype {
-        "f16" => DType::F16,
-        "bf16" => DType::Bf16,
-        other => {
-            return Err(argument(
-                kernel,
-                "q",
-                format!("element type is {other}; attention takes f16 or bf16"),
-            ))
-        }
-    };
     let (Some(&d), Some(&h), Some(&hk)) = (q_shape.get(3), q_shape.get(1), k_shape.get(1)) else {
         return Err(argument(
             kernel,
@@ -416,17 +413,7 @@ fn backward_plan(
             format!("shapes {q_shape:?}, {k_shape:?}: [B, H, S, D] tensors are needed"),
         ));
     };
-    let head_dim = u32::try_from(d).unwrap_or(u32::MAX);
-    if !crate::ir::config::SUPPORTED_HEAD_DIMS.contains(&head_dim) {
-        return Err(argument(
-            kernel,
-            "q",
-            format!(
-                "head dim {d} is not supported: the backward takes {:?}",
-                crate::ir::config::SUPPORTED_HEAD_DIMS
-            ),
-        ));
-    }
+    let (dtype, head_dim) = element_and_head_dim(kernel, dtype, d)?;
     let configs = backward_configs(head_dim);
     let set = |c: Config| Config { dtype, target: target.unwrap_or(c.target), ..c };
     let dq = (0, Config { causal, ..set(configs.dq) }, attention_backward_dq::program as fn() -> Program);
