@@ -38,24 +38,37 @@ pub struct AttentionOptions {
 
 /// A kernel of the library the interop launches: `attention` or one of its variants
 /// ([`crate::kernels::variants`]), all with attention's signature `(q, k, v, o, lse, scale,
-/// extras.., cu_q, cu_k)`.
+/// extras.., cu_q, cu_k)`, with its compiled configs and source.
 struct LibraryKernel {
     name: &'static str,
     program: fn() -> Program,
     config: Config,
+    cache: KernelCache,
+}
+
+impl LibraryKernel {
+    /// The kernel compiled for `config` on a device of `compute_capability` (see
+    /// [`KernelCache::get_or_compile_on`]).
+    fn compiled(
+        &self,
+        compute_capability: (i32, i32),
+        config: &Config,
+    ) -> Result<std::sync::Arc<crate::CompiledKernel>, Error> {
+        self.cache.get_or_compile_on(compute_capability, config, self.program)
+    }
 }
 
 macro_rules! library_kernels {
     ($($path:path),* $(,)?) => {
         [$({
             use $path as k;
-            LibraryKernel { name: k::NAME, program: k::program, config: k::CONFIG }
+            LibraryKernel { name: k::NAME, program: k::program, config: k::CONFIG, cache: KernelCache::new() }
         }),*]
     };
 }
 
 /// The kernels [`kernel_on_stream`] and [`simulate_kernel`] take, by name.
-static LIBRARY: std::sync::LazyLock<[LibraryKernel; 9]> = std::sync::LazyLock::new(|| {
+static LIBRARY: [LibraryKernel; 9] = {
     use crate::kernels::variants;
     library_kernels![
         attention,
@@ -68,29 +81,20 @@ static LIBRARY: std::sync::LazyLock<[LibraryKernel; 9]> = std::sync::LazyLock::n
         variants::document_attention,
         variants::bias_attention,
     ]
-});
+};
 
 /// The names of the kernels the interop launches: `attention` and its variants.
 pub fn kernel_names() -> Vec<&'static str> {
     LIBRARY.iter().map(|k| k.name).collect()
 }
 
-/// Each library kernel's compiled configs, and its source built once (a launch would otherwise
-/// rebuild it for the tuning lookup).
-static CACHES: [KernelCache; 9] = [const { KernelCache::new() }; 9];
-static PROGRAMS: [std::sync::OnceLock<Program>; 9] = [const { std::sync::OnceLock::new() }; 9];
-
-/// The library kernel `name`: its index, entry and source.
-fn library_kernel(name: &str) -> Result<(usize, &'static LibraryKernel, &'static Program), Error> {
-    let Some(index) = LIBRARY.iter().position(|k| k.name == name) else {
-        return Err(Error::Argument {
-            kernel: name.into(),
-            arg: "(kernel)".into(),
-            message: format!("no such library kernel: the interop launches {}", kernel_names().join(", ")),
-        });
-    };
-    let kernel = &LIBRARY[index];
-    Ok((index, kernel, PROGRAMS[index].get_or_init(kernel.program)))
+/// The library kernel `name`.
+fn library_kernel(name: &str) -> Result<&'static LibraryKernel, Error> {
+    LIBRARY.iter().find(|k| k.name == name).ok_or_else(|| Error::Argument {
+        kernel: name.into(),
+        arg: "(kernel)".into(),
+        message: format!("no such library kernel: the interop launches {}", kernel_names().join(", ")),
+    })
 }
 
 fn argument(kernel: &str, arg: &str, message: String) -> Error {
@@ -144,15 +148,22 @@ fn base_config(
     Ok(Config { dtype, causal: options.causal, target, ..kernel.config.with_head_dim(head_dim) })
 }
 
-/// The parameters of `kernel` between `scale` and the sequence offsets, filled from `scalars`
-/// (its f32 parameters, in order) and `tables` (its tensor parameters, in order): a count that
-/// does not match is an error naming what the kernel takes.
+/// A parameter of a kernel between `scale` and the sequence offsets, as [`extras`] fills it.
+enum Extra<'a, T> {
+    /// An f32 parameter.
+    Scalar(f32),
+    /// A tensor parameter.
+    Table(&'a T),
+}
+
+/// The parameters of `kernel` between `scale` and the sequence offsets, in order, filled from
+/// `scalars` (its f32 parameters, in order) and `tables` (its tensor parameters, in order): a
+/// count that does not match is an error naming what the kernel takes.
 fn extras<'a, T>(
     kernel: &crate::ir::Kernel,
     scalars: &[f32],
     tables: &'a [T],
-    table_arg: impl Fn(&'a T) -> Result<Arg<'a>, Error>,
-) -> Result<Vec<Arg<'a>>, Error> {
+) -> Result<Vec<Extra<'a, T>>, Error> {
     let params = &kernel.params;
     let standard = params.len() >= 8
         && params[..6].iter().map(|p| p.name()).eq(["q", "k", "v", "o", "lse", "scale"])
@@ -193,13 +204,13 @@ fn extras<'a, T>(
         ));
     }
     let (mut scalars, mut tables) = (scalars.iter(), tables.iter());
-    wanted
+    Ok(wanted
         .iter()
         .map(|p| match p {
-            Param::Scalar { .. } => Ok(Arg::F32(*scalars.next().expect("counted"))),
-            _ => table_arg(tables.next().expect("counted")),
+            Param::Scalar { .. } => Extra::Scalar(*scalars.next().expect("counted")),
+            _ => Extra::Table(tables.next().expect("counted")),
         })
-        .collect()
+        .collect())
 }
 
 fn check_aligned(kernel: &str, tensors: &[(&str, &ForeignTensor)]) -> Result<(), Error> {
@@ -261,7 +272,7 @@ pub fn kernel_on_stream(
     options: &AttentionOptions,
     stream: ForeignStream,
 ) -> Result<(Config, Source), Error> {
-    let (index, entry, program) = library_kernel(kernel)?;
+    let entry = library_kernel(kernel)?;
     let base =
         Config { varlen: offsets.is_some(), ..base_config(entry, q.dtype(), q.shape(), options, false)? };
     let mut named = vec![("q", q), ("k", k), ("v", v), ("o", &*o)];
@@ -269,7 +280,7 @@ pub fn kernel_on_stream(
     named.extend(tables.iter().map(|t| ("(table)", *t)));
     check_aligned(entry.name, &named)?;
     let cc = device.info().compute_capability;
-    let declared = CACHES[index].get_or_compile_on(cc, &base, entry.program)?;
+    let declared = entry.compiled(cc, &base)?;
     let scale = options.scale.unwrap_or_else(|| base.default_scale());
     let mut args = vec![
         Arg::Tensor(q),
@@ -282,14 +293,18 @@ pub fn kernel_on_stream(
         },
         Arg::F32(scale),
     ];
-    args.extend(extras(&declared.kernel, scalars, tables, |t| Ok(Arg::Tensor(*t)))?);
+    args.extend(extras(&declared.kernel, scalars, tables)?.into_iter().map(|extra| match extra {
+        Extra::Scalar(x) => Arg::F32(x),
+        Extra::Table(t) => Arg::Tensor(*t),
+    }));
     match offsets {
         Some([cu_q, cu_k]) => args.extend([Arg::Offsets(cu_q), Arg::Offsets(cu_k)]),
         None => args.extend([Arg::Absent, Arg::Absent]),
     }
     let shape = crate::problem_shape(&declared, &args)?;
+    let program = entry.cache.program(entry.program);
     let (config, source) = crate::tuning::tuned_config_of(device, entry.name, program, base, shape)?;
-    let compiled = CACHES[index].get_or_compile_on(cc, &config, entry.program)?;
+    let compiled = entry.compiled(cc, &config)?;
     crate::launch_on_stream(device, &compiled, &mut args, stream)?;
     Ok((config, source))
 }
@@ -348,10 +363,10 @@ pub fn simulate_kernel<T: HalfFloat>(
     offsets: Option<[&crate::SeqOffsets; 2]>,
     options: &AttentionOptions,
 ) -> Result<(Vec<T>, Vec<f32>), Error> {
-    let (index, entry, _) = library_kernel(kernel)?;
+    let entry = library_kernel(kernel)?;
     let base =
         Config { varlen: offsets.is_some(), ..base_config(entry, T::NAME, q.view.shape(), options, true)? };
-    let compiled = CACHES[index].get_or_compile(&base, entry.program)?;
+    let compiled = entry.cache.get_or_compile(&base, entry.program)?;
     let (o_shape, lse_shape) = match (q.view.shape(), offsets) {
         ([b, h, s, d], None) => (vec![*b, *h, *s, *d], vec![*b, *h, *s]),
         ([total, h, d], Some(_)) => (vec![*total, *h, *d], vec![*h, *total]),
@@ -364,7 +379,7 @@ pub fn simulate_kernel<T: HalfFloat>(
     let mut lse = vec![f32::NAN; lse_shape.iter().product()];
     let scale = options.scale.unwrap_or_else(|| base.default_scale());
     // The same check and order as a launch; the simulator takes host buffers.
-    let order = extras(&compiled.kernel, scalars, tables, |_| Ok(Arg::Absent))?;
+    let extras = extras(&compiled.kernel, scalars, tables)?;
     let mut args = vec![
         HostArg::Tensor(q.data, q.view.clone()),
         HostArg::Tensor(k.data, k.view.clone()),
@@ -373,16 +388,11 @@ pub fn simulate_kernel<T: HalfFloat>(
         HostArg::F32Mut(&mut lse, HostView::contiguous(&lse_shape)),
         HostArg::F32(scale),
     ];
-    let mut tables = tables.iter();
-    for arg in order {
-        args.push(match arg {
-            Arg::F32(x) => HostArg::F32(x),
-            _ => match tables.next().expect("counted") {
-                HostTable::F32(t) => HostArg::F32Table(t.data, t.view.clone()),
-                HostTable::I32(t) => HostArg::I32Table(t.data, t.view.clone()),
-            },
-        });
-    }
+    args.extend(extras.into_iter().map(|extra| match extra {
+        Extra::Scalar(x) => HostArg::F32(x),
+        Extra::Table(HostTable::F32(t)) => HostArg::F32Table(t.data, t.view.clone()),
+        Extra::Table(HostTable::I32(t)) => HostArg::I32Table(t.data, t.view.clone()),
+    }));
     match offsets {
         Some([cu_q, cu_k]) => args.extend([HostArg::Offsets(cu_q), HostArg::Offsets(cu_k)]),
         None => args.extend([HostArg::Absent, HostArg::Absent]),

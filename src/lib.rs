@@ -164,12 +164,20 @@ pub struct KernelCache {
     /// `Target::Auto` configs per compute capability: the kernel compiled for the target chosen
     /// at the first launch (choosing lowers the kernel, so it is done once).
     on_device: OnceLock<Mutex<HashMap<(Config, (i32, i32)), Arc<CompiledKernel>>>>,
+    /// The kernel's source, built once: the tuning table's picks are looked up by it at every
+    /// tuned launch.
+    program: OnceLock<ir::source::Program>,
 }
 
 impl KernelCache {
     /// An empty cache (a `const fn`, so it can be a `static`).
     pub const fn new() -> Self {
-        KernelCache { inner: OnceLock::new(), on_device: OnceLock::new() }
+        KernelCache { inner: OnceLock::new(), on_device: OnceLock::new(), program: OnceLock::new() }
+    }
+
+    /// The kernel's source (`program()` the first time, the same one after).
+    pub fn program(&self, program: fn() -> ir::source::Program) -> &ir::source::Program {
+        self.program.get_or_init(program)
     }
 
     /// The kernel compiled for `config` on a device of `compute_capability`: a config whose
@@ -744,7 +752,7 @@ pub fn launch_tuned(
     let cc = device.info().compute_capability;
     let declared = cache.get_or_compile_on(cc, base, program)?;
     let shape = problem_shape(&declared, args)?;
-    let (config, source) = tuning::tuned_config_of(device, name, &program(), *base, shape)?;
+    let (config, source) = tuning::tuned_config_of(device, name, cache.program(program), *base, shape)?;
     let kernel = cache.get_or_compile_on(cc, &config, program)?;
     launch(device, &kernel, args)?;
     Ok((config, source))

@@ -370,63 +370,32 @@ fn variable_length_batches_bind_packed_tensors_and_check_them() {
     assert!(err.contains("argument `cu_q`") && err.contains("varlen: true"), "{err}");
 }
 
-/// A host-side `[B, H, S, D]` f16 tensor for binding only: it has no device memory.
-struct HostShape {
-    shape: Vec<usize>,
-    strides: Vec<usize>,
-}
-
-impl flashcore::runtime::TensorArg for HostShape {
-    fn dtype(&self) -> &'static str {
-        "f16"
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn strides(&self) -> &[usize] {
-        &self.strides
-    }
-    fn buffer_len(&self) -> usize {
-        self.shape.iter().product()
-    }
-    fn device_ptr(&self, _: &std::sync::Arc<flashcore::runtime::CudaStream>) -> u64 {
-        unreachable!("binding reads shapes only")
-    }
-}
-
 #[test]
 fn a_tuned_launch_reads_its_key_shape_from_the_arguments() {
+    use flashcore::runtime::ForeignTensor;
     use flashcore::Arg;
-    let host = |shape: &[usize]| HostShape { shape: shape.to_vec(), strides: contiguous_strides(shape) };
+    // f16 tensors for binding only: shapes and strides, no device memory behind them.
+    // SAFETY: nothing is launched on them.
+    let host =
+        |shape: &[usize]| unsafe { ForeignTensor::new(0, "f16", shape, &contiguous_strides(shape)) }.unwrap();
     let (q, k, v) = (host(&[2, 4, 100, 64]), host(&[2, 2, 130, 64]), host(&[2, 2, 130, 64]));
     let mut o = host(&[2, 4, 100, 64]);
     let kernel = attention::compile(&attention::CONFIG).unwrap();
-    let shape = {
+    let mut shape_with = |v: &ForeignTensor| {
         let args = [
             Arg::Tensor(&q),
             Arg::Tensor(&k),
-            Arg::Tensor(&v),
+            Arg::Tensor(v),
             Arg::TensorMut(&mut o),
             Arg::Absent,
             Arg::F32(0.125),
             Arg::Absent,
             Arg::Absent,
         ];
-        flashcore::problem_shape(&kernel, &args).unwrap()
+        flashcore::problem_shape(&kernel, &args)
     };
-    assert_eq!(shape, [2, 4, 100, 130], "[B, H, S, SK]");
+    assert_eq!(shape_with(&v).unwrap(), [2, 4, 100, 130], "[B, H, S, SK]");
     // A shape that does not bind is the binding's error, naming the argument.
-    let bad_v = host(&[2, 2, 131, 64]);
-    let args = [
-        Arg::Tensor(&q),
-        Arg::Tensor(&k),
-        Arg::Tensor(&bad_v),
-        Arg::TensorMut(&mut o),
-        Arg::Absent,
-        Arg::F32(0.125),
-        Arg::Absent,
-        Arg::Absent,
-    ];
-    let err = flashcore::problem_shape(&kernel, &args).unwrap_err().to_string();
+    let err = shape_with(&host(&[2, 2, 131, 64])).unwrap_err().to_string();
     assert!(err.contains("`v`"), "{err}");
 }

@@ -207,19 +207,13 @@ impl ForeignTensor {
     /// holding every element `shape` and `strides` reach, and stay allocated until the launches
     /// that read or write it have finished.
     pub unsafe fn new(ptr: u64, dtype: &str, shape: &[usize], strides: &[usize]) -> Result<ForeignTensor> {
-        let dtype = match dtype {
-            "f16" => "f16",
-            "bf16" => "bf16",
-            "f32" => "f32",
-            "i32" => "i32",
-            "u32" => "u32",
-            other => {
-                return Err(RuntimeError::Strides {
-                    shape: shape.to_vec(),
-                    strides: strides.to_vec(),
-                    why: format!("element type `{other}` is not one of f16, bf16, f32, i32, u32"),
-                })
-            }
+        const ELEMENTS: [&str; 5] = ["f16", "bf16", "f32", "i32", "u32"];
+        let Some(dtype) = ELEMENTS.into_iter().find(|name| *name == dtype) else {
+            return Err(RuntimeError::Strides {
+                shape: shape.to_vec(),
+                strides: strides.to_vec(),
+                why: format!("element type `{dtype}` is not one of {}", ELEMENTS.join(", ")),
+            });
         };
         if shape.len() != strides.len() {
             return Err(RuntimeError::Strides {

@@ -121,25 +121,38 @@ def _offsets(name: str, cu: torch.Tensor, device) -> tuple:
     if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1 or cu.device != device:
         raise ValueError(f"{name} must be a 1-D torch.int32 tensor on {device} (B + 1 cumulative lengths from 0)")
     cu = cu.contiguous()
-    return ([int(x) for x in cu.tolist()], (cu.data_ptr(), "i32", [cu.shape[0]], [1]))
+    return ([int(x) for x in cu.tolist()], _spec(name, cu))
+
+
+def _device_and_stream(t: torch.Tensor) -> tuple:
+    """The CUDA device ordinal of `t` and the handle of torch's current stream there."""
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    return index, torch.cuda.current_stream(t.device).cuda_stream
 
 
 def _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables, cu_q=None, cu_k=None):
     """The op's CUDA implementation: O allocated like q, the kernel enqueued on the current stream."""
     o = torch.empty_like(q)
-    qh = _bhsd(q, layout)
     lse = torch.empty(_lse_shape(q, layout) if return_lse else (0,), device=q.device, dtype=torch.float32)
     offsets = None
     if layout == _PACKED:
         offsets = [_offsets("cu_seqlens_q", cu_q, q.device), _offsets("cu_seqlens_k", cu_k, q.device)]
-    stream = torch.cuda.current_stream(q.device).cuda_stream
     global _last_config
     _last_config = _native.attention(
-        kernel, q.device.index if q.device.index is not None else torch.cuda.current_device(), stream,
-        _spec("q", qh), _spec("k", _bhsd(k, layout)), _spec("v", _bhsd(v, layout)), _spec("o", _bhsd(o, layout)),
-        (lse.data_ptr(), "f32", list(lse.shape), list(lse.stride())) if return_lse else None,
+        kernel, *_device_and_stream(q),
+        _spec("q", _bhsd(q, layout)), _spec("k", _bhsd(k, layout)), _spec("v", _bhsd(v, layout)),
+        _spec("o", _bhsd(o, layout)), _spec("lse", lse) if return_lse else None,
         [float(x) for x in scalars], [_table_spec(t, q.device) for t in tables], offsets, causal, scale, target)
     return o, lse
+
+
+def _forward(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables, cu_q=None, cu_k=None):
+    """(O, LSE): eager CUDA calls run the op's implementation directly, without the ~80 us of
+    torch.library's Python dispatch; traced code and other devices go through the registered op."""
+    if q.device.type == "cuda" and not torch.compiler.is_compiling():
+        return _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables, cu_q, cu_k)
+    return torch.ops.flashcore.attention(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables,
+                                         cu_q, cu_k)
 
 
 def _table_spec(t: torch.Tensor, device) -> tuple:
@@ -182,16 +195,12 @@ def _backward_launch(d_out, q, k, v, o, lse, causal, scale, layout, target):
     if d_out.stride(-1) != 1 or d_out.data_ptr() % 16 or any(st % 8 for st in d_out.stride()[:-1]):
         d_out = d_out.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    qh = _bhsd(q, layout)
-    b, h, s, _ = qh.shape
-    delta = torch.empty((b, h, s), device=q.device, dtype=torch.float32)
-    f32 = lambda t: (t.data_ptr(), "f32", list(t.shape), list(t.stride()))  # noqa: E731
+    delta = torch.empty(_lse_shape(q, layout), device=q.device, dtype=torch.float32)
+    bhsd = {name: _spec(name, _bhsd(t, layout)) for name, t in
+            (("q", q), ("k", k), ("v", v), ("o", o), ("d_out", d_out), ("dq", dq), ("dk", dk), ("dv", dv))}
     _native.attention_backward(
-        q.device.index if q.device.index is not None else torch.cuda.current_device(),
-        torch.cuda.current_stream(q.device).cuda_stream,
-        _spec("q", qh), _spec("k", _bhsd(k, layout)), _spec("v", _bhsd(v, layout)), _spec("o", _bhsd(o, layout)),
-        f32(lse), _spec("d_out", _bhsd(d_out, layout)), _spec("dq", _bhsd(dq, layout)), _spec("dk", _bhsd(dk, layout)),
-        _spec("dv", _bhsd(dv, layout)), f32(delta), causal, scale, target)
+        *_device_and_stream(q), bhsd["q"], bhsd["k"], bhsd["v"], bhsd["o"], _spec("lse", lse), bhsd["d_out"],
+        bhsd["dq"], bhsd["dk"], bhsd["dv"], _spec("delta", delta), causal, scale, target)
     return dq, dk, dv
 
 
@@ -291,13 +300,7 @@ def attention(
         o, _ = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, True, target, kernel, scalars, tables,
                                              None, None)
         return o
-    if q.device.type == "cuda" and not torch.compiler.is_compiling():
-        # Eager: the op's own implementation, without the ~80 us of torch.library's Python
-        # dispatch; traced code and other devices go through the registered op.
-        o, lse = _launch(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables)
-    else:
-        o, lse = torch.ops.flashcore.attention(q, k, v, causal, scale, layout, return_lse, target, kernel,
-                                               scalars, tables, None, None)
+    o, lse = _forward(q, k, v, causal, scale, layout, return_lse, target, kernel, scalars, tables)
     return (o, lse) if return_lse else o
 
 
@@ -325,21 +328,18 @@ def attention_varlen(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError("attention_varlen has no backward through the package (the backward kernels take no sequence "
                          "offsets): call it under torch.no_grad(), or on detached tensors")
-    if q.device.type == "cuda" and not torch.compiler.is_compiling():
-        o, lse = _launch(q, k, v, causal, scale, _PACKED, return_lse, target, kernel, scalars, tables, cu_seqlens_q,
-                         cu_seqlens_k)
-    else:
-        o, lse = torch.ops.flashcore.attention(q, k, v, causal, scale, _PACKED, return_lse, target, kernel, scalars,
-                                               tables, cu_seqlens_q, cu_seqlens_k)
+    o, lse = _forward(q, k, v, causal, scale, _PACKED, return_lse, target, kernel, scalars, tables, cu_seqlens_q,
+                      cu_seqlens_k)
     return (o, lse) if return_lse else o
 
 
 def _variant_options(options: dict) -> dict:
+    """`options` if each names a variant option of `_variant` (a TypeError naming them, else)."""
     known = ("softcap", "window", "alibi", "prefix", "bias", "document")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}: the variants are {list(known)}")
-    return {"softcap": None, "window": None, "alibi": False, "prefix": None, "bias": None, "document": None, **options}
+    return options
 
 
 from . import simulate  # noqa: E402  (needs _variant and friends above)

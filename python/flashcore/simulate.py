@@ -34,11 +34,17 @@ def _from_bytes(raw: bytes, dtype, shape) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw), dtype=torch.int16).view(dtype).reshape(shape)
 
 
-def _table(t: torch.Tensor) -> tuple:
+def _host32(t: torch.Tensor) -> tuple:
+    """A table (or the log-sum-exp) as `_host` gives a tensor, with its element type (f32 or i32)."""
     if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.int32):
         raise ValueError(f"a {list(t.shape)} table is {t.dtype} on {t.device}: the simulator takes CPU tables, "
                          "bias torch.float32, document ids torch.int32")
     return (_storage_bytes(t, torch.int32), t.storage_offset(), list(t.shape), list(t.stride()), _DTYPES[t.dtype])
+
+
+def _in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """A row-major [B, H, S, D] result in `layout`, contiguous."""
+    return t.transpose(1, 2).contiguous() if layout == "bshd" else t
 
 
 def attention(
@@ -67,12 +73,11 @@ def attention(
     qh = _bhsd(q, layout)
     kernel, scalars, tables = _variant(q, k, softcap, window, alibi, prefix, bias, document, layout)
     raw, lse = _native.simulate_attention(
-        kernel, _DTYPES[q.dtype] if q.dtype in _DTYPES else str(q.dtype), _host("q", qh), _host("k", _bhsd(k, layout)),
-        _host("v", _bhsd(v, layout)), [float(x) for x in scalars], [_table(t) for t in tables], None, causal, scale,
+        kernel, _DTYPES.get(q.dtype, str(q.dtype)), _host("q", qh), _host("k", _bhsd(k, layout)),
+        _host("v", _bhsd(v, layout)), [float(x) for x in scalars], [_host32(t) for t in tables], None, causal, scale,
         target)
     b, h, s, d = qh.shape
-    o = _from_bytes(raw, q.dtype, (b, h, s, d))
-    o = o.transpose(1, 2).contiguous() if layout == "bshd" else o
+    o = _in_layout(_from_bytes(raw, q.dtype, (b, h, s, d)), layout)
     lse = torch.tensor(lse, dtype=torch.float32).reshape(b, h, s)
     return (o, lse) if return_lse else o
 
@@ -98,17 +103,12 @@ def attention_backward(
     if q.device.type != "cpu":
         raise ValueError(f"the simulator takes CPU tensors and q is on {q.device}")
     qh, kh = _bhsd(q, layout), _bhsd(k, layout)
-    lse_spec = (_storage_bytes(lse.float(), torch.int32), lse.storage_offset() if lse.dtype == torch.float32 else 0,
-                list(lse.shape), list(lse.float().stride()), "f32")
     raw = _native.simulate_attention_backward(
         _DTYPES.get(q.dtype, str(q.dtype)), _host("q", qh), _host("k", kh), _host("v", _bhsd(v, layout)),
-        _host("o", _bhsd(o, layout)), _host("d_out", _bhsd(d_out, layout)), lse_spec, causal, scale, target)
-
-    def tensor(data, shape):
-        t = _from_bytes(data, q.dtype, shape)
-        return t.transpose(1, 2).contiguous() if layout == "bshd" else t
-
-    return tensor(raw[0], qh.shape), tensor(raw[1], kh.shape), tensor(raw[2], kh.shape)
+        _host("o", _bhsd(o, layout)), _host("d_out", _bhsd(d_out, layout)), _host32(lse.float()), causal, scale,
+        target)
+    return tuple(_in_layout(_from_bytes(data, q.dtype, shape), layout)
+                 for data, shape in zip(raw, (qh.shape, kh.shape, kh.shape)))
 
 
 def attention_varlen(
@@ -132,7 +132,7 @@ def attention_varlen(
     offsets = [[int(x) for x in torch.as_tensor(cu).tolist()] for cu in (cu_seqlens_q, cu_seqlens_k)]
     raw, lse = _native.simulate_attention(
         kernel, _DTYPES.get(q.dtype, str(q.dtype)), _host("q", q), _host("k", k), _host("v", v),
-        [float(x) for x in scalars], [_table(t) for t in tables], offsets, causal, scale, target)
+        [float(x) for x in scalars], [_host32(t) for t in tables], offsets, causal, scale, target)
     total, h, d = q.shape
     o = _from_bytes(raw, q.dtype, (total, h, d))
     lse = torch.tensor(lse, dtype=torch.float32).reshape(h, total)

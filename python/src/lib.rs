@@ -51,11 +51,18 @@ fn device(ordinal: usize) -> PyResult<Arc<Device>> {
     Ok(d)
 }
 
-fn target(name: Option<&str>) -> PyResult<Option<flashcore::Target>> {
-    match name {
-        None => Ok(None),
-        Some(n) => flashcore::target::parse(n).map_err(PyValueError::new_err),
-    }
+/// What every call takes besides its tensors; `target_name` `None` or `"auto"` for the default.
+fn options(causal: bool, scale: Option<f32>, target_name: Option<&str>) -> PyResult<AttentionOptions> {
+    let target = match target_name {
+        None => None,
+        Some(n) => flashcore::target::parse(n).map_err(PyValueError::new_err)?,
+    };
+    Ok(AttentionOptions { causal, scale, target })
+}
+
+/// Sequence offsets from their host values, checked.
+fn host_offsets(name: &str, host: Vec<u32>) -> PyResult<SeqOffsets> {
+    SeqOffsets::new(host).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
 fn foreign(name: &str, (ptr, dtype, shape, strides): CudaSpec) -> PyResult<ForeignTensor> {
@@ -91,7 +98,7 @@ fn attention(
     scale: Option<f32>,
     target_name: Option<&str>,
 ) -> PyResult<(String, String)> {
-    let options = AttentionOptions { causal, scale, target: target(target_name)? };
+    let options = options(causal, scale, target_name)?;
     let (q, k, v) = (foreign("q", q)?, foreign("k", k)?, foreign("v", v)?);
     let mut o = foreign("o", o)?;
     let mut lse = lse.map(|l| foreign("lse", l)).transpose()?;
@@ -129,8 +136,7 @@ fn attention(
 
 /// Sequence offsets from their host values (checked) and the device tensor holding the same.
 fn device_offsets(name: &str, (host, spec): (Vec<u32>, CudaSpec)) -> PyResult<DeviceSeqOffsets> {
-    let host = SeqOffsets::new(host).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))?;
-    DeviceSeqOffsets::foreign(host, foreign(name, spec)?)
+    DeviceSeqOffsets::foreign(host_offsets(name, host)?, foreign(name, spec)?)
         .map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
@@ -138,64 +144,70 @@ fn device_offsets(name: &str, (host, spec): (Vec<u32>, CudaSpec)) -> PyResult<De
 /// element type (`f32` or `i32`).
 type HostTableSpec = (Vec<u8>, usize, Vec<usize>, Vec<usize>, String);
 
-fn in_range(name: &str, offset: usize, len: usize) -> PyResult<()> {
-    if offset > len {
-        return Err(PyValueError::new_err(format!(
-            "{name}: storage offset {offset} is past its {len} elements"
-        )));
-    }
-    Ok(())
+/// A host tensor decoded from its storage's bytes: the storage, where the tensor starts in it,
+/// and its view.
+struct HostBuffer<T> {
+    storage: Vec<T>,
+    offset: usize,
+    view: HostView,
 }
 
-/// A q, k or v storage decoded from its bytes; its view.
-fn decode16<T: HalfFloat>(
-    name: &str,
-    (bytes, offset, shape, strides): &HostSpec,
-    buffer: &mut Vec<T>,
-) -> PyResult<HostView> {
-    if bytes.len() % 2 != 0 {
-        return Err(PyValueError::new_err(format!(
-            "{name}: {} bytes is not a whole number of 16-bit elements",
-            bytes.len()
-        )));
+impl<T> HostBuffer<T> {
+    /// `bytes` read as little-endian elements of `N` bytes each; `name` for the errors.
+    fn decode<const N: usize>(
+        name: &str,
+        bytes: &[u8],
+        offset: usize,
+        view: HostView,
+        element: impl Fn([u8; N]) -> T,
+    ) -> PyResult<HostBuffer<T>> {
+        if bytes.len() % N != 0 {
+            return Err(PyValueError::new_err(format!(
+                "{name}: {} bytes is not a whole number of {}-bit elements",
+                bytes.len(),
+                8 * N
+            )));
+        }
+        let storage: Vec<T> =
+            bytes.chunks_exact(N).map(|c| element(c.try_into().expect("chunks of N bytes"))).collect();
+        if offset > storage.len() {
+            return Err(PyValueError::new_err(format!(
+                "{name}: storage offset {offset} is past its {} elements",
+                storage.len()
+            )));
+        }
+        Ok(HostBuffer { storage, offset, view })
     }
-    *buffer = bytes.chunks_exact(2).map(|c| T::from_le_bytes([c[0], c[1]])).collect();
-    in_range(name, *offset, buffer.len())?;
-    Ok(HostView::strided(shape, strides))
+
+    /// The tensor, as the simulator takes it.
+    fn tensor(&self) -> HostTensor<'_, T> {
+        HostTensor { data: &self.storage[self.offset..], view: self.view.clone() }
+    }
 }
 
-/// A host table decoded: its f32 or i32 storage, offset and view.
+/// A q, k, v, o or d_out tensor of 16-bit elements.
+fn decode16<T: HalfFloat>(name: &str, (bytes, offset, shape, strides): &HostSpec) -> PyResult<HostBuffer<T>> {
+    HostBuffer::decode(name, bytes, *offset, HostView::strided(shape, strides), T::from_le_bytes)
+}
+
+/// A table (or the log-sum-exp) of 32-bit elements, f32 or i32.
 enum Decoded {
-    F32(Vec<f32>, usize, HostView),
-    I32(Vec<i32>, usize, HostView),
+    F32(HostBuffer<f32>),
+    I32(HostBuffer<i32>),
 }
 
-fn decode_table((bytes, offset, shape, strides, dtype): &HostTableSpec) -> PyResult<Decoded> {
-    if bytes.len() % 4 != 0 {
-        return Err(PyValueError::new_err(format!(
-            "table: {} bytes is not a whole number of 32-bit elements",
-            bytes.len()
-        )));
-    }
-    let words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+fn decode32(name: &str, (bytes, offset, shape, strides, dtype): &HostTableSpec) -> PyResult<Decoded> {
     let view = HostView::strided(shape, strides);
-    let (decoded, len) = match dtype.as_str() {
-        "f32" => {
-            let d: Vec<f32> = words.map(f32::from_le_bytes).collect();
-            let len = d.len();
-            (Decoded::F32(d, *offset, view), len)
-        }
-        "i32" => {
-            let d: Vec<i32> = words.map(i32::from_le_bytes).collect();
-            let len = d.len();
-            (Decoded::I32(d, *offset, view), len)
-        }
-        other => {
-            return Err(PyValueError::new_err(format!("table: element type {other}; tables are f32 or i32")))
-        }
-    };
-    in_range("table", *offset, len)?;
-    Ok(decoded)
+    match dtype.as_str() {
+        "f32" => HostBuffer::decode(name, bytes, *offset, view, f32::from_le_bytes).map(Decoded::F32),
+        "i32" => HostBuffer::decode(name, bytes, *offset, view, i32::from_le_bytes).map(Decoded::I32),
+        other => Err(PyValueError::new_err(format!("{name}: element type {other}; tables are f32 or i32"))),
+    }
+}
+
+/// Row-major elements as the little-endian bytes Python reads them from.
+fn to_bytes<T: HalfFloat>(py: Python<'_>, elements: &[T]) -> Py<PyBytes> {
+    PyBytes::new(py, &elements.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unbind()
 }
 
 fn simulate_typed<T: HalfFloat>(
@@ -209,32 +221,24 @@ fn simulate_typed<T: HalfFloat>(
 ) -> PyResult<(Py<PyBytes>, Vec<f32>)> {
     let offsets = match cu_seqlens {
         Some([cu_q, cu_k]) => {
-            let check = |name: &str, o: Vec<u32>| {
-                SeqOffsets::new(o).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
-            };
-            Some([check("cu_seqlens_q", cu_q)?, check("cu_seqlens_k", cu_k)?])
+            Some([host_offsets("cu_seqlens_q", cu_q)?, host_offsets("cu_seqlens_k", cu_k)?])
         }
         None => None,
     };
-    let mut buffers: [Vec<T>; 3] = Default::default();
-    let mut views = Vec::new();
-    for ((name, spec), buffer) in ["q", "k", "v"].iter().zip(&specs).zip(buffers.iter_mut()) {
-        views.push(decode16(name, spec, buffer)?);
-    }
-    let decoded = tables.iter().map(decode_table).collect::<PyResult<Vec<_>>>()?;
+    let qkv = ["q", "k", "v"]
+        .iter()
+        .zip(&specs)
+        .map(|(n, spec)| decode16::<T>(n, spec))
+        .collect::<PyResult<Vec<_>>>()?;
+    let decoded = tables.iter().map(|t| decode32("table", t)).collect::<PyResult<Vec<_>>>()?;
     let host_tables: Vec<HostTable> = decoded
         .iter()
         .map(|t| match t {
-            Decoded::F32(d, offset, view) => {
-                HostTable::F32(HostTensor { data: &d[*offset..], view: view.clone() })
-            }
-            Decoded::I32(d, offset, view) => {
-                HostTable::I32(HostTensor { data: &d[*offset..], view: view.clone() })
-            }
+            Decoded::F32(b) => HostTable::F32(b.tensor()),
+            Decoded::I32(b) => HostTable::I32(b.tensor()),
         })
         .collect();
-    let tensor = |i: usize| HostTensor { data: &buffers[i][specs[i].1..], view: views[i].clone() };
-    let (q, k, v) = (tensor(0), tensor(1), tensor(2));
+    let [q, k, v] = [0, 1, 2].map(|i| qkv[i].tensor());
     let (o, lse) = py
         .detach(|| {
             interop::simulate_kernel(
@@ -249,8 +253,7 @@ fn simulate_typed<T: HalfFloat>(
             )
         })
         .map_err(to_py)?;
-    let bytes: Vec<u8> = o.iter().flat_map(|x| x.to_le_bytes()).collect();
-    Ok((PyBytes::new(py, &bytes).unbind(), lse))
+    Ok((to_bytes(py, &o), lse))
 }
 
 /// Runs the library kernel `kernel` in the simulator on host tensors of `dtype` (`f16` or
@@ -273,7 +276,7 @@ fn simulate_attention(
     scale: Option<f32>,
     target_name: Option<&str>,
 ) -> PyResult<(Py<PyBytes>, Vec<f32>)> {
-    let options = AttentionOptions { causal, scale, target: target(target_name)? };
+    let options = options(causal, scale, target_name)?;
     match dtype {
         "f16" => simulate_typed::<f16>(py, kernel, [q, k, v], &scalars, &tables, cu_seqlens, &options),
         "bf16" => simulate_typed::<bf16>(py, kernel, [q, k, v], &scalars, &tables, cu_seqlens, &options),
@@ -307,7 +310,7 @@ fn attention_backward(
     scale: Option<f32>,
     target_name: Option<&str>,
 ) -> PyResult<()> {
-    let options = AttentionOptions { causal, scale, target: target(target_name)? };
+    let options = options(causal, scale, target_name)?;
     let (q, k, v, o, lse, d_out) = (
         foreign("q", q)?,
         foreign("k", k)?,
@@ -342,22 +345,17 @@ fn simulate_backward_typed<T: HalfFloat>(
     lse: &HostTableSpec,
     options: &AttentionOptions,
 ) -> PyResult<[Py<PyBytes>; 3]> {
-    let mut buffers: [Vec<T>; 5] = Default::default();
-    let mut views = Vec::new();
-    for ((name, spec), buffer) in ["q", "k", "v", "o", "d_out"].iter().zip(&specs).zip(buffers.iter_mut()) {
-        views.push(decode16(name, spec, buffer)?);
-    }
-    let Decoded::F32(lse_data, lse_offset, lse_view) = decode_table(lse)? else {
+    let names = ["q", "k", "v", "o", "d_out"];
+    let buffers =
+        names.iter().zip(&specs).map(|(n, spec)| decode16::<T>(n, spec)).collect::<PyResult<Vec<_>>>()?;
+    let Decoded::F32(lse) = decode32("lse", lse)? else {
         return Err(PyValueError::new_err("lse: a float32 tensor is needed"));
     };
-    let tensor = |i: usize| HostTensor { data: &buffers[i][specs[i].1..], view: views[i].clone() };
-    let inputs = [tensor(0), tensor(1), tensor(2), tensor(3), tensor(4)];
-    let lse = HostTensor { data: &lse_data[lse_offset..], view: lse_view };
+    let [q, k, v, o, d_out] = [0, 1, 2, 3, 4].map(|i| buffers[i].tensor());
+    let (inputs, lse) = ([q, k, v, o, d_out], lse.tensor());
     let (dq, dk, dv) =
         py.detach(|| interop::simulate_attention_backward(inputs, lse, options)).map_err(to_py)?;
-    let bytes =
-        |x: &[T]| PyBytes::new(py, &x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unbind();
-    Ok([bytes(&dq), bytes(&dk), bytes(&dv)])
+    Ok([to_bytes(py, &dq), to_bytes(py, &dk), to_bytes(py, &dv)])
 }
 
 /// The backward in the simulator on host tensors of `dtype`: returns dQ's, dK's and dV's bytes,
@@ -378,7 +376,7 @@ fn simulate_attention_backward(
     scale: Option<f32>,
     target_name: Option<&str>,
 ) -> PyResult<[Py<PyBytes>; 3]> {
-    let options = AttentionOptions { causal, scale, target: target(target_name)? };
+    let options = options(causal, scale, target_name)?;
     match dtype {
         "f16" => simulate_backward_typed::<f16>(py, [q, k, v, o, d_out], &lse, &options),
         "bf16" => simulate_backward_typed::<bf16>(py, [q, k, v, o, d_out], &lse, &options),
