@@ -12,6 +12,10 @@
 #   scripts/gpu-sm90a.sh producer             the producer warpgroup (load_warps = 4, setmaxnreg): float64
 #                                             checks at tails, then its schedules timed against the
 #                                             uniform layout's at the large shapes (same binary, same run)
+#   scripts/gpu-sm90a.sh overlap              the overlap pass (softmax of tile j under P.V of tile j - 1):
+#                                             float64 checks of overlapped schedules at tails, then each
+#                                             schedule timed with the binaries in $BASE (built before the
+#                                             pass) and in $BINS, alternating, in one run
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
 #                                             tuning of the large and medium shapes with the producer in
 #                                             the space (into $OUT/attention.json), the benchmark with it
@@ -101,6 +105,29 @@ if [ "$mode" = producer ]; then
       run $shape $cfg --target sm_90a --iters 30 --warmup 5
     done
   done
+fi
+if [ "$mode" = overlap ]; then
+  base=${BASE:-.device/bin-base}
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
+  t="--target sm_90a --iters 3 --warmup 1"
+  run $t --b 2 --h 4 --s 777 --d 128 $p --stages 3 --causal --dtype bf16
+  run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128 $p --stages 2
+  run $t --b 2 --h 4 --s 517 --d 64 $p --stages 2 --layout bshd --persistent
+  run $t --h 4 --d 128 --varlen 1,17,300,1000 $p --stages 2
+  # Causal with S > SK: the first Q tiles see no key (K/V loops of no tile: nothing pending).
+  run $t --b 1 --h 4 --s 1000 --sk 300 --d 128 $p --stages 2 --causal
+  run $t --b 2 --h 4 --s 1000 --d 128 --tile-m 64 --warps 4 --tile-n 128 --load-warps 4 --stages 2
+  ab() {
+    echo "# before the pass ($base)" | tee -a "$out/sm90a.txt"
+    bins=$base run "$@" --target sm_90a --iters 30 --warmup 5
+    run "$@" --target sm_90a --iters 30 --warmup 5
+  }
+  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2
+  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 3 --persistent
+  ab --b 2 --h 16 --s 8192 --d 128 --tile-m 64 --warps 4 --tile-n 128 --load-warps 4 --stages 2
+  ab --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent
+  ab --b 2 --h 16 --s 8192 --d 64 $p --stages 2
+  ab --b 4 --h 16 --s 2048 --d 64 $p --stages 2
 fi
 if [ "$mode" = next ]; then
   mapfile -t producer < <("$bins/validate" list | awk '{print NR-1, $1}' | grep ' sm90a.*load4' | cut -d' ' -f1)

@@ -537,6 +537,20 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
             return Err(failed(entry, config, "the protocol check failed"));
         }
     }
+    if resolved.target == crate::Target::Sm90a {
+        let mut overlapped = false;
+        kernel.walk(&mut |i| overlapped |= matches!(i.op, ir::kernel::Op::MmaAsync { .. }));
+        let line = if overlapped {
+            "on: the softmax of each K/V tile runs under the P.V of the one before (asynchronous wgmma)"
+                .to_string()
+        } else {
+            let before = crate::lower(&program, config)
+                .and_then(|k| Ok(ir::passes::run_until(k, Some("warp_specialize"))?))
+                .map_err(|e| failed(entry, config, e))?;
+            format!("off: {}", ir::passes::overlap::why_not(&before).unwrap_or_default())
+        };
+        writeln!(out, "overlap    {line}")?;
+    }
     let ptx = crate::codegen::generate(&kernel).map_err(|e| failed(entry, config, e))?;
     shared_memory(&kernel, ptx.shared_bytes, out)?;
     // ptxas, for the L4's architecture and the H100's.

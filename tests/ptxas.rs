@@ -1,5 +1,6 @@
 //! Every snapshot configuration assembles with ptxas for its target's GPUs (sm_89 PTX for the L4
-//! and the H100, sm_90a PTX for the H100) with no spills and no ignored `setmaxnreg` (C7508),
+//! and the H100, sm_90a PTX for the H100) with no spills, no ignored `setmaxnreg` (C7508) and no
+//! serialized wgmma (C7519),
 //! within the register and shared-memory budget. With `CI` set, a missing ptxas fails.
 
 use flashcore::kernels::attention;
@@ -38,6 +39,13 @@ fn snapshot_configs_assemble_without_spills_within_budget() {
             let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
                 .unwrap_or_else(|e| panic!("{name} {arch}: {e}"));
             assert!(!report.text.contains("C7508"), "{name} {arch}: setmaxnreg ignored:\n{}", report.text);
+            // C7519 and its kin: ptxas waits after every wgmma (a wgmma on a conditional path,
+            // registers touched in flight), which undoes the overlap pass.
+            assert!(
+                !report.text.contains("wgmma.mma_async instructions are serialized"),
+                "{name} {arch}: wgmma serialized:\n{}",
+                report.text
+            );
             eprintln!(
                 "{name} {arch}: {} registers, {} bytes smem",
                 report.registers, compiled.ptx.shared_bytes

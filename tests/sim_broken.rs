@@ -13,11 +13,16 @@ use flashcore::{Config, Error};
 /// Runs `config`'s kernel with its PTX edited by `edit` at 1x1x256 (four KV tiles, so every
 /// stage is refilled), under `seeds` schedules; returns each run's error text.
 fn run_edited(config: Config, edit: impl Fn(&str) -> String, seeds: &[u64]) -> Vec<String> {
+    run_edited_at(config, edit, seeds, 256)
+}
+
+/// [`run_edited`] at 1x1xS.
+fn run_edited_at(config: Config, edit: impl Fn(&str) -> String, seeds: &[u64], s: usize) -> Vec<String> {
     let mut compiled = flashcore::compile(&attention::program(), &config).unwrap();
     let edited = edit(&compiled.ptx.text);
     assert_ne!(edited, compiled.ptx.text, "the edit changed nothing");
     compiled.ptx.text = edited;
-    let shape = AttentionShape { b: 1, h: 1, hk: 1, s: 256, sk: 256 };
+    let shape = AttentionShape { b: 1, h: 1, hk: 1, s, sk: s };
     seeds
         .iter()
         .map(|&seed| {
@@ -183,7 +188,7 @@ fn hopper() -> Config {
 fn an_accumulator_read_before_its_wgmma_wait_group_is_caught() {
     // Q·Kᵀ's `wgmma.wait_group 0`: the score scaling then reads accumulators still in flight.
     for err in run_edited(hopper(), |p| remove_first(p, "wgmma.wait_group.sync.aligned 0;"), &SEEDS) {
-        assert!(err.contains("while a wgmma that writes it is in flight"), "{err}");
+        assert!(err.contains("while a wgmma that reads or writes it is in flight"), "{err}");
     }
 }
 
@@ -247,5 +252,42 @@ fn a_setmaxnreg_count_outside_the_rules_is_caught() {
     let edit = |p: &str| replace_nth(p, "setmaxnreg.dec", 0, |l| l.replace(" 40;", " 44;"));
     for err in run_edited(hopper_producer(), edit, &SEEDS[..1]) {
         assert!(err.contains("a multiple of 8 from 24 to 256"), "{err}");
+    }
+}
+
+/// The overlap pass's loop (the producer config): the loop body's `wgmma.wait_group 0`, which
+/// retires the previous tile's P·V before its slot is released and O is rescaled.
+fn overlap_wait(p: &str) -> (usize, usize) {
+    let body = p.find("// @compute mma_wait 0").expect("the overlapped loop's wait for P.V");
+    let line = body + p[body..].find("wgmma.wait_group.sync.aligned 0;").expect("its wait_group");
+    (line, line + "wgmma.wait_group.sync.aligned 0;".len())
+}
+
+#[test]
+fn a_slot_released_before_the_overlapped_p_v_retires_is_caught() {
+    // The wait in the release's branch goes: the slot is released while the wgmma may still
+    // read it (the wait after the branch comes too late), and the producer may refill V.
+    let edit = |p: &str| {
+        let (at, end) = overlap_wait(p);
+        format!("{}// (wait removed){}", &p[..at], &p[end..])
+    };
+    // 1x1x512: four K/V tiles of 128 a CTA, so the two slots are refilled.
+    for err in run_edited_at(hopper_producer(), edit, &SEEDS, 512) {
+        assert!(err.contains("changed while it was in flight") || err.contains("race"), "{err}");
+    }
+}
+
+#[test]
+fn o_rescaled_while_the_overlapped_p_v_is_in_flight_is_caught() {
+    // Both waits for P.V (in the release's branch and after it) retire only Q.K^T's group
+    // (wait_group 1): the rescale of O then touches the accumulators P.V is still writing.
+    let edit = |p: &str| {
+        let (at, end) = overlap_wait(p);
+        let once = format!("{}wgmma.wait_group.sync.aligned 1;{}", &p[..at], &p[end..]);
+        let (at, end) = overlap_wait(&once);
+        format!("{}wgmma.wait_group.sync.aligned 1;{}", &once[..at], &once[end..])
+    };
+    for err in run_edited(hopper_producer(), edit, &SEEDS) {
+        assert!(err.contains("while a wgmma that reads or writes it is in flight"), "{err}");
     }
 }

@@ -17,6 +17,7 @@ use crate::CodegenError;
 mod axes;
 mod mask;
 mod wgmma;
+use wgmma::WgmmaInit;
 
 /// A single mbarrier wait longer than this (10 s) traps: the kernel aborts instead of hanging
 /// the GPU (and, at exit, the process). The runtime's launch timeout (5 s by default) fires
@@ -82,6 +83,9 @@ struct SmemTile {
     offset: String,
     rows: u32,
     transposed: bool,
+    /// A predicate that is false while the view names the plan's block of zeros instead
+    /// (`StageView::zero_unless`): a wgmma picks the zero descriptor then.
+    zero_unless: Option<String>,
 }
 
 /// A tensor parameter in global memory: its base pointer and the byte strides of its outer
@@ -114,6 +118,9 @@ pub struct Emitter<'k> {
     w: PtxWriter,
     regs: HashMap<Value, RegFamily>,
     tiles: HashMap<Value, SmemTile>,
+    /// sm_90a: the operands (descriptors) of asynchronous matmuls computed ahead of their issue,
+    /// by result and B operand ([`Emitter::prepare_async_matmuls`]).
+    prepared: HashMap<(Value, Value), wgmma::PreparedWgmma>,
     /// Loaded A operands left in their row-tile region (`Config::a_in_smem`), with the
     /// region's offset: each mma reads their fragments with ldmatrix where it needs them.
     smem_a: HashMap<Value, String>,
@@ -229,6 +236,7 @@ impl<'k> Emitter<'k> {
             w: PtxWriter::default(),
             regs: HashMap::new(),
             tiles: HashMap::new(),
+            prepared: HashMap::new(),
             smem_a: HashMap::new(),
             tensors: vec![],
             dim_regs: vec![],
@@ -482,7 +490,10 @@ impl<'k> Emitter<'k> {
 
     fn block(&mut self, block: &Block) -> Result<(), CodegenError> {
         if self.stream.is_none() {
-            for inst in &block.insts {
+            for (i, inst) in block.insts.iter().enumerate() {
+                if matches!(inst.op, Op::MmaAsync { .. }) {
+                    self.prepare_async_matmuls(&block.insts[i..])?;
+                }
                 self.inst(inst)?;
             }
             return Ok(());
@@ -549,7 +560,9 @@ impl<'k> Emitter<'k> {
             Op::Stage { .. } => {
                 Err(CodegenError::Internal("a `stage` reached codegen: the pipeline pass has not run".into()))
             }
-            Op::StageView { dst, buffer, slot, .. } => self.stage_view(*dst, *buffer, *slot),
+            Op::StageView { dst, buffer, slot, zero_unless, .. } => {
+                self.stage_view(*dst, *buffer, *slot, *zero_unless)
+            }
             Op::AsyncCopy { buffer, src, ahead, slot } => self.async_copy(*buffer, src, *ahead, *slot),
             Op::InitBarriers => self.init_barriers(),
             Op::Roles { groups } => self.role_groups(groups),
@@ -676,6 +689,26 @@ impl<'k> Emitter<'k> {
                 Ok(())
             }
             Op::Mma { dst, a, b, acc } => self.mma(*dst, *a, *b, *acc),
+            Op::MmaAsync { dst, a, b, accumulate } => self.mma_async(*dst, *a, *b, *accumulate),
+            Op::MmaCommit => {
+                self.w.ins("wgmma.commit_group.sync.aligned");
+                Ok(())
+            }
+            Op::MmaWait { pending } => {
+                self.w.ins(format!("wgmma.wait_group.sync.aligned {pending}"));
+                Ok(())
+            }
+            Op::When { counter, body } => {
+                let c = self.regs_of(*counter).at(0);
+                let (skip, label) = (self.w.temp(RegClass::Pred), self.w.label("when_skip"));
+                self.w.ins(format!("setp.eq.u32 {skip}, {c}, 0"));
+                self.w.ins(format!("@{skip} bra.uni {label}"));
+                self.w.indent();
+                self.block(body)?;
+                self.w.dedent();
+                self.w.place_label(&label);
+                Ok(())
+            }
             Op::MaskColumns { dst, src, tile, causal, fill } => {
                 self.mask_columns(*dst, *src, tile, causal.as_ref(), *fill)
             }
@@ -1294,10 +1327,22 @@ impl<'k> Emitter<'k> {
 
     /// The slot of `buffer` that holds this iteration's tile: `(iteration % slots) * slot_bytes`
     /// past the buffer's offset.
-    fn stage_view(&mut self, dst: Value, buffer: BufferId, slot: Value) -> Result<(), CodegenError> {
+    fn stage_view(
+        &mut self,
+        dst: Value,
+        buffer: BufferId,
+        slot: Value,
+        zero_unless: Option<Value>,
+    ) -> Result<(), CodegenError> {
         let offset = self.slot_offset(buffer, slot, 0);
         let rows = self.kernel.buffers[buffer.0 as usize].rows.size(&self.cfg);
-        self.tiles.insert(dst, SmemTile { offset, rows, transposed: false });
+        let zero_unless = zero_unless.map(|c| {
+            let c = self.regs_of(c).at(0);
+            let live = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.ne.u32 {live}, {c}, 0"));
+            live
+        });
+        self.tiles.insert(dst, SmemTile { offset, rows, transposed: false, zero_unless });
         Ok(())
     }
 
@@ -1429,6 +1474,23 @@ impl<'k> Emitter<'k> {
             }
         }
         self.w.place_label(&skip);
+        if let Some(zero) = self.plan.zero_block {
+            // The block of zeros: 16 bytes a thread, fenced into the async proxy (wgmma reads
+            // it) before the barrier that publishes it.
+            self.w.comment("the block of zeros a view of no tile reads");
+            let chunks = crate::smem::ZERO_BLOCK_BYTES / 16;
+            let (outside, done) = (self.w.temp(RegClass::Pred), self.w.label("zero_done"));
+            self.w.ins(format!("setp.ge.u32 {outside}, {thread}, {chunks}"));
+            self.w.ins(format!("@{outside} bra {done}"));
+            let addr = self.w.temp(RegClass::B32);
+            self.w.ins(format!("mad.lo.u32 {addr}, {thread}, 16, {zero}"));
+            self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
+            let z = self.w.temp(RegClass::B32);
+            self.w.ins(format!("mov.b32 {z}, 0"));
+            self.w.ins(format!("st.shared.v4.b32 [{addr}], {{{z}, {z}, {z}, {z}}}"));
+            self.w.ins("fence.proxy.async.shared::cta");
+            self.w.place_label(&done);
+        }
         self.w.ins("bar.sync 0");
         Ok(())
     }
@@ -1521,7 +1583,14 @@ impl<'k> Emitter<'k> {
     // ---------------------------------------------------------------------------------------
     // Tensor-core compute
 
-    fn mma(&mut self, dst: Value, a: Value, b: Value, acc: Option<Value>) -> Result<(), CodegenError> {
+    /// A matmul's operands as emitted: B's staged tile, the result's columns (n) and the
+    /// contraction (k), and A (registers, or a region of shared memory).
+    fn matmul_operands(
+        &mut self,
+        dst: Value,
+        a: Value,
+        b: Value,
+    ) -> Result<(SmemTile, TileDim, TileDim, AOperand), CodegenError> {
         let tile = self
             .tiles
             .get(&b)
@@ -1533,14 +1602,66 @@ impl<'k> Emitter<'k> {
         let Type::Frag { cols: k_dim, .. } = self.kernel.ty(a) else {
             return Err(CodegenError::Internal("mma A is not a fragment".into()));
         };
-        let d = self.regs_of(dst);
         let af = if let Some(region) = self.smem_a.get(&a) {
             AOperand::Shared { region: region.clone() }
         } else {
             AOperand::Registers(self.regs_of(a))
         };
+        Ok((tile, n_dim, k_dim, af))
+    }
+
+    /// sm_90a: `dst = a · b` or `dst += a · b` (in place) issued as asynchronous wgmmas into the
+    /// open group; the overlap pass's `mma_commit` and `mma_wait` close and retire it.
+    fn mma_async(&mut self, dst: Value, a: Value, b: Value, accumulate: bool) -> Result<(), CodegenError> {
+        if self.cfg.target != Target::Sm90a {
+            return Err(CodegenError::Internal("an asynchronous matmul outside an sm_90a kernel".into()));
+        }
+        let prepared = match self.prepared.remove(&(dst, b)) {
+            Some(p) => p,
+            None => self.prepare_matmul(dst, a, b)?,
+        };
+        let init = if accumulate { WgmmaInit::InPlace } else { WgmmaInit::Zero };
+        self.wgmma_issue_prepared(dst, init, &prepared)
+    }
+
+    fn prepare_matmul(
+        &mut self,
+        dst: Value,
+        a: Value,
+        b: Value,
+    ) -> Result<wgmma::PreparedWgmma, CodegenError> {
+        let (tile, n_dim, k_dim, af) = self.matmul_operands(dst, a, b)?;
+        self.wgmma_prepare(&af, &tile, n_dim, k_dim)
+    }
+
+    /// Before the first of the asynchronous matmuls that `insts` starts with, the operands of
+    /// every one up to the next `mma_wait`: ptxas 13.0 (the H200 driver's JIT) serializes every
+    /// wgmma of a kernel that computes a wgmma's input registers (its descriptors) while an
+    /// earlier one is in flight (C7513).
+    fn prepare_async_matmuls(&mut self, insts: &[Inst]) -> Result<(), CodegenError> {
+        for inst in insts.iter().take_while(|i| !matches!(i.op, Op::MmaWait { .. })) {
+            if let Op::MmaAsync { dst, a, b, .. } = inst.op {
+                if !self.prepared.contains_key(&(dst, b)) && self.tiles.contains_key(&b) {
+                    let p = self.prepare_matmul(dst, a, b)?;
+                    self.prepared.insert((dst, b), p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mma(&mut self, dst: Value, a: Value, b: Value, acc: Option<Value>) -> Result<(), CodegenError> {
+        let (tile, n_dim, k_dim, af) = self.matmul_operands(dst, a, b)?;
+        let d = self.regs_of(dst);
         if self.cfg.target == Target::Sm90a {
-            return self.wgmma(dst, &af, &tile, acc, n_dim, k_dim);
+            let init = acc.map_or(WgmmaInit::Zero, WgmmaInit::CopyFrom);
+            let prepared = self.wgmma_prepare(&af, &tile, n_dim, k_dim)?;
+            self.wgmma_issue_prepared(dst, init, &prepared)?;
+            // Synchronous: the result is in `dst` when the next op reads it, and the shared tile
+            // is free to be overwritten.
+            self.w.ins("wgmma.commit_group.sync.aligned");
+            self.w.ins("wgmma.wait_group.sync.aligned 0");
+            return Ok(());
         }
         let operand = self.cfg.dtype.name();
         let d_shape = frag_shape(&self.cfg, n_dim, Elem::F32);

@@ -39,6 +39,10 @@ pub struct SmemPlan {
     pub col_region: Option<u32>,
     /// The most columns one warp's fragments hold among the column reductions.
     pub col_region_cols: u32,
+    /// A 1024-byte block of zeros, written once before the roles split, where a view of a ring
+    /// buffer reads while its `zero_unless` counter is 0 (the overlap pass's previous tile on a
+    /// work item's first iteration): a wgmma descriptor with no strides reads only it.
+    pub zero_block: Option<u32>,
     /// Offset of each ring buffer (slot `i` at `offset + i * slot_bytes`).
     pub buffer_offsets: Vec<u32>,
     /// Bytes of one slot of each ring buffer.
@@ -113,7 +117,11 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         .zip(&slot_bytes)
         .map(|(b, bytes)| alloc(bytes * b.slots, wgmma_align))
         .collect();
+    let mut zero_views = false;
+    kernel.walk(&mut |inst| zero_views |= matches!(inst.op, Op::StageView { zero_unless: Some(_), .. }));
+    let zero_block = zero_views.then(|| alloc(ZERO_BLOCK_BYTES, ZERO_BLOCK_BYTES));
     SmemPlan {
+        zero_block,
         row_tile_region,
         row_tile_bytes,
         row_tile_slots,
@@ -131,6 +139,9 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         total_bytes: next,
     }
 }
+
+/// Bytes of [`SmemPlan::zero_block`]: one period of the 128-byte swizzle (8 rows of 128 bytes).
+pub const ZERO_BLOCK_BYTES: u32 = 1024;
 
 /// The alignment of the tiles an mma reads from shared memory (the ring buffers and the row-tile
 /// region), and of the shared window itself: [`BUFFER_ALIGN`]; on sm_90a 1024 bytes, since
@@ -160,8 +171,11 @@ pub fn kept_a_operands(kernel: &Kernel) -> Vec<Value> {
         let mut only_a = true;
         kernel.walk(&mut |inst| {
             if inst.op.uses().contains(v) {
-                only_a &=
-                    matches!(&inst.op, Op::Mma { a, b, acc, .. } if a == v && b != v && *acc != Some(*v));
+                only_a &= match &inst.op {
+                    Op::Mma { a, b, acc, .. } => a == v && b != v && *acc != Some(*v),
+                    Op::MmaAsync { dst, a, b, .. } => a == v && b != v && dst != v,
+                    _ => false,
+                };
             }
         });
         only_a

@@ -56,7 +56,7 @@ pub fn sm90a_support(kernel: &Kernel) -> Result<(), String> {
     });
     let mut register_a = None;
     kernel.walk(&mut |inst| {
-        if let Op::Mma { a, .. } = inst.op {
+        if let Some((_, a, _)) = inst.op.matmul() {
             if loads.contains(&a) && !kept.contains(&a) && register_a.is_none() {
                 register_a = Some(a);
             }

@@ -162,13 +162,14 @@ impl Printer<'_> {
             ),
             Op::Load { dst, src } => format!("{} = load {}", self.def(*dst), self.access(src)),
             Op::Stage { dst, src } => format!("{} = stage {}", self.def(*dst), self.access(src)),
-            Op::StageView { dst, buffer, src, slot } => format!(
-                "{} = view {}[{} % {}] ({})",
+            Op::StageView { dst, buffer, src, slot, zero_unless } => format!(
+                "{} = view {}[{} % {}] ({}){}",
                 self.def(*dst),
                 self.buffer(*buffer),
                 self.v(*slot),
                 self.kernel.buffers[buffer.0 as usize].slots,
-                self.access(src)
+                self.access(src),
+                zero_unless.map(|c| format!(" or zeros while {} = 0", self.v(c))).unwrap_or_default()
             ),
             Op::AsyncCopy { buffer, src, ahead, slot } => format!(
                 "cp.async {}[({} + {ahead}) % {}] <- {} + {ahead}",
@@ -226,6 +227,15 @@ impl Printer<'_> {
                 self.v(*b),
                 acc.map(|c| format!(", acc {}", self.v(c))).unwrap_or_default()
             ),
+            Op::MmaAsync { dst, a, b, accumulate: false } => {
+                format!("{} = mma_async {}, {}", self.def(*dst), self.v(*a), self.v(*b))
+            }
+            Op::MmaAsync { dst, a, b, accumulate: true } => {
+                format!("mma_async {} += {}, {}", self.v(*dst), self.v(*a), self.v(*b))
+            }
+            Op::MmaCommit => "mma_commit".to_string(),
+            Op::MmaWait { pending } => format!("mma_wait {pending}"),
+            Op::When { counter, .. } => format!("when {} {{", self.v(*counter)),
             Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
             Op::LogSumExp { dst, max, sum } => {
                 format!("{} = log_sum_exp {}, {}", self.def(*dst), self.v(*max), self.v(*sum))
@@ -316,7 +326,9 @@ impl Printer<'_> {
         for inst in &block.insts {
             writeln!(out, "{pad}{}", self.line(inst))?;
             match &inst.op {
-                Op::Tiles { body, .. } | Op::Loop { body, .. } => self.block(out, body, depth + 1)?,
+                Op::Tiles { body, .. } | Op::Loop { body, .. } | Op::When { body, .. } => {
+                    self.block(out, body, depth + 1)?
+                }
                 Op::Roles { groups } => {
                     let inner = "  ".repeat(depth + 1);
                     for g in groups {

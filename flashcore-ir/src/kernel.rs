@@ -553,8 +553,11 @@ pub enum Op {
     Stage { dst: Value, src: TileAccess },
     /// After the pipeline pass: `dst` names the slot `slot % slots` of `buffer`, which holds
     /// this iteration's tile (`src`). `slot` counts iterations (the loop variable, or a counter
-    /// that runs on across work items).
-    StageView { dst: Value, buffer: BufferId, src: TileAccess, slot: Value },
+    /// that runs on across work items). With `zero_unless` (a counter), while that counter is 0
+    /// the view names a tile of zeros instead (read only by matmuls, whose product with it adds
+    /// nothing): the overlap pass's view of the previous tile, which a work item's first
+    /// iteration does not have, without a branch around the matmul that reads it.
+    StageView { dst: Value, buffer: BufferId, src: TileAccess, slot: Value, zero_unless: Option<Value> },
     /// cp.async of the tile `ahead` iterations after the current one (`src` names the current
     /// one) into slot `(slot + ahead) % slots` of `buffer`. Past the end of the loop nothing is
     /// copied, but a following commit still closes a group, so wait counts stay the same.
@@ -591,6 +594,18 @@ pub enum Op {
     Transpose { dst: Value, src: Value },
     /// `dst = a · b (+ acc)`, f16 inputs, f32 accumulation.
     Mma { dst: Value, a: Value, b: Value, acc: Option<Value> },
+    /// sm_90a (the overlap pass): issue `dst = a · b`, or with `accumulate` `dst += a · b` into
+    /// the mutable `dst` in place, as asynchronous warpgroup matmuls that join the open group
+    /// ([`Op::MmaCommit`] closes it). Until an [`Op::MmaWait`] retires the group, `dst` and `a`
+    /// (when in registers) may not be touched, nor the shared tile `b` refilled.
+    MmaAsync { dst: Value, a: Value, b: Value, accumulate: bool },
+    /// Close the open group of asynchronous matmuls (an empty group when none was issued, so
+    /// that wait counts stay the same on every path).
+    MmaCommit,
+    /// Wait until at most `pending` committed groups of asynchronous matmuls are in flight.
+    MmaWait { pending: u32 },
+    /// Run `body` only when counter `counter` is not 0 (the same for every thread of the group).
+    When { counter: Value, body: Block },
     /// `dst = src` with the columns past the end of the sequence set to `fill`: column `n`
     /// stands for row `n` of the staged tile `tile`, which lies past the end when
     /// `tile · rows + n ≥` the tensor's sequence length. With `causal` (only with
@@ -668,10 +683,18 @@ impl Op {
         }
     }
 
+    /// A matmul's `(dst, a, b)`, synchronous or asynchronous.
+    pub fn matmul(&self) -> Option<(Value, Value, Value)> {
+        match *self {
+            Op::Mma { dst, a, b, .. } | Op::MmaAsync { dst, a, b, .. } => Some((dst, a, b)),
+            _ => None,
+        }
+    }
+
     /// The blocks nested in this op, in execution order.
     pub fn blocks(&self) -> Vec<&Block> {
         match self {
-            Op::Tiles { body, .. } | Op::Loop { body, .. } => vec![body],
+            Op::Tiles { body, .. } | Op::Loop { body, .. } | Op::When { body, .. } => vec![body],
             Op::Roles { groups } => groups.iter().map(|g| &g.body).collect(),
             Op::Pipeline { prologue, body, epilogue, .. } => vec![prologue, body, epilogue],
             _ => vec![],
@@ -698,6 +721,7 @@ impl Op {
             | Op::CounterInit { dst }
             | Op::Transpose { dst, .. }
             | Op::Mma { dst, .. }
+            | Op::MmaAsync { dst, accumulate: false, .. }
             | Op::MaskColumns { dst, .. }
             | Op::Exp2 { dst, .. }
             | Op::LogSumExp { dst, .. }
@@ -707,6 +731,10 @@ impl Op {
             | Op::Binary { dst, .. }
             | Op::Fill { dst, .. } => Some(*dst),
             Op::Assign { .. }
+            | Op::MmaAsync { accumulate: true, .. }
+            | Op::MmaCommit
+            | Op::MmaWait { .. }
+            | Op::When { .. }
             | Op::Loop { .. }
             | Op::Tiles { .. }
             | Op::Pipeline { .. }
@@ -737,10 +765,13 @@ impl Op {
             | Op::Fill { .. }
             | Op::CommitGroup
             | Op::WaitGroup { .. }
+            | Op::MmaCommit
+            | Op::MmaWait { .. }
             | Op::Barrier { .. }
             | Op::InitBarriers
             | Op::Roles { .. }
             | Op::CounterInit { .. } => vec![],
+            Op::When { counter, .. } => vec![*counter],
             Op::CounterNext { dst } => vec![*dst],
             Op::MbarWait { iter, .. }
             | Op::MbarArrive { iter, .. }
@@ -748,7 +779,13 @@ impl Op {
             | Op::ChanRead { iter, .. } => vec![*iter],
             Op::ChanWrite { src, iter, .. } => vec![*src, *iter],
             Op::Load { src, .. } | Op::Stage { src, .. } => src.coords.clone(),
-            Op::StageView { src, slot, .. } | Op::AsyncCopy { src, slot, .. } => {
+            Op::StageView { src, slot, zero_unless, .. } => {
+                let mut v = src.coords.clone();
+                v.push(*slot);
+                v.extend(*zero_unless);
+                v
+            }
+            Op::AsyncCopy { src, slot, .. } => {
                 let mut v = src.coords.clone();
                 v.push(*slot);
                 v
@@ -768,6 +805,9 @@ impl Op {
             | Op::Reduce { src, .. }
             | Op::ColReduce { src, .. } => vec![*src],
             Op::Mma { a, b, acc, .. } => [Some(*a), Some(*b), *acc].into_iter().flatten().collect(),
+            Op::MmaAsync { dst, a, b, accumulate } => {
+                [Some(*a), Some(*b), accumulate.then_some(*dst)].into_iter().flatten().collect()
+            }
             Op::MaskColumns { src, tile, causal, .. } => {
                 let mut v = tile.coords.clone();
                 v.push(*src);

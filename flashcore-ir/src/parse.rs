@@ -591,6 +591,22 @@ impl Parser<'_> {
             }
             return Ok(Op::Pipeline { var, extent, stages, prologue, body, epilogue });
         }
+        if let Some(rest) = text.strip_prefix("when ") {
+            let counter = self.value(rest.strip_suffix(" {").ok_or("expected `when %c {`")?, None)?;
+            let body = self.block(false)?;
+            return Ok(Op::When { counter, body });
+        }
+        if let Some(rest) = text.strip_prefix("mma_async ") {
+            // `mma_async %acc += %a, %b` (in place); the defining form reads as `%d: T = mma_async`.
+            let (dst, operands) = rest.split_once(" += ").ok_or("expected `mma_async %acc += %a, %b`")?;
+            let v = split_top(operands, ", ");
+            let [a, b] = &v[..] else { return Err("mma_async takes two operands".into()) };
+            let (dst, a, b) = (self.value(dst, None)?, self.value(a, None)?, self.value(b, None)?);
+            return Ok(Op::MmaAsync { dst, a, b, accumulate: true });
+        }
+        if let Some(n) = text.strip_prefix("mma_wait ") {
+            return Ok(Op::MmaWait { pending: n.parse().map_err(|_| "bad group count")? });
+        }
         if text == "roles {" {
             let mut groups = vec![];
             loop {
@@ -619,6 +635,7 @@ impl Parser<'_> {
         match text {
             "init_barriers" => return Ok(Op::InitBarriers),
             "commit_group" => return Ok(Op::CommitGroup),
+            "mma_commit" => return Ok(Op::MmaCommit),
             _ => {}
         }
         if let Some(n) = text.strip_prefix("wait_group ") {
@@ -728,13 +745,20 @@ impl Parser<'_> {
                 Box::new(move |dst| Op::Stage { dst, src })
             }
             "view" => {
+                let (args, zero_unless) = match args.rsplit_once(" or zeros while ") {
+                    Some((a, c)) => {
+                        let c = c.strip_suffix(" = 0").ok_or("expected `or zeros while %c = 0`")?;
+                        (a, Some(self.value(c, None)?))
+                    }
+                    None => (args, None),
+                };
                 let (buffer, rest) =
                     args.split_once('[').ok_or("expected `view @buf[%slot % N] (ACCESS)`")?;
                 let (slot, rest) = rest.split_once(" % ").ok_or("expected `[%slot % N]`")?;
                 let (_, access) = rest.split_once("] (").ok_or("expected `] (ACCESS)`")?;
                 let (buffer, slot) = (self.buffer_id(buffer)?, self.value(slot, None)?);
                 let src = self.access(access.strip_suffix(')').ok_or("expected `)`")?)?;
-                Box::new(move |dst| Op::StageView { dst, buffer, src, slot })
+                Box::new(move |dst| Op::StageView { dst, buffer, src, slot, zero_unless })
             }
             "counter" if args == "0" => Box::new(|dst| Op::CounterInit { dst }),
             "receive" => {
@@ -791,6 +815,11 @@ impl Parser<'_> {
                     None => None,
                 };
                 Box::new(move |dst| Op::Mma { dst, a, b, acc })
+            }
+            "mma_async" => {
+                let v = vals(self, args)?;
+                let [a, b] = v[..] else { return Err("mma_async takes two operands".into()) };
+                Box::new(move |dst| Op::MmaAsync { dst, a, b, accumulate: false })
             }
             "select" => {
                 let v = vals(self, args)?;

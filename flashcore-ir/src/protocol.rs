@@ -558,6 +558,8 @@ pub fn traced_schedule(kernel: &Kernel) -> (Schedule, Vec<Vec<Place>>) {
             range_iterations,
             part: Part::Setup,
             places: vec![],
+            async_open: vec![],
+            async_groups: std::collections::VecDeque::new(),
         };
         t.block(body);
         schedule.roles.push(RoleTrace { name, threads, events: t.events });
@@ -600,6 +602,12 @@ struct Tracer<'k> {
     /// Where the tracer is, and where each event in `events` came from.
     part: Part,
     places: Vec<Place>,
+    /// Slots read by asynchronous matmuls since the last commit, and by each committed group
+    /// not yet retired: such a read lasts until its group retires, so it is traced at the issue
+    /// (the data must be there) and again at the wait that retires it (nothing may have
+    /// refilled the slot in between).
+    async_open: Vec<(Slot, u64)>,
+    async_groups: std::collections::VecDeque<Vec<(Slot, u64)>>,
 }
 
 impl Tracer<'_> {
@@ -664,15 +672,49 @@ impl Tracer<'_> {
                 self.events.push(Event::Commit);
                 self.events.push(Event::WaitGroup(0));
             }
+            Op::When { counter, body } => {
+                if self.counters.get(counter).copied().unwrap_or(0) != 0 {
+                    self.block(body);
+                }
+            }
+            Op::MmaAsync { .. } => {
+                for u in inst.op.uses() {
+                    if let Some((slot, tag)) = self.views.get(&u).copied() {
+                        self.events.push(Event::Read { slot, tag });
+                        self.async_open.push((slot, tag));
+                    }
+                }
+            }
+            Op::MmaCommit => self.async_groups.push_back(std::mem::take(&mut self.async_open)),
+            Op::MmaWait { pending } => {
+                while self.async_groups.len() > *pending as usize {
+                    for (slot, tag) in self.async_groups.pop_front().expect("a group") {
+                        self.events.push(Event::Read { slot, tag });
+                    }
+                }
+            }
             Op::AsyncCopy { buffer, ahead, slot, .. } => {
                 if self.kt + ahead < self.iterations {
                     let s = self.slot_of(*buffer, *slot, *ahead, !self.is_counter(*slot));
                     self.events.push(Event::Copy { slot: s, tag: self.tag(*ahead) });
                 }
             }
+            Op::StageView { dst, zero_unless: Some(c), .. }
+                if self.counters.get(c).copied().unwrap_or(0) == 0 =>
+            {
+                // The tile of zeros: no ring slot.
+                self.views.remove(dst);
+            }
             Op::StageView { dst, buffer, slot, .. } => {
                 let s = self.slot_of(*buffer, *slot, 0, !self.is_counter(*slot));
-                self.views.insert(*dst, (s, self.tag(0)));
+                // A counter of iterations numbers them as tags do (every traced loop runs all its
+                // iterations), so a view through one that lags the loop (the overlap pass's view
+                // of the previous iteration's slot) names the data that slot holds.
+                let tag = match self.is_counter(*slot) {
+                    true => self.counters.get(slot).copied().unwrap_or(0) as u64,
+                    false => self.tag(0),
+                };
+                self.views.insert(*dst, (s, tag));
             }
             Op::Transpose { dst, src } => {
                 if let Some(v) = self.views.get(src).copied() {

@@ -1,13 +1,20 @@
 //! The IR verifier: structural invariants every pass must keep. It runs after lowering and after
 //! every pass; a failure is a compiler bug, reported with the offending instruction.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use crate::error::VerifyError;
 use crate::kernel::*;
 
 pub fn verify(kernel: &Kernel) -> Result<(), VerifyError> {
-    let mut v = Verifier { kernel, defined: HashSet::new(), scopes: vec![vec![]], pipelined: false };
+    let mut v = Verifier {
+        kernel,
+        defined: HashSet::new(),
+        scopes: vec![vec![]],
+        pipelined: false,
+        open: vec![],
+        in_flight: VecDeque::new(),
+    };
     v.block(&kernel.body, Where::Top)?;
     Ok(())
 }
@@ -27,6 +34,10 @@ struct Verifier<'k> {
     scopes: Vec<Vec<Value>>,
     /// Whether the pipeline loop being checked has been through the pipeline pass.
     pipelined: bool,
+    /// Registers of asynchronous matmuls issued since the last [`Op::MmaCommit`] (results and
+    /// register A operands), and those of each committed group not yet retired, oldest first.
+    open: Vec<Value>,
+    in_flight: VecDeque<Vec<Value>>,
 }
 
 fn fail<T>(msg: String) -> Result<T, VerifyError> {
@@ -70,10 +81,35 @@ impl<'k> Verifier<'k> {
         Ok(())
     }
 
+    /// An asynchronous matmul still in flight at the end of `what` would be in flight across
+    /// a loop's back edge or past its end.
+    fn nothing_in_flight(&self, what: &str) -> Result<(), VerifyError> {
+        match self.open.iter().chain(self.in_flight.iter().flatten()).next() {
+            Some(v) => fail(format!(
+                "{} is still written by an asynchronous matmul at the end of {what}",
+                self.name(*v)
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn inst(&mut self, inst: &Inst, at: Where) -> Result<(), VerifyError> {
         for u in inst.op.uses() {
             if !self.defined.contains(&u) {
                 return fail(format!("{} is used before it is defined (or out of its scope)", self.name(u)));
+            }
+        }
+        // Registers an asynchronous matmul reads or writes are off limits until its group retires.
+        if !matches!(inst.op, Op::MmaAsync { .. }) {
+            let touched = inst.op.uses().into_iter().chain(inst.op.def());
+            if let Some(v) = touched
+                .into_iter()
+                .find(|v| self.open.contains(v) || self.in_flight.iter().any(|g| g.contains(v)))
+            {
+                return fail(format!(
+                    "{} is touched while an asynchronous matmul that reads or writes it is in flight (no mma_wait retires it first)",
+                    self.name(v)
+                ));
             }
         }
         let ty = |v: Value| self.kernel.ty(v);
@@ -104,7 +140,9 @@ impl<'k> Verifier<'k> {
                 self.define(*var)?;
                 self.block(prologue, Where::Pipeline)?;
                 self.block(body, Where::Pipeline)?;
+                self.nothing_in_flight("the K/V loop's body")?;
                 self.block(epilogue, Where::Pipeline)?;
+                self.nothing_in_flight("the K/V loop's epilogue")?;
                 for v in self.scopes.pop().expect("open scope") {
                     self.defined.remove(&v);
                 }
@@ -201,6 +239,38 @@ impl<'k> Verifier<'k> {
                 if !a_ok || !b_ok || ak != bk || ty(*dst) != want || acc.is_some_and(|c| ty(c) != want) {
                     return fail(format!("mma {} has mismatched operand types", self.name(*dst)));
                 }
+            }
+            Op::MmaAsync { dst, a, b, accumulate } => {
+                let (Some((ar, ak)), Some((bk, bn))) = (ty(*a).matrix_dims(), ty(*b).matrix_dims()) else {
+                    return fail(format!("mma_async {} has non-tile operands", self.name(*dst)));
+                };
+                let a_ok = matches!(ty(*a), Type::Frag { elem, .. } if elem.is_half());
+                let b_ok = matches!(ty(*b), Type::Smem { .. });
+                let want = Type::Frag { rows: ar, cols: bn, elem: Elem::F32 };
+                if !a_ok || !b_ok || ak != bk || ty(*dst) != want {
+                    return fail(format!("mma_async {} has mismatched operand types", self.name(*dst)));
+                }
+                if *accumulate && !self.kernel.value(*dst).mutable {
+                    return fail(format!("mma_async accumulates into immutable {}", self.name(*dst)));
+                }
+                if self.kernel.config.target != crate::Target::Sm90a {
+                    return fail("asynchronous matmuls are warpgroup wgmmas: sm_90a only".into());
+                }
+                self.open.extend([*dst, *a]);
+            }
+            Op::MmaCommit => self.in_flight.push_back(std::mem::take(&mut self.open)),
+            Op::MmaWait { pending } => {
+                while self.in_flight.len() > *pending as usize {
+                    self.in_flight.pop_front();
+                }
+            }
+            Op::When { counter, body } => {
+                if ty(*counter) != Type::Counter {
+                    return fail(format!("`when` tests {}, which is not a counter", self.name(*counter)));
+                }
+                // The body may run or not: checked as if it runs (what it issues is in flight after).
+                self.block(body, at)?;
+                return Ok(());
             }
             Op::Binary { dst, op, lhs, rhs } => {
                 let (l, r) = (ty(*lhs), ty(*rhs));

@@ -140,9 +140,15 @@ impl Warp<'_> {
 
 #[derive(Default)]
 struct WarpWgmma {
+    /// Per register: how many wgmmas in flight read or write it (accumulators and register A
+    /// operands; the PTX ISA leaves touching either before the wait undefined).
     in_flight: Vec<u16>,
     open: Vec<u32>,
     groups: VecDeque<Vec<u32>>,
+    /// Shared words (addresses) the open group's wgmmas read, and each committed group's: the
+    /// hardware may read them until the group retires, so they are checked again then.
+    open_reads: Vec<u32>,
+    group_reads: VecDeque<Vec<u32>>,
     written_at: Vec<u64>,
     fence_step: u64,
 }
@@ -762,7 +768,7 @@ impl<'a> Cta<'a> {
                 Err(SimError::Wgmma {
                     at: self.at(warp, inst),
                     message: format!(
-                        "touches register {} while a wgmma that writes it is in flight: a missing or too weak wgmma.wait_group",
+                        "touches register {} while a wgmma that reads or writes it is in flight: a missing or too weak wgmma.wait_group",
                         self.s.kernel.registers[r as usize]
                     ),
                 })
@@ -1063,14 +1069,26 @@ impl<'a> Cta<'a> {
             }
             Op::WgmmaFence => self.warps[w].wgmma.fence_step = self.steps,
             Op::WgmmaCommit => {
-                let open = std::mem::take(&mut self.warps[w].wgmma.open);
-                self.warps[w].wgmma.groups.push_back(open);
+                let wg = &mut self.warps[w].wgmma;
+                wg.groups.push_back(std::mem::take(&mut wg.open));
+                wg.group_reads.push_back(std::mem::take(&mut wg.open_reads));
             }
             Op::WgmmaWait { n } => {
-                let wg = &mut self.warps[w].wgmma;
-                while wg.groups.len() > *n as usize {
+                let site = self.site(w, inst);
+                while self.warps[w].wgmma.groups.len() > *n as usize {
+                    let wg = &mut self.warps[w].wgmma;
                     for r in wg.groups.pop_front().expect("a group") {
                         wg.in_flight[r as usize] -= 1;
+                    }
+                    // The group's shared reads last until now: nothing may have written those
+                    // words since (a slot released before the wait and refilled, say).
+                    for addr in wg.group_reads.pop_front().unwrap_or_default() {
+                        self.check_shared(w, site, addr as usize, 4, false).map_err(|e| SimError::Wgmma {
+                            at: site.at(),
+                            message: format!(
+                                "retires a wgmma that read shared address {addr:#x}, which changed while it was in flight (released before this wait?): {e}"
+                            ),
+                        })?;
                     }
                 }
             }
@@ -1695,9 +1713,12 @@ impl<'a> Cta<'a> {
             }
         }
         let wg = &mut self.warps[w].wgmma;
-        for r in d {
-            wg.in_flight[*r as usize] += 1;
-            wg.open.push(*r);
+        for r in d.iter().copied().chain(a_operands.iter().filter_map(|o| match o {
+            Operand::Reg(r) => Some(*r),
+            _ => None,
+        })) {
+            wg.in_flight[r as usize] += 1;
+            wg.open.push(r);
         }
         Ok(())
     }
@@ -1708,6 +1729,7 @@ impl<'a> Cta<'a> {
         let addr = self.shared_range(site, addr, 4)?;
         self.check_shared(w, site, addr, 4, false)?;
         self.check_async_proxy(site, addr)?;
+        self.warps[w].wgmma.open_reads.push(addr as u32);
         let element = |at: usize| u16::from_le_bytes([self.shared[at], self.shared[at + 1]]) as u64;
         Ok([element(addr), element(addr + 2)])
     }

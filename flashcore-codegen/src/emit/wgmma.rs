@@ -77,6 +77,24 @@ impl WgmmaRegs {
     }
 }
 
+/// A wgmma's operands, computed ahead of its issue: per k-slice, A (registers, or a descriptor
+/// and its `imm-trans-a` operand) and B's descriptor; `m64n{n}k16`; `imm-trans-b`.
+pub(super) struct PreparedWgmma {
+    n: u32,
+    trans_b: u32,
+    slices: Vec<(String, &'static str, String)>,
+}
+
+/// What a wgmma's accumulators hold before it adds `a · b`.
+pub(super) enum WgmmaInit {
+    /// Zero (`dst = a · b`).
+    Zero,
+    /// A copy of another value (`dst = a · b + acc`).
+    CopyFrom(Value),
+    /// What they hold (`dst += a · b`, the overlap pass's in-place accumulation).
+    InPlace,
+}
+
 /// A wgmma's A operand as emitted: fragment registers, or a descriptor base.
 enum WgmmaA<'f> {
     Registers(&'f RegFamily),
@@ -84,28 +102,17 @@ enum WgmmaA<'f> {
 }
 
 impl Emitter<'_> {
-    /// `dst = a · b (+ acc)` on sm_90a: accumulators set (copied from `acc`, or zeroed: every
-    /// register a wgmma reads is written first), `wgmma.fence`, one `wgmma.mma_async` per
-    /// 16-column k-slice, then commit and wait for the group, so the result is in `dst`'s
-    /// registers when the next op reads them and the shared tile is free to be overwritten.
-    pub(super) fn wgmma(
+    /// The operands of `dst = a · b` on sm_90a, computed now: per 16-column k-slice, A (four
+    /// registers, or a descriptor) and B's descriptor (the zero block's while a view's
+    /// `zero_unless` is false).
+    pub(super) fn wgmma_prepare(
         &mut self,
-        dst: Value,
         a: &AOperand,
         tile: &SmemTile,
-        acc: Option<Value>,
         n_dim: TileDim,
         k_dim: TileDim,
-    ) -> Result<(), CodegenError> {
+    ) -> Result<PreparedWgmma, CodegenError> {
         let (n, k) = (n_dim.per_warp(&self.cfg), k_dim.per_warp(&self.cfg));
-        let d = self.regs_of(dst);
-        let acc_regs = acc.map(|c| self.regs_of(c));
-        for i in 0..d.len {
-            match &acc_regs {
-                Some(c) => self.w.ins(format!("mov.f32 {}, {}", d.at(i), c.at(i))),
-                None => self.w.ins(format!("mov.f32 {}, 0f00000000", d.at(i))),
-            }
-        }
         // B's descriptor base: the tile's first byte; A's (a loaded tile kept in shared memory):
         // this warpgroup's 64 rows of the `TILE_M`-row tile, K-major like K.
         let b_base = self.descriptor_base(&tile.offset, None);
@@ -116,15 +123,26 @@ impl Emitter<'_> {
                 WgmmaA::Descriptor(self.descriptor_base(region, Some(&rows)))
             }
         };
-        let operand = self.cfg.dtype.name();
-        let trans = u32::from(!tile.transposed);
-        let d_list = (0..d.len).map(|i| d.at(i)).collect::<Vec<_>>().join(", ");
+        // A view that may name the block of zeros: its descriptor, with no strides, reads only
+        // those 1024 bytes whatever the k-slice.
+        let zero = match &tile.zero_unless {
+            Some(live) => {
+                let offset = self.plan().zero_block.ok_or_else(|| {
+                    CodegenError::Internal("a view of zeros in a kernel without the zero block".into())
+                })?;
+                let base = self.descriptor_base(&offset.to_string(), None);
+                Some((live.clone(), self.descriptor(&base, (0, SWIZZLE_128B))))
+            }
+            None => None,
+        };
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);
-        let scale_d = self.wgmma_regs()?.scale_d.clone();
-        self.w.ins("wgmma.fence.sync.aligned");
+        let mut slices = vec![];
         for kk in 0..k / 16 {
             let b_desc = self.descriptor(&b_base, k_slice(tile.transposed, tile.rows, kk));
-            let (a_operand, trans_a) = match &a {
+            if let Some((live, zero_desc)) = &zero {
+                self.w.ins(format!("selp.b64 {b_desc}, {b_desc}, {zero_desc}, {live}"));
+            }
+            let a_operand = match &a {
                 WgmmaA::Registers(af) => {
                     let regs = (0..4).map(|i| af.at(a_shape.a(0, kk as usize, i))).collect::<Vec<_>>();
                     (format!("{{{}}}", regs.join(", ")), "")
@@ -133,12 +151,46 @@ impl Emitter<'_> {
                     (self.descriptor(a_base, k_slice(true, self.cfg.tile_m, kk)), "0, ")
                 }
             };
+            slices.push((a_operand.0, a_operand.1, b_desc));
+        }
+        Ok(PreparedWgmma { n, trans_b: u32::from(!tile.transposed), slices })
+    }
+
+    /// Issues a prepared `dst = a · b` (+ what `init` puts in the accumulators): the
+    /// accumulators set first (every register a wgmma reads is written before it), then
+    /// `wgmma.fence` and one `wgmma.mma_async` per k-slice, joining the open group; the caller
+    /// commits and waits.
+    pub(super) fn wgmma_issue_prepared(
+        &mut self,
+        dst: Value,
+        init: WgmmaInit,
+        prepared: &PreparedWgmma,
+    ) -> Result<(), CodegenError> {
+        let d = self.regs_of(dst);
+        match init {
+            WgmmaInit::Zero => {
+                for i in 0..d.len {
+                    self.w.ins(format!("mov.f32 {}, 0f00000000", d.at(i)));
+                }
+            }
+            WgmmaInit::CopyFrom(acc) => {
+                let c = self.regs_of(acc);
+                for i in 0..d.len {
+                    self.w.ins(format!("mov.f32 {}, {}", d.at(i), c.at(i)));
+                }
+            }
+            WgmmaInit::InPlace => {}
+        }
+        let operand = self.cfg.dtype.name();
+        let d_list = (0..d.len).map(|i| d.at(i)).collect::<Vec<_>>().join(", ");
+        let scale_d = self.wgmma_regs()?.scale_d.clone();
+        let (n, trans) = (prepared.n, prepared.trans_b);
+        self.w.ins("wgmma.fence.sync.aligned");
+        for (a_operand, trans_a, b_desc) in &prepared.slices {
             self.w.ins(format!(
                 "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{operand}.{operand} {{{d_list}}}, {a_operand}, {b_desc}, {scale_d}, 1, 1, {trans_a}{trans}"
             ));
         }
-        self.w.ins("wgmma.commit_group.sync.aligned");
-        self.w.ins("wgmma.wait_group.sync.aligned 0");
         Ok(())
     }
 

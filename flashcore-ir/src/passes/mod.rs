@@ -2,6 +2,7 @@
 //! `run(Kernel) -> Result<Kernel, IrError>`; the driver runs them in order and verifies the IR
 //! after each one, so a pass that breaks an invariant is caught where it did.
 
+pub mod overlap;
 pub mod persist;
 pub mod pipeline;
 pub mod softmax_split;
@@ -37,11 +38,12 @@ pub(crate) fn work_loop(body: &Block, pass: &str) -> Result<usize, IrError> {
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 4] = [
+pub const PASSES: [(&str, Pass); 5] = [
     ("pipeline", pipeline::run),
     ("split_kv", split_kv::run),
     ("persist", persist::run),
     ("warp_specialize", warp_specialize::run),
+    ("overlap", overlap::run),
 ];
 
 /// Runs every pass up to and including `last` (all of them when `None`), verifying after each.

@@ -136,6 +136,7 @@ fn pipeline_loop(kernel: &mut Kernel, loop_inst: &mut Inst, stages: u32) -> Resu
                         buffer: staged[t].buffer,
                         src: src.clone(),
                         slot: src.coords[2],
+                        zero_unless: None,
                     },
                     old.role,
                     old.span,

@@ -405,7 +405,9 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
             keep: keep.map(f),
         },
         Op::Load { dst, src } => Op::Load { dst, src: access(src) },
-        Op::StageView { dst, buffer, src, slot } => Op::StageView { dst, buffer, src: access(src), slot },
+        Op::StageView { dst, buffer, src, slot, zero_unless } => {
+            Op::StageView { dst, buffer, src: access(src), slot, zero_unless }
+        }
         other => other,
     }
 }

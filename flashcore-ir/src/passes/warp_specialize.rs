@@ -282,7 +282,13 @@ fn consumer_iteration(
             Op::StageView { dst, buffer, src, .. } => {
                 reads_ring.push(*dst);
                 kept.push(Inst {
-                    op: Op::StageView { dst: *dst, buffer: *buffer, src: src.clone(), slot: it },
+                    op: Op::StageView {
+                        dst: *dst,
+                        buffer: *buffer,
+                        src: src.clone(),
+                        slot: it,
+                        zero_unless: None,
+                    },
                     role: Some(Role::Compute),
                     span: inst.span,
                 });

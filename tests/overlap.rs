@@ -1,0 +1,92 @@
+//! The overlap pass (sm_90a, `flashcore-ir/src/passes/overlap.rs`): where it rotates the K/V
+//! loop and where it says why not, the verifier's and the protocol check's view of the rotated
+//! loop (a result read before its `mma_wait`, one ring slot too few), and the PTX it leads to
+//! (every wgmma asynchronous: the softmax between the two waits). The rotated kernels run
+//! against float64 in `tests/sim.rs` (the `*_load4` reference configs) and their planted bugs
+//! are in `tests/sim_broken.rs`.
+
+use flashcore::ir::kernel::Op;
+use flashcore::ir::{parse_kernel, passes, protocol, verify::verify};
+use flashcore::kernels::{attention, reference_config};
+use flashcore::Config;
+
+fn after_passes(config: &Config) -> flashcore::ir::Kernel {
+    passes::run_all(flashcore::ir::lower(&attention::program(), config).unwrap()).unwrap()
+}
+
+fn before_overlap(config: &Config) -> flashcore::ir::Kernel {
+    let lowered = flashcore::ir::lower(&attention::program(), config).unwrap();
+    passes::run_until(lowered, Some("warp_specialize")).unwrap()
+}
+
+fn rotated(kernel: &flashcore::ir::Kernel) -> bool {
+    let mut found = false;
+    kernel.walk(&mut |i| found |= matches!(i.op, Op::MmaAsync { .. }));
+    found
+}
+
+fn producer() -> Config {
+    reference_config("sm90a_d128_m128_w8_n128_load4").unwrap()
+}
+
+#[test]
+fn the_producer_configs_are_rotated_and_the_others_say_why_not() {
+    assert!(rotated(&after_passes(&producer())));
+    assert_eq!(passes::overlap::why_not(&before_overlap(&producer())), None);
+    let cases = [
+        (Config { stages: 1, ..producer() }, "stages = 1"),
+        (Config { load_warps: 0, ..producer() }, "producer warpgroup"),
+        (Config { target: flashcore::Target::Sm89, ..producer() }, "sm_90a"),
+        (Config { tile_m: 192, warps: 12, head_dim: 64, ..producer() }, "registers"),
+    ];
+    for (config, why) in cases {
+        assert!(!rotated(&after_passes(&config)), "{config}");
+        let reason = passes::overlap::why_not(&before_overlap(&config)).expect("a reason");
+        assert!(reason.contains(why), "{config}: {reason}");
+    }
+}
+
+#[test]
+fn a_score_read_before_its_mma_wait_is_a_verifier_error() {
+    let text = after_passes(&producer()).to_string();
+    assert!(text.contains("mma_wait 1"), "{text}");
+    let broken = text.replacen("@compute mma_wait 1\n", "", 1);
+    // The text reader verifies what it reads.
+    let err = parse_kernel(&broken).expect_err("S is read while Q.K^T is in flight").to_string();
+    assert!(err.contains("while an asynchronous matmul"), "{err}");
+    // Unedited, the text reads back as it was, and verifies.
+    let parsed = parse_kernel(&text).unwrap();
+    assert_eq!(parsed.to_string(), text);
+    verify(&parsed).unwrap();
+}
+
+#[test]
+fn the_rotated_loop_with_one_slot_deadlocks_in_the_protocol_check() {
+    // The rotation holds tile j's slot and tile j - 1's V: with one slot the producer can never
+    // refill the slot the consumers wait on. The pass refuses stages = 1; forced by editing the
+    // rotated IR's ring sizes, the protocol check finds the deadlock.
+    let text = after_passes(&producer()).to_string();
+    let one_slot = text.replace(" x 2,", " x 1,").replace(" x 2\n", " x 1\n").replace("stages 2", "stages 1");
+    let one_slot = one_slot
+        .replace("% 2]", "% 1]")
+        .replace("% 2)", "% 1)")
+        .replace("/ 2)", "/ 1)")
+        .replace("stages=2", "stages=1");
+    let kernel = parse_kernel(&one_slot).expect("the edited text parses");
+    let err = protocol::check(&protocol::schedule_of(&kernel)).expect_err("a deadlock");
+    assert_eq!(err.kind, protocol::ProtocolErrorKind::Deadlock, "{err}");
+}
+
+#[test]
+fn every_rotated_loop_issues_both_matmuls_before_waiting() {
+    let ptx = flashcore::compile(&attention::program(), &producer()).unwrap().ptx.text;
+    let body = &ptx[ptx.find("mma_async %qf").expect("the rotated Q.K^T")..];
+    let wait1 = body.find("wgmma.wait_group.sync.aligned 1;").expect("the wait for S");
+    let wait0 = body.find("wgmma.wait_group.sync.aligned 0;").expect("the wait for P.V");
+    // Two groups in flight before the first wait, the softmax's exponentials between the waits.
+    assert_eq!(body[..wait1].matches("wgmma.commit_group").count(), 2);
+    assert!(body[wait1..wait0].contains("ex2.approx"), "the softmax runs under P.V");
+    // The descriptors of both groups are computed before the first issue (C7513 in ptxas 13.0).
+    let first_issue = body.find("wgmma.mma_async").unwrap();
+    assert!(!body[first_issue..wait1].contains("or.b64"), "a descriptor computed while a wgmma is in flight");
+}
