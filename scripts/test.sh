@@ -7,24 +7,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NVCC_WHEEL_VERSION=13.5.37
-ptxas=.cache/ptxas/bin/ptxas
-if [ ! -x "$ptxas" ]; then
-  echo "installing ptxas (nvidia-cuda-nvcc==$NVCC_WHEEL_VERSION from PyPI) into .cache/ptxas"
-  mkdir -p .cache/wheels .cache/ptxas/bin
+# The ptxas of the CUDA 13.0 driver, whose JIT compiles FlashCore's PTX on the H200: it
+# serializes wgmma where 13.5 does not (tests/ptxas.rs checks both).
+DRIVER_NVCC_WHEEL_VERSION=13.0.88
+# install_ptxas VERSION DIR: ptxas from the nvidia-cuda-nvcc wheel of VERSION into DIR/bin.
+install_ptxas() {
+  [ -x "$2/bin/ptxas" ] && return 0
+  echo "installing ptxas (nvidia-cuda-nvcc==$1 from PyPI) into $2"
+  mkdir -p .cache/wheels "$2/bin"
   python3 -m pip download --quiet --no-deps --only-binary=:all: \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-    "nvidia-cuda-nvcc==$NVCC_WHEEL_VERSION" -d .cache/wheels
-  python3 - <<'PY'
-import glob, os, zipfile
-wheel = sorted(glob.glob(".cache/wheels/nvidia_cuda_nvcc-*.whl"))[-1]
+    "nvidia-cuda-nvcc==$1" -d .cache/wheels
+  python3 - "$1" "$2/bin/ptxas" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(f".cache/wheels/nvidia_cuda_nvcc-{sys.argv[1]}-*.whl")[0]
 with zipfile.ZipFile(wheel) as z:
     name = next(n for n in z.namelist() if n.endswith("/bin/ptxas"))
-    with z.open(name) as src, open(".cache/ptxas/bin/ptxas", "wb") as dst:
+    with z.open(name) as src, open(sys.argv[2], "wb") as dst:
         dst.write(src.read())
-os.chmod(".cache/ptxas/bin/ptxas", 0o755)
+os.chmod(sys.argv[2], 0o755)
 PY
   rm -rf .cache/wheels
-fi
+}
+ptxas=.cache/ptxas/bin/ptxas
+install_ptxas "$NVCC_WHEEL_VERSION" .cache/ptxas
+install_ptxas "$DRIVER_NVCC_WHEEL_VERSION" .cache/ptxas-driver
+export FLASHCORE_PTXAS_DRIVER="$PWD/.cache/ptxas-driver/bin/ptxas"
 export FLASHCORE_PTXAS="$PWD/$ptxas"
 "$FLASHCORE_PTXAS" --version | tail -1
 

@@ -65,6 +65,34 @@ fn snapshot_configs_assemble_without_spills_within_budget() {
     }
 }
 
+/// The ptxas of the CUDA 13.0 driver (`FLASHCORE_PTXAS_DRIVER`; scripts/test.sh installs it),
+/// whose JIT compiles the PTX on the H200, keeps every sm_90a reference config's wgmmas
+/// asynchronous: it serializes them on patterns that 13.5 accepts (a descriptor computed while a
+/// wgmma is in flight, C7513), which undid the overlap pass on the GPU until codegen prepared
+/// them ahead. With `CI` set, a missing driver ptxas fails.
+#[test]
+fn the_driver_ptxas_keeps_sm90a_wgmma_asynchronous() {
+    let Some(ptxas) = std::env::var_os("FLASHCORE_PTXAS_DRIVER").map(std::path::PathBuf::from) else {
+        assert!(std::env::var_os("CI").is_none(), "CI needs FLASHCORE_PTXAS_DRIVER: run scripts/test.sh");
+        eprintln!("skipping: FLASHCORE_PTXAS_DRIVER not set (scripts/test.sh installs ptxas 13.0)");
+        return;
+    };
+    for (name, config) in flashcore::kernels::reference_configs() {
+        if config.target != flashcore::Target::Sm90a {
+            continue;
+        }
+        let compiled = attention::compile(&config).unwrap();
+        let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, "sm_90a")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            !report.text.contains("wgmma.mma_async instructions are serialized"),
+            "{name}: the driver's ptxas serializes wgmma:\n{}",
+            report.text
+        );
+        assert_eq!((report.spill_store_bytes, report.spill_load_bytes), (0, 0), "{name}:\n{}", report.text);
+    }
+}
+
 #[test]
 fn broken_ptx_is_reported_not_ignored() {
     let Some(ptxas) = ptxas_or_skip() else { return };
