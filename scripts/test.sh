@@ -51,6 +51,10 @@ CARGO_TARGET_DIR="$PWD/target" cargo check --quiet --locked --manifest-path test
 # simulator-path tests run (scripts/test-python.sh).
 ./scripts/test-python.sh 2>&1 | tee -a "$log"
 # Publishable: every crate packages and builds from its package alone, in dependency order.
+# Cargo unpacks the packaged crates into a local registry's source directory and reuses an
+# earlier run's copy of the same version: remove those first, or a rerun from the same path
+# builds against last time's sources.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/flashcore*
 cargo publish --workspace --dry-run --allow-dirty --quiet
 # The declared rust-version against the dependencies' and std's (scripts/msrv.py).
 python3 scripts/msrv.py
