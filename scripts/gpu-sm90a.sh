@@ -12,10 +12,12 @@
 #   scripts/gpu-sm90a.sh producer             the producer warpgroup (load_warps = 4, setmaxnreg): float64
 #                                             checks at tails, then its schedules timed against the
 #                                             uniform layout's at the large shapes (same binary, same run)
-#   scripts/gpu-sm90a.sh overlap              the overlap pass (softmax of tile j under P.V of tile j - 1):
+#   scripts/gpu-sm90a.sh overlap              the overlap pass (--overlap, Config::overlap) (softmax of tile j under P.V of tile j - 1):
 #                                             float64 checks of overlapped schedules at tails, then each
 #                                             schedule timed with the binaries in $BASE (built before the
 #                                             pass) and in $BINS, alternating, in one run
+#   scripts/gpu-sm90a.sh tuned-ab             the tuning table's picks at three shapes, binaries in $BASE
+#                                             and in $BINS alternating (what a launch without flags runs)
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
 #                                             tuning of the large and medium shapes with the producer in
 #                                             the space (into $OUT/attention.json), the benchmark with it
@@ -109,7 +111,7 @@ fi
 if [ "$mode" = overlap ]; then
   base=${BASE:-.device/bin-base}
   p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
-  t="--target sm_90a --iters 3 --warmup 1"
+  t="--target sm_90a --iters 3 --warmup 1 --overlap"
   run $t --b 2 --h 4 --s 777 --d 128 $p --stages 3 --causal --dtype bf16
   run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128 $p --stages 2
   run $t --b 2 --h 4 --s 517 --d 64 $p --stages 2 --layout bshd --persistent
@@ -120,7 +122,7 @@ if [ "$mode" = overlap ]; then
   ab() {
     echo "# before the pass ($base)" | tee -a "$out/sm90a.txt"
     bins=$base run "$@" --target sm_90a --iters 30 --warmup 5
-    run "$@" --target sm_90a --iters 30 --warmup 5
+    run "$@" --overlap --target sm_90a --iters 30 --warmup 5
   }
   ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2
   ab --b 2 --h 16 --s 8192 --d 128 $p --stages 3 --persistent
@@ -128,6 +130,15 @@ if [ "$mode" = overlap ]; then
   ab --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent
   ab --b 2 --h 16 --s 8192 --d 64 $p --stages 2
   ab --b 4 --h 16 --s 2048 --d 64 $p --stages 2
+fi
+if [ "$mode" = tuned-ab ]; then
+  # The tuning table's picks (no schedule flags), binaries before ($BASE) and after, alternating.
+  base=${BASE:-.device/bin-base}
+  for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 4 --h 16 --s 2048 --d 64" "--b 1 --h 8 --s 512 --d 64"; do
+    echo "# before ($base)" | tee -a "$out/sm90a.txt"
+    bins=$base run $shape --iters 30 --warmup 5
+    run $shape --iters 30 --warmup 5
+  done
 fi
 if [ "$mode" = next ]; then
   mapfile -t producer < <("$bins/validate" list | awk '{print NR-1, $1}' | grep ' sm90a.*load4' | cut -d' ' -f1)

@@ -200,6 +200,35 @@ pub fn reference_configs() -> Vec<(&'static str, Config)> {
                 ..base
             },
         ),
+        // The same two with the overlap pass: the softmax of each K/V tile under the P·V of the
+        // one before (asynchronous wgmma).
+        (
+            "sm90a_d128_m128_w8_n128_load4_overlap",
+            Config {
+                head_dim: 128,
+                tile_m: 128,
+                warps: 8,
+                tile_n: 128,
+                load_warps: 4,
+                overlap: true,
+                target: Target::Sm90a,
+                ..base
+            },
+        ),
+        (
+            "sm90a_d64_m128_w8_s3_load4_causal_varlen_overlap",
+            Config {
+                tile_m: 128,
+                warps: 8,
+                stages: 3,
+                load_warps: 4,
+                causal: true,
+                varlen: true,
+                overlap: true,
+                target: Target::Sm90a,
+                ..base
+            },
+        ),
     ]
 }
 

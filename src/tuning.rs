@@ -160,6 +160,9 @@ pub struct Schedule {
     /// `Config::kv_splits` (absent in tables written before split-KV existed: 1).
     #[serde(default = "one")]
     pub kv_splits: u32,
+    /// `Config::overlap` (absent in tables written before it existed: false).
+    #[serde(default)]
+    pub overlap: bool,
     /// `Config::target`, as its name (absent in tables written before sm_90a existed: sm_89).
     /// A launch from a tuned entry runs the target it was timed on.
     #[serde(default = "sm_89", with = "target_name")]
@@ -203,6 +206,7 @@ impl Schedule {
             persistent: config.persistent,
             a_in_smem: config.a_in_smem,
             kv_splits: config.kv_splits,
+            overlap: config.overlap,
             target: config.target,
         }
     }
@@ -219,6 +223,7 @@ impl Schedule {
             persistent: self.persistent,
             a_in_smem: self.a_in_smem,
             kv_splits: self.kv_splits,
+            overlap: self.overlap,
             target: self.target,
             ..base
         }

@@ -39,6 +39,7 @@ fn random_config(rng: &mut Rng) -> Config {
         varlen: flag(rng),
         a_in_smem: flag(rng),
         kv_splits: pick(rng, &[1, 1, 1, 2, 3, 4, 0]),
+        overlap: flag(rng),
         target: pick(rng, &[Target::Auto, Target::Sm89, Target::Sm90a]),
     }
 }
@@ -64,6 +65,7 @@ fn random_valid_config(rng: &mut Rng) -> Config {
         varlen: flag(rng),
         a_in_smem: flag(rng),
         kv_splits,
+        overlap: flag(rng),
         target: pick(rng, &[Target::Sm89, Target::Sm89, Target::Sm90a]),
     }
 }

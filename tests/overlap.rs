@@ -2,7 +2,7 @@
 //! loop and where it says why not, the verifier's and the protocol check's view of the rotated
 //! loop (a result read before its `mma_wait`, one ring slot too few), and the PTX it leads to
 //! (every wgmma asynchronous: the softmax between the two waits). The rotated kernels run
-//! against float64 in `tests/sim.rs` (the `*_load4` reference configs) and their planted bugs
+//! against float64 in `tests/sim.rs` (the `*_overlap` reference configs) and their planted bugs
 //! are in `tests/sim_broken.rs`.
 
 use flashcore::ir::kernel::Op;
@@ -26,7 +26,7 @@ fn rotated(kernel: &flashcore::ir::Kernel) -> bool {
 }
 
 fn producer() -> Config {
-    reference_config("sm90a_d128_m128_w8_n128_load4").unwrap()
+    reference_config("sm90a_d128_m128_w8_n128_load4_overlap").unwrap()
 }
 
 #[test]
@@ -34,6 +34,7 @@ fn the_producer_configs_are_rotated_and_the_others_say_why_not() {
     assert!(rotated(&after_passes(&producer())));
     assert_eq!(passes::overlap::why_not(&before_overlap(&producer())), None);
     let cases = [
+        (Config { overlap: false, ..producer() }, "off (Config::overlap"),
         (Config { stages: 1, ..producer() }, "stages = 1"),
         (Config { load_warps: 0, ..producer() }, "producer warpgroup"),
         (Config { target: flashcore::Target::Sm89, ..producer() }, "sm_90a"),

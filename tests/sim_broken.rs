@@ -3,8 +3,9 @@
 //! `cp.async.wait_group`, a missing barrier before a stage is refilled, mbarrier counts and
 //! parities off by one; on sm_90a, an accumulator read before its `wgmma.wait_group`, a missing
 //! `fence.proxy.async` and a missing `wgmma.fence`; with a producer warpgroup, a consumer without
-//! the fence after its full wait and `setmaxnreg` totals that cannot fit (a deadlock). The
-//! unedited kernels pass in `tests/sim.rs`.
+//! the fence after its full wait and `setmaxnreg` totals that cannot fit (a deadlock); with the
+//! overlap pass, a ring slot released before the asynchronous P·V that reads it retires, and O
+//! rescaled while that P·V is in flight. The unedited kernels pass in `tests/sim.rs`.
 
 use flashcore::kernels::attention;
 use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
@@ -219,6 +220,12 @@ fn hopper_producer() -> Config {
     flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4").expect("a reference config")
 }
 
+/// The producer config with the overlap pass (`Config::overlap`): the softmax of each K/V tile
+/// under the asynchronous P·V of the tile before.
+fn hopper_overlap() -> Config {
+    flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4_overlap").expect("a reference config")
+}
+
 #[test]
 fn a_consumer_without_the_proxy_fence_after_its_full_wait_is_caught() {
     // The fence after the consumers' wait on the full barrier: the producer's cp.async copies
@@ -255,7 +262,7 @@ fn a_setmaxnreg_count_outside_the_rules_is_caught() {
     }
 }
 
-/// The overlap pass's loop (the producer config): the loop body's `wgmma.wait_group 0`, which
+/// The overlap pass's loop: the loop body's first `wgmma.wait_group 0`, which
 /// retires the previous tile's P·V before its slot is released and O is rescaled.
 fn overlap_wait(p: &str) -> (usize, usize) {
     let body = p.find("// @compute mma_wait 0").expect("the overlapped loop's wait for P.V");
@@ -272,7 +279,7 @@ fn a_slot_released_before_the_overlapped_p_v_retires_is_caught() {
         format!("{}// (wait removed){}", &p[..at], &p[end..])
     };
     // 1x1x512: four K/V tiles of 128 a CTA, so the two slots are refilled.
-    for err in run_edited_at(hopper_producer(), edit, &SEEDS, 512) {
+    for err in run_edited_at(hopper_overlap(), edit, &SEEDS, 512) {
         assert!(err.contains("changed while it was in flight") || err.contains("race"), "{err}");
     }
 }
@@ -287,7 +294,7 @@ fn o_rescaled_while_the_overlapped_p_v_is_in_flight_is_caught() {
         let (at, end) = overlap_wait(&once);
         format!("{}wgmma.wait_group.sync.aligned 1;{}", &once[..at], &once[end..])
     };
-    for err in run_edited(hopper_producer(), edit, &SEEDS) {
+    for err in run_edited(hopper_overlap(), edit, &SEEDS) {
         assert!(err.contains("while a wgmma that reads or writes it is in flight"), "{err}");
     }
 }

@@ -1631,7 +1631,7 @@ impl<'k> Emitter<'k> {
         b: Value,
     ) -> Result<wgmma::PreparedWgmma, CodegenError> {
         let (tile, n_dim, k_dim, af) = self.matmul_operands(dst, a, b)?;
-        self.wgmma_prepare(&af, &tile, n_dim, k_dim)
+        self.wgmma_prepare(&af, &tile, n_dim, k_dim, false)
     }
 
     /// Before the first of the asynchronous matmuls that `insts` starts with, the operands of
@@ -1655,8 +1655,9 @@ impl<'k> Emitter<'k> {
         let d = self.regs_of(dst);
         if self.cfg.target == Target::Sm90a {
             let init = acc.map_or(WgmmaInit::Zero, WgmmaInit::CopyFrom);
-            let prepared = self.wgmma_prepare(&af, &tile, n_dim, k_dim)?;
-            self.wgmma_issue_prepared(dst, init, &prepared)?;
+            self.wgmma_init(dst, init);
+            let prepared = self.wgmma_prepare(&af, &tile, n_dim, k_dim, true)?;
+            self.wgmma_issue_prepared(dst, WgmmaInit::InPlace, &prepared)?;
             // Synchronous: the result is in `dst` when the next op reads it, and the shared tile
             // is free to be overwritten.
             self.w.ins("wgmma.commit_group.sync.aligned");

@@ -153,6 +153,22 @@ impl PtxWriter {
         let _ = writeln!(self.body, "{}// {}", "\t".repeat(self.level + 1), ascii(text.as_ref()));
     }
 
+    /// Where the text written so far ends, for [`PtxWriter::take_since`].
+    pub fn mark(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The text written since `mark`, taken out, to be put back later with
+    /// [`PtxWriter::put_back`] (instructions computed now, emitted elsewhere).
+    pub fn take_since(&mut self, mark: usize) -> String {
+        self.body.split_off(mark)
+    }
+
+    /// Text taken with [`PtxWriter::take_since`], written again here.
+    pub fn put_back(&mut self, text: &str) {
+        self.body.push_str(text);
+    }
+
     pub fn place_label(&mut self, label: &str) {
         let _ = writeln!(self.body, "{label}:");
     }

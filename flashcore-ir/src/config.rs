@@ -142,6 +142,13 @@ pub struct Config {
     /// over the keys is `kv_splits` times shorter, which is what a grid too small to fill the
     /// GPU (small B·H·S, the headline shape) is bound by. 1: off.
     pub kv_splits: u32,
+    /// sm_90a with a producer warpgroup: the overlap pass rotates the K/V loop so that the
+    /// softmax of each tile runs while the tensor cores compute `P·V` of the tile before
+    /// (asynchronous wgmma, FlashAttention-3's intra-warpgroup overlap). Off by default: on the
+    /// H200 it measures slower than without (docs/measurements/2026-12-02-h200-sm90a-overlap.txt),
+    /// since holding the previous tile's V cuts the producer's lead by a ring slot. Ignored where
+    /// the pass does not apply (`flashcore check` says why).
+    pub overlap: bool,
     /// The PTX target (see [`Target`]; `Auto`, the default, is the device's). `sm_90a` needs
     /// warpgroups of compute warps: see `flashcore_codegen::target` for what it expresses today.
     pub target: Target,
@@ -163,6 +170,7 @@ impl Default for Config {
             varlen: false,
             a_in_smem: false,
             kv_splits: 1,
+            overlap: false,
             target: Target::Auto,
         }
     }
@@ -318,13 +326,14 @@ impl Config {
         })
     }
 
-    /// The on/off field called `name` (`persistent`, `causal`, `varlen`, `a_in_smem`).
+    /// The on/off field called `name` (`persistent`, `causal`, `varlen`, `a_in_smem`, `overlap`).
     pub fn flag_field(&mut self, name: &str) -> Option<&mut bool> {
         match name {
             "persistent" => Some(&mut self.persistent),
             "causal" => Some(&mut self.causal),
             "varlen" => Some(&mut self.varlen),
             "a_in_smem" => Some(&mut self.a_in_smem),
+            "overlap" => Some(&mut self.overlap),
             _ => None,
         }
     }
@@ -383,13 +392,13 @@ impl Config {
 }
 
 /// What [`Config::with_settings`] accepts, for its errors.
-const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
+const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem, overlap (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -406,6 +415,7 @@ impl fmt::Display for Config {
             if self.varlen { " varlen" } else { "" },
             if self.a_in_smem { " a_in_smem" } else { "" },
             if self.kv_splits > 1 { format!(" kv_splits={}", self.kv_splits) } else { String::new() },
+            if self.overlap { " overlap" } else { "" },
             if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() },
             if self.target != Target::Auto { format!(" {}", self.target) } else { String::new() }
         )
@@ -463,6 +473,14 @@ mod tests {
             },
             Config { dtype: DType::Bf16, head_dim: 256, tile_n: 32, ..Config::default() },
             Config { tile_m: 128, warps: 8, target: Target::Sm90a, ..Config::default() },
+            Config {
+                tile_m: 128,
+                warps: 8,
+                load_warps: 4,
+                overlap: true,
+                target: Target::Sm90a,
+                ..Config::default()
+            },
             Config { target: Target::Sm89, ..Config::default() },
         ];
         for c in configs {

@@ -170,6 +170,7 @@ const IDENTS: &[&str] = &[
     "causal",
     "varlen",
     "a_in_smem",
+    "overlap",
     "dtype",
     "x",
     "unknown",
@@ -413,7 +414,7 @@ fn random_attr(rng: &mut Rng) -> String {
             _ => {}
         }
     }
-    for flag in ["persistent", "causal", "varlen", "a_in_smem"] {
+    for flag in ["persistent", "causal", "varlen", "a_in_smem", "overlap"] {
         match rng.below(4) {
             0 => items.push(flag.to_string()),
             1 => items.push(format!("{flag} = {}", rng.pick(&["true", "false"]))),

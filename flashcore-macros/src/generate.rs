@@ -305,6 +305,7 @@ fn config(c: &Config) -> TokenStream {
         varlen,
         a_in_smem,
         kv_splits,
+        overlap,
         target,
     } = *c;
     let elem = dtype(elem);
@@ -327,6 +328,7 @@ fn config(c: &Config) -> TokenStream {
         varlen: #varlen,
         a_in_smem: #a_in_smem,
         kv_splits: #kv_splits,
+        overlap: #overlap,
         target: #target,
     })
 }

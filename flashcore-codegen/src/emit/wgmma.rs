@@ -82,7 +82,17 @@ impl WgmmaRegs {
 pub(super) struct PreparedWgmma {
     n: u32,
     trans_b: u32,
-    slices: Vec<(String, &'static str, String)>,
+    slices: Vec<PreparedSlice>,
+}
+
+/// One k-slice of a [`PreparedWgmma`]: the instructions that compute its descriptors when
+/// they are deferred to just before its wgmma (empty when they were emitted at preparation),
+/// and its operands.
+pub(super) struct PreparedSlice {
+    setup: String,
+    a: String,
+    trans_a: &'static str,
+    b: String,
 }
 
 /// What a wgmma's accumulators hold before it adds `a · b`.
@@ -102,15 +112,18 @@ enum WgmmaA<'f> {
 }
 
 impl Emitter<'_> {
-    /// The operands of `dst = a · b` on sm_90a, computed now: per 16-column k-slice, A (four
-    /// registers, or a descriptor) and B's descriptor (the zero block's while a view's
-    /// `zero_unless` is false).
+    /// The operands of `dst = a · b` on sm_90a: per 16-column k-slice, A (four registers, or a
+    /// descriptor) and B's descriptor (the zero block's while a view's `zero_unless` is false).
+    /// The descriptor bases are computed now; each k-slice's descriptors too, or with
+    /// `deferred` just before its wgmma (a synchronous matmul, as it was emitted before the
+    /// overlap pass: its PTX is unchanged).
     pub(super) fn wgmma_prepare(
         &mut self,
         a: &AOperand,
         tile: &SmemTile,
         n_dim: TileDim,
         k_dim: TileDim,
+        deferred: bool,
     ) -> Result<PreparedWgmma, CodegenError> {
         let (n, k) = (n_dim.per_warp(&self.cfg), k_dim.per_warp(&self.cfg));
         // B's descriptor base: the tile's first byte; A's (a loaded tile kept in shared memory):
@@ -138,6 +151,7 @@ impl Emitter<'_> {
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);
         let mut slices = vec![];
         for kk in 0..k / 16 {
+            let mark = self.w.mark();
             let b_desc = self.descriptor(&b_base, k_slice(tile.transposed, tile.rows, kk));
             if let Some((live, zero_desc)) = &zero {
                 self.w.ins(format!("selp.b64 {b_desc}, {b_desc}, {zero_desc}, {live}"));
@@ -151,21 +165,15 @@ impl Emitter<'_> {
                     (self.descriptor(a_base, k_slice(true, self.cfg.tile_m, kk)), "0, ")
                 }
             };
-            slices.push((a_operand.0, a_operand.1, b_desc));
+            let setup = if deferred { self.w.take_since(mark) } else { String::new() };
+            slices.push(PreparedSlice { setup, a: a_operand.0, trans_a: a_operand.1, b: b_desc });
         }
         Ok(PreparedWgmma { n, trans_b: u32::from(!tile.transposed), slices })
     }
 
-    /// Issues a prepared `dst = a · b` (+ what `init` puts in the accumulators): the
-    /// accumulators set first (every register a wgmma reads is written before it), then
-    /// `wgmma.fence` and one `wgmma.mma_async` per k-slice, joining the open group; the caller
-    /// commits and waits.
-    pub(super) fn wgmma_issue_prepared(
-        &mut self,
-        dst: Value,
-        init: WgmmaInit,
-        prepared: &PreparedWgmma,
-    ) -> Result<(), CodegenError> {
+    /// What `init` puts in `dst`'s accumulators before a wgmma adds `a · b` (every register a
+    /// wgmma reads is written before it).
+    pub(super) fn wgmma_init(&mut self, dst: Value, init: WgmmaInit) {
         let d = self.regs_of(dst);
         match init {
             WgmmaInit::Zero => {
@@ -181,12 +189,27 @@ impl Emitter<'_> {
             }
             WgmmaInit::InPlace => {}
         }
+    }
+
+    /// Issues a prepared `dst = a · b` (+ what `init` puts in the accumulators first): then
+    /// `wgmma.fence` and one `wgmma.mma_async` per k-slice, joining the open group; the caller
+    /// commits and waits.
+    pub(super) fn wgmma_issue_prepared(
+        &mut self,
+        dst: Value,
+        init: WgmmaInit,
+        prepared: &PreparedWgmma,
+    ) -> Result<(), CodegenError> {
+        self.wgmma_init(dst, init);
+        let d = self.regs_of(dst);
         let operand = self.cfg.dtype.name();
         let d_list = (0..d.len).map(|i| d.at(i)).collect::<Vec<_>>().join(", ");
         let scale_d = self.wgmma_regs()?.scale_d.clone();
         let (n, trans) = (prepared.n, prepared.trans_b);
         self.w.ins("wgmma.fence.sync.aligned");
-        for (a_operand, trans_a, b_desc) in &prepared.slices {
+        for slice in &prepared.slices {
+            self.w.put_back(&slice.setup);
+            let (a_operand, trans_a, b_desc) = (&slice.a, slice.trans_a, &slice.b);
             self.w.ins(format!(
                 "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{operand}.{operand} {{{d_list}}}, {a_operand}, {b_desc}, {scale_d}, 1, 1, {trans_a}{trans}"
             ));

@@ -94,6 +94,11 @@ pub fn why_not(kernel: &Kernel) -> Option<String> {
 }
 
 fn applies(cfg: &crate::Config) -> Result<(), String> {
+    if !cfg.overlap {
+        return Err(
+            "off (Config::overlap, the `overlap` setting: it measures slower on the H200 today)".into()
+        );
+    }
     if cfg.target != Target::Sm90a {
         return Err("the overlap of softmax and matmul is sm_90a's (asynchronous wgmma)".into());
     }
