@@ -79,7 +79,7 @@ pub fn attention<T>(
 /// determinism check on the GPU (`examples/validate.rs`).
 pub fn reference_configs() -> Vec<(&'static str, Config)> {
     let base = attention::CONFIG;
-    vec![
+    let mut configs = vec![
         ("d64", base),
         ("d128", Config { head_dim: 128, ..base }),
         ("d64_m128_w8", Config { tile_m: 128, warps: 8, ..base }),
@@ -200,36 +200,17 @@ pub fn reference_configs() -> Vec<(&'static str, Config)> {
                 ..base
             },
         ),
-        // The same two with the overlap pass: the softmax of each K/V tile under the P·V of the
-        // one before (asynchronous wgmma).
-        (
-            "sm90a_d128_m128_w8_n128_load4_overlap",
-            Config {
-                head_dim: 128,
-                tile_m: 128,
-                warps: 8,
-                tile_n: 128,
-                load_warps: 4,
-                overlap: true,
-                target: Target::Sm90a,
-                ..base
-            },
-        ),
-        (
-            "sm90a_d64_m128_w8_s3_load4_causal_varlen_overlap",
-            Config {
-                tile_m: 128,
-                warps: 8,
-                stages: 3,
-                load_warps: 4,
-                causal: true,
-                varlen: true,
-                overlap: true,
-                target: Target::Sm90a,
-                ..base
-            },
-        ),
-    ]
+    ];
+    // The two producer configs again with the overlap pass: the softmax of each K/V tile under
+    // the P·V of the one before (asynchronous wgmma).
+    for (name, base_name) in [
+        ("sm90a_d128_m128_w8_n128_load4_overlap", "sm90a_d128_m128_w8_n128_load4"),
+        ("sm90a_d64_m128_w8_s3_load4_causal_varlen_overlap", "sm90a_d64_m128_w8_s3_load4_causal_varlen"),
+    ] {
+        let producer = configs.iter().find(|(n, _)| *n == base_name).expect("the producer config").1;
+        configs.push((name, Config { overlap: true, ..producer }));
+    }
+    configs
 }
 
 /// The reference configuration called `name` (see [`reference_configs`]).

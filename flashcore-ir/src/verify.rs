@@ -93,6 +93,22 @@ impl<'k> Verifier<'k> {
         }
     }
 
+    /// A matmul's operand types: a 16-bit fragment A, a staged B, the contraction dims equal,
+    /// and `dst` the f32 fragment of A's rows and B's columns, which is returned.
+    fn matmul_result(&self, dst: Value, a: Value, b: Value, what: &str) -> Result<Type, VerifyError> {
+        let ty = |v: Value| self.kernel.ty(v);
+        let (Some((ar, ak)), Some((bk, bn))) = (ty(a).matrix_dims(), ty(b).matrix_dims()) else {
+            return fail(format!("{what} {} has non-tile operands", self.name(dst)));
+        };
+        let a_ok = matches!(ty(a), Type::Frag { elem, .. } if elem.is_half());
+        let b_ok = matches!(ty(b), Type::Smem { .. });
+        let want = Type::Frag { rows: ar, cols: bn, elem: Elem::F32 };
+        if !a_ok || !b_ok || ak != bk || ty(dst) != want {
+            return fail(format!("{what} {} has mismatched operand types", self.name(dst)));
+        }
+        Ok(want)
+    }
+
     fn inst(&mut self, inst: &Inst, at: Where) -> Result<(), VerifyError> {
         for u in inst.op.uses() {
             if !self.defined.contains(&u) {
@@ -230,26 +246,13 @@ impl<'k> Verifier<'k> {
                 }
             }
             Op::Mma { dst, a, b, acc } => {
-                let (Some((ar, ak)), Some((bk, bn))) = (ty(*a).matrix_dims(), ty(*b).matrix_dims()) else {
-                    return fail(format!("mma {} has non-tile operands", self.name(*dst)));
-                };
-                let a_ok = matches!(ty(*a), Type::Frag { elem, .. } if elem.is_half());
-                let b_ok = matches!(ty(*b), Type::Smem { .. });
-                let want = Type::Frag { rows: ar, cols: bn, elem: Elem::F32 };
-                if !a_ok || !b_ok || ak != bk || ty(*dst) != want || acc.is_some_and(|c| ty(c) != want) {
+                let want = self.matmul_result(*dst, *a, *b, "mma")?;
+                if acc.is_some_and(|c| ty(c) != want) {
                     return fail(format!("mma {} has mismatched operand types", self.name(*dst)));
                 }
             }
             Op::MmaAsync { dst, a, b, accumulate } => {
-                let (Some((ar, ak)), Some((bk, bn))) = (ty(*a).matrix_dims(), ty(*b).matrix_dims()) else {
-                    return fail(format!("mma_async {} has non-tile operands", self.name(*dst)));
-                };
-                let a_ok = matches!(ty(*a), Type::Frag { elem, .. } if elem.is_half());
-                let b_ok = matches!(ty(*b), Type::Smem { .. });
-                let want = Type::Frag { rows: ar, cols: bn, elem: Elem::F32 };
-                if !a_ok || !b_ok || ak != bk || ty(*dst) != want {
-                    return fail(format!("mma_async {} has mismatched operand types", self.name(*dst)));
-                }
+                self.matmul_result(*dst, *a, *b, "mma_async")?;
                 if *accumulate && !self.kernel.value(*dst).mutable {
                     return fail(format!("mma_async accumulates into immutable {}", self.name(*dst)));
                 }
