@@ -1,6 +1,7 @@
 //! The overlap pass (sm_90a, `flashcore-ir/src/passes/overlap.rs`): where it rotates the K/V
 //! loop and where it says why not, the verifier's and the protocol check's view of the rotated
-//! loop (a result read before its `mma_wait`, one ring slot too few), and the PTX it leads to
+//! loop (a result read before its `mma_wait`, K's slot released before its matmul retires), and
+//! the PTX it leads to
 //! (every wgmma asynchronous: the softmax between the two waits). The rotated kernels run
 //! against float64 in `tests/sim.rs` (the `*_overlap` reference configs) and their planted bugs
 //! are in `tests/sim_broken.rs`.
@@ -35,7 +36,6 @@ fn the_producer_configs_are_rotated_and_the_others_say_why_not() {
     assert_eq!(passes::overlap::why_not(&before_overlap(&producer())), None);
     let cases = [
         (Config { overlap: false, ..producer() }, "off (Config::overlap"),
-        (Config { stages: 1, ..producer() }, "stages = 1"),
         (Config { load_warps: 0, ..producer() }, "producer warpgroup"),
         (Config { target: flashcore::Target::Sm89, ..producer() }, "sm_90a"),
         (Config { tile_m: 192, warps: 12, head_dim: 64, ..producer() }, "registers"),
@@ -62,20 +62,28 @@ fn a_score_read_before_its_mma_wait_is_a_verifier_error() {
 }
 
 #[test]
-fn the_rotated_loop_with_one_slot_deadlocks_in_the_protocol_check() {
-    // The rotation holds tile j's slot and tile j - 1's V: with one slot the producer can never
-    // refill the slot the consumers wait on. The pass refuses stages = 1; forced by editing the
-    // rotated IR's ring sizes, the protocol check finds the deadlock.
+fn k_released_before_its_matmul_retires_is_caught_by_the_protocol_check() {
+    // The rotated loop gives K's slot back right after `mma_wait 1`; given back before it, the
+    // producer may refill K while Q.K^T still reads it. The protocol trace counts an
+    // asynchronous read again at the wait that retires it, which then finds the slot refilled
+    // (or being refilled).
     let text = after_passes(&producer()).to_string();
-    let one_slot = text.replace(" x 2,", " x 1,").replace(" x 2\n", " x 1\n").replace("stages 2", "stages 1");
-    let one_slot = one_slot
-        .replace("% 2]", "% 1]")
-        .replace("% 2)", "% 1)")
-        .replace("/ 2)", "/ 1)")
-        .replace("stages=2", "stages=1");
-    let kernel = parse_kernel(&one_slot).expect("the edited text parses");
-    let err = protocol::check(&protocol::schedule_of(&kernel)).expect_err("a deadlock");
-    assert_eq!(err.kind, protocol::ProtocolErrorKind::Deadlock, "{err}");
+    let (wait, release) = ("@compute mma_wait 1\n", "@compute arrive $empty_k[%it.");
+    let at = text.find(wait).expect("the wait for S");
+    let line_start = at + text[at..].find(release).expect("K's release after it");
+    let line_end = line_start + text[line_start..].find('\n').unwrap() + 1;
+    let indent = &text[text[..at].rfind('\n').unwrap() + 1..at];
+    let broken = format!("{}{}{indent}{wait}{}", &text[..at], &text[line_start..line_end], &text[line_end..]);
+    let kernel = parse_kernel(&broken).expect("the edited text parses");
+    let err = protocol::check(&protocol::schedule_of(&kernel)).expect_err("K refilled under Q.K^T");
+    let kinds =
+        [protocol::ProtocolErrorKind::OverwriteWhileRead, protocol::ProtocolErrorKind::ReadBeforeFill];
+    assert!(kinds.contains(&err.kind) && err.message.contains("stage ks["), "{err}");
+    // Unedited, the check passes, with one stage too: K's and V's rings are apart, so holding
+    // the previous tile's V does not starve the producer of K's slot.
+    protocol::check(&protocol::schedule_of(&after_passes(&producer()))).unwrap();
+    let one_stage = Config { stages: 1, ..producer() };
+    assert!(rotated(&after_passes(&one_stage)));
 }
 
 #[test]

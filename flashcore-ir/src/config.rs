@@ -144,10 +144,10 @@ pub struct Config {
     pub kv_splits: u32,
     /// sm_90a with a producer warpgroup: the overlap pass rotates the K/V loop so that the
     /// softmax of each tile runs while the tensor cores compute `P·V` of the tile before
-    /// (asynchronous wgmma, FlashAttention-3's intra-warpgroup overlap). Off by default: on the
-    /// H200 it measures slower than without (docs/measurements/2026-12-02-h200-sm90a-overlap.txt),
-    /// since holding the previous tile's V cuts the producer's lead by a ring slot. Ignored where
-    /// the pass does not apply (`flashcore check` says why).
+    /// (asynchronous wgmma, FlashAttention-3's intra-warpgroup overlap), with K and V in rings of
+    /// their own. Off by default: on the H200 its form with one K/V ring measured slower than
+    /// without (docs/measurements/2026-12-02-h200-sm90a-overlap.txt), and the split rings are not
+    /// measured yet. Ignored where the pass does not apply (`flashcore check` says why).
     pub overlap: bool,
     /// The PTX target (see [`Target`]; `Auto`, the default, is the device's). `sm_90a` needs
     /// warpgroups of compute warps: see `flashcore_codegen::target` for what it expresses today.
