@@ -12,10 +12,10 @@
 #   scripts/gpu-sm90a.sh producer             the producer warpgroup (load_warps = 4, setmaxnreg): float64
 #                                             checks at tails, then its schedules timed against the
 #                                             uniform layout's at the large shapes (same binary, same run)
-#   scripts/gpu-sm90a.sh overlap              the overlap pass (--overlap, Config::overlap) (softmax of tile j under P.V of tile j - 1):
-#                                             float64 checks of overlapped schedules at tails, then each
-#                                             schedule timed with the binaries in $BASE (built before the
-#                                             pass) and in $BINS, alternating, in one run
+#   scripts/gpu-sm90a.sh overlap              the overlap pass (--overlap, Config::overlap): float64
+#                                             checks with it at tails, then schedules timed without and
+#                                             with it, alternating (the 2026-12-02 runs compared binaries
+#                                             before the pass, in $BASE, instead)
 #   scripts/gpu-sm90a.sh tuned-ab             the tuning table's picks at three shapes, binaries in $BASE
 #                                             and in $BINS alternating (what a launch without flags runs)
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
@@ -109,7 +109,6 @@ if [ "$mode" = producer ]; then
   done
 fi
 if [ "$mode" = overlap ]; then
-  base=${BASE:-.device/bin-base}
   p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
   t="--target sm_90a --iters 3 --warmup 1 --overlap"
   run $t --b 2 --h 4 --s 777 --d 128 $p --stages 3 --causal --dtype bf16
@@ -119,9 +118,9 @@ if [ "$mode" = overlap ]; then
   # Causal with S > SK: the first Q tiles see no key (K/V loops of no tile: nothing pending).
   run $t --b 1 --h 4 --s 1000 --sk 300 --d 128 $p --stages 2 --causal
   run $t --b 2 --h 4 --s 1000 --d 128 --tile-m 64 --warps 4 --tile-n 128 --load-warps 4 --stages 2
+  # Each schedule without the overlap, then with it (same binary, alternating).
   ab() {
-    echo "# before the pass ($base)" | tee -a "$out/sm90a.txt"
-    bins=$base run "$@" --target sm_90a --iters 30 --warmup 5
+    run "$@" --target sm_90a --iters 30 --warmup 5
     run "$@" --overlap --target sm_90a --iters 30 --warmup 5
   }
   ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2
