@@ -5,9 +5,10 @@
 //! budget and stores the winner in the user's tuning cache.
 //!
 //! The search runs in four rounds per key, each over the best of the last: tiles (`tile_m`,
-//! compute warps, `tile_n`), then the pipeline (stages, load warps, persistent CTAs) for the two
-//! best tilings, then split-KV for the two best so far where the grid is smaller than twice the
-//! SMs, then softmax placement for the best warp-specialized one. An sm_90a key whose grid is
+//! compute warps, `tile_n`), then the pipeline (stages, load warps, persistent CTAs, and on
+//! sm_90a the overlap pass) for the two best tilings, then split-KV for the two best so far
+//! where the grid is smaller than twice the SMs, then softmax placement for the best
+//! warp-specialized one. An sm_90a key whose grid is
 //! that small searches the sm_89 space as well (its split-KV can win there); the winner's
 //! config names its target. Candidates that spill registers (ptxas, when found) or whose shared
 //! memory is over the device's limit are skipped before they run.
@@ -22,6 +23,8 @@
 //! assert!(tilings.iter().all(|c| c.warps % 4 == 0 && c.tile_m == 16 * c.warps));
 //! assert!(tilings.iter().any(|c| c.load_warps == 4));
 //! assert!(pipeline_candidates(tilings[0]).iter().any(|c| c.stages == 4));
+//! // With a producer warpgroup, with and without the overlap pass.
+//! assert!(pipeline_candidates(tilings[0]).iter().any(|c| c.load_warps == 4 && c.overlap));
 //! ```
 
 use std::collections::HashMap;
@@ -93,8 +96,8 @@ fn round1_load_warps(target: Target) -> &'static [u32] {
     }
 }
 
-/// Round 2: the pipeline around one tiling (sm_90a: the producer warpgroup or none, and deeper
-/// rings, which its 227 KiB of shared memory holds).
+/// Round 2: the pipeline around one tiling (sm_90a: the producer warpgroup or none, with and
+/// without the overlap pass, and deeper rings, which its 227 KiB of shared memory holds).
 pub fn pipeline_candidates(tiling: Config) -> Vec<Config> {
     let mut out = vec![];
     let (stage_counts, load_counts): (&[u32], &[u32]) = match tiling.target {
@@ -104,7 +107,12 @@ pub fn pipeline_candidates(tiling: Config) -> Vec<Config> {
     for &stages in stage_counts {
         for &load_warps in load_counts {
             for persistent in [false, true] {
-                out.push(Config { stages, load_warps, persistent, softmax_warps: 0, ..tiling });
+                let config =
+                    Config { stages, load_warps, persistent, softmax_warps: 0, overlap: false, ..tiling };
+                out.push(config);
+                if tiling.target == Target::Sm90a && load_warps > 0 {
+                    out.push(Config { overlap: true, ..config });
+                }
             }
         }
     }
