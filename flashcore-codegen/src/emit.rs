@@ -1620,8 +1620,8 @@ impl<'k> Emitter<'k> {
             Some(p) => p,
             None => self.prepare_matmul(dst, a, b)?,
         };
-        let init = if accumulate { WgmmaInit::InPlace } else { WgmmaInit::Zero };
-        self.wgmma_issue_prepared(dst, init, &prepared)
+        self.wgmma_init(dst, if accumulate { WgmmaInit::InPlace } else { WgmmaInit::Zero });
+        self.wgmma_issue_prepared(dst, &prepared)
     }
 
     fn prepare_matmul(
@@ -1652,18 +1652,17 @@ impl<'k> Emitter<'k> {
 
     fn mma(&mut self, dst: Value, a: Value, b: Value, acc: Option<Value>) -> Result<(), CodegenError> {
         let (tile, n_dim, k_dim, af) = self.matmul_operands(dst, a, b)?;
-        let d = self.regs_of(dst);
         if self.cfg.target == Target::Sm90a {
-            let init = acc.map_or(WgmmaInit::Zero, WgmmaInit::CopyFrom);
-            self.wgmma_init(dst, init);
+            self.wgmma_init(dst, acc.map_or(WgmmaInit::Zero, WgmmaInit::CopyFrom));
             let prepared = self.wgmma_prepare(&af, &tile, n_dim, k_dim, true)?;
-            self.wgmma_issue_prepared(dst, WgmmaInit::InPlace, &prepared)?;
+            self.wgmma_issue_prepared(dst, &prepared)?;
             // Synchronous: the result is in `dst` when the next op reads it, and the shared tile
             // is free to be overwritten.
             self.w.ins("wgmma.commit_group.sync.aligned");
             self.w.ins("wgmma.wait_group.sync.aligned 0");
             return Ok(());
         }
+        let d = self.regs_of(dst);
         let operand = self.cfg.dtype.name();
         let d_shape = frag_shape(&self.cfg, n_dim, Elem::F32);
         let a_shape = frag_shape(&self.cfg, k_dim, Elem::F16);

@@ -191,16 +191,14 @@ impl Emitter<'_> {
         }
     }
 
-    /// Issues a prepared `dst = a · b` (+ what `init` puts in the accumulators first): then
-    /// `wgmma.fence` and one `wgmma.mma_async` per k-slice, joining the open group; the caller
-    /// commits and waits.
+    /// Issues a prepared `dst = a · b` into `dst`'s accumulators as [`Emitter::wgmma_init`]
+    /// left them: `wgmma.fence` and one `wgmma.mma_async` per k-slice, joining the open group;
+    /// the caller commits and waits.
     pub(super) fn wgmma_issue_prepared(
         &mut self,
         dst: Value,
-        init: WgmmaInit,
         prepared: &PreparedWgmma,
     ) -> Result<(), CodegenError> {
-        self.wgmma_init(dst, init);
         let d = self.regs_of(dst);
         let operand = self.cfg.dtype.name();
         let d_list = (0..d.len).map(|i| d.at(i)).collect::<Vec<_>>().join(", ");

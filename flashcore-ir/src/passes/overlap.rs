@@ -130,24 +130,15 @@ fn split_producer_in(block: &mut Block, v: &VRings) {
         match &mut inst.op {
             Op::Loop { body, .. } => split_producer_in(body, v),
             Op::Pipeline { body, .. } => {
+                // [`producer_shape`] checked the one copy of V, after K's, and the one arrival.
                 let mut out = vec![];
                 for inst in std::mem::take(&mut body.insts) {
                     match inst.op {
-                        Op::AsyncCopy { buffer, slot, .. }
-                            if buffer == v.buffer
-                                && !out.iter().any(
-                                    |i: &Inst| matches!(i.op, Op::MbarWait { ring, .. } if ring == v.empty),
-                                ) =>
-                        {
+                        Op::AsyncCopy { buffer, slot, .. } if buffer == v.buffer => {
                             // K's copies are issued: they arrive on K's ring; then V's slot.
-                            out.push(Inst {
-                                op: Op::MbarArriveAsync { ring: MbarRingId(0), iter: slot },
-                                ..inst.clone()
-                            });
-                            out.push(Inst {
-                                op: Op::MbarWait { ring: v.empty, iter: slot, flip: true },
-                                ..inst.clone()
-                            });
+                            let at = |op| Inst { op, ..inst.clone() };
+                            out.push(at(Op::MbarArriveAsync { ring: MbarRingId(0), iter: slot }));
+                            out.push(at(Op::MbarWait { ring: v.empty, iter: slot, flip: true }));
                             out.push(inst);
                         }
                         Op::MbarArriveAsync { iter, .. } => {
@@ -218,11 +209,7 @@ pub fn why_not(kernel: &Kernel) -> Option<String> {
         for group in groups.iter().filter(|g| g.roles.contains(&Role::Compute)) {
             kernel.walk_block(&group.body, &mut |inst| {
                 if let Op::Pipeline { body, .. } = &inst.op {
-                    let mut scratch = kernel.clone();
-                    let rings = VRings { buffer: v_buffer, full: MbarRingId(2), empty: MbarRingId(3) };
-                    let shaped = match_iteration(kernel, body)
-                        .and_then(|shape| rotate(&mut scratch, body, &shape, Value(0), &rings));
-                    if let Err(e) = shaped {
+                    if let Err(e) = match_iteration(kernel, body) {
                         why.get_or_insert(e);
                     }
                 }
@@ -280,9 +267,8 @@ fn rotate_in(kernel: &mut Kernel, block: &mut Block, it_pv: Value, v: &VRings) {
         match &mut block.insts[at].op {
             Op::Loop { body, .. } => rotate_in(kernel, body, it_pv, v),
             Op::Pipeline { body, .. } => {
-                let rotated_loop =
-                    match_iteration(kernel, body).and_then(|shape| rotate(kernel, body, &shape, it_pv, v));
-                let (new_body, epilogue, before) = rotated_loop.expect("why_not found the shape");
+                let shape = match_iteration(kernel, body).expect("why_not found the shape");
+                let (new_body, epilogue, before) = rotate(kernel, body, &shape, it_pv, v);
                 let Op::Pipeline { body, epilogue: e, .. } = &mut block.insts[at].op else { unreachable!() };
                 *body = new_body;
                 *e = epilogue;
@@ -471,7 +457,7 @@ fn rotate(
     shape: &Shape,
     it_pv: Value,
     v: &VRings,
-) -> Result<(Block, Block, Vec<Op>), String> {
+) -> (Block, Block, Vec<Op>) {
     let insts = &body.insts;
     let at = |op: Op, span| Inst { op, role: Some(Role::Compute), span };
     let (first_span, second_span) = (insts[shape.first].span, insts[shape.second].span);
@@ -552,5 +538,5 @@ fn rotate(
     // Before the loop: nothing pending; P's registers defined (the JIT wants every register a
     // wgmma names written first).
     let before = vec![Op::CounterInit { dst: pending }, Op::Fill { dst: p_next, value: 0.0 }];
-    Ok((Block { insts: out }, Block { insts: epilogue }, before))
+    (Block { insts: out }, Block { insts: epilogue }, before)
 }
