@@ -99,3 +99,143 @@ fn every_rotated_loop_issues_both_matmuls_before_waiting() {
     let first_issue = body.find("wgmma.mma_async").unwrap();
     assert!(!body[first_issue..wait1].contains("or.b64"), "a descriptor computed while a wgmma is in flight");
 }
+
+// A user's kernel that asks for the overlap in its attribute (it applies on sm_90a, where the
+// launch resolves `Target::Auto`), and one whose K/V loop the overlap must leave alone: a
+// statement after P·V that the rotation would move across the next iteration's softmax.
+mod user {
+    use flashcore::flash_kernel;
+
+    #[flash_kernel(
+        tile_m = 128,
+        tile_n = 128,
+        head_dim = 64,
+        stages = 2,
+        warps(compute = 8, load = 4),
+        overlap = true
+    )]
+    pub fn overlapped_attention<T>(
+        q: Tensor<T, B, H, S, D>,
+        k: Tensor<T, B, H, SK, D>,
+        v: Tensor<T, B, H, SK, D>,
+        o: TensorMut<T, B, H, S, D>,
+        lse: Option<TensorMut<f32, B, H, S>>,
+        scale: f32,
+        cu_q: Option<SeqOffsets<B, S>>,
+        cu_k: Option<SeqOffsets<B, SK>>,
+    ) {
+        for (b, h, qt) in tiles(B, H, S / TILE_M) {
+            #[role(compute)]
+            let qf = load(q.tile(b, h, qt));
+            let mut m = fill([TILE_M], NEG_INF);
+            let mut l = fill([TILE_M], 0.0);
+            let mut acc = zeros([TILE_M, D]);
+            for kt in pipeline(0..SK / TILE_N) {
+                #[role(load)]
+                {
+                    let ks = stage(k.tile(b, h, kt));
+                    let vs = stage(v.tile(b, h, kt));
+                }
+                #[role(compute)]
+                let s = mma(qf, ks.t()) * (scale * LOG2_E);
+                #[role(softmax)]
+                {
+                    let m_new = max(m, row_max(s));
+                    let p = exp2(s - m_new);
+                    let alpha = exp2(m - m_new);
+                    l = l * alpha + row_sum(p);
+                    acc = acc * alpha;
+                    m = m_new;
+                }
+                #[role(compute)]
+                acc = mma(p.to::<T>(), vs, acc);
+            }
+            store(lse.tile(b, h, qt), log_sum_exp(m, l));
+            store(o.tile(b, h, qt), acc / l);
+        }
+    }
+
+    #[flash_kernel(
+        tile_m = 128,
+        tile_n = 128,
+        head_dim = 64,
+        stages = 2,
+        warps(compute = 8, load = 4),
+        overlap = true
+    )]
+    pub fn sum_after_pv_attention<T>(
+        q: Tensor<T, B, H, S, D>,
+        k: Tensor<T, B, H, SK, D>,
+        v: Tensor<T, B, H, SK, D>,
+        o: TensorMut<T, B, H, S, D>,
+        lse: Option<TensorMut<f32, B, H, S>>,
+        scale: f32,
+        cu_q: Option<SeqOffsets<B, S>>,
+        cu_k: Option<SeqOffsets<B, SK>>,
+    ) {
+        for (b, h, qt) in tiles(B, H, S / TILE_M) {
+            #[role(compute)]
+            let qf = load(q.tile(b, h, qt));
+            let mut m = fill([TILE_M], NEG_INF);
+            let mut l = fill([TILE_M], 0.0);
+            let mut acc = zeros([TILE_M, D]);
+            for kt in pipeline(0..SK / TILE_N) {
+                #[role(load)]
+                {
+                    let ks = stage(k.tile(b, h, kt));
+                    let vs = stage(v.tile(b, h, kt));
+                }
+                #[role(compute)]
+                let s = mma(qf, ks.t()) * (scale * LOG2_E);
+                #[role(softmax)]
+                {
+                    let m_new = max(m, row_max(s));
+                    let p = exp2(s - m_new);
+                    let alpha = exp2(m - m_new);
+                    l = l * alpha;
+                    acc = acc * alpha;
+                    m = m_new;
+                }
+                #[role(compute)]
+                acc = mma(p.to::<T>(), vs, acc);
+                // The row sum after P·V: the rotation would move P·V past it.
+                #[role(softmax)]
+                l = l + row_sum(p);
+            }
+            store(lse.tile(b, h, qt), log_sum_exp(m, l));
+            store(o.tile(b, h, qt), acc / l);
+        }
+    }
+}
+
+/// Both user kernels at sm_90a against float64 in the simulator at tails (S = 77, SK = 300: a
+/// partial last tile, and K/V loops of three tiles, so every ring slot is reused); the first is
+/// rotated, the second is not and `check` says why.
+#[test]
+fn a_users_kernel_with_the_overlap_matches_float64_and_one_it_cannot_rotate_is_left_alone() {
+    use flashcore::simulate::{check_attention, AttentionShape, SimDevice};
+    let hopper = |c: Config| Config { target: flashcore::Target::Sm90a, ..c };
+    let shape = AttentionShape { b: 1, h: 2, hk: 2, s: 77, sk: 300 };
+    let rotated_config = hopper(user::overlapped_attention::CONFIG);
+    let kept_config = hopper(user::sum_after_pv_attention::CONFIG);
+    for (config, compile, expect_rotated) in [
+        (rotated_config, user::overlapped_attention::compile as fn(&Config) -> _, true),
+        (kept_config, user::sum_after_pv_attention::compile, false),
+    ] {
+        let kernel = compile(&config).unwrap();
+        let rotated_ptx = kernel.ptx.text.contains("wgmma.wait_group.sync.aligned 1;");
+        assert_eq!(rotated_ptx, expect_rotated, "{config}");
+        let check =
+            check_attention(&kernel, shape, flashcore::Layout::Bhsd, 11, &SimDevice::default()).unwrap();
+        assert!(check.lse_max_abs < 1e-3 && check.lse_mismatched == 0, "{config}: {check:?}");
+        let err = check.err;
+        assert!(
+            err.rel_l2 < flashcore::tolerance(config.dtype) && err.non_finite == 0,
+            "{config}: {check:?}"
+        );
+    }
+    let lowered = flashcore::ir::lower(&user::sum_after_pv_attention::program(), &kept_config).unwrap();
+    let before = passes::run_until(lowered, Some("warp_specialize")).unwrap();
+    let why = passes::overlap::why_not(&before).expect("a reason");
+    assert!(why.contains("follows P·V"), "{why}");
+}

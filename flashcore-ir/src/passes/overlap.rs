@@ -191,29 +191,36 @@ pub fn why_not(kernel: &Kernel) -> Option<String> {
     if kernel.mbarriers.len() != 2 {
         return Some("the overlap splits the load warps' one ring pair (full, empty) in two".into());
     }
+    // The compute warps' K/V loops first: their reason is the one a user can act on.
+    let mut why = None;
+    let groups = |role: Role| {
+        kernel.body.insts.iter().flat_map(move |inst| match &inst.op {
+            Op::Roles { groups } => groups.iter().filter(|g| g.roles.contains(&role)).collect(),
+            _ => vec![],
+        })
+    };
+    for group in groups(Role::Compute) {
+        kernel.walk_block(&group.body, &mut |inst| {
+            if let Op::Pipeline { body, .. } = &inst.op {
+                if let Err(e) = match_iteration(kernel, body) {
+                    why.get_or_insert(e);
+                }
+            }
+        });
+    }
+    if why.is_some() {
+        return why;
+    }
     let Some(v_buffer) = v_buffer(kernel) else {
         return Some("no K/V loop of the compute warps has the shape the overlap rotates".into());
     };
-    let mut why = None;
-    for inst in &kernel.body.insts {
-        let Op::Roles { groups } = &inst.op else { continue };
-        for group in groups.iter().filter(|g| g.roles.contains(&Role::Load)) {
-            for inst in &group.body.insts {
-                if let Op::Tiles { body, .. } = &inst.op {
-                    if let Err(e) = producer_shape(body, v_buffer) {
-                        why.get_or_insert(e);
-                    }
+    for group in groups(Role::Load) {
+        for inst in &group.body.insts {
+            if let Op::Tiles { body, .. } = &inst.op {
+                if let Err(e) = producer_shape(body, v_buffer) {
+                    why.get_or_insert(e);
                 }
             }
-        }
-        for group in groups.iter().filter(|g| g.roles.contains(&Role::Compute)) {
-            kernel.walk_block(&group.body, &mut |inst| {
-                if let Op::Pipeline { body, .. } = &inst.op {
-                    if let Err(e) = match_iteration(kernel, body) {
-                        why.get_or_insert(e);
-                    }
-                }
-            });
         }
     }
     why
