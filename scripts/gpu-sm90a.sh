@@ -16,6 +16,10 @@
 #                                             checks with it at tails, then schedules timed without and
 #                                             with it, alternating (the 2026-12-02 runs compared binaries
 #                                             before the pass, in $BASE, instead)
+#   scripts/gpu-sm90a.sh profile-producer     Nsight Compute of the producer schedule at 2x16x8192x128
+#                                             without and with --overlap: sections and per-SASS stalls
+#   scripts/gpu-sm90a.sh codegen-ab           float64 checks with $BINS, then schedules (producer, tuned,
+#                                             sm_89) timed with $BASE and $BINS alternating
 #   scripts/gpu-sm90a.sh tuned-ab             the tuning table's picks at three shapes, binaries in $BASE
 #                                             and in $BINS alternating (what a launch without flags runs)
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
@@ -129,6 +133,54 @@ if [ "$mode" = overlap ]; then
   ab --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent
   ab --b 2 --h 16 --s 8192 --d 64 $p --stages 2
   ab --b 4 --h 16 --s 2048 --d 64 $p --stages 2
+fi
+if [ "$mode" = profile-producer ]; then
+  # Nsight Compute of the producer-warpgroup schedule at 2x16x8192x128 without and with the overlap
+  # pass: the sections (pipes, warp states, memory) and the per-SASS-instruction stall samples.
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4 --stages 2"
+  ncu=/usr/local/cuda/bin/ncu
+  for ov in "" "--overlap"; do
+    tag=off; [ -n "$ov" ] && tag=on
+    $ncu --clock-control none --launch-skip 2 --launch-count 1 -k regex:'^attention$' \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis --section SourceCounters \
+      --section InstructionStats --section LaunchStats --section Occupancy -f -o "$out/prof-$tag" \
+      "$bins/attention" --target sm_90a --b 2 --h 16 --s 8192 --d 128 $p $ov --iters 3 --warmup 1 \
+      >"$out/prof-$tag.log" 2>&1 || status=1
+    $ncu -i "$out/prof-$tag.ncu-rep" --page details --csv >"$out/prof-$tag-details.csv" 2>&1 || status=1
+    $ncu -i "$out/prof-$tag.ncu-rep" --page source --csv --print-source sass >"$out/prof-$tag-sass.csv" 2>&1 || status=1
+  done
+  ls -la "$out" | tee -a "$out/sm90a.txt"
+fi
+if [ "$mode" = codegen-ab ]; then
+  # A code generator change: float64 checks at tails with the new binaries (sm_90a, the producer
+  # with and without the overlap, sm_89), then schedules timed with the binaries before ($BASE)
+  # and after ($BINS), alternating, same run.
+  base=${BASE:-.device/bin-base}
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
+  t="--target sm_90a --iters 3 --warmup 1"
+  run $t --b 2 --h 4 --s 777 --d 128 $p --stages 3 --causal --dtype bf16
+  run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128 $p --stages 2 --overlap
+  run $t --h 4 --d 128 --varlen 1,17,300,1000 $p --stages 2
+  run $t --b 2 --h 4 --s 1000 --d 64 --tile-n 128 --stages 3
+  run $t --b 1 --h 4 --s 300 --d 256
+  run --target sm_89 --iters 3 --warmup 1 --b 2 --h 4 --s 1000 --d 128 --causal
+  run --target sm_89 --iters 3 --warmup 1 --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 64
+  ab() {
+    echo "# before ($base)" | tee -a "$out/sm90a.txt"
+    bins=$base run "$@" --iters 30 --warmup 5
+    run "$@" --iters 30 --warmup 5
+  }
+  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --target sm_90a
+  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --overlap --target sm_90a
+  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --persistent --target sm_90a
+  ab --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent --target sm_90a
+  ab --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
+  ab --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
+  for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 64" "--b 1 --h 8 --s 512 --d 64"; do
+    ab $shape
+    ab $shape --target sm_89
+  done
 fi
 if [ "$mode" = tuned-ab ]; then
   # The tuning table's picks (no schedule flags), binaries before ($BASE) and after, alternating.

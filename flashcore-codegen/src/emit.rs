@@ -414,8 +414,8 @@ impl<'k> Emitter<'k> {
                 self.w.named(RegClass::B32, "%kv_split_key0"),
                 self.w.temp(RegClass::B32),
             );
-            self.w.ins(format!("div.u32 {index}, {warp}, {wps}"));
-            self.w.ins(format!("rem.u32 {block}, {warp}, {wps}"));
+            self.w.div_u32_by(&index, &warp, wps);
+            self.w.rem_u32_by(&block, &warp, wps);
             self.w.ins(format!("mul.lo.u32 {warp_row0}, {block}, {}", self.cfg.rows_per_warp()));
             self.w.ins(format!("mul.lo.u32 {key0}, {index}, {}", self.cfg.keys_per_warp()));
             let row_tile = self.plan.row_tile_region.map(|region| {
@@ -490,6 +490,7 @@ impl<'k> Emitter<'k> {
 
     fn block(&mut self, block: &Block) -> Result<(), CodegenError> {
         if self.stream.is_none() {
+            self.coalesce_updates(block);
             for (i, inst) in block.insts.iter().enumerate() {
                 if matches!(inst.op, Op::MmaAsync { .. }) {
                     self.prepare_async_matmuls(&block.insts[i..])?;
@@ -515,6 +516,59 @@ impl<'k> Emitter<'k> {
             self.stream_run(&run)?;
         }
         Ok(())
+    }
+
+    /// Updates written in place: where `%y = f(%x, ..)` is followed in the same block by
+    /// `%x <- %y`, `%y` is read by nothing else and nothing in between touches `%x`, `%y` takes
+    /// `%x`'s registers and the assignment emits nothing. `f` is a matmul accumulating into
+    /// `%x` (the online softmax's `acc <- mma p, v, acc`) or an elementwise op on a same-shaped
+    /// `%x` (`acc <- acc * alpha`), which reads each register before writing it. Without this,
+    /// a wgmma's accumulators are a fresh family copied in before and out after (64 moves each
+    /// way at D = 128, which ptxas keeps: it gives the accumulator block to S between matmuls).
+    fn coalesce_updates(&mut self, block: &Block) {
+        for (i, inst) in block.insts.iter().enumerate() {
+            let (y, x) = match &inst.op {
+                Op::Mma { dst, acc: Some(acc), .. } => (*dst, *acc),
+                Op::Binary { dst, lhs, rhs, .. } => {
+                    let dt = self.kernel.ty(*dst);
+                    match [*lhs, *rhs]
+                        .into_iter()
+                        .find(|v| self.kernel.ty(*v) == dt && matches!(dt, Type::Frag { .. }))
+                    {
+                        Some(x) => (*dst, x),
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            if self.use_counts.get(&y) != Some(&1)
+                || self.regs.contains_key(&y)
+                || self.one_axis.contains_key(&x)
+            {
+                continue;
+            }
+            let rest = &block.insts[i + 1..];
+            let Some(j) =
+                rest.iter().position(|n| matches!(n.op, Op::Assign { dst, src } if dst == x && src == y))
+            else {
+                continue;
+            };
+            let touches = |op: &Op| op.uses().contains(&x) || op.def() == Some(x);
+            let touches_x = rest[..j].iter().any(|between| {
+                let mut touched = touches(&between.op);
+                for inner in between.op.blocks() {
+                    self.kernel.walk_block(inner, &mut |n| touched |= touches(&n.op));
+                }
+                touched
+            });
+            if touches_x {
+                continue;
+            }
+            let fam = self.regs_of(x);
+            if fam.slots.is_none() {
+                self.regs.insert(y, fam);
+            }
+        }
     }
 
     pub(crate) fn w(&mut self) -> &mut PtxWriter {
@@ -671,6 +725,10 @@ impl<'k> Emitter<'k> {
             }
             Op::Assign { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
+                if d.prefix == s.prefix {
+                    self.w.comment("(written in place)");
+                    return Ok(());
+                }
                 let ty = match self.kernel.ty(*dst).elem() {
                     Some(Elem::F16 | Elem::Bf16 | Elem::I32) => "b32",
                     Some(Elem::Bool) => "pred",
@@ -762,7 +820,7 @@ impl<'k> Emitter<'k> {
         // Tiles cover the axis; the last one may be partial (its tail is masked).
         let (size, r) = (t.size(&self.cfg), self.w.temp(RegClass::B32));
         self.w.ins(format!("add.u32 {r}, {dim}, {}", size - 1));
-        self.w.ins(format!("div.u32 {r}, {r}, {size}"));
+        self.w.div_u32_by(&r, &r, size);
         if let Some(c) = e.causal {
             // Causal: stop after the tile holding key (q_tile + 1)·TILE_M − 1 + SK − S, the last
             // one the Q tile's bottom row sees (signed: with S > SK a Q tile may see none).
@@ -778,7 +836,7 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("add.u32 {last}, {last}, {dim}"));
             self.w.ins(format!("sub.u32 {last}, {last}, {q_len}"));
             self.w.ins(format!("max.s32 {last}, {last}, 0"));
-            self.w.ins(format!("div.u32 {last}, {last}, {size}"));
+            self.w.div_u32_by(&last, &last, size);
             self.w.ins(format!("min.u32 {r}, {r}, {last}"));
         }
         r
@@ -1093,8 +1151,8 @@ impl<'k> Emitter<'k> {
         let rows_per_pass = team.threads / cpr;
         let passes = rows.div_ceil(rows_per_pass);
         let (team_row, chunk) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
-        self.w.ins(format!("div.u32 {team_row}, {}, {cpr}", team.index));
-        self.w.ins(format!("rem.u32 {chunk}, {}, {cpr}", team.index));
+        self.w.div_u32_by(&team_row, &team.index, cpr);
+        self.w.rem_u32_by(&chunk, &team.index, cpr);
         // This thread's chunk in row 0 of the tile; each pass adds only its row's offset.
         let chunk_base = self.global_chunk_base(global, &chunk);
         let active = (team.threads % cpr != 0).then(|| {
@@ -1358,9 +1416,9 @@ impl<'k> Emitter<'k> {
         let slot = self.w.temp(RegClass::B32);
         if ahead > 0 {
             self.w.ins(format!("add.u32 {slot}, {iteration}, {ahead}"));
-            self.w.ins(format!("rem.u32 {slot}, {slot}, {slots}"));
+            self.w.rem_u32_by(&slot, &slot, slots);
         } else {
-            self.w.ins(format!("rem.u32 {slot}, {iteration}, {slots}"));
+            self.w.rem_u32_by(&slot, &iteration, slots);
         }
         self.w.ins(format!("mad.lo.u32 {slot}, {slot}, {slot_bytes}, {base}"));
         slot
@@ -1373,7 +1431,7 @@ impl<'k> Emitter<'k> {
         let it = self.regs_of(iter).at(0);
         let smem = self.th().smem.clone();
         let addr = self.w.temp(RegClass::B32);
-        self.w.ins(format!("rem.u32 {addr}, {it}, {slots}"));
+        self.w.rem_u32_by(&addr, &it, slots);
         self.w.ins(format!("mad.lo.u32 {addr}, {addr}, 8, {base}"));
         self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
         addr
@@ -1395,7 +1453,7 @@ impl<'k> Emitter<'k> {
         let slots = self.kernel.mbarriers[ring.0 as usize].slots;
         let it = self.regs_of(iter).at(0);
         let parity = self.w.temp(RegClass::B32);
-        self.w.ins(format!("div.u32 {parity}, {it}, {slots}"));
+        self.w.div_u32_by(&parity, &it, slots);
         self.w.ins(format!("and.b32 {parity}, {parity}, 1"));
         if flip {
             self.w.ins(format!("xor.b32 {parity}, {parity}, 1"));
@@ -1669,8 +1727,10 @@ impl<'k> Emitter<'k> {
         match acc {
             Some(c) => {
                 let cf = self.regs_of(c);
-                for i in 0..d.len {
-                    self.w.ins(format!("mov.f32 {}, {}", d.at(i), cf.at(i)));
+                if cf.prefix != d.prefix {
+                    for i in 0..d.len {
+                        self.w.ins(format!("mov.f32 {}, {}", d.at(i), cf.at(i)));
+                    }
                 }
             }
             None => {
@@ -2008,7 +2068,7 @@ impl<'k> Emitter<'k> {
         self.w.place_label(&published);
         self.w.ins(format!("bar.sync {COLUMN_BARRIER}, {compute_threads}"));
         let first = self.w.temp(RegClass::B32);
-        self.w.ins(format!("div.u32 {first}, {warp}, {wps}"));
+        self.w.div_u32_by(&first, &warp, wps);
         self.w.ins(format!("mul.lo.u32 {first}, {first}, {wps}"));
         for j in 0..wps {
             let slot = self.w.temp(RegClass::B32);
@@ -2609,8 +2669,8 @@ impl<'k> Emitter<'k> {
                 String::new()
             };
             let (row, chunk) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
-            self.w.ins(format!("div.u32 {row}, {id}, {cpr}"));
-            self.w.ins(format!("rem.u32 {chunk}, {id}, {cpr}"));
+            self.w.div_u32_by(&row, &id, cpr);
+            self.w.rem_u32_by(&chunk, &id, cpr);
             self.w.ins(format!("add.u32 {row}, {row}, {warp_row0}"));
             let gaddr = self.global_chunk_base(&global, &chunk);
             let row_offset = self.w.temp(RegClass::B64);

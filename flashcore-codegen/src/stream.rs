@@ -205,8 +205,8 @@ impl Emitter<'_> {
             self.w().temp(RegClass::B32),
             self.w().temp(RegClass::B32),
         );
-        self.w().ins(format!("div.u32 {w}, {row}, {rows_per_warp}"));
-        self.w().ins(format!("rem.u32 {rr}, {row}, {rows_per_warp}"));
+        self.w().div_u32_by(&w, &row, rows_per_warp);
+        self.w().rem_u32_by(&rr, &row, rows_per_warp);
         self.w().ins(format!("shr.u32 {mf}, {rr}, 4"));
         self.w().ins(format!("and.b32 {g}, {rr}, 7"));
         self.w().ins(format!("bfe.u32 {half}, {rr}, 3, 1"));

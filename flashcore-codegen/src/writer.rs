@@ -147,6 +147,48 @@ impl PtxWriter {
         let _ = writeln!(self.body, "{}{};", "\t".repeat(self.level + 1), text.as_ref());
     }
 
+    /// `dst = src / divisor` (unsigned 32-bit) for a divisor known at compile time: a shift for
+    /// a power of two, otherwise a multiply-high by the divisor's magic number (see
+    /// [`DivisionByConstant`]). ptxas lowers `div.u32` by an immediate to the general division
+    /// (a float reciprocal and two corrections, about 15 instructions), even for 2. `dst` may be
+    /// `src`.
+    pub fn div_u32_by(&mut self, dst: &str, src: &str, divisor: u32) {
+        match DivisionByConstant::new(divisor) {
+            DivisionByConstant::One => self.mov_if_other(dst, src),
+            DivisionByConstant::Shift(k) => self.ins(format!("shr.u32 {dst}, {src}, {k}")),
+            DivisionByConstant::Magic { multiplier, shift } => {
+                // q = (t + ((x - t) >> 1)) >> (shift - 1), t = mulhi(x, multiplier): exact for every x.
+                let (t, half) = (self.temp(RegClass::B32), self.temp(RegClass::B32));
+                self.ins(format!("mul.hi.u32 {t}, {src}, {multiplier}"));
+                self.ins(format!("sub.u32 {half}, {src}, {t}"));
+                self.ins(format!("shr.u32 {half}, {half}, 1"));
+                self.ins(format!("add.u32 {half}, {half}, {t}"));
+                self.ins(format!("shr.u32 {dst}, {half}, {}", shift - 1));
+            }
+        }
+    }
+
+    /// `dst = src % divisor` (unsigned 32-bit) for a divisor known at compile time: a mask for a
+    /// power of two, otherwise `src - (src / divisor) * divisor`. `dst` may be `src`.
+    pub fn rem_u32_by(&mut self, dst: &str, src: &str, divisor: u32) {
+        match DivisionByConstant::new(divisor) {
+            DivisionByConstant::One => self.ins(format!("mov.u32 {dst}, 0")),
+            DivisionByConstant::Shift(k) => self.ins(format!("and.b32 {dst}, {src}, {}", (1u32 << k) - 1)),
+            DivisionByConstant::Magic { .. } => {
+                let q = self.temp(RegClass::B32);
+                self.div_u32_by(&q, src, divisor);
+                self.ins(format!("mul.lo.u32 {q}, {q}, {divisor}"));
+                self.ins(format!("sub.u32 {dst}, {src}, {q}"));
+            }
+        }
+    }
+
+    fn mov_if_other(&mut self, dst: &str, src: &str) {
+        if dst != src {
+            self.ins(format!("mov.u32 {dst}, {src}"));
+        }
+    }
+
     /// A `//` comment line, in ASCII: the driver's PTX JIT refuses any other byte, even in a
     /// comment (IR text and user names may hold `·`, `ᵀ`, `≥` or any identifier).
     pub fn comment(&mut self, text: impl AsRef<str>) {
@@ -199,9 +241,90 @@ impl PtxWriter {
     }
 }
 
+/// How [`PtxWriter::div_u32_by`] divides an unsigned 32-bit value by a constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DivisionByConstant {
+    One,
+    /// A power of two, `1 << k`.
+    Shift(u32),
+    /// Any other divisor `d` (Hacker's Delight 10-8, the "add" form, exact for all 32-bit x):
+    /// with `l = ceil(log2 d)`, `multiplier = floor(2^32 (2^l - d) / d) + 1`, `shift = l`.
+    Magic {
+        multiplier: u32,
+        shift: u32,
+    },
+}
+
+impl DivisionByConstant {
+    /// The lowering for `divisor` (at least 1).
+    pub fn new(divisor: u32) -> Self {
+        assert!(divisor > 0, "division by zero in generated code");
+        if divisor == 1 {
+            return DivisionByConstant::One;
+        }
+        if divisor.is_power_of_two() {
+            return DivisionByConstant::Shift(divisor.trailing_zeros());
+        }
+        let shift = 32 - (divisor - 1).leading_zeros();
+        let d = divisor as u64;
+        let multiplier = (((1u64 << 32) * ((1u64 << shift) - d)) / d + 1) as u32;
+        DivisionByConstant::Magic { multiplier, shift }
+    }
+
+    /// What the emitted instructions compute, in the same 32-bit steps (for tests).
+    #[cfg(test)]
+    pub fn quotient(self, x: u32) -> u32 {
+        match self {
+            DivisionByConstant::One => x,
+            DivisionByConstant::Shift(k) => x >> k,
+            DivisionByConstant::Magic { multiplier, shift } => {
+                let t = ((x as u64 * multiplier as u64) >> 32) as u32;
+                (((x - t) >> 1) + t) >> (shift - 1)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn division_by_a_constant_is_exact_for_every_divisor_the_generator_uses() {
+        // Every divisor up to 1024 (ring slots, tile sizes, chunks per row, warps per split) and
+        // dividends at both ends of the range, around each multiple, and pseudo-random ones.
+        let mut x: u32 = 0x1234_5678;
+        for d in 1..=1024u32 {
+            let lowering = DivisionByConstant::new(d);
+            let mut dividends = vec![0, 1, d - 1, d, d + 1, u32::MAX, u32::MAX - 1, u32::MAX / d * d];
+            for _ in 0..2000 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                dividends.extend([x, x >> 8, x >> 16]);
+            }
+            for n in dividends {
+                assert_eq!(lowering.quotient(n), n / d, "{n} / {d} with {lowering:?}");
+            }
+        }
+        assert_eq!(DivisionByConstant::new(2), DivisionByConstant::Shift(1));
+        assert_eq!(
+            DivisionByConstant::new(3),
+            DivisionByConstant::Magic { multiplier: 0x5555_5556, shift: 2 }
+        );
+    }
+
+    #[test]
+    fn division_by_a_constant_is_emitted_without_div() {
+        let mut w = PtxWriter::default();
+        w.div_u32_by("%a", "%a", 2);
+        w.rem_u32_by("%b", "%a", 4);
+        w.rem_u32_by("%c", "%a", 3);
+        let text = w.finish();
+        assert!(!text.contains("div.") && !text.contains("rem."), "{text}");
+        assert!(text.contains("shr.u32 %a, %a, 1;") && text.contains("and.b32 %b, %a, 3;"), "{text}");
+        assert!(text.contains("mul.hi.u32") && text.contains("mul.lo.u32"), "{text}");
+    }
 
     #[test]
     fn shared_registers_are_declared_and_written_once() {

@@ -863,6 +863,8 @@ impl<'a> Cta<'a> {
             }
             Op::Nanosleep => {}
             Op::Mov { d, a } => self.lanes_map(w, exec, |c, l| (*d, c.val(w, *a, l))),
+            Op::Pack64 { d, lo, hi } => self
+                .lanes_map(w, exec, |c, l| (*d, (c.val(w, *lo, l) & 0xFFFF_FFFF) | (c.val(w, *hi, l) << 32))),
             Op::Int { op, ty, d, a, b } => {
                 for l in lanes(exec) {
                     let (x, y) = (self.val(w, *a, l), self.val(w, *b, l));

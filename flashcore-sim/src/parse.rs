@@ -227,6 +227,12 @@ pub enum Op {
         d: u32,
         a: Operand,
     },
+    /// `mov.b64 d, {lo, hi}`: two 32-bit words into one 64-bit register.
+    Pack64 {
+        d: u32,
+        lo: Operand,
+        hi: Operand,
+    },
     Int {
         op: IntOp,
         ty: IntType,
@@ -832,7 +838,16 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             if base == "cvta" && !(has("to") && has("global")) {
                 return Err(Decode::Unsupported);
             }
-            Op::Mov { d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
+            let src = n(1)?;
+            if let Some(words) = src.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                let words = split_operands(words);
+                if base != "mov" || !has("b64") || words.len() != 2 {
+                    return Err(Decode::Unsupported);
+                }
+                Op::Pack64 { d: ctx.dest(n(0)?)?, lo: ctx.operand(&words[0])?, hi: ctx.operand(&words[1])? }
+            } else {
+                Op::Mov { d: ctx.dest(n(0)?)?, a: ctx.operand(src)? }
+            }
         }
         "add" | "sub" | "mul" | "div" | "rem" | "shl" | "shr" | "and" | "or" | "xor" | "min" | "max"
             if mods.last() == Some(&"f32") =>

@@ -328,8 +328,10 @@ pub fn softcap_attention_backward_dq<T>(
 }
 
 /// Softcap's backward, key side: [`attention_backward_dkdv`] with `dSᵀ · (1 − t²)` (see
-/// [`softcap_attention_backward_dq`]).
-#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+/// [`softcap_attention_backward_dq`]). K and V stay in shared memory (`a_in_smem`): with them
+/// in registers the kernel sits at 255 registers on sm_90, where any reordering of its
+/// integer code (ring slots as shifts instead of divisions did) spills a register.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4, a_in_smem)]
 pub fn softcap_attention_backward_dkdv<T>(
     q: Tensor<T, B, H, S, D>,
     k: Tensor<T, B, HKV, SK, D>,

@@ -183,6 +183,9 @@ impl Emitter<'_> {
             }
             WgmmaInit::CopyFrom(acc) => {
                 let c = self.regs_of(acc);
+                if c.prefix == d.prefix {
+                    return;
+                }
                 for i in 0..d.len {
                     self.w.ins(format!("mov.f32 {}, {}", d.at(i), c.at(i)));
                 }
@@ -235,18 +238,23 @@ impl Emitter<'_> {
         if let Some(extra) = extra {
             self.w.ins(format!("add.u32 {addr}, {addr}, {extra}"));
         }
-        let base = self.w.temp(RegClass::B64);
-        self.w.ins(format!("cvt.u64.u32 {base}, {addr}"));
-        self.w.ins(format!("shr.u64 {base}, {base}, 4"));
-        base
+        self.w.ins(format!("shr.u32 {addr}, {addr}, 4"));
+        addr
     }
 
-    /// The descriptor of a k-slice: `base` advanced by the slice's byte `offset`, with the
-    /// `constant` part ([`k_slice`]).
+    /// The descriptor of a k-slice: `base` (the tile's first byte / 16, a 32-bit register)
+    /// advanced by the slice's byte `offset`, with the `constant` part ([`k_slice`]). Only the
+    /// low word is computed: the start address (bits 0-13) stays below 2^14 (shared memory is
+    /// under 256 KB), so adding the constant's low word (bits 16-29) is the same as or-ing it,
+    /// and the high word is the constant's. One 32-bit add per descriptor, where a 64-bit add
+    /// and or cost ptxas six uniform instructions per k-slice.
     fn descriptor(&mut self, base: &str, (offset, constant): (u32, u64)) -> String {
+        let (lo, hi) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        let low_word = (offset >> 4) + (constant & 0xFFFF_FFFF) as u32;
+        self.w.ins(format!("add.u32 {lo}, {base}, {low_word:#x}"));
+        self.w.ins(format!("mov.b32 {hi}, {:#x}", constant >> 32));
         let desc = self.w.temp(RegClass::B64);
-        self.w.ins(format!("add.s64 {desc}, {base}, {}", offset >> 4));
-        self.w.ins(format!("or.b64 {desc}, {desc}, {constant:#x}"));
+        self.w.ins(format!("mov.b64 {desc}, {{{lo}, {hi}}}"));
         desc
     }
 
