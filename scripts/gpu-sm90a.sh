@@ -20,6 +20,8 @@
 #                                             without and with --overlap: sections and per-SASS stalls
 #   scripts/gpu-sm90a.sh codegen-ab           float64 checks with $BINS, then schedules (producer, tuned,
 #                                             sm_89) timed with $BASE and $BINS alternating
+#   scripts/gpu-sm90a.sh retune               before/after ($BASE, $BINS) at four schedules, then the sm_90a
+#                                             tuning (large, medium) and the benchmark with it
 #   scripts/gpu-sm90a.sh tuned-ab             the tuning table's picks at three shapes, binaries in $BASE
 #                                             and in $BINS alternating (what a launch without flags runs)
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
@@ -181,6 +183,29 @@ if [ "$mode" = codegen-ab ]; then
     ab $shape
     ab $shape --target sm_89
   done
+fi
+if [ "$mode" = retune ]; then
+  # A short before/after of a code generator change ($BASE, $BINS), then the sm_90a tuning of the
+  # large and medium shapes with $BINS (into $OUT/attention.json) and the benchmark with it.
+  base=${BASE:-.device/bin-base}
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
+  ab() {
+    echo "# before ($base)" | tee -a "$out/sm90a.txt"
+    bins=$base run "$@" --iters 30 --warmup 5
+    run "$@" --iters 30 --warmup 5
+  }
+  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --target sm_90a
+  ab --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent --target sm_90a
+  ab --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
+  ab --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
+  cp tuning/attention.json "$out/attention.json"
+  "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
+    --d 128,64 --causal no,yes --classes large,medium --seconds ${TUNE_SECONDS:-270} 2>&1 | tee "$out/autotune.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/bench-retune" \
+    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
+    --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if [ "$mode" = tuned-ab ]; then
   # The tuning table's picks (no schedule flags), binaries before ($BASE) and after, alternating.

@@ -1985,11 +1985,28 @@ impl<'k> Emitter<'k> {
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let r = d.at(row_reg(mf, h));
-                self.w.ins(format!("mov.f32 {r}, {}", s.at(shape.acc(mf, 0, 2 * h))));
-                self.w.ins(format!("{instr} {r}, {r}, {}", s.at(shape.acc(mf, 0, 2 * h + 1))));
-                for nt in 1..shape.col_blocks {
-                    for e in 0..2 {
-                        self.w.ins(format!("{instr} {r}, {r}, {}", s.at(shape.acc(mf, nt, 2 * h + e))));
+                let items: Vec<String> = (0..shape.col_blocks)
+                    .flat_map(|nt| (0..2).map(move |e| (nt, e)))
+                    .map(|(nt, e)| s.at(shape.acc(mf, nt, 2 * h + e)))
+                    .collect();
+                if op == ReduceOp::Max && items.len() >= 8 {
+                    // Four interleaved chains, then combined: a max is exact in any order, and
+                    // four chains cut the dependent latency before the shuffles from one
+                    // instruction per element to a quarter of that (a sum keeps its order).
+                    let chains: Vec<String> = (0..4).map(|_| self.w.temp(RegClass::F32)).collect();
+                    for (c, chain) in chains.iter().enumerate() {
+                        self.w.ins(format!("{instr} {chain}, {}, {}", items[c], items[c + 4]));
+                    }
+                    for (i, item) in items.iter().enumerate().skip(8) {
+                        self.w.ins(format!("{instr} {c}, {c}, {item}", c = chains[i % 4]));
+                    }
+                    self.w.ins(format!("{instr} {}, {}, {}", chains[0], chains[0], chains[1]));
+                    self.w.ins(format!("{instr} {}, {}, {}", chains[2], chains[2], chains[3]));
+                    self.w.ins(format!("{instr} {r}, {}, {}", chains[0], chains[2]));
+                } else {
+                    self.w.ins(format!("mov.f32 {r}, {}", items[0]));
+                    for item in &items[1..] {
+                        self.w.ins(format!("{instr} {r}, {r}, {item}"));
                     }
                 }
                 // The four lanes of a quad hold the same row: combine them.
