@@ -4,8 +4,9 @@
 //! parities off by one; on sm_90a, an accumulator read before its `wgmma.wait_group`, a missing
 //! `fence.proxy.async` and a missing `wgmma.fence`; with a producer warpgroup, a consumer without
 //! the fence after its full wait and `setmaxnreg` totals that cannot fit (a deadlock); with the
-//! overlap pass, a ring slot released before the asynchronous P·V that reads it retires, and O
-//! rescaled while that P·V is in flight. The unedited kernels pass in `tests/sim.rs`.
+//! overlap pass, a ring slot released before the asynchronous P·V that reads it retires, O
+//! rescaled while that P·V is in flight, and a block of zeros narrower than the P·V operand as
+//! compute-sanitizer counts it. The unedited kernels pass in `tests/sim.rs`.
 
 use flashcore::kernels::attention;
 use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
@@ -296,5 +297,23 @@ fn o_rescaled_while_the_overlapped_p_v_is_in_flight_is_caught() {
     };
     for err in run_edited(hopper_overlap(), edit, &SEEDS) {
         assert!(err.contains("while a wgmma that reads or writes it is in flight"), "{err}");
+    }
+}
+
+#[test]
+fn a_zero_block_narrower_than_the_p_v_operand_is_caught() {
+    // The first P.V of a work item multiplies the block of zeros. Its descriptor reads the
+    // block's first 1024 bytes, but compute-sanitizer counts the operand as 16 x D x 2 bytes
+    // from its start: moved to the block's last 1024 bytes, the operand's span runs past the
+    // end of shared memory (what memcheck reported on the H200 before the block grew to 4 KB).
+    let edit = |p: &str| {
+        let zero_init = p.find("// the block of zeros").expect("the zero block is initialized");
+        let line = p[zero_init..].lines().find(|l| l.contains(", 16, ")).expect("its address");
+        let offset: u32 = line.trim().trim_end_matches(';').rsplit(", ").next().unwrap().parse().unwrap();
+        p.replace(&format!("%smem, {offset};"), &format!("%smem, {};", offset + 3072))
+    };
+    for err in run_edited_at(hopper_overlap(), edit, &SEEDS, 512) {
+        assert!(err.contains("wgmma operand B spans 4096 bytes"), "{err}");
+        assert!(err.contains("past the"), "{err}");
     }
 }

@@ -1536,18 +1536,24 @@ impl<'k> Emitter<'k> {
             // The block of zeros: 16 bytes a thread, fenced into the async proxy (wgmma reads
             // it) before the barrier that publishes it.
             self.w.comment("the block of zeros a view of no tile reads");
-            let chunks = crate::smem::ZERO_BLOCK_BYTES / 16;
-            let (outside, done) = (self.w.temp(RegClass::Pred), self.w.label("zero_done"));
-            self.w.ins(format!("setp.ge.u32 {outside}, {thread}, {chunks}"));
-            self.w.ins(format!("@{outside} bra {done}"));
-            let addr = self.w.temp(RegClass::B32);
-            self.w.ins(format!("mad.lo.u32 {addr}, {thread}, 16, {zero}"));
-            self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
+            let chunks = crate::smem::zero_block_bytes(&self.cfg) / 16;
+            let threads = self.cfg.threads();
             let z = self.w.temp(RegClass::B32);
             self.w.ins(format!("mov.b32 {z}, 0"));
-            self.w.ins(format!("st.shared.v4.b32 [{addr}], {{{z}, {z}, {z}, {z}}}"));
+            // Chunk `thread + pass * threads`, while there are chunks.
+            for pass in 0..chunks.div_ceil(threads) {
+                let chunk = self.w.temp(RegClass::B32);
+                self.w.ins(format!("add.u32 {chunk}, {thread}, {}", pass * threads));
+                let (outside, done) = (self.w.temp(RegClass::Pred), self.w.label("zero_done"));
+                self.w.ins(format!("setp.ge.u32 {outside}, {chunk}, {chunks}"));
+                self.w.ins(format!("@{outside} bra {done}"));
+                let addr = self.w.temp(RegClass::B32);
+                self.w.ins(format!("mad.lo.u32 {addr}, {chunk}, 16, {zero}"));
+                self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
+                self.w.ins(format!("st.shared.v4.b32 [{addr}], {{{z}, {z}, {z}, {z}}}"));
+                self.w.place_label(&done);
+            }
             self.w.ins("fence.proxy.async.shared::cta");
-            self.w.place_label(&done);
         }
         self.w.ins("bar.sync 0");
         Ok(())

@@ -119,7 +119,7 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         .collect();
     let mut zero_views = false;
     kernel.walk(&mut |inst| zero_views |= matches!(inst.op, Op::StageView { zero_unless: Some(_), .. }));
-    let zero_block = zero_views.then(|| alloc(ZERO_BLOCK_BYTES, ZERO_BLOCK_BYTES));
+    let zero_block = zero_views.then(|| alloc(zero_block_bytes(cfg), SWIZZLE_PERIOD_BYTES));
     SmemPlan {
         zero_block,
         row_tile_region,
@@ -140,8 +140,16 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     }
 }
 
-/// Bytes of [`SmemPlan::zero_block`]: one period of the 128-byte swizzle (8 rows of 128 bytes).
-pub const ZERO_BLOCK_BYTES: u32 = 1024;
+/// One period of the 128-byte swizzle (8 rows of 128 bytes): the alignment of the zero block.
+pub const SWIZZLE_PERIOD_BYTES: u32 = 1024;
+
+/// Bytes of [`SmemPlan::zero_block`]. A descriptor with no strides reads only its first 1024
+/// bytes, but compute-sanitizer counts a wgmma operand of `n` columns as the `n x 16 x 2`
+/// bytes from its start (4 KB for P.V at D = 128), so the block covers the widest operand a
+/// view of it can be: `32 x max(head_dim, tile_n)` bytes, whole swizzle periods.
+pub fn zero_block_bytes(cfg: &flashcore_ir::Config) -> u32 {
+    (32 * cfg.head_dim.max(cfg.tile_n)).next_multiple_of(SWIZZLE_PERIOD_BYTES)
+}
 
 /// The alignment of the tiles an mma reads from shared memory (the ring buffers and the row-tile
 /// region), and of the shared window itself: [`BUFFER_ALIGN`]; on sm_90a 1024 bytes, since

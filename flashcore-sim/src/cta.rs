@@ -1660,6 +1660,23 @@ impl<'a> Cta<'a> {
             WgmmaA::Descriptor(o) => Some(uniform(*o)?),
             WgmmaA::Registers(_) => None,
         };
+        // compute-sanitizer's memcheck counts an operand as the bytes from its start address
+        // to start + rows x 16 x 2 (whatever its strides): all of that must lie in the launch's
+        // shared memory, or memcheck reports an out-of-bounds read that the tensor cores never
+        // make.
+        let spans = std::iter::once(("B", descriptor.start, u64::from(n) * 32))
+            .chain(a_descriptor.as_ref().map(|ad| ("A", ad.start, 64 * 32)));
+        for (operand, start, bytes) in spans {
+            if start + bytes > u64::from(self.s.shared_bytes) {
+                return Err(SimError::OutOfBounds {
+                    at: site.at(),
+                    message: format!(
+                        "wgmma operand {operand} spans {bytes} bytes from {start:#x} (as compute-sanitizer counts it), past the {} bytes of shared memory of this launch",
+                        self.s.shared_bytes
+                    ),
+                });
+            }
+        }
         // B[n][k], a 4-byte word (two elements adjacent along a row) at a time: K-major rows
         // hold k, MN-major rows hold n.
         let cols = n as u64;

@@ -137,7 +137,8 @@ impl Emitter<'_> {
             }
         };
         // A view that may name the block of zeros: its descriptor, with no strides, reads only
-        // those 1024 bytes whatever the k-slice.
+        // the block's first 1024 bytes whatever the k-slice (the block is larger for
+        // compute-sanitizer: [`crate::smem::zero_block_bytes`]).
         let zero = match &tile.zero_unless {
             Some(live) => {
                 let offset = self.plan().zero_block.ok_or_else(|| {
