@@ -39,6 +39,25 @@ run() {
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || { echo "EXIT $rc" | tee -a "$out/sm90a.txt"; status=1; }
 }
+# The same flags with the binaries before ($BASE) and after ($BINS), one after the other.
+base=${BASE:-.device/bin-base}
+before_after() {
+  echo "# before ($base)" | tee -a "$out/sm90a.txt"
+  bins=$base run "$@" --iters 30 --warmup 5
+  run "$@" --iters 30 --warmup 5
+}
+# The sm_90a tuning of the large and medium shapes into $OUT/attention.json, then the benchmark
+# with that table into $OUT/$1.
+tune_then_bench() {
+  cp tuning/attention.json "$out/attention.json"
+  "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
+    --d 128,64 --causal no,yes --classes large,medium --seconds "$2" 2>&1 | tee "$out/autotune.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/$1" \
+    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
+    --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+}
 if [ "$mode" = check ] || [ "$mode" = all ]; then
   t="--target sm_90a --iters 3 --warmup 1"
   run $t --b 2 --h 4 --s 1000 --d 64
@@ -158,7 +177,6 @@ if [ "$mode" = codegen-ab ]; then
   # A code generator change: float64 checks at tails with the new binaries (sm_90a, the producer
   # with and without the overlap, sm_89), then schedules timed with the binaries before ($BASE)
   # and after ($BINS), alternating, same run.
-  base=${BASE:-.device/bin-base}
   p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
   t="--target sm_90a --iters 3 --warmup 1"
   run $t --b 2 --h 4 --s 777 --d 128 $p --stages 3 --causal --dtype bf16
@@ -168,65 +186,37 @@ if [ "$mode" = codegen-ab ]; then
   run $t --b 1 --h 4 --s 300 --d 256
   run --target sm_89 --iters 3 --warmup 1 --b 2 --h 4 --s 1000 --d 128 --causal
   run --target sm_89 --iters 3 --warmup 1 --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 64
-  ab() {
-    echo "# before ($base)" | tee -a "$out/sm90a.txt"
-    bins=$base run "$@" --iters 30 --warmup 5
-    run "$@" --iters 30 --warmup 5
-  }
-  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --target sm_90a
-  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --overlap --target sm_90a
-  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --persistent --target sm_90a
-  ab --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent --target sm_90a
-  ab --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
-  ab --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --overlap --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --persistent --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
+  before_after --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
   for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 64" "--b 1 --h 8 --s 512 --d 64"; do
-    ab $shape
-    ab $shape --target sm_89
+    before_after $shape
+    before_after $shape --target sm_89
   done
 fi
 if [ "$mode" = retune ]; then
   # A short before/after of a code generator change ($BASE, $BINS), then the sm_90a tuning of the
   # large and medium shapes with $BINS (into $OUT/attention.json) and the benchmark with it.
-  base=${BASE:-.device/bin-base}
   p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
-  ab() {
-    echo "# before ($base)" | tee -a "$out/sm90a.txt"
-    bins=$base run "$@" --iters 30 --warmup 5
-    run "$@" --iters 30 --warmup 5
-  }
-  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --target sm_90a
-  ab --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent --target sm_90a
-  ab --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
-  ab --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
-  cp tuning/attention.json "$out/attention.json"
-  "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
-    --d 128,64 --causal no,yes --classes large,medium --seconds ${TUNE_SECONDS:-270} 2>&1 | tee "$out/autotune.txt"
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/bench-retune" \
-    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
-    --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  before_after --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
+  before_after --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --target sm_90a
+  tune_then_bench bench-retune "${TUNE_SECONDS:-270}"
 fi
 if [ "$mode" = tuned-ab ]; then
   # The tuning table's picks (no schedule flags), binaries before ($BASE) and after, alternating.
-  base=${BASE:-.device/bin-base}
   for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 4 --h 16 --s 2048 --d 64" "--b 1 --h 8 --s 512 --d 64"; do
-    echo "# before ($base)" | tee -a "$out/sm90a.txt"
-    bins=$base run $shape --iters 30 --warmup 5
-    run $shape --iters 30 --warmup 5
+    before_after $shape
   done
 fi
 if [ "$mode" = next ]; then
   mapfile -t producer < <("$bins/validate" list | awk '{print NR-1, $1}' | grep ' sm90a.*load4' | cut -d' ' -f1)
   BIN=$bins scripts/gpu-validate.sh sanitize "${producer[0]}" "${producer[-1]}" || status=1
-  cp tuning/attention.json "$out/attention.json"
-  "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
-    --d 128,64 --causal no,yes --classes large,medium --seconds ${TUNE_SECONDS:-300} 2>&1 | tee "$out/autotune.txt"
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/bench-next" \
-    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
-    --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  tune_then_bench bench-next "${TUNE_SECONDS:-300}"
 fi
 echo "status $status" | tee -a "$out/sm90a.txt"
 exit $status
