@@ -527,32 +527,29 @@ impl<'k> Emitter<'k> {
     /// way at D = 128, which ptxas keeps: it gives the accumulator block to S between matmuls).
     fn coalesce_updates(&mut self, block: &Block) {
         for (i, inst) in block.insts.iter().enumerate() {
-            let (y, x) = match &inst.op {
-                Op::Mma { dst, acc: Some(acc), .. } => (*dst, *acc),
-                Op::Binary { dst, lhs, rhs, .. } => {
+            // The result, and the operands whose registers it may take.
+            let (y, candidates) = match &inst.op {
+                Op::Mma { dst, acc: Some(acc), .. } => (*dst, vec![*acc]),
+                Op::Binary { dst, lhs, rhs, .. } if matches!(self.kernel.ty(*dst), Type::Frag { .. }) => {
                     let dt = self.kernel.ty(*dst);
-                    match [*lhs, *rhs]
-                        .into_iter()
-                        .find(|v| self.kernel.ty(*v) == dt && matches!(dt, Type::Frag { .. }))
-                    {
-                        Some(x) => (*dst, x),
-                        None => continue,
-                    }
+                    (*dst, [*lhs, *rhs].into_iter().filter(|v| self.kernel.ty(*v) == dt).collect())
                 }
                 _ => continue,
             };
-            if self.use_counts.get(&y) != Some(&1)
-                || self.regs.contains_key(&y)
-                || self.one_axis.contains_key(&x)
-            {
+            if self.use_counts.get(&y) != Some(&1) || self.regs.contains_key(&y) {
                 continue;
             }
             let rest = &block.insts[i + 1..];
-            let Some(j) =
-                rest.iter().position(|n| matches!(n.op, Op::Assign { dst, src } if dst == x && src == y))
-            else {
+            let assigned = candidates.into_iter().find_map(|x| {
+                let j = rest
+                    .iter()
+                    .position(|n| matches!(n.op, Op::Assign { dst, src } if dst == x && src == y))?;
+                Some((x, j))
+            });
+            let Some((x, j)) = assigned else { continue };
+            if self.one_axis.contains_key(&x) {
                 continue;
-            };
+            }
             let touches = |op: &Op| op.uses().contains(&x) || op.def() == Some(x);
             let touches_x = rest[..j].iter().any(|between| {
                 let mut touched = touches(&between.op);
