@@ -755,6 +755,60 @@ impl Op {
         }
     }
 
+    /// The value this op defines, to rename it ([`Op::def`]'s value, by reference).
+    pub fn def_mut(&mut self) -> Option<&mut Value> {
+        match self {
+            Op::ScalarParam { dst, .. }
+            | Op::Const { dst, .. }
+            | Op::IntConst { dst, .. }
+            | Op::DimLen { dst, .. }
+            | Op::Position { dst, .. }
+            | Op::Unary { dst, .. }
+            | Op::MaskWhere { dst, .. }
+            | Op::Gather { dst, .. }
+            | Op::Convert { dst, .. }
+            | Op::Select { dst, .. }
+            | Op::Load { dst, .. }
+            | Op::Stage { dst, .. }
+            | Op::StageView { dst, .. }
+            | Op::ChanRead { dst, .. }
+            | Op::CounterInit { dst }
+            | Op::Transpose { dst, .. }
+            | Op::Mma { dst, .. }
+            | Op::MmaAsync { dst, accumulate: false, .. }
+            | Op::MaskColumns { dst, .. }
+            | Op::Exp2 { dst, .. }
+            | Op::LogSumExp { dst, .. }
+            | Op::ToHalf { dst, .. }
+            | Op::Reduce { dst, .. }
+            | Op::ColReduce { dst, .. }
+            | Op::Binary { dst, .. }
+            | Op::Fill { dst, .. } => Some(dst),
+            Op::Assign { .. }
+            | Op::MmaAsync { accumulate: true, .. }
+            | Op::MmaCommit
+            | Op::MmaWait { .. }
+            | Op::When { .. }
+            | Op::Loop { .. }
+            | Op::Tiles { .. }
+            | Op::Pipeline { .. }
+            | Op::Store { .. }
+            | Op::AsyncCopy { .. }
+            | Op::CommitGroup
+            | Op::WaitGroup { .. }
+            | Op::Barrier { .. }
+            | Op::InitBarriers
+            | Op::Roles { .. }
+            | Op::CounterNext { .. }
+            | Op::MbarWait { .. }
+            | Op::MbarArrive { .. }
+            | Op::MbarArriveAsync { .. }
+            | Op::ChanWrite { .. }
+            | Op::Scatter { .. }
+            | Op::MergeSplits { .. } => None,
+        }
+    }
+
     /// Values this op reads (loop bodies excluded).
     pub fn uses(&self) -> Vec<Value> {
         match self {

@@ -248,15 +248,32 @@ fn producer_block(
                 }
             }
             Op::Loop { var, from, to, body } => {
+                let var = producer_value(kernel, *var, rename);
                 let body = producer_block(kernel, body, needed, rename, rings);
-                Op::Loop { var: *var, from: *from, to: *to, body }
+                Op::Loop { var, from: *from, to: *to, body }
             }
-            // Index arithmetic, evaluated by the producer too (registers are per thread).
-            other => super::softmax_split::rename_uses(other.clone(), rename),
+            // Index arithmetic, evaluated by the producer too (registers are per thread), into
+            // values of its own: each value is defined once, in one role group.
+            other => {
+                let mut op = super::softmax_split::rename_uses(other.clone(), rename);
+                if let Some(dst) = op.def_mut() {
+                    *dst = producer_value(kernel, *dst, rename);
+                }
+                op
+            }
         };
         out.insts.push(Inst { op, role: Some(Role::Load), span: inst.span });
     }
     out
+}
+
+/// The producer's own copy of the consumer's value `v` (`name_load`), recorded in `rename` so
+/// that the producer's later uses read it.
+fn producer_value(kernel: &mut Kernel, v: Value, rename: &mut HashMap<Value, Value>) -> Value {
+    let d = kernel.value(v).clone();
+    let copy = new_value(kernel, d.ty, &format!("{}_load", d.name));
+    rename.insert(v, copy);
+    copy
 }
 
 fn new_value(kernel: &mut Kernel, ty: Type, name: &str) -> Value {
