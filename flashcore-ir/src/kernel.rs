@@ -669,6 +669,63 @@ pub enum Op {
     MergeSplits { max: Value, sum: Value, acc: Value },
 }
 
+/// The arms of [`Op::def`] and [`Op::def_mut`]: which ops define a value (`$dst` bound to it),
+/// listed once for both.
+macro_rules! op_def {
+    ($op:expr, $dst:ident => $some:expr) => {
+        match $op {
+            Op::ScalarParam { dst: $dst, .. }
+            | Op::Const { dst: $dst, .. }
+            | Op::IntConst { dst: $dst, .. }
+            | Op::DimLen { dst: $dst, .. }
+            | Op::Position { dst: $dst, .. }
+            | Op::Unary { dst: $dst, .. }
+            | Op::MaskWhere { dst: $dst, .. }
+            | Op::Gather { dst: $dst, .. }
+            | Op::Convert { dst: $dst, .. }
+            | Op::Select { dst: $dst, .. }
+            | Op::Load { dst: $dst, .. }
+            | Op::Stage { dst: $dst, .. }
+            | Op::StageView { dst: $dst, .. }
+            | Op::ChanRead { dst: $dst, .. }
+            | Op::CounterInit { dst: $dst }
+            | Op::Transpose { dst: $dst, .. }
+            | Op::Mma { dst: $dst, .. }
+            | Op::MmaAsync { dst: $dst, accumulate: false, .. }
+            | Op::MaskColumns { dst: $dst, .. }
+            | Op::Exp2 { dst: $dst, .. }
+            | Op::LogSumExp { dst: $dst, .. }
+            | Op::ToHalf { dst: $dst, .. }
+            | Op::Reduce { dst: $dst, .. }
+            | Op::ColReduce { dst: $dst, .. }
+            | Op::Binary { dst: $dst, .. }
+            | Op::Fill { dst: $dst, .. } => Some($some),
+            Op::Assign { .. }
+            | Op::MmaAsync { accumulate: true, .. }
+            | Op::MmaCommit
+            | Op::MmaWait { .. }
+            | Op::When { .. }
+            | Op::Loop { .. }
+            | Op::Tiles { .. }
+            | Op::Pipeline { .. }
+            | Op::Store { .. }
+            | Op::AsyncCopy { .. }
+            | Op::CommitGroup
+            | Op::WaitGroup { .. }
+            | Op::Barrier { .. }
+            | Op::InitBarriers
+            | Op::Roles { .. }
+            | Op::CounterNext { .. }
+            | Op::MbarWait { .. }
+            | Op::MbarArrive { .. }
+            | Op::MbarArriveAsync { .. }
+            | Op::ChanWrite { .. }
+            | Op::Scatter { .. }
+            | Op::MergeSplits { .. } => None,
+        }
+    };
+}
+
 impl Op {
     /// The global tile this op reads or writes, if any.
     pub fn tile_access(&self) -> Option<&TileAccess> {
@@ -703,110 +760,12 @@ impl Op {
 
     /// The value this op defines, if any (`Assign` redefines an existing one and is not counted).
     pub fn def(&self) -> Option<Value> {
-        match self {
-            Op::ScalarParam { dst, .. }
-            | Op::Const { dst, .. }
-            | Op::IntConst { dst, .. }
-            | Op::DimLen { dst, .. }
-            | Op::Position { dst, .. }
-            | Op::Unary { dst, .. }
-            | Op::MaskWhere { dst, .. }
-            | Op::Gather { dst, .. }
-            | Op::Convert { dst, .. }
-            | Op::Select { dst, .. }
-            | Op::Load { dst, .. }
-            | Op::Stage { dst, .. }
-            | Op::StageView { dst, .. }
-            | Op::ChanRead { dst, .. }
-            | Op::CounterInit { dst }
-            | Op::Transpose { dst, .. }
-            | Op::Mma { dst, .. }
-            | Op::MmaAsync { dst, accumulate: false, .. }
-            | Op::MaskColumns { dst, .. }
-            | Op::Exp2 { dst, .. }
-            | Op::LogSumExp { dst, .. }
-            | Op::ToHalf { dst, .. }
-            | Op::Reduce { dst, .. }
-            | Op::ColReduce { dst, .. }
-            | Op::Binary { dst, .. }
-            | Op::Fill { dst, .. } => Some(*dst),
-            Op::Assign { .. }
-            | Op::MmaAsync { accumulate: true, .. }
-            | Op::MmaCommit
-            | Op::MmaWait { .. }
-            | Op::When { .. }
-            | Op::Loop { .. }
-            | Op::Tiles { .. }
-            | Op::Pipeline { .. }
-            | Op::Store { .. }
-            | Op::AsyncCopy { .. }
-            | Op::CommitGroup
-            | Op::WaitGroup { .. }
-            | Op::Barrier { .. }
-            | Op::InitBarriers
-            | Op::Roles { .. }
-            | Op::CounterNext { .. }
-            | Op::MbarWait { .. }
-            | Op::MbarArrive { .. }
-            | Op::MbarArriveAsync { .. }
-            | Op::ChanWrite { .. }
-            | Op::Scatter { .. }
-            | Op::MergeSplits { .. } => None,
-        }
+        op_def!(self, dst => *dst)
     }
 
     /// The value this op defines, to rename it ([`Op::def`]'s value, by reference).
     pub fn def_mut(&mut self) -> Option<&mut Value> {
-        match self {
-            Op::ScalarParam { dst, .. }
-            | Op::Const { dst, .. }
-            | Op::IntConst { dst, .. }
-            | Op::DimLen { dst, .. }
-            | Op::Position { dst, .. }
-            | Op::Unary { dst, .. }
-            | Op::MaskWhere { dst, .. }
-            | Op::Gather { dst, .. }
-            | Op::Convert { dst, .. }
-            | Op::Select { dst, .. }
-            | Op::Load { dst, .. }
-            | Op::Stage { dst, .. }
-            | Op::StageView { dst, .. }
-            | Op::ChanRead { dst, .. }
-            | Op::CounterInit { dst }
-            | Op::Transpose { dst, .. }
-            | Op::Mma { dst, .. }
-            | Op::MmaAsync { dst, accumulate: false, .. }
-            | Op::MaskColumns { dst, .. }
-            | Op::Exp2 { dst, .. }
-            | Op::LogSumExp { dst, .. }
-            | Op::ToHalf { dst, .. }
-            | Op::Reduce { dst, .. }
-            | Op::ColReduce { dst, .. }
-            | Op::Binary { dst, .. }
-            | Op::Fill { dst, .. } => Some(dst),
-            Op::Assign { .. }
-            | Op::MmaAsync { accumulate: true, .. }
-            | Op::MmaCommit
-            | Op::MmaWait { .. }
-            | Op::When { .. }
-            | Op::Loop { .. }
-            | Op::Tiles { .. }
-            | Op::Pipeline { .. }
-            | Op::Store { .. }
-            | Op::AsyncCopy { .. }
-            | Op::CommitGroup
-            | Op::WaitGroup { .. }
-            | Op::Barrier { .. }
-            | Op::InitBarriers
-            | Op::Roles { .. }
-            | Op::CounterNext { .. }
-            | Op::MbarWait { .. }
-            | Op::MbarArrive { .. }
-            | Op::MbarArriveAsync { .. }
-            | Op::ChanWrite { .. }
-            | Op::Scatter { .. }
-            | Op::MergeSplits { .. } => None,
-        }
+        op_def!(self, dst => dst)
     }
 
     /// Values this op reads (loop bodies excluded).
