@@ -722,7 +722,7 @@ impl<'k> Emitter<'k> {
             }
             Op::Assign { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
-                if d.prefix == s.prefix {
+                if d.is(&s) {
                     self.w.comment("(written in place)");
                     return Ok(());
                 }
@@ -1539,16 +1539,13 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("mov.b32 {z}, 0"));
             // Chunk `thread + pass * threads`, while there are chunks.
             for pass in 0..chunks.div_ceil(threads) {
-                let chunk = self.w.temp(RegClass::B32);
+                let (chunk, inside) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::Pred));
                 self.w.ins(format!("add.u32 {chunk}, {thread}, {}", pass * threads));
-                let (outside, done) = (self.w.temp(RegClass::Pred), self.w.label("zero_done"));
-                self.w.ins(format!("setp.ge.u32 {outside}, {chunk}, {chunks}"));
-                self.w.ins(format!("@{outside} bra {done}"));
+                self.w.ins(format!("setp.lt.u32 {inside}, {chunk}, {chunks}"));
                 let addr = self.w.temp(RegClass::B32);
                 self.w.ins(format!("mad.lo.u32 {addr}, {chunk}, 16, {zero}"));
                 self.w.ins(format!("add.u32 {addr}, {addr}, {smem}"));
-                self.w.ins(format!("st.shared.v4.b32 [{addr}], {{{z}, {z}, {z}, {z}}}"));
-                self.w.place_label(&done);
+                self.w.ins(format!("@{inside} st.shared.v4.b32 [{addr}], {{{z}, {z}, {z}, {z}}}"));
             }
             self.w.ins("fence.proxy.async.shared::cta");
         }
@@ -1730,7 +1727,7 @@ impl<'k> Emitter<'k> {
         match acc {
             Some(c) => {
                 let cf = self.regs_of(c);
-                if cf.prefix != d.prefix {
+                if !cf.is(&d) {
                     for i in 0..d.len {
                         self.w.ins(format!("mov.f32 {}, {}", d.at(i), cf.at(i)));
                     }

@@ -119,7 +119,7 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         .collect();
     let mut zero_views = false;
     kernel.walk(&mut |inst| zero_views |= matches!(inst.op, Op::StageView { zero_unless: Some(_), .. }));
-    let zero_block = zero_views.then(|| alloc(zero_block_bytes(cfg), SWIZZLE_PERIOD_BYTES));
+    let zero_block = zero_views.then(|| alloc(zero_block_bytes(cfg), tile_align(cfg)));
     SmemPlan {
         zero_block,
         row_tile_region,
@@ -140,15 +140,13 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     }
 }
 
-/// One period of the 128-byte swizzle (8 rows of 128 bytes): the alignment of the zero block.
-pub const SWIZZLE_PERIOD_BYTES: u32 = 1024;
-
-/// Bytes of [`SmemPlan::zero_block`]. A descriptor with no strides reads only its first 1024
-/// bytes, but compute-sanitizer counts a wgmma operand of `n` columns as the `n x 16 x 2`
-/// bytes from its start (4 KB for P.V at D = 128), so the block covers the widest operand a
-/// view of it can be: `32 x max(head_dim, tile_n)` bytes, whole swizzle periods.
+/// Bytes of [`SmemPlan::zero_block`] (an sm_90a tile, aligned like one: [`tile_align`]). A
+/// descriptor with no strides reads only its first 1024 bytes, but compute-sanitizer counts a
+/// wgmma operand of `n` columns as the `n x 16 x 2` bytes from its start (4 KB for P.V at
+/// D = 128), so the block covers the widest operand a view of it can be:
+/// `32 x max(head_dim, tile_n)` bytes, in whole swizzle periods.
 pub fn zero_block_bytes(cfg: &flashcore_ir::Config) -> u32 {
-    (32 * cfg.head_dim.max(cfg.tile_n)).next_multiple_of(SWIZZLE_PERIOD_BYTES)
+    (32 * cfg.head_dim.max(cfg.tile_n)).next_multiple_of(tile_align(cfg))
 }
 
 /// The alignment of the tiles an mma reads from shared memory (the ring buffers and the row-tile

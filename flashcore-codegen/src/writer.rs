@@ -47,6 +47,12 @@ pub struct RegFamily {
 }
 
 impl RegFamily {
+    /// Whether `other` names the same registers (an update written in place shares its
+    /// operand's family).
+    pub fn is(&self, other: &RegFamily) -> bool {
+        self.prefix == other.prefix
+    }
+
     pub fn at(&self, i: usize) -> String {
         debug_assert!(i < self.len, "{}{i} is past the family's {} registers", self.prefix, self.len);
         match &self.slots {

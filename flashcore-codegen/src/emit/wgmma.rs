@@ -184,7 +184,7 @@ impl Emitter<'_> {
             }
             WgmmaInit::CopyFrom(acc) => {
                 let c = self.regs_of(acc);
-                if c.prefix == d.prefix {
+                if c.is(&d) {
                     return;
                 }
                 for i in 0..d.len {

@@ -63,15 +63,8 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
 
     // Producers: the same work loop (fresh loop variables), with only the copies.
     let mut rename: HashMap<Value, Value> = HashMap::new();
-    let producer_vars: Vec<Value> = vars
-        .iter()
-        .map(|v| {
-            let d = kernel.value(*v).clone();
-            let n = new_value(&mut kernel, d.ty, &format!("{}_load", d.name));
-            rename.insert(*v, n);
-            n
-        })
-        .collect();
+    let producer_vars: Vec<Value> =
+        vars.iter().map(|v| producer_value(&mut kernel, *v, &mut rename)).collect();
     let mut needed: std::collections::HashSet<Value> = std::collections::HashSet::new();
     kernel.walk_block(tiles_body, &mut |i| {
         if let Op::StageView { src, .. } = &i.op {
@@ -210,9 +203,7 @@ fn producer_block(
     for (inst, _) in block.insts.iter().zip(&keep).filter(|(_, k)| **k) {
         let op = match &inst.op {
             Op::Pipeline { var, extent, stages, body, .. } => {
-                let d = kernel.value(*var).clone();
-                let kt = new_value(kernel, d.ty, &format!("{}_load", d.name));
-                rename.insert(*var, kt);
+                let kt = producer_value(kernel, *var, rename);
                 let mut copies = vec![Inst {
                     op: Op::MbarWait { ring: rings.empty, iter: rings.it, flip: true },
                     role: Some(Role::Load),
