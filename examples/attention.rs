@@ -7,7 +7,7 @@
 //!  [--doc-len 1000] [--table NAME=FILE.npy] [--bias bias.npy] [--doc-ids ids.npy]]
 //!  [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--varlen 1,17,77 [--varlen-k 5,300,0]] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
-//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem --overlap] [--declared]
+//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem --overlap --tma] [--declared]
 //!  [--target sm_89|sm_90a|auto] [--ptx] [--plan plan.json]`
 //!
 //! The config is the tuning table's entry for this GPU and shape (`tuning/attention.json`, or the
@@ -99,6 +99,8 @@ struct Options {
     a_in_smem: bool,
     /// sm_90a: the softmax of each K/V tile under P·V of the one before (`Config::overlap`).
     overlap: bool,
+    /// sm_90a: K/V tiles through bulk tensor copies (TMA) from the producer (`Config::tma`).
+    tma: bool,
     /// Split each K/V tile's keys over this many groups of compute warps (`Config::kv_splits`).
     kv_splits: Option<u32>,
     /// The kernel's declared config, not the tuning table's.
@@ -162,6 +164,7 @@ fn parse_args() -> Result<Options, String> {
         warps: None,
         a_in_smem: false,
         overlap: false,
+        tma: false,
         kv_splits: None,
         declared: false,
         plan: None,
@@ -224,6 +227,7 @@ fn parse_args() -> Result<Options, String> {
             "--declared" => o.declared = true,
             "--a-in-smem" => o.a_in_smem = true,
             "--overlap" => o.overlap = true,
+            "--tma" => o.tma = true,
             "--kv-splits" => o.kv_splits = Some(number(value()?)? as u32),
             "--plan" => o.plan = Some(value()?.into()),
             "--target" => {
@@ -284,6 +288,7 @@ fn schedule_for(o: &Options, program: &Program, [b, h, s, d]: [usize; 4], sk: us
             persistent: o.persistent || base.persistent,
             a_in_smem: o.a_in_smem || base.a_in_smem,
             overlap: o.overlap || base.overlap,
+            tma: o.tma || base.tma,
             kv_splits: o.kv_splits.unwrap_or(base.kv_splits),
             ..base
         };
@@ -321,7 +326,7 @@ fn base_config(o: &Options, d: usize) -> Config {
 /// Whether a tile flag sets the schedule (the tuning table is then not read).
 fn tile_flags_given(o: &Options) -> bool {
     let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps, o.kv_splits];
-    flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem || o.overlap
+    flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem || o.overlap || o.tma
 }
 
 /// One problem's inputs on the host in logical BHSD order, each value rounded to the dtype (the

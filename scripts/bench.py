@@ -94,6 +94,24 @@ class Driver:
             ctypes.byref(n), func, ctypes.c_int(threads), ctypes.c_size_t(shared_bytes)), "cuOccupancy")
         return n.value
 
+    def tensor_map(self, ptr, p):
+        """A plan's `tensormap` parameter over the tensor at device address `ptr`: the
+        128-byte CUtensorMap (64-byte aligned) cuTensorMapEncodeTiled fills."""
+        raw = ctypes.create_string_buffer(128 + 64)
+        base = (ctypes.addressof(raw) + 63) // 64 * 64
+        dims, strides, box = p["dims"], p["strides"], p["box_dims"]
+        u64s, u32s = ctypes.c_uint64 * len(dims), ctypes.c_uint32 * len(dims)
+        # CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6, BFLOAT16 = 9; interleave none, swizzle 128B = 3,
+        # L2 promotion 128B = 2, zero fill = 0.
+        dtype = {"f16": 6, "bf16": 9}[p["dtype"]]
+        self.check(self.lib.cuTensorMapEncodeTiled(
+            ctypes.c_void_p(base), ctypes.c_int(dtype), ctypes.c_uint32(len(dims)), ctypes.c_void_p(ptr),
+            u64s(*dims), (ctypes.c_uint64 * len(strides))(*strides), u32s(*box), u32s(*([1] * len(dims))),
+            ctypes.c_int(0), ctypes.c_int(3), ctypes.c_int(2), ctypes.c_int(0)), f"cuTensorMapEncodeTiled({p['name']})")
+        arg = (ctypes.c_uint8 * 128).from_address(base)
+        arg._keep = raw  # the aligned bytes live inside `raw`
+        return arg
+
     def launch(self, func, grid, threads, shared_bytes, args):
         """args: ctypes values, in the entry's parameter order."""
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in args])
@@ -141,6 +159,8 @@ class FlashCore:
                 args.append(ctypes.c_uint64(0))
             elif p["kind"] == "f32":
                 args.append(ctypes.c_float(p["value"]))
+            elif p["kind"] == "tensormap":
+                args.append(self.driver.tensor_map(tensors[p["tensor"]].data_ptr(), p))
             else:
                 args.append(ctypes.c_uint32(p["value"]))
         return args

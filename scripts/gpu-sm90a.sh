@@ -27,6 +27,11 @@
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
 #                                             tuning of the large and medium shapes with the producer in
 #                                             the space (into $OUT/attention.json), the benchmark with it
+#   scripts/gpu-sm90a.sh tma                  bulk tensor copies (--tma, Config::tma): float64 checks at
+#                                             tails (GQA, S != SK, causal, bf16, BSHD, persistent, overlap),
+#                                             compute-sanitizer and determinism on the TMA reference
+#                                             configs, then schedules timed with cp.async and with TMA,
+#                                             alternating (same binary)
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -211,6 +216,33 @@ if [ "$mode" = tuned-ab ]; then
   # The tuning table's picks (no schedule flags), binaries before ($BASE) and after, alternating.
   for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 4 --h 16 --s 2048 --d 64" "--b 1 --h 8 --s 512 --d 64"; do
     before_after $shape
+  done
+fi
+if [ "$mode" = tma ]; then
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
+  t="--target sm_90a --iters 3 --warmup 1 --tma"
+  run $t --b 2 --h 4 --s 777 --d 128 $p --stages 3 --causal --dtype bf16
+  run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128 $p --stages 2
+  run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128 $p --stages 2 --overlap
+  run $t --b 2 --h 4 --s 517 --d 64 $p --stages 2 --layout bshd --persistent
+  run $t --b 1 --h 4 --s 1000 --sk 300 --d 128 $p --stages 2 --causal --overlap
+  run $t --b 2 --h 4 --s 1000 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2
+  run $t --b 1 --h 4 --s 300 --d 256 --tile-m 64 --warps 4 --tile-n 32 --load-warps 4 --stages 2
+  mapfile -t tma < <("$bins/validate" list | awk '{print NR-1, $1}' | grep ' sm90a.*_tma' | cut -d' ' -f1)
+  BIN=$bins scripts/gpu-validate.sh sanitize "${tma[0]}" "${tma[-1]}" || status=1
+  BIN=$bins scripts/gpu-validate.sh determinism || status=1
+  ab() {
+    run "$@" --target sm_90a --iters 30 --warmup 5
+    run "$@" --tma --target sm_90a --iters 30 --warmup 5
+  }
+  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2
+  ab --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --overlap
+  ab --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 3 --persistent --overlap
+  ab --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2
+  ab --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2
+  ab --b 4 --h 16 --s 2048 --d 64 --tile-m 64 --warps 4 --tile-n 128 --load-warps 4 --stages 2 --persistent
+  for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 64"; do
+    run $shape --iters 30 --warmup 5
   done
 fi
 if [ "$mode" = next ]; then

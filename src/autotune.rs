@@ -97,7 +97,7 @@ fn round1_load_warps(target: Target) -> &'static [u32] {
 }
 
 /// Round 2: the pipeline around one tiling (sm_90a: the producer warpgroup or none, with and
-/// without the overlap pass, and deeper rings, which its 227 KiB of shared memory holds).
+/// without the overlap pass and bulk tensor copies, and deeper rings, which its 227 KiB of shared memory holds).
 pub fn pipeline_candidates(tiling: Config) -> Vec<Config> {
     let mut out = vec![];
     let (stage_counts, load_counts): (&[u32], &[u32]) = match tiling.target {
@@ -107,11 +107,22 @@ pub fn pipeline_candidates(tiling: Config) -> Vec<Config> {
     for &stages in stage_counts {
         for &load_warps in load_counts {
             for persistent in [false, true] {
-                let config =
-                    Config { stages, load_warps, persistent, softmax_warps: 0, overlap: false, ..tiling };
+                let config = Config {
+                    stages,
+                    load_warps,
+                    persistent,
+                    softmax_warps: 0,
+                    overlap: false,
+                    tma: false,
+                    ..tiling
+                };
                 out.push(config);
                 if tiling.target == Target::Sm90a && load_warps > 0 {
+                    // The producer with and without the overlap, each with cp.async and with
+                    // bulk tensor copies.
                     out.push(Config { overlap: true, ..config });
+                    out.push(Config { tma: true, ..config });
+                    out.push(Config { overlap: true, tma: true, ..config });
                 }
             }
         }

@@ -201,6 +201,31 @@ pub fn reference_configs() -> Vec<(&'static str, Config)> {
             },
         ),
     ];
+    // The producer warpgroup with bulk tensor copies (TMA): one thread copies each K/V tile
+    // through a tensor map; D = 128 without and with the overlap, and D = 64 causal bf16
+    // persistent with three stages (GQA-ready addressing: the map's bounds zero-fill).
+    let producer_d128 =
+        configs.iter().find(|(n, _)| *n == "sm90a_d128_m128_w8_n128_load4").expect("the producer config").1;
+    configs.push(("sm90a_d128_m128_w8_n128_load4_tma", Config { tma: true, ..producer_d128 }));
+    configs.push((
+        "sm90a_d128_m128_w8_n128_load4_overlap_tma",
+        Config { tma: true, overlap: true, ..producer_d128 },
+    ));
+    configs.push((
+        "sm90a_d64_m128_w8_s3_load4_causal_bf16_persistent_tma",
+        Config {
+            tile_m: 128,
+            warps: 8,
+            stages: 3,
+            load_warps: 4,
+            causal: true,
+            dtype: DType::Bf16,
+            persistent: true,
+            tma: true,
+            target: Target::Sm90a,
+            ..base
+        },
+    ));
     // The two producer configs again with the overlap pass: the softmax of each K/V tile under
     // the P·V of the one before (asynchronous wgmma).
     for (name, base_name) in [

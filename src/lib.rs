@@ -564,6 +564,30 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
 /// tensors any strides (4-byte stores); for both each stride in bytes within 32 bits, the
 /// strides inside the buffer, and for an output no two elements at one address.
 /// The arguments do not fill the entry ABI (a bug: `bind_shapes` checked their count).
+/// The tensor map of tensor `param` of `kernel`, copied in tiles of `rows` rows, over the
+/// shapes and strides `binding` bound (what the launcher, the simulator and launch plans pass
+/// for an [`ir::abi::EntryParam::TensorMap`]).
+pub(crate) fn tile_map(
+    kernel: &ir::Kernel,
+    binding: &Binding,
+    param: usize,
+    rows: u32,
+) -> Option<ir::abi::TileMap> {
+    use ir::abi::EntryParam;
+    let tensor = kernel.tensor(param).filter(|t| !t.is_rows())?;
+    let lens = [0, 1, 2].map(|axis| binding.dims[tensor.dims[axis].0 as usize]);
+    let mut strides = [0u32; 3];
+    let stride_entries = kernel.entry_abi().into_iter().filter(|e| matches!(e, EntryParam::Stride { .. }));
+    for (entry, value) in stride_entries.zip(&binding.strides) {
+        if let EntryParam::Stride { param: p, axis, .. } = entry {
+            if p == param && axis < 3 {
+                strides[axis] = *value;
+            }
+        }
+    }
+    Some(ir::abi::TileMap::new(kernel.config.head_dim, lens, strides, rows))
+}
+
 fn abi_mismatch(kernel: &ir::Kernel) -> Error {
     Error::Argument {
         kernel: kernel.name.clone(),
@@ -850,6 +874,17 @@ fn enqueue(
             |d| LaunchArg::U32(binding.dims[d.0 as usize]),
             &binding.strides,
             |_, v| LaunchArg::U32(v),
+            |param, rows| {
+                let map = tile_map(k, &binding, param, rows)?;
+                let spec = runtime::TensorMapSpec {
+                    bf16: k.config.dtype == DType::Bf16,
+                    dims: map.dims,
+                    strides: map.strides,
+                    box_dims: map.box_dims,
+                };
+                // The tensor's pointer is launch argument `param` (the ABI lists parameters first).
+                Some(LaunchArg::TensorMap { tensor: param, map: spec })
+            },
         )
         .ok_or_else(|| abi_mismatch(k))?;
     match stream {

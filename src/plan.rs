@@ -64,6 +64,24 @@ pub enum PlanParam {
         /// Its value.
         value: u32,
     },
+    /// A 128-byte `CUtensorMap` (passed by value) that the launcher encodes with
+    /// `cuTensorMapEncodeTiled` over the tensor parameter `tensor`'s device pointer: rank 4,
+    /// 16-bit elements of `dtype`, these extents, byte strides and box (innermost first),
+    /// element strides 1, no interleave, 128-byte swizzle, L2 promotion 128 B, zero fill.
+    TensorMap {
+        /// The kernel parameter, e.g. `tmap_k`.
+        name: String,
+        /// The tensor parameter it maps.
+        tensor: String,
+        /// Element type name.
+        dtype: String,
+        /// Extents, innermost first.
+        dims: Vec<u64>,
+        /// Strides in bytes of the outer axes.
+        strides: Vec<u64>,
+        /// The box each copy brings, innermost first.
+        box_dims: Vec<u32>,
+    },
 }
 
 /// Everything needed to launch one compiled kernel on one problem shape.
@@ -159,6 +177,17 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             },
             &binding.strides,
             |entry, value| PlanParam::U32 { name: short(entry), value },
+            |param, rows| {
+                let map = crate::tile_map(k, &binding, param, rows)?;
+                Some(PlanParam::TensorMap {
+                    name: short(EntryParam::TensorMap { param }),
+                    tensor: k.params[param].name().to_string(),
+                    dtype: k.config.dtype.name().to_string(),
+                    dims: map.dims.to_vec(),
+                    strides: map.strides.to_vec(),
+                    box_dims: map.box_dims.to_vec(),
+                })
+            },
         )
         .ok_or_else(|| crate::abi_mismatch(k))?;
     Ok(LaunchPlan {
@@ -224,7 +253,9 @@ mod tests {
                 PlanParam::Pointer { name, .. } | PlanParam::Null { name } | PlanParam::F32 { name, .. } => {
                     format!("attention_param_{name}")
                 }
-                PlanParam::U32 { name, .. } => format!("attention_{name}"),
+                PlanParam::U32 { name, .. } | PlanParam::TensorMap { name, .. } => {
+                    format!("attention_{name}")
+                }
             })
             .collect();
         assert_eq!(named, declared);

@@ -75,6 +75,16 @@ impl Picture {
                 }
                 None => format!("arrive.async {}", s.barrier_name(*barrier)),
             },
+            Event::ExpectTx { barrier, bytes } => match mark.arrival {
+                Some(a) => format!(
+                    "arrive.expect_tx {} #{} ({bytes} B, lands @{})",
+                    s.barrier_name(*barrier),
+                    a.phase,
+                    a.step
+                ),
+                None => format!("arrive.expect_tx {} ({bytes} B)", s.barrier_name(*barrier)),
+            },
+            Event::BulkCopy { slot, tag, .. } => format!("tma {} ← it {tag}", s.slot_name(*slot)),
             Event::Wait { barrier, phase } if *phase < 0 => {
                 format!("wait {} (free)", s.barrier_name(*barrier))
             }
@@ -112,7 +122,7 @@ impl Picture {
                     let _ = write!(cell, " (waited {})", m.start - m.reached);
                 }
                 cells[i].insert(m.start, cell);
-                if let Event::Copy { slot, .. } = m.event {
+                if let Event::Copy { slot, .. } | Event::BulkCopy { slot, .. } = m.event {
                     landings.push((
                         m.start + COPY_LATENCY,
                         format!("↳ {} landed", self.schedule.slot_name(slot)),
@@ -303,7 +313,7 @@ impl Picture {
             );
         }
         match &m.event {
-            Event::Copy { .. } => {
+            Event::Copy { .. } | Event::BulkCopy { .. } => {
                 rect(svg, 18.0, "#2563eb");
                 let _ = writeln!(
                     svg,
@@ -327,7 +337,7 @@ impl Picture {
                     50.0
                 );
             }
-            Event::Arrive { .. } | Event::AsyncArrive { .. } => {
+            Event::Arrive { .. } | Event::AsyncArrive { .. } | Event::ExpectTx { .. } => {
                 let at = m.arrival.map_or(m.start, |a| a.step);
                 let fill = if matches!(m.event, Event::Arrive { .. }) { "#111827" } else { "white" };
                 if at > m.start {

@@ -171,6 +171,16 @@ pub fn simulate<T: HalfFloat>(
             |d| flashcore_sim::Arg::U32(binding.dims[d.0 as usize]),
             &binding.strides,
             |_, v| flashcore_sim::Arg::U32(v),
+            |param, rows| {
+                let map = crate::tile_map(k, &binding, param, rows)?;
+                let flashcore_sim::Arg::U64(base) = per_param.get(param)? else { return None };
+                Some(flashcore_sim::Arg::TensorMap(flashcore_sim::TensorMap {
+                    base: *base,
+                    dims: map.dims,
+                    strides: map.strides,
+                    box_dims: map.box_dims,
+                }))
+            },
         )
         .ok_or_else(|| crate::abi_mismatch(k))?;
     let launch = flashcore_sim::Launch {

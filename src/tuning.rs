@@ -163,6 +163,9 @@ pub struct Schedule {
     /// `Config::overlap` (absent in tables written before it existed: false).
     #[serde(default)]
     pub overlap: bool,
+    /// `Config::tma` (absent in tables written before it existed: false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tma: bool,
     /// `Config::target`, as its name (absent in tables written before sm_90a existed: sm_89).
     /// A launch from a tuned entry runs the target it was timed on.
     #[serde(default = "sm_89", with = "target_name")]
@@ -207,6 +210,7 @@ impl Schedule {
             a_in_smem: config.a_in_smem,
             kv_splits: config.kv_splits,
             overlap: config.overlap,
+            tma: config.tma,
             target: config.target,
         }
     }
@@ -224,10 +228,15 @@ impl Schedule {
             a_in_smem: self.a_in_smem,
             kv_splits: self.kv_splits,
             overlap: self.overlap,
+            tma: self.tma,
             target: self.target,
             ..base
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// JSON has no NaN: serde_json writes it as `null`, which reads back as NaN here.

@@ -132,3 +132,46 @@ fn a_kv_loop_inside_a_range_loop_passes_and_its_plants_are_caught() {
     let err = check(&schedule_of(&kernel)).unwrap_err();
     assert_eq!(err.kind, ProtocolErrorKind::ReadBeforeFill, "{err}");
 }
+
+/// Edits every `MbarExpectTx` of `block` (and of the blocks inside it).
+fn edit_expect_tx(block: &mut Block, edit: &dyn Fn(&mut u32)) {
+    for inst in &mut block.insts {
+        match &mut inst.op {
+            Op::MbarExpectTx { bytes, .. } => edit(bytes),
+            Op::Tiles { body, .. } | Op::Loop { body, .. } => edit_expect_tx(body, edit),
+            Op::Pipeline { prologue, body, epilogue, .. } => {
+                edit_expect_tx(prologue, edit);
+                edit_expect_tx(body, edit);
+                edit_expect_tx(epilogue, edit);
+            }
+            Op::Roles { groups } => groups.iter_mut().for_each(|g| edit_expect_tx(&mut g.body, edit)),
+            _ => {}
+        }
+    }
+}
+
+/// Bulk tensor copies (the TMA pass), without and with the overlap's split rings, pass; an
+/// announced byte count too high is a deadlock (the phase waits for bytes no copy brings), one
+/// too low an arrival-count error (the phase would complete before the data has landed).
+#[test]
+fn bulk_copies_pass_and_a_wrong_transaction_byte_count_is_caught() {
+    let base = flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4_tma").unwrap();
+    for config in [base, Config { overlap: true, ..base }, Config { stages: 3, persistent: true, ..base }] {
+        let kernel = attention::ir(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let mut tx = 0;
+        kernel.walk(&mut |i| tx += matches!(i.op, Op::MbarExpectTx { .. }) as u32);
+        assert!(tx > 0, "{config}: the TMA pass did not run");
+        check(&schedule_of(&kernel)).unwrap_or_else(|e| panic!("{config}: {e}"));
+    }
+    let kernel = attention::ir(&base).unwrap();
+    let mut high = kernel.clone();
+    edit_expect_tx(&mut high.body, &|b| *b += 16);
+    let err = check(&schedule_of(&high)).unwrap_err();
+    assert_eq!(err.kind, ProtocolErrorKind::Deadlock, "{err}");
+    assert!(err.to_string().contains("16 transaction bytes it expects not brought by any copy"), "{err}");
+    let mut low = kernel;
+    edit_expect_tx(&mut low.body, &|b| *b -= 16);
+    let err = check(&schedule_of(&low)).unwrap_err();
+    assert_eq!(err.kind, ProtocolErrorKind::ArrivalCount, "{err}");
+    assert!(err.to_string().contains("bytes more than phase 0 of mbarrier `full[0]` expects"), "{err}");
+}

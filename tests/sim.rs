@@ -285,3 +285,29 @@ fn variable_length_batches_run_correctly_in_the_simulator() {
         }
     }
 }
+
+/// Bulk tensor copies (`Config::tma`): grouped and multi-query heads (the tensor map's head
+/// coordinate divided down), cross-attention with tails on both sides and more queries than
+/// keys (the map's bounds zero-fill past the sequence), causal, BSHD strides, bf16 and D = 256
+/// (four 64-column boxes a tile).
+#[test]
+fn bulk_tensor_copies_run_correctly_in_the_simulator() {
+    let tma = flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4_tma").unwrap();
+    let d64 = flashcore::Config { head_dim: 64, stages: 3, persistent: true, ..tma };
+    let d256 = flashcore::Config { tile_m: 64, warps: 4, tile_n: 32, ..tma.with_head_dim(256) };
+    let configs = [
+        ("tma_d128", tma),
+        ("tma_d128_overlap_causal", flashcore::Config { overlap: true, causal: true, ..tma }),
+        (
+            "tma_d64_s3_persistent_causal_bf16",
+            flashcore::Config { causal: true, dtype: flashcore::DType::Bf16, ..d64 },
+        ),
+        ("tma_d256", d256),
+    ];
+    for (name, config) in configs {
+        for (shape, hk, seed) in [((1, 4, 77, 200), 1, 5), ((2, 4, 150, 40), 2, 6)] {
+            run_case(name, &config, shape, hk, Layout::Bhsd, seed, 32);
+        }
+        run_case(name, &config, (2, 2, 100, 130), 1, Layout::Bshd, 7, 16);
+    }
+}

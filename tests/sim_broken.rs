@@ -317,3 +317,37 @@ fn a_zero_block_narrower_than_the_p_v_operand_is_caught() {
         assert!(err.contains("past the"), "{err}");
     }
 }
+
+/// The producer config with bulk tensor copies (`Config::tma`): one thread announces each
+/// slot's bytes (`mbarrier.arrive.expect_tx`) and copies K and V through tensor maps.
+fn hopper_tma() -> Config {
+    flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4_tma").expect("a reference config")
+}
+
+#[test]
+fn an_expect_tx_count_too_high_deadlocks_and_the_report_shows_the_missing_bytes() {
+    // The slot's K and V tiles bring 65536 bytes; the arrival announces 16 more, which no copy
+    // completes: the consumers wait for the phase forever.
+    let edit =
+        |p: &str| replace_nth(p, "mbarrier.arrive.expect_tx", 0, |l| l.replace(", 65536;", ", 65552;"));
+    for err in run_edited(hopper_tma(), edit, &SEEDS) {
+        assert!(err.starts_with("deadlock"), "{err}");
+        assert!(err.contains("16 transaction bytes outstanding"), "{err}");
+    }
+}
+
+#[test]
+fn an_expect_tx_count_too_low_is_caught_before_the_phase_completes_early() {
+    // 16 bytes fewer than the copies bring: the phase completes with data still landing. Either
+    // the last piece finds the phase's bytes all in, or (when the consumers' reads come first)
+    // a read of shared memory the copy engine writes after the phase they waited for.
+    let edit =
+        |p: &str| replace_nth(p, "mbarrier.arrive.expect_tx", 0, |l| l.replace(", 65536;", ", 65520;"));
+    for err in run_edited(hopper_tma(), edit, &SEEDS) {
+        assert!(
+            err.contains("its expect_tx count is too small")
+                || (err.contains("shared-memory race") && err.contains("a bulk tensor copy of warp 8")),
+            "{err}"
+        );
+    }
+}

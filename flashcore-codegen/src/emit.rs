@@ -126,6 +126,8 @@ pub struct Emitter<'k> {
     smem_a: HashMap<Value, String>,
     /// Per parameter: the tensor's global base and strides (`None` for scalars).
     tensors: Vec<Option<GlobalTensor>>,
+    /// Per tensor read through a tensor map: the map's generic address (a register).
+    tensor_maps: HashMap<usize, String>,
     dim_regs: Vec<String>,
     t: Option<ThreadRegs>,
     /// The threads that copy ring tiles in the code being emitted (all of them, or the
@@ -239,6 +241,7 @@ impl<'k> Emitter<'k> {
             prepared: HashMap::new(),
             smem_a: HashMap::new(),
             tensors: vec![],
+            tensor_maps: HashMap::new(),
             dim_regs: vec![],
             t: None,
             pipeline_count: None,
@@ -336,8 +339,16 @@ impl<'k> Emitter<'k> {
         // The entry parameters, in the one order `Kernel::entry_abi` states.
         for entry in k.entry_abi() {
             let pname = entry.ptx_name(k);
-            decls.push(format!("\t.param {} {pname}", entry.ptx_type()));
+            decls.push(format!("\t{}", entry.ptx_decl(k)));
             match entry {
+                EntryParam::TensorMap { param } => {
+                    // Bulk tensor copies take the map's generic address (in parameter space).
+                    let name = sanitize(k.params[param].name());
+                    let reg = self.w.named(RegClass::B64, &format!("%tmap_{name}"));
+                    self.w.ins(format!("mov.u64 {reg}, {pname}"));
+                    self.w.ins(format!("cvta.param.u64 {reg}, {reg}"));
+                    self.tensor_maps.insert(param, reg);
+                }
                 EntryParam::F32 { .. } => self.tensors.push(None),
                 EntryParam::Pointer { param } => match &k.params[param] {
                     Param::Offsets(o) => {
@@ -629,12 +640,23 @@ impl<'k> Emitter<'k> {
             }
             Op::MbarWait { ring, iter, flip } => {
                 self.mbar_wait(*ring, *iter, *flip)?;
-                if !*flip {
-                    // A full slot: the load warps' copies are visible to this thread now.
+                if !*flip && !self.kernel.mbarriers[ring.0 as usize].tx {
+                    // A full slot: the load warps' copies are visible to this thread now. (Bulk
+                    // tensor copies wrote through the async proxy already: no fence.)
                     self.fence_copies_for_wgmma();
                 }
                 Ok(())
             }
+            Op::MbarExpectTx { ring, iter, bytes } => {
+                let addr = self.mbar_address(*ring, *iter);
+                let leader = self.team_leader();
+                let state = self.w.temp(RegClass::B64);
+                self.w.ins(format!(
+                    "@{leader} mbarrier.arrive.expect_tx.shared::cta.b64 {state}, [{addr}], {bytes}"
+                ));
+                Ok(())
+            }
+            Op::TmaCopy { buffer, src, slot, ring } => self.tma_copy(*buffer, src, *slot, *ring),
             Op::ChanWrite { src, chan, .. } => self.channel(*src, *chan, true),
             Op::ChanRead { dst, chan, .. } => self.channel(*dst, *chan, false),
             Op::MbarArrive { ring, iter } => {
@@ -1083,18 +1105,7 @@ impl<'k> Emitter<'k> {
         rows: u32,
         seq: Option<&str>,
     ) -> Result<GlobalTile, CodegenError> {
-        let mut c: Vec<String> = access.coords.iter().map(|v| self.regs_of(*v).at(0)).collect();
-        if let Some(seq) = seq {
-            c[2] = seq.to_string();
-        }
-        for axis in 0..c.len() {
-            if let Some(g) = access.group(axis) {
-                c[axis] = match self.grouped.get(&(access.coords[axis], g)) {
-                    Some(head) => head.clone(),
-                    None => self.head_group(&c[axis], g),
-                };
-            }
-        }
+        let c = self.tile_coords(access, seq);
         let tensor = self.tensors[access.param].clone();
         let Some([stride_b, stride_h, stride_s]) = tensor.as_ref().map(|t| &t.strides[..]) else {
             return Err(CodegenError::Internal(
@@ -1118,6 +1129,24 @@ impl<'k> Emitter<'k> {
         let ptr = tensor.as_ref().map_or("", |t| &t.ptr);
         self.w.ins(format!("add.u64 {addr}, {ptr}, {off}"));
         Ok(GlobalTile { addr, row_stride: stride_s.clone() })
+    }
+
+    /// The registers of the tile indices `access` selects (batch, head, sequence tile), its
+    /// sequence-tile index replaced by `seq` if given, grouped heads divided down (GQA).
+    fn tile_coords(&mut self, access: &TileAccess, seq: Option<&str>) -> Vec<String> {
+        let mut c: Vec<String> = access.coords.iter().map(|v| self.regs_of(*v).at(0)).collect();
+        if let Some(seq) = seq {
+            c[2] = seq.to_string();
+        }
+        for axis in 0..c.len() {
+            if let Some(g) = access.group(axis) {
+                c[axis] = match self.grouped.get(&(access.coords[axis], g)) {
+                    Some(head) => head.clone(),
+                    None => self.head_group(&c[axis], g),
+                };
+            }
+        }
+        c
     }
 
     fn tile_rows(&self, access: &TileAccess) -> u32 {
@@ -1586,6 +1615,15 @@ impl<'k> Emitter<'k> {
                 ));
                 self.w.ins(format!("setmaxnreg.{dir}.sync.aligned.u32 {count}"));
             }
+            if g.roles.contains(&flashcore_ir::source::Role::Load)
+                && self.kernel.mbarriers.iter().any(|r| r.tx)
+            {
+                // Bulk tensor copies: one thread issues them all; the group's other warps have
+                // nothing to do (their registers went to the compute warpgroups above).
+                let idle = self.w.temp(RegClass::Pred);
+                self.w.ins(format!("setp.ne.u32 {idle}, {}, 0", self.group_warp));
+                self.w.ins(format!("@{idle} bra.uni {end}"));
+            }
             let streaming = g.roles == [flashcore_ir::source::Role::Softmax] && g.warps < self.cfg.warps;
             if streaming {
                 self.start_stream(g.warps);
@@ -1635,6 +1673,52 @@ impl<'k> Emitter<'k> {
         let buffer_rows = self.kernel.buffers[buffer.0 as usize].rows.size(&self.cfg);
         self.copy_tile_async(&global, &offset, None, rows, &team, &valid, Some(buffer_rows));
         self.w.place_label(&skip);
+        Ok(())
+    }
+
+    /// A predicate that holds in the copying team's first thread only (the one that issues
+    /// bulk tensor copies and announces their bytes).
+    fn team_leader(&mut self) -> String {
+        let p = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("setp.eq.u32 {p}, {}, 0", self.team.index));
+        p
+    }
+
+    /// The team's first thread copies tile `src` into slot `slot % slots` of `buffer`: one bulk
+    /// tensor copy per 64-column block (`TileMap`'s box), each into its block of the slot (the
+    /// column-block layout wgmma reads, which is the copy engine's 128-byte swizzle), completing
+    /// its bytes on mbarrier `ring[slot % slots]`.
+    fn tma_copy(
+        &mut self,
+        buffer: BufferId,
+        src: &TileAccess,
+        slot: Value,
+        ring: MbarRingId,
+    ) -> Result<(), CodegenError> {
+        let map = self.tensor_maps.get(&src.param).cloned().ok_or_else(|| {
+            CodegenError::Internal("a bulk tensor copy of a tensor without a tensor map".into())
+        })?;
+        let rows = self.kernel.buffers[buffer.0 as usize].rows.size(&self.cfg);
+        let offset = self.slot_offset(buffer, slot, 0);
+        let smem = self.th().smem.clone();
+        let mbar = self.mbar_address(ring, slot);
+        let leader = self.team_leader();
+        // Coordinates, innermost first: column, row, head, batch.
+        let c = self.tile_coords(src, None);
+        let (batch, head, row) = (c[0].clone(), c[1].clone(), self.w.temp(RegClass::B32));
+        self.w.ins(format!("mul.lo.u32 {row}, {}, {rows}", c[2]));
+        let blocks = self.cfg.head_dim / flashcore_ir::abi::TileMap::BOX_COLUMNS;
+        for block in 0..blocks {
+            let (dst, column) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+            self.w.ins(format!("add.u32 {dst}, {smem}, {offset}"));
+            if block > 0 {
+                self.w.ins(format!("add.u32 {dst}, {dst}, {}", block * rows * wgmma::BLOCK_ROW_BYTES));
+            }
+            self.w.ins(format!("mov.u32 {column}, {}", block * flashcore_ir::abi::TileMap::BOX_COLUMNS));
+            self.w.ins(format!(
+                "@{leader} cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{dst}], [{map}, {{{column}, {row}, {head}, {batch}}}], [{mbar}]"
+            ));
+        }
         Ok(())
     }
 

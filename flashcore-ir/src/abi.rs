@@ -5,7 +5,9 @@
 //! The order: one entry per kernel parameter (a u64 pointer for each tensor, table and set of
 //! sequence offsets, an f32 for each scalar), then a u32 length per runtime dim, then the u32
 //! strides in elements: each tensor's `B, H, S` axes (its head dim is contiguous), each table's
-//! every axis, in parameter order.
+//! every axis, in parameter order; then, for kernels whose tiles come through bulk tensor copies
+//! (the TMA pass), a 128-byte tensor map per tensor they copy, in parameter order
+//! ([`TileMap`] says what it maps).
 
 use crate::kernel::{Kernel, Param, RtDim};
 
@@ -21,6 +23,49 @@ pub enum EntryParam {
     Dim { dim: RtDim },
     /// The u32 stride, in elements, of axis `axis` of tensor or table `param`, which walks `dim`.
     Stride { param: usize, axis: usize, dim: RtDim },
+    /// The tensor map (a 64-byte aligned, 128-byte `CUtensorMap`, passed by value) through
+    /// which the kernel's bulk tensor copies read tensor `param`: see [`TileMap`].
+    TensorMap { param: usize },
+}
+
+/// What the tensor map of a tensor read by bulk tensor copies describes, for whoever encodes
+/// it (the runtime through `cuTensorMapEncodeTiled`, the simulator directly): the tensor as a
+/// 4-D array of 16-bit elements, innermost axis first, `[D, S, H, B]`, and a box of
+/// `[64, rows, 1, 1]` (one 128-byte swizzle span of `rows` rows), with 128-byte swizzle and
+/// zeros outside the bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileMap {
+    /// Extents, innermost first: `D`, then the lengths of the tensor's `S`, `H` and `B` axes.
+    pub dims: [u64; 4],
+    /// Strides in bytes of the `S`, `H` and `B` axes (`D` is contiguous). An axis of extent 1
+    /// that the tensor gives stride 0 (a broadcast batch) gets its extent's worth instead,
+    /// since the encoding wants multiples of 16 bytes.
+    pub strides: [u64; 3],
+    /// The box: `[64, rows, 1, 1]`.
+    pub box_dims: [u32; 4],
+}
+
+impl TileMap {
+    /// Columns of one box: 64 16-bit elements, the 128 bytes of one swizzle span.
+    pub const BOX_COLUMNS: u32 = 64;
+
+    /// The map of a tensor with head dim `head_dim`, axis lengths `[B, H, S]` and strides in
+    /// elements `[B, H, S]`, copied in tiles of `rows` rows.
+    pub fn new(head_dim: u32, lens: [u32; 3], strides: [u32; 3], rows: u32) -> TileMap {
+        let [b, h, s] = lens.map(u64::from);
+        let bytes = |stride: u32, fallback: u64| match stride {
+            0 => fallback,
+            n => n as u64 * 2,
+        };
+        let s_stride = bytes(strides[2], head_dim as u64 * 2);
+        let h_stride = bytes(strides[1], s_stride * s.max(1));
+        let b_stride = bytes(strides[0], h_stride * h.max(1));
+        TileMap {
+            dims: [head_dim as u64, s.max(1), h.max(1), b.max(1)],
+            strides: [s_stride, h_stride, b_stride],
+            box_dims: [Self::BOX_COLUMNS, rows, 1, 1],
+        }
+    }
 }
 
 impl EntryParam {
@@ -35,6 +80,15 @@ impl EntryParam {
             EntryParam::Stride { param, dim, .. } => {
                 format!("{k}_stride_{}_{}", kernel.params[param].name(), kernel.dims[dim.0 as usize])
             }
+            EntryParam::TensorMap { param } => format!("{k}_tmap_{}", kernel.params[param].name()),
+        }
+    }
+
+    /// Its declaration in the `.entry`'s parameter list.
+    pub fn ptx_decl(&self, kernel: &Kernel) -> String {
+        match self {
+            EntryParam::TensorMap { .. } => format!(".param .align 64 .b8 {}[128]", self.ptx_name(kernel)),
+            _ => format!(".param {} {}", self.ptx_type(), self.ptx_name(kernel)),
         }
     }
 
@@ -44,6 +98,7 @@ impl EntryParam {
             EntryParam::Pointer { .. } => ".u64",
             EntryParam::F32 { .. } => ".f32",
             EntryParam::Dim { .. } | EntryParam::Stride { .. } => ".u32",
+            EntryParam::TensorMap { .. } => ".b8",
         }
     }
 }
@@ -53,13 +108,17 @@ impl Kernel {
     /// parameter `i`'s pointer or scalar, `dim(d)` for runtime dim `d`'s length, `stride(entry,
     /// value)` for each stride, whose values `strides` lists in the ABI's order. `None` when a
     /// value is missing (the launcher, the simulator and launch plans share this one walk).
+    /// `tensor_map(param, rows)` gives the tensor map of tensor `param` copied in tiles of `rows`
+    /// rows.
     pub fn entry_args<T>(
         &self,
         mut param: impl FnMut(usize) -> Option<T>,
         mut dim: impl FnMut(RtDim) -> T,
         strides: &[u32],
         mut stride: impl FnMut(EntryParam, u32) -> T,
+        mut tensor_map: impl FnMut(usize, u32) -> Option<T>,
     ) -> Option<Vec<T>> {
+        let maps = self.tensor_maps();
         let mut strides = strides.iter();
         self.entry_abi()
             .into_iter()
@@ -67,6 +126,10 @@ impl Kernel {
                 EntryParam::Pointer { param: p } | EntryParam::F32 { param: p } => param(p),
                 EntryParam::Dim { dim: d } => Some(dim(d)),
                 EntryParam::Stride { .. } => strides.next().map(|v| stride(entry, *v)),
+                EntryParam::TensorMap { param: p } => {
+                    let rows = maps.iter().find(|(m, _)| *m == p)?.1;
+                    tensor_map(p, rows)
+                }
             })
             .collect()
     }
@@ -95,6 +158,7 @@ impl Kernel {
                 dim: *dim,
             }));
         }
+        abi.extend(self.tensor_maps().into_iter().map(|(param, _)| EntryParam::TensorMap { param }));
         abi
     }
 }

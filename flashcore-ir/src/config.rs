@@ -149,6 +149,11 @@ pub struct Config {
     /// without (docs/measurements/2026-12-02-h200-sm90a-overlap.txt), and the split rings are not
     /// measured yet. Ignored where the pass does not apply (`flashcore check` says why).
     pub overlap: bool,
+    /// sm_90a with a producer warpgroup: the load warps' tile copies become bulk tensor copies
+    /// (TMA, `cp.async.bulk.tensor` through tensor maps the runtime encodes), issued by one
+    /// thread, completing on the `full` mbarriers with transaction bytes; the other producer
+    /// warps exit. Ignored where the TMA pass does not apply (`flashcore check` says why).
+    pub tma: bool,
     /// The PTX target (see [`Target`]; `Auto`, the default, is the device's). `sm_90a` needs
     /// warpgroups of compute warps: see `flashcore_codegen::target` for what it expresses today.
     pub target: Target,
@@ -171,6 +176,7 @@ impl Default for Config {
             a_in_smem: false,
             kv_splits: 1,
             overlap: false,
+            tma: false,
             target: Target::Auto,
         }
     }
@@ -326,7 +332,7 @@ impl Config {
         })
     }
 
-    /// The on/off field called `name` (`persistent`, `causal`, `varlen`, `a_in_smem`, `overlap`).
+    /// The on/off field called `name` (`persistent`, `causal`, `varlen`, `a_in_smem`, `overlap`, `tma`).
     pub fn flag_field(&mut self, name: &str) -> Option<&mut bool> {
         match name {
             "persistent" => Some(&mut self.persistent),
@@ -334,6 +340,7 @@ impl Config {
             "varlen" => Some(&mut self.varlen),
             "a_in_smem" => Some(&mut self.a_in_smem),
             "overlap" => Some(&mut self.overlap),
+            "tma" => Some(&mut self.tma),
             _ => None,
         }
     }
@@ -392,13 +399,13 @@ impl Config {
 }
 
 /// What [`Config::with_settings`] accepts, for its errors.
-const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem, overlap (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
+const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem, overlap, tma (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -416,6 +423,7 @@ impl fmt::Display for Config {
             if self.a_in_smem { " a_in_smem" } else { "" },
             if self.kv_splits > 1 { format!(" kv_splits={}", self.kv_splits) } else { String::new() },
             if self.overlap { " overlap" } else { "" },
+            if self.tma { " tma" } else { "" },
             if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() },
             if self.target != Target::Auto { format!(" {}", self.target) } else { String::new() }
         )

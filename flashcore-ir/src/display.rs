@@ -207,6 +207,17 @@ impl Printer<'_> {
             Op::MbarArriveAsync { ring, iter } => {
                 format!("arrive {} when this thread's cp.async copies land", self.ring(*ring, *iter))
             }
+            Op::MbarExpectTx { ring, iter, bytes } => {
+                format!("arrive {} expecting {bytes} bytes", self.ring(*ring, *iter))
+            }
+            Op::TmaCopy { buffer, src, slot, ring } => format!(
+                "tma {}[{} % {}] <- {} completing {}",
+                self.buffer(*buffer),
+                self.v(*slot),
+                self.kernel.buffers[buffer.0 as usize].slots,
+                self.access(src),
+                self.ring(*ring, *slot)
+            ),
             Op::CommitGroup => "commit_group".to_string(),
             Op::WaitGroup { younger } => format!("wait_group {younger}"),
             Op::Barrier { id } => format!("barrier {id}"),
@@ -424,7 +435,8 @@ impl fmt::Display for Kernel {
             writeln!(out, "  bound #{i}: {}", Printer { kernel: self }.mask_expr(b))?;
         }
         for r in &self.mbarriers {
-            writeln!(out, "  mbarrier ${}: x {}, {} arrivals per phase", r.name, r.slots, r.count)?;
+            let tx = if r.tx { " and its copies' bytes" } else { "" };
+            writeln!(out, "  mbarrier ${}: x {}, {} arrivals per phase{tx}", r.name, r.slots, r.count)?;
         }
         for c in &self.channels {
             writeln!(out, "  channel #{}: {}", c.name, c.ty)?;

@@ -338,6 +338,10 @@ pub struct MbarRing {
     pub name: String,
     pub slots: u32,
     pub count: u32,
+    /// Fed by bulk tensor copies (the TMA pass): a phase also waits for the transaction bytes
+    /// its [`Op::MbarExpectTx`] announced, which the copies complete; the data they wrote came
+    /// through the async proxy, so the tensor cores read it with no proxy fence.
+    pub tx: bool,
 }
 
 /// Handle of a channel in [`Kernel::channels`].
@@ -579,6 +583,15 @@ pub enum Op {
     /// Every thread's cp.async copies issued so far arrive on `ring[iter % slots]` when they
     /// complete (`cp.async.mbarrier.arrive.noinc`: the arrival is one of the expected ones).
     MbarArriveAsync { ring: MbarRingId, iter: Value },
+    /// The group's first thread arrives on `ring[iter % slots]` and adds `bytes` to the
+    /// transaction bytes its phase waits for (`mbarrier.arrive.expect_tx`): the bytes of the
+    /// [`Op::TmaCopy`]s that follow.
+    MbarExpectTx { ring: MbarRingId, iter: Value, bytes: u32 },
+    /// The group's first thread copies tile `src` into slot `slot % slots` of `buffer` with bulk
+    /// tensor copies (TMA, one per 64-column block, through the tensor map of `src`'s tensor),
+    /// which complete their bytes on mbarrier `ring[slot % slots]`. Rows and heads outside the
+    /// tensor land as zeros (the map's bounds).
+    TmaCopy { buffer: BufferId, src: TileAccess, slot: Value, ring: MbarRingId },
     /// Write register value `src` into channel `chan`'s shared memory, each thread its own
     /// registers (the receiving warp's thread of the same lane reads them back).
     ChanWrite { src: Value, chan: ChanId, iter: Value },
@@ -710,6 +723,8 @@ macro_rules! op_def {
             | Op::Pipeline { .. }
             | Op::Store { .. }
             | Op::AsyncCopy { .. }
+            | Op::TmaCopy { .. }
+            | Op::MbarExpectTx { .. }
             | Op::CommitGroup
             | Op::WaitGroup { .. }
             | Op::Barrier { .. }
@@ -733,7 +748,8 @@ impl Op {
             Op::Load { src, .. }
             | Op::Stage { src, .. }
             | Op::StageView { src, .. }
-            | Op::AsyncCopy { src, .. } => Some(src),
+            | Op::AsyncCopy { src, .. }
+            | Op::TmaCopy { src, .. } => Some(src),
             Op::MaskColumns { tile, .. } => Some(tile),
             Op::Store { dst, .. } => Some(dst),
             _ => None,
@@ -789,6 +805,7 @@ impl Op {
             Op::MbarWait { iter, .. }
             | Op::MbarArrive { iter, .. }
             | Op::MbarArriveAsync { iter, .. }
+            | Op::MbarExpectTx { iter, .. }
             | Op::ChanRead { iter, .. } => vec![*iter],
             Op::ChanWrite { src, iter, .. } => vec![*src, *iter],
             Op::Load { src, .. } | Op::Stage { src, .. } => src.coords.clone(),
@@ -798,7 +815,7 @@ impl Op {
                 v.extend(*zero_unless);
                 v
             }
-            Op::AsyncCopy { src, slot, .. } => {
+            Op::AsyncCopy { src, slot, .. } | Op::TmaCopy { src, slot, .. } => {
                 let mut v = src.coords.clone();
                 v.push(*slot);
                 v
@@ -878,6 +895,28 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Bytes of one slot of stage buffer `buffer`: `rows × D` 16-bit elements (what a
+    /// [`Op::TmaCopy`] into it brings).
+    pub fn slot_tile_bytes(&self, buffer: BufferId) -> u32 {
+        self.buffers[buffer.0 as usize].rows.size(&self.config) * self.config.head_dim * 2
+    }
+
+    /// The tensors the kernel reads through tensor maps ([`Op::TmaCopy`]), in parameter order,
+    /// with the rows of the tile each copy brings (the map's box).
+    pub fn tensor_maps(&self) -> Vec<(usize, u32)> {
+        let mut maps: Vec<(usize, u32)> = vec![];
+        self.walk(&mut |inst| {
+            if let Op::TmaCopy { buffer, src, .. } = &inst.op {
+                let rows = self.buffers[buffer.0 as usize].rows.size(&self.config);
+                if !maps.iter().any(|(p, _)| *p == src.param) {
+                    maps.push((src.param, rows));
+                }
+            }
+        });
+        maps.sort();
+        maps
+    }
+
     pub fn value(&self, v: Value) -> &ValueData {
         &self.values[v.index()]
     }

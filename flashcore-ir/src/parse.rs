@@ -429,6 +429,10 @@ impl Parser<'_> {
             self.current = n;
             if let Some(rest) = line.strip_prefix("mbarrier $") {
                 let (name, rest) = rest.split_once(": x ").ok_or("expected `mbarrier $NAME: x SLOTS, ..`")?;
+                let (rest, tx) = match rest.strip_suffix(" and its copies' bytes") {
+                    Some(r) => (r, true),
+                    None => (rest, false),
+                };
                 let (slots, count) = rest
                     .strip_suffix(" arrivals per phase")
                     .and_then(|r| r.split_once(", "))
@@ -437,6 +441,7 @@ impl Parser<'_> {
                     name: name.into(),
                     slots: slots.parse().map_err(|_| "bad slot count")?,
                     count: count.parse().map_err(|_| "bad arrival count")?,
+                    tx,
                 };
                 self.kernel.as_mut().expect("made above").mbarriers.push(ring);
             } else if let Some(rest) = line.strip_prefix("channel #") {
@@ -650,6 +655,15 @@ impl Parser<'_> {
             return Ok(Op::MbarWait { ring, iter, flip: parity.ends_with(" ^ 1") });
         }
         if let Some(rest) = text.strip_prefix("arrive ") {
+            if let Some((ring, bytes)) = rest.strip_suffix(" bytes").and_then(|r| r.split_once(" expecting "))
+            {
+                let (ring, iter) = self.ring_at(ring)?;
+                return Ok(Op::MbarExpectTx {
+                    ring,
+                    iter,
+                    bytes: bytes.parse().map_err(|_| "bad byte count")?,
+                });
+            }
             return Ok(match rest.strip_suffix(" when this thread's cp.async copies land") {
                 Some(r) => {
                     let (ring, iter) = self.ring_at(r)?;
@@ -666,6 +680,17 @@ impl Parser<'_> {
             let (chan, iter) = rest.split_once(" (").ok_or("expected `#chan (%i)`")?;
             let (src, chan) = (self.value(src, None)?, self.chan_id(chan)?);
             return Ok(Op::ChanWrite { src, chan, iter: self.value(iter.trim_end_matches(')'), None)? });
+        }
+        if let Some(rest) = text.strip_prefix("tma ") {
+            let (dst, src) =
+                rest.split_once(" <- ").ok_or("expected `tma @buf[..] <- ACCESS completing $ring[..]`")?;
+            let (buffer, slot) = dst.split_once('[').ok_or("expected `@buf[%slot % N]`")?;
+            let (slot, _) = slot.split_once(" % ").ok_or("expected `[%slot % N]`")?;
+            let (access, ring) =
+                src.split_once(" completing ").ok_or("expected `ACCESS completing $ring[..]`")?;
+            let (buffer, slot) = (self.buffer_id(buffer)?, self.value(slot, None)?);
+            let (ring, _) = self.ring_at(ring)?;
+            return Ok(Op::TmaCopy { buffer, src: self.access(access)?, slot, ring });
         }
         if let Some(rest) = text.strip_prefix("cp.async ") {
             let (dst, src) = rest.split_once(" <- ").ok_or("expected `cp.async @buf[..] <- ACCESS + A`")?;

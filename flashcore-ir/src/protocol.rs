@@ -57,6 +57,12 @@ pub enum Event {
     /// Wait for phase `phase` of `barrier` to complete (parity wait; phase -1 is the one before
     /// the first, complete from the start).
     Wait { barrier: u32, phase: i64 },
+    /// One thread of the role arrives on `barrier` and adds `bytes` to the transaction bytes its
+    /// current phase waits for (`mbarrier.arrive.expect_tx`).
+    ExpectTx { barrier: u32, bytes: u32 },
+    /// A bulk tensor copy of data `tag` into `slot`, whose `bytes` complete on `barrier`: the
+    /// data is published through the phase those bytes complete.
+    BulkCopy { slot: Slot, tag: u64, barrier: u32, bytes: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +158,9 @@ struct State {
     pcs: Vec<usize>,
     /// Per barrier: completed phases, arrivals in the current phase.
     barriers: Vec<(u32, u32)>,
+    /// Per barrier: transaction bytes its current phase still waits for (expected minus
+    /// completed).
+    tx: Vec<i64>,
     slots: BTreeMap<Slot, SlotState>,
     /// Slots each role has read since they were last written.
     reading: Vec<BTreeSet<Slot>>,
@@ -191,13 +200,17 @@ pub fn check(schedule: &Schedule) -> Result<(), ProtocolError> {
         .iter()
         .flat_map(|r| r.events.iter())
         .filter_map(|e| match e {
-            Event::Copy { slot, .. } | Event::Write { slot, .. } | Event::Read { slot, .. } => Some(*slot),
+            Event::Copy { slot, .. }
+            | Event::Write { slot, .. }
+            | Event::Read { slot, .. }
+            | Event::BulkCopy { slot, .. } => Some(*slot),
             _ => None,
         })
         .collect();
     let start = State {
         pcs: vec![0; n],
         barriers: vec![(0, 0); schedule.barriers.len()],
+        tx: vec![0; schedule.barriers.len()],
         slots: all_slots.iter().map(|s| (*s, SlotState::Empty)).collect(),
         reading: vec![BTreeSet::new(); n],
         released: BTreeMap::new(),
@@ -224,6 +237,16 @@ pub fn check(schedule: &Schedule) -> Result<(), ProtocolError> {
         let finished = (0..n).all(|r| state.pcs[r] == schedule.roles[r].events.len());
         if finished {
             for (b, (phase, arrivals)) in state.barriers.iter().enumerate() {
+                if state.tx[b] != 0 {
+                    return Err(err(
+                        ProtocolErrorKind::ArrivalCount,
+                        format!(
+                            "every role has finished but phase {phase} of mbarrier `{}` still expects {} transaction bytes: its arrival announced bytes no copy brings",
+                            schedule.barrier_name(b as u32),
+                            state.tx[b]
+                        ),
+                    ));
+                }
                 if *arrivals != 0 {
                     return Err(err(
                         ProtocolErrorKind::ArrivalCount,
@@ -254,8 +277,12 @@ fn describe_block(schedule: &Schedule, state: &State, role: usize) -> String {
     match &r.events[state.pcs[role]] {
         Event::Wait { barrier, phase } => {
             let (done, arrivals) = state.barriers[*barrier as usize];
+            let bytes = match state.tx[*barrier as usize] {
+                0 => String::new(),
+                n => format!(", {n} transaction bytes it expects not brought by any copy"),
+            };
             format!(
-                "role `{}` waits for phase {phase} of mbarrier `{}` (phases completed: {done}, arrivals in the current one: {arrivals} of {}) and no role will arrive",
+                "role `{}` waits for phase {phase} of mbarrier `{}` (phases completed: {done}, arrivals in the current one: {arrivals} of {}{bytes}) and no role will arrive",
                 r.name,
                 schedule.barrier_name(*barrier),
                 schedule.barriers[*barrier as usize].count
@@ -273,7 +300,7 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
     s.pcs[role] += 1;
     let name = &trace.name;
     match event {
-        Event::Copy { slot, tag } | Event::Write { slot, tag } => {
+        Event::Copy { slot, tag } | Event::Write { slot, tag } | Event::BulkCopy { slot, tag, .. } => {
             if !s.writable[role].contains(slot) {
                 let why = match (0..s.reading.len()).find(|r| *r != role && s.reading[*r].contains(slot)) {
                     Some(other) => format!(
@@ -302,16 +329,56 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                     ),
                 ));
             }
-            let state = if matches!(event, Event::Write { .. }) {
-                SlotState::Written { tag: *tag, role, via: BTreeSet::new() }
-            } else {
-                SlotState::InFlight { tag: *tag, role, group: u32::MAX }
+            let state = match event {
+                Event::Write { .. } => SlotState::Written { tag: *tag, role, via: BTreeSet::new() },
+                // The copy engine's bytes publish the data through the phase they complete: the
+                // current one (the role announced them first).
+                Event::BulkCopy { barrier, .. } => SlotState::Published {
+                    tag: *tag,
+                    barrier: *barrier,
+                    phase: s.barriers[*barrier as usize].0,
+                },
+                _ => SlotState::InFlight { tag: *tag, role, group: u32::MAX },
             };
             s.slots.insert(*slot, state);
             // A new epoch of the slot: earlier reads and releases of it no longer count.
             for set in s.reading.iter_mut().chain(s.writable.iter_mut()).chain(s.released.values_mut()) {
                 set.remove(slot);
             }
+            if let Event::BulkCopy { barrier, bytes, .. } = event {
+                let b = *barrier as usize;
+                s.tx[b] -= *bytes as i64;
+                let (phase, arrivals) = s.barriers[b];
+                if s.tx[b] < 0 && arrivals == schedule.barriers[b].count {
+                    return Err(err(
+                        ProtocolErrorKind::ArrivalCount,
+                        format!(
+                            "role `{name}`'s bulk copy into stage {} completes {} bytes more than phase {phase} of mbarrier `{}` expects: the phase would complete before the data has landed",
+                            schedule.slot_name(*slot),
+                            -s.tx[b],
+                            schedule.barrier_name(*barrier)
+                        ),
+                    ));
+                }
+                complete_phase(schedule, &mut s, b);
+            }
+        }
+        Event::ExpectTx { barrier, bytes } => {
+            let b = *barrier as usize;
+            let (phase, arrivals) = s.barriers[b];
+            if arrivals + 1 > schedule.barriers[b].count {
+                return Err(err(
+                    ProtocolErrorKind::ArrivalCount,
+                    format!(
+                        "role `{name}` arrives on mbarrier `{}` in phase {phase}, which already has {arrivals} of its {} expected arrivals",
+                        schedule.barrier_name(*barrier),
+                        schedule.barriers[b].count
+                    ),
+                ));
+            }
+            s.barriers[b].1 += 1;
+            s.tx[b] += *bytes as i64;
+            complete_phase(schedule, &mut s, b);
         }
         Event::Commit => {
             let group = s.committed[role];
@@ -425,8 +492,8 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                     }
                 }
             }
-            let arrivals = arrivals + trace.threads;
-            s.barriers[b] = if arrivals == decl.count { (phase + 1, 0) } else { (phase, arrivals) };
+            s.barriers[b] = (phase, arrivals + trace.threads);
+            complete_phase(schedule, &mut s, b);
         }
         Event::Wait { barrier, phase } => {
             let b = *barrier as usize;
@@ -464,6 +531,14 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
         }
     }
     Ok(Some(s))
+}
+
+/// Completes barrier `b`'s current phase when all its arrivals and transaction bytes are in.
+fn complete_phase(schedule: &Schedule, s: &mut State, b: usize) {
+    let (phase, arrivals) = s.barriers[b];
+    if arrivals == schedule.barriers[b].count && s.tx[b] == 0 {
+        s.barriers[b] = (phase + 1, 0);
+    }
 }
 
 /// Where in the kernel an event of a [`Schedule`] comes from: which of the two traced work
@@ -745,6 +820,16 @@ impl Tracer<'_> {
             Op::MbarArriveAsync { ring, iter } => {
                 let (barrier, _) = self.barrier(*ring, *iter);
                 self.events.push(Event::AsyncArrive { barrier });
+            }
+            Op::MbarExpectTx { ring, iter, bytes } => {
+                let (barrier, _) = self.barrier(*ring, *iter);
+                self.events.push(Event::ExpectTx { barrier, bytes: *bytes });
+            }
+            Op::TmaCopy { buffer, slot, ring, .. } => {
+                let s = self.slot_of(*buffer, *slot, 0, !self.is_counter(*slot));
+                let (barrier, _) = self.barrier(*ring, *slot);
+                let bytes = self.kernel.slot_tile_bytes(*buffer);
+                self.events.push(Event::BulkCopy { slot: s, tag: self.tag(0), barrier, bytes });
             }
             Op::ChanWrite { chan, iter, .. } | Op::ChanRead { chan, iter, .. } => {
                 // A channel is a one-slot ring after the staged buffers; its data is the use count.

@@ -132,6 +132,18 @@ pub fn run(schedule: &Schedule, places: &[Vec<Place>]) -> Timeline {
                     let lands = state.copies.iter().map(|(_, at)| *at).max().unwrap_or(step).max(step);
                     pending[*barrier as usize].push((lands, r, lanes[r].marks.len()));
                 }
+                // The announcing arrival counts once the bulk copies that follow it have landed:
+                // each copy (issued a step after it, or after the one before) pushes it later.
+                Event::ExpectTx { barrier, .. } => {
+                    pending[*barrier as usize].push((step + COPY_LATENCY, r, lanes[r].marks.len()))
+                }
+                Event::BulkCopy { barrier, .. } => {
+                    let lands = step + COPY_LATENCY;
+                    state.copies.push((u32::MAX, lands));
+                    if let Some(p) = pending[*barrier as usize].iter_mut().rev().find(|p| p.1 == r) {
+                        p.0 = p.0.max(lands);
+                    }
+                }
                 _ => {}
             }
             lanes[r].marks.push(Mark {

@@ -196,7 +196,10 @@ impl<'k> Verifier<'k> {
                 }
                 return Ok(());
             }
-            Op::MbarWait { ring, .. } | Op::MbarArrive { ring, .. } | Op::MbarArriveAsync { ring, .. } => {
+            Op::MbarWait { ring, .. }
+            | Op::MbarArrive { ring, .. }
+            | Op::MbarArriveAsync { ring, .. }
+            | Op::MbarExpectTx { ring, .. } => {
                 if self.kernel.mbarriers.get(ring.0 as usize).is_none() {
                     return fail(format!("mbarrier ring {} does not exist", ring.0));
                 }
@@ -217,6 +220,18 @@ impl<'k> Verifier<'k> {
                     return fail("cp.async outside a pipelined loop".into());
                 }
                 self.check_buffer(*buffer)?;
+            }
+            Op::TmaCopy { buffer, ring, .. } => {
+                if at != Where::Pipeline || !self.pipelined {
+                    return fail("a bulk tensor copy outside a pipelined loop".into());
+                }
+                self.check_buffer(*buffer)?;
+                if !self.kernel.mbarriers.get(ring.0 as usize).is_some_and(|r| r.tx) {
+                    return fail(format!(
+                        "a bulk tensor copy completes on mbarrier ring {}, which counts no transaction bytes",
+                        ring.0
+                    ));
+                }
             }
             Op::Load { .. } | Op::Store { .. } if at != Where::Tiles => {
                 return fail("load/store must sit in the tiles loop body".into());

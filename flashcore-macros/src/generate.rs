@@ -306,6 +306,7 @@ fn config(c: &Config) -> TokenStream {
         a_in_smem,
         kv_splits,
         overlap,
+        tma,
         target,
     } = *c;
     let elem = dtype(elem);
@@ -329,6 +330,7 @@ fn config(c: &Config) -> TokenStream {
         a_in_smem: #a_in_smem,
         kv_splits: #kv_splits,
         overlap: #overlap,
+        tma: #tma,
         target: #target,
     })
 }

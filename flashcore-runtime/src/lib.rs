@@ -99,6 +99,67 @@ pub enum LaunchArg<'a> {
     Null,
     F32(f32),
     U32(u32),
+    /// A tensor map (`CUtensorMap`, by value) over the tensor that launch argument `tensor`
+    /// (a `Buffer`, earlier in the list) points to.
+    TensorMap {
+        tensor: usize,
+        map: TensorMapSpec,
+    },
+}
+
+/// A tiled tensor map over a tensor of 16-bit elements, 128-byte swizzle, zeros outside its
+/// bounds: what `cuTensorMapEncodeTiled` encodes at launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorMapSpec {
+    /// bf16 elements (else f16).
+    pub bf16: bool,
+    /// Extents, innermost first.
+    pub dims: [u64; 4],
+    /// Strides in bytes of the outer three axes.
+    pub strides: [u64; 3],
+    /// The box a copy brings, innermost first.
+    pub box_dims: [u32; 4],
+}
+
+impl TensorMapSpec {
+    /// Encodes the map over the tensor at device address `ptr`.
+    fn encode(&self, ptr: u64) -> Result<Box<cudarc::driver::sys::CUtensorMap>> {
+        use cudarc::driver::sys::*;
+        if let Some(s) = self.strides.iter().find(|s| **s % 16 != 0 || **s >= 1 << 40) {
+            return Err(RuntimeError::Strides {
+                shape: self.dims.iter().rev().map(|d| *d as usize).collect(),
+                strides: self.strides.iter().rev().map(|s| *s as usize / 2).collect(),
+                why: format!("a stride of {s} bytes: bulk tensor copies need strides that are multiples of 16 bytes (8 elements)"),
+            });
+        }
+        let mut map = Box::new(CUtensorMap { opaque: [0; 16] });
+        let element_strides = [1u32; 4];
+        let dtype = if self.bf16 {
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+        } else {
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+        };
+        // SAFETY: every array has the rank's length (4, and 3 strides), `map` is a 64-byte
+        // aligned CUtensorMap the call fills, and the driver only records `ptr`.
+        driver("cuTensorMapEncodeTiled", || unsafe {
+            cuTensorMapEncodeTiled(
+                &mut *map,
+                dtype,
+                4,
+                ptr as *mut std::ffi::c_void,
+                self.dims.as_ptr(),
+                self.strides.as_ptr(),
+                self.box_dims.as_ptr(),
+                element_strides.as_ptr(),
+                CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+            .result()
+        })?;
+        Ok(map)
+    }
 }
 
 /// Element types a device tensor holds.
@@ -515,16 +576,27 @@ impl Device {
             Pointer(u64),
             F32(f32),
             U32(u32),
+            TensorMap(Box<cudarc::driver::sys::CUtensorMap>),
         }
         let mut values: Vec<Value> = Vec::with_capacity(args.len());
         for (index, a) in args.iter().enumerate() {
-            values.push(match a {
+            let value = match a {
                 LaunchArg::Buffer(t) => Value::Pointer(t.device_ptr(&self.stream)),
                 LaunchArg::BufferMut(t) => Value::Pointer(t.device_ptr(&self.stream)),
                 LaunchArg::Null => Value::Pointer(0),
                 LaunchArg::F32(x) => Value::F32(*x),
                 LaunchArg::U32(x) => Value::U32(*x),
-            });
+                LaunchArg::TensorMap { tensor, map } => match values.get(*tensor) {
+                    Some(Value::Pointer(ptr)) if *ptr != 0 => Value::TensorMap(map.encode(*ptr)?),
+                    _ => {
+                        return Err(RuntimeError::Driver {
+                            call: "cuTensorMapEncodeTiled",
+                            message: format!("argument {index}: the tensor map's tensor (argument {tensor}) is not a device buffer"),
+                        })
+                    }
+                },
+            };
+            values.push(value);
             if let Some(Value::Pointer(ptr)) = values.last() {
                 if ptr % 16 != 0 {
                     return Err(RuntimeError::Misaligned { index, ptr: *ptr });
@@ -537,6 +609,9 @@ impl Device {
                 Value::Pointer(p) => p as *mut u64 as *mut std::ffi::c_void,
                 Value::F32(x) => x as *mut f32 as *mut std::ffi::c_void,
                 Value::U32(x) => x as *mut u32 as *mut std::ffi::c_void,
+                Value::TensorMap(m) => {
+                    &mut **m as *mut cudarc::driver::sys::CUtensorMap as *mut std::ffi::c_void
+                }
             })
             .collect();
         driver("cuCtxSetCurrent", || self.ctx.bind_to_thread())?;

@@ -28,6 +28,8 @@ const EXITED: u32 = u32::MAX;
 pub struct CtaSetup<'a> {
     pub kernel: &'a Kernel,
     pub params: &'a [u64],
+    /// The launch's tensor maps: a [`ParamType::TensorMap`] parameter's value indexes them.
+    pub tensor_maps: &'a [crate::TensorMap],
     pub cta: u32,
     pub grid: u32,
     pub threads: u32,
@@ -105,6 +107,9 @@ struct Copy {
     data: [u8; 16],
     len: u32,
     line: u32,
+    /// A bulk tensor copy's piece: the mbarrier its bytes complete on (its write is the async
+    /// proxy's).
+    tx: Option<u32>,
 }
 
 struct Warp<'a> {
@@ -164,6 +169,9 @@ struct NamedBar {
 struct Mbar {
     expected: u32,
     remaining: u32,
+    /// Transaction bytes the current phase still waits for (announced by `expect_tx`, less
+    /// those bulk copies completed).
+    tx: i64,
     phases: u64,
     arrived: HashSet<u32>,
     accum: Vec<u32>,
@@ -218,6 +226,17 @@ const SUBPARTITION_REGISTERS_PER_LANE: u32 = 512;
 /// busiest sub-partition's share (warp `w` runs on sub-partition `w % 4`), a multiple of 8.
 fn entry_registers(warps: u32) -> u32 {
     (SUBPARTITION_REGISTERS_PER_LANE / warps.div_ceil(4).max(1) / 8 * 8).min(255)
+}
+
+/// Completes `m`'s current phase once its arrivals and transaction bytes are all in.
+fn complete_phase_if_done(m: &mut Mbar) {
+    if m.remaining == 0 && m.tx == 0 {
+        m.phases += 1;
+        m.remaining = m.expected;
+        m.arrived.clear();
+        let n = m.accum.len();
+        m.completed_vc = std::mem::replace(&mut m.accum, vec![0; n]);
+    }
 }
 
 /// A global access of `bytes` at `addr` must be aligned to its size.
@@ -399,6 +418,13 @@ impl<'a> Cta<'a> {
             sh.write = Some(Access { agent, clock, line: copy.line });
             sh.reads.clear();
         }
+        if let Some(mbar) = copy.tx {
+            // The copy engine writes through the async proxy: the tensor cores read it as is.
+            self.proxy_fenced[agent as usize] = self.proxy_fenced[agent as usize].max(clock);
+            let at =
+                At { cta: self.s.cta, warp: copy.warp, line: copy.line, inst: "cp.async.bulk.tensor".into() };
+            self.mbar_complete_tx(mbar, copy.len, agent as usize, clock, at)?;
+        }
         let lane = &mut self.warps[w].lanes[l];
         lane.completed += 1;
         lane.clock_of.push(clock);
@@ -510,14 +536,51 @@ impl<'a> Cta<'a> {
                 });
             }
         }
+        if m.remaining == 0 {
+            return Err(SimError::BarrierMisuse {
+                at: site.at(),
+                message: format!(
+                    "arrival on the mbarrier at {addr:#x} in phase {}, whose {} expected arrivals are all in (it waits for {} transaction bytes)",
+                    m.phases, m.expected, m.tx
+                ),
+            });
+        }
         join(&mut m.accum, vc);
         m.remaining -= 1;
-        if m.remaining == 0 {
-            m.phases += 1;
-            m.remaining = m.expected;
-            m.arrived.clear();
-            m.completed_vc = std::mem::replace(&mut m.accum, vec![0; vc.len()]);
+        complete_phase_if_done(m);
+        Ok(())
+    }
+
+    /// A bulk copy's `bytes`, written by copy agent `agent` at `clock`, complete on the
+    /// mbarrier at `addr`.
+    fn mbar_complete_tx(
+        &mut self,
+        addr: u32,
+        bytes: u32,
+        agent: usize,
+        clock: u32,
+        at: At,
+    ) -> Result<(), SimError> {
+        let Some(m) = self.mbars.get_mut(&addr) else {
+            return Err(SimError::BarrierMisuse {
+                at,
+                message: format!(
+                    "a bulk copy completes on shared address {addr:#x}, which holds no initialized mbarrier"
+                ),
+            });
+        };
+        m.tx -= bytes as i64;
+        if m.tx < 0 && m.remaining == 0 {
+            return Err(SimError::BarrierMisuse {
+                at,
+                message: format!(
+                    "bulk copies complete {} bytes more than phase {} of the mbarrier at {addr:#x} expects: its expect_tx count is too small, and the phase would complete before the data has landed",
+                    -m.tx, m.phases
+                ),
+            });
         }
+        m.accum[agent] = m.accum[agent].max(clock);
+        complete_phase_if_done(m);
         Ok(())
     }
 
@@ -562,11 +625,12 @@ impl<'a> Cta<'a> {
         mbars.sort_by_key(|(a, _)| **a);
         for (addr, m) in mbars {
             out += &format!(
-                "  mbarrier at {addr:#x}: phase {} in progress (parity {}), {} of {} arrivals\n",
+                "  mbarrier at {addr:#x}: phase {} in progress (parity {}), {} of {} arrivals, {} transaction bytes outstanding\n",
                 m.phases,
                 m.phases % 2,
                 m.expected - m.remaining,
-                m.expected
+                m.expected,
+                m.tx
             );
         }
         out
@@ -659,8 +723,11 @@ impl<'a> Cta<'a> {
             format!("warp {} {} it at PTX line {line}", a.agent, if wrote { "wrote" } else { "read" })
         } else {
             let k = a.agent - nw;
+            let bulk =
+                self.s.kernel.insts.iter().any(|i| i.line == line && matches!(i.op, Op::TmaLoad { .. }));
             format!(
-                "a cp.async of warp {} lane {} (PTX line {line}) wrote it",
+                "a {} of warp {} lane {} (PTX line {line}) wrote it",
+                if bulk { "bulk tensor copy" } else { "cp.async" },
                 k / LANES as u32,
                 k % LANES as u32
             )
@@ -1064,6 +1131,27 @@ impl<'a> Cta<'a> {
                 }
                 self.release(w);
             }
+            Op::TmaLoad { dst, map, coords, mbar } => {
+                self.tma_load(w, inst, exec, dst, *map, coords, mbar)?
+            }
+            Op::MbarArriveExpectTx { d, addr, tx } => {
+                let site = self.site(w, inst);
+                let vc = self.warps[w].vc.clone();
+                for l in lanes(exec) {
+                    let a = self.address(w, addr, l);
+                    let a = self.shared_range(site, a, 8)? as u32;
+                    self.check_mbar_init(w, site, a)?;
+                    let bytes = self.val(w, *tx, l) as i64;
+                    let m = self.mbars.get_mut(&a).expect("checked above");
+                    let state = m.phases;
+                    m.tx += bytes;
+                    self.mbar_arrive(a, Some(self.warps[w].thread0 + l as u32), &vc, site)?;
+                    if let Some(d) = d {
+                        self.set(w, *d, l, state);
+                    }
+                }
+                self.release(w);
+            }
             Op::Ldmatrix { count, trans, d, addr } => self.ldmatrix(w, inst, *count, *trans, d, addr)?,
             Op::Mma { ty, d, a, b, c } => self.mma(w, *ty, d, a, b, c),
             Op::Wgmma { ty, n, d, a, desc, scale_d, trans_b } => {
@@ -1289,6 +1377,7 @@ impl<'a> Cta<'a> {
                         Mbar {
                             expected,
                             remaining: expected,
+                            tx: 0,
                             phases: 0,
                             arrived: HashSet::new(),
                             accum: vec![0; n],
@@ -1559,6 +1648,7 @@ impl<'a> Cta<'a> {
                 data,
                 len: size,
                 line: inst.line,
+                tx: None,
             }));
             for word in d / 4..(d + size as usize) / 4 {
                 self.shadow[word].pending_copy = id as u32 + 1;
@@ -1568,6 +1658,88 @@ impl<'a> Cta<'a> {
             let lane = &mut self.warps[w].lanes[l];
             lane.queue.push_back(id);
             lane.issued += 1;
+        }
+        Ok(())
+    }
+
+    /// `cp.async.bulk.tensor.4d` (tile mode, 128-byte swizzle): the box of the tensor map at
+    /// `coords` lands in shared memory at `dst` as 16-byte pieces on the lane's copy queue
+    /// (landing in order, at random times, like cp.async), each completing its bytes on the
+    /// mbarrier at `mbar`. Elements outside the tensor read as zeros. Row `r` of the box goes
+    /// to `dst + 128·r`, its 16-byte chunk `c` to chunk `c ^ ((address / 128) % 8)`.
+    #[allow(clippy::too_many_arguments)]
+    fn tma_load(
+        &mut self,
+        w: usize,
+        inst: &'a Inst,
+        exec: u32,
+        dst: &Address,
+        map: Operand,
+        coords: &[Operand],
+        mbar: &Address,
+    ) -> Result<(), SimError> {
+        let site = self.site(w, inst);
+        let bad = |message: String| SimError::OutOfBounds { at: site.at(), message };
+        for l in lanes(exec) {
+            let generic = self.val(w, map, l);
+            let param = (generic & !crate::parse::PARAM_ADDRESS) as usize;
+            if generic & crate::parse::PARAM_ADDRESS != crate::parse::PARAM_ADDRESS
+                || self.s.kernel.params.get(param).map(|p| p.ty) != Some(crate::parse::ParamType::TensorMap)
+            {
+                return Err(bad(format!(
+                    "tensor map operand {generic:#x} is not the address of a tensor-map parameter"
+                )));
+            }
+            let tm = self.s.tensor_maps[self.s.params[param] as usize];
+            if tm.box_dims[0] != 64 || tm.box_dims[2] != 1 || tm.box_dims[3] != 1 {
+                return Err(bad(format!("box {:?}: the simulator models boxes of 64 16-bit columns (one 128-byte swizzle span) and one plane", tm.box_dims)));
+            }
+            let d = self.address(w, dst, l);
+            if d % 128 != 0 {
+                return Err(SimError::Misaligned { at: site.at(), space: "shared", addr: d, bytes: 128 });
+            }
+            let rows = tm.box_dims[1];
+            let d = self.shared_range(site, d, 128 * rows)?;
+            let m = self.address(w, mbar, l);
+            let m = self.shared_range(site, m, 8)? as u32;
+            self.check_mbar_init(w, site, m)?;
+            let c: Vec<i64> = coords.iter().map(|o| self.val(w, *o, l) as u32 as i32 as i64).collect();
+            for r in 0..rows as usize {
+                let row_addr = d + 128 * r;
+                for chunk in 0..8usize {
+                    let at = [c[0] + 8 * chunk as i64, c[1] + r as i64, c[2], c[3]];
+                    let inside = at.iter().zip(tm.dims).all(|(x, n)| *x >= 0 && (*x as u64) < n);
+                    let mut data = [0u8; 16];
+                    if inside {
+                        let g = tm.base
+                            + at[0] as u64 * 2
+                            + at[1] as u64 * tm.strides[0]
+                            + at[2] as u64 * tm.strides[1]
+                            + at[3] as u64 * tm.strides[2];
+                        data.copy_from_slice(self.global_read(site, g, 16, 16)?);
+                    }
+                    let to = row_addr + 16 * (chunk ^ ((row_addr / 128) % 8));
+                    self.check_shared(w, site, to, 16, true)?;
+                    let id = self.copies.len();
+                    self.copies.push(Some(Copy {
+                        warp: w as u32,
+                        lane: l as u32,
+                        dst: to as u32,
+                        data,
+                        len: 16,
+                        line: inst.line,
+                        tx: Some(m),
+                    }));
+                    for word in to / 4..(to + 16) / 4 {
+                        self.shadow[word].pending_copy = id as u32 + 1;
+                        self.shadow[word].write = None;
+                    }
+                    self.in_flight += 1;
+                    let lane = &mut self.warps[w].lanes[l];
+                    lane.queue.push_back(id);
+                    lane.issued += 1;
+                }
+            }
         }
         Ok(())
     }

@@ -71,6 +71,23 @@ pub enum Arg {
     U32(u32),
     U64(u64),
     F32(f32),
+    /// For a `.param .align 64 .b8 NAME[128]` tensor map.
+    TensorMap(TensorMap),
+}
+
+/// What a tensor map the runtime would encode (`cuTensorMapEncodeTiled`) describes, as the
+/// simulator reads it: a 4-D tensor of 16-bit elements at `base`, tiled mode, 128-byte swizzle,
+/// zeros outside its bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorMap {
+    /// The tensor's global address.
+    pub base: u64,
+    /// Extents, innermost first.
+    pub dims: [u64; 4],
+    /// Strides in bytes of the outer three axes.
+    pub strides: [u64; 3],
+    /// The box one copy brings, innermost first (the simulator models `[64, rows, 1, 1]`).
+    pub box_dims: [u32; 4],
 }
 
 /// A 1-D grid of 1-D CTAs.
@@ -139,8 +156,13 @@ impl Machine {
             )));
         }
         let mut params = Vec::with_capacity(args.len());
+        let mut tensor_maps = vec![];
         for (decl, arg) in kernel.params.iter().zip(args) {
             params.push(match (decl.ty, arg) {
+                (ParamType::TensorMap, Arg::TensorMap(m)) => {
+                    tensor_maps.push(*m);
+                    tensor_maps.len() as u64 - 1
+                }
                 (ParamType::U64, Arg::U64(v)) => *v,
                 (ParamType::U32, Arg::U32(v)) => *v as u64,
                 (ParamType::F32, Arg::F32(v)) => v.to_bits() as u64,
@@ -172,6 +194,7 @@ impl Machine {
             let setup = cta::CtaSetup {
                 kernel,
                 params: &params,
+                tensor_maps: &tensor_maps,
                 cta,
                 grid: launch.grid,
                 threads: launch.threads,

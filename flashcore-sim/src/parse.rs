@@ -36,6 +36,9 @@ pub enum ParamType {
     U32,
     U64,
     F32,
+    /// `.param .align 64 .b8 NAME[128]`: a tensor map, passed by value (see
+    /// [`crate::TensorMap`]).
+    TensorMap,
 }
 
 impl ParamType {
@@ -43,9 +46,14 @@ impl ParamType {
         match self {
             ParamType::U64 => 8,
             ParamType::U32 | ParamType::F32 => 4,
+            ParamType::TensorMap => 128,
         }
     }
 }
+
+/// The simulator's generic address of kernel parameter `i` (what `mov.u64 d, PARAM` and then
+/// `cvta.param.u64` give): a tag in the top bits, the parameter's index below.
+pub const PARAM_ADDRESS: u64 = 0x7fff_0000_0000_0000;
 
 /// One decoded instruction, with the PTX line it came from (1-based) and its text.
 #[derive(Clone, Debug)]
@@ -365,6 +373,16 @@ pub enum Op {
         addr: Address,
         noinc: bool,
     },
+    /// `cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
+    /// [dst], [map, {c0, c1, c2, c3}], [mbar]`: the box of the tensor map at generic address
+    /// `map` (a kernel parameter) at these coordinates into shared memory at `dst`, each byte
+    /// completing on the mbarrier at `mbar`.
+    TmaLoad {
+        dst: Address,
+        map: Operand,
+        coords: Vec<Operand>,
+        mbar: Address,
+    },
     Ldmatrix {
         count: u32,
         trans: bool,
@@ -440,6 +458,12 @@ pub enum Op {
     MbarArrive {
         d: Option<u32>,
         addr: Address,
+    },
+    /// `mbarrier.arrive.expect_tx.shared::cta.b64 d, [addr], tx`.
+    MbarArriveExpectTx {
+        d: Option<u32>,
+        addr: Address,
+        tx: Operand,
     },
     MbarTestWait {
         p: u32,
@@ -535,6 +559,12 @@ fn parse_entry(lines: &[&str], start: usize, dynamic_shared: bool) -> Result<(Ke
             }
             let l = l.trim_end_matches(',');
             let parts: Vec<&str> = l.split_whitespace().collect();
+            if let [".param", ".align", "64", ".b8", name] = parts.as_slice() {
+                if let Some(name) = name.strip_suffix("[128]") {
+                    params.push(ParamDecl { name: name.to_string(), ty: ParamType::TensorMap });
+                    continue;
+                }
+            }
             if parts.len() != 3 || parts[0] != ".param" {
                 return Err(perr(i - 1, format!("cannot read the parameter `{l}`")));
             }
@@ -738,6 +768,9 @@ impl Ctx<'_> {
         if s == "flashcore_smem" {
             return Ok(Operand::SharedBase);
         }
+        if let Some(p) = self.params.get(s) {
+            return Ok(Operand::Imm(PARAM_ADDRESS | *p as u64));
+        }
         bad(format!("cannot read the operand `{s}`"))
     }
 
@@ -835,7 +868,9 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
     let last_int = || mods.iter().rev().find_map(|m| int_type(m));
     let op = match base {
         "mov" | "cvta" => {
-            if base == "cvta" && !(has("to") && has("global")) {
+            // `cvta.param` of a parameter's address: the simulator's parameter addresses are
+            // generic already ([`PARAM_ADDRESS`]).
+            if base == "cvta" && !(has("to") && has("global")) && !(has("param") && !has("to")) {
                 return Err(Decode::Unsupported);
             }
             let src = n(1)?;
@@ -1053,6 +1088,28 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
         "cp" if opcode.starts_with("cp.async.mbarrier.arrive") && has("shared") => {
             Op::CpAsyncMbarArrive { addr: ctx.address(n(0)?)?, noinc: has("noinc") }
         }
+        "cp" if opcode
+            == "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes" =>
+        {
+            let source = n(1)?
+                .trim()
+                .strip_prefix('[')
+                .and_then(|x| x.strip_suffix(']'))
+                .ok_or_else(|| Decode::Bad("expected `[map, {coordinates}]`".into()))?;
+            let (map, coords) = source
+                .split_once(',')
+                .ok_or_else(|| Decode::Bad("expected `[map, {coordinates}]`".into()))?;
+            let coords = ctx.operand_vector(coords)?;
+            if coords.len() != 4 {
+                return bad("a 4-d bulk tensor copy takes 4 coordinates");
+            }
+            Op::TmaLoad {
+                dst: ctx.address(n(0)?)?,
+                map: ctx.operand(map)?,
+                coords,
+                mbar: ctx.address(n(2)?)?,
+            }
+        }
         "cp" if has("async") && has("shared") && has("global") && (has("cg") || has("ca")) => {
             let size = match ctx.operand(n(2)?)? {
                 Operand::Imm(v @ (4 | 8 | 16)) => v as u32,
@@ -1194,6 +1251,13 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
         }
         "mbarrier" if has("init") && has("shared") => {
             Op::MbarInit { addr: ctx.address(n(0)?)?, count: ctx.operand(n(1)?)? }
+        }
+        "mbarrier" if has("arrive") && has("expect_tx") && has("shared::cta") && has("b64") => {
+            if ops.len() != 3 {
+                return Err(Decode::Unsupported);
+            }
+            let d = if n(0)?.trim() == "_" { None } else { Some(ctx.dest(n(0)?)?) };
+            Op::MbarArriveExpectTx { d, addr: ctx.address(n(1)?)?, tx: ctx.operand(n(2)?)? }
         }
         "mbarrier" if has("arrive") && has("shared") && !has("expect_tx") => {
             if ops.len() == 2 {

@@ -7,6 +7,7 @@ pub mod persist;
 pub mod pipeline;
 pub mod softmax_split;
 pub mod split_kv;
+pub mod tma;
 pub mod warp_specialize;
 
 use crate::error::{IrError, LowerError};
@@ -38,12 +39,13 @@ pub(crate) fn work_loop(body: &Block, pass: &str) -> Result<usize, IrError> {
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 5] = [
+pub const PASSES: [(&str, Pass); 6] = [
     ("pipeline", pipeline::run),
     ("split_kv", split_kv::run),
     ("persist", persist::run),
     ("warp_specialize", warp_specialize::run),
     ("overlap", overlap::run),
+    ("tma", tma::run),
 ];
 
 /// Runs every pass up to and including `last` (all of them when `None`), verifying after each.

@@ -180,7 +180,7 @@ pub fn split(kernel: &mut Kernel, vars: &[Value], body: &Block) -> Result<Split,
             Side::Softmax => (softmax_threads, compute_threads),
         };
         let ring = |kernel: &mut Kernel, suffix: &str, count: u32| {
-            kernel.mbarriers.push(MbarRing { name: format!("{name}_{suffix}"), slots: 1, count });
+            kernel.mbarriers.push(MbarRing { name: format!("{name}_{suffix}"), slots: 1, count, tx: false });
             MbarRingId(kernel.mbarriers.len() as u32 - 1)
         };
         let full = ring(kernel, "full", senders);

@@ -50,8 +50,13 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
         .into());
     }
     let stages = cfg.stages;
-    kernel.mbarriers.push(MbarRing { name: "full".into(), slots: stages, count: cfg.load_warps * 32 });
-    kernel.mbarriers.push(MbarRing { name: "empty".into(), slots: stages, count: cfg.warps * 32 });
+    kernel.mbarriers.push(MbarRing {
+        name: "full".into(),
+        slots: stages,
+        count: cfg.load_warps * 32,
+        tx: false,
+    });
+    kernel.mbarriers.push(MbarRing { name: "empty".into(), slots: stages, count: cfg.warps * 32, tx: false });
     let (full, empty) = (MbarRingId(0), MbarRingId(1));
 
     let consumer_it = new_value(&mut kernel, Type::Counter, "it");
