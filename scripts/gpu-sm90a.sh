@@ -24,6 +24,8 @@
 #                                             tuning (large, medium) and the benchmark with it
 #   scripts/gpu-sm90a.sh tuned-ab             the tuning table's picks at three shapes, binaries in $BASE
 #                                             and in $BINS alternating (what a launch without flags runs)
+#   scripts/gpu-sm90a.sh tune-bench           the sm_90a tuning of the large and medium shapes (into
+#                                             $OUT/attention.json), then the benchmark with that table
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
 #                                             tuning of the large and medium shapes with the producer in
 #                                             the space (into $OUT/attention.json), the benchmark with it
@@ -244,6 +246,10 @@ if [ "$mode" = tma ]; then
   for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 64"; do
     run $shape --iters 30 --warmup 5
   done
+fi
+if [ "$mode" = tune-bench ]; then
+  # The sm_90a tuning of the large and medium shapes (TUNE_SECONDS), then the benchmark with it.
+  tune_then_bench bench-tuned "${TUNE_SECONDS:-270}"
 fi
 if [ "$mode" = next ]; then
   mapfile -t producer < <("$bins/validate" list | awk '{print NR-1, $1}' | grep ' sm90a.*load4' | cut -d' ' -f1)
