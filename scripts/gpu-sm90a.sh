@@ -18,12 +18,15 @@
 #                                             before the pass, in $BASE, instead)
 #   scripts/gpu-sm90a.sh profile-producer     Nsight Compute of the producer schedule at 2x16x8192x128
 #                                             without and with --overlap: sections and per-SASS stalls
+#                                             (PFLAGS adds flags, e.g. --tma; OVERLAPS=--overlap only with)
 #   scripts/gpu-sm90a.sh codegen-ab           float64 checks with $BINS, then schedules (producer, tuned,
 #                                             sm_89) timed with $BASE and $BINS alternating
 #   scripts/gpu-sm90a.sh retune               before/after ($BASE, $BINS) at four schedules, then the sm_90a
 #                                             tuning (large, medium) and the benchmark with it
 #   scripts/gpu-sm90a.sh tuned-ab             the tuning table's picks at three shapes, binaries in $BASE
 #                                             and in $BINS alternating (what a launch without flags runs)
+#   scripts/gpu-sm90a.sh tma-regs             the producer's 24 registers with TMA: float64 checks, then the
+#                                             tuned TMA schedules with $BASE and $BINS alternating
 #   scripts/gpu-sm90a.sh tune-bench           the sm_90a tuning of the large and medium shapes (into
 #                                             $OUT/attention.json), then the benchmark with that table
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
@@ -57,11 +60,13 @@ before_after() {
 # with that table into $OUT/$1.
 tune_then_bench() {
   cp tuning/attention.json "$out/attention.json"
+  # PROGRESS: an earlier tuning's progress file, to resume from (keys it finished are skipped).
+  [ -n "${PROGRESS:-}" ] && cp "$PROGRESS" "$out/autotune-progress.jsonl"
   "$bins/autotune" --target sm_90a --out "$out/attention.json" --progress "$out/autotune-progress.jsonl" \
     --d 128,64 --causal no,yes --classes large,medium --seconds "$2" 2>&1 | tee "$out/autotune.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   FLASHCORE_TUNING="$out/attention.json" python3 scripts/bench.py --flashcore "$bins/attention" --out "$out/$1" \
-    --only 2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64 \
+    --only "${SHAPES:-2x16x8192x128,2x16x8192x64,4x16x2048x64,1x8x512x64}" \
     --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn --iters 40 --no-ceilings 2>&1 | tee -a "$out/sm90a.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 }
@@ -165,9 +170,9 @@ fi
 if [ "$mode" = profile-producer ]; then
   # Nsight Compute of the producer-warpgroup schedule at 2x16x8192x128 without and with the overlap
   # pass: the sections (pipes, warp states, memory) and the per-SASS-instruction stall samples.
-  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4 --stages 2"
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4 --stages 2 ${PFLAGS:-}"
   ncu=/usr/local/cuda/bin/ncu
-  for ov in "" "--overlap"; do
+  for ov in ${OVERLAPS:-"" "--overlap"}; do
     tag=off; [ -n "$ov" ] && tag=on
     $ncu --clock-control none --launch-skip 2 --launch-count 1 -k regex:'^attention$' \
       --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
@@ -246,6 +251,22 @@ if [ "$mode" = tma ]; then
   for shape in "--b 2 --h 16 --s 8192 --d 128" "--b 2 --h 16 --s 8192 --d 64" "--b 4 --h 16 --s 2048 --d 64"; do
     run $shape --iters 30 --warmup 5
   done
+fi
+if [ "$mode" = tma-regs ]; then
+  # The producer's registers with bulk tensor copies (24 instead of 40; the compute warpgroups
+  # get the rest): float64 checks at tails, then the tuned TMA schedules before ($BASE) and after.
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4"
+  t="--target sm_90a --iters 3 --warmup 1 --tma"
+  run $t --b 2 --h 4 --s 777 --d 128 $p --stages 3 --causal --dtype bf16
+  run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128 $p --stages 2 --overlap --persistent
+  run $t --b 2 --h 4 --s 517 --d 64 $p --stages 2 --layout bshd --persistent
+  run $t --b 2 --h 4 --s 1000 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 4
+  run $t --b 1 --h 4 --s 300 --d 256 --tile-m 64 --warps 4 --tile-n 32 --load-warps 4 --stages 2
+  before_after --b 2 --h 16 --s 8192 --d 128 $p --stages 2 --persistent --overlap --tma --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 128 --causal $p --stages 2 --overlap --tma --target sm_90a
+  before_after --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 4 --tma --target sm_90a
+  before_after --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --tma --target sm_90a
+  before_after --b 4 --h 16 --s 2048 --d 128 $p --stages 2 --persistent --overlap --tma --target sm_90a
 fi
 if [ "$mode" = tune-bench ]; then
   # The sm_90a tuning of the large and medium shapes (TUNE_SECONDS), then the benchmark with it.

@@ -550,6 +550,17 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
             format!("off: {}", ir::passes::overlap::why_not(&before).unwrap_or_default())
         };
         writeln!(out, "overlap    {line}")?;
+        let tma = kernel.mbarriers.iter().any(|r| r.tx);
+        let line = if tma {
+            "on: one producer thread copies each K/V tile through a tensor map (cp.async.bulk.tensor)"
+                .to_string()
+        } else {
+            let before = crate::lower(&program, config)
+                .and_then(|k| Ok(ir::passes::run_until(k, Some("overlap"))?))
+                .map_err(|e| failed(entry, config, e))?;
+            format!("off: {}", ir::passes::tma::why_not(&before).unwrap_or_default())
+        };
+        writeln!(out, "tma        {line}")?;
     }
     let ptx = crate::codegen::generate(&kernel).map_err(|e| failed(entry, config, e))?;
     shared_memory(&kernel, ptx.shared_bytes, out)?;

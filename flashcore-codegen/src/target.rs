@@ -84,10 +84,11 @@ pub struct RegisterSplit {
     pub compute: u32,
 }
 
-/// The registers each load (producer) thread keeps: addresses, the tile counters and the loop.
-pub const PRODUCER_REGISTERS: u32 = 40;
-/// The most a compute thread asks for (ptxas's own limit is 255; `setmaxnreg` takes multiples of 8).
-pub const CONSUMER_REGISTERS_MAX: u32 = 240;
+/// The most a compute thread asks for (ptxas's own limit is 255; `setmaxnreg` takes multiples of
+/// 8). 232, not 240: with two compute warpgroups and the TMA producer's 24, 240 fits, but on the
+/// H200 the D = 128 schedules ran 4-5% slower with it than with 232 (the same PTX otherwise;
+/// docs/measurements/2026-12-02-h200-tma.txt, `scripts/gpu-sm90a.sh tma-regs`).
+pub const CONSUMER_REGISTERS_MAX: u32 = 232;
 /// Registers on one SM sub-partition (a quarter of the 64K register file); warp `w` of a CTA
 /// runs on sub-partition `w % 4`, so each holds one warp of every warpgroup.
 const REGISTERS_PER_SUBPARTITION: u32 = 16384;
@@ -99,8 +100,9 @@ pub fn entry_registers(warps: u32) -> u32 {
     (REGISTERS_PER_SUBPARTITION / (per_subpartition * 32) / 8 * 8).min(255)
 }
 
-/// On sm_90a with a producer warpgroup, its threads drop to [`PRODUCER_REGISTERS`]
-/// (`setmaxnreg.dec`) and the compute warpgroups take what that frees (`setmaxnreg.inc`), as
+/// On sm_90a with a producer warpgroup, its threads drop to what
+/// `flashcore_ir::passes::tma::producer_registers` says (`setmaxnreg.dec`: 24 with bulk tensor
+/// copies, 40 with cp.async) and the compute warpgroups take what that frees (`setmaxnreg.inc`), as
 /// much as fits every sub-partition. `None` when there is no producer warpgroup or the compute
 /// warps would gain nothing (the entry count is already the most they ask for).
 pub fn register_split(cfg: &flashcore_ir::Config) -> Option<RegisterSplit> {
@@ -113,9 +115,10 @@ pub fn register_split(cfg: &flashcore_ir::Config) -> Option<RegisterSplit> {
     let entry = entry_registers(cfg.warps + cfg.load_warps);
     let (load_groups, compute_groups) = (cfg.load_warps / 4, cfg.warps / 4);
     let per_thread_budget = REGISTERS_PER_SUBPARTITION / 32;
-    let left = per_thread_budget - load_groups * PRODUCER_REGISTERS;
+    let producer = flashcore_ir::passes::tma::producer_registers(cfg);
+    let left = per_thread_budget - load_groups * producer;
     let compute = (left / compute_groups / 8 * 8).min(CONSUMER_REGISTERS_MAX);
-    (compute > entry).then_some(RegisterSplit { load: PRODUCER_REGISTERS, compute })
+    (compute > entry).then_some(RegisterSplit { load: producer, compute })
 }
 
 #[cfg(test)]
@@ -144,6 +147,15 @@ mod tests {
         assert_eq!(register_split(&hopper(12, 4)), Some(RegisterSplit { load: 40, compute: 152 }));
         // One: 255 at entry already, nothing to gain.
         assert_eq!(register_split(&hopper(4, 4)), None);
+        // Bulk tensor copies: the producer keeps 24; (512 - 24) / 2 = 244, capped at 232.
+        assert_eq!(
+            register_split(&Config { tma: true, head_dim: 128, ..hopper(8, 4) }),
+            Some(RegisterSplit { load: 24, compute: 232 })
+        );
+        assert_eq!(
+            register_split(&Config { tma: true, ..hopper(12, 4) }),
+            Some(RegisterSplit { load: 24, compute: 160 })
+        );
         // No producer warpgroup, or sm_89.
         assert_eq!(register_split(&hopper(8, 0)), None);
         assert_eq!(register_split(&Config { target: Target::Sm89, ..hopper(8, 4) }), None);

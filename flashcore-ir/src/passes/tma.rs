@@ -100,25 +100,10 @@ fn rewrite_iteration(kernel: &Kernel, body: &mut Block, fed: &mut [bool]) {
 
 /// Why the pass leaves the producer's copies as cp.async, or `None` when it rewrites them.
 pub fn why_not(kernel: &Kernel) -> Option<String> {
+    if let Err(why) = applies(&kernel.config) {
+        return Some(why);
+    }
     let cfg = &kernel.config;
-    if !cfg.tma {
-        return Some("off (Config::tma, the `tma` setting)".into());
-    }
-    if cfg.target != Target::Sm90a {
-        return Some("bulk tensor copies (TMA) are sm_90a's".into());
-    }
-    if cfg.load_warps == 0 {
-        return Some("TMA needs the producer warpgroup (load_warps = 4) to issue the copies".into());
-    }
-    if !cfg.head_dim.is_multiple_of(64) {
-        return Some(format!(
-            "head_dim = {}: a tensor map's box is 64 columns (one 128-byte swizzle span)",
-            cfg.head_dim
-        ));
-    }
-    if cfg.varlen {
-        return Some("varlen: packed sequences share one tensor, whose bounds would not zero-fill past each sequence's end".into());
-    }
     let mut why = None;
     let mut producer = false;
     kernel.walk(&mut |inst| {
@@ -147,4 +132,41 @@ pub fn why_not(kernel: &Kernel) -> Option<String> {
         return Some("no producer role group (the warp-specialize pass did not run)".into());
     }
     why
+}
+
+/// What the config alone decides: whether the producer's copies become bulk tensor copies,
+/// given the producer role group the warp-specialize pass makes (codegen sizes the producer's
+/// registers by it).
+pub fn applies(cfg: &crate::Config) -> Result<(), String> {
+    if !cfg.tma {
+        return Err("off (Config::tma, the `tma` setting)".into());
+    }
+    if cfg.target != Target::Sm90a {
+        return Err("bulk tensor copies (TMA) are sm_90a's".into());
+    }
+    if cfg.load_warps == 0 {
+        return Err("TMA needs the producer warpgroup (load_warps = 4) to issue the copies".into());
+    }
+    if !cfg.head_dim.is_multiple_of(64) {
+        return Err(format!(
+            "head_dim = {}: a tensor map's box is 64 columns (one 128-byte swizzle span)",
+            cfg.head_dim
+        ));
+    }
+    if cfg.varlen {
+        return Err("varlen: packed sequences share one tensor, whose bounds would not zero-fill past each sequence's end".into());
+    }
+    Ok(())
+}
+
+/// Registers each producer thread keeps after `setmaxnreg.dec`: with bulk tensor copies one
+/// thread issues a few copies from the tile indices (24, the instruction's floor, as
+/// FlashAttention-3's producer), with cp.async every producer thread computes its chunks'
+/// addresses (40).
+pub fn producer_registers(cfg: &crate::Config) -> u32 {
+    if applies(cfg).is_ok() {
+        24
+    } else {
+        40
+    }
 }
