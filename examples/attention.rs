@@ -7,7 +7,7 @@
 //!  [--doc-len 1000] [--table NAME=FILE.npy] [--bias bias.npy] [--doc-ids ids.npy]]
 //!  [--b 1 --h 8 --hkv 8 --s 512 --sk 512 --d 64 --causal --seed N]
 //!  [--layout bhsd|bshd] [--dtype f16|bf16] [--lse lse.npy] [--varlen 1,17,77 [--varlen-k 5,300,0]] [--iters 100 --warmup 20] [--q q.npy --k k.npy --v v.npy] [--out o.npy] [--sweep]
-//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem --overlap --tma] [--declared]
+//!  [--tile-m 64 --tile-n 64 --warps 4 --load-warps 0 --softmax-warps 0 --stages 2 --persistent --a-in-smem --overlap --tma --pingpong] [--declared]
 //!  [--target sm_89|sm_90a|auto] [--ptx] [--plan plan.json]`
 //!
 //! The config is the tuning table's entry for this GPU and shape (`tuning/attention.json`, or the
@@ -101,6 +101,8 @@ struct Options {
     overlap: bool,
     /// sm_90a: K/V tiles through bulk tensor copies (TMA) from the producer (`Config::tma`).
     tma: bool,
+    /// sm_90a: two compute warpgroups issue their matmuls in turns (`Config::pingpong`).
+    pingpong: bool,
     /// Split each K/V tile's keys over this many groups of compute warps (`Config::kv_splits`).
     kv_splits: Option<u32>,
     /// The kernel's declared config, not the tuning table's.
@@ -165,6 +167,7 @@ fn parse_args() -> Result<Options, String> {
         a_in_smem: false,
         overlap: false,
         tma: false,
+        pingpong: false,
         kv_splits: None,
         declared: false,
         plan: None,
@@ -228,6 +231,7 @@ fn parse_args() -> Result<Options, String> {
             "--a-in-smem" => o.a_in_smem = true,
             "--overlap" => o.overlap = true,
             "--tma" => o.tma = true,
+            "--pingpong" => o.pingpong = true,
             "--kv-splits" => o.kv_splits = Some(number(value()?)? as u32),
             "--plan" => o.plan = Some(value()?.into()),
             "--target" => {
@@ -289,6 +293,7 @@ fn schedule_for(o: &Options, program: &Program, [b, h, s, d]: [usize; 4], sk: us
             a_in_smem: o.a_in_smem || base.a_in_smem,
             overlap: o.overlap || base.overlap,
             tma: o.tma || base.tma,
+            pingpong: o.pingpong || base.pingpong,
             kv_splits: o.kv_splits.unwrap_or(base.kv_splits),
             ..base
         };
@@ -326,7 +331,7 @@ fn base_config(o: &Options, d: usize) -> Config {
 /// Whether a tile flag sets the schedule (the tuning table is then not read).
 fn tile_flags_given(o: &Options) -> bool {
     let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps, o.kv_splits];
-    flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem || o.overlap || o.tma
+    flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem || o.overlap || o.tma || o.pingpong
 }
 
 /// One problem's inputs on the host in logical BHSD order, each value rounded to the dtype (the

@@ -27,6 +27,8 @@
 #                                             and in $BINS alternating (what a launch without flags runs)
 #   scripts/gpu-sm90a.sh tma-regs             the producer's 24 registers with TMA: float64 checks, then the
 #                                             tuned TMA schedules with $BASE and $BINS alternating
+#   scripts/gpu-sm90a.sh pingpong             the compute warpgroups' pingpong (--pingpong): float64 checks,
+#                                             sanitizer, schedules timed without and with it (2 rounds)
 #   scripts/gpu-sm90a.sh tune-bench           the sm_90a tuning of the large and medium shapes (into
 #                                             $OUT/attention.json), then the benchmark with that table
 #   scripts/gpu-sm90a.sh next                 sanitizer on the producer reference configs, the sm_90a
@@ -267,6 +269,29 @@ if [ "$mode" = tma-regs ]; then
   before_after --b 2 --h 16 --s 8192 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 4 --tma --target sm_90a
   before_after --b 4 --h 16 --s 2048 --d 64 --tile-m 192 --warps 12 --tile-n 128 --load-warps 4 --stages 2 --tma --target sm_90a
   before_after --b 4 --h 16 --s 2048 --d 128 $p --stages 2 --persistent --overlap --tma --target sm_90a
+fi
+if [ "$mode" = pingpong ]; then
+  # The pingpong of the two compute warpgroups (--pingpong, Config::pingpong): float64 checks at
+  # tails, sanitizer on its reference config, then schedules timed without and with it, alternating.
+  p="--tile-m 128 --warps 8 --tile-n 128 --load-warps 4 --stages 2 --overlap --tma"
+  t="--target sm_90a --iters 3 --warmup 1 --pingpong"
+  run $t --b 2 --h 4 --s 777 --d 128 $p --causal --dtype bf16
+  run $t --b 1 --h 8 --hkv 2 --s 333 --sk 1501 --d 128 $p --persistent
+  run $t --b 1 --h 4 --s 1000 --sk 300 --d 128 $p --causal --persistent
+  run $t --b 2 --h 4 --s 517 --d 64 $p --layout bshd
+  mapfile -t pp < <("$bins/validate" list | awk '{print NR-1, $1}' | grep ' sm90a.*pingpong' | cut -d' ' -f1)
+  BIN=$bins scripts/gpu-validate.sh sanitize "${pp[0]}" "${pp[-1]}" || status=1
+  ab() {
+    run "$@" --target sm_90a --iters 30 --warmup 5
+    run "$@" --pingpong --target sm_90a --iters 30 --warmup 5
+  }
+  for round in 1 2; do
+    ab --b 2 --h 16 --s 8192 --d 128 $p --persistent
+    ab --b 2 --h 16 --s 8192 --d 128 $p
+    ab --b 2 --h 16 --s 8192 --d 128 --causal $p
+    ab --b 4 --h 16 --s 2048 --d 128 $p --persistent
+    ab --b 2 --h 16 --s 8192 --d 64 $p
+  done
 fi
 if [ "$mode" = tune-bench ]; then
   # The sm_90a tuning of the large and medium shapes (TUNE_SECONDS), then the benchmark with it.

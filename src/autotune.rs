@@ -123,6 +123,11 @@ pub fn pipeline_candidates(tiling: Config) -> Vec<Config> {
                     out.push(Config { overlap: true, ..config });
                     out.push(Config { tma: true, ..config });
                     out.push(Config { overlap: true, tma: true, ..config });
+                    if tiling.warps == 8 {
+                        // Two compute warpgroups: their matmuls in turns (FlashAttention-3's
+                        // pingpong), with the overlap it needs.
+                        out.push(Config { overlap: true, tma: true, pingpong: true, ..config });
+                    }
                 }
             }
         }

@@ -561,6 +561,12 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
             format!("off: {}", ir::passes::tma::why_not(&before).unwrap_or_default())
         };
         writeln!(out, "tma        {line}")?;
+        let line = match crate::codegen::target::pingpong_why_not(&kernel) {
+            None => "on: the two compute warpgroups take turns issuing their matmuls (named barriers 8, 9)"
+                .to_string(),
+            Some(why) => format!("off: {why}"),
+        };
+        writeln!(out, "pingpong   {line}")?;
     }
     let ptx = crate::codegen::generate(&kernel).map_err(|e| failed(entry, config, e))?;
     shared_memory(&kernel, ptx.shared_bytes, out)?;

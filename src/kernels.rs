@@ -211,6 +211,11 @@ pub fn reference_configs() -> Vec<(&'static str, Config)> {
         "sm90a_d128_m128_w8_n128_load4_overlap_tma",
         Config { tma: true, overlap: true, ..producer_d128 },
     ));
+    // The two compute warpgroups taking turns issuing their matmuls (pingpong), persistent.
+    configs.push((
+        "sm90a_d128_m128_w8_n128_load4_overlap_tma_pingpong_persistent",
+        Config { tma: true, overlap: true, pingpong: true, persistent: true, ..producer_d128 },
+    ));
     configs.push((
         "sm90a_d64_m128_w8_s3_load4_causal_bf16_persistent_tma",
         Config {

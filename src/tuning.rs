@@ -166,6 +166,9 @@ pub struct Schedule {
     /// `Config::tma` (absent in tables written before it existed: false).
     #[serde(default, skip_serializing_if = "is_false")]
     pub tma: bool,
+    /// `Config::pingpong` (absent in tables written before it existed: false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pingpong: bool,
     /// `Config::target`, as its name (absent in tables written before sm_90a existed: sm_89).
     /// A launch from a tuned entry runs the target it was timed on.
     #[serde(default = "sm_89", with = "target_name")]
@@ -211,6 +214,7 @@ impl Schedule {
             kv_splits: config.kv_splits,
             overlap: config.overlap,
             tma: config.tma,
+            pingpong: config.pingpong,
             target: config.target,
         }
     }
@@ -229,6 +233,7 @@ impl Schedule {
             kv_splits: self.kv_splits,
             overlap: self.overlap,
             tma: self.tma,
+            pingpong: self.pingpong,
             target: self.target,
             ..base
         }

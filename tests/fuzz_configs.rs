@@ -27,6 +27,7 @@ fn random_config(rng: &mut Rng) -> Config {
     let flag = |rng: &mut Rng| rng.next_u64() % 2 == 0;
     Config {
         tma: false,
+        pingpong: false,
         tile_m: pick(rng, &[0, 16, 32, 48, 64, 96, 128, 176, 256, 272]),
         tile_n: pick(rng, &[0, 16, 24, 32, 64, 128, 256, 512]),
         head_dim: pick(rng, &[32, 64, 80, 96, 128, 256]),
@@ -54,6 +55,7 @@ fn random_valid_config(rng: &mut Rng) -> Config {
     let load_warps = pick(rng, &[0, 0, 1, 2]);
     Config {
         tma: false,
+        pingpong: false,
         tile_m: rows_per_warp * row_warps,
         tile_n: pick(rng, &[32, 64, 64, 128]).max(16 * kv_splits),
         head_dim,

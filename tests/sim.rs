@@ -311,3 +311,23 @@ fn bulk_tensor_copies_run_correctly_in_the_simulator() {
         run_case(name, &config, (2, 2, 100, 130), 1, Layout::Bshd, 7, 16);
     }
 }
+
+/// The pingpong (`Config::pingpong`): the two compute warpgroups take turns issuing their
+/// matmuls through two named barriers; every schedule of warps must finish (no deadlock at
+/// work items without K/V tiles, causal rows past the keys, or the last turn) and match float64.
+#[test]
+fn pingpong_warpgroups_run_correctly_in_the_simulator() {
+    let base =
+        flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4_overlap_tma_pingpong_persistent")
+            .unwrap();
+    for (name, config) in [
+        ("pingpong", base),
+        ("pingpong_causal_cp_async", flashcore::Config { causal: true, tma: false, ..base }),
+    ] {
+        for (shape, hk, seed, slice) in
+            [((1, 4, 77, 200), 2, 5, 32), ((2, 2, 150, 40), 1, 6, 1), ((1, 3, 256, 256), 3, 7, 8)]
+        {
+            run_case(name, &config, shape, hk, Layout::Bhsd, seed, slice);
+        }
+    }
+}

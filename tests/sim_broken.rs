@@ -351,3 +351,15 @@ fn an_expect_tx_count_too_low_is_caught_before_the_phase_completes_early() {
         );
     }
 }
+
+#[test]
+fn a_pingpong_without_the_first_turn_deadlocks() {
+    // Warpgroup 1 never hands warpgroup 0 the first turn: each waits for the other.
+    let config =
+        flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4_overlap_tma_pingpong_persistent")
+            .expect("a reference config");
+    for err in run_edited(config, |p| remove_first(p, "bar.arrive 8, 256;"), &SEEDS) {
+        assert!(err.starts_with("deadlock"), "{err}");
+        assert!(err.contains("named barrier 8") || err.contains("bar.sync"), "{err}");
+    }
+}

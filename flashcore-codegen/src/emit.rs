@@ -68,6 +68,28 @@ pub const COLUMN_BARRIER: u32 = 2;
 /// copying a tile that their wgmmas read from shared memory.
 pub const WARPGROUP_BARRIER: u32 = 4;
 
+/// sm_90a pingpong (`Config::pingpong`): warpgroup `g` waits at `bar.sync 8 + g, 256` for its
+/// turn to issue its matmuls and hands the turn over with `bar.arrive 9 - g, 256`.
+pub const PINGPONG_BARRIER: u32 = 8;
+
+/// Where the emission of a K/V loop body stands with the pingpong's turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// Before the iteration's first asynchronous matmul: wait for the turn there.
+    Waiting,
+    /// The matmuls are being issued: hand the turn over before the first wait for them.
+    Issuing,
+    /// Handed over for this iteration.
+    Done,
+}
+
+/// The pingpong registers of a compute warp: its warpgroup's turn barrier and the other's.
+#[derive(Clone, Debug)]
+struct PingPong {
+    mine: String,
+    other: String,
+}
+
 /// The threads that share a copy: each thread's index among them, and how many there are.
 #[derive(Clone, Debug, Default)]
 struct Team {
@@ -128,6 +150,10 @@ pub struct Emitter<'k> {
     tensors: Vec<Option<GlobalTensor>>,
     /// Per tensor read through a tensor map: the map's generic address (a register).
     tensor_maps: HashMap<usize, String>,
+    /// The compute warpgroups take turns issuing their matmuls (in their role group's body).
+    pingpong: Option<PingPong>,
+    /// The turn, while a pingpong K/V loop body is emitted.
+    turn: Option<Turn>,
     dim_regs: Vec<String>,
     t: Option<ThreadRegs>,
     /// The threads that copy ring tiles in the code being emitted (all of them, or the
@@ -242,6 +268,8 @@ impl<'k> Emitter<'k> {
             smem_a: HashMap::new(),
             tensors: vec![],
             tensor_maps: HashMap::new(),
+            pingpong: None,
+            turn: None,
             dim_regs: vec![],
             t: None,
             pipeline_count: None,
@@ -504,6 +532,11 @@ impl<'k> Emitter<'k> {
             self.coalesce_updates(block);
             for (i, inst) in block.insts.iter().enumerate() {
                 if matches!(inst.op, Op::MmaAsync { .. }) {
+                    if let (Some(Turn::Waiting), Some(p)) = (self.turn, &self.pingpong) {
+                        self.w.comment("pingpong: this warpgroup's turn to issue its matmuls");
+                        self.w.ins(format!("bar.sync {}, 256", p.mine));
+                        self.turn = Some(Turn::Issuing);
+                    }
                     self.prepare_async_matmuls(&block.insts[i..])?;
                 }
                 self.inst(inst)?;
@@ -772,6 +805,11 @@ impl<'k> Emitter<'k> {
                 Ok(())
             }
             Op::MmaWait { pending } => {
+                if let (Some(Turn::Issuing), Some(p)) = (self.turn, &self.pingpong) {
+                    self.w.comment("pingpong: the other warpgroup's turn");
+                    self.w.ins(format!("bar.arrive {}, 256", p.other));
+                    self.turn = Some(Turn::Done);
+                }
                 self.w.ins(format!("wgmma.wait_group.sync.aligned {pending}"));
                 Ok(())
             }
@@ -1084,7 +1122,14 @@ impl<'k> Emitter<'k> {
         self.pipeline_count = Some(count.clone());
         self.w.comment("pipeline prologue");
         self.block(prologue)?;
+        self.turn = self.pingpong.as_ref().map(|_| Turn::Waiting);
         self.counted_loop("pipeline", &i, &count, "u32", body)?;
+        if self.turn == Some(Turn::Issuing) {
+            return Err(CodegenError::Internal(
+                "pingpong: a K/V loop issues matmuls it never waits for".into(),
+            ));
+        }
+        self.turn = None;
         self.w.comment("pipeline epilogue");
         self.block(epilogue)?;
         self.pipeline_count = None;
@@ -1628,7 +1673,15 @@ impl<'k> Emitter<'k> {
             if streaming {
                 self.start_stream(g.warps);
             }
+            let pingpong = g.roles.contains(&flashcore_ir::source::Role::Compute)
+                && crate::target::pingpong_why_not(self.kernel).is_none();
+            if pingpong {
+                self.start_pingpong();
+            }
             self.block(&g.body)?;
+            if pingpong {
+                self.end_pingpong();
+            }
             self.stream = None;
             self.team = saved;
             self.group_warp = saved_warp;
@@ -1674,6 +1727,36 @@ impl<'k> Emitter<'k> {
         self.copy_tile_async(&global, &offset, None, rows, &team, &valid, Some(buffer_rows));
         self.w.place_label(&skip);
         Ok(())
+    }
+
+    /// Pingpong: warpgroup 1 hands warpgroup 0 the first turn. Registers: this warpgroup's turn
+    /// barrier `8 + g` and the other's `9 - g`.
+    fn start_pingpong(&mut self) {
+        let g = self.w.temp(RegClass::B32);
+        self.w.ins(format!("shr.u32 {g}, {}, 2", self.group_warp));
+        let (mine, other) =
+            (self.w.named(RegClass::B32, "%turn_mine"), self.w.named(RegClass::B32, "%turn_other"));
+        self.w.ins(format!("add.u32 {mine}, {g}, {PINGPONG_BARRIER}"));
+        self.w.ins(format!("sub.u32 {other}, {}, {g}", PINGPONG_BARRIER + 1));
+        let (first, skip) = (self.w.temp(RegClass::Pred), self.w.label("pingpong_first"));
+        self.w.comment("pingpong: warpgroup 0 issues first");
+        self.w.ins(format!("setp.eq.u32 {first}, {g}, 0"));
+        self.w.ins(format!("@{first} bra.uni {skip}"));
+        self.w.ins(format!("bar.arrive {PINGPONG_BARRIER}, 256"));
+        self.w.place_label(&skip);
+        self.pingpong = Some(PingPong { mine, other });
+    }
+
+    /// Pingpong: warpgroup 0 takes the turn warpgroup 1 handed over after its last matmuls, so
+    /// that every arrival on a turn barrier meets its wait.
+    fn end_pingpong(&mut self) {
+        let Some(p) = self.pingpong.take() else { return };
+        let (second, skip) = (self.w.temp(RegClass::Pred), self.w.label("pingpong_last"));
+        self.w.comment("pingpong: the turn warpgroup 1 handed over last");
+        self.w.ins(format!("setp.ne.u32 {second}, {}, {PINGPONG_BARRIER}", p.mine));
+        self.w.ins(format!("@{second} bra.uni {skip}"));
+        self.w.ins(format!("bar.sync {PINGPONG_BARRIER}, 256"));
+        self.w.place_label(&skip);
     }
 
     /// A predicate that holds in the copying team's first thread only (the one that issues

@@ -77,6 +77,35 @@ pub fn sm90a_support(kernel: &Kernel) -> Result<(), String> {
     Ok(())
 }
 
+/// Why the compute warpgroups of `kernel` do not take turns issuing their matmuls
+/// (`Config::pingpong`), or `None` when they do: it needs sm_90a, exactly two compute
+/// warpgroups, and the overlap pass's asynchronous matmuls (the turn is handed over between
+/// their issue and the wait for them).
+pub fn pingpong_why_not(kernel: &Kernel) -> Option<String> {
+    let cfg = &kernel.config;
+    if !cfg.pingpong {
+        return Some("off (Config::pingpong, the `pingpong` setting)".into());
+    }
+    if cfg.target != Target::Sm90a {
+        return Some("the pingpong of warpgroups is sm_90a's".into());
+    }
+    if cfg.warps != 8 || cfg.kv_splits > 1 || cfg.softmax_warps > 0 {
+        return Some(format!(
+            "warps = {}: the pingpong takes exactly two compute warpgroups (warps = 8)",
+            cfg.warps
+        ));
+    }
+    let mut asynchronous = false;
+    kernel.walk(&mut |i| asynchronous |= matches!(i.op, Op::MmaAsync { .. }));
+    if !asynchronous {
+        return Some(format!(
+            "the overlap pass did not apply ({}): the turn is handed over between the asynchronous matmuls' issue and their wait",
+            flashcore_ir::passes::overlap::why_not(kernel).unwrap_or_else(|| "its matmuls are synchronous".into())
+        ));
+    }
+    None
+}
+
 /// Registers a thread, as `setmaxnreg` counts them: (load warps', compute warps').
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegisterSplit {

@@ -154,6 +154,11 @@ pub struct Config {
     /// thread, completing on the `full` mbarriers with transaction bytes; the other producer
     /// warps exit. Ignored where the TMA pass does not apply (`flashcore check` says why).
     pub tma: bool,
+    /// sm_90a with two compute warpgroups and the overlap: the warpgroups take turns issuing
+    /// their matmuls (two named barriers), so that one's softmax runs while the other's wgmmas
+    /// occupy the tensor cores (FlashAttention-3's pingpong). Ignored elsewhere (`flashcore
+    /// check` says why).
+    pub pingpong: bool,
     /// The PTX target (see [`Target`]; `Auto`, the default, is the device's). `sm_90a` needs
     /// warpgroups of compute warps: see `flashcore_codegen::target` for what it expresses today.
     pub target: Target,
@@ -177,6 +182,7 @@ impl Default for Config {
             kv_splits: 1,
             overlap: false,
             tma: false,
+            pingpong: false,
             target: Target::Auto,
         }
     }
@@ -332,7 +338,7 @@ impl Config {
         })
     }
 
-    /// The on/off field called `name` (`persistent`, `causal`, `varlen`, `a_in_smem`, `overlap`, `tma`).
+    /// The on/off field called `name` (`persistent`, `causal`, `varlen`, `a_in_smem`, `overlap`, `tma`, `pingpong`).
     pub fn flag_field(&mut self, name: &str) -> Option<&mut bool> {
         match name {
             "persistent" => Some(&mut self.persistent),
@@ -341,6 +347,7 @@ impl Config {
             "a_in_smem" => Some(&mut self.a_in_smem),
             "overlap" => Some(&mut self.overlap),
             "tma" => Some(&mut self.tma),
+            "pingpong" => Some(&mut self.pingpong),
             _ => None,
         }
     }
@@ -399,13 +406,13 @@ impl Config {
 }
 
 /// What [`Config::with_settings`] accepts, for its errors.
-const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem, overlap, tma (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
+const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem, overlap, tma, pingpong (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -424,6 +431,7 @@ impl fmt::Display for Config {
             if self.kv_splits > 1 { format!(" kv_splits={}", self.kv_splits) } else { String::new() },
             if self.overlap { " overlap" } else { "" },
             if self.tma { " tma" } else { "" },
+            if self.pingpong { " pingpong" } else { "" },
             if self.dtype != DType::F16 { format!(" {}", self.dtype.name()) } else { String::new() },
             if self.target != Target::Auto { format!(" {}", self.target) } else { String::new() }
         )

@@ -307,6 +307,7 @@ fn config(c: &Config) -> TokenStream {
         kv_splits,
         overlap,
         tma,
+        pingpong,
         target,
     } = *c;
     let elem = dtype(elem);
@@ -331,6 +332,7 @@ fn config(c: &Config) -> TokenStream {
         kv_splits: #kv_splits,
         overlap: #overlap,
         tma: #tma,
+        pingpong: #pingpong,
         target: #target,
     })
 }

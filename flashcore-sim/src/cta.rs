@@ -28,7 +28,7 @@ const EXITED: u32 = u32::MAX;
 pub struct CtaSetup<'a> {
     pub kernel: &'a Kernel,
     pub params: &'a [u64],
-    /// The launch's tensor maps: a [`ParamType::TensorMap`] parameter's value indexes them.
+    /// The launch's tensor maps: a [`crate::parse::ParamType::TensorMap`] parameter's value indexes them.
     pub tensor_maps: &'a [crate::TensorMap],
     pub cta: u32,
     pub grid: u32,
