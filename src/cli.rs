@@ -538,16 +538,19 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
         }
     }
     if resolved.target == crate::Target::Sm90a {
+        // The IR up to a pass, for the reason a later one did not apply.
+        let after = |pass| {
+            crate::lower(&program, config)
+                .and_then(|k| Ok(ir::passes::run_until(k, Some(pass))?))
+                .map_err(|e| failed(entry, config, e))
+        };
         let mut overlapped = false;
         kernel.walk(&mut |i| overlapped |= matches!(i.op, ir::kernel::Op::MmaAsync { .. }));
         let line = if overlapped {
             "on: the softmax of each K/V tile runs under the P.V of the one before (asynchronous wgmma)"
                 .to_string()
         } else {
-            let before = crate::lower(&program, config)
-                .and_then(|k| Ok(ir::passes::run_until(k, Some("warp_specialize"))?))
-                .map_err(|e| failed(entry, config, e))?;
-            format!("off: {}", ir::passes::overlap::why_not(&before).unwrap_or_default())
+            format!("off: {}", ir::passes::overlap::why_not(&after("warp_specialize")?).unwrap_or_default())
         };
         writeln!(out, "overlap    {line}")?;
         let tma = kernel.mbarriers.iter().any(|r| r.tx);
@@ -555,10 +558,7 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
             "on: one producer thread copies each K/V tile through a tensor map (cp.async.bulk.tensor)"
                 .to_string()
         } else {
-            let before = crate::lower(&program, config)
-                .and_then(|k| Ok(ir::passes::run_until(k, Some("overlap"))?))
-                .map_err(|e| failed(entry, config, e))?;
-            format!("off: {}", ir::passes::tma::why_not(&before).unwrap_or_default())
+            format!("off: {}", ir::passes::tma::why_not(&after("overlap")?).unwrap_or_default())
         };
         writeln!(out, "tma        {line}")?;
         let line = match crate::codegen::target::pingpong_why_not(&kernel) {

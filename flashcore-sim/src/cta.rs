@@ -1640,8 +1640,7 @@ impl<'a> Cta<'a> {
             // The copy writes the destination: earlier accesses by other warps must be ordered
             // before its issue.
             self.check_shared(w, site, d, size as usize, true)?;
-            let id = self.copies.len();
-            self.copies.push(Some(Copy {
+            let copy = Copy {
                 warp: w as u32,
                 lane: l as u32,
                 dst: d as u32,
@@ -1649,17 +1648,26 @@ impl<'a> Cta<'a> {
                 len: size,
                 line: inst.line,
                 tx: None,
-            }));
-            for word in d / 4..(d + size as usize) / 4 {
-                self.shadow[word].pending_copy = id as u32 + 1;
-                self.shadow[word].write = None;
-            }
-            self.in_flight += 1;
-            let lane = &mut self.warps[w].lanes[l];
-            lane.queue.push_back(id);
-            lane.issued += 1;
+            };
+            self.enqueue_copy(copy);
         }
         Ok(())
+    }
+
+    /// Puts `copy` on its lane's queue of copies in flight (they land in order, at random
+    /// times): its destination reads as in flight until it lands.
+    fn enqueue_copy(&mut self, copy: Copy) {
+        let id = self.copies.len();
+        let (w, l, dst, len) = (copy.warp as usize, copy.lane as usize, copy.dst as usize, copy.len as usize);
+        self.copies.push(Some(copy));
+        for word in dst / 4..(dst + len) / 4 {
+            self.shadow[word].pending_copy = id as u32 + 1;
+            self.shadow[word].write = None;
+        }
+        self.in_flight += 1;
+        let lane = &mut self.warps[w].lanes[l];
+        lane.queue.push_back(id);
+        lane.issued += 1;
     }
 
     /// `cp.async.bulk.tensor.4d` (tile mode, 128-byte swizzle): the box of the tensor map at
@@ -1720,8 +1728,7 @@ impl<'a> Cta<'a> {
                     }
                     let to = row_addr + 16 * (chunk ^ ((row_addr / 128) % 8));
                     self.check_shared(w, site, to, 16, true)?;
-                    let id = self.copies.len();
-                    self.copies.push(Some(Copy {
+                    self.enqueue_copy(Copy {
                         warp: w as u32,
                         lane: l as u32,
                         dst: to as u32,
@@ -1729,15 +1736,7 @@ impl<'a> Cta<'a> {
                         len: 16,
                         line: inst.line,
                         tx: Some(m),
-                    }));
-                    for word in to / 4..(to + 16) / 4 {
-                        self.shadow[word].pending_copy = id as u32 + 1;
-                        self.shadow[word].write = None;
-                    }
-                    self.in_flight += 1;
-                    let lane = &mut self.warps[w].lanes[l];
-                    lane.queue.push_back(id);
-                    lane.issued += 1;
+                    });
                 }
             }
         }
