@@ -145,9 +145,10 @@ pub struct Config {
     /// sm_90a with a producer warpgroup: the overlap pass rotates the K/V loop so that the
     /// softmax of each tile runs while the tensor cores compute `P·V` of the tile before
     /// (asynchronous wgmma, FlashAttention-3's intra-warpgroup overlap), with K and V in rings of
-    /// their own. Off by default: on the H200 its form with one K/V ring measured slower than
-    /// without (docs/measurements/2026-12-02-h200-sm90a-overlap.txt), and the split rings are not
-    /// measured yet. Ignored where the pass does not apply (`flashcore check` says why).
+    /// their own. Off by default; the H200's tuned table turns it on where it measured faster
+    /// (its first form, with one K/V ring, measured slower than without:
+    /// docs/measurements/2026-12-02-h200-sm90a-overlap.txt). Ignored where the pass does not
+    /// apply (`flashcore check` says why).
     pub overlap: bool,
     /// sm_90a with a producer warpgroup: the load warps' tile copies become bulk tensor copies
     /// (TMA, `cp.async.bulk.tensor` through tensor maps the runtime encodes), issued by one

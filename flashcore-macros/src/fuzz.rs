@@ -171,6 +171,8 @@ const IDENTS: &[&str] = &[
     "varlen",
     "a_in_smem",
     "overlap",
+    "tma",
+    "pingpong",
     "dtype",
     "x",
     "unknown",
@@ -414,7 +416,7 @@ fn random_attr(rng: &mut Rng) -> String {
             _ => {}
         }
     }
-    for flag in ["persistent", "causal", "varlen", "a_in_smem", "overlap"] {
+    for flag in ["persistent", "causal", "varlen", "a_in_smem", "overlap", "tma", "pingpong"] {
         match rng.below(4) {
             0 => items.push(flag.to_string()),
             1 => items.push(format!("{flag} = {}", rng.pick(&["true", "false"]))),
