@@ -553,8 +553,7 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
             format!("off: {}", ir::passes::overlap::why_not(&after("warp_specialize")?).unwrap_or_default())
         };
         writeln!(out, "overlap    {line}")?;
-        let tma = kernel.mbarriers.iter().any(|r| r.tx);
-        let line = if tma {
+        let line = if kernel.bulk_copies() {
             "on: one producer thread copies each K/V tile through a tensor map (cp.async.bulk.tensor)"
                 .to_string()
         } else {

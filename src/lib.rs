@@ -564,28 +564,19 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
 /// tensors any strides (4-byte stores); for both each stride in bytes within 32 bits, the
 /// strides inside the buffer, and for an output no two elements at one address.
 /// The arguments do not fill the entry ABI (a bug: `bind_shapes` checked their count).
-/// The tensor map of tensor `param` of `kernel`, copied in tiles of `rows` rows, over the
-/// shapes and strides `binding` bound (what the launcher, the simulator and launch plans pass
-/// for an [`ir::abi::EntryParam::TensorMap`]).
+/// The tensor map an [`ir::abi::EntryParam::TensorMap`] of `kernel` names, over the lengths
+/// `binding` bound and its tensor's `[B, H, S]` strides (in elements): what the launcher, the
+/// simulator and launch plans pass for it, with its tensor's parameter index.
 pub(crate) fn tile_map(
     kernel: &ir::Kernel,
     binding: &Binding,
-    param: usize,
-    rows: u32,
-) -> Option<ir::abi::TileMap> {
-    use ir::abi::EntryParam;
+    entry: ir::abi::EntryParam,
+    strides: [u32; 3],
+) -> Option<(usize, ir::abi::TileMap)> {
+    let ir::abi::EntryParam::TensorMap { param, rows } = entry else { return None };
     let tensor = kernel.tensor(param).filter(|t| !t.is_rows())?;
     let lens = [0, 1, 2].map(|axis| binding.dims[tensor.dims[axis].0 as usize]);
-    let mut strides = [0u32; 3];
-    let stride_entries = kernel.entry_abi().into_iter().filter(|e| matches!(e, EntryParam::Stride { .. }));
-    for (entry, value) in stride_entries.zip(&binding.strides) {
-        if let EntryParam::Stride { param: p, axis, .. } = entry {
-            if p == param && axis < 3 {
-                strides[axis] = *value;
-            }
-        }
-    }
-    Some(ir::abi::TileMap::new(kernel.config.head_dim, lens, strides, rows))
+    Some((param, ir::abi::TileMap::new(kernel.config.head_dim, lens, strides, rows)))
 }
 
 fn abi_mismatch(kernel: &ir::Kernel) -> Error {
@@ -874,8 +865,8 @@ fn enqueue(
             |d| LaunchArg::U32(binding.dims[d.0 as usize]),
             &binding.strides,
             |_, v| LaunchArg::U32(v),
-            |param, rows| {
-                let map = tile_map(k, &binding, param, rows)?;
+            |entry, strides| {
+                let (param, map) = tile_map(k, &binding, entry, strides)?;
                 let spec = runtime::TensorMapSpec {
                     bf16: k.config.dtype == DType::Bf16,
                     dims: map.dims,

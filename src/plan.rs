@@ -177,10 +177,10 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             },
             &binding.strides,
             |entry, value| PlanParam::U32 { name: short(entry), value },
-            |param, rows| {
-                let map = crate::tile_map(k, &binding, param, rows)?;
+            |entry, strides| {
+                let (param, map) = crate::tile_map(k, &binding, entry, strides)?;
                 Some(PlanParam::TensorMap {
-                    name: short(EntryParam::TensorMap { param }),
+                    name: short(entry),
                     tensor: k.params[param].name().to_string(),
                     dtype: k.config.dtype.name().to_string(),
                     dims: map.dims.to_vec(),

@@ -171,8 +171,8 @@ pub fn simulate<T: HalfFloat>(
             |d| flashcore_sim::Arg::U32(binding.dims[d.0 as usize]),
             &binding.strides,
             |_, v| flashcore_sim::Arg::U32(v),
-            |param, rows| {
-                let map = crate::tile_map(k, &binding, param, rows)?;
+            |entry, strides| {
+                let (param, map) = crate::tile_map(k, &binding, entry, strides)?;
                 let flashcore_sim::Arg::U64(base) = per_param.get(param)? else { return None };
                 Some(flashcore_sim::Arg::TensorMap(flashcore_sim::TensorMap {
                     base: *base,

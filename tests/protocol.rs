@@ -32,20 +32,26 @@ fn every_layout_passes_the_protocol_check() {
     }
 }
 
-fn remove_ops(block: &mut Block, pred: &dyn Fn(&Op) -> bool) {
-    block.insts.retain(|i| !pred(&i.op));
+/// Runs `f` on `block`, then on the blocks of the work, range and pipeline loops and role
+/// groups inside it.
+fn each_block_mut(block: &mut Block, f: &mut dyn FnMut(&mut Block)) {
+    f(block);
     for inst in &mut block.insts {
         match &mut inst.op {
-            Op::Tiles { body, .. } | Op::Loop { body, .. } => remove_ops(body, pred),
+            Op::Tiles { body, .. } | Op::Loop { body, .. } => each_block_mut(body, f),
             Op::Pipeline { prologue, body, epilogue, .. } => {
-                remove_ops(prologue, pred);
-                remove_ops(body, pred);
-                remove_ops(epilogue, pred);
+                each_block_mut(prologue, f);
+                each_block_mut(body, f);
+                each_block_mut(epilogue, f);
             }
-            Op::Roles { groups } => groups.iter_mut().for_each(|g| remove_ops(&mut g.body, pred)),
+            Op::Roles { groups } => groups.iter_mut().for_each(|g| each_block_mut(&mut g.body, f)),
             _ => {}
         }
     }
+}
+
+fn remove_ops(block: &mut Block, pred: &dyn Fn(&Op) -> bool) {
+    each_block_mut(block, &mut |b| b.insts.retain(|i| !pred(&i.op)));
 }
 
 #[test]
@@ -135,19 +141,13 @@ fn a_kv_loop_inside_a_range_loop_passes_and_its_plants_are_caught() {
 
 /// Edits every `MbarExpectTx` of `block` (and of the blocks inside it).
 fn edit_expect_tx(block: &mut Block, edit: &dyn Fn(&mut u32)) {
-    for inst in &mut block.insts {
-        match &mut inst.op {
-            Op::MbarExpectTx { bytes, .. } => edit(bytes),
-            Op::Tiles { body, .. } | Op::Loop { body, .. } => edit_expect_tx(body, edit),
-            Op::Pipeline { prologue, body, epilogue, .. } => {
-                edit_expect_tx(prologue, edit);
-                edit_expect_tx(body, edit);
-                edit_expect_tx(epilogue, edit);
+    each_block_mut(block, &mut |b| {
+        for inst in &mut b.insts {
+            if let Op::MbarExpectTx { bytes, .. } = &mut inst.op {
+                edit(bytes);
             }
-            Op::Roles { groups } => groups.iter_mut().for_each(|g| edit_expect_tx(&mut g.body, edit)),
-            _ => {}
         }
-    }
+    });
 }
 
 /// Bulk tensor copies (the TMA pass), without and with the overlap's split rings, pass; an

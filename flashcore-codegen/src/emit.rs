@@ -83,11 +83,13 @@ enum Turn {
     Done,
 }
 
-/// The pingpong registers of a compute warp: its warpgroup's turn barrier and the other's.
+/// The pingpong state of a compute warp's code: its warpgroup's turn barrier and the other's
+/// (registers), and where the K/V loop body being emitted stands (`None` outside one).
 #[derive(Clone, Debug)]
 struct PingPong {
     mine: String,
     other: String,
+    turn: Option<Turn>,
 }
 
 /// The threads that share a copy: each thread's index among them, and how many there are.
@@ -152,8 +154,6 @@ pub struct Emitter<'k> {
     tensor_maps: HashMap<usize, String>,
     /// The compute warpgroups take turns issuing their matmuls (in their role group's body).
     pingpong: Option<PingPong>,
-    /// The turn, while a pingpong K/V loop body is emitted.
-    turn: Option<Turn>,
     dim_regs: Vec<String>,
     t: Option<ThreadRegs>,
     /// The threads that copy ring tiles in the code being emitted (all of them, or the
@@ -269,7 +269,6 @@ impl<'k> Emitter<'k> {
             tensors: vec![],
             tensor_maps: HashMap::new(),
             pingpong: None,
-            turn: None,
             dim_regs: vec![],
             t: None,
             pipeline_count: None,
@@ -369,7 +368,7 @@ impl<'k> Emitter<'k> {
             let pname = entry.ptx_name(k);
             decls.push(format!("\t{}", entry.ptx_decl(k)));
             match entry {
-                EntryParam::TensorMap { param } => {
+                EntryParam::TensorMap { param, .. } => {
                     // Bulk tensor copies take the map's generic address (in parameter space).
                     let name = sanitize(k.params[param].name());
                     let reg = self.w.named(RegClass::B64, &format!("%tmap_{name}"));
@@ -532,11 +531,7 @@ impl<'k> Emitter<'k> {
             self.coalesce_updates(block);
             for (i, inst) in block.insts.iter().enumerate() {
                 if matches!(inst.op, Op::MmaAsync { .. }) {
-                    if let (Some(Turn::Waiting), Some(p)) = (self.turn, &self.pingpong) {
-                        self.w.comment("pingpong: this warpgroup's turn to issue its matmuls");
-                        self.w.ins(format!("bar.sync {}, 256", p.mine));
-                        self.turn = Some(Turn::Issuing);
-                    }
+                    self.pass_turn(Turn::Waiting);
                     self.prepare_async_matmuls(&block.insts[i..])?;
                 }
                 self.inst(inst)?;
@@ -805,11 +800,7 @@ impl<'k> Emitter<'k> {
                 Ok(())
             }
             Op::MmaWait { pending } => {
-                if let (Some(Turn::Issuing), Some(p)) = (self.turn, &self.pingpong) {
-                    self.w.comment("pingpong: the other warpgroup's turn");
-                    self.w.ins(format!("bar.arrive {}, 256", p.other));
-                    self.turn = Some(Turn::Done);
-                }
+                self.pass_turn(Turn::Issuing);
                 self.w.ins(format!("wgmma.wait_group.sync.aligned {pending}"));
                 Ok(())
             }
@@ -1122,14 +1113,17 @@ impl<'k> Emitter<'k> {
         self.pipeline_count = Some(count.clone());
         self.w.comment("pipeline prologue");
         self.block(prologue)?;
-        self.turn = self.pingpong.as_ref().map(|_| Turn::Waiting);
-        self.counted_loop("pipeline", &i, &count, "u32", body)?;
-        if self.turn == Some(Turn::Issuing) {
-            return Err(CodegenError::Internal(
-                "pingpong: a K/V loop issues matmuls it never waits for".into(),
-            ));
+        if let Some(p) = self.pingpong.as_mut() {
+            p.turn = Some(Turn::Waiting);
         }
-        self.turn = None;
+        self.counted_loop("pipeline", &i, &count, "u32", body)?;
+        if let Some(p) = self.pingpong.as_mut() {
+            if p.turn.take() == Some(Turn::Issuing) {
+                return Err(CodegenError::Internal(
+                    "pingpong: a K/V loop issues matmuls it never waits for".into(),
+                ));
+            }
+        }
         self.w.comment("pipeline epilogue");
         self.block(epilogue)?;
         self.pipeline_count = None;
@@ -1660,9 +1654,7 @@ impl<'k> Emitter<'k> {
                 ));
                 self.w.ins(format!("setmaxnreg.{dir}.sync.aligned.u32 {count}"));
             }
-            if g.roles.contains(&flashcore_ir::source::Role::Load)
-                && self.kernel.mbarriers.iter().any(|r| r.tx)
-            {
+            if g.roles.contains(&flashcore_ir::source::Role::Load) && self.kernel.bulk_copies() {
                 // Bulk tensor copies: one thread issues them all; the group's other warps have
                 // nothing to do (their registers went to the compute warpgroups above).
                 let idle = self.w.temp(RegClass::Pred);
@@ -1744,7 +1736,28 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("@{first} bra.uni {skip}"));
         self.w.ins(format!("bar.arrive {PINGPONG_BARRIER}, 256"));
         self.w.place_label(&skip);
-        self.pingpong = Some(PingPong { mine, other });
+        self.pingpong = Some(PingPong { mine, other, turn: None });
+    }
+
+    /// Pingpong, inside a K/V loop body standing at `at`: before the first matmul
+    /// ([`Turn::Waiting`]) wait for this warpgroup's turn; before the first wait for the
+    /// matmuls ([`Turn::Issuing`]) hand the turn to the other warpgroup.
+    fn pass_turn(&mut self, at: Turn) {
+        let Some(p) = self.pingpong.as_mut().filter(|p| p.turn == Some(at)) else { return };
+        let (comment, ins, next) = match at {
+            Turn::Waiting => (
+                "this warpgroup's turn to issue its matmuls",
+                format!("bar.sync {}, 256", p.mine),
+                Turn::Issuing,
+            ),
+            Turn::Issuing => {
+                ("the other warpgroup's turn", format!("bar.arrive {}, 256", p.other), Turn::Done)
+            }
+            Turn::Done => return,
+        };
+        p.turn = Some(next);
+        self.w.comment(format!("pingpong: {comment}"));
+        self.w.ins(ins);
     }
 
     /// Pingpong: warpgroup 0 takes the turn warpgroup 1 handed over after its last matmuls, so
@@ -1781,9 +1794,10 @@ impl<'k> Emitter<'k> {
         let map = self.tensor_maps.get(&src.param).cloned().ok_or_else(|| {
             CodegenError::Internal("a bulk tensor copy of a tensor without a tensor map".into())
         })?;
-        let rows = self.kernel.buffers[buffer.0 as usize].rows.size(&self.cfg);
+        let rows = self.kernel.slot_rows(buffer);
         let offset = self.slot_offset(buffer, slot, 0);
-        let smem = self.th().smem.clone();
+        let slot_base = self.w.temp(RegClass::B32);
+        self.w.ins(format!("add.u32 {slot_base}, {}, {offset}", self.th().smem));
         let mbar = self.mbar_address(ring, slot);
         let leader = self.team_leader();
         // Coordinates, innermost first: column, row, head, batch.
@@ -1792,11 +1806,14 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("mul.lo.u32 {row}, {}, {rows}", c[2]));
         let blocks = self.cfg.head_dim / flashcore_ir::abi::TileMap::BOX_COLUMNS;
         for block in 0..blocks {
-            let (dst, column) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
-            self.w.ins(format!("add.u32 {dst}, {smem}, {offset}"));
-            if block > 0 {
-                self.w.ins(format!("add.u32 {dst}, {dst}, {}", block * rows * wgmma::BLOCK_ROW_BYTES));
-            }
+            let dst = if block == 0 {
+                slot_base.clone()
+            } else {
+                let d = self.w.temp(RegClass::B32);
+                self.w.ins(format!("add.u32 {d}, {slot_base}, {}", block * rows * wgmma::BLOCK_ROW_BYTES));
+                d
+            };
+            let column = self.w.temp(RegClass::B32);
             self.w.ins(format!("mov.u32 {column}, {}", block * flashcore_ir::abi::TileMap::BOX_COLUMNS));
             self.w.ins(format!(
                 "@{leader} cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{dst}], [{map}, {{{column}, {row}, {head}, {batch}}}], [{mbar}]"

@@ -24,8 +24,9 @@ pub enum EntryParam {
     /// The u32 stride, in elements, of axis `axis` of tensor or table `param`, which walks `dim`.
     Stride { param: usize, axis: usize, dim: RtDim },
     /// The tensor map (a 64-byte aligned, 128-byte `CUtensorMap`, passed by value) through
-    /// which the kernel's bulk tensor copies read tensor `param`: see [`TileMap`].
-    TensorMap { param: usize },
+    /// which the kernel's bulk tensor copies read tensor `param` in tiles of `rows` rows: see
+    /// [`TileMap`].
+    TensorMap { param: usize, rows: u32 },
 }
 
 /// What the tensor map of a tensor read by bulk tensor copies describes, for whoever encodes
@@ -80,7 +81,7 @@ impl EntryParam {
             EntryParam::Stride { param, dim, .. } => {
                 format!("{k}_stride_{}_{}", kernel.params[param].name(), kernel.dims[dim.0 as usize])
             }
-            EntryParam::TensorMap { param } => format!("{k}_tmap_{}", kernel.params[param].name()),
+            EntryParam::TensorMap { param, .. } => format!("{k}_tmap_{}", kernel.params[param].name()),
         }
     }
 
@@ -108,28 +109,32 @@ impl Kernel {
     /// parameter `i`'s pointer or scalar, `dim(d)` for runtime dim `d`'s length, `stride(entry,
     /// value)` for each stride, whose values `strides` lists in the ABI's order. `None` when a
     /// value is missing (the launcher, the simulator and launch plans share this one walk).
-    /// `tensor_map(param, rows)` gives the tensor map of tensor `param` copied in tiles of `rows`
-    /// rows.
+    /// `tensor_map(entry, [B, H, S] strides)` gives the tensor map an
+    /// [`EntryParam::TensorMap`] names, from its tensor's strides (which come earlier).
     pub fn entry_args<T>(
         &self,
         mut param: impl FnMut(usize) -> Option<T>,
         mut dim: impl FnMut(RtDim) -> T,
         strides: &[u32],
         mut stride: impl FnMut(EntryParam, u32) -> T,
-        mut tensor_map: impl FnMut(usize, u32) -> Option<T>,
+        mut tensor_map: impl FnMut(EntryParam, [u32; 3]) -> Option<T>,
     ) -> Option<Vec<T>> {
-        let maps = self.tensor_maps();
         let mut strides = strides.iter();
+        // Each tensor's B, H, S strides, as they pass (tensor maps come after them).
+        let mut tensor_strides: Vec<[u32; 3]> = vec![[0; 3]; self.params.len()];
         self.entry_abi()
             .into_iter()
             .map(|entry| match entry {
                 EntryParam::Pointer { param: p } | EntryParam::F32 { param: p } => param(p),
                 EntryParam::Dim { dim: d } => Some(dim(d)),
-                EntryParam::Stride { .. } => strides.next().map(|v| stride(entry, *v)),
-                EntryParam::TensorMap { param: p } => {
-                    let rows = maps.iter().find(|(m, _)| *m == p)?.1;
-                    tensor_map(p, rows)
+                EntryParam::Stride { param: p, axis, .. } => {
+                    let v = *strides.next()?;
+                    if let Some(s) = tensor_strides[p].get_mut(axis) {
+                        *s = v;
+                    }
+                    Some(stride(entry, v))
                 }
+                EntryParam::TensorMap { param: p, .. } => tensor_map(entry, tensor_strides[p]),
             })
             .collect()
     }
@@ -158,7 +163,7 @@ impl Kernel {
                 dim: *dim,
             }));
         }
-        abi.extend(self.tensor_maps().into_iter().map(|(param, _)| EntryParam::TensorMap { param }));
+        abi.extend(self.tensor_maps().into_iter().map(|(param, rows)| EntryParam::TensorMap { param, rows }));
         abi
     }
 }

@@ -895,10 +895,21 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Rows of one slot of stage buffer `buffer`.
+    pub fn slot_rows(&self, buffer: BufferId) -> u32 {
+        self.buffers[buffer.0 as usize].rows.size(&self.config)
+    }
+
     /// Bytes of one slot of stage buffer `buffer`: `rows × D` 16-bit elements (what a
     /// [`Op::TmaCopy`] into it brings).
     pub fn slot_tile_bytes(&self, buffer: BufferId) -> u32 {
-        self.buffers[buffer.0 as usize].rows.size(&self.config) * self.config.head_dim * 2
+        self.slot_rows(buffer) * self.config.head_dim * 2
+    }
+
+    /// Whether the producer's tiles come through bulk tensor copies (the TMA pass ran): some
+    /// mbarrier ring counts transaction bytes.
+    pub fn bulk_copies(&self) -> bool {
+        self.mbarriers.iter().any(|r| r.tx)
     }
 
     /// The tensors the kernel reads through tensor maps ([`Op::TmaCopy`]), in parameter order,
@@ -907,9 +918,8 @@ impl Kernel {
         let mut maps: Vec<(usize, u32)> = vec![];
         self.walk(&mut |inst| {
             if let Op::TmaCopy { buffer, src, .. } = &inst.op {
-                let rows = self.buffers[buffer.0 as usize].rows.size(&self.config);
                 if !maps.iter().any(|(p, _)| *p == src.param) {
-                    maps.push((src.param, rows));
+                    maps.push((src.param, self.slot_rows(*buffer)));
                 }
             }
         });

@@ -363,23 +363,6 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                 complete_phase(schedule, &mut s, b);
             }
         }
-        Event::ExpectTx { barrier, bytes } => {
-            let b = *barrier as usize;
-            let (phase, arrivals) = s.barriers[b];
-            if arrivals + 1 > schedule.barriers[b].count {
-                return Err(err(
-                    ProtocolErrorKind::ArrivalCount,
-                    format!(
-                        "role `{name}` arrives on mbarrier `{}` in phase {phase}, which already has {arrivals} of its {} expected arrivals",
-                        schedule.barrier_name(*barrier),
-                        schedule.barriers[b].count
-                    ),
-                ));
-            }
-            s.barriers[b].1 += 1;
-            s.tx[b] += *bytes as i64;
-            complete_phase(schedule, &mut s, b);
-        }
         Event::Commit => {
             let group = s.committed[role];
             for st in s.slots.values_mut() {
@@ -456,16 +439,18 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
             }
             s.reading[role].insert(*slot);
         }
-        Event::Arrive { barrier } | Event::AsyncArrive { barrier } => {
+        Event::Arrive { barrier } | Event::AsyncArrive { barrier } | Event::ExpectTx { barrier, .. } => {
             let b = *barrier as usize;
             let decl = &schedule.barriers[b];
             let (phase, arrivals) = s.barriers[b];
-            if arrivals + trace.threads > decl.count {
+            // An expect_tx arrival is one thread's; the others, every thread of the role.
+            let threads = if matches!(event, Event::ExpectTx { .. }) { 1 } else { trace.threads };
+            if arrivals + threads > decl.count {
                 return Err(err(
                     ProtocolErrorKind::ArrivalCount,
                     format!(
-                        "role `{name}` ({} threads) arrives on mbarrier `{}` in phase {phase}, which already has {arrivals} of its {} expected arrivals",
-                        trace.threads, decl.name, decl.count
+                        "role `{name}` ({threads} threads) arrives on mbarrier `{}` in phase {phase}, which already has {arrivals} of its {} expected arrivals",
+                        decl.name, decl.count
                     ),
                 ));
             }
@@ -492,7 +477,10 @@ fn step(schedule: &Schedule, state: &State, role: usize) -> Result<Option<State>
                     }
                 }
             }
-            s.barriers[b] = (phase, arrivals + trace.threads);
+            if let Event::ExpectTx { bytes, .. } = event {
+                s.tx[b] += *bytes as i64;
+            }
+            s.barriers[b] = (phase, arrivals + threads);
             complete_phase(schedule, &mut s, b);
         }
         Event::Wait { barrier, phase } => {

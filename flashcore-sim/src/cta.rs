@@ -1134,24 +1134,6 @@ impl<'a> Cta<'a> {
             Op::TmaLoad { dst, map, coords, mbar } => {
                 self.tma_load(w, inst, exec, dst, *map, coords, mbar)?
             }
-            Op::MbarArriveExpectTx { d, addr, tx } => {
-                let site = self.site(w, inst);
-                let vc = self.warps[w].vc.clone();
-                for l in lanes(exec) {
-                    let a = self.address(w, addr, l);
-                    let a = self.shared_range(site, a, 8)? as u32;
-                    self.check_mbar_init(w, site, a)?;
-                    let bytes = self.val(w, *tx, l) as i64;
-                    let m = self.mbars.get_mut(&a).expect("checked above");
-                    let state = m.phases;
-                    m.tx += bytes;
-                    self.mbar_arrive(a, Some(self.warps[w].thread0 + l as u32), &vc, site)?;
-                    if let Some(d) = d {
-                        self.set(w, *d, l, state);
-                    }
-                }
-                self.release(w);
-            }
             Op::Ldmatrix { count, trans, d, addr } => self.ldmatrix(w, inst, *count, *trans, d, addr)?,
             Op::Mma { ty, d, a, b, c } => self.mma(w, *ty, d, a, b, c),
             Op::Wgmma { ty, n, d, a, desc, scale_d, trans_b } => {
@@ -1386,14 +1368,17 @@ impl<'a> Cta<'a> {
                     );
                 }
             }
-            Op::MbarArrive { d, addr } => {
+            Op::MbarArrive { d, addr, tx } => {
                 let site = self.site(w, inst);
                 let vc = self.warps[w].vc.clone();
                 for l in lanes(exec) {
                     let a = self.address(w, addr, l);
                     let a = self.shared_range(site, a, 8)? as u32;
                     self.check_mbar_init(w, site, a)?;
-                    let state = self.mbars[&a].phases;
+                    let bytes = tx.map_or(0, |t| self.val(w, t, l) as i64);
+                    let m = self.mbars.get_mut(&a).expect("checked above");
+                    m.tx += bytes;
+                    let state = m.phases;
                     self.mbar_arrive(a, Some(self.warps[w].thread0 + l as u32), &vc, site)?;
                     if let Some(d) = d {
                         self.set(w, *d, l, state);

@@ -455,15 +455,13 @@ pub enum Op {
         addr: Address,
         count: Operand,
     },
+    /// `mbarrier.arrive.shared.b64 d, [addr]`, or with `tx`
+    /// `mbarrier.arrive.expect_tx.shared::cta.b64 d, [addr], tx` (the phase also waits for `tx`
+    /// more transaction bytes).
     MbarArrive {
         d: Option<u32>,
         addr: Address,
-    },
-    /// `mbarrier.arrive.expect_tx.shared::cta.b64 d, [addr], tx`.
-    MbarArriveExpectTx {
-        d: Option<u32>,
-        addr: Address,
-        tx: Operand,
+        tx: Option<Operand>,
     },
     MbarTestWait {
         p: u32,
@@ -1257,13 +1255,13 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
                 return Err(Decode::Unsupported);
             }
             let d = if n(0)?.trim() == "_" { None } else { Some(ctx.dest(n(0)?)?) };
-            Op::MbarArriveExpectTx { d, addr: ctx.address(n(1)?)?, tx: ctx.operand(n(2)?)? }
+            Op::MbarArrive { d, addr: ctx.address(n(1)?)?, tx: Some(ctx.operand(n(2)?)?) }
         }
         "mbarrier" if has("arrive") && has("shared") && !has("expect_tx") => {
             if ops.len() == 2 {
-                Op::MbarArrive { d: Some(ctx.dest(n(0)?)?), addr: ctx.address(n(1)?)? }
+                Op::MbarArrive { d: Some(ctx.dest(n(0)?)?), addr: ctx.address(n(1)?)?, tx: None }
             } else if ops.len() == 1 {
-                Op::MbarArrive { d: None, addr: ctx.address(n(0)?)? }
+                Op::MbarArrive { d: None, addr: ctx.address(n(0)?)?, tx: None }
             } else {
                 return Err(Decode::Unsupported);
             }

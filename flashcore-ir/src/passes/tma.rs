@@ -103,7 +103,6 @@ pub fn why_not(kernel: &Kernel) -> Option<String> {
     if let Err(why) = applies(&kernel.config) {
         return Some(why);
     }
-    let cfg = &kernel.config;
     let mut why = None;
     let mut producer = false;
     kernel.walk(&mut |inst| {
@@ -112,7 +111,7 @@ pub fn why_not(kernel: &Kernel) -> Option<String> {
             producer = true;
             kernel.walk_block(&g.body, &mut |i| {
                 if let Op::AsyncCopy { buffer, src, ahead, .. } = &i.op {
-                    let rows = kernel.buffers[buffer.0 as usize].rows.size(cfg);
+                    let rows = kernel.slot_rows(*buffer);
                     if *ahead != 0 {
                         why.get_or_insert("a producer copy runs ahead of its iteration".to_string());
                     } else if rows > MAX_BOX_ROWS {
