@@ -13,6 +13,7 @@
 use crate::{flash_kernel, Config, DType, Target};
 
 pub mod backward;
+pub mod decode;
 pub mod variants;
 
 /// Fused attention forward, `O = softmax(Q·Kᵀ·scale)·V`, FlashAttention-2 style.

@@ -42,6 +42,7 @@ pub mod model;
 pub mod npy;
 pub mod numerics;
 pub mod occupancy;
+pub mod paged;
 pub mod plan;
 pub mod ptxas;
 pub mod reference;
@@ -383,6 +384,17 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
     let mut ragged: HashMap<ir::kernel::RtDim, (&SeqOffsets, &str)> = HashMap::new();
     for (param, arg) in kernel.params.iter().zip(args) {
         let Param::Offsets(o) = param else { continue };
+        if o.lengths {
+            match arg {
+                ArgView::Tensor(view) => {
+                    bind_lengths(view).map_err(|m| bad(&o.name, m))?;
+                    bind(o.batch, view.shape[0] as u64, &o.name, format!(" (shape {:?})", view.shape))?;
+                }
+                _ if o.optional => {}
+                _ => return Err(bad(&o.name, "missing: these sequence lengths are required".into())),
+            }
+            continue;
+        }
         match arg {
             ArgView::Offsets(_) if !kernel.config.varlen => {
                 return Err(bad(
@@ -496,6 +508,28 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
             bind(t.dims[axis], shape[axis] as u64, &t.name, format!(" (shape {:?})", view.shape))?;
         }
     }
+    // A paged tile's logical sequence, when no tensor has it, is the page table's capacity:
+    // `MAX_PAGES · PAGE` rows (the kernel never reads an entry past the table's row).
+    let mut paged = vec![];
+    kernel.walk(&mut |inst| {
+        if let Some(access) = inst.op.tile_access().filter(|a| a.pages.is_some()) {
+            paged.push(access.clone());
+        }
+    });
+    for access in paged {
+        let (Some(seq), Some(tensor), Some(Param::Table(table))) = (
+            kernel.access_seq_dim(&access),
+            kernel.tensor(access.param),
+            access.pages.and_then(|t| kernel.params.get(t)),
+        ) else {
+            continue;
+        };
+        let size = |d: ir::kernel::RtDim| bound[d.0 as usize].as_ref().map_or(0, |(s, _)| *s);
+        if bound[seq.0 as usize].is_none() {
+            let capacity = size(table.dims[1]) * size(tensor.dims[2]);
+            bound[seq.0 as usize] = Some((capacity, table.name.clone()));
+        }
+    }
     let dims: Vec<u64> = bound.iter().map(|b| b.as_ref().map(|(s, _)| *s).unwrap_or(0)).collect();
     // The kernel indexes rows and work items in 32-bit registers, a tile past the last row
     // included: sizes up to 2³¹ - 1 leave that headroom.
@@ -585,6 +619,27 @@ fn abi_mismatch(kernel: &ir::Kernel) -> Error {
         arg: "(all)".into(),
         message: "the arguments do not match the kernel's entry parameters".into(),
     }
+}
+
+/// Checks a `SeqLens` argument: an i32 tensor of one axis (the sequences), contiguous (the kernel
+/// reads entry `b` at byte `4 · b`), within its buffer.
+fn bind_lengths(view: &TensorView) -> Result<(), String> {
+    if view.dtype != "i32" {
+        return Err(format!("sequence lengths are an i32 tensor, got {}", view.dtype));
+    }
+    if view.shape.len() != 1 || view.strides.len() != 1 {
+        return Err(format!("sequence lengths have one axis [B], got shape {:?}", view.shape));
+    }
+    if view.shape[0] > 1 && view.strides[0] != 1 {
+        return Err(format!(
+            "sequence lengths must be contiguous (stride 1), got stride {}",
+            view.strides[0]
+        ));
+    }
+    if view.shape[0] > view.buffer_len {
+        return Err(format!("{} lengths in a buffer of {} elements", view.shape[0], view.buffer_len));
+    }
+    Ok(())
 }
 
 /// Checks a table's argument (element type, rank, strides inside its buffer, each stride in bytes
@@ -681,6 +736,9 @@ pub(crate) fn check_arg_kinds(
         let want = match param {
             Param::Tensor(t) if t.optional && kind == ArgKind::Absent => continue,
             Param::Offsets(o) if o.optional && kind == ArgKind::Absent => continue,
+            Param::Offsets(o) if o.lengths => {
+                (ArgKind::Input, "expected sequence lengths (an i32 tensor `[B]` on the device)")
+            }
             Param::Offsets(_) => (ArgKind::Offsets, "expected sequence offsets (`DeviceSeqOffsets`)"),
             Param::Tensor(t) if t.writable => (ArgKind::Output, "expected a mutable output tensor"),
             Param::Tensor(_) => (ArgKind::Input, "expected an input tensor"),

@@ -191,3 +191,30 @@ fn assert_spills_within(
         }
     }
 }
+
+/// The decode kernel (paged gathers) assembles for sm_89 and sm_90 with no spills at its
+/// declared config, causal bf16, D = 64, and the intra-CTA split the decode timings use; and for
+/// sm_90a (wgmma) at a warpgroup's tile.
+#[test]
+fn decode_kernel_assembles_without_spills() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    let entry = flashcore::registry::find("attention_decode_paged").expect("registered");
+    let declared = entry.config;
+    for config in [
+        declared,
+        flashcore::Config { causal: true, dtype: flashcore::DType::Bf16, ..declared },
+        declared.with_head_dim(64),
+        flashcore::Config { warps: 4, kv_splits: 4, ..declared },
+    ] {
+        assert_no_spills(&ptxas, entry, &config);
+    }
+    let hopper = flashcore::Config { target: flashcore::Target::Sm90a, tile_m: 64, warps: 4, ..declared };
+    let compiled = flashcore::compile(&(entry.program)(), &hopper).unwrap();
+    let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, "sm_90a").unwrap();
+    assert_eq!(
+        (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
+        (0, 0, 0),
+        "{}",
+        report.text
+    );
+}

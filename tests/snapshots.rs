@@ -115,3 +115,20 @@ fn backward_snapshots() {
         insta::assert_snapshot!(format!("backward_ptx_{}", entry.name), ptx);
     }
 }
+
+/// The decode kernel's IR and PTX at its declared config: the page-table gathers (`k_cache[
+/// block_table[b], ..]`) and the sequence lengths each work item loads.
+#[test]
+fn decode_snapshots() {
+    use flashcore::kernels::decode::attention_decode_paged;
+    let program = attention_decode_paged::program();
+    let config = attention_decode_paged::CONFIG;
+    let kernel = flashcore::ir::lower(&program, &config).expect("the decode kernel lowers");
+    // The text IR prints the gather and reads back to the same kernel.
+    let text = kernel.to_string();
+    assert!(text.contains("k_cache[block_table[%b.0]"), "{text}");
+    assert_eq!(flashcore::ir::parse_kernel(&text).expect("the text IR parses").to_string(), text);
+    insta::assert_snapshot!("decode_ir_attention_decode_paged", text);
+    let ptx = flashcore::compile(&program, &config).expect("the decode kernel compiles").ptx.text.clone();
+    insta::assert_snapshot!("decode_ptx_attention_decode_paged", ptx);
+}

@@ -126,6 +126,28 @@ struct GlobalTensor {
 struct GlobalTile {
     addr: String,
     row_stride: String,
+    /// A paged tile's rows: `addr` is then row 0 of page 0 (at the tile's head).
+    pages: Option<PagedRows>,
+}
+
+/// How a paged tile finds its rows ([`ir::kernel::TileAccess::pages`]): logical row `j` of the
+/// sequence lies in row `j % page_rows` of page `table[b, j / page_rows]`.
+#[derive(Clone, Debug)]
+struct PagedRows {
+    /// The address (u64) of the sequence's row of the page table.
+    table_row: String,
+    /// Bytes between two entries of that row.
+    entry_stride: String,
+    /// Entries in the row (`MAX_PAGES`): a page number past them is not read.
+    entries: String,
+    /// The logical row of the tile's first row.
+    first_row: String,
+    /// Rows per page (`PAGE`, the tensor's sequence axis).
+    page_rows: String,
+    /// Pages in the pool (the tensor's batch axis): an entry outside it reads as zeros.
+    pool: String,
+    /// Bytes between pages.
+    page_stride: String,
 }
 
 /// Where an mma's A fragments are: in registers, or (`Config::a_in_smem`) in the row-tile
@@ -202,6 +224,8 @@ struct RaggedDim {
     batch: RtDim,
     seq: RtDim,
     optional: bool,
+    /// `SeqLens`: lengths, not offsets; `start` is not used (nothing is packed).
+    lengths: bool,
     ptr: String,
     start: String,
     len: String,
@@ -380,8 +404,8 @@ impl<'k> Emitter<'k> {
                 EntryParam::Pointer { param } => match &k.params[param] {
                     Param::Offsets(o) => {
                         self.tensors.push(None);
-                        if !self.cfg.varlen {
-                            continue; // the dense variant never reads them
+                        if !self.cfg.varlen && !o.lengths {
+                            continue; // the dense variant never reads offsets (lengths, always)
                         }
                         let raw = self.w.temp(RegClass::B64);
                         let ptr = self.w.named(RegClass::B64, &format!("%ptr_{}", sanitize(&o.name)));
@@ -393,6 +417,7 @@ impl<'k> Emitter<'k> {
                             batch: o.batch,
                             seq: o.seq,
                             optional: o.optional,
+                            lengths: o.lengths,
                             ptr,
                             start: self.w.named(RegClass::B32, &format!("%seq_start_{seq_name}")),
                             len: self.w.named(RegClass::B32, &format!("%seq_len_{seq_name}")),
@@ -952,8 +977,10 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("sub.u32 {r}, {r}, 1"));
             }
         }
-        // Variable-length batches skip work items past their sequence's end, to `next`.
-        let next = self.cfg.varlen.then(|| self.w.label("tiles_next"));
+        // Variable-length batches skip work items past their sequence's end, to `next`;
+        // sequence lengths (`SeqLens`, read by every variant) load each work item's too.
+        let next =
+            (self.cfg.varlen || self.ragged.iter().any(|r| r.lengths)).then(|| self.w.label("tiles_next"));
         if let Some(next) = &next {
             self.work_item_sequences(vars, extents, next);
         }
@@ -996,6 +1023,10 @@ impl<'k> Emitter<'k> {
             };
             let (k, var) = (self.kernel, self.kernel.values[b.0.index()].name.clone());
             let b = self.regs_of(*b.0).at(0);
+            if r.lengths {
+                self.sequence_length(&r, &var, &b);
+                continue;
+            }
             let (name, batch_name, seq_name) =
                 (&r.offsets, &k.dims[r.batch.0 as usize], &k.dims[r.seq.0 as usize]);
             self.w.comment(format!(
@@ -1031,6 +1062,34 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("mul.lo.u32 {first}, {tile}, {}", t.size(&self.cfg)));
             self.w.ins(format!("setp.ge.u32 {past}, {first}, {len}"));
             self.w.ins(format!("@{past} bra.uni {next}"));
+        }
+    }
+
+    /// `SeqLens`: the length of sequence `b` (register `b`, named `var`), clamped into
+    /// `[0, dim]` so that no row past the tensors (or a paged cache's capacity) is ever read; the
+    /// dim itself when optional lengths were not given.
+    fn sequence_length(&mut self, r: &RaggedDim, var: &str, b: &str) {
+        let (name, seq_name) = (&r.offsets, self.kernel.dims[r.seq.0 as usize].clone());
+        let dim = self.dim_regs[r.seq.0 as usize].clone();
+        self.w.comment(format!(
+            "lengths ({name}): `{seq_name}` of sequence {var} is rows 0 .. min({name}[{var}], {seq_name})"
+        ));
+        let (ptr, len) = (&r.ptr, &r.len);
+        let given = r.optional.then(|| {
+            let (given, absent) = (self.w.label("lengths_given"), self.w.temp(RegClass::Pred));
+            self.w.ins(format!("mov.u32 {len}, {dim}"));
+            self.w.ins(format!("setp.eq.u64 {absent}, {ptr}, 0"));
+            self.w.ins(format!("@{absent} bra.uni {given}"));
+            given
+        });
+        let addr = self.w.temp(RegClass::B64);
+        self.w.ins(format!("mul.wide.u32 {addr}, {b}, 4"));
+        self.w.ins(format!("add.u64 {addr}, {ptr}, {addr}"));
+        self.w.ins(format!("ld.global.nc.u32 {len}, [{addr}]"));
+        self.w.ins(format!("max.s32 {len}, {len}, 0"));
+        self.w.ins(format!("min.u32 {len}, {len}, {dim}"));
+        if let Some(given) = given {
+            self.w.place_label(&given);
         }
     }
 
@@ -1151,9 +1210,12 @@ impl<'k> Emitter<'k> {
                 "a tile of something other than a [B, H, S, D] tensor".into(),
             ));
         };
+        if let Some(table) = access.pages {
+            return self.paged_tile_address(access, table, &c, rows);
+        }
         let first_row = self.w.temp(RegClass::B32);
         let dims = self.kernel.tensor(access.param).map(|t| t.dims);
-        match dims.and_then(|d| self.sequence_of(d[2])).map(|r| r.start.clone()) {
+        match dims.and_then(|d| self.sequence_of(d[2])).filter(|r| !r.lengths).map(|r| r.start.clone()) {
             // A ragged sequence starts at its first packed row (the batch stride is 0).
             Some(start) => self.w.ins(format!("mad.lo.u32 {first_row}, {}, {rows}, {start}", c[2])),
             None => self.w.ins(format!("mul.lo.u32 {first_row}, {}, {rows}", c[2])),
@@ -1167,7 +1229,53 @@ impl<'k> Emitter<'k> {
         let addr = self.w.temp(RegClass::B64);
         let ptr = tensor.as_ref().map_or("", |t| &t.ptr);
         self.w.ins(format!("add.u64 {addr}, {ptr}, {off}"));
-        Ok(GlobalTile { addr, row_stride: stride_s.clone() })
+        Ok(GlobalTile { addr, row_stride: stride_s.clone(), pages: None })
+    }
+
+    /// [`Emitter::tile_address`] of a paged tile: the head's row 0 of page 0, and what each
+    /// row's copy needs to find its page (`c`: the tile's coordinates).
+    fn paged_tile_address(
+        &mut self,
+        access: &TileAccess,
+        table: usize,
+        c: &[String],
+        rows: u32,
+    ) -> Result<GlobalTile, CodegenError> {
+        let missing = || CodegenError::Internal("a paged tile without its tensor or page table".into());
+        let tensor = self.tensors[access.param].clone().ok_or_else(missing)?;
+        let table_ptr = self.tensors[table].clone().ok_or_else(missing)?;
+        let (Some(dims), Some(Param::Table(t))) =
+            (self.kernel.tensor(access.param).map(|t| t.dims), self.kernel.params.get(table))
+        else {
+            return Err(missing());
+        };
+        let entries = self.dim_reg(t.dims[1]);
+        let (pool, page_rows) = (self.dim_reg(dims[0]), self.dim_reg(dims[2]));
+        self.w.comment(format!(
+            "paged tile: row j of the sequence is row j % PAGE of page {}[{}, j / PAGE]",
+            t.name,
+            self.kernel.values[access.coords[0].index()].name
+        ));
+        let first_row = self.w.temp(RegClass::B32);
+        self.w.ins(format!("mul.lo.u32 {first_row}, {}, {rows}", c[2]));
+        let (table_row, addr) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+        self.w.ins(format!("mul.wide.u32 {table_row}, {}, {}", c[0], table_ptr.strides[0]));
+        self.w.ins(format!("add.u64 {table_row}, {}, {table_row}", table_ptr.ptr));
+        self.w.ins(format!("mul.wide.u32 {addr}, {}, {}", c[1], tensor.strides[1]));
+        self.w.ins(format!("add.u64 {addr}, {}, {addr}", tensor.ptr));
+        Ok(GlobalTile {
+            addr,
+            row_stride: tensor.strides[2].clone(),
+            pages: Some(PagedRows {
+                table_row,
+                entry_stride: table_ptr.strides[1].clone(),
+                entries,
+                first_row,
+                page_rows,
+                pool,
+                page_stride: tensor.strides[0].clone(),
+            }),
+        })
     }
 
     /// The registers of the tile indices `access` selects (batch, head, sequence tile), its
@@ -1253,14 +1361,65 @@ impl<'k> Emitter<'k> {
             let (inside, src_row, size) =
                 (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
             self.w.ins(format!("setp.lt.u32 {inside}, {row}, {valid_rows}"));
-            self.w.ins(format!("selp.b32 {src_row}, {row}, 0, {inside}"));
-            self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
-            let gaddr = self.w.temp(RegClass::B64);
-            self.w.ins(format!("mul.wide.u32 {gaddr}, {src_row}, {}", global.row_stride));
-            self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
+            let gaddr = match &global.pages {
+                None => {
+                    self.w.ins(format!("selp.b32 {src_row}, {row}, 0, {inside}"));
+                    self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
+                    let gaddr = self.w.temp(RegClass::B64);
+                    self.w.ins(format!("mul.wide.u32 {gaddr}, {src_row}, {}", global.row_stride));
+                    self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
+                    gaddr
+                }
+                // The page lookup may clear `inside` (an entry outside the table or the pool).
+                Some(pages) => {
+                    let gaddr = self.paged_row_address(pages, &global.row_stride, &chunk_base, &row, &inside);
+                    self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
+                    gaddr
+                }
+            };
             let saddr = self.tile_chunk_address(smem_offset, &row, &chunk, blocks);
             self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16, {size}"));
         }
+    }
+
+    /// The global address of this thread's chunk of tile row `row` of a paged tile: its page
+    /// looked up in the page table. A row whose table entry lies past the table's row or names
+    /// a page outside the pool is cleared from `inside` (it is zero-filled and nothing is read
+    /// for it), as are rows past the sequence (their entry is not even read).
+    fn paged_row_address(
+        &mut self,
+        pages: &PagedRows,
+        row_stride: &str,
+        chunk_base: &str,
+        row: &str,
+        inside: &str,
+    ) -> String {
+        let PagedRows { table_row, entry_stride, entries, first_row, page_rows, pool, page_stride } = pages;
+        let (j, entry, in_page) =
+            (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("add.u32 {j}, {first_row}, {row}"));
+        self.w.ins(format!("div.u32 {entry}, {j}, {page_rows}"));
+        self.w.ins(format!("mul.lo.u32 {in_page}, {entry}, {page_rows}"));
+        self.w.ins(format!("sub.u32 {in_page}, {j}, {in_page}"));
+        let (ok, page, eaddr) =
+            (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B64));
+        self.w.ins(format!("setp.lt.u32 {ok}, {entry}, {entries}"));
+        self.w.ins(format!("and.pred {inside}, {inside}, {ok}"));
+        self.w.ins(format!("mul.wide.u32 {eaddr}, {entry}, {entry_stride}"));
+        self.w.ins(format!("add.u64 {eaddr}, {table_row}, {eaddr}"));
+        self.w.ins(format!("mov.u32 {page}, 0"));
+        self.w.ins(format!("@{inside} ld.global.nc.u32 {page}, [{eaddr}]"));
+        // Unsigned: a negative entry (an unused slot, often -1) is outside the pool too.
+        self.w.ins(format!("setp.lt.u32 {ok}, {page}, {pool}"));
+        self.w.ins(format!("and.pred {inside}, {inside}, {ok}"));
+        self.w.ins(format!("selp.b32 {page}, {page}, 0, {inside}"));
+        self.w.ins(format!("selp.b32 {in_page}, {in_page}, 0, {inside}"));
+        let (gaddr, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+        self.w.ins(format!("mul.wide.u32 {gaddr}, {page}, {page_stride}"));
+        self.w.ins(format!("mul.wide.u32 {part}, {in_page}, {row_stride}"));
+        self.w.ins(format!("add.u64 {gaddr}, {gaddr}, {part}"));
+        self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
+        gaddr
     }
 
     /// Rows of the tile `access` selects (its sequence coordinate replaced by `seq` if given)
@@ -1268,7 +1427,7 @@ impl<'k> Emitter<'k> {
     /// the last tile).
     fn valid_rows(&mut self, access: &TileAccess, seq: Option<&str>) -> String {
         let tensor = self.kernel.tensor(access.param).expect("tile access of a tensor").clone();
-        let len = self.dim_reg(tensor.dims[2]);
+        let len = self.dim_reg(self.kernel.access_seq_dim(access).unwrap_or(tensor.dims[2]));
         let tile = match seq {
             Some(s) => s.to_string(),
             None => self.regs_of(access.coords[2]).at(0),
@@ -1280,7 +1439,12 @@ impl<'k> Emitter<'k> {
         // zeros and is not stored).
         for axis in 0..2 {
             if self.kernel.ty(access.coords[axis]) == Type::Int {
-                let (index, dim) = (self.regs_of(access.coords[axis]).at(0), self.dim_reg(tensor.dims[axis]));
+                // A paged tile's batch index selects a row of its page table.
+                let axis_dim = match (axis, access.pages.and_then(|t| self.kernel.params.get(t))) {
+                    (0, Some(Param::Table(table))) => table.dims[0],
+                    _ => tensor.dims[axis],
+                };
+                let (index, dim) = (self.regs_of(access.coords[axis]).at(0), self.dim_reg(axis_dim));
                 let outside = self.w.temp(RegClass::Pred);
                 self.w.ins(format!("setp.ge.u32 {outside}, {index}, {dim}"));
                 self.w.ins(format!("selp.b32 {valid}, 0, {valid}, {outside}"));
@@ -2005,7 +2169,7 @@ impl<'k> Emitter<'k> {
         // limit, signed: negative when S > SK); a tile whose last column is within it needs no
         // causal mask.
         let diag = causal.map(|c| {
-            let kv_len = self.dim_reg(self.kernel.tensor(tile.param).expect("K tile").dims[2]);
+            let kv_len = self.dim_reg(self.kernel.access_seq_dim(tile).expect("K tile"));
             let q_len = self.dim_reg(c.q_dim);
             let (q_tile, kt) = (self.regs_of(c.q_tile).at(0), self.regs_of(tile.coords[2]).at(0));
             let warp_row0 = self.th().warp_row0.clone();

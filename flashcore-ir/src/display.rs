@@ -59,7 +59,10 @@ impl Printer<'_> {
                     self.kernel.dims[g.of.0 as usize],
                     self.kernel.dims[g.to.0 as usize]
                 ),
-                None => self.v(*c),
+                None => match (axis, a.pages) {
+                    (0, Some(table)) => format!("{}[{}]", self.kernel.params[table].name(), self.v(*c)),
+                    _ => self.v(*c),
+                },
             })
             .collect();
         format!("{}[{}]", self.kernel.params[a.param].name(), coords.join(", "))
@@ -414,6 +417,13 @@ impl fmt::Display for Kernel {
                         dims.join(", ")
                     )
                 }
+                Param::Offsets(o) if o.lengths => format!(
+                    "{}: {}seq_lens[{}] ragged {}",
+                    o.name,
+                    if o.optional { "optional " } else { "" },
+                    self.dims[o.batch.0 as usize],
+                    self.dims[o.seq.0 as usize]
+                ),
                 Param::Offsets(o) => format!(
                     "{}: {}seq_offsets[{} + 1] ragged {}",
                     o.name,

@@ -240,6 +240,10 @@ pub struct OffsetsParam {
     pub seq: RtDim,
     /// The caller may pass none (a null pointer): the batch is then dense.
     pub optional: bool,
+    /// `SeqLens<B, S>`: `i32[batch]` lengths rather than offsets. Tensors keep their batch axis
+    /// (nothing is packed) and sequence `b` is its first `min(lengths[b], S)` rows; the runtime
+    /// dim `seq` is the tensors' own (or a paged tensor's capacity). Read by every variant.
+    pub lengths: bool,
 }
 
 /// A table: an f32 or i32 tensor of any rank over runtime axes, read element by element
@@ -286,6 +290,12 @@ pub struct TileAccess {
     /// Per coordinate (empty: none): `Some(group)` when the tensor's axis is indexed by the
     /// coordinate divided by `dims[group.of] / dims[group.to]`.
     pub groups: Vec<Option<HeadGroup>>,
+    /// A paged tensor's tile (`k_cache[block_table[b], hk, kt]`): the i32 table parameter
+    /// (`[B, MAX_PAGES]`) whose row `coords[0]` lists the sequence's pages. The tensor's batch
+    /// axis is then a pool of pages and its sequence axis one page (`PAGE` rows); `coords[2]`
+    /// walks tiles of the logical sequence, whose row `j` lies in row `j % PAGE` of page
+    /// `table[b, j / PAGE]`. Rows whose page entry lies outside the table or the pool are zeros.
+    pub pages: Option<usize>,
 }
 
 impl TileAccess {
@@ -295,6 +305,7 @@ impl TileAccess {
             param: self.param,
             coords: self.coords.iter().map(|c| f(*c)).collect(),
             groups: self.groups.clone(),
+            pages: self.pages,
         }
     }
 
@@ -939,6 +950,15 @@ impl Kernel {
         match self.params.get(param) {
             Some(Param::Tensor(t)) => Some(t),
             _ => None,
+        }
+    }
+
+    /// The sequence axis a tile access walks: its tensor's, or for a paged tile the logical
+    /// sequence its tile index walks (the tensor's own axis is then one page).
+    pub fn access_seq_dim(&self, access: &TileAccess) -> Option<RtDim> {
+        match (access.pages, self.ty(access.coords[2])) {
+            (Some(_), Type::Index { dim, .. }) => Some(dim),
+            _ => self.tensor(access.param).map(|t| t.dims[2]),
         }
     }
 

@@ -283,15 +283,28 @@ impl Lowerer {
                     lowerer.params.push(Param::Scalar { name: name.clone() });
                     lowerer.scopes[0].insert(name.clone(), Binding::Scalar(index));
                 }
-                ParamDecl::Offsets { name, batch, seq, optional, span } => {
+                ParamDecl::Offsets { name, batch, seq, optional, lengths, span } => {
                     if batch == seq {
+                        let kind = if *lengths { "SeqLens" } else { "SeqOffsets" };
                         return err(
                             *span,
-                            format!("`{name}: SeqOffsets<{batch}, {seq}>` needs two different axes: the batch, then the sequence it makes ragged"),
+                            format!("`{name}: {kind}<{batch}, {seq}>` needs two different axes: the batch, then the sequence it makes ragged"),
+                        );
+                    }
+                    if *lengths && crate::passes::tma::applies(config).is_ok() {
+                        return err(
+                            *span,
+                            format!("`{name}` gives sequence lengths, but bulk tensor copies (`tma`) stop only at a tensor's end, so rows past a sequence's length would be read: compile without `tma`"),
                         );
                     }
                     let (batch, seq) = (lowerer.rt_dim(batch), lowerer.rt_dim(seq));
-                    let param = OffsetsParam { name: name.clone(), batch, seq, optional: *optional };
+                    let param = OffsetsParam {
+                        name: name.clone(),
+                        batch,
+                        seq,
+                        optional: *optional,
+                        lengths: *lengths,
+                    };
                     lowerer.params.push(Param::Offsets(param));
                     lowerer.scopes[0].insert(name.clone(), Binding::Offsets);
                 }
@@ -430,7 +443,17 @@ impl Lowerer {
                     _ => None,
                 })
             };
-            if !tensors().any(|t| t.dims[2] == o.seq) {
+            // A paged cache's logical sequence is no tensor's axis: only the loops walk it.
+            let walked = || {
+                let mut walked = false;
+                program.each_stmt(&mut |s| match &s.kind {
+                    StmtKind::Tiles { extents, .. } => walked |= extents.iter().any(|e| e.dim == *seq),
+                    StmtKind::Pipeline { extent, .. } => walked |= extent.dim == *seq,
+                    _ => {}
+                });
+                walked
+            };
+            if !(tensors().any(|t| t.dims[2] == o.seq) || o.lengths && walked()) {
                 return err(
                     span,
                     format!(
@@ -929,12 +952,37 @@ impl Lowerer {
         }
         let dims = tensor.dims;
         let tensor_name = tensor.name.clone();
+        let pages = match &target.pages {
+            None => None,
+            Some(table) => Some(self.page_table(target, table, write)?),
+        };
         let mut coords = vec![];
         let mut groups = vec![];
         for (axis, index) in target.indices.iter().enumerate() {
             let Some(Binding::Value(v)) = self.lookup(index) else {
                 return err(target.span, format!("`{index}` is not a loop index"));
             };
+            // `block_table[b]`: `b` walks the table's first axis (the sequences).
+            if let (0, Some(table)) = (axis, pages) {
+                let Param::Table(t) = &self.params[table] else { unreachable!("page_table checked it") };
+                match self.ty(v) {
+                    Type::Int => {}
+                    Type::Index { dim, tile: None } if dim == t.dims[0] => {}
+                    _ => {
+                        return err(
+                            target.span,
+                            format!(
+                                "`{}[{index}]` selects a sequence's pages: `{index}` must walk `{}`, the table's first axis",
+                                t.name,
+                                self.dims[t.dims[0].0 as usize]
+                            ),
+                        )
+                    }
+                }
+                groups.push(None);
+                coords.push(v);
+                continue;
+            }
             // A computed batch or head index (an i32, such as `hk * (H / HKV) + g`): a tile
             // whose index lies outside its axis reads as zeros and is not stored.
             if self.ty(v) == Type::Int && axis < 2 && target.groups.get(axis).cloned().flatten().is_none() {
@@ -976,7 +1024,9 @@ impl Lowerer {
                 }
             };
             groups.push(group);
-            if dim != dims[axis] {
+            // A paged tile walks the logical sequence (its rows are gathered from pages).
+            let paged_rows = axis == 2 && pages.is_some();
+            if dim != dims[axis] && !paged_rows {
                 return err(
                     target.span,
                     format!(
@@ -1007,7 +1057,42 @@ impl Lowerer {
         if groups.iter().all(Option::is_none) {
             groups.clear();
         }
-        Ok(TileAccess { param, coords, groups })
+        Ok(TileAccess { param, coords, groups, pages })
+    }
+
+    /// The page table of a paged tile (`k_cache.tile(block_table[b], ..)`): an i32 input table
+    /// of two axes (sequences, then their pages). Paged tensors are read, never stored into.
+    fn page_table(&self, target: &TileRef, table: &str, write: bool) -> Result<usize> {
+        if crate::passes::tma::applies(&self.config).is_ok() {
+            return err(
+                target.span,
+                format!("`{}` is gathered through a page table, which a tensor map (`tma`) cannot do: compile without `tma`", target.tensor),
+            );
+        }
+        if write {
+            return err(
+                target.span,
+                format!(
+                    "`{}` is stored through a page table; paged tiles are read-only (gathered)",
+                    target.tensor
+                ),
+            );
+        }
+        let found = match self.lookup(table) {
+            Some(Binding::Tensor(p)) => match &self.params[p] {
+                Param::Table(t) if t.elem == Elem::I32 && !t.writable && t.dims.len() == 2 => Some(p),
+                _ => None,
+            },
+            _ => None,
+        };
+        found.ok_or_else(|| {
+            LowerError::new(
+                target.span,
+                format!(
+                    "`{table}[..]` in a tile's batch position is a page table: an i32 input `Tensor<i32, B, MAX_PAGES>` (a row of page numbers per sequence)"
+                ),
+            )
+        })
     }
 
     /// Rows of the tile that `access` selects (the tile size of its sequence index).
@@ -1174,7 +1259,7 @@ impl Lowerer {
             Param::Tensor(p) => Some(p.dims[2]),
             _ => None,
         };
-        a.coords[0] == b.coords[0] && a.coords[2] == b.coords[2] && seq(a) == seq(b)
+        a.coords[0] == b.coords[0] && a.coords[2] == b.coords[2] && seq(a) == seq(b) && a.pages == b.pages
     }
 
     /// Elementwise operands whose columns end at different places cannot meet.

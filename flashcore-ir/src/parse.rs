@@ -227,8 +227,15 @@ impl Parser<'_> {
         let (name, rest) = s.split_once('[').ok_or_else(|| format!("expected `tensor[..]`, got `{s}`"))?;
         let inner = rest.strip_suffix(']').ok_or("expected `]`")?;
         let param = self.param(name)?;
-        let (mut coords, mut groups) = (vec![], vec![]);
-        for c in split_top(inner, ",") {
+        let (mut coords, mut groups, mut pages) = (vec![], vec![], None);
+        for (axis, c) in split_top(inner, ",").into_iter().enumerate() {
+            // `block_table[b]`: the page table's row of sequence `b` (a paged tensor).
+            if let (0, Some((table, row))) = (axis, c.trim().split_once('[')) {
+                pages = Some(self.param(table)?);
+                coords.push(self.value(row.strip_suffix(']').ok_or("expected `table[b]`")?, None)?);
+                groups.push(None);
+                continue;
+            }
             match c.split_once(" / ") {
                 Some((v, g)) => {
                     coords.push(self.value(v, None)?);
@@ -248,7 +255,7 @@ impl Parser<'_> {
         if groups.iter().all(Option::is_none) {
             groups.clear();
         }
-        Ok(TileAccess { param, coords, groups })
+        Ok(TileAccess { param, coords, groups, pages })
     }
 
     fn extent(&mut self, s: &str) -> R<LoopExtent> {
@@ -378,6 +385,19 @@ impl Parser<'_> {
                 let (e, axes) = t.split_once('[').ok_or("expected `table e[..]`")?;
                 let dims = axes.trim_end_matches(']').split(", ").map(|d| self.dim(d)).collect::<R<_>>()?;
                 Param::Table(TableParam { name: pname.into(), elem: elem(e)?, dims, writable, optional })
+            } else if ty.contains("seq_lens") {
+                let optional = ty.starts_with("optional ");
+                let (batch, seq) = ty
+                    .split_once('[')
+                    .and_then(|(_, r)| r.split_once("] ragged "))
+                    .ok_or("expected `seq_lens[B] ragged S`")?;
+                Param::Offsets(OffsetsParam {
+                    name: pname.into(),
+                    batch: self.dim(batch)?,
+                    seq: self.dim(seq)?,
+                    optional,
+                    lengths: true,
+                })
             } else if ty.contains("seq_offsets") {
                 let optional = ty.starts_with("optional ");
                 let (batch, seq) = ty
@@ -389,6 +409,7 @@ impl Parser<'_> {
                     batch: self.dim(batch)?,
                     seq: self.dim(seq)?,
                     optional,
+                    lengths: false,
                 })
             } else {
                 let optional = ty.contains("optional ");

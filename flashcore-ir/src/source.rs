@@ -72,7 +72,11 @@ pub enum ParamDecl {
     /// sequence offsets that make the `seq` axis ragged over the `batch` axis, as
     /// FlashAttention's varlen API does. Sequence `b` is rows `cu_q[b] .. cu_q[b + 1]` of
     /// tensors whose batch is packed into their sequence axis; `S` is then the longest length.
-    Offsets { name: String, batch: String, seq: String, optional: bool, span: SpanId },
+    ///
+    /// With `lengths`, `cache_len: SeqLens<B, SK>`: each sequence's length (`i32[batch]`,
+    /// FlashAttention's `seqused_k`, a KV cache's fill). Tensors keep their batch axis; sequence
+    /// `b` is its first `min(cache_len[b], SK)` rows, the rest is never read.
+    Offsets { name: String, batch: String, seq: String, optional: bool, lengths: bool, span: SpanId },
 }
 
 impl ParamDecl {
@@ -134,6 +138,11 @@ pub struct TileRef {
     /// Per index: `Some((H, HKV))` for `h / (H / HKV)` (grouped-query attention: query head `h`
     /// reads K/V head `h / (H / HKV)`), `None` for the plain index. Empty means all plain.
     pub groups: Vec<Option<(String, String)>>,
+    /// `k_cache.tile(block_table[b], hk, kt)`: the i32 table (`[B, MAX_PAGES]`) whose row
+    /// `indices[0]` lists the pages of the sequence. The tensor's batch axis is then the page
+    /// pool and its sequence axis a page; `indices[2]` walks tiles of the logical sequence, whose
+    /// row `j` is row `j % PAGE` of page `block_table[b, j / PAGE]`.
+    pub pages: Option<String>,
     pub span: SpanId,
 }
 
@@ -519,6 +528,7 @@ impl Program {
                 }
                 ExprKind::Load(t) | ExprKind::Stage(t) => {
                     out.insert(t.tensor.clone());
+                    out.extend(t.pages.clone());
                 }
                 ExprKind::At { table, indices } => {
                     out.insert(table.clone());

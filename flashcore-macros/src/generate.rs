@@ -62,8 +62,15 @@ fn tile_ref(t: &TileRef) -> TokenStream {
             quote!(::std::option::Option::Some((#of, #to)))
         }
     });
+    let pages = match &t.pages {
+        None => quote!(::std::option::Option::None),
+        Some(table) => {
+            let table = string(table);
+            quote!(::std::option::Option::Some(#table))
+        }
+    };
     let span = span_id(t.span);
-    quote!(::flashcore::ir::source::TileRef { tensor: #tensor, indices: #indices, groups: ::std::vec![#(#groups),*], span: #span })
+    quote!(::flashcore::ir::source::TileRef { tensor: #tensor, indices: #indices, groups: ::std::vec![#(#groups),*], pages: #pages, span: #span })
 }
 
 fn reduce_op(op: ReduceOp) -> TokenStream {
@@ -239,9 +246,9 @@ fn program(prog: &Program) -> TokenStream {
             let (name, span) = (string(name), span_id(*span));
             quote!(#p::ParamDecl::Scalar { name: #name, span: #span })
         }
-        ParamDecl::Offsets { name, batch, seq, optional, span } => {
+        ParamDecl::Offsets { name, batch, seq, optional, lengths, span } => {
             let (name, batch, seq, span) = (string(name), string(batch), string(seq), span_id(*span));
-            quote!(#p::ParamDecl::Offsets { name: #name, batch: #batch, seq: #seq, optional: #optional, span: #span })
+            quote!(#p::ParamDecl::Offsets { name: #name, batch: #batch, seq: #seq, optional: #optional, lengths: #lengths, span: #span })
         }
         ParamDecl::Tensor { name, dtype, shape, writable, optional, span } => {
             let dtype = elem_decl(dtype);
@@ -377,6 +384,19 @@ pub fn kernel(f: &KernelFn, prog: &Program, cfg: &Config) -> TokenStream {
                     .push(quote!(#ident: ::std::option::Option<&mut ::flashcore::runtime::DeviceTensor<#t>>));
                 launch_args.push(quote!(match #ident {
                     ::std::option::Option::Some(t) => ::flashcore::Arg::TensorMut(t),
+                    ::std::option::Option::None => ::flashcore::Arg::Absent,
+                }));
+            }
+            // Sequence lengths are an i32 tensor on the device (one per sequence).
+            RawType::Offsets { lengths: true, optional: false, .. } => {
+                launch_params.push(quote!(#ident: &::flashcore::runtime::DeviceTensor<i32>));
+                launch_args.push(quote!(::flashcore::Arg::Tensor(#ident)));
+            }
+            RawType::Offsets { lengths: true, optional: true, .. } => {
+                launch_params
+                    .push(quote!(#ident: ::std::option::Option<&::flashcore::runtime::DeviceTensor<i32>>));
+                launch_args.push(quote!(match #ident {
+                    ::std::option::Option::Some(t) => ::flashcore::Arg::Tensor(t),
                     ::std::option::Option::None => ::flashcore::Arg::Absent,
                 }));
             }

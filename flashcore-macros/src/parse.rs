@@ -140,9 +140,11 @@ pub enum RawType {
         dtype: syn::Ident,
         dims: Vec<RawDim>,
     },
-    /// `SeqOffsets<B, S>`, or `Option<SeqOffsets<B, S>>` (`optional`).
+    /// `SeqOffsets<B, S>`, or `Option<SeqOffsets<B, S>>` (`optional`); `SeqLens<B, S>`
+    /// (`lengths`).
     Offsets {
         optional: bool,
+        lengths: bool,
         batch: syn::Ident,
         seq: syn::Ident,
     },
@@ -172,10 +174,10 @@ impl Parse for RawParam {
         if optional {
             input.parse::<Token![<]>()?;
             kind = input.parse()?;
-            if kind != "TensorMut" && kind != "SeqOffsets" {
+            if kind != "TensorMut" && kind != "SeqOffsets" && kind != "SeqLens" {
                 return Err(syn::Error::new_spanned(
                     &kind,
-                    "only outputs and sequence offsets may be optional: `Option<TensorMut<..>>`, `Option<SeqOffsets<B, S>>`",
+                    "only outputs and sequence offsets or lengths may be optional: `Option<TensorMut<..>>`, `Option<SeqOffsets<B, S>>`, `Option<SeqLens<B, S>>`",
                 ));
             }
         }
@@ -200,7 +202,7 @@ impl Parse for RawParam {
                 last = close.to_token_stream();
                 RawType::Tensor { writable: kind == "TensorMut", optional, dtype, dims }
             }
-            "SeqOffsets" => {
+            "SeqOffsets" | "SeqLens" => {
                 input.parse::<Token![<]>()?;
                 let batch: syn::Ident = input.parse()?;
                 input.parse::<Token![,]>()?;
@@ -210,7 +212,7 @@ impl Parse for RawParam {
                     close = input.parse::<Token![>]>()?;
                 }
                 last = close.to_token_stream();
-                RawType::Offsets { optional, batch, seq }
+                RawType::Offsets { optional, lengths: kind == "SeqLens", batch, seq }
             }
             _ => RawType::Scalar(kind),
         };
@@ -300,11 +302,12 @@ impl Converter<'_> {
                     }
                     ParamDecl::Scalar { name, span }
                 }
-                RawType::Offsets { optional, batch, seq } => ParamDecl::Offsets {
+                RawType::Offsets { optional, lengths, batch, seq } => ParamDecl::Offsets {
                     name,
                     batch: batch.to_string(),
                     seq: seq.to_string(),
                     optional: *optional,
+                    lengths: *lengths,
                     span,
                 },
                 RawType::Tensor { writable, optional, dtype, dims } => {
@@ -545,7 +548,22 @@ impl Converter<'_> {
         };
         let mut indices = vec![];
         let mut groups = vec![];
-        for a in &m.args {
+        let mut pages = None;
+        for (i, a) in m.args.iter().enumerate() {
+            // `block_table[b]`: the pages of sequence `b` (a paged tensor's batch index).
+            if let (0, syn::Expr::Index(ix)) = (i, a) {
+                let syn::Expr::Path(table) = &*ix.expr else {
+                    return error(&ix.expr, "a page table is a tensor parameter: `block_table[b]`");
+                };
+                pages = Some(path_ident(table)?.to_string());
+                let (index, group) = tile_index(&ix.index)?;
+                if group.is_some() {
+                    return error(&ix.index, "a page table's row is a sequence index: `block_table[b]`");
+                }
+                indices.push(index);
+                groups.push(None);
+                continue;
+            }
             let (index, group) = tile_index(a)?;
             indices.push(index);
             groups.push(group);
@@ -553,7 +571,7 @@ impl Converter<'_> {
         if groups.iter().all(Option::is_none) {
             groups.clear();
         }
-        Ok(TileRef { tensor: path_ident(tensor)?.to_string(), indices, groups, span })
+        Ok(TileRef { tensor: path_ident(tensor)?.to_string(), indices, groups, pages, span })
     }
 
     fn shape(&mut self, e: &syn::Expr) -> R<Vec<ShapeAxis>> {

@@ -1,0 +1,220 @@
+//! Decode attention against a paged KV cache: builds a random cache (pages shuffled across the
+//! pool, the rows no sequence uses poisoned with NaN), checks it on the host, runs
+//! `kernels::decode::attention_decode_paged` on the GPU, checks the output against float64
+//! and times it (CUDA events, median after warm-up, L2 flushed before each launch). Without a
+//! GPU it says so and runs a small instance in the PTX simulator instead.
+//!
+//! ```text
+//! cargo run --release --example decode -- --batch 8 --cache-len 8192 --page 16
+//! cargo run --release --example decode -- --batch 1 --cache-len 32768 --new-tokens 4 --causal
+//! ```
+
+use std::process::ExitCode;
+
+use flashcore::kernels::decode::attention_decode_paged;
+use flashcore::paged::{check_decode, decode_reference_heads, PagedCache};
+use flashcore::reference::{compare, Rng};
+use flashcore::runtime::Device;
+use flashcore::simulate::SimDevice;
+use flashcore::{Config, DType, HalfFloat};
+use half::{bf16, f16};
+
+struct Options {
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    cache_len: usize,
+    page: usize,
+    new_tokens: usize,
+    /// The schedules to run (`--config "a;b"`: each checked and timed on the same cache).
+    configs: Vec<Config>,
+    iters: usize,
+    seed: u64,
+}
+
+const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--config SETTINGS] [--iters N] [--seed N]";
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        batch: 1,
+        heads: 32,
+        kv_heads: 8,
+        cache_len: 4096,
+        page: 16,
+        new_tokens: 1,
+        configs: vec![],
+        iters: 50,
+        seed: 1,
+    };
+    let (mut head_dim, mut causal, mut bf16, mut settings) = (128u32, false, false, String::new());
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        let number = |v: String| v.parse::<usize>().map_err(|_| format!("`{v}` is not a number\n{USAGE}"));
+        match flag.as_str() {
+            "--batch" => o.batch = number(value("--batch")?)?,
+            "--heads" => o.heads = number(value("--heads")?)?,
+            "--kv-heads" => o.kv_heads = number(value("--kv-heads")?)?,
+            "--head-dim" => head_dim = number(value("--head-dim")?)? as u32,
+            "--cache-len" => o.cache_len = number(value("--cache-len")?)?,
+            "--page" => o.page = number(value("--page")?)?,
+            "--new-tokens" => o.new_tokens = number(value("--new-tokens")?)?,
+            "--iters" => o.iters = number(value("--iters")?)?,
+            "--seed" => o.seed = number(value("--seed")?)? as u64,
+            "--causal" => causal = true,
+            "--bf16" => bf16 = true,
+            "--config" => settings = value("--config")?,
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    let base = Config {
+        causal,
+        dtype: if bf16 { DType::Bf16 } else { DType::F16 },
+        ..attention_decode_paged::CONFIG.with_head_dim(head_dim)
+    };
+    o.configs = settings
+        .split(';')
+        .map(
+            |s| if s.trim().is_empty() { Ok(base) } else { base.with_settings(s).map_err(|e| e.to_string()) },
+        )
+        .collect::<Result<_, _>>()?;
+    if o.kv_heads == 0 || !o.heads.is_multiple_of(o.kv_heads) {
+        return Err(format!("--heads {} is not a multiple of --kv-heads {}", o.heads, o.kv_heads));
+    }
+    if o.new_tokens == 0 || o.new_tokens > o.cache_len.max(1) {
+        return Err(format!("--new-tokens {} must be 1 ..= the cache length {}", o.new_tokens, o.cache_len));
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match Device::new(0) {
+        Ok(device) => match o.configs[0].dtype {
+            DType::F16 => on_gpu::<f16>(&device, &o),
+            DType::Bf16 => on_gpu::<bf16>(&device, &o),
+        },
+        Err(e) => without_gpu(&e.to_string(), &o),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// No GPU: the same kernel and a small cache of the same page size and heads in the simulator.
+fn without_gpu(reason: &str, o: &Options) -> Result<bool, flashcore::Error> {
+    println!("no GPU: {reason}");
+    let config = o.configs[0];
+    let kernel = attention_decode_paged::compile(&config)?;
+    let lens = [o.new_tokens.max(37), 2 * o.page + 5];
+    let cache = PagedCache::random_in(
+        config.dtype,
+        &lens,
+        o.kv_heads,
+        config.head_dim as usize,
+        o.page,
+        &mut Rng::new(o.seed),
+    );
+    cache.check()?;
+    let heads = o.heads.min(2 * o.kv_heads);
+    let got = check_decode(&kernel, &cache, heads, o.new_tokens, o.seed, &SimDevice::default())?;
+    let ok = got.err.rel_l2 < flashcore::tolerance(config.dtype);
+    println!(
+        "simulator: {} ({}), cache lengths {lens:?} in pages of {}, H={heads} HKV={}, {} new tokens: rel err {:.2e} vs float64 ({})",
+        attention_decode_paged::NAME,
+        config,
+        o.page,
+        o.kv_heads,
+        o.new_tokens,
+        got.err.rel_l2,
+        if ok { "ok" } else { "FAILED" }
+    );
+    Ok(ok)
+}
+
+fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore::Error> {
+    let info = device.info();
+    println!(
+        "device: {} (sm_{}{}, {} SMs); seed {}",
+        info.name, info.compute_capability.0, info.compute_capability.1, info.sm_count, o.seed
+    );
+    let (dtype, d) = (o.configs[0].dtype, o.configs[0].head_dim as usize);
+    let mut rng = Rng::new(o.seed);
+    let lens = vec![o.cache_len; o.batch];
+    let cache = PagedCache::random_in(dtype, &lens, o.kv_heads, d, o.page, &mut rng);
+    cache.check()?;
+    let q: Vec<f64> =
+        (0..o.batch * o.heads * o.new_tokens * d).map(|_| flashcore::round_to(dtype, rng.normal())).collect();
+    let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
+    let view = cache.view();
+    let k = device.upload_strided(&to_t(&cache.k), view.shape(), view.strides())?;
+    let v = device.upload_strided(&to_t(&cache.v), view.shape(), view.strides())?;
+    let table = device.upload(&cache.block_table, &[o.batch, cache.max_pages])?;
+    let cache_len = device.upload(&cache.lens, &[o.batch])?;
+    let qo = [o.batch, o.heads, o.new_tokens, d];
+    let q_dev = device.upload(&to_t(&q), &qo)?;
+    let scale = o.configs[0].default_scale();
+    // The float64 reference of a few (sequence, head) pairs: the first, the last, one between.
+    let pairs = [(0, 0), (o.batch / 2, o.heads / 2), (o.batch - 1, o.heads - 1)];
+    let rows = |x: &[f64]| -> Vec<f64> {
+        pairs
+            .iter()
+            .flat_map(|&(b, h)| x[(b * o.heads + h) * o.new_tokens * d..][..o.new_tokens * d].to_vec())
+            .collect()
+    };
+    let mut want = std::collections::HashMap::new();
+    let mut ok = true;
+    for &config in &o.configs {
+        let mut out = device.filled(&qo, T::NAN)?;
+        attention_decode_paged::launch(device, &config, &q_dev, &k, &v, &table, &cache_len, &mut out, scale)?;
+        let got: Vec<f64> = device.download(&out)?.iter().map(|x| x.to_f64()).collect();
+        let want = want.entry(config.causal).or_insert_with(|| {
+            rows(&decode_reference_heads(
+                &q,
+                &cache,
+                o.heads,
+                o.new_tokens,
+                scale as f64,
+                config.causal,
+                &pairs,
+            ))
+        });
+        let err = compare(&rows(&got), want);
+        let unwritten = got.iter().filter(|x| !x.is_finite()).count();
+        let passed = err.rel_l2 < flashcore::tolerance(config.dtype) && unwritten == 0;
+        ok &= passed;
+        let us = flashcore::timing::median_launch_us::<flashcore::Error>(device, 5, o.iters, |_| {
+            attention_decode_paged::launch_async(
+                device, &config, &q_dev, &k, &v, &table, &cache_len, &mut out, scale,
+            )
+        })?;
+        let kv_bytes = (2 * o.batch * o.kv_heads * o.cache_len * d * 2) as f64;
+        println!(
+            "decode ({config}): B={} H={} HKV={} D={d} cache {} in pages of {}, {} new tokens: {us:.1} µs, K/V {:.2} TB/s ({:.0} MB); rel err {:.2e} vs float64 on {} heads, {unwritten} unwritten ({})",
+            o.batch,
+            o.heads,
+            o.kv_heads,
+            o.cache_len,
+            o.page,
+            o.new_tokens,
+            kv_bytes / us / 1e6,
+            kv_bytes / 1e6,
+            err.rel_l2,
+            pairs.len(),
+            if passed { "ok" } else { "FAILED" }
+        );
+    }
+    Ok(ok)
+}

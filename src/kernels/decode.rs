@@ -1,0 +1,69 @@
+//! Decode attention against a paged KV cache (vLLM's and FlashInfer's layout), written in the
+//! DSL: the K/V tiles are gathered through a block table, each sequence uses its own cache
+//! length, and the queries are the step's new tokens (1 to 16 a sequence).
+//!
+//! The cache is a pool of pages `k_cache[PAGES, HKV, PAGE, D]` (any strides with the head dim
+//! contiguous: vLLM's `[num_blocks, block_size, num_kv_heads, head_size]` is the strided view
+//! `[PAGES, HKV, PAGE, D]`); `block_table[B, MAX_PAGES]` (i32) lists each sequence's pages in
+//! order, and `cache_len[B]` (i32) how many of the sequence's rows are filled. Logical row `j` of
+//! sequence `b` is row `j % PAGE` of page `block_table[b, j / PAGE]`. The kernel reads nothing
+//! else: rows past a sequence's length, table entries past its row and page numbers outside
+//! the pool are never read (they count as zeros, then are masked). A dense cache
+//! `[B, HKV, SK, D]` is the same kernel with one page a sequence (`PAGE = SK`, table `[[0],
+//! [1], ..]`).
+//!
+//! ```
+//! use flashcore::kernels::decode::attention_decode_paged;
+//!
+//! let kernel = attention_decode_paged::compile(&attention_decode_paged::CONFIG)?;
+//! assert!(kernel.ptx.text.contains("paged tile"));
+//! # Ok::<(), flashcore::Error>(())
+//! ```
+
+use crate::flash_kernel;
+
+/// One decode step's attention: `O = softmax(Q·Kᵀ·scale)·V` for the `S` new tokens of each
+/// sequence (`q`, `o`: `[B, H, S, D]`) against its paged cache, whose last `S` rows are those
+/// tokens' own keys and values (appended before the step). With `Config::causal` the mask is
+/// aligned to the bottom right of each sequence: new token `i` sees cache rows
+/// `0 ..= cache_len[b] − S + i` (the whole earlier cache and the new tokens up to itself).
+/// `HKV` divides `H` (grouped-query attention).
+#[flash_kernel(tile_m = 16, tile_n = 64, head_dim = 128, stages = 2, warps = 1)]
+pub fn attention_decode_paged<T>(
+    q: Tensor<T, B, H, S, D>,
+    k_cache: Tensor<T, PAGES, HKV, PAGE, D>,
+    v_cache: Tensor<T, PAGES, HKV, PAGE, D>,
+    block_table: Tensor<i32, B, MAX_PAGES>,
+    cache_len: SeqLens<B, SK>,
+    o: TensorMut<T, B, H, S, D>,
+    scale: f32,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k_cache.tile(block_table[b], h / (H / HKV), kt));
+                let vs = stage(v_cache.tile(block_table[b], h / (H / HKV), kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(o.tile(b, h, qt), acc / l);
+    }
+}

@@ -1,0 +1,308 @@
+//! Paged KV caches on the host (vLLM's layout): building one from per-sequence lengths,
+//! checking one before a launch, the float64 reference of decode attention against it, and
+//! running a decode kernel on one in the simulator.
+//!
+//! The pool holds `pages` pages of `page_size` rows, each row `HKV × D` elements:
+//! `[PAGES, PAGE, HKV, D]` in memory, which the kernels see as the strided `[PAGES, HKV, PAGE, D]`
+//! ([`PagedCache::view`]). `block_table[b, i]` is the page that holds rows
+//! `i · PAGE .. (i + 1) · PAGE` of sequence `b`; entries past a sequence's pages are `-1`.
+//!
+//! ```
+//! use flashcore::paged::PagedCache;
+//! use flashcore::reference::Rng;
+//!
+//! let cache = PagedCache::random(&[5, 40], 2, 64, 16, &mut Rng::new(1));
+//! assert_eq!(cache.max_pages, 3);
+//! cache.check().unwrap();
+//! // Row 17 of sequence 1 lies in row 1 of the page its table entry 1 names.
+//! let page = cache.block_table[cache.max_pages + 1] as usize;
+//! assert_eq!(cache.row_offset(1, 17, 0), cache.row_offset_in(page, 1, 0));
+//! ```
+
+use crate::reference::Rng;
+use crate::simulate::{simulate, HostArg, HostView, SimDevice, Stats};
+use crate::{CompiledKernel, DType, Error, HalfFloat};
+use half::{bf16, f16};
+
+/// A paged K/V cache in f64 (each value already rounded to the kernel's element type when it
+/// was built for one): the pool, the block table and the lengths.
+#[derive(Clone, Debug)]
+pub struct PagedCache {
+    /// Rows per page.
+    pub page_size: usize,
+    /// Pages in the pool.
+    pub pages: usize,
+    /// K/V heads.
+    pub hkv: usize,
+    /// Head dim.
+    pub d: usize,
+    /// The K pool, `[PAGES, PAGE, HKV, D]`. Rows no sequence uses hold NaN: a kernel that read
+    /// them would show it.
+    pub k: Vec<f64>,
+    /// The V pool, likewise.
+    pub v: Vec<f64>,
+    /// Entries per sequence in the block table.
+    pub max_pages: usize,
+    /// `[B, MAX_PAGES]`: the page of each `PAGE` rows of each sequence, `-1` past its pages.
+    pub block_table: Vec<i32>,
+    /// Each sequence's length (rows of its cache in use).
+    pub lens: Vec<i32>,
+}
+
+impl PagedCache {
+    /// A cache holding sequences of `lens` rows in pages of `page_size` rows, with normal random
+    /// K/V (rounded to f16), its pages in a shuffled order across the pool and two spare pages.
+    /// Every row no sequence uses (the tail of a sequence's last page, the spare pages) is NaN.
+    pub fn random(lens: &[usize], hkv: usize, d: usize, page_size: usize, rng: &mut Rng) -> PagedCache {
+        Self::random_in(DType::F16, lens, hkv, d, page_size, rng)
+    }
+
+    /// [`PagedCache::random`] with values rounded to `dtype`.
+    pub fn random_in(
+        dtype: DType,
+        lens: &[usize],
+        hkv: usize,
+        d: usize,
+        page_size: usize,
+        rng: &mut Rng,
+    ) -> PagedCache {
+        let per_seq: Vec<usize> = lens.iter().map(|l| l.div_ceil(page_size)).collect();
+        let max_pages = per_seq.iter().copied().max().unwrap_or(0).max(1);
+        let pages = per_seq.iter().sum::<usize>() + 2;
+        // A shuffled assignment of pool pages (Fisher–Yates).
+        let mut order: Vec<usize> = (0..pages).collect();
+        for i in (1..pages).rev() {
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        let mut block_table = vec![-1i32; lens.len() * max_pages];
+        let mut next = order.into_iter();
+        for (b, &n) in per_seq.iter().enumerate() {
+            for i in 0..n {
+                block_table[b * max_pages + i] = next.next().expect("enough pages") as i32;
+            }
+        }
+        let row = hkv * d;
+        let mut cache = PagedCache {
+            page_size,
+            pages,
+            hkv,
+            d,
+            k: vec![f64::NAN; pages * page_size * row],
+            v: vec![f64::NAN; pages * page_size * row],
+            max_pages,
+            block_table,
+            lens: lens.iter().map(|&l| l as i32).collect(),
+        };
+        for (b, &len) in lens.iter().enumerate() {
+            for j in 0..len {
+                let at = cache.row_offset(b, j, 0);
+                for x in 0..row {
+                    cache.k[at + x] = crate::round_to(dtype, rng.normal());
+                    cache.v[at + x] = crate::round_to(dtype, rng.normal());
+                }
+            }
+        }
+        cache
+    }
+
+    /// Sequences in the cache.
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Offset in the pool of head `hk`'s row `row` of page `page`.
+    pub fn row_offset_in(&self, page: usize, row: usize, hk: usize) -> usize {
+        ((page * self.page_size + row) * self.hkv + hk) * self.d
+    }
+
+    /// Offset in the pool of head `hk`'s row `j` of sequence `b` (through the block table).
+    pub fn row_offset(&self, b: usize, j: usize, hk: usize) -> usize {
+        let page = self.block_table[b * self.max_pages + j / self.page_size] as usize;
+        self.row_offset_in(page, j % self.page_size, hk)
+    }
+
+    /// How a kernel sees a pool: `[PAGES, HKV, PAGE, D]` over the `[PAGES, PAGE, HKV, D]` memory.
+    pub fn view(&self) -> HostView {
+        let (p, h, d) = (self.page_size, self.hkv, self.d);
+        HostView::strided(&[self.pages, h, p, d], &[p * h * d, d, h * d, 1])
+    }
+
+    /// The block table's view, `[B, MAX_PAGES]`.
+    pub fn table_view(&self) -> HostView {
+        HostView::contiguous(&[self.batch(), self.max_pages])
+    }
+
+    /// The lengths' view, `[B]`.
+    pub fn lens_view(&self) -> HostView {
+        HostView::contiguous(&[self.batch()])
+    }
+
+    /// The checks a launch needs that the kernel cannot make cheaply, on the host data: the page
+    /// size a multiple of 16, each length within `[0, MAX_PAGES · PAGE]`, and each page a
+    /// sequence uses inside the pool. (The kernel reads nothing outside the cache even when
+    /// these fail; it would compute with zeros instead.)
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |arg: &str, message: String| Error::Argument {
+            kernel: "paged cache".into(),
+            arg: arg.into(),
+            message,
+        };
+        if self.page_size == 0 || !self.page_size.is_multiple_of(16) {
+            return Err(bad(
+                "page_size",
+                format!("{} rows: pages hold a multiple of 16 rows", self.page_size),
+            ));
+        }
+        if self.block_table.len() != self.batch() * self.max_pages {
+            return Err(bad(
+                "block_table",
+                format!(
+                    "{} entries for {} sequences of {} pages",
+                    self.block_table.len(),
+                    self.batch(),
+                    self.max_pages
+                ),
+            ));
+        }
+        let capacity = self.max_pages * self.page_size;
+        for (b, &len) in self.lens.iter().enumerate() {
+            if len < 0 || len as usize > capacity {
+                return Err(bad(
+                    "cache_len",
+                    format!("sequence {b} has length {len}; the block table holds 0 ..= {capacity} rows a sequence ({} pages of {})", self.max_pages, self.page_size),
+                ));
+            }
+            for i in 0..(len as usize).div_ceil(self.page_size) {
+                let page = self.block_table[b * self.max_pages + i];
+                if page < 0 || page as usize >= self.pages {
+                    return Err(bad(
+                        "block_table",
+                        format!("entry [{b}, {i}] = {page} is outside the pool of {} pages (sequence {b} uses it: length {len})", self.pages),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The float64 reference of decode attention: `q` is `[B, H, S, D]` (the step's `S` new tokens a
+/// sequence), each sequence attending to its `lens[b]` cache rows, new token `i` (with
+/// `causal`) to rows `0 ..= lens[b] − S + i`. A row that sees no key is 0.
+pub fn decode_reference(
+    q: &[f64],
+    cache: &PagedCache,
+    h: usize,
+    s: usize,
+    scale: f64,
+    causal: bool,
+) -> Vec<f64> {
+    let pairs: Vec<(usize, usize)> =
+        (0..cache.batch()).flat_map(|b| (0..h).map(move |head| (b, head))).collect();
+    decode_reference_heads(q, cache, h, s, scale, causal, &pairs)
+}
+
+/// [`decode_reference`] for the `(sequence, query head)` pairs `pairs` only (the other rows of
+/// the result are 0): what a check of a large problem computes.
+pub fn decode_reference_heads(
+    q: &[f64],
+    cache: &PagedCache,
+    h: usize,
+    s: usize,
+    scale: f64,
+    causal: bool,
+    pairs: &[(usize, usize)],
+) -> Vec<f64> {
+    let (b_count, d, hkv) = (cache.batch(), cache.d, cache.hkv);
+    let mut out = vec![0.0; b_count * h * s * d];
+    for &(b, head) in pairs {
+        let len = cache.lens[b] as usize;
+        {
+            let hk = head / (h / hkv);
+            for i in 0..s {
+                let seen = if causal { (len + i + 1).saturating_sub(s).min(len) } else { len };
+                if seen == 0 {
+                    continue;
+                }
+                let qrow = &q[((b * h + head) * s + i) * d..][..d];
+                let scores: Vec<f64> = (0..seen)
+                    .map(|j| {
+                        let k = &cache.k[cache.row_offset(b, j, hk)..][..d];
+                        qrow.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() * scale
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = weights.iter().sum();
+                let o = &mut out[((b * h + head) * s + i) * d..][..d];
+                for (j, w) in weights.iter().enumerate() {
+                    let v = &cache.v[cache.row_offset(b, j, hk)..][..d];
+                    o.iter_mut().zip(v).for_each(|(o, v)| *o += w / sum * v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What [`check_decode`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeCheck {
+    /// The output against [`decode_reference`].
+    pub err: crate::reference::ErrorStats,
+    /// What the simulator counted.
+    pub stats: Stats,
+}
+
+/// Runs a decode kernel with the signature of `kernels::decode::attention_decode_paged`
+/// (`q, k_cache, v_cache, block_table, cache_len, o, scale`) in the simulator on `cache` and
+/// fresh random queries (`H = h`, `S = s`), the output poisoned with NaN first, and compares it
+/// with [`decode_reference`]. The cache's unused rows are NaN, so any read of them shows.
+pub fn check_decode(
+    kernel: &CompiledKernel,
+    cache: &PagedCache,
+    h: usize,
+    s: usize,
+    seed: u64,
+    device: &SimDevice,
+) -> Result<DecodeCheck, Error> {
+    match kernel.kernel.config.dtype {
+        DType::F16 => check_decode_typed::<f16>(kernel, cache, h, s, seed, device),
+        DType::Bf16 => check_decode_typed::<bf16>(kernel, cache, h, s, seed, device),
+    }
+}
+
+fn check_decode_typed<T: HalfFloat>(
+    kernel: &CompiledKernel,
+    cache: &PagedCache,
+    h: usize,
+    s: usize,
+    seed: u64,
+    device: &SimDevice,
+) -> Result<DecodeCheck, Error> {
+    let cfg = kernel.kernel.config;
+    let (b, d) = (cache.batch(), cache.d);
+    let mut rng = Rng::new(seed ^ 0xdec0de);
+    let q: Vec<f64> = (0..b * h * s * d).map(|_| crate::round_to(cfg.dtype, rng.normal())).collect();
+    let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
+    let (q_t, k_t, v_t) = (to_t(&q), to_t(&cache.k), to_t(&cache.v));
+    let mut o_t = vec![T::NAN; q.len()];
+    let qo = HostView::contiguous(&[b, h, s, d]);
+    let scale = cfg.default_scale();
+    let stats = simulate::<T>(
+        kernel,
+        &mut [
+            HostArg::Tensor(&q_t, qo.clone()),
+            HostArg::Tensor(&k_t, cache.view()),
+            HostArg::Tensor(&v_t, cache.view()),
+            HostArg::I32Table(&cache.block_table, cache.table_view()),
+            HostArg::I32Table(&cache.lens, cache.lens_view()),
+            HostArg::TensorMut(&mut o_t, qo),
+            HostArg::F32(scale),
+        ],
+        device,
+    )?;
+    let got: Vec<f64> = o_t.iter().map(|x| x.to_f64()).collect();
+    let want = decode_reference(&q, cache, h, s, scale as f64, cfg.causal);
+    Ok(DecodeCheck { err: crate::reference::compare(&got, &want), stats })
+}

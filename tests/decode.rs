@@ -1,0 +1,165 @@
+//! Decode attention over a paged KV cache (`kernels::decode`) in the PTX simulator against
+//! float64: pages of 16 and 64 rows shuffled across the pool, sequences of different lengths
+//! (tails, an empty one, one filling its last page), 1 to 16 new tokens, causal and not, grouped
+//! K/V heads, f16 and bf16, both targets. Every row of the pool that no sequence uses is NaN, so
+//! a kernel that read past a sequence's length would show it.
+
+use flashcore::kernels::decode::attention_decode_paged;
+use flashcore::paged::{check_decode, PagedCache};
+use flashcore::reference::Rng;
+use flashcore::simulate::SimDevice;
+use flashcore::{Config, DType, Target};
+
+fn run(config: Config, lens: &[usize], page: usize, h: usize, hkv: usize, s: usize, seed: u64) {
+    let kernel = attention_decode_paged::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+    let cache =
+        PagedCache::random_in(config.dtype, lens, hkv, config.head_dim as usize, page, &mut Rng::new(seed));
+    cache.check().unwrap();
+    let got = check_decode(&kernel, &cache, h, s, seed, &SimDevice::default())
+        .unwrap_or_else(|e| panic!("{config} lens {lens:?} page {page}: {e}"));
+    println!("{config:<60} lens {lens:?} page {page} h {h}/{hkv} s {s}: rel_l2 {:.2e}", got.err.rel_l2);
+    assert!(
+        got.err.rel_l2 < flashcore::tolerance(config.dtype),
+        "{config} lens {lens:?} page {page} h {h}/{hkv} s {s}: {:?}",
+        got.err
+    );
+}
+
+#[test]
+fn paged_decode_matches_float64_at_tails_for_pages_of_16_and_64() {
+    let declared = attention_decode_paged::CONFIG.with_head_dim(64);
+    for (page, seed) in [(16, 1), (64, 2)] {
+        // One token a sequence: a partial last page, a whole one, a long one, an empty cache.
+        run(declared, &[37, 64, 150, 0], page, 4, 2, 1, seed);
+    }
+}
+
+#[test]
+fn paged_decode_with_several_new_tokens_is_causal_from_the_bottom_right() {
+    let causal = Config { causal: true, ..attention_decode_paged::CONFIG.with_head_dim(64) };
+    run(causal, &[90, 16], 16, 2, 1, 4, 3);
+    run(causal, &[130], 32, 2, 2, 16, 4);
+    run(Config { dtype: DType::Bf16, ..causal }, &[77, 200], 48, 4, 1, 3, 5);
+}
+
+#[test]
+fn paged_decode_runs_the_schedules_and_targets() {
+    let declared = attention_decode_paged::CONFIG;
+    let configs = [
+        declared,
+        Config { stages: 3, load_warps: 1, ..declared.with_head_dim(64) },
+        Config { target: Target::Sm90a, tile_m: 64, warps: 4, ..declared.with_head_dim(64) },
+    ];
+    for config in configs {
+        run(config, &[70, 129], 16, 2, 1, 1, 6);
+    }
+}
+
+#[test]
+fn a_paged_tile_must_name_a_page_table_and_cannot_be_stored_or_bulk_copied() {
+    let tma = Config {
+        target: Target::Sm90a,
+        tile_m: 128,
+        warps: 8,
+        load_warps: 4,
+        tma: true,
+        ..attention_decode_paged::CONFIG
+    };
+    let err = attention_decode_paged::compile(&tma).unwrap_err().to_string();
+    assert!(err.contains("compile without `tma`"), "{err}");
+}
+
+/// A hostile cache: a length past the block table's capacity, an entry past the pool, a
+/// negative entry. The host check names each; the kernel, launched anyway, reads nothing
+/// outside the pool and the table (the simulator faults on any access outside an allocation)
+/// and writes finite outputs.
+#[test]
+fn hostile_page_tables_are_named_on_the_host_and_never_read_outside_the_cache() {
+    use flashcore::simulate::{simulate, HostArg, HostView};
+    use half::f16;
+    let config = attention_decode_paged::CONFIG.with_head_dim(64);
+    let kernel = attention_decode_paged::compile(&config).unwrap();
+    let clean = PagedCache::random(&[40, 100], 1, 64, 16, &mut Rng::new(7));
+    let capacity = (clean.max_pages * clean.page_size) as i32;
+    type Corrupt = Box<dyn Fn(&mut PagedCache)>;
+    let hostile: [(&str, Corrupt); 3] = [
+        ("cache_len", Box::new(move |c| c.lens[0] = capacity + 100)),
+        ("block_table", Box::new(|c| c.block_table[1] = 1000)),
+        ("block_table", Box::new(|c| c.block_table[c.max_pages] = -7)),
+    ];
+    for (arg, corrupt) in &hostile {
+        let mut cache = clean.clone();
+        corrupt(&mut cache);
+        let err = cache.check().unwrap_err().to_string();
+        assert!(err.contains(arg), "{err}");
+        let to_f16 = |x: &[f64]| {
+            x.iter().map(|v| f16::from_f64(if v.is_nan() { 0.0 } else { *v })).collect::<Vec<_>>()
+        };
+        let (k, v) = (to_f16(&cache.k), to_f16(&cache.v));
+        let q = vec![f16::from_f32(0.5); 2 * 64];
+        let mut o = vec![f16::NAN; 2 * 64];
+        let qo = HostView::contiguous(&[2, 1, 1, 64]);
+        simulate::<f16>(
+            &kernel,
+            &mut [
+                HostArg::Tensor(&q, qo.clone()),
+                HostArg::Tensor(&k, cache.view()),
+                HostArg::Tensor(&v, cache.view()),
+                HostArg::I32Table(&cache.block_table, cache.table_view()),
+                HostArg::I32Table(&cache.lens, cache.lens_view()),
+                HostArg::TensorMut(&mut o, qo),
+                HostArg::F32(0.125),
+            ],
+            &SimDevice::default(),
+        )
+        .unwrap_or_else(|e| panic!("{err}: {e}"));
+        assert!(o.iter().all(|x| x.is_finite()), "{err}: {o:?}");
+    }
+}
+
+/// The launcher's argument checks: lengths that are not an i32 `[B]` tensor, a page table of the
+/// wrong rank, a pool whose head dim is not the kernel's.
+#[test]
+fn malformed_decode_arguments_are_typed_errors() {
+    use flashcore::simulate::{simulate, HostArg, HostView};
+    use half::f16;
+    let kernel = attention_decode_paged::compile(&attention_decode_paged::CONFIG.with_head_dim(64)).unwrap();
+    let cache = PagedCache::random(&[40, 100], 1, 64, 16, &mut Rng::new(8));
+    let (k, v): (Vec<f16>, Vec<f16>) = (
+        cache.k.iter().map(|x| f16::from_f64(*x)).collect(),
+        cache.v.iter().map(|x| f16::from_f64(*x)).collect(),
+    );
+    let q = vec![f16::from_f32(0.5); 2 * 64];
+    let qo = HostView::contiguous(&[2, 1, 1, 64]);
+    let lens_f32 = [40.0f32, 100.0];
+    let run = |table: HostArg<f16>, lens: HostArg<f16>| {
+        let mut o = vec![f16::NAN; 2 * 64];
+        simulate::<f16>(
+            &kernel,
+            &mut [
+                HostArg::Tensor(&q, qo.clone()),
+                HostArg::Tensor(&k, cache.view()),
+                HostArg::Tensor(&v, cache.view()),
+                table,
+                lens,
+                HostArg::TensorMut(&mut o, qo.clone()),
+                HostArg::F32(0.125),
+            ],
+            &SimDevice::default(),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let table = || HostArg::I32Table(&cache.block_table, cache.table_view());
+    let err = run(table(), HostArg::F32Table(&lens_f32, cache.lens_view()));
+    assert!(err.contains("cache_len") && err.contains("i32"), "{err}");
+    let err = run(table(), HostArg::I32Table(&cache.lens, HostView::contiguous(&[1, 2])));
+    assert!(err.contains("cache_len") && err.contains("one axis"), "{err}");
+    let err = run(
+        HostArg::I32Table(&cache.block_table, HostView::contiguous(&[cache.block_table.len()])),
+        HostArg::I32Table(&cache.lens, cache.lens_view()),
+    );
+    assert!(err.contains("block_table"), "{err}");
+    let err = run(table(), HostArg::I32Table(&cache.lens[..1], HostView::contiguous(&[1])));
+    assert!(err.contains("cache_len") && err.contains("`B`"), "{err}");
+}
