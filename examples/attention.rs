@@ -105,6 +105,8 @@ struct Options {
     pingpong: bool,
     /// Split each K/V tile's keys over this many groups of compute warps (`Config::kv_splits`).
     kv_splits: Option<u32>,
+    /// Split each work item's K/V loop across this many CTAs (`Config::kv_ctas`).
+    kv_ctas: Option<u32>,
     /// The kernel's declared config, not the tuning table's.
     declared: bool,
     /// Write the launch plan here and exit.
@@ -169,6 +171,7 @@ fn parse_args() -> Result<Options, String> {
         tma: false,
         pingpong: false,
         kv_splits: None,
+        kv_ctas: None,
         declared: false,
         plan: None,
         table: Table::active().map_err(|e| format!("FLASHCORE_TUNING: {e}"))?,
@@ -233,6 +236,7 @@ fn parse_args() -> Result<Options, String> {
             "--tma" => o.tma = true,
             "--pingpong" => o.pingpong = true,
             "--kv-splits" => o.kv_splits = Some(number(value()?)? as u32),
+            "--kv-ctas" => o.kv_ctas = Some(number(value()?)? as u32),
             "--plan" => o.plan = Some(value()?.into()),
             "--target" => {
                 o.target = flashcore::target::parse(&value()?).map_err(|e| format!("--target: {e}"))?
@@ -295,6 +299,7 @@ fn schedule_for(o: &Options, program: &Program, [b, h, s, d]: [usize; 4], sk: us
             tma: o.tma || base.tma,
             pingpong: o.pingpong || base.pingpong,
             kv_splits: o.kv_splits.unwrap_or(base.kv_splits),
+            kv_ctas: o.kv_ctas.unwrap_or(base.kv_ctas),
             ..base
         };
         return (cfg, "the declared config with the tile flags applied".into());
@@ -330,7 +335,8 @@ fn base_config(o: &Options, d: usize) -> Config {
 
 /// Whether a tile flag sets the schedule (the tuning table is then not read).
 fn tile_flags_given(o: &Options) -> bool {
-    let flags = [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps, o.kv_splits];
+    let flags =
+        [o.tile_m, o.tile_n, o.warps, o.stages, o.load_warps, o.softmax_warps, o.kv_splits, o.kv_ctas];
     flags.iter().any(Option::is_some) || o.persistent || o.a_in_smem || o.overlap || o.tma || o.pingpong
 }
 

@@ -4,7 +4,9 @@
 # causal and bf16, then timed at the shapes next to PyTorch SDPA (cuDNN, FA2) on a
 # contiguous cache and the read-rate ceiling, all in one run. Logs go to $OUT/decode.txt.
 #   scripts/gpu-decode.sh [check|time|all]   (default all)
-#   CONFIGS="settings;settings": the schedules timed at page 16 (default: the declared one and four).
+#   scripts/gpu-decode.sh probe              dense forward kernel against paged decode at the same
+#                                            schedules, pages of 16 and 256, Nsight Compute of one launch
+#   CONFIGS="settings;settings": the schedules timed at page 16 (default: in-CTA and across-CTA splits).
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -24,15 +26,16 @@ if [ "$mode" = check ] || [ "$mode" = all ]; then
   run --batch 2 --cache-len 300 --page 256 --new-tokens 16 --causal --bf16 --iters 3
   run --batch 2 --cache-len 513 --page 16 --head-dim 64 --heads 8 --kv-heads 1 --iters 3
   run --batch 2 --cache-len 1000 --page 32 --config "sm_90a,tile_m=64,warps=4" --iters 3
+  run --batch 3 --cache-len 3001 --page 16 --new-tokens 4 --causal --iters 3 --config "kv_ctas=8;warps=4,kv_splits=4,kv_ctas=5;sm_90a,tile_m=64,warps=4,kv_ctas=3"
   for tool in memcheck racecheck synccheck; do
     echo "+ compute-sanitizer --tool $tool decode (pages of 16, 2 sequences of 300, 4 new tokens, causal)" | tee -a "$log"
     /usr/local/cuda/bin/compute-sanitizer --tool "$tool" --error-exitcode 9 "$bins/decode" --batch 2 --cache-len 300 \
-      --page 16 --new-tokens 4 --causal --iters 1 --config ";warps=4,kv_splits=4" 2>&1 | tail -3 | tee -a "$log"
+      --page 16 --new-tokens 4 --causal --iters 1 --config ";warps=4,kv_splits=4;kv_ctas=4;warps=4,kv_splits=4,kv_ctas=3" 2>&1 | tail -3 | tee -a "$log"
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "SANITIZER $tool FAILED" | tee -a "$log"; status=1; }
   done
 fi
 if [ "$mode" = time ] || [ "$mode" = all ]; then
-  configs=${CONFIGS:-";tile_n=32,stages=4;warps=4,kv_splits=4;load_warps=1,stages=3;warps=2,kv_splits=2,stages=3"}
+  configs=${CONFIGS:-"warps=4,kv_splits=4;kv_ctas=8;kv_ctas=16;kv_ctas=32;warps=4,kv_splits=4,kv_ctas=4;warps=4,kv_splits=4,kv_ctas=8;warps=4,kv_splits=4,kv_ctas=16;tile_n=32,stages=4,kv_ctas=16;tile_n=32,stages=4,kv_ctas=32"}
   shapes=("1 4096 1" "1 32768 1" "8 8192 1" "64 4096 1" "1 32768 4" "1 32768 16")
   for shape in "${shapes[@]}"; do
     set -- $shape
@@ -40,5 +43,22 @@ if [ "$mode" = time ] || [ "$mode" = all ]; then
     run --batch "$1" --cache-len "$2" --new-tokens "$3" --page 256
   done
   python3 scripts/bench_decode.py 1:4096:1 1:32768:1 8:8192:1 64:4096:1 1:32768:4 1:32768:16 2>&1 | tee -a "$log"
+fi
+if [ "$mode" = probe ]; then
+  # Where the time goes: the dense forward kernel (no page table) against the paged decode at
+  # the same shapes and schedules, pages of 16 against 256, and Nsight Compute of one launch.
+  for shape in "1 32768" "64 4096"; do
+    set -- $shape
+    for c in "warps=4,kv_splits=4" "warps=4,kv_splits=4,kv_ctas=8"; do
+      echo "+ attention (dense) B=$1 SK=$2 $c" | tee -a "$log"
+      flags=$(echo "$c" | sed -E 's/warps=([0-9]+)/--warps \1/; s/,kv_splits=([0-9]+)/ --kv-splits \1/; s/,kv_ctas=([0-9]+)/ --kv-ctas \1/')
+      "$bins/attention" --b "$1" --h 32 --hkv 8 --s 1 --sk "$2" --d 128 --tile-m 16 $flags --iters 50 2>&1 | tail -2 | tee -a "$log"
+      run --batch "$1" --cache-len "$2" --page 16 --config "$c"
+      run --batch "$1" --cache-len "$2" --page 256 --config "$c"
+    done
+  done
+  /usr/local/cuda/bin/ncu --clock-control none -c 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+    "$bins/decode" --batch 64 --cache-len 4096 --page 16 --iters 1 --config "warps=4,kv_splits=4" 2>&1 | tee -a "$out/decode-ncu.txt" | tail -80
 fi
 exit $status

@@ -569,7 +569,7 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
             work_items = Some(items.product::<u64>());
         }
     });
-    if work_items.is_some_and(|w| w > i32::MAX as u64) {
+    if work_items.is_some_and(|w| w * kernel.config.kv_ctas.max(1) as u64 > i32::MAX as u64) {
         return Err(bad(
             "(shapes)",
             format!(
@@ -769,7 +769,8 @@ pub(crate) fn grid_size(
     resident: impl FnOnce() -> Result<u64, Error>,
 ) -> Result<u32, Error> {
     let ctas = match ir::passes::persist::schedule(kernel) {
-        ir::kernel::TileSchedule::OnePerCta => work_items,
+        // Split across CTAs: `kv_ctas` CTAs a work item.
+        ir::kernel::TileSchedule::OnePerCta => work_items * kernel.config.kv_ctas.max(1) as u64,
         ir::kernel::TileSchedule::Persistent => work_items.min(resident()?),
     };
     u32::try_from(ctas).map_err(|_| Error::Argument {
@@ -905,6 +906,11 @@ fn enqueue(
     let grid = grid_size(k, binding.work_items, || {
         Ok(device.ctas_per_sm(&image)?.max(1) as u64 * device.info().sm_count as u64)
     })?;
+    // Split across CTAs: the kernel's workspace, after the parameters (`EntryParam::Workspace`).
+    let workspace_bytes = codegen::combine_workspace_bytes(k, binding.work_items);
+    let workspace = (workspace_bytes > 0)
+        .then(|| device.workspace(kernel.key, workspace_bytes.div_ceil(4) as usize))
+        .transpose()?;
     let mut per_param: Vec<Option<LaunchArg>> = args
         .iter_mut()
         .map(|a| {
@@ -917,6 +923,9 @@ fn enqueue(
             })
         })
         .collect();
+    if let Some(ws) = &workspace {
+        per_param.push(Some(LaunchArg::Buffer(&**ws)));
+    }
     let mut launch_args = k
         .entry_args(
             |p| per_param.get_mut(p)?.take(),

@@ -164,6 +164,11 @@ pub fn simulate<T: HalfFloat>(
             }
         });
     }
+    // Split across CTAs: a zeroed workspace, after the parameters (`EntryParam::Workspace`).
+    let workspace_bytes = crate::codegen::combine_workspace_bytes(k, binding.work_items);
+    if workspace_bytes > 0 {
+        per_param.push(flashcore_sim::Arg::U64(machine.alloc(vec![0u8; workspace_bytes as usize])));
+    }
     // The entry parameters in the order `Kernel::entry_abi` states.
     let sim_args = k
         .entry_args(

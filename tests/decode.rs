@@ -163,3 +163,43 @@ fn malformed_decode_arguments_are_typed_errors() {
     let err = run(table(), HostArg::I32Table(&cache.lens[..1], HostView::contiguous(&[1])));
     assert!(err.contains("cache_len") && err.contains("`B`"), "{err}");
 }
+
+/// Split-KV across CTAs (`kv_ctas`): each sequence's K/V tiles are shared out among several
+/// CTAs, whose states the last to arrive merges. Lengths that leave some CTAs an empty share,
+/// shares of unequal length, an empty sequence, causal several-token steps, with the in-CTA
+/// split too, bf16, and sm_90a.
+#[test]
+fn split_across_ctas_matches_float64() {
+    let d64 = attention_decode_paged::CONFIG.with_head_dim(64);
+    let configs = [
+        Config { kv_ctas: 4, ..d64 },
+        Config { kv_ctas: 3, warps: 4, kv_splits: 4, ..d64 },
+        Config { kv_ctas: 5, causal: true, dtype: DType::Bf16, ..d64 },
+        Config { kv_ctas: 7, tile_n: 32, stages: 3, ..d64 },
+        Config { kv_ctas: 2, target: Target::Sm90a, tile_m: 64, warps: 4, ..d64 },
+    ];
+    for (i, config) in configs.into_iter().enumerate() {
+        let s = if config.causal { 4 } else { 1 };
+        run(config, &[300, 0, 129, 700], 16, 4, 2, s, 20 + i as u64);
+    }
+}
+
+/// The combine is not decode's own: the standard forward kernel split across CTAs, at tails,
+/// causal, and with GQA, in the simulator against float64.
+#[test]
+fn the_forward_kernel_split_across_ctas_matches_float64() {
+    use flashcore::kernels::attention;
+    use flashcore::simulate::{check_attention, AttentionShape};
+    for config in [
+        Config { kv_ctas: 3, ..attention::CONFIG },
+        Config { kv_ctas: 4, causal: true, tile_m: 16, warps: 1, ..attention::CONFIG },
+    ] {
+        let kernel = attention::compile(&config).unwrap();
+        let shape = AttentionShape { b: 2, h: 2, hk: 1, s: 70, sk: 333 };
+        let got = check_attention(&kernel, shape, flashcore::Layout::Bhsd, 5, &SimDevice::default())
+            .unwrap_or_else(|e| panic!("{config}: {e}"));
+        println!("{config}: rel_l2 {:.2e}", got.err.rel_l2);
+        assert!(got.err.rel_l2 < flashcore::tolerance(config.dtype), "{config}: {:?}", got.err);
+        assert!(got.lse_max_abs < 1e-2 && got.lse_mismatched == 0, "{config}: lse {got:?}");
+    }
+}

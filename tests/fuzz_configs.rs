@@ -41,6 +41,7 @@ fn random_config(rng: &mut Rng) -> Config {
         varlen: flag(rng),
         a_in_smem: flag(rng),
         kv_splits: pick(rng, &[1, 1, 1, 2, 3, 4, 0]),
+        kv_ctas: pick(rng, &[1, 1, 1, 2, 5, 0, 65]),
         overlap: flag(rng),
         target: pick(rng, &[Target::Auto, Target::Sm89, Target::Sm90a]),
     }
@@ -69,6 +70,7 @@ fn random_valid_config(rng: &mut Rng) -> Config {
         varlen: flag(rng),
         a_in_smem: flag(rng),
         kv_splits,
+        kv_ctas: if load_warps == 0 { pick(rng, &[1, 1, 2, 3]) } else { 1 },
         overlap: flag(rng),
         target: pick(rng, &[Target::Sm89, Target::Sm89, Target::Sm90a]),
     }

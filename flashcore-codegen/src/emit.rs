@@ -191,6 +191,10 @@ pub struct Emitter<'k> {
     grouped: HashMap<(Value, HeadGroup), String>,
     /// The varlen variant's ragged dims, one per sequence-offsets parameter (empty otherwise).
     ragged: Vec<RaggedDim>,
+    /// Split-KV across CTAs (`Config::kv_ctas > 1`): the workspace's address (from the entry).
+    workspace: Option<String>,
+    /// Split-KV across CTAs, inside the work loop: this CTA's share of its work item.
+    combine: Option<CombineRegs>,
     /// Set while a work loop's body is emitted: the ragged dims' registers then hold this work
     /// item's sequence, and every use of such a dim's length reads its `len` register.
     in_work_item: bool,
@@ -214,6 +218,17 @@ pub struct Emitter<'k> {
     /// While a K/V loop is emitted: per mask, the warp's rows box and the ranges of its table
     /// reads on them, computed before the loop.
     hoisted_rows: HashMap<MaskId, ((String, String), HashMap<String, mask::Range>)>,
+}
+
+/// Split-KV across CTAs: this CTA's split of its work item (`split`, 0 .. kv_ctas), the work
+/// item's index (`item`) among `items`, and the label that ends the work item (where the CTAs
+/// that are not the item's last to arrive go after the combine).
+#[derive(Clone, Debug)]
+struct CombineRegs {
+    split: String,
+    item: String,
+    items: String,
+    next: String,
 }
 
 /// A sequence dim made ragged by offsets: their pointer, and the registers that hold the
@@ -298,6 +313,8 @@ impl<'k> Emitter<'k> {
             pipeline_count: None,
             grouped: HashMap::new(),
             ragged: vec![],
+            workspace: None,
+            combine: None,
             in_work_item: false,
             use_counts: {
                 let mut counts = HashMap::new();
@@ -401,6 +418,13 @@ impl<'k> Emitter<'k> {
                     self.tensor_maps.insert(param, reg);
                 }
                 EntryParam::F32 { .. } => self.tensors.push(None),
+                EntryParam::Workspace => {
+                    let raw = self.w.temp(RegClass::B64);
+                    let ptr = self.w.named(RegClass::B64, "%workspace");
+                    self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
+                    self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
+                    self.workspace = Some(ptr);
+                }
                 EntryParam::Pointer { param } => match &k.params[param] {
                     Param::Offsets(o) => {
                         self.tensors.push(None);
@@ -870,6 +894,7 @@ impl<'k> Emitter<'k> {
             Op::Store { dst, src } => self.store(dst, *src),
             Op::Scatter { param, indices, src, keep } => self.scatter(*param, indices, *src, *keep),
             Op::MergeSplits { max, sum, acc } => self.merge_splits(*max, *sum, *acc),
+            Op::CombineCtas { max, sum, acc } => self.combine_ctas(*max, *sum, *acc),
         }
     }
 
@@ -953,6 +978,14 @@ impl<'k> Emitter<'k> {
         for c in &counts {
             self.w.ins(format!("mul.lo.u32 {total}, {total}, {c}"));
         }
+        // Split-KV across CTAs: `kv_ctas` CTAs a work item, its splits on neighbouring CTAs.
+        let kv_ctas = self.cfg.kv_ctas;
+        let items = (kv_ctas > 1).then(|| {
+            let items = self.w.named(RegClass::B32, "%work_items");
+            self.w.ins(format!("mov.u32 {items}, {total}"));
+            self.w.ins(format!("mul.lo.u32 {total}, {total}, {kv_ctas}"));
+            items
+        });
         let work = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {work}, %ctaid.x"));
         let (top, end) = (self.w.label("tiles"), self.w.label("tiles_end"));
@@ -963,6 +996,17 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("@{done} bra.uni {end}"));
         let rest = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {rest}, {work}"));
+        let combine = items.map(|items| {
+            self.w.comment(format!(
+                "split across CTAs: this CTA is split (work % {kv_ctas}) of work item (work / {kv_ctas})"
+            ));
+            let (split, item) =
+                (self.w.named(RegClass::B32, "%cta_split"), self.w.named(RegClass::B32, "%work_item"));
+            self.w.rem_u32_by(&split, &rest, kv_ctas);
+            self.w.div_u32_by(&item, &rest, kv_ctas);
+            self.w.ins(format!("mov.u32 {rest}, {item}"));
+            CombineRegs { split, item, items, next: String::new() }
+        });
         for (i, v) in vars.iter().enumerate().rev() {
             let r = self.regs_of(*v).at(0);
             if i == 0 {
@@ -979,8 +1023,9 @@ impl<'k> Emitter<'k> {
         }
         // Variable-length batches skip work items past their sequence's end, to `next`;
         // sequence lengths (`SeqLens`, read by every variant) load each work item's too.
-        let next =
-            (self.cfg.varlen || self.ragged.iter().any(|r| r.lengths)).then(|| self.w.label("tiles_next"));
+        let next = (self.cfg.varlen || self.ragged.iter().any(|r| r.lengths) || combine.is_some())
+            .then(|| self.w.label("tiles_next"));
+        self.combine = combine.map(|c| CombineRegs { next: next.clone().unwrap_or_default(), ..c });
         if let Some(next) = &next {
             self.work_item_sequences(vars, extents, next);
         }
@@ -998,6 +1043,7 @@ impl<'k> Emitter<'k> {
         self.in_work_item = next.is_some();
         self.block(body)?;
         self.in_work_item = false;
+        self.combine = None;
         if let Some(next) = &next {
             self.w.place_label(next);
         }
@@ -1167,6 +1213,21 @@ impl<'k> Emitter<'k> {
         }
         if let Some(start) = &start {
             self.w.ins(format!("max.u32 {i}, {i}, {start}"));
+        }
+        if let Some(c) = self.combine.clone() {
+            // Split across CTAs: this CTA walks the `split`-th of kv_ctas equal shares of the
+            // tiles `i .. count` (a share may be empty; its state then stays empty).
+            let kv_ctas = self.cfg.kv_ctas;
+            self.w.comment(format!("split across CTAs: this CTA's share (1 of {kv_ctas}) of the K/V tiles"));
+            let (share, first) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+            self.w.ins(format!("max.u32 {count}, {count}, {i}"));
+            self.w.ins(format!("sub.u32 {share}, {count}, {i}"));
+            self.w.ins(format!("add.u32 {share}, {share}, {}", kv_ctas - 1));
+            self.w.div_u32_by(&share, &share, kv_ctas);
+            self.w.ins(format!("mad.lo.u32 {first}, {}, {share}, {i}", c.split));
+            self.w.ins(format!("add.u32 {share}, {first}, {share}"));
+            self.w.ins(format!("min.u32 {count}, {count}, {share}"));
+            self.w.ins(format!("mov.u32 {i}, {first}"));
         }
         self.hoist_mask_tables(body)?;
         self.pipeline_count = Some(count.clone());
@@ -2834,44 +2895,154 @@ impl<'k> Emitter<'k> {
             let slot = self.w.temp(RegClass::B32);
             self.w.ins(format!("add.u32 {slot}, {warp}, {}", (g - 1) * wps));
             let base = lane_base(self, &slot);
-            let load = |e: &mut Self, r: usize| {
+            let mut load = |e: &mut Self, r: usize| {
                 let x = e.w.temp(RegClass::F32);
                 e.w.ins(format!("ld.shared.f32 {x}, [{base}+{}]", r * 128));
                 x
             };
-            for row in 0..m.len {
-                let (m_other, l_other) = (load(self, row), load(self, m.len + row));
-                let (m_new, safe, alpha, beta) = (
-                    self.w.temp(RegClass::F32),
-                    self.w.temp(RegClass::F32),
-                    self.w.temp(RegClass::F32),
-                    self.w.temp(RegClass::F32),
-                );
-                let inf = self.w.temp(RegClass::Pred);
-                self.w.ins(format!("max.f32 {m_new}, {}, {m_other}", m.at(row)));
-                self.w.ins(format!("setp.eq.f32 {inf}, {m_new}, 0fFF800000"));
-                self.w.ins(format!("selp.f32 {safe}, 0f00000000, {m_new}, {inf}"));
-                self.w.ins(format!("sub.f32 {alpha}, {}, {safe}", m.at(row)));
-                self.w.ins(format!("ex2.approx.ftz.f32 {alpha}, {alpha}"));
-                self.w.ins(format!("sub.f32 {beta}, {m_other}, {safe}"));
-                self.w.ins(format!("ex2.approx.ftz.f32 {beta}, {beta}"));
-                self.w.ins(format!("mov.f32 {}, {m_new}", m.at(row)));
-                self.w.ins(format!("mul.f32 {0}, {0}, {alpha}", l.at(row)));
-                self.w.ins(format!("fma.rn.f32 {0}, {l_other}, {beta}, {0}", l.at(row)));
-                // Accumulator elements of this row: block mf = row / 2, elements 2h, 2h + 1.
-                let (mf, h) = (row / 2, row % 2);
-                for nt in 0..shape.col_blocks {
-                    for e in [2 * h, 2 * h + 1] {
-                        let i = shape.acc(mf, nt, e);
-                        let other = load(self, m.len + l.len + i);
-                        self.w.ins(format!("mul.f32 {0}, {0}, {alpha}", a.at(i)));
-                        self.w.ins(format!("fma.rn.f32 {0}, {other}, {beta}, {0}", a.at(i)));
-                    }
-                }
-            }
+            self.fold_state([&m, &l, &a], &shape, &mut load);
         }
         self.w.place_label(&merged);
         self.w.ins(format!("bar.sync {MERGE_BARRIER}, {compute_threads}"));
+        Ok(())
+    }
+
+    /// Folds another online-softmax state of the same rows into `(m, l, acc)` in place, by
+    /// log-sum-exp (`m = max(m, m')`, `l = 2^(m−m)·l + 2^(m'−m)·l'`, likewise `acc`; a row
+    /// both states have seen no key of stays empty). `other(r)` gives the other state's
+    /// register `r` in the order `m`, `l`, `acc` (a register it loads).
+    fn fold_state(
+        &mut self,
+        [m, l, a]: [&RegFamily; 3],
+        shape: &crate::layout::FragShape,
+        other: &mut dyn FnMut(&mut Self, usize) -> String,
+    ) {
+        for row in 0..m.len {
+            let (m_other, l_other) = (other(self, row), other(self, m.len + row));
+            let (m_new, safe, alpha, beta) = (
+                self.w.temp(RegClass::F32),
+                self.w.temp(RegClass::F32),
+                self.w.temp(RegClass::F32),
+                self.w.temp(RegClass::F32),
+            );
+            let inf = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("max.f32 {m_new}, {}, {m_other}", m.at(row)));
+            self.w.ins(format!("setp.eq.f32 {inf}, {m_new}, 0fFF800000"));
+            self.w.ins(format!("selp.f32 {safe}, 0f00000000, {m_new}, {inf}"));
+            self.w.ins(format!("sub.f32 {alpha}, {}, {safe}", m.at(row)));
+            self.w.ins(format!("ex2.approx.ftz.f32 {alpha}, {alpha}"));
+            self.w.ins(format!("sub.f32 {beta}, {m_other}, {safe}"));
+            self.w.ins(format!("ex2.approx.ftz.f32 {beta}, {beta}"));
+            self.w.ins(format!("mov.f32 {}, {m_new}", m.at(row)));
+            self.w.ins(format!("mul.f32 {0}, {0}, {alpha}", l.at(row)));
+            self.w.ins(format!("fma.rn.f32 {0}, {l_other}, {beta}, {0}", l.at(row)));
+            // Accumulator elements of this row: block mf = row / 2, elements 2h, 2h + 1.
+            let (mf, h) = (row / 2, row % 2);
+            for nt in 0..shape.col_blocks {
+                for e in [2 * h, 2 * h + 1] {
+                    let i = shape.acc(mf, nt, e);
+                    let x = other(self, m.len + l.len + i);
+                    self.w.ins(format!("mul.f32 {0}, {0}, {alpha}", a.at(i)));
+                    self.w.ins(format!("fma.rn.f32 {0}, {x}, {beta}, {0}", a.at(i)));
+                }
+            }
+        }
+    }
+
+    /// Split-KV across CTAs ([`Op::CombineCtas`]): this CTA's state `(m, l, acc)` goes to its
+    /// slot of the workspace (`[item][split][register][thread]` f32, each thread its own
+    /// registers: every CTA of the kernel lays its fragments out alike), a barrier, thread 0
+    /// counts the CTA in the item's arrival counter (after the states, `[item]` u32) and shares
+    /// whether it was the last; the others leave the work item, the last folds in the other
+    /// splits' states, resets the counter for the next launch, and goes on to the stores.
+    fn combine_ctas(&mut self, max: Value, sum: Value, acc: Value) -> Result<(), CodegenError> {
+        let missing = || CodegenError::Internal("combine_ctas outside a work loop split across CTAs".into());
+        let c = self.combine.clone().ok_or_else(missing)?;
+        let workspace = self.workspace.clone().ok_or_else(missing)?;
+        let flag = self.plan.combine_flag.ok_or_else(missing)?;
+        let (m, l, a) = (self.regs_of(max), self.regs_of(sum), self.regs_of(acc));
+        let Type::Frag { cols, .. } = self.kernel.ty(acc) else {
+            return Err(CodegenError::Internal("combine of a non-fragment accumulator".into()));
+        };
+        let shape = frag_shape(&self.cfg, cols, Elem::F32);
+        let state: Vec<String> = (0..m.len)
+            .map(|i| m.at(i))
+            .chain((0..l.len).map(|i| l.at(i)))
+            .chain((0..a.len).map(|i| a.at(i)))
+            .collect();
+        let (regs, threads, kv_ctas) = (state.len() as u32, self.cfg.threads(), self.cfg.kv_ctas);
+        if regs != crate::combine_state_registers(self.kernel) {
+            return Err(CodegenError::Internal("workspace sized for another state".into()));
+        }
+        let (thread, smem) = (self.th().thread.clone(), self.th().smem.clone());
+        let state_bytes = regs * threads * 4;
+        // The address of this thread's register 0 in split `split`'s slot of this work item.
+        let slot_base = |e: &mut Self, split: &str| {
+            let (slot, base) = (e.w.temp(RegClass::B32), e.w.temp(RegClass::B64));
+            e.w.ins(format!("mad.lo.u32 {slot}, {}, {kv_ctas}, {split}", c.item));
+            let (off, part) = (e.w.temp(RegClass::B64), e.w.temp(RegClass::B64));
+            e.w.ins(format!("mul.wide.u32 {off}, {slot}, {state_bytes}"));
+            e.w.ins(format!("mul.wide.u32 {part}, {thread}, 4"));
+            e.w.ins(format!("add.u64 {off}, {off}, {part}"));
+            e.w.ins(format!("add.u64 {base}, {workspace}, {off}"));
+            base
+        };
+        self.w.comment(format!(
+            "combine across CTAs: this CTA's state ({regs} registers a thread) to the workspace"
+        ));
+        let own = slot_base(self, &c.split);
+        for (r, reg) in state.iter().enumerate() {
+            self.w.ins(format!("st.global.cg.f32 [{own}+{}], {reg}", r as u32 * threads * 4));
+        }
+        // The item's arrival counter, after every item's states.
+        let (counter, off) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+        self.w.ins(format!("mul.wide.u32 {off}, {}, {}", c.items, kv_ctas * state_bytes));
+        self.w.ins(format!("add.u64 {counter}, {workspace}, {off}"));
+        self.w.ins(format!("mul.wide.u32 {off}, {}, 4", c.item));
+        self.w.ins(format!("add.u64 {counter}, {counter}, {off}"));
+        self.w.ins("fence.acq_rel.gpu");
+        self.w.ins(format!("bar.sync 0, {threads}"));
+        let (first, arrived, last, flag_addr) = (
+            self.w.temp(RegClass::Pred),
+            self.w.temp(RegClass::B32),
+            self.w.temp(RegClass::B32),
+            self.w.temp(RegClass::B32),
+        );
+        self.w.ins(format!("add.u32 {flag_addr}, {smem}, {flag}"));
+        self.w.ins(format!("setp.eq.u32 {first}, {thread}, 0"));
+        self.w.comment("thread 0 counts this CTA in; the item's last CTA goes on, the others leave it");
+        self.w.ins(format!("@{first} atom.global.acq_rel.gpu.add.u32 {arrived}, [{counter}], 1"));
+        self.w.ins(format!("@{first} st.shared.u32 [{flag_addr}], {arrived}"));
+        self.w.ins(format!("bar.sync 0, {threads}"));
+        self.w.ins(format!("ld.shared.u32 {last}, [{flag_addr}]"));
+        let not_last = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("setp.ne.u32 {not_last}, {last}, {}", kv_ctas - 1));
+        self.w.ins(format!("@{not_last} bra.uni {}", c.next));
+        self.w.ins("fence.acq_rel.gpu");
+        self.w.ins(format!("@{first} st.global.u32 [{counter}], 0"));
+        let split = self.w.temp(RegClass::B32);
+        let (top, skip) = (self.w.label("combine"), self.w.label("combine_next"));
+        self.w.ins(format!("mov.u32 {split}, 0"));
+        self.w.place_label(&top);
+        self.w.indent();
+        let mine = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("setp.eq.u32 {mine}, {split}, {}", c.split));
+        self.w.ins(format!("@{mine} bra.uni {skip}"));
+        let base = slot_base(self, &split);
+        let mut load = |e: &mut Self, r: usize| {
+            let x = e.w.temp(RegClass::F32);
+            e.w.ins(format!("ld.global.cg.f32 {x}, [{base}+{}]", r as u32 * threads * 4));
+            x
+        };
+        self.fold_state([&m, &l, &a], &shape, &mut load);
+        self.w.place_label(&skip);
+        let more = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("add.u32 {split}, {split}, 1"));
+        self.w.ins(format!("setp.lt.u32 {more}, {split}, {kv_ctas}"));
+        self.w.ins(format!("@{more} bra.uni {top}"));
+        self.w.dedent();
+        // The flag word is read again by the next work item's combine.
+        self.w.ins(format!("bar.sync 0, {threads}"));
         Ok(())
     }
 

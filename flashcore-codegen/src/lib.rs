@@ -52,3 +52,32 @@ pub fn generate(kernel: &Kernel) -> Result<Ptx, CodegenError> {
         threads_per_cta: kernel.config.threads(),
     })
 }
+
+/// Split-KV across CTAs (`Config::kv_ctas > 1`): the f32 registers of the online-softmax state
+/// each thread writes to the workspace (its running max, sum and accumulator), 0 for a kernel
+/// that is not split.
+pub fn combine_state_registers(kernel: &Kernel) -> u32 {
+    let mut regs = 0;
+    kernel.walk(&mut |inst| {
+        if let flashcore_ir::Op::CombineCtas { max, sum, acc } = inst.op {
+            regs = [max, sum, acc]
+                .iter()
+                .map(|v| layout::register_count(&kernel.config, &kernel.ty(*v)).unwrap_or(0) as u32)
+                .sum();
+        }
+    });
+    regs
+}
+
+/// Split-KV across CTAs: the bytes of the workspace a launch of `work_items` work items needs
+/// (`EntryParam::Workspace`): per work item, `kv_ctas` states of [`combine_state_registers`]
+/// f32 a thread, then a u32 arrival counter per work item (zero before the first launch; every
+/// launch leaves them zero). 0 for a kernel that is not split.
+pub fn combine_workspace_bytes(kernel: &Kernel, work_items: u64) -> u64 {
+    let regs = combine_state_registers(kernel) as u64;
+    if regs == 0 {
+        return 0;
+    }
+    let state_bytes = regs * kernel.config.threads() as u64 * 4;
+    work_items * (kernel.config.kv_ctas as u64 * state_bytes + 4)
+}

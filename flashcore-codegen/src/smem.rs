@@ -43,6 +43,9 @@ pub struct SmemPlan {
     /// buffer reads while its `zero_unless` counter is 0 (the overlap pass's previous tile on a
     /// work item's first iteration): a wgmma descriptor with no strides reads only it.
     pub zero_block: Option<u32>,
+    /// Split-KV across CTAs: a word where thread 0 tells the CTA whether it is its work item's
+    /// last to arrive.
+    pub combine_flag: Option<u32>,
     /// Offset of each ring buffer (slot `i` at `offset + i * slot_bytes`).
     pub buffer_offsets: Vec<u32>,
     /// Bytes of one slot of each ring buffer.
@@ -120,8 +123,12 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     let mut zero_views = false;
     kernel.walk(&mut |inst| zero_views |= matches!(inst.op, Op::StageView { zero_unless: Some(_), .. }));
     let zero_block = zero_views.then(|| alloc(zero_block_bytes(cfg), tile_align(cfg)));
+    let mut combines = false;
+    kernel.walk(&mut |inst| combines |= matches!(inst.op, Op::CombineCtas { .. }));
+    let combine_flag = combines.then(|| alloc(16, 16));
     SmemPlan {
         zero_block,
+        combine_flag,
         row_tile_region,
         row_tile_bytes,
         row_tile_slots,

@@ -7,7 +7,8 @@
 //! strides in elements: each tensor's `B, H, S` axes (its head dim is contiguous), each table's
 //! every axis, in parameter order; then, for kernels whose tiles come through bulk tensor copies
 //! (the TMA pass), a 128-byte tensor map per tensor they copy, in parameter order
-//! ([`TileMap`] says what it maps).
+//! ([`TileMap`] says what it maps); last, for kernels split across CTAs (`Config::kv_ctas`),
+//! the workspace's pointer.
 
 use crate::kernel::{Kernel, Param, RtDim};
 
@@ -27,6 +28,11 @@ pub enum EntryParam {
     /// which the kernel's bulk tensor copies read tensor `param` in tiles of `rows` rows: see
     /// [`TileMap`].
     TensorMap { param: usize, rows: u32 },
+    /// A u64 global pointer to the split-KV-across-CTAs workspace (`Config::kv_ctas > 1`): the
+    /// CTAs' online-softmax states, then an arrival counter per work item, which must be zero
+    /// before the first launch (the kernel leaves them zero). The callers pass it as the value of
+    /// parameter index `params.len()`; its size is `flashcore_codegen::combine_workspace_bytes`.
+    Workspace,
 }
 
 /// What the tensor map of a tensor read by bulk tensor copies describes, for whoever encodes
@@ -82,6 +88,7 @@ impl EntryParam {
                 format!("{k}_stride_{}_{}", kernel.params[param].name(), kernel.dims[dim.0 as usize])
             }
             EntryParam::TensorMap { param, .. } => format!("{k}_tmap_{}", kernel.params[param].name()),
+            EntryParam::Workspace => format!("{k}_workspace"),
         }
     }
 
@@ -96,7 +103,7 @@ impl EntryParam {
     /// Its PTX type.
     pub fn ptx_type(&self) -> &'static str {
         match self {
-            EntryParam::Pointer { .. } => ".u64",
+            EntryParam::Pointer { .. } | EntryParam::Workspace => ".u64",
             EntryParam::F32 { .. } => ".f32",
             EntryParam::Dim { .. } | EntryParam::Stride { .. } => ".u32",
             EntryParam::TensorMap { .. } => ".b8",
@@ -135,6 +142,7 @@ impl Kernel {
                     Some(stride(entry, v))
                 }
                 EntryParam::TensorMap { param: p, .. } => tensor_map(entry, tensor_strides[p]),
+                EntryParam::Workspace => param(self.params.len()),
             })
             .collect()
     }
@@ -164,6 +172,9 @@ impl Kernel {
             }));
         }
         abi.extend(self.tensor_maps().into_iter().map(|(param, rows)| EntryParam::TensorMap { param, rows }));
+        if self.config.kv_ctas > 1 {
+            abi.push(EntryParam::Workspace);
+        }
         abi
     }
 }

@@ -19,6 +19,8 @@ pub const MAX_REGISTERS: u32 = 255;
 
 /// Most shared-memory buffers per staged tile the pipeline pass allocates.
 pub const MAX_STAGES: u32 = 4;
+/// The most CTAs one work item may be split across (`Config::kv_ctas`).
+pub const MAX_KV_CTAS: u32 = 64;
 
 /// The PTX a kernel compiles to. Both run on Hopper; only `Sm90a` uses its own instructions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -142,6 +144,14 @@ pub struct Config {
     /// over the keys is `kv_splits` times shorter, which is what a grid too small to fill the
     /// GPU (small B·H·S, the headline shape) is bound by. 1: off.
     pub kv_splits: u32,
+    /// Split-KV across CTAs (FlashDecoding): each work item is run by `kv_ctas` CTAs, CTA `c`
+    /// walking the `c`-th of `kv_ctas` equal ranges of the K/V loop; each writes its
+    /// online-softmax state (running max, sum, unnormalized accumulator) to a workspace the
+    /// runtime provides, and the last of them to finish merges all states by log-sum-exp and
+    /// stores (the `split_ctas` pass inserts the combine). For grids too small to fill the GPU
+    /// with long K/V loops: decode. Needs the uniform layout (no load or softmax warps), one CTA
+    /// per work item (not persistent) and no sm_90a overlap. 1: off.
+    pub kv_ctas: u32,
     /// sm_90a with a producer warpgroup: the overlap pass rotates the K/V loop so that the
     /// softmax of each tile runs while the tensor cores compute `P·V` of the tile before
     /// (asynchronous wgmma, FlashAttention-3's intra-warpgroup overlap), with K and V in rings of
@@ -181,6 +191,7 @@ impl Default for Config {
             varlen: false,
             a_in_smem: false,
             kv_splits: 1,
+            kv_ctas: 1,
             overlap: false,
             tma: false,
             pingpong: false,
@@ -302,6 +313,24 @@ impl Config {
                 "does not combine with softmax warps (they mirror one compute warp's rows each)".into(),
             );
         }
+        if !(1..=MAX_KV_CTAS).contains(&self.kv_ctas) {
+            return bad("kv_ctas", self.kv_ctas, format!("must be between 1 and {MAX_KV_CTAS}"));
+        }
+        if self.kv_ctas > 1 {
+            let conflict = [
+                (self.load_warps > 0, "load warps"),
+                (self.softmax_warps > 0, "softmax warps"),
+                (self.persistent, "persistent CTAs (a work item's CTAs must all run: one each)"),
+                (self.overlap || self.tma || self.pingpong, "the sm_90a overlap, tma or pingpong"),
+            ];
+            if let Some((_, what)) = conflict.iter().find(|(on, _)| *on) {
+                return bad(
+                    "kv_ctas",
+                    self.kv_ctas,
+                    format!("splits the K/V loop across CTAs in the uniform layout; it does not combine with {what}"),
+                );
+            }
+        }
         if !(1..=MAX_STAGES).contains(&self.stages) {
             return bad("stages", self.stages, format!("must be between 1 and {MAX_STAGES}"));
         }
@@ -335,6 +364,7 @@ impl Config {
             "load_warps" => ("load_warps", &mut self.load_warps),
             "softmax_warps" => ("softmax_warps", &mut self.softmax_warps),
             "kv_splits" => ("kv_splits", &mut self.kv_splits),
+            "kv_ctas" => ("kv_ctas", &mut self.kv_ctas),
             _ => return None,
         })
     }
@@ -407,13 +437,13 @@ impl Config {
 }
 
 /// What [`Config::with_settings`] accepts, for its errors.
-const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits (=N), persistent, causal, varlen, a_in_smem, overlap, tma, pingpong (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
+const SETTINGS: &str = "settings are tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits, kv_ctas (=N), persistent, causal, varlen, a_in_smem, overlap, tma, pingpong (flags, or =true|false), f16, bf16 (or dtype=..), and sm_89, sm_90a (or target=..)";
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}{}{}{}",
+            "tile_m={} tile_n={} head_dim={} stages={} warps={}{}{}{}{}{}{}{}{}{}{}{}{}{}",
             self.tile_m,
             self.tile_n,
             self.head_dim,
@@ -430,6 +460,7 @@ impl fmt::Display for Config {
             if self.varlen { " varlen" } else { "" },
             if self.a_in_smem { " a_in_smem" } else { "" },
             if self.kv_splits > 1 { format!(" kv_splits={}", self.kv_splits) } else { String::new() },
+            if self.kv_ctas > 1 { format!(" kv_ctas={}", self.kv_ctas) } else { String::new() },
             if self.overlap { " overlap" } else { "" },
             if self.tma { " tma" } else { "" },
             if self.pingpong { " pingpong" } else { "" },

@@ -224,6 +224,13 @@ impl Printer<'_> {
             Op::CommitGroup => "commit_group".to_string(),
             Op::WaitGroup { younger } => format!("wait_group {younger}"),
             Op::Barrier { id } => format!("barrier {id}"),
+            Op::CombineCtas { max, sum, acc } => format!(
+                "combine_ctas {}, {}, {} ({} CTAs a work item, through the workspace, by log-sum-exp; the last to arrive goes on)",
+                self.v(*max),
+                self.v(*sum),
+                self.v(*acc),
+                self.kernel.config.kv_ctas
+            ),
             Op::MergeSplits { max, sum, acc } => format!(
                 "merge_kv_splits {}, {}, {} ({} groups of compute warps, by log-sum-exp)",
                 self.v(*max),

@@ -691,6 +691,13 @@ pub enum Op {
     /// `acc = Σ 2^(mᵢ−m)·accᵢ`), a second barrier frees the buffer; stores then run on group 0
     /// only. The protocol check sees the two barriers (over the role's warps).
     MergeSplits { max: Value, sum: Value, acc: Value },
+    /// Split-KV across CTAs (`Config::kv_ctas > 1`): this CTA walked one of the work item's
+    /// `kv_ctas` ranges of K/V tiles. It writes its `(max, sum, acc)` to the workspace, counts
+    /// itself in the work item's arrival counter, and the last of the item's CTAs to arrive reads
+    /// the others' states and merges them into its own in place, by log-sum-exp as
+    /// [`Op::MergeSplits`]; the other CTAs skip the rest of the work item (its stores). The last
+    /// CTA resets the counter, so the workspace is ready for the next launch.
+    CombineCtas { max: Value, sum: Value, acc: Value },
 }
 
 /// The arms of [`Op::def`] and [`Op::def_mut`]: which ops define a value (`$dst` bound to it),
@@ -747,7 +754,8 @@ macro_rules! op_def {
             | Op::MbarArriveAsync { .. }
             | Op::ChanWrite { .. }
             | Op::Scatter { .. }
-            | Op::MergeSplits { .. } => None,
+            | Op::MergeSplits { .. }
+            | Op::CombineCtas { .. } => None,
         }
     };
 }
@@ -858,7 +866,7 @@ impl Op {
             Op::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
             Op::LogSumExp { max, sum, .. } => vec![*max, *sum],
             Op::Assign { dst, src } => vec![*dst, *src],
-            Op::MergeSplits { max, sum, acc } => vec![*max, *sum, *acc],
+            Op::MergeSplits { max, sum, acc } | Op::CombineCtas { max, sum, acc } => vec![*max, *sum, *acc],
             Op::Tiles { .. } | Op::Pipeline { .. } | Op::Loop { .. } => vec![],
             Op::Store { dst, src } => {
                 let mut v = dst.coords.clone();

@@ -2379,7 +2379,7 @@ fn accumulates_masked_products(body: &Block, defs: &HashMap<Value, &Op>, scores:
             matches!(defs.get(src), Some(Op::Mma { a, acc: Some(acc), .. })
                 if acc == dst && matches!(defs.get(a), Some(Op::ToHalf { src, .. }) if zero_where_masked(*src, defs, scores)))
         }
-        Op::Store { .. } | Op::Reduce { .. } | Op::MergeSplits { .. } => false,
+        Op::Store { .. } | Op::Reduce { .. } | Op::MergeSplits { .. } | Op::CombineCtas { .. } => false,
         _ => true,
     });
     carried_safely && assigns > 0

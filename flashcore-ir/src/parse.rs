@@ -722,6 +722,13 @@ impl Parser<'_> {
             let ahead = ahead.parse().map_err(|_| "bad lookahead")?;
             return Ok(Op::AsyncCopy { buffer, src: self.access(access)?, ahead, slot });
         }
+        if let Some(rest) = text.strip_prefix("combine_ctas ") {
+            let (vals, _) = rest.split_once(" (").ok_or("expected `combine_ctas %m, %l, %acc (..)`")?;
+            let v = split_top(vals, ", ");
+            let [m, l, a] = &v[..] else { return Err("combine_ctas takes three operands".into()) };
+            let (max, sum, acc) = (self.value(m, None)?, self.value(l, None)?, self.value(a, None)?);
+            return Ok(Op::CombineCtas { max, sum, acc });
+        }
         if let Some(rest) = text.strip_prefix("merge_kv_splits ") {
             let (vals, _) = rest.split_once(" (").ok_or("expected `merge_kv_splits %m, %l, %acc (..)`")?;
             let v = split_top(vals, ", ");

@@ -790,6 +790,9 @@ impl Tracer<'_> {
             // Two barriers over the compute warps: after the groups' states are written, and
             // after group 0 has read them.
             Op::MergeSplits { .. } => self.events.extend([Event::CtaBarrier, Event::CtaBarrier]),
+            // Two barriers over the CTA: after its state is written (before the arrival), and
+            // after the arrival's verdict is shared.
+            Op::CombineCtas { .. } => self.events.extend([Event::CtaBarrier, Event::CtaBarrier]),
             // A column reduction: two barriers over the compute warps, after the warps' partial
             // columns are written and after they are read.
             Op::ColReduce { .. } => self.events.extend([Event::CtaBarrier, Event::CtaBarrier]),

@@ -244,6 +244,20 @@ impl<'k> Verifier<'k> {
                     return fail(format!("assignment changes the type of {}", self.name(*dst)));
                 }
             }
+            Op::CombineCtas { max, sum, acc } => {
+                if at != Where::Tiles || self.kernel.config.kv_ctas < 2 {
+                    return fail("combine_ctas belongs in the work loop of a kernel with kv_ctas > 1".into());
+                }
+                let row = matches!(ty(*max), Type::Row { rows: TileDim::M }) && ty(*sum) == ty(*max);
+                let frag = matches!(ty(*acc), Type::Frag { rows: TileDim::M, elem: Elem::F32, .. });
+                let mutable = [max, sum, acc].iter().all(|v| self.kernel.value(**v).mutable);
+                if !row || !frag || !mutable {
+                    return fail(
+                        "combine_ctas needs mutable row statistics and an f32 accumulator of the Q tile"
+                            .into(),
+                    );
+                }
+            }
             Op::MergeSplits { max, sum, acc } => {
                 if at != Where::Tiles || self.kernel.config.kv_splits < 2 {
                     return fail(

@@ -379,6 +379,8 @@ pub struct Device {
     info: DeviceInfo,
     kernels: Mutex<HashMap<u64, Arc<LoadedKernel>>>,
     launch_timeout: Mutex<Duration>,
+    /// Per kernel (by its key), the scratch buffer its launches share ([`Device::workspace`]).
+    workspaces: Mutex<HashMap<u64, Arc<DeviceTensor<u32>>>>,
 }
 
 /// Scratch memory written between timed launches (see [`Device::flush_l2`]).
@@ -433,6 +435,7 @@ impl Device {
             info,
             kernels: Mutex::new(HashMap::new()),
             launch_timeout: Mutex::new(DEFAULT_TIMEOUT),
+            workspaces: Mutex::new(HashMap::new()),
         })
     }
 
@@ -478,6 +481,21 @@ impl Device {
 
     /// A new contiguous device tensor of `shape` with every element set to `value` (use NaN to
     /// poison outputs, so an element the kernel never writes cannot pass a check).
+    /// The scratch buffer of kernel `key` (split-KV across CTAs: its CTAs' states and arrival
+    /// counters), at least `words` u32 long: zeroed when first allocated (or grown), then kept
+    /// for the kernel's later launches on this device, which must leave it as they found it
+    /// where it matters (the counters zero). Launches of one kernel share it: they run in order on
+    /// one stream.
+    pub fn workspace(&self, key: u64, words: usize) -> Result<Arc<DeviceTensor<u32>>> {
+        let mut all = self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ws) = all.get(&key).filter(|ws| ws.len() >= words) {
+            return Ok(ws.clone());
+        }
+        let ws = Arc::new(self.filled(&[words.max(1)], 0u32)?);
+        all.insert(key, ws.clone());
+        Ok(ws)
+    }
+
     pub fn filled<T: Element>(&self, shape: &[usize], value: T) -> Result<DeviceTensor<T>> {
         let n: usize = shape.iter().product();
         self.upload(&vec![value; n], shape)

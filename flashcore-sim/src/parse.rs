@@ -420,6 +420,16 @@ pub enum Op {
     /// `fence.proxy.async[.shared::cta]`: the thread's generic-proxy accesses before it are
     /// ordered with async-proxy (wgmma, TMA) accesses after it.
     FenceProxyAsync,
+    /// `fence.acq_rel.gpu` / `membar.gl`: orders the thread's global accesses across CTAs. The
+    /// simulator runs one CTA at a time, so every CTA's writes are visible to the next: nothing.
+    FenceGpu,
+    /// `atom.global[.acq_rel.gpu].add.u32 d, [addr], b`: per lane, `d` gets the old word and the
+    /// word `+ b` (lane by lane, in lane order).
+    AtomAdd {
+        d: u32,
+        addr: Address,
+        b: Operand,
+    },
     /// `setmaxnreg.{inc,dec}.sync.aligned.u32 count`: the warp's registers a thread become
     /// `count`; an increase waits until the SM sub-partition's register file has them.
     SetMaxNReg {
@@ -1203,6 +1213,11 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             Op::Wgmma { ty, n: cols, d, a, desc: ctx.operand(n(2)?)?, scale_d: ctx.operand(n(3)?)?, trans_b }
         }
         "fence" if has("proxy") && has("async") => Op::FenceProxyAsync,
+        "fence" if has("gpu") && (has("acq_rel") || has("sc")) => Op::FenceGpu,
+        "membar" if has("gl") => Op::FenceGpu,
+        "atom" if has("global") && has("add") && (has("u32") || has("s32")) => {
+            Op::AtomAdd { d: ctx.dest(n(0)?)?, addr: ctx.address(n(1)?)?, b: ctx.operand(n(2)?)? }
+        }
         "setmaxnreg" if has("sync") && has("aligned") && (has("inc") || has("dec")) => {
             let count = n(0)?.trim().parse().map_err(|_| Decode::Unsupported)?;
             Op::SetMaxNReg { inc: has("inc"), count }

@@ -6,6 +6,7 @@ pub mod overlap;
 pub mod persist;
 pub mod pipeline;
 pub mod softmax_split;
+pub mod split_ctas;
 pub mod split_kv;
 pub mod tma;
 pub mod warp_specialize;
@@ -39,9 +40,10 @@ pub(crate) fn work_loop(body: &Block, pass: &str) -> Result<usize, IrError> {
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 6] = [
+pub const PASSES: [(&str, Pass); 7] = [
     ("pipeline", pipeline::run),
     ("split_kv", split_kv::run),
+    ("split_ctas", split_ctas::run),
     ("persist", persist::run),
     ("warp_specialize", warp_specialize::run),
     ("overlap", overlap::run),
