@@ -11,8 +11,8 @@
 
 use std::process::ExitCode;
 
-use flashcore::kernels::decode::attention_decode_paged;
-use flashcore::paged::{check_decode, decode_reference_heads, PagedCache};
+use flashcore::kernels::decode::{attention_decode_paged, attention_decode_paged_packed, split_ctas};
+use flashcore::paged::{check_decode, check_decode_packed, decode_reference_heads, rows_after, PagedCache};
 use flashcore::reference::{compare, Rng};
 use flashcore::runtime::Device;
 use flashcore::simulate::SimDevice;
@@ -30,9 +30,16 @@ struct Options {
     configs: Vec<Config>,
     iters: usize,
     seed: u64,
+    /// Packed GQA: `attention_decode_paged_packed` (the query heads of a K/V head in one tile).
+    packed: bool,
+    /// Causal (the packed kernel takes it through `rows_after`, the plain one as its config).
+    causal: bool,
+    /// Per schedule: given as empty (or no `--config`), the kernel's declared one with
+    /// `split_ctas`'s split for the problem.
+    auto_split: Vec<bool>,
 }
 
-const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--config SETTINGS] [--iters N] [--seed N]";
+const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--packed] [--config SETTINGS[;SETTINGS..]] [--iters N] [--seed N]";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -45,6 +52,9 @@ fn parse_args() -> Result<Options, String> {
         configs: vec![],
         iters: 50,
         seed: 1,
+        packed: false,
+        causal: false,
+        auto_split: vec![],
     };
     let (mut head_dim, mut causal, mut bf16, mut settings) = (128u32, false, false, String::new());
     let mut args = std::env::args().skip(1);
@@ -63,15 +73,21 @@ fn parse_args() -> Result<Options, String> {
             "--seed" => o.seed = number(value("--seed")?)? as u64,
             "--causal" => causal = true,
             "--bf16" => bf16 = true,
+            "--packed" => o.packed = true,
             "--config" => settings = value("--config")?,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
+    o.causal = causal;
+    o.auto_split = settings.split(';').map(|s| s.trim().is_empty()).collect();
+    // The packed kernel is causal through its `rows_after` table, never through the flag.
+    let declared =
+        if o.packed { attention_decode_paged_packed::CONFIG } else { attention_decode_paged::CONFIG };
     let base = Config {
-        causal,
+        causal: causal && !o.packed,
         dtype: if bf16 { DType::Bf16 } else { DType::F16 },
-        ..attention_decode_paged::CONFIG.with_head_dim(head_dim)
+        ..declared.with_head_dim(head_dim)
     };
     o.configs = settings
         .split(';')
@@ -117,7 +133,6 @@ fn main() -> ExitCode {
 fn without_gpu(reason: &str, o: &Options) -> Result<bool, flashcore::Error> {
     println!("no GPU: {reason}");
     let config = o.configs[0];
-    let kernel = attention_decode_paged::compile(&config)?;
     let lens = [o.new_tokens.max(37), 2 * o.page + 5];
     let cache = PagedCache::random_in(
         config.dtype,
@@ -129,11 +144,17 @@ fn without_gpu(reason: &str, o: &Options) -> Result<bool, flashcore::Error> {
     );
     cache.check()?;
     let heads = o.heads.min(2 * o.kv_heads);
-    let got = check_decode(&kernel, &cache, heads, o.new_tokens, o.seed, &SimDevice::default())?;
+    let got = if o.packed {
+        let kernel = attention_decode_paged_packed::compile(&config)?;
+        check_decode_packed(&kernel, &cache, heads, o.new_tokens, o.causal, o.seed, &SimDevice::default())?
+    } else {
+        let kernel = attention_decode_paged::compile(&config)?;
+        check_decode(&kernel, &cache, heads, o.new_tokens, o.seed, &SimDevice::default())?
+    };
     let ok = got.err.rel_l2 < flashcore::tolerance(config.dtype);
     println!(
         "simulator: {} ({}), cache lengths {lens:?} in pages of {}, H={heads} HKV={}, {} new tokens: rel err {:.2e} vs float64 ({})",
-        attention_decode_paged::NAME,
+        if o.packed { attention_decode_paged_packed::NAME } else { attention_decode_paged::NAME },
         config,
         o.page,
         o.kv_heads,
@@ -164,7 +185,19 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
     let table = device.upload(&cache.block_table, &[o.batch, cache.max_pages])?;
     let cache_len = device.upload(&cache.lens, &[o.batch])?;
     let qo = [o.batch, o.heads, o.new_tokens, d];
-    let q_dev = device.upload(&to_t(&q), &qo)?;
+    // Packed: the same [B, H, S, D] memory as [B, HKV, (H / HKV) · S, D].
+    let groups = o.heads / o.kv_heads;
+    let packed_shape = [o.batch, o.kv_heads, groups * o.new_tokens, d];
+    let shape: &[usize] = if o.packed { &packed_shape } else { &qo };
+    let q_dev = device.upload(&to_t(&q), shape)?;
+    let after = rows_after(groups, o.new_tokens, o.causal);
+    let after_dev = device.upload(&after, &[after.len()])?;
+    let work_items = if o.packed {
+        o.batch * o.kv_heads * (groups * o.new_tokens).div_ceil(16)
+    } else {
+        o.batch * o.heads * o.new_tokens.div_ceil(16)
+    };
+    let kv_tiles = o.cache_len.div_ceil(64);
     let scale = o.configs[0].default_scale();
     // The float64 reference of a few (sequence, head) pairs: the first, the last, one between.
     let pairs = [(0, 0), (o.batch / 2, o.heads / 2), (o.batch - 1, o.heads - 1)];
@@ -174,41 +207,44 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
             .flat_map(|&(b, h)| x[(b * o.heads + h) * o.new_tokens * d..][..o.new_tokens * d].to_vec())
             .collect()
     };
-    let mut want = std::collections::HashMap::new();
+    let want =
+        rows(&decode_reference_heads(&q, &cache, o.heads, o.new_tokens, scale as f64, o.causal, &pairs));
     let mut ok = true;
-    for &config in &o.configs {
-        let mut out = device.filled(&qo, T::NAN)?;
-        attention_decode_paged::launch(device, &config, &q_dev, &k, &v, &table, &cache_len, &mut out, scale)?;
+    for (&config, &auto) in o.configs.iter().zip(&o.auto_split) {
+        // Without settings: the declared schedule split across CTAs as `split_ctas` says.
+        let config = match auto {
+            true => Config { kv_ctas: split_ctas(work_items, info.sm_count as usize, kv_tiles), ..config },
+            false => config,
+        };
+        let mut out = device.filled(shape, T::NAN)?;
+        let launch = |out: &mut flashcore::runtime::DeviceTensor<T>| match o.packed {
+            true => attention_decode_paged_packed::launch_async(
+                device, &config, &q_dev, &k, &v, &table, &cache_len, &after_dev, out, scale,
+            ),
+            false => attention_decode_paged::launch_async(
+                device, &config, &q_dev, &k, &v, &table, &cache_len, out, scale,
+            ),
+        };
+        launch(&mut out)?;
         let got: Vec<f64> = device.download(&out)?.iter().map(|x| x.to_f64()).collect();
-        let want = want.entry(config.causal).or_insert_with(|| {
-            rows(&decode_reference_heads(
-                &q,
-                &cache,
-                o.heads,
-                o.new_tokens,
-                scale as f64,
-                config.causal,
-                &pairs,
-            ))
-        });
-        let err = compare(&rows(&got), want);
+        let err = compare(&rows(&got), &want);
         let unwritten = got.iter().filter(|x| !x.is_finite()).count();
         let passed = err.rel_l2 < flashcore::tolerance(config.dtype) && unwritten == 0;
         ok &= passed;
         let us = flashcore::timing::median_launch_us::<flashcore::Error>(device, 5, o.iters, |_| {
-            attention_decode_paged::launch_async(
-                device, &config, &q_dev, &k, &v, &table, &cache_len, &mut out, scale,
-            )
+            launch(&mut out)
         })?;
         let kv_bytes = (2 * o.batch * o.kv_heads * o.cache_len * d * 2) as f64;
         println!(
-            "decode ({config}): B={} H={} HKV={} D={d} cache {} in pages of {}, {} new tokens: {us:.1} µs, K/V {:.2} TB/s ({:.0} MB); rel err {:.2e} vs float64 on {} heads, {unwritten} unwritten ({})",
+            "decode{} ({config}): B={} H={} HKV={} D={d} cache {} in pages of {}, {} new tokens{}: {us:.1} µs, K/V {:.2} TB/s ({:.0} MB); rel err {:.2e} vs float64 on {} heads, {unwritten} unwritten ({})",
+            if o.packed { " packed" } else { "" },
             o.batch,
             o.heads,
             o.kv_heads,
             o.cache_len,
             o.page,
             o.new_tokens,
+            if o.causal { " causal" } else { "" },
             kv_bytes / us / 1e6,
             kv_bytes / 1e6,
             err.rel_l2,

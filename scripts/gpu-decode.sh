@@ -4,6 +4,7 @@
 # causal and bf16, then timed at the shapes next to PyTorch SDPA (cuDNN, FA2) on a
 # contiguous cache and the read-rate ceiling, all in one run. Logs go to $OUT/decode.txt.
 #   scripts/gpu-decode.sh [check|time|all]   (default all)
+#   scripts/gpu-decode.sh table              packed GQA at the shapes with the default split, next to SDPA
 #   scripts/gpu-decode.sh probe              dense forward kernel against paged decode at the same
 #                                            schedules, pages of 16 and 256, Nsight Compute of one launch
 #   CONFIGS="settings;settings": the schedules timed at page 16 (default: in-CTA and across-CTA splits).
@@ -43,6 +44,25 @@ if [ "$mode" = time ] || [ "$mode" = all ]; then
     run --batch "$1" --cache-len "$2" --new-tokens "$3" --page 256
   done
   python3 scripts/bench_decode.py 1:4096:1 1:32768:1 8:8192:1 64:4096:1 1:32768:4 1:32768:16 2>&1 | tee -a "$log"
+fi
+if [ "$mode" = table ]; then
+  # Packed GQA with the default split (split_ctas) at the shapes (H=32, HKV=8, D=128),
+  # pages of 16 and 256, f16 (bf16 at two shapes), then schedules around it at B=1, 32k,
+  # speculative steps (4 and 16 new tokens, causal), and SDPA on the same shapes.
+  for shape in "1 1024" "1 8192" "1 32768" "1 131072" "8 1024" "8 8192" "8 32768" "64 1024" "64 8192"; do
+    set -- $shape
+    run --packed --batch "$1" --cache-len "$2" --page 16 --iters 30
+    # (64 x 8192 at pages of 256 runs in bf16 below: each run builds its cache on the host.)
+    [ "$1 $2" = "64 8192" ] || run --packed --batch "$1" --cache-len "$2" --page 256 --iters 30
+  done
+  run --packed --bf16 --batch 1 --cache-len 32768 --page 16 --iters 30
+  run --packed --bf16 --batch 64 --cache-len 8192 --page 256 --iters 30
+  run --packed --batch 1 --cache-len 32768 --page 16 --config ";kv_ctas=8;kv_ctas=16;kv_ctas=32;kv_ctas=64;tile_n=128,kv_ctas=32;warps=1,kv_splits=1,kv_ctas=32;stages=3,kv_ctas=32"
+  run --packed --batch 64 --cache-len 8192 --page 16 --config ";stages=3;tile_n=128;warps=1,kv_splits=1;warps=2,kv_splits=2,tile_m=32"
+  for s in 4 16; do
+    run --packed --causal --batch 1 --cache-len 32768 --new-tokens "$s" --page 16 --iters 30
+  done
+  python3 scripts/bench_decode.py 1:1024:1 1:8192:1 1:32768:1 1:131072:1 8:1024:1 8:8192:1 8:32768:1 64:1024:1 64:8192:1 1:32768:4 1:32768:16 2>&1 | tee -a "$log"
 fi
 if [ "$mode" = probe ]; then
   # Where the time goes: the dense forward kernel (no page table) against the paged decode at

@@ -267,16 +267,44 @@ pub fn check_decode(
     device: &SimDevice,
 ) -> Result<DecodeCheck, Error> {
     match kernel.kernel.config.dtype {
-        DType::F16 => check_decode_typed::<f16>(kernel, cache, h, s, seed, device),
-        DType::Bf16 => check_decode_typed::<bf16>(kernel, cache, h, s, seed, device),
+        DType::F16 => check_decode_typed::<f16>(kernel, cache, h, s, None, seed, device),
+        DType::Bf16 => check_decode_typed::<bf16>(kernel, cache, h, s, None, seed, device),
     }
 }
 
+/// [`check_decode`] for a kernel with the signature of
+/// `kernels::decode::attention_decode_paged_packed` (`q, k_cache, v_cache, block_table,
+/// cache_len, rows_after, o, scale`, Q and O viewed as `[B, HKV, (H / HKV) · S, D]`): causal
+/// or not as `causal` says (through `rows_after`, [`rows_after`]).
+pub fn check_decode_packed(
+    kernel: &CompiledKernel,
+    cache: &PagedCache,
+    h: usize,
+    s: usize,
+    causal: bool,
+    seed: u64,
+    device: &SimDevice,
+) -> Result<DecodeCheck, Error> {
+    match kernel.kernel.config.dtype {
+        DType::F16 => check_decode_typed::<f16>(kernel, cache, h, s, Some(causal), seed, device),
+        DType::Bf16 => check_decode_typed::<bf16>(kernel, cache, h, s, Some(causal), seed, device),
+    }
+}
+
+/// The `rows_after` table of the packed decode kernel for `groups = H / HKV` query heads a K/V
+/// head and `s` new tokens: row `g · s + i` has `s − 1 − i` of the step's tokens after it when
+/// `causal`, none otherwise (every new token then sees the whole cache, the others included).
+pub fn rows_after(groups: usize, s: usize, causal: bool) -> Vec<i32> {
+    (0..groups * s).map(|r| if causal { (s - 1 - r % s) as i32 } else { 0 }).collect()
+}
+
+/// `packed`: `Some(causal)` for the packed kernel's signature, `None` for the plain one's.
 fn check_decode_typed<T: HalfFloat>(
     kernel: &CompiledKernel,
     cache: &PagedCache,
     h: usize,
     s: usize,
+    packed: Option<bool>,
     seed: u64,
     device: &SimDevice,
 ) -> Result<DecodeCheck, Error> {
@@ -287,22 +315,28 @@ fn check_decode_typed<T: HalfFloat>(
     let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
     let (q_t, k_t, v_t) = (to_t(&q), to_t(&cache.k), to_t(&cache.v));
     let mut o_t = vec![T::NAN; q.len()];
-    let qo = HostView::contiguous(&[b, h, s, d]);
     let scale = cfg.default_scale();
-    let stats = simulate::<T>(
-        kernel,
-        &mut [
-            HostArg::Tensor(&q_t, qo.clone()),
-            HostArg::Tensor(&k_t, cache.view()),
-            HostArg::Tensor(&v_t, cache.view()),
-            HostArg::I32Table(&cache.block_table, cache.table_view()),
-            HostArg::I32Table(&cache.lens, cache.lens_view()),
-            HostArg::TensorMut(&mut o_t, qo),
-            HostArg::F32(scale),
-        ],
-        device,
-    )?;
+    let groups = h / cache.hkv.max(1);
+    // Packed: the same contiguous [B, H, S, D] memory, viewed as [B, HKV, (H / HKV) · S, D].
+    let (qo, after) = match packed {
+        None => (HostView::contiguous(&[b, h, s, d]), vec![]),
+        Some(causal) => (HostView::contiguous(&[b, cache.hkv, groups * s, d]), rows_after(groups, s, causal)),
+    };
+    let mut args = vec![
+        HostArg::Tensor(&q_t, qo.clone()),
+        HostArg::Tensor(&k_t, cache.view()),
+        HostArg::Tensor(&v_t, cache.view()),
+        HostArg::I32Table(&cache.block_table, cache.table_view()),
+        HostArg::I32Table(&cache.lens, cache.lens_view()),
+    ];
+    if packed.is_some() {
+        args.push(HostArg::I32Table(&after, HostView::contiguous(&[after.len()])));
+    }
+    args.push(HostArg::TensorMut(&mut o_t, qo));
+    args.push(HostArg::F32(scale));
+    let stats = simulate::<T>(kernel, &mut args, device)?;
+    drop(args);
     let got: Vec<f64> = o_t.iter().map(|x| x.to_f64()).collect();
-    let want = decode_reference(&q, cache, h, s, scale as f64, cfg.causal);
+    let want = decode_reference(&q, cache, h, s, scale as f64, packed.unwrap_or(cfg.causal));
     Ok(DecodeCheck { err: crate::reference::compare(&got, &want), stats })
 }

@@ -203,3 +203,49 @@ fn the_forward_kernel_split_across_ctas_matches_float64() {
         assert!(got.lse_max_abs < 1e-2 && got.lse_mismatched == 0, "{config}: lse {got:?}");
     }
 }
+
+/// Packed GQA (`attention_decode_paged_packed`): the query heads of a K/V head share one tile,
+/// the causal mask comes from `rows_after`. Groups of 4 and 8 heads, 1, 3 and 16 new tokens
+/// (tiles of several heads' tokens, a tile boundary inside a head's tokens), causal and not,
+/// pages of 16 and 48, split across CTAs and not, bf16, sm_90a.
+#[test]
+fn packed_gqa_decode_matches_float64() {
+    use flashcore::kernels::decode::attention_decode_paged_packed as packed;
+    use flashcore::paged::check_decode_packed;
+    let d64 = packed::CONFIG.with_head_dim(64);
+    let cases = [
+        (d64, 8, 2, 1, false, 16),
+        (Config { kv_ctas: 3, ..d64 }, 8, 2, 3, true, 48),
+        (Config { kv_ctas: 2, dtype: DType::Bf16, ..packed::CONFIG }, 8, 1, 16, true, 16),
+        (Config { tile_m: 32, warps: 8, kv_ctas: 4, ..d64 }, 4, 1, 5, true, 16),
+        (
+            Config { target: Target::Sm90a, tile_m: 64, warps: 4, kv_splits: 1, kv_ctas: 2, ..d64 },
+            8,
+            2,
+            4,
+            true,
+            16,
+        ),
+    ];
+    for (i, (config, h, hkv, s, causal, page)) in cases.into_iter().enumerate() {
+        let kernel = packed::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let lens = [300, 0, 129, 700];
+        let seed = 40 + i as u64;
+        let cache = PagedCache::random_in(
+            config.dtype,
+            &lens,
+            hkv,
+            config.head_dim as usize,
+            page,
+            &mut Rng::new(seed),
+        );
+        let got = check_decode_packed(&kernel, &cache, h, s, causal, seed, &SimDevice::default())
+            .unwrap_or_else(|e| panic!("{config}: {e}"));
+        println!("packed {config:<70} h {h}/{hkv} s {s} causal {causal}: rel_l2 {:.2e}", got.err.rel_l2);
+        assert!(
+            got.err.rel_l2 < flashcore::tolerance(config.dtype),
+            "{config} h {h}/{hkv} s {s}: {:?}",
+            got.err
+        );
+    }
+}

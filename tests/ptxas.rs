@@ -192,9 +192,9 @@ fn assert_spills_within(
     }
 }
 
-/// The decode kernel (paged gathers) assembles for sm_89 and sm_90 with no spills at its
-/// declared config, causal bf16, D = 64, and the intra-CTA split the decode timings use; and for
-/// sm_90a (wgmma) at a warpgroup's tile.
+/// The decode kernels (paged gathers) assemble for sm_89 and sm_90 with no spills at their
+/// declared configs, causal bf16, D = 64, the in-CTA split and splits across CTAs (the packed
+/// kernel); and the plain one for sm_90a (wgmma) at a warpgroup's tile.
 #[test]
 fn decode_kernel_assembles_without_spills() {
     let Some(ptxas) = ptxas_or_skip() else { return };
@@ -207,6 +207,14 @@ fn decode_kernel_assembles_without_spills() {
         flashcore::Config { warps: 4, kv_splits: 4, ..declared },
     ] {
         assert_no_spills(&ptxas, entry, &config);
+    }
+    let packed = flashcore::registry::find("attention_decode_paged_packed").expect("registered");
+    for config in [
+        packed.config,
+        flashcore::Config { kv_ctas: 32, ..packed.config },
+        flashcore::Config { kv_ctas: 8, dtype: flashcore::DType::Bf16, ..packed.config.with_head_dim(64) },
+    ] {
+        assert_no_spills(&ptxas, packed, &config);
     }
     let hopper = flashcore::Config { target: flashcore::Target::Sm90a, tile_m: 64, warps: 4, ..declared };
     let compiled = flashcore::compile(&(entry.program)(), &hopper).unwrap();

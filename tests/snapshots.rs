@@ -131,4 +131,15 @@ fn decode_snapshots() {
     insta::assert_snapshot!("decode_ir_attention_decode_paged", text);
     let ptx = flashcore::compile(&program, &config).expect("the decode kernel compiles").ptx.text.clone();
     insta::assert_snapshot!("decode_ptx_attention_decode_paged", ptx);
+    // Packed GQA split across CTAs: the position mask through `rows_after` and the combine.
+    use flashcore::kernels::decode::attention_decode_paged_packed as packed;
+    let config = flashcore::Config { kv_ctas: 8, ..packed::CONFIG };
+    let kernel = flashcore::ir::lower(&packed::program(), &config).expect("the packed kernel lowers");
+    let ir = flashcore::ir::passes::run_all(kernel).expect("the passes run").to_string();
+    assert!(ir.contains("combine_ctas"), "{ir}");
+    insta::assert_snapshot!("decode_ir_attention_decode_paged_packed_kv_ctas8", ir);
+    let ptx =
+        flashcore::compile(&packed::program(), &config).expect("the packed kernel compiles").ptx.text.clone();
+    assert!(ptx.contains("atom.global.acq_rel.gpu.add.u32"), "the arrival counter");
+    insta::assert_snapshot!("decode_ptx_attention_decode_paged_packed_kv_ctas8", ptx);
 }

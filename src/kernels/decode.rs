@@ -67,3 +67,70 @@ pub fn attention_decode_paged<T>(
         store(o.tile(b, h, qt), acc / l);
     }
 }
+
+/// [`attention_decode_paged`] with the query heads of each K/V head packed into one tile
+/// (FlashAttention's packed GQA): a work item is a K/V head of a sequence, whose `H / HKV`
+/// query heads × `S` new tokens are the `ROWS` rows of its Q tile, so each K/V byte is read once
+/// per K/V head instead of once per query head, and the tile's rows are mostly real queries
+/// instead of padding. `q` and `o` are the `[B, H, S, D]` tensors viewed as `[B, HKV, ROWS, D]`
+/// with `ROWS = (H / HKV) · S` (the same memory when `[B, H, S, D]` is contiguous: row
+/// `g · S + i` of K/V head `k` is token `i` of query head `k · H / HKV + g`). `rows_after[r]`
+/// says how many of the step's tokens come after row `r`'s (`S − 1 − i`; all 0 for a step
+/// whose tokens all see each other): row `r` sees cache row `j` iff `j + rows_after[r] <
+/// cache_len[b]`, the bottom-right causal mask written with positions.
+#[flash_kernel(tile_m = 16, tile_n = 64, head_dim = 128, stages = 2, warps = 4, kv_splits = 4)]
+pub fn attention_decode_paged_packed<T>(
+    q: Tensor<T, B, HKV, ROWS, D>,
+    k_cache: Tensor<T, PAGES, HKV, PAGE, D>,
+    v_cache: Tensor<T, PAGES, HKV, PAGE, D>,
+    block_table: Tensor<i32, B, MAX_PAGES>,
+    cache_len: SeqLens<B, SK>,
+    rows_after: Tensor<i32, ROWS>,
+    o: TensorMut<T, B, HKV, ROWS, D>,
+    scale: f32,
+) {
+    for (b, hk, rt) in tiles(B, HKV, ROWS / TILE_M) {
+        #[role(compute)]
+        let qf = load(q.tile(b, hk, rt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            #[role(load)]
+            {
+                let ks = stage(k_cache.tile(block_table[b], hk, kt));
+                let vs = stage(v_cache.tile(block_table[b], hk, kt));
+            }
+            #[role(compute)]
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            let s = mask(s, s.index(SK) + rows_after.at(s.index(ROWS)) < SK);
+            #[role(softmax)]
+            {
+                let m_new = max(m, row_max(s));
+                let p = exp2(s - m_new);
+                let alpha = exp2(m - m_new);
+                l = l * alpha + row_sum(p);
+                acc = acc * alpha;
+                m = m_new;
+            }
+            #[role(compute)]
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(o.tile(b, hk, rt), acc / l);
+    }
+}
+
+/// How many CTAs to split each work item of a decode step across (`Config::kv_ctas`): none
+/// once the work items fill the GPU (`sms`), else enough for about two CTAs an SM, each walking
+/// at least 4 of the `kv_tiles` K/V tiles, at most `flashcore_ir::config::MAX_KV_CTAS`.
+/// FlashAttention-2's rule of thumb, checked against the H200's timings at B = 1, 8, 64
+/// (docs/measurements/2026-12-02-h200-decode-split.txt: at 32 work items on 132 SMs, 8 CTAs
+/// each was fastest of 4, 8 and 16).
+pub fn split_ctas(work_items: usize, sms: usize, kv_tiles: usize) -> u32 {
+    if work_items == 0 || work_items >= sms {
+        return 1;
+    }
+    let want = (2 * sms).div_ceil(work_items);
+    let most = (kv_tiles / 4).clamp(1, crate::ir::config::MAX_KV_CTAS as usize);
+    want.min(most) as u32
+}
