@@ -11,7 +11,9 @@
 
 use std::process::ExitCode;
 
-use flashcore::kernels::decode::{attention_decode_paged, attention_decode_paged_packed, split_ctas};
+use flashcore::kernels::decode::{
+    attention_decode_paged, attention_decode_paged_packed, packed_schedule, split_ctas,
+};
 use flashcore::paged::{check_decode, check_decode_packed, decode_reference_heads, rows_after, PagedCache};
 use flashcore::reference::{compare, Rng};
 use flashcore::runtime::Device;
@@ -192,10 +194,13 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
     let q_dev = device.upload(&to_t(&q), shape)?;
     let after = rows_after(groups, o.new_tokens, o.causal);
     let after_dev = device.upload(&after, &[after.len()])?;
-    let work_items = if o.packed {
-        o.batch * o.kv_heads * (groups * o.new_tokens).div_ceil(16)
-    } else {
-        o.batch * o.heads * o.new_tokens.div_ceil(16)
+    // Work items of a schedule: a K/V head's row tiles (packed) or a query head's.
+    let work_items = |config: &Config| {
+        let tile = config.tile_m as usize;
+        match o.packed {
+            true => o.batch * o.kv_heads * (groups * o.new_tokens).div_ceil(tile),
+            false => o.batch * o.heads * o.new_tokens.div_ceil(tile),
+        }
     };
     let kv_tiles = o.cache_len.div_ceil(64);
     let scale = o.configs[0].default_scale();
@@ -213,7 +218,13 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
     for (&config, &auto) in o.configs.iter().zip(&o.auto_split) {
         // Without settings: the declared schedule split across CTAs as `split_ctas` says.
         let config = match auto {
-            true => Config { kv_ctas: split_ctas(work_items, info.sm_count as usize, kv_tiles), ..config },
+            true => {
+                let config = if o.packed { packed_schedule(config, groups * o.new_tokens) } else { config };
+                Config {
+                    kv_ctas: split_ctas(work_items(&config), info.sm_count as usize, kv_tiles),
+                    ..config
+                }
+            }
             false => config,
         };
         let mut out = device.filled(shape, T::NAN)?;

@@ -5,6 +5,7 @@
 # contiguous cache and the read-rate ceiling, all in one run. Logs go to $OUT/decode.txt.
 #   scripts/gpu-decode.sh [check|time|all]   (default all)
 #   scripts/gpu-decode.sh table              packed GQA at the shapes with the default split, next to SDPA
+#   scripts/gpu-decode.sh gather             the paged gather's cost after a change: plain at the probe's schedules, packed at four shapes
 #   scripts/gpu-decode.sh probe              dense forward kernel against paged decode at the same
 #                                            schedules, pages of 16 and 256, Nsight Compute of one launch
 #   CONFIGS="settings;settings": the schedules timed at page 16 (default: in-CTA and across-CTA splits).
@@ -63,6 +64,17 @@ if [ "$mode" = table ]; then
     run --packed --causal --batch 1 --cache-len 32768 --new-tokens "$s" --page 16 --iters 30
   done
   python3 scripts/bench_decode.py 1:1024:1 1:8192:1 1:32768:1 1:131072:1 8:1024:1 8:8192:1 8:32768:1 64:1024:1 64:8192:1 1:32768:4 1:32768:16 2>&1 | tee -a "$log"
+fi
+if [ "$mode" = gather ]; then
+  # The paged gather's cost: the plain kernel at the probe's schedules (the dense forward kernel
+  # took 353.6 and 78.5 us at B=1 32k, 483.6 at B=64 4096: decode-probe.txt), then packed GQA.
+  run --batch 1 --cache-len 32768 --page 16 --config "warps=4,kv_splits=4;warps=4,kv_splits=4,kv_ctas=8"
+  run --batch 64 --cache-len 4096 --page 16 --config "warps=4,kv_splits=4"
+  for shape in "1 32768" "1 131072" "8 32768" "64 8192"; do
+    set -- $shape
+    run --packed --batch "$1" --cache-len "$2" --page 16 --iters 30
+  done
+  run --packed --causal --batch 1 --cache-len 32768 --new-tokens 16 --page 16 --config ";kv_ctas=33;tile_m=64,warps=4,kv_splits=1,kv_ctas=33;tile_m=64,warps=4,kv_splits=1,kv_ctas=16"
 fi
 if [ "$mode" = probe ]; then
   # Where the time goes: the dense forward kernel (no page table) against the paged decode at

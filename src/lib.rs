@@ -525,6 +525,17 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
             continue;
         };
         let size = |d: ir::kernel::RtDim| bound[d.0 as usize].as_ref().map_or(0, |(s, _)| *s);
+        // The kernel steps through a page 16 rows at a time at most (`copy_tile_async`).
+        let page = size(tensor.dims[2]);
+        if page == 0 || page % 16 != 0 {
+            return Err(bad(
+                &tensor.name,
+                format!(
+                    "pages of {page} rows (`{}`, axis 2 of the paged tensor): a page holds a multiple of 16 rows",
+                    kernel.dims[tensor.dims[2].0 as usize]
+                ),
+            ));
+        }
         if bound[seq.0 as usize].is_none() {
             let capacity = size(table.dims[1]) * size(tensor.dims[2]);
             bound[seq.0 as usize] = Some((capacity, table.name.clone()));

@@ -218,6 +218,7 @@ fn packed_gqa_decode_matches_float64() {
         (Config { kv_ctas: 3, ..d64 }, 8, 2, 3, true, 48),
         (Config { kv_ctas: 2, dtype: DType::Bf16, ..packed::CONFIG }, 8, 1, 16, true, 16),
         (Config { tile_m: 32, warps: 8, kv_ctas: 4, ..d64 }, 4, 1, 5, true, 16),
+        (Config { kv_ctas: 3, ..flashcore::kernels::decode::packed_schedule(d64, 64) }, 8, 2, 8, true, 16),
         (
             Config { target: Target::Sm90a, tile_m: 64, warps: 4, kv_splits: 1, kv_ctas: 2, ..d64 },
             8,
@@ -247,5 +248,19 @@ fn packed_gqa_decode_matches_float64() {
             "{config} h {h}/{hkv} s {s}: {:?}",
             got.err
         );
+    }
+}
+
+/// Pages must hold a multiple of 16 rows (the kernel steps through a page 16 rows at a time):
+/// pages of 8 or 24 rows are a typed error naming the cache, before anything runs.
+#[test]
+fn pages_of_other_than_a_multiple_of_16_rows_are_refused() {
+    for page in [8, 24] {
+        let kernel =
+            attention_decode_paged::compile(&attention_decode_paged::CONFIG.with_head_dim(64)).unwrap();
+        let cache = PagedCache::random(&[40, 100], 2, 64, page, &mut Rng::new(9));
+        assert!(cache.check().unwrap_err().to_string().contains("multiple of 16"));
+        let err = check_decode(&kernel, &cache, 2, 1, 9, &SimDevice::default()).unwrap_err().to_string();
+        assert!(err.contains("k_cache") && err.contains("multiple of 16 rows"), "{err}");
     }
 }

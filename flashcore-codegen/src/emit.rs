@@ -1394,7 +1394,32 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("setp.lt.u32 {p}, {}, {}", team.index, rows_per_pass * cpr));
             p
         });
+        // A paged tile: this thread's first row's page entry and row in its page, by one
+        // division; each later pass steps them on by `rows_per_pass` rows.
+        let page_pos = global.pages.as_ref().map(|pages| {
+            let (j, entry, in_page) =
+                (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+            self.w.ins(format!("add.u32 {j}, {}, {team_row}", pages.first_row));
+            if let Some(first) = first_row {
+                self.w.ins(format!("add.u32 {j}, {j}, {first}"));
+            }
+            self.w.ins(format!("div.u32 {entry}, {j}, {}", pages.page_rows));
+            self.w.ins(format!("mul.lo.u32 {in_page}, {entry}, {}", pages.page_rows));
+            self.w.ins(format!("sub.u32 {in_page}, {j}, {in_page}"));
+            (entry, in_page)
+        });
         for pass in 0..passes {
+            if let (Some((entry, in_page)), Some(pages), true) = (&page_pos, &global.pages, pass > 0) {
+                // Pages hold a multiple of 16 rows (the launcher checks), so a step of
+                // `rows_per_pass` rows crosses at most ceil(rows_per_pass / 16) page ends.
+                self.w.ins(format!("add.u32 {in_page}, {in_page}, {rows_per_pass}"));
+                for _ in 0..rows_per_pass.div_ceil(16) {
+                    let past = self.w.temp(RegClass::Pred);
+                    self.w.ins(format!("setp.ge.u32 {past}, {in_page}, {}", pages.page_rows));
+                    self.w.ins(format!("@{past} sub.u32 {in_page}, {in_page}, {}", pages.page_rows));
+                    self.w.ins(format!("@{past} add.u32 {entry}, {entry}, 1"));
+                }
+            }
             // Row within the copied range, then within the tile.
             let local = self.w.temp(RegClass::B32);
             self.w.ins(format!("add.u32 {local}, {team_row}, {}", pass * rows_per_pass));
@@ -1433,7 +1458,14 @@ impl<'k> Emitter<'k> {
                 }
                 // The page lookup may clear `inside` (an entry outside the table or the pool).
                 Some(pages) => {
-                    let gaddr = self.paged_row_address(pages, &global.row_stride, &chunk_base, &row, &inside);
+                    let (entry, in_page) = page_pos.clone().expect("a paged tile's page position");
+                    let gaddr = self.paged_row_address(
+                        pages,
+                        &global.row_stride,
+                        &chunk_base,
+                        [&entry, &in_page],
+                        &inside,
+                    );
                     self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
                     gaddr
                 }
@@ -1443,25 +1475,21 @@ impl<'k> Emitter<'k> {
         }
     }
 
-    /// The global address of this thread's chunk of tile row `row` of a paged tile: its page
-    /// looked up in the page table. A row whose table entry lies past the table's row or names
-    /// a page outside the pool is cleared from `inside` (it is zero-filled and nothing is read
-    /// for it), as are rows past the sequence (their entry is not even read).
+    /// The global address of this thread's chunk of a paged tile's row, the row's page entry
+    /// `entry` (its index in the sequence's row of the page table) and its row `in_page` in
+    /// that page given: the page looked up in the page table. A row whose entry lies past the
+    /// table's row or names a page outside the pool is cleared from `inside` (it is zero-filled
+    /// and nothing is read for it), as are rows past the sequence (their entry is not even read).
     fn paged_row_address(
         &mut self,
         pages: &PagedRows,
         row_stride: &str,
         chunk_base: &str,
-        row: &str,
+        [entry, in_page]: [&str; 2],
         inside: &str,
     ) -> String {
-        let PagedRows { table_row, entry_stride, entries, first_row, page_rows, pool, page_stride } = pages;
-        let (j, entry, in_page) =
-            (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
-        self.w.ins(format!("add.u32 {j}, {first_row}, {row}"));
-        self.w.ins(format!("div.u32 {entry}, {j}, {page_rows}"));
-        self.w.ins(format!("mul.lo.u32 {in_page}, {entry}, {page_rows}"));
-        self.w.ins(format!("sub.u32 {in_page}, {j}, {in_page}"));
+        let PagedRows { table_row, entry_stride, entries, pool, page_stride, .. } = pages;
+        let in_page_row = self.w.temp(RegClass::B32);
         let (ok, page, eaddr) =
             (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B64));
         self.w.ins(format!("setp.lt.u32 {ok}, {entry}, {entries}"));
@@ -1474,10 +1502,10 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("setp.lt.u32 {ok}, {page}, {pool}"));
         self.w.ins(format!("and.pred {inside}, {inside}, {ok}"));
         self.w.ins(format!("selp.b32 {page}, {page}, 0, {inside}"));
-        self.w.ins(format!("selp.b32 {in_page}, {in_page}, 0, {inside}"));
+        self.w.ins(format!("selp.b32 {in_page_row}, {in_page}, 0, {inside}"));
         let (gaddr, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
         self.w.ins(format!("mul.wide.u32 {gaddr}, {page}, {page_stride}"));
-        self.w.ins(format!("mul.wide.u32 {part}, {in_page}, {row_stride}"));
+        self.w.ins(format!("mul.wide.u32 {part}, {in_page_row}, {row_stride}"));
         self.w.ins(format!("add.u64 {gaddr}, {gaddr}, {part}"));
         self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
         gaddr

@@ -20,7 +20,7 @@
 //! # Ok::<(), flashcore::Error>(())
 //! ```
 
-use crate::flash_kernel;
+use crate::{flash_kernel, Config};
 
 /// One decode step's attention: `O = softmax(Q·Kᵀ·scale)·V` for the `S` new tokens of each
 /// sequence (`q`, `o`: `[B, H, S, D]`) against its paged cache, whose last `S` rows are those
@@ -133,4 +133,46 @@ pub fn split_ctas(work_items: usize, sms: usize, kv_tiles: usize) -> u32 {
     let want = (2 * sms).div_ceil(work_items);
     let most = (kv_tiles / 4).clamp(1, crate::ir::config::MAX_KV_CTAS as usize);
     want.min(most) as u32
+}
+
+/// The packed kernel's schedule for `rows = (H / HKV) · S` rows a K/V head, from `base` (its
+/// declared config at the problem's head dim and dtype): up to 16 rows, `base` (one row block,
+/// four warps splitting each K/V tile's keys); more, one tile of all of them (16 rows a warp, at
+/// most 64 rows), so that each K/V head's tiles are read by one CTA, not one per 16 rows. On the
+/// H200 at 16 new tokens (64 rows), B = 1, cache 32k: 150.7 µs with `base`, 66.7 with 64 rows
+/// (docs/measurements/2026-12-02-h200-decode-gather.txt).
+pub fn packed_schedule(base: Config, rows: usize) -> Config {
+    if rows <= 16 {
+        return base;
+    }
+    let tile_m = (rows.div_ceil(16) * 16).min(64) as u32;
+    Config { tile_m, warps: tile_m / 16, kv_splits: 1, ..base }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_fills_the_gpu_only_when_the_work_items_do_not() {
+        // 8 K/V heads of one sequence on 132 SMs: about two CTAs an SM.
+        assert_eq!(split_ctas(8, 132, 512), 33);
+        // Short caches: at least 4 tiles a CTA.
+        assert_eq!(split_ctas(8, 132, 16), 4);
+        assert_eq!(split_ctas(8, 132, 2), 1);
+        // Enough work items, or none: no split; never past the most a work item may have.
+        assert_eq!(split_ctas(512, 132, 4096), 1);
+        assert_eq!(split_ctas(0, 132, 4096), 1);
+        assert_eq!(split_ctas(1, 132, 1 << 20), crate::ir::config::MAX_KV_CTAS);
+    }
+
+    #[test]
+    fn more_than_16_packed_rows_take_one_tile_of_up_to_64() {
+        let base = attention_decode_paged_packed::CONFIG;
+        assert_eq!(packed_schedule(base, 4), base);
+        let wide = packed_schedule(base, 40);
+        assert_eq!((wide.tile_m, wide.warps, wide.kv_splits), (48, 3, 1));
+        assert_eq!(packed_schedule(base, 128).tile_m, 64);
+        wide.validate().unwrap();
+    }
 }
