@@ -6,6 +6,7 @@
 #   scripts/gpu-decode.sh [check|time|all]   (default all)
 #   scripts/gpu-decode.sh table              packed GQA at the shapes with the default split, next to SDPA
 #   scripts/gpu-decode.sh gather             the paged gather's cost after a change: plain at the probe's schedules, packed at four shapes
+#   scripts/gpu-decode.sh spec               1, 4, 16 causal new tokens with the default schedule; sanitizer on the packed kernel
 #   scripts/gpu-decode.sh probe              dense forward kernel against paged decode at the same
 #                                            schedules, pages of 16 and 256, Nsight Compute of one launch
 #   CONFIGS="settings;settings": the schedules timed at page 16 (default: in-CTA and across-CTA splits).
@@ -75,6 +76,19 @@ if [ "$mode" = gather ]; then
     run --packed --batch "$1" --cache-len "$2" --page 16 --iters 30
   done
   run --packed --causal --batch 1 --cache-len 32768 --new-tokens 16 --page 16 --config ";kv_ctas=33;tile_m=64,warps=4,kv_splits=1,kv_ctas=33;tile_m=64,warps=4,kv_splits=1,kv_ctas=16"
+fi
+if [ "$mode" = spec ]; then
+  # Speculative steps with the example's default schedule (packed_schedule, split_ctas), and the
+  # packed kernel split across CTAs under compute-sanitizer.
+  for s in 1 4 16; do
+    run --packed --causal --batch 1 --cache-len 32768 --new-tokens "$s" --page 16 --iters 30
+  done
+  for tool in memcheck racecheck synccheck; do
+    echo "+ compute-sanitizer --tool $tool decode --packed (2 sequences of 700, 16 new tokens, causal)" | tee -a "$log"
+    /usr/local/cuda/bin/compute-sanitizer --tool "$tool" --error-exitcode 9 "$bins/decode" --packed --batch 2 \
+      --cache-len 700 --page 16 --new-tokens 16 --causal --iters 1 --config ";kv_ctas=4;tile_m=64,warps=4,kv_splits=1,kv_ctas=3" 2>&1 | tail -4 | tee -a "$log"
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "SANITIZER $tool FAILED" | tee -a "$log"; status=1; }
+  done
 fi
 if [ "$mode" = probe ]; then
   # Where the time goes: the dense forward kernel (no page table) against the paged decode at
