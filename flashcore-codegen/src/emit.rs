@@ -2981,8 +2981,9 @@ impl<'k> Emitter<'k> {
     /// slot of the workspace (`[item][split][register][thread]` f32, each thread its own
     /// registers: every CTA of the kernel lays its fragments out alike), a barrier, thread 0
     /// counts the CTA in the item's arrival counter (after the states, `[item]` u32) and shares
-    /// whether it was the last; the others leave the work item, the last folds in the other
-    /// splits' states, resets the counter for the next launch, and goes on to the stores.
+    /// whether it was the last; the others leave the work item, the last reads split 0's state
+    /// and folds splits 1.. in, in order (deterministic: the same sums whichever CTA is last),
+    /// resets the counter for the next launch, and goes on to the stores.
     fn combine_ctas(&mut self, max: Value, sum: Value, acc: Value) -> Result<(), CodegenError> {
         let missing = || CodegenError::Internal("combine_ctas outside a work loop split across CTAs".into());
         let c = self.combine.clone().ok_or_else(missing)?;
@@ -3048,14 +3049,18 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("@{not_last} bra.uni {}", c.next));
         self.w.ins("fence.acq_rel.gpu");
         self.w.ins(format!("@{first} st.global.u32 [{counter}], 0"));
+        // Split 0's state first, then splits 1.. folded in, in order: the same arithmetic
+        // whichever CTA arrives last, so the output is identical launch to launch.
+        self.w.comment("the last CTA: split 0's state, then each other split's folded in, in split order");
+        let first_state = slot_base(self, "0");
+        for (r, reg) in state.iter().enumerate() {
+            self.w.ins(format!("ld.global.cg.f32 {reg}, [{first_state}+{}]", r as u32 * threads * 4));
+        }
         let split = self.w.temp(RegClass::B32);
-        let (top, skip) = (self.w.label("combine"), self.w.label("combine_next"));
-        self.w.ins(format!("mov.u32 {split}, 0"));
+        let top = self.w.label("combine");
+        self.w.ins(format!("mov.u32 {split}, 1"));
         self.w.place_label(&top);
         self.w.indent();
-        let mine = self.w.temp(RegClass::Pred);
-        self.w.ins(format!("setp.eq.u32 {mine}, {split}, {}", c.split));
-        self.w.ins(format!("@{mine} bra.uni {skip}"));
         let base = slot_base(self, &split);
         let mut load = |e: &mut Self, r: usize| {
             let x = e.w.temp(RegClass::F32);
@@ -3063,7 +3068,6 @@ impl<'k> Emitter<'k> {
             x
         };
         self.fold_state([&m, &l, &a], &shape, &mut load);
-        self.w.place_label(&skip);
         let more = self.w.temp(RegClass::Pred);
         self.w.ins(format!("add.u32 {split}, {split}, 1"));
         self.w.ins(format!("setp.lt.u32 {more}, {split}, {kv_ctas}"));
