@@ -14,7 +14,10 @@ use std::process::ExitCode;
 use flashcore::kernels::decode::{
     attention_decode_paged, attention_decode_paged_packed, packed_schedule, split_ctas,
 };
-use flashcore::paged::{check_decode, check_decode_packed, decode_reference_heads, rows_after, PagedCache};
+use flashcore::paged::{
+    check_decode, check_decode_packed, decode_reference_heads, decode_step, rows_after, DevicePagedCache,
+    PagedCache,
+};
 use flashcore::reference::{compare, Rng};
 use flashcore::runtime::Device;
 use flashcore::simulate::SimDevice;
@@ -34,6 +37,9 @@ struct Options {
     seed: u64,
     /// Packed GQA: `attention_decode_paged_packed` (the query heads of a K/V head in one tile).
     packed: bool,
+    /// With `--packed`: the default schedules run through the typed API
+    /// (`flashcore::paged::decode_step` on a `DevicePagedCache`), as a server would call it.
+    api: bool,
     /// Causal (the packed kernel takes it through `rows_after`, the plain one as its config).
     causal: bool,
     /// Per schedule: given as empty (or no `--config`), the kernel's declared one with
@@ -41,7 +47,7 @@ struct Options {
     auto_split: Vec<bool>,
 }
 
-const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--packed] [--config SETTINGS[;SETTINGS..]] [--iters N] [--seed N]";
+const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--packed [--api]] [--config SETTINGS[;SETTINGS..]] [--iters N] [--seed N]";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -55,6 +61,7 @@ fn parse_args() -> Result<Options, String> {
         iters: 50,
         seed: 1,
         packed: false,
+        api: false,
         causal: false,
         auto_split: vec![],
     };
@@ -76,6 +83,7 @@ fn parse_args() -> Result<Options, String> {
             "--causal" => causal = true,
             "--bf16" => bf16 = true,
             "--packed" => o.packed = true,
+            "--api" => o.api = true,
             "--config" => settings = value("--config")?,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -194,6 +202,11 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
     let q_dev = device.upload(&to_t(&q), shape)?;
     let after = rows_after(groups, o.new_tokens, o.causal);
     let after_dev = device.upload(&after, &[after.len()])?;
+    // The typed API's own copies: the cache uploaded as a server would, q as [B, H, S, D].
+    let api = match o.api && o.packed {
+        true => Some((DevicePagedCache::<T>::upload(device, &cache)?, device.upload(&to_t(&q), &qo)?)),
+        false => None,
+    };
     // Work items of a schedule: a K/V head's row tiles (packed) or a query head's.
     let work_items = |config: &Config| {
         let tile = config.tile_m as usize;
@@ -215,6 +228,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
     let want =
         rows(&decode_reference_heads(&q, &cache, o.heads, o.new_tokens, scale as f64, o.causal, &pairs));
     let mut ok = true;
+    let (q_dev, k, v, table, cache_len, after_dev) = (&q_dev, &k, &v, &table, &cache_len, &after_dev);
     for (&config, &auto) in o.configs.iter().zip(&o.auto_split) {
         // Without settings: the declared schedule split across CTAs as `split_ctas` says.
         let config = match auto {
@@ -227,13 +241,36 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
             }
             false => config,
         };
-        let mut out = device.filled(shape, T::NAN)?;
-        let launch = |out: &mut flashcore::runtime::DeviceTensor<T>| match o.packed {
-            true => attention_decode_paged_packed::launch_async(
-                device, &config, &q_dev, &k, &v, &table, &cache_len, &after_dev, out, scale,
+        type Launch<'a, T> =
+            Box<dyn Fn(&mut flashcore::runtime::DeviceTensor<T>) -> Result<(), flashcore::Error> + 'a>;
+        let (launch, config, mut out): (Launch<T>, Config, _) = match (&api, auto, o.packed) {
+            (Some((cache, q_api)), true, _) => {
+                // The schedule the API picks, for the report (it picks the same every call).
+                let mut out = device.filled(&qo, T::NAN)?;
+                let config = decode_step(device, cache, q_api, &mut out, scale, o.causal)?;
+                (
+                    Box::new(move |out| decode_step(device, cache, q_api, out, scale, o.causal).map(|_| ())),
+                    config,
+                    out,
+                )
+            }
+            (_, _, true) => (
+                Box::new(move |out| {
+                    attention_decode_paged_packed::launch_async(
+                        device, &config, q_dev, k, v, table, cache_len, after_dev, out, scale,
+                    )
+                }),
+                config,
+                device.filled(shape, T::NAN)?,
             ),
-            false => attention_decode_paged::launch_async(
-                device, &config, &q_dev, &k, &v, &table, &cache_len, out, scale,
+            (_, _, false) => (
+                Box::new(move |out| {
+                    attention_decode_paged::launch_async(
+                        device, &config, q_dev, k, v, table, cache_len, out, scale,
+                    )
+                }),
+                config,
+                device.filled(shape, T::NAN)?,
             ),
         };
         launch(&mut out)?;
@@ -251,8 +288,9 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
         ok &= passed;
         let kv_bytes = (2 * o.batch * o.kv_heads * o.cache_len * d * 2) as f64;
         println!(
-            "decode{} ({config}): B={} H={} HKV={} D={d} cache {} in pages of {}, {} new tokens{}: {us:.1} µs, K/V {:.2} TB/s ({:.0} MB); rel err {:.2e} vs float64 on {} heads, {unwritten} unwritten, {} after {} launches ({})",
+            "decode{}{} ({config}): B={} H={} HKV={} D={d} cache {} in pages of {}, {} new tokens{}: {us:.1} µs, K/V {:.2} TB/s ({:.0} MB); rel err {:.2e} vs float64 on {} heads, {unwritten} unwritten, {} after {} launches ({})",
             if o.packed { " packed" } else { "" },
+            if api.is_some() && auto { " (paged::decode_step)" } else { "" },
             o.batch,
             o.heads,
             o.kv_heads,

@@ -340,3 +340,143 @@ fn check_decode_typed<T: HalfFloat>(
     let want = decode_reference(&q, cache, h, s, scale as f64, packed.unwrap_or(cfg.causal));
     Ok(DecodeCheck { err: crate::reference::compare(&got, &want), stats })
 }
+
+/// A paged K/V cache on the device, as an inference server keeps one: the K and V pools
+/// (`[PAGES, HKV, PAGE, D]` views of `[PAGES, PAGE, HKV, D]` memory), the block table
+/// `[B, MAX_PAGES]` and the lengths `[B]` (i32), and the small `rows_after` tables
+/// [`decode_step`] has uploaded, by `(H / HKV, S, causal)`.
+pub struct DevicePagedCache<T: crate::runtime::Element> {
+    /// The K pool.
+    pub k: crate::runtime::DeviceTensor<T>,
+    /// The V pool.
+    pub v: crate::runtime::DeviceTensor<T>,
+    /// `[B, MAX_PAGES]`: each sequence's pages.
+    pub block_table: crate::runtime::DeviceTensor<i32>,
+    /// `[B]`: each sequence's length.
+    pub lens: crate::runtime::DeviceTensor<i32>,
+    rows_after:
+        std::sync::Mutex<std::collections::HashMap<(usize, usize, bool), crate::runtime::DeviceTensor<i32>>>,
+}
+
+impl<T: HalfFloat> DevicePagedCache<T> {
+    /// Uploads a host cache after [`PagedCache::check`] (its values converted to `T`).
+    pub fn upload(device: &crate::runtime::Device, cache: &PagedCache) -> Result<Self, Error> {
+        cache.check()?;
+        let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
+        let view = cache.view();
+        Ok(DevicePagedCache {
+            k: device.upload_strided(&to_t(&cache.k), view.shape(), view.strides())?,
+            v: device.upload_strided(&to_t(&cache.v), view.shape(), view.strides())?,
+            block_table: device.upload(&cache.block_table, &[cache.batch(), cache.max_pages])?,
+            lens: device.upload(&cache.lens, &[cache.batch()])?,
+            rows_after: Default::default(),
+        })
+    }
+}
+
+/// A borrowed device tensor seen with another shape and strides (the packed kernel's
+/// `[B, HKV, (H / HKV) · S, D]` view of a `[B, H, S, D]` query or output).
+struct Reshaped<'a> {
+    base: &'a dyn crate::runtime::TensorArg,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+impl crate::runtime::TensorArg for Reshaped<'_> {
+    fn dtype(&self) -> &'static str {
+        self.base.dtype()
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    fn buffer_len(&self) -> usize {
+        self.base.buffer_len()
+    }
+    fn device_ptr(&self, stream: &std::sync::Arc<crate::runtime::CudaStream>) -> u64 {
+        self.base.device_ptr(stream)
+    }
+}
+
+/// One decode step's attention on the device, enqueued without waiting: `out = softmax(q·Kᵀ ·
+/// scale)·V` for the `S` new tokens of each sequence (`q`, `out`: contiguous `[B, H, S, D]`)
+/// against `cache` (whose lengths count the new tokens, appended before the step), causal
+/// from the bottom right when `causal`. Runs the packed-GQA kernel
+/// (`kernels::decode::attention_decode_paged_packed`) with the schedule
+/// `kernels::decode::packed_schedule` and `split_ctas` give, and returns it. Wrong shapes,
+/// strides or dtypes are typed errors naming the argument.
+pub fn decode_step<T: HalfFloat>(
+    device: &crate::runtime::Device,
+    cache: &DevicePagedCache<T>,
+    q: &crate::runtime::DeviceTensor<T>,
+    out: &mut crate::runtime::DeviceTensor<T>,
+    scale: f32,
+    causal: bool,
+) -> Result<crate::Config, Error> {
+    use crate::kernels::decode::{attention_decode_paged_packed as packed, packed_schedule, split_ctas};
+    let bad = |arg: &str, message: String| Error::Argument {
+        kernel: packed::NAME.into(),
+        arg: arg.into(),
+        message,
+    };
+    let shape = q.shape().to_vec();
+    let [b, h, s, d] = shape[..] else {
+        return Err(bad("q", format!("expected [B, H, S, D], got shape {shape:?}")));
+    };
+    if q.strides() != crate::runtime::contiguous_strides(&shape) {
+        return Err(bad("q", format!("must be contiguous [B, H, S, D] (strides {:?})", q.strides())));
+    }
+    if out.shape() != q.shape() || out.strides() != q.strides() {
+        return Err(bad("out", format!("expected q's contiguous shape {shape:?}, got {:?}", out.shape())));
+    }
+    let (pool, lens) = (cache.k.shape().to_vec(), cache.lens.shape().to_vec());
+    let hkv = pool.get(1).copied().unwrap_or(0);
+    if hkv == 0 || h % hkv != 0 {
+        return Err(bad("q", format!("{h} query heads are not a multiple of the cache's {hkv} K/V heads")));
+    }
+    if lens[..] != [b] {
+        return Err(bad("q", format!("{b} sequences, but the cache holds {lens:?}")));
+    }
+    let (groups, rows) = (h / hkv, h / hkv * s);
+    let base = crate::Config { dtype: T::DTYPE, ..packed::CONFIG.with_head_dim(d as u32) };
+    let config = packed_schedule(base, rows);
+    let work_items = b * hkv * rows.div_ceil(config.tile_m as usize);
+    let kv_tiles = (cache.block_table.shape()[1] * pool[2]).div_ceil(config.tile_n as usize);
+    let config = crate::Config {
+        kv_ctas: split_ctas(work_items, device.info().sm_count as usize, kv_tiles),
+        ..config
+    };
+    let mut tables = cache.rows_after.lock().unwrap_or_else(|e| e.into_inner());
+    let after = match tables.entry((groups, s, causal)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(device.upload(&rows_after(groups, s, causal), &[rows])?)
+        }
+    };
+    let packed_shape = vec![b, hkv, rows, d];
+    let packed_strides = crate::runtime::contiguous_strides(&packed_shape);
+    let q_view = Reshaped { base: q, shape: packed_shape.clone(), strides: packed_strides.clone() };
+    let mut out_view = Reshaped { base: &*out, shape: packed_shape, strides: packed_strides };
+    // The device's target, as the typed launchers pick it (sm_90a where the schedule can be
+    // expressed there, on a 9.x device; `FLASHCORE_TARGET` overrides).
+    let cc = Some(device.info().compute_capability);
+    let config = crate::target::choose(&packed::program(), config, cc, crate::target::requested()?).0;
+    let kernel = packed::compile(&config)?;
+    crate::launch_async(
+        device,
+        &kernel,
+        &mut [
+            crate::Arg::Tensor(&q_view),
+            crate::Arg::Tensor(&cache.k),
+            crate::Arg::Tensor(&cache.v),
+            crate::Arg::Tensor(&cache.block_table),
+            crate::Arg::Tensor(&cache.lens),
+            crate::Arg::Tensor(after),
+            crate::Arg::TensorMut(&mut out_view),
+            crate::Arg::F32(scale),
+        ],
+    )?;
+    Ok(config)
+}
