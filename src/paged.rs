@@ -462,8 +462,14 @@ pub fn decode_step<T: HalfFloat>(
     // The device's target, as the typed launchers pick it (sm_90a where the schedule can be
     // expressed there, on a 9.x device; `FLASHCORE_TARGET` overrides).
     let cc = Some(device.info().compute_capability);
-    let config = crate::target::choose(&packed::program(), config, cc, crate::target::requested()?).0;
-    let kernel = packed::compile(&config)?;
+    let mut config = crate::target::choose(&packed::program(), config, cc, crate::target::requested()?).0;
+    let mut kernel = packed::compile(&config)?;
+    // A GPU with less shared memory a CTA (the L4's 99 KiB; the declared split of four warp
+    // groups takes 105.5 KiB at D = 128): halve the in-CTA split until it fits.
+    while kernel.ptx.shared_bytes > device.info().max_shared_per_block && config.kv_splits > 1 {
+        config = crate::Config { warps: config.warps / 2, kv_splits: config.kv_splits / 2, ..config };
+        kernel = packed::compile(&config)?;
+    }
     crate::launch_async(
         device,
         &kernel,

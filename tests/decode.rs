@@ -219,6 +219,7 @@ fn packed_gqa_decode_matches_float64() {
         (Config { kv_ctas: 2, dtype: DType::Bf16, ..packed::CONFIG }, 8, 1, 16, true, 16),
         (Config { tile_m: 32, warps: 8, kv_ctas: 4, ..d64 }, 4, 1, 5, true, 16),
         (Config { kv_ctas: 3, ..flashcore::kernels::decode::packed_schedule(d64, 64) }, 8, 2, 8, true, 16),
+        (Config { warps: 2, kv_splits: 2, kv_ctas: 5, ..packed::CONFIG }, 4, 2, 1, false, 16),
         (
             Config { target: Target::Sm90a, tile_m: 64, warps: 4, kv_splits: 1, kv_ctas: 2, ..d64 },
             8,
@@ -262,5 +263,23 @@ fn pages_of_other_than_a_multiple_of_16_rows_are_refused() {
         assert!(cache.check().unwrap_err().to_string().contains("multiple of 16"));
         let err = check_decode(&kernel, &cache, 2, 1, 9, &SimDevice::default()).unwrap_err().to_string();
         assert!(err.contains("k_cache") && err.contains("multiple of 16 rows"), "{err}");
+    }
+}
+
+/// The packed kernel on an L4 (99 KiB of shared memory a CTA): the declared in-CTA split takes
+/// 105.5 KiB at D = 128, so `paged::decode_step` halves it there; the halved one fits, and so do
+/// the wide schedule of `packed_schedule` and the declared one at D = 64.
+#[test]
+fn the_packed_schedules_decode_step_falls_back_to_fit_the_l4() {
+    use flashcore::kernels::decode::{attention_decode_paged_packed as packed, packed_schedule};
+    const L4_SHARED_PER_BLOCK: u32 = 101_376;
+    let shared = |c: Config| packed::compile(&Config { kv_ctas: 8, ..c }).unwrap().ptx.shared_bytes;
+    assert!(shared(packed::CONFIG) > L4_SHARED_PER_BLOCK, "the fallback would not be needed");
+    for config in [
+        Config { warps: 2, kv_splits: 2, ..packed::CONFIG },
+        packed_schedule(packed::CONFIG, 64),
+        packed::CONFIG.with_head_dim(64),
+    ] {
+        assert!(shared(config) <= L4_SHARED_PER_BLOCK, "{config}: {} bytes", shared(config));
     }
 }
