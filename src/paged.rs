@@ -400,13 +400,81 @@ impl crate::runtime::TensorArg for Reshaped<'_> {
     }
 }
 
+/// What [`decode_step`] launches for a step: the packed kernel's schedule and target for the
+/// device, and the packed view of Q and O.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodePlan {
+    /// The config (schedule, split across CTAs, target) the step runs.
+    pub config: crate::Config,
+    /// Query heads a K/V head (`H / HKV`).
+    pub groups: usize,
+    /// `[B, HKV, (H / HKV) · S, D]`: Q and O as the packed kernel sees them.
+    pub packed_shape: Vec<usize>,
+}
+
+/// The plan of a decode step on a device described by `device` for `q` and `out` (contiguous
+/// `[B, H, S, D]`, their shapes and strides) against a cache whose pool, block table and
+/// lengths have the shapes given, in `dtype`: `packed_schedule` and `split_ctas` for the
+/// problem, the device's target as the typed launchers choose it (`FLASHCORE_TARGET`
+/// overrides), and the in-CTA split halved until the CTA fits the device's shared memory (the
+/// declared split of four warp groups takes 105.5 KiB at D = 128, over the L4's 99 KiB). Shapes
+/// that do not fit together are typed errors naming the argument.
+pub fn decode_plan(
+    device: &crate::runtime::DeviceInfo,
+    dtype: DType,
+    (q_shape, q_strides): (&[usize], &[usize]),
+    (out_shape, out_strides): (&[usize], &[usize]),
+    [pool, table, lens]: [&[usize]; 3],
+) -> Result<DecodePlan, Error> {
+    use crate::kernels::decode::{attention_decode_paged_packed as packed, packed_schedule, split_ctas};
+    let bad = |arg: &str, message: String| Error::Argument {
+        kernel: packed::NAME.into(),
+        arg: arg.into(),
+        message,
+    };
+    let [b, h, s, d] = q_shape[..] else {
+        return Err(bad("q", format!("expected [B, H, S, D], got shape {q_shape:?}")));
+    };
+    if q_strides != crate::runtime::contiguous_strides(q_shape) {
+        return Err(bad("q", format!("must be contiguous [B, H, S, D] (strides {q_strides:?})")));
+    }
+    if out_shape != q_shape || out_strides != q_strides {
+        return Err(bad("out", format!("expected q's contiguous shape {q_shape:?}, got {out_shape:?}")));
+    }
+    let (hkv, page) = (pool.get(1).copied().unwrap_or(0), pool.get(2).copied().unwrap_or(0));
+    if pool.len() != 4 || hkv == 0 || h % hkv != 0 {
+        return Err(bad(
+            "q",
+            format!("{h} query heads are not a multiple of the cache's K/V heads (pool {pool:?})"),
+        ));
+    }
+    if lens != [b] || table.len() != 2 || table[0] != b {
+        return Err(bad(
+            "q",
+            format!("{b} sequences, but the cache's lengths are {lens:?} and its block table {table:?}"),
+        ));
+    }
+    let (groups, rows) = (h / hkv, h / hkv * s);
+    let base = crate::Config { dtype, ..packed::CONFIG.with_head_dim(d as u32) };
+    let config = packed_schedule(base, rows);
+    let work_items = b * hkv * rows.div_ceil(config.tile_m as usize);
+    let kv_tiles = (table[1] * page).div_ceil(config.tile_n as usize);
+    let config =
+        crate::Config { kv_ctas: split_ctas(work_items, device.sm_count as usize, kv_tiles), ..config };
+    let cc = Some(device.compute_capability);
+    let mut config = crate::target::choose(&packed::program(), config, cc, crate::target::requested()?).0;
+    while packed::compile(&config)?.ptx.shared_bytes > device.max_shared_per_block && config.kv_splits > 1 {
+        config = crate::Config { warps: config.warps / 2, kv_splits: config.kv_splits / 2, ..config };
+    }
+    Ok(DecodePlan { config, groups, packed_shape: vec![b, hkv, rows, d] })
+}
+
 /// One decode step's attention on the device, enqueued without waiting: `out = softmax(q·Kᵀ ·
 /// scale)·V` for the `S` new tokens of each sequence (`q`, `out`: contiguous `[B, H, S, D]`)
 /// against `cache` (whose lengths count the new tokens, appended before the step), causal
 /// from the bottom right when `causal`. Runs the packed-GQA kernel
-/// (`kernels::decode::attention_decode_paged_packed`) with the schedule
-/// `kernels::decode::packed_schedule` and `split_ctas` give, and returns it. Wrong shapes,
-/// strides or dtypes are typed errors naming the argument.
+/// (`kernels::decode::attention_decode_paged_packed`) as [`decode_plan`] says, and returns its
+/// config. Wrong shapes, strides or dtypes are typed errors naming the argument.
 pub fn decode_step<T: HalfFloat>(
     device: &crate::runtime::Device,
     cache: &DevicePagedCache<T>,
@@ -415,39 +483,15 @@ pub fn decode_step<T: HalfFloat>(
     scale: f32,
     causal: bool,
 ) -> Result<crate::Config, Error> {
-    use crate::kernels::decode::{attention_decode_paged_packed as packed, packed_schedule, split_ctas};
-    let bad = |arg: &str, message: String| Error::Argument {
-        kernel: packed::NAME.into(),
-        arg: arg.into(),
-        message,
-    };
-    let shape = q.shape().to_vec();
-    let [b, h, s, d] = shape[..] else {
-        return Err(bad("q", format!("expected [B, H, S, D], got shape {shape:?}")));
-    };
-    if q.strides() != crate::runtime::contiguous_strides(&shape) {
-        return Err(bad("q", format!("must be contiguous [B, H, S, D] (strides {:?})", q.strides())));
-    }
-    if out.shape() != q.shape() || out.strides() != q.strides() {
-        return Err(bad("out", format!("expected q's contiguous shape {shape:?}, got {:?}", out.shape())));
-    }
-    let (pool, lens) = (cache.k.shape().to_vec(), cache.lens.shape().to_vec());
-    let hkv = pool.get(1).copied().unwrap_or(0);
-    if hkv == 0 || h % hkv != 0 {
-        return Err(bad("q", format!("{h} query heads are not a multiple of the cache's {hkv} K/V heads")));
-    }
-    if lens[..] != [b] {
-        return Err(bad("q", format!("{b} sequences, but the cache holds {lens:?}")));
-    }
-    let (groups, rows) = (h / hkv, h / hkv * s);
-    let base = crate::Config { dtype: T::DTYPE, ..packed::CONFIG.with_head_dim(d as u32) };
-    let config = packed_schedule(base, rows);
-    let work_items = b * hkv * rows.div_ceil(config.tile_m as usize);
-    let kv_tiles = (cache.block_table.shape()[1] * pool[2]).div_ceil(config.tile_n as usize);
-    let config = crate::Config {
-        kv_ctas: split_ctas(work_items, device.info().sm_count as usize, kv_tiles),
-        ..config
-    };
+    use crate::kernels::decode::attention_decode_paged_packed as packed;
+    let plan = decode_plan(
+        device.info(),
+        T::DTYPE,
+        (q.shape(), q.strides()),
+        (out.shape(), out.strides()),
+        [cache.k.shape(), cache.block_table.shape(), cache.lens.shape()],
+    )?;
+    let (groups, s, rows) = (plan.groups, q.shape()[2], plan.packed_shape[2]);
     let mut tables = cache.rows_after.lock().unwrap_or_else(|e| e.into_inner());
     let after = match tables.entry((groups, s, causal)) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -455,21 +499,11 @@ pub fn decode_step<T: HalfFloat>(
             e.insert(device.upload(&rows_after(groups, s, causal), &[rows])?)
         }
     };
-    let packed_shape = vec![b, hkv, rows, d];
-    let packed_strides = crate::runtime::contiguous_strides(&packed_shape);
-    let q_view = Reshaped { base: q, shape: packed_shape.clone(), strides: packed_strides.clone() };
-    let mut out_view = Reshaped { base: &*out, shape: packed_shape, strides: packed_strides };
-    // The device's target, as the typed launchers pick it (sm_90a where the schedule can be
-    // expressed there, on a 9.x device; `FLASHCORE_TARGET` overrides).
-    let cc = Some(device.info().compute_capability);
-    let mut config = crate::target::choose(&packed::program(), config, cc, crate::target::requested()?).0;
-    let mut kernel = packed::compile(&config)?;
-    // A GPU with less shared memory a CTA (the L4's 99 KiB; the declared split of four warp
-    // groups takes 105.5 KiB at D = 128): halve the in-CTA split until it fits.
-    while kernel.ptx.shared_bytes > device.info().max_shared_per_block && config.kv_splits > 1 {
-        config = crate::Config { warps: config.warps / 2, kv_splits: config.kv_splits / 2, ..config };
-        kernel = packed::compile(&config)?;
-    }
+    let strides = crate::runtime::contiguous_strides(&plan.packed_shape);
+    let q_view = Reshaped { base: q, shape: plan.packed_shape.clone(), strides: strides.clone() };
+    let mut out_view = Reshaped { base: &*out, shape: plan.packed_shape.clone(), strides };
+    let kernel = packed::compile(&plan.config)?;
+    let config = plan.config;
     crate::launch_async(
         device,
         &kernel,

@@ -283,3 +283,53 @@ fn the_packed_schedules_decode_step_falls_back_to_fit_the_l4() {
         assert!(shared(config) <= L4_SHARED_PER_BLOCK, "{config}: {} bytes", shared(config));
     }
 }
+
+/// `paged::decode_plan`, what `decode_step` launches, on described devices (no GPU needed):
+/// the split across CTAs for one sequence, one tile of 64 rows for 16 new tokens (sm_90a on a
+/// 9.0 device, where it can be expressed), the in-CTA split halved on an L4, and typed errors for
+/// shapes that do not fit together.
+#[test]
+fn the_decode_step_plan_follows_the_device_and_refuses_mismatched_shapes() {
+    use flashcore::paged::decode_plan;
+    use flashcore::runtime::{contiguous_strides, DeviceInfo};
+    let gpu = |cc: (i32, i32), sm_count: u32, smem: u32| DeviceInfo {
+        name: "described".into(),
+        compute_capability: cc,
+        sm_count,
+        max_shared_per_block: smem,
+        max_threads_per_block: 1024,
+        shared_per_sm: smem,
+        registers_per_sm: 65536,
+    };
+    let (h200, l4) = (gpu((9, 0), 132, 232_448), gpu((8, 9), 58, 101_376));
+    // One sequence of 32k rows in pages of 16: pool [PAGES, HKV, PAGE, D], table [B, 2048].
+    let (pool, table, lens) = ([2050usize, 8, 16, 128], [1usize, 2048], [1usize]);
+    let plan = |info: &DeviceInfo, q: [usize; 4]| {
+        let strides = contiguous_strides(&q);
+        decode_plan(info, DType::F16, (&q, &strides), (&q, &strides), [&pool, &table, &lens])
+    };
+    let one = plan(&h200, [1, 32, 1, 128]).unwrap();
+    assert_eq!((one.config.kv_ctas, one.config.tile_m, one.groups), (33, 16, 4), "{:?}", one);
+    assert_eq!(one.packed_shape, [1, 8, 4, 128]);
+    let sixteen = plan(&h200, [1, 32, 16, 128]).unwrap();
+    assert_eq!((sixteen.config.tile_m, sixteen.config.target), (64, Target::Sm90a), "{:?}", sixteen);
+    let on_l4 = plan(&l4, [1, 32, 1, 128]).unwrap();
+    assert_eq!((on_l4.config.kv_splits, on_l4.config.target), (2, Target::Sm89), "{:?}", on_l4);
+    // Mismatches name the argument.
+    let err = |r: Result<flashcore::paged::DecodePlan, flashcore::Error>| r.unwrap_err().to_string();
+    assert!(err(plan(&h200, [1, 30, 1, 128])).contains("not a multiple"));
+    assert!(err(plan(&h200, [2, 32, 1, 128])).contains("2 sequences"));
+    let q = [1usize, 32, 1, 128];
+    let strided = [32 * 128 * 2, 128 * 2, 128, 1];
+    let e = err(decode_plan(&h200, DType::F16, (&q, &strided), (&q, &strided), [&pool, &table, &lens]));
+    assert!(e.contains("contiguous"), "{e}");
+    let other = [1usize, 32, 2, 128];
+    let e = err(decode_plan(
+        &h200,
+        DType::F16,
+        (&q, &contiguous_strides(&q)),
+        (&other, &contiguous_strides(&other)),
+        [&pool, &table, &lens],
+    ));
+    assert!(e.contains("out"), "{e}");
+}
