@@ -266,10 +266,7 @@ pub fn check_decode(
     seed: u64,
     device: &SimDevice,
 ) -> Result<DecodeCheck, Error> {
-    match kernel.kernel.config.dtype {
-        DType::F16 => check_decode_typed::<f16>(kernel, cache, h, s, None, seed, device),
-        DType::Bf16 => check_decode_typed::<bf16>(kernel, cache, h, s, None, seed, device),
-    }
+    check_decode_any(kernel, cache, h, s, None, seed, device)
 }
 
 /// [`check_decode`] for a kernel with the signature of
@@ -285,9 +282,22 @@ pub fn check_decode_packed(
     seed: u64,
     device: &SimDevice,
 ) -> Result<DecodeCheck, Error> {
+    check_decode_any(kernel, cache, h, s, Some(causal), seed, device)
+}
+
+/// [`check_decode`] or [`check_decode_packed`] (`packed`: `Some(causal)`) in the kernel's dtype.
+fn check_decode_any(
+    kernel: &CompiledKernel,
+    cache: &PagedCache,
+    h: usize,
+    s: usize,
+    packed: Option<bool>,
+    seed: u64,
+    device: &SimDevice,
+) -> Result<DecodeCheck, Error> {
     match kernel.kernel.config.dtype {
-        DType::F16 => check_decode_typed::<f16>(kernel, cache, h, s, Some(causal), seed, device),
-        DType::Bf16 => check_decode_typed::<bf16>(kernel, cache, h, s, Some(causal), seed, device),
+        DType::F16 => check_decode_typed::<f16>(kernel, cache, h, s, packed, seed, device),
+        DType::Bf16 => check_decode_typed::<bf16>(kernel, cache, h, s, packed, seed, device),
     }
 }
 

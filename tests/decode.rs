@@ -69,16 +69,45 @@ fn a_paged_tile_must_name_a_page_table_and_cannot_be_stored_or_bulk_copied() {
     assert!(err.contains("compile without `tma`"), "{err}");
 }
 
+/// Runs the plain decode kernel at D = 64 in the simulator on two sequences of one head, one
+/// new token each (q all 0.5), the pools `k`, `v` laid out as `cache`'s, with `table` and `lens`
+/// as the block table and lengths arguments; the output (NaN where unwritten) or the error.
+fn simulate_two_sequences(
+    cache: &PagedCache,
+    (k, v): (&[half::f16], &[half::f16]),
+    table: flashcore::simulate::HostArg<half::f16>,
+    lens: flashcore::simulate::HostArg<half::f16>,
+) -> Result<Vec<half::f16>, flashcore::Error> {
+    use flashcore::simulate::{simulate, HostArg, HostView};
+    use half::f16;
+    let kernel = attention_decode_paged::compile(&attention_decode_paged::CONFIG.with_head_dim(64)).unwrap();
+    let q = vec![f16::from_f32(0.5); 2 * 64];
+    let mut o = vec![f16::NAN; 2 * 64];
+    let qo = HostView::contiguous(&[2, 1, 1, 64]);
+    simulate::<f16>(
+        &kernel,
+        &mut [
+            HostArg::Tensor(&q, qo.clone()),
+            HostArg::Tensor(k, cache.view()),
+            HostArg::Tensor(v, cache.view()),
+            table,
+            lens,
+            HostArg::TensorMut(&mut o, qo),
+            HostArg::F32(0.125),
+        ],
+        &SimDevice::default(),
+    )?;
+    Ok(o)
+}
+
 /// A hostile cache: a length past the block table's capacity, an entry past the pool, a
 /// negative entry. The host check names each; the kernel, launched anyway, reads nothing
 /// outside the pool and the table (the simulator faults on any access outside an allocation)
 /// and writes finite outputs.
 #[test]
 fn hostile_page_tables_are_named_on_the_host_and_never_read_outside_the_cache() {
-    use flashcore::simulate::{simulate, HostArg, HostView};
+    use flashcore::simulate::HostArg;
     use half::f16;
-    let config = attention_decode_paged::CONFIG.with_head_dim(64);
-    let kernel = attention_decode_paged::compile(&config).unwrap();
     let clean = PagedCache::random(&[40, 100], 1, 64, 16, &mut Rng::new(7));
     let capacity = (clean.max_pages * clean.page_size) as i32;
     type Corrupt = Box<dyn Fn(&mut PagedCache)>;
@@ -92,27 +121,15 @@ fn hostile_page_tables_are_named_on_the_host_and_never_read_outside_the_cache() 
         corrupt(&mut cache);
         let err = cache.check().unwrap_err().to_string();
         assert!(err.contains(arg), "{err}");
+        // The pool's unused rows as zeros: a length past the last page's fill may use them.
         let to_f16 = |x: &[f64]| {
             x.iter().map(|v| f16::from_f64(if v.is_nan() { 0.0 } else { *v })).collect::<Vec<_>>()
         };
         let (k, v) = (to_f16(&cache.k), to_f16(&cache.v));
-        let q = vec![f16::from_f32(0.5); 2 * 64];
-        let mut o = vec![f16::NAN; 2 * 64];
-        let qo = HostView::contiguous(&[2, 1, 1, 64]);
-        simulate::<f16>(
-            &kernel,
-            &mut [
-                HostArg::Tensor(&q, qo.clone()),
-                HostArg::Tensor(&k, cache.view()),
-                HostArg::Tensor(&v, cache.view()),
-                HostArg::I32Table(&cache.block_table, cache.table_view()),
-                HostArg::I32Table(&cache.lens, cache.lens_view()),
-                HostArg::TensorMut(&mut o, qo),
-                HostArg::F32(0.125),
-            ],
-            &SimDevice::default(),
-        )
-        .unwrap_or_else(|e| panic!("{err}: {e}"));
+        let table = HostArg::I32Table(&cache.block_table, cache.table_view());
+        let lens = HostArg::I32Table(&cache.lens, cache.lens_view());
+        let o =
+            simulate_two_sequences(&cache, (&k, &v), table, lens).unwrap_or_else(|e| panic!("{err}: {e}"));
         assert!(o.iter().all(|x| x.is_finite()), "{err}: {o:?}");
     }
 }
@@ -121,34 +138,16 @@ fn hostile_page_tables_are_named_on_the_host_and_never_read_outside_the_cache() 
 /// wrong rank, a pool whose head dim is not the kernel's.
 #[test]
 fn malformed_decode_arguments_are_typed_errors() {
-    use flashcore::simulate::{simulate, HostArg, HostView};
+    use flashcore::simulate::{HostArg, HostView};
     use half::f16;
-    let kernel = attention_decode_paged::compile(&attention_decode_paged::CONFIG.with_head_dim(64)).unwrap();
     let cache = PagedCache::random(&[40, 100], 1, 64, 16, &mut Rng::new(8));
     let (k, v): (Vec<f16>, Vec<f16>) = (
         cache.k.iter().map(|x| f16::from_f64(*x)).collect(),
         cache.v.iter().map(|x| f16::from_f64(*x)).collect(),
     );
-    let q = vec![f16::from_f32(0.5); 2 * 64];
-    let qo = HostView::contiguous(&[2, 1, 1, 64]);
     let lens_f32 = [40.0f32, 100.0];
     let run = |table: HostArg<f16>, lens: HostArg<f16>| {
-        let mut o = vec![f16::NAN; 2 * 64];
-        simulate::<f16>(
-            &kernel,
-            &mut [
-                HostArg::Tensor(&q, qo.clone()),
-                HostArg::Tensor(&k, cache.view()),
-                HostArg::Tensor(&v, cache.view()),
-                table,
-                lens,
-                HostArg::TensorMut(&mut o, qo.clone()),
-                HostArg::F32(0.125),
-            ],
-            &SimDevice::default(),
-        )
-        .unwrap_err()
-        .to_string()
+        simulate_two_sequences(&cache, (&k, &v), table, lens).unwrap_err().to_string()
     };
     let table = || HostArg::I32Table(&cache.block_table, cache.table_view());
     let err = run(table(), HostArg::F32Table(&lens_f32, cache.lens_view()));

@@ -246,6 +246,12 @@ struct RaggedDim {
     len: String,
 }
 
+/// An online-softmax state's registers in the order its copies are laid out: `m`, `l`, `acc`
+/// (the in-CTA merge's shared region, the combine's workspace, `Emitter::fold_state`).
+fn state_regs([m, l, a]: [&RegFamily; 3]) -> Vec<String> {
+    [m, l, a].iter().flat_map(|f| (0..f.len).map(|i| f.at(i))).collect()
+}
+
 /// The f32 instruction of a row reduction step.
 pub(crate) fn reduce_instr(op: ReduceOp) -> &'static str {
     match op {
@@ -996,7 +1002,12 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("@{done} bra.uni {end}"));
         let rest = self.w.temp(RegClass::B32);
         self.w.ins(format!("mov.u32 {rest}, {work}"));
-        let combine = items.map(|items| {
+        // Variable-length batches skip work items past their sequence's end, to `next`;
+        // sequence lengths (`SeqLens`, read by every variant) load each work item's too; the CTAs
+        // of a split work item that are not its last to finish leave it there.
+        let next = (self.cfg.varlen || self.ragged.iter().any(|r| r.lengths) || items.is_some())
+            .then(|| self.w.label("tiles_next"));
+        self.combine = items.map(|items| {
             self.w.comment(format!(
                 "split across CTAs: this CTA is split (work % {kv_ctas}) of work item (work / {kv_ctas})"
             ));
@@ -1005,7 +1016,7 @@ impl<'k> Emitter<'k> {
             self.w.rem_u32_by(&split, &rest, kv_ctas);
             self.w.div_u32_by(&item, &rest, kv_ctas);
             self.w.ins(format!("mov.u32 {rest}, {item}"));
-            CombineRegs { split, item, items, next: String::new() }
+            CombineRegs { split, item, items, next: next.clone().unwrap_or_default() }
         });
         for (i, v) in vars.iter().enumerate().rev() {
             let r = self.regs_of(*v).at(0);
@@ -1021,11 +1032,6 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("sub.u32 {r}, {r}, 1"));
             }
         }
-        // Variable-length batches skip work items past their sequence's end, to `next`;
-        // sequence lengths (`SeqLens`, read by every variant) load each work item's too.
-        let next = (self.cfg.varlen || self.ragged.iter().any(|r| r.lengths) || combine.is_some())
-            .then(|| self.w.label("tiles_next"));
-        self.combine = combine.map(|c| CombineRegs { next: next.clone().unwrap_or_default(), ..c });
         if let Some(next) = &next {
             self.work_item_sequences(vars, extents, next);
         }
@@ -1444,17 +1450,18 @@ impl<'k> Emitter<'k> {
                 None => local,
             };
             // Rows past the end of the sequence are zero-filled (source size 0, read from row 0).
-            let (inside, src_row, size) =
-                (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+            let inside = self.w.temp(RegClass::Pred);
             self.w.ins(format!("setp.lt.u32 {inside}, {row}, {valid_rows}"));
-            let gaddr = match &global.pages {
+            // The source address and size: 16 bytes, or 0 (zero fill) outside the sequence.
+            let (gaddr, size) = match &global.pages {
                 None => {
+                    let (src_row, size) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
                     self.w.ins(format!("selp.b32 {src_row}, {row}, 0, {inside}"));
                     self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
                     let gaddr = self.w.temp(RegClass::B64);
                     self.w.ins(format!("mul.wide.u32 {gaddr}, {src_row}, {}", global.row_stride));
                     self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
-                    gaddr
+                    (gaddr, size)
                 }
                 // The page lookup may clear `inside` (an entry outside the table or the pool).
                 Some(pages) => {
@@ -1466,8 +1473,9 @@ impl<'k> Emitter<'k> {
                         [&entry, &in_page],
                         &inside,
                     );
+                    let size = self.w.temp(RegClass::B32);
                     self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
-                    gaddr
+                    (gaddr, size)
                 }
             };
             let saddr = self.tile_chunk_address(smem_offset, &row, &chunk, blocks);
@@ -2885,11 +2893,7 @@ impl<'k> Emitter<'k> {
             return Err(CodegenError::Internal("merge of a non-fragment accumulator".into()));
         };
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
-        let published: Vec<String> = (0..m.len)
-            .map(|i| m.at(i))
-            .chain((0..l.len).map(|i| l.at(i)))
-            .chain((0..a.len).map(|i| a.at(i)))
-            .collect();
+        let published = state_regs([&m, &l, &a]);
         let regs = published.len() as u32;
         if regs != self.plan.merge_regs {
             return Err(CodegenError::Internal("merge region sized for another state".into()));
@@ -2994,11 +2998,7 @@ impl<'k> Emitter<'k> {
             return Err(CodegenError::Internal("combine of a non-fragment accumulator".into()));
         };
         let shape = frag_shape(&self.cfg, cols, Elem::F32);
-        let state: Vec<String> = (0..m.len)
-            .map(|i| m.at(i))
-            .chain((0..l.len).map(|i| l.at(i)))
-            .chain((0..a.len).map(|i| a.at(i)))
-            .collect();
+        let state = state_regs([&m, &l, &a]);
         let (regs, threads, kv_ctas) = (state.len() as u32, self.cfg.threads(), self.cfg.kv_ctas);
         if regs != crate::combine_state_registers(self.kernel) {
             return Err(CodegenError::Internal("workspace sized for another state".into()));

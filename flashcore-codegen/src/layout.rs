@@ -73,6 +73,12 @@ pub fn frag_shape(cfg: &Config, cols: TileDim, elem: Elem) -> FragShape {
 
 /// How many registers (and of which PTX type) a value of `ty` needs per thread. `None` for
 /// values that live outside registers (shared-memory tiles).
+/// The f32 registers a thread holds of an online-softmax state `(m, l, acc)` (what the in-CTA
+/// merge publishes to shared memory and the combine across CTAs writes to its workspace).
+pub fn state_registers(kernel: &flashcore_ir::Kernel, state: [flashcore_ir::Value; 3]) -> u32 {
+    state.iter().map(|v| register_count(&kernel.config, &kernel.ty(*v)).unwrap_or(0) as u32).sum()
+}
+
 pub fn register_count(cfg: &Config, ty: &Type) -> Option<usize> {
     match *ty {
         Type::Index { .. } | Type::Scalar | Type::Int | Type::Bool | Type::Counter => Some(1),

@@ -60,10 +60,7 @@ pub fn combine_state_registers(kernel: &Kernel) -> u32 {
     let mut regs = 0;
     kernel.walk(&mut |inst| {
         if let flashcore_ir::Op::CombineCtas { max, sum, acc } = inst.op {
-            regs = [max, sum, acc]
-                .iter()
-                .map(|v| layout::register_count(&kernel.config, &kernel.ty(*v)).unwrap_or(0) as u32)
-                .sum();
+            regs = layout::state_registers(kernel, [max, sum, acc]);
         }
     });
     regs

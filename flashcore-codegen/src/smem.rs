@@ -96,10 +96,7 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     let mut merge_regs = 0;
     kernel.walk(&mut |inst| {
         if let Op::MergeSplits { max, sum, acc } = inst.op {
-            merge_regs = [max, sum, acc]
-                .iter()
-                .map(|v| crate::layout::register_count(cfg, &kernel.ty(*v)).unwrap_or(0) as u32)
-                .sum();
+            merge_regs = crate::layout::state_registers(kernel, [max, sum, acc]);
         }
     });
     let partner_warps = cfg.warps - cfg.warps_per_split();
