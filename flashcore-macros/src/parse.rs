@@ -110,7 +110,7 @@ impl Parse for KernelAttr {
             let Some((field, slot)) = config.number_field(&key) else {
                 return Err(syn::Error::new_spanned(
                         &item.path,
-                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits, persistent, causal, varlen, a_in_smem, overlap, tma, pingpong, dtype, or warps(compute = .., load = .., softmax = ..)"),
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits, kv_ctas, persistent, causal, varlen, a_in_smem, overlap, tma, pingpong, dtype, or warps(compute = .., load = .., softmax = ..)"),
                 ));
             };
             *slot = value;
