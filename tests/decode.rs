@@ -166,13 +166,16 @@ fn malformed_decode_arguments_are_typed_errors() {
 /// Split-KV across CTAs (`kv_ctas`): each sequence's K/V tiles are shared out among several
 /// CTAs, whose states the last to arrive merges. Lengths that leave some CTAs an empty share,
 /// shares of unequal length, an empty sequence, causal several-token steps, with the in-CTA
-/// split too, bf16, and sm_90a.
+/// split too (whose groups share the last CTA's fold: fewer CTAs than groups, more, two warps
+/// a group), bf16, and sm_90a.
 #[test]
 fn split_across_ctas_matches_float64() {
     let d64 = attention_decode_paged::CONFIG.with_head_dim(64);
     let configs = [
         Config { kv_ctas: 4, ..d64 },
         Config { kv_ctas: 3, warps: 4, kv_splits: 4, ..d64 },
+        Config { kv_ctas: 9, warps: 4, kv_splits: 4, ..d64 },
+        Config { kv_ctas: 5, tile_m: 32, warps: 4, kv_splits: 2, ..d64 },
         Config { kv_ctas: 5, causal: true, dtype: DType::Bf16, ..d64 },
         Config { kv_ctas: 7, tile_n: 32, stages: 3, ..d64 },
         Config { kv_ctas: 2, target: Target::Sm90a, tile_m: 64, warps: 4, ..d64 },
@@ -308,7 +311,7 @@ fn the_decode_step_plan_follows_the_device_and_refuses_mismatched_shapes() {
         decode_plan(info, DType::F16, (&q, &strides), (&q, &strides), [&pool, &table, &lens])
     };
     let one = plan(&h200, [1, 32, 1, 128]).unwrap();
-    assert_eq!((one.config.kv_ctas, one.config.tile_m, one.groups), (33, 16, 4), "{:?}", one);
+    assert_eq!((one.config.kv_ctas, one.config.tile_m, one.groups), (32, 16, 4), "{:?}", one);
     assert_eq!(one.packed_shape, [1, 8, 4, 128]);
     let sixteen = plan(&h200, [1, 32, 16, 128]).unwrap();
     assert_eq!((sixteen.config.tile_m, sixteen.config.target), (64, Target::Sm90a), "{:?}", sixteen);

@@ -55,6 +55,19 @@ fn windowed_paged_decode(
 /// The float64 formula: new token `i` of sequence `b` at position `p = len − s + i` attends to
 /// cache rows `max(0, p − WINDOW + 1) ..= p` (none when `p < 0`: its output is 0).
 fn reference(q: &[f64], cache: &PagedCache, h: usize, s: usize, scale: f64) -> Vec<f64> {
+    reference_where(q, cache, h, s, scale, |p, j| j as i64 <= p && j as i64 > p - WINDOW as i64)
+}
+
+/// Attention of each new token (at cache position `p`) over the cache rows `j` where
+/// `sees(p, j)` (none when `p < 0` or no row is seen: its output is 0), in float64.
+fn reference_where(
+    q: &[f64],
+    cache: &PagedCache,
+    h: usize,
+    s: usize,
+    scale: f64,
+    sees: impl Fn(i64, usize) -> bool,
+) -> Vec<f64> {
     let (d, hkv) = (cache.d, cache.hkv);
     let mut out = vec![0.0; cache.batch() * h * s * d];
     for b in 0..cache.batch() {
@@ -65,7 +78,10 @@ fn reference(q: &[f64], cache: &PagedCache, h: usize, s: usize, scale: f64) -> V
                 if p < 0 {
                     continue;
                 }
-                let keys: Vec<usize> = ((p - WINDOW as i64 + 1).max(0) as usize..=p as usize).collect();
+                let keys: Vec<usize> = (0..len as usize).filter(|&j| sees(p, j)).collect();
+                if keys.is_empty() {
+                    continue;
+                }
                 let row = &q[((b * h + head) * s + i) * d..][..d];
                 let at = |j: usize| cache.row_offset(b, j, head / (h / hkv));
                 let scores: Vec<f64> = keys
@@ -126,6 +142,81 @@ fn a_user_written_sliding_window_paged_decode_matches_float64() {
         let got: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
         let err = compare(&got, &reference(&q, &cache, h, s, scale as f64));
         println!("{config:<60} lens {lens:?} page {page} s {s}: rel_l2 {:.2e}", err.rel_l2);
+        assert!(err.rel_l2 < flashcore::tolerance(flashcore::DType::F16), "{config} lens {lens:?}: {err:?}");
+    }
+}
+
+/// Dilated decode over a paged cache: every new token sees the cache's rows in blocks of 32
+/// except every third block, a mask of integer `/` and `%` on key positions. (The K/V loop
+/// visits every tile from the first the mask keeps a score of; this mask empties whole tiles
+/// inside that range, which must then contribute nothing.)
+#[flash_kernel(tile_m = 16, tile_n = 32, head_dim = 64, stages = 2, warps = 1)]
+fn dilated_paged_decode(
+    q: Tensor<f16, B, H, S, D>,
+    k_cache: Tensor<f16, PAGES, HKV, PAGE, D>,
+    v_cache: Tensor<f16, PAGES, HKV, PAGE, D>,
+    block_table: Tensor<i32, B, MAX_PAGES>,
+    cache_len: SeqLens<B, SK>,
+    o: TensorMut<f16, B, H, S, D>,
+    scale: f32,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            let ks = stage(k_cache.tile(block_table[b], h / (H / HKV), kt));
+            let vs = stage(v_cache.tile(block_table[b], h / (H / HKV), kt));
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            let s = mask(s, s.index(SK) / 32 % 3 != 1);
+            let m_new = max(m, row_max(s));
+            let p = exp2(s - m_new);
+            let alpha = exp2(m - m_new);
+            l = l * alpha + row_sum(p);
+            acc = acc * alpha;
+            m = m_new;
+            acc = mma(p.to_f16(), vs, acc);
+        }
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
+#[test]
+fn a_user_written_block_sparse_paged_decode_matches_float64() {
+    let declared = dilated_paged_decode::CONFIG;
+    let cases = [(declared, vec![300, 31, 97], 16), (Config { kv_ctas: 2, ..declared }, vec![250, 481], 48)];
+    for (i, (config, lens, page)) in cases.into_iter().enumerate() {
+        let kernel = dilated_paged_decode::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let (h, hkv, d, s) = (2, 1, 64, 1);
+        let mut rng = Rng::new(190 + i as u64);
+        let cache = PagedCache::random(&lens, hkv, d, page, &mut rng);
+        let q: Vec<f64> = (0..lens.len() * h * s * d)
+            .map(|_| flashcore::round_to(flashcore::DType::F16, rng.normal()))
+            .collect();
+        let to_f16 = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<_>>();
+        let (q16, k16, v16) = (to_f16(&q), to_f16(&cache.k), to_f16(&cache.v));
+        let mut o = vec![f16::NAN; q.len()];
+        let qo = HostView::contiguous(&[lens.len(), h, s, d]);
+        let scale = 1.0 / (d as f32).sqrt();
+        simulate::<f16>(
+            &kernel,
+            &mut [
+                HostArg::Tensor(&q16, qo.clone()),
+                HostArg::Tensor(&k16, cache.view()),
+                HostArg::Tensor(&v16, cache.view()),
+                HostArg::I32Table(&cache.block_table, cache.table_view()),
+                HostArg::I32Table(&cache.lens, cache.lens_view()),
+                HostArg::TensorMut(&mut o, qo),
+                HostArg::F32(scale),
+            ],
+            &SimDevice::default(),
+        )
+        .unwrap_or_else(|e| panic!("{config}: {e}"));
+        let got: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
+        let want = reference_where(&q, &cache, h, s, scale as f64, |_, j| j / 32 % 3 != 1);
+        let err = compare(&got, &want);
+        println!("{config:<60} lens {lens:?} page {page}: rel_l2 {:.2e}", err.rel_l2);
         assert!(err.rel_l2 < flashcore::tolerance(flashcore::DType::F16), "{config} lens {lens:?}: {err:?}");
     }
 }

@@ -150,6 +150,63 @@ struct PagedRows {
     page_stride: String,
 }
 
+/// Paged copies in whole 16-row blocks ([`Emitter::copy_paged_blocks`]): the pages of this
+/// thread's blocks of the last such copy, and those of the blocks one copy further on, loaded
+/// while the current copy's data is in flight. A copy whose first row and table row match the
+/// keys takes its pages from here instead of waiting on the page table: the V copy reuses the K
+/// copy's pages, and a pipelined K/V loop finds each tile's pages loaded an iteration earlier.
+/// A copy that matches neither (another tile order, another sequence) looks its own up, so the
+/// keys make the cache right for any order of copies.
+struct PageCache {
+    /// The copies it serves: the same rows per copy and page geometry (the registers of the
+    /// page size and of the table's row length and stride).
+    geometry: PageGeometry,
+    current: CachedPages,
+    next: CachedPages,
+}
+
+/// One copy's worth of [`PageCache`] pages, with the keys they were looked up for.
+#[derive(Clone)]
+struct CachedPages {
+    /// The copy's first logical row, and its table row (an address).
+    row: String,
+    table: String,
+    /// The first block's page entry (its index in the table row) and row in that page.
+    entry: String,
+    in_page: String,
+    /// Per 16-row block: its page, or `-1` (outside every pool) where the block lies past the
+    /// sequence or its entry past the table's row (nothing was read for it).
+    pages: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct PageGeometry {
+    rows: u32,
+    page_rows: String,
+    entry_stride: String,
+    entries: String,
+}
+
+impl CachedPages {
+    /// Its registers: the keys (row, table), then the first block's position and the pages.
+    fn registers(&self) -> Vec<String> {
+        let mut regs = vec![self.row.clone(), self.table.clone(), self.entry.clone(), self.in_page.clone()];
+        regs.extend(self.pages.iter().cloned());
+        regs
+    }
+}
+
+/// What a thread of a copy team copies ([`Emitter::copy_tile_async`]): its row in each pass
+/// (`team_row`, then every `rows_per_pass` rows), its 16-byte chunk of the row (`chunk`; its
+/// global address in the tile's first row, `chunk_base`), and the shared tile's swizzle blocks.
+struct CopyLanes<'a> {
+    team_row: &'a str,
+    chunk: &'a str,
+    chunk_base: &'a str,
+    rows_per_pass: u32,
+    swizzle_blocks: Option<u32>,
+}
+
 /// Where an mma's A fragments are: in registers, or (`Config::a_in_smem`) in the row-tile
 /// region at `region`, ldmatrix-ed one k-slice at a time.
 enum AOperand {
@@ -218,6 +275,11 @@ pub struct Emitter<'k> {
     /// While a K/V loop is emitted: per mask, the warp's rows box and the ranges of its table
     /// reads on them, computed before the loop.
     hoisted_rows: HashMap<MaskId, ((String, String), HashMap<String, mask::Range>)>,
+    /// Paged copies' pages, kept from one copy to the next ([`PageCache`]).
+    page_cache: Option<PageCache>,
+    /// Where the prologue's text ends: registers that must hold a value before the first
+    /// work item are given it there once the body is emitted (the page cache's keys).
+    prologue_end: usize,
 }
 
 /// Split-KV across CTAs: this CTA's split of its work item (`split`, 0 .. kv_ctas), the work
@@ -339,6 +401,8 @@ impl<'k> Emitter<'k> {
             invariant_cache: None,
             cooperative_tables: false,
             hoisted_rows: HashMap::new(),
+            page_cache: None,
+            prologue_end: 0,
             team: Team::default(),
             group_warp: String::new(),
             stream: None,
@@ -384,6 +448,7 @@ impl<'k> Emitter<'k> {
         let body = self.kernel.body.clone();
         self.block(&body)?;
         self.w.ins("ret");
+        self.initialize_page_cache();
         let name = &self.kernel.name;
         let threads = self.cfg.threads();
         let mut out = String::new();
@@ -575,6 +640,7 @@ impl<'k> Emitter<'k> {
             wgmma,
         });
         self.team = Team { index: self.th().thread.clone(), threads: self.cfg.threads() };
+        self.prologue_end = self.w.mark();
         decls
     }
 
@@ -1400,6 +1466,28 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("setp.lt.u32 {p}, {}, {}", team.index, rows_per_pass * cpr));
             p
         });
+        // A paged tile of whole 16-row blocks, from a multiple of 16: one page lookup a block.
+        if let Some(pages) = &global.pages {
+            let geometry = PageGeometry {
+                rows,
+                page_rows: pages.page_rows.clone(),
+                entry_stride: pages.entry_stride.clone(),
+                entries: pages.entries.clone(),
+            };
+            let whole_blocks =
+                first_row.is_none() && rows % 16 == 0 && 16 % rows_per_pass == 0 && active.is_none();
+            if whole_blocks && self.page_cache_fits(&geometry) {
+                let lanes = CopyLanes {
+                    team_row: &team_row,
+                    chunk: &chunk,
+                    chunk_base: &chunk_base,
+                    rows_per_pass,
+                    swizzle_blocks: blocks,
+                };
+                self.copy_paged_blocks(pages, &global.row_stride, smem_offset, rows, &lanes, valid_rows);
+                return;
+            }
+        }
         // A paged tile: this thread's first row's page entry and row in its page, by one
         // division; each later pass steps them on by `rows_per_pass` rows.
         let page_pos = global.pages.as_ref().map(|pages| {
@@ -1481,6 +1569,185 @@ impl<'k> Emitter<'k> {
             let saddr = self.tile_chunk_address(smem_offset, &row, &chunk, blocks);
             self.w.ins(format!("{guard}cp.async.cg.shared.global [{saddr}], [{gaddr}], 16, {size}"));
         }
+    }
+
+    /// A paged copy in whole 16-row blocks ([`Emitter::copy_tile_async`] of a paged tile that
+    /// starts at a multiple of 16 and copies whole blocks): a page holds a multiple of 16 rows
+    /// (the launcher checks), so the 16 rows of a block lie in one page, and each thread needs
+    /// one page a block, not one a row. The pages come from the page cache where an earlier copy
+    /// looked them up or loaded them ahead, else from the page table; after issuing its copies
+    /// the thread loads the pages of the next copy's blocks into the cache. A block lying past
+    /// the sequence or whose entry lies past the table's row, or whose page lies outside the
+    /// pool, is zero-filled and nothing is read for it, as are rows past the sequence.
+    fn copy_paged_blocks(
+        &mut self,
+        pages: &PagedRows,
+        row_stride: &str,
+        smem_offset: &str,
+        rows: u32,
+        lanes: &CopyLanes,
+        valid_rows: &str,
+    ) {
+        let PagedRows { first_row: start, table_row, page_rows, pool, page_stride, .. } = pages;
+        let cache = self.page_cache.as_ref().expect("a page cache that fits the copy");
+        let (current, next) = (cache.current.clone(), cache.next.clone());
+        self.w.comment("paged copy in 16-row blocks: a block's rows lie in one page, looked up once");
+        let hit_current = self.keys_match(&current, start, table_row);
+        let hit_next = self.keys_match(&next, start, table_row);
+        let (take_next, cached) = (self.w.temp(RegClass::Pred), self.w.temp(RegClass::Pred));
+        self.w.ins(format!("not.pred {take_next}, {hit_current}"));
+        self.w.ins(format!("and.pred {take_next}, {take_next}, {hit_next}"));
+        self.w.ins(format!("or.pred {cached}, {hit_current}, {hit_next}"));
+        for (to, from) in current.registers().into_iter().zip(next.registers()).skip(2) {
+            self.w.ins(format!("@{take_next} mov.u32 {to}, {from}"));
+        }
+        self.w.ins(format!("mov.u32 {}, {start}", current.row));
+        self.w.ins(format!("mov.u64 {}, {table_row}", current.table));
+        let looked_up = self.w.label("pages_looked_up");
+        self.w.ins(format!("@{cached} bra.uni {looked_up}"));
+        self.w.comment(
+            "page cache miss: the first block's entry by one division, each block's page from the table",
+        );
+        self.w.ins(format!("div.u32 {}, {start}, {page_rows}", current.entry));
+        self.w.ins(format!("mul.lo.u32 {}, {}, {page_rows}", current.in_page, current.entry));
+        self.w.ins(format!("sub.u32 {}, {start}, {}", current.in_page, current.in_page));
+        self.load_block_pages(pages, &current, 0, valid_rows);
+        self.w.place_label(&looked_up);
+
+        // Row `team_row + j * rows_per_pass` of a block, in bytes from the block's first row.
+        let passes_per_block = 16 / lanes.rows_per_pass;
+        let row_offsets: Vec<String> = (0..passes_per_block)
+            .map(|j| {
+                let (row, offset) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B64));
+                self.w.ins(format!("add.u32 {row}, {}, {}", lanes.team_row, j * lanes.rows_per_pass));
+                self.w.ins(format!("mul.wide.u32 {offset}, {row}, {row_stride}"));
+                offset
+            })
+            .collect();
+        let (entry, in_page) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("mov.u32 {entry}, {}", current.entry));
+        self.w.ins(format!("mov.u32 {in_page}, {}", current.in_page));
+        for (block, page) in current.pages.iter().enumerate() {
+            if block > 0 {
+                self.step_block(&entry, &in_page, page_rows);
+            }
+            // Unsigned: `-1` (not looked up) and a negative entry are outside the pool too.
+            let (ok, page_or_0, in_page_or_0) =
+                (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+            self.w.ins(format!("setp.lt.u32 {ok}, {page}, {pool}"));
+            self.w.ins(format!("selp.b32 {page_or_0}, {page}, 0, {ok}"));
+            self.w.ins(format!("selp.b32 {in_page_or_0}, {in_page}, 0, {ok}"));
+            let (block_addr, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+            self.w.ins(format!("mul.wide.u32 {block_addr}, {page_or_0}, {page_stride}"));
+            self.w.ins(format!("mul.wide.u32 {part}, {in_page_or_0}, {row_stride}"));
+            self.w.ins(format!("add.u64 {block_addr}, {block_addr}, {part}"));
+            self.w.ins(format!("add.u64 {block_addr}, {}, {block_addr}", lanes.chunk_base));
+            for (j, row_offset) in row_offsets.iter().enumerate() {
+                let row = self.w.temp(RegClass::B32);
+                let first = block as u32 * 16 + j as u32 * lanes.rows_per_pass;
+                self.w.ins(format!("add.u32 {row}, {}, {first}", lanes.team_row));
+                let (inside, size, gaddr) =
+                    (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B64));
+                self.w.ins(format!("setp.lt.u32 {inside}, {row}, {valid_rows}"));
+                self.w.ins(format!("and.pred {inside}, {inside}, {ok}"));
+                self.w.ins(format!("selp.b32 {size}, 16, 0, {inside}"));
+                self.w.ins(format!("add.u64 {gaddr}, {block_addr}, {row_offset}"));
+                let saddr = self.tile_chunk_address(smem_offset, &row, lanes.chunk, lanes.swizzle_blocks);
+                self.w.ins(format!("cp.async.cg.shared.global [{saddr}], [{gaddr}], 16, {size}"));
+            }
+        }
+
+        self.w.comment("page cache: load the pages of the next copy's blocks while this copy is in flight");
+        let ahead = self.w.temp(RegClass::B32);
+        self.w.ins(format!("add.u32 {ahead}, {start}, {rows}"));
+        let have = self.keys_match(&next, &ahead, table_row);
+        let loaded = self.w.label("pages_ahead");
+        self.w.ins(format!("@{have} bra.uni {loaded}"));
+        self.step_block(&entry, &in_page, page_rows);
+        self.w.ins(format!("mov.u32 {}, {entry}", next.entry));
+        self.w.ins(format!("mov.u32 {}, {in_page}", next.in_page));
+        self.load_block_pages(pages, &next, rows, valid_rows);
+        self.w.ins(format!("mov.u32 {}, {ahead}", next.row));
+        self.w.ins(format!("mov.u64 {}, {table_row}", next.table));
+        self.w.place_label(&loaded);
+    }
+
+    /// Steps a block's page entry and row in its page on by one block (16 rows; a page holds a
+    /// multiple of 16, so at most one page end is crossed).
+    fn step_block(&mut self, entry: &str, in_page: &str, page_rows: &str) {
+        let past = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("add.u32 {in_page}, {in_page}, 16"));
+        self.w.ins(format!("setp.ge.u32 {past}, {in_page}, {page_rows}"));
+        self.w.ins(format!("@{past} sub.u32 {in_page}, {in_page}, {page_rows}"));
+        self.w.ins(format!("@{past} add.u32 {entry}, {entry}, 1"));
+    }
+
+    /// Loads the pages of `target`'s blocks from the page table (its first block's entry and
+    /// row in page set), the blocks starting `offset` rows past the copy's first row, of which
+    /// `valid_rows` lie in the sequence: a block past the sequence or whose entry lies past the
+    /// table's row gets `-1` and no load.
+    fn load_block_pages(&mut self, pages: &PagedRows, target: &CachedPages, offset: u32, valid_rows: &str) {
+        let (entry, in_page) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("mov.u32 {entry}, {}", target.entry));
+        self.w.ins(format!("mov.u32 {in_page}, {}", target.in_page));
+        for (block, page) in target.pages.iter().enumerate() {
+            if block > 0 {
+                self.step_block(&entry, &in_page, &pages.page_rows);
+            }
+            let (read, listed, eaddr) =
+                (self.w.temp(RegClass::Pred), self.w.temp(RegClass::Pred), self.w.temp(RegClass::B64));
+            self.w.ins(format!("setp.gt.u32 {read}, {valid_rows}, {}", offset + block as u32 * 16));
+            self.w.ins(format!("setp.lt.u32 {listed}, {entry}, {}", pages.entries));
+            self.w.ins(format!("and.pred {read}, {read}, {listed}"));
+            self.w.ins(format!("mul.wide.u32 {eaddr}, {entry}, {}", pages.entry_stride));
+            self.w.ins(format!("add.u64 {eaddr}, {}, {eaddr}", pages.table_row));
+            self.w.ins(format!("mov.u32 {page}, -1"));
+            self.w.ins(format!("@{read} ld.global.nc.u32 {page}, [{eaddr}]"));
+        }
+    }
+
+    /// Whether the page cache holds a copy of `geometry`'s pages (made on the first paged
+    /// copy; a copy of another geometry looks its pages up row by row).
+    fn page_cache_fits(&mut self, geometry: &PageGeometry) -> bool {
+        if let Some(cache) = &self.page_cache {
+            return cache.geometry == *geometry;
+        }
+        let blocks = geometry.rows / 16;
+        let mut pages = |which: &str| CachedPages {
+            row: self.w.named(RegClass::B32, &format!("%pages_{which}_row")),
+            table: self.w.named(RegClass::B64, &format!("%pages_{which}_table")),
+            entry: self.w.named(RegClass::B32, &format!("%pages_{which}_entry")),
+            in_page: self.w.named(RegClass::B32, &format!("%pages_{which}_in_page")),
+            pages: (0..blocks).map(|b| self.w.named(RegClass::B32, &format!("%pages_{which}_{b}"))).collect(),
+        };
+        let (current, next) = (pages("current"), pages("next"));
+        self.page_cache = Some(PageCache { geometry: geometry.clone(), current, next });
+        true
+    }
+
+    /// Whether `pages`' keys are a copy's first row `start` and table row `table_row`.
+    fn keys_match(&mut self, pages: &CachedPages, start: &str, table_row: &str) -> String {
+        let (same_row, same_table) = (self.w.temp(RegClass::Pred), self.w.temp(RegClass::Pred));
+        self.w.ins(format!("setp.eq.u32 {same_row}, {}, {start}", pages.row));
+        self.w.ins(format!("setp.eq.u64 {same_table}, {}, {table_row}", pages.table));
+        self.w.ins(format!("and.pred {same_row}, {same_row}, {same_table}"));
+        same_row
+    }
+
+    /// The page cache's keys start out matching no copy (row `-1`) and its registers defined;
+    /// written into the prologue once the body (which makes the cache) is emitted.
+    fn initialize_page_cache(&mut self) {
+        let Some(cache) = self.page_cache.as_ref() else { return };
+        let body = self.w.take_since(self.prologue_end);
+        self.w.comment("page cache: no pages looked up yet");
+        for pages in [&cache.current, &cache.next] {
+            self.w.ins(format!("mov.u64 {}, 0", pages.table));
+            for reg in pages.registers().into_iter().filter(|r| *r != pages.table) {
+                self.w.ins(format!("mov.u32 {reg}, -1"));
+            }
+        }
+        self.w.blank();
+        self.w.put_back(&body);
     }
 
     /// The global address of this thread's chunk of a paged tile's row, the row's page entry
@@ -2988,6 +3255,12 @@ impl<'k> Emitter<'k> {
     /// whether it was the last; the others leave the work item, the last reads split 0's state
     /// and folds splits 1.. in, in order (deterministic: the same sums whichever CTA is last),
     /// resets the counter for the next launch, and goes on to the stores.
+    ///
+    /// With split-KV inside the CTA too (`kv_splits` groups, merged before this op), only group
+    /// 0 holds the CTA's state, and only it writes; the last CTA's groups then share the fold:
+    /// group `g` folds splits `g, g + kv_splits, ..` (in order), and the groups' states are
+    /// merged in the CTA as after the K/V loop. The fold's chain of dependent workspace reads is
+    /// `kv_splits` times shorter.
     fn combine_ctas(&mut self, max: Value, sum: Value, acc: Value) -> Result<(), CodegenError> {
         let missing = || CodegenError::Internal("combine_ctas outside a work loop split across CTAs".into());
         let c = self.combine.clone().ok_or_else(missing)?;
@@ -3004,14 +3277,25 @@ impl<'k> Emitter<'k> {
             return Err(CodegenError::Internal("workspace sized for another state".into()));
         }
         let (thread, smem) = (self.th().thread.clone(), self.th().smem.clone());
-        let state_bytes = regs * threads * 4;
+        // The threads whose registers a slot holds: split group 0's with split-KV in the CTA.
+        let group = self.th().split.clone();
+        let writers = crate::combine_state_threads(&self.cfg);
+        let state_bytes = regs * writers * 4;
+        let slot_thread = match &group {
+            Some(_) => {
+                let t = self.w.temp(RegClass::B32);
+                self.w.rem_u32_by(&t, &thread, writers);
+                t
+            }
+            None => thread.clone(),
+        };
         // The address of this thread's register 0 in split `split`'s slot of this work item.
         let slot_base = |e: &mut Self, split: &str| {
             let (slot, base) = (e.w.temp(RegClass::B32), e.w.temp(RegClass::B64));
             e.w.ins(format!("mad.lo.u32 {slot}, {}, {kv_ctas}, {split}", c.item));
             let (off, part) = (e.w.temp(RegClass::B64), e.w.temp(RegClass::B64));
             e.w.ins(format!("mul.wide.u32 {off}, {slot}, {state_bytes}"));
-            e.w.ins(format!("mul.wide.u32 {part}, {thread}, 4"));
+            e.w.ins(format!("mul.wide.u32 {part}, {slot_thread}, 4"));
             e.w.ins(format!("add.u64 {off}, {off}, {part}"));
             e.w.ins(format!("add.u64 {base}, {workspace}, {off}"));
             base
@@ -3019,9 +3303,19 @@ impl<'k> Emitter<'k> {
         self.w.comment(format!(
             "combine across CTAs: this CTA's state ({regs} registers a thread) to the workspace"
         ));
+        let written = group.as_ref().map(|g| {
+            let (other_group, written) = (self.w.temp(RegClass::Pred), self.w.label("state_written"));
+            self.w.comment("(only split group 0 holds the CTA's merged state)");
+            self.w.ins(format!("setp.ne.u32 {other_group}, {}, 0", g.index));
+            self.w.ins(format!("@{other_group} bra.uni {written}"));
+            written
+        });
         let own = slot_base(self, &c.split);
         for (r, reg) in state.iter().enumerate() {
-            self.w.ins(format!("st.global.cg.f32 [{own}+{}], {reg}", r as u32 * threads * 4));
+            self.w.ins(format!("st.global.cg.f32 [{own}+{}], {reg}", r as u32 * writers * 4));
+        }
+        if let Some(written) = written {
+            self.w.place_label(&written);
         }
         // The item's arrival counter, after every item's states.
         let (counter, off) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
@@ -3049,30 +3343,58 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("@{not_last} bra.uni {}", c.next));
         self.w.ins("fence.acq_rel.gpu");
         self.w.ins(format!("@{first} st.global.u32 [{counter}], 0"));
-        // Split 0's state first, then splits 1.. folded in, in order: the same arithmetic
-        // whichever CTA arrives last, so the output is identical launch to launch.
-        self.w.comment("the last CTA: split 0's state, then each other split's folded in, in split order");
-        let first_state = slot_base(self, "0");
-        for (r, reg) in state.iter().enumerate() {
-            self.w.ins(format!("ld.global.cg.f32 {reg}, [{first_state}+{}]", r as u32 * threads * 4));
+        // Split `first`'s state, then splits `first + step, ..` folded in, in order: the same
+        // arithmetic whichever CTA arrives last, so the output is identical launch to launch.
+        // With split groups in the CTA, group g starts at split g (an empty state if there is
+        // none) and steps by the groups; the groups are merged after.
+        let (first, step) = match &group {
+            Some(g) => (g.index.clone(), self.cfg.kv_splits),
+            None => ("0".to_string(), 1),
+        };
+        let (split, fold_done) = (self.w.temp(RegClass::B32), self.w.label("combine_done"));
+        self.w.ins(format!("mov.u32 {split}, {first}"));
+        if group.is_some() {
+            self.w.comment(format!(
+                "the last CTA: split group g folds splits g, g + {step}, .. in order (none: an empty state)"
+            ));
+            let none = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.ge.u32 {none}, {split}, {kv_ctas}"));
+            for (r, reg) in state.iter().enumerate() {
+                let empty = if r < m.len { "0fFF800000" } else { "0f00000000" };
+                self.w.ins(format!("@{none} mov.f32 {reg}, {empty}"));
+            }
+            self.w.ins(format!("@{none} bra.uni {fold_done}"));
+        } else {
+            self.w
+                .comment("the last CTA: split 0's state, then each other split's folded in, in split order");
         }
-        let split = self.w.temp(RegClass::B32);
+        let first_state = slot_base(self, &split);
+        for (r, reg) in state.iter().enumerate() {
+            self.w.ins(format!("ld.global.cg.f32 {reg}, [{first_state}+{}]", r as u32 * writers * 4));
+        }
         let top = self.w.label("combine");
-        self.w.ins(format!("mov.u32 {split}, 1"));
+        let more = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("add.u32 {split}, {split}, {step}"));
+        self.w.ins(format!("setp.lt.u32 {more}, {split}, {kv_ctas}"));
+        self.w.ins(format!("@!{more} bra.uni {fold_done}"));
         self.w.place_label(&top);
         self.w.indent();
         let base = slot_base(self, &split);
         let mut load = |e: &mut Self, r: usize| {
             let x = e.w.temp(RegClass::F32);
-            e.w.ins(format!("ld.global.cg.f32 {x}, [{base}+{}]", r as u32 * threads * 4));
+            e.w.ins(format!("ld.global.cg.f32 {x}, [{base}+{}]", r as u32 * writers * 4));
             x
         };
         self.fold_state([&m, &l, &a], &shape, &mut load);
-        let more = self.w.temp(RegClass::Pred);
-        self.w.ins(format!("add.u32 {split}, {split}, 1"));
+        self.w.ins(format!("add.u32 {split}, {split}, {step}"));
         self.w.ins(format!("setp.lt.u32 {more}, {split}, {kv_ctas}"));
         self.w.ins(format!("@{more} bra.uni {top}"));
         self.w.dedent();
+        self.w.place_label(&fold_done);
+        if group.is_some() {
+            self.w.comment("the split groups' folds merged, as after the K/V loop");
+            self.merge_splits(max, sum, acc)?;
+        }
         // The flag word is read again by the next work item's combine.
         self.w.ins(format!("bar.sync 0, {threads}"));
         Ok(())

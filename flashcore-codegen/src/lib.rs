@@ -66,15 +66,25 @@ pub fn combine_state_registers(kernel: &Kernel) -> u32 {
     regs
 }
 
+/// Split-KV across CTAs: the threads of a CTA whose state goes to the workspace: all of them,
+/// or with split-KV inside the CTA too, split group 0's (which holds the CTA's merged state).
+pub fn combine_state_threads(config: &flashcore_ir::Config) -> u32 {
+    if config.kv_splits > 1 {
+        config.warps_per_split() * 32
+    } else {
+        config.threads()
+    }
+}
+
 /// Split-KV across CTAs: the bytes of the workspace a launch of `work_items` work items needs
 /// (`EntryParam::Workspace`): per work item, `kv_ctas` states of [`combine_state_registers`]
-/// f32 a thread, then a u32 arrival counter per work item (zero before the first launch; every
-/// launch leaves them zero). 0 for a kernel that is not split.
+/// f32 a thread of [`combine_state_threads`], then a u32 arrival counter per work item (zero
+/// before the first launch; every launch leaves them zero). 0 for a kernel that is not split.
 pub fn combine_workspace_bytes(kernel: &Kernel, work_items: u64) -> u64 {
     let regs = combine_state_registers(kernel) as u64;
     if regs == 0 {
         return 0;
     }
-    let state_bytes = regs * kernel.config.threads() as u64 * 4;
+    let state_bytes = regs * combine_state_threads(&kernel.config) as u64 * 4;
     work_items * (kernel.config.kv_ctas as u64 * state_bytes + 4)
 }

@@ -120,19 +120,27 @@ pub fn attention_decode_paged_packed<T>(
     }
 }
 
-/// How many CTAs to split each work item of a decode step across (`Config::kv_ctas`): none
-/// once the work items fill the GPU (`sms`), else enough for about two CTAs an SM, each walking
-/// at least 4 of the `kv_tiles` K/V tiles, at most `flashcore_ir::config::MAX_KV_CTAS`.
-/// FlashAttention-2's rule of thumb, checked against the H200's timings at B = 1, 8, 64
-/// (docs/measurements/2026-12-02-h200-decode-split.txt: at 32 work items on 132 SMs, 8 CTAs
-/// each was fastest of 4, 8 and 16).
+/// CTAs of a decode schedule an SM runs at once: its ~220 registers a thread at 128 threads
+/// leave room for 2 on an SM of 64K registers (`flashcore check` of the packed kernel's
+/// schedules, sm_89 and sm_90).
+pub const DECODE_CTAS_PER_SM: usize = 2;
+
+/// How many CTAs to split each work item of a decode step across (`Config::kv_ctas`), `n` in
+/// `1 ..= min(kv_tiles / 4, MAX_KV_CTAS)` (each CTA walks at least 4 of the `kv_tiles` K/V
+/// tiles): none once the work items give each of the `sms` SMs one; else the fewest whose time,
+/// in waves of [`DECODE_CTAS_PER_SM`] CTAs an SM times each CTA's share `1 / n`, is within 5%
+/// of the best. A launch that leaves a few CTAs for a second wave costs as much as a full
+/// second wave: on the H200 at B = 8, 32k (64 work items, 264 CTAs at once), 4 CTAs an item
+/// (256) took 265 µs and 5 (320) 366 µs (docs/measurements/2026-12-03-h200-decode-cache.txt).
 pub fn split_ctas(work_items: usize, sms: usize, kv_tiles: usize) -> u32 {
     if work_items == 0 || work_items >= sms {
         return 1;
     }
-    let want = (2 * sms).div_ceil(work_items);
     let most = (kv_tiles / 4).clamp(1, crate::ir::config::MAX_KV_CTAS as usize);
-    want.min(most) as u32
+    let slots = sms * DECODE_CTAS_PER_SM;
+    let time = |n: usize| (work_items * n).div_ceil(slots) as f64 / n as f64;
+    let best = (1..=most).map(time).fold(f64::INFINITY, f64::min);
+    (1..=most).find(|&n| time(n) <= 1.05 * best).unwrap_or(1) as u32
 }
 
 /// The packed kernel's schedule for `rows = (H / HKV) · S` rows a K/V head, from `base` (its
@@ -155,15 +163,18 @@ mod tests {
 
     #[test]
     fn the_split_fills_the_gpu_only_when_the_work_items_do_not() {
-        // 8 K/V heads of one sequence on 132 SMs: about two CTAs an SM.
-        assert_eq!(split_ctas(8, 132, 512), 33);
+        // 8 K/V heads of one sequence on 132 SMs: one full wave of two CTAs an SM, or nearly.
+        assert_eq!(split_ctas(8, 132, 512), 32);
+        // 64 work items: 4 CTAs each (256 of 264 at once), not 5 (a second wave of 56).
+        assert_eq!(split_ctas(64, 132, 512), 4);
         // Short caches: at least 4 tiles a CTA.
         assert_eq!(split_ctas(8, 132, 16), 4);
         assert_eq!(split_ctas(8, 132, 2), 1);
         // Enough work items, or none: no split; never past the most a work item may have.
         assert_eq!(split_ctas(512, 132, 4096), 1);
         assert_eq!(split_ctas(0, 132, 4096), 1);
-        assert_eq!(split_ctas(1, 132, 1 << 20), crate::ir::config::MAX_KV_CTAS);
+        // One work item: within 5% of the most a work item may have (64), never past it.
+        assert_eq!(split_ctas(1, 132, 1 << 20), 61);
     }
 
     #[test]
