@@ -7,7 +7,14 @@
 //! ```text
 //! cargo run --release --example decode -- --batch 8 --cache-len 8192 --page 16
 //! cargo run --release --example decode -- --batch 1 --cache-len 32768 --new-tokens 4 --causal
+//! cargo run --release --example decode -- --step --batch 8 --cache-len 8192 --new-tokens 4 --causal
 //! ```
+//!
+//! `--step` runs a whole decode step through the typed API: the step's new keys and values
+//! appended to the cache by the append kernel (`paged::append`), then `paged::decode_step`;
+//! the pools checked bit for bit against the host's append and the output against float64,
+//! then the same two launches captured in a CUDA graph, replayed and checked again, and both
+//! ways timed.
 
 use std::process::ExitCode;
 
@@ -40,6 +47,9 @@ struct Options {
     /// With `--packed`: the default schedules run through the typed API
     /// (`flashcore::paged::decode_step` on a `DevicePagedCache`), as a server would call it.
     api: bool,
+    /// A whole decode step through the typed API: the new tokens' K/V appended by the append
+    /// kernel, then `decode_step`, run directly and replayed from a CUDA graph.
+    step: bool,
     /// Causal (the packed kernel takes it through `rows_after`, the plain one as its config).
     causal: bool,
     /// Per schedule: given as empty (or no `--config`), the kernel's declared one with
@@ -47,7 +57,7 @@ struct Options {
     auto_split: Vec<bool>,
 }
 
-const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--packed [--api]] [--config SETTINGS[;SETTINGS..]] [--iters N] [--seed N]";
+const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--packed [--api]] [--step] [--config SETTINGS[;SETTINGS..]] [--iters N] [--seed N]";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -62,6 +72,7 @@ fn parse_args() -> Result<Options, String> {
         seed: 1,
         packed: false,
         api: false,
+        step: false,
         causal: false,
         auto_split: vec![],
     };
@@ -84,6 +95,7 @@ fn parse_args() -> Result<Options, String> {
             "--bf16" => bf16 = true,
             "--packed" => o.packed = true,
             "--api" => o.api = true,
+            "--step" => o.step = true,
             "--config" => settings = value("--config")?,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -123,9 +135,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match Device::new(0) {
-        Ok(device) => match o.configs[0].dtype {
-            DType::F16 => on_gpu::<f16>(&device, &o),
-            DType::Bf16 => on_gpu::<bf16>(&device, &o),
+        Ok(device) => match (o.configs[0].dtype, o.step) {
+            (DType::F16, false) => on_gpu::<f16>(&device, &o),
+            (DType::Bf16, false) => on_gpu::<bf16>(&device, &o),
+            (DType::F16, true) => step_on_gpu::<f16>(&device, &o),
+            (DType::Bf16, true) => step_on_gpu::<bf16>(&device, &o),
         },
         Err(e) => without_gpu(&e.to_string(), &o),
     };
@@ -161,7 +175,29 @@ fn without_gpu(reason: &str, o: &Options) -> Result<bool, flashcore::Error> {
         let kernel = attention_decode_paged::compile(&config)?;
         check_decode(&kernel, &cache, heads, o.new_tokens, o.seed, &SimDevice::default())?
     };
-    let ok = got.err.rel_l2 < flashcore::tolerance(config.dtype);
+    let mut ok = got.err.rel_l2 < flashcore::tolerance(config.dtype);
+    if o.step {
+        // The step's append: the new rows through the append kernel against the host's append.
+        let mut appended = cache.clone();
+        let n = lens.len() * o.kv_heads * o.new_tokens * config.head_dim as usize;
+        let mut rng = Rng::new(o.seed + 1);
+        let (k_new, v_new): (Vec<f64>, Vec<f64>) = (0..n).map(|_| (rng.normal(), rng.normal())).unzip();
+        let to_f16 = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<f16>>();
+        let (k16, v16) = (to_f16(&k_new), to_f16(&v_new));
+        let (mut k_pool, mut v_pool) = (to_f16(&cache.k), to_f16(&cache.v));
+        flashcore::paged::simulate_append(&cache, (&k16, &v16), o.new_tokens, (&mut k_pool, &mut v_pool))?;
+        let widen = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+        appended.append_host(&widen(&k16), &widen(&v16), o.new_tokens);
+        let bits = |x: &[f16]| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
+        let same = bits(&k_pool) == bits(&to_f16(&appended.k)) && bits(&v_pool) == bits(&to_f16(&appended.v));
+        println!(
+            "simulator: append of {} new tokens: pools {} the host's append ({})",
+            o.new_tokens,
+            if same { "equal" } else { "DIFFER from" },
+            if same { "ok" } else { "FAILED" }
+        );
+        ok &= same;
+    }
     println!(
         "simulator: {} ({}), cache lengths {lens:?} in pages of {}, H={heads} HKV={}, {} new tokens: rel err {:.2e} vs float64 ({})",
         if o.packed { attention_decode_paged_packed::NAME } else { attention_decode_paged::NAME },
@@ -308,4 +344,101 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
         );
     }
     Ok(ok)
+}
+
+/// `--step`: a whole decode step through the typed API, directly and from a CUDA graph.
+fn step_on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore::Error> {
+    let info = device.info();
+    println!("device: {} ({} SMs); seed {}", info.name, info.sm_count, o.seed);
+    let (dtype, d, s) = (o.configs[0].dtype, o.configs[0].head_dim as usize, o.new_tokens);
+    let mut rng = Rng::new(o.seed);
+    // The cache as it stands after the step (its lengths count the new tokens), its new rows
+    // holding stale values on the device until the append overwrites them.
+    let mut cache =
+        PagedCache::random_in(dtype, &vec![o.cache_len; o.batch], o.kv_heads, d, o.page, &mut rng);
+    cache.check()?;
+    let mut normal =
+        |n: usize| (0..n).map(|_| flashcore::round_to(dtype, rng.normal())).collect::<Vec<f64>>();
+    let q = normal(o.batch * o.heads * s * d);
+    let (k_new, v_new) = (normal(o.batch * o.kv_heads * s * d), normal(o.batch * o.kv_heads * s * d));
+    let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
+    let mut dev_cache = DevicePagedCache::<T>::upload(device, &cache)?;
+    cache.append_host(&k_new, &v_new, s);
+    let new_shape = [o.batch, o.kv_heads, s, d];
+    let (k_dev, v_dev) =
+        (device.upload(&to_t(&k_new), &new_shape)?, device.upload(&to_t(&v_new), &new_shape)?);
+    let qo = [o.batch, o.heads, s, d];
+    let q_dev = device.upload(&to_t(&q), &qo)?;
+    let mut out = device.filled(&qo, T::NAN)?;
+    let scale = o.configs[0].default_scale();
+    let pairs = [(0, 0), (o.batch / 2, o.heads / 2), (o.batch - 1, o.heads - 1)];
+    let rows = |x: &[f64]| -> Vec<f64> {
+        pairs.iter().flat_map(|&(b, h)| x[(b * o.heads + h) * s * d..][..s * d].to_vec()).collect()
+    };
+    let want = rows(&decode_reference_heads(&q, &cache, o.heads, s, scale as f64, o.causal, &pairs));
+    let (k_want, v_want) = (to_t(&cache.k), to_t(&cache.v));
+    // Checks the output against float64 and the pools bit for bit against the host's append.
+    let check = |what: &str,
+                 out: &flashcore::runtime::DeviceTensor<T>,
+                 cache: &DevicePagedCache<T>,
+                 config: &Config| {
+        let got: Vec<f64> = device.download(out)?.iter().map(|x| x.to_f64()).collect();
+        let err = compare(&rows(&got), &want);
+        let unwritten = got.iter().filter(|x| !x.is_finite()).count();
+        let same =
+            |a: &[T], b: &[T]| a.iter().zip(b).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits());
+        let pools = same(&device.download(&cache.k)?, &k_want) && same(&device.download(&cache.v)?, &v_want);
+        let ok = err.rel_l2 < flashcore::tolerance(dtype) && unwritten == 0 && pools;
+        println!(
+            "{what} ({config}): rel err {:.2e} vs float64 on {} heads, {unwritten} unwritten, pools {} the host's append ({})",
+            err.rel_l2,
+            pairs.len(),
+            if pools { "equal" } else { "DIFFER from" },
+            if ok { "ok" } else { "FAILED" }
+        );
+        Ok::<bool, flashcore::Error>(ok)
+    };
+    // 1. Directly: append, then attention.
+    let config = run_step(device, &mut dev_cache, (&k_dev, &v_dev), &q_dev, &mut out, scale, o.causal)?;
+    let mut ok = check("step: append + decode_step", &out, &dev_cache, &config)?;
+    // 2. The same two launches captured in a CUDA graph (their modules and workspaces exist
+    // now), replayed into a poisoned output.
+    let graph = device.capture(|| {
+        run_step(device, &mut dev_cache, (&k_dev, &v_dev), &q_dev, &mut out, scale, o.causal).map(|_| ())
+    })?;
+    device.overwrite(&mut out, &vec![T::NAN; o.batch * o.heads * s * d])?;
+    graph.launch()?;
+    device.synchronize()?;
+    ok &= check("step replayed from a CUDA graph", &out, &dev_cache, &config)?;
+    // 3. Both timed (an appended row is rewritten with the same values each time).
+    let direct = flashcore::timing::median_launch_us::<flashcore::Error>(device, 5, o.iters, |_| {
+        run_step(device, &mut dev_cache, (&k_dev, &v_dev), &q_dev, &mut out, scale, o.causal).map(|_| ())
+    })?;
+    let replayed =
+        flashcore::timing::median_launch_us::<flashcore::Error>(device, 5, o.iters, |_| Ok(graph.launch()?))?;
+    println!(
+        "step timing: B={} H={} HKV={} D={d} cache {} in pages of {}, {s} new tokens{}: {direct:.1} µs launched, {replayed:.1} µs from the graph",
+        o.batch,
+        o.heads,
+        o.kv_heads,
+        o.cache_len,
+        o.page,
+        if o.causal { " causal" } else { "" }
+    );
+    ok &= check("step after the timed runs", &out, &dev_cache, &config)?;
+    Ok(ok)
+}
+
+/// One decode step through the typed API: the new tokens' K/V appended, then the attention.
+fn run_step<T: HalfFloat>(
+    device: &Device,
+    cache: &mut DevicePagedCache<T>,
+    (k_new, v_new): (&flashcore::runtime::DeviceTensor<T>, &flashcore::runtime::DeviceTensor<T>),
+    q: &flashcore::runtime::DeviceTensor<T>,
+    out: &mut flashcore::runtime::DeviceTensor<T>,
+    scale: f32,
+    causal: bool,
+) -> Result<Config, flashcore::Error> {
+    flashcore::paged::append(device, cache, k_new, v_new)?;
+    decode_step(device, cache, q, out, scale, causal)
 }

@@ -7,6 +7,7 @@
 #   scripts/gpu-decode.sh table              packed GQA at the shapes with the default split, next to SDPA
 #   scripts/gpu-decode.sh gather             the paged gather's cost after a change: plain at the probe's schedules, packed at four shapes
 #   scripts/gpu-decode.sh spec               1, 4, 16 causal new tokens with the default schedule; sanitizer on the packed kernel
+#   scripts/gpu-decode.sh step               whole decode steps (append kernel + decode_step), direct and from a CUDA graph; sanitizer
 #   scripts/gpu-decode.sh probe              dense forward kernel against paged decode at the same
 #                                            schedules, pages of 16 and 256, Nsight Compute of one launch
 #   CONFIGS="settings;settings": the schedules timed at page 16 (default: in-CTA and across-CTA splits).
@@ -87,6 +88,20 @@ if [ "$mode" = spec ]; then
     echo "+ compute-sanitizer --tool $tool decode --packed (2 sequences of 700, 16 new tokens, causal)" | tee -a "$log"
     /usr/local/cuda/bin/compute-sanitizer --tool "$tool" --error-exitcode 9 "$bins/decode" --packed --batch 2 \
       --cache-len 700 --page 16 --new-tokens 16 --causal --iters 1 --config ";kv_ctas=4;tile_m=64,warps=4,kv_splits=1,kv_ctas=3" 2>&1 | tail -4 | tee -a "$log"
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "SANITIZER $tool FAILED" | tee -a "$log"; status=1; }
+  done
+fi
+if [ "$mode" = step ]; then
+  # A whole decode step through the typed API: append kernel + decode_step, checked (pools bit
+  # for bit, output against float64), captured in a CUDA graph, replayed, checked, timed.
+  run --step --batch 1 --cache-len 32768 --page 16 --iters 30
+  run --step --batch 8 --cache-len 8192 --page 16 --new-tokens 4 --causal --iters 30
+  run --step --batch 64 --cache-len 1024 --page 256 --bf16 --iters 30
+  run --step --batch 3 --cache-len 1000 --page 48 --new-tokens 16 --causal --iters 5
+  for tool in memcheck racecheck; do
+    echo "+ compute-sanitizer --tool $tool decode --step (3 sequences of 700, pages of 48, 5 new tokens, causal)" | tee -a "$log"
+    /usr/local/cuda/bin/compute-sanitizer --tool "$tool" --error-exitcode 9 "$bins/decode" --step --batch 3 \
+      --cache-len 700 --page 48 --new-tokens 5 --causal --iters 1 2>&1 | tail -4 | tee -a "$log"
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "SANITIZER $tool FAILED" | tee -a "$log"; status=1; }
   done
 fi

@@ -472,11 +472,33 @@ pub fn decode_plan(
     let config =
         crate::Config { kv_ctas: split_ctas(work_items, device.sm_count as usize, kv_tiles), ..config };
     let cc = Some(device.compute_capability);
-    let mut config = crate::target::choose(&packed::program(), config, cc, crate::target::requested()?).0;
+    let mut config = chosen_target(config, cc, crate::target::requested()?);
     while packed::compile(&config)?.ptx.shared_bytes > device.max_shared_per_block && config.kv_splits > 1 {
         config = crate::Config { warps: config.warps / 2, kv_splits: config.kv_splits / 2, ..config };
     }
     Ok(DecodePlan { config, groups, packed_shape: vec![b, hkv, rows, d] })
+}
+
+/// `target::choose` for the packed kernel, once per config, device and request: choosing
+/// lowers the kernel for the device's target to see whether it can (about 0.2 ms on the host,
+/// several times a decode step on the GPU).
+fn chosen_target(
+    config: crate::Config,
+    compute_capability: Option<(i32, i32)>,
+    requested: Option<crate::Target>,
+) -> crate::Config {
+    use crate::kernels::decode::attention_decode_paged_packed as packed;
+    type Key = (crate::Config, Option<(i32, i32)>, Option<crate::Target>);
+    static CHOSEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<Key, crate::Config>>> =
+        std::sync::OnceLock::new();
+    let key = (config, compute_capability, requested);
+    let chosen = CHOSEN.get_or_init(Default::default);
+    if let Some(config) = chosen.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return *config;
+    }
+    let config = crate::target::choose(&packed::program(), config, compute_capability, requested).0;
+    chosen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, config);
+    config
 }
 
 /// One decode step's attention on the device, enqueued without waiting: `out = softmax(q·Kᵀ ·
@@ -529,4 +551,223 @@ pub fn decode_step<T: HalfFloat>(
         ],
     )?;
     Ok(config)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appending a step's new tokens (reshape-and-cache)
+
+/// The append kernel's `u32` arguments ([`crate::codegen::append::APPEND_PARAMS`] after the
+/// pointers) from the shapes and strides (in elements) of the new keys (`[B, HKV, S, D]`, V's
+/// alike), the pools (`[PAGES, HKV, PAGE, D]`) and the block table (`[B, MAX_PAGES]`), with the
+/// number of CTAs to launch: typed errors naming the argument for anything the kernel cannot
+/// take.
+pub fn append_arguments(
+    new: (&[usize], &[usize]),
+    pool: (&[usize], &[usize]),
+    table: (&[usize], &[usize]),
+) -> Result<([u32; 14], u32), Error> {
+    let bad = |arg: &str, message: String| Error::Argument {
+        kernel: crate::codegen::append::APPEND_ENTRY.into(),
+        arg: arg.into(),
+        message,
+    };
+    let ((ns, nst), (ps, pst), (ts, tst)) = (new, pool, table);
+    if ns.len() != 4 || nst.len() != 4 || nst[3] != 1 {
+        return Err(bad(
+            "k_new",
+            format!("want [B, HKV, S, D] with D contiguous, got shape {ns:?} strides {nst:?}"),
+        ));
+    }
+    if ps.len() != 4 || pst.len() != 4 || pst[3] != 1 {
+        return Err(bad(
+            "k_pool",
+            format!("want [PAGES, HKV, PAGE, D] with D contiguous, got shape {ps:?} strides {pst:?}"),
+        ));
+    }
+    if ts.len() != 2 || tst.len() != 2 || tst[1] != 1 {
+        return Err(bad(
+            "block_table",
+            format!("want a [B, MAX_PAGES] i32 table with rows contiguous, got {ts:?}"),
+        ));
+    }
+    let (b, hkv, s, d) = (ns[0], ns[1], ns[2], ns[3]);
+    if ts[0] != b {
+        return Err(bad("k_new", format!("{b} sequences, but the block table has {} rows", ts[0])));
+    }
+    if ps[1] != hkv || ps[3] != d {
+        return Err(bad(
+            "k_new",
+            format!("{hkv} K/V heads of dim {d}, but the pool holds {} of dim {}", ps[1], ps[3]),
+        ));
+    }
+    if d == 0 || !d.is_multiple_of(8) {
+        return Err(bad(
+            "k_new",
+            format!("head dim {d} is not a multiple of 8 (rows move in 16-byte chunks)"),
+        ));
+    }
+    if ps[2] == 0 || !ps[2].is_multiple_of(16) {
+        return Err(bad("k_pool", format!("pages of {} rows: want a multiple of 16", ps[2])));
+    }
+    if nst[..3].iter().chain(&pst[..3]).any(|s| !s.is_multiple_of(8)) {
+        return Err(bad(
+            "k_new",
+            "rows must start on 16-byte boundaries (strides a multiple of 8 elements)".into(),
+        ));
+    }
+    let u32_of =
+        |arg: &str, x: usize| u32::try_from(x).map_err(|_| bad(arg, format!("{x} does not fit 32 bits")));
+    let chunks = b * hkv * s * (d / 8);
+    let threads = crate::codegen::append::APPEND_THREADS as usize;
+    let ctas = u32_of("k_new", chunks.div_ceil(threads))?;
+    if chunks >= 1 << 31 {
+        return Err(bad("k_new", format!("{chunks} chunks of 16 bytes: at most 2^31 a step")));
+    }
+    let values = [
+        u32_of("k_new", b)?,
+        u32_of("k_new", hkv)?,
+        u32_of("k_new", s)?,
+        u32_of("k_new", d / 8)?,
+        u32_of("k_pool", ps[2])?,
+        u32_of("block_table", ts[1])?,
+        u32_of("k_pool", ps[0])?,
+        u32_of("k_new", nst[0])?,
+        u32_of("k_new", nst[1])?,
+        u32_of("k_new", nst[2])?,
+        u32_of("k_pool", pst[0])?,
+        u32_of("k_pool", pst[1])?,
+        u32_of("k_pool", pst[2])?,
+        u32_of("block_table", tst[0])?,
+    ];
+    Ok((values, ctas))
+}
+
+impl PagedCache {
+    /// The host's append: writes the `S` new tokens' keys and values (`[B, HKV, S, D]`
+    /// contiguous) into the rows they take, `cache_len[b] − S + i` (the lengths count them
+    /// already), as the append kernel does: a row outside the sequence's table row or the pool
+    /// is not written.
+    pub fn append_host(&mut self, k_new: &[f64], v_new: &[f64], s: usize) {
+        let (hkv, d) = (self.hkv, self.d);
+        for b in 0..self.batch() {
+            for hk in 0..hkv {
+                for i in 0..s {
+                    let pos = self.lens[b] as i64 - s as i64 + i as i64;
+                    if pos < 0 || pos as usize >= self.max_pages * self.page_size {
+                        continue;
+                    }
+                    let page = self.block_table[b * self.max_pages + pos as usize / self.page_size];
+                    if page < 0 || page as usize >= self.pages {
+                        continue;
+                    }
+                    let at = self.row_offset_in(page as usize, pos as usize % self.page_size, hk);
+                    let from = ((b * hkv + hk) * s + i) * d;
+                    self.k[at..at + d].copy_from_slice(&k_new[from..from + d]);
+                    self.v[at..at + d].copy_from_slice(&v_new[from..from + d]);
+                }
+            }
+        }
+    }
+}
+
+/// The append kernel run in the PTX simulator on host data: `k_pool`/`v_pool` (laid out as
+/// `cache`'s pools, in `T`) updated in place with the new tokens `k_new`/`v_new` (`[B, HKV, S,
+/// D]` contiguous), through `cache`'s block table and lengths (the simulator faults on any
+/// access outside an allocation).
+pub fn simulate_append<T: HalfFloat>(
+    cache: &PagedCache,
+    (k_new, v_new): (&[T], &[T]),
+    s: usize,
+    (k_pool, v_pool): (&mut [T], &mut [T]),
+) -> Result<(), Error> {
+    use crate::codegen::append::{append_ptx, APPEND_ENTRY, APPEND_THREADS};
+    use flashcore_sim::{Arg, Launch, Machine};
+    let new_shape = [cache.batch(), cache.hkv, s, cache.d];
+    let new_strides = crate::runtime::contiguous_strides(&new_shape);
+    let (pool, table) = (cache.view(), cache.table_view());
+    let (values, ctas) = append_arguments(
+        (&new_shape, &new_strides),
+        (pool.shape(), pool.strides()),
+        (table.shape(), table.strides()),
+    )?;
+    if ctas == 0 {
+        return Ok(());
+    }
+    let bytes = |x: &[T]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let words = |x: &[i32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let mut machine = Machine::new(Default::default());
+    let (kn, vn) = (machine.alloc(bytes(k_new)), machine.alloc(bytes(v_new)));
+    let (kp, vp) = (machine.alloc(bytes(k_pool)), machine.alloc(bytes(v_pool)));
+    let (tb, ln) = (machine.alloc(words(&cache.block_table)), machine.alloc(words(&cache.lens)));
+    let mut args: Vec<Arg> = [kn, vn, kp, vp, tb, ln].into_iter().map(Arg::U64).collect();
+    args.extend(values.into_iter().map(Arg::U32));
+    let launch = Launch { grid: ctas, threads: APPEND_THREADS, shared_bytes: 0 };
+    machine.launch(&flashcore_sim::parse(&append_ptx())?, APPEND_ENTRY, launch, &args)?;
+    for (addr, pool) in [(kp, k_pool), (vp, v_pool)] {
+        let read = machine.read(addr, pool.len() * 2)?;
+        for (x, b) in pool.iter_mut().zip(read.chunks_exact(2)) {
+            *x = T::from_le_bytes([b[0], b[1]]);
+        }
+    }
+    Ok(())
+}
+
+/// Appends a decode step's new keys and values (`k_new`, `v_new`: `[B, HKV, S, D]`, the head
+/// dim contiguous) to the device cache, enqueued without waiting: token `i` of sequence `b`
+/// goes to row `cache_len[b] − S + i` (set the lengths to count the step's tokens first), for
+/// every K/V head, through the block table. Typed errors for shapes the cache does not hold;
+/// rows whose table entry is missing or outside the pool are not written (check tables built
+/// on the host with [`PagedCache::check`]).
+pub fn append<T: HalfFloat>(
+    device: &crate::runtime::Device,
+    cache: &mut DevicePagedCache<T>,
+    k_new: &crate::runtime::DeviceTensor<T>,
+    v_new: &crate::runtime::DeviceTensor<T>,
+) -> Result<(), Error> {
+    use crate::codegen::append::{append_ptx, APPEND_ENTRY, APPEND_THREADS};
+    use crate::runtime::{KernelImage, LaunchArg};
+    if v_new.shape() != k_new.shape() || v_new.strides() != k_new.strides() {
+        return Err(Error::Argument {
+            kernel: APPEND_ENTRY.into(),
+            arg: "v_new".into(),
+            message: format!("shape {:?} strides {:?}: want k_new's", v_new.shape(), v_new.strides()),
+        });
+    }
+    if cache.v.shape() != cache.k.shape() || cache.v.strides() != cache.k.strides() {
+        return Err(Error::Argument {
+            kernel: APPEND_ENTRY.into(),
+            arg: "v_pool".into(),
+            message: "the V pool is not laid out as the K pool".into(),
+        });
+    }
+    let (values, ctas) = append_arguments(
+        (k_new.shape(), k_new.strides()),
+        (cache.k.shape(), cache.k.strides()),
+        (cache.block_table.shape(), cache.block_table.strides()),
+    )?;
+    if ctas == 0 {
+        return Ok(());
+    }
+    static PTX: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
+    let (ptx, key) = PTX.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let ptx = append_ptx();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ptx.hash(&mut h);
+        (ptx, h.finish())
+    });
+    let image =
+        KernelImage { key: *key, ptx, entry: APPEND_ENTRY, shared_bytes: 0, threads_per_cta: APPEND_THREADS };
+    let DevicePagedCache { k, v, block_table, lens, .. } = cache;
+    let mut args = vec![
+        LaunchArg::Buffer(k_new),
+        LaunchArg::Buffer(v_new),
+        LaunchArg::BufferMut(k),
+        LaunchArg::BufferMut(v),
+        LaunchArg::Buffer(&*block_table),
+        LaunchArg::Buffer(&*lens),
+    ];
+    args.extend(values.into_iter().map(LaunchArg::U32));
+    device.launch(&image, ctas, &mut args)?;
+    Ok(())
 }

@@ -335,3 +335,55 @@ fn the_decode_step_plan_follows_the_device_and_refuses_mismatched_shapes() {
     ));
     assert!(e.contains("out"), "{e}");
 }
+
+/// The append kernel (reshape-and-cache) in the simulator: the step's new K/V rows land where
+/// the host's append puts them (bit for bit, pages of 16 and 48, 1 and 5 new tokens, a sequence
+/// shorter than the step), every other element of the pools (the NaN rows no sequence uses
+/// included) is left as it was, and a row whose table entry is missing or outside the pool is
+/// not written (the simulator faults on any access outside an allocation).
+#[test]
+fn append_writes_the_new_rows_and_nothing_else() {
+    use flashcore::paged::simulate_append;
+    use half::f16;
+    let to_f16 = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<f16>>();
+    let bits = |x: &[f16]| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
+    for (i, (lens, page, s, hostile)) in
+        [(vec![40, 100, 3], 16, 5, false), (vec![97, 1], 48, 1, false), (vec![40, 100, 33], 16, 4, true)]
+            .into_iter()
+            .enumerate()
+    {
+        let mut rng = Rng::new(300 + i as u64);
+        let mut cache = PagedCache::random(&lens, 2, 64, page, &mut rng);
+        if hostile {
+            // Sequence 1's last page past the pool, sequence 2's last entry missing.
+            let (last1, last2) = ((100 - 1) / page, (33 - 1) / page);
+            cache.block_table[cache.max_pages + last1] = cache.pages as i32 + 5;
+            cache.block_table[2 * cache.max_pages + last2] = -1;
+        }
+        let n = lens.len() * 2 * s * 64;
+        let (k_new, v_new): (Vec<f64>, Vec<f64>) = (0..n).map(|_| (rng.normal(), rng.normal())).unzip();
+        let (k_new, v_new) = (to_f16(&k_new), to_f16(&v_new));
+        let (mut k_pool, mut v_pool) = (to_f16(&cache.k), to_f16(&cache.v));
+        let original = bits(&k_pool);
+        simulate_append(&cache, (&k_new, &v_new), s, (&mut k_pool, &mut v_pool)).unwrap();
+        let widen = |x: &[f16]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+        // The step wrote rows (also when some of its rows are refused).
+        assert_ne!(bits(&k_pool), original, "case {i}");
+        cache.append_host(&widen(&k_new), &widen(&v_new), s);
+        assert_eq!(bits(&k_pool), bits(&to_f16(&cache.k)), "K pool, case {i}");
+        assert_eq!(bits(&v_pool), bits(&to_f16(&cache.v)), "V pool, case {i}");
+    }
+    // Shapes the kernel cannot take are typed errors naming the argument.
+    use flashcore::paged::append_arguments;
+    let strides = |s: &[usize]| flashcore::runtime::contiguous_strides(s);
+    let (pool, table) = ([10usize, 2, 16, 64], [2usize, 5]);
+    let err = |new: &[usize], pool: &[usize]| {
+        append_arguments((new, &strides(new)), (pool, &strides(pool)), (&table, &strides(&table)))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&[2, 2, 1, 60], &[10, 2, 16, 60]).contains("multiple of 8"));
+    assert!(err(&[2, 2, 1, 64], &[10, 2, 24, 64]).contains("k_pool"));
+    assert!(err(&[3, 2, 1, 64], &pool).contains("3 sequences"));
+    assert!(err(&[2, 4, 1, 64], &pool).contains("K/V heads"));
+}

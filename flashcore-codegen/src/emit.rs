@@ -1474,8 +1474,10 @@ impl<'k> Emitter<'k> {
                 entry_stride: pages.entry_stride.clone(),
                 entries: pages.entries.clone(),
             };
-            let whole_blocks =
-                first_row.is_none() && rows % 16 == 0 && 16 % rows_per_pass == 0 && active.is_none();
+            let whole_blocks = first_row.is_none()
+                && rows.is_multiple_of(16)
+                && 16u32.is_multiple_of(rows_per_pass)
+                && active.is_none();
             if whole_blocks && self.page_cache_fits(&geometry) {
                 let lanes = CopyLanes {
                     team_row: &team_row,

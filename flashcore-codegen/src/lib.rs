@@ -1,6 +1,7 @@
 //! FlashCore's PTX back end: tile-level IR in, `sm_89` or `sm_90a` PTX text out. Pure: no I/O, no driver,
 //! deterministic names, so the same kernel and config always give the same text.
 
+pub mod append;
 mod emit;
 pub mod layout;
 pub mod smem;

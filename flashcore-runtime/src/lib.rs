@@ -91,6 +91,27 @@ pub struct KernelImage<'a> {
     pub threads_per_cta: u32,
 }
 
+/// Launches recorded by [`Device::capture`], replayed together on the device's stream.
+pub struct Graph {
+    graph: cudarc::driver::CudaGraph,
+    /// The device's stream: replays are ordered with its other work.
+    stream: Arc<CudaStream>,
+}
+
+impl Graph {
+    /// Enqueues the recorded launches on the device's stream, in their order. Asynchronous,
+    /// like a launch.
+    pub fn launch(&self) -> Result<()> {
+        driver("cuGraphLaunch", || {
+            self.stream.context().bind_to_thread()?;
+            // SAFETY: the executable graph is alive (owned by `self.graph`), the stream too.
+            unsafe {
+                cudarc::driver::result::graph::launch(self.graph.cu_graph_exec(), self.stream.cu_stream())
+            }
+        })
+    }
+}
+
 /// One kernel argument, in the entry's parameter order.
 pub enum LaunchArg<'a> {
     Buffer(&'a dyn TensorArg),
@@ -381,6 +402,9 @@ pub struct Device {
     launch_timeout: Mutex<Duration>,
     /// Per kernel (by its key), the scratch buffer its launches share ([`Device::workspace`]).
     workspaces: Mutex<HashMap<u64, Arc<DeviceTensor<u32>>>>,
+    /// Set while [`Device::capture`] records: the stream launches go to instead of `stream`
+    /// (the legacy default stream `stream` is cannot be captured).
+    capturing: Mutex<Option<Arc<CudaStream>>>,
 }
 
 /// Scratch memory written between timed launches (see [`Device::flush_l2`]).
@@ -436,6 +460,7 @@ impl Device {
             kernels: Mutex::new(HashMap::new()),
             launch_timeout: Mutex::new(DEFAULT_TIMEOUT),
             workspaces: Mutex::new(HashMap::new()),
+            capturing: Mutex::new(None),
         })
     }
 
@@ -479,8 +504,6 @@ impl Device {
         Ok(DeviceTensor { data: buf, shape: shape.to_vec(), strides: strides.to_vec() })
     }
 
-    /// A new contiguous device tensor of `shape` with every element set to `value` (use NaN to
-    /// poison outputs, so an element the kernel never writes cannot pass a check).
     /// The scratch buffer of kernel `key` (split-KV across CTAs: its CTAs' states and arrival
     /// counters), at least `words` u32 long: zeroed when first allocated (or grown), then kept
     /// for the kernel's later launches on this device, which must leave it as they found it
@@ -496,9 +519,25 @@ impl Device {
         Ok(ws)
     }
 
+    /// A new contiguous device tensor of `shape` with every element set to `value` (use NaN to
+    /// poison outputs, so an element the kernel never writes cannot pass a check).
     pub fn filled<T: Element>(&self, shape: &[usize], value: T) -> Result<DeviceTensor<T>> {
         let n: usize = shape.iter().product();
         self.upload(&vec![value; n], shape)
+    }
+
+    /// Copies `data` into `tensor`'s whole buffer (its storage, as [`Device::download`] gives
+    /// it) in place: the same device memory, so launches recorded in a [`Graph`] see the new
+    /// values. Ordered after the work enqueued before it.
+    pub fn overwrite<T: Element>(&self, tensor: &mut DeviceTensor<T>, data: &[T]) -> Result<()> {
+        if data.len() != tensor.data.len() {
+            return Err(RuntimeError::Length {
+                shape: tensor.shape.clone(),
+                expected: tensor.data.len(),
+                got: data.len(),
+            });
+        }
+        driver("cuMemcpyHtoD", || self.stream.memcpy_htod(data, &mut tensor.data))
     }
 
     /// The tensor's whole buffer, in storage order (for a strided tensor, what the strides
@@ -565,7 +604,9 @@ impl Device {
     /// Enqueues `image` on `grid` CTAs on the device's stream. Asynchronous: call
     /// [`Device::synchronize`] to wait.
     pub fn launch(&self, image: &KernelImage, grid: u32, args: &mut [LaunchArg]) -> Result<()> {
-        self.launch_raw(image, grid, args, self.stream.cu_stream())
+        let capturing = self.capturing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let stream = capturing.as_ref().unwrap_or(&self.stream).cu_stream();
+        self.launch_raw(image, grid, args, stream)
     }
 
     /// Enqueues `image` on `grid` CTAs on a stream another library owns (PyTorch's current
@@ -663,6 +704,41 @@ impl Device {
     /// Records an event on the stream (for timing).
     pub fn record(&self) -> Result<Event> {
         driver("cuEventRecord", || self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))).map(Event)
+    }
+
+    /// Records the launches `record` makes through [`Device::launch`] into a CUDA graph instead
+    /// of running them, for [`Graph::launch`] to replay on the device's stream in one call.
+    /// Every launch is recorded with its arguments as they are now (pointers, sizes, scalars):
+    /// a replay reads and writes the same buffers, whatever they then hold. The launches are
+    /// recorded on a stream of their own (the device's stream, the legacy default stream,
+    /// cannot be captured); copies and allocations `record` makes are not recorded, and run
+    /// then. Run the launches once before capturing them: loading a module while the stream
+    /// captures is a typed error. Capture always ends, also when `record` fails (its error is
+    /// returned).
+    pub fn capture<E: From<RuntimeError>>(
+        &self,
+        record: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<Graph, E> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let stream = driver("cuStreamCreate", || self.ctx.new_stream())?;
+        // Work enqueued before the capture finishes first (a recorded stream runs nothing).
+        driver("cuStreamSynchronize", || self.stream.synchronize())?;
+        driver("cuStreamBeginCapture", || {
+            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        })?;
+        *self.capturing.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.clone());
+        let recorded = record();
+        *self.capturing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let ended = driver("cuStreamEndCapture", || stream.end_capture(CUgraphInstantiate_flags(0)));
+        recorded?;
+        match ended? {
+            Some(graph) => Ok(Graph { graph, stream: self.stream.clone() }),
+            None => Err(RuntimeError::Driver {
+                call: "cuStreamEndCapture",
+                message: "nothing was recorded".into(),
+            }
+            .into()),
+        }
     }
 
     /// Waits for all enqueued work, at most `timeout`; a hang becomes `RuntimeError::Timeout`
