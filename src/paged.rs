@@ -427,7 +427,7 @@ pub struct DecodePlan {
 /// lengths have the shapes given, in `dtype`: `packed_schedule` and `split_ctas` for the
 /// problem, the device's target as the typed launchers choose it (`FLASHCORE_TARGET`
 /// overrides), and the in-CTA split halved until the CTA fits the device's shared memory (the
-/// declared split of four warp groups takes 105.5 KiB at D = 128, over the L4's 99 KiB). Shapes
+/// declared split of four warp groups takes 80 KiB at D = 128, within the L4's 99 KiB). Shapes
 /// that do not fit together are typed errors naming the argument.
 pub fn decode_plan(
     device: &crate::runtime::DeviceInfo,

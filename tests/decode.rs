@@ -268,27 +268,31 @@ fn pages_of_other_than_a_multiple_of_16_rows_are_refused() {
     }
 }
 
-/// The packed kernel on an L4 (99 KiB of shared memory a CTA): the declared in-CTA split takes
-/// 105.5 KiB at D = 128, so `paged::decode_step` halves it there; the halved one fits, and so do
-/// the wide schedule of `packed_schedule` and the declared one at D = 64.
+/// The packed kernel on an L4 (99 KiB of shared memory a CTA): the declared in-CTA split fits at
+/// D = 128 (its merge region shares the K/V ring's memory: 80 KiB, not 105.5), and so do the
+/// halved split, the wide schedule of `packed_schedule` and the declared one at D = 64.
 #[test]
-fn the_packed_schedules_decode_step_falls_back_to_fit_the_l4() {
+fn the_packed_schedules_fit_the_l4() {
     use flashcore::kernels::decode::{attention_decode_paged_packed as packed, packed_schedule};
     const L4_SHARED_PER_BLOCK: u32 = 101_376;
     let shared = |c: Config| packed::compile(&Config { kv_ctas: 8, ..c }).unwrap().ptx.shared_bytes;
-    assert!(shared(packed::CONFIG) > L4_SHARED_PER_BLOCK, "the fallback would not be needed");
     for config in [
+        packed::CONFIG,
         Config { warps: 2, kv_splits: 2, ..packed::CONFIG },
         packed_schedule(packed::CONFIG, 64),
         packed::CONFIG.with_head_dim(64),
     ] {
         assert!(shared(config) <= L4_SHARED_PER_BLOCK, "{config}: {} bytes", shared(config));
     }
+    // The ring holds the merge region: the declared split needs no more than its ring, Q tiles
+    // and the combine's flag.
+    assert!(shared(packed::CONFIG) < 82 * 1024, "{} bytes", shared(packed::CONFIG));
 }
 
 /// `paged::decode_plan`, what `decode_step` launches, on described devices (no GPU needed):
 /// the split across CTAs for one sequence, one tile of 64 rows for 16 new tokens (sm_90a on a
-/// 9.0 device, where it can be expressed), the in-CTA split halved on an L4, and typed errors for
+/// 9.0 device, where it can be expressed), the in-CTA split kept on an L4 and halved on a
+/// device of 64 KiB a CTA, and typed errors for
 /// shapes that do not fit together.
 #[test]
 fn the_decode_step_plan_follows_the_device_and_refuses_mismatched_shapes() {
@@ -316,7 +320,11 @@ fn the_decode_step_plan_follows_the_device_and_refuses_mismatched_shapes() {
     let sixteen = plan(&h200, [1, 32, 16, 128]).unwrap();
     assert_eq!((sixteen.config.tile_m, sixteen.config.target), (64, Target::Sm90a), "{:?}", sixteen);
     let on_l4 = plan(&l4, [1, 32, 1, 128]).unwrap();
-    assert_eq!((on_l4.config.kv_splits, on_l4.config.target), (2, Target::Sm89), "{:?}", on_l4);
+    assert_eq!((on_l4.config.kv_splits, on_l4.config.target), (4, Target::Sm89), "{:?}", on_l4);
+    // A device of less shared memory a CTA than the declared split needs: the split halves.
+    let small = gpu((8, 6), 30, 64 * 1024);
+    let on_small = plan(&small, [1, 32, 1, 128]).unwrap();
+    assert!(on_small.config.kv_splits < 4, "{:?}", on_small);
     // Mismatches name the argument.
     let err = |r: Result<flashcore::paged::DecodePlan, flashcore::Error>| r.unwrap_err().to_string();
     assert!(err(plan(&h200, [1, 30, 1, 128])).contains("not a multiple"));

@@ -3178,6 +3178,10 @@ impl<'k> Emitter<'k> {
             e.w.ins(format!("add.u32 {base}, {base}, {region}"));
             base
         };
+        if self.plan.merge_in_ring {
+            self.w.comment("the merge region is the K/V ring's memory: every warp is done reading the ring");
+            self.w.ins(format!("bar.sync {MERGE_BARRIER}, {compute_threads}"));
+        }
         let (partner, published_done, merged) =
             (self.w.temp(RegClass::Pred), self.w.label("merge_published"), self.w.label("merge_done"));
         self.w.ins(format!("setp.ne.u32 {partner}, {}, 0", split.index));

@@ -32,6 +32,9 @@ pub struct SmemPlan {
     /// Split-KV: where groups 1.. leave their online-softmax states for group 0
     /// (`merge_kv_splits`): per warp of those groups, `merge_regs` registers of 32 lanes × 4 bytes.
     pub merge_region: Option<u32>,
+    /// Whether the merge region lies in the K/V ring's memory (the ring is idle while the
+    /// merge runs: see [`plan`]); a merge then waits for every warp to be done reading it.
+    pub merge_in_ring: bool,
     /// Registers a warp publishes for the merge: its row max, row sum and accumulator.
     pub merge_regs: u32,
     /// Column reductions: each compute warp's partial columns, `warps × col_region_cols` f32s
@@ -100,7 +103,18 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         }
     });
     let partner_warps = cfg.warps - cfg.warps_per_split();
-    let merge_region = (merge_regs > 0).then(|| alloc(partner_warps * merge_regs * 128, BUFFER_ALIGN));
+    let merge_bytes = partner_warps * merge_regs * 128;
+    // The merge runs after the K/V loop has drained its ring, and every warp that fills the
+    // ring takes part in it (no producer warps running ahead into the next work item): then the
+    // ring's memory holds the merge region too.
+    let merge_in_ring = merge_regs > 0
+        && !kernel.buffers.is_empty()
+        && cfg.load_warps == 0
+        && cfg.softmax_warps == 0
+        && !cfg.overlap
+        && !cfg.tma
+        && !cfg.pingpong;
+    let merge_region = (merge_regs > 0 && !merge_in_ring).then(|| alloc(merge_bytes, BUFFER_ALIGN));
     let mut col_region_cols = 0;
     kernel.walk(&mut |inst| {
         if let Op::ColReduce { src, .. } = inst.op {
@@ -111,12 +125,25 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
     });
     let col_region = (col_region_cols > 0).then(|| alloc(cfg.warps * col_region_cols * 4, BUFFER_ALIGN));
     let slot_bytes: Vec<u32> = kernel.buffers.iter().map(|b| b.rows.size(cfg) * row_bytes(cfg)).collect();
-    let buffer_offsets = kernel
+    let buffer_offsets: Vec<u32> = kernel
         .buffers
         .iter()
         .zip(&slot_bytes)
         .map(|(b, bytes)| alloc(bytes * b.slots, wgmma_align))
         .collect();
+    let merge_region = match (merge_in_ring, buffer_offsets.first()) {
+        // The ring's buffers lie one after another from the first: the region starts there,
+        // and runs on past the ring's end if the ring is the smaller.
+        (true, Some(&ring)) => {
+            let last = kernel.buffers.len() - 1;
+            let ring_end = buffer_offsets[last] + slot_bytes[last] * kernel.buffers[last].slots;
+            if ring + merge_bytes > ring_end {
+                alloc(ring + merge_bytes - ring_end, 1);
+            }
+            Some(ring)
+        }
+        _ => merge_region,
+    };
     let mut zero_views = false;
     kernel.walk(&mut |inst| zero_views |= matches!(inst.op, Op::StageView { zero_unless: Some(_), .. }));
     let zero_block = zero_views.then(|| alloc(zero_block_bytes(cfg), tile_align(cfg)));
@@ -132,6 +159,7 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         load_slots,
         kept_a: kept,
         merge_region,
+        merge_in_ring,
         merge_regs,
         col_region,
         col_region_cols,
