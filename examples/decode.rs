@@ -302,7 +302,7 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
             (_, _, false) => (
                 Box::new(move |out| {
                     attention_decode_paged::launch_async(
-                        device, &config, q_dev, k, v, table, cache_len, out, scale,
+                        device, &config, q_dev, k, v, table, None, cache_len, out, scale,
                     )
                 }),
                 config,

@@ -337,8 +337,11 @@ fn check_decode_typed<T: HalfFloat>(
         HostArg::Tensor(&k_t, cache.view()),
         HostArg::Tensor(&v_t, cache.view()),
         HostArg::I32Table(&cache.block_table, cache.table_view()),
-        HostArg::I32Table(&cache.lens, cache.lens_view()),
     ];
+    if packed.is_none() {
+        args.push(HostArg::Absent); // q_len: every row of q is a new token
+    }
+    args.push(HostArg::I32Table(&cache.lens, cache.lens_view()));
     if packed.is_some() {
         args.push(HostArg::I32Table(&after, HostView::contiguous(&[after.len()])));
     }

@@ -91,6 +91,7 @@ fn simulate_two_sequences(
             HostArg::Tensor(k, cache.view()),
             HostArg::Tensor(v, cache.view()),
             table,
+            HostArg::Absent,
             lens,
             HostArg::TensorMut(&mut o, qo),
             HostArg::F32(0.125),
@@ -394,4 +395,76 @@ fn append_writes_the_new_rows_and_nothing_else() {
     assert!(err(&[2, 2, 1, 64], &[10, 2, 24, 64]).contains("k_pool"));
     assert!(err(&[3, 2, 1, 64], &pool).contains("3 sequences"));
     assert!(err(&[2, 4, 1, 64], &pool).contains("K/V heads"));
+}
+
+/// Per-sequence numbers of new tokens (`q_len`, speculative decoding with per-sequence draft
+/// lengths): `q` and `o` padded to `S = 16`; 1, 5, 16 and 0 real tokens, causal from the bottom
+/// right of each sequence's own lengths, split across CTAs and not, pages of 16 and 48. The
+/// padding rows are never written (they stay NaN); the real ones match float64.
+#[test]
+fn per_sequence_query_lengths_match_float64() {
+    use flashcore::paged::decode_reference;
+    use flashcore::simulate::{simulate, HostArg, HostView};
+    use half::f16;
+    let declared = Config { causal: true, ..attention_decode_paged::CONFIG.with_head_dim(64) };
+    let cases = [
+        (declared, vec![300, 77, 129, 40], vec![1, 5, 16, 0], 16),
+        (Config { kv_ctas: 3, ..declared }, vec![250, 481], vec![7, 3], 48),
+    ];
+    for (i, (config, lens, q_lens, page)) in cases.into_iter().enumerate() {
+        let kernel = attention_decode_paged::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let (h, hkv, d, s) = (4, 2, 64, 16);
+        let mut rng = Rng::new(290 + i as u64);
+        let cache = PagedCache::random(&lens, hkv, d, page, &mut rng);
+        let q: Vec<f64> =
+            (0..lens.len() * h * s * d).map(|_| flashcore::round_to(DType::F16, rng.normal())).collect();
+        let to_f16 = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<_>>();
+        let (q16, k16, v16) = (to_f16(&q), to_f16(&cache.k), to_f16(&cache.v));
+        let mut o = vec![f16::NAN; q.len()];
+        let qo = HostView::contiguous(&[lens.len(), h, s, d]);
+        let q_len: Vec<i32> = q_lens.iter().map(|&n| n as i32).collect();
+        let scale = config.default_scale();
+        simulate::<f16>(
+            &kernel,
+            &mut [
+                HostArg::Tensor(&q16, qo.clone()),
+                HostArg::Tensor(&k16, cache.view()),
+                HostArg::Tensor(&v16, cache.view()),
+                HostArg::I32Table(&cache.block_table, cache.table_view()),
+                HostArg::I32Table(&q_len, cache.lens_view()),
+                HostArg::I32Table(&cache.lens, cache.lens_view()),
+                HostArg::TensorMut(&mut o, qo),
+                HostArg::F32(scale),
+            ],
+            &SimDevice::default(),
+        )
+        .unwrap_or_else(|e| panic!("{config}: {e}"));
+        let (mut got, mut want) = (vec![], vec![]);
+        for (b, &n) in q_lens.iter().enumerate() {
+            for head in 0..h {
+                for t in 0..s {
+                    let row = &o[((b * h + head) * s + t) * d..][..d];
+                    assert_eq!(
+                        row.iter().all(|x| x.is_nan()),
+                        t >= n,
+                        "{config}: sequence {b} head {head} row {t}"
+                    );
+                }
+            }
+            // Sequence b alone with its n tokens: the float64 reference of an n-token step.
+            let one = PagedCache {
+                lens: vec![cache.lens[b]],
+                block_table: cache.block_table[b * cache.max_pages..][..cache.max_pages].to_vec(),
+                ..cache.clone()
+            };
+            let rows = |x: &[f64], head: usize| x[(b * h + head) * s * d..][..n * d].to_vec();
+            let q_b: Vec<f64> = (0..h).flat_map(|head| rows(&q, head)).collect();
+            want.extend(decode_reference(&q_b, &one, h, n, scale as f64, true));
+            let o64: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
+            got.extend((0..h).flat_map(|head| rows(&o64, head)));
+        }
+        let err = flashcore::reference::compare(&got, &want);
+        println!("{config:<60} lens {lens:?} q_len {q_lens:?} page {page}: rel_l2 {:.2e}", err.rel_l2);
+        assert!(err.rel_l2 < flashcore::tolerance(DType::F16), "{config}: {err:?}");
+    }
 }

@@ -27,13 +27,17 @@ use crate::{flash_kernel, Config};
 /// tokens' own keys and values (appended before the step). With `Config::causal` the mask is
 /// aligned to the bottom right of each sequence: new token `i` sees cache rows
 /// `0 ..= cache_len[b] − S + i` (the whole earlier cache and the new tokens up to itself).
-/// `HKV` divides `H` (grouped-query attention).
+/// `HKV` divides `H` (grouped-query attention). `q_len`, if given, says how many of each
+/// sequence's `S` rows are new tokens (speculative decoding with per-sequence draft lengths):
+/// its other rows are neither read nor written, and the causal mask is aligned to its own
+/// lengths (token `i` sees rows `0 ..= cache_len[b] − q_len[b] + i`).
 #[flash_kernel(tile_m = 16, tile_n = 64, head_dim = 128, stages = 2, warps = 1)]
 pub fn attention_decode_paged<T>(
     q: Tensor<T, B, H, S, D>,
     k_cache: Tensor<T, PAGES, HKV, PAGE, D>,
     v_cache: Tensor<T, PAGES, HKV, PAGE, D>,
     block_table: Tensor<i32, B, MAX_PAGES>,
+    q_len: Option<SeqLens<B, S>>,
     cache_len: SeqLens<B, SK>,
     o: TensorMut<T, B, H, S, D>,
     scale: f32,
