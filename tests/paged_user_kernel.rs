@@ -101,6 +101,35 @@ fn reference_where(
     out
 }
 
+/// Runs a paged decode kernel of this file's signature in the simulator: `q` (`[B, H, S, D]`,
+/// `[h, s]` given) against `cache`, in f16; the output (NaN where unwritten) in f64.
+fn run_in_simulator(
+    kernel: &flashcore::CompiledKernel,
+    cache: &PagedCache,
+    q: &[f64],
+    [h, s]: [usize; 2],
+    scale: f32,
+) -> Result<Vec<f64>, flashcore::Error> {
+    let to_f16 = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<_>>();
+    let (q16, k16, v16) = (to_f16(q), to_f16(&cache.k), to_f16(&cache.v));
+    let mut o = vec![f16::NAN; q.len()];
+    let qo = HostView::contiguous(&[cache.batch(), h, s, cache.d]);
+    simulate::<f16>(
+        kernel,
+        &mut [
+            HostArg::Tensor(&q16, qo.clone()),
+            HostArg::Tensor(&k16, cache.view()),
+            HostArg::Tensor(&v16, cache.view()),
+            HostArg::I32Table(&cache.block_table, cache.table_view()),
+            HostArg::I32Table(&cache.lens, cache.lens_view()),
+            HostArg::TensorMut(&mut o, qo),
+            HostArg::F32(scale),
+        ],
+        &SimDevice::default(),
+    )?;
+    Ok(o.iter().map(|x| x.to_f64()).collect())
+}
+
 #[test]
 fn a_user_written_sliding_window_paged_decode_matches_float64() {
     let declared = windowed_paged_decode::CONFIG;
@@ -120,26 +149,9 @@ fn a_user_written_sliding_window_paged_decode_matches_float64() {
         let q: Vec<f64> = (0..lens.len() * h * s * d)
             .map(|_| flashcore::round_to(flashcore::DType::F16, rng.normal()))
             .collect();
-        let to_f16 = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<_>>();
-        let (q16, k16, v16) = (to_f16(&q), to_f16(&cache.k), to_f16(&cache.v));
-        let mut o = vec![f16::NAN; q.len()];
-        let qo = HostView::contiguous(&[lens.len(), h, s, d]);
         let scale = 1.0 / (d as f32).sqrt();
-        simulate::<f16>(
-            &kernel,
-            &mut [
-                HostArg::Tensor(&q16, qo.clone()),
-                HostArg::Tensor(&k16, cache.view()),
-                HostArg::Tensor(&v16, cache.view()),
-                HostArg::I32Table(&cache.block_table, cache.table_view()),
-                HostArg::I32Table(&cache.lens, cache.lens_view()),
-                HostArg::TensorMut(&mut o, qo),
-                HostArg::F32(scale),
-            ],
-            &SimDevice::default(),
-        )
-        .unwrap_or_else(|e| panic!("{config}: {e}"));
-        let got: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
+        let got =
+            run_in_simulator(&kernel, &cache, &q, [h, s], scale).unwrap_or_else(|e| panic!("{config}: {e}"));
         let err = compare(&got, &reference(&q, &cache, h, s, scale as f64));
         println!("{config:<60} lens {lens:?} page {page} s {s}: rel_l2 {:.2e}", err.rel_l2);
         assert!(err.rel_l2 < flashcore::tolerance(flashcore::DType::F16), "{config} lens {lens:?}: {err:?}");
@@ -194,26 +206,9 @@ fn a_user_written_block_sparse_paged_decode_matches_float64() {
         let q: Vec<f64> = (0..lens.len() * h * s * d)
             .map(|_| flashcore::round_to(flashcore::DType::F16, rng.normal()))
             .collect();
-        let to_f16 = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<_>>();
-        let (q16, k16, v16) = (to_f16(&q), to_f16(&cache.k), to_f16(&cache.v));
-        let mut o = vec![f16::NAN; q.len()];
-        let qo = HostView::contiguous(&[lens.len(), h, s, d]);
         let scale = 1.0 / (d as f32).sqrt();
-        simulate::<f16>(
-            &kernel,
-            &mut [
-                HostArg::Tensor(&q16, qo.clone()),
-                HostArg::Tensor(&k16, cache.view()),
-                HostArg::Tensor(&v16, cache.view()),
-                HostArg::I32Table(&cache.block_table, cache.table_view()),
-                HostArg::I32Table(&cache.lens, cache.lens_view()),
-                HostArg::TensorMut(&mut o, qo),
-                HostArg::F32(scale),
-            ],
-            &SimDevice::default(),
-        )
-        .unwrap_or_else(|e| panic!("{config}: {e}"));
-        let got: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
+        let got =
+            run_in_simulator(&kernel, &cache, &q, [h, s], scale).unwrap_or_else(|e| panic!("{config}: {e}"));
         let want = reference_where(&q, &cache, h, s, scale as f64, |_, j| j / 32 % 3 != 1);
         let err = compare(&got, &want);
         println!("{config:<60} lens {lens:?} page {page}: rel_l2 {:.2e}", err.rel_l2);

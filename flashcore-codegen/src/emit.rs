@@ -1634,16 +1634,10 @@ impl<'k> Emitter<'k> {
                 self.step_block(&entry, &in_page, page_rows);
             }
             // Unsigned: `-1` (not looked up) and a negative entry are outside the pool too.
-            let (ok, page_or_0, in_page_or_0) =
-                (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+            let ok = self.w.temp(RegClass::Pred);
             self.w.ins(format!("setp.lt.u32 {ok}, {page}, {pool}"));
-            self.w.ins(format!("selp.b32 {page_or_0}, {page}, 0, {ok}"));
-            self.w.ins(format!("selp.b32 {in_page_or_0}, {in_page}, 0, {ok}"));
-            let (block_addr, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
-            self.w.ins(format!("mul.wide.u32 {block_addr}, {page_or_0}, {page_stride}"));
-            self.w.ins(format!("mul.wide.u32 {part}, {in_page_or_0}, {row_stride}"));
-            self.w.ins(format!("add.u64 {block_addr}, {block_addr}, {part}"));
-            self.w.ins(format!("add.u64 {block_addr}, {}, {block_addr}", lanes.chunk_base));
+            let block_addr =
+                self.page_chunk_address(page_stride, row_stride, lanes.chunk_base, [page, &in_page], &ok);
             for (j, row_offset) in row_offsets.iter().enumerate() {
                 let row = self.w.temp(RegClass::B32);
                 let first = block as u32 * 16 + j as u32 * lanes.rows_per_pass;
@@ -1766,7 +1760,6 @@ impl<'k> Emitter<'k> {
         inside: &str,
     ) -> String {
         let PagedRows { table_row, entry_stride, entries, pool, page_stride, .. } = pages;
-        let in_page_row = self.w.temp(RegClass::B32);
         let (ok, page, eaddr) =
             (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B64));
         self.w.ins(format!("setp.lt.u32 {ok}, {entry}, {entries}"));
@@ -1778,14 +1771,29 @@ impl<'k> Emitter<'k> {
         // Unsigned: a negative entry (an unused slot, often -1) is outside the pool too.
         self.w.ins(format!("setp.lt.u32 {ok}, {page}, {pool}"));
         self.w.ins(format!("and.pred {inside}, {inside}, {ok}"));
-        self.w.ins(format!("selp.b32 {page}, {page}, 0, {inside}"));
-        self.w.ins(format!("selp.b32 {in_page_row}, {in_page}, 0, {inside}"));
-        let (gaddr, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
-        self.w.ins(format!("mul.wide.u32 {gaddr}, {page}, {page_stride}"));
-        self.w.ins(format!("mul.wide.u32 {part}, {in_page_row}, {row_stride}"));
-        self.w.ins(format!("add.u64 {gaddr}, {gaddr}, {part}"));
-        self.w.ins(format!("add.u64 {gaddr}, {chunk_base}, {gaddr}"));
-        gaddr
+        self.page_chunk_address(page_stride, row_stride, chunk_base, [&page, in_page], inside)
+    }
+
+    /// The global address of this thread's chunk (`chunk_base`: in row 0 of page 0) in row
+    /// `in_page` of page `page`, both taken as 0 where `valid` is clear: a real address, which
+    /// a zero-size copy reads nothing at.
+    fn page_chunk_address(
+        &mut self,
+        page_stride: &str,
+        row_stride: &str,
+        chunk_base: &str,
+        [page, in_page]: [&str; 2],
+        valid: &str,
+    ) -> String {
+        let (page_or_0, in_page_or_0) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("selp.b32 {page_or_0}, {page}, 0, {valid}"));
+        self.w.ins(format!("selp.b32 {in_page_or_0}, {in_page}, 0, {valid}"));
+        let (addr, part) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+        self.w.ins(format!("mul.wide.u32 {addr}, {page_or_0}, {page_stride}"));
+        self.w.ins(format!("mul.wide.u32 {part}, {in_page_or_0}, {row_stride}"));
+        self.w.ins(format!("add.u64 {addr}, {addr}, {part}"));
+        self.w.ins(format!("add.u64 {addr}, {chunk_base}, {addr}"));
+        addr
     }
 
     /// Rows of the tile `access` selects (its sequence coordinate replaced by `seq` if given)
