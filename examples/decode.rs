@@ -363,6 +363,9 @@ fn step_on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flash
     let (k_new, v_new) = (normal(o.batch * o.kv_heads * s * d), normal(o.batch * o.kv_heads * s * d));
     let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
     let mut dev_cache = DevicePagedCache::<T>::upload(device, &cache)?;
+    // The opt-in device check of the table and lengths (as if the device had written them).
+    flashcore::paged::check_on_device(device, &dev_cache)?;
+    println!("device table check: ok");
     cache.append_host(&k_new, &v_new, s);
     let new_shape = [o.batch, o.kv_heads, s, d];
     let (k_dev, v_dev) =

@@ -752,13 +752,7 @@ pub fn append<T: HalfFloat>(
         return Ok(());
     }
     static PTX: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
-    let (ptx, key) = PTX.get_or_init(|| {
-        use std::hash::{Hash, Hasher};
-        let ptx = append_ptx();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        ptx.hash(&mut h);
-        (ptx, h.finish())
-    });
+    let (ptx, key) = hand_written(&PTX, append_ptx);
     let image =
         KernelImage { key: *key, ptx, entry: APPEND_ENTRY, shared_bytes: 0, threads_per_cta: APPEND_THREADS };
     let DevicePagedCache { k, v, block_table, lens, .. } = cache;
@@ -773,4 +767,157 @@ pub fn append<T: HalfFloat>(
     args.extend(values.into_iter().map(LaunchArg::U32));
     device.launch(&image, ctas, &mut args)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking a device-resident table (the opt-in device check)
+
+/// The table check's `u32` arguments ([`crate::codegen::table_check::TABLE_CHECK_PARAMS`] after
+/// the pointers) from the shapes and strides (in elements) of the block table (`[B,
+/// MAX_PAGES]`), the lengths (`[B]`) and the pool (`[PAGES, HKV, PAGE, D]`), with the CTAs to
+/// launch.
+pub fn table_check_arguments(
+    table: (&[usize], &[usize]),
+    lens: &[usize],
+    pool: &[usize],
+) -> Result<([u32; 5], u32), Error> {
+    use crate::codegen::table_check::{TABLE_CHECK_ENTRY, TABLE_CHECK_THREADS};
+    let bad = |arg: &str, message: String| Error::Argument {
+        kernel: TABLE_CHECK_ENTRY.into(),
+        arg: arg.into(),
+        message,
+    };
+    let ((ts, tst), b) = (table, lens.first().copied().unwrap_or(0));
+    if ts.len() != 2 || tst.len() != 2 || tst[1] != 1 || lens.len() != 1 || ts[0] != b {
+        return Err(bad(
+            "block_table",
+            format!(
+                "want a [B, MAX_PAGES] table with rows contiguous and [B] lengths, got {ts:?} and {lens:?}"
+            ),
+        ));
+    }
+    if pool.len() != 4 {
+        return Err(bad("k_pool", format!("want [PAGES, HKV, PAGE, D], got {pool:?}")));
+    }
+    let entries = b * ts[1];
+    if entries >= 1 << 30 {
+        return Err(bad("block_table", format!("{entries} entries: at most 2^30")));
+    }
+    let u32_of =
+        |arg: &str, x: usize| u32::try_from(x).map_err(|_| bad(arg, format!("{x} does not fit 32 bits")));
+    let values = [
+        u32_of("block_table", b)?,
+        u32_of("block_table", ts[1])?,
+        u32_of("k_pool", pool[2])?,
+        u32_of("k_pool", pool[0])?,
+        u32_of("block_table", tst[0])?,
+    ];
+    Ok((values, entries.div_ceil(TABLE_CHECK_THREADS as usize) as u32))
+}
+
+/// The table check's verdict word as a result: the first violation in table order as the
+/// typed error [`PagedCache::check`] gives for it (without the offending value, which stays on
+/// the device).
+fn table_verdict(verdict: u32, max_pages: usize, page_rows: usize, pages: usize) -> Result<(), Error> {
+    use crate::codegen::table_check::{BAD_LENGTH, BAD_PAGE};
+    if verdict == u32::MAX {
+        return Ok(());
+    }
+    let (index, kind) = ((verdict / 4) as usize, verdict % 4);
+    let (b, e) = (index / max_pages.max(1), index % max_pages.max(1));
+    let bad = |arg: &str, message: String| Error::Argument {
+        kernel: "paged cache".into(),
+        arg: arg.into(),
+        message,
+    };
+    Err(match kind {
+        BAD_LENGTH => bad(
+            "cache_len",
+            format!("sequence {b}'s length is outside 0 ..= {} rows, what the block table holds a sequence ({max_pages} pages of {page_rows}) (device check)", max_pages * page_rows),
+        ),
+        BAD_PAGE => bad(
+            "block_table",
+            format!("entry [{b}, {e}] is outside the pool of {pages} pages, and sequence {b} uses it (device check)"),
+        ),
+        _ => bad("block_table", format!("the table check's verdict {verdict:#x} is not one it writes")),
+    })
+}
+
+/// The device table check run in the PTX simulator on `cache`'s table and lengths: what
+/// [`check_on_device`] says of them.
+pub fn simulate_table_check(cache: &PagedCache) -> Result<(), Error> {
+    use crate::codegen::table_check::{table_check_ptx, TABLE_CHECK_ENTRY, TABLE_CHECK_THREADS};
+    use flashcore_sim::{Arg, Launch, Machine};
+    let table = cache.table_view();
+    let (values, ctas) =
+        table_check_arguments((table.shape(), table.strides()), &[cache.batch()], cache.view().shape())?;
+    if ctas == 0 {
+        return Ok(());
+    }
+    let words = |x: &[i32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let mut machine = Machine::new(Default::default());
+    let (tb, ln) = (machine.alloc(words(&cache.block_table)), machine.alloc(words(&cache.lens)));
+    let verdict = machine.alloc(u32::MAX.to_le_bytes().to_vec());
+    let mut args: Vec<Arg> = [tb, ln, verdict].into_iter().map(Arg::U64).collect();
+    args.extend(values.into_iter().map(Arg::U32));
+    let launch = Launch { grid: ctas, threads: TABLE_CHECK_THREADS, shared_bytes: 0 };
+    machine.launch(&flashcore_sim::parse(&table_check_ptx())?, TABLE_CHECK_ENTRY, launch, &args)?;
+    let word = machine.read(verdict, 4)?;
+    table_verdict(
+        u32::from_le_bytes([word[0], word[1], word[2], word[3]]),
+        cache.max_pages,
+        cache.page_size,
+        cache.pages,
+    )
+}
+
+/// The opt-in device check of a cache whose block table and lengths were written on the device
+/// (by a server's scheduler, say), where [`PagedCache::check`] cannot see them: each length
+/// within its table row's capacity, each entry it uses inside the pool. Waits for the check
+/// (one small launch and a 4-byte copy back); the first violation in table order is the typed
+/// error naming `cache_len` or `block_table`. The decode kernels read nothing outside the cache
+/// without it; with it, a wrong table is an error rather than zeros in the output.
+pub fn check_on_device<T: HalfFloat>(
+    device: &crate::runtime::Device,
+    cache: &DevicePagedCache<T>,
+) -> Result<(), Error> {
+    use crate::codegen::table_check::{table_check_ptx, TABLE_CHECK_ENTRY, TABLE_CHECK_THREADS};
+    use crate::runtime::{KernelImage, LaunchArg};
+    let (table, pool) = (&cache.block_table, cache.k.shape());
+    let (values, ctas) = table_check_arguments((table.shape(), table.strides()), cache.lens.shape(), pool)?;
+    if ctas == 0 {
+        return Ok(());
+    }
+    static PTX: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
+    let (ptx, key) = hand_written(&PTX, table_check_ptx);
+    let image = KernelImage {
+        key: *key,
+        ptx,
+        entry: TABLE_CHECK_ENTRY,
+        shared_bytes: 0,
+        threads_per_cta: TABLE_CHECK_THREADS,
+    };
+    let mut verdict = device.upload(&[u32::MAX], &[1])?;
+    let mut args =
+        vec![LaunchArg::Buffer(table), LaunchArg::Buffer(&cache.lens), LaunchArg::BufferMut(&mut verdict)];
+    args.extend(values.into_iter().map(LaunchArg::U32));
+    device.launch(&image, ctas, &mut args)?;
+    drop(args);
+    let word = device.download(&verdict)?;
+    table_verdict(word[0], table.shape()[1], pool[2], pool[0])
+}
+
+/// A hand-written kernel's PTX (the append kernel, the table check) and its key in the device's
+/// module cache, made once per process.
+fn hand_written(
+    cell: &'static std::sync::OnceLock<(String, u64)>,
+    make: fn() -> String,
+) -> &'static (String, u64) {
+    cell.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let ptx = make();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ptx.hash(&mut h);
+        (ptx, h.finish())
+    })
 }

@@ -102,7 +102,8 @@ fn simulate_two_sequences(
 }
 
 /// A hostile cache: a length past the block table's capacity, an entry past the pool, a
-/// negative entry. The host check names each; the kernel, launched anyway, reads nothing
+/// negative entry. The host check names each, and so does the opt-in device check (run in the
+/// simulator); the kernel, launched anyway, reads nothing
 /// outside the pool and the table (the simulator faults on any access outside an allocation)
 /// and writes finite outputs.
 #[test]
@@ -117,11 +118,23 @@ fn hostile_page_tables_are_named_on_the_host_and_never_read_outside_the_cache() 
         ("block_table", Box::new(|c| c.block_table[1] = 1000)),
         ("block_table", Box::new(|c| c.block_table[c.max_pages] = -7)),
     ];
+    // The device check (in the simulator) passes the clean cache and names the same argument;
+    // of several violations, the first in table order, as the host check does.
+    flashcore::paged::simulate_table_check(&clean).unwrap();
+    let mut two = clean.clone();
+    (two.block_table[1], two.lens[1]) = (1000, -5);
+    let (host, device) = (
+        two.check().unwrap_err().to_string(),
+        flashcore::paged::simulate_table_check(&two).unwrap_err().to_string(),
+    );
+    assert!(host.contains("entry [0, 1]") && device.contains("entry [0, 1]"), "{host} / {device}");
     for (arg, corrupt) in &hostile {
         let mut cache = clean.clone();
         corrupt(&mut cache);
         let err = cache.check().unwrap_err().to_string();
         assert!(err.contains(arg), "{err}");
+        let on_device = flashcore::paged::simulate_table_check(&cache).unwrap_err().to_string();
+        assert!(on_device.contains(arg) && on_device.contains("device check"), "{on_device}");
         // The pool's unused rows as zeros: a length past the last page's fill may use them.
         let to_f16 = |x: &[f64]| {
             x.iter().map(|v| f16::from_f64(if v.is_nan() { 0.0 } else { *v })).collect::<Vec<_>>()

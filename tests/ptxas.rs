@@ -227,20 +227,24 @@ fn decode_kernel_assembles_without_spills() {
     );
 }
 
-/// The paged cache's append kernel (hand-written PTX, not the DSL's) assembles for sm_89 and
-/// sm_90 with no spills and no stack.
+/// The paged cache's hand-written kernels (the append kernel and the table check, PTX not
+/// from the DSL) assemble for sm_89 and sm_90 with no spills and no stack.
 #[test]
-fn append_kernel_assembles_without_spills() {
+fn paged_cache_kernels_assemble_without_spills() {
     let Some(ptxas) = ptxas_or_skip() else { return };
-    let ptx = flashcore::codegen::append::append_ptx();
-    for arch in ["sm_89", "sm_90"] {
-        let report = flashcore::ptxas::assemble(&ptxas, &ptx, arch).unwrap();
-        assert_eq!(
-            (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
-            (0, 0, 0),
-            "{arch}: {}",
-            report.text
-        );
-        println!("append kernel, {arch}: {} registers", report.registers);
+    for (name, ptx) in [
+        ("append", flashcore::codegen::append::append_ptx()),
+        ("table check", flashcore::codegen::table_check::table_check_ptx()),
+    ] {
+        for arch in ["sm_89", "sm_90"] {
+            let report = flashcore::ptxas::assemble(&ptxas, &ptx, arch).unwrap();
+            assert_eq!(
+                (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
+                (0, 0, 0),
+                "{name}, {arch}: {}",
+                report.text
+            );
+            println!("{name} kernel, {arch}: {} registers", report.registers);
+        }
     }
 }

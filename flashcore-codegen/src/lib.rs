@@ -6,6 +6,7 @@ mod emit;
 pub mod layout;
 pub mod smem;
 mod stream;
+pub mod table_check;
 pub mod target;
 mod writer;
 

@@ -1095,13 +1095,14 @@ impl<'a> Cta<'a> {
             Op::Ld { space, width, d, addr } => self.load(w, inst, exec, *space, *width, d, addr)?,
             Op::St { space, width, addr, a } => self.store(w, inst, exec, *space, *width, addr, a)?,
             Op::FenceGpu => {}
-            Op::AtomAdd { d, addr, b } => {
+            Op::AtomAdd { d, addr, b, min } => {
                 let site = self.site(w, inst);
                 for l in lanes(exec) {
                     let a = self.address(w, addr, l);
                     let bytes = self.global_read(site, a, 4, 4)?;
                     let old = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                    let new = old.wrapping_add(self.val(w, *b, l) as u32);
+                    let b = self.val(w, *b, l) as u32;
+                    let new = if *min { old.min(b) } else { old.wrapping_add(b) };
                     self.global
                         .write(a, &new.to_le_bytes())
                         .map_err(|message| SimError::OutOfBounds { at: site.at(), message })?;

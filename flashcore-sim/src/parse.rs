@@ -423,12 +423,15 @@ pub enum Op {
     /// `fence.acq_rel.gpu` / `membar.gl`: orders the thread's global accesses across CTAs. The
     /// simulator runs one CTA at a time, so every CTA's writes are visible to the next: nothing.
     FenceGpu,
-    /// `atom.global[.acq_rel.gpu].add.u32 d, [addr], b`: per lane, `d` gets the old word and the
-    /// word `+ b` (lane by lane, in lane order).
+    /// `atom.global[.acq_rel.gpu].{add,min}.u32 d, [addr], b`: per lane, `d` gets the old word
+    /// and the word becomes `old + b` (`min`: the unsigned smaller of the two), lane by lane,
+    /// in lane order.
     AtomAdd {
         d: u32,
         addr: Address,
         b: Operand,
+        /// `min` instead of `add`.
+        min: bool,
     },
     /// `setmaxnreg.{inc,dec}.sync.aligned.u32 count`: the warp's registers a thread become
     /// `count`; an increase waits until the SM sub-partition's register file has them.
@@ -1216,7 +1219,10 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
         "fence" if has("gpu") && (has("acq_rel") || has("sc")) => Op::FenceGpu,
         "membar" if has("gl") => Op::FenceGpu,
         "atom" if has("global") && has("add") && (has("u32") || has("s32")) => {
-            Op::AtomAdd { d: ctx.dest(n(0)?)?, addr: ctx.address(n(1)?)?, b: ctx.operand(n(2)?)? }
+            Op::AtomAdd { d: ctx.dest(n(0)?)?, addr: ctx.address(n(1)?)?, b: ctx.operand(n(2)?)?, min: false }
+        }
+        "atom" if has("global") && has("min") && has("u32") => {
+            Op::AtomAdd { d: ctx.dest(n(0)?)?, addr: ctx.address(n(1)?)?, b: ctx.operand(n(2)?)?, min: true }
         }
         "setmaxnreg" if has("sync") && has("aligned") && (has("inc") || has("dec")) => {
             let count = n(0)?.trim().parse().map_err(|_| Decode::Unsupported)?;
