@@ -10,7 +10,10 @@
 //! cargo run --release --example decode -- --step --batch 8 --cache-len 8192 --new-tokens 4 --causal
 //! ```
 //!
-//! `--step` runs a whole decode step through the typed API: the step's new keys and values
+//! `--npy DIR` reads the step's inputs from `.npy` files instead (`q.npy`, `k_cache.npy`,
+//! `v_cache.npy` in vLLM's `[PAGES, PAGE, HKV, D]`, `block_table.npy`, `cache_len.npy`:
+//! `flashcore::paged::STEP_FILES`; `PagedCache::write_npy` writes them), the shapes taken from
+//! the files. `--step` runs a whole decode step through the typed API: the step's new keys and values
 //! appended to the cache by the append kernel (`paged::append`), then `paged::decode_step`;
 //! the pools checked bit for bit against the host's append and the output against float64,
 //! then the same two launches captured in a CUDA graph, replayed and checked again, and both
@@ -31,6 +34,7 @@ use flashcore::simulate::SimDevice;
 use flashcore::{Config, DType, HalfFloat};
 use half::{bf16, f16};
 
+#[derive(Clone)]
 struct Options {
     batch: usize,
     heads: usize,
@@ -55,9 +59,12 @@ struct Options {
     /// Per schedule: given as empty (or no `--config`), the kernel's declared one with
     /// `split_ctas`'s split for the problem.
     auto_split: Vec<bool>,
+    /// `--npy DIR`: the step's inputs from `.npy` files (`flashcore::paged::STEP_FILES`)
+    /// instead of random ones; the shapes come from the files.
+    npy: Option<std::path::PathBuf>,
 }
 
-const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--packed [--api]] [--step] [--config SETTINGS[;SETTINGS..]] [--iters N] [--seed N]";
+const USAGE: &str = "usage: decode [--batch B] [--heads H] [--kv-heads HKV] [--head-dim D] [--cache-len L] [--page P] [--new-tokens S] [--causal] [--bf16] [--packed [--api]] [--step] [--npy DIR] [--config SETTINGS[;SETTINGS..]] [--iters N] [--seed N]";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -74,6 +81,7 @@ fn parse_args() -> Result<Options, String> {
         api: false,
         step: false,
         causal: false,
+        npy: None,
         auto_split: vec![],
     };
     let (mut head_dim, mut causal, mut bf16, mut settings) = (128u32, false, false, String::new());
@@ -96,6 +104,7 @@ fn parse_args() -> Result<Options, String> {
             "--packed" => o.packed = true,
             "--api" => o.api = true,
             "--step" => o.step = true,
+            "--npy" => o.npy = Some(value("--npy")?.into()),
             "--config" => settings = value("--config")?,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -156,16 +165,31 @@ fn main() -> ExitCode {
 /// No GPU: the same kernel and a small cache of the same page size and heads in the simulator.
 fn without_gpu(reason: &str, o: &Options) -> Result<bool, flashcore::Error> {
     println!("no GPU: {reason}");
+    // `--npy`: the files' cache (checked on the host) with random queries of their shape, if
+    // small enough for the simulator; else a small random cache of the same page size and heads.
+    let (from_files, npy_cache) = match &o.npy {
+        Some(_) => {
+            let (cache, _, o) = inputs(o)?;
+            (o, Some(cache))
+        }
+        None => (o.clone(), None),
+    };
+    let o = &from_files;
     let config = o.configs[0];
-    let lens = [o.new_tokens.max(37), 2 * o.page + 5];
-    let cache = PagedCache::random_in(
-        config.dtype,
-        &lens,
-        o.kv_heads,
-        config.head_dim as usize,
-        o.page,
-        &mut Rng::new(o.seed),
-    );
+    let small =
+        |c: &PagedCache| c.lens.iter().map(|&n| n.max(0) as usize).sum::<usize>() * o.heads <= 1 << 15;
+    let cache = match npy_cache.filter(small) {
+        Some(cache) => cache,
+        None => PagedCache::random_in(
+            config.dtype,
+            &[o.new_tokens.max(37), 2 * o.page + 5],
+            o.kv_heads,
+            config.head_dim as usize,
+            o.page,
+            &mut Rng::new(o.seed),
+        ),
+    };
+    let lens = &cache.lens;
     cache.check()?;
     let heads = o.heads.min(2 * o.kv_heads);
     let got = if o.packed {
@@ -211,19 +235,61 @@ fn without_gpu(reason: &str, o: &Options) -> Result<bool, flashcore::Error> {
     Ok(ok)
 }
 
+/// The step's cache and queries: from `--npy DIR` (the options' shapes then taken from the
+/// files: batch, heads, new tokens, page size, head dim; the cache length its longest
+/// sequence's), or random at the options' shapes. Checked on the host either way.
+fn inputs(o: &Options) -> Result<(PagedCache, Vec<f64>, Options), flashcore::Error> {
+    let dtype = o.configs[0].dtype;
+    let mut o = o.clone();
+    let (cache, q) = match &o.npy {
+        Some(dir) => {
+            let (cache, q, [b, h, s, d]) = PagedCache::read_npy(dir, dtype)?;
+            (o.batch, o.heads, o.kv_heads, o.new_tokens, o.page) = (b, h, cache.hkv, s, cache.page_size);
+            o.cache_len = cache.lens.iter().map(|&n| n.max(0) as usize).max().unwrap_or(0);
+            o.configs = o.configs.iter().map(|c| c.with_head_dim(d as u32)).collect();
+            println!(
+                "inputs: {} (B={b} H={h} HKV={} S={s} D={d}, pages of {}, lengths {:?})",
+                dir.display(),
+                cache.hkv,
+                cache.page_size,
+                cache.lens
+            );
+            (cache, q)
+        }
+        None => {
+            let d = o.configs[0].head_dim as usize;
+            let mut rng = Rng::new(o.seed);
+            let cache =
+                PagedCache::random_in(dtype, &vec![o.cache_len; o.batch], o.kv_heads, d, o.page, &mut rng);
+            let q = (0..o.batch * o.heads * o.new_tokens * d)
+                .map(|_| flashcore::round_to(dtype, rng.normal()))
+                .collect();
+            (cache, q)
+        }
+    };
+    cache.check()?;
+    if o.batch == 0 || o.kv_heads == 0 || !o.heads.is_multiple_of(o.kv_heads) {
+        return Err(flashcore::Error::Argument {
+            kernel: "decode example".into(),
+            arg: "q".into(),
+            message: format!(
+                "{} sequences of {} query heads over {} K/V heads",
+                o.batch, o.heads, o.kv_heads
+            ),
+        });
+    }
+    Ok((cache, q, o))
+}
+
 fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore::Error> {
     let info = device.info();
     println!(
         "device: {} (sm_{}{}, {} SMs); seed {}",
         info.name, info.compute_capability.0, info.compute_capability.1, info.sm_count, o.seed
     );
-    let (dtype, d) = (o.configs[0].dtype, o.configs[0].head_dim as usize);
-    let mut rng = Rng::new(o.seed);
-    let lens = vec![o.cache_len; o.batch];
-    let cache = PagedCache::random_in(dtype, &lens, o.kv_heads, d, o.page, &mut rng);
-    cache.check()?;
-    let q: Vec<f64> =
-        (0..o.batch * o.heads * o.new_tokens * d).map(|_| flashcore::round_to(dtype, rng.normal())).collect();
+    let (cache, q, o) = inputs(o)?;
+    let o = &o;
+    let d = o.configs[0].head_dim as usize;
     let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
     let view = cache.view();
     let k = device.upload_strided(&to_t(&cache.k), view.shape(), view.strides())?;
@@ -322,7 +388,8 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
         let same_bits = again.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
         let passed = err.rel_l2 < flashcore::tolerance(config.dtype) && unwritten == 0 && same_bits;
         ok &= passed;
-        let kv_bytes = (2 * o.batch * o.kv_heads * o.cache_len * d * 2) as f64;
+        let kv_bytes =
+            (2 * cache.lens.iter().map(|&n| n.max(0) as usize).sum::<usize>() * o.kv_heads * d * 2) as f64;
         println!(
             "decode{}{} ({config}): B={} H={} HKV={} D={d} cache {} in pages of {}, {} new tokens{}: {us:.1} µs, K/V {:.2} TB/s ({:.0} MB); rel err {:.2e} vs float64 on {} heads, {unwritten} unwritten, {} after {} launches ({})",
             if o.packed { " packed" } else { "" },

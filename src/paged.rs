@@ -921,3 +921,85 @@ fn hand_written(
         (ptx, h.finish())
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// A decode step's inputs as .npy files
+
+/// The `.npy` files of a decode step's inputs in a folder: `q.npy` (`[B, H, S, D]`),
+/// `k_cache.npy` and `v_cache.npy` (`[PAGES, PAGE, HKV, D]`, vLLM's layout), `block_table.npy`
+/// (`[B, MAX_PAGES]`, integers) and `cache_len.npy` (`[B]`, integers, counting the step's
+/// tokens).
+pub const STEP_FILES: [&str; 5] = ["q.npy", "k_cache.npy", "v_cache.npy", "block_table.npy", "cache_len.npy"];
+
+impl PagedCache {
+    /// Reads a decode step's inputs from the [`STEP_FILES`] in `dir` (values rounded to
+    /// `dtype`): the cache, and `q` with its shape. Typed errors name the file for anything
+    /// unreadable or shapes that do not fit together; check the cache with
+    /// [`PagedCache::check`] before using it.
+    pub fn read_npy(
+        dir: &std::path::Path,
+        dtype: DType,
+    ) -> Result<(PagedCache, Vec<f64>, [usize; 4]), Error> {
+        let bad = |file: &str, message: String| Error::Argument {
+            kernel: "paged cache".into(),
+            arg: file.into(),
+            message,
+        };
+        let floats = |file: &str| crate::npy::read(&dir.join(file)).map_err(|e| bad(file, e.to_string()));
+        let ints = |file: &str| crate::npy::read_i32(&dir.join(file)).map_err(|e| bad(file, e.to_string()));
+        let (q, k, v) = (floats("q.npy")?, floats("k_cache.npy")?, floats("v_cache.npy")?);
+        let (table, lens) = (ints("block_table.npy")?, ints("cache_len.npy")?);
+        let [b, h, s, d] = <[usize; 4]>::try_from(q.shape.as_slice())
+            .map_err(|_| bad("q.npy", format!("want [B, H, S, D], got {:?}", q.shape)))?;
+        if k.shape.len() != 4 || k.shape[3] != d || v.shape != k.shape {
+            return Err(bad(
+                "k_cache.npy",
+                format!("want k and v [PAGES, PAGE, HKV, {d}], got {:?} and {:?}", k.shape, v.shape),
+            ));
+        }
+        if table.shape.len() != 2 || table.shape[0] != b {
+            return Err(bad("block_table.npy", format!("want [{b}, MAX_PAGES], got {:?}", table.shape)));
+        }
+        if lens.shape != [b] {
+            return Err(bad("cache_len.npy", format!("want [{b}], got {:?}", lens.shape)));
+        }
+        let round = |a: &crate::npy::Array| {
+            a.data.iter().map(|x| crate::round_to(dtype, *x as f64)).collect::<Vec<f64>>()
+        };
+        let cache = PagedCache {
+            page_size: k.shape[1],
+            pages: k.shape[0],
+            hkv: k.shape[2],
+            d,
+            k: round(&k),
+            v: round(&v),
+            max_pages: table.shape[1],
+            block_table: table.data,
+            lens: lens.data,
+        };
+        Ok((cache, round(&q), [b, h, s, d]))
+    }
+
+    /// Writes the cache and `q` (`[B, H, S, D]`, `q_shape`) as the [`STEP_FILES`] in `dir` (in
+    /// f16, NaN rows included), for [`PagedCache::read_npy`] or numpy.
+    pub fn write_npy(&self, dir: &std::path::Path, q: &[f64], q_shape: [usize; 4]) -> Result<(), Error> {
+        let bad = |file: &str, message: String| Error::Argument {
+            kernel: "paged cache".into(),
+            arg: file.into(),
+            message,
+        };
+        let halves = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<f16>>();
+        let pool = [self.pages, self.page_size, self.hkv, self.d];
+        let write = |file: &str, bytes: Vec<u8>| {
+            std::fs::write(dir.join(file), bytes).map_err(|e| bad(file, e.to_string()))
+        };
+        write("q.npy", crate::npy::to_bytes_f16(&halves(q), &q_shape))?;
+        write("k_cache.npy", crate::npy::to_bytes_f16(&halves(&self.k), &pool))?;
+        write("v_cache.npy", crate::npy::to_bytes_f16(&halves(&self.v), &pool))?;
+        write(
+            "block_table.npy",
+            crate::npy::to_bytes_i32(&self.block_table, &[self.batch(), self.max_pages]),
+        )?;
+        write("cache_len.npy", crate::npy::to_bytes_i32(&self.lens, &[self.batch()]))
+    }
+}

@@ -481,3 +481,36 @@ fn per_sequence_query_lengths_match_float64() {
         assert!(err.rel_l2 < flashcore::tolerance(DType::F16), "{config}: {err:?}");
     }
 }
+
+/// A decode step's inputs round-trip through `.npy` files (`paged::STEP_FILES`, vLLM's pool
+/// layout): the cache read back is the one written (NaN rows included), it decodes against
+/// float64, and a file of the wrong shape is a typed error naming it.
+#[test]
+fn step_inputs_round_trip_through_npy_files() {
+    use flashcore::paged::check_decode;
+    let dir = std::env::temp_dir().join(format!("flashcore-npy-step-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = Rng::new(41);
+    let cache = PagedCache::random(&[70, 200], 2, 64, 16, &mut rng);
+    let q: Vec<f64> = (0..2 * 4 * 3 * 64).map(|_| flashcore::round_to(DType::F16, rng.normal())).collect();
+    cache.write_npy(&dir, &q, [2, 4, 3, 64]).unwrap();
+    let (read, q_read, shape) = PagedCache::read_npy(&dir, DType::F16).unwrap();
+    let same = |a: &[f64], b: &[f64]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan())
+    };
+    assert!(same(&read.k, &cache.k) && same(&read.v, &cache.v) && same(&q_read, &q));
+    assert_eq!(
+        (read.block_table.clone(), read.lens.clone(), shape),
+        (cache.block_table.clone(), cache.lens.clone(), [2, 4, 3, 64])
+    );
+    read.check().unwrap();
+    let kernel = attention_decode_paged::compile(&attention_decode_paged::CONFIG.with_head_dim(64)).unwrap();
+    let got = check_decode(&kernel, &read, 4, 3, 41, &SimDevice::default()).unwrap();
+    assert!(got.err.rel_l2 < flashcore::tolerance(DType::F16), "{:?}", got.err);
+    // Lengths of another batch: named.
+    std::fs::write(dir.join("cache_len.npy"), flashcore::npy::to_bytes_i32(&[70, 200, 5], &[3])).unwrap();
+    let err = PagedCache::read_npy(&dir, DType::F16).unwrap_err().to_string();
+    assert!(err.contains("cache_len.npy") && err.contains("[2]"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
