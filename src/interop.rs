@@ -513,6 +513,8 @@ pub fn attention_backward_on_stream(
             Arg::TensorMut(&mut *dq),
             Arg::TensorMut(&mut *delta),
             Arg::F32(scale),
+            Arg::Absent, // cu_q, cu_k: dense
+            Arg::Absent,
         ];
         crate::launch_on_stream(device, &dq_kernel, &mut args, stream)?;
     }
@@ -526,6 +528,8 @@ pub fn attention_backward_on_stream(
         Arg::TensorMut(dk),
         Arg::TensorMut(dv),
         Arg::F32(scale),
+        Arg::Absent, // cu_q, cu_k: dense
+        Arg::Absent,
     ];
     crate::launch_on_stream(device, &dkdv_kernel, &mut args, stream)?;
     Ok(())
@@ -564,6 +568,8 @@ pub fn simulate_attention_backward<T: HalfFloat>(
         HostArg::TensorMut(&mut dq, HostView::contiguous(&q_shape)),
         HostArg::F32Mut(&mut delta, HostView::contiguous(rows)),
         HostArg::F32(scale),
+        HostArg::Absent, // cu_q, cu_k: dense
+        HostArg::Absent,
     ];
     simulate(&dq_kernel, &mut args, &device)?;
     drop(args);
@@ -577,6 +583,8 @@ pub fn simulate_attention_backward<T: HalfFloat>(
         HostArg::TensorMut(&mut dk, HostView::contiguous(&k_shape)),
         HostArg::TensorMut(&mut dv, HostView::contiguous(&k_shape)),
         HostArg::F32(scale),
+        HostArg::Absent, // cu_q, cu_k: dense
+        HostArg::Absent,
     ];
     simulate(&dkdv_kernel, &mut args, &device)?;
     drop(args);

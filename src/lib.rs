@@ -427,9 +427,61 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
                 }
                 return Err(bad(&t.name, "missing: this table is required".into()));
             };
-            bind_table(t, view, strides).map_err(|m| bad(&t.name, m))?;
-            for (axis, dim) in t.dims.iter().enumerate() {
-                bind(*dim, view.shape[axis] as u64, &t.name, format!(" (shape {:?})", view.shape))?;
+            // A table with a ragged axis, packed as its tensors are: that axis holds every
+            // sequence's rows (TOTAL), and the batch axis is gone ([H, TOTAL] for [B, H, S]).
+            let packed = t.dims.iter().position(|d| ragged.contains_key(d)).map(|axis| {
+                let (offsets, name) = ragged[&t.dims[axis]];
+                let batch = kernel.params.iter().find_map(|p| match p {
+                    Param::Offsets(o) if o.seq == t.dims[axis] => Some(o.batch),
+                    _ => None,
+                });
+                (axis, batch.and_then(|b| t.dims.iter().position(|d| *d == b)), offsets, name)
+            });
+            match packed {
+                None => {
+                    bind_table(t, view, strides).map_err(|m| bad(&t.name, m))?;
+                    for (axis, dim) in t.dims.iter().enumerate() {
+                        bind(*dim, view.shape[axis] as u64, &t.name, format!(" (shape {:?})", view.shape))?;
+                    }
+                }
+                Some((ragged_axis, Some(batch_axis), offsets, name)) if !t.writable => {
+                    // The packed view's axes are the table's without the batch axis.
+                    let logical: Vec<usize> = (0..t.dims.len()).filter(|a| *a != batch_axis).collect();
+                    let unpacked = ir::kernel::TableParam {
+                        dims: logical.iter().map(|a| t.dims[*a]).collect(),
+                        ..t.clone()
+                    };
+                    let mut packed_strides = vec![];
+                    bind_table(&unpacked, view, &mut packed_strides).map_err(|m| bad(&t.name, m))?;
+                    let at = |axis: usize| logical.iter().position(|a| *a == axis).expect("a packed axis");
+                    if view.shape[at(ragged_axis)] != offsets.total() {
+                        return Err(bad(
+                            &t.name,
+                            format!(
+                                "packs {} rows (shape {:?}) but the offsets `{name}` end at row {}",
+                                view.shape[at(ragged_axis)],
+                                view.shape,
+                                offsets.total()
+                            ),
+                        ));
+                    }
+                    for axis in 0..t.dims.len() {
+                        if axis == batch_axis {
+                            strides.push(0);
+                            continue;
+                        }
+                        strides.push(packed_strides[at(axis)]);
+                        if axis != ragged_axis {
+                            bind(t.dims[axis], view.shape[at(axis)] as u64, &t.name, format!(" (shape {:?})", view.shape))?;
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(bad(
+                        &t.name,
+                        "a table with a variable-length axis is read packed (its batch axis dropped, the sequences' rows one after another); writing one so, or one without the batch axis, is not supported".into(),
+                    ))
+                }
             }
             continue;
         }

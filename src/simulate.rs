@@ -636,6 +636,8 @@ pub fn simulate_backward<T: HalfFloat>(
         HostArg::F32(scale),
     ];
     args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));
+    // Optional parameters after those (sequence offsets): left out, the dense batch.
+    args.resize_with(dq_kernel.kernel.params.len().max(args.len()), || HostArg::Absent);
     simulate(&dq_kernel, &mut args, &device)?;
     drop(args);
     let dkdv = (pair.dkdv)(&configs.1)?;
@@ -652,7 +654,151 @@ pub fn simulate_backward<T: HalfFloat>(
         HostArg::F32(scale),
     ];
     args.extend(pair.scalars.iter().map(|x| HostArg::F32(*x)));
+    args.resize_with(dkdv.kernel.params.len().max(args.len()), || HostArg::Absent);
     simulate(&dkdv, &mut args, &device)?;
     drop(args);
     Ok(BackwardResult { dq, delta, dk, dv })
+}
+
+/// What [`check_varlen_backward`] found: each gradient (and `Δ`) of a variable-length batch
+/// against float64.
+#[derive(Clone, Copy, Debug)]
+pub struct VarlenBackwardCheck {
+    /// dQ, packed `[TOTAL_Q, H, D]`.
+    pub dq: crate::reference::ErrorStats,
+    /// dK, packed `[TOTAL_K, H or HKV, D]`.
+    pub dk: crate::reference::ErrorStats,
+    /// dV, likewise.
+    pub dv: crate::reference::ErrorStats,
+    /// `Δ = rowsum(dO ∘ O)`, `[H, TOTAL_Q]`.
+    pub delta: crate::reference::ErrorStats,
+}
+
+impl VarlenBackwardCheck {
+    /// Every gradient (and `Δ`) within `dtype`'s tolerance.
+    pub fn passes(&self, dtype: crate::DType) -> bool {
+        let tol = crate::tolerance(dtype);
+        [self.dq, self.dk, self.dv, self.delta].iter().all(|e| e.rel_l2 < tol && e.non_finite == 0)
+    }
+}
+
+/// The backward of a variable-length batch in the simulator (FlashAttention's varlen layout:
+/// sequence `i` has `lens_q[i]` query and `lens_k[i]` key rows, packed `[TOTAL, H, D]`; the
+/// log-sum-exp and `Δ` `[H, TOTAL_Q]`): `dq_kernel` (shaped as
+/// [`attention_backward_dq`], compiled with `varlen`) then `dkdv_kernel` (as
+/// [`attention_backward_dkdv`], or with `grouped` as [`attention_backward_dkdv_grouped`]: dK and
+/// dV per K/V head), with `h` query and `hk` K/V heads, against each sequence's float64
+/// gradients; every output poisoned first.
+///
+/// [`attention_backward_dq`]: crate::kernels::backward::attention_backward_dq
+/// [`attention_backward_dkdv`]: crate::kernels::backward::attention_backward_dkdv
+/// [`attention_backward_dkdv_grouped`]: crate::kernels::backward::attention_backward_dkdv_grouped
+pub fn check_varlen_backward<T: HalfFloat>(
+    (dq_kernel, dkdv_kernel, grouped): (&CompiledKernel, &CompiledKernel, bool),
+    lens_q: &[usize],
+    lens_k: &[usize],
+    (h, hk): (usize, usize),
+    seed: u64,
+    device: &SimDevice,
+) -> Result<VarlenBackwardCheck, Error> {
+    use crate::reference::{attention_backward_rows, compare, Problem, Rng};
+    let (cu_q, cu_k) = (SeqOffsets::from_lengths(lens_q)?, SeqOffsets::from_lengths(lens_k)?);
+    let (tq, tk) = (cu_q.total(), cu_k.total());
+    let config = dq_kernel.kernel.config;
+    let (d, scale, causal) = (config.head_dim as usize, config.default_scale(), config.causal);
+    let gh = if grouped { hk } else { h }; // dK/dV heads
+    let mut rng = Rng::new(seed ^ 0xbac4);
+    let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal()).to_f64()).collect::<Vec<f64>>();
+    // Packed inputs, and each sequence's float64 gradients packed the same way.
+    let zeros = |n: usize| vec![0.0; n];
+    let (mut q, mut k, mut v, mut d_out) =
+        (zeros(tq * h * d), zeros(tk * hk * d), zeros(tk * hk * d), zeros(tq * h * d));
+    let (mut o, mut lse, mut want_dq, mut want_delta) =
+        (zeros(tq * h * d), zeros(h * tq), zeros(tq * h * d), zeros(h * tq));
+    let (mut want_dk, mut want_dv) = (zeros(tk * gh * d), zeros(tk * gh * d));
+    // Dense row `head · len + t` of a sequence is packed row `(start + t) · heads + head`
+    // (added in, so that a group's query heads sum into their K/V head).
+    let pack = |dst: &mut [f64], src: &[f64], (heads, into): (usize, usize), len: usize, start: usize| {
+        for head in 0..heads {
+            for t in 0..len {
+                let (from, to) = ((head * len + t) * d, ((start + t) * into + head * into / heads) * d);
+                dst[to..to + d].iter_mut().zip(&src[from..from + d]).for_each(|(a, b)| *a += b);
+            }
+        }
+    };
+    for (i, (&lq, &lk)) in lens_q.iter().zip(lens_k).enumerate() {
+        let (q0, k0) = (cu_q.as_slice()[i] as usize, cu_k.as_slice()[i] as usize);
+        let (qs, ks, vs, dos) = (gen(h * lq * d), gen(hk * lk * d), gen(hk * lk * d), gen(h * lq * d));
+        let p =
+            Problem { q: &qs, k: &ks, v: &vs, b: 1, h, hk, s: lq, sk: lk, d, scale: scale as f64, causal };
+        let (query_rows, key_rows): (Vec<usize>, Vec<usize>) = ((0..h * lq).collect(), (0..h * lk).collect());
+        let g = attention_backward_rows(&p, &dos, &query_rows, &key_rows);
+        pack(&mut q, &qs, (h, h), lq, q0);
+        pack(&mut d_out, &dos, (h, h), lq, q0);
+        pack(&mut o, &g.o, (h, h), lq, q0);
+        pack(&mut want_dq, &g.dq, (h, h), lq, q0);
+        pack(&mut k, &ks, (hk, hk), lk, k0);
+        pack(&mut v, &vs, (hk, hk), lk, k0);
+        pack(&mut want_dk, &g.dk, (h, gh), lk, k0);
+        pack(&mut want_dv, &g.dv, (h, gh), lk, k0);
+        for head in 0..h {
+            for t in 0..lq {
+                lse[head * tq + q0 + t] = g.lse[head * lq + t];
+                want_delta[head * tq + q0 + t] = g.delta[head * lq + t];
+            }
+        }
+    }
+    let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
+    let (qt, kt, vt, ot, dot) = (to_t(&q), to_t(&k), to_t(&v), to_t(&o), to_t(&d_out));
+    // The forward's log-sum-exp as it stores it (f32).
+    let lse32: Vec<f32> = lse.iter().map(|x| *x as f32).collect();
+    let (qv, kv, gv, rows) = (
+        HostView::contiguous(&[tq, h, d]),
+        HostView::contiguous(&[tk, hk, d]),
+        HostView::contiguous(&[tk, gh, d]),
+        HostView::contiguous(&[h, tq]),
+    );
+    let (mut dq, mut delta) = (vec![T::NAN; tq * h * d], vec![f32::NAN; h * tq]);
+    simulate(
+        dq_kernel,
+        &mut [
+            HostArg::Tensor(&qt, qv.clone()),
+            HostArg::Tensor(&kt, kv.clone()),
+            HostArg::Tensor(&vt, kv.clone()),
+            HostArg::Tensor(&ot, qv.clone()),
+            HostArg::Tensor(&dot, qv.clone()),
+            HostArg::F32Table(&lse32, rows.clone()),
+            HostArg::TensorMut(&mut dq, qv.clone()),
+            HostArg::F32Mut(&mut delta, rows.clone()),
+            HostArg::F32(scale),
+            HostArg::Offsets(&cu_q),
+            HostArg::Offsets(&cu_k),
+        ],
+        device,
+    )?;
+    let (mut dk, mut dv) = (vec![T::NAN; tk * gh * d], vec![T::NAN; tk * gh * d]);
+    simulate(
+        dkdv_kernel,
+        &mut [
+            HostArg::Tensor(&qt, qv.clone()),
+            HostArg::Tensor(&kt, kv.clone()),
+            HostArg::Tensor(&vt, kv),
+            HostArg::Tensor(&dot, qv),
+            HostArg::F32Table(&lse32, rows.clone()),
+            HostArg::F32Table(&delta, rows),
+            HostArg::TensorMut(&mut dk, gv.clone()),
+            HostArg::TensorMut(&mut dv, gv),
+            HostArg::F32(scale),
+            HostArg::Offsets(&cu_q),
+            HostArg::Offsets(&cu_k),
+        ],
+        device,
+    )?;
+    let f64s = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+    Ok(VarlenBackwardCheck {
+        dq: compare(&f64s(&dq), &want_dq),
+        dk: compare(&f64s(&dk), &want_dk),
+        dv: compare(&f64s(&dv), &want_dv),
+        delta: compare(&delta.iter().map(|x| *x as f64).collect::<Vec<_>>(), &want_delta),
+    })
 }

@@ -366,6 +366,8 @@ fn dkdv_instructions(
         HostArg::F32(0.125),
     ];
     args.extend(extra.iter().map(|x| HostArg::F32(*x)));
+    // Optional parameters after those (sequence offsets): left out.
+    args.resize_with(kernel.kernel.params.len().max(args.len()), || HostArg::Absent);
     simulate(&kernel, &mut args, &SimDevice::default()).unwrap().warp_instructions
 }
 
@@ -550,6 +552,8 @@ fn grouped<T: HalfFloat>(
         HostArg::TensorMut(&mut dk, kv.clone()),
         HostArg::TensorMut(&mut dv, kv),
         HostArg::F32(scale as f32),
+        HostArg::Absent, // cu_q, cu_k: dense
+        HostArg::Absent,
     ];
     simulate(kernel, &mut args, &SimDevice::default())
         .unwrap_or_else(|e| panic!("{}: {e}", kernel.kernel.config));
@@ -619,6 +623,8 @@ fn grouped_dkdv_runs_on_the_gpu() {
                 &mut dk,
                 &mut dv,
                 scale as f32,
+                None,
+                None,
             )
             .unwrap();
             let (dk, dv) = (device.download(&dk).unwrap(), device.download(&dv).unwrap());
@@ -676,13 +682,13 @@ fn grouped_dkdv_runs_on_the_gpu() {
     let (mut dk_h, mut dv_h) = (t(&[b, h, s, d], 0.0), t(&[b, h, s, d], 0.0));
     let grouped_us = flashcore::timing::median_launch_us::<flashcore::Error>(&device, 3, 20, |_| {
         attention_backward_dkdv_grouped::launch_async(
-            &device, &config, &qd, &kd, &vd, &gd, &lsed, &deltad, &mut dk_g, &mut dv_g, 0.088,
+            &device, &config, &qd, &kd, &vd, &gd, &lsed, &deltad, &mut dk_g, &mut dv_g, 0.088, None, None,
         )
     })
     .unwrap();
     let per_head_us = flashcore::timing::median_launch_us::<flashcore::Error>(&device, 3, 20, |_| {
         attention_backward_dkdv::launch_async(
-            &device, &config, &qd, &kd, &vd, &gd, &lsed, &deltad, &mut dk_h, &mut dv_h, 0.088,
+            &device, &config, &qd, &kd, &vd, &gd, &lsed, &deltad, &mut dk_h, &mut dv_h, 0.088, None, None,
         )
     })
     .unwrap();
@@ -690,4 +696,97 @@ fn grouped_dkdv_runs_on_the_gpu() {
         "GPU dK/dV at {:?} ({config}): grouped {grouped_us:.1} µs, per query head {per_head_us:.1} µs (without the host's sum over groups)",
         (b, h, hk, s, d)
     );
+}
+
+/// The varlen backward (FlashAttention's packed layout, `cu_q`/`cu_k` given; the log-sum-exp
+/// and Δ `[H, TOTAL_Q]` tables read packed): dQ, dK, dV and Δ against each sequence's float64
+/// gradients, causal and not, per query head and grouped (dK/dV per K/V head), f16 at D = 64
+/// and bf16 at D = 128 with the schedules `backward_configs` picks there; sequences of 1 row,
+/// more queries than keys (causal: the first rows see no key) and tails.
+#[test]
+fn varlen_backward_matches_float64() {
+    use flashcore::simulate::check_varlen_backward;
+    let (lens_q, lens_k) = ([70, 1, 130], [100, 33, 64]);
+    for (d, dtype) in [(64u32, DType::F16), (128, DType::Bf16)] {
+        let configs = backward_configs(d);
+        for (causal, grouped) in [(false, false), (true, false), (false, true), (true, true)] {
+            let set = |c: Config| Config { varlen: true, dtype, ..c };
+            let dq = attention_backward_dq::compile(&Config { causal, ..set(configs.dq) }).unwrap();
+            let in_smem = |c: Config| Config { a_in_smem: true, ..c };
+            let dkdv = match (causal, grouped) {
+                (false, false) => attention_backward_dkdv::compile(&set(configs.dkdv)),
+                (true, false) => attention_backward_dkdv_causal::compile(&set(configs.dkdv_causal)),
+                (false, true) => attention_backward_dkdv_grouped::compile(&in_smem(set(configs.dkdv))),
+                (true, true) => {
+                    attention_backward_dkdv_grouped_causal::compile(&in_smem(set(configs.dkdv_causal)))
+                }
+            }
+            .unwrap();
+            let heads = if grouped { (4, 2) } else { (2, 1) };
+            let device = SimDevice::default();
+            let got = match dtype {
+                DType::F16 => check_varlen_backward::<flashcore::f16>(
+                    (&dq, &dkdv, grouped),
+                    &lens_q,
+                    &lens_k,
+                    heads,
+                    7,
+                    &device,
+                ),
+                DType::Bf16 => check_varlen_backward::<flashcore::bf16>(
+                    (&dq, &dkdv, grouped),
+                    &lens_q,
+                    &lens_k,
+                    heads,
+                    7,
+                    &device,
+                ),
+            }
+            .unwrap_or_else(|e| panic!("{}: {e}", dkdv.kernel.config));
+            println!(
+                "varlen D={d} {dtype:?} causal {causal} grouped {grouped}: dQ {:.2e} dK {:.2e} dV {:.2e} Δ {:.2e}",
+                got.dq.rel_l2, got.dk.rel_l2, got.dv.rel_l2, got.delta.rel_l2
+            );
+            assert!(got.passes(dtype), "D={d} causal {causal} grouped {grouped}: {got:?}");
+        }
+    }
+}
+
+/// A packed log-sum-exp table of the wrong length, or given with its batch axis, is a typed
+/// error naming it, not a read past the sequences.
+#[test]
+fn packed_tables_of_the_wrong_shape_are_named() {
+    use flashcore::SeqOffsets;
+    let dq =
+        attention_backward_dq::compile(&Config { varlen: true, ..attention_backward_dq::CONFIG }).unwrap();
+    let (cu, d, h) = (SeqOffsets::from_lengths(&[5, 7]).unwrap(), 64, 2);
+    let x = vec![flashcore::f16::from_f32(0.5); 12 * h * d];
+    let run = |lse: &[f32], lse_view: HostView| {
+        let (mut out, mut delta) = (vec![flashcore::f16::NAN; 12 * h * d], vec![f32::NAN; h * 12]);
+        let v = HostView::contiguous(&[12, h, d]);
+        simulate(
+            &dq,
+            &mut [
+                HostArg::Tensor(&x, v.clone()),
+                HostArg::Tensor(&x, HostView::contiguous(&[12, 1, d])),
+                HostArg::Tensor(&x, HostView::contiguous(&[12, 1, d])),
+                HostArg::Tensor(&x, v.clone()),
+                HostArg::Tensor(&x, v.clone()),
+                HostArg::F32Table(lse, lse_view),
+                HostArg::TensorMut(&mut out, v),
+                HostArg::F32Mut(&mut delta, HostView::contiguous(&[h, 12])),
+                HostArg::F32(0.125),
+                HostArg::Offsets(&cu),
+                HostArg::Offsets(&cu),
+            ],
+            &SimDevice::default(),
+        )
+        .map(|_| ())
+    };
+    let lse = vec![1.0f32; h * 13];
+    run(&lse[..h * 12], HostView::contiguous(&[h, 12])).unwrap();
+    let short = run(&lse[..h * 11], HostView::contiguous(&[h, 11])).unwrap_err().to_string();
+    assert!(short.contains("lse") && short.contains("packs 11 rows"), "{short}");
+    let batched = run(&lse[..h * 12], HostView::contiguous(&[1, h, 12])).unwrap_err().to_string();
+    assert!(batched.contains("lse") && batched.contains("axes"), "{batched}");
 }

@@ -2943,9 +2943,17 @@ impl<'k> Emitter<'k> {
                 r
             })
             .collect();
+        // A variable-length axis of a packed table: this work item's sequence starts at row
+        // `start` of it (the batch axis has stride 0).
+        let starts: Vec<Option<String>> = dims.iter().map(|dim| self.packed_start(*dim)).collect();
         // An axis's byte offset for index register `idx`, clamped into `[0, len − 1]`.
         let offset = |this: &mut Self, axis: usize, idx: &str| {
-            let clamped = this.clamp_index(idx, &last[axis]);
+            let mut clamped = this.clamp_index(idx, &last[axis]);
+            if let Some(start) = &starts[axis] {
+                let row = this.w.temp(RegClass::B32);
+                this.w.ins(format!("add.u32 {row}, {clamped}, {start}"));
+                clamped = row;
+            }
             this.axis_offset(&clamped, &global.strides[axis])
         };
         // Uniform indices (a batch, a head) address once; the others per element.
@@ -2982,6 +2990,12 @@ impl<'k> Emitter<'k> {
             self.w.ins(format!("ld.global.{ty} {}, [{addr}]", d.at(i)));
         }
         Ok(())
+    }
+
+    /// The first row of this work item's sequence along `dim` when `dim` is a variable-length
+    /// axis whose tensors and tables are packed (the varlen path, sequence offsets given).
+    pub(super) fn packed_start(&self, dim: RtDim) -> Option<String> {
+        self.ragged.iter().find(|r| r.seq == dim && !r.lengths && self.cfg.varlen).map(|r| r.start.clone())
     }
 
     /// `table[indices..] = src` element by element: each thread writes the elements of its

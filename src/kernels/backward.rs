@@ -6,7 +6,10 @@
 //! With `P = softmax(scale · Q·Kᵀ)`, `O = P·V` and the output's gradient `dO`:
 //! `Δ = rowsum(dO ∘ O)`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − Δ)`, and then
 //! `dQ = scale · dS·K`, `dK = scale · dSᵀ·Q`, `dV = Pᵀ·dO`. Run [`attention_backward_dq`]
-//! first (it writes `Δ`), then [`attention_backward_dkdv`] (or its causal twin).
+//! first (it writes `Δ`), then [`attention_backward_dkdv`] (or its causal twin). Each takes the
+//! forward's sequence offsets `cu_q`, `cu_k` (optional): given, the batch is packed as the
+//! varlen forward's (`[TOTAL, H, D]`, the log-sum-exp and `Δ` `[H, TOTAL_Q]`), see
+//! [`launch_varlen_backward_async`].
 //!
 //! ```
 //! use flashcore::kernels::backward::{attention_backward_dkdv, attention_backward_dq};
@@ -70,6 +73,8 @@ pub fn attention_backward_dq<T>(
     dq: TensorMut<T, B, H, S, D>,
     delta: TensorMut<f32, B, H, S>,
     scale: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
 ) {
     for (b, h, qt) in tiles(B, H, S / TILE_M) {
         #[role(compute)]
@@ -114,6 +119,8 @@ pub fn attention_backward_dkdv<T>(
     dk: TensorMut<T, B, H, SK, D>,
     dv: TensorMut<T, B, H, SK, D>,
     scale: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
 ) {
     for (b, h, kt) in tiles(B, H, SK / TILE_M) {
         #[role(compute)]
@@ -158,6 +165,8 @@ pub fn attention_backward_dkdv_causal<T>(
     dk: TensorMut<T, B, H, SK, D>,
     dv: TensorMut<T, B, H, SK, D>,
     scale: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
 ) {
     for (b, h, kt) in tiles(B, H, SK / TILE_M) {
         #[role(compute)]
@@ -205,6 +214,8 @@ pub fn attention_backward_dkdv_grouped<T>(
     dk: TensorMut<T, B, HKV, SK, D>,
     dv: TensorMut<T, B, HKV, SK, D>,
     scale: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
 ) {
     for (b, hk, kt) in tiles(B, HKV, SK / TILE_M) {
         #[role(compute)]
@@ -250,6 +261,8 @@ pub fn attention_backward_dkdv_grouped_causal<T>(
     dk: TensorMut<T, B, HKV, SK, D>,
     dv: TensorMut<T, B, HKV, SK, D>,
     scale: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
 ) {
     for (b, hk, kt) in tiles(B, HKV, SK / TILE_M) {
         #[role(compute)]
@@ -527,6 +540,8 @@ type DkdvLaunch<T> = fn(
     &mut DeviceTensor<T>,
     &mut DeviceTensor<T>,
     f32,
+    Option<&crate::DeviceSeqOffsets>,
+    Option<&crate::DeviceSeqOffsets>,
 ) -> Result<(), Error>;
 
 /// What the backward reads: the forward's inputs `q` `[B, H, S, D]`, `k`, `v` `[B, HKV, SK, D]`,
@@ -594,24 +609,58 @@ pub fn launch_backward_async<T: crate::HalfFloat>(
     scale: f32,
     causal: bool,
 ) -> Result<(), Error> {
+    launch_either(device, inputs, outputs, scale, causal, None)
+}
+
+/// [`launch_backward_async`] for a variable-length batch, FlashAttention's varlen layout:
+/// sequence `i` is rows `cu_q[i] .. cu_q[i + 1]` of `q`, `o`, `d_out` and `dq` (packed `[TOTAL_Q,
+/// H, D]`) and rows `cu_k[i] .. cu_k[i + 1]` of `k`, `v`, `dk` and `dv` (`[TOTAL_K, HKV, D]`);
+/// `lse` and `delta` are `[H, TOTAL_Q]`, as the forward's varlen `lse` output gives it.
+pub fn launch_varlen_backward_async<T: crate::HalfFloat>(
+    device: &Device,
+    inputs: BackwardInputs<'_, T>,
+    outputs: BackwardOutputs<'_, T>,
+    (cu_q, cu_k): (&crate::DeviceSeqOffsets, &crate::DeviceSeqOffsets),
+    scale: f32,
+    causal: bool,
+) -> Result<(), Error> {
+    launch_either(device, inputs, outputs, scale, causal, Some((cu_q, cu_k)))
+}
+
+fn launch_either<T: crate::HalfFloat>(
+    device: &Device,
+    inputs: BackwardInputs<'_, T>,
+    outputs: BackwardOutputs<'_, T>,
+    scale: f32,
+    causal: bool,
+    offsets: Option<(&crate::DeviceSeqOffsets, &crate::DeviceSeqOffsets)>,
+) -> Result<(), Error> {
+    let (cu_q, cu_k) = (offsets.map(|o| o.0), offsets.map(|o| o.1));
     let BackwardInputs { q, k, v, o, lse, d_out } = inputs;
     let BackwardOutputs { dq, dk, dv, delta } = outputs;
     let head_dim = match q.shape() {
-        [_, _, _, d] => *d as u32,
+        [_, _, _, d] if offsets.is_none() => *d as u32,
+        [_, _, d] if offsets.is_some() => *d as u32,
         other => {
             return Err(Error::Argument {
                 kernel: "attention_backward_dq".into(),
                 arg: "q".into(),
-                message: format!("expected a [B, H, S, D] tensor, got shape {other:?}"),
+                message: match offsets {
+                    None => format!("expected a [B, H, S, D] tensor, got shape {other:?}"),
+                    Some(_) => format!("expected a packed [TOTAL, H, D] tensor, got shape {other:?}"),
+                },
             })
         }
     };
     let configs = backward_configs(head_dim);
     let dtype = |c: Config| Config { dtype: T::DTYPE, ..c };
     let dq_config = Config { causal, ..dtype(configs.dq) };
-    attention_backward_dq::launch_async(device, &dq_config, q, k, v, o, d_out, lse, dq, delta, scale)?;
+    attention_backward_dq::launch_async(
+        device, &dq_config, q, k, v, o, d_out, lse, dq, delta, scale, cu_q, cu_k,
+    )?;
     // Grouped K/V heads: the kernels that sum each group's query heads (dK/dV per K/V head).
-    let grouped = q.shape().get(1) != k.shape().get(1);
+    let heads = |t: &DeviceTensor<T>| t.shape().get(t.shape().len().saturating_sub(3)).copied();
+    let grouped = heads(q) != heads(k);
     if grouped {
         let (config, launch) = if causal {
             (
@@ -623,15 +672,17 @@ pub fn launch_backward_async<T: crate::HalfFloat>(
         };
         // K and V stay in shared memory for the whole group (see the kernels' declarations).
         let config = Config { a_in_smem: true, ..config };
-        return launch(device, &config, q, k, v, d_out, lse, delta, dk, dv, scale);
+        return launch(device, &config, q, k, v, d_out, lse, delta, dk, dv, scale, cu_q, cu_k);
     }
     if causal {
         let config = dtype(configs.dkdv_causal);
         attention_backward_dkdv_causal::launch_async(
-            device, &config, q, k, v, d_out, lse, delta, dk, dv, scale,
+            device, &config, q, k, v, d_out, lse, delta, dk, dv, scale, cu_q, cu_k,
         )
     } else {
         let config = dtype(configs.dkdv);
-        attention_backward_dkdv::launch_async(device, &config, q, k, v, d_out, lse, delta, dk, dv, scale)
+        attention_backward_dkdv::launch_async(
+            device, &config, q, k, v, d_out, lse, delta, dk, dv, scale, cu_q, cu_k,
+        )
     }
 }

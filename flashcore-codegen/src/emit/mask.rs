@@ -237,10 +237,19 @@ impl Emitter<'_> {
         let global = self.tensors[param]
             .clone()
             .ok_or_else(|| CodegenError::Internal("table without a pointer".into()))?;
+        // A packed table's variable-length axis: the work item's sequence starts at `start`.
         let clamp = |this: &mut Self, axis: usize, idx: &str| {
             let last = this.w.temp(RegClass::B32);
             this.w.ins(format!("sub.s32 {last}, {}, 1", this.dim_reg(dims[axis])));
-            this.clamp_index(idx, &last)
+            let clamped = this.clamp_index(idx, &last);
+            match this.packed_start(dims[axis]) {
+                Some(start) => {
+                    let row = this.w.temp(RegClass::B32);
+                    this.w.ins(format!("add.u32 {row}, {clamped}, {start}"));
+                    row
+                }
+                None => clamped,
+            }
         };
         let base = self.w.temp(RegClass::B64);
         self.w.ins(format!("mov.b64 {base}, {}", global.ptr));
