@@ -7,8 +7,13 @@
 //! `cargo run --release --example attention_backward -- [--b 2 --h 16 --hkv 16 --s 8192 --sk S
 //!  --d 128 --causal --dtype f16|bf16 --seed N --iters 30 --warmup 5]
 //!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq dq.npy --dk dk.npy --dv dv.npy]
-//!  [--repeat 20] [--plan DIR] [--train 6] [--softcap 30 | --window 1024,0]`
+//!  [--repeat 20] [--plan DIR] [--train 6] [--softcap 30 | --window 1024,0] [--varlen 700,1,300]`
 //!
+//! `--varlen L1,L2,..` runs the backward of a variable-length batch instead (FlashAttention's
+//! packed layout, self-attention: sequence `i` has `Li` query and key rows; `--h`, `--hkv`,
+//! `--d`, `--causal`, `--dtype` apply): `kernels::backward::launch_varlen_backward_async` with
+//! the offsets, dQ, dK, dV and Δ checked against each sequence's float64 gradients, and timed
+//! (without a GPU: the same check in the simulator).
 //! `--softcap CAP` runs softcap's forward and backward (`softcap_attention`,
 //! `softcap_attention_backward_*`, causal or not), checked against the float64 gradients of `cap · tanh(x / cap)`;
 //! `--window LEFT,RIGHT` sliding window's (`sliding_window_attention`,
@@ -62,6 +67,8 @@ struct Options {
     softcap: Option<f32>,
     /// Sliding window's forward and backward (`--window LEFT,RIGHT`) instead of plain attention's.
     window: Option<(f32, f32)>,
+    /// A variable-length batch's sequence lengths (`--varlen`), for its backward instead.
+    varlen: Option<Vec<usize>>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -91,6 +98,7 @@ fn parse_args() -> Result<Options, String> {
         train: 0,
         softcap: None,
         window: None,
+        varlen: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -132,6 +140,11 @@ fn parse_args() -> Result<Options, String> {
                 let v = value()?;
                 o.softcap = Some(v.parse().map_err(|_| format!("--softcap: `{v}` is not a number"))?);
             }
+            "--varlen" => {
+                let v = value()?;
+                let lens: Result<Vec<usize>, _> = v.split(',').map(|x| x.trim().parse::<usize>()).collect();
+                o.varlen = Some(lens.map_err(|_| format!("--varlen: `{v}` is not a list of lengths"))?);
+            }
             "--help" | "-h" => {
                 println!(
                     "{}",
@@ -152,6 +165,11 @@ fn parse_args() -> Result<Options, String> {
     }
     if o.window.is_some() && (o.causal || o.train > 0 || o.softcap.is_some()) {
         return Err("--window is its own mask: for a causal window give --window LEFT,0 instead of --causal (and not --train or --softcap)".into());
+    }
+    if o.varlen.is_some() && (o.train > 0 || o.softcap.is_some() || o.window.is_some()) {
+        return Err(
+            "--varlen runs plain attention's backward (not with --train, --softcap or --window)".into()
+        );
     }
     let hkv = o.hkv.unwrap_or(o.h);
     if hkv == 0 || o.h % hkv != 0 {
@@ -295,7 +313,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match Device::new(0) {
+        Err(e) if o.varlen.is_some() => {
+            println!("no GPU: {e}");
+            varlen(None, &o)
+        }
         Err(e) => without_gpu(&e.to_string(), &o),
+        Ok(device) if o.varlen.is_some() => varlen(Some(&device), &o),
         Ok(device) if o.train > 0 => match o.dtype {
             DType::F16 => train::<f16>(&device, &o),
             DType::Bf16 => train::<bf16>(&device, &o),
@@ -751,4 +774,116 @@ fn train<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
         if falls { "" } else { "  FAIL: the loss must fall at every step" }
     );
     Ok(falls)
+}
+
+/// `--varlen`: the backward of a variable-length batch (self-attention, the given lengths) on
+/// the GPU through `launch_varlen_backward_async`, or without one in the simulator; dQ, dK, dV
+/// and Δ against each sequence's float64 gradients.
+fn varlen(device: Option<&Device>, o: &Options) -> Result<bool, String> {
+    match o.dtype {
+        DType::F16 => varlen_typed::<f16>(device, o),
+        DType::Bf16 => varlen_typed::<bf16>(device, o),
+    }
+}
+
+fn varlen_typed<T: HalfFloat>(device: Option<&Device>, o: &Options) -> Result<bool, String> {
+    use flashcore::simulate::{check_varlen_backward, SimDevice, VarlenBackwardProblem};
+    let e = |x: flashcore::Error| x.to_string();
+    let lens = o.varlen.clone().unwrap_or_default();
+    let (h, hkv) = (o.h, o.hkv.unwrap_or(o.h));
+    let grouped = hkv != h;
+    let configs = backward::backward_configs(o.d as u32);
+    let set = |c: Config| Config { varlen: true, dtype: o.dtype, ..c };
+    let (check, us) = match device {
+        None => {
+            let dq =
+                backward::attention_backward_dq::compile(&Config { causal: o.causal, ..set(configs.dq) })
+                    .map_err(e)?;
+            let in_smem = |c: Config| Config { a_in_smem: true, ..c };
+            let dkdv = match (o.causal, grouped) {
+                (false, false) => backward::attention_backward_dkdv::compile(&set(configs.dkdv)),
+                (true, false) => backward::attention_backward_dkdv_causal::compile(&set(configs.dkdv_causal)),
+                (false, true) => {
+                    backward::attention_backward_dkdv_grouped::compile(&in_smem(set(configs.dkdv)))
+                }
+                (true, true) => backward::attention_backward_dkdv_grouped_causal::compile(&in_smem(set(
+                    configs.dkdv_causal,
+                ))),
+            }
+            .map_err(e)?;
+            let check = check_varlen_backward::<T>(
+                (&dq, &dkdv, grouped),
+                &lens,
+                &lens,
+                (h, hkv),
+                o.seed,
+                &SimDevice::default(),
+            )
+            .map_err(e)?;
+            (check, None)
+        }
+        Some(device) => {
+            let p =
+                VarlenBackwardProblem::<T>::random(&lens, &lens, (h, hkv), (o.d, o.causal, grouped), o.seed)
+                    .map_err(e)?;
+            let [qs, ks, gs, rs] = p.shapes();
+            let up = |x: &[T], shape: &[usize]| device.upload(x, shape).map_err(|x| x.to_string());
+            let (q, k, v, out, d_out) =
+                (up(&p.q, &qs)?, up(&p.k, &ks)?, up(&p.v, &ks)?, up(&p.o, &qs)?, up(&p.d_out, &qs)?);
+            let lse = device.upload(&p.lse, &rs).map_err(|x| x.to_string())?;
+            let n = |shape: &[usize]| shape.iter().product::<usize>();
+            let mut dq = up(&vec![T::NAN; n(&qs)], &qs)?;
+            let (mut dk, mut dv) = (up(&vec![T::NAN; n(&gs)], &gs)?, up(&vec![T::NAN; n(&gs)], &gs)?);
+            let mut delta = device.upload(&vec![f32::NAN; n(&rs)], &rs).map_err(|x| x.to_string())?;
+            let (cu_q, cu_k) = (p.cu_q.upload(device).map_err(e)?, p.cu_k.upload(device).map_err(e)?);
+            let run = |dq: &mut DeviceTensor<T>,
+                       dk: &mut DeviceTensor<T>,
+                       dv: &mut DeviceTensor<T>,
+                       delta: &mut DeviceTensor<f32>| {
+                let inputs =
+                    backward::BackwardInputs { q: &q, k: &k, v: &v, o: &out, lse: &lse, d_out: &d_out };
+                let outputs = backward::BackwardOutputs { dq, dk, dv, delta };
+                backward::launch_varlen_backward_async(
+                    device,
+                    inputs,
+                    outputs,
+                    (&cu_q, &cu_k),
+                    p.scale,
+                    o.causal,
+                )
+            };
+            run(&mut dq, &mut dk, &mut dv, &mut delta).map_err(e)?;
+            device.synchronize().map_err(|x| x.to_string())?;
+            let got =
+                (device.download(&dq), device.download(&dk), device.download(&dv), device.download(&delta));
+            let (gq, gk, gv, gd) = (
+                got.0.map_err(|x| x.to_string())?,
+                got.1.map_err(|x| x.to_string())?,
+                got.2.map_err(|x| x.to_string())?,
+                got.3.map_err(|x| x.to_string())?,
+            );
+            let check = p.compare([&gq, &gk, &gv], &gd);
+            let us =
+                flashcore::timing::median_launch_us::<flashcore::Error>(device, o.warmup, o.iters, |_| {
+                    run(&mut dq, &mut dk, &mut dv, &mut delta)
+                })
+                .map_err(e)?;
+            (check, Some(us))
+        }
+    };
+    let ok = check.passes(o.dtype);
+    println!(
+        "varlen backward, lengths {lens:?}, H={h} HKV={hkv} D={} {:?}{}: dq {:.2e}, dk {:.2e}, dv {:.2e}, delta {:.2e} vs float64 (rel l2; bound {:.1e}){}: {}",
+        o.d,
+        o.dtype,
+        if o.causal { " causal" } else { "" },
+        check.dq.rel_l2,
+        check.dk.rel_l2,
+        check.dv.rel_l2,
+        check.delta.rel_l2,
+        tolerance(o.dtype),
+        us.map(|us| format!(", {us:.1} µs (dQ + dK/dV)")).unwrap_or_default(),
+        if ok { "OK" } else { "FAIL" }
+    );
+    Ok(ok)
 }

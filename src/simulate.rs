@@ -682,13 +682,151 @@ impl VarlenBackwardCheck {
     }
 }
 
-/// The backward of a variable-length batch in the simulator (FlashAttention's varlen layout:
-/// sequence `i` has `lens_q[i]` query and `lens_k[i]` key rows, packed `[TOTAL, H, D]`; the
-/// log-sum-exp and `Δ` `[H, TOTAL_Q]`): `dq_kernel` (shaped as
-/// [`attention_backward_dq`], compiled with `varlen`) then `dkdv_kernel` (as
-/// [`attention_backward_dkdv`], or with `grouped` as [`attention_backward_dkdv_grouped`]: dK and
-/// dV per K/V head), with `h` query and `hk` K/V heads, against each sequence's float64
-/// gradients; every output poisoned first.
+/// A variable-length batch's backward problem in FlashAttention's varlen layout, with its
+/// float64 answer: sequence `i` has `lens_q[i]` query and `lens_k[i]` key rows, `q`, `o`,
+/// `d_out` packed `[TOTAL_Q, H, D]`, `k`, `v` `[TOTAL_K, HKV, D]`, the forward's log-sum-exp
+/// `[H, TOTAL_Q]` (f32, as the varlen forward stores it); the wanted dQ, Δ, and dK/dV
+/// (`[TOTAL_K, H or HKV, D]`: per query head, or with `grouped` summed over each group).
+pub struct VarlenBackwardProblem<T> {
+    /// The query sequences' offsets.
+    pub cu_q: SeqOffsets,
+    /// The key sequences' offsets.
+    pub cu_k: SeqOffsets,
+    /// Query and K/V heads.
+    pub heads: (usize, usize),
+    /// Head dim.
+    pub d: usize,
+    /// The softmax scale, `1 / √D`.
+    pub scale: f32,
+    /// Q, `[TOTAL_Q, H, D]`.
+    pub q: Vec<T>,
+    /// K, `[TOTAL_K, HKV, D]`.
+    pub k: Vec<T>,
+    /// V, `[TOTAL_K, HKV, D]`.
+    pub v: Vec<T>,
+    /// The forward's output, `[TOTAL_Q, H, D]`.
+    pub o: Vec<T>,
+    /// The output's gradient, `[TOTAL_Q, H, D]`.
+    pub d_out: Vec<T>,
+    /// The forward's log-sum-exp, `[H, TOTAL_Q]`.
+    pub lse: Vec<f32>,
+    /// dQ, dK, dV and Δ in float64.
+    want: [Vec<f64>; 4],
+    /// dK/dV per K/V head (summed over each group's query heads).
+    grouped: bool,
+}
+
+impl<T: HalfFloat> VarlenBackwardProblem<T> {
+    /// Random inputs (normal, rounded to `T`) and each sequence's float64 gradients, packed.
+    pub fn random(
+        lens_q: &[usize],
+        lens_k: &[usize],
+        (h, hk): (usize, usize),
+        (d, causal, grouped): (usize, bool, bool),
+        seed: u64,
+    ) -> Result<Self, Error> {
+        use crate::reference::{attention_backward_rows, Problem, Rng};
+        let (cu_q, cu_k) = (SeqOffsets::from_lengths(lens_q)?, SeqOffsets::from_lengths(lens_k)?);
+        let (tq, tk) = (cu_q.total(), cu_k.total());
+        let scale = 1.0 / (d as f32).sqrt();
+        let gh = if grouped { hk } else { h }; // dK/dV heads
+        let mut rng = Rng::new(seed ^ 0xbac4);
+        let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal()).to_f64()).collect::<Vec<f64>>();
+        let zeros = |n: usize| vec![0.0; n];
+        let (mut q, mut k, mut v, mut d_out) =
+            (zeros(tq * h * d), zeros(tk * hk * d), zeros(tk * hk * d), zeros(tq * h * d));
+        let (mut o, mut lse, mut want_dq, mut want_delta) =
+            (zeros(tq * h * d), zeros(h * tq), zeros(tq * h * d), zeros(h * tq));
+        let (mut want_dk, mut want_dv) = (zeros(tk * gh * d), zeros(tk * gh * d));
+        // Dense row `head · len + t` of a sequence is packed row `(start + t) · heads + head`
+        // (added in, so that a group's query heads sum into their K/V head).
+        let pack = |dst: &mut [f64], src: &[f64], (heads, into): (usize, usize), len: usize, start: usize| {
+            for head in 0..heads {
+                for t in 0..len {
+                    let (from, to) = ((head * len + t) * d, ((start + t) * into + head * into / heads) * d);
+                    dst[to..to + d].iter_mut().zip(&src[from..from + d]).for_each(|(a, b)| *a += b);
+                }
+            }
+        };
+        for (i, (&lq, &lk)) in lens_q.iter().zip(lens_k).enumerate() {
+            let (q0, k0) = (cu_q.as_slice()[i] as usize, cu_k.as_slice()[i] as usize);
+            let (qs, ks, vs, dos) = (gen(h * lq * d), gen(hk * lk * d), gen(hk * lk * d), gen(h * lq * d));
+            let p = Problem {
+                q: &qs,
+                k: &ks,
+                v: &vs,
+                b: 1,
+                h,
+                hk,
+                s: lq,
+                sk: lk,
+                d,
+                scale: scale as f64,
+                causal,
+            };
+            let (query_rows, key_rows): (Vec<usize>, Vec<usize>) =
+                ((0..h * lq).collect(), (0..h * lk).collect());
+            let g = attention_backward_rows(&p, &dos, &query_rows, &key_rows);
+            pack(&mut q, &qs, (h, h), lq, q0);
+            pack(&mut d_out, &dos, (h, h), lq, q0);
+            pack(&mut o, &g.o, (h, h), lq, q0);
+            pack(&mut want_dq, &g.dq, (h, h), lq, q0);
+            pack(&mut k, &ks, (hk, hk), lk, k0);
+            pack(&mut v, &vs, (hk, hk), lk, k0);
+            pack(&mut want_dk, &g.dk, (h, gh), lk, k0);
+            pack(&mut want_dv, &g.dv, (h, gh), lk, k0);
+            for head in 0..h {
+                for t in 0..lq {
+                    lse[head * tq + q0 + t] = g.lse[head * lq + t];
+                    want_delta[head * tq + q0 + t] = g.delta[head * lq + t];
+                }
+            }
+        }
+        let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
+        Ok(VarlenBackwardProblem {
+            heads: (h, hk),
+            d,
+            scale,
+            q: to_t(&q),
+            k: to_t(&k),
+            v: to_t(&v),
+            o: to_t(&o),
+            d_out: to_t(&d_out),
+            lse: lse.iter().map(|x| *x as f32).collect(),
+            want: [want_dq, want_dk, want_dv, want_delta],
+            grouped,
+            cu_q,
+            cu_k,
+        })
+    }
+
+    /// The shapes of `q` (and `o`, `d_out`, `dq`), `k` (and `v`), `dk` (and `dv`), and the
+    /// rows (`lse`, `Δ`).
+    pub fn shapes(&self) -> [Vec<usize>; 4] {
+        let ((h, hk), d, (tq, tk)) = (self.heads, self.d, (self.cu_q.total(), self.cu_k.total()));
+        let gh = if self.grouped { hk } else { h };
+        [vec![tq, h, d], vec![tk, hk, d], vec![tk, gh, d], vec![h, tq]]
+    }
+
+    /// Computed gradients against the wanted ones.
+    pub fn compare(&self, [dq, dk, dv]: [&[T]; 3], delta: &[f32]) -> VarlenBackwardCheck {
+        use crate::reference::compare;
+        let f64s = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+        let [want_dq, want_dk, want_dv, want_delta] = &self.want;
+        VarlenBackwardCheck {
+            dq: compare(&f64s(dq), want_dq),
+            dk: compare(&f64s(dk), want_dk),
+            dv: compare(&f64s(dv), want_dv),
+            delta: compare(&delta.iter().map(|x| *x as f64).collect::<Vec<_>>(), want_delta),
+        }
+    }
+}
+
+/// The backward of a variable-length batch in the simulator ([`VarlenBackwardProblem`]):
+/// `dq_kernel` (shaped as [`attention_backward_dq`], compiled with `varlen`) then
+/// `dkdv_kernel` (as [`attention_backward_dkdv`], or with `grouped` as
+/// [`attention_backward_dkdv_grouped`]: dK and dV per K/V head), with `h` query and `hk` K/V
+/// heads, against each sequence's float64 gradients; every output poisoned first.
 ///
 /// [`attention_backward_dq`]: crate::kernels::backward::attention_backward_dq
 /// [`attention_backward_dkdv`]: crate::kernels::backward::attention_backward_dkdv
@@ -697,108 +835,61 @@ pub fn check_varlen_backward<T: HalfFloat>(
     (dq_kernel, dkdv_kernel, grouped): (&CompiledKernel, &CompiledKernel, bool),
     lens_q: &[usize],
     lens_k: &[usize],
-    (h, hk): (usize, usize),
+    heads: (usize, usize),
     seed: u64,
     device: &SimDevice,
 ) -> Result<VarlenBackwardCheck, Error> {
-    use crate::reference::{attention_backward_rows, compare, Problem, Rng};
-    let (cu_q, cu_k) = (SeqOffsets::from_lengths(lens_q)?, SeqOffsets::from_lengths(lens_k)?);
-    let (tq, tk) = (cu_q.total(), cu_k.total());
     let config = dq_kernel.kernel.config;
-    let (d, scale, causal) = (config.head_dim as usize, config.default_scale(), config.causal);
-    let gh = if grouped { hk } else { h }; // dK/dV heads
-    let mut rng = Rng::new(seed ^ 0xbac4);
-    let mut gen = |n: usize| (0..n).map(|_| T::from_f64(rng.normal()).to_f64()).collect::<Vec<f64>>();
-    // Packed inputs, and each sequence's float64 gradients packed the same way.
-    let zeros = |n: usize| vec![0.0; n];
-    let (mut q, mut k, mut v, mut d_out) =
-        (zeros(tq * h * d), zeros(tk * hk * d), zeros(tk * hk * d), zeros(tq * h * d));
-    let (mut o, mut lse, mut want_dq, mut want_delta) =
-        (zeros(tq * h * d), zeros(h * tq), zeros(tq * h * d), zeros(h * tq));
-    let (mut want_dk, mut want_dv) = (zeros(tk * gh * d), zeros(tk * gh * d));
-    // Dense row `head · len + t` of a sequence is packed row `(start + t) · heads + head`
-    // (added in, so that a group's query heads sum into their K/V head).
-    let pack = |dst: &mut [f64], src: &[f64], (heads, into): (usize, usize), len: usize, start: usize| {
-        for head in 0..heads {
-            for t in 0..len {
-                let (from, to) = ((head * len + t) * d, ((start + t) * into + head * into / heads) * d);
-                dst[to..to + d].iter_mut().zip(&src[from..from + d]).for_each(|(a, b)| *a += b);
-            }
-        }
-    };
-    for (i, (&lq, &lk)) in lens_q.iter().zip(lens_k).enumerate() {
-        let (q0, k0) = (cu_q.as_slice()[i] as usize, cu_k.as_slice()[i] as usize);
-        let (qs, ks, vs, dos) = (gen(h * lq * d), gen(hk * lk * d), gen(hk * lk * d), gen(h * lq * d));
-        let p =
-            Problem { q: &qs, k: &ks, v: &vs, b: 1, h, hk, s: lq, sk: lk, d, scale: scale as f64, causal };
-        let (query_rows, key_rows): (Vec<usize>, Vec<usize>) = ((0..h * lq).collect(), (0..h * lk).collect());
-        let g = attention_backward_rows(&p, &dos, &query_rows, &key_rows);
-        pack(&mut q, &qs, (h, h), lq, q0);
-        pack(&mut d_out, &dos, (h, h), lq, q0);
-        pack(&mut o, &g.o, (h, h), lq, q0);
-        pack(&mut want_dq, &g.dq, (h, h), lq, q0);
-        pack(&mut k, &ks, (hk, hk), lk, k0);
-        pack(&mut v, &vs, (hk, hk), lk, k0);
-        pack(&mut want_dk, &g.dk, (h, gh), lk, k0);
-        pack(&mut want_dv, &g.dv, (h, gh), lk, k0);
-        for head in 0..h {
-            for t in 0..lq {
-                lse[head * tq + q0 + t] = g.lse[head * lq + t];
-                want_delta[head * tq + q0 + t] = g.delta[head * lq + t];
-            }
-        }
-    }
-    let to_t = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
-    let (qt, kt, vt, ot, dot) = (to_t(&q), to_t(&k), to_t(&v), to_t(&o), to_t(&d_out));
-    // The forward's log-sum-exp as it stores it (f32).
-    let lse32: Vec<f32> = lse.iter().map(|x| *x as f32).collect();
+    let p = VarlenBackwardProblem::<T>::random(
+        lens_q,
+        lens_k,
+        heads,
+        (config.head_dim as usize, config.causal, grouped),
+        seed,
+    )?;
+    let [qs, ks, gs, rs] = p.shapes();
     let (qv, kv, gv, rows) = (
-        HostView::contiguous(&[tq, h, d]),
-        HostView::contiguous(&[tk, hk, d]),
-        HostView::contiguous(&[tk, gh, d]),
-        HostView::contiguous(&[h, tq]),
+        HostView::contiguous(&qs),
+        HostView::contiguous(&ks),
+        HostView::contiguous(&gs),
+        HostView::contiguous(&rs),
     );
-    let (mut dq, mut delta) = (vec![T::NAN; tq * h * d], vec![f32::NAN; h * tq]);
+    let n = |shape: &[usize]| shape.iter().product::<usize>();
+    let (mut dq, mut delta) = (vec![T::NAN; n(&qs)], vec![f32::NAN; n(&rs)]);
     simulate(
         dq_kernel,
         &mut [
-            HostArg::Tensor(&qt, qv.clone()),
-            HostArg::Tensor(&kt, kv.clone()),
-            HostArg::Tensor(&vt, kv.clone()),
-            HostArg::Tensor(&ot, qv.clone()),
-            HostArg::Tensor(&dot, qv.clone()),
-            HostArg::F32Table(&lse32, rows.clone()),
+            HostArg::Tensor(&p.q, qv.clone()),
+            HostArg::Tensor(&p.k, kv.clone()),
+            HostArg::Tensor(&p.v, kv.clone()),
+            HostArg::Tensor(&p.o, qv.clone()),
+            HostArg::Tensor(&p.d_out, qv.clone()),
+            HostArg::F32Table(&p.lse, rows.clone()),
             HostArg::TensorMut(&mut dq, qv.clone()),
             HostArg::F32Mut(&mut delta, rows.clone()),
-            HostArg::F32(scale),
-            HostArg::Offsets(&cu_q),
-            HostArg::Offsets(&cu_k),
+            HostArg::F32(p.scale),
+            HostArg::Offsets(&p.cu_q),
+            HostArg::Offsets(&p.cu_k),
         ],
         device,
     )?;
-    let (mut dk, mut dv) = (vec![T::NAN; tk * gh * d], vec![T::NAN; tk * gh * d]);
+    let (mut dk, mut dv) = (vec![T::NAN; n(&gs)], vec![T::NAN; n(&gs)]);
     simulate(
         dkdv_kernel,
         &mut [
-            HostArg::Tensor(&qt, qv.clone()),
-            HostArg::Tensor(&kt, kv.clone()),
-            HostArg::Tensor(&vt, kv),
-            HostArg::Tensor(&dot, qv),
-            HostArg::F32Table(&lse32, rows.clone()),
+            HostArg::Tensor(&p.q, qv.clone()),
+            HostArg::Tensor(&p.k, kv.clone()),
+            HostArg::Tensor(&p.v, kv),
+            HostArg::Tensor(&p.d_out, qv),
+            HostArg::F32Table(&p.lse, rows.clone()),
             HostArg::F32Table(&delta, rows),
             HostArg::TensorMut(&mut dk, gv.clone()),
             HostArg::TensorMut(&mut dv, gv),
-            HostArg::F32(scale),
-            HostArg::Offsets(&cu_q),
-            HostArg::Offsets(&cu_k),
+            HostArg::F32(p.scale),
+            HostArg::Offsets(&p.cu_q),
+            HostArg::Offsets(&p.cu_k),
         ],
         device,
     )?;
-    let f64s = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
-    Ok(VarlenBackwardCheck {
-        dq: compare(&f64s(&dq), &want_dq),
-        dk: compare(&f64s(&dk), &want_dk),
-        dv: compare(&f64s(&dv), &want_dv),
-        delta: compare(&delta.iter().map(|x| *x as f64).collect::<Vec<_>>(), &want_delta),
-    })
+    Ok(p.compare([&dq, &dk, &dv], &delta))
 }
