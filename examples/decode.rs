@@ -281,6 +281,16 @@ fn inputs(o: &Options) -> Result<(PagedCache, Vec<f64>, Options), flashcore::Err
     Ok((cache, q, o))
 }
 
+/// The (sequence, head) pairs checked against float64: the first, one between, the last.
+fn checked_pairs(o: &Options) -> [(usize, usize); 3] {
+    [(0, 0), (o.batch / 2, o.heads / 2), (o.batch - 1, o.heads - 1)]
+}
+
+/// The rows of `pairs` in `x` (`[B, H, S, D]`, `heads` heads, `len = S · D` a head), in order.
+fn pair_rows(x: &[f64], pairs: &[(usize, usize)], heads: usize, len: usize) -> Vec<f64> {
+    pairs.iter().flat_map(|&(b, h)| x[(b * heads + h) * len..][..len].to_vec()).collect()
+}
+
 fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore::Error> {
     let info = device.info();
     println!(
@@ -319,14 +329,8 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flashcore:
     };
     let kv_tiles = o.cache_len.div_ceil(64);
     let scale = o.configs[0].default_scale();
-    // The float64 reference of a few (sequence, head) pairs: the first, the last, one between.
-    let pairs = [(0, 0), (o.batch / 2, o.heads / 2), (o.batch - 1, o.heads - 1)];
-    let rows = |x: &[f64]| -> Vec<f64> {
-        pairs
-            .iter()
-            .flat_map(|&(b, h)| x[(b * o.heads + h) * o.new_tokens * d..][..o.new_tokens * d].to_vec())
-            .collect()
-    };
+    let pairs = checked_pairs(o);
+    let rows = |x: &[f64]| pair_rows(x, &pairs, o.heads, o.new_tokens * d);
     let want =
         rows(&decode_reference_heads(&q, &cache, o.heads, o.new_tokens, scale as f64, o.causal, &pairs));
     let mut ok = true;
@@ -441,10 +445,8 @@ fn step_on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, flash
     let q_dev = device.upload(&to_t(&q), &qo)?;
     let mut out = device.filled(&qo, T::NAN)?;
     let scale = o.configs[0].default_scale();
-    let pairs = [(0, 0), (o.batch / 2, o.heads / 2), (o.batch - 1, o.heads - 1)];
-    let rows = |x: &[f64]| -> Vec<f64> {
-        pairs.iter().flat_map(|&(b, h)| x[(b * o.heads + h) * s * d..][..s * d].to_vec()).collect()
-    };
+    let pairs = checked_pairs(o);
+    let rows = |x: &[f64]| pair_rows(x, &pairs, o.heads, o.new_tokens * d);
     let want = rows(&decode_reference_heads(&q, &cache, o.heads, s, scale as f64, o.causal, &pairs));
     let (k_want, v_want) = (to_t(&cache.k), to_t(&cache.v));
     // Checks the output against float64 and the pools bit for bit against the host's append.

@@ -381,7 +381,8 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
         Ok(())
     };
     // Offsets first: they bind the dims of the ragged axes.
-    let mut ragged: HashMap<ir::kernel::RtDim, (&SeqOffsets, &str)> = HashMap::new();
+    // Per ragged dim: its offsets, their parameter's name, and the batch dim they walk.
+    let mut ragged: HashMap<ir::kernel::RtDim, (&SeqOffsets, &str, ir::kernel::RtDim)> = HashMap::new();
     for (param, arg) in kernel.params.iter().zip(args) {
         let Param::Offsets(o) = param else { continue };
         if o.lengths {
@@ -409,7 +410,7 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
                 let context = format!(" ({} sequences, the longest {})", offsets.batch(), offsets.max_len());
                 bind(o.batch, offsets.batch() as u64, &o.name, context.clone())?;
                 bind(o.seq, offsets.max_len() as u64, &o.name, context)?;
-                ragged.insert(o.seq, (offsets, &o.name));
+                ragged.insert(o.seq, (offsets, &o.name, o.batch));
             }
             _ if o.optional => {}
             _ => return Err(bad(&o.name, "missing: these sequence offsets are required".into())),
@@ -430,12 +431,8 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
             // A table with a ragged axis, packed as its tensors are: that axis holds every
             // sequence's rows (TOTAL), and the batch axis is gone ([H, TOTAL] for [B, H, S]).
             let packed = t.dims.iter().position(|d| ragged.contains_key(d)).map(|axis| {
-                let (offsets, name) = ragged[&t.dims[axis]];
-                let batch = kernel.params.iter().find_map(|p| match p {
-                    Param::Offsets(o) if o.seq == t.dims[axis] => Some(o.batch),
-                    _ => None,
-                });
-                (axis, batch.and_then(|b| t.dims.iter().position(|d| *d == b)), offsets, name)
+                let (offsets, name, batch) = ragged[&t.dims[axis]];
+                (axis, t.dims.iter().position(|d| *d == batch), offsets, name)
             });
             match packed {
                 None => {
@@ -513,7 +510,7 @@ pub fn bind_shapes(kernel: &ir::Kernel, args: &[ArgView]) -> Result<Binding, Err
         // The logical [B, H, S(, D)] view: a packed tensor is one batch of TOTAL rows.
         let (shape, view_strides): (Vec<usize>, Vec<usize>) = match (packed, t.is_rows()) {
             (None, _) => (view.shape.to_vec(), view.strides.to_vec()),
-            (Some((offsets, name)), rows) => {
+            (Some((offsets, name, _)), rows) => {
                 let (h, total) = if rows { (0, 1) } else { (1, 0) };
                 if view.shape[total] != offsets.total() {
                     return Err(bad(

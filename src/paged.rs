@@ -684,7 +684,6 @@ pub fn simulate_append<T: HalfFloat>(
     (k_pool, v_pool): (&mut [T], &mut [T]),
 ) -> Result<(), Error> {
     use crate::codegen::append::{append_ptx, APPEND_ENTRY, APPEND_THREADS};
-    use flashcore_sim::{Arg, Launch, Machine};
     let new_shape = [cache.batch(), cache.hkv, s, cache.d];
     let new_strides = crate::runtime::contiguous_strides(&new_shape);
     let (pool, table) = (cache.view(), cache.table_view());
@@ -697,15 +696,12 @@ pub fn simulate_append<T: HalfFloat>(
         return Ok(());
     }
     let bytes = |x: &[T]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    let words = |x: &[i32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    let mut machine = Machine::new(Default::default());
+    let mut machine = flashcore_sim::Machine::new(Default::default());
     let (kn, vn) = (machine.alloc(bytes(k_new)), machine.alloc(bytes(v_new)));
     let (kp, vp) = (machine.alloc(bytes(k_pool)), machine.alloc(bytes(v_pool)));
-    let (tb, ln) = (machine.alloc(words(&cache.block_table)), machine.alloc(words(&cache.lens)));
-    let mut args: Vec<Arg> = [kn, vn, kp, vp, tb, ln].into_iter().map(Arg::U64).collect();
-    args.extend(values.into_iter().map(Arg::U32));
-    let launch = Launch { grid: ctas, threads: APPEND_THREADS, shared_bytes: 0 };
-    machine.launch(&flashcore_sim::parse(&append_ptx())?, APPEND_ENTRY, launch, &args)?;
+    let (tb, ln) = (machine.alloc(i32_bytes(&cache.block_table)), machine.alloc(i32_bytes(&cache.lens)));
+    let kernel = (append_ptx(), APPEND_ENTRY, APPEND_THREADS);
+    simulate_hand_written(&mut machine, kernel, ctas, &[kn, vn, kp, vp, tb, ln], &values)?;
     for (addr, pool) in [(kp, k_pool), (vp, v_pool)] {
         let read = machine.read(addr, pool.len() * 2)?;
         for (x, b) in pool.iter_mut().zip(read.chunks_exact(2)) {
@@ -728,7 +724,7 @@ pub fn append<T: HalfFloat>(
     v_new: &crate::runtime::DeviceTensor<T>,
 ) -> Result<(), Error> {
     use crate::codegen::append::{append_ptx, APPEND_ENTRY, APPEND_THREADS};
-    use crate::runtime::{KernelImage, LaunchArg};
+    use crate::runtime::LaunchArg;
     if v_new.shape() != k_new.shape() || v_new.strides() != k_new.strides() {
         return Err(Error::Argument {
             kernel: APPEND_ENTRY.into(),
@@ -752,9 +748,7 @@ pub fn append<T: HalfFloat>(
         return Ok(());
     }
     static PTX: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
-    let (ptx, key) = hand_written(&PTX, append_ptx);
-    let image =
-        KernelImage { key: *key, ptx, entry: APPEND_ENTRY, shared_bytes: 0, threads_per_cta: APPEND_THREADS };
+    let image = hand_written(&PTX, append_ptx, APPEND_ENTRY, APPEND_THREADS);
     let DevicePagedCache { k, v, block_table, lens, .. } = cache;
     let mut args = vec![
         LaunchArg::Buffer(k_new),
@@ -847,21 +841,17 @@ fn table_verdict(verdict: u32, max_pages: usize, page_rows: usize, pages: usize)
 /// [`check_on_device`] says of them.
 pub fn simulate_table_check(cache: &PagedCache) -> Result<(), Error> {
     use crate::codegen::table_check::{table_check_ptx, TABLE_CHECK_ENTRY, TABLE_CHECK_THREADS};
-    use flashcore_sim::{Arg, Launch, Machine};
     let table = cache.table_view();
     let (values, ctas) =
         table_check_arguments((table.shape(), table.strides()), &[cache.batch()], cache.view().shape())?;
     if ctas == 0 {
         return Ok(());
     }
-    let words = |x: &[i32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    let mut machine = Machine::new(Default::default());
-    let (tb, ln) = (machine.alloc(words(&cache.block_table)), machine.alloc(words(&cache.lens)));
+    let mut machine = flashcore_sim::Machine::new(Default::default());
+    let (tb, ln) = (machine.alloc(i32_bytes(&cache.block_table)), machine.alloc(i32_bytes(&cache.lens)));
     let verdict = machine.alloc(u32::MAX.to_le_bytes().to_vec());
-    let mut args: Vec<Arg> = [tb, ln, verdict].into_iter().map(Arg::U64).collect();
-    args.extend(values.into_iter().map(Arg::U32));
-    let launch = Launch { grid: ctas, threads: TABLE_CHECK_THREADS, shared_bytes: 0 };
-    machine.launch(&flashcore_sim::parse(&table_check_ptx())?, TABLE_CHECK_ENTRY, launch, &args)?;
+    let kernel = (table_check_ptx(), TABLE_CHECK_ENTRY, TABLE_CHECK_THREADS);
+    simulate_hand_written(&mut machine, kernel, ctas, &[tb, ln, verdict], &values)?;
     let word = machine.read(verdict, 4)?;
     table_verdict(
         u32::from_le_bytes([word[0], word[1], word[2], word[3]]),
@@ -882,21 +872,14 @@ pub fn check_on_device<T: HalfFloat>(
     cache: &DevicePagedCache<T>,
 ) -> Result<(), Error> {
     use crate::codegen::table_check::{table_check_ptx, TABLE_CHECK_ENTRY, TABLE_CHECK_THREADS};
-    use crate::runtime::{KernelImage, LaunchArg};
+    use crate::runtime::LaunchArg;
     let (table, pool) = (&cache.block_table, cache.k.shape());
     let (values, ctas) = table_check_arguments((table.shape(), table.strides()), cache.lens.shape(), pool)?;
     if ctas == 0 {
         return Ok(());
     }
     static PTX: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
-    let (ptx, key) = hand_written(&PTX, table_check_ptx);
-    let image = KernelImage {
-        key: *key,
-        ptx,
-        entry: TABLE_CHECK_ENTRY,
-        shared_bytes: 0,
-        threads_per_cta: TABLE_CHECK_THREADS,
-    };
+    let image = hand_written(&PTX, table_check_ptx, TABLE_CHECK_ENTRY, TABLE_CHECK_THREADS);
     let mut verdict = device.upload(&[u32::MAX], &[1])?;
     let mut args =
         vec![LaunchArg::Buffer(table), LaunchArg::Buffer(&cache.lens), LaunchArg::BufferMut(&mut verdict)];
@@ -907,19 +890,45 @@ pub fn check_on_device<T: HalfFloat>(
     table_verdict(word[0], table.shape()[1], pool[2], pool[0])
 }
 
-/// A hand-written kernel's PTX (the append kernel, the table check) and its key in the device's
-/// module cache, made once per process.
+/// A hand-written kernel (the append kernel, the table check) as the runtime launches it: its
+/// PTX (`make`'s, made once per process in `cell`) keyed in the device's module cache by its
+/// hash, entry `entry`, CTAs of `threads`, no shared memory.
 fn hand_written(
     cell: &'static std::sync::OnceLock<(String, u64)>,
     make: fn() -> String,
-) -> &'static (String, u64) {
-    cell.get_or_init(|| {
+    entry: &'static str,
+    threads: u32,
+) -> crate::runtime::KernelImage<'static> {
+    let (ptx, key) = cell.get_or_init(|| {
         use std::hash::{Hash, Hasher};
         let ptx = make();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         ptx.hash(&mut h);
         (ptx, h.finish())
-    })
+    });
+    crate::runtime::KernelImage { key: *key, ptx, entry, shared_bytes: 0, threads_per_cta: threads }
+}
+
+/// A hand-written kernel run in the simulator on `ctas` CTAs of `threads`: its arguments are
+/// `pointers` (allocations in `machine`, in order) then `values` (`u32`s).
+fn simulate_hand_written(
+    machine: &mut flashcore_sim::Machine,
+    (ptx, entry, threads): (String, &str, u32),
+    ctas: u32,
+    pointers: &[u64],
+    values: &[u32],
+) -> Result<(), Error> {
+    use flashcore_sim::{Arg, Launch};
+    let args: Vec<Arg> =
+        pointers.iter().map(|p| Arg::U64(*p)).chain(values.iter().map(|v| Arg::U32(*v))).collect();
+    let launch = Launch { grid: ctas, threads, shared_bytes: 0 };
+    machine.launch(&flashcore_sim::parse(&ptx)?, entry, launch, &args)?;
+    Ok(())
+}
+
+/// Little-endian bytes of i32s (a table or lengths for the simulator's memory).
+fn i32_bytes(x: &[i32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

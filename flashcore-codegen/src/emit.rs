@@ -1348,7 +1348,7 @@ impl<'k> Emitter<'k> {
         }
         let first_row = self.w.temp(RegClass::B32);
         let dims = self.kernel.tensor(access.param).map(|t| t.dims);
-        match dims.and_then(|d| self.sequence_of(d[2])).filter(|r| !r.lengths).map(|r| r.start.clone()) {
+        match dims.and_then(|d| self.packed_start(d[2])) {
             // A ragged sequence starts at its first packed row (the batch stride is 0).
             Some(start) => self.w.ins(format!("mad.lo.u32 {first_row}, {}, {rows}, {start}", c[2])),
             None => self.w.ins(format!("mul.lo.u32 {first_row}, {}, {rows}", c[2])),
@@ -1499,22 +1499,12 @@ impl<'k> Emitter<'k> {
             if let Some(first) = first_row {
                 self.w.ins(format!("add.u32 {j}, {j}, {first}"));
             }
-            self.w.ins(format!("div.u32 {entry}, {j}, {}", pages.page_rows));
-            self.w.ins(format!("mul.lo.u32 {in_page}, {entry}, {}", pages.page_rows));
-            self.w.ins(format!("sub.u32 {in_page}, {j}, {in_page}"));
+            self.page_position([&entry, &in_page], &j, &pages.page_rows);
             (entry, in_page)
         });
         for pass in 0..passes {
             if let (Some((entry, in_page)), Some(pages), true) = (&page_pos, &global.pages, pass > 0) {
-                // Pages hold a multiple of 16 rows (the launcher checks), so a step of
-                // `rows_per_pass` rows crosses at most ceil(rows_per_pass / 16) page ends.
-                self.w.ins(format!("add.u32 {in_page}, {in_page}, {rows_per_pass}"));
-                for _ in 0..rows_per_pass.div_ceil(16) {
-                    let past = self.w.temp(RegClass::Pred);
-                    self.w.ins(format!("setp.ge.u32 {past}, {in_page}, {}", pages.page_rows));
-                    self.w.ins(format!("@{past} sub.u32 {in_page}, {in_page}, {}", pages.page_rows));
-                    self.w.ins(format!("@{past} add.u32 {entry}, {entry}, 1"));
-                }
+                self.step_page_position([entry, in_page], rows_per_pass, &pages.page_rows);
             }
             // Row within the copied range, then within the tile.
             let local = self.w.temp(RegClass::B32);
@@ -1610,9 +1600,7 @@ impl<'k> Emitter<'k> {
         self.w.comment(
             "page cache miss: the first block's entry by one division, each block's page from the table",
         );
-        self.w.ins(format!("div.u32 {}, {start}, {page_rows}", current.entry));
-        self.w.ins(format!("mul.lo.u32 {}, {}, {page_rows}", current.in_page, current.entry));
-        self.w.ins(format!("sub.u32 {}, {start}, {}", current.in_page, current.in_page));
+        self.page_position([&current.entry, &current.in_page], start, page_rows);
         self.load_block_pages(pages, &current, 0, valid_rows);
         self.w.place_label(&looked_up);
 
@@ -1631,7 +1619,7 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("mov.u32 {in_page}, {}", current.in_page));
         for (block, page) in current.pages.iter().enumerate() {
             if block > 0 {
-                self.step_block(&entry, &in_page, page_rows);
+                self.step_page_position([&entry, &in_page], 16, page_rows);
             }
             // Unsigned: `-1` (not looked up) and a negative entry are outside the pool too.
             let ok = self.w.temp(RegClass::Pred);
@@ -1659,7 +1647,7 @@ impl<'k> Emitter<'k> {
         let have = self.keys_match(&next, &ahead, table_row);
         let loaded = self.w.label("pages_ahead");
         self.w.ins(format!("@{have} bra.uni {loaded}"));
-        self.step_block(&entry, &in_page, page_rows);
+        self.step_page_position([&entry, &in_page], 16, page_rows);
         self.w.ins(format!("mov.u32 {}, {entry}", next.entry));
         self.w.ins(format!("mov.u32 {}, {in_page}", next.in_page));
         self.load_block_pages(pages, &next, rows, valid_rows);
@@ -1668,14 +1656,24 @@ impl<'k> Emitter<'k> {
         self.w.place_label(&loaded);
     }
 
-    /// Steps a block's page entry and row in its page on by one block (16 rows; a page holds a
-    /// multiple of 16, so at most one page end is crossed).
-    fn step_block(&mut self, entry: &str, in_page: &str, page_rows: &str) {
-        let past = self.w.temp(RegClass::Pred);
-        self.w.ins(format!("add.u32 {in_page}, {in_page}, 16"));
-        self.w.ins(format!("setp.ge.u32 {past}, {in_page}, {page_rows}"));
-        self.w.ins(format!("@{past} sub.u32 {in_page}, {in_page}, {page_rows}"));
-        self.w.ins(format!("@{past} add.u32 {entry}, {entry}, 1"));
+    /// Logical row `row`'s page entry (its index in the sequence's table row) and row in that
+    /// page, into `entry` and `in_page`: one division by the page size.
+    fn page_position(&mut self, [entry, in_page]: [&str; 2], row: &str, page_rows: &str) {
+        self.w.ins(format!("div.u32 {entry}, {row}, {page_rows}"));
+        self.w.ins(format!("mul.lo.u32 {in_page}, {entry}, {page_rows}"));
+        self.w.ins(format!("sub.u32 {in_page}, {row}, {in_page}"));
+    }
+
+    /// Steps a page entry and row in its page on by `rows` rows, in place. Pages hold a multiple
+    /// of 16 rows (the launcher checks), so the step crosses at most `ceil(rows / 16)` page ends.
+    fn step_page_position(&mut self, [entry, in_page]: [&str; 2], rows: u32, page_rows: &str) {
+        self.w.ins(format!("add.u32 {in_page}, {in_page}, {rows}"));
+        for _ in 0..rows.div_ceil(16) {
+            let past = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.ge.u32 {past}, {in_page}, {page_rows}"));
+            self.w.ins(format!("@{past} sub.u32 {in_page}, {in_page}, {page_rows}"));
+            self.w.ins(format!("@{past} add.u32 {entry}, {entry}, 1"));
+        }
     }
 
     /// Loads the pages of `target`'s blocks from the page table (its first block's entry and
@@ -1688,17 +1686,11 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("mov.u32 {in_page}, {}", target.in_page));
         for (block, page) in target.pages.iter().enumerate() {
             if block > 0 {
-                self.step_block(&entry, &in_page, &pages.page_rows);
+                self.step_page_position([&entry, &in_page], 16, &pages.page_rows);
             }
-            let (read, listed, eaddr) =
-                (self.w.temp(RegClass::Pred), self.w.temp(RegClass::Pred), self.w.temp(RegClass::B64));
+            let read = self.w.temp(RegClass::Pred);
             self.w.ins(format!("setp.gt.u32 {read}, {valid_rows}, {}", offset + block as u32 * 16));
-            self.w.ins(format!("setp.lt.u32 {listed}, {entry}, {}", pages.entries));
-            self.w.ins(format!("and.pred {read}, {read}, {listed}"));
-            self.w.ins(format!("mul.wide.u32 {eaddr}, {entry}, {}", pages.entry_stride));
-            self.w.ins(format!("add.u64 {eaddr}, {}, {eaddr}", pages.table_row));
-            self.w.ins(format!("mov.u32 {page}, -1"));
-            self.w.ins(format!("@{read} ld.global.nc.u32 {page}, [{eaddr}]"));
+            self.read_page(pages, &entry, &read, page, "-1");
         }
     }
 
@@ -1759,19 +1751,25 @@ impl<'k> Emitter<'k> {
         [entry, in_page]: [&str; 2],
         inside: &str,
     ) -> String {
-        let PagedRows { table_row, entry_stride, entries, pool, page_stride, .. } = pages;
-        let (ok, page, eaddr) =
-            (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32), self.w.temp(RegClass::B64));
-        self.w.ins(format!("setp.lt.u32 {ok}, {entry}, {entries}"));
-        self.w.ins(format!("and.pred {inside}, {inside}, {ok}"));
-        self.w.ins(format!("mul.wide.u32 {eaddr}, {entry}, {entry_stride}"));
-        self.w.ins(format!("add.u64 {eaddr}, {table_row}, {eaddr}"));
-        self.w.ins(format!("mov.u32 {page}, 0"));
-        self.w.ins(format!("@{inside} ld.global.nc.u32 {page}, [{eaddr}]"));
+        let PagedRows { pool, page_stride, .. } = pages;
+        let (ok, page) = (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B32));
+        self.read_page(pages, entry, inside, &page, "0");
         // Unsigned: a negative entry (an unused slot, often -1) is outside the pool too.
         self.w.ins(format!("setp.lt.u32 {ok}, {page}, {pool}"));
         self.w.ins(format!("and.pred {inside}, {inside}, {ok}"));
         self.page_chunk_address(page_stride, row_stride, chunk_base, [&page, in_page], inside)
+    }
+
+    /// `page = table_row[entry]` where `read` holds, `absent` otherwise; an entry past the
+    /// table's row is not read (and clears `read`).
+    fn read_page(&mut self, pages: &PagedRows, entry: &str, read: &str, page: &str, absent: &str) {
+        let (listed, eaddr) = (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B64));
+        self.w.ins(format!("setp.lt.u32 {listed}, {entry}, {}", pages.entries));
+        self.w.ins(format!("and.pred {read}, {read}, {listed}"));
+        self.w.ins(format!("mul.wide.u32 {eaddr}, {entry}, {}", pages.entry_stride));
+        self.w.ins(format!("add.u64 {eaddr}, {}, {eaddr}", pages.table_row));
+        self.w.ins(format!("mov.u32 {page}, {absent}"));
+        self.w.ins(format!("@{read} ld.global.nc.u32 {page}, [{eaddr}]"));
     }
 
     /// The global address of this thread's chunk (`chunk_base`: in row 0 of page 0) in row
@@ -2995,7 +2993,7 @@ impl<'k> Emitter<'k> {
     /// The first row of this work item's sequence along `dim` when `dim` is a variable-length
     /// axis whose tensors and tables are packed (the varlen path, sequence offsets given).
     pub(super) fn packed_start(&self, dim: RtDim) -> Option<String> {
-        self.ragged.iter().find(|r| r.seq == dim && !r.lengths && self.cfg.varlen).map(|r| r.start.clone())
+        self.sequence_of(dim).filter(|r| !r.lengths).map(|r| r.start.clone())
     }
 
     /// `table[indices..] = src` element by element: each thread writes the elements of its

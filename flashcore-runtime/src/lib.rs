@@ -403,7 +403,7 @@ pub struct Device {
     /// Per kernel (by its key), the scratch buffer its launches share ([`Device::workspace`]).
     workspaces: Mutex<HashMap<u64, Arc<DeviceTensor<u32>>>>,
     /// Set while [`Device::capture`] records: the stream launches go to instead of `stream`
-    /// (the legacy default stream `stream` is cannot be captured).
+    /// (`stream`, the legacy default stream, cannot be captured).
     capturing: Mutex<Option<Arc<CudaStream>>>,
 }
 
@@ -604,9 +604,8 @@ impl Device {
     /// Enqueues `image` on `grid` CTAs on the device's stream. Asynchronous: call
     /// [`Device::synchronize`] to wait.
     pub fn launch(&self, image: &KernelImage, grid: u32, args: &mut [LaunchArg]) -> Result<()> {
-        let capturing = self.capturing.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let stream = capturing.as_ref().unwrap_or(&self.stream).cu_stream();
-        self.launch_raw(image, grid, args, stream)
+        let stream = self.capturing.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.cu_stream());
+        self.launch_raw(image, grid, args, stream.unwrap_or_else(|| self.stream.cu_stream()))
     }
 
     /// Enqueues `image` on `grid` CTAs on a stream another library owns (PyTorch's current
