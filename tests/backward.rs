@@ -9,7 +9,7 @@ use flashcore::simulate::{
     check_backward, simulate, simulate_backward, AttentionShape, BackwardPair, BackwardResult, HostArg,
     HostView, SimDevice,
 };
-use flashcore::{Config, DType, HalfFloat};
+use flashcore::{flash_kernel, Config, DType, HalfFloat};
 
 /// `[B, H, HKV, S, SK, D]`.
 type Shape = (usize, usize, usize, usize, usize, usize);
@@ -789,4 +789,47 @@ fn packed_tables_of_the_wrong_shape_are_named() {
     assert!(short.contains("lse") && short.contains("packs 11 rows"), "{short}");
     let batched = run(&lse[..h * 12], HostView::contiguous(&[1, h, 12])).unwrap_err().to_string();
     assert!(batched.contains("lse") && batched.contains("axes"), "{batched}");
+}
+
+/// Writes `a · bᵀ` scores element by element into an output table with the variable-length
+/// axis: a table read packed is supported, one written packed is not (the element stores do
+/// not add the sequence's start), so the varlen launch must refuse it by name.
+#[flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn packed_scores<T>(
+    a: Tensor<T, B, H, M, D>,
+    bt: Tensor<T, B, H, N, D>,
+    c: TensorMut<f32, B, H, M, N>,
+    cu_m: Option<SeqOffsets<B, M>>,
+) {
+    for (b, h, mt) in tiles(B, H, M / TILE_M) {
+        let af = load(a.tile(b, h, mt));
+        for nt in pipeline(0..N / TILE_N) {
+            let bs = stage(bt.tile(b, h, nt));
+            let x = mma(af, bs.t());
+            store(c.at(b, h, x.index(M), x.index(N)), x);
+        }
+    }
+}
+
+#[test]
+fn an_output_table_written_packed_is_refused() {
+    use flashcore::SeqOffsets;
+    let kernel = packed_scores::compile(&Config { varlen: true, ..packed_scores::CONFIG }).unwrap();
+    let (cu, h, d, n) = (SeqOffsets::from_lengths(&[5, 7]).unwrap(), 1, 64, 64);
+    let a = vec![flashcore::f16::from_f32(0.5); 12 * h * d];
+    let bt = vec![flashcore::f16::from_f32(0.5); 2 * h * n * d];
+    let mut c = vec![f32::NAN; h * 12 * n];
+    let err = simulate(
+        &kernel,
+        &mut [
+            HostArg::Tensor(&a, HostView::contiguous(&[12, h, d])),
+            HostArg::Tensor(&bt, HostView::contiguous(&[2, h, n, d])),
+            HostArg::F32Mut(&mut c, HostView::contiguous(&[h, 12, n])),
+            HostArg::Offsets(&cu),
+        ],
+        &SimDevice::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("`c`") && err.contains("writing one so"), "{err}");
 }
