@@ -8,6 +8,7 @@
 #   scripts/gpu-decode.sh gather             the paged gather's cost after a change: plain at the probe's schedules, packed at four shapes
 #   scripts/gpu-decode.sh spec               1, 4, 16 causal new tokens with the default schedule; sanitizer on the packed kernel
 #   scripts/gpu-decode.sh step               whole decode steps (append kernel + decode_step), direct and from a CUDA graph; sanitizer
+#   scripts/gpu-decode.sh npy                a step's inputs written by numpy (shuffled pages, ragged lengths), read with --npy
 #   scripts/gpu-decode.sh probe              dense forward kernel against paged decode at the same
 #                                            schedules, pages of 16 and 256, Nsight Compute of one launch
 #   CONFIGS="settings;settings": the schedules timed at page 16 (default: in-CTA and across-CTA splits).
@@ -31,6 +32,13 @@ if [ "$mode" = check ] || [ "$mode" = all ]; then
   run --batch 2 --cache-len 513 --page 16 --head-dim 64 --heads 8 --kv-heads 1 --iters 3
   run --batch 2 --cache-len 1000 --page 32 --config "sm_90a,tile_m=64,warps=4" --iters 3
   run --batch 3 --cache-len 3001 --page 16 --new-tokens 4 --causal --iters 3 --config "kv_ctas=8;warps=4,kv_splits=4,kv_ctas=5;sm_90a,tile_m=64,warps=4,kv_ctas=3"
+  # Per-sequence new-token counts (q_len) on the GPU: the test binary (built with
+  # `cargo test --release --test decode --no-run`, copied to $bins/decode_tests) runs its launch.
+  if [ -x "$bins/decode_tests" ]; then
+    echo "+ decode_tests per_sequence_query_lengths_match_float64" | tee -a "$log"
+    "$bins/decode_tests" per_sequence_query_lengths_match_float64 --nocapture 2>&1 | tail -6 | tee -a "$log"
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "EXIT decode_tests" | tee -a "$log"; status=1; }
+  fi
   for tool in memcheck racecheck synccheck; do
     echo "+ compute-sanitizer --tool $tool decode (pages of 16, 2 sequences of 300, 4 new tokens, causal)" | tee -a "$log"
     /usr/local/cuda/bin/compute-sanitizer --tool "$tool" --error-exitcode 9 "$bins/decode" --batch 2 --cache-len 300 \
@@ -104,6 +112,41 @@ if [ "$mode" = step ]; then
       --cache-len 700 --page 48 --new-tokens 5 --causal --iters 1 2>&1 | tail -4 | tee -a "$log"
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "SANITIZER $tool FAILED" | tee -a "$log"; status=1; }
   done
+fi
+if [ "$mode" = npy ]; then
+  # A step's inputs as an inference server would dump them (vLLM's pool layout, pages shuffled,
+  # ragged lengths, unused rows NaN), written by numpy, read by `decode --npy`, checked and timed.
+  dir="$out/npy"
+  mkdir -p "$dir"
+  python3 - "$dir" <<'PY'
+import sys, numpy as np
+d = sys.argv[1]
+rng = np.random.default_rng(7)
+b, h, hkv, s, dh, page = 3, 8, 2, 4, 128, 16
+lens = np.array([1000, 17, 2049], dtype=np.int32)
+pages_needed = [(int(n) + page - 1) // page for n in lens]
+max_pages = max(pages_needed)
+pool = sum(pages_needed) + 5
+perm = rng.permutation(pool)
+table = np.zeros((b, max_pages), dtype=np.int32)
+k = np.full((pool, page, hkv, dh), np.nan, dtype=np.float16)
+v = np.full((pool, page, hkv, dh), np.nan, dtype=np.float16)
+at = 0
+for i, n in enumerate(lens):
+    for j in range(pages_needed[i]):
+        p = perm[at]; at += 1
+        table[i, j] = p
+        rows = min(page, int(n) - j * page)
+        k[p, :rows] = rng.standard_normal((rows, hkv, dh))
+        v[p, :rows] = rng.standard_normal((rows, hkv, dh))
+q = rng.standard_normal((b, h, s, dh)).astype(np.float16)
+for name, x in [("q", q), ("k_cache", k), ("v_cache", v), ("block_table", table), ("cache_len", lens)]:
+    np.save(f"{d}/{name}.npy", x)
+print("wrote", d, "lens", lens.tolist(), "pool", pool, "pages")
+PY
+  run --npy "$dir" --causal --iters 10
+  run --npy "$dir" --packed --causal --iters 10
+  run --npy "$dir" --step --causal --iters 10
 fi
 if [ "$mode" = probe ]; then
   # Where the time goes: the dense forward kernel (no page table) against the paged decode at

@@ -413,7 +413,8 @@ fn append_writes_the_new_rows_and_nothing_else() {
 /// Per-sequence numbers of new tokens (`q_len`, speculative decoding with per-sequence draft
 /// lengths): `q` and `o` padded to `S = 16`; 1, 5, 16 and 0 real tokens, causal from the bottom
 /// right of each sequence's own lengths, split across CTAs and not, pages of 16 and 48. The
-/// padding rows are never written (they stay NaN); the real ones match float64.
+/// padding rows are never written (they stay NaN); the real ones match float64. In the
+/// simulator, and on the GPU as well where there is one (`scripts/gpu-decode.sh check`).
 #[test]
 fn per_sequence_query_lengths_match_float64() {
     use flashcore::paged::decode_reference;
@@ -452,33 +453,66 @@ fn per_sequence_query_lengths_match_float64() {
             &SimDevice::default(),
         )
         .unwrap_or_else(|e| panic!("{config}: {e}"));
-        let (mut got, mut want) = (vec![], vec![]);
-        for (b, &n) in q_lens.iter().enumerate() {
-            for head in 0..h {
-                for t in 0..s {
-                    let row = &o[((b * h + head) * s + t) * d..][..d];
-                    assert_eq!(
-                        row.iter().all(|x| x.is_nan()),
-                        t >= n,
-                        "{config}: sequence {b} head {head} row {t}"
-                    );
-                }
-            }
-            // Sequence b alone with its n tokens: the float64 reference of an n-token step.
-            let one = PagedCache {
-                lens: vec![cache.lens[b]],
-                block_table: cache.block_table[b * cache.max_pages..][..cache.max_pages].to_vec(),
-                ..cache.clone()
+        // On a GPU (none in CI), the same launch through the typed launcher, into the same checks.
+        let mut outputs = vec![("simulator", o)];
+        if let Ok(device) = flashcore::runtime::Device::new(0) {
+            let gpu = || -> Result<Vec<f16>, flashcore::Error> {
+                let view = cache.view();
+                let k = device.upload_strided(&k16, view.shape(), view.strides())?;
+                let v = device.upload_strided(&v16, view.shape(), view.strides())?;
+                let table = device.upload(&cache.block_table, &[lens.len(), cache.max_pages])?;
+                let (q_len_dev, lens_dev) =
+                    (device.upload(&q_len, &[lens.len()])?, device.upload(&cache.lens, &[lens.len()])?);
+                let q_dev = device.upload(&q16, &[lens.len(), h, s, d])?;
+                let mut out = device.filled(&[lens.len(), h, s, d], f16::NAN)?;
+                attention_decode_paged::launch_async(
+                    &device,
+                    &config,
+                    &q_dev,
+                    &k,
+                    &v,
+                    &table,
+                    Some(&q_len_dev),
+                    &lens_dev,
+                    &mut out,
+                    scale,
+                )?;
+                Ok(device.download(&out)?)
             };
-            let rows = |x: &[f64], head: usize| x[(b * h + head) * s * d..][..n * d].to_vec();
-            let q_b: Vec<f64> = (0..h).flat_map(|head| rows(&q, head)).collect();
-            want.extend(decode_reference(&q_b, &one, h, n, scale as f64, true));
-            let o64: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
-            got.extend((0..h).flat_map(|head| rows(&o64, head)));
+            outputs.push(("GPU", gpu().unwrap_or_else(|e| panic!("{config} on the GPU: {e}"))));
         }
-        let err = flashcore::reference::compare(&got, &want);
-        println!("{config:<60} lens {lens:?} q_len {q_lens:?} page {page}: rel_l2 {:.2e}", err.rel_l2);
-        assert!(err.rel_l2 < flashcore::tolerance(DType::F16), "{config}: {err:?}");
+        for (place, o) in outputs {
+            let (mut got, mut want) = (vec![], vec![]);
+            for (b, &n) in q_lens.iter().enumerate() {
+                for head in 0..h {
+                    for t in 0..s {
+                        let row = &o[((b * h + head) * s + t) * d..][..d];
+                        assert_eq!(
+                            row.iter().all(|x| x.is_nan()),
+                            t >= n,
+                            "{place}: {config}: sequence {b} head {head} row {t}"
+                        );
+                    }
+                }
+                // Sequence b alone with its n tokens: the float64 reference of an n-token step.
+                let one = PagedCache {
+                    lens: vec![cache.lens[b]],
+                    block_table: cache.block_table[b * cache.max_pages..][..cache.max_pages].to_vec(),
+                    ..cache.clone()
+                };
+                let rows = |x: &[f64], head: usize| x[(b * h + head) * s * d..][..n * d].to_vec();
+                let q_b: Vec<f64> = (0..h).flat_map(|head| rows(&q, head)).collect();
+                want.extend(decode_reference(&q_b, &one, h, n, scale as f64, true));
+                let o64: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
+                got.extend((0..h).flat_map(|head| rows(&o64, head)));
+            }
+            let err = flashcore::reference::compare(&got, &want);
+            println!(
+                "{place}: {config:<60} lens {lens:?} q_len {q_lens:?} page {page}: rel_l2 {:.2e}",
+                err.rel_l2
+            );
+            assert!(err.rel_l2 < flashcore::tolerance(DType::F16), "{place}: {config}: {err:?}");
+        }
     }
 }
 
