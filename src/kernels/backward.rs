@@ -627,6 +627,12 @@ pub fn launch_varlen_backward_async<T: crate::HalfFloat>(
     launch_either(device, inputs, outputs, scale, causal, Some((cu_q, cu_k)))
 }
 
+/// Whether K/V have fewer heads than Q (GQA/MQA: dK and dV summed over each group). The head
+/// axis is axis 1 of both layouts, `[B, H, S, D]` and packed `[TOTAL, H, D]`.
+fn grouped_heads(q_shape: &[usize], k_shape: &[usize]) -> bool {
+    q_shape.get(1) != k_shape.get(1)
+}
+
 fn launch_either<T: crate::HalfFloat>(
     device: &Device,
     inputs: BackwardInputs<'_, T>,
@@ -659,9 +665,7 @@ fn launch_either<T: crate::HalfFloat>(
         device, &dq_config, q, k, v, o, d_out, lse, dq, delta, scale, cu_q, cu_k,
     )?;
     // Grouped K/V heads: the kernels that sum each group's query heads (dK/dV per K/V head).
-    let heads = |t: &DeviceTensor<T>| t.shape().get(t.shape().len().saturating_sub(3)).copied();
-    let grouped = heads(q) != heads(k);
-    if grouped {
+    if grouped_heads(q.shape(), k.shape()) {
         let (config, launch) = if causal {
             (
                 dtype(configs.dkdv_causal),
@@ -684,5 +688,18 @@ fn launch_either<T: crate::HalfFloat>(
         attention_backward_dkdv::launch_async(
             device, &config, q, k, v, d_out, lse, delta, dk, dv, scale, cu_q, cu_k,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The packed layout's head axis is axis 1, as the dense one's: a packed GQA launch once
+    /// read axis 0 (the total length) and took the per-query-head dK/dV kernel (found on the GPU).
+    #[test]
+    fn grouped_heads_reads_the_head_axis_of_both_layouts() {
+        assert!(super::grouped_heads(&[2, 16, 700, 128], &[2, 4, 700, 128]));
+        assert!(!super::grouped_heads(&[2, 16, 700, 128], &[2, 16, 900, 128]));
+        assert!(super::grouped_heads(&[3049, 16, 128], &[3049, 4, 128]));
+        assert!(!super::grouped_heads(&[3049, 16, 128], &[5000, 16, 128]));
     }
 }
