@@ -1224,6 +1224,20 @@ impl<'a> Cta<'a> {
                     self.set(w, *d, l, total);
                 }
             }
+            Op::Vote { all, d, a, mask } => {
+                let m = self.val(w, *mask, 0) as u32;
+                if m != exec {
+                    return Err(SimError::Divergence {
+                        at: self.at(w, inst),
+                        message: format!("vote.sync member mask {m:#010x} but lanes {exec:#010x} execute it"),
+                    });
+                }
+                let mut set = lanes(exec).map(|l| self.val(w, *a, l) != 0);
+                let result = if *all { set.all(|x| x) } else { set.any(|x| x) };
+                for l in lanes(exec) {
+                    self.set(w, *d, l, result as u64);
+                }
+            }
             Op::Shfl { mode, d, a, b, c, mask } => {
                 let m = self.val(w, *mask, 0) as u32;
                 if m & exec != exec || m & !exec != 0 {

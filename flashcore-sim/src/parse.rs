@@ -447,6 +447,14 @@ pub enum Op {
         a: Operand,
         mask: Operand,
     },
+    /// `vote.sync.any.pred` (`all` false) / `vote.sync.all.pred`: every executing lane gets
+    /// whether any (all) of them has predicate `a` set.
+    Vote {
+        all: bool,
+        d: u32,
+        a: Operand,
+        mask: Operand,
+    },
     Shfl {
         mode: ShflMode,
         d: u32,
@@ -503,6 +511,7 @@ impl Op {
                 | Op::WgmmaWait { .. }
                 | Op::Wgmma { .. }
                 | Op::Shfl { .. }
+                | Op::Vote { .. }
                 | Op::Redux { .. }
                 | Op::Bar { .. }
                 | Op::BarWarp { .. }
@@ -1031,6 +1040,11 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             Op::Rcp { d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)? }
         }
         "setp" => {
+            // `setp.CMP.{and,or,xor}.TYPE p, a, b, c` combines with a fourth operand: not emitted,
+            // so not decoded (rather than dropping the combination).
+            if ops.len() != 3 || mods.len() != 2 {
+                return Err(Decode::Unsupported);
+            }
             let cmp = match mods.first().copied() {
                 Some("eq") => Cmp::Eq,
                 Some("ne") => Cmp::Ne,
@@ -1235,6 +1249,17 @@ fn decode(ctx: &Ctx, stmt: &str) -> D<(Option<Guard>, Op)> {
             }
             let op = if has("min") { IntOp::Min } else { IntOp::Max };
             Op::Redux { op, ty, d: ctx.dest(n(0)?)?, a: ctx.operand(n(1)?)?, mask: ctx.operand(n(2)?)? }
+        }
+        "vote" if has("sync") && has("pred") && (has("any") || has("all")) => {
+            if ops.len() != 3 {
+                return Err(Decode::Unsupported);
+            }
+            Op::Vote {
+                all: has("all"),
+                d: ctx.dest(n(0)?)?,
+                a: ctx.operand(n(1)?)?,
+                mask: ctx.operand(n(2)?)?,
+            }
         }
         "shfl" if has("sync") && has("b32") => {
             let mode = if has("bfly") {

@@ -432,3 +432,35 @@ fn score_code_instructions() {
         }
     }
 }
+
+/// `vote.sync.any.pred` / `vote.sync.all.pred` give every lane whether any (all) of the lanes'
+/// predicates is set; a member mask other than the executing lanes is divergence; a `setp`
+/// that combines with a fourth operand (`setp.ne.or.f32`) is refused, not decoded without it.
+#[test]
+fn vote_any_and_all_over_a_warp() {
+    // Lane 5 alone has p0: any is true, all is false, on every lane; stored as words 0/1.
+    let body = "\tsetp.eq.u32 %p0, %r0, 5;\n\tvote.sync.any.pred %p1, %p0, 0xffffffff;\n\tvote.sync.all.pred %p2, %p0, 0xffffffff;\n\tsetp.lt.u32 %p3, %r0, 64;\n\tvote.sync.all.pred %p3, %p3, 0xffffffff;\n\tselp.u32 %r2, 1, 0, %p1;\n\tselp.u32 %r3, 1, 0, %p2;\n\tselp.u32 %r4, 1, 0, %p3;\n\tmul.lo.u32 %r5, %r0, 12;\n\tcvt.u64.u32 %rd1, %r5;\n\tadd.u64 %rd2, %rd0, %rd1;\n\tst.global.b32 [%rd2], %r2;\n\tst.global.b32 [%rd2+4], %r3;\n\tst.global.b32 [%rd2+8], %r4;";
+    let module = parse(&small_kernel(body)).unwrap();
+    let mut gpu = machine(5);
+    let out = gpu.alloc(vec![7; 1024]);
+    gpu.launch(&module, "k", Launch { grid: 1, threads: 64, shared_bytes: 0 }, &[Arg::U64(out)]).unwrap();
+    let words: Vec<u32> = gpu
+        .read(out, 64 * 12)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    for t in 0..64 {
+        // Warp 1 (threads 32..63) has no lane 5 of the CTA: any is false there.
+        let any = u32::from(t < 32);
+        assert_eq!(&words[3 * t..3 * t + 3], &[any, 0, 1], "thread {t}");
+    }
+    let err =
+        run_small("\tsetp.lt.u32 %p0, %r0, 16;\n\t@%p0 vote.sync.any.pred %p1, %p0, 0xffffffff;", 32, 0)
+            .unwrap_err();
+    assert!(matches!(err, SimError::Divergence { .. }), "{err}");
+    match parse(&small_kernel("\tsetp.ne.or.u32 %p0, %r0, 1, %p1;")) {
+        Err(SimError::Unsupported { text, .. }) => assert!(text.contains("setp.ne.or"), "{text}"),
+        other => panic!("expected an unsupported-instruction error, got {other:?}"),
+    }
+}
