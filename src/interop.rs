@@ -180,7 +180,7 @@ fn extras<'a, T>(
         let list: Vec<String> = wanted
             .iter()
             .map(|p| match p {
-                Param::Scalar { name } => format!("{name} (f32)"),
+                Param::Scalar { name, .. } => format!("{name} (f32)"),
                 other => format!("{} (tensor)", other.name()),
             })
             .collect();

@@ -821,6 +821,25 @@ pub(crate) fn check_arg_kinds(
     Ok(())
 }
 
+/// Checks the scalar arguments (parameter index, value) against what the kernel's passes
+/// relied on: a `nonnegative` scalar given a negative value is an `Error::Argument` naming it.
+pub fn check_scalars(kernel: &ir::Kernel, scalars: impl Iterator<Item = (usize, f32)>) -> Result<(), Error> {
+    for (i, x) in scalars {
+        if let Some(Param::Scalar { name, nonnegative: true }) = kernel.params.get(i) {
+            if x < 0.0 {
+                return Err(Error::Argument {
+                    kernel: kernel.name.clone(),
+                    arg: name.clone(),
+                    message: format!(
+                        "{x} is negative, and this compiled kernel needs it ≥ 0: its softmax folds the scale into the exponentials' subtraction (the sm_90a score-scale fold), which takes the scores' row maximum before scaling; a negative softmax scale runs on sm_89 (`Config::target`)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// CTAs to launch for `work_items`: one per item, or for a persistent kernel as many as the
 /// device holds at once (`resident`), never more than there is work.
 pub(crate) fn grid_size(
@@ -955,6 +974,13 @@ fn enqueue(
             Arg::Offsets(_) => ArgKind::Offsets,
             Arg::Absent => ArgKind::Absent,
             Arg::F32(_) => ArgKind::Scalar,
+        }),
+    )?;
+    check_scalars(
+        k,
+        args.iter().enumerate().filter_map(|(i, a)| match a {
+            Arg::F32(x) => Some((i, *x)),
+            _ => None,
         }),
     )?;
     let binding = bind_shapes(k, &views_of(args))?;

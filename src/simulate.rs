@@ -110,6 +110,13 @@ pub fn simulate<T: HalfFloat>(
             HostArg::F32(_) => ArgKind::Scalar,
         }),
     )?;
+    crate::check_scalars(
+        k,
+        args.iter().enumerate().filter_map(|(i, a)| match a {
+            HostArg::F32(x) => Some((i, *x)),
+            _ => None,
+        }),
+    )?;
     let views: Vec<ArgView> = args
         .iter()
         .map(|arg| {

@@ -214,6 +214,10 @@ enum AOperand {
     Shared { region: String },
 }
 
+/// The fewest registers a thread of a fragment tile for [`Emitter::skip_unit_rescale`]'s branch
+/// to pay (measured on the H200: 64, D = 128, gains; 32, D = 64, loses).
+const SKIP_RESCALE_MIN_REGISTERS: usize = 64;
+
 pub struct Emitter<'k> {
     kernel: &'k Kernel,
     cfg: Config,
@@ -870,7 +874,11 @@ impl<'k> Emitter<'k> {
             }
             Op::Select { dst, cond, then, otherwise } => {
                 let dst_ty = self.kernel.ty(*dst);
-                let ty = if dst_ty.elem() == Some(Elem::I32) { "s32" } else { "f32" };
+                let ty = match dst_ty.elem() {
+                    Some(Elem::I32) => "s32",
+                    Some(Elem::F16 | Elem::Bf16) => "b32",
+                    _ => "f32",
+                };
                 let (d, c, a, b) =
                     (self.regs_of(*dst), self.regs_of(*cond), self.regs_of(*then), self.regs_of(*otherwise));
                 let (ct, at, bt) = (self.kernel.ty(*cond), self.kernel.ty(*then), self.kernel.ty(*otherwise));
@@ -943,6 +951,24 @@ impl<'k> Emitter<'k> {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in d.written() {
                     self.w.ins(format!("ex2.approx.ftz.f32 {}, {}", d.at(i), s.at(i)));
+                }
+                Ok(())
+            }
+            Op::Exp2Scaled { dst, src, scale, sub } => {
+                // 2^(x · c − m): m's −inf rows as 0 (as `x − m` has them), negated once a row,
+                // then one FMA an element.
+                let (d, x, c, m) =
+                    (self.regs_of(*dst), self.regs_of(*src), self.regs_of(*scale), self.regs_of(*sub));
+                let safe = self.neg_inf_rows_as_zero(*dst, &m);
+                let minus = self.w.family(RegClass::F32, format!("%minus_{}_", dst.0), safe.len);
+                for i in 0..safe.len {
+                    self.w.ins(format!("neg.f32 {}, {}", minus.at(i), safe.at(i)));
+                }
+                let (dt, st) = (self.kernel.ty(*dst), self.kernel.ty(*sub));
+                for i in d.written() {
+                    let row = minus.at(self.operand_index(st, dt, i));
+                    self.w.ins(format!("fma.rn.f32 {}, {}, {}, {row}", d.at(i), x.at(i), c.at(0)));
+                    self.w.ins(format!("ex2.approx.ftz.f32 {}, {}", d.at(i), d.at(i)));
                 }
                 Ok(())
             }
@@ -2851,11 +2877,55 @@ impl<'k> Emitter<'k> {
             } else {
                 (binary_instr(op, elem), r)
             };
+        let skip = self.skip_unit_rescale(op, (lt, rt, elem), (&d, &l, &r));
         for i in d.written() {
             let (li, ri) = (self.operand_index(lt, dt, i), self.operand_index(rt, dt, i));
             self.w.ins(format!("{instr} {}, {}, {}", d.at(i), l.at(li), r.at(ri)));
         }
+        if let Some(skip) = skip {
+            self.w.place_label(&skip);
+        }
         Ok(())
+    }
+
+    /// A fragment tile scaled in place by a row of factors (the online softmax's `acc · α`):
+    /// when no factor of the warp's rows differs from 1, which is most K/V tiles once the row
+    /// maxima have settled, a warp-uniform branch skips the multiplies. Bit-exact: `x · 1 = x`
+    /// for every float, NaN and infinities included. Returns the label that ends the multiplies.
+    /// sm_90a only: its compute warpgroups have registers to spare under `setmaxnreg`, while on
+    /// sm_89 the branch moved ptxas's allocation of the 255-register tilings of the tuning
+    /// tables into spills (sm_90 JIT of the H200's 128×128 D = 128 entry: 28 B). And only for
+    /// tiles of at least 64 registers a thread (D = 128 and up): on the H200 the branch cost
+    /// 2% at D = 64 (32 multiplies saved when taken) and gained 1 to 6% at D = 128
+    /// (`docs/measurements/2026-12-03-h200-fold.txt`).
+    fn skip_unit_rescale(
+        &mut self,
+        op: BinOp,
+        (lt, rt, elem): (Type, Type, Elem),
+        (d, l, r): (&RegFamily, &RegFamily, &RegFamily),
+    ) -> Option<String> {
+        let in_place_row_scale = op == BinOp::Mul
+            && elem == Elem::F32
+            && matches!(lt, Type::Frag { .. })
+            && matches!(rt, Type::Row { .. })
+            && d.is(l)
+            && self.stream.is_none()
+            && self.cfg.target == Target::Sm90a
+            && d.len >= SKIP_RESCALE_MIN_REGISTERS;
+        if !in_place_row_scale || r.len == 0 {
+            return None;
+        }
+        let (changes, skip) = (self.w.temp(RegClass::Pred), self.w.label("rescale_done"));
+        self.w.comment("skip the rescale when every factor of this warp's rows is 1");
+        self.w.ins(format!("setp.neu.f32 {changes}, {}, 0f3F800000", r.at(0)));
+        for i in 1..r.len {
+            let row_changes = self.w.temp(RegClass::Pred);
+            self.w.ins(format!("setp.neu.f32 {row_changes}, {}, 0f3F800000", r.at(i)));
+            self.w.ins(format!("or.pred {changes}, {changes}, {row_changes}"));
+        }
+        self.w.ins(format!("vote.sync.any.pred {changes}, {changes}, 0xffffffff"));
+        self.w.ins(format!("@!{changes} bra.uni {skip}"));
+        Some(skip)
     }
 
     /// Which register of an operand of type `operand` pairs with register `i` of an elementwise
@@ -2889,6 +2959,10 @@ impl<'k> Emitter<'k> {
                 (UnaryOp::Not, _) => self.w.ins(format!("not.pred {x}, {y}")),
                 (UnaryOp::Neg, Some(Elem::I32)) => self.w.ins(format!("neg.s32 {x}, {y}")),
                 (UnaryOp::Abs, Some(Elem::I32)) => self.w.ins(format!("abs.s32 {x}, {y}")),
+                // Registers of 16-bit pairs: the f32 instructions below would misread them.
+                (_, Some(Elem::F16 | Elem::Bf16)) => {
+                    return Err(CodegenError::Internal(format!("{op:?} of 16-bit floats")));
+                }
                 (UnaryOp::Neg, _) => self.w.ins(format!("neg.f32 {x}, {y}")),
                 (UnaryOp::Abs, _) => self.w.ins(format!("abs.f32 {x}, {y}")),
                 (UnaryOp::Sqrt, _) => self.w.ins(format!("sqrt.rn.f32 {x}, {y}")),

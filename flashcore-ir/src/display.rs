@@ -258,6 +258,13 @@ impl Printer<'_> {
             Op::MmaWait { pending } => format!("mma_wait {pending}"),
             Op::When { counter, .. } => format!("when {} {{", self.v(*counter)),
             Op::Exp2 { dst, src } => format!("{} = exp2 {}", self.def(*dst), self.v(*src)),
+            Op::Exp2Scaled { dst, src, scale, sub } => format!(
+                "{} = exp2_scaled {}, {}, {}",
+                self.def(*dst),
+                self.v(*src),
+                self.v(*scale),
+                self.v(*sub)
+            ),
             Op::LogSumExp { dst, max, sum } => {
                 format!("{} = log_sum_exp {}, {}", self.def(*dst), self.v(*max), self.v(*sum))
             }
@@ -412,7 +419,8 @@ impl fmt::Display for Kernel {
                         if t.is_rows() { "" } else { ", D" }
                     )
                 }
-                Param::Scalar { name } => format!("{name}: f32"),
+                Param::Scalar { name, nonnegative: false } => format!("{name}: f32"),
+                Param::Scalar { name, nonnegative: true } => format!("{name}: nonnegative f32"),
                 Param::Table(t) => {
                     let dims: Vec<&str> = t.dims.iter().map(|d| self.dims[d.0 as usize].as_str()).collect();
                     format!(

@@ -42,6 +42,6 @@ pub enum IrError {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Protocol(#[from] crate::protocol::ProtocolError),
-    #[error("no pass is named `{0}` (passes: pipeline, split_kv, split_ctas, persist, warp_specialize, overlap, tma)")]
+    #[error("no pass is named `{0}` (passes: pipeline, split_kv, split_ctas, persist, warp_specialize, overlap, tma, fold_scale)")]
     UnknownPass(String),
 }

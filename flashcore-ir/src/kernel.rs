@@ -267,7 +267,12 @@ pub struct TableParam {
 pub enum Param {
     Tensor(TensorParam),
     Table(TableParam),
-    Scalar { name: String },
+    /// An f32 scalar. With `nonnegative`, a launch refuses a negative value (a pass relied on
+    /// its sign: [`crate::passes::fold_scale`]).
+    Scalar {
+        name: String,
+        nonnegative: bool,
+    },
     Offsets(OffsetsParam),
 }
 
@@ -275,7 +280,7 @@ impl Param {
     pub fn name(&self) -> &str {
         match self {
             Param::Tensor(t) => &t.name,
-            Param::Scalar { name } => name,
+            Param::Scalar { name, .. } => name,
             Param::Offsets(o) => &o.name,
             Param::Table(t) => &t.name,
         }
@@ -638,6 +643,11 @@ pub enum Op {
     MaskColumns { dst: Value, src: Value, tile: TileAccess, causal: Option<Causal>, fill: ColumnFill },
     /// Elementwise `2^x`.
     Exp2 { dst: Value, src: Value },
+    /// `dst = 2^(src · scale − sub)`, elementwise over f32 fragment tile `src`, with `scale` a
+    /// uniform and `sub` a row vector (a row still at −inf counts as 0, as in `src − sub`): the
+    /// score scale folded into the exponent's subtraction, one FMA an element
+    /// ([`crate::passes::fold_scale`]).
+    Exp2Scaled { dst: Value, src: Value, scale: Value, sub: Value },
     /// `dst = (max + log2 sum) · ln 2` per row, +inf where `sum` is 0.
     LogSumExp { dst: Value, max: Value, sum: Value },
     /// f32 accumulator fragments to 16-bit A-operand fragments (of `dst`'s element type).
@@ -725,6 +735,7 @@ macro_rules! op_def {
             | Op::MmaAsync { dst: $dst, accumulate: false, .. }
             | Op::MaskColumns { dst: $dst, .. }
             | Op::Exp2 { dst: $dst, .. }
+            | Op::Exp2Scaled { dst: $dst, .. }
             | Op::LogSumExp { dst: $dst, .. }
             | Op::ToHalf { dst: $dst, .. }
             | Op::Reduce { dst: $dst, .. }
@@ -864,6 +875,7 @@ impl Op {
                 v
             }
             Op::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
+            Op::Exp2Scaled { src, scale, sub, .. } => vec![*src, *scale, *sub],
             Op::LogSumExp { max, sum, .. } => vec![*max, *sum],
             Op::Assign { dst, src } => vec![*dst, *src],
             Op::MergeSplits { max, sum, acc } | Op::CombineCtas { max, sum, acc } => vec![*max, *sum, *acc],

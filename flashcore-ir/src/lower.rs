@@ -280,7 +280,7 @@ impl Lowerer {
             }
             match decl {
                 ParamDecl::Scalar { name, .. } => {
-                    lowerer.params.push(Param::Scalar { name: name.clone() });
+                    lowerer.params.push(Param::Scalar { name: name.clone(), nonnegative: false });
                     lowerer.scopes[0].insert(name.clone(), Binding::Scalar(index));
                 }
                 ParamDecl::Offsets { name, batch, seq, optional, lengths, span } => {

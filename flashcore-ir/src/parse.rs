@@ -378,8 +378,8 @@ impl Parser<'_> {
         });
         for p in split_top(&params, ", ") {
             let (pname, ty) = p.split_once(": ").ok_or_else(|| format!("bad parameter `{p}`"))?;
-            let param = if ty == "f32" {
-                Param::Scalar { name: pname.into() }
+            let param = if ty == "f32" || ty == "nonnegative f32" {
+                Param::Scalar { name: pname.into(), nonnegative: ty != "f32" }
             } else if let Some((mods, t)) = ty.split_once("table ") {
                 let (optional, writable) = (mods.contains("optional "), mods.contains("mut "));
                 let (e, axes) = t.split_once('[').ok_or("expected `table e[..]`")?;
@@ -878,6 +878,11 @@ impl Parser<'_> {
                 let v = vals(self, args)?;
                 let [cond, then, otherwise] = v[..] else { return Err("select takes three operands".into()) };
                 Box::new(move |dst| Op::Select { dst, cond, then, otherwise })
+            }
+            "exp2_scaled" => {
+                let v = vals(self, args)?;
+                let [src, scale, sub] = v[..] else { return Err("exp2_scaled takes three operands".into()) };
+                Box::new(move |dst| Op::Exp2Scaled { dst, src, scale, sub })
             }
             "log_sum_exp" => {
                 let v = vals(self, args)?;

@@ -329,6 +329,20 @@ impl<'k> Verifier<'k> {
                     return fail(format!("{} has the wrong type for its operand", self.name(*dst)));
                 }
             }
+            Op::Exp2Scaled { dst, src, scale, sub } => {
+                let ok = match (ty(*src), ty(*sub)) {
+                    (Type::Frag { rows, elem: Elem::F32, .. }, Type::Row { rows: sub_rows }) => {
+                        rows == sub_rows && ty(*scale) == Type::Scalar
+                    }
+                    _ => false,
+                };
+                if !ok || ty(*dst) != ty(*src) {
+                    return fail(format!(
+                        "exp2_scaled {} needs f32 scores, a uniform f32 scale and a row of theirs",
+                        self.name(*dst)
+                    ));
+                }
+            }
             Op::Select { dst, cond, then, otherwise } => {
                 let shape =
                     Type::broadcast(ty(*then), ty(*otherwise)).and_then(|t| Type::broadcast(t, ty(*cond)));

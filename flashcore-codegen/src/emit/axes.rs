@@ -44,7 +44,8 @@ pub(super) fn one_axis_values(kernel: &Kernel) -> HashMap<Value, TileAxis> {
             | Op::Convert { .. }
             | Op::Select { .. }
             | Op::Gather { .. }
-            | Op::Exp2 { .. } => {
+            | Op::Exp2 { .. }
+            | Op::Exp2Scaled { .. } => {
                 inst.op.uses().into_iter().fold(Varies { rows: false, cols: false }, |a, v| {
                     let b = of(v);
                     Varies { rows: a.rows || b.rows, cols: a.cols || b.cols }

@@ -2,6 +2,7 @@
 //! `run(Kernel) -> Result<Kernel, IrError>`; the driver runs them in order and verifies the IR
 //! after each one, so a pass that breaks an invariant is caught where it did.
 
+pub mod fold_scale;
 pub mod overlap;
 pub mod persist;
 pub mod pipeline;
@@ -40,7 +41,7 @@ pub(crate) fn work_loop(body: &Block, pass: &str) -> Result<usize, IrError> {
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 7] = [
+pub const PASSES: [(&str, Pass); 8] = [
     ("pipeline", pipeline::run),
     ("split_kv", split_kv::run),
     ("split_ctas", split_ctas::run),
@@ -48,6 +49,7 @@ pub const PASSES: [(&str, Pass); 7] = [
     ("warp_specialize", warp_specialize::run),
     ("overlap", overlap::run),
     ("tma", tma::run),
+    ("fold_scale", fold_scale::run),
 ];
 
 /// Runs every pass up to and including `last` (all of them when `None`), verifying after each.

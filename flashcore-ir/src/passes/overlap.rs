@@ -327,6 +327,7 @@ fn register_only(op: &Op) -> bool {
             | Op::Assign { .. }
             | Op::MaskColumns { .. }
             | Op::Exp2 { .. }
+            | Op::Exp2Scaled { .. }
             | Op::LogSumExp { .. }
             | Op::ToHalf { .. }
             | Op::Reduce { .. }

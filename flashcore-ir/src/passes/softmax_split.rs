@@ -373,7 +373,12 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
     match op {
         Op::Transpose { dst, src } => Op::Transpose { dst, src: f(src) },
         Op::Mma { dst, a, b, acc } => Op::Mma { dst, a: f(a), b: f(b), acc: acc.map(f) },
+        // An accumulating `dst` is its own operand and definition: kept.
+        Op::MmaAsync { dst, a, b, accumulate } => Op::MmaAsync { dst, a: f(a), b: f(b), accumulate },
         Op::Exp2 { dst, src } => Op::Exp2 { dst, src: f(src) },
+        Op::Exp2Scaled { dst, src, scale, sub } => {
+            Op::Exp2Scaled { dst, src: f(src), scale: f(scale), sub: f(sub) }
+        }
         Op::LogSumExp { dst, max, sum } => Op::LogSumExp { dst, max: f(max), sum: f(sum) },
         Op::MaskColumns { dst, src, tile, causal, fill } => Op::MaskColumns {
             dst,
