@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (binaries built here, carried in .device/bin): issue 20's "tuning that
 # carries across GPUs", measured in one run. The benchmark with the shipped table (this GPU's own
-# entries), then with a table holding only the H100's entries (what a GPU without entries of its
-# own gets: the same-limits rule), then with an empty table (the declared config). Each
+# entries), then with a table holding only the H100's entries (tuning/h100-2026-11-24.json, timed
+# on an H100 at 793d971, before the sm_90a backend: what a GPU without entries of its own gets
+# through the same-limits rule), then with an empty table (the declared config). Each
 # FlashCore row says which rule picked its config. Then first-use tuning: the H100-only table
 # with FLASHCORE_AUTOTUNE=1 and a fresh cache directory, so each shape's first process tunes its
 # key (default budget 60 s) and the benchmark's later processes read the cache; then a second
@@ -27,7 +28,7 @@ fi
 if [ "${1:-}" = model ]; then
   export FLASHCORE_CACHE_DIR=$out/cache-none
   mkdir -p "$FLASHCORE_CACHE_DIR"
-  python3 -c "import json; t = json.load(open('tuning/attention.json')); t['entries'] = [e for e in t['entries'] if e['gpu'] == 'NVIDIA H100 80GB HBM3']; json.dump(t, open('$out/table-h100-only.json', 'w'))"
+  cp tuning/h100-2026-11-24.json "$out/table-h100-only.json"
   status=0
   for which in model timed; do
     table=$2; [ $which = timed ] && table=$out/table-h100-only.json
@@ -49,7 +50,7 @@ python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
 table = json.load(open("tuning/attention.json"))
-h100 = dict(table, entries=[e for e in table["entries"] if e["gpu"] == "NVIDIA H100 80GB HBM3"])
+h100 = json.load(open("tuning/h100-2026-11-24.json"))
 json.dump(h100, open(f"{out}/table-h100-only.json", "w"), indent=2)
 json.dump(dict(table, entries=[]), open(f"{out}/table-empty.json", "w"), indent=2)
 print(f"tables: shipped {len(table['entries'])} entries, H100 only {len(h100['entries'])}, empty 0")

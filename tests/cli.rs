@@ -40,8 +40,16 @@ fn tuned_says_which_config_a_launch_takes_and_why() {
         "{h200}"
     );
     assert!(h200.contains("sm_90a"), "{h200}");
-    // A GH200 has no entries of its own: those of the GPUs with its limits, the fastest measured
-    // (the H200's sm_90a one, not the H100's sm_89 one).
+    // An H100 has no entries of its own (its entries of 2026-11-24 predate the sm_90a backend
+    // and spilled: tuning/h100-2026-11-24.json): the H200's, the same chip and limits, sm_90a.
+    let h100 = ok(&["tuned", "attention", "--gpu", "h100", "--shape", "2x16x8192x128"]);
+    assert!(
+        h100.contains("on NVIDIA H200, f16 D=128 large")
+            && h100.contains("same compute capability and limits")
+            && h100.contains("sm_90a"),
+        "{h100}"
+    );
+    // A GH200 has no entries of its own either: those of the GPUs with its limits.
     let gh200 =
         ok(&["tuned", "attention", "--gpu", "gh200", "--shape", "2x16x8192x128", "--config", "causal"]);
     assert!(

@@ -248,3 +248,35 @@ fn paged_cache_kernels_assemble_without_spills() {
         }
     }
 }
+
+/// Every config the shipped tuning table hands out (`tuning/attention.json`: the H100/H200
+/// winners and the L4 section) assembles without spills for the GPUs of its target (issue 20: 0
+/// spill bytes in every shipped config): a winner that spills ships local-memory traffic that
+/// the next ptxas or GPU may make worse. Lists the spilling ones by key before failing.
+#[test]
+fn shipped_tuning_entries_assemble_without_spills() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    let table = flashcore::tuning::Table::builtin();
+    assert!(!table.entries.is_empty(), "the builtin tuning table is empty");
+    let mut spilling = vec![];
+    for entry in &table.entries {
+        let dtype = flashcore::DType::from_name(&entry.key.dtype).expect("the table parsed");
+        let config = entry.config(flashcore::Config { dtype, ..flashcore::Config::default() });
+        let compiled = attention::compile(&config).unwrap_or_else(|e| panic!("{}: {e}", entry.key));
+        for arch in flashcore::occupancy::archs_for(config.target).iter().map(|a| a.sm) {
+            let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
+                .unwrap_or_else(|e| panic!("{} {arch}: {e}", entry.key));
+            if (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes) != (0, 0, 0) {
+                spilling.push(format!(
+                    "{} ({config}) {arch}: {} registers, {} bytes spill stores, {} spill loads, {} stack",
+                    entry.key,
+                    report.registers,
+                    report.spill_store_bytes,
+                    report.spill_load_bytes,
+                    report.stack_bytes
+                ));
+            }
+        }
+    }
+    assert!(spilling.is_empty(), "shipped configs that spill:\n{}", spilling.join("\n"));
+}
