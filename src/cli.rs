@@ -566,6 +566,13 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
             Some(why) => format!("off: {why}"),
         };
         writeln!(out, "pingpong   {line}")?;
+        let line = match ir::passes::fold_scale::folded_param(&kernel) {
+            Some(param) => format!(
+                "on: `{param}` scales the exponentials' argument in one FMA an element (the scores' multiply and the max subtraction folded); a launch refuses a negative `{param}` (it runs on sm_89)"
+            ),
+            None => format!("off: {}", ir::passes::fold_scale::why_not(&after("tma")?).unwrap_or_default()),
+        };
+        writeln!(out, "fold       {line}")?;
     }
     let ptx = crate::codegen::generate(&kernel).map_err(|e| failed(entry, config, e))?;
     shared_memory(&kernel, ptx.shared_bytes, out)?;

@@ -157,6 +157,10 @@ fn the_target_flag_picks_sm_90a_and_says_what_it_cannot_compile() {
     // check sizes sm_90a PTX for the H100 only.
     let text = ok(&["check", "attention", "--target", "sm_90a", "--no-ptxas"]);
     assert!(text.contains("sm_90a H100") && !text.contains("sm_89 L4"), "{text}");
+    // The score-scale fold, and why a variant's softmax keeps its multiply.
+    assert!(text.contains("fold       on: `scale` scales the exponentials' argument"), "{text}");
+    let softcap = ok(&["check", "softcap_attention", "--target", "sm_90a", "--no-ptxas"]);
+    assert!(softcap.contains("fold       off: the scores are not `mma(q, k.t()) * c`"), "{softcap}");
     // What sm_90a cannot express is an error that says why.
     let err = output(&["check", "attention", "--target", "sm_90a", "--config", "load_warps=1", "--no-ptxas"])
         .unwrap_err();

@@ -50,6 +50,31 @@ pub fn run(kernel: Kernel) -> Result<Kernel, IrError> {
     }
 }
 
+/// Why the fold does not apply to `kernel` (the IR before this pass), or `None` where it does.
+pub fn why_not(kernel: &Kernel) -> Option<&'static str> {
+    if kernel.config.target != Target::Sm90a {
+        Some("sm_90a only (where it was measured)")
+    } else if find(kernel).is_none() {
+        Some("the scores are not `mma(q, k.t()) * c` read only by the tail or causal mask, one row max and one `exp2(s - m)`, with `c` a scalar parameter times a positive constant (a score modification or a mask of the kernel's own keeps the multiply)")
+    } else {
+        None
+    }
+}
+
+/// The name of the parameter the fold made `nonnegative` in `kernel` (the IR after this pass),
+/// if it folded.
+pub fn folded_param(kernel: &Kernel) -> Option<&str> {
+    let mut folded = false;
+    kernel.walk(&mut |inst| folded |= matches!(inst.op, Op::Exp2Scaled { .. }));
+    if !folded {
+        return None;
+    }
+    kernel.params.iter().find_map(|p| match p {
+        Param::Scalar { name, nonnegative: true } => Some(name.as_str()),
+        _ => None,
+    })
+}
+
 /// The values of one foldable softmax (names as in the module's sketch).
 struct Fold {
     /// The scalar parameter `c` is a positive multiple of.
