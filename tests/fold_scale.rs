@@ -4,7 +4,11 @@
 //! scale stays exact (the uniform average); a score modification between the scale and the
 //! softmax leaves the kernel unfolded. In the PTX simulator against float64.
 
-use flashcore::kernels::{attention, variants::softcap_attention};
+use flashcore::kernels::attention;
+use flashcore::kernels::variants::{
+    alibi_attention, bias_attention, document_attention, document_bounds_attention, prefix_lm_attention,
+    sliding_window_attention, softcap_attention,
+};
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::simulate::{simulate, HostArg, HostView, SimDevice};
 use flashcore::{f16, Config, Error, Target};
@@ -62,9 +66,29 @@ fn the_scale_folds_into_the_exponentials_on_sm90a_only() {
     let kernel = attention::compile(&declared).unwrap();
     let ir = kernel.kernel.to_string();
     assert!(!ir.contains("exp2_scaled") && !ir.contains("nonnegative"), "sm_89 folded:\n{ir}");
-    // Softcap reads the scaled scores (tanh(s / cap) · cap): no fold.
-    let softcap = softcap_attention::compile(&sm90a(softcap_attention::CONFIG)).unwrap();
-    assert!(!softcap.kernel.to_string().contains("exp2_scaled"), "softcap folded");
+    // Softcap reads the scaled scores (tanh(s / cap) · cap), a bias or ALiBi adds to them: no
+    // fold. Masks drop scores to -inf, which a positive scale keeps: the fold reaches through
+    // them (their kernels run against their formulas on sm_90a in tests/variants.rs).
+    type Compile = fn(&Config) -> Result<std::sync::Arc<flashcore::CompiledKernel>, Error>;
+    let kept: [(&str, Compile, Config); 3] = [
+        ("softcap", softcap_attention::compile, softcap_attention::CONFIG),
+        ("bias", bias_attention::compile, bias_attention::CONFIG),
+        ("alibi", alibi_attention::compile, alibi_attention::CONFIG),
+    ];
+    for (name, compile, declared) in kept {
+        let ir = compile(&sm90a(declared)).unwrap().kernel.to_string();
+        assert!(!ir.contains("exp2_scaled"), "{name} folded:\n{ir}");
+    }
+    let folded: [(&str, Compile, Config); 4] = [
+        ("sliding window", sliding_window_attention::compile, sliding_window_attention::CONFIG),
+        ("document", document_attention::compile, document_attention::CONFIG),
+        ("document bounds", document_bounds_attention::compile, document_bounds_attention::CONFIG),
+        ("prefix LM", prefix_lm_attention::compile, prefix_lm_attention::CONFIG),
+    ];
+    for (name, compile, declared) in folded {
+        let ir = compile(&sm90a(declared)).unwrap().kernel.to_string();
+        assert!(ir.contains("exp2_scaled") && ir.contains("mask "), "{name} not folded:\n{ir}");
+    }
 }
 
 #[test]

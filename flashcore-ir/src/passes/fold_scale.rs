@@ -5,7 +5,7 @@
 //! ```text
 //! x = mma(q, kᵀ)                        x = mma(q, kᵀ)
 //! s = x * c                             c' = c + 2⁻¹²⁶
-//! y = mask_columns(s)            =>     y = mask_columns(x)
+//! y = mask(s)                    =>     y = mask(x)
 //! r = row_max(y)                        r = row_max(y) * c'
 //! p = exp2(y − m)                       p = exp2_scaled(y, c', m)    (2^(y·c' − m), one FMA)
 //! ```
@@ -14,6 +14,9 @@
 //! - `row_max(y)·c'` is `row_max(y·c')` bit for bit: multiplying by `c' > 0` rounds monotonically.
 //! - `y·c'` is `s` (`c'` is `c` except for `c < 2⁻¹⁰²`, where the 2⁻¹²⁶ adds nothing an
 //!   exponential can see), and a masked score stays −inf after the scale since `c' > 0`
+//!   (`mask` is any chain of the masks that drop scores to −inf: the kernel's own `mask(..)`
+//!   ([`Op::MaskWhere`]), then the tail or causal one ([`Op::MaskColumns`]); their conditions
+//!   are positions, never the scores' values, or the scores would have another reader)
 //!   (`c' = 0` would give `0·−inf = NaN`; with the 2⁻¹²⁶ a zero scale is exact: every unmasked
 //!   score's exponential is 1, as `0·x` gives).
 //! - The FMA rounds once where the multiply and the subtraction rounded twice: the
@@ -24,8 +27,8 @@
 //! `nonnegative`: a launch with a negative value is a typed error naming it
 //! ([`crate::kernel::Param::Scalar`]; such a scale runs on sm_89). It also applies only to that
 //! shape: the scores read by nothing but the mask, the row max and the one subtraction that
-//! feeds an exponential (a score modification or a user mask between them leaves the kernel as
-//! it is). sm_90a only: that is where it was measured
+//! feeds an exponential (a score modification between them, such as a bias or a soft cap,
+//! leaves the kernel as it is). sm_90a only: that is where it was measured
 //! (`docs/measurements/2026-12-03-h200-fold.txt`: with the skipped unit rescale, 4 to 10% at
 //! the issue's large shapes; the headline 1x8x512x64, 32 CTAs on 132 SMs, within 1%).
 
@@ -55,7 +58,7 @@ pub fn why_not(kernel: &Kernel) -> Option<&'static str> {
     if kernel.config.target != Target::Sm90a {
         Some("sm_90a only (where it was measured)")
     } else if find(kernel).is_none() {
-        Some("the scores are not `mma(q, k.t()) * c` read only by the tail or causal mask, one row max and one `exp2(s - m)`, with `c` a scalar parameter times a positive constant (a score modification or a mask of the kernel's own keeps the multiply)")
+        Some("the scores are not `mma(q, k.t()) * c` read only by masks, one row max and one `exp2(s - m)`, with `c` a scalar parameter times a positive constant (a score modification, such as a bias or a soft cap, keeps the multiply)")
     } else {
         None
     }
@@ -117,10 +120,20 @@ fn find(kernel: &Kernel) -> Option<Fold> {
         let param = positive_multiple_of_param(c, &defs)?;
         // The scores (masked or not) feed one row max and one subtraction, whose only reader is
         // an exponential.
-        let (y, scores) = match only_user(s)? {
-            Op::MaskColumns { dst, fill: ColumnFill::NegInf, .. } => (Some(*dst), *dst),
-            _ => (None, s),
-        };
+        // Through the masks that drop scores to -inf (the kernel's own `mask(..)`, then the
+        // tail or causal one), each the only reader of the one before: a positive scale
+        // commutes with them (-inf · c' = -inf).
+        let mut scores = s;
+        while let Some(
+            Op::MaskWhere { dst, src, .. } | Op::MaskColumns { dst, src, fill: ColumnFill::NegInf, .. },
+        ) = only_user(scores)
+        {
+            if *src != scores {
+                break;
+            }
+            scores = *dst;
+        }
+        let y = (scores != s).then_some(scores);
         let readers = users.get(&scores)?;
         let [first, second] = readers[..] else { return None };
         let (reduce, sub) = match (first, second) {
