@@ -135,6 +135,13 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             PlanArg::F32(_) => ArgKind::Scalar,
         }),
     )?;
+    crate::check_scalars(
+        k,
+        args.iter().enumerate().filter_map(|(i, a)| match a {
+            PlanArg::F32(x) => Some((i, *x)),
+            _ => None,
+        }),
+    )?;
     let views: Vec<ArgView> = args
         .iter()
         .map(|a| match a {
@@ -285,5 +292,14 @@ mod tests {
         ];
         let err = launch_plan(&compiled, &bad).unwrap_err().to_string();
         assert!(err.contains("head dim is 128"), "{err}");
+        // And its scalars: the sm_90a kernel folded `scale` into its exponentials, so a negative
+        // one is refused by name, as a launch refuses it.
+        let folded =
+            attention::compile(&crate::Config { target: crate::Target::Sm90a, ..attention::CONFIG }).unwrap();
+        let mut negative = args;
+        negative[5] = PlanArg::F32(-0.125);
+        assert!(launch_plan(&folded, &args).is_ok());
+        let err = launch_plan(&folded, &negative).unwrap_err();
+        assert!(matches!(&err, Error::Argument { arg, .. } if arg == "scale"), "{err}");
     }
 }
