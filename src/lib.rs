@@ -702,8 +702,10 @@ fn bind_lengths(view: &TensorView) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a table's argument (element type, rank, strides inside its buffer, each stride in bytes
-/// within 32 bits) and appends its strides, one per axis, to the entry's stride arguments.
+/// Checks a table's argument (element type, rank, strides inside its buffer, each stride in
+/// elements within 32 bits and each axis under 2³⁰ elements: the kernel multiplies an index's
+/// byte offset by the stride in 64 bits, so an axis may span more than 4 GiB) and appends its
+/// strides, one per axis, to the entry's stride arguments.
 fn bind_table(t: &ir::kernel::TableParam, view: &TensorView, strides: &mut Vec<u32>) -> Result<(), String> {
     if view.dtype != t.elem.name() {
         return Err(format!("expected a {} table, got {}", t.elem.name(), view.dtype));
@@ -716,9 +718,14 @@ fn bind_table(t: &ir::kernel::TableParam, view: &TensorView, strides: &mut Vec<u
             view.strides
         ));
     }
-    for (axis, stride) in view.strides.iter().enumerate() {
-        if *stride as u64 * 4 > u32::MAX as u64 {
-            return Err(format!("stride of axis {axis} is {stride} elements, over 4 GiB"));
+    for (axis, (len, stride)) in view.shape.iter().zip(view.strides).enumerate() {
+        if *stride as u64 > u32::MAX as u64 {
+            return Err(format!(
+                "stride of axis {axis} is {stride} elements, over the 2^32 - 1 a table's stride can be"
+            ));
+        }
+        if *len >= 1 << 30 {
+            return Err(format!("axis {axis} has {len} elements; a table's axis holds fewer than 2^30"));
         }
     }
     runtime::check_strides(view.shape, view.strides, view.buffer_len).map_err(|e| e.to_string())?;

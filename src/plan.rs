@@ -302,4 +302,46 @@ mod tests {
         let err = launch_plan(&folded, &negative).unwrap_err();
         assert!(matches!(&err, Error::Argument { arg, .. } if arg == "scale"), "{err}");
     }
+
+    /// A table may span more than 4 GiB: a `[2, 16, 8192, 8192]` f32 bias (8 GiB, a batch
+    /// stride of 2³⁰ elements) is planned with its strides in elements, which the kernel scales
+    /// in 64 bits; an axis of 2³⁰ elements or more is refused by name.
+    #[test]
+    fn a_table_over_4_gib_is_planned_and_an_axis_of_2_to_the_30_is_refused() {
+        let compiled = crate::kernels::variants::bias_attention::compile(
+            &crate::kernels::variants::bias_attention::CONFIG.with_head_dim(128),
+        )
+        .unwrap();
+        let (shape, strides) = ([2, 16, 8192, 128], [16 * 8192 * 128, 8192 * 128, 128, 1]);
+        let rows = ([2, 16, 8192], [16 * 8192, 8192, 1]);
+        let t = view(&shape, &strides, "f16");
+        let (bias_shape, bias_strides) = ([2, 16, 8192, 8192], [1 << 30, 1 << 26, 8192, 1]);
+        let bias =
+            TensorView { dtype: "f32", shape: &bias_shape, strides: &bias_strides, buffer_len: 1 << 31 };
+        let args = |bias| {
+            [
+                PlanArg::Tensor(t),
+                PlanArg::Tensor(t),
+                PlanArg::Tensor(t),
+                PlanArg::TensorMut(t),
+                PlanArg::TensorMut(view(&rows.0, &rows.1, "f32")),
+                PlanArg::F32(0.088),
+                PlanArg::Tensor(bias),
+                PlanArg::Absent,
+                PlanArg::Absent,
+            ]
+        };
+        let plan = launch_plan(&compiled, &args(bias)).unwrap();
+        let u32s: Vec<u32> = plan
+            .params
+            .iter()
+            .filter_map(|p| if let PlanParam::U32 { value, .. } = p { Some(*value) } else { None })
+            .collect();
+        assert!(u32s.ends_with(&[1 << 30, 1 << 26, 8192, 1]), "the bias strides, in elements: {u32s:?}");
+        let (long_shape, long_strides) = ([1, 1, 1, 1 << 30], [1 << 30, 1 << 30, 1 << 30, 1]);
+        let long =
+            TensorView { dtype: "f32", shape: &long_shape, strides: &long_strides, buffer_len: 1 << 30 };
+        let err = launch_plan(&compiled, &args(long)).unwrap_err().to_string();
+        assert!(err.contains("bias") && err.contains("a table's axis holds fewer than 2^30"), "{err}");
+    }
 }

@@ -112,12 +112,15 @@ struct SmemTile {
     zero_unless: Option<String>,
 }
 
-/// A tensor parameter in global memory: its base pointer and the byte strides of its outer
+/// A tensor or table parameter in global memory: its base pointer and the strides of its
 /// axes (registers).
 #[derive(Clone, Debug)]
 struct GlobalTensor {
     ptr: String,
-    /// One per outer axis (`B, H, S`); the head dim is contiguous.
+    /// A tensor's: one per outer axis (`B, H, S`), in bytes; the head dim is contiguous. A
+    /// table's: one per axis, in 4-byte elements, so that an axis may span more than 4 GiB
+    /// (a `[B, H, S, SK]` f32 bias at H = 16, S = SK = 8192): [`Emitter::axis_offset`] scales
+    /// after its 64-bit multiply.
     strides: Vec<String>,
 }
 
@@ -538,16 +541,20 @@ impl<'k> Emitter<'k> {
                     self.dim_regs.push(reg);
                 }
                 EntryParam::Stride { param, dim, .. } => {
-                    // In elements; kept in bytes (f32 rows and tables: 4, 16-bit tensors: 2).
+                    // In elements; a tensor's kept in bytes (f32 rows: 4, 16-bit tensors: 2), a
+                    // table's in elements (scaled per offset, in 64 bits: `axis_offset`).
                     let elem_shift = match &k.params[param] {
                         Param::Tensor(t) if !t.is_rows() => 1,
+                        Param::Table(_) => 0,
                         _ => 2,
                     };
                     let name =
                         format!("{}_{}", sanitize(k.params[param].name()), sanitize(&k.dims[dim.0 as usize]));
                     let reg = self.w.named(RegClass::B32, &format!("%stride_{name}"));
                     self.w.ins(format!("ld.param.u32 {reg}, [{pname}]"));
-                    self.w.ins(format!("shl.b32 {reg}, {reg}, {elem_shift}"));
+                    if elem_shift > 0 {
+                        self.w.ins(format!("shl.b32 {reg}, {reg}, {elem_shift}"));
+                    }
                     if let Some(g) = self.tensors[param].as_mut() {
                         g.strides.push(reg);
                     }
@@ -1418,8 +1425,8 @@ impl<'k> Emitter<'k> {
         let first_row = self.w.temp(RegClass::B32);
         self.w.ins(format!("mul.lo.u32 {first_row}, {}, {rows}", c[2]));
         let (table_row, addr) = (self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
-        self.w.ins(format!("mul.wide.u32 {table_row}, {}, {}", c[0], table_ptr.strides[0]));
-        self.w.ins(format!("add.u64 {table_row}, {}, {table_row}", table_ptr.ptr));
+        let table_offset = self.axis_offset(&c[0], &table_ptr.strides[0]);
+        self.w.ins(format!("add.u64 {table_row}, {}, {table_offset}", table_ptr.ptr));
         self.w.ins(format!("mul.wide.u32 {addr}, {}, {}", c[1], tensor.strides[1]));
         self.w.ins(format!("add.u64 {addr}, {}, {addr}", tensor.ptr));
         Ok(GlobalTile {
@@ -1789,10 +1796,10 @@ impl<'k> Emitter<'k> {
     /// `page = table_row[entry]` where `read` holds, `absent` otherwise; an entry past the
     /// table's row is not read (and clears `read`).
     fn read_page(&mut self, pages: &PagedRows, entry: &str, read: &str, page: &str, absent: &str) {
-        let (listed, eaddr) = (self.w.temp(RegClass::Pred), self.w.temp(RegClass::B64));
+        let listed = self.w.temp(RegClass::Pred);
         self.w.ins(format!("setp.lt.u32 {listed}, {entry}, {}", pages.entries));
         self.w.ins(format!("and.pred {read}, {read}, {listed}"));
-        self.w.ins(format!("mul.wide.u32 {eaddr}, {entry}, {}", pages.entry_stride));
+        let eaddr = self.axis_offset(entry, &pages.entry_stride);
         self.w.ins(format!("add.u64 {eaddr}, {}, {eaddr}", pages.table_row));
         self.w.ins(format!("mov.u32 {page}, {absent}"));
         self.w.ins(format!("@{read} ld.global.nc.u32 {page}, [{eaddr}]"));
@@ -3039,8 +3046,10 @@ impl<'k> Emitter<'k> {
         }
         // The address is built axis by axis, and each partial address is kept by the index
         // registers it used: an index register shared by a row's (or key's) elements is
-        // clamped and scaled once, and a row's partial address serves all its elements.
+        // clamped and scaled once (`offsets`), and a row's partial address serves all its
+        // elements.
         let mut partial: HashMap<Vec<String>, String> = HashMap::new();
+        let mut offsets: HashMap<(usize, String), String> = HashMap::new();
         for i in d.written() {
             let (mut addr, mut key) = (base.clone(), vec![]);
             for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
@@ -3051,7 +3060,15 @@ impl<'k> Emitter<'k> {
                 addr = match partial.get(&key) {
                     Some(known) => known.clone(),
                     None => {
-                        let bytes = offset(self, axis, key.last().expect("pushed above"));
+                        let idx = key.last().expect("pushed above").clone();
+                        let bytes = match offsets.get(&(axis, idx.clone())) {
+                            Some(bytes) => bytes.clone(),
+                            None => {
+                                let bytes = offset(self, axis, &idx);
+                                offsets.insert((axis, idx), bytes.clone());
+                                bytes
+                            }
+                        };
                         let next = self.w.temp(RegClass::B64);
                         self.w.ins(format!("add.u64 {next}, {addr}, {bytes}"));
                         partial.insert(key.clone(), next.clone());
@@ -3175,10 +3192,15 @@ impl<'k> Emitter<'k> {
         clamped
     }
 
-    /// The byte offset (64-bit) of element `idx` along an axis whose stride is `stride` bytes.
+    /// The byte offset (64-bit) of element `idx` along a table's axis whose stride is `stride`
+    /// 4-byte elements (tables are f32 or i32): `(idx · 4) · stride` in one wide multiply (which
+    /// ptxas merges with the add that follows), so the offset may pass 4 GiB. `idx · 4` fits
+    /// 32 bits: the launch refuses table axes of 2³⁰ elements or more, and indices are clamped
+    /// into their axis.
     pub(super) fn axis_offset(&mut self, idx: &str, stride: &str) -> String {
-        let bytes = self.w.temp(RegClass::B64);
-        self.w.ins(format!("mul.wide.u32 {bytes}, {idx}, {stride}"));
+        let (idx_bytes, bytes) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B64));
+        self.w.ins(format!("shl.b32 {idx_bytes}, {idx}, 2"));
+        self.w.ins(format!("mul.wide.u32 {bytes}, {idx_bytes}, {stride}"));
         bytes
     }
 

@@ -296,15 +296,11 @@ impl Emitter<'_> {
         for u in 0..unroll {
             // Past the run's end a step rereads its last element, which leaves min and max as
             // they are.
-            let (idx, bytes, addr, x) = (
-                self.w.temp(RegClass::B32),
-                self.w.temp(RegClass::B64),
-                self.w.temp(RegClass::B64),
-                self.w.temp(RegClass::B32),
-            );
+            let (idx, addr, x) =
+                (self.w.temp(RegClass::B32), self.w.temp(RegClass::B64), self.w.temp(RegClass::B32));
             self.w.ins(format!("add.s32 {idx}, {j}, {}", u * apart));
             self.w.ins(format!("min.s32 {idx}, {idx}, {last}"));
-            self.w.ins(format!("mul.wide.u32 {bytes}, {idx}, {stride}"));
+            let bytes = self.axis_offset(&idx, &stride);
             self.w.ins(format!("add.u64 {addr}, {base}, {bytes}"));
             self.w.ins(format!("ld.global.s32 {x}, [{addr}]"));
             self.w.ins(format!("min.s32 {min}, {min}, {x}"));
