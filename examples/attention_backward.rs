@@ -6,7 +6,8 @@
 //!
 //! `cargo run --release --example attention_backward -- [--b 2 --h 16 --hkv 16 --s 8192 --sk S
 //!  --d 128 --causal --dtype f16|bf16 --seed N --iters 30 --warmup 5]
-//!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq dq.npy --dk dk.npy --dv dv.npy]
+//!  [--tile-m 64 --tile-n 16 --warps 4 --stages 2 --a-in-smem] [--dq-config S] [--dkdv-config S]
+//!  [--dq dq.npy --dk dk.npy --dv dv.npy]
 //!  [--repeat 20] [--plan DIR] [--train 6] [--softcap 30 | --window 1024,0] [--varlen 700,1,300]`
 //!
 //! `--varlen L1,L2,..` runs the backward of a variable-length batch instead (FlashAttention's
@@ -24,8 +25,9 @@
 //! `kernels::backward::launch_backward_async` on the GPU; the loss must fall at every step.
 //!
 //! The backward kernels run `kernels::backward::backward_configs(D)`, with the tile flags
-//! applied to both. The example's dK/dV kernels write per query head (`[B, H, SK, D]`, checked
-//! per head); with `--hkv` below `--h` a K/V head's gradient is the sum over its group, which
+//! applied to both, then `--dq-config` / `--dkdv-config` settings (`tile_n=64 stages=2
+//! sm_90a`, as `Config` prints them) to one each, for tuning one kernel at a time. The
+//! example's dK/dV kernels write per query head (`[B, H, SK, D]`, checked per head); with `--hkv` below `--h` a K/V head's gradient is the sum over its group, which
 //! `attention_backward_dkdv_grouped` (what `launch_backward_async` runs then) computes in the
 //! kernel (`tests/backward.rs`, `grouped_dkdv_runs_on_the_gpu`). `--plan DIR` writes the launch plans
 //! of the three kernels at this shape (`forward.json`, `dq.json`, `dkdv.json`) for
@@ -38,7 +40,11 @@ use flashcore::kernels::{attention, backward};
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::simulate::{check_backward_pair, AttentionShape, BackwardPair};
-use flashcore::{bf16, f16, round_to, tolerance, Arg, Config, DType, HalfFloat};
+use flashcore::{bf16, f16, round_to, tolerance, Arg, CompiledKernel, Config, DType, HalfFloat, Target};
+use std::sync::Arc;
+
+/// A `#[flash_kernel]`'s `compile`.
+type CompileFn = fn(&Config) -> Result<Arc<CompiledKernel>, flashcore::Error>;
 
 struct Options {
     b: usize,
@@ -57,6 +63,9 @@ struct Options {
     warps: Option<u32>,
     stages: Option<u32>,
     a_in_smem: bool,
+    /// Settings for the dQ kernel alone, then for the dK/dV kernel alone (`--dq-config`,
+    /// `--dkdv-config`: `Config::with_settings`), applied after the tile flags.
+    kernel_settings: [Option<String>; 2],
     outputs: [Option<PathBuf>; 3],
     plan: Option<PathBuf>,
     /// Runs of the backward whose outputs are hashed and compared bitwise (`--repeat`).
@@ -92,6 +101,7 @@ fn parse_args() -> Result<Options, String> {
         warps: None,
         stages: None,
         a_in_smem: false,
+        kernel_settings: [None, None],
         outputs: [None, None, None],
         plan: None,
         repeat: 0,
@@ -119,6 +129,8 @@ fn parse_args() -> Result<Options, String> {
             "--warps" => o.warps = Some(number(value()?)? as u32),
             "--stages" => o.stages = Some(number(value()?)? as u32),
             "--a-in-smem" => o.a_in_smem = true,
+            "--dq-config" => o.kernel_settings[0] = Some(value()?),
+            "--dkdv-config" => o.kernel_settings[1] = Some(value()?),
             "--causal" => o.causal = true,
             "--dtype" => {
                 let v = value()?;
@@ -190,16 +202,43 @@ struct Kernels {
 impl Options {
     /// Compiles the run's kernels: plain attention's, softcap's or sliding window's forward, and
     /// the backward pair of [`Options::pair`].
-    fn kernels(&self) -> Result<Kernels, flashcore::Error> {
+    /// On a device of `compute_capability`, each backward kernel's target is picked as
+    /// `launch_backward_async` picks it: `FLASHCORE_TARGET`'s, else the device's where the kernel
+    /// compiles for it (sm_90a on 9.0: the dK/dV kernels), else sm_89. The configs come back
+    /// with their targets.
+    fn kernels(&self, compute_capability: Option<(i32, i32)>) -> Result<(Kernels, [Config; 3]), String> {
         use flashcore::kernels::variants::{sliding_window_attention, softcap_attention};
-        let (fwd, (dq, dkdv)) = (self.forward_config(), self.backward_configs());
+        let (fwd, (dq, dkdv)) = (self.forward_config(), self.backward_configs()?);
+        let e = |x: flashcore::Error| x.to_string();
         let forward = match (self.window, self.softcap) {
-            (Some(_), _) => sliding_window_attention::compile(&fwd)?,
-            (None, Some(_)) => softcap_attention::compile(&fwd)?,
-            (None, None) => attention::compile(&fwd)?,
+            (Some(_), _) => sliding_window_attention::compile(&fwd).map_err(e)?,
+            (None, Some(_)) => softcap_attention::compile(&fwd).map_err(e)?,
+            (None, None) => attention::compile(&fwd).map_err(e)?,
         };
         let pair = self.pair();
-        Ok(Kernels { forward, dq: (pair.dq)(&dq)?, dkdv: (pair.dkdv)(&dkdv)?, extra: pair.scalars })
+        let requested = flashcore::target::requested().map_err(e)?;
+        let on_device =
+            |compile: CompileFn, config: Config| -> Result<(Arc<CompiledKernel>, Config), String> {
+                let device_target =
+                    compute_capability.map(|(major, minor)| Target::for_compute_capability(major, minor));
+                let config = match (requested, config.target, device_target) {
+                    (Some(target), _, _) => Config { target, ..config },
+                    (None, Target::Auto, Some(best)) if best != Target::Sm89 => {
+                        let candidate = Config { target: best, ..config };
+                        if let Ok(kernel) = compile(&candidate) {
+                            return Ok((kernel, candidate));
+                        }
+                        Config { target: Target::Sm89, ..config }
+                    }
+                    (None, Target::Auto, _) => Config { target: Target::Sm89, ..config },
+                    _ => config,
+                };
+                Ok((compile(&config).map_err(e)?, config))
+            };
+        let (dq_kernel, dq) = on_device(pair.dq, dq)?;
+        let (dkdv_kernel, dkdv) = on_device(pair.dkdv, dkdv)?;
+        let kernels = Kernels { forward, dq: dq_kernel, dkdv: dkdv_kernel, extra: pair.scalars };
+        Ok((kernels, [fwd, dq, dkdv]))
     }
 
     /// The run's backward kernels and the f32 parameters they (and the forward) take after `scale`.
@@ -264,8 +303,9 @@ impl Options {
         }
     }
 
-    /// The dQ and dK/dV kernels' configs: `backward_configs(D)` with the tile flags applied.
-    fn backward_configs(&self) -> (Config, Config) {
+    /// The dQ and dK/dV kernels' configs: `backward_configs(D)` with the tile flags applied,
+    /// then each kernel's own settings (`--dq-config`, `--dkdv-config`).
+    fn backward_configs(&self) -> Result<(Config, Config), String> {
         let tuned = backward::backward_configs(self.d as u32);
         let dkdv = match (self.causal, self.softcap) {
             // Softcap's causal dK/dV kernel keeps K and V in shared memory (its declaration).
@@ -273,7 +313,15 @@ impl Options {
             (true, None) => tuned.dkdv_causal,
             (false, _) => tuned.dkdv,
         };
-        (Config { causal: self.causal, ..self.with_flags(tuned.dq) }, self.with_flags(dkdv))
+        let dq = Config { causal: self.causal, ..self.with_flags(tuned.dq) };
+        let own = |config: Config, flag: &str, settings: &Option<String>| match settings {
+            None => Ok(config),
+            Some(text) => config.with_settings(text).map_err(|e| format!("{flag}: {e}")),
+        };
+        Ok((
+            own(dq, "--dq-config", &self.kernel_settings[0])?,
+            own(self.with_flags(dkdv), "--dkdv-config", &self.kernel_settings[1])?,
+        ))
     }
 
     fn with_flags(&self, base: Config) -> Config {
@@ -342,7 +390,7 @@ fn main() -> ExitCode {
 fn without_gpu(reason: &str, o: &Options) -> Result<bool, String> {
     println!("no GPU: {reason}");
     // The simulator check runs both kernels under one config: the dK/dV kernel's.
-    let config = o.backward_configs().1;
+    let config = o.backward_configs()?.1;
     let shape = AttentionShape { b: 1, h: 2, hk: 1, s: 77, sk: 100 };
     println!(
         "The backward kernels compiled ({config}); running them in the PTX simulator at {shape:?}, D = {}.",
@@ -399,8 +447,8 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let AttentionShape { b, h, hk, s, sk } = o.shape();
     let d = o.d;
     let (e, r) = (|x: flashcore::Error| x.to_string(), |x: flashcore::runtime::RuntimeError| x.to_string());
-    let (fwd_cfg, (dq_cfg, dkdv_cfg)) = (o.forward_config(), o.backward_configs());
-    let Kernels { forward, dq: dq_kernel, dkdv: dkdv_kernel, extra } = o.kernels().map_err(e)?;
+    let (Kernels { forward, dq: dq_kernel, dkdv: dkdv_kernel, extra }, [fwd_cfg, dq_cfg, dkdv_cfg]) =
+        o.kernels(Some(device.info().compute_capability))?;
     let extra = &extra[..];
     println!(
         "{} [{b}, {h}, {s}, {d}], K/V [{b}, {hk}, {sk}, {d}], {}causal, {}",
