@@ -498,16 +498,18 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
     let resolved = crate::Config { target: config.target.ptx(), ..*config };
     if let Some(split) = crate::codegen::target::register_split(&resolved) {
         let (loads, computes) = (config.load_warps / 4, config.warps / 4);
+        let entry = crate::codegen::target::entry_registers(config.warps + config.load_warps);
         writeln!(
             out,
-            "registers  {} a thread at entry; setmaxnreg: {} in the producer warpgroup{}, {} in the {} compute warpgroup{} ({} of 512 a sub-partition lane)",
-            crate::codegen::target::entry_registers(config.warps + config.load_warps),
+            "registers  {} a thread at entry; setmaxnreg: {} in the producer warpgroup{}, {} in the {} compute warpgroup{} ({} of the CTA pool's {} a lane of each sub-partition)",
+            entry,
             split.load,
             if loads == 1 { "" } else { "s" },
             split.compute,
             computes,
             if computes == 1 { "" } else { "s" },
-            loads * split.load + computes * split.compute
+            loads * split.load + computes * split.compute,
+            entry * (loads + computes)
         )?;
     }
     // Lower and run the passes, then the protocol check on its own, so its verdict has a line.

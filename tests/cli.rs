@@ -180,7 +180,7 @@ fn the_target_flag_picks_sm_90a_and_says_what_it_cannot_compile() {
         "--no-ptxas",
     ]);
     assert!(
-        text.contains("registers  168 a thread at entry; setmaxnreg: 40 in the producer warpgroup, 232 in the 2 compute warpgroups (504 of 512"),
+        text.contains("registers  168 a thread at entry; setmaxnreg: 40 in the producer warpgroup, 232 in the 2 compute warpgroups (504 of the CTA pool's 504"),
         "{text}"
     );
     let err = output(&["emit", "attention", "--target", "sm_80"]).unwrap_err();

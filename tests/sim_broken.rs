@@ -3,10 +3,10 @@
 //! `cp.async.wait_group`, a missing barrier before a stage is refilled, mbarrier counts and
 //! parities off by one; on sm_90a, an accumulator read before its `wgmma.wait_group`, a missing
 //! `fence.proxy.async` and a missing `wgmma.fence`; with a producer warpgroup, a consumer without
-//! the fence after its full wait and `setmaxnreg` totals that cannot fit (a deadlock); with the
-//! overlap pass, a ring slot released before the asynchronous P·V that reads it retires, O
-//! rescaled while that P·V is in flight, and a block of zeros narrower than the P·V operand as
-//! compute-sanitizer counts it. The unedited kernels pass in `tests/sim.rs`.
+//! the fence after its full wait and `setmaxnreg` totals that cannot fit the CTA's register pool
+//! (a deadlock); with the overlap pass, a ring slot released before the asynchronous P·V that
+//! reads it retires, O rescaled while that P·V is in flight, and a block of zeros narrower than
+//! the P·V operand as compute-sanitizer counts it. The unedited kernels pass in `tests/sim.rs`.
 
 use flashcore::kernels::attention;
 use flashcore::simulate::{check_attention, AttentionShape, Options, SimDevice};
@@ -252,6 +252,19 @@ fn a_producer_that_keeps_its_registers_starves_the_consumers_and_the_report_says
     for err in run_edited(hopper_producer(), edit, &SEEDS) {
         assert!(err.contains("deadlock") || err.contains("Deadlock"), "{err}");
         assert!(err.contains("waits in setmaxnreg.inc for 232 registers"), "{err}");
+    }
+}
+
+#[test]
+fn a_producer_that_keeps_more_than_the_cta_pool_leaves_starves_the_consumers() {
+    // 168 registers at entry for 12 warps: the CTA's pool holds 3 · 168 = 504 a lane of each
+    // sub-partition. The consumers' 2 · 232 leave the producer 40; with 48 the split adds up to
+    // the sub-partition's 512 but not to the pool, and `setmaxnreg.inc` waits for ever (the
+    // simulator once counted the sub-partition's 512 and let this pass).
+    let edit = |p: &str| replace_nth(p, "setmaxnreg.dec", 0, |l| l.replace(" 40;", " 48;"));
+    for err in run_edited(hopper_producer(), edit, &SEEDS[..1]) {
+        assert!(err.contains("waits in setmaxnreg.inc for 232 registers"), "{err}");
+        assert!(err.contains("of the CTA's 504 there"), "{err}");
     }
 }
 

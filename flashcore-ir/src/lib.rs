@@ -13,6 +13,7 @@ pub mod lower;
 pub mod parse;
 pub mod passes;
 pub mod protocol;
+pub mod registers;
 pub mod source;
 pub mod timeline;
 pub mod verify;

@@ -599,8 +599,9 @@ impl<'a> Cta<'a> {
                 WarpState::Bar(id) => format!("waits in bar.sync {id}, before {where_}"),
                 WarpState::WaitGroup(n) => format!("waits in cp.async.wait_group {n}, before {where_}"),
                 WarpState::Registers(count) => format!(
-                    "waits in setmaxnreg.inc for {count} registers a thread, before {where_}: the other warps of its sub-partition hold {} of {SUBPARTITION_REGISTERS_PER_LANE}",
-                    self.subpartition_registers(w)
+                    "waits in setmaxnreg.inc for {count} registers a thread, before {where_}: the other warps of its sub-partition hold {} of the CTA's {} there",
+                    self.subpartition_registers(w),
+                    self.subpartition_pool(w)
                 ),
                 WarpState::Parked { addr, phases, parity, line } => format!(
                     "spins in the mbarrier.test_wait at PTX line {line} on the mbarrier at {addr:#x}, waiting for parity {parity} (phases completed: {phases})"
@@ -810,9 +811,18 @@ impl<'a> Cta<'a> {
         (0..self.nwarps).filter(|&o| o != w && o % 4 == w % 4).map(|o| self.warps[o].registers).sum()
     }
 
-    /// Whether warp `w` can hold `count` registers a thread next to its sub-partition's others.
+    /// Registers a thread that the CTA's pool holds on warp `w`'s sub-partition: what the CTA was
+    /// launched with, the entry count for each of its warps there. `setmaxnreg.inc` takes from
+    /// this pool, not from the sub-partition's free registers (PTX ISA, `setmaxnreg`).
+    fn subpartition_pool(&self, w: usize) -> u32 {
+        let warps_here = (0..self.nwarps).filter(|&o| o % 4 == w % 4).count() as u32;
+        entry_registers(self.nwarps as u32) * warps_here
+    }
+
+    /// Whether warp `w` can hold `count` registers a thread next to its sub-partition's others,
+    /// within the CTA's pool.
     fn registers_fit(&self, w: usize, count: u32) -> bool {
-        self.subpartition_registers(w) + count <= SUBPARTITION_REGISTERS_PER_LANE
+        self.subpartition_registers(w) + count <= self.subpartition_pool(w)
     }
 
     /// A warp performs a release (an arrival): later accesses are not ordered before it.

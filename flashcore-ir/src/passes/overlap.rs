@@ -255,15 +255,14 @@ fn overlap_registers(cfg: &crate::Config) -> u32 {
 }
 
 /// Registers a compute thread may use: with a producer warpgroup, what `setmaxnreg` gives each
-/// compute warpgroup of a sub-partition's 512 a lane once the producer keeps its share
-/// ([`super::tma::producer_registers`]; at most 232, a multiple of 8; codegen's
-/// `register_split`), else ptxas's 255.
+/// compute warpgroup ([`crate::registers::register_split`]) or, where it gives none, the entry
+/// count; else ptxas's 255.
 fn compute_registers(cfg: &crate::Config) -> u32 {
     if cfg.load_warps == 0 || cfg.warps <= 4 {
         return 255;
     }
-    let left = 512 - (cfg.load_warps / 4) * super::tma::producer_registers(cfg);
-    (left / (cfg.warps / 4) / 8 * 8).min(232)
+    crate::registers::register_split(cfg)
+        .map_or_else(|| crate::registers::entry_registers(cfg.warps + cfg.load_warps), |split| split.compute)
 }
 
 /// Rotates every K/V loop in `block` (a work-loop body, or a range loop's in it); [`why_not`]

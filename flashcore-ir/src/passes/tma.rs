@@ -158,10 +158,11 @@ pub fn applies(cfg: &crate::Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Registers each producer thread keeps after `setmaxnreg.dec`: with bulk tensor copies one
-/// thread issues a few copies from the tile indices (24, the instruction's floor, as
-/// FlashAttention-3's producer), with cp.async every producer thread computes its chunks'
-/// addresses (40).
+/// The fewest registers each producer thread keeps after `setmaxnreg.dec` (the compute
+/// warpgroups' share is computed from it; the producer then keeps whatever they leave of the
+/// CTA's pool, [`crate::registers::register_split`]): with bulk tensor copies one thread issues a few copies from the tile
+/// indices (24, the instruction's floor, as FlashAttention-3's producer), with cp.async every
+/// producer thread computes its chunks' addresses (40).
 pub fn producer_registers(cfg: &crate::Config) -> u32 {
     if applies(cfg).is_ok() {
         24
