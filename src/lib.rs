@@ -783,23 +783,30 @@ fn check_tensor_strides(view: &TensorView, rows: bool, output: bool) -> Result<(
     Ok(())
 }
 
-/// What a launch argument is, as far as the kernel's signature cares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a launch argument is, as far as the kernel's signature cares (a scalar with its value).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum ArgKind {
     Input,
     Output,
     Offsets,
     Absent,
-    Scalar,
+    Scalar(f32),
 }
 
-/// Checks that each argument is the kind of its parameter (input tensor, output tensor, f32).
-/// The argument count is `bind_shapes`'s to check.
+/// Checks that each argument is the kind of its parameter (input tensor, output tensor, f32),
+/// and each scalar against what the kernel's passes relied on: a `nonnegative` scalar (the
+/// sm_90a score-scale fold's) given a negative value is an `Error::Argument` naming it. The
+/// argument count is `bind_shapes`'s to check.
 pub(crate) fn check_arg_kinds(
     kernel: &ir::Kernel,
     kinds: impl Iterator<Item = ArgKind>,
 ) -> Result<(), Error> {
     for (param, kind) in kernel.params.iter().zip(kinds) {
+        let wrong = |message: String| Error::Argument {
+            kernel: kernel.name.clone(),
+            arg: param.name().to_string(),
+            message,
+        };
         let want = match param {
             Param::Tensor(t) if t.optional && kind == ArgKind::Absent => continue,
             Param::Offsets(o) if o.optional && kind == ArgKind::Absent => continue,
@@ -815,33 +822,16 @@ pub(crate) fn check_arg_kinds(
                 "expected a mutable output tensor (a table written with `store(t.at(..), ..)`)",
             ),
             Param::Table(_) => (ArgKind::Input, "expected an input tensor (a table read with `.at(..)`)"),
-            Param::Scalar { .. } => (ArgKind::Scalar, "expected an f32 scalar"),
+            Param::Scalar { nonnegative, .. } => match kind {
+                ArgKind::Scalar(x) if *nonnegative && x < 0.0 => return Err(wrong(format!(
+                    "{x} is negative, and this compiled kernel needs it ≥ 0: its softmax folds the scale into the exponentials' subtraction (the sm_90a score-scale fold), which takes the scores' row maximum before scaling; a negative softmax scale runs on sm_89 (`Config::target`)"
+                ))),
+                ArgKind::Scalar(_) => continue,
+                _ => return Err(wrong("expected an f32 scalar".into())),
+            },
         };
         if kind != want.0 {
-            return Err(Error::Argument {
-                kernel: kernel.name.clone(),
-                arg: param.name().to_string(),
-                message: want.1.to_string(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Checks the scalar arguments (parameter index, value) against what the kernel's passes
-/// relied on: a `nonnegative` scalar given a negative value is an `Error::Argument` naming it.
-pub fn check_scalars(kernel: &ir::Kernel, scalars: impl Iterator<Item = (usize, f32)>) -> Result<(), Error> {
-    for (i, x) in scalars {
-        if let Some(Param::Scalar { name, nonnegative: true }) = kernel.params.get(i) {
-            if x < 0.0 {
-                return Err(Error::Argument {
-                    kernel: kernel.name.clone(),
-                    arg: name.clone(),
-                    message: format!(
-                        "{x} is negative, and this compiled kernel needs it ≥ 0: its softmax folds the scale into the exponentials' subtraction (the sm_90a score-scale fold), which takes the scores' row maximum before scaling; a negative softmax scale runs on sm_89 (`Config::target`)"
-                    ),
-                });
-            }
+            return Err(wrong(want.1.to_string()));
         }
     }
     Ok(())
@@ -980,14 +970,7 @@ fn enqueue(
             Arg::TensorMut(_) => ArgKind::Output,
             Arg::Offsets(_) => ArgKind::Offsets,
             Arg::Absent => ArgKind::Absent,
-            Arg::F32(_) => ArgKind::Scalar,
-        }),
-    )?;
-    check_scalars(
-        k,
-        args.iter().enumerate().filter_map(|(i, a)| match a {
-            Arg::F32(x) => Some((i, *x)),
-            _ => None,
+            Arg::F32(x) => ArgKind::Scalar(*x),
         }),
     )?;
     let binding = bind_shapes(k, &views_of(args))?;

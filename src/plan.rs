@@ -132,14 +132,7 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             PlanArg::Tensor(_) => ArgKind::Input,
             PlanArg::TensorMut(_) => ArgKind::Output,
             PlanArg::Absent => ArgKind::Absent,
-            PlanArg::F32(_) => ArgKind::Scalar,
-        }),
-    )?;
-    crate::check_scalars(
-        k,
-        args.iter().enumerate().filter_map(|(i, a)| match a {
-            PlanArg::F32(x) => Some((i, *x)),
-            _ => None,
+            PlanArg::F32(x) => ArgKind::Scalar(*x),
         }),
     )?;
     let views: Vec<ArgView> = args

@@ -107,14 +107,7 @@ pub fn simulate<T: HalfFloat>(
             HostArg::TensorMut(..) | HostArg::F32Mut(..) => ArgKind::Output,
             HostArg::Offsets(_) => ArgKind::Offsets,
             HostArg::Absent => ArgKind::Absent,
-            HostArg::F32(_) => ArgKind::Scalar,
-        }),
-    )?;
-    crate::check_scalars(
-        k,
-        args.iter().enumerate().filter_map(|(i, a)| match a {
-            HostArg::F32(x) => Some((i, *x)),
-            _ => None,
+            HostArg::F32(x) => ArgKind::Scalar(*x),
         }),
     )?;
     let views: Vec<ArgView> = args
