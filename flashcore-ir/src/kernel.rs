@@ -804,6 +804,16 @@ impl Op {
         }
     }
 
+    /// The blocks nested in this op, in execution order, to rewrite them ([`Op::blocks`]).
+    pub fn blocks_mut(&mut self) -> Vec<&mut Block> {
+        match self {
+            Op::Tiles { body, .. } | Op::Loop { body, .. } | Op::When { body, .. } => vec![body],
+            Op::Roles { groups } => groups.iter_mut().map(|g| &mut g.body).collect(),
+            Op::Pipeline { prologue, body, epilogue, .. } => vec![prologue, body, epilogue],
+            _ => vec![],
+        }
+    }
+
     /// The value this op defines, if any (`Assign` redefines an existing one and is not counted).
     pub fn def(&self) -> Option<Value> {
         op_def!(self, dst => *dst)

@@ -56,7 +56,7 @@ pub fn register_split(cfg: &Config) -> Option<RegisterSplit> {
     let compute =
         (pool.saturating_sub(load_groups * floor) / compute_groups / 8 * 8).min(CONSUMER_REGISTERS_MAX);
     let load = ((pool - compute_groups * compute) / load_groups / 8 * 8).min(SETMAXNREG_MAX);
-    (compute > entry && load >= floor).then_some(RegisterSplit { load, compute })
+    (compute > entry).then_some(RegisterSplit { load, compute })
 }
 
 #[cfg(test)]

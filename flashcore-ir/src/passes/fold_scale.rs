@@ -40,7 +40,7 @@ use crate::passes::softmax_split::rename_uses;
 use crate::source::{BinOp, ReduceOp};
 use crate::Target;
 
-/// The smallest normal f32, added to `|c|` so that the folded scale is never 0.
+/// The smallest normal f32, added to `c ≥ 0` so that the folded scale is never 0.
 const TINY: f32 = f32::MIN_POSITIVE;
 
 pub fn run(kernel: Kernel) -> Result<Kernel, IrError> {
@@ -65,13 +65,8 @@ pub fn why_not(kernel: &Kernel) -> Option<&'static str> {
 }
 
 /// The name of the parameter the fold made `nonnegative` in `kernel` (the IR after this pass),
-/// if it folded.
+/// if it folded (the fold alone marks parameters so).
 pub fn folded_param(kernel: &Kernel) -> Option<&str> {
-    let mut folded = false;
-    kernel.walk(&mut |inst| folded |= matches!(inst.op, Op::Exp2Scaled { .. }));
-    if !folded {
-        return None;
-    }
     kernel.params.iter().find_map(|p| match p {
         Param::Scalar { name, nonnegative: true } => Some(name.as_str()),
         _ => None,
@@ -118,8 +113,6 @@ fn find(kernel: &Kernel) -> Option<Fold> {
             return None;
         }
         let param = positive_multiple_of_param(c, &defs)?;
-        // The scores (masked or not) feed one row max and one subtraction, whose only reader is
-        // an exponential.
         // Through the masks that drop scores to -inf (the kernel's own `mask(..)`, then the
         // tail or causal one), each the only reader of the one before: a positive scale
         // commutes with them (-inf · c' = -inf).
@@ -134,6 +127,8 @@ fn find(kernel: &Kernel) -> Option<Fold> {
             scores = *dst;
         }
         let y = (scores != s).then_some(scores);
+        // The scores (masked or not) feed one row max and one subtraction, whose only reader is
+        // an exponential.
         let readers = users.get(&scores)?;
         let [first, second] = readers[..] else { return None };
         let (reduce, sub) = match (first, second) {
@@ -238,21 +233,12 @@ impl Edit {
             let after: Vec<Inst> =
                 def.and_then(|d| self.after.remove(&d)).unwrap_or_default().into_iter().map(like).collect();
             inst.op = rename_uses(inst.op, &self.rename);
-            for inner in blocks_mut(&mut inst.op) {
+            for inner in inst.op.blocks_mut() {
                 self.block(inner);
             }
             out.push(inst);
             out.extend(after);
         }
         block.insts = out;
-    }
-}
-
-fn blocks_mut(op: &mut Op) -> Vec<&mut Block> {
-    match op {
-        Op::Tiles { body, .. } | Op::Loop { body, .. } | Op::When { body, .. } => vec![body],
-        Op::Roles { groups } => groups.iter_mut().map(|g| &mut g.body).collect(),
-        Op::Pipeline { prologue, body, epilogue, .. } => vec![prologue, body, epilogue],
-        _ => vec![],
     }
 }
