@@ -342,6 +342,26 @@ impl<'a> Cta<'a> {
         At { cta: self.s.cta, warp: w as u32, line: inst.line, inst: inst.text.clone() }
     }
 
+    /// A warp-wide `what` (`redux.sync`, `vote.sync`) must name exactly the lanes that execute
+    /// it in its member mask `mask`: divergence otherwise.
+    fn members_are_the_executing_lanes(
+        &self,
+        w: usize,
+        inst: &Inst,
+        what: &str,
+        mask: Operand,
+        exec: u32,
+    ) -> Result<(), SimError> {
+        let m = self.val(w, mask, 0) as u32;
+        if m == exec {
+            return Ok(());
+        }
+        Err(SimError::Divergence {
+            at: self.at(w, inst),
+            message: format!("{what} member mask {m:#010x} but lanes {exec:#010x} execute it"),
+        })
+    }
+
     /// Runs the CTA to completion or to the first error.
     pub fn run(&mut self, step_budget: &mut u64) -> Result<(), SimError> {
         loop {
@@ -1218,15 +1238,7 @@ impl<'a> Cta<'a> {
                 self.release(w);
             }
             Op::Redux { op, ty, d, a, mask } => {
-                let m = self.val(w, *mask, 0) as u32;
-                if m != exec {
-                    return Err(SimError::Divergence {
-                        at: self.at(w, inst),
-                        message: format!(
-                            "redux.sync member mask {m:#010x} but lanes {exec:#010x} execute it"
-                        ),
-                    });
-                }
+                self.members_are_the_executing_lanes(w, inst, "redux.sync", *mask, exec)?;
                 let mut all = lanes(exec).map(|l| self.val(w, *a, l));
                 let first = all.next().unwrap_or(0);
                 let total = all.fold(first, |acc, x| int_op(*op, *ty, acc, x).unwrap_or(acc));
@@ -1235,13 +1247,7 @@ impl<'a> Cta<'a> {
                 }
             }
             Op::Vote { all, d, a, mask } => {
-                let m = self.val(w, *mask, 0) as u32;
-                if m != exec {
-                    return Err(SimError::Divergence {
-                        at: self.at(w, inst),
-                        message: format!("vote.sync member mask {m:#010x} but lanes {exec:#010x} execute it"),
-                    });
-                }
+                self.members_are_the_executing_lanes(w, inst, "vote.sync", *mask, exec)?;
                 let mut set = lanes(exec).map(|l| self.val(w, *a, l) != 0);
                 let result = if *all { set.all(|x| x) } else { set.any(|x| x) };
                 for l in lanes(exec) {

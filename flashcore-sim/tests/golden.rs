@@ -13,6 +13,15 @@ fn machine(seed: u64) -> Machine {
     Machine::new(Options { seed, ..Options::default() })
 }
 
+/// The `bytes` bytes at `addr` as little-endian 32-bit words.
+fn read_words(gpu: &Machine, addr: u64, bytes: usize) -> Vec<u32> {
+    gpu.read(addr, bytes)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Each lane loads its A, B and C fragments straight from global memory by the ISA's formulas
 /// (g = lane / 4, t = lane % 4): A reg i = (row g + 8(i%2), k 2t + 8(i/2) .. +1), B reg i =
 /// (k 2t + 8i .. +1, n g) with B stored as [n][k], C/D reg i = (row g + 8(i/2), col 2t + i%2).
@@ -147,12 +156,7 @@ fn ldmatrix_matches_the_isa_fragment_layout() {
     let out = gpu.alloc(vec![0; 32 * 48]);
     let launch = Launch { grid: 1, threads: 32, shared_bytes: 1024 };
     gpu.launch(&module, "ldmatrix_golden", launch, &[Arg::U64(out)]).unwrap();
-    let words: Vec<u32> = gpu
-        .read(out, 32 * 48)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let words = read_words(&gpu, out, 32 * 48);
     let element = |m: u32, r: u32, c: u32| 64 * m + 8 * r + c;
     let pair = |lo: u32, hi: u32| lo | (hi << 16);
     for l in 0..32u32 {
@@ -229,12 +233,7 @@ fn cvt_pack_order_and_butterfly_shuffle() {
     let mut gpu = machine(3);
     let out = gpu.alloc(vec![0; 256]);
     gpu.launch(&module, "small", Launch { grid: 1, threads: 32, shared_bytes: 0 }, &[Arg::U64(out)]).unwrap();
-    let words: Vec<u32> = gpu
-        .read(out, 256)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let words = read_words(&gpu, out, 256);
     for l in 0..32 {
         // 1.0 = 0x3C00 (upper), -2.0 = 0xC000 (lower)
         assert_eq!(words[2 * l], 0x3C00_C000, "lane {l}");
@@ -444,12 +443,7 @@ fn vote_any_and_all_over_a_warp() {
     let mut gpu = machine(5);
     let out = gpu.alloc(vec![7; 1024]);
     gpu.launch(&module, "k", Launch { grid: 1, threads: 64, shared_bytes: 0 }, &[Arg::U64(out)]).unwrap();
-    let words: Vec<u32> = gpu
-        .read(out, 64 * 12)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let words = read_words(&gpu, out, 64 * 12);
     for t in 0..64 {
         // Warp 1 (threads 32..63) has no lane 5 of the CTA: any is false there.
         let any = u32::from(t < 32);
