@@ -40,7 +40,7 @@ use flashcore::kernels::{attention, backward};
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::simulate::{check_backward_pair, AttentionShape, BackwardPair};
-use flashcore::{bf16, f16, round_to, tolerance, Arg, CompiledKernel, Config, DType, HalfFloat, Target};
+use flashcore::{bf16, f16, round_to, tolerance, Arg, CompiledKernel, Config, DType, HalfFloat};
 use std::sync::Arc;
 
 /// A `#[flash_kernel]`'s `compile`.
@@ -201,11 +201,10 @@ struct Kernels {
 
 impl Options {
     /// Compiles the run's kernels: plain attention's, softcap's or sliding window's forward, and
-    /// the backward pair of [`Options::pair`].
-    /// On a device of `compute_capability`, each backward kernel's target is picked as
-    /// `launch_backward_async` picks it: `FLASHCORE_TARGET`'s, else the device's where the kernel
-    /// compiles for it (sm_90a on 9.0: the dK/dV kernels), else sm_89. The configs come back
-    /// with their targets.
+    /// the backward pair of [`Options::pair`]. On a device of `compute_capability`, each backward
+    /// kernel's target is picked as `launch_backward_async` picks it (`target::choose`'s rules:
+    /// `FLASHCORE_TARGET`'s, else sm_90a on 9.0 where the kernel compiles for it, else sm_89).
+    /// The configs come back with their targets.
     fn kernels(&self, compute_capability: Option<(i32, i32)>) -> Result<(Kernels, [Config; 3]), String> {
         use flashcore::kernels::variants::{sliding_window_attention, softcap_attention};
         let (fwd, (dq, dkdv)) = (self.forward_config(), self.backward_configs()?);
@@ -219,20 +218,8 @@ impl Options {
         let requested = flashcore::target::requested().map_err(e)?;
         let on_device =
             |compile: CompileFn, config: Config| -> Result<(Arc<CompiledKernel>, Config), String> {
-                let device_target =
-                    compute_capability.map(|(major, minor)| Target::for_compute_capability(major, minor));
-                let config = match (requested, config.target, device_target) {
-                    (Some(target), _, _) => Config { target, ..config },
-                    (None, Target::Auto, Some(best)) if best != Target::Sm89 => {
-                        let candidate = Config { target: best, ..config };
-                        if let Ok(kernel) = compile(&candidate) {
-                            return Ok((kernel, candidate));
-                        }
-                        Config { target: Target::Sm89, ..config }
-                    }
-                    (None, Target::Auto, _) => Config { target: Target::Sm89, ..config },
-                    _ => config,
-                };
+                let compiles = |c: &Config| compile(c).map(|_| ()).map_err(|x| x.to_string());
+                let config = flashcore::target::choose_by(config, compute_capability, requested, compiles).0;
                 Ok((compile(&config).map_err(e)?, config))
             };
         let (dq_kernel, dq) = on_device(pair.dq, dq)?;
@@ -836,7 +823,7 @@ fn varlen(device: Option<&Device>, o: &Options) -> Result<bool, String> {
 
 fn varlen_typed<T: HalfFloat>(device: Option<&Device>, o: &Options) -> Result<bool, String> {
     use flashcore::simulate::{check_varlen_backward, SimDevice, VarlenBackwardProblem};
-    let e = |x: flashcore::Error| x.to_string();
+    let (e, r) = (|x: flashcore::Error| x.to_string(), |x: flashcore::runtime::RuntimeError| x.to_string());
     let lens = o.varlen.clone().unwrap_or_default();
     let (h, hkv) = (o.h, o.hkv.unwrap_or(o.h));
     let grouped = hkv != h;
@@ -875,14 +862,14 @@ fn varlen_typed<T: HalfFloat>(device: Option<&Device>, o: &Options) -> Result<bo
                 VarlenBackwardProblem::<T>::random(&lens, &lens, (h, hkv), (o.d, o.causal, grouped), o.seed)
                     .map_err(e)?;
             let [qs, ks, gs, rs] = p.shapes();
-            let up = |x: &[T], shape: &[usize]| device.upload(x, shape).map_err(|x| x.to_string());
+            let up = |x: &[T], shape: &[usize]| device.upload(x, shape).map_err(r);
             let (q, k, v, out, d_out) =
                 (up(&p.q, &qs)?, up(&p.k, &ks)?, up(&p.v, &ks)?, up(&p.o, &qs)?, up(&p.d_out, &qs)?);
-            let lse = device.upload(&p.lse, &rs).map_err(|x| x.to_string())?;
+            let lse = device.upload(&p.lse, &rs).map_err(r)?;
             let n = |shape: &[usize]| shape.iter().product::<usize>();
             let mut dq = up(&vec![T::NAN; n(&qs)], &qs)?;
             let (mut dk, mut dv) = (up(&vec![T::NAN; n(&gs)], &gs)?, up(&vec![T::NAN; n(&gs)], &gs)?);
-            let mut delta = device.upload(&vec![f32::NAN; n(&rs)], &rs).map_err(|x| x.to_string())?;
+            let mut delta = device.upload(&vec![f32::NAN; n(&rs)], &rs).map_err(r)?;
             let (cu_q, cu_k) = (p.cu_q.upload(device).map_err(e)?, p.cu_k.upload(device).map_err(e)?);
             let run = |dq: &mut DeviceTensor<T>,
                        dk: &mut DeviceTensor<T>,
@@ -901,15 +888,13 @@ fn varlen_typed<T: HalfFloat>(device: Option<&Device>, o: &Options) -> Result<bo
                 )
             };
             run(&mut dq, &mut dk, &mut dv, &mut delta).map_err(e)?;
-            device.synchronize().map_err(|x| x.to_string())?;
-            let got =
-                (device.download(&dq), device.download(&dk), device.download(&dv), device.download(&delta));
-            let (gq, gk, gv, gd) = (
-                got.0.map_err(|x| x.to_string())?,
-                got.1.map_err(|x| x.to_string())?,
-                got.2.map_err(|x| x.to_string())?,
-                got.3.map_err(|x| x.to_string())?,
+            device.synchronize().map_err(r)?;
+            let (gq, gk, gv) = (
+                device.download(&dq).map_err(r)?,
+                device.download(&dk).map_err(r)?,
+                device.download(&dv).map_err(r)?,
             );
+            let gd = device.download(&delta).map_err(r)?;
             let check = p.compare([&gq, &gk, &gv], &gd);
             let us =
                 flashcore::timing::median_launch_us::<flashcore::Error>(device, o.warmup, o.iters, |_| {

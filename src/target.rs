@@ -54,6 +54,23 @@ pub fn choose(
     compute_capability: Option<(i32, i32)>,
     requested: Option<Target>,
 ) -> (Config, String) {
+    choose_by(config, compute_capability, requested, |candidate| {
+        crate::lower(program, candidate)
+            .and_then(|k| Ok(crate::ir::passes::run_all(k)?))
+            .map_err(|e| e.to_string())
+            .and_then(|k| crate::codegen::target::support(&k, candidate.target))
+    })
+}
+
+/// [`choose`]'s rules, with `supports` saying whether the kernel compiles for a candidate
+/// config (its target the device's best), or why not: for a caller that holds a kernel's
+/// `compile` rather than its source.
+pub fn choose_by(
+    config: Config,
+    compute_capability: Option<(i32, i32)>,
+    requested: Option<Target>,
+    supports: impl FnOnce(&Config) -> Result<(), String>,
+) -> (Config, String) {
     if let Some(target) = requested {
         return (Config { target, ..config }, format!("{target} (requested)"));
     }
@@ -68,11 +85,7 @@ pub fn choose(
     if best == Target::Sm89 {
         return (candidate, format!("sm_89 (compute capability {major}.{minor})"));
     }
-    let support = crate::lower(program, &candidate)
-        .and_then(|k| Ok(crate::ir::passes::run_all(k)?))
-        .map_err(|e| e.to_string())
-        .and_then(|k| crate::codegen::target::support(&k, best));
-    match support {
+    match supports(&candidate) {
         Ok(()) => (candidate, format!("{best} (compute capability {major}.{minor})")),
         Err(why) => (Config { target: Target::Sm89, ..config }, format!("sm_89 ({best} cannot: {why})")),
     }
