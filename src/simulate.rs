@@ -322,10 +322,11 @@ fn check_typed<T: HalfFloat>(
     let mut gen = |n: usize| (0..n).map(|_| crate::round_to(T::DTYPE, rng.normal())).collect::<Vec<_>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * hk * sk * d), gen(b * hk * sk * d));
     let start = std::time::Instant::now();
-    let run = run_typed::<T>(kernel, shape, layout, [&q, &k, &v], extras, device)?;
+    let scale = kernel.kernel.config.default_scale();
+    let run = run_typed::<T>(kernel, shape, layout, [&q, &k, &v], scale, extras, device)?;
     let seconds = start.elapsed().as_secs_f64();
     let causal = kernel.kernel.config.causal;
-    let scale = kernel.kernel.config.default_scale() as f64;
+    let scale = scale as f64;
     let problem = Problem { q: &q, k: &k, v: &v, b, h, hk, s, sk, d, scale, causal };
     let (want, want_lse) = reference::attention_variant(&problem, variant);
     let err = reference::compare(&run.out, &want);
@@ -353,9 +354,23 @@ pub fn run_attention(
     inputs: [&[f64]; 3],
     device: &SimDevice,
 ) -> Result<AttentionRun, Error> {
+    let scale = kernel.kernel.config.default_scale();
+    run_attention_scaled(kernel, shape, layout, inputs, scale, device)
+}
+
+/// [`run_attention`] with softmax scale `scale` (the launch checks it as any launch does: a
+/// negative one for a kernel whose fold needs it nonnegative is refused).
+pub fn run_attention_scaled(
+    kernel: &CompiledKernel,
+    shape: AttentionShape,
+    layout: crate::Layout,
+    inputs: [&[f64]; 3],
+    scale: f32,
+    device: &SimDevice,
+) -> Result<AttentionRun, Error> {
     match kernel.kernel.config.dtype {
-        DType::F16 => run_typed::<f16>(kernel, shape, layout, inputs, &[], device),
-        DType::Bf16 => run_typed::<bf16>(kernel, shape, layout, inputs, &[], device),
+        DType::F16 => run_typed::<f16>(kernel, shape, layout, inputs, scale, &[], device),
+        DType::Bf16 => run_typed::<bf16>(kernel, shape, layout, inputs, scale, &[], device),
     }
 }
 
@@ -364,13 +379,13 @@ fn run_typed<T: HalfFloat>(
     shape: AttentionShape,
     layout: crate::Layout,
     [q, k, v]: [&[f64]; 3],
+    scale: f32,
     extras: &[ExtraArg],
     device: &SimDevice,
 ) -> Result<AttentionRun, Error> {
     let AttentionShape { b, h, hk, s, sk } = shape;
     let d = kernel.kernel.config.head_dim as usize;
     let typed = |x: &[f64]| x.iter().map(|v| T::from_f64(*v)).collect::<Vec<T>>();
-    let scale = kernel.kernel.config.default_scale();
     let (q_shape, kv_shape) = ([b, h, s, d], [b, hk, sk, d]);
     let view = |shape: [usize; 4]| HostView::strided(&shape, &layout.strides(shape));
     let mut o = vec![T::NAN; b * h * s * d];

@@ -10,10 +10,10 @@ use flashcore::kernels::variants::{
     sliding_window_attention, softcap_attention,
 };
 use flashcore::reference::{self, Problem, Rng};
-use flashcore::simulate::{simulate, HostArg, HostView, SimDevice};
-use flashcore::{f16, Config, Error, Target};
+use flashcore::simulate::{run_attention_scaled, AttentionShape, SimDevice};
+use flashcore::{Config, Error, Layout, Target};
 
-/// `attention` compiled for `config`, run in the simulator at `[1, 2, s, 64]` (`sk` keys) with
+/// `attention` compiled for `config`, run in the simulator at `[1, 2, s, D]` (`sk` keys) with
 /// softmax scale `scale`: its output against float64 (relative L2 error), or the launch's error.
 fn run(config: Config, s: usize, sk: usize, scale: f32, seed: u64) -> Result<f64, Error> {
     let kernel = attention::compile(&config)?;
@@ -22,29 +22,11 @@ fn run(config: Config, s: usize, sk: usize, scale: f32, seed: u64) -> Result<f64
     let mut gen =
         |n: usize| (0..n).map(|_| flashcore::round_to(config.dtype, rng.normal())).collect::<Vec<f64>>();
     let (q, k, v) = (gen(b * h * s * d), gen(b * h * sk * d), gen(b * h * sk * d));
-    let halves = |x: &[f64]| x.iter().map(|v| f16::from_f64(*v)).collect::<Vec<f16>>();
-    let (q16, k16, v16) = (halves(&q), halves(&k), halves(&v));
-    let mut o = vec![f16::NAN; q.len()];
-    let mut lse = vec![f32::NAN; b * h * s];
-    let (q_view, kv_view) = (HostView::contiguous(&[b, h, s, d]), HostView::contiguous(&[b, h, sk, d]));
-    simulate::<f16>(
-        &kernel,
-        &mut [
-            HostArg::Tensor(&q16, q_view.clone()),
-            HostArg::Tensor(&k16, kv_view.clone()),
-            HostArg::Tensor(&v16, kv_view),
-            HostArg::TensorMut(&mut o, q_view),
-            HostArg::F32Mut(&mut lse, HostView::contiguous(&[b, h, s])),
-            HostArg::F32(scale),
-            HostArg::Absent,
-            HostArg::Absent,
-        ],
-        &SimDevice::default(),
-    )?;
+    let shape = AttentionShape { b, h, hk: h, s, sk };
+    let got = run_attention_scaled(&kernel, shape, Layout::Bhsd, [&q, &k, &v], scale, &SimDevice::default())?;
     let problem =
         Problem { q: &q, k: &k, v: &v, b, h, hk: h, s, sk, d, scale: scale as f64, causal: config.causal };
-    let got: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
-    Ok(reference::compare(&got, &reference::attention(&problem)).rel_l2)
+    Ok(reference::compare(&got.out, &reference::attention(&problem)).rel_l2)
 }
 
 fn sm90a(config: Config) -> Config {
