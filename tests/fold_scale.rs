@@ -2,7 +2,8 @@
 //! the scale in one FMA and the scale parameter is marked `nonnegative`; a negative scale is then a
 //! typed launch error naming it (the same scale runs on sm_89 and matches float64); a zero
 //! scale stays exact (the uniform average); a score modification between the scale and the
-//! softmax leaves the kernel unfolded. In the PTX simulator against float64.
+//! softmax, or a user's mask on the scores' values, leaves the kernel unfolded. In the PTX
+//! simulator against float64.
 
 use flashcore::kernels::attention;
 use flashcore::kernels::variants::{
@@ -122,5 +123,79 @@ fn the_skipped_unit_rescale_matches_float64_taken_or_not() {
             println!("{config} scale {scale:e}: rel err {err:.2e}");
             assert!(err < flashcore::tolerance(config.dtype), "{config}, scale {scale:e}: rel err {err:e}");
         }
+    }
+}
+
+/// A user's kernel whose mask reads the scores' values (scores below `floor` dropped): the mask
+/// sees the scaled scores as written, so folding the scale past it would test the raw ones and
+/// drop other keys. The fold must leave it alone, and on both targets it must compute what its
+/// source says, against float64.
+#[flashcore::flash_kernel(tile_m = 64, tile_n = 64, head_dim = 64, stages = 2, warps = 4)]
+fn floored_attention<T>(
+    q: Tensor<T, B, H, S, D>,
+    k: Tensor<T, B, HKV, SK, D>,
+    v: Tensor<T, B, HKV, SK, D>,
+    o: TensorMut<T, B, H, S, D>,
+    lse: Option<TensorMut<f32, B, H, S>>,
+    scale: f32,
+    floor: f32,
+    cu_q: Option<SeqOffsets<B, S>>,
+    cu_k: Option<SeqOffsets<B, SK>>,
+) {
+    for (b, h, qt) in tiles(B, H, S / TILE_M) {
+        let qf = load(q.tile(b, h, qt));
+        let mut m = fill([TILE_M], NEG_INF);
+        let mut l = fill([TILE_M], 0.0);
+        let mut acc = zeros([TILE_M, D]);
+        for kt in pipeline(0..SK / TILE_N) {
+            let ks = stage(k.tile(b, h / (H / HKV), kt));
+            let vs = stage(v.tile(b, h / (H / HKV), kt));
+            let s = mma(qf, ks.t()) * (scale * LOG2_E);
+            let s = mask(s, s >= floor * LOG2_E);
+            let m_new = max(m, row_max(s));
+            let p = exp2(s - m_new);
+            let alpha = exp2(m - m_new);
+            l = l * alpha + row_sum(p);
+            acc = acc * alpha;
+            m = m_new;
+            acc = mma(p.to::<T>(), vs, acc);
+        }
+        store(lse.tile(b, h, qt), log_sum_exp(m, l));
+        store(o.tile(b, h, qt), acc / l);
+    }
+}
+
+#[test]
+fn a_mask_on_the_scores_values_keeps_the_multiply_and_matches_float64() {
+    use flashcore::reference::Variant;
+    use flashcore::simulate::{check_variant, ExtraArg};
+    let floor = -0.4f32;
+    let declared = floored_attention::CONFIG;
+    let folded = floored_attention::compile(&sm90a(declared)).unwrap();
+    assert!(!folded.kernel.to_string().contains("exp2_scaled"), "a value mask was folded past");
+    // The reference: scores (q·k·scale) below the floor are dropped.
+    let variant = Variant::new(
+        move |_, _, _, _, x| if x >= floor as f64 { x } else { f64::NEG_INFINITY },
+        |_, _, _, _| true,
+    );
+    let shape = AttentionShape { b: 1, h: 2, hk: 1, s: 77, sk: 150 };
+    for config in [declared, sm90a(declared), sm90a(Config { causal: true, ..declared })] {
+        let kernel = floored_attention::compile(&config).unwrap();
+        let check = check_variant(
+            &kernel,
+            shape,
+            Layout::Bhsd,
+            7,
+            &SimDevice::default(),
+            &[ExtraArg::F32(floor)],
+            &variant,
+        )
+        .unwrap_or_else(|e| panic!("{config}: {e}"));
+        println!("{config}: rel err {:.2e}", check.err.rel_l2);
+        assert!(
+            check.err.rel_l2 < flashcore::tolerance(config.dtype) && check.err.non_finite == 0,
+            "{config}: {:?}",
+            check.err
+        );
     }
 }
