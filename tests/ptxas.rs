@@ -280,3 +280,51 @@ fn shipped_tuning_entries_assemble_without_spills() {
     }
     assert!(spilling.is_empty(), "shipped configs that spill:\n{}", spilling.join("\n"));
 }
+
+/// The variants whose score code fills whole tiles (ALiBi's `slope · (j − i)`, a bias table's
+/// gathered values) at every shipped sm_90a entry they borrow from the plain kernel: their
+/// elementwise runs are written element by element (`emit/elementwise.rs`), so at most the
+/// spills listed here remain. Written op by op they spilled at 8 of these 18 pairs, 24 to 536
+/// bytes (ALiBi 208 B at 128 × 256 D = 64 causal, 24 B at both D = 128 causal entries; the bias
+/// 112 B at every D = 128 non-causal entry). A new spill, or a listed one growing, fails here.
+#[test]
+fn score_modifying_variants_at_the_shipped_sm90a_entries_spill_no_more_than_known() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    // (kernel, the entry's config text, spill store bytes at most): measured with ptxas 13.5.
+    let known: &[(&str, &str, u32)] = &[
+        ("alibi_attention", "tile_m=128 tile_n=256 head_dim=64 stages=3 warps=8 load_warps=4 persistent causal overlap tma sm_90a", 92),
+        ("bias_attention", "tile_m=192 tile_n=128 head_dim=64 stages=4 warps=12 load_warps=4 tma sm_90a", 116),
+        ("bias_attention", "tile_m=192 tile_n=128 head_dim=64 stages=2 warps=12 load_warps=4 overlap tma sm_90a", 116),
+        ("bias_attention", "tile_m=128 tile_n=256 head_dim=64 stages=3 warps=8 load_warps=4 persistent causal overlap tma sm_90a", 448),
+        ("bias_attention", "tile_m=128 tile_n=128 head_dim=128 stages=2 warps=8 load_warps=4 persistent overlap tma sm_90a", 8),
+    ];
+    let table = flashcore::tuning::Table::builtin();
+    let mut configs: Vec<flashcore::Config> = vec![];
+    for entry in &table.entries {
+        let dtype = flashcore::DType::from_name(&entry.key.dtype).expect("the table parsed");
+        let config = entry.config(flashcore::Config { dtype, ..flashcore::Config::default() });
+        if config.target == flashcore::Target::Sm90a && !configs.contains(&config) {
+            configs.push(config);
+        }
+    }
+    assert!(configs.len() >= 4, "the shipped table has {} sm_90a entries", configs.len());
+    let mut over = vec![];
+    for name in ["alibi_attention", "bias_attention"] {
+        let kernel = flashcore::registry::find(name).expect("a registered variant");
+        for config in &configs {
+            let compiled = flashcore::compile(&(kernel.program)(), config)
+                .unwrap_or_else(|e| panic!("{name} {config}: {e}"));
+            let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, "sm_90a")
+                .unwrap_or_else(|e| panic!("{name} {config}: {e}"));
+            let text = config.to_string();
+            let allowed = known.iter().find(|(k, c, _)| *k == name && *c == text).map_or(0, |k| k.2);
+            if report.spill_store_bytes > allowed {
+                over.push(format!(
+                    "{name} ({text}): {} bytes of spill stores, {allowed} allowed",
+                    report.spill_store_bytes
+                ));
+            }
+        }
+    }
+    assert!(over.is_empty(), "variants spilling more than known:\n{}", over.join("\n"));
+}

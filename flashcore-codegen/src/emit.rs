@@ -15,6 +15,7 @@ use crate::writer::{PtxWriter, RegClass, RegFamily};
 use crate::CodegenError;
 
 mod axes;
+mod elementwise;
 mod mask;
 mod wgmma;
 use wgmma::WgmmaInit;
@@ -661,12 +662,20 @@ impl<'k> Emitter<'k> {
     fn block(&mut self, block: &Block) -> Result<(), CodegenError> {
         if self.stream.is_none() {
             self.coalesce_updates(block);
-            for (i, inst) in block.insts.iter().enumerate() {
+            let mut i = 0;
+            while i < block.insts.len() {
+                let inst = &block.insts[i];
+                if let Some(len) = self.fused_run_len(&block.insts[i..]) {
+                    self.fused_run(&block.insts[i..i + len])?;
+                    i += len;
+                    continue;
+                }
                 if matches!(inst.op, Op::MmaAsync { .. }) {
                     self.pass_turn(Turn::Waiting);
                     self.prepare_async_matmuls(&block.insts[i..])?;
                 }
                 self.inst(inst)?;
+                i += 1;
             }
             return Ok(());
         }
@@ -875,6 +884,7 @@ impl<'k> Emitter<'k> {
             Op::Convert { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in d.written() {
+                    self.w.element(Some(i));
                     self.w.ins(format!("cvt.rn.f32.s32 {}, {}", d.at(i), s.at(i)));
                 }
                 Ok(())
@@ -890,6 +900,7 @@ impl<'k> Emitter<'k> {
                     (self.regs_of(*dst), self.regs_of(*cond), self.regs_of(*then), self.regs_of(*otherwise));
                 let (ct, at, bt) = (self.kernel.ty(*cond), self.kernel.ty(*then), self.kernel.ty(*otherwise));
                 for i in d.written() {
+                    self.w.element(Some(i));
                     let (ci, ai, bi) = (
                         self.operand_index(ct, dst_ty, i),
                         self.operand_index(at, dst_ty, i),
@@ -957,6 +968,7 @@ impl<'k> Emitter<'k> {
             Op::Exp2 { dst, src } => {
                 let (d, s) = (self.regs_of(*dst), self.regs_of(*src));
                 for i in d.written() {
+                    self.w.element(Some(i));
                     self.w.ins(format!("ex2.approx.ftz.f32 {}, {}", d.at(i), s.at(i)));
                 }
                 Ok(())
@@ -2886,6 +2898,7 @@ impl<'k> Emitter<'k> {
             };
         let skip = self.skip_unit_rescale(op, (lt, rt, elem), (&d, &l, &r));
         for i in d.written() {
+            self.w.element(Some(i));
             let (li, ri) = (self.operand_index(lt, dt, i), self.operand_index(rt, dt, i));
             self.w.ins(format!("{instr} {}, {}, {}", d.at(i), l.at(li), r.at(ri)));
         }
@@ -2961,6 +2974,7 @@ impl<'k> Emitter<'k> {
         let (d, s) = (self.regs_of(dst), self.regs_of(src));
         let elem = self.kernel.ty(src).elem();
         for i in d.written() {
+            self.w.element(Some(i));
             let (x, y) = (d.at(i), s.at(i));
             match (op, elem) {
                 (UnaryOp::Not, _) => self.w.ins(format!("not.pred {x}, {y}")),
@@ -3051,6 +3065,7 @@ impl<'k> Emitter<'k> {
         let mut partial: HashMap<Vec<String>, String> = HashMap::new();
         let mut offsets: HashMap<(usize, String), String> = HashMap::new();
         for i in d.written() {
+            self.w.element(Some(i));
             let (mut addr, mut key) = (base.clone(), vec![]);
             for (axis, (r, t)) in regs.iter().zip(&tys).enumerate() {
                 if t.is_uniform() {
@@ -3225,6 +3240,7 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("mad.lo.u32 {base}, {idx}, {}, {row0}", tile.size(&self.cfg)));
                 self.w.ins(format!("add.u32 {base}, {base}, {group}"));
                 for &(reg, row_offset, _) in &elements {
+                    self.w.element(Some(reg));
                     self.w.ins(format!("add.u32 {}, {base}, {row_offset}", d.at(reg)));
                 }
             }
@@ -3236,6 +3252,7 @@ impl<'k> Emitter<'k> {
                     self.w.ins(format!("add.u32 {base}, {base}, {key0}"));
                 }
                 for &(reg, _, col_offset) in &elements {
+                    self.w.element(Some(reg));
                     self.w.ins(format!("add.u32 {}, {base}, {col_offset}", d.at(reg)));
                 }
             }

@@ -89,6 +89,19 @@ pub struct PtxWriter {
     temps: [usize; 4],
     families: Vec<(RegClass, RegFamily)>,
     labels: usize,
+    /// Instructions being sorted by element ([`PtxWriter::begin_elements`]).
+    elements: Option<ElementOrder>,
+}
+
+/// Instructions held back by element while an elementwise run is written: `lines[i]` is
+/// element `i`'s text, `current` the element being written (`None`: straight to the body);
+/// `by_element` off while a value every element reads is written (its registers are not
+/// numbered by element).
+#[derive(Default)]
+struct ElementOrder {
+    current: Option<usize>,
+    lines: Vec<String>,
+    by_element: bool,
 }
 
 fn class_index(c: RegClass) -> usize {
@@ -150,7 +163,52 @@ impl PtxWriter {
 
     /// One instruction (the trailing `;` is added).
     pub fn ins(&mut self, text: impl AsRef<str>) {
-        let _ = writeln!(self.body, "{}{};", "\t".repeat(self.level + 1), text.as_ref());
+        let line = format!("{}{};\n", "\t".repeat(self.level + 1), text.as_ref());
+        match &mut self.elements {
+            Some(ElementOrder { current: Some(i), lines, .. }) => {
+                if lines.len() <= *i {
+                    lines.resize(*i + 1, String::new());
+                }
+                lines[*i].push_str(&line);
+            }
+            _ => self.body.push_str(&line),
+        }
+    }
+
+    /// From here to [`PtxWriter::end_elements`], the instructions written while
+    /// [`PtxWriter::element`] names an element are held back with that element's; the others
+    /// (comments, and instructions written with no element named) go to the body at once.
+    pub fn begin_elements(&mut self) {
+        self.elements = Some(ElementOrder::default());
+    }
+
+    /// The element the next instructions compute (`None`: instructions every element needs,
+    /// written at once). Outside [`PtxWriter::begin_elements`], or with
+    /// [`PtxWriter::by_element`] off, this does nothing.
+    pub fn element(&mut self, i: Option<usize>) {
+        if let Some(order) = &mut self.elements {
+            order.current = i.filter(|_| order.by_element);
+        }
+    }
+
+    /// Whether the next op's registers are numbered by element, so that
+    /// [`PtxWriter::element`] sorts its instructions (a tile, or a row or column position whose
+    /// register `i` is written at the first element that reads it), or not (a uniform, a row
+    /// vector: written at once). Resets the current element.
+    pub fn by_element(&mut self, on: bool) {
+        if let Some(order) = &mut self.elements {
+            order.by_element = on;
+            order.current = None;
+        }
+    }
+
+    /// The held-back instructions, element 0's first, then element 1's, and so on.
+    pub fn end_elements(&mut self) {
+        if let Some(order) = self.elements.take() {
+            for text in order.lines {
+                self.body.push_str(&text);
+            }
+        }
     }
 
     /// `dst = src / divisor` (unsigned 32-bit) for a divisor known at compile time: a shift for
