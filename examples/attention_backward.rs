@@ -481,8 +481,8 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
     let mut dk = upload(&vec![f64::NAN; b * h * sk * d], &grad_shape)?;
     let mut dv = upload(&vec![f64::NAN; b * h * sk * d], &grad_shape)?;
     macro_rules! dq_args {
-        ($set:expr) => {
-            [
+        ($set:expr) => {{
+            let args = [
                 Arg::Tensor(&$set.q),
                 Arg::Tensor(&$set.k),
                 Arg::Tensor(&$set.v),
@@ -495,12 +495,13 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
             ]
             .into_iter()
             .chain(extra.iter().map(|x| Arg::F32(*x)))
-            .collect::<Vec<_>>()
-        };
+            .collect::<Vec<_>>();
+            absent_tail(&dq_kernel, args)
+        }};
     }
     macro_rules! dkdv_args {
-        ($set:expr, $delta:expr) => {
-            [
+        ($set:expr, $delta:expr) => {{
+            let args = [
                 Arg::Tensor(&$set.q),
                 Arg::Tensor(&$set.k),
                 Arg::Tensor(&$set.v),
@@ -513,8 +514,9 @@ fn on_gpu<T: HalfFloat>(device: &Device, o: &Options) -> Result<bool, String> {
             ]
             .into_iter()
             .chain(extra.iter().map(|x| Arg::F32(*x)))
-            .collect::<Vec<_>>()
-        };
+            .collect::<Vec<_>>();
+            absent_tail(&dkdv_kernel, args)
+        }};
     }
     if let Some(dir) = &o.plan {
         return write_plans(dir, o, [&forward, &dq_kernel, &dkdv_kernel]).map(|_| true);
@@ -666,6 +668,17 @@ fn write_outputs(o: &Options, grads: [&[f64]; 3], shapes: [[usize; 4]; 3]) -> Re
         written.map_err(|x| x.to_string())?;
     }
     Ok(())
+}
+
+/// `args` followed by `Arg::Absent` for each parameter of `kernel` past them: the sequence
+/// offsets the plain (not varlen) backward kernels take last. Without them the launch is refused
+/// ("expected 11 arguments, got 9"), as it was on the H200 on 2026-12-03.
+fn absent_tail<'a>(kernel: &CompiledKernel, mut args: Vec<Arg<'a>>) -> Vec<Arg<'a>> {
+    let params = &kernel.kernel.params[args.len().min(kernel.kernel.params.len())..];
+    if params.iter().all(|p| p.is_optional()) {
+        args.extend(params.iter().map(|_| Arg::Absent));
+    }
+    args
 }
 
 /// Writes the launch plans of the forward, dQ and dK/dV kernels at this shape into `dir`.

@@ -285,6 +285,16 @@ impl Param {
             Param::Table(t) => &t.name,
         }
     }
+
+    /// Whether a launch may leave this parameter out (`Option<..>` in the kernel's source).
+    pub fn is_optional(&self) -> bool {
+        match self {
+            Param::Tensor(t) => t.optional,
+            Param::Table(t) => t.optional,
+            Param::Offsets(o) => o.optional,
+            Param::Scalar { .. } => false,
+        }
+    }
 }
 
 /// The tile of tensor parameter `param` at `coords` (one index value per outer axis).
