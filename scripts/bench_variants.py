@@ -1,7 +1,7 @@
 """FlashCore's attention variants against FlexAttention and SDPA, timed side by side in one process.
 
     python3 scripts/bench_variants.py --flashcore .device/bin/attention --out DIR [--iters 30]
-        [--shapes 2x16x8192x128,4x16x4096x64] [--only softcap]
+        [--shapes 2x16x8192x128,4x16x4096x64] [--only softcap] [--schedule table|h100-sm89]
 
 Each variant is a `#[flash_kernel]` of `flashcore::kernels::variants` (or the plain kernel), run
 through the launch plan the Rust example writes (`attention --kernel NAME --plan`, the same path
@@ -13,9 +13,12 @@ Method (scripts/bench.py's): every implementation's output is first checked agai
 reference of the variant's formula (written here, independently of both kernels) over a sample
 of rows and every key, on fresh random inputs with the output poisoned; then CUDA events around
 each launch after an L2-evicting memset, rotating input sets, warm-up, median of --iters launches
-taken in rounds of rotating order. FlashCore runs one config for every variant at a head dim (the
-H100 tuning table's large-shape pick), so a variant's cost over the plain kernel is the cost of
-its score and mask code. Writes DIR/variants.txt and DIR/variants.json.
+taken in rounds of rotating order. FlashCore runs what a user gets (`--schedule table`, the
+default): the tuning table's pick for this GPU and shape, target included (a variant without
+entries of its own takes the plain kernel's, so a variant's cost over the plain kernel is the cost
+of its score and mask code). `--schedule h100-sm89` runs the fixed sm_89 schedules the runs before
+2026-12-03 used (the H100 table's large-shape picks of 2026-11-24). Writes DIR/variants.txt and
+DIR/variants.json.
 """
 
 import argparse
@@ -35,8 +38,8 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention 
 
 import bench  # noqa: E402
 
-# FlashCore's config per head dim: the H100 tuning table's large-shape schedules.
-CONFIG_FLAGS = {
+# `--schedule h100-sm89`: the H100 tuning table's large-shape schedules of 2026-11-24, per head dim.
+H100_SM89_FLAGS = {
     64: ["--tile-m", "128", "--tile-n", "128", "--warps", "4", "--stages", "1", "--a-in-smem"],
     128: ["--tile-m", "128", "--tile-n", "64", "--warps", "4", "--stages", "1", "--a-in-smem"],
 }
@@ -126,11 +129,16 @@ def kept_pairs(keep, s):
     return total
 
 
+def schedule_flags(args, d):
+    """The example's schedule flags: none (the tuning table picks) or the fixed sm_89 ones."""
+    return H100_SM89_FLAGS[d] if args.schedule == "h100-sm89" else []
+
+
 def flashcore_impl(args, driver, sm_count, shape, kernel, flags, workdir, facts):
     b, h, s, d = shape
     plan_path = os.path.join(workdir, f"plan-{kernel}-{b}x{h}x{s}x{d}-{'_'.join(flags).replace(',', '_')}.json")
     cmd = [args.flashcore, "--kernel", kernel, "--b", str(b), "--h", str(h), "--s", str(s), "--d", str(d),
-           "--plan", plan_path] + CONFIG_FLAGS[d] + flags
+           "--plan", plan_path] + schedule_flags(args, d) + flags
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         return None, f"plan failed: {res.stderr.strip() or res.stdout.strip()}"
@@ -248,6 +256,8 @@ def main():
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--shapes", default="2x16x8192x128,4x16x4096x64")
     p.add_argument("--only", default="")
+    p.add_argument("--schedule", choices=["table", "h100-sm89"], default="table",
+                   help="FlashCore's schedule: the tuning table's pick (what a user gets) or the fixed sm_89 one")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     driver = bench.Driver()
