@@ -131,8 +131,10 @@ Usage: flashcore tuned <kernel> --gpu GPU --shape BxHxSxD [--config SETTINGS]
 The config a launch of the kernel takes on GPU for a [B, H, S, D] problem (keys: S), the rule
 that picked it, and its occupancy there: the tuning table's entry for this GPU (timed, or chosen
 by the occupancy model and marked so: the L4's), else one of a GPU with the same compute
-capability and limits, else of the same capability, never one that does not fit; else the
-declared config, made to fit. The table is the active one (FLASHCORE_TUNING, else the shipped
+capability and limits, else of the same capability, never one that does not fit nor one whose
+GPU's search never weighed this GPU's best target; else, on compute capability 9.0, FlashCore's
+default for the kind of key (the H200's winners); else the declared config, made to fit. The
+table is the active one (FLASHCORE_TUNING, else the shipped
 entries with the user's tuning cache over them). --config sets what the launch fixes (dtype,
 causal, target) before tuning.
 

@@ -8,9 +8,12 @@
 //! Entries record the GPU they were tuned on by name and by its properties ([`GpuProps`]), so
 //! that tuning carries across GPUs ([`Table::pick`]): a launch takes the entry of this GPU, else
 //! one of a GPU with the same compute capability and limits (an H200 takes an H100's), else one
-//! of the same compute capability; never one that does not fit the device. A shape no entry
-//! covers (an untuned head dim, another architecture) gets the kernel's declared config, or the
-//! nearest smaller pipeline of it that fits.
+//! of the same compute capability; never one that does not fit the device, and never another
+//! GPU's entry for a target its search did not weigh against this device's best (an sm_89 entry
+//! from before the sm_90a backend, on a Hopper). A shape no entry covers gets, on a device of
+//! compute capability 9.0, FlashCore's default for its kind of key ([`Source::Default`]: the
+//! H200's winners); elsewhere (an untuned head dim, another architecture) the kernel's declared
+//! config, or the nearest smaller pipeline of it that fits.
 //!
 //! ```
 //! use flashcore::kernels::attention;
@@ -368,6 +371,13 @@ impl GpuProps {
     pub fn capability(&self) -> (i32, i32) {
         (self.compute_capability[0] as i32, self.compute_capability[1] as i32)
     }
+
+    /// The target a launch on this GPU compiles for unless told otherwise
+    /// ([`Target::for_compute_capability`]).
+    pub fn best_target(&self) -> Target {
+        let (major, minor) = self.capability();
+        Target::for_compute_capability(major, minor)
+    }
 }
 
 impl std::fmt::Display for GpuProps {
@@ -492,6 +502,12 @@ pub enum Source {
     /// No entry covers the launch (or none that fits): the kernel's declared config (at this
     /// head dim).
     Declared,
+    /// No entry covers the launch on a device whose best target is sm_90a: the schedule the
+    /// H200's search chose for this kind of key (size class, head dim, causal), as a default.
+    Default {
+        /// The kind of key (`large D=128`).
+        why: String,
+    },
     /// The declared config does not fit the device either: this smaller pipeline of it does.
     Shrunk {
         /// What did not fit, and what does.
@@ -520,6 +536,10 @@ impl std::fmt::Display for Source {
                 rule.describe()
             ),
             Source::Declared => write!(f, "declared (no tuning table entry for this GPU's kind and shape)"),
+            Source::Default { why } => write!(
+                f,
+                "FlashCore's default for compute capability 9.0 at {why} (no tuning table entry for this GPU's kind and shape)"
+            ),
             Source::Shrunk { why } => write!(f, "declared, made to fit: {why}"),
         }
     }
@@ -634,9 +654,11 @@ impl Table {
     /// `fits` the device wins; within a rule an entry of the launch's dtype comes first, then
     /// for bf16 the f16 entry (the two run the same instructions but for the conversions, and
     /// time alike: see docs/measurements), then the GPU with the nearest SM count, then the
-    /// fastest measured. With no such
-    /// entry, `declared`; should it not fit, the nearest smaller pipeline that does
-    /// ([`Source::Shrunk`]). `fits` says why a config cannot run on the device (shared memory,
+    /// fastest measured. The rules after the first pass over entries for a target their GPU's
+    /// search did not cover (see `drop_searched_without`). With no such entry, on a device whose
+    /// best target is sm_90a, FlashCore's default for the kind of key that fits
+    /// ([`Source::Default`]); else `declared`; should it not fit, the nearest smaller pipeline
+    /// that does ([`Source::Shrunk`]). `fits` says why a config cannot run on the device (shared memory,
     /// threads, a target the device cannot load).
     pub fn pick(
         &self,
@@ -665,6 +687,9 @@ impl Table {
                             && rule.admits(&e.key.gpu, e.device.as_ref(), gpu)
                     })
                     .collect();
+                if rule != Match::ThisGpu {
+                    drop_searched_without(&mut found, gpu.props.best_target());
+                }
                 // The nearest SM count, then the fastest measured (all were timed at the size
                 // class's representative shape), then by name for a stable order.
                 let sms_off = |e: &Entry| e.device.map_or(0, |p| p.sms.abs_diff(gpu.props.sms));
@@ -688,8 +713,89 @@ impl Table {
                 }
             }
         }
+        if gpu.props.best_target() == Target::Sm90a {
+            let class_name = class.name();
+            for config in hopper_defaults(declared, class) {
+                if fits(&config).is_ok() {
+                    let why = format!("{class_name} D={}", declared.head_dim);
+                    return (config, Source::Default { why });
+                }
+            }
+        }
         shrink_to_fit(declared, fits)
     }
+}
+
+/// Drops from `found` (one key's entries of other GPUs) each entry whose target is another than
+/// `best` (this device's best target) when its GPU has no entry of `best` for the key: that GPU's
+/// search did not cover `best` (the H100's entries of 2026-11-24 predate the sm_90a backend),
+/// so its choice of the other target says nothing about this device. A GPU whose search covered
+/// both keeps a winner of each ([`Table::insert`]), and the faster of them is picked as before.
+fn drop_searched_without(found: &mut Vec<&Entry>, best: Target) {
+    // An entry that names no target runs on the device's best one: no choice to distrust.
+    let runs_best = |e: &Entry| matches!(e.schedule.target, Target::Auto) || e.schedule.target == best;
+    let covered: Vec<String> = found.iter().filter(|e| runs_best(e)).map(|e| e.key.gpu.clone()).collect();
+    found.retain(|e| runs_best(e) || covered.contains(&e.key.gpu));
+}
+
+/// The last rule before the declared config on a device whose best target is sm_90a, for a key
+/// no entry covers: the schedules the H200's own search chose for each kind of key
+/// (`tuning/attention.json`, 2026-12-02 and 03, both targets searched), best first, each followed
+/// by simpler forms should the kernel not compile with one of its features (a variant with no
+/// producer form, no overlap). Small grids take sm_89's split-KV, which beat every sm_90a
+/// schedule there on the H200 (fewer CTAs than SMs: split-KV spreads the keys; sm_90a has no
+/// split-KV yet).
+fn hopper_defaults(declared: Config, class: SizeClass) -> Vec<Config> {
+    let (d, causal) = (declared.head_dim, declared.causal);
+    let sm90a = Config { target: Target::Sm90a, kv_splits: 1, kv_ctas: 1, softmax_warps: 0, ..declared };
+    let producer = |tile_m: u32, tile_n: u32, stages: u32| Config {
+        tile_m,
+        tile_n,
+        stages,
+        warps: tile_m / 16,
+        load_warps: 4,
+        tma: true,
+        ..sm90a
+    };
+    let split_kv = |tile_m: u32, tile_n: u32, warps: u32, load_warps: u32, stages: u32| Config {
+        target: Target::Sm89,
+        tile_m,
+        tile_n,
+        warps,
+        load_warps,
+        stages,
+        kv_splits: 2,
+        softmax_warps: 0,
+        ..declared
+    };
+    let mut picks = match class {
+        SizeClass::Tiny | SizeClass::Small if d > 128 => {
+            vec![Config { persistent: true, tma: false, ..producer(64, 64, 2) }]
+        }
+        SizeClass::Tiny => vec![split_kv(32, if d <= 64 { 256 } else { 128 }, 4, 2, 3)],
+        SizeClass::Small if d <= 64 => vec![split_kv(64, 256, 8, 0, 2)],
+        SizeClass::Small => vec![Config { persistent: true, tma: false, ..producer(64, 128, 2) }],
+        _ if d <= 64 && !causal => {
+            let stages = if class == SizeClass::Large { 4 } else { 2 };
+            vec![Config { overlap: class == SizeClass::Medium, ..producer(192, 128, stages) }]
+        }
+        SizeClass::Large if d <= 64 => {
+            vec![Config { persistent: true, overlap: true, ..producer(128, 256, 3) }]
+        }
+        _ if d <= 64 => vec![Config { tile_m: 64, tile_n: 128, warps: 4, stages: 2, ..sm90a }],
+        _ => {
+            let tile_n = if d <= 128 { 128 } else { 64 };
+            vec![Config { persistent: !causal, overlap: true, pingpong: causal, ..producer(128, tile_n, 2) }]
+        }
+    };
+    // Simpler forms of the first pick: without the overlap and pingpong, then without TMA.
+    let first = picks[0];
+    if first.target == Target::Sm90a && first.load_warps > 0 {
+        picks.push(Config { overlap: false, pingpong: false, ..first });
+        picks.push(Config { overlap: false, pingpong: false, tma: false, ..first });
+    }
+    picks.retain(|c| c.validate().is_ok());
+    picks
 }
 
 impl Table {
@@ -956,15 +1062,72 @@ mod tests {
         let (cfg, source) = back.pick("attention", &x, bf16, [2, 16, 8192, 8192], &anything);
         assert_eq!((cfg.tile_m, cfg.dtype), (128, DType::Bf16));
         assert!(matches!(source, Source::Tuned(ref k, _) if k.dtype == "f16"));
-        // Another architecture, head dim or causal flag: the declared config.
+        // Another architecture: the declared config; another head dim or causal flag on the
+        // Hopper: FlashCore's default for compute capability 9.0 at that kind of key.
         let l4 = gpu("NVIDIA L4", GpuProps::L4);
-        for (g, d, causal) in [(&l4, 64, false), (&x, 128, false), (&x, 64, true)] {
+        let d64 = Config { head_dim: 64, ..declared };
+        assert_eq!(back.pick("attention", &l4, d64, [2, 16, 8192, 8192], &anything), (d64, Source::Declared));
+        for (d, causal) in [(128, false), (64, true)] {
             let declared = Config { head_dim: d, causal, ..declared };
-            assert_eq!(
-                back.pick("attention", g, declared, [2, 16, 8192, 8192], &anything),
-                (declared, Source::Declared)
-            );
+            let (cfg, source) = back.pick("attention", &x, declared, [2, 16, 8192, 8192], &anything);
+            assert_eq!((cfg.target, cfg.head_dim, cfg.causal), (Target::Sm90a, d, causal));
+            assert_eq!(source, Source::Default { why: format!("large D={d}") });
         }
+    }
+
+    /// Issue 20's fallback: another GPU's entry whose search did not cover this device's best
+    /// target (the H100's sm_89 entries of 2026-11-24, from before the sm_90a backend) is not
+    /// taken on a Hopper; one whose GPU has an sm_90a winner for the key too competes by time;
+    /// with nothing left, FlashCore's default for the kind of key, which fits the device.
+    #[test]
+    fn another_gpus_entries_searched_without_this_devices_target_are_not_taken() {
+        let shape = [2, 16, 8192, 8192];
+        let with_target = |gpu_name: &str, target: Target, tile_m: u32, median_us: f64| {
+            let mut e = entry(SizeClass::Large, tile_m);
+            e.key.gpu = gpu_name.into();
+            e.schedule.target = target;
+            e.measured.median_us = median_us;
+            e
+        };
+        let h200 = gpu("NVIDIA H200", GpuProps::HOPPER_SXM);
+        let declared = Config { tile_m: 16, warps: 1, ..Config::default() };
+        // Only an sm_89 entry from a GPU that never searched sm_90a: the default, not it.
+        let mut table = Table::empty();
+        table.insert(with_target("NVIDIA H100 80GB HBM3", Target::Sm89, 128, 100.0));
+        let (cfg, source) = table.pick("attention", &h200, declared, shape, &anything);
+        assert_eq!(source, Source::Default { why: "large D=64".into() });
+        assert_eq!((cfg.tile_m, cfg.warps, cfg.load_warps, cfg.target), (192, 12, 4, Target::Sm90a));
+        assert!(source.to_string().contains("default for compute capability 9.0"), "{source}");
+        // The same GPU's sm_90a winner too: both compete, the faster is taken.
+        table.insert(with_target("NVIDIA H100 80GB HBM3", Target::Sm90a, 64, 150.0));
+        let (cfg, source) = table.pick("attention", &h200, declared, shape, &anything);
+        assert_eq!((cfg.tile_m, cfg.target), (128, Target::Sm89), "{source:?}");
+        // On this GPU's own entries no rule is second-guessed.
+        let own = gpu("NVIDIA H100 80GB HBM3", GpuProps::HOPPER_SXM);
+        let mut table = Table::empty();
+        table.insert(with_target("NVIDIA H100 80GB HBM3", Target::Sm89, 128, 100.0));
+        let (cfg, source) = table.pick("attention", &own, declared, shape, &anything);
+        assert!(cfg.tile_m == 128 && matches!(source, Source::Tuned(_, Match::ThisGpu)), "{source:?}");
+        // An L4 (best target sm_89) takes an sm_89 entry of another GPU of its kind.
+        let mut table = Table::empty();
+        let mut l4_entry = with_target("NVIDIA L4", Target::Sm89, 128, 100.0);
+        l4_entry.device = Some(GpuProps::L4);
+        table.insert(l4_entry);
+        let other_l4 = gpu("an L4-like GPU", GpuProps::L4);
+        let (cfg, source) = table.pick("attention", &other_l4, declared, shape, &anything);
+        assert!(cfg.tile_m == 128 && matches!(source, Source::Tuned(_, Match::SameLimits)), "{source:?}");
+        // Every kind of key's default validates, and a default that does not fit is passed over.
+        for class in [SizeClass::Tiny, SizeClass::Small, SizeClass::Medium, SizeClass::Large] {
+            for d in [64, 128, 256] {
+                for causal in [false, true] {
+                    let picks = hopper_defaults(Config { head_dim: d, causal, ..declared }, class);
+                    assert!(!picks.is_empty(), "{class:?} D={d} causal {causal}");
+                }
+            }
+        }
+        let no_producer = |c: &Config| if c.load_warps > 0 { Err("no producer".to_string()) } else { Ok(()) };
+        let (cfg, _) = Table::empty().pick("attention", &h200, declared, shape, &no_producer);
+        assert_eq!(cfg, declared, "no default fits: the declared config");
     }
 
     #[test]

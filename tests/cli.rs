@@ -69,6 +69,15 @@ fn tuned_says_which_config_a_launch_takes_and_why() {
     // sm_89 shape the table does not cover, D = 256, gets the declared config.
     let d256 = ok(&["tuned", "attention", "--gpu", "l4", "--shape", "2x16x8192x256"]);
     assert!(d256.contains("source     declared") || d256.contains("made to fit"), "{d256}");
+    // On a Hopper the same shape gets FlashCore's default for its kind of key (sm_90a, a
+    // producer warpgroup), and says so.
+    let hopper = ok(&["tuned", "attention", "--gpu", "h200", "--shape", "2x16x8192x256"]);
+    assert!(
+        hopper.contains("load_warps=4")
+            && hopper.contains("sm_90a")
+            && hopper.contains("FlashCore's default for compute capability 9.0 at large D=256"),
+        "{hopper}"
+    );
     for (args, says) in [
         (
             &["tuned", "attention", "--gpu", "a100", "--shape", "1x1x64x64"][..],

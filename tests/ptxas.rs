@@ -262,7 +262,10 @@ fn shipped_tuning_entries_assemble_without_spills() {
     for entry in &table.entries {
         let dtype = flashcore::DType::from_name(&entry.key.dtype).expect("the table parsed");
         let config = entry.config(flashcore::Config { dtype, ..flashcore::Config::default() });
-        let compiled = attention::compile(&config).unwrap_or_else(|e| panic!("{}: {e}", entry.key));
+        let kernel = flashcore::registry::find(&entry.key.kernel)
+            .unwrap_or_else(|| panic!("{}: no registered kernel of that name", entry.key));
+        let compiled =
+            flashcore::compile(&(kernel.program)(), &config).unwrap_or_else(|e| panic!("{}: {e}", entry.key));
         for arch in flashcore::occupancy::archs_for(config.target).iter().map(|a| a.sm) {
             let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
                 .unwrap_or_else(|e| panic!("{} {arch}: {e}", entry.key));
@@ -327,4 +330,39 @@ fn score_modifying_variants_at_the_shipped_sm90a_entries_spill_no_more_than_know
         }
     }
     assert!(over.is_empty(), "variants spilling more than known:\n{}", over.join("\n"));
+}
+
+/// FlashCore's defaults for compute capability 9.0 (`tuning::Source::Default`, what a Hopper
+/// with no entry for a key gets) assemble without spills, at every kind of key and head dim 64,
+/// 128 and 256, causal and not: they are shipped configs too.
+#[test]
+fn hopper_defaults_assemble_without_spills() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    let gpu = flashcore::tuning::Gpu {
+        name: "a Hopper with no entries".into(),
+        props: flashcore::tuning::GpuProps::HOPPER_SXM,
+    };
+    let program = attention::program();
+    let table = flashcore::tuning::Table::empty();
+    let mut spilling = vec![];
+    for shape in [[1, 8, 512, 512], [1, 8, 1024, 1024], [4, 16, 2048, 2048], [2, 16, 8192, 8192]] {
+        for d in [64, 128, 256] {
+            for causal in [false, true] {
+                let declared = flashcore::Config { causal, ..attention::CONFIG.with_head_dim(d) };
+                let (config, source) = table.pick_kernel(&program, "attention", &gpu, declared, shape, None);
+                assert!(
+                    matches!(source, flashcore::tuning::Source::Default { .. }),
+                    "{shape:?} D={d}: {source}"
+                );
+                let compiled = attention::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+                let arch = if config.target == flashcore::Target::Sm90a { "sm_90a" } else { "sm_90" };
+                let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, arch)
+                    .unwrap_or_else(|e| panic!("{config} {arch}: {e}"));
+                if report.spill_store_bytes + report.spill_load_bytes + report.stack_bytes > 0 {
+                    spilling.push(format!("{config} {arch}: {} B spill stores", report.spill_store_bytes));
+                }
+            }
+        }
+    }
+    assert!(spilling.is_empty(), "defaults that spill:\n{}", spilling.join("\n"));
 }
