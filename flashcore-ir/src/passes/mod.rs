@@ -3,7 +3,6 @@
 //! after each one, so a pass that breaks an invariant is caught where it did.
 
 pub mod fold_scale;
-pub mod hoist_gathers;
 pub mod overlap;
 pub mod persist;
 pub mod pipeline;
@@ -42,7 +41,7 @@ pub(crate) fn work_loop(body: &Block, pass: &str) -> Result<usize, IrError> {
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 9] = [
+pub const PASSES: [(&str, Pass); 8] = [
     ("pipeline", pipeline::run),
     ("split_kv", split_kv::run),
     ("split_ctas", split_ctas::run),
@@ -51,7 +50,6 @@ pub const PASSES: [(&str, Pass); 9] = [
     ("overlap", overlap::run),
     ("tma", tma::run),
     ("fold_scale", fold_scale::run),
-    ("hoist_gathers", hoist_gathers::run),
 ];
 
 /// Runs every pass up to and including `last` (all of them when `None`), verifying after each.
