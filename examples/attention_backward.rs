@@ -40,7 +40,7 @@ use flashcore::kernels::{attention, backward};
 use flashcore::reference::{self, Problem, Rng};
 use flashcore::runtime::{Device, DeviceTensor};
 use flashcore::simulate::{check_backward_pair, AttentionShape, BackwardPair};
-use flashcore::{bf16, f16, round_to, tolerance, Arg, CompiledKernel, Config, DType, HalfFloat};
+use flashcore::{bf16, f16, round_to, tolerance, Arg, CompiledKernel, Config, DType, HalfFloat, Target};
 use std::sync::Arc;
 
 /// A `#[flash_kernel]`'s `compile`.
@@ -207,15 +207,16 @@ impl Options {
     /// The configs come back with their targets.
     fn kernels(&self, compute_capability: Option<(i32, i32)>) -> Result<(Kernels, [Config; 3]), String> {
         use flashcore::kernels::variants::{sliding_window_attention, softcap_attention};
-        let (fwd, (dq, dkdv)) = (self.forward_config(), self.backward_configs()?);
         let e = |x: flashcore::Error| x.to_string();
+        let requested = flashcore::target::requested().map_err(e)?;
+        let target = requested.or(compute_capability.map(|(a, b)| Target::for_compute_capability(a, b)));
+        let (fwd, (dq, dkdv)) = (self.forward_config(), self.backward_configs(target)?);
         let forward = match (self.window, self.softcap) {
             (Some(_), _) => sliding_window_attention::compile(&fwd).map_err(e)?,
             (None, Some(_)) => softcap_attention::compile(&fwd).map_err(e)?,
             (None, None) => attention::compile(&fwd).map_err(e)?,
         };
         let pair = self.pair();
-        let requested = flashcore::target::requested().map_err(e)?;
         let on_device =
             |compile: CompileFn, config: Config| -> Result<(Arc<CompiledKernel>, Config), String> {
                 let compiles = |c: &Config| compile(c).map(|_| ()).map_err(|x| x.to_string());
@@ -290,10 +291,16 @@ impl Options {
         }
     }
 
-    /// The dQ and dK/dV kernels' configs: `backward_configs(D)` with the tile flags applied,
-    /// then each kernel's own settings (`--dq-config`, `--dkdv-config`).
-    fn backward_configs(&self) -> Result<(Config, Config), String> {
-        let tuned = backward::backward_configs(self.d as u32);
+    /// The dQ and dK/dV kernels' configs: `backward_configs_for(D, target)` as
+    /// `launch_backward_async` takes them for the plain kernels (`backward_configs(D)` for the
+    /// variants' pairs), with the tile flags applied, then each kernel's own settings
+    /// (`--dq-config`, `--dkdv-config`). `target`: the one the launches will take, if known.
+    fn backward_configs(&self, target: Option<Target>) -> Result<(Config, Config), String> {
+        let d = self.d as u32;
+        let tuned = match (target, self.window, self.softcap) {
+            (Some(target), None, None) => backward::backward_configs_for(d, target),
+            _ => backward::backward_configs(d),
+        };
         let dkdv = match (self.causal, self.softcap) {
             // Softcap's causal dK/dV kernel keeps K and V in shared memory (its declaration).
             (true, Some(_)) => Config { a_in_smem: true, ..tuned.dkdv_causal },
@@ -377,7 +384,7 @@ fn main() -> ExitCode {
 fn without_gpu(reason: &str, o: &Options) -> Result<bool, String> {
     println!("no GPU: {reason}");
     // The simulator check runs both kernels under one config: the dK/dV kernel's.
-    let config = o.backward_configs()?.1;
+    let config = o.backward_configs(None)?.1;
     let shape = AttentionShape { b: 1, h: 2, hk: 1, s: 77, sk: 100 };
     println!(
         "The backward kernels compiled ({config}); running them in the PTX simulator at {shape:?}, D = {}.",

@@ -430,7 +430,11 @@ fn backward_plan(
     // Grouped K/V heads: the kernels that sum each group's query heads, K and V kept in shared
     // memory for the whole group.
     let (index, config, program): (usize, Config, fn() -> Program) = match (h != hk, causal) {
-        (false, false) => (1, set(configs.dkdv), attention_backward_dkdv::program),
+        // The plain kernel's schedule for the target asked for (sm_90a's is wider).
+        (false, false) => {
+            let plain = target.map_or(configs, |t| backward_configs_for(head_dim, t));
+            (1, set(plain.dkdv), attention_backward_dkdv::program)
+        }
         (false, true) => (2, set(configs.dkdv_causal), attention_backward_dkdv_causal::program),
         (true, false) => {
             (3, Config { a_in_smem: true, ..set(configs.dkdv) }, attention_backward_dkdv_grouped::program)

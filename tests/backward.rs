@@ -833,3 +833,54 @@ fn an_output_table_written_packed_is_refused() {
     .to_string();
     assert!(err.contains("`c`") && err.contains("writing one so"), "{err}");
 }
+
+/// The plain dK/dV kernel under the schedule `launch_backward_async` gives it on sm_90a at
+/// D = 128 (`backward_configs_for`: 64-query tiles, two stages) matches float64 in the
+/// simulator with tails, S ≠ SK both ways, f16 and bf16; on sm_89 the schedule stays
+/// `backward_configs`'s.
+#[test]
+fn the_sm90a_dkdv_schedule_matches_float64() {
+    use flashcore::simulate::check_backward_split;
+    use flashcore::Target;
+    let wide = backward_configs_for(128, Target::Sm90a).dkdv;
+    assert_eq!((wide.tile_n, wide.stages, wide.target), (64, 2, Target::Sm90a));
+    assert_eq!(backward_configs_for(128, Target::Sm89), backward_configs(128));
+    assert_eq!(backward_configs_for(64, Target::Sm90a), backward_configs(64));
+    let pair = BackwardPair {
+        dq: attention_backward_dq::compile,
+        dkdv: attention_backward_dkdv::compile,
+        scalars: vec![],
+    };
+    let dq = backward_configs(128).dq;
+    for (i, (dtype, (b, h, s, sk))) in
+        [(DType::F16, (1, 2, 150, 77)), (DType::Bf16, (2, 2, 130, 200))].into_iter().enumerate()
+    {
+        let shape = AttentionShape { b, h, hk: h, s, sk };
+        let configs = (Config { dtype, ..dq }, Config { dtype, ..wide });
+        let got = match dtype {
+            DType::F16 => check_backward_split::<flashcore::f16>(
+                &pair,
+                configs,
+                shape,
+                false,
+                60 + i as u64,
+                &|_, _, x| (x, 1.0),
+            ),
+            DType::Bf16 => check_backward_split::<flashcore::bf16>(
+                &pair,
+                configs,
+                shape,
+                false,
+                60 + i as u64,
+                &|_, _, x| (x, 1.0),
+            ),
+        }
+        .unwrap_or_else(|e| panic!("{wide} {shape:?}: {e}"));
+        let bound = flashcore::tolerance(dtype);
+        println!(
+            "sm_90a dK/dV {wide} {dtype:?} {shape:?}: dk {:.2e} dv {:.2e}",
+            got.dk.rel_l2, got.dv.rel_l2
+        );
+        assert!(got.dk.rel_l2 < bound && got.dv.rel_l2 < bound, "{wide} {shape:?}: {got:?}");
+    }
+}

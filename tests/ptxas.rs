@@ -366,3 +366,23 @@ fn hopper_defaults_assemble_without_spills() {
     }
     assert!(spilling.is_empty(), "defaults that spill:\n{}", spilling.join("\n"));
 }
+
+/// The plain dK/dV kernel's sm_90a schedule at D = 128 (`backward_configs_for`) assembles
+/// without spills: the register room it was chosen for.
+#[test]
+fn the_sm90a_dkdv_schedule_assembles_without_spills() {
+    use flashcore::kernels::backward::{attention_backward_dkdv, backward_configs_for};
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    for dtype in [flashcore::DType::F16, flashcore::DType::Bf16] {
+        let config = flashcore::Config { dtype, ..backward_configs_for(128, flashcore::Target::Sm90a).dkdv };
+        let compiled = attention_backward_dkdv::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, "sm_90a")
+            .unwrap_or_else(|e| panic!("{config}: {e}"));
+        assert_eq!(
+            (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
+            (0, 0, 0),
+            "{config}: {} registers",
+            report.registers
+        );
+    }
+}

@@ -21,7 +21,7 @@
 //! ```
 
 use crate::runtime::{Device, DeviceTensor};
-use crate::{flash_kernel, Config, Error};
+use crate::{flash_kernel, Config, Error, Target};
 
 /// The schedule of each backward kernel at one head dim: see [`backward_configs`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,6 +55,20 @@ pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
         dkdv: narrow,
         dkdv_causal: narrow,
     }
+}
+
+/// [`backward_configs`] for a launch that compiles for `target`. On sm_90a the plain dK/dV
+/// kernel ([`attention_backward_dkdv`]) at 64 < D ≤ 128 takes 64-query score tiles two stages
+/// deep: its wgmma warpgroup has the registers sm_89's `mma.sync` tiles lack (250 a thread
+/// without spills at D = 128). On the H200 at 2x16x8192x128 it took 4640 µs against 5691 with
+/// the 32-wide single-stage tiles (`docs/measurements/2026-12-03-h200-backward-dkdv.txt`); the
+/// causal and grouped dK/dV kernels and the variants' keep [`backward_configs`]'s until measured.
+pub fn backward_configs_for(head_dim: u32, target: Target) -> BackwardConfigs {
+    let configs = backward_configs(head_dim);
+    if target != Target::Sm90a || !(65..=128).contains(&head_dim) {
+        return configs;
+    }
+    BackwardConfigs { dkdv: Config { tile_n: 64, stages: 2, target, ..configs.dkdv }, ..configs }
 }
 
 /// The backward's query side: per Q tile, `Δ = rowsum(dO ∘ O)` (stored in `delta` for
@@ -658,7 +672,16 @@ fn launch_either<T: crate::HalfFloat>(
             })
         }
     };
-    let configs = backward_configs(head_dim);
+    // The target the launches take (`FLASHCORE_TARGET`'s, else the device's best): the dK/dV
+    // schedule depends on it.
+    let target = match crate::target::requested()? {
+        Some(target) => target,
+        None => {
+            let (major, minor) = device.info().compute_capability;
+            Target::for_compute_capability(major, minor)
+        }
+    };
+    let configs = backward_configs_for(head_dim, target);
     let dtype = |c: Config| Config { dtype: T::DTYPE, ..c };
     let dq_config = Config { causal, ..dtype(configs.dq) };
     attention_backward_dq::launch_async(
@@ -672,7 +695,9 @@ fn launch_either<T: crate::HalfFloat>(
                 attention_backward_dkdv_grouped_causal::launch_async::<T> as DkdvLaunch<T>,
             )
         } else {
-            (dtype(configs.dkdv), attention_backward_dkdv_grouped::launch_async::<T> as DkdvLaunch<T>)
+            // The grouped kernel keeps the schedule measured for it (sm_89's, on either target).
+            let grouped = backward_configs(head_dim).dkdv;
+            (dtype(grouped), attention_backward_dkdv_grouped::launch_async::<T> as DkdvLaunch<T>)
         };
         // K and V stay in shared memory for the whole group (see the kernels' declarations).
         let config = Config { a_in_smem: true, ..config };
