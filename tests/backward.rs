@@ -857,25 +857,12 @@ fn the_sm90a_dkdv_schedule_matches_float64() {
     {
         let shape = AttentionShape { b, h, hk: h, s, sk };
         let configs = (Config { dtype, ..dq }, Config { dtype, ..wide });
-        let got = match dtype {
-            DType::F16 => check_backward_split::<flashcore::f16>(
-                &pair,
-                configs,
-                shape,
-                false,
-                60 + i as u64,
-                &|_, _, x| (x, 1.0),
-            ),
-            DType::Bf16 => check_backward_split::<flashcore::bf16>(
-                &pair,
-                configs,
-                shape,
-                false,
-                60 + i as u64,
-                &|_, _, x| (x, 1.0),
-            ),
-        }
-        .unwrap_or_else(|e| panic!("{wide} {shape:?}: {e}"));
+        let split = match dtype {
+            DType::F16 => check_backward_split::<flashcore::f16>,
+            DType::Bf16 => check_backward_split::<flashcore::bf16>,
+        };
+        let got = split(&pair, configs, shape, false, 60 + i as u64, &|_, _, x| (x, 1.0))
+            .unwrap_or_else(|e| panic!("{wide} {shape:?}: {e}"));
         let bound = flashcore::tolerance(dtype);
         println!(
             "sm_90a dK/dV {wide} {dtype:?} {shape:?}: dk {:.2e} dv {:.2e}",
