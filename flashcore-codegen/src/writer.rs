@@ -353,6 +353,50 @@ impl DivisionByConstant {
 mod tests {
     use super::*;
 
+    /// Instructions written for elements come out grouped by element, in the order each
+    /// element's were written; instructions for no element (and comments) go out at once,
+    /// ahead of them; with `by_element` off, a named element is ignored; outside
+    /// `begin_elements` nothing is held back.
+    #[test]
+    fn element_order_groups_instructions_by_element() {
+        let mut w = PtxWriter::default();
+        w.ins("before");
+        w.begin_elements();
+        w.by_element(true);
+        for (op, elements) in [("a", [0, 1]), ("b", [0, 1])] {
+            w.element(None);
+            w.comment(format!("op {op}"));
+            w.ins(format!("{op} shared"));
+            for i in elements {
+                w.element(Some(i));
+                w.ins(format!("{op}{i}"));
+            }
+        }
+        w.by_element(false);
+        w.element(Some(1));
+        w.ins("uniform");
+        w.end_elements();
+        w.element(Some(0));
+        w.ins("after");
+        let lines: Vec<&str> = w.body.lines().map(str::trim).collect();
+        assert_eq!(
+            lines,
+            [
+                "before;",
+                "// op a",
+                "a shared;",
+                "// op b",
+                "b shared;",
+                "uniform;",
+                "a0;",
+                "b0;",
+                "a1;",
+                "b1;",
+                "after;"
+            ]
+        );
+    }
+
     #[test]
     fn division_by_a_constant_is_exact_for_every_divisor_the_generator_uses() {
         // Every divisor up to 1024 (ring slots, tile sizes, chunks per row, warps per split) and
