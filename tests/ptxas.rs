@@ -386,3 +386,27 @@ fn the_sm90a_dkdv_schedule_assembles_without_spills() {
         );
     }
 }
+
+/// The dQ kernel's sm_90a form (`passes::split_a_loads`) assembles without spills at the
+/// schedules `backward_configs` gives it, D = 64 and 128.
+#[test]
+fn the_sm90a_dq_assembles_without_spills() {
+    use flashcore::kernels::backward::{attention_backward_dq, backward_configs};
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    for d in [64, 128] {
+        for causal in [false, true] {
+            let config =
+                flashcore::Config { causal, target: flashcore::Target::Sm90a, ..backward_configs(d).dq };
+            let compiled =
+                attention_backward_dq::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+            let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, "sm_90a")
+                .unwrap_or_else(|e| panic!("{config}: {e}"));
+            assert_eq!(
+                (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
+                (0, 0, 0),
+                "{config}: {} registers",
+                report.registers
+            );
+        }
+    }
+}

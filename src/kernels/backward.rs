@@ -45,13 +45,16 @@ pub struct BackwardConfigs {
 /// the spill-free 16-wide tiles (16 bytes on sm_90).
 pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
     let declared = attention_backward_dq::CONFIG.with_head_dim(head_dim);
+    // The dQ kernel runs sm_89 on every device unless a target is asked for: its sm_90a form
+    // (possible since `passes::split_a_loads`) has not been timed yet.
+    let dq_sm89 = |c: Config| Config { target: Target::Sm89, ..c };
     if head_dim <= 64 {
-        return BackwardConfigs { dq: declared, dkdv: declared, dkdv_causal: declared };
+        return BackwardConfigs { dq: dq_sm89(declared), dkdv: declared, dkdv_causal: declared };
     }
     let in_smem = Config { a_in_smem: true, ..declared };
     let narrow = Config { tile_n: 32, stages: 1, ..in_smem };
     BackwardConfigs {
-        dq: if head_dim <= 96 { in_smem } else { Config { stages: 1, ..in_smem } },
+        dq: dq_sm89(if head_dim <= 96 { in_smem } else { Config { stages: 1, ..in_smem } }),
         dkdv: narrow,
         dkdv_causal: narrow,
     }
@@ -674,16 +677,14 @@ fn launch_either<T: crate::HalfFloat>(
     };
     // The target the launches take (`FLASHCORE_TARGET`'s, else the device's best): the dK/dV
     // schedule depends on it.
-    let target = match crate::target::requested()? {
-        Some(target) => target,
-        None => {
-            let (major, minor) = device.info().compute_capability;
-            Target::for_compute_capability(major, minor)
-        }
-    };
+    let requested = crate::target::requested()?;
+    let target = requested.unwrap_or_else(|| {
+        let (major, minor) = device.info().compute_capability;
+        Target::for_compute_capability(major, minor)
+    });
     let configs = backward_configs_for(head_dim, target);
     let dtype = |c: Config| Config { dtype: T::DTYPE, ..c };
-    let dq_config = Config { causal, ..dtype(configs.dq) };
+    let dq_config = Config { causal, target: requested.unwrap_or(configs.dq.target), ..dtype(configs.dq) };
     attention_backward_dq::launch_async(
         device, &dq_config, q, k, v, o, d_out, lse, dq, delta, scale, cu_q, cu_k,
     )?;

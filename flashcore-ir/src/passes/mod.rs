@@ -7,6 +7,7 @@ pub mod overlap;
 pub mod persist;
 pub mod pipeline;
 pub mod softmax_split;
+pub mod split_a_loads;
 pub mod split_ctas;
 pub mod split_kv;
 pub mod tma;
@@ -41,7 +42,7 @@ pub(crate) fn work_loop(body: &Block, pass: &str) -> Result<usize, IrError> {
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 8] = [
+pub const PASSES: [(&str, Pass); 9] = [
     ("pipeline", pipeline::run),
     ("split_kv", split_kv::run),
     ("split_ctas", split_ctas::run),
@@ -50,6 +51,7 @@ pub const PASSES: [(&str, Pass); 8] = [
     ("overlap", overlap::run),
     ("tma", tma::run),
     ("fold_scale", fold_scale::run),
+    ("split_a_loads", split_a_loads::run),
 ];
 
 /// Runs every pass up to and including `last` (all of them when `None`), verifying after each.
