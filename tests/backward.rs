@@ -73,15 +73,7 @@ fn dkdv_on_sm90a_matches_float64() {
         let dq = Config { head_dim: d as u32, ..attention_backward_dq::CONFIG };
         let dkdv = Config { target: flashcore::Target::Sm90a, ..dq };
         for causal in [false, true] {
-            let pair = BackwardPair {
-                dq: attention_backward_dq::compile,
-                dkdv: if causal {
-                    attention_backward_dkdv_causal::compile
-                } else {
-                    attention_backward_dkdv::compile
-                },
-                scalars: vec![],
-            };
+            let pair = plain_pair(causal);
             let shape = AttentionShape { b, h, hk, s, sk };
             let got = check_backward_split::<flashcore::f16>(
                 &pair,
@@ -888,15 +880,7 @@ fn dq_on_sm90a_matches_float64() {
         let kernel = attention_backward_dq::compile(&dq).unwrap_or_else(|e| panic!("{dq}: {e}"));
         assert!(kernel.kernel.values.iter().any(|v| v.name == "dof_a"), "{dq}: dO is loaded once");
         for causal in [false, true] {
-            let pair = BackwardPair {
-                dq: attention_backward_dq::compile,
-                dkdv: if causal {
-                    attention_backward_dkdv_causal::compile
-                } else {
-                    attention_backward_dkdv::compile
-                },
-                scalars: vec![],
-            };
+            let pair = plain_pair(causal);
             let shape = AttentionShape { b, h, hk, s, sk };
             let dq = Config { causal, ..dq };
             let got = check_backward_split::<flashcore::f16>(
@@ -917,5 +901,14 @@ fn dq_on_sm90a_matches_float64() {
                 "{dq} {shape:?} causal {causal}: {got:?}"
             );
         }
+    }
+}
+
+/// The plain backward's dQ kernel with the dK/dV kernel for `causal`.
+fn plain_pair(causal: bool) -> BackwardPair {
+    BackwardPair {
+        dq: attention_backward_dq::compile,
+        dkdv: if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile },
+        scalars: vec![],
     }
 }

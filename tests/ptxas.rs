@@ -376,14 +376,7 @@ fn the_sm90a_dkdv_schedule_assembles_without_spills() {
     for dtype in [flashcore::DType::F16, flashcore::DType::Bf16] {
         let config = flashcore::Config { dtype, ..backward_configs_for(128, flashcore::Target::Sm90a).dkdv };
         let compiled = attention_backward_dkdv::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
-        let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, "sm_90a")
-            .unwrap_or_else(|e| panic!("{config}: {e}"));
-        assert_eq!(
-            (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
-            (0, 0, 0),
-            "{config}: {} registers",
-            report.registers
-        );
+        assert_sm90a_spill_free(&ptxas, &compiled, &config);
     }
 }
 
@@ -399,14 +392,23 @@ fn the_sm90a_dq_assembles_without_spills() {
                 flashcore::Config { causal, target: flashcore::Target::Sm90a, ..backward_configs(d).dq };
             let compiled =
                 attention_backward_dq::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
-            let report = flashcore::ptxas::assemble(&ptxas, &compiled.ptx.text, "sm_90a")
-                .unwrap_or_else(|e| panic!("{config}: {e}"));
-            assert_eq!(
-                (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
-                (0, 0, 0),
-                "{config}: {} registers",
-                report.registers
-            );
+            assert_sm90a_spill_free(&ptxas, &compiled, &config);
         }
     }
+}
+
+/// `compiled` (for `config`) assembles for sm_90a with no spill and no stack.
+fn assert_sm90a_spill_free(
+    ptxas: &std::path::Path,
+    compiled: &flashcore::CompiledKernel,
+    config: &flashcore::Config,
+) {
+    let report = flashcore::ptxas::assemble(ptxas, &compiled.ptx.text, "sm_90a")
+        .unwrap_or_else(|e| panic!("{config}: {e}"));
+    assert_eq!(
+        (report.spill_store_bytes, report.spill_load_bytes, report.stack_bytes),
+        (0, 0, 0),
+        "{config}: {} registers",
+        report.registers
+    );
 }
