@@ -9,7 +9,9 @@
 #   reorder   three variants whose PTX the elementwise runs reordered, .device/bin/attention_prev
 #             (before them) against .device/bin/attention;
 #   tune      the autotuner on ALiBi causal D = 64 and the bias D = 128 (sm_90a, large), into a
-#             copy of the shipped table, then scripts/bench_variants.py on both with it.
+#             copy of the shipped table, then scripts/bench_variants.py on both with it;
+#   dq        (not in the default list) the dQ kernel on sm_90a (passes/split_a_loads.rs; untimed
+#             when it landed) against its shipped sm_89 schedule, at 2x16x8192x128, causal and not.
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -50,6 +52,14 @@ for step in $steps; do
         FLASHCORE_TUNING="$out/tuned.json" timeout 120 python3 scripts/bench_variants.py --flashcore "$bins/attention" \
           --out "$out/variants-$only" --only "$only" --iters 20 > "$out/variants-$only.log" 2>&1
         echo "variants $only: exit $?" | tee -a "$out/steps.txt"
+      done ;;
+    dq)
+      for causal in "" "--causal"; do
+        for dq in "" "sm_90a"; do
+          # shellcheck disable=SC2086
+          timeout 90 "$bins/attention_backward" --b 2 --h 16 --s 8192 --d 128 $causal --repeat 10 \
+            ${dq:+--dq-config "$dq"} 2>&1 | tee -a "$out/dq.txt"
+        done
       done ;;
   esac
 done
