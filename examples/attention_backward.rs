@@ -24,7 +24,9 @@
 //! parameters, loss `½‖O − target‖²`, takes N gradient-descent steps with the forward and
 //! `kernels::backward::launch_backward_async` on the GPU; the loss must fall at every step.
 //!
-//! The backward kernels run `kernels::backward::backward_configs(D)`, with the tile flags
+//! The backward kernels run `kernels::backward::backward_configs_for(D, target)` (the schedules
+//! `launch_backward_async` takes on the device's target; the variants' pairs
+//! `backward_configs(D)`), with the tile flags
 //! applied to both, then `--dq-config` / `--dkdv-config` settings (`tile_n=64 stages=2
 //! sm_90a`, as `Config` prints them) to one each, for tuning one kernel at a time. The
 //! example's dK/dV kernels write per query head (`[B, H, SK, D]`, checked per head); with `--hkv` below `--h` a K/V head's gradient is the sum over its group, which
@@ -859,7 +861,7 @@ fn varlen_typed<T: HalfFloat>(device: Option<&Device>, o: &Options) -> Result<bo
                 (false, false) => backward::attention_backward_dkdv::compile(&set(configs.dkdv)),
                 (true, false) => backward::attention_backward_dkdv_causal::compile(&set(configs.dkdv_causal)),
                 (false, true) => {
-                    backward::attention_backward_dkdv_grouped::compile(&in_smem(set(configs.dkdv)))
+                    backward::attention_backward_dkdv_grouped::compile(&in_smem(set(configs.dkdv_grouped)))
                 }
                 (true, true) => backward::attention_backward_dkdv_grouped_causal::compile(&in_smem(set(
                     configs.dkdv_causal,

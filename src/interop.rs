@@ -424,21 +424,21 @@ fn backward_plan(
         ));
     };
     let (dtype, head_dim) = element_and_head_dim(kernel, dtype, d)?;
-    let configs = backward_configs(head_dim);
+    // The schedules for the target asked for (sm_90a's plain dK/dV is wider); without one, the
+    // target is the device's, decided at launch, and the schedules are `backward_configs`'s.
+    let configs = target.map_or(backward_configs(head_dim), |t| backward_configs_for(head_dim, t));
     let set = |c: Config| Config { dtype, target: target.unwrap_or(c.target), ..c };
     let dq = (0, Config { causal, ..set(configs.dq) }, attention_backward_dq::program as fn() -> Program);
     // Grouped K/V heads: the kernels that sum each group's query heads, K and V kept in shared
     // memory for the whole group.
     let (index, config, program): (usize, Config, fn() -> Program) = match (h != hk, causal) {
-        // The plain kernel's schedule for the target asked for (sm_90a's is wider).
-        (false, false) => {
-            let plain = target.map_or(configs, |t| backward_configs_for(head_dim, t));
-            (1, set(plain.dkdv), attention_backward_dkdv::program)
-        }
+        (false, false) => (1, set(configs.dkdv), attention_backward_dkdv::program),
         (false, true) => (2, set(configs.dkdv_causal), attention_backward_dkdv_causal::program),
-        (true, false) => {
-            (3, Config { a_in_smem: true, ..set(configs.dkdv) }, attention_backward_dkdv_grouped::program)
-        }
+        (true, false) => (
+            3,
+            Config { a_in_smem: true, ..set(configs.dkdv_grouped) },
+            attention_backward_dkdv_grouped::program,
+        ),
         (true, true) => (
             4,
             Config { a_in_smem: true, ..set(configs.dkdv_causal) },

@@ -734,8 +734,8 @@ impl Table {
 fn drop_searched_without(found: &mut Vec<&Entry>, best: Target) {
     // An entry that names no target runs on the device's best one: no choice to distrust.
     let runs_best = |e: &Entry| matches!(e.schedule.target, Target::Auto) || e.schedule.target == best;
-    let covered: Vec<String> = found.iter().filter(|e| runs_best(e)).map(|e| e.key.gpu.clone()).collect();
-    found.retain(|e| runs_best(e) || covered.contains(&e.key.gpu));
+    let covered: Vec<&str> = found.iter().filter(|e| runs_best(e)).map(|e| e.key.gpu.as_str()).collect();
+    found.retain(|e| runs_best(e) || covered.contains(&e.key.gpu.as_str()));
 }
 
 /// The last rule before the declared config on a device whose best target is sm_90a, for a key
@@ -768,28 +768,26 @@ fn hopper_defaults(declared: Config, class: SizeClass) -> Vec<Config> {
         softmax_warps: 0,
         ..declared
     };
-    let mut picks = match class {
+    let first = match class {
         SizeClass::Tiny | SizeClass::Small if d > 128 => {
-            vec![Config { persistent: true, tma: false, ..producer(64, 64, 2) }]
+            Config { persistent: true, tma: false, ..producer(64, 64, 2) }
         }
-        SizeClass::Tiny => vec![split_kv(32, if d <= 64 { 256 } else { 128 }, 4, 2, 3)],
-        SizeClass::Small if d <= 64 => vec![split_kv(64, 256, 8, 0, 2)],
-        SizeClass::Small => vec![Config { persistent: true, tma: false, ..producer(64, 128, 2) }],
+        SizeClass::Tiny => split_kv(32, if d <= 64 { 256 } else { 128 }, 4, 2, 3),
+        SizeClass::Small if d <= 64 => split_kv(64, 256, 8, 0, 2),
+        SizeClass::Small => Config { persistent: true, tma: false, ..producer(64, 128, 2) },
         _ if d <= 64 && !causal => {
             let stages = if class == SizeClass::Large { 4 } else { 2 };
-            vec![Config { overlap: class == SizeClass::Medium, ..producer(192, 128, stages) }]
+            Config { overlap: class == SizeClass::Medium, ..producer(192, 128, stages) }
         }
-        SizeClass::Large if d <= 64 => {
-            vec![Config { persistent: true, overlap: true, ..producer(128, 256, 3) }]
-        }
-        _ if d <= 64 => vec![Config { tile_m: 64, tile_n: 128, warps: 4, stages: 2, ..sm90a }],
+        SizeClass::Large if d <= 64 => Config { persistent: true, overlap: true, ..producer(128, 256, 3) },
+        _ if d <= 64 => Config { tile_m: 64, tile_n: 128, warps: 4, stages: 2, ..sm90a },
         _ => {
             let tile_n = if d <= 128 { 128 } else { 64 };
-            vec![Config { persistent: !causal, overlap: true, pingpong: causal, ..producer(128, tile_n, 2) }]
+            Config { persistent: !causal, overlap: true, pingpong: causal, ..producer(128, tile_n, 2) }
         }
     };
     // Simpler forms of the first pick: without the overlap and pingpong, then without TMA.
-    let first = picks[0];
+    let mut picks = vec![first];
     if first.target == Target::Sm90a && first.load_warps > 0 {
         picks.push(Config { overlap: false, pingpong: false, ..first });
         picks.push(Config { overlap: false, pingpong: false, tma: false, ..first });

@@ -569,7 +569,7 @@ fn grouped_dkdv_runs_on_the_gpu() {
     type F = flashcore::f16;
     for d in [64usize, 128] {
         let (b, h, hk, s, sk) = (1, 8, 2, 1000, 1100);
-        let config = Config { dtype: DType::F16, ..backward_configs(d as u32).dkdv };
+        let config = Config { dtype: DType::F16, ..backward_configs(d as u32).dkdv_grouped };
         let mut rng = flashcore::reference::Rng::new(5 + d as u64);
         let mut gen =
             |n: usize| (0..n).map(|_| flashcore::round_to(DType::F16, rng.normal())).collect::<Vec<f64>>();
@@ -664,7 +664,7 @@ fn grouped_dkdv_runs_on_the_gpu() {
     }
     // Time: 2x32(8)x4096x128, the tuned dK/dV schedule, next to the per-query-head kernel.
     let (b, h, hk, s, d) = (2, 32, 8, 4096, 128);
-    let config = Config { dtype: DType::F16, ..backward_configs(d as u32).dkdv };
+    let config = Config { dtype: DType::F16, ..backward_configs(d as u32).dkdv_grouped };
     let t = |shape: &[usize], x: f32| device.filled(shape, F::from_f32(x)).unwrap();
     let (qd, kd, vd, gd) =
         (t(&[b, h, s, d], 0.01), t(&[b, hk, s, d], 0.02), t(&[b, hk, s, d], 0.03), t(&[b, h, s, d], 0.5));

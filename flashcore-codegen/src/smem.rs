@@ -209,11 +209,7 @@ pub fn kept_a_operands(kernel: &Kernel) -> Vec<Value> {
         let mut only_a = true;
         kernel.walk(&mut |inst| {
             if inst.op.uses().contains(v) {
-                only_a &= match &inst.op {
-                    Op::Mma { a, b, acc, .. } => a == v && b != v && *acc != Some(*v),
-                    Op::MmaAsync { dst, a, b, .. } => a == v && b != v && dst != v,
-                    _ => false,
-                };
+                only_a &= inst.op.reads_only_as_a(*v);
             }
         });
         only_a

@@ -48,6 +48,7 @@ pub fn sm90a_support(kernel: &Kernel) -> Result<(), String> {
     }
     // A loaded tile that is an mma A operand and also used otherwise would be a register A
     // operand live across the K/V loop, which the H200 driver's JIT miscompiles (emit/wgmma.rs).
+    // The `split_a_loads` pass gives such matmuls their own load: this check guards that it ran.
     let kept = crate::smem::kept_a_operands(kernel);
     let mut loads = vec![];
     kernel.walk(&mut |inst| {

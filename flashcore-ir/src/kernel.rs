@@ -824,6 +824,16 @@ impl Op {
         }
     }
 
+    /// Whether this op reads `v` as a matmul's A operand and in no other way (not as its B
+    /// operand, accumulator or result): what wgmma reads from shared memory through a descriptor.
+    pub fn reads_only_as_a(&self, v: Value) -> bool {
+        match self {
+            Op::Mma { a, b, acc, .. } => *a == v && *b != v && *acc != Some(v),
+            Op::MmaAsync { dst, a, b, .. } => *a == v && *b != v && *dst != v,
+            _ => false,
+        }
+    }
+
     /// The value this op defines, if any (`Assign` redefines an existing one and is not counted).
     pub fn def(&self) -> Option<Value> {
         op_def!(self, dst => *dst)

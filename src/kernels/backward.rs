@@ -30,8 +30,11 @@ pub struct BackwardConfigs {
     pub dq: Config,
     /// For [`attention_backward_dkdv`].
     pub dkdv: Config,
-    /// For [`attention_backward_dkdv_causal`].
+    /// For [`attention_backward_dkdv_causal`] (and, K and V kept in shared memory,
+    /// [`attention_backward_dkdv_grouped_causal`]).
     pub dkdv_causal: Config,
+    /// For [`attention_backward_dkdv_grouped`] (K and V kept in shared memory by the caller).
+    pub dkdv_grouped: Config,
 }
 
 /// Schedules for the three backward kernels at head dim `head_dim`: the fastest measured on the
@@ -49,7 +52,12 @@ pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
     // (possible since `passes::split_a_loads`) has not been timed yet.
     let dq_sm89 = |c: Config| Config { target: Target::Sm89, ..c };
     if head_dim <= 64 {
-        return BackwardConfigs { dq: dq_sm89(declared), dkdv: declared, dkdv_causal: declared };
+        return BackwardConfigs {
+            dq: dq_sm89(declared),
+            dkdv: declared,
+            dkdv_causal: declared,
+            dkdv_grouped: declared,
+        };
     }
     let in_smem = Config { a_in_smem: true, ..declared };
     let narrow = Config { tile_n: 32, stages: 1, ..in_smem };
@@ -57,6 +65,7 @@ pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
         dq: dq_sm89(if head_dim <= 96 { in_smem } else { Config { stages: 1, ..in_smem } }),
         dkdv: narrow,
         dkdv_causal: narrow,
+        dkdv_grouped: narrow,
     }
 }
 
@@ -696,9 +705,7 @@ fn launch_either<T: crate::HalfFloat>(
                 attention_backward_dkdv_grouped_causal::launch_async::<T> as DkdvLaunch<T>,
             )
         } else {
-            // The grouped kernel keeps the schedule measured for it (sm_89's, on either target).
-            let grouped = backward_configs(head_dim).dkdv;
-            (dtype(grouped), attention_backward_dkdv_grouped::launch_async::<T> as DkdvLaunch<T>)
+            (dtype(configs.dkdv_grouped), attention_backward_dkdv_grouped::launch_async::<T> as DkdvLaunch<T>)
         };
         // K and V stay in shared memory for the whole group (see the kernels' declarations).
         let config = Config { a_in_smem: true, ..config };

@@ -77,10 +77,11 @@ impl Emitter<'_> {
             | Op::Select { .. }
             | Op::Gather { .. } => true,
             Op::Convert { src, .. } => !self.kernel.ty(*src).elem().is_some_and(|e| e.is_half()),
-            Op::Const { .. } | Op::IntConst { .. } | Op::ScalarParam { .. } | Op::DimLen { .. } => {
-                return RunPart::Shared;
-            }
-            Op::Position { .. } => return RunPart::Shared,
+            Op::Const { .. }
+            | Op::IntConst { .. }
+            | Op::ScalarParam { .. }
+            | Op::DimLen { .. }
+            | Op::Position { .. } => return RunPart::Shared,
             _ => false,
         };
         let Some(dst) = inst.op.def() else { return RunPart::Outside };

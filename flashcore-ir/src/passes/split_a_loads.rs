@@ -57,10 +57,10 @@ fn loads_read_as_a_and_otherwise(kernel: &Kernel) -> Vec<Value> {
             if !inst.op.uses().contains(v) {
                 return;
             }
-            match &inst.op {
-                Op::Mma { a, b, acc, .. } if a == v && b != v && *acc != Some(*v) => as_a = true,
-                Op::MmaAsync { dst, a, b, .. } if a == v && b != v && dst != v => as_a = true,
-                _ => otherwise = true,
+            if inst.op.reads_only_as_a(*v) {
+                as_a = true;
+            } else {
+                otherwise = true;
             }
         });
         as_a && otherwise
