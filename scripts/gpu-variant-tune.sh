@@ -11,7 +11,8 @@
 #   tune      the autotuner on ALiBi causal D = 64 and the bias D = 128 (sm_90a, large), into a
 #             copy of the shipped table, then scripts/bench_variants.py on both with it;
 #   dq        (not in the default list) the dQ kernel on sm_90a (passes/split_a_loads.rs; untimed
-#             when it landed) against its shipped sm_89 schedule, at 2x16x8192x128, causal and not.
+#             when it landed) against its shipped sm_89 schedule, at 2x16x8192x128, causal and not;
+#             DQ_CONFIGS (space-separated `Config` settings, default `sm_90a`) lists the forms tried.
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -55,7 +56,7 @@ for step in $steps; do
       done ;;
     dq)
       for causal in "" "--causal"; do
-        for dq in "" "sm_90a"; do
+        for dq in "" ${DQ_CONFIGS:-sm_90a}; do
           # shellcheck disable=SC2086
           timeout 90 "$bins/attention_backward" --b 2 --h 16 --s 8192 --d 128 $causal --repeat 10 \
             ${dq:+--dq-config "$dq"} 2>&1 | tee -a "$out/dq.txt"

@@ -62,8 +62,8 @@ fn check_all<T: HalfFloat>() {
 }
 
 /// The dK/dV kernels on sm_90a (wgmma; each matmul's transposed operand read through a
-/// descriptor), next to the dQ kernel on sm_89 (its dO is both an mma operand and a register
-/// operand, which sm_90a refuses), at D = 64 and 128, causal and not, with tails and grouped
+/// descriptor), next to the dQ kernel on sm_89 (`dq_on_sm90a_matches_float64` runs its sm_90a
+/// form), at D = 64 and 128, causal and not, with tails and grouped
 /// heads.
 #[test]
 fn dkdv_on_sm90a_matches_float64() {
@@ -867,12 +867,18 @@ fn the_sm90a_dkdv_schedule_matches_float64() {
 /// The dQ kernel on sm_90a, which `passes::split_a_loads` makes possible (its dO, read by
 /// `Δ = rowsum(dO ∘ O)` and as the A operand of `dP = dO·Vᵀ`, is loaded a second time for the
 /// wgmma), matches float64 in the simulator at D = 64 and 128, causal and not, with tails and
-/// grouped heads; the shipped schedules keep dQ on sm_89 until it is timed.
+/// grouped heads. `backward_configs_for` gives it sm_90a on Hopper at 64 < D ≤ 128, where it
+/// was timed; `backward_configs` (no target) keeps sm_89.
 #[test]
 fn dq_on_sm90a_matches_float64() {
     use flashcore::simulate::check_backward_split;
     use flashcore::Target;
     assert_eq!(backward_configs(128).dq.target, Target::Sm89);
+    assert_eq!(
+        backward_configs_for(128, Target::Sm90a).dq,
+        Config { target: Target::Sm90a, ..backward_configs(128).dq }
+    );
+    assert_eq!(backward_configs_for(64, Target::Sm90a).dq.target, Target::Sm89);
     let bound = flashcore::tolerance(DType::F16);
     for (i, &(b, h, hk, s, sk, d)) in [(1, 2, 1, 77, 150, 64), (2, 2, 2, 130, 100, 128)].iter().enumerate() {
         let dq = Config { target: Target::Sm90a, ..backward_configs(d as u32).dq };

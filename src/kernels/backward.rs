@@ -48,8 +48,8 @@ pub struct BackwardConfigs {
 /// the spill-free 16-wide tiles (16 bytes on sm_90).
 pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
     let declared = attention_backward_dq::CONFIG.with_head_dim(head_dim);
-    // The dQ kernel runs sm_89 on every device unless a target is asked for: its sm_90a form
-    // (possible since `passes::split_a_loads`) has not been timed yet.
+    // The dQ kernel runs sm_89 unless a target is asked for: `backward_configs_for` gives it
+    // sm_90a where that was timed (64 < D ≤ 128).
     let dq_sm89 = |c: Config| Config { target: Target::Sm89, ..c };
     if head_dim <= 64 {
         return BackwardConfigs {
@@ -69,18 +69,29 @@ pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
     }
 }
 
-/// [`backward_configs`] for a launch that compiles for `target`. On sm_90a the plain dK/dV
-/// kernel ([`attention_backward_dkdv`]) at 64 < D ≤ 128 takes 64-query score tiles two stages
-/// deep: its wgmma warpgroup has the registers sm_89's `mma.sync` tiles lack (250 a thread
-/// without spills at D = 128). On the H200 at 2x16x8192x128 it took 4640 µs against 5691 with
-/// the 32-wide single-stage tiles (`docs/measurements/2026-12-03-h200-backward-dkdv.txt`); the
-/// causal and grouped dK/dV kernels and the variants' keep [`backward_configs`]'s until measured.
+/// [`backward_configs`] for a launch that compiles for `target`. On sm_90a at 64 < D ≤ 128:
+/// - the plain dK/dV kernel ([`attention_backward_dkdv`]) takes 64-query score tiles two
+///   stages deep: its wgmma warpgroup has the registers sm_89's `mma.sync` tiles lack (250 a
+///   thread without spills at D = 128). On the H200 at 2x16x8192x128 it took 4640 µs against
+///   5691 with the 32-wide single-stage tiles
+///   (`docs/measurements/2026-12-03-h200-backward-dkdv.txt`);
+/// - the dQ kernel compiles for sm_90a (`passes::split_a_loads` keeps its dO in shared memory
+///   for the wgmma), same tiles: at 2x16x8192x128 it took 3564 µs against 5101 for sm_89, and
+///   1852 against 2677 causal; two stages or 128-query tiles were no faster
+///   (`docs/measurements/2026-12-03-h200-backward-dq.txt`).
+///
+/// The causal and grouped dK/dV kernels, the variants' pairs and D ≤ 64 keep
+/// [`backward_configs`]'s until measured.
 pub fn backward_configs_for(head_dim: u32, target: Target) -> BackwardConfigs {
     let configs = backward_configs(head_dim);
     if target != Target::Sm90a || !(65..=128).contains(&head_dim) {
         return configs;
     }
-    BackwardConfigs { dkdv: Config { tile_n: 64, stages: 2, target, ..configs.dkdv }, ..configs }
+    BackwardConfigs {
+        dq: Config { target, ..configs.dq },
+        dkdv: Config { tile_n: 64, stages: 2, target, ..configs.dkdv },
+        ..configs
+    }
 }
 
 /// The backward's query side: per Q tile, `Δ = rowsum(dO ∘ O)` (stored in `delta` for
