@@ -12,7 +12,11 @@
 #             copy of the shipped table, then scripts/bench_variants.py on both with it;
 #   dq        (not in the default list) the dQ kernel on sm_90a (passes/split_a_loads.rs; untimed
 #             when it landed) against its shipped sm_89 schedule, at 2x16x8192x128, causal and not;
-#             DQ_CONFIGS (space-separated `Config` settings, default `sm_90a`) lists the forms tried.
+#             DQ_CONFIGS (space-separated `Config` settings, default `sm_90a`) lists the forms tried;
+#   doc       (not in the default list) the document mask with table summaries (.device/bin/attention)
+#             against the build before them (.device/bin/attention_prev), A/B, then
+#             scripts/bench_variants.py's document rows next to FlexAttention, then compute-sanitizer
+#             memcheck on a small document-mask launch (the summary kernel, then the kernel).
 set -uo pipefail
 bins=${BINS:-.device/bin}
 out=${OUT:-/tmp/flashcore-out}
@@ -62,5 +66,13 @@ for step in $steps; do
             ${dq:+--dq-config "$dq"} 2>&1 | tee -a "$out/dq.txt"
         done
       done ;;
+    doc)
+      SHAPES="--kernel document_attention --doc-len 1000 --causal --b 2 --h 16 --s 8192 --d 128;--kernel document_attention --doc-len 1000 --causal --b 4 --h 16 --s 4096 --d 64;--kernel document_attention --doc-len 1000 --causal --b 1 --h 8 --s 512 --d 64;--kernel document_bounds_attention --doc-len 1000 --causal --b 4 --h 16 --s 4096 --d 64" \
+        ITERS=20 ROUNDS=2 timeout 240 scripts/gpu-ab.sh "$bins/attention_prev" "$bins/attention" 2>&1 | tee "$out/ab-doc.txt"
+      timeout 200 python3 scripts/bench_variants.py --flashcore "$bins/attention" --out "$out/variants-doc" \
+        --only document --iters 20 > "$out/variants-doc.log" 2>&1
+      echo "variants document: exit $?" | tee -a "$out/steps.txt"
+      timeout 120 /usr/local/cuda/bin/compute-sanitizer --tool memcheck "$bins/attention" --kernel document_attention \
+        --doc-len 100 --causal --b 2 --h 2 --s 1000 --d 64 --iters 2 --warmup 1 2>&1 | tail -4 | tee "$out/memcheck-doc.txt" ;;
   esac
 done

@@ -982,6 +982,8 @@ fn enqueue(
     let grid = grid_size(k, binding.work_items, || {
         Ok(device.ctas_per_sm(&image)?.max(1) as u64 * device.info().sm_count as u64)
     })?;
+    // The tables the masks read along the key axis, summarised first, on the same stream.
+    let summaries = summarise_tables(device, kernel, args, stream)?;
     // Split across CTAs: the kernel's workspace, after the parameters (`EntryParam::Workspace`).
     let workspace_bytes = codegen::combine_workspace_bytes(k, binding.work_items);
     let workspace = (workspace_bytes > 0)
@@ -1019,6 +1021,10 @@ fn enqueue(
                 // The tensor's pointer is launch argument `param` (the ABI lists parameters first).
                 Some(LaunchArg::TensorMap { tensor: param, map: spec })
             },
+            |summary| {
+                let (_, buffer) = summaries.iter().find(|(s, _)| *s == summary)?;
+                Some(buffer.as_ref().map_or(LaunchArg::Null, |b| LaunchArg::Buffer(&**b)))
+            },
         )
         .ok_or_else(|| abi_mismatch(k))?;
     match stream {
@@ -1028,9 +1034,157 @@ fn enqueue(
     Ok(())
 }
 
+/// The summary kernel's launch for table summary `summary` of `kernel` over a table of
+/// `shape` and `strides` (`None`: an empty table); typed errors name the table. A table read
+/// packed (a variable-length batch: its batch axis dropped, `bind_shapes`) is summarised along
+/// the same axis of the packed view, whose blocks count from the first sequence's first row.
+pub(crate) fn summary_launch(
+    kernel: &ir::Kernel,
+    summary: ir::kernel::TableSummary,
+    shape: &[usize],
+    strides: &[usize],
+) -> Result<Option<codegen::table_summary::SummaryLaunch>, Error> {
+    let name = kernel.params[summary.param].name();
+    let bad = |message: String| Error::Argument { kernel: kernel.name.clone(), arg: name.into(), message };
+    let ir::kernel::Param::Table(table) = &kernel.params[summary.param] else {
+        return Err(bad("a table summary of a parameter that is not a table".into()));
+    };
+    let axis = if shape.len() + 1 == table.dims.len() {
+        // Packed: the batch axis of the offsets whose sequence axis the table has is gone.
+        let batch = kernel.params.iter().find_map(|p| match p {
+            ir::kernel::Param::Offsets(o) if !o.lengths && table.dims.contains(&o.seq) => {
+                table.dims.iter().position(|d| *d == o.batch)
+            }
+            _ => None,
+        });
+        match batch {
+            Some(batch) if batch != summary.axis => summary.axis - usize::from(batch < summary.axis),
+            _ => return Err(bad(format!("shape {shape:?}: want one axis per dim of the table"))),
+        }
+    } else if shape.len() == table.dims.len() {
+        summary.axis
+    } else {
+        return Err(bad(format!("shape {shape:?}: want one axis per dim of the table")));
+    };
+    codegen::table_summary::summary_launch(shape, strides, axis, kernel.config.tile_n).map_err(bad)
+}
+
+/// Enqueues the table summary kernel for each of `kernel`'s table summaries
+/// (`Kernel::table_summaries`) on the launch's stream, into a buffer of the device's kept for
+/// this kernel and table: each summary with its buffer (`None` for a table left out or empty).
+/// Like the split-KV workspace, the buffer is shared by the kernel's launches: launches of the
+/// same kernel on two streams at once would race on it.
+fn summarise_tables(
+    device: &runtime::Device,
+    kernel: &CompiledKernel,
+    args: &[Arg],
+    stream: Option<runtime::ForeignStream>,
+) -> Result<Vec<(ir::kernel::TableSummary, Option<std::sync::Arc<runtime::DeviceTensor<u32>>>)>, Error> {
+    use codegen::table_summary::{table_summary_ptx, TABLE_SUMMARY_ENTRY, TABLE_SUMMARY_THREADS};
+    static PTX: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
+    let k = &kernel.kernel;
+    let mut out = vec![];
+    for summary in k.table_summaries() {
+        let Some(Arg::Tensor(table)) = args.get(summary.param) else {
+            out.push((summary, None));
+            continue;
+        };
+        let view = TensorView::of(*table);
+        let Some(launch) = summary_launch(k, summary, view.shape, view.strides)? else {
+            out.push((summary, None));
+            continue;
+        };
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (kernel.key, "table summary", summary.param, summary.axis).hash(&mut h);
+            h.finish()
+        };
+        let buffer = device.workspace(key, launch.bytes.div_ceil(4) as usize)?;
+        let image = paged::hand_written(&PTX, table_summary_ptx, TABLE_SUMMARY_ENTRY, TABLE_SUMMARY_THREADS);
+        let mut launch_args = vec![LaunchArg::Buffer(*table), LaunchArg::Buffer(&*buffer)];
+        launch_args.extend(launch.values.into_iter().map(LaunchArg::U32));
+        match stream {
+            Some(stream) => device.launch_on(&image, launch.ctas, &mut launch_args, stream)?,
+            None => device.launch(&image, launch.ctas, &mut launch_args)?,
+        }
+        drop(launch_args);
+        out.push((summary, Some(buffer)));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A document table read packed (`[TOTAL]` for `doc: [B, S]` with sequence offsets) is
+    /// summarised along its one axis; read dense, along its second.
+    #[test]
+    fn a_packed_table_is_summarised_along_its_packed_axis() {
+        let kernel =
+            kernels::variants::document_attention::compile(&kernels::variants::document_attention::CONFIG)
+                .unwrap();
+        let k = &kernel.kernel;
+        let [summary] = k.table_summaries()[..] else { panic!("{:?}", k.table_summaries()) };
+        assert_eq!(k.params[summary.param].name(), "doc");
+        assert_eq!(summary.axis, 1);
+        let dense = summary_launch(k, summary, &[2, 300], &[300, 1]).unwrap().unwrap();
+        assert_eq!(dense.values[..5], [10, 5, 64, 300, 1]);
+        let packed = summary_launch(k, summary, &[700], &[1]).unwrap().unwrap();
+        assert_eq!(packed.values[..5], [11, 11, 64, 700, 1]);
+        assert_eq!(packed.bytes, 11 * 8);
+        let err = summary_launch(k, summary, &[2, 3, 300], &[900, 300, 1]).unwrap_err().to_string();
+        assert!(err.contains("doc"), "{err}");
+    }
+
+    /// The table summary kernel, run in the simulator on a strided 3-D table summarised along
+    /// its middle axis (a partial last block, rows apart in memory), writes each (row, block)
+    /// the minimum and maximum of its elements, at the table's offset for it times 8 bytes,
+    /// and nothing else.
+    #[test]
+    fn the_summary_kernel_writes_each_blocks_min_and_max() {
+        use codegen::table_summary::{
+            summary_launch, table_summary_ptx, TABLE_SUMMARY_ENTRY, TABLE_SUMMARY_THREADS,
+        };
+        let (shape, strides, block) = ([3usize, 150, 2], [400usize, 2, 1], 64u32);
+        let len = 3 * 400;
+        let mut seed = 7u64;
+        let table: Vec<i32> = (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 33) as i32 - (1 << 30)
+            })
+            .collect();
+        let launch = summary_launch(&shape, &strides, 1, block).unwrap().unwrap();
+        let mut machine = flashcore_sim::Machine::new(Default::default());
+        let t = machine.alloc(table.iter().flat_map(|x| x.to_le_bytes()).collect());
+        let poison = 0x5a5a5a5au32 as i32;
+        let s = machine.alloc(vec![0x5a; launch.bytes as usize]);
+        let image = (table_summary_ptx(), TABLE_SUMMARY_ENTRY, TABLE_SUMMARY_THREADS);
+        paged::simulate_hand_written(&mut machine, image, launch.ctas, &[t, s], &launch.values).unwrap();
+        let got: Vec<i32> = machine
+            .read(s, launch.bytes as usize)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let mut written = std::collections::HashSet::new();
+        for (i, k) in (0..3).flat_map(|i| (0..2).map(move |k| (i, k))) {
+            for blk in 0..150usize.div_ceil(block as usize) {
+                let elems = (blk * 64..(blk * 64 + 64).min(150)).map(|j| table[i * 400 + j * 2 + k]);
+                let (min, max) = (elems.clone().min().unwrap(), elems.max().unwrap());
+                let at = i * 400 + blk * 2 + k;
+                assert_eq!((got[2 * at], got[2 * at + 1]), (min, max), "row ({i}, {k}), block {blk}");
+                written.insert(at);
+            }
+        }
+        for (at, pair) in got.chunks_exact(2).enumerate() {
+            if !written.contains(&at) {
+                assert_eq!(pair, [poison, poison], "pair {at} is no block's");
+            }
+        }
+    }
 
     #[test]
     fn sm90a_kernels_refuse_devices_other_than_compute_capability_9_0() {

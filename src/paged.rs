@@ -893,7 +893,7 @@ pub fn check_on_device<T: HalfFloat>(
 /// A hand-written kernel (the append kernel, the table check) as the runtime launches it: its
 /// PTX (`make`'s, made once per process in `cell`) keyed in the device's module cache by its
 /// hash, entry `entry`, CTAs of `threads`, no shared memory.
-fn hand_written(
+pub(crate) fn hand_written(
     cell: &'static std::sync::OnceLock<(String, u64)>,
     make: fn() -> String,
     entry: &'static str,
@@ -911,7 +911,7 @@ fn hand_written(
 
 /// A hand-written kernel run in the simulator on `ctas` CTAs of `threads`: its arguments are
 /// `pointers` (allocations in `machine`, in order) then `values` (`u32`s).
-fn simulate_hand_written(
+pub(crate) fn simulate_hand_written(
     machine: &mut flashcore_sim::Machine,
     (ptx, entry, threads): (String, &str, u32),
     ctas: u32,

@@ -82,6 +82,35 @@ pub enum PlanParam {
         /// The box each copy brings, innermost first.
         box_dims: Vec<u32>,
     },
+    /// A device pointer to a buffer of `summaries[index].bytes` bytes that the launcher
+    /// allocates once and fills before every launch by launching `summaries[index]`.
+    Summary {
+        /// The kernel parameter, e.g. `summary_doc_1`.
+        name: String,
+        /// Which of the plan's `summaries`.
+        index: usize,
+    },
+}
+
+/// A launch that must run before the kernel's, on the same stream, every time: the table
+/// summary kernel (`flashcore_codegen::table_summary`) over one table the masks read along the
+/// key axis. Its arguments: the table's pointer, the summary buffer's, then `values`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanSummary {
+    /// The table parameter it reads.
+    pub table: String,
+    /// Bytes of its buffer.
+    pub bytes: u64,
+    /// The PTX `.entry`.
+    pub entry: String,
+    /// Threads per CTA.
+    pub threads_per_cta: u32,
+    /// CTAs.
+    pub ctas: u32,
+    /// The `u32` arguments after the two pointers.
+    pub values: Vec<u32>,
+    /// The PTX text.
+    pub ptx: String,
 }
 
 /// Everything needed to launch one compiled kernel on one problem shape.
@@ -104,6 +133,8 @@ pub struct LaunchPlan {
     pub persistent: bool,
     /// Every entry parameter, in order.
     pub params: Vec<PlanParam>,
+    /// Launches before the kernel's, in order (`PlanParam::Summary` points at their buffers).
+    pub summaries: Vec<PlanSummary>,
     /// The PTX text.
     pub ptx: String,
 }
@@ -162,6 +193,28 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             }
         })
         .collect();
+    // The tables the masks read along the key axis: their summary launches.
+    let mut summaries = vec![];
+    for summary in k.table_summaries() {
+        let Some(PlanArg::Tensor(table)) = args.get(summary.param) else { continue };
+        if let Some(launch) = crate::summary_launch(k, summary, table.shape, table.strides)? {
+            use crate::codegen::table_summary::{
+                table_summary_ptx, TABLE_SUMMARY_ENTRY, TABLE_SUMMARY_THREADS,
+            };
+            summaries.push((
+                summary,
+                PlanSummary {
+                    table: k.params[summary.param].name().to_string(),
+                    bytes: launch.bytes,
+                    entry: TABLE_SUMMARY_ENTRY.into(),
+                    threads_per_cta: TABLE_SUMMARY_THREADS,
+                    ctas: launch.ctas,
+                    values: launch.values.to_vec(),
+                    ptx: table_summary_ptx(),
+                },
+            ));
+        }
+    }
     // The entry parameters in the order `Kernel::entry_abi` states, named as the PTX names them
     // (less the kernel's name).
     let short = |entry: EntryParam| {
@@ -188,6 +241,13 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
                     box_dims: map.box_dims.to_vec(),
                 })
             },
+            |summary| {
+                let name = short(EntryParam::Summary(summary));
+                Some(match summaries.iter().position(|(s, _)| *s == summary) {
+                    Some(index) => PlanParam::Summary { name, index },
+                    None => PlanParam::Null { name },
+                })
+            },
         )
         .ok_or_else(|| crate::abi_mismatch(k))?;
     Ok(LaunchPlan {
@@ -202,6 +262,7 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             crate::ir::kernel::TileSchedule::Persistent
         ),
         params,
+        summaries: summaries.into_iter().map(|(_, plan)| plan).collect(),
         ptx: kernel.ptx.text.clone(),
     })
 }
@@ -253,9 +314,9 @@ mod tests {
                 PlanParam::Pointer { name, .. } | PlanParam::Null { name } | PlanParam::F32 { name, .. } => {
                     format!("attention_param_{name}")
                 }
-                PlanParam::U32 { name, .. } | PlanParam::TensorMap { name, .. } => {
-                    format!("attention_{name}")
-                }
+                PlanParam::U32 { name, .. }
+                | PlanParam::TensorMap { name, .. }
+                | PlanParam::Summary { name, .. } => format!("attention_{name}"),
             })
             .collect();
         assert_eq!(named, declared);
@@ -336,5 +397,39 @@ mod tests {
             TensorView { dtype: "f32", shape: &long_shape, strides: &long_strides, buffer_len: 1 << 30 };
         let err = launch_plan(&compiled, &args(long)).unwrap_err().to_string();
         assert!(err.contains("bias") && err.contains("a table's axis holds fewer than 2^30"), "{err}");
+    }
+
+    /// A kernel whose mask reads document ids along the keys: its plan runs the table summary
+    /// kernel first, and the kernel's summary parameter points at that launch's buffer.
+    #[test]
+    fn a_plan_summarises_the_tables_its_masks_read_along_the_keys() {
+        use crate::kernels::variants::document_attention;
+        let compiled = document_attention::compile(&document_attention::CONFIG).unwrap();
+        let (shape, strides) = ([2, 4, 300, 64], [76800, 19200, 64, 1]);
+        let t = view(&shape, &strides, "f16");
+        let ids = view(&[2, 300], &[300, 1], "i32");
+        let args = [
+            PlanArg::Tensor(t),
+            PlanArg::Tensor(t),
+            PlanArg::Tensor(t),
+            PlanArg::TensorMut(t),
+            PlanArg::Absent,
+            PlanArg::F32(0.125),
+            PlanArg::Tensor(ids),
+            PlanArg::Absent,
+            PlanArg::Absent,
+        ];
+        let plan = launch_plan(&compiled, &args).unwrap();
+        assert_eq!(plan.summaries.len(), 1);
+        let summary = &plan.summaries[0];
+        assert_eq!((summary.table.as_str(), summary.ctas), ("doc", 1));
+        // 2 rows of ceil(300 / 64) = 5 blocks of 64, along an axis of 300 with stride 1.
+        assert_eq!(summary.values[..5], [10, 5, 64, 300, 1]);
+        assert_eq!(summary.bytes, (300 + 4 + 1) * 8);
+        assert!(summary.ptx.contains(&format!(".entry {}", summary.entry)));
+        let pointing: Vec<_> =
+            plan.params.iter().filter(|p| matches!(p, PlanParam::Summary { index: 0, .. })).collect();
+        assert_eq!(pointing.len(), 1, "{:?}", plan.params);
+        assert!(plan.to_json().contains("\"kind\": \"summary\""));
     }
 }

@@ -169,6 +169,34 @@ pub fn simulate<T: HalfFloat>(
     if workspace_bytes > 0 {
         per_param.push(flashcore_sim::Arg::U64(machine.alloc(vec![0u8; workspace_bytes as usize])));
     }
+    // The tables the masks read along the key axis, summarised first (as a launch does), into
+    // buffers poisoned with 0x5a bytes: a pair the summary kernel did not write reads as a
+    // wrong range.
+    let mut summaries = vec![];
+    for summary in k.table_summaries() {
+        let (Some(HostArg::I32Table(_, view)), Some(flashcore_sim::Arg::U64(table))) =
+            (args.get(summary.param), per_param.get(summary.param))
+        else {
+            continue;
+        };
+        let Some(launch) = crate::summary_launch(k, summary, view.shape(), view.strides())? else {
+            continue;
+        };
+        let buffer = machine.alloc(vec![0x5a; launch.bytes as usize]);
+        let image = (
+            crate::codegen::table_summary::table_summary_ptx(),
+            crate::codegen::table_summary::TABLE_SUMMARY_ENTRY,
+            crate::codegen::table_summary::TABLE_SUMMARY_THREADS,
+        );
+        crate::paged::simulate_hand_written(
+            &mut machine,
+            image,
+            launch.ctas,
+            &[*table, buffer],
+            &launch.values,
+        )?;
+        summaries.push((summary, buffer));
+    }
     // The entry parameters in the order `Kernel::entry_abi` states.
     let sim_args = k
         .entry_args(
@@ -185,6 +213,10 @@ pub fn simulate<T: HalfFloat>(
                     strides: map.strides,
                     box_dims: map.box_dims,
                 }))
+            },
+            |summary| {
+                let buffer = summaries.iter().find(|(s, _)| *s == summary).map_or(0, |(_, b)| *b);
+                Some(flashcore_sim::Arg::U64(buffer))
             },
         )
         .ok_or_else(|| crate::abi_mismatch(k))?;

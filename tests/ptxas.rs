@@ -227,14 +227,18 @@ fn decode_kernel_assembles_without_spills() {
     );
 }
 
-/// The paged cache's hand-written kernels (the append kernel and the table check, PTX not
-/// from the DSL) assemble for sm_89 and sm_90 with no spills and no stack.
+/// The hand-written kernels (PTX not from the DSL: the paged cache's append kernel and table
+/// check, the table summary kernel) assemble for sm_89 and sm_90 with no spills and no stack,
+/// and with the CUDA 13.0 driver's ptxas too where it is installed: that one, like the driver's
+/// JIT, refuses a non-ASCII character even in a comment.
 #[test]
-fn paged_cache_kernels_assemble_without_spills() {
+fn hand_written_kernels_assemble_without_spills() {
     let Some(ptxas) = ptxas_or_skip() else { return };
+    let driver = std::env::var_os("FLASHCORE_PTXAS_DRIVER").map(std::path::PathBuf::from);
     for (name, ptx) in [
         ("append", flashcore::codegen::append::append_ptx()),
         ("table check", flashcore::codegen::table_check::table_check_ptx()),
+        ("table summary", flashcore::codegen::table_summary::table_summary_ptx()),
     ] {
         for arch in ["sm_89", "sm_90"] {
             let report = flashcore::ptxas::assemble(&ptxas, &ptx, arch).unwrap();
@@ -245,6 +249,10 @@ fn paged_cache_kernels_assemble_without_spills() {
                 report.text
             );
             println!("{name} kernel, {arch}: {} registers", report.registers);
+            if let Some(driver) = &driver {
+                flashcore::ptxas::assemble(driver, &ptx, arch)
+                    .unwrap_or_else(|e| panic!("{name}, {arch}, the driver's ptxas: {e}"));
+            }
         }
     }
 }

@@ -863,7 +863,10 @@ fn a_block_mask_from_the_host_is_an_input() {
         assert!(got.err.rel_l2 < bound, "{config}: {:?}", got.err);
         assert!(got.lse_mismatched == 0, "{config}: {got:?}");
     }
-    // The same documents without the host's ranges: the compiler's scan reads every tile's ids.
+    // The same documents without the host's ranges: the compiler's scan decides every K/V tile
+    // from the table's summary (`Kernel::table_summaries`: one (min, max) pair a tile, made by
+    // the launch), so the host's ranges save nothing any more. Before the summaries the scan
+    // read every key's id and executed more than the ranged kernel.
     let shape = AttentionShape { b: 1, h: 1, hk: 1, s: 2048, sk: 2048 };
     let ids: Vec<i32> = (0..shape.s).map(|i| (i / 100) as i32).collect();
     let config = documents_with_host_ranges::CONFIG;
@@ -889,12 +892,13 @@ fn a_block_mask_from_the_host_is_an_input() {
         &variant,
         "compiler scan only",
     );
-    // One pass of the scan covers these 32 K/V tiles, so warps issue as much either way; the
-    // lanes whose tiles lie below the range stop at once, and execute less.
     println!(
-        "host ranges / compiler scan only: warp instructions {:.3}, lane instructions {:.3}",
+        "host ranges / compiler scan only: warp instructions {:.3}, lane instructions {:.3} ({ranged:?} vs {scanned:?})",
         ranged.0 / scanned.0,
         ranged.1 / scanned.1
     );
-    assert!(ranged.1 < scanned.1, "the host's ranges save the scan below them: {ranged:?} vs {scanned:?}");
+    assert!(
+        scanned.0 <= ranged.0 && scanned.1 <= ranged.1,
+        "the summarised scan costs no more than the host's ranges: {ranged:?} vs {scanned:?}"
+    );
 }

@@ -258,6 +258,8 @@ pub struct Emitter<'k> {
     ragged: Vec<RaggedDim>,
     /// Split-KV across CTAs (`Config::kv_ctas > 1`): the workspace's address (from the entry).
     workspace: Option<String>,
+    /// The global pointer of each table summary the masks read (`EntryParam::Summary`).
+    summaries: HashMap<TableSummary, String>,
     /// Split-KV across CTAs, inside the work loop: this CTA's share of its work item.
     combine: Option<CombineRegs>,
     /// Set while a work loop's body is emitted: the ragged dims' registers then hold this work
@@ -390,6 +392,7 @@ impl<'k> Emitter<'k> {
             grouped: HashMap::new(),
             ragged: vec![],
             workspace: None,
+            summaries: HashMap::new(),
             combine: None,
             in_work_item: false,
             use_counts: {
@@ -497,6 +500,15 @@ impl<'k> Emitter<'k> {
                     self.tensor_maps.insert(param, reg);
                 }
                 EntryParam::F32 { .. } => self.tensors.push(None),
+                EntryParam::Summary(summary) => {
+                    let raw = self.w.temp(RegClass::B64);
+                    let name =
+                        format!("%summary_{}_{}", sanitize(k.params[summary.param].name()), summary.axis);
+                    let ptr = self.w.named(RegClass::B64, &name);
+                    self.w.ins(format!("ld.param.u64 {raw}, [{pname}]"));
+                    self.w.ins(format!("cvta.to.global.u64 {ptr}, {raw}"));
+                    self.summaries.insert(summary, ptr);
+                }
                 EntryParam::Workspace => {
                     let raw = self.w.temp(RegClass::B64);
                     let ptr = self.w.named(RegClass::B64, "%workspace");

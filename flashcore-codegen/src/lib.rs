@@ -7,6 +7,7 @@ pub mod layout;
 pub mod smem;
 mod stream;
 pub mod table_check;
+pub mod table_summary;
 pub mod target;
 mod writer;
 

@@ -7,10 +7,11 @@
 //! strides in elements: each tensor's `B, H, S` axes (its head dim is contiguous), each table's
 //! every axis, in parameter order; then, for kernels whose tiles come through bulk tensor copies
 //! (the TMA pass), a 128-byte tensor map per tensor they copy, in parameter order
-//! ([`TileMap`] says what it maps); last, for kernels split across CTAs (`Config::kv_ctas`),
-//! the workspace's pointer.
+//! ([`TileMap`] says what it maps); then a u64 pointer per table summary
+//! ([`Kernel::table_summaries`]); last, for kernels split across CTAs (`Config::kv_ctas`), the
+//! workspace's pointer.
 
-use crate::kernel::{Kernel, Param, RtDim};
+use crate::kernel::{Kernel, Param, RtDim, TableSummary};
 
 /// One `.entry` parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,9 @@ pub enum EntryParam {
     /// which the kernel's bulk tensor copies read tensor `param` in tiles of `rows` rows: see
     /// [`TileMap`].
     TensorMap { param: usize, rows: u32 },
+    /// A u64 global pointer to the per-block (min, max) summary of i32 table `param` along
+    /// `axis` ([`TableSummary`]), filled by the launch before the kernel runs.
+    Summary(TableSummary),
     /// A u64 global pointer to the split-KV-across-CTAs workspace (`Config::kv_ctas > 1`): the
     /// CTAs' online-softmax states, then an arrival counter per work item, which must be zero
     /// before the first launch (the kernel leaves them zero). The callers pass it as the value of
@@ -89,6 +93,9 @@ impl EntryParam {
             }
             EntryParam::TensorMap { param, .. } => format!("{k}_tmap_{}", kernel.params[param].name()),
             EntryParam::Workspace => format!("{k}_workspace"),
+            EntryParam::Summary(TableSummary { param, axis }) => {
+                format!("{k}_summary_{}_{axis}", kernel.params[param].name())
+            }
         }
     }
 
@@ -103,7 +110,7 @@ impl EntryParam {
     /// Its PTX type.
     pub fn ptx_type(&self) -> &'static str {
         match self {
-            EntryParam::Pointer { .. } | EntryParam::Workspace => ".u64",
+            EntryParam::Pointer { .. } | EntryParam::Workspace | EntryParam::Summary(_) => ".u64",
             EntryParam::F32 { .. } => ".f32",
             EntryParam::Dim { .. } | EntryParam::Stride { .. } => ".u32",
             EntryParam::TensorMap { .. } => ".b8",
@@ -117,7 +124,8 @@ impl Kernel {
     /// value)` for each stride, whose values `strides` lists in the ABI's order. `None` when a
     /// value is missing (the launcher, the simulator and launch plans share this one walk).
     /// `tensor_map(entry, [B, H, S] strides)` gives the tensor map an
-    /// [`EntryParam::TensorMap`] names, from its tensor's strides (which come earlier).
+    /// [`EntryParam::TensorMap`] names, from its tensor's strides (which come earlier);
+    /// `summary(s)` the pointer to table summary `s`.
     pub fn entry_args<T>(
         &self,
         mut param: impl FnMut(usize) -> Option<T>,
@@ -125,6 +133,7 @@ impl Kernel {
         strides: &[u32],
         mut stride: impl FnMut(EntryParam, u32) -> T,
         mut tensor_map: impl FnMut(EntryParam, [u32; 3]) -> Option<T>,
+        mut summary: impl FnMut(TableSummary) -> Option<T>,
     ) -> Option<Vec<T>> {
         let mut strides = strides.iter();
         // Each tensor's B, H, S strides, as they pass (tensor maps come after them).
@@ -142,6 +151,7 @@ impl Kernel {
                     Some(stride(entry, v))
                 }
                 EntryParam::TensorMap { param: p, .. } => tensor_map(entry, tensor_strides[p]),
+                EntryParam::Summary(s) => summary(s),
                 EntryParam::Workspace => param(self.params.len()),
             })
             .collect()
@@ -172,6 +182,7 @@ impl Kernel {
             }));
         }
         abi.extend(self.tensor_maps().into_iter().map(|(param, rows)| EntryParam::TensorMap { param, rows }));
+        abi.extend(self.table_summaries().into_iter().map(EntryParam::Summary));
         if self.config.kv_ctas > 1 {
             abi.push(EntryParam::Workspace);
         }

@@ -497,6 +497,19 @@ impl MaskExpr {
     }
 }
 
+/// A per-block summary of i32 table `param` along axis `axis` ([`Kernel::table_summaries`]):
+/// for every index of the table's other axes and every block `k` of `TILE_N` elements along
+/// `axis`, the minimum and maximum of the block's elements, as two i32s (8 bytes) at the
+/// table's own element offset for the index with `axis` set to `k`, times 8 bytes. So the
+/// summary of a `[B, S]` table with strides `[S, 1]` is `[B, S]` pairs, of which each row's
+/// first `ceil(S / TILE_N)` are used. A launch fills it (the table summary kernel,
+/// `flashcore_codegen::table_summary`) before the kernel that reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TableSummary {
+    pub param: usize,
+    pub axis: usize,
+}
+
 /// How work items of the `tiles` loop map onto CTAs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileSchedule {
@@ -971,6 +984,29 @@ impl Kernel {
     /// mbarrier ring counts transaction bytes.
     pub fn bulk_copies(&self) -> bool {
         self.mbarriers.iter().any(|r| r.tx)
+    }
+
+    /// The i32 tables whose runs along a key axis the masks read ([`MaskExpr::Table`] with an
+    /// index that follows the key position but not the query's: document ids per key), in
+    /// parameter order. Deciding a K/V tile from such a run would read `TILE_N` elements a tile
+    /// and a work item; a launch instead first summarises each run in blocks of `TILE_N`
+    /// ([`TableSummary`]), once, and the kernel reads one (min, max) pair a block.
+    pub fn table_summaries(&self) -> Vec<TableSummary> {
+        fn walk(e: &MaskExpr, found: &mut Vec<TableSummary>) {
+            if let MaskExpr::Table { param, indices } = e {
+                for (axis, index) in indices.iter().enumerate() {
+                    let summary = TableSummary { param: *param, axis };
+                    if index.mentions_cols() && !index.mentions_rows() && !found.contains(&summary) {
+                        found.push(summary);
+                    }
+                }
+            }
+            e.children().into_iter().for_each(|c| walk(c, found));
+        }
+        let mut found = vec![];
+        self.masks.iter().for_each(|m| walk(&m.keep, &mut found));
+        found.sort_by_key(|s| (s.param, s.axis));
+        found
     }
 
     /// The tensors the kernel reads through tensor maps ([`Op::TmaCopy`]), in parameter order,

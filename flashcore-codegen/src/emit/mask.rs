@@ -215,7 +215,14 @@ impl Emitter<'_> {
             }
             MaskExpr::Table { param, indices } => {
                 let ranges = indices.iter().map(|i| self.mask_range(i, r)).collect::<Result<Vec<_>, _>>()?;
-                self.table_range(*param, &ranges)?
+                // An index that follows the key (not the query): its runs are summarised.
+                let summarised = (0..indices.len()).find(|&axis| {
+                    let summary = TableSummary { param: *param, axis };
+                    self.summaries.contains_key(&summary)
+                        && indices[axis].mentions_cols()
+                        && !indices[axis].mentions_rows()
+                });
+                self.table_range(*param, &ranges, summarised)?
             }
         })
     }
@@ -225,8 +232,16 @@ impl Emitter<'_> {
     /// and maximum of the run of elements along the one index that varies. Each lane reads the
     /// run itself (8 loads in flight a step), or, with `cooperative_tables` on (a converged
     /// warp with one run for all its lanes), lane `l` reads elements `l, l + 32, ..` (2 loads
-    /// in flight a step) and `redux.sync` combines the lanes.
-    fn table_range(&mut self, param: usize, indices: &[Range]) -> Result<Range, CodegenError> {
+    /// in flight a step) and `redux.sync` combines the lanes. When the index that varies is
+    /// axis `summarised`, whose summary the launch made (`TableSummary`), the run is read
+    /// instead as the (min, max) pairs of the `TILE_N` blocks it touches: one, for a K/V tile's
+    /// keys.
+    fn table_range(
+        &mut self,
+        param: usize,
+        indices: &[Range],
+        summarised: Option<usize>,
+    ) -> Result<Range, CodegenError> {
         let Some(Param::Table(table)) = self.kernel.params.get(param) else {
             return Err(CodegenError::Internal("a mask reads a parameter that is not a table".into()));
         };
@@ -254,6 +269,8 @@ impl Emitter<'_> {
         let base = self.w.temp(RegClass::B64);
         self.w.ins(format!("mov.b64 {base}, {}", global.ptr));
         let mut varying = None;
+        // The fixed axes' byte offsets (4 bytes an element), for the summary's address.
+        let mut fixed_bytes = vec![];
         for (axis, index) in indices.iter().enumerate() {
             let Range::Num { lo, hi, float: false } = index else {
                 return Err(CodegenError::Internal("a table index that is not an i32".into()));
@@ -268,6 +285,7 @@ impl Emitter<'_> {
             let clamped = clamp(self, axis, lo);
             let bytes = self.axis_offset(&clamped, &global.strides[axis]);
             self.w.ins(format!("add.u64 {base}, {base}, {bytes}"));
+            fixed_bytes.push(bytes);
         }
         let Some((axis, lo, hi)) = varying else {
             let x = self.w.temp(RegClass::B32);
@@ -276,6 +294,13 @@ impl Emitter<'_> {
         };
         let (first, last) = (clamp(self, axis, &lo), clamp(self, axis, &hi));
         let stride = global.strides[axis].clone();
+        if summarised == Some(axis) {
+            let summary = TableSummary { param, axis };
+            let summary_ptr = self.summaries.get(&summary).cloned().ok_or_else(|| {
+                CodegenError::Internal("a summarised table read without the summary's pointer".into())
+            })?;
+            return Ok(self.summary_range(&summary_ptr, &fixed_bytes, (&first, &last), &stride));
+        }
         let (min, max, j) =
             (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
         self.w.ins(format!("mov.s32 {min}, 2147483647"));
@@ -314,6 +339,54 @@ impl Emitter<'_> {
             self.w.ins(format!("redux.sync.max.s32 {max}, {max}, 0xffffffff"));
         }
         Ok(Range::Num { lo: min, hi: max, float: false })
+    }
+
+    /// The minimum and maximum of a table's elements `first ..= last` along a summarised axis
+    /// (element `stride` apart), from the summary at `summary_ptr`: the pairs of the blocks of
+    /// `TILE_N` the run touches, at the table's offsets (`fixed_bytes`, at 4 bytes an element,
+    /// for the other axes) doubled.
+    fn summary_range(
+        &mut self,
+        summary_ptr: &str,
+        fixed_bytes: &[String],
+        (first, last): (&str, &str),
+        stride: &str,
+    ) -> Range {
+        self.w.comment(format!(
+            "the run's min and max from its blocks of {} (the table's summary)",
+            self.cfg.tile_n
+        ));
+        let base = self.w.temp(RegClass::B64);
+        self.w.ins(format!("mov.b64 {base}, {summary_ptr}"));
+        for bytes in fixed_bytes {
+            let twice = self.w.temp(RegClass::B64);
+            self.w.ins(format!("shl.b64 {twice}, {bytes}, 1"));
+            self.w.ins(format!("add.u64 {base}, {base}, {twice}"));
+        }
+        let (block, last_block) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("div.u32 {block}, {first}, {}", self.cfg.tile_n));
+        self.w.ins(format!("div.u32 {last_block}, {last}, {}", self.cfg.tile_n));
+        let (min, max) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("mov.s32 {min}, 2147483647"));
+        self.w.ins(format!("mov.s32 {max}, -2147483648"));
+        let (top, done) = (self.w.label("summary_run"), self.w.label("summary_run_done"));
+        let past = self.w.temp(RegClass::Pred);
+        self.w.place_label(&top);
+        self.w.ins(format!("setp.gt.u32 {past}, {block}, {last_block}"));
+        self.w.ins(format!("@{past} bra {done}"));
+        let (block_bytes, bytes, addr) =
+            (self.w.temp(RegClass::B32), self.w.temp(RegClass::B64), self.w.temp(RegClass::B64));
+        self.w.ins(format!("shl.b32 {block_bytes}, {block}, 3"));
+        self.w.ins(format!("mul.wide.u32 {bytes}, {block_bytes}, {stride}"));
+        self.w.ins(format!("add.u64 {addr}, {base}, {bytes}"));
+        let (lo, hi) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
+        self.w.ins(format!("ld.global.v2.s32 {{{lo}, {hi}}}, [{addr}]"));
+        self.w.ins(format!("min.s32 {min}, {min}, {lo}"));
+        self.w.ins(format!("max.s32 {max}, {max}, {hi}"));
+        self.w.ins(format!("add.u32 {block}, {block}, 1"));
+        self.w.ins(format!("bra {top}"));
+        self.w.place_label(&done);
+        Range::Num { lo: min, hi: max, float: false }
     }
 
     fn binary_range(&mut self, op: BinOp, a: Range, b: Range) -> Result<Range, CodegenError> {
