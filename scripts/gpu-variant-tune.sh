@@ -13,6 +13,8 @@
 #   dq        (not in the default list) the dQ kernel on sm_90a (passes/split_a_loads.rs; untimed
 #             when it landed) against its shipped sm_89 schedule, at 2x16x8192x128, causal and not;
 #             DQ_CONFIGS (space-separated `Config` settings, default `sm_90a`) lists the forms tried;
+#   dkdvc     (not in the default list) the causal dK/dV kernel on sm_90a at 2x16x8192x128: its shipped
+#             schedule (32-query tiles, one stage) against 64-query tiles two stages deep;
 #   doc       (not in the default list) the document mask with table summaries (.device/bin/attention)
 #             against the build before them (.device/bin/attention_prev), A/B, then
 #             scripts/bench_variants.py's document rows next to FlexAttention, then compute-sanitizer
@@ -65,6 +67,11 @@ for step in $steps; do
           timeout 90 "$bins/attention_backward" --b 2 --h 16 --s 8192 --d 128 $causal --repeat 10 \
             ${dq:+--dq-config "$dq"} 2>&1 | tee -a "$out/dq.txt"
         done
+      done ;;
+    dkdvc)
+      for dkdv in "" "tile_n=64 stages=2"; do
+        timeout 90 "$bins/attention_backward" --b 2 --h 16 --s 8192 --d 128 --causal --repeat 10 \
+          ${dkdv:+--dkdv-config "$dkdv"} 2>&1 | tee -a "$out/dkdv-causal.txt"
       done ;;
     doc)
       SHAPES="--kernel document_attention --doc-len 1000 --causal --b 2 --h 16 --s 8192 --d 128;--kernel document_attention --doc-len 1000 --causal --b 4 --h 16 --s 4096 --d 64;--kernel document_attention --doc-len 1000 --causal --b 1 --h 8 --s 512 --d 64;--kernel document_bounds_attention --doc-len 1000 --causal --b 4 --h 16 --s 4096 --d 64" \
