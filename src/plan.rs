@@ -422,8 +422,9 @@ mod tests {
         let plan = launch_plan(&compiled, &args).unwrap();
         assert_eq!(plan.summaries.len(), 1);
         let summary = &plan.summaries[0];
-        assert_eq!((summary.table.as_str(), summary.ctas), ("doc", 1));
-        // 2 rows of ceil(300 / 64) = 5 blocks of 64, along an axis of 300 with stride 1.
+        assert_eq!((summary.table.as_str(), summary.ctas), ("doc", 2));
+        // 2 rows of ceil(300 / 64) = 5 blocks of 64 (a warp each: 2 CTAs of 256 threads),
+        // along an axis of 300 with stride 1.
         assert_eq!(summary.values[..5], [10, 5, 64, 300, 1]);
         assert_eq!(summary.bytes, (300 + 4 + 1) * 8);
         assert!(summary.ptx.contains(&format!(".entry {}", summary.entry)));
