@@ -1069,6 +1069,9 @@ pub(crate) fn summary_launch(
     codegen::table_summary::summary_launch(shape, strides, axis, kernel.config.tile_n).map_err(bad)
 }
 
+/// A table summary's device buffer (see [`summarise_tables`]).
+type SummaryBuffer = std::sync::Arc<runtime::DeviceTensor<u32>>;
+
 /// Enqueues the table summary kernel for each of `kernel`'s table summaries
 /// (`Kernel::table_summaries`) on the launch's stream, into a buffer of the device's kept for
 /// this kernel and table: each summary with its buffer (`None` for a table left out or empty).
@@ -1079,7 +1082,7 @@ fn summarise_tables(
     kernel: &CompiledKernel,
     args: &[Arg],
     stream: Option<runtime::ForeignStream>,
-) -> Result<Vec<(ir::kernel::TableSummary, Option<std::sync::Arc<runtime::DeviceTensor<u32>>>)>, Error> {
+) -> Result<Vec<(ir::kernel::TableSummary, Option<SummaryBuffer>)>, Error> {
     use codegen::table_summary::{table_summary_ptx, TABLE_SUMMARY_ENTRY, TABLE_SUMMARY_THREADS};
     static PTX: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
     let k = &kernel.kernel;
