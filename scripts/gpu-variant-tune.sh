@@ -12,7 +12,8 @@
 #             copy of the shipped table, then scripts/bench_variants.py on both with it;
 #   dq        (not in the default list) the dQ kernel on sm_90a (passes/split_a_loads.rs; untimed
 #             when it landed) against its shipped sm_89 schedule, at 2x16x8192x128, causal and not;
-#             DQ_CONFIGS (space-separated `Config` settings, default `sm_90a`) lists the forms tried;
+#             DQ_CONFIGS (space-separated `Config` settings, default `sm_90a`) lists the forms tried,
+#             DQ_D (default 128) the head dim;
 #   dkdvc     (not in the default list) the causal dK/dV kernel on sm_90a at 2x16x8192x128: its shipped
 #             schedule (32-query tiles, one stage) against 64-query tiles two stages deep;
 #   doc       (not in the default list) the document mask with table summaries (.device/bin/attention)
@@ -64,7 +65,7 @@ for step in $steps; do
       for causal in "" "--causal"; do
         for dq in "" ${DQ_CONFIGS:-sm_90a}; do
           # shellcheck disable=SC2086
-          timeout 90 "$bins/attention_backward" --b 2 --h 16 --s 8192 --d 128 $causal --repeat 10 \
+          timeout 90 "$bins/attention_backward" --b 2 --h 16 --s 8192 --d "${DQ_D:-128}" $causal --repeat 10 \
             ${dq:+--dq-config "$dq"} 2>&1 | tee -a "$out/dq.txt"
         done
       done ;;
