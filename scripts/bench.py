@@ -174,6 +174,11 @@ class FlashCore:
                 args.append(self.driver.tensor_map(tensors[p["tensor"]].data_ptr(), p))
             elif p["kind"] == "summary":
                 args.append(ctypes.c_uint64(self.summaries[p["index"]][2].data_ptr()))
+            elif p["kind"] == "workspace":
+                # Zero before the first launch; the kernel leaves it zero.
+                if not hasattr(self, "workspace"):
+                    self.workspace = torch.zeros(p["bytes"], dtype=torch.uint8, device="cuda")
+                args.append(ctypes.c_uint64(self.workspace.data_ptr()))
             else:
                 args.append(ctypes.c_uint32(p["value"]))
         return args

@@ -82,6 +82,15 @@ pub enum PlanParam {
         /// The box each copy brings, innermost first.
         box_dims: Vec<u32>,
     },
+    /// A device pointer to the split-across-CTAs workspace (`Config::kv_ctas > 1`): `bytes`
+    /// bytes that the launcher allocates once, zeroed, and passes to every launch (the kernel
+    /// leaves it zero; launches on two streams at once would race on one).
+    Workspace {
+        /// The kernel parameter, `workspace`.
+        name: String,
+        /// Its size.
+        bytes: u64,
+    },
     /// A device pointer to a buffer of `summaries[index].bytes` bytes that the launcher
     /// allocates once and fills before every launch by launching `summaries[index]`.
     Summary {
@@ -174,7 +183,7 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
         })
         .collect();
     let binding = bind_shapes(k, &views)?;
-    let per_param: Vec<PlanParam> = k
+    let mut per_param: Vec<PlanParam> = k
         .params
         .iter()
         .zip(args)
@@ -193,6 +202,11 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
             }
         })
         .collect();
+    // Split across CTAs: the workspace, after the parameters (`EntryParam::Workspace`).
+    let workspace_bytes = crate::codegen::combine_workspace_bytes(k, binding.work_items);
+    if workspace_bytes > 0 {
+        per_param.push(PlanParam::Workspace { name: "workspace".into(), bytes: workspace_bytes });
+    }
     // The tables the masks read along the key axis: their summary launches.
     let mut summaries = vec![];
     for summary in k.table_summaries() {
@@ -316,6 +330,7 @@ mod tests {
                 }
                 PlanParam::U32 { name, .. }
                 | PlanParam::TensorMap { name, .. }
+                | PlanParam::Workspace { name, .. }
                 | PlanParam::Summary { name, .. } => format!("attention_{name}"),
             })
             .collect();
@@ -432,5 +447,34 @@ mod tests {
             plan.params.iter().filter(|p| matches!(p, PlanParam::Summary { index: 0, .. })).collect();
         assert_eq!(pointing.len(), 1, "{:?}", plan.params);
         assert!(plan.to_json().contains("\"kind\": \"summary\""));
+    }
+
+    /// A kernel split across CTAs (`kv_ctas`) is planned with its workspace, sized as a launch
+    /// sizes it, as its last parameter.
+    #[test]
+    fn a_plan_of_a_kernel_split_across_ctas_has_its_workspace() {
+        let config = crate::Config { kv_ctas: 3, ..attention::CONFIG };
+        let compiled = attention::compile(&config).unwrap();
+        let (shape, strides) = ([1, 2, 64, 64], [8192, 4096, 64, 1]);
+        let t = view(&shape, &strides, "f16");
+        let args = [
+            PlanArg::Tensor(t),
+            PlanArg::Tensor(t),
+            PlanArg::Tensor(t),
+            PlanArg::TensorMut(t),
+            PlanArg::Absent,
+            PlanArg::F32(0.125),
+            PlanArg::Absent,
+            PlanArg::Absent,
+        ];
+        let plan = launch_plan(&compiled, &args).unwrap();
+        let want = crate::codegen::combine_workspace_bytes(&compiled.kernel, plan.work_items);
+        assert!(want > 0);
+        match plan.params.last() {
+            Some(PlanParam::Workspace { bytes, .. }) => assert_eq!(*bytes, want),
+            other => panic!("the last parameter is {other:?}"),
+        }
+        let declared = plan.ptx.lines().filter(|l| l.trim().starts_with(".param")).count();
+        assert_eq!(declared, plan.params.len());
     }
 }
