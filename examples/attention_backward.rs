@@ -864,7 +864,7 @@ fn varlen_typed<T: HalfFloat>(device: Option<&Device>, o: &Options) -> Result<bo
                     backward::attention_backward_dkdv_grouped::compile(&in_smem(set(configs.dkdv_grouped)))
                 }
                 (true, true) => backward::attention_backward_dkdv_grouped_causal::compile(&in_smem(set(
-                    configs.dkdv_causal,
+                    configs.dkdv_grouped_causal,
                 ))),
             }
             .map_err(e)?;

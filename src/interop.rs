@@ -424,7 +424,7 @@ fn backward_plan(
         ));
     };
     let (dtype, head_dim) = element_and_head_dim(kernel, dtype, d)?;
-    // The schedules for the target asked for (sm_90a's plain dK/dV is wider); without one, the
+    // The schedules for the target asked for (sm_90a's dQ and dK/dV differ); without one, the
     // target is the device's, decided at launch, and the schedules are `backward_configs`'s.
     let configs = target.map_or(backward_configs(head_dim), |t| backward_configs_for(head_dim, t));
     let set = |c: Config| Config { dtype, target: target.unwrap_or(c.target), ..c };
@@ -441,7 +441,7 @@ fn backward_plan(
         ),
         (true, true) => (
             4,
-            Config { a_in_smem: true, ..set(configs.dkdv_causal) },
+            Config { a_in_smem: true, ..set(configs.dkdv_grouped_causal) },
             attention_backward_dkdv_grouped_causal::program,
         ),
     };

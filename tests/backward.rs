@@ -826,49 +826,63 @@ fn an_output_table_written_packed_is_refused() {
     assert!(err.contains("`c`") && err.contains("writing one so"), "{err}");
 }
 
-/// The plain dK/dV kernel under the schedule `launch_backward_async` gives it on sm_90a at
-/// D = 128 (`backward_configs_for`: 64-query tiles, two stages) matches float64 in the
-/// simulator with tails, S ≠ SK both ways, f16 and bf16; on sm_89 the schedule stays
-/// `backward_configs`'s.
+/// The dQ and dK/dV kernels under the schedules `launch_backward_async` gives them on sm_90a
+/// (`backward_configs_for`: dQ on sm_90a up to D = 128; at D = 128 the plain and causal dK/dV
+/// kernels take 64-query tiles, two stages) match float64 in the simulator with tails, S ≠ SK
+/// both ways, causal and not, f16 and bf16; on sm_89 the schedules stay `backward_configs`'s,
+/// and the grouped dK/dV kernels keep theirs on sm_90a (untimed there).
 #[test]
-fn the_sm90a_dkdv_schedule_matches_float64() {
+fn the_sm90a_backward_schedules_match_float64() {
     use flashcore::simulate::check_backward_split;
     use flashcore::Target;
-    let wide = backward_configs_for(128, Target::Sm90a).dkdv;
-    assert_eq!((wide.tile_n, wide.stages, wide.target), (64, 2, Target::Sm90a));
+    let on_hopper = backward_configs_for(128, Target::Sm90a);
+    for wide in [on_hopper.dkdv, on_hopper.dkdv_causal] {
+        assert_eq!((wide.tile_n, wide.stages, wide.target), (64, 2, Target::Sm90a));
+    }
+    assert_eq!(on_hopper.dkdv_grouped, backward_configs(128).dkdv_grouped);
+    assert_eq!(on_hopper.dkdv_grouped_causal, backward_configs(128).dkdv_grouped_causal);
     assert_eq!(backward_configs_for(128, Target::Sm89), backward_configs(128));
-    assert_eq!(backward_configs_for(64, Target::Sm90a), backward_configs(64));
-    let pair = BackwardPair {
-        dq: attention_backward_dq::compile,
-        dkdv: attention_backward_dkdv::compile,
-        scalars: vec![],
-    };
-    let dq = backward_configs(128).dq;
-    for (i, (dtype, (b, h, s, sk))) in
-        [(DType::F16, (1, 2, 150, 77)), (DType::Bf16, (2, 2, 130, 200))].into_iter().enumerate()
-    {
+    let at_64 = backward_configs_for(64, Target::Sm90a);
+    assert_eq!(
+        at_64,
+        BackwardConfigs {
+            dq: Config { target: Target::Sm90a, ..backward_configs(64).dq },
+            ..backward_configs(64)
+        }
+    );
+    let cases = [
+        (DType::F16, (1, 2, 150, 77), false),
+        (DType::Bf16, (2, 2, 130, 200), false),
+        (DType::F16, (1, 2, 150, 77), true),
+        (DType::Bf16, (1, 2, 70, 201), true),
+    ];
+    for (i, (dtype, (b, h, s, sk), causal)) in cases.into_iter().enumerate() {
         let shape = AttentionShape { b, h, hk: h, s, sk };
-        let configs = (Config { dtype, ..dq }, Config { dtype, ..wide });
+        let dkdv = if causal { on_hopper.dkdv_causal } else { on_hopper.dkdv };
+        let configs = (Config { dtype, causal, ..on_hopper.dq }, Config { dtype, ..dkdv });
         let split = match dtype {
             DType::F16 => check_backward_split::<flashcore::f16>,
             DType::Bf16 => check_backward_split::<flashcore::bf16>,
         };
-        let got = split(&pair, configs, shape, false, 60 + i as u64, &|_, _, x| (x, 1.0))
-            .unwrap_or_else(|e| panic!("{wide} {shape:?}: {e}"));
+        let got = split(&plain_pair(causal), configs, shape, causal, 60 + i as u64, &|_, _, x| (x, 1.0))
+            .unwrap_or_else(|e| panic!("{dkdv} {shape:?}: {e}"));
         let bound = flashcore::tolerance(dtype);
         println!(
-            "sm_90a dK/dV {wide} {dtype:?} {shape:?}: dk {:.2e} dv {:.2e}",
-            got.dk.rel_l2, got.dv.rel_l2
+            "sm_90a dQ {} / dK/dV {dkdv} {dtype:?} {shape:?} causal {causal}: dq {:.2e} dk {:.2e} dv {:.2e}",
+            configs.0, got.dq.rel_l2, got.dk.rel_l2, got.dv.rel_l2
         );
-        assert!(got.dk.rel_l2 < bound && got.dv.rel_l2 < bound, "{wide} {shape:?}: {got:?}");
+        assert!(
+            got.dq.rel_l2 < bound && got.dk.rel_l2 < bound && got.dv.rel_l2 < bound,
+            "{dkdv} {shape:?}: {got:?}"
+        );
     }
 }
 
 /// The dQ kernel on sm_90a, which `passes::split_a_loads` makes possible (its dO, read by
 /// `Δ = rowsum(dO ∘ O)` and as the A operand of `dP = dO·Vᵀ`, is loaded a second time for the
 /// wgmma), matches float64 in the simulator at D = 64 and 128, causal and not, with tails and
-/// grouped heads. `backward_configs_for` gives it sm_90a on Hopper at 64 < D ≤ 128, where it
-/// was timed; `backward_configs` (no target) keeps sm_89.
+/// grouped heads. `backward_configs_for` gives it sm_90a on Hopper up to D = 128, where it was
+/// timed; `backward_configs` (no target) keeps sm_89.
 #[test]
 fn dq_on_sm90a_matches_float64() {
     use flashcore::simulate::check_backward_split;
@@ -878,7 +892,8 @@ fn dq_on_sm90a_matches_float64() {
         backward_configs_for(128, Target::Sm90a).dq,
         Config { target: Target::Sm90a, ..backward_configs(128).dq }
     );
-    assert_eq!(backward_configs_for(64, Target::Sm90a).dq.target, Target::Sm89);
+    assert_eq!(backward_configs_for(64, Target::Sm90a).dq.target, Target::Sm90a);
+    assert_eq!(backward_configs_for(256, Target::Sm90a).dq.target, Target::Sm89);
     let bound = flashcore::tolerance(DType::F16);
     for (i, &(b, h, hk, s, sk, d)) in [(1, 2, 1, 77, 150, 64), (2, 2, 2, 130, 100, 128)].iter().enumerate() {
         let dq = Config { target: Target::Sm90a, ..backward_configs(d as u32).dq };

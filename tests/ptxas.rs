@@ -375,29 +375,34 @@ fn hopper_defaults_assemble_without_spills() {
     assert!(spilling.is_empty(), "defaults that spill:\n{}", spilling.join("\n"));
 }
 
-/// The plain dK/dV kernel's sm_90a schedule at D = 128 (`backward_configs_for`) assembles
-/// without spills: the register room it was chosen for.
+/// The backward's sm_90a schedules (`backward_configs_for`) assemble without spills: the plain
+/// and causal dK/dV kernels' 64-query tiles at D = 128, the register room they were chosen for,
+/// and the dQ kernel (`passes::split_a_loads`) at D = 64 and 128, causal and not; D = 32 and 96
+/// keep sm_89 schedules.
 #[test]
-fn the_sm90a_dkdv_schedule_assembles_without_spills() {
-    use flashcore::kernels::backward::{attention_backward_dkdv, backward_configs_for};
+fn the_sm90a_backward_schedules_assemble_without_spills() {
+    use flashcore::kernels::backward::{
+        attention_backward_dkdv, attention_backward_dkdv_causal, attention_backward_dq, backward_configs_for,
+    };
+    use flashcore::Target;
     let Some(ptxas) = ptxas_or_skip() else { return };
+    let at_128 = backward_configs_for(128, Target::Sm90a);
     for dtype in [flashcore::DType::F16, flashcore::DType::Bf16] {
-        let config = flashcore::Config { dtype, ..backward_configs_for(128, flashcore::Target::Sm90a).dkdv };
+        let config = flashcore::Config { dtype, ..at_128.dkdv };
         let compiled = attention_backward_dkdv::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
         assert_sm90a_spill_free(&ptxas, &compiled, &config);
+        let config = flashcore::Config { dtype, ..at_128.dkdv_causal };
+        let compiled =
+            attention_backward_dkdv_causal::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
+        assert_sm90a_spill_free(&ptxas, &compiled, &config);
     }
-}
-
-/// The dQ kernel's sm_90a form (`passes::split_a_loads`) assembles without spills at the
-/// schedules `backward_configs` gives it, D = 64 and 128.
-#[test]
-fn the_sm90a_dq_assembles_without_spills() {
-    use flashcore::kernels::backward::{attention_backward_dq, backward_configs};
-    let Some(ptxas) = ptxas_or_skip() else { return };
+    for d in [32, 96] {
+        assert_eq!(backward_configs_for(d, Target::Sm90a), flashcore::kernels::backward::backward_configs(d));
+    }
     for d in [64, 128] {
         for causal in [false, true] {
-            let config =
-                flashcore::Config { causal, target: flashcore::Target::Sm90a, ..backward_configs(d).dq };
+            let config = flashcore::Config { causal, ..backward_configs_for(d, Target::Sm90a).dq };
+            assert_eq!(config.target, Target::Sm90a);
             let compiled =
                 attention_backward_dq::compile(&config).unwrap_or_else(|e| panic!("{config}: {e}"));
             assert_sm90a_spill_free(&ptxas, &compiled, &config);

@@ -30,11 +30,13 @@ pub struct BackwardConfigs {
     pub dq: Config,
     /// For [`attention_backward_dkdv`].
     pub dkdv: Config,
-    /// For [`attention_backward_dkdv_causal`] (and, K and V kept in shared memory,
-    /// [`attention_backward_dkdv_grouped_causal`]).
+    /// For [`attention_backward_dkdv_causal`].
     pub dkdv_causal: Config,
     /// For [`attention_backward_dkdv_grouped`] (K and V kept in shared memory by the caller).
     pub dkdv_grouped: Config,
+    /// For [`attention_backward_dkdv_grouped_causal`] (K and V kept in shared memory by the
+    /// caller).
+    pub dkdv_grouped_causal: Config,
 }
 
 /// Schedules for the three backward kernels at head dim `head_dim`: the fastest measured on the
@@ -49,7 +51,7 @@ pub struct BackwardConfigs {
 pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
     let declared = attention_backward_dq::CONFIG.with_head_dim(head_dim);
     // The dQ kernel runs sm_89 unless a target is asked for: `backward_configs_for` gives it
-    // sm_90a where that was timed (64 < D ≤ 128).
+    // sm_90a where that was timed (D ≤ 128).
     let dq_sm89 = |c: Config| Config { target: Target::Sm89, ..c };
     if head_dim <= 64 {
         return BackwardConfigs {
@@ -57,6 +59,7 @@ pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
             dkdv: declared,
             dkdv_causal: declared,
             dkdv_grouped: declared,
+            dkdv_grouped_causal: declared,
         };
     }
     let in_smem = Config { a_in_smem: true, ..declared };
@@ -66,32 +69,37 @@ pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
         dkdv: narrow,
         dkdv_causal: narrow,
         dkdv_grouped: narrow,
+        dkdv_grouped_causal: narrow,
     }
 }
 
-/// [`backward_configs`] for a launch that compiles for `target`. On sm_90a at 64 < D ≤ 128:
-/// - the plain dK/dV kernel ([`attention_backward_dkdv`]) takes 64-query score tiles two
-///   stages deep: its wgmma warpgroup has the registers sm_89's `mma.sync` tiles lack (250 a
-///   thread without spills at D = 128). On the H200 at 2x16x8192x128 it took 4640 µs against
-///   5691 with the 32-wide single-stage tiles
-///   (`docs/measurements/2026-12-03-h200-backward-dkdv.txt`);
-/// - the dQ kernel compiles for sm_90a (`passes::split_a_loads` keeps its dO in shared memory
-///   for the wgmma), same tiles: at 2x16x8192x128 it took 3564 µs against 5101 for sm_89, and
-///   1852 against 2677 causal; two stages or 128-query tiles were no faster
-///   (`docs/measurements/2026-12-03-h200-backward-dq.txt`).
+/// [`backward_configs`] for a launch that compiles for `target`. On sm_90a:
+/// - the dQ kernel compiles for sm_90a at D = 64 and 128 (`passes::split_a_loads` keeps its
+///   dO in shared memory for the wgmma), same tiles: at 2x16x8192x128 it took 3564 µs against
+///   5101 for sm_89, 1852 against 2677 causal (`docs/measurements/2026-12-03-h200-backward-dq.txt`;
+///   two stages or 128-query tiles were no faster); at 2x16x8192x64 1915 against 2827, 990
+///   against 1438 causal (`docs/measurements/2026-12-03-h200-backward-schedules.txt`);
+/// - at 64 < D ≤ 128 the plain and causal dK/dV kernels ([`attention_backward_dkdv`],
+///   [`attention_backward_dkdv_causal`]) take 64-query score tiles two stages deep: their wgmma
+///   warpgroup has the registers sm_89's `mma.sync` tiles lack (250 a thread without spills
+///   at D = 128). At 2x16x8192x128 the plain one took 4640 µs against 5691 with the 32-wide
+///   single-stage tiles (`docs/measurements/2026-12-03-h200-backward-dkdv.txt`), the causal
+///   one 2722 against 3233 (`…-backward-schedules.txt`).
 ///
-/// The causal and grouped dK/dV kernels, the variants' pairs and D ≤ 64 keep
-/// [`backward_configs`]'s until measured.
+/// The grouped dK/dV kernels, the variants' pairs and D > 128 keep [`backward_configs`]'s
+/// until measured; D = 32 and 96, which sm_90a's tiles cannot take, keep them too.
 pub fn backward_configs_for(head_dim: u32, target: Target) -> BackwardConfigs {
     let configs = backward_configs(head_dim);
-    if target != Target::Sm90a || !(65..=128).contains(&head_dim) {
+    // sm_90a's swizzled tiles take head dims in multiples of 64 (D = 32 and 96 run on sm_89).
+    if target != Target::Sm90a || head_dim > 128 || !head_dim.is_multiple_of(64) {
         return configs;
     }
-    BackwardConfigs {
-        dq: Config { target, ..configs.dq },
-        dkdv: Config { tile_n: 64, stages: 2, target, ..configs.dkdv },
-        ..configs
+    let dq = Config { target, ..configs.dq };
+    if head_dim <= 64 {
+        return BackwardConfigs { dq, ..configs };
     }
+    let wide = |c: Config| Config { tile_n: 64, stages: 2, target, ..c };
+    BackwardConfigs { dq, dkdv: wide(configs.dkdv), dkdv_causal: wide(configs.dkdv_causal), ..configs }
 }
 
 /// The backward's query side: per Q tile, `Δ = rowsum(dO ∘ O)` (stored in `delta` for
@@ -712,7 +720,7 @@ fn launch_either<T: crate::HalfFloat>(
     if grouped_heads(q.shape(), k.shape()) {
         let (config, launch) = if causal {
             (
-                dtype(configs.dkdv_causal),
+                dtype(configs.dkdv_grouped_causal),
                 attention_backward_dkdv_grouped_causal::launch_async::<T> as DkdvLaunch<T>,
             )
         } else {
