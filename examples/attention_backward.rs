@@ -763,6 +763,9 @@ fn write_plans(
         let at = args.iter().position(|a| matches!(a, PlanArg::F32(_))).expect("every plan has a scale") + 1;
         let extra = o.window.map_or(o.softcap.into_iter().collect(), |(l, r)| vec![l, r]);
         args.splice(at..at, extra.into_iter().map(PlanArg::F32));
+        // The trailing optional parameters (the sequence offsets) are left out.
+        let params = &kernel.kernel.params;
+        args.extend(params.iter().skip(args.len()).take_while(|p| p.is_optional()).map(|_| PlanArg::Absent));
         let plan = launch_plan(kernel, &args).map_err(|x| x.to_string())?;
         let path = dir.join(format!("{name}.json"));
         std::fs::write(&path, plan.to_json()).map_err(|x| format!("{}: {x}", path.display()))?;
