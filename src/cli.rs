@@ -578,6 +578,23 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
         };
         writeln!(out, "fold       {line}")?;
     }
+    // Tables the masks read along the keys: summarised by a launch before the kernel's.
+    let summaries = kernel.table_summaries();
+    if !summaries.is_empty() {
+        let tables: Vec<String> = summaries
+            .iter()
+            .map(|s| {
+                let ir::kernel::Param::Table(t) = &kernel.params[s.param] else { return String::new() };
+                format!("`{}` along {} (read at the keys)", t.name, kernel.dims[t.dims[s.axis].0 as usize])
+            })
+            .collect();
+        writeln!(
+            out,
+            "summaries  {}: each launch first writes their blocks' (min, max) a block of {} (the table summary kernel), and a K/V tile is decided from one pair",
+            tables.join(", "),
+            config.tile_n
+        )?;
+    }
     let ptx = crate::codegen::generate(&kernel).map_err(|e| failed(entry, config, e))?;
     shared_memory(&kernel, ptx.shared_bytes, out)?;
     // ptxas, for the L4's architecture and the H100's.

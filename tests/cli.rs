@@ -136,6 +136,16 @@ fn check_reports_protocol_shared_memory_and_occupancy() {
     insta::assert_snapshot!("check_seed", String::from_utf8(out).unwrap());
 }
 
+/// `check` names the tables a kernel's masks read along the keys, which each launch summarises
+/// first (`Kernel::table_summaries`), and says nothing of the kind for a kernel without them.
+#[test]
+fn check_names_the_summarised_tables() {
+    let text = ok(&["check", "document_attention", "--no-ptxas"]);
+    let line = text.lines().find(|l| l.starts_with("summaries")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("`doc` along S (read at the keys)") && line.contains("a block of 64"), "{line}");
+    assert!(!ok(&["check", "document_bounds_attention", "--no-ptxas"]).contains("summaries"));
+}
+
 #[test]
 fn check_runs_ptxas_for_both_gpus_when_it_is_there() {
     if flashcore::ptxas::find().is_none() {
