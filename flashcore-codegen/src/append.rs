@@ -49,7 +49,7 @@ pub const APPEND_POINTERS: usize = 6;
 /// The append kernel's PTX (`sm_89`; 16-bit elements, any head dim that is a multiple of 8).
 /// Launch `ceil(B · HKV · S · D / 8 / APPEND_THREADS)` CTAs of [`APPEND_THREADS`].
 pub fn append_ptx() -> String {
-    let mut p = hand_written_entry(
+    let p = hand_written_entry(
         "the paged cache's append kernel (reshape-and-cache).\n// One thread a 16-byte chunk of one new token's K row and V row",
         APPEND_ENTRY,
         (&APPEND_PARAMS, APPEND_POINTERS),
@@ -150,8 +150,19 @@ pub fn append_ptx() -> String {
         "ld.global.nc.v4.u32 {%r34, %r35, %r36, %r37}, [%rd11];",
         "st.global.v4.u32 [%rd12], {%r34, %r35, %r36, %r37};",
     ];
+    finish_hand_written(p, &body)
+}
+
+/// Ends a hand-written kernel begun by [`hand_written_entry`]: its body's lines (labels,
+/// starting with `$`, at the margin; instructions indented), then the `$L_done` exit, `ret` and
+/// the closing brace.
+pub(crate) fn finish_hand_written(mut p: String, body: &[&str]) -> String {
     for line in body {
-        let _ = writeln!(p, "\t{line}");
+        if line.starts_with('$') {
+            let _ = writeln!(p, "{line}");
+        } else {
+            let _ = writeln!(p, "\t{line}");
+        }
     }
     let _ = writeln!(p, "$L_done:\n\tret;\n}}");
     p

@@ -10,8 +10,6 @@
 //! violation in table order wins: each writes `(b · MAX_PAGES + e) · 4 + kind` with an atomic
 //! minimum into the verdict word (`u32::MAX` before the launch: no violation).
 
-use std::fmt::Write as _;
-
 /// The entry's name.
 pub const TABLE_CHECK_ENTRY: &str = "flashcore_paged_table_check";
 
@@ -31,7 +29,7 @@ pub const TABLE_CHECK_PARAMS: [&str; 8] =
 /// The table check's PTX (`sm_89`). Launch `ceil(B · MAX_PAGES / TABLE_CHECK_THREADS)` CTAs of
 /// [`TABLE_CHECK_THREADS`].
 pub fn table_check_ptx() -> String {
-    let mut p = crate::append::hand_written_entry(
+    let p = crate::append::hand_written_entry(
         "the paged cache's table check.\n// One thread a block table entry; the first violation wins (atomic min)",
         TABLE_CHECK_ENTRY,
         (&TABLE_CHECK_PARAMS, 3),
@@ -96,13 +94,5 @@ pub fn table_check_ptx() -> String {
         &format!("or.b32 %r17, %r10, {BAD_PAGE};"),
         "atom.global.min.u32 %r18, [%rd2], %r17;",
     ];
-    for line in body {
-        if line.starts_with('$') {
-            let _ = writeln!(p, "{line}");
-        } else {
-            let _ = writeln!(p, "\t{line}");
-        }
-    }
-    let _ = writeln!(p, "$L_done:\n\tret;\n}}");
-    p
+    crate::append::finish_hand_written(p, &body)
 }

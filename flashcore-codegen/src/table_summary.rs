@@ -11,8 +11,6 @@
 //! `redux.sync` combines the lanes. Lane 0 writes the pair at the table's element offset for
 //! (row, `k`), times 8 bytes.
 
-use std::fmt::Write as _;
-
 /// The entry's name.
 pub const TABLE_SUMMARY_ENTRY: &str = "flashcore_table_summary";
 
@@ -101,7 +99,7 @@ pub fn summary_launch(
 
 /// The summary kernel's PTX (`sm_89`; the driver runs it on every later GPU).
 pub fn table_summary_ptx() -> String {
-    let mut p = crate::append::hand_written_entry(
+    let p = crate::append::hand_written_entry(
         "the table summary kernel.\n// One warp a (row, block of the summarised axis): the block's minimum and maximum",
         TABLE_SUMMARY_ENTRY,
         (&TABLE_SUMMARY_PARAMS, 2),
@@ -176,15 +174,7 @@ pub fn table_summary_ptx() -> String {
         "add.u64 %rd4, %rd5, %rd4;",
         "st.global.v2.s32 [%rd4], {%r20, %r21};",
     ];
-    for line in body {
-        if line.starts_with('$') {
-            let _ = writeln!(p, "{line}");
-        } else {
-            let _ = writeln!(p, "\t{line}");
-        }
-    }
-    let _ = writeln!(p, "$L_done:\n\tret;\n}}");
-    p
+    crate::append::finish_hand_written(p, &body)
 }
 
 #[cfg(test)]
