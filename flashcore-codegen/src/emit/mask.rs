@@ -266,11 +266,19 @@ impl Emitter<'_> {
                 None => clamped,
             }
         };
+        // A run along the summarised axis is read from the summary, addressed as the table is
+        // at 8 bytes an element instead of 4.
+        let summary_ptr = summarised
+            .filter(|&axis| matches!(&indices[axis], Range::Num { lo, hi, .. } if lo != hi))
+            .map(|axis| {
+                self.summaries.get(&TableSummary { param, axis }).cloned().ok_or_else(|| {
+                    CodegenError::Internal("a summarised table read without the summary's pointer".into())
+                })
+            })
+            .transpose()?;
         let base = self.w.temp(RegClass::B64);
-        self.w.ins(format!("mov.b64 {base}, {}", global.ptr));
+        self.w.ins(format!("mov.b64 {base}, {}", summary_ptr.as_ref().unwrap_or(&global.ptr)));
         let mut varying = None;
-        // The fixed axes' byte offsets (4 bytes an element), for the summary's address.
-        let mut fixed_bytes = vec![];
         for (axis, index) in indices.iter().enumerate() {
             let Range::Num { lo, hi, float: false } = index else {
                 return Err(CodegenError::Internal("a table index that is not an i32".into()));
@@ -283,9 +291,13 @@ impl Emitter<'_> {
                 continue;
             }
             let clamped = clamp(self, axis, lo);
-            let bytes = self.axis_offset(&clamped, &global.strides[axis]);
+            let mut bytes = self.axis_offset(&clamped, &global.strides[axis]);
+            if summary_ptr.is_some() {
+                let twice = self.w.temp(RegClass::B64);
+                self.w.ins(format!("shl.b64 {twice}, {bytes}, 1"));
+                bytes = twice;
+            }
             self.w.ins(format!("add.u64 {base}, {base}, {bytes}"));
-            fixed_bytes.push(bytes);
         }
         let Some((axis, lo, hi)) = varying else {
             let x = self.w.temp(RegClass::B32);
@@ -294,12 +306,8 @@ impl Emitter<'_> {
         };
         let (first, last) = (clamp(self, axis, &lo), clamp(self, axis, &hi));
         let stride = global.strides[axis].clone();
-        if summarised == Some(axis) {
-            let summary = TableSummary { param, axis };
-            let summary_ptr = self.summaries.get(&summary).cloned().ok_or_else(|| {
-                CodegenError::Internal("a summarised table read without the summary's pointer".into())
-            })?;
-            return Ok(self.summary_range(&summary_ptr, &fixed_bytes, (&first, &last), &stride));
+        if summary_ptr.is_some() {
+            return Ok(self.summary_range(&base, (&first, &last), &stride));
         }
         let (min, max, j) =
             (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
@@ -342,27 +350,13 @@ impl Emitter<'_> {
     }
 
     /// The minimum and maximum of a table's elements `first ..= last` along a summarised axis
-    /// (element `stride` apart), from the summary at `summary_ptr`: the pairs of the blocks of
-    /// `TILE_N` the run touches, at the table's offsets (`fixed_bytes`, at 4 bytes an element,
-    /// for the other axes) doubled.
-    fn summary_range(
-        &mut self,
-        summary_ptr: &str,
-        fixed_bytes: &[String],
-        (first, last): (&str, &str),
-        stride: &str,
-    ) -> Range {
+    /// (element `stride` apart), from the pairs of the blocks of `TILE_N` the run touches in the
+    /// table's summary, whose other axes' pair `base` addresses.
+    fn summary_range(&mut self, base: &str, (first, last): (&str, &str), stride: &str) -> Range {
         self.w.comment(format!(
             "the run's min and max from its blocks of {} (the table's summary)",
             self.cfg.tile_n
         ));
-        let base = self.w.temp(RegClass::B64);
-        self.w.ins(format!("mov.b64 {base}, {summary_ptr}"));
-        for bytes in fixed_bytes {
-            let twice = self.w.temp(RegClass::B64);
-            self.w.ins(format!("shl.b64 {twice}, {bytes}, 1"));
-            self.w.ins(format!("add.u64 {base}, {base}, {twice}"));
-        }
         let (block, last_block) = (self.w.temp(RegClass::B32), self.w.temp(RegClass::B32));
         self.w.ins(format!("div.u32 {block}, {first}, {}", self.cfg.tile_n));
         self.w.ins(format!("div.u32 {last_block}, {last}, {}", self.cfg.tile_n));
