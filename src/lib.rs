@@ -973,7 +973,8 @@ fn enqueue(
             Arg::F32(x) => ArgKind::Scalar(*x),
         }),
     )?;
-    let binding = bind_shapes(k, &views_of(args))?;
+    let views = views_of(args);
+    let binding = bind_shapes(k, &views)?;
     check_target(k, device.info().compute_capability)?;
     if binding.work_items == 0 {
         return Ok(());
@@ -983,7 +984,7 @@ fn enqueue(
         Ok(device.ctas_per_sm(&image)?.max(1) as u64 * device.info().sm_count as u64)
     })?;
     // The tables the masks read along the key axis, summarised first, on the same stream.
-    let summaries = summarise_tables(device, kernel, args, stream)?;
+    let summaries = summarise_tables(device, kernel, (args, &views), stream)?;
     // Split across CTAs: the kernel's workspace, after the parameters (`EntryParam::Workspace`).
     let workspace_bytes = codegen::combine_workspace_bytes(k, binding.work_items);
     let workspace = (workspace_bytes > 0)
@@ -1022,8 +1023,8 @@ fn enqueue(
                 Some(LaunchArg::TensorMap { tensor: param, map: spec })
             },
             |summary| {
-                let (_, buffer) = summaries.iter().find(|(s, _)| *s == summary)?;
-                Some(buffer.as_ref().map_or(LaunchArg::Null, |b| LaunchArg::Buffer(&**b)))
+                let buffer = summaries.iter().find(|(s, _)| *s == summary);
+                Some(buffer.map_or(LaunchArg::Null, |(_, b)| LaunchArg::Buffer(&**b)))
             },
         )
         .ok_or_else(|| abi_mismatch(k))?;
@@ -1069,34 +1070,41 @@ pub(crate) fn summary_launch(
     codegen::table_summary::summary_launch(shape, strides, axis, kernel.config.tile_n).map_err(bad)
 }
 
+/// The summary kernel's launch for each of `kernel`'s table summaries (`Kernel::table_summaries`)
+/// over the tables `views` (one per parameter) give; a table left out or empty has none.
+pub(crate) fn summary_launches(
+    kernel: &ir::Kernel,
+    views: &[ArgView],
+) -> Result<Vec<(ir::kernel::TableSummary, codegen::table_summary::SummaryLaunch)>, Error> {
+    let mut launches = vec![];
+    for summary in kernel.table_summaries() {
+        let Some(ArgView::Tensor(table)) = views.get(summary.param) else { continue };
+        if let Some(launch) = summary_launch(kernel, summary, table.shape, table.strides)? {
+            launches.push((summary, launch));
+        }
+    }
+    Ok(launches)
+}
+
 /// A table summary's device buffer (see [`summarise_tables`]).
 type SummaryBuffer = std::sync::Arc<runtime::DeviceTensor<u32>>;
 
 /// Enqueues the table summary kernel for each of `kernel`'s table summaries
-/// (`Kernel::table_summaries`) on the launch's stream, into a buffer of the device's kept for
-/// this kernel and table: each summary with its buffer (`None` for a table left out or empty).
-/// Like the split-KV workspace, the buffer is shared by the kernel's launches: launches of the
-/// same kernel on two streams at once would race on it.
+/// ([`summary_launches`]; `views` are `args`') on the launch's stream, into a buffer of the
+/// device's kept for this kernel and table: each summary with its buffer. Like the split-KV
+/// workspace, the buffer is shared by the kernel's launches: launches of the same kernel on two
+/// streams at once would race on it.
 fn summarise_tables(
     device: &runtime::Device,
     kernel: &CompiledKernel,
-    args: &[Arg],
+    (args, views): (&[Arg], &[ArgView]),
     stream: Option<runtime::ForeignStream>,
-) -> Result<Vec<(ir::kernel::TableSummary, Option<SummaryBuffer>)>, Error> {
+) -> Result<Vec<(ir::kernel::TableSummary, SummaryBuffer)>, Error> {
     use codegen::table_summary::{table_summary_ptx, TABLE_SUMMARY_ENTRY, TABLE_SUMMARY_THREADS};
     static PTX: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
-    let k = &kernel.kernel;
     let mut out = vec![];
-    for summary in k.table_summaries() {
-        let Some(Arg::Tensor(table)) = args.get(summary.param) else {
-            out.push((summary, None));
-            continue;
-        };
-        let view = TensorView::of(*table);
-        let Some(launch) = summary_launch(k, summary, view.shape, view.strides)? else {
-            out.push((summary, None));
-            continue;
-        };
+    for (summary, launch) in summary_launches(&kernel.kernel, views)? {
+        let Some(Arg::Tensor(table)) = args.get(summary.param) else { continue };
         let key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1112,7 +1120,7 @@ fn summarise_tables(
             None => device.launch(&image, launch.ctas, &mut launch_args)?,
         }
         drop(launch_args);
-        out.push((summary, Some(buffer)));
+        out.push((summary, buffer));
     }
     Ok(out)
 }

@@ -208,27 +208,24 @@ pub fn launch_plan(kernel: &CompiledKernel, args: &[PlanArg]) -> Result<LaunchPl
         per_param.push(PlanParam::Workspace { name: "workspace".into(), bytes: workspace_bytes });
     }
     // The tables the masks read along the key axis: their summary launches.
-    let mut summaries = vec![];
-    for summary in k.table_summaries() {
-        let Some(PlanArg::Tensor(table)) = args.get(summary.param) else { continue };
-        if let Some(launch) = crate::summary_launch(k, summary, table.shape, table.strides)? {
+    let summaries: Vec<_> = crate::summary_launches(k, &views)?
+        .into_iter()
+        .map(|(summary, launch)| {
             use crate::codegen::table_summary::{
                 table_summary_ptx, TABLE_SUMMARY_ENTRY, TABLE_SUMMARY_THREADS,
             };
-            summaries.push((
-                summary,
-                PlanSummary {
-                    table: k.params[summary.param].name().to_string(),
-                    bytes: launch.bytes,
-                    entry: TABLE_SUMMARY_ENTRY.into(),
-                    threads_per_cta: TABLE_SUMMARY_THREADS,
-                    ctas: launch.ctas,
-                    values: launch.values.to_vec(),
-                    ptx: table_summary_ptx(),
-                },
-            ));
-        }
-    }
+            let plan = PlanSummary {
+                table: k.params[summary.param].name().to_string(),
+                bytes: launch.bytes,
+                entry: TABLE_SUMMARY_ENTRY.into(),
+                threads_per_cta: TABLE_SUMMARY_THREADS,
+                ctas: launch.ctas,
+                values: launch.values.to_vec(),
+                ptx: table_summary_ptx(),
+            };
+            (summary, plan)
+        })
+        .collect();
     // The entry parameters in the order `Kernel::entry_abi` states, named as the PTX names them
     // (less the kernel's name).
     let short = |entry: EntryParam| {

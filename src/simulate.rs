@@ -173,15 +173,8 @@ pub fn simulate<T: HalfFloat>(
     // buffers poisoned with 0x5a bytes: a pair the summary kernel did not write reads as a
     // wrong range.
     let mut summaries = vec![];
-    for summary in k.table_summaries() {
-        let (Some(HostArg::I32Table(_, view)), Some(flashcore_sim::Arg::U64(table))) =
-            (args.get(summary.param), per_param.get(summary.param))
-        else {
-            continue;
-        };
-        let Some(launch) = crate::summary_launch(k, summary, view.shape(), view.strides())? else {
-            continue;
-        };
+    for (summary, launch) in crate::summary_launches(k, &views)? {
+        let Some(flashcore_sim::Arg::U64(table)) = per_param.get(summary.param) else { continue };
         let buffer = machine.alloc(vec![0x5a; launch.bytes as usize]);
         let image = (
             crate::codegen::table_summary::table_summary_ptx(),

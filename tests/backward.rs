@@ -67,23 +67,13 @@ fn check_all<T: HalfFloat>() {
 /// heads.
 #[test]
 fn dkdv_on_sm90a_matches_float64() {
-    use flashcore::simulate::check_backward_split;
     let bound = flashcore::tolerance(DType::F16);
     for (i, &(b, h, hk, s, sk, d)) in [(1, 2, 1, 77, 150, 64), (2, 2, 2, 130, 100, 128)].iter().enumerate() {
         let dq = Config { head_dim: d as u32, ..attention_backward_dq::CONFIG };
         let dkdv = Config { target: flashcore::Target::Sm90a, ..dq };
         for causal in [false, true] {
-            let pair = plain_pair(causal);
             let shape = AttentionShape { b, h, hk, s, sk };
-            let got = check_backward_split::<flashcore::f16>(
-                &pair,
-                (dq, dkdv),
-                shape,
-                causal,
-                40 + i as u64,
-                &|_, _, x| (x, 1.0),
-            )
-            .unwrap_or_else(|e| panic!("{dkdv} {shape:?}: {e}"));
+            let got = check_plain_split((dq, dkdv), shape, causal, 40 + i as u64);
             println!(
                 "sm_90a dK/dV D={d} causal {causal}: dq {:.2e} dk {:.2e} dv {:.2e}",
                 got.dq.rel_l2, got.dk.rel_l2, got.dv.rel_l2
@@ -833,7 +823,6 @@ fn an_output_table_written_packed_is_refused() {
 /// and the grouped dK/dV kernels keep theirs on sm_90a (untimed there).
 #[test]
 fn the_sm90a_backward_schedules_match_float64() {
-    use flashcore::simulate::check_backward_split;
     use flashcore::Target;
     let on_hopper = backward_configs_for(128, Target::Sm90a);
     for wide in [on_hopper.dkdv, on_hopper.dkdv_causal] {
@@ -860,12 +849,7 @@ fn the_sm90a_backward_schedules_match_float64() {
         let shape = AttentionShape { b, h, hk: h, s, sk };
         let dkdv = if causal { on_hopper.dkdv_causal } else { on_hopper.dkdv };
         let configs = (Config { dtype, causal, ..on_hopper.dq }, Config { dtype, ..dkdv });
-        let split = match dtype {
-            DType::F16 => check_backward_split::<flashcore::f16>,
-            DType::Bf16 => check_backward_split::<flashcore::bf16>,
-        };
-        let got = split(&plain_pair(causal), configs, shape, causal, 60 + i as u64, &|_, _, x| (x, 1.0))
-            .unwrap_or_else(|e| panic!("{dkdv} {shape:?}: {e}"));
+        let got = check_plain_split(configs, shape, causal, 60 + i as u64);
         let bound = flashcore::tolerance(dtype);
         println!(
             "sm_90a dQ {} / dK/dV {dkdv} {dtype:?} {shape:?} causal {causal}: dq {:.2e} dk {:.2e} dv {:.2e}",
@@ -885,7 +869,6 @@ fn the_sm90a_backward_schedules_match_float64() {
 /// timed; `backward_configs` (no target) keeps sm_89.
 #[test]
 fn dq_on_sm90a_matches_float64() {
-    use flashcore::simulate::check_backward_split;
     use flashcore::Target;
     assert_eq!(backward_configs(128).dq.target, Target::Sm89);
     assert_eq!(
@@ -901,18 +884,9 @@ fn dq_on_sm90a_matches_float64() {
         let kernel = attention_backward_dq::compile(&dq).unwrap_or_else(|e| panic!("{dq}: {e}"));
         assert!(kernel.kernel.values.iter().any(|v| v.name == "dof_a"), "{dq}: dO is loaded once");
         for causal in [false, true] {
-            let pair = plain_pair(causal);
             let shape = AttentionShape { b, h, hk, s, sk };
             let dq = Config { causal, ..dq };
-            let got = check_backward_split::<flashcore::f16>(
-                &pair,
-                (dq, dkdv),
-                shape,
-                causal,
-                70 + i as u64,
-                &|_, _, x| (x, 1.0),
-            )
-            .unwrap_or_else(|e| panic!("{dq} {shape:?}: {e}"));
+            let got = check_plain_split((dq, dkdv), shape, causal, 70 + i as u64);
             println!(
                 "sm_90a dQ D={d} causal {causal}: dq {:.2e} delta {:.2e}",
                 got.dq.rel_l2, got.delta.rel_l2
@@ -932,4 +906,21 @@ fn plain_pair(causal: bool) -> BackwardPair {
         dkdv: if causal { attention_backward_dkdv_causal::compile } else { attention_backward_dkdv::compile },
         scalars: vec![],
     }
+}
+
+/// The plain dQ and dK/dV kernels (`plain_pair`) under `configs` against float64 in the
+/// simulator, in `configs.0`'s element type.
+fn check_plain_split(
+    configs: (Config, Config),
+    shape: AttentionShape,
+    causal: bool,
+    seed: u64,
+) -> flashcore::simulate::BackwardCheck {
+    use flashcore::simulate::check_backward_split;
+    let split = match configs.0.dtype {
+        DType::F16 => check_backward_split::<flashcore::f16>,
+        DType::Bf16 => check_backward_split::<flashcore::bf16>,
+    };
+    split(&plain_pair(causal), configs, shape, causal, seed, &|_, _, x| (x, 1.0))
+        .unwrap_or_else(|e| panic!("{} / {} {shape:?}: {e}", configs.0, configs.1))
 }
