@@ -39,7 +39,7 @@ pub struct BackwardConfigs {
     pub dkdv_grouped_causal: Config,
 }
 
-/// Schedules for the three backward kernels at head dim `head_dim`: the fastest measured on the
+/// Schedules for the backward kernels at head dim `head_dim`: the fastest measured on the
 /// H200 (`docs/measurements/2026-12-01-h200-backward.txt`) among those that assemble without
 /// spills for sm_89 and with at most 128 bytes for sm_90 (the autotuner's rule;
 /// `tests/ptxas.rs`). Up to D = 64, the declared one. Above, the tiles the kernels load (K and
@@ -51,7 +51,7 @@ pub struct BackwardConfigs {
 pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
     let declared = attention_backward_dq::CONFIG.with_head_dim(head_dim);
     // The dQ kernel runs sm_89 unless a target is asked for: `backward_configs_for` gives it
-    // sm_90a where that was timed (D ≤ 128).
+    // sm_90a where that was timed (D = 64 and 128).
     let dq_sm89 = |c: Config| Config { target: Target::Sm89, ..c };
     if head_dim <= 64 {
         return BackwardConfigs {
@@ -703,8 +703,8 @@ fn launch_either<T: crate::HalfFloat>(
             })
         }
     };
-    // The target the launches take (`FLASHCORE_TARGET`'s, else the device's best): the dK/dV
-    // schedule depends on it.
+    // The target the launches take (`FLASHCORE_TARGET`'s, else the device's best): the dQ and
+    // dK/dV schedules depend on it.
     let requested = crate::target::requested()?;
     let target = requested.unwrap_or_else(|| {
         let (major, minor) = device.info().compute_capability;
