@@ -175,6 +175,36 @@ fn document_mask_matches_its_formula() {
     check("document", document_attention::CONFIG, document_attention::compile, &shapes, &extras, &variant);
 }
 
+/// Ids that are not runs: token `i` of sequence `b` has id `(i / 23 + b) % 3` (three documents
+/// interleaved), so a K/V tile's ids are any of the three and the same id comes back after
+/// other ones. The compiler's tile decisions take a table summary's (min, max) a block and
+/// assume no order: the kernel must still match the formula at every config.
+#[test]
+fn document_mask_matches_its_formula_on_ids_in_no_order() {
+    let shapes = |shape: AttentionShape| AttentionShape { sk: shape.s, ..shape };
+    let ids = |shape: AttentionShape| -> Vec<i32> {
+        (0..shape.b).flat_map(|b| (0..shape.s).map(move |i| ((i / 23 + b) % 3) as i32)).collect()
+    };
+    let extras = move |shape| {
+        let shape = shapes(shape);
+        vec![ExtraArg::I32Table { data: ids(shape), shape: vec![shape.b, shape.s] }]
+    };
+    let variant = |_, extras: &[ExtraArg]| {
+        let [ExtraArg::I32Table { data, shape }] = extras else { unreachable!("one i32 table") };
+        let (data, s) = (data.clone(), shape[1]);
+        Variant::new(|_, _, _, _, x| x, move |b, _, i, j| data[b * s + i] == data[b * s + j])
+    };
+    let shapes = SHAPES.map(shapes);
+    check(
+        "document, interleaved",
+        document_attention::CONFIG,
+        document_attention::compile,
+        &shapes,
+        &extras,
+        &variant,
+    );
+}
+
 /// Per-token document bounds for [`document_ids`]: the first token of each token's document
 /// and one past its last (`variants::document_bounds`, checked here against the first and
 /// last occurrence of each id, which they are for packed documents).
