@@ -577,6 +577,12 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
             None => format!("off: {}", ir::passes::fold_scale::why_not(&after("tma")?).unwrap_or_default()),
         };
         writeln!(out, "fold       {line}")?;
+        let line = match ir::passes::feed_loads::why_not(&after("split_a_loads")?) {
+            None => "on: the producer copies each work item's Q a work item ahead (two slots), and O leaves through Q's slot"
+                .to_string(),
+            Some(why) => format!("off: {why}"),
+        };
+        writeln!(out, "feed       {line}")?;
     }
     // Tables the masks read along the keys: summarised by a launch before the kernel's.
     let summaries = kernel.table_summaries();

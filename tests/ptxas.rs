@@ -298,15 +298,17 @@ fn shipped_tuning_entries_assemble_without_spills() {
 /// spills listed here remain. Written op by op they spilled at 8 of these 18 pairs, 24 to 536
 /// bytes (ALiBi 208 B at 128 × 256 D = 64 causal, 24 B at both D = 128 causal entries; the bias
 /// 112 B at every D = 128 non-causal entry). A new spill, or a listed one growing, fails here.
+/// At the persistent 128 × 256 entry both grew by 12 B when Q came from the producer
+/// (`passes::feed_loads`: the Q slot's counter and offset live across the work item).
 #[test]
 fn score_modifying_variants_at_the_shipped_sm90a_entries_spill_no_more_than_known() {
     let Some(ptxas) = ptxas_or_skip() else { return };
     // (kernel, the entry's config text, spill store bytes at most): measured with ptxas 13.5.
     let known: &[(&str, &str, u32)] = &[
-        ("alibi_attention", "tile_m=128 tile_n=256 head_dim=64 stages=3 warps=8 load_warps=4 persistent causal overlap tma sm_90a", 92),
+        ("alibi_attention", "tile_m=128 tile_n=256 head_dim=64 stages=3 warps=8 load_warps=4 persistent causal overlap tma sm_90a", 104),
         ("bias_attention", "tile_m=192 tile_n=128 head_dim=64 stages=4 warps=12 load_warps=4 tma sm_90a", 116),
         ("bias_attention", "tile_m=192 tile_n=128 head_dim=64 stages=2 warps=12 load_warps=4 overlap tma sm_90a", 116),
-        ("bias_attention", "tile_m=128 tile_n=256 head_dim=64 stages=3 warps=8 load_warps=4 persistent causal overlap tma sm_90a", 448),
+        ("bias_attention", "tile_m=128 tile_n=256 head_dim=64 stages=3 warps=8 load_warps=4 persistent causal overlap tma sm_90a", 460),
         ("bias_attention", "tile_m=128 tile_n=128 head_dim=128 stages=2 warps=8 load_warps=4 persistent overlap tma sm_90a", 8),
     ];
     let table = flashcore::tuning::Table::builtin();

@@ -331,3 +331,31 @@ fn pingpong_warpgroups_run_correctly_in_the_simulator() {
         }
     }
 }
+
+/// Q from the producer (`passes::feed_loads`: persistent sm_90a kernels with TMA): each work
+/// item's Q tile comes through a two-slot ring a work item ahead, and O leaves through Q's slot.
+/// Two CTAs walk up to 16 work items each, so both slots are reused with flipped phases; tails
+/// on both sides (a Q tile past the sequence's end is the tensor map's zero fill), grouped
+/// heads, BSHD strides, causal, bf16, and three compute warpgroups (192-row tiles).
+#[test]
+fn producer_fed_q_runs_correctly_in_the_simulator() {
+    let pingpong =
+        flashcore::kernels::reference_config("sm90a_d128_m128_w8_n128_load4_overlap_tma_pingpong_persistent")
+            .unwrap();
+    let wide = flashcore::Config { tile_m: 192, warps: 12, pingpong: false, ..pingpong.with_head_dim(64) };
+    for (name, config) in [
+        ("fed_pingpong", pingpong),
+        ("fed_192_causal_bf16", flashcore::Config { causal: true, dtype: flashcore::DType::Bf16, ..wide }),
+        ("fed_192", wide),
+    ] {
+        let compiled = attention::compile(&config).unwrap();
+        let kernel = &compiled.kernel;
+        assert!(
+            kernel.mbarriers.iter().any(|r| r.name == "full_q"),
+            "{name}: Q is not fed by the producer ({:?})",
+            flashcore::ir::passes::feed_loads::why_not(kernel)
+        );
+        run_case(name, &config, (2, 4, 300, 200), 2, Layout::Bhsd, 11, 32);
+        run_case(name, &config, (1, 2, 100, 260), 1, Layout::Bshd, 12, 8);
+    }
+}

@@ -1020,7 +1020,7 @@ impl<'k> Emitter<'k> {
             Op::Reduce { dst, op, src } => self.row_reduce(*dst, *op, *src),
             Op::ColReduce { dst, op, src } => self.col_reduce(*dst, *op, *src),
             Op::Binary { dst, op, lhs, rhs } => self.binary(*dst, *op, *lhs, *rhs),
-            Op::Store { dst, src } => self.store(dst, *src),
+            Op::Store { dst, src, via } => self.store(dst, *src, *via),
             Op::Scatter { param, indices, src, keep } => self.scatter(*param, indices, *src, *keep),
             Op::MergeSplits { max, sum, acc } => self.merge_splits(*max, *sum, *acc),
             Op::CombineCtas { max, sum, acc } => self.combine_ctas(*max, *sum, *acc),
@@ -2434,11 +2434,16 @@ impl<'k> Emitter<'k> {
         let Type::Frag { cols: n_dim, .. } = self.kernel.ty(dst) else {
             return Err(CodegenError::Internal("mma result is not a fragment".into()));
         };
-        let Type::Frag { cols: k_dim, .. } = self.kernel.ty(a) else {
-            return Err(CodegenError::Internal("mma A is not a fragment".into()));
+        let k_dim = match self.kernel.ty(a) {
+            Type::Frag { cols, .. } => cols,
+            // A ring view (sm_90a: a Q tile the producer fed), read through a descriptor.
+            Type::Smem { cols, transposed: false, .. } if self.cfg.target == Target::Sm90a => cols,
+            _ => return Err(CodegenError::Internal("mma A is not a fragment or a ring view".into())),
         };
         let af = if let Some(region) = self.smem_a.get(&a) {
             AOperand::Shared { region: region.clone() }
+        } else if let Some(view) = self.tiles.get(&a) {
+            AOperand::Shared { region: view.offset.clone() }
         } else {
             AOperand::Registers(self.regs_of(a))
         };
@@ -3556,14 +3561,21 @@ impl<'k> Emitter<'k> {
 
     /// `store(t.tile(..), value)`: a register tile into a `[B, H, S, D]` tensor, or a row
     /// vector into a per-row `[B, H, S]` one.
-    fn store(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
+    fn store(&mut self, dst: &TileAccess, src: Value, via: Option<Value>) -> Result<(), CodegenError> {
         let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
         let mut skip = None;
         self.skip_store(&mut skip, "store_skip", dst.param, tensor.optional)?;
         if tensor.is_rows() {
             self.store_rows(dst, src)?;
         } else {
-            self.store_tile(dst, src)?;
+            // The tile passes through the row-tile region, or the ring slot of view `via`.
+            let region = match via {
+                Some(view) => self.tiles.get(&view).map(|t| t.offset.clone()).ok_or_else(|| {
+                    CodegenError::Internal(format!("{} is not a staged tile", self.vname(view)))
+                })?,
+                None => self.row_tile_offset()?.to_string(),
+            };
+            self.store_tile(dst, src, &region, via.is_some())?;
         }
         if let Some(skip) = skip {
             self.w.place_label(&skip);
@@ -3631,11 +3643,20 @@ impl<'k> Emitter<'k> {
     /// f32 fragments to the tensor's 16-bit type, through this warp's rows of the row-tile
     /// region, then 16-byte coalesced stores. Only this warp touches those rows, so a warp
     /// barrier suffices.
-    fn store_tile(&mut self, dst: &TileAccess, src: Value) -> Result<(), CodegenError> {
+    /// A fragment tile to global memory through the shared-memory region at `region` (an
+    /// offset, or a register holding one): each warp writes its rows there, then copies them
+    /// out in 16-byte chunks. `in_ring`: the region is a ring slot that wgmmas read (a Q tile
+    /// the producer fed).
+    fn store_tile(
+        &mut self,
+        dst: &TileAccess,
+        src: Value,
+        region: &str,
+        in_ring: bool,
+    ) -> Result<(), CodegenError> {
         let tensor = self.kernel.tensor(dst.param).expect("store to a tensor").clone();
         // The output is written in the tensor's own 16-bit type.
         let half = tensor.elem.name();
-        let region = self.row_tile_offset()?;
         let Type::Frag { cols, .. } = self.kernel.ty(src) else {
             return Err(CodegenError::Internal("store of a non-fragment".into()));
         };
@@ -3659,11 +3680,16 @@ impl<'k> Emitter<'k> {
         // warpgroup's wgmmas read every warp's rows of a Q kept here: the warpgroup meets first,
         // so no warp overwrites rows another's last wgmma may still read (with a producer
         // warpgroup no CTA barrier ends the K/V loop).
-        if self.cfg.target == Target::Sm90a && !self.plan.kept_a.is_empty() {
+        if self.cfg.target == Target::Sm90a && (in_ring || !self.plan.kept_a.is_empty()) {
             self.warpgroup_barrier()?;
         } else {
             self.w.ins("bar.warp.sync 0xffffffff");
         }
+        // A region in a register joins each row's base; a constant one each store's offset.
+        let (region_reg, region_offset) = match region.parse::<u32>() {
+            Ok(offset) => (None, offset),
+            Err(_) => (Some(region.to_string()), 0),
+        };
         for mf in 0..shape.mfrags {
             for h in 0..2 {
                 let row = self.w.temp(RegClass::B32);
@@ -3672,6 +3698,9 @@ impl<'k> Emitter<'k> {
                 let base = self.w.temp(RegClass::B32);
                 self.w.ins(format!("mad.lo.u32 {base}, {row}, {rb}, {quad_bytes}"));
                 self.w.ins(format!("add.u32 {base}, {base}, {smem}"));
+                if let Some(reg) = &region_reg {
+                    self.w.ins(format!("add.u32 {base}, {base}, {reg}"));
+                }
                 for nt in 0..shape.col_blocks {
                     let packed = self.w.temp(RegClass::B32);
                     self.w.ins(format!(
@@ -3688,7 +3717,7 @@ impl<'k> Emitter<'k> {
                     self.w.ins(format!("xor.b32 {chunk}, {row_key}, {in_row}"));
                     self.w.ins(format!("shl.b32 {chunk}, {chunk}, 4"));
                     self.w.ins(format!("add.u32 {chunk}, {chunk}, {base}"));
-                    self.w.ins(format!("st.shared.b32 [{chunk}+{}], {packed}", region + block));
+                    self.w.ins(format!("st.shared.b32 [{chunk}+{}], {packed}", region_offset + block));
                 }
             }
         }
@@ -3727,6 +3756,11 @@ impl<'k> Emitter<'k> {
                 self.w.ins(format!("and.pred {inside}, {inside}, {p}"));
             }
             self.w.ins(format!("@{inside} st.global.v4.b32 [{gaddr}], {{{}}}", v.join(", ")));
+        }
+        if in_ring {
+            // The producer's next bulk copy into this slot writes through the async proxy: this
+            // thread's ordinary accesses to it are ordered before, ahead of its release.
+            self.w.ins("fence.proxy.async.shared::cta");
         }
         Ok(())
     }

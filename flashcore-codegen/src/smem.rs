@@ -77,11 +77,15 @@ pub fn plan(kernel: &Kernel) -> SmemPlan {
         .map(|c| cfg.warps * 128 * crate::layout::register_count(cfg, &c.ty).unwrap_or(0) as u32)
         .collect();
     let channel_offsets = channel_bytes.iter().map(|bytes| alloc(*bytes, BUFFER_ALIGN)).collect();
+    // Loads pass through the region, and so do stores of fragment tiles, but for those that
+    // leave through a ring slot (`via`).
     let mut needs_row_tile = false;
-    kernel.walk(&mut |inst| {
-        if matches!(inst.op, Op::Load { .. } | Op::Store { .. }) {
-            needs_row_tile = true;
+    kernel.walk(&mut |inst| match &inst.op {
+        Op::Load { .. } => needs_row_tile = true,
+        Op::Store { dst, via: None, .. } => {
+            needs_row_tile |= kernel.tensor(dst.param).is_some_and(|t| !t.is_rows());
         }
+        _ => {}
     });
     let row_tile_bytes = cfg.tile_m * row_bytes(cfg);
     let kept = kept_a_operands(kernel);

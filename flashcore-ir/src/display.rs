@@ -309,7 +309,10 @@ impl Printer<'_> {
             }
             Op::Fill { dst, value } => format!("{} = fill {value:?}", self.def(*dst)),
             Op::Assign { dst, src } => format!("{} <- {}", self.v(*dst), self.v(*src)),
-            Op::Store { dst, src } => format!("store {}, {}", self.access(dst), self.v(*src)),
+            Op::Store { dst, src, via } => match via {
+                Some(via) => format!("store {}, {} via {}", self.access(dst), self.v(*src), self.v(*via)),
+                None => format!("store {}, {}", self.access(dst), self.v(*src)),
+            },
             Op::Scatter { param, indices, src, keep } => format!(
                 "store {}.at({}), {}{}",
                 self.kernel.params[*param].name(),

@@ -715,8 +715,11 @@ pub enum Op {
     /// `from..to` ([`Kernel::bounds`], expressions of the work item); the body may hold the
     /// K/V loop, which then runs once per iteration.
     Loop { var: Value, from: BoundId, to: BoundId, body: Block },
-    /// Convert an f32 fragment tile to the tensor's dtype and write it to global memory.
-    Store { dst: TileAccess, src: Value },
+    /// Convert an f32 fragment tile to the tensor's dtype and write it to global memory (a row
+    /// vector: to a per-row tensor). A fragment tile passes through shared memory to leave in
+    /// 16-byte rows: through the row-tile region, or with `via` through the slot of the ring
+    /// view `via` (a Q tile the producer fed, done with: [`crate::passes::feed_loads`]).
+    Store { dst: TileAccess, src: Value, via: Option<Value> },
     /// Split-KV (`Config::kv_splits > 1`): the compute warps' groups merge their online-softmax
     /// states, which cover disjoint keys of the same rows, by log-sum-exp. Groups 1.. write
     /// `max`, `sum` and `acc` to shared memory, a barrier over the compute warps, group 0 reads
@@ -923,9 +926,10 @@ impl Op {
             Op::Assign { dst, src } => vec![*dst, *src],
             Op::MergeSplits { max, sum, acc } | Op::CombineCtas { max, sum, acc } => vec![*max, *sum, *acc],
             Op::Tiles { .. } | Op::Pipeline { .. } | Op::Loop { .. } => vec![],
-            Op::Store { dst, src } => {
+            Op::Store { dst, src, via } => {
                 let mut v = dst.coords.clone();
                 v.push(*src);
+                v.extend(via);
                 v
             }
         }

@@ -756,7 +756,7 @@ impl Lowerer {
                     );
                 }
                 self.check_rows(target, &access, TileDim::M)?;
-                out.insts.push(Inst { op: Op::Store { dst: access, src }, role, span: stmt.span });
+                out.insts.push(Inst { op: Op::Store { dst: access, src, via: None }, role, span: stmt.span });
             }
         }
         Ok(())

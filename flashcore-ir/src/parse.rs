@@ -754,8 +754,12 @@ impl Parser<'_> {
             return Ok(Op::Scatter { param, indices, src, keep });
         }
         if let Some(rest) = text.strip_prefix("store ") {
+            let (rest, via) = match rest.rsplit_once(" via ") {
+                Some((rest, via)) => (rest, Some(self.value(via, None)?)),
+                None => (rest, None),
+            };
             let (access, v) = rest.rsplit_once(", ").ok_or("expected `store ACCESS, %v`")?;
-            return Ok(Op::Store { dst: self.access(access)?, src: self.value(v, None)? });
+            return Ok(Op::Store { dst: self.access(access)?, src: self.value(v, None)?, via });
         }
         if let Some((dst, src)) = text.split_once(" <- ") {
             return Ok(Op::Assign { dst: self.value(dst, None)?, src: self.value(src, None)? });

@@ -820,7 +820,13 @@ impl Tracer<'_> {
                 let s = self.slot_of(*buffer, *slot, 0, !self.is_counter(*slot));
                 let (barrier, _) = self.barrier(*ring, *slot);
                 let bytes = self.kernel.slot_tile_bytes(*buffer);
-                self.events.push(Event::BulkCopy { slot: s, tag: self.tag(0), barrier, bytes });
+                // Numbered as views number what they read (see `StageView`): by the counter, which
+                // counts the ring's uses (a ring fed once a work item counts work items).
+                let tag = match self.is_counter(*slot) {
+                    true => self.counters.get(slot).copied().unwrap_or(0) as u64,
+                    false => self.tag(0),
+                };
+                self.events.push(Event::BulkCopy { slot: s, tag, barrier, bytes });
             }
             Op::ChanWrite { chan, iter, .. } | Op::ChanRead { chan, iter, .. } => {
                 // A channel is a one-slot ring after the staged buffers; its data is the use count.

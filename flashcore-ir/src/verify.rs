@@ -93,6 +93,16 @@ impl<'k> Verifier<'k> {
         }
     }
 
+    /// Whether a ring's view or copy may stand here: in a pipelined loop, or in the work loop's
+    /// body through a counter of work items (a ring fed once a work item: `passes::feed_loads`).
+    fn in_ring_loop(&self, at: Where, slot: Value) -> bool {
+        match at {
+            Where::Pipeline => self.pipelined,
+            Where::Tiles => self.kernel.ty(slot) == Type::Counter,
+            _ => false,
+        }
+    }
+
     /// A matmul's operand types: a 16-bit fragment A, a staged B, the contraction dims equal,
     /// and `dst` the f32 fragment of A's rows and B's columns, which is returned.
     fn matmul_result(&self, dst: Value, a: Value, b: Value, what: &str) -> Result<Type, VerifyError> {
@@ -100,7 +110,13 @@ impl<'k> Verifier<'k> {
         let (Some((ar, ak)), Some((bk, bn))) = (ty(a).matrix_dims(), ty(b).matrix_dims()) else {
             return fail(format!("{what} {} has non-tile operands", self.name(dst)));
         };
-        let a_ok = matches!(ty(a), Type::Frag { elem, .. } if elem.is_half());
+        // A is a 16-bit register tile, or (sm_90a, read by wgmma through a descriptor) a ring
+        // view in its stored orientation: a Q tile the producer fed (`passes::feed_loads`).
+        let a_ok = match ty(a) {
+            Type::Frag { elem, .. } => elem.is_half(),
+            Type::Smem { transposed: false, .. } => self.kernel.config.target == crate::Target::Sm90a,
+            _ => false,
+        };
         let b_ok = matches!(ty(b), Type::Smem { .. });
         let want = Type::Frag { rows: ar, cols: bn, elem: Elem::F32 };
         if !a_ok || !b_ok || ak != bk || ty(dst) != want {
@@ -209,8 +225,8 @@ impl<'k> Verifier<'k> {
                     return fail(format!("stage {} outside an unpipelined pipeline loop", self.name(*dst)));
                 }
             }
-            Op::StageView { dst, buffer, .. } => {
-                if at != Where::Pipeline || !self.pipelined {
+            Op::StageView { dst, buffer, slot, .. } => {
+                if !self.in_ring_loop(at, *slot) {
                     return fail(format!("view {} outside a pipelined loop", self.name(*dst)));
                 }
                 self.check_buffer(*buffer)?;
@@ -221,8 +237,8 @@ impl<'k> Verifier<'k> {
                 }
                 self.check_buffer(*buffer)?;
             }
-            Op::TmaCopy { buffer, ring, .. } => {
-                if at != Where::Pipeline || !self.pipelined {
+            Op::TmaCopy { buffer, ring, slot, .. } => {
+                if !self.in_ring_loop(at, *slot) {
                     return fail("a bulk tensor copy outside a pipelined loop".into());
                 }
                 self.check_buffer(*buffer)?;

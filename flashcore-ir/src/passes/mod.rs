@@ -2,6 +2,7 @@
 //! `run(Kernel) -> Result<Kernel, IrError>`; the driver runs them in order and verifies the IR
 //! after each one, so a pass that breaks an invariant is caught where it did.
 
+pub mod feed_loads;
 pub mod fold_scale;
 pub mod overlap;
 pub mod persist;
@@ -42,7 +43,7 @@ pub(crate) fn work_loop(body: &Block, pass: &str) -> Result<usize, IrError> {
 type Pass = fn(Kernel) -> Result<Kernel, IrError>;
 
 /// The passes, in the order they run.
-pub const PASSES: [(&str, Pass); 9] = [
+pub const PASSES: [(&str, Pass); 10] = [
     ("pipeline", pipeline::run),
     ("split_kv", split_kv::run),
     ("split_ctas", split_ctas::run),
@@ -52,6 +53,7 @@ pub const PASSES: [(&str, Pass); 9] = [
     ("tma", tma::run),
     ("fold_scale", fold_scale::run),
     ("split_a_loads", split_a_loads::run),
+    ("feed_loads", feed_loads::run),
 ];
 
 /// Runs every pass up to and including `last` (all of them when `None`), verifying after each.

@@ -402,7 +402,7 @@ fn map_values(op: Op, f: &dyn Fn(Value) -> Value) -> Op {
         }
         Op::MaskWhere { dst, src, keep, mask } => Op::MaskWhere { dst, src: f(src), keep: f(keep), mask },
         Op::Assign { dst, src } => Op::Assign { dst, src: f(src) },
-        Op::Store { dst, src } => Op::Store { dst: access(dst), src: f(src) },
+        Op::Store { dst, src, via } => Op::Store { dst: access(dst), src: f(src), via: via.map(f) },
         Op::Scatter { param, indices, src, keep } => Op::Scatter {
             param,
             indices: indices.into_iter().map(f).collect(),
