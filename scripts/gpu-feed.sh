@@ -3,7 +3,8 @@
 # kernels). First the fed kernels under compute-sanitizer (memcheck, racecheck, synccheck) at a
 # tail shape, then an A/B of the example built before the pass (BASE) against the one after
 # (NEW): the tuned H200 configs at D = 128, and at D = 64 the large config made persistent
-# (the tuned D = 64 configs are not persistent, which the pass needs), plus one control row
+# (the tuned D = 64 configs are not persistent, which the pass needs) and with 128-row tiles and
+# the pingpong, plus one control row
 # (a config the pass leaves alone: both builds run the same kernel).
 # usage: OUT=dir BASE=.device/bin/attention_base NEW=.device/bin/attention scripts/gpu-feed.sh
 set -uo pipefail
@@ -14,6 +15,7 @@ mkdir -p "$out"
 log=$out/feed.txt
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$log"
 d64p="--tile-m 192 --tile-n 128 --warps 12 --load-warps 4 --stages 2 --persistent --overlap --tma --target sm_90a"
+d64pp="--tile-m 128 --tile-n 128 --warps 8 --load-warps 4 --stages 2 --persistent --overlap --tma --pingpong --target sm_90a"
 d128p="--tile-m 128 --tile-n 128 --warps 8 --load-warps 4 --stages 2 --persistent --overlap --tma --pingpong --target sm_90a"
 for tool in memcheck racecheck synccheck; do
   for shape in "--b 2 --h 4 --s 1000 --sk 1300 --d 128 --causal $d128p" "--b 1 --h 4 --hkv 2 --s 777 --d 64 --dtype bf16 $d64p"; do
@@ -24,5 +26,5 @@ for tool in memcheck racecheck synccheck; do
     echo "sanitizer exit ${PIPESTATUS[0]}" | tee -a "$log"
   done
 done
-SHAPES=${SHAPES:-"--b 32 --h 16 --s 512 --d 128;--b 16 --h 16 --s 1024 --d 128;--b 4 --h 16 --s 2048 --d 128;--b 2 --h 16 --s 8192 --d 128;--b 32 --h 32 --s 512 --d 64 $d64p;--b 4 --h 16 --s 2048 --d 64 $d64p;--b 2 --h 16 --s 8192 --d 64 $d64p;--b 32 --h 32 --s 512 --d 64"} \
+SHAPES=${SHAPES:-"--b 32 --h 16 --s 512 --d 128;--b 16 --h 16 --s 1024 --d 128;--b 4 --h 16 --s 2048 --d 128;--b 2 --h 16 --s 8192 --d 128;--b 32 --h 32 --s 512 --d 64 $d64p;--b 4 --h 16 --s 2048 --d 64 $d64p;--b 2 --h 16 --s 8192 --d 64 $d64p;--b 32 --h 32 --s 512 --d 64 $d64pp;--b 4 --h 16 --s 2048 --d 64 $d64pp;--b 32 --h 32 --s 512 --d 64"} \
   ITERS=${ITERS:-50} ROUNDS=${ROUNDS:-2} bash scripts/gpu-ab.sh "$base" "$new" 2>&1 | tee -a "$log"
