@@ -7,11 +7,34 @@
 # the pingpong, plus one control row
 # (a config the pass leaves alone: both builds run the same kernel).
 # usage: OUT=dir BASE=.device/bin/attention_base NEW=.device/bin/attention scripts/gpu-feed.sh
+#        OUT=dir scripts/gpu-feed.sh entries   the D = 64 non-causal tuning entries made persistent:
+#            the new entry (the binary's table) against the old one and one more candidate, in
+#            rounds, at the keys' shapes and the sweep's; then the side-by-side benchmark.
 set -uo pipefail
 out=${OUT:-/tmp/flashcore-out}
 base=${BASE:-.device/bin/attention_base}
 new=${NEW:-.device/bin/attention}
 mkdir -p "$out"
+if [ "${1:-}" = entries ]; then
+  log=$out/entries.txt
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$log"
+  old_large="--tile-m 192 --tile-n 128 --warps 12 --load-warps 4 --stages 4 --tma --target sm_90a"
+  old_medium="--tile-m 192 --tile-n 128 --warps 12 --load-warps 4 --stages 2 --overlap --tma --target sm_90a"
+  s4p="--tile-m 192 --tile-n 128 --warps 12 --load-warps 4 --stages 4 --tma --persistent --target sm_90a"
+  for round in 1 2; do
+    for shape in "--b 2 --h 16 --s 8192 --d 64:$old_large" "--b 8 --h 32 --s 2048 --d 64:$old_large" \
+      "--b 1 --h 32 --s 16384 --d 64:$old_large" "--b 4 --h 16 --s 2048 --d 64:$old_medium" \
+      "--b 32 --h 32 --s 512 --d 64:$old_medium"; do
+      for flags in "${shape#*:}" "" "$s4p"; do
+        # shellcheck disable=SC2086
+        row=$(timeout 120 "$new" ${shape%%:*} $flags --iters 30 --warmup 10 2>&1 | tail -1)
+        printf 'round %s %-30s %-100s :: %s\n' "$round" "${shape%%:*}" "${flags:-(the table entry)}" "$row" | tee -a "$log"
+      done
+    done
+  done
+  OUT=$out/bench bash scripts/gpu-bench.sh bench --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn,triton --iters 20
+  exit 0
+fi
 log=$out/feed.txt
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$log"
 d64p="--tile-m 192 --tile-n 128 --warps 12 --load-warps 4 --stages 2 --persistent --overlap --tma --target sm_90a"

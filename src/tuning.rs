@@ -775,10 +775,8 @@ fn hopper_defaults(declared: Config, class: SizeClass) -> Vec<Config> {
         SizeClass::Tiny => split_kv(32, if d <= 64 { 256 } else { 128 }, 4, 2, 3),
         SizeClass::Small if d <= 64 => split_kv(64, 256, 8, 0, 2),
         SizeClass::Small => Config { persistent: true, tma: false, ..producer(64, 128, 2) },
-        _ if d <= 64 && !causal => {
-            let stages = if class == SizeClass::Large { 4 } else { 2 };
-            Config { overlap: class == SizeClass::Medium, ..producer(192, 128, stages) }
-        }
+        // Persistent since Q comes from the producer (`passes::feed_loads`): 2026-12-03.
+        _ if d <= 64 && !causal => Config { persistent: true, overlap: true, ..producer(192, 128, 2) },
         SizeClass::Large if d <= 64 => Config { persistent: true, overlap: true, ..producer(128, 256, 3) },
         _ if d <= 64 => Config { tile_m: 64, tile_n: 128, warps: 4, stages: 2, ..sm90a },
         _ => {
