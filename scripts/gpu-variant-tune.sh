@@ -16,6 +16,9 @@
 #             DQ_D (default 128) the head dim;
 #   dkdvc     (not in the default list) the causal dK/dV kernel on sm_90a at 2x16x8192x128: its shipped
 #             schedule (32-query tiles, one stage) against 64-query tiles two stages deep;
+#   bwdprod   (not in the default list) the backward's dK/dV and dQ kernels on sm_90a with a TMA producer
+#             warpgroup (64-row tiles with one compute warpgroup, 128-row tiles with two) against their
+#             shipped schedules, at 2x16x8192x128, causal and not;
 #   doc       (not in the default list) the document mask with table summaries (.device/bin/attention)
 #             against the build before them (.device/bin/attention_prev), A/B, then
 #             scripts/bench_variants.py's document rows next to FlexAttention, then compute-sanitizer
@@ -67,6 +70,14 @@ for step in $steps; do
           # shellcheck disable=SC2086
           timeout 90 "$bins/attention_backward" --b 2 --h 16 --s 8192 --d "${DQ_D:-128}" $causal --repeat 10 \
             ${dq:+--dq-config "$dq"} 2>&1 | tee -a "$out/dq.txt"
+        done
+      done ;;
+    bwdprod)
+      for causal in "" "--causal"; do
+        for cfg in "" "load_warps=4 tma" "tile_m=128 warps=8 load_warps=4 tma"; do
+          # shellcheck disable=SC2086
+          timeout 90 "$bins/attention_backward" --b 2 --h 16 --s 8192 --d 128 $causal --repeat 10 \
+            ${cfg:+--dkdv-config "$cfg" --dq-config "stages=2 $cfg"} 2>&1 | tee -a "$out/backward-producer.txt"
         done
       done ;;
     dkdvc)

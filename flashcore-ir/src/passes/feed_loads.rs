@@ -168,52 +168,51 @@ pub fn why_not(kernel: &Kernel) -> Option<String> {
     if cfg.kv_splits > 1 || cfg.kv_ctas > 1 || cfg.softmax_warps > 0 {
         return Some("split-KV and softmax warps load Q per group of warps".into());
     }
-    let mut why = None;
-    let mut loads = 0;
+    // The compute group's work loop, and the loads anywhere in it.
+    let mut work_loop = None;
     kernel.walk(&mut |inst| {
-        let Op::Roles { groups } = &inst.op else { return };
-        for g in groups.iter().filter(|g| g.roles.contains(&Role::Compute)) {
-            let Some(Op::Tiles { vars, body, .. }) =
-                g.body.insts.iter().map(|i| &i.op).find(|op| matches!(op, Op::Tiles { .. }))
-            else {
-                why.get_or_insert("no work loop in the compute group".to_string());
-                continue;
-            };
-            kernel.walk_block(body, &mut |i| {
-                let Op::Load { dst, src } = &i.op else { return };
-                loads += 1;
-                let top_level = body.insts.iter().any(|t| std::ptr::eq(t, i));
-                let mut only_a = true;
-                kernel.walk_block(body, &mut |u| {
-                    if u.op.uses().contains(dst) {
-                        only_a &= u.op.reads_only_as_a(*dst);
-                    }
-                });
-                if !top_level {
-                    why.get_or_insert("a `load` inside a loop of the work item".into());
-                } else if !only_a {
-                    why.get_or_insert(format!(
-                        "`{}` is read other than as a matmul's A operand",
-                        kernel.value(*dst).name
-                    ));
-                } else if !src.coords.iter().all(|c| vars.contains(c)) || src.pages.is_some() {
-                    why.get_or_insert(format!(
-                        "`{}` is not indexed by the work loop's variables",
-                        kernel.value(*dst).name
-                    ));
-                } else if kernel.tensor(src.param).is_none_or(|t| t.is_rows()) {
-                    why.get_or_insert("a `load` of something other than a [B, H, S, D] tensor".into());
-                } else if cfg.tile_m > 256 {
-                    why.get_or_insert(format!(
-                        "tiles of {} rows: a tensor map's box holds at most 256",
-                        cfg.tile_m
-                    ));
-                }
-            });
+        if let Op::Roles { groups } = &inst.op {
+            for g in groups.iter().filter(|g| g.roles.contains(&Role::Compute)) {
+                work_loop = g.body.insts.iter().find(|i| matches!(i.op, Op::Tiles { .. }));
+            }
         }
     });
-    if loads == 0 {
+    let Some(Inst { op: Op::Tiles { vars, body, .. }, .. }) = work_loop else {
+        return Some("no work loop in the compute group".into());
+    };
+    let mut loads = vec![];
+    kernel.walk_block(body, &mut |i| {
+        if let Op::Load { dst, src } = &i.op {
+            loads.push((*dst, src));
+        }
+    });
+    if loads.is_empty() {
         return Some("no `load`ed tile".into());
     }
-    why
+    for (dst, src) in loads {
+        let name = &kernel.value(dst).name;
+        let top_level = body.insts.iter().any(|i| matches!(&i.op, Op::Load { dst: d, .. } if *d == dst));
+        let mut only_a = true;
+        kernel.walk_block(body, &mut |u| {
+            if u.op.uses().contains(&dst) {
+                only_a &= u.op.reads_only_as_a(dst);
+            }
+        });
+        if !top_level {
+            return Some(format!("`{name}` is loaded inside a loop of the work item"));
+        }
+        if !only_a {
+            return Some(format!("`{name}` is read other than as a matmul's A operand"));
+        }
+        if !src.coords.iter().all(|c| vars.contains(c)) || src.pages.is_some() {
+            return Some(format!("`{name}` is not indexed by the work loop's variables"));
+        }
+        if kernel.tensor(src.param).is_none_or(|t| t.is_rows()) {
+            return Some(format!("`{name}` is a load of something other than a [B, H, S, D] tensor"));
+        }
+    }
+    if cfg.tile_m > 256 {
+        return Some(format!("tiles of {} rows: a tensor map's box holds at most 256", cfg.tile_m));
+    }
+    None
 }
