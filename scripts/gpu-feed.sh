@@ -8,7 +8,8 @@
 # (a config the pass leaves alone: both builds run the same kernel).
 # usage: OUT=dir BASE=.device/bin/attention_base NEW=.device/bin/attention scripts/gpu-feed.sh
 #        OUT=dir scripts/gpu-feed.sh entries   the D = 64 non-causal tuning entries made persistent:
-#            the new entry (the binary's table) against the old one and one more candidate, in
+#            the new entry (the binary's table) against the old one (and with S4P=1 the 192-row tiles
+#            four stages deep without the overlap, persistent), in
 #            rounds, at the keys' shapes and the sweep's; then the side-by-side benchmark.
 set -uo pipefail
 out=${OUT:-/tmp/flashcore-out}
@@ -25,14 +26,14 @@ if [ "${1:-}" = entries ]; then
     for shape in "--b 2 --h 16 --s 8192 --d 64:$old_large" "--b 8 --h 32 --s 2048 --d 64:$old_large" \
       "--b 1 --h 32 --s 16384 --d 64:$old_large" "--b 4 --h 16 --s 2048 --d 64:$old_medium" \
       "--b 32 --h 32 --s 512 --d 64:$old_medium"; do
-      for flags in "${shape#*:}" "" "$s4p"; do
+      for flags in "${shape#*:}" "" ${S4P:+"$s4p"}; do
         # shellcheck disable=SC2086
         row=$(timeout 120 "$new" ${shape%%:*} $flags --iters 30 --warmup 10 2>&1 | tail -1)
         printf 'round %s %-30s %-100s :: %s\n' "$round" "${shape%%:*}" "${flags:-(the table entry)}" "$row" | tee -a "$log"
       done
     done
   done
-  OUT=$out/bench bash scripts/gpu-bench.sh bench --impls flashcore,flashcore-sm89,flashcore-sm90a,sdpa-flash,sdpa-cudnn,triton --iters 20
+  OUT=$out/bench bash scripts/gpu-bench.sh bench --impls "${IMPLS:-flashcore,sdpa-flash,sdpa-cudnn,triton}" --iters 20
   exit 0
 fi
 log=$out/feed.txt
