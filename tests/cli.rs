@@ -147,6 +147,21 @@ fn check_names_the_summarised_tables() {
 }
 
 #[test]
+fn check_says_whether_the_producer_feeds_q() {
+    let fed = "tile_m=128,tile_n=128,head_dim=128,stages=2,warps=8,load_warps=4,persistent,overlap,tma,pingpong,sm_90a";
+    let line = |config: &str| {
+        let text = ok(&["check", "attention", "--config", config, "--no-ptxas"]);
+        text.lines().find(|l| l.starts_with("feed")).map(str::to_string).unwrap_or_else(|| panic!("{text}"))
+    };
+    assert!(line(fed).starts_with("feed       on: the producer copies each work item's Q"), "{}", line(fed));
+    let one_per_cta = fed.replace("persistent,", "");
+    assert!(line(&one_per_cta).contains("off: one CTA a work item"), "{}", line(&one_per_cta));
+    // The Q slots replace the row-tile region: two 32 KiB slots and the K/V rings.
+    let text = ok(&["check", "attention", "--config", fed, "--no-ptxas"]);
+    assert!(text.contains("qf                     2 slots × 32768 B"), "{text}");
+}
+
+#[test]
 fn check_runs_ptxas_for_both_gpus_when_it_is_there() {
     if flashcore::ptxas::find().is_none() {
         eprintln!("skipped: no ptxas (scripts/test.sh installs it)");
