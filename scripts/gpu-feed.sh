@@ -9,13 +9,15 @@
 # usage: OUT=dir BASE=.device/bin/attention_base NEW=.device/bin/attention scripts/gpu-feed.sh
 #        OUT=dir scripts/gpu-feed.sh entries   the D = 64 non-causal tuning entries made persistent:
 #            the new entry (the binary's table) against the old one (and with S4P=1 the 192-row tiles
-#            four stages deep without the overlap, persistent), in
+#            four stages deep without the overlap, persistent), and at D = 128 causal the shipped
+#            (non-persistent) entry against the persistent pingpong schedule, fed, in
 #            rounds, at the keys' shapes and the sweep's; then the side-by-side benchmark.
 set -uo pipefail
 out=${OUT:-/tmp/flashcore-out}
 base=${BASE:-.device/bin/attention_base}
 new=${NEW:-.device/bin/attention}
 mkdir -p "$out"
+d128p="--tile-m 128 --tile-n 128 --warps 8 --load-warps 4 --stages 2 --persistent --overlap --tma --pingpong --target sm_90a"
 if [ "${1:-}" = entries ]; then
   log=$out/entries.txt
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$log"
@@ -25,7 +27,8 @@ if [ "${1:-}" = entries ]; then
   for round in 1 2; do
     for shape in "--b 2 --h 16 --s 8192 --d 64:$old_large" "--b 8 --h 32 --s 2048 --d 64:$old_large" \
       "--b 1 --h 32 --s 16384 --d 64:$old_large" "--b 4 --h 16 --s 2048 --d 64:$old_medium" \
-      "--b 32 --h 32 --s 512 --d 64:$old_medium"; do
+      "--b 32 --h 32 --s 512 --d 64:$old_medium" "--b 2 --h 16 --s 8192 --d 128 --causal:$d128p" \
+      "--b 4 --h 16 --s 2048 --d 128 --causal:$d128p"; do
       for flags in "${shape#*:}" "" ${S4P:+"$s4p"}; do
         # shellcheck disable=SC2086
         row=$(timeout 120 "$new" ${shape%%:*} $flags --iters 30 --warmup 10 2>&1 | tail -1)
