@@ -10,7 +10,8 @@
 #        OUT=dir scripts/gpu-feed.sh entries   the D = 64 non-causal tuning entries made persistent:
 #            the new entry (the binary's table) against the old one (and with S4P=1 the 192-row tiles
 #            four stages deep without the overlap, persistent), and at D = 128 causal the shipped
-#            (non-persistent) entry against the persistent pingpong schedule, fed, in
+#            (non-persistent) entry against the persistent pingpong schedule, fed (with CAUSAL=1;
+#            LONG=1 adds 1x32x16384x64; BENCH_ONLY limits the benchmark's shapes), in
 #            rounds, at the keys' shapes and the sweep's; then the side-by-side benchmark.
 set -uo pipefail
 out=${OUT:-/tmp/flashcore-out}
@@ -26,9 +27,9 @@ if [ "${1:-}" = entries ]; then
   s4p="--tile-m 192 --tile-n 128 --warps 12 --load-warps 4 --stages 4 --tma --persistent --target sm_90a"
   for round in 1 2; do
     for shape in "--b 2 --h 16 --s 8192 --d 64:$old_large" "--b 8 --h 32 --s 2048 --d 64:$old_large" \
-      "--b 1 --h 32 --s 16384 --d 64:$old_large" "--b 4 --h 16 --s 2048 --d 64:$old_medium" \
-      "--b 32 --h 32 --s 512 --d 64:$old_medium" "--b 2 --h 16 --s 8192 --d 128 --causal:$d128p" \
-      "--b 4 --h 16 --s 2048 --d 128 --causal:$d128p"; do
+      ${LONG:+"--b 1 --h 32 --s 16384 --d 64:$old_large"} "--b 4 --h 16 --s 2048 --d 64:$old_medium" \
+      "--b 32 --h 32 --s 512 --d 64:$old_medium" ${CAUSAL:+"--b 2 --h 16 --s 8192 --d 128 --causal:$d128p"} \
+      ${CAUSAL:+"--b 4 --h 16 --s 2048 --d 128 --causal:$d128p"}; do
       for flags in "${shape#*:}" "" ${S4P:+"$s4p"}; do
         # shellcheck disable=SC2086
         row=$(timeout 120 "$new" ${shape%%:*} $flags --iters 30 --warmup 10 2>&1 | tail -1)
@@ -36,7 +37,8 @@ if [ "${1:-}" = entries ]; then
       done
     done
   done
-  OUT=$out/bench bash scripts/gpu-bench.sh bench --impls "${IMPLS:-flashcore,sdpa-flash,sdpa-cudnn,triton}" --iters 20
+  OUT=$out/bench bash scripts/gpu-bench.sh bench --impls "${IMPLS:-flashcore,sdpa-flash,sdpa-cudnn,triton}" --iters 20 \
+    ${BENCH_ONLY:+--only "$BENCH_ONLY"}
   exit 0
 fi
 log=$out/feed.txt
