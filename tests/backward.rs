@@ -683,14 +683,20 @@ fn grouped_dkdv_runs_on_the_gpu() {
 /// The varlen backward (FlashAttention's packed layout, `cu_q`/`cu_k` given; the log-sum-exp
 /// and Δ `[H, TOTAL_Q]` tables read packed): dQ, dK, dV and Δ against each sequence's float64
 /// gradients, causal and not, per query head and grouped (dK/dV per K/V head), f16 at D = 64
-/// and bf16 at D = 128 with the schedules `backward_configs` picks there; sequences of 1 row,
-/// more queries than keys (causal: the first rows see no key) and tails.
+/// and bf16 at D = 128 with the schedules `backward_configs` picks there, and f16 at D = 128
+/// with Hopper's (`backward_configs_for`: a producer warpgroup, which copies by cp.async under
+/// varlen); sequences of 1 row, more queries than keys (causal: the first rows see no key) and
+/// tails.
 #[test]
 fn varlen_backward_matches_float64() {
     use flashcore::simulate::check_varlen_backward;
     let (lens_q, lens_k) = ([70, 1, 130], [100, 33, 64]);
-    for (d, dtype) in [(64u32, DType::F16), (128, DType::Bf16)] {
-        let configs = backward_configs(d);
+    let hopper = backward_configs_for(128, flashcore::Target::Sm90a);
+    for (d, dtype, configs) in [
+        (64u32, DType::F16, backward_configs(64)),
+        (128, DType::Bf16, backward_configs(128)),
+        (128, DType::F16, hopper),
+    ] {
         for (causal, grouped) in [(false, false), (true, false), (false, true), (true, true)] {
             let set = |c: Config| Config { varlen: true, dtype, ..c };
             let dq = attention_backward_dq::compile(&Config { causal, ..set(configs.dq) }).unwrap();
@@ -871,9 +877,18 @@ fn the_sm90a_backward_schedules_match_float64() {
 fn dq_on_sm90a_matches_float64() {
     use flashcore::Target;
     assert_eq!(backward_configs(128).dq.target, Target::Sm89);
+    // At D = 128, 128-row tiles on two compute warpgroups beside a TMA producer.
     assert_eq!(
         backward_configs_for(128, Target::Sm90a).dq,
-        Config { target: Target::Sm90a, ..backward_configs(128).dq }
+        Config {
+            tile_m: 128,
+            warps: 8,
+            load_warps: 4,
+            tma: true,
+            stages: 2,
+            target: Target::Sm90a,
+            ..backward_configs(128).dq
+        }
     );
     assert_eq!(backward_configs_for(64, Target::Sm90a).dq.target, Target::Sm90a);
     assert_eq!(backward_configs_for(256, Target::Sm90a).dq.target, Target::Sm89);

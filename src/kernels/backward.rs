@@ -81,10 +81,17 @@ pub fn backward_configs(head_dim: u32) -> BackwardConfigs {
 ///   against 1438 causal (`docs/measurements/2026-12-03-h200-backward-schedules.txt`);
 /// - at 64 < D ≤ 128 the plain and causal dK/dV kernels ([`attention_backward_dkdv`],
 ///   [`attention_backward_dkdv_causal`]) take 64-query score tiles two stages deep: their wgmma
-///   warpgroup has the registers sm_89's `mma.sync` tiles lack (250 a thread without spills
-///   at D = 128). At 2x16x8192x128 the plain one took 4640 µs against 5691 with the 32-wide
-///   single-stage tiles (`docs/measurements/2026-12-03-h200-backward-dkdv.txt`), the causal
-///   one 2722 against 3233 (`…-backward-schedules.txt`).
+///   warpgroups have the registers sm_89's `mma.sync` tiles lack. At 2x16x8192x128 one
+///   warpgroup of 64-key tiles took 4640 µs against 5691 with the 32-wide single-stage tiles
+///   (`docs/measurements/2026-12-03-h200-backward-dkdv.txt`), causal 2722 against 3233
+///   (`…-backward-schedules.txt`);
+/// - at 64 < D ≤ 128 all three run 128-row tiles on two compute warpgroups beside a producer
+///   warpgroup that brings the staged tiles by TMA (168 registers a thread at entry, 232 in the
+///   compute warpgroups, no spills; varlen keeps the producer with cp.async, which the tensor
+///   maps cannot bound by sequence). At 2x16x8192x128, in one run against the one-warpgroup
+///   schedules above: dQ 3548 -> 2507 µs, dK/dV 4829 -> 4177, causal dQ 1819 -> 1411, causal
+///   dK/dV 2720 -> 2580; a 64-row tile with a producer was slower (dK/dV 5672)
+///   (`docs/measurements/2026-12-03-h200-backward-producer.txt`).
 ///
 /// The grouped dK/dV kernels, the variants' pairs and D > 128 keep [`backward_configs`]'s
 /// until measured; D = 32 and 96, which sm_90a's tiles cannot take, keep them too.
@@ -94,12 +101,26 @@ pub fn backward_configs_for(head_dim: u32, target: Target) -> BackwardConfigs {
     if target != Target::Sm90a || head_dim > 128 || !head_dim.is_multiple_of(64) {
         return configs;
     }
-    let dq = Config { target, ..configs.dq };
     if head_dim <= 64 {
-        return BackwardConfigs { dq, ..configs };
+        return BackwardConfigs { dq: Config { target, ..configs.dq }, ..configs };
     }
-    let wide = |c: Config| Config { tile_n: 64, stages: 2, target, ..c };
-    BackwardConfigs { dq, dkdv: wide(configs.dkdv), dkdv_causal: wide(configs.dkdv_causal), ..configs }
+    // Two compute warpgroups of 64 rows and a TMA producer warpgroup.
+    let produced = |c: Config| Config {
+        tile_m: 128,
+        tile_n: 64,
+        warps: 8,
+        load_warps: 4,
+        tma: true,
+        stages: 2,
+        target,
+        ..c
+    };
+    BackwardConfigs {
+        dq: produced(configs.dq),
+        dkdv: produced(configs.dkdv),
+        dkdv_causal: produced(configs.dkdv_causal),
+        ..configs
+    }
 }
 
 /// The backward's query side: per Q tile, `Δ = rowsum(dO ∘ O)` (stored in `delta` for
