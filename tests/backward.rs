@@ -823,8 +823,9 @@ fn an_output_table_written_packed_is_refused() {
 }
 
 /// The dQ and dK/dV kernels under the schedules `launch_backward_async` gives them on sm_90a
-/// (`backward_configs_for`: dQ on sm_90a up to D = 128; at D = 128 the plain and causal dK/dV
-/// kernels take 64-query tiles, two stages) match float64 in the simulator with tails, S ≠ SK
+/// (`backward_configs_for`: dQ on sm_90a up to D = 128; at D = 128 dQ and the plain and causal
+/// dK/dV kernels take 128-row tiles on two compute warpgroups beside a TMA producer, 64-wide
+/// score tiles two stages deep) match float64 in the simulator with tails, S ≠ SK
 /// both ways, causal and not, f16 and bf16; on sm_89 the schedules stay `backward_configs`'s,
 /// and the grouped dK/dV kernels keep theirs on sm_90a (untimed there).
 #[test]
