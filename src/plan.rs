@@ -294,22 +294,34 @@ mod tests {
         TensorView { dtype, shape, strides, buffer_len: shape.iter().product() }
     }
 
+    /// The arguments of a kernel with the standard signature (`q, k, v, o, lse, scale,
+    /// <tables>, cu_q, cu_k`), every tensor `t`, no sequence offsets.
+    fn standard_args<'a>(
+        t: TensorView<'a>,
+        lse: PlanArg<'a>,
+        scale: f32,
+        tables: &[PlanArg<'a>],
+    ) -> Vec<PlanArg<'a>> {
+        let mut args = vec![
+            PlanArg::Tensor(t),
+            PlanArg::Tensor(t),
+            PlanArg::Tensor(t),
+            PlanArg::TensorMut(t),
+            lse,
+            PlanArg::F32(scale),
+        ];
+        args.extend_from_slice(tables);
+        args.extend([PlanArg::Absent, PlanArg::Absent]);
+        args
+    }
+
     #[test]
     fn a_plan_lists_pointers_scalars_dims_and_strides_in_entry_order() {
         let compiled = attention::compile(&attention::CONFIG).unwrap();
         let (shape, strides) = ([1, 8, 512, 64], [262144, 32768, 64, 1]);
         let rows = ([1, 8, 512], [4096, 512, 1]);
         let t = view(&shape, &strides, "f16");
-        let args = [
-            PlanArg::Tensor(t),
-            PlanArg::Tensor(t),
-            PlanArg::Tensor(t),
-            PlanArg::TensorMut(t),
-            PlanArg::TensorMut(view(&rows.0, &rows.1, "f32")),
-            PlanArg::F32(0.125),
-            PlanArg::Absent,
-            PlanArg::Absent,
-        ];
+        let args = standard_args(t, PlanArg::TensorMut(view(&rows.0, &rows.1, "f32")), 0.125, &[]);
         let plan = launch_plan(&compiled, &args).unwrap();
         // The entry's .param names, in order: `attention_param_q`, `attention_dim_B`, ...
         let declared: Vec<String> = plan
@@ -346,23 +358,15 @@ mod tests {
         assert!(plan.to_json().contains("\"kind\": \"pointer\""));
         // A plan checks shapes as a launch does.
         let wrong = [1, 8, 512, 128];
-        let bad = [
-            PlanArg::Tensor(view(&wrong, &strides, "f16")),
-            args[1],
-            args[2],
-            args[3],
-            args[4],
-            args[5],
-            args[6],
-            args[7],
-        ];
+        let mut bad = args.clone();
+        bad[0] = PlanArg::Tensor(view(&wrong, &strides, "f16"));
         let err = launch_plan(&compiled, &bad).unwrap_err().to_string();
         assert!(err.contains("head dim is 128"), "{err}");
         // And its scalars: the sm_90a kernel folded `scale` into its exponentials, so a negative
         // one is refused by name, as a launch refuses it.
         let folded =
             attention::compile(&crate::Config { target: crate::Target::Sm90a, ..attention::CONFIG }).unwrap();
-        let mut negative = args;
+        let mut negative = args.clone();
         negative[5] = PlanArg::F32(-0.125);
         assert!(launch_plan(&folded, &args).is_ok());
         let err = launch_plan(&folded, &negative).unwrap_err();
@@ -384,19 +388,8 @@ mod tests {
         let (bias_shape, bias_strides) = ([2, 16, 8192, 8192], [1 << 30, 1 << 26, 8192, 1]);
         let bias =
             TensorView { dtype: "f32", shape: &bias_shape, strides: &bias_strides, buffer_len: 1 << 31 };
-        let args = |bias| {
-            [
-                PlanArg::Tensor(t),
-                PlanArg::Tensor(t),
-                PlanArg::Tensor(t),
-                PlanArg::TensorMut(t),
-                PlanArg::TensorMut(view(&rows.0, &rows.1, "f32")),
-                PlanArg::F32(0.088),
-                PlanArg::Tensor(bias),
-                PlanArg::Absent,
-                PlanArg::Absent,
-            ]
-        };
+        let lse = PlanArg::TensorMut(view(&rows.0, &rows.1, "f32"));
+        let args = |bias| standard_args(t, lse, 0.088, &[PlanArg::Tensor(bias)]);
         let plan = launch_plan(&compiled, &args(bias)).unwrap();
         let u32s: Vec<u32> = plan
             .params
@@ -420,17 +413,7 @@ mod tests {
         let (shape, strides) = ([2, 4, 300, 64], [76800, 19200, 64, 1]);
         let t = view(&shape, &strides, "f16");
         let ids = view(&[2, 300], &[300, 1], "i32");
-        let args = [
-            PlanArg::Tensor(t),
-            PlanArg::Tensor(t),
-            PlanArg::Tensor(t),
-            PlanArg::TensorMut(t),
-            PlanArg::Absent,
-            PlanArg::F32(0.125),
-            PlanArg::Tensor(ids),
-            PlanArg::Absent,
-            PlanArg::Absent,
-        ];
+        let args = standard_args(t, PlanArg::Absent, 0.125, &[PlanArg::Tensor(ids)]);
         let plan = launch_plan(&compiled, &args).unwrap();
         assert_eq!(plan.summaries.len(), 1);
         let summary = &plan.summaries[0];
@@ -454,16 +437,7 @@ mod tests {
         let compiled = attention::compile(&config).unwrap();
         let (shape, strides) = ([1, 2, 64, 64], [8192, 4096, 64, 1]);
         let t = view(&shape, &strides, "f16");
-        let args = [
-            PlanArg::Tensor(t),
-            PlanArg::Tensor(t),
-            PlanArg::Tensor(t),
-            PlanArg::TensorMut(t),
-            PlanArg::Absent,
-            PlanArg::F32(0.125),
-            PlanArg::Absent,
-            PlanArg::Absent,
-        ];
+        let args = standard_args(t, PlanArg::Absent, 0.125, &[]);
         let plan = launch_plan(&compiled, &args).unwrap();
         let want = crate::codegen::combine_workspace_bytes(&compiled.kernel, plan.work_items);
         assert!(want > 0);
