@@ -3640,13 +3640,11 @@ impl<'k> Emitter<'k> {
         Ok(())
     }
 
-    /// f32 fragments to the tensor's 16-bit type, through this warp's rows of the row-tile
-    /// region, then 16-byte coalesced stores. Only this warp touches those rows, so a warp
-    /// barrier suffices.
-    /// A fragment tile to global memory through the shared-memory region at `region` (an
-    /// offset, or a register holding one): each warp writes its rows there, then copies them
-    /// out in 16-byte chunks. `in_ring`: the region is a ring slot that wgmmas read (a Q tile
-    /// the producer fed).
+    /// f32 fragments to the tensor's 16-bit type, through this warp's rows of the shared-memory
+    /// region at `region` (the row-tile region's offset, or a register holding a ring slot's),
+    /// then 16-byte coalesced stores. Only this warp touches those rows, so a warp barrier
+    /// suffices, but on sm_90a where wgmmas read the region (a Q kept there, or `in_ring`: the
+    /// slot of a Q tile the producer fed).
     fn store_tile(
         &mut self,
         dst: &TileAccess,

@@ -63,11 +63,8 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
     let mut fed: Vec<(BufferId, TileAccess)> = vec![];
     let mut consumer_vars = vec![];
     for group in roles.iter_mut().filter(|g| g.roles.contains(&Role::Compute)) {
-        let (at, tiles) = tiles_of(&mut group.body);
-        group
-            .body
-            .insts
-            .insert(at, Inst { op: Op::CounterInit { dst: consumer_it }, role: None, span: tiles.1 });
+        let (at, span) = tiles_of(&group.body);
+        group.body.insts.insert(at, Inst { op: Op::CounterInit { dst: consumer_it }, role: None, span });
         let Some(Inst { op: Op::Tiles { vars, body: item, .. }, span, .. }) =
             group.body.insts.get_mut(at + 1)
         else {
@@ -120,7 +117,7 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
     // The producer: the same copies at the top of each work item, in its own variables.
     let bytes = fed.iter().map(|(buffer, _)| kernel.slot_tile_bytes(*buffer)).sum();
     for group in roles.iter_mut().filter(|g| g.roles.contains(&Role::Load)) {
-        let (at, (_, span)) = tiles_of(&mut group.body);
+        let (at, span) = tiles_of(&group.body);
         group.body.insts.insert(at, Inst { op: Op::CounterInit { dst: producer_it }, role: None, span });
         let Some(Inst { op: Op::Tiles { vars, body: item, .. }, .. }) = group.body.insts.get_mut(at + 1)
         else {
@@ -143,12 +140,11 @@ pub fn run(mut kernel: Kernel) -> Result<Kernel, IrError> {
     Ok(kernel)
 }
 
-/// Where a role group's work loop stands in its body, and the loop's variables and span.
-fn tiles_of(body: &mut Block) -> (usize, (Vec<Value>, SpanId)) {
+/// Where a role group's work loop stands in its body, and its span.
+fn tiles_of(body: &Block) -> (usize, SpanId) {
     let at =
         body.insts.iter().position(|i| matches!(i.op, Op::Tiles { .. })).expect("a role group's work loop");
-    let Op::Tiles { vars, .. } = &body.insts[at].op else { unreachable!() };
-    (at, (vars.clone(), body.insts[at].span))
+    (at, body.insts[at].span)
 }
 
 fn new_counter(kernel: &mut Kernel, name: &str) -> Value {
