@@ -9,6 +9,8 @@
 #   scripts/gpu-decode.sh spec               1, 4, 16 causal new tokens with the default schedule; sanitizer on the packed kernel
 #   scripts/gpu-decode.sh step               whole decode steps (append kernel + decode_step), direct and from a CUDA graph; sanitizer
 #   scripts/gpu-decode.sh npy                a step's inputs written by numpy (shuffled pages, ragged lengths), read with --npy
+#   scripts/gpu-decode.sh floor              fixed latency: tiny and short caches under several splits, SDPA's kernels, ncu durations
+#   scripts/gpu-decode.sh ab                 two builds (decode_base, decode) interleaved at the issue's shapes
 #   scripts/gpu-decode.sh probe              dense forward kernel against paged decode at the same
 #                                            schedules, pages of 16 and 256, Nsight Compute of one launch
 #   CONFIGS="settings;settings": the schedules timed at page 16 (default: in-CTA and across-CTA splits).
@@ -147,6 +149,58 @@ PY
   run --npy "$dir" --causal --iters 10
   run --npy "$dir" --packed --causal --iters 10
   run --npy "$dir" --step --causal --iters 10
+fi
+if [ "$mode" = floor ]; then
+  # The fixed latency of a decode launch: packed GQA at tiny and short caches under several
+  # splits (kv_ctas=1 has no combine across CTAs), SDPA at the same shapes, the kernels cuDNN
+  # launches for one call (torch profiler), and Nsight Compute's duration of ours and theirs.
+  for len in 64 1024 8192; do
+    run --packed --batch 1 --cache-len "$len" --page 16 --iters 50 \
+      --config "${FLOOR_CONFIGS:-;kv_ctas=1;kv_ctas=2;kv_ctas=8;warps=1,kv_splits=1;warps=1,kv_splits=1,kv_ctas=4}"
+  done
+  run --packed --batch 8 --cache-len 8192 --page 16 --iters 50
+  run --packed --batch 64 --cache-len 1024 --page 16 --iters 50
+  python3 scripts/bench_decode.py 1:64:1 1:1024:1 1:8192:1 8:8192:1 64:1024:1 2>&1 | tee -a "$log"
+  python3 - <<'PY' 2>&1 | tee -a "$log"
+import torch, torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import profile, ProfilerActivity
+for b, L in [(1, 1024), (8, 8192), (64, 1024)]:
+    q = torch.randn(b, 32, 1, 128, dtype=torch.float16, device="cuda")
+    k = torch.randn(b, 8, L, 128, dtype=torch.float16, device="cuda")
+    v = torch.randn_like(k)
+    for name, be in [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)]:
+        with sdpa_kernel([be]):
+            for _ in range(5):
+                F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(20):
+                    F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+                torch.cuda.synchronize()
+        for e in prof.key_averages():
+            if e.device_type.name == "CUDA" or getattr(e, "device_time_total", 0) > 0:
+                print(f"B={b} L={L} {name}: {e.count} x {e.key[:90]} avg {e.device_time_total / max(e.count, 1):.2f} us")
+PY
+  ncu=/usr/local/cuda/bin/ncu
+  $ncu --clock-control none -k regex:attention -c 3 --section SpeedOfLight --section LaunchStats --section WarpStateStats \
+    "$bins/decode" --packed --batch 1 --cache-len 1024 --page 16 --iters 1 2>&1 | tee -a "$out/decode-floor-ncu.txt" | grep -E "Duration|Registers|Grid Size|Block Size|Shared Memory|Stall|Warp Cycles" | tee -a "$log"
+fi
+if [ "$mode" = ab ]; then
+  # Two builds of the decode example side by side (BASE_BIN, default $bins/decode_base, against
+  # $bins/decode), interleaved in rounds so that drift hits both alike; packed GQA with the
+  # default schedule at the issue's shapes, pages of 16.
+  base=${BASE_BIN:-$bins/decode_base}
+  for round in $(seq "${ROUNDS:-3}"); do
+    for shape in ${AB_SHAPES:-1:1024 1:8192 1:32768 1:131072 8:8192 64:1024}; do
+      for which in old new; do
+        bin=$bins/decode
+        [ "$which" = old ] && bin=$base
+        row=$("$bin" --packed --batch "${shape%%:*}" --cache-len "${shape##*:}" --page 16 --iters 50 2>&1 | tail -1)
+        printf 'round %s %-3s B:L=%-8s :: %s\n' "$round" "$which" "$shape" "$row" | tee -a "$log"
+      done
+    done
+  done
 fi
 if [ "$mode" = probe ]; then
   # Where the time goes: the dense forward kernel (no page table) against the paged decode at

@@ -290,6 +290,25 @@ pub struct Emitter<'k> {
     /// Where the prologue's text ends: registers that must hold a value before the first
     /// work item are given it there once the body is emitted (the page cache's keys).
     prologue_end: usize,
+    /// Set by `block` for the register load it is about to emit when that load's wait may
+    /// move past the next K/V loop's prologue: the number of copy groups that prologue
+    /// commits ([`Emitter::deferrable_load`]).
+    defer_next_load: Option<u32>,
+    /// Register loads whose copies are in flight, finished (wait, ldmatrix) right after the
+    /// next K/V loop's prologue has issued its copies ([`DeferredLoad`]).
+    deferred_loads: Vec<DeferredLoad>,
+}
+
+/// A register load whose `cp.async` copy is issued where the source loads the tile but whose
+/// wait and `ldmatrix` come after the next K/V loop's prologue, so the tile's global round
+/// trip overlaps the loop's bounds, table reads, page lookups and first K/V copies instead of
+/// preceding them. `younger`: the copy groups the prologue commits after this load's (the
+/// `cp.async.wait_group` that leaves only those in flight has this load's group done).
+#[derive(Clone, Debug)]
+struct DeferredLoad {
+    dst: Value,
+    region: String,
+    younger: u32,
 }
 
 /// Split-KV across CTAs: this CTA's split of its work item (`split`, 0 .. kv_ctas), the work
@@ -414,6 +433,8 @@ impl<'k> Emitter<'k> {
             hoisted_rows: HashMap::new(),
             page_cache: None,
             prologue_end: 0,
+            defer_next_load: None,
+            deferred_loads: vec![],
             team: Team::default(),
             group_warp: String::new(),
             stream: None,
@@ -686,7 +707,9 @@ impl<'k> Emitter<'k> {
                     self.pass_turn(Turn::Waiting);
                     self.prepare_async_matmuls(&block.insts[i..])?;
                 }
+                self.defer_next_load = self.deferrable_load(&block.insts[i..]);
                 self.inst(inst)?;
+                self.defer_next_load = None;
                 i += 1;
             }
             return Ok(());
@@ -1362,6 +1385,7 @@ impl<'k> Emitter<'k> {
         self.pipeline_count = Some(count.clone());
         self.w.comment("pipeline prologue");
         self.block(prologue)?;
+        self.finish_deferred_loads()?;
         if let Some(p) = self.pingpong.as_mut() {
             p.turn = Some(Turn::Waiting);
         }
@@ -2006,6 +2030,14 @@ impl<'k> Emitter<'k> {
             wgmma_rows,
         );
         self.w.ins("cp.async.commit_group");
+        if let Some(younger) = self.defer_next_load.take().filter(|_| !kept) {
+            self.w.comment(format!(
+                "{}: copy in flight; its wait and ldmatrix follow the K/V loop's prologue",
+                self.vname(dst)
+            ));
+            self.deferred_loads.push(DeferredLoad { dst, region, younger });
+            return Ok(());
+        }
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
         self.w.ins("cp.async.wait_group 0");
         if wgmma_rows.is_some() {
@@ -2024,6 +2056,62 @@ impl<'k> Emitter<'k> {
             self.smem_a.insert(dst, region);
             return Ok(());
         }
+        self.ldmatrix_loaded_tile(dst, &region)
+    }
+
+    /// Whether the register load `insts[0]` may finish after the K/V loop that follows it in
+    /// the same block has issued its prologue's copies, and if so how many copy groups that
+    /// prologue commits (none: a warp-specialized kernel's compute warps, whose K/V tiles other
+    /// warps copy, gain nothing and keep the load as it is). Only plain code may stand between (constants, fills, parameters: no
+    /// reader of the loaded value, no copy, wait or barrier), and the prologue must be
+    /// straight-line copies and commits, so that every thread that issued the load commits
+    /// exactly that many groups after it: `cp.async.wait_group` with that count then leaves
+    /// the load's group complete (groups complete in order).
+    fn deferrable_load(&self, insts: &[Inst]) -> Option<u32> {
+        let (first, rest) = insts.split_first()?;
+        let Op::Load { dst, .. } = first.op else { return None };
+        for inst in rest {
+            match &inst.op {
+                Op::Const { .. }
+                | Op::IntConst { .. }
+                | Op::ScalarParam { .. }
+                | Op::DimLen { .. }
+                | Op::Fill { .. } => {}
+                Op::Pipeline { prologue, body, .. } => {
+                    let mut commits = 0;
+                    for p in &prologue.insts {
+                        match p.op {
+                            Op::CommitGroup => commits += 1,
+                            Op::AsyncCopy { .. } => {}
+                            _ => return None,
+                        }
+                    }
+                    let mut read = false;
+                    self.kernel.walk_block(body, &mut |i| read |= i.op.uses().contains(&dst));
+                    return (read && commits > 0).then_some(commits);
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// The waits and `ldmatrix` of the register loads deferred past the K/V loop's prologue
+    /// ([`DeferredLoad`]), in the order they were issued.
+    fn finish_deferred_loads(&mut self) -> Result<(), CodegenError> {
+        for load in std::mem::take(&mut self.deferred_loads) {
+            self.w.comment(format!("{}: the copy issued before the loop lands", self.vname(load.dst)));
+            self.w.ins(format!("cp.async.wait_group {}", load.younger));
+            self.w.ins("bar.warp.sync 0xffffffff");
+            self.ldmatrix_loaded_tile(load.dst, &load.region)?;
+        }
+        Ok(())
+    }
+
+    /// The `ldmatrix` of a register load's fragments from its row-tile region, once its copy
+    /// has landed and the warp has converged.
+    fn ldmatrix_loaded_tile(&mut self, dst: Value, region: &str) -> Result<(), CodegenError> {
+        let warp_row0 = self.th().warp_row0.clone();
         let fam = self.regs_of(dst);
         let Type::Frag { cols, elem, .. } = self.kernel.ty(dst) else {
             return Err(CodegenError::Internal("load into a non-fragment".into()));
