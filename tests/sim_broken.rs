@@ -1,6 +1,6 @@
 //! Generated attention kernels with one deliberate protocol bug each (planted by editing the PTX
 //! text), which the simulator must catch with the right diagnostic: a missing
-//! `cp.async.wait_group`, a missing barrier before a stage is refilled, mbarrier counts and
+//! `cp.async.wait_group`, the Q tile's wait after the K/V loop's prologue one group too weak, a missing barrier before a stage is refilled, mbarrier counts and
 //! parities off by one; on sm_90a, an accumulator read before its `wgmma.wait_group`, a missing
 //! `fence.proxy.async` and a missing `wgmma.fence`; with a producer warpgroup, a consumer without
 //! the fence after its full wait and `setmaxnreg` totals that cannot fit the CTA's register pool
@@ -93,6 +93,24 @@ fn a_missing_wait_group_is_a_read_of_a_copy_in_flight() {
                 || (err.contains("race") && err.contains("cp.async of warp")),
             "{err}"
         );
+    }
+}
+
+/// The Q tile's wait, which follows the K/V loop's prologue (`wait_group 2` at two stages:
+/// K and V of the first tile may stay in flight), weakened by one group: Q's copy may then still
+/// be landing when `ldmatrix` reads it. (On sm_90a, where Q stays in shared memory for wgmma,
+/// the same edit is no bug: the loop's first `wait_group 1`, for K, covers the older Q too,
+/// before the first wgmma reads either.)
+fn weaken_the_deferred_q_wait(ptx: &str) -> String {
+    let at = ptx.find("the copy issued before the loop lands").expect("Q's wait is deferred");
+    let (before, after) = ptx.split_at(at);
+    format!("{before}{}", after.replacen("cp.async.wait_group 2;", "cp.async.wait_group 3;", 1))
+}
+
+#[test]
+fn a_deferred_q_wait_one_group_too_weak_is_a_read_of_a_copy_in_flight() {
+    for err in run_edited(uniform(), weaken_the_deferred_q_wait, &SEEDS) {
+        assert!(err.contains("while a cp.async into it") || err.contains("race"), "{err}");
     }
 }
 

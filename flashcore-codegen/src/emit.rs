@@ -308,6 +308,10 @@ pub struct Emitter<'k> {
 struct DeferredLoad {
     dst: Value,
     region: String,
+    /// The tile stays in shared memory as an A operand (`a_in_smem`, wgmma's descriptors).
+    kept: bool,
+    /// Read by wgmma: the warpgroup's copies are fenced into the async proxy and it meets.
+    wgmma: bool,
     younger: u32,
 }
 
@@ -2030,17 +2034,26 @@ impl<'k> Emitter<'k> {
             wgmma_rows,
         );
         self.w.ins("cp.async.commit_group");
-        if let Some(younger) = self.defer_next_load.take().filter(|_| !kept) {
+        let load = DeferredLoad { dst, region, kept, wgmma: wgmma_rows.is_some(), younger: 0 };
+        if let Some(younger) = self.defer_next_load.take() {
             self.w.comment(format!(
-                "{}: copy in flight; its wait and ldmatrix follow the K/V loop's prologue",
+                "{}: copy in flight; its wait follows the K/V loop's prologue",
                 self.vname(dst)
             ));
-            self.deferred_loads.push(DeferredLoad { dst, region, younger });
+            self.deferred_loads.push(DeferredLoad { younger, ..load });
             return Ok(());
         }
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
-        self.w.ins("cp.async.wait_group 0");
-        if wgmma_rows.is_some() {
+        self.land_register_load(&load)
+    }
+
+    /// A register load's copy landing: `cp.async.wait_group` (its group done, `younger`
+    /// groups left in flight), the warp (or, for wgmma, the warpgroup) converged, then the
+    /// tile kept where it landed or read into its fragments.
+    fn land_register_load(&mut self, load: &DeferredLoad) -> Result<(), CodegenError> {
+        let DeferredLoad { dst, ref region, kept, wgmma, younger } = *load;
+        self.w.ins(format!("cp.async.wait_group {younger}"));
+        if wgmma {
             // A wgmma reads its warpgroup's 64 rows, which four warps copied: each fences its
             // copies into the async proxy, then the warpgroup meets at its barrier.
             self.fence_copies_for_wgmma();
@@ -2053,10 +2066,10 @@ impl<'k> Emitter<'k> {
             // warp writes these rows, no other load this region, and the region is next
             // written by this warp's stores (after the last mma).
             self.w.comment(format!("{}: A operand kept in shared memory (a_in_smem)", self.vname(dst)));
-            self.smem_a.insert(dst, region);
+            self.smem_a.insert(dst, region.clone());
             return Ok(());
         }
-        self.ldmatrix_loaded_tile(dst, &region)
+        self.ldmatrix_loaded_tile(dst, region)
     }
 
     /// Whether the register load `insts[0]` may finish after the K/V loop that follows it in
@@ -2101,9 +2114,7 @@ impl<'k> Emitter<'k> {
     fn finish_deferred_loads(&mut self) -> Result<(), CodegenError> {
         for load in std::mem::take(&mut self.deferred_loads) {
             self.w.comment(format!("{}: the copy issued before the loop lands", self.vname(load.dst)));
-            self.w.ins(format!("cp.async.wait_group {}", load.younger));
-            self.w.ins("bar.warp.sync 0xffffffff");
-            self.ldmatrix_loaded_tile(load.dst, &load.region)?;
+            self.land_register_load(&load)?;
         }
         Ok(())
     }
