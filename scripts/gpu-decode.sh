@@ -10,7 +10,7 @@
 #   scripts/gpu-decode.sh step               whole decode steps (append kernel + decode_step), direct and from a CUDA graph; sanitizer
 #   scripts/gpu-decode.sh npy                a step's inputs written by numpy (shuffled pages, ragged lengths), read with --npy
 #   scripts/gpu-decode.sh floor              fixed latency: tiny and short caches under several splits, SDPA's kernels, ncu durations
-#   scripts/gpu-decode.sh ab                 two builds (decode_base, decode) interleaved at the shapes
+#   scripts/gpu-decode.sh ab                 two builds (decode_base, decode) interleaved at the shapes, then SDPA there
 #   scripts/gpu-decode.sh probe              dense forward kernel against paged decode at the same
 #                                            schedules, pages of 16 and 256, Nsight Compute of one launch
 #   CONFIGS="settings;settings": the schedules timed at page 16 (default: in-CTA and across-CTA splits).
@@ -201,6 +201,7 @@ if [ "$mode" = ab ]; then
       done
     done
   done
+  python3 scripts/bench_decode.py $(for s in ${AB_SHAPES:-1:1024 1:8192 1:32768 1:131072 8:8192 64:1024}; do echo "$s:1"; done) 2>&1 | tee -a "$log"
 fi
 if [ "$mode" = probe ]; then
   # Where the time goes: the dense forward kernel (no page table) against the paged decode at
