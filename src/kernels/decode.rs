@@ -130,8 +130,10 @@ pub fn attention_decode_paged_packed<T>(
 pub const DECODE_CTAS_PER_SM: usize = 2;
 
 /// How many CTAs to split each work item of a decode step across (`Config::kv_ctas`), `n` in
-/// `1 ..= min(kv_tiles / 4, MAX_KV_CTAS)` (each CTA walks at least 4 of the `kv_tiles` K/V
-/// tiles): none once the work items give each of the `sms` SMs one; else the fewest whose time,
+/// `1 ..= min(kv_tiles / 2, MAX_KV_CTAS)` (each CTA walks at least 2 of the `kv_tiles` K/V
+/// tiles: on the H200 at B = 1, cache 1024 (16 tiles), 8 CTAs an item took 14.3 µs and 4 took
+/// 16.0, docs/measurements/2026-12-03-h200-decode-floor.txt): none once the work items give
+/// each of the `sms` SMs one; else the fewest whose time,
 /// in waves of [`DECODE_CTAS_PER_SM`] CTAs an SM times each CTA's share `1 / n`, is within 5%
 /// of the best. A launch that leaves a few CTAs for a second wave costs as much as a full
 /// second wave: on the H200 at B = 8, 32k (64 work items, 264 CTAs at once), 4 CTAs an item
@@ -140,7 +142,7 @@ pub fn split_ctas(work_items: usize, sms: usize, kv_tiles: usize) -> u32 {
     if work_items == 0 || work_items >= sms {
         return 1;
     }
-    let most = (kv_tiles / 4).clamp(1, crate::ir::config::MAX_KV_CTAS as usize);
+    let most = (kv_tiles / 2).clamp(1, crate::ir::config::MAX_KV_CTAS as usize);
     let slots = sms * DECODE_CTAS_PER_SM;
     let time = |n: usize| (work_items * n).div_ceil(slots) as f64 / n as f64;
     let best = (1..=most).map(time).fold(f64::INFINITY, f64::min);
@@ -169,11 +171,13 @@ mod tests {
     fn the_split_fills_the_gpu_only_when_the_work_items_do_not() {
         // 8 K/V heads of one sequence on 132 SMs: one full wave of two CTAs an SM, or nearly.
         assert_eq!(split_ctas(8, 132, 512), 32);
+        assert_eq!(split_ctas(8, 132, 128), 32);
         // 64 work items: 4 CTAs each (256 of 264 at once), not 5 (a second wave of 56).
         assert_eq!(split_ctas(64, 132, 512), 4);
-        // Short caches: at least 4 tiles a CTA.
-        assert_eq!(split_ctas(8, 132, 16), 4);
+        // Short caches: at least 2 tiles a CTA.
+        assert_eq!(split_ctas(8, 132, 16), 8);
         assert_eq!(split_ctas(8, 132, 2), 1);
+        assert_eq!(split_ctas(8, 132, 1), 1);
         // Enough work items, or none: no split; never past the most a work item may have.
         assert_eq!(split_ctas(512, 132, 4096), 1);
         assert_eq!(split_ctas(0, 132, 4096), 1);
