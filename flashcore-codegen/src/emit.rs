@@ -3507,17 +3507,15 @@ impl<'k> Emitter<'k> {
     /// slot of the workspace (`[item][split][register][thread]` f32, each thread its own
     /// registers: every CTA of the kernel lays its fragments out alike), a barrier, thread 0
     /// counts the CTA in the item's arrival counter (after the states, `[item]` u32) and shares
-    /// whether it was the last; the others leave the work item, the last reads every split's
-    /// maxima (`m = max m_i`), then adds each split's sum and accumulator scaled by
-    /// `2^(m_i − m)`, in split order (deterministic: the same sums whichever CTA is last), each
-    /// split's reads issued before the previous split's adds, so the reads overlap rather than
-    /// chain (one L2 round trip a split before); it resets the counter for the next launch, and
-    /// goes on to the stores.
+    /// whether it was the last; the others leave the work item, the last reads split 0's state
+    /// and folds splits 1.. in, in order (deterministic: the same sums whichever CTA is last),
+    /// resets the counter for the next launch, and goes on to the stores.
     ///
     /// With split-KV inside the CTA too (`kv_splits` groups, merged before this op), only group
     /// 0 holds the CTA's state, and only it writes; the last CTA's groups then share the fold:
     /// group `g` folds splits `g, g + kv_splits, ..` (in order), and the groups' states are
-    /// merged in the CTA as after the K/V loop.
+    /// merged in the CTA as after the K/V loop. The fold's chain of dependent workspace reads is
+    /// `kv_splits` times shorter.
     fn combine_ctas(&mut self, max: Value, sum: Value, acc: Value) -> Result<(), CodegenError> {
         let missing = || CodegenError::Internal("combine_ctas outside a work loop split across CTAs".into());
         let c = self.combine.clone().ok_or_else(missing)?;
@@ -3600,10 +3598,10 @@ impl<'k> Emitter<'k> {
         self.w.ins(format!("@{not_last} bra.uni {}", c.next));
         self.w.ins("fence.acq_rel.gpu");
         self.w.ins(format!("@{first} st.global.u32 [{counter}], 0"));
-        // Splits `first, first + step, ..`, in order: the same arithmetic whichever CTA arrives
-        // last, so the output is identical launch to launch. With split groups in the CTA,
-        // group g starts at split g (an empty state if there is none) and steps by the groups;
-        // the groups are merged after.
+        // Split `first`'s state, then splits `first + step, ..` folded in, in order: the same
+        // arithmetic whichever CTA arrives last, so the output is identical launch to launch.
+        // With split groups in the CTA, group g starts at split g (an empty state if there is
+        // none) and steps by the groups; the groups are merged after.
         let (first, step) = match &group {
             Some(g) => (g.index.clone(), self.cfg.kv_splits),
             None => ("0".to_string(), 1),
@@ -3622,105 +3620,31 @@ impl<'k> Emitter<'k> {
             }
             self.w.ins(format!("@{none} bra.uni {fold_done}"));
         } else {
-            self.w.comment("the last CTA: every split's state, in split order");
+            self.w
+                .comment("the last CTA: split 0's state, then each other split's folded in, in split order");
         }
-        // Every split's maxima first (independent loads, one round trip), then each split's
-        // sum and accumulator scaled by 2^(m_i − max) and added, the next split's loads issued
-        // before this one's adds: the fold's workspace reads overlap instead of forming a
-        // chain of round trips, one a split.
-        let splits = kv_ctas.div_ceil(step);
-        let stride = writers * 4;
-        let rows_of_acc = {
-            let mut rows = vec![0; a.len];
-            for row in 0..m.len {
-                for nt in 0..shape.col_blocks {
-                    for e in [2 * (row % 2), 2 * (row % 2) + 1] {
-                        rows[shape.acc(row / 2, nt, e)] = row;
-                    }
-                }
-            }
-            rows
+        let first_state = slot_base(self, &split);
+        for (r, reg) in state.iter().enumerate() {
+            self.w.ins(format!("ld.global.cg.f32 {reg}, [{first_state}+{}]", r as u32 * writers * 4));
+        }
+        let top = self.w.label("combine");
+        let more = self.w.temp(RegClass::Pred);
+        self.w.ins(format!("add.u32 {split}, {split}, {step}"));
+        self.w.ins(format!("setp.lt.u32 {more}, {split}, {kv_ctas}"));
+        self.w.ins(format!("@!{more} bra.uni {fold_done}"));
+        self.w.place_label(&top);
+        self.w.indent();
+        let base = slot_base(self, &split);
+        let mut load = |e: &mut Self, r: usize| {
+            let x = e.w.temp(RegClass::F32);
+            e.w.ins(format!("ld.global.cg.f32 {x}, [{base}+{}]", r as u32 * writers * 4));
+            x
         };
-        // Per split: its slot's address and, where the group may have no such split, whether
-        // it has.
-        let mut slots = vec![];
-        for i in 0..splits {
-            let s = self.w.temp(RegClass::B32);
-            self.w.ins(format!("add.u32 {s}, {first}, {}", i * step));
-            let present = (group.is_some() && (i + 1) * step > kv_ctas).then(|| {
-                let p = self.w.temp(RegClass::Pred);
-                self.w.ins(format!("setp.lt.u32 {p}, {s}, {kv_ctas}"));
-                p
-            });
-            slots.push((slot_base(self, &s), present));
-        }
-        self.w.comment(format!("the last CTA: the maxima of this group's {splits} splits, then their sums and accumulators scaled by 2^(m_i - m)"));
-        let maxima: Vec<Vec<String>> = slots
-            .iter()
-            .map(|(base, present)| {
-                (0..m.len)
-                    .map(|row| {
-                        let x = self.w.temp(RegClass::F32);
-                        match present {
-                            Some(p) => {
-                                self.w.ins(format!(
-                                    "@{p} ld.global.cg.f32 {x}, [{base}+{}]",
-                                    row as u32 * stride
-                                ));
-                                self.w.ins(format!("@!{p} mov.f32 {x}, 0fFF800000"));
-                            }
-                            None => {
-                                self.w.ins(format!("ld.global.cg.f32 {x}, [{base}+{}]", row as u32 * stride))
-                            }
-                        }
-                        x
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut scales = vec![vec![String::new(); m.len]; slots.len()];
-        for row in 0..m.len {
-            let (top, safe, inf) = (m.at(row), self.w.temp(RegClass::F32), self.w.temp(RegClass::Pred));
-            self.w.ins(format!("mov.f32 {top}, {}", maxima[0][row]));
-            for split_maxima in &maxima[1..] {
-                self.w.ins(format!("max.f32 {top}, {top}, {}", split_maxima[row]));
-            }
-            // A row no split saw a key of: every scale 2^(-inf) = 0, the state stays empty.
-            self.w.ins(format!("setp.eq.f32 {inf}, {top}, 0fFF800000"));
-            self.w.ins(format!("selp.f32 {safe}, 0f00000000, {top}, {inf}"));
-            for (i, split_maxima) in maxima.iter().enumerate() {
-                let scale = self.w.temp(RegClass::F32);
-                self.w.ins(format!("sub.f32 {scale}, {}, {safe}", split_maxima[row]));
-                self.w.ins(format!("ex2.approx.ftz.f32 {scale}, {scale}"));
-                scales[i][row] = scale;
-            }
-        }
-        for reg in state.iter().skip(m.len) {
-            self.w.ins(format!("mov.f32 {reg}, 0f00000000"));
-        }
-        let load_split = |e: &mut Self, i: usize| -> Vec<String> {
-            let (base, present) = &slots[i];
-            let guard = present.as_ref().map(|p| format!("@{p} ")).unwrap_or_default();
-            (m.len..state.len())
-                .map(|r| {
-                    let x = e.w.temp(RegClass::F32);
-                    e.w.ins(format!("{guard}ld.global.cg.f32 {x}, [{base}+{}]", r as u32 * stride));
-                    x
-                })
-                .collect()
-        };
-        let mut loaded = load_split(self, 0);
-        for i in 0..slots.len() {
-            let next = (i + 1 < slots.len()).then(|| load_split(self, i + 1));
-            let guard = slots[i].1.as_ref().map(|p| format!("@{p} ")).unwrap_or_default();
-            for (k, x) in loaded.iter().enumerate() {
-                let r = m.len + k;
-                let row = if k < l.len { k } else { rows_of_acc[k - l.len] };
-                let (sum, scale) = (&state[r], &scales[i][row]);
-                self.w.ins(format!("{guard}fma.rn.f32 {sum}, {x}, {scale}, {sum}"));
-            }
-            loaded = next.unwrap_or_default();
-        }
+        self.fold_state([&m, &l, &a], &shape, &mut load);
+        self.w.ins(format!("add.u32 {split}, {split}, {step}"));
+        self.w.ins(format!("setp.lt.u32 {more}, {split}, {kv_ctas}"));
+        self.w.ins(format!("@{more} bra.uni {top}"));
+        self.w.dedent();
         self.w.place_label(&fold_done);
         if group.is_some() {
             self.w.comment("the split groups' folds merged, as after the K/V loop");
