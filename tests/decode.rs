@@ -268,6 +268,21 @@ fn packed_gqa_decode_matches_float64() {
     }
 }
 
+/// The packed kernel's rows are several query heads' tokens, not positions: the `causal` flag,
+/// which would compare a packed row's index with the keys and so mask the wrong scores, is a
+/// compile error naming the rows (`packed_rows`); its causal steps pass `rows_after` instead.
+/// The same flag on the plain kernel, whose rows are positions, compiles.
+#[test]
+fn the_causal_flag_is_refused_where_rows_are_packed() {
+    use flashcore::kernels::decode::attention_decode_paged_packed as packed;
+    let err =
+        packed::compile(&Config { causal: true, ..packed::CONFIG }).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("packed") && err.contains("ROWS") && err.contains("causal"), "{err}");
+    assert!(packed::program().packed_rows);
+    attention_decode_paged::compile(&Config { causal: true, ..attention_decode_paged::CONFIG }).unwrap();
+    assert!(!attention_decode_paged::program().packed_rows);
+}
+
 /// Pages must hold a multiple of 16 rows (the kernel steps through a page 16 rows at a time):
 /// pages of 8 or 24 rows are a typed error naming the cache, before anything runs.
 #[test]

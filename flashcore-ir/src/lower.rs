@@ -65,6 +65,8 @@ struct Lowerer {
     /// `TILE_M` tiles), once the work loop is entered.
     causal: Option<Causal>,
     causal_config: bool,
+    /// [`Program::packed_rows`]: the `causal` flag is refused.
+    packed_rows: bool,
     /// `Config::dtype`: the kernel's generic element type.
     dtype: DType,
     params: Vec<Param>,
@@ -246,6 +248,7 @@ impl Lowerer {
             staged: HashMap::new(),
             causal: None,
             causal_config: config.causal,
+            packed_rows: program.packed_rows,
             dtype: config.dtype,
             params: vec![],
             dims: vec![],
@@ -598,6 +601,15 @@ impl Lowerer {
                     self.bind(var, Binding::Value(v));
                     values.push(v);
                     loop_extents.push(e);
+                    if self.causal_config && e.per_tile == Some(TileDim::M) && self.packed_rows {
+                        return err(
+                            extent.span,
+                            format!(
+                                "the `causal` flag masks score tiles by their rows' index along `{}`, but this kernel's rows are packed (`packed_rows`): they are not sequence positions; write the mask with the positions the rows stand for instead",
+                                self.dims[e.dim.0 as usize]
+                            ),
+                        );
+                    }
                     if self.causal_config && e.per_tile == Some(TileDim::M) {
                         // The causal flag masks in the forward orientation: the work loop's
                         // tiles are the queries, the sequence axis of the first tensor (`q`).

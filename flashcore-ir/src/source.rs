@@ -500,6 +500,11 @@ pub struct Program {
     pub name: String,
     pub params: Vec<ParamDecl>,
     pub body: Vec<Stmt>,
+    /// `#[flash_kernel(packed_rows, ..)]`: the rows of the Q tile are not sequence positions
+    /// (they pack several query heads' tokens, FlashAttention's packed GQA), so the `causal`
+    /// flag, which compares a row's index with the key positions, is refused: such a kernel
+    /// writes its mask with positions it computes (`kernels::decode::attention_decode_paged_packed`).
+    pub packed_rows: bool,
 }
 
 impl Program {
@@ -644,6 +649,7 @@ mod tests {
                 ParamDecl::Scalar { name: "scale".into(), span: SpanId(1) },
                 ParamDecl::Scalar { name: "unused".into(), span: SpanId(2) },
             ],
+            packed_rows: false,
             body: vec![Stmt {
                 kind: StmtKind::Let { name: "x".into(), mutable: false, value: var("scale") },
                 role: None,

@@ -173,6 +173,7 @@ const IDENTS: &[&str] = &[
     "overlap",
     "tma",
     "pingpong",
+    "packed_rows",
     "dtype",
     "x",
     "unknown",

@@ -271,7 +271,8 @@ fn program(prog: &Program) -> TokenStream {
         }
     });
     let body = stmts(&prog.body);
-    quote!(#p::Program { name: #name, params: ::std::vec![#(#params),*], body: #body })
+    let packed_rows = prog.packed_rows;
+    quote!(#p::Program { name: #name, params: ::std::vec![#(#params),*], body: #body, packed_rows: #packed_rows })
 }
 
 fn dtype(d: DType) -> TokenStream {

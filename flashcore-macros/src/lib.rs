@@ -26,11 +26,12 @@ fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> pro
         Err(e) => return error::fallback(e, Some(&f)),
     };
     let mut spans = parse::SpanTable::default();
-    let program = match (parse::Converter { spans: &mut spans, elem_param: f.elem_param.clone() }).program(&f)
-    {
-        Ok(p) => p,
-        Err(e) => return error::fallback(e, Some(&f)),
-    };
+    let mut program =
+        match (parse::Converter { spans: &mut spans, elem_param: f.elem_param.clone() }).program(&f) {
+            Ok(p) => p,
+            Err(e) => return error::fallback(e, Some(&f)),
+        };
+    program.packed_rows = attr.packed_rows;
     // Lower for the declared config now, so mistakes surface as compile errors with spans.
     let lowered = flashcore_ir::lower(&program, &attr.config).and_then(flashcore_ir::passes::run_all);
     let kernel = match lowered {

@@ -38,19 +38,29 @@ impl SpanTable {
     }
 }
 
-/// `#[flash_kernel(tile_m = 64, ...)]`: the declared config, and where each field was written.
+/// `#[flash_kernel(tile_m = 64, ...)]`: the declared config, and where each field was written;
+/// `packed_rows`, a property of the kernel rather than of a config ([`Program::packed_rows`]).
 pub struct KernelAttr {
     pub config: Config,
     pub field_spans: Vec<(&'static str, TokenStream)>,
+    pub packed_rows: bool,
 }
 
 impl Parse for KernelAttr {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let mut config = Config::default();
         let mut field_spans = vec![];
+        let mut packed_rows = false;
         let items = Punctuated::<syn::Meta, Token![,]>::parse_terminated(input)?;
         for item in items {
             let key = item.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
+            if key == "packed_rows" {
+                let syn::Meta::Path(_) = item else {
+                    return Err(syn::Error::new_spanned(item, "expected `packed_rows` (no value)"));
+                };
+                packed_rows = true;
+                continue;
+            }
             // `persistent`, `causal`, or `<flag> = true/false`.
             if let Some(flag) = config.flag_field(&key) {
                 *flag = match &item {
@@ -110,13 +120,13 @@ impl Parse for KernelAttr {
             let Some((field, slot)) = config.number_field(&key) else {
                 return Err(syn::Error::new_spanned(
                         &item.path,
-                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits, kv_ctas, persistent, causal, varlen, a_in_smem, overlap, tma, pingpong, dtype, or warps(compute = .., load = .., softmax = ..)"),
+                        format!("unknown kernel option `{key}`; expected one of tile_m, tile_n, head_dim, stages, warps, load_warps, softmax_warps, kv_splits, kv_ctas, persistent, causal, varlen, a_in_smem, overlap, tma, pingpong, dtype, packed_rows, or warps(compute = .., load = .., softmax = ..)"),
                 ));
             };
             *slot = value;
             field_spans.push((field, item.to_token_stream()));
         }
-        Ok(KernelAttr { config, field_spans })
+        Ok(KernelAttr { config, field_spans, packed_rows })
     }
 }
 
@@ -335,7 +345,7 @@ impl Converter<'_> {
             });
         }
         let body = self.stmts(&f.body.stmts, None)?;
-        Ok(Program { name: f.name.to_string(), params, body })
+        Ok(Program { name: f.name.to_string(), params, body, packed_rows: false })
     }
 
     fn role(&mut self, attrs: &[syn::Attribute], outer: Option<Role>) -> R<Option<Role>> {

@@ -81,8 +81,10 @@ pub fn attention_decode_paged<T>(
 /// `g · S + i` of K/V head `k` is token `i` of query head `k · H / HKV + g`). `rows_after[r]`
 /// says how many of the step's tokens come after row `r`'s (`S − 1 − i`; all 0 for a step
 /// whose tokens all see each other): row `r` sees cache row `j` iff `j + rows_after[r] <
-/// cache_len[b]`, the bottom-right causal mask written with positions.
-#[flash_kernel(tile_m = 16, tile_n = 64, head_dim = 128, stages = 2, warps = 4, kv_splits = 4)]
+/// cache_len[b]`, the bottom-right causal mask written with positions. Its rows are packed
+/// (`packed_rows`), so `Config::causal`, which would compare a packed row's index with the
+/// keys, is refused: causal steps pass `rows_after` ([`crate::paged::rows_after`]).
+#[flash_kernel(tile_m = 16, tile_n = 64, head_dim = 128, stages = 2, warps = 4, kv_splits = 4, packed_rows)]
 pub fn attention_decode_paged_packed<T>(
     q: Tensor<T, B, HKV, ROWS, D>,
     k_cache: Tensor<T, PAGES, HKV, PAGE, D>,
