@@ -300,7 +300,8 @@ pub struct Emitter<'k> {
 }
 
 /// A register load whose `cp.async` copy is issued where the source loads the tile but whose
-/// wait and `ldmatrix` come after the next K/V loop's prologue, so the tile's global round
+/// wait (and the `ldmatrix`, or for wgmma the proxy fence and warpgroup barrier, after it)
+/// come after the next K/V loop's prologue, so the tile's global round
 /// trip overlaps the loop's bounds, table reads, page lookups and first K/V copies instead of
 /// preceding them. `younger`: the copy groups the prologue commits after this load's (the
 /// `cp.async.wait_group` that leaves only those in flight has this load's group done).
@@ -2074,12 +2075,13 @@ impl<'k> Emitter<'k> {
 
     /// Whether the register load `insts[0]` may finish after the K/V loop that follows it in
     /// the same block has issued its prologue's copies, and if so how many copy groups that
-    /// prologue commits (none: a warp-specialized kernel's compute warps, whose K/V tiles other
-    /// warps copy, gain nothing and keep the load as it is). Only plain code may stand between (constants, fills, parameters: no
+    /// prologue commits. Only plain code may stand between (constants, fills, parameters: no
     /// reader of the loaded value, no copy, wait or barrier), and the prologue must be
     /// straight-line copies and commits, so that every thread that issued the load commits
     /// exactly that many groups after it: `cp.async.wait_group` with that count then leaves
-    /// the load's group complete (groups complete in order).
+    /// the load's group complete (groups complete in order). A prologue that commits nothing
+    /// (a warp-specialized kernel's compute warps, whose K/V tiles other warps copy) gains
+    /// nothing, and the load stays as it is.
     fn deferrable_load(&self, insts: &[Inst]) -> Option<u32> {
         let (first, rest) = insts.split_first()?;
         let Op::Load { dst, .. } = first.op else { return None };
