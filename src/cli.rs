@@ -584,6 +584,22 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
         };
         writeln!(out, "feed       {line}")?;
     }
+    // Register loads (Q) whose wait codegen moves past the K/V loop's prologue.
+    let deferred = crate::codegen::deferred_loads(&kernel);
+    let mut loads = 0;
+    kernel.walk(&mut |i| loads += matches!(i.op, ir::kernel::Op::Load { .. }) as usize);
+    let line = if loads == 0 {
+        "no register loads".to_string()
+    } else if deferred.is_empty() {
+        "at the load: no register load is followed, past plain code only, by a K/V loop whose prologue copies tiles".to_string()
+    } else {
+        let loads: Vec<String> = deferred
+            .iter()
+            .map(|(v, groups)| format!("`{}` ({groups} copy groups still in flight)", kernel.value(*v).name))
+            .collect();
+        format!("after the K/V loop's prologue: {}", loads.join(", "))
+    };
+    writeln!(out, "load wait  {line}")?;
     // Tables the masks read along the keys: summarised by a launch before the kernel's.
     let summaries = kernel.table_summaries();
     if !summaries.is_empty() {

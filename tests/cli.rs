@@ -161,6 +161,28 @@ fn check_says_whether_the_producer_feeds_q() {
     assert!(text.contains("qf                     2 slots × 32768 B"), "{text}");
 }
 
+/// `check` says where Q's wait lands: after the K/V loop's prologue in a uniform layout (its
+/// first tile's K and V copies still in flight), at the load where other warps copy K/V (the
+/// compute warps' prologue copies nothing), and nowhere where the producer feeds Q.
+#[test]
+fn check_says_where_the_q_load_waits() {
+    let line = |config: &str| {
+        let text = ok(&["check", "attention", "--config", config, "--no-ptxas"]);
+        text.lines()
+            .find(|l| l.starts_with("load wait"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{text}"))
+    };
+    let uniform = line("stages=2");
+    assert!(
+        uniform.contains("after the K/V loop's prologue: `qf` (2 copy groups still in flight)"),
+        "{uniform}"
+    );
+    assert!(line("stages=2,load_warps=1").contains("at the load"), "{}", line("stages=2,load_warps=1"));
+    let fed = "tile_m=128,tile_n=128,head_dim=128,stages=2,warps=8,load_warps=4,persistent,overlap,tma,pingpong,sm_90a";
+    assert!(line(fed).ends_with("no register loads"), "{}", line(fed));
+}
+
 #[test]
 fn check_runs_ptxas_for_both_gpus_when_it_is_there() {
     if flashcore::ptxas::find().is_none() {

@@ -342,6 +342,65 @@ struct RaggedDim {
     len: String,
 }
 
+/// Whether the register load `insts[0]` may finish after the K/V loop that follows it in
+/// the same block has issued its prologue's copies, and if so how many copy groups that
+/// prologue commits. Only plain code may stand between (constants, fills, parameters: no
+/// reader of the loaded value, no copy, wait or barrier), and the prologue must be
+/// straight-line copies and commits, so that every thread that issued the load commits
+/// exactly that many groups after it: `cp.async.wait_group` with that count then leaves
+/// the load's group complete (groups complete in order). A prologue that commits nothing
+/// (a warp-specialized kernel's compute warps, whose K/V tiles other warps copy) gains
+/// nothing, and the load stays as it is.
+pub(crate) fn deferrable_load(kernel: &Kernel, insts: &[Inst]) -> Option<u32> {
+    let (first, rest) = insts.split_first()?;
+    let Op::Load { dst, .. } = first.op else { return None };
+    for inst in rest {
+        match &inst.op {
+            Op::Const { .. }
+            | Op::IntConst { .. }
+            | Op::ScalarParam { .. }
+            | Op::DimLen { .. }
+            | Op::Fill { .. } => {}
+            Op::Pipeline { prologue, body, .. } => {
+                let mut commits = 0;
+                for p in &prologue.insts {
+                    match p.op {
+                        Op::CommitGroup => commits += 1,
+                        Op::AsyncCopy { .. } => {}
+                        _ => return None,
+                    }
+                }
+                let mut read = false;
+                kernel.walk_block(body, &mut |i| read |= i.op.uses().contains(&dst));
+                return (read && commits > 0).then_some(commits);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The register loads of `kernel` whose wait codegen moves past the next K/V loop's prologue
+/// ([`deferrable_load`]), each with the copy groups that prologue leaves in flight, in program
+/// order (`flashcore check` prints them).
+pub fn deferred_loads(kernel: &Kernel) -> Vec<(Value, u32)> {
+    fn walk(kernel: &Kernel, block: &Block, out: &mut Vec<(Value, u32)>) {
+        for (i, inst) in block.insts.iter().enumerate() {
+            if let (Op::Load { dst, .. }, Some(younger)) =
+                (&inst.op, deferrable_load(kernel, &block.insts[i..]))
+            {
+                out.push((*dst, younger));
+            }
+            for inner in inst.op.blocks() {
+                walk(kernel, inner, out);
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(kernel, &kernel.body, &mut out);
+    out
+}
+
 /// An online-softmax state's registers in the order its copies are laid out: `m`, `l`, `acc`
 /// (the in-CTA merge's shared region, the combine's workspace, `Emitter::fold_state`).
 fn state_regs([m, l, a]: [&RegFamily; 3]) -> Vec<String> {
@@ -712,7 +771,7 @@ impl<'k> Emitter<'k> {
                     self.pass_turn(Turn::Waiting);
                     self.prepare_async_matmuls(&block.insts[i..])?;
                 }
-                self.defer_next_load = self.deferrable_load(&block.insts[i..]);
+                self.defer_next_load = deferrable_load(self.kernel, &block.insts[i..]);
                 self.inst(inst)?;
                 self.defer_next_load = None;
                 i += 1;
@@ -2071,44 +2130,6 @@ impl<'k> Emitter<'k> {
             return Ok(());
         }
         self.ldmatrix_loaded_tile(dst, region)
-    }
-
-    /// Whether the register load `insts[0]` may finish after the K/V loop that follows it in
-    /// the same block has issued its prologue's copies, and if so how many copy groups that
-    /// prologue commits. Only plain code may stand between (constants, fills, parameters: no
-    /// reader of the loaded value, no copy, wait or barrier), and the prologue must be
-    /// straight-line copies and commits, so that every thread that issued the load commits
-    /// exactly that many groups after it: `cp.async.wait_group` with that count then leaves
-    /// the load's group complete (groups complete in order). A prologue that commits nothing
-    /// (a warp-specialized kernel's compute warps, whose K/V tiles other warps copy) gains
-    /// nothing, and the load stays as it is.
-    fn deferrable_load(&self, insts: &[Inst]) -> Option<u32> {
-        let (first, rest) = insts.split_first()?;
-        let Op::Load { dst, .. } = first.op else { return None };
-        for inst in rest {
-            match &inst.op {
-                Op::Const { .. }
-                | Op::IntConst { .. }
-                | Op::ScalarParam { .. }
-                | Op::DimLen { .. }
-                | Op::Fill { .. } => {}
-                Op::Pipeline { prologue, body, .. } => {
-                    let mut commits = 0;
-                    for p in &prologue.insts {
-                        match p.op {
-                            Op::CommitGroup => commits += 1,
-                            Op::AsyncCopy { .. } => {}
-                            _ => return None,
-                        }
-                    }
-                    let mut read = false;
-                    self.kernel.walk_block(body, &mut |i| read |= i.op.uses().contains(&dst));
-                    return (read && commits > 0).then_some(commits);
-                }
-                _ => return None,
-            }
-        }
-        None
     }
 
     /// The waits and `ldmatrix` of the register loads deferred past the K/V loop's prologue

@@ -13,7 +13,7 @@ mod writer;
 
 use flashcore_ir::Kernel;
 
-pub use emit::SMEM_SYMBOL;
+pub use emit::{deferred_loads, SMEM_SYMBOL};
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum CodegenError {
