@@ -381,8 +381,9 @@ pub(crate) fn deferrable_load(kernel: &Kernel, insts: &[Inst]) -> Option<u32> {
 }
 
 /// The register loads of `kernel` whose wait codegen moves past the next K/V loop's prologue
-/// ([`deferrable_load`]), each with the copy groups that prologue leaves in flight, in program
-/// order (`flashcore check` prints them).
+/// (`deferrable_load`: where only plain code separates a load from a K/V loop whose prologue
+/// commits copies), each with the copy groups that prologue leaves in flight, in program order
+/// (`flashcore check` prints them).
 pub fn deferred_loads(kernel: &Kernel) -> Vec<(Value, u32)> {
     fn walk(kernel: &Kernel, block: &Block, out: &mut Vec<(Value, u32)>) {
         for (i, inst) in block.insts.iter().enumerate() {
