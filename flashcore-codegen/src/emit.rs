@@ -2156,7 +2156,7 @@ impl<'k> Emitter<'k> {
             let row0 = self.w.temp(RegClass::B32);
             self.w.ins(format!("add.u32 {row0}, {warp_row0}, {}", mf * 16));
             for kk in 0..shape.col_blocks {
-                let addr = self.ldmatrix_address(LdmatrixPattern::A, &region, &row0, 2 * kk as u32);
+                let addr = self.ldmatrix_address(LdmatrixPattern::A, region, &row0, 2 * kk as u32);
                 let regs = [0, 1, 2, 3].map(|i| fam.at(shape.a(mf, kk, i)));
                 self.ldmatrix_x4(LdmatrixPattern::A, regs, &addr);
             }
