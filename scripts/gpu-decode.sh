@@ -153,7 +153,7 @@ fi
 if [ "$mode" = floor ]; then
   # The fixed latency of a decode launch: packed GQA at tiny and short caches under several
   # splits (kv_ctas=1 has no combine across CTAs), SDPA at the same shapes, the kernels cuDNN
-  # launches for one call (torch profiler), and Nsight Compute's duration of ours and theirs.
+  # launches for one call (torch profiler, their GPU time), and Nsight Compute on ours.
   for len in 64 1024 8192; do
     run --packed --batch 1 --cache-len "$len" --page 16 --iters 50 \
       --config "${FLOOR_CONFIGS:-;kv_ctas=1;kv_ctas=2;kv_ctas=8;warps=1,kv_splits=1;warps=1,kv_splits=1,kv_ctas=4}"
@@ -191,8 +191,9 @@ if [ "$mode" = ab ]; then
   # $bins/decode), interleaved in rounds so that drift hits both alike; packed GQA with the
   # default schedule at the shapes, pages of 16.
   base=${BASE_BIN:-$bins/decode_base}
+  shapes=${AB_SHAPES:-1:1024 1:8192 1:32768 1:131072 8:8192 64:1024}
   for round in $(seq "${ROUNDS:-3}"); do
-    for shape in ${AB_SHAPES:-1:1024 1:8192 1:32768 1:131072 8:8192 64:1024}; do
+    for shape in $shapes; do
       for which in old new; do
         bin=$bins/decode
         [ "$which" = old ] && bin=$base
@@ -201,7 +202,7 @@ if [ "$mode" = ab ]; then
       done
     done
   done
-  python3 scripts/bench_decode.py $(for s in ${AB_SHAPES:-1:1024 1:8192 1:32768 1:131072 8:8192 64:1024}; do echo "$s:1"; done) 2>&1 | tee -a "$log"
+  python3 scripts/bench_decode.py $(for s in $shapes; do echo "$s:1"; done) 2>&1 | tee -a "$log"
 fi
 if [ "$mode" = probe ]; then
   # Where the time goes: the dense forward kernel (no page table) against the paged decode at

@@ -586,9 +586,9 @@ fn check(opts: &Options, out: &mut dyn Write) -> Result<(), CliError> {
     }
     // Register loads (Q) whose wait codegen moves past the K/V loop's prologue.
     let deferred = crate::codegen::deferred_loads(&kernel);
-    let mut loads = 0;
-    kernel.walk(&mut |i| loads += matches!(i.op, ir::kernel::Op::Load { .. }) as usize);
-    let line = if loads == 0 {
+    let mut any_load = false;
+    kernel.walk(&mut |i| any_load |= matches!(i.op, ir::kernel::Op::Load { .. }));
+    let line = if !any_load {
         "no register loads".to_string()
     } else if deferred.is_empty() {
         "at the load: no register load is followed, past plain code only, by a K/V loop whose prologue copies tiles".to_string()

@@ -292,21 +292,21 @@ pub struct Emitter<'k> {
     prologue_end: usize,
     /// Set by `block` for the register load it is about to emit when that load's wait may
     /// move past the next K/V loop's prologue: the number of copy groups that prologue
-    /// commits ([`Emitter::deferrable_load`]).
+    /// commits ([`deferrable_load`]).
     defer_next_load: Option<u32>,
-    /// Register loads whose copies are in flight, finished (wait, ldmatrix) right after the
-    /// next K/V loop's prologue has issued its copies ([`DeferredLoad`]).
-    deferred_loads: Vec<DeferredLoad>,
+    /// Register loads whose copies are in flight, landed right after the next K/V loop's
+    /// prologue has issued its copies.
+    deferred_loads: Vec<LoadInFlight>,
 }
 
-/// A register load whose `cp.async` copy is issued where the source loads the tile but whose
-/// wait (and the `ldmatrix`, or for wgmma the proxy fence and warpgroup barrier, after it)
-/// come after the next K/V loop's prologue, so the tile's global round
-/// trip overlaps the loop's bounds, table reads, page lookups and first K/V copies instead of
-/// preceding them. `younger`: the copy groups the prologue commits after this load's (the
-/// `cp.async.wait_group` that leaves only those in flight has this load's group done).
+/// A register load whose `cp.async` copy has been issued, to land (the wait, then the
+/// `ldmatrix`, or for wgmma the proxy fence and warpgroup barrier) at once (`younger` 0) or,
+/// deferred, after the next K/V loop's prologue, so the tile's global round trip overlaps the
+/// loop's bounds, table reads, page lookups and first K/V copies instead of preceding them.
+/// `younger`: the copy groups committed after this load's that may stay in flight (the
+/// `cp.async.wait_group` that leaves only those has this load's group done).
 #[derive(Clone, Debug)]
-struct DeferredLoad {
+struct LoadInFlight {
     dst: Value,
     region: String,
     /// The tile stays in shared memory as an A operand (`a_in_smem`, wgmma's descriptors).
@@ -2095,13 +2095,13 @@ impl<'k> Emitter<'k> {
             wgmma_rows,
         );
         self.w.ins("cp.async.commit_group");
-        let load = DeferredLoad { dst, region, kept, wgmma: wgmma_rows.is_some(), younger: 0 };
+        let load = LoadInFlight { dst, region, kept, wgmma: wgmma_rows.is_some(), younger: 0 };
         if let Some(younger) = self.defer_next_load.take() {
             self.w.comment(format!(
                 "{}: copy in flight; its wait follows the K/V loop's prologue",
                 self.vname(dst)
             ));
-            self.deferred_loads.push(DeferredLoad { younger, ..load });
+            self.deferred_loads.push(LoadInFlight { younger, ..load });
             return Ok(());
         }
         // Register loads sit outside pipeline loops, whose epilogues drain every group.
@@ -2111,8 +2111,8 @@ impl<'k> Emitter<'k> {
     /// A register load's copy landing: `cp.async.wait_group` (its group done, `younger`
     /// groups left in flight), the warp (or, for wgmma, the warpgroup) converged, then the
     /// tile kept where it landed or read into its fragments.
-    fn land_register_load(&mut self, load: &DeferredLoad) -> Result<(), CodegenError> {
-        let DeferredLoad { dst, ref region, kept, wgmma, younger } = *load;
+    fn land_register_load(&mut self, load: &LoadInFlight) -> Result<(), CodegenError> {
+        let LoadInFlight { dst, ref region, kept, wgmma, younger } = *load;
         self.w.ins(format!("cp.async.wait_group {younger}"));
         if wgmma {
             // A wgmma reads its warpgroup's 64 rows, which four warps copied: each fences its
@@ -2133,8 +2133,8 @@ impl<'k> Emitter<'k> {
         self.ldmatrix_loaded_tile(dst, region)
     }
 
-    /// The waits and `ldmatrix` of the register loads deferred past the K/V loop's prologue
-    /// ([`DeferredLoad`]), in the order they were issued.
+    /// The register loads deferred past the K/V loop's prologue, landed in the order they were
+    /// issued.
     fn finish_deferred_loads(&mut self) -> Result<(), CodegenError> {
         for load in std::mem::take(&mut self.deferred_loads) {
             self.w.comment(format!("{}: the copy issued before the loop lands", self.vname(load.dst)));
@@ -3766,8 +3766,8 @@ impl<'k> Emitter<'k> {
     /// f32 fragments to the tensor's 16-bit type, through this warp's rows of the shared-memory
     /// region at `region` (the row-tile region's offset, or a register holding a ring slot's),
     /// then 16-byte coalesced stores. Only this warp touches those rows, so a warp barrier
-    /// suffices, but on sm_90a where wgmmas read the region (a Q kept there, or `in_ring`: the
-    /// slot of a Q tile the producer fed).
+    /// suffices, except on sm_90a where wgmmas read the region (a Q kept there, or `in_ring`:
+    /// the slot of a Q tile the producer fed): there the warpgroup meets before the first write.
     fn store_tile(
         &mut self,
         dst: &TileAccess,

@@ -601,16 +601,16 @@ impl Lowerer {
                     self.bind(var, Binding::Value(v));
                     values.push(v);
                     loop_extents.push(e);
-                    if self.causal_config && e.per_tile == Some(TileDim::M) && self.packed_rows {
-                        return err(
-                            extent.span,
-                            format!(
-                                "the `causal` flag masks score tiles by their rows' index along `{}`, but this kernel's rows are packed (`packed_rows`): they are not sequence positions; write the mask with the positions the rows stand for instead",
-                                self.dims[e.dim.0 as usize]
-                            ),
-                        );
-                    }
                     if self.causal_config && e.per_tile == Some(TileDim::M) {
+                        if self.packed_rows {
+                            return err(
+                                extent.span,
+                                format!(
+                                    "the `causal` flag masks score tiles by their rows' index along `{}`, but this kernel's rows are packed (`packed_rows`): they are not sequence positions; write the mask with the positions the rows stand for instead",
+                                    self.dims[e.dim.0 as usize]
+                                ),
+                            );
+                        }
                         // The causal flag masks in the forward orientation: the work loop's
                         // tiles are the queries, the sequence axis of the first tensor (`q`).
                         // A kernel whose work loop walks another axis (the keys of a backward's
